@@ -1,0 +1,138 @@
+//! Types shared by the kernel programs (`gateway-ebpf`) and the gateway
+//! (`gateway-user`): map keys and values, and the load-time configuration.
+//!
+//! Everything here is `#[repr(C)]` and `Copy` because the same bytes are read
+//! by BPF code and by user space; a layout change must change both sides, so
+//! both import these definitions instead of declaring their own.
+//!
+//! Addresses are always stored as 16 bytes in network order, IPv4 as
+//! IPv4-mapped IPv6 (`::ffff:a.b.c.d`). The kernel side sees a dual-stack
+//! socket's IPv4 connection as mapped and a plain IPv4 socket as IPv4; storing
+//! one form lets both meet the gateway's accept-side lookup under one key.
+#![no_std]
+
+/// Names of the maps in the eBPF object (also their pin file names).
+pub mod maps {
+    /// Socket cookie → [`FlowRecord`](super::FlowRecord), written at connect.
+    pub const PENDING: &str = "CP_PENDING";
+    /// Client (ip, port) → [`FlowRecord`](super::FlowRecord), read by the gateway after accept.
+    pub const FLOWS: &str = "CP_FLOWS";
+    /// Socket cookie → [`ClientKey`](super::ClientKey), so `sock_release` can clean `FLOWS`.
+    pub const KEYS: &str = "CP_KEYS";
+    /// Per-CPU counters indexed by [`Counter`](super::Counter).
+    pub const COUNTERS: &str = "CP_COUNTERS";
+}
+
+/// Name of the read-only global holding [`GatewayConfig`].
+pub const CONFIG_GLOBAL: &str = "CP_CONFIG";
+
+/// Capacity of each flow map. Entries live only between `connect()` and the
+/// gateway's `accept()` (or the socket's close), so this bounds concurrent
+/// connection attempts, not total connections.
+pub const FLOW_MAP_CAPACITY: u32 = 65_536;
+
+/// `comm` length in the kernel (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// Where guarded connections are sent and how the gateway's own sockets are
+/// recognised. Set once at load time as a read-only global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Gateway TCP listener port, host byte order.
+    pub listen_port: u16,
+    pub _pad: u16,
+    /// `SO_MARK` value carried by the gateway's own sockets. Setting a mark
+    /// needs `CAP_NET_ADMIN`, so a job cannot forge it. Zero disables the
+    /// exemption (never matches: the kernel's default mark is 0).
+    pub exempt_mark: u32,
+}
+
+/// A socket's client-side address as seen by the gateway's `accept()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    /// IPv6 or IPv4-mapped address, network order.
+    pub addr: [u8; 16],
+    /// Port, host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Who opened a guarded socket and where it was going.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    /// Socket cookie: identifies the client socket across hooks.
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    /// Original destination, IPv6 or IPv4-mapped, network order.
+    pub dst_addr: [u8; 16],
+    /// Original destination port, host byte order.
+    pub dst_port: u16,
+    /// `AF_INET` or `AF_INET6`: the family of the socket that connected.
+    pub family: u16,
+    /// Thread-group id (the process id user space sees).
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Indices into the `COUNTERS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// TCP connects redirected to the gateway.
+    Redirected = 0,
+    /// Connects or sends refused in the kernel (UDP, map full, ...).
+    Denied = 1,
+    /// Sockets refused at creation (raw, ICMP, SCTP, ...).
+    SocketDenied = 2,
+    /// Exempt (marked) sockets let through untouched.
+    Exempt = 3,
+    /// Records that could not be stored: the connect was refused instead.
+    RecordFailed = 4,
+}
+
+/// Number of [`Counter`] slots.
+pub const COUNTER_SLOTS: u32 = 8;
+
+/// Address family constants, as the kernel reports them in socket contexts.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Builds the stored (IPv4-mapped) form of an IPv4 address given as the
+/// kernel's network-order `u32`.
+#[inline(always)]
+pub fn mapped_v4(ip_be: u32) -> [u8; 16] {
+    let o = ip_be.to_ne_bytes();
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]]
+}
+
+/// Builds the stored form of an IPv6 address given as the kernel's four
+/// network-order `u32` words.
+#[inline(always)]
+pub fn v6_bytes(words: [u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        out[i * 4] = b[0];
+        out[i * 4 + 1] = b[1];
+        out[i * 4 + 2] = b[2];
+        out[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    out
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] structs of integers and byte arrays with
+    // explicit padding fields, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::GatewayConfig {}
+    unsafe impl aya::Pod for super::ClientKey {}
+    unsafe impl aya::Pod for super::FlowRecord {}
+}

@@ -1,0 +1,47 @@
+//! Load-time configuration and verdict constants.
+use gateway_common::GatewayConfig;
+
+/// Filled in by the loader (`EbpfLoader::set_global`); read-only, so the
+/// verifier treats it as a constant.
+#[unsafe(no_mangle)]
+static CP_CONFIG: GatewayConfig = GatewayConfig {
+    listen_port: 0,
+    _pad: 0,
+    exempt_mark: 0,
+};
+
+#[inline(always)]
+pub fn config() -> GatewayConfig {
+    // Volatile: otherwise the compiler folds the zero initialiser.
+    unsafe { core::ptr::read_volatile(&CP_CONFIG) }
+}
+
+/// Return value of cgroup programs that lets the operation proceed.
+pub const ALLOW: i32 = 1;
+/// Return value of cgroup programs that fails the operation with `EPERM`.
+pub const DENY: i32 = 0;
+
+pub const SOCK_STREAM: u32 = 1;
+pub const SOCK_DGRAM: u32 = 2;
+pub const IPPROTO_TCP: u32 = 6;
+pub const IPPROTO_UDP: u32 = 17;
+
+/// Whether a socket carries the gateway's exemption mark.
+#[inline(always)]
+pub fn is_exempt(mark: u32, cfg: &GatewayConfig) -> bool {
+    cfg.exempt_mark != 0 && mark == cfg.exempt_mark
+}
+
+/// `127.0.0.1` as the kernel's network-order `u32`.
+pub const LOOPBACK_V4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+/// `::1` as the kernel's network-order words.
+pub const LOOPBACK_V6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+/// `::ffff:127.0.0.1` as the kernel's network-order words.
+pub const LOOPBACK_V4_MAPPED: [u32; 4] = [
+    0,
+    0,
+    u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+    u32::from_ne_bytes([127, 0, 0, 1]),
+];
+/// First three words of an IPv4-mapped address.
+pub const MAPPED_PREFIX: [u32; 3] = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff])];

@@ -1,0 +1,188 @@
+//! `connect4`/`connect6`: record and redirect TCP; `sendmsg4`/`sendmsg6`:
+//! refuse UDP; `bind4`/`bind6`: keep the gateway's port for the gateway.
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    },
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use gateway_common::{AF_INET, AF_INET6, COMM_LEN, Counter, FlowRecord, mapped_v4, v6_bytes};
+
+use crate::{
+    common::{
+        ALLOW, DENY, IPPROTO_TCP, LOOPBACK_V4, LOOPBACK_V4_MAPPED, LOOPBACK_V6, MAPPED_PREFIX,
+        SOCK_STREAM, config, is_exempt,
+    },
+    maps::{PENDING, count},
+};
+
+#[cgroup_sock_addr(connect4)]
+pub fn cp_connect4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let cfg = config();
+    // SAFETY: the kernel hands us a valid bpf_sock_addr; sk is always set for
+    // sock_addr programs.
+    let (ty, proto, dst_ip, dst_port, mark) = unsafe {
+        (
+            (*sa).type_,
+            (*sa).protocol,
+            (*sa).user_ip4,
+            u16::from_be((*sa).user_port as u16),
+            (*(*sa).__bindgen_anon_1.sk).mark,
+        )
+    };
+    if is_exempt(mark, &cfg) {
+        count(Counter::Exempt);
+        return ALLOW;
+    }
+    if ty != SOCK_STREAM || (proto != IPPROTO_TCP && proto != 0) {
+        count(Counter::Denied);
+        return DENY;
+    }
+    if dst_ip == LOOPBACK_V4 && dst_port == cfg.listen_port {
+        // Already the gateway: no loop, and no record (the gateway refuses
+        // connections it has no record for).
+        return ALLOW;
+    }
+    if !record(&ctx, mapped_v4(dst_ip), dst_port, AF_INET) {
+        return DENY;
+    }
+    unsafe {
+        (*sa).user_ip4 = LOOPBACK_V4;
+        (*sa).user_port = u32::from(cfg.listen_port.to_be());
+    }
+    count(Counter::Redirected);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let cfg = config();
+    let (ty, proto, dst_ip, dst_port, mark) = unsafe {
+        (
+            (*sa).type_,
+            (*sa).protocol,
+            (*sa).user_ip6,
+            u16::from_be((*sa).user_port as u16),
+            (*(*sa).__bindgen_anon_1.sk).mark,
+        )
+    };
+    if is_exempt(mark, &cfg) {
+        count(Counter::Exempt);
+        return ALLOW;
+    }
+    if ty != SOCK_STREAM || (proto != IPPROTO_TCP && proto != 0) {
+        count(Counter::Denied);
+        return DENY;
+    }
+    let mapped =
+        dst_ip[0] == MAPPED_PREFIX[0] && dst_ip[1] == MAPPED_PREFIX[1] && dst_ip[2] == MAPPED_PREFIX[2];
+    // A mapped destination must stay mapped: the socket may be dual-stack
+    // only because the job asked for it, and ::1 would change the family
+    // the connection actually uses.
+    let gateway = if mapped { LOOPBACK_V4_MAPPED } else { LOOPBACK_V6 };
+    if dst_port == cfg.listen_port && dst_ip == gateway {
+        return ALLOW;
+    }
+    if !record(&ctx, v6_bytes(dst_ip), dst_port, AF_INET6) {
+        return DENY;
+    }
+    unsafe {
+        (*sa).user_ip6 = gateway;
+        (*sa).user_port = u32::from(cfg.listen_port.to_be());
+    }
+    count(Counter::Redirected);
+    ALLOW
+}
+
+/// Stores who is connecting where, keyed by socket cookie. Returns false
+/// when the record cannot be stored: the caller refuses the connect rather
+/// than let through a connection the gateway could not attribute.
+#[inline(always)]
+fn record(ctx: &SockAddrContext, dst_addr: [u8; 16], dst_port: u16, family: u16) -> bool {
+    let raw = ctx.sock_addr as *mut core::ffi::c_void;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+    // SAFETY: helpers called with the program's own context pointer.
+    let (cookie, netns_cookie, cgroup_id) = unsafe {
+        (
+            bpf_get_socket_cookie(raw),
+            bpf_get_netns_cookie(raw),
+            bpf_get_current_cgroup_id(),
+        )
+    };
+    let rec = FlowRecord {
+        cookie,
+        cgroup_id,
+        netns_cookie,
+        dst_addr,
+        dst_port,
+        family,
+        pid: (pid_tgid >> 32) as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        comm,
+    };
+    if PENDING.insert(&cookie, &rec, 0).is_err() {
+        count(Counter::RecordFailed);
+        return false;
+    }
+    true
+}
+
+/// UDP with an explicit destination. All of it is refused until DNS
+/// mediation lands; the gateway's own (marked) sockets pass.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn cp_sendmsg4(ctx: SockAddrContext) -> i32 {
+    refuse_unless_exempt(ctx.sock_addr)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn cp_sendmsg6(ctx: SockAddrContext) -> i32 {
+    refuse_unless_exempt(ctx.sock_addr)
+}
+
+#[inline(always)]
+fn refuse_unless_exempt(sa: *mut bpf_sock_addr) -> i32 {
+    let mark = unsafe { (*(*sa).__bindgen_anon_1.sk).mark };
+    if is_exempt(mark, &config()) {
+        count(Counter::Exempt);
+        return ALLOW;
+    }
+    count(Counter::Denied);
+    DENY
+}
+
+/// While the gateway is down its port is free; a job that bound it would
+/// receive every redirected connection. Only marked sockets may bind it.
+#[cgroup_sock_addr(bind4)]
+pub fn cp_bind4(ctx: SockAddrContext) -> i32 {
+    guard_gateway_port(ctx.sock_addr)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn cp_bind6(ctx: SockAddrContext) -> i32 {
+    guard_gateway_port(ctx.sock_addr)
+}
+
+#[inline(always)]
+fn guard_gateway_port(sa: *mut bpf_sock_addr) -> i32 {
+    let cfg = config();
+    let (port, mark) = unsafe {
+        (
+            u16::from_be((*sa).user_port as u16),
+            (*(*sa).__bindgen_anon_1.sk).mark,
+        )
+    };
+    if port != cfg.listen_port || is_exempt(mark, &cfg) {
+        return ALLOW;
+    }
+    count(Counter::Denied);
+    DENY
+}

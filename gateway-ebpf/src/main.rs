@@ -1,0 +1,34 @@
+//! Chokepoint's kernel side: cgroup programs that make the gateway the only
+//! way out of a guarded cgroup.
+//!
+//! * [`connect`]: TCP `connect()` is recorded and redirected to the gateway;
+//!   UDP is refused (DNS mediation comes later); binding the gateway's port is
+//!   refused so a job cannot impersonate a stopped gateway.
+//! * [`sockops`]: once the client's handshake completes, its record is
+//!   re-keyed by the client's (ip, port), which is all the gateway learns
+//!   from `accept()`.
+//! * [`sock_create`]: only TCP stream and UDP datagram inet sockets may exist.
+//! * [`sock_release`]: records die with their socket, so maps never fill.
+//!
+//! Every program lets the gateway's own sockets through when they carry the
+//! configured `SO_MARK` (setting it needs `CAP_NET_ADMIN`).
+#![no_std]
+#![no_main]
+
+mod common;
+mod connect;
+mod maps;
+mod sock_create;
+mod sock_release;
+mod sockops;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // BPF programs cannot unwind; the verifier rejects code that can reach here.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,27 @@
+//! Maps shared by the programs. Pinned by name so that a restarted gateway
+//! adopts the same maps the still-attached programs use.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use gateway_common::{COUNTER_SLOTS, ClientKey, Counter, FLOW_MAP_CAPACITY, FlowRecord};
+
+#[map(name = "CP_PENDING")]
+pub static PENDING: HashMap<u64, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);
+
+#[map(name = "CP_FLOWS")]
+pub static FLOWS: HashMap<ClientKey, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);
+
+#[map(name = "CP_KEYS")]
+pub static KEYS: HashMap<u64, ClientKey> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);
+
+#[map(name = "CP_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+}

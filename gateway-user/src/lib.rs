@@ -1,0 +1,20 @@
+//! Chokepoint's user side: the gateway daemon and its command line.
+//!
+//! The folders are the architecture (see `ARCHITECTURE.md`):
+//!
+//! * [`ebpf`] loads, attaches, pins and detaches the kernel programs and is
+//!   the only module that touches aya;
+//! * [`flow`] turns an accepted connection into a [`flow::Flow`]: who opened
+//!   it and where it was going, as the kernel recorded it;
+//! * [`policy`] is the TOML model, its loading with precise errors, and the
+//!   pure evaluation of a flow against it;
+//! * [`protocols`] holds one folder per protocol the gateway speaks (plain
+//!   TCP passthrough first);
+//! * [`daemon`] wires them together for `chokepoint run`;
+//! * [`cli`] is the clap command line.
+pub mod cli;
+pub mod daemon;
+pub mod ebpf;
+pub mod flow;
+pub mod policy;
+pub mod protocols;
