@@ -1,0 +1,608 @@
+//! Validation of targets and rules into the form evaluation needs: parsed nets, port ranges, uid sets, globs.
+use std::{collections::HashMap, fmt, net::IpAddr, sync::Arc};
+
+use glob::Pattern;
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::{
+    eval::{DEFAULT_DENY, Verdict},
+    load::{At, Entry, Located, Report, Source, describe},
+    model::{Int, PortValue, RuleEntry, TargetEntry},
+};
+
+/// The kernel keeps at most this many bytes of a process name (`comm`,
+/// TASK_COMM_LEN 16 with its NUL).
+const COMM_MAX: usize = 15;
+
+/// Targets and rules, ready for evaluation, in load order.
+#[derive(Debug, Default)]
+pub(super) struct Compiled {
+    pub targets: Vec<Target>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug)]
+pub(super) struct Target {
+    pub name: Arc<str>,
+    pub nets: Vec<IpNet>,
+    pub ports: Vec<PortRange>,
+}
+
+/// Inclusive; a single port is `first == last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TargetRef {
+    /// `"*"`: any destination.
+    Any,
+    /// Index into [`Compiled::targets`].
+    Named(usize),
+}
+
+#[derive(Debug)]
+pub(super) struct Rule {
+    pub name: Arc<str>,
+    pub action: Verdict,
+    pub targets: Vec<TargetRef>,
+    /// `None`: any uid.
+    pub uids: Option<UidSet>,
+    /// `None`: any process.
+    pub processes: Option<Vec<Pattern>>,
+    /// `file:line:col` of the `[[rule]]` header, for `explain`.
+    pub origin: String,
+}
+
+/// `uids` ∪ the uids of `users`.
+#[derive(Debug)]
+pub(super) struct UidSet {
+    /// Sorted, without repeats.
+    pub uids: Vec<u32>,
+    /// The users as written with the uid each resolved to, for `explain`.
+    pub users: Vec<(String, u32)>,
+}
+
+/// Resolves a user name to its uid: `Ok(None)` when there is no such user.
+pub(super) type UserLookup<'a> = &'a dyn Fn(&str) -> Result<Option<u32>, String>;
+
+pub(super) fn compile(
+    targets: Vec<Located<Entry<TargetEntry>>>,
+    rules: Vec<Located<Entry<RuleEntry>>>,
+    sources: &[Source],
+    report: &mut Report,
+    users: UserLookup<'_>,
+) -> Compiled {
+    let mut compiled = Compiled::default();
+    // Every target name that was declared, even by an invalid target, so
+    // that rules naming it are not also reported as unknown.
+    let mut names: Vec<String> = Vec::new();
+    let mut by_name: HashMap<String, (At, Option<usize>)> = HashMap::new();
+    for Located { at, value } in targets {
+        let (name, entry) = split(value);
+        let target = entry.and_then(|entry| target(at, entry, report));
+        let Some(name) = name else { continue };
+        let name_at = At::of(at.file, &name);
+        let text = name.into_inner();
+        if let Some((first, _)) = by_name.get(&text) {
+            let first = describe(sources, *first);
+            report.error(
+                name_at,
+                format!(
+                    "target {text:?} is already defined at {first}: target names must be unique"
+                ),
+            );
+            continue;
+        }
+        let valid = check_name("target", &text, name_at, report);
+        let index = target.filter(|_| valid).map(|t| {
+            compiled.targets.push(t);
+            compiled.targets.len() - 1
+        });
+        names.push(text.clone());
+        by_name.insert(text, (name_at, index));
+    }
+
+    let mut rule_names: HashMap<String, At> = HashMap::new();
+    for Located { at, value } in rules {
+        let (name, entry) = split(value);
+        let name_ok = name.as_ref().is_some_and(|name| {
+            let name_at = At::of(at.file, name);
+            let text = name.get_ref();
+            if !check_name("rule", text, name_at, report) {
+                return false;
+            }
+            if text == DEFAULT_DENY {
+                report.error(
+                    name_at,
+                    format!(
+                        "rule name {text:?} is reserved for the built-in default: choose another"
+                    ),
+                );
+                return false;
+            }
+            if let Some(first) = rule_names.get(text) {
+                let first = describe(sources, *first);
+                report.error(
+                    name_at,
+                    format!(
+                        "rule {text:?} is already defined at {first}: rule names must be unique"
+                    ),
+                );
+                return false;
+            }
+            rule_names.insert(text.clone(), name_at);
+            true
+        });
+        let Some(entry) = entry else { continue };
+        let context = RuleContext {
+            names: &names,
+            by_name: &by_name,
+            users,
+            origin: describe(sources, at),
+        };
+        if let Some(rule) = rule(at, entry, &context, report).filter(|_| name_ok) {
+            compiled.rules.push(rule);
+        }
+    }
+    compiled
+}
+
+/// An entry's name, and its body when it deserialized.
+fn split<T: Named>(entry: Entry<T>) -> (Option<Spanned<String>>, Option<T>) {
+    match entry {
+        Entry::Valid(entry) => (entry.name().cloned(), Some(entry)),
+        Entry::Broken { name } => (name, None),
+    }
+}
+
+trait Named {
+    fn name(&self) -> Option<&Spanned<String>>;
+}
+
+impl Named for TargetEntry {
+    fn name(&self) -> Option<&Spanned<String>> {
+        self.name.as_ref()
+    }
+}
+
+impl Named for RuleEntry {
+    fn name(&self) -> Option<&Spanned<String>> {
+        self.name.as_ref()
+    }
+}
+
+/// Names are identifiers in logs and in the errors clients see.
+fn check_name(kind: &str, name: &str, at: At, report: &mut Report) -> bool {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !valid {
+        report.error(
+            at,
+            format!(
+                "{kind} name {name:?} must be one or more of A-Z, a-z, 0-9, \"_\", \".\" and \"-\""
+            ),
+        );
+    }
+    valid
+}
+
+fn label(kind: &str, name: Option<&Spanned<String>>) -> String {
+    match name {
+        Some(name) => format!("{kind} {:?}", name.get_ref()),
+        None => format!("this [[{kind}]]"),
+    }
+}
+
+/// A required, non-empty list: reports when it is missing or empty.
+fn required_list<'v, T>(
+    list: Option<&'v Spanned<Vec<T>>>,
+    at: At,
+    missing: impl FnOnce() -> String,
+    empty: &str,
+    report: &mut Report,
+) -> Option<&'v [T]> {
+    match list {
+        None => {
+            report.error(at, missing());
+            None
+        }
+        Some(list) if list.get_ref().is_empty() => {
+            report.error(At::of(at.file, list), empty);
+            None
+        }
+        Some(list) => Some(list.get_ref()),
+    }
+}
+
+/// An optional list that, when present, must not be empty: an empty subject
+/// list would silently make the rule match nobody.
+fn optional_list<'v, T>(
+    list: Option<&'v Spanned<Vec<T>>>,
+    file: usize,
+    key: &str,
+    report: &mut Report,
+) -> Result<Option<&'v [T]>, ()> {
+    match list {
+        Some(list) if list.get_ref().is_empty() => {
+            report.error(
+                At::of(file, list),
+                format!("{key} is empty, so this rule could never match: list at least one, or remove {key} to match any"),
+            );
+            Err(())
+        }
+        other => Ok(other.map(|l| l.get_ref().as_slice())),
+    }
+}
+
+fn target(at: At, entry: TargetEntry, report: &mut Report) -> Option<Target> {
+    let file = at.file;
+    let label = label("target", entry.name.as_ref());
+    let mut ok = true;
+    if entry.name.is_none() {
+        report.error(at, "this [[target]] has no name: add name = \"...\"");
+        ok = false;
+    }
+    if let Some(protocol) = &entry.protocol {
+        // Only TCP exists yet, so a valid value needs no storing.
+        if protocol.get_ref() != "tcp" {
+            report.error(
+                At::of(file, protocol),
+                format!(
+                    "protocol {:?} is not supported; valid protocols: tcp",
+                    protocol.get_ref()
+                ),
+            );
+            ok = false;
+        }
+    }
+    let addresses = required_list(
+        entry.addresses.as_ref(),
+        at,
+        || format!("{label} has no addresses: add addresses = [\"10.0.0.1\", \"10.1.0.0/16\"]"),
+        "addresses is empty: list at least one IP address or CIDR",
+        report,
+    );
+    let mut nets = Vec::new();
+    for address in addresses.unwrap_or_default() {
+        match parse_net(address.get_ref()) {
+            Ok(net) => nets.push(net),
+            Err(message) => {
+                report.error(At::of(file, address), message);
+                ok = false;
+            }
+        }
+    }
+    let ports_list = required_list(
+        entry.ports.as_ref(),
+        at,
+        || {
+            format!(
+                "{label} has no ports: add ports = [443] (numbers, or ranges such as \"7100-7200\")"
+            )
+        },
+        "ports is empty: list at least one port or range such as \"7100-7200\"",
+        report,
+    );
+    let mut ports = Vec::new();
+    for port in ports_list.unwrap_or_default() {
+        match parse_port(port.get_ref()) {
+            Ok(range) => ports.push(range),
+            Err(message) => {
+                report.error(At::of(file, port), message);
+                ok = false;
+            }
+        }
+    }
+    let name = entry.name?;
+    (ok && addresses.is_some() && ports_list.is_some()).then(|| Target {
+        name: Arc::from(name.into_inner()),
+        nets,
+        ports,
+    })
+}
+
+/// An IP (a /32 or /128) or a CIDR. IPv4-mapped IPv6 nets become IPv4 nets,
+/// because destinations are compared after the same normalisation.
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    let net = match (text.parse::<IpAddr>(), text.parse::<IpNet>()) {
+        (Ok(ip), _) => IpNet::from(ip),
+        (_, Ok(net)) if net.trunc() != net => {
+            return Err(format!(
+                "address {text:?} has host bits set: write \"{}\" for the network, or \"{}\" alone for the single address",
+                net.trunc(),
+                net.addr()
+            ));
+        }
+        (_, Ok(net)) => net,
+        (Err(_), Err(_)) => {
+            return Err(format!(
+                "{text:?} is not an IP address or CIDR: write e.g. \"10.0.0.1\", \"10.0.0.0/8\" or \"fd00::/8\""
+            ));
+        }
+    };
+    Ok(match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).unwrap_or(net),
+            None => net,
+        },
+        _ => net,
+    })
+}
+
+fn parse_port(value: &PortValue) -> Result<PortRange, String> {
+    let one = |n: i64, written: &str| match u16::try_from(n) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(format!(
+            "port {n} in {written} is out of range: ports are 1..=65535"
+        )),
+    };
+    match value {
+        PortValue::Number(n) => {
+            let port = one(*n, "ports")?;
+            Ok(PortRange {
+                first: port,
+                last: port,
+            })
+        }
+        PortValue::Text(text) => {
+            let not_a_port = || {
+                format!(
+                    "{text:?} is not a port: write a number 1..=65535 (unquoted) or a range such as \"7100-7200\""
+                )
+            };
+            let number = |s: &str| s.trim().parse::<i64>().map_err(|_| not_a_port());
+            let written = format!("{text:?}");
+            let (first, last) = match text.split_once('-') {
+                Some((a, b)) => (one(number(a)?, &written)?, one(number(b)?, &written)?),
+                None => {
+                    let port = one(number(text)?, &written)?;
+                    (port, port)
+                }
+            };
+            if first > last {
+                return Err(format!(
+                    "port range {text:?} is reversed: write \"{last}-{first}\""
+                ));
+            }
+            Ok(PortRange { first, last })
+        }
+    }
+}
+
+struct RuleContext<'a> {
+    names: &'a [String],
+    by_name: &'a HashMap<String, (At, Option<usize>)>,
+    users: UserLookup<'a>,
+    origin: String,
+}
+
+fn rule(at: At, entry: RuleEntry, context: &RuleContext<'_>, report: &mut Report) -> Option<Rule> {
+    let file = at.file;
+    let label = label("rule", entry.name.as_ref());
+    let mut ok = true;
+    if entry.name.is_none() {
+        report.error(at, "this [[rule]] has no name: add name = \"...\"");
+        ok = false;
+    }
+    let action = match &entry.action {
+        None => {
+            report.error(
+                at,
+                format!("{label} has no action: add action = \"allow\" or action = \"deny\""),
+            );
+            None
+        }
+        Some(action) => match action.get_ref().as_str() {
+            "allow" => Some(Verdict::Allow),
+            "deny" => Some(Verdict::Deny),
+            other => {
+                report.error(
+                    At::of(file, action),
+                    format!("action must be \"allow\" or \"deny\", not {other:?}"),
+                );
+                None
+            }
+        },
+    };
+    let targets = required_list(
+        entry.targets.as_ref(),
+        at,
+        || {
+            format!(
+                "{label} has no targets: add targets = [\"name\"], or [\"*\"] for any destination"
+            )
+        },
+        "targets is empty: list target names, or \"*\" for any destination",
+        report,
+    );
+    let mut refs = Vec::new();
+    for name in targets.unwrap_or_default() {
+        let text = name.get_ref();
+        if text == "*" {
+            refs.push(TargetRef::Any);
+            continue;
+        }
+        match context.by_name.get(text) {
+            Some((_, Some(index))) => refs.push(TargetRef::Named(*index)),
+            // Declared but invalid: already reported where it is declared.
+            Some((_, None)) => ok = false,
+            None => {
+                let defined = if context.names.is_empty() {
+                    "no targets are defined; use \"*\" for any destination".to_owned()
+                } else {
+                    format!("defined targets: {}", context.names.join(", "))
+                };
+                report.error(
+                    At::of(file, name),
+                    format!("unknown target {text:?}; {defined}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    let uids = uid_set(&entry, file, context.users, report);
+    let processes = processes(&entry, file, report);
+    let name = entry.name?;
+    let (Some(action), Some(_), Ok(uids), Ok(processes)) = (action, targets, uids, processes)
+    else {
+        return None;
+    };
+    ok.then(|| Rule {
+        name: Arc::from(name.into_inner()),
+        action,
+        targets: refs,
+        uids,
+        processes,
+        origin: context.origin.clone(),
+    })
+}
+
+fn uid_set(
+    entry: &RuleEntry,
+    file: usize,
+    lookup: UserLookup<'_>,
+    report: &mut Report,
+) -> Result<Option<UidSet>, ()> {
+    let uids = optional_list(entry.uids.as_ref(), file, "uids", report);
+    let users = optional_list(entry.users.as_ref(), file, "users", report);
+    let (uids, users) = (uids?, users?);
+    if uids.is_none() && users.is_none() {
+        return Ok(None);
+    }
+    let mut ok = true;
+    let mut set = UidSet {
+        uids: Vec::new(),
+        users: Vec::new(),
+    };
+    for uid in uids.unwrap_or_default() {
+        let Int(n) = *uid.get_ref();
+        match u32::try_from(n) {
+            Ok(n) => set.uids.push(n),
+            Err(_) => {
+                report.error(
+                    At::of(file, uid),
+                    format!("uid {n} is out of range: uids are 0..={}", u32::MAX),
+                );
+                ok = false;
+            }
+        }
+    }
+    for user in users.unwrap_or_default() {
+        let name = user.get_ref();
+        match lookup(name) {
+            Ok(Some(uid)) => {
+                set.uids.push(uid);
+                set.users.push((name.clone(), uid));
+            }
+            Ok(None) => {
+                report.error(
+                    At::of(file, user),
+                    format!("unknown user {name:?}: there is no such user on this host; create it, or use uids = [...]"),
+                );
+                ok = false;
+            }
+            Err(e) => {
+                report.error(
+                    At::of(file, user),
+                    format!("cannot look up user {name:?}: {e}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    set.uids.sort_unstable();
+    set.uids.dedup();
+    if ok { Ok(Some(set)) } else { Err(()) }
+}
+
+fn processes(
+    entry: &RuleEntry,
+    file: usize,
+    report: &mut Report,
+) -> Result<Option<Vec<Pattern>>, ()> {
+    let Some(list) = optional_list(entry.processes.as_ref(), file, "processes", report)? else {
+        return Ok(None);
+    };
+    let mut patterns = Vec::new();
+    let mut ok = true;
+    for text in list {
+        match process_pattern(text.get_ref()) {
+            Ok(pattern) => patterns.push(pattern),
+            Err(message) => {
+                report.error(At::of(file, text), message);
+                ok = false;
+            }
+        }
+    }
+    if ok { Ok(Some(patterns)) } else { Err(()) }
+}
+
+fn process_pattern(text: &str) -> Result<Pattern, String> {
+    let pattern = Pattern::new(text).map_err(|e| {
+        format!(
+            "process pattern {text:?} is not a valid glob: {} (at character {})",
+            e.msg,
+            e.pos + 1
+        )
+    })?;
+    let shortest = shortest_match(text);
+    if shortest <= COMM_MAX {
+        return Ok(pattern);
+    }
+    if Pattern::escape(text) == text {
+        let mut cut = COMM_MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let truncated = &text[..cut];
+        Err(format!(
+            "process {text:?} can never match: the kernel truncates process names to {COMM_MAX} bytes; write {truncated:?}"
+        ))
+    } else {
+        Err(format!(
+            "process pattern {text:?} can never match: it needs at least {shortest} bytes but the kernel truncates process names to {COMM_MAX}; shorten it"
+        ))
+    }
+}
+
+/// Length in bytes of the shortest name a (valid) glob can match.
+fn shortest_match(pattern: &str) -> usize {
+    let mut chars = pattern.chars().peekable();
+    let mut bytes = 0;
+    while let Some(c) = chars.next() {
+        match c {
+            '*' => {}
+            '?' => bytes += 1,
+            '[' => {
+                // A class matches one character; `]` right after `[` or `[!`
+                // is a member, not the end.
+                chars.next_if_eq(&'!');
+                chars.next_if_eq(&']');
+                for c in chars.by_ref() {
+                    if c == ']' {
+                        break;
+                    }
+                }
+                bytes += 1;
+            }
+            c => bytes += c.len_utf8(),
+        }
+    }
+    bytes
+}

@@ -1,0 +1,175 @@
+//! Evaluating a flow against the compiled rules: deny overrides allow, and no match is a deny.
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use super::compile::{Compiled, Rule, Target, TargetRef};
+
+/// The name a decision shows when no rule matched.
+pub const DEFAULT_DENY: &str = "default-deny";
+
+/// What the policy knows about a connection when it decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowFacts<'a> {
+    /// The original destination the process connected to.
+    pub dst: SocketAddr,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The process name as the kernel keeps it (at most 15 bytes).
+    pub comm: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+        })
+    }
+}
+
+/// The verdict on one flow and what decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The deciding rule; `None` for the default deny.
+    pub rule: Option<Arc<str>>,
+    /// The deciding rule's first target the destination is in; `None` for
+    /// the default deny and for `"*"`.
+    pub target: Option<Arc<str>>,
+}
+
+impl Decision {
+    /// The deciding rule's name, `"default-deny"` when no rule matched.
+    pub fn rule_name(&self) -> &str {
+        self.rule.as_deref().unwrap_or(DEFAULT_DENY)
+    }
+
+    fn default_deny() -> Decision {
+        Decision {
+            verdict: Verdict::Deny,
+            rule: None,
+            target: None,
+        }
+    }
+
+    fn by(rule: &Rule, target: Option<&Target>) -> Decision {
+        Decision {
+            verdict: rule.action,
+            rule: Some(rule.name.clone()),
+            target: target.map(|t| t.name.clone()),
+        }
+    }
+}
+
+/// The destination as rules see it: IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what
+/// a dual-stack socket reports) is the IPv4 address it carries.
+pub(super) fn destination(dst: SocketAddr) -> (IpAddr, u16) {
+    (dst.ip().to_canonical(), dst.port())
+}
+
+impl Target {
+    pub(super) fn address_matches(&self, ip: IpAddr) -> bool {
+        self.nets.iter().any(|net| net.contains(&ip))
+    }
+
+    pub(super) fn port_matches(&self, port: u16) -> bool {
+        self.ports
+            .iter()
+            .any(|r| (r.first..=r.last).contains(&port))
+    }
+}
+
+/// Which of a rule's targets a destination falls in.
+pub(super) enum TargetMatch<'t> {
+    None,
+    Any,
+    Named(&'t Target),
+}
+
+impl Rule {
+    /// The first of this rule's targets, in the order written, that
+    /// contains the destination.
+    pub(super) fn target_for<'t>(
+        &self,
+        targets: &'t [Target],
+        ip: IpAddr,
+        port: u16,
+    ) -> TargetMatch<'t> {
+        for target in &self.targets {
+            match *target {
+                TargetRef::Any => return TargetMatch::Any,
+                TargetRef::Named(i) => {
+                    let t = &targets[i];
+                    if t.address_matches(ip) && t.port_matches(port) {
+                        return TargetMatch::Named(t);
+                    }
+                }
+            }
+        }
+        TargetMatch::None
+    }
+
+    pub(super) fn uid_matches(&self, uid: u32) -> bool {
+        self.uids
+            .as_ref()
+            .is_none_or(|set| set.uids.binary_search(&uid).is_ok())
+    }
+
+    pub(super) fn comm_matches(&self, comm: &str) -> bool {
+        self.processes
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(comm)))
+    }
+
+    /// `Some(target)` when the rule matches the flow (`Some(None)` for `"*"`).
+    pub(super) fn matches<'t>(
+        &self,
+        targets: &'t [Target],
+        (ip, port): (IpAddr, u16),
+        flow: &FlowFacts<'_>,
+    ) -> Option<Option<&'t Target>> {
+        if !self.uid_matches(flow.uid) {
+            return None;
+        }
+        let target = match self.target_for(targets, ip, port) {
+            TargetMatch::None => return None,
+            TargetMatch::Any => None,
+            TargetMatch::Named(t) => Some(t),
+        };
+        self.comm_matches(flow.comm).then_some(target)
+    }
+}
+
+/// Deny overrides: the verdict does not depend on the order of rules or
+/// files; only which rule is named does (the first matching one in load
+/// order).
+pub(super) fn evaluate(compiled: &Compiled, flow: &FlowFacts<'_>) -> Decision {
+    let dst = destination(flow.dst);
+    let mut first_allow = None;
+    for rule in &compiled.rules {
+        if rule.action == Verdict::Allow && first_allow.is_some() {
+            continue;
+        }
+        let Some(target) = rule.matches(&compiled.targets, dst, flow) else {
+            continue;
+        };
+        match rule.action {
+            Verdict::Deny => return Decision::by(rule, target),
+            Verdict::Allow => first_allow = Some((rule, target)),
+        }
+    }
+    match first_allow {
+        Some((rule, target)) => Decision::by(rule, target),
+        None => Decision::default_deny(),
+    }
+}

@@ -1,0 +1,174 @@
+//! `chokepoint policy explain`: every rule's outcome for one flow, and exactly why it did not match.
+use std::{fmt, net::SocketAddr, sync::Arc};
+
+use ipnet::IpNet;
+
+use super::{
+    compile::{Compiled, Rule, TargetRef},
+    eval::{Decision, FlowFacts, TargetMatch, Verdict, destination, evaluate},
+    settings::Mode,
+};
+
+/// How every rule, in load order, relates to one flow, and the decision.
+///
+/// Its `Display` is the text `policy explain` prints: one line per rule,
+/// then `decision: ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    pub rules: Vec<RuleTrace>,
+    /// Exactly what [`Policy::evaluate`](super::Policy::evaluate) returns.
+    pub decision: Decision,
+    pub mode: Mode,
+}
+
+/// One rule's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleTrace {
+    pub rule: Arc<str>,
+    pub action: Verdict,
+    /// `file:line:col` of the rule.
+    pub origin: String,
+    pub outcome: RuleOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleOutcome {
+    /// `target` is the first of the rule's targets containing the
+    /// destination; `None` for `"*"`.
+    Matched { target: Option<Arc<str>> },
+    /// Every condition the flow fails, as sentences.
+    NotMatched { reasons: Vec<String> },
+}
+
+pub(super) fn explain(compiled: &Compiled, mode: Mode, flow: &FlowFacts<'_>) -> Explanation {
+    let rules = compiled
+        .rules
+        .iter()
+        .map(|rule| trace(compiled, rule, flow))
+        .collect();
+    Explanation {
+        rules,
+        decision: evaluate(compiled, flow),
+        mode,
+    }
+}
+
+fn trace(compiled: &Compiled, rule: &Rule, flow: &FlowFacts<'_>) -> RuleTrace {
+    let (ip, port) = destination(flow.dst);
+    let mut reasons = Vec::new();
+    let target = rule.target_for(&compiled.targets, ip, port);
+    if let TargetMatch::None = target {
+        let misses: Vec<String> = rule
+            .targets
+            .iter()
+            .filter_map(|r| match *r {
+                TargetRef::Any => None,
+                TargetRef::Named(i) => Some(&compiled.targets[i]),
+            })
+            .map(|t| {
+                let mut why = Vec::new();
+                if !t.address_matches(ip) {
+                    let nets: Vec<String> = t.nets.iter().map(short_net).collect();
+                    why.push(format!("address not in [{}]", nets.join(", ")));
+                }
+                if !t.port_matches(port) {
+                    why.push(format!("port {port} not in [{}]", join(&t.ports)));
+                }
+                format!("{} ({})", t.name, why.join(", "))
+            })
+            .collect();
+        let dst = SocketAddr::new(ip, port);
+        reasons.push(format!(
+            "destination {dst} not in targets {}",
+            misses.join(", ")
+        ));
+    }
+    if !rule.uid_matches(flow.uid)
+        && let Some(set) = &rule.uids
+    {
+        let mut why = format!("uid {} not in [{}]", flow.uid, join(&set.uids));
+        if !set.users.is_empty() {
+            let users: Vec<String> = set
+                .users
+                .iter()
+                .map(|(name, uid)| format!("{name}={uid}"))
+                .collect();
+            why.push_str(&format!(" (users: {})", users.join(", ")));
+        }
+        reasons.push(why);
+    }
+    if !rule.comm_matches(flow.comm)
+        && let Some(patterns) = &rule.processes
+    {
+        let patterns: Vec<&str> = patterns.iter().map(|p| p.as_str()).collect();
+        reasons.push(format!("comm {:?} matches none of {patterns:?}", flow.comm));
+    }
+    let outcome = match target {
+        TargetMatch::Named(t) if reasons.is_empty() => RuleOutcome::Matched {
+            target: Some(t.name.clone()),
+        },
+        TargetMatch::Any if reasons.is_empty() => RuleOutcome::Matched { target: None },
+        _ => RuleOutcome::NotMatched { reasons },
+    };
+    RuleTrace {
+        rule: rule.name.clone(),
+        action: rule.action,
+        origin: rule.origin.clone(),
+        outcome,
+    }
+}
+
+/// A single address without its /32 or /128, as it is usually written.
+fn short_net(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
+fn join<T: fmt::Display>(items: &[T]) -> String {
+    let items: Vec<String> = items.iter().map(ToString::to_string).collect();
+    items.join(", ")
+}
+
+impl fmt::Display for RuleTrace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rule {} ({}, {}): ", self.rule, self.action, self.origin)?;
+        match &self.outcome {
+            RuleOutcome::Matched { target: Some(t) } => write!(f, "matched (target {t})"),
+            RuleOutcome::Matched { target: None } => f.write_str("matched (any destination)"),
+            RuleOutcome::NotMatched { reasons } => write!(f, "no match: {}", reasons.join("; ")),
+        }
+    }
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for rule in &self.rules {
+            writeln!(f, "{rule}")?;
+        }
+        let d = &self.decision;
+        // Before the decision, which stays the last line.
+        if d.verdict == Verdict::Deny && self.mode == Mode::Audit {
+            writeln!(
+                f,
+                "mode audit: this denied connection would be logged, then forwarded"
+            )?;
+        }
+        let verdict = d.verdict;
+        match (&d.rule, &d.target) {
+            (None, _) => writeln!(
+                f,
+                "decision: {verdict} ({}: no rule matched)",
+                d.rule_name()
+            ),
+            (Some(rule), Some(target)) => {
+                writeln!(f, "decision: {verdict} by rule {rule} (target {target})")
+            }
+            (Some(rule), None) => {
+                writeln!(f, "decision: {verdict} by rule {rule} (any destination)")
+            }
+        }
+    }
+}

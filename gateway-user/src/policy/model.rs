@@ -1,0 +1,105 @@
+//! The policy files as written: serde types that keep every value's position.
+//!
+//! Everything is optional and loosely typed (integers as `i64`, enums as
+//! strings) so that `compile` can reject bad values with messages that say
+//! what to write instead, rather than serde's generic ones.
+use std::fmt;
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, Visitor},
+};
+use toml::Spanned;
+
+/// `[daemon]`: settings of the gateway process itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DaemonSection {
+    pub instance: Option<Spanned<String>>,
+    pub listen_port: Option<Spanned<Int>>,
+    pub mode: Option<Spanned<String>>,
+    pub exempt_mark: Option<Spanned<Int>>,
+    pub include: Option<Vec<Spanned<String>>>,
+}
+
+/// `[guard]`: which cgroup the kernel programs guard.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GuardSection {
+    pub cgroup: Option<Spanned<String>>,
+    pub create: Option<bool>,
+}
+
+/// One `[[target]]`: a named set of destinations.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TargetEntry {
+    pub name: Option<Spanned<String>>,
+    pub addresses: Option<Spanned<Vec<Spanned<String>>>>,
+    pub ports: Option<Spanned<Vec<Spanned<PortValue>>>>,
+    pub protocol: Option<Spanned<String>>,
+}
+
+/// One `[[rule]]`: who may (or may not) reach which targets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RuleEntry {
+    pub name: Option<Spanned<String>>,
+    pub action: Option<Spanned<String>>,
+    pub targets: Option<Spanned<Vec<Spanned<String>>>>,
+    pub uids: Option<Spanned<Vec<Spanned<Int>>>>,
+    pub users: Option<Spanned<Vec<Spanned<String>>>>,
+    pub processes: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// A TOML integer, kept wide so range errors can quote the value written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Int(pub i64);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntVisitor;
+        impl Visitor<'_> for IntVisitor {
+            type Value = Int;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
+                Ok(Int(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+        }
+        deserializer.deserialize_i64(IntVisitor)
+    }
+}
+
+/// An element of `ports`: `7000` or `"7100-7200"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum PortValue {
+    Number(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for PortValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PortVisitor;
+        impl Visitor<'_> for PortVisitor {
+            type Value = PortValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a port number or a range string like "7100-7200""#)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortValue, E> {
+                Ok(PortValue::Number(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortValue, E> {
+                Ok(PortValue::Number(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortValue, E> {
+                Ok(PortValue::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(PortVisitor)
+    }
+}

@@ -1,0 +1,158 @@
+//! `[daemon]` and `[guard]`: the gateway's own settings, validated with their defaults.
+use std::{fmt, path::PathBuf};
+
+use toml::Spanned;
+
+use super::{
+    load::{At, Located, Report},
+    model::{DaemonSection, GuardSection, Int},
+};
+
+/// How the gateway process runs; from `[daemon]`, every key defaulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSettings {
+    /// Names the bpffs pins: `/sys/fs/bpf/chokepoint/<instance>/`.
+    pub instance: String,
+    /// The gateway listens on `127.0.0.1` and `[::1]` at this port.
+    pub listen_port: u16,
+    pub mode: Mode,
+    /// `SO_MARK` of the gateway's own upstream sockets, which the kernel
+    /// programs let through; never 0, since 0 is every unmarked socket.
+    pub exempt_mark: u32,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        DaemonSettings {
+            instance: "default".to_owned(),
+            listen_port: 15001,
+            mode: Mode::Enforce,
+            exempt_mark: 0x4350_0001,
+        }
+    }
+}
+
+/// What the gateway does with a denied flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// Denied flows are refused.
+    #[default]
+    Enforce,
+    /// Denied flows are logged as denied, then forwarded: for rolling a
+    /// policy out without breaking jobs.
+    Audit,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        })
+    }
+}
+
+/// Which cgroup the kernel programs guard; from `[guard]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardSettings {
+    /// As written: relative to the cgroup2 mount, or absolute. Resolved by
+    /// the `ebpf` module.
+    pub cgroup: PathBuf,
+    /// Create the cgroup if it is missing (demos and tests).
+    pub create: bool,
+}
+
+pub(super) fn daemon(
+    section: Option<&Located<DaemonSection>>,
+    report: &mut Report,
+) -> DaemonSettings {
+    let mut settings = DaemonSettings::default();
+    let Some(Located { at, value: section }) = section else {
+        return settings;
+    };
+    let file = at.file;
+    if let Some(instance) = &section.instance {
+        let name = instance.get_ref();
+        let valid = (1..=32).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if valid {
+            settings.instance.clone_from(name);
+        } else {
+            report.error(
+                At::of(file, instance),
+                format!(
+                    "instance {name:?} must be 1 to 32 characters among a-z, 0-9, \"_\" and \"-\" (it names /sys/fs/bpf/chokepoint/<instance>/)"
+                ),
+            );
+        }
+    }
+    if let Some(port) = &section.listen_port {
+        match u16::try_from(port.get_ref().0) {
+            Ok(p) if p != 0 => settings.listen_port = p,
+            _ => report.error(
+                At::of(file, port),
+                format!("listen_port must be 1..=65535, not {}", port.get_ref().0),
+            ),
+        }
+    }
+    if let Some(mode) = &section.mode {
+        match mode.get_ref().as_str() {
+            "enforce" => settings.mode = Mode::Enforce,
+            "audit" => settings.mode = Mode::Audit,
+            other => report.error(
+                At::of(file, mode),
+                format!("mode must be \"enforce\" or \"audit\", not {other:?}"),
+            ),
+        }
+    }
+    if let Some(mark) = &section.exempt_mark {
+        settings.exempt_mark = exempt_mark(file, mark, report).unwrap_or(settings.exempt_mark);
+    }
+    settings
+}
+
+fn exempt_mark(file: usize, mark: &Spanned<Int>, report: &mut Report) -> Option<u32> {
+    let value = mark.get_ref().0;
+    let problem = match u32::try_from(value) {
+        Ok(0) => "0 is the mark of every unmarked socket, so it would exempt the jobs too",
+        Ok(m) => return Some(m),
+        Err(_) => "it must fit in 32 bits",
+    };
+    report.error(
+        At::of(file, mark),
+        format!(
+            "exempt_mark must be a non-zero 32-bit value such as 0x43500001, not {value}: {problem}"
+        ),
+    );
+    None
+}
+
+pub(super) fn guard(
+    section: Option<Located<GuardSection>>,
+    report: &mut Report,
+) -> Option<GuardSettings> {
+    let Located { at, value: section } = section?;
+    let create = section.create.unwrap_or(false);
+    match section.cgroup {
+        None => {
+            report.error(
+                at,
+                "[guard] has no cgroup: add cgroup = \"...\" (relative to the cgroup2 mount, or absolute)",
+            );
+            None
+        }
+        Some(cgroup) if cgroup.get_ref().trim().is_empty() => {
+            report.error(
+                At::of(at.file, &cgroup),
+                "cgroup is empty: name the cgroup to guard, relative to the cgroup2 mount or absolute",
+            );
+            None
+        }
+        Some(cgroup) => Some(GuardSettings {
+            cgroup: PathBuf::from(cgroup.into_inner()),
+            create,
+        }),
+    }
+}

@@ -1,0 +1,1165 @@
+//! Unit tests: loading, diagnostics with positions, evaluation and explanations.
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use super::*;
+
+/// A temporary directory of policy files.
+struct Files(tempfile::TempDir);
+
+impl Files {
+    fn new() -> Files {
+        Files(tempfile::tempdir().expect("tempdir"))
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.path().join(name);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).expect("mkdir");
+        }
+        fs::write(&path, text).expect("write");
+        path
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+}
+
+/// Users known to the tests, independent of the host's passwd.
+fn users(name: &str) -> Result<Option<u32>, String> {
+    Ok(match name {
+        "root" => Some(0),
+        "runner" => Some(1000),
+        "deploy" => Some(1001),
+        _ => None,
+    })
+}
+
+fn load(paths: &[PathBuf]) -> Result<Policy, PolicyErrors> {
+    Policy::load_with(paths, &users)
+}
+
+fn load_one(files: &Files, text: &str) -> Result<Policy, PolicyErrors> {
+    load(&[files.write("policy.toml", text)])
+}
+
+fn errors(result: Result<Policy, PolicyErrors>) -> Vec<Diagnostic> {
+    match result {
+        Ok(policy) => panic!("expected errors, loaded {}", policy.summary()),
+        Err(PolicyErrors(diagnostics)) => diagnostics,
+    }
+}
+
+fn only_error(result: Result<Policy, PolicyErrors>) -> Diagnostic {
+    let mut all = errors(result);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    all.remove(0)
+}
+
+fn flow<'a>(dst: &str, uid: u32, comm: &'a str) -> FlowFacts<'a> {
+    FlowFacts {
+        dst: dst.parse::<SocketAddr>().expect("dst"),
+        pid: 1,
+        uid,
+        gid: uid,
+        comm,
+    }
+}
+
+const EXAMPLE: &str = r#"[daemon]
+instance = "demo"
+listen_port = 15002
+mode = "audit"
+exempt_mark = 0x43500002
+
+[guard]
+cgroup = "chokepoint-demo"
+create = true
+
+[[target]]
+name = "echo"
+addresses = ["127.0.0.2", "::1", "fd00::/8"]
+ports = [7000, "7100-7200"]
+protocol = "tcp"
+
+[[target]]
+name = "db"
+addresses = ["10.0.0.0/8"]
+ports = [5432]
+
+[[rule]]
+name = "builds-reach-echo"
+action = "allow"
+targets = ["echo"]
+users = ["runner"]
+processes = ["curl", "python3*"]
+
+[[rule]]
+name = "root-anywhere"
+action = "allow"
+targets = ["*"]
+uids = [0]
+
+[[rule]]
+name = "deny-db"
+action = "deny"
+targets = ["db"]
+"#;
+
+#[test]
+fn the_example_loads_with_its_settings() {
+    let files = Files::new();
+    let path = files.write("chokepoint.toml", EXAMPLE);
+    let policy = load(std::slice::from_ref(&path)).expect("loads");
+    assert_eq!(
+        policy.daemon(),
+        &DaemonSettings {
+            instance: "demo".into(),
+            listen_port: 15002,
+            mode: Mode::Audit,
+            exempt_mark: 0x4350_0002
+        }
+    );
+    assert_eq!(
+        policy.guard(),
+        Some(&GuardSettings {
+            cgroup: PathBuf::from("chokepoint-demo"),
+            create: true
+        })
+    );
+    assert_eq!(policy.sources(), &[path]);
+    assert_eq!(policy.summary(), "2 targets, 3 rules from 1 file");
+}
+
+#[test]
+fn files_without_daemon_or_guard_get_defaults() {
+    let files = Files::new();
+    let policy = load_one(&files, "").expect("an empty file is a valid, deny-all policy");
+    assert_eq!(policy.daemon(), &DaemonSettings::default());
+    assert_eq!(policy.daemon().instance, "default");
+    assert_eq!(policy.daemon().listen_port, 15001);
+    assert_eq!(policy.daemon().mode, Mode::Enforce);
+    assert_eq!(policy.daemon().exempt_mark, 0x4350_0001);
+    assert_eq!(policy.guard(), None);
+    assert_eq!(policy.summary(), "0 targets, 0 rules from 1 file");
+}
+
+#[test]
+fn load_resolves_users_on_this_host() {
+    let files = Files::new();
+    let path = files.write(
+        "c.toml",
+        "[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"*\"]\nusers = [\"root\"]\n",
+    );
+    let policy = Policy::load(&path).expect("root exists on every Linux host");
+    assert_eq!(
+        policy.evaluate(&flow("10.0.0.1:1", 0, "sh")).verdict,
+        Verdict::Allow
+    );
+    assert_eq!(
+        policy.evaluate(&flow("10.0.0.1:1", 1, "sh")).verdict,
+        Verdict::Deny
+    );
+
+    let bad = files.write(
+        "d.toml",
+        "[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"*\"]\nusers = [\"no-such-user-chokepoint\"]\n",
+    );
+    let e = only_error(Policy::load(&bad));
+    assert_eq!((e.line, e.col), (5, 10));
+    assert!(
+        e.message
+            .contains("unknown user \"no-such-user-chokepoint\""),
+        "{}",
+        e.message
+    );
+}
+
+// ---- diagnostics ----
+
+#[test]
+fn diagnostics_display_file_line_col_or_file_alone() {
+    let positioned = Diagnostic {
+        file: "a.toml".into(),
+        line: 3,
+        col: 7,
+        message: "bad".into(),
+    };
+    assert_eq!(positioned.to_string(), "a.toml:3:7: bad");
+    let whole = Diagnostic {
+        file: "a.toml".into(),
+        line: 0,
+        col: 0,
+        message: "cannot read".into(),
+    };
+    assert_eq!(whole.to_string(), "a.toml: cannot read");
+    let errors = PolicyErrors(vec![positioned, whole]);
+    assert_eq!(errors.to_string(), "a.toml:3:7: bad\na.toml: cannot read");
+}
+
+#[test]
+fn a_syntax_error_points_at_its_line_and_column() {
+    let files = Files::new();
+    let e = only_error(load_one(
+        &files,
+        "[daemon]\ninstance = \"demo\"\nlisten_port = = 1\n",
+    ));
+    assert_eq!(e.file, files.path("policy.toml"));
+    assert_eq!((e.line, e.col), (3, 15));
+    assert!(e.message.starts_with("invalid TOML"), "{}", e.message);
+}
+
+#[test]
+fn a_key_defined_twice_in_one_file_is_named() {
+    let files = Files::new();
+    let e = only_error(load_one(&files, "[daemon]\nmode = \"audit\"\n\n[daemon]\n"));
+    assert_eq!((e.line, e.col), (4, 2));
+    assert!(
+        e.message.contains("duplicate key `daemon`"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_at_the_key() {
+    let files = Files::new();
+    let all = errors(load_one(
+        &files,
+        "[daemon]\nlisten = 1\n\n[[target]]\nname = \"t\"\naddresses = [\"10.0.0.1\"]\nports = [1]\n  colour = \"red\"\n\n[extra]\n",
+    ));
+    let found: Vec<(usize, usize)> = all.iter().map(|d| (d.line, d.col)).collect();
+    assert_eq!(found, vec![(2, 1), (8, 3), (10, 2)], "{all:#?}");
+    assert!(
+        all[0].message.contains("unknown field `listen`"),
+        "{}",
+        all[0].message
+    );
+    assert!(
+        all[0].message.contains("listen_port"),
+        "lists the valid keys: {}",
+        all[0].message
+    );
+    assert!(
+        all[1].message.contains("unknown field `colour`"),
+        "{}",
+        all[1].message
+    );
+    assert!(
+        all[2].message.contains("unknown section \"extra\""),
+        "{}",
+        all[2].message
+    );
+}
+
+#[test]
+fn type_errors_point_at_the_value() {
+    let files = Files::new();
+    let e = only_error(load_one(&files, "[daemon]\nlisten_port = \"15001\"\n"));
+    assert_eq!((e.line, e.col), (2, 15));
+    assert!(e.message.contains("expected an integer"), "{}", e.message);
+    let e = only_error(load_one(
+        &files,
+        "[[target]]\nname = \"t\"\naddresses = \"10.0.0.1\"\nports = [1]\n",
+    ));
+    assert_eq!((e.line, e.col), (3, 13));
+    assert!(e.message.contains("expected an array"), "{}", e.message);
+}
+
+#[test]
+fn daemon_values_are_checked_with_advice() {
+    let files = Files::new();
+    let all = errors(load_one(
+        &files,
+        "[daemon]\ninstance = \"Demo!\"\nlisten_port = 70000\nmode = \"enforcing\"\nexempt_mark = 0\n",
+    ));
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        all.iter().map(|d| (d.line, d.col)).collect::<Vec<_>>(),
+        vec![(2, 12), (3, 15), (4, 8), (5, 15)]
+    );
+    assert!(
+        messages[0].contains("instance \"Demo!\" must be 1 to 32 characters"),
+        "{}",
+        messages[0]
+    );
+    assert_eq!(messages[1], "listen_port must be 1..=65535, not 70000");
+    assert_eq!(
+        messages[2],
+        "mode must be \"enforce\" or \"audit\", not \"enforcing\""
+    );
+    assert!(
+        messages[3].starts_with("exempt_mark must be a non-zero"),
+        "{}",
+        messages[3]
+    );
+
+    let e = only_error(load_one(&files, "[daemon]\nlisten_port = 0\n"));
+    assert_eq!(e.message, "listen_port must be 1..=65535, not 0");
+    let e = only_error(load_one(
+        &files,
+        "[daemon]\ninstance = \"abcdefghijklmnopqrstuvwxyz0123456\"\n",
+    ));
+    assert!(
+        e.message.contains("1 to 32"),
+        "33 characters: {}",
+        e.message
+    );
+    let long_ok = load_one(
+        &files,
+        "[daemon]\ninstance = \"abcdefghijklmnopqrstuvwxyz_-0123\"\n",
+    );
+    assert_eq!(long_ok.expect("32 characters").daemon().instance.len(), 32);
+}
+
+#[test]
+fn guard_needs_a_cgroup_when_present() {
+    let files = Files::new();
+    let e = only_error(load_one(&files, "[guard]\ncreate = true\n"));
+    assert_eq!((e.line, e.col), (1, 2));
+    assert!(e.message.contains("add cgroup = "), "{}", e.message);
+    let e = only_error(load_one(&files, "[guard]\ncgroup = \"\"\n"));
+    assert_eq!((e.line, e.col), (2, 10));
+    let absolute =
+        load_one(&files, "[guard]\ncgroup = \"/sys/fs/cgroup/ci\"\n").expect("absolute cgroup");
+    assert_eq!(
+        absolute.guard().map(|g| g.cgroup.as_path()),
+        Some(Path::new("/sys/fs/cgroup/ci"))
+    );
+    assert_eq!(absolute.guard().map(|g| g.create), Some(false));
+}
+
+#[test]
+fn reversed_port_ranges_say_how_to_write_them() {
+    let files = Files::new();
+    let e = only_error(load_one(
+        &files,
+        "[[target]]\nname = \"echo\"\naddresses = [\"127.0.0.2\"]\nports = [7000, \"7200-7100\"]\n",
+    ));
+    assert_eq!((e.line, e.col), (4, 16));
+    assert_eq!(
+        e.message,
+        "port range \"7200-7100\" is reversed: write \"7100-7200\""
+    );
+}
+
+#[test]
+fn bad_ports_and_addresses_are_each_reported() {
+    let files = Files::new();
+    let all = errors(load_one(
+        &files,
+        "[[target]]\nname = \"t\"\naddresses = [\"10.0.0.300\", \"10.1.2.3/8\", \"::1\"]\nports = [0, 65536, \"http\", \"0-10\", 1.5]\nprotocol = \"udp\"\n",
+    ));
+    // The float is a type error, which stops the entry before the others.
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!((all[0].line, all[0].col), (4, 36));
+
+    let all = errors(load_one(
+        &files,
+        "[[target]]\nname = \"t\"\naddresses = [\"10.0.0.300\", \"10.1.2.3/8\", \"::1\"]\nports = [0, 65536, \"http\", \"0-10\"]\nprotocol = \"udp\"\n",
+    ));
+    let at: Vec<(usize, usize)> = all.iter().map(|d| (d.line, d.col)).collect();
+    assert_eq!(
+        at,
+        vec![
+            (3, 14),
+            (3, 28),
+            (4, 10),
+            (4, 13),
+            (4, 20),
+            (4, 28),
+            (5, 12)
+        ],
+        "{all:#?}"
+    );
+    assert!(
+        all[0]
+            .message
+            .contains("\"10.0.0.300\" is not an IP address or CIDR"),
+        "{}",
+        all[0].message
+    );
+    assert!(
+        all[1]
+            .message
+            .contains("host bits set: write \"10.0.0.0/8\""),
+        "{}",
+        all[1].message
+    );
+    assert!(
+        all[2].message.contains("port 0 in ports is out of range"),
+        "{}",
+        all[2].message
+    );
+    assert!(all[3].message.contains("port 65536"), "{}", all[3].message);
+    assert!(
+        all[4].message.contains("\"http\" is not a port"),
+        "{}",
+        all[4].message
+    );
+    assert!(
+        all[5].message.contains("port 0 in \"0-10\""),
+        "{}",
+        all[5].message
+    );
+    assert_eq!(
+        all[6].message,
+        "protocol \"udp\" is not supported; valid protocols: tcp"
+    );
+}
+
+#[test]
+fn required_target_and_rule_keys_are_named_at_the_header() {
+    let files = Files::new();
+    let all = errors(load_one(
+        &files,
+        "[[target]]\naddresses = []\n\n[[rule]]\nname = \"r\"\n",
+    ));
+    let found: Vec<(usize, usize, &str)> = all
+        .iter()
+        .map(|d| (d.line, d.col, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (1, 1, "this [[target]] has no name: add name = \"...\""),
+            (
+                1,
+                1,
+                "this [[target]] has no ports: add ports = [443] (numbers, or ranges such as \"7100-7200\")"
+            ),
+            (
+                2,
+                13,
+                "addresses is empty: list at least one IP address or CIDR"
+            ),
+            (
+                4,
+                1,
+                "rule \"r\" has no action: add action = \"allow\" or action = \"deny\""
+            ),
+            (
+                4,
+                1,
+                "rule \"r\" has no targets: add targets = [\"name\"], or [\"*\"] for any destination"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn unknown_targets_list_the_defined_ones() {
+    let files = Files::new();
+    let e = only_error(load_one(
+        &files,
+        "[[target]]\nname = \"echo\"\naddresses = [\"127.0.0.2\"]\nports = [7000]\n\n[[target]]\nname = \"db\"\naddresses = [\"10.0.0.1\"]\nports = [5432]\n\n[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"echo\", \"ech\"]\n",
+    ));
+    assert_eq!((e.line, e.col), (14, 20));
+    assert_eq!(
+        e.message,
+        "unknown target \"ech\"; defined targets: echo, db"
+    );
+}
+
+#[test]
+fn rule_actions_names_and_subjects_are_checked() {
+    let files = Files::new();
+    let all = errors(load_one(
+        &files,
+        r#"[[rule]]
+name = "default-deny"
+action = "permit"
+targets = ["*"]
+uids = [-1, 4294967296]
+users = ["nobody-here"]
+processes = ["[a", "python3.11-config", "averyverylongname*"]
+
+[[rule]]
+name = "has space"
+action = "deny"
+targets = ["*"]
+uids = []
+"#,
+    ));
+    let found: Vec<(usize, usize)> = all.iter().map(|d| (d.line, d.col)).collect();
+    assert_eq!(
+        found,
+        vec![
+            (2, 8),
+            (3, 10),
+            (5, 9),
+            (5, 13),
+            (6, 10),
+            (7, 14),
+            (7, 20),
+            (7, 41),
+            (10, 8),
+            (13, 8)
+        ],
+        "{all:#?}"
+    );
+    let m = |i: usize| all[i].message.as_str();
+    assert!(m(0).contains("reserved"), "{}", m(0));
+    assert_eq!(m(1), "action must be \"allow\" or \"deny\", not \"permit\"");
+    assert!(m(2).contains("uid -1 is out of range"), "{}", m(2));
+    assert!(m(3).contains("uid 4294967296 is out of range"), "{}", m(3));
+    assert!(m(4).contains("unknown user \"nobody-here\""), "{}", m(4));
+    assert!(m(5).contains("not a valid glob"), "{}", m(5));
+    assert!(
+        m(6).contains("truncates process names to 15 bytes; write \"python3.11-conf\""),
+        "{}",
+        m(6)
+    );
+    assert!(m(7).contains("needs at least 17 bytes"), "{}", m(7));
+    assert!(m(8).contains("rule name \"has space\" must be"), "{}", m(8));
+    assert!(m(9).contains("uids is empty"), "{}", m(9));
+}
+
+#[test]
+fn a_fifteen_byte_process_name_is_fine() {
+    let files = Files::new();
+    let policy = load_one(
+        &files,
+        "[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"*\"]\nprocesses = [\"python3.11-conf\", \"[!]x]bcdefghijklmn\"]\n",
+    )
+    .expect("15 bytes match a truncated comm");
+    assert_eq!(
+        policy
+            .evaluate(&flow("10.0.0.1:1", 5, "python3.11-conf"))
+            .verdict,
+        Verdict::Allow
+    );
+    assert_eq!(
+        policy
+            .evaluate(&flow("10.0.0.1:1", 5, "abcdefghijklmn"))
+            .verdict,
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn duplicate_names_point_at_the_second_and_name_the_first() {
+    let files = Files::new();
+    let target = "[[target]]\nname = \"echo\"\naddresses = [\"127.0.0.2\"]\nports = [7000]\n";
+    let rule = "[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"echo\"]\n";
+    let a = files.write("a.toml", &format!("{target}\n{rule}"));
+    let b = files.write("b.toml", &format!("{rule}\n{target}"));
+    let all = errors(load(&[a.clone(), b.clone()]));
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!(
+        (all[0].file.as_path(), all[0].line, all[0].col),
+        (b.as_path(), 2, 8)
+    );
+    assert_eq!(
+        all[0].message,
+        format!(
+            "rule \"r\" is already defined at {}:7:8: rule names must be unique",
+            a.display()
+        )
+    );
+    assert_eq!(
+        (all[1].file.as_path(), all[1].line, all[1].col),
+        (b.as_path(), 7, 8)
+    );
+    assert!(
+        all[1]
+            .message
+            .contains(&format!("already defined at {}:2:8", a.display())),
+        "{}",
+        all[1].message
+    );
+}
+
+#[test]
+fn every_error_in_every_file_is_reported() {
+    let files = Files::new();
+    let a = files.write(
+        "a.toml",
+        "[[target]]\nname = \"echo\"\naddresses = [\"127.0.0.2\"]\nports = [\"9-1\"]\n\n[[target]]\nname = \"x\"\nbogus = 1\n\n[[target]]\nname = \"y\"\naddresses = [\"nope\"]\nports = [1]\n",
+    );
+    let b = files.write("b.toml", "[[rule]\nname = \"broken\"\n");
+    let c = files.write(
+        "c.toml",
+        "[[rule]]\nname = \"r1\"\naction = \"allow\"\ntargets = [\"ech\"]\n\n[[rule]]\nname = \"r2\"\naction = \"maybe\"\ntargets = [\"echo\"]\n",
+    );
+    let missing = files.path("missing.toml");
+    let all = errors(load(&[a.clone(), b.clone(), c.clone(), missing.clone()]));
+    let found: Vec<(&Path, usize, usize)> = all
+        .iter()
+        .map(|d| (d.file.as_path(), d.line, d.col))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (a.as_path(), 4, 10),
+            (a.as_path(), 8, 1),
+            (a.as_path(), 12, 14),
+            (b.as_path(), 1, 8),
+            (c.as_path(), 4, 12),
+            (c.as_path(), 8, 10),
+            (missing.as_path(), 0, 0),
+        ],
+        "{all:#?}"
+    );
+    assert!(
+        all[6].message.starts_with("cannot read this file"),
+        "{}",
+        all[6].message
+    );
+    assert!(
+        all[6]
+            .to_string()
+            .starts_with(&format!("{}: cannot read", missing.display()))
+    );
+    // The target with a bad port was declared, so the rule naming it is not
+    // also reported; a misspelt name is.
+    assert!(
+        all[4]
+            .message
+            .contains("unknown target \"ech\"; defined targets: echo, x, y"),
+        "{}",
+        all[4].message
+    );
+}
+
+#[test]
+fn a_second_daemon_or_guard_across_files_is_an_error_at_the_second() {
+    let files = Files::new();
+    let a = files.write(
+        "a.toml",
+        "[daemon]\nmode = \"audit\"\n[guard]\ncgroup = \"ci\"\n",
+    );
+    let b = files.write(
+        "b.toml",
+        "# policy\n\n[guard]\ncgroup = \"other\"\n\n  [daemon]\n",
+    );
+    let all = errors(load(&[a.clone(), b.clone()]));
+    let found: Vec<(&Path, usize, usize)> = all
+        .iter()
+        .map(|d| (d.file.as_path(), d.line, d.col))
+        .collect();
+    assert_eq!(found, vec![(b.as_path(), 3, 2), (b.as_path(), 6, 4)]);
+    assert!(
+        all[0].message.starts_with("second [guard] section"),
+        "{}",
+        all[0].message
+    );
+    assert!(
+        all[1]
+            .message
+            .contains(&format!("the first is at {}:1:2", a.display())),
+        "{}",
+        all[1].message
+    );
+}
+
+#[test]
+fn target_must_be_an_array_of_tables() {
+    let files = Files::new();
+    let e = only_error(load_one(&files, "[target]\nname = \"t\"\n"));
+    assert_eq!((e.line, e.col), (1, 1));
+    assert!(
+        e.message.contains("write [[target]] (double brackets)"),
+        "{}",
+        e.message
+    );
+    let e = only_error(load_one(&files, "rule = [1]\n"));
+    assert_eq!((e.line, e.col), (1, 9));
+}
+
+#[test]
+fn inline_arrays_of_tables_work_too() {
+    let files = Files::new();
+    let policy = load_one(
+        &files,
+        "target = [{ name = \"t\", addresses = [\"10.0.0.1\"], ports = [1] }]\nrule = [{ name = \"r\", action = \"allow\", targets = [\"t\"] }]\n",
+    )
+    .expect("inline tables");
+    assert_eq!(
+        policy.evaluate(&flow("10.0.0.1:1", 5, "x")).rule_name(),
+        "r"
+    );
+}
+
+// ---- includes ----
+
+#[test]
+fn include_globs_load_relative_to_the_file_in_sorted_order() {
+    let files = Files::new();
+    let config = files.write(
+        "etc/chokepoint.toml",
+        "[daemon]\ninclude = [\"policy.d/*.toml\", \"empty.d/*.toml\", \"extra.toml\"]\n\n[[target]]\nname = \"any\"\naddresses = [\"0.0.0.0/0\"]\nports = [\"1-65535\"]\n",
+    );
+    let rule = |name: &str| {
+        format!("[[rule]]\nname = \"{name}\"\naction = \"allow\"\ntargets = [\"any\"]\n")
+    };
+    let b = files.write("etc/policy.d/20-b.toml", &rule("b"));
+    let a = files.write("etc/policy.d/10-a.toml", &rule("a"));
+    files.write("etc/policy.d/.#10-a.toml", "not toml at all [");
+    files.write("etc/policy.d/notes.txt", "not toml at all [");
+    let extra = files.write("etc/extra.toml", &rule("extra"));
+    fs::create_dir_all(files.path("etc/empty.d")).expect("mkdir");
+
+    // Run from elsewhere: includes must not depend on the working directory.
+    let policy = load(std::slice::from_ref(&config)).expect("loads");
+    assert_eq!(policy.sources(), &[config, a, b, extra]);
+    assert_eq!(policy.summary(), "1 target, 3 rules from 4 files");
+    assert_eq!(
+        policy.evaluate(&flow("10.0.0.1:80", 5, "x")).rule_name(),
+        "a"
+    );
+}
+
+#[test]
+fn a_missing_plain_include_is_an_error_at_its_entry() {
+    let files = Files::new();
+    let e = only_error(load_one(
+        &files,
+        "[daemon]\ninclude = [\"x/*.toml\", \"policy.d/extra.toml\"]\n",
+    ));
+    assert_eq!((e.line, e.col), (2, 24));
+    assert!(e.message.contains("policy.d/extra.toml"), "{}", e.message);
+    assert!(e.message.contains("does not exist"), "{}", e.message);
+    let e = only_error(load_one(&files, "[daemon]\ninclude = [\"[a.toml\"]\n"));
+    assert!(e.message.contains("not a valid glob"), "{}", e.message);
+}
+
+#[test]
+fn errors_in_included_files_name_those_files() {
+    let files = Files::new();
+    let config = files.write("c.toml", "[daemon]\ninclude = [\"p/*.toml\"]\n");
+    let bad = files.write(
+        "p/a.toml",
+        "[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"nope\"]\n",
+    );
+    let e = only_error(load(&[config]));
+    assert_eq!((e.file, e.line, e.col), (bad, 4, 12));
+    assert_eq!(
+        e.message,
+        "unknown target \"nope\"; no targets are defined; use \"*\" for any destination"
+    );
+}
+
+#[test]
+fn a_file_named_twice_is_read_once() {
+    let files = Files::new();
+    let config = files.write("c.toml", "[daemon]\ninclude = [\"p/*.toml\"]\n");
+    let policy_file = files.write(
+        "p/a.toml",
+        "[[rule]]\nname = \"r\"\naction = \"deny\"\ntargets = [\"*\"]\n",
+    );
+    let policy = load(&[config.clone(), policy_file.clone()]).expect("no duplicate rule error");
+    assert_eq!(policy.sources(), &[config, policy_file]);
+}
+
+#[test]
+fn no_files_is_an_error() {
+    let all = errors(load(&[]));
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        all[0].to_string(),
+        "no policy files given: name at least one file"
+    );
+}
+
+// ---- evaluation ----
+
+fn example() -> Policy {
+    let files = Files::new();
+    load_one(&files, EXAMPLE).expect("example loads")
+}
+
+#[test]
+fn an_allow_rule_names_itself_and_its_target() {
+    let policy = example();
+    let d = policy.evaluate(&flow("127.0.0.2:7000", 1000, "curl"));
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(d.rule_name(), "builds-reach-echo");
+    assert_eq!(d.target.as_deref(), Some("echo"));
+}
+
+#[test]
+fn nothing_matching_is_a_default_deny() {
+    let policy = example();
+    let d = policy.evaluate(&flow("192.0.2.1:443", 1000, "curl"));
+    assert_eq!(
+        d,
+        Decision {
+            verdict: Verdict::Deny,
+            rule: None,
+            target: None
+        }
+    );
+    assert_eq!(d.rule_name(), "default-deny");
+}
+
+#[test]
+fn deny_overrides_allow_whatever_the_order() {
+    let policy = example();
+    // root-anywhere allows (before deny-db in load order), deny-db denies.
+    let d = policy.evaluate(&flow("10.1.2.3:5432", 0, "psql"));
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.rule_name(), "deny-db");
+    assert_eq!(d.target.as_deref(), Some("db"));
+    // root elsewhere: allowed by "*", so no target name.
+    let d = policy.evaluate(&flow("10.1.2.3:5433", 0, "psql"));
+    assert_eq!(
+        (d.verdict, d.rule_name(), d.target.as_deref()),
+        (Verdict::Allow, "root-anywhere", None)
+    );
+}
+
+#[test]
+fn the_first_matching_deny_is_named() {
+    let files = Files::new();
+    let policy = load_one(
+        &files,
+        "[[rule]]\nname = \"allow-all\"\naction = \"allow\"\ntargets = [\"*\"]\n\n[[rule]]\nname = \"deny-1\"\naction = \"deny\"\ntargets = [\"*\"]\nuids = [7]\n\n[[rule]]\nname = \"deny-2\"\naction = \"deny\"\ntargets = [\"*\"]\n",
+    )
+    .expect("loads");
+    assert_eq!(
+        policy.evaluate(&flow("10.0.0.1:1", 7, "x")).rule_name(),
+        "deny-1"
+    );
+    assert_eq!(
+        policy.evaluate(&flow("10.0.0.1:1", 8, "x")).rule_name(),
+        "deny-2"
+    );
+}
+
+#[test]
+fn mapped_ipv4_destinations_match_ipv4_cidrs() {
+    let policy = example();
+    let d = policy.evaluate(&flow("[::ffff:10.9.8.7]:5432", 1000, "psql"));
+    assert_eq!((d.verdict, d.rule_name()), (Verdict::Deny, "deny-db"));
+    let d = policy.evaluate(&flow("[::ffff:127.0.0.2]:7000", 1000, "curl"));
+    assert_eq!(
+        (d.verdict, d.rule_name()),
+        (Verdict::Allow, "builds-reach-echo")
+    );
+    // Not mapped: 10.9.8.7 embedded elsewhere is plain IPv6.
+    let d = policy.evaluate(&flow("[64:ff9b::10.9.8.7]:5432", 1000, "psql"));
+    assert_eq!(d.rule_name(), "default-deny");
+}
+
+#[test]
+fn mapped_addresses_in_the_policy_are_ipv4() {
+    let files = Files::new();
+    let policy = load_one(
+        &files,
+        "[[target]]\nname = \"t\"\naddresses = [\"::ffff:10.0.0.0/104\"]\nports = [1]\n[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"t\"]\n",
+    )
+    .expect("loads");
+    assert_eq!(
+        policy.evaluate(&flow("10.2.3.4:1", 5, "x")).verdict,
+        Verdict::Allow
+    );
+    assert_eq!(
+        policy
+            .evaluate(&flow("[::ffff:10.2.3.4]:1", 5, "x"))
+            .verdict,
+        Verdict::Allow
+    );
+    assert_eq!(
+        policy.evaluate(&flow("11.2.3.4:1", 5, "x")).verdict,
+        Verdict::Deny
+    );
+}
+
+#[test]
+fn ipv6_loopback_and_prefixes_match() {
+    let policy = example();
+    assert_eq!(
+        policy
+            .evaluate(&flow("[::1]:7000", 1000, "curl"))
+            .rule_name(),
+        "builds-reach-echo"
+    );
+    assert_eq!(
+        policy
+            .evaluate(&flow("[fd12::5]:7150", 1000, "curl"))
+            .rule_name(),
+        "builds-reach-echo"
+    );
+    assert_eq!(
+        policy
+            .evaluate(&flow("[::2]:7000", 1000, "curl"))
+            .rule_name(),
+        "default-deny"
+    );
+    assert_eq!(
+        policy
+            .evaluate(&flow("[fe80::1]:7000", 1000, "curl"))
+            .rule_name(),
+        "default-deny"
+    );
+}
+
+#[test]
+fn port_ranges_include_both_edges_and_nothing_beyond() {
+    let policy = example();
+    let verdict = |port: u16| {
+        policy
+            .evaluate(&flow(&format!("127.0.0.2:{port}"), 1000, "curl"))
+            .verdict
+    };
+    for port in [7000, 7100, 7150, 7200] {
+        assert_eq!(verdict(port), Verdict::Allow, "port {port}");
+    }
+    for port in [6999, 7001, 7099, 7201, 1, 65535] {
+        assert_eq!(verdict(port), Verdict::Deny, "port {port}");
+    }
+
+    let files = Files::new();
+    let full = load_one(
+        &files,
+        "[[target]]\nname = \"t\"\naddresses = [\"0.0.0.0/0\", \"::/0\"]\nports = [\"1-65535\"]\n[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"t\"]\n",
+    )
+    .expect("full range");
+    assert_eq!(
+        full.evaluate(&flow("1.2.3.4:65535", 5, "x")).verdict,
+        Verdict::Allow
+    );
+    assert_eq!(
+        full.evaluate(&flow("1.2.3.4:1", 5, "x")).verdict,
+        Verdict::Allow
+    );
+    assert_eq!(
+        full.evaluate(&flow("[2001:db8::1]:443", 5, "x")).verdict,
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn subjects_uids_users_and_process_globs() {
+    let files = Files::new();
+    let policy = load_one(
+        &files,
+        "[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"*\"]\nuids = [42]\nusers = [\"runner\"]\nprocesses = [\"curl\", \"python3*\"]\n",
+    )
+    .expect("loads");
+    let verdict = |uid: u32, comm: &str| policy.evaluate(&flow("10.0.0.1:80", uid, comm)).verdict;
+    assert_eq!(verdict(42, "curl"), Verdict::Allow);
+    assert_eq!(
+        verdict(1000, "curl"),
+        Verdict::Allow,
+        "runner resolves to 1000"
+    );
+    assert_eq!(verdict(1000, "python3"), Verdict::Allow);
+    assert_eq!(verdict(1000, "python3.12"), Verdict::Allow);
+    assert_eq!(verdict(1000, "python"), Verdict::Deny);
+    assert_eq!(
+        verdict(1000, "curl2"),
+        Verdict::Deny,
+        "a literal pattern is not a prefix"
+    );
+    assert_eq!(verdict(1000, "Curl"), Verdict::Deny, "case matters");
+    assert_eq!(verdict(1001, "curl"), Verdict::Deny);
+    assert_eq!(verdict(0, "curl"), Verdict::Deny);
+}
+
+#[test]
+fn the_verdict_does_not_depend_on_file_order() {
+    let files = Files::new();
+    let a = files.write(
+        "a.toml",
+        "[[target]]\nname = \"web\"\naddresses = [\"10.0.0.0/8\"]\nports = [80, 443]\n\n[[rule]]\nname = \"web-ok\"\naction = \"allow\"\ntargets = [\"web\"]\n",
+    );
+    let b = files.write(
+        "b.toml",
+        "[[rule]]\nname = \"no-root\"\naction = \"deny\"\ntargets = [\"*\"]\nuids = [0]\n\n[[rule]]\nname = \"curl-anywhere\"\naction = \"allow\"\ntargets = [\"*\"]\nprocesses = [\"curl\"]\n",
+    );
+    let c = files.write(
+        "c.toml",
+        "[[rule]]\nname = \"no-443-for-wget\"\naction = \"deny\"\ntargets = [\"web\"]\nprocesses = [\"wget\"]\n",
+    );
+    let orders = [
+        vec![a.clone(), b.clone(), c.clone()],
+        vec![c.clone(), b.clone(), a.clone()],
+        vec![b.clone(), a.clone(), c.clone()],
+        vec![c.clone(), a.clone(), b.clone()],
+    ];
+    let policies: Vec<Policy> = orders.iter().map(|o| load(o).expect("loads")).collect();
+    let flows = [
+        ("10.0.0.1:80", 0, "curl"),
+        ("10.0.0.1:80", 1000, "curl"),
+        ("10.0.0.1:443", 1000, "wget"),
+        ("10.0.0.1:22", 1000, "wget"),
+        ("192.0.2.1:22", 1000, "curl"),
+        ("192.0.2.1:22", 1000, "ssh"),
+        ("[::ffff:10.0.0.1]:443", 1000, "sh"),
+    ];
+    let mut allowed = 0;
+    for (dst, uid, comm) in flows {
+        let facts = flow(dst, uid, comm);
+        let verdicts: Vec<Verdict> = policies
+            .iter()
+            .map(|p| p.evaluate(&facts).verdict)
+            .collect();
+        assert!(
+            verdicts.iter().all(|v| *v == verdicts[0]),
+            "{dst} {uid} {comm}: {verdicts:?}"
+        );
+        allowed += usize::from(verdicts[0] == Verdict::Allow);
+    }
+    assert_eq!(allowed, 3, "the flows exercise both verdicts");
+}
+
+// ---- explain ----
+
+#[test]
+fn explain_says_why_each_rule_did_not_match_and_what_decided() {
+    let policy = example();
+    let facts = flow("10.1.2.3:5432", 1000, "sh");
+    let explanation = policy.explain(&facts);
+    assert_eq!(explanation.decision, policy.evaluate(&facts));
+    let text = explanation.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(
+        lines[0].starts_with("rule builds-reach-echo (allow, "),
+        "{text}"
+    );
+    assert!(
+        lines[0].ends_with(
+            "no match: destination 10.1.2.3:5432 not in targets echo (address not in [127.0.0.2, ::1, fd00::/8], port 5432 not in [7000, 7100-7200]); comm \"sh\" matches none of [\"curl\", \"python3*\"]"
+        ),
+        "{text}"
+    );
+    assert!(
+        lines[1].ends_with("no match: uid 1000 not in [0]"),
+        "{text}"
+    );
+    assert!(lines[2].starts_with("rule deny-db (deny, "), "{text}");
+    assert!(lines[2].ends_with("matched (target db)"), "{text}");
+    assert_eq!(
+        lines[3],
+        "mode audit: this denied connection would be logged, then forwarded"
+    );
+    assert_eq!(lines[4], "decision: deny by rule deny-db (target db)");
+    assert!(text.ends_with('\n'));
+}
+
+#[test]
+fn explain_shows_default_deny_and_users() {
+    let policy = example();
+    let facts = flow("127.0.0.2:7000", 1001, "curl");
+    let text = policy.explain(&facts).to_string();
+    assert!(
+        text.contains("uid 1001 not in [1000] (users: runner=1000)"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("mode audit: this denied connection would be logged, then forwarded\ndecision: deny (default-deny: no rule matched)\n"),
+        "the example runs in audit mode: {text}"
+    );
+    let allowed = policy.explain(&flow("192.0.2.9:22", 0, "ssh")).to_string();
+    assert!(
+        allowed.ends_with("decision: allow by rule root-anywhere (any destination)\n"),
+        "{allowed}"
+    );
+    assert!(allowed.contains("root-anywhere (allow, "), "{allowed}");
+    assert!(allowed.contains("matched (any destination)"), "{allowed}");
+}
+
+#[test]
+fn explain_points_at_where_each_rule_is_written() {
+    let files = Files::new();
+    let path = files.write(
+        "p.toml",
+        "\n\n[[rule]]\nname = \"r\"\naction = \"deny\"\ntargets = [\"*\"]\n",
+    );
+    let policy = load(std::slice::from_ref(&path)).expect("loads");
+    let text = policy.explain(&flow("10.0.0.1:1", 1, "x")).to_string();
+    assert_eq!(
+        text,
+        format!(
+            "rule r (deny, {}:3:1): matched (any destination)\ndecision: deny by rule r (any destination)\n",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn policies_can_be_shared_across_threads() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<Policy>();
+    shared::<Decision>();
+    shared::<Explanation>();
+    shared::<PolicyErrors>();
+}
+
+#[test]
+fn the_repository_example_is_valid() {
+    let files = Files::new();
+    let policy =
+        load_one(&files, include_str!("../../../examples/chokepoint.toml")).expect("example loads");
+    assert_eq!(policy.guard().map(|g| g.create), Some(true));
+    let verdict = |dst: &str| policy.evaluate(&flow(dst, 1000, "curl")).verdict;
+    assert_eq!(verdict("127.0.0.2:8080"), Verdict::Allow);
+    assert_eq!(verdict("[::1]:9000"), Verdict::Deny);
+    assert_eq!(verdict("127.0.0.2:9001"), Verdict::Deny);
+}
+
+#[test]
+fn syntax_errors_on_separate_lines_are_all_reported() {
+    let files = Files::new();
+    let all = errors(load_one(
+        &files,
+        "[daemon]\nmode = \"audit\nlisten_port = 1\n\n[[rule]]\nname = = \"r\"\n",
+    ));
+    let lines: Vec<usize> = all.iter().map(|d| d.line).collect();
+    assert_eq!(lines, vec![2, 6], "{all:#?}");
+}
+
+#[test]
+fn a_broken_daemon_section_still_loads_its_includes() {
+    let files = Files::new();
+    let config = files.write(
+        "c.toml",
+        "[daemon]\nmod = \"audit\"\ninclude = [\"p/*.toml\"]\n",
+    );
+    let included = files.write(
+        "p/a.toml",
+        "[[rule]]\nname = \"r\"\naction = \"alow\"\ntargets = [\"*\"]\n",
+    );
+    let other = files.write("d.toml", "[daemon]\n");
+    let all = errors(load(&[config.clone(), other.clone()]));
+    let found: Vec<(&Path, usize, usize)> = all
+        .iter()
+        .map(|d| (d.file.as_path(), d.line, d.col))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (config.as_path(), 2, 1),
+            (included.as_path(), 3, 10),
+            (other.as_path(), 1, 2)
+        ],
+        "{all:#?}"
+    );
+    assert!(
+        all[2].message.starts_with("second [daemon] section"),
+        "{}",
+        all[2].message
+    );
+}
+
+#[test]
+fn a_badly_named_target_is_reported_once() {
+    let files = Files::new();
+    let e = only_error(load_one(
+        &files,
+        "[[target]]\nname = \"my db\"\naddresses = [\"10.0.0.1\"]\nports = [5432]\n\n[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"my db\"]\n",
+    ));
+    assert_eq!((e.line, e.col), (2, 8));
+    assert!(
+        e.message.starts_with("target name \"my db\" must be"),
+        "{}",
+        e.message
+    );
+}
