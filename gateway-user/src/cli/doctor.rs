@@ -1,0 +1,114 @@
+//! `chokepoint doctor`: what this host needs, and who could undo the guard.
+use std::{path::Path, process::ExitCode};
+
+use crate::ebpf;
+
+pub(super) fn doctor(config: Option<&Path>) -> ExitCode {
+    let mut problems = 0;
+    let mut report = |ok: bool, what: &str, detail: String| {
+        println!("[{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
+        if !ok {
+            problems += 1;
+        }
+    };
+    match ebpf::preflight() {
+        Ok(()) => report(
+            true,
+            "kernel",
+            "root, kernel version and BTF are fine".into(),
+        ),
+        Err(e) => report(false, "kernel", e.to_string()),
+    }
+    match ebpf::cgroup2_mount() {
+        Ok(p) => report(true, "cgroup2", format!("mounted at {}", p.display())),
+        Err(e) => report(false, "cgroup2", e.to_string()),
+    }
+    let bpffs = nix::sys::statfs::statfs("/sys/fs/bpf")
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
+    report(
+        true,
+        "bpffs",
+        if bpffs {
+            "mounted at /sys/fs/bpf".into()
+        } else {
+            "not mounted (the daemon mounts it)".into()
+        },
+    );
+    if let Some(config) = config {
+        match crate::policy::Policy::load(config) {
+            Ok(p) => {
+                report(true, "config", p.summary());
+                let instance = &p.daemon().instance;
+                let attached = ebpf::PinDir::new(instance).has_links();
+                report(
+                    attached,
+                    "guard",
+                    if attached {
+                        format!("instance {instance} is attached")
+                    } else {
+                        format!("instance {instance} is not attached: start the daemon")
+                    },
+                );
+            }
+            Err(e) => report(false, "config", format!("\n{e}")),
+        }
+    }
+    // Threat model: anyone who can become root or load BPF can lift the guard.
+    let unpriv_bpf = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    report(
+        unpriv_bpf == "1" || unpriv_bpf == "2",
+        "unprivileged BPF",
+        format!("kernel.unprivileged_bpf_disabled = {unpriv_bpf:?} (want 1 or 2)"),
+    );
+    let group_file = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    for group in ["sudo", "wheel", "docker", "lxd", "libvirt"] {
+        if let Some(members) = group_members(&group_file, group) {
+            report(
+                members.is_empty(),
+                "privileged group",
+                if members.is_empty() {
+                    format!("{group}: no members")
+                } else {
+                    format!(
+                        "{group}: {} can gain root and undo the guard; CI jobs must not run as them",
+                        members.join(", ")
+                    )
+                },
+            );
+        }
+    }
+    if problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn group_members<'a>(group_file: &'a str, group: &str) -> Option<Vec<&'a str>> {
+    group_file.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == group).then(|| {
+            fields
+                .nth(2)
+                .unwrap_or("")
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .collect()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_members;
+
+    #[test]
+    fn reads_group_members() {
+        let file = "root:x:0:\nsudo:x:27:alice,bob\ndocker:x:999:\n";
+        assert_eq!(group_members(file, "sudo"), Some(vec!["alice", "bob"]));
+        assert_eq!(group_members(file, "docker"), Some(vec![]));
+        assert_eq!(group_members(file, "wheel"), None);
+    }
+}

@@ -1,0 +1,155 @@
+//! The `chokepoint` command line. Each subcommand lives in its own file and
+//! returns an exit code; errors are printed as one line naming the problem.
+mod detach;
+mod doctor;
+mod policy;
+mod run;
+mod status;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::daemon::LogFormat;
+
+/// Chokepoint: the only way out of a CI runner host.
+#[derive(Debug, Parser)]
+#[command(name = "chokepoint", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway in the foreground (the systemd service runs this).
+    Run {
+        /// Daemon configuration file.
+        #[arg(long, short, default_value = "/etc/chokepoint/chokepoint.toml")]
+        config: PathBuf,
+        /// Log output format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Detach and unpin the kernel programs of an instance (the only way to
+    /// lift the guard).
+    Detach {
+        #[command(flatten)]
+        which: InstanceArg,
+    },
+    /// Show an instance's attachment, map fill and counters as JSON.
+    Status {
+        #[command(flatten)]
+        which: InstanceArg,
+    },
+    /// Check this host for what Chokepoint needs and for holes in the threat model.
+    Doctor {
+        /// Also check this daemon configuration.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate and explain policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// Selects an instance by name, by configuration file, or all of them.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct InstanceArg {
+    /// Instance name ([daemon] instance).
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Take the instance name from this configuration file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Every instance on this host.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check policy files; prints every error as file:line:col and exits 2.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show which rule decides a connection, and why the others do not.
+    Explain {
+        #[arg(long, short, default_value = "/etc/chokepoint/chokepoint.toml")]
+        config: PathBuf,
+        /// Destination, e.g. 127.0.0.2:5432 or [::1]:443.
+        #[arg(long)]
+        dest: std::net::SocketAddr,
+        /// Uid of the connecting process.
+        #[arg(long, conflicts_with = "user")]
+        uid: Option<u32>,
+        /// User name of the connecting process.
+        #[arg(long)]
+        user: Option<String>,
+        /// Process name (comm) of the connecting process.
+        #[arg(long, default_value = "")]
+        comm: String,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, log_format } => run::run(config, log_format),
+        Command::Detach { which } => detach::detach(&which),
+        Command::Status { which } => status::status(&which),
+        Command::Doctor { config } => doctor::doctor(config.as_deref()),
+        Command::Policy(PolicyCommand::Check { files }) => policy::check(&files),
+        Command::Policy(PolicyCommand::Explain {
+            config,
+            dest,
+            uid,
+            user,
+            comm,
+        }) => policy::explain(&config, dest, uid, user.as_deref(), &comm),
+    }
+}
+
+/// Prints `chokepoint: <message>` and returns exit code 1.
+pub(crate) fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("chokepoint: {message}");
+    ExitCode::FAILURE
+}
+
+/// An error with its causes (aya puts the errno in the source), on one line.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // thiserror's `{source}` formatting often repeats the cause already.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+impl InstanceArg {
+    /// Instance names selected by the arguments.
+    pub(crate) fn instances(&self) -> Result<Vec<String>, String> {
+        if self.all {
+            return Ok(crate::ebpf::PinDir::all());
+        }
+        if let Some(name) = &self.instance {
+            return Ok(vec![name.clone()]);
+        }
+        let config = self
+            .config
+            .as_ref()
+            .ok_or("name an instance: --instance, --config or --all")?;
+        let policy = crate::policy::Policy::load(config)
+            .map_err(|e| format!("invalid configuration:\n{e}"))?;
+        Ok(vec![policy.daemon().instance.clone()])
+    }
+}

@@ -1,0 +1,94 @@
+//! `chokepoint run`: load the policy, bind the listeners, attach the kernel
+//! programs, then serve until SIGTERM. Each step fails with one clear line
+//! and leaves nothing attached that was not attached before.
+mod logging;
+mod reload;
+mod serve;
+
+use std::{path::PathBuf, sync::Arc};
+
+use arc_swap::ArcSwap;
+pub use logging::{LogFormat, init_logging};
+use tracing::{info, warn};
+
+use crate::{
+    ebpf::{self, Attached, LoadOptions},
+    flow::{self, Listeners},
+    policy::{DaemonSettings, Policy, PolicyErrors},
+};
+
+/// Everything `run` needs from the command line.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid configuration:\n{0}")]
+    Policy(#[from] PolicyErrors),
+    #[error("{0}: add a [guard] section with `cgroup = \"...\"` naming the cgroup to guard")]
+    NoGuard(String),
+    #[error(transparent)]
+    Bind(#[from] flow::BindError),
+    #[error(transparent)]
+    Ebpf(#[from] ebpf::EbpfError),
+    #[error("signal handling: {0}")]
+    Signal(std::io::Error),
+}
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    pub policy: ArcSwap<Policy>,
+    /// Settings fixed at start (a reload cannot move the port or cgroup).
+    pub daemon: DaemonSettings,
+    pub attached: Attached,
+}
+
+pub async fn run(opts: RunOptions) -> Result<(), RunError> {
+    let policy = Policy::load(&opts.config)?;
+    let guard = policy
+        .guard()
+        .cloned()
+        .ok_or_else(|| RunError::NoGuard(opts.config.display().to_string()))?;
+    let daemon = policy.daemon().clone();
+
+    ebpf::preflight()?;
+    ebpf::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
+    let cgroup = ebpf::resolve_cgroup(&guard.cgroup, guard.create)?;
+    // Listeners first: a busy port must fail before anything is attached.
+    let Listeners { v4, v6 } = flow::bind_listeners(daemon.listen_port, daemon.exempt_mark)?;
+    let attached = ebpf::attach(
+        &LoadOptions {
+            instance: daemon.instance.clone(),
+            listen_port: daemon.listen_port,
+            exempt_mark: daemon.exempt_mark,
+        },
+        &cgroup,
+    )?;
+    info!(
+        instance = %daemon.instance,
+        cgroup = %attached.cgroup.display(),
+        port = daemon.listen_port,
+        mode = %daemon.mode,
+        adopted = attached.adopted,
+        policy = %policy.summary(),
+        "gateway ready"
+    );
+    let shared = Arc::new(Shared {
+        policy: ArcSwap::from_pointee(policy),
+        daemon,
+        attached,
+    });
+
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        warn!(error = %e, "sd_notify READY failed");
+    }
+    let result = serve::serve(shared.clone(), v4, v6, &opts.config).await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    info!(
+        instance = %shared.daemon.instance,
+        "gateway stopped; programs stay attached (connections are refused until it is back; `chokepoint detach` removes them)"
+    );
+    result
+}

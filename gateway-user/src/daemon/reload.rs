@@ -1,0 +1,33 @@
+//! Policy reload: a new policy replaces the old one only if it is valid.
+use std::path::Path;
+
+use tracing::{error, info, warn};
+
+use super::Shared;
+use crate::policy::Policy;
+
+/// Reloads from `config`. An invalid file keeps the running policy and says
+/// why; settings that need a restart (port, instance, mark, cgroup) are
+/// reported and keep their running values.
+pub(crate) fn reload(shared: &Shared, config: &Path) {
+    match Policy::load(config) {
+        Ok(policy) => {
+            let new = policy.daemon();
+            let old = &shared.daemon;
+            if new.instance != old.instance
+                || new.listen_port != old.listen_port
+                || new.exempt_mark != old.exempt_mark
+            {
+                warn!(
+                    "[daemon] instance, listen_port and exempt_mark changes need a restart; running with instance={} listen_port={} until then",
+                    old.instance, old.listen_port
+                );
+            }
+            info!(policy = %policy.summary(), mode = %policy.daemon().mode, "policy reloaded");
+            shared.policy.store(std::sync::Arc::new(policy));
+        }
+        Err(errors) => {
+            error!(errors = %errors, "policy reload failed; keeping the previous policy");
+        }
+    }
+}

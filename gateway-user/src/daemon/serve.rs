@@ -1,0 +1,147 @@
+//! Accepting guarded connections and handling each one in its own task.
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    signal::unix::{SignalKind, signal},
+};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use super::{RunError, Shared, reload::reload};
+use crate::{
+    flow::{self, Flow},
+    policy::{Decision, FlowFacts, Mode, Verdict},
+    protocols::tcp::{self, Transferred},
+};
+
+/// How long in-flight connections may finish after SIGTERM.
+const DRAIN: Duration = Duration::from_secs(5);
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    v4: TcpListener,
+    v6: TcpListener,
+    config: &Path,
+) -> Result<(), RunError> {
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    let tasks = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            r = v4.accept() => r,
+            r = v6.accept() => r,
+            _ = hup.recv() => { reload(&shared, config); continue; }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                tasks.spawn(handle(shared.clone(), client, peer));
+            }
+            // EMFILE and friends: keep serving the connections we have.
+            Err(e) => {
+                error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tasks.close();
+    if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
+        warn!(
+            open = tasks.len(),
+            "connections still open at shutdown were cut"
+        );
+    }
+    Ok(())
+}
+
+async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let flow = match flow::recover(&shared.attached.flows, peer).await {
+        Ok(flow) => flow,
+        Err(e) => {
+            warn!(%peer, "{e}");
+            tcp::refuse(client).await;
+            return;
+        }
+    };
+    let span = info_span!("flow", id = flow.id, pid = flow.pid, comm = %flow.comm, dst = %flow.dst);
+    async move {
+        let policy = shared.policy.load_full();
+        let decision = policy.evaluate(&FlowFacts {
+            dst: flow.dst,
+            pid: flow.pid,
+            uid: flow.uid,
+            gid: flow.gid,
+            comm: &flow.comm,
+        });
+        let mode = policy.daemon().mode;
+        let forward = decision.verdict == Verdict::Allow || mode == Mode::Audit;
+        let (moved, error) = if forward {
+            forward_to(&shared, client, &flow).await
+        } else {
+            tcp::refuse(client).await;
+            (Transferred::default(), None)
+        };
+        log_flow(&flow, &decision, mode, moved, error.as_deref(), started);
+    }
+    .instrument(span)
+    .await
+}
+
+async fn forward_to(
+    shared: &Shared,
+    mut client: TcpStream,
+    flow: &Flow,
+) -> (Transferred, Option<String>) {
+    let mut upstream = match tcp::connect_upstream(flow.dst, shared.daemon.exempt_mark).await {
+        Ok(s) => s,
+        Err(e) => {
+            tcp::refuse(client).await;
+            return (
+                Transferred::default(),
+                Some(format!("upstream {}: {e}", flow.dst)),
+            );
+        }
+    };
+    let _ = client.set_nodelay(true);
+    match tcp::passthrough(&mut client, &mut upstream).await {
+        Ok(moved) => (moved, None),
+        Err(e) => (Transferred::default(), Some(e.to_string())),
+    }
+}
+
+fn log_flow(
+    flow: &Flow,
+    decision: &Decision,
+    mode: Mode,
+    moved: Transferred,
+    error: Option<&str>,
+    started: Instant,
+) {
+    info!(
+        flow_id = flow.id,
+        pid = flow.pid,
+        uid = flow.uid,
+        gid = flow.gid,
+        comm = %flow.comm,
+        cgroup_id = flow.cgroup_id,
+        dst = %flow.dst,
+        decision = %decision.verdict,
+        rule = decision.rule_name(),
+        target = decision.target.as_deref().unwrap_or(""),
+        mode = %mode,
+        bytes_up = moved.up,
+        bytes_down = moved.down,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        error = error.unwrap_or(""),
+        "flow"
+    );
+}

@@ -1,0 +1,176 @@
+//! Loading the object, attaching every program to the guarded cgroup and
+//! pinning the links, replacing (never interrupting) a previous instance.
+use std::path::PathBuf;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
+        links::{FdLink, LinkError, PinnedLink},
+    },
+};
+use gateway_common::{CONFIG_GLOBAL, GatewayConfig};
+
+use super::{
+    EbpfError, FlowTable, GuardedCgroup, OBJECT, PROGRAMS, PinDir, ProgramKind, pins::remove_tree,
+};
+
+/// Suffix of a link pinned beside the one it replaces (bpffs refuses
+/// names containing dots).
+const STAGED: &str = "_staged";
+
+/// What the loader needs to know.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub instance: String,
+    pub listen_port: u16,
+    pub exempt_mark: u32,
+}
+
+/// Programs attached and pinned for one instance; holds the map handles
+/// the gateway uses. Dropping it leaves the programs attached (they are
+/// pinned): that is what keeps the host fail-closed.
+pub struct Attached {
+    pub pins: PinDir,
+    pub cgroup: PathBuf,
+    /// Whether pins of an earlier run were found and replaced.
+    pub adopted: bool,
+    pub flows: FlowTable,
+    _ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attached")
+            .field("pins", &self.pins)
+            .field("cgroup", &self.cgroup)
+            .field("adopted", &self.adopted)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the programs and attaches them to `cgroup`.
+///
+/// If the instance already has pins (a previous daemon crashed or was
+/// stopped), its maps are reused, the new links are attached before the old
+/// ones are removed, so there is no moment without a guard. On failure
+/// nothing new stays attached, and a fresh instance leaves no pins.
+pub fn attach(opts: &LoadOptions, cgroup: &GuardedCgroup) -> Result<Attached, EbpfError> {
+    if OBJECT.is_empty() {
+        return Err(EbpfError::NoObject);
+    }
+    let pins = PinDir::new(&opts.instance);
+    let adopted = pins.has_links();
+    let fresh = !pins.root.exists();
+    let result = load_and_attach(opts, cgroup, &pins, adopted);
+    if result.is_err() && fresh {
+        // Best effort: the original error is what the operator needs.
+        let _ = remove_tree(&pins.root);
+    }
+    result
+}
+
+fn load_and_attach(
+    opts: &LoadOptions,
+    cgroup: &GuardedCgroup,
+    pins: &PinDir,
+    adopted: bool,
+) -> Result<Attached, EbpfError> {
+    let maps_dir = pins.maps();
+    std::fs::create_dir_all(&maps_dir).map_err(EbpfError::io(&maps_dir))?;
+    std::fs::create_dir_all(pins.links()).map_err(EbpfError::io(pins.links()))?;
+    let config = GatewayConfig {
+        listen_port: opts.listen_port,
+        _pad: 0,
+        exempt_mark: opts.exempt_mark,
+    };
+    let mut ebpf = EbpfLoader::new()
+        .override_global(CONFIG_GLOBAL, &config, true)
+        .default_map_pin_directory(&maps_dir)
+        .load(OBJECT)?;
+
+    // Links always stack with other programs on the cgroup (the kernel
+    // rejects BPF_F_ALLOW_MULTI on link_create), so "Single" here is the
+    // flag-less link attach, not exclusive ownership.
+    // Attach everything first; links not yet pinned detach on drop, so an
+    // error here leaves nothing behind.
+    let mut links: Vec<(&'static str, FdLink)> = Vec::with_capacity(PROGRAMS.len());
+    for &(name, kind) in PROGRAMS {
+        let program = ebpf.program_mut(name).ok_or(EbpfError::Program {
+            name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?;
+        let err = |source| EbpfError::Program { name, source };
+        let link: FdLink = match kind {
+            ProgramKind::Sock => {
+                let p: &mut CgroupSock = program.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+                let id = p
+                    .attach(&cgroup.file, CgroupAttachMode::Single)
+                    .map_err(err)?;
+                fd_link(name, p.take_link(id).map_err(err)?)?
+            }
+            ProgramKind::SockAddr => {
+                let p: &mut CgroupSockAddr = program.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+                let id = p
+                    .attach(&cgroup.file, CgroupAttachMode::Single)
+                    .map_err(err)?;
+                fd_link(name, p.take_link(id).map_err(err)?)?
+            }
+            ProgramKind::SockOps => {
+                let p: &mut SockOps = program.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+                let id = p
+                    .attach(&cgroup.file, CgroupAttachMode::Single)
+                    .map_err(err)?;
+                fd_link(name, p.take_link(id).map_err(err)?)?
+            }
+        };
+        links.push((name, link));
+    }
+
+    // Pin the new generation beside the old one, then swap: while both are
+    // attached a connect is redirected once (the second program sees the
+    // gateway as destination and leaves it alone).
+    let mut staged = Vec::with_capacity(links.len());
+    for (name, link) in links {
+        let tmp = pins.links().join(format!("{name}{STAGED}"));
+        let _ = std::fs::remove_file(&tmp);
+        let pinned = link.pin(&tmp).map_err(|source| EbpfError::Pin {
+            path: tmp.clone(),
+            source,
+        })?;
+        staged.push((name, pinned));
+    }
+    for (name, pinned) in staged {
+        let final_path = pins.link(name);
+        if final_path.exists() {
+            let old = PinnedLink::from_pin(&final_path).map_err(|source| EbpfError::Link {
+                path: final_path.clone(),
+                source,
+            })?;
+            drop(old.unpin().map_err(EbpfError::io(&final_path))?);
+        }
+        let tmp = pins.links().join(format!("{name}{STAGED}"));
+        std::fs::rename(&tmp, &final_path).map_err(EbpfError::io(&final_path))?;
+        drop(pinned);
+    }
+
+    let flows = FlowTable::new(&mut ebpf)?;
+    Ok(Attached {
+        pins: pins.clone(),
+        cgroup: cgroup.path.clone(),
+        adopted,
+        flows,
+        _ebpf: ebpf,
+    })
+}
+
+/// Program-specific links become plain fd links, the kind that can be pinned.
+fn fd_link<L>(name: &'static str, link: L) -> Result<FdLink, EbpfError>
+where
+    FdLink: TryFrom<L, Error = LinkError>,
+{
+    FdLink::try_from(link).map_err(|source| EbpfError::ProgramLink { name, source })
+}

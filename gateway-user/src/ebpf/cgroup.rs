@@ -1,0 +1,113 @@
+//! Finding the cgroup2 hierarchy and the cgroup the programs guard.
+use std::{
+    fs::File,
+    path::{Component, Path, PathBuf},
+};
+
+use super::EbpfError;
+
+/// Mount point of the cgroup2 filesystem, from `/proc/self/mountinfo`.
+/// Hosts differ (`/sys/fs/cgroup` on unified systems, `.../unified` on
+/// hybrid ones), so it is never assumed.
+pub fn cgroup2_mount() -> Result<PathBuf, EbpfError> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(EbpfError::io("/proc/self/mountinfo"))?;
+    parse_mountinfo(&info).ok_or(EbpfError::NoCgroup2)
+}
+
+fn parse_mountinfo(info: &str) -> Option<PathBuf> {
+    info.lines().find_map(|line| {
+        // Fields: id parent major:minor root mountpoint opts [optional...] - fstype source superopts
+        let (pre, post) = line.split_once(" - ")?;
+        let fstype = post.split_whitespace().next()?;
+        if fstype != "cgroup2" {
+            return None;
+        }
+        Some(PathBuf::from(unescape(pre.split_whitespace().nth(4)?)))
+    })
+}
+
+/// mountinfo escapes spaces and a few other bytes as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup the programs are attached to, opened.
+#[derive(Debug)]
+pub struct GuardedCgroup {
+    pub path: PathBuf,
+    pub file: File,
+}
+
+/// Resolves `configured` (absolute, or relative to the cgroup2 mount),
+/// creating it when `create` is set.
+pub fn resolve_cgroup(configured: &Path, create: bool) -> Result<GuardedCgroup, EbpfError> {
+    let mount = cgroup2_mount()?;
+    let path = if configured.is_absolute() {
+        configured.to_path_buf()
+    } else {
+        mount.join(configured)
+    };
+    // `..` could walk out of the hierarchy; refuse it rather than normalise.
+    if path.components().any(|c| c == Component::ParentDir) || !path.starts_with(&mount) {
+        return Err(EbpfError::NotACgroup { path, mount });
+    }
+    if !path.exists() {
+        if !create {
+            return Err(EbpfError::CgroupMissing { path });
+        }
+        std::fs::create_dir_all(&path).map_err(EbpfError::io(&path))?;
+    }
+    if !path.join("cgroup.procs").exists() {
+        return Err(EbpfError::NotACgroup { path, mount });
+    }
+    let file = File::open(&path).map_err(EbpfError::io(&path))?;
+    Ok(GuardedCgroup { path, file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_among_v1_mounts() {
+        let info = "\
+25 1 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid,relatime shared:5 - cgroup2 cgroup2 rw
+27 25 0:25 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+        assert_eq!(
+            parse_mountinfo(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn no_cgroup2_is_none() {
+        assert_eq!(
+            parse_mountinfo("27 25 0:25 / /sys/fs/cgroup/memory rw - cgroup cgroup rw\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn unescapes_spaces() {
+        let info = "26 25 0:24 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(parse_mountinfo(info), Some(PathBuf::from("/mnt/my cg")));
+    }
+}

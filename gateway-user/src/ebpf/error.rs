@@ -1,0 +1,68 @@
+//! Errors of the kernel side, each saying what the operator should do.
+use std::{io, path::PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error(
+        "chokepoint must run as root (it loads BPF programs and attaches them to cgroups): run it with sudo or as the systemd service"
+    )]
+    NotRoot,
+    #[error(
+        "kernel {found} is too old: chokepoint needs Linux {need} or newer (bpf_link for cgroups, sock_release hook)"
+    )]
+    KernelTooOld { found: String, need: &'static str },
+    #[error(
+        "kernel has no BTF (/sys/kernel/btf/vmlinux is missing): use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf,
+    #[error("cannot mount bpffs at {path}: {source}; mount it with `mount -t bpf bpf {path}`", path = path.display())]
+    BpffsMount { path: PathBuf, source: io::Error },
+    #[error(
+        "no cgroup2 filesystem is mounted (checked /proc/self/mountinfo): mount one with `mount -t cgroup2 none /sys/fs/cgroup`"
+    )]
+    NoCgroup2,
+    #[error("guarded cgroup {path} does not exist: create it (mkdir {path}) or set `create = true` in [guard]", path = path.display())]
+    CgroupMissing { path: PathBuf },
+    #[error("{path} is not a cgroup2 directory (no cgroup.procs): [guard] cgroup must name a directory inside {mount}", path = path.display(), mount = mount.display())]
+    NotACgroup { path: PathBuf, mount: PathBuf },
+    #[error(
+        "this binary was built without its eBPF object (AYA_BUILD_SKIP was set): rebuild with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("program {name}: {source}")]
+    ProgramLink {
+        name: &'static str,
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning {path}: {source}", path = path.display())]
+    Pin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("bpffs entry {path}: {source}", path = path.display())]
+    Link {
+        path: PathBuf,
+        source: aya::programs::links::LinkError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("{path}: {source}", path = path.display())]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl EbpfError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}

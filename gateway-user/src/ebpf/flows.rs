@@ -1,0 +1,78 @@
+//! The gateway's view of the flow map: take the record of an accepted
+//! connection by its client address.
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Mutex,
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData},
+};
+use gateway_common::{ClientKey, FlowRecord, maps};
+
+use super::EbpfError;
+
+/// Records written by the kernel, keyed by client (ip, port).
+pub struct FlowTable {
+    // aya's remove takes &mut self; the critical section is two syscalls.
+    map: Mutex<HashMap<MapData, ClientKey, FlowRecord>>,
+}
+
+impl FlowTable {
+    pub(crate) fn new(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
+        let map = ebpf.take_map(maps::FLOWS).ok_or(EbpfError::Map {
+            name: "CP_FLOWS",
+            source: aya::maps::MapError::InvalidName {
+                name: maps::FLOWS.into(),
+            },
+        })?;
+        let map = HashMap::try_from(map).map_err(|source| EbpfError::Map {
+            name: "CP_FLOWS",
+            source,
+        })?;
+        Ok(Self {
+            map: Mutex::new(map),
+        })
+    }
+
+    /// Removes and returns the record of the connection whose client end is
+    /// `peer`, if the kernel wrote one.
+    pub fn take(&self, peer: SocketAddr) -> Option<FlowRecord> {
+        let key = client_key(peer);
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let record = map.get(&key, 0).ok()?;
+        // A failed remove leaves the entry for sock_release to clean up.
+        let _ = map.remove(&key);
+        Some(record)
+    }
+}
+
+/// The kernel's key for a client address: IPv4 stored IPv4-mapped.
+pub fn client_key(peer: SocketAddr) -> ClientKey {
+    let addr = match peer.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    ClientKey {
+        addr,
+        port: peer.port(),
+        _pad: [0; 6],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_and_mapped_peers_share_a_key() {
+        let v4: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
+        assert_eq!(client_key(v4), client_key(mapped));
+        assert_ne!(client_key(v4), client_key("[::1]:40000".parse().unwrap()));
+    }
+}

@@ -1,0 +1,58 @@
+//! Loading, attaching, pinning and detaching the kernel programs, and typed
+//! access to their maps. This is the only module that touches aya.
+//!
+//! Layout on bpffs, per instance (so tests and several daemons never share
+//! state):
+//!
+//! ```text
+//! /sys/fs/bpf/chokepoint/<instance>/links/<program>   pinned bpf_links
+//! /sys/fs/bpf/chokepoint/<instance>/maps/<MAP>        pinned maps
+//! ```
+//!
+//! Pinned links keep the programs attached when the daemon exits or crashes,
+//! so redirected connections are refused while it is down (fail closed);
+//! [`detach`] is the only way to remove them.
+//!
+//! Minimum kernel: 5.10 (bpf_link for cgroups, `sock_release`, netns cookies
+//! and socket cookies in every hook used).
+mod attach;
+mod cgroup;
+mod error;
+mod flows;
+mod pins;
+mod preflight;
+mod status;
+
+pub use attach::{Attached, LoadOptions, attach};
+pub use cgroup::{GuardedCgroup, cgroup2_mount, resolve_cgroup};
+pub use error::EbpfError;
+pub use flows::FlowTable;
+pub use pins::{PinDir, detach};
+pub use preflight::{ensure_bpffs, preflight};
+pub use status::{Status, status};
+
+/// The eBPF object compiled by `build.rs`, embedded so the daemon is one file.
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));
+
+/// Programs in the object, with how each is attached. The order is the order
+/// of attachment: socket creation and cleanup first, so that no socket can
+/// be created between the connect hook appearing and its companions.
+pub(crate) const PROGRAMS: &[(&str, ProgramKind)] = &[
+    ("cp_sock_create", ProgramKind::Sock),
+    ("cp_sock_release", ProgramKind::Sock),
+    ("cp_sockops", ProgramKind::SockOps),
+    ("cp_bind4", ProgramKind::SockAddr),
+    ("cp_bind6", ProgramKind::SockAddr),
+    ("cp_sendmsg4", ProgramKind::SockAddr),
+    ("cp_sendmsg6", ProgramKind::SockAddr),
+    ("cp_connect4", ProgramKind::SockAddr),
+    ("cp_connect6", ProgramKind::SockAddr),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ProgramKind {
+    Sock,
+    SockAddr,
+    SockOps,
+}

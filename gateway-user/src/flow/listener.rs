@@ -1,0 +1,59 @@
+//! The gateway's listening sockets on 127.0.0.1 and [::1].
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+
+/// Both loopback listeners of one gateway port.
+#[derive(Debug)]
+pub struct Listeners {
+    pub v4: TcpListener,
+    pub v6: TcpListener,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}{hint}", hint = hint(source))]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: io::Error,
+}
+
+fn hint(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        " (another process holds the port: stop it, or choose another daemon.listen_port)"
+    } else {
+        ""
+    }
+}
+
+/// Binds both listeners. They carry the exemption mark because, when the
+/// host itself is guarded, the kernel refuses binds of the gateway port to
+/// anything unmarked (so a job cannot squat it while the gateway is down).
+pub fn bind_listeners(port: u16, mark: u32) -> Result<Listeners, BindError> {
+    let v4 = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), mark)?;
+    let v6 = bind(SocketAddr::from((Ipv6Addr::LOCALHOST, port)), mark)?;
+    Ok(Listeners { v4, v6 })
+}
+
+fn bind(addr: SocketAddr, mark: u32) -> Result<TcpListener, BindError> {
+    let err = |source| BindError { addr, source };
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(err)?;
+    }
+    socket.set_mark(mark).map_err(err)?;
+    // Restarts must rebind at once even with connections in TIME_WAIT.
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(4096).map_err(err)?;
+    TcpListener::from_std(socket.into()).map_err(err)
+}

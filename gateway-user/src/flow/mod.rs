@@ -1,0 +1,7 @@
+//! Turning an accepted connection into a [`Flow`]: the kernel's record of
+//! who opened it and where it was going, read right after `accept()`.
+mod listener;
+mod record;
+
+pub use listener::{BindError, Listeners, bind_listeners};
+pub use record::{Flow, FlowError, recover};
