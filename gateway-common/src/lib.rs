@@ -108,7 +108,9 @@ pub const AF_INET6: u16 = 10;
 #[inline(always)]
 pub fn mapped_v4(ip_be: u32) -> [u8; 16] {
     let o = ip_be.to_ne_bytes();
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
+    ]
 }
 
 /// Builds the stored form of an IPv6 address given as the kernel's four

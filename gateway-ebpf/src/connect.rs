@@ -80,12 +80,17 @@ pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
         count(Counter::Denied);
         return DENY;
     }
-    let mapped =
-        dst_ip[0] == MAPPED_PREFIX[0] && dst_ip[1] == MAPPED_PREFIX[1] && dst_ip[2] == MAPPED_PREFIX[2];
+    let mapped = dst_ip[0] == MAPPED_PREFIX[0]
+        && dst_ip[1] == MAPPED_PREFIX[1]
+        && dst_ip[2] == MAPPED_PREFIX[2];
     // A mapped destination must stay mapped: the socket may be dual-stack
     // only because the job asked for it, and ::1 would change the family
     // the connection actually uses.
-    let gateway = if mapped { LOOPBACK_V4_MAPPED } else { LOOPBACK_V6 };
+    let gateway = if mapped {
+        LOOPBACK_V4_MAPPED
+    } else {
+        LOOPBACK_V6
+    };
     if dst_port == cfg.listen_port && dst_ip == gateway {
         return ALLOW;
     }

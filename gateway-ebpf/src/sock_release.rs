@@ -1,6 +1,8 @@
 //! Removes a socket's records when it is closed, whether or not the gateway
 //! ever consumed them (refused connects, clients that close before accept).
-use aya_ebpf::{helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock, programs::SockContext};
+use aya_ebpf::{
+    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock, programs::SockContext,
+};
 
 use crate::{
     common::ALLOW,
