@@ -17,8 +17,6 @@ pub mod maps {
     pub const PENDING: &str = "CP_PENDING";
     /// Client (ip, port) → [`FlowRecord`](super::FlowRecord), read by the gateway after accept.
     pub const FLOWS: &str = "CP_FLOWS";
-    /// Socket cookie → [`ClientKey`](super::ClientKey), so `sock_release` can clean `FLOWS`.
-    pub const KEYS: &str = "CP_KEYS";
     /// Per-CPU counters indexed by [`Counter`](super::Counter).
     pub const COUNTERS: &str = "CP_COUNTERS";
 }
@@ -65,6 +63,11 @@ pub struct ClientKey {
 pub struct FlowRecord {
     /// Socket cookie: identifies the client socket across hooks.
     pub cookie: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds at `connect()`. Records the gateway
+    /// never takes (a client gone before `accept()`, a crash with a full
+    /// backlog) are swept by age, since the kernel cannot tell when the
+    /// gateway has given up on them.
+    pub created_ns: u64,
     pub cgroup_id: u64,
     pub netns_cookie: u64,
     /// Original destination, IPv6 or IPv4-mapped, network order.

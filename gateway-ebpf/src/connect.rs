@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
     },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
@@ -124,6 +124,7 @@ fn record(ctx: &SockAddrContext, dst_addr: [u8; 16], dst_port: u16, family: u16)
     };
     let rec = FlowRecord {
         cookie,
+        created_ns: unsafe { bpf_ktime_get_ns() },
         cgroup_id,
         netns_cookie,
         dst_addr,

@@ -12,9 +12,6 @@ pub static PENDING: HashMap<u64, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY
 #[map(name = "CP_FLOWS")]
 pub static FLOWS: HashMap<ClientKey, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);
 
-#[map(name = "CP_KEYS")]
-pub static KEYS: HashMap<u64, ClientKey> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);
-
 #[map(name = "CP_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 

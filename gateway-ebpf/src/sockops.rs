@@ -9,7 +9,7 @@ use core::ptr::read_volatile;
 
 use gateway_common::{AF_INET, ClientKey, mapped_v4, v6_bytes};
 
-use crate::maps::{FLOWS, KEYS, PENDING};
+use crate::maps::{FLOWS, PENDING};
 
 #[sock_ops]
 pub fn cp_sockops(ctx: SockOpsContext) -> u32 {
@@ -53,10 +53,8 @@ fn rekey(ctx: &SockOpsContext) {
         port: port as u16,
         _pad: [0; 6],
     };
-    // If either insert fails the gateway finds no record and refuses the
+    // If the insert fails the gateway finds no record and refuses the
     // connection: fail closed.
-    if FLOWS.insert(&key, &rec, 0).is_ok() {
-        let _ = KEYS.insert(&cookie, &key, 0);
-    }
+    let _ = FLOWS.insert(&key, &rec, 0);
     let _ = PENDING.remove(&cookie);
 }

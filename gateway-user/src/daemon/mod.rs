@@ -81,10 +81,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         attached,
     });
 
+    // Handlers go in before READY: until they exist, SIGHUP or SIGTERM
+    // would kill the process with its default action.
+    let signals = serve::Signals::install().map_err(RunError::Signal)?;
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         warn!(error = %e, "sd_notify READY failed");
     }
-    let result = serve::serve(shared.clone(), v4, v6, &opts.config).await;
+    let result = serve::serve(shared.clone(), v4, v6, signals, &opts.config).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     info!(
         instance = %shared.daemon.instance,

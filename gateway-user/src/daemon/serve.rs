@@ -8,7 +8,7 @@ use std::{
 
 use tokio::{
     net::{TcpListener, TcpStream},
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
 };
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -22,17 +22,38 @@ use crate::{
 
 /// How long in-flight connections may finish after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(5);
+/// A record not taken within this long belongs to a connection that will
+/// never be accepted.
+const RECORD_MAX_AGE: Duration = Duration::from_secs(60);
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
+
+/// The signals the daemon handles, installed before it reports ready.
+pub(crate) struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    pub(crate) fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
 
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     v4: TcpListener,
     v6: TcpListener,
+    signals: Signals,
     config: &Path,
 ) -> Result<(), RunError> {
-    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    let Signals { mut term, mut int, mut hup } = signals;
     let tasks = TaskTracker::new();
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
         let accepted = tokio::select! {
             r = v4.accept() => r,
@@ -40,6 +61,13 @@ pub(crate) async fn serve(
             _ = hup.recv() => { reload(&shared, config); continue; }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = sweep.tick() => {
+                let removed = shared.attached.flows.sweep(RECORD_MAX_AGE);
+                if removed > 0 {
+                    info!(removed, "swept flow records whose connections were never accepted");
+                }
+                continue;
+            }
         };
         match accepted {
             Ok((client, peer)) => {

@@ -36,6 +36,22 @@ impl FlowTable {
         })
     }
 
+    /// Removes records older than `max_age` that nobody took: their client
+    /// closed before `accept()`, or a previous gateway died with them in its
+    /// backlog. Returns how many were removed.
+    pub fn sweep(&self, max_age: std::time::Duration) -> usize {
+        let now = monotonic_ns();
+        let limit = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
+        let mut map = self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let stale: Vec<ClientKey> = map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, rec)| now.saturating_sub(rec.created_ns) > limit)
+            .map(|(key, _)| key)
+            .collect();
+        stale.iter().filter(|key| map.remove(key).is_ok()).count()
+    }
+
     /// Removes and returns the record of the connection whose client end is
     /// `peer`, if the kernel wrote one.
     pub fn take(&self, peer: SocketAddr) -> Option<FlowRecord> {
@@ -49,6 +65,13 @@ impl FlowTable {
         let _ = map.remove(&key);
         Some(record)
     }
+}
+
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// The kernel's key for a client address: IPv4 stored IPv4-mapped.

@@ -19,7 +19,6 @@ pub struct Status {
 pub struct MapFill {
     pub pending: usize,
     pub flows: usize,
-    pub keys: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -52,12 +51,10 @@ pub fn status(instance: &str) -> Result<Status, EbpfError> {
         return Ok(status);
     }
     let pending: HashMap<MapData, u64, FlowRecord> = open(&pins, maps::PENDING, "CP_PENDING")?;
-    let keys: HashMap<MapData, u64, ClientKey> = open(&pins, maps::KEYS, "CP_KEYS")?;
     let flows: HashMap<MapData, ClientKey, FlowRecord> = open(&pins, maps::FLOWS, "CP_FLOWS")?;
     status.maps = MapFill {
         pending: pending.keys().count(),
         flows: flows.keys().count(),
-        keys: keys.keys().count(),
     };
 
     let path = pins.map(maps::COUNTERS);

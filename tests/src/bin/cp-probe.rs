@@ -1,0 +1,439 @@
+//! cp-probe: a network client the tests run inside a guarded cgroup; prints one JSON report line and exits 0 even when the network says no.
+//!
+//! Its comm is "cp-probe", which policy `processes` globs and flow events see.
+//! Exit status 2 means the arguments were wrong, never that a socket failed.
+use std::{
+    io::{self, ErrorKind, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::ExitCode,
+    time::Duration,
+};
+
+use chokepoint_tests::probe::{Failure, ProbeReport, fill_pattern, pattern_mismatch};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Hang guards only: a probe must end even if a peer never answers.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const IO_TIMEOUT: Duration = Duration::from_secs(120);
+const CHUNK: usize = 64 * 1024;
+
+const USAGE: &str = "usage: cp-probe <command>
+  tcp --to ADDR [--send N] [--half-close] [--expect-echo]
+  mark --mark M --to ADDR [--send N] [--half-close] [--expect-echo]
+  tfo --to ADDR [--send N] [--expect-echo]
+  raw
+  socket --family 4|6 --type stream|dgram|raw|seqpacket --proto N
+  ping-socket [--own-netns]
+  udp --to ADDR [--connect]
+  bind --addr ADDR
+  loop --to ADDR --count N
+  send-close --to ADDR --send N --count K";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(report) => {
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("report serialises")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(usage) => {
+            eprintln!("cp-probe: {usage}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Parsed `--flag value` options.
+struct Opts<'a>(&'a [String]);
+
+impl Opts<'_> {
+    fn value(&self, flag: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .position(|a| a == flag)
+            .and_then(|i| self.0.get(i + 1))
+            .map(String::as_str)
+    }
+
+    fn has(&self, flag: &str) -> bool {
+        self.0.iter().any(|a| a == flag)
+    }
+
+    fn parse<T: std::str::FromStr>(&self, flag: &str) -> Result<T, String> {
+        let v = self.value(flag).ok_or_else(|| format!("missing {flag}"))?;
+        v.parse().map_err(|_| format!("bad value for {flag}: {v}"))
+    }
+
+    fn parse_or<T: std::str::FromStr>(&self, flag: &str, default: T) -> Result<T, String> {
+        if self.value(flag).is_some() {
+            self.parse(flag)
+        } else {
+            Ok(default)
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<ProbeReport, String> {
+    let (command, rest) = args.split_first().ok_or("no command")?;
+    let o = Opts(rest);
+    let mut report = ProbeReport {
+        command: command.clone(),
+        pid: std::process::id(),
+        // SAFETY: getuid cannot fail.
+        uid: unsafe { libc::getuid() },
+        ..Default::default()
+    };
+    match command.as_str() {
+        "tcp" | "mark" => {
+            let to: SocketAddr = o.parse("--to")?;
+            let mark = if command == "mark" {
+                Some(o.parse::<u32>("--mark")?)
+            } else {
+                None
+            };
+            let exchange = Exchange {
+                send: o.parse_or("--send", 0)?,
+                half_close: o.has("--half-close"),
+                expect_echo: o.has("--expect-echo"),
+            };
+            tcp(&mut report, to, mark, &exchange);
+        }
+        "tfo" => {
+            let exchange = Exchange {
+                send: o.parse_or("--send", 0)?,
+                half_close: false,
+                expect_echo: o.has("--expect-echo"),
+            };
+            tfo(&mut report, o.parse("--to")?, &exchange);
+        }
+        "socket" => {
+            let family = match o.value("--family") {
+                Some("4") => libc::AF_INET,
+                Some("6") => libc::AF_INET6,
+                other => return Err(format!("bad --family {other:?}")),
+            };
+            let ty = match o.value("--type") {
+                Some("stream") => libc::SOCK_STREAM,
+                Some("dgram") => libc::SOCK_DGRAM,
+                Some("raw") => libc::SOCK_RAW,
+                Some("seqpacket") => libc::SOCK_SEQPACKET,
+                other => return Err(format!("bad --type {other:?}")),
+            };
+            socket_only(&mut report, family, ty, o.parse("--proto")?);
+        }
+        "raw" => socket_only(
+            &mut report,
+            libc::AF_INET,
+            libc::SOCK_RAW,
+            libc::IPPROTO_ICMP,
+        ),
+        "ping-socket" => {
+            if o.has("--own-netns")
+                && let Err(e) = own_netns_with_ping()
+            {
+                report.errors.push(e);
+                return Ok(report);
+            }
+            socket_only(
+                &mut report,
+                libc::AF_INET,
+                libc::SOCK_DGRAM,
+                libc::IPPROTO_ICMP,
+            );
+        }
+        "udp" => udp(&mut report, o.parse("--to")?, o.has("--connect")),
+        "bind" => {
+            let addr: SocketAddr = o.parse("--addr")?;
+            match TcpListener::bind(addr) {
+                Ok(_) => report.ok = true,
+                Err(e) => report.errors.push(Failure::from_io("bind", &e)),
+            }
+        }
+        "send-close" => send_close(
+            &mut report,
+            o.parse("--to")?,
+            o.parse("--send")?,
+            o.parse("--count")?,
+        ),
+        "loop" => repeat(&mut report, o.parse("--to")?, o.parse("--count")?),
+        other => return Err(format!("unknown command {other}")),
+    }
+    Ok(report)
+}
+
+struct Exchange {
+    send: u64,
+    half_close: bool,
+    expect_echo: bool,
+}
+
+/// Connect, send the pattern while reading concurrently (a 100 MB echo
+/// would deadlock otherwise), optionally half-close, read back.
+fn tcp(report: &mut ProbeReport, to: SocketAddr, mark: Option<u32>, x: &Exchange) {
+    let socket = match Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP)) {
+        Ok(s) => s,
+        Err(e) => return report.errors.push(Failure::from_io("socket", &e)),
+    };
+    if let Some(mark) = mark
+        && let Err(e) = socket.set_mark(mark)
+    {
+        return report
+            .errors
+            .push(Failure::from_io("setsockopt(SO_MARK)", &e));
+    }
+    if let Err(e) = socket.connect_timeout(&to.into(), CONNECT_TIMEOUT) {
+        return report.errors.push(Failure::from_io("connect", &e));
+    }
+    report.connected = true;
+    let stream: TcpStream = socket.into();
+    report.local_addr = stream.local_addr().ok().map(|a| a.to_string());
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+
+    let writer = {
+        let mut w = match stream.try_clone() {
+            Ok(w) => w,
+            Err(e) => return report.errors.push(Failure::from_io("dup", &e)),
+        };
+        let (send, half_close) = (x.send, x.half_close);
+        std::thread::spawn(move || -> (u64, Option<Failure>) {
+            let mut buf = vec![0u8; CHUNK];
+            let mut sent = 0u64;
+            while sent < send {
+                let n = (send - sent).min(CHUNK as u64) as usize;
+                fill_pattern(sent, &mut buf[..n]);
+                if let Err(e) = w.write_all(&buf[..n]) {
+                    return (sent, Some(Failure::from_io("write", &e)));
+                }
+                sent += n as u64;
+            }
+            if half_close && let Err(e) = w.shutdown(Shutdown::Write) {
+                return (sent, Some(Failure::from_io("shutdown(write)", &e)));
+            }
+            (sent, None)
+        })
+    };
+
+    let mut echo_intact = true;
+    let mut read_error = None;
+    if x.half_close || x.expect_echo {
+        let mut r = &stream;
+        let mut buf = vec![0u8; CHUNK];
+        // Without half-close the peer never sends EOF: stop at the echo.
+        let want = if x.half_close { u64::MAX } else { x.send };
+        while report.received < want {
+            match r.read(&mut buf) {
+                Ok(0) => {
+                    report.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    if x.expect_echo
+                        && echo_intact
+                        && pattern_mismatch(report.received, &buf[..n]).is_some()
+                    {
+                        echo_intact = false;
+                    }
+                    report.received += n as u64;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    read_error = Some(Failure::from_io("read", &e));
+                    break;
+                }
+            }
+        }
+        if read_error.is_some() {
+            // Unblocks the writer if the peer stopped reading.
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+    let (sent, write_error) = writer
+        .join()
+        .unwrap_or((0, Some(Failure::other("write", "writer thread panicked"))));
+    report.sent = sent;
+    report.errors.extend(read_error);
+    report.errors.extend(write_error);
+    if x.expect_echo {
+        let complete = report.received == x.send;
+        if !complete && report.errors.is_empty() {
+            report.errors.push(Failure::other(
+                "read",
+                format!("EOF after {} of {} echoed bytes", report.received, x.send),
+            ));
+        }
+        report.echo_ok = Some(echo_intact && complete);
+    }
+    report.ok = report.errors.is_empty() && report.echo_ok != Some(false);
+}
+
+/// TCP Fast Open: the connect happens inside `sendto(MSG_FASTOPEN)`, not
+/// `connect()`, a path a guard could miss. Sends at most one chunk.
+fn tfo(report: &mut ProbeReport, to: SocketAddr, x: &Exchange) {
+    let socket = match Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP)) {
+        Ok(s) => s,
+        Err(e) => return report.errors.push(Failure::from_io("socket", &e)),
+    };
+    let mut buf = vec![0u8; (x.send as usize).min(CHUNK)];
+    fill_pattern(0, &mut buf);
+    let _ = socket.set_read_timeout(Some(IO_TIMEOUT));
+    match socket.send_to_with_flags(&buf, &to.into(), libc::MSG_FASTOPEN) {
+        Ok(n) => {
+            report.connected = true;
+            report.sent = n as u64;
+        }
+        Err(e) => {
+            return report
+                .errors
+                .push(Failure::from_io("sendto(MSG_FASTOPEN)", &e));
+        }
+    }
+    let mut stream: TcpStream = socket.into();
+    report.local_addr = stream.local_addr().ok().map(|a| a.to_string());
+    if x.expect_echo {
+        let mut back = vec![0u8; report.sent as usize];
+        let mut got = 0;
+        while got < back.len() {
+            match stream.read(&mut back[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    report.errors.push(Failure::from_io("read", &e));
+                    break;
+                }
+            }
+        }
+        report.received = got as u64;
+        let intact = got == back.len() && pattern_mismatch(0, &back).is_none();
+        if !intact && report.errors.is_empty() {
+            report.errors.push(Failure::other(
+                "read",
+                format!("EOF after {got} of {} echoed bytes", back.len()),
+            ));
+        }
+        report.echo_ok = Some(intact);
+    }
+    report.ok = report.errors.is_empty();
+}
+
+/// Creates a socket with raw `socket(2)` arguments and closes it.
+fn socket_only(report: &mut ProbeReport, domain: i32, ty: i32, proto: i32) {
+    // SAFETY: plain syscalls on an fd we own.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        report
+            .errors
+            .push(Failure::from_io("socket", &io::Error::last_os_error()));
+    } else {
+        unsafe { libc::close(fd) };
+        report.ok = true;
+    }
+}
+
+/// Moves the probe into a network namespace of its own and opens its ping
+/// group range, so `socket(SOCK_DGRAM, IPPROTO_ICMP)` is refused only by
+/// Chokepoint. The host's namespace and settings are untouched; the
+/// namespace disappears when the probe exits.
+fn own_netns_with_ping() -> Result<(), Failure> {
+    // SAFETY: unshare of the calling (single-threaded) process.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(Failure::from_io(
+            "unshare(CLONE_NEWNET)",
+            &io::Error::last_os_error(),
+        ));
+    }
+    std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
+        .map_err(|e| Failure::from_io("write ping_group_range", &e))
+}
+
+fn udp(report: &mut ProbeReport, to: SocketAddr, connect: bool) {
+    let local: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .expect("literal");
+    let socket = match UdpSocket::bind(local) {
+        Ok(s) => s,
+        Err(e) => return report.errors.push(Failure::from_io("bind", &e)),
+    };
+    let payload = b"cp-probe udp";
+    let result = if connect {
+        match socket.connect(to) {
+            Ok(()) => socket
+                .send(payload)
+                .map_err(|e| Failure::from_io("send", &e)),
+            Err(e) => Err(Failure::from_io("connect", &e)),
+        }
+    } else {
+        socket
+            .send_to(payload, to)
+            .map_err(|e| Failure::from_io("sendto", &e))
+    };
+    match result {
+        Ok(n) => {
+            report.sent = n as u64;
+            report.ok = true;
+        }
+        Err(f) => report.errors.push(f),
+    }
+}
+
+/// `count` fire-and-forget connections: connect, write `send` bytes,
+/// close at once (like `printf ... | nc -q0 host port`), never reading.
+fn send_close(report: &mut ProbeReport, to: SocketAddr, send: usize, count: u64) {
+    let mut out = vec![0u8; send];
+    fill_pattern(0, &mut out);
+    for _ in 0..count {
+        let result = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)
+            .map_err(|e| Failure::from_io("connect", &e))
+            .and_then(|mut s| s.write_all(&out).map_err(|e| Failure::from_io("write", &e)));
+        match result {
+            Ok(()) => {
+                report.successes += 1;
+                report.sent += send as u64;
+            }
+            Err(f) => {
+                report.failures += 1;
+                if report.errors.len() < 5 {
+                    report.errors.push(f);
+                }
+            }
+        }
+    }
+    report.ok = report.failures == 0;
+}
+
+/// `count` sequential short connections; keeps the first few failures.
+fn repeat(report: &mut ProbeReport, to: SocketAddr, count: u64) {
+    let mut out = [0u8; 16];
+    fill_pattern(0, &mut out);
+    for _ in 0..count {
+        match one_exchange(to, &out) {
+            Ok(()) => report.successes += 1,
+            Err(f) => {
+                report.failures += 1;
+                if report.errors.len() < 5 {
+                    report.errors.push(f);
+                }
+            }
+        }
+    }
+    report.ok = report.failures == 0;
+}
+
+fn one_exchange(to: SocketAddr, out: &[u8; 16]) -> Result<(), Failure> {
+    let mut s = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)
+        .map_err(|e| Failure::from_io("connect", &e))?;
+    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+    s.write_all(out)
+        .map_err(|e| Failure::from_io("write", &e))?;
+    let mut back = [0u8; 16];
+    s.read_exact(&mut back)
+        .map_err(|e| Failure::from_io("read", &e))?;
+    if &back != out {
+        return Err(Failure::other("read", "echo differs"));
+    }
+    Ok(())
+}

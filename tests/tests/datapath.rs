@@ -1,0 +1,1000 @@
+//! Data path: what the kernel hooks and the TCP passthrough do to processes in a guarded cgroup (run as root).
+//!
+//! Every test has its own cgroup, instance, listen port, servers and a
+//! 127.0.0.x address of its own, so the default parallel test threads never
+//! see each other's connections. Absence ("no connection", "no flow event")
+//! is asserted after a later event that could only come after it, never after
+//! a sleep.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, ensure};
+use chokepoint_tests::{
+    EXEMPT_MARK, Gateway, GatewayConfig, Mode, ProbeArgs, ProbeReport, Rule, Server, Target,
+    TestCgroup, UdpSink, cgroup2_mount, cli, gateway::status, pin_dir, run_with_timeout, wait_for,
+};
+use serde_json::Value;
+
+const PROBE: &str = env!("CARGO_BIN_EXE_cp-probe");
+
+/// Hang guards only.
+const FLOWS_TIMEOUT: Duration = Duration::from_secs(300);
+const MAPS_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn v4(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+fn v6_loopback() -> IpAddr {
+    IpAddr::V6(Ipv6Addr::LOCALHOST)
+}
+
+/// `[::ffff:a.b.c.d]:port` for an IPv4 server address.
+fn mapped(addr: SocketAddr) -> SocketAddr {
+    let IpAddr::V4(ip) = addr.ip() else {
+        panic!("{addr} is not IPv4")
+    };
+    SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), addr.port())
+}
+
+/// A target named `name` for exactly these servers.
+fn target_for(name: &str, servers: &[&Server]) -> Target {
+    let addresses: Vec<String> = servers.iter().map(|s| s.addr().ip().to_string()).collect();
+    let addresses: Vec<&str> = addresses.iter().map(String::as_str).collect();
+    let ports: Vec<u16> = servers.iter().map(|s| s.port()).collect();
+    Target::new(name, &addresses, &ports)
+}
+
+fn tcp_echo(to: SocketAddr, bytes: u64) -> ProbeArgs {
+    ProbeArgs::tcp(to).send(bytes).expect_echo()
+}
+
+fn assert_passed(r: &ProbeReport, bytes: u64) {
+    assert!(r.ok && r.connected, "expected a clean echo, got {r:?}");
+    assert_eq!(
+        (r.sent, r.received, r.echo_ok),
+        (bytes, bytes, Some(true)),
+        "{r:?}"
+    );
+}
+
+/// A denied client sees failure and not one byte.
+fn assert_refused(r: &ProbeReport) {
+    assert!(!r.ok, "expected the connection to fail, got {r:?}");
+    assert!(
+        !r.errors.is_empty(),
+        "a refused client must observe an error: {r:?}"
+    );
+    assert_eq!(
+        r.received, 0,
+        "a refused client must receive nothing: {r:?}"
+    );
+}
+
+/// The flow event's fields, as the daemon contract lists them.
+const FLOW_FIELDS: [&str; 13] = [
+    "flow_id",
+    "pid",
+    "uid",
+    "gid",
+    "comm",
+    "cgroup_id",
+    "dst",
+    "decision",
+    "rule",
+    "mode",
+    "bytes_up",
+    "bytes_down",
+    "duration_ms",
+];
+
+fn assert_flow(ev: &Value, dst: SocketAddr, decision: &str, rule: &str, mode: &str) {
+    let missing: Vec<&str> = FLOW_FIELDS
+        .into_iter()
+        .filter(|f| ev[*f].is_null())
+        .collect();
+    assert!(missing.is_empty(), "flow event lacks {missing:?}: {ev}");
+    assert_eq!(ev["dst"], dst.to_string(), "dst in {ev}");
+    assert_eq!(ev["decision"], decision, "decision in {ev}");
+    assert_eq!(ev["rule"], rule, "rule in {ev}");
+    assert_eq!(ev["mode"], mode, "mode in {ev}");
+}
+
+fn is_local_addr_of(r: &ProbeReport, peer: SocketAddr) -> bool {
+    r.local_addr.as_deref() == Some(peer.to_string().as_str())
+}
+
+#[test]
+fn allowed_target_round_trips_bytes_including_100mb_with_half_close() -> Result<()> {
+    let cg = TestCgroup::new("allow")?;
+    let echo = Server::echo(v4(2))?;
+    let cfg = GatewayConfig::new("allow", &cg)?
+        .target(target_for("echo", &[&echo]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let gw = Gateway::start(&cfg)?;
+
+    let small = tcp_echo(echo.addr(), 65_536).run(cg.command(PROBE))?;
+    assert_passed(&small, 65_536);
+    let ev = gw.wait_for_flow(small.pid)?;
+    assert_flow(&ev, echo.addr(), "allow", "allow-echo", "enforce");
+    assert_eq!(
+        (ev["bytes_up"].as_u64(), ev["bytes_down"].as_u64()),
+        (Some(65_536), Some(65_536)),
+        "{ev}"
+    );
+    // Mediated: the server's peer is the gateway's upstream socket, not the client.
+    assert!(
+        !is_local_addr_of(&small, echo.peers()[0]),
+        "connection bypassed the gateway"
+    );
+
+    const BIG: u64 = 100 * 1000 * 1000;
+    let big = tcp_echo(echo.addr(), BIG)
+        .half_close()
+        .run(cg.command(PROBE))?;
+    assert_passed(&big, BIG);
+    assert!(
+        big.eof,
+        "client should see the server's EOF after its own half-close: {big:?}"
+    );
+    let done = echo.wait_finished(2, FLOWS_TIMEOUT)?;
+    let server_side = &done[1];
+    assert!(
+        server_side.saw_eof,
+        "the server never saw the client's half-close: {server_side:?}"
+    );
+    assert_eq!(
+        (server_side.bytes_in, server_side.bytes_out),
+        (BIG, BIG),
+        "{server_side:?}"
+    );
+    let ev = gw.wait_for_flow(big.pid)?;
+    assert_flow(&ev, echo.addr(), "allow", "allow-echo", "enforce");
+    assert_eq!(
+        (ev["bytes_up"].as_u64(), ev["bytes_down"].as_u64()),
+        (Some(BIG), Some(BIG)),
+        "{ev}"
+    );
+    Ok(())
+}
+
+#[test]
+fn unmatched_destination_is_denied_by_default_and_never_reached() -> Result<()> {
+    let cg = TestCgroup::new("default-deny")?;
+    let allowed = Server::echo(v4(3))?;
+    let denied = Server::echo(v4(3))?;
+    let cfg = GatewayConfig::new("default-deny", &cg)?
+        .target(target_for("allowed", &[&allowed]))
+        .rule(Rule::allow("allow-allowed", &["allowed"]));
+    let gw = Gateway::start(&cfg)?;
+
+    let r = tcp_echo(denied.addr(), 1000).run(cg.command(PROBE))?;
+    assert_refused(&r);
+    // The flow event is logged after the decision: had the gateway connected
+    // upstream, the server would have counted it by now.
+    let ev = gw.wait_for_flow(r.pid)?;
+    assert_flow(&ev, denied.addr(), "deny", "default-deny", "enforce");
+    assert_eq!(
+        (ev["bytes_up"].as_u64(), ev["bytes_down"].as_u64()),
+        (Some(0), Some(0)),
+        "{ev}"
+    );
+    assert_eq!(
+        denied.accepted(),
+        0,
+        "a denied destination was connected to"
+    );
+
+    // Control: the same client to the allowed server passes.
+    assert_passed(
+        &tcp_echo(allowed.addr(), 1000).run(cg.command(PROBE))?,
+        1000,
+    );
+    Ok(())
+}
+
+#[test]
+fn explicit_deny_rule_overrides_allow() -> Result<()> {
+    let cg = TestCgroup::new("deny-rule")?;
+    let echo = Server::echo(v4(4))?;
+    let cfg = GatewayConfig::new("deny-rule", &cg)?
+        .target(target_for("echo", &[&echo]))
+        .rule(Rule::allow("allow-everything", &["*"]))
+        .rule(Rule::deny("no-echo", &["echo"]));
+    let gw = Gateway::start(&cfg)?;
+
+    let r = tcp_echo(echo.addr(), 1000).run(cg.command(PROBE))?;
+    assert_refused(&r);
+    let ev = gw.wait_for_flow(r.pid)?;
+    assert_flow(&ev, echo.addr(), "deny", "no-echo", "enforce");
+    assert_eq!(echo.accepted(), 0, "a denied destination was connected to");
+    Ok(())
+}
+
+#[test]
+fn ipv6_and_ipv4_mapped_destinations_are_mediated() -> Result<()> {
+    let cg = TestCgroup::new("ipv6")?;
+    let v6_ok = Server::echo(v6_loopback())?;
+    let v6_denied = Server::echo(v6_loopback())?;
+    let mapped_ok = Server::echo(v4(5))?;
+    let mapped_denied = Server::echo(v4(5))?;
+    let cfg = GatewayConfig::new("ipv6", &cg)?
+        .target(target_for("v6", &[&v6_ok]))
+        .target(target_for("mapped", &[&mapped_ok]))
+        .rule(Rule::allow("allow-v6", &["v6"]))
+        .rule(Rule::allow("allow-mapped", &["mapped"]));
+    let gw = Gateway::start(&cfg)?;
+
+    let r = tcp_echo(v6_ok.addr(), 4096).run(cg.command(PROBE))?;
+    assert_passed(&r, 4096);
+    assert_flow(
+        &gw.wait_for_flow(r.pid)?,
+        v6_ok.addr(),
+        "allow",
+        "allow-v6",
+        "enforce",
+    );
+    assert!(
+        !is_local_addr_of(&r, v6_ok.peers()[0]),
+        "IPv6 connection bypassed the gateway"
+    );
+
+    let r = tcp_echo(v6_denied.addr(), 4096).run(cg.command(PROBE))?;
+    assert_refused(&r);
+    assert_flow(
+        &gw.wait_for_flow(r.pid)?,
+        v6_denied.addr(),
+        "deny",
+        "default-deny",
+        "enforce",
+    );
+    assert_eq!(v6_denied.accepted(), 0);
+
+    // An AF_INET6 socket to ::ffff:127.0.0.5 is an IPv4 connection; the
+    // daemon reports it as IPv4 and matches it against IPv4 targets.
+    let r = tcp_echo(mapped(mapped_ok.addr()), 4096).run(cg.command(PROBE))?;
+    assert_passed(&r, 4096);
+    assert_flow(
+        &gw.wait_for_flow(r.pid)?,
+        mapped_ok.addr(),
+        "allow",
+        "allow-mapped",
+        "enforce",
+    );
+    assert!(
+        !is_local_addr_of(&r, mapped_ok.peers()[0]),
+        "mapped connection bypassed the gateway"
+    );
+
+    let r = tcp_echo(mapped(mapped_denied.addr()), 4096).run(cg.command(PROBE))?;
+    assert_refused(&r);
+    assert_flow(
+        &gw.wait_for_flow(r.pid)?,
+        mapped_denied.addr(),
+        "deny",
+        "default-deny",
+        "enforce",
+    );
+    assert_eq!(mapped_denied.accepted(), 0);
+    Ok(())
+}
+
+#[test]
+fn killed_gateway_fails_closed_and_restart_resumes() -> Result<()> {
+    let cg = TestCgroup::new("crash")?;
+    let echo = Server::echo(v4(6))?;
+    let cfg = GatewayConfig::new("crash", &cg)?
+        .target(target_for("echo", &[&echo]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let mut gw = Gateway::start(&cfg)?;
+    assert_passed(&tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?, 100);
+    assert_eq!(echo.accepted(), 1);
+
+    gw.kill9()?;
+    let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
+    assert!(
+        !r.connected,
+        "connect must fail while the gateway is down: {r:?}"
+    );
+    assert_eq!(r.errno("connect"), Some(libc::ECONNREFUSED), "{r:?}");
+    let v6 = tcp_echo(mapped(echo.addr()), 100).run(cg.command(PROBE))?;
+    assert_eq!(
+        v6.errno("connect"),
+        Some(libc::ECONNREFUSED),
+        "mapped connect while down: {v6:?}"
+    );
+    assert_eq!(
+        echo.accepted(),
+        1,
+        "the destination was reached while the gateway was down"
+    );
+    assert_eq!(
+        gw.status()?["attached"],
+        true,
+        "programs must stay attached after a crash"
+    );
+
+    gw.restart()?;
+    let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
+    assert_passed(&r, 100);
+    assert_flow(
+        &gw.wait_for_flow(r.pid)?,
+        echo.addr(),
+        "allow",
+        "allow-echo",
+        "enforce",
+    );
+    assert_eq!(echo.accepted(), 2);
+
+    // Dropping the fixture stops the daemon and runs `chokepoint detach`:
+    // the guard is gone and the same client now goes direct.
+    let instance = gw.instance().to_owned();
+    drop(gw);
+    assert!(!pin_dir(&instance).exists(), "pins left after detach");
+    assert_eq!(status(&instance)?["attached"], false);
+    let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
+    assert_passed(&r, 100);
+    assert!(
+        is_local_addr_of(&r, echo.peers()[2]),
+        "still redirected after detach"
+    );
+    // detach is idempotent.
+    let again = cli(&["detach", "--instance", &instance])?;
+    assert!(again.status.success(), "second detach: {again:?}");
+    Ok(())
+}
+
+#[test]
+fn raw_icmp_and_udp_sockets_are_refused() -> Result<()> {
+    let cg = TestCgroup::new("sockets")?;
+    let udp = UdpSink::start(v4(7))?;
+    let cfg = GatewayConfig::new("sockets", &cg)?;
+    let gw = Gateway::start(&cfg)?;
+
+    // Controls outside the cgroup: as root these succeed, so an EPERM inside
+    // can only be the guard.
+    let outside = ProbeArgs::raw().run(Command::new(PROBE))?;
+    assert!(outside.ok, "raw socket outside the cgroup: {outside:?}");
+    let outside = ProbeArgs::ping_socket().run(Command::new(PROBE))?;
+    assert!(
+        outside.ok,
+        "ping socket outside the cgroup (own netns): {outside:?}"
+    );
+
+    let raw = ProbeArgs::raw().run(cg.command(PROBE))?;
+    assert_eq!(
+        raw.errno("socket"),
+        Some(libc::EPERM),
+        "raw socket: {raw:?}"
+    );
+    let ping = ProbeArgs::ping_socket().run(cg.command(PROBE))?;
+    assert_eq!(
+        ping.errno("socket"),
+        Some(libc::EPERM),
+        "ping socket: {ping:?}"
+    );
+
+    let sent = ProbeArgs::udp(udp.addr()).run(cg.command(PROBE))?;
+    assert_eq!(
+        sent.errno("sendto"),
+        Some(libc::EPERM),
+        "UDP sendto: {sent:?}"
+    );
+    let connected = ProbeArgs::udp_connect(udp.addr()).run(cg.command(PROBE))?;
+    assert_eq!(
+        connected.errno("connect"),
+        Some(libc::EPERM),
+        "UDP connect: {connected:?}"
+    );
+    // Datagrams on loopback arrive in order: once ours is there, nothing
+    // from the probes is still on its way.
+    UdpSocket::bind((v4(7), 0))?.send_to(b"sentinel", udp.addr())?;
+    let got = wait_for("the sentinel datagram", Duration::from_secs(30), || {
+        let got = udp.received();
+        (!got.is_empty()).then_some(got)
+    })?;
+    assert_eq!(
+        got,
+        vec![b"sentinel".to_vec()],
+        "the UDP server received datagrams from the guarded cgroup"
+    );
+
+    let counters = gw.status()?["counters"].clone();
+    assert!(counters["socket_denied"].as_u64() >= Some(2), "{counters}");
+    assert!(counters["denied"].as_u64() >= Some(2), "{counters}");
+    Ok(())
+}
+
+#[test]
+fn only_tcp_and_udp_inet_sockets_can_be_created() -> Result<()> {
+    let cg = TestCgroup::new("socket-kinds")?;
+    let _gw = Gateway::start(&GatewayConfig::new("socket-kinds", &cg)?)?;
+    let refused = [
+        ("raw IPv4 IPPROTO_RAW", 4, "raw", libc::IPPROTO_RAW),
+        ("raw IPv6 ICMPv6", 6, "raw", libc::IPPROTO_ICMPV6),
+        ("MPTCP IPv4", 4, "stream", libc::IPPROTO_MPTCP),
+        ("MPTCP IPv6", 6, "stream", libc::IPPROTO_MPTCP),
+        ("UDP-Lite IPv4", 4, "dgram", libc::IPPROTO_UDPLITE),
+        ("UDP-Lite IPv6", 6, "dgram", libc::IPPROTO_UDPLITE),
+        ("SCTP IPv4", 4, "seqpacket", libc::IPPROTO_SCTP),
+    ];
+    let mut unsupported = Vec::new();
+    for (what, family, ty, proto) in refused {
+        // Control outside the cgroup: a kind this kernel cannot create at
+        // all proves nothing about the guard.
+        if !ProbeArgs::socket(family, ty, proto)
+            .run(Command::new(PROBE))?
+            .ok
+        {
+            unsupported.push(what);
+            continue;
+        }
+        let r = ProbeArgs::socket(family, ty, proto).run(cg.command(PROBE))?;
+        assert_eq!(r.errno("socket"), Some(libc::EPERM), "{what}: {r:?}");
+    }
+    if !unsupported.is_empty() {
+        eprintln!("note: this kernel cannot create {unsupported:?}; not checked");
+    }
+    for (what, family, ty, proto) in [
+        ("TCP IPv4", 4, "stream", 0),
+        ("TCP IPv6", 6, "stream", libc::IPPROTO_TCP),
+        ("UDP IPv4", 4, "dgram", libc::IPPROTO_UDP),
+        ("UDP IPv6", 6, "dgram", 0),
+    ] {
+        let r = ProbeArgs::socket(family, ty, proto).run(cg.command(PROBE))?;
+        assert!(r.ok, "{what} must stay creatable: {r:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn tcp_fast_open_is_redirected_like_connect() -> Result<()> {
+    let cg = TestCgroup::new("tfo")?;
+    let allowed = Server::echo(v4(17))?;
+    let denied = Server::echo(v4(17))?;
+    let cfg = GatewayConfig::new("tfo", &cg)?
+        .target(target_for("echo", &[&allowed]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let gw = Gateway::start(&cfg)?;
+
+    let r = ProbeArgs::tfo(allowed.addr())
+        .send(1000)
+        .expect_echo()
+        .run(cg.command(PROBE))?;
+    assert_passed(&r, 1000);
+    assert_flow(
+        &gw.wait_for_flow(r.pid)?,
+        allowed.addr(),
+        "allow",
+        "allow-echo",
+        "enforce",
+    );
+    assert!(
+        !is_local_addr_of(&r, allowed.peers()[0]),
+        "TFO connection bypassed the gateway"
+    );
+
+    let r = ProbeArgs::tfo(denied.addr())
+        .send(1000)
+        .expect_echo()
+        .run(cg.command(PROBE))?;
+    assert_refused(&r);
+    assert_flow(
+        &gw.wait_for_flow(r.pid)?,
+        denied.addr(),
+        "deny",
+        "default-deny",
+        "enforce",
+    );
+    assert_eq!(denied.accepted(), 0);
+    Ok(())
+}
+
+#[test]
+fn connections_that_skip_the_redirect_are_refused_by_the_gateway() -> Result<()> {
+    // Straight to the gateway's port, from inside (the hook leaves the
+    // gateway's own address alone) and from outside: no kernel record, so
+    // the gateway must not guess a destination.
+    let cg = TestCgroup::new("no-record")?;
+    let gw =
+        Gateway::start(&GatewayConfig::new("no-record", &cg)?.rule(Rule::allow("all", &["*"])))?;
+    for to in [
+        SocketAddr::new(v4(1), gw.listen_port()),
+        SocketAddr::new(v6_loopback(), gw.listen_port()),
+    ] {
+        for (who, cmd) in [
+            ("guarded", cg.command(PROBE)),
+            ("unguarded", Command::new(PROBE)),
+        ] {
+            let r = tcp_echo(to, 100).run(cmd)?;
+            assert_refused(&r);
+            assert!(
+                gw.flows_of(r.pid).is_empty(),
+                "{who} direct connection to {to} logged as a flow"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn process_outside_the_cgroup_goes_direct_without_flow_event() -> Result<()> {
+    let cg = TestCgroup::new("outside")?;
+    let echo = Server::echo(v4(8))?;
+    let cfg = GatewayConfig::new("outside", &cg)?
+        .target(target_for("echo", &[&echo]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let gw = Gateway::start(&cfg)?;
+
+    let direct = tcp_echo(echo.addr(), 1000).run(Command::new(PROBE))?;
+    assert_passed(&direct, 1000);
+    assert!(
+        is_local_addr_of(&direct, echo.peers()[0]),
+        "unguarded process did not connect directly"
+    );
+
+    // A guarded connection after it: its event proves the log has caught up.
+    let guarded = tcp_echo(echo.addr(), 1000).run(cg.command(PROBE))?;
+    assert_passed(&guarded, 1000);
+    gw.wait_for_flow(guarded.pid)?;
+    assert_eq!(
+        gw.flows_of(direct.pid),
+        Vec::<Value>::new(),
+        "unguarded process produced a flow event"
+    );
+    assert_eq!(gw.flow_events().len(), 1);
+    Ok(())
+}
+
+#[test]
+fn flow_event_names_pid_uid_gid_comm_and_cgroup() -> Result<()> {
+    let cg = TestCgroup::new("identity")?;
+    let echo = Server::echo(v4(9))?;
+    let cfg = GatewayConfig::new("identity", &cg)?
+        .target(target_for("echo", &[&echo]))
+        .rule(
+            Rule::allow("nobody-probe", &["echo"])
+                .uids(&[65534])
+                .processes(&["cp-pro*"]),
+        );
+    let gw = Gateway::start(&cfg)?;
+
+    let mut cmd = cg.command_as(PROBE, 65534, 65534);
+    cmd.current_dir("/");
+    let nobody = tcp_echo(echo.addr(), 100).run(cmd)?;
+    assert_eq!(nobody.uid, 65534);
+    assert_passed(&nobody, 100);
+    let ev = gw.wait_for_flow(nobody.pid)?;
+    assert_flow(&ev, echo.addr(), "allow", "nobody-probe", "enforce");
+    assert_eq!(ev["uid"], 65534, "{ev}");
+    assert_eq!(ev["gid"], 65534, "{ev}");
+    assert_eq!(ev["comm"], "cp-probe", "{ev}");
+    assert_eq!(ev["cgroup_id"], cg.id()?, "{ev}");
+
+    // Root does not match `uids = [65534]`.
+    let root = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
+    assert_refused(&root);
+    let ev = gw.wait_for_flow(root.pid)?;
+    assert_flow(&ev, echo.addr(), "deny", "default-deny", "enforce");
+    assert_eq!(
+        (ev["uid"].as_u64(), ev["gid"].as_u64()),
+        (Some(0), Some(0)),
+        "{ev}"
+    );
+    assert_eq!(ev["comm"], "cp-probe", "{ev}");
+    assert_eq!(echo.accepted(), 1);
+    Ok(())
+}
+
+#[test]
+fn fire_and_forget_clients_are_delivered_and_logged() -> Result<()> {
+    // `printf 'metric 1\n' | nc -q0 host 2003`: write, close, never read.
+    // The client's close() may come before the gateway has accepted the
+    // connection; the bytes were allowed and must still arrive.
+    const K: u64 = 200;
+    const N: u64 = 100;
+    let cg = TestCgroup::new("fire-forget")?;
+    let sink = Server::sink(v4(18))?;
+    let cfg = GatewayConfig::new("fire-forget", &cg)?
+        .target(target_for("sink", &[&sink]))
+        .rule(Rule::allow("allow-sink", &["sink"]));
+    let gw = Gateway::start(&cfg)?;
+
+    let r = ProbeArgs::send_close(sink.addr(), N, K).run(cg.command(PROBE))?;
+    assert_eq!((r.successes, r.failures), (K, 0), "{r:?}");
+    let outcomes = gw.wait_for_accepted(K as usize, FLOWS_TIMEOUT)?;
+    let lost: Vec<&Value> = outcomes
+        .iter()
+        .filter(|e| chokepoint_tests::message(e) != Some("flow"))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {K} connections were refused for want of a record: {lost:?}",
+        lost.len()
+    );
+    let allowed = outcomes
+        .iter()
+        .filter(|e| e["fields"]["decision"] == "allow")
+        .count();
+    assert_eq!(allowed, K as usize);
+    let done = sink.wait_finished(K as usize, FLOWS_TIMEOUT)?;
+    let short: Vec<_> = done
+        .iter()
+        .filter(|c| c.bytes_in != N || !c.saw_eof)
+        .collect();
+    assert!(
+        short.is_empty(),
+        "{} of {K} connections lost data: {short:?}",
+        short.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn ten_thousand_connections_leave_the_maps_empty() -> Result<()> {
+    const N: u64 = 10_000;
+    let cg = TestCgroup::new("loop")?;
+    let echo = Server::echo(v4(10))?;
+    let cfg = GatewayConfig::new("loop", &cg)?
+        .target(target_for("echo", &[&echo]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let gw = Gateway::start(&cfg)?;
+
+    let r = ProbeArgs::repeat(echo.addr(), N).run(cg.command(PROBE))?;
+    assert_eq!((r.successes, r.failures), (N, 0), "{r:?}");
+    let flows = gw.wait_for_flow_events(N as usize, FLOWS_TIMEOUT)?;
+    // Exactly one event per connection, each with its own id.
+    assert_eq!(flows.len(), N as usize);
+    let ids: std::collections::HashSet<u64> = flows
+        .iter()
+        .filter_map(|e| e["fields"]["flow_id"].as_u64())
+        .collect();
+    assert_eq!(ids.len(), N as usize, "flow ids are not unique");
+    assert!(
+        flows
+            .iter()
+            .all(|e| e["fields"]["pid"] == r.pid && e["fields"]["decision"] == "allow")
+    );
+    // sock_release runs when the last reference to a socket goes, which for
+    // a closed TCP socket can trail close() slightly: poll.
+    let st = wait_for("flow maps to drain", MAPS_TIMEOUT, || {
+        let st = gw.status().ok()?;
+        let m = &st["maps"];
+        (m["pending"] == 0 && m["flows"] == 0).then_some(st)
+    })
+    .with_context(|| format!("last status: {:?}", gw.status()))?;
+    assert!(st["counters"]["redirected"].as_u64() >= Some(N), "{st}");
+    assert_eq!(st["counters"]["record_failed"], 0, "{st}");
+    Ok(())
+}
+
+#[test]
+fn exempt_mark_goes_direct_for_root_and_cannot_be_set_by_nobody() -> Result<()> {
+    let cg = TestCgroup::new("mark")?;
+    let echo = Server::echo(v4(11))?;
+    let cfg = GatewayConfig::new("mark", &cg)?
+        .target(target_for("echo", &[&echo]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let gw = Gateway::start(&cfg)?;
+    let exempt_before = gw.status()?["counters"]["exempt"]
+        .as_u64()
+        .context("counters.exempt")?;
+
+    let marked = ProbeArgs::mark(EXEMPT_MARK, echo.addr())
+        .send(100)
+        .expect_echo()
+        .run(cg.command(PROBE))?;
+    assert_passed(&marked, 100);
+    assert!(
+        is_local_addr_of(&marked, echo.peers()[0]),
+        "marked socket was not let through directly"
+    );
+    let exempt_after = gw.status()?["counters"]["exempt"]
+        .as_u64()
+        .context("counters.exempt")?;
+    assert!(
+        exempt_after > exempt_before,
+        "exempt counter {exempt_before} -> {exempt_after}"
+    );
+
+    let mut cmd = cg.command_as(PROBE, 65534, 65534);
+    cmd.current_dir("/");
+    let nobody = ProbeArgs::mark(EXEMPT_MARK, echo.addr())
+        .send(100)
+        .expect_echo()
+        .run(cmd)?;
+    assert_eq!(
+        nobody.errno("setsockopt(SO_MARK)"),
+        Some(libc::EPERM),
+        "{nobody:?}"
+    );
+    assert!(!nobody.connected);
+
+    let guarded = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
+    assert_passed(&guarded, 100);
+    gw.wait_for_flow(guarded.pid)?;
+    assert_eq!(
+        gw.flows_of(marked.pid),
+        Vec::<Value>::new(),
+        "the marked connection went through the gateway"
+    );
+    Ok(())
+}
+
+#[test]
+fn binding_the_gateway_port_from_the_cgroup_is_refused() -> Result<()> {
+    let cg = TestCgroup::new("bind")?;
+    let cfg = GatewayConfig::new("bind", &cg)?;
+    let gw = Gateway::start(&cfg)?;
+    let port = gw.listen_port();
+
+    // 127.0.0.12:<port> is free (the gateway holds only 127.0.0.1 and ::1),
+    // as binding it here from outside shows; inside, the guard refuses it.
+    drop(TcpListener::bind((v4(12), port)).context("control bind outside the cgroup")?);
+    for addr in [
+        SocketAddr::new(v4(1), port),
+        SocketAddr::new(v4(12), port),
+        SocketAddr::new(v6_loopback(), port),
+    ] {
+        let r = ProbeArgs::bind(addr).run(cg.command(PROBE))?;
+        assert_eq!(r.errno("bind"), Some(libc::EPERM), "bind {addr}: {r:?}");
+    }
+    // Control: other ports bind fine from inside.
+    let r = ProbeArgs::bind(SocketAddr::new(v4(12), 0)).run(cg.command(PROBE))?;
+    assert!(r.ok, "bind of port 0 inside the cgroup: {r:?}");
+    Ok(())
+}
+
+#[test]
+fn audit_mode_forwards_denied_connections_and_logs_them() -> Result<()> {
+    let cg = TestCgroup::new("audit")?;
+    let echo = Server::echo(v4(13))?;
+    let cfg = GatewayConfig::new("audit", &cg)?.mode(Mode::Audit);
+    let gw = Gateway::start(&cfg)?;
+
+    let r = tcp_echo(echo.addr(), 1000).run(cg.command(PROBE))?;
+    assert_passed(&r, 1000);
+    assert_flow(
+        &gw.wait_for_flow(r.pid)?,
+        echo.addr(),
+        "deny",
+        "default-deny",
+        "audit",
+    );
+    assert_eq!(echo.accepted(), 1);
+    Ok(())
+}
+
+#[test]
+fn sighup_applies_a_valid_policy_and_keeps_the_old_one_on_errors() -> Result<()> {
+    let cg = TestCgroup::new("reload")?;
+    let echo = Server::echo(v4(14))?;
+    let base = GatewayConfig::new("reload", &cg)?.target(target_for("echo", &[&echo]));
+    let mut gw = Gateway::start(&base.clone().rule(Rule::deny("block-echo", &["echo"])))?;
+
+    let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
+    assert_refused(&r);
+    assert_flow(
+        &gw.wait_for_flow(r.pid)?,
+        echo.addr(),
+        "deny",
+        "block-echo",
+        "enforce",
+    );
+
+    gw.write_config(
+        &base
+            .clone()
+            .rule(Rule::allow("allow-echo", &["echo"]))
+            .to_toml(),
+    )?;
+    let outcome = gw.reload()?;
+    assert_eq!(
+        chokepoint_tests::message(&outcome),
+        Some("policy reloaded"),
+        "{outcome}"
+    );
+    let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
+    assert_passed(&r, 100);
+    assert_flow(
+        &gw.wait_for_flow(r.pid)?,
+        echo.addr(),
+        "allow",
+        "allow-echo",
+        "enforce",
+    );
+
+    let invalid = base
+        .rule(Rule::deny("block-echo", &["echo"]))
+        .to_toml()
+        .replace("action = \"deny\"", "action = \"sometimes\"");
+    gw.write_config(&invalid)?;
+    let outcome = gw.reload()?;
+    let msg = chokepoint_tests::message(&outcome).unwrap_or_default();
+    assert!(msg.starts_with("policy reload failed"), "{outcome}");
+    let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
+    assert_passed(&r, 100);
+    assert_flow(
+        &gw.wait_for_flow(r.pid)?,
+        echo.addr(),
+        "allow",
+        "allow-echo",
+        "enforce",
+    );
+    assert!(gw.is_running(), "an invalid reload stopped the daemon");
+    let exit = gw.terminate()?.context("daemon was running")?;
+    assert!(
+        exit.success(),
+        "SIGTERM should end the daemon cleanly, got {exit}"
+    );
+    // A clean stop still leaves the host closed.
+    let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
+    assert_eq!(
+        r.errno("connect"),
+        Some(libc::ECONNREFUSED),
+        "after SIGTERM: {r:?}"
+    );
+    assert_eq!(gw.status()?["attached"], true, "SIGTERM must not detach");
+    Ok(())
+}
+
+#[test]
+fn sighup_right_after_ready_reloads_instead_of_killing() -> Result<()> {
+    // READY=1 promises the daemon is fully up, signal handling included:
+    // systemd may send `reload` the moment it has it.
+    let cg = TestCgroup::new("early-hup")?;
+    let mut gw = Gateway::start(&GatewayConfig::new("early-hup", &cg)?)?;
+    let outcome = gw.reload()?;
+    assert_eq!(
+        chokepoint_tests::message(&outcome),
+        Some("policy reloaded"),
+        "{outcome}"
+    );
+    assert!(gw.is_running());
+    Ok(())
+}
+
+/// Runs `chokepoint run` expecting it to refuse to start.
+fn run_expecting_failure(
+    config_text: &str,
+    instance: &str,
+) -> Result<(std::process::Output, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("chokepoint.toml");
+    std::fs::write(&path, config_text)?;
+    let bin = chokepoint_tests::chokepoint_bin()?;
+    let out = run_with_timeout(
+        Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .args(["--log-format", "text"]),
+        Duration::from_secs(60),
+    );
+    // Whatever happened, leave nothing attached.
+    let _ = cli(&["detach", "--instance", instance]);
+    let out = out?;
+    ensure!(
+        !out.status.success(),
+        "chokepoint run unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out, dir))
+}
+
+/// Whether `text` has `<path>:<line>:<col>` with `line` as given.
+fn has_location(text: &str, path: &Path, line: usize) -> bool {
+    let prefix = format!("{}:{line}:", path.display());
+    text.match_indices(&prefix).any(|(i, _)| {
+        let rest = &text[i + prefix.len()..];
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        digits > 0 && rest[digits..].starts_with(':')
+    })
+}
+
+/// 1-based line of the first line of `text` containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle in text")
+        + 1
+}
+
+#[test]
+fn run_with_invalid_policy_exits_with_location_and_leaves_no_pins() -> Result<()> {
+    let cg = TestCgroup::new("bad-policy")?;
+    let cfg = GatewayConfig::new("bad-policy", &cg)?
+        .target(Target::new("echo", &["127.0.0.15"], &[7000]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let text = cfg
+        .to_toml()
+        .replace("action = \"allow\"", "action = \"sometimes\"");
+    let (out, dir) = run_expecting_failure(&text, &cfg.instance)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let path = dir.path().join("chokepoint.toml");
+    assert!(
+        has_location(&stderr, &path, line_of(&text, "sometimes")),
+        "no file:line:col in: {stderr}"
+    );
+    assert!(!pin_dir(&cfg.instance).exists(), "pins left behind");
+    Ok(())
+}
+
+#[test]
+fn run_with_missing_cgroup_names_the_path() -> Result<()> {
+    let cg = TestCgroup::new("no-cgroup")?;
+    let mut cfg = GatewayConfig::new("no-cgroup", &cg)?;
+    cfg.cgroup = cgroup2_mount()?.join(format!("cp-test-absent-{}", std::process::id()));
+    let (out, _dir) = run_expecting_failure(&cfg.to_toml(), &cfg.instance)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&*cfg.cgroup.to_string_lossy()),
+        "path not named in: {stderr}"
+    );
+    assert!(
+        !cfg.cgroup.exists(),
+        "chokepoint created the missing cgroup without `create = true`"
+    );
+    assert!(!pin_dir(&cfg.instance).exists(), "pins left behind");
+    Ok(())
+}
+
+#[test]
+fn run_with_busy_listen_port_says_so_and_leaves_no_pins() -> Result<()> {
+    let cg = TestCgroup::new("busy-port")?;
+    let cfg = GatewayConfig::new("busy-port", &cg)?;
+    let _holder = TcpListener::bind((v4(1), cfg.listen_port))?;
+    let (out, _dir) = run_expecting_failure(&cfg.to_toml(), &cfg.instance)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&cfg.listen_port.to_string()),
+        "port not named in: {stderr}"
+    );
+    assert!(!pin_dir(&cfg.instance).exists(), "pins left behind");
+    assert_eq!(status(&cfg.instance)?["attached"], false);
+    Ok(())
+}
+
+#[test]
+fn policy_check_exits_2_with_locations_on_errors_and_0_when_valid() -> Result<()> {
+    let cg = TestCgroup::new("check")?;
+    let cfg = GatewayConfig::new("check", &cg)?
+        .target(Target::new("echo", &["127.0.0.16"], &[7000]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let dir = tempfile::tempdir()?;
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, cfg.to_toml())?;
+    let out = cli(&["policy", "check", &good.to_string_lossy()])?;
+    assert!(
+        out.status.success(),
+        "valid file rejected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let text = cfg
+        .to_toml()
+        .replace("action = \"allow\"", "action = \"sometimes\"");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, &text)?;
+    // Files given together form one policy, so the bad one is checked alone.
+    let out = cli(&["policy", "check", &bad.to_string_lossy()])?;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit status of policy check on a bad file"
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        has_location(&all, &bad, line_of(&text, "sometimes")),
+        "no file:line:col in: {all}"
+    );
+    Ok(())
+}
