@@ -1,0 +1,153 @@
+//! Functions whose call alone makes a statement risky, whatever its class.
+
+/// Functions flagged [`Flag::DangerousFunction`](super::Flag::DangerousFunction) wherever they
+/// are called (select list, FROM, WHERE, DEFAULT, CALL arguments, COPY query…).
+///
+/// Matched by the function's own name, ignoring ASCII case and ignoring the
+/// schema: `pg_catalog.pg_read_file` and `public.dblink` (extensions install
+/// where they are told) are both caught, at the price of also flagging a
+/// user's own function that happens to share a name.
+///
+/// Why each family is here:
+/// * other sessions: ending or cancelling backends;
+/// * the server's files and processes: reading, listing or writing files, large-object import/export;
+/// * server state: configuration reload, log rotation, WAL switch, promotion, backups, replication slots;
+/// * other servers: dblink opens connections and runs SQL there;
+/// * SQL hidden in a string: `query_to_xml`, `table_to_xml`, `ts_stat`, `crosstab`… run a query
+///   (or read a table) given as text, which the classifier cannot see, so its tables and
+///   function calls would escape every other rule.
+///
+/// `set_config` is handled apart: only a call that sets `role` or
+/// `session_authorization` (or whose setting name is not a constant) is flagged.
+pub const DANGEROUS_FUNCTIONS: &[&str] = &[
+    // Other sessions.
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    // Server files and processes.
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_stat_file",
+    "pg_ls_dir",
+    "pg_ls_logdir",
+    "pg_ls_waldir",
+    "pg_ls_tmpdir",
+    "pg_ls_archive_statusdir",
+    "pg_ls_logicalmapdir",
+    "pg_ls_logicalsnapdir",
+    "pg_ls_replslotdir",
+    "pg_write_file",
+    "pg_file_write",
+    "pg_file_rename",
+    "pg_file_unlink",
+    "pg_file_sync",
+    "pg_logdir_ls",
+    "lo_import",
+    "lo_export",
+    // Server state.
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_promote",
+    "pg_switch_wal",
+    "pg_switch_xlog",
+    "pg_create_restore_point",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_start_backup",
+    "pg_stop_backup",
+    "pg_wal_replay_pause",
+    "pg_wal_replay_resume",
+    "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_drop_replication_slot",
+    "pg_copy_physical_replication_slot",
+    "pg_copy_logical_replication_slot",
+    // Other servers.
+    "dblink",
+    "dblink_exec",
+    "dblink_connect",
+    "dblink_connect_u",
+    "dblink_send_query",
+    "dblink_open",
+    // SQL (or a table name) passed as text.
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "ts_stat",
+    "ts_rewrite",
+    "crosstab",
+    "crosstab2",
+    "crosstab3",
+    "crosstab4",
+    "connectby",
+];
+
+/// Whether `name` (a function's own name, without schema) is in [`DANGEROUS_FUNCTIONS`].
+pub fn is_dangerous_function(name: &str) -> bool {
+    DANGEROUS_FUNCTIONS.iter().any(|f| f.eq_ignore_ascii_case(name))
+}
+
+/// The function whose first argument names a setting to change.
+pub(crate) const SET_CONFIG: &str = "set_config";
+
+/// Settings that change who the session acts as. PostgreSQL looks setting
+/// names up ignoring case, so `SET "ROLE"` and `set_config('Role', …)` count too.
+const IDENTITY_SETTINGS: &[&str] = &["role", "session_authorization"];
+
+/// Whether setting `name` changes the session's identity.
+pub(crate) fn is_identity_setting(name: &str) -> bool {
+    IDENTITY_SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// Whether the summary fast path must hand a statement calling `name` to the
+/// full parse: dangerous functions, and `set_config`, whose arguments matter.
+pub(crate) fn needs_inspection(name: &str) -> bool {
+    is_dangerous_function(name) || name.eq_ignore_ascii_case(SET_CONFIG)
+}
+
+/// Why setting `name` to `value` must be refused, if it must.
+///
+/// The classifier reads SQL with `standard_conforming_strings = on` and as
+/// UTF-8. A session that turns the former off, or switches `client_encoding`
+/// to one where an ASCII byte can end a multibyte character (SJIS, BIG5,
+/// GBK, GB18030, UHC, JOHAB: `\` as a trail byte), makes the server read
+/// `E'…\' ; DROP …'` differently from the gateway. `value` is `None` for
+/// RESET/DEFAULT (allowed: back to the connection's setting), `Some(None)`
+/// for a value that is not a constant.
+pub(crate) fn lexer_setting_refusal(name: &str, value: Option<Option<&str>>) -> Option<&'static str> {
+    let Some(value) = value else {
+        return None;
+    };
+    if name.eq_ignore_ascii_case("standard_conforming_strings") {
+        let on = value.is_some_and(|v| ["on", "true", "yes", "1", "t", "y"].iter().any(|t| t.eq_ignore_ascii_case(v.trim())));
+        return (!on).then_some("turning standard_conforming_strings off makes the server read string literals differently");
+    }
+    if name.eq_ignore_ascii_case("client_encoding") {
+        let safe = value.is_some_and(is_ascii_safe_encoding);
+        return (!safe).then_some("this client_encoding lets ASCII bytes hide inside multibyte characters");
+    }
+    None
+}
+
+/// Client encodings in which every ASCII byte is a character of its own, so
+/// the server splits the text into tokens exactly as a UTF-8 reader does.
+/// Names are compared the way PostgreSQL does: lower case, alphanumerics only.
+/// Unknown names are not safe (PostgreSQL rejects them anyway).
+fn is_ascii_safe_encoding(name: &str) -> bool {
+    let norm: String = name.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
+    const EXACT: &[&str] = &[
+        "utf8", "unicode", "sqlascii", "win866", "windows866", "win874", "windows874", "alt", "tcvn", "tcvn5712", "vscii",
+        "abc", "muleinternal", "koi8", "koi8r", "koi8u",
+    ];
+    // Windows single-byte code pages are win1250…win1258; win932/936/949/950 are the unsafe ones.
+    const PREFIXES: &[&str] = &["latin", "iso8859", "win125", "windows125", "euc"];
+    EXACT.contains(&norm.as_str()) || PREFIXES.iter().any(|p| norm.starts_with(p))
+}

@@ -1,0 +1,118 @@
+//! SQL statement classification for policy: what each statement of a query string does.
+//!
+//! [`classify`] parses with PostgreSQL's own parser (pg_query), so comments,
+//! casing, quoting and nesting mean exactly what they mean to the server:
+//! `/* x */ dElEtE FROM t`, `SELECT 1; DROP TABLE t` and
+//! `WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d` are all seen for
+//! what they are. Each statement of the string gets a [`Statement`]: a
+//! [`StatementClass`], [`Flag`]s, the tables it reads or writes, and a
+//! command name for logs. Unparsable text is an error, never a guess.
+//! [`ClassifierCache`] memoizes by exact text for all sessions;
+//! [`redact_passwords`] masks secrets before SQL reaches a log.
+//!
+//! # Classes
+//!
+//! | Class | Statements |
+//! |---|---|
+//! | `read` | SELECT, VALUES, TABLE (incl. `FOR UPDATE/SHARE`, which only lock rows); SHOW; EXPLAIN without ANALYZE (of anything: nothing runs; tables all read, only function flags kept); EXPLAIN ANALYZE of a read; DECLARE CURSOR, FETCH, MOVE; COPY … TO STDOUT or TO 'file'; LOCK … IN ACCESS SHARE MODE |
+//! | `write` | INSERT, UPDATE, DELETE, MERGE; SELECT INTO; any read containing a data change (data-modifying CTE, `COPY (DELETE … RETURNING *) TO STDOUT`); COPY … FROM STDIN or FROM 'file'; TRUNCATE (+`truncate`); REFRESH MATERIALIZED VIEW; DO and CALL (+`procedural_code`: the body is opaque and may write); NOTIFY (other sessions act on it); LOCK in any stronger mode (PostgreSQL requires write privileges for those too) |
+//! | `ddl` | CREATE/ALTER/DROP/COMMENT ON of tables, views, indexes, sequences, types, domains, functions (+`procedural_code`), triggers, rules, schemas, extensions, foreign data wrappers and servers, publications, statistics, casts, operators, text search objects, databases; CREATE TABLE AS, CREATE MATERIALIZED VIEW; ALTER … RENAME / SET SCHEMA / DEPENDS ON |
+//! | `dcl` | GRANT, REVOKE (privileges and role membership); CREATE/ALTER/DROP ROLE, USER, GROUP; ALTER DEFAULT PRIVILEGES; ALTER … OWNER TO and ALTER TABLE … OWNER TO; REASSIGN OWNED, DROP OWNED; CREATE/ALTER/DROP POLICY and ALTER TABLE … ROW LEVEL SECURITY; SECURITY LABEL; CREATE/ALTER/DROP USER MAPPING (stores remote credentials); CREATE SCHEMA holding a GRANT |
+//! | `admin` | VACUUM, ANALYZE, CLUSTER, REINDEX, CHECKPOINT, LOAD (loads a shared library), ALTER SYSTEM; CREATE/ALTER/DROP TABLESPACE, ALTER TABLE ALL IN TABLESPACE; CREATE/ALTER/DROP SUBSCRIPTION (connects out to another server); COPY … TO/FROM PROGRAM (+`copy_program`: a shell command on the server, whatever the data does) |
+//! | `transaction` | BEGIN, START TRANSACTION, COMMIT/END, ROLLBACK/ABORT, SAVEPOINT, RELEASE, ROLLBACK TO, PREPARE TRANSACTION, COMMIT PREPARED, ROLLBACK PREPARED; SET TRANSACTION, SET SESSION CHARACTERISTICS AS TRANSACTION; SET CONSTRAINTS |
+//! | `other` | SET and RESET (SET ROLE, SET SESSION AUTHORIZATION and RESET of either add `set_role`); DISCARD (DISCARD ALL adds `set_role`: it returns to the login role); LISTEN, UNLISTEN; EXECUTE; DEALLOCATE; CLOSE |
+//!
+//! `PREPARE name AS stmt` takes the class, flags and tables of `stmt`, with
+//! command `"PREPARE"` and [`Prepared::Define`]. `EXECUTE name` is `other`
+//! with [`Prepared::Execute`]: the session remembers what each name was
+//! prepared as and applies that classification (also for `EXPLAIN ANALYZE
+//! EXECUTE` and `CREATE TABLE … AS EXECUTE`, which carry the same marker).
+//! Protocol-level prepared statements (Parse/Bind) are classified at Parse.
+//!
+//! # Flags
+//!
+//! | Flag | Set by |
+//! |---|---|
+//! | `delete_without_where` / `update_without_where` | a DELETE / UPDATE without WHERE anywhere: top level, CTE, PREPARE, EXPLAIN ANALYZE, COPY query, rule action, `BEGIN ATOMIC` body (`WHERE CURRENT OF` counts as a WHERE) |
+//! | `drop` | every DROP statement, DROP OWNED, ALTER TABLE … DROP COLUMN (not DROP CONSTRAINT/DEFAULT) |
+//! | `truncate` | TRUNCATE |
+//! | `data_modifying_cte` | INSERT/UPDATE/DELETE/MERGE inside a WITH |
+//! | `procedural_code` | DO, CALL, CREATE FUNCTION/PROCEDURE |
+//! | `explain_analyze_write` | EXPLAIN ANALYZE of anything but a read (or of EXECUTE, left to the session) |
+//! | `copy_program` / `copy_file` | COPY … PROGRAM / COPY … 'server file' |
+//! | `dangerous_function` | a call to a [`DANGEROUS_FUNCTIONS`] entry anywhere, or `set_config` of `role`/`session_authorization` or of a non-constant setting |
+//! | `set_role` | SET/RESET ROLE, SET/RESET SESSION AUTHORIZATION, DISCARD ALL, `set_config('role', …)`, and `SET role` clauses inside ALTER ROLE/DATABASE/FUNCTION |
+//!
+//! # Limits, by design
+//!
+//! * Classification is syntactic. A user-defined function, operator, view,
+//!   trigger or rule can do anything when a "read" runs it; only the
+//!   database's own privileges constrain that. Procedural bodies (DO,
+//!   functions) are opaque and carry `procedural_code` instead.
+//! * Some statements are refused outright ([`ClassifyError::Refused`]):
+//!   turning `standard_conforming_strings` off, or switching `client_encoding`
+//!   to SJIS/BIG5/GBK/GB18030/UHC/JOHAB, would make the server read later
+//!   string literals differently from the classifier. The session must also
+//!   keep these two settings safe at startup and watch the server's
+//!   ParameterStatus reports for them.
+//! * Very deeply nested text is parsed on a helper thread with a large stack,
+//!   and refused beyond a bound ([`ClassifyError::TooDeep`]): libpg_query
+//!   recurses without a depth check (see `depth.rs`).
+//! * Table names are as written: `schema` is `None` for unqualified names
+//!   (resolved by the session's `search_path`), and a CTE name is not a table.
+
+mod cache;
+mod class;
+pub mod depth;
+mod error;
+mod fast;
+mod functions;
+mod lex;
+mod redact;
+mod statement;
+mod tree;
+mod walk;
+
+#[cfg(test)]
+mod tests;
+
+pub use cache::{ClassifierCache, MAX_CACHED_LEN};
+pub use class::{Access, Classification, Flag, Prepared, Statement, StatementClass, TableRef, UnknownName};
+pub use error::ClassifyError;
+pub use functions::{DANGEROUS_FUNCTIONS, is_dangerous_function};
+pub use redact::redact_passwords;
+
+/// Classifies every statement of `sql`, in order.
+///
+/// An empty string or one holding only comments gives an empty
+/// [`Classification`]. Text PostgreSQL would reject is an error, as are the
+/// refusals and depth limit described in the module documentation.
+pub fn classify(sql: &str) -> Result<Classification, ClassifyError> {
+    depth::guarded(sql, || classify_unguarded(sql))
+}
+
+/// [`classify`] without the depth guard: only call it through `depth::guarded`.
+pub fn classify_unguarded(sql: &str) -> Result<Classification, ClassifyError> {
+    let summary = pg_query::summary(sql, -1).map_err(|e| ClassifyError::from_pg(sql, e))?;
+    if let Some(statement) = fast::plain_select(sql, &summary) {
+        return Ok(Classification {
+            statements: vec![statement],
+        });
+    }
+    classify_parsed(sql)
+}
+
+/// The full path: every statement from its complete parse tree.
+fn classify_parsed(sql: &str) -> Result<Classification, ClassifyError> {
+    let parsed = pg_query::parse(sql).map_err(|e| ClassifyError::from_pg(sql, e))?;
+    let statements = parsed
+        .protobuf
+        .stmts
+        .iter()
+        .map(|raw| match raw.stmt.as_deref().and_then(|s| s.node.as_ref()) {
+            Some(node) => statement::classify_statement(node),
+            None => Err(ClassifyError::internal("empty statement in parse tree".to_owned())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Classification { statements })
+}

@@ -1,0 +1,282 @@
+//! Deep inspection of one statement's parse tree: tables, nested data changes, function calls.
+//!
+//! The walk descends into every field of every node (see `tree.rs`), so a
+//! DELETE in a CTE, a function in a DEFAULT expression or a table in a
+//! subquery of a rule action is found wherever the grammar allows it.
+//! Statement-level meaning (class, command, COPY/EXPLAIN options) is
+//! decided in `statement.rs`.
+
+use super::class::{Access, Flag, FlagSet, TableRef};
+use super::functions::{SET_CONFIG, is_dangerous_function, is_identity_setting, lexer_setting_refusal};
+use super::tree::Value;
+use pg_query::protobuf::VariableSetKind;
+
+/// What the walk found in one statement.
+#[derive(Debug, Default)]
+pub(crate) struct Facts {
+    pub(crate) tables: Vec<TableRef>,
+    pub(crate) flags: FlagSet,
+    /// An INSERT, UPDATE, DELETE or MERGE, or a SELECT INTO, appears somewhere.
+    pub(crate) modifies: bool,
+    /// The prepared statement an `EXECUTE` inside runs.
+    pub(crate) executes: Option<String>,
+    /// Why the statement must be refused outright (see `functions::lexer_setting_refusal`).
+    pub(crate) refused: Option<&'static str>,
+}
+
+/// Walks `stmt`. `access` is what a relation named outside any query means:
+/// `Write` for the target of DDL/DCL/admin statements and TRUNCATE, `Read`
+/// otherwise (queries decide for their own relations).
+pub(crate) fn inspect(stmt: &Value, access: Access) -> Facts {
+    let mut walker = Walker {
+        facts: Facts::default(),
+        ctes: Vec::new(),
+        access,
+        in_cte: 0,
+    };
+    walker.visit(stmt);
+    walker.facts
+}
+
+struct Walker<'t> {
+    facts: Facts,
+    /// CTE names visible at this point, innermost last. Only an unqualified
+    /// name read in a FROM-like position can refer to one.
+    ctes: Vec<&'t str>,
+    access: Access,
+    /// How many CTE bodies enclose the current node.
+    in_cte: usize,
+}
+
+impl<'t> Walker<'t> {
+    fn visit(&mut self, v: &'t Value) {
+        match v.kind() {
+            Some("SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt") => self.query(v),
+            Some("RangeVar") => self.relation(v, self.access),
+            Some("IntoClause") => {
+                // SELECT INTO / CREATE TABLE AS create the table they name.
+                self.relation(v.get("rel"), Access::Write);
+                self.children(v, &["rel"]);
+            }
+            Some("CopyStmt") => {
+                // COPY names a real table, never a CTE: FROM fills it, TO reads it.
+                let access = if v.get("is_from").as_bool() { Access::Write } else { Access::Read };
+                self.table(v.get("relation"), access);
+                self.children(v, &["relation"]);
+            }
+            Some("CommonTableExpr") => {
+                // Reached only outside `query` (which scopes CTEs itself); still count the nesting.
+                self.in_cte += 1;
+                self.children(v, &[]);
+                self.in_cte -= 1;
+            }
+            Some("FuncCall") => {
+                self.function(v);
+                self.children(v, &[]);
+            }
+            Some("VariableSetStmt") => {
+                // SET ROLE at the top, but also `ALTER ROLE|DATABASE … SET role`
+                // and `CREATE FUNCTION … SET role = …`, which switch later sessions or calls.
+                if let Some(name) = v.get("name").as_str() {
+                    if is_identity_setting(name) {
+                        self.facts.flags.insert(Flag::SetRole);
+                    }
+                    let value = set_value(v);
+                    self.refuse(lexer_setting_refusal(name, value.as_ref().map(|s| s.as_deref())));
+                }
+                self.children(v, &[]);
+            }
+            Some("ExecuteStmt") => {
+                if self.facts.executes.is_none() {
+                    self.facts.executes = v.get("name").as_str().map(str::to_owned);
+                }
+                self.children(v, &[]);
+            }
+            _ => self.children(v, &[]),
+        }
+    }
+
+    fn children(&mut self, v: &'t Value, skip: &[&str]) {
+        for (key, child) in v.fields() {
+            if !skip.contains(&key) {
+                self.visit(child);
+            }
+        }
+    }
+
+    /// SELECT, INSERT, UPDATE, DELETE, MERGE: their WITH scope, their target, their WHERE.
+    fn query(&mut self, v: &'t Value) {
+        let saved_ctes = self.ctes.len();
+        let saved_access = self.access;
+        // Inside a query every relation is read unless it is the query's target.
+        self.access = Access::Read;
+
+        let with = v.get("with_clause");
+        if !with.is_null() {
+            let ctes = with.get("ctes").items();
+            let names: Vec<&'t str> = ctes.iter().filter_map(|c| c.get("ctename").as_str()).collect();
+            let recursive = with.get("recursive").as_bool();
+            for (i, cte) in ctes.iter().enumerate() {
+                // A plain WITH sees only the CTEs before it; WITH RECURSIVE sees them all.
+                let visible = if recursive { names.len() } else { i.min(names.len()) };
+                self.ctes.truncate(saved_ctes);
+                self.ctes.extend_from_slice(&names[..visible]);
+                self.visit(cte);
+            }
+            self.ctes.truncate(saved_ctes);
+            self.ctes.extend_from_slice(&names);
+        }
+
+        let kind = v.kind().unwrap_or_default();
+        let mut skip = vec!["with_clause"];
+        match kind {
+            "SelectStmt" => {
+                if !v.get("into_clause").is_null() {
+                    self.facts.modifies = true;
+                }
+            }
+            _ => {
+                self.facts.modifies = true;
+                if self.in_cte > 0 {
+                    self.facts.flags.insert(Flag::DataModifyingCte);
+                }
+                // The target of a data change is always a table, even if a CTE has its name.
+                self.table(v.get("relation"), Access::Write);
+                skip.push("relation");
+                // `WHERE CURRENT OF cursor` is a WHERE clause too (one row).
+                let no_where = v.get("where_clause").is_null();
+                match kind {
+                    "DeleteStmt" if no_where => self.facts.flags.insert(Flag::DeleteWithoutWhere),
+                    "UpdateStmt" if no_where => self.facts.flags.insert(Flag::UpdateWithoutWhere),
+                    _ => {}
+                }
+            }
+        }
+        self.children(v, &skip);
+
+        self.ctes.truncate(saved_ctes);
+        self.access = saved_access;
+    }
+
+    /// A relation in a position where it may name a CTE (when read).
+    fn relation(&mut self, v: &'t Value, access: Access) {
+        if access == Access::Read && v.get("schemaname").as_str().is_none() {
+            if let Some(name) = v.get("relname").as_str() {
+                if self.ctes.contains(&name) {
+                    return;
+                }
+            }
+        }
+        self.table(v, access);
+    }
+
+    /// A relation that is certainly a table (or view, sequence…).
+    fn table(&mut self, v: &Value, access: Access) {
+        if v.kind() != Some("RangeVar") {
+            return;
+        }
+        if let Some(name) = v.get("relname").as_str() {
+            self.facts.tables.push(TableRef {
+                schema: v.get("schemaname").as_str().map(str::to_owned),
+                name: name.to_owned(),
+                access,
+            });
+        }
+    }
+
+    fn refuse(&mut self, reason: Option<&'static str>) {
+        if self.facts.refused.is_none() {
+            self.facts.refused = reason;
+        }
+    }
+
+    fn function(&mut self, call: &Value) {
+        let Some(name) = call.get("funcname").items().last().and_then(Value::as_str) else {
+            return;
+        };
+        if is_dangerous_function(name) {
+            self.facts.flags.insert(Flag::DangerousFunction);
+        } else if name.eq_ignore_ascii_case(SET_CONFIG) {
+            self.set_config(call);
+        }
+    }
+
+    /// `set_config(setting_name, new_value, is_local)`: flags role changes and
+    /// refuses lexer-changing ones, like SET. A setting name that is not a
+    /// string constant (a parameter, an expression) could be any of them.
+    fn set_config(&mut self, call: &Value) {
+        let setting = function_arg(call, 0, "setting_name").map(string_constant);
+        let Some(Some(setting)) = setting else {
+            self.facts.flags.insert(Flag::DangerousFunction);
+            self.facts.flags.insert(Flag::SetRole);
+            self.refuse(Some("set_config with a setting name that is not a constant"));
+            return;
+        };
+        if is_identity_setting(setting) {
+            self.facts.flags.insert(Flag::DangerousFunction);
+            self.facts.flags.insert(Flag::SetRole);
+        }
+        let value = function_arg(call, 1, "new_value").and_then(string_constant);
+        self.refuse(lexer_setting_refusal(setting, Some(value)));
+    }
+}
+
+/// Argument `position` of a call, or the one passed as `name => …`.
+fn function_arg<'v>(call: &'v Value, position: usize, name: &str) -> Option<&'v Value> {
+    let args = call.get("args").items();
+    if let Some(named) = args
+        .iter()
+        .find(|a| a.kind() == Some("NamedArgExpr") && a.get("name").as_str() == Some(name))
+    {
+        return Some(named.get("arg"));
+    }
+    // Positional arguments come before named ones.
+    args.get(position).filter(|a| a.kind() != Some("NamedArgExpr"))
+}
+
+/// The value a SET assigns: `None` for RESET/DEFAULT (back to the session's
+/// default), `Some(None)` for a value that is not one string or number
+/// constant, `Some(Some(text))` otherwise.
+fn set_value(set: &Value) -> Option<Option<String>> {
+    let kind = set
+        .get("kind")
+        .as_int()
+        .and_then(|k| i32::try_from(k).ok())
+        .and_then(|k| VariableSetKind::try_from(k).ok());
+    match kind {
+        Some(VariableSetKind::VarSetDefault | VariableSetKind::VarReset | VariableSetKind::VarResetAll) => None,
+        Some(VariableSetKind::VarSetValue) => match set.get("args").items() {
+            [one] => Some(constant_text(one)),
+            _ => Some(None),
+        },
+        // FROM CURRENT and the multi-settings carry no single constant.
+        _ => Some(None),
+    }
+}
+
+/// A constant's text: `'on'`, `on`, `1`, `true`.
+fn constant_text(v: &Value) -> Option<String> {
+    if let Some(s) = string_constant(v) {
+        return Some(s.to_owned());
+    }
+    match v.kind() {
+        Some("A_Const" | "AConst") => {
+            let val = v.get("val");
+            match val.kind() {
+                Some("Integer") => val.get("ival").as_int().map(|i| i.to_string()).or(Some("0".to_owned())),
+                Some("Boolean") => Some(val.get("boolval").as_bool().to_string()),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The text of a string literal (`'role'`, also `'role'::text`), if that is what `v` is.
+fn string_constant(v: &Value) -> Option<&str> {
+    match v.kind() {
+        Some("A_Const" | "AConst") => v.get("sval").as_str().or_else(|| v.get("val").as_str()),
+        Some("TypeCast") => string_constant(v.get("arg")),
+        _ => None,
+    }
+}
