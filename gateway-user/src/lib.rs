@@ -16,5 +16,6 @@ pub mod cli;
 pub mod daemon;
 pub mod ebpf;
 pub mod flow;
+pub mod masking;
 pub mod policy;
 pub mod protocols;

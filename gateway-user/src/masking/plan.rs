@@ -1,0 +1,488 @@
+//! The masking policy, the per-result-set plan it makes from a RowDescription, and row rewriting.
+use std::{borrow::Cow, fmt, ops::Range, sync::Arc};
+
+use super::{
+    error::MaskingError,
+    rules::{ColumnRule, DetectorRule, NameRule},
+    strategy::{Hasher, MIN_HASH_KEY_LEN, Strategy, json_string_into, mask_into},
+};
+
+/// PostgreSQL type OIDs the planner distinguishes (`pg_type.oid`, stable across versions).
+pub mod oid {
+    pub const BOOL: u32 = 16;
+    pub const CHAR: u32 = 18;
+    pub const NAME: u32 = 19;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const OID: u32 = 26;
+    pub const JSON: u32 = 114;
+    pub const JSON_ARRAY: u32 = 199;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const UNKNOWN: u32 = 705;
+    pub const CHAR_ARRAY: u32 = 1002;
+    pub const NAME_ARRAY: u32 = 1003;
+    pub const TEXT_ARRAY: u32 = 1009;
+    pub const BPCHAR_ARRAY: u32 = 1014;
+    pub const VARCHAR_ARRAY: u32 = 1015;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
+    pub const DATE: u32 = 1082;
+    pub const TIME: u32 = 1083;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const INTERVAL: u32 = 1186;
+    pub const TIMETZ: u32 = 1266;
+    pub const NUMERIC: u32 = 1700;
+    pub const UUID: u32 = 2950;
+    pub const JSONB: u32 = 3802;
+    pub const JSONB_ARRAY: u32 = 3807;
+    /// `FirstNormalObjectId`: OIDs from here on are user-defined (extensions,
+    /// enums, composites), whose text form we cannot know.
+    pub const FIRST_USER: u32 = 16384;
+}
+
+/// Result-set masking configuration: what to mask and how.
+///
+/// Immutable and cheap to share; a policy reload builds a new one, and plans
+/// already made keep working with what they copied.
+#[derive(Clone, Default)]
+pub struct MaskingPolicy {
+    /// Tried first, in order, against the column's source table column.
+    pub columns: Vec<ColumnRule>,
+    /// Tried next, in order, against the column's output name.
+    pub names: Vec<NameRule>,
+    /// Run over the values of every scanned column.
+    pub detectors: Vec<DetectorRule>,
+    /// HMAC-SHA256 key of the `hash` strategy. Never logged.
+    pub hash_key: Arc<[u8]>,
+}
+
+/// What the session knows about one result column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColumnInfo<'a> {
+    /// `(schema, table, column)` when the column comes straight from a table
+    /// column (RowDescription table OID and attribute number, resolved
+    /// through the catalog); `None` for computed columns.
+    pub source: Option<(&'a str, &'a str, &'a str)>,
+    /// The field name in RowDescription (the alias, if any).
+    pub output_name: &'a str,
+    pub type_oid: u32,
+    /// 0 text, 1 binary.
+    pub format: i16,
+}
+
+/// What the plan does to one column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnAction {
+    /// Forward values untouched.
+    Keep,
+    /// Rewrite every non-NULL value with `strategy` (or NULL it, for types
+    /// that cannot hold the masked text: see the module table).
+    Mask { strategy: Strategy, rule: Arc<str> },
+    /// Run the detectors on every non-NULL value and mask what they find.
+    Scan,
+}
+
+impl MaskingPolicy {
+    /// Whether the policy masks nothing: no rules and no detectors.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty() && self.names.is_empty() && self.detectors.is_empty()
+    }
+
+    /// Checks what cannot be checked rule by rule: a `hash` strategy needs a
+    /// key of at least [`MIN_HASH_KEY_LEN`] bytes.
+    pub fn validate(&self) -> Result<(), MaskingError> {
+        let hashes = self
+            .columns
+            .iter()
+            .map(|r| r.strategy)
+            .chain(self.names.iter().map(|r| r.strategy))
+            .chain(self.detectors.iter().map(|r| r.strategy))
+            .any(|s| s == Strategy::Hash);
+        if hashes && self.hash_key.len() < MIN_HASH_KEY_LEN {
+            return Err(MaskingError::WeakHashKey {
+                len: self.hash_key.len(),
+                min: MIN_HASH_KEY_LEN,
+            });
+        }
+        Ok(())
+    }
+
+    /// Decides, once per RowDescription, what happens to each column:
+    ///
+    /// 1. the first column rule matching the column's source → `Mask`;
+    /// 2. else the first name rule matching its output name → `Mask`;
+    /// 3. else, if there are detectors, `Scan` when the column is computed
+    ///    (and its values are scannable) or its type is text-like;
+    /// 4. else `Keep`.
+    pub fn plan(&self, columns: &[ColumnInfo<'_>]) -> ResultPlan {
+        let planned: Vec<PlannedColumn> = columns
+            .iter()
+            .map(|info| {
+                let repr = Repr::of(info.type_oid, info.format);
+                PlannedColumn {
+                    action: self.action(info, repr),
+                    repr,
+                }
+            })
+            .collect();
+        let noop = planned.iter().all(|c| c.action == ColumnAction::Keep);
+        ResultPlan {
+            columns: planned,
+            detectors: if noop {
+                Arc::from([])
+            } else {
+                Arc::from(self.detectors.as_slice())
+            },
+            hasher: Hasher::new(if noop { &[] } else { &self.hash_key }),
+            noop,
+        }
+    }
+
+    fn action(&self, info: &ColumnInfo<'_>, repr: Repr) -> ColumnAction {
+        let by_source = info.source.and_then(|(schema, table, column)| {
+            self.columns
+                .iter()
+                .find(|r| r.matches(schema, table, column))
+                .map(|r| (r.strategy, &r.name))
+        });
+        let by_name = || {
+            self.names
+                .iter()
+                .find(|r| r.matches(info.output_name))
+                .map(|r| (r.strategy, &r.name))
+        };
+        if let Some((strategy, rule)) = by_source.or_else(by_name) {
+            return ColumnAction::Mask {
+                strategy,
+                rule: rule.clone(),
+            };
+        }
+        let scan = match info.source {
+            None => repr.scannable(),
+            Some(_) => repr.text_like(info.type_oid),
+        };
+        if scan && !self.detectors.is_empty() {
+            ColumnAction::Scan
+        } else {
+            ColumnAction::Keep
+        }
+    }
+}
+
+impl fmt::Debug for MaskingPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MaskingPolicy")
+            .field("columns", &self.columns)
+            .field("names", &self.names)
+            .field("detectors", &self.detectors)
+            .field("hash_key", &format_args!("<{} bytes>", self.hash_key.len()))
+            .finish()
+    }
+}
+
+/// How a column's values are encoded, which decides what masking can write
+/// into them and stay type-valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repr {
+    /// UTF-8 text: text-format text, varchar, bpchar, name, "char", unknown;
+    /// binary text, varchar, bpchar, name (their binary form is the text).
+    /// `padded`: bpchar, whose trailing blanks are padding, not data.
+    Text { padded: bool },
+    /// Text-format json and jsonb: whole-value masks become a JSON string.
+    Json,
+    /// Text-format arrays of text-like types: detector hits can be replaced
+    /// inside the literal; whole-value masks become NULL.
+    TextArray,
+    /// Binary json (the text itself) and jsonb (version byte 1, then the
+    /// text): scannable after the prefix; whole-value masks become NULL.
+    BinaryJson { versioned: bool },
+    /// Text form of any other type (numbers, user-defined types…): any
+    /// detector hit or mask makes the value NULL.
+    OtherText,
+    /// Values detectors cannot see (binary non-text, or text forms that
+    /// cannot hold any detector match such as int4 or timestamp): never
+    /// scanned; masks become NULL.
+    Opaque,
+}
+
+impl Repr {
+    fn of(type_oid: u32, format: i16) -> Repr {
+        use oid::*;
+        match (format, type_oid) {
+            (0, TEXT | VARCHAR | NAME | CHAR | UNKNOWN) => Repr::Text { padded: false },
+            (0, BPCHAR) => Repr::Text { padded: true },
+            (0, JSON | JSONB) => Repr::Json,
+            (0, TEXT_ARRAY | VARCHAR_ARRAY | BPCHAR_ARRAY | NAME_ARRAY | CHAR_ARRAY) => {
+                Repr::TextArray
+            }
+            // Too few digits for a card and no `ddd-dd-dddd` shape: scanning is pure cost.
+            (
+                0,
+                BOOL | INT2 | INT4 | OID | FLOAT4 | DATE | TIME | TIMETZ | TIMESTAMP | TIMESTAMPTZ
+                | INTERVAL | UUID,
+            ) => Repr::Opaque,
+            (0, _) => Repr::OtherText,
+            (1, TEXT | VARCHAR | NAME) => Repr::Text { padded: false },
+            (1, BPCHAR) => Repr::Text { padded: true },
+            (1, JSON) => Repr::BinaryJson { versioned: false },
+            (1, JSONB) => Repr::BinaryJson { versioned: true },
+            // Binary of any other type, and unknown format codes.
+            _ => Repr::Opaque,
+        }
+    }
+
+    /// Whether a computed column of this representation is scanned.
+    fn scannable(self) -> bool {
+        self != Repr::Opaque
+    }
+
+    /// Whether a table column of this representation is scanned: text-like
+    /// types; json arrays (JSON escaped inside an array literal: a hit NULLs
+    /// the value rather than risk breaking either syntax); and user-defined
+    /// types (citext, enums, composites…) whose text may hold anything.
+    fn text_like(self, type_oid: u32) -> bool {
+        match self {
+            Repr::Text { .. } | Repr::Json | Repr::TextArray | Repr::BinaryJson { .. } => true,
+            Repr::OtherText => {
+                type_oid >= oid::FIRST_USER
+                    || matches!(type_oid, oid::JSON_ARRAY | oid::JSONB_ARRAY)
+            }
+            Repr::Opaque => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PlannedColumn {
+    action: ColumnAction,
+    repr: Repr,
+}
+
+/// The masking decided for one result set; made by [`MaskingPolicy::plan`]
+/// at RowDescription and applied to each DataRow.
+#[derive(Debug, Clone)]
+pub struct ResultPlan {
+    columns: Vec<PlannedColumn>,
+    detectors: Arc<[DetectorRule]>,
+    hasher: Hasher,
+    noop: bool,
+}
+
+/// One value's fate: unchanged, or replaced (`None` = SQL NULL).
+type Rewrite = Option<Option<Vec<u8>>>;
+
+impl ResultPlan {
+    /// Whether every column is kept: the session forwards DataRows untouched
+    /// without looking at them.
+    pub fn is_noop(&self) -> bool {
+        self.noop
+    }
+
+    /// Number of columns planned.
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Whether the result set has no columns.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// The action for each column, in column order.
+    pub fn actions(&self) -> impl Iterator<Item = &ColumnAction> {
+        self.columns.iter().map(|c| &c.action)
+    }
+
+    /// Masked columns and the rule masking each, for logs and recordings.
+    pub fn masked_columns(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match &c.action {
+                ColumnAction::Mask { rule, .. } => Some((i, &**rule)),
+                _ => None,
+            })
+    }
+
+    /// Indices of the columns whose values the detectors scan.
+    pub fn scanned_columns(&self) -> impl Iterator<Item = usize> {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.action == ColumnAction::Scan)
+            .map(|(i, _)| i)
+    }
+
+    /// Masks one DataRow. `None` means nothing changed and the caller forwards
+    /// the original bytes without copying; `Some` holds every column's new
+    /// value (`None` = NULL), borrowing the unchanged ones.
+    ///
+    /// A row whose column count differs from the RowDescription is a protocol
+    /// violation the session should reject first; if one arrives anyway,
+    /// every value comes back NULL rather than guessing which rule applies.
+    pub fn apply<'a>(&self, values: &[Option<&'a [u8]>]) -> Option<Vec<Option<Cow<'a, [u8]>>>> {
+        if self.noop {
+            return None;
+        }
+        if values.len() != self.columns.len() {
+            return Some(vec![None; values.len()]);
+        }
+        let mut scratch = Scratch::default();
+        let mut out: Option<Vec<Option<Cow<'a, [u8]>>>> = None;
+        for (i, (column, value)) in self.columns.iter().zip(values).enumerate() {
+            // NULL stays NULL: there is nothing to leak.
+            let rewrite = value.and_then(|v| self.rewrite(column, v, &mut scratch));
+            match (rewrite, &mut out) {
+                (Some(new), out) => {
+                    let row = out.get_or_insert_with(|| {
+                        let mut row = Vec::with_capacity(values.len());
+                        row.extend(values[..i].iter().map(|v| v.map(Cow::Borrowed)));
+                        row
+                    });
+                    row.push(new.map(Cow::Owned));
+                }
+                (None, Some(row)) => row.push(value.map(Cow::Borrowed)),
+                (None, None) => {}
+            }
+        }
+        out
+    }
+
+    fn rewrite(&self, column: &PlannedColumn, value: &[u8], scratch: &mut Scratch) -> Rewrite {
+        match &column.action {
+            ColumnAction::Keep => None,
+            ColumnAction::Mask { strategy, .. } => {
+                Some(self.mask_whole(column.repr, *strategy, value))
+            }
+            ColumnAction::Scan => self.scan(column.repr, value, scratch),
+        }
+    }
+
+    fn mask_whole(&self, repr: Repr, strategy: Strategy, value: &[u8]) -> Option<Vec<u8>> {
+        match repr {
+            Repr::Text { padded } => {
+                // bpchar blanks are padding: hash "ab" and "ab  " alike, keep real characters.
+                let value = if padded {
+                    value.trim_ascii_end()
+                } else {
+                    value
+                };
+                let mut out = Vec::with_capacity(value.len().max(24));
+                mask_into(strategy, value, &self.hasher, &mut out);
+                Some(out)
+            }
+            Repr::Json => {
+                let mut masked = Vec::with_capacity(value.len().max(24));
+                mask_into(strategy, value, &self.hasher, &mut masked);
+                let mut out = Vec::with_capacity(masked.len() + 2);
+                json_string_into(&masked, &mut out);
+                Some(out)
+            }
+            Repr::TextArray | Repr::BinaryJson { .. } | Repr::OtherText | Repr::Opaque => None,
+        }
+    }
+
+    fn scan(&self, repr: Repr, value: &[u8], scratch: &mut Scratch) -> Rewrite {
+        let prefix = match repr {
+            Repr::Opaque => return None,
+            Repr::BinaryJson { versioned: true } => {
+                // Only jsonb version 1 exists; anything else cannot be read, so fail closed.
+                if value.first() != Some(&1) {
+                    return Some(None);
+                }
+                1
+            }
+            _ => 0,
+        };
+        let text = &value[prefix..];
+        // Inside JSON or an array literal, masking must not leave half an
+        // escape behind nor turn a kept character into syntax.
+        let structured = matches!(repr, Repr::Json | Repr::TextArray | Repr::BinaryJson { .. });
+        scratch.hits.clear();
+        for rule in self.detectors.iter() {
+            scratch.found.clear();
+            rule.detector.find(text, &mut scratch.found);
+            if scratch.found.is_empty() {
+                // The common case: skip setting up the drain below.
+                continue;
+            }
+            scratch.hits.extend(scratch.found.drain(..).map(|r| {
+                let r = if structured {
+                    whole_escapes(text, r)
+                } else {
+                    r
+                };
+                (r, rule.strategy)
+            }));
+        }
+        if scratch.hits.is_empty() {
+            return None;
+        }
+        if repr == Repr::OtherText {
+            // "***" is not a valid number, enum label or custom type.
+            return Some(None);
+        }
+        // Leftmost first, longest first; overlapping hits merge so no part of
+        // either survives, masked with the strategy of the leftmost.
+        scratch
+            .hits
+            .sort_unstable_by(|a, b| a.0.start.cmp(&b.0.start).then(b.0.end.cmp(&a.0.end)));
+        let mut out = Vec::with_capacity(value.len());
+        out.extend_from_slice(&value[..prefix]);
+        let mut cursor = 0;
+        let mut hits = scratch.hits.iter().cloned();
+        let mut current = hits.next();
+        while let Some((range, strategy)) = current.take() {
+            let mut end = range.end;
+            for (next, next_strategy) in hits.by_ref() {
+                if next.start < end {
+                    end = end.max(next.end);
+                } else {
+                    current = Some((next, next_strategy));
+                    break;
+                }
+            }
+            out.extend_from_slice(&text[cursor..range.start]);
+            let masked_at = out.len();
+            mask_into(strategy, &text[range.start..end], &self.hasher, &mut out);
+            if structured {
+                for b in &mut out[masked_at..] {
+                    if matches!(*b, b'"' | b'\\') {
+                        *b = b'*';
+                    }
+                }
+            }
+            cursor = end;
+        }
+        out.extend_from_slice(&text[cursor..]);
+        Some(Some(out))
+    }
+}
+
+/// Widens a hit inside escaped text (a JSON string, an array literal) so it
+/// never splits an escape sequence: `\nbob@x.com` matches from the `n`, and
+/// masking from there would leave a dangling `\`. The start moves back over
+/// the backslashes before it; an end after an odd run of backslashes (the
+/// hit took the escape's `\` but not what it escapes) moves past the escaped
+/// character, or past all of `\uXXXX`.
+fn whole_escapes(text: &[u8], hit: Range<usize>) -> Range<usize> {
+    let backslashes = |at: usize| text[..at].iter().rev().take_while(|&&b| b == b'\\').count();
+    let start = hit.start - backslashes(hit.start);
+    let mut end = hit.end;
+    if backslashes(end) % 2 == 1 {
+        end += if text.get(end) == Some(&b'u') { 5 } else { 1 };
+    }
+    start..end.min(text.len())
+}
+
+/// Buffers reused across the values of one row, so scanning allocates only
+/// when a detector finds something.
+#[derive(Default)]
+struct Scratch {
+    found: Vec<Range<usize>>,
+    hits: Vec<(Range<usize>, Strategy)>,
+}
