@@ -6,20 +6,23 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::{
-    eval::{DEFAULT_DENY, Verdict},
+    eval::{DEFAULT_DENY, Protocol, Verdict},
     load::{At, Entry, Located, Report, Source, describe},
-    model::{Int, PortValue, RuleEntry, TargetEntry},
+    masking_config::{self, MaskingKey, MaskingRules},
+    model::{Int, MaskingEntry, PortValue, RuleEntry, TargetEntry},
+    postgres::{self, Place, PostgresRule, PostgresTarget, RuleScope},
 };
 
 /// The kernel keeps at most this many bytes of a process name (`comm`,
 /// TASK_COMM_LEN 16 with its NUL).
 const COMM_MAX: usize = 15;
 
-/// Targets and rules, ready for evaluation, in load order.
-#[derive(Debug, Default)]
+/// Targets, rules and masking, ready for evaluation, in load order.
+#[derive(Debug)]
 pub(super) struct Compiled {
     pub targets: Vec<Target>,
     pub rules: Vec<Rule>,
+    pub masking: MaskingRules,
 }
 
 #[derive(Debug)]
@@ -27,6 +30,17 @@ pub(super) struct Target {
     pub name: Arc<str>,
     pub nets: Vec<IpNet>,
     pub ports: Vec<PortRange>,
+    /// `Some` exactly when `protocol = "postgres"`.
+    pub postgres: Option<Arc<PostgresTarget>>,
+}
+
+impl Target {
+    pub fn protocol(&self) -> Protocol {
+        match self.postgres {
+            Some(_) => Protocol::Postgres,
+            None => Protocol::Tcp,
+        }
+    }
 }
 
 /// Inclusive; a single port is `first == last`.
@@ -65,6 +79,8 @@ pub(super) struct Rule {
     pub processes: Option<Vec<Pattern>>,
     /// `file:line:col` of the `[[rule]]` header, for `explain`.
     pub origin: String,
+    /// `[rule.postgres]` of an allow rule; `None` when absent.
+    pub postgres: Option<Arc<PostgresRule>>,
 }
 
 /// `uids` ∪ the uids of `users`.
@@ -79,21 +95,34 @@ pub(super) struct UidSet {
 /// Resolves a user name to its uid: `Ok(None)` when there is no such user.
 pub(super) type UserLookup<'a> = &'a dyn Fn(&str) -> Result<Option<u32>, String>;
 
+/// The policy files' `[[target]]`, `[[rule]]` and `[[masking]]` entries.
+pub(super) struct Entries {
+    pub targets: Vec<Located<Entry<TargetEntry>>>,
+    pub rules: Vec<Located<Entry<RuleEntry>>>,
+    pub masking: Vec<Located<Entry<MaskingEntry>>>,
+}
+
 pub(super) fn compile(
-    targets: Vec<Located<Entry<TargetEntry>>>,
-    rules: Vec<Located<Entry<RuleEntry>>>,
+    entries: Entries,
+    masking_key: &MaskingKey,
     sources: &[Source],
     report: &mut Report,
     users: UserLookup<'_>,
 ) -> Compiled {
-    let mut compiled = Compiled::default();
+    let Entries {
+        targets,
+        rules,
+        masking,
+    } = entries;
+    let mut compiled_targets = Vec::new();
+    let mut compiled_rules = Vec::new();
     // Every target name that was declared, even by an invalid target, so
     // that rules naming it are not also reported as unknown.
     let mut names: Vec<String> = Vec::new();
     let mut by_name: HashMap<String, (At, Option<usize>)> = HashMap::new();
     for Located { at, value } in targets {
         let (name, entry) = split(value);
-        let target = entry.and_then(|entry| target(at, entry, report));
+        let target = entry.and_then(|entry| target(at, entry, sources, report));
         let Some(name) = name else { continue };
         let name_at = At::of(at.file, &name);
         let text = name.into_inner();
@@ -109,8 +138,8 @@ pub(super) fn compile(
         }
         let valid = check_name("target", &text, name_at, report);
         let index = target.filter(|_| valid).map(|t| {
-            compiled.targets.push(t);
-            compiled.targets.len() - 1
+            compiled_targets.push(t);
+            compiled_targets.len() - 1
         });
         names.push(text.clone());
         by_name.insert(text, (name_at, index));
@@ -151,14 +180,29 @@ pub(super) fn compile(
         let context = RuleContext {
             names: &names,
             by_name: &by_name,
+            targets: &compiled_targets,
             users,
             origin: describe(sources, at),
         };
         if let Some(rule) = rule(at, entry, &context, report).filter(|_| name_ok) {
-            compiled.rules.push(rule);
+            compiled_rules.push(rule);
         }
     }
-    compiled
+    let masking = masking_config::compile(
+        masking,
+        &masking_config::Context {
+            sources,
+            targets: &compiled_targets,
+            by_name: &by_name,
+            key: masking_key,
+        },
+        report,
+    );
+    Compiled {
+        targets: compiled_targets,
+        rules: compiled_rules,
+        masking,
+    }
 }
 
 /// An entry's name, and its body when it deserialized.
@@ -186,7 +230,7 @@ impl Named for RuleEntry {
 }
 
 /// Names are identifiers in logs and in the errors clients see.
-fn check_name(kind: &str, name: &str, at: At, report: &mut Report) -> bool {
+pub(super) fn check_name(kind: &str, name: &str, at: At, report: &mut Report) -> bool {
     let valid = !name.is_empty()
         && name
             .bytes()
@@ -250,7 +294,7 @@ fn optional_list<'v, T>(
     }
 }
 
-fn target(at: At, entry: TargetEntry, report: &mut Report) -> Option<Target> {
+fn target(at: At, entry: TargetEntry, sources: &[Source], report: &mut Report) -> Option<Target> {
     let file = at.file;
     let label = label("target", entry.name.as_ref());
     let mut ok = true;
@@ -258,19 +302,48 @@ fn target(at: At, entry: TargetEntry, report: &mut Report) -> Option<Target> {
         report.error(at, "this [[target]] has no name: add name = \"...\"");
         ok = false;
     }
-    if let Some(protocol) = &entry.protocol {
-        // Only TCP exists yet, so a valid value needs no storing.
-        if protocol.get_ref() != "tcp" {
+    let protocol = match &entry.protocol {
+        None => Some(Protocol::Tcp),
+        Some(protocol) => match protocol.get_ref().as_str() {
+            "tcp" => Some(Protocol::Tcp),
+            "postgres" => Some(Protocol::Postgres),
+            other => {
+                report.error(
+                    At::of(file, protocol),
+                    format!("protocol {other:?} is not supported; valid protocols: tcp, postgres"),
+                );
+                ok = false;
+                None
+            }
+        },
+    };
+    let postgres = match (protocol, &entry.postgres, &entry.name) {
+        (Some(Protocol::Postgres), Some(section), Some(name)) => {
+            let place = Place { sources, file };
+            let compiled =
+                postgres::target(&Arc::from(name.get_ref().as_str()), section, &place, report);
+            ok &= compiled.is_some();
+            compiled.map(Arc::new)
+        }
+        (Some(Protocol::Postgres), None, _) => {
+            let at = entry.protocol.as_ref().map_or(at, |p| At::of(file, p));
             report.error(
-                At::of(file, protocol),
-                format!(
-                    "protocol {:?} is not supported; valid protocols: tcp",
-                    protocol.get_ref()
-                ),
+                at,
+                format!("{label} has protocol = \"postgres\" but no [target.postgres]: add [target.postgres] with a [target.postgres.credentials.<role>] password_file = \"...\" for each role jobs may use"),
             );
             ok = false;
+            None
         }
-    }
+        (Some(Protocol::Tcp), Some(section), _) => {
+            report.error(
+                At::of(file, section),
+                format!("[target.postgres] needs protocol = \"postgres\" in {label} (its protocol is tcp): add protocol = \"postgres\", or remove this section"),
+            );
+            ok = false;
+            None
+        }
+        _ => None,
+    };
     let addresses = required_list(
         entry.addresses.as_ref(),
         at,
@@ -311,9 +384,12 @@ fn target(at: At, entry: TargetEntry, report: &mut Report) -> Option<Target> {
     }
     let name = entry.name?;
     (ok && addresses.is_some() && ports_list.is_some()).then(|| Target {
-        name: Arc::from(name.into_inner()),
+        name: postgres
+            .as_ref()
+            .map_or_else(|| Arc::from(name.into_inner()), |p| p.name.clone()),
         nets,
         ports,
+        postgres,
     })
 }
 
@@ -388,6 +464,8 @@ fn parse_port(value: &PortValue) -> Result<PortRange, String> {
 struct RuleContext<'a> {
     names: &'a [String],
     by_name: &'a HashMap<String, (At, Option<usize>)>,
+    /// The targets compiled so far: every one, since targets come first.
+    targets: &'a [Target],
     users: UserLookup<'a>,
     origin: String,
 }
@@ -432,6 +510,7 @@ fn rule(at: At, entry: RuleEntry, context: &RuleContext<'_>, report: &mut Report
         report,
     );
     let mut refs = Vec::new();
+    let mut targets_known = true;
     for name in targets.unwrap_or_default() {
         let text = name.get_ref();
         if text == "*" {
@@ -441,8 +520,12 @@ fn rule(at: At, entry: RuleEntry, context: &RuleContext<'_>, report: &mut Report
         match context.by_name.get(text) {
             Some((_, Some(index))) => refs.push(TargetRef::Named(*index)),
             // Declared but invalid: already reported where it is declared.
-            Some((_, None)) => ok = false,
+            Some((_, None)) => {
+                ok = false;
+                targets_known = false;
+            }
             None => {
+                targets_known = false;
                 let defined = if context.names.is_empty() {
                     "no targets are defined; use \"*\" for any destination".to_owned()
                 } else {
@@ -458,8 +541,29 @@ fn rule(at: At, entry: RuleEntry, context: &RuleContext<'_>, report: &mut Report
     }
     let uids = uid_set(&entry, file, context.users, report);
     let processes = processes(&entry, file, report);
+    let postgres = match &entry.postgres {
+        None => Ok(None),
+        Some(section) => {
+            let scope = RuleScope {
+                action,
+                rule_label: &label,
+                targets_known: targets_known && targets.is_some(),
+                postgres_targets: refs
+                    .iter()
+                    .filter_map(|r| match *r {
+                        TargetRef::Named(i) => context.targets[i].postgres.as_deref(),
+                        TargetRef::Any => None,
+                    })
+                    .collect(),
+            };
+            postgres::rule(section, &scope, file, report)
+                .map(|rule| Some(Arc::new(rule)))
+                .ok_or(())
+        }
+    };
     let name = entry.name?;
-    let (Some(action), Some(_), Ok(uids), Ok(processes)) = (action, targets, uids, processes)
+    let (Some(action), Some(_), Ok(uids), Ok(processes), Ok(postgres)) =
+        (action, targets, uids, processes, postgres)
     else {
         return None;
     };
@@ -470,6 +574,7 @@ fn rule(at: At, entry: RuleEntry, context: &RuleContext<'_>, report: &mut Report
         uids,
         processes,
         origin: context.origin.clone(),
+        postgres,
     })
 }
 

@@ -1,4 +1,8 @@
 //! Evaluating a flow against the compiled rules: deny overrides allow, and no match is a deny.
+//!
+//! A destination inside a postgres target is always that target's, whatever
+//! rule decided, so that a broader rule (`"*"`, or a tcp target overlapping
+//! the database) cannot turn a mediated database into a plain TCP pipe.
 use std::{
     fmt,
     net::{IpAddr, SocketAddr},
@@ -37,15 +41,38 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// The protocol the gateway speaks with a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    /// Bytes are passed through after the connection is allowed.
+    #[default]
+    Tcp,
+    /// Every message is decoded and decided; credentials are injected.
+    Postgres,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Postgres => "postgres",
+        })
+    }
+}
+
 /// The verdict on one flow and what decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub verdict: Verdict,
     /// The deciding rule; `None` for the default deny.
     pub rule: Option<Arc<str>>,
-    /// The deciding rule's first target the destination is in; `None` for
-    /// the default deny and for `"*"`.
+    /// The postgres target the destination is in, if any (the first in load
+    /// order); else the deciding rule's first target the destination is in;
+    /// `None` for the default deny and for `"*"` outside postgres targets.
     pub target: Option<Arc<str>>,
+    /// [`Protocol::Postgres`] exactly when `target` is a postgres target;
+    /// a denied postgres flow is refused with a PostgreSQL error.
+    pub protocol: Protocol,
 }
 
 impl Decision {
@@ -54,21 +81,21 @@ impl Decision {
         self.rule.as_deref().unwrap_or(DEFAULT_DENY)
     }
 
-    fn default_deny() -> Decision {
+    fn new(verdict: Verdict, rule: Option<&Rule>, target: Option<&Target>) -> Decision {
         Decision {
-            verdict: Verdict::Deny,
-            rule: None,
-            target: None,
-        }
-    }
-
-    fn by(rule: &Rule, target: Option<&Target>) -> Decision {
-        Decision {
-            verdict: rule.action,
-            rule: Some(rule.name.clone()),
+            verdict,
+            rule: rule.map(|r| r.name.clone()),
             target: target.map(|t| t.name.clone()),
+            protocol: target.map_or(Protocol::Tcp, Target::protocol),
         }
     }
+}
+
+/// The first postgres target, in load order, that holds the destination.
+pub(super) fn postgres_target_of(targets: &[Target], (ip, port): (IpAddr, u16)) -> Option<&Target> {
+    targets
+        .iter()
+        .find(|t| t.postgres.is_some() && t.address_matches(ip) && t.port_matches(port))
 }
 
 /// The destination as rules see it: IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what
@@ -156,6 +183,7 @@ impl Rule {
 pub(super) fn evaluate(compiled: &Compiled, flow: &FlowFacts<'_>) -> Decision {
     let dst = destination(flow.dst);
     let mut first_allow = None;
+    let mut deny = None;
     for rule in &compiled.rules {
         if rule.action == Verdict::Allow && first_allow.is_some() {
             continue;
@@ -164,12 +192,20 @@ pub(super) fn evaluate(compiled: &Compiled, flow: &FlowFacts<'_>) -> Decision {
             continue;
         };
         match rule.action {
-            Verdict::Deny => return Decision::by(rule, target),
+            Verdict::Deny => {
+                deny = Some((rule, target));
+                break;
+            }
             Verdict::Allow => first_allow = Some((rule, target)),
         }
     }
-    match first_allow {
-        Some((rule, target)) => Decision::by(rule, target),
-        None => Decision::default_deny(),
-    }
+    let (verdict, rule, target) = match deny.or(first_allow) {
+        Some((rule, target)) => (rule.action, Some(rule), target),
+        None => (Verdict::Deny, None, None),
+    };
+    let target = match target {
+        Some(t) if t.postgres.is_some() => Some(t),
+        other => postgres_target_of(&compiled.targets, dst).or(other),
+    };
+    Decision::new(verdict, rule, target)
 }

@@ -4,9 +4,12 @@ use std::{fmt, net::SocketAddr, sync::Arc};
 use ipnet::IpNet;
 
 use super::{
-    compile::{Compiled, Rule, TargetRef},
-    eval::{Decision, FlowFacts, TargetMatch, Verdict, destination, evaluate},
+    compile::{Compiled, Rule, Target, TargetRef},
+    eval::{Decision, FlowFacts, Protocol, TargetMatch, Verdict, destination, evaluate},
+    postgres::{PostgresRule, PostgresTarget},
+    session::SessionRule,
     settings::Mode,
+    statement_kinds::{ACCESS_NAMES, CLASS_NAMES},
 };
 
 /// How every rule, in load order, relates to one flow, and the decision.
@@ -29,6 +32,9 @@ pub struct RuleTrace {
     /// `file:line:col` of the rule.
     pub origin: String,
     pub outcome: RuleOutcome,
+    /// For a matched allow rule of a flow to a postgres target: the roles
+    /// and statements it lets the session use, as one line.
+    pub postgres: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,16 +47,89 @@ pub enum RuleOutcome {
 }
 
 pub(super) fn explain(compiled: &Compiled, mode: Mode, flow: &FlowFacts<'_>) -> Explanation {
+    let decision = evaluate(compiled, flow);
+    let postgres_target = match (&decision.target, decision.protocol) {
+        (Some(name), Protocol::Postgres) => compiled.targets.iter().find(|t| t.name == *name),
+        _ => None,
+    };
     let rules = compiled
         .rules
         .iter()
-        .map(|rule| trace(compiled, rule, flow))
+        .map(|rule| {
+            let mut trace = trace(compiled, rule, flow);
+            if let Some(target) = postgres_target
+                && rule.action == Verdict::Allow
+                && matches!(trace.outcome, RuleOutcome::Matched { .. })
+                && reaches(rule, compiled, target)
+            {
+                trace.postgres = target.postgres.as_deref().map(|t| summary(rule, t));
+            }
+            trace
+        })
         .collect();
     Explanation {
         rules,
-        decision: evaluate(compiled, flow),
+        decision,
         mode,
     }
+}
+
+/// Whether a matched rule is one of the session's rules for `target`, as
+/// [`Policy::session_rules`](super::Policy::session_rules) picks them.
+fn reaches(rule: &Rule, compiled: &Compiled, target: &Target) -> bool {
+    rule.targets.iter().any(|r| match *r {
+        TargetRef::Any => true,
+        TargetRef::Named(i) => compiled.targets[i].name == target.name,
+    })
+}
+
+/// `postgres: roles app_ro; allow read, transaction; deny ddl, drop; ...`
+fn summary(rule: &Rule, target: &PostgresTarget) -> String {
+    let session_rule = SessionRule {
+        name: rule.name.clone(),
+        postgres: rule.postgres.clone(),
+    };
+    let statements: &PostgresRule = session_rule.statements();
+    let mut parts = Vec::new();
+    let with_credentials: Vec<&str> = target.credentials.keys().map(String::as_str).collect();
+    parts.push(match &statements.roles {
+        Some(roles) => format!("roles {}", roles.join(", ")),
+        None => format!(
+            "roles {} (every role with credentials)",
+            with_credentials.join(", ")
+        ),
+    });
+    parts.push(
+        if statements.allow == super::statement_kinds::Set::all(CLASS_NAMES.len()) {
+            "allow every class".to_owned()
+        } else if statements.allow.is_empty() {
+            "allow no class".to_owned()
+        } else {
+            format!("allow {}", statements.allow.names(&CLASS_NAMES))
+        },
+    );
+    if !statements.deny.is_empty() {
+        parts.push(format!("deny {}", statements.deny));
+    }
+    if !statements.approve.is_empty() {
+        parts.push(format!("approve {}", statements.approve));
+    }
+    for table in &statements.tables {
+        let patterns: Vec<&str> = table.patterns.iter().map(|p| p.text.as_str()).collect();
+        let mut what = Vec::new();
+        if !table.deny.is_empty() {
+            what.push(format!("deny {}", table.deny.names(&ACCESS_NAMES)));
+        }
+        if !table.approve.is_empty() {
+            what.push(format!("approve {}", table.approve.names(&ACCESS_NAMES)));
+        }
+        parts.push(format!(
+            "tables {}: {}",
+            patterns.join(", "),
+            what.join(", ")
+        ));
+    }
+    format!("postgres: {}", parts.join("; "))
 }
 
 fn trace(compiled: &Compiled, rule: &Rule, flow: &FlowFacts<'_>) -> RuleTrace {
@@ -115,6 +194,7 @@ fn trace(compiled: &Compiled, rule: &Rule, flow: &FlowFacts<'_>) -> RuleTrace {
         action: rule.action,
         origin: rule.origin.clone(),
         outcome,
+        postgres: None,
     }
 }
 
@@ -136,10 +216,14 @@ impl fmt::Display for RuleTrace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "rule {} ({}, {}): ", self.rule, self.action, self.origin)?;
         match &self.outcome {
-            RuleOutcome::Matched { target: Some(t) } => write!(f, "matched (target {t})"),
-            RuleOutcome::Matched { target: None } => f.write_str("matched (any destination)"),
-            RuleOutcome::NotMatched { reasons } => write!(f, "no match: {}", reasons.join("; ")),
+            RuleOutcome::Matched { target: Some(t) } => write!(f, "matched (target {t})")?,
+            RuleOutcome::Matched { target: None } => f.write_str("matched (any destination)")?,
+            RuleOutcome::NotMatched { reasons } => write!(f, "no match: {}", reasons.join("; "))?,
         }
+        if let Some(postgres) = &self.postgres {
+            write!(f, "\n    {postgres}")?;
+        }
+        Ok(())
     }
 }
 
@@ -157,14 +241,26 @@ impl fmt::Display for Explanation {
             )?;
         }
         let verdict = d.verdict;
+        let protocol = match d.protocol {
+            Protocol::Tcp => "",
+            Protocol::Postgres => ", protocol postgres",
+        };
         match (&d.rule, &d.target) {
-            (None, _) => writeln!(
+            (None, Some(target)) => writeln!(
+                f,
+                "decision: {verdict} ({}: no rule matched; target {target}{protocol})",
+                d.rule_name()
+            ),
+            (None, None) => writeln!(
                 f,
                 "decision: {verdict} ({}: no rule matched)",
                 d.rule_name()
             ),
             (Some(rule), Some(target)) => {
-                writeln!(f, "decision: {verdict} by rule {rule} (target {target})")
+                writeln!(
+                    f,
+                    "decision: {verdict} by rule {rule} (target {target}{protocol})"
+                )
             }
             (Some(rule), None) => {
                 writeln!(f, "decision: {verdict} by rule {rule} (any destination)")

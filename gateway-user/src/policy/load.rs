@@ -1,6 +1,6 @@
 //! Reading policy files and their includes into positioned sections, and collecting problems.
 //!
-//! Each `[daemon]`, `[guard]`, `[[target]]` and `[[rule]]` entry is
+//! Each `[daemon]`, `[guard]`, `[[target]]`, `[[rule]]` and `[[masking]]` entry is
 //! deserialized on its own, so one bad entry does not hide the others: only a
 //! TOML syntax error stops a file.
 use std::{
@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::{
     error::{Diagnostic, PolicyErrors},
-    model::{DaemonSection, GuardSection, RuleEntry, TargetEntry},
+    model::{DaemonSection, GuardSection, MaskingEntry, RuleEntry, TargetEntry},
 };
 
 /// One file that was read (or tried), with its text kept to turn byte
@@ -78,6 +78,7 @@ pub(super) struct Loaded {
     pub guard_at: Option<At>,
     pub targets: Vec<Located<Entry<TargetEntry>>>,
     pub rules: Vec<Located<Entry<RuleEntry>>>,
+    pub masking: Vec<Located<Entry<MaskingEntry>>>,
 }
 
 /// Problems found so far; turned into [`PolicyErrors`] once every file has
@@ -306,7 +307,7 @@ impl Loader {
     }
 }
 
-const SECTIONS: &str = "[daemon], [guard], [[target]] and [[rule]]";
+const SECTIONS: &str = "[daemon], [guard], [[target]], [[rule]] and [[masking]]";
 
 /// Splits one file into its sections; returns its `include` entries.
 fn parse(
@@ -368,6 +369,9 @@ fn parse(
                 .targets
                 .extend(entries(file, "target", value, report)),
             "rule" => loaded.rules.extend(entries(file, "rule", value, report)),
+            "masking" => loaded
+                .masking
+                .extend(entries(file, "masking", value, report)),
             other => report.error(
                 key_at,
                 format!("unknown section {other:?}: valid sections are {SECTIONS}"),

@@ -29,6 +29,40 @@
 //! deny rule denies, else any matching allow rule allows, else the flow is
 //! denied by default; the verdict does not depend on file or rule order.
 //!
+//! A target with `protocol = "postgres"` is mediated: its `[target.postgres]`
+//! says how to reach the database and where each role's password is, the
+//! allow rules' `[rule.postgres]` say which roles and statements a flow may
+//! use ([`Policy::session_rules`]), and `[[masking]]` entries say which
+//! result values are masked ([`Policy::masking_for`]):
+//!
+//! ```toml
+//! [[target]]
+//! name = "orders-db"
+//! addresses = ["127.0.0.3"]
+//! ports = [5432]
+//! protocol = "postgres"
+//!
+//! [target.postgres]
+//! tls = "disable"
+//! [target.postgres.credentials.app_ro]
+//! password_file = "/etc/chokepoint/secrets/orders-app_ro"
+//!
+//! [[rule]]
+//! name = "ci-reads-orders"
+//! action = "allow"
+//! targets = ["orders-db"]
+//! [rule.postgres]
+//! roles = ["app_ro"]
+//! allow = ["read", "transaction"]
+//! deny = ["dangerous_function"]
+//!
+//! [[masking]]
+//! name = "customer-emails"
+//! targets = ["orders-db"]
+//! columns = ["public.customers.email"]
+//! strategy = "partial"
+//! ```
+//!
 //! ```no_run
 //! # use std::path::Path;
 //! use chokepoint::policy::{FlowFacts, Policy, Verdict};
@@ -51,19 +85,32 @@ mod error;
 mod eval;
 mod explain;
 mod load;
+mod masking_config;
 mod model;
+mod postgres;
+#[cfg(test)]
+mod postgres_tests;
+mod secret_file;
+mod session;
 mod settings;
+mod statement_kinds;
 #[cfg(test)]
 mod tests;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 pub use error::{Diagnostic, PolicyErrors};
-pub use eval::{DEFAULT_DENY, Decision, FlowFacts, Verdict};
+pub use eval::{DEFAULT_DENY, Decision, FlowFacts, Protocol, Verdict};
 pub use explain::{Explanation, RuleOutcome, RuleTrace};
-pub use settings::{DaemonSettings, GuardSettings, Mode};
+pub use postgres::{Credential, DEFAULT_MAX_MESSAGE_BYTES, PostgresTarget, UpstreamTls};
+pub use session::{SessionRules, StatementDecision, StatementVerdict};
+pub use settings::{CopyOutMasked, DaemonSettings, GuardSettings, Mode};
 
-use compile::{Compiled, UserLookup};
+use crate::masking::MaskingPolicy;
+use compile::{Compiled, Entries, UserLookup};
 
 /// A loaded, valid policy. Cheap to share: `Send + Sync`, immutable; a
 /// reload builds a new one.
@@ -90,9 +137,14 @@ impl Policy {
 
     fn load_with(paths: &[PathBuf], users: UserLookup<'_>) -> Result<Policy, PolicyErrors> {
         let (sources, loaded, mut report) = load::load(paths);
-        let daemon = settings::daemon(loaded.daemon.as_ref(), &mut report);
+        let (daemon, masking_key) = settings::daemon(loaded.daemon.as_ref(), &sources, &mut report);
         let guard = settings::guard(loaded.guard, &mut report);
-        let compiled = compile::compile(loaded.targets, loaded.rules, &sources, &mut report, users);
+        let entries = Entries {
+            targets: loaded.targets,
+            rules: loaded.rules,
+            masking: loaded.masking,
+        };
+        let compiled = compile::compile(entries, &masking_key, &sources, &mut report, users);
         report.finish(&sources)?;
         Ok(Policy {
             daemon,
@@ -128,11 +180,72 @@ impl Policy {
         explain::explain(&self.compiled, self.daemon.mode, flow)
     }
 
-    /// One line for logs and `policy check`: "3 targets, 5 rules from 2 files".
+    /// The postgres target named `name`; `None` for a tcp target or an
+    /// unknown name.
+    pub fn postgres_target(&self, name: &str) -> Option<&Arc<PostgresTarget>> {
+        self.compiled
+            .targets
+            .iter()
+            .find(|t| &*t.name == name)
+            .and_then(|t| t.postgres.as_ref())
+    }
+
+    /// Every allow rule, in load order, that matches this flow's subject
+    /// (uid, process) and lets it reach `target` (naming it, with the
+    /// destination inside it, or naming `"*"`), with its `[rule.postgres]`.
+    /// Deny rules are not here: a flow one of them matches never gets a
+    /// session.
+    pub fn session_rules(&self, flow: &FlowFacts<'_>, target: &str) -> SessionRules {
+        let (ip, port) = eval::destination(flow.dst);
+        let index = self
+            .compiled
+            .targets
+            .iter()
+            .position(|t| &*t.name == target);
+        let reaches = |r: &compile::TargetRef| match *r {
+            compile::TargetRef::Any => true,
+            compile::TargetRef::Named(i) => {
+                let t = &self.compiled.targets[i];
+                Some(i) == index && t.address_matches(ip) && t.port_matches(port)
+            }
+        };
+        let rules = self
+            .compiled
+            .rules
+            .iter()
+            .filter(|r| r.action == Verdict::Allow)
+            .filter(|r| r.uid_matches(flow.uid) && r.comm_matches(flow.comm))
+            .filter(|r| r.targets.iter().any(reaches))
+            .map(|r| session::SessionRule {
+                name: r.name.clone(),
+                postgres: r.postgres.clone(),
+            })
+            .collect();
+        let postgres = index.and_then(|i| self.compiled.targets[i].postgres.clone());
+        SessionRules::new(Arc::from(target), postgres, rules)
+    }
+
+    /// The result masking of `target`'s sessions, built at load; an empty
+    /// policy for a target without masking rules.
+    pub fn masking_for(&self, target: &str) -> Arc<MaskingPolicy> {
+        self.compiled.masking.for_target(target)
+    }
+
+    /// What `COPY ... TO STDOUT` does with masked columns.
+    pub fn copy_out_masked(&self) -> CopyOutMasked {
+        self.daemon.copy_out_masked
+    }
+
+    /// One line for logs and `policy check`: "3 targets, 5 rules from 2
+    /// files" (and the masking rules, when there are some).
     pub fn summary(&self) -> String {
         let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        let masking = match self.compiled.masking.len() {
+            0 => String::new(),
+            n => format!(", {}", count(n, "masking rule")),
+        };
         format!(
-            "{}, {} from {}",
+            "{}, {}{masking} from {}",
             count(self.compiled.targets.len(), "target"),
             count(self.compiled.rules.len(), "rule"),
             count(self.sources.len(), "file")

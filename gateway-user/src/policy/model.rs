@@ -3,7 +3,7 @@
 //! Everything is optional and loosely typed (integers as `i64`, enums as
 //! strings) so that `compile` can reject bad values with messages that say
 //! what to write instead, rather than serde's generic ones.
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use serde::{
     Deserialize, Deserializer,
@@ -20,6 +20,8 @@ pub(super) struct DaemonSection {
     pub mode: Option<Spanned<String>>,
     pub exempt_mark: Option<Spanned<Int>>,
     pub include: Option<Vec<Spanned<String>>>,
+    pub masking_key_file: Option<Spanned<String>>,
+    pub copy_out_masked: Option<Spanned<String>>,
 }
 
 /// `[guard]`: which cgroup the kernel programs guard.
@@ -38,6 +40,27 @@ pub(super) struct TargetEntry {
     pub addresses: Option<Spanned<Vec<Spanned<String>>>>,
     pub ports: Option<Spanned<Vec<Spanned<PortValue>>>>,
     pub protocol: Option<Spanned<String>>,
+    pub postgres: Option<Spanned<PostgresTargetSection>>,
+}
+
+/// `[target.postgres]`: how the gateway reaches and logs in to the database.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PostgresTargetSection {
+    pub upstream: Option<Spanned<String>>,
+    pub tls: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub max_message_bytes: Option<Spanned<Int>>,
+    /// Database role name (the key keeps its position) → its secret.
+    pub credentials: Option<Spanned<BTreeMap<Spanned<String>, Spanned<CredentialEntry>>>>,
+}
+
+/// `[target.postgres.credentials.<role>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CredentialEntry {
+    pub password_file: Option<Spanned<String>>,
 }
 
 /// One `[[rule]]`: who may (or may not) reach which targets.
@@ -50,6 +73,40 @@ pub(super) struct RuleEntry {
     pub uids: Option<Spanned<Vec<Spanned<Int>>>>,
     pub users: Option<Spanned<Vec<Spanned<String>>>>,
     pub processes: Option<Spanned<Vec<Spanned<String>>>>,
+    pub postgres: Option<Spanned<PostgresRuleSection>>,
+}
+
+/// `[rule.postgres]`: what an allowed flow may do inside a PostgreSQL session.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PostgresRuleSection {
+    pub roles: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
+    pub approve: Option<Spanned<Vec<Spanned<String>>>>,
+    pub tables: Option<Vec<Spanned<TableRuleEntry>>>,
+}
+
+/// `[[rule.postgres.tables]]`: accesses to some tables that are denied or held.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TableRuleEntry {
+    pub tables: Option<Spanned<Vec<Spanned<String>>>>,
+    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
+    pub approve: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// One `[[masking]]`: which result values of which targets are masked, and how.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MaskingEntry {
+    pub name: Option<Spanned<String>>,
+    pub targets: Option<Spanned<Vec<Spanned<String>>>>,
+    pub columns: Option<Spanned<Vec<Spanned<String>>>>,
+    pub names: Option<Spanned<Vec<Spanned<String>>>>,
+    pub detectors: Option<Spanned<Vec<Spanned<String>>>>,
+    pub strategy: Option<Spanned<String>>,
+    pub keep: Option<Spanned<Int>>,
 }
 
 /// A TOML integer, kept wide so range errors can quote the value written.

@@ -4,8 +4,10 @@ use std::{fmt, path::PathBuf};
 use toml::Spanned;
 
 use super::{
-    load::{At, Located, Report},
+    load::{At, Located, Report, Source},
+    masking_config::{MIN_KEY_BYTES, MaskingKey},
     model::{DaemonSection, GuardSection, Int},
+    secret_file,
 };
 
 /// How the gateway process runs; from `[daemon]`, every key defaulted.
@@ -19,6 +21,10 @@ pub struct DaemonSettings {
     /// `SO_MARK` of the gateway's own upstream sockets, which the kernel
     /// programs let through; never 0, since 0 is every unmarked socket.
     pub exempt_mark: u32,
+    /// The key of `strategy = "hash"` masking (mode 0600); the key itself
+    /// is in each target's masking policy, never here.
+    pub masking_key_file: Option<PathBuf>,
+    pub copy_out_masked: CopyOutMasked,
 }
 
 impl Default for DaemonSettings {
@@ -28,7 +34,28 @@ impl Default for DaemonSettings {
             listen_port: 15001,
             mode: Mode::Enforce,
             exempt_mark: 0x4350_0001,
+            masking_key_file: None,
+            copy_out_masked: CopyOutMasked::Mask,
         }
+    }
+}
+
+/// What `COPY ... TO STDOUT` does when its result has masked columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CopyOutMasked {
+    /// The copied rows are masked like query results.
+    #[default]
+    Mask,
+    /// The COPY is refused.
+    Deny,
+}
+
+impl fmt::Display for CopyOutMasked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CopyOutMasked::Mask => "mask",
+            CopyOutMasked::Deny => "deny",
+        })
     }
 }
 
@@ -62,13 +89,16 @@ pub struct GuardSettings {
     pub create: bool,
 }
 
+/// The daemon's settings, and the masking key when `masking_key_file`
+/// names a valid one.
 pub(super) fn daemon(
     section: Option<&Located<DaemonSection>>,
+    sources: &[Source],
     report: &mut Report,
-) -> DaemonSettings {
+) -> (DaemonSettings, MaskingKey) {
     let mut settings = DaemonSettings::default();
     let Some(Located { at, value: section }) = section else {
-        return settings;
+        return (settings, MaskingKey::Absent);
     };
     let file = at.file;
     if let Some(instance) = &section.instance {
@@ -110,7 +140,50 @@ pub(super) fn daemon(
     if let Some(mark) = &section.exempt_mark {
         settings.exempt_mark = exempt_mark(file, mark, report).unwrap_or(settings.exempt_mark);
     }
-    settings
+    if let Some(copy) = &section.copy_out_masked {
+        match copy.get_ref().as_str() {
+            "mask" => settings.copy_out_masked = CopyOutMasked::Mask,
+            "deny" => settings.copy_out_masked = CopyOutMasked::Deny,
+            other => report.error(
+                At::of(file, copy),
+                format!("copy_out_masked must be \"mask\" or \"deny\", not {other:?}"),
+            ),
+        }
+    }
+    let key = match &section.masking_key_file {
+        None => MaskingKey::Absent,
+        Some(written) => {
+            let path = secret_file::resolve(sources, file, written.get_ref());
+            let key = masking_key(&path, &At::of(file, written), report);
+            settings.masking_key_file = Some(path);
+            key
+        }
+    };
+    (settings, key)
+}
+
+fn masking_key(path: &std::path::Path, at: &At, report: &mut Report) -> MaskingKey {
+    let bytes = match secret_file::read_secret(path, "masking_key_file") {
+        Ok(bytes) => bytes,
+        Err(message) => {
+            report.error(*at, message);
+            return MaskingKey::Broken;
+        }
+    };
+    if bytes.len() < MIN_KEY_BYTES {
+        let shown = path.display();
+        report.error(
+            *at,
+            format!(
+                "masking_key_file {shown} holds {} bytes; a hash key needs at least {MIN_KEY_BYTES}: head -c 32 /dev/urandom > {shown} && chmod 600 {shown}",
+                bytes.len()
+            ),
+        );
+        return MaskingKey::Broken;
+    }
+    // The whole file is the key, newline included: a random key may end
+    // in any byte.
+    MaskingKey::Valid(bytes.into())
 }
 
 fn exempt_mark(file: usize, mark: &Spanned<Int>, report: &mut Report) -> Option<u32> {

@@ -8,14 +8,14 @@ use std::{
 use super::*;
 
 /// A temporary directory of policy files.
-struct Files(tempfile::TempDir);
+pub(super) struct Files(tempfile::TempDir);
 
 impl Files {
-    fn new() -> Files {
+    pub(super) fn new() -> Files {
         Files(tempfile::tempdir().expect("tempdir"))
     }
 
-    fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(super) fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.0.path().join(name);
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).expect("mkdir");
@@ -24,13 +24,13 @@ impl Files {
         path
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(super) fn path(&self, name: &str) -> PathBuf {
         self.0.path().join(name)
     }
 }
 
 /// Users known to the tests, independent of the host's passwd.
-fn users(name: &str) -> Result<Option<u32>, String> {
+pub(super) fn users(name: &str) -> Result<Option<u32>, String> {
     Ok(match name {
         "root" => Some(0),
         "runner" => Some(1000),
@@ -39,28 +39,28 @@ fn users(name: &str) -> Result<Option<u32>, String> {
     })
 }
 
-fn load(paths: &[PathBuf]) -> Result<Policy, PolicyErrors> {
+pub(super) fn load(paths: &[PathBuf]) -> Result<Policy, PolicyErrors> {
     Policy::load_with(paths, &users)
 }
 
-fn load_one(files: &Files, text: &str) -> Result<Policy, PolicyErrors> {
+pub(super) fn load_one(files: &Files, text: &str) -> Result<Policy, PolicyErrors> {
     load(&[files.write("policy.toml", text)])
 }
 
-fn errors(result: Result<Policy, PolicyErrors>) -> Vec<Diagnostic> {
+pub(super) fn errors(result: Result<Policy, PolicyErrors>) -> Vec<Diagnostic> {
     match result {
         Ok(policy) => panic!("expected errors, loaded {}", policy.summary()),
         Err(PolicyErrors(diagnostics)) => diagnostics,
     }
 }
 
-fn only_error(result: Result<Policy, PolicyErrors>) -> Diagnostic {
+pub(super) fn only_error(result: Result<Policy, PolicyErrors>) -> Diagnostic {
     let mut all = errors(result);
     assert_eq!(all.len(), 1, "{all:#?}");
     all.remove(0)
 }
 
-fn flow<'a>(dst: &str, uid: u32, comm: &'a str) -> FlowFacts<'a> {
+pub(super) fn flow<'a>(dst: &str, uid: u32, comm: &'a str) -> FlowFacts<'a> {
     FlowFacts {
         dst: dst.parse::<SocketAddr>().expect("dst"),
         pid: 1,
@@ -121,7 +121,9 @@ fn the_example_loads_with_its_settings() {
             instance: "demo".into(),
             listen_port: 15002,
             mode: Mode::Audit,
-            exempt_mark: 0x4350_0002
+            exempt_mark: 0x4350_0002,
+            masking_key_file: None,
+            copy_out_masked: CopyOutMasked::Mask,
         }
     );
     assert_eq!(
@@ -408,7 +410,7 @@ fn bad_ports_and_addresses_are_each_reported() {
     );
     assert_eq!(
         all[6].message,
-        "protocol \"udp\" is not supported; valid protocols: tcp"
+        "protocol \"udp\" is not supported; valid protocols: tcp, postgres"
     );
 }
 
@@ -791,7 +793,8 @@ fn nothing_matching_is_a_default_deny() {
         Decision {
             verdict: Verdict::Deny,
             rule: None,
-            target: None
+            target: None,
+            protocol: Protocol::Tcp,
         }
     );
     assert_eq!(d.rule_name(), "default-deny");

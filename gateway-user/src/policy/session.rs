@@ -1,0 +1,411 @@
+//! What one PostgreSQL session may do: the roles it may log in as, and the verdict on each statement.
+use std::{fmt, sync::Arc};
+
+use glob::MatchOptions;
+
+use crate::protocols::postgres::classify::{Classification, Statement, TableRef};
+
+use super::{
+    eval::DEFAULT_DENY,
+    postgres::{PostgresRule, PostgresTarget, TablePattern},
+    statement_kinds::{
+        ACCESS_NAMES, CLASS_NAMES, FLAG_NAMES, Set, access_bit, class_bit, flag_bit,
+    },
+};
+
+/// The verdict on one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatementVerdict {
+    Allow,
+    Deny,
+    /// Held until an allowed approver decides.
+    Approve,
+}
+
+impl fmt::Display for StatementVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StatementVerdict::Allow => "allow",
+            StatementVerdict::Deny => "deny",
+            StatementVerdict::Approve => "approve",
+        })
+    }
+}
+
+/// The verdict on a statement (or a whole query string) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementDecision {
+    pub verdict: StatementVerdict,
+    /// The deciding rule; `"default-deny"` when no rule allows the statement.
+    pub rule: Arc<str>,
+    /// What decided, e.g. `flag drop is denied` or `write access to
+    /// billing.invoices is denied (tables "billing.*")`.
+    pub reason: String,
+    /// Which statement of the query string decided (0 for a single one).
+    pub statement_index: usize,
+}
+
+impl fmt::Display for StatementDecision {
+    /// `deny by rule ci-reads-orders: flag drop is denied`, the text a
+    /// client's error message can carry.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} by rule {}: {}", self.verdict, self.rule, self.reason)
+    }
+}
+
+/// The allow rules that let one flow use one postgres target, in load
+/// order, with their `[rule.postgres]` sections. Cheap to clone and to keep
+/// for a session's lifetime.
+#[derive(Debug, Clone)]
+pub struct SessionRules {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    target: Arc<str>,
+    /// `None` when the target is not a postgres target: no role can log in.
+    postgres: Option<Arc<PostgresTarget>>,
+    rules: Vec<SessionRule>,
+}
+
+#[derive(Debug)]
+pub(super) struct SessionRule {
+    pub name: Arc<str>,
+    /// `None`: the rule has no `[rule.postgres]` and allows everything.
+    pub postgres: Option<Arc<PostgresRule>>,
+}
+
+static UNRESTRICTED: PostgresRule = PostgresRule::UNRESTRICTED;
+
+impl SessionRule {
+    pub(super) fn statements(&self) -> &PostgresRule {
+        self.postgres.as_deref().unwrap_or(&UNRESTRICTED)
+    }
+
+    fn permits_role(&self, role: &str) -> bool {
+        self.statements()
+            .roles
+            .as_ref()
+            .is_none_or(|roles| roles.iter().any(|r| r == role))
+    }
+}
+
+impl SessionRules {
+    pub(super) fn new(
+        target: Arc<str>,
+        postgres: Option<Arc<PostgresTarget>>,
+        rules: Vec<SessionRule>,
+    ) -> SessionRules {
+        SessionRules {
+            inner: Arc::new(Inner {
+                target,
+                postgres,
+                rules,
+            }),
+        }
+    }
+
+    /// True when no rule lets the flow use the target: every role and
+    /// statement is denied.
+    pub fn is_empty(&self) -> bool {
+        self.inner.rules.is_empty()
+    }
+
+    /// The target these rules are for.
+    pub fn target(&self) -> &str {
+        &self.inner.target
+    }
+
+    /// The names of the rules, in load order.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.inner.rules.iter().map(|r| &*r.name)
+    }
+
+    /// Which rule lets this flow log in as `role` (the first in load order);
+    /// `Err` says which roles it may use, e.g. `role "postgres" is not
+    /// allowed for this job on target orders-db; allowed roles: app_ro`.
+    /// A role needs credentials in the target as well as a rule.
+    pub fn authorize_role(&self, role: &str) -> Result<Arc<str>, String> {
+        if self.has_credentials(role)
+            && let Some(rule) = self.inner.rules.iter().find(|r| r.permits_role(role))
+        {
+            return Ok(rule.name.clone());
+        }
+        let allowed = self.allowed_roles();
+        Err(format!(
+            "role {role:?} is not allowed for this job on target {}; allowed roles: {}",
+            self.inner.target,
+            if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            }
+        ))
+    }
+
+    /// These rules narrowed to those that let the flow log in as `role`,
+    /// so that a rule written for another role cannot allow this session's
+    /// statements; `Err` as [`SessionRules::authorize_role`].
+    pub fn for_role(&self, role: &str) -> Result<SessionRules, String> {
+        self.authorize_role(role)?;
+        let rules = self
+            .inner
+            .rules
+            .iter()
+            .filter(|r| r.permits_role(role))
+            .map(|r| SessionRule {
+                name: r.name.clone(),
+                postgres: r.postgres.clone(),
+            })
+            .collect();
+        Ok(SessionRules::new(
+            self.inner.target.clone(),
+            self.inner.postgres.clone(),
+            rules,
+        ))
+    }
+
+    fn has_credentials(&self, role: &str) -> bool {
+        self.inner
+            .postgres
+            .as_ref()
+            .is_some_and(|t| t.credentials.contains_key(role))
+    }
+
+    /// Roles with credentials that at least one rule permits, sorted.
+    pub fn allowed_roles(&self) -> Vec<&str> {
+        let Some(target) = &self.inner.postgres else {
+            return Vec::new();
+        };
+        target
+            .credentials
+            .keys()
+            .map(String::as_str)
+            .filter(|role| self.inner.rules.iter().any(|r| r.permits_role(role)))
+            .collect()
+    }
+
+    /// Decides one statement, deny-overrides across rules: Deny if any rule
+    /// denies it (its class or a flag in `deny`, or a table rule denying the
+    /// access); else Approve if any rule needs approval for it; else Allow
+    /// if a rule's `allow` has its class; else Deny by `default-deny`.
+    pub fn decide(&self, statement: &Statement) -> StatementDecision {
+        self.outcome(statement).decision(self, 0)
+    }
+
+    /// A whole query string: a denied statement denies it (the first one is
+    /// named), else the first statement that needs approval holds it, else
+    /// it is allowed. Denial wins over an earlier approval because an
+    /// approved string is sent whole.
+    pub fn decide_all(&self, classification: &Classification) -> StatementDecision {
+        let mut first_approve = None;
+        let mut first_allow = None;
+        for (index, statement) in classification.statements.iter().enumerate() {
+            let outcome = self.outcome(statement);
+            match outcome.verdict() {
+                StatementVerdict::Deny => return outcome.decision(self, index),
+                StatementVerdict::Approve if first_approve.is_none() => {
+                    first_approve = Some((index, outcome));
+                }
+                StatementVerdict::Allow if first_allow.is_none() => {
+                    first_allow = Some((index, outcome));
+                }
+                _ => {}
+            }
+        }
+        match first_approve.or(first_allow) {
+            Some((index, outcome)) => outcome.decision(self, index),
+            // An empty query string runs nothing.
+            None => match self.inner.rules.first() {
+                Some(rule) => StatementDecision {
+                    verdict: StatementVerdict::Allow,
+                    rule: rule.name.clone(),
+                    reason: "the query has no statements".to_owned(),
+                    statement_index: 0,
+                },
+                None => Outcome::NoRules.decision(self, 0),
+            },
+        }
+    }
+
+    /// The verdict without its text: nothing is allocated until the
+    /// deciding outcome is known.
+    fn outcome<'s>(&'s self, statement: &'s Statement) -> Outcome<'s> {
+        let rules = &self.inner.rules;
+        if rules.is_empty() {
+            return Outcome::NoRules;
+        }
+        let class = class_bit(&statement.class);
+        for rule in rules {
+            if let Some(hit) = rule.statements().hit(statement, class, Check::Deny) {
+                return Outcome::Denied(rule, hit);
+            }
+        }
+        for rule in rules {
+            if let Some(hit) = rule.statements().hit(statement, class, Check::Approve) {
+                return Outcome::Held(rule, hit);
+            }
+        }
+        match rules.iter().find(|r| r.statements().allow.contains(class)) {
+            Some(rule) => Outcome::Allowed(rule, class),
+            None => Outcome::NotAllowed(class),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Check {
+    Deny,
+    Approve,
+}
+
+/// Why a rule denies or holds a statement.
+enum Hit<'s> {
+    Class(usize),
+    Flag(usize),
+    Table {
+        access: usize,
+        table: &'s TableRef,
+        pattern: &'s TablePattern,
+    },
+}
+
+enum Outcome<'s> {
+    NoRules,
+    Denied(&'s SessionRule, Hit<'s>),
+    Held(&'s SessionRule, Hit<'s>),
+    Allowed(&'s SessionRule, usize),
+    NotAllowed(usize),
+}
+
+impl Outcome<'_> {
+    fn verdict(&self) -> StatementVerdict {
+        match self {
+            Outcome::Allowed(..) => StatementVerdict::Allow,
+            Outcome::Held(..) => StatementVerdict::Approve,
+            Outcome::NoRules | Outcome::Denied(..) | Outcome::NotAllowed(_) => {
+                StatementVerdict::Deny
+            }
+        }
+    }
+
+    fn decision(self, rules: &SessionRules, statement_index: usize) -> StatementDecision {
+        let verdict = self.verdict();
+        let (rule, reason) = match self {
+            Outcome::NoRules => (
+                Arc::from(DEFAULT_DENY),
+                format!("no rule lets this job use target {}", rules.inner.target),
+            ),
+            Outcome::Denied(rule, hit) => (rule.name.clone(), hit.describe("is denied")),
+            Outcome::Held(rule, hit) => (rule.name.clone(), hit.describe("needs approval")),
+            Outcome::Allowed(rule, class) => (
+                rule.name.clone(),
+                format!("statement class {} is allowed", CLASS_NAMES[class]),
+            ),
+            Outcome::NotAllowed(class) => {
+                let names: Vec<&str> = rules.rule_names().collect();
+                (
+                    Arc::from(DEFAULT_DENY),
+                    format!(
+                        "statement class {} is not allowed by rule{} {}",
+                        CLASS_NAMES[class],
+                        if names.len() == 1 { "" } else { "s" },
+                        names.join(", ")
+                    ),
+                )
+            }
+        };
+        StatementDecision {
+            verdict,
+            rule,
+            reason,
+            statement_index,
+        }
+    }
+}
+
+impl Hit<'_> {
+    fn describe(&self, what: &str) -> String {
+        match self {
+            Hit::Class(class) => format!("statement class {} {what}", CLASS_NAMES[*class]),
+            Hit::Flag(flag) => format!("flag {} {what}", FLAG_NAMES[*flag]),
+            Hit::Table {
+                access,
+                table,
+                pattern,
+            } => {
+                let name = match &table.schema {
+                    Some(schema) => format!("{schema}.{}", table.name),
+                    None => table.name.clone(),
+                };
+                format!(
+                    "{} access to {name} {what} (tables {:?})",
+                    ACCESS_NAMES[*access], pattern.text
+                )
+            }
+        }
+    }
+}
+
+impl PostgresRule {
+    /// The first reason, if any, this rule denies (or holds) `statement`:
+    /// its class, then its flags, then its tables, in that order.
+    fn hit<'s>(&'s self, statement: &'s Statement, class: usize, check: Check) -> Option<Hit<'s>> {
+        let kinds = match check {
+            Check::Deny => self.deny,
+            Check::Approve => self.approve,
+        };
+        if kinds.classes.contains(class) {
+            return Some(Hit::Class(class));
+        }
+        if !kinds.flags.is_empty()
+            && let Some(flag) = statement
+                .flags
+                .iter()
+                .map(flag_bit)
+                .find(|bit| kinds.flags.contains(*bit))
+        {
+            return Some(Hit::Flag(flag));
+        }
+        for table in &statement.tables {
+            let access = access_bit(&table.access);
+            for rule in &self.tables {
+                let accesses: Set = match check {
+                    Check::Deny => rule.deny,
+                    Check::Approve => rule.approve,
+                };
+                if !accesses.contains(access) {
+                    continue;
+                }
+                if let Some(pattern) = rule.patterns.iter().find(|p| p.matches(table)) {
+                    return Some(Hit::Table {
+                        access,
+                        table,
+                        pattern,
+                    });
+                }
+            }
+        }
+        None
+    }
+}
+
+impl TablePattern {
+    /// An unqualified name is taken to be in `public`, the default
+    /// `search_path`: the classifier cannot know a session's search_path.
+    /// Case-insensitive, as masking globs are: a quoted mixed-case twin of a
+    /// denied table is denied too, the safe direction.
+    pub(super) fn matches(&self, table: &TableRef) -> bool {
+        let schema = table.schema.as_deref().unwrap_or("public");
+        self.schema.matches_with(schema, TABLE_MATCH)
+            && self.table.matches_with(&table.name, TABLE_MATCH)
+    }
+}
+
+/// `*` crosses every character: identifiers have no path separators.
+const TABLE_MATCH: MatchOptions = MatchOptions {
+    case_sensitive: false,
+    require_literal_separator: false,
+    require_literal_leading_dot: false,
+};
