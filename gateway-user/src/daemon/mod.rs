@@ -43,6 +43,7 @@ pub(crate) struct Shared {
     /// Settings fixed at start (a reload cannot move the port or cgroup).
     pub daemon: DaemonSettings,
     pub attached: Attached,
+    pub postgres: Arc<crate::protocols::postgres::PostgresShared>,
 }
 
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
@@ -79,6 +80,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         policy: ArcSwap::from_pointee(policy),
         daemon,
         attached,
+        postgres: Arc::default(),
     });
 
     // Handlers go in before READY: until they exist, SIGHUP or SIGTERM

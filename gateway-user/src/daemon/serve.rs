@@ -16,8 +16,11 @@ use tracing::{Instrument, error, info, info_span, warn};
 use super::{RunError, Shared, reload::reload};
 use crate::{
     flow::{self, Flow},
-    policy::{Decision, FlowFacts, Mode, Verdict},
-    protocols::tcp::{self, Transferred},
+    policy::{Decision, FlowFacts, Mode, Protocol, Verdict},
+    protocols::{
+        postgres::{self, PostgresContext},
+        tcp::{self, Transferred},
+    },
 };
 
 /// How long in-flight connections may finish after SIGTERM.
@@ -103,16 +106,33 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     let span = info_span!("flow", id = flow.id, pid = flow.pid, comm = %flow.comm, dst = %flow.dst);
     async move {
         let policy = shared.policy.load_full();
-        let decision = policy.evaluate(&FlowFacts {
+        let facts = FlowFacts {
             dst: flow.dst,
             pid: flow.pid,
             uid: flow.uid,
             gid: flow.gid,
             comm: &flow.comm,
-        });
+        };
+        let decision = policy.evaluate(&facts);
         let mode = policy.daemon().mode;
         let forward = decision.verdict == Verdict::Allow || mode == Mode::Audit;
-        let (moved, error) = if forward {
+        let postgres = match (&decision.protocol, decision.target.as_deref()) {
+            (Protocol::Postgres, Some(target)) => policy.postgres_target(target).map(|t| {
+                Arc::new(PostgresContext {
+                    target: t.clone(),
+                    rules: policy.session_rules(&facts, target),
+                    masking: policy.masking_for(target),
+                    mode,
+                    mark: shared.daemon.exempt_mark,
+                    shared: shared.postgres.clone(),
+                })
+            }),
+            _ => None,
+        };
+        let (moved, error) = if let (true, Some(ctx)) = (forward, postgres) {
+            let summary = postgres::serve(ctx, &flow, client).await;
+            (Transferred { up: summary.bytes_up, down: summary.bytes_down }, summary.error)
+        } else if forward {
             forward_to(&shared, client, &flow).await
         } else {
             tcp::refuse(client).await;

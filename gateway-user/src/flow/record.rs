@@ -87,6 +87,7 @@ mod tests {
         c[..comm.len()].copy_from_slice(comm);
         FlowRecord {
             cookie: 1,
+            created_ns: 0,
             cgroup_id: 2,
             netns_cookie: 3,
             dst_addr: dst.octets(),

@@ -1,0 +1,99 @@
+//! Column provenance for masking: a RowDescription names each column's
+//! table by OID and attribute number, and this cache turns that into
+//! `schema.table.column` with one catalog query per unseen table.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio_postgres::{Client, NoTls};
+use tracing::warn;
+
+use crate::protocols::tcp::connect_upstream;
+
+/// `(schema, table, column)`.
+pub type ColumnSource = Arc<(String, String, String)>;
+
+/// Per-target cache of table OIDs to column names, shared by sessions.
+#[derive(Default)]
+pub struct Catalog {
+    columns: Mutex<HashMap<(u32, i16), Option<ColumnSource>>>,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+/// How to open the catalog connection (same role and database as the session).
+pub struct CatalogLogin<'a> {
+    pub upstream: SocketAddr,
+    pub mark: u32,
+    pub user: &'a str,
+    pub database: &'a str,
+    pub password: &'a str,
+}
+
+impl Catalog {
+    /// Source of `(table_oid, attnum)`, querying the upstream on a miss.
+    /// `None` when the OID is not a table column (or the lookup failed: the
+    /// caller then falls back to name rules and detectors).
+    pub async fn source(&self, table_oid: u32, attnum: i16, login: &CatalogLogin<'_>) -> Option<ColumnSource> {
+        if table_oid == 0 {
+            return None;
+        }
+        if let Some(hit) = self.cached(table_oid, attnum) {
+            return hit;
+        }
+        if let Err(e) = self.load_table(table_oid, login).await {
+            warn!(error = %e, table_oid, "catalog lookup failed; masking falls back to name rules and detectors");
+            return None;
+        }
+        self.cached(table_oid, attnum).flatten()
+    }
+
+    fn cached(&self, oid: u32, attnum: i16) -> Option<Option<ColumnSource>> {
+        self.columns.lock().unwrap_or_else(|p| p.into_inner()).get(&(oid, attnum)).cloned()
+    }
+
+    async fn load_table(&self, oid: u32, login: &CatalogLogin<'_>) -> Result<(), String> {
+        let mut client = self.client.lock().await;
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            *client = Some(connect(login).await?);
+        }
+        let Some(c) = client.as_ref() else { return Ok(()) };
+        let rows = c
+            .query(
+                "SELECT n.nspname::text, c.relname::text, a.attname::text, a.attnum \
+                 FROM pg_catalog.pg_attribute a \
+                 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE a.attrelid = $1 AND a.attnum > 0",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut columns = self.columns.lock().unwrap_or_else(|p| p.into_inner());
+        for row in rows {
+            let (schema, table, column, attnum): (String, String, String, i16) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            columns.insert((oid, attnum), Some(Arc::new((schema, table, column))));
+        }
+        // Remember misses too (dropped table, system column) so they do not
+        // cost a query per row description.
+        columns.entry((oid, 0)).or_insert(None);
+        Ok(())
+    }
+}
+
+async fn connect(login: &CatalogLogin<'_>) -> Result<Client, String> {
+    let stream = connect_upstream(login.upstream, login.mark).await.map_err(|e| e.to_string())?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user(login.user)
+        .dbname(login.database)
+        .password(login.password)
+        .application_name("chokepoint-catalog");
+    let (client, connection) = config.connect_raw(stream, NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}

@@ -1,0 +1,805 @@
+//! One mediated PostgreSQL session, read like the protocol's flow chart:
+//! startup (the job is trusted from the kernel's record, never asked for a
+//! password) → upstream login with the policy's credentials → a loop that
+//! decodes every message both ways, decides each statement, masks results
+//! and records what happened.
+//!
+//! Denials travel through the upstream: a denied statement is replaced by
+//! one that fails with a unique nonce in its error, and that error is
+//! swapped for the gateway's own (SQLSTATE 42501, naming the rule). The
+//! client therefore gets the error exactly where PostgreSQL would have put
+//! it, in pipelines and in the extended protocol (which then skips to
+//! Sync), and the transaction is aborted as a real error would abort it.
+//! Nothing the policy has not seen is forwarded.
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpStream,
+        tcp::OwnedWriteHalf,
+    },
+};
+use tracing::{info, warn};
+
+use super::{
+    PostgresContext,
+    cancel::BackendKey,
+    catalog::CatalogLogin,
+    classify::Classification,
+    codec::{
+        self, CodecError, DataRow, Encode, ErrorFields, ErrorResponse, Frame, FrameDecoder,
+        FrontendMessage, ObjectKind, RowDescription, StartupMessage, StartupPacket,
+        read_startup_frame,
+    },
+    tracker::{Denial, Pending, Portal, PreparedStatement, Running, Tracker},
+    upstream::{self, Upstream, UpstreamError},
+};
+use crate::{
+    flow::Flow,
+    masking::{ColumnInfo, ResultPlan},
+    policy::{Mode, SessionRules, StatementDecision, StatementVerdict},
+};
+
+/// Stop reading a side while this much is queued for the other one.
+const HIGH_WATER: usize = 1 << 20;
+/// Bound on statements answered but not yet acknowledged (pipelining).
+const MAX_PENDING: usize = 100_000;
+
+/// What a session did, for the connection's flow event.
+#[derive(Debug, Default)]
+pub struct SessionSummary {
+    pub role: String,
+    pub database: String,
+    pub statements: u64,
+    pub denied: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub error: Option<String>,
+}
+
+/// Serves one client connection that policy routed to a PostgreSQL target.
+pub async fn serve(ctx: Arc<PostgresContext>, flow: &Flow, mut client: TcpStream) -> SessionSummary {
+    let mut summary = SessionSummary::default();
+    let max = ctx.target.max_message_bytes;
+    let mut decoder = FrameDecoder::new(max);
+    let mut cbuf = BytesMut::with_capacity(16 * 1024);
+
+    let startup = match client_startup(&ctx, &mut client, &mut cbuf, &mut decoder).await {
+        Ok(Some(startup)) => startup,
+        Ok(None) => return summary,
+        Err(e) => {
+            summary.error = Some(e.clone());
+            let _ = client.write_all(&fatal("08P01", &e)).await;
+            return summary;
+        }
+    };
+    let role = startup.user().unwrap_or_default().to_owned();
+    let database = startup.database().unwrap_or(&role).to_owned();
+    summary.role.clone_from(&role);
+    summary.database.clone_from(&database);
+
+    let (upstream, rules) = match connect(&ctx, flow, &startup, &role, &database).await {
+        Ok(u) => u,
+        Err((code, message)) => {
+            warn!(flow_id = flow.id, %role, %database, "{message}");
+            let _ = client.write_all(&fatal(code, &message)).await;
+            summary.error = Some(message);
+            return summary;
+        }
+    };
+    info!(
+        flow_id = flow.id,
+        target = %ctx.target.name,
+        %role,
+        %database,
+        upstream = %upstream.addr,
+        "postgres session start"
+    );
+    let backend = BackendKey { upstream: upstream.addr, pid: upstream.backend_pid, secret: upstream.backend_secret };
+    let ((pid, secret), _cancel_guard) = ctx.shared.cancel.register(backend);
+
+    // The login the client sees: trust, the server's parameters, the
+    // gateway's own cancel key, ready.
+    let mut hello = BytesMut::new();
+    put_message(&mut hello, b'R', &0i32.to_be_bytes());
+    for p in &upstream.parameters {
+        hello.extend_from_slice(p);
+    }
+    let mut key = pid.to_be_bytes().to_vec();
+    key.extend_from_slice(&secret.to_be_bytes());
+    put_message(&mut hello, b'K', &key);
+    put_message(&mut hello, b'Z', &[upstream.status]);
+    if let Err(e) = client.write_all(&hello).await {
+        summary.error = Some(e.to_string());
+        return summary;
+    }
+
+    let password = ctx
+        .target
+        .credentials
+        .get(&role)
+        .and_then(|c| c.read_password().ok())
+        .unwrap_or_default();
+    let mut session = Session {
+        ctx: ctx.clone(),
+        rules,
+        flow,
+        login: (upstream.addr, role.clone(), database.clone(), password),
+        tracker: Tracker::default(),
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        query_plan: None,
+        to_client: BytesMut::new(),
+        to_upstream: BytesMut::new(),
+        summary,
+        terminated: false,
+    };
+    session.run(client, upstream, cbuf, decoder).await;
+    info!(
+        flow_id = flow.id,
+        statements = session.summary.statements,
+        denied = session.summary.denied,
+        error = session.summary.error.as_deref().unwrap_or(""),
+        "postgres session end"
+    );
+    session.summary
+}
+
+/// Startup phase: SSL and GSS encryption are declined (the job talks to
+/// the gateway over loopback), cancel requests are forwarded, and the
+/// startup message is checked for parameters that would get around policy.
+async fn client_startup(
+    ctx: &PostgresContext,
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<StartupMessage>, String> {
+    loop {
+        let Some(frame) = read_startup_frame(client, buf, decoder).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        match StartupPacket::parse(&frame).map_err(|e| e.to_string())? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                client.write_all(b"N").await.map_err(|e| e.to_string())?;
+            }
+            StartupPacket::CancelRequest(cancel) => {
+                if let Ok(secret) = <[u8; 4]>::try_from(cancel.secret_key.as_ref()) {
+                    ctx.shared.cancel.forward(cancel.pid, i32::from_be_bytes(secret), ctx.mark).await;
+                }
+                return Ok(None);
+            }
+            StartupPacket::Startup(startup) => {
+                if startup.major != 3 {
+                    return Err(format!("unsupported frontend protocol {}.{}: chokepoint speaks 3.0", startup.major, startup.minor));
+                }
+                // Newer minor versions and _pq_ extensions: tell the client
+                // what we speak, as the server would.
+                let unknown: Vec<&str> =
+                    startup.params.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect();
+                if startup.minor > 0 || !unknown.is_empty() {
+                    let mut body = 0i32.to_be_bytes().to_vec();
+                    body.extend_from_slice(&(unknown.len() as i32).to_be_bytes());
+                    for name in &unknown {
+                        body.extend_from_slice(name.as_bytes());
+                        body.push(0);
+                    }
+                    let mut out = BytesMut::new();
+                    put_message(&mut out, b'v', &body);
+                    client.write_all(&out).await.map_err(|e| e.to_string())?;
+                }
+                if startup.user().is_none_or(str::is_empty) {
+                    return Err("no user in the startup message: name the database role to use".into());
+                }
+                if startup.param("replication").is_some_and(|v| !v.eq_ignore_ascii_case("false") && v != "0") {
+                    return Err("replication connections are not allowed through chokepoint".into());
+                }
+                if startup.param("options").is_some_and(|v| !v.trim().is_empty()) {
+                    return Err("the startup parameter \"options\" is not allowed through chokepoint: it can change the role and settings before policy sees a statement".into());
+                }
+                return Ok(Some(startup));
+            }
+        }
+    }
+}
+
+/// Role check, credentials, upstream login. Errors come with the SQLSTATE
+/// the client should see and a message naming the target.
+async fn connect(
+    ctx: &PostgresContext,
+    flow: &Flow,
+    startup: &StartupMessage,
+    role: &str,
+    database: &str,
+) -> Result<(Upstream, SessionRules), (&'static str, String)> {
+    let target = &ctx.target.name;
+    // Only rules that grant this role may allow its statements.
+    let rules = ctx.rules.for_role(role).map_err(|e| ("28000", format!("chokepoint: {e}")))?;
+    let credential = ctx.target.credentials.get(role).ok_or_else(|| {
+        ("28000", format!("chokepoint: target {target} has no credentials for role {role:?}"))
+    })?;
+    let password = credential.read_password().map_err(|e| {
+        ("28000", format!("chokepoint: cannot read the credentials of role {role:?} for target {target}: {e}"))
+    })?;
+    let addr = ctx.target.upstream.unwrap_or(flow.dst);
+    let params: Vec<(String, String)> = startup
+        .params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "options" | "replication") && !k.starts_with("_pq_."))
+        .cloned()
+        .collect();
+    let upstream = upstream::login(addr, ctx.mark, role, database, &password, &params, ctx.target.max_message_bytes)
+        .await
+        .map_err(|e| {
+            let code = match e {
+                UpstreamError::Unreachable { .. } => "08006",
+                UpstreamError::Rejected { .. } => "28P01",
+                _ => "08P01",
+            };
+            (code, format!("chokepoint: target {target}: {e}"))
+        })?;
+    Ok((upstream, rules))
+}
+
+struct Session<'a> {
+    ctx: Arc<PostgresContext>,
+    /// The flow's rules narrowed to the session's role.
+    rules: SessionRules,
+    flow: &'a Flow,
+    /// Upstream address, role, database and password, for catalog lookups.
+    login: (std::net::SocketAddr, String, String, String),
+    tracker: Tracker,
+    statements: HashMap<String, PreparedStatement>,
+    portals: HashMap<String, Portal>,
+    /// Plan of the simple-protocol result being streamed.
+    query_plan: Option<Arc<ResultPlan>>,
+    to_client: BytesMut,
+    to_upstream: BytesMut,
+    summary: SessionSummary,
+    terminated: bool,
+}
+
+enum Step {
+    Continue,
+    End,
+}
+
+impl Session<'_> {
+    async fn run(&mut self, client: TcpStream, upstream: Upstream, mut cbuf: BytesMut, mut decoder: FrameDecoder) {
+        let (mut cr, mut cw) = client.into_split();
+        let (mut ur, mut uw) = upstream.stream.into_split();
+        let mut ubuf = upstream.leftover;
+        let mut udecoder = FrameDecoder::new(self.ctx.target.max_message_bytes);
+        // Frames already buffered (pipelined right after startup) first.
+        if let Step::End = self.drain_client(&mut cbuf, &mut decoder).await {
+            self.flush_all(&mut cw, &mut uw).await;
+            return;
+        }
+        loop {
+            let read_client = self.to_upstream.len() < HIGH_WATER
+                && self.tracker.pending.len() < MAX_PENDING
+                && !self.terminated;
+            let read_upstream = self.to_client.len() < HIGH_WATER;
+            tokio::select! {
+                r = uw.write_buf(&mut self.to_upstream), if !self.to_upstream.is_empty() => {
+                    if let Err(e) = r { self.summary.error = Some(format!("upstream write: {e}")); break; }
+                }
+                r = cw.write_buf(&mut self.to_client), if !self.to_client.is_empty() => {
+                    if let Err(e) = r { self.summary.error = Some(format!("client write: {e}")); break; }
+                }
+                r = cr.read_buf(&mut cbuf), if read_client => match r {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        self.summary.bytes_up += n as u64;
+                        if let Step::End = self.drain_client(&mut cbuf, &mut decoder).await { break; }
+                    }
+                    Err(e) => { self.summary.error = Some(format!("client read: {e}")); break; }
+                },
+                r = ur.read_buf(&mut ubuf), if read_upstream => match r {
+                    Ok(0) => {
+                        if !self.terminated {
+                            self.summary.error = Some("upstream closed the connection".into());
+                        }
+                        break;
+                    }
+                    Ok(_) => {
+                        if let Step::End = self.drain_upstream(&mut ubuf, &mut udecoder).await { break; }
+                    }
+                    Err(e) => { self.summary.error = Some(format!("upstream read: {e}")); break; }
+                },
+                else => break,
+            }
+        }
+        self.flush_all(&mut cw, &mut uw).await;
+    }
+
+    async fn flush_all(&mut self, cw: &mut OwnedWriteHalf, uw: &mut OwnedWriteHalf) {
+        let _ = uw.write_all(&self.to_upstream).await;
+        let _ = cw.write_all(&self.to_client).await;
+        self.summary.bytes_down += self.to_client.len() as u64;
+        let _ = uw.shutdown().await;
+        let _ = cw.shutdown().await;
+    }
+
+    async fn drain_client(&mut self, buf: &mut BytesMut, decoder: &mut FrameDecoder) -> Step {
+        loop {
+            match decoder.decode(buf) {
+                Ok(Some(frame)) => {
+                    if let Step::End = self.on_client(frame).await {
+                        return Step::End;
+                    }
+                }
+                Ok(None) => return Step::Continue,
+                Err(e) => return self.protocol_violation(&e),
+            }
+        }
+    }
+
+    async fn drain_upstream(&mut self, buf: &mut BytesMut, decoder: &mut FrameDecoder) -> Step {
+        loop {
+            match decoder.decode(buf) {
+                Ok(Some(frame)) => self.on_upstream(frame).await,
+                Ok(None) => return Step::Continue,
+                Err(e) => {
+                    self.summary.error = Some(format!("upstream sent a malformed message: {e}"));
+                    self.to_client.extend_from_slice(&fatal("08P01", "chokepoint: the upstream server sent a malformed message"));
+                    return Step::End;
+                }
+            }
+        }
+    }
+
+    fn protocol_violation(&mut self, e: &CodecError) -> Step {
+        let message = format!("chokepoint: malformed message from the client: {e}");
+        warn!(flow_id = self.flow.id, "{message}");
+        self.summary.error = Some(message.clone());
+        self.to_client.extend_from_slice(&fatal("08P01", &message));
+        Step::End
+    }
+
+    /// One client message: decide, then forward it or its denial.
+    async fn on_client(&mut self, frame: Frame) -> Step {
+        let message = match FrontendMessage::parse(&frame) {
+            Ok(m) => m,
+            Err(e) => return self.protocol_violation(&e),
+        };
+        match message {
+            FrontendMessage::Query(q) => {
+                let sql: Arc<str> = Arc::from(q.sql);
+                match self.decide_sql(&sql) {
+                    Ok(running) => {
+                        self.forward(&frame);
+                        self.tracker.push(Pending::Query(Some(running)));
+                    }
+                    Err(error) => {
+                        let nonce = self.deny(error);
+                        push_query(&mut self.to_upstream, &format!("SELECT \"{nonce}\""));
+                        self.tracker.push(Pending::Query(None));
+                    }
+                }
+            }
+            FrontendMessage::Parse(p) => {
+                let sql: Arc<str> = Arc::from(p.sql);
+                let name = p.name.to_owned();
+                match self.decide_sql(&sql) {
+                    Ok(_) => {
+                        let classification = self.ctx.shared.classifier.classify(&sql).ok();
+                        self.statements.insert(name, PreparedStatement { sql, classification, row_description: None });
+                        self.forward(&frame);
+                    }
+                    Err(error) => {
+                        let nonce = self.deny(error);
+                        // Same statement name, so a later Bind/Execute of it
+                        // fails upstream as "does not exist".
+                        push_parse(&mut self.to_upstream, &name, &format!("SELECT \"{nonce}\""));
+                        self.statements.remove(&name);
+                    }
+                }
+                self.tracker.push(Pending::Parse);
+            }
+            FrontendMessage::Bind(b) => {
+                // Re-decide under the current policy: a reload may have
+                // revoked what the statement was prepared under.
+                let verdict = self.statements.get(b.statement).and_then(|s| {
+                    let c = s.classification.clone()?;
+                    Some((s.sql.clone(), c))
+                });
+                if let Some((sql, classification)) = verdict
+                    && let Err(error) = self.decide_classified(&sql, &classification)
+                {
+                    let nonce = self.deny(error);
+                    push_bind(&mut self.to_upstream, b.portal, &nonce);
+                } else {
+                    self.portals.insert(
+                        b.portal.to_owned(),
+                        Portal { statement: b.statement.to_owned(), result_formats: b.result_formats.clone(), ..Portal::default() },
+                    );
+                    self.forward(&frame);
+                }
+                self.tracker.push(Pending::Bind);
+            }
+            FrontendMessage::Describe(d) => {
+                let (portal, statement) = match d.kind {
+                    ObjectKind::Portal => (Some(d.name.to_owned()), None),
+                    ObjectKind::Statement => (None, Some(d.name.to_owned())),
+                };
+                self.forward(&frame);
+                self.tracker.push(Pending::Describe { portal, statement, swallow: false });
+            }
+            FrontendMessage::Execute(e) => {
+                let portal = e.portal.to_owned();
+                // Masking needs the row layout; if the client never asked
+                // for it, ask ourselves and keep the answer.
+                if !self.ctx.masking.is_empty() && !self.layout_known(&portal) {
+                    push_describe_portal(&mut self.to_upstream, &portal);
+                    self.tracker.push(Pending::Describe { portal: Some(portal.clone()), statement: None, swallow: true });
+                }
+                let running = self.portals.get(&portal).and_then(|p| self.statements.get(&p.statement)).map(|s| Running {
+                    sql: s.sql.clone(),
+                    class: class_names(s.classification.as_deref()),
+                    rule: Arc::from(""),
+                    started: Instant::now(),
+                    rows: 0,
+                    masked: false,
+                });
+                self.forward(&frame);
+                self.tracker.push(Pending::Execute { portal, running });
+            }
+            FrontendMessage::Close(c) => {
+                match c.kind {
+                    ObjectKind::Portal => self.portals.remove(c.name),
+                    ObjectKind::Statement => {
+                        self.statements.remove(c.name);
+                        None
+                    }
+                };
+                self.forward(&frame);
+                self.tracker.push(Pending::Close);
+            }
+            FrontendMessage::Sync => {
+                self.forward(&frame);
+                self.tracker.push(Pending::Sync);
+            }
+            FrontendMessage::Flush | FrontendMessage::CopyData(_) | FrontendMessage::CopyDone | FrontendMessage::CopyFail(_) => {
+                // COPY data belongs to a COPY statement already decided; the
+                // server rejects copy messages outside copy-in mode.
+                self.forward(&frame);
+            }
+            FrontendMessage::FunctionCall(_) => {
+                let error = deny_error("function-call", "the fastpath FunctionCall message is not allowed: call the function from SQL so policy can see it", "");
+                let nonce = self.deny(error);
+                push_query(&mut self.to_upstream, &format!("SELECT \"{nonce}\""));
+                self.tracker.push(Pending::Query(None));
+            }
+            FrontendMessage::Terminate => {
+                self.forward(&frame);
+                self.terminated = true;
+                return Step::End;
+            }
+        }
+        Step::Continue
+    }
+
+    fn forward(&mut self, frame: &Frame) {
+        frame.encode_into(&mut self.to_upstream);
+    }
+
+    fn layout_known(&self, portal: &str) -> bool {
+        self.portals.get(portal).is_some_and(|p| {
+            p.row_description.is_some()
+                || self.statements.get(&p.statement).is_some_and(|s| s.row_description.is_some())
+        })
+    }
+
+    /// Registers a denial and returns the nonce the upstream error will carry.
+    fn deny(&mut self, error: Bytes) -> String {
+        self.summary.denied += 1;
+        let nonce = format!("chokepoint_denied_{:08x}{:08x}", super::cancel::random_i32(), super::cancel::random_i32());
+        // The denial belongs to the batch ending at the next sync point.
+        let sync_point = self.tracker.syncs_sent + 1;
+        self.tracker.denials.push_back(Denial { nonce: nonce.clone(), error, sync_point });
+        nonce
+    }
+
+    /// Classifies and decides SQL text; Err is the ErrorResponse to send.
+    fn decide_sql(&mut self, sql: &Arc<str>) -> Result<Running, Bytes> {
+        self.summary.statements += 1;
+        match self.ctx.shared.classifier.classify(sql) {
+            Ok(classification) => self.decide_classified(sql, &classification),
+            Err(e) => {
+                let redacted = super::classify::redact_passwords(sql);
+                info!(flow_id = self.flow.id, statement = %redacted, decision = "deny", rule = "unparsable", reason = %e, "statement");
+                Err(deny_error("unparsable", &format!("statement denied: {e}"), ""))
+            }
+        }
+    }
+
+    fn decide_classified(&self, sql: &Arc<str>, classification: &Classification) -> Result<Running, Bytes> {
+        let mut decision = self.rules.decide_all(classification);
+        // COPY … TO STDOUT streams rows past the DataRow masking.
+        if decision.verdict == StatementVerdict::Allow
+            && !self.ctx.masking.is_empty()
+            && classification.statements.iter().any(|s| s.command.starts_with("COPY") && s.class == super::classify::StatementClass::Read)
+        {
+            decision = StatementDecision {
+                verdict: StatementVerdict::Deny,
+                rule: Arc::from("copy-out-masked"),
+                reason: "COPY … TO STDOUT of a target with masking rules is denied: select the rows instead so they can be masked".into(),
+                statement_index: 0,
+            };
+        }
+        let class = class_names(Some(classification));
+        let redacted = super::classify::redact_passwords(sql);
+        let audit = self.ctx.mode == Mode::Audit;
+        info!(
+            flow_id = self.flow.id,
+            statement = %redacted,
+            class = %class,
+            decision = %decision.verdict,
+            rule = %decision.rule,
+            reason = %decision.reason,
+            mode = %self.ctx.mode,
+            "statement"
+        );
+        if decision.verdict == StatementVerdict::Allow || audit {
+            return Ok(Running { sql: sql.clone(), class, rule: decision.rule, started: Instant::now(), rows: 0, masked: false });
+        }
+        let message = match decision.verdict {
+            StatementVerdict::Approve => format!(
+                "statement needs approval by rule {}: {} (approvals are not available yet, so it is denied)",
+                decision.rule, decision.reason
+            ),
+            _ => format!("statement denied by rule {}: {}", decision.rule, decision.reason),
+        };
+        Err(deny_error(&decision.rule, &message, &redacted))
+    }
+
+    /// One upstream message: track, mask, forward.
+    async fn on_upstream(&mut self, frame: Frame) {
+        match frame.tag() {
+            b'Z' => {
+                if let Some(Pending::Query(Some(running))) = self.tracker.ready() {
+                    self.complete(running, "");
+                }
+                self.query_plan = None;
+            }
+            b'E' => {
+                let parsed = ErrorResponse::parse(frame.body());
+                let message = parsed.as_ref().ok().and_then(|e| e.message()).unwrap_or("").to_owned();
+                let replacement = self.tracker.take_denial(&message);
+                // Extended protocol: the server now skips to Sync.
+                for skipped in self.tracker.skip_to_sync() {
+                    if let Pending::Execute { running: Some(r), .. } = skipped {
+                        self.complete(r, &message);
+                    }
+                }
+                if let Some(Pending::Query(running)) = self.tracker.pending.front_mut()
+                    && let Some(running) = running.take()
+                {
+                    self.complete(running, &message);
+                }
+                match replacement {
+                    Some(error) => self.to_client.extend_from_slice(&error),
+                    None => frame.encode_into(&mut self.to_client),
+                }
+                return;
+            }
+            b'1' | b'2' | b'3' => {
+                self.tracker.pending.pop_front();
+            }
+            b'T' => {
+                let body = frame.body().clone();
+                match self.tracker.pending.front() {
+                    Some(Pending::Describe { portal, statement, swallow }) => {
+                        let swallow = *swallow;
+                        if let Some(name) = portal.clone()
+                            && let Some(p) = self.portals.get_mut(&name)
+                        {
+                            p.row_description = Some(body);
+                            p.plan = None;
+                        } else if let Some(name) = statement.clone()
+                            && let Some(s) = self.statements.get_mut(&name)
+                        {
+                            s.row_description = Some(body);
+                        }
+                        self.tracker.pending.pop_front();
+                        if swallow {
+                            return;
+                        }
+                    }
+                    _ => {
+                        self.query_plan = self.plan_for(&body, None).await;
+                    }
+                }
+            }
+            b'n' => {
+                if let Some(Pending::Describe { swallow, .. }) = self.tracker.pending.front() {
+                    let swallow = *swallow;
+                    self.tracker.pending.pop_front();
+                    if swallow {
+                        return;
+                    }
+                }
+            }
+            b'D' => {
+                let plan = match self.tracker.pending.front() {
+                    Some(Pending::Execute { portal, .. }) => {
+                        let portal = portal.clone();
+                        self.portal_plan(&portal).await
+                    }
+                    _ => self.query_plan.clone(),
+                };
+                self.count_row(plan.as_deref().is_some_and(|p| !p.is_noop()));
+                if let Some(plan) = plan
+                    && !plan.is_noop()
+                    && let Some(masked) = mask_row(&plan, frame.body())
+                {
+                    self.summary.bytes_down += masked.len() as u64;
+                    self.to_client.extend_from_slice(&masked);
+                    return;
+                }
+            }
+            b'C' | b'I' | b's' => {
+                if let Some(Pending::Execute { .. }) = self.tracker.pending.front()
+                    && let Some(Pending::Execute { running: Some(running), .. }) = self.tracker.pending.pop_front()
+                {
+                    self.complete(running, "");
+                }
+                self.query_plan = None;
+            }
+            _ => {}
+        }
+        frame.encode_into(&mut self.to_client);
+        self.summary.bytes_down += frame.raw().len() as u64;
+    }
+
+    fn count_row(&mut self, masked: bool) {
+        let running = match self.tracker.pending.front_mut() {
+            Some(Pending::Execute { running: Some(r), .. }) | Some(Pending::Query(Some(r))) => r,
+            _ => return,
+        };
+        running.rows += 1;
+        running.masked |= masked;
+    }
+
+    fn complete(&self, running: Running, error: &str) {
+        info!(
+            flow_id = self.flow.id,
+            statement = %super::classify::redact_passwords(&running.sql),
+            class = %running.class,
+            rows = running.rows,
+            masked = running.masked,
+            duration_ms = running.started.elapsed().as_secs_f64() * 1000.0,
+            error,
+            "statement done"
+        );
+    }
+
+    /// The masking plan of a portal's rows, computed once per portal.
+    async fn portal_plan(&mut self, name: &str) -> Option<Arc<ResultPlan>> {
+        if self.ctx.masking.is_empty() {
+            return None;
+        }
+        let portal = self.portals.get(name)?;
+        if let Some(plan) = &portal.plan {
+            return Some(plan.clone());
+        }
+        let (body, formats) = match &portal.row_description {
+            Some(body) => (body.clone(), None),
+            None => (self.statements.get(&portal.statement)?.row_description.clone()?, Some(portal.result_formats.clone())),
+        };
+        let plan = self.plan_for(&body, formats.as_deref()).await;
+        if let Some(p) = self.portals.get_mut(name) {
+            p.plan.clone_from(&plan);
+        }
+        plan
+    }
+
+    /// Resolves each column's source table and asks the masking policy.
+    /// `formats` overrides the description's format codes (statement
+    /// describes report 0; Bind decides).
+    async fn plan_for(&self, body: &Bytes, formats: Option<&[i16]>) -> Option<Arc<ResultPlan>> {
+        if self.ctx.masking.is_empty() {
+            return None;
+        }
+        let description = RowDescription::parse(body).ok()?;
+        let (addr, role, database, password) = &self.login;
+        let login = CatalogLogin { upstream: *addr, mark: self.ctx.mark, user: role, database, password };
+        let catalog = self.ctx.shared.catalog(&self.ctx.target.name);
+        let mut sources = Vec::with_capacity(description.fields.len());
+        for field in &description.fields {
+            sources.push(catalog.source(field.table_oid, field.column_attr, &login).await);
+        }
+        let columns: Vec<ColumnInfo<'_>> = description
+            .fields
+            .iter()
+            .zip(&sources)
+            .enumerate()
+            .map(|(i, (field, source))| ColumnInfo {
+                source: source.as_deref().map(|(s, t, c)| (s.as_str(), t.as_str(), c.as_str())),
+                output_name: field.name,
+                type_oid: field.type_oid,
+                format: match formats {
+                    None => field.format,
+                    Some([]) => 0,
+                    Some([all]) => *all,
+                    Some(each) => each.get(i).copied().unwrap_or(0),
+                },
+            })
+            .collect();
+        Some(Arc::new(self.ctx.masking.plan(&columns)))
+    }
+}
+
+/// The masked DataRow message; None when no value changes (the caller then
+/// forwards the original bytes without copying them).
+fn mask_row(plan: &ResultPlan, body: &Bytes) -> Option<Bytes> {
+    let row = DataRow::parse(body).ok()?;
+    let values: Vec<Option<&[u8]>> = row.columns().collect();
+    let masked = plan.apply(&values)?;
+    DataRow::build(masked).ok()
+}
+
+/// A complete message with `tag`; for the few the gateway writes itself.
+fn put_message(out: &mut BytesMut, tag: u8, body: &[u8]) {
+    out.extend_from_slice(&[tag]);
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+fn class_names(classification: Option<&Classification>) -> String {
+    let Some(c) = classification else { return String::new() };
+    let mut names: Vec<String> = c.statements.iter().map(|s| s.class.to_string()).collect();
+    names.dedup();
+    names.join(",")
+}
+
+/// ErrorResponse for a denial: SQLSTATE 42501, the rule in the message,
+/// the statement in the detail.
+fn deny_error(rule: &str, message: &str, statement: &str) -> Bytes {
+    let message = format!("chokepoint: {message}");
+    let detail = format!("statement: {statement}");
+    let hint = format!("rule: {rule}; ask the owners of the chokepoint policy if this job needs it");
+    let fields = ErrorFields {
+        severity: codec::Severity::Error,
+        code: codec::SQLSTATE_INSUFFICIENT_PRIVILEGE,
+        message: &message,
+        detail: (!statement.is_empty()).then_some(detail.as_str()),
+        hint: Some(&hint),
+    };
+    // Fails only on a malformed SQLSTATE, and this one is a constant.
+    fields.to_bytes().unwrap_or_default()
+}
+
+/// A FATAL ErrorResponse that ends the session.
+fn fatal(code: &str, message: &str) -> Bytes {
+    ErrorFields { severity: codec::Severity::Fatal, code, message, detail: None, hint: None }
+        .to_bytes()
+        .unwrap_or_default()
+}
+
+fn push_query(out: &mut BytesMut, sql: &str) {
+    // Cannot fail: the text has no NUL (it is built from a hex nonce).
+    let _ = postgres_protocol::message::frontend::query(sql, out);
+}
+
+fn push_parse(out: &mut BytesMut, name: &str, sql: &str) {
+    let _ = postgres_protocol::message::frontend::parse(name, sql, std::iter::empty(), out);
+}
+
+fn push_bind(out: &mut BytesMut, portal: &str, missing_statement: &str) {
+    let _ = postgres_protocol::message::frontend::bind(
+        portal,
+        missing_statement,
+        std::iter::empty::<i16>(),
+        std::iter::empty::<Option<&[u8]>>(),
+        |_: Option<&[u8]>, _: &mut BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> { Ok(postgres_protocol::IsNull::Yes) },
+        std::iter::empty::<i16>(),
+        out,
+    );
+}
+
+fn push_describe_portal(out: &mut BytesMut, portal: &str) {
+    let _ = postgres_protocol::message::frontend::describe(b'P', portal, out);
+}

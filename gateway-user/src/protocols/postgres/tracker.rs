@@ -1,0 +1,155 @@
+//! What the upstream still owes the client, in order. Every forwarded
+//! message that the server answers becomes a [`Pending`] entry; responses
+//! pop them. This is how a DataRow is tied to the portal whose result it
+//! is (the extended protocol sends no RowDescription before Execute's
+//! rows), and how a Describe the gateway added itself is kept from the
+//! client.
+use std::{collections::VecDeque, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+
+use crate::masking::ResultPlan;
+
+/// A statement being executed, for its completion event.
+#[derive(Debug)]
+pub struct Running {
+    pub sql: Arc<str>,
+    pub class: String,
+    pub rule: Arc<str>,
+    pub started: Instant,
+    pub rows: u64,
+    pub masked: bool,
+}
+
+#[derive(Debug)]
+pub enum Pending {
+    /// A simple Query: any number of results, then ReadyForQuery.
+    Query(Option<Running>),
+    Parse,
+    Bind,
+    /// `swallow`: added by the gateway to learn a portal's row layout.
+    Describe { portal: Option<String>, statement: Option<String>, swallow: bool },
+    Execute { portal: String, running: Option<Running> },
+    Close,
+    Sync,
+}
+
+impl Pending {
+    /// Whether this entry ends with ReadyForQuery.
+    pub fn is_sync_point(&self) -> bool {
+        matches!(self, Pending::Query(_) | Pending::Sync)
+    }
+}
+
+/// A prepared statement as the gateway knows it.
+#[derive(Debug, Default)]
+pub struct PreparedStatement {
+    pub sql: Arc<str>,
+    pub classification: Option<Arc<crate::protocols::postgres::classify::Classification>>,
+    /// RowDescription body from a statement Describe (formats all 0).
+    pub row_description: Option<Bytes>,
+}
+
+/// A bound portal.
+#[derive(Debug, Default)]
+pub struct Portal {
+    pub statement: String,
+    pub result_formats: Vec<i16>,
+    /// RowDescription body from a portal Describe (formats are final).
+    pub row_description: Option<Bytes>,
+    pub plan: Option<Arc<ResultPlan>>,
+}
+
+/// A denial waiting for the upstream error that carries its nonce.
+#[derive(Debug)]
+pub struct Denial {
+    pub nonce: String,
+    pub error: Bytes,
+    /// The sync point (count) whose ReadyForQuery ends this denial's batch.
+    pub sync_point: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    pub pending: VecDeque<Pending>,
+    pub denials: VecDeque<Denial>,
+    /// Sync points forwarded so far (Query, Sync, FunctionCall).
+    pub syncs_sent: u64,
+    /// ReadyForQuery messages seen so far.
+    pub syncs_done: u64,
+}
+
+impl Tracker {
+    pub fn push(&mut self, pending: Pending) {
+        if pending.is_sync_point() {
+            self.syncs_sent += 1;
+        }
+        self.pending.push_back(pending);
+    }
+
+    /// After an ErrorResponse in the extended protocol the server skips to
+    /// Sync: drop what it will never answer (the Sync itself stays).
+    pub fn skip_to_sync(&mut self) -> Vec<Pending> {
+        let mut skipped = Vec::new();
+        while let Some(front) = self.pending.front() {
+            if front.is_sync_point() {
+                break;
+            }
+            skipped.extend(self.pending.pop_front());
+        }
+        skipped
+    }
+
+    /// ReadyForQuery: the front sync point is done; denials of that batch
+    /// that never met their error (e.g. the transaction was already
+    /// aborted) are forgotten.
+    pub fn ready(&mut self) -> Option<Pending> {
+        self.syncs_done += 1;
+        let done = self.syncs_done;
+        self.denials.retain(|d| d.sync_point > done);
+        // Anything before the sync point was answered already or skipped.
+        while let Some(front) = self.pending.pop_front() {
+            if front.is_sync_point() {
+                return Some(front);
+            }
+        }
+        None
+    }
+
+    /// The error for a denial whose nonce appears in `message`, if any.
+    pub fn take_denial(&mut self, message: &str) -> Option<Bytes> {
+        let i = self.denials.iter().position(|d| message.contains(&d.nonce))?;
+        self.denials.remove(i).map(|d| d.error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_skips_to_sync_and_ready_pops_it() {
+        let mut t = Tracker::default();
+        t.push(Pending::Parse);
+        t.push(Pending::Bind);
+        t.push(Pending::Execute { portal: String::new(), running: None });
+        t.push(Pending::Sync);
+        t.pending.pop_front(); // ParseComplete
+        let skipped = t.skip_to_sync();
+        assert_eq!(skipped.len(), 2);
+        assert!(matches!(t.ready(), Some(Pending::Sync)));
+        assert!(t.pending.is_empty());
+    }
+
+    #[test]
+    fn denials_match_by_nonce_and_expire_at_their_sync_point() {
+        let mut t = Tracker::default();
+        t.push(Pending::Query(None));
+        t.denials.push_back(Denial { nonce: "n1".into(), error: Bytes::from_static(b"x"), sync_point: 1 });
+        assert!(t.take_denial("column \"n2\" does not exist").is_none());
+        t.ready();
+        assert!(t.denials.is_empty());
+        t.denials.push_back(Denial { nonce: "n3".into(), error: Bytes::from_static(b"y"), sync_point: 2 });
+        assert_eq!(t.take_denial("column \"n3\" does not exist").as_deref(), Some(&b"y"[..]));
+    }
+}

@@ -1,0 +1,164 @@
+//! The gateway's own connection to the real server: it logs in with the
+//! credentials the policy names, so the job never holds them.
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+use super::codec::{
+    Authentication, BackendKeyData, ErrorResponse, FrameDecoder, ParameterStatus, ReadyForQuery,
+    read_frame,
+};
+use crate::protocols::tcp::connect_upstream;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A logged-in upstream session, ready for queries.
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    /// ParameterStatus messages to replay to the client, raw.
+    pub parameters: Vec<bytes::Bytes>,
+    pub backend_pid: i32,
+    pub backend_secret: i32,
+    /// Transaction status byte of the first ReadyForQuery.
+    pub status: u8,
+    /// Bytes read past the login (normally none).
+    pub leftover: BytesMut,
+}
+
+/// Why the login failed, phrased for the job's error message.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot reach {addr}: {source}")]
+    Unreachable { addr: SocketAddr, source: std::io::Error },
+    #[error("{addr} rejected the login as role {role:?}: {message}")]
+    Rejected { addr: SocketAddr, role: String, message: String },
+    #[error("{addr} asks for authentication method {method}, which chokepoint does not speak (use scram-sha-256, md5 or password)")]
+    Unsupported { addr: SocketAddr, method: String },
+    #[error("{addr} sent an invalid message during login: {what}")]
+    Protocol { addr: SocketAddr, what: String },
+}
+
+/// Connects (with the exemption mark) and logs in as `role` to `database`.
+/// `params` are the client's other startup parameters (application_name,
+/// client_encoding, DateStyle…), passed on unchanged.
+pub async fn login(
+    addr: SocketAddr,
+    mark: u32,
+    role: &str,
+    database: &str,
+    password: &str,
+    params: &[(String, String)],
+    max_message: usize,
+) -> Result<Upstream, UpstreamError> {
+    let unreachable = |source| UpstreamError::Unreachable { addr, source };
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, connect_upstream(addr, mark))
+        .await
+        .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(unreachable)?;
+    let protocol = |what: String| UpstreamError::Protocol { addr, what };
+
+    let mut out = BytesMut::new();
+    let mut startup: Vec<(&str, &str)> = vec![("user", role), ("database", database)];
+    startup.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    postgres_protocol::message::frontend::startup_message(startup, &mut out)
+        .map_err(|e| protocol(e.to_string()))?;
+    stream.write_all(&out).await.map_err(unreachable)?;
+
+    let mut decoder = FrameDecoder::new(max_message);
+    let mut buf = BytesMut::with_capacity(8192);
+    let mut scram: Option<ScramSha256> = None;
+    let mut parameters = Vec::new();
+    let mut key = (0, 0);
+    loop {
+        let frame = read_frame(&mut stream, &mut buf, &mut decoder)
+            .await
+            .map_err(|e| protocol(e.to_string()))?
+            .ok_or_else(|| protocol("connection closed during login".into()))?;
+        out.clear();
+        match frame.tag() {
+            b'R' => {
+                let auth = Authentication::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
+                match auth {
+                    Authentication::Ok => continue,
+                    Authentication::CleartextPassword => {
+                        postgres_protocol::message::frontend::password_message(password.as_bytes(), &mut out)
+                            .map_err(|e| protocol(e.to_string()))?;
+                    }
+                    Authentication::Md5Password { salt } => {
+                        let hash = postgres_protocol::authentication::md5_hash(role.as_bytes(), password.as_bytes(), salt);
+                        postgres_protocol::message::frontend::password_message(hash.as_bytes(), &mut out)
+                            .map_err(|e| protocol(e.to_string()))?;
+                    }
+                    Authentication::Sasl { mechanisms } => {
+                        if !mechanisms.iter().any(|m| *m == SCRAM_SHA_256) {
+                            return Err(UpstreamError::Unsupported { addr, method: format!("SASL {mechanisms:?}") });
+                        }
+                        let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                        postgres_protocol::message::frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
+                            .map_err(|e| protocol(e.to_string()))?;
+                        scram = Some(s);
+                    }
+                    Authentication::SaslContinue { data } => {
+                        let mut s = scram.take().ok_or_else(|| protocol("SASLContinue before SASL".into()))?;
+                        let data = data.to_vec();
+                        // PBKDF2 with thousands of rounds: keep it off the reactor.
+                        let s = tokio::task::spawn_blocking(move || s.update(&data).map(|()| s))
+                            .await
+                            .map_err(|e| protocol(e.to_string()))?
+                            .map_err(|e| protocol(format!("SCRAM: {e}")))?;
+                        postgres_protocol::message::frontend::sasl_response(s.message(), &mut out)
+                            .map_err(|e| protocol(e.to_string()))?;
+                        scram = Some(s);
+                    }
+                    Authentication::SaslFinal { data } => {
+                        let s = scram.as_mut().ok_or_else(|| protocol("SASLFinal before SASL".into()))?;
+                        // Verifies the server's signature: a fake upstream that
+                        // does not know the password is caught here.
+                        s.finish(&data).map_err(|e| protocol(format!("SCRAM server signature: {e}")))?;
+                        continue;
+                    }
+                    other => {
+                        return Err(UpstreamError::Unsupported { addr, method: format!("{other:?}") });
+                    }
+                }
+                stream.write_all(&out).await.map_err(unreachable)?;
+            }
+            b'E' => {
+                let error = ErrorResponse::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
+                return Err(UpstreamError::Rejected {
+                    addr,
+                    role: role.to_owned(),
+                    message: error.message().unwrap_or("login failed").to_owned(),
+                });
+            }
+            b'S' => {
+                ParameterStatus::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
+                parameters.push(frame.into_raw());
+            }
+            b'K' => {
+                let k = BackendKeyData::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
+                // Protocol 3.0 keys are 4 bytes; longer 3.2 keys cannot be
+                // cancelled through a 3.0 CancelRequest anyway.
+                let secret = k.secret_key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).unwrap_or_default();
+                key = (k.pid, i32::from_be_bytes(secret));
+            }
+            b'Z' => {
+                let status = ReadyForQuery::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
+                return Ok(Upstream {
+                    stream,
+                    addr,
+                    parameters,
+                    backend_pid: key.0,
+                    backend_secret: key.1,
+                    status: status.status.as_byte(),
+                    leftover: buf,
+                });
+            }
+            // NoticeResponse and NegotiateProtocolVersion need no answer.
+            _ => {}
+        }
+    }
+}
