@@ -39,7 +39,7 @@ use super::{
 use crate::{
     flow::Flow,
     masking::{ColumnInfo, ResultPlan},
-    policy::{Mode, SessionRules, StatementDecision, StatementVerdict},
+    policy::{Mode, SessionRules, StatementDecision, StatementVerdict, UpstreamTls},
 };
 
 /// Stop reading a side while this much is queued for the other one.
@@ -222,6 +222,14 @@ async fn connect(
     let password = credential.read_password().map_err(|e| {
         ("28000", format!("chokepoint: cannot read the credentials of role {role:?} for target {target}: {e}"))
     })?;
+    // Never downgrade: a target that asks for TLS is refused until the
+    // gateway can speak it, rather than served in plaintext.
+    if ctx.target.tls != UpstreamTls::Disable {
+        return Err((
+            "08004",
+            format!("chokepoint: target {target} requires upstream TLS, which this gateway does not support yet; set tls = \"disable\" only if the network path is trusted"),
+        ));
+    }
     let addr = ctx.target.upstream.unwrap_or(flow.dst);
     let params: Vec<(String, String)> = startup
         .params

@@ -93,7 +93,7 @@ pub async fn login(
                             .map_err(|e| protocol(e.to_string()))?;
                     }
                     Authentication::Sasl { mechanisms } => {
-                        if !mechanisms.iter().any(|m| *m == SCRAM_SHA_256) {
+                        if !mechanisms.contains(&SCRAM_SHA_256) {
                             return Err(UpstreamError::Unsupported { addr, method: format!("SASL {mechanisms:?}") });
                         }
                         let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
