@@ -42,6 +42,9 @@ pub fn setup() -> Result<()> {
     if bpf_linker()? {
         installed.push("bpf-linker");
     }
+    if cargo_fuzz()? {
+        installed.push("cargo-fuzz");
+    }
     report_postgres_bin();
     if installed.is_empty() {
         say("setup: everything was already present");
@@ -142,6 +145,26 @@ fn nightly_rust_src() -> Result<bool> {
         changed = true;
     }
     Ok(changed)
+}
+
+/// cargo-fuzz version checked here; `--locked` so a fresh machine builds the same.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Ensures `cargo fuzz` works (the test task runs the codec fuzz target
+/// briefly); returns whether it installed it.
+fn cargo_fuzz() -> Result<bool> {
+    if util::probe(Command::new("cargo").args(["fuzz", "--version"])) {
+        say("ok: cargo-fuzz");
+        return Ok(false);
+    }
+    say("missing: cargo-fuzz (runs the protocol fuzz targets); installing");
+    util::run(
+        Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked", "--version"])
+            .arg(CARGO_FUZZ_VERSION),
+        "cargo install failed: check that crates.io is reachable",
+    )?;
+    Ok(true)
 }
 
 /// Ensures `bpf-linker` is on PATH, building it against nightly's own LLVM so the bitcode rustc emits

@@ -35,6 +35,27 @@ pub fn test(extra: &[OsString]) -> Result<()> {
         &mut cmd,
         "see cargo's output above (a compile error or failing tests); rerun one test with `cargo xtask test -- <name>`",
     )?;
+    fuzz()?;
     say("tests passed");
     Ok(())
+}
+
+/// How long each fuzz target runs in a test pass: long enough to shake out
+/// shallow framing bugs on every change, short enough for CI's budget.
+const FUZZ_SECONDS: u32 = 30;
+
+/// Runs every fuzz target briefly with libFuzzer; a crash fails the task and
+/// leaves the reproducer under fuzz/artifacts/.
+fn fuzz() -> Result<()> {
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.current_dir(util::workspace_root().join("fuzz"))
+        // The fuzz crate builds gateway-user; the eBPF object is not needed
+        // to exercise the codecs, and sanitizer flags must not reach it.
+        .env("AYA_BUILD_SKIP", "1")
+        .args(["+nightly", "fuzz", "run", "pg_codec", "--"])
+        .arg(format!("-max_total_time={FUZZ_SECONDS}"));
+    util::run(
+        &mut cmd,
+        "the fuzzer found a crash: the input is in fuzz/artifacts/pg_codec/; reproduce with `cargo +nightly fuzz run pg_codec <file>`",
+    )
 }
