@@ -51,6 +51,8 @@ enum Task {
     /// /etc/chokepoint/chokepoint.toml.
     Install,
     /// Build, then run the benchmarks (cp-bench from chokepoint-tests).
+    /// Run the protocol fuzz targets briefly (cargo-fuzz, nightly).
+    Fuzz,
     Bench {
         /// Suite to run instead of the default gateway benchmark.
         #[arg(value_enum)]
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Task::Test { args } => test::test(&args),
         Task::Install => install::install(),
         Task::Bench { suite, args } => bench::bench(suite, &args),
+        Task::Fuzz => test::fuzz(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
