@@ -14,24 +14,31 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::class::Classification;
-use super::error::ClassifyError;
 use super::classify;
+use super::error::ClassifyError;
 
 /// Texts longer than this are classified but not cached, so that `capacity`
 /// also bounds memory: bulk INSERTs are long and rarely repeat.
 pub const MAX_CACHED_LEN: usize = 16 * 1024;
 
-/// At most this many shards; fewer when the capacity is small.
+/// At most this many shards, and at least this many entries per shard (a
+/// tiny shard would evict hot entries by hash collision alone).
 const MAX_SHARDS: usize = 16;
+const MIN_PER_SHARD: usize = 64;
 
 type Entry = Result<Arc<Classification>, ClassifyError>;
 
 /// A `Send + Sync` cache in front of [`classify`]: at most `capacity`
 /// entries, errors included (an unparsable text is as likely to repeat).
 ///
-/// ```ignore
+/// ```
+/// use chokepoint::protocols::postgres::classify::ClassifierCache;
+/// use std::sync::Arc;
+///
 /// let cache = ClassifierCache::new(10_000);
-/// let c = cache.classify("SELECT * FROM t WHERE id = $1")?;
+/// let a = cache.classify("SELECT * FROM t WHERE id = $1").unwrap();
+/// let b = cache.classify("SELECT * FROM t WHERE id = $1").unwrap();
+/// assert!(Arc::ptr_eq(&a, &b));
 /// ```
 pub struct ClassifierCache {
     shards: Vec<Mutex<Shard>>,
@@ -53,7 +60,7 @@ struct Slot {
 impl ClassifierCache {
     /// A cache holding at most `capacity` classifications; 0 disables caching.
     pub fn new(capacity: usize) -> Self {
-        let shards = capacity.clamp(1, MAX_SHARDS);
+        let shards = (capacity / MIN_PER_SHARD).clamp(1, MAX_SHARDS);
         // Each shard gets an equal share, so the total never exceeds `capacity`.
         let per_shard = capacity / shards;
         ClassifierCache {

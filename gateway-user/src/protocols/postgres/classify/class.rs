@@ -65,7 +65,13 @@ impl FromStr for StatementClass {
         StatementClass::ALL
             .into_iter()
             .find(|c| c.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| UnknownName::new("statement class", s, StatementClass::ALL.map(StatementClass::as_str)))
+            .ok_or_else(|| {
+                UnknownName::new(
+                    "statement class",
+                    s,
+                    StatementClass::ALL.map(StatementClass::as_str),
+                )
+            })
     }
 }
 
@@ -197,7 +203,10 @@ impl FlagSet {
 
     /// Sorted (declaration order) and without duplicates, as [`Statement::flags`] promises.
     pub(crate) fn to_vec(self) -> Vec<Flag> {
-        Flag::ALL.into_iter().filter(|f| self.contains(*f)).collect()
+        Flag::ALL
+            .into_iter()
+            .filter(|f| self.contains(*f))
+            .collect()
     }
 }
 

@@ -16,35 +16,73 @@
 //! estimate is the largest sum along a chain of nested groups. The lexer
 //! follows PostgreSQL's rules for comments, quotes, E'' escapes, dollar quotes
 //! and string continuation, so it never mistakes code for a literal.
+//!
+//! This needs prost's `no-recursion-limit` feature (a direct dependency
+//! `prost = { version = "0.13", default-features = false, features =
+//! ["no-recursion-limit"] }` turns it on for pg_query): prost's own limit of
+//! 100 nested messages would refuse ordinary queries, and the stack is
+//! bounded here instead.
 
 use super::error::ClassifyError;
-use super::lex::{is_ident_cont, is_ident_start, skip_block_comment, skip_dollar, skip_line_comment, skip_quoted, skip_string};
+use super::lex::{
+    is_ident_cont, is_ident_start, skip_block_comment, skip_dollar, skip_line_comment, skip_quoted,
+    skip_string,
+};
 
 /// Units added per nesting group for nodes with no token of their own (SubLink, ResTarget, List…).
 const GROUP_UNITS: usize = 4;
 
-/// Stack bytes one unit may need across libpg_query, prost and the walk,
-/// measured on the worst constructs found (see the module's tests) with a 2× margin.
-const STACK_PER_UNIT: usize = 8 * 1024;
+/// Units added per `WITH`: a nested WITH clause costs several times the
+/// stack of a nested subquery of as many tokens.
+const WITH_UNITS: usize = 8;
 
-/// Estimates up to this are parsed on the caller's stack: 256 KiB worth,
-/// comfortably inside a 2 MiB tokio worker stack.
-pub(crate) const INLINE_LIMIT: usize = 32;
+/// Stack bytes one unit may need across libpg_query, prost and the walk:
+/// about twice the worst measured (NOT and unary-operator chains: ~34 KiB
+/// per unit in a debug build, where prost's decoder has huge frames; ~3.4
+/// KiB in release; most constructs need a third of that).
+const STACK_PER_UNIT: usize = if cfg!(debug_assertions) {
+    64 * 1024
+} else {
+    8 * 1024
+};
 
-/// Estimates above this are refused: a 512 MiB stack reservation.
-pub(crate) const MAX_LIMIT: usize = 64 * 1024;
+/// Stack the caller's thread may spend on an inline parse: half of a 2 MiB
+/// tokio worker (or test) thread.
+const INLINE_STACK: usize = 1024 * 1024;
 
-/// Stack for the helper thread beyond what the estimate asks for.
-const BASE_STACK: usize = 1024 * 1024;
+/// Estimates up to this are parsed on the caller's stack (128 in release, 16 in debug builds).
+pub(crate) const INLINE_LIMIT: usize = INLINE_STACK / STACK_PER_UNIT;
 
-/// Runs `work` (which calls pg_query on `sql`) where the stack is deep enough for `sql`.
+/// The largest helper-thread stack reserved (virtual memory, touched only as deep as the parse goes).
+const MAX_STACK: usize = 1024 * 1024 * 1024;
+
+/// Estimates above this are refused.
+pub(crate) const MAX_LIMIT: usize = MAX_STACK / STACK_PER_UNIT;
+
+/// Stack for the helper thread beyond what the estimate asks for (a
+/// statement with a CTE needs ~300 KiB before any nesting in a debug build).
+const BASE_STACK: usize = 2 * 1024 * 1024;
+
+// Calibration: for each construct (nested subqueries and EXISTS, `+` and
+// `||` chains, unary operators, NOT, IS NULL, casts, COLLATE, `->`, ARRAY[,
+// calls, ROW, xmlelement, UNION chains, JOINs, CASE, nested FROM and LATERAL
+// subqueries, VALUES, window functions, nested WITH, DELETE … WHERE chains),
+// find by bisection the smallest thread stack on which the full parse path
+// (summary, `pg_query::parse`, walk) of N levels succeeds, subtract the one
+// for a single level and divide by the estimate. Re-measure after upgrading
+// pg_query or prost.
+
+/// Runs `work` (which calls pg_query on `sql`) where the stack is deep enough
+/// for `sql`. A panic inside (pg_query indexes into its own trees) becomes an
+/// error, never a torn-down session.
 pub(crate) fn guarded<T: Send>(
     sql: &str,
     work: impl FnOnce() -> Result<T, ClassifyError> + Send,
 ) -> Result<T, ClassifyError> {
     let estimate = estimate(sql);
     if estimate <= INLINE_LIMIT {
-        return work();
+        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+            .unwrap_or_else(|_| Err(panicked()));
     }
     if estimate > MAX_LIMIT {
         return Err(ClassifyError::TooDeep {
@@ -58,11 +96,15 @@ pub(crate) fn guarded<T: Send>(
             .name("sql-classify".to_owned())
             .stack_size(stack)
             .spawn_scoped(scope, work)
-            .map_err(|e| ClassifyError::internal(format!("cannot start a classifier thread: {e}")))?;
-        handle
-            .join()
-            .unwrap_or_else(|_| Err(ClassifyError::internal("the classifier panicked".to_owned())))
+            .map_err(|e| {
+                ClassifyError::internal(format!("cannot start a classifier thread: {e}"))
+            })?;
+        handle.join().unwrap_or_else(|_| Err(panicked()))
     })
+}
+
+fn panicked() -> ClassifyError {
+    ClassifyError::internal("the SQL parser panicked".to_owned())
 }
 
 /// One parenthesized (or bracketed) group while lexing.
@@ -90,7 +132,7 @@ impl Group {
 }
 
 /// An upper bound (in units) of how deep the parse tree of `sql` can nest; see the module doc.
-pub fn estimate(sql: &str) -> usize {
+pub(crate) fn estimate(sql: &str) -> usize {
     let b = sql.as_bytes();
     let mut groups = vec![Group::default()];
     let mut worst = 0;
@@ -99,7 +141,9 @@ pub fn estimate(sql: &str) -> usize {
         let c = b[i];
         let next = b.get(i + 1).copied();
         let nested = groups.len() > 1;
-        let top = groups.last_mut().expect("the statement group is never popped");
+        let top = groups
+            .last_mut()
+            .expect("the statement group is never popped");
         match c {
             b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => i += 1,
             b'-' if next == Some(b'-') => i = skip_line_comment(b, i),
@@ -156,6 +200,8 @@ pub fn estimate(sql: &str) -> usize {
                     || word.eq_ignore_ascii_case(b"except")
                 {
                     top.set_ops += 1;
+                } else if word.eq_ignore_ascii_case(b"with") {
+                    top.element += WITH_UNITS;
                 }
                 // E'…' (and only a lone E at a token start) processes backslash escapes.
                 if word.eq_ignore_ascii_case(b"e") && b.get(i) == Some(&b'\'') {

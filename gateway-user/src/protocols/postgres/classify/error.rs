@@ -34,13 +34,18 @@ pub enum ClassifyError {
 impl ClassifyError {
     /// A failure of the classifier itself (an unexpected tree shape); refused like bad SQL.
     pub(crate) fn internal(message: String) -> Self {
-        ClassifyError::Unparsable { message, cursor: None }
+        ClassifyError::Unparsable {
+            message,
+            cursor: None,
+        }
     }
 
     /// Converts a pg_query error about `sql`, locating the error when the message allows.
     pub(crate) fn from_pg(sql: &str, err: pg_query::Error) -> Self {
         match err {
-            pg_query::Error::Parse(message) | pg_query::Error::Scan(message) | pg_query::Error::Split(message) => {
+            pg_query::Error::Parse(message)
+            | pg_query::Error::Scan(message)
+            | pg_query::Error::Split(message) => {
                 let cursor = locate(sql, &message);
                 ClassifyError::Unparsable { message, cursor }
             }
@@ -48,12 +53,14 @@ impl ClassifyError {
                 message: "query string contains a NUL byte".to_owned(),
                 cursor: Some(char_position(sql, nul.nul_position())),
             },
-            pg_query::Error::Decode(e) if e.to_string().contains("recursion limit") => ClassifyError::Unparsable {
-                // prost refuses trees deeper than 100 messages unless built with
-                // its `no-recursion-limit` feature.
-                message: "statement nests too deeply for the parse tree decoder".to_owned(),
-                cursor: None,
-            },
+            pg_query::Error::Decode(e) if e.to_string().contains("recursion limit") => {
+                ClassifyError::Unparsable {
+                    // prost refuses trees deeper than 100 messages unless built with
+                    // its `no-recursion-limit` feature.
+                    message: "statement nests too deeply for the parse tree decoder".to_owned(),
+                    cursor: None,
+                }
+            }
             other => ClassifyError::internal(other.to_string()),
         }
     }
@@ -89,7 +96,12 @@ fn locate(sql: &str, message: &str) -> Option<usize> {
             .collect(),
         // The scanner fails on the same lexical errors (an unterminated
         // literal): those run to the end of the text, so match the tail.
-        Err(_) => sql.len().checked_sub(near.len()).filter(|&i| sql.get(i..) == Some(near)).into_iter().collect(),
+        Err(_) => sql
+            .len()
+            .checked_sub(near.len())
+            .filter(|&i| sql.get(i..) == Some(near))
+            .into_iter()
+            .collect(),
     };
     let offset = match candidates.as_slice() {
         [] => return None,

@@ -6,8 +6,8 @@
 //! reads, and for nothing else; every other statement takes the full path.
 //! The unit tests check that both paths agree on every SELECT they share.
 
-use pg_query::protobuf::summary_result::Context;
 use pg_query::SummaryResult;
+use pg_query::protobuf::summary_result::Context;
 
 use super::class::{Access, Statement, StatementClass, TableRef};
 use super::functions::needs_inspection;
@@ -19,12 +19,17 @@ pub(crate) fn plain_select(sql: &str, summary: &SummaryResult) -> Option<Stateme
     // The summary merges all statements of a string; without a `;` other
     // than trailing ones there is at most one. (A `;` in a literal or comment
     // only costs the full parse.)
-    if sql.trim_end_matches(|c: char| c == ';' || c.is_whitespace()).contains(';') {
+    if sql
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+        .contains(';')
+    {
         return None;
     }
     // Exactly SELECTs, at any nesting: a DML statement type anywhere (CTE,
     // EXPLAIN…) or any other statement goes the long way.
-    if summary.statement_types.is_empty() || summary.statement_types.iter().any(|t| t != "SelectStmt") {
+    if summary.statement_types.is_empty()
+        || summary.statement_types.iter().any(|t| t != "SelectStmt")
+    {
         return None;
     }
     // The summary drops every table whose bare name equals some CTE's name,
@@ -36,7 +41,11 @@ pub(crate) fn plain_select(sql: &str, summary: &SummaryResult) -> Option<Stateme
     if summary.tables.iter().any(|t| t.context != Context::Select) {
         return None;
     }
-    if summary.functions.iter().any(|f| needs_inspection(&f.function_name)) {
+    if summary
+        .functions
+        .iter()
+        .any(|f| needs_inspection(&f.function_name))
+    {
         return None;
     }
     let tables = summary

@@ -92,7 +92,9 @@ pub const DANGEROUS_FUNCTIONS: &[&str] = &[
 
 /// Whether `name` (a function's own name, without schema) is in [`DANGEROUS_FUNCTIONS`].
 pub fn is_dangerous_function(name: &str) -> bool {
-    DANGEROUS_FUNCTIONS.iter().any(|f| f.eq_ignore_ascii_case(name))
+    DANGEROUS_FUNCTIONS
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(name))
 }
 
 /// The function whose first argument names a setting to change.
@@ -104,7 +106,9 @@ const IDENTITY_SETTINGS: &[&str] = &["role", "session_authorization"];
 
 /// Whether setting `name` changes the session's identity.
 pub(crate) fn is_identity_setting(name: &str) -> bool {
-    IDENTITY_SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(name))
+    IDENTITY_SETTINGS
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(name))
 }
 
 /// Whether the summary fast path must hand a statement calling `name` to the
@@ -122,17 +126,23 @@ pub(crate) fn needs_inspection(name: &str) -> bool {
 /// `E'…\' ; DROP …'` differently from the gateway. `value` is `None` for
 /// RESET/DEFAULT (allowed: back to the connection's setting), `Some(None)`
 /// for a value that is not a constant.
-pub(crate) fn lexer_setting_refusal(name: &str, value: Option<Option<&str>>) -> Option<&'static str> {
-    let Some(value) = value else {
-        return None;
-    };
+pub(crate) fn lexer_setting_refusal(
+    name: &str,
+    value: Option<Option<&str>>,
+) -> Option<&'static str> {
+    let value = value?;
     if name.eq_ignore_ascii_case("standard_conforming_strings") {
-        let on = value.is_some_and(|v| ["on", "true", "yes", "1", "t", "y"].iter().any(|t| t.eq_ignore_ascii_case(v.trim())));
+        let on = value.is_some_and(|v| {
+            ["on", "true", "yes", "1", "t", "y"]
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(v.trim()))
+        });
         return (!on).then_some("turning standard_conforming_strings off makes the server read string literals differently");
     }
     if name.eq_ignore_ascii_case("client_encoding") {
         let safe = value.is_some_and(is_ascii_safe_encoding);
-        return (!safe).then_some("this client_encoding lets ASCII bytes hide inside multibyte characters");
+        return (!safe)
+            .then_some("this client_encoding lets ASCII bytes hide inside multibyte characters");
     }
     None
 }
@@ -142,10 +152,28 @@ pub(crate) fn lexer_setting_refusal(name: &str, value: Option<Option<&str>>) -> 
 /// Names are compared the way PostgreSQL does: lower case, alphanumerics only.
 /// Unknown names are not safe (PostgreSQL rejects them anyway).
 fn is_ascii_safe_encoding(name: &str) -> bool {
-    let norm: String = name.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
+    let norm: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
     const EXACT: &[&str] = &[
-        "utf8", "unicode", "sqlascii", "win866", "windows866", "win874", "windows874", "alt", "tcvn", "tcvn5712", "vscii",
-        "abc", "muleinternal", "koi8", "koi8r", "koi8u",
+        "utf8",
+        "unicode",
+        "sqlascii",
+        "win866",
+        "windows866",
+        "win874",
+        "windows874",
+        "alt",
+        "tcvn",
+        "tcvn5712",
+        "vscii",
+        "abc",
+        "muleinternal",
+        "koi8",
+        "koi8r",
+        "koi8u",
     ];
     // Windows single-byte code pages are win1250…win1258; win932/936/949/950 are the unsafe ones.
     const PREFIXES: &[&str] = &["latin", "iso8859", "win125", "windows125", "euc"];

@@ -122,7 +122,10 @@ pub(crate) fn skip_dollar(b: &[u8], i: usize) -> usize {
     }
     let delimiter = &b[i..=j];
     let body = j + 1;
-    match b[body..].windows(delimiter.len()).position(|w| w == delimiter) {
+    match b[body..]
+        .windows(delimiter.len())
+        .position(|w| w == delimiter)
+    {
         Some(end) => body + end + delimiter.len(),
         None => b.len(),
     }

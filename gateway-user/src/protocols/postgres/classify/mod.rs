@@ -7,8 +7,21 @@
 //! what they are. Each statement of the string gets a [`Statement`]: a
 //! [`StatementClass`], [`Flag`]s, the tables it reads or writes, and a
 //! command name for logs. Unparsable text is an error, never a guess.
+//! A single read-only SELECT is classified from pg_query's summary alone
+//! (`fast.rs`); anything else from the full parse tree.
 //! [`ClassifierCache`] memoizes by exact text for all sessions;
 //! [`redact_passwords`] masks secrets before SQL reaches a log.
+//!
+//! ```
+//! use chokepoint::protocols::postgres::classify::{classify, Flag, StatementClass};
+//!
+//! let c = classify("SELECT 1; /* hi */ dElEtE FROM billing.invoices").unwrap();
+//! assert_eq!(c.classes().collect::<Vec<_>>(), [StatementClass::Read, StatementClass::Write]);
+//! assert_eq!(c.flags().collect::<Vec<_>>(), [Flag::DeleteWithoutWhere]);
+//! assert_eq!(c.statements[1].command, "DELETE");
+//! assert_eq!(c.statements[1].tables[0].to_string(), "billing.invoices (write)");
+//! assert!(classify("DELET FROM t").is_err());
+//! ```
 //!
 //! # Classes
 //!
@@ -60,10 +73,13 @@
 //!   recurses without a depth check (see `depth.rs`).
 //! * Table names are as written: `schema` is `None` for unqualified names
 //!   (resolved by the session's `search_path`), and a CTE name is not a table.
+//!   In DDL, DCL and admin statements every relation named outside a query
+//!   counts as written, including a foreign key's referenced table or a
+//!   `LIKE` source: the statement changes or depends on them.
 
 mod cache;
 mod class;
-pub mod depth;
+mod depth;
 mod error;
 mod fast;
 mod functions;
@@ -77,7 +93,9 @@ mod walk;
 mod tests;
 
 pub use cache::{ClassifierCache, MAX_CACHED_LEN};
-pub use class::{Access, Classification, Flag, Prepared, Statement, StatementClass, TableRef, UnknownName};
+pub use class::{
+    Access, Classification, Flag, Prepared, Statement, StatementClass, TableRef, UnknownName,
+};
 pub use error::ClassifyError;
 pub use functions::{DANGEROUS_FUNCTIONS, is_dangerous_function};
 pub use redact::redact_passwords;
@@ -92,7 +110,7 @@ pub fn classify(sql: &str) -> Result<Classification, ClassifyError> {
 }
 
 /// [`classify`] without the depth guard: only call it through `depth::guarded`.
-pub fn classify_unguarded(sql: &str) -> Result<Classification, ClassifyError> {
+fn classify_unguarded(sql: &str) -> Result<Classification, ClassifyError> {
     let summary = pg_query::summary(sql, -1).map_err(|e| ClassifyError::from_pg(sql, e))?;
     if let Some(statement) = fast::plain_select(sql, &summary) {
         return Ok(Classification {
@@ -109,10 +127,14 @@ fn classify_parsed(sql: &str) -> Result<Classification, ClassifyError> {
         .protobuf
         .stmts
         .iter()
-        .map(|raw| match raw.stmt.as_deref().and_then(|s| s.node.as_ref()) {
-            Some(node) => statement::classify_statement(node),
-            None => Err(ClassifyError::internal("empty statement in parse tree".to_owned())),
-        })
+        .map(
+            |raw| match raw.stmt.as_deref().and_then(|s| s.node.as_ref()) {
+                Some(node) => statement::classify_statement(node),
+                None => Err(ClassifyError::internal(
+                    "empty statement in parse tree".to_owned(),
+                )),
+            },
+        )
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Classification { statements })
 }

@@ -5,7 +5,10 @@ use std::ops::Range;
 
 use pg_query::protobuf::Token;
 
-use super::lex::{is_ident_cont, is_ident_start, skip_block_comment, skip_dollar, skip_line_comment, skip_quoted, skip_string};
+use super::lex::{
+    is_ident_cont, is_ident_start, skip_block_comment, skip_dollar, skip_line_comment, skip_quoted,
+    skip_string,
+};
 
 /// What replaces a masked literal.
 const MASK: &str = "'***'";
@@ -24,6 +27,15 @@ const MASK: &str = "'***'";
 /// unterminated literal), a careful byte scan with the same rules masks the
 /// literal after `PASSWORD`/`CONNECTION`, to the end of the text if it never closes.
 /// Returns the text unchanged (borrowed) when nothing needed masking.
+///
+/// ```
+/// use chokepoint::protocols::postgres::classify::redact_passwords;
+///
+/// assert_eq!(
+///     redact_passwords("ALTER USER ci WITH ENCRYPTED PASSWORD 'hunter2'"),
+///     "ALTER USER ci WITH ENCRYPTED PASSWORD '***'"
+/// );
+/// ```
 pub fn redact_passwords(sql: &str) -> Cow<'_, str> {
     let ranges = match pg_query::scan(sql) {
         Ok(scan) => scanned_secrets(sql, &scan.tokens),
@@ -36,7 +48,11 @@ pub fn redact_passwords(sql: &str) -> Cow<'_, str> {
     let mut at = 0;
     for range in ranges {
         // Ranges are sorted and disjoint; the guards keep slicing safe anyway.
-        if range.start < at || range.end > sql.len() || !sql.is_char_boundary(range.start) || !sql.is_char_boundary(range.end) {
+        if range.start < at
+            || range.end > sql.len()
+            || !sql.is_char_boundary(range.start)
+            || !sql.is_char_boundary(range.end)
+        {
             continue;
         }
         out.push_str(&sql[at..range.start]);
@@ -49,12 +65,17 @@ pub fn redact_passwords(sql: &str) -> Cow<'_, str> {
 
 /// Byte ranges of secret literals among PostgreSQL's tokens.
 fn scanned_secrets(sql: &str, tokens: &[pg_query::protobuf::ScanToken]) -> Vec<Range<usize>> {
-    let is_comment = |t: &pg_query::protobuf::ScanToken| t.token == Token::SqlComment as i32 || t.token == Token::CComment as i32;
-    let is_literal = |t: &pg_query::protobuf::ScanToken| t.token == Token::Sconst as i32 || t.token == Token::Usconst as i32;
+    let is_comment = |t: &pg_query::protobuf::ScanToken| {
+        t.token == Token::SqlComment as i32 || t.token == Token::CComment as i32
+    };
+    let is_literal = |t: &pg_query::protobuf::ScanToken| {
+        t.token == Token::Sconst as i32 || t.token == Token::Usconst as i32
+    };
     let mut ranges = Vec::new();
     let mut previous: Option<i32> = None;
     for token in tokens.iter().filter(|t| !is_comment(t)) {
-        let range = usize::try_from(token.start).unwrap_or(0)..usize::try_from(token.end).unwrap_or(0);
+        let range =
+            usize::try_from(token.start).unwrap_or(0)..usize::try_from(token.end).unwrap_or(0);
         if is_literal(token) {
             let after_keyword = matches!(previous, Some(p) if p == Token::Password as i32 || p == Token::Connection as i32);
             if after_keyword || sql.get(range.clone()).is_some_and(looks_like_credentials) {
@@ -89,7 +110,10 @@ fn lexed_secrets(sql: &str) -> Vec<Range<usize>> {
                 continue;
             }
             b'\'' => Some(skip_string(b, i, false)),
-            b'$' if next.is_some_and(|n| n == b'$' || is_ident_start(n)) => Some(skip_dollar(b, i)),
+            // `$tag$…$tag$`; a lone `$` (not a delimiter) comes back as one byte.
+            b'$' if next.is_some_and(|n| n == b'$' || is_ident_start(n)) => {
+                Some(skip_dollar(b, i)).filter(|&end| end > i + 1)
+            }
             b'"' => {
                 i = skip_quoted(b, i + 1, b'"');
                 after_keyword = false;
@@ -103,8 +127,12 @@ fn lexed_secrets(sql: &str) -> Vec<Range<usize>> {
                 let word = &b[start..i];
                 // E'…', U&'…', N'…', B'…', X'…': the prefix belongs to the literal.
                 let prefixed = match b.get(i) {
-                    Some(b'\'') if word.len() == 1 => Some((start, skip_string(b, i, word.eq_ignore_ascii_case(b"e")))),
-                    Some(b'&') if word.eq_ignore_ascii_case(b"u") && b.get(i + 1) == Some(&b'\'') => {
+                    Some(b'\'') if word.len() == 1 => {
+                        Some((start, skip_string(b, i, word.eq_ignore_ascii_case(b"e"))))
+                    }
+                    Some(b'&')
+                        if word.eq_ignore_ascii_case(b"u") && b.get(i + 1) == Some(&b'\'') =>
+                    {
                         Some((start, skip_string(b, i + 1, false)))
                     }
                     _ => None,
@@ -114,7 +142,8 @@ fn lexed_secrets(sql: &str) -> Vec<Range<usize>> {
                     after_keyword = false;
                     i = end;
                 } else {
-                    after_keyword = word.eq_ignore_ascii_case(b"password") || word.eq_ignore_ascii_case(b"connection");
+                    after_keyword = word.eq_ignore_ascii_case(b"password")
+                        || word.eq_ignore_ascii_case(b"connection");
                 }
                 continue;
             }
@@ -132,7 +161,12 @@ fn lexed_secrets(sql: &str) -> Vec<Range<usize>> {
     ranges
 }
 
-fn push_literal(sql: &str, ranges: &mut Vec<Range<usize>>, range: Range<usize>, after_keyword: bool) {
+fn push_literal(
+    sql: &str,
+    ranges: &mut Vec<Range<usize>>,
+    range: Range<usize>,
+    after_keyword: bool,
+) {
     if after_keyword || sql.get(range.clone()).is_some_and(looks_like_credentials) {
         ranges.push(range);
     }
@@ -142,10 +176,14 @@ fn push_literal(sql: &str, ranges: &mut Vec<Range<usize>>, range: Range<usize>, 
 /// (`password=…`) or a URI with user info (`scheme://user:secret@host`).
 fn looks_like_credentials(literal: &str) -> bool {
     let lower = literal.to_ascii_lowercase();
-    let keyword = lower.match_indices("password").any(|(i, m)| lower[i + m.len()..].trim_start().starts_with('='));
+    let keyword = lower
+        .match_indices("password")
+        .any(|(i, m)| lower[i + m.len()..].trim_start().starts_with('='));
     let uri = lower.split_once("://").is_some_and(|(_, rest)| {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        authority
+            .rsplit_once('@')
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'))
     });
     keyword || uri
 }

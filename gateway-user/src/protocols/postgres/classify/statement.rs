@@ -3,8 +3,8 @@
 //! This is the code behind the table in the module documentation; keep the two in step.
 
 use pg_query::protobuf::{
-    AlterTableType, CopyStmt, DiscardMode, ExplainStmt, ObjectType, PrepareStmt, RoleStmtType, TransactionStmtKind,
-    VariableSetKind, VariableSetStmt,
+    AlterTableType, CopyStmt, DiscardMode, ExplainStmt, ObjectType, PrepareStmt, RoleStmtType,
+    TransactionStmtKind, VariableSetKind, VariableSetStmt,
 };
 use pg_query::{Node, NodeEnum};
 
@@ -104,14 +104,25 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
     let o = Outline::new;
     Ok(match node {
         // Queries and data changes.
-        NodeEnum::SelectStmt(s) => o(Read, if s.into_clause.is_some() { "SELECT INTO" } else { "SELECT" }),
+        NodeEnum::SelectStmt(s) => o(
+            Read,
+            if s.into_clause.is_some() {
+                "SELECT INTO"
+            } else {
+                "SELECT"
+            },
+        ),
         NodeEnum::InsertStmt(_) => o(Write, "INSERT"),
         NodeEnum::UpdateStmt(_) => o(Write, "UPDATE"),
         NodeEnum::DeleteStmt(_) => o(Write, "DELETE"),
         NodeEnum::MergeStmt(_) => o(Write, "MERGE"),
         NodeEnum::CopyStmt(copy) => copy_outline(copy),
-        NodeEnum::TruncateStmt(_) => o(Write, "TRUNCATE").flag(Flag::Truncate).access(Access::Write),
-        NodeEnum::RefreshMatViewStmt(_) => o(Write, "REFRESH MATERIALIZED VIEW").access(Access::Write),
+        NodeEnum::TruncateStmt(_) => o(Write, "TRUNCATE")
+            .flag(Flag::Truncate)
+            .access(Access::Write),
+        NodeEnum::RefreshMatViewStmt(_) => {
+            o(Write, "REFRESH MATERIALIZED VIEW").access(Access::Write)
+        }
         NodeEnum::DoStmt(_) => o(Write, "DO").flag(Flag::ProceduralCode),
         NodeEnum::CallStmt(_) => o(Write, "CALL").flag(Flag::ProceduralCode),
         NodeEnum::NotifyStmt(_) => o(Write, "NOTIFY"),
@@ -142,7 +153,9 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
             ..o(Other, "EXECUTE")
         },
         NodeEnum::DeallocateStmt(d) => Outline {
-            prepared: Some(Prepared::Deallocate((!d.isall && !d.name.is_empty()).then(|| d.name.clone()))),
+            prepared: Some(Prepared::Deallocate(
+                (!d.isall && !d.name.is_empty()).then(|| d.name.clone()),
+            )),
             ..o(Other, "DEALLOCATE")
         },
 
@@ -191,7 +204,11 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
 
         // Schema changes.
         NodeEnum::DropStmt(d) => {
-            let class = if d.remove_type == ObjectType::ObjectPolicy as i32 { Dcl } else { Ddl };
+            let class = if d.remove_type == ObjectType::ObjectPolicy as i32 {
+                Dcl
+            } else {
+                Ddl
+            };
             Outline {
                 tables: named_relations(d.remove_type, &d.objects),
                 ..o(class, drop_command(d.remove_type)).flag(Flag::Drop)
@@ -205,9 +222,17 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
                 Ok(ObjectType::ObjectColumn | ObjectType::ObjectTabconstraint) => r.relation_type,
                 _ => r.rename_type,
             };
-            let class = if r.rename_type == ObjectType::ObjectRole as i32 { Dcl } else { Ddl };
+            let class = if r.rename_type == ObjectType::ObjectRole as i32 {
+                Dcl
+            } else {
+                Ddl
+            };
             let mut outline = o(class, alter_command(object));
-            if let Some(rel) = r.relation.as_ref().filter(|_| is_relation_type(r.rename_type)) {
+            if let Some(rel) = r
+                .relation
+                .as_ref()
+                .filter(|_| is_relation_type(r.rename_type))
+            {
                 // The new name is written too: renaming into a protected name counts.
                 outline.tables.push(TableRef {
                     schema: non_empty(&rel.schemaname),
@@ -219,7 +244,11 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
         }
         NodeEnum::AlterObjectSchemaStmt(a) => {
             let mut outline = o(Ddl, alter_command(a.object_type));
-            if let Some(rel) = a.relation.as_ref().filter(|_| is_relation_type(a.object_type)) {
+            if let Some(rel) = a
+                .relation
+                .as_ref()
+                .filter(|_| is_relation_type(a.object_type))
+            {
                 // Moving a table into a protected schema writes there.
                 outline.tables.push(TableRef {
                     schema: non_empty(&a.newschema),
@@ -230,12 +259,20 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
             outline
         }
         NodeEnum::CommentStmt(c) => Outline {
-            tables: c.object.as_deref().map_or_else(Vec::new, |obj| named_relations(c.objtype, std::slice::from_ref(obj))),
+            tables: c.object.as_deref().map_or_else(Vec::new, |obj| {
+                named_relations(c.objtype, std::slice::from_ref(obj))
+            }),
             ..o(Ddl, "COMMENT")
         },
-        NodeEnum::CreateFunctionStmt(f) => {
-            o(Ddl, if f.is_procedure { "CREATE PROCEDURE" } else { "CREATE FUNCTION" }).flag(Flag::ProceduralCode)
-        }
+        NodeEnum::CreateFunctionStmt(f) => o(
+            Ddl,
+            if f.is_procedure {
+                "CREATE PROCEDURE"
+            } else {
+                "CREATE FUNCTION"
+            },
+        )
+        .flag(Flag::ProceduralCode),
         NodeEnum::CreateTableAsStmt(c) => o(
             Ddl,
             if c.objtype == ObjectType::ObjectMatview as i32 {
@@ -248,7 +285,10 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
         ),
         NodeEnum::CreateSchemaStmt(s) => {
             // CREATE SCHEMA may carry GRANTs among its elements.
-            let grants = s.schema_elts.iter().any(|e| matches!(e.node, Some(NodeEnum::GrantStmt(_))));
+            let grants = s
+                .schema_elts
+                .iter()
+                .any(|e| matches!(e.node, Some(NodeEnum::GrantStmt(_))));
             o(if grants { Dcl } else { Ddl }, "CREATE SCHEMA")
         }
         NodeEnum::CreateStmt(_) => o(Ddl, "CREATE TABLE"),
@@ -262,7 +302,9 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
         NodeEnum::AlterEventTrigStmt(_) => o(Ddl, "ALTER EVENT TRIGGER"),
         NodeEnum::RuleStmt(_) => o(Ddl, "CREATE RULE"),
         NodeEnum::CreateExtensionStmt(_) => o(Ddl, "CREATE EXTENSION"),
-        NodeEnum::AlterExtensionStmt(_) | NodeEnum::AlterExtensionContentsStmt(_) => o(Ddl, "ALTER EXTENSION"),
+        NodeEnum::AlterExtensionStmt(_) | NodeEnum::AlterExtensionContentsStmt(_) => {
+            o(Ddl, "ALTER EXTENSION")
+        }
         NodeEnum::CreateFdwStmt(_) => o(Ddl, "CREATE FOREIGN DATA WRAPPER"),
         NodeEnum::AlterFdwStmt(_) => o(Ddl, "ALTER FOREIGN DATA WRAPPER"),
         NodeEnum::CreateForeignServerStmt(_) => o(Ddl, "CREATE SERVER"),
@@ -282,9 +324,9 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
         NodeEnum::AlterObjectDependsStmt(a) => o(Ddl, alter_command(a.object_type)),
         NodeEnum::AlterOperatorStmt(_) => o(Ddl, "ALTER OPERATOR"),
         NodeEnum::AlterTypeStmt(_) | NodeEnum::AlterEnumStmt(_) => o(Ddl, "ALTER TYPE"),
-        NodeEnum::CompositeTypeStmt(_) | NodeEnum::CreateEnumStmt(_) | NodeEnum::CreateRangeStmt(_) => {
-            o(Ddl, "CREATE TYPE")
-        }
+        NodeEnum::CompositeTypeStmt(_)
+        | NodeEnum::CreateEnumStmt(_)
+        | NodeEnum::CreateRangeStmt(_) => o(Ddl, "CREATE TYPE"),
         NodeEnum::CreatedbStmt(_) => o(Ddl, "CREATE DATABASE"),
         NodeEnum::AlterDatabaseStmt(_)
         | NodeEnum::AlterDatabaseRefreshCollStmt(_)
@@ -303,8 +345,13 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
         // parser produces nothing else at the top level; anything new means
         // pg_query changed, and unknown input is refused.
         _ => {
-            let kind = tree::to_value(node).ok().and_then(|v| v.kind()).unwrap_or("?");
-            return Err(ClassifyError::internal(format!("unsupported statement kind {kind}")));
+            let kind = tree::to_value(node)
+                .ok()
+                .and_then(|v| v.kind())
+                .unwrap_or("?");
+            return Err(ClassifyError::internal(format!(
+                "unsupported statement kind {kind}"
+            )));
         }
     })
 }
@@ -315,14 +362,21 @@ fn copy_outline(copy: &CopyStmt) -> Outline {
         // A shell command on the database server is administration, whatever the data does.
         return Outline::new(StatementClass::Admin, "COPY").flag(Flag::CopyProgram);
     }
-    let class = if copy.is_from { StatementClass::Write } else { StatementClass::Read };
+    let class = if copy.is_from {
+        StatementClass::Write
+    } else {
+        StatementClass::Read
+    };
     // STDIN/STDOUT leave `filename` empty; anything else is a server file.
     Outline::new(class, "COPY").flag_if(!copy.filename.is_empty(), Flag::CopyFile)
 }
 
 fn set_outline(set: &VariableSetStmt) -> Outline {
     let kind = VariableSetKind::try_from(set.kind).unwrap_or(VariableSetKind::Undefined);
-    let reset = matches!(kind, VariableSetKind::VarReset | VariableSetKind::VarResetAll);
+    let reset = matches!(
+        kind,
+        VariableSetKind::VarReset | VariableSetKind::VarResetAll
+    );
     if is_identity_setting(&set.name) {
         let command = match (reset, set.name.eq_ignore_ascii_case("role")) {
             (false, true) => "SET ROLE",
@@ -338,7 +392,10 @@ fn set_outline(set: &VariableSetStmt) -> Outline {
     // TRANSACTION SNAPSHOT: the grammar names these with upper-case
     // pseudo-settings no identifier can spell unquoted.
     if kind == VariableSetKind::VarSetMulti
-        && matches!(set.name.as_str(), "TRANSACTION" | "SESSION CHARACTERISTICS" | "TRANSACTION SNAPSHOT")
+        && matches!(
+            set.name.as_str(),
+            "TRANSACTION" | "SESSION CHARACTERISTICS" | "TRANSACTION SNAPSHOT"
+        )
     {
         return Outline::new(StatementClass::Transaction, "SET TRANSACTION");
     }
@@ -363,9 +420,15 @@ fn alter_table_outline(alter: &pg_query::protobuf::AlterTableStmt) -> Outline {
                 | AlterTableType::AtNoForceRowSecurity
         )
     });
-    let class = if dcl { StatementClass::Dcl } else { StatementClass::Ddl };
-    Outline::new(class, alter_command(alter.objtype))
-        .flag_if(subtypes().any(|t| t == AlterTableType::AtDropColumn), Flag::Drop)
+    let class = if dcl {
+        StatementClass::Dcl
+    } else {
+        StatementClass::Ddl
+    };
+    Outline::new(class, alter_command(alter.objtype)).flag_if(
+        subtypes().any(|t| t == AlterTableType::AtDropColumn),
+        Flag::Drop,
+    )
 }
 
 fn transaction_command(kind: i32) -> &'static str {
@@ -415,7 +478,8 @@ fn classify_explain(explain: &ExplainStmt) -> Result<Statement, ClassifyError> {
     inner.flags.iter().for_each(|f| flags.insert(*f));
     // EXPLAIN ANALYZE EXECUTE: what runs is the stored statement, which the
     // session resolves through `prepared`; flagging here would guess.
-    let executes_prepared = matches!(inner.prepared, Some(Prepared::Execute(_))) && inner.command == "EXECUTE";
+    let executes_prepared =
+        matches!(inner.prepared, Some(Prepared::Execute(_))) && inner.command == "EXECUTE";
     if inner.class != StatementClass::Read && !executes_prepared {
         flags.insert(Flag::ExplainAnalyzeWrite);
     }
@@ -438,7 +502,9 @@ fn explain_analyze(options: &[Node]) -> bool {
                 None => true,
                 Some(NodeEnum::Boolean(b)) => b.boolval,
                 Some(NodeEnum::Integer(i)) => i.ival != 0,
-                Some(NodeEnum::String(s)) => !matches!(s.sval.to_ascii_lowercase().as_str(), "false" | "off" | "0"),
+                Some(NodeEnum::String(s)) => {
+                    !matches!(s.sval.to_ascii_lowercase().as_str(), "false" | "off" | "0")
+                }
                 Some(_) => true,
             }
         }
@@ -459,13 +525,23 @@ fn classify_prepare(prepare: &PrepareStmt) -> Result<Statement, ClassifyError> {
 fn inner_statement(query: Option<&Node>) -> Result<Statement, ClassifyError> {
     match query.and_then(|q| q.node.as_ref()) {
         Some(node) => classify_statement(node),
-        None => Err(ClassifyError::internal("statement without its inner query".to_owned())),
+        None => Err(ClassifyError::internal(
+            "statement without its inner query".to_owned(),
+        )),
     }
 }
 
-/// Relations named by DROP/COMMENT as plain name lists (`[schema,] name`), for table-like objects.
+/// Relations named by DROP/COMMENT as plain name lists (`[schema,] name`):
+/// table-like objects themselves, and the table of a column, trigger, rule
+/// or policy (`[schema,] table, name`).
 fn named_relations(object_type: i32, objects: &[Node]) -> Vec<TableRef> {
-    let column = object_type == ObjectType::ObjectColumn as i32;
+    let column = matches!(
+        ObjectType::try_from(object_type),
+        Ok(ObjectType::ObjectColumn
+            | ObjectType::ObjectTrigger
+            | ObjectType::ObjectRule
+            | ObjectType::ObjectPolicy)
+    );
     if !column && !is_relation_type(object_type) {
         return Vec::new();
     }
@@ -484,7 +560,8 @@ fn named_relations(object_type: i32, objects: &[Node]) -> Vec<TableRef> {
                 })
                 .collect();
             if column {
-                // `COMMENT ON COLUMN [schema.]table.column`: the table is written.
+                // `COMMENT ON COLUMN [schema.]table.column`, `DROP TRIGGER t ON [schema.]table`:
+                // the table is written.
                 names.pop();
             }
             let name = names.pop()?;

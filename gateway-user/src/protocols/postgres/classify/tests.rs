@@ -16,7 +16,11 @@ fn one(sql: &str) -> Statement {
 #[track_caller]
 fn check(sql: &str, class: StatementClass, flags: &[Flag]) -> Statement {
     let s = one(sql);
-    assert_eq!((s.class, s.flags.as_slice()), (class, flags), "{sql:?}: {s:?}");
+    assert_eq!(
+        (s.class, s.flags.as_slice()),
+        (class, flags),
+        "{sql:?}: {s:?}"
+    );
     s
 }
 
@@ -53,7 +57,11 @@ fn every_class() {
         ),
         ("COPY t FROM STDIN", Write, "COPY"),
         ("SELECT * INTO t2 FROM t", Write, "SELECT INTO"),
-        ("REFRESH MATERIALIZED VIEW mv", Write, "REFRESH MATERIALIZED VIEW"),
+        (
+            "REFRESH MATERIALIZED VIEW mv",
+            Write,
+            "REFRESH MATERIALIZED VIEW",
+        ),
         ("NOTIFY ch, 'x'", Write, "NOTIFY"),
         ("LOCK TABLE t", Write, "LOCK TABLE"),
         ("CREATE TABLE t (a int)", Ddl, "CREATE TABLE"),
@@ -61,20 +69,36 @@ fn every_class() {
         ("CREATE INDEX ON t (a)", Ddl, "CREATE INDEX"),
         ("CREATE VIEW v AS SELECT 1", Ddl, "CREATE VIEW"),
         ("COMMENT ON TABLE t IS 'x'", Ddl, "COMMENT"),
-        ("CREATE EXTENSION IF NOT EXISTS pgcrypto", Ddl, "CREATE EXTENSION"),
+        (
+            "CREATE EXTENSION IF NOT EXISTS pgcrypto",
+            Ddl,
+            "CREATE EXTENSION",
+        ),
         ("CREATE TABLE t2 AS SELECT * FROM t", Ddl, "CREATE TABLE AS"),
         ("CREATE DATABASE d", Ddl, "CREATE DATABASE"),
         ("ALTER SEQUENCE s RESTART", Ddl, "ALTER SEQUENCE"),
         ("CREATE TYPE mood AS ENUM ('a')", Ddl, "CREATE TYPE"),
-        ("CREATE AGGREGATE a (int) (sfunc = f, stype = int)", Ddl, "CREATE AGGREGATE"),
+        (
+            "CREATE AGGREGATE a (int) (sfunc = f, stype = int)",
+            Ddl,
+            "CREATE AGGREGATE",
+        ),
         ("GRANT SELECT ON t TO ci", Dcl, "GRANT"),
         ("REVOKE ALL ON t FROM ci", Dcl, "REVOKE"),
         ("GRANT admin TO ci", Dcl, "GRANT"),
         ("CREATE ROLE r", Dcl, "CREATE ROLE"),
         ("CREATE USER u", Dcl, "CREATE USER"),
         ("ALTER ROLE r NOSUPERUSER", Dcl, "ALTER ROLE"),
-        ("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO ci", Dcl, "ALTER DEFAULT PRIVILEGES"),
-        ("ALTER TABLE t DISABLE ROW LEVEL SECURITY", Dcl, "ALTER TABLE"),
+        (
+            "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO ci",
+            Dcl,
+            "ALTER DEFAULT PRIVILEGES",
+        ),
+        (
+            "ALTER TABLE t DISABLE ROW LEVEL SECURITY",
+            Dcl,
+            "ALTER TABLE",
+        ),
         ("ALTER FUNCTION f() OWNER TO x", Dcl, "ALTER FUNCTION"),
         ("CREATE POLICY p ON t USING (true)", Dcl, "CREATE POLICY"),
         ("ALTER ROLE r RENAME TO s", Dcl, "ALTER ROLE"),
@@ -85,19 +109,43 @@ fn every_class() {
         ("CHECKPOINT", Admin, "CHECKPOINT"),
         ("LOAD 'auto_explain'", Admin, "LOAD"),
         ("ALTER SYSTEM SET work_mem = '1GB'", Admin, "ALTER SYSTEM"),
-        ("CREATE TABLESPACE ts LOCATION '/x'", Admin, "CREATE TABLESPACE"),
+        (
+            "CREATE TABLESPACE ts LOCATION '/x'",
+            Admin,
+            "CREATE TABLESPACE",
+        ),
         ("BEGIN", Transaction, "BEGIN"),
-        ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE", Transaction, "START TRANSACTION"),
+        (
+            "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            Transaction,
+            "START TRANSACTION",
+        ),
         ("COMMIT", Transaction, "COMMIT"),
         ("END", Transaction, "COMMIT"),
         ("ROLLBACK", Transaction, "ROLLBACK"),
         ("SAVEPOINT s", Transaction, "SAVEPOINT"),
         ("RELEASE SAVEPOINT s", Transaction, "RELEASE"),
-        ("ROLLBACK TO SAVEPOINT s", Transaction, "ROLLBACK TO SAVEPOINT"),
-        ("PREPARE TRANSACTION 'x'", Transaction, "PREPARE TRANSACTION"),
+        (
+            "ROLLBACK TO SAVEPOINT s",
+            Transaction,
+            "ROLLBACK TO SAVEPOINT",
+        ),
+        (
+            "PREPARE TRANSACTION 'x'",
+            Transaction,
+            "PREPARE TRANSACTION",
+        ),
         ("COMMIT PREPARED 'x'", Transaction, "COMMIT PREPARED"),
-        ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", Transaction, "SET TRANSACTION"),
-        ("SET CONSTRAINTS ALL DEFERRED", Transaction, "SET CONSTRAINTS"),
+        (
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            Transaction,
+            "SET TRANSACTION",
+        ),
+        (
+            "SET CONSTRAINTS ALL DEFERRED",
+            Transaction,
+            "SET CONSTRAINTS",
+        ),
         ("SET search_path = public", Other, "SET"),
         ("SET LOCAL statement_timeout = 0", Other, "SET"),
         ("RESET ALL", Other, "RESET"),
@@ -130,7 +178,11 @@ fn every_flag() {
         &[DataModifyingCte],
     );
     check("DO $$ BEGIN NULL; END $$", Write, &[ProceduralCode]);
-    check("EXPLAIN ANALYZE INSERT INTO t VALUES (1)", Write, &[ExplainAnalyzeWrite]);
+    check(
+        "EXPLAIN ANALYZE INSERT INTO t VALUES (1)",
+        Write,
+        &[ExplainAnalyzeWrite],
+    );
     check("COPY t TO PROGRAM 'gzip > /tmp/x'", Admin, &[CopyProgram]);
     check("COPY t TO '/tmp/x'", Read, &[CopyFile]);
     check("SELECT pg_cancel_backend(1)", Read, &[DangerousFunction]);
@@ -140,7 +192,11 @@ fn every_flag() {
 #[test]
 fn comments_and_casing_do_not_matter() {
     check("/* x */ dElEtE FROM t", Write, &[DeleteWithoutWhere]);
-    check("-- a comment\nDeLeTe\n/* nested /* comment */ */ FROM t -- trailing", Write, &[DeleteWithoutWhere]);
+    check(
+        "-- a comment\nDeLeTe\n/* nested /* comment */ */ FROM t -- trailing",
+        Write,
+        &[DeleteWithoutWhere],
+    );
     check("dRoP   tAbLe \"T\"", Ddl, &[Drop]);
     check("sElEcT Pg_TeRmInAtE_bAcKeNd(1)", Read, &[DangerousFunction]);
 }
@@ -154,7 +210,10 @@ fn every_statement_of_a_string_is_classified() {
     assert_eq!(c.statements[1].tables, [table(None, "t", Access::Write)]);
 
     let c = classify("BEGIN; UPDATE t SET a = 1; COMMIT;").expect("parses");
-    assert_eq!(c.classes().collect::<Vec<_>>(), [Transaction, Write, Transaction]);
+    assert_eq!(
+        c.classes().collect::<Vec<_>>(),
+        [Transaction, Write, Transaction]
+    );
     assert_eq!(c.flags().collect::<Vec<_>>(), [UpdateWithoutWhere]);
 
     // A `;` inside a literal or comment does not split statements.
@@ -164,7 +223,14 @@ fn every_statement_of_a_string_is_classified() {
 
 #[test]
 fn empty_and_comment_only_strings_are_empty() {
-    for sql in ["", "   ", ";", "-- only a comment", "/* c */", "/* a */ ; -- b\n;"] {
+    for sql in [
+        "",
+        "   ",
+        ";",
+        "-- only a comment",
+        "/* c */",
+        "/* a */ ; -- b\n;",
+    ] {
         let c = classify(sql).unwrap_or_else(|e| panic!("{sql:?}: {e}"));
         assert!(c.is_empty(), "{sql:?}: {c:?}");
     }
@@ -200,19 +266,39 @@ fn data_modifying_ctes() {
 
 #[test]
 fn explain_runs_its_statement_only_with_analyze() {
-    let s = check("EXPLAIN ANALYZE DELETE FROM t", Write, &[DeleteWithoutWhere, ExplainAnalyzeWrite]);
+    let s = check(
+        "EXPLAIN ANALYZE DELETE FROM t",
+        Write,
+        &[DeleteWithoutWhere, ExplainAnalyzeWrite],
+    );
     assert_eq!(s.command, "EXPLAIN ANALYZE");
     assert_eq!(s.tables, [table(None, "t", Access::Write)]);
-    check("EXPLAIN (ANALYZE) DELETE FROM t WHERE a = 1", Write, &[ExplainAnalyzeWrite]);
-    check("EXPLAIN (ANALYZE on, BUFFERS) UPDATE t SET a = 1 WHERE b = 1", Write, &[ExplainAnalyzeWrite]);
-    check("explain analyse verbose delete from t where a = 1", Write, &[ExplainAnalyzeWrite]);
+    check(
+        "EXPLAIN (ANALYZE) DELETE FROM t WHERE a = 1",
+        Write,
+        &[ExplainAnalyzeWrite],
+    );
+    check(
+        "EXPLAIN (ANALYZE on, BUFFERS) UPDATE t SET a = 1 WHERE b = 1",
+        Write,
+        &[ExplainAnalyzeWrite],
+    );
+    check(
+        "explain analyse verbose delete from t where a = 1",
+        Write,
+        &[ExplainAnalyzeWrite],
+    );
     check("EXPLAIN ANALYZE SELECT * FROM t", Read, &[]);
     check(
         "EXPLAIN ANALYZE WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
         Write,
         &[DeleteWithoutWhere, DataModifyingCte, ExplainAnalyzeWrite],
     );
-    check("EXPLAIN ANALYZE CREATE TABLE t2 AS SELECT 1", Ddl, &[ExplainAnalyzeWrite]);
+    check(
+        "EXPLAIN ANALYZE CREATE TABLE t2 AS SELECT 1",
+        Ddl,
+        &[ExplainAnalyzeWrite],
+    );
 
     // Without ANALYZE nothing runs: a read, no write flags, tables read.
     let s = check("EXPLAIN DELETE FROM t", Read, &[]);
@@ -220,47 +306,126 @@ fn explain_runs_its_statement_only_with_analyze() {
     assert_eq!(s.tables, [table(None, "t", Access::Read)]);
     check("EXPLAIN (ANALYZE false) DELETE FROM t", Read, &[]);
     check("EXPLAIN (ANALYZE off, COSTS) UPDATE t SET a = 1", Read, &[]);
-    check("EXPLAIN (FORMAT JSON) WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", Read, &[]);
+    check(
+        "EXPLAIN (FORMAT JSON) WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        Read,
+        &[],
+    );
     // A later ANALYZE wins in PostgreSQL; any enabled mention counts here.
-    check("EXPLAIN (ANALYZE false, ANALYZE true) DELETE FROM t", Write, &[DeleteWithoutWhere, ExplainAnalyzeWrite]);
+    check(
+        "EXPLAIN (ANALYZE false, ANALYZE true) DELETE FROM t",
+        Write,
+        &[DeleteWithoutWhere, ExplainAnalyzeWrite],
+    );
     // Function flags stay: a plan can still be about them.
-    check("EXPLAIN SELECT pg_read_file('x')", Read, &[DangerousFunction]);
+    check(
+        "EXPLAIN SELECT pg_read_file('x')",
+        Read,
+        &[DangerousFunction],
+    );
 }
 
 #[test]
 fn copy_directions_and_endpoints() {
     let s = check("COPY t TO STDOUT", Read, &[]);
     assert_eq!(s.tables, [table(None, "t", Access::Read)]);
-    let s = check("COPY billing.invoices FROM STDIN WITH (FORMAT csv)", Write, &[]);
-    assert_eq!(s.tables, [table(Some("billing"), "invoices", Access::Write)]);
+    let s = check(
+        "COPY billing.invoices FROM STDIN WITH (FORMAT csv)",
+        Write,
+        &[],
+    );
+    assert_eq!(
+        s.tables,
+        [table(Some("billing"), "invoices", Access::Write)]
+    );
     check("COPY t TO PROGRAM 'x'", Admin, &[CopyProgram]);
-    check("copy t from program 'curl http://x | sh'", Admin, &[CopyProgram]);
+    check(
+        "copy t from program 'curl http://x | sh'",
+        Admin,
+        &[CopyProgram],
+    );
     check("COPY t FROM '/etc/passwd'", Write, &[CopyFile]);
     check("COPY t TO '/tmp/dump.csv'", Read, &[CopyFile]);
     check("COPY (SELECT * FROM t) TO STDOUT", Read, &[]);
     // COPY's query may be a data change with RETURNING.
-    check("COPY (DELETE FROM t RETURNING *) TO STDOUT", Write, &[DeleteWithoutWhere]);
-    check("COPY (SELECT pg_read_file('/etc/passwd')) TO STDOUT", Read, &[DangerousFunction]);
+    check(
+        "COPY (DELETE FROM t RETURNING *) TO STDOUT",
+        Write,
+        &[DeleteWithoutWhere],
+    );
+    check(
+        "COPY (SELECT pg_read_file('/etc/passwd')) TO STDOUT",
+        Read,
+        &[DangerousFunction],
+    );
 }
 
 #[test]
 fn dangerous_functions_anywhere() {
     check("SELECT pg_terminate_backend(1)", Read, &[DangerousFunction]);
-    check("select PG_CATALOG.pg_read_file('x')", Read, &[DangerousFunction]);
-    check("SELECT \"pg_catalog\".\"pg_ls_dir\"('.')", Read, &[DangerousFunction]);
-    check("SELECT * FROM pg_ls_dir('.') AS f", Read, &[DangerousFunction]);
-    check("SELECT * FROM t WHERE a = (SELECT lo_import('/etc/passwd'))", Read, &[DangerousFunction]);
-    check("SELECT * FROM public.dblink('host=x', 'DELETE FROM t') AS r(a int)", Read, &[DangerousFunction]);
-    check("SELECT dblink_exec('DROP TABLE t')", Read, &[DangerousFunction]);
-    check("UPDATE t SET a = pg_reload_conf() WHERE b = 1", Write, &[DangerousFunction]);
-    check("CALL p(pg_promote())", Write, &[ProceduralCode, DangerousFunction]);
-    check("ALTER TABLE t ADD COLUMN c text DEFAULT pg_read_file('x')", Ddl, &[DangerousFunction]);
+    check(
+        "select PG_CATALOG.pg_read_file('x')",
+        Read,
+        &[DangerousFunction],
+    );
+    check(
+        "SELECT \"pg_catalog\".\"pg_ls_dir\"('.')",
+        Read,
+        &[DangerousFunction],
+    );
+    check(
+        "SELECT * FROM pg_ls_dir('.') AS f",
+        Read,
+        &[DangerousFunction],
+    );
+    check(
+        "SELECT * FROM t WHERE a = (SELECT lo_import('/etc/passwd'))",
+        Read,
+        &[DangerousFunction],
+    );
+    check(
+        "SELECT * FROM public.dblink('host=x', 'DELETE FROM t') AS r(a int)",
+        Read,
+        &[DangerousFunction],
+    );
+    check(
+        "SELECT dblink_exec('DROP TABLE t')",
+        Read,
+        &[DangerousFunction],
+    );
+    check(
+        "UPDATE t SET a = pg_reload_conf() WHERE b = 1",
+        Write,
+        &[DangerousFunction],
+    );
+    check(
+        "CALL p(pg_promote())",
+        Write,
+        &[ProceduralCode, DangerousFunction],
+    );
+    check(
+        "ALTER TABLE t ADD COLUMN c text DEFAULT pg_read_file('x')",
+        Ddl,
+        &[DangerousFunction],
+    );
     check("EXECUTE p(pg_switch_wal())", Other, &[DangerousFunction]);
     // SQL in a string escapes the classifier: the evaluators themselves are flagged.
-    check("SELECT query_to_xml('select * from billing.cards', true, true, '')", Read, &[DangerousFunction]);
-    check("SELECT table_to_xml('billing.cards', true, true, '')", Read, &[DangerousFunction]);
+    check(
+        "SELECT query_to_xml('select * from billing.cards', true, true, '')",
+        Read,
+        &[DangerousFunction],
+    );
+    check(
+        "SELECT table_to_xml('billing.cards', true, true, '')",
+        Read,
+        &[DangerousFunction],
+    );
     // Ordinary functions are not.
-    check("SELECT now(), count(*), lower(name), nextval('s') FROM t GROUP BY 2", Read, &[]);
+    check(
+        "SELECT now(), count(*), lower(name), nextval('s') FROM t GROUP BY 2",
+        Read,
+        &[],
+    );
     for f in DANGEROUS_FUNCTIONS {
         assert!(is_dangerous_function(&f.to_ascii_uppercase()), "{f}");
         check(&format!("SELECT {f}()"), Read, &[DangerousFunction]);
@@ -279,14 +444,26 @@ fn role_changes() {
     check("SET \"ROLE\" = 'admin'", Other, &[SetRole]);
     check("SET role TO DEFAULT", Other, &[SetRole]);
     check("DISCARD ALL", Other, &[SetRole]);
-    check("select set_config('role','x',false)", Read, &[DangerousFunction, SetRole]);
-    check("SELECT pg_catalog.set_config('Session_Authorization', 'x', true)", Read, &[DangerousFunction, SetRole]);
+    check(
+        "select set_config('role','x',false)",
+        Read,
+        &[DangerousFunction, SetRole],
+    );
+    check(
+        "SELECT pg_catalog.set_config('Session_Authorization', 'x', true)",
+        Read,
+        &[DangerousFunction, SetRole],
+    );
     check(
         "SELECT set_config(new_value => 'x', setting_name => 'role', is_local => false)",
         Read,
         &[DangerousFunction, SetRole],
     );
-    check("SELECT set_config('role'::text, 'x', false)", Read, &[DangerousFunction, SetRole]);
+    check(
+        "SELECT set_config('role'::text, 'x', false)",
+        Read,
+        &[DangerousFunction, SetRole],
+    );
     // A tenant id for row-level security is not a role change.
     check("SELECT set_config('app.tenant_id', $1, false)", Read, &[]);
     // Role defaults and function SET clauses switch later sessions or calls.
@@ -302,8 +479,16 @@ fn role_changes() {
 
 #[test]
 fn procedural_code() {
-    check("DO $$ BEGIN DELETE FROM t; END $$", Write, &[ProceduralCode]);
-    check("DO LANGUAGE plpgsql 'BEGIN PERFORM 1; END'", Write, &[ProceduralCode]);
+    check(
+        "DO $$ BEGIN DELETE FROM t; END $$",
+        Write,
+        &[ProceduralCode],
+    );
+    check(
+        "DO LANGUAGE plpgsql 'BEGIN PERFORM 1; END'",
+        Write,
+        &[ProceduralCode],
+    );
     check("CALL p(1)", Write, &[ProceduralCode]);
     let s = check(
         "CREATE OR REPLACE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN DELETE FROM t; END $$",
@@ -311,7 +496,11 @@ fn procedural_code() {
         &[ProceduralCode],
     );
     assert_eq!(s.command, "CREATE FUNCTION");
-    let s = check("CREATE PROCEDURE p() LANGUAGE sql AS 'select 1'", Ddl, &[ProceduralCode]);
+    let s = check(
+        "CREATE PROCEDURE p() LANGUAGE sql AS 'select 1'",
+        Ddl,
+        &[ProceduralCode],
+    );
     assert_eq!(s.command, "CREATE PROCEDURE");
     // A SQL-standard body is parsed, so what it would do is visible too.
     check(
@@ -328,7 +517,11 @@ fn prepared_statements() {
     assert_eq!(s.prepared, Some(Prepared::Define("p".to_owned())));
     assert_eq!(s.prepared_name(), Some("p"));
     assert_eq!(s.tables, [table(None, "t", Access::Write)]);
-    check("PREPARE q (int) AS SELECT * FROM t WHERE id = $1", Read, &[]);
+    check(
+        "PREPARE q (int) AS SELECT * FROM t WHERE id = $1",
+        Read,
+        &[],
+    );
 
     let s = check("EXECUTE p (1)", Other, &[]);
     assert_eq!(s.prepared, Some(Prepared::Execute("p".to_owned())));
@@ -339,8 +532,14 @@ fn prepared_statements() {
     // EXPLAIN without ANALYZE runs nothing.
     assert_eq!(one("EXPLAIN EXECUTE p").prepared, None);
 
-    assert_eq!(one("DEALLOCATE PREPARE p").prepared, Some(Prepared::Deallocate(Some("p".to_owned()))));
-    assert_eq!(one("DEALLOCATE ALL").prepared, Some(Prepared::Deallocate(None)));
+    assert_eq!(
+        one("DEALLOCATE PREPARE p").prepared,
+        Some(Prepared::Deallocate(Some("p".to_owned())))
+    );
+    assert_eq!(
+        one("DEALLOCATE ALL").prepared,
+        Some(Prepared::Deallocate(None))
+    );
     assert_eq!(one("SELECT 1").prepared_name(), None);
 }
 
@@ -353,13 +552,33 @@ fn where_clauses() {
     check("DELETE FROM t USING u", Write, &[DeleteWithoutWhere]);
     check("UPDATE t SET a = 1", Write, &[UpdateWithoutWhere]);
     check("UPDATE t SET a = 1 FROM u", Write, &[UpdateWithoutWhere]);
-    check("UPDATE t SET a = (SELECT 1 FROM u WHERE u.x = 1)", Write, &[UpdateWithoutWhere]);
-    check("UPDATE t SET a = 1 WHERE id IN (SELECT id FROM u)", Write, &[]);
+    check(
+        "UPDATE t SET a = (SELECT 1 FROM u WHERE u.x = 1)",
+        Write,
+        &[UpdateWithoutWhere],
+    );
+    check(
+        "UPDATE t SET a = 1 WHERE id IN (SELECT id FROM u)",
+        Write,
+        &[],
+    );
     // A WHERE in a subquery is not the DELETE's WHERE.
-    check("DELETE FROM t RETURNING (SELECT 1 FROM u WHERE u.a = 1)", Write, &[DeleteWithoutWhere]);
+    check(
+        "DELETE FROM t RETURNING (SELECT 1 FROM u WHERE u.a = 1)",
+        Write,
+        &[DeleteWithoutWhere],
+    );
     // PREPARE and rule actions count too.
-    check("PREPARE p AS UPDATE t SET a = $1", Write, &[UpdateWithoutWhere]);
-    check("CREATE RULE r AS ON INSERT TO t DO INSTEAD DELETE FROM u", Ddl, &[DeleteWithoutWhere]);
+    check(
+        "PREPARE p AS UPDATE t SET a = $1",
+        Write,
+        &[UpdateWithoutWhere],
+    );
+    check(
+        "CREATE RULE r AS ON INSERT TO t DO INSTEAD DELETE FROM u",
+        Ddl,
+        &[DeleteWithoutWhere],
+    );
 }
 
 #[test]
@@ -375,9 +594,14 @@ fn table_references() {
     let s = one("UPDATE billing.invoices i SET paid = true FROM payments p WHERE p.id = i.id");
     assert_eq!(
         s.tables,
-        [table(None, "payments", Access::Read), table(Some("billing"), "invoices", Access::Write)]
+        [
+            table(None, "payments", Access::Read),
+            table(Some("billing"), "invoices", Access::Write)
+        ]
     );
-    let s = one("SELECT * FROM a JOIN b.c ON true, LATERAL (SELECT * FROM d WHERE d.x IN (SELECT y FROM e)) s");
+    let s = one(
+        "SELECT * FROM a JOIN b.c ON true, LATERAL (SELECT * FROM d WHERE d.x IN (SELECT y FROM e)) s",
+    );
     let names: Vec<&str> = s.tables.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["a", "d", "e", "c"]);
     assert!(s.tables.iter().all(|t| t.access == Access::Read));
@@ -388,27 +612,64 @@ fn table_references() {
     let s = one("CREATE VIEW billing.v AS SELECT * FROM public.t");
     assert_eq!(
         s.tables,
-        [table(Some("billing"), "v", Access::Write), table(Some("public"), "t", Access::Read)]
+        [
+            table(Some("billing"), "v", Access::Write),
+            table(Some("public"), "t", Access::Read)
+        ]
     );
     let s = one("DROP TABLE a, billing.b");
     assert_eq!(
         s.tables,
-        [table(None, "a", Access::Write), table(Some("billing"), "b", Access::Write)]
+        [
+            table(None, "a", Access::Write),
+            table(Some("billing"), "b", Access::Write)
+        ]
     );
     let s = one("TRUNCATE billing.invoices");
-    assert_eq!(s.tables, [table(Some("billing"), "invoices", Access::Write)]);
+    assert_eq!(
+        s.tables,
+        [table(Some("billing"), "invoices", Access::Write)]
+    );
     let s = one("COMMENT ON COLUMN billing.invoices.total IS 'x'");
-    assert_eq!(s.tables, [table(Some("billing"), "invoices", Access::Write)]);
+    assert_eq!(
+        s.tables,
+        [table(Some("billing"), "invoices", Access::Write)]
+    );
     // Renaming or moving into a protected place writes there.
     let s = one("ALTER TABLE public.t SET SCHEMA billing");
-    assert!(s.tables.contains(&table(Some("billing"), "t", Access::Write)));
+    assert!(
+        s.tables
+            .contains(&table(Some("billing"), "t", Access::Write))
+    );
     let s = one("ALTER TABLE billing.t RENAME TO u");
-    assert!(s.tables.contains(&table(Some("billing"), "u", Access::Write)));
+    assert!(
+        s.tables
+            .contains(&table(Some("billing"), "u", Access::Write))
+    );
+    let s = one("DROP POLICY p ON billing.invoices");
+    assert_eq!(
+        (s.class, s.tables.as_slice()),
+        (
+            Dcl,
+            [table(Some("billing"), "invoices", Access::Write)].as_slice()
+        )
+    );
+    let s = one("WITH x AS (SELECT 1) SELECT * FROM billing.invoices i, x FOR UPDATE OF i");
+    assert_eq!(s.tables, [table(Some("billing"), "invoices", Access::Read)]);
     let s = one("GRANT SELECT ON billing.invoices TO ci");
-    assert_eq!(s.tables, [table(Some("billing"), "invoices", Access::Write)]);
+    assert_eq!(
+        s.tables,
+        [table(Some("billing"), "invoices", Access::Write)]
+    );
     // A table both read and written appears once per access, once each.
     let s = one("INSERT INTO t SELECT * FROM t UNION ALL SELECT * FROM t");
-    assert_eq!(s.tables, [table(None, "t", Access::Read), table(None, "t", Access::Write)]);
+    assert_eq!(
+        s.tables,
+        [
+            table(None, "t", Access::Read),
+            table(None, "t", Access::Write)
+        ]
+    );
 }
 
 #[test]
@@ -419,19 +680,30 @@ fn cte_names_are_scoped_and_never_hide_real_tables() {
     // A plain WITH sees only earlier CTEs: `b` in the first one is the real table.
     let s = one("WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a, b");
     assert_eq!(s.tables, [table(None, "b", Access::Read)]);
-    assert!(one("WITH RECURSIVE a AS (SELECT 1 UNION SELECT * FROM a) SELECT * FROM a").tables.is_empty());
+    assert!(
+        one("WITH RECURSIVE a AS (SELECT 1 UNION SELECT * FROM a) SELECT * FROM a")
+            .tables
+            .is_empty()
+    );
     // Out of scope, the name is the table again.
     let s = one("SELECT * FROM (WITH t AS (SELECT 1) SELECT * FROM t) x, t");
     assert_eq!(s.tables, [table(None, "t", Access::Read)]);
     // The target of a data change is always a table.
-    let s = check("WITH invoices AS (SELECT 1) DELETE FROM invoices", Write, &[DeleteWithoutWhere]);
+    let s = check(
+        "WITH invoices AS (SELECT 1) DELETE FROM invoices",
+        Write,
+        &[DeleteWithoutWhere],
+    );
     assert_eq!(s.tables, [table(None, "invoices", Access::Write)]);
 }
 
 #[test]
 fn unparsable_text_is_an_error_with_a_position() {
     let e = classify("DELET FROM t").expect_err("not SQL");
-    assert_eq!(e.to_string(), "unparsable SQL: syntax error at or near \"DELET\" (position 1)");
+    assert_eq!(
+        e.to_string(),
+        "unparsable SQL: syntax error at or near \"DELET\" (position 1)"
+    );
     assert_eq!(
         classify("SELECT 1; SELEC 2"),
         Err(ClassifyError::Unparsable {
@@ -446,13 +718,28 @@ fn unparsable_text_is_an_error_with_a_position() {
     }
     match classify("SELECT 'é' FROM") {
         Err(ClassifyError::Unparsable { message, cursor }) => {
-            assert_eq!((message.as_str(), cursor), ("syntax error at end of input", Some(16)));
+            assert_eq!(
+                (message.as_str(), cursor),
+                ("syntax error at end of input", Some(16))
+            );
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(classify("SELECT 'abc"), Err(ClassifyError::Unparsable { cursor: Some(8), .. })));
-    assert!(matches!(classify("SELECT 1; DROP TABLE"), Err(ClassifyError::Unparsable { .. })));
-    assert!(matches!(classify("SELECT '\0'"), Err(ClassifyError::Unparsable { .. })));
+    assert!(matches!(
+        classify("SELECT 'abc"),
+        Err(ClassifyError::Unparsable {
+            cursor: Some(8),
+            ..
+        })
+    ));
+    assert!(matches!(
+        classify("SELECT 1; DROP TABLE"),
+        Err(ClassifyError::Unparsable { .. })
+    ));
+    assert!(matches!(
+        classify("SELECT '\0'"),
+        Err(ClassifyError::Unparsable { .. })
+    ));
 }
 
 #[test]
@@ -460,12 +747,18 @@ fn settings_that_change_how_sql_is_read_are_refused() {
     assert!(refused("SET standard_conforming_strings = off"));
     assert!(refused("SET standard_conforming_strings TO 0"));
     assert!(refused("SELECT 1; SET standard_conforming_strings = off"));
-    assert!(refused("SELECT set_config('standard_conforming_strings', 'off', false)"));
-    assert!(refused("ALTER ROLE ci SET standard_conforming_strings = off"));
+    assert!(refused(
+        "SELECT set_config('standard_conforming_strings', 'off', false)"
+    ));
+    assert!(refused(
+        "ALTER ROLE ci SET standard_conforming_strings = off"
+    ));
     assert!(refused("SET client_encoding = 'SJIS'"));
     assert!(refused("SET NAMES 'big5'"));
     assert!(refused("SET client_encoding TO \"WIN932\""));
-    assert!(refused("SELECT set_config('client_encoding', 'GBK', false)"));
+    assert!(refused(
+        "SELECT set_config('client_encoding', 'GBK', false)"
+    ));
     assert!(refused("SELECT set_config($1, 'x', false)"));
     check("SET standard_conforming_strings = on", Other, &[]);
     check("SET client_encoding = 'UTF8'", Other, &[]);
@@ -489,7 +782,11 @@ fn names_round_trip_for_policy_files() {
     assert_eq!(DeleteWithoutWhere.to_string(), "delete_without_where");
     assert_eq!(ExplainAnalyzeWrite.to_string(), "explain_analyze_write");
     let e = "delete".parse::<StatementClass>().expect_err("not a class");
-    assert!(e.to_string().contains("read, write, ddl, dcl, admin, transaction, other"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("read, write, ddl, dcl, admin, transaction, other"),
+        "{e}"
+    );
     assert!("drop_table".parse::<Flag>().is_err());
 }
 
@@ -499,7 +796,10 @@ fn flags_are_sorted_and_unique() {
         "WITH a AS (DELETE FROM t RETURNING *), b AS (DELETE FROM u RETURNING *) \
          SELECT pg_read_file('x'), pg_ls_dir('.') FROM a, b",
     );
-    assert_eq!(s.flags, [DeleteWithoutWhere, DataModifyingCte, DangerousFunction]);
+    assert_eq!(
+        s.flags,
+        [DeleteWithoutWhere, DataModifyingCte, DangerousFunction]
+    );
 }
 
 /// The summary fast path and the full parse agree on every SELECT both can classify.
@@ -518,11 +818,13 @@ fn fast_path_agrees_with_full_parse() {
         "SELECT * FROM \"Mixed\".\"Case\";",
         "SELECT (SELECT max(id) FROM u) AS m, EXISTS (SELECT 1 FROM v WHERE v.id = t.id) FROM t",
         "SELECT * FROM t TABLESAMPLE SYSTEM (10)",
+        "SELECT * FROM billing.invoices i FOR UPDATE OF i NOWAIT",
         "SELECT * FROM generate_series(1, 10) g, LATERAL (SELECT * FROM t WHERE t.id = g) x",
     ];
     for sql in selects {
         let summary = pg_query::summary(sql, -1).expect("parses");
-        let fast = fast::plain_select(sql, &summary).unwrap_or_else(|| panic!("{sql:?} should take the fast path"));
+        let fast = fast::plain_select(sql, &summary)
+            .unwrap_or_else(|| panic!("{sql:?} should take the fast path"));
         let full = classify_parsed(sql).expect("parses");
         assert_eq!(full.statements, [fast], "{sql:?}");
     }
@@ -544,14 +846,26 @@ fn fast_path_agrees_with_full_parse() {
 
 #[test]
 fn depth_estimate_follows_nesting_not_length() {
-    // A long flat statement stays shallow.
-    let rows = vec!["(1, 'a', now(), $1)"; 2000].join(", ");
-    let flat = depth::estimate(&format!("INSERT INTO t (a, b, c, d) VALUES {rows}"));
-    assert!(flat <= depth::INLINE_LIMIT, "{flat}");
-    let columns = vec!["\"users\".\"name\""; 300].join(", ");
-    assert!(depth::estimate(&format!("SELECT {columns} FROM users WHERE id = $1")) <= depth::INLINE_LIMIT);
+    // A long flat statement is as shallow as a short one.
+    let insert = |rows: usize| {
+        let rows = vec!["(1, 'a', now(), $1)"; rows].join(", ");
+        depth::estimate(&format!("INSERT INTO t (a, b, c, d) VALUES {rows}"))
+    };
+    assert_eq!(insert(2000), insert(1));
+    let select = |columns: usize| {
+        let columns = vec!["\"users\".\"name\""; columns].join(", ");
+        depth::estimate(&format!("SELECT {columns} FROM users WHERE id = $1"))
+    };
+    assert!(select(300) <= select(1));
+    assert!(select(1) <= 32, "{}", select(1));
     // Nesting grows it, whether through parentheses, operators or set operations.
-    let nested = |n: usize| depth::estimate(&format!("SELECT {}1{}", "(SELECT ".repeat(n), ")".repeat(n)));
+    let nested = |n: usize| {
+        depth::estimate(&format!(
+            "SELECT {}1{}",
+            "(SELECT ".repeat(n),
+            ")".repeat(n)
+        ))
+    };
     assert!(nested(20) > nested(10) && nested(10) > nested(1));
     let chain = depth::estimate(&format!("SELECT {}", vec!["1"; 500].join(" + ")));
     assert!(chain >= 1000, "{chain}");
@@ -562,18 +876,60 @@ fn depth_estimate_follows_nesting_not_length() {
     assert!(depth::estimate(hidden) > depth::estimate("SELECT 'a', 1"));
     let continued = "SELECT E'a'\n'\\' , (SELECT (SELECT (SELECT 1)))'";
     assert_eq!(depth::estimate(continued), depth::estimate("SELECT 'x'"));
-    assert_eq!(depth::estimate("SELECT $$ ((((( $$, '((((', \"((((\" -- ((((\n"), depth::estimate("SELECT 1, 2, 3"));
+    assert_eq!(
+        depth::estimate("SELECT $$ ((((( $$, '((((', \"((((\" -- ((((\n"),
+        depth::estimate("SELECT 1, 2, 3")
+    );
+}
+
+/// The full parse decodes pg_query's protobuf tree; prost refuses more than
+/// 100 nested messages unless its `no-recursion-limit` feature is on, which
+/// would deny ordinary queries (a 50-term `||` chain, a dozen nested subqueries).
+#[test]
+fn moderately_deep_statements_decode() {
+    let concat = format!(
+        "UPDATE t SET label = {} WHERE id = 1",
+        vec!["'x'"; 80].join(" || ")
+    );
+    let nested = format!(
+        "EXPLAIN SELECT {}1{}",
+        "(SELECT ".repeat(40),
+        ")".repeat(40)
+    );
+    for sql in [concat, nested] {
+        match classify(&sql) {
+            Ok(c) => assert_eq!(c.statements.len(), 1),
+            Err(e) => panic!(
+                "{e}: build with prost's `no-recursion-limit` feature (see classify/depth.rs)"
+            ),
+        }
+    }
 }
 
 #[test]
 fn deep_nesting_is_parsed_off_stack_or_refused() {
     // Deep enough to abort a 2 MiB stack if parsed inline.
-    let deep = format!("SELECT {}1{}", "(SELECT ".repeat(1500), ")".repeat(1500));
+    let deep = format!("SELECT {}1{}", "(SELECT ".repeat(1000), ")".repeat(1000));
     check(&deep, Read, &[]);
-    let long_chain = format!("DELETE FROM t WHERE a = {}", vec!["1"; 5000].join(" + "));
-    check(&long_chain, Write, &[]);
-    let absurd = format!("SELECT {}", vec!["1"; 100_000].join("+"));
-    assert!(matches!(classify(&absurd), Err(ClassifyError::TooDeep { .. })));
+    let deep_full_parse = format!(
+        "EXPLAIN SELECT {}1{}",
+        "(SELECT ".repeat(300),
+        ")".repeat(300)
+    );
+    let long_chain = format!("DELETE FROM t WHERE a = {}", vec!["1"; 3000].join(" + "));
+    for sql in [deep_full_parse, long_chain] {
+        // Without prost's `no-recursion-limit` these are refused as too deep to
+        // decode (see `moderately_deep_statements_decode`); either way, no crash.
+        match classify(&sql) {
+            Ok(c) => assert_eq!(c.statements.len(), 1),
+            Err(e) => assert!(e.to_string().contains("too deeply"), "{e}"),
+        }
+    }
+    let absurd = format!("SELECT {}", vec!["1"; 1_100_000].join("+"));
+    assert!(matches!(
+        classify(&absurd),
+        Err(ClassifyError::TooDeep { .. })
+    ));
 }
 
 #[test]
@@ -587,13 +943,18 @@ fn cache_shares_results_and_stays_bounded() {
     assert!(cache.classify("DELET FROM t").is_err());
     assert!(cache.classify("DELET FROM t").is_err());
     for i in 0..100 {
-        cache.classify(&format!("SELECT {i} FROM t")).expect("parses");
+        cache
+            .classify(&format!("SELECT {i} FROM t"))
+            .expect("parses");
         assert!(cache.len() <= 8, "{}", cache.len());
     }
     // A hot entry survives the churn (CLOCK gives it second chances).
     let hot = cache.classify("SELECT 'hot'").expect("parses");
     for i in 0..100 {
-        assert!(Arc::ptr_eq(&hot, &cache.classify("SELECT 'hot'").expect("parses")));
+        assert!(Arc::ptr_eq(
+            &hot,
+            &cache.classify("SELECT 'hot'").expect("parses")
+        ));
         cache.classify(&format!("SELECT {i} + 1")).expect("parses");
     }
     let disabled = ClassifierCache::new(0);
@@ -605,17 +966,28 @@ fn cache_shares_results_and_stays_bounded() {
 
 #[test]
 fn passwords_are_redacted() {
-    assert_eq!(redact_passwords("CREATE ROLE x PASSWORD 'secret'"), "CREATE ROLE x PASSWORD '***'");
+    assert_eq!(
+        redact_passwords("CREATE ROLE x PASSWORD 'secret'"),
+        "CREATE ROLE x PASSWORD '***'"
+    );
     assert_eq!(
         redact_passwords("ALTER USER y WITH ENCRYPTED PASSWORD 'z'"),
         "ALTER USER y WITH ENCRYPTED PASSWORD '***'"
     );
     assert_eq!(
-        redact_passwords("create user a login password /* c */ E'it''s\\'s' valid until 'infinity'"),
+        redact_passwords(
+            "create user a login password /* c */ E'it''s\\'s' valid until 'infinity'"
+        ),
         "create user a login password /* c */ '***' valid until 'infinity'"
     );
-    assert_eq!(redact_passwords("ALTER ROLE r PASSWORD $pw$s3cr3t$pw$"), "ALTER ROLE r PASSWORD '***'");
-    assert_eq!(redact_passwords("ALTER ROLE r PASSWORD NULL"), "ALTER ROLE r PASSWORD NULL");
+    assert_eq!(
+        redact_passwords("ALTER ROLE r PASSWORD $pw$s3cr3t$pw$"),
+        "ALTER ROLE r PASSWORD '***'"
+    );
+    assert_eq!(
+        redact_passwords("ALTER ROLE r PASSWORD NULL"),
+        "ALTER ROLE r PASSWORD NULL"
+    );
     assert_eq!(
         redact_passwords("CREATE USER MAPPING FOR ci SERVER s OPTIONS (user 'u', password 'p')"),
         "CREATE USER MAPPING FOR ci SERVER s OPTIONS (user 'u', password '***')"
@@ -625,17 +997,25 @@ fn passwords_are_redacted() {
         "CREATE SUBSCRIPTION s CONNECTION '***' PUBLICATION p"
     );
     assert_eq!(
-        redact_passwords("SELECT dblink_connect('c', 'host=h password = hunter2'), 'postgres://u:pw@h/db'"),
+        redact_passwords(
+            "SELECT dblink_connect('c', 'host=h password = hunter2'), 'postgres://u:pw@h/db'"
+        ),
         "SELECT dblink_connect('c', '***'), '***'"
     );
     // Nothing to hide: the same text, not a copy.
     let plain = "SELECT password FROM users WHERE name = 'x'";
     assert!(matches!(redact_passwords(plain), std::borrow::Cow::Borrowed(p) if p == plain));
     // Unscannable text still loses the secret, to the end if the literal never closes.
-    assert_eq!(redact_passwords("ALTER ROLE x PASSWORD 'unterminated"), "ALTER ROLE x PASSWORD '***'");
+    assert_eq!(
+        redact_passwords("ALTER ROLE x PASSWORD 'unterminated"),
+        "ALTER ROLE x PASSWORD '***'"
+    );
     assert_eq!(
         redact_passwords("CREATE ROLE x PaSsWoRd 'a''b' LOGIN 'oops"),
         "CREATE ROLE x PaSsWoRd '***' LOGIN 'oops"
     );
-    assert_eq!(redact_passwords("CREATE ROLE x PASSWORD E'a\\'b' 'oops"), "CREATE ROLE x PASSWORD '***' 'oops");
+    assert_eq!(
+        redact_passwords("CREATE ROLE x PASSWORD E'a\\'b' 'oops"),
+        "CREATE ROLE x PASSWORD '***' 'oops"
+    );
 }

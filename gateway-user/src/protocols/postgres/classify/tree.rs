@@ -40,7 +40,10 @@ impl Value {
     /// A field of a message; `Null` when absent or when this is not a message.
     pub(crate) fn get(&self, key: &str) -> &Value {
         match self {
-            Value::Node(_, fields) => fields.iter().find(|(k, _)| *k == key).map_or(&NULL, |(_, v)| v),
+            Value::Node(_, fields) => fields
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(&NULL, |(_, v)| v),
             _ => &NULL,
         }
     }
@@ -85,7 +88,10 @@ impl Value {
             Value::List(items) => (&[], items),
             _ => (&[], &[]),
         };
-        fields.iter().map(|(k, v)| (*k, v)).chain(items.iter().map(|v| ("", v)))
+        fields
+            .iter()
+            .map(|(k, v)| (*k, v))
+            .chain(items.iter().map(|v| ("", v)))
     }
 }
 
@@ -187,10 +193,19 @@ impl ser::Serializer for Builder {
     fn serialize_unit_struct(self, name: &'static str) -> Result<Value, TreeError> {
         Ok(Value::Node(name, Vec::new()))
     }
-    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<Value, TreeError> {
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<Value, TreeError> {
         Ok(Value::Node(variant, Vec::new()))
     }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, value: &T) -> Result<Value, TreeError> {
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<Value, TreeError> {
         value.serialize(self)
     }
     /// A oneof variant (`node::Node::SelectStmt(…)`, `a_const::Val::Sval(…)`):
@@ -213,7 +228,13 @@ impl ser::Serializer for Builder {
     fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<ListBuilder, TreeError> {
         Ok(ListBuilder(Vec::with_capacity(len)))
     }
-    fn serialize_tuple_variant(self, _: &'static str, _: u32, _: &'static str, len: usize) -> Result<ListBuilder, TreeError> {
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        len: usize,
+    ) -> Result<ListBuilder, TreeError> {
         Ok(ListBuilder(Vec::with_capacity(len)))
     }
     fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, TreeError> {
@@ -294,7 +315,11 @@ pub(crate) struct StructBuilder {
 impl ser::SerializeStruct for StructBuilder {
     type Ok = Value;
     type Error = TreeError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), TreeError> {
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), TreeError> {
         self.fields.push((key, value.serialize(Builder)?));
         Ok(())
     }
@@ -302,7 +327,11 @@ impl ser::SerializeStruct for StructBuilder {
         // `Node { node: Option<node::Node> }` is only protobuf's way of
         // spelling "any node": replace it by the node it holds.
         if self.name == "Node" {
-            return Ok(self.fields.into_iter().find(|(k, _)| *k == "node").map_or(Value::Null, |(_, v)| v));
+            return Ok(self
+                .fields
+                .into_iter()
+                .find(|(k, _)| *k == "node")
+                .map_or(Value::Null, |(_, v)| v));
         }
         Ok(Value::Node(self.name, self.fields))
     }
@@ -311,7 +340,11 @@ impl ser::SerializeStruct for StructBuilder {
 impl ser::SerializeStructVariant for StructBuilder {
     type Ok = Value;
     type Error = TreeError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), TreeError> {
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), TreeError> {
         ser::SerializeStruct::serialize_field(self, key, value)
     }
     fn end(self) -> Result<Value, TreeError> {

@@ -7,7 +7,9 @@
 //! decided in `statement.rs`.
 
 use super::class::{Access, Flag, FlagSet, TableRef};
-use super::functions::{SET_CONFIG, is_dangerous_function, is_identity_setting, lexer_setting_refusal};
+use super::functions::{
+    SET_CONFIG, is_dangerous_function, is_identity_setting, lexer_setting_refusal,
+};
 use super::tree::Value;
 use pg_query::protobuf::VariableSetKind;
 
@@ -51,7 +53,9 @@ struct Walker<'t> {
 impl<'t> Walker<'t> {
     fn visit(&mut self, v: &'t Value) {
         match v.kind() {
-            Some("SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt") => self.query(v),
+            Some("SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt") => {
+                self.query(v)
+            }
             Some("RangeVar") => self.relation(v, self.access),
             Some("IntoClause") => {
                 // SELECT INTO / CREATE TABLE AS create the table they name.
@@ -60,7 +64,11 @@ impl<'t> Walker<'t> {
             }
             Some("CopyStmt") => {
                 // COPY names a real table, never a CTE: FROM fills it, TO reads it.
-                let access = if v.get("is_from").as_bool() { Access::Write } else { Access::Read };
+                let access = if v.get("is_from").as_bool() {
+                    Access::Write
+                } else {
+                    Access::Read
+                };
                 self.table(v.get("relation"), access);
                 self.children(v, &["relation"]);
             }
@@ -82,7 +90,10 @@ impl<'t> Walker<'t> {
                         self.facts.flags.insert(Flag::SetRole);
                     }
                     let value = set_value(v);
-                    self.refuse(lexer_setting_refusal(name, value.as_ref().map(|s| s.as_deref())));
+                    self.refuse(lexer_setting_refusal(
+                        name,
+                        value.as_ref().map(|s| s.as_deref()),
+                    ));
                 }
                 self.children(v, &[]);
             }
@@ -92,6 +103,8 @@ impl<'t> Walker<'t> {
                 }
                 self.children(v, &[]);
             }
+            // `FOR UPDATE OF x` names FROM items (often aliases), not more tables.
+            Some("LockingClause") => self.children(v, &["locked_rels"]),
             _ => self.children(v, &[]),
         }
     }
@@ -114,11 +127,18 @@ impl<'t> Walker<'t> {
         let with = v.get("with_clause");
         if !with.is_null() {
             let ctes = with.get("ctes").items();
-            let names: Vec<&'t str> = ctes.iter().filter_map(|c| c.get("ctename").as_str()).collect();
+            let names: Vec<&'t str> = ctes
+                .iter()
+                .filter_map(|c| c.get("ctename").as_str())
+                .collect();
             let recursive = with.get("recursive").as_bool();
             for (i, cte) in ctes.iter().enumerate() {
                 // A plain WITH sees only the CTEs before it; WITH RECURSIVE sees them all.
-                let visible = if recursive { names.len() } else { i.min(names.len()) };
+                let visible = if recursive {
+                    names.len()
+                } else {
+                    i.min(names.len())
+                };
                 self.ctes.truncate(saved_ctes);
                 self.ctes.extend_from_slice(&names[..visible]);
                 self.visit(cte);
@@ -160,12 +180,13 @@ impl<'t> Walker<'t> {
 
     /// A relation in a position where it may name a CTE (when read).
     fn relation(&mut self, v: &'t Value, access: Access) {
-        if access == Access::Read && v.get("schemaname").as_str().is_none() {
-            if let Some(name) = v.get("relname").as_str() {
-                if self.ctes.contains(&name) {
-                    return;
-                }
-            }
+        let cte = access == Access::Read
+            && v.get("schemaname").as_str().is_none()
+            && v.get("relname")
+                .as_str()
+                .is_some_and(|name| self.ctes.contains(&name));
+        if cte {
+            return;
         }
         self.table(v, access);
     }
@@ -209,7 +230,9 @@ impl<'t> Walker<'t> {
         let Some(Some(setting)) = setting else {
             self.facts.flags.insert(Flag::DangerousFunction);
             self.facts.flags.insert(Flag::SetRole);
-            self.refuse(Some("set_config with a setting name that is not a constant"));
+            self.refuse(Some(
+                "set_config with a setting name that is not a constant",
+            ));
             return;
         };
         if is_identity_setting(setting) {
@@ -231,7 +254,8 @@ fn function_arg<'v>(call: &'v Value, position: usize, name: &str) -> Option<&'v 
         return Some(named.get("arg"));
     }
     // Positional arguments come before named ones.
-    args.get(position).filter(|a| a.kind() != Some("NamedArgExpr"))
+    args.get(position)
+        .filter(|a| a.kind() != Some("NamedArgExpr"))
 }
 
 /// The value a SET assigns: `None` for RESET/DEFAULT (back to the session's
@@ -244,7 +268,11 @@ fn set_value(set: &Value) -> Option<Option<String>> {
         .and_then(|k| i32::try_from(k).ok())
         .and_then(|k| VariableSetKind::try_from(k).ok());
     match kind {
-        Some(VariableSetKind::VarSetDefault | VariableSetKind::VarReset | VariableSetKind::VarResetAll) => None,
+        Some(
+            VariableSetKind::VarSetDefault
+            | VariableSetKind::VarReset
+            | VariableSetKind::VarResetAll,
+        ) => None,
         Some(VariableSetKind::VarSetValue) => match set.get("args").items() {
             [one] => Some(constant_text(one)),
             _ => Some(None),
@@ -263,7 +291,8 @@ fn constant_text(v: &Value) -> Option<String> {
         Some("A_Const" | "AConst") => {
             let val = v.get("val");
             match val.kind() {
-                Some("Integer") => val.get("ival").as_int().map(|i| i.to_string()).or(Some("0".to_owned())),
+                // protobuf omits a zero `ival`.
+                Some("Integer") => Some(val.get("ival").as_int().unwrap_or(0).to_string()),
                 Some("Boolean") => Some(val.get("boolval").as_bool().to_string()),
                 _ => None,
             }
