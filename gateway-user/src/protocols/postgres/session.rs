@@ -195,6 +195,9 @@ async fn client_startup(
                 if startup.param("replication").is_some_and(|v| !v.eq_ignore_ascii_case("false") && v != "0") {
                     return Err("replication connections are not allowed through chokepoint".into());
                 }
+                if let Some(reason) = unsafe_startup_setting(&startup) {
+                    return Err(reason);
+                }
                 if startup.param("options").is_some_and(|v| !v.trim().is_empty()) {
                     return Err("the startup parameter \"options\" is not allowed through chokepoint: it can change the role and settings before policy sees a statement".into());
                 }
@@ -202,6 +205,40 @@ async fn client_startup(
             }
         }
     }
+}
+
+/// Client encodings whose multi-byte characters can contain a backslash or
+/// quote byte: the server would split such text into statements differently
+/// from the gateway's parser.
+const UNSAFE_ENCODINGS: &[&str] =
+    &["sjis", "shiftjis", "mskanji", "win932", "cp932", "big5", "win950", "cp950", "gbk", "win936", "cp936", "gb18030", "uhc", "win949", "cp949", "johab"];
+
+/// Startup settings that would make the server read SQL, or resolve table
+/// names, differently from what policy decided on.
+fn unsafe_startup_setting(startup: &StartupMessage) -> Option<String> {
+    let normalise = |v: &str| v.to_ascii_lowercase().replace(['_', '-'], "");
+    if let Some(enc) = startup.param("client_encoding")
+        && UNSAFE_ENCODINGS.contains(&normalise(enc).as_str())
+    {
+        return Some(format!("client_encoding {enc} is not allowed through chokepoint: use UTF8"));
+    }
+    if startup.param("standard_conforming_strings").is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "1")) {
+        return Some("standard_conforming_strings must stay on through chokepoint".into());
+    }
+    if startup.param("search_path").is_some() {
+        return Some("the startup parameter search_path is not allowed through chokepoint: table rules match by schema".into());
+    }
+    None
+}
+
+/// Whether a statement changes `search_path`. Table rules match unqualified
+/// names as schema public, so a changed search path would let
+/// `DELETE FROM invoices` reach `billing.invoices` unseen.
+fn changes_search_path(sql: &str, classification: &Classification) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    lower.contains("search_path")
+        && (lower.contains("set_config")
+            || classification.statements.iter().any(|s| s.class != super::classify::StatementClass::Read))
 }
 
 /// Role check, credentials, upstream login. Errors come with the SQLSTATE
@@ -534,6 +571,14 @@ impl Session<'_> {
                 verdict: StatementVerdict::Deny,
                 rule: Arc::from("copy-out-masked"),
                 reason: "COPY … TO STDOUT of a target with masking rules is denied: select the rows instead so they can be masked".into(),
+                statement_index: 0,
+            };
+        }
+        if decision.verdict == StatementVerdict::Allow && changes_search_path(sql, classification) {
+            decision = StatementDecision {
+                verdict: StatementVerdict::Deny,
+                rule: Arc::from("search-path"),
+                reason: "changing search_path is not allowed through chokepoint: qualify table names instead".into(),
                 statement_index: 0,
             };
         }
