@@ -25,6 +25,13 @@ pub mod oid {
     pub const CHAR_ARRAY: u32 = 1002;
     pub const NAME_ARRAY: u32 = 1003;
     pub const TEXT_ARRAY: u32 = 1009;
+    /// Binary forms that can carry text the detectors cannot read in place.
+    pub const BYTEA: u32 = 17;
+    pub const BYTEA_ARRAY: u32 = 1001;
+    pub const RECORD: u32 = 2249;
+    pub const RECORD_ARRAY: u32 = 2287;
+    /// First OID of user-defined types (composites, enums, domains, arrays of them).
+    pub const FIRST_USER_OID: u32 = 16384;
     pub const BPCHAR_ARRAY: u32 = 1014;
     pub const VARCHAR_ARRAY: u32 = 1015;
     pub const BPCHAR: u32 = 1042;
@@ -207,6 +214,11 @@ enum Repr {
     /// cannot hold any detector match such as int4 or timestamp): never
     /// scanned; masks become NULL.
     Opaque,
+    /// Binary arrays, records, bytea and user-defined types: they can hold
+    /// text (a card number inside a binary text[]), but not in a form the
+    /// detectors can read in place. Where a scan is due the value becomes
+    /// NULL: fail closed rather than pass unread text.
+    Unreadable,
 }
 
 impl Repr {
@@ -230,6 +242,12 @@ impl Repr {
             (1, BPCHAR) => Repr::Text { padded: true },
             (1, JSON) => Repr::BinaryJson { versioned: false },
             (1, JSONB) => Repr::BinaryJson { versioned: true },
+            (
+                1,
+                BYTEA | JSON_ARRAY | BYTEA_ARRAY | RECORD | RECORD_ARRAY | JSONB_ARRAY | TEXT_ARRAY
+                | VARCHAR_ARRAY | BPCHAR_ARRAY | NAME_ARRAY | CHAR_ARRAY,
+            ) => Repr::Unreadable,
+            (1, oid) if oid >= FIRST_USER_OID => Repr::Unreadable,
             // Binary of any other type, and unknown format codes.
             _ => Repr::Opaque,
         }
@@ -246,7 +264,11 @@ impl Repr {
     /// types (citext, enums, composites…) whose text may hold anything.
     fn text_like(self, type_oid: u32) -> bool {
         match self {
-            Repr::Text { .. } | Repr::Json | Repr::TextArray | Repr::BinaryJson { .. } => true,
+            Repr::Text { .. }
+            | Repr::Json
+            | Repr::TextArray
+            | Repr::BinaryJson { .. }
+            | Repr::Unreadable => true,
             Repr::OtherText => {
                 type_oid >= oid::FIRST_USER
                     || matches!(type_oid, oid::JSON_ARRAY | oid::JSONB_ARRAY)
@@ -382,13 +404,18 @@ impl ResultPlan {
                 json_string_into(&masked, &mut out);
                 Some(out)
             }
-            Repr::TextArray | Repr::BinaryJson { .. } | Repr::OtherText | Repr::Opaque => None,
+            Repr::TextArray
+            | Repr::BinaryJson { .. }
+            | Repr::OtherText
+            | Repr::Opaque
+            | Repr::Unreadable => None,
         }
     }
 
     fn scan(&self, repr: Repr, value: &[u8], scratch: &mut Scratch) -> Rewrite {
         let prefix = match repr {
             Repr::Opaque => return None,
+            Repr::Unreadable => return Some(None),
             Repr::BinaryJson { versioned: true } => {
                 // Only jsonb version 1 exists; anything else cannot be read, so fail closed.
                 if value.first() != Some(&1) {

@@ -823,3 +823,46 @@ fn validate_requires_a_strong_key_for_hash() {
         "key must not be logged"
     );
 }
+
+#[test]
+fn binary_arrays_and_records_are_nulled_where_detectors_would_scan() {
+    let policy = MaskingPolicy {
+        detectors: vec![DetectorRule {
+            detector: Detector::CardNumber,
+            strategy: Strategy::Redact,
+            name: Arc::from("cards"),
+        }],
+        ..MaskingPolicy::default()
+    };
+    // text[] and record in binary, as tokio-postgres asks for them.
+    let columns = [
+        ColumnInfo {
+            source: None,
+            output_name: "array_agg",
+            type_oid: oid::TEXT_ARRAY,
+            format: 1,
+        },
+        ColumnInfo {
+            source: None,
+            output_name: "row",
+            type_oid: oid::RECORD,
+            format: 1,
+        },
+        ColumnInfo {
+            source: None,
+            output_name: "count",
+            type_oid: oid::INT8,
+            format: 1,
+        },
+    ];
+    let plan = policy.plan(&columns);
+    let values: [Option<&[u8]>; 3] = [
+        Some(b"\x00binary"),
+        Some(b"\x00rec"),
+        Some(&[0, 0, 0, 0, 0, 0, 0, 3]),
+    ];
+    let out = plan.apply(&values).expect("unreadable values change");
+    assert_eq!(out[0], None);
+    assert_eq!(out[1], None);
+    assert_eq!(out[2].as_deref(), Some(&[0u8, 0, 0, 0, 0, 0, 0, 3][..]));
+}

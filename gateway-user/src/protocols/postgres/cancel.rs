@@ -54,7 +54,13 @@ impl CancelRegistry {
             }
         };
         keys.insert(key, backend);
-        (key, CancelGuard { registry: self.clone(), key })
+        (
+            key,
+            CancelGuard {
+                registry: self.clone(),
+                key,
+            },
+        )
     }
 
     /// Forwards a client's CancelRequest to the real backend. Unknown keys
@@ -74,7 +80,9 @@ impl CancelRegistry {
                     info!(upstream = %backend.upstream, "cancel request forwarded");
                 }
             }
-            Err(e) => warn!(error = %e, upstream = %backend.upstream, "cannot reach upstream to cancel"),
+            Err(e) => {
+                warn!(error = %e, upstream = %backend.upstream, "cannot reach upstream to cancel")
+            }
         }
     }
 }
@@ -96,7 +104,11 @@ mod tests {
     #[test]
     fn keys_are_unique_and_released() {
         let registry = Arc::new(CancelRegistry::default());
-        let backend = BackendKey { upstream: "127.0.0.1:5432".parse().unwrap(), pid: 7, secret: 9 };
+        let backend = BackendKey {
+            upstream: "127.0.0.1:5432".parse().unwrap(),
+            pid: 7,
+            secret: 9,
+        };
         let (a, guard_a) = registry.register(backend);
         let (b, _guard_b) = registry.register(backend);
         assert_ne!(a, b);

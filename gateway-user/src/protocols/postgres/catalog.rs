@@ -35,7 +35,12 @@ impl Catalog {
     /// Source of `(table_oid, attnum)`, querying the upstream on a miss.
     /// `None` when the OID is not a table column (or the lookup failed: the
     /// caller then falls back to name rules and detectors).
-    pub async fn source(&self, table_oid: u32, attnum: i16, login: &CatalogLogin<'_>) -> Option<ColumnSource> {
+    pub async fn source(
+        &self,
+        table_oid: u32,
+        attnum: i16,
+        login: &CatalogLogin<'_>,
+    ) -> Option<ColumnSource> {
         if table_oid == 0 {
             return None;
         }
@@ -50,7 +55,11 @@ impl Catalog {
     }
 
     fn cached(&self, oid: u32, attnum: i16) -> Option<Option<ColumnSource>> {
-        self.columns.lock().unwrap_or_else(|p| p.into_inner()).get(&(oid, attnum)).cloned()
+        self.columns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(oid, attnum))
+            .cloned()
     }
 
     async fn load_table(&self, oid: u32, login: &CatalogLogin<'_>) -> Result<(), String> {
@@ -58,7 +67,9 @@ impl Catalog {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             *client = Some(connect(login).await?);
         }
-        let Some(c) = client.as_ref() else { return Ok(()) };
+        let Some(c) = client.as_ref() else {
+            return Ok(());
+        };
         let rows = c
             .query(
                 "SELECT n.nspname::text, c.relname::text, a.attname::text, a.attnum \
@@ -84,14 +95,19 @@ impl Catalog {
 }
 
 async fn connect(login: &CatalogLogin<'_>) -> Result<Client, String> {
-    let stream = connect_upstream(login.upstream, login.mark).await.map_err(|e| e.to_string())?;
+    let stream = connect_upstream(login.upstream, login.mark)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut config = tokio_postgres::Config::new();
     config
         .user(login.user)
         .dbname(login.database)
         .password(login.password)
         .application_name("chokepoint-catalog");
-    let (client, connection) = config.connect_raw(stream, NoTls).await.map_err(|e| e.to_string())?;
+    let (client, connection) = config
+        .connect_raw(stream, NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = connection.await;
     });

@@ -16,10 +16,7 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{
-        TcpStream,
-        tcp::OwnedWriteHalf,
-    },
+    net::{TcpStream, tcp::OwnedWriteHalf},
 };
 use tracing::{info, warn};
 
@@ -60,7 +57,11 @@ pub struct SessionSummary {
 }
 
 /// Serves one client connection that policy routed to a PostgreSQL target.
-pub async fn serve(ctx: Arc<PostgresContext>, flow: &Flow, mut client: TcpStream) -> SessionSummary {
+pub async fn serve(
+    ctx: Arc<PostgresContext>,
+    flow: &Flow,
+    mut client: TcpStream,
+) -> SessionSummary {
     let mut summary = SessionSummary::default();
     let max = ctx.target.max_message_bytes;
     let mut decoder = FrameDecoder::new(max);
@@ -97,7 +98,11 @@ pub async fn serve(ctx: Arc<PostgresContext>, flow: &Flow, mut client: TcpStream
         upstream = %upstream.addr,
         "postgres session start"
     );
-    let backend = BackendKey { upstream: upstream.addr, pid: upstream.backend_pid, secret: upstream.backend_secret };
+    let backend = BackendKey {
+        upstream: upstream.addr,
+        pid: upstream.backend_pid,
+        secret: upstream.backend_secret,
+    };
     let ((pid, secret), _cancel_guard) = ctx.shared.cancel.register(backend);
 
     // The login the client sees: trust, the server's parameters, the
@@ -157,7 +162,10 @@ async fn client_startup(
     decoder: &mut FrameDecoder,
 ) -> Result<Option<StartupMessage>, String> {
     loop {
-        let Some(frame) = read_startup_frame(client, buf, decoder).await.map_err(|e| e.to_string())? else {
+        let Some(frame) = read_startup_frame(client, buf, decoder)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
             return Ok(None);
         };
         match StartupPacket::parse(&frame).map_err(|e| e.to_string())? {
@@ -166,18 +174,28 @@ async fn client_startup(
             }
             StartupPacket::CancelRequest(cancel) => {
                 if let Ok(secret) = <[u8; 4]>::try_from(cancel.secret_key.as_ref()) {
-                    ctx.shared.cancel.forward(cancel.pid, i32::from_be_bytes(secret), ctx.mark).await;
+                    ctx.shared
+                        .cancel
+                        .forward(cancel.pid, i32::from_be_bytes(secret), ctx.mark)
+                        .await;
                 }
                 return Ok(None);
             }
             StartupPacket::Startup(startup) => {
                 if startup.major != 3 {
-                    return Err(format!("unsupported frontend protocol {}.{}: chokepoint speaks 3.0", startup.major, startup.minor));
+                    return Err(format!(
+                        "unsupported frontend protocol {}.{}: chokepoint speaks 3.0",
+                        startup.major, startup.minor
+                    ));
                 }
                 // Newer minor versions and _pq_ extensions: tell the client
                 // what we speak, as the server would.
-                let unknown: Vec<&str> =
-                    startup.params.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect();
+                let unknown: Vec<&str> = startup
+                    .params
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .filter(|k| k.starts_with("_pq_."))
+                    .collect();
                 if startup.minor > 0 || !unknown.is_empty() {
                     let mut body = 0i32.to_be_bytes().to_vec();
                     body.extend_from_slice(&(unknown.len() as i32).to_be_bytes());
@@ -190,15 +208,23 @@ async fn client_startup(
                     client.write_all(&out).await.map_err(|e| e.to_string())?;
                 }
                 if startup.user().is_none_or(str::is_empty) {
-                    return Err("no user in the startup message: name the database role to use".into());
+                    return Err(
+                        "no user in the startup message: name the database role to use".into(),
+                    );
                 }
-                if startup.param("replication").is_some_and(|v| !v.eq_ignore_ascii_case("false") && v != "0") {
+                if startup
+                    .param("replication")
+                    .is_some_and(|v| !v.eq_ignore_ascii_case("false") && v != "0")
+                {
                     return Err("replication connections are not allowed through chokepoint".into());
                 }
                 if let Some(reason) = unsafe_startup_setting(&startup) {
                     return Err(reason);
                 }
-                if startup.param("options").is_some_and(|v| !v.trim().is_empty()) {
+                if startup
+                    .param("options")
+                    .is_some_and(|v| !v.trim().is_empty())
+                {
                     return Err("the startup parameter \"options\" is not allowed through chokepoint: it can change the role and settings before policy sees a statement".into());
                 }
                 return Ok(Some(startup));
@@ -210,8 +236,10 @@ async fn client_startup(
 /// Client encodings whose multi-byte characters can contain a backslash or
 /// quote byte: the server would split such text into statements differently
 /// from the gateway's parser.
-const UNSAFE_ENCODINGS: &[&str] =
-    &["sjis", "shiftjis", "mskanji", "win932", "cp932", "big5", "win950", "cp950", "gbk", "win936", "cp936", "gb18030", "uhc", "win949", "cp949", "johab"];
+const UNSAFE_ENCODINGS: &[&str] = &[
+    "sjis", "shiftjis", "mskanji", "win932", "cp932", "big5", "win950", "cp950", "gbk", "win936",
+    "cp936", "gb18030", "uhc", "win949", "cp949", "johab",
+];
 
 /// Startup settings that would make the server read SQL, or resolve table
 /// names, differently from what policy decided on.
@@ -220,9 +248,14 @@ fn unsafe_startup_setting(startup: &StartupMessage) -> Option<String> {
     if let Some(enc) = startup.param("client_encoding")
         && UNSAFE_ENCODINGS.contains(&normalise(enc).as_str())
     {
-        return Some(format!("client_encoding {enc} is not allowed through chokepoint: use UTF8"));
+        return Some(format!(
+            "client_encoding {enc} is not allowed through chokepoint: use UTF8"
+        ));
     }
-    if startup.param("standard_conforming_strings").is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "1")) {
+    if startup
+        .param("standard_conforming_strings")
+        .is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "1"))
+    {
         return Some("standard_conforming_strings must stay on through chokepoint".into());
     }
     if startup.param("search_path").is_some() {
@@ -238,7 +271,10 @@ fn changes_search_path(sql: &str, classification: &Classification) -> bool {
     let lower = sql.to_ascii_lowercase();
     lower.contains("search_path")
         && (lower.contains("set_config")
-            || classification.statements.iter().any(|s| s.class != super::classify::StatementClass::Read))
+            || classification
+                .statements
+                .iter()
+                .any(|s| s.class != super::classify::StatementClass::Read))
 }
 
 /// Role check, credentials, upstream login. Errors come with the SQLSTATE
@@ -252,38 +288,62 @@ async fn connect(
 ) -> Result<(Upstream, SessionRules), (&'static str, String)> {
     let target = &ctx.target.name;
     // Only rules that grant this role may allow its statements.
-    let rules = ctx.rules.for_role(role).map_err(|e| ("28000", format!("chokepoint: {e}")))?;
+    let rules = ctx
+        .rules
+        .for_role(role)
+        .map_err(|e| ("28000", format!("chokepoint: {e}")))?;
     let credential = ctx.target.credentials.get(role).ok_or_else(|| {
-        ("28000", format!("chokepoint: target {target} has no credentials for role {role:?}"))
+        (
+            "28000",
+            format!("chokepoint: target {target} has no credentials for role {role:?}"),
+        )
     })?;
     let password = credential.read_password().map_err(|e| {
-        ("28000", format!("chokepoint: cannot read the credentials of role {role:?} for target {target}: {e}"))
+        (
+            "28000",
+            format!(
+                "chokepoint: cannot read the credentials of role {role:?} for target {target}: {e}"
+            ),
+        )
     })?;
     // Never downgrade: a target that asks for TLS is refused until the
     // gateway can speak it, rather than served in plaintext.
     if ctx.target.tls != UpstreamTls::Disable {
         return Err((
             "08004",
-            format!("chokepoint: target {target} requires upstream TLS, which this gateway does not support yet; set tls = \"disable\" only if the network path is trusted"),
+            format!(
+                "chokepoint: target {target} requires upstream TLS, which this gateway does not support yet; set tls = \"disable\" only if the network path is trusted"
+            ),
         ));
     }
     let addr = ctx.target.upstream.unwrap_or(flow.dst);
     let params: Vec<(String, String)> = startup
         .params
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "options" | "replication") && !k.starts_with("_pq_."))
+        .filter(|(k, _)| {
+            !matches!(k.as_str(), "user" | "database" | "options" | "replication")
+                && !k.starts_with("_pq_.")
+        })
         .cloned()
         .collect();
-    let upstream = upstream::login(addr, ctx.mark, role, database, &password, &params, ctx.target.max_message_bytes)
-        .await
-        .map_err(|e| {
-            let code = match e {
-                UpstreamError::Unreachable { .. } => "08006",
-                UpstreamError::Rejected { .. } => "28P01",
-                _ => "08P01",
-            };
-            (code, format!("chokepoint: target {target}: {e}"))
-        })?;
+    let upstream = upstream::login(
+        addr,
+        ctx.mark,
+        role,
+        database,
+        &password,
+        &params,
+        ctx.target.max_message_bytes,
+    )
+    .await
+    .map_err(|e| {
+        let code = match e {
+            UpstreamError::Unreachable { .. } => "08006",
+            UpstreamError::Rejected { .. } => "28P01",
+            _ => "08P01",
+        };
+        (code, format!("chokepoint: target {target}: {e}"))
+    })?;
     Ok((upstream, rules))
 }
 
@@ -311,7 +371,13 @@ enum Step {
 }
 
 impl Session<'_> {
-    async fn run(&mut self, client: TcpStream, upstream: Upstream, mut cbuf: BytesMut, mut decoder: FrameDecoder) {
+    async fn run(
+        &mut self,
+        client: TcpStream,
+        upstream: Upstream,
+        mut cbuf: BytesMut,
+        mut decoder: FrameDecoder,
+    ) {
         let (mut cr, mut cw) = client.into_split();
         let (mut ur, mut uw) = upstream.stream.into_split();
         let mut ubuf = upstream.leftover;
@@ -388,7 +454,10 @@ impl Session<'_> {
                 Ok(None) => return Step::Continue,
                 Err(e) => {
                     self.summary.error = Some(format!("upstream sent a malformed message: {e}"));
-                    self.to_client.extend_from_slice(&fatal("08P01", "chokepoint: the upstream server sent a malformed message"));
+                    self.to_client.extend_from_slice(&fatal(
+                        "08P01",
+                        "chokepoint: the upstream server sent a malformed message",
+                    ));
                     return Step::End;
                 }
             }
@@ -430,7 +499,13 @@ impl Session<'_> {
                 match self.decide_sql(&sql) {
                     Ok(_) => {
                         let classification = self.ctx.shared.classifier.classify(&sql).ok();
-                        self.statements.insert(name, PreparedStatement { sql, classification, row_description: None });
+                        self.statements.insert(
+                            name,
+                            PreparedStatement {
+                                sql,
+                                classification,
+                            },
+                        );
                         self.forward(&frame);
                     }
                     Err(error) => {
@@ -458,7 +533,11 @@ impl Session<'_> {
                 } else {
                     self.portals.insert(
                         b.portal.to_owned(),
-                        Portal { statement: b.statement.to_owned(), result_formats: b.result_formats.clone(), ..Portal::default() },
+                        Portal {
+                            statement: b.statement.to_owned(),
+                            result_formats: b.result_formats.clone(),
+                            ..Portal::default()
+                        },
                     );
                     self.forward(&frame);
                 }
@@ -470,26 +549,44 @@ impl Session<'_> {
                     ObjectKind::Statement => (None, Some(d.name.to_owned())),
                 };
                 self.forward(&frame);
-                self.tracker.push(Pending::Describe { portal, statement, swallow: false });
+                self.tracker.push(Pending::Describe {
+                    portal,
+                    statement,
+                    swallow: false,
+                });
             }
             FrontendMessage::Execute(e) => {
                 let portal = e.portal.to_owned();
-                // Masking needs the row layout; if the client never asked
-                // for it, ask ourselves and keep the answer.
-                if !self.ctx.masking.is_empty() && !self.layout_known(&portal) {
+                // Masking needs this Execute's row layout. Asking right
+                // before it is the only answer that cannot belong to an
+                // earlier or later Bind of the same portal name.
+                if !self.ctx.masking.is_empty() {
                     push_describe_portal(&mut self.to_upstream, &portal);
-                    self.tracker.push(Pending::Describe { portal: Some(portal.clone()), statement: None, swallow: true });
+                    self.tracker.push(Pending::Describe {
+                        portal: Some(portal.clone()),
+                        statement: None,
+                        swallow: true,
+                    });
                 }
-                let running = self.portals.get(&portal).and_then(|p| self.statements.get(&p.statement)).map(|s| Running {
-                    sql: s.sql.clone(),
-                    class: class_names(s.classification.as_deref()),
-                    rule: Arc::from(""),
-                    started: Instant::now(),
-                    rows: 0,
-                    masked: false,
-                });
+                let running = self
+                    .portals
+                    .get(&portal)
+                    .and_then(|p| self.statements.get(&p.statement))
+                    .map(|s| Running {
+                        sql: s.sql.clone(),
+                        class: class_names(s.classification.as_deref()),
+                        rule: Arc::from(""),
+                        started: Instant::now(),
+                        rows: 0,
+                        masked: false,
+                    });
                 self.forward(&frame);
-                self.tracker.push(Pending::Execute { portal, running });
+                self.tracker.push(Pending::Execute {
+                    portal,
+                    running,
+                    layout: None,
+                    plan: None,
+                });
             }
             FrontendMessage::Close(c) => {
                 match c.kind {
@@ -506,13 +603,20 @@ impl Session<'_> {
                 self.forward(&frame);
                 self.tracker.push(Pending::Sync);
             }
-            FrontendMessage::Flush | FrontendMessage::CopyData(_) | FrontendMessage::CopyDone | FrontendMessage::CopyFail(_) => {
+            FrontendMessage::Flush
+            | FrontendMessage::CopyData(_)
+            | FrontendMessage::CopyDone
+            | FrontendMessage::CopyFail(_) => {
                 // COPY data belongs to a COPY statement already decided; the
                 // server rejects copy messages outside copy-in mode.
                 self.forward(&frame);
             }
             FrontendMessage::FunctionCall(_) => {
-                let error = deny_error("function-call", "the fastpath FunctionCall message is not allowed: call the function from SQL so policy can see it", "");
+                let error = deny_error(
+                    "function-call",
+                    "the fastpath FunctionCall message is not allowed: call the function from SQL so policy can see it",
+                    "",
+                );
                 let nonce = self.deny(error);
                 push_query(&mut self.to_upstream, &format!("SELECT \"{nonce}\""));
                 self.tracker.push(Pending::Query(None));
@@ -530,20 +634,21 @@ impl Session<'_> {
         frame.encode_into(&mut self.to_upstream);
     }
 
-    fn layout_known(&self, portal: &str) -> bool {
-        self.portals.get(portal).is_some_and(|p| {
-            p.row_description.is_some()
-                || self.statements.get(&p.statement).is_some_and(|s| s.row_description.is_some())
-        })
-    }
-
     /// Registers a denial and returns the nonce the upstream error will carry.
     fn deny(&mut self, error: Bytes) -> String {
         self.summary.denied += 1;
-        let nonce = format!("chokepoint_denied_{:08x}{:08x}", super::cancel::random_i32(), super::cancel::random_i32());
+        let nonce = format!(
+            "chokepoint_denied_{:08x}{:08x}",
+            super::cancel::random_i32(),
+            super::cancel::random_i32()
+        );
         // The denial belongs to the batch ending at the next sync point.
         let sync_point = self.tracker.syncs_sent + 1;
-        self.tracker.denials.push_back(Denial { nonce: nonce.clone(), error, sync_point });
+        self.tracker.denials.push_back(Denial {
+            nonce: nonce.clone(),
+            error,
+            sync_point,
+        });
         nonce
     }
 
@@ -555,17 +660,27 @@ impl Session<'_> {
             Err(e) => {
                 let redacted = super::classify::redact_passwords(sql);
                 info!(flow_id = self.flow.id, statement = %redacted, decision = "deny", rule = "unparsable", reason = %e, "statement");
-                Err(deny_error("unparsable", &format!("statement denied: {e}"), ""))
+                Err(deny_error(
+                    "unparsable",
+                    &format!("statement denied: {e}"),
+                    "",
+                ))
             }
         }
     }
 
-    fn decide_classified(&self, sql: &Arc<str>, classification: &Classification) -> Result<Running, Bytes> {
+    fn decide_classified(
+        &self,
+        sql: &Arc<str>,
+        classification: &Classification,
+    ) -> Result<Running, Bytes> {
         let mut decision = self.rules.decide_all(classification);
         // COPY … TO STDOUT streams rows past the DataRow masking.
         if decision.verdict == StatementVerdict::Allow
             && !self.ctx.masking.is_empty()
-            && classification.statements.iter().any(|s| s.command.starts_with("COPY") && s.class == super::classify::StatementClass::Read)
+            && classification.statements.iter().any(|s| {
+                s.command.starts_with("COPY") && s.class == super::classify::StatementClass::Read
+            })
         {
             decision = StatementDecision {
                 verdict: StatementVerdict::Deny,
@@ -596,14 +711,24 @@ impl Session<'_> {
             "statement"
         );
         if decision.verdict == StatementVerdict::Allow || audit {
-            return Ok(Running { sql: sql.clone(), class, rule: decision.rule, started: Instant::now(), rows: 0, masked: false });
+            return Ok(Running {
+                sql: sql.clone(),
+                class,
+                rule: decision.rule,
+                started: Instant::now(),
+                rows: 0,
+                masked: false,
+            });
         }
         let message = match decision.verdict {
             StatementVerdict::Approve => format!(
                 "statement needs approval by rule {}: {} (approvals are not available yet, so it is denied)",
                 decision.rule, decision.reason
             ),
-            _ => format!("statement denied by rule {}: {}", decision.rule, decision.reason),
+            _ => format!(
+                "statement denied by rule {}: {}",
+                decision.rule, decision.reason
+            ),
         };
         Err(deny_error(&decision.rule, &message, &redacted))
     }
@@ -619,11 +744,19 @@ impl Session<'_> {
             }
             b'E' => {
                 let parsed = ErrorResponse::parse(frame.body());
-                let message = parsed.as_ref().ok().and_then(|e| e.message()).unwrap_or("").to_owned();
+                let message = parsed
+                    .as_ref()
+                    .ok()
+                    .and_then(|e| e.message())
+                    .unwrap_or("")
+                    .to_owned();
                 let replacement = self.tracker.take_denial(&message);
                 // Extended protocol: the server now skips to Sync.
                 for skipped in self.tracker.skip_to_sync() {
-                    if let Pending::Execute { running: Some(r), .. } = skipped {
+                    if let Pending::Execute {
+                        running: Some(r), ..
+                    } = skipped
+                    {
                         self.complete(r, &message);
                     }
                 }
@@ -644,25 +777,21 @@ impl Session<'_> {
             b'T' => {
                 let body = frame.body().clone();
                 match self.tracker.pending.front() {
-                    Some(Pending::Describe { portal, statement, swallow }) => {
+                    Some(Pending::Describe { swallow, .. }) => {
                         let swallow = *swallow;
-                        if let Some(name) = portal.clone()
-                            && let Some(p) = self.portals.get_mut(&name)
-                        {
-                            p.row_description = Some(body);
-                            p.plan = None;
-                        } else if let Some(name) = statement.clone()
-                            && let Some(s) = self.statements.get_mut(&name)
-                        {
-                            s.row_description = Some(body);
-                        }
                         self.tracker.pending.pop_front();
                         if swallow {
+                            // Ours: the layout of the Execute that follows.
+                            if let Some(Pending::Execute { layout, .. }) =
+                                self.tracker.pending.front_mut()
+                            {
+                                *layout = Some(body);
+                            }
                             return;
                         }
                     }
                     _ => {
-                        self.query_plan = self.plan_for(&body, None).await;
+                        self.query_plan = self.plan_for(&body).await;
                     }
                 }
             }
@@ -677,10 +806,7 @@ impl Session<'_> {
             }
             b'D' => {
                 let plan = match self.tracker.pending.front() {
-                    Some(Pending::Execute { portal, .. }) => {
-                        let portal = portal.clone();
-                        self.portal_plan(&portal).await
-                    }
+                    Some(Pending::Execute { .. }) => self.execute_plan().await,
                     _ => self.query_plan.clone(),
                 };
                 self.count_row(plan.as_deref().is_some_and(|p| !p.is_noop()));
@@ -695,7 +821,10 @@ impl Session<'_> {
             }
             b'C' | b'I' | b's' => {
                 if let Some(Pending::Execute { .. }) = self.tracker.pending.front()
-                    && let Some(Pending::Execute { running: Some(running), .. }) = self.tracker.pending.pop_front()
+                    && let Some(Pending::Execute {
+                        running: Some(running),
+                        ..
+                    }) = self.tracker.pending.pop_front()
                 {
                     self.complete(running, "");
                 }
@@ -709,7 +838,10 @@ impl Session<'_> {
 
     fn count_row(&mut self, masked: bool) {
         let running = match self.tracker.pending.front_mut() {
-            Some(Pending::Execute { running: Some(r), .. }) | Some(Pending::Query(Some(r))) => r,
+            Some(Pending::Execute {
+                running: Some(r), ..
+            })
+            | Some(Pending::Query(Some(r))) => r,
             _ => return,
         };
         running.rows += 1;
@@ -729,56 +861,57 @@ impl Session<'_> {
         );
     }
 
-    /// The masking plan of a portal's rows, computed once per portal.
-    async fn portal_plan(&mut self, name: &str) -> Option<Arc<ResultPlan>> {
-        if self.ctx.masking.is_empty() {
+    /// The masking plan of the Execute at the front, computed at its first
+    /// row from the layout the gateway asked for.
+    async fn execute_plan(&mut self) -> Option<Arc<ResultPlan>> {
+        let Some(Pending::Execute { layout, plan, .. }) = self.tracker.pending.front() else {
             return None;
-        }
-        let portal = self.portals.get(name)?;
-        if let Some(plan) = &portal.plan {
+        };
+        if let Some(plan) = plan {
             return Some(plan.clone());
         }
-        let (body, formats) = match &portal.row_description {
-            Some(body) => (body.clone(), None),
-            None => (self.statements.get(&portal.statement)?.row_description.clone()?, Some(portal.result_formats.clone())),
-        };
-        let plan = self.plan_for(&body, formats.as_deref()).await;
-        if let Some(p) = self.portals.get_mut(name) {
-            p.plan.clone_from(&plan);
+        let layout = layout.clone()?;
+        let computed = self.plan_for(&layout).await;
+        if let Some(Pending::Execute { plan, .. }) = self.tracker.pending.front_mut() {
+            plan.clone_from(&computed);
         }
-        plan
+        computed
     }
 
     /// Resolves each column's source table and asks the masking policy.
-    /// `formats` overrides the description's format codes (statement
-    /// describes report 0; Bind decides).
-    async fn plan_for(&self, body: &Bytes, formats: Option<&[i16]>) -> Option<Arc<ResultPlan>> {
+    async fn plan_for(&self, body: &Bytes) -> Option<Arc<ResultPlan>> {
         if self.ctx.masking.is_empty() {
             return None;
         }
         let description = RowDescription::parse(body).ok()?;
         let (addr, role, database, password) = &self.login;
-        let login = CatalogLogin { upstream: *addr, mark: self.ctx.mark, user: role, database, password };
+        let login = CatalogLogin {
+            upstream: *addr,
+            mark: self.ctx.mark,
+            user: role,
+            database,
+            password,
+        };
         let catalog = self.ctx.shared.catalog(&self.ctx.target.name);
         let mut sources = Vec::with_capacity(description.fields.len());
         for field in &description.fields {
-            sources.push(catalog.source(field.table_oid, field.column_attr, &login).await);
+            sources.push(
+                catalog
+                    .source(field.table_oid, field.column_attr, &login)
+                    .await,
+            );
         }
         let columns: Vec<ColumnInfo<'_>> = description
             .fields
             .iter()
             .zip(&sources)
-            .enumerate()
-            .map(|(i, (field, source))| ColumnInfo {
-                source: source.as_deref().map(|(s, t, c)| (s.as_str(), t.as_str(), c.as_str())),
+            .map(|(field, source)| ColumnInfo {
+                source: source
+                    .as_deref()
+                    .map(|(s, t, c)| (s.as_str(), t.as_str(), c.as_str())),
                 output_name: field.name,
                 type_oid: field.type_oid,
-                format: match formats {
-                    None => field.format,
-                    Some([]) => 0,
-                    Some([all]) => *all,
-                    Some(each) => each.get(i).copied().unwrap_or(0),
-                },
+                format: field.format,
             })
             .collect();
         Some(Arc::new(self.ctx.masking.plan(&columns)))
@@ -802,7 +935,9 @@ fn put_message(out: &mut BytesMut, tag: u8, body: &[u8]) {
 }
 
 fn class_names(classification: Option<&Classification>) -> String {
-    let Some(c) = classification else { return String::new() };
+    let Some(c) = classification else {
+        return String::new();
+    };
     let mut names: Vec<String> = c.statements.iter().map(|s| s.class.to_string()).collect();
     names.dedup();
     names.join(",")
@@ -813,7 +948,8 @@ fn class_names(classification: Option<&Classification>) -> String {
 fn deny_error(rule: &str, message: &str, statement: &str) -> Bytes {
     let message = format!("chokepoint: {message}");
     let detail = format!("statement: {statement}");
-    let hint = format!("rule: {rule}; ask the owners of the chokepoint policy if this job needs it");
+    let hint =
+        format!("rule: {rule}; ask the owners of the chokepoint policy if this job needs it");
     let fields = ErrorFields {
         severity: codec::Severity::Error,
         code: codec::SQLSTATE_INSUFFICIENT_PRIVILEGE,
@@ -827,9 +963,15 @@ fn deny_error(rule: &str, message: &str, statement: &str) -> Bytes {
 
 /// A FATAL ErrorResponse that ends the session.
 fn fatal(code: &str, message: &str) -> Bytes {
-    ErrorFields { severity: codec::Severity::Fatal, code, message, detail: None, hint: None }
-        .to_bytes()
-        .unwrap_or_default()
+    ErrorFields {
+        severity: codec::Severity::Fatal,
+        code,
+        message,
+        detail: None,
+        hint: None,
+    }
+    .to_bytes()
+    .unwrap_or_default()
 }
 
 fn push_query(out: &mut BytesMut, sql: &str) {
@@ -847,7 +989,11 @@ fn push_bind(out: &mut BytesMut, portal: &str, missing_statement: &str) {
         missing_statement,
         std::iter::empty::<i16>(),
         std::iter::empty::<Option<&[u8]>>(),
-        |_: Option<&[u8]>, _: &mut BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> { Ok(postgres_protocol::IsNull::Yes) },
+        |_: Option<&[u8]>,
+         _: &mut BytesMut|
+         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            Ok(postgres_protocol::IsNull::Yes)
+        },
         std::iter::empty::<i16>(),
         out,
     );

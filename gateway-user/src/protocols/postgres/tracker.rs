@@ -28,8 +28,21 @@ pub enum Pending {
     Parse,
     Bind,
     /// `swallow`: added by the gateway to learn a portal's row layout.
-    Describe { portal: Option<String>, statement: Option<String>, swallow: bool },
-    Execute { portal: String, running: Option<Running> },
+    Describe {
+        portal: Option<String>,
+        statement: Option<String>,
+        swallow: bool,
+    },
+    /// `layout`: the portal's RowDescription, from the Describe the gateway
+    /// sends right before this Execute when masking is on (so pipelined
+    /// Binds to the same portal name cannot mix up layouts); `plan` is
+    /// computed from it at the first row.
+    Execute {
+        portal: String,
+        running: Option<Running>,
+        layout: Option<Bytes>,
+        plan: Option<Arc<ResultPlan>>,
+    },
     Close,
     Sync,
 }
@@ -46,8 +59,6 @@ impl Pending {
 pub struct PreparedStatement {
     pub sql: Arc<str>,
     pub classification: Option<Arc<crate::protocols::postgres::classify::Classification>>,
-    /// RowDescription body from a statement Describe (formats all 0).
-    pub row_description: Option<Bytes>,
 }
 
 /// A bound portal.
@@ -55,9 +66,6 @@ pub struct PreparedStatement {
 pub struct Portal {
     pub statement: String,
     pub result_formats: Vec<i16>,
-    /// RowDescription body from a portal Describe (formats are final).
-    pub row_description: Option<Bytes>,
-    pub plan: Option<Arc<ResultPlan>>,
 }
 
 /// A denial waiting for the upstream error that carries its nonce.
@@ -118,7 +126,10 @@ impl Tracker {
 
     /// The error for a denial whose nonce appears in `message`, if any.
     pub fn take_denial(&mut self, message: &str) -> Option<Bytes> {
-        let i = self.denials.iter().position(|d| message.contains(&d.nonce))?;
+        let i = self
+            .denials
+            .iter()
+            .position(|d| message.contains(&d.nonce))?;
         self.denials.remove(i).map(|d| d.error)
     }
 }
@@ -132,7 +143,12 @@ mod tests {
         let mut t = Tracker::default();
         t.push(Pending::Parse);
         t.push(Pending::Bind);
-        t.push(Pending::Execute { portal: String::new(), running: None });
+        t.push(Pending::Execute {
+            portal: String::new(),
+            running: None,
+            layout: None,
+            plan: None,
+        });
         t.push(Pending::Sync);
         t.pending.pop_front(); // ParseComplete
         let skipped = t.skip_to_sync();
@@ -145,11 +161,22 @@ mod tests {
     fn denials_match_by_nonce_and_expire_at_their_sync_point() {
         let mut t = Tracker::default();
         t.push(Pending::Query(None));
-        t.denials.push_back(Denial { nonce: "n1".into(), error: Bytes::from_static(b"x"), sync_point: 1 });
+        t.denials.push_back(Denial {
+            nonce: "n1".into(),
+            error: Bytes::from_static(b"x"),
+            sync_point: 1,
+        });
         assert!(t.take_denial("column \"n2\" does not exist").is_none());
         t.ready();
         assert!(t.denials.is_empty());
-        t.denials.push_back(Denial { nonce: "n3".into(), error: Bytes::from_static(b"y"), sync_point: 2 });
-        assert_eq!(t.take_denial("column \"n3\" does not exist").as_deref(), Some(&b"y"[..]));
+        t.denials.push_back(Denial {
+            nonce: "n3".into(),
+            error: Bytes::from_static(b"y"),
+            sync_point: 2,
+        });
+        assert_eq!(
+            t.take_denial("column \"n3\" does not exist").as_deref(),
+            Some(&b"y"[..])
+        );
     }
 }

@@ -32,10 +32,19 @@ pub struct Upstream {
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot reach {addr}: {source}")]
-    Unreachable { addr: SocketAddr, source: std::io::Error },
+    Unreachable {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{addr} rejected the login as role {role:?}: {message}")]
-    Rejected { addr: SocketAddr, role: String, message: String },
-    #[error("{addr} asks for authentication method {method}, which chokepoint does not speak (use scram-sha-256, md5 or password)")]
+    Rejected {
+        addr: SocketAddr,
+        role: String,
+        message: String,
+    },
+    #[error(
+        "{addr} asks for authentication method {method}, which chokepoint does not speak (use scram-sha-256, md5 or password)"
+    )]
     Unsupported { addr: SocketAddr, method: String },
     #[error("{addr} sent an invalid message during login: {what}")]
     Protocol { addr: SocketAddr, what: String },
@@ -80,29 +89,50 @@ pub async fn login(
         out.clear();
         match frame.tag() {
             b'R' => {
-                let auth = Authentication::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
+                let auth =
+                    Authentication::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
                 match auth {
                     Authentication::Ok => continue,
                     Authentication::CleartextPassword => {
-                        postgres_protocol::message::frontend::password_message(password.as_bytes(), &mut out)
-                            .map_err(|e| protocol(e.to_string()))?;
+                        postgres_protocol::message::frontend::password_message(
+                            password.as_bytes(),
+                            &mut out,
+                        )
+                        .map_err(|e| protocol(e.to_string()))?;
                     }
                     Authentication::Md5Password { salt } => {
-                        let hash = postgres_protocol::authentication::md5_hash(role.as_bytes(), password.as_bytes(), salt);
-                        postgres_protocol::message::frontend::password_message(hash.as_bytes(), &mut out)
-                            .map_err(|e| protocol(e.to_string()))?;
+                        let hash = postgres_protocol::authentication::md5_hash(
+                            role.as_bytes(),
+                            password.as_bytes(),
+                            salt,
+                        );
+                        postgres_protocol::message::frontend::password_message(
+                            hash.as_bytes(),
+                            &mut out,
+                        )
+                        .map_err(|e| protocol(e.to_string()))?;
                     }
                     Authentication::Sasl { mechanisms } => {
                         if !mechanisms.contains(&SCRAM_SHA_256) {
-                            return Err(UpstreamError::Unsupported { addr, method: format!("SASL {mechanisms:?}") });
+                            return Err(UpstreamError::Unsupported {
+                                addr,
+                                method: format!("SASL {mechanisms:?}"),
+                            });
                         }
-                        let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                        postgres_protocol::message::frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
-                            .map_err(|e| protocol(e.to_string()))?;
+                        let s =
+                            ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                        postgres_protocol::message::frontend::sasl_initial_response(
+                            SCRAM_SHA_256,
+                            s.message(),
+                            &mut out,
+                        )
+                        .map_err(|e| protocol(e.to_string()))?;
                         scram = Some(s);
                     }
                     Authentication::SaslContinue { data } => {
-                        let mut s = scram.take().ok_or_else(|| protocol("SASLContinue before SASL".into()))?;
+                        let mut s = scram
+                            .take()
+                            .ok_or_else(|| protocol("SASLContinue before SASL".into()))?;
                         let data = data.to_vec();
                         // PBKDF2 with thousands of rounds: keep it off the reactor.
                         let s = tokio::task::spawn_blocking(move || s.update(&data).map(|()| s))
@@ -114,20 +144,27 @@ pub async fn login(
                         scram = Some(s);
                     }
                     Authentication::SaslFinal { data } => {
-                        let s = scram.as_mut().ok_or_else(|| protocol("SASLFinal before SASL".into()))?;
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| protocol("SASLFinal before SASL".into()))?;
                         // Verifies the server's signature: a fake upstream that
                         // does not know the password is caught here.
-                        s.finish(&data).map_err(|e| protocol(format!("SCRAM server signature: {e}")))?;
+                        s.finish(&data)
+                            .map_err(|e| protocol(format!("SCRAM server signature: {e}")))?;
                         continue;
                     }
                     other => {
-                        return Err(UpstreamError::Unsupported { addr, method: format!("{other:?}") });
+                        return Err(UpstreamError::Unsupported {
+                            addr,
+                            method: format!("{other:?}"),
+                        });
                     }
                 }
                 stream.write_all(&out).await.map_err(unreachable)?;
             }
             b'E' => {
-                let error = ErrorResponse::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
+                let error =
+                    ErrorResponse::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
                 return Err(UpstreamError::Rejected {
                     addr,
                     role: role.to_owned(),
@@ -142,11 +179,16 @@ pub async fn login(
                 let k = BackendKeyData::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
                 // Protocol 3.0 keys are 4 bytes; longer 3.2 keys cannot be
                 // cancelled through a 3.0 CancelRequest anyway.
-                let secret = k.secret_key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).unwrap_or_default();
+                let secret = k
+                    .secret_key
+                    .get(..4)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .unwrap_or_default();
                 key = (k.pid, i32::from_be_bytes(secret));
             }
             b'Z' => {
-                let status = ReadyForQuery::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
+                let status =
+                    ReadyForQuery::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
                 return Ok(Upstream {
                     stream,
                     addr,
