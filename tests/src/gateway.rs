@@ -136,6 +136,10 @@ pub struct GatewayConfig {
     pub cgroup: PathBuf,
     pub targets: Vec<Target>,
     pub rules: Vec<Rule>,
+    /// TOML appended verbatim after the generated sections, for what the
+    /// builder does not model (postgres targets, `[rule.postgres]`,
+    /// `[[masking]]`).
+    pub raw: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -150,6 +154,7 @@ impl GatewayConfig {
             cgroup: cgroup.path().to_path_buf(),
             targets: Vec::new(),
             rules: Vec::new(),
+            raw: Vec::new(),
         })
     }
 
@@ -165,6 +170,13 @@ impl GatewayConfig {
 
     pub fn rule(mut self, rule: Rule) -> Self {
         self.rules.push(rule);
+        self
+    }
+
+    /// Appends `toml` verbatim at the end of the file (after the targets
+    /// and rules), e.g. `[[target]]` tables with a `[target.postgres]`.
+    pub fn raw_toml(mut self, toml: &str) -> Self {
+        self.raw.push(toml.to_owned());
         self
     }
 
@@ -208,6 +220,9 @@ impl GatewayConfig {
             if let Some(p) = &r.processes {
                 let _ = writeln!(s, "processes = {}", list(p.iter().map(|g| quote(g))));
             }
+        }
+        for raw in &self.raw {
+            let _ = writeln!(s, "\n{raw}");
         }
         s
     }

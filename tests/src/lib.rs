@@ -6,6 +6,7 @@
 pub mod cgroup;
 pub mod gateway;
 pub mod ports;
+pub mod postgres;
 pub mod probe;
 pub mod servers;
 
@@ -21,6 +22,7 @@ pub use gateway::{
     EXEMPT_MARK, Gateway, GatewayConfig, Mode, Rule, Target, chokepoint_bin, cli, message, pin_dir,
 };
 pub use ports::{gateway_port, instance_name};
+pub use postgres::{PgServer, job_command, job_psql};
 pub use probe::{Failure, ProbeArgs, ProbeReport};
 pub use servers::{ConnRecord, Server, UdpSink};
 

@@ -1,0 +1,935 @@
+//! PostgreSQL mediation end to end: jobs in a guarded cgroup log in without a password, statements are decided and masked, against a real server (run as root).
+//!
+//! Every test has its own PostgreSQL server, cgroup, gateway instance and
+//! listen port, and a 127.0.0.4x target address of its own, so the default
+//! parallel test threads never share anything. Clients (psql, pgbench,
+//! cp-pgclient) run inside the cgroup and connect to `<address>:5432`, where
+//! nothing listens: only the gateway can answer there. The harness's setup
+//! `psql` runs outside every cgroup, straight to the server.
+use std::{
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, ensure};
+use chokepoint_tests::{
+    Gateway, GatewayConfig, PgServer, TestCgroup, job_command, job_psql, message,
+    postgres::{CUSTOMERS, ITEMS, clean_pg_env},
+    run_with_timeout, wait_for,
+};
+use serde_json::{Value, json};
+
+const PGCLIENT: &str = env!("CARGO_BIN_EXE_cp-pgclient");
+
+/// Hang guards only; nothing asserts on how long anything took.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
+const PGBENCH_TIMEOUT: Duration = Duration::from_secs(600);
+const LOG_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The statement rules every test but pgbench's uses (the brief's policy).
+const STATEMENT_RULES: &str = r#"
+[[rule]]
+name = "ci-orders"
+action = "allow"
+targets = ["orders-db"]
+
+[rule.postgres]
+roles = ["app_rw"]
+allow = ["read", "write", "transaction", "other", "ddl"]
+deny = ["drop", "truncate", "delete_without_where", "update_without_where", "data_modifying_cte", "procedural_code", "explain_analyze_write", "copy_program", "copy_file", "dangerous_function", "set_role", "dcl"]
+
+[[rule.postgres.tables]]
+tables = ["billing.*"]
+deny = ["write"]
+"#;
+
+const MASKING_RULES: &str = r#"
+[[masking]]
+name = "emails"
+targets = ["orders-db"]
+columns = ["public.customers.email"]
+strategy = "partial"
+keep = 4
+
+[[masking]]
+name = "cards"
+targets = ["orders-db"]
+detectors = ["card_number"]
+strategy = "redact"
+"#;
+
+/// Everything allowed for app_rw: what `pgbench -i` needs (DROP, TRUNCATE,
+/// VACUUM…).
+const OPEN_RULES: &str = r#"
+[[rule]]
+name = "ci-bench"
+action = "allow"
+targets = ["orders-db"]
+
+[rule.postgres]
+roles = ["app_rw"]
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Policy {
+    /// Statement rules and masking.
+    Guarded,
+    /// The same statement rules, no masking (COPY … TO STDOUT allowed).
+    Unmasked,
+    /// Every statement allowed, no masking.
+    Open,
+}
+
+/// One test's world. Fields drop in order: the gateway (stopped and
+/// detached), then the cgroup (emptied), then the server.
+struct Setup {
+    gw: Gateway,
+    cg: TestCgroup,
+    pg: PgServer,
+    address: String,
+}
+
+impl Setup {
+    /// A server, a cgroup, and a gateway guarding it whose target
+    /// `orders-db` is `127.0.0.<last>:5432` with `policy`.
+    fn start(hint: &str, last: u8, policy: Policy) -> Result<Self> {
+        let pg = PgServer::start()?;
+        let cg = TestCgroup::new(hint)?;
+        let address = format!("127.0.0.{last}");
+        let rules = match policy {
+            Policy::Guarded => format!("{STATEMENT_RULES}\n{MASKING_RULES}"),
+            Policy::Unmasked => STATEMENT_RULES.to_owned(),
+            Policy::Open => OPEN_RULES.to_owned(),
+        };
+        let config = GatewayConfig::new(hint, &cg)?
+            .raw_toml(&pg.target_toml("orders-db", &address))
+            .raw_toml(&rules);
+        let gw =
+            Gateway::start(&config).with_context(|| format!("config:\n{}", config.to_toml()))?;
+        Ok(Self {
+            gw,
+            cg,
+            pg,
+            address,
+        })
+    }
+
+    fn conninfo(&self, user: &str) -> String {
+        format!("host={} port=5432 dbname=orders user={user}", self.address)
+    }
+
+    /// psql inside the cgroup, one session, one `-c` per command.
+    fn psql(&self, user: &str, commands: &[&str]) -> Result<Psql> {
+        let out = run_with_timeout(
+            &mut job_psql(&self.cg, &self.conninfo(user), commands),
+            CLIENT_TIMEOUT,
+        )?;
+        Ok(Psql::from(out))
+    }
+
+    /// cp-pgclient inside the cgroup: one result per step.
+    fn pgclient(&self, user: &str, steps: &[Value]) -> Result<Vec<Value>> {
+        let script = serde_json::to_string(steps)?;
+        let mut cmd = job_command(&self.cg, PGCLIENT);
+        cmd.arg(self.conninfo(user)).arg(&script);
+        let out = run_with_timeout(&mut cmd, CLIENT_TIMEOUT)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.success(),
+            "cp-pgclient failed ({}): {stdout}{stderr}",
+            out.status
+        );
+        let results: Vec<Value> = stdout
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("cp-pgclient printed {stdout:?}"))?;
+        ensure!(
+            results.len() == steps.len(),
+            "cp-pgclient ran {} of {} steps: {stdout}{stderr}",
+            results.len(),
+            steps.len()
+        );
+        Ok(results)
+    }
+
+    /// The statement events logged so far.
+    fn statement_events(&self) -> Vec<Value> {
+        self.gw
+            .events()
+            .into_iter()
+            .filter(|e| message(e) == Some("statement"))
+            .map(|e| e["fields"].clone())
+            .collect()
+    }
+
+    /// Waits for a statement event whose text contains `sql`.
+    fn wait_for_statement(&self, sql: &str) -> Result<Value> {
+        wait_for(
+            &format!("a statement event for {sql:?}"),
+            LOG_TIMEOUT,
+            || {
+                self.statement_events()
+                    .into_iter()
+                    .find(|e| e["statement"].as_str().is_some_and(|s| s.contains(sql)))
+            },
+        )
+        .with_context(|| format!("daemon log:\n{}", self.gw.logs().join("\n")))
+    }
+}
+
+/// psql's output, decoded.
+#[derive(Debug)]
+struct Psql {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Psql {
+    fn from(out: Output) -> Self {
+        Self {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Psql {
+    fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+
+    /// psql errors (VERBOSITY=verbose: `ERROR:  42501: message`).
+    fn errors(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("ERROR:"))
+            .map(str::trim)
+            .collect()
+    }
+}
+
+/// The partial mask of `value` keeping `keep` characters.
+fn partial(value: &str, keep: usize) -> String {
+    let n = value.chars().count();
+    let tail: String = value.chars().skip(n.saturating_sub(keep)).collect();
+    format!("{}{tail}", "*".repeat(n.saturating_sub(keep)))
+}
+
+/// What the job may never see, in any client output.
+fn assert_no_secrets(text: &str) {
+    for c in CUSTOMERS {
+        assert!(
+            !text.contains(c.email),
+            "unmasked email {} in:\n{text}",
+            c.email
+        );
+        assert!(
+            !text.contains(c.card),
+            "unmasked card {} in:\n{text}",
+            c.card
+        );
+        let digits: String = c.card.split(' ').collect();
+        assert!(
+            !text.contains(&digits),
+            "unmasked card {digits} in:\n{text}"
+        );
+        // Each group of four is harmless alone (4111 is also "4111"), but
+        // the middle groups together are not.
+        let middle = &c.card[5..14];
+        assert!(!text.contains(middle), "card digits {middle} in:\n{text}");
+    }
+}
+
+/// A step's rows as strings (NULL as "NULL").
+fn rows(result: &Value) -> Vec<Vec<String>> {
+    result["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    r.as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|v| v.as_str().map_or_else(|| "NULL".to_owned(), str::to_owned))
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_rows(result: &Value, expected: &[&[&str]], what: &str) {
+    assert_eq!(result["ok"], true, "{what}: expected rows, got {result}");
+    let expected: Vec<Vec<String>> = expected
+        .iter()
+        .map(|r| r.iter().map(|s| (*s).to_owned()).collect())
+        .collect();
+    assert_eq!(rows(result), expected, "{what}: {result}");
+}
+
+/// Denied by the policy rule `rule`: SQLSTATE 42501 and the message form
+/// the daemon contract gives.
+fn assert_denied(result: &Value, rule: &str, what: &str) {
+    assert_eq!(
+        result["ok"], false,
+        "{what}: expected a denial, got {result}"
+    );
+    assert_eq!(
+        result["error"]["code"], "42501",
+        "{what}: expected SQLSTATE 42501, got {result}"
+    );
+    let prefix = format!("chokepoint: statement denied by rule {rule}: ");
+    let message = result["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&prefix),
+        "{what}: expected a message starting {prefix:?}, got {result}"
+    );
+}
+
+fn simple(sql: &str) -> Value {
+    json!({ "simple": sql })
+}
+
+fn query(sql: &str) -> Value {
+    json!({ "query": { "sql": sql } })
+}
+
+fn query_with(sql: &str, params: Value) -> Value {
+    json!({ "query": { "sql": sql, "params": params } })
+}
+
+/// The harness itself: the fixture is there, and the server accepts SCRAM
+/// only, so a job's passwordless login can only work if the gateway
+/// logged in for it.
+#[test]
+fn the_server_demands_a_password() -> Result<()> {
+    let pg = PgServer::start()?;
+    let out = pg.admin_psql(
+        "app_ro",
+        "orders",
+        &[
+            "SELECT count(*) FROM customers",
+            "SELECT count(*) FROM billing.invoices",
+        ],
+    )?;
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["3", "2"]);
+    let mut cmd = Command::new("psql");
+    clean_pg_env(&mut cmd);
+    cmd.arg(format!(
+        "host=127.0.0.1 port={} dbname=orders user=app_rw",
+        pg.port()
+    ))
+    .args(["-X", "-w", "-c", "SELECT 1"])
+    .stdin(Stdio::null());
+    let out = Psql::from(run_with_timeout(&mut cmd, CLIENT_TIMEOUT)?);
+    assert!(
+        !out.ok,
+        "the server let app_rw in without a password: {out:?}"
+    );
+    assert!(out.stderr.contains("password"), "{out:?}");
+    Ok(())
+}
+
+#[test]
+fn psql_logs_in_without_a_password() -> Result<()> {
+    let s = Setup::start("pg-login", 41, Policy::Guarded)?;
+    let out = s.psql(
+        "app_rw",
+        &[
+            "SELECT name FROM customers ORDER BY id",
+            "SELECT current_user, current_database()",
+            "SELECT count(*) FROM items",
+        ],
+    )?;
+    assert!(out.ok, "psql failed: {out:?}");
+    assert_eq!(
+        out.lines(),
+        ["Alice", "Bob", "Carol", "app_rw|orders", &ITEMS.to_string()],
+        "{out:?}"
+    );
+    // The upstream login really was SCRAM with the policy's password: the
+    // server accepts nothing else (pg_hba.conf), and the job had none.
+    let event = s.wait_for_statement("SELECT name FROM customers")?;
+    assert_eq!(event["decision"], "allow", "{event}");
+    assert_eq!(event["rule"], "ci-orders", "{event}");
+    Ok(())
+}
+
+#[test]
+fn roles_without_a_rule_are_refused_without_a_prompt() -> Result<()> {
+    let s = Setup::start("pg-roles", 42, Policy::Guarded)?;
+    // app_ro has credentials but no rule; postgres has neither.
+    for user in ["app_ro", "postgres"] {
+        let out = s.psql(user, &["SELECT 1"])?;
+        assert!(!out.ok, "{user} logged in: {out:?}");
+        assert!(
+            out.stderr.contains("not allowed"),
+            "{user}: expected \"not allowed\", got {out:?}"
+        );
+        assert!(
+            !out.stderr.to_lowercase().contains("password"),
+            "{user}: the job was asked for a password: {out:?}"
+        );
+        assert!(out.stdout.is_empty(), "{user}: {out:?}");
+    }
+    // The same job may still use the role its rule grants.
+    let out = s.psql("app_rw", &["SELECT 'still fine'"])?;
+    assert!(out.ok && out.lines() == ["still fine"], "{out:?}");
+    Ok(())
+}
+
+#[test]
+fn simple_extended_and_pipelined_queries() -> Result<()> {
+    let s = Setup::start("pg-protocols", 43, Policy::Guarded)?;
+    let pipeline: Vec<String> = (1..=10)
+        .map(|i| format!("SELECT {i}::int AS n, count(*) FROM items WHERE id <= {i}"))
+        .collect();
+    let steps = [
+        // 0: simple protocol, text results.
+        simple("SELECT id, name FROM customers ORDER BY id"),
+        // 1: extended protocol, a parameter, binary results.
+        query_with("SELECT id, name FROM customers WHERE id = $1", json!([2])),
+        // 2: binary int8 results.
+        query("SELECT count(*), sum(qty) FROM items"),
+        // 3: ten queries in flight at once on one connection.
+        json!({ "pipeline": pipeline }),
+        // 4: a denial inside a pipeline: only its own statement fails.
+        json!({ "pipeline": ["SELECT 1::int", "DELETE FROM items", "SELECT 2::int"] }),
+        // 5: a longer result, extended.
+        query("SELECT id, qty FROM items ORDER BY id"),
+        // 6: two statements in one simple query.
+        simple("SELECT 1; SELECT 'two'"),
+        // 7-10: a rolled-back transaction.
+        simple("BEGIN"),
+        query_with("INSERT INTO items VALUES ($1, $2)", json!([1000, 1])),
+        simple("ROLLBACK"),
+        query("SELECT count(*) FROM items"),
+    ];
+    let r = s.pgclient("app_rw", &steps)?;
+    assert_rows(
+        &r[0],
+        &[&["1", "Alice"], &["2", "Bob"], &["3", "Carol"]],
+        "simple",
+    );
+    assert_rows(&r[1], &[&["2", "Bob"]], "extended with a parameter");
+    assert_rows(&r[2], &[&["100", "50500"]], "binary int8");
+    let results = r[3]["results"].as_array().context("pipeline results")?;
+    assert_eq!(results.len(), 10, "{}", r[3]);
+    for (i, result) in results.iter().enumerate() {
+        let n = (i + 1).to_string();
+        assert_rows(result, &[&[&n, &n]], &format!("pipelined query {n}"));
+    }
+    let results = r[4]["results"].as_array().context("pipeline results")?;
+    assert_rows(&results[0], &[&["1"]], "pipeline before a denial");
+    assert_denied(
+        &results[1],
+        "ci-orders",
+        "DELETE without WHERE in a pipeline",
+    );
+    assert_rows(&results[2], &[&["2"]], "pipeline after a denial");
+    assert_eq!(
+        r[5]["rows"].as_array().map(Vec::len),
+        Some(ITEMS as usize),
+        "{}",
+        r[5]
+    );
+    for (i, row) in rows(&r[5]).iter().enumerate() {
+        let id = i as i64 + 1;
+        assert_eq!(row, &[id.to_string(), (10 * id).to_string()]);
+    }
+    assert_rows(&r[6], &[&["1"], &["two"]], "two statements");
+    for (i, result) in r.iter().enumerate().take(10).skip(7) {
+        assert_eq!(result["ok"], true, "step {i}: {result}");
+    }
+    assert_rows(&r[10], &[&["100"]], "after ROLLBACK");
+    Ok(())
+}
+
+#[test]
+fn copy_in_and_out_round_trip() -> Result<()> {
+    let s = Setup::start("pg-copy", 44, Policy::Unmasked)?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("items.csv");
+    let f = file.display();
+    let out = s.psql(
+        "app_rw",
+        &[
+            &format!("\\copy items TO '{f}' WITH (FORMAT csv)"),
+            "CREATE TABLE items_copy (id int, qty int)",
+            &format!("\\copy items_copy FROM '{f}' WITH (FORMAT csv)"),
+            "SELECT count(*), sum(qty) FROM items_copy",
+            "COPY (SELECT id, qty FROM items WHERE id <= 3 ORDER BY id) TO STDOUT",
+        ],
+    )?;
+    assert!(out.ok && out.errors().is_empty(), "{out:?}");
+    let csv = std::fs::read_to_string(&file)?;
+    assert_eq!(csv.lines().count(), ITEMS as usize, "{csv}");
+    assert!(csv.lines().any(|l| l == "7,70"), "{csv}");
+    assert_eq!(
+        out.lines(),
+        [
+            "COPY 100",
+            "CREATE TABLE",
+            "COPY 100",
+            "100|50500",
+            "1\t10",
+            "2\t20",
+            "3\t30"
+        ],
+        "{out:?}"
+    );
+    // COPY FROM STDIN really reached the server.
+    let direct =
+        s.pg.admin_psql("app_rw", "orders", &["SELECT count(*) FROM items_copy"])?;
+    assert_eq!(direct.trim(), ITEMS.to_string());
+    Ok(())
+}
+
+#[test]
+fn pgbench_runs_through_the_gateway() -> Result<()> {
+    let s = Setup::start("pg-bench", 45, Policy::Open)?;
+    let connect = ["-h", s.address.as_str(), "-p", "5432", "-U", "app_rw"];
+    let run = |args: &[&str]| -> Result<Psql> {
+        let mut cmd = job_command(&s.cg, "pgbench");
+        cmd.args(connect).args(args).arg("orders");
+        Ok(Psql::from(run_with_timeout(&mut cmd, PGBENCH_TIMEOUT)?))
+    };
+    let init = run(&["-i", "-s", "1"])?;
+    assert!(init.ok, "pgbench -i failed: {init:?}");
+    for args in [
+        &["-c", "2", "-T", "5"][..],
+        &["-c", "2", "-t", "100", "-M", "prepared"][..],
+    ] {
+        let out = run(args)?;
+        assert!(out.ok, "pgbench {args:?} failed: {out:?}");
+        assert!(out.stdout.contains("tps = "), "pgbench {args:?}: {out:?}");
+        if let Some(line) = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("number of failed transactions"))
+        {
+            assert!(line.contains(": 0 "), "pgbench {args:?}: {out:?}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn masking_hides_emails_and_cards() -> Result<()> {
+    let s = Setup::start("pg-masking", 46, Policy::Guarded)?;
+    let out = s.psql(
+        "app_rw",
+        &[
+            "SELECT email FROM customers ORDER BY id",
+            "SELECT email AS x FROM customers ORDER BY id",
+            "SELECT c.email, i.qty FROM customers c JOIN items i ON i.id = c.id ORDER BY c.id",
+            "SELECT 'card ' || card FROM customers ORDER BY id",
+            "SELECT card FROM customers ORDER BY id",
+            "SELECT name FROM customers ORDER BY id",
+        ],
+    )?;
+    assert!(out.ok && out.errors().is_empty(), "{out:?}");
+    assert_no_secrets(&out.stdout);
+    assert_no_secrets(&out.stderr);
+    let masked: Vec<String> = CUSTOMERS.iter().map(|c| partial(c.email, 4)).collect();
+    assert_eq!(masked[0], "*************.com");
+    let lines = out.lines();
+    assert_eq!(lines.len(), 18, "{out:?}");
+    assert_eq!(lines[0..3], masked, "plain column: {out:?}");
+    assert_eq!(lines[3..6], masked, "aliased column: {out:?}");
+    for (i, c) in CUSTOMERS.iter().enumerate() {
+        assert_eq!(
+            lines[6 + i],
+            format!("{}|{}", masked[i], 10 * c.id),
+            "join: {out:?}"
+        );
+        assert!(
+            lines[9 + i].starts_with("card ") && lines[9 + i].contains("***"),
+            "computed column: {out:?}"
+        );
+        assert!(lines[12 + i].contains("***"), "card column: {out:?}");
+        assert_eq!(lines[15 + i], c.name, "unmasked column: {out:?}");
+    }
+
+    // COPY … TO STDOUT would stream rows past masking: denied.
+    let out = s.psql(
+        "app_rw",
+        &[
+            "\\copy customers TO STDOUT",
+            "COPY (SELECT email FROM customers) TO STDOUT",
+            "SELECT 'alive'",
+        ],
+    )?;
+    assert_no_secrets(&out.stdout);
+    let errors = out.errors();
+    assert_eq!(errors.len(), 2, "{out:?}");
+    for e in errors {
+        assert!(
+            e.starts_with("42501: chokepoint: statement denied by rule copy-out-masked"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(out.lines(), ["alive"], "{out:?}");
+
+    // Binary results (the extended protocol), parameters, the unnamed
+    // statement (query_typed).
+    let r = s.pgclient(
+        "app_rw",
+        &[
+            query("SELECT email FROM customers ORDER BY id"),
+            query_with(
+                "SELECT id, email, card, name FROM customers WHERE id = $1",
+                json!([1]),
+            ),
+            query("SELECT 'card ' || card AS c FROM customers ORDER BY id"),
+            query("SELECT e FROM (SELECT email AS e FROM customers) AS sub ORDER BY e"),
+            json!({ "typed": "SELECT email, card FROM customers ORDER BY id" }),
+            simple("SELECT email, card FROM customers ORDER BY id"),
+        ],
+    )?;
+    let all = r
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_no_secrets(&all);
+    let column: Vec<&str> = masked.iter().map(String::as_str).collect();
+    assert_rows(
+        &r[0],
+        &[&[column[0]], &[column[1]], &[column[2]]],
+        "binary email",
+    );
+    assert_rows(
+        &r[1],
+        &[&["1", column[0], "***", "Alice"]],
+        "extended with a parameter",
+    );
+    assert_rows(
+        &r[2],
+        &[&["card ***"], &["card ***"], &["card ***"]],
+        "computed column, binary",
+    );
+    // A subquery's column still comes from customers.email.
+    // (ORDER BY sorts the real values: alice, bob, carol.)
+    assert_rows(
+        &r[3],
+        &[&[column[0]], &[column[1]], &[column[2]]],
+        "subquery",
+    );
+    let both: Vec<[&str; 2]> = column.iter().map(|e| [*e, "***"]).collect();
+    let both: Vec<&[&str]> = both.iter().map(|r| &r[..]).collect();
+    assert_rows(&r[4], &both, "query_typed");
+    assert_rows(&r[5], &both, "simple protocol");
+    Ok(())
+}
+
+/// Pipelined extended queries: each query's rows are masked by its own
+/// columns' rules, although the next Bind reuses the unnamed portal (and
+/// query_typed the unnamed statement) before the earlier rows come back.
+#[test]
+fn masking_holds_in_pipelines() -> Result<()> {
+    let s = Setup::start("pg-mask-pipe", 52, Policy::Guarded)?;
+    let masked: Vec<String> = CUSTOMERS.iter().map(|c| partial(c.email, 4)).collect();
+    let column: Vec<&str> = masked.iter().map(String::as_str).collect();
+    let queries = [
+        "SELECT email FROM customers WHERE id = 1",
+        "SELECT name FROM customers WHERE id = 1",
+        "SELECT c.email, i.qty FROM customers c JOIN items i ON i.id = c.id WHERE c.id = 3",
+        "SELECT name FROM customers WHERE id = 2",
+    ];
+    let r = s.pgclient(
+        "app_rw",
+        &[
+            json!({ "pipeline": queries }),
+            json!({ "typed_pipeline": queries }),
+        ],
+    )?;
+    let all = r
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (step, how) in r.iter().zip(["query", "query_typed"]) {
+        let results = step["results"].as_array().context("pipeline results")?;
+        assert_eq!(results.len(), 4, "{step}");
+        assert_rows(&results[0], &[&[column[0]]], &format!("{how}: email"));
+        assert_rows(&results[1], &[&["Alice"]], &format!("{how}: name"));
+        assert_rows(&results[2], &[&[column[2], "30"]], &format!("{how}: join"));
+        assert_rows(&results[3], &[&["Bob"]], &format!("{how}: name"));
+    }
+    assert_no_secrets(&all);
+    Ok(())
+}
+
+/// The card detector sees card numbers inside arrays and records in the
+/// binary format (extended protocol) as it does in the text format.
+#[test]
+fn detectors_see_inside_binary_arrays_and_records() -> Result<()> {
+    let s = Setup::start("pg-mask-binary", 53, Policy::Guarded)?;
+    let sqls = [
+        "SELECT array_agg(card) FROM customers",
+        "SELECT ROW(card, 1) FROM customers WHERE id = 1",
+        "SELECT c FROM customers c WHERE id = 1",
+    ];
+    let steps: Vec<Value> = sqls
+        .iter()
+        .flat_map(|sql| [simple(sql), query(sql)])
+        .collect();
+    let r = s.pgclient("app_rw", &steps)?;
+    for (step, result) in steps.iter().zip(&r) {
+        assert_eq!(result["ok"], true, "{step}: {result}");
+        let text = result.to_string();
+        for c in CUSTOMERS {
+            assert!(
+                !text.contains(c.card),
+                "{step}: card {} reached the job: {result}",
+                c.card
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Each flagged form, with the rule that must deny it.
+const DENIED: &[(&str, &str)] = &[
+    ("DROP TABLE items", "ci-orders"),
+    ("/* hi */ DROP TABLE items", "ci-orders"),
+    ("dRoP tAbLe items", "ci-orders"),
+    ("-- a comment\nDROP TABLE items", "ci-orders"),
+    ("SELECT 1; DROP TABLE items", "ci-orders"),
+    ("DROP TABLE U&\"\\0069tems\"", "ci-orders"),
+    (
+        "WITH d AS (DELETE FROM items WHERE id = 3 RETURNING id) SELECT count(*) FROM d",
+        "ci-orders",
+    ),
+    ("DELETE FROM items", "ci-orders"),
+    ("UPDATE items SET qty = 0", "ci-orders"),
+    ("TRUNCATE items", "ci-orders"),
+    ("DO $$ BEGIN DELETE FROM items; END $$", "ci-orders"),
+    (
+        "EXPLAIN ANALYZE DELETE FROM items WHERE id = 2",
+        "ci-orders",
+    ),
+    ("COPY items TO PROGRAM 'cat > /dev/null'", "ci-orders"),
+    ("COPY items FROM '/etc/hostname'", "ci-orders"),
+    ("SELECT pg_read_file('/etc/passwd')", "ci-orders"),
+    ("SELECT set_config('role', 'postgres', false)", "ci-orders"),
+    ("SET ROLE postgres", "ci-orders"),
+    ("GRANT SELECT ON items TO app_ro", "ci-orders"),
+    ("INSERT INTO billing.invoices VALUES (1, 1)", "ci-orders"),
+    ("PREPARE p AS DELETE FROM items", "ci-orders"),
+    // Class admin is in no allow list.
+    ("VACUUM items", "default-deny"),
+];
+
+#[test]
+fn flagged_statements_are_denied_and_the_session_survives() -> Result<()> {
+    let s = Setup::start("pg-deny", 47, Policy::Guarded)?;
+    let mut steps = Vec::new();
+    for (sql, _) in DENIED {
+        steps.push(simple(sql));
+        steps.push(simple("SELECT 'alive'"));
+    }
+    let tail = steps.len();
+    steps.extend([
+        // tail+0: unparsable SQL is denied too.
+        simple("SELEC 1 FROM"),
+        simple("SELECT 'alive'"),
+        // tail+2..: the extended protocol.
+        json!({ "prepare": "DELETE FROM items" }),
+        query("DELETE FROM items"),
+        query("SELECT 'alive'::text"),
+        // tail+5: nothing was dropped or emptied.
+        simple("SELECT count(*) FROM items"),
+        // tail+6: what the rules allow.
+        simple("DELETE FROM items WHERE id = 1"),
+        simple("SELECT count(*) FROM items"),
+        simple("SELECT id, amount FROM billing.invoices ORDER BY id"),
+        // tail+9: EXECUTE of the denied PREPARE: the statement was never prepared.
+        simple("EXECUTE p"),
+        simple("SELECT count(*) FROM items"),
+    ]);
+    let r = s.pgclient("app_rw", &steps)?;
+    for (i, (sql, rule)) in DENIED.iter().enumerate() {
+        assert_denied(&r[2 * i], rule, sql);
+        assert_rows(&r[2 * i + 1], &[&["alive"]], &format!("after {sql:?}"));
+    }
+    let unparsable = &r[tail];
+    assert_eq!(unparsable["error"]["code"], "42501", "{unparsable}");
+    assert!(
+        unparsable["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("chokepoint: statement denied")),
+        "{unparsable}"
+    );
+    assert_rows(&r[tail + 1], &[&["alive"]], "after unparsable SQL");
+    assert_denied(&r[tail + 2], "ci-orders", "prepare(DELETE FROM items)");
+    assert_denied(&r[tail + 3], "ci-orders", "query(DELETE FROM items)");
+    assert_rows(&r[tail + 4], &[&["alive"]], "extended after denials");
+    assert_rows(&r[tail + 5], &[&["100"]], "items after the denials");
+    assert_eq!(r[tail + 6]["ok"], true, "{}", r[tail + 6]);
+    assert_eq!(r[tail + 6]["counts"], json!([1]), "{}", r[tail + 6]);
+    assert_rows(&r[tail + 7], &[&["99"]], "items after DELETE … WHERE");
+    assert_rows(
+        &r[tail + 8],
+        &[&["1", "100"], &["2", "250"]],
+        "billing read",
+    );
+    assert_eq!(r[tail + 9]["ok"], false, "EXECUTE p: {}", r[tail + 9]);
+    assert_rows(&r[tail + 10], &[&["99"]], "items after EXECUTE p");
+
+    // The server agrees: nothing denied reached it.
+    let direct = s.pg.admin_psql(
+        "app_rw",
+        "orders",
+        &[
+            "SELECT count(*), sum(qty) FROM items",
+            "SELECT count(*) FROM billing.invoices",
+        ],
+    )?;
+    assert_eq!(direct.lines().collect::<Vec<_>>(), ["99|50490", "2"]);
+    Ok(())
+}
+
+#[test]
+fn denials_in_one_psql_session_leave_it_usable() -> Result<()> {
+    let s = Setup::start("pg-deny-psql", 48, Policy::Guarded)?;
+    let commands = [
+        "/* hi */ DROP TABLE items",
+        "SELECT 'alive 1'",
+        "SELECT 1; DROP TABLE items",
+        "SELECT 'alive 2'",
+        "DELETE FROM items",
+        "SELECT 'alive 3'",
+        "INSERT INTO billing.invoices VALUES (1, 1)",
+        "SELECT count(*) FROM billing.invoices",
+        "SET ROLE postgres",
+        "SELECT current_user",
+        "BEGIN",
+        "TRUNCATE items",
+        // A denial aborts the transaction as a server error would.
+        "SELECT 'in aborted transaction'",
+        "ROLLBACK",
+        "SELECT count(*) FROM items",
+    ];
+    let out = s.psql("app_rw", &commands)?;
+    let errors = out.errors();
+    assert_eq!(errors.len(), 7, "{out:?}");
+    for e in &errors[..6] {
+        assert!(
+            e.starts_with("42501: chokepoint: statement denied by rule ci-orders: "),
+            "{out:?}"
+        );
+    }
+    // Statements in a failed transaction are refused by the server itself.
+    assert!(errors[6].starts_with("25P02:"), "{out:?}");
+    assert_eq!(
+        out.lines(),
+        [
+            "alive 1",
+            "alive 2",
+            "alive 3",
+            "2",
+            "app_rw",
+            "BEGIN",
+            "ROLLBACK",
+            &ITEMS.to_string()
+        ],
+        "{out:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn cancel_requests_reach_the_server() -> Result<()> {
+    let s = Setup::start("pg-cancel", 49, Policy::Guarded)?;
+    let r = s.pgclient(
+        "app_rw",
+        &[
+            json!({ "cancel": "SELECT pg_sleep(30)" }),
+            simple("SELECT 'after cancel'"),
+        ],
+    )?;
+    assert_eq!(r[0]["ok"], false, "pg_sleep was not cancelled: {}", r[0]);
+    assert_eq!(r[0]["error"]["code"], "57014", "{}", r[0]);
+    assert_eq!(r[0]["cancel_errors"], json!([]), "{}", r[0]);
+    assert_rows(&r[1], &[&["after cancel"]], "after the cancel");
+    Ok(())
+}
+
+#[test]
+fn malformed_frames_end_only_that_session() -> Result<()> {
+    let mut s = Setup::start("pg-malformed", 50, Policy::Guarded)?;
+    let garbage = [
+        // 'Q' whose length (2) is shorter than the length field itself.
+        ("5100000002", "length below 4"),
+        // 'Q' claiming 2 GiB, far over max_message_bytes.
+        ("517fffffff", "length over the limit"),
+        // 'Q' whose text has no terminating NUL.
+        ("510000000841424344", "unterminated query"),
+        // A message type the protocol does not have.
+        ("7a00000004", "unknown message type"),
+    ];
+    let steps: Vec<Value> = garbage
+        .iter()
+        .map(|(hex, _)| json!({ "raw": hex }))
+        .collect();
+    let r = s.pgclient("app_rw", &steps)?;
+    for (result, (hex, what)) in r.iter().zip(garbage) {
+        assert_eq!(result["ok"], true, "{what} ({hex}): login failed: {result}");
+        let messages = result["messages"].as_array().context("messages")?;
+        let error = messages.iter().find(|m| m["tag"] == "E");
+        assert!(
+            error.is_some_and(|e| e["code"] == "08P01"),
+            "{what} ({hex}): expected an ErrorResponse 08P01, got {result}"
+        );
+        assert_eq!(
+            result["closed"], true,
+            "{what} ({hex}): the connection stayed open: {result}"
+        );
+    }
+    assert!(s.gw.is_running(), "the gateway exited");
+    let out = s.psql("app_rw", &["SELECT 'still serving'"])?;
+    assert!(out.ok && out.lines() == ["still serving"], "{out:?}");
+    Ok(())
+}
+
+#[test]
+fn statement_events_name_the_rule() -> Result<()> {
+    let s = Setup::start("pg-events", 51, Policy::Guarded)?;
+    let out = s.psql(
+        "app_rw",
+        &[
+            "DROP TABLE items",
+            "SELECT 'allowed statement'",
+            "INSERT INTO billing.invoices VALUES (7, 7)",
+        ],
+    )?;
+    assert_eq!(out.errors().len(), 2, "{out:?}");
+    let denied = s.wait_for_statement("DROP TABLE items")?;
+    assert_eq!(denied["decision"], "deny", "{denied}");
+    assert_eq!(denied["rule"], "ci-orders", "{denied}");
+    assert!(
+        denied["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("drop")),
+        "{denied}"
+    );
+    let table = s.wait_for_statement("INSERT INTO billing.invoices")?;
+    assert_eq!(table["decision"], "deny", "{table}");
+    assert_eq!(table["rule"], "ci-orders", "{table}");
+    assert!(
+        table["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("billing.invoices")),
+        "{table}"
+    );
+    let allowed = s.wait_for_statement("SELECT 'allowed statement'")?;
+    assert_eq!(allowed["decision"], "allow", "{allowed}");
+    assert_eq!(allowed["rule"], "ci-orders", "{allowed}");
+    Ok(())
+}
