@@ -54,7 +54,11 @@ pub(crate) async fn serve(
     signals: Signals,
     config: &Path,
 ) -> Result<(), RunError> {
-    let Signals { mut term, mut int, mut hup } = signals;
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     let tasks = TaskTracker::new();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
@@ -131,7 +135,13 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         };
         let (moved, error) = if let (true, Some(ctx)) = (forward, postgres) {
             let summary = postgres::serve(ctx, &flow, client).await;
-            (Transferred { up: summary.bytes_up, down: summary.bytes_down }, summary.error)
+            (
+                Transferred {
+                    up: summary.bytes_up,
+                    down: summary.bytes_down,
+                },
+                summary.error,
+            )
         } else if forward {
             forward_to(&shared, client, &flow).await
         } else {

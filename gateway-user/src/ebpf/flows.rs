@@ -42,7 +42,10 @@ impl FlowTable {
     pub fn sweep(&self, max_age: std::time::Duration) -> usize {
         let now = monotonic_ns();
         let limit = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
-        let mut map = self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let stale: Vec<ClientKey> = map
             .iter()
             .filter_map(Result::ok)
