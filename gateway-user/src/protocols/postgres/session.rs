@@ -535,8 +535,6 @@ impl Session<'_> {
                         b.portal.to_owned(),
                         Portal {
                             statement: b.statement.to_owned(),
-                            result_formats: b.result_formats.clone(),
-                            ..Portal::default()
                         },
                     );
                     self.forward(&frame);

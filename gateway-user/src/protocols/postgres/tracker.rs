@@ -65,7 +65,6 @@ pub struct PreparedStatement {
 #[derive(Debug, Default)]
 pub struct Portal {
     pub statement: String,
-    pub result_formats: Vec<i16>,
 }
 
 /// A denial waiting for the upstream error that carries its nonce.
