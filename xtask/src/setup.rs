@@ -42,9 +42,6 @@ pub fn setup() -> Result<()> {
     if bpf_linker()? {
         installed.push("bpf-linker");
     }
-    if cargo_fuzz()? {
-        installed.push("cargo-fuzz");
-    }
     report_postgres_bin();
     if installed.is_empty() {
         say("setup: everything was already present");
@@ -150,9 +147,9 @@ fn nightly_rust_src() -> Result<bool> {
 /// cargo-fuzz version checked here; `--locked` so a fresh machine builds the same.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
-/// Ensures `cargo fuzz` works (the test task runs the codec fuzz target
-/// briefly); returns whether it installed it.
-fn cargo_fuzz() -> Result<bool> {
+/// Ensures `cargo fuzz` works (for `cargo xtask fuzz`; not part of setup so
+/// CI does not pay for it); returns whether it installed it.
+pub fn cargo_fuzz() -> Result<bool> {
     if util::probe(Command::new("cargo").args(["fuzz", "--version"])) {
         say("ok: cargo-fuzz");
         return Ok(false);

@@ -49,6 +49,7 @@ const FUZZ_SECONDS: u32 = 30;
 /// been timed against CI's budget.
 pub fn fuzz() -> Result<()> {
     setup::setup()?;
+    setup::cargo_fuzz()?;
     let mut cmd = std::process::Command::new("cargo");
     cmd.current_dir(util::workspace_root().join("fuzz"))
         // The fuzz crate builds gateway-user; the eBPF object is not needed
