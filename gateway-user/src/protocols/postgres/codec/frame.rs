@@ -181,18 +181,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     decoder: &mut FrameDecoder,
 ) -> Result<Option<Frame>, CodecError> {
-    loop {
-        if let Some(frame) = decoder.decode(buf)? {
-            return Ok(Some(frame));
-        }
-        if !fill(reader, buf).await? {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(CodecError::Truncated)
-            };
-        }
-    }
+    read_with(reader, buf, |buf| decoder.decode(buf)).await
 }
 
 /// [`read_frame`] for the startup phase.
@@ -201,8 +190,17 @@ pub async fn read_startup_frame<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     decoder: &mut FrameDecoder,
 ) -> Result<Option<StartupFrame>, CodecError> {
+    read_with(reader, buf, |buf| decoder.decode_startup(buf)).await
+}
+
+/// Reads until `decode` yields a frame; the shared loop of both phases.
+async fn read_with<R: AsyncRead + Unpin, F>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    mut decode: impl FnMut(&mut BytesMut) -> Result<Option<F>, CodecError>,
+) -> Result<Option<F>, CodecError> {
     loop {
-        if let Some(frame) = decoder.decode_startup(buf)? {
+        if let Some(frame) = decode(buf)? {
             return Ok(Some(frame));
         }
         if !fill(reader, buf).await? {
