@@ -497,8 +497,9 @@ impl Session<'_> {
                 let sql: Arc<str> = Arc::from(p.sql);
                 let name = p.name.to_owned();
                 match self.decide_sql(&sql) {
-                    Ok(_) => {
-                        let classification = self.ctx.shared.classifier.classify(&sql).ok();
+                    Ok(running) => {
+                        // Classified once by decide_sql; Bind reuses it.
+                        let classification = running.classification;
                         self.statements.insert(
                             name,
                             PreparedStatement {
@@ -572,6 +573,7 @@ impl Session<'_> {
                     .and_then(|p| self.statements.get(&p.statement))
                     .map(|s| Running {
                         sql: s.sql.clone(),
+                        classification: s.classification.clone(),
                         class: class_names(s.classification.as_deref()),
                         rule: Arc::from(""),
                         started: Instant::now(),
@@ -670,7 +672,7 @@ impl Session<'_> {
     fn decide_classified(
         &self,
         sql: &Arc<str>,
-        classification: &Classification,
+        classification: &Arc<Classification>,
     ) -> Result<Running, Bytes> {
         let mut decision = self.rules.decide_all(classification);
         // COPY … TO STDOUT streams rows past the DataRow masking.
@@ -711,6 +713,7 @@ impl Session<'_> {
         if decision.verdict == StatementVerdict::Allow || audit {
             return Ok(Running {
                 sql: sql.clone(),
+                classification: Some(Arc::clone(classification)),
                 class,
                 rule: decision.rule,
                 started: Instant::now(),

@@ -14,6 +14,8 @@ use crate::masking::ResultPlan;
 #[derive(Debug)]
 pub struct Running {
     pub sql: Arc<str>,
+    /// Kept so a prepared statement is classified once, at Parse.
+    pub classification: Option<Arc<crate::protocols::postgres::classify::Classification>>,
     pub class: String,
     pub rule: Arc<str>,
     pub started: Instant,
