@@ -132,12 +132,28 @@ pub struct PgServer {
     gid: u32,
     superuser_password: String,
     passwords: BTreeMap<String, String>,
+    /// Set by [`PgServer::start_tls`]: the CA that signed the server's certificate.
+    ca_file: Option<PathBuf>,
     running: bool,
 }
+
+/// The name in the TLS server's certificate (besides 127.0.0.1).
+pub const TLS_SERVER_NAME: &str = "db.chokepoint.test";
 
 impl PgServer {
     /// initdb, start, create the roles and the `orders` database.
     pub fn start() -> Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// Like [`PgServer::start`], but the server accepts only TLS connections
+    /// (`hostssl` in pg_hba.conf), with a certificate for 127.0.0.1 and
+    /// [`TLS_SERVER_NAME`] signed by a CA of its own ([`PgServer::ca_file`]).
+    pub fn start_tls() -> Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Result<Self> {
         let bin = pg_bin_dir()?;
         let user = User::from_name("postgres")?
             .context("no `postgres` system user: install PostgreSQL the Debian way")?;
@@ -169,9 +185,13 @@ impl PgServer {
             gid,
             superuser_password,
             passwords,
+            ca_file: None,
             running: false,
         };
         server.init()?;
+        if tls {
+            server.enable_tls()?;
+        }
         server.launch()?;
         server.create_fixture()?;
         Ok(server)
@@ -237,7 +257,7 @@ impl PgServer {
             "\n# chokepoint tests\nlisten_addresses = '127.0.0.1'\nport = {}\n\
              unix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\n\
              full_page_writes = off\nshared_buffers = 16MB\nmax_connections = 50\n\
-             password_encryption = 'scram-sha-256'\n",
+             password_encryption = 'scram-sha-256'\nlog_connections = on\n",
             self.port,
             self.dir.path().display()
         );
@@ -250,6 +270,51 @@ impl PgServer {
             "host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n",
         )?;
         Ok(())
+    }
+
+    /// Certificates in place, `ssl = on`, and pg_hba.conf rewritten to
+    /// accept SCRAM over TLS only; before launch, so no reload race.
+    fn enable_tls(&mut self) -> Result<()> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "chokepoint test CA");
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let server_key = KeyPair::generate()?;
+        let server =
+            CertificateParams::new(vec![TLS_SERVER_NAME.to_owned(), "127.0.0.1".to_owned()])?
+                .signed_by(&server_key, &issuer)?;
+
+        let data = self.data();
+        for (name, pem) in [
+            ("server.crt", server.pem()),
+            ("server.key", server_key.serialize_pem()),
+        ] {
+            let path = data.join(name);
+            fs::write(&path, pem)?;
+            // PostgreSQL refuses a key readable by others.
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+            chown(&path, Some(self.uid), Some(self.gid))?;
+        }
+        let ca_file = self.secrets.path().join("ca.pem");
+        fs::write(&ca_file, ca_cert.pem())?;
+        let mut conf = fs::read_to_string(data.join("postgresql.conf"))?;
+        conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        fs::write(data.join("postgresql.conf"), conf)?;
+        fs::write(
+            data.join("pg_hba.conf"),
+            "hostssl all all 127.0.0.1/32 scram-sha-256\nhostssl all all ::1/128 scram-sha-256\n",
+        )?;
+        self.ca_file = Some(ca_file);
+        Ok(())
+    }
+
+    /// The CA certificate of a [`PgServer::start_tls`] server.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     fn launch(&mut self) -> Result<()> {

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use chokepoint_tests::{
     Gateway, GatewayConfig, PgServer, TestCgroup, job_command, job_psql, message,
-    postgres::{CUSTOMERS, ITEMS, clean_pg_env},
+    postgres::{CUSTOMERS, ITEMS, TLS_SERVER_NAME, clean_pg_env},
     run_with_timeout, wait_for,
 };
 use serde_json::{Value, json};
@@ -931,5 +931,152 @@ fn statement_events_name_the_rule() -> Result<()> {
     let allowed = s.wait_for_statement("SELECT 'allowed statement'")?;
     assert_eq!(allowed["decision"], "allow", "{allowed}");
     assert_eq!(allowed["rule"], "ci-orders", "{allowed}");
+    Ok(())
+}
+
+/// `target_toml` with extra `[target.postgres]` settings.
+fn tls_target(pg: &PgServer, name: &str, address: &str, settings: &str) -> String {
+    pg.target_toml(name, address).replace(
+        "[target.postgres]\n",
+        &format!("[target.postgres]\n{settings}\n"),
+    )
+}
+
+/// A rule letting app_rw use `targets`, everything allowed.
+fn open_rule(targets: &[&str]) -> String {
+    let list: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
+    format!(
+        "\n[[rule]]\nname = \"ci-tls\"\naction = \"allow\"\ntargets = [{}]\n[rule.postgres]\nroles = [\"app_rw\"]\n",
+        list.join(", ")
+    )
+}
+
+fn job_psql_at(cg: &TestCgroup, conninfo: &str, commands: &[&str]) -> Result<Psql> {
+    Ok(Psql::from(run_with_timeout(
+        &mut job_psql(cg, conninfo, commands),
+        CLIENT_TIMEOUT,
+    )?))
+}
+
+#[test]
+fn upstream_tls_is_verified_and_never_downgraded() -> Result<()> {
+    let tls_pg = PgServer::start_tls()?;
+    let plain_pg = PgServer::start()?;
+    let cg = TestCgroup::new("pg-tls-up")?;
+    let ca = tls_pg.ca_file().context("the TLS server has a CA")?;
+    let ca = format!("ca_file = {:?}", ca.display().to_string());
+    let config = GatewayConfig::new("pg-tls-up", &cg)?
+        .raw_toml(&tls_target(
+            &tls_pg,
+            "verified",
+            "127.0.0.54",
+            &format!("tls = \"verify-full\"\n{ca}\nserver_name = \"{TLS_SERVER_NAME}\""),
+        ))
+        .raw_toml(&tls_target(&tls_pg, "encrypted", "127.0.0.55", "tls = \"require\""))
+        .raw_toml(&tls_target(&tls_pg, "plain", "127.0.0.56", "tls = \"disable\""))
+        .raw_toml(&tls_target(
+            &tls_pg,
+            "wrong-name",
+            "127.0.0.57",
+            &format!("tls = \"verify-full\"\n{ca}\nserver_name = \"other.chokepoint.test\""),
+        ))
+        // This server has no TLS at all: a target that requires it must not
+        // fall back to plaintext.
+        .raw_toml(&tls_target(&plain_pg, "declined", "127.0.0.58", "tls = \"require\""))
+        .raw_toml(&open_rule(&["verified", "encrypted", "plain", "wrong-name", "declined"]))
+        .raw_toml(
+            "\n[[masking]]\nname = \"emails\"\ntargets = [\"verified\"]\ncolumns = [\"public.customers.email\"]\nstrategy = \"redact\"\n",
+        );
+    let _gw = Gateway::start(&config).with_context(|| format!("config:\n{}", config.to_toml()))?;
+    let conninfo = |address: &str| format!("host={address} port=5432 dbname=orders user=app_rw");
+    let logins = |pg: &PgServer| {
+        pg.log()
+            .matches("connection authorized: user=app_rw")
+            .count()
+    };
+    let plain_logins = logins(&plain_pg);
+    let ssl_query = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+
+    let out = job_psql_at(
+        &cg,
+        &conninfo("127.0.0.54"),
+        &[ssl_query, "SELECT email AS e FROM customers WHERE id = 1"],
+    )?;
+    assert!(out.ok, "verify-full: {out:?}");
+    let lines = out.lines();
+    assert_eq!(lines.first(), Some(&"t"), "not TLS upstream: {out:?}");
+    // Masking looked the column up over its own TLS catalog connection.
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert!(
+        !lines[1].contains(CUSTOMERS[0].email),
+        "unmasked email through the TLS target: {out:?}"
+    );
+
+    let out = job_psql_at(&cg, &conninfo("127.0.0.55"), &[ssl_query])?;
+    assert!(out.ok && out.lines() == ["t"], "require: {out:?}");
+
+    for (address, target, expected) in [
+        ("127.0.0.56", "plain", "no encryption"),
+        ("127.0.0.57", "wrong-name", "certificate"),
+        ("127.0.0.58", "declined", "does not accept TLS"),
+    ] {
+        let out = job_psql_at(&cg, &conninfo(address), &["SELECT 1"])?;
+        assert!(!out.ok, "{target} connected: {out:?}");
+        assert!(
+            out.stderr.contains(&format!("target {target}")) && out.stderr.contains(expected),
+            "{target}: expected the target and {expected:?} in {out:?}"
+        );
+        assert!(out.stdout.is_empty(), "{target}: {out:?}");
+    }
+    // The refused downgrade never logged in (log_connections is on).
+    assert_eq!(
+        logins(&plain_pg),
+        plain_logins,
+        "the plain server saw a login:\n{}",
+        plain_pg.log()
+    );
+    assert!(logins(&tls_pg) > 0, "log_connections is off?");
+    Ok(())
+}
+
+#[test]
+fn jobs_that_require_tls_get_it_where_the_target_offers_it() -> Result<()> {
+    let pg = PgServer::start()?;
+    let cg = TestCgroup::new("pg-tls-client")?;
+    let config = GatewayConfig::new("pg-tls-client", &cg)?
+        .raw_toml(&tls_target(
+            &pg,
+            "offers-tls",
+            "127.0.0.59",
+            "client_tls = true",
+        ))
+        .raw_toml(&pg.target_toml("no-tls", "127.0.0.60"))
+        .raw_toml(&open_rule(&["offers-tls", "no-tls"]));
+    let _gw = Gateway::start(&config).with_context(|| format!("config:\n{}", config.to_toml()))?;
+    let conninfo = |address: &str| {
+        format!("host={address} port=5432 dbname=orders user=app_rw sslmode=require")
+    };
+
+    let out = job_psql_at(
+        &cg,
+        &conninfo("127.0.0.59"),
+        &[
+            "\\conninfo",
+            "SELECT name FROM customers ORDER BY id LIMIT 1",
+        ],
+    )?;
+    assert!(
+        out.ok,
+        "sslmode=require through a client_tls target: {out:?}"
+    );
+    assert!(out.stdout.contains("SSL connection"), "{out:?}");
+    assert!(out.stdout.contains("Alice"), "{out:?}");
+
+    let out = job_psql_at(&cg, &conninfo("127.0.0.60"), &["SELECT 1"])?;
+    assert!(!out.ok, "{out:?}");
+    assert!(
+        out.stderr.contains("does not support SSL"),
+        "expected libpq's own refusal: {out:?}"
+    );
     Ok(())
 }

@@ -51,6 +51,7 @@ pub(super) struct PostgresTargetSection {
     pub tls: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
     pub server_name: Option<Spanned<String>>,
+    pub client_tls: Option<Spanned<bool>>,
     pub max_message_bytes: Option<Spanned<Int>>,
     /// Database role name (the key keeps its position) → its secret.
     pub credentials: Option<Spanned<BTreeMap<Spanned<String>, Spanned<CredentialEntry>>>>,

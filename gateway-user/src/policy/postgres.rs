@@ -27,6 +27,9 @@ pub struct PostgresTarget {
     /// `None`: the connection's original destination.
     pub upstream: Option<SocketAddr>,
     pub tls: UpstreamTls,
+    /// Whether a job's SSLRequest is answered with TLS (a generated
+    /// certificate) instead of `N`, for clients that insist on TLS.
+    pub client_tls: bool,
     /// Largest protocol message accepted from either side.
     pub max_message_bytes: usize,
     /// Database role → where its password is; never empty.
@@ -192,6 +195,7 @@ pub(super) fn target(
         name: name.clone(),
         upstream,
         tls: tls.unwrap_or(UpstreamTls::Disable),
+        client_tls: section.client_tls.as_ref().is_some_and(|t| *t.get_ref()),
         max_message_bytes,
         credentials,
     })
@@ -236,7 +240,12 @@ fn tls(
     let ca_file = match (&section.ca_file, verify_full) {
         (Some(ca), true) => {
             let path = secret_file::resolve(place.sources, file, ca.get_ref());
-            if let Err(message) = secret_file::check_readable(&path, "ca_file") {
+            let usable = secret_file::check_readable(&path, "ca_file").and_then(|()| {
+                crate::protocols::postgres::tls::load_roots(&path)
+                    .map(drop)
+                    .map_err(|e| format!("ca_file: {e}"))
+            });
+            if let Err(message) = usable {
                 report.error(At::of(file, ca), message);
                 ok = false;
             }

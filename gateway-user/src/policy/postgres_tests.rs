@@ -146,7 +146,8 @@ fn verdict_rule_reason(d: &StatementDecision) -> (StatementVerdict, &str, &str) 
 #[test]
 fn the_postgres_example_loads_with_every_value() {
     let files = Files::new();
-    let ca = files.write("orders-ca.pem", "-----BEGIN CERTIFICATE-----\n");
+    let generated = rcgen::generate_simple_self_signed(vec!["db.internal".into()]).expect("cert");
+    let ca = files.write("orders-ca.pem", &generated.cert.pem());
     let key = secret(&files, "keys/masking.key", &"k".repeat(32), 0o600);
     let extra = format!(
         r#"[daemon]
@@ -528,6 +529,27 @@ fn a_secret_owned_by_someone_else_is_refused() {
             "password_file {0} is owned by uid 4242, who could read or replace the secret: run chown root {0} (or chown it to the gateway's user)",
             theirs.display()
         )
+    );
+}
+
+#[test]
+fn ca_file_must_hold_certificates() {
+    let files = Files::new();
+    let pw = secret(&files, "pw", "pw", 0o600);
+    files.write(
+        "key-not-cert.pem",
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    );
+    let text = format!(
+        "[[target]]\nname = \"db\"\naddresses = [\"10.0.0.1\"]\nports = [5432]\nprotocol = \"postgres\"\n[target.postgres]\ntls = \"verify-full\"\nca_file = \"key-not-cert.pem\"\nclient_tls = true\n[target.postgres.credentials.app]\npassword_file = \"{}\"\n",
+        pw.display()
+    );
+    let e = only_error(load_one(&files, &text));
+    assert_eq!(position(&e), at(&text, "\"key-not-cert.pem\""));
+    assert!(
+        e.message.contains("holds no PEM certificate"),
+        "{}",
+        e.message
     );
 }
 

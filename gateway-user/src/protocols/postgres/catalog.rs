@@ -3,14 +3,13 @@
 //! `schema.table.column` with one catalog query per unseen table.
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
 use tokio_postgres::{Client, NoTls};
 use tracing::warn;
 
-use crate::protocols::tcp::connect_upstream;
+use super::upstream::Route;
 
 /// `(schema, table, column)`.
 pub type ColumnSource = Arc<(String, String, String)>;
@@ -24,8 +23,7 @@ pub struct Catalog {
 
 /// How to open the catalog connection (same role and database as the session).
 pub struct CatalogLogin<'a> {
-    pub upstream: SocketAddr,
-    pub mark: u32,
+    pub route: &'a Route,
     pub user: &'a str,
     pub database: &'a str,
     pub password: &'a str,
@@ -95,9 +93,9 @@ impl Catalog {
 }
 
 async fn connect(login: &CatalogLogin<'_>) -> Result<Client, String> {
-    let stream = connect_upstream(login.upstream, login.mark)
-        .await
-        .map_err(|e| e.to_string())?;
+    // Already over TLS when the target asks for it, so tokio-postgres
+    // itself negotiates nothing.
+    let stream = login.route.connect().await.map_err(|e| e.to_string())?;
     let mut config = tokio_postgres::Config::new();
     config
         .user(login.user)

@@ -9,25 +9,30 @@
 //! * [`tracker`]: which response belongs to which request;
 //! * [`upstream`]: login to the real server (SCRAM-SHA-256, md5, password);
 //! * [`cancel`]: gateway-issued cancel keys mapped to backend keys;
-//! * [`catalog`]: table OID → `schema.table.column` for masking.
+//! * [`catalog`]: table OID → `schema.table.column` for masking;
+//! * [`tls`]: TLS towards the job (generated certificate) and the database.
 pub mod cancel;
 pub mod catalog;
 pub mod classify;
 pub mod codec;
 pub mod session;
+pub mod tls;
 pub mod tracker;
 pub mod upstream;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
+
+use rustls::ClientConfig;
+use tokio_rustls::TlsAcceptor;
 
 pub use session::{SessionSummary, serve};
 
 use crate::{
     masking::MaskingPolicy,
-    policy::{Mode, PostgresTarget, SessionRules},
+    policy::{Mode, PostgresTarget, SessionRules, UpstreamTls},
 };
 
 /// Classified statements kept per daemon; statement texts repeat a lot in CI.
@@ -38,7 +43,14 @@ pub struct PostgresShared {
     pub classifier: classify::ClassifierCache,
     pub cancel: Arc<cancel::CancelRegistry>,
     catalogs: Mutex<HashMap<Arc<str>, Arc<catalog::Catalog>>>,
+    /// Made on the first TLS request of any job, then reused.
+    client_tls: OnceLock<Result<TlsAcceptor, String>>,
+    /// Per target, with the settings it was built from (a reload may change them).
+    upstream_tls: Mutex<HashMap<Arc<str>, BuiltTls>>,
 }
+
+/// A target's TLS settings and the client config built from them.
+type BuiltTls = (UpstreamTls, Arc<ClientConfig>);
 
 impl Default for PostgresShared {
     fn default() -> Self {
@@ -46,6 +58,8 @@ impl Default for PostgresShared {
             classifier: classify::ClassifierCache::new(CLASSIFIER_CACHE),
             cancel: Arc::default(),
             catalogs: Mutex::default(),
+            client_tls: OnceLock::new(),
+            upstream_tls: Mutex::default(),
         }
     }
 }
@@ -55,6 +69,31 @@ impl PostgresShared {
     pub fn catalog(&self, target: &Arc<str>) -> Arc<catalog::Catalog> {
         let mut catalogs = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
         catalogs.entry(target.clone()).or_default().clone()
+    }
+
+    /// The acceptor for jobs that ask for TLS (target `client_tls = true`).
+    pub fn client_acceptor(&self) -> Result<TlsAcceptor, String> {
+        self.client_tls.get_or_init(tls::generated_acceptor).clone()
+    }
+
+    /// The TLS client config of a target's upstream; `None` for plaintext.
+    /// Built once per target and settings, so the CA file is read again
+    /// only after a reload changes it.
+    pub fn upstream_tls(
+        &self,
+        target: &PostgresTarget,
+    ) -> Result<Option<Arc<ClientConfig>>, String> {
+        let mut cache = self.upstream_tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((settings, config)) = cache.get(&target.name)
+            && *settings == target.tls
+        {
+            return Ok(Some(config.clone()));
+        }
+        let Some(config) = tls::upstream_config(&target.tls)? else {
+            return Ok(None);
+        };
+        cache.insert(target.name.clone(), (target.tls.clone(), config.clone()));
+        Ok(Some(config))
     }
 }
 

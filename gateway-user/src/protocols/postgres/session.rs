@@ -15,9 +15,10 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpStream, tcp::OwnedWriteHalf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
 };
+use tokio_util::either::Either;
 use tracing::{info, warn};
 
 use super::{
@@ -30,13 +31,14 @@ use super::{
         FrontendMessage, ObjectKind, RowDescription, StartupMessage, StartupPacket,
         read_startup_frame,
     },
+    tls::{self, ClientStream},
     tracker::{Denial, Pending, Portal, PreparedStatement, Running, Tracker},
-    upstream::{self, Upstream, UpstreamError},
+    upstream::{self, Route, Upstream, UpstreamError},
 };
 use crate::{
     flow::Flow,
     masking::{ColumnInfo, ResultPlan},
-    policy::{Mode, SessionRules, StatementDecision, StatementVerdict, UpstreamTls},
+    policy::{Mode, SessionRules, StatementDecision, StatementVerdict},
 };
 
 /// Stop reading a side while this much is queued for the other one.
@@ -57,31 +59,30 @@ pub struct SessionSummary {
 }
 
 /// Serves one client connection that policy routed to a PostgreSQL target.
-pub async fn serve(
-    ctx: Arc<PostgresContext>,
-    flow: &Flow,
-    mut client: TcpStream,
-) -> SessionSummary {
+pub async fn serve(ctx: Arc<PostgresContext>, flow: &Flow, client: TcpStream) -> SessionSummary {
     let mut summary = SessionSummary::default();
     let max = ctx.target.max_message_bytes;
     let mut decoder = FrameDecoder::new(max);
     let mut cbuf = BytesMut::with_capacity(16 * 1024);
 
-    let startup = match client_startup(&ctx, &mut client, &mut cbuf, &mut decoder).await {
-        Ok(Some(startup)) => startup,
-        Ok(None) => return summary,
-        Err(e) => {
+    let (mut client, startup) = match startup_with_tls(&ctx, client, &mut cbuf, &mut decoder).await
+    {
+        (Some(client), Ok(Some(startup))) => (client, startup),
+        (client, Err(e)) => {
             summary.error = Some(e.clone());
-            let _ = client.write_all(&fatal("08P01", &e)).await;
+            if let Some(mut client) = client {
+                let _ = client.write_all(&fatal("08P01", &e)).await;
+            }
             return summary;
         }
+        (_, Ok(_)) => return summary,
     };
     let role = startup.user().unwrap_or_default().to_owned();
     let database = startup.database().unwrap_or(&role).to_owned();
     summary.role.clone_from(&role);
     summary.database.clone_from(&database);
 
-    let (upstream, rules) = match connect(&ctx, flow, &startup, &role, &database).await {
+    let (upstream, rules, route) = match connect(&ctx, flow, &startup, &role, &database).await {
         Ok(u) => u,
         Err((code, message)) => {
             warn!(flow_id = flow.id, %role, %database, "{message}");
@@ -131,7 +132,7 @@ pub async fn serve(
         ctx: ctx.clone(),
         rules,
         flow,
-        login: (upstream.addr, role.clone(), database.clone(), password),
+        login: (route, role.clone(), database.clone(), password),
         tracker: Tracker::default(),
         statements: HashMap::new(),
         portals: HashMap::new(),
@@ -152,23 +153,87 @@ pub async fn serve(
     session.summary
 }
 
-/// Startup phase: SSL and GSS encryption are declined (the job talks to
-/// the gateway over loopback), cancel requests are forwarded, and the
-/// startup message is checked for parameters that would get around policy.
-async fn client_startup(
+/// The startup phase, upgrading the client to TLS when it asks and the
+/// target allows it. Returns the stream to go on with (`None` if the TLS
+/// handshake failed, leaving nothing to answer on).
+async fn startup_with_tls(
     ctx: &PostgresContext,
-    client: &mut TcpStream,
+    mut tcp: TcpStream,
     buf: &mut BytesMut,
     decoder: &mut FrameDecoder,
-) -> Result<Option<StartupMessage>, String> {
+) -> (Option<ClientStream>, Result<Option<StartupMessage>, String>) {
+    let acceptor = if ctx.target.client_tls {
+        match ctx.shared.client_acceptor() {
+            Ok(a) => Some(a),
+            Err(e) => return (Some(Either::Left(tcp)), Err(e)),
+        }
+    } else {
+        None
+    };
+    let step = client_startup(ctx, &mut tcp, buf, decoder, acceptor.is_some()).await;
+    let Some(acceptor) = acceptor.filter(|_| matches!(step, Ok(StartupStep::UpgradeTls))) else {
+        return (Some(Either::Left(tcp)), step.map(StartupStep::into_message));
+    };
+    if let Err(e) = tcp.write_all(b"S").await {
+        return (None, Err(e.to_string()));
+    }
+    // Bytes sent after the SSLRequest but before the handshake were never
+    // encrypted; taking them as part of the session would let someone on
+    // the path inject them (CVE-2021-23214).
+    if !buf.is_empty() {
+        return (
+            Some(Either::Left(tcp)),
+            Err("unencrypted data after the TLS request".into()),
+        );
+    }
+    let mut client = match acceptor.accept(tcp).await {
+        Ok(tls) => Either::Right(tls),
+        Err(e) => return (None, Err(format!("client TLS handshake failed: {e}"))),
+    };
+    let step = client_startup(ctx, &mut client, buf, decoder, false).await;
+    (Some(client), step.map(StartupStep::into_message))
+}
+
+/// Where the startup phase ended.
+enum StartupStep {
+    Startup(StartupMessage),
+    /// Closed, or a cancel request (which is forwarded, then closed).
+    Closed,
+    /// The client asked for TLS and may have it.
+    UpgradeTls,
+}
+
+impl StartupStep {
+    /// The startup message; a TLS upgrade is only returned where it was
+    /// offered, so elsewhere it reads as a closed connection.
+    fn into_message(self) -> Option<StartupMessage> {
+        match self {
+            Self::Startup(m) => Some(m),
+            Self::Closed | Self::UpgradeTls => None,
+        }
+    }
+}
+
+/// Startup phase: GSS encryption is declined, SSL is declined unless
+/// `offer_tls` (the job talks to the gateway over loopback), cancel
+/// requests are forwarded, and the startup message is checked for
+/// parameters that would get around policy.
+async fn client_startup<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &PostgresContext,
+    client: &mut S,
+    buf: &mut BytesMut,
+    decoder: &mut FrameDecoder,
+    offer_tls: bool,
+) -> Result<StartupStep, String> {
     loop {
         let Some(frame) = read_startup_frame(client, buf, decoder)
             .await
             .map_err(|e| e.to_string())?
         else {
-            return Ok(None);
+            return Ok(StartupStep::Closed);
         };
         match StartupPacket::parse(&frame).map_err(|e| e.to_string())? {
+            StartupPacket::SslRequest if offer_tls => return Ok(StartupStep::UpgradeTls),
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 client.write_all(b"N").await.map_err(|e| e.to_string())?;
             }
@@ -179,7 +244,7 @@ async fn client_startup(
                         .forward(cancel.pid, i32::from_be_bytes(secret), ctx.mark)
                         .await;
                 }
-                return Ok(None);
+                return Ok(StartupStep::Closed);
             }
             StartupPacket::Startup(startup) => {
                 if startup.major != 3 {
@@ -227,7 +292,7 @@ async fn client_startup(
                 {
                     return Err("the startup parameter \"options\" is not allowed through chokepoint: it can change the role and settings before policy sees a statement".into());
                 }
-                return Ok(Some(startup));
+                return Ok(StartupStep::Startup(startup));
             }
         }
     }
@@ -285,7 +350,7 @@ async fn connect(
     startup: &StartupMessage,
     role: &str,
     database: &str,
-) -> Result<(Upstream, SessionRules), (&'static str, String)> {
+) -> Result<(Upstream, SessionRules, Route), (&'static str, String)> {
     let target = &ctx.target.name;
     // Only rules that grant this role may allow its statements.
     let rules = ctx
@@ -306,17 +371,25 @@ async fn connect(
             ),
         )
     })?;
-    // Never downgrade: a target that asks for TLS is refused until the
-    // gateway can speak it, rather than served in plaintext.
-    if ctx.target.tls != UpstreamTls::Disable {
-        return Err((
-            "08004",
-            format!(
-                "chokepoint: target {target} requires upstream TLS, which this gateway does not support yet; set tls = \"disable\" only if the network path is trusted"
-            ),
-        ));
-    }
     let addr = ctx.target.upstream.unwrap_or(flow.dst);
+    let tls_setup = |e: String| {
+        (
+            "08001",
+            format!("chokepoint: TLS to target {target} cannot be set up: {e}"),
+        )
+    };
+    let tls = match ctx.shared.upstream_tls(&ctx.target).map_err(tls_setup)? {
+        Some(config) => Some((
+            config,
+            tls::server_name(&ctx.target.tls, addr).map_err(tls_setup)?,
+        )),
+        None => None,
+    };
+    let route = Route {
+        addr,
+        mark: ctx.mark,
+        tls,
+    };
     let params: Vec<(String, String)> = startup
         .params
         .iter()
@@ -327,8 +400,7 @@ async fn connect(
         .cloned()
         .collect();
     let upstream = upstream::login(
-        addr,
-        ctx.mark,
+        &route,
         role,
         database,
         &password,
@@ -340,11 +412,12 @@ async fn connect(
         let code = match e {
             UpstreamError::Unreachable { .. } => "08006",
             UpstreamError::Rejected { .. } => "28P01",
+            UpstreamError::Tls { .. } => "08001",
             _ => "08P01",
         };
         (code, format!("chokepoint: target {target}: {e}"))
     })?;
-    Ok((upstream, rules))
+    Ok((upstream, rules, route))
 }
 
 struct Session<'a> {
@@ -352,8 +425,8 @@ struct Session<'a> {
     /// The flow's rules narrowed to the session's role.
     rules: SessionRules,
     flow: &'a Flow,
-    /// Upstream address, role, database and password, for catalog lookups.
-    login: (std::net::SocketAddr, String, String, String),
+    /// Upstream route, role, database and password, for catalog lookups.
+    login: (Route, String, String, String),
     tracker: Tracker,
     statements: HashMap<String, PreparedStatement>,
     portals: HashMap<String, Portal>,
@@ -373,13 +446,13 @@ enum Step {
 impl Session<'_> {
     async fn run(
         &mut self,
-        client: TcpStream,
+        client: ClientStream,
         upstream: Upstream,
         mut cbuf: BytesMut,
         mut decoder: FrameDecoder,
     ) {
-        let (mut cr, mut cw) = client.into_split();
-        let (mut ur, mut uw) = upstream.stream.into_split();
+        let (mut cr, mut cw) = tokio::io::split(client);
+        let (mut ur, mut uw) = tokio::io::split(upstream.stream);
         let mut ubuf = upstream.leftover;
         let mut udecoder = FrameDecoder::new(self.ctx.target.max_message_bytes);
         // Frames already buffered (pipelined right after startup) first.
@@ -425,7 +498,11 @@ impl Session<'_> {
         self.flush_all(&mut cw, &mut uw).await;
     }
 
-    async fn flush_all(&mut self, cw: &mut OwnedWriteHalf, uw: &mut OwnedWriteHalf) {
+    async fn flush_all(
+        &mut self,
+        cw: &mut (impl AsyncWrite + Unpin),
+        uw: &mut (impl AsyncWrite + Unpin),
+    ) {
         let _ = uw.write_all(&self.to_upstream).await;
         let _ = cw.write_all(&self.to_client).await;
         self.summary.bytes_down += self.to_client.len() as u64;
@@ -885,10 +962,9 @@ impl Session<'_> {
             return None;
         }
         let description = RowDescription::parse(body).ok()?;
-        let (addr, role, database, password) = &self.login;
+        let (route, role, database, password) = &self.login;
         let login = CatalogLogin {
-            upstream: *addr,
-            mark: self.ctx.mark,
+            route,
             user: role,
             database,
             password,

@@ -1,14 +1,19 @@
 //! The gateway's own connection to the real server: it logs in with the
 //! credentials the policy names, so the job never holds them.
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use rustls::{ClientConfig, pki_types::ServerName};
+use tokio::io::AsyncWriteExt;
+use tokio_util::either::Either;
 
-use super::codec::{
-    Authentication, BackendKeyData, ErrorResponse, FrameDecoder, ParameterStatus, ReadyForQuery,
-    read_frame,
+use super::{
+    codec::{
+        Authentication, BackendKeyData, ErrorResponse, FrameDecoder, ParameterStatus,
+        ReadyForQuery, read_frame,
+    },
+    tls::{self, UpstreamStream, UpstreamTlsError},
 };
 use crate::protocols::tcp::connect_upstream;
 
@@ -16,7 +21,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A logged-in upstream session, ready for queries.
 pub struct Upstream {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub addr: SocketAddr,
     /// ParameterStatus messages to replay to the client, raw.
     pub parameters: Vec<bytes::Bytes>,
@@ -46,27 +51,61 @@ pub enum UpstreamError {
         "{addr} asks for authentication method {method}, which chokepoint does not speak (use scram-sha-256, md5 or password)"
     )]
     Unsupported { addr: SocketAddr, method: String },
+    #[error("{addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        source: UpstreamTlsError,
+    },
     #[error("{addr} sent an invalid message during login: {what}")]
     Protocol { addr: SocketAddr, what: String },
 }
 
-/// Connects (with the exemption mark) and logs in as `role` to `database`.
-/// `params` are the client's other startup parameters (application_name,
-/// client_encoding, DateStyle…), passed on unchanged.
+/// How to reach the upstream: address, exemption mark and TLS.
+pub struct Route {
+    pub addr: SocketAddr,
+    pub mark: u32,
+    /// `None`: plaintext (`tls = "disable"`).
+    pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+}
+
+impl Route {
+    /// A connected stream: TCP with the exemption mark, then TLS if asked.
+    pub async fn connect(&self) -> Result<UpstreamStream, UpstreamError> {
+        let addr = self.addr;
+        let unreachable = |source| UpstreamError::Unreachable { addr, source };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect_upstream(addr, self.mark))
+            .await
+            .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(unreachable)?;
+        let Some((config, name)) = &self.tls else {
+            return Ok(Either::Left(stream));
+        };
+        let tls = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tls::negotiate_upstream(stream, config.clone(), name.clone()),
+        )
+        .await
+        .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(|source| UpstreamError::Tls { addr, source })?;
+        Ok(Either::Right(tls))
+    }
+}
+
+/// Connects (with the exemption mark, over TLS if the target asks) and
+/// logs in as `role` to `database`. `params` are the client's other startup
+/// parameters (application_name, client_encoding, DateStyle…), passed on
+/// unchanged.
 pub async fn login(
-    addr: SocketAddr,
-    mark: u32,
+    route: &Route,
     role: &str,
     database: &str,
     password: &str,
     params: &[(String, String)],
     max_message: usize,
 ) -> Result<Upstream, UpstreamError> {
+    let addr = route.addr;
     let unreachable = |source| UpstreamError::Unreachable { addr, source };
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, connect_upstream(addr, mark))
-        .await
-        .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
-        .map_err(unreachable)?;
+    let mut stream = route.connect().await?;
     let protocol = |what: String| UpstreamError::Protocol { addr, what };
 
     let mut out = BytesMut::new();
