@@ -140,6 +140,8 @@ pub struct GatewayConfig {
     /// builder does not model (postgres targets, `[rule.postgres]`,
     /// `[[masking]]`).
     pub raw: Vec<String>,
+    /// Extra `key = value` lines of the `[daemon]` table.
+    pub daemon: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -155,6 +157,7 @@ impl GatewayConfig {
             targets: Vec::new(),
             rules: Vec::new(),
             raw: Vec::new(),
+            daemon: Vec::new(),
         })
     }
 
@@ -170,6 +173,12 @@ impl GatewayConfig {
 
     pub fn rule(mut self, rule: Rule) -> Self {
         self.rules.push(rule);
+        self
+    }
+
+    /// Adds a `key = value` line to the `[daemon]` table.
+    pub fn daemon_setting(mut self, line: &str) -> Self {
+        self.daemon.push(line.to_owned());
         self
     }
 
@@ -192,6 +201,9 @@ impl GatewayConfig {
         let _ = writeln!(s, "listen_port = {}", self.listen_port);
         let _ = writeln!(s, "mode = {}", quote(mode));
         let _ = writeln!(s, "exempt_mark = {:#x}", self.exempt_mark);
+        for line in &self.daemon {
+            let _ = writeln!(s, "{line}");
+        }
         let _ = writeln!(
             s,
             "\n[guard]\ncgroup = {}",

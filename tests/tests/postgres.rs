@@ -555,25 +555,63 @@ fn masking_hides_emails_and_cards() -> Result<()> {
         assert_eq!(lines[15 + i], c.name, "unmasked column: {out:?}");
     }
 
-    // COPY … TO STDOUT would stream rows past masking: denied.
+    // COPY … TO STDOUT rows are masked like query results (copy_out_masked
+    // = "mask", the default): text and CSV, table and query forms; binary
+    // COPY cannot be masked and is refused without a single row.
     let out = s.psql(
         "app_rw",
         &[
             "\\copy customers TO STDOUT",
-            "COPY (SELECT email FROM customers) TO STDOUT",
+            "COPY (SELECT email AS x FROM customers ORDER BY id) TO STDOUT (FORMAT csv, HEADER)",
+            "COPY customers (id, email) TO STDOUT (FORMAT binary)",
             "SELECT 'alive'",
         ],
     )?;
     assert_no_secrets(&out.stdout);
+    assert_no_secrets(&out.stderr);
     let errors = out.errors();
-    assert_eq!(errors.len(), 2, "{out:?}");
-    for e in errors {
-        assert!(
-            e.starts_with("42501: chokepoint: statement denied by rule copy-out-masked"),
-            "{out:?}"
-        );
+    assert_eq!(errors.len(), 1, "{out:?}");
+    assert!(
+        errors[0].starts_with(
+            "42501: chokepoint: COPY … TO STDOUT of masked data cannot be masked here: binary COPY"
+        ),
+        "{out:?}"
+    );
+    let lines = out.lines();
+    assert_eq!(lines.len(), 3 + 1 + 3 + 1, "{out:?}");
+    for (i, c) in CUSTOMERS.iter().enumerate() {
+        let fields: Vec<&str> = lines[i].split('\t').collect();
+        assert_eq!(fields.len(), 5, "{out:?}");
+        assert_eq!(fields[0], c.id.to_string(), "{out:?}");
+        assert_eq!(fields[1], c.name, "unmasked column: {out:?}");
+        assert_eq!(fields[2], masked[i], "email column rule: {out:?}");
+        assert!(fields[3].contains("***"), "card detector: {out:?}");
     }
-    assert_eq!(out.lines(), ["alive"], "{out:?}");
+    assert_eq!(lines[3], "x", "CSV header: {out:?}");
+    // Masked CSV values are always quoted.
+    let quoted: Vec<String> = masked.iter().map(|m| format!("\"{m}\"")).collect();
+    assert_eq!(lines[4..7], quoted, "CSV rows: {out:?}");
+    assert_eq!(lines[7], "alive", "{out:?}");
+    // The extended protocol (tokio-postgres copy_out), then the session goes on.
+    let r = s.pgclient(
+        "app_rw",
+        &[
+            json!({ "copy_out": "COPY (SELECT id, email FROM customers ORDER BY id) TO STDOUT" }),
+            json!({ "copy_out": "COPY customers (email) TO STDOUT (FORMAT binary)" }),
+            simple("SELECT 'alive'"),
+        ],
+    )?;
+    assert_no_secrets(&r.iter().map(Value::to_string).collect::<String>());
+    let expected: String = CUSTOMERS
+        .iter()
+        .zip(&masked)
+        .map(|(c, m)| format!("{}\t{m}\n", c.id))
+        .collect();
+    assert_eq!(r[0]["data"], expected.as_str(), "{}", r[0]);
+    assert_eq!(r[1]["error"]["code"], "42501", "{}", r[1]);
+    assert_rows(&r[2], &[&["alive"]], "after the refused binary COPY");
+    let event = s.wait_for_statement("FORMAT csv, HEADER")?;
+    assert_eq!(event["decision"], "allow", "{event}");
 
     // Binary results (the extended protocol), parameters, the unnamed
     // statement (query_typed).
@@ -1078,5 +1116,40 @@ fn jobs_that_require_tls_get_it_where_the_target_offers_it() -> Result<()> {
         out.stderr.contains("does not support SSL"),
         "expected libpq's own refusal: {out:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn copy_out_masked_deny_refuses_before_the_statement_runs() -> Result<()> {
+    let pg = PgServer::start()?;
+    let cg = TestCgroup::new("pg-copy-deny")?;
+    let config = GatewayConfig::new("pg-copy-deny", &cg)?
+        .daemon_setting("copy_out_masked = \"deny\"")
+        .raw_toml(&pg.target_toml("orders-db", "127.0.0.61"))
+        .raw_toml(STATEMENT_RULES)
+        .raw_toml(MASKING_RULES);
+    let _gw = Gateway::start(&config).with_context(|| format!("config:\n{}", config.to_toml()))?;
+    let out = job_psql_at(
+        &cg,
+        "host=127.0.0.61 port=5432 dbname=orders user=app_rw",
+        &[
+            "COPY customers TO STDOUT",
+            "COPY (DELETE FROM items WHERE id = 1 RETURNING *) TO STDOUT",
+            "COPY items FROM STDIN",
+            "SELECT count(*) FROM items WHERE id = 1",
+        ],
+    )?;
+    assert_no_secrets(&out.stdout);
+    let errors = out.errors();
+    assert_eq!(errors.len(), 2, "{out:?}");
+    for e in &errors {
+        assert!(
+            e.starts_with("42501: chokepoint: statement denied by rule copy-out-masked"),
+            "{out:?}"
+        );
+    }
+    // The data-modifying COPY never ran; COPY FROM STDIN (stdin is empty)
+    // is not a COPY out and was allowed.
+    assert_eq!(out.lines(), ["COPY 0", "1"], "{out:?}");
     Ok(())
 }

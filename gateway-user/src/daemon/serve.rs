@@ -127,6 +127,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
                     rules: policy.session_rules(&facts, target),
                     masking: policy.masking_for(target),
                     mode,
+                    copy_out_masked: policy.copy_out_masked(),
                     mark: shared.daemon.exempt_mark,
                     shared: shared.postgres.clone(),
                 })

@@ -11,6 +11,7 @@
 //! | `{"typed": "SQL"}` | `query_typed`: unnamed statement and portal, one round trip |
 //! | `{"pipeline": ["SQL", …]}` | every `query` at once on the one connection |
 //! | `{"typed_pipeline": ["SQL", …]}` | every `query_typed` at once |
+//! | `{"copy_out": "COPY … TO STDOUT"}` | `copy_out` (extended protocol); `"data"` is the copied text |
 //! | `{"cancel": "SQL"}` | runs SQL and sends a CancelRequest every 500 ms until it ends |
 //! | `{"raw": "hex"}` | a new raw connection: startup as the same user, then these bytes |
 //!
@@ -53,6 +54,7 @@ enum Step {
     Typed(String),
     Pipeline(Vec<String>),
     TypedPipeline(Vec<String>),
+    CopyOut(String),
     Cancel(String),
     Raw(String),
 }
@@ -117,6 +119,7 @@ async fn run(config: Config, steps: Vec<Step>) -> ExitCode {
                 let results = join_all(sqls.iter().map(|sql| typed(&client, sql))).await;
                 json!({"ok": results.iter().all(|r| r["ok"] == true), "results": results})
             }
+            Step::CopyOut(sql) => copy_out(&client, &sql).await,
             Step::Cancel(sql) => cancel(&client, &sql).await,
             Step::Raw(hex) => raw(&config, &hex).await,
         };
@@ -165,6 +168,20 @@ fn rows_json(rows: &[Row]) -> Value {
         Err(e) => {
             json!({"ok": false, "error": {"code": null, "message": format!("decoding a row: {e}")}})
         }
+    }
+}
+
+/// Every CopyData of a `COPY … TO STDOUT`, concatenated as text.
+async fn copy_out(client: &Client, sql: &str) -> Value {
+    use futures_util::TryStreamExt;
+    let stream = match client.copy_out(sql).await {
+        Ok(s) => s,
+        Err(e) => return failed(&e),
+    };
+    let chunks: Result<Vec<bytes::Bytes>, _> = stream.try_collect().await;
+    match chunks.map(|c| c.concat()) {
+        Ok(data) => json!({"ok": true, "data": String::from_utf8_lossy(&data)}),
+        Err(e) => failed(&e),
     }
 }
 

@@ -21,6 +21,16 @@ pub struct Catalog {
     client: tokio::sync::Mutex<Option<Client>>,
 }
 
+/// One result column of a described query.
+#[derive(Debug, Clone)]
+pub struct DescribedColumn {
+    pub name: String,
+    pub type_oid: u32,
+    /// 0 when the column is computed.
+    pub table_oid: u32,
+    pub column_attr: i16,
+}
+
 /// How to open the catalog connection (same role and database as the session).
 pub struct CatalogLogin<'a> {
     pub route: &'a Route,
@@ -50,6 +60,36 @@ impl Catalog {
             return None;
         }
         self.cached(table_oid, attnum).flatten()
+    }
+
+    /// The result columns `sql` would have, from a Parse/Describe on the
+    /// catalog connection (nothing is executed).
+    pub async fn describe(
+        &self,
+        sql: &str,
+        login: &CatalogLogin<'_>,
+    ) -> Result<Vec<DescribedColumn>, String> {
+        let mut client = self.client.lock().await;
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            *client = Some(connect(login).await?);
+        }
+        let Some(c) = client.as_ref() else {
+            return Err("no catalog connection".into());
+        };
+        let statement = c.prepare(sql).await.map_err(|e| match e.as_db_error() {
+            Some(db) => db.message().to_owned(),
+            None => e.to_string(),
+        })?;
+        Ok(statement
+            .columns()
+            .iter()
+            .map(|c| DescribedColumn {
+                name: c.name().to_owned(),
+                type_oid: c.type_().oid(),
+                table_oid: c.table_oid().unwrap_or(0),
+                column_attr: c.column_id().unwrap_or(0),
+            })
+            .collect())
     }
 
     fn cached(&self, oid: u32, attnum: i16) -> Option<Option<ColumnSource>> {

@@ -10,11 +10,13 @@
 //! * [`upstream`]: login to the real server (SCRAM-SHA-256, md5, password);
 //! * [`cancel`]: gateway-issued cancel keys mapped to backend keys;
 //! * [`catalog`]: table OID → `schema.table.column` for masking;
+//! * [`copy_out`]: masking the rows of `COPY … TO STDOUT`;
 //! * [`tls`]: TLS towards the job (generated certificate) and the database.
 pub mod cancel;
 pub mod catalog;
 pub mod classify;
 pub mod codec;
+pub mod copy_out;
 pub mod session;
 pub mod tls;
 pub mod tracker;
@@ -32,7 +34,7 @@ pub use session::{SessionSummary, serve};
 
 use crate::{
     masking::MaskingPolicy,
-    policy::{Mode, PostgresTarget, SessionRules, UpstreamTls},
+    policy::{CopyOutMasked, Mode, PostgresTarget, SessionRules, UpstreamTls},
 };
 
 /// Classified statements kept per daemon; statement texts repeat a lot in CI.
@@ -103,6 +105,7 @@ pub struct PostgresContext {
     pub rules: SessionRules,
     pub masking: Arc<MaskingPolicy>,
     pub mode: Mode,
+    pub copy_out_masked: CopyOutMasked,
     pub mark: u32,
     pub shared: Arc<PostgresShared>,
 }

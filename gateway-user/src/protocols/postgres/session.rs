@@ -31,6 +31,7 @@ use super::{
         FrontendMessage, ObjectKind, RowDescription, StartupMessage, StartupPacket,
         read_startup_frame,
     },
+    copy_out::{self, CopyRows},
     tls::{self, ClientStream},
     tracker::{Denial, Pending, Portal, PreparedStatement, Running, Tracker},
     upstream::{self, Route, Upstream, UpstreamError},
@@ -38,7 +39,7 @@ use super::{
 use crate::{
     flow::Flow,
     masking::{ColumnInfo, ResultPlan},
-    policy::{Mode, SessionRules, StatementDecision, StatementVerdict},
+    policy::{CopyOutMasked, Mode, SessionRules, StatementDecision, StatementVerdict},
 };
 
 /// Stop reading a side while this much is queued for the other one.
@@ -137,6 +138,8 @@ pub async fn serve(ctx: Arc<PostgresContext>, flow: &Flow, client: TcpStream) ->
         statements: HashMap::new(),
         portals: HashMap::new(),
         query_plan: None,
+        copy: CopyState::Idle,
+        copies_seen: 0,
         to_client: BytesMut::new(),
         to_upstream: BytesMut::new(),
         summary,
@@ -432,6 +435,9 @@ struct Session<'a> {
     portals: HashMap<String, Portal>,
     /// Plan of the simple-protocol result being streamed.
     query_plan: Option<Arc<ResultPlan>>,
+    copy: CopyState,
+    /// COPY TO STDOUT responses seen in the current query string.
+    copies_seen: usize,
     to_client: BytesMut,
     to_upstream: BytesMut,
     summary: SessionSummary,
@@ -752,17 +758,22 @@ impl Session<'_> {
         classification: &Arc<Classification>,
     ) -> Result<Running, Bytes> {
         let mut decision = self.rules.decide_all(classification);
-        // COPY … TO STDOUT streams rows past the DataRow masking.
+        // With copy_out_masked = "deny", COPY … TO STDOUT never runs on a
+        // target with masking rules; with "mask" its rows are masked as
+        // they stream (see `copy_out_rows`).
         if decision.verdict == StatementVerdict::Allow
+            && self.ctx.copy_out_masked == CopyOutMasked::Deny
             && !self.ctx.masking.is_empty()
-            && classification.statements.iter().any(|s| {
-                s.command.starts_with("COPY") && s.class == super::classify::StatementClass::Read
-            })
+            && classification
+                .statements
+                .iter()
+                .any(|s| s.command == "COPY")
+            && copy_out::copy_outs(sql).map_or(true, |c| !c.is_empty())
         {
             decision = StatementDecision {
                 verdict: StatementVerdict::Deny,
                 rule: Arc::from("copy-out-masked"),
-                reason: "COPY … TO STDOUT of a target with masking rules is denied: select the rows instead so they can be masked".into(),
+                reason: "COPY … TO STDOUT of a target with masking rules is denied (copy_out_masked = \"deny\"): select the rows instead so they can be masked".into(),
                 statement_index: 0,
             };
         }
@@ -819,8 +830,36 @@ impl Session<'_> {
                     self.complete(running, "");
                 }
                 self.query_plan = None;
+                self.copies_seen = 0;
+            }
+            b'H' => match self.copy_out_rows().await {
+                Ok(Some(rows)) => self.copy = CopyState::Masking(rows),
+                Ok(None) => self.copy = CopyState::Idle,
+                Err(why) => return self.refuse_copy_out(&why),
+            },
+            b'd' => match &mut self.copy {
+                CopyState::Idle => self.count_row(false),
+                CopyState::Refused => return,
+                CopyState::Masking(rows) => match rows.mask(frame.body()) {
+                    Ok(masked) => {
+                        self.count_row(masked.is_some());
+                        if let Some(masked) = masked {
+                            put_message(&mut self.to_client, b'd', &masked);
+                            self.summary.bytes_down += masked.len() as u64 + 5;
+                            return;
+                        }
+                    }
+                    Err(why) => return self.refuse_copy_out(&why),
+                },
+            },
+            b'c' => {
+                if let CopyState::Refused = self.copy {
+                    return;
+                }
+                self.copy = CopyState::Idle;
             }
             b'E' => {
+                self.copy = CopyState::Idle;
                 let parsed = ErrorResponse::parse(frame.body());
                 let message = parsed
                     .as_ref()
@@ -898,15 +937,23 @@ impl Session<'_> {
                 }
             }
             b'C' | b'I' | b's' => {
+                // The end of a refused COPY was already answered with an error.
+                let refused = matches!(
+                    std::mem::replace(&mut self.copy, CopyState::Idle),
+                    CopyState::Refused
+                );
                 if let Some(Pending::Execute { .. }) = self.tracker.pending.front()
                     && let Some(Pending::Execute {
                         running: Some(running),
                         ..
                     }) = self.tracker.pending.pop_front()
                 {
-                    self.complete(running, "");
+                    self.complete(running, if refused { "COPY refused" } else { "" });
                 }
                 self.query_plan = None;
+                if refused {
+                    return;
+                }
             }
             _ => {}
         }
@@ -962,37 +1009,102 @@ impl Session<'_> {
             return None;
         }
         let description = RowDescription::parse(body).ok()?;
+        let fields: Vec<_> = description
+            .fields
+            .iter()
+            .map(|f| (f.name, f.table_oid, f.column_attr, f.type_oid, f.format))
+            .collect();
+        Some(self.plan_columns(&fields).await)
+    }
+
+    /// `(name, table OID, attribute number, type OID, format)` per column.
+    async fn plan_columns(&self, fields: &[(&str, u32, i16, u32, i16)]) -> Arc<ResultPlan> {
+        let login = self.catalog_login();
+        let catalog = self.ctx.shared.catalog(&self.ctx.target.name);
+        let mut sources = Vec::with_capacity(fields.len());
+        for &(_, table_oid, attr, _, _) in fields {
+            sources.push(catalog.source(table_oid, attr, &login).await);
+        }
+        let columns: Vec<ColumnInfo<'_>> = fields
+            .iter()
+            .zip(&sources)
+            .map(|(&(name, _, _, type_oid, format), source)| ColumnInfo {
+                source: source
+                    .as_deref()
+                    .map(|(s, t, c)| (s.as_str(), t.as_str(), c.as_str())),
+                output_name: name,
+                type_oid,
+                format,
+            })
+            .collect();
+        Arc::new(self.ctx.masking.plan(&columns))
+    }
+
+    fn catalog_login(&self) -> CatalogLogin<'_> {
         let (route, role, database, password) = &self.login;
-        let login = CatalogLogin {
+        CatalogLogin {
             route,
             user: role,
             database,
             password,
-        };
-        let catalog = self.ctx.shared.catalog(&self.ctx.target.name);
-        let mut sources = Vec::with_capacity(description.fields.len());
-        for field in &description.fields {
-            sources.push(
-                catalog
-                    .source(field.table_oid, field.column_attr, &login)
-                    .await,
-            );
         }
-        let columns: Vec<ColumnInfo<'_>> = description
-            .fields
-            .iter()
-            .zip(&sources)
-            .map(|(field, source)| ColumnInfo {
-                source: source
-                    .as_deref()
-                    .map(|(s, t, c)| (s.as_str(), t.as_str(), c.as_str())),
-                output_name: field.name,
-                type_oid: field.type_oid,
-                format: field.format,
-            })
-            .collect();
-        Some(Arc::new(self.ctx.masking.plan(&columns)))
     }
+
+    /// A CopyOutResponse arrived: how its rows are masked. `Ok(None)`:
+    /// nothing to mask. `Err`: the rows cannot be masked and must not
+    /// reach the client.
+    async fn copy_out_rows(&mut self) -> Result<Option<CopyRows>, String> {
+        if self.ctx.masking.is_empty() {
+            return Ok(None);
+        }
+        let (sql, index) = match self.tracker.pending.front() {
+            Some(Pending::Query(Some(r))) => (r.sql.clone(), self.copies_seen),
+            Some(Pending::Execute {
+                running: Some(r), ..
+            }) => (r.sql.clone(), 0),
+            _ => return Err("the COPY cannot be matched to its statement".into()),
+        };
+        self.copies_seen += 1;
+        let copy = copy_out::copy_outs(&sql)?
+            .into_iter()
+            .nth(index)
+            .ok_or("the COPY cannot be matched to its statement")?;
+        let format = copy.format?;
+        let described = self
+            .ctx
+            .shared
+            .catalog(&self.ctx.target.name)
+            .describe(&copy.layout_sql, &self.catalog_login())
+            .await
+            .map_err(|e| format!("its columns cannot be described ({e})"))?;
+        let fields: Vec<_> = described
+            .iter()
+            .map(|c| (c.name.as_str(), c.table_oid, c.column_attr, c.type_oid, 0))
+            .collect();
+        let plan = self.plan_columns(&fields).await;
+        CopyRows::new(plan, format).map(Some)
+    }
+
+    /// Ends a COPY whose rows may not be sent: the client gets an error in
+    /// its place and the rest of the copy stream is dropped.
+    fn refuse_copy_out(&mut self, why: &str) {
+        warn!(flow_id = self.flow.id, "COPY TO STDOUT refused: {why}");
+        self.to_client.extend_from_slice(&deny_error(
+            "copy-out-masked",
+            &format!("COPY … TO STDOUT of masked data cannot be masked here: {why}; select the rows instead"),
+            "",
+        ));
+        self.copy = CopyState::Refused;
+    }
+}
+
+/// Where the session is in a COPY TO STDOUT.
+enum CopyState {
+    Idle,
+    Masking(CopyRows),
+    /// Refused with an error already sent: drop CopyData, CopyDone and the
+    /// CommandComplete that ends the COPY.
+    Refused,
 }
 
 /// The masked DataRow message; None when no value changes (the caller then
