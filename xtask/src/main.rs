@@ -41,8 +41,12 @@ enum Task {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Setup, build, then run every test in the workspace (needs root: cgroups and BPF).
+    /// Setup, build, then run every test in the workspace (needs root: cgroups and BPF) and,
+    /// on a full run, the fuzz targets briefly.
     Test {
+        /// Skip the fuzz pass (its sanitizer build takes ~10 minutes the first time).
+        #[arg(long)]
+        no_fuzz: bool,
         /// Extra arguments for `cargo test`, after `--` (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<OsString>,
@@ -50,9 +54,9 @@ enum Task {
     /// Build and install the gateway as a systemd service (needs root); never overwrites
     /// /etc/chokepoint/chokepoint.toml.
     Install,
-    /// Build, then run the benchmarks (cp-bench from chokepoint-tests).
     /// Run the protocol fuzz targets briefly (cargo-fuzz, nightly).
     Fuzz,
+    /// Build, then run the benchmarks (cp-bench from chokepoint-tests).
     Bench {
         /// Suite to run instead of the default gateway benchmark.
         #[arg(value_enum)]
@@ -77,7 +81,7 @@ fn main() -> ExitCode {
             build_cmd::build(profile).map(|bin| println!("{}", bin.display()))
         }
         Task::Run { args } => run::run(&args),
-        Task::Test { args } => test::test(&args),
+        Task::Test { no_fuzz, args } => test::test(&args, !no_fuzz),
         Task::Install => install::install(),
         Task::Bench { suite, args } => bench::bench(suite, &args),
         Task::Fuzz => test::fuzz(),

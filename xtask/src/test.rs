@@ -12,7 +12,8 @@ use crate::{
 
 /// Installs what is missing, builds the release binary the integration tests spawn, then runs
 /// every test in the workspace; `extra` (after `--`) goes to `cargo test`, e.g. a filter.
-pub fn test(extra: &[OsString]) -> Result<()> {
+/// A full run (no `extra`) ends with the fuzz pass unless `fuzz` is false.
+pub fn test(extra: &[OsString], fuzz: bool) -> Result<()> {
     util::require_root(
         "test",
         "the integration tests create cgroups and attach BPF programs",
@@ -36,6 +37,14 @@ pub fn test(extra: &[OsString]) -> Result<()> {
         "see cargo's output above (a compile error or failing tests); rerun one test with `cargo xtask test -- <name>`",
     )?;
     say("tests passed");
+    if !fuzz {
+        say("fuzz pass skipped (--no-fuzz)");
+    } else if !extra.is_empty() {
+        say("fuzz pass skipped: a filtered run (run it with `cargo xtask fuzz`)");
+    } else {
+        fuzz_pass()?;
+        say("fuzz pass found nothing");
+    }
     Ok(())
 }
 
@@ -45,10 +54,15 @@ const FUZZ_SECONDS: u32 = 30;
 
 /// `cargo xtask fuzz`: runs every fuzz target briefly with libFuzzer; a
 /// crash fails the task and leaves the reproducer under fuzz/artifacts/.
-/// Not part of `test` yet: its sanitizer build of the whole gateway has not
-/// been timed against CI's budget.
 pub fn fuzz() -> Result<()> {
     setup::setup()?;
+    fuzz_pass()
+}
+
+/// The fuzz run shared by `fuzz` and `test`. On a fresh machine it costs
+/// cargo-fuzz's install (~2 min) and a sanitizer build of the gateway
+/// library (~9 min on 2 cores), then FUZZ_SECONDS per target.
+fn fuzz_pass() -> Result<()> {
     setup::cargo_fuzz()?;
     let mut cmd = std::process::Command::new("cargo");
     cmd.current_dir(util::workspace_root().join("fuzz"))
