@@ -382,6 +382,23 @@ impl PgServer {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Appends `settings` (postgresql.conf lines) and restarts the server,
+    /// for settings only a restart applies: the harness's 16 MB of
+    /// `shared_buffers` suit small fixtures, not a benchmark's tables.
+    pub fn restart_with_settings(&mut self, settings: &str) -> Result<()> {
+        let path = self.data().join("postgresql.conf");
+        let mut conf =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        conf.push_str(&format!(
+            "\n# chokepoint tests: restart_with_settings\n{settings}\n"
+        ));
+        fs::write(&path, conf).with_context(|| format!("writing {}", path.display()))?;
+        self.stop()
+            .context("stopping PostgreSQL to apply new settings")?;
+        self.launch()
+            .context("starting PostgreSQL again with new settings")
+    }
+
     /// The server's TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

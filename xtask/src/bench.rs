@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::ValueEnum;
 
 use crate::{
@@ -13,16 +13,25 @@ use crate::{
 /// A benchmark suite other than the default gateway benchmark.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Suite {
-    /// PostgreSQL through the gateway versus direct (not implemented yet).
+    /// PostgreSQL: pgbench straight to the server vs through PgBouncer (session mode) vs through
+    /// the gateway with statement rules, masking and events on (`cp-pgbench`; needs root).
     Postgres,
 }
 
-/// Builds the binary, then runs `cp-bench` (from chokepoint-tests) against it; `extra` goes to cp-bench.
+/// Builds the binary, then runs the suite's runner from chokepoint-tests against it: `cp-bench`
+/// by default, `cp-pgbench` for [`Suite::Postgres`]; `extra` goes to the runner.
 pub fn bench(suite: Option<Suite>, extra: &[OsString]) -> Result<()> {
-    if let Some(Suite::Postgres) = suite {
-        // Say so plainly rather than print numbers that measure nothing.
-        bail!("postgres benchmark not implemented yet");
-    }
+    let runner = match suite {
+        None => "cp-bench",
+        Some(Suite::Postgres) => {
+            // Before the build, so a non-root run fails in a second, not after minutes.
+            util::require_root(
+                "bench postgres",
+                "it guards a test cgroup with BPF programs and runs PostgreSQL and PgBouncer as `postgres`",
+            )?;
+            "cp-pgbench"
+        }
+    };
     let bin = build_cmd::build(Profile::Release)?;
     let mut cmd = util::cargo();
     cmd.env("CHOKEPOINT_BIN", &bin).args([
@@ -31,10 +40,10 @@ pub fn bench(suite: Option<Suite>, extra: &[OsString]) -> Result<()> {
         "-p",
         "chokepoint-tests",
         "--bin",
-        "cp-bench",
+        runner,
     ]);
     if !extra.is_empty() {
         cmd.arg("--").args(extra);
     }
-    util::run(&mut cmd, "see cp-bench's error above")
+    util::run(&mut cmd, &format!("see {runner}'s error above"))
 }
