@@ -10,6 +10,8 @@
 //!   pure evaluation of a flow against it;
 //! * [`protocols`] holds one folder per protocol the gateway speaks (plain
 //!   TCP passthrough first);
+//! * [`masking`] rewrites sensitive result values;
+//! * [`recording`] writes each session as a hash-chained, sealed log;
 //! * [`daemon`] wires them together for `chokepoint run`;
 //! * [`cli`] is the clap command line.
 pub mod cli;
@@ -19,3 +21,4 @@ pub mod flow;
 pub mod masking;
 pub mod policy;
 pub mod protocols;
+pub mod recording;

@@ -1,6 +1,6 @@
 //! Reading policy files and their includes into positioned sections, and collecting problems.
 //!
-//! Each `[daemon]`, `[guard]`, `[[target]]`, `[[rule]]` and `[[masking]]` entry is
+//! Each `[daemon]`, `[guard]`, `[recording]`, `[[target]]`, `[[rule]]` and `[[masking]]` entry is
 //! deserialized on its own, so one bad entry does not hide the others: only a
 //! TOML syntax error stops a file.
 use std::{
@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::{
     error::{Diagnostic, PolicyErrors},
-    model::{DaemonSection, GuardSection, MaskingEntry, RuleEntry, TargetEntry},
+    model::{DaemonSection, GuardSection, MaskingEntry, RecordingSection, RuleEntry, TargetEntry},
 };
 
 /// One file that was read (or tried), with its text kept to turn byte
@@ -73,9 +73,11 @@ pub(super) enum Entry<T> {
 pub(super) struct Loaded {
     pub daemon: Option<Located<DaemonSection>>,
     pub guard: Option<Located<GuardSection>>,
-    /// Where the first `[daemon]` and `[guard]` are, even if invalid.
+    pub recording: Option<Located<RecordingSection>>,
+    /// Where the first `[daemon]`, `[guard]` and `[recording]` are, even if invalid.
     pub daemon_at: Option<At>,
     pub guard_at: Option<At>,
+    pub recording_at: Option<At>,
     pub targets: Vec<Located<Entry<TargetEntry>>>,
     pub rules: Vec<Located<Entry<RuleEntry>>>,
     pub masking: Vec<Located<Entry<MaskingEntry>>>,
@@ -307,7 +309,7 @@ impl Loader {
     }
 }
 
-const SECTIONS: &str = "[daemon], [guard], [[target]], [[rule]] and [[masking]]";
+const SECTIONS: &str = "[daemon], [guard], [recording], [[target]], [[rule]] and [[masking]]";
 
 /// Splits one file into its sections; returns its `include` entries.
 fn parse(
@@ -363,6 +365,23 @@ fn parse(
                 if let Some(mut section) = table::<GuardSection>(file, "guard", value, report) {
                     section.at = key_at;
                     loaded.guard = Some(section);
+                }
+            }
+            "recording" => {
+                if !first_of_its_kind(
+                    &mut loaded.recording_at,
+                    key_at,
+                    "recording",
+                    sources,
+                    report,
+                ) {
+                    continue;
+                }
+                if let Some(mut section) =
+                    table::<RecordingSection>(file, "recording", value, report)
+                {
+                    section.at = key_at;
+                    loaded.recording = Some(section);
                 }
             }
             "target" => loaded

@@ -107,7 +107,7 @@ pub use eval::{DEFAULT_DENY, Decision, FlowFacts, Protocol, Verdict};
 pub use explain::{Explanation, RuleOutcome, RuleTrace};
 pub use postgres::{Credential, DEFAULT_MAX_MESSAGE_BYTES, PostgresTarget, UpstreamTls};
 pub use session::{SessionRules, StatementDecision, StatementVerdict};
-pub use settings::{CopyOutMasked, DaemonSettings, GuardSettings, Mode};
+pub use settings::{CopyOutMasked, DaemonSettings, GuardSettings, Mode, RecordingSettings};
 
 use crate::masking::MaskingPolicy;
 use compile::{Compiled, Entries, UserLookup};
@@ -118,6 +118,7 @@ use compile::{Compiled, Entries, UserLookup};
 pub struct Policy {
     daemon: DaemonSettings,
     guard: Option<GuardSettings>,
+    recording: RecordingSettings,
     sources: Vec<PathBuf>,
     compiled: Compiled,
 }
@@ -139,6 +140,7 @@ impl Policy {
         let (sources, loaded, mut report) = load::load(paths);
         let (daemon, masking_key) = settings::daemon(loaded.daemon.as_ref(), &sources, &mut report);
         let guard = settings::guard(loaded.guard, &mut report);
+        let recording = settings::recording(loaded.recording.as_ref(), &sources, &mut report);
         let entries = Entries {
             targets: loaded.targets,
             rules: loaded.rules,
@@ -149,6 +151,7 @@ impl Policy {
         Ok(Policy {
             daemon,
             guard,
+            recording,
             sources: sources.into_iter().map(|s| s.path).collect(),
             compiled,
         })
@@ -156,6 +159,10 @@ impl Policy {
 
     pub fn daemon(&self) -> &DaemonSettings {
         &self.daemon
+    }
+
+    pub fn recording(&self) -> &RecordingSettings {
+        &self.recording
     }
 
     /// `None` when no file has a `[guard]` section (policy-only files).

@@ -24,6 +24,15 @@ pub(super) struct DaemonSection {
     pub copy_out_masked: Option<Spanned<String>>,
 }
 
+/// `[recording]`: where session recordings and the sealing key live.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RecordingSection {
+    pub dir: Option<Spanned<String>>,
+    pub keys_dir: Option<Spanned<String>>,
+    pub result_rows: Option<Spanned<Int>>,
+}
+
 /// `[guard]`: which cgroup the kernel programs guard.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

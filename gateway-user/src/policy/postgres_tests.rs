@@ -946,7 +946,7 @@ fn unknown_sections_name_masking_among_the_valid_ones() {
     let e = only_error(load_one(&files, "[masks]\n"));
     assert!(
         e.message.ends_with(
-            "valid sections are [daemon], [guard], [[target]], [[rule]] and [[masking]]"
+            "valid sections are [daemon], [guard], [recording], [[target]], [[rule]] and [[masking]]"
         ),
         "{}",
         e.message
@@ -1547,5 +1547,39 @@ fn a_policy_file_loaded_twice_gives_the_same_postgres_paths() {
     assert_eq!(
         a.postgres_target("orders-db"),
         b.postgres_target("orders-db")
+    );
+}
+
+#[test]
+fn recording_settings_default_and_resolve_next_to_their_file() {
+    let files = Files::new();
+    let policy = load_one(&files, "").expect("empty policy");
+    assert_eq!(*policy.recording(), RecordingSettings::default());
+    let text = "[recording]\ndir = \"rec\"\nkeys_dir = \"/srv/keys\"\nresult_rows = 5\n";
+    let policy = load_one(&files, text).expect("valid [recording]");
+    let recording = policy.recording();
+    assert!(
+        recording.dir.is_absolute() && recording.dir.ends_with("rec"),
+        "{recording:?}"
+    );
+    assert_eq!(recording.keys_dir, PathBuf::from("/srv/keys"));
+    assert_eq!(recording.result_rows, 5);
+    let text = "[recording]\ndir = \"\"\nresult_rows = -1\nretention = 3\n";
+    let all = errors(load_one(&files, text));
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(
+        messages[0].contains("unknown field `retention`"),
+        "{messages:?}"
+    );
+    let text = "[recording]\ndir = \" \"\nresult_rows = -1\n";
+    let all = errors(load_one(&files, text));
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "dir is empty: name a directory (it is created if missing)",
+            "result_rows must be 0 to 100000, not -1"
+        ]
     );
 }

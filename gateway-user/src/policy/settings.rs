@@ -1,4 +1,4 @@
-//! `[daemon]` and `[guard]`: the gateway's own settings, validated with their defaults.
+//! `[daemon]`, `[guard]` and `[recording]`: the gateway's own settings, validated with their defaults.
 use std::{fmt, path::PathBuf};
 
 use toml::Spanned;
@@ -6,7 +6,7 @@ use toml::Spanned;
 use super::{
     load::{At, Located, Report, Source},
     masking_config::{MIN_KEY_BYTES, MaskingKey},
-    model::{DaemonSection, GuardSection, Int},
+    model::{DaemonSection, GuardSection, Int, RecordingSection},
     secret_file,
 };
 
@@ -77,6 +77,69 @@ impl fmt::Display for Mode {
             Mode::Audit => "audit",
         })
     }
+}
+
+/// Where sessions are recorded; from `[recording]`, every key defaulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingSettings {
+    /// `<dir>/YYYY/MM/DD/<session-id>.jsonl`.
+    pub dir: PathBuf,
+    /// The host's ed25519 sealing key (made on first start).
+    pub keys_dir: PathBuf,
+    /// Result rows kept per statement, as the client received them.
+    pub result_rows: usize,
+}
+
+/// Most rows a recording keeps per statement; beyond, only the count.
+const MAX_RESULT_ROWS: i64 = 100_000;
+
+impl Default for RecordingSettings {
+    fn default() -> Self {
+        RecordingSettings {
+            dir: PathBuf::from("/var/lib/chokepoint/sessions"),
+            keys_dir: PathBuf::from("/var/lib/chokepoint/keys"),
+            result_rows: 100,
+        }
+    }
+}
+
+/// `[recording]`, relative paths taken from the file that holds it.
+pub(super) fn recording(
+    section: Option<&Located<RecordingSection>>,
+    sources: &[Source],
+    report: &mut Report,
+) -> RecordingSettings {
+    let mut settings = RecordingSettings::default();
+    let Some(Located { at, value: section }) = section else {
+        return settings;
+    };
+    let file = at.file;
+    for (key, value, slot) in [
+        ("dir", &section.dir, &mut settings.dir),
+        ("keys_dir", &section.keys_dir, &mut settings.keys_dir),
+    ] {
+        if let Some(path) = value {
+            if path.get_ref().trim().is_empty() {
+                report.error(
+                    At::of(file, path),
+                    format!("{key} is empty: name a directory (it is created if missing)"),
+                );
+            } else {
+                *slot = secret_file::resolve(sources, file, path.get_ref());
+            }
+        }
+    }
+    if let Some(rows) = &section.result_rows {
+        let Int(n) = *rows.get_ref();
+        match usize::try_from(n) {
+            Ok(n) if n as i64 <= MAX_RESULT_ROWS => settings.result_rows = n,
+            _ => report.error(
+                At::of(file, rows),
+                format!("result_rows must be 0 to {MAX_RESULT_ROWS}, not {n}"),
+            ),
+        }
+    }
+    settings
 }
 
 /// Which cgroup the kernel programs guard; from `[guard]`.

@@ -1,0 +1,102 @@
+//! What a recording holds: one [`Event`] per line, its kind in `type`.
+use serde::{Deserialize, Serialize};
+
+/// One recorded event, before the chain fields are wrapped around it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// 0 for the session start, then +1 per event, seal included.
+    pub seq: u64,
+    pub session: String,
+    /// Wall-clock time, RFC 3339 with microseconds (UTC).
+    pub wall: String,
+    /// Monotonic microseconds since the session started: replay timing
+    /// that a wall-clock step cannot distort.
+    pub mono_us: u64,
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+/// The process behind a session, from the kernel's flow record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Body {
+    /// A guarded connection reached the gateway.
+    SessionStart {
+        identity: Identity,
+        /// The original destination.
+        dst: String,
+        /// `tcp` or `postgres`.
+        protocol: String,
+        target: Option<String>,
+        decision: String,
+        rule: String,
+        mode: String,
+    },
+    /// The gateway logged in upstream on the job's behalf.
+    Login {
+        role: String,
+        database: String,
+        upstream: String,
+    },
+    /// A statement as the job sent it (password literals redacted) and
+    /// what policy decided.
+    Statement {
+        text: String,
+        class: String,
+        decision: String,
+        rule: String,
+        reason: String,
+    },
+    /// How a statement ended, and the first rows as the job received them
+    /// (masked; binary values as `\x` hex).
+    Result {
+        /// The statement again when it ran as an Execute of a prepared
+        /// statement (its `statement` event came at Parse).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        rows: u64,
+        duration_us: u64,
+        error: Option<String>,
+        masked: bool,
+        columns: Vec<String>,
+        sample: Vec<Vec<Option<String>>>,
+    },
+    /// The connection closed.
+    SessionEnd {
+        bytes_up: u64,
+        bytes_down: u64,
+        statements: u64,
+        denied: u64,
+        error: Option<String>,
+    },
+    /// The final hash (the `hash` of the session end), signed with the
+    /// host's ed25519 key.
+    Seal {
+        final_hash: String,
+        public_key: String,
+        signature: String,
+    },
+}
+
+impl Body {
+    /// The `type` name, for tables and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::SessionStart { .. } => "session_start",
+            Body::Login { .. } => "login",
+            Body::Statement { .. } => "statement",
+            Body::Result { .. } => "result",
+            Body::SessionEnd { .. } => "session_end",
+            Body::Seal { .. } => "seal",
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Where recordings live: `<dir>/YYYY/MM/DD/<session-id>.jsonl`, the id
+//! starting with the UTC start time so names sort by time.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+/// A fresh session id and its file path.
+pub fn new_session(dir: &Path) -> (String, PathBuf) {
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    // "2026-11-27T01:50:12Z" → date parts and "20261127T015012Z".
+    let compact: String = now.chars().filter(|c| *c != '-' && *c != ':').collect();
+    let mut random = [0u8; 6];
+    // Should the kernel ever deny randomness, zeros make the next id
+    // collide, and the exclusive create then refuses that session.
+    let _ = getrandom::fill(&mut random);
+    let id = format!("{compact}-{}", hex::encode(random));
+    let path = dir
+        .join(&now[0..4])
+        .join(&now[5..7])
+        .join(&now[8..10])
+        .join(format!("{id}.jsonl"));
+    (id, path)
+}
+
+/// Every recording under `dir`, sorted by name (start time).
+pub fn all(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    walk(dir, 0, &mut out)?;
+    out.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(out)
+}
+
+fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && depth > 0 => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if depth < 3 && path.is_dir() {
+            walk(&path, depth + 1, out)?;
+        } else if depth == 3 && path.extension().is_some_and(|e| e == "jsonl") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The recording of session `id` (or a path to one).
+pub fn find(dir: &Path, id: &str) -> Result<PathBuf, String> {
+    let direct = Path::new(id);
+    if id.ends_with(".jsonl") && direct.is_file() {
+        return Ok(direct.to_path_buf());
+    }
+    // The id's first 8 characters are the date: go straight to its folder.
+    if id.len() >= 8 && id.is_char_boundary(8) {
+        let (y, m, d) = (&id[0..4], &id[4..6], &id[6..8]);
+        let path = dir.join(y).join(m).join(d).join(format!("{id}.jsonl"));
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    Err(format!(
+        "no recording {id:?} under {}: list them with `chokepoint sessions list`",
+        dir.display()
+    ))
+}

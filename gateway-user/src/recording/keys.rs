@@ -1,0 +1,115 @@
+//! The host's ed25519 sealing key: made on first start, kept as a 0600
+//! file of the 32-byte seed in hex, its public half beside it.
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+
+const SECRET: &str = "host.ed25519";
+const PUBLIC: &str = "host.ed25519.pub";
+
+/// What a seal signs: the format, the session and its final hash, so a
+/// seal cannot be moved to another session.
+fn message(session: &str, final_hash: &str) -> Vec<u8> {
+    format!("chokepoint-seal-v1\n{session}\n{final_hash}").into_bytes()
+}
+
+pub struct HostKey {
+    key: SigningKey,
+}
+
+impl HostKey {
+    /// Loads the key in `dir`, or makes one (and the directory, 0700).
+    pub fn load_or_create(dir: &Path) -> Result<HostKey, String> {
+        let secret = dir.join(SECRET);
+        match fs::read_to_string(&secret) {
+            Ok(text) => {
+                let seed: [u8; 32] = hex::decode(text.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "{} is not a 64-hex-digit ed25519 seed: restore it, or move it away to make a new key (old recordings then verify only with --public-key)",
+                            secret.display()
+                        )
+                    })?;
+                Ok(HostKey {
+                    key: SigningKey::from_bytes(&seed),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(dir),
+            Err(e) => Err(format!("cannot read {}: {e}", secret.display())),
+        }
+    }
+
+    fn create(dir: &Path) -> Result<HostKey, String> {
+        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| format!("no randomness for a key: {e}"))?;
+        let key = SigningKey::from_bytes(&seed);
+        let secret = dir.join(SECRET);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&secret)
+            .map_err(|e| format!("cannot create {}: {e}", secret.display()))?;
+        writeln!(file, "{}", hex::encode(seed))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| format!("cannot write {}: {e}", secret.display()))?;
+        let public = dir.join(PUBLIC);
+        fs::write(
+            &public,
+            format!("{}\n", hex::encode(key.verifying_key().as_bytes())),
+        )
+        .map_err(|e| format!("cannot write {}: {e}", public.display()))?;
+        Ok(HostKey { key })
+    }
+
+    pub fn public_hex(&self) -> String {
+        hex::encode(self.key.verifying_key().as_bytes())
+    }
+
+    pub fn sign(&self, session: &str, final_hash: &str) -> String {
+        hex::encode(self.key.sign(&message(session, final_hash)).to_bytes())
+    }
+}
+
+/// The public key file in `dir`, as hex.
+pub fn public_key_path(dir: &Path) -> PathBuf {
+    dir.join(PUBLIC)
+}
+
+/// Reads a public key (hex) from `path`.
+pub fn read_public(path: &Path) -> Result<String, String> {
+    let text =
+        fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(text.trim().to_owned())
+}
+
+/// Whether `signature` (hex) seals `final_hash` of `session` under
+/// `public` (hex).
+pub fn verify(public: &str, session: &str, final_hash: &str, signature: &str) -> bool {
+    let Some(key) = hex::decode(public)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+    else {
+        return false;
+    };
+    let Some(signature) = hex::decode(signature)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        .map(|b| Signature::from_bytes(&b))
+    else {
+        return false;
+    };
+    key.verify(&message(session, final_hash), &signature)
+        .is_ok()
+}

@@ -1,0 +1,223 @@
+//! Session recording: every guarded connection becomes an append-only,
+//! hash-chained JSON-lines file, sealed with the host's ed25519 key when
+//! the session ends.
+//!
+//! * [`event`]: what a line holds (start, login, statement, result, end, seal);
+//! * [`chain`]: the line format and its SHA-256 chain;
+//! * [`keys`]: the host's sealing key;
+//! * [`writer`]: the thread that writes, batches and fsyncs;
+//! * [`verify`]: checking a recording, naming the first bad line;
+//! * [`files`]: where recordings are and how to find one.
+//!
+//! Sessions hand events over without waiting: the writer assigns `seq`,
+//! chains and writes. Only the session start waits for its line to be
+//! written, so a session that cannot be recorded (full disk, permissions)
+//! is refused before any command; a failure later marks the session and
+//! the protocol handler refuses every command after it (fail closed).
+//!
+//! ```no_run
+//! # async fn demo(settings: &chokepoint::policy::RecordingSettings, start: chokepoint::recording::Body) {
+//! use chokepoint::recording::{Body, Recorder};
+//! let recorder = Recorder::start(settings).expect("keys and directory");
+//! let session = recorder.open(start).await;
+//! if session.healthy().is_ok() {
+//!     session.record(Body::Login { role: "app".into(), database: "orders".into(), upstream: "10.0.0.5:5432".into() });
+//! }
+//! session.close(Body::SessionEnd { bytes_up: 0, bytes_down: 0, statements: 0, denied: 0, error: None });
+//! # }
+//! ```
+pub mod chain;
+pub mod event;
+pub mod files;
+pub mod keys;
+pub mod verify;
+mod writer;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Instant, SystemTime},
+};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::error;
+
+pub use event::{Body, Event, Identity};
+
+use crate::policy::RecordingSettings;
+
+/// Events handed to the writer and not yet written, over all sessions.
+/// Past this the disk is not keeping up, and new events fail their
+/// session rather than grow memory without bound.
+const MAX_INFLIGHT: usize = 1 << 16;
+
+/// The daemon's recorder: one writer thread, shared by every session.
+pub struct Recorder {
+    tx: mpsc::UnboundedSender<writer::Msg>,
+    dir: PathBuf,
+    result_rows: usize,
+    next: AtomicU64,
+    inflight: Arc<AtomicUsize>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Recorder {
+    /// Loads (or makes) the host key and starts the writer thread.
+    pub fn start(settings: &RecordingSettings) -> Result<Arc<Recorder>, String> {
+        let key = keys::HostKey::load_or_create(&settings.keys_dir)?;
+        std::fs::create_dir_all(&settings.dir)
+            .map_err(|e| format!("cannot create {}: {e}", settings.dir.display()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let thread = writer::spawn(rx, key, inflight.clone())
+            .map_err(|e| format!("cannot start the recording writer: {e}"))?;
+        Ok(Arc::new(Recorder {
+            tx,
+            dir: settings.dir.clone(),
+            result_rows: settings.result_rows,
+            next: AtomicU64::new(1),
+            inflight,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Starts a session's recording with its first event. Never fails:
+    /// a session that cannot be recorded comes back unhealthy.
+    pub async fn open(&self, start: Body) -> SessionRecording {
+        let (session, path) = files::new_session(&self.dir);
+        let handle = self.next.fetch_add(1, Ordering::Relaxed);
+        let health = Arc::new(Health::default());
+        let recording = SessionRecording {
+            session,
+            handle,
+            started: Instant::now(),
+            tx: self.tx.clone(),
+            inflight: self.inflight.clone(),
+            health: health.clone(),
+            result_rows: self.result_rows,
+        };
+        let (ack, done) = oneshot::channel();
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        let sent = self.tx.send(writer::Msg::Open {
+            handle,
+            path,
+            session: recording.session.clone(),
+            start,
+            health: health.clone(),
+            ack,
+        });
+        if sent.is_err() || done.await.is_err() {
+            health.fail("the recording writer has stopped".into());
+        }
+        recording
+    }
+
+    /// Writes and fsyncs everything handed over so far, then stops the
+    /// writer (daemon shutdown).
+    pub async fn shutdown(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(writer::Msg::Flush(ack)).is_ok() {
+            let _ = done.await;
+        }
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(thread);
+    }
+}
+
+/// Whether a session is still being recorded.
+#[derive(Default)]
+pub(crate) struct Health {
+    failed: AtomicBool,
+    error: OnceLock<String>,
+}
+
+impl Health {
+    fn fail(&self, why: String) {
+        if self.error.set(why.clone()).is_ok() {
+            error!(error = %why, "session recording failed: the session is refused from now on");
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+}
+
+/// One session's handle on its recording.
+pub struct SessionRecording {
+    session: String,
+    handle: u64,
+    started: Instant,
+    tx: mpsc::UnboundedSender<writer::Msg>,
+    inflight: Arc<AtomicUsize>,
+    health: Arc<Health>,
+    result_rows: usize,
+}
+
+impl SessionRecording {
+    /// The session id (the recording's file name without `.jsonl`).
+    pub fn id(&self) -> &str {
+        &self.session
+    }
+
+    /// `Err` with the reason once an event could not be written: the
+    /// caller must not forward another command.
+    pub fn healthy(&self) -> Result<(), String> {
+        if !self.health.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(self
+            .health
+            .error
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "recording failed".into()))
+    }
+
+    /// How many result rows to keep per statement.
+    pub fn result_rows(&self) -> usize {
+        self.result_rows
+    }
+
+    /// Hands an event to the writer; returns at once.
+    pub fn record(&self, body: Body) {
+        self.send(|handle, wall, mono_us| writer::Msg::Event {
+            handle,
+            wall,
+            mono_us,
+            body,
+        });
+    }
+
+    /// Records the session end and seals the recording.
+    pub fn close(self, end: Body) {
+        self.send(|handle, wall, mono_us| writer::Msg::Close {
+            handle,
+            wall,
+            mono_us,
+            end,
+        });
+    }
+
+    fn send(&self, msg: impl FnOnce(u64, SystemTime, u64) -> writer::Msg) {
+        if self.inflight.fetch_add(1, Ordering::Relaxed) >= MAX_INFLIGHT {
+            self.inflight.fetch_sub(1, Ordering::Relaxed);
+            self.health.fail(format!(
+                "more than {MAX_INFLIGHT} events wait for the disk: recording cannot keep up"
+            ));
+            return;
+        }
+        let mono_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if self
+            .tx
+            .send(msg(self.handle, SystemTime::now(), mono_us))
+            .is_err()
+        {
+            self.inflight.fetch_sub(1, Ordering::Relaxed);
+            self.health.fail("the recording writer has stopped".into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+//! Unit tests: a recording written by the writer verifies, and each kind
+//! of tampering is caught at the right line.
+use std::path::{Path, PathBuf};
+
+use super::{verify::Verdict, *};
+
+fn settings(dir: &Path) -> RecordingSettings {
+    RecordingSettings {
+        dir: dir.join("sessions"),
+        keys_dir: dir.join("keys"),
+        result_rows: 10,
+    }
+}
+
+fn start() -> Body {
+    Body::SessionStart {
+        identity: Identity {
+            pid: 42,
+            uid: 1000,
+            gid: 1000,
+            comm: "psql".into(),
+            cgroup_id: 7,
+        },
+        dst: "127.0.0.3:5432".into(),
+        protocol: "postgres".into(),
+        target: Some("orders-db".into()),
+        decision: "allow".into(),
+        rule: "ci".into(),
+        mode: "enforce".into(),
+    }
+}
+
+fn statement(text: &str) -> Body {
+    Body::Statement {
+        text: text.into(),
+        class: "read".into(),
+        decision: "allow".into(),
+        rule: "ci".into(),
+        reason: String::new(),
+    }
+}
+
+/// Records a four-event session (+ seal) and returns its file and the
+/// host's public key.
+async fn recorded(dir: &Path) -> (PathBuf, String) {
+    let settings = settings(dir);
+    let recorder = Recorder::start(&settings).unwrap();
+    let session = recorder.open(start()).await;
+    session.healthy().unwrap();
+    session.record(statement("SELECT 1"));
+    session.record(Body::Result {
+        text: None,
+        rows: 1,
+        duration_us: 10,
+        error: None,
+        masked: false,
+        columns: vec!["?column?".into()],
+        sample: vec![vec![Some("1".into())]],
+    });
+    let id = session.id().to_owned();
+    session.close(Body::SessionEnd {
+        bytes_up: 10,
+        bytes_down: 20,
+        statements: 1,
+        denied: 0,
+        error: None,
+    });
+    recorder.shutdown().await;
+    let path = files::find(&settings.dir, &id).unwrap();
+    let public = keys::read_public(&keys::public_key_path(&settings.keys_dir)).unwrap();
+    (path, public)
+}
+
+fn lines(data: &[u8]) -> Vec<Vec<u8>> {
+    data.split_inclusive(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+fn tampered_at(data: &[u8], public: &str) -> (usize, String) {
+    match verify::verify(data, public).0 {
+        Verdict::Tampered { line, reason, .. } => (line, reason),
+        other => panic!("not caught: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_written_session_verifies_and_tampering_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, public) = recorded(dir.path()).await;
+    let data = std::fs::read(&path).unwrap();
+    let (verdict, events) = verify::verify(&data, &public);
+    assert_eq!(verdict, Verdict::Sealed { events: 5 });
+    let kinds: Vec<&str> = events.iter().map(|e| e.body.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "session_start",
+            "statement",
+            "result",
+            "session_end",
+            "seal"
+        ]
+    );
+
+    // One flipped byte inside the statement text.
+    let mut flipped = data.clone();
+    let at = flipped.windows(8).position(|w| w == b"SELECT 1").unwrap();
+    flipped[at + 7] = b'2';
+    let (line, reason) = tampered_at(&flipped, &public);
+    assert_eq!(line, 2);
+    assert!(reason.contains("was changed"), "{reason}");
+
+    let all = lines(&data);
+    // A deleted line.
+    let deleted: Vec<u8> = [&all[..2], &all[3..]].concat().concat();
+    let (line, reason) = tampered_at(&deleted, &public);
+    assert_eq!(line, 3);
+    assert!(reason.contains("removed, inserted or moved"), "{reason}");
+    // Two lines swapped.
+    let swapped: Vec<u8> = [all[0].as_slice(), &all[2], &all[1], &all[3], &all[4]].concat();
+    assert_eq!(tampered_at(&swapped, &public).0, 2);
+    // Truncated inside the last line.
+    let (line, reason) = tampered_at(&data[..data.len() - 10], &public);
+    assert_eq!(line, 5);
+    assert!(reason.contains("truncated"), "{reason}");
+    // Cut at a line boundary before the seal: intact but unsealed.
+    let unsealed: Vec<u8> = all[..4].concat();
+    assert_eq!(
+        verify::verify(&unsealed, &public).0,
+        Verdict::Unsealed { events: 4 }
+    );
+
+    // A seal from another key, re-chained so only the signature differs.
+    let other = tempfile::tempdir().unwrap();
+    let (other_path, _) = recorded(other.path()).await;
+    let other_seal = lines(&std::fs::read(other_path).unwrap())[4].clone();
+    let replaced: Vec<u8> = [all[..4].concat(), other_seal].concat();
+    assert_eq!(tampered_at(&replaced, &public).0, 5);
+    // Verified with a key that is not the host's.
+    assert!(matches!(
+        verify::verify(&data, &"00".repeat(32)).0,
+        Verdict::Tampered { line: 5, .. }
+    ));
+}
+
+#[tokio::test]
+async fn an_unwritable_directory_fails_the_session_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(dir.path());
+    let recorder = Recorder::start(&settings).unwrap();
+    // A file where the date folder should go.
+    let session = {
+        let (_, path) = files::new_session(&settings.dir);
+        let year = path.ancestors().nth(3).unwrap().to_path_buf();
+        std::fs::write(&year, b"not a directory").unwrap();
+        recorder.open(start()).await
+    };
+    let error = session.healthy().unwrap_err();
+    assert!(error.starts_with("cannot create "), "{error}");
+}
+
+#[test]
+fn the_key_is_made_once_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = keys::HostKey::load_or_create(dir.path()).unwrap();
+    let b = keys::HostKey::load_or_create(dir.path()).unwrap();
+    assert_eq!(a.public_hex(), b.public_hex());
+    let signature = a.sign("s1", chain::GENESIS);
+    assert!(keys::verify(
+        &b.public_hex(),
+        "s1",
+        chain::GENESIS,
+        &signature
+    ));
+    assert!(!keys::verify(
+        &b.public_hex(),
+        "s2",
+        chain::GENESIS,
+        &signature
+    ));
+    std::fs::write(dir.path().join("host.ed25519"), "garbage").unwrap();
+    let e = keys::HostKey::load_or_create(dir.path()).err().unwrap();
+    assert!(e.contains("not a 64-hex-digit ed25519 seed"), "{e}");
+}

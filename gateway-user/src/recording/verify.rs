@@ -1,0 +1,179 @@
+//! Checking a recording: every line's hash, the links between lines, the
+//! sequence numbers and the seal. The first problem is reported with its
+//! line and `seq`, and a chain that is intact but has no seal (the gateway
+//! stopped before the session ended) is told apart from a tampered one.
+use super::{
+    chain,
+    event::{Body, Event},
+    keys,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Intact and sealed by the expected key.
+    Sealed { events: u64 },
+    /// Intact, but the seal is missing: the session never ended cleanly
+    /// (gateway killed), or it is still running.
+    Unsealed { events: u64 },
+    /// The first place where the recording is not what was written.
+    Tampered {
+        line: usize,
+        seq: Option<u64>,
+        reason: String,
+    },
+}
+
+/// Verifies a recording's bytes against the host's public key (hex);
+/// returns the verdict and the events read up to the first problem.
+pub fn verify(data: &[u8], public_key: &str) -> (Verdict, Vec<Event>) {
+    let mut events: Vec<Event> = Vec::new();
+    let mut prev = chain::GENESIS.to_owned();
+    let mut sealed = false;
+    let body = match data.strip_suffix(b"\n") {
+        Some(body) => body,
+        None if data.is_empty() => {
+            return (tampered(1, None, "the recording is empty".into()), events);
+        }
+        None => {
+            let line = data.split(|&b| b == b'\n').count();
+            return (
+                tampered(
+                    line,
+                    None,
+                    format!("the file ends inside line {line}: it was truncated"),
+                ),
+                events,
+            );
+        }
+    };
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        let n = i + 1;
+        let expected_seq = i as u64;
+        if sealed {
+            return (
+                tampered(n, Some(expected_seq), "a line follows the seal".into()),
+                events,
+            );
+        }
+        let (hash, prev_hash, event) = match chain::split(line) {
+            Ok(parts) => parts,
+            Err(why) => return (tampered(n, Some(expected_seq), why.into()), events),
+        };
+        if prev_hash != prev {
+            return (
+                tampered(
+                    n,
+                    Some(expected_seq),
+                    "prev_hash does not match the line before: a line was removed, inserted or moved".into(),
+                ),
+                events,
+            );
+        }
+        if chain::hash(&prev, event) != hash {
+            return (
+                tampered(
+                    n,
+                    Some(expected_seq),
+                    "the hash does not match the event: the line was changed".into(),
+                ),
+                events,
+            );
+        }
+        let parsed: Event = match serde_json::from_slice(event) {
+            Ok(e) => e,
+            Err(e) => {
+                return (
+                    tampered(
+                        n,
+                        Some(expected_seq),
+                        format!("the event is not valid: {e}"),
+                    ),
+                    events,
+                );
+            }
+        };
+        if parsed.seq != expected_seq {
+            return (
+                tampered(
+                    n,
+                    Some(expected_seq),
+                    format!("seq is {} where {expected_seq} belongs", parsed.seq),
+                ),
+                events,
+            );
+        }
+        if let Some(first) = events.first()
+            && first.session != parsed.session
+        {
+            return (
+                tampered(
+                    n,
+                    Some(expected_seq),
+                    format!("the event belongs to session {}", parsed.session),
+                ),
+                events,
+            );
+        }
+        if i == 0 && !matches!(parsed.body, Body::SessionStart { .. }) {
+            return (
+                tampered(
+                    n,
+                    Some(0),
+                    "the first event is not the session start".into(),
+                ),
+                events,
+            );
+        }
+        if let Body::Seal {
+            final_hash,
+            public_key: sealer,
+            signature,
+        } = &parsed.body
+        {
+            if *final_hash != prev {
+                return (
+                    tampered(
+                        n,
+                        Some(expected_seq),
+                        "the seal does not name the hash of the event before it".into(),
+                    ),
+                    events,
+                );
+            }
+            if sealer != public_key {
+                return (
+                    tampered(
+                        n,
+                        Some(expected_seq),
+                        format!("the seal names key {sealer}, not this host's {public_key}"),
+                    ),
+                    events,
+                );
+            }
+            if !keys::verify(public_key, &parsed.session, final_hash, signature) {
+                return (
+                    tampered(
+                        n,
+                        Some(expected_seq),
+                        "the seal's signature does not verify".into(),
+                    ),
+                    events,
+                );
+            }
+            sealed = true;
+        }
+        prev = hash.to_owned();
+        events.push(parsed);
+    }
+    let count = events.len() as u64;
+    let verdict = if sealed {
+        Verdict::Sealed { events: count }
+    } else {
+        Verdict::Unsealed { events: count }
+    };
+    (verdict, events)
+}
+
+fn tampered(line: usize, seq: Option<u64>, reason: String) -> Verdict {
+    Verdict::Tampered { line, seq, reason }
+}

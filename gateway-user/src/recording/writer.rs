@@ -1,0 +1,281 @@
+//! The writer thread: takes events from every session, chains and
+//! serialises them, appends each session's batch with one write, and
+//! fsyncs dirty files at most every 100 ms (a closed session's file at the
+//! next such group commit). Blocking file I/O lives here, on its own
+//! thread, never on the gateway's reactor.
+use std::{
+    collections::HashMap,
+    fs::{self, File, OpenOptions},
+    io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::error;
+
+use super::{
+    Health, chain,
+    event::{Body, Event},
+    keys::HostKey,
+};
+
+const SYNC_EVERY: Duration = Duration::from_millis(100);
+const BATCH: usize = 512;
+
+pub(super) enum Msg {
+    Open {
+        handle: u64,
+        path: PathBuf,
+        session: String,
+        start: Body,
+        health: Arc<Health>,
+        ack: oneshot::Sender<()>,
+    },
+    Event {
+        handle: u64,
+        wall: SystemTime,
+        mono_us: u64,
+        body: Body,
+    },
+    Close {
+        handle: u64,
+        wall: SystemTime,
+        mono_us: u64,
+        end: Body,
+    },
+    /// Write and fsync everything, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
+struct Open {
+    file: File,
+    path: PathBuf,
+    session: String,
+    seq: u64,
+    prev: String,
+    pending: Vec<u8>,
+    dirty: bool,
+    closed: bool,
+    health: Arc<Health>,
+}
+
+pub(super) fn spawn(
+    rx: mpsc::UnboundedReceiver<Msg>,
+    key: HostKey,
+    inflight: Arc<AtomicUsize>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("cp-recorder".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    error!(error = %e, "the recording writer cannot start; every session will be refused");
+                    return;
+                }
+            };
+            runtime.block_on(Writer::new(key, inflight).run(rx));
+        })
+}
+
+struct Writer {
+    key: HostKey,
+    inflight: Arc<AtomicUsize>,
+    files: HashMap<u64, Open>,
+}
+
+impl Writer {
+    fn new(key: HostKey, inflight: Arc<AtomicUsize>) -> Self {
+        Self {
+            key,
+            inflight,
+            files: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut tick = tokio::time::interval(SYNC_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut flushes = Vec::new();
+                    for msg in batch.drain(..) {
+                        match msg {
+                            Msg::Flush(ack) => flushes.push(ack),
+                            other => self.apply(other),
+                        }
+                    }
+                    self.inflight.fetch_sub(n - flushes.len(), Ordering::Relaxed);
+                    self.write_pending();
+                    if !flushes.is_empty() {
+                        self.sync();
+                        for ack in flushes {
+                            let _ = ack.send(());
+                        }
+                    }
+                }
+                _ = tick.tick() => self.sync(),
+            }
+        }
+        self.write_pending();
+        self.sync();
+    }
+
+    fn apply(&mut self, msg: Msg) {
+        match msg {
+            Msg::Open {
+                handle,
+                path,
+                session,
+                start,
+                health,
+                ack,
+            } => {
+                let result = create(&path).map(|file| Open {
+                    file,
+                    path: path.clone(),
+                    session,
+                    seq: 0,
+                    prev: chain::GENESIS.to_owned(),
+                    pending: Vec::new(),
+                    dirty: false,
+                    closed: false,
+                    health: health.clone(),
+                });
+                match result {
+                    Ok(mut open) => {
+                        open.push(SystemTime::now(), 0, start);
+                        // Written now, so the session learns before its
+                        // first command whether it can be recorded at all.
+                        if let Err(e) = open.flush() {
+                            health.fail(format!("cannot write {}: {e}", path.display()));
+                        } else {
+                            self.files.insert(handle, open);
+                        }
+                    }
+                    Err(e) => health.fail(format!("cannot create {}: {e}", path.display())),
+                }
+                let _ = ack.send(());
+            }
+            Msg::Event {
+                handle,
+                wall,
+                mono_us,
+                body,
+            } => {
+                if let Some(open) = self.files.get_mut(&handle) {
+                    open.push(wall, mono_us, body);
+                }
+            }
+            Msg::Close {
+                handle,
+                wall,
+                mono_us,
+                end,
+            } => {
+                if let Some(open) = self.files.get_mut(&handle) {
+                    open.push(wall, mono_us, end);
+                    let final_hash = open.prev.clone();
+                    let seal = Body::Seal {
+                        signature: self.key.sign(&open.session, &final_hash),
+                        public_key: self.key.public_hex(),
+                        final_hash,
+                    };
+                    open.push(wall, mono_us, seal);
+                    open.closed = true;
+                }
+            }
+            Msg::Flush(ack) => {
+                let _ = ack.send(());
+            }
+        }
+    }
+
+    fn write_pending(&mut self) {
+        self.files.retain(|_, open| match open.flush() {
+            Ok(()) => true,
+            Err(e) => {
+                open.health
+                    .fail(format!("cannot write {}: {e}", open.path.display()));
+                false
+            }
+        });
+    }
+
+    fn sync(&mut self) {
+        self.files.retain(|_, open| {
+            if open.dirty {
+                if let Err(e) = open.file.sync_data() {
+                    open.health
+                        .fail(format!("cannot fsync {}: {e}", open.path.display()));
+                    return false;
+                }
+                open.dirty = false;
+            }
+            !open.closed
+        });
+    }
+}
+
+impl Open {
+    fn push(&mut self, wall: SystemTime, mono_us: u64, body: Body) {
+        let event = Event {
+            seq: self.seq,
+            session: self.session.clone(),
+            wall: humantime::format_rfc3339_micros(wall).to_string(),
+            mono_us,
+            body,
+        };
+        // Serialising plain data (strings, numbers, options) cannot fail;
+        // if it ever did, the session must not go on unrecorded.
+        let bytes = match serde_json::to_vec(&event) {
+            Ok(b) => b,
+            Err(e) => {
+                self.health.fail(format!("cannot encode an event: {e}"));
+                return;
+            }
+        };
+        let (hash, line) = chain::line(&self.prev, &bytes);
+        self.pending.extend_from_slice(&line);
+        self.prev = hash;
+        self.seq += 1;
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(&self.pending)?;
+        self.pending.clear();
+        self.dirty = true;
+        Ok(())
+    }
+}
+
+fn create(path: &std::path::Path) -> std::io::Result<File> {
+    if let Some(parent) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
