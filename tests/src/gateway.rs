@@ -142,6 +142,9 @@ pub struct GatewayConfig {
     pub raw: Vec<String>,
     /// Extra `key = value` lines of the `[daemon]` table.
     pub daemon: Vec<String>,
+    /// `[recording] dir`; relative paths are next to the config file, in
+    /// the gateway's own temporary directory.
+    pub recording_dir: PathBuf,
 }
 
 impl GatewayConfig {
@@ -158,6 +161,7 @@ impl GatewayConfig {
             rules: Vec::new(),
             raw: Vec::new(),
             daemon: Vec::new(),
+            recording_dir: PathBuf::from("sessions"),
         })
     }
 
@@ -179,6 +183,12 @@ impl GatewayConfig {
     /// Adds a `key = value` line to the `[daemon]` table.
     pub fn daemon_setting(mut self, line: &str) -> Self {
         self.daemon.push(line.to_owned());
+        self
+    }
+
+    /// Records sessions under `dir` (e.g. a small tmpfs) instead.
+    pub fn recording_dir(mut self, dir: &Path) -> Self {
+        self.recording_dir = dir.to_path_buf();
         self
     }
 
@@ -204,6 +214,11 @@ impl GatewayConfig {
         for line in &self.daemon {
             let _ = writeln!(s, "{line}");
         }
+        let _ = writeln!(
+            s,
+            "\n[recording]\ndir = {}\nkeys_dir = \"keys\"",
+            quote(&self.recording_dir.to_string_lossy())
+        );
         let _ = writeln!(
             s,
             "\n[guard]\ncgroup = {}",
@@ -362,6 +377,31 @@ impl Gateway {
 
     pub fn config_path(&self) -> &Path {
         &self.config_path
+    }
+
+    /// Where this gateway records sessions.
+    pub fn recording_dir(&self) -> PathBuf {
+        self.dir.path().join(&self.config.recording_dir)
+    }
+
+    /// Where this gateway keeps its sealing key.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    /// `chokepoint sessions <args>` against this gateway's recordings.
+    pub fn sessions(&self, args: &[&str]) -> Result<Output> {
+        let dir = self.recording_dir();
+        let keys = self.keys_dir();
+        let mut all: Vec<&str> = vec![
+            "sessions",
+            "--dir",
+            dir.to_str().context("recording dir is not UTF-8")?,
+            "--keys-dir",
+            keys.to_str().context("keys dir is not UTF-8")?,
+        ];
+        all.extend_from_slice(args);
+        cli(&all)
     }
 
     /// Pid of the running daemon.

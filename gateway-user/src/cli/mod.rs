@@ -4,6 +4,7 @@ mod detach;
 mod doctor;
 mod policy;
 mod run;
+mod sessions;
 mod status;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -51,6 +52,13 @@ pub enum Command {
     /// Validate and explain policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Recorded sessions: list, show, replay, verify, export.
+    Sessions {
+        #[command(flatten)]
+        store: sessions::StoreArgs,
+        #[command(subcommand)]
+        command: sessions::SessionsCommand,
+    },
 }
 
 /// Selects an instance by name, by configuration file, or all of them.
@@ -102,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Detach { which } => detach::detach(&which),
         Command::Status { which } => status::status(&which),
         Command::Doctor { config } => doctor::doctor(config.as_deref()),
+        Command::Sessions { store, command } => sessions::sessions(&store, &command),
         Command::Policy(PolicyCommand::Check { files }) => policy::check(&files),
         Command::Policy(PolicyCommand::Explain {
             config,

@@ -15,6 +15,7 @@ use crate::{
     ebpf::{self, Attached, LoadOptions},
     flow::{self, Listeners},
     policy::{DaemonSettings, Policy, PolicyErrors},
+    recording::Recorder,
 };
 
 /// Everything `run` needs from the command line.
@@ -33,6 +34,8 @@ pub enum RunError {
     Bind(#[from] flow::BindError),
     #[error(transparent)]
     Ebpf(#[from] ebpf::EbpfError),
+    #[error("session recording: {0}: fix [recording] dir/keys_dir or their permissions")]
+    Recording(String),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
 }
@@ -44,6 +47,8 @@ pub(crate) struct Shared {
     pub daemon: DaemonSettings,
     pub attached: Attached,
     pub postgres: Arc<crate::protocols::postgres::PostgresShared>,
+    /// Fixed at start: a reload does not move recordings.
+    pub recorder: Arc<Recorder>,
 }
 
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
@@ -55,6 +60,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let daemon = policy.daemon().clone();
 
     ebpf::preflight()?;
+    // Before anything is attached: no guarded session may go unrecorded.
+    let recorder = Recorder::start(policy.recording()).map_err(RunError::Recording)?;
     ebpf::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
     let cgroup = ebpf::resolve_cgroup(&guard.cgroup, guard.create)?;
     // Listeners first: a busy port must fail before anything is attached.
@@ -81,6 +88,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         daemon,
         attached,
         postgres: Arc::default(),
+        recorder,
     });
 
     // Handlers go in before READY: until they exist, SIGHUP or SIGTERM
@@ -90,6 +98,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         warn!(error = %e, "sd_notify READY failed");
     }
     let result = serve::serve(shared.clone(), v4, v6, signals, &opts.config).await;
+    shared.recorder.shutdown().await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     info!(
         instance = %shared.daemon.instance,

@@ -21,6 +21,7 @@ use crate::{
         postgres::{self, PostgresContext},
         tcp::{self, Transferred},
     },
+    recording::{Body, Identity},
 };
 
 /// How long in-flight connections may finish after SIGTERM.
@@ -134,14 +135,28 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             }),
             _ => None,
         };
+        let recording = shared
+            .recorder
+            .open(start_event(&flow, &decision, mode, postgres.is_some()))
+            .await;
+        let (mut statements, mut denied) = (0, 0);
         let (moved, error) = if let (true, Some(ctx)) = (forward, postgres) {
-            let summary = postgres::serve(ctx, &flow, client).await;
+            // The PostgreSQL session refuses with a protocol error itself
+            // when the recording cannot be written.
+            let summary = postgres::serve(ctx, &flow, client, &recording).await;
+            (statements, denied) = (summary.statements, summary.denied);
             (
                 Transferred {
                     up: summary.bytes_up,
                     down: summary.bytes_down,
                 },
                 summary.error,
+            )
+        } else if let Err(why) = recording.healthy() {
+            tcp::refuse(client).await;
+            (
+                Transferred::default(),
+                Some(format!("refused: the session cannot be recorded: {why}")),
             )
         } else if forward {
             forward_to(&shared, client, &flow).await
@@ -150,6 +165,13 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             (Transferred::default(), None)
         };
         log_flow(&flow, &decision, mode, moved, error.as_deref(), started);
+        recording.close(Body::SessionEnd {
+            bytes_up: moved.up,
+            bytes_down: moved.down,
+            statements,
+            denied,
+            error,
+        });
     }
     .instrument(span)
     .await
@@ -174,6 +196,24 @@ async fn forward_to(
     match tcp::passthrough(&mut client, &mut upstream).await {
         Ok(moved) => (moved, None),
         Err(e) => (Transferred::default(), Some(e.to_string())),
+    }
+}
+
+fn start_event(flow: &Flow, decision: &Decision, mode: Mode, postgres: bool) -> Body {
+    Body::SessionStart {
+        identity: Identity {
+            pid: flow.pid,
+            uid: flow.uid,
+            gid: flow.gid,
+            comm: flow.comm.clone(),
+            cgroup_id: flow.cgroup_id,
+        },
+        dst: flow.dst.to_string(),
+        protocol: if postgres { "postgres" } else { "tcp" }.to_owned(),
+        target: decision.target.as_deref().map(str::to_owned),
+        decision: decision.verdict.to_string(),
+        rule: decision.rule_name().to_owned(),
+        mode: mode.to_string(),
     }
 }
 

@@ -40,6 +40,7 @@ use crate::{
     flow::Flow,
     masking::{ColumnInfo, ResultPlan},
     policy::{CopyOutMasked, Mode, SessionRules, StatementDecision, StatementVerdict},
+    recording::{Body, SessionRecording},
 };
 
 /// Stop reading a side while this much is queued for the other one.
@@ -60,7 +61,12 @@ pub struct SessionSummary {
 }
 
 /// Serves one client connection that policy routed to a PostgreSQL target.
-pub async fn serve(ctx: Arc<PostgresContext>, flow: &Flow, client: TcpStream) -> SessionSummary {
+pub async fn serve(
+    ctx: Arc<PostgresContext>,
+    flow: &Flow,
+    client: TcpStream,
+    recording: &SessionRecording,
+) -> SessionSummary {
     let mut summary = SessionSummary::default();
     let max = ctx.target.max_message_bytes;
     let mut decoder = FrameDecoder::new(max);
@@ -82,6 +88,13 @@ pub async fn serve(ctx: Arc<PostgresContext>, flow: &Flow, client: TcpStream) ->
     let database = startup.database().unwrap_or(&role).to_owned();
     summary.role.clone_from(&role);
     summary.database.clone_from(&database);
+    if let Err(why) = recording.healthy() {
+        let message =
+            format!("chokepoint: this session cannot be recorded, so it is refused: {why}");
+        let _ = client.write_all(&fatal("58030", &message)).await;
+        summary.error = Some(message);
+        return summary;
+    }
 
     let (upstream, rules, route) = match connect(&ctx, flow, &startup, &role, &database).await {
         Ok(u) => u,
@@ -98,8 +111,14 @@ pub async fn serve(ctx: Arc<PostgresContext>, flow: &Flow, client: TcpStream) ->
         %role,
         %database,
         upstream = %upstream.addr,
+        session = recording.id(),
         "postgres session start"
     );
+    recording.record(Body::Login {
+        role: role.clone(),
+        database: database.clone(),
+        upstream: upstream.addr.to_string(),
+    });
     let backend = BackendKey {
         upstream: upstream.addr,
         pid: upstream.backend_pid,
@@ -133,6 +152,7 @@ pub async fn serve(ctx: Arc<PostgresContext>, flow: &Flow, client: TcpStream) ->
         ctx: ctx.clone(),
         rules,
         flow,
+        recording,
         login: (route, role.clone(), database.clone(), password),
         tracker: Tracker::default(),
         statements: HashMap::new(),
@@ -428,6 +448,7 @@ struct Session<'a> {
     /// The flow's rules narrowed to the session's role.
     rules: SessionRules,
     flow: &'a Flow,
+    recording: &'a SessionRecording,
     /// Upstream route, role, database and password, for catalog lookups.
     login: (Route, String, String, String),
     tracker: Tracker,
@@ -662,6 +683,9 @@ impl Session<'_> {
                         started: Instant::now(),
                         rows: 0,
                         masked: false,
+                        execute: true,
+                        columns: Vec::new(),
+                        sample: Vec::new(),
                     });
                 self.forward(&frame);
                 self.tracker.push(Pending::Execute {
@@ -743,6 +767,13 @@ impl Session<'_> {
             Err(e) => {
                 let redacted = super::classify::redact_passwords(sql);
                 info!(flow_id = self.flow.id, statement = %redacted, decision = "deny", rule = "unparsable", reason = %e, "statement");
+                self.recording.record(Body::Statement {
+                    text: redacted.into_owned(),
+                    class: String::new(),
+                    decision: "deny".into(),
+                    rule: "unparsable".into(),
+                    reason: e.to_string(),
+                });
                 Err(deny_error(
                     "unparsable",
                     &format!("statement denied: {e}"),
@@ -757,6 +788,18 @@ impl Session<'_> {
         sql: &Arc<str>,
         classification: &Arc<Classification>,
     ) -> Result<Running, Bytes> {
+        // Fail closed: nothing is forwarded that the recording cannot hold.
+        if let Err(why) = self.recording.healthy() {
+            warn!(
+                flow_id = self.flow.id,
+                "statement refused: recording failed: {why}"
+            );
+            return Err(deny_error(
+                "recording",
+                &format!("statement refused: the session recording cannot be written ({why})"),
+                "",
+            ));
+        }
         let mut decision = self.rules.decide_all(classification);
         // With copy_out_masked = "deny", COPY … TO STDOUT never runs on a
         // target with masking rules; with "mask" its rows are masked as
@@ -798,6 +841,13 @@ impl Session<'_> {
             mode = %self.ctx.mode,
             "statement"
         );
+        self.recording.record(Body::Statement {
+            text: redacted.clone().into_owned(),
+            class: class.clone(),
+            decision: decision.verdict.to_string(),
+            rule: decision.rule.to_string(),
+            reason: decision.reason.clone(),
+        });
         if decision.verdict == StatementVerdict::Allow || audit {
             return Ok(Running {
                 sql: sql.clone(),
@@ -807,6 +857,9 @@ impl Session<'_> {
                 started: Instant::now(),
                 rows: 0,
                 masked: false,
+                execute: false,
+                columns: Vec::new(),
+                sample: Vec::new(),
             });
         }
         let message = match decision.verdict {
@@ -899,6 +952,7 @@ impl Session<'_> {
                         self.tracker.pending.pop_front();
                         if swallow {
                             // Ours: the layout of the Execute that follows.
+                            self.note_columns(&body);
                             if let Some(Pending::Execute { layout, .. }) =
                                 self.tracker.pending.front_mut()
                             {
@@ -908,6 +962,7 @@ impl Session<'_> {
                         }
                     }
                     _ => {
+                        self.note_columns(&body);
                         self.query_plan = self.plan_for(&body).await;
                     }
                 }
@@ -931,10 +986,13 @@ impl Session<'_> {
                     && !plan.is_noop()
                     && let Some(masked) = mask_row(&plan, frame.body())
                 {
+                    // What the client gets is what the recording keeps.
+                    self.sample_row(&masked.slice(5..));
                     self.summary.bytes_down += masked.len() as u64;
                     self.to_client.extend_from_slice(&masked);
                     return;
                 }
+                self.sample_row(frame.body());
             }
             b'C' | b'I' | b's' => {
                 // The end of a refused COPY was already answered with an error.
@@ -974,16 +1032,70 @@ impl Session<'_> {
     }
 
     fn complete(&self, running: Running, error: &str) {
+        let duration_us = u64::try_from(running.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.recording.record(Body::Result {
+            text: running
+                .execute
+                .then(|| super::classify::redact_passwords(&running.sql).into_owned()),
+            rows: running.rows,
+            duration_us,
+            error: (!error.is_empty()).then(|| error.to_owned()),
+            masked: running.masked,
+            columns: running.columns,
+            sample: running.sample,
+        });
         info!(
             flow_id = self.flow.id,
             statement = %super::classify::redact_passwords(&running.sql),
             class = %running.class,
             rows = running.rows,
             masked = running.masked,
-            duration_ms = running.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = duration_us as f64 / 1000.0,
             error,
             "statement done"
         );
+    }
+
+    /// The statement the front response belongs to, if it is recorded.
+    fn front_running(&mut self) -> Option<&mut Running> {
+        match self.tracker.pending.front_mut() {
+            Some(Pending::Execute {
+                running: Some(r), ..
+            })
+            | Some(Pending::Query(Some(r))) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Keeps a RowDescription's column names for the recording.
+    fn note_columns(&mut self, body: &Bytes) {
+        let Ok(description) = RowDescription::parse(body) else {
+            return;
+        };
+        if let Some(running) = self.front_running() {
+            running.columns = description
+                .fields
+                .iter()
+                .map(|f| f.name.to_owned())
+                .collect();
+            running.sample.clear();
+        }
+    }
+
+    /// Keeps a row, as the client receives it, while the sample has room.
+    fn sample_row(&mut self, body: &Bytes) {
+        let limit = self.recording.result_rows();
+        let Some(running) = self.front_running() else {
+            return;
+        };
+        if running.sample.len() >= limit {
+            return;
+        }
+        if let Ok(row) = DataRow::parse(body) {
+            running
+                .sample
+                .push(row.columns().map(|v| v.map(recorded_value)).collect());
+        }
     }
 
     /// The masking plan of the Execute at the front, computed at its first
@@ -1105,6 +1217,21 @@ enum CopyState {
     /// Refused with an error already sent: drop CopyData, CopyDone and the
     /// CommandComplete that ends the COPY.
     Refused,
+}
+
+/// A value as the recording keeps it: text, or `\x` hex when it is not
+/// printable text (binary format).
+fn recorded_value(value: &[u8]) -> String {
+    match std::str::from_utf8(value) {
+        Ok(s)
+            if !s
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) =>
+        {
+            s.to_owned()
+        }
+        _ => format!("\\x{}", hex::encode(value)),
+    }
 }
 
 /// The masked DataRow message; None when no value changes (the caller then

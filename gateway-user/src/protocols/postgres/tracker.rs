@@ -21,6 +21,12 @@ pub struct Running {
     pub started: Instant,
     pub rows: u64,
     pub masked: bool,
+    /// Created by an Execute: its recording names the statement again.
+    pub execute: bool,
+    /// Column names and the first rows as the client received them, for
+    /// the recording.
+    pub columns: Vec<String>,
+    pub sample: Vec<Vec<Option<String>>>,
 }
 
 #[derive(Debug)]

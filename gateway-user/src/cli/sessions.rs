@@ -1,0 +1,525 @@
+//! `chokepoint sessions`: list, show, replay, verify and export recordings.
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
+
+use clap::{Subcommand, ValueEnum};
+
+use crate::{
+    policy::{Policy, RecordingSettings},
+    recording::{
+        Body, Event, files, keys,
+        verify::{self, Verdict},
+    },
+};
+
+/// Where recordings and the sealing key are.
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// Daemon configuration whose [recording] names the directories.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "/etc/chokepoint/chokepoint.toml"
+    )]
+    config: PathBuf,
+    /// Recordings directory, instead of the configuration's.
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+    /// Directory of the host's key (host.ed25519.pub), instead of the configuration's.
+    #[arg(long, global = true)]
+    keys_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// One line per recorded session, oldest first.
+    List {
+        /// Only sessions started within this long (e.g. 2h, 3days) or since
+        /// this time (2026-11-27T10:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only sessions whose identity (uid, pid, process name) contains this.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Only sessions of this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Every event of a session as a table.
+    Show { id: String },
+    /// The session as the job saw it: statements, results and errors, with
+    /// the original timing divided by --speed (0: no waiting).
+    Replay {
+        id: String,
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+    },
+    /// Check hash chains and seals. Exit 0: all sealed and intact; 1: some
+    /// recording was altered; 3: intact but unsealed (gateway stopped
+    /// before the session ended).
+    Verify {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// A session's events as one document.
+    Export {
+        id: String,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+        format: ExportFormat,
+    },
+    /// The host's public sealing key (hex), for verifying elsewhere.
+    Pubkey,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Json,
+}
+
+pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode {
+    let settings = match store.settings() {
+        Ok(s) => s,
+        Err(e) => return super::fail(e),
+    };
+    let result = match command {
+        SessionsCommand::List {
+            since,
+            identity,
+            target,
+        } => list(
+            &settings,
+            since.as_deref(),
+            identity.as_deref(),
+            target.as_deref(),
+        ),
+        SessionsCommand::Show { id } => show(&settings, id),
+        SessionsCommand::Replay { id, speed } => replay(&settings, id, *speed),
+        SessionsCommand::Verify { id, all } => return verify_cmd(&settings, id.as_deref(), *all),
+        SessionsCommand::Export { id, format } => export(&settings, id, *format),
+        SessionsCommand::Pubkey => public_key(&settings).map(|k| println!("{k}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => super::fail(e),
+    }
+}
+
+impl StoreArgs {
+    fn settings(&self) -> Result<RecordingSettings, String> {
+        let mut settings = match (&self.dir, &self.keys_dir) {
+            (Some(_), Some(_)) => RecordingSettings::default(),
+            _ => Policy::load(&self.config)
+                .map_err(|e| {
+                    format!(
+                        "{}: {e}\n(or name the directories with --dir and --keys-dir)",
+                        self.config.display()
+                    )
+                })?
+                .recording()
+                .clone(),
+        };
+        if let Some(dir) = &self.dir {
+            settings.dir.clone_from(dir);
+        }
+        if let Some(dir) = &self.keys_dir {
+            settings.keys_dir.clone_from(dir);
+        }
+        Ok(settings)
+    }
+}
+
+fn public_key(settings: &RecordingSettings) -> Result<String, String> {
+    keys::read_public(&keys::public_key_path(&settings.keys_dir))
+        .map_err(|e| format!("{e} (the key is made when the gateway first starts)"))
+}
+
+/// A recording's events and verdict.
+fn load(settings: &RecordingSettings, path: &Path) -> Result<(Verdict, Vec<Event>), String> {
+    let data = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(verify::verify(&data, &public_key(settings)?))
+}
+
+fn load_id(settings: &RecordingSettings, id: &str) -> Result<(Verdict, Vec<Event>), String> {
+    load(settings, &files::find(&settings.dir, id)?)
+}
+
+fn state(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Sealed { .. } => "sealed".into(),
+        Verdict::Unsealed { .. } => "unsealed".into(),
+        Verdict::Tampered { line, .. } => format!("TAMPERED@{line}"),
+    }
+}
+
+fn list(
+    settings: &RecordingSettings,
+    since: Option<&str>,
+    identity: Option<&str>,
+    target: Option<&str>,
+) -> Result<(), String> {
+    let cutoff = since.map(parse_since).transpose()?;
+    let paths = files::all(&settings.dir)
+        .map_err(|e| format!("cannot list {}: {e}", settings.dir.display()))?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<31} {:<27} {:<28} {:<14} {:<22} {:>5} STATE",
+        "SESSION", "STARTED", "IDENTITY", "TARGET", "DESTINATION", "STMTS"
+    );
+    for path in paths {
+        let (verdict, events) = load(settings, &path)?;
+        let Some(first) = events.first() else {
+            let name = path.file_stem().unwrap_or_default().to_string_lossy();
+            let _ = writeln!(out, "{name:<31} {:<27} {}", "?", state(&verdict));
+            continue;
+        };
+        let Body::SessionStart {
+            identity: who,
+            dst,
+            target: session_target,
+            ..
+        } = &first.body
+        else {
+            continue;
+        };
+        if let Some(cutoff) = cutoff
+            && humantime::parse_rfc3339(&first.wall).is_ok_and(|t| t < cutoff)
+        {
+            continue;
+        }
+        let who = format!("uid={} {}[{}]", who.uid, who.comm, who.pid);
+        if identity.is_some_and(|i| !who.contains(i)) {
+            continue;
+        }
+        let session_target = session_target.as_deref().unwrap_or("-");
+        if target.is_some_and(|t| t != session_target) {
+            continue;
+        }
+        let statements = events
+            .iter()
+            .filter(|e| matches!(e.body, Body::Statement { .. }))
+            .count();
+        let _ = writeln!(
+            out,
+            "{:<31} {:<27} {:<28} {:<14} {:<22} {:>5} {}",
+            first.session,
+            first.wall,
+            who,
+            session_target,
+            dst,
+            statements,
+            state(&verdict)
+        );
+    }
+    Ok(())
+}
+
+fn parse_since(text: &str) -> Result<SystemTime, String> {
+    if let Ok(d) = humantime::parse_duration(text) {
+        return SystemTime::now()
+            .checked_sub(d)
+            .ok_or_else(|| format!("--since {text} reaches before 1970"));
+    }
+    humantime::parse_rfc3339_weak(text).map_err(|_| {
+        format!(
+            "--since {text:?} is neither a duration (2h, 3days) nor a time (2026-11-27T10:00:00Z)"
+        )
+    })
+}
+
+fn show(settings: &RecordingSettings, id: &str) -> Result<(), String> {
+    let (verdict, events) = load_id(settings, id)?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{:>4} {:>12} {:<14} DETAILS", "SEQ", "+MS", "TYPE");
+    for e in &events {
+        let _ = writeln!(
+            out,
+            "{:>4} {:>12.3} {:<14} {}",
+            e.seq,
+            e.mono_us as f64 / 1000.0,
+            e.body.kind(),
+            details(&e.body)
+        );
+    }
+    let _ = writeln!(out, "-- {}", describe(&verdict));
+    Ok(())
+}
+
+fn details(body: &Body) -> String {
+    match body {
+        Body::SessionStart {
+            identity,
+            dst,
+            protocol,
+            target,
+            decision,
+            rule,
+            mode,
+        } => format!(
+            "uid={} gid={} pid={} comm={} cgroup={} dst={dst} protocol={protocol} target={} decision={decision} rule={rule} mode={mode}",
+            identity.uid,
+            identity.gid,
+            identity.pid,
+            identity.comm,
+            identity.cgroup_id,
+            target.as_deref().unwrap_or("-")
+        ),
+        Body::Login {
+            role,
+            database,
+            upstream,
+        } => format!("role={role} database={database} upstream={upstream}"),
+        Body::Statement {
+            text,
+            class,
+            decision,
+            rule,
+            reason,
+        } => {
+            let why = if reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({reason})")
+            };
+            format!("{decision} by {rule} [{class}]{why}: {text}")
+        }
+        Body::Result {
+            text,
+            rows,
+            duration_us,
+            error,
+            masked,
+            ..
+        } => {
+            let mut s = format!("rows={rows} {:.3} ms", *duration_us as f64 / 1000.0);
+            if *masked {
+                s.push_str(" masked");
+            }
+            if let Some(e) = error {
+                s.push_str(&format!(" error={e}"));
+            }
+            if let Some(t) = text {
+                s.push_str(&format!(": {t}"));
+            }
+            s
+        }
+        Body::SessionEnd {
+            bytes_up,
+            bytes_down,
+            statements,
+            denied,
+            error,
+        } => format!(
+            "up={bytes_up}B down={bytes_down}B statements={statements} denied={denied}{}",
+            error
+                .as_deref()
+                .map(|e| format!(" error={e}"))
+                .unwrap_or_default()
+        ),
+        Body::Seal { final_hash, .. } => format!("final hash {final_hash}"),
+    }
+}
+
+fn describe(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Sealed { events } => format!("verified: {events} events, sealed"),
+        Verdict::Unsealed { events } => format!(
+            "unsealed: the chain is intact through seq {}, but the gateway stopped before the session ended",
+            events.saturating_sub(1)
+        ),
+        Verdict::Tampered { line, seq, reason } => format!(
+            "TAMPERED at line {line}{}: {reason}",
+            seq.map(|s| format!(" (seq {s})")).unwrap_or_default()
+        ),
+    }
+}
+
+fn replay(settings: &RecordingSettings, id: &str, speed: f64) -> Result<(), String> {
+    if !(speed >= 0.0 && speed.is_finite()) {
+        return Err(format!("--speed must be 0 or more, not {speed}"));
+    }
+    let (verdict, events) = load_id(settings, id)?;
+    let mut out = std::io::stdout().lock();
+    let mut last_us = 0;
+    let mut prompt = "=>".to_owned();
+    for e in &events {
+        if speed > 0.0 && e.mono_us > last_us {
+            let _ = out.flush();
+            std::thread::sleep(Duration::from_secs_f64(
+                (e.mono_us - last_us) as f64 / 1e6 / speed,
+            ));
+        }
+        last_us = e.mono_us;
+        let _ = match &e.body {
+            Body::SessionStart {
+                identity,
+                dst,
+                target,
+                decision,
+                ..
+            } => writeln!(
+                out,
+                "-- {} {}[{}] uid={} → {dst} ({}) {decision}",
+                e.wall,
+                identity.comm,
+                identity.pid,
+                identity.uid,
+                target.as_deref().unwrap_or("no target")
+            ),
+            Body::Login { role, database, .. } => {
+                prompt = format!("{database}=>");
+                writeln!(out, "-- logged in as {role} to {database}")
+            }
+            Body::Statement {
+                text,
+                decision,
+                rule,
+                reason,
+                ..
+            } => {
+                let _ = writeln!(out, "{prompt} {text}");
+                if decision == "allow" {
+                    Ok(())
+                } else {
+                    writeln!(
+                        out,
+                        "ERROR:  chokepoint: {decision} by rule {rule}: {reason}"
+                    )
+                }
+            }
+            Body::Result {
+                text,
+                rows,
+                error,
+                columns,
+                sample,
+                ..
+            } => {
+                if let Some(t) = text {
+                    let _ = writeln!(out, "=> (execute) {t}");
+                }
+                print_result(&mut out, columns, sample, *rows, error.as_deref())
+            }
+            Body::SessionEnd { .. } => writeln!(out, "-- session ended"),
+            Body::Seal { .. } => Ok(()),
+        };
+    }
+    let _ = writeln!(out, "-- {}", describe(&verdict));
+    Ok(())
+}
+
+fn print_result(
+    out: &mut impl Write,
+    columns: &[String],
+    sample: &[Vec<Option<String>>],
+    rows: u64,
+    error: Option<&str>,
+) -> std::io::Result<()> {
+    if let Some(e) = error {
+        return writeln!(out, "ERROR:  {e}");
+    }
+    if !columns.is_empty() {
+        let cells = |row: &[Option<String>]| -> Vec<String> {
+            row.iter()
+                .map(|v| v.clone().unwrap_or_else(|| "NULL".into()))
+                .collect()
+        };
+        let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
+        for row in sample {
+            for (i, v) in cells(row).iter().enumerate() {
+                if let Some(w) = widths.get_mut(i) {
+                    *w = (*w).max(v.chars().count());
+                }
+            }
+        }
+        let line = |values: &[String]| -> String {
+            values
+                .iter()
+                .zip(&widths)
+                .map(|(v, w)| format!(" {v:<w$} "))
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        writeln!(out, "{}", line(columns))?;
+        writeln!(
+            out,
+            "{}",
+            widths
+                .iter()
+                .map(|w| "-".repeat(w + 2))
+                .collect::<Vec<_>>()
+                .join("+")
+        )?;
+        for row in sample {
+            writeln!(out, "{}", line(&cells(row)))?;
+        }
+        if (sample.len() as u64) < rows {
+            writeln!(
+                out,
+                "… {} more rows not recorded",
+                rows - sample.len() as u64
+            )?;
+        }
+    }
+    writeln!(out, "({rows} row{})", if rows == 1 { "" } else { "s" })
+}
+
+fn verify_cmd(settings: &RecordingSettings, id: Option<&str>, all: bool) -> ExitCode {
+    let paths = if all {
+        match files::all(&settings.dir) {
+            Ok(p) => p,
+            Err(e) => return super::fail(format!("cannot list {}: {e}", settings.dir.display())),
+        }
+    } else {
+        match files::find(&settings.dir, id.unwrap_or_default()) {
+            Ok(p) => vec![p],
+            Err(e) => return super::fail(e),
+        }
+    };
+    let (mut tampered, mut unsealed) = (0, 0);
+    for path in &paths {
+        let name = path.file_stem().unwrap_or_default().to_string_lossy();
+        match load(settings, path) {
+            Ok((verdict, _)) => {
+                match verdict {
+                    Verdict::Sealed { .. } => {}
+                    Verdict::Unsealed { .. } => unsealed += 1,
+                    Verdict::Tampered { .. } => tampered += 1,
+                }
+                println!("{name}: {}", describe(&verdict));
+            }
+            Err(e) => return super::fail(e),
+        }
+    }
+    if tampered > 0 {
+        ExitCode::from(1)
+    } else if unsealed > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn export(settings: &RecordingSettings, id: &str, format: ExportFormat) -> Result<(), String> {
+    let (verdict, events) = load_id(settings, id)?;
+    match format {
+        ExportFormat::Json => {
+            let doc = serde_json::json!({
+                "session": events.first().map(|e| e.session.clone()),
+                "verdict": describe(&verdict),
+                "events": events,
+            });
+            let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+            println!("{text}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! Session recording end to end: real sessions through the gateway are recorded, verified, replayed, and refused when they cannot be recorded (run as root).
+//!
+//! Each test has its own gateway, cgroup and recording directory (inside
+//! the gateway's temporary directory, or a small tmpfs the test mounts and
+//! unmounts), and its own 127.0.0.7x addresses.
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use chokepoint_tests::{
+    Gateway, GatewayConfig, PgServer, ProbeArgs, Rule, Server, Target, TestCgroup, job_psql,
+    postgres::CUSTOMERS, run_with_timeout, wait_for,
+};
+use serde_json::Value;
+
+const PROBE: &str = env!("CARGO_BIN_EXE_cp-probe");
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Hang guard for the writer's group commit and the seal.
+const SEAL_TIMEOUT: Duration = Duration::from_secs(60);
+
+const RULES: &str = r#"
+[[rule]]
+name = "ci-orders"
+action = "allow"
+targets = ["orders-db"]
+
+[rule.postgres]
+roles = ["app_rw"]
+allow = ["read", "write", "transaction", "other"]
+deny = ["drop", "truncate"]
+
+[[masking]]
+name = "emails"
+targets = ["orders-db"]
+columns = ["public.customers.email"]
+strategy = "redact"
+"#;
+
+fn v4(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Waits until `chokepoint sessions verify --all` passes for exactly `n`
+/// sessions (each sealed), and returns their ids.
+fn wait_sealed(gw: &Gateway, n: usize) -> Result<Vec<String>> {
+    let mut last = String::new();
+    let found = wait_for(&format!("{n} sealed recordings"), SEAL_TIMEOUT, || {
+        let out = gw.sessions(&["verify", "--all"]).ok()?;
+        last = text(&out);
+        let lines: Vec<&str> = last.lines().collect();
+        (out.status.success() && lines.len() == n).then(|| {
+            lines
+                .iter()
+                .filter_map(|l| l.split(':').next().map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+    });
+    found.with_context(|| format!("last verify output:\n{last}"))
+}
+
+/// The recording files under `dir`.
+fn recordings(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "jsonl") {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+fn postgres_gateway(hint: &str, address: &str) -> Result<(PgServer, TestCgroup, GatewayConfig)> {
+    let pg = PgServer::start()?;
+    let cg = TestCgroup::new(hint)?;
+    let config = GatewayConfig::new(hint, &cg)?
+        .raw_toml(&pg.target_toml("orders-db", address))
+        .raw_toml(RULES);
+    Ok((pg, cg, config))
+}
+
+#[test]
+fn a_psql_session_is_recorded_verified_and_replayed() -> Result<()> {
+    let (_pg, cg, config) = postgres_gateway("rec-psql", "127.0.0.71")?;
+    let gw = Gateway::start(&config)?;
+    let out = run_with_timeout(
+        &mut job_psql(
+            &cg,
+            "host=127.0.0.71 port=5432 dbname=orders user=app_rw",
+            &[
+                "SELECT id, email FROM customers ORDER BY id",
+                "DROP TABLE items",
+                "SELECT 'done' AS status",
+            ],
+        ),
+        CLIENT_TIMEOUT,
+    )?;
+    let ids = wait_sealed(&gw, 1)?;
+    let id = &ids[0];
+
+    let list = gw.sessions(&["list"])?;
+    let listed = text(&list);
+    ensure!(list.status.success(), "{listed}");
+    assert!(
+        listed.contains(id.as_str()) && listed.contains("orders-db") && listed.contains("sealed"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("comm=") || listed.contains("psql["),
+        "{listed}"
+    );
+
+    let replay = gw.sessions(&["replay", id, "--speed", "0"])?;
+    let shown = text(&replay);
+    ensure!(replay.status.success(), "{shown}");
+    assert!(
+        shown.contains("orders=> SELECT id, email FROM customers ORDER BY id"),
+        "{shown}"
+    );
+    assert!(shown.contains("(3 rows)"), "{shown}");
+    assert!(shown.contains("orders=> DROP TABLE items"), "{shown}");
+    assert!(
+        shown.contains("ERROR:  chokepoint: deny by rule ci-orders"),
+        "{shown}"
+    );
+    assert!(shown.contains(" done "), "{shown}");
+    assert!(shown.contains("verified"), "{shown}");
+    // The job saw masked emails; so does the recording.
+    for c in CUSTOMERS {
+        assert!(
+            !shown.contains(c.email),
+            "unmasked {} in the replay:\n{shown}",
+            c.email
+        );
+    }
+    // What psql printed is what the replay shows, row by row.
+    let psql_rows = String::from_utf8_lossy(&out.stdout).into_owned();
+    let first = psql_rows.lines().next().context("psql printed rows")?;
+    let masked = first.split('|').nth(1).context("id|email")?;
+    assert!(shown.contains(masked), "{masked:?} not in:\n{shown}");
+
+    let export = gw.sessions(&["export", id, "--format", "json"])?;
+    let doc: Value = serde_json::from_slice(&export.stdout).with_context(|| text(&export))?;
+    let kinds: Vec<&str> = doc["events"]
+        .as_array()
+        .context("events")?
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "session_start",
+            "login",
+            "statement",
+            "result",
+            "statement",
+            "statement",
+            "result",
+            "session_end",
+            "seal"
+        ],
+        "{doc}"
+    );
+
+    // One changed byte in the recorded result is found, at its line.
+    let path = recordings(&gw.recording_dir())
+        .pop()
+        .context("the recording file")?;
+    let mut data = fs::read(&path)?;
+    let at = data
+        .windows(4)
+        .position(|w| w == b"done")
+        .context("'done' in the recording")?;
+    data[at] = b'D';
+    fs::write(&path, &data)?;
+    let verify = gw.sessions(&["verify", id])?;
+    let verdict = text(&verify);
+    assert_eq!(verify.status.code(), Some(1), "{verdict}");
+    assert!(verdict.contains("TAMPERED at line 6 (seq 5)"), "{verdict}");
+    Ok(())
+}
+
+#[test]
+fn sigkill_mid_session_leaves_an_intact_unsealed_chain() -> Result<()> {
+    let (_pg, cg, config) = postgres_gateway("rec-kill", "127.0.0.72")?;
+    let mut gw = Gateway::start(&config)?;
+    let mut psql = job_psql(
+        &cg,
+        "host=127.0.0.72 port=5432 dbname=orders user=app_rw",
+        &["SELECT 1", "SELECT pg_sleep(120)"],
+    );
+    let mut child = psql.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let dir = gw.recording_dir();
+    let recorded = wait_for(
+        "the pg_sleep statement in the recording",
+        SEAL_TIMEOUT,
+        || {
+            recordings(&dir)
+                .into_iter()
+                .find(|p| fs::read_to_string(p).is_ok_and(|t| t.contains("pg_sleep(120)")))
+        },
+    );
+    let recorded = match recorded {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
+    gw.kill9()?;
+    // psql's connection died with the gateway.
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let id = recorded
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .context("session id")?
+        .to_owned();
+    let out = gw.sessions(&["verify", &id])?;
+    let verdict = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{verdict}");
+    assert!(
+        verdict.contains("unsealed: the chain is intact through seq"),
+        "{verdict}"
+    );
+    assert!(!verdict.contains("TAMPERED"), "{verdict}");
+    Ok(())
+}
+
+/// A tmpfs mounted for one test, unmounted (lazily, in case a file is
+/// still open) on drop.
+struct SmallTmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallTmpfs {
+    fn full() -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("cp-full-").tempdir()?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "cp-full"])
+            .arg(dir.path())
+            .output()?;
+        ensure!(out.status.success(), "mount tmpfs: {}", text(&out));
+        let fs = Self { dir };
+        // Fill it: the gateway then cannot write a byte there.
+        let filler = fs.dir.path().join("filler");
+        let chunk = vec![0u8; 4096];
+        let mut file = fs::File::create(&filler)?;
+        loop {
+            use std::io::Write;
+            if file.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        Ok(fs)
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn sessions_that_cannot_be_recorded_are_refused() -> Result<()> {
+    let full = SmallTmpfs::full()?;
+    let (_pg, cg, config) = postgres_gateway("rec-full", "127.0.0.73")?;
+    let echo = Server::echo(v4(74))?;
+    let config = config
+        .recording_dir(full.path())
+        .target(Target::new("echo", &["127.0.0.74"], &[echo.port()]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let gw = Gateway::start(&config)?;
+
+    let out = run_with_timeout(
+        &mut job_psql(
+            &cg,
+            "host=127.0.0.73 port=5432 dbname=orders user=app_rw",
+            &["SELECT 'must not run'"],
+        ),
+        CLIENT_TIMEOUT,
+    )?;
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("cannot be recorded, so it is refused"),
+        "{said}"
+    );
+    assert!(!said.contains("must not run\n"), "{said}");
+
+    let r = ProbeArgs::tcp(echo.addr())
+        .send(100)
+        .expect_echo()
+        .run(cg.command(PROBE))?;
+    assert!(
+        !r.ok && r.received == 0,
+        "unrecorded TCP got through: {r:?}"
+    );
+    assert_eq!(echo.accepted(), 0, "the echo server saw a connection");
+    let logs = gw.logs().join("\n");
+    assert!(logs.contains("session recording failed"), "{logs}");
+    Ok(())
+}
+
+#[test]
+fn two_hundred_concurrent_sessions_each_record_completely() -> Result<()> {
+    const SESSIONS: usize = 200;
+    let cg = TestCgroup::new("rec-many")?;
+    let echo = Server::echo(v4(75))?;
+    let config = GatewayConfig::new("rec-many", &cg)?
+        .target(Target::new("echo", &["127.0.0.75"], &[echo.port()]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let gw = Gateway::start(&config)?;
+    let to: SocketAddr = echo.addr();
+    let reports: Vec<Result<_>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..SESSIONS)
+            .map(|_| {
+                s.spawn(|| {
+                    ProbeArgs::tcp(to)
+                        .send(1000)
+                        .expect_echo()
+                        .run(cg.command(PROBE))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("probe thread panicked")))
+            .collect()
+    });
+    for r in reports {
+        let r = r?;
+        ensure!(r.ok && r.received == 1000, "{r:?}");
+    }
+    let ids = wait_sealed(&gw, SESSIONS)?;
+    assert_eq!(ids.len(), SESSIONS);
+    // Each: start, end with the bytes both ways, seal, in order.
+    for path in recordings(&gw.recording_dir()) {
+        let lines: Vec<Value> = fs::read_to_string(&path)?
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        let kinds: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l["event"]["type"].as_str())
+            .collect();
+        assert_eq!(kinds, ["session_start", "session_end", "seal"], "{path:?}");
+        assert_eq!(lines[1]["event"]["bytes_up"], 1000, "{path:?}");
+        assert_eq!(lines[1]["event"]["bytes_down"], 1000, "{path:?}");
+    }
+    Ok(())
+}
