@@ -145,6 +145,8 @@ pub struct GatewayConfig {
     /// `[recording] dir`; relative paths are next to the config file, in
     /// the gateway's own temporary directory.
     pub recording_dir: PathBuf,
+    /// Extra `key = value` lines of the `[recording]` table.
+    pub recording: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -162,6 +164,7 @@ impl GatewayConfig {
             raw: Vec::new(),
             daemon: Vec::new(),
             recording_dir: PathBuf::from("sessions"),
+            recording: Vec::new(),
         })
     }
 
@@ -192,6 +195,12 @@ impl GatewayConfig {
         self
     }
 
+    /// Adds a `key = value` line to the `[recording]` table.
+    pub fn recording_setting(mut self, line: &str) -> Self {
+        self.recording.push(line.to_owned());
+        self
+    }
+
     /// Appends `toml` verbatim at the end of the file (after the targets
     /// and rules), e.g. `[[target]]` tables with a `[target.postgres]`.
     pub fn raw_toml(mut self, toml: &str) -> Self {
@@ -219,6 +228,9 @@ impl GatewayConfig {
             "\n[recording]\ndir = {}\nkeys_dir = \"keys\"",
             quote(&self.recording_dir.to_string_lossy())
         );
+        for line in &self.recording {
+            let _ = writeln!(s, "{line}");
+        }
         let _ = writeln!(
             s,
             "\n[guard]\ncgroup = {}",

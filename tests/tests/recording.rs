@@ -379,3 +379,37 @@ fn two_hundred_concurrent_sessions_each_record_completely() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn retention_removes_expired_recordings_but_keeps_new_ones() -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("cp-retain-").tempdir()?;
+    let day = dir.path().join("2026").join("01").join("01");
+    fs::create_dir_all(&day)?;
+    let old = day.join("20260101T000000Z-000000000000.jsonl");
+    fs::write(&old, b"an old recording\n")?;
+    fs::File::options()
+        .write(true)
+        .open(&old)?
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3 * 86_400))?;
+
+    let cg = TestCgroup::new("rec-retain")?;
+    let echo = Server::echo(v4(76))?;
+    let config = GatewayConfig::new("rec-retain", &cg)?
+        .recording_dir(dir.path())
+        .recording_setting("max_age_days = 2")
+        .target(Target::new("echo", &["127.0.0.76"], &[echo.port()]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let gw = Gateway::start(&config)?;
+    let r = ProbeArgs::tcp(echo.addr())
+        .send(10)
+        .expect_echo()
+        .run(cg.command(PROBE))?;
+    ensure!(r.ok, "{r:?}");
+    wait_for("the expired recording to go", SEAL_TIMEOUT, || {
+        (!old.exists()).then_some(())
+    })?;
+    // The new session is sealed and kept; the empty 2026/01/01 folder is gone.
+    wait_sealed(&gw, 1)?;
+    assert!(!day.exists(), "{day:?} is still there");
+    Ok(())
+}

@@ -30,6 +30,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// never be accepted.
 const RECORD_MAX_AGE: Duration = Duration::from_secs(60);
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// Retention passes (the first right at start).
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 /// The signals the daemon handles, installed before it reports ready.
 pub(crate) struct Signals {
@@ -62,6 +64,7 @@ pub(crate) async fn serve(
     } = signals;
     let tasks = TaskTracker::new();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let mut retention = tokio::time::interval(RETENTION_EVERY);
     loop {
         let accepted = tokio::select! {
             r = v4.accept() => r,
@@ -69,6 +72,17 @@ pub(crate) async fn serve(
             _ = hup.recv() => { reload(&shared, config); continue; }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = retention.tick() => {
+                let recorder = shared.recorder.clone();
+                tasks.spawn(async move {
+                    match tokio::task::spawn_blocking(move || recorder.enforce_retention()).await {
+                        Ok(Ok(r)) if r.files > 0 => info!(files = r.files, bytes = r.bytes, "removed recordings past their retention"),
+                        Ok(Err(e)) => warn!(error = %e, "recording retention pass failed"),
+                        _ => {}
+                    }
+                });
+                continue;
+            }
             _ = sweep.tick() => {
                 let removed = shared.attached.flows.sweep(RECORD_MAX_AGE);
                 if removed > 0 {

@@ -31,6 +31,8 @@ pub(super) struct RecordingSection {
     pub dir: Option<Spanned<String>>,
     pub keys_dir: Option<Spanned<String>>,
     pub result_rows: Option<Spanned<Int>>,
+    pub max_age_days: Option<Spanned<Int>>,
+    pub max_total_mb: Option<Spanned<Int>>,
 }
 
 /// `[guard]`: which cgroup the kernel programs guard.

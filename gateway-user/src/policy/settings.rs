@@ -88,6 +88,8 @@ pub struct RecordingSettings {
     pub keys_dir: PathBuf,
     /// Result rows kept per statement, as the client received them.
     pub result_rows: usize,
+    /// `max_age_days` and `max_total_mb`; unlimited by default.
+    pub retention: crate::recording::retention::Limits,
 }
 
 /// Most rows a recording keeps per statement; beyond, only the count.
@@ -99,6 +101,7 @@ impl Default for RecordingSettings {
             dir: PathBuf::from("/var/lib/chokepoint/sessions"),
             keys_dir: PathBuf::from("/var/lib/chokepoint/keys"),
             result_rows: 100,
+            retention: crate::recording::retention::Limits::default(),
         }
     }
 }
@@ -136,6 +139,28 @@ pub(super) fn recording(
             _ => report.error(
                 At::of(file, rows),
                 format!("result_rows must be 0 to {MAX_RESULT_ROWS}, not {n}"),
+            ),
+        }
+    }
+    if let Some(days) = &section.max_age_days {
+        let Int(n) = *days.get_ref();
+        match u64::try_from(n) {
+            Ok(d) if d > 0 => {
+                settings.retention.max_age = Some(std::time::Duration::from_secs(d * 86_400));
+            }
+            _ => report.error(
+                At::of(file, days),
+                format!("max_age_days must be 1 or more, not {n} (leave it out to keep recordings forever)"),
+            ),
+        }
+    }
+    if let Some(mb) = &section.max_total_mb {
+        let Int(n) = *mb.get_ref();
+        match u64::try_from(n) {
+            Ok(m) if m > 0 => settings.retention.max_total_bytes = Some(m * 1024 * 1024),
+            _ => report.error(
+                At::of(file, mb),
+                format!("max_total_mb must be 1 or more, not {n} (leave it out for no size limit)"),
             ),
         }
     }

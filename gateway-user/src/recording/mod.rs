@@ -7,7 +7,8 @@
 //! * [`keys`]: the host's sealing key;
 //! * [`writer`]: the thread that writes, batches and fsyncs;
 //! * [`verify`]: checking a recording, naming the first bad line;
-//! * [`files`]: where recordings are and how to find one.
+//! * [`files`]: where recordings are and how to find one;
+//! * [`retention`]: removing old recordings, never an active one.
 //!
 //! Sessions hand events over without waiting: the writer assigns `seq`,
 //! chains and writes. Only the session start waits for its line to be
@@ -30,10 +31,12 @@ pub mod chain;
 pub mod event;
 pub mod files;
 pub mod keys;
+pub mod retention;
 pub mod verify;
 mod writer;
 
 use std::{
+    collections::HashSet,
     path::PathBuf,
     sync::{
         Arc, Mutex, OnceLock,
@@ -61,6 +64,8 @@ pub struct Recorder {
     result_rows: usize,
     next: AtomicU64,
     inflight: Arc<AtomicUsize>,
+    active: writer::Active,
+    limits: retention::Limits,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -72,7 +77,8 @@ impl Recorder {
             .map_err(|e| format!("cannot create {}: {e}", settings.dir.display()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let inflight = Arc::new(AtomicUsize::new(0));
-        let thread = writer::spawn(rx, key, inflight.clone())
+        let active = writer::Active::default();
+        let thread = writer::spawn(rx, key, inflight.clone(), active.clone())
             .map_err(|e| format!("cannot start the recording writer: {e}"))?;
         Ok(Arc::new(Recorder {
             tx,
@@ -80,8 +86,23 @@ impl Recorder {
             result_rows: settings.result_rows,
             next: AtomicU64::new(1),
             inflight,
+            active,
+            limits: settings.retention,
             thread: Mutex::new(Some(thread)),
         }))
+    }
+
+    /// One retention pass (blocking file I/O: run it off the reactor).
+    pub fn enforce_retention(&self) -> std::io::Result<retention::Removed> {
+        if self.limits.is_unlimited() {
+            return Ok(retention::Removed::default());
+        }
+        let active: HashSet<PathBuf> = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        retention::enforce(&self.dir, self.limits, &active, SystemTime::now())
     }
 
     /// Starts a session's recording with its first event. Never fails:

@@ -9,6 +9,7 @@ fn settings(dir: &Path) -> RecordingSettings {
         dir: dir.join("sessions"),
         keys_dir: dir.join("keys"),
         result_rows: 10,
+        retention: retention::Limits::default(),
     }
 }
 

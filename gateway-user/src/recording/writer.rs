@@ -4,13 +4,13 @@
 //! next such group commit). Blocking file I/O lives here, on its own
 //! thread, never on the gateway's reactor.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::{self, File, OpenOptions},
     io::Write,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
@@ -65,10 +65,14 @@ struct Open {
     health: Arc<Health>,
 }
 
+/// Files being written; retention leaves them alone.
+pub(super) type Active = Arc<Mutex<HashSet<PathBuf>>>;
+
 pub(super) fn spawn(
     rx: mpsc::UnboundedReceiver<Msg>,
     key: HostKey,
     inflight: Arc<AtomicUsize>,
+    active: Active,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("cp-recorder".into())
@@ -83,22 +87,33 @@ pub(super) fn spawn(
                     return;
                 }
             };
-            runtime.block_on(Writer::new(key, inflight).run(rx));
+            runtime.block_on(Writer::new(key, inflight, active).run(rx));
         })
 }
 
 struct Writer {
     key: HostKey,
     inflight: Arc<AtomicUsize>,
+    active: Active,
     files: HashMap<u64, Open>,
 }
 
 impl Writer {
-    fn new(key: HostKey, inflight: Arc<AtomicUsize>) -> Self {
+    fn new(key: HostKey, inflight: Arc<AtomicUsize>, active: Active) -> Self {
         Self {
             key,
             inflight,
+            active,
             files: HashMap::new(),
+        }
+    }
+
+    fn set_active(&self, path: &std::path::Path, active: bool) {
+        let mut set = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active {
+            set.insert(path.to_path_buf());
+        } else {
+            set.remove(path);
         }
     }
 
@@ -164,6 +179,7 @@ impl Writer {
                         if let Err(e) = open.flush() {
                             health.fail(format!("cannot write {}: {e}", path.display()));
                         } else {
+                            self.set_active(&path, true);
                             self.files.insert(handle, open);
                         }
                     }
@@ -206,28 +222,41 @@ impl Writer {
     }
 
     fn write_pending(&mut self) {
+        let mut done = Vec::new();
         self.files.retain(|_, open| match open.flush() {
             Ok(()) => true,
             Err(e) => {
                 open.health
                     .fail(format!("cannot write {}: {e}", open.path.display()));
+                done.push(open.path.clone());
                 false
             }
         });
+        for path in done {
+            self.set_active(&path, false);
+        }
     }
 
     fn sync(&mut self) {
+        let mut done = Vec::new();
         self.files.retain(|_, open| {
             if open.dirty {
                 if let Err(e) = open.file.sync_data() {
                     open.health
                         .fail(format!("cannot fsync {}: {e}", open.path.display()));
+                    done.push(open.path.clone());
                     return false;
                 }
                 open.dirty = false;
             }
+            if open.closed {
+                done.push(open.path.clone());
+            }
             !open.closed
         });
+        for path in done {
+            self.set_active(&path, false);
+        }
     }
 }
 
