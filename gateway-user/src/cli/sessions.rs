@@ -2,7 +2,7 @@
 use std::{
     fs,
     io::Write,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::ExitCode,
     time::{Duration, SystemTime},
 };
@@ -34,6 +34,14 @@ pub struct StoreArgs {
     /// Directory of the host's key (host.ed25519.pub), instead of the configuration's.
     #[arg(long, global = true)]
     keys_dir: Option<PathBuf>,
+    /// Read recordings from this PostgreSQL fleet store (a connection
+    /// string) instead of the local files.
+    #[arg(long, global = true)]
+    store: Option<String>,
+    /// Trust seals by this public key (hex; repeat for a fleet) instead of
+    /// this host's key.
+    #[arg(long = "public-key", global = true)]
+    public_keys: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,22 +97,35 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
         Ok(s) => s,
         Err(e) => return super::fail(e),
     };
+    if let SessionsCommand::Pubkey = command {
+        return match public_key(&settings) {
+            Ok(k) => {
+                println!("{k}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => super::fail(e),
+        };
+    }
+    let source = match store.source(&settings) {
+        Ok(s) => s,
+        Err(e) => return super::fail(e),
+    };
     let result = match command {
         SessionsCommand::List {
             since,
             identity,
             target,
         } => list(
-            &settings,
+            &source,
             since.as_deref(),
             identity.as_deref(),
             target.as_deref(),
         ),
-        SessionsCommand::Show { id } => show(&settings, id),
-        SessionsCommand::Replay { id, speed } => replay(&settings, id, *speed),
-        SessionsCommand::Verify { id, all } => return verify_cmd(&settings, id.as_deref(), *all),
-        SessionsCommand::Export { id, format } => export(&settings, id, *format),
-        SessionsCommand::Pubkey => public_key(&settings).map(|k| println!("{k}")),
+        SessionsCommand::Show { id } => show(&source, id),
+        SessionsCommand::Replay { id, speed } => replay(&source, id, *speed),
+        SessionsCommand::Verify { id, all } => return verify_cmd(&source, id.as_deref(), *all),
+        SessionsCommand::Export { id, format } => export(&source, id, *format),
+        SessionsCommand::Pubkey => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,11 +133,87 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
     }
 }
 
+/// Where recordings are read from, and which seals are trusted.
+struct Source {
+    store: Store,
+    trusted: Vec<String>,
+}
+
+enum Store {
+    Files(PathBuf),
+    Database(Box<Database>),
+}
+
+struct Database {
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl Source {
+    /// Session ids, oldest first.
+    fn ids(&self) -> Result<Vec<String>, String> {
+        match &self.store {
+            Store::Files(dir) => Ok(files::all(dir)
+                .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+                .iter()
+                .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(str::to_owned))
+                .collect()),
+            Store::Database(db) => db
+                .runtime
+                .block_on(crate::recording::sink::sessions(&db.client)),
+        }
+    }
+
+    /// A recording's events and verdict.
+    fn load(&self, id: &str) -> Result<(Verdict, Vec<Event>), String> {
+        let data = match &self.store {
+            Store::Files(dir) => {
+                let path = files::find(dir, id)?;
+                fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            }
+            Store::Database(db) => db
+                .runtime
+                .block_on(crate::recording::sink::recording(&db.client, id))?,
+        };
+        Ok(verify::verify(&data, &self.trusted))
+    }
+}
+
 impl StoreArgs {
+    fn source(&self, settings: &RecordingSettings) -> Result<Source, String> {
+        let trusted = if self.public_keys.is_empty() {
+            vec![public_key(settings)?]
+        } else {
+            self.public_keys.clone()
+        };
+        let store = match &self.store {
+            None => Store::Files(settings.dir.clone()),
+            Some(conninfo) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let sink = crate::recording::sink::SinkSettings {
+                    conninfo: conninfo.clone(),
+                    password_file: None,
+                };
+                let client = runtime
+                    .block_on(crate::recording::sink::connect(&sink))
+                    .map_err(|e| format!("--store: {e}"))?;
+                Store::Database(Box::new(Database { runtime, client }))
+            }
+        };
+        Ok(Source { store, trusted })
+    }
+
     fn settings(&self) -> Result<RecordingSettings, String> {
-        let mut settings = match (&self.dir, &self.keys_dir) {
-            (Some(_), Some(_)) => RecordingSettings::default(),
-            _ => Policy::load(&self.config)
+        // Everything named on the command line: no configuration needed.
+        let located = self.dir.is_some() || self.store.is_some();
+        let keyed = self.keys_dir.is_some() || !self.public_keys.is_empty();
+        let mut settings = if located && keyed {
+            RecordingSettings::default()
+        } else {
+            Policy::load(&self.config)
                 .map_err(|e| {
                     format!(
                         "{}: {e}\n(or name the directories with --dir and --keys-dir)",
@@ -124,7 +221,7 @@ impl StoreArgs {
                     )
                 })?
                 .recording()
-                .clone(),
+                .clone()
         };
         if let Some(dir) = &self.dir {
             settings.dir.clone_from(dir);
@@ -141,16 +238,6 @@ fn public_key(settings: &RecordingSettings) -> Result<String, String> {
         .map_err(|e| format!("{e} (the key is made when the gateway first starts)"))
 }
 
-/// A recording's events and verdict.
-fn load(settings: &RecordingSettings, path: &Path) -> Result<(Verdict, Vec<Event>), String> {
-    let data = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(verify::verify(&data, &public_key(settings)?))
-}
-
-fn load_id(settings: &RecordingSettings, id: &str) -> Result<(Verdict, Vec<Event>), String> {
-    load(settings, &files::find(&settings.dir, id)?)
-}
-
 fn state(verdict: &Verdict) -> String {
     match verdict {
         Verdict::Sealed { .. } => "sealed".into(),
@@ -160,25 +247,23 @@ fn state(verdict: &Verdict) -> String {
 }
 
 fn list(
-    settings: &RecordingSettings,
+    source: &Source,
     since: Option<&str>,
     identity: Option<&str>,
     target: Option<&str>,
 ) -> Result<(), String> {
     let cutoff = since.map(parse_since).transpose()?;
-    let paths = files::all(&settings.dir)
-        .map_err(|e| format!("cannot list {}: {e}", settings.dir.display()))?;
+    let ids = source.ids()?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
         "{:<31} {:<27} {:<28} {:<14} {:<22} {:>5} STATE",
         "SESSION", "STARTED", "IDENTITY", "TARGET", "DESTINATION", "STMTS"
     );
-    for path in paths {
-        let (verdict, events) = load(settings, &path)?;
+    for id in ids {
+        let (verdict, events) = source.load(&id)?;
         let Some(first) = events.first() else {
-            let name = path.file_stem().unwrap_or_default().to_string_lossy();
-            let _ = writeln!(out, "{name:<31} {:<27} {}", "?", state(&verdict));
+            let _ = writeln!(out, "{id:<31} {:<27} {}", "?", state(&verdict));
             continue;
         };
         let Body::SessionStart {
@@ -235,8 +320,8 @@ fn parse_since(text: &str) -> Result<SystemTime, String> {
     })
 }
 
-fn show(settings: &RecordingSettings, id: &str) -> Result<(), String> {
-    let (verdict, events) = load_id(settings, id)?;
+fn show(source: &Source, id: &str) -> Result<(), String> {
+    let (verdict, events) = source.load(id)?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{:>4} {:>12} {:<14} DETAILS", "SEQ", "+MS", "TYPE");
     for e in &events {
@@ -342,11 +427,11 @@ fn describe(verdict: &Verdict) -> String {
     }
 }
 
-fn replay(settings: &RecordingSettings, id: &str, speed: f64) -> Result<(), String> {
+fn replay(source: &Source, id: &str, speed: f64) -> Result<(), String> {
     if !(speed >= 0.0 && speed.is_finite()) {
         return Err(format!("--speed must be 0 or more, not {speed}"));
     }
-    let (verdict, events) = load_id(settings, id)?;
+    let (verdict, events) = source.load(id)?;
     let mut out = std::io::stdout().lock();
     let mut last_us = 0;
     let mut prompt = "=>".to_owned();
@@ -472,29 +557,25 @@ fn print_result(
     writeln!(out, "({rows} row{})", if rows == 1 { "" } else { "s" })
 }
 
-fn verify_cmd(settings: &RecordingSettings, id: Option<&str>, all: bool) -> ExitCode {
-    let paths = if all {
-        match files::all(&settings.dir) {
-            Ok(p) => p,
-            Err(e) => return super::fail(format!("cannot list {}: {e}", settings.dir.display())),
-        }
-    } else {
-        match files::find(&settings.dir, id.unwrap_or_default()) {
-            Ok(p) => vec![p],
+fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
+    let ids = if all {
+        match source.ids() {
+            Ok(ids) => ids,
             Err(e) => return super::fail(e),
         }
+    } else {
+        vec![id.unwrap_or_default().to_owned()]
     };
     let (mut tampered, mut unsealed) = (0, 0);
-    for path in &paths {
-        let name = path.file_stem().unwrap_or_default().to_string_lossy();
-        match load(settings, path) {
+    for id in &ids {
+        match source.load(id) {
             Ok((verdict, _)) => {
                 match verdict {
                     Verdict::Sealed { .. } => {}
                     Verdict::Unsealed { .. } => unsealed += 1,
                     Verdict::Tampered { .. } => tampered += 1,
                 }
-                println!("{name}: {}", describe(&verdict));
+                println!("{id}: {}", describe(&verdict));
             }
             Err(e) => return super::fail(e),
         }
@@ -508,8 +589,8 @@ fn verify_cmd(settings: &RecordingSettings, id: Option<&str>, all: bool) -> Exit
     }
 }
 
-fn export(settings: &RecordingSettings, id: &str, format: ExportFormat) -> Result<(), String> {
-    let (verdict, events) = load_id(settings, id)?;
+fn export(source: &Source, id: &str, format: ExportFormat) -> Result<(), String> {
+    let (verdict, events) = source.load(id)?;
     match format {
         ExportFormat::Json => {
             let doc = serde_json::json!({

@@ -33,6 +33,8 @@ pub(super) struct RecordingSection {
     pub result_rows: Option<Spanned<Int>>,
     pub max_age_days: Option<Spanned<Int>>,
     pub max_total_mb: Option<Spanned<Int>>,
+    pub postgres: Option<Spanned<String>>,
+    pub postgres_password_file: Option<Spanned<String>>,
 }
 
 /// `[guard]`: which cgroup the kernel programs guard.

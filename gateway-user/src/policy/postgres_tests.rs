@@ -1582,4 +1582,29 @@ fn recording_settings_default_and_resolve_next_to_their_file() {
             "result_rows must be 0 to 100000, not -1"
         ]
     );
+    let text = "[recording]\npostgres = \"host=db port=notaport\"\n";
+    let e = only_error(load_one(&files, text));
+    assert_eq!(position(&e), at(text, "\"host=db"));
+    assert!(
+        e.message.contains("is not a connection string"),
+        "{}",
+        e.message
+    );
+    let text = "[recording]\npostgres_password_file = \"pw\"\n";
+    let e = only_error(load_one(&files, text));
+    assert!(
+        e.message
+            .starts_with("postgres_password_file is only used with postgres"),
+        "{}",
+        e.message
+    );
+    let pw = secret(&files, "recorder-pw", "secret", 0o600);
+    let text = format!(
+        "[recording]\npostgres = \"host=db.internal user=recorder\"\npostgres_password_file = \"{}\"\n",
+        pw.display()
+    );
+    let policy = load_one(&files, &text).expect("valid sink");
+    let sink = policy.recording().sink.clone().expect("sink");
+    assert_eq!(sink.conninfo, "host=db.internal user=recorder");
+    assert_eq!(sink.password_file, Some(pw));
 }

@@ -90,6 +90,8 @@ pub struct RecordingSettings {
     pub result_rows: usize,
     /// `max_age_days` and `max_total_mb`; unlimited by default.
     pub retention: crate::recording::retention::Limits,
+    /// `postgres` (+ `postgres_password_file`): the fleet copy.
+    pub sink: Option<crate::recording::sink::SinkSettings>,
 }
 
 /// Most rows a recording keeps per statement; beyond, only the count.
@@ -102,6 +104,7 @@ impl Default for RecordingSettings {
             keys_dir: PathBuf::from("/var/lib/chokepoint/keys"),
             result_rows: 100,
             retention: crate::recording::retention::Limits::default(),
+            sink: None,
         }
     }
 }
@@ -153,6 +156,35 @@ pub(super) fn recording(
                 format!("max_age_days must be 1 or more, not {n} (leave it out to keep recordings forever)"),
             ),
         }
+    }
+    if let Some(conninfo) = &section.postgres {
+        let password_file = section.postgres_password_file.as_ref().and_then(|f| {
+            let path = secret_file::resolve(sources, file, f.get_ref());
+            match secret_file::read_secret(&path, "postgres_password_file") {
+                Ok(_) => Some(path),
+                Err(message) => {
+                    report.error(At::of(file, f), message);
+                    None
+                }
+            }
+        });
+        match <tokio_postgres::Config as std::str::FromStr>::from_str(conninfo.get_ref()) {
+            Ok(_) => {
+                settings.sink = Some(crate::recording::sink::SinkSettings {
+                    conninfo: conninfo.get_ref().clone(),
+                    password_file,
+                });
+            }
+            Err(e) => report.error(
+                At::of(file, conninfo),
+                format!("postgres {:?} is not a connection string ({e}): write e.g. \"host=db.internal port=5432 user=recorder dbname=chokepoint\"", conninfo.get_ref()),
+            ),
+        }
+    } else if let Some(f) = &section.postgres_password_file {
+        report.error(
+            At::of(file, f),
+            "postgres_password_file is only used with postgres = \"...\": add the connection string, or remove it",
+        );
     }
     if let Some(mb) = &section.max_total_mb {
         let Int(n) = *mb.get_ref();

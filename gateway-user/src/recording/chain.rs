@@ -23,6 +23,12 @@ pub fn hash(prev: &str, event: &[u8]) -> String {
 /// One line (with its newline) and its hash.
 pub fn line(prev: &str, event: &[u8]) -> (String, Vec<u8>) {
     let hash = hash(prev, event);
+    let line = assemble(&hash, prev, event);
+    (hash, line)
+}
+
+/// A line from its parts as stored (the fleet table), unchecked.
+pub fn assemble(hash: &str, prev: &str, event: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(event.len() + 170);
     out.extend_from_slice(HEAD);
     out.extend_from_slice(hash.as_bytes());
@@ -31,7 +37,7 @@ pub fn line(prev: &str, event: &[u8]) -> (String, Vec<u8>) {
     out.extend_from_slice(TAIL);
     out.extend_from_slice(event);
     out.extend_from_slice(b"}\n");
-    (hash, out)
+    out
 }
 
 /// A line taken apart: `(hash, prev_hash, event bytes)`.

@@ -8,7 +8,8 @@
 //! * [`writer`]: the thread that writes, batches and fsyncs;
 //! * [`verify`]: checking a recording, naming the first bad line;
 //! * [`files`]: where recordings are and how to find one;
-//! * [`retention`]: removing old recordings, never an active one.
+//! * [`retention`]: removing old recordings, never an active one;
+//! * [`sink`]: the optional PostgreSQL copy for a fleet.
 //!
 //! Sessions hand events over without waiting: the writer assigns `seq`,
 //! chains and writes. Only the session start waits for its line to be
@@ -32,6 +33,7 @@ pub mod event;
 pub mod files;
 pub mod keys;
 pub mod retention;
+pub mod sink;
 pub mod verify;
 mod writer;
 
@@ -78,7 +80,8 @@ impl Recorder {
         let (tx, rx) = mpsc::unbounded_channel();
         let inflight = Arc::new(AtomicUsize::new(0));
         let active = writer::Active::default();
-        let thread = writer::spawn(rx, key, inflight.clone(), active.clone())
+        let sink = settings.sink.clone().map(sink::Sink::new);
+        let thread = writer::spawn(rx, key, inflight.clone(), active.clone(), sink)
             .map_err(|e| format!("cannot start the recording writer: {e}"))?;
         Ok(Arc::new(Recorder {
             tx,

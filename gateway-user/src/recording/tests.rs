@@ -10,6 +10,7 @@ fn settings(dir: &Path) -> RecordingSettings {
         keys_dir: dir.join("keys"),
         result_rows: 10,
         retention: retention::Limits::default(),
+        sink: None,
     }
 }
 
@@ -79,7 +80,7 @@ fn lines(data: &[u8]) -> Vec<Vec<u8>> {
 }
 
 fn tampered_at(data: &[u8], public: &str) -> (usize, String) {
-    match verify::verify(data, public).0 {
+    match verify::verify(data, &[public.to_owned()]).0 {
         Verdict::Tampered { line, reason, .. } => (line, reason),
         other => panic!("not caught: {other:?}"),
     }
@@ -90,7 +91,7 @@ async fn a_written_session_verifies_and_tampering_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let (path, public) = recorded(dir.path()).await;
     let data = std::fs::read(&path).unwrap();
-    let (verdict, events) = verify::verify(&data, &public);
+    let (verdict, events) = verify::verify(&data, std::slice::from_ref(&public));
     assert_eq!(verdict, Verdict::Sealed { events: 5 });
     let kinds: Vec<&str> = events.iter().map(|e| e.body.kind()).collect();
     assert_eq!(
@@ -128,7 +129,7 @@ async fn a_written_session_verifies_and_tampering_is_named() {
     // Cut at a line boundary before the seal: intact but unsealed.
     let unsealed: Vec<u8> = all[..4].concat();
     assert_eq!(
-        verify::verify(&unsealed, &public).0,
+        verify::verify(&unsealed, std::slice::from_ref(&public)).0,
         Verdict::Unsealed { events: 4 }
     );
 
@@ -140,7 +141,7 @@ async fn a_written_session_verifies_and_tampering_is_named() {
     assert_eq!(tampered_at(&replaced, &public).0, 5);
     // Verified with a key that is not the host's.
     assert!(matches!(
-        verify::verify(&data, &"00".repeat(32)).0,
+        verify::verify(&data, &["00".repeat(32)]).0,
         Verdict::Tampered { line: 5, .. }
     ));
 }

@@ -23,9 +23,10 @@ pub enum Verdict {
     },
 }
 
-/// Verifies a recording's bytes against the host's public key (hex);
-/// returns the verdict and the events read up to the first problem.
-pub fn verify(data: &[u8], public_key: &str) -> (Verdict, Vec<Event>) {
+/// Verifies a recording's bytes; its seal must be by one of `trusted`
+/// (public keys, hex). Returns the verdict and the events read up to the
+/// first problem.
+pub fn verify(data: &[u8], trusted: &[String]) -> (Verdict, Vec<Event>) {
     let mut events: Vec<Event> = Vec::new();
     let mut prev = chain::GENESIS.to_owned();
     let mut sealed = false;
@@ -140,17 +141,20 @@ pub fn verify(data: &[u8], public_key: &str) -> (Verdict, Vec<Event>) {
                     events,
                 );
             }
-            if sealer != public_key {
+            if !trusted.contains(sealer) {
                 return (
                     tampered(
                         n,
                         Some(expected_seq),
-                        format!("the seal names key {sealer}, not this host's {public_key}"),
+                        format!(
+                            "the seal names key {sealer}, which is not trusted here (trusted: {})",
+                            trusted.join(", ")
+                        ),
                     ),
                     events,
                 );
             }
-            if !keys::verify(public_key, &parsed.session, final_hash, signature) {
+            if !keys::verify(sealer, &parsed.session, final_hash, signature) {
                 return (
                     tampered(
                         n,

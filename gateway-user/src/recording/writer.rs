@@ -23,6 +23,7 @@ use super::{
     Health, chain,
     event::{Body, Event},
     keys::HostKey,
+    sink::{Row, Sink},
 };
 
 const SYNC_EVERY: Duration = Duration::from_millis(100);
@@ -73,12 +74,14 @@ pub(super) fn spawn(
     key: HostKey,
     inflight: Arc<AtomicUsize>,
     active: Active,
+    sink: Option<Sink>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("cp-recorder".into())
         .spawn(move || {
+            // I/O too: the fleet sink's PostgreSQL connection runs here.
             let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_time()
+                .enable_all()
                 .build()
             {
                 Ok(rt) => rt,
@@ -87,7 +90,18 @@ pub(super) fn spawn(
                     return;
                 }
             };
-            runtime.block_on(Writer::new(key, inflight, active).run(rx));
+            runtime.block_on(async move {
+                let sink = sink.map(|sink| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    (tx, tokio::spawn(sink.run(rx)))
+                });
+                let (tx, task) = sink.unzip();
+                Writer::new(key, inflight, active, tx).run(rx).await;
+                // The writer is gone, so is the sender: the sink drains.
+                if let Some(task) = task {
+                    let _ = task.await;
+                }
+            });
         })
 }
 
@@ -96,15 +110,33 @@ struct Writer {
     inflight: Arc<AtomicUsize>,
     active: Active,
     files: HashMap<u64, Open>,
+    /// Rows for the fleet sink, sent after each batch is on disk.
+    sink: Option<mpsc::UnboundedSender<Vec<Row>>>,
+    rows: Vec<Row>,
 }
 
 impl Writer {
-    fn new(key: HostKey, inflight: Arc<AtomicUsize>, active: Active) -> Self {
+    fn new(
+        key: HostKey,
+        inflight: Arc<AtomicUsize>,
+        active: Active,
+        sink: Option<mpsc::UnboundedSender<Vec<Row>>>,
+    ) -> Self {
         Self {
             key,
             inflight,
             active,
             files: HashMap::new(),
+            sink,
+            rows: Vec::new(),
+        }
+    }
+
+    fn send_rows(&mut self) {
+        if let Some(tx) = &self.sink
+            && !self.rows.is_empty()
+        {
+            let _ = tx.send(std::mem::take(&mut self.rows));
         }
     }
 
@@ -136,6 +168,7 @@ impl Writer {
                     }
                     self.inflight.fetch_sub(n - flushes.len(), Ordering::Relaxed);
                     self.write_pending();
+                    self.send_rows();
                     if !flushes.is_empty() {
                         self.sync();
                         for ack in flushes {
@@ -148,6 +181,7 @@ impl Writer {
         }
         self.write_pending();
         self.sync();
+        self.send_rows();
     }
 
     fn apply(&mut self, msg: Msg) {
@@ -173,7 +207,8 @@ impl Writer {
                 });
                 match result {
                     Ok(mut open) => {
-                        open.push(SystemTime::now(), 0, start);
+                        let rows = self.sink.is_some().then_some(&mut self.rows);
+                        open.push(SystemTime::now(), 0, start, rows);
                         // Written now, so the session learns before its
                         // first command whether it can be recorded at all.
                         if let Err(e) = open.flush() {
@@ -193,8 +228,9 @@ impl Writer {
                 mono_us,
                 body,
             } => {
+                let rows = self.sink.is_some().then_some(&mut self.rows);
                 if let Some(open) = self.files.get_mut(&handle) {
-                    open.push(wall, mono_us, body);
+                    open.push(wall, mono_us, body, rows);
                 }
             }
             Msg::Close {
@@ -203,15 +239,16 @@ impl Writer {
                 mono_us,
                 end,
             } => {
+                let mut rows = self.sink.is_some().then_some(&mut self.rows);
                 if let Some(open) = self.files.get_mut(&handle) {
-                    open.push(wall, mono_us, end);
+                    open.push(wall, mono_us, end, rows.as_deref_mut());
                     let final_hash = open.prev.clone();
                     let seal = Body::Seal {
                         signature: self.key.sign(&open.session, &final_hash),
                         public_key: self.key.public_hex(),
                         final_hash,
                     };
-                    open.push(wall, mono_us, seal);
+                    open.push(wall, mono_us, seal, rows);
                     open.closed = true;
                 }
             }
@@ -261,7 +298,8 @@ impl Writer {
 }
 
 impl Open {
-    fn push(&mut self, wall: SystemTime, mono_us: u64, body: Body) {
+    fn push(&mut self, wall: SystemTime, mono_us: u64, body: Body, rows: Option<&mut Vec<Row>>) {
+        let kind = body.kind();
         let event = Event {
             seq: self.seq,
             session: self.session.clone(),
@@ -280,6 +318,18 @@ impl Open {
         };
         let (hash, line) = chain::line(&self.prev, &bytes);
         self.pending.extend_from_slice(&line);
+        if let Some(rows) = rows {
+            rows.push(Row {
+                session: self.session.clone(),
+                seq: i64::try_from(self.seq).unwrap_or(i64::MAX),
+                wall: event.wall.clone(),
+                kind,
+                prev_hash: self.prev.clone(),
+                hash: hash.clone(),
+                // serde_json writes UTF-8.
+                raw: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
         self.prev = hash;
         self.seq += 1;
     }

@@ -1,0 +1,225 @@
+//! The fleet sink: every event, chain fields and exact bytes included, also
+//! goes to a PostgreSQL table, so the recordings of many runners can be
+//! searched in one place and verified from there (`chokepoint sessions
+//! --store`). Local files stay the record of truth: when the database is
+//! unreachable the writer keeps the rows (bounded) and retries, and the
+//! sessions go on.
+use std::{path::PathBuf, str::FromStr, time::Duration};
+
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, Config, NoTls};
+use tracing::{info, warn};
+
+/// `[recording] postgres` and its password file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSettings {
+    /// libpq-style connection string (`host=… port=… user=… dbname=…`).
+    pub conninfo: String,
+    pub password_file: Option<PathBuf>,
+}
+
+/// Rows kept for a database that does not answer; past this the oldest
+/// are dropped (and said so), the local files still hold them.
+const MAX_BACKLOG: usize = 100_000;
+
+/// The table, created on start if missing. `raw` is the event exactly as
+/// hashed (jsonb would reorder it); `event` is the same, searchable.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS chokepoint_events (
+    session    text        NOT NULL,
+    seq        bigint      NOT NULL,
+    host       text        NOT NULL,
+    wall       timestamptz NOT NULL,
+    type       text        NOT NULL,
+    prev_hash  text        NOT NULL,
+    hash       text        NOT NULL,
+    raw        text        NOT NULL,
+    event      jsonb       NOT NULL,
+    PRIMARY KEY (session, seq)
+);
+CREATE INDEX IF NOT EXISTS chokepoint_events_wall ON chokepoint_events (wall);
+";
+
+/// One line of a recording, for the table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub session: String,
+    pub seq: i64,
+    pub wall: String,
+    pub kind: &'static str,
+    pub prev_hash: String,
+    pub hash: String,
+    pub raw: String,
+}
+
+/// Opens a connection with the settings' password (if any).
+pub async fn connect(settings: &SinkSettings) -> Result<Client, String> {
+    let mut config =
+        Config::from_str(&settings.conninfo).map_err(|e| format!("[recording] postgres: {e}"))?;
+    if let Some(file) = &settings.password_file {
+        let password = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        config.password(password.trim_end_matches('\n'));
+    }
+    config
+        .application_name("chokepoint-recorder")
+        .connect_timeout(Duration::from_secs(5));
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The writer's side: a connection made on demand and a backlog.
+pub struct Sink {
+    settings: SinkSettings,
+    host: String,
+    client: Option<Client>,
+    backlog: Vec<Row>,
+    failing: bool,
+}
+
+impl Sink {
+    pub fn new(settings: SinkSettings) -> Self {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown".into());
+        Self {
+            settings,
+            host,
+            client: None,
+            backlog: Vec::new(),
+            failing: false,
+        }
+    }
+
+    /// Runs on the writer's runtime as its own task, so a slow or absent
+    /// database never holds up the local files: batches come in over
+    /// `rx`, a failed send is retried every second, and what is left is
+    /// tried once more when `rx` closes.
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Vec<Row>>) {
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                batch = rx.recv() => {
+                    let Some(rows) = batch else { break };
+                    for row in rows {
+                        self.push(row);
+                    }
+                    self.flush().await;
+                }
+                _ = retry.tick(), if !self.backlog.is_empty() => self.flush().await,
+            }
+        }
+        self.flush().await;
+    }
+
+    fn push(&mut self, row: Row) {
+        if self.backlog.len() >= MAX_BACKLOG {
+            warn!(
+                dropped = self.backlog.len(),
+                "the recording database has not answered for {MAX_BACKLOG} events; dropping its backlog (local recordings keep them)"
+            );
+            self.backlog.clear();
+        }
+        self.backlog.push(row);
+    }
+
+    /// Sends the backlog in one statement; keeps it on failure.
+    async fn flush(&mut self) {
+        if self.backlog.is_empty() {
+            return;
+        }
+        match self.send().await {
+            Ok(()) => {
+                if self.failing {
+                    info!("the recording database answers again");
+                }
+                self.failing = false;
+                self.backlog.clear();
+            }
+            Err(e) => {
+                if !self.failing {
+                    warn!(error = %e, "cannot write to the recording database; retrying, local recordings continue");
+                }
+                self.failing = true;
+                self.client = None;
+            }
+        }
+    }
+
+    async fn send(&mut self) -> Result<(), String> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            let client = connect(&self.settings).await?;
+            client
+                .batch_execute(SCHEMA)
+                .await
+                .map_err(|e| format!("creating the table: {e}"))?;
+            self.client = Some(client);
+        }
+        let Some(client) = &self.client else {
+            return Ok(());
+        };
+        let column = |f: fn(&Row) -> String| self.backlog.iter().map(f).collect::<Vec<_>>();
+        let seqs: Vec<i64> = self.backlog.iter().map(|r| r.seq).collect();
+        client
+            .execute(
+                "INSERT INTO chokepoint_events (session, seq, host, wall, type, prev_hash, hash, raw, event) \
+                 SELECT s, q, $3, w::timestamptz, t, p, h, r, r::jsonb \
+                 FROM unnest($1::text[], $2::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+                   AS u(s, q, w, t, p, h, r) \
+                 ON CONFLICT (session, seq) DO NOTHING",
+                &[
+                    &column(|r| r.session.clone()),
+                    &seqs,
+                    &self.host,
+                    &column(|r| r.wall.clone()),
+                    &column(|r| r.kind.to_owned()),
+                    &column(|r| r.prev_hash.clone()),
+                    &column(|r| r.hash.clone()),
+                    &column(|r| r.raw.clone()),
+                ],
+            )
+            .await
+            .map_err(|e| match e.as_db_error() {
+                Some(db) => db.message().to_owned(),
+                None => e.to_string(),
+            })?;
+        Ok(())
+    }
+}
+
+/// Session ids in the table, oldest first.
+pub async fn sessions(client: &Client) -> Result<Vec<String>, String> {
+    let rows = client
+        .query(
+            "SELECT session FROM chokepoint_events WHERE seq = 0 ORDER BY wall, session",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A session's lines rebuilt exactly as in its file, for [`super::verify`].
+pub async fn recording(client: &Client, session: &str) -> Result<Vec<u8>, String> {
+    let rows = client
+        .query(
+            "SELECT hash, prev_hash, raw FROM chokepoint_events WHERE session = $1 ORDER BY seq",
+            &[&session],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if rows.is_empty() {
+        return Err(format!("no session {session:?} in the recording database"));
+    }
+    let mut out = Vec::new();
+    for row in rows {
+        let (hash, prev, raw): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        // The stored hash, not a recomputed one: verify must see what is there.
+        out.extend_from_slice(&super::chain::assemble(&hash, &prev, raw.as_bytes()));
+    }
+    Ok(out)
+}
