@@ -16,12 +16,20 @@ pub enum Suite {
     /// PostgreSQL: pgbench straight to the server vs through PgBouncer (session mode) vs through
     /// the gateway with statement rules, masking and events on (`cp-pgbench`; needs root).
     Postgres,
+    /// Session recording: what handing a statement's events to the writer costs the session
+    /// (`gateway-user/benches/recording.rs`; no root needed).
+    Recording,
 }
 
 /// Builds the binary, then runs the suite's runner from chokepoint-tests against it: `cp-bench`
 /// by default, `cp-pgbench` for [`Suite::Postgres`]; `extra` goes to the runner.
 pub fn bench(suite: Option<Suite>, extra: &[OsString]) -> Result<()> {
     let runner = match suite {
+        Some(Suite::Recording) => {
+            let mut cmd = util::cargo();
+            cmd.args(["bench", "-p", "gateway-user", "--bench", "recording"]);
+            return util::run(&mut cmd, "see the recording benchmark's error above");
+        }
         None => "cp-bench",
         Some(Suite::Postgres) => {
             // Before the build, so a non-root run fails in a second, not after minutes.

@@ -139,13 +139,17 @@ impl Recorder {
         recording
     }
 
-    /// Writes and fsyncs everything handed over so far, then stops the
-    /// writer (daemon shutdown).
-    pub async fn shutdown(&self) {
+    /// Returns once everything handed over so far is written and fsynced.
+    pub async fn flush(&self) {
         let (ack, done) = oneshot::channel();
         if self.tx.send(writer::Msg::Flush(ack)).is_ok() {
             let _ = done.await;
         }
+    }
+
+    /// Flushes, then lets the writer thread go (daemon shutdown).
+    pub async fn shutdown(&self) {
+        self.flush().await;
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(thread);
     }
