@@ -155,6 +155,9 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             .await;
         let (mut statements, mut denied) = (0, 0);
         let (moved, error) = if let (true, Some(ctx)) = (forward, postgres) {
+            // A response the session writes in pieces must not wait for
+            // the job's delayed ACK (Nagle): that cost 40 ms stalls.
+            let _ = client.set_nodelay(true);
             // The PostgreSQL session refuses with a protocol error itself
             // when the recording cannot be written.
             let summary = postgres::serve(ctx, &flow, client, &recording).await;
