@@ -61,7 +61,7 @@ enum Task {
         /// Suite to run instead of the default gateway benchmark.
         #[arg(value_enum)]
         suite: Option<bench::Suite>,
-        /// Extra arguments for cp-bench, after `--`.
+        /// Extra arguments for the suite's runner (cp-bench, cp-pgbench), after `--`.
         #[arg(last = true)]
         args: Vec<OsString>,
     },
