@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 use crate::daemon::{self, LogFormat, RunError, RunOptions};
 
 pub(super) fn run(config: PathBuf, log_format: LogFormat) -> ExitCode {
-    daemon::init_logging(log_format);
+    let _log = daemon::init_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
