@@ -55,9 +55,15 @@ pub fn find(dir: &Path, id: &str) -> Result<PathBuf, String> {
     if id.ends_with(".jsonl") && direct.is_file() {
         return Ok(direct.to_path_buf());
     }
+    // Ids are made of the start time and hex; anything else (a slash, a
+    // dot) could only point outside the directory.
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(format!(
+            "{id:?} is not a session id (like 20261127T015012Z-1a2b3c4d5e6f) or a .jsonl file"
+        ));
+    }
     // The id's first 8 characters are the date: go straight to its folder.
-    if id.len() >= 8 && id.is_char_boundary(8) {
-        let (y, m, d) = (&id[0..4], &id[4..6], &id[6..8]);
+    if let (Some(y), Some(m), Some(d)) = (id.get(0..4), id.get(4..6), id.get(6..8)) {
         let path = dir.join(y).join(m).join(d).join(format!("{id}.jsonl"));
         if path.is_file() {
             return Ok(path);

@@ -185,3 +185,14 @@ fn the_key_is_made_once_and_kept() {
     let e = keys::HostKey::load_or_create(dir.path()).err().unwrap();
     assert!(e.contains("not a 64-hex-digit ed25519 seed"), "{e}");
 }
+
+#[test]
+fn session_ids_cannot_leave_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    for id in ["../../etc/passwd", "", "a/b", "ééééé", ".hidden"] {
+        let e = files::find(dir.path(), id).unwrap_err();
+        assert!(e.contains("is not a session id"), "{id:?}: {e}");
+    }
+    let e = files::find(dir.path(), "20261127T015012Z-1a2b3c4d5e6f").unwrap_err();
+    assert!(e.starts_with("no recording"), "{e}");
+}

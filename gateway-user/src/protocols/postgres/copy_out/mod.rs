@@ -206,7 +206,7 @@ pub struct CopyRows {
 }
 
 impl CopyRows {
-    /// `None` when rows of this format cannot be masked under `plan`.
+    /// Errors when rows of this format cannot be masked under `plan`.
     pub fn new(plan: std::sync::Arc<ResultPlan>, format: CopyFormat) -> Result<Self, String> {
         if matches!(format, CopyFormat::Binary) && !plan.is_noop() {
             return Err("binary COPY cannot be masked: use FORMAT text or csv".into());
