@@ -11,7 +11,7 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
 };
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::{RunError, Shared, reload::reload};
 use crate::{
@@ -114,6 +114,14 @@ pub(crate) async fn serve(
 
 async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
+    // Reset while it waited in the accept queue: it carries nothing, and
+    // on loopback its client port may already serve a new connection
+    // whose record sits under the same (ip, port) key. Taking that record
+    // here would leave the live connection without one, so leave it.
+    if let Ok(Some(e)) = client.take_error() {
+        debug!(%peer, error = %e, "connection reset before it was accepted; its flow record is left for the port's next connection");
+        return;
+    }
     let flow = match flow::recover(&shared.attached.flows, peer).await {
         Ok(flow) => flow,
         Err(e) => {
