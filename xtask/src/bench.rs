@@ -19,16 +19,24 @@ pub enum Suite {
     /// Session recording: what handing a statement's events to the writer costs the session
     /// (`gateway-user/benches/recording.rs`; no root needed).
     Recording,
+    /// Statement classification: parse + classify per cache-miss statement, and a cache hit
+    /// (`gateway-user/benches/classify.rs`; no root needed).
+    Classify,
 }
 
 /// Builds the binary, then runs the suite's runner from chokepoint-tests against it: `cp-bench`
 /// by default, `cp-pgbench` for [`Suite::Postgres`]; `extra` goes to the runner.
 pub fn bench(suite: Option<Suite>, extra: &[OsString]) -> Result<()> {
     let runner = match suite {
-        Some(Suite::Recording) => {
+        Some(suite @ (Suite::Recording | Suite::Classify)) => {
+            let name = if let Suite::Recording = suite {
+                "recording"
+            } else {
+                "classify"
+            };
             let mut cmd = util::cargo();
-            cmd.args(["bench", "-p", "gateway-user", "--bench", "recording"]);
-            return util::run(&mut cmd, "see the recording benchmark's error above");
+            cmd.args(["bench", "-p", "gateway-user", "--bench", name]);
+            return util::run(&mut cmd, &format!("see the {name} benchmark's error above"));
         }
         None => "cp-bench",
         Some(Suite::Postgres) => {
