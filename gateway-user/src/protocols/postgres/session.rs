@@ -478,8 +478,8 @@ impl Session<'_> {
         mut cbuf: BytesMut,
         mut decoder: FrameDecoder,
     ) {
-        let (mut cr, mut cw) = tokio::io::split(client);
-        let (mut ur, mut uw) = tokio::io::split(upstream.stream);
+        let (mut cr, mut cw) = tls::split(client);
+        let (mut ur, mut uw) = tls::split(upstream.stream);
         let mut ubuf = upstream.leftover;
         let mut udecoder = FrameDecoder::new(self.ctx.target.max_message_bytes);
         // Frames already buffered (pipelined right after startup) first.

@@ -22,8 +22,11 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf},
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::either::Either;
@@ -34,6 +37,27 @@ use crate::policy::UpstreamTls;
 pub type ClientStream = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
 /// The gateway's connection to the database.
 pub type UpstreamStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// Read and write halves of a plain-or-TLS stream. Plain TCP splits
+/// without a lock (`into_split`), which is what almost every session is;
+/// only a TLS stream pays for `tokio::io::split`'s shared state.
+pub fn split<T: AsyncRead + AsyncWrite>(
+    stream: Either<TcpStream, T>,
+) -> (
+    Either<OwnedReadHalf, ReadHalf<T>>,
+    Either<OwnedWriteHalf, WriteHalf<T>>,
+) {
+    match stream {
+        Either::Left(tcp) => {
+            let (r, w) = tcp.into_split();
+            (Either::Left(r), Either::Left(w))
+        }
+        Either::Right(tls) => {
+            let (r, w) = tokio::io::split(tls);
+            (Either::Right(r), Either::Right(w))
+        }
+    }
+}
 
 /// PostgreSQL's SSLRequest: length 8, code 1234.5679.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
