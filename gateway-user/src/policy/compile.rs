@@ -6,6 +6,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::{
+    approval::{self, ApprovalKeysCompiled, ApprovalRule},
     eval::{DEFAULT_DENY, Protocol, Verdict},
     load::{At, Entry, Located, Report, Source, describe},
     masking_config::{self, MaskingKey, MaskingRules},
@@ -81,6 +82,9 @@ pub(super) struct Rule {
     pub origin: String,
     /// `[rule.postgres]` of an allow rule; `None` when absent.
     pub postgres: Option<Arc<PostgresRule>>,
+    /// `[rule.approval]` over `[approvals]`: `Some` when the rule holds
+    /// statements for approval.
+    pub approval: Option<Arc<ApprovalRule>>,
 }
 
 /// `uids` ∪ the uids of `users`.
@@ -105,6 +109,7 @@ pub(super) struct Entries {
 pub(super) fn compile(
     entries: Entries,
     masking_key: &MaskingKey,
+    approval_defaults: &ApprovalKeysCompiled,
     sources: &[Source],
     report: &mut Report,
     users: UserLookup<'_>,
@@ -183,6 +188,8 @@ pub(super) fn compile(
             targets: &compiled_targets,
             users,
             origin: describe(sources, at),
+            sources,
+            approval_defaults,
         };
         if let Some(rule) = rule(at, entry, &context, report).filter(|_| name_ok) {
             compiled_rules.push(rule);
@@ -468,6 +475,8 @@ struct RuleContext<'a> {
     targets: &'a [Target],
     users: UserLookup<'a>,
     origin: String,
+    sources: &'a [Source],
+    approval_defaults: &'a ApprovalKeysCompiled,
 }
 
 fn rule(at: At, entry: RuleEntry, context: &RuleContext<'_>, report: &mut Report) -> Option<Rule> {
@@ -561,9 +570,10 @@ fn rule(at: At, entry: RuleEntry, context: &RuleContext<'_>, report: &mut Report
                 .ok_or(())
         }
     };
+    let approval = approval_of(&entry, &postgres, at, &label, context, report);
     let name = entry.name?;
-    let (Some(action), Some(_), Ok(uids), Ok(processes), Ok(postgres)) =
-        (action, targets, uids, processes, postgres)
+    let (Some(action), Some(_), Ok(uids), Ok(processes), Ok(postgres), Ok(approval)) =
+        (action, targets, uids, processes, postgres, approval)
     else {
         return None;
     };
@@ -575,7 +585,53 @@ fn rule(at: At, entry: RuleEntry, context: &RuleContext<'_>, report: &mut Report
         processes,
         origin: context.origin.clone(),
         postgres,
+        approval,
     })
+}
+
+/// The rule's approval settings when it holds anything for approval;
+/// `Err` (reported) when it does but names no approver, or when
+/// `[rule.approval]` is on a rule that holds nothing.
+fn approval_of(
+    entry: &RuleEntry,
+    postgres: &Result<Option<Arc<PostgresRule>>, ()>,
+    at: At,
+    label: &str,
+    context: &RuleContext<'_>,
+    report: &mut Report,
+) -> Result<Option<Arc<ApprovalRule>>, ()> {
+    let file = at.file;
+    let keys = entry
+        .approval
+        .as_ref()
+        .map(|section| approval::keys(section.get_ref(), file, context.sources, report));
+    let holds = match postgres {
+        Ok(Some(rule)) => rule.holds_anything(),
+        Ok(None) => false,
+        // Already reported; whether it holds is unknown.
+        Err(()) => return Err(()),
+    };
+    match (holds, keys) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => {
+            let section = entry.approval.as_ref().expect("keys came from it");
+            report.error(
+                At::of(file, section),
+                format!("[rule.approval] of {label} has nothing to approve: add approve = [...] to its [rule.postgres], or remove [rule.approval]"),
+            );
+            Err(())
+        }
+        (true, keys) => match keys.unwrap_or_default().over(context.approval_defaults) {
+            Some(rule) => Ok(Some(Arc::new(rule))),
+            None => {
+                report.error(
+                    at,
+                    format!("{label} holds statements for approval but names no approver: add [rule.approval] approvers = [\"alice\", \"group:dba\"], or approvers in [approvals]"),
+                );
+                Err(())
+            }
+        },
+    }
 }
 
 fn uid_set(

@@ -88,6 +88,7 @@ fn summary(rule: &Rule, target: &PostgresTarget) -> String {
     let session_rule = SessionRule {
         name: rule.name.clone(),
         postgres: rule.postgres.clone(),
+        approval: rule.approval.clone(),
     };
     let statements: &PostgresRule = session_rule.statements();
     let mut parts = Vec::new();
@@ -127,6 +128,24 @@ fn summary(rule: &Rule, target: &PostgresTarget) -> String {
             "tables {}: {}",
             patterns.join(", "),
             what.join(", ")
+        ));
+    }
+    if let Some(approval) = &rule.approval {
+        let approvers: Vec<String> = approval.approvers.iter().map(ToString::to_string).collect();
+        let grants = approval.max_grant.map_or_else(
+            || "no grants".to_owned(),
+            |g| format!("grants up to {}", humantime::format_duration(g)),
+        );
+        let notify = match approval.notify.len() {
+            0 => String::new(),
+            1 => ", notifies 1 webhook".to_owned(),
+            n => format!(", notifies {n} webhooks"),
+        };
+        parts.push(format!(
+            "approvers {} ({} needed), waits {}, {grants}{notify}",
+            approvers.join(", "),
+            approval.min_approvals,
+            humantime::format_duration(approval.timeout),
         ));
     }
     format!("postgres: {}", parts.join("; "))

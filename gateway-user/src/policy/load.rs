@@ -19,7 +19,10 @@ use tracing::debug;
 
 use super::{
     error::{Diagnostic, PolicyErrors},
-    model::{DaemonSection, GuardSection, MaskingEntry, RecordingSection, RuleEntry, TargetEntry},
+    model::{
+        ApprovalsSection, DaemonSection, GuardSection, MaskingEntry, RecordingSection, RuleEntry,
+        TargetEntry,
+    },
 };
 
 /// One file that was read (or tried), with its text kept to turn byte
@@ -74,10 +77,12 @@ pub(super) struct Loaded {
     pub daemon: Option<Located<DaemonSection>>,
     pub guard: Option<Located<GuardSection>>,
     pub recording: Option<Located<RecordingSection>>,
-    /// Where the first `[daemon]`, `[guard]` and `[recording]` are, even if invalid.
+    pub approvals: Option<Located<ApprovalsSection>>,
+    /// Where the first `[daemon]`, `[guard]`, `[recording]` and `[approvals]` are, even if invalid.
     pub daemon_at: Option<At>,
     pub guard_at: Option<At>,
     pub recording_at: Option<At>,
+    pub approvals_at: Option<At>,
     pub targets: Vec<Located<Entry<TargetEntry>>>,
     pub rules: Vec<Located<Entry<RuleEntry>>>,
     pub masking: Vec<Located<Entry<MaskingEntry>>>,
@@ -309,7 +314,8 @@ impl Loader {
     }
 }
 
-const SECTIONS: &str = "[daemon], [guard], [recording], [[target]], [[rule]] and [[masking]]";
+const SECTIONS: &str =
+    "[daemon], [guard], [recording], [approvals], [[target]], [[rule]] and [[masking]]";
 
 /// Splits one file into its sections; returns its `include` entries.
 fn parse(
@@ -382,6 +388,23 @@ fn parse(
                 {
                     section.at = key_at;
                     loaded.recording = Some(section);
+                }
+            }
+            "approvals" => {
+                if !first_of_its_kind(
+                    &mut loaded.approvals_at,
+                    key_at,
+                    "approvals",
+                    sources,
+                    report,
+                ) {
+                    continue;
+                }
+                if let Some(mut section) =
+                    table::<ApprovalsSection>(file, "approvals", value, report)
+                {
+                    section.at = key_at;
+                    loaded.approvals = Some(section);
                 }
             }
             "target" => loaded

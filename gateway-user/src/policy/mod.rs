@@ -80,6 +80,7 @@
 //! }
 //! # Ok::<(), chokepoint::policy::PolicyErrors>(())
 //! ```
+mod approval;
 mod compile;
 mod error;
 mod eval;
@@ -102,12 +103,18 @@ use std::{
     sync::Arc,
 };
 
+pub use approval::{
+    ApprovalRule, ApprovalStoreSettings, Approver, DEFAULT_TIMEOUT, Webhook, check_url,
+    duration as parse_duration,
+};
 pub use error::{Diagnostic, PolicyErrors};
 pub use eval::{DEFAULT_DENY, Decision, FlowFacts, Protocol, Verdict};
 pub use explain::{Explanation, RuleOutcome, RuleTrace};
 pub use postgres::{Credential, DEFAULT_MAX_MESSAGE_BYTES, PostgresTarget, UpstreamTls};
 pub use session::{SessionRules, StatementDecision, StatementVerdict};
-pub use settings::{CopyOutMasked, DaemonSettings, GuardSettings, Mode, RecordingSettings};
+pub use settings::{
+    CopyOutMasked, DEFAULT_ADMIN_SOCKET, DaemonSettings, GuardSettings, Mode, RecordingSettings,
+};
 
 use crate::masking::MaskingPolicy;
 use compile::{Compiled, Entries, UserLookup};
@@ -119,6 +126,7 @@ pub struct Policy {
     daemon: DaemonSettings,
     guard: Option<GuardSettings>,
     recording: RecordingSettings,
+    approvals: ApprovalStoreSettings,
     sources: Vec<PathBuf>,
     compiled: Compiled,
 }
@@ -141,17 +149,27 @@ impl Policy {
         let (daemon, masking_key) = settings::daemon(loaded.daemon.as_ref(), &sources, &mut report);
         let guard = settings::guard(loaded.guard, &mut report);
         let recording = settings::recording(loaded.recording.as_ref(), &sources, &mut report);
+        let (approval_defaults, approvals) =
+            settings::approvals(loaded.approvals, &sources, &mut report);
         let entries = Entries {
             targets: loaded.targets,
             rules: loaded.rules,
             masking: loaded.masking,
         };
-        let compiled = compile::compile(entries, &masking_key, &sources, &mut report, users);
+        let compiled = compile::compile(
+            entries,
+            &masking_key,
+            &approval_defaults,
+            &sources,
+            &mut report,
+            users,
+        );
         report.finish(&sources)?;
         Ok(Policy {
             daemon,
             guard,
             recording,
+            approvals,
             sources: sources.into_iter().map(|s| s.path).collect(),
             compiled,
         })
@@ -163,6 +181,11 @@ impl Policy {
 
     pub fn recording(&self) -> &RecordingSettings {
         &self.recording
+    }
+
+    /// Where approval requests are kept.
+    pub fn approvals(&self) -> &ApprovalStoreSettings {
+        &self.approvals
     }
 
     /// `None` when no file has a `[guard]` section (policy-only files).
@@ -226,6 +249,7 @@ impl Policy {
             .map(|r| session::SessionRule {
                 name: r.name.clone(),
                 postgres: r.postgres.clone(),
+                approval: r.approval.clone(),
             })
             .collect();
         let postgres = index.and_then(|i| self.compiled.targets[i].postgres.clone());

@@ -22,6 +22,55 @@ pub(super) struct DaemonSection {
     pub include: Option<Vec<Spanned<String>>>,
     pub masking_key_file: Option<Spanned<String>>,
     pub copy_out_masked: Option<Spanned<String>>,
+    pub admin_socket: Option<Spanned<String>>,
+    pub admin_group: Option<Spanned<String>>,
+}
+
+/// `[approvals]`: the defaults of every rule's `[rule.approval]`, and where
+/// approval requests are kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApprovalsSection {
+    pub approvers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub min_approvals: Option<Spanned<Int>>,
+    pub timeout: Option<Spanned<String>>,
+    pub max_grant: Option<Spanned<String>>,
+    pub notify: Option<Spanned<Vec<Spanned<WebhookEntry>>>>,
+    pub dir: Option<Spanned<String>>,
+    pub postgres: Option<Spanned<String>>,
+    pub postgres_password_file: Option<Spanned<String>>,
+}
+
+impl ApprovalsSection {
+    /// The rule defaults, apart from where requests are kept.
+    pub fn defaults(&mut self) -> ApprovalKeys {
+        ApprovalKeys {
+            approvers: self.approvers.take(),
+            min_approvals: self.min_approvals.take(),
+            timeout: self.timeout.take(),
+            max_grant: self.max_grant.take(),
+            notify: self.notify.take(),
+        }
+    }
+}
+
+/// The keys `[approvals]` and `[rule.approval]` share.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApprovalKeys {
+    pub approvers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub min_approvals: Option<Spanned<Int>>,
+    pub timeout: Option<Spanned<String>>,
+    pub max_grant: Option<Spanned<String>>,
+    pub notify: Option<Spanned<Vec<Spanned<WebhookEntry>>>>,
+}
+
+/// One element of `notify`: a webhook that receives each request as JSON.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WebhookEntry {
+    pub url: Option<Spanned<String>>,
+    pub bearer_file: Option<Spanned<String>>,
 }
 
 /// `[recording]`: where session recordings and the sealing key live.
@@ -88,6 +137,7 @@ pub(super) struct RuleEntry {
     pub users: Option<Spanned<Vec<Spanned<String>>>>,
     pub processes: Option<Spanned<Vec<Spanned<String>>>>,
     pub postgres: Option<Spanned<PostgresRuleSection>>,
+    pub approval: Option<Spanned<ApprovalKeys>>,
 }
 
 /// `[rule.postgres]`: what an allowed flow may do inside a PostgreSQL session.

@@ -89,6 +89,11 @@ pub(super) struct PostgresRule {
 }
 
 impl PostgresRule {
+    /// True when some statement could be held for approval under this rule.
+    pub fn holds_anything(&self) -> bool {
+        !self.approve.is_empty() || self.tables.iter().any(|t| !t.approve.is_empty())
+    }
+
     pub const UNRESTRICTED: PostgresRule = PostgresRule {
         roles: None,
         allow: Set::all(CLASS_NAMES.len()),

@@ -81,7 +81,10 @@ ports = ["1-65535"]
 }
 
 fn with_targets(files: &Files, rest: &str) -> String {
-    format!("{}\n{rest}", targets(files))
+    format!(
+        "[approvals]\napprovers = [\"root\"]\n\n{}\n{rest}",
+        targets(files)
+    )
 }
 
 const SPEC_RULE: &str = r#"[[rule]]
@@ -946,7 +949,7 @@ fn unknown_sections_name_masking_among_the_valid_ones() {
     let e = only_error(load_one(&files, "[masks]\n"));
     assert!(
         e.message.ends_with(
-            "valid sections are [daemon], [guard], [recording], [[target]], [[rule]] and [[masking]]"
+            "valid sections are [daemon], [guard], [recording], [approvals], [[target]], [[rule]] and [[masking]]"
         ),
         "{}",
         e.message
@@ -1470,7 +1473,7 @@ fn explain_lists_roles_and_classes_of_matched_postgres_rules() {
     assert!(lines[0].ends_with("matched (target orders-db)"), "{text}");
     assert_eq!(
         lines[1],
-        "    postgres: roles app_ro, app_rw; allow read, write, transaction, other; deny ddl, delete_without_where, drop; approve truncate; tables billing.*: deny write"
+        "    postgres: roles app_ro, app_rw; allow read, write, transaction, other; deny ddl, delete_without_where, drop; approve truncate; tables billing.*: deny write; approvers root (1 needed), waits 15m, no grants"
     );
     assert!(lines[2].ends_with("matched (any destination)"), "{text}");
     assert_eq!(
@@ -1607,4 +1610,120 @@ fn recording_settings_default_and_resolve_next_to_their_file() {
     let sink = policy.recording().sink.clone().expect("sink");
     assert_eq!(sink.conninfo, "host=db.internal user=recorder");
     assert_eq!(sink.password_file, Some(pw));
+}
+
+#[test]
+fn approval_settings_are_checked_where_they_are_written() {
+    let files = Files::new();
+    let rules = r#"
+[approvals]
+timeout = "soon"
+min_approvals = 0
+
+[[rule]]
+name = "no-approvers"
+action = "allow"
+targets = ["orders-db"]
+[rule.postgres]
+approve = ["truncate"]
+
+[[rule]]
+name = "nothing-to-approve"
+action = "allow"
+targets = ["orders-db"]
+[rule.postgres]
+allow = ["read"]
+[rule.approval]
+approvers = ["root"]
+
+[[rule]]
+name = "bad-keys"
+action = "allow"
+targets = ["orders-db"]
+[rule.postgres]
+approve = ["drop"]
+[rule.approval]
+approvers = ["no-such-user-here", "group:no-such-group-here", "team:x"]
+max_grant = "0s"
+notify = [{ url = "ftp://hooks.example/x" }, { url = "not a url" }, { bearer_file = "x" }]
+"#;
+    let text = format!("{}\n{rules}", targets(&files));
+    let all = errors(load_one(&files, &text));
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    let expect = [
+        (at(&text, "\"soon\""), "timeout: \"soon\" is not a duration"),
+        (
+            at(&text, "0\n\n[[rule]]"),
+            "min_approvals must be 1 to 10, not 0",
+        ),
+        (
+            at(&text, "[[rule]]\nname = \"no-approvers\""),
+            "rule \"no-approvers\" holds statements for approval but names no approver",
+        ),
+        (
+            at(&text, "[rule.approval]\napprovers = [\"root\"]"),
+            "[rule.approval] of rule \"nothing-to-approve\" has nothing to approve",
+        ),
+        (
+            at(&text, "\"no-such-user-here\""),
+            "approver user \"no-such-user-here\" does not exist on this host",
+        ),
+        (
+            at(&text, "\"group:no-such-group-here\""),
+            "approver group \"no-such-group-here\" does not exist on this host",
+        ),
+        (at(&text, "\"team:x\""), "unknown kind \"team\""),
+        (at(&text, "\"0s\""), "max_grant: \"0s\" is zero"),
+        (
+            at(&text, "\"ftp://hooks.example/x\""),
+            "has scheme \"ftp\": only http and https are supported",
+        ),
+        (
+            at(&text, "\"not a url\""),
+            "webhook url \"not a url\" is malformed",
+        ),
+        (at(&text, "{ bearer_file"), "this notify entry has no url"),
+    ];
+    for (position_at, message) in expect {
+        assert!(
+            all.iter()
+                .any(|d| position(d) == position_at && d.message.contains(message)),
+            "no {message:?} at {position_at:?} in {messages:#?}"
+        );
+    }
+}
+
+#[test]
+fn rule_approval_keys_override_the_approvals_defaults() {
+    let files = Files::new();
+    let rules = r#"
+[approvals]
+approvers = ["root"]
+timeout = "5m"
+max_grant = "1h"
+
+[[rule]]
+name = "careful"
+action = "allow"
+targets = ["orders-db"]
+users = ["runner"]
+[rule.postgres]
+approve = ["truncate"]
+[rule.approval]
+min_approvals = 2
+approvers = ["root", "group:root"]
+"#;
+    let text = format!("{}\n{rules}", targets(&files));
+    let policy = load_one(&files, &text).expect("loads");
+    let session = orders_session(&policy, 1000);
+    let approval = session.approval("careful").expect("holds");
+    assert_eq!(approval.min_approvals, 2);
+    assert_eq!(approval.timeout, std::time::Duration::from_secs(300));
+    assert_eq!(
+        approval.max_grant,
+        Some(std::time::Duration::from_secs(3600))
+    );
+    let names: Vec<String> = approval.approvers.iter().map(ToString::to_string).collect();
+    assert_eq!(names, ["root", "group:root"]);
+    assert!(session.approval("nope").is_none());
 }

@@ -6,6 +6,7 @@ use glob::MatchOptions;
 use crate::protocols::postgres::classify::{Classification, Statement, TableRef};
 
 use super::{
+    approval::ApprovalRule,
     eval::DEFAULT_DENY,
     postgres::{PostgresRule, PostgresTarget, TablePattern},
     statement_kinds::{
@@ -74,6 +75,7 @@ pub(super) struct SessionRule {
     pub name: Arc<str>,
     /// `None`: the rule has no `[rule.postgres]` and allows everything.
     pub postgres: Option<Arc<PostgresRule>>,
+    pub approval: Option<Arc<ApprovalRule>>,
 }
 
 static UNRESTRICTED: PostgresRule = PostgresRule::UNRESTRICTED;
@@ -110,6 +112,16 @@ impl SessionRules {
     /// statement is denied.
     pub fn is_empty(&self) -> bool {
         self.inner.rules.is_empty()
+    }
+
+    /// The approval settings of the rule named `rule`, when it holds
+    /// statements for approval.
+    pub fn approval(&self, rule: &str) -> Option<&Arc<ApprovalRule>> {
+        self.inner
+            .rules
+            .iter()
+            .find(|r| &*r.name == rule)
+            .and_then(|r| r.approval.as_ref())
     }
 
     /// The target these rules are for.
@@ -157,6 +169,7 @@ impl SessionRules {
             .map(|r| SessionRule {
                 name: r.name.clone(),
                 postgres: r.postgres.clone(),
+                approval: r.approval.clone(),
             })
             .collect();
         Ok(SessionRules::new(

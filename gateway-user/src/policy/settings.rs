@@ -4,9 +4,10 @@ use std::{fmt, path::PathBuf};
 use toml::Spanned;
 
 use super::{
+    approval::{self, ApprovalKeysCompiled, ApprovalStoreSettings},
     load::{At, Located, Report, Source},
     masking_config::{MIN_KEY_BYTES, MaskingKey},
-    model::{DaemonSection, GuardSection, Int, RecordingSection},
+    model::{ApprovalsSection, DaemonSection, GuardSection, Int, RecordingSection},
     secret_file,
 };
 
@@ -25,7 +26,16 @@ pub struct DaemonSettings {
     /// is in each target's masking policy, never here.
     pub masking_key_file: Option<PathBuf>,
     pub copy_out_masked: CopyOutMasked,
+    /// The admin API (`chokepoint approvals`, `job`): a Unix socket whose
+    /// callers are identified by their peer credentials.
+    pub admin_socket: PathBuf,
+    /// Members of this group may connect to the admin socket (mode 0660);
+    /// `None`: root only (0600).
+    pub admin_group: Option<(String, u32)>,
 }
+
+/// Where the admin socket lives unless `admin_socket` says otherwise.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/chokepoint/admin.sock";
 
 impl Default for DaemonSettings {
     fn default() -> Self {
@@ -36,6 +46,8 @@ impl Default for DaemonSettings {
             exempt_mark: 0x4350_0001,
             masking_key_file: None,
             copy_out_masked: CopyOutMasked::Mask,
+            admin_socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
+            admin_group: None,
         }
     }
 }
@@ -157,35 +169,13 @@ pub(super) fn recording(
             ),
         }
     }
-    if let Some(conninfo) = &section.postgres {
-        let password_file = section.postgres_password_file.as_ref().and_then(|f| {
-            let path = secret_file::resolve(sources, file, f.get_ref());
-            match secret_file::read_secret(&path, "postgres_password_file") {
-                Ok(_) => Some(path),
-                Err(message) => {
-                    report.error(At::of(file, f), message);
-                    None
-                }
-            }
-        });
-        match <tokio_postgres::Config as std::str::FromStr>::from_str(conninfo.get_ref()) {
-            Ok(_) => {
-                settings.sink = Some(crate::recording::sink::SinkSettings {
-                    conninfo: conninfo.get_ref().clone(),
-                    password_file,
-                });
-            }
-            Err(e) => report.error(
-                At::of(file, conninfo),
-                format!("postgres {:?} is not a connection string ({e}): write e.g. \"host=db.internal port=5432 user=recorder dbname=chokepoint\"", conninfo.get_ref()),
-            ),
-        }
-    } else if let Some(f) = &section.postgres_password_file {
-        report.error(
-            At::of(file, f),
-            "postgres_password_file is only used with postgres = \"...\": add the connection string, or remove it",
-        );
-    }
+    settings.sink = fleet_postgres(
+        section.postgres.as_ref(),
+        section.postgres_password_file.as_ref(),
+        file,
+        sources,
+        report,
+    );
     if let Some(mb) = &section.max_total_mb {
         let Int(n) = *mb.get_ref();
         match u64::try_from(n) {
@@ -197,6 +187,86 @@ pub(super) fn recording(
         }
     }
     settings
+}
+
+/// `postgres = "..."` (+ `postgres_password_file`) of `[recording]` or
+/// `[approvals]`: a connection string checked for syntax only, since the
+/// server may not be up yet.
+fn fleet_postgres(
+    conninfo: Option<&Spanned<String>>,
+    password_file: Option<&Spanned<String>>,
+    file: usize,
+    sources: &[Source],
+    report: &mut Report,
+) -> Option<crate::recording::sink::SinkSettings> {
+    let Some(conninfo) = conninfo else {
+        if let Some(f) = password_file {
+            report.error(
+                At::of(file, f),
+                "postgres_password_file is only used with postgres = \"...\": add the connection string, or remove it",
+            );
+        }
+        return None;
+    };
+    let password_file = password_file.and_then(|f| {
+        let path = secret_file::resolve(sources, file, f.get_ref());
+        match secret_file::read_secret(&path, "postgres_password_file") {
+            Ok(_) => Some(path),
+            Err(message) => {
+                report.error(At::of(file, f), message);
+                None
+            }
+        }
+    });
+    match <tokio_postgres::Config as std::str::FromStr>::from_str(conninfo.get_ref()) {
+        Ok(_) => Some(crate::recording::sink::SinkSettings {
+            conninfo: conninfo.get_ref().clone(),
+            password_file,
+        }),
+        Err(e) => {
+            report.error(
+                At::of(file, conninfo),
+                format!("postgres {:?} is not a connection string ({e}): write e.g. \"host=db.internal port=5432 user=chokepoint dbname=chokepoint\"", conninfo.get_ref()),
+            );
+            None
+        }
+    }
+}
+
+/// `[approvals]`: the rule defaults and where requests are kept.
+pub(super) fn approvals(
+    section: Option<Located<ApprovalsSection>>,
+    sources: &[Source],
+    report: &mut Report,
+) -> (ApprovalKeysCompiled, ApprovalStoreSettings) {
+    let mut store = ApprovalStoreSettings::default();
+    let Some(Located {
+        at,
+        value: mut section,
+    }) = section
+    else {
+        return (ApprovalKeysCompiled::default(), store);
+    };
+    let file = at.file;
+    let defaults = approval::keys(&section.defaults(), file, sources, report);
+    if let Some(dir) = &section.dir {
+        if dir.get_ref().trim().is_empty() {
+            report.error(
+                At::of(file, dir),
+                "dir is empty: name a directory (it is created if missing)",
+            );
+        } else {
+            store.dir = secret_file::resolve(sources, file, dir.get_ref());
+        }
+    }
+    store.postgres = fleet_postgres(
+        section.postgres.as_ref(),
+        section.postgres_password_file.as_ref(),
+        file,
+        sources,
+        report,
+    );
+    (defaults, store)
 }
 
 /// Which cgroup the kernel programs guard; from `[guard]`.
@@ -268,6 +338,26 @@ pub(super) fn daemon(
                 At::of(file, copy),
                 format!("copy_out_masked must be \"mask\" or \"deny\", not {other:?}"),
             ),
+        }
+    }
+    if let Some(path) = &section.admin_socket {
+        if path.get_ref().trim().is_empty() {
+            report.error(
+                At::of(file, path),
+                "admin_socket is empty: name the socket's path",
+            );
+        } else {
+            settings.admin_socket = secret_file::resolve(sources, file, path.get_ref());
+        }
+    }
+    if let Some(group) = &section.admin_group {
+        match nix::unistd::Group::from_name(group.get_ref()) {
+            Ok(Some(g)) => settings.admin_group = Some((group.get_ref().clone(), g.gid.as_raw())),
+            Ok(None) => report.error(
+                At::of(file, group),
+                format!("admin_group {:?} does not exist on this host: create it (groupadd) or leave admin_group out for root only", group.get_ref()),
+            ),
+            Err(e) => report.error(At::of(file, group), format!("admin_group {:?}: {e}", group.get_ref())),
         }
     }
     let key = match &section.masking_key_file {

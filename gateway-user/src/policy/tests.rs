@@ -124,6 +124,8 @@ fn the_example_loads_with_its_settings() {
             exempt_mark: 0x4350_0002,
             masking_key_file: None,
             copy_out_masked: CopyOutMasked::Mask,
+            admin_socket: PathBuf::from(crate::policy::DEFAULT_ADMIN_SOCKET),
+            admin_group: None,
         }
     );
     assert_eq!(
