@@ -12,8 +12,14 @@
 //!   TCP passthrough first);
 //! * [`masking`] rewrites sensitive result values;
 //! * [`recording`] writes each session as a hash-chained, sealed log;
+//! * [`approvals`] holds a statement until an approver decides, and
+//!   [`store`] keeps the requests (files, or PostgreSQL for a fleet);
+//! * [`admin`] is the Unix-socket API the CLI uses, callers identified by
+//!   their peer credentials;
 //! * [`daemon`] wires them together for `chokepoint run`;
 //! * [`cli`] is the clap command line.
+pub mod admin;
+pub mod approvals;
 pub mod cli;
 pub mod daemon;
 pub mod ebpf;
@@ -22,3 +28,4 @@ pub mod masking;
 pub mod policy;
 pub mod protocols;
 pub mod recording;
+pub mod store;

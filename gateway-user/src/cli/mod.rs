@@ -1,5 +1,6 @@
 //! The `chokepoint` command line. Each subcommand lives in its own file and
 //! returns an exit code; errors are printed as one line naming the problem.
+mod approvals;
 mod detach;
 mod doctor;
 mod policy;
@@ -52,6 +53,13 @@ pub enum Command {
     /// Validate and explain policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Statements held for approval: list, show, approve, deny.
+    Approvals {
+        #[command(flatten)]
+        target: approvals::ApprovalsArgs,
+        #[command(subcommand)]
+        command: approvals::ApprovalsCommand,
+    },
     /// Recorded sessions: list, show, replay, verify, export.
     Sessions {
         #[command(flatten)]
@@ -111,6 +119,7 @@ pub fn main() -> ExitCode {
         Command::Status { which } => status::status(&which),
         Command::Doctor { config } => doctor::doctor(config.as_deref()),
         Command::Sessions { store, command } => sessions::sessions(&store, &command),
+        Command::Approvals { target, command } => approvals::approvals(&target, &command),
         Command::Policy(PolicyCommand::Check { files }) => policy::check(&files),
         Command::Policy(PolicyCommand::Explain {
             config,

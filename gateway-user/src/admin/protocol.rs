@@ -1,0 +1,53 @@
+//! The admin socket's messages: one JSON line each way.
+use serde::{Deserialize, Serialize};
+
+use crate::approvals::Request;
+
+/// Longest request line the server reads.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdminRequest {
+    ApprovalsList {
+        all: bool,
+    },
+    ApprovalsShow {
+        id: String,
+    },
+    ApprovalsDecide {
+        id: String,
+        approve: bool,
+        /// The approval's comment or the denial's reason.
+        text: Option<String>,
+        /// `approve --for`, in seconds.
+        grant_secs: Option<u64>,
+        /// A prefix of the statement digest the approver saw.
+        digest: Option<String>,
+    },
+}
+
+/// `error` set: the request failed, and says why in one line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub requests: Vec<Request>,
+}
+
+impl AdminResponse {
+    pub fn error(message: impl Into<String>) -> AdminResponse {
+        AdminResponse {
+            error: Some(message.into()),
+            requests: Vec::new(),
+        }
+    }
+
+    pub fn requests(requests: Vec<Request>) -> AdminResponse {
+        AdminResponse {
+            error: None,
+            requests,
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The gateway's side of the admin socket: bind it safely, identify each
+//! caller by its peer credentials, answer one request.
+use std::{
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tracing::{info, warn};
+
+use super::protocol::{AdminRequest, AdminResponse, MAX_REQUEST_BYTES};
+use crate::approvals::{Approvals, Caller, Verdict};
+
+/// A caller that sends nothing for this long is dropped.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bound socket; dropping it removes the file.
+pub struct AdminSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl AdminSocket {
+    /// Binds `path`: mode 0600 (root only), or 0660 owned by `group`. A
+    /// leftover socket of a stopped gateway is replaced; a live one is not.
+    pub fn bind(path: &Path, group: Option<u32>) -> Result<AdminSocket, String> {
+        let shown = path.display();
+        if let Some(dir) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(|e| format!("admin socket directory {}: {e}", dir.display()))?;
+        }
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(format!(
+                    "admin socket {shown} is in use by another gateway: stop it, or set a different admin_socket"
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| format!("stale admin socket {shown}: {e}"))?;
+        }
+        let listener =
+            UnixListener::bind(path).map_err(|e| format!("admin socket {shown}: {e}"))?;
+        let mode = if group.is_some() { 0o660 } else { 0o600 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("admin socket {shown}: chmod: {e}"))?;
+        if let Some(gid) = group {
+            nix::unistd::chown(path, None, Some(gid.into()))
+                .map_err(|e| format!("admin socket {shown}: chown to gid {gid}: {e}"))?;
+        }
+        Ok(AdminSocket {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub async fn accept(&self) -> std::io::Result<UnixStream> {
+        self.listener.accept().await.map(|(s, _)| s)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for AdminSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Answers one caller.
+pub async fn serve_connection(stream: UnixStream, approvals: Arc<Approvals>) {
+    let caller = match stream.peer_cred() {
+        Ok(cred) => {
+            let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
+            let pid = pid.and_then(|p| u32::try_from(p).ok());
+            tokio::task::spawn_blocking(move || Caller::from_peer(uid, gid, pid))
+                .await
+                .ok()
+        }
+        Err(e) => {
+            warn!(error = %e, "admin socket: no peer credentials; dropping the caller");
+            None
+        }
+    };
+    let Some(caller) = caller else { return };
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES as u64 + 1));
+    let answer = match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => AdminResponse::error("no request within 10s"),
+        Ok(Err(e)) => AdminResponse::error(format!("cannot read the request: {e}")),
+        Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => {
+            AdminResponse::error(format!("request longer than {MAX_REQUEST_BYTES} bytes"))
+        }
+        Ok(Ok(_)) => match serde_json::from_str::<AdminRequest>(&line) {
+            Ok(request) => answer(&approvals, &caller, request).await,
+            Err(e) => AdminResponse::error(format!("malformed request: {e}")),
+        },
+    };
+    let mut bytes = serde_json::to_vec(&answer).unwrap_or_default();
+    bytes.push(b'\n');
+    let _ = write.write_all(&bytes).await;
+}
+
+async fn answer(approvals: &Approvals, caller: &Caller, request: AdminRequest) -> AdminResponse {
+    let result = match request {
+        AdminRequest::ApprovalsList { all } => approvals.list(caller, all).await,
+        AdminRequest::ApprovalsShow { id } => approvals.show(caller, &id).await.map(|r| vec![r]),
+        AdminRequest::ApprovalsDecide {
+            id,
+            approve,
+            text,
+            grant_secs,
+            digest,
+        } => {
+            let verdict = if approve {
+                Verdict::Approve {
+                    comment: text,
+                    grant: grant_secs.map(Duration::from_secs),
+                }
+            } else {
+                match text {
+                    Some(reason) if !reason.trim().is_empty() => Verdict::Deny { reason },
+                    _ => return AdminResponse::error("a denial needs a reason (--reason)"),
+                }
+            };
+            let decided = approvals
+                .decide(caller, &id, &verdict, digest.as_deref())
+                .await;
+            if let Err(e) = &decided {
+                info!(id, caller = %caller.name, uid = caller.uid, error = %e, "approval decision refused");
+            }
+            decided.map(|r| vec![r])
+        }
+    };
+    match result {
+        Ok(requests) => AdminResponse::requests(requests),
+        Err(e) => AdminResponse::error(e),
+    }
+}

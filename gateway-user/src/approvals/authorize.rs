@@ -1,0 +1,363 @@
+//! Who may see and decide a request: configured approvers only, never the requester.
+use std::time::{Duration, SystemTime};
+
+use super::request::{self, Request, State, Vote};
+
+/// The process on the other end of the admin socket, from `SO_PEERCRED`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub pid: Option<u32>,
+    /// User name of `uid` on the deciding host (`uid <n>` without one).
+    pub name: String,
+    /// Names of the caller's groups: primary and supplementary.
+    pub groups: Vec<String>,
+}
+
+impl Caller {
+    /// Looks up the names of a peer's uid and groups. Supplementary groups
+    /// come from the process itself (`/proc/<pid>/status`), which is what
+    /// the kernel would check, not from the group database.
+    pub fn from_peer(uid: u32, gid: u32, pid: Option<u32>) -> Caller {
+        let name = nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .map_or_else(|| format!("uid {uid}"), |u| u.name);
+        let mut gids = vec![gid];
+        if let Some(pid) = pid
+            && let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(line) = status.lines().find(|l| l.starts_with("Groups:"))
+        {
+            gids.extend(
+                line["Groups:".len()..]
+                    .split_whitespace()
+                    .filter_map(|g| g.parse::<u32>().ok()),
+            );
+        }
+        let groups = gids
+            .into_iter()
+            .filter_map(|g| nix::unistd::Group::from_gid(g.into()).ok().flatten())
+            .map(|g| g.name)
+            .collect();
+        Caller {
+            uid,
+            pid,
+            name,
+            groups,
+        }
+    }
+
+    /// True when the rule's approvers name this caller or one of its groups.
+    pub fn is_approver(&self, approvers: &[String]) -> bool {
+        approvers.iter().any(|a| match a.strip_prefix("group:") {
+            Some(group) => self.groups.iter().any(|g| g == group),
+            None => a.strip_prefix("user:").unwrap_or(a) == self.name,
+        })
+    }
+}
+
+/// What an approver decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Approve {
+        comment: Option<String>,
+        /// `--for`.
+        grant: Option<Duration>,
+    },
+    Deny {
+        reason: String,
+    },
+}
+
+/// Who may list and show requests: root and anyone who approves something.
+pub fn may_view(caller: &Caller, request: &Request) -> bool {
+    caller.uid == 0 || caller.is_approver(&request.approvers)
+}
+
+/// Records `caller`'s verdict on a pending request; `Err` says, in one
+/// line, why the caller may not decide it.
+pub fn vote(
+    caller: &Caller,
+    request: &mut Request,
+    verdict: &Verdict,
+    digest: Option<&str>,
+    now: SystemTime,
+) -> Result<(), String> {
+    let id = &request.id;
+    if request.state != State::Pending {
+        return Err(format!(
+            "request {id} is already {} ({}): nothing to decide",
+            request.state,
+            request.outcome()
+        ));
+    }
+    if request.is_past(now) {
+        return Err(format!(
+            "request {id} expired at {}: nothing to decide",
+            request.expires
+        ));
+    }
+    if caller.uid == request.who.uid {
+        return Err(format!(
+            "request {id} was made by uid {} ({}), which is you: someone else must decide it",
+            request.who.uid, request.who.identity
+        ));
+    }
+    if !caller.is_approver(&request.approvers) {
+        return Err(format!(
+            "{} is not an approver of request {id} (rule {} names: {})",
+            caller.name,
+            request.rule,
+            request.approvers.join(", ")
+        ));
+    }
+    if let Some(digest) = digest
+        && !request.digest.starts_with(&digest.to_ascii_lowercase())
+    {
+        return Err(format!(
+            "request {id} holds a different statement (digest {}, not {digest}): show it again before deciding",
+            &request.digest[..12]
+        ));
+    }
+    if request.votes.iter().any(|v| v.uid == caller.uid) {
+        return Err(format!("{} has already decided request {id}", caller.name));
+    }
+    let at = request::format_time(now);
+    match verdict {
+        Verdict::Approve { comment, grant } => {
+            let grant_secs = match grant {
+                None => None,
+                Some(d) => match request.max_grant_secs {
+                    None => {
+                        return Err(format!(
+                            "rule {} allows no grants (it sets no max_grant): approve without --for",
+                            request.rule
+                        ));
+                    }
+                    Some(max) if d.as_secs() > max => {
+                        return Err(format!(
+                            "--for {} is longer than rule {}'s max_grant of {}",
+                            humantime::format_duration(*d),
+                            request.rule,
+                            humantime::format_duration(Duration::from_secs(max))
+                        ));
+                    }
+                    Some(_) => Some(d.as_secs().max(1)),
+                },
+            };
+            request.votes.push(Vote {
+                by: caller.name.clone(),
+                uid: caller.uid,
+                approve: true,
+                text: comment.clone(),
+                grant_secs,
+                at,
+            });
+            if request.approvals() >= request.min_approvals {
+                request.state = State::Approved;
+                // The shortest grant any approver agreed to.
+                let grant = request
+                    .votes
+                    .iter()
+                    .map(|v| v.grant_secs)
+                    .try_fold(u64::MAX, |min, g| g.map(|g| min.min(g)));
+                request.grant_until =
+                    grant.map(|secs| request::after(now, Duration::from_secs(secs)));
+            }
+        }
+        Verdict::Deny { reason } => {
+            request.votes.push(Vote {
+                by: caller.name.clone(),
+                uid: caller.uid,
+                approve: false,
+                text: Some(reason.clone()),
+                grant_secs: None,
+                at,
+            });
+            request.state = State::Denied;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::approvals::request::Requester;
+
+    fn request() -> Request {
+        let now = SystemTime::now();
+        Request {
+            id: "apr-abc234".into(),
+            state: State::Pending,
+            who: Requester {
+                identity: "uid 1001 (runner)".into(),
+                uid: 1001,
+                pid: 42,
+                comm: "psql".into(),
+                cgroup_id: 7,
+                session: "s".into(),
+            },
+            target: "orders-db".into(),
+            role: "app".into(),
+            database: "shop".into(),
+            statement: "DELETE FROM orders".into(),
+            digest: request::digest("DELETE FROM orders"),
+            class: "delete".into(),
+            rule: "ci".into(),
+            reason: "class delete needs approval".into(),
+            approvers: vec!["alice".into(), "group:dba".into()],
+            min_approvals: 1,
+            max_grant_secs: Some(3600),
+            created: request::format_time(now),
+            expires: request::after(now, Duration::from_secs(900)),
+            gateway: "host/default".into(),
+            votes: vec![],
+            grant_until: None,
+            note: None,
+        }
+    }
+
+    fn caller(uid: u32, name: &str, groups: &[&str]) -> Caller {
+        Caller {
+            uid,
+            pid: None,
+            name: name.into(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        }
+    }
+
+    const APPROVE: Verdict = Verdict::Approve {
+        comment: None,
+        grant: None,
+    };
+
+    #[test]
+    fn a_named_user_or_group_member_approves() {
+        let now = SystemTime::now();
+        let mut r = request();
+        vote(&caller(1, "alice", &[]), &mut r, &APPROVE, None, now).unwrap();
+        assert_eq!(r.state, State::Approved);
+        let mut r = request();
+        vote(&caller(2, "bob", &["dba"]), &mut r, &APPROVE, None, now).unwrap();
+        assert_eq!(r.state, State::Approved);
+        assert_eq!(r.grant_until, None);
+    }
+
+    #[test]
+    fn strangers_and_the_requester_are_refused() {
+        let now = SystemTime::now();
+        let mut r = request();
+        let e = vote(
+            &caller(3, "mallory", &["users"]),
+            &mut r,
+            &APPROVE,
+            None,
+            now,
+        )
+        .unwrap_err();
+        assert!(e.contains("mallory is not an approver"), "{e}");
+        // Same uid as the job, even under an approver's name.
+        let e = vote(
+            &caller(1001, "alice", &["dba"]),
+            &mut r,
+            &APPROVE,
+            None,
+            now,
+        )
+        .unwrap_err();
+        assert!(e.contains("which is you"), "{e}");
+        assert_eq!(r.state, State::Pending);
+        assert!(r.votes.is_empty());
+    }
+
+    #[test]
+    fn two_approvals_when_the_rule_wants_two_and_one_denial_ends_it() {
+        let now = SystemTime::now();
+        let mut r = request();
+        r.min_approvals = 2;
+        vote(&caller(1, "alice", &[]), &mut r, &APPROVE, None, now).unwrap();
+        assert_eq!(r.state, State::Pending);
+        let e = vote(&caller(1, "alice", &[]), &mut r, &APPROVE, None, now).unwrap_err();
+        assert!(e.contains("already decided"), "{e}");
+        vote(&caller(2, "bob", &["dba"]), &mut r, &APPROVE, None, now).unwrap();
+        assert_eq!(r.state, State::Approved);
+        let e = vote(&caller(4, "carol", &["dba"]), &mut r, &APPROVE, None, now).unwrap_err();
+        assert!(e.contains("already approved"), "{e}");
+
+        let mut r = request();
+        r.min_approvals = 2;
+        let deny = Verdict::Deny {
+            reason: "not during the freeze".into(),
+        };
+        vote(&caller(1, "alice", &[]), &mut r, &deny, None, now).unwrap();
+        assert_eq!(r.state, State::Denied);
+        assert_eq!(r.outcome(), "denied by alice: not during the freeze");
+    }
+
+    #[test]
+    fn grants_are_capped_by_max_grant_and_bound_to_identity_target_class() {
+        let now = SystemTime::now();
+        let long = Verdict::Approve {
+            comment: None,
+            grant: Some(Duration::from_secs(7200)),
+        };
+        let mut r = request();
+        let e = vote(&caller(1, "alice", &[]), &mut r, &long, None, now).unwrap_err();
+        assert!(e.contains("longer than rule ci's max_grant of 1h"), "{e}");
+        let ok = Verdict::Approve {
+            comment: Some("cleanup".into()),
+            grant: Some(Duration::from_secs(1800)),
+        };
+        vote(&caller(1, "alice", &[]), &mut r, &ok, None, now).unwrap();
+        assert!(r.grant_covers("uid 1001 (runner)", "orders-db", "delete", now));
+        assert!(!r.grant_covers("uid 1002 (other)", "orders-db", "delete", now));
+        assert!(!r.grant_covers("uid 1001 (runner)", "orders-db", "ddl", now));
+        assert!(!r.grant_covers(
+            "uid 1001 (runner)",
+            "orders-db",
+            "delete",
+            now + Duration::from_secs(1801)
+        ));
+
+        let mut r = request();
+        r.max_grant_secs = None;
+        let e = vote(&caller(1, "alice", &[]), &mut r, &ok, None, now).unwrap_err();
+        assert!(e.contains("allows no grants"), "{e}");
+    }
+
+    #[test]
+    fn a_decision_is_bound_to_the_statement_digest_and_the_deadline() {
+        let now = SystemTime::now();
+        let mut r = request();
+        let other = request::digest("DELETE FROM orders WHERE id = 1");
+        let e = vote(
+            &caller(1, "alice", &[]),
+            &mut r,
+            &APPROVE,
+            Some(&other[..12]),
+            now,
+        )
+        .unwrap_err();
+        assert!(e.contains("different statement"), "{e}");
+        let e = vote(
+            &caller(1, "alice", &[]),
+            &mut r,
+            &APPROVE,
+            None,
+            now + Duration::from_secs(901),
+        )
+        .unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+        let own = r.digest[..12].to_owned();
+        vote(&caller(1, "alice", &[]), &mut r, &APPROVE, Some(&own), now).unwrap();
+    }
+
+    #[test]
+    fn root_and_approvers_see_requests_others_do_not() {
+        let r = request();
+        assert!(may_view(&caller(0, "root", &[]), &r));
+        assert!(may_view(&caller(2, "bob", &["dba"]), &r));
+        assert!(!may_view(&caller(3, "mallory", &[]), &r));
+    }
+}

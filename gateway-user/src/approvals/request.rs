@@ -1,0 +1,214 @@
+//! An approval request as it is stored, listed and sent to webhooks.
+use std::{
+    fmt,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Where a request stands. Only `Pending` ever changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Pending,
+    Approved,
+    Denied,
+    /// No decision before `expires`.
+    Expired,
+    /// The client went away, or its gateway stopped, before a decision.
+    Cancelled,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Pending => "pending",
+            State::Approved => "approved",
+            State::Denied => "denied",
+            State::Expired => "expired",
+            State::Cancelled => "cancelled",
+        })
+    }
+}
+
+/// Who asked: the job's identity and the process behind the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requester {
+    /// What policy knows the job as, e.g. `uid 1001 (runner)`.
+    pub identity: String,
+    pub uid: u32,
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// The recording of the session that holds the statement.
+    pub session: String,
+}
+
+/// One approver's decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    /// The approver's user name, from the admin socket's peer credentials.
+    pub by: String,
+    pub uid: u32,
+    pub approve: bool,
+    /// `--comment` of an approval, `--reason` of a denial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// `--for`: how long the same identity may run the same class on the
+    /// same target without asking again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_secs: Option<u64>,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// A held statement waiting for (or past) a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Short and typable: `apr-` and six characters.
+    pub id: String,
+    pub state: State,
+    pub who: Requester,
+    /// The policy target, the database role and database logged in as.
+    pub target: String,
+    pub role: String,
+    pub database: String,
+    /// The statement exactly as sent, password literals redacted.
+    pub statement: String,
+    /// SHA-256 of the exact statement: a decision holds for this text only.
+    pub digest: String,
+    /// Statement classes, e.g. `delete` or `ddl,drop`.
+    pub class: String,
+    /// The rule that held it and what in it matched.
+    pub rule: String,
+    pub reason: String,
+    /// As the rule names them: `alice`, `group:dba`.
+    pub approvers: Vec<String>,
+    pub min_approvals: usize,
+    /// The rule's `max_grant` in seconds; absent: no grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_grant_secs: Option<u64>,
+    /// RFC 3339.
+    pub created: String,
+    pub expires: String,
+    /// The gateway holding the statement: `<hostname>/<instance>`.
+    pub gateway: String,
+    #[serde(default)]
+    pub votes: Vec<Vote>,
+    /// Set when approved with `--for`: RFC 3339 end of the grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_until: Option<String>,
+    /// Why it ended when no vote says: timeout, client gone, gateway stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Request {
+    /// True when `expires` has passed.
+    pub fn is_past(&self, now: SystemTime) -> bool {
+        parse_time(&self.expires).is_none_or(|t| t <= now)
+    }
+
+    /// True while an approved grant covers statements like this one.
+    pub fn grant_covers(&self, identity: &str, target: &str, class: &str, now: SystemTime) -> bool {
+        self.state == State::Approved
+            && self.who.identity == identity
+            && self.target == target
+            && self.class == class
+            && self
+                .grant_until
+                .as_deref()
+                .and_then(parse_time)
+                .is_some_and(|until| until > now)
+    }
+
+    /// The approvals so far.
+    pub fn approvals(&self) -> usize {
+        self.votes.iter().filter(|v| v.approve).count()
+    }
+
+    /// The denial's reason, or what ended the request, for the client.
+    pub fn outcome(&self) -> String {
+        if let Some(vote) = self.votes.iter().find(|v| !v.approve) {
+            return format!(
+                "denied by {}: {}",
+                vote.by,
+                vote.text.as_deref().unwrap_or("no reason given")
+            );
+        }
+        match (&self.note, self.state) {
+            (Some(note), _) => note.clone(),
+            (None, state) => state.to_string(),
+        }
+    }
+}
+
+/// `apr-` and six characters of `[a-z0-9]` without look-alikes.
+pub fn new_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+    let mut bytes = [0u8; 6];
+    // getrandom only fails without an OS entropy source, where nothing
+    // else of the gateway could work either; fall back to the clock.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes.copy_from_slice(&nanos.to_le_bytes()[..6]);
+    }
+    let tail: String = bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect();
+    format!("apr-{tail}")
+}
+
+/// True for text shaped like an id, checked before it names a file.
+pub fn is_id(text: &str) -> bool {
+    text.strip_prefix("apr-").is_some_and(|t| {
+        (4..=16).contains(&t.len())
+            && t.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    })
+}
+
+/// Hex SHA-256 of the statement's exact bytes.
+pub fn digest(statement: &str) -> String {
+    hex::encode(Sha256::digest(statement.as_bytes()))
+}
+
+pub fn format_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub fn parse_time(text: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339(text).ok()
+}
+
+/// `now + d`, formatted.
+pub fn after(now: SystemTime, d: Duration) -> String {
+    format_time(now + d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_short_typable_and_recognised() {
+        let id = new_id();
+        assert_eq!(id.len(), 10, "{id}");
+        assert!(is_id(&id), "{id}");
+        assert!(!is_id("apr-../../etc"));
+        assert!(!is_id("apr-"));
+        assert!(!is_id("xyz-abcdef"));
+        assert_ne!(new_id(), new_id());
+    }
+
+    #[test]
+    fn digests_differ_for_any_change_of_the_text() {
+        assert_eq!(digest("DELETE FROM orders"), digest("DELETE FROM orders"));
+        assert_ne!(digest("DELETE FROM orders"), digest("DELETE FROM orders "));
+    }
+}

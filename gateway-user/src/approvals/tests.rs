@@ -1,0 +1,156 @@
+use std::{sync::Arc, time::Duration};
+
+use super::*;
+use crate::{
+    policy::{Approver, Webhook},
+    store::FileStore,
+};
+
+fn ask(timeout: Duration, notify: Vec<Webhook>) -> Ask {
+    Ask {
+        who: Requester {
+            identity: "uid 1001".into(),
+            uid: 1001,
+            pid: 7,
+            comm: "psql".into(),
+            cgroup_id: 1,
+            session: "s1".into(),
+        },
+        target: "db".into(),
+        role: "app".into(),
+        database: "shop".into(),
+        sql: "DELETE FROM orders".into(),
+        shown: "DELETE FROM orders".into(),
+        class: "delete".into(),
+        rule: "ci".into(),
+        reason: "class delete needs approval".into(),
+        approval: Arc::new(ApprovalRule {
+            approvers: vec![Approver::User {
+                name: "alice".into(),
+                uid: 1,
+            }],
+            min_approvals: 1,
+            timeout,
+            max_grant: Some(Duration::from_secs(600)),
+            notify,
+        }),
+    }
+}
+
+fn alice() -> Caller {
+    Caller {
+        uid: 1,
+        pid: None,
+        name: "alice".into(),
+        groups: vec![],
+    }
+}
+
+fn service(dir: &tempfile::TempDir) -> Arc<Approvals> {
+    let store = Arc::new(FileStore::open(dir.path()).unwrap());
+    Approvals::with_store(store, "test/default".into())
+}
+
+async fn ended(held: &mut Held) -> Request {
+    loop {
+        if let HeldEvent::Ended(r) = tokio::time::timeout(Duration::from_secs(10), held.next())
+            .await
+            .expect("an end within 10 s")
+        {
+            return *r;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_approval_wakes_the_held_statement_and_grants_the_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let approvals = service(&dir);
+    let mut held = approvals
+        .hold(ask(Duration::from_secs(60), vec![]))
+        .await
+        .unwrap();
+    let id = held.id().to_owned();
+    assert_eq!(approvals.list(&alice(), false).await.unwrap().len(), 1);
+    let verdict = Verdict::Approve {
+        comment: Some("ok".into()),
+        grant: Some(Duration::from_secs(300)),
+    };
+    approvals
+        .decide(&alice(), &id, &verdict, None)
+        .await
+        .unwrap();
+    let r = ended(&mut held).await;
+    assert_eq!(r.state, State::Approved);
+    assert_eq!(r.digest, digest("DELETE FROM orders"));
+    assert!(approvals.grant("uid 1001", "db", "delete").await.is_some());
+    assert!(approvals.grant("uid 1001", "db", "ddl").await.is_none());
+    // Decided: a second decision is refused, naming the state.
+    let e = approvals
+        .decide(&alice(), &id, &verdict, None)
+        .await
+        .unwrap_err();
+    assert!(e.contains("already approved"), "{e}");
+    let e = approvals
+        .decide(&alice(), "apr-zzzzzz", &verdict, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e, "approval request apr-zzzzzz does not exist");
+}
+
+#[tokio::test]
+async fn no_decision_expires_and_a_dropped_handle_cancels() {
+    let dir = tempfile::tempdir().unwrap();
+    let approvals = service(&dir);
+    let mut held = approvals
+        .hold(ask(Duration::from_millis(300), vec![]))
+        .await
+        .unwrap();
+    let r = ended(&mut held).await;
+    assert_eq!(r.state, State::Expired);
+    assert_eq!(r.outcome(), "no decision within 300ms");
+
+    let held = approvals
+        .hold(ask(Duration::from_secs(60), vec![]))
+        .await
+        .unwrap();
+    let id = held.id().to_owned();
+    drop(held);
+    for _ in 0..100 {
+        let r = approvals.show(&alice(), &id).await.unwrap();
+        if r.state == State::Cancelled {
+            assert!(r.outcome().contains("disconnected"), "{}", r.outcome());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the dropped request was not cancelled");
+}
+
+#[tokio::test]
+async fn an_unreachable_webhook_is_reported_and_the_request_still_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let approvals = service(&dir);
+    // Port 1 on loopback: nothing listens there.
+    let hook = Webhook {
+        url: "http://127.0.0.1:1/hook".into(),
+        bearer_file: None,
+    };
+    let mut held = approvals
+        .hold(ask(Duration::from_secs(60), vec![hook]))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(15), held.next())
+        .await
+        .unwrap()
+    {
+        HeldEvent::Notified { url, error } => {
+            assert_eq!(url, "http://127.0.0.1:1/hook");
+            let e = error.expect("a failure");
+            assert!(e.to_lowercase().contains("connect"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let r = approvals.show(&alice(), held.id()).await.unwrap();
+    assert_eq!(r.state, State::Pending);
+}
