@@ -147,6 +147,9 @@ pub struct GatewayConfig {
     pub recording_dir: PathBuf,
     /// Extra `key = value` lines of the `[recording]` table.
     pub recording: Vec<String>,
+    /// Lines of the `[approvals]` table (`dir = "approvals"` is always
+    /// there, in the gateway's own directory).
+    pub approvals: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -165,6 +168,7 @@ impl GatewayConfig {
             daemon: Vec::new(),
             recording_dir: PathBuf::from("sessions"),
             recording: Vec::new(),
+            approvals: Vec::new(),
         })
     }
 
@@ -201,6 +205,12 @@ impl GatewayConfig {
         self
     }
 
+    /// Adds a `key = value` line to the `[approvals]` table.
+    pub fn approvals_setting(mut self, line: &str) -> Self {
+        self.approvals.push(line.to_owned());
+        self
+    }
+
     /// Appends `toml` verbatim at the end of the file (after the targets
     /// and rules), e.g. `[[target]]` tables with a `[target.postgres]`.
     pub fn raw_toml(mut self, toml: &str) -> Self {
@@ -220,6 +230,10 @@ impl GatewayConfig {
         let _ = writeln!(s, "listen_port = {}", self.listen_port);
         let _ = writeln!(s, "mode = {}", quote(mode));
         let _ = writeln!(s, "exempt_mark = {:#x}", self.exempt_mark);
+        // Next to the config, never the host's /run/chokepoint/admin.sock.
+        if !self.daemon.iter().any(|l| l.starts_with("admin_socket")) {
+            let _ = writeln!(s, "admin_socket = \"admin.sock\"");
+        }
         for line in &self.daemon {
             let _ = writeln!(s, "{line}");
         }
@@ -229,6 +243,17 @@ impl GatewayConfig {
             quote(&self.recording_dir.to_string_lossy())
         );
         for line in &self.recording {
+            let _ = writeln!(s, "{line}");
+        }
+        let _ = writeln!(s, "\n[approvals]");
+        if !self
+            .approvals
+            .iter()
+            .any(|l| l.starts_with("dir") || l.starts_with("postgres"))
+        {
+            let _ = writeln!(s, "dir = \"approvals\"");
+        }
+        for line in &self.approvals {
             let _ = writeln!(s, "{line}");
         }
         let _ = writeln!(
@@ -295,6 +320,12 @@ impl Gateway {
     /// Writes the config, starts the daemon and waits for `READY=1`.
     pub fn start(config: &GatewayConfig) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("cp-gateway-").tempdir()?;
+        // Traversable (not listable) so an approver who is not root can
+        // reach the admin socket inside; every secret in it is 0600.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )?;
         let config_path = dir.path().join("chokepoint.toml");
         std::fs::write(&config_path, config.to_toml())?;
         let mut gw = Self {
@@ -394,6 +425,23 @@ impl Gateway {
     /// Where this gateway records sessions.
     pub fn recording_dir(&self) -> PathBuf {
         self.dir.path().join(&self.config.recording_dir)
+    }
+
+    /// The admin socket `chokepoint approvals --socket` talks to.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    /// `chokepoint approvals --socket <this gateway's> <args>` as root.
+    pub fn approvals(&self, args: &[&str]) -> Result<Output> {
+        let socket = self.admin_socket();
+        let mut all = vec![
+            "approvals",
+            "--socket",
+            socket.to_str().context("admin socket path is not UTF-8")?,
+        ];
+        all.extend_from_slice(args);
+        cli(&all)
     }
 
     /// Where this gateway keeps its sealing key.

@@ -409,6 +409,17 @@ fn details(body: &Body) -> String {
                 .map(|e| format!(" error={e}"))
                 .unwrap_or_default()
         ),
+        Body::Approval {
+            id,
+            event,
+            by,
+            detail,
+        } => format!(
+            "{id} {event}{}: {detail}",
+            by.as_deref()
+                .map(|b| format!(" by {b}"))
+                .unwrap_or_default()
+        ),
         Body::Seal { final_hash, .. } => format!("final hash {final_hash}"),
     }
 }
@@ -473,6 +484,8 @@ fn replay(source: &Source, id: &str, speed: f64) -> Result<(), String> {
                 let _ = writeln!(out, "{prompt} {text}");
                 if decision == "allow" {
                     Ok(())
+                } else if decision == "approve" {
+                    writeln!(out, "-- held for approval by rule {rule}: {reason}")
                 } else {
                     writeln!(
                         out,
@@ -493,6 +506,18 @@ fn replay(source: &Source, id: &str, speed: f64) -> Result<(), String> {
                 }
                 print_result(&mut out, columns, sample, *rows, error.as_deref())
             }
+            Body::Approval {
+                id,
+                event,
+                by,
+                detail,
+            } => writeln!(
+                out,
+                "-- approval {id} {event}{}: {detail}",
+                by.as_deref()
+                    .map(|b| format!(" by {b}"))
+                    .unwrap_or_default()
+            ),
             Body::SessionEnd { .. } => writeln!(out, "-- session ended"),
             Body::Seal { .. } => Ok(()),
         };

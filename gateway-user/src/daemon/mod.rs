@@ -12,6 +12,7 @@ pub use logging::{LogFormat, init_logging};
 use tracing::{info, warn};
 
 use crate::{
+    admin::AdminSocket,
     ebpf::{self, Attached, LoadOptions},
     flow::{self, Listeners},
     policy::{DaemonSettings, Policy, PolicyErrors},
@@ -36,6 +37,10 @@ pub enum RunError {
     Ebpf(#[from] ebpf::EbpfError),
     #[error("session recording: {0}: fix [recording] dir/keys_dir or their permissions")]
     Recording(String),
+    #[error("approvals: {0}: fix [approvals] dir or postgres")]
+    Approvals(String),
+    #[error("{0}")]
+    Admin(String),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
 }
@@ -49,6 +54,8 @@ pub(crate) struct Shared {
     pub postgres: Arc<crate::protocols::postgres::PostgresShared>,
     /// Fixed at start: a reload does not move recordings.
     pub recorder: Arc<Recorder>,
+    /// Fixed at start, like the recorder: the store does not move on reload.
+    pub approvals: Arc<crate::approvals::Approvals>,
 }
 
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
@@ -62,6 +69,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     ebpf::preflight()?;
     // Before anything is attached: no guarded session may go unrecorded.
     let recorder = Recorder::start(policy.recording()).map_err(RunError::Recording)?;
+    let approvals = crate::approvals::Approvals::start(policy.approvals(), &daemon.instance)
+        .await
+        .map_err(|e| RunError::Approvals(e.to_string()))?;
+    let admin = AdminSocket::bind(
+        &daemon.admin_socket,
+        daemon.admin_group.as_ref().map(|(_, gid)| *gid),
+    )
+    .map_err(RunError::Admin)?;
     ebpf::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
     let cgroup = ebpf::resolve_cgroup(&guard.cgroup, guard.create)?;
     // Listeners first: a busy port must fail before anything is attached.
@@ -89,6 +104,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         attached,
         postgres: Arc::default(),
         recorder,
+        approvals,
     });
 
     // Handlers go in before READY: until they exist, SIGHUP or SIGTERM
@@ -97,7 +113,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         warn!(error = %e, "sd_notify READY failed");
     }
-    let result = serve::serve(shared.clone(), v4, v6, signals, &opts.config).await;
+    let result = serve::serve(shared.clone(), v4, v6, admin, signals, &opts.config).await;
     shared.recorder.shutdown().await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     info!(

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::{RunError, Shared, reload::reload};
+use crate::admin::AdminSocket;
 use crate::{
     flow::{self, Flow},
     policy::{Decision, FlowFacts, Mode, Protocol, Verdict},
@@ -54,6 +55,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     v4: TcpListener,
     v6: TcpListener,
+    admin: AdminSocket,
     signals: Signals,
     config: &Path,
 ) -> Result<(), RunError> {
@@ -70,6 +72,16 @@ pub(crate) async fn serve(
             r = v4.accept() => r,
             r = v6.accept() => r,
             _ = hup.recv() => { reload(&shared, config); continue; }
+            r = admin.accept() => {
+                match r {
+                    Ok(stream) => { tasks.spawn(crate::admin::serve_connection(stream, shared.approvals.clone())); }
+                    Err(e) => {
+                        warn!(error = %e, socket = %admin.path().display(), "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                continue;
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = retention.tick() => {
@@ -153,6 +165,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
                     copy_out_masked: policy.copy_out_masked(),
                     mark: shared.daemon.exempt_mark,
                     shared: shared.postgres.clone(),
+                    approvals: Some(shared.approvals.clone()),
                 })
             }),
             _ => None,

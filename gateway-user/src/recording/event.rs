@@ -70,6 +70,17 @@ pub enum Body {
         columns: Vec<String>,
         sample: Vec<Vec<Option<String>>>,
     },
+    /// A step of a held statement's approval: `requested`, `notified`,
+    /// `notify_failed`, `approved`, `denied`, `expired`, `cancelled`,
+    /// `grant_used`.
+    Approval {
+        id: String,
+        event: String,
+        /// The approvers who decided.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        detail: String,
+    },
     /// The connection closed.
     SessionEnd {
         bytes_up: u64,
@@ -95,6 +106,7 @@ impl Body {
             Body::Login { .. } => "login",
             Body::Statement { .. } => "statement",
             Body::Result { .. } => "result",
+            Body::Approval { .. } => "approval",
             Body::SessionEnd { .. } => "session_end",
             Body::Seal { .. } => "seal",
         }

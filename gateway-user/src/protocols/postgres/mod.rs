@@ -108,4 +108,7 @@ pub struct PostgresContext {
     pub copy_out_masked: CopyOutMasked,
     pub mark: u32,
     pub shared: Arc<PostgresShared>,
+    /// `None` where no approval service runs (a statement a rule holds is
+    /// then denied).
+    pub approvals: Option<Arc<crate::approvals::Approvals>>,
 }

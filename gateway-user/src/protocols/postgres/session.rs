@@ -37,9 +37,12 @@ use super::{
     upstream::{self, Route, Upstream, UpstreamError},
 };
 use crate::{
+    approvals::{Ask, Held, HeldEvent, Requester, State as ApprovalState},
     flow::Flow,
     masking::{ColumnInfo, ResultPlan},
-    policy::{CopyOutMasked, Mode, SessionRules, StatementDecision, StatementVerdict},
+    policy::{
+        ApprovalRule, CopyOutMasked, Mode, SessionRules, StatementDecision, StatementVerdict,
+    },
     recording::{Body, SessionRecording},
 };
 
@@ -164,6 +167,7 @@ pub async fn serve(
         to_upstream: BytesMut::new(),
         summary,
         terminated: false,
+        held: None,
     };
     session.run(client, upstream, cbuf, decoder).await;
     info!(
@@ -463,11 +467,55 @@ struct Session<'a> {
     to_upstream: BytesMut,
     summary: SessionSummary,
     terminated: bool,
+    /// The statement waiting for approval; nothing after it is decoded
+    /// until it is decided.
+    held: Option<HeldStatement>,
 }
 
 enum Step {
     Continue,
     End,
+}
+
+/// What policy made of a statement.
+enum Decided {
+    Run(Running),
+    /// The ErrorResponse to answer with.
+    Refuse(Bytes),
+    Hold(Box<HoldAsk>),
+}
+
+/// A statement a rule holds for approval, before the request exists.
+struct HoldAsk {
+    /// How it runs once approved.
+    running: Running,
+    rule: String,
+    reason: String,
+    /// Password literals redacted.
+    shown: String,
+    approval: Arc<ApprovalRule>,
+}
+
+/// Which message carried the held statement, and so how it is answered.
+enum HeldKind {
+    Query,
+    Parse { name: String },
+}
+
+struct HeldStatement {
+    frame: Frame,
+    kind: HeldKind,
+    running: Running,
+    shown: String,
+    rule: String,
+    held: Held,
+}
+
+async fn next_held(held: &mut Option<HeldStatement>) -> HeldEvent {
+    match held {
+        Some(h) => h.held.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Session<'_> {
@@ -488,9 +536,12 @@ impl Session<'_> {
             return;
         }
         loop {
+            // While a statement is held, reading goes on only to notice
+            // the client leaving; what it sends waits in `cbuf`.
             let read_client = self.to_upstream.len() < HIGH_WATER
                 && self.tracker.pending.len() < MAX_PENDING
-                && !self.terminated;
+                && !self.terminated
+                && (self.held.is_none() || cbuf.len() < HIGH_WATER);
             let read_upstream = self.to_client.len() < HIGH_WATER;
             tokio::select! {
                 r = uw.write_buf(&mut self.to_upstream), if !self.to_upstream.is_empty() => {
@@ -519,8 +570,25 @@ impl Session<'_> {
                     }
                     Err(e) => { self.summary.error = Some(format!("upstream read: {e}")); break; }
                 },
+                event = next_held(&mut self.held), if self.held.is_some() => {
+                    if self.on_held(event)
+                        && let Step::End = self.drain_client(&mut cbuf, &mut decoder).await
+                    {
+                        break;
+                    }
+                }
                 else => break,
             }
+        }
+        if let Some(held) = self.held.take() {
+            self.recording.record(Body::Approval {
+                id: held.held.id().to_owned(),
+                event: "cancelled".into(),
+                by: None,
+                detail: "the client disconnected before a decision".into(),
+            });
+            // Dropping the handle cancels the request in the store.
+            drop(held);
         }
         self.flush_all(&mut cw, &mut uw).await;
     }
@@ -539,6 +607,9 @@ impl Session<'_> {
 
     async fn drain_client(&mut self, buf: &mut BytesMut, decoder: &mut FrameDecoder) -> Step {
         loop {
+            if self.held.is_some() {
+                return Step::Continue;
+            }
             match decoder.decode(buf) {
                 Ok(Some(frame)) => {
                     if let Step::End = self.on_client(frame).await {
@@ -586,53 +657,44 @@ impl Session<'_> {
             FrontendMessage::Query(q) => {
                 let sql: Arc<str> = Arc::from(q.sql);
                 match self.decide_sql(&sql) {
-                    Ok(running) => {
-                        self.forward(&frame);
-                        self.tracker.push(Pending::Query(Some(running)));
-                    }
-                    Err(error) => {
-                        let nonce = self.deny(error);
-                        push_query(&mut self.to_upstream, &format!("SELECT \"{nonce}\""));
-                        self.tracker.push(Pending::Query(None));
-                    }
+                    Decided::Run(running) => self.release(&frame, HeldKind::Query, running, false),
+                    Decided::Refuse(error) => self.refuse(HeldKind::Query, error),
+                    Decided::Hold(ask) => self.hold(frame, HeldKind::Query, *ask).await,
                 }
             }
             FrontendMessage::Parse(p) => {
                 let sql: Arc<str> = Arc::from(p.sql);
-                let name = p.name.to_owned();
+                let kind = HeldKind::Parse {
+                    name: p.name.to_owned(),
+                };
                 match self.decide_sql(&sql) {
-                    Ok(running) => {
-                        // Classified once by decide_sql; Bind reuses it.
-                        let classification = running.classification;
-                        self.statements.insert(
-                            name,
-                            PreparedStatement {
-                                sql,
-                                classification,
-                            },
-                        );
-                        self.forward(&frame);
-                    }
-                    Err(error) => {
-                        let nonce = self.deny(error);
-                        // Same statement name, so a later Bind/Execute of it
-                        // fails upstream as "does not exist".
-                        push_parse(&mut self.to_upstream, &name, &format!("SELECT \"{nonce}\""));
-                        self.statements.remove(&name);
-                    }
+                    Decided::Run(running) => self.release(&frame, kind, running, false),
+                    Decided::Refuse(error) => self.refuse(kind, error),
+                    Decided::Hold(ask) => self.hold(frame, kind, *ask).await,
                 }
-                self.tracker.push(Pending::Parse);
             }
             FrontendMessage::Bind(b) => {
                 // Re-decide under the current policy: a reload may have
                 // revoked what the statement was prepared under.
                 let verdict = self.statements.get(b.statement).and_then(|s| {
                     let c = s.classification.clone()?;
-                    Some((s.sql.clone(), c))
+                    Some((s.sql.clone(), c, s.approved))
                 });
-                if let Some((sql, classification)) = verdict
-                    && let Err(error) = self.decide_classified(&sql, &classification)
-                {
+                let refused = verdict.and_then(|(sql, classification, approved)| {
+                    match self.decide_classified(&sql, &classification) {
+                        Decided::Run(_) => None,
+                        Decided::Refuse(error) => Some(error),
+                        // Approved when it was prepared: that approval
+                        // was for exactly this text.
+                        Decided::Hold(_) if approved => None,
+                        Decided::Hold(ask) => Some(deny_error(
+                            &ask.rule,
+                            &format!("statement needs approval by rule {} ({}), which it did not need when it was prepared: prepare it again to ask for approval", ask.rule, ask.reason),
+                            &ask.shown,
+                        )),
+                    }
+                });
+                if let Some(error) = refused {
                     let nonce = self.deny(error);
                     push_bind(&mut self.to_upstream, b.portal, &nonce);
                 } else {
@@ -759,8 +821,8 @@ impl Session<'_> {
         nonce
     }
 
-    /// Classifies and decides SQL text; Err is the ErrorResponse to send.
-    fn decide_sql(&mut self, sql: &Arc<str>) -> Result<Running, Bytes> {
+    /// Classifies and decides SQL text.
+    fn decide_sql(&mut self, sql: &Arc<str>) -> Decided {
         self.summary.statements += 1;
         match self.ctx.shared.classifier.classify(sql) {
             Ok(classification) => self.decide_classified(sql, &classification),
@@ -774,7 +836,7 @@ impl Session<'_> {
                     rule: "unparsable".into(),
                     reason: e.to_string(),
                 });
-                Err(deny_error(
+                Decided::Refuse(deny_error(
                     "unparsable",
                     &format!("statement denied: {e}"),
                     "",
@@ -783,18 +845,14 @@ impl Session<'_> {
         }
     }
 
-    fn decide_classified(
-        &self,
-        sql: &Arc<str>,
-        classification: &Arc<Classification>,
-    ) -> Result<Running, Bytes> {
+    fn decide_classified(&self, sql: &Arc<str>, classification: &Arc<Classification>) -> Decided {
         // Fail closed: nothing is forwarded that the recording cannot hold.
         if let Err(why) = self.recording.healthy() {
             warn!(
                 flow_id = self.flow.id,
                 "statement refused: recording failed: {why}"
             );
-            return Err(deny_error(
+            return Decided::Refuse(deny_error(
                 "recording",
                 &format!("statement refused: the session recording cannot be written ({why})"),
                 "",
@@ -848,31 +906,268 @@ impl Session<'_> {
             rule: decision.rule.to_string(),
             reason: decision.reason.clone(),
         });
-        if decision.verdict == StatementVerdict::Allow || audit {
-            return Ok(Running {
-                sql: sql.clone(),
-                classification: Some(Arc::clone(classification)),
-                class,
-                rule: decision.rule,
-                started: Instant::now(),
-                rows: 0,
-                masked: false,
-                execute: false,
-                columns: Vec::new(),
-                sample: Vec::new(),
-            });
-        }
-        let message = match decision.verdict {
-            StatementVerdict::Approve => format!(
-                "statement needs approval by rule {}: {} (approvals are not available yet, so it is denied)",
-                decision.rule, decision.reason
-            ),
-            _ => format!(
-                "statement denied by rule {}: {}",
-                decision.rule, decision.reason
-            ),
+        let running = Running {
+            sql: sql.clone(),
+            classification: Some(Arc::clone(classification)),
+            class,
+            rule: decision.rule.clone(),
+            started: Instant::now(),
+            rows: 0,
+            masked: false,
+            execute: false,
+            columns: Vec::new(),
+            sample: Vec::new(),
         };
-        Err(deny_error(&decision.rule, &message, &redacted))
+        if decision.verdict == StatementVerdict::Allow || audit {
+            return Decided::Run(running);
+        }
+        if decision.verdict == StatementVerdict::Approve
+            && let Some(approval) = self.rules.approval(&decision.rule)
+        {
+            return Decided::Hold(Box::new(HoldAsk {
+                running,
+                rule: decision.rule.to_string(),
+                reason: decision.reason,
+                shown: redacted.into_owned(),
+                approval: approval.clone(),
+            }));
+        }
+        let message = format!(
+            "statement denied by rule {}: {}",
+            decision.rule, decision.reason
+        );
+        Decided::Refuse(deny_error(&decision.rule, &message, &redacted))
+    }
+
+    /// Sends a decided statement on: forwards it and tracks its answer.
+    /// `approved`: it was held and approved (a prepared one keeps that).
+    fn release(&mut self, frame: &Frame, kind: HeldKind, running: Running, approved: bool) {
+        match kind {
+            HeldKind::Query => {
+                self.forward(frame);
+                self.tracker.push(Pending::Query(Some(running)));
+            }
+            HeldKind::Parse { name } => {
+                // Classified once here; Bind reuses it.
+                self.statements.insert(
+                    name,
+                    PreparedStatement {
+                        sql: running.sql,
+                        classification: running.classification,
+                        approved,
+                    },
+                );
+                self.forward(frame);
+                self.tracker.push(Pending::Parse);
+            }
+        }
+    }
+
+    /// Answers a statement with `error` in its place in the stream.
+    fn refuse(&mut self, kind: HeldKind, error: Bytes) {
+        let nonce = self.deny(error);
+        match kind {
+            HeldKind::Query => {
+                push_query(&mut self.to_upstream, &format!("SELECT \"{nonce}\""));
+                self.tracker.push(Pending::Query(None));
+            }
+            HeldKind::Parse { name } => {
+                // Same statement name, so a later Bind/Execute of it fails
+                // upstream as "does not exist".
+                push_parse(&mut self.to_upstream, &name, &format!("SELECT \"{nonce}\""));
+                self.statements.remove(&name);
+                self.tracker.push(Pending::Parse);
+            }
+        }
+    }
+
+    /// The job's identity as approvals and grants know it.
+    fn identity(&self) -> String {
+        let uid = self.flow.uid;
+        match nix::unistd::User::from_uid(uid.into()) {
+            Ok(Some(user)) => format!("uid {uid} ({})", user.name),
+            _ => format!("uid {uid}"),
+        }
+    }
+
+    /// A statement a rule holds: runs at once under a grant, else waits
+    /// for a decision while the session keeps serving the upstream.
+    async fn hold(&mut self, frame: Frame, kind: HeldKind, ask: HoldAsk) {
+        let Some(approvals) = self.ctx.approvals.clone() else {
+            let message = format!(
+                "statement needs approval by rule {}: {} (this gateway runs no approval service, so it is denied)",
+                ask.rule, ask.reason
+            );
+            return self.refuse(kind, deny_error(&ask.rule, &message, &ask.shown));
+        };
+        let identity = self.identity();
+        let target = self.rules.target().to_owned();
+        if let Some(grant) = approvals
+            .grant(&identity, &target, &ask.running.class)
+            .await
+        {
+            let by: Vec<&str> = grant.votes.iter().map(|v| v.by.as_str()).collect();
+            self.recording.record(Body::Approval {
+                id: grant.id.clone(),
+                event: "grant_used".into(),
+                by: Some(by.join(", ")),
+                detail: format!(
+                    "class {} on {target} granted until {}",
+                    grant.class,
+                    grant.grant_until.as_deref().unwrap_or("?")
+                ),
+            });
+            info!(flow_id = self.flow.id, id = %grant.id, "statement runs under an approval grant");
+            self.release(&frame, kind, ask.running, true);
+            return;
+        }
+        let request = Ask {
+            who: Requester {
+                identity,
+                uid: self.flow.uid,
+                pid: self.flow.pid,
+                comm: self.flow.comm.clone(),
+                cgroup_id: self.flow.cgroup_id,
+                session: self.recording.id().to_owned(),
+            },
+            target,
+            role: self.login.1.clone(),
+            database: self.login.2.clone(),
+            sql: ask.running.sql.to_string(),
+            shown: ask.shown.clone(),
+            class: ask.running.class.clone(),
+            rule: ask.rule.clone(),
+            reason: ask.reason.clone(),
+            approval: ask.approval.clone(),
+        };
+        match approvals.hold(request).await {
+            Err(e) => {
+                warn!(flow_id = self.flow.id, error = %e, "cannot create an approval request");
+                self.recording.record(Body::Approval {
+                    id: String::new(),
+                    event: "failed".into(),
+                    by: None,
+                    detail: e.to_string(),
+                });
+                let message = format!(
+                    "statement needs approval by rule {} ({}), but the request could not be stored: {e}",
+                    ask.rule, ask.reason
+                );
+                self.refuse(kind, deny_error(&ask.rule, &message, &ask.shown));
+            }
+            Ok(held) => {
+                let r = &held.request;
+                let id = &r.id;
+                self.recording.record(Body::Approval {
+                    id: id.clone(),
+                    event: "requested".into(),
+                    by: None,
+                    detail: format!(
+                        "rule {}: {}; approvers {}; expires {}; digest {}",
+                        r.rule,
+                        r.reason,
+                        r.approvers.join(", "),
+                        r.expires,
+                        r.digest
+                    ),
+                });
+                let message = format!(
+                    "chokepoint: waiting for approval {id}: run \"chokepoint approvals approve {id}\""
+                );
+                let detail = format!(
+                    "rule {}: {}; approvers: {}; expires {}",
+                    r.rule,
+                    r.reason,
+                    r.approvers.join(", "),
+                    r.expires
+                );
+                let _ = ErrorFields {
+                    severity: codec::Severity::Notice,
+                    code: "00000",
+                    message: &message,
+                    detail: Some(&detail),
+                    hint: None,
+                }
+                .encode_notice_into(&mut self.to_client);
+                self.held = Some(HeldStatement {
+                    frame,
+                    kind,
+                    running: ask.running,
+                    shown: ask.shown,
+                    rule: ask.rule,
+                    held,
+                });
+            }
+        }
+    }
+
+    /// One event of the held statement; true once it is decided and the
+    /// client's next messages may be read.
+    fn on_held(&mut self, event: HeldEvent) -> bool {
+        let request = match event {
+            HeldEvent::Notified { url, error } => {
+                let (event, detail) = match error {
+                    None => ("notified", url),
+                    Some(e) => ("notify_failed", format!("{url}: {e}")),
+                };
+                if let Some(h) = &self.held {
+                    self.recording.record(Body::Approval {
+                        id: h.held.id().to_owned(),
+                        event: event.into(),
+                        by: None,
+                        detail,
+                    });
+                }
+                return false;
+            }
+            HeldEvent::Ended(request) => *request,
+        };
+        let Some(held) = self.held.take() else {
+            return true;
+        };
+        let by: Vec<&str> = request.votes.iter().map(|v| v.by.as_str()).collect();
+        let by = (!by.is_empty()).then(|| by.join(", "));
+        let id = request.id.clone();
+        let approved = request.state == ApprovalState::Approved
+            && request.digest == crate::approvals::digest(&held.running.sql);
+        let detail = if approved {
+            let comments: Vec<String> = request
+                .votes
+                .iter()
+                .filter_map(|v| v.text.as_ref().map(|t| format!("{}: {t}", v.by)))
+                .collect();
+            match &request.grant_until {
+                Some(until) => format!("{}; grant until {until}", comments.join("; ")),
+                None => comments.join("; "),
+            }
+        } else {
+            request.outcome()
+        };
+        self.recording.record(Body::Approval {
+            id: id.clone(),
+            event: request.state.to_string(),
+            by,
+            detail,
+        });
+        info!(flow_id = self.flow.id, id = %id, state = %request.state, "held statement decided");
+        let HeldStatement {
+            frame,
+            kind,
+            running,
+            shown,
+            rule,
+            held: _handle,
+        } = held;
+        if approved {
+            self.release(&frame, kind, running, true);
+        } else {
+            let message = format!(
+                "statement not approved ({id}, rule {rule}): {}",
+                request.outcome()
+            );
+            self.refuse(kind, deny_error(&rule, &message, &shown));
+        }
+        true
     }
 
     /// One upstream message: track, mask, forward.

@@ -67,6 +67,8 @@ impl Pending {
 pub struct PreparedStatement {
     pub sql: Arc<str>,
     pub classification: Option<Arc<crate::protocols::postgres::classify::Classification>>,
+    /// Held at Parse and approved: its Binds run without asking again.
+    pub approved: bool,
 }
 
 /// A bound portal.
