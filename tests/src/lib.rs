@@ -9,6 +9,7 @@ pub mod ports;
 pub mod postgres;
 pub mod probe;
 pub mod servers;
+pub mod webhook;
 
 use std::{
     process::{Command, Output, Stdio},
@@ -25,6 +26,7 @@ pub use ports::{gateway_port, instance_name};
 pub use postgres::{PgServer, job_command, job_psql};
 pub use probe::{Failure, ProbeArgs, ProbeReport};
 pub use servers::{ConnRecord, Server, UdpSink};
+pub use webhook::WebhookReceiver;
 
 /// Polls `check` until it returns `Some`, or fails naming `what` after
 /// `timeout`. Timeouts here only stop a broken test from hanging; nothing

@@ -1,0 +1,625 @@
+//! Just-in-time approval end to end: a job's psql in a guarded cgroup is held on a dangerous statement until an approver decides over the admin socket (run as root).
+//!
+//! The job runs as root inside the cgroup, so root is the requester and
+//! may never approve its own statement; the approver is `nobody`, reaching
+//! the admin socket through its group `nogroup`. Each test has its own
+//! server, cgroup, gateway and 127.0.0.8x address.
+use std::{
+    collections::HashMap,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use chokepoint_tests::{
+    Gateway, GatewayConfig, PgServer, TestCgroup, WebhookReceiver, chokepoint_bin, job_psql,
+    run_with_timeout, wait_for,
+};
+use serde_json::Value;
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Hang guard for a request to show up, or a recording event to be written.
+const WAIT: Duration = Duration::from_secs(60);
+const NOBODY: u32 = 65534;
+/// A uid with no passwd entry and no approver rights.
+const STRANGER: u32 = 65533;
+
+/// Writes to `public.orders` are held; deleting everything is too.
+fn rules(approval: &str) -> String {
+    format!(
+        r#"
+[[rule]]
+name = "ci-orders"
+action = "allow"
+targets = ["orders-db"]
+
+[rule.postgres]
+roles = ["app_rw"]
+allow = ["read", "write", "transaction", "other"]
+deny = ["drop", "truncate"]
+
+[[rule.postgres.tables]]
+tables = ["public.orders"]
+approve = ["write"]
+
+[rule.approval]
+{approval}
+"#
+    )
+}
+
+struct Setup {
+    gw: Gateway,
+    cg: TestCgroup,
+    pg: PgServer,
+    address: String,
+    /// A copy of the binary `nobody` may execute.
+    bin: PathBuf,
+    _bin_dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn start(hint: &str, last: u8, approval: &str) -> Result<Self> {
+        Self::start_with(hint, last, approval, None)
+    }
+
+    /// With `store` lines in `[approvals]` (the fleet store).
+    fn start_with(
+        hint: &str,
+        last: u8,
+        approval: &str,
+        store: Option<&dyn Fn(&PgServer) -> String>,
+    ) -> Result<Self> {
+        let pg = PgServer::start()?;
+        let cg = TestCgroup::new(hint)?;
+        let address = format!("127.0.0.{last}");
+        pg.admin_psql(
+            "app_rw",
+            "orders",
+            &["CREATE TABLE orders (id int PRIMARY KEY, item text); \
+               INSERT INTO orders SELECT g, 'item ' || g FROM generate_series(1, 40) AS g"],
+        )?;
+        let mut config = GatewayConfig::new(hint, &cg)?
+            .daemon_setting("admin_group = \"nogroup\"")
+            .raw_toml(&pg.target_toml("orders-db", &address))
+            .raw_toml(&rules(approval));
+        if let Some(store) = store {
+            config = config.approvals_setting(&store(&pg));
+        }
+        let gw =
+            Gateway::start(&config).with_context(|| format!("config:\n{}", config.to_toml()))?;
+        let bin_dir = tempfile::Builder::new().prefix("cp-approver-").tempdir()?;
+        std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let bin = bin_dir.path().join("chokepoint");
+        std::fs::copy(chokepoint_bin()?, &bin)?;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Self {
+            gw,
+            cg,
+            pg,
+            address,
+            bin,
+            _bin_dir: bin_dir,
+        })
+    }
+
+    /// psql in the cgroup, running in the background.
+    fn spawn_psql(&self, commands: &[&str]) -> Result<Job> {
+        let conninfo = format!("host={} port=5432 dbname=orders user=app_rw", self.address);
+        let child = job_psql(&self.cg, &conninfo, commands)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning psql")?;
+        Ok(Job::new(child))
+    }
+
+    /// `chokepoint approvals --socket … <args>` as `uid`:`gid`.
+    fn approvals_as(&self, uid: u32, gid: u32, args: &[&str]) -> Result<Output> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("approvals")
+            .arg("--socket")
+            .arg(self.gw.admin_socket())
+            .args(args)
+            .uid(uid)
+            .gid(gid);
+        run_with_timeout(&mut cmd, CLIENT_TIMEOUT)
+    }
+
+    /// Pending requests as root sees them.
+    fn pending(&self) -> Result<Vec<Value>> {
+        let out = self.gw.approvals(&["list", "--json"])?;
+        ensure!(out.status.success(), "list failed: {}", text(&out));
+        Ok(serde_json::from_slice::<Vec<Value>>(&out.stdout)?)
+    }
+
+    /// Waits for `n` pending requests; returns them.
+    fn wait_pending(&self, n: usize) -> Result<Vec<Value>> {
+        wait_for(&format!("{n} pending requests"), WAIT, || {
+            self.pending().ok().filter(|p| p.len() == n)
+        })
+    }
+
+    fn orders(&self) -> Result<String> {
+        Ok(self
+            .pg
+            .admin_psql("app_rw", "orders", &["SELECT count(*) FROM orders"])?
+            .trim()
+            .to_owned())
+    }
+
+    /// The recorded approval events (`event` field), in order, for `id`.
+    fn approval_events(&self, id: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        for file in files(&self.gw.recording_dir()) {
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            for line in text.lines() {
+                // Each line wraps the event in its hash chain fields.
+                if let Ok(v) = serde_json::from_str::<Value>(line)
+                    && v["event"]["type"] == "approval"
+                    && v["event"]["id"] == id
+                {
+                    events.push(v["event"].clone());
+                }
+            }
+        }
+        events
+    }
+
+    fn wait_events(&self, id: &str, kinds: &[&str]) -> Result<Vec<Value>> {
+        wait_for(
+            &format!("recorded approval events {kinds:?} of {id}"),
+            WAIT,
+            || {
+                let events = self.approval_events(id);
+                let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+                kinds.iter().all(|k| names.contains(k)).then_some(events)
+            },
+        )
+    }
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else if p.extension().is_some_and(|x| x == "jsonl") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A background psql whose output is collected by a thread.
+struct Job {
+    rx: mpsc::Receiver<std::io::Result<Output>>,
+    pid: u32,
+}
+
+impl Job {
+    fn new(child: Child) -> Self {
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        Self { rx, pid }
+    }
+
+    fn finish(self) -> Result<Output> {
+        match self.rx.recv_timeout(CLIENT_TIMEOUT) {
+            Ok(out) => Ok(out?),
+            Err(_) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                bail!(
+                    "psql (pid {}) did not finish within {CLIENT_TIMEOUT:?}",
+                    self.pid
+                )
+            }
+        }
+    }
+
+    /// Still running (held), checked without waiting.
+    fn running(&self) -> bool {
+        matches!(self.rx.try_recv(), Err(mpsc::TryRecvError::Empty))
+    }
+}
+
+#[test]
+fn a_held_delete_runs_once_an_approver_approves_and_nobody_else_can() -> Result<()> {
+    let hooks = WebhookReceiver::start()?;
+    let secret_dir = tempfile::tempdir()?;
+    let bearer = secret_dir.path().join("hook-token");
+    std::fs::write(&bearer, "s3cret-token\n")?;
+    std::fs::set_permissions(&bearer, std::fs::Permissions::from_mode(0o600))?;
+    let s = Setup::start(
+        "apr-approve",
+        81,
+        &format!(
+            "approvers = [\"nobody\", \"root\"]\ntimeout = \"10m\"\nmax_grant = \"1h\"\nnotify = [{{ url = {:?}, bearer_file = {:?} }}]",
+            hooks.url("/hook"),
+            bearer.display().to_string()
+        ),
+    )?;
+    let job = s.spawn_psql(&["DELETE FROM orders", "SELECT count(*) FROM orders"])?;
+    let pending = s.wait_pending(1)?;
+    let r = &pending[0];
+    let id = r["id"].as_str().context("id")?.to_owned();
+    assert_eq!(r["statement"], "DELETE FROM orders", "{r}");
+    assert_eq!(r["state"], "pending");
+    assert_eq!(r["who"]["uid"], 0);
+    assert_eq!(r["who"]["comm"], "psql");
+    assert_eq!(r["target"], "orders-db");
+    assert_eq!(r["role"], "app_rw");
+    assert_eq!(r["database"], "orders");
+    assert_eq!(r["rule"], "ci-orders");
+    assert!(
+        r["reason"].as_str().unwrap_or("").contains("public.orders"),
+        "{r}"
+    );
+    assert!(job.running(), "psql must wait while the statement is held");
+    assert_eq!(s.orders()?, "40", "nothing may run before the decision");
+
+    // The webhook got the same request, with the bearer secret.
+    let hook = wait_for("the webhook POST", WAIT, || hooks.received().pop())?;
+    assert_eq!(hook.path, "/hook");
+    assert_eq!(hook.body["id"], id.as_str());
+    assert_eq!(hook.body["statement"], "DELETE FROM orders");
+    assert_eq!(hook.header("authorization"), Some("Bearer s3cret-token"));
+
+    // Refusals, each one line and a non-zero exit.
+    let own = s.gw.approvals(&["approve", &id])?;
+    assert!(!own.status.success());
+    assert!(
+        text(&own).contains("which is you: someone else must decide it"),
+        "{}",
+        text(&own)
+    );
+    let stranger = s.approvals_as(STRANGER, NOBODY, &["approve", &id])?;
+    assert!(!stranger.status.success());
+    assert!(
+        text(&stranger).contains("uid 65533 is not an approver"),
+        "{}",
+        text(&stranger)
+    );
+    let outsider = s.approvals_as(STRANGER, STRANGER, &["list"])?;
+    assert!(!outsider.status.success());
+    assert!(
+        text(&outsider).contains("permission denied on the admin socket"),
+        "{}",
+        text(&outsider)
+    );
+    let unknown = s.approvals_as(NOBODY, NOBODY, &["approve", "apr-zzzzzz"])?;
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("approval request apr-zzzzzz does not exist"),
+        "{}",
+        text(&unknown)
+    );
+    let too_long = s.approvals_as(NOBODY, NOBODY, &["approve", &id, "--for", "3h"])?;
+    assert!(
+        text(&too_long).contains("longer than rule ci-orders's max_grant of 1h"),
+        "{}",
+        text(&too_long)
+    );
+    assert!(job.running());
+
+    // The approver sees it and approves it: the statement runs, psql goes on.
+    let shown = s.approvals_as(NOBODY, NOBODY, &["show", &id])?;
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(
+        text(&shown).contains("what:      DELETE FROM orders"),
+        "{}",
+        text(&shown)
+    );
+    let approved = s.approvals_as(
+        NOBODY,
+        NOBODY,
+        &["approve", &id, "--comment", "cleanup ticket 42"],
+    )?;
+    assert!(approved.status.success(), "{}", text(&approved));
+    assert!(
+        text(&approved).contains("approved; the held statement runs"),
+        "{}",
+        text(&approved)
+    );
+    let out = job.finish()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "waiting for approval {id}: run \"chokepoint approvals approve {id}\""
+        )),
+        "{stderr}"
+    );
+    assert!(stdout.contains("DELETE 40"), "{stdout}{stderr}");
+    assert_eq!(stdout.lines().last(), Some("0"), "{stdout}");
+    assert_eq!(s.orders()?, "0");
+
+    let again = s.approvals_as(NOBODY, NOBODY, &["deny", &id, "--reason", "late"])?;
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("is already approved"),
+        "{}",
+        text(&again)
+    );
+
+    let events = s.wait_events(&id, &["requested", "notified", "approved"])?;
+    let approved = events.iter().find(|e| e["event"] == "approved").unwrap();
+    assert_eq!(approved["by"], "nobody");
+    assert!(
+        approved["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cleanup ticket 42"),
+        "{approved}"
+    );
+    Ok(())
+}
+
+#[test]
+fn denied_and_timed_out_statements_fail_with_42501_and_the_session_goes_on() -> Result<()> {
+    // Nothing listens on port 1: the webhook fails, the request stands.
+    let s = Setup::start(
+        "apr-deny",
+        82,
+        "approvers = [\"nobody\"]\ntimeout = \"3s\"\nnotify = [{ url = \"http://127.0.0.1:1/hook\" }]",
+    )?;
+    // Denied.
+    let job = s.spawn_psql(&["DELETE FROM orders WHERE id = 1", "SELECT 'after'"])?;
+    let id = s.wait_pending(1)?[0]["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let no_reason = s.approvals_as(NOBODY, NOBODY, &["deny", &id, "--reason", " "])?;
+    assert!(!no_reason.status.success());
+    let denied = s.approvals_as(
+        NOBODY,
+        NOBODY,
+        &["deny", &id, "--reason", "not during the freeze"],
+    )?;
+    assert!(denied.status.success(), "{}", text(&denied));
+    let out = job.finish()?;
+    let all = text(&out);
+    assert!(all.contains("ERROR:  42501"), "{all}");
+    assert!(
+        all.contains(&format!(
+            "statement not approved ({id}, rule ci-orders): denied by nobody: not during the freeze"
+        )),
+        "{all}"
+    );
+    assert!(all.contains("after"), "the session goes on: {all}");
+    assert_eq!(s.orders()?, "40");
+    let events = s.wait_events(&id, &["requested", "notify_failed", "denied"])?;
+    let failed = events
+        .iter()
+        .find(|e| e["event"] == "notify_failed")
+        .unwrap();
+    assert!(
+        failed["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("127.0.0.1:1"),
+        "{failed}"
+    );
+
+    // Timed out: nobody decides within 3 s.
+    let job = s.spawn_psql(&["UPDATE orders SET item = 'x'", "SELECT 'after'"])?;
+    let out = job.finish()?;
+    let all = text(&out);
+    assert!(all.contains("ERROR:  42501"), "{all}");
+    assert!(all.contains("no decision within 3s"), "{all}");
+    assert!(all.contains("after"), "{all}");
+    assert_eq!(
+        s.pg.admin_psql(
+            "app_rw",
+            "orders",
+            &["SELECT count(*) FROM orders WHERE item = 'x'"]
+        )?
+        .trim(),
+        "0"
+    );
+    let listed = s.gw.approvals(&["list", "--all", "--json"])?;
+    let all: Vec<Value> = serde_json::from_slice(&listed.stdout)?;
+    let states: Vec<&str> = all.iter().filter_map(|r| r["state"].as_str()).collect();
+    assert_eq!(states, ["denied", "expired"]);
+    Ok(())
+}
+
+#[test]
+fn a_client_that_leaves_cancels_its_request_and_a_grant_skips_asking() -> Result<()> {
+    let s = Setup::start(
+        "apr-grant",
+        83,
+        "approvers = [\"nobody\"]\ntimeout = \"10m\"\nmax_grant = \"30m\"",
+    )?;
+    // The client goes away while held.
+    let job = s.spawn_psql(&["DELETE FROM orders WHERE id = 1"])?;
+    let id = s.wait_pending(1)?[0]["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(job.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let _ = job.finish();
+    let cancelled = wait_for("the request to be cancelled", WAIT, || {
+        let out = s.gw.approvals(&["show", &id, "--json"]).ok()?;
+        let r: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
+        (r.first()?["state"] == "cancelled").then(|| r[0].clone())
+    })?;
+    assert!(
+        cancelled["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("disconnected"),
+        "{cancelled}"
+    );
+    assert_eq!(s.orders()?, "40");
+
+    // Approved with --for: later writes of the same class run unasked.
+    let job = s.spawn_psql(&["DELETE FROM orders WHERE id = 2"])?;
+    let id = s.wait_pending(1)?[0]["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let out = s.approvals_as(NOBODY, NOBODY, &["approve", &id, "--for", "20m"])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("grant until"), "{}", text(&out));
+    job.finish()?;
+    let out = run_with_timeout(
+        &mut job_psql(
+            &s.cg,
+            &format!("host={} port=5432 dbname=orders user=app_rw", s.address),
+            &["DELETE FROM orders WHERE id = 3"],
+        ),
+        CLIENT_TIMEOUT,
+    )?;
+    assert!(text(&out).contains("DELETE 1"), "{}", text(&out));
+    assert!(
+        !text(&out).contains("waiting for approval"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(s.orders()?, "38");
+    s.wait_events(&id, &["grant_used"])?;
+    Ok(())
+}
+
+#[test]
+fn twenty_held_statements_are_decided_in_any_order() -> Result<()> {
+    let s = Setup::start(
+        "apr-many",
+        84,
+        "approvers = [\"nobody\"]\ntimeout = \"10m\"",
+    )?;
+    let mut jobs = HashMap::new();
+    for n in 1..=20 {
+        let sql = format!("DELETE FROM orders WHERE id = {n}");
+        jobs.insert(sql.clone(), s.spawn_psql(&[&sql])?);
+    }
+    let pending = s.wait_pending(20)?;
+    let mut requests: Vec<(String, String)> = pending
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap_or_default().to_owned(),
+                r["statement"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    // A shuffle from the ids themselves, which are random.
+    requests.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut approved = Vec::new();
+    for (i, (id, sql)) in requests.iter().enumerate() {
+        let out = if i % 2 == 0 {
+            approved.push(sql.clone());
+            s.approvals_as(NOBODY, NOBODY, &["approve", id])?
+        } else {
+            s.approvals_as(NOBODY, NOBODY, &["deny", id, "--reason", "odd one"])?
+        };
+        ensure!(out.status.success(), "{}", text(&out));
+    }
+    for (sql, job) in jobs {
+        let out = job.finish()?;
+        let all = text(&out);
+        if approved.contains(&sql) {
+            assert!(all.contains("DELETE 1"), "{sql}: {all}");
+        } else {
+            assert!(all.contains("denied by nobody: odd one"), "{sql}: {all}");
+        }
+    }
+    assert_eq!(s.orders()?, "30");
+    Ok(())
+}
+
+#[test]
+fn a_fleet_store_lets_an_approver_decide_on_another_gateway() -> Result<()> {
+    // Both gateways share the fleet store in the test server; the second
+    // one guards an empty cgroup of its own and serves only the approver.
+    let store = |pg: &PgServer| {
+        format!(
+            "postgres = \"host=127.0.0.1 port={} user=app_rw dbname=orders\"\npostgres_password_file = {:?}",
+            pg.port(),
+            pg.password_file("app_rw").display().to_string()
+        )
+    };
+    let s = Setup::start_with(
+        "apr-fleet",
+        85,
+        "approvers = [\"nobody\"]\ntimeout = \"10m\"",
+        Some(&store),
+    )?;
+    let a = &s.gw;
+    let cg_b = TestCgroup::new("apr-fleet-b")?;
+    let config_b = GatewayConfig::new("apr-fleet-b", &cg_b)?
+        .daemon_setting("admin_group = \"nogroup\"")
+        .approvals_setting(&store(&s.pg))
+        .raw_toml(&s.pg.target_toml("orders-db", &s.address))
+        .raw_toml(&rules("approvers = [\"nobody\"]\ntimeout = \"10m\""));
+    let b = Gateway::start(&config_b).with_context(|| config_b.to_toml())?;
+
+    let conninfo = format!("host={} port=5432 dbname=orders user=app_rw", s.address);
+    let job = Job::new(
+        job_psql(
+            &s.cg,
+            &conninfo,
+            &["DELETE FROM orders WHERE id = 7", "SELECT 'after'"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?,
+    );
+    // Listed through the other gateway.
+    let listed = wait_for("the request on gateway b", WAIT, || {
+        let out = b.approvals(&["list", "--json"]).ok()?;
+        let v: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
+        (v.len() == 1).then(|| v[0].clone())
+    })?;
+    let id = listed["id"].as_str().context("id")?.to_owned();
+    assert_eq!(
+        listed["gateway"]
+            .as_str()
+            .map(|g| g.ends_with(a.instance())),
+        Some(true),
+        "{listed}"
+    );
+    let mut cmd = Command::new(&s.bin);
+    cmd.arg("approvals")
+        .arg("--socket")
+        .arg(b.admin_socket())
+        .args(["approve", &id])
+        .uid(NOBODY)
+        .gid(NOBODY);
+    let out = run_with_timeout(&mut cmd, CLIENT_TIMEOUT)?;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = job.finish()?;
+    let all = text(&out);
+    assert!(all.contains("DELETE 1"), "{all}");
+    assert!(all.contains("after"), "{all}");
+    assert_eq!(s.orders()?, "39");
+    drop(b);
+    Ok(())
+}
