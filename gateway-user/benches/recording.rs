@@ -39,6 +39,7 @@ fn main() {
                     gid: 1000,
                     comm: "pgbench".into(),
                     cgroup_id: 1,
+                job: None,
                 },
                 dst: "127.0.0.3:5432".into(),
                 protocol: "postgres".into(),

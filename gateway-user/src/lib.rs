@@ -6,6 +6,8 @@
 //!   the only module that touches aya;
 //! * [`flow`] turns an accepted connection into a [`flow::Flow`]: who opened
 //!   it and where it was going, as the kernel recorded it;
+//! * [`identity`] validates the CI provider's OIDC tokens and binds their
+//!   claims to the job's cgroup;
 //! * [`policy`] is the TOML model, its loading with precise errors, and the
 //!   pure evaluation of a flow against it;
 //! * [`protocols`] holds one folder per protocol the gateway speaks (plain
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod daemon;
 pub mod ebpf;
 pub mod flow;
+pub mod identity;
 pub mod masking;
 pub mod policy;
 pub mod protocols;

@@ -16,6 +16,34 @@ mod client;
 mod protocol;
 mod server;
 
+use std::sync::Arc;
+
 pub use client::call;
-pub use protocol::{AdminRequest, AdminResponse};
+pub use protocol::{AdminRequest, AdminResponse, JobInfo};
 pub use server::{AdminSocket, serve_connection};
+
+use crate::{approvals::Approvals, identity::Jobs};
+
+/// What the admin API serves: the bound socket and the services behind it.
+pub struct AdminContext {
+    pub socket: AdminSocket,
+    pub approvals: Arc<Approvals>,
+    pub jobs: Arc<Jobs>,
+}
+
+impl AdminContext {
+    /// The services, for one connection's task.
+    pub fn handles(&self) -> AdminHandles {
+        AdminHandles {
+            approvals: self.approvals.clone(),
+            jobs: self.jobs.clone(),
+        }
+    }
+}
+
+/// The services one admin connection may call.
+#[derive(Clone)]
+pub struct AdminHandles {
+    pub approvals: Arc<Approvals>,
+    pub jobs: Arc<Jobs>,
+}

@@ -25,6 +25,26 @@ pub enum AdminRequest {
         /// A prefix of the statement digest the approver saw.
         digest: Option<String>,
     },
+    /// Binds an OIDC token to a cgroup (default: the caller's).
+    JobBegin {
+        token: String,
+        cgroup: Option<String>,
+    },
+    JobEnd {
+        cgroup: Option<String>,
+    },
+    JobList,
+}
+
+/// One bound job, as `job begin` and `job list` report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub identity: String,
+    pub claims: std::collections::BTreeMap<String, String>,
+    /// RFC 3339.
+    pub expires: String,
 }
 
 /// `error` set: the request failed, and says why in one line.
@@ -32,22 +52,24 @@ pub enum AdminRequest {
 pub struct AdminResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requests: Vec<Request>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobInfo>,
 }
 
 impl AdminResponse {
     pub fn error(message: impl Into<String>) -> AdminResponse {
         AdminResponse {
             error: Some(message.into()),
-            requests: Vec::new(),
+            ..AdminResponse::default()
         }
     }
 
     pub fn requests(requests: Vec<Request>) -> AdminResponse {
         AdminResponse {
-            error: None,
             requests,
+            ..AdminResponse::default()
         }
     }
 }

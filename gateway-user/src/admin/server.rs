@@ -3,7 +3,6 @@
 use std::{
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
@@ -14,7 +13,21 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::protocol::{AdminRequest, AdminResponse, MAX_REQUEST_BYTES};
-use crate::approvals::{Approvals, Caller, Verdict};
+use super::{AdminHandles, protocol::JobInfo};
+use crate::{
+    approvals::{Caller, Verdict},
+    identity::Binding,
+};
+
+fn job_info(b: &Binding) -> JobInfo {
+    JobInfo {
+        cgroup: b.cgroup.clone(),
+        cgroup_id: b.cgroup_id,
+        identity: b.job.describe(),
+        claims: b.job.claims.clone(),
+        expires: humantime::format_rfc3339_seconds(b.job.expires).to_string(),
+    }
+}
 
 /// A caller that sends nothing for this long is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,7 +89,7 @@ impl Drop for AdminSocket {
 }
 
 /// Answers one caller.
-pub async fn serve_connection(stream: UnixStream, approvals: Arc<Approvals>) {
+pub async fn serve_connection(stream: UnixStream, services: AdminHandles) {
     let caller = match stream.peer_cred() {
         Ok(cred) => {
             let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
@@ -101,7 +114,7 @@ pub async fn serve_connection(stream: UnixStream, approvals: Arc<Approvals>) {
             AdminResponse::error(format!("request longer than {MAX_REQUEST_BYTES} bytes"))
         }
         Ok(Ok(_)) => match serde_json::from_str::<AdminRequest>(&line) {
-            Ok(request) => answer(&approvals, &caller, request).await,
+            Ok(request) => answer(&services, &caller, request).await,
             Err(e) => AdminResponse::error(format!("malformed request: {e}")),
         },
     };
@@ -110,8 +123,53 @@ pub async fn serve_connection(stream: UnixStream, approvals: Arc<Approvals>) {
     let _ = write.write_all(&bytes).await;
 }
 
-async fn answer(approvals: &Approvals, caller: &Caller, request: AdminRequest) -> AdminResponse {
+async fn answer(services: &AdminHandles, caller: &Caller, request: AdminRequest) -> AdminResponse {
+    let approvals = &services.approvals;
     let result = match request {
+        AdminRequest::JobBegin { token, cgroup } => {
+            let jobs = services.jobs.clone();
+            let (uid, pid) = (caller.uid, caller.pid);
+            let bound = tokio::task::spawn_blocking(move || {
+                jobs.begin(uid, pid, &token, cgroup.as_deref())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            return match bound {
+                Ok(b) => {
+                    info!(cgroup = %b.cgroup, identity = %b.job.describe(), by = %caller.name, "job bound");
+                    AdminResponse {
+                        jobs: vec![job_info(&b)],
+                        ..AdminResponse::default()
+                    }
+                }
+                Err(e) => {
+                    warn!(caller = %caller.name, uid = caller.uid, error = %e, "job begin refused");
+                    AdminResponse::error(e)
+                }
+            };
+        }
+        AdminRequest::JobEnd { cgroup } => {
+            return match services.jobs.end(caller.uid, caller.pid, cgroup.as_deref()) {
+                Ok(b) => {
+                    info!(cgroup = %b.cgroup, identity = %b.job.describe(), by = %caller.name, "job ended");
+                    AdminResponse {
+                        jobs: vec![job_info(&b)],
+                        ..AdminResponse::default()
+                    }
+                }
+                Err(e) => AdminResponse::error(e),
+            };
+        }
+        AdminRequest::JobList => {
+            if caller.uid != 0 {
+                return AdminResponse::error("only root may list bound jobs");
+            }
+            let jobs = services.jobs.bindings.list().iter().map(job_info).collect();
+            return AdminResponse {
+                jobs,
+                ..AdminResponse::default()
+            };
+        }
         AdminRequest::ApprovalsList { all } => approvals.list(caller, all).await,
         AdminRequest::ApprovalsShow { id } => approvals.show(caller, &id).await.map(|r| vec![r]),
         AdminRequest::ApprovalsDecide {

@@ -3,6 +3,7 @@
 mod approvals;
 mod detach;
 mod doctor;
+mod job;
 mod policy;
 mod run;
 mod sessions;
@@ -53,6 +54,13 @@ pub enum Command {
     /// Validate and explain policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Bind a CI job's OIDC token to its cgroup (runner hooks), or end it.
+    Job {
+        #[command(flatten)]
+        target: job::SocketArgs,
+        #[command(subcommand)]
+        command: job::JobCommand,
+    },
     /// Statements held for approval: list, show, approve, deny.
     Approvals {
         #[command(flatten)]
@@ -107,6 +115,10 @@ pub enum PolicyCommand {
         /// Process name (comm) of the connecting process.
         #[arg(long, default_value = "")]
         comm: String,
+        /// The job's token claims, e.g. repository=acme/app,ref=refs/heads/main
+        /// (without them, the connection is unidentified).
+        #[arg(long)]
+        claims: Option<String>,
     },
 }
 
@@ -127,7 +139,16 @@ pub fn main() -> ExitCode {
             uid,
             user,
             comm,
-        }) => policy::explain(&config, dest, uid, user.as_deref(), &comm),
+            claims,
+        }) => policy::explain(
+            &config,
+            dest,
+            uid,
+            user.as_deref(),
+            &comm,
+            claims.as_deref(),
+        ),
+        Command::Job { target, command } => job::job(&target, &command),
     }
 }
 

@@ -26,6 +26,7 @@ pub(super) fn explain(
     uid: Option<u32>,
     user: Option<&str>,
     comm: &str,
+    claims: Option<&str>,
 ) -> ExitCode {
     let policy = match Policy::load(config) {
         Ok(p) => p,
@@ -40,7 +41,15 @@ pub(super) fn explain(
             Ok(Some(u)) => (u.uid.as_raw(), u.gid.as_raw()),
             _ => return super::fail(format_args!("unknown user {name:?}")),
         },
-        (None, None) => return super::fail("say who connects: --uid N or --user NAME"),
+        // A job is named by its claims; no uid rule should match it by accident.
+        (None, None) if claims.is_some() => (u32::MAX, u32::MAX),
+        (None, None) => {
+            return super::fail("say who connects: --uid N, --user NAME or --claims k=v,…");
+        }
+    };
+    let claims = match claims.map(parse_claims).transpose() {
+        Ok(c) => c,
+        Err(e) => return super::fail(e),
     };
     let facts = FlowFacts {
         dst: dest,
@@ -48,7 +57,28 @@ pub(super) fn explain(
         uid,
         gid,
         comm,
+        claims: claims.as_ref(),
     };
     print!("{}", policy.explain(&facts));
     ExitCode::SUCCESS
+}
+
+/// `repository=acme/app,ref=refs/heads/main` → claims.
+fn parse_claims(text: &str) -> Result<crate::policy::Claims, String> {
+    let mut claims = crate::policy::Claims::new();
+    for pair in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            format!("--claims: {pair:?} is not claim=value (write e.g. repository=acme/app,ref=refs/heads/main)")
+        })?;
+        if k.trim().is_empty() {
+            return Err(format!("--claims: {pair:?} names no claim"));
+        }
+        claims.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    if claims.is_empty() {
+        return Err(
+            "--claims is empty: write e.g. repository=acme/app,ref=refs/heads/main".to_owned(),
+        );
+    }
+    Ok(claims)
 }

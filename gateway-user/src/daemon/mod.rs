@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub recorder: Arc<Recorder>,
     /// Fixed at start, like the recorder: the store does not move on reload.
     pub approvals: Arc<crate::approvals::Approvals>,
+    /// Job bindings survive reloads; their issuers are replaced by them.
+    pub jobs: Arc<crate::identity::Jobs>,
 }
 
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
@@ -79,6 +81,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     .map_err(RunError::Admin)?;
     ebpf::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
     let cgroup = ebpf::resolve_cgroup(&guard.cgroup, guard.create)?;
+    let jobs = Arc::new(crate::identity::Jobs::new(
+        policy.issuers().to_vec(),
+        policy.runner_uids().to_vec(),
+        ebpf::cgroup2_mount().ok(),
+    ));
     // Listeners first: a busy port must fail before anything is attached.
     let Listeners { v4, v6 } = flow::bind_listeners(daemon.listen_port, daemon.exempt_mark)?;
     let attached = ebpf::attach(
@@ -104,7 +111,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         attached,
         postgres: Arc::default(),
         recorder,
-        approvals,
+        approvals: approvals.clone(),
+        jobs: jobs.clone(),
     });
 
     // Handlers go in before READY: until they exist, SIGHUP or SIGTERM
@@ -113,6 +121,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         warn!(error = %e, "sd_notify READY failed");
     }
+    let admin = crate::admin::AdminContext {
+        approvals,
+        jobs,
+        socket: admin,
+    };
     let result = serve::serve(shared.clone(), v4, v6, admin, signals, &opts.config).await;
     shared.recorder.shutdown().await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

@@ -23,7 +23,11 @@ pub(crate) fn reload(shared: &Shared, config: &Path) {
                     old.instance, old.listen_port
                 );
             }
-            info!(policy = %policy.summary(), mode = %policy.daemon().mode, "policy reloaded");
+            info!(policy = %policy.summary(), mode = %policy.daemon().mode, issuers = policy.issuers().len(), "policy reloaded");
+            // JWKS files are re-read with the policy: rotated keys apply now.
+            shared
+                .jobs
+                .reload(policy.issuers().to_vec(), policy.runner_uids().to_vec());
             shared.policy.store(std::sync::Arc::new(policy));
         }
         Err(errors) => {

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::{RunError, Shared, reload::reload};
-use crate::admin::AdminSocket;
+use crate::admin::AdminContext;
 use crate::{
     flow::{self, Flow},
     policy::{Decision, FlowFacts, Mode, Protocol, Verdict},
@@ -55,7 +55,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     v4: TcpListener,
     v6: TcpListener,
-    admin: AdminSocket,
+    admin: AdminContext,
     signals: Signals,
     config: &Path,
 ) -> Result<(), RunError> {
@@ -72,11 +72,11 @@ pub(crate) async fn serve(
             r = v4.accept() => r,
             r = v6.accept() => r,
             _ = hup.recv() => { reload(&shared, config); continue; }
-            r = admin.accept() => {
+            r = admin.socket.accept() => {
                 match r {
-                    Ok(stream) => { tasks.spawn(crate::admin::serve_connection(stream, shared.approvals.clone())); }
+                    Ok(stream) => { tasks.spawn(crate::admin::serve_connection(stream, admin.handles())); }
                     Err(e) => {
-                        warn!(error = %e, socket = %admin.path().display(), "admin accept failed");
+                        warn!(error = %e, socket = %admin.socket.path().display(), "admin accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
@@ -142,7 +142,12 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let span = info_span!("flow", id = flow.id, pid = flow.pid, comm = %flow.comm, dst = %flow.dst);
+    let job = shared.jobs.job_of(flow.cgroup_id);
+    let identity = job.as_ref().map_or_else(
+        || crate::identity::UNIDENTIFIED.to_owned(),
+        |j| j.describe(),
+    );
+    let span = info_span!("flow", id = flow.id, pid = flow.pid, comm = %flow.comm, dst = %flow.dst, identity = %identity);
     async move {
         let policy = shared.policy.load_full();
         let facts = FlowFacts {
@@ -151,6 +156,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             uid: flow.uid,
             gid: flow.gid,
             comm: &flow.comm,
+            claims: job.as_ref().map(|j| &j.claims),
         };
         let decision = policy.evaluate(&facts);
         let mode = policy.daemon().mode;
@@ -166,13 +172,20 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
                     mark: shared.daemon.exempt_mark,
                     shared: shared.postgres.clone(),
                     approvals: Some(shared.approvals.clone()),
+                    job: job.clone(),
                 })
             }),
             _ => None,
         };
         let recording = shared
             .recorder
-            .open(start_event(&flow, &decision, mode, postgres.is_some()))
+            .open(start_event(
+                &flow,
+                job.as_deref(),
+                &decision,
+                mode,
+                postgres.is_some(),
+            ))
             .await;
         let (mut statements, mut denied) = (0, 0);
         let (moved, error) = if let (true, Some(ctx)) = (forward, postgres) {
@@ -202,7 +215,15 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             tcp::refuse(client).await;
             (Transferred::default(), None)
         };
-        log_flow(&flow, &decision, mode, moved, error.as_deref(), started);
+        log_flow(
+            &flow,
+            &identity,
+            &decision,
+            mode,
+            moved,
+            error.as_deref(),
+            started,
+        );
         recording.close(Body::SessionEnd {
             bytes_up: moved.up,
             bytes_down: moved.down,
@@ -237,7 +258,13 @@ async fn forward_to(
     }
 }
 
-fn start_event(flow: &Flow, decision: &Decision, mode: Mode, postgres: bool) -> Body {
+fn start_event(
+    flow: &Flow,
+    job: Option<&crate::identity::JobIdentity>,
+    decision: &Decision,
+    mode: Mode,
+    postgres: bool,
+) -> Body {
     Body::SessionStart {
         identity: Identity {
             pid: flow.pid,
@@ -245,6 +272,7 @@ fn start_event(flow: &Flow, decision: &Decision, mode: Mode, postgres: bool) -> 
             gid: flow.gid,
             comm: flow.comm.clone(),
             cgroup_id: flow.cgroup_id,
+            job: job.cloned(),
         },
         dst: flow.dst.to_string(),
         protocol: if postgres { "postgres" } else { "tcp" }.to_owned(),
@@ -257,6 +285,7 @@ fn start_event(flow: &Flow, decision: &Decision, mode: Mode, postgres: bool) -> 
 
 fn log_flow(
     flow: &Flow,
+    identity: &str,
     decision: &Decision,
     mode: Mode,
     moved: Transferred,
@@ -270,6 +299,7 @@ fn log_flow(
         gid = flow.gid,
         comm = %flow.comm,
         cgroup_id = flow.cgroup_id,
+        identity,
         dst = %flow.dst,
         decision = %decision.verdict,
         rule = decision.rule_name(),

@@ -10,7 +10,7 @@ use super::{
     eval::{DEFAULT_DENY, Protocol, Verdict},
     load::{At, Entry, Located, Report, Source, describe},
     masking_config::{self, MaskingKey, MaskingRules},
-    model::{Int, MaskingEntry, PortValue, RuleEntry, TargetEntry},
+    model::{ClaimPatterns, Int, MaskingEntry, PortValue, RuleEntry, TargetEntry},
     postgres::{self, Place, PostgresRule, PostgresTarget, RuleScope},
 };
 
@@ -85,6 +85,16 @@ pub(super) struct Rule {
     /// `[rule.approval]` over `[approvals]`: `Some` when the rule holds
     /// statements for approval.
     pub approval: Option<Arc<ApprovalRule>>,
+    /// `[rule.claims]`: each claim must match one of its globs; `None`:
+    /// the rule does not look at the job's identity.
+    pub claims: Option<Vec<ClaimRule>>,
+}
+
+/// One `[rule.claims]` entry.
+#[derive(Debug)]
+pub(super) struct ClaimRule {
+    pub claim: String,
+    pub patterns: Vec<Pattern>,
 }
 
 /// `uids` ∪ the uids of `users`.
@@ -571,9 +581,10 @@ fn rule(at: At, entry: RuleEntry, context: &RuleContext<'_>, report: &mut Report
         }
     };
     let approval = approval_of(&entry, &postgres, at, &label, context, report);
+    let claims = claims(&entry, file, report);
     let name = entry.name?;
-    let (Some(action), Some(_), Ok(uids), Ok(processes), Ok(postgres), Ok(approval)) =
-        (action, targets, uids, processes, postgres, approval)
+    let (Some(action), Some(_), Ok(uids), Ok(processes), Ok(postgres), Ok(approval), Ok(claims)) =
+        (action, targets, uids, processes, postgres, approval, claims)
     else {
         return None;
     };
@@ -586,7 +597,61 @@ fn rule(at: At, entry: RuleEntry, context: &RuleContext<'_>, report: &mut Report
         origin: context.origin.clone(),
         postgres,
         approval,
+        claims,
     })
+}
+
+/// `[rule.claims]`: claim names and their globs.
+fn claims(
+    entry: &RuleEntry,
+    file: usize,
+    report: &mut Report,
+) -> Result<Option<Vec<ClaimRule>>, ()> {
+    let Some(table) = &entry.claims else {
+        return Ok(None);
+    };
+    if table.get_ref().is_empty() {
+        report.error(
+            At::of(file, table),
+            "[rule.claims] is empty: name claims such as repository = \"acme/*\", or remove it",
+        );
+        return Err(());
+    }
+    let mut ok = true;
+    let mut out = Vec::new();
+    for (claim, value) in table.get_ref() {
+        let texts = match value.get_ref() {
+            ClaimPatterns::One(t) => vec![t.clone()],
+            ClaimPatterns::Many(list) => list.clone(),
+        };
+        if texts.is_empty() {
+            report.error(
+                At::of(file, value),
+                format!(
+                    "claim {:?} lists no pattern: write e.g. {} = \"acme/*\"",
+                    claim.get_ref(),
+                    claim.get_ref()
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        let mut patterns = Vec::new();
+        for text in texts {
+            match Pattern::new(&text) {
+                Ok(p) => patterns.push(p),
+                Err(e) => {
+                    report.error(At::of(file, value), format!("claim pattern {text:?}: {e}"));
+                    ok = false;
+                }
+            }
+        }
+        out.push(ClaimRule {
+            claim: claim.get_ref().clone(),
+            patterns,
+        });
+    }
+    if ok { Ok(Some(out)) } else { Err(()) }
 }
 
 /// The rule's approval settings when it holds anything for approval;

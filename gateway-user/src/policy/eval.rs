@@ -24,7 +24,13 @@ pub struct FlowFacts<'a> {
     pub gid: u32,
     /// The process name as the kernel keeps it (at most 15 bytes).
     pub comm: &'a str,
+    /// The claims of the job bound to the process's cgroup; `None`:
+    /// unidentified.
+    pub claims: Option<&'a Claims>,
 }
+
+/// A job token's claims, as text.
+pub type Claims = std::collections::BTreeMap<String, String>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
@@ -158,6 +164,22 @@ impl Rule {
             .is_none_or(|patterns| patterns.iter().any(|p| p.matches(comm)))
     }
 
+    /// True when the rule names no claims, or the job's claims match every
+    /// one it names.
+    pub(super) fn claims_match(&self, claims: Option<&Claims>) -> bool {
+        let Some(rules) = &self.claims else {
+            return true;
+        };
+        let Some(claims) = claims else {
+            return false;
+        };
+        rules.iter().all(|r| {
+            claims
+                .get(&r.claim)
+                .is_some_and(|v| r.patterns.iter().any(|p| p.matches(v)))
+        })
+    }
+
     /// `Some(target)` when the rule matches the flow (`Some(None)` for `"*"`).
     pub(super) fn matches<'t>(
         &self,
@@ -165,7 +187,7 @@ impl Rule {
         (ip, port): (IpAddr, u16),
         flow: &FlowFacts<'_>,
     ) -> Option<Option<&'t Target>> {
-        if !self.uid_matches(flow.uid) {
+        if !self.uid_matches(flow.uid) || !self.claims_match(flow.claims) {
             return None;
         }
         let target = match self.target_for(targets, ip, port) {

@@ -195,6 +195,25 @@ fn trace(compiled: &Compiled, rule: &Rule, flow: &FlowFacts<'_>) -> RuleTrace {
         }
         reasons.push(why);
     }
+    if let Some(claims) = &rule.claims
+        && !rule.claims_match(flow.claims)
+    {
+        match flow.claims {
+            None => reasons.push(
+                "the connection is unidentified (no job is bound to its cgroup), and the rule names job claims".to_owned(),
+            ),
+            Some(job) => {
+                for c in claims {
+                    let patterns: Vec<&str> = c.patterns.iter().map(|p| p.as_str()).collect();
+                    match job.get(&c.claim) {
+                        Some(v) if c.patterns.iter().any(|p| p.matches(v)) => {}
+                        Some(v) => reasons.push(format!("claim {} = {v:?} matches none of {patterns:?}", c.claim)),
+                        None => reasons.push(format!("the job's token has no claim {}", c.claim)),
+                    }
+                }
+            }
+        }
+    }
     if !rule.comm_matches(flow.comm)
         && let Some(patterns) = &rule.processes
     {

@@ -20,8 +20,8 @@ use tracing::debug;
 use super::{
     error::{Diagnostic, PolicyErrors},
     model::{
-        ApprovalsSection, DaemonSection, GuardSection, MaskingEntry, RecordingSection, RuleEntry,
-        TargetEntry,
+        ApprovalsSection, DaemonSection, GuardSection, IdentitySection, MaskingEntry,
+        RecordingSection, RuleEntry, TargetEntry,
     },
 };
 
@@ -78,11 +78,13 @@ pub(super) struct Loaded {
     pub guard: Option<Located<GuardSection>>,
     pub recording: Option<Located<RecordingSection>>,
     pub approvals: Option<Located<ApprovalsSection>>,
+    pub identity: Option<Located<IdentitySection>>,
     /// Where the first `[daemon]`, `[guard]`, `[recording]` and `[approvals]` are, even if invalid.
     pub daemon_at: Option<At>,
     pub guard_at: Option<At>,
     pub recording_at: Option<At>,
     pub approvals_at: Option<At>,
+    pub identity_at: Option<At>,
     pub targets: Vec<Located<Entry<TargetEntry>>>,
     pub rules: Vec<Located<Entry<RuleEntry>>>,
     pub masking: Vec<Located<Entry<MaskingEntry>>>,
@@ -315,7 +317,7 @@ impl Loader {
 }
 
 const SECTIONS: &str =
-    "[daemon], [guard], [recording], [approvals], [[target]], [[rule]] and [[masking]]";
+    "[daemon], [guard], [recording], [approvals], [identity], [[target]], [[rule]] and [[masking]]";
 
 /// Splits one file into its sections; returns its `include` entries.
 fn parse(
@@ -405,6 +407,17 @@ fn parse(
                 {
                     section.at = key_at;
                     loaded.approvals = Some(section);
+                }
+            }
+            "identity" => {
+                if !first_of_its_kind(&mut loaded.identity_at, key_at, "identity", sources, report)
+                {
+                    continue;
+                }
+                if let Some(mut section) = table::<IdentitySection>(file, "identity", value, report)
+                {
+                    section.at = key_at;
+                    loaded.identity = Some(section);
                 }
             }
             "target" => loaded

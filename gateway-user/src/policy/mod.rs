@@ -74,6 +74,7 @@
 //!     uid: 1000,
 //!     gid: 1000,
 //!     comm: "curl",
+//!     claims: None,
 //! });
 //! if decision.verdict == Verdict::Deny {
 //!     println!("denied by {}", decision.rule_name());
@@ -85,6 +86,7 @@ mod compile;
 mod error;
 mod eval;
 mod explain;
+mod identity_config;
 mod load;
 mod masking_config;
 mod model;
@@ -108,7 +110,7 @@ pub use approval::{
     duration as parse_duration,
 };
 pub use error::{Diagnostic, PolicyErrors};
-pub use eval::{DEFAULT_DENY, Decision, FlowFacts, Protocol, Verdict};
+pub use eval::{Claims, DEFAULT_DENY, Decision, FlowFacts, Protocol, Verdict};
 pub use explain::{Explanation, RuleOutcome, RuleTrace};
 pub use postgres::{Credential, DEFAULT_MAX_MESSAGE_BYTES, PostgresTarget, UpstreamTls};
 pub use session::{SessionRules, StatementDecision, StatementVerdict};
@@ -127,6 +129,8 @@ pub struct Policy {
     guard: Option<GuardSettings>,
     recording: RecordingSettings,
     approvals: ApprovalStoreSettings,
+    issuers: Vec<crate::identity::Issuer>,
+    runner_uids: Vec<u32>,
     sources: Vec<PathBuf>,
     compiled: Compiled,
 }
@@ -151,6 +155,8 @@ impl Policy {
         let recording = settings::recording(loaded.recording.as_ref(), &sources, &mut report);
         let (approval_defaults, approvals) =
             settings::approvals(loaded.approvals, &sources, &mut report);
+        let (issuers, runner_uids) =
+            identity_config::identity(loaded.identity.as_ref(), &sources, users, &mut report);
         let entries = Entries {
             targets: loaded.targets,
             rules: loaded.rules,
@@ -170,6 +176,8 @@ impl Policy {
             guard,
             recording,
             approvals,
+            issuers,
+            runner_uids,
             sources: sources.into_iter().map(|s| s.path).collect(),
             compiled,
         })
@@ -181,6 +189,17 @@ impl Policy {
 
     pub fn recording(&self) -> &RecordingSettings {
         &self.recording
+    }
+
+    /// The OIDC issuers whose tokens bind jobs, with their keys as read
+    /// at this load.
+    pub fn issuers(&self) -> &[crate::identity::Issuer] {
+        &self.issuers
+    }
+
+    /// Uids besides root that may bind and end jobs.
+    pub fn runner_uids(&self) -> &[u32] {
+        &self.runner_uids
     }
 
     /// Where approval requests are kept.
@@ -244,7 +263,9 @@ impl Policy {
             .rules
             .iter()
             .filter(|r| r.action == Verdict::Allow)
-            .filter(|r| r.uid_matches(flow.uid) && r.comm_matches(flow.comm))
+            .filter(|r| {
+                r.uid_matches(flow.uid) && r.comm_matches(flow.comm) && r.claims_match(flow.claims)
+            })
             .filter(|r| r.targets.iter().any(reaches))
             .map(|r| session::SessionRule {
                 name: r.name.clone(),

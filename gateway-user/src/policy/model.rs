@@ -138,6 +138,36 @@ pub(super) struct RuleEntry {
     pub processes: Option<Spanned<Vec<Spanned<String>>>>,
     pub postgres: Option<Spanned<PostgresRuleSection>>,
     pub approval: Option<Spanned<ApprovalKeys>>,
+    /// `[rule.claims]`: job token claim → glob(s).
+    pub claims: Option<Spanned<BTreeMap<Spanned<String>, Spanned<ClaimPatterns>>>>,
+}
+
+/// A `[rule.claims]` value: one glob or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum ClaimPatterns {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `[identity]`: who may bind jobs, and the OIDC issuers whose tokens bind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IdentitySection {
+    pub runner_users: Option<Spanned<Vec<Spanned<String>>>>,
+    pub leeway: Option<Spanned<String>>,
+    pub issuer: Option<Vec<Spanned<IssuerEntry>>>,
+}
+
+/// `[[identity.issuer]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IssuerEntry {
+    pub name: Option<Spanned<String>>,
+    pub issuer: Option<Spanned<String>>,
+    pub audience: Option<Spanned<Vec<Spanned<String>>>>,
+    pub jwks_file: Option<Spanned<String>>,
+    pub required_claims: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[rule.postgres]`: what an allowed flow may do inside a PostgreSQL session.

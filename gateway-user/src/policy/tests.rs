@@ -67,6 +67,7 @@ pub(super) fn flow<'a>(dst: &str, uid: u32, comm: &'a str) -> FlowFacts<'a> {
         uid,
         gid: uid,
         comm,
+        claims: None,
     }
 }
 
@@ -1167,4 +1168,137 @@ fn a_badly_named_target_is_reported_once() {
         "{}",
         e.message
     );
+}
+
+const CLAIM_RULES: &str = r#"
+[[target]]
+name = "db"
+addresses = ["127.0.0.9"]
+ports = [5432]
+
+[[rule]]
+name = "acme-main"
+action = "allow"
+targets = ["db"]
+[rule.claims]
+repository = "acme/*"
+ref = ["refs/heads/main", "refs/tags/v*"]
+"#;
+
+fn claims(pairs: &[(&str, &str)]) -> Claims {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn claim_rules_match_bound_jobs_and_never_unidentified_ones() {
+    let files = Files::new();
+    let policy = load_one(&files, CLAIM_RULES).expect("loads");
+    let main = claims(&[("repository", "acme/app"), ("ref", "refs/heads/main")]);
+    let tag = claims(&[("repository", "acme/app"), ("ref", "refs/tags/v1.2")]);
+    let branch = claims(&[("repository", "acme/app"), ("ref", "refs/heads/dev")]);
+    let other = claims(&[("repository", "evil/app"), ("ref", "refs/heads/main")]);
+    let no_ref = claims(&[("repository", "acme/app")]);
+    let with = |c: Option<&Claims>| {
+        let mut f = flow("127.0.0.9:5432", 1000, "psql");
+        f.claims = c;
+        policy.evaluate(&f).verdict
+    };
+    assert_eq!(with(Some(&main)), Verdict::Allow);
+    assert_eq!(with(Some(&tag)), Verdict::Allow);
+    assert_eq!(with(Some(&branch)), Verdict::Deny);
+    assert_eq!(with(Some(&other)), Verdict::Deny);
+    assert_eq!(with(Some(&no_ref)), Verdict::Deny);
+    assert_eq!(with(None), Verdict::Deny);
+
+    let mut f = flow("127.0.0.9:5432", 1000, "psql");
+    let text = policy.explain(&f).to_string();
+    assert!(
+        text.contains("no match: the connection is unidentified (no job is bound to its cgroup), and the rule names job claims"),
+        "{text}"
+    );
+    f.claims = Some(&branch);
+    let text = policy.explain(&f).to_string();
+    assert!(
+        text.contains(
+            r#"claim ref = "refs/heads/dev" matches none of ["refs/heads/main", "refs/tags/v*"]"#
+        ),
+        "{text}"
+    );
+    f.claims = Some(&main);
+    assert!(
+        policy
+            .explain(&f)
+            .to_string()
+            .contains("decision: allow by rule acme-main")
+    );
+}
+
+#[test]
+fn identity_settings_and_claim_rules_are_checked_where_written() {
+    let files = Files::new();
+    files.write("jwks/bad.json", "{\"not\": \"a jwks\"}");
+    files.write("jwks/empty.json", "{\"keys\": []}");
+    let text = r#"
+[identity]
+runner_users = ["runner", "ghost"]
+leeway = "1h"
+
+[[identity.issuer]]
+name = "github"
+
+[[identity.issuer]]
+name = "gitlab"
+issuer = "https://gitlab.example"
+audience = ["chokepoint"]
+jwks_file = "jwks/bad.json"
+
+[[identity.issuer]]
+name = "other"
+issuer = "https://other.example"
+audience = ["chokepoint"]
+jwks_file = "jwks/empty.json"
+
+[[rule]]
+name = "r"
+action = "allow"
+targets = ["*"]
+[rule.claims]
+repository = []
+ref = "[unclosed"
+"#;
+    let all = errors(load_one(&files, text));
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    for (needle, message) in [
+        (
+            "\"ghost\"",
+            "runner user \"ghost\" does not exist on this host",
+        ),
+        ("\"1h\"", "leeway is longer than 10m"),
+        (
+            "[[identity.issuer]]\nname = \"github\"",
+            "this [[identity.issuer]] needs issuer = ",
+        ),
+        ("\"jwks/bad.json\"", "is not a JWKS"),
+        ("\"jwks/empty.json\"", "holds no keys"),
+        ("[]\nref", "claim \"repository\" lists no pattern"),
+        ("\"[unclosed\"", "claim pattern \"[unclosed\""),
+    ] {
+        let at = position_of(text, needle);
+        assert!(
+            all.iter()
+                .any(|d| (d.line, d.col) == at && d.message.contains(message)),
+            "no {message:?} at {at:?} in {messages:#?}"
+        );
+    }
+}
+
+/// 1-based line and column of `needle` in `text`.
+fn position_of(text: &str, needle: &str) -> (usize, usize) {
+    let offset = text.find(needle).expect("needle");
+    let line = text[..offset].matches('\n').count() + 1;
+    let col = offset - text[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
 }

@@ -24,6 +24,10 @@ pub struct Identity {
     pub gid: u32,
     pub comm: String,
     pub cgroup_id: u64,
+    /// The CI job bound to the cgroup (issuer, subject, claims); absent
+    /// for an unidentified process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::identity::JobIdentity>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

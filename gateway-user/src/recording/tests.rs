@@ -22,6 +22,7 @@ fn start() -> Body {
             gid: 1000,
             comm: "psql".into(),
             cgroup_id: 7,
+            job: None,
         },
         dst: "127.0.0.3:5432".into(),
         protocol: "postgres".into(),

@@ -111,4 +111,6 @@ pub struct PostgresContext {
     /// `None` where no approval service runs (a statement a rule holds is
     /// then denied).
     pub approvals: Option<Arc<crate::approvals::Approvals>>,
+    /// The job bound to the client's cgroup, if any.
+    pub job: Option<Arc<crate::identity::JobIdentity>>,
 }

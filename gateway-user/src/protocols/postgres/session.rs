@@ -981,8 +981,12 @@ impl Session<'_> {
         }
     }
 
-    /// The job's identity as approvals and grants know it.
+    /// The job's identity as approvals and grants know it: the bound CI
+    /// job, else the process's uid.
     fn identity(&self) -> String {
+        if let Some(job) = &self.ctx.job {
+            return job.describe();
+        }
         let uid = self.flow.uid;
         match nix::unistd::User::from_uid(uid.into()) {
             Ok(Some(user)) => format!("uid {uid} ({})", user.name),

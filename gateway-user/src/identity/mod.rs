@@ -1,0 +1,182 @@
+//! Job identity: the CI provider's OIDC ID token, validated and bound to
+//! the cgroup the job runs in, so policy can speak of repositories,
+//! branches and environments instead of uids.
+//!
+//! A runner hook calls `chokepoint job begin --token-file …` when a job
+//! starts; the gateway validates the token ([`token::validate`]) and binds
+//! its claims to the caller's cgroup ([`Bindings`]); every connection from
+//! that cgroup then carries them ([`Jobs::job_of`]) until `chokepoint job
+//! end` or the token's expiry. Processes in no bound cgroup are
+//! `unidentified`.
+//!
+//! ```no_run
+//! # fn demo(jobs: &chokepoint::identity::Jobs, token: &str) -> Result<(), String> {
+//! let binding = jobs.begin(0, None, token, Some("ci/job-42"))?;
+//! println!("bound {} to {}", binding.job.describe(), binding.cgroup);
+//! # Ok(()) }
+//! ```
+mod bindings;
+pub mod token;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use arc_swap::ArcSwap;
+pub use bindings::{BindError, Binding, Bindings};
+use serde::{Deserialize, Serialize};
+pub use token::{Issuer, TokenError};
+
+/// What a validated token says about the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobIdentity {
+    /// The configured issuer's name, e.g. `github`.
+    pub issuer: String,
+    /// The `sub` claim, e.g. `repo:acme/app:ref:refs/heads/main`.
+    pub subject: String,
+    /// Every scalar claim as text (`repository`, `ref`, `environment`…).
+    pub claims: BTreeMap<String, String>,
+    #[serde(skip, default = "epoch")]
+    pub expires: SystemTime,
+    /// `jti`, or the run/pipeline and job ids: what makes a token single-use.
+    #[serde(skip)]
+    pub replay_key: String,
+}
+
+fn epoch() -> SystemTime {
+    SystemTime::UNIX_EPOCH
+}
+
+impl JobIdentity {
+    /// `github:repo:acme/app:ref:refs/heads/main`, for logs and requests.
+    pub fn describe(&self) -> String {
+        format!("{}:{}", self.issuer, self.subject)
+    }
+}
+
+/// The identity of a process in no bound cgroup.
+pub const UNIDENTIFIED: &str = "unidentified";
+
+/// The gateway's job bindings and what validates them.
+pub struct Jobs {
+    issuers: ArcSwap<Vec<Issuer>>,
+    /// Uids besides root that may bind and end jobs.
+    runners: ArcSwap<Vec<u32>>,
+    pub bindings: Bindings,
+    cgroup_root: Option<PathBuf>,
+}
+
+impl Jobs {
+    pub fn new(issuers: Vec<Issuer>, runners: Vec<u32>, cgroup_root: Option<PathBuf>) -> Jobs {
+        Jobs {
+            issuers: ArcSwap::from_pointee(issuers),
+            runners: ArcSwap::from_pointee(runners),
+            bindings: Bindings::default(),
+            cgroup_root,
+        }
+    }
+
+    /// New issuers (and their re-read JWKS files) after a reload; bound
+    /// jobs stay bound.
+    pub fn reload(&self, issuers: Vec<Issuer>, runners: Vec<u32>) {
+        self.issuers.store(Arc::new(issuers));
+        self.runners.store(Arc::new(runners));
+    }
+
+    fn authorize(&self, uid: u32) -> Result<(), String> {
+        if uid == 0 || self.runners.load().contains(&uid) {
+            Ok(())
+        } else {
+            Err(format!(
+                "uid {uid} may not bind or end jobs: only root and [identity] runner_users may"
+            ))
+        }
+    }
+
+    /// `chokepoint job begin`: validates `token` and binds it to `cgroup`
+    /// (default: the caller's own cgroup).
+    pub fn begin(
+        &self,
+        uid: u32,
+        pid: Option<u32>,
+        token: &str,
+        cgroup: Option<&str>,
+    ) -> Result<Binding, String> {
+        self.authorize(uid)?;
+        let (id, path) = self.resolve(cgroup, pid)?;
+        let now = SystemTime::now();
+        let job = token::validate(&self.issuers.load(), token, now)
+            .map_err(|e| format!("token refused: {e}"))?;
+        self.bindings
+            .bind(id, &path, job, now)
+            .map_err(|e| e.to_string())
+    }
+
+    /// `chokepoint job end`.
+    pub fn end(&self, uid: u32, pid: Option<u32>, cgroup: Option<&str>) -> Result<Binding, String> {
+        self.authorize(uid)?;
+        let (id, path) = self.resolve(cgroup, pid)?;
+        self.bindings.end(id, &path).map_err(|e| e.to_string())
+    }
+
+    /// The job a connection's cgroup runs, if bound and unexpired.
+    pub fn job_of(&self, cgroup_id: u64) -> Option<Arc<JobIdentity>> {
+        self.bindings.job(cgroup_id, SystemTime::now())
+    }
+
+    /// A cgroup's id (its inode in cgroupfs, as `bpf_get_current_cgroup_id`
+    /// reports it) and path: `cgroup` relative to the cgroup2 mount or
+    /// absolute under it, or the process `pid`'s own.
+    fn resolve(&self, cgroup: Option<&str>, pid: Option<u32>) -> Result<(u64, String), String> {
+        let root = self
+            .cgroup_root
+            .clone()
+            .ok_or("no cgroup2 mount on this host")?;
+        let relative = match cgroup {
+            Some(p) => {
+                let path = Path::new(p);
+                match path.strip_prefix(&root) {
+                    Ok(rel) => format!("/{}", rel.display()),
+                    Err(_) => format!("/{}", p.trim_start_matches('/')),
+                }
+            }
+            None => {
+                let pid =
+                    pid.ok_or("the caller's pid is unknown: name the job's cgroup with --cgroup")?;
+                own_cgroup(pid)?
+            }
+        };
+        if relative.split('/').any(|c| c == "..") {
+            return Err(format!("cgroup {relative:?} may not contain \"..\""));
+        }
+        let full = root.join(relative.trim_start_matches('/'));
+        let meta =
+            std::fs::metadata(&full).map_err(|e| format!("cgroup {} : {e}", full.display()))?;
+        if !meta.is_dir() {
+            return Err(format!("{} is not a cgroup directory", full.display()));
+        }
+        if relative == "/" {
+            return Err(
+                "the root cgroup holds every process of the host: bind a job's own cgroup"
+                    .to_owned(),
+            );
+        }
+        Ok((std::os::unix::fs::MetadataExt::ino(&meta), relative))
+    }
+}
+
+/// The cgroup2 path of a process, from `/proc/<pid>/cgroup` (`0::/path`).
+fn own_cgroup(pid: u32) -> Result<String, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("cannot read the caller's cgroup (/proc/{pid}/cgroup): {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("process {pid} is in no cgroup2 cgroup"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,279 @@
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::JwkSet};
+use serde_json::{Value, json};
+
+use super::{token::*, *};
+
+const ISS: &str = "https://token.example.test";
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A signing key and its JWK.
+struct Key {
+    alg: Algorithm,
+    kid: String,
+    encoding: EncodingKey,
+    jwk: Value,
+    public: Vec<u8>,
+}
+
+fn ed25519(kid: &str) -> Key {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let public = pair.public_key_raw().to_vec();
+    Key {
+        alg: Algorithm::EdDSA,
+        kid: kid.into(),
+        encoding: EncodingKey::from_ed_der(&pair.serialize_der()),
+        jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(&public)}),
+        public,
+    }
+}
+
+fn p256(kid: &str) -> Key {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let public = pair.public_key_raw().to_vec();
+    Key {
+        alg: Algorithm::ES256,
+        kid: kid.into(),
+        encoding: EncodingKey::from_ec_der(&pair.serialize_der()),
+        jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+                    "x": b64(&public[1..33]), "y": b64(&public[33..])}),
+        public,
+    }
+}
+
+/// RSA keys come from the openssl command: ring cannot generate them.
+fn rsa(kid: &str) -> Key {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key.pem");
+    let ok = std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&path)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    let modulus = std::process::Command::new("openssl")
+        .args(["rsa", "-noout", "-modulus", "-in"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(modulus.stdout).unwrap();
+    let n = hex::decode(text.trim().trim_start_matches("Modulus=")).unwrap();
+    let pem = std::fs::read(&path).unwrap();
+    Key {
+        alg: Algorithm::RS256,
+        kid: kid.into(),
+        encoding: EncodingKey::from_rsa_pem(&pem).unwrap(),
+        jwk: json!({"kty": "RSA", "kid": kid, "alg": "RS256", "n": b64(&n), "e": "AQAB"}),
+        public: n,
+    }
+}
+
+fn issuer(keys: &[&Key]) -> Issuer {
+    let set: JwkSet = serde_json::from_value(
+        json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()}),
+    )
+    .unwrap();
+    Issuer {
+        name: "ci".into(),
+        issuer: ISS.into(),
+        audiences: vec!["chokepoint".into()],
+        keys: set,
+        jwks_file: "/etc/chokepoint/jwks/ci.json".into(),
+        required: vec!["repository".into()],
+        leeway: Duration::from_secs(30),
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn claims() -> Value {
+    json!({
+        "iss": ISS, "aud": "chokepoint", "sub": "repo:acme/app:ref:refs/heads/main",
+        "iat": now() - 10, "nbf": now() - 10, "exp": now() + 600,
+        "jti": "d5a3c2", "repository": "acme/app", "ref": "refs/heads/main",
+        "run_id": 42, "environment": "production",
+    })
+}
+
+fn sign(key: &Key, claims: &Value) -> String {
+    let mut header = Header::new(key.alg);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, claims, &key.encoding).unwrap()
+}
+
+fn check(issuers: &[Issuer], token: &str) -> Result<JobIdentity, TokenError> {
+    validate(issuers, token, SystemTime::now())
+}
+
+#[test]
+fn rs256_es256_and_eddsa_tokens_are_accepted_with_their_claims() {
+    let keys = [rsa("r1"), p256("e1"), ed25519("d1")];
+    let issuers = [issuer(&keys.iter().collect::<Vec<_>>())];
+    for key in &keys {
+        let job =
+            check(&issuers, &sign(key, &claims())).unwrap_or_else(|e| panic!("{:?}: {e}", key.alg));
+        assert_eq!(job.issuer, "ci");
+        assert_eq!(job.subject, "repo:acme/app:ref:refs/heads/main");
+        assert_eq!(job.claims["repository"], "acme/app");
+        assert_eq!(job.claims["run_id"], "42");
+        assert_eq!(job.replay_key, "jti:d5a3c2");
+        assert_eq!(job.describe(), "ci:repo:acme/app:ref:refs/heads/main");
+    }
+}
+
+#[test]
+fn every_bad_token_is_refused_with_a_precise_error() {
+    let key = p256("e1");
+    let issuers = [issuer(&[&key])];
+    let with = |k: &str, v: Value| {
+        let mut c = claims();
+        c[k] = v;
+        sign(&key, &c)
+    };
+    let expired = check(&issuers, &with("exp", json!(now() - 120))).unwrap_err();
+    assert!(matches!(expired, TokenError::Expired(_)), "{expired}");
+    assert!(
+        expired.to_string().starts_with("the token expired at "),
+        "{expired}"
+    );
+    let early = check(&issuers, &with("nbf", json!(now() + 600))).unwrap_err();
+    assert!(
+        early
+            .to_string()
+            .starts_with("the token is not valid before "),
+        "{early}"
+    );
+    let future = check(&issuers, &with("iat", json!(now() + 600))).unwrap_err();
+    assert!(matches!(future, TokenError::IssuedInFuture(_)), "{future}");
+    let aud = check(&issuers, &with("aud", json!("someone-else"))).unwrap_err();
+    assert_eq!(
+        aud.to_string(),
+        "audience [\"someone-else\"] is not [\"chokepoint\"]"
+    );
+    let iss = check(&issuers, &with("iss", json!("https://evil.test"))).unwrap_err();
+    assert_eq!(
+        iss.to_string(),
+        "issuer \"https://evil.test\" is not configured (configured: https://token.example.test)"
+    );
+    let mut c = claims();
+    c.as_object_mut().unwrap().remove("repository");
+    let missing = check(&issuers, &sign(&key, &c)).unwrap_err();
+    assert_eq!(
+        missing.to_string(),
+        "the token lacks the claim \"repository\""
+    );
+    let mut c = claims();
+    for k in ["jti", "run_id"] {
+        c.as_object_mut().unwrap().remove(k);
+    }
+    assert_eq!(
+        check(&issuers, &sign(&key, &c)).unwrap_err(),
+        TokenError::NoReplayKey
+    );
+
+    // Unknown kid; a key that is not the issuer's under a known kid.
+    let stranger = p256("e2");
+    let unknown = check(&issuers, &sign(&stranger, &claims())).unwrap_err();
+    assert_eq!(
+        unknown.to_string(),
+        "unknown kid \"e2\" for issuer ci (its JWKS /etc/chokepoint/jwks/ci.json has: e1)"
+    );
+    let impostor = Key {
+        kid: "e1".into(),
+        ..p256("x")
+    };
+    let forged = check(&issuers, &sign(&impostor, &claims())).unwrap_err();
+    assert_eq!(
+        forged.to_string(),
+        "bad signature: the token was not signed by key \"e1\" of issuer ci"
+    );
+
+    // alg=none, and HS256 keyed with the (public) JWK.
+    let payload = b64(claims().to_string().as_bytes());
+    let none = format!("{}.{payload}.", b64(br#"{"alg":"none","kid":"e1"}"#));
+    assert_eq!(
+        check(&issuers, &none).unwrap_err().to_string(),
+        "alg \"none\" is refused: only RS256, ES256 and EdDSA are accepted"
+    );
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("e1".into());
+    let hs =
+        jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(&key.public)).unwrap();
+    assert_eq!(
+        check(&issuers, &hs).unwrap_err(),
+        TokenError::Algorithm("HS256".into())
+    );
+    // An ES256 key cannot verify an EdDSA token carrying its kid.
+    let ed = Key {
+        kid: "e1".into(),
+        ..ed25519("y")
+    };
+    let mismatch = check(&issuers, &sign(&ed, &claims())).unwrap_err();
+    assert!(
+        matches!(mismatch, TokenError::KeyMismatch { .. }),
+        "{mismatch}"
+    );
+
+    assert!(matches!(
+        check(&issuers, "a.b").unwrap_err(),
+        TokenError::Malformed(_)
+    ));
+    assert!(matches!(
+        check(&issuers, "!!.??.##").unwrap_err(),
+        TokenError::Malformed(_)
+    ));
+}
+
+#[test]
+fn a_token_binds_once_and_a_cgroup_runs_one_job_at_a_time() {
+    let key = ed25519("d1");
+    let issuers = [issuer(&[&key])];
+    let job = check(&issuers, &sign(&key, &claims())).unwrap();
+    let bindings = Bindings::default();
+    let now = SystemTime::now();
+    bindings.bind(7, "/ci/job-a", job.clone(), now).unwrap();
+    let again = bindings.bind(8, "/ci/job-b", job.clone(), now).unwrap_err();
+    assert!(
+        again
+            .to_string()
+            .starts_with("this token was already bound (to cgroup /ci/job-a at "),
+        "{again}"
+    );
+    let mut other = claims();
+    other["jti"] = json!("second");
+    let second = check(&issuers, &sign(&key, &other)).unwrap();
+    let busy = bindings
+        .bind(7, "/ci/job-a", second.clone(), now)
+        .unwrap_err();
+    assert!(
+        busy.to_string()
+            .contains("is already bound to ci:repo:acme/app"),
+        "{busy}"
+    );
+    assert_eq!(
+        bindings.job(7, now).unwrap().claims["repository"],
+        "acme/app"
+    );
+    assert!(bindings.job(8, now).is_none());
+    // Expired: as if unbound.
+    assert!(bindings.job(7, now + Duration::from_secs(3600)).is_none());
+    bindings.end(7, "/ci/job-a").unwrap();
+    assert!(bindings.job(7, now).is_none());
+    assert_eq!(
+        bindings.end(7, "/ci/job-a").unwrap_err().to_string(),
+        "no job is bound to cgroup /ci/job-a"
+    );
+    // The first token stays spent even after its job ended.
+    assert!(bindings.bind(9, "/ci/job-c", job, now).is_err());
+}

@@ -1,0 +1,166 @@
+//! `[identity]`: the OIDC issuers whose tokens bind jobs (each with its JWKS file, read at every load and reload), and the runner users who may bind.
+use std::time::Duration;
+
+use jsonwebtoken::jwk::JwkSet;
+
+use super::{
+    approval,
+    load::{At, Located, Report, Source},
+    model::{IdentitySection, IssuerEntry},
+    secret_file,
+};
+use crate::identity::Issuer;
+
+/// Clock skew tolerated on exp, nbf and iat unless `leeway` says otherwise.
+const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+const MAX_LEEWAY: Duration = Duration::from_secs(600);
+
+/// The issuers and runner uids; problems reported at their keys.
+pub(super) fn identity(
+    section: Option<&Located<IdentitySection>>,
+    sources: &[Source],
+    users: super::compile::UserLookup<'_>,
+    report: &mut Report,
+) -> (Vec<Issuer>, Vec<u32>) {
+    let Some(Located { at, value: section }) = section else {
+        return (Vec::new(), Vec::new());
+    };
+    let file = at.file;
+    let mut runners = Vec::new();
+    for user in section
+        .runner_users
+        .as_ref()
+        .map(|l| l.get_ref().as_slice())
+        .unwrap_or_default()
+    {
+        match users(user.get_ref()) {
+            Ok(Some(uid)) => runners.push(uid),
+            Ok(None) => report.error(
+                At::of(file, user),
+                format!(
+                    "runner user {:?} does not exist on this host",
+                    user.get_ref()
+                ),
+            ),
+            Err(e) => report.error(
+                At::of(file, user),
+                format!("runner user {:?}: {e}", user.get_ref()),
+            ),
+        }
+    }
+    let mut leeway = DEFAULT_LEEWAY;
+    if let Some(text) = &section.leeway {
+        match approval::duration(text.get_ref()) {
+            Ok(d) if d <= MAX_LEEWAY => leeway = d,
+            Ok(_) => report.error(
+                At::of(file, text),
+                "leeway is longer than 10m: clocks are not that far apart",
+            ),
+            Err(message) => report.error(At::of(file, text), format!("leeway: {message}")),
+        }
+    }
+    let mut issuers: Vec<Issuer> = Vec::new();
+    for entry in section.issuer.iter().flatten() {
+        if let Some(issuer) = issuer(entry, file, sources, leeway, report) {
+            if issuers
+                .iter()
+                .any(|i| i.issuer == issuer.issuer || i.name == issuer.name)
+            {
+                report.error(
+                    At::of(file, entry),
+                    format!(
+                        "issuer {:?} ({}) is configured twice: keep one",
+                        issuer.name, issuer.issuer
+                    ),
+                );
+                continue;
+            }
+            issuers.push(issuer);
+        }
+    }
+    (issuers, runners)
+}
+
+fn issuer(
+    entry: &toml::Spanned<IssuerEntry>,
+    file: usize,
+    sources: &[Source],
+    leeway: Duration,
+    report: &mut Report,
+) -> Option<Issuer> {
+    let at = At::of(file, entry);
+    let e = entry.get_ref();
+    let mut missing = Vec::new();
+    if e.name.is_none() {
+        missing.push("name = \"github\"");
+    }
+    if e.issuer.is_none() {
+        missing.push("issuer = \"https://token.actions.githubusercontent.com\"");
+    }
+    if e.audience.as_ref().is_none_or(|a| a.get_ref().is_empty()) {
+        missing.push("audience = [\"chokepoint\"]");
+    }
+    if e.jwks_file.is_none() {
+        missing.push("jwks_file = \"/etc/chokepoint/jwks/github.json\"");
+    }
+    if !missing.is_empty() {
+        report.error(
+            at,
+            format!("this [[identity.issuer]] needs {}", missing.join(", ")),
+        );
+        return None;
+    }
+    let (name, iss, audience, jwks) = (
+        e.name.as_ref()?,
+        e.issuer.as_ref()?,
+        e.audience.as_ref()?,
+        e.jwks_file.as_ref()?,
+    );
+    if !super::compile::check_name("issuer", name.get_ref(), At::of(file, name), report) {
+        return None;
+    }
+    let path = secret_file::resolve(sources, file, jwks.get_ref());
+    let keys = match secret_file::read_bounded(&path) {
+        Err(err) => {
+            report.error(
+                At::of(file, jwks),
+                format!("jwks_file {}: {err}", path.display()),
+            );
+            return None;
+        }
+        Ok(bytes) => match serde_json::from_slice::<JwkSet>(&bytes) {
+            Ok(set) if !set.keys.is_empty() => set,
+            Ok(_) => {
+                report.error(
+                    At::of(file, jwks),
+                    format!("jwks_file {} holds no keys", path.display()),
+                );
+                return None;
+            }
+            Err(err) => {
+                report.error(
+                    At::of(file, jwks),
+                    format!("jwks_file {} is not a JWKS ({err}): save the issuer's /.well-known/jwks endpoint there", path.display()),
+                );
+                return None;
+            }
+        },
+    };
+    Some(Issuer {
+        name: name.get_ref().clone(),
+        issuer: iss.get_ref().clone(),
+        audiences: audience
+            .get_ref()
+            .iter()
+            .map(|a| a.get_ref().clone())
+            .collect(),
+        keys,
+        jwks_file: path.display().to_string(),
+        required: e
+            .required_claims
+            .as_ref()
+            .map(|l| l.get_ref().iter().map(|c| c.get_ref().clone()).collect())
+            .unwrap_or_default(),
+        leeway,
+    })
+}
