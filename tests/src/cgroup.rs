@@ -86,6 +86,17 @@ impl TestCgroup {
         Ok(Self { path, procs })
     }
 
+    /// A cgroup inside this one (guarded by whatever guards this one):
+    /// drop it before its parent.
+    pub fn child(&self, name: &str) -> Result<Self> {
+        let path = self.path.join(name);
+        std::fs::create_dir(&path)
+            .with_context(|| format!("creating cgroup {}", path.display()))?;
+        let procs = CString::new(path.join("cgroup.procs").as_os_str().as_bytes())
+            .context("cgroup path contains a NUL byte")?;
+        Ok(Self { path, procs })
+    }
+
     /// Absolute path of the cgroup directory (what `[guard] cgroup` names).
     pub fn path(&self) -> &Path {
         &self.path
