@@ -1302,3 +1302,37 @@ fn position_of(text: &str, needle: &str) -> (usize, usize) {
     let col = offset - text[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
     (line, col)
 }
+
+#[test]
+fn the_identity_example_loads_and_decides_by_claims() {
+    let files = Files::new();
+    let jwks = r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    files.write("jwks/github.json", jwks);
+    files.write("jwks/gitlab.json", jwks);
+    let example = include_str!("../../../examples/identity/policy.toml").replace(
+        "/etc/chokepoint/jwks/",
+        &format!("{}/", files.path("jwks").display()),
+    );
+    // The example names the runner users of a real host; these tests know
+    // their own users only.
+    let example = example.replace(
+        r#"runner_users = ["github-runner", "gitlab-runner"]"#,
+        r#"runner_users = ["runner"]"#,
+    );
+    let policy = load_one(&files, &example).expect("the example loads");
+    assert_eq!(policy.issuers().len(), 2);
+    assert_eq!(policy.runner_uids(), [1000]);
+    let decide = |dst: &str, pairs: &[(&str, &str)]| {
+        let c = claims(pairs);
+        let mut f = flow(dst, 1000, "psql");
+        f.claims = Some(&c);
+        policy.evaluate(&f).rule_name().to_owned()
+    };
+    let main = [("repository", "acme/app"), ("ref", "refs/heads/main"), ("environment", "production")];
+    assert_eq!(decide("10.30.0.5:5432", &main), "acme-prod-deploy");
+    assert_eq!(decide("10.20.0.5:5432", &main), "acme-staging");
+    let branch = [("repository", "acme/app"), ("ref", "refs/heads/dev"), ("environment", "production")];
+    assert_eq!(decide("10.30.0.5:5432", &branch), DEFAULT_DENY);
+    let gitlab = [("project_path", "acme/app"), ("ref", "main"), ("ref_protected", "true"), ("environment", "production")];
+    assert_eq!(decide("10.30.0.5:5432", &gitlab), "gitlab-prod-deploy");
+}
