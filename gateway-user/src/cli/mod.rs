@@ -119,6 +119,11 @@ pub enum PolicyCommand {
         /// (without them, the connection is unidentified).
         #[arg(long)]
         claims: Option<String>,
+        /// A DNS name the job resolved to the destination (repeat for
+        /// several): shows whether the gateway's DNS would answer it, and
+        /// matches targets by their hosts.
+        #[arg(long = "name")]
+        names: Vec<String>,
     },
 }
 
@@ -140,6 +145,7 @@ pub fn main() -> ExitCode {
             user,
             comm,
             claims,
+            names,
         }) => policy::explain(
             &config,
             dest,
@@ -147,6 +153,7 @@ pub fn main() -> ExitCode {
             user.as_deref(),
             &comm,
             claims.as_deref(),
+            &names,
         ),
         Command::Job { target, command } => job::job(&target, &command),
     }

@@ -27,6 +27,7 @@ pub(super) fn explain(
     user: Option<&str>,
     comm: &str,
     claims: Option<&str>,
+    names: &[String],
 ) -> ExitCode {
     let policy = match Policy::load(config) {
         Ok(p) => p,
@@ -58,6 +59,26 @@ pub(super) fn explain(
         gid,
         comm,
         claims: claims.as_ref(),
+        names: &[],
+    };
+    let names: Vec<std::sync::Arc<str>> = names
+        .iter()
+        .map(|n| std::sync::Arc::from(n.trim_end_matches('.').to_ascii_lowercase()))
+        .collect();
+    for name in &names {
+        let d = policy.resolve(&facts, name);
+        println!(
+            "dns {name}: {} by rule {}{}",
+            if d.allowed { "answered" } else { "denied" },
+            d.rule,
+            d.target
+                .map(|t| format!(" (target {t})"))
+                .unwrap_or_default()
+        );
+    }
+    let facts = FlowFacts {
+        names: &names,
+        ..facts
     };
     print!("{}", policy.explain(&facts));
     ExitCode::SUCCESS

@@ -420,6 +420,21 @@ fn details(body: &Body) -> String {
                 .map(|b| format!(" by {b}"))
                 .unwrap_or_default()
         ),
+        Body::Dns {
+            name,
+            qtype,
+            decision,
+            rule,
+            answer,
+            addresses,
+        } => format!(
+            "{decision} by {rule}: {name} {qtype} → {answer}{}",
+            if addresses.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", addresses.join(", "))
+            }
+        ),
         Body::Seal { final_hash, .. } => format!("final hash {final_hash}"),
     }
 }
@@ -517,6 +532,17 @@ fn replay(source: &Source, id: &str, speed: f64) -> Result<(), String> {
                 by.as_deref()
                     .map(|b| format!(" by {b}"))
                     .unwrap_or_default()
+            ),
+            Body::Dns {
+                name,
+                qtype,
+                answer,
+                addresses,
+                ..
+            } => writeln!(
+                out,
+                "-- dns {name} {qtype} → {answer} {}",
+                addresses.join(", ")
             ),
             Body::SessionEnd { .. } => writeln!(out, "-- session ended"),
             Body::Seal { .. } => Ok(()),

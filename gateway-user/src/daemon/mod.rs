@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub approvals: Arc<crate::approvals::Approvals>,
     /// Job bindings survive reloads; their issuers are replaced by them.
     pub jobs: Arc<crate::identity::Jobs>,
+    /// Names each job resolved through the gateway, by address.
+    pub names: Arc<crate::protocols::dns::NameTable>,
 }
 
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
@@ -113,6 +115,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         recorder,
         approvals: approvals.clone(),
         jobs: jobs.clone(),
+        names: Arc::default(),
     });
 
     // Handlers go in before READY: until they exist, SIGHUP or SIGTERM

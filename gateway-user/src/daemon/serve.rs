@@ -150,6 +150,30 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     let span = info_span!("flow", id = flow.id, pid = flow.pid, comm = %flow.comm, dst = %flow.dst, identity = %identity);
     async move {
         let policy = shared.policy.load_full();
+        if flow.dst.port() == 53
+            && let Some(dns) = policy.dns()
+        {
+            let ctx = Arc::new(crate::protocols::dns::DnsContext {
+                settings: dns.clone(),
+                policy: policy.clone(),
+                names: shared.names.clone(),
+                mark: shared.daemon.exempt_mark,
+                job: job.clone(),
+            });
+            return serve_dns(
+                &shared,
+                ctx,
+                client,
+                &flow,
+                job.as_deref(),
+                &identity,
+                started,
+            )
+            .await;
+        }
+        let names = shared
+            .names
+            .names(flow.cgroup_id, flow.dst.ip(), Instant::now());
         let facts = FlowFacts {
             dst: flow.dst,
             pid: flow.pid,
@@ -157,6 +181,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             gid: flow.gid,
             comm: &flow.comm,
             claims: job.as_ref().map(|j| &j.claims),
+            names: &names,
         };
         let decision = policy.evaluate(&facts);
         let mode = policy.daemon().mode;
@@ -234,6 +259,59 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     }
     .instrument(span)
     .await
+}
+
+/// A connection to port 53 when `[dns]` is set: the forwarder answers,
+/// whatever resolver address the job chose.
+async fn serve_dns(
+    shared: &Shared,
+    ctx: Arc<crate::protocols::dns::DnsContext>,
+    client: TcpStream,
+    flow: &Flow,
+    job: Option<&crate::identity::JobIdentity>,
+    identity: &str,
+    started: Instant,
+) {
+    let decision = Decision {
+        verdict: Verdict::Allow,
+        rule: Some(Arc::from("dns")),
+        target: None,
+        protocol: Protocol::Tcp,
+    };
+    let mut start = start_event(flow, job, &decision, Mode::Enforce, false);
+    if let Body::SessionStart { protocol, .. } = &mut start {
+        "dns".clone_into(protocol);
+    }
+    let recording = shared.recorder.open(start).await;
+    let summary = if let Err(why) = recording.healthy() {
+        tcp::refuse(client).await;
+        crate::protocols::dns::session::DnsSummary {
+            error: Some(format!("refused: the session cannot be recorded: {why}")),
+            ..Default::default()
+        }
+    } else {
+        crate::protocols::dns::session::serve_tcp(ctx, flow, client, &recording).await
+    };
+    let moved = Transferred {
+        up: summary.bytes_up,
+        down: summary.bytes_down,
+    };
+    log_flow(
+        flow,
+        identity,
+        &decision,
+        Mode::Enforce,
+        moved,
+        summary.error.as_deref(),
+        started,
+    );
+    recording.close(Body::SessionEnd {
+        bytes_up: moved.up,
+        bytes_down: moved.down,
+        statements: summary.queries,
+        denied: summary.denied,
+        error: summary.error,
+    });
 }
 
 async fn forward_to(

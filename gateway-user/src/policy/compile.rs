@@ -30,6 +30,9 @@ pub(super) struct Compiled {
 pub(super) struct Target {
     pub name: Arc<str>,
     pub nets: Vec<IpNet>,
+    /// DNS names; a destination matches through the names the job
+    /// resolved to it.
+    pub hosts: Vec<HostPattern>,
     pub ports: Vec<PortRange>,
     /// `Some` exactly when `protocol = "postgres"`.
     pub postgres: Option<Arc<PostgresTarget>>,
@@ -42,6 +45,65 @@ impl Target {
             None => Protocol::Tcp,
         }
     }
+}
+
+/// `db.internal` (that name) or `*.corp.example` (any name below it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum HostPattern {
+    Exact(String),
+    /// Stored with its leading dot: `.corp.example`.
+    Below(String),
+}
+
+impl HostPattern {
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        match self {
+            HostPattern::Exact(n) => name.eq_ignore_ascii_case(n),
+            HostPattern::Below(suffix) => {
+                name.len() > suffix.len()
+                    && name.is_char_boundary(name.len() - suffix.len())
+                    && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(n) => f.write_str(n),
+            HostPattern::Below(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+/// `db.internal` or `*.corp.example`, lower-cased.
+fn parse_host(text: &str) -> Result<HostPattern, String> {
+    let lower = text.trim_end_matches('.').to_ascii_lowercase();
+    let (wild, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid {
+        return Err(format!(
+            "host {text:?} is not a DNS name: write e.g. \"db.internal\" or \"*.corp.example\" (a \"*.\" prefix only)"
+        ));
+    }
+    Ok(if wild {
+        HostPattern::Below(format!(".{name}"))
+    } else {
+        HostPattern::Exact(name.to_owned())
+    })
 }
 
 /// Inclusive; a single port is `first == last`.
@@ -361,19 +423,41 @@ fn target(at: At, entry: TargetEntry, sources: &[Source], report: &mut Report) -
         }
         _ => None,
     };
-    let addresses = required_list(
+    let addresses = nonempty(
         entry.addresses.as_ref(),
-        at,
-        || format!("{label} has no addresses: add addresses = [\"10.0.0.1\", \"10.1.0.0/16\"]"),
-        "addresses is empty: list at least one IP address or CIDR",
+        file,
+        "addresses",
+        "IP address or CIDR",
         report,
     );
+    let hosts_list = nonempty(entry.hosts.as_ref(), file, "hosts", "DNS name", report);
+    let (addresses, hosts_list) = match (addresses, hosts_list) {
+        (Ok(None), Ok(None)) => {
+            report.error(
+                at,
+                format!("{label} has no addresses or hosts: add addresses = [\"10.0.0.1\", \"10.1.0.0/16\"] or hosts = [\"db.internal\"]"),
+            );
+            (None, None)
+        }
+        (Ok(a), Ok(h)) => (Some(a.unwrap_or_default()), Some(h.unwrap_or_default())),
+        _ => (None, None),
+    };
     let mut nets = Vec::new();
     for address in addresses.unwrap_or_default() {
         match parse_net(address.get_ref()) {
             Ok(net) => nets.push(net),
             Err(message) => {
                 report.error(At::of(file, address), message);
+                ok = false;
+            }
+        }
+    }
+    let mut hosts = Vec::new();
+    for host in hosts_list.unwrap_or_default() {
+        match parse_host(host.get_ref()) {
+            Ok(h) => hosts.push(h),
+            Err(message) => {
+                report.error(At::of(file, host), message);
                 ok = false;
             }
         }
@@ -405,9 +489,30 @@ fn target(at: At, entry: TargetEntry, sources: &[Source], report: &mut Report) -
             .as_ref()
             .map_or_else(|| Arc::from(name.into_inner()), |p| p.name.clone()),
         nets,
+        hosts,
         ports,
         postgres,
     })
+}
+
+/// A target's `addresses` or `hosts`: absent is fine, empty is not.
+fn nonempty<'v>(
+    list: Option<&'v Spanned<Vec<Spanned<String>>>>,
+    file: usize,
+    what: &str,
+    one: &str,
+    report: &mut Report,
+) -> Result<Option<&'v [Spanned<String>]>, ()> {
+    match list {
+        Some(l) if l.get_ref().is_empty() => {
+            report.error(
+                At::of(file, l),
+                format!("{what} is empty: list at least one {one}"),
+            );
+            Err(())
+        }
+        other => Ok(other.map(|l| l.get_ref().as_slice())),
+    }
 }
 
 /// An IP (a /32 or /128) or a CIDR. IPv4-mapped IPv6 nets become IPv4 nets,

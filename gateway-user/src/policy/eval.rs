@@ -27,6 +27,9 @@ pub struct FlowFacts<'a> {
     /// The claims of the job bound to the process's cgroup; `None`:
     /// unidentified.
     pub claims: Option<&'a Claims>,
+    /// The names the job resolved (through the gateway) to the
+    /// destination's address, still within their TTL.
+    pub names: &'a [Arc<str>],
 }
 
 /// A job token's claims, as text.
@@ -98,10 +101,14 @@ impl Decision {
 }
 
 /// The first postgres target, in load order, that holds the destination.
-pub(super) fn postgres_target_of(targets: &[Target], (ip, port): (IpAddr, u16)) -> Option<&Target> {
+pub(super) fn postgres_target_of<'t>(
+    targets: &'t [Target],
+    (ip, port): (IpAddr, u16),
+    names: &[Arc<str>],
+) -> Option<&'t Target> {
     targets
         .iter()
-        .find(|t| t.postgres.is_some() && t.address_matches(ip) && t.port_matches(port))
+        .find(|t| t.postgres.is_some() && t.dest_matches(ip, names) && t.port_matches(port))
 }
 
 /// The destination as rules see it: IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what
@@ -113,6 +120,22 @@ pub(super) fn destination(dst: SocketAddr) -> (IpAddr, u16) {
 impl Target {
     pub(super) fn address_matches(&self, ip: IpAddr) -> bool {
         self.nets.iter().any(|net| net.contains(&ip))
+    }
+
+    /// By address, or by name: every name the job resolved to `ip` must be
+    /// one of the target's hosts. When one address serves several names,
+    /// resolving another of them makes the address ambiguous, and it no
+    /// longer matches: the job's allowance never widens to a name it was
+    /// not given (a shared CDN address, a virtual host).
+    pub(super) fn dest_matches(&self, ip: IpAddr, names: &[Arc<str>]) -> bool {
+        self.address_matches(ip)
+            || (!self.hosts.is_empty()
+                && !names.is_empty()
+                && names.iter().all(|n| self.name_matches(n)))
+    }
+
+    pub(super) fn name_matches(&self, name: &str) -> bool {
+        self.hosts.iter().any(|h| h.matches(name))
     }
 
     pub(super) fn port_matches(&self, port: u16) -> bool {
@@ -137,13 +160,14 @@ impl Rule {
         targets: &'t [Target],
         ip: IpAddr,
         port: u16,
+        names: &[Arc<str>],
     ) -> TargetMatch<'t> {
         for target in &self.targets {
             match *target {
                 TargetRef::Any => return TargetMatch::Any,
                 TargetRef::Named(i) => {
                     let t = &targets[i];
-                    if t.address_matches(ip) && t.port_matches(port) {
+                    if t.dest_matches(ip, names) && t.port_matches(port) {
                         return TargetMatch::Named(t);
                     }
                 }
@@ -190,7 +214,7 @@ impl Rule {
         if !self.uid_matches(flow.uid) || !self.claims_match(flow.claims) {
             return None;
         }
-        let target = match self.target_for(targets, ip, port) {
+        let target = match self.target_for(targets, ip, port, flow.names) {
             TargetMatch::None => return None,
             TargetMatch::Any => None,
             TargetMatch::Named(t) => Some(t),
@@ -227,7 +251,63 @@ pub(super) fn evaluate(compiled: &Compiled, flow: &FlowFacts<'_>) -> Decision {
     };
     let target = match target {
         Some(t) if t.postgres.is_some() => Some(t),
-        other => postgres_target_of(&compiled.targets, dst).or(other),
+        other => postgres_target_of(&compiled.targets, dst, flow.names).or(other),
     };
     Decision::new(verdict, rule, target)
+}
+
+/// What the DNS forwarder may answer for one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameDecision {
+    pub allowed: bool,
+    /// The deciding rule, `"default-deny"` when none names the name.
+    pub rule: Arc<str>,
+    /// The target whose hosts hold the name (`None` for `"*"`).
+    pub target: Option<Arc<str>>,
+}
+
+/// A name may be resolved when an allow rule for this job reaches a
+/// target whose hosts hold it (or any destination, `"*"`) and no deny rule
+/// for the job does; ports do not matter here.
+pub(super) fn resolve(compiled: &Compiled, flow: &FlowFacts<'_>, name: &str) -> NameDecision {
+    let mut allow: Option<(&Rule, Option<&Target>)> = None;
+    for rule in &compiled.rules {
+        if !(rule.uid_matches(flow.uid)
+            && rule.comm_matches(flow.comm)
+            && rule.claims_match(flow.claims))
+        {
+            continue;
+        }
+        let hit = rule.targets.iter().find_map(|r| match *r {
+            TargetRef::Any => Some(None),
+            TargetRef::Named(i) => {
+                let t = &compiled.targets[i];
+                t.name_matches(name).then_some(Some(t))
+            }
+        });
+        let Some(target) = hit else { continue };
+        match rule.action {
+            Verdict::Deny => {
+                return NameDecision {
+                    allowed: false,
+                    rule: rule.name.clone(),
+                    target: target.map(|t| t.name.clone()),
+                };
+            }
+            Verdict::Allow if allow.is_none() => allow = Some((rule, target)),
+            Verdict::Allow => {}
+        }
+    }
+    match allow {
+        Some((rule, target)) => NameDecision {
+            allowed: true,
+            rule: rule.name.clone(),
+            target: target.map(|t| t.name.clone()),
+        },
+        None => NameDecision {
+            allowed: false,
+            rule: Arc::from(DEFAULT_DENY),
+            target: None,
+        },
+    }
 }

@@ -154,7 +154,7 @@ fn summary(rule: &Rule, target: &PostgresTarget) -> String {
 fn trace(compiled: &Compiled, rule: &Rule, flow: &FlowFacts<'_>) -> RuleTrace {
     let (ip, port) = destination(flow.dst);
     let mut reasons = Vec::new();
-    let target = rule.target_for(&compiled.targets, ip, port);
+    let target = rule.target_for(&compiled.targets, ip, port, flow.names);
     if let TargetMatch::None = target {
         let misses: Vec<String> = rule
             .targets
@@ -165,7 +165,7 @@ fn trace(compiled: &Compiled, rule: &Rule, flow: &FlowFacts<'_>) -> RuleTrace {
             })
             .map(|t| {
                 let mut why = Vec::new();
-                if !t.address_matches(ip) {
+                if !t.dest_matches(ip, flow.names) {
                     let nets: Vec<String> = t.nets.iter().map(short_net).collect();
                     why.push(format!("address not in [{}]", nets.join(", ")));
                 }

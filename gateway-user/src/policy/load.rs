@@ -20,7 +20,7 @@ use tracing::debug;
 use super::{
     error::{Diagnostic, PolicyErrors},
     model::{
-        ApprovalsSection, DaemonSection, GuardSection, IdentitySection, MaskingEntry,
+        ApprovalsSection, DaemonSection, DnsSection, GuardSection, IdentitySection, MaskingEntry,
         RecordingSection, RuleEntry, TargetEntry,
     },
 };
@@ -79,12 +79,14 @@ pub(super) struct Loaded {
     pub recording: Option<Located<RecordingSection>>,
     pub approvals: Option<Located<ApprovalsSection>>,
     pub identity: Option<Located<IdentitySection>>,
+    pub dns: Option<Located<DnsSection>>,
     /// Where the first `[daemon]`, `[guard]`, `[recording]` and `[approvals]` are, even if invalid.
     pub daemon_at: Option<At>,
     pub guard_at: Option<At>,
     pub recording_at: Option<At>,
     pub approvals_at: Option<At>,
     pub identity_at: Option<At>,
+    pub dns_at: Option<At>,
     pub targets: Vec<Located<Entry<TargetEntry>>>,
     pub rules: Vec<Located<Entry<RuleEntry>>>,
     pub masking: Vec<Located<Entry<MaskingEntry>>>,
@@ -316,8 +318,7 @@ impl Loader {
     }
 }
 
-const SECTIONS: &str =
-    "[daemon], [guard], [recording], [approvals], [identity], [[target]], [[rule]] and [[masking]]";
+const SECTIONS: &str = "[daemon], [guard], [recording], [approvals], [identity], [dns], [[target]], [[rule]] and [[masking]]";
 
 /// Splits one file into its sections; returns its `include` entries.
 fn parse(
@@ -418,6 +419,15 @@ fn parse(
                 {
                     section.at = key_at;
                     loaded.identity = Some(section);
+                }
+            }
+            "dns" => {
+                if !first_of_its_kind(&mut loaded.dns_at, key_at, "dns", sources, report) {
+                    continue;
+                }
+                if let Some(mut section) = table::<DnsSection>(file, "dns", value, report) {
+                    section.at = key_at;
+                    loaded.dns = Some(section);
                 }
             }
             "target" => loaded

@@ -75,6 +75,7 @@
 //!     gid: 1000,
 //!     comm: "curl",
 //!     claims: None,
+//!     names: &[],
 //! });
 //! if decision.verdict == Verdict::Deny {
 //!     println!("denied by {}", decision.rule_name());
@@ -110,12 +111,13 @@ pub use approval::{
     duration as parse_duration,
 };
 pub use error::{Diagnostic, PolicyErrors};
-pub use eval::{Claims, DEFAULT_DENY, Decision, FlowFacts, Protocol, Verdict};
+pub use eval::{Claims, DEFAULT_DENY, Decision, FlowFacts, NameDecision, Protocol, Verdict};
 pub use explain::{Explanation, RuleOutcome, RuleTrace};
 pub use postgres::{Credential, DEFAULT_MAX_MESSAGE_BYTES, PostgresTarget, UpstreamTls};
 pub use session::{SessionRules, StatementDecision, StatementVerdict};
 pub use settings::{
-    CopyOutMasked, DEFAULT_ADMIN_SOCKET, DaemonSettings, GuardSettings, Mode, RecordingSettings,
+    CopyOutMasked, DEFAULT_ADMIN_SOCKET, DaemonSettings, DeniedAnswer, DnsSettings, GuardSettings,
+    Mode, RecordingSettings,
 };
 
 use crate::masking::MaskingPolicy;
@@ -131,6 +133,7 @@ pub struct Policy {
     approvals: ApprovalStoreSettings,
     issuers: Vec<crate::identity::Issuer>,
     runner_uids: Vec<u32>,
+    dns: Option<DnsSettings>,
     sources: Vec<PathBuf>,
     compiled: Compiled,
 }
@@ -155,6 +158,7 @@ impl Policy {
         let recording = settings::recording(loaded.recording.as_ref(), &sources, &mut report);
         let (approval_defaults, approvals) =
             settings::approvals(loaded.approvals, &sources, &mut report);
+        let dns = settings::dns(loaded.dns.as_ref(), &mut report);
         let (issuers, runner_uids) =
             identity_config::identity(loaded.identity.as_ref(), &sources, users, &mut report);
         let entries = Entries {
@@ -178,6 +182,7 @@ impl Policy {
             approvals,
             issuers,
             runner_uids,
+            dns,
             sources: sources.into_iter().map(|s| s.path).collect(),
             compiled,
         })
@@ -195,6 +200,11 @@ impl Policy {
     /// at this load.
     pub fn issuers(&self) -> &[crate::identity::Issuer] {
         &self.issuers
+    }
+
+    /// `[dns]`; `None`: jobs' DNS is not mediated (and stays denied).
+    pub fn dns(&self) -> Option<&DnsSettings> {
+        self.dns.as_ref()
     }
 
     /// Uids besides root that may bind and end jobs.
@@ -221,6 +231,12 @@ impl Policy {
     /// reference-count increments for the names in the decision.
     pub fn evaluate(&self, flow: &FlowFacts<'_>) -> Decision {
         eval::evaluate(&self.compiled, flow)
+    }
+
+    /// Whether the job behind `flow` may resolve `name` (its destination
+    /// is not used).
+    pub fn resolve(&self, flow: &FlowFacts<'_>, name: &str) -> NameDecision {
+        eval::resolve(&self.compiled, flow, name)
     }
 
     /// Every rule's outcome for one flow and why, with the same decision as
@@ -255,7 +271,7 @@ impl Policy {
             compile::TargetRef::Any => true,
             compile::TargetRef::Named(i) => {
                 let t = &self.compiled.targets[i];
-                Some(i) == index && t.address_matches(ip) && t.port_matches(port)
+                Some(i) == index && t.dest_matches(ip, flow.names) && t.port_matches(port)
             }
         };
         let rules = self

@@ -100,6 +100,9 @@ pub(super) struct GuardSection {
 pub(super) struct TargetEntry {
     pub name: Option<Spanned<String>>,
     pub addresses: Option<Spanned<Vec<Spanned<String>>>>,
+    /// DNS names (`db.internal`, `*.corp.example`) matched through the
+    /// answers the gateway's DNS forwarder gave the job.
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
     pub ports: Option<Spanned<Vec<Spanned<PortValue>>>>,
     pub protocol: Option<Spanned<String>>,
     pub postgres: Option<Spanned<PostgresTargetSection>>,
@@ -148,6 +151,14 @@ pub(super) struct RuleEntry {
 pub(super) enum ClaimPatterns {
     One(String),
     Many(Vec<String>),
+}
+
+/// `[dns]`: where the gateway's DNS forwarder sends allowed queries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DnsSection {
+    pub upstream: Option<Spanned<Vec<Spanned<String>>>>,
+    pub denied_answer: Option<Spanned<String>>,
 }
 
 /// `[identity]`: who may bind jobs, and the OIDC issuers whose tokens bind.

@@ -949,7 +949,7 @@ fn unknown_sections_name_masking_among_the_valid_ones() {
     let e = only_error(load_one(&files, "[masks]\n"));
     assert!(
         e.message.ends_with(
-            "valid sections are [daemon], [guard], [recording], [approvals], [identity], [[target]], [[rule]] and [[masking]]"
+            "valid sections are [daemon], [guard], [recording], [approvals], [identity], [dns], [[target]], [[rule]] and [[masking]]"
         ),
         "{}",
         e.message

@@ -439,3 +439,70 @@ pub(super) fn guard(
         }),
     }
 }
+
+/// What a denied name gets from the gateway's DNS forwarder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeniedAnswer {
+    /// NXDOMAIN: as if the name did not exist (what most tools report best).
+    #[default]
+    NxDomain,
+    /// REFUSED: says a policy stands in the way.
+    Refused,
+}
+
+/// `[dns]`: the forwarder's upstream resolvers and its answer to denied names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    pub upstream: Vec<std::net::SocketAddr>,
+    pub denied_answer: DeniedAnswer,
+}
+
+/// `None` without a `[dns]` section: the jobs' DNS is not mediated and
+/// stays denied.
+pub(super) fn dns(
+    section: Option<&Located<super::model::DnsSection>>,
+    report: &mut Report,
+) -> Option<DnsSettings> {
+    let Located { at, value: section } = section?;
+    let file = at.file;
+    let mut upstream = Vec::new();
+    match &section.upstream {
+        None => report.error(
+            *at,
+            "[dns] has no upstream: add upstream = [\"127.0.0.53:53\"], the resolvers the gateway asks",
+        ),
+        Some(list) if list.get_ref().is_empty() => {
+            report.error(At::of(file, list), "upstream is empty: list at least one resolver such as \"127.0.0.53:53\"");
+        }
+        Some(list) => {
+            for entry in list.get_ref() {
+                let text = entry.get_ref();
+                let parsed = text
+                    .parse::<std::net::SocketAddr>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)));
+                match parsed {
+                    Ok(addr) => upstream.push(addr),
+                    Err(_) => report.error(
+                        At::of(file, entry),
+                        format!("upstream {text:?} is not an address: write \"10.0.0.2\", \"10.0.0.2:53\" or \"[fd00::53]:53\""),
+                    ),
+                }
+            }
+        }
+    }
+    let mut denied_answer = DeniedAnswer::NxDomain;
+    if let Some(answer) = &section.denied_answer {
+        match answer.get_ref().as_str() {
+            "nxdomain" => denied_answer = DeniedAnswer::NxDomain,
+            "refused" => denied_answer = DeniedAnswer::Refused,
+            other => report.error(
+                At::of(file, answer),
+                format!("denied_answer must be \"nxdomain\" or \"refused\", not {other:?}"),
+            ),
+        }
+    }
+    Some(DnsSettings {
+        upstream,
+        denied_answer,
+    })
+}

@@ -6,6 +6,7 @@ use std::{
 };
 
 use super::*;
+use std::sync::Arc;
 
 /// A temporary directory of policy files.
 pub(super) struct Files(tempfile::TempDir);
@@ -68,6 +69,7 @@ pub(super) fn flow<'a>(dst: &str, uid: u32, comm: &'a str) -> FlowFacts<'a> {
         gid: uid,
         comm,
         claims: None,
+        names: &[],
     }
 }
 
@@ -1328,11 +1330,158 @@ fn the_identity_example_loads_and_decides_by_claims() {
         f.claims = Some(&c);
         policy.evaluate(&f).rule_name().to_owned()
     };
-    let main = [("repository", "acme/app"), ("ref", "refs/heads/main"), ("environment", "production")];
+    let main = [
+        ("repository", "acme/app"),
+        ("ref", "refs/heads/main"),
+        ("environment", "production"),
+    ];
     assert_eq!(decide("10.30.0.5:5432", &main), "acme-prod-deploy");
     assert_eq!(decide("10.20.0.5:5432", &main), "acme-staging");
-    let branch = [("repository", "acme/app"), ("ref", "refs/heads/dev"), ("environment", "production")];
+    let branch = [
+        ("repository", "acme/app"),
+        ("ref", "refs/heads/dev"),
+        ("environment", "production"),
+    ];
     assert_eq!(decide("10.30.0.5:5432", &branch), DEFAULT_DENY);
-    let gitlab = [("project_path", "acme/app"), ("ref", "main"), ("ref_protected", "true"), ("environment", "production")];
+    let gitlab = [
+        ("project_path", "acme/app"),
+        ("ref", "main"),
+        ("ref_protected", "true"),
+        ("environment", "production"),
+    ];
     assert_eq!(decide("10.30.0.5:5432", &gitlab), "gitlab-prod-deploy");
+}
+
+const HOST_RULES: &str = r#"
+[dns]
+upstream = ["127.0.0.53"]
+
+[[target]]
+name = "db"
+hosts = ["db.internal"]
+ports = [5432]
+
+[[target]]
+name = "corp"
+hosts = ["*.corp.example"]
+ports = [443]
+
+[[target]]
+name = "secrets"
+hosts = ["vault.corp.example"]
+ports = [8200]
+
+[[rule]]
+name = "jobs"
+action = "allow"
+targets = ["db", "corp"]
+
+[[rule]]
+name = "no-vault"
+action = "deny"
+targets = ["secrets"]
+"#;
+
+#[test]
+fn names_resolve_by_target_hosts_and_connections_match_by_them() {
+    let files = Files::new();
+    let policy = load_one(&files, HOST_RULES).expect("loads");
+    let f = flow("127.0.0.1:53", 1000, "getent");
+    let resolve = |name: &str| {
+        let d = policy.resolve(&f, name);
+        (d.allowed, d.rule.to_string())
+    };
+    assert_eq!(resolve("db.internal"), (true, "jobs".into()));
+    assert_eq!(resolve("DB.Internal."), (true, "jobs".into()));
+    assert_eq!(resolve("git.corp.example"), (true, "jobs".into()));
+    assert_eq!(resolve("corp.example"), (false, DEFAULT_DENY.into()));
+    assert_eq!(resolve("vault.corp.example"), (false, "no-vault".into()));
+    assert_eq!(resolve("evil.test"), (false, DEFAULT_DENY.into()));
+
+    let connect = |names: &[&str], port: u16| {
+        let names: Vec<Arc<str>> = names.iter().map(|n| Arc::from(*n)).collect();
+        let dst = format!("127.0.0.9:{port}");
+        let mut f = flow(&dst, 1000, "psql");
+        f.names = &names;
+        policy.evaluate(&f).rule_name().to_owned()
+    };
+    assert_eq!(
+        connect(&[], 5432),
+        DEFAULT_DENY,
+        "an address nobody resolved"
+    );
+    assert_eq!(connect(&["db.internal"], 5432), "jobs");
+    assert_eq!(
+        connect(&["db.internal"], 443),
+        DEFAULT_DENY,
+        "hosts keep their ports"
+    );
+    // One address, two names: it matches a target only if every name the
+    // job resolved to it does, so the allowance does not widen.
+    assert_eq!(
+        connect(&["db.internal", "git.corp.example"], 5432),
+        DEFAULT_DENY
+    );
+    assert_eq!(
+        connect(&["git.corp.example", "www.corp.example"], 443),
+        "jobs"
+    );
+    let text = policy.explain(&{
+        let mut f = flow("127.0.0.9:5432", 1000, "psql");
+        f.names = &[];
+        f
+    });
+    assert!(text.to_string().contains("decision: deny"), "{text}");
+}
+
+#[test]
+fn target_hosts_and_dns_settings_are_checked() {
+    let files = Files::new();
+    let text = r#"
+[dns]
+upstream = ["nowhere"]
+denied_answer = "silence"
+
+[[target]]
+name = "bad"
+hosts = ["under_score.ok", "*.*.twice", "a..b", "*"]
+ports = [1]
+
+[[target]]
+name = "empty"
+hosts = []
+ports = [1]
+
+[[target]]
+name = "neither"
+ports = [1]
+"#;
+    let all = errors(load_one(&files, text));
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    for (needle, message) in [
+        ("\"nowhere\"", "upstream \"nowhere\" is not an address"),
+        (
+            "\"silence\"",
+            "denied_answer must be \"nxdomain\" or \"refused\"",
+        ),
+        ("\"*.*.twice\"", "host \"*.*.twice\" is not a DNS name"),
+        ("\"a..b\"", "host \"a..b\" is not a DNS name"),
+        ("\"*\"]", "host \"*\" is not a DNS name"),
+        ("[]\nports", "hosts is empty: list at least one DNS name"),
+        (
+            "[[target]]\nname = \"neither\"",
+            "has no addresses or hosts",
+        ),
+    ] {
+        let at = position_of(text, needle);
+        assert!(
+            all.iter()
+                .any(|d| (d.line, d.col) == at && d.message.contains(message)),
+            "no {message:?} at {at:?} in {messages:#?}"
+        );
+    }
+    assert!(
+        !messages.iter().any(|m| m.contains("under_score")),
+        "{messages:#?}"
+    );
 }

@@ -85,6 +85,17 @@ pub enum Body {
         by: Option<String>,
         detail: String,
     },
+    /// A DNS question, what policy decided, and the answer the job got.
+    Dns {
+        name: String,
+        qtype: String,
+        decision: String,
+        rule: String,
+        /// The response code: NOERROR, NXDOMAIN, REFUSED, SERVFAIL (why).
+        answer: String,
+        /// `address ttl N` of each A/AAAA record.
+        addresses: Vec<String>,
+    },
     /// The connection closed.
     SessionEnd {
         bytes_up: u64,
@@ -111,6 +122,7 @@ impl Body {
             Body::Statement { .. } => "statement",
             Body::Result { .. } => "result",
             Body::Approval { .. } => "approval",
+            Body::Dns { .. } => "dns",
             Body::SessionEnd { .. } => "session_end",
             Body::Seal { .. } => "seal",
         }

@@ -1,0 +1,30 @@
+//! DNS mediation: a job's queries reach the gateway's forwarder, which
+//! answers only names the job's rules allow (denied names get NXDOMAIN or
+//! REFUSED), asks the configured upstream resolvers over exempt sockets,
+//! records every question and answer, and remembers which names each job
+//! resolved to which addresses ([`NameTable`]) so that targets can be
+//! matched by host name.
+//!
+//! Today queries arrive over TCP (any address, port 53, redirected like
+//! every TCP connection): resolvers configured with `options use-vc`, and
+//! every large answer. UDP stays denied in the kernel.
+pub mod message;
+mod names;
+pub mod session;
+mod upstream;
+
+use std::sync::Arc;
+
+pub use names::NameTable;
+
+use crate::policy::{DnsSettings, Policy};
+
+/// What one DNS connection needs from the daemon.
+pub struct DnsContext {
+    pub settings: DnsSettings,
+    pub policy: Arc<Policy>,
+    pub names: Arc<NameTable>,
+    /// `SO_MARK` of the gateway's upstream sockets.
+    pub mark: u32,
+    pub job: Option<Arc<crate::identity::JobIdentity>>,
+}
