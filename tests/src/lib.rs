@@ -4,6 +4,7 @@
 //! instead of its own: a [`TestCgroup`] to guard, a [`Gateway`] attached to
 //! it, [`Server`]s as destinations and [`ProbeArgs`] to act from inside.
 pub mod cgroup;
+pub mod dns;
 pub mod gateway;
 pub mod ports;
 pub mod postgres;
@@ -19,6 +20,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 pub use cgroup::{TestCgroup, cgroup2_mount};
+pub use dns::DnsServer;
 pub use gateway::{
     EXEMPT_MARK, Gateway, GatewayConfig, Mode, Rule, Target, chokepoint_bin, cli, message, pin_dir,
 };

@@ -66,14 +66,24 @@ impl Server {
         Self::start(ip, Kind::Echo)
     }
 
+    /// An echo server on a fixed address and port (a target that names
+    /// its port).
+    pub fn echo_on(addr: SocketAddr) -> Result<Self> {
+        Self::start_on(addr, Kind::Echo)
+    }
+
     /// A server that reads and discards until EOF.
     pub fn sink(ip: IpAddr) -> Result<Self> {
         Self::start(ip, Kind::Sink)
     }
 
     fn start(ip: IpAddr, kind: Kind) -> Result<Self> {
+        Self::start_on(SocketAddr::new(ip, 0), kind)
+    }
+
+    fn start_on(at: SocketAddr, kind: Kind) -> Result<Self> {
         let listener =
-            TcpListener::bind((ip, 0)).with_context(|| format!("binding a test server on {ip}"))?;
+            TcpListener::bind(at).with_context(|| format!("binding a test server on {at}"))?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));

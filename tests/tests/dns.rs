@@ -1,0 +1,215 @@
+//! DNS mediation end to end: guarded processes resolve through getaddrinfo (glibc, DNS over TCP) in a mount namespace with their own resolv.conf; the gateway answers allowed names from a test server and opens hostname targets only to jobs that resolved them (run as root).
+//!
+//! The test's authoritative server listens on 127.0.0.97:53 (or .98); the jobs'
+//! resolv.conf names 127.0.0.93, where nothing listens: only the gateway
+//! can answer there. Targets live on 127.0.0.94 and 127.0.0.95.
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    process::Output,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use chokepoint_tests::{
+    DnsServer, Gateway, GatewayConfig, ProbeArgs, Server, TestCgroup, run_with_timeout, wait_for,
+};
+use serde_json::Value;
+
+const PROBE: &str = env!("CARGO_BIN_EXE_cp-probe");
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn v4(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// The policy, with the test's own upstream server.
+fn rules(upstream: IpAddr) -> String {
+    format!(
+        r#"
+[dns]
+upstream = ["{upstream}:53"]
+
+[[target]]
+name = "web"
+hosts = ["db.test"]
+ports = [8080]
+
+[[target]]
+name = "shared-a"
+hosts = ["dual.test"]
+ports = [8080]
+
+[[target]]
+name = "shared-b"
+hosts = ["other.test"]
+ports = [9090]
+
+[[rule]]
+name = "jobs"
+action = "allow"
+targets = ["web", "shared-a", "shared-b"]
+"#
+    )
+}
+
+struct Setup {
+    gw: Gateway,
+    job_a: TestCgroup,
+    job_b: TestCgroup,
+    _guarded: TestCgroup,
+    upstream: DnsServer,
+    resolv: tempfile::TempDir,
+}
+
+impl Setup {
+    /// `upstream`: the last byte of the test server's 127.0.0.x, one per test.
+    fn start(hint: &str, upstream: u8) -> Result<Self> {
+        let upstream_ip = v4(upstream);
+        let upstream = DnsServer::start(
+            upstream_ip,
+            &[
+                ("db.test", &[v4(94)]),
+                ("dual.test", &[v4(95)]),
+                ("other.test", &[v4(95)]),
+                ("denied.test", &[v4(96)]),
+            ],
+        )?;
+        let guarded = TestCgroup::new(hint)?;
+        let job_a = guarded.child("job-a")?;
+        let job_b = guarded.child("job-b")?;
+        let config = GatewayConfig::new(hint, &guarded)?.raw_toml(&rules(upstream_ip));
+        let gw = Gateway::start(&config).with_context(|| config.to_toml())?;
+        let resolv = tempfile::tempdir()?;
+        // use-vc: glibc asks over TCP, which the gateway mediates today.
+        std::fs::write(
+            resolv.path().join("resolv.conf"),
+            "nameserver 127.0.0.93\noptions use-vc attempts:1 timeout:5\n",
+        )?;
+        Ok(Self {
+            gw,
+            job_a,
+            job_b,
+            _guarded: guarded,
+            upstream,
+            resolv,
+        })
+    }
+
+    /// `getent ahostsv4 <name>` in `cgroup`, in a private mount namespace
+    /// whose /etc/resolv.conf is the test's.
+    fn getent(&self, cgroup: &TestCgroup, name: &str) -> Result<Output> {
+        let resolv = self.resolv.path().join("resolv.conf");
+        let mut cmd = cgroup.command("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount --bind {} /etc/resolv.conf && exec getent ahostsv4 {name}",
+                resolv.display()
+            ));
+        run_with_timeout(&mut cmd, TIMEOUT)
+    }
+
+    /// True when an echo exchange with `to` works from `cgroup`.
+    fn reaches(&self, cgroup: &TestCgroup, to: SocketAddr) -> Result<bool> {
+        let r = ProbeArgs::tcp(to)
+            .send(64)
+            .expect_echo()
+            .run(cgroup.command(PROBE))?;
+        Ok(r.echo_ok == Some(true))
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Every recorded `dns` event.
+fn recorded_dns(dir: &std::path::Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(text) = std::fs::read_to_string(&p) {
+                out.extend(
+                    text.lines()
+                        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                        .filter(|v| v["event"]["type"] == "dns")
+                        .map(|v| v["event"].clone()),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn resolved_names_open_their_targets_for_that_job_only() -> Result<()> {
+    let s = Setup::start("dns-resolve", 97)?;
+    // The target names port 8080, so the echo server takes it.
+    let web_8080 = Server::echo_on(SocketAddr::new(v4(94), 8080))?;
+    let web = SocketAddr::new(v4(94), 8080);
+    assert!(!s.reaches(&s.job_a, web)?, "nobody resolved db.test yet");
+
+    let out = s.getent(&s.job_a, "db.test")?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("127.0.0.94"), "{}", text(&out));
+    assert!(s.reaches(&s.job_a, web)?, "job-a resolved db.test");
+    assert!(!s.reaches(&s.job_b, web)?, "job-b did not");
+    assert!(web_8080.accepted() >= 1);
+
+    // A denied name: NXDOMAIN from the gateway, the upstream never asked.
+    let out = s.getent(&s.job_a, "denied.test")?;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!s.upstream.asked().contains(&"denied.test".to_owned()));
+    // An unknown name the policy allows nowhere: also never forwarded.
+    let out = s.getent(&s.job_a, "nowhere.test")?;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(s.upstream.asked(), ["db.test"]);
+
+    let events = wait_for("recorded dns events", TIMEOUT, || {
+        let e = recorded_dns(&s.gw.recording_dir());
+        (e.len() >= 3).then_some(e)
+    })?;
+    let allowed = events.iter().find(|e| e["name"] == "db.test").unwrap();
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["rule"], "jobs");
+    assert_eq!(allowed["answer"], "No Error");
+    assert_eq!(allowed["addresses"][0], "127.0.0.94 ttl 300");
+    let denied = events.iter().find(|e| e["name"] == "denied.test").unwrap();
+    assert_eq!(denied["decision"], "deny");
+    assert_eq!(denied["rule"], "default-deny");
+    Ok(())
+}
+
+#[test]
+fn one_address_behind_two_names_does_not_widen_either() -> Result<()> {
+    let s = Setup::start("dns-shared", 98)?;
+    let _echo = Server::echo_on(SocketAddr::new(v4(95), 8080))?;
+    let dual = SocketAddr::new(v4(95), 8080);
+    let out = s.getent(&s.job_a, "dual.test")?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        s.reaches(&s.job_a, dual)?,
+        "dual.test names target shared-a"
+    );
+    // other.test (allowed, for port 9090 only) resolves to the same
+    // address: the address is now ambiguous for this job, so neither
+    // name's target matches it.
+    let out = s.getent(&s.job_a, "other.test")?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !s.reaches(&s.job_a, dual)?,
+        "the shared address must not widen"
+    );
+    // job-b resolved dual.test only: it still may.
+    let out = s.getent(&s.job_b, "dual.test")?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(s.reaches(&s.job_b, dual)?);
+    Ok(())
+}
