@@ -64,15 +64,21 @@ pub fn fuzz() -> Result<()> {
 /// library (~9 min on 2 cores), then FUZZ_SECONDS per target.
 fn fuzz_pass() -> Result<()> {
     setup::cargo_fuzz()?;
-    let mut cmd = std::process::Command::new("cargo");
-    cmd.current_dir(util::workspace_root().join("fuzz"))
-        // The fuzz crate builds gateway-user; the eBPF object is not needed
-        // to exercise the codecs, and sanitizer flags must not reach it.
-        .env("AYA_BUILD_SKIP", "1")
-        .args(["+nightly", "fuzz", "run", "pg_codec", "--"])
-        .arg(format!("-max_total_time={FUZZ_SECONDS}"));
-    util::run(
-        &mut cmd,
-        "the fuzzer found a crash: the input is in fuzz/artifacts/pg_codec/; reproduce with `cargo +nightly fuzz run pg_codec <file>`",
-    )
+    for target in FUZZ_TARGETS {
+        let mut cmd = std::process::Command::new("cargo");
+        cmd.current_dir(util::workspace_root().join("fuzz"))
+            // The fuzz crate builds gateway-user; the eBPF object is not needed
+            // to exercise the codecs, and sanitizer flags must not reach it.
+            .env("AYA_BUILD_SKIP", "1")
+            .args(["+nightly", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={FUZZ_SECONDS}"));
+        util::run(
+            &mut cmd,
+            &format!("the fuzzer found a crash: the input is in fuzz/artifacts/{target}/; reproduce with `cargo +nightly fuzz run {target} <file>`"),
+        )?;
+    }
+    Ok(())
 }
+
+/// Every target in fuzz/fuzz_targets/, each run for FUZZ_SECONDS.
+const FUZZ_TARGETS: [&str; 2] = ["pg_codec", "dns_message"];
