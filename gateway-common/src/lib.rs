@@ -19,6 +19,12 @@ pub mod maps {
     pub const FLOWS: &str = "CP_FLOWS";
     /// Per-CPU counters indexed by [`Counter`](super::Counter).
     pub const COUNTERS: &str = "CP_COUNTERS";
+    /// Socket cookie → [`FlowRecord`](super::FlowRecord) of a UDP socket
+    /// sending to port 53: its original server, restored on receive.
+    pub const DNS_PENDING: &str = "CP_DNS_PENDING";
+    /// Local UDP port (`u32`, host order) → [`FlowRecord`](super::FlowRecord):
+    /// who sends the datagrams the gateway's DNS listener receives.
+    pub const DNS_PEERS: &str = "CP_DNS_PEERS";
 }
 
 /// Name of the read-only global holding [`GatewayConfig`].
@@ -39,7 +45,9 @@ pub const COMM_LEN: usize = 16;
 pub struct GatewayConfig {
     /// Gateway TCP listener port, host byte order.
     pub listen_port: u16,
-    pub _pad: u16,
+    /// Gateway UDP DNS listener port, host byte order; 0: UDP DNS is
+    /// refused like all UDP.
+    pub dns_port: u16,
     /// `SO_MARK` value carried by the gateway's own sockets. Setting a mark
     /// needs `CAP_NET_ADMIN`, so a job cannot forge it. Zero disables the
     /// exemption (never matches: the kernel's default mark is 0).

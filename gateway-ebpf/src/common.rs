@@ -6,7 +6,7 @@ use gateway_common::GatewayConfig;
 #[unsafe(no_mangle)]
 static CP_CONFIG: GatewayConfig = GatewayConfig {
     listen_port: 0,
-    _pad: 0,
+    dns_port: 0,
     exempt_mark: 0,
 };
 
@@ -25,6 +25,9 @@ pub const SOCK_STREAM: u32 = 1;
 pub const SOCK_DGRAM: u32 = 2;
 pub const IPPROTO_TCP: u32 = 6;
 pub const IPPROTO_UDP: u32 = 17;
+
+/// The DNS port every resolver listens on.
+pub const DNS_PORT: u16 = 53;
 
 /// Whether a socket carries the gateway's exemption mark.
 #[inline(always)]

@@ -1,5 +1,6 @@
-//! `connect4`/`connect6`: record and redirect TCP; `sendmsg4`/`sendmsg6`:
-//! refuse UDP; `bind4`/`bind6`: keep the gateway's port for the gateway.
+//! `connect4`/`connect6`: record and redirect TCP (datagram sockets go to
+//! [`crate::dns`]); `bind4`/`bind6`: keep the gateway's ports for the
+//! gateway.
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{
@@ -8,15 +9,17 @@ use aya_ebpf::{
         generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
     },
     macros::cgroup_sock_addr,
+    maps::HashMap,
     programs::SockAddrContext,
 };
 use gateway_common::{AF_INET, AF_INET6, COMM_LEN, Counter, FlowRecord, mapped_v4, v6_bytes};
 
 use crate::{
     common::{
-        ALLOW, DENY, IPPROTO_TCP, LOOPBACK_V4, LOOPBACK_V4_MAPPED, LOOPBACK_V6, MAPPED_PREFIX,
-        SOCK_STREAM, config, is_exempt,
+        ALLOW, DENY, IPPROTO_TCP, IPPROTO_UDP, LOOPBACK_V4, LOOPBACK_V4_MAPPED, LOOPBACK_V6,
+        MAPPED_PREFIX, SOCK_DGRAM, SOCK_STREAM, config, is_exempt,
     },
+    dns,
     maps::{PENDING, count},
 };
 
@@ -39,6 +42,9 @@ pub fn cp_connect4(ctx: SockAddrContext) -> i32 {
         count(Counter::Exempt);
         return ALLOW;
     }
+    if ty == SOCK_DGRAM && (proto == IPPROTO_UDP || proto == 0) {
+        return dns::redirect_udp4(&ctx);
+    }
     if ty != SOCK_STREAM || (proto != IPPROTO_TCP && proto != 0) {
         count(Counter::Denied);
         return DENY;
@@ -48,7 +54,7 @@ pub fn cp_connect4(ctx: SockAddrContext) -> i32 {
         // connections it has no record for).
         return ALLOW;
     }
-    if !record(&ctx, mapped_v4(dst_ip), dst_port, AF_INET) {
+    if !record(&ctx, mapped_v4(dst_ip), dst_port, AF_INET, &PENDING) {
         return DENY;
     }
     unsafe {
@@ -76,6 +82,9 @@ pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
         count(Counter::Exempt);
         return ALLOW;
     }
+    if ty == SOCK_DGRAM && (proto == IPPROTO_UDP || proto == 0) {
+        return dns::redirect_udp6(&ctx);
+    }
     if ty != SOCK_STREAM || (proto != IPPROTO_TCP && proto != 0) {
         count(Counter::Denied);
         return DENY;
@@ -94,7 +103,7 @@ pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
     if dst_port == cfg.listen_port && dst_ip == gateway {
         return ALLOW;
     }
-    if !record(&ctx, v6_bytes(dst_ip), dst_port, AF_INET6) {
+    if !record(&ctx, v6_bytes(dst_ip), dst_port, AF_INET6, &PENDING) {
         return DENY;
     }
     unsafe {
@@ -105,11 +114,18 @@ pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// Stores who is connecting where, keyed by socket cookie. Returns false
-/// when the record cannot be stored: the caller refuses the connect rather
-/// than let through a connection the gateway could not attribute.
+/// Stores who is connecting where in `map`, keyed by socket cookie.
+/// Returns false when the record cannot be stored: the caller refuses the
+/// connect rather than let through a connection the gateway could not
+/// attribute.
 #[inline(always)]
-fn record(ctx: &SockAddrContext, dst_addr: [u8; 16], dst_port: u16, family: u16) -> bool {
+pub fn record(
+    ctx: &SockAddrContext,
+    dst_addr: [u8; 16],
+    dst_port: u16,
+    family: u16,
+    map: &HashMap<u64, FlowRecord>,
+) -> bool {
     let raw = ctx.sock_addr as *mut core::ffi::c_void;
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
@@ -135,38 +151,16 @@ fn record(ctx: &SockAddrContext, dst_addr: [u8; 16], dst_port: u16, family: u16)
         gid: (uid_gid >> 32) as u32,
         comm,
     };
-    if PENDING.insert(&cookie, &rec, 0).is_err() {
+    if map.insert(&cookie, &rec, 0).is_err() {
         count(Counter::RecordFailed);
         return false;
     }
     true
 }
 
-/// UDP with an explicit destination. All of it is refused until DNS
-/// mediation lands; the gateway's own (marked) sockets pass.
-#[cgroup_sock_addr(sendmsg4)]
-pub fn cp_sendmsg4(ctx: SockAddrContext) -> i32 {
-    refuse_unless_exempt(ctx.sock_addr)
-}
-
-#[cgroup_sock_addr(sendmsg6)]
-pub fn cp_sendmsg6(ctx: SockAddrContext) -> i32 {
-    refuse_unless_exempt(ctx.sock_addr)
-}
-
-#[inline(always)]
-fn refuse_unless_exempt(sa: *mut bpf_sock_addr) -> i32 {
-    let mark = unsafe { (*(*sa).__bindgen_anon_1.sk).mark };
-    if is_exempt(mark, &config()) {
-        count(Counter::Exempt);
-        return ALLOW;
-    }
-    count(Counter::Denied);
-    DENY
-}
-
-/// While the gateway is down its port is free; a job that bound it would
-/// receive every redirected connection. Only marked sockets may bind it.
+/// While the gateway is down its ports are free; a job that bound one
+/// would receive every redirected connection or query. Only marked sockets
+/// may bind them.
 #[cgroup_sock_addr(bind4)]
 pub fn cp_bind4(ctx: SockAddrContext) -> i32 {
     guard_gateway_port(ctx.sock_addr)
@@ -186,7 +180,8 @@ fn guard_gateway_port(sa: *mut bpf_sock_addr) -> i32 {
             (*(*sa).__bindgen_anon_1.sk).mark,
         )
     };
-    if port != cfg.listen_port || is_exempt(mark, &cfg) {
+    let ours = port == cfg.listen_port || (cfg.dns_port != 0 && port == cfg.dns_port);
+    if !ours || is_exempt(mark, &cfg) {
         return ALLOW;
     }
     count(Counter::Denied);

@@ -2,8 +2,10 @@
 //! way out of a guarded cgroup.
 //!
 //! * [`connect`]: TCP `connect()` is recorded and redirected to the gateway;
-//!   UDP is refused (DNS mediation comes later); binding the gateway's port is
-//!   refused so a job cannot impersonate a stopped gateway.
+//!   binding the gateway's ports is refused so a job cannot impersonate a
+//!   stopped gateway.
+//! * [`dns`]: UDP to port 53 goes to the gateway's DNS listener (and the
+//!   answer seems to come from the server asked); all other UDP is refused.
 //! * [`sockops`]: once the client's handshake completes, its record is
 //!   re-keyed by the client's (ip, port), which is all the gateway learns
 //!   from `accept()`.
@@ -17,6 +19,7 @@
 
 mod common;
 mod connect;
+mod dns;
 mod maps;
 mod sock_create;
 mod sock_release;

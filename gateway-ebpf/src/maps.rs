@@ -12,6 +12,14 @@ pub static PENDING: HashMap<u64, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY
 #[map(name = "CP_FLOWS")]
 pub static FLOWS: HashMap<ClientKey, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);
 
+#[map(name = "CP_DNS_PENDING")]
+pub static DNS_PENDING: HashMap<u64, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);
+
+#[map(name = "CP_DNS_PEERS")]
+/// Keyed by local port: a dual-stack socket's IPv4 datagrams reach the
+/// gateway's IPv4 listener, so the family cannot be part of the key.
+pub static DNS_PEERS: HashMap<u32, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);
+
 #[map(name = "CP_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 

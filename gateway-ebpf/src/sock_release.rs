@@ -9,11 +9,18 @@ use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock, programs::SockContext,
 };
 
-use crate::{common::ALLOW, maps::PENDING};
+use crate::{
+    common::ALLOW,
+    maps::{DNS_PENDING, PENDING},
+};
 
 #[cgroup_sock(sock_release)]
 pub fn cp_sock_release(ctx: SockContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut core::ffi::c_void) };
     let _ = PENDING.remove(&cookie);
+    // The port-keyed DNS entry stays (this hook cannot read the port): the
+    // key space is the 65,536 ports, and the next socket to send from the
+    // port overwrites it before its first datagram leaves.
+    let _ = DNS_PENDING.remove(&cookie);
     ALLOW
 }

@@ -131,6 +131,8 @@ impl Rule {
 pub struct GatewayConfig {
     pub instance: String,
     pub listen_port: u16,
+    /// The UDP DNS listener's port, free like `listen_port`.
+    pub dns_port: u16,
     pub mode: Mode,
     pub exempt_mark: u32,
     pub cgroup: PathBuf,
@@ -159,6 +161,7 @@ impl GatewayConfig {
         Ok(Self {
             instance: instance_name(hint),
             listen_port: gateway_port()?,
+            dns_port: gateway_port()?,
             mode: Mode::Enforce,
             exempt_mark: EXEMPT_MARK,
             cgroup: cgroup.path().to_path_buf(),
@@ -228,6 +231,7 @@ impl GatewayConfig {
         let _ = writeln!(s, "[daemon]");
         let _ = writeln!(s, "instance = {}", quote(&self.instance));
         let _ = writeln!(s, "listen_port = {}", self.listen_port);
+        let _ = writeln!(s, "dns_port = {}", self.dns_port);
         let _ = writeln!(s, "mode = {}", quote(mode));
         let _ = writeln!(s, "exempt_mark = {:#x}", self.exempt_mark);
         // Next to the config, never the host's /run/chokepoint/admin.sock.

@@ -80,10 +80,14 @@ impl Setup {
         let config = GatewayConfig::new(hint, &guarded)?.raw_toml(&rules(upstream_ip));
         let gw = Gateway::start(&config).with_context(|| config.to_toml())?;
         let resolv = tempfile::tempdir()?;
-        // use-vc: glibc asks over TCP, which the gateway mediates today.
+        // use-vc: glibc asks over TCP; the other file, over UDP.
         std::fs::write(
             resolv.path().join("resolv.conf"),
             "nameserver 127.0.0.93\noptions use-vc attempts:1 timeout:5\n",
+        )?;
+        std::fs::write(
+            resolv.path().join("resolv-udp.conf"),
+            "nameserver 127.0.0.93\noptions attempts:1 timeout:5\n",
         )?;
         Ok(Self {
             gw,
@@ -98,7 +102,16 @@ impl Setup {
     /// `getent ahostsv4 <name>` in `cgroup`, in a private mount namespace
     /// whose /etc/resolv.conf is the test's.
     fn getent(&self, cgroup: &TestCgroup, name: &str) -> Result<Output> {
-        let resolv = self.resolv.path().join("resolv.conf");
+        self.getent_with(cgroup, name, "resolv.conf")
+    }
+
+    /// Like [`getent`](Self::getent), asking over UDP.
+    fn getent_udp(&self, cgroup: &TestCgroup, name: &str) -> Result<Output> {
+        self.getent_with(cgroup, name, "resolv-udp.conf")
+    }
+
+    fn getent_with(&self, cgroup: &TestCgroup, name: &str, conf: &str) -> Result<Output> {
+        let resolv = self.resolv.path().join(conf);
         let mut cmd = cgroup.command("unshare");
         cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
             .arg(format!(
@@ -211,5 +224,34 @@ fn one_address_behind_two_names_does_not_widen_either() -> Result<()> {
     let out = s.getent(&s.job_b, "dual.test")?;
     assert!(out.status.success(), "{}", text(&out));
     assert!(s.reaches(&s.job_b, dual)?);
+    Ok(())
+}
+
+#[test]
+fn udp_queries_are_mediated_and_answers_come_from_the_server_asked() -> Result<()> {
+    let s = Setup::start("dns-udp", 99)?;
+    let _echo = Server::echo_on(SocketAddr::new(v4(94), 8081))?;
+    // glibc asks 127.0.0.93:53 over UDP and only takes an answer from
+    // there: the kernel sends the query to the gateway and makes the
+    // gateway's answer look like the server's.
+    let out = s.getent_udp(&s.job_a, "db.test")?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("127.0.0.94"), "{}", text(&out));
+    let out = s.getent_udp(&s.job_a, "denied.test")?;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(s.upstream.asked(), ["db.test"]);
+    // UDP to any other port stays refused.
+    let r = ProbeArgs::udp(SocketAddr::new(v4(93), 5353)).run(s.job_a.command(PROBE))?;
+    assert!(!r.ok, "UDP to port 5353 got out: {r:?}");
+    let events = wait_for("recorded dns events", TIMEOUT, || {
+        let e = recorded_dns(&s.gw.recording_dir());
+        (e.len() >= 2).then_some(e)
+    })?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["name"] == "db.test" && e["decision"] == "allow"),
+        "{events:?}"
+    );
     Ok(())
 }

@@ -90,10 +90,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     ));
     // Listeners first: a busy port must fail before anything is attached.
     let Listeners { v4, v6 } = flow::bind_listeners(daemon.listen_port, daemon.exempt_mark)?;
+    let (dns4, dns6) = flow::bind_dns(daemon.dns_port, daemon.exempt_mark)?;
     let attached = ebpf::attach(
         &LoadOptions {
             instance: daemon.instance.clone(),
             listen_port: daemon.listen_port,
+            dns_port: daemon.dns_port,
             exempt_mark: daemon.exempt_mark,
         },
         &cgroup,
@@ -129,6 +131,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         jobs,
         socket: admin,
     };
+    for socket in [dns4, dns6] {
+        tokio::spawn(serve::serve_dns_udp(shared.clone(), Arc::new(socket)));
+    }
     let result = serve::serve(shared.clone(), v4, v6, admin, signals, &opts.config).await;
     shared.recorder.shutdown().await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

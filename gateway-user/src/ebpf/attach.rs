@@ -5,14 +5,15 @@ use std::path::PathBuf;
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
 use gateway_common::{CONFIG_GLOBAL, GatewayConfig};
 
 use super::{
-    EbpfError, FlowTable, GuardedCgroup, OBJECT, PROGRAMS, PinDir, ProgramKind, pins::remove_tree,
+    DnsPeers, EbpfError, FlowTable, GuardedCgroup, OBJECT, PROGRAMS, PinDir, ProgramKind,
+    pins::remove_tree,
 };
 
 /// Suffix of a link pinned beside the one it replaces (bpffs refuses
@@ -24,6 +25,8 @@ const STAGED: &str = "_staged";
 pub struct LoadOptions {
     pub instance: String,
     pub listen_port: u16,
+    /// The gateway's UDP DNS listener; 0 refuses DNS over UDP too.
+    pub dns_port: u16,
     pub exempt_mark: u32,
 }
 
@@ -36,6 +39,7 @@ pub struct Attached {
     /// Whether pins of an earlier run were found and replaced.
     pub adopted: bool,
     pub flows: FlowTable,
+    pub dns_peers: DnsPeers,
     _ebpf: Ebpf,
 }
 
@@ -81,7 +85,7 @@ fn load_and_attach(
     std::fs::create_dir_all(pins.links()).map_err(EbpfError::io(pins.links()))?;
     let config = GatewayConfig {
         listen_port: opts.listen_port,
-        _pad: 0,
+        dns_port: opts.dns_port,
         exempt_mark: opts.exempt_mark,
     };
     let mut ebpf = EbpfLoader::new()
@@ -115,6 +119,18 @@ fn load_and_attach(
                 p.load().map_err(err)?;
                 let id = p
                     .attach(&cgroup.file, CgroupAttachMode::Single)
+                    .map_err(err)?;
+                fd_link(name, p.take_link(id).map_err(err)?)?
+            }
+            ProgramKind::SkbEgress => {
+                let p: &mut CgroupSkb = program.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+                let id = p
+                    .attach(
+                        &cgroup.file,
+                        CgroupSkbAttachType::Egress,
+                        CgroupAttachMode::Single,
+                    )
                     .map_err(err)?;
                 fd_link(name, p.take_link(id).map_err(err)?)?
             }
@@ -158,11 +174,13 @@ fn load_and_attach(
     }
 
     let flows = FlowTable::new(&mut ebpf)?;
+    let dns_peers = DnsPeers::new(&mut ebpf)?;
     Ok(Attached {
         pins: pins.clone(),
         cgroup: cgroup.path.clone(),
         adopted,
         flows,
+        dns_peers,
         _ebpf: ebpf,
     })
 }

@@ -90,6 +90,35 @@ pub fn client_key(peer: SocketAddr) -> ClientKey {
     }
 }
 
+/// Who sends the datagrams the gateway's DNS listener receives, keyed by
+/// the sender's local port (the kernel re-keys each redirected socket's
+/// record when its first datagram leaves).
+pub struct DnsPeers {
+    map: HashMap<MapData, u32, FlowRecord>,
+}
+
+impl DnsPeers {
+    pub(crate) fn new(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
+        let map = ebpf.take_map(maps::DNS_PEERS).ok_or(EbpfError::Map {
+            name: "CP_DNS_PEERS",
+            source: aya::maps::MapError::InvalidName {
+                name: maps::DNS_PEERS.into(),
+            },
+        })?;
+        let map = HashMap::try_from(map).map_err(|source| EbpfError::Map {
+            name: "CP_DNS_PEERS",
+            source,
+        })?;
+        Ok(Self { map })
+    }
+
+    /// The record of the socket sending from local port `port`. Left in
+    /// place: the socket may ask again; it goes when the socket closes.
+    pub fn get(&self, port: u16) -> Option<FlowRecord> {
+        self.map.get(&u32::from(port), 0).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ mod status;
 pub use attach::{Attached, LoadOptions, attach};
 pub use cgroup::{GuardedCgroup, cgroup2_mount, resolve_cgroup};
 pub use error::EbpfError;
-pub use flows::FlowTable;
+pub use flows::{DnsPeers, FlowTable};
 pub use pins::{PinDir, detach};
 pub use preflight::{ensure_bpffs, preflight};
 pub use status::{Status, status};
@@ -44,6 +44,11 @@ pub(crate) const PROGRAMS: &[(&str, ProgramKind)] = &[
     ("cp_sockops", ProgramKind::SockOps),
     ("cp_bind4", ProgramKind::SockAddr),
     ("cp_bind6", ProgramKind::SockAddr),
+    ("cp_dns_egress", ProgramKind::SkbEgress),
+    ("cp_recvmsg4", ProgramKind::SockAddr),
+    ("cp_recvmsg6", ProgramKind::SockAddr),
+    ("cp_getpeername4", ProgramKind::SockAddr),
+    ("cp_getpeername6", ProgramKind::SockAddr),
     ("cp_sendmsg4", ProgramKind::SockAddr),
     ("cp_sendmsg6", ProgramKind::SockAddr),
     ("cp_connect4", ProgramKind::SockAddr),
@@ -55,4 +60,6 @@ pub(crate) enum ProgramKind {
     Sock,
     SockAddr,
     SockOps,
+    /// `cgroup_skb`, attached on egress.
+    SkbEgress,
 }

@@ -23,7 +23,7 @@ pub struct BindError {
 
 fn hint(e: &io::Error) -> &'static str {
     if e.kind() == io::ErrorKind::AddrInUse {
-        " (another process holds the port: stop it, or choose another daemon.listen_port)"
+        " (another process holds the port: stop it, or choose another daemon.listen_port or dns_port)"
     } else {
         ""
     }
@@ -56,4 +56,32 @@ fn bind(addr: SocketAddr, mark: u32) -> Result<TcpListener, BindError> {
     socket.bind(&addr.into()).map_err(err)?;
     socket.listen(4096).map_err(err)?;
     TcpListener::from_std(socket.into()).map_err(err)
+}
+
+/// The DNS listener's UDP sockets on both loopbacks, marked like the TCP
+/// listeners (the kernel guards their port too).
+pub fn bind_dns(
+    port: u16,
+    mark: u32,
+) -> Result<(tokio::net::UdpSocket, tokio::net::UdpSocket), BindError> {
+    let udp = |addr: SocketAddr| {
+        let err = |source| BindError { addr, source };
+        let domain = if addr.is_ipv4() {
+            Domain::IPV4
+        } else {
+            Domain::IPV6
+        };
+        let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true).map_err(err)?;
+        }
+        socket.set_mark(mark).map_err(err)?;
+        socket.set_nonblocking(true).map_err(err)?;
+        socket.bind(&addr.into()).map_err(err)?;
+        tokio::net::UdpSocket::from_std(socket.into()).map_err(err)
+    };
+    Ok((
+        udp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?,
+        udp(SocketAddr::from((Ipv6Addr::LOCALHOST, port)))?,
+    ))
 }

@@ -28,6 +28,11 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// A DNS datagram's flow: its sender as the kernel recorded it.
+    pub fn from_dns_record(peer: SocketAddr, rec: &FlowRecord) -> Self {
+        Self::from_record(NEXT_ID.fetch_add(1, Ordering::Relaxed), peer, rec)
+    }
+
     fn from_record(id: u64, peer: SocketAddr, rec: &FlowRecord) -> Self {
         let v6 = Ipv6Addr::from(rec.dst_addr);
         let ip = match v6.to_ipv4_mapped() {

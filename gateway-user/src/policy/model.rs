@@ -17,6 +17,7 @@ use toml::Spanned;
 pub(super) struct DaemonSection {
     pub instance: Option<Spanned<String>>,
     pub listen_port: Option<Spanned<Int>>,
+    pub dns_port: Option<Spanned<Int>>,
     pub mode: Option<Spanned<String>>,
     pub exempt_mark: Option<Spanned<Int>>,
     pub include: Option<Vec<Spanned<String>>>,

@@ -18,6 +18,8 @@ pub struct DaemonSettings {
     pub instance: String,
     /// The gateway listens on `127.0.0.1` and `[::1]` at this port.
     pub listen_port: u16,
+    /// The gateway's DNS listener (UDP) on the same addresses.
+    pub dns_port: u16,
     pub mode: Mode,
     /// `SO_MARK` of the gateway's own upstream sockets, which the kernel
     /// programs let through; never 0, since 0 is every unmarked socket.
@@ -42,6 +44,7 @@ impl Default for DaemonSettings {
         DaemonSettings {
             instance: "default".to_owned(),
             listen_port: 15001,
+            dns_port: 15053,
             mode: Mode::Enforce,
             exempt_mark: 0x4350_0001,
             masking_key_file: None,
@@ -314,6 +317,18 @@ pub(super) fn daemon(
             _ => report.error(
                 At::of(file, port),
                 format!("listen_port must be 1..=65535, not {}", port.get_ref().0),
+            ),
+        }
+    }
+    if let Some(port) = &section.dns_port {
+        match u16::try_from(port.get_ref().0) {
+            Ok(p) if p != 0 && p != settings.listen_port => settings.dns_port = p,
+            _ => report.error(
+                At::of(file, port),
+                format!(
+                    "dns_port must be 1..=65535 and differ from listen_port, not {}",
+                    port.get_ref().0
+                ),
             ),
         }
     }

@@ -123,6 +123,7 @@ fn the_example_loads_with_its_settings() {
         &DaemonSettings {
             instance: "demo".into(),
             listen_port: 15002,
+            dns_port: 15053,
             mode: Mode::Audit,
             exempt_mark: 0x4350_0002,
             masking_key_file: None,

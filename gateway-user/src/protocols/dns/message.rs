@@ -71,6 +71,24 @@ pub fn refusal(query: &Message, code: ResponseCode) -> Vec<u8> {
     answer.to_vec().unwrap_or_default()
 }
 
+/// Longest answer sent over UDP: the classic limit, which every client
+/// accepts; a longer one is sent truncated so the client asks over TCP.
+pub const MAX_UDP_ANSWER: usize = 512;
+
+/// `answer` as it may travel over UDP: itself, or (too long) an empty
+/// answer with the TC bit so the client retries over TCP.
+pub fn for_udp(query: &Message, answer: Vec<u8>) -> Vec<u8> {
+    if answer.len() <= MAX_UDP_ANSWER {
+        return answer;
+    }
+    let mut m = match Message::from_vec(&refusal(query, ResponseCode::NoError)) {
+        Ok(m) => m,
+        Err(_) => return refusal(query, ResponseCode::ServFail),
+    };
+    m.set_truncated(true);
+    m.to_vec().unwrap_or_default()
+}
+
 /// The upstream's answer, checked against the query it answers.
 pub struct Answer {
     pub bytes: Vec<u8>,

@@ -74,7 +74,7 @@ pub async fn serve_tcp(
 
 /// The answer to one query; `None` ends the connection (a message that is
 /// not DNS: nothing sensible can be answered).
-async fn answer(
+pub(crate) async fn answer(
     ctx: &DnsContext,
     flow: &Flow,
     query: &[u8],
