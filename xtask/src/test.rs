@@ -74,7 +74,9 @@ fn fuzz_pass() -> Result<()> {
             .arg(format!("-max_total_time={FUZZ_SECONDS}"));
         util::run(
             &mut cmd,
-            &format!("the fuzzer found a crash: the input is in fuzz/artifacts/{target}/; reproduce with `cargo +nightly fuzz run {target} <file>`"),
+            &format!(
+                "the fuzzer found a crash: the input is in fuzz/artifacts/{target}/; reproduce with `cargo +nightly fuzz run {target} <file>`"
+            ),
         )?;
     }
     Ok(())

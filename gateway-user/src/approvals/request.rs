@@ -178,8 +178,10 @@ pub fn digest(statement: &str) -> String {
     hex::encode(Sha256::digest(statement.as_bytes()))
 }
 
+/// RFC 3339 with milliseconds: requests made in the same second still
+/// list in the order they were made.
 pub fn format_time(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 pub fn parse_time(text: &str) -> Option<SystemTime> {

@@ -222,12 +222,12 @@ fn table(requests: &[Request]) -> String {
         return "no requests\n".to_owned();
     }
     let mut out = format!(
-        "{:<11} {:<9} {:<20} {:<22} {:<14} {:<14} {}\n",
+        "{:<11} {:<9} {:<24} {:<22} {:<14} {:<14} {}\n",
         "ID", "STATE", "EXPIRES", "WHO", "TARGET", "RULE", "STATEMENT"
     );
     for r in requests {
         out.push_str(&format!(
-            "{:<11} {:<9} {:<20} {:<22} {:<14} {:<14} {}\n",
+            "{:<11} {:<9} {:<24} {:<22} {:<14} {:<14} {}\n",
             r.id,
             r.state.to_string(),
             r.expires,
