@@ -448,6 +448,32 @@ impl Gateway {
         cli(&all)
     }
 
+    /// Every recorded event of type `kind` (`dns`, `approval`,
+    /// `session_start`…), unwrapped from its hash-chain line, from every
+    /// recording written so far.
+    pub fn recorded(&self, kind: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.recording_dir()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|x| x == "jsonl")
+                    && let Ok(text) = std::fs::read_to_string(&path)
+                {
+                    out.extend(
+                        text.lines()
+                            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                            .filter(|v| v["event"]["type"] == kind)
+                            .map(|v| v["event"].clone()),
+                    );
+                }
+            }
+        }
+        out
+    }
+
     /// Where this gateway keeps its sealing key.
     pub fn keys_dir(&self) -> PathBuf {
         self.dir.path().join("keys")

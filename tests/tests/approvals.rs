@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     os::unix::{fs::PermissionsExt, process::CommandExt},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::mpsc,
     time::Duration,
@@ -151,24 +151,13 @@ impl Setup {
             .to_owned())
     }
 
-    /// The recorded approval events (`event` field), in order, for `id`.
+    /// The recorded approval events of request `id`.
     fn approval_events(&self, id: &str) -> Vec<Value> {
-        let mut events = Vec::new();
-        for file in files(&self.gw.recording_dir()) {
-            let Ok(text) = std::fs::read_to_string(&file) else {
-                continue;
-            };
-            for line in text.lines() {
-                // Each line wraps the event in its hash chain fields.
-                if let Ok(v) = serde_json::from_str::<Value>(line)
-                    && v["event"]["type"] == "approval"
-                    && v["event"]["id"] == id
-                {
-                    events.push(v["event"].clone());
-                }
-            }
-        }
-        events
+        self.gw
+            .recorded("approval")
+            .into_iter()
+            .filter(|e| e["id"] == id)
+            .collect()
     }
 
     fn wait_events(&self, id: &str, kinds: &[&str]) -> Result<Vec<Value>> {
@@ -182,22 +171,6 @@ impl Setup {
             },
         )
     }
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else if p.extension().is_some_and(|x| x == "jsonl") {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn text(out: &Output) -> String {

@@ -13,7 +13,6 @@ use anyhow::{Context, Result};
 use chokepoint_tests::{
     DnsServer, Gateway, GatewayConfig, ProbeArgs, Server, TestCgroup, run_with_timeout, wait_for,
 };
-use serde_json::Value;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_cp-probe");
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -139,28 +138,6 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// Every recorded `dns` event.
-fn recorded_dns(dir: &std::path::Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(text) = std::fs::read_to_string(&p) {
-                out.extend(
-                    text.lines()
-                        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                        .filter(|v| v["event"]["type"] == "dns")
-                        .map(|v| v["event"].clone()),
-                );
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn resolved_names_open_their_targets_for_that_job_only() -> Result<()> {
     let s = Setup::start("dns-resolve", 97)?;
@@ -186,7 +163,7 @@ fn resolved_names_open_their_targets_for_that_job_only() -> Result<()> {
     assert_eq!(s.upstream.asked(), ["db.test"]);
 
     let events = wait_for("recorded dns events", TIMEOUT, || {
-        let e = recorded_dns(&s.gw.recording_dir());
+        let e = s.gw.recorded("dns");
         (e.len() >= 3).then_some(e)
     })?;
     let allowed = events.iter().find(|e| e["name"] == "db.test").unwrap();
@@ -244,7 +221,7 @@ fn udp_queries_are_mediated_and_answers_come_from_the_server_asked() -> Result<(
     let r = ProbeArgs::udp(SocketAddr::new(v4(93), 5353)).run(s.job_a.command(PROBE))?;
     assert!(!r.ok, "UDP to port 5353 got out: {r:?}");
     let events = wait_for("recorded dns events", TIMEOUT, || {
-        let e = recorded_dns(&s.gw.recording_dir());
+        let e = s.gw.recorded("dns");
         (e.len() >= 2).then_some(e)
     })?;
     assert!(

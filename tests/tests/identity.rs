@@ -5,7 +5,7 @@
 //! the JWKS file are made by the test; the target is 127.0.0.91.
 use std::{
     os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -199,29 +199,6 @@ fn reached(out: &Output) -> bool {
     out.status.success() && String::from_utf8_lossy(&out.stdout).contains("reached")
 }
 
-/// The `identity.job` of every recorded session start.
-fn recorded_jobs(dir: &Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(text) = std::fs::read_to_string(&p) {
-                for line in text.lines() {
-                    if let Ok(v) = serde_json::from_str::<Value>(line)
-                        && v["event"]["type"] == "session_start"
-                    {
-                        out.push(v["event"]["identity"]["job"].clone());
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn bound_jobs_reach_what_their_repository_may_and_keep_apart() -> Result<()> {
     let s = Setup::start("id-bind")?;
@@ -299,7 +276,11 @@ fn bound_jobs_reach_what_their_repository_may_and_keep_apart() -> Result<()> {
     let out = s.psql(&s.job_a)?;
     assert!(!reached(&out), "{}", text(&out));
 
-    let jobs = recorded_jobs(&s.gw.recording_dir());
+    let jobs: Vec<Value> =
+        s.gw.recorded("session_start")
+            .into_iter()
+            .map(|e| e["identity"]["job"].clone())
+            .collect();
     assert!(
         jobs.iter()
             .any(|j| j["claims"]["repository"] == "acme/app" && j["issuer"] == "ci"),

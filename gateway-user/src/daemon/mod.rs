@@ -1,6 +1,7 @@
 //! `chokepoint run`: load the policy, bind the listeners, attach the kernel
 //! programs, then serve until SIGTERM. Each step fails with one clear line
 //! and leaves nothing attached that was not attached before.
+mod dns;
 mod logging;
 mod reload;
 mod serve;
@@ -132,7 +133,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         socket: admin,
     };
     for socket in [dns4, dns6] {
-        tokio::spawn(serve::serve_dns_udp(shared.clone(), Arc::new(socket)));
+        tokio::spawn(dns::serve_udp(shared.clone(), Arc::new(socket)));
     }
     let result = serve::serve(shared.clone(), v4, v6, admin, signals, &opts.config).await;
     shared.recorder.shutdown().await;

@@ -160,16 +160,8 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
                 mark: shared.daemon.exempt_mark,
                 job: job.clone(),
             });
-            return serve_dns(
-                &shared,
-                ctx,
-                client,
-                &flow,
-                job.as_deref(),
-                &identity,
-                started,
-            )
-            .await;
+            return super::dns::serve_tcp(&shared, ctx, client, &flow, job.as_deref(), started)
+                .await;
         }
         let names = shared
             .names
@@ -261,160 +253,6 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     .await
 }
 
-/// The DNS listener (one UDP socket): each datagram is answered in its own
-/// task, as its sender (from the kernel's record) may be answered.
-pub(crate) async fn serve_dns_udp(shared: Arc<Shared>, socket: Arc<tokio::net::UdpSocket>) {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "DNS listener receive failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let query = buf[..n].to_vec();
-        let Some(rec) = shared.attached.dns_peers.get(peer.port()) else {
-            // Not from a redirected socket of a guarded process: no one to
-            // attribute it to, so no answer (fail closed).
-            warn!(%peer, "DNS datagram with no kernel record; dropped");
-            continue;
-        };
-        let (shared, socket) = (shared.clone(), socket.clone());
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let flow = Flow::from_dns_record(peer, &rec);
-            let job = shared.jobs.job_of(flow.cgroup_id);
-            let identity = job.as_ref().map_or_else(
-                || crate::identity::UNIDENTIFIED.to_owned(),
-                |j| j.describe(),
-            );
-            let policy = shared.policy.load_full();
-            let Ok(parsed) = hickory_proto::op::Message::from_vec(&query) else {
-                warn!(%peer, "malformed DNS datagram dropped");
-                return;
-            };
-            let Some(dns) = policy.dns() else {
-                let refused = crate::protocols::dns::message::refusal(
-                    &parsed,
-                    hickory_proto::op::ResponseCode::Refused,
-                );
-                let _ = socket.send_to(&refused, peer).await;
-                return;
-            };
-            let ctx = crate::protocols::dns::DnsContext {
-                settings: dns.clone(),
-                policy: policy.clone(),
-                names: shared.names.clone(),
-                mark: shared.daemon.exempt_mark,
-                job: job.clone(),
-            };
-            let decision = Decision {
-                verdict: Verdict::Allow,
-                rule: Some(Arc::from("dns")),
-                target: None,
-                protocol: Protocol::Tcp,
-            };
-            let mut start = start_event(&flow, job.as_deref(), &decision, Mode::Enforce, false);
-            if let Body::SessionStart { protocol, .. } = &mut start {
-                "dns-udp".clone_into(protocol);
-            }
-            let recording = shared.recorder.open(start).await;
-            let mut summary = crate::protocols::dns::session::DnsSummary::default();
-            if recording.healthy().is_ok()
-                && let Some(answer) = crate::protocols::dns::session::answer(
-                    &ctx,
-                    &flow,
-                    &query,
-                    &recording,
-                    &mut summary,
-                )
-                .await
-            {
-                let answer = crate::protocols::dns::message::for_udp(&parsed, answer);
-                summary.bytes_down = answer.len() as u64;
-                if let Err(e) = socket.send_to(&answer, peer).await {
-                    summary.error = Some(format!("reply: {e}"));
-                }
-            }
-            let moved = Transferred {
-                up: n as u64,
-                down: summary.bytes_down,
-            };
-            log_flow(
-                &flow,
-                &identity,
-                &decision,
-                Mode::Enforce,
-                moved,
-                summary.error.as_deref(),
-                started,
-            );
-            recording.close(Body::SessionEnd {
-                bytes_up: moved.up,
-                bytes_down: moved.down,
-                statements: summary.queries,
-                denied: summary.denied,
-                error: summary.error,
-            });
-        });
-    }
-}
-
-/// A connection to port 53 when `[dns]` is set: the forwarder answers,
-/// whatever resolver address the job chose.
-async fn serve_dns(
-    shared: &Shared,
-    ctx: Arc<crate::protocols::dns::DnsContext>,
-    client: TcpStream,
-    flow: &Flow,
-    job: Option<&crate::identity::JobIdentity>,
-    identity: &str,
-    started: Instant,
-) {
-    let decision = Decision {
-        verdict: Verdict::Allow,
-        rule: Some(Arc::from("dns")),
-        target: None,
-        protocol: Protocol::Tcp,
-    };
-    let mut start = start_event(flow, job, &decision, Mode::Enforce, false);
-    if let Body::SessionStart { protocol, .. } = &mut start {
-        "dns".clone_into(protocol);
-    }
-    let recording = shared.recorder.open(start).await;
-    let summary = if let Err(why) = recording.healthy() {
-        tcp::refuse(client).await;
-        crate::protocols::dns::session::DnsSummary {
-            error: Some(format!("refused: the session cannot be recorded: {why}")),
-            ..Default::default()
-        }
-    } else {
-        crate::protocols::dns::session::serve_tcp(ctx, flow, client, &recording).await
-    };
-    let moved = Transferred {
-        up: summary.bytes_up,
-        down: summary.bytes_down,
-    };
-    log_flow(
-        flow,
-        identity,
-        &decision,
-        Mode::Enforce,
-        moved,
-        summary.error.as_deref(),
-        started,
-    );
-    recording.close(Body::SessionEnd {
-        bytes_up: moved.up,
-        bytes_down: moved.down,
-        statements: summary.queries,
-        denied: summary.denied,
-        error: summary.error,
-    });
-}
-
 async fn forward_to(
     shared: &Shared,
     mut client: TcpStream,
@@ -437,7 +275,7 @@ async fn forward_to(
     }
 }
 
-fn start_event(
+pub(super) fn start_event(
     flow: &Flow,
     job: Option<&crate::identity::JobIdentity>,
     decision: &Decision,
@@ -462,7 +300,7 @@ fn start_event(
     }
 }
 
-fn log_flow(
+pub(super) fn log_flow(
     flow: &Flow,
     identity: &str,
     decision: &Decision,

@@ -1,0 +1,172 @@
+//! DNS glue: the UDP listener's loop and the TCP path, each query answered by `protocols::dns` under the current policy and recorded as a session of its own connection or datagram.
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::net::{TcpStream, UdpSocket};
+use tracing::warn;
+
+use super::{
+    Shared,
+    serve::{log_flow, start_event},
+};
+use crate::{
+    flow::Flow,
+    identity::{JobIdentity, UNIDENTIFIED},
+    policy::{Decision, Mode, Protocol, Verdict},
+    protocols::{
+        dns::{
+            DnsContext,
+            message::{for_udp, refusal},
+            session::{self, DnsSummary},
+        },
+        tcp::{self, Transferred},
+    },
+    recording::{Body, SessionRecording},
+};
+
+/// The DNS listener (one UDP socket): each datagram is answered in its own
+/// task, as its sender (from the kernel's record) may be answered.
+pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, peer) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "DNS listener receive failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let query = buf[..n].to_vec();
+        let Some(rec) = shared.attached.dns_peers.get(peer.port()) else {
+            // Not from a redirected socket of a guarded process: no one to
+            // attribute it to, so no answer (fail closed).
+            warn!(%peer, "DNS datagram with no kernel record; dropped");
+            continue;
+        };
+        let (shared, socket) = (shared.clone(), socket.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let flow = Flow::from_dns_record(peer, &rec);
+            let job = shared.jobs.job_of(flow.cgroup_id);
+            let policy = shared.policy.load_full();
+            let Ok(parsed) = hickory_proto::op::Message::from_vec(&query) else {
+                warn!(%peer, "malformed DNS datagram dropped");
+                return;
+            };
+            let Some(dns) = policy.dns() else {
+                let refused = refusal(&parsed, hickory_proto::op::ResponseCode::Refused);
+                let _ = socket.send_to(&refused, peer).await;
+                return;
+            };
+            let ctx = DnsContext {
+                settings: dns.clone(),
+                policy: policy.clone(),
+                names: shared.names.clone(),
+                mark: shared.daemon.exempt_mark,
+                job: job.clone(),
+            };
+            let (decision, recording) = open(&shared, &flow, job.as_deref(), "dns-udp").await;
+            let mut summary = DnsSummary {
+                bytes_up: n as u64,
+                ..DnsSummary::default()
+            };
+            if recording.healthy().is_ok()
+                && let Some(answer) =
+                    session::answer(&ctx, &flow, &query, &recording, &mut summary).await
+            {
+                let answer = for_udp(&parsed, answer);
+                summary.bytes_down = answer.len() as u64;
+                if let Err(e) = socket.send_to(&answer, peer).await {
+                    summary.error = Some(format!("reply: {e}"));
+                }
+            }
+            close(
+                &flow,
+                job.as_deref(),
+                &decision,
+                summary,
+                recording,
+                started,
+            );
+        });
+    }
+}
+
+/// A connection to port 53 when `[dns]` is set: the forwarder answers,
+/// whatever resolver address the job chose.
+pub(super) async fn serve_tcp(
+    shared: &Shared,
+    ctx: Arc<DnsContext>,
+    client: TcpStream,
+    flow: &Flow,
+    job: Option<&JobIdentity>,
+    started: Instant,
+) {
+    let (decision, recording) = open(shared, flow, job, "dns").await;
+    let summary = if let Err(why) = recording.healthy() {
+        tcp::refuse(client).await;
+        DnsSummary {
+            error: Some(format!("refused: the session cannot be recorded: {why}")),
+            ..Default::default()
+        }
+    } else {
+        session::serve_tcp(ctx, flow, client, &recording).await
+    };
+    close(flow, job, &decision, summary, recording, started);
+}
+
+/// DNS is always the forwarder's to answer: the decision the flow event
+/// and recording show, and the recording opened with it.
+async fn open(
+    shared: &Shared,
+    flow: &Flow,
+    job: Option<&JobIdentity>,
+    protocol: &str,
+) -> (Decision, SessionRecording) {
+    let decision = Decision {
+        verdict: Verdict::Allow,
+        rule: Some(Arc::from("dns")),
+        target: None,
+        protocol: Protocol::Tcp,
+    };
+    let mut start = start_event(flow, job, &decision, Mode::Enforce, false);
+    if let Body::SessionStart { protocol: p, .. } = &mut start {
+        protocol.clone_into(p);
+    }
+    let recording = shared.recorder.open(start).await;
+    (decision, recording)
+}
+
+fn close(
+    flow: &Flow,
+    job: Option<&JobIdentity>,
+    decision: &Decision,
+    summary: DnsSummary,
+    recording: SessionRecording,
+    started: Instant,
+) {
+    let identity = job.map_or_else(|| UNIDENTIFIED.to_owned(), JobIdentity::describe);
+    let moved = Transferred {
+        up: summary.bytes_up,
+        down: summary.bytes_down,
+    };
+    log_flow(
+        flow,
+        &identity,
+        decision,
+        Mode::Enforce,
+        moved,
+        summary.error.as_deref(),
+        started,
+    );
+    recording.close(Body::SessionEnd {
+        bytes_up: moved.up,
+        bytes_down: moved.down,
+        statements: summary.queries,
+        denied: summary.denied,
+        error: summary.error,
+    });
+}
