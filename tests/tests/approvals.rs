@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use chokepoint_tests::{
-    Gateway, GatewayConfig, PgServer, TestCgroup, WebhookReceiver, chokepoint_bin, job_psql,
+    Gateway, GatewayConfig, PgServer, TestCgroup, WebhookReceiver, chokepoint_bin, cli, job_psql,
     run_with_timeout, wait_for,
 };
 use serde_json::Value;
@@ -596,6 +596,35 @@ fn a_fleet_store_lets_an_approver_decide_on_another_gateway() -> Result<()> {
     assert!(all.contains("DELETE 1"), "{all}");
     assert!(all.contains("after"), "{all}");
     assert_eq!(s.orders()?, "39");
+
+    // The fleet store directly: an approver with the database's
+    // credentials decides without any gateway's socket.
+    let direct = format!(
+        "host=127.0.0.1 port={} user=app_rw dbname=orders password={}",
+        s.pg.port(),
+        s.pg.password("app_rw")?
+    );
+    let job = Job::new(
+        job_psql(&s.cg, &conninfo, &["DELETE FROM orders WHERE id = 8"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
+    let pending = wait_for("the second request in the store", WAIT, || {
+        let out = cli(&["approvals", "--store", &direct, "list", "--json"]).ok()?;
+        let v: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
+        (v.len() == 1).then(|| v[0].clone())
+    })?;
+    let id = pending["id"].as_str().context("id")?.to_owned();
+    let mut cmd = Command::new(&s.bin);
+    cmd.args(["approvals", "--store", &direct, "approve", &id])
+        .uid(NOBODY)
+        .gid(NOBODY);
+    let out = run_with_timeout(&mut cmd, CLIENT_TIMEOUT)?;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = job.finish()?;
+    assert!(text(&out).contains("DELETE 1"), "{}", text(&out));
+    assert_eq!(s.orders()?, "38");
     drop(b);
     Ok(())
 }

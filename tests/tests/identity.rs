@@ -97,6 +97,7 @@ struct Setup {
     _pg: PgServer,
     provider: Provider,
     dir: tempfile::TempDir,
+    jwks: PathBuf,
 }
 
 impl Setup {
@@ -147,6 +148,7 @@ roles = ["app_rw"]
             _pg: pg,
             provider,
             dir,
+            jwks,
         })
     }
 
@@ -289,6 +291,59 @@ fn bound_jobs_reach_what_their_repository_may_and_keep_apart() -> Result<()> {
     assert!(
         jobs.iter().any(|j| j.is_null()),
         "unidentified sessions carry no job"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_rotated_jwks_applies_at_the_next_reload() -> Result<()> {
+    let mut s = Setup::start("id-rotate")?;
+    // The provider rotates to a new key; its tokens are unknown until the
+    // gateway re-reads the JWKS file on SIGHUP.
+    let new = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let p = new.public_key_raw().to_vec();
+    let key = EncodingKey::from_ec_der(&new.serialize_der());
+    let token = s.provider.sign(
+        Algorithm::ES256,
+        "ec-2",
+        &key,
+        &claims("acme/app", "rotated"),
+    );
+    let out = s.begin_a("rotated.jwt", &token)?;
+    assert!(
+        text(&out).contains("token refused: unknown kid \"ec-2\" for issuer ci"),
+        "{}",
+        text(&out)
+    );
+    let jwks = json!({"keys": [
+        {"kty": "EC", "crv": "P-256", "kid": "ec-2", "alg": "ES256", "x": b64(&p[1..33]), "y": b64(&p[33..])},
+    ]});
+    std::fs::write(&s.jwks, jwks.to_string())?;
+    let reloaded = s.gw.reload()?;
+    assert_eq!(
+        reloaded["fields"]["message"], "policy reloaded",
+        "{reloaded}"
+    );
+    // A refused token was never bound, so it may bind now.
+    let out = s.begin_a("rotated-again.jwt", &token)?;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = s.psql(&s.job_a)?;
+    assert!(reached(&out), "{}", text(&out));
+    // The old key is gone: its tokens are refused.
+    let old = s.provider.token("acme/app", "old-key");
+    let cgroup_b = s.job_b.path().display().to_string();
+    let file = s.token_file("old.jwt", &old)?;
+    let out = s.job(&[
+        "begin",
+        "--token-file",
+        &file.display().to_string(),
+        "--cgroup",
+        &cgroup_b,
+    ])?;
+    assert!(
+        text(&out).contains("unknown kid \"ec-1\""),
+        "{}",
+        text(&out)
     );
     Ok(())
 }
