@@ -46,6 +46,20 @@ pub fn chokepoint_bin() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A copy of the binary under test that any user may execute (the build
+/// tree may sit under a directory other users cannot enter), for CLI calls
+/// as an unprivileged approver or runner. Keep the directory alive while
+/// the path is used.
+pub fn chokepoint_bin_for_anyone() -> Result<(TempDir, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("cp-bin-").tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let bin = dir.path().join("chokepoint");
+    std::fs::copy(chokepoint_bin()?, &bin)?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    Ok((dir, bin))
+}
+
 /// Where an instance's links and maps are pinned.
 pub fn pin_dir(instance: &str) -> PathBuf {
     Path::new("/sys/fs/bpf/chokepoint").join(instance)

@@ -22,7 +22,8 @@ use anyhow::{Context, Result, bail};
 pub use cgroup::{TestCgroup, cgroup2_mount};
 pub use dns::DnsServer;
 pub use gateway::{
-    EXEMPT_MARK, Gateway, GatewayConfig, Mode, Rule, Target, chokepoint_bin, cli, message, pin_dir,
+    EXEMPT_MARK, Gateway, GatewayConfig, Mode, Rule, Target, chokepoint_bin,
+    chokepoint_bin_for_anyone, cli, message, pin_dir,
 };
 pub use ports::{gateway_port, instance_name};
 pub use postgres::{PgServer, job_command, job_psql};

@@ -15,8 +15,8 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use chokepoint_tests::{
-    Gateway, GatewayConfig, PgServer, TestCgroup, WebhookReceiver, chokepoint_bin, cli, job_psql,
-    run_with_timeout, wait_for,
+    Gateway, GatewayConfig, PgServer, TestCgroup, WebhookReceiver, chokepoint_bin_for_anyone, cli,
+    job_psql, run_with_timeout, wait_for,
 };
 use serde_json::Value;
 
@@ -91,11 +91,7 @@ impl Setup {
         }
         let gw =
             Gateway::start(&config).with_context(|| format!("config:\n{}", config.to_toml()))?;
-        let bin_dir = tempfile::Builder::new().prefix("cp-approver-").tempdir()?;
-        std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755))?;
-        let bin = bin_dir.path().join("chokepoint");
-        std::fs::copy(chokepoint_bin()?, &bin)?;
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+        let (bin_dir, bin) = chokepoint_bin_for_anyone()?;
         Ok(Self {
             gw,
             cg,
