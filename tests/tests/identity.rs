@@ -13,7 +13,8 @@ use std::{
 use anyhow::{Context, Result};
 use base64::Engine;
 use chokepoint_tests::{
-    Gateway, GatewayConfig, PgServer, TestCgroup, chokepoint_bin, job_psql, run_with_timeout,
+    Gateway, GatewayConfig, PgServer, TestCgroup, chokepoint_bin, chokepoint_bin_for_anyone,
+    job_psql, run_with_timeout, wait_for,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -169,8 +170,13 @@ roles = ["app_rw"]
 
     /// `chokepoint job begin --token-file` with `token`, `--cgroup job-a`.
     fn begin_a(&self, name: &str, token: &str) -> Result<Output> {
+        self.begin(&self.job_a, name, token)
+    }
+
+    /// `chokepoint job begin --token-file` with `token`, `--cgroup <cgroup>`.
+    fn begin(&self, cgroup: &TestCgroup, name: &str, token: &str) -> Result<Output> {
         let file = self.token_file(name, token)?;
-        let cgroup = self.job_a.path().display().to_string();
+        let cgroup = cgroup.path().display().to_string();
         self.job(&[
             "begin",
             "--token-file",
@@ -250,17 +256,26 @@ fn bound_jobs_reach_what_their_repository_may_and_keep_apart() -> Result<()> {
     let (a, b) = (s.psql(&s.job_a)?, s.psql(&s.job_b)?);
     assert!(reached(&a), "{}", text(&a));
     assert!(!reached(&b), "{}", text(&b));
-    let logs = s.gw.logs();
-    let flows: Vec<Value> = logs
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["fields"]["decision"].is_string())
-        .collect();
-    let decided = |identity: &str, decision: &str| {
+    // A flow's event is logged after its connection closed, which can be
+    // just after psql has exited: wait for the three, then check them.
+    let flows_now = || -> Vec<Value> {
+        s.gw.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["decision"].is_string())
+            .collect()
+    };
+    let seen = |flows: &[Value], identity: &str, decision: &str| {
         flows
             .iter()
             .any(|f| f["fields"]["identity"] == identity && f["fields"]["decision"] == decision)
     };
+    let flows = wait_for("the flow events of both jobs", CLIENT_TIMEOUT, || {
+        let flows = flows_now();
+        seen(&flows, "ci:repo:evil/tool:ref:refs/heads/main", "deny").then_some(flows)
+    })
+    .unwrap_or_else(|_| flows_now());
+    let decided = |identity: &str, decision: &str| seen(&flows, identity, decision);
     assert!(decided("unidentified", "deny"), "{flows:#?}");
     assert!(
         decided("ci:repo:acme/app:ref:refs/heads/main", "allow"),
@@ -331,15 +346,7 @@ fn a_rotated_jwks_applies_at_the_next_reload() -> Result<()> {
     assert!(reached(&out), "{}", text(&out));
     // The old key is gone: its tokens are refused.
     let old = s.provider.token("acme/app", "old-key");
-    let cgroup_b = s.job_b.path().display().to_string();
-    let file = s.token_file("old.jwt", &old)?;
-    let out = s.job(&[
-        "begin",
-        "--token-file",
-        &file.display().to_string(),
-        "--cgroup",
-        &cgroup_b,
-    ])?;
+    let out = s.begin(&s.job_b, "old.jwt", &old)?;
     assert!(
         text(&out).contains("unknown kid \"ec-1\""),
         "{}",
@@ -435,15 +442,8 @@ fn bad_tokens_and_callers_are_refused_with_precise_errors() -> Result<()> {
     let token = p.token("acme/app", "once");
     let out = s.begin_a("once.jwt", &token)?;
     assert!(out.status.success(), "{}", text(&out));
-    let file = s.token_file("once-again.jwt", &token)?;
+    let out = s.begin(&s.job_b, "once-again.jwt", &token)?;
     let cgroup_b = s.job_b.path().display().to_string();
-    let out = s.job(&[
-        "begin",
-        "--token-file",
-        &file.display().to_string(),
-        "--cgroup",
-        &cgroup_b,
-    ])?;
     assert!(!out.status.success());
     assert!(
         text(&out).contains("this token was already bound (to cgroup /"),
@@ -453,11 +453,7 @@ fn bad_tokens_and_callers_are_refused_with_precise_errors() -> Result<()> {
 
     // Only root or a configured runner user may bind: nobody reaches the
     // socket through its group, and is refused by the gateway.
-    let bin_dir = tempfile::Builder::new().prefix("cp-runner-").tempdir()?;
-    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    let bin = bin_dir.path().join("chokepoint");
-    std::fs::copy(chokepoint_bin()?, &bin)?;
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    let (_bin_dir, bin) = chokepoint_bin_for_anyone()?;
     let file = s.token_file("nobody.jwt", &p.token("acme/app", "nobody"))?;
     let mut cmd = Command::new(&bin);
     cmd.arg("job")
