@@ -166,7 +166,14 @@ pub struct GatewayConfig {
     /// Lines of the `[approvals]` table (`dir = "approvals"` is always
     /// there, in the gateway's own directory).
     pub approvals: Vec<String>,
+    /// The daemon's `RUST_LOG`. Tests read the per-statement events of
+    /// allowed statements, which the daemon logs at debug.
+    pub log_filter: String,
 }
+
+/// What tests run the daemon with: everything at info, and the
+/// gateway's own debug events (allowed statements) too.
+const TEST_LOG_FILTER: &str = "info,chokepoint=debug";
 
 impl GatewayConfig {
     /// Guards `cgroup` with a fresh instance name (from `hint`) and a free
@@ -186,7 +193,15 @@ impl GatewayConfig {
             recording_dir: PathBuf::from("sessions"),
             recording: Vec::new(),
             approvals: Vec::new(),
+            log_filter: TEST_LOG_FILTER.into(),
         })
+    }
+
+    /// Runs the daemon with `RUST_LOG=filter` (benchmarks measure the
+    /// production default, `info`).
+    pub fn log_filter(mut self, filter: &str) -> Self {
+        self.log_filter = filter.into();
+        self
     }
 
     pub fn mode(mut self, mode: Mode) -> Self {
@@ -370,7 +385,7 @@ impl Gateway {
             .arg(&self.config_path)
             .args(["--log-format", "json"])
             .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &self.config.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -61,6 +61,15 @@ struct Args {
     /// to end; its numbers are not worth quoting.
     #[arg(long)]
     quick: bool,
+    /// Measure only the cells whose name contains this text (e.g.
+    /// "select-only prepared 1 client"), for profiling one path.
+    #[arg(long)]
+    only: Option<String>,
+    /// The gateway's `RUST_LOG`. The default is the daemon's own: denials
+    /// at info, allowed statements only in the session recording. Set
+    /// `info,chokepoint=debug` to also log every allowed statement.
+    #[arg(long, default_value = "info")]
+    daemon_log: String,
 }
 
 /// Job-facing target addresses: nothing listens there, so only the gateway
@@ -272,7 +281,7 @@ struct Bench {
 }
 
 impl Bench {
-    fn start(scale: u32) -> Result<Self> {
+    fn start(scale: u32, daemon_log: &str) -> Result<Self> {
         let mut pg = PgServer::start().context("starting PostgreSQL")?;
         pg.restart_with_settings(PG_SETTINGS)?;
         init_pgbench(&pg, scale)?;
@@ -297,7 +306,8 @@ impl Bench {
         let config = GatewayConfig::new("pgbench", &cg)?
             .raw_toml(&pg.target_toml("bench-masked", MASKED_ADDRESS))
             .raw_toml(&pg.target_toml("bench-plain", PLAIN_ADDRESS))
-            .raw_toml(POLICY);
+            .raw_toml(POLICY)
+            .log_filter(daemon_log);
         let gw = Gateway::start(&config)
             .with_context(|| format!("starting the gateway with:\n{}", config.to_toml()))?;
         Ok(Self {
@@ -785,24 +795,45 @@ fn run(args: &Args) -> Result<()> {
     eprintln!(
         "cp-pgbench: setting up PostgreSQL (pgbench -i -s {scale}), PgBouncer and the gateway"
     );
-    let mut bench = Bench::start(scale)?;
+    let mut bench = Bench::start(scale, &args.daemon_log)?;
     bench.check_masking()?;
 
     let mut cells = Vec::new();
     for workload in [Workload::SelectOnly, Workload::TpcbLike] {
         for mode in [QueryMode::Simple, QueryMode::Prepared] {
             for clients in [1, 8] {
-                cells.push(Cell {
+                let cell = Cell {
                     workload,
                     mode,
                     clients,
-                });
+                };
+                if args
+                    .only
+                    .as_ref()
+                    .is_none_or(|o| cell.to_string().contains(o.as_str()))
+                {
+                    cells.push(cell);
+                }
             }
         }
     }
     let routes = [Route::Direct, Route::PgBouncer, Route::Chokepoint];
     let mask_routes = [Route::Direct, Route::Unmasked, Route::Chokepoint];
-    bench.total = (cells.len() * routes.len() + mask_routes.len()) * runs as usize;
+    let mask_cell = Cell {
+        workload: Workload::Rows100,
+        mode: QueryMode::Simple,
+        clients: 1,
+    };
+    let measure_masking = args
+        .only
+        .as_ref()
+        .is_none_or(|o| mask_cell.to_string().contains(o.as_str()));
+    let mask_runs = if measure_masking {
+        mask_routes.len()
+    } else {
+        0
+    };
+    bench.total = (cells.len() * routes.len() + mask_runs) * runs as usize;
 
     // Opens PgBouncer's server connections (session mode keeps them) and
     // fills caches on every path before anything is recorded.
@@ -832,12 +863,11 @@ fn run(args: &Args) -> Result<()> {
             chokepoint: s[2],
         });
     }
-    let mask_cell = Cell {
-        workload: Workload::Rows100,
-        mode: QueryMode::Simple,
-        clients: 1,
+    let masking = if measure_masking {
+        Some(bench.measure(mask_cell, &mask_routes, runs, seconds)?)
+    } else {
+        None
     };
-    let masking = bench.measure(mask_cell, &mask_routes, runs, seconds)?;
     let load_end = loadavg();
     let elapsed = started.elapsed();
     let events = std::mem::take(&mut bench.events);
@@ -855,9 +885,10 @@ fn run(args: &Args) -> Result<()> {
         version(PGBOUNCER)
     );
     println!(
-        "chokepoint: statement rules, 2 masking rules, events at info ({} statement events, \
-         {} with masked values, {} warnings/errors logged in the measured runs)",
-        events.statements, events.masked, events.warnings
+        "chokepoint: statement rules, 2 masking rules, every session recorded, daemon log \
+         RUST_LOG={} ({} statement events, {} with masked values, {} warnings/errors logged in \
+         the measured runs)",
+        args.daemon_log, events.statements, events.masked, events.warnings
     );
     println!();
     println!(
@@ -887,15 +918,17 @@ fn run(args: &Args) -> Result<()> {
     }
     println!("(×: TPS relative to direct; (+n): p50 added to direct's, µs per transaction)");
     println!();
-    println!("| 100-row SELECT, 1 client, simple | TPS | p50 µs | p99 µs |");
-    println!("|---|---:|---:|---:|");
-    for (route, s) in mask_routes.iter().zip(&masking) {
-        println!(
-            "| {route} | {:.0} | {:.0} | {:.0} |",
-            s.tps, s.p50_us, s.p99_us
-        );
+    if let Some(masking) = &masking {
+        println!("| 100-row SELECT, 1 client, simple | TPS | p50 µs | p99 µs |");
+        println!("|---|---:|---:|---:|");
+        for (route, s) in mask_routes.iter().zip(masking) {
+            println!(
+                "| {route} | {:.0} | {:.0} | {:.0} |",
+                s.tps, s.p50_us, s.p99_us
+            );
+        }
+        println!();
     }
-    println!();
 
     println!("targets:");
     for r in rows.iter().filter(|r| r.cell.clients == 1) {
@@ -921,16 +954,18 @@ fn run(args: &Args) -> Result<()> {
             verdict(ratio >= TPS_FLOOR && r.chokepoint.tps > r.bouncer.tps)
         );
     }
-    let (unmasked, masked) = (masking[1], masking[2]);
-    let mask_cost = masked.p50_us / unmasked.p50_us - 1.0;
-    println!(
-        "  masking a 100-row result adds ≤ {:.0}% to p50: {:.0} µs unmasked, {:.0} µs masked, {:+.1}%: {}",
-        MASKING_BUDGET * 100.0,
-        unmasked.p50_us,
-        masked.p50_us,
-        mask_cost * 100.0,
-        verdict(mask_cost <= MASKING_BUDGET)
-    );
+    if let Some(masking) = &masking {
+        let (unmasked, masked) = (masking[1], masking[2]);
+        let mask_cost = masked.p50_us / unmasked.p50_us - 1.0;
+        println!(
+            "  masking a 100-row result adds ≤ {:.0}% to p50: {:.0} µs unmasked, {:.0} µs masked, {:+.1}%: {}",
+            MASKING_BUDGET * 100.0,
+            unmasked.p50_us,
+            masked.p50_us,
+            mask_cost * 100.0,
+            verdict(mask_cost <= MASKING_BUDGET)
+        );
+    }
     // pgbench's simple-mode statements differ in their literals, so every
     // one is a classifier cache miss, but end to end that cost cannot be
     // told apart from the rest of the gateway's work on the same cores.

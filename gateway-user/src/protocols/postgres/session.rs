@@ -19,7 +19,7 @@ use tokio::{
     net::TcpStream,
 };
 use tokio_util::either::Either;
-use tracing::{info, warn};
+use tracing::{Level, debug, info, warn};
 
 use super::{
     PostgresContext,
@@ -889,16 +889,29 @@ impl Session<'_> {
         let class = class_names(Some(classification));
         let redacted = super::classify::redact_passwords(sql);
         let audit = self.ctx.mode == Mode::Audit;
-        info!(
-            flow_id = self.flow.id,
-            statement = %redacted,
-            class = %class,
-            decision = %decision.verdict,
-            rule = %decision.rule,
-            reason = %decision.reason,
-            mode = %self.ctx.mode,
-            "statement"
-        );
+        // The recording holds every statement; the daemon log only needs
+        // the ones policy stopped (or would have, in audit mode), and a log
+        // line per allowed statement costs more than the rest of its path.
+        macro_rules! statement_event {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    flow_id = self.flow.id,
+                    statement = %redacted,
+                    class = %class,
+                    decision = %decision.verdict,
+                    rule = %decision.rule,
+                    reason = %decision.reason,
+                    mode = %self.ctx.mode,
+                    "statement"
+                )
+            };
+        }
+        if decision.verdict == StatementVerdict::Allow {
+            statement_event!(Level::DEBUG);
+        } else {
+            statement_event!(Level::INFO);
+        }
         self.recording.record(Body::Statement {
             text: redacted.clone().into_owned(),
             class: class.clone(),
@@ -1343,7 +1356,7 @@ impl Session<'_> {
             columns: running.columns,
             sample: running.sample,
         });
-        info!(
+        debug!(
             flow_id = self.flow.id,
             statement = %super::classify::redact_passwords(&running.sql),
             class = %running.class,
