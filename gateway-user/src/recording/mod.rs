@@ -47,7 +47,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::error;
 
 pub use event::{Body, Event, Identity};
@@ -61,7 +61,7 @@ const MAX_INFLIGHT: usize = 1 << 16;
 
 /// The daemon's recorder: one writer thread, shared by every session.
 pub struct Recorder {
-    tx: mpsc::UnboundedSender<writer::Msg>,
+    queue: writer::Queue,
     dir: PathBuf,
     result_rows: usize,
     next: AtomicU64,
@@ -77,14 +77,14 @@ impl Recorder {
         let key = keys::HostKey::load_or_create(&settings.keys_dir)?;
         std::fs::create_dir_all(&settings.dir)
             .map_err(|e| format!("cannot create {}: {e}", settings.dir.display()))?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (queue, inbox) = writer::queue();
         let inflight = Arc::new(AtomicUsize::new(0));
         let active = writer::Active::default();
         let sink = settings.sink.clone().map(sink::Sink::new);
-        let thread = writer::spawn(rx, key, inflight.clone(), active.clone(), sink)
+        let thread = writer::spawn(inbox, key, inflight.clone(), active.clone(), sink)
             .map_err(|e| format!("cannot start the recording writer: {e}"))?;
         Ok(Arc::new(Recorder {
-            tx,
+            queue,
             dir: settings.dir.clone(),
             result_rows: settings.result_rows,
             next: AtomicU64::new(1),
@@ -118,14 +118,14 @@ impl Recorder {
             session,
             handle,
             started: Instant::now(),
-            tx: self.tx.clone(),
+            queue: self.queue.clone(),
             inflight: self.inflight.clone(),
             health: health.clone(),
             result_rows: self.result_rows,
         };
         let (ack, done) = oneshot::channel();
         self.inflight.fetch_add(1, Ordering::Relaxed);
-        let sent = self.tx.send(writer::Msg::Open {
+        let sent = self.queue.send_now(writer::Msg::Open {
             handle,
             path,
             session: recording.session.clone(),
@@ -142,7 +142,7 @@ impl Recorder {
     /// Returns once everything handed over so far is written and fsynced.
     pub async fn flush(&self) {
         let (ack, done) = oneshot::channel();
-        if self.tx.send(writer::Msg::Flush(ack)).is_ok() {
+        if self.queue.send_now(writer::Msg::Flush(ack)).is_ok() {
             let _ = done.await;
         }
     }
@@ -176,7 +176,7 @@ pub struct SessionRecording {
     session: String,
     handle: u64,
     started: Instant,
-    tx: mpsc::UnboundedSender<writer::Msg>,
+    queue: writer::Queue,
     inflight: Arc<AtomicUsize>,
     health: Arc<Health>,
     result_rows: usize,
@@ -237,8 +237,8 @@ impl SessionRecording {
         }
         let mono_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         if self
-            .tx
-            .send(msg(self.handle, SystemTime::now(), mono_us))
+            .queue
+            .send_later(msg(self.handle, SystemTime::now(), mono_us))
             .is_err()
         {
             self.inflight.fetch_sub(1, Ordering::Relaxed);

@@ -3,6 +3,13 @@
 //! fsyncs dirty files at most every 100 ms (a closed session's file at the
 //! next such group commit). Blocking file I/O lives here, on its own
 //! thread, never on the gateway's reactor.
+//!
+//! Sessions hand over events through a [`Queue`] that does not wake the
+//! writer per event: waking another thread costs the statement's path a
+//! syscall and, on a small runner, a core the client or server needed.
+//! The first event after the writer last looked nudges it; it then waits
+//! [`GATHER`] and takes everything queued meanwhile in one go. Only what a
+//! caller waits for (a session opening, a flush) is taken at once.
 use std::{
     collections::{HashMap, HashSet},
     fs::{self, File, OpenOptions},
@@ -11,7 +18,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -28,6 +35,65 @@ use super::{
 
 const SYNC_EVERY: Duration = Duration::from_millis(100);
 const BATCH: usize = 512;
+/// How long the writer lets events gather after a nudge. Small next to
+/// the fsync interval, so it adds nothing to what a crash can lose.
+const GATHER: Duration = Duration::from_millis(5);
+
+/// The sessions' side of the writer's inbox.
+#[derive(Clone)]
+pub(super) struct Queue {
+    /// Messages a caller waits for, and nudges; the writer always listens.
+    urgent: mpsc::UnboundedSender<Msg>,
+    /// Events and closes; the writer never waits on this channel, so a
+    /// send never wakes it.
+    bulk: mpsc::UnboundedSender<Msg>,
+    /// Set by the first bulk send after the writer last emptied `bulk`.
+    armed: Arc<AtomicBool>,
+}
+
+/// The writer's side.
+pub(super) struct Inbox {
+    urgent: mpsc::UnboundedReceiver<Msg>,
+    bulk: mpsc::UnboundedReceiver<Msg>,
+    armed: Arc<AtomicBool>,
+}
+
+pub(super) fn queue() -> (Queue, Inbox) {
+    let (urgent, urgent_rx) = mpsc::unbounded_channel();
+    let (bulk, bulk_rx) = mpsc::unbounded_channel();
+    let armed = Arc::new(AtomicBool::new(false));
+    (
+        Queue {
+            urgent,
+            bulk,
+            armed: armed.clone(),
+        },
+        Inbox {
+            urgent: urgent_rx,
+            bulk: bulk_rx,
+            armed,
+        },
+    )
+}
+
+impl Queue {
+    /// For messages whose sender waits for the answer.
+    pub(super) fn send_now(&self, msg: Msg) -> Result<(), ()> {
+        self.urgent.send(msg).map_err(|_| ())
+    }
+
+    /// For events: written within [`GATHER`], without waking the writer
+    /// unless it is idle.
+    pub(super) fn send_later(&self, msg: Msg) -> Result<(), ()> {
+        self.bulk.send(msg).map_err(|_| ())?;
+        // AcqRel pairs with the writer's swap: if this sees `true`, the
+        // writer's next swap sees this send, and takes the event with it.
+        if !self.armed.swap(true, Ordering::AcqRel) {
+            self.urgent.send(Msg::Nudge).map_err(|_| ())?;
+        }
+        Ok(())
+    }
+}
 
 pub(super) enum Msg {
     Open {
@@ -52,6 +118,8 @@ pub(super) enum Msg {
     },
     /// Write and fsync everything, then answer.
     Flush(oneshot::Sender<()>),
+    /// Events wait in the bulk channel.
+    Nudge,
 }
 
 struct Open {
@@ -70,7 +138,7 @@ struct Open {
 pub(super) type Active = Arc<Mutex<HashSet<PathBuf>>>;
 
 pub(super) fn spawn(
-    rx: mpsc::UnboundedReceiver<Msg>,
+    inbox: Inbox,
     key: HostKey,
     inflight: Arc<AtomicUsize>,
     active: Active,
@@ -96,7 +164,7 @@ pub(super) fn spawn(
                     (tx, tokio::spawn(sink.run(rx)))
                 });
                 let (tx, task) = sink.unzip();
-                Writer::new(key, inflight, active, tx).run(rx).await;
+                Writer::new(key, inflight, active, tx).run(inbox).await;
                 // The writer is gone, so is the sender: the sink drains.
                 if let Some(task) = task {
                     let _ = task.await;
@@ -149,24 +217,30 @@ impl Writer {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    async fn run(mut self, mut inbox: Inbox) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut tick = tokio::time::interval(SYNC_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gather: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
-                n = rx.recv_many(&mut batch, BATCH) => {
+                n = inbox.urgent.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
                         break;
                     }
+                    // Whatever a session queued before sending these (the
+                    // events a flush must cover) is in `bulk` already.
+                    self.take_bulk(&mut inbox.bulk);
                     let mut flushes = Vec::new();
                     for msg in batch.drain(..) {
                         match msg {
                             Msg::Flush(ack) => flushes.push(ack),
+                            Msg::Nudge => {
+                                gather.get_or_insert_with(|| tokio::time::Instant::now() + GATHER);
+                            }
                             other => self.apply(other),
                         }
                     }
-                    self.inflight.fetch_sub(n - flushes.len(), Ordering::Relaxed);
                     self.write_pending();
                     self.send_rows();
                     if !flushes.is_empty() {
@@ -176,15 +250,37 @@ impl Writer {
                         }
                     }
                 }
+                _ = sleep_until(gather), if gather.is_some() => {
+                    gather = None;
+                    // Disarm first: a send after this nudges again, a send
+                    // before it is visible to the drain below.
+                    inbox.armed.swap(false, Ordering::AcqRel);
+                    self.take_bulk(&mut inbox.bulk);
+                    self.write_pending();
+                    self.send_rows();
+                }
                 _ = tick.tick() => self.sync(),
             }
         }
+        self.take_bulk(&mut inbox.bulk);
         self.write_pending();
         self.sync();
         self.send_rows();
     }
 
+    fn take_bulk(&mut self, bulk: &mut mpsc::UnboundedReceiver<Msg>) {
+        while let Ok(msg) = bulk.try_recv() {
+            self.apply(msg);
+        }
+    }
+
     fn apply(&mut self, msg: Msg) {
+        if matches!(
+            msg,
+            Msg::Open { .. } | Msg::Event { .. } | Msg::Close { .. }
+        ) {
+            self.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
         match msg {
             Msg::Open {
                 handle,
@@ -255,6 +351,7 @@ impl Writer {
             Msg::Flush(ack) => {
                 let _ = ack.send(());
             }
+            Msg::Nudge => {}
         }
     }
 
@@ -342,6 +439,13 @@ impl Open {
         self.pending.clear();
         self.dirty = true;
         Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
