@@ -37,6 +37,10 @@ const MASK: &str = "'***'";
 /// );
 /// ```
 pub fn redact_passwords(sql: &str) -> Cow<'_, str> {
+    // Runs for every statement logged or recorded; scanning costs ~10 µs.
+    if !may_hold_secrets(sql) {
+        return Cow::Borrowed(sql);
+    }
     let ranges = match pg_query::scan(sql) {
         Ok(scan) => scanned_secrets(sql, &scan.tokens),
         Err(_) => lexed_secrets(sql),
@@ -61,6 +65,21 @@ pub fn redact_passwords(sql: &str) -> Cow<'_, str> {
     }
     out.push_str(&sql[at..]);
     Cow::Owned(out)
+}
+
+/// False only when nothing below could match: both keywords are plain
+/// ASCII words in the text (PostgreSQL folds only ASCII case and has no
+/// escapes for keywords), and [`looks_like_credentials`] needs
+/// `password` or `://` verbatim in the literal.
+fn may_hold_secrets(sql: &str) -> bool {
+    const NEEDLES: [&[u8]; 3] = [b"password", b"connection", b"://"];
+    let b = sql.as_bytes();
+    (0..b.len()).any(|i| {
+        NEEDLES.iter().any(|n| {
+            b.get(i..i + n.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(n))
+        })
+    })
 }
 
 /// Byte ranges of secret literals among PostgreSQL's tokens.
