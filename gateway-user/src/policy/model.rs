@@ -78,6 +78,7 @@ pub(super) struct WebhookEntry {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RecordingSection {
+    pub enabled: Option<bool>,
     pub dir: Option<Spanned<String>>,
     pub keys_dir: Option<Spanned<String>>,
     pub result_rows: Option<Spanned<Int>>,

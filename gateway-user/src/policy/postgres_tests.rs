@@ -1567,6 +1567,9 @@ fn recording_settings_default_and_resolve_next_to_their_file() {
     );
     assert_eq!(recording.keys_dir, PathBuf::from("/srv/keys"));
     assert_eq!(recording.result_rows, 5);
+    assert!(recording.enabled);
+    let policy = load_one(&files, "[recording]\nenabled = false\n").expect("recording off");
+    assert!(!policy.recording().enabled);
     let text = "[recording]\ndir = \"\"\nresult_rows = -1\nretention = 3\n";
     let all = errors(load_one(&files, text));
     let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();

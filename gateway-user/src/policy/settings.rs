@@ -97,6 +97,9 @@ impl fmt::Display for Mode {
 /// Where sessions are recorded; from `[recording]`, every key defaulted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordingSettings {
+    /// `enabled = false` turns recording off for the whole daemon: for
+    /// measuring what it costs, never for a host jobs run on.
+    pub enabled: bool,
     /// `<dir>/YYYY/MM/DD/<session-id>.jsonl`.
     pub dir: PathBuf,
     /// The host's ed25519 sealing key (made on first start).
@@ -115,6 +118,7 @@ const MAX_RESULT_ROWS: i64 = 100_000;
 impl Default for RecordingSettings {
     fn default() -> Self {
         RecordingSettings {
+            enabled: true,
             dir: PathBuf::from("/var/lib/chokepoint/sessions"),
             keys_dir: PathBuf::from("/var/lib/chokepoint/keys"),
             result_rows: 100,
@@ -135,6 +139,7 @@ pub(super) fn recording(
         return settings;
     };
     let file = at.file;
+    settings.enabled = section.enabled.unwrap_or(true);
     for (key, value, slot) in [
         ("dir", &section.dir, &mut settings.dir),
         ("keys_dir", &section.keys_dir, &mut settings.keys_dir),

@@ -48,7 +48,7 @@ use std::{
 };
 
 use tokio::sync::oneshot;
-use tracing::error;
+use tracing::{error, warn};
 
 pub use event::{Body, Event, Identity};
 
@@ -61,7 +61,8 @@ const MAX_INFLIGHT: usize = 1 << 16;
 
 /// The daemon's recorder: one writer thread, shared by every session.
 pub struct Recorder {
-    queue: writer::Queue,
+    /// `None` when `[recording] enabled = false`.
+    queue: Option<writer::Queue>,
     dir: PathBuf,
     result_rows: usize,
     next: AtomicU64,
@@ -74,6 +75,19 @@ pub struct Recorder {
 impl Recorder {
     /// Loads (or makes) the host key and starts the writer thread.
     pub fn start(settings: &RecordingSettings) -> Result<Arc<Recorder>, String> {
+        if !settings.enabled {
+            warn!("[recording] enabled = false: sessions are not recorded");
+            return Ok(Arc::new(Recorder {
+                queue: None,
+                dir: settings.dir.clone(),
+                result_rows: 0,
+                next: AtomicU64::new(1),
+                inflight: Arc::default(),
+                active: writer::Active::default(),
+                limits: retention::Limits::default(),
+                thread: Mutex::new(None),
+            }));
+        }
         let key = keys::HostKey::load_or_create(&settings.keys_dir)?;
         std::fs::create_dir_all(&settings.dir)
             .map_err(|e| format!("cannot create {}: {e}", settings.dir.display()))?;
@@ -84,7 +98,7 @@ impl Recorder {
         let thread = writer::spawn(inbox, key, inflight.clone(), active.clone(), sink)
             .map_err(|e| format!("cannot start the recording writer: {e}"))?;
         Ok(Arc::new(Recorder {
-            queue,
+            queue: Some(queue),
             dir: settings.dir.clone(),
             result_rows: settings.result_rows,
             next: AtomicU64::new(1),
@@ -123,9 +137,12 @@ impl Recorder {
             health: health.clone(),
             result_rows: self.result_rows,
         };
+        let Some(queue) = &self.queue else {
+            return recording;
+        };
         let (ack, done) = oneshot::channel();
         self.inflight.fetch_add(1, Ordering::Relaxed);
-        let sent = self.queue.send_now(writer::Msg::Open {
+        let sent = queue.send_now(writer::Msg::Open {
             handle,
             path,
             session: recording.session.clone(),
@@ -142,7 +159,9 @@ impl Recorder {
     /// Returns once everything handed over so far is written and fsynced.
     pub async fn flush(&self) {
         let (ack, done) = oneshot::channel();
-        if self.queue.send_now(writer::Msg::Flush(ack)).is_ok() {
+        if let Some(queue) = &self.queue
+            && queue.send_now(writer::Msg::Flush(ack)).is_ok()
+        {
             let _ = done.await;
         }
     }
@@ -176,7 +195,8 @@ pub struct SessionRecording {
     session: String,
     handle: u64,
     started: Instant,
-    queue: writer::Queue,
+    /// `None`: recording is off, events go nowhere.
+    queue: Option<writer::Queue>,
     inflight: Arc<AtomicUsize>,
     health: Arc<Health>,
     result_rows: usize,
@@ -228,6 +248,9 @@ impl SessionRecording {
     }
 
     fn send(&self, msg: impl FnOnce(u64, SystemTime, u64) -> writer::Msg) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
         if self.inflight.fetch_add(1, Ordering::Relaxed) >= MAX_INFLIGHT {
             self.inflight.fetch_sub(1, Ordering::Relaxed);
             self.health.fail(format!(
@@ -236,8 +259,7 @@ impl SessionRecording {
             return;
         }
         let mono_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        if self
-            .queue
+        if queue
             .send_later(msg(self.handle, SystemTime::now(), mono_us))
             .is_err()
         {

@@ -6,6 +6,7 @@ use super::{verify::Verdict, *};
 
 fn settings(dir: &Path) -> RecordingSettings {
     RecordingSettings {
+        enabled: true,
         dir: dir.join("sessions"),
         keys_dir: dir.join("keys"),
         result_rows: 10,
@@ -196,4 +197,34 @@ fn session_ids_cannot_leave_the_directory() {
     }
     let e = files::find(dir.path(), "20261127T015012Z-1a2b3c4d5e6f").unwrap_err();
     assert!(e.starts_with("no recording"), "{e}");
+}
+
+#[tokio::test]
+async fn a_disabled_recorder_writes_nothing_and_stays_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RecordingSettings {
+        enabled: false,
+        ..settings(dir.path())
+    };
+    let recorder = Recorder::start(&settings).unwrap();
+    let session = recorder.open(start()).await;
+    session.healthy().unwrap();
+    session.record(statement("SELECT 1"));
+    session.close(Body::SessionEnd {
+        bytes_up: 0,
+        bytes_down: 0,
+        statements: 1,
+        denied: 0,
+        error: None,
+    });
+    recorder.flush().await;
+    recorder.shutdown().await;
+    assert!(
+        !settings.dir.exists(),
+        "a disabled recorder made its directory"
+    );
+    assert!(
+        !settings.keys_dir.exists(),
+        "a disabled recorder made a key"
+    );
 }

@@ -1,6 +1,6 @@
 //! cp-pgbench: what PostgreSQL mediation costs — pgbench straight to the server, through PgBouncer and through chokepoint, side by side.
 //!
-//! Run as root with `cargo xtask bench postgres [-- --runs N --seconds S --scale K --quick]`
+//! Run as root with `cargo xtask bench postgres [-- --runs N --seconds S --scale K --quick --only TEXT]`
 //! (which builds the gateway and sets CHOKEPOINT_BIN), or
 //! `cargo run --release -p chokepoint-tests --bin cp-pgbench -- …` with
 //! CHOKEPOINT_BIN pointing at a release build.
@@ -9,9 +9,11 @@
 //! `shared_buffers` raised so the pgbench tables stay in memory), loads the
 //! pgbench tables straight into it, then starts PgBouncer in session mode and
 //! the gateway on a private cgroup with statement rules, masking rules and
-//! its per-statement events on. Every cell (select-only / TPC-B-like ×
-//! simple / prepared × 1 / 8 clients) runs against the three paths in turn,
-//! rotating which goes first, `--runs` times; the table shows medians.
+//! session recording on, and a second gateway with the same policy and
+//! recording off on another cgroup. Every cell (select-only / TPC-B-like ×
+//! simple / prepared × 1 / 8 clients) runs against the four paths in turn,
+//! rotating which goes first, `--runs` times; the tables show medians.
+//! `--only TEXT` measures just the cells whose name contains TEXT.
 //!
 //! TPS is pgbench's own ("without initial connection time"). p50/p99 come
 //! from its per-transaction log (`--log`): they are per transaction as the
@@ -85,6 +87,8 @@ const ADDED_P50_BUDGET_US: f64 = 15.0;
 const TPS_FLOOR: f64 = 0.75;
 const MASKING_BUDGET: f64 = 0.10;
 const CLASSIFY_BUDGET_US: f64 = 5.0;
+/// The recording issue's target, per statement on the query path.
+const RECORDING_BUDGET_US: f64 = 2.0;
 
 /// Scale 10 is ~160 MB of tables and indexes; the harness's 16 MB would
 /// make every path wait on the page cache and hide what the proxies cost.
@@ -153,6 +157,9 @@ enum Route {
     Chokepoint,
     /// The `bench-plain` target: the same, without masking rules.
     Unmasked,
+    /// `bench-masked` through a second gateway with `[recording] enabled =
+    /// false`, to measure what recording costs.
+    Unrecorded,
 }
 
 impl fmt::Display for Route {
@@ -162,6 +169,7 @@ impl fmt::Display for Route {
             Route::PgBouncer => "PgBouncer",
             Route::Chokepoint => "chokepoint",
             Route::Unmasked => "chokepoint, no masking rules",
+            Route::Unrecorded => "chokepoint, recording off",
         })
     }
 }
@@ -271,6 +279,9 @@ struct EventCounts {
 struct Bench {
     gw: Gateway,
     cg: TestCgroup,
+    /// The same policy with recording off, on its own cgroup.
+    unrecorded: Gateway,
+    unrecorded_cg: TestCgroup,
     bouncer: PgBouncer,
     pg: PgServer,
     /// pgbench's logs (one subdirectory per run) and the custom script.
@@ -310,9 +321,20 @@ impl Bench {
             .log_filter(daemon_log);
         let gw = Gateway::start(&config)
             .with_context(|| format!("starting the gateway with:\n{}", config.to_toml()))?;
+        let unrecorded_cg = TestCgroup::new("pgbench-norec")?;
+        let config = GatewayConfig::new("pgbench-norec", &unrecorded_cg)?
+            .raw_toml(&pg.target_toml("bench-masked", MASKED_ADDRESS))
+            .raw_toml(&pg.target_toml("bench-plain", PLAIN_ADDRESS))
+            .raw_toml(POLICY)
+            .recording_setting("enabled = false")
+            .log_filter(daemon_log);
+        let unrecorded = Gateway::start(&config)
+            .with_context(|| format!("starting the gateway with:\n{}", config.to_toml()))?;
         Ok(Self {
             gw,
             cg,
+            unrecorded,
+            unrecorded_cg,
             bouncer,
             pg,
             work,
@@ -370,13 +392,18 @@ impl Bench {
             Route::Direct => direct(self.pg.port())?,
             Route::PgBouncer => direct(self.bouncer.port)?,
             // Inside the guarded cgroup and without a password, as a job.
-            Route::Chokepoint | Route::Unmasked => {
-                let address = if route == Route::Chokepoint {
-                    MASKED_ADDRESS
-                } else {
+            Route::Chokepoint | Route::Unmasked | Route::Unrecorded => {
+                let address = if route == Route::Unmasked {
                     PLAIN_ADDRESS
+                } else {
+                    MASKED_ADDRESS
                 };
-                let mut cmd = job_command(&self.cg, "pgbench");
+                let cg = if route == Route::Unrecorded {
+                    &self.unrecorded_cg
+                } else {
+                    &self.cg
+                };
+                let mut cmd = job_command(cg, "pgbench");
                 cmd.args(["-h", address, "-p", "5432"]);
                 cmd
             }
@@ -453,6 +480,10 @@ impl Bench {
         latencies.sort_unstable();
         if matches!(route, Route::Chokepoint | Route::Unmasked) {
             self.count_events();
+        }
+        if route == Route::Unrecorded {
+            // Nothing to count there; only keeps its log from growing.
+            drop(self.unrecorded.take_logs());
         }
         Ok(Stats {
             tps,
@@ -778,6 +809,7 @@ struct Row {
     direct: Stats,
     bouncer: Stats,
     chokepoint: Stats,
+    unrecorded: Stats,
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -817,7 +849,12 @@ fn run(args: &Args) -> Result<()> {
             }
         }
     }
-    let routes = [Route::Direct, Route::PgBouncer, Route::Chokepoint];
+    let routes = [
+        Route::Direct,
+        Route::PgBouncer,
+        Route::Chokepoint,
+        Route::Unrecorded,
+    ];
     let mask_routes = [Route::Direct, Route::Unmasked, Route::Chokepoint];
     let mask_cell = Cell {
         workload: Workload::Rows100,
@@ -847,6 +884,7 @@ fn run(args: &Args) -> Result<()> {
         Route::PgBouncer,
         Route::Chokepoint,
         Route::Unmasked,
+        Route::Unrecorded,
     ] {
         bench.run_pgbench(route, warm, 2).context("warm-up run")?;
     }
@@ -861,6 +899,7 @@ fn run(args: &Args) -> Result<()> {
             direct: s[0],
             bouncer: s[1],
             chokepoint: s[2],
+            unrecorded: s[3],
         });
     }
     let masking = if measure_masking {
@@ -918,6 +957,31 @@ fn run(args: &Args) -> Result<()> {
     }
     println!("(×: TPS relative to direct; (+n): p50 added to direct's, µs per transaction)");
     println!();
+    // Recording on vs off: the same gateway policy, one daemon records.
+    println!(
+        "| workload | mode | clients | recording off TPS | off p50 / p99 µs | recording on TPS | on p50 / p99 µs | recording's p50 cost per statement µs | p99 change |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let statements = f64::from(r.cell.workload.statements());
+        println!(
+            "| {} | {} | {} | {:.0} | {:.0} / {:.0} | {:.0} ({:.2}×) | {:.0} / {:.0} | {:+.1} | {:+.1}% |",
+            r.cell.workload.label(),
+            r.cell.mode.label(),
+            r.cell.clients,
+            r.unrecorded.tps,
+            r.unrecorded.p50_us,
+            r.unrecorded.p99_us,
+            r.chokepoint.tps,
+            r.chokepoint.tps / r.unrecorded.tps,
+            r.chokepoint.p50_us,
+            r.chokepoint.p99_us,
+            (r.chokepoint.p50_us - r.unrecorded.p50_us) / statements,
+            (r.chokepoint.p99_us / r.unrecorded.p99_us - 1.0) * 100.0,
+        );
+    }
+    println!("(×: TPS with recording relative to without)");
+    println!();
     if let Some(masking) = &masking {
         println!("| 100-row SELECT, 1 client, simple | TPS | p50 µs | p99 µs |");
         println!("|---|---:|---:|---:|");
@@ -952,6 +1016,27 @@ fn run(args: &Args) -> Result<()> {
             r.cell.mode.label(),
             r.chokepoint.tps / r.bouncer.tps,
             verdict(ratio >= TPS_FLOOR && r.chokepoint.tps > r.bouncer.tps)
+        );
+    }
+    for r in rows.iter().filter(|r| r.cell.clients == 1) {
+        let cost =
+            (r.chokepoint.p50_us - r.unrecorded.p50_us) / f64::from(r.cell.workload.statements());
+        println!(
+            "  recording adds ≤ {RECORDING_BUDGET_US} µs per statement — {} {}: {cost:+.1} µs at p50 \
+             (end to end): {}",
+            r.cell.workload.label(),
+            r.cell.mode.label(),
+            verdict(cost <= RECORDING_BUDGET_US)
+        );
+    }
+    for r in rows.iter().filter(|r| r.cell.clients == 8) {
+        println!(
+            "  no measurable p99 change at 8 clients with recording — {} {}: {:.0} µs off, {:.0} µs on ({:+.1}%)",
+            r.cell.workload.label(),
+            r.cell.mode.label(),
+            r.unrecorded.p99_us,
+            r.chokepoint.p99_us,
+            (r.chokepoint.p99_us / r.unrecorded.p99_us - 1.0) * 100.0,
         );
     }
     if let Some(masking) = &masking {
