@@ -25,6 +25,54 @@ pub mod maps {
     /// Local UDP port (`u32`, host order) → [`FlowRecord`](super::FlowRecord):
     /// who sends the datagrams the gateway's DNS listener receives.
     pub const DNS_PEERS: &str = "CP_DNS_PEERS";
+    /// LPM trie: destination prefix (IPv6, IPv4 as mapped) →
+    /// [`ReachPorts`](super::ReachPorts). A TCP connect to a destination
+    /// not in it is refused in the kernel: no rule could allow it.
+    pub const REACH: &str = "CP_REACH";
+    /// Ring buffer of [`FlowRecord`](super::FlowRecord)s of connects the
+    /// kernel refused through [`REACH`], for the gateway to log.
+    pub const REFUSED: &str = "CP_REFUSED";
+}
+
+/// Prefixes [`maps::REACH`] holds at most.
+pub const REACH_CAPACITY: u32 = 4096;
+
+/// Port ranges one [`ReachPorts`] holds; more are merged (wider, never narrower).
+pub const REACH_SPANS: usize = 16;
+
+/// Bytes of the [`maps::REFUSED`] ring buffer (a power of two, a page multiple).
+pub const REFUSED_RING_BYTES: u32 = 256 * 1024;
+
+/// Inclusive port range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSpan {
+    pub first: u16,
+    pub last: u16,
+}
+
+/// The ports some rule may allow on a destination prefix: `spans[..count]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReachPorts {
+    pub count: u32,
+    pub spans: [PortSpan; REACH_SPANS],
+}
+
+impl ReachPorts {
+    #[inline(always)]
+    pub fn contains(&self, port: u16) -> bool {
+        let mut i = 0;
+        // A fixed bound the verifier can see, whatever `count` says.
+        while i < REACH_SPANS {
+            if (i as u32) < self.count && self.spans[i].first <= port && port <= self.spans[i].last
+            {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
 }
 
 /// Name of the read-only global holding [`GatewayConfig`].
@@ -105,6 +153,10 @@ pub enum Counter {
     Exempt = 3,
     /// Records that could not be stored: the connect was refused instead.
     RecordFailed = 4,
+    /// TCP connects refused because no rule could allow the destination.
+    Unreachable = 5,
+    /// Of those, the ones the gateway could not be told about (ring full).
+    RefusedUnlogged = 6,
 }
 
 /// Number of [`Counter`] slots.
@@ -148,4 +200,5 @@ mod pod {
     unsafe impl aya::Pod for super::GatewayConfig {}
     unsafe impl aya::Pod for super::ClientKey {}
     unsafe impl aya::Pod for super::FlowRecord {}
+    unsafe impl aya::Pod for super::ReachPorts {}
 }

@@ -21,6 +21,7 @@ use crate::{
     },
     dns,
     maps::{PENDING, count},
+    reach,
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -54,7 +55,12 @@ pub fn cp_connect4(ctx: SockAddrContext) -> i32 {
         // connections it has no record for).
         return ALLOW;
     }
-    if !record(&ctx, mapped_v4(dst_ip), dst_port, AF_INET, &PENDING) {
+    let dst = mapped_v4(dst_ip);
+    if !reach::reachable(dst, dst_port) {
+        reach::report(&flow_record(&ctx, dst, dst_port, AF_INET));
+        return DENY;
+    }
+    if !record(&ctx, dst, dst_port, AF_INET, &PENDING) {
         return DENY;
     }
     unsafe {
@@ -103,7 +109,12 @@ pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
     if dst_port == cfg.listen_port && dst_ip == gateway {
         return ALLOW;
     }
-    if !record(&ctx, v6_bytes(dst_ip), dst_port, AF_INET6, &PENDING) {
+    let dst = v6_bytes(dst_ip);
+    if !reach::reachable(dst, dst_port) {
+        reach::report(&flow_record(&ctx, dst, dst_port, AF_INET6));
+        return DENY;
+    }
+    if !record(&ctx, dst, dst_port, AF_INET6, &PENDING) {
         return DENY;
     }
     unsafe {
@@ -126,6 +137,22 @@ pub fn record(
     family: u16,
     map: &HashMap<u64, FlowRecord>,
 ) -> bool {
+    let rec = flow_record(ctx, dst_addr, dst_port, family);
+    if map.insert(&rec.cookie, &rec, 0).is_err() {
+        count(Counter::RecordFailed);
+        return false;
+    }
+    true
+}
+
+/// Who is connecting where.
+#[inline(always)]
+fn flow_record(
+    ctx: &SockAddrContext,
+    dst_addr: [u8; 16],
+    dst_port: u16,
+    family: u16,
+) -> FlowRecord {
     let raw = ctx.sock_addr as *mut core::ffi::c_void;
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
@@ -138,7 +165,7 @@ pub fn record(
             bpf_get_current_cgroup_id(),
         )
     };
-    let rec = FlowRecord {
+    FlowRecord {
         cookie,
         created_ns: unsafe { bpf_ktime_get_ns() },
         cgroup_id,
@@ -150,12 +177,7 @@ pub fn record(
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         comm,
-    };
-    if map.insert(&cookie, &rec, 0).is_err() {
-        count(Counter::RecordFailed);
-        return false;
     }
-    true
 }
 
 /// While the gateway is down its ports are free; a job that bound one

@@ -1,7 +1,8 @@
 //! Chokepoint's kernel side: cgroup programs that make the gateway the only
 //! way out of a guarded cgroup.
 //!
-//! * [`connect`]: TCP `connect()` is recorded and redirected to the gateway;
+//! * [`connect`]: TCP `connect()` is recorded and redirected to the gateway,
+//!   or refused at once when [`reach`] says no rule could allow it;
 //!   binding the gateway's ports is refused so a job cannot impersonate a
 //!   stopped gateway.
 //! * [`dns`]: UDP to port 53 goes to the gateway's DNS listener (and the
@@ -21,6 +22,7 @@ mod common;
 mod connect;
 mod dns;
 mod maps;
+mod reach;
 mod sock_create;
 mod sock_release;
 mod sockops;

@@ -2,9 +2,12 @@
 //! adopts the same maps the still-attached programs use.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
-use gateway_common::{COUNTER_SLOTS, ClientKey, Counter, FLOW_MAP_CAPACITY, FlowRecord};
+use gateway_common::{
+    COUNTER_SLOTS, ClientKey, Counter, FLOW_MAP_CAPACITY, FlowRecord, REACH_CAPACITY,
+    REFUSED_RING_BYTES, ReachPorts,
+};
 
 #[map(name = "CP_PENDING")]
 pub static PENDING: HashMap<u64, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);
@@ -19,6 +22,13 @@ pub static DNS_PENDING: HashMap<u64, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPA
 /// Keyed by local port: a dual-stack socket's IPv4 datagrams reach the
 /// gateway's IPv4 listener, so the family cannot be part of the key.
 pub static DNS_PEERS: HashMap<u32, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);
+
+/// Written by the gateway from its policy; empty refuses every TCP connect.
+#[map(name = "CP_REACH")]
+pub static REACH: LpmTrie<[u8; 16], ReachPorts> = LpmTrie::pinned(REACH_CAPACITY, 0);
+
+#[map(name = "CP_REFUSED")]
+pub static REFUSED: RingBuf = RingBuf::pinned(REFUSED_RING_BYTES, 0);
 
 #[map(name = "CP_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);

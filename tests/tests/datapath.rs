@@ -104,6 +104,22 @@ fn assert_flow(ev: &Value, dst: SocketAddr, decision: &str, rule: &str, mode: &s
     assert_eq!(ev["mode"], mode, "mode in {ev}");
 }
 
+/// Refused by the kernel at `connect()` (EPERM: no rule could allow the
+/// destination), and logged by the gateway all the same.
+fn assert_refused_at_connect(r: &ProbeReport, ev: &Value) {
+    assert_refused(r);
+    assert!(
+        !r.connected,
+        "connect() succeeded for an unreachable destination: {r:?}"
+    );
+    const EPERM: i32 = 1;
+    assert!(
+        r.errors.iter().any(|e| e.errno == Some(EPERM)),
+        "connect() should fail with EPERM: {r:?}"
+    );
+    assert_eq!(ev["enforced_by"], "kernel", "{ev}");
+}
+
 fn is_local_addr_of(r: &ProbeReport, peer: SocketAddr) -> bool {
     r.local_addr.as_deref() == Some(peer.to_string().as_str())
 }
@@ -173,10 +189,10 @@ fn unmatched_destination_is_denied_by_default_and_never_reached() -> Result<()> 
     let gw = Gateway::start(&cfg)?;
 
     let r = tcp_echo(denied.addr(), 1000).run(cg.command(PROBE))?;
-    assert_refused(&r);
     // The flow event is logged after the decision: had the gateway connected
     // upstream, the server would have counted it by now.
     let ev = gw.wait_for_flow(r.pid)?;
+    assert_refused_at_connect(&r, &ev);
     assert_flow(&ev, denied.addr(), "deny", "default-deny", "enforce");
     assert_eq!(
         (ev["bytes_up"].as_u64(), ev["bytes_down"].as_u64()),
@@ -211,6 +227,9 @@ fn explicit_deny_rule_overrides_allow() -> Result<()> {
     assert_refused(&r);
     let ev = gw.wait_for_flow(r.pid)?;
     assert_flow(&ev, echo.addr(), "deny", "no-echo", "enforce");
+    // Some rule allows the destination ("*"), so the kernel hands it to
+    // the gateway, which refuses it after accept.
+    assert_eq!(ev["enforced_by"], "gateway", "{ev}");
     assert_eq!(echo.accepted(), 0, "a denied destination was connected to");
     Ok(())
 }
@@ -244,14 +263,9 @@ fn ipv6_and_ipv4_mapped_destinations_are_mediated() -> Result<()> {
     );
 
     let r = tcp_echo(v6_denied.addr(), 4096).run(cg.command(PROBE))?;
-    assert_refused(&r);
-    assert_flow(
-        &gw.wait_for_flow(r.pid)?,
-        v6_denied.addr(),
-        "deny",
-        "default-deny",
-        "enforce",
-    );
+    let ev = gw.wait_for_flow(r.pid)?;
+    assert_refused_at_connect(&r, &ev);
+    assert_flow(&ev, v6_denied.addr(), "deny", "default-deny", "enforce");
     assert_eq!(v6_denied.accepted(), 0);
 
     // An AF_INET6 socket to ::ffff:127.0.0.5 is an IPv4 connection; the
@@ -271,14 +285,9 @@ fn ipv6_and_ipv4_mapped_destinations_are_mediated() -> Result<()> {
     );
 
     let r = tcp_echo(mapped(mapped_denied.addr()), 4096).run(cg.command(PROBE))?;
-    assert_refused(&r);
-    assert_flow(
-        &gw.wait_for_flow(r.pid)?,
-        mapped_denied.addr(),
-        "deny",
-        "default-deny",
-        "enforce",
-    );
+    let ev = gw.wait_for_flow(r.pid)?;
+    assert_refused_at_connect(&r, &ev);
+    assert_flow(&ev, mapped_denied.addr(), "deny", "default-deny", "enforce");
     assert_eq!(mapped_denied.accepted(), 0);
     Ok(())
 }
@@ -482,14 +491,9 @@ fn tcp_fast_open_is_redirected_like_connect() -> Result<()> {
         .send(1000)
         .expect_echo()
         .run(cg.command(PROBE))?;
-    assert_refused(&r);
-    assert_flow(
-        &gw.wait_for_flow(r.pid)?,
-        denied.addr(),
-        "deny",
-        "default-deny",
-        "enforce",
-    );
+    let ev = gw.wait_for_flow(r.pid)?;
+    assert_refused_at_connect(&r, &ev);
+    assert_flow(&ev, denied.addr(), "deny", "default-deny", "enforce");
     assert_eq!(denied.accepted(), 0);
     Ok(())
 }
@@ -777,14 +781,10 @@ fn sighup_applies_a_valid_policy_and_keeps_the_old_one_on_errors() -> Result<()>
     let mut gw = Gateway::start(&base.clone().rule(Rule::deny("block-echo", &["echo"])))?;
 
     let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
-    assert_refused(&r);
-    assert_flow(
-        &gw.wait_for_flow(r.pid)?,
-        echo.addr(),
-        "deny",
-        "block-echo",
-        "enforce",
-    );
+    let ev = gw.wait_for_flow(r.pid)?;
+    // No rule allows it at all, so the kernel refuses it at connect().
+    assert_refused_at_connect(&r, &ev);
+    assert_flow(&ev, echo.addr(), "deny", "block-echo", "enforce");
 
     gw.write_config(
         &base
@@ -809,6 +809,7 @@ fn sighup_applies_a_valid_policy_and_keeps_the_old_one_on_errors() -> Result<()>
     );
 
     let invalid = base
+        .clone()
         .rule(Rule::deny("block-echo", &["echo"]))
         .to_toml()
         .replace("action = \"deny\"", "action = \"sometimes\"");
@@ -826,16 +827,35 @@ fn sighup_applies_a_valid_policy_and_keeps_the_old_one_on_errors() -> Result<()>
         "enforce",
     );
     assert!(gw.is_running(), "an invalid reload stopped the daemon");
+
+    // Back to denying: the kernel forgets the destination again.
+    gw.write_config(&base.rule(Rule::deny("block-echo", &["echo"])).to_toml())?;
+    let outcome = gw.reload()?;
+    assert_eq!(
+        chokepoint_tests::message(&outcome),
+        Some("policy reloaded"),
+        "{outcome}"
+    );
+    let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
+    let ev = gw.wait_for_flow(r.pid)?;
+    assert_refused_at_connect(&r, &ev);
+    assert_flow(&ev, echo.addr(), "deny", "block-echo", "enforce");
+    assert_eq!(
+        echo.accepted(),
+        2,
+        "only the two allowed connections reached the server"
+    );
     let exit = gw.terminate()?.context("daemon was running")?;
     assert!(
         exit.success(),
         "SIGTERM should end the daemon cleanly, got {exit}"
     );
-    // A clean stop still leaves the host closed.
+    // A clean stop still leaves the host closed, and the kernel keeps
+    // refusing outright what the last policy denies.
     let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
     assert_eq!(
         r.errno("connect"),
-        Some(libc::ECONNREFUSED),
+        Some(libc::EPERM),
         "after SIGTERM: {r:?}"
     );
     assert_eq!(gw.status()?["attached"], true, "SIGTERM must not detach");

@@ -9,7 +9,7 @@ use tracing::warn;
 
 use super::{
     Shared,
-    serve::{log_flow, start_event},
+    serve::{Outcome, log_flow, start_event},
 };
 use crate::{
     flow::Flow,
@@ -158,9 +158,12 @@ fn close(
         &identity,
         decision,
         Mode::Enforce,
-        moved,
-        summary.error.as_deref(),
-        started,
+        Outcome {
+            moved,
+            error: summary.error.as_deref(),
+            started,
+            enforced_by: "gateway",
+        },
     );
     recording.close(Body::SessionEnd {
         bytes_up: moved.up,

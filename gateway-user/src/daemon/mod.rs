@@ -3,6 +3,7 @@
 //! and leaves nothing attached that was not attached before.
 mod dns;
 mod logging;
+mod refused;
 mod reload;
 mod serve;
 
@@ -98,6 +99,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             listen_port: daemon.listen_port,
             dns_port: daemon.dns_port,
             exempt_mark: daemon.exempt_mark,
+            reach: policy.reach(),
         },
         &cgroup,
     )?;
@@ -134,6 +136,15 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
     for socket in [dns4, dns6] {
         tokio::spawn(dns::serve_udp(shared.clone(), Arc::new(socket)));
+    }
+    let refused = shared
+        .attached
+        .refused
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(refused) = refused {
+        tokio::spawn(refused::log_refused(shared.clone(), refused));
     }
     let result = serve::serve(shared.clone(), v4, v6, admin, signals, &opts.config).await;
     shared.recorder.shutdown().await;

@@ -28,6 +28,19 @@ pub(crate) fn reload(shared: &Shared, config: &Path) {
             shared
                 .jobs
                 .reload(policy.issuers().to_vec(), policy.runner_uids().to_vec());
+            // The kernel's set follows the policy; if it cannot be written
+            // the old set stays, which refuses what the new policy newly
+            // allows but never lets through what it denies.
+            let reach = policy.reach();
+            let synced = shared
+                .attached
+                .reach
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sync(&reach);
+            if let Err(e) = synced {
+                error!(error = %e, "could not update the kernel's reachable destinations; new allowances may be refused in the kernel until the next reload");
+            }
             shared.policy.store(std::sync::Arc::new(policy));
         }
         Err(errors) => {

@@ -237,9 +237,12 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             &identity,
             &decision,
             mode,
-            moved,
-            error.as_deref(),
-            started,
+            Outcome {
+                moved,
+                error: error.as_deref(),
+                started,
+                enforced_by: "gateway",
+            },
         );
         recording.close(Body::SessionEnd {
             bytes_up: moved.up,
@@ -300,15 +303,29 @@ pub(super) fn start_event(
     }
 }
 
+/// How a flow ended, for its log event.
+pub(super) struct Outcome<'a> {
+    pub moved: Transferred,
+    pub error: Option<&'a str>,
+    pub started: Instant,
+    /// `"gateway"`, or `"kernel"` for a connect refused before it reached
+    /// the gateway.
+    pub enforced_by: &'static str,
+}
+
 pub(super) fn log_flow(
     flow: &Flow,
     identity: &str,
     decision: &Decision,
     mode: Mode,
-    moved: Transferred,
-    error: Option<&str>,
-    started: Instant,
+    outcome: Outcome<'_>,
 ) {
+    let Outcome {
+        moved,
+        error,
+        started,
+        enforced_by,
+    } = outcome;
     info!(
         flow_id = flow.id,
         pid = flow.pid,
@@ -326,6 +343,7 @@ pub(super) fn log_flow(
         bytes_down = moved.down,
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         error = error.unwrap_or(""),
+        enforced_by,
         "flow"
     );
 }

@@ -13,7 +13,7 @@ use gateway_common::{CONFIG_GLOBAL, GatewayConfig};
 
 use super::{
     DnsPeers, EbpfError, FlowTable, GuardedCgroup, OBJECT, PROGRAMS, PinDir, ProgramKind,
-    pins::remove_tree,
+    ReachTable, RefusedFlows, pins::remove_tree,
 };
 
 /// Suffix of a link pinned beside the one it replaces (bpffs refuses
@@ -28,6 +28,9 @@ pub struct LoadOptions {
     /// The gateway's UDP DNS listener; 0 refuses DNS over UDP too.
     pub dns_port: u16,
     pub exempt_mark: u32,
+    /// What the connect hooks may let through to the gateway; written
+    /// before any program is attached.
+    pub reach: Vec<crate::policy::ReachEntry>,
 }
 
 /// Programs attached and pinned for one instance; holds the map handles
@@ -40,6 +43,10 @@ pub struct Attached {
     pub adopted: bool,
     pub flows: FlowTable,
     pub dns_peers: DnsPeers,
+    /// Rewritten on every policy reload.
+    pub reach: std::sync::Mutex<ReachTable>,
+    /// Taken by the task that logs connects the kernel refused.
+    pub refused: std::sync::Mutex<Option<RefusedFlows>>,
     _ebpf: Ebpf,
 }
 
@@ -92,6 +99,13 @@ fn load_and_attach(
         .override_global(CONFIG_GLOBAL, &config, true)
         .default_map_pin_directory(&maps_dir)
         .load(OBJECT)?;
+    // Before the new programs can run: an empty trie refuses every connect.
+    let mut reach = ReachTable::new(&mut ebpf)?;
+    reach.sync(&opts.reach).map_err(|source| EbpfError::Map {
+        name: "CP_REACH",
+        source,
+    })?;
+    let refused = RefusedFlows::new(&mut ebpf)?;
 
     // Links always stack with other programs on the cgroup (the kernel
     // rejects BPF_F_ALLOW_MULTI on link_create), so "Single" here is the
@@ -181,6 +195,8 @@ fn load_and_attach(
         adopted,
         flows,
         dns_peers,
+        reach: std::sync::Mutex::new(reach),
+        refused: std::sync::Mutex::new(Some(refused)),
         _ebpf: ebpf,
     })
 }

@@ -21,6 +21,7 @@ mod error;
 mod flows;
 mod pins;
 mod preflight;
+mod reach;
 mod status;
 
 pub use attach::{Attached, LoadOptions, attach};
@@ -29,6 +30,7 @@ pub use error::EbpfError;
 pub use flows::{DnsPeers, FlowTable};
 pub use pins::{PinDir, detach};
 pub use preflight::{ensure_bpffs, preflight};
+pub use reach::{ReachTable, RefusedFlows};
 pub use status::{Status, status};
 
 /// The eBPF object compiled by `build.rs`, embedded so the daemon is one file.

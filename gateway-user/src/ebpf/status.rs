@@ -28,6 +28,10 @@ pub struct Counters {
     pub socket_denied: u64,
     pub exempt: u64,
     pub record_failed: u64,
+    /// TCP connects refused in the kernel: no rule could allow them.
+    pub unreachable: u64,
+    /// Of those, the ones the gateway was not told about (ring full).
+    pub refused_unlogged: u64,
 }
 
 pub fn status(instance: &str) -> Result<Status, EbpfError> {
@@ -79,6 +83,8 @@ pub fn status(instance: &str) -> Result<Status, EbpfError> {
         socket_denied: sum(Counter::SocketDenied),
         exempt: sum(Counter::Exempt),
         record_failed: sum(Counter::RecordFailed),
+        unreachable: sum(Counter::Unreachable),
+        refused_unlogged: sum(Counter::RefusedUnlogged),
     };
     Ok(status)
 }

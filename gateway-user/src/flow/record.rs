@@ -33,6 +33,12 @@ impl Flow {
         Self::from_record(NEXT_ID.fetch_add(1, Ordering::Relaxed), peer, rec)
     }
 
+    /// A connect the kernel refused: it never had a client address.
+    pub fn refused_in_kernel(rec: &FlowRecord) -> Self {
+        let peer = SocketAddr::from(([0, 0, 0, 0], 0));
+        Self::from_record(NEXT_ID.fetch_add(1, Ordering::Relaxed), peer, rec)
+    }
+
     fn from_record(id: u64, peer: SocketAddr, rec: &FlowRecord) -> Self {
         let v6 = Ipv6Addr::from(rec.dst_addr);
         let ip = match v6.to_ipv4_mapped() {

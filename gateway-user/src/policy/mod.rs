@@ -94,6 +94,7 @@ mod model;
 mod postgres;
 #[cfg(test)]
 mod postgres_tests;
+mod reach;
 mod secret_file;
 mod session;
 mod settings;
@@ -114,6 +115,7 @@ pub use error::{Diagnostic, PolicyErrors};
 pub use eval::{Claims, DEFAULT_DENY, Decision, FlowFacts, NameDecision, Protocol, Verdict};
 pub use explain::{Explanation, RuleOutcome, RuleTrace};
 pub use postgres::{Credential, DEFAULT_MAX_MESSAGE_BYTES, PostgresTarget, UpstreamTls};
+pub use reach::ReachEntry;
 pub use session::{SessionRules, StatementDecision, StatementVerdict};
 pub use settings::{
     CopyOutMasked, DEFAULT_ADMIN_SOCKET, DaemonSettings, DeniedAnswer, DnsSettings, GuardSettings,

@@ -1,0 +1,31 @@
+//! The kernel's half of default deny: a TCP connect to a destination no
+//! policy rule could allow is refused here, so `connect()` itself fails
+//! (EPERM) instead of succeeding against the gateway and being reset.
+//!
+//! The gateway writes [`REACH`] from its policy: every prefix an allow rule
+//! names, with the ports it allows (a superset: rules that also depend on
+//! uid, process, job claims or names are decided by the gateway after
+//! accept). A refused connect is handed to the gateway through [`REFUSED`]
+//! so it is logged and recorded like one the gateway refused.
+use aya_ebpf::maps::lpm_trie::Key;
+use gateway_common::{Counter, FlowRecord};
+
+use crate::maps::{REACH, REFUSED, count};
+
+/// Whether some rule may allow `port` on `addr` (IPv6, or IPv4 mapped).
+#[inline(always)]
+pub fn reachable(addr: [u8; 16], port: u16) -> bool {
+    match REACH.get(Key::new(128, addr)) {
+        Some(ports) => ports.contains(port),
+        None => false,
+    }
+}
+
+/// Tells the gateway about a refused connect; counted when it cannot.
+#[inline(always)]
+pub fn report(rec: &FlowRecord) {
+    count(Counter::Unreachable);
+    if REFUSED.output::<FlowRecord>(rec, 0).is_err() {
+        count(Counter::RefusedUnlogged);
+    }
+}

@@ -1,0 +1,110 @@
+//! Connects the kernel refused because no rule could allow their
+//! destination (`CP_REACH`): logged and recorded like the ones the gateway
+//! refuses, so a denial shows up the same wherever it happened.
+use std::{sync::Arc, time::Instant};
+
+use gateway_common::FlowRecord;
+use tracing::{Instrument, error, info_span};
+
+use super::{
+    Shared,
+    serve::{Outcome, log_flow, start_event},
+};
+use crate::{
+    ebpf::RefusedFlows,
+    flow::Flow,
+    policy::{Decision, FlowFacts, Protocol, Verdict},
+    protocols::tcp::Transferred,
+    recording::Body,
+};
+
+/// Names the refusal when the current policy would have allowed the
+/// destination: the kernel's set lags a reload by a few map writes.
+const KERNEL_RULE: &str = "kernel-reach";
+
+pub(super) async fn log_refused(shared: Arc<Shared>, refused: RefusedFlows) {
+    let mut refused = match refused.listen() {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %e, "cannot watch the kernel's refused connects; they are refused but not logged");
+            return;
+        }
+    };
+    loop {
+        match refused.next_batch().await {
+            Ok(batch) => {
+                for rec in batch {
+                    one(&shared, &rec).await;
+                }
+            }
+            Err(e) => {
+                // The refusals still happen; only their log lines stop.
+                error!(error = %e, "cannot read the kernel's refused connects; they are no longer logged");
+                return;
+            }
+        }
+    }
+}
+
+async fn one(shared: &Shared, rec: &FlowRecord) {
+    let started = Instant::now();
+    let flow = Flow::refused_in_kernel(rec);
+    let job = shared.jobs.job_of(flow.cgroup_id);
+    let identity = job.as_ref().map_or_else(
+        || crate::identity::UNIDENTIFIED.to_owned(),
+        |j| j.describe(),
+    );
+    let policy = shared.policy.load_full();
+    let names = shared
+        .names
+        .names(flow.cgroup_id, flow.dst.ip(), Instant::now());
+    let facts = FlowFacts {
+        dst: flow.dst,
+        pid: flow.pid,
+        uid: flow.uid,
+        gid: flow.gid,
+        comm: &flow.comm,
+        claims: job.as_ref().map(|j| &j.claims),
+        names: &names,
+    };
+    let mut decision = policy.evaluate(&facts);
+    if decision.verdict != Verdict::Deny {
+        decision = Decision {
+            verdict: Verdict::Deny,
+            rule: Some(Arc::from(KERNEL_RULE)),
+            target: None,
+            protocol: Protocol::Tcp,
+        };
+    }
+    let mode = policy.daemon().mode;
+    let span = info_span!("flow", id = flow.id, pid = flow.pid, comm = %flow.comm, dst = %flow.dst, identity = %identity);
+    async {
+        let recording = shared
+            .recorder
+            .open(start_event(&flow, job.as_deref(), &decision, mode, false))
+            .await;
+        log_flow(
+            &flow,
+            &identity,
+            &decision,
+            mode,
+            Outcome {
+                moved: Transferred::default(),
+                error: None,
+                started,
+                enforced_by: "kernel",
+            },
+        );
+        recording.close(Body::SessionEnd {
+            bytes_up: 0,
+            bytes_down: 0,
+            statements: 0,
+            denied: 0,
+            error: Some(
+                "refused at connect() by the kernel: no rule allows this destination".into(),
+            ),
+        });
+    }
+    .instrument(span)
+    .await;
+}
