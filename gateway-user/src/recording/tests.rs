@@ -228,3 +228,17 @@ async fn a_disabled_recorder_writes_nothing_and_stays_healthy() {
         "a disabled recorder made a key"
     );
 }
+
+#[test]
+fn chain_hashes_are_lowercase_hex_sha256() {
+    use sha2::{Digest, Sha256};
+    let event = br#"{"seq":0}"#;
+    let mut expected = Sha256::new();
+    expected.update(chain::GENESIS.as_bytes());
+    expected.update(b"\n");
+    expected.update(event);
+    assert_eq!(
+        chain::hash(chain::GENESIS, event),
+        hex::encode(expected.finalize())
+    );
+}
