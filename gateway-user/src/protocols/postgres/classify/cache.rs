@@ -6,7 +6,8 @@
 //! threads rarely wait for each other; each shard evicts with the CLOCK
 //! (second chance) policy: an entry read since the hand last passed survives
 //! one more round, which keeps hot statements without LRU's bookkeeping on
-//! every hit.
+//! every hit. Simple-protocol DML that differs only in integer literals
+//! shares one entry, keyed by its shape (`shape.rs`).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use super::class::Classification;
 use super::classify;
 use super::error::ClassifyError;
+use super::shape::shape;
 
 /// Texts longer than this are classified but not cached, so that `capacity`
 /// also bounds memory: bulk INSERTs are long and rarely repeat.
@@ -82,14 +84,21 @@ impl ClassifierCache {
         if sql.len() > MAX_CACHED_LEN {
             return classify(sql).map(Arc::new);
         }
-        let shard = &self.shards[self.shard_of(sql)];
-        if let Some(entry) = lock(shard).get(sql) {
+        // Statements that differ only in integer literals share their
+        // shape's entry (see shape.rs); every other text has its own.
+        let shape = shape(sql);
+        let key = shape.as_deref().unwrap_or(sql);
+        let shard = &self.shards[self.shard_of(key)];
+        if let Some(entry) = lock(shard).get(key) {
             return entry;
         }
         // Classify outside the lock: parsing is the slow part, and two
         // sessions racing on the same new text just compute it twice.
         let entry = classify(sql).map(Arc::new);
-        lock(shard).insert(sql, entry.clone());
+        // An error message quotes its own text: only successes are shared.
+        if shape.is_none() || entry.is_ok() {
+            lock(shard).insert(key, entry.clone());
+        }
         entry
     }
 

@@ -9,7 +9,8 @@
 //! command name for logs. Unparsable text is an error, never a guess.
 //! A single read-only SELECT is classified from pg_query's summary alone
 //! (`fast.rs`); anything else from the full parse tree.
-//! [`ClassifierCache`] memoizes by exact text for all sessions;
+//! [`ClassifierCache`] memoizes by exact text for all sessions (by shape,
+//! integer literals blanked, for plain DML);
 //! [`redact_passwords`] masks secrets before SQL reaches a log.
 //!
 //! ```
@@ -85,6 +86,7 @@ mod fast;
 mod functions;
 mod lex;
 mod redact;
+mod shape;
 mod statement;
 mod tree;
 mod walk;

@@ -944,7 +944,7 @@ fn cache_shares_results_and_stays_bounded() {
     assert!(cache.classify("DELET FROM t").is_err());
     for i in 0..100 {
         cache
-            .classify(&format!("SELECT {i} FROM t"))
+            .classify(&format!("SELECT '{i}' FROM t"))
             .expect("parses");
         assert!(cache.len() <= 8, "{}", cache.len());
     }
@@ -955,8 +955,23 @@ fn cache_shares_results_and_stays_bounded() {
             &hot,
             &cache.classify("SELECT 'hot'").expect("parses")
         ));
-        cache.classify(&format!("SELECT {i} + 1")).expect("parses");
+        cache
+            .classify(&format!("SELECT '{i}' || 'x'"))
+            .expect("parses");
     }
+    // Statements that differ only in integer literals share one entry.
+    let shaped = ClassifierCache::new(8);
+    let u1 = shaped
+        .classify("UPDATE t SET a = 1 WHERE id = 2")
+        .expect("parses");
+    let u2 = shaped
+        .classify("UPDATE t SET a = 3 WHERE id = 4")
+        .expect("parses");
+    assert!(Arc::ptr_eq(&u1, &u2));
+    assert_eq!(shaped.len(), 1);
+    // …but never across a flag: this one has no WHERE.
+    let all = shaped.classify("UPDATE t SET a = 3").expect("parses");
+    assert_eq!(all.flags().collect::<Vec<_>>(), [Flag::UpdateWithoutWhere]);
     let disabled = ClassifierCache::new(0);
     disabled.classify("SELECT 1").expect("parses");
     assert!(disabled.is_empty());
