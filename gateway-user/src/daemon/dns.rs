@@ -9,11 +9,11 @@ use tracing::warn;
 
 use super::{
     Shared,
-    serve::{Outcome, log_flow, start_event},
+    serve::{Outcome, identity_of, log_flow, start_event},
 };
 use crate::{
     flow::Flow,
-    identity::{JobIdentity, UNIDENTIFIED},
+    identity::JobIdentity,
     policy::{Decision, Mode, Protocol, Verdict},
     protocols::{
         dns::{
@@ -148,7 +148,7 @@ fn close(
     recording: SessionRecording,
     started: Instant,
 ) {
-    let identity = job.map_or_else(|| UNIDENTIFIED.to_owned(), JobIdentity::describe);
+    let identity = identity_of(job);
     let moved = Transferred {
         up: summary.bytes_up,
         down: summary.bytes_down,

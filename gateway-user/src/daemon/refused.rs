@@ -4,16 +4,16 @@
 use std::{sync::Arc, time::Instant};
 
 use gateway_common::FlowRecord;
-use tracing::{Instrument, error, info_span};
+use tracing::{Instrument, error};
 
 use super::{
     Shared,
-    serve::{Outcome, log_flow, start_event},
+    serve::{Outcome, flow_facts, flow_span, identity_of, log_flow, start_event},
 };
 use crate::{
     ebpf::RefusedFlows,
     flow::Flow,
-    policy::{Decision, FlowFacts, Protocol, Verdict},
+    policy::{Decision, Protocol, Verdict},
     protocols::tcp::Transferred,
     recording::Body,
 };
@@ -50,23 +50,12 @@ async fn one(shared: &Shared, rec: &FlowRecord) {
     let started = Instant::now();
     let flow = Flow::refused_in_kernel(rec);
     let job = shared.jobs.job_of(flow.cgroup_id);
-    let identity = job.as_ref().map_or_else(
-        || crate::identity::UNIDENTIFIED.to_owned(),
-        |j| j.describe(),
-    );
+    let identity = identity_of(job.as_deref());
     let policy = shared.policy.load_full();
     let names = shared
         .names
         .names(flow.cgroup_id, flow.dst.ip(), Instant::now());
-    let facts = FlowFacts {
-        dst: flow.dst,
-        pid: flow.pid,
-        uid: flow.uid,
-        gid: flow.gid,
-        comm: &flow.comm,
-        claims: job.as_ref().map(|j| &j.claims),
-        names: &names,
-    };
+    let facts = flow_facts(&flow, job.as_deref(), &names);
     let mut decision = policy.evaluate(&facts);
     if decision.verdict != Verdict::Deny {
         decision = Decision {
@@ -77,7 +66,7 @@ async fn one(shared: &Shared, rec: &FlowRecord) {
         };
     }
     let mode = policy.daemon().mode;
-    let span = info_span!("flow", id = flow.id, pid = flow.pid, comm = %flow.comm, dst = %flow.dst, identity = %identity);
+    let span = flow_span(&flow, &identity);
     async {
         let recording = shared
             .recorder

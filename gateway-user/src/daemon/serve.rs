@@ -143,11 +143,8 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         }
     };
     let job = shared.jobs.job_of(flow.cgroup_id);
-    let identity = job.as_ref().map_or_else(
-        || crate::identity::UNIDENTIFIED.to_owned(),
-        |j| j.describe(),
-    );
-    let span = info_span!("flow", id = flow.id, pid = flow.pid, comm = %flow.comm, dst = %flow.dst, identity = %identity);
+    let identity = identity_of(job.as_deref());
+    let span = flow_span(&flow, &identity);
     async move {
         let policy = shared.policy.load_full();
         if flow.dst.port() == 53
@@ -166,15 +163,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         let names = shared
             .names
             .names(flow.cgroup_id, flow.dst.ip(), Instant::now());
-        let facts = FlowFacts {
-            dst: flow.dst,
-            pid: flow.pid,
-            uid: flow.uid,
-            gid: flow.gid,
-            comm: &flow.comm,
-            claims: job.as_ref().map(|j| &j.claims),
-            names: &names,
-        };
+        let facts = flow_facts(&flow, job.as_deref(), &names);
         let decision = policy.evaluate(&facts);
         let mode = policy.daemon().mode;
         let forward = decision.verdict == Verdict::Allow || mode == Mode::Audit;
@@ -275,6 +264,36 @@ async fn forward_to(
     match tcp::passthrough(&mut client, &mut upstream).await {
         Ok(moved) => (moved, None),
         Err(e) => (Transferred::default(), Some(e.to_string())),
+    }
+}
+
+/// How logs and recordings name the job behind a flow.
+pub(super) fn identity_of(job: Option<&crate::identity::JobIdentity>) -> String {
+    job.map_or_else(
+        || crate::identity::UNIDENTIFIED.to_owned(),
+        crate::identity::JobIdentity::describe,
+    )
+}
+
+pub(super) fn flow_span(flow: &Flow, identity: &str) -> tracing::Span {
+    info_span!("flow", id = flow.id, pid = flow.pid, comm = %flow.comm, dst = %flow.dst, identity = %identity)
+}
+
+/// What policy sees of a flow; `names` are those the job resolved to its
+/// destination.
+pub(super) fn flow_facts<'a>(
+    flow: &'a Flow,
+    job: Option<&'a crate::identity::JobIdentity>,
+    names: &'a [Arc<str>],
+) -> FlowFacts<'a> {
+    FlowFacts {
+        dst: flow.dst,
+        pid: flow.pid,
+        uid: flow.uid,
+        gid: flow.gid,
+        comm: &flow.comm,
+        claims: job.map(|j| &j.claims),
+        names,
     }
 }
 
