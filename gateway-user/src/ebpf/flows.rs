@@ -11,7 +11,7 @@ use aya::{
 };
 use gateway_common::{ClientKey, FlowRecord, maps};
 
-use super::EbpfError;
+use super::{EbpfError, typed_map};
 
 /// Records written by the kernel, keyed by client (ip, port).
 pub struct FlowTable {
@@ -21,18 +21,8 @@ pub struct FlowTable {
 
 impl FlowTable {
     pub(crate) fn new(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
-        let map = ebpf.take_map(maps::FLOWS).ok_or(EbpfError::Map {
-            name: "CP_FLOWS",
-            source: aya::maps::MapError::InvalidName {
-                name: maps::FLOWS.into(),
-            },
-        })?;
-        let map = HashMap::try_from(map).map_err(|source| EbpfError::Map {
-            name: "CP_FLOWS",
-            source,
-        })?;
         Ok(Self {
-            map: Mutex::new(map),
+            map: Mutex::new(typed_map(ebpf, maps::FLOWS)?),
         })
     }
 
@@ -99,17 +89,9 @@ pub struct DnsPeers {
 
 impl DnsPeers {
     pub(crate) fn new(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
-        let map = ebpf.take_map(maps::DNS_PEERS).ok_or(EbpfError::Map {
-            name: "CP_DNS_PEERS",
-            source: aya::maps::MapError::InvalidName {
-                name: maps::DNS_PEERS.into(),
-            },
-        })?;
-        let map = HashMap::try_from(map).map_err(|source| EbpfError::Map {
-            name: "CP_DNS_PEERS",
-            source,
-        })?;
-        Ok(Self { map })
+        Ok(Self {
+            map: typed_map(ebpf, maps::DNS_PEERS)?,
+        })
     }
 
     /// The record of the socket sending from local port `port`. Left in

@@ -33,6 +33,18 @@ pub use preflight::{ensure_bpffs, preflight};
 pub use reach::{ReachTable, RefusedFlows};
 pub use status::{Status, status};
 
+/// Takes the map `name` out of the loaded object as aya's typed map `M`.
+pub(crate) fn typed_map<M>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<M, EbpfError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(EbpfError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })?;
+    M::try_from(map).map_err(|source| EbpfError::Map { name, source })
+}
+
 /// The eBPF object compiled by `build.rs`, embedded so the daemon is one file.
 pub(crate) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));

@@ -9,7 +9,7 @@ use aya::maps::{
 use gateway_common::{FlowRecord, PortSpan, REACH_SPANS, ReachPorts, maps};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::EbpfError;
+use super::{EbpfError, typed_map};
 use crate::policy::ReachEntry;
 
 /// `CP_REACH`, written from the policy at start and on every reload.
@@ -19,12 +19,9 @@ pub struct ReachTable {
 
 impl ReachTable {
     pub(crate) fn new(ebpf: &mut aya::Ebpf) -> Result<Self, EbpfError> {
-        let map = take(ebpf, maps::REACH, "CP_REACH")?;
-        let map = LpmTrie::try_from(map).map_err(|source| EbpfError::Map {
-            name: "CP_REACH",
-            source,
-        })?;
-        Ok(Self { map })
+        Ok(Self {
+            map: typed_map(ebpf, maps::REACH)?,
+        })
     }
 
     /// Makes the trie hold exactly `entries`. New and changed prefixes go
@@ -70,12 +67,9 @@ pub struct RefusedFlows {
 
 impl RefusedFlows {
     pub(crate) fn new(ebpf: &mut aya::Ebpf) -> Result<Self, EbpfError> {
-        let map = take(ebpf, maps::REFUSED, "CP_REFUSED")?;
-        let ring = RingBuf::try_from(map).map_err(|source| EbpfError::Map {
-            name: "CP_REFUSED",
-            source,
-        })?;
-        Ok(Self { ring })
+        Ok(Self {
+            ring: typed_map(ebpf, maps::REFUSED)?,
+        })
     }
 
     /// Registers the ring with the current tokio runtime.
@@ -118,15 +112,4 @@ impl RefusedListener {
             }
         }
     }
-}
-
-fn take(
-    ebpf: &mut aya::Ebpf,
-    name: &str,
-    label: &'static str,
-) -> Result<aya::maps::Map, EbpfError> {
-    ebpf.take_map(name).ok_or(EbpfError::Map {
-        name: label,
-        source: MapError::InvalidName { name: name.into() },
-    })
 }
