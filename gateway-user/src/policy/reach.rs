@@ -156,14 +156,12 @@ fn merge(mut ports: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{Files, load_one};
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn policy(text: &str) -> Policy {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("policy.toml");
-        std::fs::write(&path, text).unwrap();
-        Policy::load_files(&[path]).unwrap()
+        load_one(&Files::new(), text).expect("valid policy")
     }
 
     fn v4(a: Ipv4Addr) -> [u8; 16] {

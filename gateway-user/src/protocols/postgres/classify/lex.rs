@@ -15,6 +15,13 @@ pub(crate) fn is_ident_cont(c: u8) -> bool {
     is_ident_start(c) || c.is_ascii_digit() || c == b'$'
 }
 
+/// Whether `needle` occurs in `hay`, ASCII case ignored (PostgreSQL folds
+/// only ASCII case in keywords and unquoted names).
+pub(crate) fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// `-- …` up to the end of the line.
 pub(crate) fn skip_line_comment(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {

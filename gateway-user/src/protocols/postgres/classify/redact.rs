@@ -6,8 +6,8 @@ use std::ops::Range;
 use pg_query::protobuf::Token;
 
 use super::lex::{
-    is_ident_cont, is_ident_start, skip_block_comment, skip_dollar, skip_line_comment, skip_quoted,
-    skip_string,
+    contains_ignore_ascii_case, is_ident_cont, is_ident_start, skip_block_comment, skip_dollar,
+    skip_line_comment, skip_quoted, skip_string,
 };
 
 /// What replaces a masked literal.
@@ -72,14 +72,9 @@ pub fn redact_passwords(sql: &str) -> Cow<'_, str> {
 /// escapes for keywords), and [`looks_like_credentials`] needs
 /// `password` or `://` verbatim in the literal.
 fn may_hold_secrets(sql: &str) -> bool {
-    const NEEDLES: [&[u8]; 3] = [b"password", b"connection", b"://"];
-    let b = sql.as_bytes();
-    (0..b.len()).any(|i| {
-        NEEDLES.iter().any(|n| {
-            b.get(i..i + n.len())
-                .is_some_and(|w| w.eq_ignore_ascii_case(n))
-        })
-    })
+    [&b"password"[..], b"connection", b"://"]
+        .iter()
+        .any(|n| contains_ignore_ascii_case(sql.as_bytes(), n))
 }
 
 /// Byte ranges of secret literals among PostgreSQL's tokens.

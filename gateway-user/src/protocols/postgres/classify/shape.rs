@@ -22,8 +22,8 @@
 //!   rules).
 
 use super::lex::{
-    is_ident_cont, is_ident_start, skip_block_comment, skip_dollar, skip_line_comment, skip_quoted,
-    skip_string,
+    contains_ignore_ascii_case, is_ident_cont, is_ident_start, skip_block_comment, skip_dollar,
+    skip_line_comment, skip_quoted, skip_string,
 };
 
 /// Marks a shape key, so it never equals a statement's own text.
@@ -32,11 +32,11 @@ const PREFIX: u8 = 0;
 /// The shape key of `sql`, or `None` when it has none or no number to blank.
 pub(crate) fn shape(sql: &str) -> Option<String> {
     let b = sql.as_bytes();
-    if !starts_with_dml(b) {
+    // Runs on every cache lookup: the cheap refusals first, no allocation.
+    if !b.iter().any(u8::is_ascii_digit) || !starts_with_dml(b) {
         return None;
     }
-    let lower = sql.to_ascii_lowercase();
-    if lower.contains("set_config") || lower.contains("u&") {
+    if contains_ignore_ascii_case(b, b"set_config") || contains_ignore_ascii_case(b, b"u&") {
         return None;
     }
     let mut out = Vec::with_capacity(b.len() + 1);
