@@ -32,6 +32,18 @@ pub mod maps {
     /// Ring buffer of [`FlowRecord`](super::FlowRecord)s of connects the
     /// kernel refused through [`REACH`], for the gateway to log.
     pub const REFUSED: &str = "CP_REFUSED";
+    /// LPM trie like [`REACH`] for UDP outside DNS: a datagram to a
+    /// destination not in it is refused in the kernel; one in it goes to
+    /// the gateway's UDP relay, which decides.
+    pub const UDP_REACH: &str = "CP_UDP_REACH";
+    /// Socket cookie → [`FlowRecord`](super::FlowRecord) of a UDP socket
+    /// relayed through the gateway: its latest destination, restored on
+    /// receive.
+    pub const UDP_PENDING: &str = "CP_UDP_PENDING";
+    /// [`UdpPeerKey`](super::UdpPeerKey) → [`FlowRecord`](super::FlowRecord):
+    /// who sent a datagram the relay receives, and where it was going
+    /// (LRU: the kernel cannot tell when a sender is done).
+    pub const UDP_PEERS: &str = "CP_UDP_PEERS";
 }
 
 /// Prefixes [`maps::REACH`] holds at most.
@@ -100,6 +112,46 @@ pub struct GatewayConfig {
     /// needs `CAP_NET_ADMIN`, so a job cannot forge it. Zero disables the
     /// exemption (never matches: the kernel's default mark is 0).
     pub exempt_mark: u32,
+    /// Gateway UDP relay port, host byte order; 0: UDP outside DNS is
+    /// refused.
+    pub udp_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// A datagram the gateway's UDP relay receives, as the relay sees it: the
+/// sender's local port (host order) and the packet mark the kernel's
+/// egress program set, which names the (socket, destination) pair. The
+/// mark makes each datagram carry its own destination, so an unconnected
+/// socket that alternates between destinations is relayed correctly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UdpPeerKey {
+    pub port: u32,
+    pub tag: u32,
+}
+
+/// The packet mark of a relayed datagram: a hash of the sending socket and
+/// its destination, never 0 (an unmarked packet).
+#[inline(always)]
+pub fn udp_tag(cookie: u64, dst_addr: &[u8; 16], dst_port: u16) -> u32 {
+    // FNV-1a: a collision only ever confuses two destinations of the same
+    // socket and sender port, both decided for the same caller.
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    let c = cookie.to_le_bytes();
+    while i < 8 {
+        h = (h ^ c[i] as u32).wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    i = 0;
+    while i < 16 {
+        h = (h ^ dst_addr[i] as u32).wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    let p = dst_port.to_le_bytes();
+    h = (h ^ p[0] as u32).wrapping_mul(0x0100_0193);
+    h = (h ^ p[1] as u32).wrapping_mul(0x0100_0193);
+    if h == 0 { 1 } else { h }
 }
 
 /// A socket's client-side address as seen by the gateway's `accept()`.
@@ -157,6 +209,8 @@ pub enum Counter {
     Unreachable = 5,
     /// Of those, the ones the gateway could not be told about (ring full).
     RefusedUnlogged = 6,
+    /// UDP datagrams (outside DNS) sent to the gateway's relay.
+    UdpRelayed = 7,
 }
 
 /// Number of [`Counter`] slots.
@@ -201,4 +255,5 @@ mod pod {
     unsafe impl aya::Pod for super::ClientKey {}
     unsafe impl aya::Pod for super::FlowRecord {}
     unsafe impl aya::Pod for super::ReachPorts {}
+    unsafe impl aya::Pod for super::UdpPeerKey {}
 }

@@ -8,6 +8,8 @@ static CP_CONFIG: GatewayConfig = GatewayConfig {
     listen_port: 0,
     dns_port: 0,
     exempt_mark: 0,
+    udp_port: 0,
+    _pad: [0; 6],
 };
 
 #[inline(always)]
@@ -28,6 +30,10 @@ pub const IPPROTO_UDP: u32 = 17;
 
 /// The DNS port every resolver listens on.
 pub const DNS_PORT: u16 = 53;
+
+/// `ETH_P_IP` / `ETH_P_IPV6` as `__sk_buff.protocol` holds them (network order).
+pub const ETH_P_IP_BE: u32 = (0x0800u16).to_be() as u32;
+pub const ETH_P_IPV6_BE: u32 = (0x86DDu16).to_be() as u32;
 
 /// Whether a socket carries the gateway's exemption mark.
 #[inline(always)]

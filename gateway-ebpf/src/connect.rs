@@ -1,5 +1,5 @@
 //! `connect4`/`connect6`: record and redirect TCP (datagram sockets go to
-//! [`crate::dns`]); `bind4`/`bind6`: keep the gateway's ports for the
+//! [`crate::udp`]); `bind4`/`bind6`: keep the gateway's ports for the
 //! gateway.
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -19,9 +19,8 @@ use crate::{
         ALLOW, DENY, IPPROTO_TCP, IPPROTO_UDP, LOOPBACK_V4, LOOPBACK_V4_MAPPED, LOOPBACK_V6,
         MAPPED_PREFIX, SOCK_DGRAM, SOCK_STREAM, config, is_exempt,
     },
-    dns,
-    maps::{PENDING, count},
-    reach,
+    maps::{PENDING, REACH, count},
+    reach, udp,
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -44,7 +43,7 @@ pub fn cp_connect4(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     }
     if ty == SOCK_DGRAM && (proto == IPPROTO_UDP || proto == 0) {
-        return dns::redirect_udp4(&ctx);
+        return udp::redirect_udp4(&ctx);
     }
     if ty != SOCK_STREAM || (proto != IPPROTO_TCP && proto != 0) {
         count(Counter::Denied);
@@ -56,7 +55,7 @@ pub fn cp_connect4(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     }
     let dst = mapped_v4(dst_ip);
-    if !reach::reachable(dst, dst_port) {
+    if !reach::reachable(&REACH, dst, dst_port) {
         reach::report(&flow_record(&ctx, dst, dst_port, AF_INET));
         return DENY;
     }
@@ -89,7 +88,7 @@ pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     }
     if ty == SOCK_DGRAM && (proto == IPPROTO_UDP || proto == 0) {
-        return dns::redirect_udp6(&ctx);
+        return udp::redirect_udp6(&ctx);
     }
     if ty != SOCK_STREAM || (proto != IPPROTO_TCP && proto != 0) {
         count(Counter::Denied);
@@ -110,7 +109,7 @@ pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     }
     let dst = v6_bytes(dst_ip);
-    if !reach::reachable(dst, dst_port) {
+    if !reach::reachable(&REACH, dst, dst_port) {
         reach::report(&flow_record(&ctx, dst, dst_port, AF_INET6));
         return DENY;
     }
@@ -202,7 +201,9 @@ fn guard_gateway_port(sa: *mut bpf_sock_addr) -> i32 {
             (*(*sa).__bindgen_anon_1.sk).mark,
         )
     };
-    let ours = port == cfg.listen_port || (cfg.dns_port != 0 && port == cfg.dns_port);
+    let ours = port == cfg.listen_port
+        || (cfg.dns_port != 0 && port == cfg.dns_port)
+        || (cfg.udp_port != 0 && port == cfg.udp_port);
     if !ours || is_exempt(mark, &cfg) {
         return ALLOW;
     }

@@ -5,7 +5,8 @@
 //!   or refused at once when [`reach`] says no rule could allow it;
 //!   binding the gateway's ports is refused so a job cannot impersonate a
 //!   stopped gateway.
-//! * [`dns`]: UDP to port 53 goes to the gateway's DNS listener (and the
+//! * [`udp`]: UDP to port 53 goes to the gateway's DNS listener, UDP to a
+//!   destination some rule may allow to its UDP relay (either way the
 //!   answer seems to come from the server asked); all other UDP is refused.
 //! * [`sockops`]: once the client's handshake completes, its record is
 //!   re-keyed by the client's (ip, port), which is all the gateway learns
@@ -20,12 +21,12 @@
 
 mod common;
 mod connect;
-mod dns;
 mod maps;
 mod reach;
 mod sock_create;
 mod sock_release;
 mod sockops;
+mod udp;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -2,11 +2,11 @@
 //! adopts the same maps the still-attached programs use.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use gateway_common::{
     COUNTER_SLOTS, ClientKey, Counter, FLOW_MAP_CAPACITY, FlowRecord, REACH_CAPACITY,
-    REFUSED_RING_BYTES, ReachPorts,
+    REFUSED_RING_BYTES, ReachPorts, UdpPeerKey,
 };
 
 #[map(name = "CP_PENDING")]
@@ -26,6 +26,19 @@ pub static DNS_PEERS: HashMap<u32, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACI
 /// Written by the gateway from its policy; empty refuses every TCP connect.
 #[map(name = "CP_REACH")]
 pub static REACH: LpmTrie<[u8; 16], ReachPorts> = LpmTrie::pinned(REACH_CAPACITY, 0);
+
+/// Written by the gateway from its UDP rules; empty refuses every
+/// datagram outside DNS.
+#[map(name = "CP_UDP_REACH")]
+pub static UDP_REACH: LpmTrie<[u8; 16], ReachPorts> = LpmTrie::pinned(REACH_CAPACITY, 0);
+
+#[map(name = "CP_UDP_PENDING")]
+pub static UDP_PENDING: HashMap<u64, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);
+
+/// LRU: a sender's entries cannot be found from its socket at release
+/// (one per destination), so the oldest make room instead.
+#[map(name = "CP_UDP_PEERS")]
+pub static UDP_PEERS: LruHashMap<UdpPeerKey, FlowRecord> = LruHashMap::pinned(FLOW_MAP_CAPACITY, 0);
 
 #[map(name = "CP_REFUSED")]
 pub static REFUSED: RingBuf = RingBuf::pinned(REFUSED_RING_BYTES, 0);

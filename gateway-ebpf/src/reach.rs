@@ -7,15 +7,19 @@
 //! uid, process, job claims or names are decided by the gateway after
 //! accept). A refused connect is handed to the gateway through [`REFUSED`]
 //! so it is logged and recorded like one the gateway refused.
-use aya_ebpf::maps::lpm_trie::Key;
-use gateway_common::{Counter, FlowRecord};
+//!
+//! [`UDP_REACH`](crate::maps::UDP_REACH) is the same for datagrams outside
+//! DNS, written from the policy's UDP targets.
+use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
+use gateway_common::{Counter, FlowRecord, ReachPorts};
 
-use crate::maps::{REACH, REFUSED, count};
+use crate::maps::{REFUSED, count};
 
-/// Whether some rule may allow `port` on `addr` (IPv6, or IPv4 mapped).
+/// Whether some rule may allow `port` on `addr` (IPv6, or IPv4 mapped),
+/// by the trie `trie`.
 #[inline(always)]
-pub fn reachable(addr: [u8; 16], port: u16) -> bool {
-    match REACH.get(Key::new(128, addr)) {
+pub fn reachable(trie: &LpmTrie<[u8; 16], ReachPorts>, addr: [u8; 16], port: u16) -> bool {
+    match trie.get(Key::new(128, addr)) {
         Some(ports) => ports.contains(port),
         None => false,
     }

@@ -11,7 +11,7 @@ use aya_ebpf::{
 
 use crate::{
     common::ALLOW,
-    maps::{DNS_PENDING, PENDING},
+    maps::{DNS_PENDING, PENDING, UDP_PENDING},
 };
 
 #[cgroup_sock(sock_release)]
@@ -22,5 +22,6 @@ pub fn cp_sock_release(ctx: SockContext) -> i32 {
     // key space is the 65,536 ports, and the next socket to send from the
     // port overwrites it before its first datagram leaves.
     let _ = DNS_PENDING.remove(&cookie);
+    let _ = UDP_PENDING.remove(&cookie);
     ALLOW
 }

@@ -88,6 +88,8 @@ pub struct Target {
     pub name: String,
     pub addresses: Vec<String>,
     pub ports: Vec<u16>,
+    /// `protocol = "udp"`: datagram destinations, relayed by the gateway.
+    pub udp: bool,
 }
 
 impl Target {
@@ -96,6 +98,15 @@ impl Target {
             name: name.to_owned(),
             addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
             ports: ports.to_vec(),
+            udp: false,
+        }
+    }
+
+    /// A UDP target.
+    pub fn udp(name: &str, addresses: &[&str], ports: &[u16]) -> Self {
+        Self {
+            udp: true,
+            ..Self::new(name, addresses, ports)
         }
     }
 }
@@ -147,6 +158,8 @@ pub struct GatewayConfig {
     pub listen_port: u16,
     /// The UDP DNS listener's port, free like `listen_port`.
     pub dns_port: u16,
+    /// The UDP relay's port, free like `listen_port`.
+    pub udp_port: u16,
     pub mode: Mode,
     pub exempt_mark: u32,
     pub cgroup: PathBuf,
@@ -183,6 +196,7 @@ impl GatewayConfig {
             instance: instance_name(hint),
             listen_port: gateway_port()?,
             dns_port: gateway_port()?,
+            udp_port: gateway_port()?,
             mode: Mode::Enforce,
             exempt_mark: EXEMPT_MARK,
             cgroup: cgroup.path().to_path_buf(),
@@ -261,6 +275,7 @@ impl GatewayConfig {
         let _ = writeln!(s, "instance = {}", quote(&self.instance));
         let _ = writeln!(s, "listen_port = {}", self.listen_port);
         let _ = writeln!(s, "dns_port = {}", self.dns_port);
+        let _ = writeln!(s, "udp_port = {}", self.udp_port);
         let _ = writeln!(s, "mode = {}", quote(mode));
         let _ = writeln!(s, "exempt_mark = {:#x}", self.exempt_mark);
         // Next to the config, never the host's /run/chokepoint/admin.sock.
@@ -302,6 +317,9 @@ impl GatewayConfig {
                 list(t.addresses.iter().map(|a| quote(a)))
             );
             let _ = writeln!(s, "ports = {}", list(t.ports.iter().map(u16::to_string)));
+            if t.udp {
+                let _ = writeln!(s, "protocol = \"udp\"");
+            }
         }
         for r in &self.rules {
             let _ = writeln!(s, "\n[[rule]]\nname = {}", quote(&r.name));

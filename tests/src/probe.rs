@@ -80,6 +80,10 @@ pub struct ProbeReport {
     pub successes: u64,
     #[serde(default)]
     pub failures: u64,
+    /// UDP with `--expect-reply`: each reply's source address (as
+    /// `recvfrom` reported it) and payload, in arrival order.
+    #[serde(default)]
+    pub replies: Vec<(String, String)>,
     /// Every failure, in the order met (for `loop`, the first few).
     #[serde(default)]
     pub errors: Vec<Failure>,
@@ -198,6 +202,21 @@ impl ProbeArgs {
     /// A UDP `connect()` to `to`, then `send()`.
     pub fn udp_connect(to: SocketAddr) -> Self {
         Self::new(&["udp", "--to", &to.to_string(), "--connect"])
+    }
+
+    /// `dns`: an A query for `name` to `to` over an unconnected socket.
+    pub fn dns(to: SocketAddr, name: &str) -> Self {
+        Self::new(&["dns", "--to", &to.to_string(), "--name", name])
+    }
+
+    /// UDP: wait for one reply per destination and report them.
+    pub fn expect_reply(self) -> Self {
+        self.with(&["--expect-reply"])
+    }
+
+    /// UDP (unconnected): from the same socket, also send to `to`.
+    pub fn and(self, to: SocketAddr) -> Self {
+        self.with(&["--and", &to.to_string()])
     }
 
     /// Bind a TCP listener on `addr`.

@@ -214,7 +214,9 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, kind: Kind) -> ConnRecord {
     record
 }
 
-/// A UDP socket on `ip:<free port>` counting the datagrams it receives.
+/// A UDP socket on `ip:<free port>` keeping the datagrams it receives;
+/// started with [`UdpSink::echo`], it also answers each one with
+/// `<its own address> <payload>`, so a reply names the server that sent it.
 #[derive(Debug)]
 pub struct UdpSink {
     addr: SocketAddr,
@@ -225,8 +227,21 @@ pub struct UdpSink {
 
 impl UdpSink {
     pub fn start(ip: IpAddr) -> Result<Self> {
-        let socket = UdpSocket::bind((ip, 0))
-            .with_context(|| format!("binding a UDP test server on {ip}"))?;
+        Self::bind(SocketAddr::new(ip, 0), false)
+    }
+
+    pub fn echo(ip: IpAddr) -> Result<Self> {
+        Self::bind(SocketAddr::new(ip, 0), true)
+    }
+
+    /// An echo server on a port a policy names.
+    pub fn echo_on(addr: SocketAddr) -> Result<Self> {
+        Self::bind(addr, true)
+    }
+
+    fn bind(addr: SocketAddr, echo: bool) -> Result<Self> {
+        let socket = UdpSocket::bind(addr)
+            .with_context(|| format!("binding a UDP test server on {addr}"))?;
         let addr = socket.local_addr()?;
         // Short timeout so the thread notices `stop`; not a test timing.
         socket.set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -239,8 +254,13 @@ impl UdpSink {
                 .spawn(move || {
                     let mut buf = [0u8; 65536];
                     while !stop.load(Ordering::SeqCst) {
-                        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+                        if let Ok((n, from)) = socket.recv_from(&mut buf) {
                             received.lock().unwrap().push(buf[..n].to_vec());
+                            if echo {
+                                let mut reply = format!("{addr} ").into_bytes();
+                                reply.extend_from_slice(&buf[..n]);
+                                let _ = socket.send_to(&reply, from);
+                            }
                         }
                     }
                 })?

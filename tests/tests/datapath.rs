@@ -418,6 +418,136 @@ fn raw_icmp_and_udp_sockets_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// Fields of the flow events of `pid`, once there are `n`.
+fn wait_flows_of(gw: &Gateway, pid: u32, n: usize) -> Result<Vec<Value>> {
+    wait_for(
+        &format!("{n} flow events of pid {pid}"),
+        FLOWS_TIMEOUT,
+        || {
+            let flows = gw.flows_of(pid);
+            (flows.len() >= n).then_some(flows)
+        },
+    )
+}
+
+#[test]
+fn udp_to_a_udp_target_is_relayed_per_datagram_and_the_rest_refused() -> Result<()> {
+    let cg = TestCgroup::new("udp-relay")?;
+    let one = UdpSink::echo(v4(41))?;
+    let two = UdpSink::echo(v4(41))?;
+    let other = UdpSink::echo(v4(41))?;
+    let for_others = UdpSink::echo(v4(41))?;
+    let mut cfg = GatewayConfig::new("udp-relay", &cg)?
+        .target(Target::udp(
+            "time",
+            &["127.0.0.41"],
+            &[one.addr().port(), two.addr().port()],
+        ))
+        .target(Target::udp(
+            "theirs",
+            &["127.0.0.41"],
+            &[for_others.addr().port()],
+        ))
+        // A TCP target on the same port: UDP to it must not pass.
+        .target(Target::new(
+            "tcp-only",
+            &["127.0.0.41"],
+            &[other.addr().port()],
+        ))
+        .rule(Rule::allow("time", &["time"]))
+        .rule(Rule::allow("not-root", &["theirs"]).uids(&[4242]))
+        .rule(Rule::allow("tcp", &["tcp-only"]));
+    cfg.daemon.push("udp_idle_timeout = \"1s\"".into());
+    let gw = Gateway::start(&cfg)?;
+
+    // Connected: the reply comes back from the server asked (recvmsg and
+    // getpeername are restored), through the gateway.
+    let r = ProbeArgs::udp_connect(one.addr())
+        .expect_reply()
+        .run(cg.command(PROBE))?;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        r.replies,
+        [(
+            one.addr().to_string(),
+            format!("{} cp-probe udp", one.addr())
+        )],
+        "{r:?}"
+    );
+    let ev = &wait_flows_of(&gw, r.pid, 1)?[0];
+    assert_flow(ev, one.addr(), "allow", "time", "enforce");
+    assert_eq!(ev["protocol"], "udp", "{ev}");
+    assert_eq!(
+        (ev["bytes_up"].as_u64(), ev["bytes_down"].as_u64()),
+        (Some(12), Some(12 + 1 + one.addr().to_string().len() as u64)),
+        "{ev}"
+    );
+
+    // Unconnected, two destinations from one socket: each datagram goes to
+    // its own destination (the kernel marks it), each is its own flow.
+    let r = ProbeArgs::udp(one.addr())
+        .and(two.addr())
+        .expect_reply()
+        .run(cg.command(PROBE))?;
+    assert!(r.ok, "{r:?}");
+    let mut payloads: Vec<&str> = r.replies.iter().map(|(_, p)| p.as_str()).collect();
+    payloads.sort_unstable();
+    let mut wanted = [
+        format!("{} cp-probe udp", one.addr()),
+        format!("{} cp-probe udp", two.addr()),
+    ];
+    wanted.sort_unstable();
+    assert_eq!(payloads, wanted, "{r:?}");
+    let flows = wait_flows_of(&gw, r.pid, 2)?;
+    let mut dsts: Vec<String> = flows.iter().map(|e| e["dst"].to_string()).collect();
+    dsts.sort_unstable();
+    let mut expected = vec![format!("\"{}\"", one.addr()), format!("\"{}\"", two.addr())];
+    expected.sort_unstable();
+    assert_eq!(dsts, expected, "{flows:?}");
+    assert_eq!(one.received().len(), 2, "one: {:?}", one.received());
+    assert_eq!(two.received().len(), 1, "two: {:?}", two.received());
+
+    // In the kernel's set (a rule allows uid 4242) but not for root: the
+    // gateway refuses, the server hears nothing, the flow says why.
+    let r = ProbeArgs::udp(for_others.addr())
+        .expect_reply()
+        .run(cg.command(PROBE))?;
+    assert!(!r.ok && r.replies.is_empty(), "{r:?}");
+    let ev = &wait_flows_of(&gw, r.pid, 1)?[0];
+    assert_flow(ev, for_others.addr(), "deny", "default-deny", "enforce");
+    assert_eq!(ev["enforced_by"], "gateway", "{ev}");
+
+    // No UDP rule for the port (only a TCP one), and a port no rule names:
+    // refused at sendto().
+    for dst in [other.addr(), SocketAddr::new(v4(41), 9)] {
+        let r = ProbeArgs::udp(dst).run(cg.command(PROBE))?;
+        assert_eq!(r.errno("sendto"), Some(libc::EPERM), "{dst}: {r:?}");
+    }
+    // Straight to the relay's own port: refused too.
+    let relay = SocketAddr::new(v4(1), cfg.udp_port);
+    let r = ProbeArgs::udp(relay).run(cg.command(PROBE))?;
+    assert_eq!(r.errno("sendto"), Some(libc::EPERM), "{r:?}");
+
+    // Datagrams on loopback arrive in order: after the sentinel, nothing
+    // from the probes is still on its way.
+    for sink in [&other, &for_others] {
+        UdpSocket::bind((v4(41), 0))?.send_to(b"sentinel", sink.addr())?;
+        let got = wait_for("the sentinel datagram", MAPS_TIMEOUT, || {
+            let got = sink.received();
+            (!got.is_empty()).then_some(got)
+        })?;
+        assert_eq!(
+            got,
+            vec![b"sentinel".to_vec()],
+            "{} was reached",
+            sink.addr()
+        );
+    }
+    let counters = gw.status()?["counters"].clone();
+    assert!(counters["udp_relayed"].as_u64() >= Some(4), "{counters}");
+    Ok(())
+}
+
 #[test]
 fn only_tcp_and_udp_inet_sockets_can_be_created() -> Result<()> {
     let cg = TestCgroup::new("socket-kinds")?;

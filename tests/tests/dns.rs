@@ -11,7 +11,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use chokepoint_tests::{
-    DnsServer, Gateway, GatewayConfig, ProbeArgs, Server, TestCgroup, run_with_timeout, wait_for,
+    DnsServer, Gateway, GatewayConfig, ProbeArgs, Server, TestCgroup, UdpSink, run_with_timeout,
+    wait_for,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_cp-probe");
@@ -43,10 +44,16 @@ name = "shared-b"
 hosts = ["other.test"]
 ports = [9090]
 
+[[target]]
+name = "time"
+hosts = ["time.test"]
+ports = [1123]
+protocol = "udp"
+
 [[rule]]
 name = "jobs"
 action = "allow"
-targets = ["web", "shared-a", "shared-b"]
+targets = ["web", "shared-a", "shared-b", "time"]
 "#
     )
 }
@@ -71,12 +78,14 @@ impl Setup {
                 ("dual.test", &[v4(95)]),
                 ("other.test", &[v4(95)]),
                 ("denied.test", &[v4(96)]),
+                ("time.test", &[v4(92)]),
             ],
         )?;
         let guarded = TestCgroup::new(hint)?;
         let job_a = guarded.child("job-a")?;
         let job_b = guarded.child("job-b")?;
-        let config = GatewayConfig::new(hint, &guarded)?.raw_toml(&rules(upstream_ip));
+        let mut config = GatewayConfig::new(hint, &guarded)?.raw_toml(&rules(upstream_ip));
+        config.daemon.push("udp_idle_timeout = \"1s\"".into());
         let gw = Gateway::start(&config).with_context(|| config.to_toml())?;
         let resolv = tempfile::tempdir()?;
         // use-vc: glibc asks over TCP; the other file, over UDP.
@@ -145,6 +154,12 @@ fn resolved_names_open_their_targets_for_that_job_only() -> Result<()> {
     let web_8080 = Server::echo_on(SocketAddr::new(v4(94), 8080))?;
     let web = SocketAddr::new(v4(94), 8080);
     assert!(!s.reaches(&s.job_a, web)?, "nobody resolved db.test yet");
+
+    // A DoT (or DoH) endpoint is a TCP target like any other: no rule
+    // names it, so a job cannot take its queries around the forwarder.
+    let dot = Server::echo_on(SocketAddr::new(v4(88), 853))?;
+    assert!(!s.reaches(&s.job_a, dot.addr())?, "DoT got out");
+    assert_eq!(dot.accepted(), 0, "the DoT server was reached");
 
     let out = s.getent(&s.job_a, "db.test")?;
     assert!(out.status.success(), "{}", text(&out));
@@ -230,5 +245,76 @@ fn udp_queries_are_mediated_and_answers_come_from_the_server_asked() -> Result<(
             .any(|e| e["name"] == "db.test" && e["decision"] == "allow"),
         "{events:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn unconnected_queries_like_musl_are_answered_from_a_server_asked() -> Result<()> {
+    let s = Setup::start("dns-musl", 90)?;
+    // musl sends each query to every nameserver from one unconnected
+    // socket and takes the first answer whose source is one of them.
+    let asked = [SocketAddr::new(v4(93), 53), SocketAddr::new(v4(89), 53)];
+    let r = ProbeArgs::dns(asked[0], "db.test")
+        .and(asked[1])
+        .run(s.job_a.command(PROBE))?;
+    assert!(r.ok, "{r:?}");
+    let (from, answer) = &r.replies[0];
+    assert!(
+        asked.iter().any(|a| a.to_string() == *from),
+        "the answer came from {from}, not a server asked: {r:?}"
+    );
+    assert_eq!(answer, "No Error 127.0.0.94", "{r:?}");
+    let r = ProbeArgs::dns(asked[0], "denied.test").run(s.job_a.command(PROBE))?;
+    assert_eq!(r.replies[0].1, "Non-Existent Domain", "{r:?}");
+    Ok(())
+}
+
+#[test]
+fn udp_to_a_named_server_passes_only_after_the_job_resolved_it() -> Result<()> {
+    let s = Setup::start("dns-ntp", 91)?;
+    let time = UdpSink::echo_on(SocketAddr::new(v4(92), 1123))?;
+    // Nobody resolved time.test: the kernel lets the datagram reach the
+    // relay (a rule names the port), and the gateway refuses it.
+    let r = ProbeArgs::udp(time.addr())
+        .expect_reply()
+        .run(s.job_a.command(PROBE))?;
+    assert!(r.replies.is_empty(), "{r:?}");
+    let ev = wait_for("the refused flow", TIMEOUT, || {
+        s.gw.flows_of(r.pid).into_iter().next()
+    })?;
+    assert_eq!(
+        (&ev["decision"], &ev["rule"], &ev["protocol"]),
+        (&"deny".into(), &"default-deny".into(), &"udp".into()),
+        "{ev}"
+    );
+
+    let out = s.getent_udp(&s.job_a, "time.test")?;
+    assert!(out.status.success(), "{}", text(&out));
+    let r = ProbeArgs::udp_connect(time.addr())
+        .expect_reply()
+        .run(s.job_a.command(PROBE))?;
+    assert_eq!(
+        r.replies,
+        [(
+            time.addr().to_string(),
+            format!("{} cp-probe udp", time.addr())
+        )],
+        "{r:?}"
+    );
+    let ev = wait_for("the allowed flow", TIMEOUT, || {
+        s.gw.flows_of(r.pid).into_iter().next()
+    })?;
+    assert_eq!(
+        (&ev["decision"], &ev["rule"], &ev["target"]),
+        (&"allow".into(), &"jobs".into(), &"time".into()),
+        "{ev}"
+    );
+    // job-b did not resolve it: still refused, and the server only ever
+    // heard job-a's allowed datagram.
+    let r = ProbeArgs::udp(time.addr())
+        .expect_reply()
+        .run(s.job_b.command(PROBE))?;
+    assert!(r.replies.is_empty(), "{r:?}");
+    assert_eq!(time.received().len(), 1, "{:?}", time.received());
     Ok(())
 }

@@ -124,6 +124,9 @@ pub enum PolicyCommand {
         /// matches targets by their hosts.
         #[arg(long = "name")]
         names: Vec<String>,
+        /// A UDP datagram flow (relayed) instead of a TCP connection.
+        #[arg(long)]
+        udp: bool,
     },
 }
 
@@ -146,14 +149,18 @@ pub fn main() -> ExitCode {
             comm,
             claims,
             names,
+            udp,
         }) => policy::explain(
             &config,
-            dest,
-            uid,
-            user.as_deref(),
-            &comm,
-            claims.as_deref(),
-            &names,
+            &policy::Asked {
+                dest,
+                udp,
+                uid,
+                user: user.as_deref(),
+                comm: &comm,
+                claims: claims.as_deref(),
+                names: &names,
+            },
         ),
         Command::Job { target, command } => job::job(&target, &command),
     }

@@ -20,15 +20,27 @@ pub(super) fn check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-pub(super) fn explain(
-    config: &Path,
-    dest: SocketAddr,
-    uid: Option<u32>,
-    user: Option<&str>,
-    comm: &str,
-    claims: Option<&str>,
-    names: &[String],
-) -> ExitCode {
+/// The flow `policy explain` is asked about, as given on the command line.
+pub(super) struct Asked<'a> {
+    pub dest: SocketAddr,
+    pub udp: bool,
+    pub uid: Option<u32>,
+    pub user: Option<&'a str>,
+    pub comm: &'a str,
+    pub claims: Option<&'a str>,
+    pub names: &'a [String],
+}
+
+pub(super) fn explain(config: &Path, asked: &Asked<'_>) -> ExitCode {
+    let &Asked {
+        dest,
+        udp,
+        uid,
+        user,
+        comm,
+        claims,
+        names,
+    } = asked;
     let policy = match Policy::load(config) {
         Ok(p) => p,
         Err(errors) => {
@@ -60,6 +72,7 @@ pub(super) fn explain(
         comm,
         claims: claims.as_ref(),
         names: &[],
+        udp,
     };
     let names: Vec<std::sync::Arc<str>> = names
         .iter()

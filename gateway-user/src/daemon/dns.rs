@@ -9,7 +9,7 @@ use tracing::warn;
 
 use super::{
     Shared,
-    serve::{Outcome, identity_of, log_flow, start_event},
+    serve::{Ended, end_flow, identity_of, start_event},
 };
 use crate::{
     flow::Flow,
@@ -49,7 +49,7 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
         let (shared, socket) = (shared.clone(), socket.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let flow = Flow::from_dns_record(peer, &rec);
+            let flow = Flow::from_datagram(peer, &rec);
             let job = shared.jobs.job_of(flow.cgroup_id);
             let policy = shared.policy.load_full();
             let Ok(parsed) = hickory_proto::op::Message::from_vec(&query) else {
@@ -148,28 +148,20 @@ fn close(
     recording: SessionRecording,
     started: Instant,
 ) {
-    let identity = identity_of(job);
-    let moved = Transferred {
-        up: summary.bytes_up,
-        down: summary.bytes_down,
-    };
-    log_flow(
+    end_flow(
         flow,
-        &identity,
-        decision,
-        Mode::Enforce,
-        Outcome {
-            moved,
-            error: summary.error.as_deref(),
+        &identity_of(job),
+        (decision, Mode::Enforce),
+        Ended {
+            moved: Transferred {
+                up: summary.bytes_up,
+                down: summary.bytes_down,
+            },
+            error: summary.error,
             started,
-            enforced_by: "gateway",
+            statements: summary.queries,
+            denied: summary.denied,
         },
+        recording,
     );
-    recording.close(Body::SessionEnd {
-        bytes_up: moved.up,
-        bytes_down: moved.down,
-        statements: summary.queries,
-        denied: summary.denied,
-        error: summary.error,
-    });
 }

@@ -6,6 +6,7 @@ mod logging;
 mod refused;
 mod reload;
 mod serve;
+mod udp;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -92,14 +93,25 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     ));
     // Listeners first: a busy port must fail before anything is attached.
     let Listeners { v4, v6 } = flow::bind_listeners(daemon.listen_port, daemon.exempt_mark)?;
-    let (dns4, dns6) = flow::bind_dns(daemon.dns_port, daemon.exempt_mark)?;
+    let (dns4, dns6) = flow::bind_udp(daemon.dns_port, daemon.exempt_mark)?;
+    let (relay4, relay6) = flow::bind_udp(daemon.udp_port, daemon.exempt_mark)?;
+    for socket in [&relay4, &relay6] {
+        crate::protocols::udp::enable_marks(socket).map_err(|source| flow::BindError {
+            addr: socket
+                .local_addr()
+                .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], daemon.udp_port))),
+            source,
+        })?;
+    }
     let attached = ebpf::attach(
         &LoadOptions {
             instance: daemon.instance.clone(),
             listen_port: daemon.listen_port,
             dns_port: daemon.dns_port,
+            udp_port: daemon.udp_port,
             exempt_mark: daemon.exempt_mark,
             reach: policy.reach(),
+            udp_reach: policy.udp_reach(),
         },
         &cgroup,
     )?;
@@ -136,6 +148,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
     for socket in [dns4, dns6] {
         tokio::spawn(dns::serve_udp(shared.clone(), Arc::new(socket)));
+    }
+    for socket in [relay4, relay6] {
+        tokio::spawn(udp::serve_relay(shared.clone(), Arc::new(socket)));
     }
     let refused = shared
         .attached

@@ -16,11 +16,13 @@ pub(crate) fn reload(shared: &Shared, config: &Path) {
             let old = &shared.daemon;
             if new.instance != old.instance
                 || new.listen_port != old.listen_port
+                || new.dns_port != old.dns_port
+                || new.udp_port != old.udp_port
                 || new.exempt_mark != old.exempt_mark
             {
                 warn!(
-                    "[daemon] instance, listen_port and exempt_mark changes need a restart; running with instance={} listen_port={} until then",
-                    old.instance, old.listen_port
+                    "[daemon] instance, ports and exempt_mark changes need a restart; running with instance={} listen_port={} dns_port={} udp_port={} until then",
+                    old.instance, old.listen_port, old.dns_port, old.udp_port
                 );
             }
             info!(policy = %policy.summary(), mode = %policy.daemon().mode, issuers = policy.issuers().len(), "policy reloaded");
@@ -31,15 +33,15 @@ pub(crate) fn reload(shared: &Shared, config: &Path) {
             // The kernel's set follows the policy; if it cannot be written
             // the old set stays, which refuses what the new policy newly
             // allows but never lets through what it denies.
-            let reach = policy.reach();
-            let synced = shared
-                .attached
-                .reach
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .sync(&reach);
-            if let Err(e) = synced {
-                error!(error = %e, "could not update the kernel's reachable destinations; new allowances may be refused in the kernel until the next reload");
+            let attached = &shared.attached;
+            for (table, entries) in [
+                (&attached.reach, policy.reach()),
+                (&attached.udp_reach, policy.udp_reach()),
+            ] {
+                let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = table.sync(&entries) {
+                    error!(map = table.name(), error = %e, "could not update the kernel's reachable destinations; new allowances may be refused in the kernel until the next reload");
+                }
             }
             shared.policy.store(std::sync::Arc::new(policy));
         }

@@ -221,25 +221,19 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             tcp::refuse(client).await;
             (Transferred::default(), None)
         };
-        log_flow(
+        end_flow(
             &flow,
             &identity,
-            &decision,
-            mode,
-            Outcome {
+            (&decision, mode),
+            Ended {
                 moved,
-                error: error.as_deref(),
+                error,
                 started,
-                enforced_by: "gateway",
+                statements,
+                denied,
             },
+            recording,
         );
-        recording.close(Body::SessionEnd {
-            bytes_up: moved.up,
-            bytes_down: moved.down,
-            statements,
-            denied,
-            error,
-        });
     }
     .instrument(span)
     .await
@@ -294,6 +288,7 @@ pub(super) fn flow_facts<'a>(
         comm: &flow.comm,
         claims: job.map(|j| &j.claims),
         names,
+        udp: false,
     }
 }
 
@@ -320,6 +315,44 @@ pub(super) fn start_event(
         rule: decision.rule_name().to_owned(),
         mode: mode.to_string(),
     }
+}
+
+/// How a flow the gateway served ended, for its log event and recording.
+pub(super) struct Ended {
+    pub moved: Transferred,
+    pub error: Option<String>,
+    pub started: Instant,
+    pub statements: u64,
+    pub denied: u64,
+}
+
+/// Logs a flow's event and closes its recording with the same figures.
+pub(super) fn end_flow(
+    flow: &Flow,
+    identity: &str,
+    (decision, mode): (&Decision, Mode),
+    ended: Ended,
+    recording: crate::recording::SessionRecording,
+) {
+    log_flow(
+        flow,
+        identity,
+        decision,
+        mode,
+        Outcome {
+            moved: ended.moved,
+            error: ended.error.as_deref(),
+            started: ended.started,
+            enforced_by: "gateway",
+        },
+    );
+    recording.close(Body::SessionEnd {
+        bytes_up: ended.moved.up,
+        bytes_down: ended.moved.down,
+        statements: ended.statements,
+        denied: ended.denied,
+        error: ended.error,
+    });
 }
 
 /// How a flow ended, for its log event.
@@ -357,6 +390,7 @@ pub(super) fn log_flow(
         decision = %decision.verdict,
         rule = decision.rule_name(),
         target = decision.target.as_deref().unwrap_or(""),
+        protocol = %decision.protocol,
         mode = %mode,
         bytes_up = moved.up,
         bytes_down = moved.down,

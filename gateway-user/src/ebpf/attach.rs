@@ -9,11 +9,11 @@ use aya::{
         links::{FdLink, LinkError, PinnedLink},
     },
 };
-use gateway_common::{CONFIG_GLOBAL, GatewayConfig};
+use gateway_common::{CONFIG_GLOBAL, GatewayConfig, maps};
 
 use super::{
     DnsPeers, EbpfError, FlowTable, GuardedCgroup, OBJECT, PROGRAMS, PinDir, ProgramKind,
-    ReachTable, RefusedFlows, pins::remove_tree,
+    ReachTable, RefusedFlows, UdpPeers, pins::remove_tree,
 };
 
 /// Suffix of a link pinned beside the one it replaces (bpffs refuses
@@ -27,10 +27,14 @@ pub struct LoadOptions {
     pub listen_port: u16,
     /// The gateway's UDP DNS listener; 0 refuses DNS over UDP too.
     pub dns_port: u16,
+    /// The gateway's UDP relay; 0 refuses UDP outside DNS.
+    pub udp_port: u16,
     pub exempt_mark: u32,
     /// What the connect hooks may let through to the gateway; written
     /// before any program is attached.
     pub reach: Vec<crate::policy::ReachEntry>,
+    /// The same for datagrams outside DNS.
+    pub udp_reach: Vec<crate::policy::ReachEntry>,
 }
 
 /// Programs attached and pinned for one instance; holds the map handles
@@ -43,8 +47,10 @@ pub struct Attached {
     pub adopted: bool,
     pub flows: FlowTable,
     pub dns_peers: DnsPeers,
+    pub udp_peers: UdpPeers,
     /// Rewritten on every policy reload.
     pub reach: std::sync::Mutex<ReachTable>,
+    pub udp_reach: std::sync::Mutex<ReachTable>,
     /// Taken by the task that logs connects the kernel refused.
     pub refused: std::sync::Mutex<Option<RefusedFlows>>,
     _ebpf: Ebpf,
@@ -94,17 +100,22 @@ fn load_and_attach(
         listen_port: opts.listen_port,
         dns_port: opts.dns_port,
         exempt_mark: opts.exempt_mark,
+        udp_port: opts.udp_port,
+        _pad: [0; 6],
     };
     let mut ebpf = EbpfLoader::new()
         .override_global(CONFIG_GLOBAL, &config, true)
         .default_map_pin_directory(&maps_dir)
         .load(OBJECT)?;
     // Before the new programs can run: an empty trie refuses every connect.
-    let mut reach = ReachTable::new(&mut ebpf)?;
-    reach.sync(&opts.reach).map_err(|source| EbpfError::Map {
-        name: "CP_REACH",
-        source,
-    })?;
+    let mut reach = ReachTable::new(&mut ebpf, maps::REACH)?;
+    let mut udp_reach = ReachTable::new(&mut ebpf, maps::UDP_REACH)?;
+    for (table, entries) in [(&mut reach, &opts.reach), (&mut udp_reach, &opts.udp_reach)] {
+        table.sync(entries).map_err(|source| EbpfError::Map {
+            name: table.name(),
+            source,
+        })?;
+    }
     let refused = RefusedFlows::new(&mut ebpf)?;
 
     // Links always stack with other programs on the cgroup (the kernel
@@ -186,19 +197,46 @@ fn load_and_attach(
         std::fs::rename(&tmp, &final_path).map_err(EbpfError::io(&final_path))?;
         drop(pinned);
     }
+    remove_retired_links(pins)?;
 
     let flows = FlowTable::new(&mut ebpf)?;
     let dns_peers = DnsPeers::new(&mut ebpf)?;
+    let udp_peers = UdpPeers::new(&mut ebpf)?;
     Ok(Attached {
         pins: pins.clone(),
         cgroup: cgroup.path.clone(),
         adopted,
         flows,
         dns_peers,
+        udp_peers,
         reach: std::sync::Mutex::new(reach),
+        udp_reach: std::sync::Mutex::new(udp_reach),
         refused: std::sync::Mutex::new(Some(refused)),
         _ebpf: ebpf,
     })
+}
+
+/// Detaches links an earlier version pinned for programs this one no
+/// longer has (a renamed program would otherwise keep running its old code
+/// beside the new one). Runs after the new generation is attached.
+fn remove_retired_links(pins: &PinDir) -> Result<(), EbpfError> {
+    let Ok(entries) = std::fs::read_dir(pins.links()) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let current = PROGRAMS.iter().any(|&(p, _)| *p == *name);
+        if current {
+            continue;
+        }
+        let path = entry.path();
+        let old = PinnedLink::from_pin(&path).map_err(|source| EbpfError::Link {
+            path: path.clone(),
+            source,
+        })?;
+        drop(old.unpin().map_err(EbpfError::io(&path))?);
+    }
+    Ok(())
 }
 
 /// Program-specific links become plain fd links, the kind that can be pinned.

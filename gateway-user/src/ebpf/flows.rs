@@ -9,7 +9,7 @@ use aya::{
     Ebpf,
     maps::{HashMap, MapData},
 };
-use gateway_common::{ClientKey, FlowRecord, maps};
+use gateway_common::{ClientKey, FlowRecord, UdpPeerKey, maps};
 
 use super::{EbpfError, typed_map};
 
@@ -98,6 +98,31 @@ impl DnsPeers {
     /// place: the socket may ask again; it goes when the socket closes.
     pub fn get(&self, port: u16) -> Option<FlowRecord> {
         self.map.get(&u32::from(port), 0).ok()
+    }
+}
+
+/// Who sent each datagram the gateway's UDP relay receives, and where it
+/// was going, keyed by the sender's local port and the packet's mark.
+pub struct UdpPeers {
+    map: HashMap<MapData, UdpPeerKey, FlowRecord>,
+}
+
+impl UdpPeers {
+    pub(crate) fn new(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
+        Ok(Self {
+            map: typed_map(ebpf, maps::UDP_PEERS)?,
+        })
+    }
+
+    /// The record of the datagram from local port `port` marked `tag`.
+    /// Left in place: the kernel rewrites it for every datagram and evicts
+    /// the least recently used.
+    pub fn get(&self, port: u16, tag: u32) -> Option<FlowRecord> {
+        let key = UdpPeerKey {
+            port: u32::from(port),
+            tag,
+        };
+        self.map.get(&key, 0).ok()
     }
 }
 

@@ -27,7 +27,7 @@ mod status;
 pub use attach::{Attached, LoadOptions, attach};
 pub use cgroup::{GuardedCgroup, cgroup2_mount, resolve_cgroup};
 pub use error::EbpfError;
-pub use flows::{DnsPeers, FlowTable};
+pub use flows::{DnsPeers, FlowTable, UdpPeers};
 pub use pins::{PinDir, detach};
 pub use preflight::{ensure_bpffs, preflight};
 pub use reach::{ReachTable, RefusedFlows};
@@ -58,7 +58,7 @@ pub(crate) const PROGRAMS: &[(&str, ProgramKind)] = &[
     ("cp_sockops", ProgramKind::SockOps),
     ("cp_bind4", ProgramKind::SockAddr),
     ("cp_bind6", ProgramKind::SockAddr),
-    ("cp_dns_egress", ProgramKind::SkbEgress),
+    ("cp_udp_egress", ProgramKind::SkbEgress),
     ("cp_recvmsg4", ProgramKind::SockAddr),
     ("cp_recvmsg6", ProgramKind::SockAddr),
     ("cp_getpeername4", ProgramKind::SockAddr),

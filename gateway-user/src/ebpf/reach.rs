@@ -7,21 +7,30 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use gateway_common::{FlowRecord, PortSpan, REACH_SPANS, ReachPorts, maps};
+
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{EbpfError, typed_map};
 use crate::policy::ReachEntry;
 
-/// `CP_REACH`, written from the policy at start and on every reload.
+/// `CP_REACH` (TCP) or `CP_UDP_REACH`, written from the policy at start
+/// and on every reload.
 pub struct ReachTable {
     map: LpmTrie<MapData, [u8; 16], ReachPorts>,
+    name: &'static str,
 }
 
 impl ReachTable {
-    pub(crate) fn new(ebpf: &mut aya::Ebpf) -> Result<Self, EbpfError> {
+    pub(crate) fn new(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Self, EbpfError> {
         Ok(Self {
-            map: typed_map(ebpf, maps::REACH)?,
+            map: typed_map(ebpf, name)?,
+            name,
         })
+    }
+
+    /// The map's name, for errors.
+    pub fn name(&self) -> &'static str {
+        self.name
     }
 
     /// Makes the trie hold exactly `entries`. New and changed prefixes go

@@ -32,6 +32,8 @@ pub struct Counters {
     pub unreachable: u64,
     /// Of those, the ones the gateway was not told about (ring full).
     pub refused_unlogged: u64,
+    /// Datagrams (outside DNS) sent to the gateway's UDP relay.
+    pub udp_relayed: u64,
 }
 
 pub fn status(instance: &str) -> Result<Status, EbpfError> {
@@ -85,6 +87,7 @@ pub fn status(instance: &str) -> Result<Status, EbpfError> {
         record_failed: sum(Counter::RecordFailed),
         unreachable: sum(Counter::Unreachable),
         refused_unlogged: sum(Counter::RefusedUnlogged),
+        udp_relayed: sum(Counter::UdpRelayed),
     };
     Ok(status)
 }

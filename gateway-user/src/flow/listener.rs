@@ -23,7 +23,7 @@ pub struct BindError {
 
 fn hint(e: &io::Error) -> &'static str {
     if e.kind() == io::ErrorKind::AddrInUse {
-        " (another process holds the port: stop it, or choose another daemon.listen_port or dns_port)"
+        " (another process holds the port: stop it, or choose another daemon.listen_port, dns_port or udp_port)"
     } else {
         ""
     }
@@ -58,9 +58,9 @@ fn bind(addr: SocketAddr, mark: u32) -> Result<TcpListener, BindError> {
     TcpListener::from_std(socket.into()).map_err(err)
 }
 
-/// The DNS listener's UDP sockets on both loopbacks, marked like the TCP
-/// listeners (the kernel guards their port too).
-pub fn bind_dns(
+/// UDP sockets on both loopbacks (the DNS listener, the UDP relay),
+/// marked like the TCP listeners (the kernel guards their port too).
+pub fn bind_udp(
     port: u16,
     mark: u32,
 ) -> Result<(tokio::net::UdpSocket, tokio::net::UdpSocket), BindError> {

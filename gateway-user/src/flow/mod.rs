@@ -3,5 +3,5 @@
 mod listener;
 mod record;
 
-pub use listener::{BindError, Listeners, bind_dns, bind_listeners};
+pub use listener::{BindError, Listeners, bind_listeners, bind_udp};
 pub use record::{Flow, FlowError, recover};

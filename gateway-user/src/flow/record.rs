@@ -28,8 +28,9 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// A DNS datagram's flow: its sender as the kernel recorded it.
-    pub fn from_dns_record(peer: SocketAddr, rec: &FlowRecord) -> Self {
+    /// A datagram's flow (DNS, or relayed UDP): its sender as the kernel
+    /// recorded it.
+    pub fn from_datagram(peer: SocketAddr, rec: &FlowRecord) -> Self {
         Self::from_record(NEXT_ID.fetch_add(1, Ordering::Relaxed), peer, rec)
     }
 

@@ -36,13 +36,17 @@ pub(super) struct Target {
     pub ports: Vec<PortRange>,
     /// `Some` exactly when `protocol = "postgres"`.
     pub postgres: Option<Arc<PostgresTarget>>,
+    /// `protocol = "udp"`: the target holds datagram destinations, relayed
+    /// by the gateway; TCP flows never match it, nor UDP flows others.
+    pub udp: bool,
 }
 
 impl Target {
     pub fn protocol(&self) -> Protocol {
-        match self.postgres {
-            Some(_) => Protocol::Postgres,
-            None => Protocol::Tcp,
+        match (&self.postgres, self.udp) {
+            (Some(_), _) => Protocol::Postgres,
+            (None, true) => Protocol::Udp,
+            (None, false) => Protocol::Tcp,
         }
     }
 }
@@ -386,10 +390,13 @@ fn target(at: At, entry: TargetEntry, sources: &[Source], report: &mut Report) -
         Some(protocol) => match protocol.get_ref().as_str() {
             "tcp" => Some(Protocol::Tcp),
             "postgres" => Some(Protocol::Postgres),
+            "udp" => Some(Protocol::Udp),
             other => {
                 report.error(
                     At::of(file, protocol),
-                    format!("protocol {other:?} is not supported; valid protocols: tcp, postgres"),
+                    format!(
+                        "protocol {other:?} is not supported; valid protocols: tcp, postgres, udp"
+                    ),
                 );
                 ok = false;
                 None
@@ -413,10 +420,10 @@ fn target(at: At, entry: TargetEntry, sources: &[Source], report: &mut Report) -
             ok = false;
             None
         }
-        (Some(Protocol::Tcp), Some(section), _) => {
+        (Some(p @ (Protocol::Tcp | Protocol::Udp)), Some(section), _) => {
             report.error(
                 At::of(file, section),
-                format!("[target.postgres] needs protocol = \"postgres\" in {label} (its protocol is tcp): add protocol = \"postgres\", or remove this section"),
+                format!("[target.postgres] needs protocol = \"postgres\" in {label} (its protocol is {p}): add protocol = \"postgres\", or remove this section"),
             );
             ok = false;
             None
@@ -492,6 +499,7 @@ fn target(at: At, entry: TargetEntry, sources: &[Source], report: &mut Report) -
         hosts,
         ports,
         postgres,
+        udp: protocol == Some(Protocol::Udp),
     })
 }
 

@@ -30,6 +30,9 @@ pub struct FlowFacts<'a> {
     /// The names the job resolved (through the gateway) to the
     /// destination's address, still within their TTL.
     pub names: &'a [Arc<str>],
+    /// A UDP datagram flow (relayed) rather than a TCP connection: only
+    /// `protocol = "udp"` targets (and `"*"`) match it.
+    pub udp: bool,
 }
 
 /// A job token's claims, as text.
@@ -58,6 +61,8 @@ pub enum Protocol {
     Tcp,
     /// Every message is decoded and decided; credentials are injected.
     Postgres,
+    /// Datagrams are relayed after the flow is allowed.
+    Udp,
 }
 
 impl fmt::Display for Protocol {
@@ -65,6 +70,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Tcp => "tcp",
             Protocol::Postgres => "postgres",
+            Protocol::Udp => "udp",
         })
     }
 }
@@ -90,12 +96,13 @@ impl Decision {
         self.rule.as_deref().unwrap_or(DEFAULT_DENY)
     }
 
-    fn new(verdict: Verdict, rule: Option<&Rule>, target: Option<&Target>) -> Decision {
+    fn new(verdict: Verdict, rule: Option<&Rule>, target: Option<&Target>, udp: bool) -> Decision {
+        let fallback = if udp { Protocol::Udp } else { Protocol::Tcp };
         Decision {
             verdict,
             rule: rule.map(|r| r.name.clone()),
             target: target.map(|t| t.name.clone()),
-            protocol: target.map_or(Protocol::Tcp, Target::protocol),
+            protocol: target.map_or(fallback, Target::protocol),
         }
     }
 }
@@ -158,16 +165,16 @@ impl Rule {
     pub(super) fn target_for<'t>(
         &self,
         targets: &'t [Target],
-        ip: IpAddr,
-        port: u16,
+        (ip, port): (IpAddr, u16),
         names: &[Arc<str>],
+        udp: bool,
     ) -> TargetMatch<'t> {
         for target in &self.targets {
             match *target {
                 TargetRef::Any => return TargetMatch::Any,
                 TargetRef::Named(i) => {
                     let t = &targets[i];
-                    if t.dest_matches(ip, names) && t.port_matches(port) {
+                    if t.udp == udp && t.dest_matches(ip, names) && t.port_matches(port) {
                         return TargetMatch::Named(t);
                     }
                 }
@@ -214,7 +221,7 @@ impl Rule {
         if !self.uid_matches(flow.uid) || !self.claims_match(flow.claims) {
             return None;
         }
-        let target = match self.target_for(targets, ip, port, flow.names) {
+        let target = match self.target_for(targets, (ip, port), flow.names, flow.udp) {
             TargetMatch::None => return None,
             TargetMatch::Any => None,
             TargetMatch::Named(t) => Some(t),
@@ -250,10 +257,10 @@ pub(super) fn evaluate(compiled: &Compiled, flow: &FlowFacts<'_>) -> Decision {
         None => (Verdict::Deny, None, None),
     };
     let target = match target {
-        Some(t) if t.postgres.is_some() => Some(t),
+        Some(t) if t.postgres.is_some() || flow.udp => Some(t),
         other => postgres_target_of(&compiled.targets, dst, flow.names).or(other),
     };
-    Decision::new(verdict, rule, target)
+    Decision::new(verdict, rule, target, flow.udp)
 }
 
 /// What the DNS forwarder may answer for one name.

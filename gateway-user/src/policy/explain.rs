@@ -154,7 +154,7 @@ fn summary(rule: &Rule, target: &PostgresTarget) -> String {
 fn trace(compiled: &Compiled, rule: &Rule, flow: &FlowFacts<'_>) -> RuleTrace {
     let (ip, port) = destination(flow.dst);
     let mut reasons = Vec::new();
-    let target = rule.target_for(&compiled.targets, ip, port, flow.names);
+    let target = rule.target_for(&compiled.targets, (ip, port), flow.names, flow.udp);
     if let TargetMatch::None = target {
         let misses: Vec<String> = rule
             .targets
@@ -165,6 +165,13 @@ fn trace(compiled: &Compiled, rule: &Rule, flow: &FlowFacts<'_>) -> RuleTrace {
             })
             .map(|t| {
                 let mut why = Vec::new();
+                if t.udp != flow.udp {
+                    why.push(if t.udp {
+                        "a udp target, and this is a TCP connection".to_owned()
+                    } else {
+                        "not a udp target, and this is a UDP flow".to_owned()
+                    });
+                }
                 if !t.dest_matches(ip, flow.names) {
                     let nets: Vec<String> = t.nets.iter().map(short_net).collect();
                     why.push(format!("address not in [{}]", nets.join(", ")));
@@ -282,6 +289,7 @@ impl fmt::Display for Explanation {
         let protocol = match d.protocol {
             Protocol::Tcp => "",
             Protocol::Postgres => ", protocol postgres",
+            Protocol::Udp => ", protocol udp",
         };
         match (&d.rule, &d.target) {
             (None, Some(target)) => writeln!(

@@ -76,6 +76,7 @@
 //!     comm: "curl",
 //!     claims: None,
 //!     names: &[],
+//!     udp: false,
 //! });
 //! if decision.verdict == Verdict::Deny {
 //!     println!("denied by {}", decision.rule_name());

@@ -18,6 +18,8 @@ pub(super) struct DaemonSection {
     pub instance: Option<Spanned<String>>,
     pub listen_port: Option<Spanned<Int>>,
     pub dns_port: Option<Spanned<Int>>,
+    pub udp_port: Option<Spanned<Int>>,
+    pub udp_idle_timeout: Option<Spanned<String>>,
     pub mode: Option<Spanned<String>>,
     pub exempt_mark: Option<Spanned<Int>>,
     pub include: Option<Vec<Spanned<String>>>,

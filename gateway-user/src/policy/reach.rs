@@ -13,6 +13,10 @@
 //! Targets matched by DNS name, rules naming `"*"`, audit mode and a
 //! policy too large for the trie all make the whole address space
 //! reachable on their ports: the gateway decides those, as before.
+//!
+//! UDP has a trie of its own, built the same way from `protocol = "udp"`
+//! targets (and `"*"`, and audit mode): a datagram it allows goes to the
+//! gateway's relay, which decides; any other is refused at `sendmsg()`.
 
 use std::net::IpAddr;
 
@@ -34,8 +38,17 @@ pub struct ReachEntry {
 const ALL_PORTS: (u16, u16) = (0, u16::MAX);
 
 impl Policy {
-    /// The kernel's reachable set for this policy (see the module docs).
+    /// The kernel's reachable set for TCP connects (see the module docs).
     pub fn reach(&self) -> Vec<ReachEntry> {
+        self.reach_for(false)
+    }
+
+    /// The kernel's reachable set for UDP outside DNS.
+    pub fn udp_reach(&self) -> Vec<ReachEntry> {
+        self.reach_for(true)
+    }
+
+    fn reach_for(&self, udp: bool) -> Vec<ReachEntry> {
         let mut raw: Vec<ReachEntry> = Vec::new();
         let everywhere = |raw: &mut Vec<ReachEntry>, ports: Vec<(u16, u16)>| {
             raw.push(ReachEntry {
@@ -47,7 +60,7 @@ impl Policy {
         if self.daemon.mode == Mode::Audit {
             everywhere(&mut raw, vec![ALL_PORTS]);
         }
-        if self.dns.is_some() {
+        if self.dns.is_some() && !udp {
             // DNS over TCP goes to the gateway's forwarder, whatever the server.
             everywhere(&mut raw, vec![(53, 53)]);
         }
@@ -63,7 +76,9 @@ impl Policy {
                     everywhere(&mut raw, vec![ALL_PORTS]);
                     continue;
                 };
-                let Some(t) = targets.get(*i) else { continue };
+                let Some(t) = targets.get(*i).filter(|t| t.udp == udp) else {
+                    continue;
+                };
                 let ports: Vec<(u16, u16)> = t.ports.iter().map(|p| (p.first, p.last)).collect();
                 if !t.hosts.is_empty() {
                     everywhere(&mut raw, ports.clone());
@@ -249,6 +264,48 @@ targets = ["github"]
 
         let nothing = policy("");
         assert!(nothing.reach().is_empty());
+    }
+
+    #[test]
+    fn udp_targets_fill_the_udp_trie_only() {
+        let p = policy(
+            r#"
+[[target]]
+name = "ntp"
+addresses = ["127.0.0.44"]
+ports = [123]
+protocol = "udp"
+[[target]]
+name = "named-ntp"
+hosts = ["time.test"]
+ports = [1123]
+protocol = "udp"
+[[target]]
+name = "web"
+addresses = ["127.0.0.45"]
+ports = [443]
+[[rule]]
+name = "time"
+action = "allow"
+targets = ["ntp", "named-ntp", "web"]
+"#,
+        );
+        let (tcp, udp) = (p.reach(), p.udp_reach());
+        let ip = |s: &str| v4(s.parse().unwrap());
+        assert!(reachable(&udp, ip("127.0.0.44"), 123));
+        assert!(!reachable(&tcp, ip("127.0.0.44"), 123));
+        assert!(reachable(&tcp, ip("127.0.0.45"), 443));
+        assert!(!reachable(&udp, ip("127.0.0.45"), 443));
+        // Matched by name: the gateway decides, on that port only.
+        assert!(reachable(&udp, ip("127.0.0.99"), 1123));
+        assert!(!reachable(&udp, ip("127.0.0.99"), 1124));
+        assert!(!reachable(&tcp, ip("127.0.0.99"), 1123));
+
+        let dns = policy("[dns]\nupstream = [\"127.0.0.53:53\"]\n");
+        assert!(dns.udp_reach().is_empty(), "DNS has its own listener");
+        let any = policy("[[rule]]\nname = \"all\"\naction = \"allow\"\ntargets = [\"*\"]\n");
+        assert!(reachable(&any.udp_reach(), v4(Ipv4Addr::LOCALHOST), 9));
+        assert!(policy("").udp_reach().is_empty());
     }
 
     #[test]

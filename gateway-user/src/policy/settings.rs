@@ -20,6 +20,12 @@ pub struct DaemonSettings {
     pub listen_port: u16,
     /// The gateway's DNS listener (UDP) on the same addresses.
     pub dns_port: u16,
+    /// The gateway's UDP relay (datagrams to `protocol = "udp"` targets)
+    /// on the same addresses.
+    pub udp_port: u16,
+    /// A relayed UDP flow (one sender socket and destination) ends after
+    /// this long without a datagram either way.
+    pub udp_idle_timeout: std::time::Duration,
     pub mode: Mode,
     /// `SO_MARK` of the gateway's own upstream sockets, which the kernel
     /// programs let through; never 0, since 0 is every unmarked socket.
@@ -45,6 +51,8 @@ impl Default for DaemonSettings {
             instance: "default".to_owned(),
             listen_port: 15001,
             dns_port: 15053,
+            udp_port: 15054,
+            udp_idle_timeout: std::time::Duration::from_secs(30),
             mode: Mode::Enforce,
             exempt_mark: 0x4350_0001,
             masking_key_file: None,
@@ -335,6 +343,34 @@ pub(super) fn daemon(
                     port.get_ref().0
                 ),
             ),
+        }
+    }
+    if let Some(port) = &section.udp_port {
+        match u16::try_from(port.get_ref().0) {
+            Ok(p) if p != 0 && p != settings.listen_port && p != settings.dns_port => {
+                settings.udp_port = p;
+            }
+            _ => report.error(
+                At::of(file, port),
+                format!(
+                    "udp_port must be 1..=65535 and differ from listen_port and dns_port, not {}",
+                    port.get_ref().0
+                ),
+            ),
+        }
+    } else if settings.udp_port == settings.listen_port || settings.udp_port == settings.dns_port {
+        report.error(
+            *at,
+            format!(
+                "listen_port or dns_port is {}, the default udp_port: set udp_port to another free port",
+                settings.udp_port
+            ),
+        );
+    }
+    if let Some(idle) = &section.udp_idle_timeout {
+        match approval::duration(idle.get_ref()) {
+            Ok(d) => settings.udp_idle_timeout = d,
+            Err(e) => report.error(At::of(file, idle), format!("udp_idle_timeout: {e}")),
         }
     }
     if let Some(mode) = &section.mode {

@@ -70,6 +70,7 @@ pub(super) fn flow<'a>(dst: &str, uid: u32, comm: &'a str) -> FlowFacts<'a> {
         comm,
         claims: None,
         names: &[],
+        udp: false,
     }
 }
 
@@ -124,6 +125,8 @@ fn the_example_loads_with_its_settings() {
             instance: "demo".into(),
             listen_port: 15002,
             dns_port: 15053,
+            udp_port: 15054,
+            udp_idle_timeout: std::time::Duration::from_secs(30),
             mode: Mode::Audit,
             exempt_mark: 0x4350_0002,
             masking_key_file: None,
@@ -368,7 +371,7 @@ fn bad_ports_and_addresses_are_each_reported() {
 
     let all = errors(load_one(
         &files,
-        "[[target]]\nname = \"t\"\naddresses = [\"10.0.0.300\", \"10.1.2.3/8\", \"::1\"]\nports = [0, 65536, \"http\", \"0-10\"]\nprotocol = \"udp\"\n",
+        "[[target]]\nname = \"t\"\naddresses = [\"10.0.0.300\", \"10.1.2.3/8\", \"::1\"]\nports = [0, 65536, \"http\", \"0-10\"]\nprotocol = \"sctp\"\n",
     ));
     let at: Vec<(usize, usize)> = all.iter().map(|d| (d.line, d.col)).collect();
     assert_eq!(
@@ -416,7 +419,114 @@ fn bad_ports_and_addresses_are_each_reported() {
     );
     assert_eq!(
         all[6].message,
-        "protocol \"udp\" is not supported; valid protocols: tcp, postgres"
+        "protocol \"sctp\" is not supported; valid protocols: tcp, postgres, udp"
+    );
+}
+
+#[test]
+fn udp_targets_match_udp_flows_only_and_star_matches_both() {
+    let files = Files::new();
+    let policy = load_one(
+        &files,
+        r#"
+[[target]]
+name = "ntp"
+addresses = ["127.0.0.0/24"]
+ports = [123]
+protocol = "udp"
+
+[[target]]
+name = "web"
+addresses = ["127.0.0.0/24"]
+ports = [123]
+
+[[rule]]
+name = "time"
+action = "allow"
+targets = ["ntp"]
+uids = [1000]
+
+[[rule]]
+name = "web"
+action = "allow"
+targets = ["web"]
+uids = [1001]
+
+[[rule]]
+name = "anything"
+action = "allow"
+targets = ["*"]
+uids = [1002]
+"#,
+    )
+    .expect("valid");
+    let udp = |uid| FlowFacts {
+        udp: true,
+        ..flow("127.0.0.5:123", uid, "ntpdate")
+    };
+    let d = policy.evaluate(&udp(1000));
+    assert_eq!(
+        (d.verdict, d.rule_name(), d.target.as_deref(), d.protocol),
+        (Verdict::Allow, "time", Some("ntp"), Protocol::Udp)
+    );
+    // The TCP target on the same address and port allows TCP only.
+    assert_eq!(policy.evaluate(&udp(1001)).verdict, Verdict::Deny);
+    assert_eq!(
+        policy
+            .evaluate(&flow("127.0.0.5:123", 1001, "curl"))
+            .verdict,
+        Verdict::Allow
+    );
+    assert_eq!(
+        policy
+            .evaluate(&flow("127.0.0.5:123", 1000, "curl"))
+            .verdict,
+        Verdict::Deny,
+        "a udp target does not allow TCP"
+    );
+    let d = policy.evaluate(&udp(1002));
+    assert_eq!((d.verdict, d.protocol), (Verdict::Allow, Protocol::Udp));
+    let text = policy.explain(&udp(1001)).to_string();
+    assert!(
+        text.contains("not a udp target, and this is a UDP flow"),
+        "{text}"
+    );
+}
+
+#[test]
+fn udp_relay_settings_are_checked() {
+    let files = Files::new();
+    let all = errors(load_one(
+        &files,
+        "[daemon]\nlisten_port = 15054\nudp_idle_timeout = \"soon\"\n",
+    ));
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    assert!(
+        messages[0].contains("the default udp_port: set udp_port"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].starts_with("udp_idle_timeout: \"soon\" is not a duration"),
+        "{messages:?}"
+    );
+    let all = errors(load_one(
+        &files,
+        "[daemon]\ndns_port = 15100\nudp_port = 15100\n",
+    ));
+    assert!(
+        all[0]
+            .message
+            .starts_with("udp_port must be 1..=65535 and differ"),
+        "{all:#?}"
+    );
+    let ok = load_one(
+        &files,
+        "[daemon]\nudp_port = 15200\nudp_idle_timeout = \"2m\"\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        (ok.daemon().udp_port, ok.daemon().udp_idle_timeout),
+        (15200, std::time::Duration::from_secs(120))
     );
 }
 

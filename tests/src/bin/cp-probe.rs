@@ -24,7 +24,8 @@ const USAGE: &str = "usage: cp-probe <command>
   raw
   socket --family 4|6 --type stream|dgram|raw|seqpacket --proto N
   ping-socket [--own-netns]
-  udp --to ADDR [--connect]
+  udp --to ADDR [--and ADDR] [--connect] [--expect-reply]
+  dns --to ADDR [--and ADDR] --name NAME   (A query, unconnected sendto)
   bind --addr ADDR
   loop --to ADDR --count N
   send-close --to ADDR --send N --count K";
@@ -144,7 +145,26 @@ fn run(args: &[String]) -> Result<ProbeReport, String> {
                 libc::IPPROTO_ICMP,
             );
         }
-        "udp" => udp(&mut report, o.parse("--to")?, o.has("--connect")),
+        "udp" => {
+            let mut to = vec![o.parse("--to")?];
+            if o.has("--and") {
+                to.push(o.parse("--and")?);
+            }
+            udp(
+                &mut report,
+                &to,
+                o.has("--connect"),
+                o.has("--expect-reply"),
+            );
+        }
+        "dns" => {
+            let mut to = vec![o.parse("--to")?];
+            if o.has("--and") {
+                to.push(o.parse("--and")?);
+            }
+            let name = o.value("--name").ok_or("dns needs --name")?;
+            dns_query(&mut report, &to, name);
+        }
         "bind" => {
             let addr: SocketAddr = o.parse("--addr")?;
             match TcpListener::bind(addr) {
@@ -350,33 +370,115 @@ fn own_netns_with_ping() -> Result<(), Failure> {
         .map_err(|e| Failure::from_io("write ping_group_range", &e))
 }
 
-fn udp(report: &mut ProbeReport, to: SocketAddr, connect: bool) {
-    let local: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-        .parse()
-        .expect("literal");
+fn udp(report: &mut ProbeReport, to: &[SocketAddr], connect: bool, expect_reply: bool) {
+    let local: SocketAddr = if to[0].is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("literal");
     let socket = match UdpSocket::bind(local) {
         Ok(s) => s,
         Err(e) => return report.errors.push(Failure::from_io("bind", &e)),
     };
     let payload = b"cp-probe udp";
-    let result = if connect {
-        match socket.connect(to) {
-            Ok(()) => socket
-                .send(payload)
-                .map_err(|e| Failure::from_io("send", &e)),
-            Err(e) => Err(Failure::from_io("connect", &e)),
+    for &dst in to {
+        let result = if connect {
+            match socket.connect(dst) {
+                Ok(()) => socket
+                    .send(payload)
+                    .map_err(|e| Failure::from_io("send", &e)),
+                Err(e) => Err(Failure::from_io("connect", &e)),
+            }
+        } else {
+            socket
+                .send_to(payload, dst)
+                .map_err(|e| Failure::from_io("sendto", &e))
+        };
+        match result {
+            Ok(n) => report.sent += n as u64,
+            Err(f) => return report.errors.push(f),
         }
-    } else {
-        socket
-            .send_to(payload, to)
-            .map_err(|e| Failure::from_io("sendto", &e))
+    }
+    if expect_reply {
+        // Generous: a lost reply fails the test by its content, not by time.
+        let _ = socket.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut buf = [0u8; 2048];
+        for _ in to {
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    report.received += n as u64;
+                    report.replies.push((
+                        from.to_string(),
+                        String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    ));
+                }
+                Err(e) => return report.errors.push(Failure::from_io("recv", &e)),
+            }
+        }
+    }
+    report.ok = true;
+}
+
+/// Asks every server in `to` for `name`'s A records from one unconnected
+/// socket, the way musl's resolver does, and reports the first answer as
+/// `(source, "<rcode> <address>...")`.
+fn dns_query(report: &mut ProbeReport, to: &[SocketAddr], name: &str) {
+    use hickory_proto::{
+        op::{Message, MessageType, Query},
+        rr::{Name, RData, RecordType},
     };
-    match result {
-        Ok(n) => {
-            report.sent = n as u64;
+    let Ok(qname) = Name::from_ascii(name) else {
+        return report
+            .errors
+            .push(Failure::other("name", format!("bad name {name:?}")));
+    };
+    let mut query = Message::new();
+    query
+        .set_id(0x4350)
+        .set_message_type(MessageType::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(qname, RecordType::A));
+    let bytes = query.to_vec().expect("a query serialises");
+    let local: SocketAddr = if to[0].is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("literal");
+    let socket = match UdpSocket::bind(local) {
+        Ok(s) => s,
+        Err(e) => return report.errors.push(Failure::from_io("bind", &e)),
+    };
+    for &dst in to {
+        match socket.send_to(&bytes, dst) {
+            Ok(n) => report.sent += n as u64,
+            Err(e) => return report.errors.push(Failure::from_io("sendto", &e)),
+        }
+    }
+    let _ = socket.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 4096];
+    match socket.recv_from(&mut buf) {
+        Ok((n, from)) => {
+            report.received = n as u64;
+            let summary = match Message::from_vec(&buf[..n]) {
+                Ok(answer) => {
+                    let mut text = answer.response_code().to_string();
+                    for record in answer.answers() {
+                        if let RData::A(a) = record.data() {
+                            text.push_str(&format!(" {a}"));
+                        }
+                    }
+                    text
+                }
+                Err(e) => format!("undecodable answer: {e}"),
+            };
+            report.replies.push((from.to_string(), summary));
             report.ok = true;
         }
-        Err(f) => report.errors.push(f),
+        Err(e) => report.errors.push(Failure::from_io("recv", &e)),
     }
 }
 

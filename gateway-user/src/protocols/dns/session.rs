@@ -105,6 +105,7 @@ pub(crate) async fn answer(
         comm: &flow.comm,
         claims: ctx.job.as_ref().map(|j| &j.claims),
         names: &[],
+        udp: false,
     };
     let decision = ctx.policy.resolve(&facts, &question.name);
     if !decision.allowed {

@@ -1,0 +1,317 @@
+//! UDP. A datagram (`sendmsg`, or `connect` of a datagram socket) to port
+//! 53 (any server, loopback stub resolvers included) is recorded by socket
+//! cookie and redirected to the gateway's DNS listener. Any other
+//! destination goes to the gateway's UDP relay when [`UDP_REACH`] says some
+//! rule may allow it, and is refused otherwise.
+//!
+//! `cgroup_skb` egress tells the gateway who sends each datagram it
+//! receives (a connected socket gets its port only after `connect4` ran):
+//! for DNS by the sender's local port; for the relay by local port and a
+//! packet mark naming the (socket, destination) pair, since one
+//! unconnected socket may send to several destinations and the gateway
+//! must forward each datagram to its own. `recvmsg4/6`/`getpeername4/6`
+//! put the original server back so clients that check where the answer
+//! came from accept it.
+use aya_ebpf::{
+    helpers::generated::bpf_get_socket_cookie,
+    macros::{cgroup_skb, cgroup_sock_addr},
+    maps::HashMap,
+    programs::{SkBuffContext, SockAddrContext},
+};
+use gateway_common::{
+    AF_INET, AF_INET6, Counter, FlowRecord, GatewayConfig, UdpPeerKey, mapped_v4, udp_tag, v6_bytes,
+};
+
+use crate::{
+    common::{
+        ALLOW, DENY, DNS_PORT, ETH_P_IP_BE, ETH_P_IPV6_BE, IPPROTO_UDP, LOOPBACK_V4,
+        LOOPBACK_V4_MAPPED, LOOPBACK_V6, MAPPED_PREFIX, config, is_exempt,
+    },
+    connect::record,
+    maps::{DNS_PEERS, DNS_PENDING, UDP_PEERS, UDP_PENDING, UDP_REACH, count},
+    reach::reachable,
+};
+
+/// Where a datagram to `dst` goes: the gateway port and the map its
+/// record is kept in, or `None` to refuse it.
+#[inline(always)]
+fn route(
+    cfg: &GatewayConfig,
+    dst: [u8; 16],
+    dst_port: u16,
+    to_gateway: bool,
+) -> Option<(u16, &'static HashMap<u64, FlowRecord>)> {
+    // Straight to one of the gateway's UDP ports is refused: the gateway
+    // names a datagram's sender by the record of a redirected socket, and
+    // a socket that skipped the redirect has none of its own.
+    if to_gateway && (dst_port == cfg.dns_port || dst_port == cfg.udp_port) {
+        return None;
+    }
+    if cfg.dns_port != 0 && dst_port == DNS_PORT {
+        return Some((cfg.dns_port, &DNS_PENDING));
+    }
+    if cfg.udp_port != 0 && reachable(&UDP_REACH, dst, dst_port) {
+        return Some((cfg.udp_port, &UDP_PENDING));
+    }
+    None
+}
+
+/// UDP to an IPv4 destination (`sendmsg4`, or `connect4` of a datagram socket).
+#[inline(always)]
+pub fn redirect_udp4(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let cfg = config();
+    // SAFETY: the kernel hands us a valid bpf_sock_addr with its socket.
+    let (dst_ip, dst_port, mark) = unsafe {
+        (
+            (*sa).user_ip4,
+            u16::from_be((*sa).user_port as u16),
+            (*(*sa).__bindgen_anon_1.sk).mark,
+        )
+    };
+    if is_exempt(mark, &cfg) {
+        count(Counter::Exempt);
+        return ALLOW;
+    }
+    let dst = mapped_v4(dst_ip);
+    let Some((port, map)) = route(&cfg, dst, dst_port, dst_ip == LOOPBACK_V4) else {
+        count(Counter::Denied);
+        return DENY;
+    };
+    if !record(ctx, dst, dst_port, AF_INET, map) {
+        return DENY;
+    }
+    unsafe {
+        (*sa).user_ip4 = LOOPBACK_V4;
+        (*sa).user_port = u32::from(port.to_be());
+    }
+    count_redirect(&cfg, port);
+    ALLOW
+}
+
+/// UDP to an IPv6 (or IPv4-mapped) destination.
+#[inline(always)]
+pub fn redirect_udp6(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let cfg = config();
+    let (dst_ip, dst_port, mark) = unsafe {
+        (
+            (*sa).user_ip6,
+            u16::from_be((*sa).user_port as u16),
+            (*(*sa).__bindgen_anon_1.sk).mark,
+        )
+    };
+    if is_exempt(mark, &cfg) {
+        count(Counter::Exempt);
+        return ALLOW;
+    }
+    let mapped = dst_ip[0] == MAPPED_PREFIX[0]
+        && dst_ip[1] == MAPPED_PREFIX[1]
+        && dst_ip[2] == MAPPED_PREFIX[2];
+    let gateway = if mapped {
+        LOOPBACK_V4_MAPPED
+    } else {
+        LOOPBACK_V6
+    };
+    let dst = v6_bytes(dst_ip);
+    let Some((port, map)) = route(&cfg, dst, dst_port, dst_ip == gateway) else {
+        count(Counter::Denied);
+        return DENY;
+    };
+    if !record(ctx, dst, dst_port, AF_INET6, map) {
+        return DENY;
+    }
+    unsafe {
+        set_ip6(sa, gateway);
+        (*sa).user_port = u32::from(port.to_be());
+    }
+    count_redirect(&cfg, port);
+    ALLOW
+}
+
+#[inline(always)]
+fn count_redirect(cfg: &GatewayConfig, port: u16) {
+    count(if port == cfg.dns_port {
+        Counter::Redirected
+    } else {
+        Counter::UdpRelayed
+    });
+}
+
+/// Four separate 32-bit stores: the verifier refuses the context write a
+/// copied array can compile to (a store through a moved pointer).
+#[inline(always)]
+unsafe fn set_ip6(sa: *mut aya_ebpf::bindings::bpf_sock_addr, ip: [u32; 4]) {
+    unsafe {
+        core::ptr::write_volatile(&mut (*sa).user_ip6[0], ip[0]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[1], ip[1]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[2], ip[2]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[3], ip[3]);
+    }
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn cp_sendmsg4(ctx: SockAddrContext) -> i32 {
+    redirect_udp4(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn cp_sendmsg6(ctx: SockAddrContext) -> i32 {
+    redirect_udp6(&ctx)
+}
+
+/// Names the sender of each datagram to one of the gateway's UDP ports:
+/// the DNS listener looks senders up by local port, the relay by local
+/// port and this packet's mark.
+#[cgroup_skb(egress)]
+pub fn cp_udp_egress(ctx: SkBuffContext) -> i32 {
+    let cfg = config();
+    if cfg.dns_port == 0 && cfg.udp_port == 0 {
+        return 1;
+    }
+    let skb = ctx.skb.skb;
+    // SAFETY: the verifier checks the pointer and the null test below.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return 1;
+    }
+    let (sk_dport, src_port) = unsafe { (u16::from_be((*sk).dst_port as u16), (*sk).src_port) };
+    // The common case, every TCP segment included, leaves here: a
+    // connected socket talking to something else. Unconnected sockets
+    // (port 0) name their destination per datagram, in the packet.
+    if sk_dport != 0 && sk_dport != cfg.dns_port && sk_dport != cfg.udp_port {
+        return 1;
+    }
+    let Some(dst_port) = udp_dst_port(&ctx) else {
+        return 1;
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(skb as *mut core::ffi::c_void) };
+    if dst_port == cfg.dns_port {
+        if let Some(rec) = unsafe { DNS_PENDING.get(&cookie) } {
+            // A full map leaves the datagram without a sender the gateway
+            // can name; the gateway then drops it (fail closed).
+            let _ = DNS_PEERS.insert(&src_port, rec, 0);
+        }
+    } else if dst_port == cfg.udp_port
+        && let Some(rec) = unsafe { UDP_PENDING.get(&cookie) }
+    {
+        // `sendmsg4/6` wrote this socket's record in the same system call,
+        // so it holds this datagram's destination.
+        let tag = udp_tag(rec.cookie, &rec.dst_addr, rec.dst_port);
+        unsafe { (*skb).mark = tag };
+        let _ = UDP_PEERS.insert(
+            &UdpPeerKey {
+                port: src_port,
+                tag,
+            },
+            rec,
+            0,
+        );
+    }
+    1
+}
+
+/// The destination port of a UDP packet (IPv4, or IPv6 without extension
+/// headers, which a socket of the guarded cgroup cannot add here).
+#[inline(always)]
+fn udp_dst_port(ctx: &SkBuffContext) -> Option<u16> {
+    let proto = unsafe { (*ctx.skb.skb).protocol };
+    let offset = if proto == ETH_P_IP_BE {
+        let version_ihl: u8 = ctx.load(0).ok()?;
+        let l4: u8 = ctx.load(9).ok()?;
+        if u32::from(l4) != IPPROTO_UDP {
+            return None;
+        }
+        usize::from(version_ihl & 0x0f) * 4
+    } else if proto == ETH_P_IPV6_BE {
+        let next: u8 = ctx.load(6).ok()?;
+        if u32::from(next) != IPPROTO_UDP {
+            return None;
+        }
+        40
+    } else {
+        return None;
+    };
+    let port: u16 = ctx.load(offset + 2).ok()?;
+    Some(u16::from_be(port))
+}
+
+/// The records of sockets whose datagrams went to the gateway port `port`.
+#[inline(always)]
+fn restored_from(cfg: &GatewayConfig, port: u16) -> Option<&'static HashMap<u64, FlowRecord>> {
+    if cfg.dns_port != 0 && port == cfg.dns_port {
+        Some(&DNS_PENDING)
+    } else if cfg.udp_port != 0 && port == cfg.udp_port {
+        // An unconnected socket talking to several destinations sees
+        // every answer come from the latest one it sent to.
+        Some(&UDP_PENDING)
+    } else {
+        None
+    }
+}
+
+/// The source the job sees: the server it asked, not the gateway.
+#[inline(always)]
+fn restore4(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let cfg = config();
+    let (ip, port) = unsafe { ((*sa).user_ip4, u16::from_be((*sa).user_port as u16)) };
+    if ip != LOOPBACK_V4 {
+        return 1;
+    }
+    let Some(map) = restored_from(&cfg, port) else {
+        return 1;
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(sa as *mut core::ffi::c_void) };
+    if let Some(rec) = unsafe { map.get(&cookie) } {
+        let a = rec.dst_addr;
+        unsafe {
+            (*sa).user_ip4 = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+            (*sa).user_port = u32::from(rec.dst_port.to_be());
+        }
+    }
+    1
+}
+
+#[inline(always)]
+fn restore6(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let cfg = config();
+    let (ip, port) = unsafe { ((*sa).user_ip6, u16::from_be((*sa).user_port as u16)) };
+    if ip != LOOPBACK_V6 && ip != LOOPBACK_V4_MAPPED {
+        return 1;
+    }
+    let Some(map) = restored_from(&cfg, port) else {
+        return 1;
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(sa as *mut core::ffi::c_void) };
+    if let Some(rec) = unsafe { map.get(&cookie) } {
+        let a = rec.dst_addr;
+        let word = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        unsafe {
+            set_ip6(sa, [word(0), word(4), word(8), word(12)]);
+            (*sa).user_port = u32::from(rec.dst_port.to_be());
+        }
+    }
+    1
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn cp_recvmsg4(ctx: SockAddrContext) -> i32 {
+    restore4(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn cp_recvmsg6(ctx: SockAddrContext) -> i32 {
+    restore6(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn cp_getpeername4(ctx: SockAddrContext) -> i32 {
+    restore4(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn cp_getpeername6(ctx: SockAddrContext) -> i32 {
+    restore6(&ctx)
+}

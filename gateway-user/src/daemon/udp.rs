@@ -1,0 +1,234 @@
+//! The UDP relay's loop: datagrams to `protocol = "udp"` targets. Each
+//! (sender socket, destination) pair is a flow of its own, decided once
+//! when its first datagram arrives, then relayed both ways by a task that
+//! ends after `udp_idle_timeout` without traffic, logging the usual `flow`
+//! event and closing the flow's recording.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use gateway_common::udp_tag;
+use tokio::{net::UdpSocket, sync::mpsc};
+use tracing::{debug, warn};
+
+use super::{
+    Shared,
+    serve::{Ended, end_flow, flow_facts, identity_of, start_event},
+};
+use crate::{
+    flow::Flow,
+    identity::JobIdentity,
+    policy::{Decision, Mode, Verdict},
+    protocols::{tcp::Transferred, udp},
+    recording::{Body, SessionRecording},
+};
+
+/// Datagrams waiting for a flow's task; more are dropped, as a full
+/// socket buffer would.
+const QUEUE: usize = 256;
+/// The largest UDP payload over IPv4 or IPv6 without jumbograms.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Open flows by the sender's address and the packet mark (which names
+/// the destination): the way to each flow's task.
+type Flows = Arc<Mutex<HashMap<(SocketAddr, u32), mpsc::Sender<Bytes>>>>;
+
+/// Serves one relay socket (IPv4 or IPv6 loopback).
+pub(crate) async fn serve_relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
+    let flows: Flows = Arc::default();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, peer, tag) = match udp::recv_marked(&socket, &mut buf).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                warn!(error = %e, "UDP datagram dropped");
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "UDP relay receive failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let datagram = Bytes::copy_from_slice(&buf[..n]);
+        let key = (peer, tag);
+        let open = lock(&flows).get(&key).cloned();
+        if let Some(tx) = open {
+            if tx.try_send(datagram).is_err() {
+                debug!(%peer, "UDP flow queue full or closing; datagram dropped");
+            }
+            continue;
+        }
+        // The kernel keys each sender's record by local port and mark; the
+        // mark must also be the one its record hashes to, or the datagram
+        // did not come through the redirect (fail closed).
+        let rec = shared
+            .attached
+            .udp_peers
+            .get(peer.port(), tag)
+            .filter(|r| udp_tag(r.cookie, &r.dst_addr, r.dst_port) == tag);
+        let Some(rec) = rec else {
+            warn!(%peer, "UDP datagram with no kernel record; dropped");
+            continue;
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let _ = tx.try_send(datagram);
+        lock(&flows).insert(key, tx);
+        let flow = Flow::from_datagram(peer, &rec);
+        tokio::spawn(relay_flow(
+            shared.clone(),
+            socket.clone(),
+            flows.clone(),
+            key,
+            flow,
+            rx,
+        ));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One flow, from its first datagram until it has been idle for
+/// `udp_idle_timeout`.
+async fn relay_flow(
+    shared: Arc<Shared>,
+    relay: Arc<UdpSocket>,
+    flows: Flows,
+    key: (SocketAddr, u32),
+    flow: Flow,
+    mut rx: mpsc::Receiver<Bytes>,
+) {
+    let started = Instant::now();
+    let job = shared.jobs.job_of(flow.cgroup_id);
+    let policy = shared.policy.load_full();
+    let names = shared
+        .names
+        .names(flow.cgroup_id, flow.dst.ip(), Instant::now());
+    let mut facts = flow_facts(&flow, job.as_deref(), &names);
+    facts.udp = true;
+    let decision = policy.evaluate(&facts);
+    let mode = policy.daemon().mode;
+    let forward = decision.verdict == Verdict::Allow || mode == Mode::Audit;
+    let recording = open(&shared, &flow, job.as_deref(), &decision, mode).await;
+    let idle = shared.daemon.udp_idle_timeout;
+    let decided = Decided {
+        flow: &flow,
+        job: job.as_deref(),
+        decision: &decision,
+        mode,
+    };
+
+    let mut moved = Transferred::default();
+    let mut error = None;
+    let upstream = if let Err(why) = recording.healthy() {
+        error = Some(format!("refused: the session cannot be recorded: {why}"));
+        None
+    } else if forward {
+        match udp::connect_upstream(flow.dst, shared.daemon.exempt_mark) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                error = Some(format!("upstream {}: {e}", flow.dst));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let Some(upstream) = upstream else {
+        // Refused: said once, now; the flow's later datagrams are dropped
+        // quietly until it has been idle, so a job cannot flood the log.
+        if let Some(first) = rx.recv().await {
+            moved.up = first.len() as u64;
+        }
+        finish(&decided, moved, error, recording, started);
+        drain_until_idle(&mut rx, idle).await;
+        lock(&flows).remove(&key);
+        return;
+    };
+
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut deadline = tokio::time::Instant::now() + idle;
+    loop {
+        tokio::select! {
+            datagram = rx.recv() => {
+                let Some(datagram) = datagram else { break };
+                deadline = tokio::time::Instant::now() + idle;
+                moved.up += datagram.len() as u64;
+                // ECONNREFUSED (an ICMP error for an earlier datagram) and
+                // the like: UDP promises nothing, the flow goes on.
+                if let Err(e) = upstream.send(&datagram).await {
+                    error = Some(format!("upstream {}: {e}", flow.dst));
+                }
+            }
+            reply = upstream.recv(&mut buf) => match reply {
+                Ok(n) => {
+                    deadline = tokio::time::Instant::now() + idle;
+                    moved.down += n as u64;
+                    if let Err(e) = relay.send_to(&buf[..n], flow.peer).await {
+                        error = Some(format!("reply to {}: {e}", flow.peer));
+                    }
+                }
+                Err(e) => error = Some(format!("upstream {}: {e}", flow.dst)),
+            },
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    // Out of the table first: a datagram arriving from now on starts a
+    // new flow instead of waiting in this one's queue.
+    lock(&flows).remove(&key);
+    finish(&decided, moved, error, recording, started);
+}
+
+async fn drain_until_idle(rx: &mut mpsc::Receiver<Bytes>, idle: Duration) {
+    while let Ok(Some(_)) = tokio::time::timeout(idle, rx.recv()).await {}
+}
+
+async fn open(
+    shared: &Shared,
+    flow: &Flow,
+    job: Option<&JobIdentity>,
+    decision: &Decision,
+    mode: Mode,
+) -> SessionRecording {
+    let mut start = start_event(flow, job, decision, mode, false);
+    if let Body::SessionStart { protocol, .. } = &mut start {
+        "udp".clone_into(protocol);
+    }
+    shared.recorder.open(start).await
+}
+
+/// A decided flow, as its log event names it.
+struct Decided<'a> {
+    flow: &'a Flow,
+    job: Option<&'a JobIdentity>,
+    decision: &'a Decision,
+    mode: Mode,
+}
+
+fn finish(
+    decided: &Decided<'_>,
+    moved: Transferred,
+    error: Option<String>,
+    recording: SessionRecording,
+    started: Instant,
+) {
+    end_flow(
+        decided.flow,
+        &identity_of(decided.job),
+        (decided.decision, decided.mode),
+        Ended {
+            moved,
+            error,
+            started,
+            statements: 0,
+            denied: u64::from(decided.decision.verdict == Verdict::Deny),
+        },
+        recording,
+    );
+}
