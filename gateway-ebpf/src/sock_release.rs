@@ -10,18 +10,24 @@ use aya_ebpf::{
 };
 
 use crate::{
-    common::ALLOW,
+    common::{ALLOW, SOCK_STREAM},
     maps::{DNS_PENDING, PENDING, UDP_PENDING},
 };
 
 #[cgroup_sock(sock_release)]
 pub fn cp_sock_release(ctx: SockContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut core::ffi::c_void) };
-    let _ = PENDING.remove(&cookie);
-    // The port-keyed DNS entry stays (this hook cannot read the port): the
-    // key space is the 65,536 ports, and the next socket to send from the
-    // port overwrites it before its first datagram leaves.
-    let _ = DNS_PENDING.remove(&cookie);
-    let _ = UDP_PENDING.remove(&cookie);
+    // Only the maps a socket of this type can have a record in: a delete
+    // of a missing key still hashes and locks a bucket, and this runs for
+    // every guarded socket.
+    if unsafe { (*ctx.sock).type_ } == SOCK_STREAM {
+        let _ = PENDING.remove(&cookie);
+    } else {
+        // The port-keyed DNS and relay entries stay (this hook cannot read
+        // the port): the next socket to send from the port overwrites them
+        // before its first datagram leaves.
+        let _ = DNS_PENDING.remove(&cookie);
+        let _ = UDP_PENDING.remove(&cookie);
+    }
     ALLOW
 }
