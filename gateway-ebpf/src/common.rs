@@ -28,6 +28,9 @@ pub const SOCK_DGRAM: u32 = 2;
 pub const IPPROTO_TCP: u32 = 6;
 pub const IPPROTO_UDP: u32 = 17;
 
+/// `TCP_SYN_SENT` of the kernel's socket states.
+pub const TCP_SYN_SENT: u32 = 2;
+
 /// The DNS port every resolver listens on.
 pub const DNS_PORT: u16 = 53;
 

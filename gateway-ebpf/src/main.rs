@@ -8,9 +8,9 @@
 //! * [`udp`]: UDP to port 53 goes to the gateway's DNS listener, UDP to a
 //!   destination some rule may allow to its UDP relay (either way the
 //!   answer seems to come from the server asked); all other UDP is refused.
-//! * [`sockops`]: once the client's handshake completes, its record is
-//!   re-keyed by the client's (ip, port), which is all the gateway learns
-//!   from `accept()`.
+//! * [`egress`]: a TCP client's SYN re-keys its record by the client's
+//!   (ip, port), which is all the gateway learns from `accept()`; datagrams
+//!   to the gateway are attributed to their sender.
 //! * [`sock_create`]: only TCP stream and UDP datagram inet sockets may exist.
 //! * [`sock_release`]: records die with their socket, so maps never fill.
 //!
@@ -21,11 +21,11 @@
 
 mod common;
 mod connect;
+mod egress;
 mod maps;
 mod reach;
 mod sock_create;
 mod sock_release;
-mod sockops;
 mod udp;
 
 #[cfg(not(test))]

@@ -1,10 +1,12 @@
-//! Removes a socket's connect record when it is closed before its handshake
-//! completed (refused or failed connects), so the map never fills.
+//! Removes a socket's connect record when it is closed before it sent its
+//! SYN (refused or failed connects), so the map never fills.
 //!
-//! The re-keyed record is deliberately left alone: a client may write and
-//! close before the gateway has accepted its connection, and the gateway
-//! still needs the record to forward those bytes. The gateway removes it
-//! when it takes it, and sweeps records nobody took by age.
+//! The re-keyed record is left alone: a client may write and close before
+//! the gateway has accepted its connection, and the gateway still needs
+//! the record to forward those bytes. (This hook could not find it anyway:
+//! it may not read the socket's local address.) The gateway removes it
+//! when it takes it, and sweeps records nobody took by age: those of
+//! connects refused while the gateway was down, or abandoned mid-handshake.
 use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock, programs::SockContext,
 };

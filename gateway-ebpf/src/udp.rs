@@ -4,8 +4,8 @@
 //! destination goes to the gateway's UDP relay when [`UDP_REACH`] says some
 //! rule may allow it, and is refused otherwise.
 //!
-//! `cgroup_skb` egress tells the gateway who sends each datagram it
-//! receives (a connected socket gets its port only after `connect4` ran):
+//! The egress program ([`crate::egress`]) tells the gateway who sends each
+//! datagram it receives (a connected socket gets its port only after `connect4` ran):
 //! for DNS by the sender's local port; for the relay by local port and a
 //! packet mark naming the (socket, destination) pair, since one
 //! unconnected socket may send to several destinations and the gateway
@@ -13,8 +13,9 @@
 //! put the original server back so clients that check where the answer
 //! came from accept it.
 use aya_ebpf::{
+    bindings::bpf_sock,
     helpers::generated::bpf_get_socket_cookie,
-    macros::{cgroup_skb, cgroup_sock_addr},
+    macros::cgroup_sock_addr,
     maps::HashMap,
     programs::{SkBuffContext, SockAddrContext},
 };
@@ -160,30 +161,27 @@ pub fn cp_sendmsg6(ctx: SockAddrContext) -> i32 {
     redirect_udp6(&ctx)
 }
 
-/// Names the sender of each datagram to one of the gateway's UDP ports:
-/// the DNS listener looks senders up by local port, the relay by local
-/// port and this packet's mark.
-#[cgroup_skb(egress)]
-pub fn cp_udp_egress(ctx: SkBuffContext) -> i32 {
+/// Names the sender of a datagram to one of the gateway's UDP ports (run
+/// by the egress program for every packet of a guarded socket that is not
+/// a TCP SYN): the DNS listener looks senders up by local port, the relay
+/// by local port and this packet's mark.
+#[inline(always)]
+pub fn name_sender(ctx: &SkBuffContext, sk: *mut bpf_sock) {
     let cfg = config();
     if cfg.dns_port == 0 && cfg.udp_port == 0 {
-        return 1;
+        return;
     }
     let skb = ctx.skb.skb;
-    // SAFETY: the verifier checks the pointer and the null test below.
-    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return 1;
-    }
+    // SAFETY: `sk` is the packet's socket, checked non-null by the caller.
     let (sk_dport, src_port) = unsafe { (u16::from_be((*sk).dst_port as u16), (*sk).src_port) };
     // The common case, every TCP segment included, leaves here: a
     // connected socket talking to something else. Unconnected sockets
     // (port 0) name their destination per datagram, in the packet.
     if sk_dport != 0 && sk_dport != cfg.dns_port && sk_dport != cfg.udp_port {
-        return 1;
+        return;
     }
-    let Some(dst_port) = udp_dst_port(&ctx) else {
-        return 1;
+    let Some(dst_port) = udp_dst_port(ctx) else {
+        return;
     };
     let cookie = unsafe { bpf_get_socket_cookie(skb as *mut core::ffi::c_void) };
     if dst_port == cfg.dns_port {
@@ -208,7 +206,6 @@ pub fn cp_udp_egress(ctx: SkBuffContext) -> i32 {
             0,
         );
     }
-    1
 }
 
 /// The destination port of a UDP packet (IPv4, or IPv6 without extension

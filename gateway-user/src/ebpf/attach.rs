@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
@@ -156,14 +156,6 @@ fn load_and_attach(
                         CgroupSkbAttachType::Egress,
                         CgroupAttachMode::Single,
                     )
-                    .map_err(err)?;
-                fd_link(name, p.take_link(id).map_err(err)?)?
-            }
-            ProgramKind::SockOps => {
-                let p: &mut SockOps = program.try_into().map_err(err)?;
-                p.load().map_err(err)?;
-                let id = p
-                    .attach(&cgroup.file, CgroupAttachMode::Single)
                     .map_err(err)?;
                 fd_link(name, p.take_link(id).map_err(err)?)?
             }

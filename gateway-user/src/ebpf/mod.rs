@@ -55,10 +55,9 @@ pub(crate) static OBJECT: &[u8] =
 pub(crate) const PROGRAMS: &[(&str, ProgramKind)] = &[
     ("cp_sock_create", ProgramKind::Sock),
     ("cp_sock_release", ProgramKind::Sock),
-    ("cp_sockops", ProgramKind::SockOps),
     ("cp_bind4", ProgramKind::SockAddr),
     ("cp_bind6", ProgramKind::SockAddr),
-    ("cp_udp_egress", ProgramKind::SkbEgress),
+    ("cp_egress", ProgramKind::SkbEgress),
     ("cp_recvmsg4", ProgramKind::SockAddr),
     ("cp_recvmsg6", ProgramKind::SockAddr),
     ("cp_getpeername4", ProgramKind::SockAddr),
@@ -73,7 +72,6 @@ pub(crate) const PROGRAMS: &[(&str, ProgramKind)] = &[
 pub(crate) enum ProgramKind {
     Sock,
     SockAddr,
-    SockOps,
     /// `cgroup_skb`, attached on egress.
     SkbEgress,
 }

@@ -1,0 +1,92 @@
+//! `cgroup_skb` egress: every packet a guarded socket sends passes here,
+//! with the socket's addresses final, so this is where records are re-keyed
+//! by what the gateway will see of the sender.
+//!
+//! A TCP socket's first SYN moves its connect record to [`FLOWS`] under the
+//! client's (ip, port), which is all the gateway learns from `accept()`;
+//! the SYN leaves within `connect()`, so the record is there long before the
+//! handshake completes. Datagrams go to [`crate::udp::name_sender`].
+//!
+//! This replaces a `sock_ops` program that did the move at
+//! ACTIVE_ESTABLISHED: the kernel calls a `sock_ops` program about six
+//! times per connection whatever it does, which cost more than the move.
+//! The price: a connect that is refused after its SYN (the gateway down)
+//! leaves its record in [`FLOWS`] until the gateway's age sweep, where the
+//! `sock_ops` program never moved it. A later connection from the same
+//! client port overwrites it.
+use aya_ebpf::{
+    bindings::bpf_sock, helpers::generated::bpf_get_socket_cookie, macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use core::ptr::read_volatile;
+use gateway_common::{AF_INET, ClientKey, mapped_v4, v6_bytes};
+
+use crate::{
+    common::TCP_SYN_SENT,
+    maps::{FLOWS, PENDING},
+    udp,
+};
+
+#[cgroup_skb(egress)]
+pub fn cp_egress(ctx: SkBuffContext) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: the verifier checks the pointer and the null test below.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return 1;
+    }
+    // Only TCP has this state (UDP sockets are ESTABLISHED or CLOSE).
+    if unsafe { read_volatile(&(*sk).state) } == TCP_SYN_SENT {
+        rekey(&ctx, sk);
+    } else {
+        udp::name_sender(&ctx, sk);
+    }
+    1
+}
+
+#[inline(always)]
+fn rekey(ctx: &SkBuffContext, sk: *mut bpf_sock) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut core::ffi::c_void) };
+    // SAFETY: the value is copied out before the entry is removed. A
+    // retransmitted SYN finds nothing: the record has moved.
+    let Some(rec) = (unsafe { PENDING.get(&cookie) }).copied() else {
+        return;
+    };
+    let key = client_key(sk);
+    // If the insert fails the gateway finds no record and refuses the
+    // connection: fail closed.
+    let _ = FLOWS.insert(&key, &rec, 0);
+    let _ = PENDING.remove(&cookie);
+}
+
+/// The gateway's key for this socket's client end: its local address
+/// (IPv4 as mapped) and port.
+#[inline(always)]
+fn client_key(sk: *const bpf_sock) -> ClientKey {
+    // Every field read unconditionally, each with its own volatile load:
+    // otherwise LLVM merges the two branches' loads into one computed
+    // context pointer, which the verifier rejects.
+    let (family, ip4, ip6, port) = unsafe {
+        (
+            read_volatile(&(*sk).family),
+            read_volatile(&(*sk).src_ip4),
+            [
+                read_volatile(&(*sk).src_ip6[0]),
+                read_volatile(&(*sk).src_ip6[1]),
+                read_volatile(&(*sk).src_ip6[2]),
+                read_volatile(&(*sk).src_ip6[3]),
+            ],
+            read_volatile(&(*sk).src_port),
+        )
+    };
+    let addr = if family == u32::from(AF_INET) {
+        mapped_v4(ip4)
+    } else {
+        v6_bytes(ip6)
+    };
+    ClientKey {
+        addr,
+        port: port as u16,
+        _pad: [0; 6],
+    }
+}
