@@ -327,7 +327,21 @@ fn killed_gateway_fails_closed_and_restart_resumes() -> Result<()> {
         "programs must stay attached after a crash"
     );
 
+    // As after an upgrade that renamed or dropped a program: a pinned
+    // link whose name this version does not have. The restart must detach
+    // it, or its old code would keep running beside the new.
+    let links_before = gw.status()?["links"].as_array().map(Vec::len);
+    let links = pin_dir(gw.instance()).join("links");
+    std::fs::rename(links.join("cp_egress"), links.join("cp_retired"))?;
+
     gw.restart()?;
+    let status_after = gw.status()?;
+    assert_eq!(
+        status_after["links"].as_array().map(Vec::len),
+        links_before,
+        "{status_after}"
+    );
+    assert!(!links.join("cp_retired").exists(), "{status_after}");
     let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
     assert_passed(&r, 100);
     assert_flow(
