@@ -32,6 +32,10 @@ use crate::{
 const QUEUE: usize = 256;
 /// The largest UDP payload over IPv4 or IPv6 without jumbograms.
 const MAX_DATAGRAM: usize = 65_535;
+/// Open flows per relay socket. Each allowed one holds a socket and a
+/// task until it is idle; a job sending from thousands of ports must not
+/// exhaust the gateway's descriptors for everyone else.
+const MAX_FLOWS: usize = 8192;
 
 /// Open flows by the sender's address and the packet mark (which names
 /// the destination): the way to each flow's task.
@@ -41,6 +45,8 @@ type Flows = Arc<Mutex<HashMap<(SocketAddr, u32), mpsc::Sender<Bytes>>>>;
 pub(crate) async fn serve_relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
     let flows: Flows = Arc::default();
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    // Said once per episode of running full, not once per datagram.
+    let mut full = false;
     loop {
         let (n, peer, tag) = match udp::recv_marked(&socket, &mut buf).await {
             Ok(r) => r,
@@ -77,7 +83,22 @@ pub(crate) async fn serve_relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         let _ = tx.try_send(datagram);
-        lock(&flows).insert(key, tx);
+        {
+            let mut open = lock(&flows);
+            if open.len() >= MAX_FLOWS {
+                if !full {
+                    warn!(
+                        open = open.len(),
+                        pid = rec.pid,
+                        "too many open UDP flows; new flows are dropped until some go idle"
+                    );
+                }
+                full = true;
+                continue;
+            }
+            full = false;
+            open.insert(key, tx);
+        }
         let flow = Flow::from_datagram(peer, &rec);
         tokio::spawn(relay_flow(
             shared.clone(),
