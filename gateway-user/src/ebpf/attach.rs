@@ -189,7 +189,7 @@ fn load_and_attach(
         std::fs::rename(&tmp, &final_path).map_err(EbpfError::io(&final_path))?;
         drop(pinned);
     }
-    remove_retired_links(pins)?;
+    remove_retired_links(pins);
 
     let flows = FlowTable::new(&mut ebpf)?;
     let dns_peers = DnsPeers::new(&mut ebpf)?;
@@ -210,25 +210,26 @@ fn load_and_attach(
 
 /// Detaches links an earlier version pinned for programs this one no
 /// longer has (a renamed program would otherwise keep running its old code
-/// beside the new one). Runs after the new generation is attached.
-fn remove_retired_links(pins: &PinDir) -> Result<(), EbpfError> {
+/// beside the new one). Runs after the new generation is attached. A link
+/// that cannot be removed is reported, not fatal: it is one of ours, and
+/// refusing to start over it would leave every job without a gateway.
+fn remove_retired_links(pins: &PinDir) {
     let Ok(entries) = std::fs::read_dir(pins.links()) else {
-        return Ok(());
+        return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let current = PROGRAMS.iter().any(|&(p, _)| *p == *name);
-        if current {
+        if PROGRAMS.iter().any(|&(p, _)| *p == *name) {
             continue;
         }
         let path = entry.path();
-        let old = PinnedLink::from_pin(&path).map_err(|source| EbpfError::Link {
-            path: path.clone(),
-            source,
-        })?;
-        drop(old.unpin().map_err(EbpfError::io(&path))?);
+        let removed = PinnedLink::from_pin(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|link| link.unpin().map(drop).map_err(|e| e.to_string()));
+        if let Err(e) = removed {
+            tracing::warn!(link = %path.display(), error = %e, "cannot detach a program an earlier version left attached; `chokepoint detach` removes it");
+        }
     }
-    Ok(())
 }
 
 /// Program-specific links become plain fd links, the kind that can be pinned.
