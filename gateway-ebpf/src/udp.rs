@@ -4,12 +4,12 @@
 //! destination goes to the gateway's UDP relay when [`UDP_REACH`] says some
 //! rule may allow it, and is refused otherwise.
 //!
-//! The egress program ([`crate::egress`]) tells the gateway who sends each
-//! datagram it receives (a connected socket gets its port only after `connect4` ran):
-//! for DNS by the sender's local port; for the relay by local port and a
-//! packet mark naming the (socket, destination) pair, since one
-//! unconnected socket may send to several destinations and the gateway
-//! must forward each datagram to its own. `recvmsg4/6`/`getpeername4/6`
+//! The egress program ([`crate::egress`]) tells the gateway who sent each
+//! datagram it receives, once the socket's local port is known (a
+//! connected socket gets it only after `connect4` ran): for DNS by that
+//! port; for the relay by that port and a packet mark naming the (socket,
+//! destination) pair, since one unconnected socket may send to several
+//! destinations and the gateway must forward each datagram to its own. `recvmsg4/6`/`getpeername4/6`
 //! put the original server back so clients that check where the answer
 //! came from accept it.
 use aya_ebpf::{

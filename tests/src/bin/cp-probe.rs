@@ -370,17 +370,18 @@ fn own_netns_with_ping() -> Result<(), Failure> {
         .map_err(|e| Failure::from_io("write ping_group_range", &e))
 }
 
+/// An unconnected UDP socket of `to`'s family, on an ephemeral port.
+fn udp_socket_for(to: SocketAddr) -> Result<UdpSocket, Failure> {
+    let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .expect("literal");
+    UdpSocket::bind(any).map_err(|e| Failure::from_io("bind", &e))
+}
+
 fn udp(report: &mut ProbeReport, to: &[SocketAddr], connect: bool, expect_reply: bool) {
-    let local: SocketAddr = if to[0].is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .expect("literal");
-    let socket = match UdpSocket::bind(local) {
+    let socket = match udp_socket_for(to[0]) {
         Ok(s) => s,
-        Err(e) => return report.errors.push(Failure::from_io("bind", &e)),
+        Err(f) => return report.errors.push(f),
     };
     let payload = b"cp-probe udp";
     for &dst in to {
@@ -441,16 +442,9 @@ fn dns_query(report: &mut ProbeReport, to: &[SocketAddr], name: &str) {
         .set_recursion_desired(true)
         .add_query(Query::query(qname, RecordType::A));
     let bytes = query.to_vec().expect("a query serialises");
-    let local: SocketAddr = if to[0].is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .expect("literal");
-    let socket = match UdpSocket::bind(local) {
+    let socket = match udp_socket_for(to[0]) {
         Ok(s) => s,
-        Err(e) => return report.errors.push(Failure::from_io("bind", &e)),
+        Err(f) => return report.errors.push(f),
     };
     for &dst in to {
         match socket.send_to(&bytes, dst) {
