@@ -44,6 +44,14 @@ pub mod maps {
     /// who sent a datagram the relay receives, and where it was going
     /// (LRU: the kernel cannot tell when a sender is done).
     pub const UDP_PEERS: &str = "CP_UDP_PEERS";
+    /// Ring buffer of [`FlowRecord`](super::FlowRecord)s of datagrams the
+    /// kernel refused (no rule could allow their destination), once per
+    /// socket and destination, for the gateway to log.
+    pub const UDP_REFUSED: &str = "CP_UDP_REFUSED";
+    /// LRU set of [`udp_tag`](super::udp_tag)s already reported through
+    /// [`UDP_REFUSED`]: a socket that keeps sending to a refused
+    /// destination (a metrics client) is logged once, not per datagram.
+    pub const UDP_REPORTED: &str = "CP_UDP_REPORTED";
 }
 
 /// Prefixes [`maps::REACH`] holds at most.
@@ -54,6 +62,12 @@ pub const REACH_SPANS: usize = 16;
 
 /// Bytes of the [`maps::REFUSED`] ring buffer (a power of two, a page multiple).
 pub const REFUSED_RING_BYTES: u32 = 256 * 1024;
+
+/// Bytes of the [`maps::UDP_REFUSED`] ring buffer.
+pub const UDP_REFUSED_RING_BYTES: u32 = 64 * 1024;
+
+/// (socket, destination) pairs [`maps::UDP_REPORTED`] remembers.
+pub const UDP_REPORTED_CAPACITY: u32 = 16_384;
 
 /// Inclusive port range.
 #[repr(C)]

@@ -146,7 +146,7 @@ pub fn record(
 
 /// Who is connecting where.
 #[inline(always)]
-fn flow_record(
+pub fn flow_record(
     ctx: &SockAddrContext,
     dst_addr: [u8; 16],
     dst_port: u16,

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use gateway_common::{
     COUNTER_SLOTS, ClientKey, Counter, FLOW_MAP_CAPACITY, FlowRecord, REACH_CAPACITY,
-    REFUSED_RING_BYTES, ReachPorts, UdpPeerKey,
+    REFUSED_RING_BYTES, ReachPorts, UDP_REFUSED_RING_BYTES, UDP_REPORTED_CAPACITY, UdpPeerKey,
 };
 
 #[map(name = "CP_PENDING")]
@@ -39,6 +39,12 @@ pub static UDP_PENDING: HashMap<u64, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPA
 /// (one per destination), so the oldest make room instead.
 #[map(name = "CP_UDP_PEERS")]
 pub static UDP_PEERS: LruHashMap<UdpPeerKey, FlowRecord> = LruHashMap::pinned(FLOW_MAP_CAPACITY, 0);
+
+#[map(name = "CP_UDP_REFUSED")]
+pub static UDP_REFUSED: RingBuf = RingBuf::pinned(UDP_REFUSED_RING_BYTES, 0);
+
+#[map(name = "CP_UDP_REPORTED")]
+pub static UDP_REPORTED: LruHashMap<u32, u8> = LruHashMap::pinned(UDP_REPORTED_CAPACITY, 0);
 
 #[map(name = "CP_REFUSED")]
 pub static REFUSED: RingBuf = RingBuf::pinned(REFUSED_RING_BYTES, 0);

@@ -13,7 +13,7 @@
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use gateway_common::{Counter, FlowRecord, ReachPorts};
 
-use crate::maps::{REFUSED, count};
+use crate::maps::{REFUSED, UDP_REFUSED, UDP_REPORTED, count};
 
 /// Whether some rule may allow `port` on `addr` (IPv6, or IPv4 mapped),
 /// by the trie `trie`.
@@ -30,6 +30,20 @@ pub fn reachable(trie: &LpmTrie<[u8; 16], ReachPorts>, addr: [u8; 16], port: u16
 pub fn report(rec: &FlowRecord) {
     count(Counter::Unreachable);
     if REFUSED.output::<FlowRecord>(rec, 0).is_err() {
+        count(Counter::RefusedUnlogged);
+    }
+}
+
+/// Tells the gateway about a refused datagram, the first time this socket
+/// sends to this destination (refused senders tend to repeat themselves).
+#[inline(always)]
+pub fn report_udp(rec: &FlowRecord) {
+    let tag = gateway_common::udp_tag(rec.cookie, &rec.dst_addr, rec.dst_port);
+    if unsafe { UDP_REPORTED.get(&tag) }.is_some() {
+        return;
+    }
+    let _ = UDP_REPORTED.insert(&tag, &1, 0);
+    if UDP_REFUSED.output::<FlowRecord>(rec, 0).is_err() {
         count(Counter::RefusedUnlogged);
     }
 }

@@ -28,9 +28,9 @@ use crate::{
         ALLOW, DENY, DNS_PORT, ETH_P_IP_BE, ETH_P_IPV6_BE, IPPROTO_UDP, LOOPBACK_V4,
         LOOPBACK_V4_MAPPED, LOOPBACK_V6, MAPPED_PREFIX, config, is_exempt,
     },
-    connect::record,
+    connect::{flow_record, record},
     maps::{DNS_PEERS, DNS_PENDING, UDP_PEERS, UDP_PENDING, UDP_REACH, count},
-    reach::reachable,
+    reach::{reachable, report_udp},
 };
 
 /// Where a datagram to `dst` goes: the gateway port and the map its
@@ -77,6 +77,7 @@ pub fn redirect_udp4(ctx: &SockAddrContext) -> i32 {
     let dst = mapped_v4(dst_ip);
     let Some((port, map)) = route(&cfg, dst, dst_port, dst_ip == LOOPBACK_V4) else {
         count(Counter::Denied);
+        report_udp(&flow_record(ctx, dst, dst_port, AF_INET));
         return DENY;
     };
     if !record(ctx, dst, dst_port, AF_INET, map) {
@@ -117,6 +118,7 @@ pub fn redirect_udp6(ctx: &SockAddrContext) -> i32 {
     let dst = v6_bytes(dst_ip);
     let Some((port, map)) = route(&cfg, dst, dst_port, dst_ip == gateway) else {
         count(Counter::Denied);
+        report_udp(&flow_record(ctx, dst, dst_port, AF_INET6));
         return DENY;
     };
     if !record(ctx, dst, dst_port, AF_INET6, map) {

@@ -532,10 +532,18 @@ fn udp_to_a_udp_target_is_relayed_per_datagram_and_the_rest_refused() -> Result<
     assert_eq!(ev["enforced_by"], "gateway", "{ev}");
 
     // No UDP rule for the port (only a TCP one), and a port no rule names:
-    // refused at sendto().
+    // refused at sendto(), and logged all the same (once per socket and
+    // destination, by the kernel's report).
     for dst in [other.addr(), SocketAddr::new(v4(41), 9)] {
         let r = ProbeArgs::udp(dst).run(cg.command(PROBE))?;
         assert_eq!(r.errno("sendto"), Some(libc::EPERM), "{dst}: {r:?}");
+        let ev = &wait_flows_of(&gw, r.pid, 1)?[0];
+        assert_flow(ev, dst, "deny", "default-deny", "enforce");
+        assert_eq!(
+            (&ev["enforced_by"], &ev["protocol"]),
+            (&"kernel".into(), &"udp".into()),
+            "{ev}"
+        );
     }
     // Straight to the relay's own port: refused too.
     let relay = SocketAddr::new(v4(1), cfg.udp_port);

@@ -152,14 +152,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     for socket in [relay4, relay6] {
         tokio::spawn(udp::serve_relay(shared.clone(), Arc::new(socket)));
     }
-    let refused = shared
-        .attached
-        .refused
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    if let Some(refused) = refused {
-        tokio::spawn(refused::log_refused(shared.clone(), refused));
+    for (ring, udp) in [
+        (&shared.attached.refused, false),
+        (&shared.attached.udp_refused, true),
+    ] {
+        if let Some(refused) = ring.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            tokio::spawn(refused::log_refused(shared.clone(), refused, udp));
+        }
     }
     let result = serve::serve(shared.clone(), v4, v6, admin, signals, &opts.config).await;
     shared.recorder.shutdown().await;

@@ -1,6 +1,8 @@
-//! Connects the kernel refused because no rule could allow their
-//! destination (`CP_REACH`): logged and recorded like the ones the gateway
-//! refuses, so a denial shows up the same wherever it happened.
+//! Connects and datagrams the kernel refused because no rule could allow
+//! their destination (`CP_REACH`, `CP_UDP_REACH`): logged and recorded
+//! like the ones the gateway refuses, so a denial shows up the same
+//! wherever it happened. The kernel reports a refused datagram once per
+//! socket and destination.
 use std::{sync::Arc, time::Instant};
 
 use gateway_common::FlowRecord;
@@ -22,7 +24,9 @@ use crate::{
 /// destination: the kernel's set lags a reload by a few map writes.
 const KERNEL_RULE: &str = "kernel-reach";
 
-pub(super) async fn log_refused(shared: Arc<Shared>, refused: RefusedFlows) {
+/// Logs what the kernel reports through `refused`: datagrams when `udp`,
+/// else TCP connects.
+pub(super) async fn log_refused(shared: Arc<Shared>, refused: RefusedFlows, udp: bool) {
     let mut refused = match refused.listen() {
         Ok(r) => r,
         Err(e) => {
@@ -34,7 +38,7 @@ pub(super) async fn log_refused(shared: Arc<Shared>, refused: RefusedFlows) {
         match refused.next_batch().await {
             Ok(batch) => {
                 for rec in batch {
-                    one(&shared, &rec).await;
+                    one(&shared, &rec, udp).await;
                 }
             }
             Err(e) => {
@@ -46,7 +50,7 @@ pub(super) async fn log_refused(shared: Arc<Shared>, refused: RefusedFlows) {
     }
 }
 
-async fn one(shared: &Shared, rec: &FlowRecord) {
+async fn one(shared: &Shared, rec: &FlowRecord, udp: bool) {
     let started = Instant::now();
     let flow = Flow::refused_in_kernel(rec);
     let job = shared.jobs.job_of(flow.cgroup_id);
@@ -55,23 +59,25 @@ async fn one(shared: &Shared, rec: &FlowRecord) {
     let names = shared
         .names
         .names(flow.cgroup_id, flow.dst.ip(), Instant::now());
-    let facts = flow_facts(&flow, job.as_deref(), &names);
+    let mut facts = flow_facts(&flow, job.as_deref(), &names);
+    facts.udp = udp;
     let mut decision = policy.evaluate(&facts);
     if decision.verdict != Verdict::Deny {
         decision = Decision {
             verdict: Verdict::Deny,
             rule: Some(Arc::from(KERNEL_RULE)),
             target: None,
-            protocol: Protocol::Tcp,
+            protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
         };
     }
     let mode = policy.daemon().mode;
     let span = flow_span(&flow, &identity);
     async {
-        let recording = shared
-            .recorder
-            .open(start_event(&flow, job.as_deref(), &decision, mode, false))
-            .await;
+        let mut start = start_event(&flow, job.as_deref(), &decision, mode, false);
+        if let (true, Body::SessionStart { protocol, .. }) = (udp, &mut start) {
+            "udp".clone_into(protocol);
+        }
+        let recording = shared.recorder.open(start).await;
         log_flow(
             &flow,
             &identity,
@@ -89,9 +95,10 @@ async fn one(shared: &Shared, rec: &FlowRecord) {
             bytes_down: 0,
             statements: 0,
             denied: 0,
-            error: Some(
-                "refused at connect() by the kernel: no rule allows this destination".into(),
-            ),
+            error: Some(format!(
+                "refused at {}() by the kernel: no rule allows this destination",
+                if udp { "sendto" } else { "connect" }
+            )),
         });
     }
     .instrument(span)

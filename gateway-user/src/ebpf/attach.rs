@@ -53,6 +53,8 @@ pub struct Attached {
     pub udp_reach: std::sync::Mutex<ReachTable>,
     /// Taken by the task that logs connects the kernel refused.
     pub refused: std::sync::Mutex<Option<RefusedFlows>>,
+    /// Taken by the task that logs datagrams the kernel refused.
+    pub udp_refused: std::sync::Mutex<Option<RefusedFlows>>,
     _ebpf: Ebpf,
 }
 
@@ -116,7 +118,8 @@ fn load_and_attach(
             source,
         })?;
     }
-    let refused = RefusedFlows::new(&mut ebpf)?;
+    let refused = RefusedFlows::new(&mut ebpf, maps::REFUSED)?;
+    let udp_refused = RefusedFlows::new(&mut ebpf, maps::UDP_REFUSED)?;
 
     // Links always stack with other programs on the cgroup (the kernel
     // rejects BPF_F_ALLOW_MULTI on link_create), so "Single" here is the
@@ -204,6 +207,7 @@ fn load_and_attach(
         reach: std::sync::Mutex::new(reach),
         udp_reach: std::sync::Mutex::new(udp_reach),
         refused: std::sync::Mutex::new(Some(refused)),
+        udp_refused: std::sync::Mutex::new(Some(udp_refused)),
         _ebpf: ebpf,
     })
 }

@@ -6,7 +6,7 @@ use aya::maps::{
     MapData, MapError, RingBuf,
     lpm_trie::{Key, LpmTrie},
 };
-use gateway_common::{FlowRecord, PortSpan, REACH_SPANS, ReachPorts, maps};
+use gateway_common::{FlowRecord, PortSpan, REACH_SPANS, ReachPorts};
 
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -68,16 +68,16 @@ fn ports(ranges: &[(u16, u16)]) -> ReachPorts {
     out
 }
 
-/// `CP_REFUSED`: records of connects refused through the trie, in the
-/// order the kernel refused them.
+/// `CP_REFUSED` (TCP connects) or `CP_UDP_REFUSED` (datagrams): records
+/// of what the kernel refused through a trie, in the order it refused them.
 pub struct RefusedFlows {
     ring: RingBuf<MapData>,
 }
 
 impl RefusedFlows {
-    pub(crate) fn new(ebpf: &mut aya::Ebpf) -> Result<Self, EbpfError> {
+    pub(crate) fn new(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Self, EbpfError> {
         Ok(Self {
-            ring: typed_map(ebpf, maps::REFUSED)?,
+            ring: typed_map(ebpf, name)?,
         })
     }
 
