@@ -23,7 +23,7 @@ use crate::{
         },
         tcp::{self, Transferred},
     },
-    recording::{Body, SessionRecording},
+    recording::SessionRecording,
 };
 
 /// The DNS listener (one UDP socket): each datagram is answered in its own
@@ -132,10 +132,7 @@ async fn open(
         target: None,
         protocol: Protocol::Tcp,
     };
-    let mut start = start_event(flow, job, &decision, Mode::Enforce, false);
-    if let Body::SessionStart { protocol: p, .. } = &mut start {
-        protocol.clone_into(p);
-    }
+    let start = start_event(flow, job, &decision, Mode::Enforce, protocol);
     let recording = shared.recorder.open(start).await;
     (decision, recording)
 }

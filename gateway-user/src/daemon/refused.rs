@@ -73,10 +73,8 @@ async fn one(shared: &Shared, rec: &FlowRecord, udp: bool) {
     let mode = policy.daemon().mode;
     let span = flow_span(&flow, &identity);
     async {
-        let mut start = start_event(&flow, job.as_deref(), &decision, mode, false);
-        if let (true, Body::SessionStart { protocol, .. }) = (udp, &mut start) {
-            "udp".clone_into(protocol);
-        }
+        let protocol = if udp { "udp" } else { "tcp" };
+        let start = start_event(&flow, job.as_deref(), &decision, mode, protocol);
         let recording = shared.recorder.open(start).await;
         log_flow(
             &flow,

@@ -190,7 +190,11 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
                 job.as_deref(),
                 &decision,
                 mode,
-                postgres.is_some(),
+                if postgres.is_some() {
+                    "postgres"
+                } else {
+                    "tcp"
+                },
             ))
             .await;
         let (mut statements, mut denied) = (0, 0);
@@ -297,7 +301,7 @@ pub(super) fn start_event(
     job: Option<&crate::identity::JobIdentity>,
     decision: &Decision,
     mode: Mode,
-    postgres: bool,
+    protocol: &str,
 ) -> Body {
     Body::SessionStart {
         identity: Identity {
@@ -309,7 +313,7 @@ pub(super) fn start_event(
             job: job.cloned(),
         },
         dst: flow.dst.to_string(),
-        protocol: if postgres { "postgres" } else { "tcp" }.to_owned(),
+        protocol: protocol.to_owned(),
         target: decision.target.as_deref().map(str::to_owned),
         decision: decision.verdict.to_string(),
         rule: decision.rule_name().to_owned(),

@@ -24,7 +24,7 @@ use crate::{
     identity::JobIdentity,
     policy::{Decision, Mode, Verdict},
     protocols::{tcp::Transferred, udp},
-    recording::{Body, SessionRecording},
+    recording::SessionRecording,
 };
 
 /// Datagrams waiting for a flow's task; more are dropped, as a full
@@ -136,7 +136,10 @@ async fn relay_flow(
     let decision = policy.evaluate(&facts);
     let mode = policy.daemon().mode;
     let forward = decision.verdict == Verdict::Allow || mode == Mode::Audit;
-    let recording = open(&shared, &flow, job.as_deref(), &decision, mode).await;
+    let recording = shared
+        .recorder
+        .open(start_event(&flow, job.as_deref(), &decision, mode, "udp"))
+        .await;
     let idle = shared.daemon.udp_idle_timeout;
     let decided = Decided {
         flow: &flow,
@@ -208,20 +211,6 @@ async fn relay_flow(
 
 async fn drain_until_idle(rx: &mut mpsc::Receiver<Bytes>, idle: Duration) {
     while let Ok(Some(_)) = tokio::time::timeout(idle, rx.recv()).await {}
-}
-
-async fn open(
-    shared: &Shared,
-    flow: &Flow,
-    job: Option<&JobIdentity>,
-    decision: &Decision,
-    mode: Mode,
-) -> SessionRecording {
-    let mut start = start_event(flow, job, decision, mode, false);
-    if let Body::SessionStart { protocol, .. } = &mut start {
-        "udp".clone_into(protocol);
-    }
-    shared.recorder.open(start).await
 }
 
 /// A decided flow, as its log event names it.
