@@ -75,19 +75,13 @@ pub fn redirect_udp4(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     let dst = mapped_v4(dst_ip);
-    let Some((port, map)) = route(&cfg, dst, dst_port, dst_ip == LOOPBACK_V4) else {
-        count(Counter::Denied);
-        report_udp(&flow_record(ctx, dst, dst_port, AF_INET));
+    let Some(port) = admit(ctx, &cfg, (dst, dst_port, AF_INET), dst_ip == LOOPBACK_V4) else {
         return DENY;
     };
-    if !record(ctx, dst, dst_port, AF_INET, map) {
-        return DENY;
-    }
     unsafe {
         (*sa).user_ip4 = LOOPBACK_V4;
         (*sa).user_port = u32::from(port.to_be());
     }
-    count_redirect(&cfg, port);
     ALLOW
 }
 
@@ -116,29 +110,41 @@ pub fn redirect_udp6(ctx: &SockAddrContext) -> i32 {
         LOOPBACK_V6
     };
     let dst = v6_bytes(dst_ip);
-    let Some((port, map)) = route(&cfg, dst, dst_port, dst_ip == gateway) else {
-        count(Counter::Denied);
-        report_udp(&flow_record(ctx, dst, dst_port, AF_INET6));
+    let Some(port) = admit(ctx, &cfg, (dst, dst_port, AF_INET6), dst_ip == gateway) else {
         return DENY;
     };
-    if !record(ctx, dst, dst_port, AF_INET6, map) {
-        return DENY;
-    }
     unsafe {
         set_ip6(sa, gateway);
         (*sa).user_port = u32::from(port.to_be());
     }
-    count_redirect(&cfg, port);
     ALLOW
 }
 
+/// Both families' decision once the destination is known: the gateway
+/// port to rewrite it to, with the sender recorded, or `None` (refused,
+/// counted and reported). Takes plain values only: the context loads
+/// stay in each family's program, where the verifier accepts them.
 #[inline(always)]
-fn count_redirect(cfg: &GatewayConfig, port: u16) {
+fn admit(
+    ctx: &SockAddrContext,
+    cfg: &GatewayConfig,
+    (dst, dst_port, family): ([u8; 16], u16, u16),
+    to_gateway: bool,
+) -> Option<u16> {
+    let Some((port, map)) = route(cfg, dst, dst_port, to_gateway) else {
+        count(Counter::Denied);
+        report_udp(&flow_record(ctx, dst, dst_port, family));
+        return None;
+    };
+    if !record(ctx, dst, dst_port, family, map) {
+        return None;
+    }
     count(if port == cfg.dns_port {
         Counter::Redirected
     } else {
         Counter::UdpRelayed
     });
+    Some(port)
 }
 
 /// Four separate 32-bit stores: the verifier refuses the context write a
