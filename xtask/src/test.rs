@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::{
     build_cmd::{self, Profile},
@@ -64,14 +64,31 @@ pub fn fuzz() -> Result<()> {
 /// library (~9 min on 2 cores), then FUZZ_SECONDS per target.
 fn fuzz_pass() -> Result<()> {
     setup::cargo_fuzz()?;
+    let fuzz_dir = util::workspace_root().join("fuzz");
     for target in FUZZ_TARGETS {
         let mut cmd = std::process::Command::new("cargo");
-        cmd.current_dir(util::workspace_root().join("fuzz"))
+        cmd.current_dir(&fuzz_dir)
             // The fuzz crate builds gateway-user; the eBPF object is not needed
             // to exercise the codecs, and sanitizer flags must not reach it.
             .env("AYA_BUILD_SKIP", "1")
-            .args(["+nightly", "fuzz", "run", target, "--"])
-            .arg(format!("-max_total_time={FUZZ_SECONDS}"));
+            .args(["+nightly", "fuzz", "run", target]);
+        // Committed seeds join the (ignored) working corpus, which comes
+        // first so that libFuzzer writes what it finds there.
+        let seeds = fuzz_dir.join("seeds").join(target);
+        if seeds.is_dir() {
+            let corpus = fuzz_dir.join("corpus").join(target);
+            // cargo-fuzz creates only the corpus it picks itself.
+            std::fs::create_dir_all(&corpus)
+                .with_context(|| format!("creating {}", corpus.display()))?;
+            cmd.arg(corpus).arg(seeds);
+        }
+        cmd.arg("--").arg(format!("-max_total_time={FUZZ_SECONDS}"));
+        if let Some(dict) = FUZZ_DICTIONARIES
+            .iter()
+            .find_map(|(t, dict)| (*t == target).then(|| fuzz_dir.join(dict)))
+        {
+            cmd.arg(format!("-dict={}", dict.display()));
+        }
         util::run(
             &mut cmd,
             &format!(
@@ -83,4 +100,7 @@ fn fuzz_pass() -> Result<()> {
 }
 
 /// Every target in fuzz/fuzz_targets/, each run for FUZZ_SECONDS.
-const FUZZ_TARGETS: [&str; 2] = ["pg_codec", "dns_message"];
+const FUZZ_TARGETS: [&str; 3] = ["pg_codec", "dns_message", "classify_paths"];
+
+/// libFuzzer dictionaries (under fuzz/) for targets whose input is text.
+const FUZZ_DICTIONARIES: [(&str, &str); 1] = [("classify_paths", "sql.dict")];

@@ -7,8 +7,9 @@
 //! what they are. Each statement of the string gets a [`Statement`]: a
 //! [`StatementClass`], [`Flag`]s, the tables it reads or writes, and a
 //! command name for logs. Unparsable text is an error, never a guess.
-//! A single read-only SELECT is classified from pg_query's summary alone
-//! (`fast.rs`); anything else from the full parse tree.
+//! A single read-only SELECT, or a single INSERT, UPDATE or DELETE without
+//! WITH, is classified from pg_query's summary alone (`fast.rs`); anything
+//! else from the full parse tree.
 //! [`ClassifierCache`] memoizes by exact text for all sessions (by shape,
 //! integer literals blanked, for plain DML);
 //! [`redact_passwords`] masks secrets before SQL reaches a log.
@@ -114,12 +115,33 @@ pub fn classify(sql: &str) -> Result<Classification, ClassifyError> {
 /// [`classify`] without the depth guard: only call it through `depth::guarded`.
 fn classify_unguarded(sql: &str) -> Result<Classification, ClassifyError> {
     let summary = pg_query::summary(sql, -1).map_err(|e| ClassifyError::from_pg(sql, e))?;
-    if let Some(statement) = fast::plain_select(sql, &summary) {
+    if let Some(statement) = fast::plain_statement(sql, &summary) {
         return Ok(Classification {
             statements: vec![statement],
         });
     }
     classify_parsed(sql)
+}
+
+/// For the differential fuzz target: an error describing the difference
+/// when the summary fast path classifies `sql` and the full parse
+/// classifies it otherwise (or fails).
+#[doc(hidden)]
+pub fn fast_path_disagreement(sql: &str) -> Option<String> {
+    let compared = depth::guarded(sql, || {
+        let Ok(summary) = pg_query::summary(sql, -1) else {
+            return Ok(None);
+        };
+        let Some(fast) = fast::plain_statement(sql, &summary) else {
+            return Ok(None);
+        };
+        let full = classify_parsed(sql);
+        Ok(match full {
+            Ok(full) if full.statements.as_slice() == std::slice::from_ref(&fast) => None,
+            other => Some(format!("fast path: {fast:?}\nfull parse: {other:?}")),
+        })
+    });
+    compared.ok().flatten()
 }
 
 /// The full path: every statement from its complete parse tree.

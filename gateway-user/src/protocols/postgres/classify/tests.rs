@@ -802,7 +802,7 @@ fn flags_are_sorted_and_unique() {
     );
 }
 
-/// The summary fast path and the full parse agree on every SELECT both can classify.
+/// The summary fast path and the full parse agree on every statement both can classify.
 #[test]
 fn fast_path_agrees_with_full_parse() {
     let selects = [
@@ -820,10 +820,29 @@ fn fast_path_agrees_with_full_parse() {
         "SELECT * FROM t TABLESAMPLE SYSTEM (10)",
         "SELECT * FROM billing.invoices i FOR UPDATE OF i NOWAIT",
         "SELECT * FROM generate_series(1, 10) g, LATERAL (SELECT * FROM t WHERE t.id = g) x",
+        // pgbench's own.
+        "UPDATE pgbench_accounts SET abalance = abalance + -2310 WHERE aid = 84237",
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 3, -4, CURRENT_TIMESTAMP)",
+        "update t set a = 1",
+        "DELETE FROM billing.invoices",
+        "DELETE FROM t WHERE id = $1",
+        "DELETE FROM ONLY t AS x USING u, s.v WHERE x.id = u.id RETURNING x.*",
+        "DELETE FROM t WHERE CURRENT OF c",
+        "UPDATE t SET a = (SELECT max(a) FROM t) WHERE b IN (SELECT b FROM s.u)",
+        "UPDATE t SET a = (SELECT b FROM u WHERE u.id = t.id)",
+        "UPDATE t x SET (a, b) = (1, 2) FROM u JOIN v ON u.id = v.id WHERE x.id = u.id RETURNING a AS where",
+        "UPDATE t SET a = 1 RETURNING a AS where",
+        "UPDATE t SET a = count(*) FILTER (WHERE true) -- WHERE",
+        "UPDATE t SET a = 'WHERE' /* WHERE */",
+        "INSERT INTO t SELECT * FROM t",
+        "INSERT INTO s.t (a) SELECT b FROM u WHERE c > 1 ON CONFLICT (a) DO UPDATE SET a = excluded.a WHERE t.a < 3",
+        "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING RETURNING *",
+        "INSERT INTO t DEFAULT VALUES",
+        "INSERT INTO t VALUES ((SELECT max(x) FROM u), lower('A'))",
     ];
     for sql in selects {
         let summary = pg_query::summary(sql, -1).expect("parses");
-        let fast = fast::plain_select(sql, &summary)
+        let fast = fast::plain_statement(sql, &summary)
             .unwrap_or_else(|| panic!("{sql:?} should take the fast path"));
         let full = classify_parsed(sql).expect("parses");
         assert_eq!(full.statements, [fast], "{sql:?}");
@@ -838,9 +857,22 @@ fn fast_path_agrees_with_full_parse() {
         "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
         "EXPLAIN SELECT 1",
         "",
+        "WITH x AS (SELECT 1) UPDATE t SET a = 1",
+        "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+        "EXPLAIN ANALYZE DELETE FROM t",
+        "UPDATE t SET a = pg_read_file('x') WHERE true",
+        "UPDATE t SET a = pg_catalog.PG_READ_FILE('x') WHERE true",
+        "INSERT INTO t VALUES (\"pg_catalog\".\"lo_import\"('/etc/passwd'))",
+        "DELETE FROM t WHERE a = set_config('role', 'x', false)",
+        "UPDATE t SET a = u.where FROM u",
+        "MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN DELETE",
+        "COPY t FROM STDIN",
+        "PREPARE p AS DELETE FROM t",
+        "CREATE TABLE t AS SELECT 1",
+        "DELETE FROM t; DELETE FROM u",
     ] {
         let summary = pg_query::summary(sql, -1).expect("parses");
-        assert!(fast::plain_select(sql, &summary).is_none(), "{sql:?}");
+        assert!(fast::plain_statement(sql, &summary).is_none(), "{sql:?}");
     }
 }
 

@@ -1,0 +1,1 @@
+DELETE FROM ONLY t AS x USING u, s.v WHERE x.id = u.id RETURNING x.* AS y

@@ -1,0 +1,1 @@
+UPDATE t x SET (a, b) = (1, 2) FROM u JOIN v ON u.id = v.id WHERE CURRENT OF c RETURNING a AS where

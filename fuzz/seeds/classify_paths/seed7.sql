@@ -1,0 +1,1 @@
+INSERT INTO s.t (a) SELECT b FROM u WHERE c > 1 ON CONFLICT (a) DO UPDATE SET a = excluded.a WHERE t.a < 3

@@ -1,0 +1,1 @@
+DELETE FROM t WHERE a = E'\' WHERE ' AND b = $q$ WHERE $q$

@@ -1,0 +1,1 @@
+UPDATE t SET "where" = u.b FROM u
