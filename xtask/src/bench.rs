@@ -22,17 +22,20 @@ pub enum Suite {
     /// Statement classification: parse + classify per cache-miss statement, and a cache hit
     /// (`gateway-user/benches/classify.rs`; no root needed).
     Classify,
+    /// Result masking: a masked DataRow against an untouched one
+    /// (`gateway-user/benches/masking.rs`; no root needed).
+    Masking,
 }
 
 /// Builds the binary, then runs the suite's runner from chokepoint-tests against it: `cp-bench`
 /// by default, `cp-pgbench` for [`Suite::Postgres`]; `extra` goes to the runner.
 pub fn bench(suite: Option<Suite>, extra: &[OsString]) -> Result<()> {
     let runner = match suite {
-        Some(suite @ (Suite::Recording | Suite::Classify)) => {
-            let name = if let Suite::Recording = suite {
-                "recording"
-            } else {
-                "classify"
+        Some(suite @ (Suite::Recording | Suite::Classify | Suite::Masking)) => {
+            let name = match suite {
+                Suite::Recording => "recording",
+                Suite::Classify => "classify",
+                _ => "masking",
             };
             let mut cmd = util::cargo();
             cmd.args(["bench", "-p", "gateway-user", "--bench", name]);

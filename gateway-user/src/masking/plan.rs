@@ -294,9 +294,6 @@ pub struct ResultPlan {
     noop: bool,
 }
 
-/// One value's fate: unchanged, or replaced (`None` = SQL NULL).
-type Rewrite = Option<Option<Vec<u8>>>;
-
 impl ResultPlan {
     /// Whether every column is kept: the session forwards DataRows untouched
     /// without looking at them.
@@ -346,45 +343,73 @@ impl ResultPlan {
     /// A row whose column count differs from the RowDescription is a protocol
     /// violation the session should reject first; if one arrives anyway,
     /// every value comes back NULL rather than guessing which rule applies.
+    /// [`ResultPlan::mask`] does the same without allocating per row.
     pub fn apply<'a>(&self, values: &[Option<&'a [u8]>]) -> Option<Vec<Option<Cow<'a, [u8]>>>> {
-        if self.noop {
+        let mut row = MaskedRow::default();
+        if !self.mask(values.iter().copied(), &mut row) {
             return None;
         }
+        Some(
+            values
+                .iter()
+                .zip(&row.edits)
+                .map(|(value, edit)| match edit {
+                    Edit::Keep => value.map(Cow::Borrowed),
+                    Edit::Null => None,
+                    Edit::Value(range) => Some(Cow::Owned(row.arena[range.clone()].to_vec())),
+                })
+                .collect(),
+        )
+    }
+
+    /// Masks one row's `values` into `row`, reusing its buffers; whether any
+    /// value changed. When it returns `true`, [`MaskedRow::values`] gives the
+    /// row as the client must see it.
+    pub fn mask<'v>(
+        &self,
+        values: impl ExactSizeIterator<Item = Option<&'v [u8]>>,
+        row: &mut MaskedRow,
+    ) -> bool {
+        row.edits.clear();
+        row.arena.clear();
+        if self.noop {
+            return false;
+        }
         if values.len() != self.columns.len() {
-            return Some(vec![None; values.len()]);
+            row.edits.resize(values.len(), Edit::Null);
+            return true;
         }
-        let mut scratch = Scratch::default();
-        let mut out: Option<Vec<Option<Cow<'a, [u8]>>>> = None;
-        for (i, (column, value)) in self.columns.iter().zip(values).enumerate() {
+        let mut changed = false;
+        for (column, value) in self.columns.iter().zip(values) {
             // NULL stays NULL: there is nothing to leak.
-            let rewrite = value.and_then(|v| self.rewrite(column, v, &mut scratch));
-            match (rewrite, &mut out) {
-                (Some(new), out) => {
-                    let row = out.get_or_insert_with(|| {
-                        let mut row = Vec::with_capacity(values.len());
-                        row.extend(values[..i].iter().map(|v| v.map(Cow::Borrowed)));
-                        row
-                    });
-                    row.push(new.map(Cow::Owned));
-                }
-                (None, Some(row)) => row.push(value.map(Cow::Borrowed)),
-                (None, None) => {}
-            }
+            let edit = match value {
+                Some(v) => self.rewrite(column, v, row),
+                None => Edit::Keep,
+            };
+            changed |= !matches!(edit, Edit::Keep);
+            row.edits.push(edit);
         }
-        out
+        changed
     }
 
-    fn rewrite(&self, column: &PlannedColumn, value: &[u8], scratch: &mut Scratch) -> Rewrite {
+    fn rewrite(&self, column: &PlannedColumn, value: &[u8], row: &mut MaskedRow) -> Edit {
         match &column.action {
-            ColumnAction::Keep => None,
+            ColumnAction::Keep => Edit::Keep,
             ColumnAction::Mask { strategy, .. } => {
-                Some(self.mask_whole(column.repr, *strategy, value))
+                self.mask_whole(column.repr, *strategy, value, row)
             }
-            ColumnAction::Scan => self.scan(column.repr, value, scratch),
+            ColumnAction::Scan => self.scan(column.repr, value, row),
         }
     }
 
-    fn mask_whole(&self, repr: Repr, strategy: Strategy, value: &[u8]) -> Option<Vec<u8>> {
+    fn mask_whole(
+        &self,
+        repr: Repr,
+        strategy: Strategy,
+        value: &[u8],
+        row: &mut MaskedRow,
+    ) -> Edit {
+        let start = row.arena.len();
         match repr {
             Repr::Text { padded } => {
                 // bpchar blanks are padding: hash "ab" and "ab  " alike, keep real characters.
@@ -393,33 +418,30 @@ impl ResultPlan {
                 } else {
                     value
                 };
-                let mut out = Vec::with_capacity(value.len().max(24));
-                mask_into(strategy, value, &self.hasher, &mut out);
-                Some(out)
+                mask_into(strategy, value, &self.hasher, &mut row.arena);
             }
             Repr::Json => {
-                let mut masked = Vec::with_capacity(value.len().max(24));
-                mask_into(strategy, value, &self.hasher, &mut masked);
-                let mut out = Vec::with_capacity(masked.len() + 2);
-                json_string_into(&masked, &mut out);
-                Some(out)
+                row.text.clear();
+                mask_into(strategy, value, &self.hasher, &mut row.text);
+                json_string_into(&row.text, &mut row.arena);
             }
             Repr::TextArray
             | Repr::BinaryJson { .. }
             | Repr::OtherText
             | Repr::Opaque
-            | Repr::Unreadable => None,
+            | Repr::Unreadable => return Edit::Null,
         }
+        Edit::Value(start..row.arena.len())
     }
 
-    fn scan(&self, repr: Repr, value: &[u8], scratch: &mut Scratch) -> Rewrite {
+    fn scan(&self, repr: Repr, value: &[u8], row: &mut MaskedRow) -> Edit {
         let prefix = match repr {
-            Repr::Opaque => return None,
-            Repr::Unreadable => return Some(None),
+            Repr::Opaque => return Edit::Keep,
+            Repr::Unreadable => return Edit::Null,
             Repr::BinaryJson { versioned: true } => {
                 // Only jsonb version 1 exists; anything else cannot be read, so fail closed.
                 if value.first() != Some(&1) {
-                    return Some(None);
+                    return Edit::Null;
                 }
                 1
             }
@@ -429,6 +451,7 @@ impl ResultPlan {
         // Inside JSON or an array literal, masking must not leave half an
         // escape behind nor turn a kept character into syntax.
         let structured = matches!(repr, Repr::Json | Repr::TextArray | Repr::BinaryJson { .. });
+        let scratch = &mut row.scratch;
         scratch.hits.clear();
         for rule in self.detectors.iter() {
             scratch.found.clear();
@@ -447,18 +470,19 @@ impl ResultPlan {
             }));
         }
         if scratch.hits.is_empty() {
-            return None;
+            return Edit::Keep;
         }
         if repr == Repr::OtherText {
             // "***" is not a valid number, enum label or custom type.
-            return Some(None);
+            return Edit::Null;
         }
         // Leftmost first, longest first; overlapping hits merge so no part of
         // either survives, masked with the strategy of the leftmost.
         scratch
             .hits
             .sort_unstable_by(|a, b| a.0.start.cmp(&b.0.start).then(b.0.end.cmp(&a.0.end)));
-        let mut out = Vec::with_capacity(value.len());
+        let out = &mut row.arena;
+        let start = out.len();
         out.extend_from_slice(&value[..prefix]);
         let mut cursor = 0;
         let mut hits = scratch.hits.iter().cloned();
@@ -475,7 +499,7 @@ impl ResultPlan {
             }
             out.extend_from_slice(&text[cursor..range.start]);
             let masked_at = out.len();
-            mask_into(strategy, &text[range.start..end], &self.hasher, &mut out);
+            mask_into(strategy, &text[range.start..end], &self.hasher, out);
             if structured {
                 for b in &mut out[masked_at..] {
                     if matches!(*b, b'"' | b'\\') {
@@ -486,7 +510,44 @@ impl ResultPlan {
             cursor = end;
         }
         out.extend_from_slice(&text[cursor..]);
-        Some(Some(out))
+        Edit::Value(start..out.len())
+    }
+}
+
+/// One row after [`ResultPlan::mask`]: what happened to each value, and the
+/// new values back to back. Kept by the session across rows, so that
+/// masking allocates only while its buffers grow.
+#[derive(Debug, Default)]
+pub struct MaskedRow {
+    edits: Vec<Edit>,
+    arena: Vec<u8>,
+    /// A whole-value mask before it becomes a JSON string.
+    text: Vec<u8>,
+    scratch: Scratch,
+}
+
+/// One value's fate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Edit {
+    Keep,
+    /// Replaced by SQL NULL.
+    Null,
+    /// Replaced by these bytes of the arena.
+    Value(Range<usize>),
+}
+
+impl MaskedRow {
+    /// The masked row's values in order (`None` = NULL), given the same
+    /// values [`ResultPlan::mask`] saw: unchanged ones are passed through.
+    pub fn values<'a>(
+        &'a self,
+        original: impl ExactSizeIterator<Item = Option<&'a [u8]>> + 'a,
+    ) -> impl ExactSizeIterator<Item = Option<&'a [u8]>> + 'a {
+        original.zip(&self.edits).map(|(value, edit)| match edit {
+            Edit::Keep => value,
+            Edit::Null => None,
+            Edit::Value(range) => Some(&self.arena[range.clone()]),
+        })
     }
 }
 
@@ -506,9 +567,8 @@ fn whole_escapes(text: &[u8], hit: Range<usize>) -> Range<usize> {
     start..end.min(text.len())
 }
 
-/// Buffers reused across the values of one row, so scanning allocates only
-/// when a detector finds something.
-#[derive(Default)]
+/// Detector hits of one value, kept to reuse their allocations.
+#[derive(Debug, Default)]
 struct Scratch {
     found: Vec<Range<usize>>,
     hits: Vec<(Range<usize>, Strategy)>,

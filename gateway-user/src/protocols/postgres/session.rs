@@ -39,7 +39,7 @@ use super::{
 use crate::{
     approvals::{Ask, Held, HeldEvent, Requester, State as ApprovalState},
     flow::Flow,
-    masking::{ColumnInfo, ResultPlan},
+    masking::{ColumnInfo, MaskedRow, ResultPlan},
     policy::{
         ApprovalRule, CopyOutMasked, Mode, SessionRules, StatementDecision, StatementVerdict,
     },
@@ -161,6 +161,8 @@ pub async fn serve(
         statements: HashMap::new(),
         portals: HashMap::new(),
         query_plan: None,
+        masked_row: MaskedRow::default(),
+        upstream_broken: false,
         copy: CopyState::Idle,
         copies_seen: 0,
         to_client: BytesMut::new(),
@@ -460,6 +462,10 @@ struct Session<'a> {
     portals: HashMap<String, Portal>,
     /// Plan of the simple-protocol result being streamed.
     query_plan: Option<Arc<ResultPlan>>,
+    /// Buffers of the row being masked, reused row after row.
+    masked_row: MaskedRow,
+    /// The upstream sent something the session cannot pass on safely; it ends.
+    upstream_broken: bool,
     copy: CopyState,
     /// COPY TO STDOUT responses seen in the current query string.
     copies_seen: usize,
@@ -625,7 +631,12 @@ impl Session<'_> {
     async fn drain_upstream(&mut self, buf: &mut BytesMut, decoder: &mut FrameDecoder) -> Step {
         loop {
             match decoder.decode(buf) {
-                Ok(Some(frame)) => self.on_upstream(frame).await,
+                Ok(Some(frame)) => {
+                    self.on_upstream(frame).await;
+                    if self.upstream_broken {
+                        return Step::End;
+                    }
+                }
                 Ok(None) => return Step::Continue,
                 Err(e) => {
                     self.summary.error = Some(format!("upstream sent a malformed message: {e}"));
@@ -1296,15 +1307,14 @@ impl Session<'_> {
                 self.count_row(plan.as_deref().is_some_and(|p| !p.is_noop()));
                 if let Some(plan) = plan
                     && !plan.is_noop()
-                    && let Some(masked) = mask_row(&plan, frame.body())
                 {
-                    // What the client gets is what the recording keeps.
-                    self.sample_row(&masked.slice(5..));
-                    self.summary.bytes_down += masked.len() as u64;
-                    self.to_client.extend_from_slice(&masked);
-                    return;
+                    return self.forward_masked(&plan, &frame);
                 }
-                self.sample_row(frame.body());
+                if self.sampling()
+                    && let Ok(row) = DataRow::parse(frame.body())
+                {
+                    self.sample_values(row.columns());
+                }
             }
             b'C' | b'I' | b's' => {
                 // The end of a refused COPY was already answered with an error.
@@ -1394,20 +1404,60 @@ impl Session<'_> {
         }
     }
 
+    /// Whether the statement at the front still records the rows it returns.
+    fn sampling(&mut self) -> bool {
+        let limit = self.recording.result_rows();
+        self.front_running().is_some_and(|r| r.sample.len() < limit)
+    }
+
     /// Keeps a row, as the client receives it, while the sample has room.
-    fn sample_row(&mut self, body: &Bytes) {
+    fn sample_values<'v>(&mut self, values: impl ExactSizeIterator<Item = Option<&'v [u8]>>) {
         let limit = self.recording.result_rows();
         let Some(running) = self.front_running() else {
             return;
         };
-        if running.sample.len() >= limit {
-            return;
-        }
-        if let Ok(row) = DataRow::parse(body) {
+        if running.sample.len() < limit {
             running
                 .sample
-                .push(row.columns().map(|v| v.map(recorded_value)).collect());
+                .push(values.map(|v| v.map(recorded_value)).collect());
         }
+    }
+
+    /// Forwards a DataRow through its masking plan, writing a masked row
+    /// straight into the client's buffer. A row that cannot be read (the
+    /// upstream broke the protocol) is not forwarded at all: the session
+    /// ends rather than let unread values through.
+    fn forward_masked(&mut self, plan: &ResultPlan, frame: &Frame) {
+        let Ok(row) = DataRow::parse(frame.body()) else {
+            return self.upstream_malformed("a DataRow it cannot read");
+        };
+        let mut masked = std::mem::take(&mut self.masked_row);
+        if plan.mask(row.columns(), &mut masked) {
+            let start = self.to_client.len();
+            if DataRow::encode_columns(masked.values(row.columns()), &mut self.to_client).is_err() {
+                self.to_client.truncate(start);
+                self.masked_row = masked;
+                return self.upstream_malformed("a DataRow too large to mask");
+            }
+            self.summary.bytes_down += (self.to_client.len() - start) as u64;
+            // What the client gets is what the recording keeps.
+            self.sample_values(masked.values(row.columns()));
+        } else {
+            frame.encode_into(&mut self.to_client);
+            self.summary.bytes_down += frame.raw().len() as u64;
+            self.sample_values(row.columns());
+        }
+        self.masked_row = masked;
+    }
+
+    /// Ends the session: the upstream sent `what`.
+    fn upstream_malformed(&mut self, what: &str) {
+        self.summary.error = Some(format!("upstream sent {what}"));
+        self.to_client.extend_from_slice(&fatal(
+            "08P01",
+            "chokepoint: the upstream server sent a message the gateway cannot mask",
+        ));
+        self.upstream_broken = true;
     }
 
     /// The masking plan of the Execute at the front, computed at its first
@@ -1544,15 +1594,6 @@ fn recorded_value(value: &[u8]) -> String {
         }
         _ => format!("\\x{}", hex::encode(value)),
     }
-}
-
-/// The masked DataRow message; None when no value changes (the caller then
-/// forwards the original bytes without copying them).
-fn mask_row(plan: &ResultPlan, body: &Bytes) -> Option<Bytes> {
-    let row = DataRow::parse(body).ok()?;
-    let values: Vec<Option<&[u8]>> = row.columns().collect();
-    let masked = plan.apply(&values)?;
-    DataRow::build(masked).ok()
 }
 
 /// A complete message with `tag`; for the few the gateway writes itself.
