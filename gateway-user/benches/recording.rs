@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chokepoint::{
     policy::RecordingSettings,
-    recording::{Body, Identity, Recorder},
+    recording::{Body, Identity, Recorder, sample::Sample},
 };
 
 /// Statements per timed round: 2 events each, well under the writer's
@@ -63,6 +63,9 @@ fn main() {
                     rule: "bench".into(),
                     reason: "statement class read is allowed".into(),
                 });
+                // As the session keeps it: the row's wire bytes.
+                let mut sample = Sample::default();
+                sample.push_row([Some(&b"-4213"[..])].into_iter());
                 session.record(Body::Result {
                     text: None,
                     rows: 1,
@@ -70,7 +73,7 @@ fn main() {
                     error: None,
                     masked: false,
                     columns: vec!["abalance".into()],
-                    sample: vec![vec![Some("-4213".into())]],
+                    sample,
                 });
             }
             let sent = start.elapsed();

@@ -519,7 +519,7 @@ fn replay(source: &Source, id: &str, speed: f64) -> Result<(), String> {
                 if let Some(t) = text {
                     let _ = writeln!(out, "=> (execute) {t}");
                 }
-                print_result(&mut out, columns, sample, *rows, error.as_deref())
+                print_result(&mut out, columns, &sample.rows(), *rows, error.as_deref())
             }
             Body::Approval {
                 id,

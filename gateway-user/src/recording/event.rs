@@ -72,7 +72,7 @@ pub enum Body {
         error: Option<String>,
         masked: bool,
         columns: Vec<String>,
-        sample: Vec<Vec<Option<String>>>,
+        sample: super::sample::Sample,
     },
     /// A step of a held statement's approval: `requested`, `notified`,
     /// `notify_failed`, `approved`, `denied`, `expired`, `cancelled`,

@@ -33,6 +33,7 @@ pub mod event;
 pub mod files;
 pub mod keys;
 pub mod retention;
+pub mod sample;
 pub mod sink;
 pub mod verify;
 mod writer;

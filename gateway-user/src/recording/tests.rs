@@ -59,7 +59,7 @@ async fn recorded(dir: &Path) -> (PathBuf, String) {
         error: None,
         masked: false,
         columns: vec!["?column?".into()],
-        sample: vec![vec![Some("1".into())]],
+        sample: vec![vec![Some("1".into())]].into(),
     });
     let id = session.id().to_owned();
     session.close(Body::SessionEnd {

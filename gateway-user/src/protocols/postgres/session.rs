@@ -758,7 +758,7 @@ impl Session<'_> {
                         masked: false,
                         execute: true,
                         columns: Vec::new(),
-                        sample: Vec::new(),
+                        sample: Default::default(),
                     });
                 self.forward(&frame);
                 self.tracker.push(Pending::Execute {
@@ -940,7 +940,7 @@ impl Session<'_> {
             masked: false,
             execute: false,
             columns: Vec::new(),
-            sample: Vec::new(),
+            sample: Default::default(),
         };
         if decision.verdict == StatementVerdict::Allow || audit {
             return Decided::Run(running);
@@ -1417,9 +1417,7 @@ impl Session<'_> {
             return;
         };
         if running.sample.len() < limit {
-            running
-                .sample
-                .push(values.map(|v| v.map(recorded_value)).collect());
+            running.sample.push_row(values);
         }
     }
 
@@ -1579,21 +1577,6 @@ enum CopyState {
     /// Refused with an error already sent: drop CopyData, CopyDone and the
     /// CommandComplete that ends the COPY.
     Refused,
-}
-
-/// A value as the recording keeps it: text, or `\x` hex when it is not
-/// printable text (binary format).
-fn recorded_value(value: &[u8]) -> String {
-    match std::str::from_utf8(value) {
-        Ok(s)
-            if !s
-                .chars()
-                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) =>
-        {
-            s.to_owned()
-        }
-        _ => format!("\\x{}", hex::encode(value)),
-    }
 }
 
 /// A complete message with `tag`; for the few the gateway writes itself.

@@ -26,7 +26,7 @@ pub struct Running {
     /// Column names and the first rows as the client received them, for
     /// the recording.
     pub columns: Vec<String>,
-    pub sample: Vec<Vec<Option<String>>>,
+    pub sample: crate::recording::sample::Sample,
 }
 
 #[derive(Debug)]
