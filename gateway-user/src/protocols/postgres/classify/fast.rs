@@ -18,8 +18,7 @@ use pg_query::protobuf::summary_result::Context;
 use super::class::{Access, Flag, Statement, StatementClass, TableRef};
 use super::functions::needs_inspection;
 use super::lex::{
-    is_ident_cont, is_ident_start, skip_block_comment, skip_dollar, skip_line_comment, skip_quoted,
-    skip_string,
+    is_ident_cont, is_ident_start, skip_between_tokens, skip_dollar, skip_quoted, skip_string,
 };
 use super::statement::normalize_tables;
 
@@ -146,24 +145,12 @@ fn top_level_where(sql: &str) -> Option<bool> {
     let mut after_dot = false;
     let mut i = 0;
     while i < b.len() {
-        let c = b[i];
-        let next = b.get(i + 1).copied();
         // Whitespace and comments leave `after_dot` as it is: `u. /**/ where`.
-        match c {
-            c if c.is_ascii_whitespace() => {
-                i += 1;
-                continue;
-            }
-            b'-' if next == Some(b'-') => {
-                i = skip_line_comment(b, i);
-                continue;
-            }
-            b'/' if next == Some(b'*') => {
-                i = skip_block_comment(b, i);
-                continue;
-            }
-            _ => {}
+        if let Some(end) = skip_between_tokens(b, i) {
+            i = end;
+            continue;
         }
+        let c = b[i];
         let dot = c == b'.';
         i = match c {
             b'(' => {
@@ -236,6 +223,9 @@ mod tests {
             ),
             ("UPDATE t SET a = u.where FROM u", None),
             ("UPDATE t SET a = u. /* x */ WHERE FROM u", None),
+            // PostgreSQL's whitespace includes the vertical tab.
+            ("UPDATE t SET a = u.\x0bwhere FROM u", None),
+            ("UPDATE t SET a = 1\x0bWHERE\x0cb", Some(true)),
             ("UPDATE t SET a = somewhere", Some(false)),
             ("DELETE FROM t USING u WHERE t.id = u.id", Some(true)),
             ("UPDATE t SET a = count(*) FILTER (WHERE true)", Some(false)),

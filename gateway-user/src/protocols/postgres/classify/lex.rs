@@ -22,6 +22,24 @@ pub(crate) fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
         .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
+/// PostgreSQL's whitespace (`space` in its scanner): space, tab, newline,
+/// carriage return, form feed and vertical tab. Not `u8::is_ascii_whitespace`,
+/// which leaves out the vertical tab.
+pub(crate) fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')
+}
+
+/// The end of the whitespace or comment at `i`, if one starts there: what
+/// the scanner skips between tokens.
+pub(crate) fn skip_between_tokens(b: &[u8], i: usize) -> Option<usize> {
+    match (b[i], b.get(i + 1)) {
+        (c, _) if is_space(c) => Some(i + 1),
+        (b'-', Some(b'-')) => Some(skip_line_comment(b, i)),
+        (b'/', Some(b'*')) => Some(skip_block_comment(b, i)),
+        _ => None,
+    }
+}
+
 /// `-- …` up to the end of the line.
 pub(crate) fn skip_line_comment(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {

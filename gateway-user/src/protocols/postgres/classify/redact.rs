@@ -6,8 +6,8 @@ use std::ops::Range;
 use pg_query::protobuf::Token;
 
 use super::lex::{
-    contains_ignore_ascii_case, is_ident_cont, is_ident_start, skip_block_comment, skip_dollar,
-    skip_line_comment, skip_quoted, skip_string,
+    contains_ignore_ascii_case, is_ident_cont, is_ident_start, skip_between_tokens, skip_dollar,
+    skip_quoted, skip_string,
 };
 
 /// What replaces a masked literal.
@@ -108,21 +108,13 @@ fn lexed_secrets(sql: &str) -> Vec<Range<usize>> {
     let mut after_keyword = false;
     let mut i = 0;
     while i < b.len() {
+        if let Some(end) = skip_between_tokens(b, i) {
+            i = end;
+            continue;
+        }
         let c = b[i];
         let next = b.get(i + 1).copied();
         let literal_end = match c {
-            b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => {
-                i += 1;
-                continue;
-            }
-            b'-' if next == Some(b'-') => {
-                i = skip_line_comment(b, i);
-                continue;
-            }
-            b'/' if next == Some(b'*') => {
-                i = skip_block_comment(b, i);
-                continue;
-            }
             b'\'' => Some(skip_string(b, i, false)),
             // `$tag$…$tag$`; a lone `$` (not a delimiter) comes back as one byte.
             b'$' if next.is_some_and(|n| n == b'$' || is_ident_start(n)) => {

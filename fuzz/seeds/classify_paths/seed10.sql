@@ -1,0 +1,1 @@
+UPDATE t SET a = u.where FROM u
