@@ -25,8 +25,8 @@
 
 use super::error::ClassifyError;
 use super::lex::{
-    is_ident_cont, is_ident_start, skip_block_comment, skip_dollar, skip_line_comment, skip_quoted,
-    skip_string,
+    is_ident_cont, is_ident_start, is_space, skip_block_comment, skip_dollar, skip_line_comment,
+    skip_quoted, skip_string,
 };
 
 /// Units added per nesting group for nodes with no token of their own (SubLink, ResTarget, List…).
@@ -145,7 +145,7 @@ pub(crate) fn estimate(sql: &str) -> usize {
             .last_mut()
             .expect("the statement group is never popped");
         match c {
-            b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => i += 1,
+            c if is_space(c) => i += 1,
             b'-' if next == Some(b'-') => i = skip_line_comment(b, i),
             b'/' if next == Some(b'*') => i = skip_block_comment(b, i),
             b'\'' => {
