@@ -370,8 +370,7 @@ impl ResultPlan {
         values: impl ExactSizeIterator<Item = Option<&'v [u8]>>,
         row: &mut MaskedRow,
     ) -> bool {
-        row.edits.clear();
-        row.arena.clear();
+        row.clear();
         if self.noop {
             return false;
         }
@@ -536,7 +535,23 @@ enum Edit {
     Value(Range<usize>),
 }
 
+/// Above this, a [`MaskedRow`]'s value buffers are released rather than kept
+/// for the next row: one huge masked value must not stay allocated for the
+/// rest of a long session.
+const KEEP_ARENA_BYTES: usize = 1 << 20;
+
 impl MaskedRow {
+    fn clear(&mut self) {
+        self.edits.clear();
+        for buffer in [&mut self.arena, &mut self.text] {
+            if buffer.capacity() > KEEP_ARENA_BYTES {
+                *buffer = Vec::new();
+            } else {
+                buffer.clear();
+            }
+        }
+    }
+
     /// The masked row's values in order (`None` = NULL), given the same
     /// values [`ResultPlan::mask`] saw: unchanged ones are passed through.
     pub fn values<'a>(
