@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use chokepoint_tests::{
-    Gateway, GatewayConfig, Rule, Server, Target, TestCgroup, run_with_timeout,
+    Gateway, GatewayConfig, Rule, Server, Target, TestCgroup, interrupt, run_with_timeout,
 };
 use socket2::SockRef;
 
@@ -37,10 +37,16 @@ fn main() -> ExitCode {
     let result = if args.first().map(String::as_str) == Some("worker") {
         worker(&args[1..])
     } else {
-        bench(&args)
+        interrupt::install().and_then(|()| bench(&args))
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The guards (gateway, test cgroup, `kernel.bpf_stats_enabled`)
+        // have undone their part by now.
+        Err(_) if interrupt::interrupted() => {
+            eprintln!("cp-bench: interrupted; stopped everything it had started");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("cp-bench: {e:#}");
             ExitCode::FAILURE
@@ -122,6 +128,7 @@ fn bench(args: &[String]) -> Result<()> {
     let (mut hook_ns, mut hook_by_type) = (vec![], BTreeMap::<&str, Vec<f64>>::new());
     let mut egress_ns_per_packet = vec![];
     for round in 1..=s.rounds {
+        interrupt::check()?;
         eprintln!("round {round}/{}", s.rounds);
         // Alternate who goes first so drift (caches, TIME_WAIT) is shared.
         let order = if round % 2 == 1 {

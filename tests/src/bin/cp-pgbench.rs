@@ -35,7 +35,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use chokepoint_tests::{
-    Gateway, GatewayConfig, PgServer, TestCgroup, gateway_port, job_command, job_psql,
+    Gateway, GatewayConfig, PgServer, TestCgroup, gateway_port, interrupt, job_command, job_psql,
     postgres::clean_pg_env, run_with_timeout,
 };
 use clap::Parser;
@@ -139,8 +139,18 @@ const ROWS100_SCRIPT: &str = "SELECT * FROM customers_100;\n";
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = interrupt::install() {
+        eprintln!("cp-pgbench: {e:#}");
+        return ExitCode::FAILURE;
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
+        // Whatever failed, the signal is the reason (pgbench dies of the
+        // terminal's Ctrl-C too); the guards have cleaned up by now.
+        Err(_) if interrupt::interrupted() => {
+            eprintln!("cp-pgbench: interrupted; stopped everything it had started");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("cp-pgbench: {e:#}");
             ExitCode::FAILURE
@@ -523,6 +533,7 @@ impl Bench {
             // cache, a neighbour's build) over every path.
             for k in 0..routes.len() {
                 let i = (k + run) % routes.len();
+                interrupt::check()?;
                 let stats = self.run_pgbench(routes[i], cell, seconds)?;
                 self.done += 1;
                 eprintln!(
@@ -828,6 +839,7 @@ fn run(args: &Args) -> Result<()> {
         "cp-pgbench: setting up PostgreSQL (pgbench -i -s {scale}), PgBouncer and the gateway"
     );
     let mut bench = Bench::start(scale, &args.daemon_log)?;
+    interrupt::check()?;
     bench.check_masking()?;
 
     let mut cells = Vec::new();
