@@ -28,16 +28,23 @@ pub fn hash(prev: &str, event: &[u8]) -> String {
     out
 }
 
-/// One line (with its newline) and its hash.
-pub fn line(prev: &str, event: &[u8]) -> (String, Vec<u8>) {
+/// Appends the line of `event` (with its newline) to `out`, straight into
+/// the writer's batch; returns its hash.
+pub fn append_line(out: &mut Vec<u8>, prev: &str, event: &[u8]) -> String {
     let hash = hash(prev, event);
-    let line = assemble(&hash, prev, event);
-    (hash, line)
+    append(out, &hash, prev, event);
+    hash
 }
 
 /// A line from its parts as stored (the fleet table), unchecked.
 pub fn assemble(hash: &str, prev: &str, event: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(event.len() + 170);
+    append(&mut out, hash, prev, event);
+    out
+}
+
+fn append(out: &mut Vec<u8>, hash: &str, prev: &str, event: &[u8]) {
+    out.reserve(event.len() + 170);
     out.extend_from_slice(HEAD);
     out.extend_from_slice(hash.as_bytes());
     out.extend_from_slice(MID);
@@ -45,7 +52,6 @@ pub fn assemble(hash: &str, prev: &str, event: &[u8]) -> Vec<u8> {
     out.extend_from_slice(TAIL);
     out.extend_from_slice(event);
     out.extend_from_slice(b"}\n");
-    out
 }
 
 /// A line taken apart: `(hash, prev_hash, event bytes)`.

@@ -35,6 +35,9 @@ use super::{
 
 const SYNC_EVERY: Duration = Duration::from_millis(100);
 const BATCH: usize = 512;
+/// A session's encoding buffer is kept up to this size; one huge event
+/// (a long statement, a wide sample) does not pin its memory.
+const SCRATCH_KEEP: usize = 64 * 1024;
 /// How long the writer lets events gather after a nudge. Small next to
 /// the fsync interval, so it adds nothing to what a crash can lose.
 const GATHER: Duration = Duration::from_millis(5);
@@ -129,6 +132,8 @@ struct Open {
     seq: u64,
     prev: String,
     pending: Vec<u8>,
+    /// The event being encoded; kept between events up to [`SCRATCH_KEEP`].
+    scratch: Vec<u8>,
     dirty: bool,
     closed: bool,
     health: Arc<Health>,
@@ -298,6 +303,7 @@ impl Writer {
                     seq: 0,
                     prev: chain::GENESIS.to_owned(),
                     pending: Vec::new(),
+                    scratch: Vec::new(),
                     dirty: false,
                     closed: false,
                     health: health.clone(),
@@ -407,15 +413,16 @@ impl Open {
         };
         // Serialising plain data (strings, numbers, options) cannot fail;
         // if it ever did, the session must not go on unrecorded.
-        let bytes = match serde_json::to_vec(&event) {
-            Ok(b) => b,
-            Err(e) => {
-                self.health.fail(format!("cannot encode an event: {e}"));
-                return;
-            }
-        };
-        let (hash, line) = chain::line(&self.prev, &bytes);
-        self.pending.extend_from_slice(&line);
+        // Into a buffer kept per recording: an event of a wide result is
+        // kilobytes, which a fresh Vec would reach by repeated doubling.
+        let mut bytes = std::mem::take(&mut self.scratch);
+        bytes.clear();
+        if let Err(e) = serde_json::to_writer(&mut bytes, &event) {
+            self.health.fail(format!("cannot encode an event: {e}"));
+            self.scratch = bytes;
+            return;
+        }
+        let hash = chain::append_line(&mut self.pending, &self.prev, &bytes);
         if let Some(rows) = rows {
             rows.push(Row {
                 session: self.session.clone(),
@@ -427,6 +434,9 @@ impl Open {
                 // serde_json writes UTF-8.
                 raw: String::from_utf8_lossy(&bytes).into_owned(),
             });
+        }
+        if bytes.capacity() <= SCRATCH_KEEP {
+            self.scratch = bytes;
         }
         self.prev = hash;
         self.seq += 1;
