@@ -1,0 +1,246 @@
+//! Statements a rule holds for a human decision: asking, waiting while
+//! the session keeps serving the upstream, then releasing or refusing.
+use super::*;
+
+impl Session<'_> {
+    /// Sends a decided statement on: forwards it and tracks its answer.
+    /// `approved`: it was held and approved (a prepared one keeps that).
+    pub(super) fn release(
+        &mut self,
+        frame: &Frame,
+        kind: HeldKind,
+        running: Running,
+        approved: bool,
+    ) {
+        match kind {
+            HeldKind::Query => {
+                self.forward(frame);
+                self.tracker.push(Pending::Query(Some(running)));
+            }
+            HeldKind::Parse { name } => {
+                // Classified once here; Bind reuses it.
+                self.statements.insert(
+                    name,
+                    PreparedStatement {
+                        sql: running.sql,
+                        classification: running.classification,
+                        approved,
+                    },
+                );
+                self.forward(frame);
+                self.tracker.push(Pending::Parse);
+            }
+        }
+    }
+
+    /// Answers a statement with `error` in its place in the stream.
+    pub(super) fn refuse(&mut self, kind: HeldKind, error: Bytes) {
+        let nonce = self.deny(error);
+        match kind {
+            HeldKind::Query => {
+                push_query(&mut self.to_upstream, &format!("SELECT \"{nonce}\""));
+                self.tracker.push(Pending::Query(None));
+            }
+            HeldKind::Parse { name } => {
+                // Same statement name, so a later Bind/Execute of it fails
+                // upstream as "does not exist".
+                push_parse(&mut self.to_upstream, &name, &format!("SELECT \"{nonce}\""));
+                self.statements.remove(&name);
+                self.tracker.push(Pending::Parse);
+            }
+        }
+    }
+
+    /// The job's identity as approvals and grants know it: the bound CI
+    /// job, else the process's uid.
+    pub(super) fn identity(&self) -> String {
+        if let Some(job) = &self.ctx.job {
+            return job.describe();
+        }
+        let uid = self.flow.uid;
+        match nix::unistd::User::from_uid(uid.into()) {
+            Ok(Some(user)) => format!("uid {uid} ({})", user.name),
+            _ => format!("uid {uid}"),
+        }
+    }
+
+    /// A statement a rule holds: runs at once under a grant, else waits
+    /// for a decision while the session keeps serving the upstream.
+    pub(super) async fn hold(&mut self, frame: Frame, kind: HeldKind, ask: HoldAsk) {
+        let Some(approvals) = self.ctx.approvals.clone() else {
+            let message = format!(
+                "statement needs approval by rule {}: {} (this gateway runs no approval service, so it is denied)",
+                ask.rule, ask.reason
+            );
+            return self.refuse(kind, deny_error(&ask.rule, &message, &ask.shown));
+        };
+        let identity = self.identity();
+        let target = self.rules.target().to_owned();
+        if let Some(grant) = approvals
+            .grant(&identity, &target, &ask.running.class)
+            .await
+        {
+            let by: Vec<&str> = grant.votes.iter().map(|v| v.by.as_str()).collect();
+            self.recording.record(Body::Approval {
+                id: grant.id.clone(),
+                event: "grant_used".into(),
+                by: Some(by.join(", ")),
+                detail: format!(
+                    "class {} on {target} granted until {}",
+                    grant.class,
+                    grant.grant_until.as_deref().unwrap_or("?")
+                ),
+            });
+            info!(flow_id = self.flow.id, id = %grant.id, "statement runs under an approval grant");
+            self.release(&frame, kind, ask.running, true);
+            return;
+        }
+        let request = Ask {
+            who: Requester {
+                identity,
+                uid: self.flow.uid,
+                pid: self.flow.pid,
+                comm: self.flow.comm.clone(),
+                cgroup_id: self.flow.cgroup_id,
+                session: self.recording.id().to_owned(),
+            },
+            target,
+            role: self.login.1.clone(),
+            database: self.login.2.clone(),
+            sql: ask.running.sql.to_string(),
+            shown: ask.shown.clone(),
+            class: ask.running.class.clone(),
+            rule: ask.rule.clone(),
+            reason: ask.reason.clone(),
+            approval: ask.approval.clone(),
+        };
+        match approvals.hold(request).await {
+            Err(e) => {
+                warn!(flow_id = self.flow.id, error = %e, "cannot create an approval request");
+                self.recording.record(Body::Approval {
+                    id: String::new(),
+                    event: "failed".into(),
+                    by: None,
+                    detail: e.to_string(),
+                });
+                let message = format!(
+                    "statement needs approval by rule {} ({}), but the request could not be stored: {e}",
+                    ask.rule, ask.reason
+                );
+                self.refuse(kind, deny_error(&ask.rule, &message, &ask.shown));
+            }
+            Ok(held) => {
+                let r = &held.request;
+                let id = &r.id;
+                self.recording.record(Body::Approval {
+                    id: id.clone(),
+                    event: "requested".into(),
+                    by: None,
+                    detail: format!(
+                        "rule {}: {}; approvers {}; expires {}; digest {}",
+                        r.rule,
+                        r.reason,
+                        r.approvers.join(", "),
+                        r.expires,
+                        r.digest
+                    ),
+                });
+                let message = format!(
+                    "chokepoint: waiting for approval {id}: run \"chokepoint approvals approve {id}\""
+                );
+                let detail = format!(
+                    "rule {}: {}; approvers: {}; expires {}",
+                    r.rule,
+                    r.reason,
+                    r.approvers.join(", "),
+                    r.expires
+                );
+                let _ = ErrorFields {
+                    severity: codec::Severity::Notice,
+                    code: "00000",
+                    message: &message,
+                    detail: Some(&detail),
+                    hint: None,
+                }
+                .encode_notice_into(&mut self.to_client);
+                self.held = Some(HeldStatement {
+                    frame,
+                    kind,
+                    running: ask.running,
+                    shown: ask.shown,
+                    rule: ask.rule,
+                    held,
+                });
+            }
+        }
+    }
+
+    /// One event of the held statement; true once it is decided and the
+    /// client's next messages may be read.
+    pub(super) fn on_held(&mut self, event: HeldEvent) -> bool {
+        let request = match event {
+            HeldEvent::Notified { url, error } => {
+                let (event, detail) = match error {
+                    None => ("notified", url),
+                    Some(e) => ("notify_failed", format!("{url}: {e}")),
+                };
+                if let Some(h) = &self.held {
+                    self.recording.record(Body::Approval {
+                        id: h.held.id().to_owned(),
+                        event: event.into(),
+                        by: None,
+                        detail,
+                    });
+                }
+                return false;
+            }
+            HeldEvent::Ended(request) => *request,
+        };
+        let Some(held) = self.held.take() else {
+            return true;
+        };
+        let by: Vec<&str> = request.votes.iter().map(|v| v.by.as_str()).collect();
+        let by = (!by.is_empty()).then(|| by.join(", "));
+        let id = request.id.clone();
+        let approved = request.state == ApprovalState::Approved
+            && request.digest == crate::approvals::digest(&held.running.sql);
+        let detail = if approved {
+            let comments: Vec<String> = request
+                .votes
+                .iter()
+                .filter_map(|v| v.text.as_ref().map(|t| format!("{}: {t}", v.by)))
+                .collect();
+            match &request.grant_until {
+                Some(until) => format!("{}; grant until {until}", comments.join("; ")),
+                None => comments.join("; "),
+            }
+        } else {
+            request.outcome()
+        };
+        self.recording.record(Body::Approval {
+            id: id.clone(),
+            event: request.state.to_string(),
+            by,
+            detail,
+        });
+        info!(flow_id = self.flow.id, id = %id, state = %request.state, "held statement decided");
+        let HeldStatement {
+            frame,
+            kind,
+            running,
+            shown,
+            rule,
+            held: _handle,
+        } = held;
+        if approved {
+            self.release(&frame, kind, running, true);
+        } else {
+            let message = format!(
+                "statement not approved ({id}, rule {rule}): {}",
+                request.outcome()
+            );
+            self.refuse(kind, deny_error(&rule, &message, &shown));
+        }
+        true
+    }
+}

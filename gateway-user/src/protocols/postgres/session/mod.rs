@@ -1,0 +1,423 @@
+//! One mediated PostgreSQL session, read like the protocol's flow chart:
+//! startup (the job is trusted from the kernel's record, never asked for a
+//! password) → upstream login with the policy's credentials → a loop that
+//! decodes every message both ways, decides each statement, masks results
+//! and records what happened.
+//!
+//! Denials travel through the upstream: a denied statement is replaced by
+//! one that fails with a unique nonce in its error, and that error is
+//! swapped for the gateway's own (SQLSTATE 42501, naming the rule). The
+//! client therefore gets the error exactly where PostgreSQL would have put
+//! it, in pipelines and in the extended protocol (which then skips to
+//! Sync), and the transaction is aborted as a real error would abort it.
+//! Nothing the policy has not seen is forwarded.
+//!
+//! Here: the session state and its loop. Beside it: `startup` (TLS, the
+//! startup message, the upstream login), `client` (each frontend message
+//! decided), `hold` (statements waiting for approval), `results` (each
+//! backend message tracked and sampled for the recording),
+//! `result_masking` (masking plans, masked rows, COPY TO STDOUT) and
+//! `messages` (what the gateway writes itself).
+mod client;
+mod hold;
+mod messages;
+mod result_masking;
+mod results;
+mod startup;
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_util::either::Either;
+use tracing::{Level, debug, info, warn};
+
+use self::{
+    messages::{
+        class_names, deny_error, fatal, push_bind, push_describe_portal, push_parse, push_query,
+        put_message,
+    },
+    startup::{connect, startup_with_tls},
+};
+use super::{
+    PostgresContext,
+    cancel::BackendKey,
+    catalog::CatalogLogin,
+    classify::Classification,
+    codec::{
+        self, CodecError, DataRow, Encode, ErrorFields, ErrorResponse, Frame, FrameDecoder,
+        FrontendMessage, ObjectKind, RowDescription, StartupMessage, StartupPacket,
+        read_startup_frame,
+    },
+    copy_out::{self, CopyRows},
+    tls::{self, ClientStream},
+    tracker::{Denial, Pending, Portal, PreparedStatement, Running, Tracker},
+    upstream::{self, Route, Upstream, UpstreamError},
+};
+use crate::{
+    approvals::{Ask, Held, HeldEvent, Requester, State as ApprovalState},
+    flow::Flow,
+    masking::{ColumnInfo, MaskedRow, ResultPlan},
+    policy::{
+        ApprovalRule, CopyOutMasked, Mode, SessionRules, StatementDecision, StatementVerdict,
+    },
+    recording::{Body, SessionRecording},
+};
+
+/// Stop reading a side while this much is queued for the other one.
+const HIGH_WATER: usize = 1 << 20;
+/// Bound on statements answered but not yet acknowledged (pipelining).
+const MAX_PENDING: usize = 100_000;
+
+/// What a session did, for the connection's flow event.
+#[derive(Debug, Default)]
+pub struct SessionSummary {
+    pub role: String,
+    pub database: String,
+    pub statements: u64,
+    pub denied: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub error: Option<String>,
+}
+
+/// Serves one client connection that policy routed to a PostgreSQL target.
+pub async fn serve(
+    ctx: Arc<PostgresContext>,
+    flow: &Flow,
+    client: TcpStream,
+    recording: &SessionRecording,
+) -> SessionSummary {
+    let mut summary = SessionSummary::default();
+    let max = ctx.target.max_message_bytes;
+    let mut decoder = FrameDecoder::new(max);
+    let mut cbuf = BytesMut::with_capacity(16 * 1024);
+
+    let (mut client, startup) = match startup_with_tls(&ctx, client, &mut cbuf, &mut decoder).await
+    {
+        (Some(client), Ok(Some(startup))) => (client, startup),
+        (client, Err(e)) => {
+            summary.error = Some(e.clone());
+            if let Some(mut client) = client {
+                let _ = client.write_all(&fatal("08P01", &e)).await;
+            }
+            return summary;
+        }
+        (_, Ok(_)) => return summary,
+    };
+    let role = startup.user().unwrap_or_default().to_owned();
+    let database = startup.database().unwrap_or(&role).to_owned();
+    summary.role.clone_from(&role);
+    summary.database.clone_from(&database);
+    if let Err(why) = recording.healthy() {
+        let message =
+            format!("chokepoint: this session cannot be recorded, so it is refused: {why}");
+        let _ = client.write_all(&fatal("58030", &message)).await;
+        summary.error = Some(message);
+        return summary;
+    }
+
+    let (upstream, rules, route) = match connect(&ctx, flow, &startup, &role, &database).await {
+        Ok(u) => u,
+        Err((code, message)) => {
+            warn!(flow_id = flow.id, %role, %database, "{message}");
+            let _ = client.write_all(&fatal(code, &message)).await;
+            summary.error = Some(message);
+            return summary;
+        }
+    };
+    info!(
+        flow_id = flow.id,
+        target = %ctx.target.name,
+        %role,
+        %database,
+        upstream = %upstream.addr,
+        session = recording.id(),
+        "postgres session start"
+    );
+    recording.record(Body::Login {
+        role: role.clone(),
+        database: database.clone(),
+        upstream: upstream.addr.to_string(),
+    });
+    let backend = BackendKey {
+        upstream: upstream.addr,
+        pid: upstream.backend_pid,
+        secret: upstream.backend_secret,
+    };
+    let ((pid, secret), _cancel_guard) = ctx.shared.cancel.register(backend);
+
+    // The login the client sees: trust, the server's parameters, the
+    // gateway's own cancel key, ready.
+    let mut hello = BytesMut::new();
+    put_message(&mut hello, b'R', &0i32.to_be_bytes());
+    for p in &upstream.parameters {
+        hello.extend_from_slice(p);
+    }
+    let mut key = pid.to_be_bytes().to_vec();
+    key.extend_from_slice(&secret.to_be_bytes());
+    put_message(&mut hello, b'K', &key);
+    put_message(&mut hello, b'Z', &[upstream.status]);
+    if let Err(e) = client.write_all(&hello).await {
+        summary.error = Some(e.to_string());
+        return summary;
+    }
+
+    let password = ctx
+        .target
+        .credentials
+        .get(&role)
+        .and_then(|c| c.read_password().ok())
+        .unwrap_or_default();
+    let mut session = Session {
+        ctx: ctx.clone(),
+        rules,
+        flow,
+        recording,
+        login: (route, role.clone(), database.clone(), password),
+        tracker: Tracker::default(),
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        query_plan: None,
+        masked_row: MaskedRow::default(),
+        upstream_broken: false,
+        copy: CopyState::Idle,
+        copies_seen: 0,
+        to_client: BytesMut::new(),
+        to_upstream: BytesMut::new(),
+        summary,
+        terminated: false,
+        held: None,
+    };
+    session.run(client, upstream, cbuf, decoder).await;
+    info!(
+        flow_id = flow.id,
+        statements = session.summary.statements,
+        denied = session.summary.denied,
+        error = session.summary.error.as_deref().unwrap_or(""),
+        "postgres session end"
+    );
+    session.summary
+}
+
+struct Session<'a> {
+    ctx: Arc<PostgresContext>,
+    /// The flow's rules narrowed to the session's role.
+    rules: SessionRules,
+    flow: &'a Flow,
+    recording: &'a SessionRecording,
+    /// Upstream route, role, database and password, for catalog lookups.
+    login: (Route, String, String, String),
+    tracker: Tracker,
+    statements: HashMap<String, PreparedStatement>,
+    portals: HashMap<String, Portal>,
+    /// Plan of the simple-protocol result being streamed.
+    query_plan: Option<Arc<ResultPlan>>,
+    /// Buffers of the row being masked, reused row after row.
+    masked_row: MaskedRow,
+    /// The upstream sent something the session cannot pass on safely; it ends.
+    upstream_broken: bool,
+    copy: CopyState,
+    /// COPY TO STDOUT responses seen in the current query string.
+    copies_seen: usize,
+    to_client: BytesMut,
+    to_upstream: BytesMut,
+    summary: SessionSummary,
+    terminated: bool,
+    /// The statement waiting for approval; nothing after it is decoded
+    /// until it is decided.
+    held: Option<HeldStatement>,
+}
+
+enum Step {
+    Continue,
+    End,
+}
+
+/// What policy made of a statement.
+enum Decided {
+    Run(Running),
+    /// The ErrorResponse to answer with.
+    Refuse(Bytes),
+    Hold(Box<HoldAsk>),
+}
+
+/// A statement a rule holds for approval, before the request exists.
+struct HoldAsk {
+    /// How it runs once approved.
+    running: Running,
+    rule: String,
+    reason: String,
+    /// Password literals redacted.
+    shown: String,
+    approval: Arc<ApprovalRule>,
+}
+
+/// Which message carried the held statement, and so how it is answered.
+enum HeldKind {
+    Query,
+    Parse { name: String },
+}
+
+struct HeldStatement {
+    frame: Frame,
+    kind: HeldKind,
+    running: Running,
+    shown: String,
+    rule: String,
+    held: Held,
+}
+
+async fn next_held(held: &mut Option<HeldStatement>) -> HeldEvent {
+    match held {
+        Some(h) => h.held.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session<'_> {
+    async fn run(
+        &mut self,
+        client: ClientStream,
+        upstream: Upstream,
+        mut cbuf: BytesMut,
+        mut decoder: FrameDecoder,
+    ) {
+        let (mut cr, mut cw) = tls::split(client);
+        let (mut ur, mut uw) = tls::split(upstream.stream);
+        let mut ubuf = upstream.leftover;
+        let mut udecoder = FrameDecoder::new(self.ctx.target.max_message_bytes);
+        // Frames already buffered (pipelined right after startup) first.
+        if let Step::End = self.drain_client(&mut cbuf, &mut decoder).await {
+            self.flush_all(&mut cw, &mut uw).await;
+            return;
+        }
+        loop {
+            // While a statement is held, reading goes on only to notice
+            // the client leaving; what it sends waits in `cbuf`.
+            let read_client = self.to_upstream.len() < HIGH_WATER
+                && self.tracker.pending.len() < MAX_PENDING
+                && !self.terminated
+                && (self.held.is_none() || cbuf.len() < HIGH_WATER);
+            let read_upstream = self.to_client.len() < HIGH_WATER;
+            tokio::select! {
+                r = uw.write_buf(&mut self.to_upstream), if !self.to_upstream.is_empty() => {
+                    if let Err(e) = r { self.summary.error = Some(format!("upstream write: {e}")); break; }
+                }
+                r = cw.write_buf(&mut self.to_client), if !self.to_client.is_empty() => {
+                    if let Err(e) = r { self.summary.error = Some(format!("client write: {e}")); break; }
+                }
+                r = cr.read_buf(&mut cbuf), if read_client => match r {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        self.summary.bytes_up += n as u64;
+                        if let Step::End = self.drain_client(&mut cbuf, &mut decoder).await { break; }
+                    }
+                    Err(e) => { self.summary.error = Some(format!("client read: {e}")); break; }
+                },
+                r = ur.read_buf(&mut ubuf), if read_upstream => match r {
+                    Ok(0) => {
+                        if !self.terminated {
+                            self.summary.error = Some("upstream closed the connection".into());
+                        }
+                        break;
+                    }
+                    Ok(_) => {
+                        if let Step::End = self.drain_upstream(&mut ubuf, &mut udecoder).await { break; }
+                    }
+                    Err(e) => { self.summary.error = Some(format!("upstream read: {e}")); break; }
+                },
+                event = next_held(&mut self.held), if self.held.is_some() => {
+                    if self.on_held(event)
+                        && let Step::End = self.drain_client(&mut cbuf, &mut decoder).await
+                    {
+                        break;
+                    }
+                }
+                else => break,
+            }
+        }
+        if let Some(held) = self.held.take() {
+            self.recording.record(Body::Approval {
+                id: held.held.id().to_owned(),
+                event: "cancelled".into(),
+                by: None,
+                detail: "the client disconnected before a decision".into(),
+            });
+            // Dropping the handle cancels the request in the store.
+            drop(held);
+        }
+        self.flush_all(&mut cw, &mut uw).await;
+    }
+
+    async fn flush_all(
+        &mut self,
+        cw: &mut (impl AsyncWrite + Unpin),
+        uw: &mut (impl AsyncWrite + Unpin),
+    ) {
+        let _ = uw.write_all(&self.to_upstream).await;
+        let _ = cw.write_all(&self.to_client).await;
+        self.summary.bytes_down += self.to_client.len() as u64;
+        let _ = uw.shutdown().await;
+        let _ = cw.shutdown().await;
+    }
+
+    async fn drain_client(&mut self, buf: &mut BytesMut, decoder: &mut FrameDecoder) -> Step {
+        loop {
+            if self.held.is_some() {
+                return Step::Continue;
+            }
+            match decoder.decode(buf) {
+                Ok(Some(frame)) => {
+                    if let Step::End = self.on_client(frame).await {
+                        return Step::End;
+                    }
+                }
+                Ok(None) => return Step::Continue,
+                Err(e) => return self.protocol_violation(&e),
+            }
+        }
+    }
+
+    async fn drain_upstream(&mut self, buf: &mut BytesMut, decoder: &mut FrameDecoder) -> Step {
+        loop {
+            match decoder.decode(buf) {
+                Ok(Some(frame)) => {
+                    self.on_upstream(frame).await;
+                    if self.upstream_broken {
+                        return Step::End;
+                    }
+                }
+                Ok(None) => return Step::Continue,
+                Err(e) => {
+                    self.summary.error = Some(format!("upstream sent a malformed message: {e}"));
+                    self.to_client.extend_from_slice(&fatal(
+                        "08P01",
+                        "chokepoint: the upstream server sent a malformed message",
+                    ));
+                    return Step::End;
+                }
+            }
+        }
+    }
+
+    fn protocol_violation(&mut self, e: &CodecError) -> Step {
+        let message = format!("chokepoint: malformed message from the client: {e}");
+        warn!(flow_id = self.flow.id, "{message}");
+        self.summary.error = Some(message.clone());
+        self.to_client.extend_from_slice(&fatal("08P01", &message));
+        Step::End
+    }
+}
+
+/// Where the session is in a COPY TO STDOUT.
+enum CopyState {
+    Idle,
+    Masking(CopyRows),
+    /// Refused with an error already sent: drop CopyData, CopyDone and the
+    /// CommandComplete that ends the COPY.
+    Refused,
+}

@@ -1,0 +1,232 @@
+//! The upstream's side of the loop: each backend message ends, counts or
+//! samples the statement it answers (for the recording) on its way to the
+//! client.
+use super::*;
+
+impl Session<'_> {
+    /// One upstream message: track, mask, forward.
+    pub(super) async fn on_upstream(&mut self, frame: Frame) {
+        match frame.tag() {
+            b'Z' => {
+                if let Some(Pending::Query(Some(running))) = self.tracker.ready() {
+                    self.complete(running, "");
+                }
+                self.query_plan = None;
+                self.copies_seen = 0;
+            }
+            b'H' => match self.copy_out_rows().await {
+                Ok(Some(rows)) => self.copy = CopyState::Masking(rows),
+                Ok(None) => self.copy = CopyState::Idle,
+                Err(why) => return self.refuse_copy_out(&why),
+            },
+            b'd' => match &mut self.copy {
+                CopyState::Idle => self.count_row(false),
+                CopyState::Refused => return,
+                CopyState::Masking(rows) => match rows.mask(frame.body()) {
+                    Ok(masked) => {
+                        self.count_row(masked.is_some());
+                        if let Some(masked) = masked {
+                            put_message(&mut self.to_client, b'd', &masked);
+                            self.summary.bytes_down += masked.len() as u64 + 5;
+                            return;
+                        }
+                    }
+                    Err(why) => return self.refuse_copy_out(&why),
+                },
+            },
+            b'c' => {
+                if let CopyState::Refused = self.copy {
+                    return;
+                }
+                self.copy = CopyState::Idle;
+            }
+            b'E' => {
+                self.copy = CopyState::Idle;
+                let parsed = ErrorResponse::parse(frame.body());
+                let message = parsed
+                    .as_ref()
+                    .ok()
+                    .and_then(|e| e.message())
+                    .unwrap_or("")
+                    .to_owned();
+                let replacement = self.tracker.take_denial(&message);
+                // Extended protocol: the server now skips to Sync.
+                for skipped in self.tracker.skip_to_sync() {
+                    if let Pending::Execute {
+                        running: Some(r), ..
+                    } = skipped
+                    {
+                        self.complete(r, &message);
+                    }
+                }
+                if let Some(Pending::Query(running)) = self.tracker.pending.front_mut()
+                    && let Some(running) = running.take()
+                {
+                    self.complete(running, &message);
+                }
+                match replacement {
+                    Some(error) => self.to_client.extend_from_slice(&error),
+                    None => frame.encode_into(&mut self.to_client),
+                }
+                return;
+            }
+            b'1' | b'2' | b'3' => {
+                self.tracker.pending.pop_front();
+            }
+            b'T' => {
+                let body = frame.body().clone();
+                match self.tracker.pending.front() {
+                    Some(Pending::Describe { swallow, .. }) => {
+                        let swallow = *swallow;
+                        self.tracker.pending.pop_front();
+                        if swallow {
+                            // Ours: the layout of the Execute that follows.
+                            self.note_columns(&body);
+                            if let Some(Pending::Execute { layout, .. }) =
+                                self.tracker.pending.front_mut()
+                            {
+                                *layout = Some(body);
+                            }
+                            return;
+                        }
+                    }
+                    _ => {
+                        self.note_columns(&body);
+                        self.query_plan = self.plan_for(&body).await;
+                    }
+                }
+            }
+            b'n' => {
+                if let Some(Pending::Describe { swallow, .. }) = self.tracker.pending.front() {
+                    let swallow = *swallow;
+                    self.tracker.pending.pop_front();
+                    if swallow {
+                        return;
+                    }
+                }
+            }
+            b'D' => {
+                let plan = match self.tracker.pending.front() {
+                    Some(Pending::Execute { .. }) => self.execute_plan().await,
+                    _ => self.query_plan.clone(),
+                };
+                self.count_row(plan.as_deref().is_some_and(|p| !p.is_noop()));
+                if let Some(plan) = plan
+                    && !plan.is_noop()
+                {
+                    return self.forward_masked(&plan, &frame);
+                }
+                if self.sampling()
+                    && let Ok(row) = DataRow::parse(frame.body())
+                {
+                    self.sample_values(row.columns());
+                }
+            }
+            b'C' | b'I' | b's' => {
+                // The end of a refused COPY was already answered with an error.
+                let refused = matches!(
+                    std::mem::replace(&mut self.copy, CopyState::Idle),
+                    CopyState::Refused
+                );
+                if let Some(Pending::Execute { .. }) = self.tracker.pending.front()
+                    && let Some(Pending::Execute {
+                        running: Some(running),
+                        ..
+                    }) = self.tracker.pending.pop_front()
+                {
+                    self.complete(running, if refused { "COPY refused" } else { "" });
+                }
+                self.query_plan = None;
+                if refused {
+                    return;
+                }
+            }
+            _ => {}
+        }
+        frame.encode_into(&mut self.to_client);
+        self.summary.bytes_down += frame.raw().len() as u64;
+    }
+
+    pub(super) fn count_row(&mut self, masked: bool) {
+        let running = match self.tracker.pending.front_mut() {
+            Some(Pending::Execute {
+                running: Some(r), ..
+            })
+            | Some(Pending::Query(Some(r))) => r,
+            _ => return,
+        };
+        running.rows += 1;
+        running.masked |= masked;
+    }
+
+    pub(super) fn complete(&self, running: Running, error: &str) {
+        let duration_us = u64::try_from(running.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.recording.record(Body::Result {
+            text: running
+                .execute
+                .then(|| super::super::classify::redact_passwords(&running.sql).into_owned()),
+            rows: running.rows,
+            duration_us,
+            error: (!error.is_empty()).then(|| error.to_owned()),
+            masked: running.masked,
+            columns: running.columns,
+            sample: running.sample,
+        });
+        debug!(
+            flow_id = self.flow.id,
+            statement = %super::super::classify::redact_passwords(&running.sql),
+            class = %running.class,
+            rows = running.rows,
+            masked = running.masked,
+            duration_ms = duration_us as f64 / 1000.0,
+            error,
+            "statement done"
+        );
+    }
+
+    /// The statement the front response belongs to, if it is recorded.
+    pub(super) fn front_running(&mut self) -> Option<&mut Running> {
+        match self.tracker.pending.front_mut() {
+            Some(Pending::Execute {
+                running: Some(r), ..
+            })
+            | Some(Pending::Query(Some(r))) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Keeps a RowDescription's column names for the recording.
+    pub(super) fn note_columns(&mut self, body: &Bytes) {
+        let Ok(description) = RowDescription::parse(body) else {
+            return;
+        };
+        if let Some(running) = self.front_running() {
+            running.columns = description
+                .fields
+                .iter()
+                .map(|f| f.name.to_owned())
+                .collect();
+            running.sample.clear();
+        }
+    }
+
+    /// Whether the statement at the front still records the rows it returns.
+    pub(super) fn sampling(&mut self) -> bool {
+        let limit = self.recording.result_rows();
+        self.front_running().is_some_and(|r| r.sample.len() < limit)
+    }
+
+    /// Keeps a row, as the client receives it, while the sample has room.
+    pub(super) fn sample_values<'v>(
+        &mut self,
+        values: impl ExactSizeIterator<Item = Option<&'v [u8]>>,
+    ) {
+        let limit = self.recording.result_rows();
+        let Some(running) = self.front_running() else {
+            return;
+        };
+        if running.sample.len() < limit {
+            running.sample.push_row(values);
+        }
+    }
+}
