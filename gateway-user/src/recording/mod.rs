@@ -223,6 +223,12 @@ impl SessionRecording {
             .unwrap_or_else(|| "recording failed".into()))
     }
 
+    /// Whether events go anywhere: a session skips building the ones that
+    /// would be dropped.
+    pub fn is_on(&self) -> bool {
+        self.queue.is_some()
+    }
+
     /// How many result rows to keep per statement.
     pub fn result_rows(&self) -> usize {
         self.result_rows

@@ -40,26 +40,27 @@ pub struct CatalogLogin<'a> {
 }
 
 impl Catalog {
-    /// Source of `(table_oid, attnum)`, querying the upstream on a miss.
-    /// `None` when the OID is not a table column (or the lookup failed: the
-    /// caller then falls back to name rules and detectors).
+    /// Source of `(table_oid, attnum)`, querying the upstream on a miss:
+    /// `Ok(None)` when the OID is not a table column, `Err` when the lookup
+    /// failed (the caller then falls back to name rules and detectors, and
+    /// must not keep that fallback: the next lookup may succeed).
     pub async fn source(
         &self,
         table_oid: u32,
         attnum: i16,
         login: &CatalogLogin<'_>,
-    ) -> Option<ColumnSource> {
+    ) -> Result<Option<ColumnSource>, String> {
         if table_oid == 0 {
-            return None;
+            return Ok(None);
         }
         if let Some(hit) = self.cached(table_oid, attnum) {
-            return hit;
+            return Ok(hit);
         }
-        if let Err(e) = self.load_table(table_oid, login).await {
+        if let Err(e) = self.load_table(table_oid, attnum, login).await {
             warn!(error = %e, table_oid, "catalog lookup failed; masking falls back to name rules and detectors");
-            return None;
+            return Err(e);
         }
-        self.cached(table_oid, attnum).flatten()
+        Ok(self.cached(table_oid, attnum).flatten())
     }
 
     /// The result columns `sql` would have, from a Parse/Describe on the
@@ -100,7 +101,12 @@ impl Catalog {
             .cloned()
     }
 
-    async fn load_table(&self, oid: u32, login: &CatalogLogin<'_>) -> Result<(), String> {
+    async fn load_table(
+        &self,
+        oid: u32,
+        wanted: i16,
+        login: &CatalogLogin<'_>,
+    ) -> Result<(), String> {
         let mut client = self.client.lock().await;
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             *client = Some(connect(login).await?);
@@ -125,9 +131,9 @@ impl Catalog {
                 (row.get(0), row.get(1), row.get(2), row.get(3));
             columns.insert((oid, attnum), Some(Arc::new((schema, table, column))));
         }
-        // Remember misses too (dropped table, system column) so they do not
-        // cost a query per row description.
-        columns.entry((oid, 0)).or_insert(None);
+        // Remember the miss too (dropped table, system column) so it does
+        // not cost a query per row description.
+        columns.entry((oid, wanted)).or_insert(None);
         Ok(())
     }
 }

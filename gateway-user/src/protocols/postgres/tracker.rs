@@ -10,13 +10,32 @@ use bytes::Bytes;
 
 use crate::masking::ResultPlan;
 
+/// What logs and recordings show of a statement, worked out once per text:
+/// a prepared statement's Binds and Executes reuse it instead of redacting
+/// the text again each time.
+#[derive(Debug, Clone, Default)]
+pub struct Shown {
+    /// The text with password literals redacted.
+    pub text: Arc<str>,
+    /// Its statements' classes, comma-separated.
+    pub class: Arc<str>,
+}
+
+/// What the session made of one RowDescription: the column names the
+/// recording shows and how the rows are masked (`None`: no masking rules).
+#[derive(Debug, Default)]
+pub struct Layout {
+    pub columns: Arc<[String]>,
+    pub plan: Option<Arc<ResultPlan>>,
+}
+
 /// A statement being executed, for its completion event.
 #[derive(Debug)]
 pub struct Running {
     pub sql: Arc<str>,
     /// Kept so a prepared statement is classified once, at Parse.
     pub classification: Option<Arc<crate::protocols::postgres::classify::Classification>>,
-    pub class: String,
+    pub shown: Shown,
     pub rule: Arc<str>,
     pub started: Instant,
     pub rows: u64,
@@ -25,7 +44,7 @@ pub struct Running {
     pub execute: bool,
     /// Column names and the first rows as the client received them, for
     /// the recording.
-    pub columns: Vec<String>,
+    pub columns: Arc<[String]>,
     pub sample: crate::recording::sample::Sample,
 }
 
@@ -41,14 +60,12 @@ pub enum Pending {
         statement: Option<String>,
         swallow: bool,
     },
-    /// `layout`: the portal's RowDescription, from the Describe the gateway
-    /// sends right before this Execute when masking is on (so pipelined
-    /// Binds to the same portal name cannot mix up layouts); `plan` is
-    /// computed from it at the first row.
+    /// `plan`: from the portal's RowDescription, which the Describe the
+    /// gateway sends right before this Execute when masking is on returns
+    /// (so pipelined Binds to the same portal name cannot mix up layouts).
     Execute {
         portal: String,
         running: Option<Running>,
-        layout: Option<Bytes>,
         plan: Option<Arc<ResultPlan>>,
     },
     Close,
@@ -67,6 +84,7 @@ impl Pending {
 pub struct PreparedStatement {
     pub sql: Arc<str>,
     pub classification: Option<Arc<crate::protocols::postgres::classify::Classification>>,
+    pub shown: Shown,
     /// Held at Parse and approved: its Binds run without asking again.
     pub approved: bool,
 }
@@ -155,7 +173,6 @@ mod tests {
         t.push(Pending::Execute {
             portal: String::new(),
             running: None,
-            layout: None,
             plan: None,
         });
         t.push(Pending::Sync);

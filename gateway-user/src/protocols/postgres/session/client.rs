@@ -34,10 +34,10 @@ impl Session<'_> {
                 // revoked what the statement was prepared under.
                 let verdict = self.statements.get(b.statement).and_then(|s| {
                     let c = s.classification.clone()?;
-                    Some((s.sql.clone(), c, s.approved))
+                    Some((s.sql.clone(), c, s.shown.clone(), s.approved))
                 });
-                let refused = verdict.and_then(|(sql, classification, approved)| {
-                    match self.decide_classified(&sql, &classification) {
+                let refused = verdict.and_then(|(sql, classification, shown, approved)| {
+                    match self.decide_classified(&sql, &classification, shown) {
                         Decided::Run(_) => None,
                         Decided::Refuse(error) => Some(error),
                         // Approved when it was prepared: that approval
@@ -96,20 +96,19 @@ impl Session<'_> {
                     .map(|s| Running {
                         sql: s.sql.clone(),
                         classification: s.classification.clone(),
-                        class: class_names(s.classification.as_deref()),
+                        shown: s.shown.clone(),
                         rule: Arc::from(""),
                         started: Instant::now(),
                         rows: 0,
                         masked: false,
                         execute: true,
-                        columns: Vec::new(),
+                        columns: Arc::default(),
                         sample: Default::default(),
                     });
                 self.forward(&frame);
                 self.tracker.push(Pending::Execute {
                     portal,
                     running,
-                    layout: None,
                     plan: None,
                 });
             }
@@ -181,7 +180,10 @@ impl Session<'_> {
     pub(super) fn decide_sql(&mut self, sql: &Arc<str>) -> Decided {
         self.summary.statements += 1;
         match self.ctx.shared.classifier.classify(sql) {
-            Ok(classification) => self.decide_classified(sql, &classification),
+            Ok(classification) => {
+                let shown = shown(sql, &classification);
+                self.decide_classified(sql, &classification, shown)
+            }
             Err(e) => {
                 let redacted = super::super::classify::redact_passwords(sql);
                 info!(flow_id = self.flow.id, statement = %redacted, decision = "deny", rule = "unparsable", reason = %e, "statement");
@@ -205,6 +207,7 @@ impl Session<'_> {
         &self,
         sql: &Arc<str>,
         classification: &Arc<Classification>,
+        shown: Shown,
     ) -> Decided {
         // Fail closed: nothing is forwarded that the recording cannot hold.
         if let Err(why) = self.recording.healthy() {
@@ -246,8 +249,8 @@ impl Session<'_> {
                 statement_index: 0,
             };
         }
-        let class = class_names(Some(classification));
-        let redacted = super::super::classify::redact_passwords(sql);
+        let redacted = &shown.text;
+        let class = &shown.class;
         let audit = self.ctx.mode == Mode::Audit;
         // The recording holds every statement; the daemon log only needs
         // the ones policy stopped (or would have, in audit mode), and a log
@@ -272,23 +275,25 @@ impl Session<'_> {
         } else {
             statement_event!(Level::INFO);
         }
-        self.recording.record(Body::Statement {
-            text: redacted.clone().into_owned(),
-            class: class.clone(),
-            decision: decision.verdict.to_string(),
-            rule: decision.rule.to_string(),
-            reason: decision.reason.clone(),
-        });
+        if self.recording.is_on() {
+            self.recording.record(Body::Statement {
+                text: redacted.to_string(),
+                class: class.to_string(),
+                decision: decision.verdict.to_string(),
+                rule: decision.rule.to_string(),
+                reason: decision.reason.clone(),
+            });
+        }
         let running = Running {
             sql: sql.clone(),
             classification: Some(Arc::clone(classification)),
-            class,
+            shown,
             rule: decision.rule.clone(),
             started: Instant::now(),
             rows: 0,
             masked: false,
             execute: false,
-            columns: Vec::new(),
+            columns: Arc::default(),
             sample: Default::default(),
         };
         if decision.verdict == StatementVerdict::Allow || audit {
@@ -298,10 +303,10 @@ impl Session<'_> {
             && let Some(approval) = self.rules.approval(&decision.rule)
         {
             return Decided::Hold(Box::new(HoldAsk {
-                running,
                 rule: decision.rule.to_string(),
                 reason: decision.reason,
-                shown: redacted.into_owned(),
+                shown: running.shown.text.to_string(),
+                running,
                 approval: approval.clone(),
             }));
         }
@@ -309,7 +314,20 @@ impl Session<'_> {
             "statement denied by rule {}: {}",
             decision.rule, decision.reason
         );
-        Decided::Refuse(deny_error(&decision.rule, &message, &redacted))
+        Decided::Refuse(deny_error(&decision.rule, &message, &running.shown.text))
+    }
+}
+
+/// What logs and recordings show of `sql`. Text without a password literal
+/// is shared, not copied.
+pub(super) fn shown(sql: &Arc<str>, classification: &Classification) -> Shown {
+    let text = match super::super::classify::redact_passwords(sql) {
+        Cow::Borrowed(_) => Arc::clone(sql),
+        Cow::Owned(redacted) => Arc::from(redacted),
+    };
+    Shown {
+        text,
+        class: Arc::from(class_names(Some(classification))),
     }
 }
 
@@ -317,11 +335,83 @@ impl Session<'_> {
 /// names as schema public, so a changed search path would let
 /// `DELETE FROM invoices` reach `billing.invoices` unseen.
 pub(super) fn changes_search_path(sql: &str, classification: &Classification) -> bool {
-    let lower = sql.to_ascii_lowercase();
-    lower.contains("search_path")
-        && (lower.contains("set_config")
+    contains_ignore_case(sql, b"search_path")
+        && (contains_ignore_case(sql, b"set_config")
             || classification
                 .statements
                 .iter()
                 .any(|s| s.class != super::super::classify::StatementClass::Read))
+}
+
+/// ASCII case-insensitive substring search without lowercasing a copy of
+/// the text (this runs for every statement and every Bind).
+fn contains_ignore_case(text: &str, needle: &[u8]) -> bool {
+    let text = text.as_bytes();
+    let (lower, upper) = (
+        needle[0].to_ascii_lowercase(),
+        needle[0].to_ascii_uppercase(),
+    );
+    memchr::memchr2_iter(lower, upper, text).any(|i| {
+        text[i..]
+            .get(..needle.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocols::postgres::classify::ClassifierCache;
+
+    fn changes(sql: &str) -> bool {
+        let classification = ClassifierCache::new(0).classify(sql).unwrap();
+        changes_search_path(sql, &classification)
+    }
+
+    #[test]
+    fn search_path_changes_are_seen_in_any_case() {
+        assert!(changes("SET search_path TO billing"));
+        assert!(changes("set SEARCH_PATH = billing, public"));
+        assert!(changes("SeT sEaRcH_pAtH tO billing"));
+        assert!(changes(
+            "SELECT set_config('search_path', 'billing', false)"
+        ));
+        assert!(changes("SELECT SET_CONFIG('Search_Path', 'billing', true)"));
+        assert!(changes("ALTER ROLE ci SET search_path = billing"));
+    }
+
+    #[test]
+    fn reading_search_path_is_not_a_change() {
+        assert!(!changes("SHOW search_path"));
+        assert!(!changes("SELECT current_setting('search_path')"));
+        assert!(!changes("SELECT 1"));
+        assert!(!changes("SELECT 's'"));
+        assert!(!changes("SET statement_timeout = 0"));
+    }
+
+    #[test]
+    fn case_insensitive_search_stops_at_the_end_of_the_text() {
+        assert!(contains_ignore_case("xx SEARCH_PATH", b"search_path"));
+        assert!(!contains_ignore_case("xx search_pat", b"search_path"));
+        assert!(!contains_ignore_case("", b"search_path"));
+        assert!(contains_ignore_case("ſ search_path", b"search_path"));
+        assert!(!contains_ignore_case("ſearch_path", b"search_path"));
+    }
+
+    #[test]
+    fn shown_text_is_shared_unless_a_password_is_redacted() {
+        let plain: Arc<str> = Arc::from("SELECT 1");
+        let c = ClassifierCache::new(0).classify(&plain).unwrap();
+        let plain_shown = shown(&plain, &c);
+        assert!(Arc::ptr_eq(&plain_shown.text, &plain));
+        assert_eq!(&*plain_shown.class, "read");
+        let secret: Arc<str> = Arc::from("ALTER ROLE ci PASSWORD 'hunter2'");
+        let c = ClassifierCache::new(0).classify(&secret).unwrap();
+        let secret_shown = shown(&secret, &c);
+        assert!(
+            !secret_shown.text.contains("hunter2"),
+            "{}",
+            secret_shown.text
+        );
+    }
 }

@@ -24,6 +24,7 @@ impl Session<'_> {
                     PreparedStatement {
                         sql: running.sql,
                         classification: running.classification,
+                        shown: running.shown,
                         approved,
                     },
                 );
@@ -77,7 +78,7 @@ impl Session<'_> {
         let identity = self.identity();
         let target = self.rules.target().to_owned();
         if let Some(grant) = approvals
-            .grant(&identity, &target, &ask.running.class)
+            .grant(&identity, &target, &ask.running.shown.class)
             .await
         {
             let by: Vec<&str> = grant.votes.iter().map(|v| v.by.as_str()).collect();
@@ -109,7 +110,7 @@ impl Session<'_> {
             database: self.login.2.clone(),
             sql: ask.running.sql.to_string(),
             shown: ask.shown.clone(),
-            class: ask.running.class.clone(),
+            class: ask.running.shown.class.to_string(),
             rule: ask.rule.clone(),
             reason: ask.reason.clone(),
             approval: ask.approval.clone(),

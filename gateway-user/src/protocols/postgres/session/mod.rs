@@ -25,7 +25,7 @@ mod result_masking;
 mod results;
 mod startup;
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
@@ -54,7 +54,7 @@ use super::{
     },
     copy_out::{self, CopyRows},
     tls::{self, ClientStream},
-    tracker::{Denial, Pending, Portal, PreparedStatement, Running, Tracker},
+    tracker::{Denial, Layout, Pending, Portal, PreparedStatement, Running, Shown, Tracker},
     upstream::{self, Route, Upstream, UpstreamError},
 };
 use crate::{
@@ -71,6 +71,9 @@ use crate::{
 const HIGH_WATER: usize = 1 << 20;
 /// Bound on statements answered but not yet acknowledged (pipelining).
 const MAX_PENDING: usize = 100_000;
+/// Result layouts a session keeps planned (see `Session::layout`); past
+/// this it starts over rather than track which are still in use.
+const MAX_LAYOUTS: usize = 256;
 
 /// What a session did, for the connection's flow event.
 #[derive(Debug, Default)]
@@ -182,6 +185,7 @@ pub async fn serve(
         statements: HashMap::new(),
         portals: HashMap::new(),
         query_plan: None,
+        layouts: HashMap::new(),
         masked_row: MaskedRow::default(),
         upstream_broken: false,
         copy: CopyState::Idle,
@@ -216,6 +220,8 @@ struct Session<'a> {
     portals: HashMap<String, Portal>,
     /// Plan of the simple-protocol result being streamed.
     query_plan: Option<Arc<ResultPlan>>,
+    /// Result layouts planned so far, by their RowDescription's bytes.
+    layouts: HashMap<Bytes, Arc<Layout>>,
     /// Buffers of the row being masked, reused row after row.
     masked_row: MaskedRow,
     /// The upstream sent something the session cannot pass on safely; it ends.

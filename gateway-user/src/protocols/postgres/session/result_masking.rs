@@ -41,47 +41,63 @@ impl Session<'_> {
         self.upstream_broken = true;
     }
 
-    /// The masking plan of the Execute at the front, computed at its first
-    /// row from the layout the gateway asked for.
-    pub(super) async fn execute_plan(&mut self) -> Option<Arc<ResultPlan>> {
-        let Some(Pending::Execute { layout, plan, .. }) = self.tracker.pending.front() else {
+    /// What `description` (a RowDescription body) means for the rows that
+    /// follow: their column names and masking plan. Cached by the exact
+    /// bytes, so a prepared statement's executions (and a repeated query)
+    /// skip parsing, catalog lookups and rule matching; a prepared
+    /// statement's result layout cannot change under it (PostgreSQL fails
+    /// the execution instead). `None`: the description cannot be read
+    /// while masking is on, and the session is ending.
+    pub(super) async fn layout(&mut self, description: &Bytes) -> Option<Arc<Layout>> {
+        if let Some(known) = self.layouts.get(description.as_ref()) {
+            return Some(Arc::clone(known));
+        }
+        let Ok(parsed) = RowDescription::parse(description) else {
+            if self.ctx.masking.is_empty() {
+                return Some(Arc::default());
+            }
+            self.upstream_malformed("a RowDescription it cannot read");
             return None;
         };
-        if let Some(plan) = plan {
-            return Some(plan.clone());
+        let columns: Arc<[String]> = parsed.fields.iter().map(|f| f.name.to_owned()).collect();
+        let (plan, complete) = if self.ctx.masking.is_empty() {
+            (None, true)
+        } else {
+            let fields: Vec<_> = parsed
+                .fields
+                .iter()
+                .map(|f| (f.name, f.table_oid, f.column_attr, f.type_oid, f.format))
+                .collect();
+            let (plan, complete) = self.plan_columns(&fields).await;
+            (Some(plan), complete)
+        };
+        let layout = Arc::new(Layout { columns, plan });
+        // A plan made while the catalog could not be read falls back to
+        // name rules; it is used once, not kept.
+        if complete {
+            if self.layouts.len() >= MAX_LAYOUTS {
+                self.layouts.clear();
+            }
+            self.layouts
+                .insert(Bytes::copy_from_slice(description), Arc::clone(&layout));
         }
-        let layout = layout.clone()?;
-        let computed = self.plan_for(&layout).await;
-        if let Some(Pending::Execute { plan, .. }) = self.tracker.pending.front_mut() {
-            plan.clone_from(&computed);
-        }
-        computed
-    }
-
-    /// Resolves each column's source table and asks the masking policy.
-    pub(super) async fn plan_for(&self, body: &Bytes) -> Option<Arc<ResultPlan>> {
-        if self.ctx.masking.is_empty() {
-            return None;
-        }
-        let description = RowDescription::parse(body).ok()?;
-        let fields: Vec<_> = description
-            .fields
-            .iter()
-            .map(|f| (f.name, f.table_oid, f.column_attr, f.type_oid, f.format))
-            .collect();
-        Some(self.plan_columns(&fields).await)
+        Some(layout)
     }
 
     /// `(name, table OID, attribute number, type OID, format)` per column.
+    /// Also whether every column's source could be looked up.
     pub(super) async fn plan_columns(
         &self,
         fields: &[(&str, u32, i16, u32, i16)],
-    ) -> Arc<ResultPlan> {
+    ) -> (Arc<ResultPlan>, bool) {
         let login = self.catalog_login();
         let catalog = self.ctx.shared.catalog(&self.ctx.target.name);
         let mut sources = Vec::with_capacity(fields.len());
+        let mut complete = true;
         for &(_, table_oid, attr, _, _) in fields {
-            sources.push(catalog.source(table_oid, attr, &login).await);
+            let source = catalog.source(table_oid, attr, &login).await;
+            complete &= source.is_ok();
+            sources.push(source.ok().flatten());
         }
         let columns: Vec<ColumnInfo<'_>> = fields
             .iter()
@@ -95,7 +111,7 @@ impl Session<'_> {
                 format,
             })
             .collect();
-        Arc::new(self.ctx.masking.plan(&columns))
+        (Arc::new(self.ctx.masking.plan(&columns)), complete)
     }
 
     pub(super) fn catalog_login(&self) -> CatalogLogin<'_> {
@@ -139,7 +155,7 @@ impl Session<'_> {
             .iter()
             .map(|c| (c.name.as_str(), c.table_oid, c.column_attr, c.type_oid, 0))
             .collect();
-        let plan = self.plan_columns(&fields).await;
+        let (plan, _) = self.plan_columns(&fields).await;
         CopyRows::new(plan, format).map(Some)
     }
 

@@ -73,29 +73,32 @@ impl Session<'_> {
             b'1' | b'2' | b'3' => {
                 self.tracker.pending.pop_front();
             }
-            b'T' => {
-                let body = frame.body().clone();
-                match self.tracker.pending.front() {
-                    Some(Pending::Describe { swallow, .. }) => {
-                        let swallow = *swallow;
-                        self.tracker.pending.pop_front();
-                        if swallow {
-                            // Ours: the layout of the Execute that follows.
-                            self.note_columns(&body);
-                            if let Some(Pending::Execute { layout, .. }) =
-                                self.tracker.pending.front_mut()
-                            {
-                                *layout = Some(body);
-                            }
+            b'T' => match self.tracker.pending.front() {
+                Some(Pending::Describe { swallow, .. }) => {
+                    let swallow = *swallow;
+                    self.tracker.pending.pop_front();
+                    if swallow {
+                        // Ours: the layout of the Execute that follows.
+                        let Some(layout) = self.layout(frame.body()).await else {
                             return;
+                        };
+                        self.note_columns(&layout);
+                        if let Some(Pending::Execute { plan, .. }) =
+                            self.tracker.pending.front_mut()
+                        {
+                            plan.clone_from(&layout.plan);
                         }
-                    }
-                    _ => {
-                        self.note_columns(&body);
-                        self.query_plan = self.plan_for(&body).await;
+                        return;
                     }
                 }
-            }
+                _ => {
+                    let Some(layout) = self.layout(frame.body()).await else {
+                        return;
+                    };
+                    self.note_columns(&layout);
+                    self.query_plan.clone_from(&layout.plan);
+                }
+            },
             b'n' => {
                 if let Some(Pending::Describe { swallow, .. }) = self.tracker.pending.front() {
                     let swallow = *swallow;
@@ -107,7 +110,7 @@ impl Session<'_> {
             }
             b'D' => {
                 let plan = match self.tracker.pending.front() {
-                    Some(Pending::Execute { .. }) => self.execute_plan().await,
+                    Some(Pending::Execute { plan, .. }) => plan.clone(),
                     _ => self.query_plan.clone(),
                 };
                 self.count_row(plan.as_deref().is_some_and(|p| !p.is_noop()));
@@ -161,27 +164,27 @@ impl Session<'_> {
 
     pub(super) fn complete(&self, running: Running, error: &str) {
         let duration_us = u64::try_from(running.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.recording.record(Body::Result {
-            text: running
-                .execute
-                .then(|| super::super::classify::redact_passwords(&running.sql).into_owned()),
-            rows: running.rows,
-            duration_us,
-            error: (!error.is_empty()).then(|| error.to_owned()),
-            masked: running.masked,
-            columns: running.columns,
-            sample: running.sample,
-        });
         debug!(
             flow_id = self.flow.id,
-            statement = %super::super::classify::redact_passwords(&running.sql),
-            class = %running.class,
+            statement = %running.shown.text,
+            class = %running.shown.class,
             rows = running.rows,
             masked = running.masked,
             duration_ms = duration_us as f64 / 1000.0,
             error,
             "statement done"
         );
+        if self.recording.is_on() {
+            self.recording.record(Body::Result {
+                text: running.execute.then(|| running.shown.text.to_string()),
+                rows: running.rows,
+                duration_us,
+                error: (!error.is_empty()).then(|| error.to_owned()),
+                masked: running.masked,
+                columns: running.columns.to_vec(),
+                sample: running.sample,
+            });
+        }
     }
 
     /// The statement the front response belongs to, if it is recorded.
@@ -195,17 +198,10 @@ impl Session<'_> {
         }
     }
 
-    /// Keeps a RowDescription's column names for the recording.
-    pub(super) fn note_columns(&mut self, body: &Bytes) {
-        let Ok(description) = RowDescription::parse(body) else {
-            return;
-        };
+    /// Keeps a result's column names for the recording.
+    pub(super) fn note_columns(&mut self, layout: &Layout) {
         if let Some(running) = self.front_running() {
-            running.columns = description
-                .fields
-                .iter()
-                .map(|f| f.name.to_owned())
-                .collect();
+            running.columns = Arc::clone(&layout.columns);
             running.sample.clear();
         }
     }
