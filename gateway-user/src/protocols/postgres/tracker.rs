@@ -4,7 +4,11 @@
 //! is (the extended protocol sends no RowDescription before Execute's
 //! rows), and how a Describe the gateway added itself is kept from the
 //! client.
-use std::{collections::VecDeque, sync::Arc, time::Instant};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Instant,
+};
 
 use bytes::Bytes;
 
@@ -27,6 +31,53 @@ pub struct Shown {
 pub struct Layout {
     pub columns: Arc<[String]>,
     pub plan: Option<Arc<ResultPlan>>,
+}
+
+/// The layouts a session has planned, by their RowDescription's exact
+/// bytes. Bounded by count and by the memory they hold (a RowDescription
+/// of a wide table is tens of KiB): past either it starts over rather than
+/// track which are still in use, and a layout too large for the budget is
+/// not kept at all.
+#[derive(Debug, Default)]
+pub struct LayoutCache {
+    layouts: HashMap<Bytes, Arc<Layout>>,
+    bytes: usize,
+}
+
+impl LayoutCache {
+    pub const MAX_LAYOUTS: usize = 256;
+    pub const MAX_BYTES: usize = 256 * 1024;
+
+    pub fn get(&self, description: &[u8]) -> Option<Arc<Layout>> {
+        self.layouts.get(description).cloned()
+    }
+
+    pub fn insert(&mut self, description: &[u8], layout: Arc<Layout>) {
+        // The key, the column names and a plan entry per column.
+        let bytes = 2 * description.len() + 64 * layout.columns.len();
+        if bytes > Self::MAX_BYTES {
+            return;
+        }
+        if self.layouts.len() >= Self::MAX_LAYOUTS || self.bytes + bytes > Self::MAX_BYTES {
+            self.layouts.clear();
+            self.bytes = 0;
+        }
+        if self
+            .layouts
+            .insert(Bytes::copy_from_slice(description), layout)
+            .is_none()
+        {
+            self.bytes += bytes;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.layouts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layouts.is_empty()
+    }
 }
 
 /// A statement being executed, for its completion event.
@@ -181,6 +232,51 @@ mod tests {
         assert_eq!(skipped.len(), 2);
         assert!(matches!(t.ready(), Some(Pending::Sync)));
         assert!(t.pending.is_empty());
+    }
+
+    fn layout(columns: usize) -> Arc<Layout> {
+        Arc::new(Layout {
+            columns: (0..columns).map(|i| format!("c{i}")).collect(),
+            plan: None,
+        })
+    }
+
+    #[test]
+    fn layout_cache_finds_exact_bytes_only() {
+        let mut cache = LayoutCache::default();
+        let first = layout(1);
+        cache.insert(b"T-one", Arc::clone(&first));
+        assert!(Arc::ptr_eq(&cache.get(b"T-one").unwrap(), &first));
+        assert!(cache.get(b"T-on").is_none());
+        assert!(cache.get(b"T-one!").is_none());
+    }
+
+    #[test]
+    fn layout_cache_is_bounded_by_count_and_bytes() {
+        let mut cache = LayoutCache::default();
+        for i in 0..LayoutCache::MAX_LAYOUTS + 10 {
+            cache.insert(format!("T{i}").as_bytes(), layout(1));
+            assert!(cache.len() <= LayoutCache::MAX_LAYOUTS);
+        }
+        assert!(
+            cache
+                .get(format!("T{}", LayoutCache::MAX_LAYOUTS + 9).as_bytes())
+                .is_some()
+        );
+
+        let mut cache = LayoutCache::default();
+        let wide = vec![b'x'; LayoutCache::MAX_BYTES / 5];
+        for i in 0..10u8 {
+            let mut key = wide.clone();
+            key[0] = i;
+            cache.insert(&key, layout(1));
+            assert!(cache.bytes <= LayoutCache::MAX_BYTES, "{}", cache.bytes);
+        }
+        assert!(cache.len() < 10);
+        // Too large for the budget on its own: used, never kept.
+        let mut cache = LayoutCache::default();
+        cache.insert(&vec![b'y'; LayoutCache::MAX_BYTES], layout(1));
+        assert!(cache.is_empty());
     }
 
     #[test]

@@ -54,7 +54,9 @@ use super::{
     },
     copy_out::{self, CopyRows},
     tls::{self, ClientStream},
-    tracker::{Denial, Layout, Pending, Portal, PreparedStatement, Running, Shown, Tracker},
+    tracker::{
+        Denial, Layout, LayoutCache, Pending, Portal, PreparedStatement, Running, Shown, Tracker,
+    },
     upstream::{self, Route, Upstream, UpstreamError},
 };
 use crate::{
@@ -71,9 +73,6 @@ use crate::{
 const HIGH_WATER: usize = 1 << 20;
 /// Bound on statements answered but not yet acknowledged (pipelining).
 const MAX_PENDING: usize = 100_000;
-/// Result layouts a session keeps planned (see `Session::layout`); past
-/// this it starts over rather than track which are still in use.
-const MAX_LAYOUTS: usize = 256;
 
 /// What a session did, for the connection's flow event.
 #[derive(Debug, Default)]
@@ -185,7 +184,7 @@ pub async fn serve(
         statements: HashMap::new(),
         portals: HashMap::new(),
         query_plan: None,
-        layouts: HashMap::new(),
+        layouts: LayoutCache::default(),
         masked_row: MaskedRow::default(),
         upstream_broken: false,
         copy: CopyState::Idle,
@@ -221,7 +220,7 @@ struct Session<'a> {
     /// Plan of the simple-protocol result being streamed.
     query_plan: Option<Arc<ResultPlan>>,
     /// Result layouts planned so far, by their RowDescription's bytes.
-    layouts: HashMap<Bytes, Arc<Layout>>,
+    layouts: LayoutCache,
     /// Buffers of the row being masked, reused row after row.
     masked_row: MaskedRow,
     /// The upstream sent something the session cannot pass on safely; it ends.

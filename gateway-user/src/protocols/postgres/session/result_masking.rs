@@ -49,8 +49,8 @@ impl Session<'_> {
     /// the execution instead). `None`: the description cannot be read
     /// while masking is on, and the session is ending.
     pub(super) async fn layout(&mut self, description: &Bytes) -> Option<Arc<Layout>> {
-        if let Some(known) = self.layouts.get(description.as_ref()) {
-            return Some(Arc::clone(known));
+        if let Some(known) = self.layouts.get(description) {
+            return Some(known);
         }
         let Ok(parsed) = RowDescription::parse(description) else {
             if self.ctx.masking.is_empty() {
@@ -75,11 +75,7 @@ impl Session<'_> {
         // A plan made while the catalog could not be read falls back to
         // name rules; it is used once, not kept.
         if complete {
-            if self.layouts.len() >= MAX_LAYOUTS {
-                self.layouts.clear();
-            }
-            self.layouts
-                .insert(Bytes::copy_from_slice(description), Arc::clone(&layout));
+            self.layouts.insert(description, Arc::clone(&layout));
         }
         Some(layout)
     }
