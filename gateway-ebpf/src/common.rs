@@ -30,6 +30,8 @@ pub const IPPROTO_UDP: u32 = 17;
 
 /// `TCP_SYN_SENT` of the kernel's socket states.
 pub const TCP_SYN_SENT: u32 = 2;
+/// `TCP_CLOSE`: never connected, or the connect failed.
+pub const TCP_CLOSE: u32 = 7;
 
 /// The DNS port every resolver listens on.
 pub const DNS_PORT: u16 = 53;

@@ -124,8 +124,8 @@ fn bench(args: &[String]) -> Result<()> {
     ];
     let (mut direct_ns, mut guarded_ns, mut direct_bps, mut guarded_bps) =
         (vec![], vec![], vec![], vec![]);
-    // Per guarded connect: ns in all programs, and by program type.
-    let (mut hook_ns, mut hook_by_type) = (vec![], BTreeMap::<&str, Vec<f64>>::new());
+    // Per guarded connect: ns in all programs, and (ns, runs) by program type.
+    let (mut hook_ns, mut hook_by_type) = (vec![], BTreeMap::<&str, (Vec<f64>, Vec<f64>)>::new());
     let mut egress_ns_per_packet = vec![];
     for round in 1..=s.rounds {
         interrupt::check()?;
@@ -153,12 +153,16 @@ fn bench(args: &[String]) -> Result<()> {
                 let connect = delta(&before, &between);
                 let per = |ns: u64| ns as f64 / s.connects as f64;
                 hook_ns.push(per(connect.values().map(|d| d.run_ns).sum()));
-                let mut by_type = BTreeMap::<&str, u64>::new();
+                let mut by_type = BTreeMap::<&str, (u64, u64)>::new();
                 for d in connect.values() {
-                    *by_type.entry(d.kind).or_default() += d.run_ns;
+                    let e = by_type.entry(d.kind).or_default();
+                    e.0 += d.run_ns;
+                    e.1 += d.runs;
                 }
-                for (kind, ns) in by_type {
-                    hook_by_type.entry(kind).or_default().push(per(ns));
+                for (kind, (ns, runs)) in by_type {
+                    let e = hook_by_type.entry(kind).or_default();
+                    e.0.push(per(ns));
+                    e.1.push(per(runs));
                 }
                 let stream = delta(&between, &after);
                 let (ns, count) = stream
@@ -230,8 +234,15 @@ fn bench(args: &[String]) -> Result<()> {
         format!("≤ {CONNECT_BUDGET_US} µs"),
         verdict(hooks_us <= CONNECT_BUDGET_US)
     );
-    for (kind, mut v) in hook_by_type {
-        println!("  of which {kind:<22} {:>38.0} ns", median(&mut v));
+    // Runs per connect show how much of each type's time is the per-run
+    // floor (entering the program plus bpf_stats' own two clock reads):
+    // `cgroup_sock` is two near-empty programs.
+    for (kind, (mut ns, mut runs)) in hook_by_type {
+        let (ns, runs) = (median(&mut ns), median(&mut runs));
+        println!(
+            "  of which {kind:<22} {ns:>38.0} ns  in {runs:.1} runs, {:.0} ns per run",
+            ns / runs.max(f64::MIN_POSITIVE)
+        );
     }
     if !egress_ns_per_packet.is_empty() {
         println!(
