@@ -18,6 +18,7 @@
 use std::{fmt, ops::Range, sync::LazyLock};
 
 use memchr::{memchr, memchr_iter, memchr3_iter, memmem};
+use smallvec::SmallVec;
 
 use super::error::MaskingError;
 
@@ -154,7 +155,9 @@ pub fn find_card_numbers(text: &[u8], out: &mut Vec<Range<usize>>) {
     }
     let len = text.len();
     // Digit groups of the current chain, e.g. "4111 1111 1111 1111" has four.
-    let mut groups: Vec<Range<usize>> = Vec::new();
+    // Printed cards have at most five; this runs for every scanned value, so
+    // ordinary chains stay off the heap.
+    let mut groups: SmallVec<[Range<usize>; 8]> = SmallVec::new();
     let mut i = 0;
     while i < len {
         if !text[i].is_ascii_digit() {

@@ -131,6 +131,18 @@ pub(crate) fn mask_into(strategy: Strategy, value: &[u8], hasher: &Hasher, out: 
 /// not happen) becomes all `*`: keeping a byte tail could split a character of an
 /// unknown encoding.
 fn partial_into(value: &[u8], keep: usize, out: &mut Vec<u8>) {
+    // Most masked values are ASCII (emails, ids, numbers): one character
+    // per byte, so no decoding and no counting.
+    if value.is_ascii() {
+        if value.len() <= keep {
+            stars(value.len(), out);
+        } else {
+            let cut = value.len() - keep;
+            stars(cut, out);
+            out.extend_from_slice(&value[cut..]);
+        }
+        return;
+    }
     let Ok(text) = std::str::from_utf8(value) else {
         stars(value.len(), out);
         return;

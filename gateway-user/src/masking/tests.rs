@@ -76,6 +76,10 @@ fn partial_keeps_last_characters() {
     assert_eq!(mask(p4, "ab"), "**");
     assert_eq!(mask(p4, ""), "");
     assert_eq!(mask(Strategy::Partial { keep_last: 0 }, "abc"), "***");
+    // Non-ASCII takes the character-counting path; both agree on the same shapes.
+    assert_eq!(mask(p4, "411111111111111é"), "************111é");
+    assert_eq!(mask(p4, "abcé"), "****");
+    assert_eq!(mask(p4, "é"), "*");
 }
 
 #[test]
