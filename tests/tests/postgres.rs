@@ -1157,3 +1157,48 @@ fn copy_out_masked_deny_refuses_before_the_statement_runs() -> Result<()> {
     assert_eq!(out.lines(), ["COPY 0", "1"], "{out:?}");
     Ok(())
 }
+
+/// Column rules name `schema.table.column`, and table OIDs only mean
+/// something inside one database: a session in a second database of the
+/// same target must have its columns resolved there, not through the
+/// catalog connection an earlier session opened to the first.
+#[test]
+fn masking_resolves_columns_in_each_sessions_database() -> Result<()> {
+    let s = Setup::start("pg-mask-dbs", 62, Policy::Guarded)?;
+    s.pg.admin_psql(
+        "postgres",
+        "postgres",
+        &["CREATE DATABASE staging OWNER app_rw"],
+    )?;
+    s.pg.admin_psql(
+        "app_rw",
+        "staging",
+        &["CREATE TABLE customers (id int, email text); \
+           INSERT INTO customers VALUES (1, 'stage-secret@example.com')"],
+    )?;
+    // orders first: the gateway learns its tables (and opens its catalog
+    // connection) there.
+    let orders = s.psql("app_rw", &["SELECT email FROM customers ORDER BY id"])?;
+    assert!(orders.ok, "{orders:?}");
+    assert_no_secrets(&orders.stdout);
+    let staging = run_with_timeout(
+        &mut job_psql(
+            &s.cg,
+            &format!("host={} port=5432 dbname=staging user=app_rw", s.address),
+            &[
+                "SELECT email FROM customers",
+                "SELECT email AS x FROM customers",
+            ],
+        ),
+        CLIENT_TIMEOUT,
+    )
+    .map(Psql::from)?;
+    assert!(staging.ok, "{staging:?}");
+    let masked = partial("stage-secret@example.com", 4);
+    assert_eq!(
+        staging.lines(),
+        [masked.as_str(), masked.as_str()],
+        "{staging:?}"
+    );
+    Ok(())
+}

@@ -44,6 +44,9 @@ pub(crate) fn reload(shared: &Shared, config: &Path) {
                 }
             }
             shared.policy.store(std::sync::Arc::new(policy));
+            // After the store: a session starting in between would otherwise
+            // fill a fresh catalog under the old policy's upstream.
+            shared.postgres.policy_reloaded();
         }
         Err(errors) => {
             error!(errors = %errors, "policy reload failed; keeping the previous policy");

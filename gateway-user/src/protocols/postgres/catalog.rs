@@ -1,6 +1,10 @@
 //! Column provenance for masking: a RowDescription names each column's
 //! table by OID and attribute number, and this cache turns that into
 //! `schema.table.column` with one catalog query per unseen table.
+//!
+//! OIDs are per database, so there is one catalog per target, database and
+//! role (`PostgresShared::catalog`), each with its own connection; a policy
+//! reload starts them all afresh.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -14,7 +18,12 @@ use super::upstream::Route;
 /// `(schema, table, column)`.
 pub type ColumnSource = Arc<(String, String, String)>;
 
-/// Per-target cache of table OIDs to column names, shared by sessions.
+/// Entries kept before the cache starts over: a job allowed DDL could
+/// otherwise grow it without end by creating tables, each seen once.
+const MAX_COLUMNS: usize = 100_000;
+
+/// Cache of one database's table OIDs to column names, shared by the
+/// sessions that log in to it as the same role.
 #[derive(Default)]
 pub struct Catalog {
     columns: Mutex<HashMap<(u32, i16), Option<ColumnSource>>>,
@@ -126,6 +135,11 @@ impl Catalog {
             .await
             .map_err(|e| e.to_string())?;
         let mut columns = self.columns.lock().unwrap_or_else(|p| p.into_inner());
+        if columns.len() + rows.len() + 1 > MAX_COLUMNS {
+            // Forgetting costs only repeated lookups; plans already made
+            // keep the names they resolved.
+            columns.clear();
+        }
         for row in rows {
             let (schema, table, column, attnum): (String, String, String, i16) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));

@@ -44,11 +44,21 @@ const CLASSIFIER_CACHE: usize = 10_000;
 pub struct PostgresShared {
     pub classifier: classify::ClassifierCache,
     pub cancel: Arc<cancel::CancelRegistry>,
-    catalogs: Mutex<HashMap<Arc<str>, Arc<catalog::Catalog>>>,
+    catalogs: Mutex<HashMap<CatalogKey, Arc<catalog::Catalog>>>,
     /// Made on the first TLS request of any job, then reused.
     client_tls: OnceLock<Result<TlsAcceptor, String>>,
     /// Per target, with the settings it was built from (a reload may change them).
     upstream_tls: Mutex<HashMap<Arc<str>, BuiltTls>>,
+}
+
+/// Whose catalog: table OIDs mean something only inside one database, and
+/// a role's own settings (its `search_path`) shape what a COPY's query
+/// describes as.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CatalogKey {
+    target: Arc<str>,
+    database: String,
+    role: String,
 }
 
 /// A target's TLS settings and the client config built from them.
@@ -67,10 +77,29 @@ impl Default for PostgresShared {
 }
 
 impl PostgresShared {
-    /// The column-name cache of one target.
-    pub fn catalog(&self, target: &Arc<str>) -> Arc<catalog::Catalog> {
+    /// The column-name cache of one target's `database` as `role` sees it,
+    /// shared by the sessions that log in the same way.
+    pub fn catalog(&self, target: &Arc<str>, database: &str, role: &str) -> Arc<catalog::Catalog> {
+        let key = CatalogKey {
+            target: target.clone(),
+            database: database.to_owned(),
+            role: role.to_owned(),
+        };
         let mut catalogs = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
-        catalogs.entry(target.clone()).or_default().clone()
+        catalogs.entry(key).or_default().clone()
+    }
+
+    /// Forgets every catalog after a policy reload: the reload may point a
+    /// target at another server, and an administrator who renamed a table
+    /// and its masking rule together expects the new name to count from
+    /// now. Sessions already running keep the catalog they started with
+    /// (it talks to the server they are connected to); its connection
+    /// closes with the last of them.
+    pub fn policy_reloaded(&self) {
+        self.catalogs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// The acceptor for jobs that ask for TLS (target `client_tls = true`).
@@ -113,4 +142,37 @@ pub struct PostgresContext {
     pub approvals: Option<Arc<crate::approvals::Approvals>>,
     /// The job bound to the client's cgroup, if any.
     pub job: Option<Arc<crate::identity::JobIdentity>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogs_are_per_database_and_role_and_start_over_on_reload() {
+        let shared = PostgresShared::default();
+        let target: Arc<str> = Arc::from("orders-db");
+        let orders = shared.catalog(&target, "orders", "app_rw");
+        assert!(Arc::ptr_eq(
+            &orders,
+            &shared.catalog(&target, "orders", "app_rw")
+        ));
+        assert!(!Arc::ptr_eq(
+            &orders,
+            &shared.catalog(&target, "staging", "app_rw")
+        ));
+        assert!(!Arc::ptr_eq(
+            &orders,
+            &shared.catalog(&target, "orders", "app_ro")
+        ));
+        assert!(!Arc::ptr_eq(
+            &orders,
+            &shared.catalog(&Arc::from("other"), "orders", "app_rw")
+        ));
+        shared.policy_reloaded();
+        assert!(!Arc::ptr_eq(
+            &orders,
+            &shared.catalog(&target, "orders", "app_rw")
+        ));
+    }
 }

@@ -45,7 +45,7 @@ use self::{
 use super::{
     PostgresContext,
     cancel::BackendKey,
-    catalog::CatalogLogin,
+    catalog::{Catalog, CatalogLogin},
     classify::Classification,
     codec::{
         self, CodecError, DataRow, Encode, ErrorFields, ErrorResponse, Frame, FrameDecoder,

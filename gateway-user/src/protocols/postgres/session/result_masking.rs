@@ -87,7 +87,7 @@ impl Session<'_> {
         fields: &[(&str, u32, i16, u32, i16)],
     ) -> (Arc<ResultPlan>, bool) {
         let login = self.catalog_login();
-        let catalog = self.ctx.shared.catalog(&self.ctx.target.name);
+        let catalog = self.catalog();
         let mut sources = Vec::with_capacity(fields.len());
         let mut complete = true;
         for &(_, table_oid, attr, _, _) in fields {
@@ -108,6 +108,14 @@ impl Session<'_> {
             })
             .collect();
         (Arc::new(self.ctx.masking.plan(&columns)), complete)
+    }
+
+    /// The catalog of this session's target, database and role.
+    pub(super) fn catalog(&self) -> Arc<Catalog> {
+        let (_, role, database, _) = &self.login;
+        self.ctx
+            .shared
+            .catalog(&self.ctx.target.name, database, role)
     }
 
     pub(super) fn catalog_login(&self) -> CatalogLogin<'_> {
@@ -141,9 +149,7 @@ impl Session<'_> {
             .ok_or("the COPY cannot be matched to its statement")?;
         let format = copy.format?;
         let described = self
-            .ctx
-            .shared
-            .catalog(&self.ctx.target.name)
+            .catalog()
             .describe(&copy.layout_sql, &self.catalog_login())
             .await
             .map_err(|e| format!("its columns cannot be described ({e})"))?;
