@@ -1202,3 +1202,144 @@ fn masking_resolves_columns_in_each_sessions_database() -> Result<()> {
     );
     Ok(())
 }
+
+/// One frontend message as hex: `tag`, length, `body`.
+fn frame(tag: u8, body: &[u8]) -> String {
+    let mut out = vec![tag];
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+    out.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// NUL-terminated strings back to back, then `tail`.
+fn cstrings(parts: &[&str], tail: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend_from_slice(p.as_bytes());
+        out.push(0);
+    }
+    out.extend_from_slice(tail);
+    out
+}
+
+/// The gateway pairs each response with its request by counting. Two
+/// places where the server answers less than was sent: after an error in
+/// an extended-protocol batch it discards a simple Query sent before the
+/// Sync, and in copy-in mode it ignores Sync. Miscounting either pairs
+/// later rows with the wrong request (here: the layout of `SELECT 1` for
+/// the rows of the masked `SELECT email`).
+#[test]
+fn masking_keeps_its_place_after_a_failed_pipeline() -> Result<()> {
+    let s = Setup::start("pg-mask-step", 63, Policy::Guarded)?;
+    let sync = frame(b'S', &[]);
+    let script = [
+        frame(b'P', &cstrings(&["s1", "SELECT 1 AS n"], &[0, 0])),
+        frame(
+            b'P',
+            &cstrings(&["s2", "SELECT email FROM customers ORDER BY id"], &[0, 0]),
+        ),
+        sync.clone(),
+        // No portal "nope": an error, so the server skips the Query.
+        frame(b'E', &cstrings(&["nope"], &[0, 0, 0, 0])),
+        frame(b'Q', &cstrings(&["SELECT 1"], &[])),
+        sync.clone(),
+        frame(b'B', &cstrings(&["p1", "s1"], &[0, 0, 0, 0, 0, 0])),
+        frame(b'D', &cstrings(&["Pp1"], &[])),
+        frame(b'B', &cstrings(&["p2", "s2"], &[0, 0, 0, 0, 0, 0])),
+        frame(b'E', &cstrings(&["p2"], &[0, 0, 0, 0])),
+        sync,
+    ]
+    .concat();
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "raw_until_ready": { "hex": script, "ready": 3 } })],
+    )?;
+    let all = r[0].to_string();
+    assert_no_secrets(&all);
+    let messages = r[0]["messages"].as_array().context("messages")?;
+    let tags: String = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
+    assert_eq!(tags, "11ZEZ2T2DDDCZ", "{all}");
+    let values: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["tag"] == "D")
+        .filter_map(|m| m["values"][0].as_str())
+        .collect();
+    let masked: Vec<String> = CUSTOMERS.iter().map(|c| partial(c.email, 4)).collect();
+    assert_eq!(values, masked, "{all}");
+
+    // The same after an extended-protocol COPY FROM STDIN whose Sync the
+    // server ignores (it arrives in copy-in mode): one ReadyForQuery for
+    // two Syncs.
+    let sync = frame(b'S', &[]);
+    let script = [
+        frame(b'P', &cstrings(&["c", "COPY items FROM STDIN"], &[0, 0])),
+        frame(b'P', &cstrings(&["s1", "SELECT 1 AS n"], &[0, 0])),
+        frame(
+            b'P',
+            &cstrings(&["s2", "SELECT email FROM customers ORDER BY id"], &[0, 0]),
+        ),
+        frame(b'B', &cstrings(&["", "c"], &[0, 0, 0, 0, 0, 0])),
+        frame(b'E', &cstrings(&[""], &[0, 0, 0, 0])),
+        sync.clone(),
+        frame(b'd', b"1009\t90\n"),
+        frame(b'c', &[]),
+        sync.clone(),
+        frame(b'B', &cstrings(&["p1", "s1"], &[0, 0, 0, 0, 0, 0])),
+        frame(b'D', &cstrings(&["Pp1"], &[])),
+        frame(b'B', &cstrings(&["p2", "s2"], &[0, 0, 0, 0, 0, 0])),
+        frame(b'E', &cstrings(&["p2"], &[0, 0, 0, 0])),
+        sync,
+    ]
+    .concat();
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "raw_until_ready": { "hex": script, "ready": 2 } })],
+    )?;
+    let all = r[0].to_string();
+    assert_no_secrets(&all);
+    let messages = r[0]["messages"].as_array().context("messages")?;
+    let tags: String = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
+    assert_eq!(tags, "1112GCZ2T2DDDCZ", "{all}");
+    let values: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["tag"] == "D")
+        .filter_map(|m| m["values"][0].as_str())
+        .collect();
+    assert_eq!(values, masked, "{all}");
+    Ok(())
+}
+
+/// tokio-postgres sends Sync right after a COPY's Execute, while the server
+/// is in copy-in mode and ignores it, then CopyDone and another Sync: one
+/// ReadyForQuery for two Syncs. The session must stay in step (and
+/// masking with it) for the statements after the COPY.
+#[test]
+fn copy_in_from_a_driver_leaves_the_session_in_step() -> Result<()> {
+    let s = Setup::start("pg-copy-step", 64, Policy::Guarded)?;
+    let r = s.pgclient(
+        "app_rw",
+        &[
+            json!({ "copy_in": { "sql": "COPY items FROM STDIN", "data": "1007\t70\n1008\t80\n" } }),
+            json!({ "query": { "sql": "SELECT email FROM customers ORDER BY id" } }),
+            json!({ "simple": "SELECT count(*) FROM items WHERE id IN (1007, 1008)" }),
+            json!({ "copy_in": { "sql": "COPY items FROM STDIN", "data": "not a number\n" } }),
+            json!({ "query": { "sql": "SELECT email FROM customers ORDER BY id" } }),
+        ],
+    )?;
+    let all = r
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_no_secrets(&all);
+    assert_eq!(r[0]["rows"], 2, "{all}");
+    let masked: Vec<String> = CUSTOMERS.iter().map(|c| partial(c.email, 4)).collect();
+    let expected: Vec<[&str; 1]> = masked.iter().map(|m| [m.as_str()]).collect();
+    let expected: Vec<&[&str]> = expected.iter().map(|r| &r[..]).collect();
+    assert_rows(&r[1], &expected, "after a COPY");
+    assert_rows(&r[2], &[&["2"]], "the COPY's rows");
+    assert_eq!(r[3]["ok"], false, "a COPY the server rejects: {all}");
+    assert_eq!(r[3]["error"]["code"], "22P02", "{all}");
+    assert_rows(&r[4], &expected, "after a failed COPY");
+    Ok(())
+}

@@ -12,8 +12,10 @@
 //! | `{"pipeline": ["SQL", …]}` | every `query` at once on the one connection |
 //! | `{"typed_pipeline": ["SQL", …]}` | every `query_typed` at once |
 //! | `{"copy_out": "COPY … TO STDOUT"}` | `copy_out` (extended protocol); `"data"` is the copied text |
+//! | `{"copy_in": {"sql": "COPY … FROM STDIN", "data": "text"}}` | `copy_in` (extended protocol: Bind, Execute and Sync, then the data, CopyDone and Sync); `"rows"` is the count |
 //! | `{"cancel": "SQL"}` | runs SQL and sends a CancelRequest every 500 ms until it ends |
-//! | `{"raw": "hex"}` | a new raw connection: startup as the same user, then these bytes |
+//! | `{"raw": "hex"}` | a new raw connection: startup as the same user, then these bytes; `"messages"` lists each response's tag (and an error's fields, a DataRow's values) until EOF |
+//! | `{"raw_until_ready": {"hex": "…", "ready": N}}` | the same, reading until the N-th ReadyForQuery |
 //!
 //! A result line is `{"step": i, "ok": true, "rows": [[…]]}` or
 //! `{"step": i, "ok": false, "error": {"code": "42501", "message": …}}`
@@ -55,8 +57,16 @@ enum Step {
     Pipeline(Vec<String>),
     TypedPipeline(Vec<String>),
     CopyOut(String),
+    CopyIn {
+        sql: String,
+        data: String,
+    },
     Cancel(String),
     Raw(String),
+    RawUntilReady {
+        hex: String,
+        ready: usize,
+    },
 }
 
 type BoxError = Box<dyn Error + Sync + Send>;
@@ -120,8 +130,10 @@ async fn run(config: Config, steps: Vec<Step>) -> ExitCode {
                 json!({"ok": results.iter().all(|r| r["ok"] == true), "results": results})
             }
             Step::CopyOut(sql) => copy_out(&client, &sql).await,
+            Step::CopyIn { sql, data } => copy_in(&client, &sql, data).await,
             Step::Cancel(sql) => cancel(&client, &sql).await,
-            Step::Raw(hex) => raw(&config, &hex).await,
+            Step::Raw(hex) => raw(&config, &hex, None).await,
+            Step::RawUntilReady { hex, ready } => raw(&config, &hex, Some(ready)).await,
         };
         out["step"] = json!(i);
         println!("{out}");
@@ -185,6 +197,22 @@ async fn copy_out(client: &Client, sql: &str) -> Value {
     }
 }
 
+async fn copy_in(client: &Client, sql: &str, data: String) -> Value {
+    use futures_util::SinkExt;
+    let sink = match client.copy_in::<_, bytes::Bytes>(sql).await {
+        Ok(s) => s,
+        Err(e) => return failed(&e),
+    };
+    let mut sink = std::pin::pin!(sink);
+    if let Err(e) = sink.send(bytes::Bytes::from(data)).await {
+        return failed(&e);
+    }
+    match sink.finish().await {
+        Ok(rows) => json!({"ok": true, "rows": rows}),
+        Err(e) => failed(&e),
+    }
+}
+
 /// `query_typed`: the unnamed statement and portal in one round trip
 /// (Parse, Bind, Describe statement, Execute, Sync), binary results.
 async fn typed(client: &Client, sql: &str) -> Value {
@@ -229,14 +257,16 @@ async fn cancel(client: &Client, sql: &str) -> Value {
 /// startup as the same user and database (no password: the gateway
 /// trusts the job), then `hex` decoded and sent as is. Reports every
 /// message received after it and whether the server closed the connection.
-async fn raw(config: &Config, hex: &str) -> Value {
-    match raw_inner(config, hex).await {
+async fn raw(config: &Config, hex: &str, ready: Option<usize>) -> Value {
+    match raw_inner(config, hex, ready).await {
         Ok(v) => v,
         Err(e) => json!({"ok": false, "error": {"code": null, "message": e.to_string()}}),
     }
 }
 
-async fn raw_inner(config: &Config, hex: &str) -> Result<Value, BoxError> {
+/// `ready`: stop reading after that many ReadyForQuery messages instead of
+/// at EOF, for scripts that leave the session open.
+async fn raw_inner(config: &Config, hex: &str, ready: Option<usize>) -> Result<Value, BoxError> {
     let bytes = decode_hex(hex)?;
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
@@ -292,6 +322,10 @@ async fn raw_inner(config: &Config, hex: &str) -> Result<Value, BoxError> {
                 while let Some(message) = take_message(&mut buf) {
                     messages.push(message);
                 }
+                let seen = messages.iter().filter(|m| m["tag"] == "Z").count();
+                if ready.is_some_and(|n| seen >= n) {
+                    break (false, None);
+                }
             }
         }
     };
@@ -326,6 +360,9 @@ fn take_message(buf: &mut Vec<u8>) -> Option<Value> {
     let message: Vec<u8> = buf.drain(..total).collect();
     let tag = message[0] as char;
     let mut out = json!({"tag": tag.to_string()});
+    if tag == 'D' {
+        out["values"] = json!(data_row_values(&message[5..]));
+    }
     if matches!(tag, 'E' | 'N') {
         for field in message[5..].split(|b| *b == 0) {
             let Some((&kind, value)) = field.split_first() else {
@@ -341,6 +378,24 @@ fn take_message(buf: &mut Vec<u8>) -> Option<Value> {
         }
     }
     Some(out)
+}
+
+/// A DataRow body's values as text (NULL as `None`); whatever of it can be read.
+fn data_row_values(body: &[u8]) -> Vec<Option<String>> {
+    let mut values = Vec::new();
+    let mut rest = body.get(2..).unwrap_or_default();
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = i32::from_be_bytes(*len);
+        let Ok(n) = usize::try_from(len) else {
+            values.push(None);
+            rest = tail;
+            continue;
+        };
+        let Some(value) = tail.get(..n) else { break };
+        values.push(Some(String::from_utf8_lossy(value).into_owned()));
+        rest = &tail[n..];
+    }
+    values
 }
 
 fn decode_hex(hex: &str) -> Result<Vec<u8>, BoxError> {

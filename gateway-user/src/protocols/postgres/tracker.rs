@@ -121,6 +121,10 @@ pub enum Pending {
     },
     Close,
     Sync,
+    /// The client ended a COPY (CopyDone or CopyFail), which nothing
+    /// answers: it tells which Syncs the server ignored while it was
+    /// taking COPY data ([`Tracker::copy_in_started`]).
+    CopyEnd,
 }
 
 impl Pending {
@@ -163,27 +167,101 @@ pub struct Tracker {
     pub syncs_sent: u64,
     /// ReadyForQuery messages seen so far.
     pub syncs_done: u64,
+    /// The server is taking COPY data and ignores Sync (and Flush) until
+    /// the client's CopyDone or CopyFail.
+    copy_in: bool,
 }
 
 impl Tracker {
     pub fn push(&mut self, pending: Pending) {
+        if matches!(pending, Pending::Sync) && self.copy_in {
+            // Never answered: the server ignores it in copy-in mode.
+            return;
+        }
         if pending.is_sync_point() {
             self.syncs_sent += 1;
         }
         self.pending.push_back(pending);
     }
 
-    /// After an ErrorResponse in the extended protocol the server skips to
-    /// Sync: drop what it will never answer (the Sync itself stays).
+    /// The client sent CopyDone or CopyFail.
+    pub fn copy_end(&mut self) {
+        if self.copy_in {
+            self.copy_in = false;
+        } else if self
+            .pending
+            .iter()
+            .any(|p| matches!(p, Pending::Query(_) | Pending::Execute { .. }))
+        {
+            // Sent ahead of the server's CopyInResponse (pipelined), or
+            // stray: only a statement still to run could be a COPY.
+            self.pending.push_back(Pending::CopyEnd);
+        }
+    }
+
+    /// CopyInResponse: the front entry's COPY takes data now. The server
+    /// ignores every Sync the client sent after it until its CopyDone or
+    /// CopyFail, so those are dropped here (and, if the client has not
+    /// ended the COPY yet, the ones still to come).
+    pub fn copy_in_started(&mut self) {
+        let mut i = 1;
+        let mut sync_points = 0;
+        while i < self.pending.len() {
+            match self.pending[i] {
+                Pending::CopyEnd => {
+                    self.pending.remove(i);
+                    return;
+                }
+                Pending::Sync => {
+                    // The (syncs_done + ordinal)-th sync point never comes.
+                    let never = self.syncs_done + sync_points + 1;
+                    self.pending.remove(i);
+                    self.syncs_sent -= 1;
+                    for d in &mut self.denials {
+                        if d.sync_point >= never {
+                            d.sync_point -= 1;
+                        }
+                    }
+                }
+                ref p => {
+                    sync_points += u64::from(p.is_sync_point());
+                    i += 1;
+                }
+            }
+        }
+        self.copy_in = true;
+    }
+
+    /// After an ErrorResponse to an extended-protocol message the server
+    /// discards every message up to the next Sync, simple Queries
+    /// included: drop what it will never answer (the Sync itself stays).
+    /// An error answering a Query or a Sync skips nothing. Either way the
+    /// server is out of copy-in mode.
     pub fn skip_to_sync(&mut self) -> Vec<Pending> {
+        self.copy_in = false;
         let mut skipped = Vec::new();
+        if self.pending.front().is_some_and(Pending::is_sync_point) {
+            return skipped;
+        }
         while let Some(front) = self.pending.front() {
-            if front.is_sync_point() {
+            if matches!(front, Pending::Sync) {
                 break;
+            }
+            if front.is_sync_point() {
+                // A discarded Query: no ReadyForQuery will count it.
+                self.syncs_done += 1;
             }
             skipped.extend(self.pending.pop_front());
         }
         skipped
+    }
+
+    /// Leading [`Pending::CopyEnd`] entries: no COPY claimed them, and no
+    /// response answers them.
+    pub fn drop_stray_copy_ends(&mut self) {
+        while matches!(self.pending.front(), Some(Pending::CopyEnd)) {
+            self.pending.pop_front();
+        }
     }
 
     /// ReadyForQuery: the front sync point is done; denials of that batch
@@ -232,6 +310,131 @@ mod tests {
         assert_eq!(skipped.len(), 2);
         assert!(matches!(t.ready(), Some(Pending::Sync)));
         assert!(t.pending.is_empty());
+    }
+
+    fn execute() -> Pending {
+        Pending::Execute {
+            portal: String::new(),
+            running: None,
+            plan: None,
+        }
+    }
+
+    fn tags(t: &Tracker) -> String {
+        t.pending
+            .iter()
+            .map(|p| match p {
+                Pending::Query(_) => 'Q',
+                Pending::Parse => 'P',
+                Pending::Bind => 'B',
+                Pending::Describe { .. } => 'D',
+                Pending::Execute { .. } => 'E',
+                Pending::Close => 'C',
+                Pending::Sync => 'S',
+                Pending::CopyEnd => 'c',
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_extended_error_discards_queries_up_to_the_sync() {
+        let mut t = Tracker::default();
+        t.push(execute());
+        t.push(Pending::Query(None));
+        t.push(Pending::Sync);
+        t.push(Pending::Query(None));
+        let skipped = t.skip_to_sync();
+        assert_eq!(skipped.len(), 2);
+        assert_eq!(tags(&t), "SQ");
+        // The discarded Query counts as done: the next ReadyForQuery is the Sync's.
+        assert!(matches!(t.ready(), Some(Pending::Sync)));
+        assert_eq!(t.syncs_done + 1, t.syncs_sent);
+    }
+
+    #[test]
+    fn an_error_answering_a_query_skips_nothing() {
+        let mut t = Tracker::default();
+        t.push(Pending::Query(None));
+        t.push(Pending::Parse);
+        t.push(Pending::Sync);
+        assert!(t.skip_to_sync().is_empty());
+        assert_eq!(tags(&t), "QPS");
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_are_never_answered() {
+        // tokio-postgres: Bind, Execute, Sync; the data; CopyDone, Sync.
+        let mut t = Tracker::default();
+        t.push(Pending::Bind);
+        t.push(execute());
+        t.push(Pending::Sync);
+        t.pending.pop_front(); // BindComplete
+        t.copy_in_started();
+        assert_eq!(tags(&t), "E");
+        t.push(Pending::Sync); // still in copy-in mode: ignored by the server
+        assert_eq!(tags(&t), "E");
+        t.copy_end();
+        t.push(Pending::Sync);
+        assert_eq!(tags(&t), "ES");
+        assert_eq!(t.syncs_sent, 1);
+    }
+
+    #[test]
+    fn a_pipelined_copy_end_bounds_the_ignored_syncs() {
+        let mut t = Tracker::default();
+        t.push(execute());
+        t.push(Pending::Sync);
+        t.copy_end(); // sent before the server's CopyInResponse
+        t.push(Pending::Sync);
+        t.push(Pending::Query(None));
+        assert_eq!(tags(&t), "EScSQ");
+        t.copy_in_started();
+        assert_eq!(tags(&t), "ESQ");
+        assert_eq!(t.syncs_sent, 2);
+        // Not in copy-in mode any more: later Syncs count.
+        t.push(Pending::Sync);
+        assert_eq!(tags(&t), "ESQS");
+    }
+
+    #[test]
+    fn stray_copy_ends_are_not_tracked() {
+        let mut t = Tracker::default();
+        t.copy_end();
+        assert_eq!(tags(&t), "");
+        t.push(execute());
+        t.copy_end();
+        t.pending.pop_front(); // CommandComplete: it was not a COPY
+        t.drop_stray_copy_ends();
+        assert_eq!(tags(&t), "");
+    }
+
+    #[test]
+    fn an_error_in_copy_in_mode_ends_it() {
+        let mut t = Tracker::default();
+        t.push(execute());
+        t.copy_in_started();
+        t.skip_to_sync();
+        t.push(Pending::Sync);
+        assert_eq!(tags(&t), "S");
+    }
+
+    #[test]
+    fn denials_after_an_ignored_sync_keep_their_batch() {
+        let mut t = Tracker::default();
+        t.push(execute());
+        t.push(Pending::Sync); // ignored (copy-in), sync point 1 on paper
+        t.copy_end();
+        t.push(Pending::Parse);
+        t.push(Pending::Sync); // sync point 2 on paper, 1 in fact
+        t.denials.push_back(Denial {
+            nonce: "n".into(),
+            error: Bytes::new(),
+            sync_point: t.syncs_sent,
+        });
+        t.copy_in_started();
+        assert_eq!(tags(&t), "EPS");
+        assert_eq!(t.denials[0].sync_point, 1);
+        assert_eq!(t.syncs_sent, 1);
     }
 
     fn layout(columns: usize) -> Arc<Layout> {

@@ -127,13 +127,14 @@ impl Session<'_> {
                 self.forward(&frame);
                 self.tracker.push(Pending::Sync);
             }
-            FrontendMessage::Flush
-            | FrontendMessage::CopyData(_)
-            | FrontendMessage::CopyDone
-            | FrontendMessage::CopyFail(_) => {
+            FrontendMessage::Flush | FrontendMessage::CopyData(_) => {
                 // COPY data belongs to a COPY statement already decided; the
                 // server rejects copy messages outside copy-in mode.
                 self.forward(&frame);
+            }
+            FrontendMessage::CopyDone | FrontendMessage::CopyFail(_) => {
+                self.forward(&frame);
+                self.tracker.copy_end();
             }
             FrontendMessage::FunctionCall(_) => {
                 let error = deny_error(

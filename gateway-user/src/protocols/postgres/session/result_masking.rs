@@ -31,6 +31,17 @@ impl Session<'_> {
         self.masked_row = masked;
     }
 
+    /// Ends the session: the upstream answered with `what` where nothing
+    /// the gateway forwarded asked for it, so the gateway no longer knows
+    /// which statement (and which masking plan) its rows belong to.
+    pub(super) fn out_of_step(&mut self, what: &str) {
+        warn!(
+            flow_id = self.flow.id,
+            what, "responses out of step with requests; ending the session"
+        );
+        self.upstream_malformed(&format!("{what} the gateway cannot match to a request"));
+    }
+
     /// Ends the session: the upstream sent `what`.
     pub(super) fn upstream_malformed(&mut self, what: &str) {
         self.summary.error = Some(format!("upstream sent {what}"));

@@ -6,6 +6,7 @@ use super::*;
 impl Session<'_> {
     /// One upstream message: track, mask, forward.
     pub(super) async fn on_upstream(&mut self, frame: Frame) {
+        self.tracker.drop_stray_copy_ends();
         match frame.tag() {
             b'Z' => {
                 if let Some(Pending::Query(Some(running))) = self.tracker.ready() {
@@ -34,6 +35,7 @@ impl Session<'_> {
                     Err(why) => return self.refuse_copy_out(&why),
                 },
             },
+            b'G' => self.tracker.copy_in_started(),
             b'c' => {
                 if let CopyState::Refused = self.copy {
                     return;
@@ -52,11 +54,14 @@ impl Session<'_> {
                 let replacement = self.tracker.take_denial(&message);
                 // Extended protocol: the server now skips to Sync.
                 for skipped in self.tracker.skip_to_sync() {
-                    if let Pending::Execute {
-                        running: Some(r), ..
-                    } = skipped
-                    {
-                        self.complete(r, &message);
+                    match skipped {
+                        Pending::Execute {
+                            running: Some(r), ..
+                        } => self.complete(r, &message),
+                        Pending::Query(Some(r)) => {
+                            self.complete(r, "not run: an earlier message of the pipeline failed");
+                        }
+                        _ => {}
                     }
                 }
                 if let Some(Pending::Query(running)) = self.tracker.pending.front_mut()
@@ -91,13 +96,14 @@ impl Session<'_> {
                         return;
                     }
                 }
-                _ => {
+                Some(Pending::Query(_)) => {
                     let Some(layout) = self.layout(frame.body()).await else {
                         return;
                     };
                     self.note_columns(&layout);
                     self.query_plan.clone_from(&layout.plan);
                 }
+                _ => return self.out_of_step("a RowDescription"),
             },
             b'n' => {
                 if let Some(Pending::Describe { swallow, .. }) = self.tracker.pending.front() {
@@ -111,8 +117,15 @@ impl Session<'_> {
             b'D' => {
                 let plan = match self.tracker.pending.front() {
                     Some(Pending::Execute { plan, .. }) => plan.clone(),
-                    _ => self.query_plan.clone(),
+                    Some(Pending::Query(_)) => self.query_plan.clone(),
+                    _ => return self.out_of_step("a DataRow"),
                 };
+                if plan.is_none() && !self.ctx.masking.is_empty() {
+                    // Every result is planned when masking is on (its
+                    // RowDescription, or the Describe sent before its
+                    // Execute): rows without one were never described.
+                    return self.out_of_step("a DataRow no RowDescription announced");
+                }
                 self.count_row(plan.as_deref().is_some_and(|p| !p.is_noop()));
                 if let Some(plan) = plan
                     && !plan.is_noop()
