@@ -1343,3 +1343,30 @@ fn copy_in_from_a_driver_leaves_the_session_in_step() -> Result<()> {
     assert_rows(&r[4], &expected, "after a failed COPY");
     Ok(())
 }
+
+/// A column rule needs the catalog to name a column's table. If the
+/// lookup fails (here the role may hold one connection, the job's own, so
+/// the gateway's catalog connection is refused), the column is withheld:
+/// a job must not get a rule skipped by exhausting connections.
+#[test]
+fn a_failed_catalog_lookup_withholds_table_columns() -> Result<()> {
+    let s = Setup::start("pg-mask-nocat", 65, Policy::Guarded)?;
+    s.pg.admin_psql(
+        "postgres",
+        "postgres",
+        &["ALTER ROLE app_rw CONNECTION LIMIT 1"],
+    )?;
+    let out = s.psql(
+        "app_rw",
+        &[
+            "SELECT id, email FROM customers ORDER BY id",
+            "SELECT 'computed ' || 1",
+        ],
+    )?;
+    assert!(out.ok, "{out:?}");
+    assert_no_secrets(&out.stdout);
+    // Every table column withheld (NULL prints as nothing), the computed
+    // one untouched.
+    assert_eq!(out.lines(), ["|", "|", "|", "computed 1"], "{out:?}");
+    Ok(())
+}

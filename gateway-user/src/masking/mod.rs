@@ -90,7 +90,9 @@ pub use detectors::{
     Detector, find_api_tokens, find_card_numbers, find_emails, find_jwts, find_us_ssns,
 };
 pub use error::MaskingError;
-pub use plan::{ColumnAction, ColumnInfo, MaskedRow, MaskingPolicy, ResultPlan, oid};
+pub use plan::{
+    ColumnAction, ColumnInfo, MaskedRow, MaskingPolicy, ResultPlan, WITHHELD_RULE, oid,
+};
 pub use rules::{ColumnRule, DetectorRule, NameRule};
 pub use strategy::{
     DEFAULT_KEEP_LAST, HASH_HEX_CHARS, HASH_PREFIX, MIN_HASH_KEY_LEN, REDACTED, Strategy,

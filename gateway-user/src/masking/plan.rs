@@ -91,9 +91,20 @@ pub enum ColumnAction {
     Mask { strategy: Strategy, rule: Arc<str> },
     /// Run the detectors on every non-NULL value and mask what they find.
     Scan,
+    /// NULL every value: the column comes from a table whose columns could
+    /// not be looked up, so a column rule may name it ([`ResultPlan::withhold`]).
+    Withhold,
 }
 
+/// The rule [`ResultPlan::masked_columns`] names for a withheld column.
+pub const WITHHELD_RULE: &str = "unresolved-column";
+
 impl MaskingPolicy {
+    /// Whether any rule names columns by their source table.
+    pub fn has_column_rules(&self) -> bool {
+        !self.columns.is_empty()
+    }
+
     /// Whether the policy masks nothing: no rules and no detectors.
     pub fn is_empty(&self) -> bool {
         self.columns.is_empty() && self.names.is_empty() && self.detectors.is_empty()
@@ -301,6 +312,20 @@ impl ResultPlan {
         self.noop
     }
 
+    /// Withholds (NULLs) the columns at `indices` that no rule masks
+    /// already: their source table could not be looked up, and failing
+    /// closed beats forwarding a column a rule may name.
+    pub fn withhold(&mut self, indices: impl IntoIterator<Item = usize>) {
+        for i in indices {
+            if let Some(column) = self.columns.get_mut(i)
+                && !matches!(column.action, ColumnAction::Mask { .. })
+            {
+                column.action = ColumnAction::Withhold;
+                self.noop = false;
+            }
+        }
+    }
+
     /// Number of columns planned.
     pub fn len(&self) -> usize {
         self.columns.len()
@@ -323,6 +348,7 @@ impl ResultPlan {
             .enumerate()
             .filter_map(|(i, c)| match &c.action {
                 ColumnAction::Mask { rule, .. } => Some((i, &**rule)),
+                ColumnAction::Withhold => Some((i, WITHHELD_RULE)),
                 _ => None,
             })
     }
@@ -398,6 +424,7 @@ impl ResultPlan {
                 self.mask_whole(column.repr, *strategy, value, row)
             }
             ColumnAction::Scan => self.scan(column.repr, value, row),
+            ColumnAction::Withhold => Edit::Null,
         }
     }
 

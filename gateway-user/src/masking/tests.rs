@@ -870,3 +870,40 @@ fn binary_arrays_and_records_are_nulled_where_detectors_would_scan() {
     assert_eq!(out[1], None);
     assert_eq!(out[2].as_deref(), Some(&[0u8, 0, 0, 0, 0, 0, 0, 3][..]));
 }
+
+#[test]
+fn withheld_columns_become_null_and_rule_masks_stay() {
+    let policy = MaskingPolicy {
+        columns: vec![
+            ColumnRule::parse("public.customers.email", Strategy::Redact, "emails")
+                .expect("valid rule"),
+        ],
+        ..MaskingPolicy::default()
+    };
+    let column = |name, source| ColumnInfo {
+        source,
+        output_name: name,
+        type_oid: oid::TEXT,
+        format: 0,
+    };
+    let mut plan = policy.plan(&[
+        column("email", Some(("public", "customers", "email"))),
+        column("x", None),
+        column("y", None),
+    ]);
+    assert_eq!(plan.masked_columns().count(), 1);
+    // Column 1's table could not be looked up: withheld; 0 keeps its rule.
+    plan.withhold([0, 1]);
+    assert!(!plan.is_noop());
+    let masked: Vec<_> = plan.masked_columns().collect();
+    assert_eq!(masked, [(0, "emails"), (1, WITHHELD_RULE)]);
+    let values = [
+        Some(&b"a@b.co"[..]),
+        Some(&b"secret"[..]),
+        Some(&b"kept"[..]),
+    ];
+    let row = plan.apply(&values).expect("changed");
+    assert_eq!(row[0].as_deref(), Some(&b"***"[..]));
+    assert_eq!(row[1], None);
+    assert_eq!(row[2].as_deref(), Some(&b"kept"[..]));
+}

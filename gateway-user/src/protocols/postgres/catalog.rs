@@ -51,7 +51,8 @@ pub struct CatalogLogin<'a> {
 impl Catalog {
     /// Source of `(table_oid, attnum)`, querying the upstream on a miss:
     /// `Ok(None)` when the OID is not a table column, `Err` when the lookup
-    /// failed (the caller then falls back to name rules and detectors, and
+    /// failed (the caller then withholds the column when column rules
+    /// exist, applies name rules and detectors otherwise, and
     /// must not keep that fallback: the next lookup may succeed).
     pub async fn source(
         &self,
@@ -66,7 +67,7 @@ impl Catalog {
             return Ok(hit);
         }
         if let Err(e) = self.load_table(table_oid, attnum, login).await {
-            warn!(error = %e, table_oid, "catalog lookup failed; masking falls back to name rules and detectors");
+            warn!(error = %e, table_oid, "catalog lookup failed; the table's columns are withheld (NULL) where column rules exist");
             return Err(e);
         }
         Ok(self.cached(table_oid, attnum).flatten())

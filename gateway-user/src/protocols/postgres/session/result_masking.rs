@@ -92,7 +92,8 @@ impl Session<'_> {
     }
 
     /// `(name, table OID, attribute number, type OID, format)` per column.
-    /// Also whether every column's source could be looked up.
+    /// Also whether every column's source could be looked up; when one
+    /// could not and column rules exist, it is withheld (NULL).
     pub(super) async fn plan_columns(
         &self,
         fields: &[(&str, u32, i16, u32, i16)],
@@ -100,10 +101,12 @@ impl Session<'_> {
         let login = self.catalog_login();
         let catalog = self.catalog();
         let mut sources = Vec::with_capacity(fields.len());
-        let mut complete = true;
-        for &(_, table_oid, attr, _, _) in fields {
+        let mut unresolved = Vec::new();
+        for (i, &(_, table_oid, attr, _, _)) in fields.iter().enumerate() {
             let source = catalog.source(table_oid, attr, &login).await;
-            complete &= source.is_ok();
+            if source.is_err() {
+                unresolved.push(i);
+            }
             sources.push(source.ok().flatten());
         }
         let columns: Vec<ColumnInfo<'_>> = fields
@@ -118,7 +121,13 @@ impl Session<'_> {
                 format,
             })
             .collect();
-        (Arc::new(self.ctx.masking.plan(&columns)), complete)
+        let mut plan = self.ctx.masking.plan(&columns);
+        if self.ctx.masking.has_column_rules() {
+            // A job could make the lookup fail (by using up the role's
+            // connections, say) to get a column rule skipped.
+            plan.withhold(unresolved.iter().copied());
+        }
+        (Arc::new(plan), unresolved.is_empty())
     }
 
     /// The catalog of this session's target, database and role.
