@@ -1370,3 +1370,70 @@ fn a_failed_catalog_lookup_withholds_table_columns() -> Result<()> {
     assert_eq!(out.lines(), ["|", "|", "|", "computed 1"], "{out:?}");
     Ok(())
 }
+
+/// Values leave through messages too: an error that quotes its bad input,
+/// a constraint violation's detail showing the failing row, a NOTIFY
+/// payload, a reported setting. Detectors scan all of them; errors of
+/// classes 22 and 23 lose their quoted values and detail, which column
+/// rules alone could not catch.
+#[test]
+fn errors_notices_and_notifications_are_masked_too() -> Result<()> {
+    let s = Setup::start("pg-mask-msgs", 66, Policy::Guarded)?;
+    s.pg.admin_psql(
+        "app_rw",
+        "orders",
+        &[
+            "CREATE FUNCTION noisy() RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+           RAISE NOTICE 'card %', (SELECT card FROM customers WHERE id = 2); RETURN 1; END $$",
+        ],
+    )?;
+    let out = s.psql(
+        "app_rw",
+        &[
+            "SELECT email::int FROM customers ORDER BY id",
+            "INSERT INTO customers (id, name, email, card, ssn) \
+             SELECT NULL, name, email, card, ssn FROM customers WHERE id = 1",
+            "LISTEN cards",
+            "SELECT pg_notify('cards', card) FROM customers WHERE id = 1",
+            "SELECT noisy()",
+            "SELECT 'still here'",
+        ],
+    )?;
+    assert_no_secrets(&out.stdout);
+    assert_no_secrets(&out.stderr);
+    let errors = out.errors();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("22P02") && e.contains(r#"integer: "***""#)),
+        "{out:?}"
+    );
+    assert!(errors.iter().any(|e| e.starts_with("23502")), "{out:?}");
+    assert!(out.stderr.contains("detail withheld"), "{out:?}");
+    assert!(out.stdout.contains("still here"), "{out:?}");
+    assert!(
+        out.stderr.contains("NOTICE:") && out.stderr.contains("card ***"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("with payload \"***\""), "{out:?}");
+
+    // A reported setting (application_name is sent back to the client).
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "raw_until_ready": { "hex": frame(b'Q', &cstrings(
+            &["SELECT set_config('application_name', card, false) FROM customers WHERE id = 1"],
+            &[],
+        )), "ready": 1 } })],
+    )?;
+    let all = r[0].to_string();
+    assert_no_secrets(&all);
+    let messages = r[0]["messages"].as_array().context("messages")?;
+    assert!(
+        messages.iter().any(|m| m["tag"] == "S"
+            && m["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("application_name ***"))),
+        "{all}"
+    );
+    Ok(())
+}

@@ -100,9 +100,38 @@ pub enum ColumnAction {
 pub const WITHHELD_RULE: &str = "unresolved-column";
 
 impl MaskingPolicy {
+    /// Masks what the detectors find in free text that is not a result
+    /// value (an error message, a notification payload), as in a computed
+    /// text column; `None` when they find nothing.
+    pub fn scrub_text(&self, text: &str) -> Option<String> {
+        if self.detectors.is_empty() {
+            return None;
+        }
+        let repr = Repr::Text { padded: false };
+        let plan = ResultPlan {
+            columns: vec![PlannedColumn {
+                action: ColumnAction::Scan,
+                repr,
+            }],
+            detectors: Arc::from(self.detectors.as_slice()),
+            hasher: Hasher::new(&self.hash_key),
+            noop: false,
+        };
+        let mut row = MaskedRow::default();
+        match plan.scan(repr, text.as_bytes(), &mut row) {
+            Edit::Value(range) => Some(String::from_utf8_lossy(&row.arena[range]).into_owned()),
+            Edit::Keep | Edit::Null => None,
+        }
+    }
+
     /// Whether any rule names columns by their source table.
     pub fn has_column_rules(&self) -> bool {
         !self.columns.is_empty()
+    }
+
+    /// Whether any rule masks whole columns (by source or by name).
+    pub fn masks_columns(&self) -> bool {
+        !self.columns.is_empty() || !self.names.is_empty()
     }
 
     /// Whether the policy masks nothing: no rules and no detectors.

@@ -907,3 +907,26 @@ fn withheld_columns_become_null_and_rule_masks_stay() {
     assert_eq!(row[1], None);
     assert_eq!(row[2].as_deref(), Some(&b"kept"[..]));
 }
+
+#[test]
+fn scrub_text_masks_detector_hits_in_free_text() {
+    let policy = MaskingPolicy {
+        detectors: vec![DetectorRule {
+            detector: Detector::Email,
+            strategy: Strategy::Redact,
+            name: "emails".into(),
+        }],
+        ..MaskingPolicy::default()
+    };
+    assert_eq!(
+        policy
+            .scrub_text(r#"invalid input syntax for type integer: "alice@example.com""#)
+            .as_deref(),
+        Some(r#"invalid input syntax for type integer: "***""#)
+    );
+    assert_eq!(policy.scrub_text("relation \"t\" does not exist"), None);
+    assert_eq!(
+        MaskingPolicy::default().scrub_text("alice@example.com"),
+        None
+    );
+}

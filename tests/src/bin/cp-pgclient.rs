@@ -360,8 +360,11 @@ fn take_message(buf: &mut Vec<u8>) -> Option<Value> {
     let message: Vec<u8> = buf.drain(..total).collect();
     let tag = message[0] as char;
     let mut out = json!({"tag": tag.to_string()});
-    if tag == 'D' {
-        out["values"] = json!(data_row_values(&message[5..]));
+    match tag {
+        'D' => out["values"] = json!(data_row_values(&message[5..])),
+        // ParameterStatus and NotificationResponse: their strings, NULs as spaces.
+        'S' | 'A' => out["text"] = json!(String::from_utf8_lossy(&message[5..]).replace('\0', " ")),
+        _ => {}
     }
     if matches!(tag, 'E' | 'N') {
         for field in message[5..].split(|b| *b == 0) {

@@ -49,8 +49,8 @@ use super::{
     classify::Classification,
     codec::{
         self, CodecError, DataRow, Encode, ErrorFields, ErrorResponse, Frame, FrameDecoder,
-        FrontendMessage, ObjectKind, RowDescription, StartupMessage, StartupPacket,
-        read_startup_frame,
+        FrontendMessage, NoticeResponse, NotificationResponse, ObjectKind, ParameterStatus,
+        RowDescription, StartupMessage, StartupPacket, read_startup_frame,
     },
     copy_out::{self, CopyRows},
     tls::{self, ClientStream},

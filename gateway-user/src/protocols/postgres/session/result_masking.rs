@@ -31,6 +31,97 @@ impl Session<'_> {
         self.masked_row = masked;
     }
 
+    /// Error and notice fields, notification payloads and parameter values
+    /// carry data too: `SELECT email::int` echoes the email in its error,
+    /// a unique violation names the duplicate in its detail, `pg_notify`
+    /// and `set_config('application_name', …)` send any value back. With
+    /// masking on, the detectors scan them; and where column rules mask
+    /// data, errors of class 22 (data exception) and 23 (integrity
+    /// violation) lose their detail and the quoted parts of their message
+    /// and context, which quote values of any column. The message to send
+    /// instead of `frame`, if any of it changed.
+    pub(super) fn scrub_message(&self, frame: &Frame) -> Option<BytesMut> {
+        let masking = &self.ctx.masking;
+        if masking.is_empty() {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        match frame.tag() {
+            tag @ (b'E' | b'N') => {
+                let fields = ErrorResponse::parse(frame.body()).ok()?.fields;
+                let class = fields
+                    .iter()
+                    .find(|(c, _)| *c == b'C')
+                    .and_then(|(_, v)| v.get(..2));
+                let values_quoted = masking.masks_columns() && matches!(class, Some("22" | "23"));
+                let mut changed = false;
+                let mut scrubbed: Vec<(u8, Cow<'_, str>)> = Vec::with_capacity(fields.len());
+                for &(code, value) in &fields {
+                    // Severity, code, position and source location: the server's own.
+                    if matches!(code, b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R') {
+                        scrubbed.push((code, Cow::Borrowed(value)));
+                        continue;
+                    }
+                    if values_quoted && code == b'D' {
+                        changed = true;
+                        scrubbed.push((code, Cow::Borrowed(WITHHELD_DETAIL)));
+                        continue;
+                    }
+                    let mut value = Cow::Borrowed(value);
+                    if values_quoted
+                        && matches!(code, b'M' | b'W')
+                        && let Some(redacted) = redact_quoted(&value)
+                    {
+                        value = Cow::Owned(redacted);
+                        changed = true;
+                    }
+                    if let Some(clean) = masking.scrub_text(&value) {
+                        value = Cow::Owned(clean);
+                        changed = true;
+                    }
+                    scrubbed.push((code, value));
+                }
+                if !changed {
+                    return None;
+                }
+                let fields = scrubbed.iter().map(|(c, v)| (*c, v.as_ref())).collect();
+                let encoded = if tag == b'E' {
+                    ErrorResponse { fields }.encode_into(&mut out)
+                } else {
+                    NoticeResponse { fields }.encode_into(&mut out)
+                };
+                encoded.ok()?;
+            }
+            b'A' => {
+                let n = NotificationResponse::parse(frame.body()).ok()?;
+                let channel = masking.scrub_text(n.channel);
+                let payload = masking.scrub_text(n.payload);
+                if channel.is_none() && payload.is_none() {
+                    return None;
+                }
+                NotificationResponse {
+                    pid: n.pid,
+                    channel: channel.as_deref().unwrap_or(n.channel),
+                    payload: payload.as_deref().unwrap_or(n.payload),
+                }
+                .encode_into(&mut out)
+                .ok()?;
+            }
+            b'S' => {
+                let p = ParameterStatus::parse(frame.body()).ok()?;
+                let value = masking.scrub_text(p.value)?;
+                ParameterStatus {
+                    name: p.name,
+                    value: &value,
+                }
+                .encode_into(&mut out)
+                .ok()?;
+            }
+            _ => return None,
+        }
+        Some(out)
+    }
+
     /// Ends the session: the upstream answered with `what` where nothing
     /// the gateway forwarded asked for it, so the gateway no longer knows
     /// which statement (and which masking plan) its rows belong to.
@@ -191,5 +282,46 @@ impl Session<'_> {
             "",
         ));
         self.copy = CopyState::Refused;
+    }
+}
+
+/// What a withheld error detail reads.
+const WITHHELD_DETAIL: &str = "chokepoint: detail withheld (it may quote masked values)";
+
+/// `text` with the inside of every double-quoted part replaced by `***`;
+/// `None` when it has none.
+fn redact_quoted(text: &str) -> Option<String> {
+    let mut parts = text.split('"');
+    let mut out = String::with_capacity(text.len());
+    out.push_str(parts.next()?);
+    let mut quoted = false;
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        // Odd pieces are inside quotes; an unclosed last quote still counts.
+        if i % 2 == 0 {
+            out.push_str("***");
+            quoted = true;
+        } else {
+            out.push_str(part);
+        }
+    }
+    quoted.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_quoted;
+
+    #[test]
+    fn quoted_parts_are_redacted() {
+        assert_eq!(
+            redact_quoted(r#"invalid input syntax for type integer: "alice@x.io""#).as_deref(),
+            Some(r#"invalid input syntax for type integer: "***""#)
+        );
+        assert_eq!(
+            redact_quoted(r#"a "b" c "d"#).as_deref(),
+            Some(r#"a "***" c "***"#)
+        );
+        assert_eq!(redact_quoted("no quotes"), None);
     }
 }

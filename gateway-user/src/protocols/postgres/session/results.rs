@@ -44,14 +44,23 @@ impl Session<'_> {
             }
             b'E' => {
                 self.copy = CopyState::Idle;
-                let parsed = ErrorResponse::parse(frame.body());
-                let message = parsed
-                    .as_ref()
-                    .ok()
-                    .and_then(|e| e.message())
-                    .unwrap_or("")
-                    .to_owned();
-                let replacement = self.tracker.take_denial(&message);
+                let message_of = |body: &Bytes| {
+                    ErrorResponse::parse(body)
+                        .ok()
+                        .and_then(|e| e.message().map(str::to_owned))
+                        .unwrap_or_default()
+                };
+                let raw_message = message_of(frame.body());
+                let replacement = self.tracker.take_denial(&raw_message);
+                // The recording keeps the error as the client gets it.
+                let scrubbed = match replacement {
+                    Some(_) => None,
+                    None => self.scrub_message(&frame),
+                };
+                let message = match &scrubbed {
+                    Some(m) => message_of(&Bytes::copy_from_slice(&m[5..])),
+                    None => raw_message,
+                };
                 // Extended protocol: the server now skips to Sync.
                 for skipped in self.tracker.skip_to_sync() {
                     match skipped {
@@ -69,9 +78,10 @@ impl Session<'_> {
                 {
                     self.complete(running, &message);
                 }
-                match replacement {
-                    Some(error) => self.to_client.extend_from_slice(&error),
-                    None => frame.encode_into(&mut self.to_client),
+                match (replacement, scrubbed) {
+                    (Some(error), _) => self.to_client.extend_from_slice(&error),
+                    (None, Some(scrubbed)) => self.to_client.extend_from_slice(&scrubbed),
+                    (None, None) => frame.encode_into(&mut self.to_client),
                 }
                 return;
             }
@@ -154,6 +164,13 @@ impl Session<'_> {
                 }
                 self.query_plan = None;
                 if refused {
+                    return;
+                }
+            }
+            b'N' | b'A' | b'S' => {
+                if let Some(scrubbed) = self.scrub_message(&frame) {
+                    self.summary.bytes_down += scrubbed.len() as u64;
+                    self.to_client.extend_from_slice(&scrubbed);
                     return;
                 }
             }
