@@ -716,6 +716,10 @@ fn detectors_see_inside_binary_arrays_and_records() -> Result<()> {
         "SELECT array_agg(card) FROM customers",
         "SELECT ROW(card, 1) FROM customers WHERE id = 1",
         "SELECT c FROM customers c WHERE id = 1",
+        // Numbers: text-format int8/numeric are scanned as text, binary
+        // ones as their decimal text.
+        "SELECT replace(card, ' ', '')::int8 AS n FROM customers WHERE id = 1",
+        "SELECT replace(card, ' ', '')::numeric AS n FROM customers WHERE id = 1",
     ];
     let steps: Vec<Value> = sqls
         .iter()
@@ -730,6 +734,11 @@ fn detectors_see_inside_binary_arrays_and_records() -> Result<()> {
                 !text.contains(c.card),
                 "{step}: card {} reached the job: {result}",
                 c.card
+            );
+            let digits: String = c.card.split(' ').collect();
+            assert!(
+                !text.contains(&digits),
+                "{step}: card {digits} reached the job: {result}"
             );
         }
     }

@@ -37,6 +37,8 @@
 //! | arrays of json, jsonb — text format | NULL | the whole value → NULL (two escaping layers: not rewritten in place) |
 //! | bool, int2, int4, oid, float4, date, time(tz), timestamp(tz), interval, uuid — text format | NULL | never scanned: their text cannot hold a detector match |
 //! | any other type — text format (int8, numeric, float8, bytea, user-defined…) | NULL (no type-valid masked value exists in general) | the whole value → NULL (`***` is not a valid number or enum label) |
+//! | int8, numeric — binary format | NULL | decoded to their decimal text and scanned: a hit → NULL, as in text format |
+//! | bytea, arrays, records, user-defined types — binary format | NULL | NULL whenever a scan is due: they can hold text the detectors cannot read in place |
 //! | any other type — binary format | NULL (type-valid binary masking is not attempted) | never scanned |
 //!
 //! "Text-like" for step 3 (table columns without a rule): the text, json

@@ -250,6 +250,9 @@ enum Repr {
     /// Text form of any other type (numbers, user-defined types…): any
     /// detector hit or mask makes the value NULL.
     OtherText,
+    /// Binary int8 and numeric: decoded to their text form for the
+    /// detectors (a card number stored as a number), like `OtherText`.
+    BinaryNumber { numeric: bool },
     /// Values detectors cannot see (binary non-text, or text forms that
     /// cannot hold any detector match such as int4 or timestamp): never
     /// scanned; masks become NULL.
@@ -288,6 +291,8 @@ impl Repr {
                 | VARCHAR_ARRAY | BPCHAR_ARRAY | NAME_ARRAY | CHAR_ARRAY,
             ) => Repr::Unreadable,
             (1, oid) if oid >= FIRST_USER_OID => Repr::Unreadable,
+            (1, INT8) => Repr::BinaryNumber { numeric: false },
+            (1, NUMERIC) => Repr::BinaryNumber { numeric: true },
             // Binary of any other type, and unknown format codes.
             _ => Repr::Opaque,
         }
@@ -313,7 +318,8 @@ impl Repr {
                 type_oid >= oid::FIRST_USER
                     || matches!(type_oid, oid::JSON_ARRAY | oid::JSONB_ARRAY)
             }
-            Repr::Opaque => false,
+            // Like their text form (OtherText of a built-in type).
+            Repr::BinaryNumber { .. } | Repr::Opaque => false,
         }
     }
 }
@@ -483,6 +489,7 @@ impl ResultPlan {
             Repr::TextArray
             | Repr::BinaryJson { .. }
             | Repr::OtherText
+            | Repr::BinaryNumber { .. }
             | Repr::Opaque
             | Repr::Unreadable => return Edit::Null,
         }
@@ -493,6 +500,19 @@ impl ResultPlan {
         let prefix = match repr {
             Repr::Opaque => return Edit::Keep,
             Repr::Unreadable => return Edit::Null,
+            Repr::BinaryNumber { numeric } => {
+                let Some(text) = binary_number_text(value, numeric) else {
+                    return Edit::Null;
+                };
+                let found = &mut row.scratch.found;
+                let hit = self.detectors.iter().any(|rule| {
+                    found.clear();
+                    rule.detector.find(text.as_bytes(), found);
+                    !found.is_empty()
+                });
+                // A number cannot hold "***": a hit NULLs it, as in text.
+                return if hit { Edit::Null } else { Edit::Keep };
+            }
             Repr::BinaryJson { versioned: true } => {
                 // Only jsonb version 1 exists; anything else cannot be read, so fail closed.
                 if value.first() != Some(&1) {
@@ -620,6 +640,64 @@ impl MaskedRow {
             Edit::Value(range) => Some(&self.arena[range.clone()]),
         })
     }
+}
+
+/// The decimal text of a binary int8 or numeric value, for the detectors;
+/// `None` when it is malformed.
+fn binary_number_text(value: &[u8], numeric: bool) -> Option<String> {
+    if !numeric {
+        return Some(i64::from_be_bytes(value.try_into().ok()?).to_string());
+    }
+    // ndigits, weight, sign, dscale, then ndigits base-10000 digits.
+    let word = |at: usize| {
+        value
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let ndigits = usize::from(word(0)?);
+    let weight = i32::from(word(2)? as i16);
+    let sign = word(4)?;
+    let dscale = usize::from(word(6)?);
+    if value.len() != 8 + 2 * ndigits {
+        return None;
+    }
+    if sign & 0xC000 == 0xC000 {
+        // NaN and the infinities: no digits to find.
+        return Some(String::new());
+    }
+    let digit = |i: i32| {
+        usize::try_from(i)
+            .ok()
+            .filter(|&i| i < ndigits)
+            .and_then(|i| word(8 + 2 * i))
+            .unwrap_or(0)
+    };
+    let mut out = String::new();
+    if sign == 0x4000 {
+        out.push('-');
+    }
+    if weight < 0 {
+        out.push('0');
+    }
+    for i in 0..=weight {
+        let d = digit(i);
+        out.push_str(&if i == 0 {
+            d.to_string()
+        } else {
+            format!("{d:04}")
+        });
+    }
+    if dscale > 0 {
+        out.push('.');
+        let start = out.len();
+        let mut i = weight + 1;
+        while out.len() - start < dscale {
+            out.push_str(&format!("{:04}", digit(i)));
+            i += 1;
+        }
+        out.truncate(start + dscale);
+    }
+    Some(out)
 }
 
 /// Widens a hit inside escaped text (a JSON string, an array literal) so it

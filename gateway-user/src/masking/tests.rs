@@ -507,13 +507,13 @@ fn scan_targets_depend_on_type_and_format() {
         col(None, oid::INT8, 0),          // computed int8 may hold a card number
         col(src, oid::INT8, 0),           // table int8 without a rule: kept
         col(src, oid::JSONB, 1),          // jsonb binary: text after the version byte
-        col(None, oid::INT8, 1),          // binary int8: unreadable
+        col(None, oid::INT8, 1),          // binary int8: scanned as its decimal text
         col(src, oid::TEXT_ARRAY, 0),     // text[]
         col(src, oid::FIRST_USER + 7, 0), // user-defined (citext, enum…)
     ]);
     let actions: Vec<_> = plan.actions().cloned().collect();
     use ColumnAction::{Keep, Scan};
-    assert_eq!(actions, [Keep, Scan, Keep, Scan, Keep, Scan, Scan]);
+    assert_eq!(actions, [Keep, Scan, Keep, Scan, Scan, Scan, Scan]);
 }
 
 // ---- applying ----
@@ -929,4 +929,55 @@ fn scrub_text_masks_detector_hits_in_free_text() {
         MaskingPolicy::default().scrub_text("alice@example.com"),
         None
     );
+}
+
+#[test]
+fn binary_numbers_are_scanned_as_their_decimal_text() {
+    let policy = MaskingPolicy {
+        detectors: vec![DetectorRule {
+            detector: Detector::CardNumber,
+            strategy: Strategy::Redact,
+            name: "cards".into(),
+        }],
+        ..MaskingPolicy::default()
+    };
+    let computed = |type_oid| ColumnInfo {
+        source: None,
+        output_name: "n",
+        type_oid,
+        format: 1,
+    };
+    let int8 = policy.plan(&[computed(oid::INT8)]);
+    let card = 4_111_111_111_111_111_i64.to_be_bytes();
+    assert_eq!(int8.apply(&[Some(&card[..])]).expect("masked"), [None]);
+    let small = 42_i64.to_be_bytes();
+    assert!(int8.apply(&[Some(&small[..])]).is_none());
+    assert_eq!(
+        int8.apply(&[Some(&b"short"[..])]).expect("malformed"),
+        [None]
+    );
+
+    // numeric 4111111111111111: 4 base-10000 digits, weight 3.
+    let numeric = policy.plan(&[computed(oid::NUMERIC)]);
+    let mut card = vec![0, 4, 0, 3, 0, 0, 0, 0];
+    for d in [4111u16, 1111, 1111, 1111] {
+        card.extend_from_slice(&d.to_be_bytes());
+    }
+    assert_eq!(numeric.apply(&[Some(&card[..])]).expect("masked"), [None]);
+    // 1234.5678 (weight 0, dscale 4): no card.
+    let mut small = vec![0, 2, 0, 0, 0, 0, 0, 4];
+    for d in [1234u16, 5678] {
+        small.extend_from_slice(&d.to_be_bytes());
+    }
+    assert!(numeric.apply(&[Some(&small[..])]).is_none());
+    // 0.4111111111111111 (weight -1, dscale 16) decodes as such; as in text
+    // format, digits after a decimal point are a measurement, not a card.
+    let mut fraction = vec![0, 4, 0xff, 0xff, 0, 0, 0, 16];
+    for d in [4111u16, 1111, 1111, 1111] {
+        fraction.extend_from_slice(&d.to_be_bytes());
+    }
+    assert!(numeric.apply(&[Some(&fraction[..])]).is_none());
+    // -4111111111111111 (sign 0x4000): the minus is not glued to the digits.
+    card[4] = 0x40;
+    assert_eq!(numeric.apply(&[Some(&card[..])]).expect("masked"), [None]);
 }
