@@ -39,10 +39,13 @@
 //!
 //! `PREPARE name AS stmt` takes the class, flags and tables of `stmt`, with
 //! command `"PREPARE"` and [`Prepared::Define`]. `EXECUTE name` is `other`
-//! with [`Prepared::Execute`]: the session remembers what each name was
-//! prepared as and applies that classification (also for `EXPLAIN ANALYZE
-//! EXECUTE` and `CREATE TABLE … AS EXECUTE`, which carry the same marker).
-//! Protocol-level prepared statements (Parse/Bind) are classified at Parse.
+//! with [`Prepared::Execute`] (also `EXPLAIN ANALYZE EXECUTE` and `CREATE
+//! TABLE … AS EXECUTE`, which carry the same marker), so a session can
+//! apply what each name was prepared as. The PostgreSQL session does not
+//! yet: it decides `PREPARE` by its statement, so `EXECUTE` runs only what
+//! policy allowed at `PREPARE`, but a policy reload does not re-decide it
+//! (a protocol-level Bind is re-decided). Protocol-level prepared
+//! statements (Parse/Bind) are classified at Parse.
 //!
 //! # Flags
 //!
