@@ -496,3 +496,64 @@ fn the_postgres_sink_holds_the_same_chain() -> Result<()> {
     assert!(text(&out).contains("TAMPERED at line"), "{}", text(&out));
     Ok(())
 }
+
+/// A sealed recording copied over another session's file verifies on its
+/// own, so verify also checks that the file holds the session it is named
+/// for. And what the job typed is shown escaped, never obeyed by the
+/// reader's terminal.
+#[test]
+fn a_recording_put_in_place_of_another_is_tampered() -> Result<()> {
+    let (_pg, cg, config) = postgres_gateway("rec-swap", "127.0.0.78")?;
+    let gw = Gateway::start(&config)?;
+    for sql in ["SELECT 'harmless'", "SELECT 'incriminating' /*\r\x1b[2K*/"] {
+        let out = run_with_timeout(
+            &mut job_psql(
+                &cg,
+                "host=127.0.0.78 port=5432 dbname=orders user=app_rw",
+                &[sql],
+            ),
+            CLIENT_TIMEOUT,
+        )?;
+        ensure!(out.status.success(), "{}", text(&out));
+    }
+    let ids = wait_sealed(&gw, 2)?;
+    let files = recordings(&gw.recording_dir());
+    let file_of = |id: &str| {
+        files
+            .iter()
+            .find(|p| p.file_stem().is_some_and(|s| s == id))
+            .cloned()
+            .with_context(|| format!("the file of {id}"))
+    };
+    let (a, b) = (file_of(&ids[0])?, file_of(&ids[1])?);
+    let (harmless, incriminating) = if fs::read_to_string(&a)?.contains("incriminating") {
+        (b, a)
+    } else {
+        (a, b)
+    };
+    let victim = incriminating
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .context("id")?
+        .to_owned();
+
+    let shown = gw.sessions(&["show", &victim])?;
+    let shown = text(&shown);
+    assert!(shown.contains("incriminating"), "{shown}");
+    assert!(
+        !shown.contains('\x1b') && !shown.contains('\r') && shown.contains("\\u{1b}[2K"),
+        "{shown:?}"
+    );
+
+    fs::copy(&harmless, &incriminating)?;
+    let out = gw.sessions(&["verify", &victim])?;
+    let verdict = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{verdict}");
+    assert!(
+        verdict.contains("TAMPERED at line 1 (seq 0): the recording is of session"),
+        "{verdict}"
+    );
+    let all = gw.sessions(&["verify", "--all"])?;
+    assert_eq!(all.status.code(), Some(1), "{}", text(&all));
+    Ok(())
+}

@@ -164,7 +164,9 @@ impl Source {
         }
     }
 
-    /// A recording's events and verdict.
+    /// A recording's events and verdict. A recording of another session
+    /// under this id (a file copied over another) is tampered, whatever
+    /// its own chain says.
     fn load(&self, id: &str) -> Result<(Verdict, Vec<Event>), String> {
         let data = match &self.store {
             Store::Files(dir) => {
@@ -175,7 +177,33 @@ impl Source {
                 .runtime
                 .block_on(crate::recording::sink::recording(&db.client, id))?,
         };
-        Ok(verify::verify(&data, &self.trusted))
+        let (verdict, events) = verify::verify(&data, &self.trusted);
+        // A file named on the command line is expected to hold the
+        // session its name says.
+        let expected = match id.strip_suffix(".jsonl") {
+            Some(path) => std::path::Path::new(path)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(path),
+            None => id,
+        };
+        if let Some(first) = events.first()
+            && first.session != expected
+        {
+            let reason = format!(
+                "the recording is of session {}, not {expected}: it was put in place of the original",
+                first.session
+            );
+            return Ok((
+                Verdict::Tampered {
+                    line: 1,
+                    seq: Some(0),
+                    reason,
+                },
+                Vec::new(),
+            ));
+        }
+        Ok((verdict, events))
     }
 }
 
@@ -254,7 +282,7 @@ fn list(
 ) -> Result<(), String> {
     let cutoff = since.map(parse_since).transpose()?;
     let ids = source.ids()?;
-    let mut out = std::io::stdout().lock();
+    let mut out = Escaped(std::io::stdout().lock());
     let _ = writeln!(
         out,
         "{:<31} {:<27} {:<28} {:<14} {:<22} {:>5} STATE",
@@ -322,7 +350,7 @@ fn parse_since(text: &str) -> Result<SystemTime, String> {
 
 fn show(source: &Source, id: &str) -> Result<(), String> {
     let (verdict, events) = source.load(id)?;
-    let mut out = std::io::stdout().lock();
+    let mut out = Escaped(std::io::stdout().lock());
     let _ = writeln!(out, "{:>4} {:>12} {:<14} DETAILS", "SEQ", "+MS", "TYPE");
     for e in &events {
         let _ = writeln!(
@@ -458,7 +486,7 @@ fn replay(source: &Source, id: &str, speed: f64) -> Result<(), String> {
         return Err(format!("--speed must be 0 or more, not {speed}"));
     }
     let (verdict, events) = source.load(id)?;
-    let mut out = std::io::stdout().lock();
+    let mut out = Escaped(std::io::stdout().lock());
     let mut last_us = 0;
     let mut prompt = "=>".to_owned();
     for e in &events {
@@ -628,6 +656,12 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
                 }
                 println!("{id}: {}", describe(&verdict));
             }
+            // One unreadable or misplaced file must not hide the verdicts
+            // of the rest; it counts as tampered.
+            Err(e) if all => {
+                tampered += 1;
+                println!("{id}: TAMPERED: cannot be verified: {e}");
+            }
             Err(e) => return super::fail(e),
         }
     }
@@ -654,4 +688,57 @@ fn export(source: &Source, id: &str, format: ExportFormat) -> Result<(), String>
         }
     }
     Ok(())
+}
+
+/// Standard output for recorded text, which the job chose (statements,
+/// process names, values): terminal controls in it (escape sequences, a
+/// carriage return that overwrites the line, bidi overrides that reorder
+/// it) are shown as `\u{…}` instead of acting on the reader's terminal.
+/// Newlines and tabs stay: statements span lines.
+struct Escaped<W: Write>(W);
+
+impl<W: Write> Write for Escaped<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        if !text.chars().any(needs_escape) {
+            self.0.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut out = String::with_capacity(text.len() + 16);
+        for c in text.chars() {
+            if needs_escape(c) {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            } else {
+                out.push(c);
+            }
+        }
+        self.0.write_all(out.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+#[cfg(test)]
+mod escaped_tests {
+    use std::io::Write;
+
+    use super::Escaped;
+
+    #[test]
+    fn terminal_controls_are_shown_not_obeyed() {
+        let mut out = Escaped(Vec::new());
+        write!(out, "DROP TABLE items /*\r\x1b[2K*/\n\tok \u{202E}cba").unwrap();
+        assert_eq!(
+            String::from_utf8(out.0).unwrap(),
+            "DROP TABLE items /*\\u{d}\\u{1b}[2K*/\n\tok \\u{202e}cba"
+        );
+    }
 }
