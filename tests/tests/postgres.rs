@@ -1240,82 +1240,73 @@ fn cstrings(parts: &[&str], tail: &[u8]) -> Vec<u8> {
 #[test]
 fn masking_keeps_its_place_after_a_failed_pipeline() -> Result<()> {
     let s = Setup::start("pg-mask-step", 63, Policy::Guarded)?;
+    let parse = |name, sql| frame(b'P', &cstrings(&[name, sql], &[0, 0]));
+    let bind = |portal, statement| frame(b'B', &cstrings(&[portal, statement], &[0; 6]));
+    let execute = |portal| frame(b'E', &cstrings(&[portal], &[0; 4]));
     let sync = frame(b'S', &[]);
-    let script = [
-        frame(b'P', &cstrings(&["s1", "SELECT 1 AS n"], &[0, 0])),
-        frame(
-            b'P',
-            &cstrings(&["s2", "SELECT email FROM customers ORDER BY id"], &[0, 0]),
-        ),
+    // Both scripts end by describing `SELECT 1` (p1), then running the
+    // masked SELECT (p2) right after it.
+    let masked_select = [
+        bind("p1", "s1"),
+        frame(b'D', &cstrings(&["Pp1"], &[])),
+        bind("p2", "s2"),
+        execute("p2"),
         sync.clone(),
-        // No portal "nope": an error, so the server skips the Query.
-        frame(b'E', &cstrings(&["nope"], &[0, 0, 0, 0])),
+    ];
+    let statements = [
+        parse("s1", "SELECT 1 AS n"),
+        parse("s2", "SELECT email FROM customers ORDER BY id"),
+    ];
+    let masked: Vec<String> = CUSTOMERS.iter().map(|c| partial(c.email, 4)).collect();
+
+    // After an error the server skips the Query before the Sync.
+    let mut script = statements.to_vec();
+    script.extend([
+        sync.clone(),
+        execute("nope"), // no such portal: an error
         frame(b'Q', &cstrings(&["SELECT 1"], &[])),
         sync.clone(),
-        frame(b'B', &cstrings(&["p1", "s1"], &[0, 0, 0, 0, 0, 0])),
-        frame(b'D', &cstrings(&["Pp1"], &[])),
-        frame(b'B', &cstrings(&["p2", "s2"], &[0, 0, 0, 0, 0, 0])),
-        frame(b'E', &cstrings(&["p2"], &[0, 0, 0, 0])),
-        sync,
-    ]
-    .concat();
-    let r = s.pgclient(
-        "app_rw",
-        &[json!({ "raw_until_ready": { "hex": script, "ready": 3 } })],
-    )?;
-    let all = r[0].to_string();
-    assert_no_secrets(&all);
-    let messages = r[0]["messages"].as_array().context("messages")?;
-    let tags: String = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
-    assert_eq!(tags, "11ZEZ2T2DDDCZ", "{all}");
-    let values: Vec<&str> = messages
-        .iter()
-        .filter(|m| m["tag"] == "D")
-        .filter_map(|m| m["values"][0].as_str())
-        .collect();
-    let masked: Vec<String> = CUSTOMERS.iter().map(|c| partial(c.email, 4)).collect();
-    assert_eq!(values, masked, "{all}");
+    ]);
+    script.extend(masked_select.iter().cloned());
+    let (tags, values) = raw_session(&s, &script, 3)?;
+    assert_eq!((tags.as_str(), &values), ("11ZEZ2T2DDDCZ", &masked));
 
-    // The same after an extended-protocol COPY FROM STDIN whose Sync the
-    // server ignores (it arrives in copy-in mode): one ReadyForQuery for
-    // two Syncs.
-    let sync = frame(b'S', &[]);
-    let script = [
-        frame(b'P', &cstrings(&["c", "COPY items FROM STDIN"], &[0, 0])),
-        frame(b'P', &cstrings(&["s1", "SELECT 1 AS n"], &[0, 0])),
-        frame(
-            b'P',
-            &cstrings(&["s2", "SELECT email FROM customers ORDER BY id"], &[0, 0]),
-        ),
-        frame(b'B', &cstrings(&["", "c"], &[0, 0, 0, 0, 0, 0])),
-        frame(b'E', &cstrings(&[""], &[0, 0, 0, 0])),
+    // An extended-protocol COPY FROM STDIN whose first Sync arrives in
+    // copy-in mode: one ReadyForQuery for two Syncs.
+    let mut script = vec![parse("c", "COPY items FROM STDIN")];
+    script.extend(statements);
+    script.extend([
+        bind("", "c"),
+        execute(""),
         sync.clone(),
         frame(b'd', b"1009\t90\n"),
         frame(b'c', &[]),
-        sync.clone(),
-        frame(b'B', &cstrings(&["p1", "s1"], &[0, 0, 0, 0, 0, 0])),
-        frame(b'D', &cstrings(&["Pp1"], &[])),
-        frame(b'B', &cstrings(&["p2", "s2"], &[0, 0, 0, 0, 0, 0])),
-        frame(b'E', &cstrings(&["p2"], &[0, 0, 0, 0])),
         sync,
-    ]
-    .concat();
+    ]);
+    script.extend(masked_select);
+    let (tags, values) = raw_session(&s, &script, 2)?;
+    assert_eq!((tags.as_str(), &values), ("1112GCZ2T2DDDCZ", &masked));
+    Ok(())
+}
+
+/// Sends `frames` on a new raw session and reads up to the `ready`-th
+/// ReadyForQuery: the response tags, and each DataRow's first value. No
+/// secret may appear anywhere in what came back.
+fn raw_session(s: &Setup, frames: &[String], ready: usize) -> Result<(String, Vec<String>)> {
     let r = s.pgclient(
         "app_rw",
-        &[json!({ "raw_until_ready": { "hex": script, "ready": 2 } })],
+        &[json!({ "raw_until_ready": { "hex": frames.concat(), "ready": ready } })],
     )?;
     let all = r[0].to_string();
     assert_no_secrets(&all);
     let messages = r[0]["messages"].as_array().context("messages")?;
-    let tags: String = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
-    assert_eq!(tags, "1112GCZ2T2DDDCZ", "{all}");
-    let values: Vec<&str> = messages
+    let tags = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
+    let values = messages
         .iter()
         .filter(|m| m["tag"] == "D")
-        .filter_map(|m| m["values"][0].as_str())
+        .filter_map(|m| m["values"][0].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(values, masked, "{all}");
-    Ok(())
+    Ok((tags, values))
 }
 
 /// tokio-postgres sends Sync right after a COPY's Execute, while the server
