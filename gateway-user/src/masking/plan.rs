@@ -1,5 +1,5 @@
 //! The masking policy, the per-result-set plan it makes from a RowDescription, and row rewriting.
-use std::{borrow::Cow, fmt, ops::Range, sync::Arc};
+use std::{borrow::Cow, fmt, fmt::Write as _, ops::Range, sync::Arc};
 
 use super::{
     error::MaskingError,
@@ -679,20 +679,21 @@ fn binary_number_text(value: &[u8], numeric: bool) -> Option<String> {
     if weight < 0 {
         out.push('0');
     }
+    // Formatting into `out` itself: one allocation per value, not per group.
     for i in 0..=weight {
         let d = digit(i);
-        out.push_str(&if i == 0 {
-            d.to_string()
+        let _ = if i == 0 {
+            write!(out, "{d}")
         } else {
-            format!("{d:04}")
-        });
+            write!(out, "{d:04}")
+        };
     }
     if dscale > 0 {
         out.push('.');
         let start = out.len();
         let mut i = weight + 1;
         while out.len() - start < dscale {
-            out.push_str(&format!("{:04}", digit(i)));
+            let _ = write!(out, "{:04}", digit(i));
             i += 1;
         }
         out.truncate(start + dscale);
