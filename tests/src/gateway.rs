@@ -507,6 +507,8 @@ impl Gateway {
                 if path.is_dir() {
                     dirs.push(path);
                 } else if path.extension().is_some_and(|x| x == "jsonl")
+                    // The host's ledger of seals holds no session events.
+                    && path.file_name().is_some_and(|n| n != "ledger.jsonl")
                     && let Ok(text) = std::fs::read_to_string(&path)
                 {
                     out.extend(

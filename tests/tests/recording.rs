@@ -80,7 +80,9 @@ fn recordings(dir: &Path) -> Vec<PathBuf> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "jsonl") {
+            } else if path.extension().is_some_and(|e| e == "jsonl")
+                && path.file_name().is_some_and(|n| n != "ledger.jsonl")
+            {
                 out.push(path);
             }
         }
@@ -200,7 +202,7 @@ fn a_psql_session_is_recorded_verified_and_replayed() -> Result<()> {
 }
 
 #[test]
-fn sigkill_mid_session_leaves_an_intact_unsealed_chain() -> Result<()> {
+fn sigkill_mid_session_leaves_an_unsealed_chain_the_next_start_seals() -> Result<()> {
     let (_pg, cg, config) = postgres_gateway("rec-kill", "127.0.0.72")?;
     let mut gw = Gateway::start(&config)?;
     let mut psql = job_psql(
@@ -245,6 +247,42 @@ fn sigkill_mid_session_leaves_an_intact_unsealed_chain() -> Result<()> {
         "{verdict}"
     );
     assert!(!verdict.contains("TAMPERED"), "{verdict}");
+
+    // The next start seals it, and lists it in the host's ledger ...
+    let unsealed = fs::read(&recorded)?;
+    gw.restart()?;
+    let out = gw.sessions(&["verify", &id])?;
+    let verdict = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{verdict}");
+    assert!(
+        verdict.contains("sealed when the gateway started again"),
+        "{verdict}"
+    );
+    let sealed = fs::read(&recorded)?;
+    assert!(
+        sealed.starts_with(&unsealed),
+        "the recovery changed what was recorded"
+    );
+    // ... so cutting off that seal (and the last event with it) is no
+    // longer mistaken for the crash.
+    let lines: Vec<&[u8]> = sealed.split_inclusive(|&b| b == b'\n').collect();
+    fs::write(&recorded, lines[..lines.len() - 2].concat())?;
+    let out = gw.sessions(&["verify", &id])?;
+    let verdict = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{verdict}");
+    assert!(
+        verdict.contains("TAMPERED") && verdict.contains("ledger") && verdict.contains("cut short"),
+        "{verdict}"
+    );
+    // A recording deleted outright is missed by `verify --all`.
+    fs::remove_file(&recorded)?;
+    let out = gw.sessions(&["verify", "--all"])?;
+    let verdict = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{verdict}");
+    assert!(
+        verdict.contains(&format!("{id}: TAMPERED")) && verdict.contains("the recording is gone"),
+        "{verdict}"
+    );
     Ok(())
 }
 
@@ -377,6 +415,21 @@ fn two_hundred_concurrent_sessions_each_record_completely() -> Result<()> {
         assert_eq!(lines[1]["event"]["bytes_up"], 1000, "{path:?}");
         assert_eq!(lines[1]["event"]["bytes_down"], 1000, "{path:?}");
     }
+    // And the host's ledger lists each seal once (it follows the
+    // recordings' fsync, within 100 ms).
+    let ledger = gw.recording_dir().join("ledger.jsonl");
+    let listed = wait_for("every seal in the ledger", SEAL_TIMEOUT, || {
+        let text = fs::read_to_string(&ledger).ok()?;
+        let sessions: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["event"]["type"] == "sealed")
+            .filter_map(|l| l["event"]["session"].as_str().map(str::to_owned))
+            .collect();
+        (text.lines().count() == SESSIONS).then_some(sessions)
+    })?;
+    let ids: std::collections::BTreeSet<String> = ids.into_iter().collect();
+    assert_eq!(listed, ids);
     Ok(())
 }
 

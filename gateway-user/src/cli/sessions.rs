@@ -13,6 +13,7 @@ use crate::{
     policy::{Policy, RecordingSettings},
     recording::{
         Body, Event, files, keys,
+        ledger::{Ledger, Outcome},
         verify::{self, Verdict},
     },
 };
@@ -137,6 +138,9 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
 struct Source {
     store: Store,
     trusted: Vec<String>,
+    /// The host's ledger beside local recordings (`None`: there is none,
+    /// or recordings come from the fleet store).
+    ledger: Option<Ledger>,
 }
 
 enum Store {
@@ -178,6 +182,11 @@ impl Source {
                 .block_on(crate::recording::sink::recording(&db.client, id))?,
         };
         let (verdict, events) = verify::verify(&data, &self.trusted);
+        let listed = self.ledger.as_ref().and_then(|l| {
+            let session = &events.first()?.session;
+            l.entries.get(session)
+        });
+        let verdict = verify::against_ledger(verdict, &events, listed);
         // A file named on the command line is expected to hold the
         // session its name says.
         let expected = match id.strip_suffix(".jsonl") {
@@ -214,8 +223,12 @@ impl StoreArgs {
         } else {
             self.public_keys.clone()
         };
+        let mut ledger = None;
         let store = match &self.store {
-            None => Store::Files(settings.dir.clone()),
+            None => {
+                ledger = Ledger::read(&settings.dir, &trusted)?;
+                Store::Files(settings.dir.clone())
+            }
             Some(conninfo) => {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -231,7 +244,11 @@ impl StoreArgs {
                 Store::Database(Box::new(Database { runtime, client }))
             }
         };
-        Ok(Source { store, trusted })
+        Ok(Source {
+            store,
+            trusted,
+            ledger,
+        })
     }
 
     fn settings(&self) -> Result<RecordingSettings, String> {
@@ -269,6 +286,7 @@ fn public_key(settings: &RecordingSettings) -> Result<String, String> {
 fn state(verdict: &Verdict) -> String {
     match verdict {
         Verdict::Sealed { .. } => "sealed".into(),
+        Verdict::Recovered { .. } => "recovered".into(),
         Verdict::Unsealed { .. } => "unsealed".into(),
         Verdict::Tampered { line, .. } => format!("TAMPERED@{line}"),
     }
@@ -463,13 +481,25 @@ fn details(body: &Body) -> String {
                 format!(" [{}]", addresses.join(", "))
             }
         ),
-        Body::Seal { final_hash, .. } => format!("final hash {final_hash}"),
+        Body::Seal {
+            final_hash,
+            recovered: None,
+            ..
+        } => format!("final hash {final_hash}"),
+        Body::Seal {
+            final_hash,
+            recovered: Some(why),
+            ..
+        } => format!("final hash {final_hash} ({why})"),
     }
 }
 
 fn describe(verdict: &Verdict) -> String {
     match verdict {
         Verdict::Sealed { events } => format!("verified: {events} events, sealed"),
+        Verdict::Recovered { events } => format!(
+            "verified: {events} events, sealed when the gateway started again (it stopped before the session ended)"
+        ),
         Verdict::Unsealed { events } => format!(
             "unsealed: the chain is intact through seq {}, but the gateway stopped before the session ended",
             events.saturating_sub(1)
@@ -646,11 +676,45 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
         vec![id.unwrap_or_default().to_owned()]
     };
     let (mut tampered, mut unsealed) = (0, 0);
+    if all && let Some(ledger) = &source.ledger {
+        if let Some(p) = &ledger.problem {
+            tampered += 1;
+            println!(
+                "ledger: TAMPERED at line {} (seq {}): {}; entries after it are not trusted",
+                p.line, p.seq, p.reason
+            );
+        }
+        // What the ledger has sealed must still be there, unless
+        // retention removed it (the ledger says so too).
+        let present: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let mut missing: Vec<_> = ledger
+            .entries
+            .values()
+            .filter(|e| e.outcome != Outcome::Removed && !present.contains(e.session.as_str()))
+            .collect();
+        missing.sort_by(|a, b| a.session.cmp(&b.session));
+        for e in missing {
+            tampered += 1;
+            println!(
+                "{}: TAMPERED: the host's ledger has it {} with {} events (ledger seq {}), but the recording is gone",
+                e.session,
+                e.outcome.as_str(),
+                e.events,
+                e.seq
+            );
+        }
+    }
+    if !all && let Some(p) = source.ledger.as_ref().and_then(|l| l.problem.as_ref()) {
+        eprintln!(
+            "warning: the host's ledger is TAMPERED at line {} (seq {}): {}; run `chokepoint sessions verify --all`",
+            p.line, p.seq, p.reason
+        );
+    }
     for id in &ids {
         match source.load(id) {
             Ok((verdict, _)) => {
                 match verdict {
-                    Verdict::Sealed { .. } => {}
+                    Verdict::Sealed { .. } | Verdict::Recovered { .. } => {}
                     Verdict::Unsealed { .. } => unsealed += 1,
                     Verdict::Tampered { .. } => tampered += 1,
                 }

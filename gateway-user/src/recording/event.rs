@@ -110,6 +110,12 @@ pub enum Body {
         final_hash: String,
         public_key: String,
         signature: String,
+        /// Set when the gateway sealed the recording at its next start,
+        /// having stopped mid-session: why, and the final hash is then
+        /// the last event's (there is no session end). The signature
+        /// covers whether it is set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<String>,
     },
 }
 

@@ -13,9 +13,14 @@ const SECRET: &str = "host.ed25519";
 const PUBLIC: &str = "host.ed25519.pub";
 
 /// What a seal signs: the format, the session and its final hash, so a
-/// seal cannot be moved to another session.
-fn message(session: &str, final_hash: &str) -> Vec<u8> {
-    format!("chokepoint-seal-v1\n{session}\n{final_hash}").into_bytes()
+/// seal cannot be moved to another session; and whether the gateway put
+/// it on after a crash, so such a seal cannot pass for a session's end.
+fn message(session: &str, final_hash: &str, recovered: bool) -> Vec<u8> {
+    let mut m = format!("chokepoint-seal-v1\n{session}\n{final_hash}");
+    if recovered {
+        m.push_str("\nrecovered");
+    }
+    m.into_bytes()
 }
 
 pub struct HostKey {
@@ -76,8 +81,18 @@ impl HostKey {
         hex::encode(self.key.verifying_key().as_bytes())
     }
 
+    /// The seal of a session that ended.
     pub fn sign(&self, session: &str, final_hash: &str) -> String {
-        hex::encode(self.key.sign(&message(session, final_hash)).to_bytes())
+        self.sign_bytes(&message(session, final_hash, false))
+    }
+
+    /// The seal of a session the gateway stopped in the middle of.
+    pub fn sign_recovered(&self, session: &str, final_hash: &str) -> String {
+        self.sign_bytes(&message(session, final_hash, true))
+    }
+
+    pub(super) fn sign_bytes(&self, message: &[u8]) -> String {
+        hex::encode(self.key.sign(message).to_bytes())
     }
 }
 
@@ -94,8 +109,19 @@ pub fn read_public(path: &Path) -> Result<String, String> {
 }
 
 /// Whether `signature` (hex) seals `final_hash` of `session` under
-/// `public` (hex).
-pub fn verify(public: &str, session: &str, final_hash: &str, signature: &str) -> bool {
+/// `public` (hex), as a session's end or, with `recovered`, after a crash.
+pub fn verify(
+    public: &str,
+    session: &str,
+    final_hash: &str,
+    recovered: bool,
+    signature: &str,
+) -> bool {
+    verify_bytes(public, &message(session, final_hash, recovered), signature)
+}
+
+/// Whether `signature` (hex) signs `message` under `public` (hex).
+pub(super) fn verify_bytes(public: &str, message: &[u8], signature: &str) -> bool {
     let Some(key) = hex::decode(public)
         .ok()
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
@@ -110,6 +136,5 @@ pub fn verify(public: &str, session: &str, final_hash: &str, signature: &str) ->
     else {
         return false;
     };
-    key.verify(&message(session, final_hash), &signature)
-        .is_ok()
+    key.verify(message, &signature).is_ok()
 }

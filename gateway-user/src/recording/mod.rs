@@ -7,6 +7,9 @@
 //! * [`keys`]: the host's sealing key;
 //! * [`writer`]: the thread that writes, batches and fsyncs;
 //! * [`verify`]: checking a recording, naming the first bad line;
+//! * [`ledger`]: the host's signed list of ended recordings, which tells
+//!   a recording cut short from one whose gateway stopped;
+//! * [`recover`]: at start, sealing what the previous run left unsealed;
 //! * [`files`]: where recordings are and how to find one;
 //! * [`retention`]: removing old recordings, never an active one;
 //! * [`sink`]: the optional PostgreSQL copy for a fleet.
@@ -32,6 +35,8 @@ pub mod chain;
 pub mod event;
 pub mod files;
 pub mod keys;
+pub mod ledger;
+pub mod recover;
 pub mod retention;
 pub mod sample;
 pub mod sink;
@@ -92,11 +97,13 @@ impl Recorder {
         let key = keys::HostKey::load_or_create(&settings.keys_dir)?;
         std::fs::create_dir_all(&settings.dir)
             .map_err(|e| format!("cannot create {}: {e}", settings.dir.display()))?;
+        let (mut ledger, known) = ledger::LedgerWriter::open(&settings.dir)?;
+        recover::recover(&settings.dir, &key, &mut ledger, &known)?;
         let (queue, inbox) = writer::queue();
         let inflight = Arc::new(AtomicUsize::new(0));
         let active = writer::Active::default();
         let sink = settings.sink.clone().map(sink::Sink::new);
-        let thread = writer::spawn(inbox, key, inflight.clone(), active.clone(), sink)
+        let thread = writer::spawn(inbox, key, inflight.clone(), active.clone(), sink, ledger)
             .map_err(|e| format!("cannot start the recording writer: {e}"))?;
         Ok(Arc::new(Recorder {
             queue: Some(queue),
@@ -120,7 +127,13 @@ impl Recorder {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        retention::enforce(&self.dir, self.limits, &active, SystemTime::now())
+        let removed = retention::enforce(&self.dir, self.limits, &active, SystemTime::now())?;
+        if !removed.sessions.is_empty()
+            && let Some(queue) = &self.queue
+        {
+            let _ = queue.send_now(writer::Msg::Removed(removed.sessions.clone()));
+        }
+        Ok(removed)
     }
 
     /// Starts a session's recording with its first event. Never fails:

@@ -28,6 +28,18 @@ impl Limits {
 pub struct Removed {
     pub files: usize,
     pub bytes: u64,
+    /// Their session ids, for the ledger.
+    pub sessions: Vec<String>,
+}
+
+impl Removed {
+    fn add(&mut self, path: &Path, bytes: u64) {
+        self.files += 1;
+        self.bytes += bytes;
+        if let Some(id) = path.file_stem().and_then(|s| s.to_str()) {
+            self.sessions.push(id.to_owned());
+        }
+    }
 }
 
 /// One pass over `dir`. Files that vanish meanwhile are skipped.
@@ -55,8 +67,7 @@ pub fn enforce(
         let expired = limits.max_age.is_some_and(|max| age > max);
         if expired && !active.contains(&path) {
             if fs::remove_file(&path).is_ok() {
-                removed.files += 1;
-                removed.bytes += meta.len();
+                removed.add(&path, meta.len());
             }
             continue;
         }
@@ -73,8 +84,7 @@ pub fn enforce(
             }
             if fs::remove_file(path).is_ok() {
                 total -= len;
-                removed.files += 1;
-                removed.bytes += len;
+                removed.add(path, *len);
             }
         }
     }
@@ -134,7 +144,12 @@ mod tests {
             removed,
             Removed {
                 files: 3,
-                bytes: 300
+                bytes: 300,
+                sessions: vec![
+                    "20261101T000000Z-a".into(),
+                    "20261120T000000Z-c".into(),
+                    "20261126T000000Z-d".into()
+                ],
             }
         );
         assert!(!a.exists() && !c.exists() && !d.exists());

@@ -175,13 +175,31 @@ fn the_key_is_made_once_and_kept() {
         &b.public_hex(),
         "s1",
         chain::GENESIS,
+        false,
         &signature
     ));
     assert!(!keys::verify(
         &b.public_hex(),
         "s2",
         chain::GENESIS,
+        false,
         &signature
+    ));
+    // A session's seal cannot pass for a recovered one, nor the reverse.
+    assert!(!keys::verify(
+        &b.public_hex(),
+        "s1",
+        chain::GENESIS,
+        true,
+        &signature
+    ));
+    let recovered = a.sign_recovered("s1", chain::GENESIS);
+    assert!(keys::verify(
+        &b.public_hex(),
+        "s1",
+        chain::GENESIS,
+        true,
+        &recovered
     ));
     std::fs::write(dir.path().join("host.ed25519"), "garbage").unwrap();
     let e = keys::HostKey::load_or_create(dir.path()).err().unwrap();
@@ -241,4 +259,101 @@ fn chain_hashes_are_lowercase_hex_sha256() {
         chain::hash(chain::GENESIS, event),
         hex::encode(expected.finalize())
     );
+}
+
+/// Puts `data` where the recording `id` belongs under `dir`.
+fn place(dir: &Path, id: &str, data: &[u8]) -> PathBuf {
+    let path = dir
+        .join(&id[0..4])
+        .join(&id[4..6])
+        .join(&id[6..8])
+        .join(format!("{id}.jsonl"));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+fn session_id(path: &Path) -> String {
+    path.file_stem().unwrap().to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
+    // Two finished recordings from other runs: one is put back whole,
+    // the other without its last two lines (end and seal), as a gateway
+    // killed mid-session leaves it.
+    let (a, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (whole, public) = recorded(a.path()).await;
+    let (cut, _) = recorded(c.path()).await;
+    let host = tempfile::tempdir().unwrap();
+    let dir = host.path().join("sessions");
+    let key = keys::HostKey::load_or_create(&settings(a.path()).keys_dir).unwrap();
+    let whole_id = session_id(&whole);
+    place(&dir, &whole_id, &std::fs::read(&whole).unwrap());
+    let cut_id = session_id(&cut);
+    let cut_lines = lines(&std::fs::read(&cut).unwrap());
+    let cut_path = place(&dir, &cut_id, &cut_lines[..3].concat());
+    let damaged = b"{\"hash\":\"not a recording\"}\n";
+    let damaged_path = place(&dir, "20261127T000000Z-000000000000", damaged);
+
+    let (mut ledger, known) = ledger::LedgerWriter::open(&dir).unwrap();
+    let done = recover::recover(&dir, &key, &mut ledger, &known).unwrap();
+    assert_eq!(
+        done,
+        recover::Recovery {
+            sealed: 1,
+            listed: 1,
+            damaged: 1
+        }
+    );
+    let data = std::fs::read(&cut_path).unwrap();
+    let (verdict, events) = verify::verify(&data, std::slice::from_ref(&public));
+    assert_eq!(verdict, Verdict::Recovered { events: 4 });
+    assert!(matches!(
+        &events[3].body,
+        Body::Seal { recovered: Some(r), .. } if r == recover::REASON
+    ));
+    assert_eq!(
+        std::fs::read(&damaged_path).unwrap(),
+        damaged,
+        "a damaged recording was changed"
+    );
+    // Nothing new to do on the next start.
+    drop(ledger);
+    let (mut ledger, known) = ledger::LedgerWriter::open(&dir).unwrap();
+    let again = recover::recover(&dir, &key, &mut ledger, &known).unwrap();
+    assert_eq!((again.sealed, again.listed), (0, 0));
+    drop(ledger);
+
+    let listed = ledger::Ledger::read(&dir, std::slice::from_ref(&public))
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed.problem, None);
+    let check = |data: &[u8], id: &str| {
+        let (verdict, events) = verify::verify(data, std::slice::from_ref(&public));
+        verify::against_ledger(verdict, &events, listed.entries.get(id))
+    };
+    assert_eq!(check(&data, &cut_id), Verdict::Recovered { events: 4 });
+    // Cut short again, seal dropped: no longer a crash, but tampering.
+    let recut = lines(&data)[..2].concat();
+    match check(&recut, &cut_id) {
+        Verdict::Tampered {
+            line: 3,
+            seq: Some(2),
+            reason,
+        } => {
+            assert!(
+                reason.contains("ledger") && reason.contains("cut short"),
+                "{reason}"
+            )
+        }
+        other => panic!("a cut recording passed: {other:?}"),
+    }
+    // The same for a session that ended normally.
+    let whole_data = std::fs::read(&whole).unwrap();
+    assert_eq!(check(&whole_data, &whole_id), Verdict::Sealed { events: 5 });
+    assert!(matches!(
+        check(&lines(&whole_data)[..4].concat(), &whole_id),
+        Verdict::Tampered { line: 5, .. }
+    ));
 }

@@ -5,15 +5,19 @@
 use super::{
     chain,
     event::{Body, Event},
-    keys,
+    keys, ledger,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Intact and sealed by the expected key.
     Sealed { events: u64 },
+    /// Intact and sealed by the expected key when the gateway started
+    /// again: it had stopped (crashed, killed) before the session ended.
+    Recovered { events: u64 },
     /// Intact, but the seal is missing: the session never ended cleanly
-    /// (gateway killed), or it is still running.
+    /// (gateway killed) and the gateway has not started since, or it is
+    /// still running.
     Unsealed { events: u64 },
     /// The first place where the recording is not what was written.
     Tampered {
@@ -30,6 +34,7 @@ pub fn verify(data: &[u8], trusted: &[String]) -> (Verdict, Vec<Event>) {
     let mut events: Vec<Event> = Vec::new();
     let mut prev = chain::GENESIS.to_owned();
     let mut sealed = false;
+    let mut recovered_seal = false;
     let body = match data.strip_suffix(b"\n") {
         Some(body) => body,
         None if data.is_empty() => {
@@ -129,6 +134,7 @@ pub fn verify(data: &[u8], trusted: &[String]) -> (Verdict, Vec<Event>) {
             final_hash,
             public_key: sealer,
             signature,
+            recovered,
         } = &parsed.body
         {
             if *final_hash != prev {
@@ -154,7 +160,13 @@ pub fn verify(data: &[u8], trusted: &[String]) -> (Verdict, Vec<Event>) {
                     events,
                 );
             }
-            if !keys::verify(sealer, &parsed.session, final_hash, signature) {
+            if !keys::verify(
+                sealer,
+                &parsed.session,
+                final_hash,
+                recovered.is_some(),
+                signature,
+            ) {
                 return (
                     tampered(
                         n,
@@ -165,12 +177,15 @@ pub fn verify(data: &[u8], trusted: &[String]) -> (Verdict, Vec<Event>) {
                 );
             }
             sealed = true;
+            recovered_seal = recovered.is_some();
         }
         prev = hash.to_owned();
         events.push(parsed);
     }
     let count = events.len() as u64;
-    let verdict = if sealed {
+    let verdict = if recovered_seal {
+        Verdict::Recovered { events: count }
+    } else if sealed {
         Verdict::Sealed { events: count }
     } else {
         Verdict::Unsealed { events: count }
@@ -180,4 +195,51 @@ pub fn verify(data: &[u8], trusted: &[String]) -> (Verdict, Vec<Event>) {
 
 fn tampered(line: usize, seq: Option<u64>, reason: String) -> Verdict {
     Verdict::Tampered { line, seq, reason }
+}
+
+/// Holds a recording's verdict against the host's ledger entry for it
+/// (`None`: not listed). A recording the ledger has sealed must still end
+/// in that seal; an unsealed one was cut short, not left by a crash.
+pub fn against_ledger(
+    verdict: Verdict,
+    events: &[Event],
+    listed: Option<&ledger::Entry>,
+) -> Verdict {
+    let Some(entry) = listed else {
+        return verdict;
+    };
+    if entry.outcome == ledger::Outcome::Removed {
+        return verdict;
+    }
+    let short = &entry.final_hash[..entry.final_hash.len().min(16)];
+    let sealed_hash = || match events.last().map(|e| &e.body) {
+        Some(Body::Seal { final_hash, .. }) => Some(final_hash.as_str()),
+        _ => None,
+    };
+    match verdict {
+        Verdict::Unsealed { events: n } => tampered(
+            n as usize + 1,
+            Some(n),
+            format!(
+                "the host's ledger has this session {} with {} events (final hash {short}…), but the recording ends after seq {} without a seal: it was cut short",
+                entry.outcome.as_str(),
+                entry.events,
+                n.saturating_sub(1)
+            ),
+        ),
+        Verdict::Sealed { events: n } | Verdict::Recovered { events: n }
+            if n != entry.events || sealed_hash() != Some(entry.final_hash.as_str()) =>
+        {
+            tampered(
+                n as usize,
+                Some(n.saturating_sub(1)),
+                format!(
+                    "the host's ledger has this session {} with {} events (final hash {short}…), not the {n} events sealed here",
+                    entry.outcome.as_str(),
+                    entry.events
+                ),
+            )
+        }
+        other => other,
+    }
 }

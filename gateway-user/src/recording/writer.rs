@@ -30,6 +30,7 @@ use super::{
     Health, chain,
     event::{Body, Event},
     keys::HostKey,
+    ledger::{LedgerWriter, Outcome},
     sink::{Row, Sink},
 };
 
@@ -119,6 +120,8 @@ pub(super) enum Msg {
         mono_us: u64,
         end: Body,
     },
+    /// Retention removed these recordings: the ledger says so.
+    Removed(Vec<String>),
     /// Write and fsync everything, then answer.
     Flush(oneshot::Sender<()>),
     /// Events wait in the bulk channel.
@@ -136,6 +139,9 @@ struct Open {
     scratch: Vec<u8>,
     dirty: bool,
     closed: bool,
+    /// Set at close until the seal is written: `(events, final hash)`
+    /// for the ledger.
+    sealed: Option<(u64, String)>,
     health: Arc<Health>,
 }
 
@@ -148,6 +154,7 @@ pub(super) fn spawn(
     inflight: Arc<AtomicUsize>,
     active: Active,
     sink: Option<Sink>,
+    ledger: LedgerWriter,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("cp-recorder".into())
@@ -170,7 +177,7 @@ pub(super) fn spawn(
                     (tx, tokio::spawn(sink.run(rx)))
                 });
                 let (tx, task) = sink.unzip();
-                Writer::new(key, inflight, active, tx).run(inbox).await;
+                Writer::new(key, inflight, active, tx, ledger).run(inbox).await;
                 // The writer is gone, so is the sender: the sink drains.
                 if let Some(task) = task {
                     let _ = task.await;
@@ -187,6 +194,7 @@ struct Writer {
     /// Rows for the fleet sink, sent after each batch is on disk.
     sink: Option<mpsc::UnboundedSender<Vec<Row>>>,
     rows: Vec<Row>,
+    ledger: LedgerWriter,
 }
 
 impl Writer {
@@ -195,6 +203,7 @@ impl Writer {
         inflight: Arc<AtomicUsize>,
         active: Active,
         sink: Option<mpsc::UnboundedSender<Vec<Row>>>,
+        ledger: LedgerWriter,
     ) -> Self {
         Self {
             key,
@@ -203,6 +212,20 @@ impl Writer {
             files: HashMap::new(),
             sink,
             rows: Vec::new(),
+            ledger,
+        }
+    }
+
+    /// Puts an ended recording into the host's ledger. The session is
+    /// over and its recording complete, so a failure here is logged, not
+    /// held against it; `verify` then finds the recording sealed but not
+    /// listed.
+    fn list(&mut self, outcome: Outcome, session: &str, events: u64, final_hash: &str) {
+        if let Err(e) = self
+            .ledger
+            .append(&self.key, outcome, session, events, final_hash)
+        {
+            error!(error = %e, session, "cannot add a recording to the ledger");
         }
     }
 
@@ -306,6 +329,7 @@ impl Writer {
                     scratch: Vec::new(),
                     dirty: false,
                     closed: false,
+                    sealed: None,
                     health: health.clone(),
                 });
                 match result {
@@ -349,10 +373,17 @@ impl Writer {
                     let seal = Body::Seal {
                         signature: self.key.sign(&open.session, &final_hash),
                         public_key: self.key.public_hex(),
-                        final_hash,
+                        final_hash: final_hash.clone(),
+                        recovered: None,
                     };
                     open.push(wall, mono_us, seal, rows);
                     open.closed = true;
+                    open.sealed = Some((open.seq, final_hash));
+                }
+            }
+            Msg::Removed(sessions) => {
+                for session in sessions {
+                    self.list(Outcome::Removed, &session, 0, "");
                 }
             }
             Msg::Flush(ack) => {
@@ -378,8 +409,12 @@ impl Writer {
         }
     }
 
+    /// Fsyncs what was written, then lists the recordings sealed since
+    /// the last sync in the ledger and fsyncs it: after a power loss the
+    /// ledger never names a seal that is not on disk.
     fn sync(&mut self) {
         let mut done = Vec::new();
+        let mut ended = Vec::new();
         self.files.retain(|_, open| {
             if open.dirty {
                 if let Err(e) = open.file.sync_data() {
@@ -392,11 +427,20 @@ impl Writer {
             }
             if open.closed {
                 done.push(open.path.clone());
+                if let Some((events, final_hash)) = open.sealed.take() {
+                    ended.push((open.session.clone(), events, final_hash));
+                }
             }
             !open.closed
         });
         for path in done {
             self.set_active(&path, false);
+        }
+        for (session, events, final_hash) in ended {
+            self.list(Outcome::Sealed, &session, events, &final_hash);
+        }
+        if let Err(e) = self.ledger.sync() {
+            error!(error = %e, "cannot fsync the ledger");
         }
     }
 }

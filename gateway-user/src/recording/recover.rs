@@ -1,0 +1,147 @@
+//! At start, before the first session: seal what the previous run left
+//! unsealed (it was killed, or the host lost power, mid-session), and put
+//! every seal the ledger does not hold yet into it.
+//!
+//! Afterwards a recording reads "unsealed" only while its session runs,
+//! or until the gateway starts again after stopping mid-session; from
+//! then on, cutting it short shows against its seal and the ledger.
+use std::{collections::HashSet, fs, io::Write, path::Path, time::SystemTime};
+
+use tracing::{info, warn};
+
+use super::{
+    chain,
+    event::{Body, Event},
+    files,
+    keys::HostKey,
+    ledger::{LedgerWriter, Outcome},
+    verify::{self, Verdict},
+};
+
+/// Why a recovered seal was put on.
+pub const REASON: &str =
+    "the gateway stopped before the session ended; sealed when it started again";
+
+/// What a recovery pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Unsealed recordings sealed now.
+    pub sealed: usize,
+    /// Sealed recordings the ledger did not hold, now in it.
+    pub listed: usize,
+    /// Recordings that do not verify: left exactly as they are.
+    pub damaged: usize,
+}
+
+/// One pass over `dir`; `known` are the sessions the ledger names.
+pub fn recover(
+    dir: &Path,
+    key: &HostKey,
+    ledger: &mut LedgerWriter,
+    known: &HashSet<String>,
+) -> Result<Recovery, String> {
+    let mut done = Recovery::default();
+    let trusted = [key.public_hex()];
+    let paths = files::all(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    for path in paths {
+        let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if known.contains(id) {
+            continue;
+        }
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(recording = %path.display(), error = %e, "cannot read a recording to recover it");
+                done.damaged += 1;
+                continue;
+            }
+        };
+        let (verdict, events) = verify::verify(&data, &trusted);
+        let last_seal = || match events.last().map(|e| &e.body) {
+            Some(Body::Seal { final_hash, .. }) => final_hash.clone(),
+            _ => String::new(),
+        };
+        let (outcome, count, final_hash) = match verdict {
+            Verdict::Sealed { events: n } => {
+                done.listed += 1;
+                (Outcome::Sealed, n, last_seal())
+            }
+            Verdict::Recovered { events: n } => {
+                done.listed += 1;
+                (Outcome::Recovered, n, last_seal())
+            }
+            Verdict::Unsealed { events: n } => match seal_after_crash(&path, &data, &events, key) {
+                Ok(final_hash) => {
+                    done.sealed += 1;
+                    (Outcome::Recovered, n + 1, final_hash)
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot seal a recording the previous run left unsealed");
+                    done.damaged += 1;
+                    continue;
+                }
+            },
+            Verdict::Tampered { line, reason, .. } => {
+                warn!(recording = %path.display(), line, reason, "a recording does not verify: left as it is, not sealed");
+                done.damaged += 1;
+                continue;
+            }
+        };
+        ledger.append(key, outcome, id, count, &final_hash)?;
+    }
+    ledger.sync()?;
+    if done != Recovery::default() {
+        info!(
+            sealed = done.sealed,
+            listed = done.listed,
+            damaged = done.damaged,
+            "recovered the recordings of the previous run"
+        );
+    }
+    Ok(done)
+}
+
+/// Appends a recovered seal to an intact, unsealed recording; returns the
+/// hash it seals.
+fn seal_after_crash(
+    path: &Path,
+    data: &[u8],
+    events: &[Event],
+    key: &HostKey,
+) -> Result<String, String> {
+    let last = data
+        .strip_suffix(b"\n")
+        .and_then(|body| body.split(|&b| b == b'\n').next_back())
+        .and_then(|line| chain::split(line).ok());
+    let (Some((final_hash, _, _)), Some(last_event)) = (last, events.last()) else {
+        return Err(format!("{}: no last line to seal", path.display()));
+    };
+    let seal = Event {
+        seq: last_event.seq + 1,
+        session: last_event.session.clone(),
+        wall: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+        // The session's clock stopped with the gateway: no later instant
+        // on it is known.
+        mono_us: last_event.mono_us,
+        body: Body::Seal {
+            final_hash: final_hash.to_owned(),
+            public_key: key.public_hex(),
+            signature: key.sign_recovered(&last_event.session, final_hash),
+            recovered: Some(REASON.into()),
+        },
+    };
+    let event = serde_json::to_vec(&seal).map_err(|e| e.to_string())?;
+    let mut line = Vec::new();
+    chain::append_line(&mut line, final_hash, &event);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut f| {
+            f.write_all(&line)?;
+            f.sync_data()
+        })
+        .map_err(|e| format!("cannot seal {}: {e}", path.display()))?;
+    Ok(final_hash.to_owned())
+}
