@@ -1437,3 +1437,144 @@ fn errors_notices_and_notifications_are_masked_too() -> Result<()> {
     );
     Ok(())
 }
+
+/// A policy reload reaches sessions already open, from their next
+/// statement on; SQL-level prepared statements are decided by what they
+/// hold each time they run, so it reaches those too, and an EXECUTE of a
+/// name the session never prepared is not let through.
+#[test]
+fn sql_prepared_statements_are_decided_again_at_execute() -> Result<()> {
+    let mut s = Setup::start("pg-exec", 67, Policy::Unmasked)?;
+    let marks = tempfile::tempdir()?;
+    let prepared = marks.path().join("prepared");
+    let reloaded = marks.path().join("reloaded");
+    let steps = [
+        // 0..: prepared while writes are allowed.
+        simple("PREPARE del(int) AS DELETE FROM items WHERE id = $1"),
+        simple("PREPARE look AS SELECT count(*) FROM items"),
+        simple("EXECUTE nothere"),
+        simple("PREPARE again AS SELECT 2; EXECUTE again"),
+        json!({ "touch": prepared.to_str().context("path")? }),
+        json!({ "wait_file": reloaded.to_str().context("path")? }),
+        // 6..: writes are denied now.
+        simple("EXECUTE del(1)"),
+        simple("EXPLAIN ANALYZE EXECUTE del(2)"),
+        query("EXECUTE del(3)"),
+        simple("EXECUTE look"),
+        simple("DEALLOCATE look"),
+        simple("EXECUTE look"),
+        simple("SELECT count(*) FROM items"),
+        // 13: the open session follows the reload for new statements too.
+        simple("DELETE FROM items WHERE id = 5"),
+    ];
+    let script = serde_json::to_string(&steps)?;
+    let mut cmd = job_command(&s.cg, PGCLIENT);
+    cmd.arg(s.conninfo("app_rw"))
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn()?;
+    let reload = (|| -> Result<()> {
+        wait_for("the statements to be prepared", LOG_TIMEOUT, || {
+            prepared.exists().then_some(())
+        })?;
+        let config = std::fs::read_to_string(s.gw.config_path())?;
+        let read_only = config.replace(
+            r#"allow = ["read", "write", "transaction", "other", "ddl"]"#,
+            r#"allow = ["read", "transaction", "other"]"#,
+        );
+        ensure!(
+            read_only != config,
+            "the rule to change is not in:\n{config}"
+        );
+        s.gw.write_config(&read_only)?;
+        let outcome = s.gw.reload()?;
+        ensure!(message(&outcome) == Some("policy reloaded"), "{outcome}");
+        Ok(())
+    })();
+    // Let the client go on (or fail its wait) whatever happened.
+    std::fs::write(&reloaded, b"")?;
+    let out = child.wait_with_output()?;
+    reload?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "cp-pgclient: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Vec<Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    ensure!(r.len() == steps.len(), "{stdout}");
+    assert_eq!(r[0]["ok"], true, "{}", r[0]);
+    assert_eq!(r[1]["ok"], true, "{}", r[1]);
+    assert_denied(
+        &r[2],
+        "unknown-prepared",
+        "EXECUTE of a name never prepared",
+    );
+    assert_rows(&r[3], &[&["2"]], "PREPARE and EXECUTE in one string");
+    assert_eq!(
+        r[5]["ok"], true,
+        "the client waited for the reload: {}",
+        r[5]
+    );
+    assert_denied(
+        &r[6],
+        "default-deny",
+        "EXECUTE of a DELETE after writes were revoked",
+    );
+    assert_denied(
+        &r[7],
+        "ci-orders",
+        "EXPLAIN ANALYZE EXECUTE of that DELETE (its own flag)",
+    );
+    assert_denied(
+        &r[8],
+        "default-deny",
+        "the same EXECUTE over the extended protocol",
+    );
+    assert_rows(&r[9], &[&["100"]], "EXECUTE of a read");
+    assert_eq!(r[10]["ok"], true, "{}", r[10]);
+    assert_denied(&r[11], "unknown-prepared", "EXECUTE after DEALLOCATE");
+    assert_rows(&r[12], &[&["100"]], "nothing was deleted");
+    assert_denied(
+        &r[13],
+        "default-deny",
+        "a write in the open session after the reload",
+    );
+    Ok(())
+}
+
+/// A Parse the server rejects (here: a named statement that exists
+/// already) changes nothing: the name still holds what the server has,
+/// which is what a Bind of it is decided and recorded as.
+#[test]
+fn a_rejected_parse_leaves_the_statement_it_would_replace() -> Result<()> {
+    let s = Setup::start("pg-parse-undo", 68, Policy::Guarded)?;
+    let parse = |name, sql| frame(b'P', &cstrings(&[name, sql], &[0, 0]));
+    let sync = frame(b'S', &[]);
+    let script = [
+        parse("s1", "SELECT 41 + 1 AS n"),
+        sync.clone(),
+        parse("s1", "SELECT 'replaced' AS n"),
+        sync.clone(),
+        frame(b'B', &cstrings(&["p1", "s1"], &[0; 6])),
+        frame(b'E', &cstrings(&["p1"], &[0; 4])),
+        sync,
+    ];
+    let (tags, values) = raw_session(&s, &script, 3)?;
+    assert_eq!(
+        (tags.as_str(), values.as_slice()),
+        ("1ZEZ2DCZ", &["42".to_owned()][..])
+    );
+    let results = wait_for("the Execute's result event", LOG_TIMEOUT, || {
+        let results = s.gw.recorded("result");
+        results.iter().any(|r| r["rows"] == 1).then_some(results)
+    })?;
+    let executed: Vec<&Value> = results.iter().filter(|r| r["rows"] == 1).collect();
+    assert_eq!(executed.len(), 1, "{results:?}");
+    assert_eq!(executed[0]["text"], "SELECT 41 + 1 AS n", "{results:?}");
+    Ok(())
+}

@@ -146,6 +146,9 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     let identity = identity_of(job.as_deref());
     let span = flow_span(&flow, &identity);
     async move {
+        // Before the policy: a reload after this read shows as a newer
+        // generation to the session, which then takes it.
+        let generation = shared.postgres.generation();
         let policy = shared.policy.load_full();
         if flow.dst.port() == 53
             && let Some(dns) = policy.dns()
@@ -179,6 +182,8 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
                     shared: shared.postgres.clone(),
                     approvals: Some(shared.approvals.clone()),
                     job: job.clone(),
+                    refresh: Some(refresh(&shared, &flow, target)),
+                    generation,
                 })
             }),
             _ => None,
@@ -241,6 +246,44 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     }
     .instrument(span)
     .await
+}
+
+/// How a PostgreSQL session of `flow` on `target` takes a reloaded
+/// policy: the flow is decided again as at connect (its job binding and
+/// destination names as they are now), then narrowed to the session's
+/// role.
+fn refresh(shared: &Arc<Shared>, flow: &Flow, target: &str) -> postgres::Refresh {
+    let (shared, flow, target) = (shared.clone(), flow.clone(), Arc::<str>::from(target));
+    Arc::new(move |role: &str| {
+        let policy = shared.policy.load_full();
+        let job = shared.jobs.job_of(flow.cgroup_id);
+        let names = shared
+            .names
+            .names(flow.cgroup_id, flow.dst.ip(), Instant::now());
+        let facts = flow_facts(&flow, job.as_deref(), &names);
+        let decision = policy.evaluate(&facts);
+        let mode = policy.daemon().mode;
+        let rules = if decision.target.as_deref() != Some(&*target) {
+            Err(format!(
+                "the reloaded policy no longer routes this connection to target {target}; reconnect"
+            ))
+        } else if decision.verdict != Verdict::Allow && mode != Mode::Audit {
+            Err(format!(
+                "the reloaded policy denies this connection (rule {}); reconnect",
+                decision.rule_name()
+            ))
+        } else {
+            policy
+                .session_rules(&facts, &target)
+                .for_role(role)
+                .map_err(|e| format!("after the policy reload, {e}"))
+        };
+        postgres::Refreshed {
+            rules,
+            mode,
+            copy_out_masked: policy.copy_out_masked(),
+        }
+    })
 }
 
 async fn forward_to(

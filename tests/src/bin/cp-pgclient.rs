@@ -67,6 +67,11 @@ enum Step {
         hex: String,
         ready: usize,
     },
+    /// Creates this file: tells the test the steps before it are done.
+    Touch(String),
+    /// Waits (up to a minute) for this file, keeping the session open:
+    /// the test changes something meanwhile (a policy reload).
+    WaitFile(String),
 }
 
 type BoxError = Box<dyn Error + Sync + Send>;
@@ -134,6 +139,19 @@ async fn run(config: Config, steps: Vec<Step>) -> ExitCode {
             Step::Cancel(sql) => cancel(&client, &sql).await,
             Step::Raw(hex) => raw(&config, &hex, None).await,
             Step::RawUntilReady { hex, ready } => raw(&config, &hex, Some(ready)).await,
+            Step::Touch(path) => match std::fs::write(&path, b"") {
+                Ok(()) => json!({"ok": true}),
+                Err(e) => json!({"ok": false, "error": {"code": null, "message": e.to_string()}}),
+            },
+            Step::WaitFile(path) => {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+                while !std::path::Path::new(&path).exists()
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                json!({"ok": std::path::Path::new(&path).exists()})
+            }
         };
         out["step"] = json!(i);
         println!("{out}");

@@ -24,7 +24,10 @@ pub mod upstream;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use rustls::ClientConfig;
@@ -49,6 +52,9 @@ pub struct PostgresShared {
     client_tls: OnceLock<Result<TlsAcceptor, String>>,
     /// Per target, with the settings it was built from (a reload may change them).
     upstream_tls: Mutex<HashMap<Arc<str>, BuiltTls>>,
+    /// Policy reloads so far: a running session that sees it change takes
+    /// the new statement policy before its next statement.
+    generation: AtomicU64,
 }
 
 /// Whose catalog: table OIDs mean something only inside one database, and
@@ -72,6 +78,7 @@ impl Default for PostgresShared {
             catalogs: Mutex::default(),
             client_tls: OnceLock::new(),
             upstream_tls: Mutex::default(),
+            generation: AtomicU64::new(0),
         }
     }
 }
@@ -100,6 +107,12 @@ impl PostgresShared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many reloads there have been (see [`PostgresContext::refresh`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The acceptor for jobs that ask for TLS (target `client_tls = true`).
@@ -128,7 +141,23 @@ impl PostgresShared {
     }
 }
 
-/// What one session needs from the policy, fixed when it starts.
+/// A running session's statement policy after a reload, for its role.
+pub struct Refreshed {
+    /// `Err`: the policy no longer lets this job use the session (its
+    /// connection or its role); every statement is refused from now on.
+    pub rules: Result<SessionRules, String>,
+    pub mode: Mode,
+    pub copy_out_masked: CopyOutMasked,
+}
+
+/// Works out [`Refreshed`] from the current policy for a session's role.
+pub type Refresh = Arc<dyn Fn(&str) -> Refreshed + Send + Sync>;
+
+/// What one session needs from the policy when it starts. The statement
+/// policy (rules, mode, `copy_out_masked`) follows reloads through
+/// `refresh`; the target (upstream, credentials, TLS) and the masking
+/// rules stay as the session started: its connection and the result
+/// layouts it planned belong to them.
 pub struct PostgresContext {
     pub target: Arc<PostgresTarget>,
     pub rules: SessionRules,
@@ -142,6 +171,11 @@ pub struct PostgresContext {
     pub approvals: Option<Arc<crate::approvals::Approvals>>,
     /// The job bound to the client's cgroup, if any.
     pub job: Option<Arc<crate::identity::JobIdentity>>,
+    /// `None`: the session keeps its statement policy (tests).
+    pub refresh: Option<Refresh>,
+    /// [`PostgresShared::generation`] read before the policy this context
+    /// was made from.
+    pub generation: u64,
 }
 
 #[cfg(test)]

@@ -97,13 +97,21 @@ pub struct Running {
     /// the recording.
     pub columns: Arc<[String]>,
     pub sample: crate::recording::sample::Sample,
+    /// Approved by a human before it ran: a statement it PREPAREs runs
+    /// later without asking again.
+    pub approved: bool,
+    /// How many of its statements' `PREPARE` / `DEALLOCATE` completions
+    /// were seen: the next one's CommandComplete belongs to the statement
+    /// after them.
+    pub prepared_done: usize,
 }
 
 #[derive(Debug)]
 pub enum Pending {
     /// A simple Query: any number of results, then ReadyForQuery.
     Query(Option<Running>),
-    Parse,
+    /// `None` when the Parse changed nothing the session knows.
+    Parse(Option<Undo>),
     Bind,
     /// `swallow`: added by the gateway to learn a portal's row layout.
     Describe {
@@ -119,7 +127,8 @@ pub enum Pending {
         running: Option<Running>,
         plan: Option<Arc<ResultPlan>>,
     },
-    Close,
+    /// `Some` for a statement's Close (a portal's changes nothing here).
+    Close(Option<Undo>),
     Sync,
     /// The client ended a COPY (CopyDone or CopyFail), which nothing
     /// answers: it tells which Syncs the server ignored while it was
@@ -142,6 +151,29 @@ pub struct PreparedStatement {
     pub shown: Shown,
     /// Held at Parse and approved: its Binds run without asking again.
     pub approved: bool,
+}
+
+/// A statement prepared with SQL `PREPARE`, known once its CommandComplete
+/// came: `EXECUTE` and Bind of its name are decided by what it holds.
+#[derive(Debug, Clone)]
+pub struct SqlPrepared {
+    /// The PREPARE's classification: the inner statement's class, flags
+    /// and tables.
+    pub statement: crate::protocols::postgres::classify::Statement,
+    /// The whole text that prepared it.
+    pub sql: Arc<str>,
+    pub shown: Shown,
+    pub approved: bool,
+}
+
+/// What a statement name meant before a Parse or Close changed it, put
+/// back when the server rejects or skips that message. SQL and protocol
+/// prepared statements share one namespace on the server.
+#[derive(Debug, Default)]
+pub struct Undo {
+    pub name: String,
+    pub protocol: Option<PreparedStatement>,
+    pub sql: Option<SqlPrepared>,
 }
 
 /// A bound portal.
@@ -297,7 +329,7 @@ mod tests {
     #[test]
     fn error_skips_to_sync_and_ready_pops_it() {
         let mut t = Tracker::default();
-        t.push(Pending::Parse);
+        t.push(Pending::Parse(None));
         t.push(Pending::Bind);
         t.push(Pending::Execute {
             portal: String::new(),
@@ -325,11 +357,11 @@ mod tests {
             .iter()
             .map(|p| match p {
                 Pending::Query(_) => 'Q',
-                Pending::Parse => 'P',
+                Pending::Parse(_) => 'P',
                 Pending::Bind => 'B',
                 Pending::Describe { .. } => 'D',
                 Pending::Execute { .. } => 'E',
-                Pending::Close => 'C',
+                Pending::Close(_) => 'C',
                 Pending::Sync => 'S',
                 Pending::CopyEnd => 'c',
             })
@@ -355,7 +387,7 @@ mod tests {
     fn an_error_answering_a_query_skips_nothing() {
         let mut t = Tracker::default();
         t.push(Pending::Query(None));
-        t.push(Pending::Parse);
+        t.push(Pending::Parse(None));
         t.push(Pending::Sync);
         assert!(t.skip_to_sync().is_empty());
         assert_eq!(tags(&t), "QPS");
@@ -424,7 +456,7 @@ mod tests {
         t.push(execute());
         t.push(Pending::Sync); // ignored (copy-in), sync point 1 on paper
         t.copy_end();
-        t.push(Pending::Parse);
+        t.push(Pending::Parse(None));
         t.push(Pending::Sync); // sync point 2 on paper, 1 in fact
         t.denials.push_back(Denial {
             nonce: "n".into(),

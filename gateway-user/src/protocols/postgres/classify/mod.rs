@@ -41,11 +41,10 @@
 //! command `"PREPARE"` and [`Prepared::Define`]. `EXECUTE name` is `other`
 //! with [`Prepared::Execute`] (also `EXPLAIN ANALYZE EXECUTE` and `CREATE
 //! TABLE … AS EXECUTE`, which carry the same marker), so a session can
-//! apply what each name was prepared as. The PostgreSQL session does not
-//! yet: it decides `PREPARE` by its statement, so `EXECUTE` runs only what
-//! policy allowed at `PREPARE`, but a policy reload does not re-decide it
-//! (a protocol-level Bind is re-decided). Protocol-level prepared
-//! statements (Parse/Bind) are classified at Parse.
+//! apply what each name was prepared as: the PostgreSQL session decides
+//! `EXECUTE name` with the stored statement added to it, each time it runs
+//! (see its `prepared` module). Protocol-level prepared statements
+//! (Parse/Bind) are classified at Parse and decided again at each Bind.
 //!
 //! # Flags
 //!

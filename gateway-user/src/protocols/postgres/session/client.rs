@@ -5,6 +5,7 @@ use super::*;
 impl Session<'_> {
     /// One client message: decide, then forward it or its denial.
     pub(super) async fn on_client(&mut self, frame: Frame) -> Step {
+        self.refresh_policy();
         let message = match FrontendMessage::parse(&frame) {
             Ok(m) => m,
             Err(e) => return self.protocol_violation(&e),
@@ -30,12 +31,10 @@ impl Session<'_> {
                 }
             }
             FrontendMessage::Bind(b) => {
-                // Re-decide under the current policy: a reload may have
-                // revoked what the statement was prepared under.
-                let verdict = self.statements.get(b.statement).and_then(|s| {
-                    let c = s.classification.clone()?;
-                    Some((s.sql.clone(), c, s.shown.clone(), s.approved))
-                });
+                // Decided again under the session's current rules: a
+                // reload may have revoked what it was prepared under. The
+                // name may hold a SQL PREPARE's statement (one namespace).
+                let verdict = self.named_statement(b.statement);
                 let refused = verdict.and_then(|(sql, classification, shown, approved)| {
                     match self.decide_classified(&sql, &classification, shown) {
                         Decided::Run(_) => None,
@@ -92,11 +91,11 @@ impl Session<'_> {
                 let running = self
                     .portals
                     .get(&portal)
-                    .and_then(|p| self.statements.get(&p.statement))
-                    .map(|s| Running {
-                        sql: s.sql.clone(),
-                        classification: s.classification.clone(),
-                        shown: s.shown.clone(),
+                    .and_then(|p| self.named_statement(&p.statement))
+                    .map(|(sql, classification, shown, approved)| Running {
+                        sql,
+                        classification: Some(classification),
+                        shown,
                         rule: Arc::from(""),
                         started: Instant::now(),
                         rows: 0,
@@ -104,6 +103,8 @@ impl Session<'_> {
                         execute: true,
                         columns: Arc::default(),
                         sample: Default::default(),
+                        approved,
+                        prepared_done: 0,
                     });
                 self.forward(&frame);
                 self.tracker.push(Pending::Execute {
@@ -113,15 +114,15 @@ impl Session<'_> {
                 });
             }
             FrontendMessage::Close(c) => {
-                match c.kind {
-                    ObjectKind::Portal => self.portals.remove(c.name),
-                    ObjectKind::Statement => {
-                        self.statements.remove(c.name);
+                let undo = match c.kind {
+                    ObjectKind::Portal => {
+                        self.portals.remove(c.name);
                         None
                     }
+                    ObjectKind::Statement => Some(self.close_statement(c.name)),
                 };
                 self.forward(&frame);
-                self.tracker.push(Pending::Close);
+                self.tracker.push(Pending::Close(undo));
             }
             FrontendMessage::Sync => {
                 self.forward(&frame);
@@ -177,29 +178,68 @@ impl Session<'_> {
         nonce
     }
 
+    /// Takes the reloaded statement policy if there was a reload since
+    /// the session's rules were made.
+    fn refresh_policy(&mut self) {
+        let generation = self.ctx.shared.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let Some(refresh) = &self.ctx.refresh else {
+            return;
+        };
+        let fresh = refresh(&self.login.1);
+        self.mode = fresh.mode;
+        self.copy_out_masked = fresh.copy_out_masked;
+        match fresh.rules {
+            Ok(rules) => {
+                self.rules = rules;
+                self.revoked = None;
+                info!(
+                    flow_id = self.flow.id,
+                    "the session takes the reloaded statement policy"
+                );
+            }
+            Err(why) => {
+                warn!(
+                    flow_id = self.flow.id,
+                    "{why}: the session's statements are refused from now on"
+                );
+                self.revoked = Some(why);
+            }
+        }
+    }
+
     /// Classifies and decides SQL text.
     pub(super) fn decide_sql(&mut self, sql: &Arc<str>) -> Decided {
         self.summary.statements += 1;
-        match self.ctx.shared.classifier.classify(sql) {
+        let resolved = match self.ctx.shared.classifier.classify(sql) {
+            Ok(classification) => self
+                .resolve_executes(&classification)
+                .map_err(|why| ("unknown-prepared", why)),
+            Err(e) => Err(("unparsable", e.to_string())),
+        };
+        match resolved {
             Ok(classification) => {
                 let shown = shown(sql, &classification);
                 self.decide_classified(sql, &classification, shown)
             }
-            Err(e) => {
+            Err((rule, why)) => {
                 let redacted = super::super::classify::redact_passwords(sql);
-                info!(flow_id = self.flow.id, statement = %redacted, decision = "deny", rule = "unparsable", reason = %e, "statement");
+                info!(flow_id = self.flow.id, statement = %redacted, decision = "deny", rule, reason = %why, "statement");
                 self.recording.record(Body::Statement {
-                    text: redacted.into_owned(),
+                    text: redacted.to_string(),
                     class: String::new(),
                     decision: "deny".into(),
-                    rule: "unparsable".into(),
-                    reason: e.to_string(),
+                    rule: rule.into(),
+                    reason: why.clone(),
                 });
-                Decided::Refuse(deny_error(
-                    "unparsable",
-                    &format!("statement denied: {e}"),
-                    "",
-                ))
+                let message = match rule {
+                    "unparsable" => format!("statement denied: {why}"),
+                    _ => format!("statement denied by rule {rule}: {why}"),
+                };
+                Decided::Refuse(deny_error(rule, &message, &redacted))
             }
         }
     }
@@ -222,12 +262,24 @@ impl Session<'_> {
                 "",
             ));
         }
+        if let Some(why) = &self.revoked {
+            let reason = format!("statement refused: {why}");
+            warn!(flow_id = self.flow.id, statement = %shown.text, "{reason}");
+            self.recording.record(Body::Statement {
+                text: shown.text.to_string(),
+                class: shown.class.to_string(),
+                decision: "deny".into(),
+                rule: "policy-reload".into(),
+                reason: why.clone(),
+            });
+            return Decided::Refuse(deny_error("policy-reload", &reason, &shown.text));
+        }
         let mut decision = self.rules.decide_all(classification);
         // With copy_out_masked = "deny", COPY … TO STDOUT never runs on a
         // target with masking rules; with "mask" its rows are masked as
         // they stream (see `copy_out_rows`).
         if decision.verdict == StatementVerdict::Allow
-            && self.ctx.copy_out_masked == CopyOutMasked::Deny
+            && self.copy_out_masked == CopyOutMasked::Deny
             && !self.ctx.masking.is_empty()
             && classification
                 .statements
@@ -252,7 +304,7 @@ impl Session<'_> {
         }
         let redacted = &shown.text;
         let class = &shown.class;
-        let audit = self.ctx.mode == Mode::Audit;
+        let audit = self.mode == Mode::Audit;
         // The recording holds every statement; the daemon log only needs
         // the ones policy stopped (or would have, in audit mode), and a log
         // line per allowed statement costs more than the rest of its path.
@@ -266,7 +318,7 @@ impl Session<'_> {
                     decision = %decision.verdict,
                     rule = %decision.rule,
                     reason = %decision.reason,
-                    mode = %self.ctx.mode,
+                    mode = %self.mode,
                     "statement"
                 )
             };
@@ -296,6 +348,8 @@ impl Session<'_> {
             execute: false,
             columns: Arc::default(),
             sample: Default::default(),
+            approved: false,
+            prepared_done: 0,
         };
         if decision.verdict == StatementVerdict::Allow || audit {
             return Decided::Run(running);

@@ -9,18 +9,25 @@ impl Session<'_> {
         &mut self,
         frame: &Frame,
         kind: HeldKind,
-        running: Running,
+        mut running: Running,
         approved: bool,
     ) {
+        running.approved = approved;
         match kind {
             HeldKind::Query => {
                 self.forward(frame);
                 self.tracker.push(Pending::Query(Some(running)));
             }
+            HeldKind::Parse { name } if self.parse_would_clash(&name) => {
+                self.forward(frame);
+                self.tracker.push(Pending::Parse(None));
+            }
             HeldKind::Parse { name } => {
-                // Classified once here; Bind reuses it.
-                self.statements.insert(
-                    name,
+                // Classified once here; Bind reuses it. Put back as it
+                // was if the server rejects the Parse (an error in the
+                // text, or the pipeline failed before it).
+                let previous = self.statements.insert(
+                    name.clone(),
                     PreparedStatement {
                         sql: running.sql,
                         classification: running.classification,
@@ -29,7 +36,8 @@ impl Session<'_> {
                     },
                 );
                 self.forward(frame);
-                self.tracker.push(Pending::Parse);
+                self.tracker
+                    .push(Pending::Parse(parse_undo(name, previous)));
             }
         }
     }
@@ -46,8 +54,12 @@ impl Session<'_> {
                 // Same statement name, so a later Bind/Execute of it fails
                 // upstream as "does not exist".
                 push_parse(&mut self.to_upstream, &name, &format!("SELECT \"{nonce}\""));
-                self.statements.remove(&name);
-                self.tracker.push(Pending::Parse);
+                let undo = if self.parse_would_clash(&name) {
+                    None
+                } else {
+                    parse_undo(name.clone(), self.statements.remove(&name))
+                };
+                self.tracker.push(Pending::Parse(undo));
             }
         }
     }

@@ -16,11 +16,13 @@
 //! startup message, the upstream login), `client` (each frontend message
 //! decided), `hold` (statements waiting for approval), `results` (each
 //! backend message tracked and sampled for the recording),
-//! `result_masking` (masking plans, masked rows, COPY TO STDOUT) and
-//! `messages` (what the gateway writes itself).
+//! `result_masking` (masking plans, masked rows, COPY TO STDOUT),
+//! `prepared` (what each prepared statement name holds) and `messages`
+//! (what the gateway writes itself).
 mod client;
 mod hold;
 mod messages;
+mod prepared;
 mod result_masking;
 mod results;
 mod startup;
@@ -40,6 +42,7 @@ use self::{
         class_names, deny_error, fatal, push_bind, push_describe_portal, push_parse, push_query,
         put_message,
     },
+    prepared::parse_undo,
     startup::{connect, startup_with_tls},
 };
 use super::{
@@ -55,7 +58,8 @@ use super::{
     copy_out::{self, CopyRows},
     tls::{self, ClientStream},
     tracker::{
-        Denial, Layout, LayoutCache, Pending, Portal, PreparedStatement, Running, Shown, Tracker,
+        Denial, Layout, LayoutCache, Pending, Portal, PreparedStatement, Running, Shown,
+        SqlPrepared, Tracker,
     },
     upstream::{self, Route, Upstream, UpstreamError},
 };
@@ -177,11 +181,16 @@ pub async fn serve(
     let mut session = Session {
         ctx: ctx.clone(),
         rules,
+        mode: ctx.mode,
+        copy_out_masked: ctx.copy_out_masked,
+        generation: ctx.generation,
+        revoked: None,
         flow,
         recording,
         login: (route, role.clone(), database.clone(), password),
         tracker: Tracker::default(),
         statements: HashMap::new(),
+        sql_prepared: HashMap::new(),
         portals: HashMap::new(),
         query_plan: None,
         layouts: LayoutCache::default(),
@@ -210,12 +219,23 @@ struct Session<'a> {
     ctx: Arc<PostgresContext>,
     /// The flow's rules narrowed to the session's role.
     rules: SessionRules,
+    /// The statement policy's mode and COPY setting; with `rules`, taken
+    /// again after a policy reload (see `refresh_policy`).
+    mode: Mode,
+    copy_out_masked: CopyOutMasked,
+    /// The reload generation `rules` were made under.
+    generation: u64,
+    /// Set when a reload took this session's permission away: why.
+    revoked: Option<String>,
     flow: &'a Flow,
     recording: &'a SessionRecording,
     /// Upstream route, role, database and password, for catalog lookups.
     login: (Route, String, String, String),
     tracker: Tracker,
+    /// Statements prepared by Parse, by name.
     statements: HashMap<String, PreparedStatement>,
+    /// Statements prepared by SQL `PREPARE`, by name (see `prepared`).
+    sql_prepared: HashMap<String, SqlPrepared>,
     portals: HashMap<String, Portal>,
     /// Plan of the simple-protocol result being streamed.
     query_plan: Option<Arc<ResultPlan>>,

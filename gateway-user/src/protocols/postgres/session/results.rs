@@ -62,8 +62,12 @@ impl Session<'_> {
                     None => raw_message,
                 };
                 // Extended protocol: the server now skips to Sync.
+                let mut undos = Vec::new();
                 for skipped in self.tracker.skip_to_sync() {
                     match skipped {
+                        Pending::Parse(Some(undo)) | Pending::Close(Some(undo)) => {
+                            undos.push(undo);
+                        }
                         Pending::Execute {
                             running: Some(r), ..
                         } => self.complete(r, &message),
@@ -72,6 +76,10 @@ impl Session<'_> {
                         }
                         _ => {}
                     }
+                }
+                // Latest first, so a name changed twice ends as before both.
+                for undo in undos.into_iter().rev() {
+                    self.undo(undo);
                 }
                 if let Some(Pending::Query(running)) = self.tracker.pending.front_mut()
                     && let Some(running) = running.take()
@@ -149,6 +157,9 @@ impl Session<'_> {
                 }
             }
             b'C' | b'I' | b's' => {
+                if frame.tag() == b'C' {
+                    self.prepared_completed(frame.body());
+                }
                 // The end of a refused COPY was already answered with an error.
                 let refused = matches!(
                     std::mem::replace(&mut self.copy, CopyState::Idle),
