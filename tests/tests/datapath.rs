@@ -925,6 +925,43 @@ fn audit_mode_forwards_denied_connections_and_logs_them() -> Result<()> {
     Ok(())
 }
 
+/// Saving a policy file reloads it without a signal, once the file has
+/// settled (the daemon looks every 2 s).
+#[test]
+fn a_saved_policy_file_is_reloaded_without_a_signal() -> Result<()> {
+    let cg = TestCgroup::new("watch")?;
+    let echo = Server::echo(v4(19))?;
+    let base = GatewayConfig::new("watch", &cg)?.target(target_for("echo", &[&echo]));
+    let gw = Gateway::start(&base.clone().rule(Rule::deny("block-echo", &["echo"])))?;
+    let reloads = || {
+        gw.events()
+            .iter()
+            .filter(|e| chokepoint_tests::message(e) == Some("policy reloaded"))
+            .count()
+    };
+    assert_eq!(reloads(), 0);
+    gw.write_config(&base.rule(Rule::allow("allow-echo", &["echo"])).to_toml())?;
+    wait_for(
+        "the saved file to be reloaded",
+        Duration::from_secs(30),
+        || (reloads() == 1).then_some(()),
+    )
+    .with_context(|| format!("daemon log:\n{}", gw.logs().join("\n")))?;
+    let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
+    assert_passed(&r, 100);
+    assert_flow(
+        &gw.wait_for_flow(r.pid)?,
+        echo.addr(),
+        "allow",
+        "allow-echo",
+        "enforce",
+    );
+    // Once: an unchanged file is not reloaded again.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(reloads(), 1);
+    Ok(())
+}
+
 #[test]
 fn sighup_applies_a_valid_policy_and_keeps_the_old_one_on_errors() -> Result<()> {
     let cg = TestCgroup::new("reload")?;

@@ -7,6 +7,7 @@ mod refused;
 mod reload;
 mod serve;
 mod udp;
+mod watch;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
 
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let policy = Policy::load(&opts.config)?;
+    // Right after reading: a save from now on is a change to reload.
+    let files = watch::Watch::new(policy.sources());
     let guard = policy
         .guard()
         .cloned()
@@ -160,7 +163,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             tokio::spawn(refused::log_refused(shared.clone(), refused, udp));
         }
     }
-    let result = serve::serve(shared.clone(), v4, v6, admin, signals, &opts.config).await;
+    let result = serve::serve(shared.clone(), v4, v6, admin, signals, &opts.config, files).await;
     shared.recorder.shutdown().await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     info!(

@@ -13,7 +13,7 @@ use tokio::{
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::{RunError, Shared, reload::reload};
+use super::{RunError, Shared, reload::reload, watch};
 use crate::admin::AdminContext;
 use crate::{
     flow::{self, Flow},
@@ -58,6 +58,7 @@ pub(crate) async fn serve(
     admin: AdminContext,
     signals: Signals,
     config: &Path,
+    mut files: watch::Watch,
 ) -> Result<(), RunError> {
     let Signals {
         mut term,
@@ -67,11 +68,26 @@ pub(crate) async fn serve(
     let tasks = TaskTracker::new();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut retention = tokio::time::interval(RETENTION_EVERY);
+    let mut look = tokio::time::interval(watch::EVERY);
     loop {
         let accepted = tokio::select! {
             r = v4.accept() => r,
             r = v6.accept() => r,
-            _ = hup.recv() => { reload(&shared, config); continue; }
+            _ = hup.recv() => {
+                let read = watch::Watch::before_reload(shared.policy.load().sources());
+                reload(&shared, config);
+                files.reloaded(read);
+                continue;
+            }
+            _ = look.tick() => {
+                if files.changed(shared.policy.load().sources()) {
+                    info!("a policy file changed: reloading");
+                    let read = watch::Watch::before_reload(shared.policy.load().sources());
+                    reload(&shared, config);
+                    files.reloaded(read);
+                }
+                continue;
+            }
             r = admin.socket.accept() => {
                 match r {
                     Ok(stream) => { tasks.spawn(crate::admin::serve_connection(stream, admin.handles())); }
