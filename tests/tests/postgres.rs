@@ -1562,12 +1562,16 @@ fn a_rejected_parse_leaves_the_statement_it_would_replace() -> Result<()> {
         sync.clone(),
         frame(b'B', &cstrings(&["p1", "s1"], &[0; 6])),
         frame(b'E', &cstrings(&["p1"], &[0; 4])),
+        sync.clone(),
+        // A Bind of a name nothing prepared is refused, not forwarded.
+        frame(b'B', &cstrings(&["p2", "nothere"], &[0; 6])),
+        frame(b'E', &cstrings(&["p2"], &[0; 4])),
         sync,
     ];
-    let (tags, values) = raw_session(&s, &script, 3)?;
+    let (tags, values) = raw_session(&s, &script, 4)?;
     assert_eq!(
         (tags.as_str(), values.as_slice()),
-        ("1ZEZ2DCZ", &["42".to_owned()][..])
+        ("1ZEZ2DCZEZ", &["42".to_owned()][..])
     );
     let results = wait_for("the Execute's result event", LOG_TIMEOUT, || {
         let results = s.gw.recorded("result");

@@ -10,6 +10,14 @@ impl Session<'_> {
             Ok(m) => m,
             Err(e) => return self.protocol_violation(&e),
         };
+        if overlong_name(&message).is_some() {
+            // The server compares only the first MAX_NAME bytes, so a
+            // longer name could reach another statement than the one
+            // decided.
+            return self.protocol_violation(&CodecError::Malformed {
+                what: "a statement or portal name longer than 63 bytes (the server would compare only the first 63)",
+            });
+        }
         match message {
             FrontendMessage::Query(q) => {
                 let sql: Arc<str> = Arc::from(q.sql);
@@ -35,7 +43,20 @@ impl Session<'_> {
                 // reload may have revoked what it was prepared under. The
                 // name may hold a SQL PREPARE's statement (one namespace).
                 let verdict = self.named_statement(b.statement);
-                let refused = verdict.and_then(|(sql, classification, shown, approved)| {
+                // A name the gateway does not know holds nothing it
+                // decided (or a PREPARE still running): refused, as the
+                // server would refuse a name it does not have.
+                let unknown = verdict.is_none().then(|| {
+                    deny_error(
+                        "unknown-prepared",
+                        &format!(
+                            "statement denied by rule unknown-prepared: Bind of {:?}: no statement of that name was prepared in this session",
+                            b.statement
+                        ),
+                        "",
+                    )
+                });
+                let refused = unknown.or_else(|| verdict.and_then(|(sql, classification, shown, approved)| {
                     match self.decide_classified(&sql, &classification, shown) {
                         Decided::Run(_) => None,
                         Decided::Refuse(error) => Some(error),
@@ -48,7 +69,7 @@ impl Session<'_> {
                             &ask.shown,
                         )),
                     }
-                });
+                }));
                 if let Some(error) = refused {
                     let nonce = self.deny(error);
                     push_bind(&mut self.to_upstream, b.portal, &nonce);
@@ -373,6 +394,23 @@ impl Session<'_> {
     }
 }
 
+/// The longest statement or portal name the server tells apart
+/// (`NAMEDATALEN - 1`): its tables compare only this many bytes.
+const MAX_NAME: usize = 63;
+
+/// A statement or portal name in `message` longer than [`MAX_NAME`].
+fn overlong_name<'m>(message: &FrontendMessage<'m>) -> Option<&'m str> {
+    let names: [&'m str; 2] = match message {
+        FrontendMessage::Parse(p) => [p.name, ""],
+        FrontendMessage::Bind(b) => [b.portal, b.statement],
+        FrontendMessage::Describe(d) => [d.name, ""],
+        FrontendMessage::Execute(e) => [e.portal, ""],
+        FrontendMessage::Close(c) => [c.name, ""],
+        _ => return None,
+    };
+    names.into_iter().find(|n| n.len() > MAX_NAME)
+}
+
 /// What logs and recordings show of `sql`. Text without a password literal
 /// is shared, not copied.
 pub(super) fn shown(sql: &Arc<str>, classification: &Classification) -> Shown {
@@ -417,6 +455,22 @@ fn contains_ignore_case(text: &str, needle: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::protocols::postgres::classify::ClassifierCache;
+
+    #[test]
+    fn names_the_server_would_cut_short_are_found() {
+        let parse = |name| {
+            FrontendMessage::Parse(codec::Parse {
+                name,
+                sql: "SELECT 1",
+                param_types: Vec::new(),
+            })
+        };
+        let at_limit = "s".repeat(MAX_NAME);
+        let over = "s".repeat(MAX_NAME + 1);
+        assert_eq!(overlong_name(&parse(&at_limit)), None);
+        assert_eq!(overlong_name(&parse(&over)), Some(over.as_str()));
+        assert_eq!(overlong_name(&FrontendMessage::Sync), None);
+    }
 
     fn changes(sql: &str) -> bool {
         let classification = ClassifierCache::new(0).classify(sql).unwrap();

@@ -112,12 +112,17 @@ impl Session<'_> {
                 .rev()
                 .find(|s| matches!(&s.prepared, Some(Prepared::Define(n)) if n == name));
             let (stored, approved) = match (earlier, self.named_statement(name)) {
-                (Some(define), _) => (
-                    Arc::new(Classification {
-                        statements: vec![define.clone()],
-                    }),
-                    false,
-                ),
+                (Some(define), _) => {
+                    // What it defines, not the definition itself.
+                    let mut inner = define.clone();
+                    inner.prepared = None;
+                    (
+                        Arc::new(Classification {
+                            statements: vec![inner],
+                        }),
+                        false,
+                    )
+                }
                 (None, Some((_, stored, _, approved))) => (stored, approved),
                 (None, None) => {
                     return Err(format!(
@@ -129,6 +134,15 @@ impl Session<'_> {
                 continue;
             }
             for inner in &stored.statements {
+                // The session follows names from its own PREPARE and
+                // DEALLOCATE statements; one run through EXECUTE (of a
+                // Parse'd utility statement) would change names unseen.
+                if inner.prepared.is_some() {
+                    return Err(format!(
+                        "EXECUTE {name} runs a {}, which chokepoint does not follow through EXECUTE: send it directly",
+                        inner.command
+                    ));
+                }
                 let mut inner = inner.clone();
                 inner.prepared = None;
                 if outer.command == "EXPLAIN ANALYZE"
@@ -183,8 +197,11 @@ impl Session<'_> {
             return;
         };
         running.prepared_done = i + 1;
+        // What it defines: its class, flags and tables, not the PREPARE.
+        let mut defined = statement.clone();
+        defined.prepared = None;
         let entry = SqlPrepared {
-            statement: statement.clone(),
+            statement: defined,
             sql: running.sql.clone(),
             shown: running.shown.clone(),
             approved: running.approved,
