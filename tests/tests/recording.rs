@@ -283,6 +283,29 @@ fn sigkill_mid_session_leaves_an_unsealed_chain_the_next_start_seals() -> Result
         verdict.contains(&format!("{id}: TAMPERED")) && verdict.contains("the recording is gone"),
         "{verdict}"
     );
+    // And so is the ledger itself: its head is kept with the key.
+    let ledger = dir.join("ledger.jsonl");
+    let kept = fs::read(&ledger)?;
+    fs::remove_file(&ledger)?;
+    let out = gw.sessions(&["verify", "--all"])?;
+    let verdict = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{verdict}");
+    assert!(
+        verdict.contains("ledger: TAMPERED") && verdict.contains("is gone"),
+        "{verdict}"
+    );
+    // A shortened ledger stops the gateway from starting on it.
+    let first = kept
+        .split_inclusive(|&b| b == b'\n')
+        .next()
+        .context("a ledger line")?;
+    fs::write(&ledger, first)?;
+    gw.terminate()?;
+    let err = match gw.restart() {
+        Ok(()) => anyhow::bail!("the gateway started on a cut ledger"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("cut short"), "{err}");
     Ok(())
 }
 
@@ -415,8 +438,8 @@ fn two_hundred_concurrent_sessions_each_record_completely() -> Result<()> {
         assert_eq!(lines[1]["event"]["bytes_up"], 1000, "{path:?}");
         assert_eq!(lines[1]["event"]["bytes_down"], 1000, "{path:?}");
     }
-    // And the host's ledger lists each seal once (it follows the
-    // recordings' fsync, within 100 ms).
+    // And the host's ledger lists each seal (it follows the recordings'
+    // fsync, within 100 ms), after the session's opening.
     let ledger = gw.recording_dir().join("ledger.jsonl");
     let listed = wait_for("every seal in the ledger", SEAL_TIMEOUT, || {
         let text = fs::read_to_string(&ledger).ok()?;
@@ -426,7 +449,7 @@ fn two_hundred_concurrent_sessions_each_record_completely() -> Result<()> {
             .filter(|l| l["event"]["type"] == "sealed")
             .filter_map(|l| l["event"]["session"].as_str().map(str::to_owned))
             .collect();
-        (text.lines().count() == SESSIONS).then_some(sessions)
+        (sessions.len() == SESSIONS).then_some(sessions)
     })?;
     let ids: std::collections::BTreeSet<String> = ids.into_iter().collect();
     assert_eq!(listed, ids);

@@ -1,5 +1,6 @@
-//! The host's ledger of ended sessions: `<dir>/ledger.jsonl`, one signed,
-//! hash-chained line per sealed, recovered or removed recording.
+//! The host's ledger of sessions: `<dir>/ledger.jsonl`, one signed,
+//! hash-chained line each time a recording is opened, sealed, sealed
+//! after a crash (recovered) or removed by retention.
 //!
 //! A recording's own seal proves what it holds, but not that it was ever
 //! sealed: cut the file short and drop the seal, and it reads like a
@@ -7,9 +8,12 @@
 //! somewhere else, so `verify` tells a cut-short recording ("the ledger
 //! has it sealed after 9 events") from a crash, and `verify --all` finds
 //! recordings deleted outright. Each line is signed with the host key
-//! over its content and the line before it: a line can be neither changed
-//! nor removed from the middle. Only the newest lines can be cut off
-//! unnoticed, together with every session after them.
+//! over its content and the line before it, so a line can be neither
+//! changed nor removed from the middle; the ledger's last line (its
+//! [`Head`]) is also kept in the keys directory, outside the recordings
+//! directory, so the ledger cannot be cut short or replaced either. What
+//! stays open: lines written in the last ~100 ms before a cut (the head
+//! moves at each fsync), and everything, to whoever holds the key.
 //!
 //! Lines use the recordings' chain format ([`super::chain`]):
 //!
@@ -17,7 +21,7 @@
 //! {"hash":H,"prev_hash":P,"event":{"seq":3,"wall":"…","type":"sealed","session":"20261127T…","events":9,"final_hash":"…","public_key":"…","signature":"…"}}
 //! ```
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fs::{File, OpenOptions},
     io::{Read, Seek, SeekFrom, Write},
     os::unix::fs::OpenOptionsExt,
@@ -37,6 +41,9 @@ pub const FILE: &str = "ledger.jsonl";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    /// Its session started: the recovery pass seals only recordings the
+    /// ledger saw opened, never a file that merely appeared.
+    Opened,
     /// Sealed at its session's end.
     Sealed,
     /// Sealed at the gateway's next start: it stopped mid-session.
@@ -48,6 +55,7 @@ pub enum Outcome {
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
+            Outcome::Opened => "opened",
             Outcome::Sealed => "sealed",
             Outcome::Recovered => "recovered",
             Outcome::Removed => "removed",
@@ -85,21 +93,84 @@ fn message(prev_hash: &str, e: &Entry) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The ledger's last line as the daemon last wrote it, kept outside the
+/// recordings directory: in the keys directory, which only root can write
+/// and which holds the signing key anyway. A ledger that no longer reaches
+/// its head was cut or replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// `seq` of the last line.
+    pub seq: u64,
+    /// Its `hash`.
+    pub hash: String,
+}
+
+/// Where the head of the ledger in recordings directory `dir` is kept:
+/// one file per directory in `keys_dir`.
+pub fn head_path(keys_dir: &Path, dir: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let digest = Sha256::digest(dir.as_os_str().as_bytes());
+    keys_dir.join(format!("ledger-{}.head", &hex::encode(digest)[..16]))
+}
+
+/// Reads a head file; `None` when there is none yet.
+pub fn read_head(path: &Path) -> Result<Option<Head>, String> {
+    match std::fs::read(path) {
+        Ok(data) => serde_json::from_slice(&data)
+            .map(Some)
+            .map_err(|e| format!("{} is not a ledger head: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn write_head(path: &Path, head: &Head) -> std::io::Result<()> {
+    let tmp = path.with_extension("head.new");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(&serde_json::to_vec(head).map_err(std::io::Error::other)?)?;
+    file.sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// What the ledger held when the daemon opened it.
+#[derive(Debug, Default)]
+pub struct Known {
+    /// The newest outcome of every session it names.
+    pub sessions: HashMap<String, Outcome>,
+    /// Whether it was started just now: recordings from before it exist
+    /// that it never saw opened.
+    pub fresh: bool,
+}
+
 /// The daemon's open ledger: locked for its lifetime, so two daemons
 /// never interleave one chain.
 pub struct LedgerWriter {
     file: Flock<File>,
     path: PathBuf,
+    head_path: PathBuf,
     prev: String,
     seq: u64,
     dirty: bool,
 }
 
 impl LedgerWriter {
-    /// Opens (or starts) the ledger in `dir` and finds where its chain
-    /// ends. Also returns the sessions it already names.
-    pub fn open(dir: &Path) -> Result<(LedgerWriter, HashSet<String>), String> {
+    /// Opens (or starts) the ledger in `dir` and checks it against its
+    /// head in `head_path`: a ledger cut short or replaced, or a line the
+    /// head does not cover that `key` did not sign, stops the recorder.
+    pub fn open(
+        dir: &Path,
+        head_path: &Path,
+        key: &HostKey,
+    ) -> Result<(LedgerWriter, Known), String> {
         let path = dir.join(FILE);
+        let head = read_head(head_path)?;
         let file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -118,9 +189,9 @@ impl LedgerWriter {
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.read_to_end(&mut data))
             .map_err(|e| format!("cannot read the ledger {}: {e}", path.display()))?;
-        // A crash (power loss) can leave the last line half written. What
-        // it held is the seal of a recording that has its own seal, and
-        // the recovery pass at start lists that recording again.
+        // A crash (power loss) can leave the last line half written: it
+        // was never fsynced, so the head does not name it, and whatever it
+        // listed the recovery pass at start lists again.
         let whole = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         if whole < data.len() {
             tracing::warn!(ledger = %path.display(), bytes = data.len() - whole, "the ledger ends in a half-written line (a crash while writing it): cutting it off");
@@ -128,29 +199,41 @@ impl LedgerWriter {
                 .map_err(|e| format!("cannot repair the ledger {}: {e}", path.display()))?;
             data.truncate(whole);
         }
-        let mut known = HashSet::new();
-        let (mut prev, mut seq) = (chain::GENESIS.to_owned(), 0);
-        for (i, line) in data.split_inclusive(|&b| b == b'\n').enumerate() {
-            let broken = |why: &str| {
-                format!(
-                    "the ledger {} is damaged at line {} ({why}): check it with `chokepoint sessions verify --all`, then move it aside to start a new one",
-                    path.display(),
-                    i + 1
-                )
-            };
-            let line = line.strip_suffix(b"\n").unwrap_or(line);
-            let (hash, _, event) = chain::split(line).map_err(broken)?;
-            let entry: Entry = serde_json::from_slice(event).map_err(|e| broken(&e.to_string()))?;
-            prev = hash.to_owned();
-            seq = entry.seq + 1;
-            known.insert(entry.session);
+        let trusted = [key.public_hex()];
+        // Lines up to the head are covered by its hash through the chain;
+        // only the ones after it (written, not yet named by a head) need
+        // their signatures checked.
+        let checked = Ledger::check(
+            &data,
+            &trusted,
+            head.as_ref(),
+            head.as_ref().map_or(0, |h| h.seq + 1),
+        );
+        if let Some(p) = &checked.problem {
+            return Err(format!(
+                "the ledger {} is damaged at line {} (seq {}): {}; check it with `chokepoint sessions verify --all`, then move it aside (and remove {}) to start a new one",
+                path.display(),
+                p.line,
+                p.seq,
+                p.reason,
+                head_path.display()
+            ));
         }
+        let known = Known {
+            sessions: checked
+                .entries
+                .iter()
+                .map(|(session, e)| (session.clone(), e.outcome))
+                .collect(),
+            fresh: checked.lines == 0,
+        };
         let writer = LedgerWriter {
             file,
             path,
-            prev,
-            seq,
-            dirty: false,
+            head_path: head_path.to_path_buf(),
+            prev: checked.last_hash,
+            seq: checked.lines,
+            dirty: checked.lines > 0 && head.is_none(),
         };
         Ok((writer, known))
     }
@@ -188,23 +271,41 @@ impl LedgerWriter {
         Ok(())
     }
 
+    /// Fsyncs what was appended, then moves the head to its last line.
     pub fn sync(&mut self) -> Result<(), String> {
-        if self.dirty {
-            self.file
-                .sync_data()
-                .map_err(|e| format!("cannot fsync the ledger {}: {e}", self.path.display()))?;
-            self.dirty = false;
+        if !self.dirty {
+            return Ok(());
         }
+        self.file
+            .sync_data()
+            .map_err(|e| format!("cannot fsync the ledger {}: {e}", self.path.display()))?;
+        if let Some(last) = self.seq.checked_sub(1) {
+            let head = Head {
+                seq: last,
+                hash: self.prev.clone(),
+            };
+            write_head(&self.head_path, &head).map_err(|e| {
+                format!(
+                    "cannot write the ledger head {}: {e}",
+                    self.head_path.display()
+                )
+            })?;
+        }
+        self.dirty = false;
         Ok(())
     }
 }
 
-/// A ledger as read back for `verify`: the newest entry per session, and
-/// the first problem, if any (entries after it are not trusted).
+/// A ledger as read back: the newest entry per session, and the first
+/// problem, if any (entries after it are not trusted).
 #[derive(Debug, Default)]
 pub struct Ledger {
     pub entries: HashMap<String, Entry>,
     pub problem: Option<Problem>,
+    /// Lines read and trusted.
+    pub lines: u64,
+    /// The hash of the last trusted line (the genesis hash for none).
+    pub last_hash: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,21 +316,43 @@ pub struct Problem {
 }
 
 impl Ledger {
-    /// Reads and checks the ledger in `dir`; `None` when there is none
-    /// (recordings from before the ledger, or another store).
-    pub fn read(dir: &Path, trusted: &[String]) -> Result<Option<Ledger>, String> {
+    /// Reads and checks the ledger in `dir` against `head` (from the keys
+    /// directory, when there is one); `None` when there is neither a
+    /// ledger nor a head (recordings from before the ledger, another
+    /// machine's copy).
+    pub fn read(
+        dir: &Path,
+        trusted: &[String],
+        head: Option<&Head>,
+    ) -> Result<Option<Ledger>, String> {
         let path = dir.join(FILE);
         match std::fs::read(&path) {
-            Ok(data) => Ok(Some(Ledger::check(&data, trusted))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Ok(data) => Ok(Some(Ledger::check(&data, trusted, head, 0))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(head.map(|h| Ledger {
+                problem: Some(Problem {
+                    line: 1,
+                    seq: 0,
+                    reason: format!(
+                        "the ledger {} is gone, but its head says it had {} lines",
+                        path.display(),
+                        h.seq + 1
+                    ),
+                }),
+                last_hash: chain::GENESIS.to_owned(),
+                ..Ledger::default()
+            })),
             Err(e) => Err(format!("cannot read the ledger {}: {e}", path.display())),
         }
     }
 
-    /// Checks a ledger's bytes: chain, order and every signature.
-    pub fn check(data: &[u8], trusted: &[String]) -> Ledger {
-        let mut ledger = Ledger::default();
-        let mut prev = chain::GENESIS.to_owned();
+    /// Checks a ledger's bytes: chain, order, the signature of every line
+    /// from `signed_from` on, and that it reaches `head`.
+    pub fn check(data: &[u8], trusted: &[String], head: Option<&Head>, signed_from: u64) -> Ledger {
+        let mut ledger = Ledger {
+            last_hash: chain::GENESIS.to_owned(),
+            ..Ledger::default()
+        };
+        let mut reached_head = head.is_none();
         for (i, line) in data.split_inclusive(|&b| b == b'\n').enumerate() {
             let seq = i as u64;
             let fail = |reason: String| Problem {
@@ -248,13 +371,14 @@ impl Ledger {
                     break;
                 }
             };
+            let prev = &ledger.last_hash;
             if prev_hash != prev {
                 ledger.problem = Some(fail(
                     "prev_hash does not match the line before: a line was removed, inserted or moved".into(),
                 ));
                 break;
             }
-            if chain::hash(&prev, event) != hash {
+            if chain::hash(prev, event) != hash {
                 ledger.problem = Some(fail(
                     "the hash does not match the entry: the line was changed".into(),
                 ));
@@ -271,19 +395,49 @@ impl Ledger {
                 ledger.problem = Some(fail(format!("seq is {} where {seq} belongs", entry.seq)));
                 break;
             }
-            if !trusted.contains(&entry.public_key) {
-                ledger.problem = Some(fail(format!(
-                    "the entry is signed by key {}, which is not trusted here",
-                    entry.public_key
-                )));
-                break;
+            if seq >= signed_from {
+                if !trusted.contains(&entry.public_key) {
+                    ledger.problem = Some(fail(format!(
+                        "the entry is signed by key {}, which is not trusted here",
+                        entry.public_key
+                    )));
+                    break;
+                }
+                if !keys::verify_bytes(&entry.public_key, &message(prev, &entry), &entry.signature)
+                {
+                    ledger.problem = Some(fail("the entry's signature does not verify".into()));
+                    break;
+                }
             }
-            if !keys::verify_bytes(&entry.public_key, &message(&prev, &entry), &entry.signature) {
-                ledger.problem = Some(fail("the entry's signature does not verify".into()));
-                break;
+            if let Some(h) = head
+                && h.seq == seq
+            {
+                if h.hash != hash {
+                    ledger.problem = Some(fail(
+                        "the line is not the one the ledger's head names: the ledger was replaced"
+                            .into(),
+                    ));
+                    break;
+                }
+                reached_head = true;
             }
-            prev = hash.to_owned();
+            ledger.last_hash = hash.to_owned();
+            ledger.lines = seq + 1;
             ledger.entries.insert(entry.session.clone(), entry);
+        }
+        if !reached_head
+            && ledger.problem.is_none()
+            && let Some(h) = head
+        {
+            ledger.problem = Some(Problem {
+                line: ledger.lines as usize + 1,
+                seq: ledger.lines,
+                reason: format!(
+                    "the ledger ends after {} lines, but its head says it had {}: it was cut short",
+                    ledger.lines,
+                    h.seq + 1
+                ),
+            });
         }
         ledger
     }
@@ -293,77 +447,115 @@ impl Ledger {
 mod tests {
     use super::*;
 
-    fn key(dir: &Path) -> HostKey {
-        HostKey::load_or_create(&dir.join("keys")).expect("key")
+    struct Host {
+        dir: tempfile::TempDir,
+        key: HostKey,
+    }
+
+    impl Host {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let key = HostKey::load_or_create(&dir.path().join("keys")).unwrap();
+            Self { dir, key }
+        }
+
+        fn sessions(&self) -> PathBuf {
+            self.dir.path().join("sessions")
+        }
+
+        fn head(&self) -> PathBuf {
+            head_path(&self.dir.path().join("keys"), &self.sessions())
+        }
+
+        fn open(&self) -> Result<(LedgerWriter, Known), String> {
+            std::fs::create_dir_all(self.sessions()).unwrap();
+            LedgerWriter::open(&self.sessions(), &self.head(), &self.key)
+        }
+
+        fn trusted(&self) -> Vec<String> {
+            vec![self.key.public_hex()]
+        }
+
+        fn read(&self) -> Ledger {
+            let head = read_head(&self.head()).unwrap();
+            Ledger::read(&self.sessions(), &self.trusted(), head.as_ref())
+                .unwrap()
+                .unwrap()
+        }
+
+        /// Three sealed sessions, synced (the head names the third).
+        fn three_lines(&self) -> Vec<u8> {
+            let (mut ledger, _) = self.open().unwrap();
+            for (i, s) in ["s1", "s2", "s3"].iter().enumerate() {
+                ledger
+                    .append(&self.key, Outcome::Sealed, s, i as u64 + 3, &"c".repeat(64))
+                    .unwrap();
+            }
+            ledger.sync().unwrap();
+            drop(ledger);
+            std::fs::read(self.sessions().join(FILE)).unwrap()
+        }
     }
 
     #[test]
     fn entries_round_trip_and_the_chain_continues_after_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = key(dir.path());
-        let trusted = vec![key.public_hex()];
+        let host = Host::new();
         {
-            let (mut ledger, known) = LedgerWriter::open(dir.path()).unwrap();
-            assert!(known.is_empty());
+            let (mut ledger, known) = host.open().unwrap();
+            assert!(known.fresh && known.sessions.is_empty());
             ledger
-                .append(&key, Outcome::Sealed, "s1", 9, &"a".repeat(64))
+                .append(&host.key, Outcome::Opened, "s1", 0, "")
+                .unwrap();
+            ledger
+                .append(&host.key, Outcome::Sealed, "s1", 9, &"a".repeat(64))
                 .unwrap();
             ledger.sync().unwrap();
         }
-        let (mut ledger, known) = LedgerWriter::open(dir.path()).unwrap();
-        assert!(known.contains("s1"));
+        let (mut ledger, known) = host.open().unwrap();
+        assert!(!known.fresh);
+        assert_eq!(known.sessions["s1"], Outcome::Sealed);
         ledger
-            .append(&key, Outcome::Recovered, "s2", 4, &"b".repeat(64))
+            .append(&host.key, Outcome::Recovered, "s2", 4, &"b".repeat(64))
             .unwrap();
-        ledger.append(&key, Outcome::Removed, "s1", 0, "").unwrap();
+        ledger
+            .append(&host.key, Outcome::Removed, "s1", 0, "")
+            .unwrap();
+        ledger.sync().unwrap();
         drop(ledger);
-        let read = Ledger::read(dir.path(), &trusted).unwrap().unwrap();
+        let read = host.read();
         assert_eq!(read.problem, None);
         assert_eq!(read.entries["s1"].outcome, Outcome::Removed);
         assert_eq!(read.entries["s2"].outcome, Outcome::Recovered);
-        assert_eq!(read.entries["s2"].seq, 1);
+        assert_eq!(read.entries["s2"].seq, 2);
     }
 
     #[test]
     fn a_second_daemon_cannot_open_the_same_ledger() {
-        let dir = tempfile::tempdir().unwrap();
-        let _first = LedgerWriter::open(dir.path()).unwrap();
-        let Err(e) = LedgerWriter::open(dir.path()) else {
+        let host = Host::new();
+        let _first = host.open().unwrap();
+        let Err(e) = host.open() else {
             panic!("two writers on one ledger");
         };
         assert!(e.contains("another chokepoint daemon"), "{e}");
     }
 
-    fn three_lines(dir: &Path) -> (Vec<u8>, Vec<String>) {
-        let key = key(dir);
-        let (mut ledger, _) = LedgerWriter::open(dir).unwrap();
-        for (i, s) in ["s1", "s2", "s3"].iter().enumerate() {
-            ledger
-                .append(&key, Outcome::Sealed, s, i as u64 + 3, &"c".repeat(64))
-                .unwrap();
-        }
-        drop(ledger);
-        (
-            std::fs::read(dir.join(FILE)).unwrap(),
-            vec![key.public_hex()],
-        )
-    }
-
     #[test]
     fn a_removed_or_changed_line_is_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let (data, trusted) = three_lines(dir.path());
+        let host = Host::new();
+        let data = host.three_lines();
+        let trusted = host.trusted();
         let lines: Vec<&[u8]> = data.split_inclusive(|&b| b == b'\n').collect();
 
         let without_middle = [lines[0], lines[2]].concat();
-        let problem = Ledger::check(&without_middle, &trusted).problem.unwrap();
+        let problem = Ledger::check(&without_middle, &trusted, None, 0)
+            .problem
+            .unwrap();
         assert_eq!((problem.line, problem.seq), (2, 1), "{problem:?}");
         assert!(problem.reason.contains("prev_hash"), "{problem:?}");
 
         // A changed count with the chain hashes recomputed: only the
         // signature can tell.
-        let (hash, prev, event) = chain::split(lines[1].strip_suffix(b"\n").unwrap()).unwrap();
-        let _ = hash;
+        let (_, prev, event) = chain::split(lines[1].strip_suffix(b"\n").unwrap()).unwrap();
         let forged = String::from_utf8(event.to_vec())
             .unwrap()
             .replace("\"events\":4", "\"events\":2");
@@ -373,41 +565,94 @@ mod tests {
         let (_, _, third) = chain::split(lines[2].strip_suffix(b"\n").unwrap()).unwrap();
         chain::append_line(&mut rest, &new_hash, third);
         let relinked = [lines[0], &line, &rest].concat();
-        let problem = Ledger::check(&relinked, &trusted).problem.unwrap();
+        let problem = Ledger::check(&relinked, &trusted, None, 0).problem.unwrap();
         assert_eq!(problem.line, 2, "{problem:?}");
         assert!(problem.reason.contains("signature"), "{problem:?}");
 
-        let untrusted = Ledger::check(&data, &["00".repeat(32)]).problem.unwrap();
+        let untrusted = Ledger::check(&data, &["00".repeat(32)], None, 0)
+            .problem
+            .unwrap();
         assert_eq!(untrusted.line, 1);
         assert!(untrusted.reason.contains("not trusted"), "{untrusted:?}");
     }
 
     #[test]
-    fn a_half_written_last_line_is_cut_off_and_the_chain_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let (data, trusted) = three_lines(dir.path());
-        std::fs::write(dir.path().join(FILE), &data[..data.len() - 10]).unwrap();
-        let key = key(dir.path());
-        let (mut ledger, known) = LedgerWriter::open(dir.path()).unwrap();
-        assert!(known.contains("s2") && !known.contains("s3"));
-        ledger
-            .append(&key, Outcome::Sealed, "s3", 5, &"c".repeat(64))
+    fn a_ledger_cut_short_or_gone_is_caught_by_its_head() {
+        let host = Host::new();
+        let data = host.three_lines();
+        let path = host.sessions().join(FILE);
+        // Cut at a line boundary: a valid chain, but short of the head.
+        let two: Vec<u8> = data
+            .split_inclusive(|&b| b == b'\n')
+            .take(2)
+            .collect::<Vec<_>>()
+            .concat();
+        std::fs::write(&path, &two).unwrap();
+        let problem = host.read().problem.unwrap();
+        assert!(problem.reason.contains("cut short"), "{problem:?}");
+        let Err(e) = host.open() else {
+            panic!("the daemon took a cut ledger");
+        };
+        assert!(
+            e.contains("cut short") && e.contains("move it aside"),
+            "{e}"
+        );
+        // Gone altogether.
+        std::fs::remove_file(&path).unwrap();
+        let problem = host.read().problem.unwrap();
+        assert!(problem.reason.contains("is gone"), "{problem:?}");
+    }
+
+    #[test]
+    fn a_line_appended_by_someone_else_stops_the_daemon() {
+        let host = Host::new();
+        host.three_lines();
+        let other = HostKey::load_or_create(&host.dir.path().join("other-keys")).unwrap();
+        // Written with another key, past the head: only its signature
+        // tells it from a line the daemon wrote before a crash.
+        let mut forger = {
+            let (w, _) = host.open().unwrap();
+            w
+        };
+        forger
+            .append(&other, Outcome::Removed, "s2", 0, "")
             .unwrap();
+        drop(forger);
+        let Err(e) = host.open() else {
+            panic!("opened a ledger with a forged line");
+        };
+        assert!(e.contains("line 4") && e.contains("not trusted"), "{e}");
+    }
+
+    #[test]
+    fn a_half_written_last_line_is_cut_off_and_the_chain_goes_on() {
+        let host = Host::new();
+        let data = host.three_lines();
+        // A fourth line that was never fsynced (the head names the third).
+        let mut torn = data.clone();
+        torn.extend_from_slice(b"{\"hash\":\"0123");
+        std::fs::write(host.sessions().join(FILE), &torn).unwrap();
+        let (mut ledger, known) = host.open().unwrap();
+        assert!(known.sessions.contains_key("s3"));
+        ledger
+            .append(&host.key, Outcome::Sealed, "s4", 5, &"c".repeat(64))
+            .unwrap();
+        ledger.sync().unwrap();
         drop(ledger);
-        let read = Ledger::read(dir.path(), &trusted).unwrap().unwrap();
+        let read = host.read();
         assert_eq!(read.problem, None);
-        assert_eq!(read.entries.len(), 3);
+        assert_eq!(read.entries.len(), 4);
     }
 
     #[test]
     fn a_damaged_ledger_stops_the_writer_with_a_way_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let (data, _) = three_lines(dir.path());
+        let host = Host::new();
+        let data = host.three_lines();
         let text = String::from_utf8(data)
             .unwrap()
             .replacen("{\"hash\"", "{\"hush\"", 2);
-        std::fs::write(dir.path().join(FILE), text).unwrap();
-        let Err(e) = LedgerWriter::open(dir.path()) else {
+        std::fs::write(host.sessions().join(FILE), text).unwrap();
+        let Err(e) = host.open() else {
             panic!("opened a damaged ledger");
         };
         assert!(e.contains("line 1") && e.contains("move it aside"), "{e}");

@@ -97,7 +97,8 @@ impl Recorder {
         let key = keys::HostKey::load_or_create(&settings.keys_dir)?;
         std::fs::create_dir_all(&settings.dir)
             .map_err(|e| format!("cannot create {}: {e}", settings.dir.display()))?;
-        let (mut ledger, known) = ledger::LedgerWriter::open(&settings.dir)?;
+        let head = ledger::head_path(&settings.keys_dir, &settings.dir);
+        let (mut ledger, known) = ledger::LedgerWriter::open(&settings.dir, &head, &key)?;
         recover::recover(&settings.dir, &key, &mut ledger, &known)?;
         let (queue, inbox) = writer::queue();
         let inflight = Arc::new(AtomicUsize::new(0));

@@ -1,11 +1,12 @@
 //! At start, before the first session: seal what the previous run left
-//! unsealed (it was killed, or the host lost power, mid-session), and put
-//! every seal the ledger does not hold yet into it.
+//! unsealed (it was killed, or the host lost power, mid-session) — only
+//! recordings the ledger saw opened, never a file that merely appeared —
+//! and put every seal the ledger does not hold yet into it.
 //!
 //! Afterwards a recording reads "unsealed" only while its session runs,
 //! or until the gateway starts again after stopping mid-session; from
 //! then on, cutting it short shows against its seal and the ledger.
-use std::{collections::HashSet, fs, io::Write, path::Path, time::SystemTime};
+use std::{fs, io::Write, path::Path, time::SystemTime};
 
 use tracing::{info, warn};
 
@@ -14,7 +15,7 @@ use super::{
     event::{Body, Event},
     files,
     keys::HostKey,
-    ledger::{LedgerWriter, Outcome},
+    ledger::{Known, LedgerWriter, Outcome},
     verify::{self, Verdict},
 };
 
@@ -25,20 +26,24 @@ pub const REASON: &str =
 /// What a recovery pass did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
-    /// Unsealed recordings sealed now.
+    /// Unsealed recordings the ledger saw opened, sealed now.
     pub sealed: usize,
-    /// Sealed recordings the ledger did not hold, now in it.
+    /// Sealed recordings the ledger did not have as sealed, now in it
+    /// (a crash between a seal and its ledger line; recordings from
+    /// before the ledger).
     pub listed: usize,
-    /// Recordings that do not verify: left exactly as they are.
-    pub damaged: usize,
+    /// Recordings left exactly as they are: they do not verify, or the
+    /// ledger never saw them opened (a file that merely appeared), or
+    /// retention removed them and a file is back under the name.
+    pub left: usize,
 }
 
-/// One pass over `dir`; `known` are the sessions the ledger names.
+/// One pass over `dir`; `known` is what the ledger held at start.
 pub fn recover(
     dir: &Path,
     key: &HostKey,
     ledger: &mut LedgerWriter,
-    known: &HashSet<String>,
+    known: &Known,
 ) -> Result<Recovery, String> {
     let mut done = Recovery::default();
     let trusted = [key.public_hex()];
@@ -47,18 +52,39 @@ pub fn recover(
         let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
-        if known.contains(id) {
+        let opened = match known.sessions.get(id) {
+            Some(Outcome::Sealed | Outcome::Recovered) => continue,
+            Some(Outcome::Removed) => {
+                warn!(recording = %path.display(), "retention removed this recording, and a file is back under its name: left as it is (verify reports it)");
+                done.left += 1;
+                continue;
+            }
+            Some(Outcome::Opened) => true,
+            // Before the ledger existed, sealed recordings are listed;
+            // after, a recording it never saw opened did not come from
+            // this gateway.
+            None => false,
+        };
+        if !opened && !known.fresh {
+            warn!(recording = %path.display(), "a recording the ledger never saw opened: left as it is, not sealed");
+            done.left += 1;
             continue;
         }
         let data = match fs::read(&path) {
             Ok(d) => d,
             Err(e) => {
                 warn!(recording = %path.display(), error = %e, "cannot read a recording to recover it");
-                done.damaged += 1;
+                done.left += 1;
                 continue;
             }
         };
         let (verdict, events) = verify::verify(&data, &trusted);
+        // Another session's lines under this name are not this session's.
+        if events.first().is_some_and(|e| e.session != id) {
+            warn!(recording = %path.display(), "a recording holds another session than its name says: left as it is");
+            done.left += 1;
+            continue;
+        }
         let last_seal = || match events.last().map(|e| &e.body) {
             Some(Body::Seal { final_hash, .. }) => final_hash.clone(),
             _ => String::new(),
@@ -72,6 +98,11 @@ pub fn recover(
                 done.listed += 1;
                 (Outcome::Recovered, n, last_seal())
             }
+            Verdict::Unsealed { .. } if !opened => {
+                warn!(recording = %path.display(), "an unsealed recording from before the ledger: left unsealed, as nothing shows this gateway opened it");
+                done.left += 1;
+                continue;
+            }
             Verdict::Unsealed { events: n } => match seal_after_crash(&path, &data, &events, key) {
                 Ok(final_hash) => {
                     done.sealed += 1;
@@ -79,13 +110,13 @@ pub fn recover(
                 }
                 Err(e) => {
                     warn!(error = %e, "cannot seal a recording the previous run left unsealed");
-                    done.damaged += 1;
+                    done.left += 1;
                     continue;
                 }
             },
             Verdict::Tampered { line, reason, .. } => {
                 warn!(recording = %path.display(), line, reason, "a recording does not verify: left as it is, not sealed");
-                done.damaged += 1;
+                done.left += 1;
                 continue;
             }
         };
@@ -96,7 +127,7 @@ pub fn recover(
         info!(
             sealed = done.sealed,
             listed = done.listed,
-            damaged = done.damaged,
+            left = done.left,
             "recovered the recordings of the previous run"
         );
     }

@@ -287,23 +287,49 @@ async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
     let (cut, _) = recorded(c.path()).await;
     let host = tempfile::tempdir().unwrap();
     let dir = host.path().join("sessions");
-    let key = keys::HostKey::load_or_create(&settings(a.path()).keys_dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys_dir = settings(a.path()).keys_dir;
+    let key = keys::HostKey::load_or_create(&keys_dir).unwrap();
+    let head = ledger::head_path(&keys_dir, &dir);
+    let open = || ledger::LedgerWriter::open(&dir, &head, &key).unwrap();
+
+    // A new ledger lists the sealed recordings already there.
     let whole_id = session_id(&whole);
     place(&dir, &whole_id, &std::fs::read(&whole).unwrap());
+    let (mut ledger, known) = open();
+    assert!(known.fresh);
+    let done = recover::recover(&dir, &key, &mut ledger, &known).unwrap();
+    assert_eq!((done.sealed, done.listed, done.left), (0, 1, 0));
+
+    // The gateway opened the cut one, then died.
     let cut_id = session_id(&cut);
+    ledger
+        .append(&key, ledger::Outcome::Opened, &cut_id, 0, "")
+        .unwrap();
+    ledger.sync().unwrap();
+    drop(ledger);
     let cut_lines = lines(&std::fs::read(&cut).unwrap());
     let cut_path = place(&dir, &cut_id, &cut_lines[..3].concat());
+    // Neither of these was opened by the gateway: a damaged file, and an
+    // intact unsealed one that merely appeared (the same cut lines under
+    // another name). Neither may come out sealed with the host's key.
     let damaged = b"{\"hash\":\"not a recording\"}\n";
     let damaged_path = place(&dir, "20261127T000000Z-000000000000", damaged);
+    let forged_path = place(
+        &dir,
+        "20261127T000000Z-0000000000ff",
+        &cut_lines[..3].concat(),
+    );
 
-    let (mut ledger, known) = ledger::LedgerWriter::open(&dir).unwrap();
+    let (mut ledger, known) = open();
+    assert!(!known.fresh);
     let done = recover::recover(&dir, &key, &mut ledger, &known).unwrap();
     assert_eq!(
         done,
         recover::Recovery {
             sealed: 1,
-            listed: 1,
-            damaged: 1
+            listed: 0,
+            left: 2
         }
     );
     let data = std::fs::read(&cut_path).unwrap();
@@ -318,14 +344,20 @@ async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
         damaged,
         "a damaged recording was changed"
     );
+    assert_eq!(
+        std::fs::read(&forged_path).unwrap(),
+        cut_lines[..3].concat(),
+        "a recording the gateway never opened was sealed"
+    );
     // Nothing new to do on the next start.
     drop(ledger);
-    let (mut ledger, known) = ledger::LedgerWriter::open(&dir).unwrap();
+    let (mut ledger, known) = open();
     let again = recover::recover(&dir, &key, &mut ledger, &known).unwrap();
     assert_eq!((again.sealed, again.listed), (0, 0));
     drop(ledger);
 
-    let listed = ledger::Ledger::read(&dir, std::slice::from_ref(&public))
+    let head = ledger::read_head(&head).unwrap();
+    let listed = ledger::Ledger::read(&dir, std::slice::from_ref(&public), head.as_ref())
         .unwrap()
         .unwrap();
     assert_eq!(listed.problem, None);

@@ -208,8 +208,20 @@ pub fn against_ledger(
     let Some(entry) = listed else {
         return verdict;
     };
-    if entry.outcome == ledger::Outcome::Removed {
-        return verdict;
+    match entry.outcome {
+        // Running, or the gateway stopped and has not started since.
+        ledger::Outcome::Opened => return verdict,
+        ledger::Outcome::Removed => {
+            return tampered(
+                1,
+                Some(0),
+                format!(
+                    "the host's ledger has this recording removed by retention (ledger seq {}), yet a file is here under its name",
+                    entry.seq
+                ),
+            );
+        }
+        ledger::Outcome::Sealed | ledger::Outcome::Recovered => {}
     }
     let short = &entry.final_hash[..entry.final_hash.len().min(16)];
     let sealed_hash = || match events.last().map(|e| &e.body) {

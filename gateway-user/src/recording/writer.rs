@@ -342,7 +342,11 @@ impl Writer {
                             health.fail(format!("cannot write {}: {e}", path.display()));
                         } else {
                             self.set_active(&path, true);
+                            // Only what the ledger saw opened is sealed
+                            // by the next start if this run dies.
+                            let session = open.session.clone();
                             self.files.insert(handle, open);
+                            self.list(Outcome::Opened, &session, 0, "");
                         }
                     }
                     Err(e) => health.fail(format!("cannot create {}: {e}", path.display())),
