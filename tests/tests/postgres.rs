@@ -1566,12 +1566,18 @@ fn a_rejected_parse_leaves_the_statement_it_would_replace() -> Result<()> {
         // A Bind of a name nothing prepared is refused, not forwarded.
         frame(b'B', &cstrings(&["p2", "nothere"], &[0; 6])),
         frame(b'E', &cstrings(&["p2"], &[0; 4])),
+        sync.clone(),
+        // Nor is one of a name whose PREPARE has not completed yet (sent
+        // in the same write: decided before the server answers).
+        frame(b'Q', &cstrings(&["PREPARE q AS SELECT 7"], &[])),
+        frame(b'B', &cstrings(&["p3", "q"], &[0; 6])),
+        frame(b'E', &cstrings(&["p3"], &[0; 4])),
         sync,
     ];
-    let (tags, values) = raw_session(&s, &script, 4)?;
+    let (tags, values) = raw_session(&s, &script, 6)?;
     assert_eq!(
         (tags.as_str(), values.as_slice()),
-        ("1ZEZ2DCZEZ", &["42".to_owned()][..])
+        ("1ZEZ2DCZEZCZEZ", &["42".to_owned()][..])
     );
     let results = wait_for("the Execute's result event", LOG_TIMEOUT, || {
         let results = s.gw.recorded("result");

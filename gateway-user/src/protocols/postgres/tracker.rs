@@ -179,8 +179,19 @@ pub struct Undo {
 /// A bound portal.
 #[derive(Debug, Default)]
 pub struct Portal {
-    pub statement: String,
+    /// What its statement's name held at the Bind: what runs at its
+    /// Execute, whatever the name is given to later.
+    pub bound: NamedStatement,
 }
+
+/// A prepared statement as a Bind or Execute uses it: its text, how it
+/// was classified, what the recording shows, whether a human approved it.
+pub type NamedStatement = (
+    Arc<str>,
+    Arc<crate::protocols::postgres::classify::Classification>,
+    Shown,
+    bool,
+);
 
 /// A denial waiting for the upstream error that carries its nonce.
 #[derive(Debug)]

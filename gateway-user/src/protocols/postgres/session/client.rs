@@ -43,6 +43,7 @@ impl Session<'_> {
                 // reload may have revoked what it was prepared under. The
                 // name may hold a SQL PREPARE's statement (one namespace).
                 let verdict = self.named_statement(b.statement);
+                let bound = verdict.clone();
                 // A name the gateway does not know holds nothing it
                 // decided (or a PREPARE still running): refused, as the
                 // server would refuse a name it does not have.
@@ -73,13 +74,8 @@ impl Session<'_> {
                 if let Some(error) = refused {
                     let nonce = self.deny(error);
                     push_bind(&mut self.to_upstream, b.portal, &nonce);
-                } else {
-                    self.portals.insert(
-                        b.portal.to_owned(),
-                        Portal {
-                            statement: b.statement.to_owned(),
-                        },
-                    );
+                } else if let Some(bound) = bound {
+                    self.portals.insert(b.portal.to_owned(), Portal { bound });
                     self.forward(&frame);
                 }
                 self.tracker.push(Pending::Bind);
@@ -109,11 +105,8 @@ impl Session<'_> {
                         swallow: true,
                     });
                 }
-                let running = self
-                    .portals
-                    .get(&portal)
-                    .and_then(|p| self.named_statement(&p.statement))
-                    .map(|(sql, classification, shown, approved)| Running {
+                let running = self.portals.get(&portal).map(|p| p.bound.clone()).map(
+                    |(sql, classification, shown, approved)| Running {
                         sql,
                         classification: Some(classification),
                         shown,
@@ -126,7 +119,8 @@ impl Session<'_> {
                         sample: Default::default(),
                         approved,
                         prepared_done: 0,
-                    });
+                    },
+                );
                 self.forward(&frame);
                 self.tracker.push(Pending::Execute {
                     portal,
@@ -201,7 +195,7 @@ impl Session<'_> {
 
     /// Takes the reloaded statement policy if there was a reload since
     /// the session's rules were made.
-    fn refresh_policy(&mut self) {
+    pub(super) fn refresh_policy(&mut self) {
         let generation = self.ctx.shared.generation();
         if generation == self.generation {
             return;

@@ -13,6 +13,7 @@ impl Session<'_> {
         approved: bool,
     ) {
         running.approved = approved;
+        self.names_in_flight(&running);
         match kind {
             HeldKind::Query => {
                 self.forward(frame);
@@ -245,7 +246,15 @@ impl Session<'_> {
             rule,
             held: _handle,
         } = held;
-        if approved {
+        // A reload while it waited may have taken the session's
+        // permission away: an approval does not bring it back.
+        self.refresh_policy();
+        if let (true, Some(why)) = (approved, self.revoked.clone()) {
+            let message = format!("statement refused although approved ({id}): {why}");
+            warn!(flow_id = self.flow.id, "{message}");
+            let error = deny_error("policy-reload", &message, &shown);
+            self.refuse(kind, error);
+        } else if approved {
             self.release(&frame, kind, running, true);
         } else {
             let message = format!(

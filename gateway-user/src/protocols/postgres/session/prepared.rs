@@ -11,7 +11,7 @@
 use super::*;
 use crate::protocols::postgres::{
     classify::{Flag, Prepared, StatementClass},
-    tracker::{SqlPrepared, Undo},
+    tracker::{NamedStatement, SqlPrepared, Undo},
 };
 
 /// The undo of a Parse: the unnamed statement is dropped even when a
@@ -33,6 +33,36 @@ impl Session<'_> {
     pub(super) fn parse_would_clash(&self, name: &str) -> bool {
         !name.is_empty()
             && (self.statements.contains_key(name) || self.sql_prepared.contains_key(name))
+    }
+
+    /// A statement text on its way to the server: every name its PREPAREs
+    /// and DEALLOCATEs touch (all of them for `DEALLOCATE ALL` and
+    /// `DISCARD ALL`) is forgotten now, so messages sent before the
+    /// answer comes back find it unknown and are refused, rather than
+    /// decided by what the name held before. A PREPARE's name comes back
+    /// with its CommandComplete.
+    pub(super) fn names_in_flight(&mut self, running: &Running) {
+        let Some(classification) = &running.classification else {
+            return;
+        };
+        for statement in &classification.statements {
+            match &statement.prepared {
+                Some(Prepared::Define(name) | Prepared::Deallocate(Some(name))) => {
+                    self.statements.remove(name);
+                    self.sql_prepared.remove(name);
+                }
+                Some(Prepared::Deallocate(None)) => self.forget_all(),
+                _ if statement.command == "DISCARD" && statement.has_flag(Flag::SetRole) => {
+                    self.forget_all();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn forget_all(&mut self) {
+        self.statements.clear();
+        self.sql_prepared.clear();
     }
 
     /// Puts a name back as it was before a message the server did not
@@ -62,10 +92,7 @@ impl Session<'_> {
 
     /// What statement `name` holds, for a Bind or an Execute of it:
     /// `(sql, classification, shown, approved)`.
-    pub(super) fn named_statement(
-        &self,
-        name: &str,
-    ) -> Option<(Arc<str>, Arc<Classification>, Shown, bool)> {
+    pub(super) fn named_statement(&self, name: &str) -> Option<NamedStatement> {
         if let Some(s) = self.statements.get(name) {
             let c = s.classification.clone()?;
             return Some((s.sql.clone(), c, s.shown.clone(), s.approved));
