@@ -21,7 +21,7 @@
 //! {"hash":H,"prev_hash":P,"event":{"seq":3,"wall":"…","type":"sealed","session":"20261127T…","events":9,"final_hash":"…","public_key":"…","signature":"…"}}
 //! ```
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fs::{File, OpenOptions},
     io::{Read, Seek, SeekFrom, Write},
     os::unix::fs::OpenOptionsExt,
@@ -103,6 +103,18 @@ pub struct Head {
     pub seq: u64,
     /// Its `hash`.
     pub hash: String,
+    /// Each open recording as last fsynced: its event count and the hash
+    /// of its last event. A recording the next start seals must still
+    /// run through that event.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub open: BTreeMap<String, Anchor>,
+}
+
+/// An open recording's event count and last hash at an fsync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    pub events: u64,
+    pub hash: String,
 }
 
 /// Where the head of the ledger in recordings directory `dir` is kept:
@@ -110,7 +122,11 @@ pub struct Head {
 pub fn head_path(keys_dir: &Path, dir: &Path) -> PathBuf {
     use sha2::{Digest, Sha256};
     use std::os::unix::ffi::OsStrExt;
-    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    // However the directory is spelled (relative, trailing slash, a
+    // symlink), one head.
+    let dir = std::fs::canonicalize(dir)
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf());
     let digest = Sha256::digest(dir.as_os_str().as_bytes());
     keys_dir.join(format!("ledger-{}.head", &hex::encode(digest)[..16]))
 }
@@ -144,6 +160,8 @@ fn write_head(path: &Path, head: &Head) -> std::io::Result<()> {
 pub struct Known {
     /// The newest outcome of every session it names.
     pub sessions: HashMap<String, Outcome>,
+    /// The recordings that were open at the last fsync, as then.
+    pub anchors: BTreeMap<String, Anchor>,
     /// Whether it was started just now: recordings from before it exist
     /// that it never saw opened.
     pub fresh: bool,
@@ -157,7 +175,16 @@ pub struct LedgerWriter {
     head_path: PathBuf,
     prev: String,
     seq: u64,
+    /// The file's length after its last whole line: a write that fails
+    /// halfway is cut back to it, so no later line chains onto garbage.
+    len: u64,
     dirty: bool,
+    anchors: BTreeMap<String, Anchor>,
+    /// Anchors from the head the ledger was opened with, of recordings
+    /// the recovery pass has not settled: kept in every later head, so a
+    /// recording left alone once is still held to its anchor next time.
+    carried: BTreeMap<String, Anchor>,
+    anchors_changed: bool,
 }
 
 impl LedgerWriter {
@@ -203,12 +230,21 @@ impl LedgerWriter {
         // Lines up to the head are covered by its hash through the chain;
         // only the ones after it (written, not yet named by a head) need
         // their signatures checked.
-        let checked = Ledger::check(
-            &data,
-            &trusted,
-            head.as_ref(),
-            head.as_ref().map_or(0, |h| h.seq + 1),
-        );
+        let signed_from = head.as_ref().map_or(0, |h| h.seq + 1);
+        let mut checked = Ledger::check(&data, &trusted, head.as_ref(), signed_from);
+        // Lines past the head were never confirmed by an fsync: a power
+        // loss may have torn them, and anything appended there is not the
+        // daemon's. Cut back to the last good one rather than stop.
+        if let Some(p) = &checked.problem
+            && head.is_some()
+            && p.seq >= signed_from
+            && checked.lines >= signed_from
+        {
+            tracing::warn!(ledger = %path.display(), line = p.line, reason = %p.reason, "the ledger's lines past its head (never confirmed by an fsync) do not check out: cutting them off");
+            file.set_len(checked.valid_len as u64)
+                .map_err(|e| format!("cannot repair the ledger {}: {e}", path.display()))?;
+            checked.problem = None;
+        }
         if let Some(p) = &checked.problem {
             return Err(format!(
                 "the ledger {} is damaged at line {} (seq {}): {}; check it with `chokepoint sessions verify --all`, then move it aside (and remove {}) to start a new one",
@@ -225,15 +261,21 @@ impl LedgerWriter {
                 .iter()
                 .map(|(session, e)| (session.clone(), e.outcome))
                 .collect(),
+            anchors: head.as_ref().map(|h| h.open.clone()).unwrap_or_default(),
             fresh: checked.lines == 0,
         };
+        let carried = known.anchors.clone();
         let writer = LedgerWriter {
             file,
             path,
             head_path: head_path.to_path_buf(),
             prev: checked.last_hash,
             seq: checked.lines,
-            dirty: checked.lines > 0 && head.is_none(),
+            len: checked.valid_len as u64,
+            dirty: true,
+            anchors: BTreeMap::new(),
+            carried,
+            anchors_changed: true,
         };
         Ok((writer, known))
     }
@@ -262,27 +304,56 @@ impl LedgerWriter {
         let event = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
         let mut line = Vec::with_capacity(event.len() + 170);
         let hash = chain::append_line(&mut line, &self.prev, &event);
-        self.file
-            .write_all(&line)
-            .map_err(|e| format!("cannot write the ledger {}: {e}", self.path.display()))?;
+        if let Err(e) = self.file.write_all(&line) {
+            let _ = self.file.set_len(self.len);
+            return Err(format!(
+                "cannot write the ledger {}: {e}",
+                self.path.display()
+            ));
+        }
+        self.len += line.len() as u64;
         self.prev = hash;
         self.seq += 1;
         self.dirty = true;
         Ok(())
     }
 
-    /// Fsyncs what was appended, then moves the head to its last line.
+    /// A recording the recovery pass sealed or listed: its old anchor is
+    /// no longer needed.
+    pub fn settled(&mut self, session: &str) {
+        if self.carried.remove(session).is_some() {
+            self.anchors_changed = true;
+        }
+    }
+
+    /// The open recordings as just fsynced, for the next head.
+    pub fn set_anchors(&mut self, anchors: BTreeMap<String, Anchor>) {
+        if anchors != self.anchors {
+            self.anchors = anchors;
+            self.anchors_changed = true;
+        }
+    }
+
+    /// Fsyncs what was appended, then moves the head to its last line
+    /// (with the open recordings' anchors).
     pub fn sync(&mut self) -> Result<(), String> {
-        if !self.dirty {
+        if self.dirty {
+            self.file
+                .sync_data()
+                .map_err(|e| format!("cannot fsync the ledger {}: {e}", self.path.display()))?;
+            self.dirty = false;
+            self.anchors_changed = true;
+        }
+        if !self.anchors_changed {
             return Ok(());
         }
-        self.file
-            .sync_data()
-            .map_err(|e| format!("cannot fsync the ledger {}: {e}", self.path.display()))?;
         if let Some(last) = self.seq.checked_sub(1) {
+            let mut open = self.carried.clone();
+            open.extend(self.anchors.iter().map(|(k, v)| (k.clone(), v.clone())));
             let head = Head {
                 seq: last,
                 hash: self.prev.clone(),
+                open,
             };
             write_head(&self.head_path, &head).map_err(|e| {
                 format!(
@@ -291,7 +362,7 @@ impl LedgerWriter {
                 )
             })?;
         }
-        self.dirty = false;
+        self.anchors_changed = false;
         Ok(())
     }
 }
@@ -304,6 +375,8 @@ pub struct Ledger {
     pub problem: Option<Problem>,
     /// Lines read and trusted.
     pub lines: u64,
+    /// Bytes of those lines.
+    pub valid_len: usize,
     /// The hash of the last trusted line (the genesis hash for none).
     pub last_hash: String,
 }
@@ -423,6 +496,7 @@ impl Ledger {
             }
             ledger.last_hash = hash.to_owned();
             ledger.lines = seq + 1;
+            ledger.valid_len += line.len() + 1;
             ledger.entries.insert(entry.session.clone(), entry);
         }
         if !reached_head
@@ -604,12 +678,13 @@ mod tests {
     }
 
     #[test]
-    fn a_line_appended_by_someone_else_stops_the_daemon() {
+    fn lines_past_the_head_that_do_not_check_out_are_cut_off() {
         let host = Host::new();
         host.three_lines();
         let other = HostKey::load_or_create(&host.dir.path().join("other-keys")).unwrap();
-        // Written with another key, past the head: only its signature
-        // tells it from a line the daemon wrote before a crash.
+        // Written with another key, past the head (never fsynced as far
+        // as the head knows): only its signature tells it from a line the
+        // daemon wrote just before a crash. It is cut off, not obeyed.
         let mut forger = {
             let (w, _) = host.open().unwrap();
             w
@@ -618,10 +693,23 @@ mod tests {
             .append(&other, Outcome::Removed, "s2", 0, "")
             .unwrap();
         drop(forger);
+        let (mut ledger, known) = host.open().unwrap();
+        assert_eq!(known.sessions["s2"], Outcome::Sealed);
+        ledger.sync().unwrap();
+        drop(ledger);
+        let read = host.read();
+        assert_eq!(read.problem, None);
+        assert_eq!(read.lines, 3);
+        // A bad line the head covers is another matter: the daemon stops.
+        let data = std::fs::read(host.sessions().join(FILE)).unwrap();
+        let forged = String::from_utf8(data)
+            .unwrap()
+            .replacen("\"s2\"", "\"s9\"", 1);
+        std::fs::write(host.sessions().join(FILE), forged).unwrap();
         let Err(e) = host.open() else {
-            panic!("opened a ledger with a forged line");
+            panic!("opened a ledger with a changed line");
         };
-        assert!(e.contains("line 4") && e.contains("not trusted"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
     }
 
     #[test]

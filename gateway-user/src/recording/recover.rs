@@ -15,7 +15,7 @@ use super::{
     event::{Body, Event},
     files,
     keys::HostKey,
-    ledger::{Known, LedgerWriter, Outcome},
+    ledger::{Anchor, Known, LedgerWriter, Outcome},
     verify::{self, Verdict},
 };
 
@@ -48,10 +48,20 @@ pub fn recover(
     let mut done = Recovery::default();
     let trusted = [key.public_hex()];
     let paths = files::all(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let mut seen = std::collections::HashSet::new();
     for path in paths {
         let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
+        // Only where the id says it belongs, once: a copy in another
+        // date folder is nothing verify would ever look at.
+        if files::find(dir, id).ok().as_deref() != Some(path.as_path())
+            || !seen.insert(id.to_owned())
+        {
+            warn!(recording = %path.display(), "a recording outside the folder its id names: left as it is");
+            done.left += 1;
+            continue;
+        }
         let opened = match known.sessions.get(id) {
             Some(Outcome::Sealed | Outcome::Recovered) => continue,
             Some(Outcome::Removed) => {
@@ -70,7 +80,7 @@ pub fn recover(
             done.left += 1;
             continue;
         }
-        let data = match fs::read(&path) {
+        let mut data = match fs::read(&path) {
             Ok(d) => d,
             Err(e) => {
                 warn!(recording = %path.display(), error = %e, "cannot read a recording to recover it");
@@ -78,6 +88,33 @@ pub fn recover(
                 continue;
             }
         };
+        // The gateway died mid-write (power loss): the torn line was
+        // never fsynced, so it is cut off, and the seal says so.
+        let mut torn = 0;
+        if opened && !data.is_empty() && !data.ends_with(b"\n") {
+            let whole = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            torn = data.len() - whole;
+            if let Err(e) = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(whole as u64))
+            {
+                warn!(recording = %path.display(), error = %e, "cannot cut a half-written line off a recording");
+                done.left += 1;
+                continue;
+            }
+            data.truncate(whole);
+        }
+        // It must still run through the last event the gateway fsynced:
+        // what came after that is sealed as found, and the seal says so.
+        let anchor = known.anchors.get(id);
+        if let Some(a) = anchor
+            && !runs_through(&data, a)
+        {
+            warn!(recording = %path.display(), fsynced_events = a.events, "a recording no longer holds the events the gateway last fsynced: left as it is, not sealed");
+            done.left += 1;
+            continue;
+        }
         let (verdict, events) = verify::verify(&data, &trusted);
         // Another session's lines under this name are not this session's.
         if events.first().is_some_and(|e| e.session != id) {
@@ -103,17 +140,19 @@ pub fn recover(
                 done.left += 1;
                 continue;
             }
-            Verdict::Unsealed { events: n } => match seal_after_crash(&path, &data, &events, key) {
-                Ok(final_hash) => {
-                    done.sealed += 1;
-                    (Outcome::Recovered, n + 1, final_hash)
+            Verdict::Unsealed { events: n } => {
+                match seal_after_crash(&path, &data, &events, key, &reason(n, anchor, torn)) {
+                    Ok(final_hash) => {
+                        done.sealed += 1;
+                        (Outcome::Recovered, n + 1, final_hash)
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot seal a recording the previous run left unsealed");
+                        done.left += 1;
+                        continue;
+                    }
                 }
-                Err(e) => {
-                    warn!(error = %e, "cannot seal a recording the previous run left unsealed");
-                    done.left += 1;
-                    continue;
-                }
-            },
+            }
             Verdict::Tampered { line, reason, .. } => {
                 warn!(recording = %path.display(), line, reason, "a recording does not verify: left as it is, not sealed");
                 done.left += 1;
@@ -121,6 +160,7 @@ pub fn recover(
             }
         };
         ledger.append(key, outcome, id, count, &final_hash)?;
+        ledger.settled(id);
     }
     ledger.sync()?;
     if done != Recovery::default() {
@@ -134,6 +174,35 @@ pub fn recover(
     Ok(done)
 }
 
+/// Whether `data` holds the anchor's event: line `events - 1` has its hash.
+fn runs_through(data: &[u8], anchor: &Anchor) -> bool {
+    let Some(at) = anchor.events.checked_sub(1) else {
+        return true;
+    };
+    data.split(|&b| b == b'\n')
+        .nth(at as usize)
+        .and_then(|line| chain::split(line).ok())
+        .is_some_and(|(hash, _, _)| hash == anchor.hash)
+}
+
+/// The recovered seal's reason: [`REASON`], and what of the recording
+/// the gateway had not fsynced when it stopped.
+fn reason(events: u64, anchor: Option<&Anchor>, torn: usize) -> String {
+    let mut reason = REASON.to_owned();
+    let confirmed = anchor.map_or(0, |a| a.events);
+    if events > confirmed {
+        reason.push_str(&format!(
+            "; events from seq {confirmed} on were written after the gateway's last fsync and are sealed as found"
+        ));
+    }
+    if torn > 0 {
+        reason.push_str(&format!(
+            "; a half-written last line ({torn} bytes) was cut off"
+        ));
+    }
+    reason
+}
+
 /// Appends a recovered seal to an intact, unsealed recording; returns the
 /// hash it seals.
 fn seal_after_crash(
@@ -141,6 +210,7 @@ fn seal_after_crash(
     data: &[u8],
     events: &[Event],
     key: &HostKey,
+    reason: &str,
 ) -> Result<String, String> {
     let last = data
         .strip_suffix(b"\n")
@@ -160,7 +230,7 @@ fn seal_after_crash(
             final_hash: final_hash.to_owned(),
             public_key: key.public_hex(),
             signature: key.sign_recovered(&last_event.session, final_hash),
-            recovered: Some(REASON.into()),
+            recovered: Some(reason.to_owned()),
         },
     };
     let event = serde_json::to_vec(&seal).map_err(|e| e.to_string())?;

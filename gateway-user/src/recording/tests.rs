@@ -301,15 +301,48 @@ async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
     let done = recover::recover(&dir, &key, &mut ledger, &known).unwrap();
     assert_eq!((done.sealed, done.listed, done.left), (0, 1, 0));
 
-    // The gateway opened the cut one, then died.
+    // The gateway opened the cut one, fsynced its three events, then
+    // died halfway through writing a fourth. It also opened a third
+    // session, whose file someone cut below what was fsynced.
     let cut_id = session_id(&cut);
-    ledger
-        .append(&key, ledger::Outcome::Opened, &cut_id, 0, "")
-        .unwrap();
+    let cut_lines = lines(&std::fs::read(&cut).unwrap());
+    let e = tempfile::tempdir().unwrap();
+    let (rewritten, _) = recorded(e.path()).await;
+    let rewritten_id = session_id(&rewritten);
+    let rewritten_lines = lines(&std::fs::read(&rewritten).unwrap());
+    let anchor = |lines: &[Vec<u8>], n: usize| ledger::Anchor {
+        events: n as u64,
+        hash: chain::split(lines[n - 1].strip_suffix(b"\n").unwrap())
+            .unwrap()
+            .0
+            .to_owned(),
+    };
+    for id in [&cut_id, &rewritten_id] {
+        ledger
+            .append(&key, ledger::Outcome::Opened, id, 0, "")
+            .unwrap();
+    }
+    ledger.set_anchors(
+        [
+            (cut_id.clone(), anchor(&cut_lines, 3)),
+            (rewritten_id.clone(), anchor(&rewritten_lines, 3)),
+        ]
+        .into(),
+    );
     ledger.sync().unwrap();
     drop(ledger);
-    let cut_lines = lines(&std::fs::read(&cut).unwrap());
-    let cut_path = place(&dir, &cut_id, &cut_lines[..3].concat());
+    let mut torn = cut_lines[..3].concat();
+    torn.extend_from_slice(&cut_lines[3][..20]);
+    let cut_path = place(&dir, &cut_id, &torn);
+    let rewritten_path = place(&dir, &rewritten_id, &rewritten_lines[..2].concat());
+    // And a copy of the cut one in another date folder.
+    let copy_dir = dir.join("2020").join("01").join("01");
+    std::fs::create_dir_all(&copy_dir).unwrap();
+    std::fs::write(
+        copy_dir.join(format!("{cut_id}.jsonl")),
+        cut_lines[..3].concat(),
+    )
+    .unwrap();
     // Neither of these was opened by the gateway: a damaged file, and an
     // intact unsealed one that merely appeared (the same cut lines under
     // another name). Neither may come out sealed with the host's key.
@@ -329,15 +362,22 @@ async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
         recover::Recovery {
             sealed: 1,
             listed: 0,
-            left: 2
+            left: 4
         }
+    );
+    assert_eq!(
+        std::fs::read(&rewritten_path).unwrap(),
+        rewritten_lines[..2].concat(),
+        "a recording cut below what was fsynced was sealed"
     );
     let data = std::fs::read(&cut_path).unwrap();
     let (verdict, events) = verify::verify(&data, std::slice::from_ref(&public));
     assert_eq!(verdict, Verdict::Recovered { events: 4 });
     assert!(matches!(
         &events[3].body,
-        Body::Seal { recovered: Some(r), .. } if r == recover::REASON
+        Body::Seal { recovered: Some(r), .. }
+            if r.starts_with(recover::REASON) && r.contains("half-written last line (20 bytes)")
+                && !r.contains("after the gateway's last fsync")
     ));
     assert_eq!(
         std::fs::read(&damaged_path).unwrap(),

@@ -30,7 +30,7 @@ use super::{
     Health, chain,
     event::{Body, Event},
     keys::HostKey,
-    ledger::{LedgerWriter, Outcome},
+    ledger::{Anchor, LedgerWriter, Outcome},
     sink::{Row, Sink},
 };
 
@@ -220,13 +220,20 @@ impl Writer {
     /// over and its recording complete, so a failure here is logged, not
     /// held against it; `verify` then finds the recording sealed but not
     /// listed.
-    fn list(&mut self, outcome: Outcome, session: &str, events: u64, final_hash: &str) {
-        if let Err(e) = self
+    fn list(
+        &mut self,
+        outcome: Outcome,
+        session: &str,
+        events: u64,
+        final_hash: &str,
+    ) -> Result<(), String> {
+        let listed = self
             .ledger
-            .append(&self.key, outcome, session, events, final_hash)
-        {
+            .append(&self.key, outcome, session, events, final_hash);
+        if let Err(e) = &listed {
             error!(error = %e, session, "cannot add a recording to the ledger");
         }
+        listed
     }
 
     fn send_rows(&mut self) {
@@ -341,12 +348,17 @@ impl Writer {
                         if let Err(e) = open.flush() {
                             health.fail(format!("cannot write {}: {e}", path.display()));
                         } else {
-                            self.set_active(&path, true);
                             // Only what the ledger saw opened is sealed
-                            // by the next start if this run dies.
+                            // by the next start if this run dies: a
+                            // session it cannot list is refused.
                             let session = open.session.clone();
-                            self.files.insert(handle, open);
-                            self.list(Outcome::Opened, &session, 0, "");
+                            match self.list(Outcome::Opened, &session, 0, "") {
+                                Ok(()) => {
+                                    self.set_active(&path, true);
+                                    self.files.insert(handle, open);
+                                }
+                                Err(e) => health.fail(e),
+                            }
                         }
                     }
                     Err(e) => health.fail(format!("cannot create {}: {e}", path.display())),
@@ -387,7 +399,7 @@ impl Writer {
             }
             Msg::Removed(sessions) => {
                 for session in sessions {
-                    self.list(Outcome::Removed, &session, 0, "");
+                    let _ = self.list(Outcome::Removed, &session, 0, "");
                 }
             }
             Msg::Flush(ack) => {
@@ -417,6 +429,11 @@ impl Writer {
     /// the last sync in the ledger and fsyncs it: after a power loss the
     /// ledger never names a seal that is not on disk.
     fn sync(&mut self) {
+        // Opened lines first: a recording on disk is always one the
+        // ledger saw opened, so the next start may seal it.
+        if let Err(e) = self.ledger.sync() {
+            error!(error = %e, "cannot fsync the ledger");
+        }
         let mut done = Vec::new();
         let mut ended = Vec::new();
         self.files.retain(|_, open| {
@@ -441,8 +458,23 @@ impl Writer {
             self.set_active(&path, false);
         }
         for (session, events, final_hash) in ended {
-            self.list(Outcome::Sealed, &session, events, &final_hash);
+            let _ = self.list(Outcome::Sealed, &session, events, &final_hash);
         }
+        // Where each open recording stands now that it is on disk: the
+        // next start seals only a recording that still runs through it.
+        let anchors = self
+            .files
+            .values()
+            .filter(|open| !open.closed && open.pending.is_empty())
+            .map(|open| {
+                let anchor = Anchor {
+                    events: open.seq,
+                    hash: open.prev.clone(),
+                };
+                (open.session.clone(), anchor)
+            })
+            .collect();
+        self.ledger.set_anchors(anchors);
         if let Err(e) = self.ledger.sync() {
             error!(error = %e, "cannot fsync the ledger");
         }

@@ -112,7 +112,9 @@ pub enum Pending {
     Query(Option<Running>),
     /// `None` when the Parse changed nothing the session knows.
     Parse(Option<Undo>),
-    Bind,
+    /// The portal name it bound and what it held before, put back if the
+    /// server rejects or skips the Bind.
+    Bind(Option<(String, Option<Portal>)>),
     /// `swallow`: added by the gateway to learn a portal's row layout.
     Describe {
         portal: Option<String>,
@@ -341,7 +343,7 @@ mod tests {
     fn error_skips_to_sync_and_ready_pops_it() {
         let mut t = Tracker::default();
         t.push(Pending::Parse(None));
-        t.push(Pending::Bind);
+        t.push(Pending::Bind(None));
         t.push(Pending::Execute {
             portal: String::new(),
             running: None,
@@ -369,7 +371,7 @@ mod tests {
             .map(|p| match p {
                 Pending::Query(_) => 'Q',
                 Pending::Parse(_) => 'P',
-                Pending::Bind => 'B',
+                Pending::Bind(_) => 'B',
                 Pending::Describe { .. } => 'D',
                 Pending::Execute { .. } => 'E',
                 Pending::Close(_) => 'C',
@@ -408,7 +410,7 @@ mod tests {
     fn syncs_sent_during_copy_in_are_never_answered() {
         // tokio-postgres: Bind, Execute, Sync; the data; CopyDone, Sync.
         let mut t = Tracker::default();
-        t.push(Pending::Bind);
+        t.push(Pending::Bind(None));
         t.push(execute());
         t.push(Pending::Sync);
         t.pending.pop_front(); // BindComplete

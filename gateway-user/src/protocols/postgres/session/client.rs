@@ -71,14 +71,21 @@ impl Session<'_> {
                         )),
                     }
                 }));
+                let mut undo = None;
                 if let Some(error) = refused {
                     let nonce = self.deny(error);
                     push_bind(&mut self.to_upstream, b.portal, &nonce);
                 } else if let Some(bound) = bound {
-                    self.portals.insert(b.portal.to_owned(), Portal { bound });
+                    // A named portal that exists makes the server reject
+                    // the Bind: what it holds stays.
+                    let name = b.portal.to_owned();
+                    if name.is_empty() || !self.portals.contains_key(&name) {
+                        let previous = self.portals.insert(name.clone(), Portal { bound });
+                        undo = Some((name, previous));
+                    }
                     self.forward(&frame);
                 }
-                self.tracker.push(Pending::Bind);
+                self.tracker.push(Pending::Bind(undo));
             }
             FrontendMessage::Describe(d) => {
                 let (portal, statement) = match d.kind {

@@ -247,9 +247,19 @@ impl Session<'_> {
             held: _handle,
         } = held;
         // A reload while it waited may have taken the session's
-        // permission away: an approval does not bring it back.
+        // permission away, or denied the statement outright: an approval
+        // does not bring either back.
         self.refresh_policy();
-        if let (true, Some(why)) = (approved, self.revoked.clone()) {
+        let denied_now = running.classification.as_ref().and_then(|c| {
+            let d = self.rules.decide_all(c);
+            (d.verdict == StatementVerdict::Deny && self.mode != Mode::Audit).then(|| {
+                format!(
+                    "the reloaded policy denies it by rule {}: {}",
+                    d.rule, d.reason
+                )
+            })
+        });
+        if let (true, Some(why)) = (approved, self.revoked.clone().or(denied_now)) {
             let message = format!("statement refused although approved ({id}): {why}");
             warn!(flow_id = self.flow.id, "{message}");
             let error = deny_error("policy-reload", &message, &shown);

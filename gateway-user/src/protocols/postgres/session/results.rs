@@ -12,6 +12,11 @@ impl Session<'_> {
                 if let Some(Pending::Query(Some(running))) = self.tracker.ready() {
                     self.complete(running, "");
                 }
+                // Idle with nothing in flight: the transaction that held
+                // the portals is over, and so are they.
+                if frame.body().first() == Some(&b'I') && self.tracker.pending.is_empty() {
+                    self.portals.clear();
+                }
                 self.query_plan = None;
                 self.copies_seen = 0;
             }
@@ -62,12 +67,13 @@ impl Session<'_> {
                     None => raw_message,
                 };
                 // Extended protocol: the server now skips to Sync.
-                let mut undos = Vec::new();
+                let (mut undos, mut portal_undos) = (Vec::new(), Vec::new());
                 for skipped in self.tracker.skip_to_sync() {
                     match skipped {
                         Pending::Parse(Some(undo)) | Pending::Close(Some(undo)) => {
                             undos.push(undo);
                         }
+                        Pending::Bind(Some(undo)) => portal_undos.push(undo),
                         Pending::Execute {
                             running: Some(r), ..
                         } => self.complete(r, &message),
@@ -80,6 +86,12 @@ impl Session<'_> {
                 // Latest first, so a name changed twice ends as before both.
                 for undo in undos.into_iter().rev() {
                     self.undo(undo);
+                }
+                for (name, previous) in portal_undos.into_iter().rev() {
+                    match previous {
+                        Some(portal) => self.portals.insert(name, portal),
+                        None => self.portals.remove(&name),
+                    };
                 }
                 if let Some(Pending::Query(running)) = self.tracker.pending.front_mut()
                     && let Some(running) = running.take()
