@@ -21,11 +21,12 @@
 //! {"hash":H,"prev_hash":P,"event":{"seq":3,"wall":"…","type":"sealed","session":"20261127T…","events":9,"final_hash":"…","public_key":"…","signature":"…"}}
 //! ```
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fs::{File, OpenOptions},
     io::{Read, Seek, SeekFrom, Write},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::SystemTime,
 };
 
@@ -180,6 +181,9 @@ pub struct LedgerWriter {
     len: u64,
     dirty: bool,
     anchors: BTreeMap<String, Anchor>,
+    /// Sessions it has as sealed or recovered: what retention may age by
+    /// id and list as removed.
+    ended: Arc<Mutex<HashSet<String>>>,
     /// Anchors from the head the ledger was opened with, of recordings
     /// the recovery pass has not settled: kept in every later head, so a
     /// recording left alone once is still held to its anchor next time.
@@ -265,6 +269,12 @@ impl LedgerWriter {
             fresh: checked.lines == 0,
         };
         let carried = known.anchors.clone();
+        let ended = known
+            .sessions
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Sealed | Outcome::Recovered))
+            .map(|(s, _)| s.clone())
+            .collect();
         let writer = LedgerWriter {
             file,
             path,
@@ -274,6 +284,7 @@ impl LedgerWriter {
             len: checked.valid_len as u64,
             dirty: true,
             anchors: BTreeMap::new(),
+            ended: Arc::new(Mutex::new(ended)),
             carried,
             anchors_changed: true,
         };
@@ -313,9 +324,26 @@ impl LedgerWriter {
         }
         self.len += line.len() as u64;
         self.prev = hash;
+        {
+            let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+            match outcome {
+                Outcome::Sealed | Outcome::Recovered => {
+                    ended.insert(session.to_owned());
+                }
+                Outcome::Removed => {
+                    ended.remove(session);
+                }
+                Outcome::Opened => {}
+            }
+        }
         self.seq += 1;
         self.dirty = true;
         Ok(())
+    }
+
+    /// The sessions the ledger has as sealed or recovered, kept current.
+    pub fn ended(&self) -> Arc<Mutex<HashSet<String>>> {
+        self.ended.clone()
     }
 
     /// A recording the recovery pass sealed or listed: its old anchor is

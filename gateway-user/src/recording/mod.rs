@@ -75,6 +75,8 @@ pub struct Recorder {
     inflight: Arc<AtomicUsize>,
     active: writer::Active,
     limits: retention::Limits,
+    /// Sessions the ledger has as ended (see `retention::enforce`).
+    ended: Arc<Mutex<HashSet<String>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -91,6 +93,7 @@ impl Recorder {
                 inflight: Arc::default(),
                 active: writer::Active::default(),
                 limits: retention::Limits::default(),
+                ended: Arc::default(),
                 thread: Mutex::new(None),
             }));
         }
@@ -100,6 +103,7 @@ impl Recorder {
         let head = ledger::head_path(&settings.keys_dir, &settings.dir);
         let (mut ledger, known) = ledger::LedgerWriter::open(&settings.dir, &head, &key)?;
         recover::recover(&settings.dir, &key, &mut ledger, &known)?;
+        let ended = ledger.ended();
         let (queue, inbox) = writer::queue();
         let inflight = Arc::new(AtomicUsize::new(0));
         let active = writer::Active::default();
@@ -114,6 +118,7 @@ impl Recorder {
             inflight,
             active,
             limits: settings.retention,
+            ended,
             thread: Mutex::new(Some(thread)),
         }))
     }
@@ -128,7 +133,9 @@ impl Recorder {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let removed = retention::enforce(&self.dir, self.limits, &active, SystemTime::now())?;
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let removed =
+            retention::enforce(&self.dir, self.limits, &active, &ended, SystemTime::now())?;
         if !removed.sessions.is_empty()
             && let Some(queue) = &self.queue
         {

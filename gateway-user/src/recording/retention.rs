@@ -1,6 +1,7 @@
-//! Retention: recordings older than `max_age_days` (by last write) go
-//! first, then the oldest until the total fits `max_total_mb`. A session
-//! still being written is never removed, whatever its age or size.
+//! Retention: recordings older than `max_age_days` go first, then the
+//! oldest until the total fits `max_total_mb`. A session still being
+//! written is never removed, whatever its age or size. See [`enforce`]
+//! for why ages come from session ids, not file times.
 use std::{
     collections::HashSet,
     fs,
@@ -28,63 +29,113 @@ impl Limits {
 pub struct Removed {
     pub files: usize,
     pub bytes: u64,
-    /// Their session ids, for the ledger.
+    /// The session ids of the recordings the ledger had as ended, for its
+    /// `removed` lines (files it never saw opened are not listed).
     pub sessions: Vec<String>,
 }
 
 impl Removed {
-    fn add(&mut self, path: &Path, bytes: u64) {
+    fn add(&mut self, file: &Candidate) {
         self.files += 1;
-        self.bytes += bytes;
-        if let Some(id) = path.file_stem().and_then(|s| s.to_str()) {
-            self.sessions.push(id.to_owned());
+        self.bytes += file.len;
+        if file.ended {
+            self.sessions.push(file.id.clone());
         }
     }
 }
 
+struct Candidate {
+    path: PathBuf,
+    id: String,
+    len: u64,
+    /// The ledger has it sealed or recovered.
+    ended: bool,
+    age: Duration,
+}
+
+/// When a session id (`20261127T015012Z-…`) says its session started.
+fn started(id: &str) -> Option<SystemTime> {
+    let t = id.get(..16)?;
+    let rfc = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        t.get(0..4)?,
+        t.get(4..6)?,
+        t.get(6..8)?,
+        t.get(9..11)?,
+        t.get(11..13)?,
+        t.get(13..15)?
+    );
+    humantime::parse_rfc3339(&rfc).ok()
+}
+
 /// One pass over `dir`. Files that vanish meanwhile are skipped.
+///
+/// A recording the ledger has as ended (`ended`) is aged by the start
+/// time in its id, which nobody can change without renaming it (and a
+/// renamed recording is one the ledger misses), not by its modification
+/// time, which anyone who can write the directory can set. Files the
+/// ledger never saw opened go first when the total is too large, so
+/// planted files cannot push real recordings out.
 pub fn enforce(
     dir: &Path,
     limits: Limits,
     active: &HashSet<PathBuf>,
+    ended: &HashSet<String>,
     now: SystemTime,
 ) -> std::io::Result<Removed> {
     let mut removed = Removed::default();
     if limits.is_unlimited() {
         return Ok(removed);
     }
-    // Oldest first: names start with the session's start time.
-    let mut kept: Vec<(PathBuf, u64)> = Vec::new();
+    let mut kept: Vec<Candidate> = Vec::new();
     for path in files::all(dir)? {
         let Ok(meta) = fs::metadata(&path) else {
             continue;
         };
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|m| now.duration_since(m).ok())
+        let id = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let is_ended = ended.contains(&id);
+        let since = if is_ended {
+            started(&id).or_else(|| meta.modified().ok())
+        } else {
+            meta.modified().ok()
+        };
+        let age = since
+            .and_then(|t| now.duration_since(t).ok())
             .unwrap_or_default();
-        let expired = limits.max_age.is_some_and(|max| age > max);
-        if expired && !active.contains(&path) {
-            if fs::remove_file(&path).is_ok() {
-                removed.add(&path, meta.len());
+        let file = Candidate {
+            path,
+            id,
+            len: meta.len(),
+            ended: is_ended,
+            age,
+        };
+        let expired = limits.max_age.is_some_and(|max| file.age > max);
+        if expired && !active.contains(&file.path) {
+            if fs::remove_file(&file.path).is_ok() {
+                removed.add(&file);
             }
             continue;
         }
-        kept.push((path, meta.len()));
+        kept.push(file);
     }
     if let Some(max) = limits.max_total_bytes {
-        let mut total: u64 = kept.iter().map(|(_, len)| len).sum();
-        for (path, len) in &kept {
+        let mut total: u64 = kept.iter().map(|f| f.len).sum();
+        // Unknown files first, then the oldest.
+        kept.sort_by(|a, b| a.ended.cmp(&b.ended).then(b.age.cmp(&a.age)));
+        for file in &kept {
             if total <= max {
                 break;
             }
-            if active.contains(path) {
+            if active.contains(&file.path) {
                 continue;
             }
-            if fs::remove_file(path).is_ok() {
-                total -= len;
-                removed.add(path, *len);
+            if fs::remove_file(&file.path).is_ok() {
+                total -= file.len;
+                removed.add(file);
             }
         }
     }
@@ -113,68 +164,100 @@ fn remove_empty_dirs(dir: &Path) {
 mod tests {
     use super::*;
 
-    fn recording(dir: &Path, name: &str, bytes: usize, age: Duration, now: SystemTime) -> PathBuf {
-        let folder = dir.join("2026").join("11").join("27");
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn now() -> SystemTime {
+        humantime::parse_rfc3339("2026-11-28T00:00:00Z").unwrap()
+    }
+
+    /// A recording named `id`, last written `age` ago.
+    fn recording(dir: &Path, id: &str, bytes: usize, age: Duration) -> PathBuf {
+        let folder = dir.join(&id[0..4]).join(&id[4..6]).join(&id[6..8]);
         fs::create_dir_all(&folder).unwrap();
-        let path = folder.join(format!("{name}.jsonl"));
+        let path = folder.join(format!("{id}.jsonl"));
         fs::write(&path, vec![b'x'; bytes]).unwrap();
         let file = fs::File::options().write(true).open(&path).unwrap();
-        file.set_modified(now - age).unwrap();
+        file.set_modified(now() - age).unwrap();
         path
     }
 
     #[test]
     fn old_then_oldest_go_but_never_an_active_session() {
         let dir = tempfile::tempdir().unwrap();
-        let now = SystemTime::now();
-        let day = Duration::from_secs(86_400);
-        let a = recording(dir.path(), "20261101T000000Z-a", 100, 40 * day, now);
-        let b = recording(dir.path(), "20261102T000000Z-b", 100, 35 * day, now);
-        let c = recording(dir.path(), "20261120T000000Z-c", 100, 7 * day, now);
-        let d = recording(dir.path(), "20261126T000000Z-d", 100, day, now);
-        let e = recording(dir.path(), "20261127T000000Z-e", 100, Duration::ZERO, now);
+        let a = recording(dir.path(), "20261018T000000Z-a", 100, 41 * DAY);
+        let b = recording(dir.path(), "20261023T000000Z-b", 100, 36 * DAY);
+        let c = recording(dir.path(), "20261121T000000Z-c", 100, 7 * DAY);
+        let d = recording(dir.path(), "20261127T000000Z-d", 100, DAY);
+        let e = recording(dir.path(), "20261127T120000Z-e", 100, Duration::ZERO);
+        let ended: HashSet<String> = [&a, &b, &c, &d, &e]
+            .iter()
+            .map(|p| p.file_stem().unwrap().to_str().unwrap().to_owned())
+            .collect();
         // `b` is old but still being written.
         let active: HashSet<PathBuf> = [b.clone()].into();
         let limits = Limits {
-            max_age: Some(30 * day),
+            max_age: Some(30 * DAY),
             max_total_bytes: Some(250),
         };
-        let removed = enforce(dir.path(), limits, &active, now).unwrap();
+        let removed = enforce(dir.path(), limits, &active, &ended, now()).unwrap();
         assert_eq!(
             removed,
             Removed {
                 files: 3,
                 bytes: 300,
                 sessions: vec![
-                    "20261101T000000Z-a".into(),
-                    "20261120T000000Z-c".into(),
-                    "20261126T000000Z-d".into()
+                    "20261018T000000Z-a".into(),
+                    "20261121T000000Z-c".into(),
+                    "20261127T000000Z-d".into()
                 ],
             }
         );
         assert!(!a.exists() && !c.exists() && !d.exists());
         assert!(b.exists() && e.exists());
         // Unlimited: nothing to do.
-        let removed = enforce(dir.path(), Limits::default(), &active, now).unwrap();
+        let removed = enforce(dir.path(), Limits::default(), &active, &ended, now()).unwrap();
         assert_eq!(removed, Removed::default());
+    }
+
+    #[test]
+    fn a_backdated_recording_stays_and_planted_files_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        // A real, recent recording whose modification time was set back.
+        let real = recording(dir.path(), "20261127T000000Z-real", 100, 90 * DAY);
+        // A large file the ledger never saw, named as if new.
+        let planted = recording(dir.path(), "20261127T230000Z-junk", 1000, Duration::ZERO);
+        let older = recording(dir.path(), "20261120T000000Z-old", 100, 8 * DAY);
+        let ended: HashSet<String> = ["20261127T000000Z-real", "20261120T000000Z-old"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let limits = Limits {
+            max_age: Some(30 * DAY),
+            max_total_bytes: Some(500),
+        };
+        let removed = enforce(dir.path(), limits, &HashSet::new(), &ended, now()).unwrap();
+        assert!(
+            real.exists() && older.exists(),
+            "a real recording was pushed out"
+        );
+        assert!(!planted.exists());
+        assert_eq!((removed.files, removed.sessions.len()), (1, 0));
     }
 
     #[test]
     fn empty_day_folders_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let now = SystemTime::now();
         recording(
             dir.path(),
             "20261101T000000Z-a",
             10,
             Duration::from_secs(10),
-            now,
         );
         let limits = Limits {
             max_age: Some(Duration::from_secs(1)),
             max_total_bytes: None,
         };
-        enforce(dir.path(), limits, &HashSet::new(), now).unwrap();
+        enforce(dir.path(), limits, &HashSet::new(), &HashSet::new(), now()).unwrap();
         assert!(!dir.path().join("2026").exists());
         assert!(dir.path().exists());
     }
