@@ -195,6 +195,10 @@ struct Writer {
     sink: Option<mpsc::UnboundedSender<Vec<Row>>>,
     rows: Vec<Row>,
     ledger: LedgerWriter,
+    /// Folders that got a new recording since the last sync: fsynced
+    /// before the ledger, so a power loss cannot keep a ledger line for a
+    /// file whose directory entry was lost.
+    new_dirs: HashSet<PathBuf>,
 }
 
 impl Writer {
@@ -213,6 +217,7 @@ impl Writer {
             sink,
             rows: Vec::new(),
             ledger,
+            new_dirs: HashSet::new(),
         }
     }
 
@@ -354,6 +359,11 @@ impl Writer {
                             let session = open.session.clone();
                             match self.list(Outcome::Opened, &session, 0, "") {
                                 Ok(()) => {
+                                    // Day, month, year and the root: any
+                                    // of them may have been made just now.
+                                    self.new_dirs.extend(
+                                        path.ancestors().skip(1).take(4).map(PathBuf::from),
+                                    );
                                     self.set_active(&path, true);
                                     self.files.insert(handle, open);
                                 }
@@ -429,6 +439,11 @@ impl Writer {
     /// the last sync in the ledger and fsyncs it: after a power loss the
     /// ledger never names a seal that is not on disk.
     fn sync(&mut self) {
+        for dir in self.new_dirs.drain() {
+            if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
+                error!(dir = %dir.display(), error = %e, "cannot fsync a recordings folder");
+            }
+        }
         // Opened lines first: a recording on disk is always one the
         // ledger saw opened, so the next start may seal it.
         if let Err(e) = self.ledger.sync() {

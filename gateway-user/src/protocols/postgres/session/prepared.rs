@@ -60,8 +60,10 @@ impl Session<'_> {
         }
     }
 
+    /// `DEALLOCATE ALL` and `DISCARD ALL` drop every named statement;
+    /// the unnamed one lives apart on the server and stays.
     fn forget_all(&mut self) {
-        self.statements.clear();
+        self.statements.retain(|name, _| name.is_empty());
         self.sql_prepared.clear();
     }
 
@@ -195,8 +197,7 @@ impl Session<'_> {
             b"PREPARE" => true,
             b"DEALLOCATE" | b"DEALLOCATE ALL" => false,
             b"DISCARD ALL" => {
-                self.statements.clear();
-                self.sql_prepared.clear();
+                self.forget_all();
                 return;
             }
             _ => return,
@@ -244,10 +245,7 @@ impl Session<'_> {
                 self.statements.remove(name);
                 self.sql_prepared.remove(name);
             }
-            (Some(Prepared::Deallocate(None)), false) => {
-                self.statements.clear();
-                self.sql_prepared.clear();
-            }
+            (Some(Prepared::Deallocate(None)), false) => self.forget_all(),
             _ => {}
         }
     }
