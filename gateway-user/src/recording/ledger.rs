@@ -179,11 +179,13 @@ pub struct LedgerWriter {
     /// The file's length after its last whole line: a write that fails
     /// halfway is cut back to it, so no later line chains onto garbage.
     len: u64,
+    /// Set when a torn line could not be cut off.
+    broken: Option<String>,
     dirty: bool,
     anchors: BTreeMap<String, Anchor>,
-    /// Sessions it has as sealed or recovered: what retention may age by
-    /// id and list as removed.
-    ended: Arc<Mutex<HashSet<String>>>,
+    /// Sessions it has as opened, sealed or recovered (not removed): what
+    /// retention ages by id and lists as removed.
+    listed: Arc<Mutex<HashSet<String>>>,
     /// Anchors from the head the ledger was opened with, of recordings
     /// the recovery pass has not settled: kept in every later head, so a
     /// recording left alone once is still held to its anchor next time.
@@ -269,10 +271,10 @@ impl LedgerWriter {
             fresh: checked.lines == 0,
         };
         let carried = known.anchors.clone();
-        let ended = known
+        let listed = known
             .sessions
             .iter()
-            .filter(|(_, o)| matches!(o, Outcome::Sealed | Outcome::Recovered))
+            .filter(|(_, o)| **o != Outcome::Removed)
             .map(|(s, _)| s.clone())
             .collect();
         let writer = LedgerWriter {
@@ -282,9 +284,10 @@ impl LedgerWriter {
             prev: checked.last_hash,
             seq: checked.lines,
             len: checked.valid_len as u64,
+            broken: None,
             dirty: true,
             anchors: BTreeMap::new(),
-            ended: Arc::new(Mutex::new(ended)),
+            listed: Arc::new(Mutex::new(listed)),
             carried,
             anchors_changed: true,
         };
@@ -315,25 +318,29 @@ impl LedgerWriter {
         let event = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
         let mut line = Vec::with_capacity(event.len() + 170);
         let hash = chain::append_line(&mut line, &self.prev, &event);
+        if let Some(why) = &self.broken {
+            return Err(why.clone());
+        }
         if let Err(e) = self.file.write_all(&line) {
-            let _ = self.file.set_len(self.len);
-            return Err(format!(
-                "cannot write the ledger {}: {e}",
-                self.path.display()
-            ));
+            let why = format!("cannot write the ledger {}: {e}", self.path.display());
+            if let Err(cut) = self.file.set_len(self.len) {
+                // A torn line stays: anything chained after it would be
+                // refused at the next start, so nothing more is written
+                // (and every new session is refused).
+                self.broken = Some(format!(
+                    "{why}; cutting the torn line off failed too ({cut}): the ledger takes no more lines until the daemon restarts"
+                ));
+            }
+            return Err(why);
         }
         self.len += line.len() as u64;
         self.prev = hash;
         {
-            let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-            match outcome {
-                Outcome::Sealed | Outcome::Recovered => {
-                    ended.insert(session.to_owned());
-                }
-                Outcome::Removed => {
-                    ended.remove(session);
-                }
-                Outcome::Opened => {}
+            let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+            if outcome == Outcome::Removed {
+                listed.remove(session);
+            } else {
+                listed.insert(session.to_owned());
             }
         }
         self.seq += 1;
@@ -341,9 +348,10 @@ impl LedgerWriter {
         Ok(())
     }
 
-    /// The sessions the ledger has as sealed or recovered, kept current.
-    pub fn ended(&self) -> Arc<Mutex<HashSet<String>>> {
-        self.ended.clone()
+    /// The sessions the ledger has and retention has not removed, kept
+    /// current.
+    pub fn listed(&self) -> Arc<Mutex<HashSet<String>>> {
+        self.listed.clone()
     }
 
     /// A recording the recovery pass sealed or listed: its old anchor is

@@ -75,8 +75,8 @@ pub struct Recorder {
     inflight: Arc<AtomicUsize>,
     active: writer::Active,
     limits: retention::Limits,
-    /// Sessions the ledger has as ended (see `retention::enforce`).
-    ended: Arc<Mutex<HashSet<String>>>,
+    /// Sessions the ledger has (see `retention::enforce`).
+    listed: Arc<Mutex<HashSet<String>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -93,7 +93,7 @@ impl Recorder {
                 inflight: Arc::default(),
                 active: writer::Active::default(),
                 limits: retention::Limits::default(),
-                ended: Arc::default(),
+                listed: Arc::default(),
                 thread: Mutex::new(None),
             }));
         }
@@ -103,7 +103,7 @@ impl Recorder {
         let head = ledger::head_path(&settings.keys_dir, &settings.dir);
         let (mut ledger, known) = ledger::LedgerWriter::open(&settings.dir, &head, &key)?;
         recover::recover(&settings.dir, &key, &mut ledger, &known)?;
-        let ended = ledger.ended();
+        let listed = ledger.listed();
         let (queue, inbox) = writer::queue();
         let inflight = Arc::new(AtomicUsize::new(0));
         let active = writer::Active::default();
@@ -118,7 +118,7 @@ impl Recorder {
             inflight,
             active,
             limits: settings.retention,
-            ended,
+            listed,
             thread: Mutex::new(Some(thread)),
         }))
     }
@@ -128,14 +128,26 @@ impl Recorder {
         if self.limits.is_unlimited() {
             return Ok(retention::Removed::default());
         }
-        let active: HashSet<PathBuf> = self
-            .active
+        let listed = self
+            .listed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let removed =
-            retention::enforce(&self.dir, self.limits, &active, &ended, SystemTime::now())?;
+        // Asked at each removal, not copied before: a session may open
+        // while the pass walks the directory.
+        let is_active = |path: &std::path::Path| {
+            self.active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(path)
+        };
+        let removed = retention::enforce(
+            &self.dir,
+            self.limits,
+            is_active,
+            &listed,
+            SystemTime::now(),
+        )?;
         if !removed.sessions.is_empty()
             && let Some(queue) = &self.queue
         {

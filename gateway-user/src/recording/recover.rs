@@ -47,6 +47,16 @@ pub fn recover(
 ) -> Result<Recovery, String> {
     let mut done = Recovery::default();
     let trusted = [key.public_hex()];
+    // Anchors of recordings the ledger has as settled (a crash between
+    // its line and the next head) are not needed any more.
+    for id in known.anchors.keys() {
+        if matches!(
+            known.sessions.get(id),
+            Some(Outcome::Sealed | Outcome::Recovered | Outcome::Removed)
+        ) {
+            ledger.settled(id);
+        }
+    }
     let paths = files::all(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     let mut seen = std::collections::HashSet::new();
     for path in paths {
@@ -89,20 +99,12 @@ pub fn recover(
             }
         };
         // The gateway died mid-write (power loss): the torn line was
-        // never fsynced, so it is cut off, and the seal says so.
+        // never fsynced. It is left out of the checks below, and cut off
+        // the file only if the recording is then sealed.
         let mut torn = 0;
-        if opened && !data.is_empty() && !data.ends_with(b"\n") {
+        if opened && !data.ends_with(b"\n") {
             let whole = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             torn = data.len() - whole;
-            if let Err(e) = fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_len(whole as u64))
-            {
-                warn!(recording = %path.display(), error = %e, "cannot cut a half-written line off a recording");
-                done.left += 1;
-                continue;
-            }
             data.truncate(whole);
         }
         // It must still run through the last event the gateway fsynced:
@@ -141,6 +143,16 @@ pub fn recover(
                 continue;
             }
             Verdict::Unsealed { events: n } => {
+                if torn > 0
+                    && let Err(e) = fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.set_len(data.len() as u64))
+                {
+                    warn!(recording = %path.display(), error = %e, "cannot cut a half-written line off a recording");
+                    done.left += 1;
+                    continue;
+                }
                 match seal_after_crash(&path, &data, &events, key, &reason(n, anchor, torn)) {
                     Ok(final_hash) => {
                         done.sealed += 1;
@@ -189,11 +201,15 @@ fn runs_through(data: &[u8], anchor: &Anchor) -> bool {
 /// the gateway had not fsynced when it stopped.
 fn reason(events: u64, anchor: Option<&Anchor>, torn: usize) -> String {
     let mut reason = REASON.to_owned();
-    let confirmed = anchor.map_or(0, |a| a.events);
-    if events > confirmed {
-        reason.push_str(&format!(
-            "; events from seq {confirmed} on were written after the gateway's last fsync and are sealed as found"
-        ));
+    match anchor {
+        Some(a) if events > a.events => reason.push_str(&format!(
+            "; events from seq {} on were written after the gateway's last fsync and are sealed as found",
+            a.events
+        )),
+        Some(_) => {}
+        None => reason.push_str(
+            "; no fsynced position of it was kept, so all its events are sealed as found",
+        ),
     }
     if torn > 0 {
         reason.push_str(&format!(

@@ -29,7 +29,7 @@ impl Limits {
 pub struct Removed {
     pub files: usize,
     pub bytes: u64,
-    /// The session ids of the recordings the ledger had as ended, for its
+    /// The session ids of the recordings the ledger has, for its
     /// `removed` lines (files it never saw opened are not listed).
     pub sessions: Vec<String>,
 }
@@ -38,7 +38,7 @@ impl Removed {
     fn add(&mut self, file: &Candidate) {
         self.files += 1;
         self.bytes += file.len;
-        if file.ended {
+        if file.listed {
             self.sessions.push(file.id.clone());
         }
     }
@@ -48,8 +48,8 @@ struct Candidate {
     path: PathBuf,
     id: String,
     len: u64,
-    /// The ledger has it sealed or recovered.
-    ended: bool,
+    /// The ledger has it (opened, sealed or recovered), at this path.
+    listed: bool,
     age: Duration,
 }
 
@@ -70,17 +70,18 @@ fn started(id: &str) -> Option<SystemTime> {
 
 /// One pass over `dir`. Files that vanish meanwhile are skipped.
 ///
-/// A recording the ledger has as ended (`ended`) is aged by the start
-/// time in its id, which nobody can change without renaming it (and a
-/// renamed recording is one the ledger misses), not by its modification
-/// time, which anyone who can write the directory can set. Files the
-/// ledger never saw opened go first when the total is too large, so
-/// planted files cannot push real recordings out.
+/// A recording the ledger has (`listed`), at the path its id names, is
+/// aged by the start time in its id, which nobody can change without
+/// renaming it (and a renamed recording is one the ledger misses), not by
+/// its modification time, which anyone who can write the directory can
+/// set. Other files (never opened by this gateway, or a copy elsewhere)
+/// go first when the total is too large, so planted files cannot push
+/// real recordings out. `is_active` is asked right before each removal.
 pub fn enforce(
     dir: &Path,
     limits: Limits,
-    active: &HashSet<PathBuf>,
-    ended: &HashSet<String>,
+    is_active: impl Fn(&Path) -> bool,
+    listed: &HashSet<String>,
     now: SystemTime,
 ) -> std::io::Result<Removed> {
     let mut removed = Removed::default();
@@ -88,6 +89,7 @@ pub fn enforce(
         return Ok(removed);
     }
     let mut kept: Vec<Candidate> = Vec::new();
+    let mut seen = HashSet::new();
     for path in files::all(dir)? {
         let Ok(meta) = fs::metadata(&path) else {
             continue;
@@ -97,8 +99,10 @@ pub fn enforce(
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_owned();
-        let is_ended = ended.contains(&id);
-        let since = if is_ended {
+        let is_listed = listed.contains(&id)
+            && files::find(dir, &id).ok().as_deref() == Some(path.as_path())
+            && seen.insert(id.clone());
+        let since = if is_listed {
             started(&id).or_else(|| meta.modified().ok())
         } else {
             meta.modified().ok()
@@ -110,11 +114,11 @@ pub fn enforce(
             path,
             id,
             len: meta.len(),
-            ended: is_ended,
+            listed: is_listed,
             age,
         };
         let expired = limits.max_age.is_some_and(|max| file.age > max);
-        if expired && !active.contains(&file.path) {
+        if expired && !is_active(&file.path) {
             if fs::remove_file(&file.path).is_ok() {
                 removed.add(&file);
             }
@@ -125,12 +129,12 @@ pub fn enforce(
     if let Some(max) = limits.max_total_bytes {
         let mut total: u64 = kept.iter().map(|f| f.len).sum();
         // Unknown files first, then the oldest.
-        kept.sort_by(|a, b| a.ended.cmp(&b.ended).then(b.age.cmp(&a.age)));
+        kept.sort_by(|a, b| a.listed.cmp(&b.listed).then(b.age.cmp(&a.age)));
         for file in &kept {
             if total <= max {
                 break;
             }
-            if active.contains(&file.path) {
+            if is_active(&file.path) {
                 continue;
             }
             if fs::remove_file(&file.path).is_ok() {
@@ -199,7 +203,7 @@ mod tests {
             max_age: Some(30 * DAY),
             max_total_bytes: Some(250),
         };
-        let removed = enforce(dir.path(), limits, &active, &ended, now()).unwrap();
+        let removed = enforce(dir.path(), limits, |p| active.contains(p), &ended, now()).unwrap();
         assert_eq!(
             removed,
             Removed {
@@ -215,7 +219,14 @@ mod tests {
         assert!(!a.exists() && !c.exists() && !d.exists());
         assert!(b.exists() && e.exists());
         // Unlimited: nothing to do.
-        let removed = enforce(dir.path(), Limits::default(), &active, &ended, now()).unwrap();
+        let removed = enforce(
+            dir.path(),
+            Limits::default(),
+            |p| active.contains(p),
+            &ended,
+            now(),
+        )
+        .unwrap();
         assert_eq!(removed, Removed::default());
     }
 
@@ -227,6 +238,12 @@ mod tests {
         // A large file the ledger never saw, named as if new.
         let planted = recording(dir.path(), "20261127T230000Z-junk", 1000, Duration::ZERO);
         let older = recording(dir.path(), "20261120T000000Z-old", 100, 8 * DAY);
+        // A large copy under a real recording's name, in another folder:
+        // nothing the ledger has, whatever its name.
+        let elsewhere = dir.path().join("2020").join("01").join("01");
+        fs::create_dir_all(&elsewhere).unwrap();
+        let copy = elsewhere.join("20261127T000000Z-real.jsonl");
+        fs::write(&copy, vec![b'x'; 1000]).unwrap();
         let ended: HashSet<String> = ["20261127T000000Z-real", "20261120T000000Z-old"]
             .iter()
             .map(|s| s.to_string())
@@ -235,13 +252,13 @@ mod tests {
             max_age: Some(30 * DAY),
             max_total_bytes: Some(500),
         };
-        let removed = enforce(dir.path(), limits, &HashSet::new(), &ended, now()).unwrap();
+        let removed = enforce(dir.path(), limits, |_| false, &ended, now()).unwrap();
         assert!(
             real.exists() && older.exists(),
             "a real recording was pushed out"
         );
-        assert!(!planted.exists());
-        assert_eq!((removed.files, removed.sessions.len()), (1, 0));
+        assert!(!planted.exists() && !copy.exists());
+        assert_eq!((removed.files, removed.sessions.len()), (2, 0));
     }
 
     #[test]
@@ -257,7 +274,7 @@ mod tests {
             max_age: Some(Duration::from_secs(1)),
             max_total_bytes: None,
         };
-        enforce(dir.path(), limits, &HashSet::new(), &HashSet::new(), now()).unwrap();
+        enforce(dir.path(), limits, |_| false, &HashSet::new(), now()).unwrap();
         assert!(!dir.path().join("2026").exists());
         assert!(dir.path().exists());
     }

@@ -331,6 +331,9 @@ impl Writer {
                 health,
                 ack,
             } => {
+                // Active before it exists: retention walking the folder
+                // meanwhile must not take it for a stray file.
+                self.set_active(&path, true);
                 let result = create(&path).map(|file| Open {
                     file,
                     path: path.clone(),
@@ -351,6 +354,7 @@ impl Writer {
                         // Written now, so the session learns before its
                         // first command whether it can be recorded at all.
                         if let Err(e) = open.flush() {
+                            self.set_active(&path, false);
                             health.fail(format!("cannot write {}: {e}", path.display()));
                         } else {
                             // Only what the ledger saw opened is sealed
@@ -364,14 +368,19 @@ impl Writer {
                                     self.new_dirs.extend(
                                         path.ancestors().skip(1).take(4).map(PathBuf::from),
                                     );
-                                    self.set_active(&path, true);
                                     self.files.insert(handle, open);
                                 }
-                                Err(e) => health.fail(e),
+                                Err(e) => {
+                                    self.set_active(&path, false);
+                                    health.fail(e);
+                                }
                             }
                         }
                     }
-                    Err(e) => health.fail(format!("cannot create {}: {e}", path.display())),
+                    Err(e) => {
+                        self.set_active(&path, false);
+                        health.fail(format!("cannot create {}: {e}", path.display()));
+                    }
                 }
                 let _ = ack.send(());
             }
@@ -469,11 +478,12 @@ impl Writer {
             }
             !open.closed
         });
-        for path in done {
-            self.set_active(&path, false);
-        }
+        // Listed before retention may treat them as settled files.
         for (session, events, final_hash) in ended {
             let _ = self.list(Outcome::Sealed, &session, events, &final_hash);
+        }
+        for path in done {
+            self.set_active(&path, false);
         }
         // Where each open recording stands now that it is on disk: the
         // next start seals only a recording that still runs through it.

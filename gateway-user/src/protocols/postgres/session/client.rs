@@ -76,13 +76,11 @@ impl Session<'_> {
                     let nonce = self.deny(error);
                     push_bind(&mut self.to_upstream, b.portal, &nonce);
                 } else if let Some(bound) = bound {
-                    // A named portal that exists makes the server reject
-                    // the Bind: what it holds stays.
+                    // If the server rejects it (a named portal still
+                    // open), the undo puts back what the name held.
                     let name = b.portal.to_owned();
-                    if name.is_empty() || !self.portals.contains_key(&name) {
-                        let previous = self.portals.insert(name.clone(), Portal { bound });
-                        undo = Some((name, previous));
-                    }
+                    let previous = self.portals.insert(name.clone(), Portal { bound });
+                    undo = Some((name, previous));
                     self.forward(&frame);
                 }
                 self.tracker.push(Pending::Bind(undo));

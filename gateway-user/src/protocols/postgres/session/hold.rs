@@ -252,12 +252,10 @@ impl Session<'_> {
         self.refresh_policy();
         let denied_now = running.classification.as_ref().and_then(|c| {
             let d = self.rules.decide_all(c);
-            (d.verdict == StatementVerdict::Deny && self.mode != Mode::Audit).then(|| {
-                format!(
-                    "the reloaded policy denies it by rule {}: {}",
-                    d.rule, d.reason
-                )
-            })
+            // Held by another rule now: its approvers have not decided.
+            let held_by_another = d.verdict == StatementVerdict::Approve && *d.rule != *rule;
+            ((d.verdict == StatementVerdict::Deny || held_by_another) && self.mode != Mode::Audit)
+                .then(|| format!("the reloaded policy decides it {d}"))
         });
         if let (true, Some(why)) = (approved, self.revoked.clone().or(denied_now)) {
             let message = format!("statement refused although approved ({id}): {why}");
