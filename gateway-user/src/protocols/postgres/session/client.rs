@@ -198,6 +198,45 @@ impl Session<'_> {
         nonce
     }
 
+    /// What the session's rules and settings make of a classified text:
+    /// the rules' verdict, then the session-wide denials (COPY … TO STDOUT
+    /// of a masked target, a changed search_path).
+    pub(super) fn statement_decision(
+        &self,
+        sql: &str,
+        classification: &Classification,
+    ) -> StatementDecision {
+        let mut decision = self.rules.decide_all(classification);
+        // With copy_out_masked = "deny", COPY … TO STDOUT never runs on a
+        // target with masking rules; with "mask" its rows are masked as
+        // they stream (see `copy_out_rows`).
+        if decision.verdict == StatementVerdict::Allow
+            && self.copy_out_masked == CopyOutMasked::Deny
+            && !self.ctx.masking.is_empty()
+            && classification
+                .statements
+                .iter()
+                .any(|s| s.command == "COPY")
+            && copy_out::copy_outs(sql).map_or(true, |c| !c.is_empty())
+        {
+            decision = StatementDecision {
+                verdict: StatementVerdict::Deny,
+                rule: Arc::from("copy-out-masked"),
+                reason: "COPY … TO STDOUT of a target with masking rules is denied (copy_out_masked = \"deny\"): select the rows instead so they can be masked".into(),
+                statement_index: 0,
+            };
+        }
+        if decision.verdict == StatementVerdict::Allow && changes_search_path(sql, classification) {
+            decision = StatementDecision {
+                verdict: StatementVerdict::Deny,
+                rule: Arc::from("search-path"),
+                reason: "changing search_path is not allowed through chokepoint: qualify table names instead".into(),
+                statement_index: 0,
+            };
+        }
+        decision
+    }
+
     /// Takes the reloaded statement policy if there was a reload since
     /// the session's rules were made.
     pub(super) fn refresh_policy(&mut self) {
@@ -294,34 +333,7 @@ impl Session<'_> {
             });
             return Decided::Refuse(deny_error("policy-reload", &reason, &shown.text));
         }
-        let mut decision = self.rules.decide_all(classification);
-        // With copy_out_masked = "deny", COPY … TO STDOUT never runs on a
-        // target with masking rules; with "mask" its rows are masked as
-        // they stream (see `copy_out_rows`).
-        if decision.verdict == StatementVerdict::Allow
-            && self.copy_out_masked == CopyOutMasked::Deny
-            && !self.ctx.masking.is_empty()
-            && classification
-                .statements
-                .iter()
-                .any(|s| s.command == "COPY")
-            && copy_out::copy_outs(sql).map_or(true, |c| !c.is_empty())
-        {
-            decision = StatementDecision {
-                verdict: StatementVerdict::Deny,
-                rule: Arc::from("copy-out-masked"),
-                reason: "COPY … TO STDOUT of a target with masking rules is denied (copy_out_masked = \"deny\"): select the rows instead so they can be masked".into(),
-                statement_index: 0,
-            };
-        }
-        if decision.verdict == StatementVerdict::Allow && changes_search_path(sql, classification) {
-            decision = StatementDecision {
-                verdict: StatementVerdict::Deny,
-                rule: Arc::from("search-path"),
-                reason: "changing search_path is not allowed through chokepoint: qualify table names instead".into(),
-                statement_index: 0,
-            };
-        }
+        let decision = self.statement_decision(sql, classification);
         let redacted = &shown.text;
         let class = &shown.class;
         let audit = self.mode == Mode::Audit;

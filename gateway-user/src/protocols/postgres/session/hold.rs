@@ -251,7 +251,7 @@ impl Session<'_> {
         // does not bring either back.
         self.refresh_policy();
         let denied_now = running.classification.as_ref().and_then(|c| {
-            let d = self.rules.decide_all(c);
+            let d = self.statement_decision(&running.sql, c);
             // Held by another rule now: its approvers have not decided.
             let held_by_another = d.verdict == StatementVerdict::Approve && *d.rule != *rule;
             ((d.verdict == StatementVerdict::Deny || held_by_another) && self.mode != Mode::Audit)
