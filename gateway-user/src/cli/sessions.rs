@@ -172,7 +172,7 @@ impl Source {
     /// under this id (a file copied over another) is tampered, whatever
     /// its own chain says.
     fn load(&self, id: &str) -> Result<(Verdict, Vec<Event>), String> {
-        let data = match &self.store {
+        let mut data = match &self.store {
             Store::Files(dir) => {
                 let path = files::find(dir, id)?;
                 fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
@@ -181,6 +181,21 @@ impl Source {
                 .runtime
                 .block_on(crate::recording::sink::recording(&db.client, id))?,
         };
+        // A session still running may be caught mid-write: its last line
+        // is not a cut while the ledger has it open.
+        let open = self.ledger.as_ref().is_some_and(|l| {
+            let name = std::path::Path::new(id)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or(id);
+            l.entries
+                .get(name)
+                .is_some_and(|e| e.outcome == Outcome::Opened)
+        });
+        if open && !data.ends_with(b"\n") {
+            let whole = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            data.truncate(whole);
+        }
         let (verdict, events) = verify::verify(&data, &self.trusted);
         let listed = self.ledger.as_ref().and_then(|l| {
             let session = &events.first()?.session;

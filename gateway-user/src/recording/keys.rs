@@ -42,9 +42,11 @@ impl HostKey {
                             secret.display()
                         )
                     })?;
-                Ok(HostKey {
+                let key = HostKey {
                     key: SigningKey::from_bytes(&seed),
-                })
+                };
+                key.restore_public(dir)?;
+                Ok(key)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(dir),
             Err(e) => Err(format!("cannot read {}: {e}", secret.display())),
@@ -75,6 +77,25 @@ impl HostKey {
         )
         .map_err(|e| format!("cannot write {}: {e}", public.display()))?;
         Ok(HostKey { key })
+    }
+
+    /// Rewrites the public key file when it is missing or does not match
+    /// the secret (a power loss right after the key was made): `verify`
+    /// trusts what it says.
+    fn restore_public(&self, dir: &Path) -> Result<(), String> {
+        let public = dir.join(PUBLIC);
+        let expected = format!("{}\n", self.public_hex());
+        if fs::read_to_string(&public).is_ok_and(|t| t == expected) {
+            return Ok(());
+        }
+        let tmp = dir.join(format!("{PUBLIC}.new"));
+        fs::File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(expected.as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|()| fs::rename(&tmp, &public))
+            .map_err(|e| format!("cannot write {}: {e}", public.display()))
     }
 
     pub fn public_hex(&self) -> String {

@@ -251,6 +251,22 @@ impl LedgerWriter {
                 .map_err(|e| format!("cannot repair the ledger {}: {e}", path.display()))?;
             checked.problem = None;
         }
+        // No head, so nothing it said is vouched for (a new keys_dir, a
+        // new key): keep it aside for whoever wants to look, and start a
+        // new one, which gives up nothing a head would have protected.
+        if let Some(p) = &checked.problem
+            && head.is_none()
+        {
+            let aside = dir.join(format!(
+                "{FILE}.{}.set-aside",
+                humantime::format_rfc3339_seconds(SystemTime::now())
+            ));
+            tracing::warn!(ledger = %path.display(), aside = %aside.display(), line = p.line, reason = %p.reason, "the ledger does not check out and no head vouches for it (a new keys directory or key?): it is set aside and a new one started");
+            std::fs::rename(&path, &aside)
+                .map_err(|e| format!("cannot set the ledger {} aside: {e}", path.display()))?;
+            drop(file);
+            return Self::open(dir, head_path, key);
+        }
         if let Some(p) = &checked.problem {
             return Err(format!(
                 "the ledger {} is damaged at line {} (seq {}): {}; check it with `chokepoint sessions verify --all`, then move it aside (and remove {}) to start a new one",
@@ -470,6 +486,11 @@ impl Ledger {
                 reason,
             };
             let Some(line) = line.strip_suffix(b"\n") else {
+                // A line being written right now (read while the daemon
+                // runs) is past the head: not a problem yet.
+                if head.is_none_or(|h| seq > h.seq) {
+                    break;
+                }
                 ledger.problem = Some(fail("the ledger ends inside this line".into()));
                 break;
             };
@@ -766,6 +787,24 @@ mod tests {
         let read = host.read();
         assert_eq!(read.problem, None);
         assert_eq!(read.entries.len(), 4);
+    }
+
+    #[test]
+    fn a_ledger_no_head_vouches_for_is_set_aside_when_it_does_not_check_out() {
+        let host = Host::new();
+        host.three_lines();
+        // A new keys directory: a new key and no head.
+        std::fs::remove_file(host.head()).unwrap();
+        let other = HostKey::load_or_create(&host.dir.path().join("new-keys")).unwrap();
+        let (ledger, known) = LedgerWriter::open(&host.sessions(), &host.head(), &other).unwrap();
+        drop(ledger);
+        assert!(known.fresh && known.sessions.is_empty());
+        let aside: Vec<_> = std::fs::read_dir(host.sessions())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".set-aside"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the old ledger was not kept aside");
     }
 
     #[test]

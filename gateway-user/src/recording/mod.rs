@@ -141,11 +141,18 @@ impl Recorder {
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(path)
         };
+        let is_listed_now = |id: &str| {
+            self.listed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(id)
+        };
         let removed = retention::enforce(
             &self.dir,
             self.limits,
             is_active,
             &listed,
+            is_listed_now,
             SystemTime::now(),
         )?;
         if !removed.sessions.is_empty()

@@ -107,6 +107,24 @@ pub fn recover(
             torn = data.len() - whole;
             data.truncate(whole);
         }
+        // Opened, then the power went before anything of it reached the
+        // disk: nothing was lost, and an empty file would read as
+        // tampered for ever.
+        if opened && data.is_empty() {
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    warn!(recording = %path.display(), "a recording the gateway opened holds no whole line (power loss right after it opened): removed");
+                    if ledger.append(key, Outcome::Removed, id, 0, "").is_ok() {
+                        ledger.settled(id);
+                    }
+                }
+                Err(e) => {
+                    warn!(recording = %path.display(), error = %e, "cannot remove an empty recording");
+                    done.left += 1;
+                }
+            }
+            continue;
+        }
         // It must still run through the last event the gateway fsynced:
         // what came after that is sealed as found, and the seal says so.
         let anchor = known.anchors.get(id);
@@ -171,10 +189,17 @@ pub fn recover(
                 continue;
             }
         };
-        ledger.append(key, outcome, id, count, &final_hash)?;
+        // Not fatal: a full disk must not keep the gateway (and every
+        // job's connection) down; the next start lists it again.
+        if let Err(e) = ledger.append(key, outcome, id, count, &final_hash) {
+            warn!(error = %e, "cannot list a recovered recording in the ledger");
+            continue;
+        }
         ledger.settled(id);
     }
-    ledger.sync()?;
+    if let Err(e) = ledger.sync() {
+        warn!(error = %e, "cannot fsync the ledger after recovery");
+    }
     if done != Recovery::default() {
         info!(
             sealed = done.sealed,

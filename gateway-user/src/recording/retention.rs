@@ -82,6 +82,7 @@ pub fn enforce(
     limits: Limits,
     is_active: impl Fn(&Path) -> bool,
     listed: &HashSet<String>,
+    is_listed_now: impl Fn(&str) -> bool,
     now: SystemTime,
 ) -> std::io::Result<Removed> {
     let mut removed = Removed::default();
@@ -134,7 +135,9 @@ pub fn enforce(
             if total <= max {
                 break;
             }
-            if is_active(&file.path) {
+            // A session that opened (and maybe ended) during this pass
+            // is not a stray file.
+            if is_active(&file.path) || (!file.listed && is_listed_now(&file.id)) {
                 continue;
             }
             if fs::remove_file(&file.path).is_ok() {
@@ -203,7 +206,15 @@ mod tests {
             max_age: Some(30 * DAY),
             max_total_bytes: Some(250),
         };
-        let removed = enforce(dir.path(), limits, |p| active.contains(p), &ended, now()).unwrap();
+        let removed = enforce(
+            dir.path(),
+            limits,
+            |p| active.contains(p),
+            &ended,
+            |_| false,
+            now(),
+        )
+        .unwrap();
         assert_eq!(
             removed,
             Removed {
@@ -224,6 +235,7 @@ mod tests {
             Limits::default(),
             |p| active.contains(p),
             &ended,
+            |_| false,
             now(),
         )
         .unwrap();
@@ -252,7 +264,7 @@ mod tests {
             max_age: Some(30 * DAY),
             max_total_bytes: Some(500),
         };
-        let removed = enforce(dir.path(), limits, |_| false, &ended, now()).unwrap();
+        let removed = enforce(dir.path(), limits, |_| false, &ended, |_| false, now()).unwrap();
         assert!(
             real.exists() && older.exists(),
             "a real recording was pushed out"
@@ -274,7 +286,15 @@ mod tests {
             max_age: Some(Duration::from_secs(1)),
             max_total_bytes: None,
         };
-        enforce(dir.path(), limits, |_| false, &HashSet::new(), now()).unwrap();
+        enforce(
+            dir.path(),
+            limits,
+            |_| false,
+            &HashSet::new(),
+            |_| false,
+            now(),
+        )
+        .unwrap();
         assert!(!dir.path().join("2026").exists());
         assert!(dir.path().exists());
     }

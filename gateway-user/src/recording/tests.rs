@@ -201,6 +201,11 @@ fn the_key_is_made_once_and_kept() {
         true,
         &recovered
     ));
+    // A public key file lost to a power loss is written again.
+    std::fs::write(dir.path().join("host.ed25519.pub"), "").unwrap();
+    let c = keys::HostKey::load_or_create(dir.path()).unwrap();
+    let public = keys::read_public(&keys::public_key_path(dir.path())).unwrap();
+    assert_eq!(public, c.public_hex());
     std::fs::write(dir.path().join("host.ed25519"), "garbage").unwrap();
     let e = keys::HostKey::load_or_create(dir.path()).err().unwrap();
     assert!(e.contains("not a 64-hex-digit ed25519 seed"), "{e}");
@@ -317,7 +322,9 @@ async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
             .0
             .to_owned(),
     };
-    for id in [&cut_id, &rewritten_id] {
+    // And one whose file never got a whole line to disk.
+    let empty_id = "20261127T000000Z-0000000000ee".to_owned();
+    for id in [&cut_id, &rewritten_id, &empty_id] {
         ledger
             .append(&key, ledger::Outcome::Opened, id, 0, "")
             .unwrap();
@@ -335,6 +342,7 @@ async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
     torn.extend_from_slice(&cut_lines[3][..20]);
     let cut_path = place(&dir, &cut_id, &torn);
     let rewritten_path = place(&dir, &rewritten_id, &rewritten_lines[..2].concat());
+    let empty_path = place(&dir, &empty_id, b"{\"hash\":\"01");
     // And a copy of the cut one in another date folder.
     let copy_dir = dir.join("2020").join("01").join("01");
     std::fs::create_dir_all(&copy_dir).unwrap();
@@ -369,6 +377,10 @@ async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
         std::fs::read(&rewritten_path).unwrap(),
         rewritten_lines[..2].concat(),
         "a recording cut below what was fsynced was sealed"
+    );
+    assert!(
+        !empty_path.exists(),
+        "an opened recording with no whole line stayed"
     );
     let data = std::fs::read(&cut_path).unwrap();
     let (verdict, events) = verify::verify(&data, std::slice::from_ref(&public));

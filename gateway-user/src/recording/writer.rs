@@ -137,6 +137,8 @@ struct Open {
     pending: Vec<u8>,
     /// The event being encoded; kept between events up to [`SCRATCH_KEEP`].
     scratch: Vec<u8>,
+    /// Bytes written so far, all whole lines.
+    len: u64,
     dirty: bool,
     closed: bool,
     /// Set at close until the seal is written: `(events, final hash)`
@@ -342,6 +344,7 @@ impl Writer {
                     prev: chain::GENESIS.to_owned(),
                     pending: Vec::new(),
                     scratch: Vec::new(),
+                    len: 0,
                     dirty: false,
                     closed: false,
                     sealed: None,
@@ -354,6 +357,9 @@ impl Writer {
                         // Written now, so the session learns before its
                         // first command whether it can be recorded at all.
                         if let Err(e) = open.flush() {
+                            // Nothing of it is recorded: an empty or torn
+                            // file would only read as tampered later.
+                            let _ = fs::remove_file(&path);
                             self.set_active(&path, false);
                             health.fail(format!("cannot write {}: {e}", path.display()));
                         } else {
@@ -371,6 +377,7 @@ impl Writer {
                                     self.files.insert(handle, open);
                                 }
                                 Err(e) => {
+                                    let _ = fs::remove_file(&path);
                                     self.set_active(&path, false);
                                     health.fail(e);
                                 }
@@ -551,7 +558,13 @@ impl Open {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.file.write_all(&self.pending)?;
+        if let Err(e) = self.file.write_all(&self.pending) {
+            // A full disk mid-write: cut back to the last whole line, so
+            // the recording reads as the unsealed chain it is.
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
+        self.len += self.pending.len() as u64;
         self.pending.clear();
         self.dirty = true;
         Ok(())
