@@ -159,9 +159,10 @@ pub struct PreparedStatement {
 /// came: `EXECUTE` and Bind of its name are decided by what it holds.
 #[derive(Debug, Clone)]
 pub struct SqlPrepared {
-    /// The PREPARE's classification: the inner statement's class, flags
-    /// and tables.
-    pub statement: crate::protocols::postgres::classify::Statement,
+    /// What the PREPARE defined (the inner statement's class, flags and
+    /// tables) as a one-statement classification, made once so each Bind
+    /// and EXECUTE of the name shares it.
+    pub classification: Arc<crate::protocols::postgres::classify::Classification>,
     /// The whole text that prepared it.
     pub sql: Arc<str>,
     pub shown: Shown,

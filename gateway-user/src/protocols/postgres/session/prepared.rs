@@ -102,9 +102,7 @@ impl Session<'_> {
         let p = self.sql_prepared.get(name)?;
         Some((
             p.sql.clone(),
-            Arc::new(Classification {
-                statements: vec![p.statement.clone()],
-            }),
+            p.classification.clone(),
             p.shown.clone(),
             p.approved,
         ))
@@ -229,7 +227,9 @@ impl Session<'_> {
         let mut defined = statement.clone();
         defined.prepared = None;
         let entry = SqlPrepared {
-            statement: defined,
+            classification: Arc::new(Classification {
+                statements: vec![defined],
+            }),
             sql: running.sql.clone(),
             shown: running.shown.clone(),
             approved: running.approved,
