@@ -92,6 +92,21 @@ const FLOW_FIELDS: [&str; 13] = [
     "duration_ms",
 ];
 
+/// A 100-byte echo from inside `cg` to `echo` comes back intact, and the
+/// gateway logs it as allowed by `rule`.
+fn assert_echo_allowed(cg: &TestCgroup, gw: &Gateway, echo: &Server, rule: &str) -> Result<()> {
+    let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
+    assert_passed(&r, 100);
+    assert_flow(
+        &gw.wait_for_flow(r.pid)?,
+        echo.addr(),
+        "allow",
+        rule,
+        "enforce",
+    );
+    Ok(())
+}
+
 fn assert_flow(ev: &Value, dst: SocketAddr, decision: &str, rule: &str, mode: &str) {
     let missing: Vec<&str> = FLOW_FIELDS
         .into_iter()
@@ -342,15 +357,7 @@ fn killed_gateway_fails_closed_and_restart_resumes() -> Result<()> {
         "{status_after}"
     );
     assert!(!links.join("cp_retired").exists(), "{status_after}");
-    let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
-    assert_passed(&r, 100);
-    assert_flow(
-        &gw.wait_for_flow(r.pid)?,
-        echo.addr(),
-        "allow",
-        "allow-echo",
-        "enforce",
-    );
+    assert_echo_allowed(&cg, &gw, &echo, "allow-echo")?;
     assert_eq!(echo.accepted(), 2);
 
     // Dropping the fixture stops the daemon and runs `chokepoint detach`:
@@ -947,15 +954,7 @@ fn a_saved_policy_file_is_reloaded_without_a_signal() -> Result<()> {
         || (reloads() == 1).then_some(()),
     )
     .with_context(|| format!("daemon log:\n{}", gw.logs().join("\n")))?;
-    let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
-    assert_passed(&r, 100);
-    assert_flow(
-        &gw.wait_for_flow(r.pid)?,
-        echo.addr(),
-        "allow",
-        "allow-echo",
-        "enforce",
-    );
+    assert_echo_allowed(&cg, &gw, &echo, "allow-echo")?;
     // Once: an unchanged file is not reloaded again.
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(reloads(), 1);
@@ -987,15 +986,7 @@ fn sighup_applies_a_valid_policy_and_keeps_the_old_one_on_errors() -> Result<()>
         Some("policy reloaded"),
         "{outcome}"
     );
-    let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
-    assert_passed(&r, 100);
-    assert_flow(
-        &gw.wait_for_flow(r.pid)?,
-        echo.addr(),
-        "allow",
-        "allow-echo",
-        "enforce",
-    );
+    assert_echo_allowed(&cg, &gw, &echo, "allow-echo")?;
 
     let invalid = base
         .clone()
@@ -1006,15 +997,7 @@ fn sighup_applies_a_valid_policy_and_keeps_the_old_one_on_errors() -> Result<()>
     let outcome = gw.reload()?;
     let msg = chokepoint_tests::message(&outcome).unwrap_or_default();
     assert!(msg.starts_with("policy reload failed"), "{outcome}");
-    let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
-    assert_passed(&r, 100);
-    assert_flow(
-        &gw.wait_for_flow(r.pid)?,
-        echo.addr(),
-        "allow",
-        "allow-echo",
-        "enforce",
-    );
+    assert_echo_allowed(&cg, &gw, &echo, "allow-echo")?;
     assert!(gw.is_running(), "an invalid reload stopped the daemon");
 
     // Back to denying: the kernel forgets the destination again.

@@ -179,12 +179,9 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             return super::dns::serve_tcp(&shared, ctx, client, &flow, job.as_deref(), started)
                 .await;
         }
-        let names = shared
-            .names
-            .names(flow.cgroup_id, flow.dst.ip(), Instant::now());
+        let names = destination_names(&shared, &flow);
         let facts = flow_facts(&flow, job.as_deref(), &names);
-        let decision = policy.evaluate(&facts);
-        let mode = policy.daemon().mode;
+        let (decision, mode) = (policy.evaluate(&facts), policy.daemon().mode);
         let forward = decision.verdict == Verdict::Allow || mode == Mode::Audit;
         let postgres = match (&decision.protocol, decision.target.as_deref()) {
             (Protocol::Postgres, Some(target)) => policy.postgres_target(target).map(|t| {
@@ -273,12 +270,9 @@ fn refresh(shared: &Arc<Shared>, flow: &Flow, target: &str) -> postgres::Refresh
     Arc::new(move |role: &str| {
         let policy = shared.policy.load_full();
         let job = shared.jobs.job_of(flow.cgroup_id);
-        let names = shared
-            .names
-            .names(flow.cgroup_id, flow.dst.ip(), Instant::now());
+        let names = destination_names(&shared, &flow);
         let facts = flow_facts(&flow, job.as_deref(), &names);
-        let decision = policy.evaluate(&facts);
-        let mode = policy.daemon().mode;
+        let (decision, mode) = (policy.evaluate(&facts), policy.daemon().mode);
         let rules = if decision.target.as_deref() != Some(&*target) {
             Err(format!(
                 "the reloaded policy no longer routes this connection to target {target}; reconnect"
@@ -322,6 +316,14 @@ async fn forward_to(
         Ok(moved) => (moved, None),
         Err(e) => (Transferred::default(), Some(e.to_string())),
     }
+}
+
+/// The names the flow's job resolved its destination to, as of now: a
+/// reload decides with the names learned since the connect.
+fn destination_names(shared: &Shared, flow: &Flow) -> Vec<Arc<str>> {
+    shared
+        .names
+        .names(flow.cgroup_id, flow.dst.ip(), Instant::now())
 }
 
 /// How logs and recordings name the job behind a flow.
