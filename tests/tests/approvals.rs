@@ -477,6 +477,25 @@ fn a_client_that_leaves_cancels_its_request_and_a_grant_skips_asking() -> Result
     );
     assert_eq!(s.orders()?, "38");
     s.wait_events(&id, &["grant_used"])?;
+
+    // Two held statements in one string are asked about whole: the grant
+    // covers one statement of its kind, not what rides along with it.
+    let job =
+        s.spawn_psql(&["DELETE FROM orders WHERE id = 4; DELETE FROM orders WHERE id = 5"])?;
+    let pending = s.wait_pending(1)?;
+    assert!(
+        pending[0]["statement"]
+            .as_str()
+            .unwrap_or("")
+            .contains("id = 5"),
+        "{pending:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(job.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let _ = job.finish();
+    assert_eq!(s.orders()?, "38");
     Ok(())
 }
 

@@ -127,6 +127,11 @@ pub fn vote(
         Verdict::Approve { comment, grant } => {
             let grant_secs = match grant {
                 None => None,
+                Some(_) if request.who.scope.is_empty() => {
+                    return Err(format!(
+                        "request {id} was stored by an older gateway that did not say whom a grant would cover: approve without --for"
+                    ));
+                }
                 Some(d) => match request.max_grant_secs {
                     None => {
                         return Err(format!(
@@ -183,7 +188,7 @@ pub fn vote(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::approvals::request::Requester;
+    use crate::approvals::request::{GrantQuery, Requester};
 
     fn request() -> Request {
         let now = SystemTime::now();
@@ -197,6 +202,7 @@ mod tests {
                 comm: "psql".into(),
                 cgroup_id: 7,
                 session: "s".into(),
+                scope: "cgroup 7 on host/default".into(),
             },
             target: "orders-db".into(),
             role: "app".into(),
@@ -310,15 +316,67 @@ mod tests {
             grant: Some(Duration::from_secs(1800)),
         };
         vote(&caller(1, "alice", &[]), &mut r, &ok, None, now).unwrap();
-        assert!(r.grant_covers("uid 1001 (runner)", "orders-db", "delete", now));
-        assert!(!r.grant_covers("uid 1002 (other)", "orders-db", "delete", now));
-        assert!(!r.grant_covers("uid 1001 (runner)", "orders-db", "ddl", now));
-        assert!(!r.grant_covers(
-            "uid 1001 (runner)",
-            "orders-db",
-            "delete",
-            now + Duration::from_secs(1801)
-        ));
+        let same = GrantQuery {
+            scope: "cgroup 7 on host/default",
+            identity: "uid 1001 (runner)",
+            target: "orders-db",
+            role: "app",
+            database: "shop",
+            class: "delete",
+            rule: "ci",
+            reason: "class delete needs approval",
+        };
+        assert!(r.grant_covers(&same, now));
+        assert!(!r.grant_covers(&same, now + Duration::from_secs(1801)));
+        // Each field narrows it: another job or runner cgroup, login,
+        // class, or the same class held by another rule or for another
+        // reason (a TRUNCATE where a one-row DELETE was approved).
+        let others = [
+            GrantQuery {
+                scope: "cgroup 8 on host/default",
+                ..same
+            },
+            GrantQuery {
+                identity: "uid 1002 (other)",
+                ..same
+            },
+            GrantQuery {
+                target: "billing-db",
+                ..same
+            },
+            GrantQuery {
+                role: "admin",
+                ..same
+            },
+            GrantQuery {
+                database: "billing",
+                ..same
+            },
+            GrantQuery {
+                class: "ddl",
+                ..same
+            },
+            GrantQuery {
+                rule: "billing-strict",
+                ..same
+            },
+            GrantQuery {
+                reason: "flag truncate needs approval",
+                ..same
+            },
+        ];
+        for other in &others {
+            assert!(!r.grant_covers(other, now), "{other:?}");
+        }
+        // A request stored without a scope covers nothing, and cannot be
+        // given a grant.
+        let mut unscoped = r.clone();
+        unscoped.who.scope.clear();
+        assert!(!unscoped.grant_covers(&same, now));
+        let mut r = request();
+        r.who.scope.clear();
+        let e = vote(&caller(1, "alice", &[]), &mut r, &ok, None, now).unwrap_err();
+        assert!(e.contains("approve without --for"), "{e}");
 
         let mut r = request();
         r.max_grant_secs = None;

@@ -31,7 +31,7 @@ use std::{
 };
 
 pub use authorize::{Caller, Verdict};
-pub use request::{Request, Requester, State, Vote, digest, is_id, new_id};
+pub use request::{GrantQuery, Request, Requester, State, Vote, digest, is_id, new_id};
 use tokio::{
     sync::{Notify, mpsc},
     task::JoinHandle,
@@ -129,13 +129,16 @@ impl Approvals {
         }
     }
 
+    /// `<hostname>/<instance>`: where requests of this service are held.
+    pub fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
     /// An approved `--for` grant that covers this statement, if any.
-    pub async fn grant(&self, identity: &str, target: &str, class: &str) -> Option<Request> {
+    pub async fn grant(&self, query: &GrantQuery<'_>) -> Option<Request> {
         let now = SystemTime::now();
-        match self.store.grants(target).await {
-            Ok(grants) => grants
-                .into_iter()
-                .find(|r| r.grant_covers(identity, target, class, now)),
+        match self.store.grants(query.target).await {
+            Ok(grants) => grants.into_iter().find(|r| r.grant_covers(query, now)),
             Err(e) => {
                 warn!(error = %e, "cannot look up approval grants; asking instead");
                 None

@@ -43,6 +43,29 @@ pub struct Requester {
     pub cgroup_id: u64,
     /// The recording of the session that holds the statement.
     pub session: String,
+    /// Who a grant from this request covers: `job <key>` for a bound CI
+    /// job (that job alone, not every job sharing its `sub`), else
+    /// `cgroup <id> on <gateway>`. Requests stored before it existed have
+    /// none, and their grants cover nothing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+}
+
+/// What a held statement must share with an approved request for that
+/// request's grant to let it run unasked: the same job, target, login,
+/// and the same rule holding it for the same reason, so a grant for one
+/// kind of statement never covers another that the rule (or another
+/// rule) holds.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantQuery<'a> {
+    pub scope: &'a str,
+    pub identity: &'a str,
+    pub target: &'a str,
+    pub role: &'a str,
+    pub database: &'a str,
+    pub class: &'a str,
+    pub rule: &'a str,
+    pub reason: &'a str,
 }
 
 /// One approver's decision.
@@ -110,17 +133,28 @@ impl Request {
         parse_time(&self.expires).is_none_or(|t| t <= now)
     }
 
-    /// True while an approved grant covers statements like this one.
-    pub fn grant_covers(&self, identity: &str, target: &str, class: &str, now: SystemTime) -> bool {
+    /// True while this request is approved with a grant that has not run out.
+    pub fn grant_is_live(&self, now: SystemTime) -> bool {
         self.state == State::Approved
-            && self.who.identity == identity
-            && self.target == target
-            && self.class == class
             && self
                 .grant_until
                 .as_deref()
                 .and_then(parse_time)
                 .is_some_and(|until| until > now)
+    }
+
+    /// True while an approved grant covers the statement `query` describes.
+    pub fn grant_covers(&self, query: &GrantQuery<'_>, now: SystemTime) -> bool {
+        self.grant_is_live(now)
+            && !self.who.scope.is_empty()
+            && self.who.scope == query.scope
+            && self.who.identity == query.identity
+            && self.target == query.target
+            && self.role == query.role
+            && self.database == query.database
+            && self.class == query.class
+            && self.rule == query.rule
+            && self.reason == query.reason
     }
 
     /// The approvals so far.

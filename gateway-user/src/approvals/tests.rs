@@ -15,6 +15,7 @@ fn ask(timeout: Duration, notify: Vec<Webhook>) -> Ask {
             comm: "psql".into(),
             cgroup_id: 1,
             session: "s1".into(),
+            scope: "job run-1".into(),
         },
         target: "db".into(),
         role: "app".into(),
@@ -83,8 +84,27 @@ async fn an_approval_wakes_the_held_statement_and_grants_the_class() {
     let r = ended(&mut held).await;
     assert_eq!(r.state, State::Approved);
     assert_eq!(r.digest, digest("DELETE FROM orders"));
-    assert!(approvals.grant("uid 1001", "db", "delete").await.is_some());
-    assert!(approvals.grant("uid 1001", "db", "ddl").await.is_none());
+    let query = GrantQuery {
+        scope: "job run-1",
+        identity: "uid 1001",
+        target: "db",
+        role: "app",
+        database: "shop",
+        class: "delete",
+        rule: "ci",
+        reason: "class delete needs approval",
+    };
+    assert!(approvals.grant(&query).await.is_some());
+    let ddl = GrantQuery {
+        class: "ddl",
+        ..query
+    };
+    assert!(approvals.grant(&ddl).await.is_none());
+    let other_job = GrantQuery {
+        scope: "job run-2",
+        ..query
+    };
+    assert!(approvals.grant(&other_job).await.is_none());
     // Decided: a second decision is refused, naming the state.
     let e = approvals
         .decide(&alice(), &id, &verdict, None)

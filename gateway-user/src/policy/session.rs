@@ -242,6 +242,15 @@ impl SessionRules {
         }
     }
 
+    /// How many statements of a query string need approval.
+    pub fn holds(&self, classification: &Classification) -> usize {
+        classification
+            .statements
+            .iter()
+            .filter(|s| self.outcome(s).verdict() == StatementVerdict::Approve)
+            .count()
+    }
+
     /// The verdict without its text: nothing is allocated until the
     /// deciding outcome is known.
     fn outcome<'s>(&'s self, statement: &'s Statement) -> Outcome<'s> {

@@ -47,9 +47,7 @@ pub trait ApprovalStore: Send + Sync {
             .list(true)
             .await?
             .into_iter()
-            .filter(|r| {
-                r.target == target && r.grant_covers(&r.who.identity, target, &r.class, now)
-            })
+            .filter(|r| r.target == target && r.grant_is_live(now))
             .collect())
     }
     /// Ids changed by other processes, when the store can tell (LISTEN);

@@ -230,7 +230,7 @@ impl ApprovalStore for PostgresStore {
             let mut out = Vec::new();
             for row in &rows {
                 let r = decode(row.get(0))?;
-                if r.grant_covers(&r.who.identity, target, &r.class, now) {
+                if r.target == target && r.grant_is_live(now) {
                     out.push(r);
                 }
             }

@@ -90,10 +90,35 @@ impl Session<'_> {
         };
         let identity = self.identity();
         let target = self.rules.target().to_owned();
-        if let Some(grant) = approvals
-            .grant(&identity, &target, &ask.running.shown.class)
-            .await
-        {
+        let scope = match &self.ctx.job {
+            Some(job) => format!("job {}", job.replay_key),
+            None => format!("cgroup {} on {}", self.flow.cgroup_id, approvals.gateway()),
+        };
+        // A string holding more than one statement is asked about whole:
+        // a grant covers one rule's one reason, never what rides along.
+        let one_hold = ask
+            .running
+            .classification
+            .as_ref()
+            .is_some_and(|c| self.rules.holds(c) == 1);
+        let query = GrantQuery {
+            scope: &scope,
+            identity: &identity,
+            target: &target,
+            role: &self.login.1,
+            database: &self.login.2,
+            class: &ask.running.shown.class,
+            rule: &ask.rule,
+            reason: &ask.reason,
+        };
+        // The rule as it is now must still allow grants: one reloaded
+        // without max_grant takes them back.
+        let grant = if one_hold && ask.approval.max_grant.is_some() {
+            approvals.grant(&query).await
+        } else {
+            None
+        };
+        if let Some(grant) = grant {
             let by: Vec<&str> = grant.votes.iter().map(|v| v.by.as_str()).collect();
             self.recording.record(Body::Approval {
                 id: grant.id.clone(),
@@ -117,6 +142,7 @@ impl Session<'_> {
                 comm: self.flow.comm.clone(),
                 cgroup_id: self.flow.cgroup_id,
                 session: self.recording.id().to_owned(),
+                scope,
             },
             target,
             role: self.login.1.clone(),
@@ -260,6 +286,15 @@ impl Session<'_> {
         if let (true, Some(why)) = (approved, self.revoked.clone().or(denied_now)) {
             let message = format!("statement refused although approved ({id}): {why}");
             warn!(flow_id = self.flow.id, "{message}");
+            // The recording said "approved" a moment ago: without this, a
+            // reader would take the statement to have run.
+            self.recording.record(Body::Statement {
+                text: shown.clone(),
+                class: running.shown.class.to_string(),
+                decision: "deny".into(),
+                rule: "policy-reload".into(),
+                reason: message.clone(),
+            });
             let error = deny_error("policy-reload", &message, &shown);
             self.refuse(kind, error);
         } else if approved {

@@ -64,7 +64,7 @@ use super::{
     upstream::{self, Route, Upstream, UpstreamError},
 };
 use crate::{
-    approvals::{Ask, Held, HeldEvent, Requester, State as ApprovalState},
+    approvals::{Ask, GrantQuery, Held, HeldEvent, Requester, State as ApprovalState},
     flow::Flow,
     masking::{ColumnInfo, MaskedRow, ResultPlan},
     policy::{
