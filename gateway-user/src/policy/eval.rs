@@ -196,13 +196,17 @@ impl Rule {
     }
 
     /// True when the rule names no claims, or the job's claims match every
-    /// one it names.
+    /// one it names. An unidentified connection (no job bound, a token
+    /// that ran out, a job that ended its own binding) matches no allow
+    /// rule that names claims, and every deny rule that does: it may be
+    /// the very job the deny rule is about, and losing an identity must
+    /// never lift a denial.
     pub(super) fn claims_match(&self, claims: Option<&Claims>) -> bool {
         let Some(rules) = &self.claims else {
             return true;
         };
         let Some(claims) = claims else {
-            return false;
+            return self.action == Verdict::Deny;
         };
         rules.iter().all(|r| {
             claims

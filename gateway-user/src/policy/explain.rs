@@ -207,7 +207,7 @@ fn trace(compiled: &Compiled, rule: &Rule, flow: &FlowFacts<'_>) -> RuleTrace {
     {
         match flow.claims {
             None => reasons.push(
-                "the connection is unidentified (no job is bound to its cgroup), and the rule names job claims".to_owned(),
+                "the connection is unidentified (no job is bound to its cgroup), and this allow rule names job claims (a deny rule that names claims matches unidentified connections)".to_owned(),
             ),
             Some(job) => {
                 for c in claims {

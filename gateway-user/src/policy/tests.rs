@@ -1305,6 +1305,54 @@ fn claims(pairs: &[(&str, &str)]) -> Claims {
         .collect()
 }
 
+/// Pull-request builds may not reach the database; everything the runner
+/// user runs otherwise may.
+const CLAIM_DENY: &str = r#"
+[[target]]
+name = "db"
+addresses = ["127.0.0.9"]
+hosts = ["db.internal"]
+ports = [5432]
+
+[[rule]]
+name = "runner"
+action = "allow"
+targets = ["db"]
+uids = [1000]
+
+[[rule]]
+name = "no-pr-builds"
+action = "deny"
+targets = ["db"]
+[rule.claims]
+ref = "refs/pull/*"
+"#;
+
+#[test]
+fn a_deny_rule_naming_claims_holds_for_unidentified_connections() {
+    let files = Files::new();
+    let policy = load_one(&files, CLAIM_DENY).expect("loads");
+    let main = claims(&[("ref", "refs/heads/main")]);
+    let pr = claims(&[("ref", "refs/pull/7/merge")]);
+    let decide = |c: Option<&Claims>| {
+        let mut f = flow("127.0.0.9:5432", 1000, "psql");
+        f.claims = c;
+        let d = policy.evaluate(&f);
+        (d.verdict, d.rule_name().to_owned())
+    };
+    assert_eq!(decide(Some(&main)), (Verdict::Allow, "runner".to_owned()));
+    assert_eq!(
+        decide(Some(&pr)),
+        (Verdict::Deny, "no-pr-builds".to_owned())
+    );
+    // A PR job that ended its own binding, or whose token ran out, is
+    // unidentified: still denied.
+    assert_eq!(decide(None), (Verdict::Deny, "no-pr-builds".to_owned()));
+    // Names too: the DNS forwarder refuses it for the unidentified.
+    let f = flow("127.0.0.9:5432", 1000, "psql");
+    assert!(!policy.resolve(&f, "db.internal").allowed);
+}
+
 #[test]
 fn claim_rules_match_bound_jobs_and_never_unidentified_ones() {
     let files = Files::new();
@@ -1329,7 +1377,7 @@ fn claim_rules_match_bound_jobs_and_never_unidentified_ones() {
     let mut f = flow("127.0.0.9:5432", 1000, "psql");
     let text = policy.explain(&f).to_string();
     assert!(
-        text.contains("no match: the connection is unidentified (no job is bound to its cgroup), and the rule names job claims"),
+        text.contains("no match: the connection is unidentified (no job is bound to its cgroup), and this allow rule names job claims"),
         "{text}"
     );
     f.claims = Some(&branch);
