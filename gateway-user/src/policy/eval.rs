@@ -107,15 +107,21 @@ impl Decision {
     }
 }
 
-/// The first postgres target, in load order, that holds the destination.
+/// The first postgres target, in load order, that holds the destination:
+/// by address, or by **any** name the job resolved to it. Allowing takes
+/// every name ([`Target::dest_matches`]); mediating takes one, since here
+/// the safe direction is the other way round: resolving a second name of
+/// the database's address must not turn it into a plain TCP pipe.
 pub(super) fn postgres_target_of<'t>(
     targets: &'t [Target],
     (ip, port): (IpAddr, u16),
     names: &[Arc<str>],
 ) -> Option<&'t Target> {
-    targets
-        .iter()
-        .find(|t| t.postgres.is_some() && t.dest_matches(ip, names) && t.port_matches(port))
+    targets.iter().find(|t| {
+        t.postgres.is_some()
+            && (t.address_matches(ip) || names.iter().any(|n| t.name_matches(n)))
+            && t.port_matches(port)
+    })
 }
 
 /// The destination as rules see it: IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what

@@ -959,6 +959,53 @@ fn unknown_sections_name_masking_among_the_valid_ones() {
 // ---- flows to postgres targets ----
 
 #[test]
+fn a_postgres_target_named_by_hosts_stays_mediated_behind_a_broader_rule() {
+    let files = Files::new();
+    let pw = secret(&files, "secrets/orders-app_rw", "pw", 0o600);
+    let text = format!(
+        r#"
+[[target]]
+name = "orders-db"
+hosts = ["db.internal"]
+ports = [5432]
+protocol = "postgres"
+[target.postgres]
+upstream = "127.0.0.1:5432"
+[target.postgres.credentials.app_rw]
+password_file = "{}"
+
+[[rule]]
+name = "egress"
+action = "allow"
+targets = ["*"]
+"#,
+        pw.display()
+    );
+    let policy = load_one(&files, &text).expect("loads");
+    let decide = |names: &[&str]| {
+        let names: Vec<Arc<str>> = names.iter().map(|n| Arc::from(*n)).collect();
+        let mut f = flow("127.0.0.9:5432", 1000, "psql");
+        f.names = &names;
+        let d = policy.evaluate(&f);
+        (
+            d.rule_name().to_owned(),
+            d.target.as_deref().map(str::to_owned),
+            d.protocol,
+        )
+    };
+    let mediated = (
+        "egress".to_owned(),
+        Some("orders-db".to_owned()),
+        Protocol::Postgres,
+    );
+    assert_eq!(decide(&["db.internal"]), mediated);
+    // A second name of the same address makes it ambiguous for allowing,
+    // never a plain pipe around the database.
+    assert_eq!(decide(&["db.internal", "db-primary.internal"]), mediated);
+    assert_eq!(decide(&["db-primary.internal", "db.internal"]), mediated);
+}
+
+#[test]
 fn decisions_name_the_protocol_of_the_destination() {
     let files = Files::new();
     let policy = policy(
