@@ -107,6 +107,7 @@ impl Jobs {
     ) -> Result<Binding, String> {
         self.authorize(uid)?;
         let (id, path) = self.resolve(cgroup, pid)?;
+        within_own(uid, pid, &path)?;
         let now = SystemTime::now();
         let job = token::validate(&self.issuers.load(), token, now)
             .map_err(|e| format!("token refused: {e}"))?;
@@ -119,6 +120,7 @@ impl Jobs {
     pub fn end(&self, uid: u32, pid: Option<u32>, cgroup: Option<&str>) -> Result<Binding, String> {
         self.authorize(uid)?;
         let (id, path) = self.resolve(cgroup, pid)?;
+        within_own(uid, pid, &path)?;
         self.bindings.end(id, &path).map_err(|e| e.to_string())
     }
 
@@ -166,6 +168,38 @@ impl Jobs {
         }
         Ok((std::os::unix::fs::MetadataExt::ino(&meta), relative))
     }
+}
+
+/// A runner user (root aside) binds and ends jobs only in its own cgroup
+/// and below: its own runner's jobs, never another runner's on the same
+/// host, whose job would then carry this caller's identity.
+fn within_own(uid: u32, pid: Option<u32>, path: &str) -> Result<(), String> {
+    if uid == 0 {
+        return Ok(());
+    }
+    let pid = pid.ok_or("the caller's pid is unknown, so its cgroup cannot be checked")?;
+    scope_check(uid, &own_cgroup(pid)?, path)
+}
+
+fn scope_check(uid: u32, own: &str, path: &str) -> Result<(), String> {
+    if is_within(own, path) {
+        Ok(())
+    } else {
+        Err(format!(
+            "uid {uid} may bind or end jobs only in its own cgroup {own} and below, not {path}"
+        ))
+    }
+}
+
+/// `path` is `own` or a cgroup below it (paths as `/proc/<pid>/cgroup`
+/// writes them).
+fn is_within(own: &str, path: &str) -> bool {
+    let own = own.trim_end_matches('/');
+    let path = path.trim_end_matches('/');
+    path == own
+        || path
+            .strip_prefix(own)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The cgroup2 path of a process, from `/proc/<pid>/cgroup` (`0::/path`).

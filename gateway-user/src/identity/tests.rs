@@ -277,3 +277,26 @@ fn a_token_binds_once_and_a_cgroup_runs_one_job_at_a_time() {
     // The first token stays spent even after its job ended.
     assert!(bindings.bind(9, "/ci/job-c", job, now).is_err());
 }
+
+#[test]
+fn a_runner_user_binds_only_in_its_own_cgroup_subtree() {
+    let runner = "/system.slice/runner1.service";
+    assert!(is_within(runner, runner));
+    assert!(is_within(runner, "/system.slice/runner1.service/job-7"));
+    assert!(is_within("/", "/system.slice/runner2.service"));
+    assert!(!is_within(runner, "/system.slice/runner2.service"));
+    // A sibling whose name merely starts the same.
+    assert!(!is_within(runner, "/system.slice/runner1.service-evil"));
+    assert!(!is_within(runner, "/system.slice"));
+    // Root may name any cgroup; a runner uid is checked against its own.
+    assert!(within_own(0, None, "/system.slice/runner2.service").is_ok());
+    let e = scope_check(1000, runner, "/system.slice/runner2.service").unwrap_err();
+    assert_eq!(
+        e,
+        "uid 1000 may bind or end jobs only in its own cgroup /system.slice/runner1.service and below, not /system.slice/runner2.service"
+    );
+    assert!(scope_check(1000, runner, "/system.slice/runner1.service/job-7").is_ok());
+    // Its own cgroup is read from /proc.
+    let own = own_cgroup(std::process::id()).expect("this test's cgroup");
+    assert!(within_own(1000, Some(std::process::id()), &own).is_ok());
+}
