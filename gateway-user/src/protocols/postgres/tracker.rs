@@ -97,9 +97,9 @@ pub struct Running {
     /// the recording.
     pub columns: Arc<[String]>,
     pub sample: crate::recording::sample::Sample,
-    /// Approved by a human before it ran: a statement it PREPAREs runs
-    /// later without asking again.
-    pub approved: bool,
+    /// The rule whose approvers approved it before it ran: a statement it
+    /// PREPAREs runs later without asking that rule again.
+    pub approved: Option<Arc<str>>,
     /// How many of its statements' `PREPARE` / `DEALLOCATE` completions
     /// were seen: the next one's CommandComplete belongs to the statement
     /// after them.
@@ -151,8 +151,9 @@ pub struct PreparedStatement {
     pub sql: Arc<str>,
     pub classification: Option<Arc<crate::protocols::postgres::classify::Classification>>,
     pub shown: Shown,
-    /// Held at Parse and approved: its Binds run without asking again.
-    pub approved: bool,
+    /// Held at Parse and approved (by this rule's approvers): its Binds
+    /// run without asking that rule again.
+    pub approved: Option<Arc<str>>,
 }
 
 /// A statement prepared with SQL `PREPARE`, known once its CommandComplete
@@ -166,7 +167,7 @@ pub struct SqlPrepared {
     /// The whole text that prepared it.
     pub sql: Arc<str>,
     pub shown: Shown,
-    pub approved: bool,
+    pub approved: Option<Arc<str>>,
 }
 
 /// What a statement name meant before a Parse or Close changed it, put
@@ -188,12 +189,13 @@ pub struct Portal {
 }
 
 /// A prepared statement as a Bind or Execute uses it: its text, how it
-/// was classified, what the recording shows, whether a human approved it.
+/// was classified, what the recording shows, and the rule whose approvers
+/// approved it, if a human did.
 pub type NamedStatement = (
     Arc<str>,
     Arc<crate::protocols::postgres::classify::Classification>,
     Shown,
-    bool,
+    Option<Arc<str>>,
 );
 
 /// A denial waiting for the upstream error that carries its nonce.

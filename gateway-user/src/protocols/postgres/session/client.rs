@@ -22,7 +22,7 @@ impl Session<'_> {
             FrontendMessage::Query(q) => {
                 let sql: Arc<str> = Arc::from(q.sql);
                 match self.decide_sql(&sql) {
-                    Decided::Run(running) => self.release(&frame, HeldKind::Query, running, false),
+                    Decided::Run(running) => self.release(&frame, HeldKind::Query, running, None),
                     Decided::Refuse(error) => self.refuse(HeldKind::Query, error),
                     Decided::Hold(ask) => self.hold(frame, HeldKind::Query, *ask).await,
                 }
@@ -33,7 +33,7 @@ impl Session<'_> {
                     name: p.name.to_owned(),
                 };
                 match self.decide_sql(&sql) {
-                    Decided::Run(running) => self.release(&frame, kind, running, false),
+                    Decided::Run(running) => self.release(&frame, kind, running, None),
                     Decided::Refuse(error) => self.refuse(kind, error),
                     Decided::Hold(ask) => self.hold(frame, kind, *ask).await,
                 }
@@ -61,9 +61,11 @@ impl Session<'_> {
                     match self.decide_classified(&sql, &classification, shown) {
                         Decided::Run(_) => None,
                         Decided::Refuse(error) => Some(error),
-                        // Approved when it was prepared: that approval
-                        // was for exactly this text.
-                        Decided::Hold(_) if approved => None,
+                        // Approved when it was prepared, by the approvers
+                        // of the rule that holds it now: that approval was
+                        // for exactly this text. Held by another rule (a
+                        // reload), its approvers have not decided.
+                        Decided::Hold(ask) if approved.as_deref() == Some(ask.rule.as_str()) => None,
                         Decided::Hold(ask) => Some(deny_error(
                             &ask.rule,
                             &format!("statement needs approval by rule {} ({}), which it did not need when it was prepared: prepare it again to ask for approval", ask.rule, ask.reason),
@@ -380,7 +382,7 @@ impl Session<'_> {
             execute: false,
             columns: Arc::default(),
             sample: Default::default(),
-            approved: false,
+            approved: None,
             prepared_done: 0,
         };
         if decision.verdict == StatementVerdict::Allow || audit {

@@ -4,13 +4,14 @@ use super::*;
 
 impl Session<'_> {
     /// Sends a decided statement on: forwards it and tracks its answer.
-    /// `approved`: it was held and approved (a prepared one keeps that).
+    /// `approved`: the rule that held it, when its approvers approved it (a
+    /// prepared one keeps that).
     pub(super) fn release(
         &mut self,
         frame: &Frame,
         kind: HeldKind,
         mut running: Running,
-        approved: bool,
+        approved: Option<Arc<str>>,
     ) {
         running.approved = approved;
         self.names_in_flight(&running);
@@ -33,7 +34,7 @@ impl Session<'_> {
                         sql: running.sql,
                         classification: running.classification,
                         shown: running.shown,
-                        approved,
+                        approved: running.approved,
                     },
                 );
                 self.forward(frame);
@@ -131,7 +132,8 @@ impl Session<'_> {
                 ),
             });
             info!(flow_id = self.flow.id, id = %grant.id, "statement runs under an approval grant");
-            self.release(&frame, kind, ask.running, true);
+            let rule = Arc::from(ask.rule.as_str());
+            self.release(&frame, kind, ask.running, Some(rule));
             return;
         }
         let request = Ask {
@@ -298,7 +300,8 @@ impl Session<'_> {
             let error = deny_error("policy-reload", &message, &shown);
             self.refuse(kind, error);
         } else if approved {
-            self.release(&frame, kind, running, true);
+            let rule = Arc::from(rule.as_str());
+            self.release(&frame, kind, running, Some(rule));
         } else {
             let message = format!(
                 "statement not approved ({id}, rule {rule}): {}",

@@ -97,14 +97,14 @@ impl Session<'_> {
     pub(super) fn named_statement(&self, name: &str) -> Option<NamedStatement> {
         if let Some(s) = self.statements.get(name) {
             let c = s.classification.clone()?;
-            return Some((s.sql.clone(), c, s.shown.clone(), s.approved));
+            return Some((s.sql.clone(), c, s.shown.clone(), s.approved.clone()));
         }
         let p = self.sql_prepared.get(name)?;
         Some((
             p.sql.clone(),
             p.classification.clone(),
             p.shown.clone(),
-            p.approved,
+            p.approved.clone(),
         ))
     }
 
@@ -147,7 +147,7 @@ impl Session<'_> {
                         Arc::new(Classification {
                             statements: vec![inner],
                         }),
-                        false,
+                        None,
                     )
                 }
                 (None, Some((_, stored, _, approved))) => (stored, approved),
@@ -157,8 +157,15 @@ impl Session<'_> {
                     ));
                 }
             };
-            if approved && self.rules.decide_all(&stored).verdict != StatementVerdict::Deny {
-                continue;
+            // Approved when prepared, and nothing but that rule's hold
+            // stands in its way now.
+            if let Some(rule) = approved {
+                let now = self.rules.decide_all(&stored);
+                if now.verdict == StatementVerdict::Allow
+                    || (now.verdict == StatementVerdict::Approve && *now.rule == *rule)
+                {
+                    continue;
+                }
             }
             for inner in &stored.statements {
                 // The session follows names from its own PREPARE and
@@ -232,7 +239,7 @@ impl Session<'_> {
             }),
             sql: running.sql.clone(),
             shown: running.shown.clone(),
-            approved: running.approved,
+            approved: running.approved.clone(),
         };
         match (&statement.prepared, defines) {
             (Some(Prepared::Define(name)), true) => {
