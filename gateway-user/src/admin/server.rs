@@ -25,7 +25,7 @@ fn job_info(b: &Binding) -> JobInfo {
         cgroup_id: b.cgroup_id,
         identity: b.job.describe(),
         claims: b.job.claims.clone(),
-        expires: humantime::format_rfc3339_seconds(b.job.expires).to_string(),
+        expires: humantime::format_rfc3339_seconds(b.until).to_string(),
     }
 }
 

@@ -92,6 +92,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let jobs = Arc::new(crate::identity::Jobs::new(
         policy.issuers().to_vec(),
         policy.runner_uids().to_vec(),
+        policy.max_job(),
         ebpf::cgroup2_mount().ok(),
     ));
     // Listeners first: a busy port must fail before anything is attached.

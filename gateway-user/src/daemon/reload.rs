@@ -27,9 +27,11 @@ pub(crate) fn reload(shared: &Shared, config: &Path) {
             }
             info!(policy = %policy.summary(), mode = %policy.daemon().mode, issuers = policy.issuers().len(), "policy reloaded");
             // JWKS files are re-read with the policy: rotated keys apply now.
-            shared
-                .jobs
-                .reload(policy.issuers().to_vec(), policy.runner_uids().to_vec());
+            shared.jobs.reload(
+                policy.issuers().to_vec(),
+                policy.runner_uids().to_vec(),
+                policy.max_job(),
+            );
             // The kernel's set follows the policy; if it cannot be written
             // the old set stays, which refuses what the new policy newly
             // allows but never lets through what it denies.

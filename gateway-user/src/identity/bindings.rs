@@ -1,4 +1,4 @@
-//! Which cgroup runs which job: token claims bound to a cgroup id until `job end` or the token's expiry.
+//! Which cgroup runs which job: token claims bound to a cgroup id until `job end` or `[identity] max_job` after binding.
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
@@ -15,6 +15,8 @@ pub struct Binding {
     pub cgroup: String,
     pub job: Arc<JobIdentity>,
     pub bound_at: SystemTime,
+    /// When it ends if `job end` never comes.
+    pub until: SystemTime,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +52,7 @@ impl Bindings {
         cgroup: &str,
         job: JobIdentity,
         now: SystemTime,
+        until: SystemTime,
     ) -> Result<Binding, BindError> {
         let mut inner = self.inner.write().expect("bindings lock");
         inner.used.retain(|_, (_, exp)| *exp > now);
@@ -57,7 +60,7 @@ impl Bindings {
             return Err(BindError::Replayed(where_.clone()));
         }
         if let Some(b) = inner.by_cgroup.get(&cgroup_id)
-            && b.job.expires > now
+            && b.until > now
         {
             return Err(BindError::Busy {
                 cgroup: cgroup.to_owned(),
@@ -74,6 +77,7 @@ impl Bindings {
             cgroup: cgroup.to_owned(),
             job: Arc::new(job),
             bound_at: now,
+            until,
         };
         inner.by_cgroup.insert(cgroup_id, binding.clone());
         Ok(binding)
@@ -89,11 +93,11 @@ impl Bindings {
             .ok_or_else(|| BindError::NotBound(cgroup.to_owned()))
     }
 
-    /// The live job of a cgroup; `None` when unbound or expired.
+    /// The live job of a cgroup; `None` when unbound or past `until`.
     pub fn job(&self, cgroup_id: u64, now: SystemTime) -> Option<Arc<JobIdentity>> {
         let inner = self.inner.read().expect("bindings lock");
         let b = inner.by_cgroup.get(&cgroup_id)?;
-        (b.job.expires > now).then(|| b.job.clone())
+        (b.until > now).then(|| b.job.clone())
     }
 
     pub fn list(&self) -> Vec<Binding> {

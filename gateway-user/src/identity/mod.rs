@@ -22,7 +22,7 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use arc_swap::ArcSwap;
@@ -65,25 +65,34 @@ pub struct Jobs {
     issuers: ArcSwap<Vec<Issuer>>,
     /// Uids besides root that may bind and end jobs.
     runners: ArcSwap<Vec<u32>>,
+    /// How long a binding lasts without `job end`.
+    max_job: ArcSwap<Duration>,
     pub bindings: Bindings,
     cgroup_root: Option<PathBuf>,
 }
 
 impl Jobs {
-    pub fn new(issuers: Vec<Issuer>, runners: Vec<u32>, cgroup_root: Option<PathBuf>) -> Jobs {
+    pub fn new(
+        issuers: Vec<Issuer>,
+        runners: Vec<u32>,
+        max_job: Duration,
+        cgroup_root: Option<PathBuf>,
+    ) -> Jobs {
         Jobs {
             issuers: ArcSwap::from_pointee(issuers),
             runners: ArcSwap::from_pointee(runners),
+            max_job: ArcSwap::from_pointee(max_job),
             bindings: Bindings::default(),
             cgroup_root,
         }
     }
 
     /// New issuers (and their re-read JWKS files) after a reload; bound
-    /// jobs stay bound.
-    pub fn reload(&self, issuers: Vec<Issuer>, runners: Vec<u32>) {
+    /// jobs stay bound, for as long as they were bound.
+    pub fn reload(&self, issuers: Vec<Issuer>, runners: Vec<u32>, max_job: Duration) {
         self.issuers.store(Arc::new(issuers));
         self.runners.store(Arc::new(runners));
+        self.max_job.store(Arc::new(max_job));
     }
 
     fn authorize(&self, uid: u32) -> Result<(), String> {
@@ -111,8 +120,12 @@ impl Jobs {
         let now = SystemTime::now();
         let job = token::validate(&self.issuers.load(), token, now)
             .map_err(|e| format!("token refused: {e}"))?;
+        // The token proves who the job is when it starts; the binding
+        // lasts until `job end`, or max_job if the end hook never runs,
+        // not until the token's exp (minutes, for GitHub's).
+        let until = now + **self.max_job.load();
         self.bindings
-            .bind(id, &path, job, now)
+            .bind(id, &path, job, now, until)
             .map_err(|e| e.to_string())
     }
 

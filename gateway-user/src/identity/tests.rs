@@ -242,8 +242,14 @@ fn a_token_binds_once_and_a_cgroup_runs_one_job_at_a_time() {
     let job = check(&issuers, &sign(&key, &claims())).unwrap();
     let bindings = Bindings::default();
     let now = SystemTime::now();
-    bindings.bind(7, "/ci/job-a", job.clone(), now).unwrap();
-    let again = bindings.bind(8, "/ci/job-b", job.clone(), now).unwrap_err();
+    // Bound for longer than the token lives: a job outlasts its token.
+    let until = job.expires + Duration::from_secs(6 * 3600);
+    bindings
+        .bind(7, "/ci/job-a", job.clone(), now, until)
+        .unwrap();
+    let again = bindings
+        .bind(8, "/ci/job-b", job.clone(), now, until)
+        .unwrap_err();
     assert!(
         again
             .to_string()
@@ -254,7 +260,7 @@ fn a_token_binds_once_and_a_cgroup_runs_one_job_at_a_time() {
     other["jti"] = json!("second");
     let second = check(&issuers, &sign(&key, &other)).unwrap();
     let busy = bindings
-        .bind(7, "/ci/job-a", second.clone(), now)
+        .bind(7, "/ci/job-a", second.clone(), now, until)
         .unwrap_err();
     assert!(
         busy.to_string()
@@ -266,8 +272,14 @@ fn a_token_binds_once_and_a_cgroup_runs_one_job_at_a_time() {
         "acme/app"
     );
     assert!(bindings.job(8, now).is_none());
-    // Expired: as if unbound.
-    assert!(bindings.job(7, now + Duration::from_secs(3600)).is_none());
+    // Past the token's expiry it is still the job's; past `until`, as if
+    // unbound.
+    assert!(
+        bindings
+            .job(7, job.expires + Duration::from_secs(60))
+            .is_some()
+    );
+    assert!(bindings.job(7, until).is_none());
     bindings.end(7, "/ci/job-a").unwrap();
     assert!(bindings.job(7, now).is_none());
     assert_eq!(
@@ -275,7 +287,7 @@ fn a_token_binds_once_and_a_cgroup_runs_one_job_at_a_time() {
         "no job is bound to cgroup /ci/job-a"
     );
     // The first token stays spent even after its job ended.
-    assert!(bindings.bind(9, "/ci/job-c", job, now).is_err());
+    assert!(bindings.bind(9, "/ci/job-c", job, now, until).is_err());
 }
 
 #[test]

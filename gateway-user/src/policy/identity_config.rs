@@ -14,16 +14,34 @@ use crate::identity::Issuer;
 /// Clock skew tolerated on exp, nbf and iat unless `leeway` says otherwise.
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 const MAX_LEEWAY: Duration = Duration::from_secs(600);
+/// How long a binding lasts without `job end` unless `max_job` says: a
+/// job, not its token (GitHub's expire after minutes). GitHub Actions
+/// stops a job after 6 hours by default.
+pub const DEFAULT_MAX_JOB: Duration = Duration::from_secs(6 * 3600);
+const MIN_MAX_JOB: Duration = Duration::from_secs(60);
+const MAX_MAX_JOB: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// The issuers and runner uids; problems reported at their keys.
+/// What `[identity]` configures.
+pub(super) struct IdentitySettings {
+    pub issuers: Vec<Issuer>,
+    pub runner_uids: Vec<u32>,
+    pub max_job: Duration,
+}
+
+/// The issuers, runner uids and binding lifetime; problems reported at
+/// their keys.
 pub(super) fn identity(
     section: Option<&Located<IdentitySection>>,
     sources: &[Source],
     users: super::compile::UserLookup<'_>,
     report: &mut Report,
-) -> (Vec<Issuer>, Vec<u32>) {
+) -> IdentitySettings {
     let Some(Located { at, value: section }) = section else {
-        return (Vec::new(), Vec::new());
+        return IdentitySettings {
+            issuers: Vec::new(),
+            runner_uids: Vec::new(),
+            max_job: DEFAULT_MAX_JOB,
+        };
     };
     let file = at.file;
     let mut runners = Vec::new();
@@ -59,6 +77,17 @@ pub(super) fn identity(
             Err(message) => report.error(At::of(file, text), format!("leeway: {message}")),
         }
     }
+    let mut max_job = DEFAULT_MAX_JOB;
+    if let Some(text) = &section.max_job {
+        match approval::duration(text.get_ref()) {
+            Ok(d) if (MIN_MAX_JOB..=MAX_MAX_JOB).contains(&d) => max_job = d,
+            Ok(_) => report.error(
+                At::of(file, text),
+                "max_job must be between 1m and 30d: how long a bound job may run without `chokepoint job end`",
+            ),
+            Err(message) => report.error(At::of(file, text), format!("max_job: {message}")),
+        }
+    }
     let mut issuers: Vec<Issuer> = Vec::new();
     for entry in section.issuer.iter().flatten() {
         if let Some(issuer) = issuer(entry, file, sources, leeway, report) {
@@ -78,7 +107,11 @@ pub(super) fn identity(
             issuers.push(issuer);
         }
     }
-    (issuers, runners)
+    IdentitySettings {
+        issuers,
+        runner_uids: runners,
+        max_job,
+    }
 }
 
 fn issuer(

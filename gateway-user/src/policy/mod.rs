@@ -136,6 +136,7 @@ pub struct Policy {
     approvals: ApprovalStoreSettings,
     issuers: Vec<crate::identity::Issuer>,
     runner_uids: Vec<u32>,
+    max_job: std::time::Duration,
     dns: Option<DnsSettings>,
     sources: Vec<PathBuf>,
     compiled: Compiled,
@@ -162,8 +163,11 @@ impl Policy {
         let (approval_defaults, approvals) =
             settings::approvals(loaded.approvals, &sources, &mut report);
         let dns = settings::dns(loaded.dns.as_ref(), &mut report);
-        let (issuers, runner_uids) =
-            identity_config::identity(loaded.identity.as_ref(), &sources, users, &mut report);
+        let identity_config::IdentitySettings {
+            issuers,
+            runner_uids,
+            max_job,
+        } = identity_config::identity(loaded.identity.as_ref(), &sources, users, &mut report);
         let entries = Entries {
             targets: loaded.targets,
             rules: loaded.rules,
@@ -185,6 +189,7 @@ impl Policy {
             approvals,
             issuers,
             runner_uids,
+            max_job,
             dns,
             sources: sources.into_iter().map(|s| s.path).collect(),
             compiled,
@@ -197,6 +202,11 @@ impl Policy {
 
     pub fn recording(&self) -> &RecordingSettings {
         &self.recording
+    }
+
+    /// How long a job binding lasts without `chokepoint job end`.
+    pub fn max_job(&self) -> std::time::Duration {
+        self.max_job
     }
 
     /// The OIDC issuers whose tokens bind jobs, with their keys as read

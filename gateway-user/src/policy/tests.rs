@@ -1406,6 +1406,7 @@ fn identity_settings_and_claim_rules_are_checked_where_written() {
 [identity]
 runner_users = ["runner", "ghost"]
 leeway = "1h"
+max_job = "45d"
 
 [[identity.issuer]]
 name = "github"
@@ -1438,6 +1439,7 @@ ref = "[unclosed"
             "runner user \"ghost\" does not exist on this host",
         ),
         ("\"1h\"", "leeway is longer than 10m"),
+        ("\"45d\"", "max_job must be between 1m and 30d"),
         (
             "[[identity.issuer]]\nname = \"github\"",
             "this [[identity.issuer]] needs issuer = ",
@@ -1483,6 +1485,7 @@ fn the_identity_example_loads_and_decides_by_claims() {
     let policy = load_one(&files, &example).expect("the example loads");
     assert_eq!(policy.issuers().len(), 2);
     assert_eq!(policy.runner_uids(), [1000]);
+    assert_eq!(policy.max_job(), std::time::Duration::from_secs(6 * 3600));
     let decide = |dst: &str, pairs: &[(&str, &str)]| {
         let c = claims(pairs);
         let mut f = flow(dst, 1000, "psql");
