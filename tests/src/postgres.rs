@@ -569,3 +569,23 @@ fn random_hex(bytes: usize) -> Result<String> {
 fn toml_str(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
+
+/// One frontend message as hex, for cp-pgclient's `raw` steps: `tag`,
+/// length, `body`.
+pub fn frame(tag: u8, body: &[u8]) -> String {
+    let mut out = vec![tag];
+    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(body);
+    out.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// NUL-terminated strings back to back, then `tail`.
+pub fn cstrings(parts: &[&str], tail: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend_from_slice(p.as_bytes());
+        out.push(0);
+    }
+    out.extend_from_slice(tail);
+    out
+}

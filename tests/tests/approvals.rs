@@ -16,11 +16,14 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use chokepoint_tests::{
     Gateway, GatewayConfig, PgServer, TestCgroup, WebhookReceiver, chokepoint_bin_for_anyone, cli,
-    job_psql, run_with_timeout, wait_for,
+    job_command, job_psql,
+    postgres::{cstrings, frame},
+    run_with_timeout, wait_for,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
+const PGCLIENT: &str = env!("CARGO_BIN_EXE_cp-pgclient");
 /// Hang guard for a request to show up, or a recording event to be written.
 const WAIT: Duration = Duration::from_secs(60);
 const NOBODY: u32 = 65534;
@@ -496,6 +499,73 @@ fn a_client_that_leaves_cancels_its_request_and_a_grant_skips_asking() -> Result
     )?;
     let _ = job.finish();
     assert_eq!(s.orders()?, "38");
+    Ok(())
+}
+
+/// A statement held at Parse is asked about once: approved, each Bind of
+/// it runs without asking again (the approval was for exactly this text).
+#[test]
+fn a_statement_approved_at_parse_runs_at_every_bind() -> Result<()> {
+    let s = Setup::start(
+        "apr-parse",
+        86,
+        "approvers = [\"nobody\"]\ntimeout = \"10m\"",
+    )?;
+    // Bind of statement `d` with one text parameter, run at once.
+    let bind = |id: &str| {
+        let mut tail = vec![0, 0, 0, 1];
+        tail.extend_from_slice(&(id.len() as i32).to_be_bytes());
+        tail.extend_from_slice(id.as_bytes());
+        tail.extend_from_slice(&[0, 0]);
+        frame(b'B', &cstrings(&["", "d"], &tail))
+    };
+    let execute = frame(b'E', &cstrings(&[""], &[0; 4]));
+    let sync = frame(b'S', &[]);
+    let script = [
+        frame(
+            b'P',
+            &cstrings(&["d", "DELETE FROM orders WHERE id = $1"], &[0, 0]),
+        ),
+        sync.clone(),
+        bind("7"),
+        execute.clone(),
+        sync.clone(),
+        bind("8"),
+        execute,
+        sync,
+    ];
+    let steps = json!([{ "raw_until_ready": { "hex": script.concat(), "ready": 3 } }]);
+    let conninfo = format!("host={} port=5432 dbname=orders user=app_rw", s.address);
+    let child = job_command(&s.cg, PGCLIENT)
+        .arg(&conninfo)
+        .arg(steps.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning cp-pgclient")?;
+    let job = Job::new(child);
+    let id = s.wait_pending(1)?[0]["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let out = s.approvals_as(NOBODY, NOBODY, &["approve", &id])?;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = job.finish()?;
+    let r: Value = serde_json::from_str(text(&out).lines().next().unwrap_or_default())
+        .with_context(|| text(&out))?;
+    let tags: String = r["messages"]
+        .as_array()
+        .context("messages")?
+        .iter()
+        .filter_map(|m| m["tag"].as_str())
+        .filter(|t| *t != "N") // the "waiting for approval" notice
+        .collect();
+    assert_eq!(tags, "1Z2CZ2CZ", "{r}");
+    assert_eq!(s.orders()?, "38");
+    // One request in all: the Binds were not asked about.
+    let all = s.gw.approvals(&["list", "--all", "--json"])?;
+    let all: Vec<Value> = serde_json::from_slice(&all.stdout)?;
+    assert_eq!(all.len(), 1, "{all:?}");
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use chokepoint_tests::{
     Gateway, GatewayConfig, PgServer, TestCgroup, job_command, job_psql, message,
-    postgres::{CUSTOMERS, ITEMS, TLS_SERVER_NAME, clean_pg_env},
+    postgres::{CUSTOMERS, ITEMS, TLS_SERVER_NAME, clean_pg_env, cstrings, frame},
     run_with_timeout, wait_for,
 };
 use serde_json::{Value, json};
@@ -1210,25 +1210,6 @@ fn masking_resolves_columns_in_each_sessions_database() -> Result<()> {
         "{staging:?}"
     );
     Ok(())
-}
-
-/// One frontend message as hex: `tag`, length, `body`.
-fn frame(tag: u8, body: &[u8]) -> String {
-    let mut out = vec![tag];
-    out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    out.extend_from_slice(body);
-    out.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// NUL-terminated strings back to back, then `tail`.
-fn cstrings(parts: &[&str], tail: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for p in parts {
-        out.extend_from_slice(p.as_bytes());
-        out.push(0);
-    }
-    out.extend_from_slice(tail);
-    out
 }
 
 /// The gateway pairs each response with its request by counting. Two
