@@ -195,6 +195,13 @@ impl InstanceArg {
             return Ok(crate::ebpf::PinDir::all());
         }
         if let Some(name) = &self.instance {
+            // The name becomes a path under the pin root that detach empties.
+            if !crate::ebpf::is_instance_name(name) {
+                return Err(format!(
+                    "--instance {name:?} is not an instance name ({}, as [daemon] instance)",
+                    crate::ebpf::INSTANCE_NAME_RULE
+                ));
+            }
             return Ok(vec![name.clone()]);
         }
         let config = self

@@ -56,6 +56,8 @@ pub enum EbpfError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("{path} is not on bpffs: refusing to remove anything there (pins live under /sys/fs/bpf/chokepoint/)", path = path.display())]
+    NotBpffs { path: PathBuf },
     #[error("{path}: {source}", path = path.display())]
     Io { path: PathBuf, source: io::Error },
 }

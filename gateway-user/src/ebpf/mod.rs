@@ -28,7 +28,7 @@ pub use attach::{Attached, LoadOptions, attach};
 pub use cgroup::{GuardedCgroup, cgroup2_mount, resolve_cgroup};
 pub use error::EbpfError;
 pub use flows::{DnsPeers, FlowTable, UdpPeers};
-pub use pins::{PinDir, detach};
+pub use pins::{INSTANCE_NAME_RULE, PinDir, detach, is_instance_name};
 pub use preflight::{ensure_bpffs, preflight};
 pub use reach::{ReachTable, RefusedFlows};
 pub use status::{Status, status};

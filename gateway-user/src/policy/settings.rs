@@ -309,17 +309,14 @@ pub(super) fn daemon(
     let file = at.file;
     if let Some(instance) = &section.instance {
         let name = instance.get_ref();
-        let valid = (1..=32).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if valid {
+        if crate::ebpf::is_instance_name(name) {
             settings.instance.clone_from(name);
         } else {
             report.error(
                 At::of(file, instance),
                 format!(
-                    "instance {name:?} must be 1 to 32 characters among a-z, 0-9, \"_\" and \"-\" (it names /sys/fs/bpf/chokepoint/<instance>/)"
+                    "instance {name:?} must be {} (it names /sys/fs/bpf/chokepoint/<instance>/)",
+                    crate::ebpf::INSTANCE_NAME_RULE
                 ),
             );
         }
