@@ -222,14 +222,22 @@ pub fn parse_time(text: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339(text).ok()
 }
 
-/// `now + d`, formatted.
+/// `now + d`, formatted. The policy caps every duration far below overflow,
+/// but a stored request's `max_grant_secs` is only as sane as its file: an
+/// overflowing grant ends now rather than panicking.
 pub fn after(now: SystemTime, d: Duration) -> String {
-    format_time(now + d)
+    format_time(now.checked_add(d).unwrap_or(now))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overflowing_grant_ends_now_instead_of_panicking() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(after(now, Duration::MAX), format_time(now));
+    }
 
     #[test]
     fn ids_are_short_typable_and_recognised() {

@@ -177,12 +177,12 @@ async fn relay_flow(
     };
 
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut deadline = tokio::time::Instant::now() + idle;
+    let mut deadline = idle_deadline(idle);
     loop {
         tokio::select! {
             datagram = rx.recv() => {
                 let Some(datagram) = datagram else { break };
-                deadline = tokio::time::Instant::now() + idle;
+                deadline = idle_deadline(idle);
                 moved.up += datagram.len() as u64;
                 // ECONNREFUSED (an ICMP error for an earlier datagram) and
                 // the like: UDP promises nothing, the flow goes on.
@@ -192,7 +192,7 @@ async fn relay_flow(
             }
             reply = upstream.recv(&mut buf) => match reply {
                 Ok(n) => {
-                    deadline = tokio::time::Instant::now() + idle;
+                    deadline = idle_deadline(idle);
                     moved.down += n as u64;
                     if let Err(e) = relay.send_to(&buf[..n], flow.peer).await {
                         error = Some(format!("reply to {}: {e}", flow.peer));
@@ -207,6 +207,14 @@ async fn relay_flow(
     // new flow instead of waiting in this one's queue.
     lock(&flows).remove(&key);
     finish(&decided, moved, error, recording, started);
+}
+
+/// When a flow idle for `idle` from now ends. The policy caps the timeout at
+/// a day; past the clock's range the flow just never times out.
+fn idle_deadline(idle: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(idle)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
 async fn drain_until_idle(rx: &mut mpsc::Receiver<Bytes>, idle: Duration) {

@@ -15,6 +15,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const MAX_MIN_APPROVALS: i64 = 10;
 /// Longest a statement may be held: a client's session must not hang for days.
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Longest `max_grant`: a grant lets statements through without asking, so
+/// it is for hours or days, not a standing exemption.
+const MAX_GRANT: Duration = Duration::from_secs(30 * 86_400);
+/// Longest duration any setting or `--for` takes: past every sensible value,
+/// and short enough that adding it to the clock cannot overflow.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Someone allowed to decide: a unix user, or every member of a unix group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +143,14 @@ pub(super) fn keys(
     }
     if let Some(t) = &keys.max_grant {
         match duration(t.get_ref()) {
-            Ok(d) => out.max_grant = Some(d),
+            Ok(d) if d <= MAX_GRANT => out.max_grant = Some(d),
+            Ok(_) => report.error(
+                At::of(file, t),
+                format!(
+                    "max_grant {:?} is longer than 30 days: a grant lets statements through unasked that long",
+                    t.get_ref()
+                ),
+            ),
             Err(message) => report.error(At::of(file, t), format!("max_grant: {message}")),
         }
     }
@@ -197,6 +210,7 @@ fn approver(text: &str) -> Result<Approver, String> {
 pub fn duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(d) if d.is_zero() => Err(format!("{text:?} is zero")),
+        Ok(d) if d > MAX_DURATION => Err(format!("{text:?} is longer than 100 years")),
         Ok(d) => Ok(d),
         Err(e) => Err(format!(
             "{text:?} is not a duration ({e}): write e.g. \"15m\", \"1h\" or \"90s\""

@@ -122,6 +122,12 @@ pub struct RecordingSettings {
 
 /// Most rows a recording keeps per statement; beyond, only the count.
 const MAX_RESULT_ROWS: i64 = 100_000;
+/// Longest retention: a century, so the age in seconds cannot overflow.
+const MAX_AGE_DAYS: u64 = 36_500;
+/// Largest size limit: a pebibyte, so the size in bytes cannot overflow.
+const MAX_TOTAL_MB: u64 = 1 << 30;
+/// Longest `udp_idle_timeout`: each idle flow holds a socket until then.
+const MAX_UDP_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl Default for RecordingSettings {
     fn default() -> Self {
@@ -176,12 +182,12 @@ pub(super) fn recording(
     if let Some(days) = &section.max_age_days {
         let Int(n) = *days.get_ref();
         match u64::try_from(n) {
-            Ok(d) if d > 0 => {
+            Ok(d) if (1..=MAX_AGE_DAYS).contains(&d) => {
                 settings.retention.max_age = Some(std::time::Duration::from_secs(d * 86_400));
             }
             _ => report.error(
                 At::of(file, days),
-                format!("max_age_days must be 1 or more, not {n} (leave it out to keep recordings forever)"),
+                format!("max_age_days must be 1 to {MAX_AGE_DAYS}, not {n} (leave it out to keep recordings forever)"),
             ),
         }
     }
@@ -195,10 +201,12 @@ pub(super) fn recording(
     if let Some(mb) = &section.max_total_mb {
         let Int(n) = *mb.get_ref();
         match u64::try_from(n) {
-            Ok(m) if m > 0 => settings.retention.max_total_bytes = Some(m * 1024 * 1024),
+            Ok(m) if (1..=MAX_TOTAL_MB).contains(&m) => {
+                settings.retention.max_total_bytes = Some(m * 1024 * 1024);
+            }
             _ => report.error(
                 At::of(file, mb),
-                format!("max_total_mb must be 1 or more, not {n} (leave it out for no size limit)"),
+                format!("max_total_mb must be 1 to {MAX_TOTAL_MB}, not {n} (leave it out for no size limit)"),
             ),
         }
     }
@@ -366,7 +374,14 @@ pub(super) fn daemon(
     }
     if let Some(idle) = &section.udp_idle_timeout {
         match approval::duration(idle.get_ref()) {
-            Ok(d) => settings.udp_idle_timeout = d,
+            Ok(d) if d <= MAX_UDP_IDLE => settings.udp_idle_timeout = d,
+            Ok(_) => report.error(
+                At::of(file, idle),
+                format!(
+                    "udp_idle_timeout {:?} is longer than 24h: an idle flow would hold its socket that long",
+                    idle.get_ref()
+                ),
+            ),
             Err(e) => report.error(At::of(file, idle), format!("udp_idle_timeout: {e}")),
         }
     }

@@ -531,6 +531,44 @@ fn udp_relay_settings_are_checked() {
 }
 
 #[test]
+fn settings_that_would_overflow_at_runtime_are_rejected_where_written() {
+    let files = Files::new();
+    let text = "[daemon]\nudp_idle_timeout = \"400000000000y\"\n\n\
+                [recording]\nmax_age_days = 9223372036854775807\nmax_total_mb = 17592186044416\n\n\
+                [approvals]\napprovers = [\"root\"]\nmax_grant = \"400000000000y\"\n";
+    let all = errors(load_one(&files, text));
+    let found: Vec<(usize, &str)> = all.iter().map(|d| (d.line, d.message.as_str())).collect();
+    let expect = [
+        (
+            2,
+            "udp_idle_timeout: \"400000000000y\" is longer than 100 years",
+        ),
+        (
+            5,
+            "max_age_days must be 1 to 36500, not 9223372036854775807",
+        ),
+        (
+            6,
+            "max_total_mb must be 1 to 1073741824, not 17592186044416",
+        ),
+        (10, "max_grant: \"400000000000y\" is longer than 100 years"),
+    ];
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+    for ((line, message), (want_line, want)) in found.iter().zip(expect) {
+        assert_eq!(*line, want_line, "{message}");
+        assert!(message.starts_with(want), "{message}");
+    }
+
+    let text = "[daemon]\nudp_idle_timeout = \"2d\"\n\n[approvals]\napprovers = [\"root\"]\nmax_grant = \"31d\"\n";
+    let messages: Vec<String> = errors(load_one(&files, text))
+        .into_iter()
+        .map(|d| d.message)
+        .collect();
+    assert!(messages[0].contains("longer than 24h"), "{messages:?}");
+    assert!(messages[1].contains("longer than 30 days"), "{messages:?}");
+}
+
+#[test]
 fn required_target_and_rule_keys_are_named_at_the_header() {
     let files = Files::new();
     let all = errors(load_one(
