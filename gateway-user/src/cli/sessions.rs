@@ -63,10 +63,11 @@ pub enum SessionsCommand {
     /// Every event of a session as a table.
     Show { id: String },
     /// The session as the job saw it: statements, results and errors, with
-    /// the original timing divided by --speed (0: no waiting).
+    /// the original timing divided by --speed (0.01 to 1000, or 0: no
+    /// waiting); a pause over 10 s is cut short and noted.
     Replay {
         id: String,
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = parse_speed)]
         speed: f64,
     },
     /// Check hash chains and seals. Exit 0: all sealed and intact; 1: some
@@ -533,20 +534,53 @@ fn describe(verdict: &Verdict) -> String {
     }
 }
 
-fn replay(source: &Source, id: &str, speed: f64) -> Result<(), String> {
-    if !(speed >= 0.0 && speed.is_finite()) {
-        return Err(format!("--speed must be 0 or more, not {speed}"));
+/// Slowest and fastest replay: slower would wait for ages on every pause
+/// (and tiny speeds overflow a Duration), faster is the same as 0.
+const MIN_SPEED: f64 = 0.01;
+const MAX_SPEED: f64 = 1000.0;
+/// Longest wait between two replayed events; a longer recorded gap (an idle
+/// session, or a recording with a corrupt clock) is shown as a note.
+const MAX_PAUSE: Duration = Duration::from_secs(10);
+
+fn parse_speed(text: &str) -> Result<f64, String> {
+    let speed: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if speed == 0.0 || (MIN_SPEED..=MAX_SPEED).contains(&speed) {
+        Ok(speed)
+    } else {
+        Err(format!(
+            "must be 0 (no waiting) or {MIN_SPEED} to {MAX_SPEED}, not {text}"
+        ))
     }
+}
+
+/// How long to wait for a recorded gap of `gap_us` at `speed`, and whether
+/// that was cut to [`MAX_PAUSE`].
+fn pause(gap_us: u64, speed: f64) -> (Duration, bool) {
+    if speed == 0.0 || gap_us == 0 {
+        return (Duration::ZERO, false);
+    }
+    match Duration::try_from_secs_f64(gap_us as f64 / 1e6 / speed) {
+        Ok(d) if d <= MAX_PAUSE => (d, false),
+        _ => (MAX_PAUSE, true),
+    }
+}
+
+fn replay(source: &Source, id: &str, speed: f64) -> Result<(), String> {
     let (verdict, events) = source.load(id)?;
     let mut out = Escaped(std::io::stdout().lock());
     let mut last_us = 0;
     let mut prompt = "=>".to_owned();
     for e in &events {
-        if speed > 0.0 && e.mono_us > last_us {
+        let gap_us = e.mono_us.saturating_sub(last_us);
+        let (wait, cut) = pause(gap_us, speed);
+        if !wait.is_zero() {
             let _ = out.flush();
-            std::thread::sleep(Duration::from_secs_f64(
-                (e.mono_us - last_us) as f64 / 1e6 / speed,
-            ));
+            std::thread::sleep(wait);
+        }
+        if cut {
+            let _ = writeln!(out, "-- … ({} s later)", gap_us / 1_000_000);
         }
         last_us = e.mono_us;
         let _ = match &e.body {
@@ -810,6 +844,39 @@ impl<W: Write> Write for Escaped<W> {
 fn needs_escape(c: char) -> bool {
     (c.is_control() && c != '\n' && c != '\t')
         || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use std::time::Duration;
+
+    use super::{MAX_PAUSE, parse_speed, pause};
+
+    #[test]
+    fn speeds_too_small_or_large_to_wait_by_are_refused() {
+        for bad in [
+            "1e-300", "5e-324", "1e-7", "0.001", "-1", "1e9", "inf", "NaN", "fast",
+        ] {
+            assert!(parse_speed(bad).is_err(), "{bad}");
+        }
+        for (text, speed) in [
+            ("0", 0.0),
+            ("0.01", 0.01),
+            ("1", 1.0),
+            ("4", 4.0),
+            ("1000", 1000.0),
+        ] {
+            assert_eq!(parse_speed(text), Ok(speed));
+        }
+    }
+
+    #[test]
+    fn long_gaps_wait_at_most_the_cap() {
+        assert_eq!(pause(2_000_000, 4.0), (Duration::from_millis(500), false));
+        assert_eq!(pause(u64::MAX, 0.01), (MAX_PAUSE, true));
+        assert_eq!(pause(3_600_000_000, 1.0), (MAX_PAUSE, true));
+        assert_eq!(pause(u64::MAX, 0.0), (Duration::ZERO, false));
+    }
 }
 
 #[cfg(test)]
