@@ -65,12 +65,20 @@ pub fn split(line: &[u8]) -> Result<(&str, &str, &[u8]), &'static str> {
     Ok((hash, prev, event))
 }
 
-fn hex64(bytes: &[u8]) -> Result<(&str, &[u8]), &'static str> {
-    let (hash, rest) = bytes.split_at_checked(64).ok_or("the line is cut short")?;
-    if !hash
+/// Whether `text` is a hash as this chain writes it: 64 lowercase hex digits.
+pub fn is_hash(text: &str) -> bool {
+    text.len() == 64 && is_lower_hex(text.as_bytes())
+}
+
+fn is_lower_hex(bytes: &[u8]) -> bool {
+    bytes
         .iter()
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-    {
+}
+
+fn hex64(bytes: &[u8]) -> Result<(&str, &[u8]), &'static str> {
+    let (hash, rest) = bytes.split_at_checked(64).ok_or("the line is cut short")?;
+    if !is_lower_hex(hash) {
         return Err("a hash is not 64 lowercase hex digits");
     }
     // Checked ASCII just above.

@@ -80,6 +80,30 @@ pub struct Entry {
     pub signature: String,
 }
 
+impl Entry {
+    /// A seal's final hash is printed and compared as a chain hash; an
+    /// opening or removal has none.
+    fn check_final_hash(&self) -> Result<(), String> {
+        let ok = match self.outcome {
+            Outcome::Sealed | Outcome::Recovered => chain::is_hash(&self.final_hash),
+            Outcome::Opened | Outcome::Removed => self.final_hash.is_empty(),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "final_hash {:?} of this {} entry is not {}",
+                self.final_hash,
+                self.outcome.as_str(),
+                match self.outcome {
+                    Outcome::Sealed | Outcome::Recovered => "64 lowercase hex digits",
+                    Outcome::Opened | Outcome::Removed => "empty",
+                }
+            ))
+        }
+    }
+}
+
 /// What a ledger line's signature covers: its place (the line before it
 /// and its seq) and everything it says.
 fn message(prev_hash: &str, e: &Entry) -> Vec<u8> {
@@ -525,6 +549,10 @@ impl Ledger {
                 ledger.problem = Some(fail(format!("seq is {} where {seq} belongs", entry.seq)));
                 break;
             }
+            if let Err(why) = entry.check_final_hash() {
+                ledger.problem = Some(fail(why));
+                break;
+            }
             if seq >= signed_from {
                 if !trusted.contains(&entry.public_key) {
                     ledger.problem = Some(fail(format!(
@@ -658,6 +686,38 @@ mod tests {
         assert_eq!(read.entries["s1"].outcome, Outcome::Removed);
         assert_eq!(read.entries["s2"].outcome, Outcome::Recovered);
         assert_eq!(read.entries["s2"].seq, 2);
+    }
+
+    #[test]
+    fn a_signed_seal_whose_final_hash_is_not_hex_is_a_bad_line() {
+        let host = Host::new();
+        {
+            let (mut ledger, _) = host.open().unwrap();
+            ledger
+                .append(&host.key, Outcome::Sealed, "s1", 3, &"é".repeat(32))
+                .unwrap();
+            ledger
+                .append(&host.key, Outcome::Opened, "s2", 0, &"a".repeat(64))
+                .unwrap();
+        }
+        let data = std::fs::read(host.sessions().join(FILE)).unwrap();
+        let problem = Ledger::check(&data, &host.trusted(), None, 0)
+            .problem
+            .unwrap();
+        assert_eq!((problem.line, problem.seq), (1, 0), "{problem:?}");
+        assert!(
+            problem.reason.contains("is not 64 lowercase hex digits"),
+            "{problem:?}"
+        );
+        let second = data.split_inclusive(|&b| b == b'\n').nth(1).unwrap();
+        let (_, _, event) = chain::split(second.strip_suffix(b"\n").unwrap()).unwrap();
+        let entry: Entry = serde_json::from_slice(event).unwrap();
+        assert!(
+            entry
+                .check_final_hash()
+                .unwrap_err()
+                .contains("is not empty")
+        );
     }
 
     #[test]

@@ -441,3 +441,22 @@ async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
         Verdict::Tampered { line: 5, .. }
     ));
 }
+
+#[test]
+fn a_ledger_entry_with_an_odd_final_hash_is_described_not_panicked_on() {
+    let entry = ledger::Entry {
+        seq: 0,
+        wall: String::new(),
+        outcome: ledger::Outcome::Sealed,
+        session: "s".into(),
+        events: 3,
+        final_hash: "é".repeat(20),
+        public_key: String::new(),
+        signature: String::new(),
+    };
+    let verdict = verify::against_ledger(Verdict::Unsealed { events: 2 }, &[], Some(&entry));
+    assert!(
+        matches!(&verdict, Verdict::Tampered { reason, .. } if reason.contains("cut short")),
+        "{verdict:?}"
+    );
+}

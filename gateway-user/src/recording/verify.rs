@@ -223,7 +223,9 @@ pub fn against_ledger(
         }
         ledger::Outcome::Sealed | ledger::Outcome::Recovered => {}
     }
-    let short = &entry.final_hash[..entry.final_hash.len().min(16)];
+    // Checked as hex when the ledger was read; `get` keeps odd bytes from
+    // panicking all the same.
+    let short = entry.final_hash.get(..16).unwrap_or(&entry.final_hash);
     let sealed_hash = || match events.last().map(|e| &e.body) {
         Some(Body::Seal { final_hash, .. }) => Some(final_hash.as_str()),
         _ => None,
