@@ -19,7 +19,8 @@
 //! * [`admin`] is the Unix-socket API the CLI uses, callers identified by
 //!   their peer credentials;
 //! * [`daemon`] wires them together for `chokepoint run`;
-//! * [`cli`] is the clap command line.
+//! * [`cli`] is the clap command line;
+//! * [`regular_file`] reads files that must not be FIFOs or devices.
 pub mod admin;
 pub mod approvals;
 pub mod cli;
@@ -31,4 +32,5 @@ pub mod masking;
 pub mod policy;
 pub mod protocols;
 pub mod recording;
+pub mod regular_file;
 pub mod store;

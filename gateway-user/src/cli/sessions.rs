@@ -1,6 +1,5 @@
 //! `chokepoint sessions`: list, show, replay, verify and export recordings.
 use std::{
-    fs,
     io::Write,
     path::PathBuf,
     process::ExitCode,
@@ -176,7 +175,8 @@ impl Source {
         let mut data = match &self.store {
             Store::Files(dir) => {
                 let path = files::find(dir, id)?;
-                fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                crate::regular_file::read(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?
             }
             Store::Database(db) => db
                 .runtime

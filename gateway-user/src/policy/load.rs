@@ -212,15 +212,14 @@ impl Loader {
             return;
         }
         let index = self.sources.len();
-        match fs::read_to_string(&path) {
+        match read_policy(&path) {
             Ok(text) => self.sources.push(Source { path, text }),
-            Err(e) => {
+            Err(message) => {
                 self.sources.push(Source {
                     path,
                     text: String::new(),
                 });
-                self.report
-                    .file_error(index, format!("cannot read this file: {e}"));
+                self.report.file_error(index, message);
                 return;
             }
         }
@@ -316,6 +315,29 @@ impl Loader {
             self.file(path);
         }
     }
+}
+
+/// Far more than any policy needs; a bigger file is a mistake (a log, a
+/// dump) and reading it whole would hold up every reload.
+const POLICY_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A policy file's text. Only a regular file: a FIFO or device matched by
+/// an include glob would block `policy check` and the daemon's reload.
+fn read_policy(path: &Path) -> Result<String, String> {
+    let bytes =
+        crate::regular_file::read_bounded(path, POLICY_MAX_BYTES).map_err(|e| match e.kind() {
+            std::io::ErrorKind::FileTooLarge => {
+                "cannot read this file: it is larger than 16 MiB, far more than a policy needs"
+                    .to_owned()
+            }
+            _ => format!("cannot read this file: {e}"),
+        })?;
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "cannot read this file: it is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 const SECTIONS: &str = "[daemon], [guard], [recording], [approvals], [identity], [dns], [[target]], [[rule]] and [[masking]]";

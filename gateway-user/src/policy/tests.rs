@@ -885,6 +885,23 @@ fn a_missing_plain_include_is_an_error_at_its_entry() {
 }
 
 #[test]
+fn a_fifo_named_or_included_as_a_policy_is_refused_without_blocking() {
+    let files = Files::new();
+    fs::create_dir_all(files.path("p")).unwrap();
+    let fifo = files.path("p/a.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let e = only_error(load(std::slice::from_ref(&fifo)));
+    assert_eq!(e.file, fifo);
+    assert_eq!(
+        e.message,
+        "cannot read this file: it is a FIFO, not a regular file"
+    );
+    let config = files.write("c.toml", "[daemon]\ninclude = [\"p/*.toml\"]\n");
+    let e = only_error(load(&[config]));
+    assert_eq!(e.file, fifo);
+}
+
+#[test]
 fn errors_in_included_files_name_those_files() {
     let files = Files::new();
     let config = files.write("c.toml", "[daemon]\ninclude = [\"p/*.toml\"]\n");

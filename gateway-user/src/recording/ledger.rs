@@ -158,7 +158,7 @@ pub fn head_path(keys_dir: &Path, dir: &Path) -> PathBuf {
 
 /// Reads a head file; `None` when there is none yet.
 pub fn read_head(path: &Path) -> Result<Option<Head>, String> {
-    match std::fs::read(path) {
+    match crate::regular_file::read(path) {
         Ok(data) => serde_json::from_slice(&data)
             .map(Some)
             .map_err(|e| format!("{} is not a ledger head: {e}", path.display())),
@@ -234,6 +234,7 @@ impl LedgerWriter {
             .create(true)
             .mode(0o600)
             .open(&path)
+            .and_then(|file| crate::regular_file::check(&file).map(|()| file))
             .map_err(|e| format!("cannot open the ledger {}: {e}", path.display()))?;
         let mut file = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
             format!(
@@ -475,7 +476,7 @@ impl Ledger {
         head: Option<&Head>,
     ) -> Result<Option<Ledger>, String> {
         let path = dir.join(FILE);
-        match std::fs::read(&path) {
+        match crate::regular_file::read(&path) {
             Ok(data) => Ok(Some(Ledger::check(&data, trusted, head, 0))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(head.map(|h| Ledger {
                 problem: Some(Problem {
@@ -717,6 +718,26 @@ mod tests {
                 .check_final_hash()
                 .unwrap_err()
                 .contains("is not empty")
+        );
+    }
+
+    #[test]
+    fn a_fifo_as_the_ledger_is_an_error_naming_it_not_a_hang() {
+        let host = Host::new();
+        std::fs::create_dir_all(host.sessions()).unwrap();
+        let path = host.sessions().join(FILE);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = Ledger::read(&host.sessions(), &host.trusted(), None).unwrap_err();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("a FIFO, not a regular file"),
+            "{e}"
+        );
+        let Err(e) = host.open() else {
+            panic!("the daemon took a FIFO for its ledger");
+        };
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("a FIFO, not a regular file"),
+            "{e}"
         );
     }
 

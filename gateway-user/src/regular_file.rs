@@ -1,0 +1,105 @@
+//! Reading files that must be regular files: a FIFO or device put where a
+//! policy, ledger or key belongs would otherwise block or never end a read.
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Read},
+    os::unix::fs::{FileTypeExt, OpenOptionsExt},
+    path::Path,
+};
+
+/// Opens `path` for reading, refusing anything but a regular file. The
+/// check is made on the opened handle (fstat), so nothing can be swapped in
+/// between; O_NONBLOCK keeps opening a FIFO from waiting for a writer, and
+/// does nothing to a regular file.
+pub fn open(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    check(&file)?;
+    Ok(file)
+}
+
+/// An error unless `file` is a regular file.
+pub fn check(file: &File) -> io::Result<()> {
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("it is {what}, not a regular file"),
+    ))
+}
+
+/// The bytes of the regular file `path`, however many (a ledger or a
+/// recording grows with its sessions).
+pub fn read(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The bytes of the regular file `path`; more than `max` bytes is an error
+/// of kind `FileTooLarge`.
+pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open(path)?
+        .take(max.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("it is larger than {max} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_or_device_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(
+            &fifo,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .unwrap();
+        let e = read_bounded(&fifo, 1024).unwrap_err();
+        assert_eq!(e.to_string(), "it is a FIFO, not a regular file");
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert_eq!(
+            read(&zero).unwrap_err().to_string(),
+            "it is a device, not a regular file"
+        );
+        assert!(read(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_regular_file_is_read_up_to_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"12345").unwrap();
+        assert_eq!(read_bounded(&path, 5).unwrap(), b"12345");
+        assert_eq!(
+            read_bounded(&path, 4).unwrap_err().kind(),
+            io::ErrorKind::FileTooLarge
+        );
+    }
+}
