@@ -237,7 +237,10 @@ impl StoreArgs {
         let trusted = if self.public_keys.is_empty() {
             vec![public_key(settings)?]
         } else {
-            self.public_keys.clone()
+            self.public_keys
+                .iter()
+                .map(|k| given_key(k))
+                .collect::<Result<_, _>>()?
         };
         let mut ledger = None;
         let store = match &self.store {
@@ -303,7 +306,13 @@ impl StoreArgs {
 
 fn public_key(settings: &RecordingSettings) -> Result<String, String> {
     keys::read_public(&keys::public_key_path(&settings.keys_dir))
-        .map_err(|e| format!("{e} (the key is made when the gateway first starts)"))
+}
+
+/// A `--public-key`, normalised: a typo or the other case must not make
+/// every recording silently "not trusted".
+fn given_key(text: &str) -> Result<String, String> {
+    keys::parse_public(text.trim())
+        .ok_or_else(|| format!("--public-key {text:?} is not a 64-hex-digit ed25519 public key"))
 }
 
 fn state(verdict: &Verdict) -> String {

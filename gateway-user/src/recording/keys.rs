@@ -122,11 +122,37 @@ pub fn public_key_path(dir: &Path) -> PathBuf {
     dir.join(PUBLIC)
 }
 
-/// Reads a public key (hex) from `path`.
+/// A public key file holds one line of hex; anything bigger is not one.
+const PUBLIC_MAX_BYTES: u64 = 4096;
+
+/// Reads a public key from `path`, checked, as lowercase hex.
 pub fn read_public(path: &Path) -> Result<String, String> {
-    let text =
-        fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(text.trim().to_owned())
+    let bytes =
+        crate::regular_file::read_bounded(path, PUBLIC_MAX_BYTES).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "cannot read {}: {e} (the key is made when the gateway first starts)",
+                path.display()
+            ),
+            _ => format!("cannot read {}: {e}", path.display()),
+        })?;
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|text| parse_public(text.trim()))
+        .ok_or_else(|| {
+            format!(
+                "{} does not hold a 64-hex-digit ed25519 public key: the gateway rewrites it from the host key at its next start",
+                path.display()
+            )
+        })
+}
+
+/// A public key as hex of either case, checked to be an ed25519 key and
+/// given back in lowercase: seals and ledger lines name keys that way, and
+/// trust is decided by comparing those strings.
+pub fn parse_public(text: &str) -> Option<String> {
+    let bytes: [u8; 32] = hex::decode(text).ok()?.try_into().ok()?;
+    VerifyingKey::from_bytes(&bytes).ok()?;
+    Some(hex::encode(bytes))
 }
 
 /// Whether `signature` (hex) seals `final_hash` of `session` under

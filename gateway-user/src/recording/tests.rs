@@ -460,3 +460,31 @@ fn a_ledger_entry_with_an_odd_final_hash_is_described_not_panicked_on() {
         "{verdict:?}"
     );
 }
+
+#[test]
+fn public_keys_are_checked_and_lowercased() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keys::HostKey::load_or_create(dir.path()).unwrap();
+    let public = key.public_hex();
+    assert_eq!(
+        keys::parse_public(&public.to_uppercase()),
+        Some(public.clone())
+    );
+    for bad in [
+        "zz",
+        "",
+        &public[..62],
+        &format!("{public}00"),
+        &"g".repeat(64),
+    ] {
+        assert_eq!(keys::parse_public(bad), None, "{bad}");
+    }
+    let path = keys::public_key_path(dir.path());
+    assert_eq!(keys::read_public(&path).unwrap(), public);
+    std::fs::write(&path, "\x1b[31mnot a key\n").unwrap();
+    let e = keys::read_public(&path).unwrap_err();
+    assert!(
+        e.starts_with(&format!("{} does not hold a 64-hex-digit", path.display())),
+        "{e}"
+    );
+}
