@@ -153,35 +153,65 @@ struct Database {
     client: tokio_postgres::Client,
 }
 
+/// A recording as listed: its id (from the file name, lossily for a name
+/// that is not UTF-8) and, for local files, the file found.
+struct Listed {
+    id: String,
+    path: Option<PathBuf>,
+}
+
 impl Source {
-    /// Session ids, oldest first.
-    fn ids(&self) -> Result<Vec<String>, String> {
+    /// Every recording, oldest first. Files are kept as found, so one
+    /// misnamed or misplaced file is reported on its own row instead of
+    /// being looked up again by a name that leads nowhere.
+    fn all(&self) -> Result<Vec<Listed>, String> {
         match &self.store {
             Store::Files(dir) => Ok(files::all(dir)
                 .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
-                .iter()
-                .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(str::to_owned))
+                .into_iter()
+                .map(|path| Listed {
+                    id: path
+                        .file_stem()
+                        .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+                    path: Some(path),
+                })
                 .collect()),
-            Store::Database(db) => db
+            Store::Database(db) => Ok(db
                 .runtime
-                .block_on(crate::recording::sink::sessions(&db.client)),
+                .block_on(crate::recording::sink::sessions(&db.client))?
+                .into_iter()
+                .map(|id| Listed { id, path: None })
+                .collect()),
         }
     }
 
-    /// A recording's events and verdict. A recording of another session
-    /// under this id (a file copied over another) is tampered, whatever
-    /// its own chain says.
+    /// A listed recording's events and verdict; an error for a file that
+    /// is not where its name says, or cannot be read.
+    fn load_listed(&self, listed: &Listed) -> Result<(Verdict, Vec<Event>), String> {
+        let (Store::Files(dir), Some(path)) = (&self.store, &listed.path) else {
+            return self.load(&listed.id);
+        };
+        if let Some(why) = files::misplaced(dir, path) {
+            return Err(why);
+        }
+        self.judge(&listed.id, read_recording(path)?)
+    }
+
+    /// A recording's events and verdict.
     fn load(&self, id: &str) -> Result<(Verdict, Vec<Event>), String> {
-        let mut data = match &self.store {
-            Store::Files(dir) => {
-                let path = files::find(dir, id)?;
-                crate::regular_file::read(&path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-            }
+        let data = match &self.store {
+            Store::Files(dir) => read_recording(&files::find(dir, id)?)?,
             Store::Database(db) => db
                 .runtime
                 .block_on(crate::recording::sink::recording(&db.client, id))?,
         };
+        self.judge(id, data)
+    }
+
+    /// Verifies the bytes of recording `id`. A recording of another
+    /// session under this id (a file copied over another) is tampered,
+    /// whatever its own chain says.
+    fn judge(&self, id: &str, mut data: Vec<u8>) -> Result<(Verdict, Vec<Event>), String> {
         // A session still running may be caught mid-write: its last line
         // is not a cut while the ledger has it open.
         let open = self.ledger.as_ref().is_some_and(|l| {
@@ -304,6 +334,10 @@ impl StoreArgs {
     }
 }
 
+fn read_recording(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    crate::regular_file::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
 fn public_key(settings: &RecordingSettings) -> Result<String, String> {
     keys::read_public(&keys::public_key_path(&settings.keys_dir))
 }
@@ -331,15 +365,25 @@ fn list(
     target: Option<&str>,
 ) -> Result<(), String> {
     let cutoff = since.map(parse_since).transpose()?;
-    let ids = source.ids()?;
+    let listed = source.all()?;
     let mut out = Escaped(std::io::stdout().lock());
     let _ = writeln!(
         out,
         "{:<31} {:<27} {:<28} {:<14} {:<22} {:>5} STATE",
         "SESSION", "STARTED", "IDENTITY", "TARGET", "DESTINATION", "STMTS"
     );
-    for id in ids {
-        let (verdict, events) = source.load(&id)?;
+    let mut unreadable = 0;
+    for entry in &listed {
+        let id = &entry.id;
+        // One stray file must not hide the rest: its row says what is wrong.
+        let (verdict, events) = match source.load_listed(entry) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                unreadable += 1;
+                let _ = writeln!(out, "{id:<31} {:<27} TAMPERED: {e}", "?");
+                continue;
+            }
+        };
         let Some(first) = events.first() else {
             let _ = writeln!(out, "{id:<31} {:<27} {}", "?", state(&verdict));
             continue;
@@ -380,6 +424,11 @@ fn list(
             dst,
             statements,
             state(&verdict)
+        );
+    }
+    if unreadable > 0 {
+        eprintln!(
+            "warning: {unreadable} recording(s) could not be listed; `chokepoint sessions verify --all` reports them too"
         );
     }
     Ok(())
@@ -732,13 +781,16 @@ fn print_result(
 }
 
 fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
-    let ids = if all {
-        match source.ids() {
-            Ok(ids) => ids,
+    let listed = if all {
+        match source.all() {
+            Ok(listed) => listed,
             Err(e) => return super::fail(e),
         }
     } else {
-        vec![id.unwrap_or_default().to_owned()]
+        vec![Listed {
+            id: id.unwrap_or_default().to_owned(),
+            path: None,
+        }]
     };
     let (mut tampered, mut unsealed) = (0, 0);
     if all && let Some(ledger) = &source.ledger {
@@ -751,7 +803,8 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
         }
         // What the ledger has sealed must still be there, unless
         // retention removed it (the ledger says so too).
-        let present: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let present: std::collections::HashSet<&str> =
+            listed.iter().map(|l| l.id.as_str()).collect();
         let mut missing: Vec<_> = ledger
             .entries
             .values()
@@ -775,8 +828,9 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
             p.line, p.seq, p.reason
         );
     }
-    for id in &ids {
-        match source.load(id) {
+    for entry in &listed {
+        let id = &entry.id;
+        match source.load_listed(entry) {
             Ok((verdict, _)) => {
                 match verdict {
                     Verdict::Sealed { .. } | Verdict::Recovered { .. } => {}

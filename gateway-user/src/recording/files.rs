@@ -55,22 +55,56 @@ pub fn find(dir: &Path, id: &str) -> Result<PathBuf, String> {
     if id.ends_with(".jsonl") && direct.is_file() {
         return Ok(direct.to_path_buf());
     }
-    // Ids are made of the start time and hex; anything else (a slash, a
-    // dot) could only point outside the directory.
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if !is_id(id) {
         return Err(format!(
             "{id:?} is not a session id (like 20261127T015012Z-1a2b3c4d5e6f) or a .jsonl file"
         ));
     }
-    // The id's first 8 characters are the date: go straight to its folder.
-    if let (Some(y), Some(m), Some(d)) = (id.get(0..4), id.get(4..6), id.get(6..8)) {
-        let path = dir.join(y).join(m).join(d).join(format!("{id}.jsonl"));
-        if path.is_file() {
-            return Ok(path);
-        }
+    if let Some(path) = home(dir, id)
+        && path.is_file()
+    {
+        return Ok(path);
     }
     Err(format!(
         "no recording {id:?} under {}: list them with `chokepoint sessions list`",
         dir.display()
     ))
+}
+
+/// Ids are made of the start time and hex; anything else (a slash, a dot)
+/// could only point outside the directory.
+fn is_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Where session `id`'s recording belongs: the id's first 8 characters are
+/// the date, and name its folder.
+fn home(dir: &Path, id: &str) -> Option<PathBuf> {
+    let (y, m, d) = (id.get(0..4)?, id.get(4..6)?, id.get(6..8)?);
+    Some(dir.join(y).join(m).join(d).join(format!("{id}.jsonl")))
+}
+
+/// Why the file `path`, found under `dir` by [`all`], is not where its
+/// name says its session belongs (`None` when it is): [`find`] would never
+/// look there, nor does the daemon write there.
+pub fn misplaced(dir: &Path, path: &Path) -> Option<String> {
+    let shown = path.display();
+    let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
+        return Some(format!(
+            "{shown}: the name is not UTF-8, so it names no session"
+        ));
+    };
+    if !is_id(id) {
+        return Some(format!("{shown}: {id:?} is not a session id"));
+    }
+    match home(dir, id) {
+        Some(home) if home == path => None,
+        Some(home) => Some(format!(
+            "{shown}: not where its id puts it ({})",
+            home.display()
+        )),
+        None => Some(format!(
+            "{shown}: {id:?} is not a session id (it starts with its date, like 20261127T015012Z-1a2b3c4d5e6f)"
+        )),
+    }
 }

@@ -488,3 +488,27 @@ fn public_keys_are_checked_and_lowercased() {
         "{e}"
     );
 }
+
+#[test]
+fn files_not_where_their_name_puts_them_are_named_as_such() {
+    use std::{ffi::OsStr, os::unix::ffi::OsStrExt};
+    let dir = Path::new("/rec");
+    let day = dir.join("2026/11/27");
+    let home = day.join("20261127T015012Z-1a2b3c4d5e6f.jsonl");
+    assert_eq!(files::misplaced(dir, &home), None);
+    let elsewhere = day.join("20261128T000000Z-1a2b3c4d5e6f.jsonl");
+    let why = files::misplaced(dir, &elsewhere).unwrap();
+    assert!(
+        why.ends_with(
+            "not where its id puts it (/rec/2026/11/28/20261128T000000Z-1a2b3c4d5e6f.jsonl)"
+        ),
+        "{why}"
+    );
+    let short = files::misplaced(dir, &day.join("0000bad.jsonl")).unwrap();
+    assert!(short.contains("\"0000bad\" is not a session id"), "{short}");
+    let odd = files::misplaced(dir, &day.join("a.b.jsonl")).unwrap();
+    assert!(odd.ends_with("\"a.b\" is not a session id"), "{odd}");
+    let raw = day.join(OsStr::from_bytes(b"\xff\xfe.jsonl"));
+    let lossy = files::misplaced(dir, &raw).unwrap();
+    assert!(lossy.contains("not UTF-8"), "{lossy}");
+}
