@@ -64,12 +64,19 @@ pub(super) fn explain(config: &Path, asked: &Asked<'_>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return super::fail(e),
     };
+    let kept = as_kernel_keeps(comm);
+    if let Some(kept) = &kept {
+        eprintln!(
+            "note: --comm {comm:?} is {} bytes; the kernel keeps the first {COMM_MAX} bytes of a process name, so the gateway sees {kept:?}",
+            comm.len()
+        );
+    }
     let facts = FlowFacts {
         dst: dest,
         pid: 0,
         uid,
         gid,
-        comm,
+        comm: kept.as_deref().unwrap_or(comm),
         claims: claims.as_ref(),
         names: &[],
         udp,
@@ -97,6 +104,18 @@ pub(super) fn explain(config: &Path, asked: &Asked<'_>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Bytes of a process name the kernel keeps (TASK_COMM_LEN 16 with its NUL).
+const COMM_MAX: usize = 15;
+
+/// `comm` as the gateway sees it for a process of that name, when that
+/// differs: the kernel cuts the name at [`COMM_MAX`] bytes, not characters,
+/// and the daemon reads those bytes lossily, so a character cut in half
+/// ends in U+FFFD there as it does here. A rule is matched against that.
+fn as_kernel_keeps(comm: &str) -> Option<String> {
+    let bytes = comm.as_bytes();
+    (bytes.len() > COMM_MAX).then(|| String::from_utf8_lossy(&bytes[..COMM_MAX]).into_owned())
+}
+
 /// `repository=acme/app,ref=refs/heads/main` → claims.
 fn parse_claims(text: &str) -> Result<crate::policy::Claims, String> {
     let mut claims = crate::policy::Claims::new();
@@ -115,4 +134,28 @@ fn parse_claims(text: &str) -> Result<crate::policy::Claims, String> {
         );
     }
     Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::as_kernel_keeps;
+
+    #[test]
+    fn a_long_comm_is_cut_as_the_kernel_cuts_it() {
+        assert_eq!(as_kernel_keeps("psql"), None);
+        assert_eq!(as_kernel_keeps("gitlab-runner-h"), None);
+        assert_eq!(
+            as_kernel_keeps("gitlab-runner-helper").as_deref(),
+            Some("gitlab-runner-h")
+        );
+        // "é" is two bytes: the 15th byte is the first half of one.
+        assert_eq!(
+            as_kernel_keeps("abcdefghijklmné").as_deref(),
+            Some("abcdefghijklmn\u{FFFD}")
+        );
+        assert_eq!(
+            as_kernel_keeps("ééééééééé").as_deref(),
+            Some("ééééééé\u{FFFD}")
+        );
+    }
 }
