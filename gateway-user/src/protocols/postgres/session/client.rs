@@ -228,6 +228,19 @@ impl Session<'_> {
                 statement_index: 0,
             };
         }
+        if decision.verdict == StatementVerdict::Allow
+            && !self.ctx.masking.is_empty()
+            && let Some(view) = reads_column_statistics(classification)
+        {
+            decision = StatementDecision {
+                verdict: StatementVerdict::Deny,
+                rule: Arc::from("masked-statistics"),
+                reason: format!(
+                    "reading {view} is denied on a target with masking rules: its sampled values (most_common_vals, histogram_bounds) are column values that masking cannot see"
+                ),
+                statement_index: 0,
+            };
+        }
         if decision.verdict == StatementVerdict::Allow && changes_search_path(sql, classification) {
             decision = StatementDecision {
                 verdict: StatementVerdict::Deny,
@@ -449,6 +462,32 @@ pub(super) fn changes_search_path(sql: &str, classification: &Classification) ->
                 .any(|s| s.class != super::super::classify::StatementClass::Read))
 }
 
+/// The planner's statistics: they hold sampled values of every column the
+/// role may read (most common values, histogram bounds), unmasked and in
+/// types (`anyarray`) detectors do not read.
+const COLUMN_STATISTICS: [&str; 6] = [
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_statistic",
+    "pg_statistic_ext",
+    "pg_statistic_ext_data",
+];
+
+/// The statistics view or table a statement reads, if any: unqualified (the
+/// server looks in pg_catalog first) or in pg_catalog.
+pub(super) fn reads_column_statistics(classification: &Classification) -> Option<&str> {
+    classification
+        .statements
+        .iter()
+        .flat_map(|s| &s.tables)
+        .find(|t| {
+            t.schema.as_deref().is_none_or(|s| s == "pg_catalog")
+                && COLUMN_STATISTICS.contains(&t.name.as_str())
+        })
+        .map(|t| t.name.as_str())
+}
+
 /// ASCII case-insensitive substring search without lowercasing a copy of
 /// the text (this runs for every statement and every Bind).
 fn contains_ignore_case(text: &str, needle: &[u8]) -> bool {
@@ -500,6 +539,32 @@ mod tests {
         ));
         assert!(changes("SELECT SET_CONFIG('Search_Path', 'billing', true)"));
         assert!(changes("ALTER ROLE ci SET search_path = billing"));
+    }
+
+    #[test]
+    fn statistics_views_are_found_however_they_are_reached() {
+        let reads = |sql: &str| {
+            let classification = ClassifierCache::new(0).classify(sql).unwrap();
+            reads_column_statistics(&classification).map(str::to_owned)
+        };
+        let stats = Some("pg_stats".to_owned());
+        assert_eq!(reads("SELECT histogram_bounds FROM pg_stats"), stats);
+        assert_eq!(reads("select * from PG_CATALOG.PG_STATS"), stats);
+        assert_eq!(
+            reads("WITH s AS (SELECT * FROM pg_stats) SELECT most_common_vals FROM s"),
+            stats
+        );
+        assert_eq!(
+            reads("SELECT 1 WHERE EXISTS (SELECT 1 FROM pg_statistic)"),
+            Some("pg_statistic".to_owned())
+        );
+        assert_eq!(
+            reads("SELECT * FROM pg_catalog.pg_stats_ext"),
+            Some("pg_stats_ext".to_owned())
+        );
+        // A job's own table of that name elsewhere is its own business.
+        assert_eq!(reads("SELECT * FROM public.pg_stats"), None);
+        assert_eq!(reads("SELECT * FROM customers"), None);
     }
 
     #[test]
