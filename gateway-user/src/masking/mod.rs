@@ -36,13 +36,14 @@
 //! | arrays of text, varchar, bpchar, name, `"char"` — text format | NULL | substrings replaced inside the array literal |
 //! | arrays of json, jsonb — text format | NULL | the whole value → NULL (two escaping layers: not rewritten in place) |
 //! | bool, int2, int4, oid, float4, date, time(tz), timestamp(tz), interval, uuid — text format | NULL | never scanned: their text cannot hold a detector match |
-//! | any other type — text format (int8, numeric, float8, bytea, user-defined…) | NULL (no type-valid masked value exists in general) | the whole value → NULL (`***` is not a valid number or enum label) |
+//! | bytea, bytea[] — text format (hex `\x…` or escape) | NULL | the bytes each `\x` run spells, and the text itself, are scanned: a hit → NULL (`convert_to(email, 'UTF8')` is the email one `decode` away) |
+//! | any other type — text format (int8, numeric, float8, user-defined…) | NULL (no type-valid masked value exists in general) | the whole value → NULL (`***` is not a valid number or enum label) |
 //! | int8, numeric — binary format | NULL | decoded to their decimal text and scanned: a hit → NULL, as in text format |
 //! | bytea, arrays, records, user-defined types — binary format | NULL | NULL whenever a scan is due: they can hold text the detectors cannot read in place |
 //! | any other type — binary format | NULL (type-valid binary masking is not attempted) | never scanned |
 //!
-//! "Text-like" for step 3 (table columns without a rule): the text, json
-//! and array rows above, plus user-defined types (OID ≥ 16384: citext,
+//! "Text-like" for step 3 (table columns without a rule): the text, json,
+//! bytea and array rows above, plus user-defined types (OID ≥ 16384: citext,
 //! enums…) in text format, whose text may hold anything. Computed columns
 //! are scanned unless their values are "never scanned" above. So a card
 //! number cast to `bigint` in a query still comes back NULL.
@@ -51,7 +52,11 @@
 //! session should pin `client_encoding` to UTF8): partial masking counts
 //! UTF-8 characters and masks a non-UTF-8 value entirely; detectors match
 //! ASCII patterns only and do not see through JSON escapes (`\u0040`).
-//! Table columns of built-in non-text types without a rule are kept.
+//! Table columns of other built-in types without a rule are kept: an int8
+//! or numeric column is not scanned, so a card number copied into one
+//! (`SELECT card::bigint INTO t`) comes back as it is; detectors cannot
+//! follow a value through every transformation a query can apply (see the
+//! README's masking limits).
 //!
 //! # Example
 //!

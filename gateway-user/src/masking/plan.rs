@@ -250,6 +250,11 @@ enum Repr {
     /// Text form of any other type (numbers, user-defined types…): any
     /// detector hit or mask makes the value NULL.
     OtherText,
+    /// Text-format bytea and bytea[] (`\x6a6f…`, or the escape format):
+    /// detectors read the bytes the hex spells, since `convert_to(email,
+    /// 'UTF8')` is the same value one `decode` away; a hit or a mask makes
+    /// the value NULL.
+    TextBytea,
     /// Binary int8 and numeric: decoded to their text form for the
     /// detectors (a card number stored as a number), like `OtherText`.
     BinaryNumber { numeric: bool },
@@ -271,6 +276,7 @@ impl Repr {
             (0, TEXT | VARCHAR | NAME | CHAR | UNKNOWN) => Repr::Text { padded: false },
             (0, BPCHAR) => Repr::Text { padded: true },
             (0, JSON | JSONB) => Repr::Json,
+            (0, BYTEA | BYTEA_ARRAY) => Repr::TextBytea,
             (0, TEXT_ARRAY | VARCHAR_ARRAY | BPCHAR_ARRAY | NAME_ARRAY | CHAR_ARRAY) => {
                 Repr::TextArray
             }
@@ -313,6 +319,7 @@ impl Repr {
             | Repr::Json
             | Repr::TextArray
             | Repr::BinaryJson { .. }
+            | Repr::TextBytea
             | Repr::Unreadable => true,
             Repr::OtherText => {
                 type_oid >= oid::FIRST_USER
@@ -489,6 +496,7 @@ impl ResultPlan {
             Repr::TextArray
             | Repr::BinaryJson { .. }
             | Repr::OtherText
+            | Repr::TextBytea
             | Repr::BinaryNumber { .. }
             | Repr::Opaque
             | Repr::Unreadable => return Edit::Null,
@@ -500,6 +508,16 @@ impl ResultPlan {
         let prefix = match repr {
             Repr::Opaque => return Edit::Keep,
             Repr::Unreadable => return Edit::Null,
+            Repr::TextBytea => {
+                let bytes = bytea_text_bytes(value);
+                let found = &mut row.scratch.found;
+                let hit = self.detectors.iter().any(|rule| {
+                    found.clear();
+                    rule.detector.find(&bytes, found);
+                    !found.is_empty()
+                });
+                return if hit { Edit::Null } else { Edit::Keep };
+            }
             Repr::BinaryNumber { numeric } => {
                 let Some(text) = binary_number_text(value, numeric) else {
                     return Edit::Null;
@@ -722,4 +740,31 @@ fn whole_escapes(text: &[u8], hit: Range<usize>) -> Range<usize> {
 struct Scratch {
     found: Vec<Range<usize>>,
     hits: Vec<(Range<usize>, Strategy)>,
+}
+
+/// What detectors read of a text-format bytea or bytea[] value: the bytes
+/// each `\x` hex run spells (runs apart, so two values never join into one
+/// match), then the text itself for the escape format, where printable
+/// bytes stand as themselves.
+fn bytea_text_bytes(value: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(value.len() / 2 + value.len() + 1);
+    let mut i = 0;
+    while i < value.len() {
+        if value[i] == b'x' && i > 0 && value[i - 1] == b'\\' {
+            i += 1;
+            while let (Some(h), Some(l)) = (
+                value.get(i).copied().and_then(hex),
+                value.get(i + 1).copied().and_then(hex),
+            ) {
+                out.push(h << 4 | l);
+                i += 2;
+            }
+            out.push(b'\n');
+        } else {
+            i += 1;
+        }
+    }
+    out.extend_from_slice(value);
+    out
 }

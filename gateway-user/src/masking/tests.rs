@@ -510,10 +510,49 @@ fn scan_targets_depend_on_type_and_format() {
         col(None, oid::INT8, 1),          // binary int8: scanned as its decimal text
         col(src, oid::TEXT_ARRAY, 0),     // text[]
         col(src, oid::FIRST_USER + 7, 0), // user-defined (citext, enum…)
+        col(src, oid::BYTEA, 0),          // text bytea: scanned as the bytes it spells
     ]);
     let actions: Vec<_> = plan.actions().cloned().collect();
     use ColumnAction::{Keep, Scan};
-    assert_eq!(actions, [Keep, Scan, Keep, Scan, Scan, Scan, Scan]);
+    assert_eq!(actions, [Keep, Scan, Keep, Scan, Scan, Scan, Scan, Scan]);
+}
+
+#[test]
+fn text_bytea_is_read_as_the_bytes_it_spells() {
+    let mut p = policy();
+    p.detectors = all_detectors(Strategy::Redact);
+    let bytea = |source| ColumnInfo {
+        source,
+        output_name: "b",
+        type_oid: oid::BYTEA,
+        format: 0,
+    };
+    let plan = p.plan(&[bytea(None), bytea(Some(("public", "t", "b")))]);
+    let hex = |s: &str| {
+        let digits: String = s.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("\\x{digits}")
+    };
+    let email = hex("alice@example.com");
+    let card = hex("4111 1111 1111 1111");
+    let plain = hex("nothing to see");
+    // convert_to(email, 'UTF8'), computed or stored: NULL.
+    assert_eq!(
+        apply(&plan, &[Some(&email), Some(&card)]),
+        Some(vec![None, None])
+    );
+    // The escape format shows printable bytes as they are.
+    assert_eq!(
+        apply(&plan, &[Some("alice@example.com\\000"), Some(&plain)]),
+        Some(vec![None, Some(plain.clone())])
+    );
+    assert_eq!(apply(&plan, &[Some(&plain), Some("\\x")]), None);
+    // bytea[]: each element's run apart.
+    let array = format!("{{\"\\{email}\",\"\\{plain}\"}}");
+    let arrays = p.plan(&[ColumnInfo {
+        type_oid: oid::BYTEA_ARRAY,
+        ..bytea(None)
+    }]);
+    assert_eq!(apply(&arrays, &[Some(&array)]), Some(vec![None]));
 }
 
 // ---- applying ----
