@@ -315,10 +315,10 @@ impl StoreArgs {
             RecordingSettings::default()
         } else {
             Policy::load(&self.config)
+                // Each error already names its file.
                 .map_err(|e| {
                     format!(
-                        "{}: {e}\n(or name the directories with --dir and --keys-dir)",
-                        self.config.display()
+                        "invalid configuration:\n{e}\n(or name the directories with --dir and --keys-dir)"
                     )
                 })?
                 .recording()

@@ -340,6 +340,18 @@ fn credential(
     };
     let path = secret_file::resolve(place.sources, file, written.get_ref());
     match secret_file::read_secret(&path, "password_file") {
+        // Checked here, not first at a job's login: PostgreSQL passwords
+        // are text, and the cleartext and md5 exchanges end them at a NUL.
+        Ok(bytes) if std::str::from_utf8(&bytes).is_err() || bytes.contains(&0) => {
+            report.error(
+                At::of(file, written),
+                format!(
+                    "password_file {} is not a text password (it is not UTF-8, or holds a NUL byte): write the password as one line of text",
+                    path.display()
+                ),
+            );
+            None
+        }
         Ok(_) => Some(Credential {
             password_file: path,
         }),

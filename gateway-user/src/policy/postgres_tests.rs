@@ -441,6 +441,7 @@ fn secret_files_must_be_private_regular_and_non_empty() {
     let open = secret(&files, "open", "pw", 0o644);
     let group = secret(&files, "group", "pw", 0o620);
     let empty = secret(&files, "empty", "\n", 0o600);
+    let nul = secret(&files, "nul", "pw\0rest", 0o600);
     fs::create_dir_all(files.path("dir")).expect("mkdir");
     let text = format!(
         r#"[[target]]
@@ -460,16 +461,27 @@ password_file = "missing"
 [target.postgres.credentials.e]
 password_file = "dir"
 [target.postgres.credentials.f]
+[target.postgres.credentials.g]
+password_file = "{}"
 "#,
         open.display(),
         group.display(),
-        empty.display()
+        empty.display(),
+        nul.display()
     );
     let all = errors(load_one(&files, &text));
     let found: Vec<(usize, usize)> = all.iter().map(position).collect();
     assert_eq!(
         found,
-        vec![(8, 17), (10, 17), (12, 17), (14, 17), (16, 17), (17, 1)],
+        vec![
+            (8, 17),
+            (10, 17),
+            (12, 17),
+            (14, 17),
+            (16, 17),
+            (17, 1),
+            (19, 17)
+        ],
         "{all:#?}"
     );
     assert_eq!(
@@ -509,6 +521,13 @@ password_file = "dir"
             .starts_with("credentials for role \"f\" have no password_file"),
         "{}",
         all[5].message
+    );
+    assert_eq!(
+        all[6].message,
+        format!(
+            "password_file {} is not a text password (it is not UTF-8, or holds a NUL byte): write the password as one line of text",
+            nul.display()
+        )
     );
 }
 
