@@ -31,6 +31,35 @@ use super::{
 pub(super) struct Source {
     pub path: PathBuf,
     pub text: String,
+    /// Byte offset of each line's start: every rule records where it is,
+    /// and rescanning the text for each would make loading quadratic.
+    line_starts: Vec<usize>,
+}
+
+impl Source {
+    pub(super) fn new(path: PathBuf, text: String) -> Source {
+        let line_starts = std::iter::once(0)
+            .chain(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1))
+            .collect();
+        Source {
+            path,
+            text,
+            line_starts,
+        }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset, as
+    /// [`line_col`] computes them.
+    pub(super) fn line_col(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        // The last line start at or before the offset.
+        let line = self.line_starts.partition_point(|&s| s <= offset);
+        let start = self.line_starts[line - 1];
+        (line, self.text[start..offset].chars().count() + 1)
+    }
 }
 
 /// A position: a byte offset into one of the sources.
@@ -144,7 +173,7 @@ impl Report {
             .map(|p| {
                 let source = p.file.map(|f| &sources[f]);
                 let (line, col) = match (source, p.offset) {
-                    (Some(s), Some(offset)) => line_col(&s.text, offset),
+                    (Some(s), Some(offset)) => s.line_col(offset),
                     _ => (0, 0),
                 };
                 Diagnostic {
@@ -176,7 +205,7 @@ pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// `file:line:col` of a position, for messages that point at a second place.
 pub(super) fn describe(sources: &[Source], at: At) -> String {
     let source = &sources[at.file];
-    let (line, col) = line_col(&source.text, at.offset);
+    let (line, col) = source.line_col(at.offset);
     format!("{}:{line}:{col}", source.path.display())
 }
 
@@ -213,12 +242,9 @@ impl Loader {
         }
         let index = self.sources.len();
         match read_policy(&path) {
-            Ok(text) => self.sources.push(Source { path, text }),
+            Ok(text) => self.sources.push(Source::new(path, text)),
             Err(message) => {
-                self.sources.push(Source {
-                    path,
-                    text: String::new(),
-                });
+                self.sources.push(Source::new(path, String::new()));
                 self.report.file_error(index, message);
                 return;
             }

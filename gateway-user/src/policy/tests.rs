@@ -1702,3 +1702,19 @@ ports = [1]
         "{messages:#?}"
     );
 }
+
+#[test]
+fn line_and_column_come_from_the_line_index_as_from_a_rescan() {
+    let text = "[[rule]]\nname = \"é\"\r\n\n  x = «ü»\nlast";
+    let source = super::load::Source::new("p.toml".into(), text.to_owned());
+    for offset in 0..=text.len() + 3 {
+        assert_eq!(
+            source.line_col(offset),
+            super::load::line_col(text, offset),
+            "offset {offset}"
+        );
+    }
+    let empty = super::load::Source::new("e.toml".into(), String::new());
+    assert_eq!(empty.line_col(0), (1, 1));
+    assert_eq!(empty.line_col(5), (1, 1));
+}
