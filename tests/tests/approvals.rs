@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use chokepoint_tests::{
     Gateway, GatewayConfig, PgServer, TestCgroup, WebhookReceiver, chokepoint_bin_for_anyone, cli,
-    job_command, job_psql,
+    job_command, job_psql, message,
     postgres::{cstrings, frame},
     run_with_timeout, wait_for,
 };
@@ -566,6 +566,77 @@ fn a_statement_approved_at_parse_runs_at_every_bind() -> Result<()> {
     let all = s.gw.approvals(&["list", "--all", "--json"])?;
     let all: Vec<Value> = serde_json::from_slice(&all.stdout)?;
     assert_eq!(all.len(), 1, "{all:?}");
+    Ok(())
+}
+
+/// An approval given at prepare time is the approval of the rule that
+/// held the statement: after a reload in which another rule (with its own
+/// approvers) holds it, a Bind of it is refused, not run on the old yes.
+#[test]
+fn a_prepared_approval_does_not_carry_over_to_another_rule_after_a_reload() -> Result<()> {
+    let mut s = Setup::start(
+        "apr-reheld",
+        87,
+        "approvers = [\"nobody\"]\ntimeout = \"10m\"",
+    )?;
+    let marks = tempfile::tempdir()?;
+    let (prepared, reloaded) = (marks.path().join("prepared"), marks.path().join("reloaded"));
+    let path = |p: &PathBuf| -> Result<String> { Ok(p.to_str().context("path")?.to_owned()) };
+    let steps = json!([
+        { "prepare": "DELETE FROM orders WHERE id = $1" },
+        { "execute": { "statement": 0, "params": [11] } },
+        { "touch": path(&prepared)? },
+        { "wait_file": path(&reloaded)? },
+        { "execute": { "statement": 0, "params": [12] } },
+    ]);
+    let conninfo = format!("host={} port=5432 dbname=orders user=app_rw", s.address);
+    let child = job_command(&s.cg, PGCLIENT)
+        .arg(&conninfo)
+        .arg(steps.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning cp-pgclient")?;
+    let job = Job::new(child);
+    let reload = (|| -> Result<()> {
+        let id = s.wait_pending(1)?[0]["id"]
+            .as_str()
+            .context("id")?
+            .to_owned();
+        let out = s.approvals_as(NOBODY, NOBODY, &["approve", &id])?;
+        ensure!(out.status.success(), "{}", text(&out));
+        wait_for("the first execute", WAIT, || {
+            prepared.exists().then_some(())
+        })?;
+        // The same hold under another rule's name: other approvers.
+        let config = std::fs::read_to_string(s.gw.config_path())?;
+        let renamed = config.replace(r#"name = "ci-orders""#, r#"name = "ci-orders-v2""#);
+        ensure!(renamed != config, "no rule to rename in:\n{config}");
+        s.gw.write_config(&renamed)?;
+        let outcome = s.gw.reload()?;
+        ensure!(message(&outcome) == Some("policy reloaded"), "{outcome}");
+        Ok(())
+    })();
+    // Let the client go on (or fail its wait) whatever happened.
+    std::fs::write(&reloaded, b"")?;
+    let out = job.finish()?;
+    reload?;
+    let r: Vec<Value> = text(&out)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| text(&out))?;
+    ensure!(r.len() == 5, "{}", text(&out));
+    assert_eq!(r[0]["ok"], true, "prepare, held and approved: {}", r[0]);
+    assert_eq!(r[1]["ok"], true, "a Bind under the same rule: {}", r[1]);
+    assert_eq!(r[4]["error"]["code"], "42501", "{}", r[4]);
+    let refusal = r[4]["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        refusal.contains("needs approval by rule ci-orders-v2")
+            && refusal.contains("prepare it again to ask for approval"),
+        "{refusal}"
+    );
+    assert_eq!(s.orders()?, "39");
     Ok(())
 }
 

@@ -7,7 +7,8 @@
 //! |---|---|
 //! | `{"simple": "SQL"}` | `simple_query` (simple protocol, text results) |
 //! | `{"query": {"sql": "SQL", "params": [1, "x"]}}` | `query` (extended protocol, binary results) |
-//! | `{"prepare": "SQL"}` | `prepare` only (Parse + Describe + Sync) |
+//! | `{"prepare": "SQL"}` | `prepare` only (Parse + Describe + Sync); the statement is kept for `execute` |
+//! | `{"execute": {"statement": N, "params": [7]}}` | Bind and Execute of the N-th statement `prepare` steps made (from 0), with no new Parse |
 //! | `{"typed": "SQL"}` | `query_typed`: unnamed statement and portal, one round trip |
 //! | `{"pipeline": ["SQL", …]}` | every `query` at once on the one connection |
 //! | `{"typed_pipeline": ["SQL", …]}` | every `query_typed` at once |
@@ -53,6 +54,11 @@ enum Step {
         params: Vec<Value>,
     },
     Prepare(String),
+    Execute {
+        statement: usize,
+        #[serde(default)]
+        params: Vec<Value>,
+    },
     Typed(String),
     Pipeline(Vec<String>),
     TypedPipeline(Vec<String>),
@@ -117,13 +123,24 @@ async fn run(config: Config, steps: Vec<Step>) -> ExitCode {
         }
     });
     let client = Arc::new(client);
+    let mut prepared = Vec::new();
     for (i, step) in steps.into_iter().enumerate() {
         let mut out = match step {
             Step::Simple(sql) => simple(&client, &sql).await,
             Step::Query { sql, params } => query(&client, &sql, &params).await,
             Step::Prepare(sql) => match client.prepare(&sql).await {
-                Ok(statement) => json!({"ok": true, "columns": statement.columns().len()}),
+                Ok(statement) => {
+                    let out = json!({"ok": true, "columns": statement.columns().len()});
+                    prepared.push(statement);
+                    out
+                }
                 Err(e) => failed(&e),
+            },
+            Step::Execute { statement, params } => match prepared.get(statement) {
+                Some(s) => query(&client, s, &params).await,
+                None => {
+                    json!({"ok": false, "error": {"code": null, "message": format!("no statement {statement} was prepared")}})
+                }
             },
             Step::Typed(sql) => typed(&client, &sql).await,
             Step::Pipeline(sqls) => {
@@ -183,7 +200,10 @@ async fn simple(client: &Client, sql: &str) -> Value {
     }
 }
 
-async fn query(client: &Client, sql: &str, params: &[Value]) -> Value {
+async fn query<T>(client: &Client, sql: &T, params: &[Value]) -> Value
+where
+    T: ?Sized + tokio_postgres::ToStatement,
+{
     let params: Vec<Param> = params.iter().cloned().map(Param).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     match client.query(sql, &refs).await {
