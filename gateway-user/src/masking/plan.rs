@@ -509,11 +509,11 @@ impl ResultPlan {
             Repr::Opaque => return Edit::Keep,
             Repr::Unreadable => return Edit::Null,
             Repr::TextBytea => {
-                let bytes = bytea_text_bytes(value);
-                let found = &mut row.scratch.found;
+                let Scratch { found, bytea, .. } = &mut row.scratch;
+                bytea_text_bytes(value, bytea);
                 let hit = self.detectors.iter().any(|rule| {
                     found.clear();
-                    rule.detector.find(&bytes, found);
+                    rule.detector.find(bytea, found);
                     !found.is_empty()
                 });
                 return if hit { Edit::Null } else { Edit::Keep };
@@ -637,7 +637,7 @@ const KEEP_ARENA_BYTES: usize = 1 << 20;
 impl MaskedRow {
     fn clear(&mut self) {
         self.edits.clear();
-        for buffer in [&mut self.arena, &mut self.text] {
+        for buffer in [&mut self.arena, &mut self.text, &mut self.scratch.bytea] {
             if buffer.capacity() > KEEP_ARENA_BYTES {
                 *buffer = Vec::new();
             } else {
@@ -740,15 +740,18 @@ fn whole_escapes(text: &[u8], hit: Range<usize>) -> Range<usize> {
 struct Scratch {
     found: Vec<Range<usize>>,
     hits: Vec<(Range<usize>, Strategy)>,
+    /// A bytea value as the bytes it spells: reused, since a table's bytea
+    /// column is scanned on every row.
+    bytea: Vec<u8>,
 }
 
 /// What detectors read of a text-format bytea or bytea[] value: the bytes
 /// each `\x` hex run spells (runs apart, so two values never join into one
 /// match), then the text itself for the escape format, where printable
 /// bytes stand as themselves.
-fn bytea_text_bytes(value: &[u8]) -> Vec<u8> {
+fn bytea_text_bytes(value: &[u8], out: &mut Vec<u8>) {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(value.len() / 2 + value.len() + 1);
+    out.clear();
     let mut i = 0;
     while i < value.len() {
         if value[i] == b'x' && i > 0 && value[i - 1] == b'\\' {
@@ -766,5 +769,4 @@ fn bytea_text_bytes(value: &[u8]) -> Vec<u8> {
         }
     }
     out.extend_from_slice(value);
-    out
 }
