@@ -116,6 +116,19 @@ impl Setup {
         Ok(Job::new(child))
     }
 
+    /// cp-pgclient in the cgroup running `steps`, in the background.
+    fn spawn_pgclient(&self, steps: &Value) -> Result<Job> {
+        let conninfo = format!("host={} port=5432 dbname=orders user=app_rw", self.address);
+        let child = job_command(&self.cg, PGCLIENT)
+            .arg(&conninfo)
+            .arg(steps.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning cp-pgclient")?;
+        Ok(Job::new(child))
+    }
+
     /// `chokepoint approvals --socket … <args>` as `uid`:`gid`.
     fn approvals_as(&self, uid: u32, gid: u32, args: &[&str]) -> Result<Output> {
         let mut cmd = Command::new(&self.bin);
@@ -140,6 +153,14 @@ impl Setup {
         wait_for(&format!("{n} pending requests"), WAIT, || {
             self.pending().ok().filter(|p| p.len() == n)
         })
+    }
+
+    /// Waits for exactly one pending request; returns its id.
+    fn first_pending_id(&self) -> Result<String> {
+        Ok(self.wait_pending(1)?[0]["id"]
+            .as_str()
+            .context("id")?
+            .to_owned())
     }
 
     fn orders(&self) -> Result<String> {
@@ -210,6 +231,16 @@ impl Job {
                 )
             }
         }
+    }
+
+    /// Ends the client (it goes away while held), and reaps it.
+    fn kill(self) -> Result<()> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        let _ = self.finish();
+        Ok(())
     }
 
     /// Still running (held), checked without waiting.
@@ -360,10 +391,7 @@ fn denied_and_timed_out_statements_fail_with_42501_and_the_session_goes_on() -> 
     )?;
     // Denied.
     let job = s.spawn_psql(&["DELETE FROM orders WHERE id = 1", "SELECT 'after'"])?;
-    let id = s.wait_pending(1)?[0]["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
+    let id = s.first_pending_id()?;
     let no_reason = s.approvals_as(NOBODY, NOBODY, &["deny", &id, "--reason", " "])?;
     assert!(!no_reason.status.success());
     let denied = s.approvals_as(
@@ -431,15 +459,8 @@ fn a_client_that_leaves_cancels_its_request_and_a_grant_skips_asking() -> Result
     )?;
     // The client goes away while held.
     let job = s.spawn_psql(&["DELETE FROM orders WHERE id = 1"])?;
-    let id = s.wait_pending(1)?[0]["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(job.pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
-    let _ = job.finish();
+    let id = s.first_pending_id()?;
+    job.kill()?;
     let cancelled = wait_for("the request to be cancelled", WAIT, || {
         let out = s.gw.approvals(&["show", &id, "--json"]).ok()?;
         let r: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
@@ -456,10 +477,7 @@ fn a_client_that_leaves_cancels_its_request_and_a_grant_skips_asking() -> Result
 
     // Approved with --for: later writes of the same class run unasked.
     let job = s.spawn_psql(&["DELETE FROM orders WHERE id = 2"])?;
-    let id = s.wait_pending(1)?[0]["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
+    let id = s.first_pending_id()?;
     let out = s.approvals_as(NOBODY, NOBODY, &["approve", &id, "--for", "20m"])?;
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("grant until"), "{}", text(&out));
@@ -493,11 +511,7 @@ fn a_client_that_leaves_cancels_its_request_and_a_grant_skips_asking() -> Result
             .contains("id = 5"),
         "{pending:?}"
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(job.pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
-    let _ = job.finish();
+    job.kill()?;
     assert_eq!(s.orders()?, "38");
     Ok(())
 }
@@ -535,19 +549,8 @@ fn a_statement_approved_at_parse_runs_at_every_bind() -> Result<()> {
         sync,
     ];
     let steps = json!([{ "raw_until_ready": { "hex": script.concat(), "ready": 3 } }]);
-    let conninfo = format!("host={} port=5432 dbname=orders user=app_rw", s.address);
-    let child = job_command(&s.cg, PGCLIENT)
-        .arg(&conninfo)
-        .arg(steps.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning cp-pgclient")?;
-    let job = Job::new(child);
-    let id = s.wait_pending(1)?[0]["id"]
-        .as_str()
-        .context("id")?
-        .to_owned();
+    let job = s.spawn_pgclient(&steps)?;
+    let id = s.first_pending_id()?;
     let out = s.approvals_as(NOBODY, NOBODY, &["approve", &id])?;
     assert!(out.status.success(), "{}", text(&out));
     let out = job.finish()?;
@@ -589,20 +592,9 @@ fn a_prepared_approval_does_not_carry_over_to_another_rule_after_a_reload() -> R
         { "wait_file": path(&reloaded)? },
         { "execute": { "statement": 0, "params": [12] } },
     ]);
-    let conninfo = format!("host={} port=5432 dbname=orders user=app_rw", s.address);
-    let child = job_command(&s.cg, PGCLIENT)
-        .arg(&conninfo)
-        .arg(steps.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning cp-pgclient")?;
-    let job = Job::new(child);
+    let job = s.spawn_pgclient(&steps)?;
     let reload = (|| -> Result<()> {
-        let id = s.wait_pending(1)?[0]["id"]
-            .as_str()
-            .context("id")?
-            .to_owned();
+        let id = s.first_pending_id()?;
         let out = s.approvals_as(NOBODY, NOBODY, &["approve", &id])?;
         ensure!(out.status.success(), "{}", text(&out));
         wait_for("the first execute", WAIT, || {
