@@ -37,6 +37,7 @@ fn main() {
     };
     let column = |name, type_oid| ColumnInfo {
         source: Some(("public", "customers_100", name)),
+        ancestors: &[],
         output_name: name,
         type_oid,
         format: 0,

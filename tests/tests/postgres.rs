@@ -1241,6 +1241,64 @@ fn masking_resolves_columns_in_each_sessions_database() -> Result<()> {
     Ok(())
 }
 
+/// A column rule names a table; the rows of a partitioned or inherited
+/// table live in its partitions and children, which a job can read by
+/// their own names. Their columns are masked under the parent's rule.
+#[test]
+fn a_parents_column_rule_covers_partitions_and_children() -> Result<()> {
+    let s = Setup::start("pg-mask-parts", 69, Policy::Guarded)?;
+    s.pg.admin_psql(
+        "postgres",
+        "postgres",
+        &["CREATE DATABASE parts OWNER app_rw"],
+    )?;
+    s.pg.admin_psql(
+        "app_rw",
+        "parts",
+        &[
+            "CREATE TABLE customers (id int, email text) PARTITION BY RANGE (id); \
+           CREATE TABLE customers_low PARTITION OF customers \
+             FOR VALUES FROM (0) TO (100) PARTITION BY RANGE (id); \
+           CREATE TABLE customers_low_a PARTITION OF customers_low FOR VALUES FROM (0) TO (50); \
+           INSERT INTO customers VALUES (1, 'part-secret@example.com')",
+        ],
+    )?;
+    s.pg.admin_psql(
+        "app_rw",
+        "orders",
+        &["CREATE TABLE customers_kid () INHERITS (customers); \
+           INSERT INTO customers_kid (id, name, email) VALUES (100, 'Kid', 'kid-secret@example.com')"],
+    )?;
+    let parts = run_with_timeout(
+        &mut job_psql(
+            &s.cg,
+            &format!("host={} port=5432 dbname=parts user=app_rw", s.address),
+            &[
+                "SELECT email FROM customers",
+                "SELECT email FROM customers_low",
+                "SELECT email AS x FROM customers_low_a",
+                "SELECT email FROM ONLY customers_low_a",
+            ],
+        ),
+        CLIENT_TIMEOUT,
+    )
+    .map(Psql::from)?;
+    assert!(parts.ok, "{parts:?}");
+    let masked = partial("part-secret@example.com", 4);
+    assert_eq!(parts.lines(), [masked.as_str(); 4], "{parts:?}");
+    let kid = s.psql(
+        "app_rw",
+        &[
+            "SELECT email FROM customers_kid",
+            "SELECT email FROM customers WHERE id = 100",
+        ],
+    )?;
+    assert!(kid.ok, "{kid:?}");
+    let masked = partial("kid-secret@example.com", 4);
+    assert_eq!(kid.lines(), [masked.as_str(); 2], "{kid:?}");
+    Ok(())
+}
+
 /// The gateway pairs each response with its request by counting. Two
 /// places where the server answers less than was sent: after an error in
 /// an extended-protocol batch it discards a simple Query sent before the

@@ -77,8 +77,8 @@
 //!     ..MaskingPolicy::default()
 //! };
 //! let plan = policy.plan(&[
-//!     ColumnInfo { source: Some(("public", "customers", "card")), output_name: "c", type_oid: 25, format: 0 },
-//!     ColumnInfo { source: None, output_name: "note", type_oid: 25, format: 0 },
+//!     ColumnInfo { source: Some(("public", "customers", "card")), ancestors: &[], output_name: "c", type_oid: 25, format: 0 },
+//!     ColumnInfo { source: None, ancestors: &[], output_name: "note", type_oid: 25, format: 0 },
 //! ]);
 //! let row = plan.apply(&[Some(b"4111111111111111"), Some(b"mail a@b.com")]).unwrap();
 //! assert_eq!(row[0].as_deref(), Some(&b"************1111"[..]));

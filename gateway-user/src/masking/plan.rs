@@ -74,6 +74,11 @@ pub struct ColumnInfo<'a> {
     /// column (RowDescription table OID and attribute number, resolved
     /// through the catalog); `None` for computed columns.
     pub source: Option<(&'a str, &'a str, &'a str)>,
+    /// `(schema, table)` of every table the source table is a partition or
+    /// inheritance child of, nearest first. A column rule on one of them
+    /// covers the same-named column here: reading a partition directly
+    /// must not get around its parent's rule.
+    pub ancestors: &'a [(String, String)],
     /// The field name in RowDescription (the alias, if any).
     pub output_name: &'a str,
     pub type_oid: u32,
@@ -160,7 +165,8 @@ impl MaskingPolicy {
 
     /// Decides, once per RowDescription, what happens to each column:
     ///
-    /// 1. the first column rule matching the column's source → `Mask`;
+    /// 1. the first column rule matching the column's source, or the
+    ///    same-named column of one of its table's ancestors → `Mask`;
     /// 2. else the first name rule matching its output name → `Mask`;
     /// 3. else, if there are detectors, `Scan` when the column is computed
     ///    (and its values are scannable) or its type is text-like;
@@ -193,7 +199,13 @@ impl MaskingPolicy {
         let by_source = info.source.and_then(|(schema, table, column)| {
             self.columns
                 .iter()
-                .find(|r| r.matches(schema, table, column))
+                .find(|r| {
+                    r.matches(schema, table, column)
+                        || info
+                            .ancestors
+                            .iter()
+                            .any(|(schema, table)| r.matches(schema, table, column))
+                })
                 .map(|r| (r.strategy, &r.name))
         });
         let by_name = || {

@@ -22,6 +22,7 @@ fn text_col(
 ) -> ColumnInfo<'static> {
     ColumnInfo {
         source,
+        ancestors: &[],
         output_name: name,
         type_oid: oid::TEXT,
         format: 0,
@@ -439,6 +440,7 @@ fn plan_precedence_column_then_name_then_scan() {
         // Table column of a non-text type: kept.
         ColumnInfo {
             source: Some(("public", "staff", "id")),
+            ancestors: &[],
             output_name: "id",
             type_oid: oid::INT8,
             format: 0,
@@ -470,6 +472,33 @@ fn plan_precedence_column_then_name_then_scan() {
 }
 
 #[test]
+fn a_parents_column_rule_covers_its_partitions() {
+    let mut p = policy();
+    p.columns
+        .push(ColumnRule::parse("sales.customers.email", Strategy::Redact, "pii").unwrap());
+    let ancestors = [
+        ("sales".to_owned(), "customers_2026".to_owned()),
+        ("sales".to_owned(), "customers".to_owned()),
+    ];
+    let column = |table, column, ancestors| ColumnInfo {
+        source: Some(("sales", table, column)),
+        ancestors,
+        output_name: column,
+        type_oid: oid::TEXT,
+        format: 0,
+    };
+    let plan = p.plan(&[
+        // A leaf two levels below the table the rule names.
+        column("customers_2026_11", "email", &ancestors),
+        // Another column of it: no rule.
+        column("customers_2026_11", "name", &ancestors),
+        // A table with the same column and no ancestors: no rule.
+        column("prospects", "email", &[]),
+    ]);
+    assert_eq!(plan.masked_columns().collect::<Vec<_>>(), [(0, "pii")]);
+}
+
+#[test]
 fn first_matching_rule_wins() {
     let mut p = policy();
     p.columns
@@ -497,6 +526,7 @@ fn scan_targets_depend_on_type_and_format() {
     p.detectors = all_detectors(Strategy::Redact);
     let col = |source, type_oid, format| ColumnInfo {
         source,
+        ancestors: &[],
         output_name: "c",
         type_oid,
         format,
@@ -523,6 +553,7 @@ fn text_bytea_is_read_as_the_bytes_it_spells() {
     p.detectors = all_detectors(Strategy::Redact);
     let bytea = |source| ColumnInfo {
         source,
+        ancestors: &[],
         output_name: "b",
         type_oid: oid::BYTEA,
         format: 0,
@@ -649,6 +680,7 @@ fn binary_non_text_masks_to_null() {
         .push(ColumnRule::parse("t.*", Strategy::Redact, "all").unwrap());
     let col = |c, type_oid, format| ColumnInfo {
         source: Some(("public", "t", c)),
+        ancestors: &[],
         output_name: c,
         type_oid,
         format,
@@ -690,6 +722,7 @@ fn json_masks_stay_valid_json() {
     )];
     let json = |name| ColumnInfo {
         source: None,
+        ancestors: &[],
         output_name: name,
         type_oid: oid::JSONB,
         format: 0,
@@ -719,6 +752,7 @@ fn json_hits_never_split_an_escape() {
     p.detectors = all_detectors(Strategy::Partial { keep_last: 2 });
     let plan = p.plan(&[ColumnInfo {
         source: None,
+        ancestors: &[],
         output_name: "doc",
         type_oid: oid::JSON,
         format: 0,
@@ -741,6 +775,7 @@ fn json_array_hit_nulls_the_value() {
     p.detectors = vec![detector(Detector::Email, Strategy::Redact)];
     let plan = p.plan(&[ColumnInfo {
         source: Some(("public", "t", "docs")),
+        ancestors: &[],
         output_name: "docs",
         type_oid: oid::JSONB_ARRAY,
         format: 0,
@@ -765,6 +800,7 @@ fn jsonb_binary_is_scanned_after_its_version_byte() {
     p.detectors = vec![detector(Detector::Email, Strategy::Redact)];
     let plan = p.plan(&[ColumnInfo {
         source: Some(("public", "t", "doc")),
+        ancestors: &[],
         output_name: "doc",
         type_oid: oid::JSONB,
         format: 1,
@@ -782,6 +818,7 @@ fn detector_hit_in_non_text_value_nulls_it() {
     p.detectors = all_detectors(Strategy::Redact);
     let plan = p.plan(&[ColumnInfo {
         source: None,
+        ancestors: &[],
         output_name: "card",
         type_oid: oid::INT8,
         format: 0,
@@ -796,6 +833,7 @@ fn text_array_hits_are_replaced_inside_the_literal() {
     p.detectors = vec![detector(Detector::Email, Strategy::Redact)];
     let plan = p.plan(&[ColumnInfo {
         source: Some(("public", "t", "cc")),
+        ancestors: &[],
         output_name: "cc",
         type_oid: oid::TEXT_ARRAY,
         format: 0,
@@ -815,6 +853,7 @@ fn bpchar_padding_is_ignored_by_hash_and_partial() {
         .push(NameRule::parse("p", Strategy::Partial { keep_last: 2 }, "p").unwrap());
     let col = |name| ColumnInfo {
         source: None,
+        ancestors: &[],
         output_name: name,
         type_oid: oid::BPCHAR,
         format: 0,
@@ -881,18 +920,21 @@ fn binary_arrays_and_records_are_nulled_where_detectors_would_scan() {
     let columns = [
         ColumnInfo {
             source: None,
+            ancestors: &[],
             output_name: "array_agg",
             type_oid: oid::TEXT_ARRAY,
             format: 1,
         },
         ColumnInfo {
             source: None,
+            ancestors: &[],
             output_name: "row",
             type_oid: oid::RECORD,
             format: 1,
         },
         ColumnInfo {
             source: None,
+            ancestors: &[],
             output_name: "count",
             type_oid: oid::INT8,
             format: 1,
@@ -921,6 +963,7 @@ fn withheld_columns_become_null_and_rule_masks_stay() {
     };
     let column = |name, source| ColumnInfo {
         source,
+        ancestors: &[],
         output_name: name,
         type_oid: oid::TEXT,
         format: 0,
@@ -982,6 +1025,7 @@ fn binary_numbers_are_scanned_as_their_decimal_text() {
     };
     let computed = |type_oid| ColumnInfo {
         source: None,
+        ancestors: &[],
         output_name: "n",
         type_oid,
         format: 1,

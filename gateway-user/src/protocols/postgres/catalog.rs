@@ -1,6 +1,8 @@
 //! Column provenance for masking: a RowDescription names each column's
 //! table by OID and attribute number, and this cache turns that into
-//! `schema.table.column` with one catalog query per unseen table.
+//! `schema.table.column` with one catalog query per unseen table, plus
+//! the tables it is a partition or inheritance child of: a column rule
+//! on a partitioned table must cover a job that reads one partition.
 //!
 //! OIDs are per database, so there is one catalog per target, database and
 //! role (`PostgresShared::catalog`), each with its own connection; a policy
@@ -15,8 +17,21 @@ use tracing::warn;
 
 use super::upstream::Route;
 
-/// `(schema, table, column)`.
-pub type ColumnSource = Arc<(String, String, String)>;
+/// Where a result column comes from.
+#[derive(Debug)]
+pub struct SourceColumn {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+    /// `(schema, table)` of every ancestor of the table, nearest first.
+    pub ancestors: Arc<[(String, String)]>,
+}
+
+pub type ColumnSource = Arc<SourceColumn>;
+
+/// Levels of `pg_inherits` followed: PostgreSQL sets no limit, and a
+/// deeper hierarchy than this is no partitioning scheme anyone runs.
+const MAX_ANCESTRY: i32 = 64;
 
 /// Entries kept before the cache starts over: a job allowed DDL could
 /// otherwise grow it without end by creating tables, each seen once.
@@ -135,6 +150,26 @@ impl Catalog {
             )
             .await
             .map_err(|e| e.to_string())?;
+        let ancestors: Arc<[(String, String)]> = c
+            .query(
+                "WITH RECURSIVE up(relid, depth) AS ( \
+                   SELECT inhparent, 1 FROM pg_catalog.pg_inherits WHERE inhrelid = $1 \
+                   UNION \
+                   SELECT i.inhparent, up.depth + 1 \
+                   FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid = up.relid \
+                   WHERE up.depth < $2) \
+                 SELECT n.nspname::text, c.relname::text \
+                 FROM up \
+                 JOIN pg_catalog.pg_class c ON c.oid = up.relid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 ORDER BY up.depth, c.oid",
+                &[&oid, &MAX_ANCESTRY],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
         let mut columns = self.columns.lock().unwrap_or_else(|p| p.into_inner());
         if columns.len() + rows.len() + 1 > MAX_COLUMNS {
             // Forgetting costs only repeated lookups; plans already made
@@ -144,7 +179,13 @@ impl Catalog {
         for row in rows {
             let (schema, table, column, attnum): (String, String, String, i16) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
-            columns.insert((oid, attnum), Some(Arc::new((schema, table, column))));
+            let source = SourceColumn {
+                schema,
+                table,
+                column,
+                ancestors: Arc::clone(&ancestors),
+            };
+            columns.insert((oid, attnum), Some(Arc::new(source)));
         }
         // Remember the miss too (dropped table, system column) so it does
         // not cost a query per row description.

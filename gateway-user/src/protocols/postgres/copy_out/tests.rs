@@ -17,6 +17,7 @@ fn plan(names: &[&'static str]) -> Arc<ResultPlan> {
         .iter()
         .map(|name| ColumnInfo {
             source: None,
+            ancestors: &[],
             output_name: name,
             type_oid: oid::TEXT,
             format: 0,

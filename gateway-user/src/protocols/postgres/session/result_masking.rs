@@ -206,7 +206,8 @@ impl Session<'_> {
             .map(|(&(name, _, _, type_oid, format), source)| ColumnInfo {
                 source: source
                     .as_deref()
-                    .map(|(s, t, c)| (s.as_str(), t.as_str(), c.as_str())),
+                    .map(|s| (s.schema.as_str(), s.table.as_str(), s.column.as_str())),
+                ancestors: source.as_deref().map_or(&[], |s| &s.ancestors),
                 output_name: name,
                 type_oid,
                 format,
