@@ -1299,6 +1299,65 @@ fn a_parents_column_rule_covers_partitions_and_children() -> Result<()> {
     Ok(())
 }
 
+/// A masking rule added by a reload covers sessions already open, for
+/// simple queries and for a statement prepared before the reload.
+#[test]
+fn a_reloaded_masking_rule_reaches_open_sessions() -> Result<()> {
+    let mut s = Setup::start("pg-mask-reload", 70, Policy::Unmasked)?;
+    let marks = tempfile::tempdir()?;
+    let (before, reloaded) = (marks.path().join("before"), marks.path().join("reloaded"));
+    let by_id = "SELECT email FROM customers WHERE id = $1";
+    let steps = json!([
+        simple("SELECT email FROM customers WHERE id = 1"),
+        { "prepare": by_id },
+        { "execute": { "statement": 0, "params": [1] } },
+        { "touch": before.to_str().context("path")? },
+        { "wait_file": reloaded.to_str().context("path")? },
+        simple("SELECT email FROM customers WHERE id = 1"),
+        { "execute": { "statement": 0, "params": [1] } },
+        query_with(by_id, json!([1])),
+    ]);
+    let mut client = job_command(&s.cg, PGCLIENT)
+        .arg(s.conninfo("app_rw"))
+        .arg(steps.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning cp-pgclient")?;
+    let reload = (|| -> Result<()> {
+        wait_for("the steps before the reload", CLIENT_TIMEOUT, || {
+            before.exists().then_some(())
+        })?;
+        let config = std::fs::read_to_string(s.gw.config_path())?;
+        s.gw.write_config(&format!("{config}\n{MASKING_RULES}"))?;
+        let outcome = s.gw.reload()?;
+        ensure!(message(&outcome) == Some("policy reloaded"), "{outcome}");
+        Ok(())
+    })();
+    // Let the client go on (or fail its wait) whatever happened.
+    std::fs::write(&reloaded, b"")?;
+    if reload.is_err() {
+        let _ = client.kill();
+    }
+    let out = client.wait_with_output()?;
+    reload?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: Vec<Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))?;
+    ensure!(r.len() == 8, "{stdout}");
+    let email = CUSTOMERS[0].email;
+    assert_rows(&r[0], &[&[email]], "before the reload, simple");
+    assert_rows(&r[2], &[&[email]], "before the reload, prepared");
+    let masked = partial(email, 4);
+    assert_rows(&r[5], &[&[&masked]], "after the reload, simple");
+    assert_rows(&r[6], &[&[&masked]], "after the reload, prepared before it");
+    assert_rows(&r[7], &[&[&masked]], "after the reload, extended");
+    Ok(())
+}
+
 /// The gateway pairs each response with its request by counting. Two
 /// places where the server answers less than was sent: after an error in
 /// an extended-protocol batch it discards a simple Query sent before the

@@ -292,6 +292,7 @@ fn refresh(shared: &Arc<Shared>, flow: &Flow, target: &str) -> postgres::Refresh
             rules,
             mode,
             copy_out_masked: policy.copy_out_masked(),
+            masking: policy.masking_for(&target),
         }
     })
 }

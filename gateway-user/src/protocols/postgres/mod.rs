@@ -148,16 +148,19 @@ pub struct Refreshed {
     pub rules: Result<SessionRules, String>,
     pub mode: Mode,
     pub copy_out_masked: CopyOutMasked,
+    /// The target's masking rules now. Results described after the
+    /// reload are planned with them; rows already on their way keep the
+    /// plan they were described under.
+    pub masking: Arc<MaskingPolicy>,
 }
 
 /// Works out [`Refreshed`] from the current policy for a session's role.
 pub type Refresh = Arc<dyn Fn(&str) -> Refreshed + Send + Sync>;
 
 /// What one session needs from the policy when it starts. The statement
-/// policy (rules, mode, `copy_out_masked`) follows reloads through
-/// `refresh`; the target (upstream, credentials, TLS) and the masking
-/// rules stay as the session started: its connection and the result
-/// layouts it planned belong to them.
+/// policy (rules, mode, `copy_out_masked`) and the masking rules follow
+/// reloads through `refresh`; the target (upstream, credentials, TLS)
+/// stays as the session started: its connection belongs to it.
 pub struct PostgresContext {
     pub target: Arc<PostgresTarget>,
     pub rules: SessionRules,

@@ -128,6 +128,10 @@ pub enum Pending {
         portal: String,
         running: Option<Running>,
         plan: Option<Arc<ResultPlan>>,
+        /// Whether the gateway asked for its layout (masking was on when
+        /// it was sent). Its rows must then have a plan; without, they
+        /// pass as they are, even if a reload has added masking since.
+        described: bool,
     },
     /// `Some` for a statement's Close (a portal's changes nothing here).
     Close(Option<Undo>),
@@ -351,6 +355,7 @@ mod tests {
             portal: String::new(),
             running: None,
             plan: None,
+            described: false,
         });
         t.push(Pending::Sync);
         t.pending.pop_front(); // ParseComplete
@@ -365,6 +370,7 @@ mod tests {
             portal: String::new(),
             running: None,
             plan: None,
+            described: false,
         }
     }
 

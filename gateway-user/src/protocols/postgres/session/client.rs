@@ -104,7 +104,8 @@ impl Session<'_> {
                 // Masking needs this Execute's row layout. Asking right
                 // before it is the only answer that cannot belong to an
                 // earlier or later Bind of the same portal name.
-                if !self.ctx.masking.is_empty() {
+                let described = !self.masking.is_empty();
+                if described {
                     push_describe_portal(&mut self.to_upstream, &portal);
                     self.tracker.push(Pending::Describe {
                         portal: Some(portal.clone()),
@@ -133,6 +134,7 @@ impl Session<'_> {
                     portal,
                     running,
                     plan: None,
+                    described,
                 });
             }
             FrontendMessage::Close(c) => {
@@ -214,7 +216,7 @@ impl Session<'_> {
         // they stream (see `copy_out_rows`).
         if decision.verdict == StatementVerdict::Allow
             && self.copy_out_masked == CopyOutMasked::Deny
-            && !self.ctx.masking.is_empty()
+            && !self.masking.is_empty()
             && classification
                 .statements
                 .iter()
@@ -229,7 +231,7 @@ impl Session<'_> {
             };
         }
         if decision.verdict == StatementVerdict::Allow
-            && !self.ctx.masking.is_empty()
+            && !self.masking.is_empty()
             && let Some(view) = reads_column_statistics(classification)
         {
             decision = StatementDecision {
@@ -266,6 +268,10 @@ impl Session<'_> {
         let fresh = refresh(&self.login.1);
         self.mode = fresh.mode;
         self.copy_out_masked = fresh.copy_out_masked;
+        if !Arc::ptr_eq(&self.masking, &fresh.masking) {
+            self.masking = fresh.masking;
+            self.layouts = LayoutCache::default();
+        }
         match fresh.rules {
             Ok(rules) => {
                 self.rules = rules;

@@ -66,7 +66,7 @@ use super::{
 use crate::{
     approvals::{Ask, GrantQuery, Held, HeldEvent, Requester, State as ApprovalState},
     flow::Flow,
-    masking::{ColumnInfo, MaskedRow, ResultPlan},
+    masking::{ColumnInfo, MaskedRow, MaskingPolicy, ResultPlan},
     policy::{
         ApprovalRule, CopyOutMasked, Mode, SessionRules, StatementDecision, StatementVerdict,
     },
@@ -183,6 +183,7 @@ pub async fn serve(
         rules,
         mode: ctx.mode,
         copy_out_masked: ctx.copy_out_masked,
+        masking: Arc::clone(&ctx.masking),
         generation: ctx.generation,
         revoked: None,
         flow,
@@ -223,6 +224,9 @@ struct Session<'a> {
     /// again after a policy reload (see `refresh_policy`).
     mode: Mode,
     copy_out_masked: CopyOutMasked,
+    /// The target's masking rules, also taken again after a reload (which
+    /// empties `layouts`: their plans were made under the old rules).
+    masking: Arc<MaskingPolicy>,
     /// The reload generation `rules` were made under.
     generation: u64,
     /// Set when a reload took this session's permission away: why.

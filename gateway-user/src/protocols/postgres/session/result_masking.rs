@@ -41,7 +41,7 @@ impl Session<'_> {
     /// and context, which quote values of any column. The message to send
     /// instead of `frame`, if any of it changed.
     pub(super) fn scrub_message(&self, frame: &Frame) -> Option<BytesMut> {
-        let masking = &self.ctx.masking;
+        let masking = &self.masking;
         if masking.is_empty() {
             return None;
         }
@@ -155,14 +155,14 @@ impl Session<'_> {
             return Some(known);
         }
         let Ok(parsed) = RowDescription::parse(description) else {
-            if self.ctx.masking.is_empty() {
+            if self.masking.is_empty() {
                 return Some(Arc::default());
             }
             self.upstream_malformed("a RowDescription it cannot read");
             return None;
         };
         let columns: Arc<[String]> = parsed.fields.iter().map(|f| f.name.to_owned()).collect();
-        let (plan, complete) = if self.ctx.masking.is_empty() {
+        let (plan, complete) = if self.masking.is_empty() {
             (None, true)
         } else {
             let fields: Vec<_> = parsed
@@ -213,8 +213,8 @@ impl Session<'_> {
                 format,
             })
             .collect();
-        let mut plan = self.ctx.masking.plan(&columns);
-        if self.ctx.masking.has_column_rules() {
+        let mut plan = self.masking.plan(&columns);
+        if self.masking.has_column_rules() {
             // A job could make the lookup fail (by using up the role's
             // connections, say) to get a column rule skipped.
             plan.withhold(unresolved.iter().copied());
@@ -244,7 +244,7 @@ impl Session<'_> {
     /// nothing to mask. `Err`: the rows cannot be masked and must not
     /// reach the client.
     pub(super) async fn copy_out_rows(&mut self) -> Result<Option<CopyRows>, String> {
-        if self.ctx.masking.is_empty() {
+        if self.masking.is_empty() {
             return Ok(None);
         }
         let (sql, index) = match self.tracker.pending.front() {

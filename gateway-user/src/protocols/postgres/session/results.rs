@@ -131,7 +131,10 @@ impl Session<'_> {
                         return;
                     };
                     self.note_columns(&layout);
-                    self.query_plan.clone_from(&layout.plan);
+                    // Some even without masking: the rows were described,
+                    // whatever a reload before they come turns masking into.
+                    self.query_plan =
+                        Some(layout.plan.clone().unwrap_or_else(ResultPlan::keep_all));
                 }
                 _ => return self.out_of_step("a RowDescription"),
             },
@@ -145,12 +148,14 @@ impl Session<'_> {
                 }
             }
             b'D' => {
-                let plan = match self.tracker.pending.front() {
-                    Some(Pending::Execute { plan, .. }) => plan.clone(),
-                    Some(Pending::Query(_)) => self.query_plan.clone(),
+                let (plan, planned) = match self.tracker.pending.front() {
+                    Some(Pending::Execute {
+                        plan, described, ..
+                    }) => (plan.clone(), *described),
+                    Some(Pending::Query(_)) => (self.query_plan.clone(), true),
                     _ => return self.out_of_step("a DataRow"),
                 };
-                if plan.is_none() && !self.ctx.masking.is_empty() {
+                if plan.is_none() && planned && !self.masking.is_empty() {
                     // Every result is planned when masking is on (its
                     // RowDescription, or the Describe sent before its
                     // Execute): rows without one were never described.
