@@ -213,7 +213,8 @@ pub enum Counter {
     Redirected = 0,
     /// Connects or sends refused in the kernel (UDP, map full, ...).
     Denied = 1,
-    /// Sockets refused at creation (raw, ICMP, SCTP, ...).
+    /// Sockets refused at creation (raw, ICMP, SCTP, ..., and families
+    /// other than local and inet ones: vsock, packet, ...).
     SocketDenied = 2,
     /// Exempt (marked) sockets let through untouched.
     Exempt = 3,

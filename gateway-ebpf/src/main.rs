@@ -12,6 +12,8 @@
 //!   (ip, port), which is all the gateway learns from `accept()`; datagrams
 //!   to the gateway are attributed to their sender.
 //! * [`sock_create`]: only TCP stream and UDP datagram inet sockets may exist.
+//! * [`socket_family`]: no sockets of other families but local ones (an
+//!   LSM hook: the cgroup socket hooks see inet sockets only).
 //! * [`sock_release`]: records die with their socket, so maps never fill.
 //!
 //! Every program lets the gateway's own sockets through when they carry the
@@ -26,6 +28,7 @@ mod maps;
 mod reach;
 mod sock_create;
 mod sock_release;
+mod socket_family;
 mod udp;
 
 #[cfg(not(test))]

@@ -175,10 +175,16 @@ impl ProbeArgs {
     /// `socket(family, type, proto)` then close; `family` is 4 or 6, `ty`
     /// one of "stream", "dgram", "raw", "seqpacket".
     pub fn socket(family: u8, ty: &str, proto: i32) -> Self {
+        Self::socket_of(&family.to_string(), ty, proto)
+    }
+
+    /// The same with a family by name: "4", "6", "unix", "netlink",
+    /// "packet", "alg", "vsock" or "xdp".
+    pub fn socket_of(family: &str, ty: &str, proto: i32) -> Self {
         Self::new(&[
             "socket",
             "--family",
-            &family.to_string(),
+            family,
             "--type",
             ty,
             "--proto",

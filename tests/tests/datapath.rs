@@ -619,6 +619,68 @@ fn only_tcp_and_udp_inet_sockets_can_be_created() -> Result<()> {
     Ok(())
 }
 
+/// Families no inet hook sees: a vsock socket reaches the VM's host, a
+/// packet socket the wire. Local ones stay usable.
+#[test]
+fn sockets_of_other_families_are_refused() -> Result<()> {
+    let cg = TestCgroup::new("families")?;
+    let gw = Gateway::start(&GatewayConfig::new("families", &cg)?)?;
+    let links = gw.status()?["links"].clone();
+    let guarded = links
+        .as_array()
+        .is_some_and(|l| l.iter().any(|n| n == "cp_socket_family"));
+    if !guarded {
+        // The kernel cannot run the guard: the daemon must say so, not
+        // pretend.
+        let warning = "sockets of families other than unix, inet, netlink and alg";
+        wait_for("the family guard warning", MAPS_TIMEOUT, || {
+            gw.logs().iter().any(|l| l.contains(warning)).then_some(())
+        })?;
+        eprintln!("note: this kernel cannot run the family guard; only the warning was checked");
+        return Ok(());
+    }
+    let refused = [
+        ("vsock stream", "vsock", "stream", 0),
+        ("vsock seqpacket", "vsock", "seqpacket", 0),
+        ("packet raw", "packet", "raw", 0),
+        ("packet dgram", "packet", "dgram", 0),
+        ("XDP", "xdp", "raw", 0),
+    ];
+    let mut unsupported = Vec::new();
+    for (what, family, ty, proto) in refused {
+        // As root outside the cgroup these succeed where the kernel has
+        // the family at all, so an EPERM inside can only be the guard.
+        if !ProbeArgs::socket_of(family, ty, proto)
+            .run(Command::new(PROBE))?
+            .ok
+        {
+            unsupported.push(what);
+            continue;
+        }
+        let r = ProbeArgs::socket_of(family, ty, proto).run(cg.command(PROBE))?;
+        assert_eq!(r.errno("socket"), Some(libc::EPERM), "{what}: {r:?}");
+    }
+    assert!(
+        unsupported.len() < refused.len(),
+        "this kernel creates none of {refused:?}: nothing was checked"
+    );
+    if !unsupported.is_empty() {
+        eprintln!("note: this kernel cannot create {unsupported:?}; not checked");
+    }
+    for (what, family, ty) in [
+        ("unix stream", "unix", "stream"),
+        ("unix dgram", "unix", "dgram"),
+        ("netlink route", "netlink", "dgram"),
+        ("kernel crypto", "alg", "seqpacket"),
+    ] {
+        let r = ProbeArgs::socket_of(family, ty, 0).run(cg.command(PROBE))?;
+        assert!(r.ok, "{what} must stay creatable: {r:?}");
+    }
+    let counters = gw.status()?["counters"].clone();
+    assert!(counters["socket_denied"].as_u64() >= Some(1), "{counters}");
+    Ok(())
+}
+
 #[test]
 fn tcp_fast_open_is_redirected_like_connect() -> Result<()> {
     let cg = TestCgroup::new("tfo")?;

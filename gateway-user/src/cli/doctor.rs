@@ -3,6 +3,10 @@ use std::{path::Path, process::ExitCode};
 
 use crate::ebpf;
 
+/// The link of the LSM hook that refuses other socket families.
+const FAMILY_GUARD: &str = "cp_socket_family";
+const NO_FAMILY_GUARD: &str = "not guarded: a job can open vsock, packet and other sockets no hook sees; set RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK on the runner's service";
+
 pub(super) fn doctor(config: Option<&Path>) -> ExitCode {
     let mut problems = 0;
     let mut report = |ok: bool, what: &str, detail: String| {
@@ -49,6 +53,24 @@ pub(super) fn doctor(config: Option<&Path>) -> ExitCode {
                         format!("instance {instance} is not attached: start the daemon")
                     },
                 );
+                if attached {
+                    let families = ebpf::PinDir::new(instance).link(FAMILY_GUARD).exists();
+                    report(
+                        families,
+                        "socket families",
+                        if families {
+                            "only unix, inet, netlink and alg sockets can be created in the guarded cgroup".into()
+                        } else {
+                            format!(
+                                "{NO_FAMILY_GUARD} ({})",
+                                ebpf::bpf_lsm().err().unwrap_or_else(|| {
+                                    "the kernel refused the LSM program: see the daemon's log"
+                                        .into()
+                                })
+                            )
+                        },
+                    );
+                }
             }
             Err(e) => report(false, "config", format!("\n{e}")),
         }

@@ -128,6 +128,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         policy = %policy.summary(),
         "gateway ready"
     );
+    if let Err(why) = &attached.family_guard {
+        warn!(
+            "sockets of families other than unix, inet, netlink and alg (vsock, packet, ...) are not refused in the guarded cgroup: {why}; set RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK on the runner's service instead"
+        );
+    }
     let shared = Arc::new(Shared {
         policy: ArcSwap::from_pointee(policy),
         daemon,

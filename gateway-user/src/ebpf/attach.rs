@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, LsmCgroup,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
@@ -45,6 +45,9 @@ pub struct Attached {
     pub cgroup: PathBuf,
     /// Whether pins of an earlier run were found and replaced.
     pub adopted: bool,
+    /// `Err`: why sockets of other families than local and inet ones are
+    /// not refused in the guarded cgroup (the kernel cannot run the hook).
+    pub family_guard: Result<(), String>,
     pub flows: FlowTable,
     pub dns_peers: DnsPeers,
     pub udp_peers: UdpPeers,
@@ -120,6 +123,11 @@ fn load_and_attach(
     }
     let refused = RefusedFlows::new(&mut ebpf, maps::REFUSED)?;
     let udp_refused = RefusedFlows::new(&mut ebpf, maps::UDP_REFUSED)?;
+    let mut family_guard = super::bpf_lsm();
+    let btf = match family_guard {
+        Ok(()) => Some(aya::Btf::from_sys_fs().map_err(|e| EbpfError::Btf(e.to_string()))?),
+        Err(_) => None,
+    };
 
     // Links always stack with other programs on the cgroup (the kernel
     // rejects BPF_F_ALLOW_MULTI on link_create), so "Single" here is the
@@ -149,6 +157,21 @@ fn load_and_attach(
                     .attach(&cgroup.file, CgroupAttachMode::Single)
                     .map_err(err)?;
                 fd_link(name, p.take_link(id).map_err(err)?)?
+            }
+            ProgramKind::LsmCgroup(hook) => {
+                let Some(btf) = &btf else {
+                    continue;
+                };
+                let p: &mut LsmCgroup = program.try_into().map_err(err)?;
+                // Some kernels refuse LSM (and tracing) programs to root
+                // too, by policy: the guard is then missing, not broken,
+                // and the daemon says so like where the BPF LSM is off.
+                if let Err(e) = p.load(hook, btf) {
+                    family_guard = Err(format!("the kernel refused to load the LSM program: {e}"));
+                    continue;
+                }
+                let id = p.attach(&cgroup.file).map_err(err)?;
+                FdLink::from(p.take_link(id).map_err(err)?)
             }
             ProgramKind::SkbEgress => {
                 let p: &mut CgroupSkb = program.try_into().map_err(err)?;
@@ -201,6 +224,7 @@ fn load_and_attach(
         pins: pins.clone(),
         cgroup: cgroup.path.clone(),
         adopted,
+        family_guard,
         flows,
         dns_peers,
         udp_peers,

@@ -15,6 +15,8 @@ pub enum EbpfError {
         "kernel has no BTF (/sys/kernel/btf/vmlinux is missing): use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
     )]
     NoBtf,
+    #[error("reading the kernel's BTF (/sys/kernel/btf/vmlinux): {0}")]
+    Btf(String),
     #[error("cannot mount bpffs at {path}: {source}; mount it with `mount -t bpf bpf {path}`", path = path.display())]
     BpffsMount { path: PathBuf, source: io::Error },
     #[error(

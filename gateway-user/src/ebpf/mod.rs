@@ -14,7 +14,9 @@
 //! [`detach`] is the only way to remove them.
 //!
 //! Minimum kernel: 5.10 (bpf_link for cgroups, `sock_release`, netns cookies
-//! and socket cookies in every hook used).
+//! and socket cookies in every hook used). The socket family guard, an LSM
+//! hook per cgroup, needs 6.0 and the BPF LSM enabled at boot; without
+//! them the rest attaches and the daemon says what is not guarded.
 mod attach;
 mod cgroup;
 mod error;
@@ -29,7 +31,7 @@ pub use cgroup::{GuardedCgroup, cgroup2_mount, resolve_cgroup};
 pub use error::EbpfError;
 pub use flows::{DnsPeers, FlowTable, UdpPeers};
 pub use pins::{INSTANCE_NAME_RULE, PinDir, detach, is_instance_name};
-pub use preflight::{ensure_bpffs, preflight};
+pub use preflight::{bpf_lsm, ensure_bpffs, preflight};
 pub use reach::{ReachTable, RefusedFlows};
 pub use status::{Status, status};
 
@@ -53,6 +55,7 @@ pub(crate) static OBJECT: &[u8] =
 /// of attachment: socket creation and cleanup first, so that no socket can
 /// be created between the connect hook appearing and its companions.
 pub(crate) const PROGRAMS: &[(&str, ProgramKind)] = &[
+    ("cp_socket_family", ProgramKind::LsmCgroup("socket_create")),
     ("cp_sock_create", ProgramKind::Sock),
     ("cp_sock_release", ProgramKind::Sock),
     ("cp_bind4", ProgramKind::SockAddr),
@@ -74,4 +77,7 @@ pub(crate) enum ProgramKind {
     SockAddr,
     /// `cgroup_skb`, attached on egress.
     SkbEgress,
+    /// An LSM hook (by name) run for the tasks of the cgroup; attached
+    /// only where [`bpf_lsm`] says the kernel runs it.
+    LsmCgroup(&'static str),
 }

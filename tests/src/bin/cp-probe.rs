@@ -22,7 +22,7 @@ const USAGE: &str = "usage: cp-probe <command>
   mark --mark M --to ADDR [--send N] [--half-close] [--expect-echo]
   tfo --to ADDR [--send N] [--expect-echo]
   raw
-  socket --family 4|6 --type stream|dgram|raw|seqpacket --proto N
+  socket --family 4|6|unix|netlink|packet|alg|vsock|xdp --type stream|dgram|raw|seqpacket --proto N
   ping-socket [--own-netns]
   udp --to ADDR [--and ADDR] [--connect] [--expect-reply]
   dns --to ADDR [--and ADDR] --name NAME   (A query, unconnected sendto)
@@ -114,6 +114,12 @@ fn run(args: &[String]) -> Result<ProbeReport, String> {
             let family = match o.value("--family") {
                 Some("4") => libc::AF_INET,
                 Some("6") => libc::AF_INET6,
+                Some("unix") => libc::AF_UNIX,
+                Some("netlink") => libc::AF_NETLINK,
+                Some("packet") => libc::AF_PACKET,
+                Some("alg") => libc::AF_ALG,
+                Some("vsock") => libc::AF_VSOCK,
+                Some("xdp") => libc::AF_XDP,
                 other => return Err(format!("bad --family {other:?}")),
             };
             let ty = match o.value("--type") {
