@@ -152,6 +152,10 @@ fn issuer(
     if !super::compile::check_name("issuer", name.get_ref(), At::of(file, name), report) {
         return None;
     }
+    if let Err(message) = check_issuer(iss.get_ref()) {
+        report.error(At::of(file, iss), message);
+        return None;
+    }
     let path = secret_file::resolve(sources, file, jwks.get_ref());
     let keys = match secret_file::read_bounded(&path) {
         Err(err) => {
@@ -196,4 +200,44 @@ fn issuer(
             .unwrap_or_default(),
         leeway,
     })
+}
+
+/// Tokens are matched to their issuer by `iss`, compared exactly as
+/// written here, so a value no issuer can put there (no scheme, spaces,
+/// a query) would refuse every token. OpenID Connect makes `iss` an https
+/// URL with a host and no query or fragment; plain http is taken only on
+/// loopback, for a local test issuer.
+fn check_issuer(text: &str) -> Result<(), String> {
+    const EXAMPLE: &str =
+        "write it as its tokens' iss, e.g. \"https://token.actions.githubusercontent.com\"";
+    // The URL parser forgives what an exact comparison does not.
+    if text.trim() != text {
+        return Err(format!("issuer {text:?} has spaces around it: {EXAMPLE}"));
+    }
+    let https = "is not an https URL (http only on localhost, for a test issuer)";
+    // Checked on the text: the parser also reads `https:host` and `HTTPS://`.
+    let plain = match text {
+        t if t.starts_with("https://") => false,
+        t if t.starts_with("http://") => true,
+        _ => return Err(format!("issuer {text:?} {https}: {EXAMPLE}")),
+    };
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| format!("issuer {text:?} is not a URL ({e}): {EXAMPLE}"))?;
+    let host = url.host_str().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if plain && !loopback {
+        return Err(format!("issuer {text:?} {https}: {EXAMPLE}"));
+    }
+    let user = !url.username().is_empty() || url.password().is_some();
+    if user || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "issuer {text:?} has a user, query or fragment, which an OpenID Connect issuer never has: {EXAMPLE}"
+        ));
+    }
+    Ok(())
 }

@@ -1513,6 +1513,66 @@ ref = "[unclosed"
     }
 }
 
+/// A JWKS with one Ed25519 key, for issuers that must load.
+const JWKS: &str = r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+
+/// `[[identity.issuer]]` entries, one per `(name, issuer)`, with the
+/// other keys valid.
+fn issuers(entries: &[(&str, &str)]) -> String {
+    entries
+        .iter()
+        .map(|(name, issuer)| {
+            format!(
+                "[[identity.issuer]]\nname = \"{name}\"\nissuer = {issuer:?}\naudience = [\"chokepoint\"]\njwks_file = \"jwks.json\"\n\n"
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_issuer_must_be_an_https_url_as_its_tokens_carry_it() {
+    let files = Files::new();
+    files.write("jwks.json", JWKS);
+    let bad = [
+        ("bare", "token.actions.githubusercontent.com"),
+        ("plain", "http://gitlab.example"),
+        ("lenient", "https:gitlab.example"),
+        ("upper", "HTTPS://gitlab.example"),
+        ("spaced", "https://spaced.example "),
+        ("query", "https://query.example/?tenant=a"),
+        ("fragment", "https://fragment.example/#x"),
+        ("user", "https://ci@user.example"),
+        ("nohost", "https://"),
+        ("ftp", "ftp://ftp.example"),
+    ];
+    let text = issuers(&bad);
+    let all = errors(load_one(&files, &text));
+    assert_eq!(all.len(), bad.len(), "{all:#?}");
+    for (_, issuer) in bad {
+        let at = position_of(&text, &format!("{issuer:?}"));
+        assert!(
+            all.iter()
+                .any(|d| (d.line, d.col) == at
+                    && d.message.starts_with(&format!("issuer {issuer:?}"))),
+            "{issuer:?} not reported at {at:?}: {all:#?}"
+        );
+    }
+    assert!(all[0].message.contains("is not an https URL"), "{all:#?}");
+    // What real issuers and local test issuers look like.
+    let good = [
+        ("github", "https://token.actions.githubusercontent.com"),
+        ("slash", "https://auth.example/"),
+        ("path", "https://sso.example:8443/realms/ci"),
+        ("local4", "http://127.0.0.1:8080"),
+        ("local6", "http://[::1]:8080/"),
+        ("localhost", "http://localhost:9000/issuer"),
+    ];
+    let policy = load_one(&files, &issuers(&good)).expect("real issuers load");
+    let loaded: Vec<&str> = policy.issuers().iter().map(|i| i.issuer.as_str()).collect();
+    let written: Vec<&str> = good.iter().map(|(_, i)| *i).collect();
+    assert_eq!(loaded, written, "kept exactly as written");
+}
+
 /// 1-based line and column of `needle` in `text`.
 fn position_of(text: &str, needle: &str) -> (usize, usize) {
     let offset = text.find(needle).expect("needle");
