@@ -2,6 +2,7 @@
 use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
+use toml::Spanned;
 
 use super::{
     approval,
@@ -115,7 +116,7 @@ pub(super) fn identity(
 }
 
 fn issuer(
-    entry: &toml::Spanned<IssuerEntry>,
+    entry: &Spanned<IssuerEntry>,
     file: usize,
     sources: &[Source],
     leeway: Duration,
@@ -130,7 +131,7 @@ fn issuer(
     if e.issuer.is_none() {
         missing.push("issuer = \"https://token.actions.githubusercontent.com\"");
     }
-    if e.audience.as_ref().is_none_or(|a| a.get_ref().is_empty()) {
+    if e.audience.is_none() {
         missing.push("audience = [\"chokepoint\"]");
     }
     if e.jwks_file.is_none() {
@@ -154,6 +155,9 @@ fn issuer(
     }
     if let Err(message) = check_issuer(iss.get_ref()) {
         report.error(At::of(file, iss), message);
+        return None;
+    }
+    if !check_audience(audience, file, report) {
         return None;
     }
     let path = secret_file::resolve(sources, file, jwks.get_ref());
@@ -200,6 +204,32 @@ fn issuer(
             .unwrap_or_default(),
         leeway,
     })
+}
+
+/// A token is taken when one of its `aud` values is listed here: an
+/// empty list takes none, and an empty value only a token made for no one.
+fn check_audience(list: &Spanned<Vec<Spanned<String>>>, file: usize, report: &mut Report) -> bool {
+    if list.get_ref().is_empty() {
+        report.error(
+            At::of(file, list),
+            "audience is empty: list the aud values of tokens meant for this gateway, e.g. [\"chokepoint\"]",
+        );
+        return false;
+    }
+    let mut ok = true;
+    for value in list.get_ref() {
+        if value.get_ref().trim().is_empty() {
+            report.error(
+                At::of(file, value),
+                format!(
+                    "audience {:?} is empty: write the aud value tokens for this gateway carry, e.g. \"chokepoint\"",
+                    value.get_ref()
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok
 }
 
 /// Tokens are matched to their issuer by `iss`, compared exactly as

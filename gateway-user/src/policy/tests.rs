@@ -1573,6 +1573,40 @@ fn an_issuer_must_be_an_https_url_as_its_tokens_carry_it() {
     assert_eq!(loaded, written, "kept exactly as written");
 }
 
+#[test]
+fn an_issuer_audience_that_no_token_can_meet_is_reported_where_written() {
+    let files = Files::new();
+    files.write("jwks.json", JWKS);
+    let text = r#"
+[[identity.issuer]]
+name = "none"
+issuer = "https://none.example"
+audience = []
+jwks_file = "jwks.json"
+
+[[identity.issuer]]
+name = "blank"
+issuer = "https://blank.example"
+audience = ["chokepoint", "", " "]
+jwks_file = "jwks.json"
+"#;
+    let all = errors(load_one(&files, text));
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(all.len(), 3, "{messages:#?}");
+    for (needle, message) in [
+        ("[]", "audience is empty: list the aud values"),
+        ("\"\", \" \"", "audience \"\" is empty"),
+        ("\" \"]", "audience \" \" is empty"),
+    ] {
+        let at = position_of(text, needle);
+        assert!(
+            all.iter()
+                .any(|d| (d.line, d.col) == at && d.message.contains(message)),
+            "no {message:?} at {at:?} in {messages:#?}"
+        );
+    }
+}
+
 /// 1-based line and column of `needle` in `text`.
 fn position_of(text: &str, needle: &str) -> (usize, usize) {
     let offset = text.find(needle).expect("needle");
