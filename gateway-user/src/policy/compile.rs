@@ -733,6 +733,21 @@ fn claims(
     let mut ok = true;
     let mut out = Vec::new();
     for (claim, value) in table.get_ref() {
+        // No token has a claim without a name: the rule would never
+        // match a job (or, for a deny rule, only unidentified ones).
+        // An empty pattern is fine: GitHub sets head_ref = "" outside
+        // pull requests.
+        if claim.get_ref().trim().is_empty() {
+            report.error(
+                At::of(file, claim),
+                format!(
+                    "claim {:?} has no name: name a token claim, e.g. repository = \"acme/*\"",
+                    claim.get_ref()
+                ),
+            );
+            ok = false;
+            continue;
+        }
         let texts = match value.get_ref() {
             ClaimPatterns::One(t) => vec![t.clone()],
             ClaimPatterns::Many(list) => list.clone(),

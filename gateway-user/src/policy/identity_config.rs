@@ -150,16 +150,18 @@ fn issuer(
         e.audience.as_ref()?,
         e.jwks_file.as_ref()?,
     );
-    if !super::compile::check_name("issuer", name.get_ref(), At::of(file, name), report) {
-        return None;
-    }
+    // Every problem of the entry is reported before it is given up.
+    let mut valid =
+        super::compile::check_name("issuer", name.get_ref(), At::of(file, name), report);
     if let Err(message) = check_issuer(iss.get_ref()) {
         report.error(At::of(file, iss), message);
-        return None;
+        valid = false;
     }
-    if !check_audience(audience, file, report) {
+    valid &= check_audience(audience, file, report);
+    let required = required_claims(e, file, report);
+    let (true, Some(required)) = (valid, required) else {
         return None;
-    }
+    };
     let path = secret_file::resolve(sources, file, jwks.get_ref());
     let keys = match secret_file::read_bounded(&path) {
         Err(err) => {
@@ -197,13 +199,30 @@ fn issuer(
             .collect(),
         keys,
         jwks_file: path.display().to_string(),
-        required: e
-            .required_claims
-            .as_ref()
-            .map(|l| l.get_ref().iter().map(|c| c.get_ref().clone()).collect())
-            .unwrap_or_default(),
+        required,
         leeway,
     })
+}
+
+/// `required_claims`: a token must carry each, so a blank name is a claim
+/// no token has.
+fn required_claims(e: &IssuerEntry, file: usize, report: &mut Report) -> Option<Vec<String>> {
+    let mut required = Vec::new();
+    let mut named = true;
+    for claim in e.required_claims.iter().flat_map(|l| l.get_ref()) {
+        if claim.get_ref().trim().is_empty() {
+            report.error(
+                At::of(file, claim),
+                format!(
+                    "required claim {:?} has no name: name claims every token must carry, e.g. \"repository\"",
+                    claim.get_ref()
+                ),
+            );
+            named = false;
+        }
+        required.push(claim.get_ref().clone());
+    }
+    named.then_some(required)
 }
 
 /// A token is taken when one of its `aud` values is listed here: an

@@ -1607,6 +1607,69 @@ jwks_file = "jwks.json"
     }
 }
 
+#[test]
+fn a_claim_without_a_name_is_reported_and_an_empty_pattern_is_not() {
+    let files = Files::new();
+    files.write("jwks.json", JWKS);
+    let text = r#"
+[[identity.issuer]]
+name = "github"
+issuer = "token.actions.githubusercontent.com"
+audience = ["chokepoint"]
+jwks_file = "jwks.json"
+required_claims = ["repository", "", " "]
+
+[[rule]]
+name = "r"
+action = "allow"
+targets = ["*"]
+[rule.claims]
+"" = "acme/*"
+" " = "x"
+"#;
+    let all = errors(load_one(&files, text));
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(all.len(), 5, "{messages:#?}");
+    for (needle, message) in [
+        // Each problem of one issuer is reported, not only the first.
+        ("\"token.", "is not an https URL"),
+        ("\"\", ", "required claim \"\" has no name"),
+        ("\" \"]", "required claim \" \" has no name"),
+        ("\"\" = ", "claim \"\" has no name"),
+        ("\" \" = ", "claim \" \" has no name"),
+    ] {
+        let at = position_of(text, needle);
+        assert!(
+            all.iter()
+                .any(|d| (d.line, d.col) == at && d.message.contains(message)),
+            "no {message:?} at {at:?} in {messages:#?}"
+        );
+    }
+
+    // GitHub sets head_ref and base_ref to "" outside pull requests:
+    // matching the empty value is a rule that means something.
+    let policy = load_one(
+        &files,
+        r#"
+[[rule]]
+name = "not-a-pull-request"
+action = "allow"
+targets = ["*"]
+[rule.claims]
+head_ref = ""
+"#,
+    )
+    .expect("an empty pattern loads");
+    let decide = |head_ref: &str| {
+        let c = claims(&[("head_ref", head_ref)]);
+        let mut f = flow("127.0.0.9:5432", 1000, "psql");
+        f.claims = Some(&c);
+        policy.evaluate(&f).verdict
+    };
+    assert_eq!(decide(""), Verdict::Allow);
+    assert_eq!(decide("feature"), Verdict::Deny);
+}
+
 /// 1-based line and column of `needle` in `text`.
 fn position_of(text: &str, needle: &str) -> (usize, usize) {
     let offset = text.find(needle).expect("needle");
