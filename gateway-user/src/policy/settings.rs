@@ -549,6 +549,11 @@ pub(super) fn dns(
                     .parse::<std::net::SocketAddr>()
                     .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)));
                 match parsed {
+                    // Nothing listens on port 0: every query would fail.
+                    Ok(addr) if addr.port() == 0 => report.error(
+                        At::of(file, entry),
+                        format!("upstream {text:?} has port 0: write the resolver's port, e.g. \"{}:53\", or leave it out for 53", text.rsplit_once(':').map_or(text.as_str(), |(host, _)| host)),
+                    ),
                     Ok(addr) => upstream.push(addr),
                     Err(_) => report.error(
                         At::of(file, entry),

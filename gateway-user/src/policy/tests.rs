@@ -1813,7 +1813,7 @@ fn target_hosts_and_dns_settings_are_checked() {
     let files = Files::new();
     let text = r#"
 [dns]
-upstream = ["nowhere"]
+upstream = ["nowhere", "10.0.0.2:0", "[fd00::53]:0", "10.0.0.3:53"]
 denied_answer = "silence"
 
 [[target]]
@@ -1834,6 +1834,14 @@ ports = [1]
     let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
     for (needle, message) in [
         ("\"nowhere\"", "upstream \"nowhere\" is not an address"),
+        (
+            "\"10.0.0.2:0\"",
+            "upstream \"10.0.0.2:0\" has port 0: write the resolver's port, e.g. \"10.0.0.2:53\"",
+        ),
+        (
+            "\"[fd00::53]:0\"",
+            "upstream \"[fd00::53]:0\" has port 0: write the resolver's port, e.g. \"[fd00::53]:53\"",
+        ),
         (
             "\"silence\"",
             "denied_answer must be \"nxdomain\" or \"refused\"",
