@@ -757,6 +757,23 @@ pub fn status(instance: &str) -> Result<Value> {
         .with_context(|| format!("chokepoint status printed {stdout:?}"))
 }
 
+/// `chokepoint status --instance <instance>` for an instance with nothing
+/// attached: it still prints its line (parsed here), says why on stderr,
+/// and exits 1.
+pub fn status_detached(instance: &str) -> Result<Value> {
+    let out = cli(&["status", "--instance", instance])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() != Some(1) || !stderr.contains("is not attached") {
+        bail!(
+            "chokepoint status should exit 1 saying the instance is not attached ({}): {stdout}{stderr}",
+            out.status
+        );
+    }
+    serde_json::from_str(stdout.lines().next().unwrap_or_default())
+        .with_context(|| format!("chokepoint status printed {stdout:?}"))
+}
+
 /// `fields.message` of a log event.
 pub fn message(event: &Value) -> Option<&str> {
     event["fields"]["message"].as_str()

@@ -15,7 +15,8 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use chokepoint_tests::{
     EXEMPT_MARK, Gateway, GatewayConfig, Mode, ProbeArgs, ProbeReport, Rule, Server, Target,
-    TestCgroup, UdpSink, cgroup2_mount, cli, gateway::status, pin_dir, run_with_timeout, wait_for,
+    TestCgroup, UdpSink, cgroup2_mount, cli, gateway::status_detached, pin_dir, run_with_timeout,
+    wait_for,
 };
 use serde_json::Value;
 
@@ -365,7 +366,7 @@ fn killed_gateway_fails_closed_and_restart_resumes() -> Result<()> {
     let instance = gw.instance().to_owned();
     drop(gw);
     assert!(!pin_dir(&instance).exists(), "pins left after detach");
-    assert_eq!(status(&instance)?["attached"], false);
+    assert_eq!(status_detached(&instance)?["attached"], false);
     let r = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
     assert_passed(&r, 100);
     assert!(
@@ -1209,7 +1210,7 @@ fn run_with_busy_listen_port_says_so_and_leaves_no_pins() -> Result<()> {
         "port not named in: {stderr}"
     );
     assert!(!pin_dir(&cfg.instance).exists(), "pins left behind");
-    assert_eq!(status(&cfg.instance)?["attached"], false);
+    assert_eq!(status_detached(&cfg.instance)?["attached"], false);
     Ok(())
 }
 

@@ -40,7 +40,8 @@ pub enum Command {
         #[command(flatten)]
         which: InstanceArg,
     },
-    /// Show an instance's attachment, map fill and counters as JSON.
+    /// Show an instance's attachment, map fill and counters as JSON; exits
+    /// 1 when it has nothing attached (no such instance, or detached).
     Status {
         #[command(flatten)]
         which: InstanceArg,

@@ -3,11 +3,13 @@ use std::process::ExitCode;
 
 use super::InstanceArg;
 
+/// Prints each instance's line; exits 1 when one has nothing attached.
 pub(super) fn status(which: &InstanceArg) -> ExitCode {
     let instances = match which.instances() {
         Ok(i) => i,
         Err(e) => return super::fail(e),
     };
+    let mut code = ExitCode::SUCCESS;
     for instance in instances {
         match crate::ebpf::status(&instance) {
             Ok(s) => match serde_json::to_string(&s) {
@@ -16,19 +18,42 @@ pub(super) fn status(which: &InstanceArg) -> ExitCode {
             },
             Err(e) => return super::fail(format_args!("{instance}: {}", super::chain(&e))),
         }
-        warn_if_unknown(&instance);
+        if let Err(e) = pinned(&instance) {
+            code = super::fail(e);
+        }
     }
-    ExitCode::SUCCESS
+    code
 }
 
-/// All-zero counters for a mistyped name look like an idle instance; say so.
-/// Not a failure: scripts read `attached` from the line after a detach.
-fn warn_if_unknown(instance: &str) {
+/// All-zero counters for a mistyped name look like an idle instance, so
+/// an instance without pins is an error: a script must not take it for a
+/// guarded host. Its line is still printed (`"attached": false`), as
+/// scripts read it after a detach; a detached instance and one that never
+/// ran look the same on bpffs.
+fn pinned(instance: &str) -> Result<(), String> {
     let root = crate::ebpf::PinDir::new(instance).root;
-    if !root.exists() {
-        eprintln!(
-            "chokepoint: instance {instance:?} is unknown or not attached (nothing under {})",
-            root.display()
-        );
+    if root.exists() {
+        return Ok(());
+    }
+    Err(format!(
+        "instance {instance:?} is not attached: nothing under {} (no such instance, or it was detached)",
+        root.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::ExitCode;
+
+    use super::{super::InstanceArg, status};
+
+    #[test]
+    fn an_instance_with_nothing_attached_is_an_error() {
+        let which = InstanceArg {
+            instance: Some("no-such-instance-0".into()),
+            config: None,
+            all: false,
+        };
+        assert_eq!(status(&which), ExitCode::FAILURE);
     }
 }
