@@ -70,8 +70,9 @@ pub enum SessionsCommand {
         speed: f64,
     },
     /// Check hash chains and seals. Exit 0: all sealed and intact; 1: some
-    /// recording was altered; 3: intact but unsealed (gateway stopped
-    /// before the session ended).
+    /// recording was altered; 2: nothing could be checked (bad arguments,
+    /// unreadable files); 3: intact but unsealed (gateway stopped before
+    /// the session ended).
     Verify {
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<String>,
@@ -93,10 +94,26 @@ pub enum ExportFormat {
     Json,
 }
 
+/// Exit code of a recording found altered (`verify`).
+const TAMPERED: u8 = 1;
+/// Exit code when nothing could be checked: bad arguments, an unreadable
+/// configuration, key or recording, an unreachable store. Not 1, which a
+/// script must be able to read as "tampered", and 2 like other usage and
+/// configuration errors.
+const TROUBLE: u8 = 2;
+/// Exit code of a recording intact but unsealed (`verify`).
+const UNSEALED: u8 = 3;
+
+/// Prints `chokepoint: <message>` and returns [`TROUBLE`].
+fn trouble(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("chokepoint: {message}");
+    ExitCode::from(TROUBLE)
+}
+
 pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode {
     let settings = match store.settings() {
         Ok(s) => s,
-        Err(e) => return super::fail(e),
+        Err(e) => return trouble(e),
     };
     if let SessionsCommand::Pubkey = command {
         return match public_key(&settings) {
@@ -104,12 +121,12 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
                 println!("{k}");
                 ExitCode::SUCCESS
             }
-            Err(e) => super::fail(e),
+            Err(e) => trouble(e),
         };
     }
     let source = match store.source(&settings) {
         Ok(s) => s,
-        Err(e) => return super::fail(e),
+        Err(e) => return trouble(e),
     };
     let result = match command {
         SessionsCommand::List {
@@ -130,7 +147,7 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => super::fail(e),
+        Err(e) => trouble(e),
     }
 }
 
@@ -784,7 +801,7 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
     let listed = if all {
         match source.all() {
             Ok(listed) => listed,
-            Err(e) => return super::fail(e),
+            Err(e) => return trouble(e),
         }
     } else {
         vec![Listed {
@@ -845,16 +862,49 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
                 tampered += 1;
                 println!("{id}: TAMPERED: cannot be verified: {e}");
             }
-            Err(e) => return super::fail(e),
+            // Not found is a bad argument, unless the ledger vouches that
+            // the recording existed.
+            Err(e) => match vouched(source, id, &e) {
+                Some(line) => {
+                    tampered += 1;
+                    println!("{line}");
+                }
+                None => return trouble(e),
+            },
         }
     }
     if tampered > 0 {
-        ExitCode::from(1)
+        ExitCode::from(TAMPERED)
     } else if unsealed > 0 {
-        ExitCode::from(3)
+        ExitCode::from(UNSEALED)
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The verdict on recording `id`, which could not be loaded (`error`),
+/// when the host's ledger has it (opened or sealed, not removed by
+/// retention): it was deleted or made unreadable, so it is tampered.
+fn vouched(source: &Source, id: &str, error: &str) -> Option<String> {
+    let known = source.ledger.as_ref()?.entries.get(id)?;
+    if known.outcome == Outcome::Removed {
+        return None;
+    }
+    let gone = match &source.store {
+        Store::Files(dir) => files::find(dir, id).is_err(),
+        Store::Database(_) => false,
+    };
+    let why = if gone {
+        "the recording is gone".to_owned()
+    } else {
+        format!("it cannot be verified: {error}")
+    };
+    Some(format!(
+        "{id}: TAMPERED: the host's ledger has it {} with {} events (ledger seq {}), but {why}",
+        known.outcome.as_str(),
+        known.events,
+        known.seq
+    ))
 }
 
 fn export(source: &Source, id: &str, format: ExportFormat) -> Result<(), String> {
@@ -908,6 +958,9 @@ fn needs_escape(c: char) -> bool {
     (c.is_control() && c != '\n' && c != '\t')
         || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
+
+#[cfg(test)]
+mod exit_tests;
 
 #[cfg(test)]
 mod replay_tests {

@@ -1,0 +1,117 @@
+//! Exit codes of `chokepoint sessions`, which scripts read: a tampered
+//! recording (1) must not look like a command that could not check one (2).
+use std::{path::Path, process::ExitCode};
+
+use super::{SessionsCommand, StoreArgs, sessions};
+use crate::{
+    policy::RecordingSettings,
+    recording::{Body, Identity, Recorder, files},
+};
+
+fn settings(dir: &Path) -> RecordingSettings {
+    RecordingSettings {
+        dir: dir.join("sessions"),
+        keys_dir: dir.join("keys"),
+        ..RecordingSettings::default()
+    }
+}
+
+/// Records one sealed session under `dir`, as the daemon does; its id.
+async fn recorded(dir: &Path) -> String {
+    let recorder = Recorder::start(&settings(dir)).expect("recorder");
+    let session = recorder
+        .open(Body::SessionStart {
+            identity: Identity {
+                pid: 42,
+                uid: 1000,
+                gid: 1000,
+                comm: "psql".into(),
+                cgroup_id: 7,
+                job: None,
+            },
+            dst: "127.0.0.3:5432".into(),
+            protocol: "postgres".into(),
+            target: Some("orders-db".into()),
+            decision: "allow".into(),
+            rule: "ci".into(),
+            mode: "enforce".into(),
+        })
+        .await;
+    session.record(Body::Statement {
+        text: "SELECT 1".into(),
+        class: "read".into(),
+        decision: "allow".into(),
+        rule: "ci".into(),
+        reason: String::new(),
+    });
+    let id = session.id().to_owned();
+    session.close(Body::SessionEnd {
+        bytes_up: 10,
+        bytes_down: 20,
+        statements: 1,
+        denied: 0,
+        error: None,
+    });
+    recorder.shutdown().await;
+    id
+}
+
+/// `sessions --dir <dir>/sessions --keys-dir <dir>/keys`: no configuration read.
+fn store(dir: &Path) -> StoreArgs {
+    StoreArgs {
+        config: dir.join("no-such-config.toml"),
+        dir: Some(dir.join("sessions")),
+        keys_dir: Some(dir.join("keys")),
+        store: None,
+        public_keys: Vec::new(),
+    }
+}
+
+fn verify(id: &str) -> SessionsCommand {
+    SessionsCommand::Verify {
+        id: Some(id.to_owned()),
+        all: false,
+    }
+}
+
+#[tokio::test]
+async fn what_cannot_be_checked_exits_2_and_only_tampering_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = recorded(dir.path()).await;
+    let args = store(dir.path());
+    assert_eq!(sessions(&args, &verify(&id)), ExitCode::SUCCESS);
+
+    // Bad arguments: nothing was checked, so nothing is "tampered".
+    let unknown = "20991231T000000Z-000000000000";
+    assert_eq!(sessions(&args, &verify(unknown)), ExitCode::from(2));
+    assert_eq!(sessions(&args, &verify("../../etc")), ExitCode::from(2));
+    let show = SessionsCommand::Show { id: unknown.into() };
+    assert_eq!(sessions(&args, &show), ExitCode::from(2));
+    let list = SessionsCommand::List {
+        since: Some("last tuesday".into()),
+        identity: None,
+        target: None,
+    };
+    assert_eq!(sessions(&args, &list), ExitCode::from(2));
+    let bad_key = StoreArgs {
+        public_keys: vec!["not-a-key".into()],
+        ..store(dir.path())
+    };
+    assert_eq!(sessions(&bad_key, &verify(&id)), ExitCode::from(2));
+    let no_config = StoreArgs {
+        dir: None,
+        ..store(dir.path())
+    };
+    assert_eq!(sessions(&no_config, &verify(&id)), ExitCode::from(2));
+
+    // A recording the host's ledger has seen sealed is not a bad
+    // argument once deleted: it is tampered, as `verify --all` says too.
+    let path = files::find(&dir.path().join("sessions"), &id).unwrap();
+    std::fs::remove_file(path).unwrap();
+    assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(1));
+    let all = SessionsCommand::Verify {
+        id: None,
+        all: true,
+    };
+    assert_eq!(sessions(&args, &all), ExitCode::from(1));
+}
