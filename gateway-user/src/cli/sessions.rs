@@ -59,11 +59,13 @@ pub enum SessionsCommand {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Every event of a session as a table.
+    /// Every event of a session as a table, then its verdict; exit 1 when
+    /// the recording was altered.
     Show { id: String },
     /// The session as the job saw it: statements, results and errors, with
     /// the original timing divided by --speed (0.01 to 1000, or 0: no
-    /// waiting); a pause over 10 s is cut short and noted.
+    /// waiting); a pause over 10 s is cut short and noted. Exit 1 when the
+    /// recording was altered.
     Replay {
         id: String,
         #[arg(long, default_value_t = 1.0, value_parser = parse_speed)]
@@ -79,7 +81,8 @@ pub enum SessionsCommand {
         #[arg(long)]
         all: bool,
     },
-    /// A session's events as one document.
+    /// A session's events and verdict as one document; exit 1 when the
+    /// recording was altered.
     Export {
         id: String,
         #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
@@ -94,7 +97,8 @@ pub enum ExportFormat {
     Json,
 }
 
-/// Exit code of a recording found altered (`verify`).
+/// Exit code of a recording found altered (`verify`, and `show`,
+/// `replay` and `export` after printing it).
 const TAMPERED: u8 = 1;
 /// Exit code when nothing could be checked: bad arguments, an unreadable
 /// configuration, key or recording, an unreachable store. Not 1, which a
@@ -128,6 +132,7 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
         Ok(s) => s,
         Err(e) => return trouble(e),
     };
+    // The verdict on the recording shown, replayed or exported.
     let result = match command {
         SessionsCommand::List {
             since,
@@ -138,15 +143,19 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
             since.as_deref(),
             identity.as_deref(),
             target.as_deref(),
-        ),
-        SessionsCommand::Show { id } => show(&source, id),
-        SessionsCommand::Replay { id, speed } => replay(&source, id, *speed),
+        )
+        .map(|()| None),
+        SessionsCommand::Show { id } => show(&source, id).map(Some),
+        SessionsCommand::Replay { id, speed } => replay(&source, id, *speed).map(Some),
         SessionsCommand::Verify { id, all } => return verify_cmd(&source, id.as_deref(), *all),
-        SessionsCommand::Export { id, format } => export(&source, id, *format),
-        SessionsCommand::Pubkey => Ok(()),
+        SessionsCommand::Export { id, format } => export(&source, id, *format).map(Some),
+        SessionsCommand::Pubkey => Ok(None),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        // Everything was printed, the verdict with it; the code is for
+        // scripts, which must not take an altered recording as evidence.
+        Ok(Some(Verdict::Tampered { .. })) => ExitCode::from(TAMPERED),
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => trouble(e),
     }
 }
@@ -464,7 +473,7 @@ fn parse_since(text: &str) -> Result<SystemTime, String> {
     })
 }
 
-fn show(source: &Source, id: &str) -> Result<(), String> {
+fn show(source: &Source, id: &str) -> Result<Verdict, String> {
     let (verdict, events) = source.load(id)?;
     let mut out = Escaped(std::io::stdout().lock());
     let _ = writeln!(out, "{:>4} {:>12} {:<14} DETAILS", "SEQ", "+MS", "TYPE");
@@ -479,7 +488,7 @@ fn show(source: &Source, id: &str) -> Result<(), String> {
         );
     }
     let _ = writeln!(out, "-- {}", describe(&verdict));
-    Ok(())
+    Ok(verdict)
 }
 
 fn details(body: &Body) -> String {
@@ -642,7 +651,7 @@ fn pause(gap_us: u64, speed: f64) -> (Duration, bool) {
     }
 }
 
-fn replay(source: &Source, id: &str, speed: f64) -> Result<(), String> {
+fn replay(source: &Source, id: &str, speed: f64) -> Result<Verdict, String> {
     let (verdict, events) = source.load(id)?;
     let mut out = Escaped(std::io::stdout().lock());
     let mut last_us = 0;
@@ -738,7 +747,7 @@ fn replay(source: &Source, id: &str, speed: f64) -> Result<(), String> {
         };
     }
     let _ = writeln!(out, "-- {}", describe(&verdict));
-    Ok(())
+    Ok(verdict)
 }
 
 fn print_result(
@@ -907,7 +916,7 @@ fn vouched(source: &Source, id: &str, error: &str) -> Option<String> {
     ))
 }
 
-fn export(source: &Source, id: &str, format: ExportFormat) -> Result<(), String> {
+fn export(source: &Source, id: &str, format: ExportFormat) -> Result<Verdict, String> {
     let (verdict, events) = source.load(id)?;
     match format {
         ExportFormat::Json => {
@@ -920,7 +929,7 @@ fn export(source: &Source, id: &str, format: ExportFormat) -> Result<(), String>
             println!("{text}");
         }
     }
-    Ok(())
+    Ok(verdict)
 }
 
 /// Standard output for recorded text, which the job chose (statements,

@@ -115,3 +115,33 @@ async fn what_cannot_be_checked_exits_2_and_only_tampering_exits_1() {
     };
     assert_eq!(sessions(&args, &all), ExitCode::from(1));
 }
+
+#[tokio::test]
+async fn show_replay_and_export_print_a_tampered_recording_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = recorded(dir.path()).await;
+    let args = store(dir.path());
+    let show = SessionsCommand::Show { id: id.clone() };
+    let replay = SessionsCommand::Replay {
+        id: id.clone(),
+        speed: 0.0,
+    };
+    let export = SessionsCommand::Export {
+        id: id.clone(),
+        format: super::ExportFormat::Json,
+    };
+    for command in [&show, &replay, &export] {
+        assert_eq!(sessions(&args, command), ExitCode::SUCCESS, "{command:?}");
+    }
+
+    // One changed byte in the statement: what verify calls tampered.
+    let path = files::find(&dir.path().join("sessions"), &id).unwrap();
+    let mut data = std::fs::read(&path).unwrap();
+    let at = data.windows(8).position(|w| w == b"SELECT 1").unwrap();
+    data[at + 7] = b'2';
+    std::fs::write(&path, data).unwrap();
+    assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(1));
+    for command in [&show, &replay, &export] {
+        assert_eq!(sessions(&args, command), ExitCode::from(1), "{command:?}");
+    }
+}
