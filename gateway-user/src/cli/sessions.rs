@@ -81,8 +81,10 @@ pub enum SessionsCommand {
         #[arg(long)]
         all: bool,
     },
-    /// A session's events and verdict as one document; exit 1 when the
-    /// recording was altered.
+    /// A session's events and verdict: `json`, one document of the events
+    /// as this version reads them; `jsonl`, the recording's lines exactly
+    /// as stored (hashes included, nothing this version does not know
+    /// dropped), verdict on stderr. Exit 1 when the recording was altered.
     Export {
         id: String,
         #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
@@ -95,6 +97,7 @@ pub enum SessionsCommand {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ExportFormat {
     Json,
+    Jsonl,
 }
 
 /// Exit code of a recording found altered (`verify`, and `show`,
@@ -225,13 +228,17 @@ impl Source {
 
     /// A recording's events and verdict.
     fn load(&self, id: &str) -> Result<(Verdict, Vec<Event>), String> {
-        let data = match &self.store {
-            Store::Files(dir) => read_recording(&files::find(dir, id)?)?,
+        self.judge(id, self.read(id)?)
+    }
+
+    /// A recording's bytes as stored.
+    fn read(&self, id: &str) -> Result<Vec<u8>, String> {
+        match &self.store {
+            Store::Files(dir) => read_recording(&files::find(dir, id)?),
             Store::Database(db) => db
                 .runtime
-                .block_on(crate::recording::sink::recording(&db.client, id))?,
-        };
-        self.judge(id, data)
+                .block_on(crate::recording::sink::recording(&db.client, id)),
+        }
     }
 
     /// Verifies the bytes of recording `id`. A recording of another
@@ -917,19 +924,49 @@ fn vouched(source: &Source, id: &str, error: &str) -> Option<String> {
 }
 
 fn export(source: &Source, id: &str, format: ExportFormat) -> Result<Verdict, String> {
-    let (verdict, events) = source.load(id)?;
     match format {
-        ExportFormat::Json => {
-            let doc = serde_json::json!({
-                "session": events.first().map(|e| e.session.clone()),
-                "verdict": describe(&verdict),
-                "events": events,
-            });
-            let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
-            println!("{text}");
-        }
+        ExportFormat::Json => export_document(source, id),
+        ExportFormat::Jsonl => export_lines(source, id),
     }
+}
+
+fn export_document(source: &Source, id: &str) -> Result<Verdict, String> {
+    let (verdict, events) = source.load(id)?;
+    let doc = serde_json::json!({
+        "session": events.first().map(|e| e.session.clone()),
+        "verdict": describe(&verdict),
+        "events": events,
+    });
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    println!("{text}");
     Ok(verdict)
+}
+
+/// The recording's lines as stored: the exact bytes the chain hashed, so
+/// anyone can check them again without chokepoint (`hash` is SHA-256 of
+/// `prev_hash`, a newline and the event's bytes), and fields a newer
+/// gateway wrote survive an older reader.
+fn export_lines(source: &Source, id: &str) -> Result<Verdict, String> {
+    let (verdict, lines) = stored_lines(source, id)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&lines)
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("writing the export: {e}"))?;
+    eprintln!("-- {}", describe(&verdict));
+    Ok(verdict)
+}
+
+/// What `export --format jsonl` prints, and the verdict on it.
+fn stored_lines(source: &Source, id: &str) -> Result<(Verdict, Vec<u8>), String> {
+    let mut data = source.read(id)?;
+    let (verdict, _) = source.judge(id, data.clone())?;
+    // A running session's last line may be half-written: left out, as
+    // verify leaves it out. A cut line of any other is the evidence of
+    // tampering and goes out with the rest.
+    if !matches!(verdict, Verdict::Tampered { .. }) {
+        data.truncate(data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1));
+    }
+    Ok((verdict, data))
 }
 
 /// Standard output for recorded text, which the job chose (statements,

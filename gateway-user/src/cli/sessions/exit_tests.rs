@@ -145,3 +145,37 @@ async fn show_replay_and_export_print_a_tampered_recording_and_exit_1() {
         assert_eq!(sessions(&args, command), ExitCode::from(1), "{command:?}");
     }
 }
+
+#[tokio::test]
+async fn jsonl_export_is_the_recording_as_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = recorded(dir.path()).await;
+    let args = store(dir.path());
+    let source = args.source(&args.settings().unwrap()).unwrap();
+    let path = files::find(&dir.path().join("sessions"), &id).unwrap();
+    let stored = std::fs::read(&path).unwrap();
+    let (verdict, lines) = super::stored_lines(&source, &id).unwrap();
+    assert!(
+        matches!(verdict, super::Verdict::Sealed { .. }),
+        "{verdict:?}"
+    );
+    assert_eq!(lines, stored);
+    let export = SessionsCommand::Export {
+        id: id.clone(),
+        format: super::ExportFormat::Jsonl,
+    };
+    assert_eq!(sessions(&args, &export), ExitCode::SUCCESS);
+
+    // A half line appended to a closed recording is the tampering: it
+    // goes out with the rest, and the export exits 1.
+    let mut cut = stored.clone();
+    cut.extend_from_slice(b"{\"hash\":\"00");
+    std::fs::write(&path, &cut).unwrap();
+    let (verdict, lines) = super::stored_lines(&source, &id).unwrap();
+    assert!(
+        matches!(verdict, super::Verdict::Tampered { .. }),
+        "{verdict:?}"
+    );
+    assert_eq!(lines, cut);
+    assert_eq!(sessions(&args, &export), ExitCode::from(1));
+}
