@@ -120,10 +120,16 @@ impl Setup {
 
     /// psql inside the cgroup, one session, one `-c` per command.
     fn psql(&self, user: &str, commands: &[&str]) -> Result<Psql> {
-        let out = run_with_timeout(
-            &mut job_psql(&self.cg, &self.conninfo(user), commands),
-            CLIENT_TIMEOUT,
-        )?;
+        self.psql_in("orders", user, commands)
+    }
+
+    /// The same in another database of the server.
+    fn psql_in(&self, database: &str, user: &str, commands: &[&str]) -> Result<Psql> {
+        let conninfo = format!(
+            "host={} port=5432 dbname={database} user={user}",
+            self.address
+        );
+        let out = run_with_timeout(&mut job_psql(&self.cg, &conninfo, commands), CLIENT_TIMEOUT)?;
         Ok(Psql::from(out))
     }
 
@@ -1219,18 +1225,14 @@ fn masking_resolves_columns_in_each_sessions_database() -> Result<()> {
     let orders = s.psql("app_rw", &["SELECT email FROM customers ORDER BY id"])?;
     assert!(orders.ok, "{orders:?}");
     assert_no_secrets(&orders.stdout);
-    let staging = run_with_timeout(
-        &mut job_psql(
-            &s.cg,
-            &format!("host={} port=5432 dbname=staging user=app_rw", s.address),
-            &[
-                "SELECT email FROM customers",
-                "SELECT email AS x FROM customers",
-            ],
-        ),
-        CLIENT_TIMEOUT,
-    )
-    .map(Psql::from)?;
+    let staging = s.psql_in(
+        "staging",
+        "app_rw",
+        &[
+            "SELECT email FROM customers",
+            "SELECT email AS x FROM customers",
+        ],
+    )?;
     assert!(staging.ok, "{staging:?}");
     let masked = partial("stage-secret@example.com", 4);
     assert_eq!(
@@ -1269,20 +1271,16 @@ fn a_parents_column_rule_covers_partitions_and_children() -> Result<()> {
         &["CREATE TABLE customers_kid () INHERITS (customers); \
            INSERT INTO customers_kid (id, name, email) VALUES (100, 'Kid', 'kid-secret@example.com')"],
     )?;
-    let parts = run_with_timeout(
-        &mut job_psql(
-            &s.cg,
-            &format!("host={} port=5432 dbname=parts user=app_rw", s.address),
-            &[
-                "SELECT email FROM customers",
-                "SELECT email FROM customers_low",
-                "SELECT email AS x FROM customers_low_a",
-                "SELECT email FROM ONLY customers_low_a",
-            ],
-        ),
-        CLIENT_TIMEOUT,
-    )
-    .map(Psql::from)?;
+    let parts = s.psql_in(
+        "parts",
+        "app_rw",
+        &[
+            "SELECT email FROM customers",
+            "SELECT email FROM customers_low",
+            "SELECT email AS x FROM customers_low_a",
+            "SELECT email FROM ONLY customers_low_a",
+        ],
+    )?;
     assert!(parts.ok, "{parts:?}");
     let masked = partial("part-secret@example.com", 4);
     assert_eq!(parts.lines(), [masked.as_str(); 4], "{parts:?}");

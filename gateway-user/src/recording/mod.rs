@@ -317,4 +317,4 @@ impl SessionRecording {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

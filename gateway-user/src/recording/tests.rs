@@ -15,7 +15,9 @@ fn settings(dir: &Path) -> RecordingSettings {
     }
 }
 
-fn start() -> Body {
+/// A session start as a PostgreSQL session records it (also used by the
+/// CLI's tests).
+pub(crate) fn start() -> Body {
     Body::SessionStart {
         identity: Identity {
             pid: 42,
@@ -34,7 +36,7 @@ fn start() -> Body {
     }
 }
 
-fn statement(text: &str) -> Body {
+pub(crate) fn statement(text: &str) -> Body {
     Body::Statement {
         text: text.into(),
         class: "read".into(),

@@ -5,7 +5,7 @@ use std::{path::Path, process::ExitCode};
 use super::{SessionsCommand, StoreArgs, sessions};
 use crate::{
     policy::RecordingSettings,
-    recording::{Body, Identity, Recorder, files},
+    recording::{Body, Recorder, files, tests},
 };
 
 fn settings(dir: &Path) -> RecordingSettings {
@@ -19,31 +19,8 @@ fn settings(dir: &Path) -> RecordingSettings {
 /// Records one sealed session under `dir`, as the daemon does; its id.
 async fn recorded(dir: &Path) -> String {
     let recorder = Recorder::start(&settings(dir)).expect("recorder");
-    let session = recorder
-        .open(Body::SessionStart {
-            identity: Identity {
-                pid: 42,
-                uid: 1000,
-                gid: 1000,
-                comm: "psql".into(),
-                cgroup_id: 7,
-                job: None,
-            },
-            dst: "127.0.0.3:5432".into(),
-            protocol: "postgres".into(),
-            target: Some("orders-db".into()),
-            decision: "allow".into(),
-            rule: "ci".into(),
-            mode: "enforce".into(),
-        })
-        .await;
-    session.record(Body::Statement {
-        text: "SELECT 1".into(),
-        class: "read".into(),
-        decision: "allow".into(),
-        rule: "ci".into(),
-        reason: String::new(),
-    });
+    let session = recorder.open(tests::start()).await;
+    session.record(tests::statement("SELECT 1"));
     let id = session.id().to_owned();
     session.close(Body::SessionEnd {
         bytes_up: 10,
