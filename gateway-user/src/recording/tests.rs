@@ -36,6 +36,17 @@ pub(crate) fn start() -> Body {
     }
 }
 
+/// The end of a one-statement session.
+pub(crate) fn end() -> Body {
+    Body::SessionEnd {
+        bytes_up: 10,
+        bytes_down: 20,
+        statements: 1,
+        denied: 0,
+        error: None,
+    }
+}
+
 pub(crate) fn statement(text: &str) -> Body {
     Body::Statement {
         text: text.into(),
@@ -64,13 +75,7 @@ async fn recorded(dir: &Path) -> (PathBuf, String) {
         sample: vec![vec![Some("1".into())]].into(),
     });
     let id = session.id().to_owned();
-    session.close(Body::SessionEnd {
-        bytes_up: 10,
-        bytes_down: 20,
-        statements: 1,
-        denied: 0,
-        error: None,
-    });
+    session.close(end());
     recorder.shutdown().await;
     let path = files::find(&settings.dir, &id).unwrap();
     let public = keys::read_public(&keys::public_key_path(&settings.keys_dir)).unwrap();

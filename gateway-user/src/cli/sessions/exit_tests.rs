@@ -5,7 +5,7 @@ use std::{path::Path, process::ExitCode};
 use super::{SessionsCommand, StoreArgs, sessions};
 use crate::{
     policy::RecordingSettings,
-    recording::{Body, Recorder, files, tests},
+    recording::{Recorder, files, tests},
 };
 
 fn settings(dir: &Path) -> RecordingSettings {
@@ -22,13 +22,7 @@ async fn recorded(dir: &Path) -> String {
     let session = recorder.open(tests::start()).await;
     session.record(tests::statement("SELECT 1"));
     let id = session.id().to_owned();
-    session.close(Body::SessionEnd {
-        bytes_up: 10,
-        bytes_down: 20,
-        statements: 1,
-        denied: 0,
-        error: None,
-    });
+    session.close(tests::end());
     recorder.shutdown().await;
     id
 }
