@@ -480,7 +480,13 @@ fn a_client_that_leaves_cancels_its_request_and_a_grant_skips_asking() -> Result
     let id = s.first_pending_id()?;
     let out = s.approvals_as(NOBODY, NOBODY, &["approve", &id, "--for", "20m"])?;
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("grant until"), "{}", text(&out));
+    // The job is unidentified: the approver is told whom the grant covers.
+    assert!(
+        text(&out).contains("it also lets run write statements held by rule")
+            && text(&out).contains("(unidentified: whichever job runs there next too)"),
+        "{}",
+        text(&out)
+    );
     job.finish()?;
     let out = run_with_timeout(
         &mut job_psql(

@@ -277,15 +277,30 @@ fn details(r: &Request) -> String {
         ));
     }
     if let Some(until) = &r.grant_until {
-        out.push_str(&format!(
-            "grant:     class {} on {} until {until}\n",
-            r.class, r.target
-        ));
+        out.push_str(&format!("grant:     {} until {until}\n", grant_cover(r)));
     }
     if let Some(note) = &r.note {
         out.push_str(&format!("note:      {note}\n"));
     }
     out
+}
+
+/// What a grant from `r` lets run unasked, in words: the approver of an
+/// unidentified process should know it covers whatever runs in that
+/// cgroup next.
+fn grant_cover(r: &Request) -> String {
+    let who = match r.who.scope.strip_prefix("job ") {
+        Some(_) => "this job".to_owned(),
+        None if r.who.scope.starts_with("cgroup ") => format!(
+            "any process in {} (unidentified: whichever job runs there next too)",
+            r.who.scope
+        ),
+        None => "nothing (a request from an older version)".to_owned(),
+    };
+    format!(
+        "{} statements held by rule {} for the same reason, on {}, for {who}",
+        r.class, r.rule, r.target
+    )
 }
 
 fn outcome(r: &Request) -> String {
@@ -295,7 +310,7 @@ fn outcome(r: &Request) -> String {
             r.id,
             r.grant_until
                 .as_deref()
-                .map(|u| format!(" (grant until {u})"))
+                .map(|u| format!("; until {u} it also lets run {}", grant_cover(r)))
                 .unwrap_or_default()
         ),
         State::Pending => format!(
