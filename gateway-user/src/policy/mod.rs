@@ -162,7 +162,7 @@ impl Policy {
         let recording = settings::recording(loaded.recording.as_ref(), &sources, &mut report);
         let (approval_defaults, approvals) =
             settings::approvals(loaded.approvals, &sources, &mut report);
-        let dns = settings::dns(loaded.dns.as_ref(), &mut report);
+        let dns = settings::dns(loaded.dns.as_ref(), daemon.dns_port, &mut report);
         let identity_config::IdentitySettings {
             issuers,
             runner_uids,

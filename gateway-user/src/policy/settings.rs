@@ -1,5 +1,9 @@
 //! `[daemon]`, `[guard]` and `[recording]`: the gateway's own settings, validated with their defaults.
-use std::{fmt, path::PathBuf};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+};
 
 use toml::Spanned;
 
@@ -525,10 +529,35 @@ pub struct DnsSettings {
     pub denied_answer: DeniedAnswer,
 }
 
+/// Why `addr` cannot be a resolver the forwarder asks, if it cannot.
+fn upstream_problem(addr: SocketAddr, own_port: u16, earlier: &[SocketAddr]) -> Option<String> {
+    let ip = addr.ip();
+    // The listener is bound to these two addresses only.
+    let own = addr.port() == own_port
+        && (ip == IpAddr::V4(Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(Ipv6Addr::LOCALHOST));
+    if own {
+        Some(format!(
+            "is the gateway's own DNS listener ([daemon] dns_port = {own_port}): every query would come back to it; name the resolver the host uses, e.g. \"127.0.0.53:53\""
+        ))
+    } else if ip.is_unspecified() {
+        Some(
+            "is the unspecified address, which names no resolver: write the resolver's own address"
+                .into(),
+        )
+    } else if ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        Some("is a multicast or broadcast address: write one resolver's own address".into())
+    } else if earlier.contains(&addr) {
+        Some("is listed twice".into())
+    } else {
+        None
+    }
+}
+
 /// `None` without a `[dns]` section: the jobs' DNS is not mediated and
 /// stays denied.
 pub(super) fn dns(
     section: Option<&Located<super::model::DnsSection>>,
+    own_port: u16,
     report: &mut Report,
 ) -> Option<DnsSettings> {
     let Located { at, value: section } = section?;
@@ -554,7 +583,10 @@ pub(super) fn dns(
                         At::of(file, entry),
                         format!("upstream {text:?} has port 0: write the resolver's port, e.g. \"{}:53\", or leave it out for 53", text.rsplit_once(':').map_or(text.as_str(), |(host, _)| host)),
                     ),
-                    Ok(addr) => upstream.push(addr),
+                    Ok(addr) => match upstream_problem(addr, own_port, &upstream) {
+                        Some(why) => report.error(At::of(file, entry), format!("upstream {text:?} {why}")),
+                        None => upstream.push(addr),
+                    },
                     Err(_) => report.error(
                         At::of(file, entry),
                         format!("upstream {text:?} is not an address: write \"10.0.0.2\", \"10.0.0.2:53\" or \"[fd00::53]:53\""),

@@ -1813,7 +1813,7 @@ fn target_hosts_and_dns_settings_are_checked() {
     let files = Files::new();
     let text = r#"
 [dns]
-upstream = ["nowhere", "10.0.0.2:0", "[fd00::53]:0", "10.0.0.3:53"]
+upstream = ["nowhere", "10.0.0.2:0", "[fd00::53]:0", "10.0.0.3:53", "127.0.0.1:15053", "[::1]:15053", "0.0.0.0", "224.0.0.251:5353", "10.0.0.3", "127.0.0.53:53"]
 denied_answer = "silence"
 
 [[target]]
@@ -1846,6 +1846,17 @@ ports = [1]
             "\"silence\"",
             "denied_answer must be \"nxdomain\" or \"refused\"",
         ),
+        (
+            "\"127.0.0.1:15053\"",
+            "is the gateway's own DNS listener ([daemon] dns_port = 15053)",
+        ),
+        ("\"[::1]:15053\"", "is the gateway's own DNS listener"),
+        ("\"0.0.0.0\"", "is the unspecified address"),
+        (
+            "\"224.0.0.251:5353\"",
+            "is a multicast or broadcast address",
+        ),
+        ("\"10.0.0.3\", ", "upstream \"10.0.0.3\" is listed twice"),
         ("\"*.*.twice\"", "host \"*.*.twice\" is not a DNS name"),
         ("\"a..b\"", "host \"a..b\" is not a DNS name"),
         ("\"*\"]", "host \"*\" is not a DNS name"),
