@@ -180,6 +180,9 @@ pub(super) struct Entries {
     pub targets: Vec<Located<Entry<TargetEntry>>>,
     pub rules: Vec<Located<Entry<RuleEntry>>>,
     pub masking: Vec<Located<Entry<MaskingEntry>>>,
+    /// Whether any `[[identity.issuer]]` is configured: without one no
+    /// connection is ever identified, and `[rule.claims]` means nothing.
+    pub issuers: bool,
 }
 
 pub(super) fn compile(
@@ -194,6 +197,7 @@ pub(super) fn compile(
         targets,
         rules,
         masking,
+        issuers,
     } = entries;
     let mut compiled_targets = Vec::new();
     let mut compiled_rules = Vec::new();
@@ -266,6 +270,7 @@ pub(super) fn compile(
             origin: describe(sources, at),
             sources,
             approval_defaults,
+            issuers,
         };
         if let Some(rule) = rule(at, entry, &context, report).filter(|_| name_ok) {
             compiled_rules.push(rule);
@@ -600,6 +605,7 @@ struct RuleContext<'a> {
     origin: String,
     sources: &'a [Source],
     approval_defaults: &'a ApprovalKeysCompiled,
+    issuers: bool,
 }
 
 fn rule(at: At, entry: RuleEntry, context: &RuleContext<'_>, report: &mut Report) -> Option<Rule> {
@@ -694,7 +700,7 @@ fn rule(at: At, entry: RuleEntry, context: &RuleContext<'_>, report: &mut Report
         }
     };
     let approval = approval_of(&entry, &postgres, at, &label, context, report);
-    let claims = claims(&entry, file, report);
+    let claims = claims(&entry, file, context.issuers, report);
     let name = entry.name?;
     let (Some(action), Some(_), Ok(uids), Ok(processes), Ok(postgres), Ok(approval), Ok(claims)) =
         (action, targets, uids, processes, postgres, approval, claims)
@@ -718,6 +724,7 @@ fn rule(at: At, entry: RuleEntry, context: &RuleContext<'_>, report: &mut Report
 fn claims(
     entry: &RuleEntry,
     file: usize,
+    issuers: bool,
     report: &mut Report,
 ) -> Result<Option<Vec<ClaimRule>>, ()> {
     let Some(table) = &entry.claims else {
@@ -727,6 +734,15 @@ fn claims(
         report.error(
             At::of(file, table),
             "[rule.claims] is empty: name claims such as repository = \"acme/*\", or remove it",
+        );
+        return Err(());
+    }
+    if !issuers {
+        // Every connection is unidentified then: an allow rule naming
+        // claims never matches, a deny rule matches every connection.
+        report.error(
+            At::of(file, table),
+            "[rule.claims] needs a token issuer, and no [[identity.issuer]] is configured: add one (see examples/identity/policy.toml) or remove the claims",
         );
         return Err(());
     }

@@ -163,6 +163,10 @@ impl Policy {
         let (approval_defaults, approvals) =
             settings::approvals(loaded.approvals, &sources, &mut report);
         let dns = settings::dns(loaded.dns.as_ref(), daemon.dns_port, &mut report);
+        let issuers_named = loaded
+            .identity
+            .as_ref()
+            .is_some_and(|i| i.value.issuer.as_ref().is_some_and(|list| !list.is_empty()));
         let identity_config::IdentitySettings {
             issuers,
             runner_uids,
@@ -172,6 +176,8 @@ impl Policy {
             targets: loaded.targets,
             rules: loaded.rules,
             masking: loaded.masking,
+            // Named at all: an issuer with errors has its own to report.
+            issuers: issuers_named,
         };
         let compiled = compile::compile(
             entries,

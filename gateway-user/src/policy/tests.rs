@@ -1386,7 +1386,12 @@ ref = "refs/pull/*"
 #[test]
 fn a_deny_rule_naming_claims_holds_for_unidentified_connections() {
     let files = Files::new();
-    let policy = load_one(&files, CLAIM_DENY).expect("loads");
+    files.write("jwks.json", JWKS);
+    let text = format!(
+        "{}{CLAIM_DENY}",
+        issuers(&[("github", "https://token.actions.githubusercontent.com")])
+    );
+    let policy = load_one(&files, &text).expect("loads");
     let main = claims(&[("ref", "refs/heads/main")]);
     let pr = claims(&[("ref", "refs/pull/7/merge")]);
     let decide = |c: Option<&Claims>| {
@@ -1411,7 +1416,12 @@ fn a_deny_rule_naming_claims_holds_for_unidentified_connections() {
 #[test]
 fn claim_rules_match_bound_jobs_and_never_unidentified_ones() {
     let files = Files::new();
-    let policy = load_one(&files, CLAIM_RULES).expect("loads");
+    files.write("jwks.json", JWKS);
+    let text = format!(
+        "{}{CLAIM_RULES}",
+        issuers(&[("github", "https://token.actions.githubusercontent.com")])
+    );
+    let policy = load_one(&files, &text).expect("loads");
     let main = claims(&[("repository", "acme/app"), ("ref", "refs/heads/main")]);
     let tag = claims(&[("repository", "acme/app"), ("ref", "refs/tags/v1.2")]);
     let branch = claims(&[("repository", "acme/app"), ("ref", "refs/heads/dev")]);
@@ -1648,8 +1658,10 @@ targets = ["*"]
 
     // GitHub sets head_ref and base_ref to "" outside pull requests:
     // matching the empty value is a rule that means something.
-    let policy = load_one(
-        &files,
+    files.write("jwks.json", JWKS);
+    let text = format!(
+        "{}{}",
+        issuers(&[("github", "https://token.actions.githubusercontent.com")]),
         r#"
 [[rule]]
 name = "not-a-pull-request"
@@ -1657,9 +1669,9 @@ action = "allow"
 targets = ["*"]
 [rule.claims]
 head_ref = ""
-"#,
-    )
-    .expect("an empty pattern loads");
+"#
+    );
+    let policy = load_one(&files, &text).expect("an empty pattern loads");
     let decide = |head_ref: &str| {
         let c = claims(&[("head_ref", head_ref)]);
         let mut f = flow("127.0.0.9:5432", 1000, "psql");
@@ -1893,4 +1905,25 @@ fn line_and_column_come_from_the_line_index_as_from_a_rescan() {
     let empty = super::load::Source::new("e.toml".into(), String::new());
     assert_eq!(empty.line_col(0), (1, 1));
     assert_eq!(empty.line_col(5), (1, 1));
+}
+
+#[test]
+fn claims_without_any_issuer_are_an_error_at_the_claims() {
+    let files = Files::new();
+    let text = r#"
+[[rule]]
+name = "no-pr-builds"
+action = "deny"
+targets = ["*"]
+[rule.claims]
+ref = "refs/pull/*"
+"#;
+    let error = only_error(load_one(&files, text));
+    assert_eq!((error.line, error.col), position_of(text, "[rule.claims]"));
+    assert!(
+        error.message.contains(
+            "[rule.claims] needs a token issuer, and no [[identity.issuer]] is configured"
+        ),
+        "{error:?}"
+    );
 }
