@@ -9,7 +9,7 @@ pub(super) fn detach(which: &InstanceArg) -> ExitCode {
     }
     let instances = match which.instances() {
         Ok(i) => i,
-        Err(e) => return super::fail(e),
+        Err(e) => return super::usage(e),
     };
     for instance in instances {
         match crate::ebpf::detach(&instance) {

@@ -173,6 +173,14 @@ pub(crate) fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// A usage or configuration error: exit 2, as clap's own and `policy
+/// check`'s, so that 1 keeps the meaning each command gives it (nothing
+/// attached, a denial, a tampered recording).
+pub(crate) fn usage(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("chokepoint: {message}");
+    ExitCode::from(2)
+}
+
 /// An error with its causes (aya puts the errno in the source), on one line.
 pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();

@@ -52,17 +52,17 @@ pub(super) fn explain(config: &Path, asked: &Asked<'_>) -> ExitCode {
         (Some(uid), _) => (uid, 0),
         (None, Some(name)) => match nix::unistd::User::from_name(name) {
             Ok(Some(u)) => (u.uid.as_raw(), u.gid.as_raw()),
-            _ => return super::fail(format_args!("unknown user {name:?}")),
+            _ => return super::usage(format_args!("unknown user {name:?}")),
         },
         // A job is named by its claims; no uid rule should match it by accident.
         (None, None) if claims.is_some() => (u32::MAX, u32::MAX),
         (None, None) => {
-            return super::fail("say who connects: --uid N, --user NAME or --claims k=v,…");
+            return super::usage("say who connects: --uid N, --user NAME or --claims k=v,…");
         }
     };
     let claims = match claims.map(parse_claims).transpose() {
         Ok(c) => c,
-        Err(e) => return super::fail(e),
+        Err(e) => return super::usage(e),
     };
     let kept = as_kernel_keeps(comm);
     if let Some(kept) = &kept {
@@ -138,7 +138,44 @@ fn parse_claims(text: &str) -> Result<crate::policy::Claims, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::as_kernel_keeps;
+    use std::process::ExitCode;
+
+    use super::{Asked, as_kernel_keeps, explain};
+
+    #[test]
+    fn who_connects_must_be_said_and_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("policy.toml");
+        std::fs::write(
+            &config,
+            "[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"*\"]\n",
+        )
+        .unwrap();
+        let asked = |user, claims| Asked {
+            dest: "127.0.0.9:5432".parse().unwrap(),
+            udp: false,
+            uid: None,
+            user,
+            comm: "psql",
+            claims,
+            names: &[],
+        };
+        // The file itself is fine: asked properly, explain answers.
+        let by_uid = Asked {
+            uid: Some(1000),
+            ..asked(None, None)
+        };
+        assert_ne!(explain(&config, &by_uid), ExitCode::from(2));
+        assert_eq!(explain(&config, &asked(None, None)), ExitCode::from(2));
+        assert_eq!(
+            explain(&config, &asked(Some("no-such-user-chokepoint"), None)),
+            ExitCode::from(2)
+        );
+        assert_eq!(
+            explain(&config, &asked(None, Some("no equals sign"))),
+            ExitCode::from(2)
+        );
+    }
 
     #[test]
     fn a_long_comm_is_cut_as_the_kernel_cuts_it() {

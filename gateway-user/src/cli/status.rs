@@ -7,7 +7,7 @@ use super::InstanceArg;
 pub(super) fn status(which: &InstanceArg) -> ExitCode {
     let instances = match which.instances() {
         Ok(i) => i,
-        Err(e) => return super::fail(e),
+        Err(e) => return super::usage(e),
     };
     let mut code = ExitCode::SUCCESS;
     for instance in instances {
@@ -55,5 +55,21 @@ mod tests {
             all: false,
         };
         assert_eq!(status(&which), ExitCode::FAILURE);
+    }
+
+    #[test]
+    fn a_bad_instance_name_or_config_is_a_usage_error() {
+        let bad_name = InstanceArg {
+            instance: Some("../etc".into()),
+            config: None,
+            all: false,
+        };
+        assert_eq!(status(&bad_name), ExitCode::from(2));
+        let bad_config = InstanceArg {
+            instance: None,
+            config: Some("/nonexistent/chokepoint.toml".into()),
+            all: false,
+        };
+        assert_eq!(status(&bad_config), ExitCode::from(2));
     }
 }
