@@ -162,7 +162,7 @@ impl Policy {
         let recording = settings::recording(loaded.recording.as_ref(), &sources, &mut report);
         let (approval_defaults, approvals) =
             settings::approvals(loaded.approvals, &sources, &mut report);
-        let dns = settings::dns(loaded.dns.as_ref(), daemon.dns_port, &mut report);
+        let dns = settings::dns(loaded.dns.as_ref(), &daemon, &mut report);
         let issuers_named = loaded
             .identity
             .as_ref()

@@ -530,14 +530,25 @@ pub struct DnsSettings {
 }
 
 /// Why `addr` cannot be a resolver the forwarder asks, if it cannot.
-fn upstream_problem(addr: SocketAddr, own_port: u16, earlier: &[SocketAddr]) -> Option<String> {
-    let ip = addr.ip();
-    // The listener is bound to these two addresses only.
-    let own = addr.port() == own_port
-        && (ip == IpAddr::V4(Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(Ipv6Addr::LOCALHOST));
-    if own {
+fn upstream_problem(
+    addr: SocketAddr,
+    daemon: &DaemonSettings,
+    earlier: &[SocketAddr],
+) -> Option<String> {
+    // The forwarder's IPv6 socket reaches an IPv4-mapped address over IPv4.
+    let ip = addr.ip().to_canonical();
+    // The gateway listens on these two addresses only.
+    let own = [
+        (daemon.listen_port, "listener", "listen_port"),
+        (daemon.dns_port, "DNS listener", "dns_port"),
+        (daemon.udp_port, "UDP relay", "udp_port"),
+    ]
+    .into_iter()
+    .find(|&(port, _, _)| port == addr.port())
+    .filter(|_| ip == IpAddr::V4(Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(Ipv6Addr::LOCALHOST));
+    if let Some((port, what, key)) = own {
         Some(format!(
-            "is the gateway's own DNS listener ([daemon] dns_port = {own_port}): every query would come back to it; name the resolver the host uses, e.g. \"127.0.0.53:53\""
+            "is the gateway's own {what} ([daemon] {key} = {port}), not a resolver: the forwarder would ask itself and every query would fail; name the resolver the host uses, e.g. \"127.0.0.53:53\""
         ))
     } else if ip.is_unspecified() {
         Some(
@@ -546,7 +557,10 @@ fn upstream_problem(addr: SocketAddr, own_port: u16, earlier: &[SocketAddr]) -> 
         )
     } else if ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
         Some("is a multicast or broadcast address: write one resolver's own address".into())
-    } else if earlier.contains(&addr) {
+    } else if earlier
+        .iter()
+        .any(|e| (e.ip().to_canonical(), e.port()) == (ip, addr.port()))
+    {
         Some("is listed twice".into())
     } else {
         None
@@ -557,7 +571,7 @@ fn upstream_problem(addr: SocketAddr, own_port: u16, earlier: &[SocketAddr]) -> 
 /// stays denied.
 pub(super) fn dns(
     section: Option<&Located<super::model::DnsSection>>,
-    own_port: u16,
+    daemon: &DaemonSettings,
     report: &mut Report,
 ) -> Option<DnsSettings> {
     let Located { at, value: section } = section?;
@@ -583,7 +597,7 @@ pub(super) fn dns(
                         At::of(file, entry),
                         format!("upstream {text:?} has port 0: write the resolver's port, e.g. \"{}:53\", or leave it out for 53", text.rsplit_once(':').map_or(text.as_str(), |(host, _)| host)),
                     ),
-                    Ok(addr) => match upstream_problem(addr, own_port, &upstream) {
+                    Ok(addr) => match upstream_problem(addr, daemon, &upstream) {
                         Some(why) => report.error(At::of(file, entry), format!("upstream {text:?} {why}")),
                         None => upstream.push(addr),
                     },

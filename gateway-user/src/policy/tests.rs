@@ -1927,3 +1927,59 @@ ref = "refs/pull/*"
         "{error:?}"
     );
 }
+
+#[test]
+fn a_dns_upstream_is_checked_as_the_address_it_reaches() {
+    // An IPv6 socket reaches an IPv4-mapped address over IPv4, and the
+    // forwarder asks over TCP: each of these is the gateway itself or no
+    // resolver at all, whichever way it is written.
+    let files = Files::new();
+    let text = r#"
+[daemon]
+listen_port = 16001
+dns_port = 16053
+udp_port = 16054
+
+[dns]
+upstream = ["[::ffff:127.0.0.1]:16053", "127.0.0.1:16001", "[::1]:16054", "::ffff:0.0.0.0", "::", "::ffff:255.255.255.255", "[ff02::fb]:5353", "10.0.0.3", "[::ffff:10.0.0.3]:53", "127.0.0.1:15053"]
+"#;
+    let all = errors(load_one(&files, text));
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    for (needle, message) in [
+        (
+            "\"[::ffff:127.0.0.1]:16053\"",
+            "is the gateway's own DNS listener ([daemon] dns_port = 16053)",
+        ),
+        (
+            "\"127.0.0.1:16001\"",
+            "is the gateway's own listener ([daemon] listen_port = 16001)",
+        ),
+        (
+            "\"[::1]:16054\"",
+            "is the gateway's own UDP relay ([daemon] udp_port = 16054)",
+        ),
+        ("\"::ffff:0.0.0.0\"", "is the unspecified address"),
+        ("\"::\"", "is the unspecified address"),
+        (
+            "\"::ffff:255.255.255.255\"",
+            "is a multicast or broadcast address",
+        ),
+        ("\"[ff02::fb]:5353\"", "is a multicast or broadcast address"),
+        (
+            "\"[::ffff:10.0.0.3]:53\"",
+            "upstream \"[::ffff:10.0.0.3]:53\" is listed twice",
+        ),
+    ] {
+        let at = position_of(text, needle);
+        assert!(
+            all.iter()
+                .any(|d| (d.line, d.col) == at && d.message.contains(message)),
+            "no {message:?} at {at:?} in {messages:#?}"
+        );
+    }
+    assert_eq!(
+        all.len(),
+        8,
+        "the default dns_port is no one's: {messages:#?}"
+    );
+}
