@@ -163,10 +163,12 @@ impl Policy {
         let (approval_defaults, approvals) =
             settings::approvals(loaded.approvals, &sources, &mut report);
         let dns = settings::dns(loaded.dns.as_ref(), &daemon, &mut report);
-        let issuers_named = loaded
-            .identity
-            .as_ref()
-            .is_some_and(|i| i.value.issuer.as_ref().is_some_and(|list| !list.is_empty()));
+        let issuers_named = match &loaded.identity {
+            Some(i) => i.value.issuer.as_ref().is_some_and(|list| !list.is_empty()),
+            // An [identity] that did not deserialize has its own error;
+            // what issuers it meant to name is not known.
+            None => loaded.identity_at.is_some(),
+        };
         let identity_config::IdentitySettings {
             issuers,
             runner_uids,

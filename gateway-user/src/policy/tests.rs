@@ -1929,6 +1929,47 @@ ref = "refs/pull/*"
 }
 
 #[test]
+fn claims_are_not_blamed_on_an_identity_section_with_its_own_error() {
+    // The issuers of an [identity] that does not deserialize are unknown,
+    // not absent: its own error is the one to fix.
+    let files = Files::new();
+    let text = r#"
+[identity]
+runner_user = ["runner"]
+
+[[identity.issuer]]
+name = "github"
+issuer = "https://token.actions.githubusercontent.com"
+audience = ["chokepoint"]
+jwks_file = "jwks.json"
+
+[[rule]]
+name = "no-pr-builds"
+action = "deny"
+targets = ["*"]
+[rule.claims]
+ref = "refs/pull/*"
+"#;
+    let error = only_error(load_one(&files, text));
+    assert!(error.message.contains("runner_user"), "{error:?}");
+}
+
+#[test]
+fn claims_see_the_issuers_of_another_file() {
+    let files = Files::new();
+    files.write("jwks.json", JWKS);
+    let identity = files.write(
+        "identity.toml",
+        &issuers(&[("github", "https://token.actions.githubusercontent.com")]),
+    );
+    let rules = files.write("rules.toml", CLAIM_DENY);
+    for order in [[&identity, &rules], [&rules, &identity]] {
+        let paths: Vec<PathBuf> = order.into_iter().cloned().collect();
+        load(&paths).expect("an issuer in any file lets [rule.claims] load");
+    }
+}
+
+#[test]
 fn a_dns_upstream_is_checked_as_the_address_it_reaches() {
     // An IPv6 socket reaches an IPv4-mapped address over IPv4, and the
     // forwarder asks over TCP: each of these is the gateway itself or no
