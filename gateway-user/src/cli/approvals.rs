@@ -3,7 +3,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Subcommand;
 
-use super::fail;
+use super::{Failure, fail};
 use crate::{
     admin::{AdminRequest, AdminResponse, call},
     approvals::{Approvals, Caller, Request, State, Verdict},
@@ -78,32 +78,34 @@ pub fn approvals(args: &ApprovalsArgs, command: &ApprovalsCommand) -> ExitCode {
             print!("{out}");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(e),
+        Err(e) => e.exit(),
     }
 }
 
-async fn run(args: &ApprovalsArgs, command: &ApprovalsCommand) -> Result<String, String> {
+async fn run(args: &ApprovalsArgs, command: &ApprovalsCommand) -> Result<String, Failure> {
     if let ApprovalsCommand::Show { id }
     | ApprovalsCommand::Approve { id, .. }
     | ApprovalsCommand::Deny { id, .. } = command
         && !crate::approvals::is_id(id)
     {
-        return Err(format!(
+        return Err(Failure::Usage(format!(
             "{id:?} is not a request id: ids look like apr-7f3k2m (see `chokepoint approvals list`)"
-        ));
+        )));
     }
     if let ApprovalsCommand::Deny { reason, .. } = command
         && reason.trim().is_empty()
     {
-        return Err("--reason is empty: say why, the job's log shows it".to_owned());
+        return Err(Failure::Usage(
+            "--reason is empty: say why, the job's log shows it".to_owned(),
+        ));
     }
     let requests = match &args.store {
         Some(conninfo) => direct(conninfo, command).await?,
         None => {
-            let socket = socket(args)?;
+            let socket = socket(args).map_err(Failure::Usage)?;
             let answer: AdminResponse = call(&socket, &request(command)).await?;
             if let Some(e) = answer.error {
-                return Err(e);
+                return Err(e.into());
             }
             answer.requests
         }
@@ -111,7 +113,7 @@ async fn run(args: &ApprovalsArgs, command: &ApprovalsCommand) -> Result<String,
     if args.json {
         return serde_json::to_string_pretty(&requests)
             .map(|s| s + "\n")
-            .map_err(|e| e.to_string());
+            .map_err(|e| e.to_string().into());
     }
     Ok(match command {
         ApprovalsCommand::List { .. } => table(&requests),
@@ -320,5 +322,38 @@ fn outcome(r: &Request) -> String {
             r.min_approvals
         ),
         _ => format!("{}: {} ({})\n", r.id, r.state, r.outcome()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::ExitCode;
+
+    use super::{ApprovalsArgs, ApprovalsCommand, approvals};
+
+    #[test]
+    fn a_malformed_request_or_a_bad_config_is_a_usage_error() {
+        // None of these reaches a gateway: 1 stays "refused or unreachable".
+        let default = ApprovalsArgs {
+            socket: None,
+            config: None,
+            store: None,
+            json: false,
+        };
+        let not_an_id = ApprovalsCommand::Show {
+            id: "../etc".into(),
+        };
+        assert_eq!(approvals(&default, &not_an_id), ExitCode::from(2));
+        let no_reason = ApprovalsCommand::Deny {
+            id: "apr-7f3k2m".into(),
+            reason: " ".into(),
+        };
+        assert_eq!(approvals(&default, &no_reason), ExitCode::from(2));
+        let bad_config = ApprovalsArgs {
+            config: Some("/nonexistent/chokepoint.toml".into()),
+            ..default
+        };
+        let list = ApprovalsCommand::List { all: false };
+        assert_eq!(approvals(&bad_config, &list), ExitCode::from(2));
     }
 }

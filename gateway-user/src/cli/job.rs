@@ -3,7 +3,7 @@ use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use clap::Subcommand;
 
-use super::fail;
+use super::Failure;
 use crate::{
     admin::{AdminRequest, JobInfo, call},
     identity::token::MAX_TOKEN_BYTES,
@@ -55,7 +55,7 @@ pub fn job(args: &SocketArgs, command: &JobCommand) -> ExitCode {
             print!("{out}");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(e),
+        Err(e) => e.exit(),
     }
 }
 
@@ -87,14 +87,14 @@ fn read_token(file: Option<&PathBuf>, env: Option<&str>) -> Result<String, Strin
     Ok(token)
 }
 
-fn run(args: &SocketArgs, command: &JobCommand) -> Result<String, String> {
+fn run(args: &SocketArgs, command: &JobCommand) -> Result<String, Failure> {
     let request = match command {
         JobCommand::Begin {
             token_file,
             token_env,
             cgroup,
         } => AdminRequest::JobBegin {
-            token: read_token(token_file.as_ref(), token_env.as_deref())?,
+            token: read_token(token_file.as_ref(), token_env.as_deref()).map_err(Failure::Usage)?,
             cgroup: cgroup.clone(),
         },
         JobCommand::End { cgroup } => AdminRequest::JobEnd {
@@ -106,7 +106,7 @@ fn run(args: &SocketArgs, command: &JobCommand) -> Result<String, String> {
         (Some(s), _) => s.clone(),
         (None, Some(config)) => Policy::load(config)
             .map(|p| p.daemon().admin_socket.clone())
-            .map_err(|e| format!("invalid configuration:\n{e}"))?,
+            .map_err(|e| Failure::Usage(format!("invalid configuration:\n{e}")))?,
         (None, None) => PathBuf::from(DEFAULT_ADMIN_SOCKET),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -115,7 +115,7 @@ fn run(args: &SocketArgs, command: &JobCommand) -> Result<String, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let answer = runtime.block_on(call(&socket, &request))?;
     if let Some(e) = answer.error {
-        return Err(e);
+        return Err(e.into());
     }
     let line = |j: &JobInfo, verb: &str| {
         format!(
@@ -134,4 +134,37 @@ fn run(args: &SocketArgs, command: &JobCommand) -> Result<String, String> {
             .map(|l| l.trim_start().to_owned())
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::PathBuf, process::ExitCode};
+
+    use super::{JobCommand, SocketArgs, job};
+
+    #[test]
+    fn a_bad_token_source_or_config_is_a_usage_error() {
+        // Neither reaches a gateway: 1 stays "the gateway refused".
+        let default = SocketArgs {
+            socket: None,
+            config: None,
+        };
+        let unset = JobCommand::Begin {
+            token_file: None,
+            token_env: Some("CHOKEPOINT_TEST_NO_SUCH_VARIABLE".into()),
+            cgroup: None,
+        };
+        assert_eq!(job(&default, &unset), ExitCode::from(2));
+        let missing = JobCommand::Begin {
+            token_file: Some(PathBuf::from("/nonexistent/job.jwt")),
+            token_env: None,
+            cgroup: None,
+        };
+        assert_eq!(job(&default, &missing), ExitCode::from(2));
+        let bad_config = SocketArgs {
+            socket: None,
+            config: Some("/nonexistent/chokepoint.toml".into()),
+        };
+        assert_eq!(job(&bad_config, &JobCommand::List), ExitCode::from(2));
+    }
 }

@@ -181,6 +181,29 @@ pub(crate) fn usage(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Why a command that reports errors as text failed: its exit code.
+pub(crate) enum Failure {
+    /// A bad argument or configuration: [`usage`], exit 2.
+    Usage(String),
+    /// Refused or unreachable: [`fail`], exit 1.
+    Failed(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Failed(message)
+    }
+}
+
+impl Failure {
+    pub(crate) fn exit(self) -> ExitCode {
+        match self {
+            Failure::Usage(message) => usage(message),
+            Failure::Failed(message) => fail(message),
+        }
+    }
+}
+
 /// An error with its causes (aya puts the errno in the source), on one line.
 pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();
