@@ -1497,30 +1497,26 @@ repository = []
 ref = "[unclosed"
 "#;
     let all = errors(load_one(&files, text));
-    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
-    for (needle, message) in [
-        (
-            "\"ghost\"",
-            "runner user \"ghost\" does not exist on this host",
-        ),
-        ("\"1h\"", "leeway is longer than 10m"),
-        ("\"45d\"", "max_job must be between 1m and 30d"),
-        (
-            "[[identity.issuer]]\nname = \"github\"",
-            "this [[identity.issuer]] needs issuer = ",
-        ),
-        ("\"jwks/bad.json\"", "is not a JWKS"),
-        ("\"jwks/empty.json\"", "holds no keys"),
-        ("[]\nref", "claim \"repository\" lists no pattern"),
-        ("\"[unclosed\"", "claim pattern \"[unclosed\""),
-    ] {
-        let at = position_of(text, needle);
-        assert!(
-            all.iter()
-                .any(|d| (d.line, d.col) == at && d.message.contains(message)),
-            "no {message:?} at {at:?} in {messages:#?}"
-        );
-    }
+    assert_reported_at(
+        &all,
+        text,
+        &[
+            (
+                "\"ghost\"",
+                "runner user \"ghost\" does not exist on this host",
+            ),
+            ("\"1h\"", "leeway is longer than 10m"),
+            ("\"45d\"", "max_job must be between 1m and 30d"),
+            (
+                "[[identity.issuer]]\nname = \"github\"",
+                "this [[identity.issuer]] needs issuer = ",
+            ),
+            ("\"jwks/bad.json\"", "is not a JWKS"),
+            ("\"jwks/empty.json\"", "holds no keys"),
+            ("[]\nref", "claim \"repository\" lists no pattern"),
+            ("\"[unclosed\"", "claim pattern \"[unclosed\""),
+        ],
+    );
 }
 
 /// A JWKS with one Ed25519 key, for issuers that must load.
@@ -1603,18 +1599,15 @@ jwks_file = "jwks.json"
     let all = errors(load_one(&files, text));
     let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
     assert_eq!(all.len(), 3, "{messages:#?}");
-    for (needle, message) in [
-        ("[]", "audience is empty: list the aud values"),
-        ("\"\", \" \"", "audience \"\" is empty"),
-        ("\" \"]", "audience \" \" is empty"),
-    ] {
-        let at = position_of(text, needle);
-        assert!(
-            all.iter()
-                .any(|d| (d.line, d.col) == at && d.message.contains(message)),
-            "no {message:?} at {at:?} in {messages:#?}"
-        );
-    }
+    assert_reported_at(
+        &all,
+        text,
+        &[
+            ("[]", "audience is empty: list the aud values"),
+            ("\"\", \" \"", "audience \"\" is empty"),
+            ("\" \"]", "audience \" \" is empty"),
+        ],
+    );
 }
 
 #[test]
@@ -1640,21 +1633,18 @@ targets = ["*"]
     let all = errors(load_one(&files, text));
     let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
     assert_eq!(all.len(), 5, "{messages:#?}");
-    for (needle, message) in [
-        // Each problem of one issuer is reported, not only the first.
-        ("\"token.", "is not an https URL"),
-        ("\"\", ", "required claim \"\" has no name"),
-        ("\" \"]", "required claim \" \" has no name"),
-        ("\"\" = ", "claim \"\" has no name"),
-        ("\" \" = ", "claim \" \" has no name"),
-    ] {
-        let at = position_of(text, needle);
-        assert!(
-            all.iter()
-                .any(|d| (d.line, d.col) == at && d.message.contains(message)),
-            "no {message:?} at {at:?} in {messages:#?}"
-        );
-    }
+    assert_reported_at(
+        &all,
+        text,
+        &[
+            // Each problem of one issuer is reported, not only the first.
+            ("\"token.", "is not an https URL"),
+            ("\"\", ", "required claim \"\" has no name"),
+            ("\" \"]", "required claim \" \" has no name"),
+            ("\"\" = ", "claim \"\" has no name"),
+            ("\" \" = ", "claim \" \" has no name"),
+        ],
+    );
 
     // GitHub sets head_ref and base_ref to "" outside pull requests:
     // matching the empty value is a rule that means something.
@@ -1683,6 +1673,20 @@ head_ref = ""
 }
 
 /// 1-based line and column of `needle` in `text`.
+/// Asserts that each `(needle, message)` has a diagnostic at the first
+/// place `needle` occurs in `text` whose message contains `message`.
+fn assert_reported_at(all: &[Diagnostic], text: &str, expected: &[(&str, &str)]) {
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    for &(needle, message) in expected {
+        let at = position_of(text, needle);
+        assert!(
+            all.iter()
+                .any(|d| (d.line, d.col) == at && d.message.contains(message)),
+            "no {message:?} at {at:?} in {messages:#?}"
+        );
+    }
+}
+
 fn position_of(text: &str, needle: &str) -> (usize, usize) {
     let offset = text.find(needle).expect("needle");
     let line = text[..offset].matches('\n').count() + 1;
@@ -1844,47 +1848,44 @@ ports = [1]
 "#;
     let all = errors(load_one(&files, text));
     let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
-    for (needle, message) in [
-        ("\"nowhere\"", "upstream \"nowhere\" is not an address"),
-        (
-            "\"10.0.0.2:0\"",
-            "upstream \"10.0.0.2:0\" has port 0: write the resolver's port, e.g. \"10.0.0.2:53\"",
-        ),
-        (
-            "\"[fd00::53]:0\"",
-            "upstream \"[fd00::53]:0\" has port 0: write the resolver's port, e.g. \"[fd00::53]:53\"",
-        ),
-        (
-            "\"silence\"",
-            "denied_answer must be \"nxdomain\" or \"refused\"",
-        ),
-        (
-            "\"127.0.0.1:15053\"",
-            "is the gateway's own DNS listener ([daemon] dns_port = 15053)",
-        ),
-        ("\"[::1]:15053\"", "is the gateway's own DNS listener"),
-        ("\"0.0.0.0\"", "is the unspecified address"),
-        (
-            "\"224.0.0.251:5353\"",
-            "is a multicast or broadcast address",
-        ),
-        ("\"10.0.0.3\", ", "upstream \"10.0.0.3\" is listed twice"),
-        ("\"*.*.twice\"", "host \"*.*.twice\" is not a DNS name"),
-        ("\"a..b\"", "host \"a..b\" is not a DNS name"),
-        ("\"*\"]", "host \"*\" is not a DNS name"),
-        ("[]\nports", "hosts is empty: list at least one DNS name"),
-        (
-            "[[target]]\nname = \"neither\"",
-            "has no addresses or hosts",
-        ),
-    ] {
-        let at = position_of(text, needle);
-        assert!(
-            all.iter()
-                .any(|d| (d.line, d.col) == at && d.message.contains(message)),
-            "no {message:?} at {at:?} in {messages:#?}"
-        );
-    }
+    assert_reported_at(
+        &all,
+        text,
+        &[
+            ("\"nowhere\"", "upstream \"nowhere\" is not an address"),
+            (
+                "\"10.0.0.2:0\"",
+                "upstream \"10.0.0.2:0\" has port 0: write the resolver's port, e.g. \"10.0.0.2:53\"",
+            ),
+            (
+                "\"[fd00::53]:0\"",
+                "upstream \"[fd00::53]:0\" has port 0: write the resolver's port, e.g. \"[fd00::53]:53\"",
+            ),
+            (
+                "\"silence\"",
+                "denied_answer must be \"nxdomain\" or \"refused\"",
+            ),
+            (
+                "\"127.0.0.1:15053\"",
+                "is the gateway's own DNS listener ([daemon] dns_port = 15053)",
+            ),
+            ("\"[::1]:15053\"", "is the gateway's own DNS listener"),
+            ("\"0.0.0.0\"", "is the unspecified address"),
+            (
+                "\"224.0.0.251:5353\"",
+                "is a multicast or broadcast address",
+            ),
+            ("\"10.0.0.3\", ", "upstream \"10.0.0.3\" is listed twice"),
+            ("\"*.*.twice\"", "host \"*.*.twice\" is not a DNS name"),
+            ("\"a..b\"", "host \"a..b\" is not a DNS name"),
+            ("\"*\"]", "host \"*\" is not a DNS name"),
+            ("[]\nports", "hosts is empty: list at least one DNS name"),
+            (
+                "[[target]]\nname = \"neither\"",
+                "has no addresses or hosts",
+            ),
+        ],
+    );
     assert!(
         !messages.iter().any(|m| m.contains("under_score")),
         "{messages:#?}"
@@ -1986,38 +1987,35 @@ upstream = ["[::ffff:127.0.0.1]:16053", "127.0.0.1:16001", "[::1]:16054", "::fff
 "#;
     let all = errors(load_one(&files, text));
     let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
-    for (needle, message) in [
-        (
-            "\"[::ffff:127.0.0.1]:16053\"",
-            "is the gateway's own DNS listener ([daemon] dns_port = 16053)",
-        ),
-        (
-            "\"127.0.0.1:16001\"",
-            "is the gateway's own listener ([daemon] listen_port = 16001)",
-        ),
-        (
-            "\"[::1]:16054\"",
-            "is the gateway's own UDP relay ([daemon] udp_port = 16054)",
-        ),
-        ("\"::ffff:0.0.0.0\"", "is the unspecified address"),
-        ("\"::\"", "is the unspecified address"),
-        (
-            "\"::ffff:255.255.255.255\"",
-            "is a multicast or broadcast address",
-        ),
-        ("\"[ff02::fb]:5353\"", "is a multicast or broadcast address"),
-        (
-            "\"[::ffff:10.0.0.3]:53\"",
-            "upstream \"[::ffff:10.0.0.3]:53\" is listed twice",
-        ),
-    ] {
-        let at = position_of(text, needle);
-        assert!(
-            all.iter()
-                .any(|d| (d.line, d.col) == at && d.message.contains(message)),
-            "no {message:?} at {at:?} in {messages:#?}"
-        );
-    }
+    assert_reported_at(
+        &all,
+        text,
+        &[
+            (
+                "\"[::ffff:127.0.0.1]:16053\"",
+                "is the gateway's own DNS listener ([daemon] dns_port = 16053)",
+            ),
+            (
+                "\"127.0.0.1:16001\"",
+                "is the gateway's own listener ([daemon] listen_port = 16001)",
+            ),
+            (
+                "\"[::1]:16054\"",
+                "is the gateway's own UDP relay ([daemon] udp_port = 16054)",
+            ),
+            ("\"::ffff:0.0.0.0\"", "is the unspecified address"),
+            ("\"::\"", "is the unspecified address"),
+            (
+                "\"::ffff:255.255.255.255\"",
+                "is a multicast or broadcast address",
+            ),
+            ("\"[ff02::fb]:5353\"", "is a multicast or broadcast address"),
+            (
+                "\"[::ffff:10.0.0.3]:53\"",
+                "upstream \"[::ffff:10.0.0.3]:53\" is listed twice",
+            ),
+        ],
+    );
     assert_eq!(
         all.len(),
         8,
