@@ -179,6 +179,8 @@ pub struct GatewayConfig {
     /// Lines of the `[approvals]` table (`dir = "approvals"` is always
     /// there, in the gateway's own directory).
     pub approvals: Vec<String>,
+    /// Extra `key = value` lines of the `[guard]` table.
+    pub guard: Vec<String>,
     /// The daemon's `RUST_LOG`. Tests read the per-statement events of
     /// allowed statements, which the daemon logs at debug.
     pub log_filter: String,
@@ -207,6 +209,7 @@ impl GatewayConfig {
             recording_dir: PathBuf::from("sessions"),
             recording: Vec::new(),
             approvals: Vec::new(),
+            guard: Vec::new(),
             log_filter: TEST_LOG_FILTER.into(),
         })
     }
@@ -248,6 +251,12 @@ impl GatewayConfig {
     /// Adds a `key = value` line to the `[recording]` table.
     pub fn recording_setting(mut self, line: &str) -> Self {
         self.recording.push(line.to_owned());
+        self
+    }
+
+    /// Adds a `key = value` line to the `[guard]` table.
+    pub fn guard_setting(mut self, line: &str) -> Self {
+        self.guard.push(line.to_owned());
         self
     }
 
@@ -309,6 +318,9 @@ impl GatewayConfig {
             "\n[guard]\ncgroup = {}",
             quote(&self.cgroup.to_string_lossy())
         );
+        for line in &self.guard {
+            let _ = writeln!(s, "{line}");
+        }
         for t in &self.targets {
             let _ = writeln!(s, "\n[[target]]\nname = {}", quote(&t.name));
             let _ = writeln!(

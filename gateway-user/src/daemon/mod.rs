@@ -116,6 +116,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             exempt_mark: daemon.exempt_mark,
             reach: policy.reach(),
             udp_reach: policy.udp_reach(),
+            require_family_guard: guard.require_family_guard,
         },
         &cgroup,
     )?;

@@ -35,6 +35,9 @@ pub struct LoadOptions {
     pub reach: Vec<crate::policy::ReachEntry>,
     /// The same for datagrams outside DNS.
     pub udp_reach: Vec<crate::policy::ReachEntry>,
+    /// Fail instead of attaching the rest when the socket-family guard
+    /// cannot run (`[guard] require_family_guard`).
+    pub require_family_guard: bool,
 }
 
 /// Programs attached and pinned for one instance; holds the map handles
@@ -167,6 +170,10 @@ fn load_and_attach(
                 // too, by policy: the guard is then missing, not broken,
                 // and the daemon says so like where the BPF LSM is off.
                 if let Err(e) = p.load(hook, btf) {
+                    // A refusal by policy comes with an empty verifier log,
+                    // which would end the message in "Verifier output: ".
+                    let e = e.to_string();
+                    let e = e.trim_end().trim_end_matches("Verifier output:").trim_end();
                     family_guard = Err(format!("the kernel refused to load the LSM program: {e}"));
                     continue;
                 }
@@ -187,6 +194,12 @@ fn load_and_attach(
             }
         };
         links.push((name, link));
+    }
+    // Before anything is pinned: the links above detach as they drop.
+    if opts.require_family_guard
+        && let Err(why) = &family_guard
+    {
+        return Err(EbpfError::FamilyGuardMissing(why.clone()));
     }
 
     // Pin the new generation beside the old one, then swap: while both are

@@ -62,6 +62,10 @@ pub enum EbpfError {
     NotBpffs { path: PathBuf },
     #[error("{path}: {source}", path = path.display())]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "[guard] require_family_guard is set, but the socket-family guard cannot run here: {0}; nothing was attached. Set RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK on the runner's service and remove require_family_guard"
+    )]
+    FamilyGuardMissing(String),
 }
 
 impl EbpfError {

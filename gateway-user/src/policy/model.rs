@@ -96,6 +96,7 @@ pub(super) struct RecordingSection {
 pub(super) struct GuardSection {
     pub cgroup: Option<Spanned<String>>,
     pub create: Option<bool>,
+    pub require_family_guard: Option<bool>,
 }
 
 /// One `[[target]]`: a named set of destinations.

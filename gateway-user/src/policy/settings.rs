@@ -305,6 +305,10 @@ pub struct GuardSettings {
     pub cgroup: PathBuf,
     /// Create the cgroup if it is missing (demos and tests).
     pub create: bool,
+    /// Refuse to start where the socket-family LSM hook cannot run,
+    /// instead of warning: for hosts where nothing else (systemd's
+    /// `RestrictAddressFamilies`) keeps vsock and packet sockets from jobs.
+    pub require_family_guard: bool,
 }
 
 /// The daemon's settings, and the masking key when `masking_key_file`
@@ -490,6 +494,7 @@ pub(super) fn guard(
 ) -> Option<GuardSettings> {
     let Located { at, value: section } = section?;
     let create = section.create.unwrap_or(false);
+    let require_family_guard = section.require_family_guard.unwrap_or(false);
     match section.cgroup {
         None => {
             report.error(
@@ -508,6 +513,7 @@ pub(super) fn guard(
         Some(cgroup) => Some(GuardSettings {
             cgroup: PathBuf::from(cgroup.into_inner()),
             create,
+            require_family_guard,
         }),
     }
 }

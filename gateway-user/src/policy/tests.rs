@@ -139,7 +139,8 @@ fn the_example_loads_with_its_settings() {
         policy.guard(),
         Some(&GuardSettings {
             cgroup: PathBuf::from("chokepoint-demo"),
-            create: true
+            create: true,
+            require_family_guard: false,
         })
     );
     assert_eq!(policy.sources(), &[path]);
@@ -342,6 +343,27 @@ fn guard_needs_a_cgroup_when_present() {
         Some(Path::new("/sys/fs/cgroup/ci"))
     );
     assert_eq!(absolute.guard().map(|g| g.create), Some(false));
+}
+
+#[test]
+fn the_family_guard_is_required_only_when_asked() {
+    let files = Files::new();
+    let required =
+        |text: &str| load_one(&files, text).map(|p| p.guard().map(|g| g.require_family_guard));
+    assert_eq!(
+        required("[guard]\ncgroup = \"ci\"\n").ok(),
+        Some(Some(false))
+    );
+    assert_eq!(
+        required("[guard]\ncgroup = \"ci\"\nrequire_family_guard = true\n").ok(),
+        Some(Some(true))
+    );
+    let e = only_error(load_one(
+        &files,
+        "[guard]\ncgroup = \"ci\"\nrequire_family_guard = \"yes\"\n",
+    ));
+    assert_eq!(e.line, 3, "{}", e.message);
+    assert!(e.message.contains("boolean"), "{}", e.message);
 }
 
 #[test]
