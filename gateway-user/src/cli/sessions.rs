@@ -101,7 +101,7 @@ pub enum ExportFormat {
 }
 
 /// Exit code of a recording found altered (`verify`, and `show`,
-/// `replay` and `export` after printing it).
+/// `replay` and `export` after printing it, `list` after listing one).
 const TAMPERED: u8 = 1;
 /// Exit code when nothing could be checked: bad arguments, an unreadable
 /// configuration, key or recording, an unreachable store. Not 1, which a
@@ -141,13 +141,18 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
             since,
             identity,
             target,
-        } => list(
-            &source,
-            since.as_deref(),
-            identity.as_deref(),
-            target.as_deref(),
-        )
-        .map(|()| None),
+        } => {
+            return match list(
+                &source,
+                since.as_deref(),
+                identity.as_deref(),
+                target.as_deref(),
+            ) {
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(TAMPERED),
+                Err(e) => trouble(e),
+            };
+        }
         SessionsCommand::Show { id } => show(&source, id).map(Some),
         SessionsCommand::Replay { id, speed } => replay(&source, id, *speed).map(Some),
         SessionsCommand::Verify { id, all } => return verify_cmd(&source, id.as_deref(), *all),
@@ -391,12 +396,14 @@ fn state(verdict: &Verdict) -> String {
     }
 }
 
+/// Prints the recordings that pass the filters; how many of the rows
+/// printed say TAMPERED.
 fn list(
     source: &Source,
     since: Option<&str>,
     identity: Option<&str>,
     target: Option<&str>,
-) -> Result<(), String> {
+) -> Result<usize, String> {
     let cutoff = since.map(parse_since).transpose()?;
     let listed = source.all()?;
     let mut out = Escaped(std::io::stdout().lock());
@@ -406,6 +413,7 @@ fn list(
         "SESSION", "STARTED", "IDENTITY", "TARGET", "DESTINATION", "STMTS"
     );
     let mut unreadable = 0;
+    let mut tampered = 0;
     for entry in &listed {
         let id = &entry.id;
         // One stray file must not hide the rest: its row says what is wrong.
@@ -417,7 +425,9 @@ fn list(
                 continue;
             }
         };
+        let is_tampered = matches!(verdict, Verdict::Tampered { .. });
         let Some(first) = events.first() else {
+            tampered += usize::from(is_tampered);
             let _ = writeln!(out, "{id:<31} {:<27} {}", "?", state(&verdict));
             continue;
         };
@@ -458,13 +468,14 @@ fn list(
             statements,
             state(&verdict)
         );
+        tampered += usize::from(is_tampered);
     }
     if unreadable > 0 {
         eprintln!(
             "warning: {unreadable} recording(s) could not be listed; `chokepoint sessions verify --all` reports them too"
         );
     }
-    Ok(())
+    Ok(unreadable + tampered)
 }
 
 fn parse_since(text: &str) -> Result<SystemTime, String> {

@@ -88,7 +88,7 @@ async fn what_cannot_be_checked_exits_2_and_only_tampering_exits_1() {
 }
 
 #[tokio::test]
-async fn show_replay_and_export_print_a_tampered_recording_and_exit_1() {
+async fn show_replay_export_and_list_print_a_tampered_recording_and_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     let id = recorded(dir.path()).await;
     let args = store(dir.path());
@@ -101,7 +101,12 @@ async fn show_replay_and_export_print_a_tampered_recording_and_exit_1() {
         id: id.clone(),
         format: super::ExportFormat::Json,
     };
-    for command in [&show, &replay, &export] {
+    let list = |target: Option<&str>| SessionsCommand::List {
+        since: None,
+        identity: None,
+        target: target.map(str::to_owned),
+    };
+    for command in [&show, &replay, &export, &list(None)] {
         assert_eq!(sessions(&args, command), ExitCode::SUCCESS, "{command:?}");
     }
 
@@ -112,9 +117,14 @@ async fn show_replay_and_export_print_a_tampered_recording_and_exit_1() {
     data[at + 7] = b'2';
     std::fs::write(&path, data).unwrap();
     assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(1));
-    for command in [&show, &replay, &export] {
+    for command in [&show, &replay, &export, &list(None)] {
         assert_eq!(sessions(&args, command), ExitCode::from(1), "{command:?}");
     }
+    // A row the filters hide is not listed, so it is not the list's verdict.
+    assert_eq!(
+        sessions(&args, &list(Some("no-such-target"))),
+        ExitCode::SUCCESS
+    );
 }
 
 #[tokio::test]
