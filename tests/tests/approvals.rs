@@ -320,7 +320,11 @@ fn a_held_delete_runs_once_an_approver_approves_and_nobody_else_can() -> Result<
         "{}",
         text(&unknown)
     );
-    let too_long = s.approvals_as(NOBODY, NOBODY, &["approve", &id, "--for", "3h"])?;
+    let too_long = s.approvals_as(
+        NOBODY,
+        NOBODY,
+        &["approve", &id, "--for", "3h", "--cgroup-wide"],
+    )?;
     assert!(
         text(&too_long).contains("longer than rule ci-orders's max_grant of 1h"),
         "{}",
@@ -478,7 +482,20 @@ fn a_client_that_leaves_cancels_its_request_and_a_grant_skips_asking() -> Result
     // Approved with --for: later writes of the same class run unasked.
     let job = s.spawn_psql(&["DELETE FROM orders WHERE id = 2"])?;
     let id = s.first_pending_id()?;
+    // The job is unidentified, so the grant would reach its whole cgroup:
+    // refused unless the approver says that is meant.
     let out = s.approvals_as(NOBODY, NOBODY, &["approve", &id, "--for", "20m"])?;
+    assert!(
+        !out.status.success() && text(&out).contains("--cgroup-wide"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(s.first_pending_id()?, id, "the refused approval decided it");
+    let out = s.approvals_as(
+        NOBODY,
+        NOBODY,
+        &["approve", &id, "--for", "20m", "--cgroup-wide"],
+    )?;
     assert!(out.status.success(), "{}", text(&out));
     // The job is unidentified: the approver is told whom the grant covers.
     assert!(

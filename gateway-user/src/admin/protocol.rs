@@ -22,6 +22,9 @@ pub enum AdminRequest {
         text: Option<String>,
         /// `approve --for`, in seconds.
         grant_secs: Option<u64>,
+        /// `approve --cgroup-wide`; absent from older clients.
+        #[serde(default)]
+        cgroup_wide: bool,
         /// A prefix of the statement digest the approver saw.
         digest: Option<String>,
     },

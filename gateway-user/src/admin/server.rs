@@ -177,12 +177,14 @@ async fn answer(services: &AdminHandles, caller: &Caller, request: AdminRequest)
             approve,
             text,
             grant_secs,
+            cgroup_wide,
             digest,
         } => {
             let verdict = if approve {
                 Verdict::Approve {
                     comment: text,
                     grant: grant_secs.map(Duration::from_secs),
+                    cgroup_wide,
                 }
             } else {
                 match text {

@@ -63,6 +63,10 @@ pub enum Verdict {
         comment: Option<String>,
         /// `--for`.
         grant: Option<Duration>,
+        /// `--cgroup-wide`: the approver accepts that a grant for an
+        /// unidentified process covers its whole cgroup, the next job
+        /// there included.
+        cgroup_wide: bool,
     },
     Deny {
         reason: String,
@@ -124,12 +128,22 @@ pub fn vote(
     }
     let at = request::format_time(now);
     match verdict {
-        Verdict::Approve { comment, grant } => {
+        Verdict::Approve {
+            comment,
+            grant,
+            cgroup_wide,
+        } => {
             let grant_secs = match grant {
                 None => None,
                 Some(_) if request.who.scope.is_empty() => {
                     return Err(format!(
                         "request {id} was stored by an older gateway that did not say whom a grant would cover: approve without --for"
+                    ));
+                }
+                Some(_) if request.who.scope.starts_with("cgroup ") && !cgroup_wide => {
+                    return Err(format!(
+                        "request {id} comes from an unidentified process, so a grant would let every process in {} run such statements, whichever job runs there next included: approve without --for, or add --cgroup-wide to accept that",
+                        request.who.scope
                     ));
                 }
                 Some(d) => match request.max_grant_secs {
@@ -236,6 +250,7 @@ mod tests {
     const APPROVE: Verdict = Verdict::Approve {
         comment: None,
         grant: None,
+        cgroup_wide: false,
     };
 
     #[test]
@@ -307,13 +322,28 @@ mod tests {
         let long = Verdict::Approve {
             comment: None,
             grant: Some(Duration::from_secs(7200)),
+            cgroup_wide: true,
         };
         let mut r = request();
         let e = vote(&caller(1, "alice", &[]), &mut r, &long, None, now).unwrap_err();
         assert!(e.contains("longer than rule ci's max_grant of 1h"), "{e}");
+        // The request is from an unidentified process (cgroup scope): a
+        // grant needs the approver to accept the whole cgroup.
+        let unaware = Verdict::Approve {
+            comment: Some("cleanup".into()),
+            grant: Some(Duration::from_secs(1800)),
+            cgroup_wide: false,
+        };
+        let e = vote(&caller(1, "alice", &[]), &mut r, &unaware, None, now).unwrap_err();
+        assert!(
+            e.contains("unidentified process") && e.contains("--cgroup-wide"),
+            "{e}"
+        );
+        assert!(r.votes.is_empty(), "a refused vote was counted");
         let ok = Verdict::Approve {
             comment: Some("cleanup".into()),
             grant: Some(Duration::from_secs(1800)),
+            cgroup_wide: true,
         };
         vote(&caller(1, "alice", &[]), &mut r, &ok, None, now).unwrap();
         let same = GrantQuery {

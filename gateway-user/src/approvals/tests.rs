@@ -76,6 +76,7 @@ async fn an_approval_wakes_the_held_statement_and_grants_the_class() {
     let verdict = Verdict::Approve {
         comment: Some("ok".into()),
         grant: Some(Duration::from_secs(300)),
+        cgroup_wide: false,
     };
     approvals
         .decide(&alice(), &id, &verdict, None)

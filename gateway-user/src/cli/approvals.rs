@@ -49,6 +49,11 @@ pub enum ApprovalsCommand {
         /// the same target for this long (e.g. 30m), up to the rule's max_grant.
         #[arg(long = "for", value_parser = parse_grant)]
         grant: Option<Duration>,
+        /// Accept that a grant for an unidentified process (no job bound
+        /// to its cgroup) covers every process in that cgroup, the next
+        /// job there included. Refused without it.
+        #[arg(long, requires = "grant")]
+        cgroup_wide: bool,
         /// Only if the statement's digest starts with this (from `show`).
         #[arg(long)]
         digest: Option<String>,
@@ -144,12 +149,14 @@ fn request(command: &ApprovalsCommand) -> AdminRequest {
             id,
             comment,
             grant,
+            cgroup_wide,
             digest,
         } => AdminRequest::ApprovalsDecide {
             id: id.clone(),
             approve: true,
             text: comment.clone(),
             grant_secs: grant.map(|g| g.as_secs().max(1)),
+            cgroup_wide: *cgroup_wide,
             digest: digest.clone(),
         },
         ApprovalsCommand::Deny { id, reason } => AdminRequest::ApprovalsDecide {
@@ -157,6 +164,7 @@ fn request(command: &ApprovalsCommand) -> AdminRequest {
             approve: false,
             text: Some(reason.clone()),
             grant_secs: None,
+            cgroup_wide: false,
             digest: None,
         },
     }
@@ -186,11 +194,13 @@ async fn direct(conninfo: &str, command: &ApprovalsCommand) -> Result<Vec<Reques
             id,
             comment,
             grant,
+            cgroup_wide,
             digest,
         } => {
             let verdict = Verdict::Approve {
                 comment: comment.clone(),
                 grant: *grant,
+                cgroup_wide: *cgroup_wide,
             };
             approvals
                 .decide(&caller, id, &verdict, digest.as_deref())
