@@ -1,18 +1,25 @@
 //! Column provenance for masking: a RowDescription names each column's
 //! table by OID and attribute number, and this cache turns that into
-//! `schema.table.column` with one catalog query per unseen table, plus
-//! the tables it is a partition or inheritance child of: a column rule
-//! on a partitioned table must cover a job that reads one partition.
+//! `schema.table.column` with one catalog round trip per unseen table,
+//! plus the tables it is a partition or inheritance child of: a column
+//! rule on a partitioned table must cover a job that reads one partition.
 //!
 //! OIDs are per database, so there is one catalog per target, database and
 //! role (`PostgresShared::catalog`), each with its own connection; a policy
-//! reload starts them all afresh.
+//! reload starts them all afresh. A table's entry is also looked up again
+//! once it is [`MAX_AGE`] old: a table attached as a partition, or a column
+//! renamed, after the gateway first saw it must reach the masks without
+//! waiting for a reload.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{
+    Client, NoTls,
+    types::{ToSql, Type},
+};
 use tracing::warn;
 
 use super::upstream::Route;
@@ -37,12 +44,69 @@ const MAX_ANCESTRY: i32 = 64;
 /// otherwise grow it without end by creating tables, each seen once.
 const MAX_COLUMNS: usize = 100_000;
 
+/// How long a table's columns and ancestry are trusted: the longest a
+/// partition attached (or a column renamed) after the first lookup goes
+/// unmasked by its parent's rules. One query per table and minute costs
+/// nothing next to the statements that make it.
+pub const MAX_AGE: Duration = Duration::from_secs(60);
+
 /// Cache of one database's table OIDs to column names, shared by the
 /// sessions that log in to it as the same role.
 #[derive(Default)]
 pub struct Catalog {
-    columns: Mutex<HashMap<(u32, i16), Option<ColumnSource>>>,
+    cache: Mutex<Cache>,
     client: tokio::sync::Mutex<Option<Client>>,
+}
+
+#[derive(Default)]
+struct Cache {
+    tables: HashMap<u32, Table>,
+    /// Columns held in `tables`, for [`MAX_COLUMNS`].
+    columns: usize,
+}
+
+/// One table's columns as read at `loaded`; empty for an OID that is not
+/// a table (dropped), remembered so it does not cost a query per row
+/// description.
+struct Table {
+    loaded: Instant,
+    columns: HashMap<i16, ColumnSource>,
+}
+
+impl Cache {
+    /// What is known of `(oid, attnum)` if its table was read within
+    /// [`MAX_AGE`]: `Some(None)` when it is not a column (system column,
+    /// dropped table).
+    fn fresh(&self, oid: u32, attnum: i16, now: Instant) -> Option<Option<ColumnSource>> {
+        let table = self.tables.get(&oid)?;
+        if now.saturating_duration_since(table.loaded) >= MAX_AGE {
+            return None;
+        }
+        Some(table.columns.get(&attnum).cloned())
+    }
+
+    /// Replaces what is known of table `oid` with `sources` (by attnum), so
+    /// a column dropped since the last read does not keep its name.
+    fn store(&mut self, oid: u32, sources: Vec<(i16, ColumnSource)>, now: Instant) {
+        if let Some(old) = self.tables.remove(&oid) {
+            self.columns -= old.columns.len();
+        }
+        if self.columns + sources.len() > MAX_COLUMNS {
+            // Forgetting costs only repeated lookups; plans already made
+            // keep the names they resolved.
+            self.tables.clear();
+            self.columns = 0;
+        }
+        self.columns += sources.len();
+        let columns = sources.into_iter().collect();
+        self.tables.insert(
+            oid,
+            Table {
+                loaded: now,
+                columns,
+            },
+        );
+    }
 }
 
 /// One result column of a described query.
@@ -81,7 +145,7 @@ impl Catalog {
         if let Some(hit) = self.cached(table_oid, attnum) {
             return Ok(hit);
         }
-        if let Err(e) = self.load_table(table_oid, attnum, login).await {
+        if let Err(e) = self.load_table(table_oid, login).await {
             warn!(error = %e, table_oid, "catalog lookup failed; the table's columns are withheld (NULL) where column rules exist");
             return Err(e);
         }
@@ -119,40 +183,43 @@ impl Catalog {
     }
 
     fn cached(&self, oid: u32, attnum: i16) -> Option<Option<ColumnSource>> {
-        self.columns
+        self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(oid, attnum))
-            .cloned()
+            .fresh(oid, attnum, Instant::now())
     }
 
-    async fn load_table(
-        &self,
-        oid: u32,
-        wanted: i16,
-        login: &CatalogLogin<'_>,
-    ) -> Result<(), String> {
+    async fn load_table(&self, oid: u32, login: &CatalogLogin<'_>) -> Result<(), String> {
         let mut client = self.client.lock().await;
+        // Sessions that missed together queue on the connection: only the
+        // first asks, the rest find its answer.
+        if self.cached(oid, 0).is_some() {
+            return Ok(());
+        }
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             *client = Some(connect(login).await?);
         }
         let Some(c) = client.as_ref() else {
             return Ok(());
         };
-        let rows = c
-            .query(
-                "SELECT n.nspname::text, c.relname::text, a.attname::text, a.attnum \
-                 FROM pg_catalog.pg_attribute a \
-                 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE a.attrelid = $1 AND a.attnum > 0",
-                &[&oid],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let ancestors: Arc<[(String, String)]> = c
-            .query(
-                "WITH RECURSIVE up(relid, depth) AS ( \
+        // Both queries go out together, unprepared (tokio-postgres
+        // pipelines what is polled at once): one round trip per unseen
+        // table instead of four.
+        let table = [(&oid as &(dyn ToSql + Sync), Type::OID)];
+        let depth = [
+            (&oid as &(dyn ToSql + Sync), Type::OID),
+            (&MAX_ANCESTRY as &(dyn ToSql + Sync), Type::INT4),
+        ];
+        let columns = c.query_typed(
+            "SELECT n.nspname::text, c.relname::text, a.attname::text, a.attnum \
+             FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
+            &table,
+        );
+        let ancestry = c.query_typed(
+            "WITH RECURSIVE up(relid, depth) AS ( \
                    SELECT inhparent, 1 FROM pg_catalog.pg_inherits WHERE inhrelid = $1 \
                    UNION \
                    SELECT i.inhparent, up.depth + 1 \
@@ -163,33 +230,29 @@ impl Catalog {
                  JOIN pg_catalog.pg_class c ON c.oid = up.relid \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  ORDER BY up.depth, c.oid",
-                &[&oid, &MAX_ANCESTRY],
-            )
-            .await
-            .map_err(|e| e.to_string())?
+            &depth,
+        );
+        let (rows, ancestry) = tokio::try_join!(columns, ancestry).map_err(|e| e.to_string())?;
+        let ancestors: Arc<[(String, String)]> = ancestry
             .iter()
             .map(|row| (row.get(0), row.get(1)))
             .collect();
-        let mut columns = self.columns.lock().unwrap_or_else(|p| p.into_inner());
-        if columns.len() + rows.len() + 1 > MAX_COLUMNS {
-            // Forgetting costs only repeated lookups; plans already made
-            // keep the names they resolved.
-            columns.clear();
-        }
-        for row in rows {
-            let (schema, table, column, attnum): (String, String, String, i16) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
-            let source = SourceColumn {
-                schema,
-                table,
-                column,
-                ancestors: Arc::clone(&ancestors),
-            };
-            columns.insert((oid, attnum), Some(Arc::new(source)));
-        }
-        // Remember the miss too (dropped table, system column) so it does
-        // not cost a query per row description.
-        columns.entry((oid, wanted)).or_insert(None);
+        let sources = rows
+            .iter()
+            .map(|row| {
+                let source = SourceColumn {
+                    schema: row.get(0),
+                    table: row.get(1),
+                    column: row.get(2),
+                    ancestors: Arc::clone(&ancestors),
+                };
+                (row.get(3), Arc::new(source))
+            })
+            .collect();
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .store(oid, sources, Instant::now());
         Ok(())
     }
 }
@@ -212,4 +275,62 @@ async fn connect(login: &CatalogLogin<'_>) -> Result<Client, String> {
         let _ = connection.await;
     });
     Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(table: &str, column: &str, ancestors: &[(&str, &str)]) -> ColumnSource {
+        Arc::new(SourceColumn {
+            schema: "public".into(),
+            table: table.into(),
+            column: column.into(),
+            ancestors: ancestors
+                .iter()
+                .map(|(s, t)| ((*s).to_owned(), (*t).to_owned()))
+                .collect(),
+        })
+    }
+
+    fn column(hit: Option<Option<ColumnSource>>) -> Option<String> {
+        hit.flatten().map(|s| s.column.clone())
+    }
+
+    #[test]
+    fn a_table_is_read_again_once_its_entry_is_max_age_old() {
+        let mut cache = Cache::default();
+        let t0 = Instant::now();
+        cache.store(7, vec![(1, source("orders_2027", "email", &[]))], t0);
+        assert_eq!(column(cache.fresh(7, 1, t0)), Some("email".into()));
+        // A table that is gone is remembered as such, not asked again.
+        cache.store(9, Vec::new(), t0);
+        assert!(matches!(cache.fresh(9, 3, t0), Some(None)));
+        let almost = t0 + MAX_AGE - Duration::from_millis(1);
+        assert_eq!(column(cache.fresh(7, 1, almost)), Some("email".into()));
+        assert!(
+            cache.fresh(7, 1, t0 + MAX_AGE).is_none(),
+            "stale entry served"
+        );
+        assert!(cache.fresh(8, 1, t0).is_none(), "unknown table served");
+
+        // Read again after being attached as a partition: the ancestry and
+        // a renamed column replace the old entry, and a column that is gone
+        // does not linger under its old name.
+        let t1 = t0 + MAX_AGE;
+        cache.store(
+            7,
+            vec![(2, source("orders_2027", "email", &[("public", "orders")]))],
+            t1,
+        );
+        assert!(
+            matches!(cache.fresh(7, 1, t1), Some(None)),
+            "a dropped column kept its name"
+        );
+        let fresh = cache.fresh(7, 2, t1).flatten().expect("attnum 2");
+        assert_eq!(
+            &*fresh.ancestors,
+            &[("public".to_owned(), "orders".to_owned())]
+        );
+    }
 }
