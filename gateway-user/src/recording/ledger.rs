@@ -20,6 +20,10 @@
 //! ```text
 //! {"hash":H,"prev_hash":P,"event":{"seq":3,"wall":"…","type":"sealed","session":"20261127T…","events":9,"final_hash":"…","public_key":"…","signature":"…"}}
 //! ```
+//!
+//! Retention's `removed` lines would let it grow without end, so it is
+//! compacted ([`LedgerWriter::compact`]) when most of its lines say
+//! nothing any more.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fs::{File, OpenOptions},
@@ -38,6 +42,14 @@ use super::{chain, keys, keys::HostKey};
 /// The ledger's file name in the recordings directory.
 pub const FILE: &str = "ledger.jsonl";
 
+/// Where a compaction writes the new ledger before it takes the old one's
+/// place; one found at start is a compaction cut short, and is removed.
+const COMPACTING: &str = "ledger.jsonl.compacting";
+
+/// Lines below which a ledger is never compacted: a few megabytes, read
+/// in well under a second at start.
+pub const COMPACT_MIN_LINES: u64 = 20_000;
+
 /// What became of a recording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -51,6 +63,11 @@ pub enum Outcome {
     Recovered,
     /// Removed by retention.
     Removed,
+    /// Not a recording's: the first line of a compacted ledger, which
+    /// continues the chain of the lines it replaced (its `prev_hash` is
+    /// the last of them) and is followed by one line per recording they
+    /// still listed. `events` counts those lines.
+    Compacted,
 }
 
 impl Outcome {
@@ -60,6 +77,7 @@ impl Outcome {
             Outcome::Sealed => "sealed",
             Outcome::Recovered => "recovered",
             Outcome::Removed => "removed",
+            Outcome::Compacted => "compacted",
         }
     }
 }
@@ -86,7 +104,7 @@ impl Entry {
     fn check_final_hash(&self) -> Result<(), String> {
         let ok = match self.outcome {
             Outcome::Sealed | Outcome::Recovered => chain::is_hash(&self.final_hash),
-            Outcome::Opened | Outcome::Removed => self.final_hash.is_empty(),
+            Outcome::Opened | Outcome::Removed | Outcome::Compacted => self.final_hash.is_empty(),
         };
         if ok {
             Ok(())
@@ -97,7 +115,7 @@ impl Entry {
                 self.outcome.as_str(),
                 match self.outcome {
                     Outcome::Sealed | Outcome::Recovered => "64 lowercase hex digits",
-                    Outcome::Opened | Outcome::Removed => "empty",
+                    Outcome::Opened | Outcome::Removed | Outcome::Compacted => "empty",
                 }
             ))
         }
@@ -116,6 +134,22 @@ fn message(prev_hash: &str, e: &Entry) -> Vec<u8> {
         e.final_hash
     )
     .into_bytes()
+}
+
+/// Whether a ledger file of `lines` lines that lists `listed` recordings
+/// is worth compacting: it drops to `listed + 1` lines, and amortised over
+/// the lines written since the last compaction, that costs each line O(1).
+fn compaction_due(lines: u64, listed: u64) -> bool {
+    lines > COMPACT_MIN_LINES.max(listed.saturating_mul(3))
+}
+
+/// Whether a ledger's first line, which does not start at the genesis
+/// hash, begins a compacted ledger: a restated line (unsigned) or the
+/// compaction line itself (nothing was left to restate). Any other line
+/// there means the lines before it were removed.
+fn starts_compaction(event: &[u8]) -> bool {
+    serde_json::from_slice::<Entry>(event)
+        .is_ok_and(|e| e.signature.is_empty() || e.outcome == Outcome::Compacted)
 }
 
 /// The ledger's last line as the daemon last wrote it, kept outside the
@@ -205,6 +239,11 @@ pub struct LedgerWriter {
     len: u64,
     /// Set when a torn line could not be cut off.
     broken: Option<String>,
+    /// The seq of the file's first line (not 0 once compacted).
+    first_seq: u64,
+    /// After a failed compaction (disk full), the seq before which it is
+    /// not tried again: not at every 100 ms sync.
+    retry_compaction_at: u64,
     dirty: bool,
     anchors: BTreeMap<String, Anchor>,
     /// Sessions it has as opened, sealed or recovered (not removed): what
@@ -228,6 +267,18 @@ impl LedgerWriter {
     ) -> Result<(LedgerWriter, Known), String> {
         let path = dir.join(FILE);
         let head = read_head(head_path)?;
+        match std::fs::remove_file(dir.join(COMPACTING)) {
+            Ok(()) => {
+                tracing::warn!(ledger = %path.display(), "a compaction of the ledger was cut short: the ledger stays as it was");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(format!(
+                    "cannot remove {}: {e}",
+                    dir.join(COMPACTING).display()
+                ));
+            }
+        }
         let file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -326,6 +377,8 @@ impl LedgerWriter {
             seq: checked.lines,
             len: checked.valid_len as u64,
             broken: None,
+            first_seq: checked.first_seq,
+            retry_compaction_at: 0,
             dirty: true,
             anchors: BTreeMap::new(),
             listed: Arc::new(Mutex::new(listed)),
@@ -386,6 +439,142 @@ impl LedgerWriter {
         }
         self.seq += 1;
         self.dirty = true;
+        Ok(())
+    }
+
+    /// Compacts the ledger when it has grown to more than three lines per
+    /// recording it still lists (and past [`COMPACT_MIN_LINES`]): each
+    /// session costs two lines and retention a third, and without this
+    /// the ledger would outgrow every `max_total_mb`.
+    pub fn compact_if_due(&mut self, key: &HostKey) -> Result<bool, String> {
+        let lines = self.seq - self.first_seq;
+        let listed = self.listed.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+        if !compaction_due(lines, listed) || self.seq < self.retry_compaction_at {
+            return Ok(false);
+        }
+        if let Err(e) = self.compact(key) {
+            self.retry_compaction_at = self.seq + COMPACT_MIN_LINES / 10;
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Replaces the ledger with one that holds only what it still says:
+    /// each recording's newest entry that is not a removal, in their
+    /// order and with their original time, continuing the chain (the
+    /// first one's `prev_hash` is the old last line's hash, seqs go on),
+    /// then a signed `compacted` line that vouches for all of them through
+    /// its `prev_hash`. Removals and superseded lines are dropped. The
+    /// restated lines are not signed one by one: with hundreds of
+    /// thousands of recordings kept, that would stall the writer for
+    /// seconds.
+    ///
+    /// The new file is written and fsynced beside the old one, locked, and
+    /// renamed over it; the head then moves to it. A crash before the
+    /// rename leaves the old ledger (the partial file is removed at the
+    /// next start); one after it, before the head moves, leaves a head on
+    /// the line the compaction continues from, which [`Ledger::check`]
+    /// accepts.
+    pub fn compact(&mut self, key: &HostKey) -> Result<(), String> {
+        if let Some(why) = &self.broken {
+            return Err(why.clone());
+        }
+        self.sync()?;
+        let mut data = Vec::new();
+        self.file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| self.file.read_to_end(&mut data))
+            .map_err(|e| format!("cannot read the ledger {}: {e}", self.path.display()))?;
+        // Every line was written and fsynced by this writer under its lock:
+        // the chain is checked again, the signatures need not be (but for
+        // an earlier compaction's line, which is always checked).
+        let current = Ledger::check(&data, &[key.public_hex()], None, u64::MAX);
+        if let Some(p) = current.problem {
+            return Err(format!(
+                "cannot compact the ledger {}: line {} (seq {}): {}",
+                self.path.display(),
+                p.line,
+                p.seq,
+                p.reason
+            ));
+        }
+        if current.lines != self.seq || current.last_hash != self.prev {
+            return Err(format!(
+                "cannot compact the ledger {}: it does not end where this writer left it",
+                self.path.display()
+            ));
+        }
+        let mut kept: Vec<Entry> = current
+            .entries
+            .into_values()
+            .filter(|e| e.outcome != Outcome::Removed)
+            .collect();
+        kept.sort_by_key(|e| e.seq);
+
+        let mut out = Vec::with_capacity(kept.len() * 600 + 600);
+        let mut prev = self.prev.clone();
+        let mut seq = self.seq;
+        let public_key = key.public_hex();
+        let compaction = Entry {
+            seq: 0,
+            wall: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            outcome: Outcome::Compacted,
+            session: String::new(),
+            events: kept.len() as u64,
+            final_hash: String::new(),
+            public_key: public_key.clone(),
+            signature: String::new(),
+        };
+        for mut entry in kept.into_iter().chain(std::iter::once(compaction)) {
+            entry.seq = seq;
+            entry.public_key.clone_from(&public_key);
+            entry.signature = if entry.outcome == Outcome::Compacted {
+                key.sign_bytes(&message(&prev, &entry))
+            } else {
+                String::new()
+            };
+            let event = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
+            prev = chain::append_line(&mut out, &prev, &event);
+            seq += 1;
+        }
+
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(COMPACTING);
+        let io = |what: &str, e: std::io::Error| {
+            format!("cannot compact the ledger: {what} {}: {e}", tmp.display())
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io("creating", e))?;
+        let file = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| io("locking", e.into()))?;
+        let written = (&*file).write_all(&out).and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io("writing", e));
+        }
+        if let Err(e) = std::fs::rename(&tmp, &self.path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io("renaming", e));
+        }
+        // The rename must be on disk before a head names the new lines.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("cannot fsync {}: {e}", dir.display()))?;
+        let before = data.len();
+        self.file = file;
+        self.len = out.len() as u64;
+        self.first_seq = self.seq;
+        self.seq = seq;
+        self.prev = prev;
+        self.dirty = false;
+        self.anchors_changed = true;
+        self.sync()?;
+        tracing::info!(ledger = %self.path.display(), bytes_before = before, bytes_after = out.len(), lines = seq - self.first_seq, "compacted the ledger");
         Ok(())
     }
 
@@ -450,8 +639,12 @@ impl LedgerWriter {
 pub struct Ledger {
     pub entries: HashMap<String, Entry>,
     pub problem: Option<Problem>,
-    /// Lines read and trusted.
+    /// The seq after the last trusted line: the lines read and trusted,
+    /// plus those a compaction replaced.
     pub lines: u64,
+    /// The seq of the file's first line: 0, or where a compaction started
+    /// it.
+    pub first_seq: u64,
     /// Bytes of those lines.
     pub valid_len: usize,
     /// The hash of the last trusted line (the genesis hash for none).
@@ -497,14 +690,22 @@ impl Ledger {
 
     /// Checks a ledger's bytes: chain, order, the signature of every line
     /// from `signed_from` on, and that it reaches `head`.
+    ///
+    /// A compacted ledger starts mid-chain with restated lines, unsigned,
+    /// followed by the signed `compacted` line whose `prev_hash` commits
+    /// to all of them (and to the line they continue from): they are
+    /// trusted only once it checks out, so its signature is checked
+    /// whatever `signed_from` says.
     pub fn check(data: &[u8], trusted: &[String], head: Option<&Head>, signed_from: u64) -> Ledger {
         let mut ledger = Ledger {
             last_hash: chain::GENESIS.to_owned(),
             ..Ledger::default()
         };
         let mut reached_head = head.is_none();
+        // Restated lines waiting for their compaction line, and their bytes.
+        let mut restated: Option<(Vec<Entry>, usize)> = None;
         for (i, line) in data.split_inclusive(|&b| b == b'\n').enumerate() {
-            let seq = i as u64;
+            let seq = ledger.first_seq + i as u64;
             let fail = |reason: String| Problem {
                 line: i + 1,
                 seq,
@@ -526,6 +727,10 @@ impl Ledger {
                     break;
                 }
             };
+            if i == 0 && prev_hash != chain::GENESIS && starts_compaction(event) {
+                ledger.last_hash = prev_hash.to_owned();
+                restated = Some((Vec::new(), 0));
+            }
             let prev = &ledger.last_hash;
             if prev_hash != prev {
                 ledger.problem = Some(fail(
@@ -546,6 +751,32 @@ impl Ledger {
                     break;
                 }
             };
+            if i == 0 && restated.is_some() {
+                ledger.first_seq = entry.seq;
+                ledger.lines = entry.seq;
+                if let Some(h) = head
+                    && h.seq < entry.seq
+                {
+                    // A crash between the compacted file taking the
+                    // ledger's place and the head moving to it leaves the
+                    // head on the line the compaction continues from.
+                    if h.seq + 1 == entry.seq && h.hash == prev_hash {
+                        reached_head = true;
+                    } else {
+                        ledger.problem = Some(fail(format!(
+                            "the ledger starts at seq {}, after the line its head names (seq {}): it was replaced",
+                            entry.seq, h.seq
+                        )));
+                        break;
+                    }
+                }
+            }
+            let seq = ledger.first_seq + i as u64;
+            let fail = |reason: String| Problem {
+                line: i + 1,
+                seq,
+                reason,
+            };
             if entry.seq != seq {
                 ledger.problem = Some(fail(format!("seq is {} where {seq} belongs", entry.seq)));
                 break;
@@ -554,7 +785,26 @@ impl Ledger {
                 ledger.problem = Some(fail(why));
                 break;
             }
-            if seq >= signed_from {
+            let compaction = entry.outcome == Outcome::Compacted;
+            if compaction && restated.is_none() {
+                ledger.problem = Some(fail(
+                    "a compaction line with no compacted lines before it".into(),
+                ));
+                break;
+            }
+            if compaction
+                && restated
+                    .as_ref()
+                    .is_some_and(|(r, _)| r.len() as u64 != entry.events)
+            {
+                ledger.problem = Some(fail(format!(
+                    "the compaction line counts {} lines before it, and there are {i}",
+                    entry.events
+                )));
+                break;
+            }
+            let vouched_later = restated.is_some() && !compaction;
+            if (seq >= signed_from || compaction) && !vouched_later {
                 if !trusted.contains(&entry.public_key) {
                     ledger.problem = Some(fail(format!(
                         "the entry is signed by key {}, which is not trusted here",
@@ -581,16 +831,43 @@ impl Ledger {
                 reached_head = true;
             }
             ledger.last_hash = hash.to_owned();
+            if vouched_later {
+                if let Some((entries, len)) = &mut restated {
+                    entries.push(entry);
+                    *len += line.len() + 1;
+                }
+                continue;
+            }
+            if let Some((entries, len)) = restated.take() {
+                ledger.valid_len += len;
+                for e in entries {
+                    ledger.entries.insert(e.session.clone(), e);
+                }
+            }
             ledger.lines = seq + 1;
             ledger.valid_len += line.len() + 1;
-            ledger.entries.insert(entry.session.clone(), entry);
+            if !compaction {
+                ledger.entries.insert(entry.session.clone(), entry);
+            }
+        }
+        if let Some((entries, _)) = &restated
+            && ledger.problem.is_none()
+        {
+            ledger.problem = Some(Problem {
+                line: entries.len() + 1,
+                seq: ledger.first_seq + entries.len() as u64,
+                reason: format!(
+                    "the ledger ends after {} compacted lines, before the compaction line that vouches for them",
+                    entries.len()
+                ),
+            });
         }
         if !reached_head
             && ledger.problem.is_none()
             && let Some(h) = head
         {
             ledger.problem = Some(Problem {
-                line: ledger.lines as usize + 1,
+                line: (ledger.lines - ledger.first_seq) as usize + 1,
                 seq: ledger.lines,
                 reason: format!(
                     "the ledger ends after {} lines, but its head says it had {}: it was cut short",
@@ -900,5 +1177,205 @@ mod tests {
             panic!("opened a damaged ledger");
         };
         assert!(e.contains("line 1") && e.contains("move it aside"), "{e}");
+    }
+
+    /// Opens, seals and (for every third) removes `n` sessions, synced.
+    fn busy(host: &Host, n: usize) -> LedgerWriter {
+        let (mut ledger, _) = host.open().unwrap();
+        for i in 0..n {
+            let s = format!("s{i}");
+            ledger
+                .append(&host.key, Outcome::Opened, &s, 0, "")
+                .unwrap();
+            ledger
+                .append(
+                    &host.key,
+                    Outcome::Sealed,
+                    &s,
+                    i as u64 + 2,
+                    &"d".repeat(64),
+                )
+                .unwrap();
+            if i % 3 == 0 {
+                ledger
+                    .append(&host.key, Outcome::Removed, &s, 0, "")
+                    .unwrap();
+            }
+        }
+        ledger
+            .append(&host.key, Outcome::Opened, "running", 0, "")
+            .unwrap();
+        ledger.sync().unwrap();
+        ledger
+    }
+
+    #[test]
+    fn a_compacted_ledger_keeps_what_it_says_and_the_chain_goes_on() {
+        let host = Host::new();
+        let mut ledger = busy(&host, 30);
+        let before = host.read();
+        assert_eq!(before.problem, None);
+        let next = before.lines;
+        ledger.compact(&host.key).unwrap();
+        // Appends continue the same numbering after it.
+        ledger
+            .append(&host.key, Outcome::Sealed, "running", 5, &"e".repeat(64))
+            .unwrap();
+        ledger.sync().unwrap();
+        drop(ledger);
+
+        let data = std::fs::read(host.sessions().join(FILE)).unwrap();
+        // 20 kept + the one running, the compaction line, one appended.
+        assert_eq!(data.iter().filter(|&&b| b == b'\n').count(), 23);
+        let after = host.read();
+        assert_eq!(after.problem, None);
+        assert_eq!(after.first_seq, next);
+        assert_eq!(after.lines, next + 23);
+        for (session, entry) in &before.entries {
+            match entry.outcome {
+                Outcome::Removed => assert!(!after.entries.contains_key(session), "{session}"),
+                _ if session == "running" => {}
+                _ => {
+                    let kept = &after.entries[session];
+                    assert_eq!(
+                        (kept.outcome, kept.events, &kept.final_hash, &kept.wall),
+                        (entry.outcome, entry.events, &entry.final_hash, &entry.wall),
+                        "{session}"
+                    );
+                }
+            }
+        }
+        assert_eq!(after.entries["running"].outcome, Outcome::Sealed);
+
+        // The daemon reopens it, and a second compaction goes on from it.
+        let (mut ledger, known) = host.open().unwrap();
+        assert_eq!(known.sessions.len(), 21);
+        ledger.compact(&host.key).unwrap();
+        drop(ledger);
+        assert_eq!(host.read().problem, None);
+        let (_, again) = host.open().unwrap();
+        assert_eq!(again.sessions, known.sessions);
+    }
+
+    #[test]
+    fn compaction_is_due_when_most_lines_would_go() {
+        assert!(!compaction_due(COMPACT_MIN_LINES, 0));
+        assert!(compaction_due(COMPACT_MIN_LINES + 1, 0));
+        assert!(
+            !compaction_due(60_000, 20_000),
+            "three lines per listed recording"
+        );
+        assert!(compaction_due(60_001, 20_000));
+        assert!(!compaction_due(u64::MAX, u64::MAX));
+    }
+
+    #[test]
+    fn compaction_waits_for_enough_lines_to_drop() {
+        let host = Host::new();
+        let mut ledger = busy(&host, 30);
+        assert!(
+            !ledger.compact_if_due(&host.key).unwrap(),
+            "below the minimum"
+        );
+        drop(ledger);
+        let data = std::fs::read(host.sessions().join(FILE)).unwrap();
+        assert_eq!(data.iter().filter(|&&b| b == b'\n').count(), 71);
+    }
+
+    #[test]
+    fn a_crash_around_the_compaction_loses_nothing() {
+        let host = Host::new();
+        let mut ledger = busy(&host, 9);
+        let old_head = std::fs::read(host.head()).unwrap();
+        ledger.compact(&host.key).unwrap();
+        drop(ledger);
+        // Crash after the rename, before the head moved: the old head
+        // names the line the compaction continues from.
+        let new_head = std::fs::read(host.head()).unwrap();
+        std::fs::write(host.head(), &old_head).unwrap();
+        assert_eq!(host.read().problem, None);
+        let (ledger, known) = host.open().unwrap();
+        assert_eq!(known.sessions.len(), 7);
+        drop(ledger);
+
+        // Crash before the rename: the partial file is dropped at start.
+        std::fs::write(host.head(), &new_head).unwrap();
+        std::fs::write(host.sessions().join(COMPACTING), b"{\"hash\":").unwrap();
+        let (ledger, again) = host.open().unwrap();
+        assert_eq!(again.sessions, known.sessions);
+        assert!(!host.sessions().join(COMPACTING).exists());
+        drop(ledger);
+    }
+
+    #[test]
+    fn a_compacted_ledger_is_as_tamper_evident_as_before() {
+        let host = Host::new();
+        let mut ledger = busy(&host, 9);
+        ledger.compact(&host.key).unwrap();
+        drop(ledger);
+        let path = host.sessions().join(FILE);
+        let good = std::fs::read(&path).unwrap();
+        let lines: Vec<&[u8]> = good.split_inclusive(|&b| b == b'\n').collect();
+        let problem = |data: &[u8]| {
+            let head = read_head(&host.head()).unwrap();
+            Ledger::check(data, &host.trusted(), head.as_ref(), 0)
+                .problem
+                .map(|p| p.reason)
+                .unwrap_or_default()
+        };
+        assert_eq!(problem(&good), "");
+
+        // A restated line changed, with its hash and every later one
+        // recomputed: the compaction line's signature no longer holds.
+        let mut forged = Vec::new();
+        let mut prev = String::new();
+        for (i, line) in lines.iter().enumerate() {
+            let (_, p, event) = chain::split(line.strip_suffix(b"\n").unwrap()).unwrap();
+            if i == 0 {
+                prev = p.to_owned();
+            }
+            let event = if i == 2 {
+                String::from_utf8(event.to_vec())
+                    .unwrap()
+                    .replacen("\"events\":", "\"events\":1", 1)
+                    .into_bytes()
+            } else {
+                event.to_vec()
+            };
+            prev = chain::append_line(&mut forged, &prev, &event);
+        }
+        assert!(
+            problem(&forged).contains("signature does not verify"),
+            "{}",
+            problem(&forged)
+        );
+
+        // Restated lines without their compaction line.
+        let cut: Vec<u8> = lines[..lines.len() - 1].concat();
+        assert!(
+            problem(&cut).contains("before the compaction line"),
+            "{}",
+            problem(&cut)
+        );
+        let no_head = Ledger::check(&cut, &host.trusted(), None, 0)
+            .problem
+            .unwrap();
+        assert!(
+            no_head.reason.contains("before the compaction line"),
+            "{no_head:?}"
+        );
+
+        // The first restated line removed: the chain breaks at the next.
+        let headless: Vec<u8> = lines[1..].concat();
+        assert!(!problem(&headless).is_empty());
+
+        // A head from before the compaction that it does not continue
+        // from: the ledger was replaced.
+        let mut stale = read_head(&host.head()).unwrap().unwrap();
+        stale.seq = 2;
+        let replaced = Ledger::check(&good, &host.trusted(), Some(&stale), 0)
+            .problem
+            .unwrap();
+        assert!(replaced.reason.contains("it was replaced"), "{replaced:?}");
     }
 }

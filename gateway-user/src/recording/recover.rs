@@ -82,8 +82,8 @@ pub fn recover(
             Some(Outcome::Opened) => true,
             // Before the ledger existed, sealed recordings are listed;
             // after, a recording it never saw opened did not come from
-            // this gateway.
-            None => false,
+            // this gateway. (A compaction's own line names no session.)
+            None | Some(Outcome::Compacted) => false,
         };
         if !opened && !known.fresh {
             warn!(recording = %path.display(), "a recording the ledger never saw opened: left as it is, not sealed");

@@ -211,6 +211,8 @@ pub fn against_ledger(
     match entry.outcome {
         // Running, or the gateway stopped and has not started since.
         ledger::Outcome::Opened => return verdict,
+        // Names no recording; never listed under one.
+        ledger::Outcome::Compacted => return verdict,
         ledger::Outcome::Removed => {
             return tampered(
                 1,

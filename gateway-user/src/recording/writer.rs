@@ -510,6 +510,11 @@ impl Writer {
         if let Err(e) = self.ledger.sync() {
             error!(error = %e, "cannot fsync the ledger");
         }
+        // Here, after everything above is on disk, so the compacted
+        // ledger names nothing a power loss could take back.
+        if let Err(e) = self.ledger.compact_if_due(&self.key) {
+            error!(error = %e, "cannot compact the ledger; it stays as it is and keeps growing");
+        }
     }
 }
 
