@@ -100,7 +100,12 @@ fn fuzz_pass() -> Result<()> {
 }
 
 /// Every target in fuzz/fuzz_targets/, each run for FUZZ_SECONDS.
-const FUZZ_TARGETS: [&str; 3] = ["pg_codec", "dns_message", "classify_paths"];
+const FUZZ_TARGETS: [&str; 4] = [
+    "pg_codec",
+    "dns_message",
+    "classify_paths",
+    "recording_verify",
+];
 
 /// libFuzzer dictionaries (under fuzz/) for targets whose input is text.
 const FUZZ_DICTIONARIES: [(&str, &str); 1] = [("classify_paths", "sql.dict")];
