@@ -561,10 +561,8 @@ impl LedgerWriter {
             let _ = std::fs::remove_file(&tmp);
             return Err(io("renaming", e));
         }
-        // The rename must be on disk before a head names the new lines.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| format!("cannot fsync {}: {e}", dir.display()))?;
+        // From here on the new file is the ledger, whatever fails next:
+        // lines appended to the old one would be lost with its inode.
         let before = data.len();
         self.file = file;
         self.len = out.len() as u64;
@@ -572,6 +570,13 @@ impl LedgerWriter {
         self.seq = seq;
         self.prev = prev;
         self.dirty = false;
+        // The rename must be on disk before a head names the new lines.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
+            format!(
+                "cannot fsync {} after compacting the ledger: {e}",
+                dir.display()
+            )
+        })?;
         self.anchors_changed = true;
         self.sync()?;
         tracing::info!(ledger = %self.path.display(), bytes_before = before, bytes_after = out.len(), lines = seq - self.first_seq, "compacted the ledger");
