@@ -80,6 +80,20 @@ async fn what_cannot_be_checked_exits_2_and_only_tampering_exits_1() {
     let path = files::find(&dir.path().join("sessions"), &id).unwrap();
     std::fs::remove_file(path).unwrap();
     assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(1));
+    // So do show, replay and export: the recording is not unknown.
+    for command in [
+        SessionsCommand::Show { id: id.clone() },
+        SessionsCommand::Replay {
+            id: id.clone(),
+            speed: 0.0,
+        },
+        SessionsCommand::Export {
+            id: id.clone(),
+            format: super::ExportFormat::Jsonl,
+        },
+    ] {
+        assert_eq!(sessions(&args, &command), ExitCode::from(1), "{command:?}");
+    }
     let all = SessionsCommand::Verify {
         id: None,
         all: true,
