@@ -519,3 +519,57 @@ fn files_not_where_their_name_puts_them_are_named_as_such() {
     let lossy = files::misplaced(dir, &raw).unwrap();
     assert!(lossy.contains("not UTF-8"), "{lossy}");
 }
+
+/// The ledger lines of the recordings directory under `dir`.
+fn ledger_lines(dir: &Path) -> usize {
+    std::fs::read(dir.join("sessions").join(ledger::FILE))
+        .unwrap()
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+}
+
+#[tokio::test]
+async fn retention_keeps_the_ledger_from_growing_without_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    // Every ended recording goes at the next pass.
+    settings.retention = retention::Limits {
+        max_age: None,
+        max_total_bytes: Some(1),
+    };
+    let recorder = Recorder::start(&settings).unwrap();
+    // Opened, sealed and removed: three lines each, just past the minimum.
+    let sessions = (ledger::COMPACT_MIN_LINES / 3 + 1) as usize;
+    for _ in 0..sessions {
+        let session = recorder.open(start()).await;
+        session.close(end());
+    }
+    recorder.flush().await;
+    assert_eq!(ledger_lines(dir.path()), 2 * sessions);
+    let removed = recorder.enforce_retention().unwrap();
+    assert_eq!(removed.sessions.len(), sessions);
+    // The removals, then a sync that finds the ledger due.
+    recorder.flush().await;
+    recorder.flush().await;
+    let still_open = recorder.open(start()).await;
+    recorder.flush().await;
+    // The compaction line (nothing left to restate), then the new opening.
+    assert_eq!(ledger_lines(dir.path()), 2);
+    recorder.shutdown().await;
+    drop(still_open);
+    drop(recorder);
+
+    // The compacted ledger checks out against its head and lists only
+    // the session still running.
+    let head = ledger::read_head(&ledger::head_path(&settings.keys_dir, &settings.dir))
+        .unwrap()
+        .expect("a head");
+    let key = keys::HostKey::load_or_create(&settings.keys_dir).unwrap();
+    let read = ledger::Ledger::read(&settings.dir, &[key.public_hex()], Some(&head))
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.problem, None);
+    assert_eq!(read.first_seq, 3 * sessions as u64);
+    assert_eq!(read.entries.len(), 1);
+}
