@@ -682,6 +682,111 @@ fn sockets_of_other_families_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// A free port on 127.0.0.1 (the listener is closed before it is used).
+fn free_loopback_port() -> Result<u16> {
+    Ok(TcpListener::bind((v4(1), 0))?.local_addr()?.port())
+}
+
+/// `GET path` on 127.0.0.1:`port`: the status line and the body.
+fn http_get(port: u16, path: &str) -> Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect((v4(1), port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no end of headers")?;
+    Ok((
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    ))
+}
+
+/// The value of the sample line that starts with `series` (name and labels).
+fn sample(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn metrics_count_decisions_and_the_kernel_events() -> Result<()> {
+    let cg = TestCgroup::new("metrics")?;
+    let echo = Server::echo(v4(2))?;
+    let unnamed = Server::echo(v4(2))?;
+    let port = free_loopback_port()?;
+    let cfg = GatewayConfig::new("metrics", &cg)?
+        .daemon_setting(&format!("metrics_listen = \"127.0.0.1:{port}\""))
+        .target(target_for("echo", &[&echo]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let gw = Gateway::start(&cfg)?;
+
+    let allowed = tcp_echo(echo.addr(), 1000).run(cg.command(PROBE))?;
+    assert_passed(&allowed, 1000);
+    let refused = tcp_echo(unnamed.addr(), 1000).run(cg.command(PROBE))?;
+    assert_refused(&refused);
+    gw.wait_for_flow(allowed.pid)?;
+    gw.wait_for_flow(refused.pid)?;
+
+    let allow = r#"chokepoint_connections_total{protocol="tcp",decision="allow",rule="allow-echo",enforced_by="gateway"}"#;
+    let deny = r#"chokepoint_connections_total{protocol="tcp",decision="deny",rule="default-deny",enforced_by="kernel"}"#;
+    // Counted right after the flow's log line: give it that moment.
+    let metrics = wait_for(
+        "both connections in the metrics",
+        Duration::from_secs(10),
+        || {
+            let (status, body) = http_get(port, "/metrics").ok()?;
+            (status.contains("200") && sample(&body, deny).is_some()).then_some(body)
+        },
+    )?;
+    assert_eq!(sample(&metrics, allow), Some(1), "{metrics}");
+    assert_eq!(sample(&metrics, deny), Some(1), "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"chokepoint_connection_bytes_total{protocol="tcp",direction="up"}"#
+        ),
+        Some(1000),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "chokepoint_attached"),
+        Some(1),
+        "{metrics}"
+    );
+    for event in ["redirected", "unreachable"] {
+        let series = format!("chokepoint_kernel_events_total{{event=\"{event}\"}}");
+        assert!(sample(&metrics, &series) >= Some(1), "{series}: {metrics}");
+    }
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+
+    let (status, _) = http_get(port, "/")?;
+    assert!(status.contains("404"), "{status}");
+    Ok(())
+}
+
+#[test]
+fn run_with_busy_metrics_port_says_so_and_leaves_no_pins() -> Result<()> {
+    let cg = TestCgroup::new("busy-metrics")?;
+    let holder = TcpListener::bind((v4(1), 0))?;
+    let port = holder.local_addr()?.port();
+    let cfg = GatewayConfig::new("busy-metrics", &cg)?
+        .daemon_setting(&format!("metrics_listen = \"127.0.0.1:{port}\""));
+    let (out, _dir) = run_expecting_failure(&cfg.to_toml(), &cfg.instance)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("metrics_listen") && stderr.contains(&port.to_string()),
+        "{stderr}"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_required_family_guard_that_cannot_run_stops_the_start() -> Result<()> {
     let cg = TestCgroup::new("families-required")?;

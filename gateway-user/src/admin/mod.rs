@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 mod client;
+pub mod metrics;
 mod protocol;
 mod server;
 

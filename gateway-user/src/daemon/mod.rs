@@ -45,6 +45,8 @@ pub enum RunError {
     Approvals(String),
     #[error("{0}")]
     Admin(String),
+    #[error("{0}: pick a free port for [daemon] metrics_listen")]
+    Metrics(String),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
 }
@@ -97,6 +99,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     ));
     // Listeners first: a busy port must fail before anything is attached.
     let Listeners { v4, v6 } = flow::bind_listeners(daemon.listen_port, daemon.exempt_mark)?;
+    let metrics = match daemon.metrics_listen {
+        Some(addr) => Some(
+            crate::admin::metrics::bind(addr)
+                .await
+                .map_err(RunError::Metrics)?,
+        ),
+        None => None,
+    };
     let (dns4, dns6) = flow::bind_udp(daemon.dns_port, daemon.exempt_mark)?;
     let (relay4, relay6) = flow::bind_udp(daemon.udp_port, daemon.exempt_mark)?;
     for socket in [&relay4, &relay6] {
@@ -158,6 +168,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
     for socket in [dns4, dns6] {
         tokio::spawn(dns::serve_udp(shared.clone(), Arc::new(socket)));
+    }
+    if let Some(listener) = metrics {
+        tokio::spawn(crate::admin::metrics::serve(
+            listener,
+            shared.daemon.instance.clone(),
+        ));
     }
     for socket in [relay4, relay6] {
         tokio::spawn(udp::serve_relay(shared.clone(), Arc::new(socket)));

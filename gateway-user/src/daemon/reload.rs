@@ -26,6 +26,7 @@ pub(crate) fn reload(shared: &Shared, config: &Path) {
                 );
             }
             info!(policy = %policy.summary(), mode = %policy.daemon().mode, issuers = policy.issuers().len(), "policy reloaded");
+            crate::admin::metrics::policy_reload(true);
             // JWKS files are re-read with the policy: rotated keys apply now.
             shared.jobs.reload(
                 policy.issuers().to_vec(),
@@ -52,6 +53,7 @@ pub(crate) fn reload(shared: &Shared, config: &Path) {
         }
         Err(errors) => {
             error!(errors = %errors, "policy reload failed; keeping the previous policy");
+            crate::admin::metrics::policy_reload(false);
         }
     }
 }

@@ -465,4 +465,12 @@ pub(super) fn log_flow(
         enforced_by,
         "flow"
     );
+    crate::admin::metrics::connection(
+        &decision.protocol.to_string(),
+        &decision.verdict.to_string(),
+        decision.rule_name(),
+        enforced_by,
+        moved.up,
+        moved.down,
+    );
 }

@@ -27,6 +27,7 @@ pub(super) struct DaemonSection {
     pub copy_out_masked: Option<Spanned<String>>,
     pub admin_socket: Option<Spanned<String>>,
     pub admin_group: Option<Spanned<String>>,
+    pub metrics_listen: Option<Spanned<String>>,
 }
 
 /// `[approvals]`: the defaults of every rule's `[rule.approval]`, and where

@@ -23,13 +23,19 @@ pub enum StatementVerdict {
     Approve,
 }
 
-impl fmt::Display for StatementVerdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl StatementVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
             StatementVerdict::Allow => "allow",
             StatementVerdict::Deny => "deny",
             StatementVerdict::Approve => "approve",
-        })
+        }
+    }
+}
+
+impl fmt::Display for StatementVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -44,6 +44,8 @@ pub struct DaemonSettings {
     /// Members of this group may connect to the admin socket (mode 0660);
     /// `None`: root only (0600).
     pub admin_group: Option<(String, u32)>,
+    /// Where `GET /metrics` is served (a loopback address); `None`: off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where the admin socket lives unless `admin_socket` says otherwise.
@@ -63,6 +65,7 @@ impl Default for DaemonSettings {
             copy_out_masked: CopyOutMasked::Mask,
             admin_socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
             admin_group: None,
+            metrics_listen: None,
         }
     }
 }
@@ -436,6 +439,12 @@ pub(super) fn daemon(
             Err(e) => report.error(At::of(file, group), format!("admin_group {:?}: {e}", group.get_ref())),
         }
     }
+    if let Some(written) = &section.metrics_listen {
+        match metrics_listen(written.get_ref(), settings.listen_port) {
+            Ok(addr) => settings.metrics_listen = Some(addr),
+            Err(why) => report.error(At::of(file, written), why),
+        }
+    }
     let key = match &section.masking_key_file {
         None => MaskingKey::Absent,
         Some(written) => {
@@ -533,6 +542,35 @@ pub enum DeniedAnswer {
 pub struct DnsSettings {
     pub upstream: Vec<std::net::SocketAddr>,
     pub denied_answer: DeniedAnswer,
+}
+
+/// `[daemon] metrics_listen`: a loopback `address:port` the gateway does
+/// not already listen on.
+fn metrics_listen(text: &str, listen_port: u16) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        format!("metrics_listen {text:?} is not an address and port such as \"127.0.0.1:9464\" or \"[::1]:9464\"")
+    })?;
+    let ip = addr.ip().to_canonical();
+    if !ip.is_loopback() {
+        return Err(format!(
+            "metrics_listen {addr} is not a loopback address: the metrics name rules and targets, so they stay on this host (scrape through a local agent or an SSH tunnel)"
+        ));
+    }
+    if addr.port() == 0 {
+        return Err(format!(
+            "metrics_listen {addr} has port 0: name the port to scrape"
+        ));
+    }
+    let gateway = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    if addr.port() == listen_port && gateway.contains(&ip) {
+        return Err(format!(
+            "metrics_listen {addr} is the gateway's own listener (listen_port {listen_port}): pick another port"
+        ));
+    }
+    Ok(addr)
 }
 
 /// Why `addr` cannot be a resolver the forwarder asks, if it cannot.

@@ -133,6 +133,7 @@ fn the_example_loads_with_its_settings() {
             copy_out_masked: CopyOutMasked::Mask,
             admin_socket: PathBuf::from(crate::policy::DEFAULT_ADMIN_SOCKET),
             admin_group: None,
+            metrics_listen: None,
         }
     );
     assert_eq!(
@@ -343,6 +344,48 @@ fn guard_needs_a_cgroup_when_present() {
         Some(Path::new("/sys/fs/cgroup/ci"))
     );
     assert_eq!(absolute.guard().map(|g| g.create), Some(false));
+}
+
+#[test]
+fn metrics_listen_is_a_loopback_address_the_gateway_does_not_use() {
+    let files = Files::new();
+    let load_with = |value: &str| {
+        load_one(
+            &files,
+            &format!("[daemon]\nlisten_port = 15001\nmetrics_listen = {value:?}\n"),
+        )
+    };
+    let listen = |value: &str| load_with(value).map(|p| p.daemon().metrics_listen).ok();
+    assert_eq!(
+        listen("127.0.0.1:9464"),
+        Some(Some("127.0.0.1:9464".parse().unwrap()))
+    );
+    assert_eq!(
+        listen("[::1]:9464"),
+        Some(Some("[::1]:9464".parse().unwrap()))
+    );
+    // Another loopback address may share the gateway's port number.
+    assert!(listen("127.0.0.9:15001").is_some());
+    for (value, says) in [
+        ("0.0.0.0:9464", "not a loopback address"),
+        ("[::]:9464", "not a loopback address"),
+        ("127.0.0.1:0", "port 0"),
+        ("127.0.0.1:15001", "the gateway's own listener"),
+        ("[::1]:15001", "the gateway's own listener"),
+        ("localhost:9464", "not an address and port"),
+        ("127.0.0.1", "not an address and port"),
+    ] {
+        let e = only_error(load_with(value));
+        assert_eq!(e.line, 3, "{value}: {}", e.message);
+        assert!(e.message.contains(says), "{value}: {}", e.message);
+    }
+    assert_eq!(
+        load_one(&files, "[daemon]\n")
+            .unwrap()
+            .daemon()
+            .metrics_listen,
+        None
+    );
 }
 
 #[test]

@@ -115,6 +115,7 @@ pub(crate) async fn answer(
             DeniedAnswer::Refused => ResponseCode::Refused,
         };
         info!(flow_id = flow.id, name = %question.name, qtype = %question.qtype, decision = "deny", rule = %decision.rule, "dns query");
+        crate::admin::metrics::dns_query("deny", &decision.rule);
         recording.record(Body::Dns {
             name: question.name,
             qtype: question.qtype,
@@ -153,6 +154,7 @@ pub(crate) async fn answer(
         }
     };
     info!(flow_id = flow.id, name = %question.name, qtype = %question.qtype, decision = "allow", rule = %decision.rule, answer = %code, "dns query");
+    crate::admin::metrics::dns_query("allow", &decision.rule);
     recording.record(Body::Dns {
         name: question.name,
         qtype: question.qtype,

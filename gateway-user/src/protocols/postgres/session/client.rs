@@ -308,6 +308,7 @@ impl Session<'_> {
             Err((rule, why)) => {
                 let redacted = super::super::classify::redact_passwords(sql);
                 info!(flow_id = self.flow.id, statement = %redacted, decision = "deny", rule, reason = %why, "statement");
+                crate::admin::metrics::statement("deny", rule);
                 self.recording.record(Body::Statement {
                     text: redacted.to_string(),
                     class: String::new(),
@@ -336,6 +337,7 @@ impl Session<'_> {
                 flow_id = self.flow.id,
                 "statement refused: recording failed: {why}"
             );
+            crate::admin::metrics::statement("deny", "recording");
             return Decided::Refuse(deny_error(
                 "recording",
                 &format!("statement refused: the session recording cannot be written ({why})"),
@@ -345,6 +347,7 @@ impl Session<'_> {
         if let Some(why) = &self.revoked {
             let reason = format!("statement refused: {why}");
             warn!(flow_id = self.flow.id, statement = %shown.text, "{reason}");
+            crate::admin::metrics::statement("deny", "policy-reload");
             self.recording.record(Body::Statement {
                 text: shown.text.to_string(),
                 class: shown.class.to_string(),
@@ -381,6 +384,7 @@ impl Session<'_> {
         } else {
             statement_event!(Level::INFO);
         }
+        crate::admin::metrics::statement(decision.verdict.as_str(), &decision.rule);
         if self.recording.is_on() {
             self.recording.record(Body::Statement {
                 text: redacted.to_string(),
