@@ -8,15 +8,23 @@
 //! are read from the pinned maps at each scrape, so they survive daemon
 //! restarts like the programs do.
 //!
+//! Nothing is counted until [`enable`] (the daemon calls it when
+//! `metrics_listen` is set), so a gateway without metrics pays one atomic
+//! load per decision.
+//!
 //! ```
 //! use chokepoint::admin::metrics;
+//! metrics::enable();
 //! metrics::statement("allow", "ci-reads");
 //! assert!(metrics::render("no-such-instance").contains("chokepoint_statements_total{decision=\"allow\",rule=\"ci-reads\"} "));
 //! ```
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, LazyLock},
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -122,6 +130,17 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
 });
 
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Starts counting.
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// A connection that ended (or was refused), as its log line says.
 pub fn connection(
     protocol: &str,
@@ -131,6 +150,9 @@ pub fn connection(
     up: u64,
     down: u64,
 ) {
+    if !enabled() {
+        return;
+    }
     let m = &*METRICS;
     m.connections
         .get_or_create(&ConnectionLabels {
@@ -154,6 +176,9 @@ pub fn connection(
 
 /// A PostgreSQL statement decided.
 pub fn statement(decision: &str, rule: &str) {
+    if !enabled() {
+        return;
+    }
     METRICS
         .statements
         .get_or_create(&DecisionLabels {
@@ -165,6 +190,9 @@ pub fn statement(decision: &str, rule: &str) {
 
 /// A DNS question decided.
 pub fn dns_query(decision: &str, rule: &str) {
+    if !enabled() {
+        return;
+    }
     METRICS
         .dns
         .get_or_create(&DecisionLabels {
@@ -176,6 +204,9 @@ pub fn dns_query(decision: &str, rule: &str) {
 
 /// A policy reload, taken or refused.
 pub fn policy_reload(ok: bool) {
+    if !enabled() {
+        return;
+    }
     let result = if ok { "ok" } else { "invalid" };
     METRICS
         .reloads
@@ -339,9 +370,12 @@ async fn answer<B>(
     ))
 }
 
-/// Binds the metrics listener; an error names the address.
+/// Binds the metrics listener (an error names the address) and starts
+/// counting.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen for metrics on {addr} ([daemon] metrics_listen): {e}"))
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        format!("cannot listen for metrics on {addr} ([daemon] metrics_listen): {e}")
+    })?;
+    enable();
+    Ok(listener)
 }
