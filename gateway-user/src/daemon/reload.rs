@@ -19,10 +19,16 @@ pub(crate) fn reload(shared: &Shared, config: &Path) {
                 || new.dns_port != old.dns_port
                 || new.udp_port != old.udp_port
                 || new.exempt_mark != old.exempt_mark
+                || new.metrics_listen != old.metrics_listen
             {
                 warn!(
-                    "[daemon] instance, ports and exempt_mark changes need a restart; running with instance={} listen_port={} dns_port={} udp_port={} until then",
-                    old.instance, old.listen_port, old.dns_port, old.udp_port
+                    "[daemon] instance, ports, exempt_mark and metrics_listen changes need a restart; running with instance={} listen_port={} dns_port={} udp_port={} metrics_listen={} until then",
+                    old.instance,
+                    old.listen_port,
+                    old.dns_port,
+                    old.udp_port,
+                    old.metrics_listen
+                        .map_or_else(|| "off".to_owned(), |a| a.to_string())
                 );
             }
             info!(policy = %policy.summary(), mode = %policy.daemon().mode, issuers = policy.issuers().len(), "policy reloaded");
