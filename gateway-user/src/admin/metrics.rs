@@ -93,7 +93,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let connections = Family::default();
     registry.register(
         "chokepoint_connections",
-        "Connections the gateway decided, by protocol, decision and deciding rule (enforced_by=kernel: refused at connect, no rule could allow it)",
+        "Connections, counted when they end (refused ones at once), by protocol, decision and deciding rule (enforced_by=kernel: refused at connect, no rule could allow it)",
         connections.clone(),
     );
     let bytes = Family::default();
