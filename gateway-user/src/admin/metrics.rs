@@ -86,6 +86,8 @@ struct Metrics {
     statements: Family<DecisionLabels, Counter>,
     dns: Family<DecisionLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+    approvals: Family<EventLabels, Counter>,
+    recording_failures: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -120,6 +122,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Policy reloads, by result (ok, or invalid: the running policy was kept)",
         reloads.clone(),
     );
+    let approvals = Family::default();
+    registry.register(
+        "chokepoint_approvals",
+        "Steps of held statements' approvals, by event (requested, failed: the request could not be stored, notified, notify_failed, approved, denied, expired, cancelled, grant_used); requested minus the approved, denied, expired and cancelled is what waits",
+        approvals.clone(),
+    );
+    let recording_failures = Counter::default();
+    registry.register(
+        "chokepoint_recording_failures",
+        "Sessions whose recording failed (disk full, permissions): each is refused from then on",
+        recording_failures.clone(),
+    );
     Metrics {
         registry,
         connections,
@@ -127,6 +141,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         statements,
         dns,
         reloads,
+        approvals,
+        recording_failures,
     }
 });
 
@@ -200,6 +216,38 @@ pub fn dns_query(decision: &str, rule: &str) {
             rule: rule.to_owned(),
         })
         .inc();
+}
+
+/// A step of a held statement's approval (its recorded `event`).
+pub fn approval(event: &str) {
+    if !enabled() {
+        return;
+    }
+    // The recorder's fixed set; anything else would be a new step that
+    // this list has not learnt yet, counted apart rather than dropped.
+    const EVENTS: [&str; 9] = [
+        "requested",
+        "failed",
+        "notified",
+        "notify_failed",
+        "approved",
+        "denied",
+        "expired",
+        "cancelled",
+        "grant_used",
+    ];
+    let event = EVENTS.into_iter().find(|e| *e == event).unwrap_or("other");
+    METRICS
+        .approvals
+        .get_or_create(&EventLabels { event })
+        .inc();
+}
+
+/// A session's recording failed.
+pub fn recording_failure() {
+    if enabled() {
+        METRICS.recording_failures.inc();
+    }
 }
 
 /// A policy reload, taken or refused.
@@ -378,4 +426,34 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     })?;
     enable();
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the sample line `series`.
+    fn sample(text: &str, series: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn approval_steps_and_recording_failures_are_counted() {
+        enable();
+        let before = |series: &str| sample(&render("no-such-instance"), series).unwrap_or(0);
+        let requested = r#"chokepoint_approvals_total{event="requested"}"#;
+        let other = r#"chokepoint_approvals_total{event="other"}"#;
+        let failures = "chokepoint_recording_failures_total";
+        let (r0, o0, f0) = (before(requested), before(other), before(failures));
+        approval("requested");
+        approval("a step added later");
+        recording_failure();
+        // Other tests in this process may count too: at least ours.
+        let text = render("no-such-instance");
+        assert!(sample(&text, requested) > Some(r0), "{text}");
+        assert!(sample(&text, other) > Some(o0), "{text}");
+        assert!(sample(&text, failures) > Some(f0), "{text}");
+    }
 }

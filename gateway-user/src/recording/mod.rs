@@ -226,6 +226,7 @@ impl Health {
     fn fail(&self, why: String) {
         if self.error.set(why.clone()).is_ok() {
             error!(error = %why, "session recording failed: the session is refused from now on");
+            crate::admin::metrics::recording_failure();
         }
         self.failed.store(true, Ordering::Release);
     }
@@ -276,6 +277,10 @@ impl SessionRecording {
 
     /// Hands an event to the writer; returns at once.
     pub fn record(&self, body: Body) {
+        // Every approval step passes here, recorded or not (recording off).
+        if let Body::Approval { event, .. } = &body {
+            crate::admin::metrics::approval(event);
+        }
         self.send(|handle, wall, mono_us| writer::Msg::Event {
             handle,
             wall,
