@@ -159,8 +159,8 @@ fn enabled() -> bool {
 
 /// A connection that ended (or was refused), as its log line says.
 pub fn connection(
-    protocol: &str,
-    decision: &str,
+    protocol: impl std::fmt::Display,
+    decision: impl std::fmt::Display,
     rule: &str,
     enforced_by: &'static str,
     up: u64,
@@ -170,10 +170,11 @@ pub fn connection(
         return;
     }
     let m = &*METRICS;
+    let protocol = protocol.to_string();
     m.connections
         .get_or_create(&ConnectionLabels {
-            protocol: protocol.to_owned(),
-            decision: decision.to_owned(),
+            protocol: protocol.clone(),
+            decision: decision.to_string(),
             rule: rule.to_owned(),
             enforced_by,
         })
@@ -182,7 +183,7 @@ pub fn connection(
         if n > 0 {
             m.bytes
                 .get_or_create(&BytesLabels {
-                    protocol: protocol.to_owned(),
+                    protocol: protocol.clone(),
                     direction,
                 })
                 .inc_by(n);

@@ -466,8 +466,8 @@ pub(super) fn log_flow(
         "flow"
     );
     crate::admin::metrics::connection(
-        &decision.protocol.to_string(),
-        &decision.verdict.to_string(),
+        decision.protocol,
+        decision.verdict,
         decision.rule_name(),
         enforced_by,
         moved.up,
