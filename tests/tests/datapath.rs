@@ -682,11 +682,6 @@ fn sockets_of_other_families_are_refused() -> Result<()> {
     Ok(())
 }
 
-/// A free port on 127.0.0.1 (the listener is closed before it is used).
-fn free_loopback_port() -> Result<u16> {
-    Ok(TcpListener::bind((v4(1), 0))?.local_addr()?.port())
-}
-
 /// `GET path` on 127.0.0.1:`port`: the status line and the body.
 fn http_get(port: u16, path: &str) -> Result<(String, String)> {
     use std::io::{Read, Write};
@@ -720,7 +715,9 @@ fn metrics_count_decisions_and_the_kernel_events() -> Result<()> {
     let cg = TestCgroup::new("metrics")?;
     let echo = Server::echo(v4(2))?;
     let unnamed = Server::echo(v4(2))?;
-    let port = free_loopback_port()?;
+    // Below the ephemeral range, like the gateway's own ports: a port from
+    // bind(0) could be taken meanwhile as another test's source port.
+    let port = chokepoint_tests::ports::gateway_port()?;
     let cfg = GatewayConfig::new("metrics", &cg)?
         .daemon_setting(&format!("metrics_listen = \"127.0.0.1:{port}\""))
         .target(target_for("echo", &[&echo]))
