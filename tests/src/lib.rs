@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod dns;
 pub mod gateway;
 pub mod interrupt;
+pub mod metrics;
 pub mod ports;
 pub mod postgres;
 pub mod probe;

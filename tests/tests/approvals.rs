@@ -17,6 +17,7 @@ use anyhow::{Context, Result, bail, ensure};
 use chokepoint_tests::{
     Gateway, GatewayConfig, PgServer, TestCgroup, WebhookReceiver, chokepoint_bin_for_anyone, cli,
     job_command, job_psql, message,
+    metrics::scrape,
     postgres::{cstrings, frame},
     run_with_timeout, wait_for,
 };
@@ -56,6 +57,8 @@ approve = ["write"]
 
 struct Setup {
     gw: Gateway,
+    /// Where the gateway serves its metrics.
+    metrics_port: u16,
     cg: TestCgroup,
     pg: PgServer,
     address: String,
@@ -85,8 +88,10 @@ impl Setup {
             &["CREATE TABLE orders (id int PRIMARY KEY, item text); \
                INSERT INTO orders SELECT g, 'item ' || g FROM generate_series(1, 40) AS g"],
         )?;
+        let metrics_port = chokepoint_tests::gateway_port()?;
         let mut config = GatewayConfig::new(hint, &cg)?
             .daemon_setting("admin_group = \"nogroup\"")
+            .daemon_setting(&format!("metrics_listen = \"127.0.0.1:{metrics_port}\""))
             .raw_toml(&pg.target_toml("orders-db", &address))
             .raw_toml(&rules(approval));
         if let Some(store) = store {
@@ -97,6 +102,7 @@ impl Setup {
         let (bin_dir, bin) = chokepoint_bin_for_anyone()?;
         Ok(Self {
             gw,
+            metrics_port,
             cg,
             pg,
             address,
@@ -161,6 +167,13 @@ impl Setup {
             .as_str()
             .context("id")?
             .to_owned())
+    }
+
+    /// Waits until the gateway's metrics say `n` statements are held.
+    fn wait_waiting(&self, n: u64) -> Result<()> {
+        wait_for(&format!("chokepoint_approvals_waiting {n}"), WAIT, || {
+            (scrape(self.metrics_port, "chokepoint_approvals_waiting") == Some(n)).then_some(())
+        })
     }
 
     fn orders(&self) -> Result<String> {
@@ -464,6 +477,7 @@ fn a_client_that_leaves_cancels_its_request_and_a_grant_skips_asking() -> Result
     // The client goes away while held.
     let job = s.spawn_psql(&["DELETE FROM orders WHERE id = 1"])?;
     let id = s.first_pending_id()?;
+    s.wait_waiting(1)?;
     job.kill()?;
     let cancelled = wait_for("the request to be cancelled", WAIT, || {
         let out = s.gw.approvals(&["show", &id, "--json"]).ok()?;
@@ -477,6 +491,7 @@ fn a_client_that_leaves_cancels_its_request_and_a_grant_skips_asking() -> Result
             .contains("disconnected"),
         "{cancelled}"
     );
+    s.wait_waiting(0)?;
     assert_eq!(s.orders()?, "40");
 
     // Approved with --for: later writes of the same class run unasked.

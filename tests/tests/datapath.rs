@@ -15,8 +15,10 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use chokepoint_tests::{
     EXEMPT_MARK, Gateway, GatewayConfig, Mode, ProbeArgs, ProbeReport, Rule, Server, Target,
-    TestCgroup, UdpSink, cgroup2_mount, cli, gateway::status_detached, pin_dir, run_with_timeout,
-    wait_for,
+    TestCgroup, UdpSink, cgroup2_mount, cli,
+    gateway::status_detached,
+    metrics::{http_get, sample},
+    pin_dir, run_with_timeout, wait_for,
 };
 use serde_json::Value;
 
@@ -680,34 +682,6 @@ fn sockets_of_other_families_are_refused() -> Result<()> {
     let counters = gw.status()?["counters"].clone();
     assert!(counters["socket_denied"].as_u64() >= Some(1), "{counters}");
     Ok(())
-}
-
-/// `GET path` on 127.0.0.1:`port`: the status line and the body.
-fn http_get(port: u16, path: &str) -> Result<(String, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect((v4(1), port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("no end of headers")?;
-    Ok((
-        head.lines().next().unwrap_or_default().to_owned(),
-        body.to_owned(),
-    ))
-}
-
-/// The value of the sample line that starts with `series` (name and labels).
-fn sample(metrics: &str, series: &str) -> Option<u64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! loopback address.
 //!
 //! Counting happens where the decisions are logged ([`connection`],
-//! [`statement`], [`dns_query`], [`policy_reload`]); the kernel's counters
+//! [`statement`], [`dns_query`], [`policy_reload`]), and held statements
+//! are counted while they wait ([`approval_waiting`]); the kernel's counters
 //! are read from the pinned maps at each scrape, so they survive daemon
 //! restarts like the programs do.
 //!
@@ -39,7 +40,7 @@ use prometheus_client::{
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
-        gauge::ConstGauge,
+        gauge::{ConstGauge, Gauge},
     },
     registry::Registry,
 };
@@ -87,6 +88,7 @@ struct Metrics {
     dns: Family<DecisionLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     approvals: Family<EventLabels, Counter>,
+    approvals_waiting: Gauge,
     recording_failures: Counter,
 }
 
@@ -125,8 +127,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let approvals = Family::default();
     registry.register(
         "chokepoint_approvals",
-        "Steps of held statements' approvals, by event (requested, failed: the request could not be stored, notified, notify_failed, approved, denied, expired, cancelled, grant_used); requested minus the approved, denied, expired and cancelled is what waits",
+        "Steps of held statements' approvals, by event (requested, failed: the request could not be stored, notified, notify_failed, approved, denied, expired, cancelled, grant_used)",
         approvals.clone(),
+    );
+    let approvals_waiting = Gauge::default();
+    registry.register(
+        "chokepoint_approvals_waiting",
+        "Statements this gateway holds for a human's approval right now",
+        approvals_waiting.clone(),
     );
     let recording_failures = Counter::default();
     registry.register(
@@ -142,6 +150,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         dns,
         reloads,
         approvals,
+        approvals_waiting,
         recording_failures,
     }
 });
@@ -242,6 +251,31 @@ pub fn approval(event: &str) {
         .approvals
         .get_or_create(&EventLabels { event })
         .inc();
+}
+
+/// Counts a statement held for approval until the returned guard drops.
+pub fn approval_waiting() -> Waiting {
+    let counted = enabled();
+    if counted {
+        METRICS.approvals_waiting.inc();
+    }
+    Waiting { counted }
+}
+
+/// One held statement in `chokepoint_approvals_waiting`.
+#[derive(Debug)]
+pub struct Waiting {
+    // Whether this one was added, so enabling metrics mid-wait cannot
+    // take away one that never was.
+    counted: bool,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.counted {
+            METRICS.approvals_waiting.dec();
+        }
+    }
 }
 
 /// A session's recording failed.
@@ -456,5 +490,26 @@ mod tests {
         assert!(sample(&text, requested) > Some(r0), "{text}");
         assert!(sample(&text, other) > Some(o0), "{text}");
         assert!(sample(&text, failures) > Some(f0), "{text}");
+    }
+
+    #[test]
+    fn a_held_statement_is_waiting_until_its_guard_drops() {
+        enable();
+        let waiting = "chokepoint_approvals_waiting";
+        // Gauges can go down too, so other tests' guards would make exact
+        // values racy: this test is the only one holding guards.
+        let before = sample(&render("no-such-instance"), waiting).unwrap_or(0);
+        let (a, b) = (approval_waiting(), approval_waiting());
+        assert_eq!(
+            sample(&render("no-such-instance"), waiting),
+            Some(before + 2)
+        );
+        drop(a);
+        assert_eq!(
+            sample(&render("no-such-instance"), waiting),
+            Some(before + 1)
+        );
+        drop(b);
+        assert_eq!(sample(&render("no-such-instance"), waiting), Some(before));
     }
 }

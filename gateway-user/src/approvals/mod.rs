@@ -209,6 +209,7 @@ impl Approvals {
             task,
             service: self.clone(),
             ended: false,
+            _waiting: crate::admin::metrics::approval_waiting(),
         })
     }
 
@@ -280,6 +281,7 @@ pub struct Held {
     task: JoinHandle<()>,
     service: Arc<Approvals>,
     ended: bool,
+    _waiting: crate::admin::metrics::Waiting,
 }
 
 impl Held {
