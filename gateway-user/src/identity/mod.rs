@@ -39,6 +39,8 @@ pub struct JobIdentity {
     pub subject: String,
     /// Every scalar claim as text (`repository`, `ref`, `environment`…).
     pub claims: BTreeMap<String, String>,
+    /// When validation stops accepting the token (`exp` plus the issuer's
+    /// leeway): until then a second bind of it must be refused.
     #[serde(skip, default = "epoch")]
     pub expires: SystemTime,
     /// `jti`, or the run/pipeline and job ids: what makes a token single-use.
@@ -167,6 +169,13 @@ impl Jobs {
         if relative.split('/').any(|c| c == "..") {
             return Err(format!("cgroup {relative:?} may not contain \"..\""));
         }
+        // One spelling per cgroup: `/.`, `//a` or `/a/./` would otherwise
+        // slip past the root check below and the runner-scope check.
+        let parts: Vec<&str> = relative
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
+        let relative = format!("/{}", parts.join("/"));
         let full = root.join(relative.trim_start_matches('/'));
         let meta =
             std::fs::metadata(&full).map_err(|e| format!("cgroup {} : {e}", full.display()))?;

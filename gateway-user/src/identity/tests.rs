@@ -235,6 +235,34 @@ fn every_bad_token_is_refused_with_a_precise_error() {
     ));
 }
 
+/// A token still validates for the issuer's leeway past `exp`, so its
+/// replay record must last as long, however `exp` is written.
+#[test]
+fn a_token_stays_spent_for_as_long_as_it_validates() {
+    let key = ed25519("d1");
+    let issuers = [issuer(&[&key])]; // leeway 30 s
+    for exp in [json!(now() + 5), json!((now() + 5) as f64 + 0.5)] {
+        let mut c = claims();
+        c["exp"] = exp.clone();
+        let token = sign(&key, &c);
+        let bindings = Bindings::default();
+        let t0 = SystemTime::now();
+        let job = validate(&issuers, &token, t0).unwrap();
+        let long = Duration::from_secs(6 * 3600);
+        bindings.bind(7, "/ci/job-a", job, t0, t0 + long).unwrap();
+        // Past exp, inside the leeway: still valid, so still spent.
+        let t1 = t0 + Duration::from_secs(20);
+        let again = validate(&issuers, &token, t1).expect("valid within the leeway");
+        let r = bindings.bind(8, "/ci/job-b", again, t1, t1 + long);
+        assert!(
+            matches!(r, Err(BindError::Replayed(_))),
+            "exp {exp}: bound twice: {r:?}"
+        );
+        // Past the leeway the token itself is refused.
+        assert!(validate(&issuers, &token, t0 + Duration::from_secs(40)).is_err());
+    }
+}
+
 #[test]
 fn a_token_binds_once_and_a_cgroup_runs_one_job_at_a_time() {
     let key = ed25519("d1");
@@ -311,4 +339,31 @@ fn a_runner_user_binds_only_in_its_own_cgroup_subtree() {
     // Its own cgroup is read from /proc.
     let own = own_cgroup(std::process::id()).expect("this test's cgroup");
     assert!(within_own(1000, Some(std::process::id()), &own).is_ok());
+}
+
+/// Every spelling of a cgroup path names one cgroup: the root stays
+/// unbindable however it is written.
+#[test]
+fn the_root_cgroup_is_refused_however_it_is_spelled() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("ci/job-1")).unwrap();
+    let jobs = Jobs::new(
+        vec![],
+        vec![],
+        Duration::from_secs(3600),
+        Some(root.path().to_path_buf()),
+    );
+    for spelling in ["/", "/.", "//", "/./.", "."] {
+        let r = jobs.resolve(Some(spelling), None);
+        assert!(
+            r.as_ref().is_err_and(|e| e.contains("root cgroup")),
+            "{spelling:?}: {r:?}"
+        );
+    }
+    for spelling in ["/ci/job-1", "/ci/./job-1/", "//ci//job-1"] {
+        let (_, path) = jobs.resolve(Some(spelling), None).unwrap();
+        assert_eq!(path, "/ci/job-1", "{spelling:?}");
+    }
+    let up = jobs.resolve(Some("/ci/../ci/job-1"), None);
+    assert!(up.is_err(), "{up:?}");
 }

@@ -190,15 +190,16 @@ pub fn validate(
             });
         }
     };
-    check_claims(issuer, &payload, now)?;
-    let job = identity(issuer, &payload);
+    let exp = check_claims(issuer, &payload, now)?;
+    let job = identity(issuer, &payload, exp);
     if job.replay_key.is_empty() {
         return Err(TokenError::NoReplayKey);
     }
     Ok(job)
 }
 
-fn check_claims(issuer: &Issuer, payload: &Value, now: SystemTime) -> Result<(), TokenError> {
+/// Checks the claims; returns `exp` as [`validate`] reads it.
+fn check_claims(issuer: &Issuer, payload: &Value, now: SystemTime) -> Result<i64, TokenError> {
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
     let leeway = issuer.leeway.as_secs() as i64;
     let exp = seconds(payload, "exp")?;
@@ -234,11 +235,11 @@ fn check_claims(issuer: &Issuer, payload: &Value, now: SystemTime) -> Result<(),
             return Err(TokenError::MissingClaim(claim.to_owned()));
         }
     }
-    Ok(())
+    Ok(exp)
 }
 
 /// The token's scalar claims as strings, and the key that makes it single-use.
-fn identity(issuer: &Issuer, payload: &Value) -> JobIdentity {
+fn identity(issuer: &Issuer, payload: &Value, exp: i64) -> JobIdentity {
     let mut claims = BTreeMap::new();
     if let Value::Object(map) = payload {
         for (k, v) in map {
@@ -264,12 +265,15 @@ fn identity(issuer: &Issuer, payload: &Value) -> JobIdentity {
             ))
         })
         .or_else(|| Some(format!("job:{}:{}", get("pipeline_id")?, get("job_id")?)));
-    let exp = payload["exp"].as_i64().unwrap_or(0).max(0) as u64;
+    // The replay record must outlive every instant the token still
+    // validates at, leeway included, whatever type `exp` was written as.
+    let accepted_until =
+        u64::try_from(exp.saturating_add(issuer.leeway.as_secs() as i64)).unwrap_or(0);
     JobIdentity {
         issuer: issuer.name.clone(),
         subject: get("sub").unwrap_or_default(),
         claims,
-        expires: UNIX_EPOCH + Duration::from_secs(exp),
+        expires: UNIX_EPOCH + Duration::from_secs(accepted_until),
         replay_key: replay_key.unwrap_or_default(),
     }
 }
