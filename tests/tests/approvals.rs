@@ -811,6 +811,36 @@ fn a_fleet_store_lets_an_approver_decide_on_another_gateway() -> Result<()> {
     let out = job.finish()?;
     assert!(text(&out).contains("DELETE 1"), "{}", text(&out));
     assert_eq!(s.orders()?, "38");
+
+    // Someone who can write the table flips a row to approved without a
+    // vote: the holding gateway checks the votes and keeps it refused.
+    let job = Job::new(
+        job_psql(&s.cg, &conninfo, &["DELETE FROM orders WHERE id = 9"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
+    let id = s.first_pending_id()?;
+    s.pg.admin_psql(
+        "app_rw",
+        "orders",
+        &[&format!(
+            "UPDATE chokepoint_approvals SET state = 'approved', \
+             body = jsonb_set(body::jsonb, '{{state}}', '\"approved\"')::text WHERE id = '{id}'"
+        )],
+    )?;
+    let out = job.finish()?;
+    let all = text(&out);
+    assert!(
+        all.contains("42501") || all.contains("not approved"),
+        "{all}"
+    );
+    assert!(
+        all.contains("0 distinct approval(s) where 1 are needed")
+            && all.contains("was the store altered?"),
+        "{all}"
+    );
+    assert_eq!(s.orders()?, "38");
     drop(b);
     Ok(())
 }

@@ -101,7 +101,9 @@ pub fn vote(
             request.expires
         ));
     }
-    if caller.uid == request.who.uid {
+    // The uid only means the same person on the same host; the name is
+    // what approvers are configured by, and holds across a fleet.
+    if caller.uid == request.who.uid || is_requester(&caller.name, request) {
         return Err(format!(
             "request {id} was made by uid {} ({}), which is you: someone else must decide it",
             request.who.uid, request.who.identity
@@ -123,7 +125,8 @@ pub fn vote(
             &request.digest[..12]
         ));
     }
-    if request.votes.iter().any(|v| v.uid == caller.uid) {
+    // By name: one person deciding from two hosts (two uids) is one vote.
+    if request.votes.iter().any(|v| v.by == caller.name) {
         return Err(format!("{} has already decided request {id}", caller.name));
     }
     let at = request::format_time(now);
@@ -199,6 +202,58 @@ pub fn vote(
     Ok(())
 }
 
+fn is_requester(name: &str, request: &Request) -> bool {
+    !request.who.user.is_empty() && request.who.user == name
+}
+
+/// Checks a request the store reports approved against the request as
+/// this gateway made it (`asked`, kept in memory): distinct approvers it
+/// names, none of them the requester, as many as it needs, for the same
+/// statement. A shared store is writable by every gateway and approver
+/// host, and a row edited there to say `approved` must not release a
+/// statement. Votes through a group approver are taken as the deciding
+/// host checked them: group membership elsewhere is not visible here.
+pub fn check_approved(asked: &Request, decided: &Request) -> Result<(), String> {
+    if decided.state != State::Approved {
+        return Err(format!("it is {}", decided.state));
+    }
+    if decided.digest != asked.digest {
+        return Err("it approves a different statement".to_owned());
+    }
+    if let Some(deny) = decided.votes.iter().find(|v| !v.approve) {
+        return Err(format!("it also holds a denial by {}", deny.by));
+    }
+    let groups = asked.approvers.iter().any(|a| a.starts_with("group:"));
+    let mut names: Vec<&str> = Vec::new();
+    for vote in &decided.votes {
+        if is_requester(&vote.by, asked) {
+            return Err(format!("{} approved their own statement", vote.by));
+        }
+        let named = asked
+            .approvers
+            .iter()
+            .any(|a| a.strip_prefix("user:").unwrap_or(a) == vote.by);
+        if !named && !groups {
+            return Err(format!(
+                "{} is not an approver (the rule names: {})",
+                vote.by,
+                asked.approvers.join(", ")
+            ));
+        }
+        if !names.contains(&vote.by.as_str()) {
+            names.push(&vote.by);
+        }
+    }
+    if names.len() < asked.min_approvals.max(1) {
+        return Err(format!(
+            "it carries {} distinct approval(s) where {} are needed",
+            names.len(),
+            asked.min_approvals.max(1)
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +267,7 @@ mod tests {
             who: Requester {
                 identity: "uid 1001 (runner)".into(),
                 uid: 1001,
+                user: "runner".into(),
                 pid: 42,
                 comm: "psql".into(),
                 cgroup_id: 7,
@@ -263,6 +319,73 @@ mod tests {
         vote(&caller(2, "bob", &["dba"]), &mut r, &APPROVE, None, now).unwrap();
         assert_eq!(r.state, State::Approved);
         assert_eq!(r.grant_until, None);
+    }
+
+    /// Across a fleet one person has a uid per host: their name is what
+    /// counts, for "distinct approvers" and for "not the requester".
+    #[test]
+    fn one_person_from_two_hosts_is_one_approver_and_the_requester_by_name_is_refused() {
+        let now = SystemTime::now();
+        let mut r = request();
+        r.min_approvals = 2;
+        r.approvers.push("runner".into());
+        vote(&caller(1000, "alice", &[]), &mut r, &APPROVE, None, now).unwrap();
+        let e = vote(&caller(1005, "alice", &[]), &mut r, &APPROVE, None, now).unwrap_err();
+        assert!(e.contains("alice has already decided"), "{e}");
+        assert_eq!(r.state, State::Pending);
+        // The job's user, under another uid on the deciding host.
+        let e = vote(&caller(2001, "runner", &[]), &mut r, &APPROVE, None, now).unwrap_err();
+        assert!(e.contains("which is you"), "{e}");
+        vote(&caller(2, "bob", &["dba"]), &mut r, &APPROVE, None, now).unwrap();
+        assert_eq!(r.state, State::Approved);
+    }
+
+    /// A row edited in a shared store to say approved does not release
+    /// the statement: the votes must satisfy the request as it was made.
+    #[test]
+    fn an_approval_is_checked_against_the_request_as_it_was_made() {
+        let now = SystemTime::now();
+        let mut asked = request();
+        asked.min_approvals = 2;
+        asked.approvers = vec!["alice".into(), "bob".into()];
+        let mut decided = asked.clone();
+        vote(&caller(1, "alice", &[]), &mut decided, &APPROVE, None, now).unwrap();
+        vote(&caller(2, "bob", &[]), &mut decided, &APPROVE, None, now).unwrap();
+        assert_eq!(check_approved(&asked, &decided), Ok(()));
+
+        let edit = |f: &dyn Fn(&mut Request)| {
+            let mut r = decided.clone();
+            f(&mut r);
+            check_approved(&asked, &r).unwrap_err()
+        };
+        // State flipped with no votes at all.
+        let e = edit(&|r| r.votes.clear());
+        assert!(e.contains("0 distinct approval(s) where 2"), "{e}");
+        // One person's vote written twice.
+        let e = edit(&|r| r.votes[1] = r.votes[0].clone());
+        assert!(e.contains("1 distinct approval(s)"), "{e}");
+        // A name the request does not list, or the requester's own.
+        let e = edit(&|r| r.votes[1].by = "mallory".into());
+        assert!(e.contains("mallory is not an approver"), "{e}");
+        let e = edit(&|r| r.votes[1].by = "runner".into());
+        assert!(e.contains("approved their own statement"), "{e}");
+        // Approvers or quorum rewritten in the row: the asked copy rules.
+        let e = edit(&|r| {
+            r.min_approvals = 1;
+            r.approvers = vec!["alice".into()];
+            r.votes.truncate(1);
+        });
+        assert!(e.contains("where 2 are needed"), "{e}");
+        let e = edit(&|r| r.digest = request::digest("DROP TABLE orders"));
+        assert!(e.contains("different statement"), "{e}");
+        let e = edit(&|r| r.state = State::Denied);
+        assert!(e.contains("denied"), "{e}");
+        // With a group approver, a vote by an unlisted name may be a
+        // member checked on its host: taken.
+        asked.approvers.push("group:dba".into());
+        let mut r = decided.clone();
+        r.votes[1].by = "carol".into();
+        assert_eq!(check_approved(&asked, &r), Ok(()));
     }
 
     #[test]
@@ -355,9 +478,17 @@ mod tests {
             class: "delete",
             rule: "ci",
             reason: "class delete needs approval",
+            max_grant: Duration::from_secs(3600),
         };
         assert!(r.grant_covers(&same, now));
         assert!(!r.grant_covers(&same, now + Duration::from_secs(1801)));
+        // The rule reloaded with a shorter max_grant shortens the grant.
+        let shortened = GrantQuery {
+            max_grant: Duration::from_secs(600),
+            ..same
+        };
+        assert!(r.grant_covers(&shortened, now + Duration::from_secs(599)));
+        assert!(!r.grant_covers(&shortened, now + Duration::from_secs(601)));
         // Each field narrows it: another job or runner cgroup, login,
         // class, or the same class held by another rule or for another
         // reason (a TRUNCATE where a one-row DELETE was approved).

@@ -38,6 +38,11 @@ pub struct Requester {
     /// What policy knows the job as, e.g. `uid 1001 (runner)`.
     pub identity: String,
     pub uid: u32,
+    /// The user name of `uid` on the holding gateway's host: approvers are
+    /// named by name, so that is what "not the requester" compares across
+    /// hosts whose uids differ. Empty in requests from older gateways.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
     pub pid: u32,
     pub comm: String,
     pub cgroup_id: u64,
@@ -66,6 +71,9 @@ pub struct GrantQuery<'a> {
     pub class: &'a str,
     pub rule: &'a str,
     pub reason: &'a str,
+    /// The holding rule's `max_grant` as it is now: a reload that shortens
+    /// it shortens the grants already given.
+    pub max_grant: Duration,
 }
 
 /// One approver's decision.
@@ -143,9 +151,18 @@ impl Request {
                 .is_some_and(|until| until > now)
     }
 
-    /// True while an approved grant covers the statement `query` describes.
+    /// True while an approved grant covers the statement `query` describes
+    /// and is no older than the query's `max_grant`.
     pub fn grant_covers(&self, query: &GrantQuery<'_>, now: SystemTime) -> bool {
+        let decided = self
+            .votes
+            .iter()
+            .filter(|v| v.approve)
+            .filter_map(|v| parse_time(&v.at))
+            .max();
         self.grant_is_live(now)
+            && decided
+                .is_some_and(|at| at.checked_add(query.max_grant).is_some_and(|end| end > now))
             && !self.who.scope.is_empty()
             && self.who.scope == query.scope
             && self.who.identity == query.identity

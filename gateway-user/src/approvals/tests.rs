@@ -11,6 +11,7 @@ fn ask(timeout: Duration, notify: Vec<Webhook>) -> Ask {
         who: Requester {
             identity: "uid 1001".into(),
             uid: 1001,
+            user: String::new(),
             pid: 7,
             comm: "psql".into(),
             cgroup_id: 1,
@@ -94,6 +95,7 @@ async fn an_approval_wakes_the_held_statement_and_grants_the_class() {
         class: "delete",
         rule: "ci",
         reason: "class delete needs approval",
+        max_grant: Duration::from_secs(600),
     };
     assert!(approvals.grant(&query).await.is_some());
     let ddl = GrantQuery {

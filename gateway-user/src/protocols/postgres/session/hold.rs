@@ -73,10 +73,18 @@ impl Session<'_> {
             return job.describe();
         }
         let uid = self.flow.uid;
-        match nix::unistd::User::from_uid(uid.into()) {
-            Ok(Some(user)) => format!("uid {uid} ({})", user.name),
-            _ => format!("uid {uid}"),
+        match self.user_name() {
+            Some(name) => format!("uid {uid} ({name})"),
+            None => format!("uid {uid}"),
         }
+    }
+
+    /// The user name of the job's uid on this host.
+    fn user_name(&self) -> Option<String> {
+        nix::unistd::User::from_uid(self.flow.uid.into())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
     }
 
     /// A statement a rule holds: runs at once under a grant, else waits
@@ -111,6 +119,7 @@ impl Session<'_> {
             class: &ask.running.shown.class,
             rule: &ask.rule,
             reason: &ask.reason,
+            max_grant: ask.approval.max_grant.unwrap_or_default(),
         };
         // The rule as it is now must still allow grants: one reloaded
         // without max_grant takes them back.
@@ -140,6 +149,7 @@ impl Session<'_> {
             who: Requester {
                 identity,
                 uid: self.flow.uid,
+                user: self.user_name().unwrap_or_default(),
                 pid: self.flow.pid,
                 comm: self.flow.comm.clone(),
                 cgroup_id: self.flow.cgroup_id,
@@ -244,9 +254,22 @@ impl Session<'_> {
         let by: Vec<&str> = request.votes.iter().map(|v| v.by.as_str()).collect();
         let by = (!by.is_empty()).then(|| by.join(", "));
         let id = request.id.clone();
-        let approved = request.state == ApprovalState::Approved
+        let mut approved = request.state == ApprovalState::Approved
             && request.digest == crate::approvals::digest(&held.running.sql);
-        let detail = if approved {
+        let mut forged = None;
+        if approved
+            && let Err(why) =
+                crate::approvals::authorize::check_approved(&held.held.request, &request)
+        {
+            warn!(flow_id = self.flow.id, id = %request.id, "the store says approved, but {why}: the statement stays refused");
+            forged = Some(format!(
+                "the approval store says approved, but {why} (was the store altered?)"
+            ));
+            approved = false;
+        }
+        let detail = if let Some(why) = &forged {
+            why.clone()
+        } else if approved {
             let comments: Vec<String> = request
                 .votes
                 .iter()
@@ -305,7 +328,7 @@ impl Session<'_> {
         } else {
             let message = format!(
                 "statement not approved ({id}, rule {rule}): {}",
-                request.outcome()
+                forged.unwrap_or_else(|| request.outcome())
             );
             self.refuse(kind, deny_error(&rule, &message, &shown));
         }
