@@ -930,6 +930,66 @@ fn denials_in_one_psql_session_leave_it_usable() -> Result<()> {
     Ok(())
 }
 
+/// Settings under which the server would read SQL differently from the
+/// gateway (standard_conforming_strings off, an SJIS-like encoding) are
+/// refused however they arrive: in the job's startup message in any
+/// spelling, from the role's own settings at login, or switched by a
+/// function during the session.
+#[test]
+fn settings_that_change_how_sql_is_read_are_refused_however_they_arrive() -> Result<()> {
+    let s = Setup::start("pg-settings", 79, Policy::Guarded)?;
+    for (name, value) in [
+        ("STANDARD_CONFORMING_STRINGS", "off"),
+        ("Client_Encoding", "SJIS"),
+        ("client_encoding", "windows932"),
+        ("Search_Path", "billing"),
+        ("role", "postgres"),
+    ] {
+        let r = s.pgclient("app_rw", &[json!({ "login": [[name, value]] })])?;
+        assert_eq!(r[0]["ok"], false, "{name} = {value}: {}", r[0]);
+        assert!(
+            r[0].to_string().contains("not allowed through chokepoint"),
+            "{name} = {value}: {}",
+            r[0]
+        );
+    }
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "login": [["DateStyle", "ISO"], ["application_name", "ci"]] })],
+    )?;
+    assert_eq!(r[0]["ok"], true, "{}", r[0]);
+
+    // A function the job may call turns the setting off mid-session.
+    s.pg.admin_psql(
+        "postgres",
+        "orders",
+        &["CREATE FUNCTION public.flip() RETURNS text LANGUAGE plpgsql AS \
+           $$ BEGIN PERFORM set_config('standard_conforming_strings', 'off', false); RETURN 'flipped'; END $$"],
+    )?;
+    let out = s.psql("app_rw", &["SELECT public.flip()", "SELECT 'after'"])?;
+    assert!(
+        out.stderr.contains("standard_conforming_strings")
+            && out.stderr.contains("the session ends"),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("after"), "{out:?}");
+
+    // The role's own setting, applied by the server at login.
+    s.pg.admin_psql(
+        "postgres",
+        "orders",
+        &["ALTER ROLE app_rw SET standard_conforming_strings = off"],
+    )?;
+    let out = s.psql("app_rw", &["SELECT 'in'"])?;
+    assert!(!out.ok, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("sets standard_conforming_strings = \"off\" for this login"),
+        "{out:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn cancel_requests_reach_the_server() -> Result<()> {
     let s = Setup::start("pg-cancel", 49, Policy::Guarded)?;

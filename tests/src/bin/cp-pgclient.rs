@@ -17,6 +17,7 @@
 //! | `{"cancel": "SQL"}` | runs SQL and sends a CancelRequest every 500 ms until it ends |
 //! | `{"raw": "hex"}` | a new raw connection: startup as the same user, then these bytes; `"messages"` lists each response's tag (and an error's fields, a DataRow's values) until EOF |
 //! | `{"raw_until_ready": {"hex": "…", "ready": N}}` | the same, reading until the N-th ReadyForQuery |
+//! | `{"login": [["name", "value"], …]}` | a new raw connection whose startup message also carries these parameters; `"ok"` says whether it reached ReadyForQuery, `"login"` lists what came back |
 //!
 //! A result line is `{"step": i, "ok": true, "rows": [[…]]}` or
 //! `{"step": i, "ok": false, "error": {"code": "42501", "message": …}}`
@@ -73,6 +74,7 @@ enum Step {
         hex: String,
         ready: usize,
     },
+    Login(Vec<(String, String)>),
     /// Creates this file: tells the test the steps before it are done.
     Touch(String),
     /// Waits (up to a minute) for this file, keeping the session open:
@@ -154,8 +156,9 @@ async fn run(config: Config, steps: Vec<Step>) -> ExitCode {
             Step::CopyOut(sql) => copy_out(&client, &sql).await,
             Step::CopyIn { sql, data } => copy_in(&client, &sql, data).await,
             Step::Cancel(sql) => cancel(&client, &sql).await,
-            Step::Raw(hex) => raw(&config, &hex, None).await,
-            Step::RawUntilReady { hex, ready } => raw(&config, &hex, Some(ready)).await,
+            Step::Raw(hex) => raw(&config, &hex, None, &[]).await,
+            Step::RawUntilReady { hex, ready } => raw(&config, &hex, Some(ready), &[]).await,
+            Step::Login(params) => raw(&config, "", Some(0), &params).await,
             Step::Touch(path) => match std::fs::write(&path, b"") {
                 Ok(()) => json!({"ok": true}),
                 Err(e) => json!({"ok": false, "error": {"code": null, "message": e.to_string()}}),
@@ -295,16 +298,28 @@ async fn cancel(client: &Client, sql: &str) -> Value {
 /// startup as the same user and database (no password: the gateway
 /// trusts the job), then `hex` decoded and sent as is. Reports every
 /// message received after it and whether the server closed the connection.
-async fn raw(config: &Config, hex: &str, ready: Option<usize>) -> Value {
-    match raw_inner(config, hex, ready).await {
+async fn raw(
+    config: &Config,
+    hex: &str,
+    ready: Option<usize>,
+    params: &[(String, String)],
+) -> Value {
+    match raw_inner(config, hex, ready, params).await {
         Ok(v) => v,
         Err(e) => json!({"ok": false, "error": {"code": null, "message": e.to_string()}}),
     }
 }
 
 /// `ready`: stop reading after that many ReadyForQuery messages instead of
-/// at EOF, for scripts that leave the session open.
-async fn raw_inner(config: &Config, hex: &str, ready: Option<usize>) -> Result<Value, BoxError> {
+/// at EOF, for scripts that leave the session open (0 with no bytes: stop
+/// after the login). `params` go into the startup message after `user`
+/// and `database`.
+async fn raw_inner(
+    config: &Config,
+    hex: &str,
+    ready: Option<usize>,
+    params: &[(String, String)],
+) -> Result<Value, BoxError> {
     let bytes = decode_hex(hex)?;
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
@@ -318,7 +333,9 @@ async fn raw_inner(config: &Config, hex: &str, ready: Option<usize>) -> Result<V
     let mut stream = TcpStream::connect((host.as_str(), port)).await?;
 
     let mut body = 196_608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", database)] {
+    let fixed = [("user", user), ("database", database)];
+    let extra = params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    for (k, v) in fixed.into_iter().chain(extra) {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
         body.extend_from_slice(v.as_bytes());
@@ -349,6 +366,9 @@ async fn raw_inner(config: &Config, hex: &str, ready: Option<usize>) -> Result<V
         }
     }
 
+    if bytes.is_empty() && ready == Some(0) {
+        return Ok(json!({"ok": true, "login": login}));
+    }
     let write_error = stream.write_all(&bytes).await.err().map(|e| e.to_string());
     let mut messages = Vec::new();
     let (closed, read_error) = loop {

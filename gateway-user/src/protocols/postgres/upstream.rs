@@ -58,6 +58,15 @@ pub enum UpstreamError {
     },
     #[error("{addr} sent an invalid message during login: {what}")]
     Protocol { addr: SocketAddr, what: String },
+    #[error(
+        "{addr} sets {name} = {value:?} for this login (ALTER ROLE or ALTER DATABASE … SET?): {why}, so chokepoint refuses the session"
+    )]
+    UnsafeSetting {
+        addr: SocketAddr,
+        name: String,
+        value: String,
+        why: &'static str,
+    },
 }
 
 /// How to reach the upstream: address, exemption mark and TLS.
@@ -211,7 +220,21 @@ pub async fn login(
                 });
             }
             b'S' => {
-                ParameterStatus::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
+                let p =
+                    ParameterStatus::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
+                // A role's or database's own setting applies at login, past
+                // every check of the client's startup message.
+                if let Some(why) = super::classify::lexer_setting_refusal(
+                    &p.name.to_ascii_lowercase(),
+                    Some(Some(p.value)),
+                ) {
+                    return Err(UpstreamError::UnsafeSetting {
+                        addr,
+                        name: p.name.to_owned(),
+                        value: p.value.to_owned(),
+                        why,
+                    });
+                }
                 parameters.push(frame.into_raw());
             }
             b'K' => {

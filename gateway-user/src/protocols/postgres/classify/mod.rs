@@ -69,9 +69,11 @@
 //! * Some statements are refused outright ([`ClassifyError::Refused`]):
 //!   turning `standard_conforming_strings` off, or switching `client_encoding`
 //!   to SJIS/BIG5/GBK/GB18030/UHC/JOHAB, would make the server read later
-//!   string literals differently from the classifier. The session must also
-//!   keep these two settings safe at startup and watch the server's
-//!   ParameterStatus reports for them.
+//!   string literals differently from the classifier. The session also
+//!   refuses them at startup (any spelling) and ends when the server's
+//!   ParameterStatus reports them (a role's own setting at login, a
+//!   function mid-session); statements pipelined behind the one that
+//!   changed them are already at the server then.
 //! * Very deeply nested text is parsed on a helper thread with a large stack,
 //!   and refused beyond a bound ([`ClassifyError::TooDeep`]): libpg_query
 //!   recurses without a depth check (see `depth.rs`).
@@ -102,6 +104,7 @@ pub use class::{
     Access, Classification, Flag, Prepared, Statement, StatementClass, TableRef, UnknownName,
 };
 pub use error::ClassifyError;
+pub(crate) use functions::lexer_setting_refusal;
 pub use functions::{DANGEROUS_FUNCTIONS, is_dangerous_function};
 pub use redact::redact_passwords;
 

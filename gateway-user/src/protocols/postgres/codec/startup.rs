@@ -97,9 +97,10 @@ impl StartupPacket {
     }
 }
 
-/// `name\0value\0 … \0`. Duplicate names are refused: PostgreSQL lets the
-/// last one win, so a gateway reading the first `user` would check a
-/// different role than the server logs in.
+/// `name\0value\0 … \0`. Duplicate names are refused, also when they
+/// differ only in case (PostgreSQL matches setting names ignoring case):
+/// the server lets the last one win, so a gateway reading the first
+/// `user` or `client_encoding` would check another value than it applies.
 fn parse_params(r: &mut Reader<'_>) -> Result<Vec<(String, String)>, CodecError> {
     let mut params: Vec<(String, String)> = Vec::new();
     loop {
@@ -108,7 +109,7 @@ fn parse_params(r: &mut Reader<'_>) -> Result<Vec<(String, String)>, CodecError>
             return Ok(params);
         }
         let value = r.cstr()?;
-        if params.iter().any(|(n, _)| n == name) {
+        if params.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
             return Err(CodecError::Malformed {
                 what: "duplicate startup parameter",
             });
@@ -320,6 +321,8 @@ mod tests {
             b"\0\x03\0\0\xc3\0u\0\0",
             // Duplicate user.
             b"\0\x03\0\0user\0a\0user\0b\0\0",
+            // The same setting in two cases: the server applies the last.
+            b"\0\x03\0\0user\0a\0client_encoding\0UTF8\0CLIENT_ENCODING\0SJIS\0\0",
         ];
         for (i, case) in cases.iter().enumerate() {
             let err = parse(&pkt(case)).unwrap_err();

@@ -122,6 +122,39 @@ impl Session<'_> {
         Some(out)
     }
 
+    /// True, and the session ends, when a ParameterStatus reports a setting
+    /// under which the server reads SQL differently from the gateway's
+    /// parser (SET of it is refused, but a function may change it). What
+    /// the client sent after the statement that changed it is already
+    /// on its way: see the classifier's limits.
+    pub(super) fn unsafe_setting(&mut self, frame: &Frame) -> bool {
+        let Ok(p) = ParameterStatus::parse(frame.body()) else {
+            return false;
+        };
+        let Some(why) = super::super::classify::lexer_setting_refusal(
+            &p.name.to_ascii_lowercase(),
+            Some(Some(p.value)),
+        ) else {
+            return false;
+        };
+        warn!(
+            flow_id = self.flow.id,
+            name = p.name,
+            value = p.value,
+            "the server changed a setting the gateway cannot read SQL under; ending the session"
+        );
+        self.summary.error = Some(format!("the server switched {} to {}", p.name, p.value));
+        self.to_client.extend_from_slice(&fatal(
+            "08P01",
+            &format!(
+                "chokepoint: the session set {} = {:?}: {why}, so the session ends",
+                p.name, p.value
+            ),
+        ));
+        self.upstream_broken = true;
+        true
+    }
+
     /// Ends the session: the upstream answered with `what` where nothing
     /// the gateway forwarded asked for it, so the gateway no longer knows
     /// which statement (and which masking plan) its rows belong to.

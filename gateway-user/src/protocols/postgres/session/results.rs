@@ -196,6 +196,9 @@ impl Session<'_> {
                 }
             }
             b'N' | b'A' | b'S' => {
+                if frame.tag() == b'S' && self.unsafe_setting(&frame) {
+                    return;
+                }
                 if let Some(scrubbed) = self.scrub_message(&frame) {
                     self.summary.bytes_down += scrubbed.len() as u64;
                     self.to_client.extend_from_slice(&scrubbed);

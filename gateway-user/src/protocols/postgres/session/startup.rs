@@ -149,33 +149,62 @@ pub(super) async fn client_startup<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Client encodings whose multi-byte characters can contain a backslash or
-/// quote byte: the server would split such text into statements differently
-/// from the gateway's parser.
-pub(super) const UNSAFE_ENCODINGS: &[&str] = &[
-    "sjis", "shiftjis", "mskanji", "win932", "cp932", "big5", "win950", "cp950", "gbk", "win936",
-    "cp936", "gb18030", "uhc", "win949", "cp949", "johab",
+/// Settings a client may give in its startup message, lower case
+/// (PostgreSQL matches setting names ignoring case). The server applies
+/// them before policy sees a statement, so only presentation and timeout
+/// settings pass; `role`, `search_path` and the rest are refused, and a
+/// job sets them with SET, where policy decides.
+const STARTUP_SETTINGS: &[&str] = &[
+    "application_name",
+    "bytea_output",
+    "client_encoding",
+    "client_min_messages",
+    "datestyle",
+    "default_transaction_deferrable",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "extra_float_digits",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "intervalstyle",
+    "lc_messages",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "lock_timeout",
+    "standard_conforming_strings",
+    "statement_timeout",
+    "timezone",
 ];
 
-/// Startup settings that would make the server read SQL, or resolve table
-/// names, differently from what policy decided on.
+/// Why a startup setting must be refused: one not in [`STARTUP_SETTINGS`],
+/// or a value that would make the server read SQL differently from the
+/// gateway's parser (the same test as for SET).
 pub(super) fn unsafe_startup_setting(startup: &StartupMessage) -> Option<String> {
-    let normalise = |v: &str| v.to_ascii_lowercase().replace(['_', '-'], "");
-    if let Some(enc) = startup.param("client_encoding")
-        && UNSAFE_ENCODINGS.contains(&normalise(enc).as_str())
-    {
-        return Some(format!(
-            "client_encoding {enc} is not allowed through chokepoint: use UTF8"
-        ));
-    }
-    if startup
-        .param("standard_conforming_strings")
-        .is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "1"))
-    {
-        return Some("standard_conforming_strings must stay on through chokepoint".into());
-    }
-    if startup.param("search_path").is_some() {
-        return Some("the startup parameter search_path is not allowed through chokepoint: table rules match by schema".into());
+    for (name, value) in &startup.params {
+        if matches!(
+            name.as_str(),
+            "user" | "database" | "options" | "replication"
+        ) || name.starts_with("_pq_.")
+        {
+            continue;
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower == "search_path" {
+            return Some("the startup parameter search_path is not allowed through chokepoint: table rules match by schema; use SET search_path after connecting".into());
+        }
+        if !STARTUP_SETTINGS.contains(&lower.as_str()) {
+            return Some(format!(
+                "the startup parameter {name:?} is not allowed through chokepoint: the server would apply it before policy sees a statement; SET it after connecting (allowed at startup: {})",
+                STARTUP_SETTINGS.join(", ")
+            ));
+        }
+        if let Some(why) = super::super::classify::lexer_setting_refusal(&lower, Some(Some(value)))
+        {
+            return Some(format!(
+                "the startup parameter {name} = {value:?} is not allowed through chokepoint: {why}"
+            ));
+        }
     }
     None
 }
@@ -256,4 +285,67 @@ pub(super) async fn connect(
         (code, format!("chokepoint: target {target}: {e}"))
     })?;
     Ok((upstream, rules, route))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup(params: &[(&str, &str)]) -> StartupMessage {
+        let mut all = vec![("user".to_owned(), "ci".to_owned())];
+        all.extend(
+            params
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        StartupMessage::new(all)
+    }
+
+    /// PostgreSQL matches setting names ignoring case and encoding names
+    /// ignoring everything but letters and digits: every spelling of an
+    /// unsafe setting is refused, and only listed settings pass at all.
+    #[test]
+    fn every_spelling_of_an_unsafe_startup_setting_is_refused() {
+        for (name, value) in [
+            ("standard_conforming_strings", "off"),
+            ("STANDARD_CONFORMING_STRINGS", "off"),
+            ("Standard_Conforming_Strings", "0"),
+            ("Client_Encoding", "SJIS"),
+            ("client_encoding", "SHIFT_JIS_2004"),
+            ("client_encoding", "windows932"),
+            ("client_encoding", "Windows-936"),
+            ("client_encoding", "S.JIS"),
+            ("client_encoding", "big 5"),
+            ("client_encoding", "GB.K"),
+            ("Search_Path", "billing"),
+            ("role", "admin"),
+            ("session_authorization", "postgres"),
+            ("default_table_access_method", "heap"),
+        ] {
+            let why = unsafe_startup_setting(&startup(&[(name, value)]));
+            assert!(why.is_some(), "{name} = {value} passed");
+        }
+        let role = unsafe_startup_setting(&startup(&[("role", "admin")])).unwrap();
+        assert!(
+            role.contains("\"role\" is not allowed") && role.contains("SET it after connecting"),
+            "{role}"
+        );
+    }
+
+    #[test]
+    fn what_drivers_send_at_startup_passes() {
+        let drivers = startup(&[
+            ("database", "orders"),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO"),
+            ("TimeZone", "UTC"),
+            ("extra_float_digits", "3"),
+            ("application_name", "psql"),
+            ("standard_conforming_strings", "on"),
+            ("options", ""),
+            ("replication", "false"),
+            ("_pq_.anything", "x"),
+        ]);
+        assert_eq!(unsafe_startup_setting(&drivers), None);
+    }
 }
