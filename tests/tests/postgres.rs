@@ -1494,6 +1494,53 @@ fn raw_session(s: &Setup, frames: &[String], ready: usize) -> Result<(String, Ve
     Ok((tags, values))
 }
 
+/// After an extended-protocol error, with no Sync sent yet, the server
+/// discards what the client sends up to its Sync, simple Queries included.
+/// The gateway must not wait for answers to those: a COPY after the Sync
+/// would otherwise be masked with a discarded COPY's layout (here an id
+/// column, which no rule touches), and the emails would leave unmasked.
+#[test]
+fn messages_the_server_discards_after_an_error_are_not_waited_for() -> Result<()> {
+    let s = Setup::start("pg-discard", 80, Policy::Guarded)?;
+    let query = |sql: &str| frame(b'Q', &cstrings(&[sql], &[]));
+    let first = [
+        frame(
+            b'P',
+            &cstrings(&["", "SELECT * FROM no_such_table"], &[0, 0]),
+        ),
+        frame(b'H', &[]),
+    ]
+    .concat();
+    let then = [
+        query("SELECT 1"),
+        query("COPY (SELECT id FROM items ORDER BY id LIMIT 3) TO STDOUT"),
+        frame(b'S', &[]),
+        query("COPY (SELECT email FROM customers ORDER BY id) TO STDOUT"),
+    ]
+    .concat();
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "raw_until_ready": { "first": first, "until": "E", "hex": then, "ready": 2 } })],
+    )?;
+    let all = r[0].to_string();
+    assert_no_secrets(&all);
+    let messages = r[0]["messages"].as_array().context("messages")?;
+    let tags: String = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
+    // The Parse's error; the Sync's ReadyForQuery; the COPY of emails.
+    assert_eq!(tags, "EZHdddcCZ", "{all}");
+    let copied: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["tag"] == "d")
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    let masked: Vec<String> = CUSTOMERS
+        .iter()
+        .map(|c| format!("{}\n", partial(c.email, 4)))
+        .collect();
+    assert_eq!(copied, masked, "{all}");
+    Ok(())
+}
+
 /// tokio-postgres sends Sync right after a COPY's Execute, while the server
 /// is in copy-in mode and ignores it, then CopyDone and another Sync: one
 /// ReadyForQuery for two Syncs. The session must stay in step (and

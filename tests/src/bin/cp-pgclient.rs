@@ -17,6 +17,7 @@
 //! | `{"cancel": "SQL"}` | runs SQL and sends a CancelRequest every 500 ms until it ends |
 //! | `{"raw": "hex"}` | a new raw connection: startup as the same user, then these bytes; `"messages"` lists each response's tag (and an error's fields, a DataRow's values) until EOF |
 //! | `{"raw_until_ready": {"hex": "…", "ready": N}}` | the same, reading until the N-th ReadyForQuery |
+//! | `{"raw_until_ready": {"first": "hex", "until": "E", "hex": "…", "ready": N}}` | sends `first` and waits for a message tagged `until` before sending `hex` |
 //! | `{"login": [["name", "value"], …]}` | a new raw connection whose startup message also carries these parameters; `"ok"` says whether it reached ReadyForQuery, `"login"` lists what came back |
 //!
 //! A result line is `{"step": i, "ok": true, "rows": [[…]]}` or
@@ -73,6 +74,10 @@ enum Step {
     RawUntilReady {
         hex: String,
         ready: usize,
+        #[serde(default)]
+        first: Option<String>,
+        #[serde(default)]
+        until: Option<String>,
     },
     Login(Vec<(String, String)>),
     /// Creates this file: tells the test the steps before it are done.
@@ -156,9 +161,17 @@ async fn run(config: Config, steps: Vec<Step>) -> ExitCode {
             Step::CopyOut(sql) => copy_out(&client, &sql).await,
             Step::CopyIn { sql, data } => copy_in(&client, &sql, data).await,
             Step::Cancel(sql) => cancel(&client, &sql).await,
-            Step::Raw(hex) => raw(&config, &hex, None, &[]).await,
-            Step::RawUntilReady { hex, ready } => raw(&config, &hex, Some(ready), &[]).await,
-            Step::Login(params) => raw(&config, "", Some(0), &params).await,
+            Step::Raw(hex) => raw(&config, None, &hex, None, &[]).await,
+            Step::RawUntilReady {
+                hex,
+                ready,
+                first,
+                until,
+            } => {
+                let first = first.map(|f| (f, until.unwrap_or_else(|| "Z".to_owned())));
+                raw(&config, first, &hex, Some(ready), &[]).await
+            }
+            Step::Login(params) => raw(&config, None, "", Some(0), &params).await,
             Step::Touch(path) => match std::fs::write(&path, b"") {
                 Ok(()) => json!({"ok": true}),
                 Err(e) => json!({"ok": false, "error": {"code": null, "message": e.to_string()}}),
@@ -300,11 +313,12 @@ async fn cancel(client: &Client, sql: &str) -> Value {
 /// message received after it and whether the server closed the connection.
 async fn raw(
     config: &Config,
+    first: Option<(String, String)>,
     hex: &str,
     ready: Option<usize>,
     params: &[(String, String)],
 ) -> Value {
-    match raw_inner(config, hex, ready, params).await {
+    match raw_inner(config, first, hex, ready, params).await {
         Ok(v) => v,
         Err(e) => json!({"ok": false, "error": {"code": null, "message": e.to_string()}}),
     }
@@ -313,9 +327,11 @@ async fn raw(
 /// `ready`: stop reading after that many ReadyForQuery messages instead of
 /// at EOF, for scripts that leave the session open (0 with no bytes: stop
 /// after the login). `params` go into the startup message after `user`
-/// and `database`.
+/// and `database`. `first`: bytes sent before `hex`, and the tag of the
+/// message to wait for before sending `hex`.
 async fn raw_inner(
     config: &Config,
+    first: Option<(String, String)>,
     hex: &str,
     ready: Option<usize>,
     params: &[(String, String)],
@@ -369,8 +385,21 @@ async fn raw_inner(
     if bytes.is_empty() && ready == Some(0) {
         return Ok(json!({"ok": true, "login": login}));
     }
-    let write_error = stream.write_all(&bytes).await.err().map(|e| e.to_string());
     let mut messages = Vec::new();
+    if let Some((first, until)) = first {
+        stream.write_all(&decode_hex(&first)?).await?;
+        while !messages.iter().any(|m: &Value| m["tag"] == until.as_str()) {
+            let n =
+                tokio::time::timeout(RAW_READ_TIMEOUT, read_more(&mut stream, &mut buf)).await??;
+            if n == 0 {
+                return Err(format!("closed before {until:?}: {messages:?}").into());
+            }
+            while let Some(message) = take_message(&mut buf) {
+                messages.push(message);
+            }
+        }
+    }
+    let write_error = stream.write_all(&bytes).await.err().map(|e| e.to_string());
     let (closed, read_error) = loop {
         match tokio::time::timeout(RAW_READ_TIMEOUT, read_more(&mut stream, &mut buf)).await {
             Err(_) => break (false, Some("no EOF within the timeout".to_owned())),
@@ -422,6 +451,8 @@ fn take_message(buf: &mut Vec<u8>) -> Option<Value> {
         'D' => out["values"] = json!(data_row_values(&message[5..])),
         // ParameterStatus and NotificationResponse: their strings, NULs as spaces.
         'S' | 'A' => out["text"] = json!(String::from_utf8_lossy(&message[5..]).replace('\0', " ")),
+        // CopyData: the row as copied.
+        'd' => out["text"] = json!(String::from_utf8_lossy(&message[5..])),
         _ => {}
     }
     if matches!(tag, 'E' | 'N') {

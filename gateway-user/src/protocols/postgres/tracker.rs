@@ -222,6 +222,13 @@ pub struct Tracker {
     /// The server is taking COPY data and ignores Sync (and Flush) until
     /// the client's CopyDone or CopyFail.
     copy_in: bool,
+    /// An extended-protocol message failed with no Sync pending: the
+    /// server discards whatever the client sends until its next Sync.
+    discarding: bool,
+    /// What was pushed while discarding: never run, never answered. The
+    /// session takes them ([`Tracker::take_discarded`]) to undo what it
+    /// assumed when it forwarded them.
+    discarded: Vec<Pending>,
 }
 
 impl Tracker {
@@ -230,14 +237,30 @@ impl Tracker {
             // Never answered: the server ignores it in copy-in mode.
             return;
         }
+        if self.discarding {
+            if !matches!(pending, Pending::Sync) {
+                // A Query too: no ReadyForQuery will answer it.
+                self.discarded.push(pending);
+                return;
+            }
+            self.discarding = false;
+        }
         if pending.is_sync_point() {
             self.syncs_sent += 1;
         }
         self.pending.push_back(pending);
     }
 
+    /// Entries the server discarded unseen, oldest first.
+    pub fn take_discarded(&mut self) -> Vec<Pending> {
+        std::mem::take(&mut self.discarded)
+    }
+
     /// The client sent CopyDone or CopyFail.
     pub fn copy_end(&mut self) {
+        if self.discarding {
+            return;
+        }
         if self.copy_in {
             self.copy_in = false;
         } else if self
@@ -305,6 +328,9 @@ impl Tracker {
             }
             skipped.extend(self.pending.pop_front());
         }
+        // No Sync sent yet: what the client sends next is discarded too,
+        // up to its Sync, and must not wait for answers.
+        self.discarding = self.pending.is_empty();
         skipped
     }
 
@@ -320,6 +346,7 @@ impl Tracker {
     /// that never met their error (e.g. the transaction was already
     /// aborted) are forgotten.
     pub fn ready(&mut self) -> Option<Pending> {
+        self.discarding = false;
         self.syncs_done += 1;
         let done = self.syncs_done;
         self.denials.retain(|d| d.sync_point > done);
@@ -403,6 +430,43 @@ mod tests {
         // The discarded Query counts as done: the next ReadyForQuery is the Sync's.
         assert!(matches!(t.ready(), Some(Pending::Sync)));
         assert_eq!(t.syncs_done + 1, t.syncs_sent);
+    }
+
+    /// Parse fails after a Flush, with no Sync sent: what the client sends
+    /// next is discarded by the server up to its Sync, so it must not wait
+    /// for answers (a later ReadyForQuery would complete the wrong entry,
+    /// and a later COPY would take a skipped statement's layout).
+    #[test]
+    fn messages_sent_after_an_extended_error_are_discarded_up_to_the_sync() {
+        let mut t = Tracker::default();
+        t.push(Pending::Parse(None));
+        assert_eq!(t.skip_to_sync().len(), 1);
+        t.push(Pending::Bind(Some(("p".into(), None))));
+        t.push(Pending::Query(None));
+        t.push(Pending::Query(None));
+        t.copy_end();
+        assert_eq!(tags(&t), "", "nothing waits for an answer");
+        assert_eq!(t.take_discarded().len(), 3);
+        t.push(Pending::Sync);
+        assert_eq!(tags(&t), "S");
+        assert_eq!(t.syncs_sent, t.syncs_done + 1, "only the Sync is answered");
+        assert!(matches!(t.ready(), Some(Pending::Sync)));
+        // After the Sync the server reads messages again.
+        t.push(Pending::Query(None));
+        assert_eq!(tags(&t), "Q");
+        assert!(t.take_discarded().is_empty());
+    }
+
+    /// A Sync already sent ends the discarding: what comes after it runs.
+    #[test]
+    fn an_extended_error_with_a_sync_pending_discards_nothing_later() {
+        let mut t = Tracker::default();
+        t.push(Pending::Parse(None));
+        t.push(Pending::Sync);
+        assert_eq!(t.skip_to_sync().len(), 1);
+        t.push(Pending::Query(None));
+        assert_eq!(tags(&t), "SQ");
+        assert!(t.take_discarded().is_empty());
     }
 
     #[test]

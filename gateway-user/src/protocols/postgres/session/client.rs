@@ -177,6 +177,7 @@ impl Session<'_> {
                 return Step::End;
             }
         }
+        self.settle_discarded();
         Step::Continue
     }
 

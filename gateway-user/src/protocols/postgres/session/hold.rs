@@ -332,6 +332,7 @@ impl Session<'_> {
             );
             self.refuse(kind, deny_error(&rule, &message, &shown));
         }
+        self.settle_discarded();
         true
     }
 }

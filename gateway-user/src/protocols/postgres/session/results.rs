@@ -67,32 +67,8 @@ impl Session<'_> {
                     None => raw_message,
                 };
                 // Extended protocol: the server now skips to Sync.
-                let (mut undos, mut portal_undos) = (Vec::new(), Vec::new());
-                for skipped in self.tracker.skip_to_sync() {
-                    match skipped {
-                        Pending::Parse(Some(undo)) | Pending::Close(Some(undo)) => {
-                            undos.push(undo);
-                        }
-                        Pending::Bind(Some(undo)) => portal_undos.push(undo),
-                        Pending::Execute {
-                            running: Some(r), ..
-                        } => self.complete(r, &message),
-                        Pending::Query(Some(r)) => {
-                            self.complete(r, "not run: an earlier message of the pipeline failed");
-                        }
-                        _ => {}
-                    }
-                }
-                // Latest first, so a name changed twice ends as before both.
-                for undo in undos.into_iter().rev() {
-                    self.undo(undo);
-                }
-                for (name, previous) in portal_undos.into_iter().rev() {
-                    match previous {
-                        Some(portal) => self.portals.insert(name, portal),
-                        None => self.portals.remove(&name),
-                    };
-                }
+                let skipped = self.tracker.skip_to_sync();
+                self.not_run(skipped, &message);
                 if let Some(Pending::Query(running)) = self.tracker.pending.front_mut()
                     && let Some(running) = running.take()
                 {
@@ -221,6 +197,49 @@ impl Session<'_> {
         };
         running.rows += 1;
         running.masked |= masked;
+    }
+
+    /// Messages the server skipped (after an error, up to Sync): what
+    /// the session assumed when it forwarded them is put back, and their
+    /// statements are recorded as not run. `error` is the error that made
+    /// the server skip; an Execute reports it as its own.
+    pub(super) fn not_run(&mut self, skipped: Vec<Pending>, error: &str) {
+        let (mut undos, mut portal_undos) = (Vec::new(), Vec::new());
+        for entry in skipped {
+            match entry {
+                Pending::Parse(Some(undo)) | Pending::Close(Some(undo)) => undos.push(undo),
+                Pending::Bind(Some(undo)) => portal_undos.push(undo),
+                Pending::Execute {
+                    running: Some(r), ..
+                } => self.complete(r, error),
+                Pending::Query(Some(r)) => {
+                    self.complete(r, "not run: an earlier message of the pipeline failed");
+                }
+                _ => {}
+            }
+        }
+        // Latest first, so a name changed twice ends as before both.
+        for undo in undos.into_iter().rev() {
+            self.undo(undo);
+        }
+        for (name, previous) in portal_undos.into_iter().rev() {
+            match previous {
+                Some(portal) => self.portals.insert(name, portal),
+                None => self.portals.remove(&name),
+            };
+        }
+    }
+
+    /// Takes back what was forwarded while the server discards messages
+    /// (an extended-protocol error with no Sync sent yet).
+    pub(super) fn settle_discarded(&mut self) {
+        let discarded = self.tracker.take_discarded();
+        if !discarded.is_empty() {
+            self.not_run(
+                discarded,
+                "not run: an earlier message of the pipeline failed",
+            );
+        }
     }
 
     pub(super) fn complete(&self, running: Running, error: &str) {
