@@ -1541,6 +1541,62 @@ fn messages_the_server_discards_after_an_error_are_not_waited_for() -> Result<()
     Ok(())
 }
 
+/// A `PREPARE` that fails leaves the server's statement of that name in
+/// place; the gateway must not take the name as free. Otherwise a Parse of
+/// it (which the server rejects) would have the Bind after it decided, and
+/// its COPY masked, by a text the server does not run.
+#[test]
+fn a_failed_prepare_leaves_the_statement_it_would_replace() -> Result<()> {
+    let s = Setup::start("pg-prepare-fail", 86, Policy::Guarded)?;
+    let query = |sql: &str| frame(b'Q', &cstrings(&[sql], &[]));
+    let parse = |name: &str, sql: &str| frame(b'P', &cstrings(&[name, sql], &[0, 0]));
+    let sync = frame(b'S', &[]);
+    let customers = "COPY (SELECT email FROM customers ORDER BY id) TO STDOUT";
+    let items = "COPY (SELECT id FROM items ORDER BY id LIMIT 3) TO STDOUT";
+    let first = [
+        parse("n", customers),
+        sync.clone(),
+        query("PREPARE n AS SELECT 1"),
+    ]
+    .concat();
+    let then = [
+        parse("n", items),
+        sync.clone(),
+        frame(b'B', &cstrings(&["", "n"], &[0; 6])),
+        frame(b'E', &cstrings(&[""], &[0; 4])),
+        sync.clone(),
+    ]
+    .concat();
+    let masked: Vec<String> = CUSTOMERS
+        .iter()
+        .map(|c| format!("{}\n", partial(c.email, 4)))
+        .collect();
+    // Answered one after the other, and all at once.
+    for (first, then, ready) in [
+        (first.clone(), then.clone(), 4),
+        (String::new(), [first, then].concat(), 4),
+    ] {
+        let step = if first.is_empty() {
+            json!({ "raw_until_ready": { "hex": then, "ready": ready } })
+        } else {
+            json!({ "raw_until_ready": { "first": first, "until": "E", "hex": then, "ready": ready } })
+        };
+        let r = s.pgclient("app_rw", &[step])?;
+        let all = r[0].to_string();
+        assert_no_secrets(&all);
+        let copied: Vec<&str> = r[0]["messages"]
+            .as_array()
+            .context("messages")?
+            .iter()
+            .filter(|m| m["tag"] == "d")
+            .filter_map(|m| m["text"].as_str())
+            .collect();
+        // Run masked, or refused while the PREPARE was on its way.
+        assert!(copied.is_empty() || copied == masked, "{all}");
+    }
+    Ok(())
+}
+
 /// tokio-postgres sends Sync right after a COPY's Execute, while the server
 /// is in copy-in mode and ignores it, then CopyDone and another Sync: one
 /// ReadyForQuery for two Syncs. The session must stay in step (and

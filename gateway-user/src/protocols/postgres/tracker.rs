@@ -104,6 +104,11 @@ pub struct Running {
     /// were seen: the next one's CommandComplete belongs to the statement
     /// after them.
     pub prepared_done: usize,
+    /// What each of its `PREPARE` / `DEALLOCATE` / `DISCARD ALL`
+    /// statements (by index) took from the session's names when it was
+    /// sent: put back if that statement never ran (an error), since the
+    /// server then still has what it had.
+    pub names_taken: Vec<(usize, Undo)>,
 }
 
 #[derive(Debug)]

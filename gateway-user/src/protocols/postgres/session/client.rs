@@ -127,6 +127,7 @@ impl Session<'_> {
                         sample: Default::default(),
                         approved,
                         prepared_done: 0,
+                        names_taken: Vec::new(),
                     },
                 );
                 self.forward(&frame);
@@ -408,6 +409,7 @@ impl Session<'_> {
             sample: Default::default(),
             approved: None,
             prepared_done: 0,
+            names_taken: Vec::new(),
         };
         if decision.verdict == StatementVerdict::Allow || audit {
             return Decided::Run(running);

@@ -14,7 +14,7 @@ impl Session<'_> {
         approved: Option<Arc<str>>,
     ) {
         running.approved = approved;
-        self.names_in_flight(&running);
+        self.names_in_flight(&mut running);
         match kind {
             HeldKind::Query => {
                 self.forward(frame);

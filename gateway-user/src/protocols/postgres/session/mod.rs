@@ -192,6 +192,8 @@ pub async fn serve(
         tracker: Tracker::default(),
         statements: HashMap::new(),
         sql_prepared: HashMap::new(),
+        uncertain_names: Default::default(),
+        all_names_uncertain: false,
         portals: HashMap::new(),
         query_plan: None,
         layouts: LayoutCache::default(),
@@ -240,6 +242,11 @@ struct Session<'a> {
     statements: HashMap<String, PreparedStatement>,
     /// Statements prepared by SQL `PREPARE`, by name (see `prepared`).
     sql_prepared: HashMap<String, SqlPrepared>,
+    /// Names a `PREPARE`, `DEALLOCATE` or `DISCARD ALL` on its way may
+    /// have changed on the server (`all_names_uncertain`: every name):
+    /// until its answer a Parse of them is not taken to define them.
+    uncertain_names: std::collections::HashSet<String>,
+    all_names_uncertain: bool,
     portals: HashMap<String, Portal>,
     /// Plan of the simple-protocol result being streamed.
     query_plan: Option<Arc<ResultPlan>>,

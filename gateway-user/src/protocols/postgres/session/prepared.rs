@@ -30,9 +30,17 @@ impl Session<'_> {
     /// statement of that name exists (only the unnamed one is replaced).
     /// Messages pipelined after it are decided before its error comes
     /// back, so they must see the statement that stays.
+    ///
+    /// A name a statement on its way may have changed counts as taken: if
+    /// the server keeps its statement (the PREPARE failed, say), a Parse
+    /// taken to define it would have later Binds decided by a text the
+    /// server does not run. A Bind of it is refused until the answer.
     pub(super) fn parse_would_clash(&self, name: &str) -> bool {
         !name.is_empty()
-            && (self.statements.contains_key(name) || self.sql_prepared.contains_key(name))
+            && (self.statements.contains_key(name)
+                || self.sql_prepared.contains_key(name)
+                || self.all_names_uncertain
+                || self.uncertain_names.contains(name))
     }
 
     /// A statement text on its way to the server: every name its PREPAREs
@@ -40,24 +48,63 @@ impl Session<'_> {
     /// `DISCARD ALL`) is forgotten now, so messages sent before the
     /// answer comes back find it unknown and are refused, rather than
     /// decided by what the name held before. A PREPARE's name comes back
-    /// with its CommandComplete.
-    pub(super) fn names_in_flight(&mut self, running: &Running) {
-        let Some(classification) = &running.classification else {
+    /// with its CommandComplete; what a statement that fails took comes
+    /// back with its error ([`Session::names_not_changed`]).
+    pub(super) fn names_in_flight(&mut self, running: &mut Running) {
+        let Some(classification) = running.classification.clone() else {
             return;
         };
-        for statement in &classification.statements {
+        for (i, statement) in classification.statements.iter().enumerate() {
             match &statement.prepared {
                 Some(Prepared::Define(name) | Prepared::Deallocate(Some(name))) => {
-                    self.statements.remove(name);
-                    self.sql_prepared.remove(name);
+                    running.names_taken.push((i, self.close_statement(name)));
+                    self.uncertain_names.insert(name.clone());
                 }
-                Some(Prepared::Deallocate(None)) => self.forget_all(),
-                _ if statement.command == "DISCARD" && statement.has_flag(Flag::SetRole) => {
-                    self.forget_all();
+                _ if forgets_all(statement) => {
+                    let named: Vec<String> = self
+                        .statements
+                        .keys()
+                        .chain(self.sql_prepared.keys())
+                        .filter(|n| !n.is_empty())
+                        .cloned()
+                        .collect();
+                    for name in named {
+                        running.names_taken.push((i, self.close_statement(&name)));
+                    }
+                    self.all_names_uncertain = true;
                 }
                 _ => {}
             }
         }
+    }
+
+    /// `running` failed: its statements from the one that failed on did
+    /// not run, so the names they took are the server's as before. A name
+    /// a statement before them changed (or every name, after a completed
+    /// `DEALLOCATE ALL`) is as that statement left it.
+    pub(super) fn names_not_changed(&mut self, running: &mut Running) {
+        let taken = std::mem::take(&mut running.names_taken);
+        if taken.is_empty() {
+            return;
+        }
+        let done = running.prepared_done;
+        let all_done = running
+            .classification
+            .as_ref()
+            .is_some_and(|c| c.statements.iter().take(done).any(forgets_all));
+        let settled: Vec<String> = taken
+            .iter()
+            .filter(|(i, _)| *i < done)
+            .map(|(_, u)| u.name.clone())
+            .collect();
+        // Latest first, so a name taken twice ends as before both.
+        for (i, undo) in taken.into_iter().rev() {
+            self.uncertain_names.remove(&undo.name);
+            if i >= done && !all_done && !settled.contains(&undo.name) {
+                self.undo(undo);
+            }
+        }
+        self.all_names_uncertain = false;
     }
 
     /// `DEALLOCATE ALL` and `DISCARD ALL` drop every named statement;
@@ -203,6 +250,19 @@ impl Session<'_> {
             b"DEALLOCATE" | b"DEALLOCATE ALL" => false,
             b"DISCARD ALL" => {
                 self.forget_all();
+                self.uncertain_names.clear();
+                self.all_names_uncertain = false;
+                if let Some(running) = self.front_running()
+                    && let Some(c) = running.classification.clone()
+                    && let Some(i) = c
+                        .statements
+                        .iter()
+                        .skip(running.prepared_done)
+                        .position(forgets_all)
+                {
+                    // Counted like a DEALLOCATE ALL: what it took is settled.
+                    running.prepared_done += i + 1;
+                }
                 return;
             }
             _ => return,
@@ -241,6 +301,16 @@ impl Session<'_> {
             shown: running.shown.clone(),
             approved: running.approved.clone(),
         };
+        match &statement.prepared {
+            Some(Prepared::Define(name) | Prepared::Deallocate(Some(name))) => {
+                self.uncertain_names.remove(name);
+            }
+            Some(Prepared::Deallocate(None)) => {
+                self.uncertain_names.clear();
+                self.all_names_uncertain = false;
+            }
+            _ => {}
+        }
         match (&statement.prepared, defines) {
             (Some(Prepared::Define(name)), true) => {
                 // The server had no statement of this name, or the
@@ -256,4 +326,10 @@ impl Session<'_> {
             _ => {}
         }
     }
+}
+
+/// `DEALLOCATE ALL`, or `DISCARD ALL` (which also drops every name).
+fn forgets_all(statement: &crate::protocols::postgres::classify::Statement) -> bool {
+    matches!(statement.prepared, Some(Prepared::Deallocate(None)))
+        || (statement.command == "DISCARD" && statement.has_flag(Flag::SetRole))
 }

@@ -70,8 +70,9 @@ impl Session<'_> {
                 let skipped = self.tracker.skip_to_sync();
                 self.not_run(skipped, &message);
                 if let Some(Pending::Query(running)) = self.tracker.pending.front_mut()
-                    && let Some(running) = running.take()
+                    && let Some(mut running) = running.take()
                 {
+                    self.names_not_changed(&mut running);
                     self.complete(running, &message);
                 }
                 match (replacement, scrubbed) {
@@ -82,7 +83,11 @@ impl Session<'_> {
                 return;
             }
             b'1' | b'2' | b'3' => {
-                self.tracker.pending.pop_front();
+                // A statement's Close: the server holds no such name now,
+                // whatever a failed PREPARE left uncertain.
+                if let Some(Pending::Close(Some(undo))) = self.tracker.pending.pop_front() {
+                    self.uncertain_names.remove(&undo.name);
+                }
             }
             b'T' => match self.tracker.pending.front() {
                 Some(Pending::Describe { swallow, .. }) => {
@@ -212,7 +217,8 @@ impl Session<'_> {
                 Pending::Execute {
                     running: Some(r), ..
                 } => self.complete(r, error),
-                Pending::Query(Some(r)) => {
+                Pending::Query(Some(mut r)) => {
+                    self.names_not_changed(&mut r);
                     self.complete(r, "not run: an earlier message of the pipeline failed");
                 }
                 _ => {}
