@@ -71,7 +71,7 @@ pub(crate) struct Shared {
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let policy = Policy::load(&opts.config)?;
     // Right after reading: a save from now on is a change to reload.
-    let files = watch::Watch::new(policy.sources());
+    let files = watch::Watch::new(&watch::watched(&policy));
     let guard = policy
         .guard()
         .cloned()

@@ -74,15 +74,15 @@ pub(crate) async fn serve(
             r = v4.accept() => r,
             r = v6.accept() => r,
             _ = hup.recv() => {
-                let read = watch::Watch::before_reload(shared.policy.load().sources());
+                let read = watch::Watch::before_reload(&watch::watched(&shared.policy.load()));
                 reload(&shared, config);
                 files.reloaded(read);
                 continue;
             }
             _ = look.tick() => {
-                if files.changed(shared.policy.load().sources()) {
+                if files.changed(&watch::watched(&shared.policy.load())) {
                     info!("a policy file changed: reloading");
-                    let read = watch::Watch::before_reload(shared.policy.load().sources());
+                    let read = watch::Watch::before_reload(&watch::watched(&shared.policy.load()));
                     reload(&shared, config);
                     files.reloaded(read);
                 }

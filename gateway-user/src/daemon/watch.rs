@@ -1,15 +1,18 @@
 //! Reloading when a policy file changes, besides on SIGHUP. The files the
-//! running policy was read from, and the folders they sit in (a file added
+//! running policy was read from, the folders they sit in (a file added
 //! to an `include` glob's folder, or an editor saving by rename, changes
-//! the folder), are looked at every [`EVERY`]; a change that has stayed
-//! put for one more look reloads, so a file caught half-written is not
-//! taken for the new policy.
+//! the folder) and the folder each `include` glob looks in, matched or
+//! not (an empty `policy.d` has no file to lead to it), are looked at
+//! every [`EVERY`]; a change that has stayed put for one more look
+//! reloads, so a file caught half-written is not taken for the new policy.
 use std::{
     collections::BTreeSet,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::Duration,
 };
+
+use crate::policy::Policy;
 
 /// How often the files are looked at.
 pub(crate) const EVERY: Duration = Duration::from_secs(2);
@@ -22,11 +25,28 @@ type Stamp = (u64, i64, i64, u64);
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Fingerprint(Vec<(PathBuf, Option<Stamp>)>);
 
+/// What to watch for `policy`: the files it was read from and the folders
+/// its `include` globs look in.
+pub(crate) fn watched(policy: &Policy) -> Vec<PathBuf> {
+    policy
+        .sources()
+        .iter()
+        .chain(policy.include_dirs())
+        .cloned()
+        .collect()
+}
+
 fn fingerprint(sources: &[PathBuf]) -> Fingerprint {
     let mut paths: BTreeSet<&Path> = sources.iter().map(PathBuf::as_path).collect();
     for source in sources {
         if let Some(dir) = source.parent() {
-            paths.insert(dir);
+            // `chokepoint.toml` given bare: its folder is the current one,
+            // and "" is no path to look at.
+            paths.insert(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            });
         }
     }
     Fingerprint(
@@ -114,5 +134,65 @@ mod tests {
         std::fs::rename(&tmp, &config).unwrap();
         assert!(!watch.changed(&sources));
         assert!(watch.changed(&sources));
+    }
+
+    const RULE: &str = "[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"*\"]\n";
+
+    /// Found in review: with nothing in `policy.d` no file led the watch
+    /// there, so the first policy file dropped in waited for a SIGHUP, and
+    /// so did every one after the last was removed.
+    #[test]
+    fn the_first_file_in_an_empty_include_folder_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("chokepoint.toml");
+        std::fs::write(&config, "[daemon]\ninclude = [\"policy.d/*.toml\"]\n").unwrap();
+        std::fs::create_dir(dir.path().join("policy.d")).unwrap();
+        let policy = Policy::load(&config).unwrap();
+        let paths = watched(&policy);
+        let mut watch = Watch::new(&paths);
+
+        let new = dir.path().join("policy.d/new.toml");
+        std::fs::write(&new, RULE).unwrap();
+        assert!(
+            (0..3).any(|_| watch.changed(&paths)),
+            "a file added to an empty include folder was missed"
+        );
+
+        // Reloaded with it, then it goes: the folder is empty again.
+        let policy = Policy::load(&config).unwrap();
+        let paths = watched(&policy);
+        watch.reloaded(Watch::before_reload(&paths));
+        std::fs::remove_file(&new).unwrap();
+        assert!((0..3).any(|_| watch.changed(&paths)));
+        let policy = Policy::load(&config).unwrap();
+        let paths = watched(&policy);
+        watch.reloaded(Watch::before_reload(&paths));
+        assert!(!watch.changed(&paths));
+        std::fs::write(dir.path().join("policy.d/again.toml"), RULE).unwrap();
+        assert!(
+            (0..3).any(|_| watch.changed(&paths)),
+            "a file added after the last one was removed was missed"
+        );
+    }
+
+    #[test]
+    fn an_include_glob_names_the_folder_before_its_first_wildcard() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("chokepoint.toml");
+        std::fs::write(
+            &config,
+            "[daemon]\ninclude = [\"policy.d/*.toml\", \"teams/*/rules.toml\", \"*.extra.toml\", \"/nonexistent/cp/*.toml\"]\n",
+        )
+        .unwrap();
+        let policy = Policy::load(&config).unwrap();
+        assert_eq!(
+            policy.include_dirs(),
+            [
+                dir.path().join("policy.d"),
+                dir.path().join("teams"),
+                dir.path().to_path_buf(),
+                PathBuf::from("/nonexistent/cp"),
+            ]
+        );
     }
 }

@@ -119,6 +119,10 @@ pub(super) struct Loaded {
     pub targets: Vec<Located<Entry<TargetEntry>>>,
     pub rules: Vec<Located<Entry<RuleEntry>>>,
     pub masking: Vec<Located<Entry<MaskingEntry>>>,
+    /// The folder each `include` glob looks in (its part before the first
+    /// wildcard), whether or not it matched a file: the daemon watches
+    /// them, so the first file dropped into an empty `policy.d` reloads.
+    pub include_dirs: Vec<PathBuf>,
 }
 
 /// Problems found so far; turned into [`PolicyErrors`] once every file has
@@ -299,6 +303,10 @@ impl Loader {
             );
             return;
         }
+        let watched = dir.join(literal_prefix(&raw));
+        if !self.loaded.include_dirs.contains(&watched) {
+            self.loaded.include_dirs.push(watched);
+        }
         let full = if Path::new(&raw).is_absolute() || dir.as_os_str().is_empty() {
             raw.clone()
         } else {
@@ -341,6 +349,27 @@ impl Loader {
             self.file(path);
         }
     }
+}
+
+/// The leading folders of an include glob that hold no wildcard:
+/// `policy.d/*.toml` → `policy.d`, `conf/*/x.toml` → `conf`, `*.toml` → ``
+/// (the including file's own folder). The last component is a file name
+/// pattern, never a folder to watch.
+fn literal_prefix(glob: &str) -> PathBuf {
+    let path = Path::new(glob);
+    let mut prefix = PathBuf::new();
+    let mut components = path.components().peekable();
+    while let Some(component) = components.next() {
+        if components.peek().is_none() {
+            break;
+        }
+        let text = component.as_os_str().to_string_lossy();
+        if glob::Pattern::escape(&text) != text {
+            break;
+        }
+        prefix.push(component);
+    }
+    prefix
 }
 
 /// Far more than any policy needs; a bigger file is a mistake (a log, a

@@ -139,6 +139,7 @@ pub struct Policy {
     max_job: std::time::Duration,
     dns: Option<DnsSettings>,
     sources: Vec<PathBuf>,
+    include_dirs: Vec<PathBuf>,
     compiled: Compiled,
 }
 
@@ -156,7 +157,8 @@ impl Policy {
     }
 
     fn load_with(paths: &[PathBuf], users: UserLookup<'_>) -> Result<Policy, PolicyErrors> {
-        let (sources, loaded, mut report) = load::load(paths);
+        let (sources, mut loaded, mut report) = load::load(paths);
+        let include_dirs = std::mem::take(&mut loaded.include_dirs);
         let (daemon, masking_key) = settings::daemon(loaded.daemon.as_ref(), &sources, &mut report);
         let guard = settings::guard(loaded.guard, &mut report);
         let recording = settings::recording(loaded.recording.as_ref(), &sources, &mut report);
@@ -200,6 +202,7 @@ impl Policy {
             max_job,
             dns,
             sources: sources.into_iter().map(|s| s.path).collect(),
+            include_dirs,
             compiled,
         })
     }
@@ -246,6 +249,12 @@ impl Policy {
     /// Every file that was read, in load order.
     pub fn sources(&self) -> &[PathBuf] {
         &self.sources
+    }
+
+    /// The folders the `include` globs look in, whether or not they
+    /// matched a file: where a new policy file can appear.
+    pub fn include_dirs(&self) -> &[PathBuf] {
+        &self.include_dirs
     }
 
     /// Decides on one flow. Pure: no I/O, and no allocation beyond
