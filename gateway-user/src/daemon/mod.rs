@@ -56,6 +56,9 @@ pub(crate) struct Shared {
     pub policy: ArcSwap<Policy>,
     /// Settings fixed at start (a reload cannot move the port or cgroup).
     pub daemon: DaemonSettings,
+    /// The rest of what was set up at start, for a reload to say which
+    /// changes wait for a restart.
+    pub started: reload::Started,
     pub attached: Attached,
     pub postgres: Arc<crate::protocols::postgres::PostgresShared>,
     /// Fixed at start: a reload does not move recordings.
@@ -145,6 +148,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         );
     }
     let shared = Arc::new(Shared {
+        started: reload::Started {
+            guard,
+            recording: policy.recording().clone(),
+            approvals: policy.approvals().clone(),
+        },
         policy: ArcSwap::from_pointee(policy),
         daemon,
         attached,

@@ -140,7 +140,9 @@ async fn relay_flow(
         .recorder
         .open(start_event(&flow, job.as_deref(), &decision, mode, "udp"))
         .await;
-    let idle = shared.daemon.udp_idle_timeout;
+    // From the policy the flow was decided under: a reload's new timeout
+    // applies to the flows that start after it.
+    let idle = policy.daemon().udp_idle_timeout;
     let decided = Decided {
         flow: &flow,
         job: job.as_deref(),
