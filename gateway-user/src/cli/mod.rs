@@ -41,7 +41,8 @@ pub enum Command {
         which: InstanceArg,
     },
     /// Show an instance's attachment, map fill and counters as JSON; exits
-    /// 1 when it has nothing attached (no such instance, or detached).
+    /// 1 when one has nothing attached (no such instance, or detached), or
+    /// `--all` finds no instance.
     Status {
         #[command(flatten)]
         which: InstanceArg,
