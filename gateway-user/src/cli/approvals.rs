@@ -105,7 +105,17 @@ async fn run(args: &ApprovalsArgs, command: &ApprovalsCommand) -> Result<String,
         ));
     }
     let requests = match &args.store {
-        Some(conninfo) => direct(conninfo, command).await?,
+        Some(conninfo) => {
+            // Syntax first: a malformed argument is a usage error (2), not
+            // a store that did not answer (1). Found in review. The text is
+            // not echoed: it may hold a password.
+            if let Err(e) = <tokio_postgres::Config as std::str::FromStr>::from_str(conninfo) {
+                return Err(Failure::Usage(format!(
+                    "--store is not a PostgreSQL connection string ({e}): write e.g. \"host=db.internal user=approver dbname=chokepoint\" or \"postgres://approver@db.internal/chokepoint\""
+                )));
+            }
+            direct(conninfo, command).await?
+        }
         None => {
             let socket = socket(args).map_err(Failure::Usage)?;
             let answer: AdminResponse = call(&socket, &request(command)).await?;
@@ -339,7 +349,7 @@ fn outcome(r: &Request) -> String {
 mod tests {
     use std::process::ExitCode;
 
-    use super::{ApprovalsArgs, ApprovalsCommand, approvals};
+    use super::{super::Failure, ApprovalsArgs, ApprovalsCommand, approvals, run};
 
     #[test]
     fn a_malformed_request_or_a_bad_config_is_a_usage_error() {
@@ -365,5 +375,29 @@ mod tests {
         };
         let list = ApprovalsCommand::List { all: false };
         assert_eq!(approvals(&bad_config, &list), ExitCode::from(2));
+    }
+
+    #[test]
+    fn a_malformed_store_is_a_usage_error_naming_store() {
+        let args = ApprovalsArgs {
+            socket: None,
+            config: None,
+            store: Some("host=db port=notaport".into()),
+            json: false,
+        };
+        let list = ApprovalsCommand::List { all: false };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        match runtime.block_on(run(&args, &list)) {
+            Err(Failure::Usage(message)) => {
+                assert!(message.starts_with("--store "), "{message}");
+                assert!(!message.contains("[recording]"), "{message}");
+            }
+            Err(Failure::Failed(message)) => panic!("exit 1, not 2: {message}"),
+            Ok(out) => panic!("a malformed --store was used: {out}"),
+        }
+        assert_eq!(approvals(&args, &list), ExitCode::from(2));
     }
 }

@@ -54,8 +54,10 @@ pub struct Row {
 
 /// Opens a connection with the settings' password (if any).
 pub async fn connect(settings: &SinkSettings) -> Result<Client, String> {
-    let mut config =
-        Config::from_str(&settings.conninfo).map_err(|e| format!("[recording] postgres: {e}"))?;
+    // Shared by [recording], [approvals] and `--store`: the caller names
+    // which one; this says only what is wrong with it.
+    let mut config = Config::from_str(&settings.conninfo)
+        .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
     if let Some(file) = &settings.password_file {
         let password = std::fs::read_to_string(file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
