@@ -222,11 +222,9 @@ pub(crate) fn chain(error: &dyn std::error::Error) -> String {
 }
 
 impl InstanceArg {
-    /// Instance names selected by the arguments.
-    pub(crate) fn instances(&self) -> Result<Vec<String>, String> {
-        if self.all {
-            return Ok(crate::ebpf::PinDir::all());
-        }
+    /// What can be wrong with the arguments themselves, found without
+    /// reading anything: a malformed `--instance`, or no selector at all.
+    pub(crate) fn check(&self) -> Result<(), String> {
         if let Some(name) = &self.instance {
             // The name becomes a path under the pin root that detach empties.
             if !crate::ebpf::is_instance_name(name) {
@@ -235,6 +233,19 @@ impl InstanceArg {
                     crate::ebpf::INSTANCE_NAME_RULE
                 ));
             }
+        } else if !self.all && self.config.is_none() {
+            return Err("name an instance: --instance, --config or --all".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Instance names selected by the arguments.
+    pub(crate) fn instances(&self) -> Result<Vec<String>, String> {
+        self.check()?;
+        if self.all {
+            return Ok(crate::ebpf::PinDir::all());
+        }
+        if let Some(name) = &self.instance {
             return Ok(vec![name.clone()]);
         }
         let config = self
