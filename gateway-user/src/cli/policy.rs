@@ -5,7 +5,7 @@ use std::{
     process::ExitCode,
 };
 
-use crate::policy::{FlowFacts, Policy};
+use crate::policy::{COMM_MAX, FlowFacts, Policy, as_kernel_keeps};
 
 pub(super) fn check(files: &[PathBuf]) -> ExitCode {
     match Policy::load_files(files) {
@@ -102,18 +102,6 @@ pub(super) fn explain(config: &Path, asked: &Asked<'_>) -> ExitCode {
     };
     print!("{}", policy.explain(&facts));
     ExitCode::SUCCESS
-}
-
-/// Bytes of a process name the kernel keeps (TASK_COMM_LEN 16 with its NUL).
-const COMM_MAX: usize = 15;
-
-/// `comm` as the gateway sees it for a process of that name, when that
-/// differs: the kernel cuts the name at [`COMM_MAX`] bytes, not characters,
-/// and the daemon reads those bytes lossily, so a character cut in half
-/// ends in U+FFFD there as it does here. A rule is matched against that.
-fn as_kernel_keeps(comm: &str) -> Option<String> {
-    let bytes = comm.as_bytes();
-    (bytes.len() > COMM_MAX).then(|| String::from_utf8_lossy(&bytes[..COMM_MAX]).into_owned())
 }
 
 /// `repository=acme/app,ref=refs/heads/main` → claims.

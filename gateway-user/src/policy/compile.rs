@@ -7,16 +7,12 @@ use toml::Spanned;
 
 use super::{
     approval::{self, ApprovalKeysCompiled, ApprovalRule},
-    eval::{DEFAULT_DENY, Protocol, Verdict},
+    eval::{COMM_MAX, DEFAULT_DENY, Protocol, Verdict, as_kernel_keeps},
     load::{At, Entry, Located, Report, Source, describe},
     masking_config::{self, MaskingKey, MaskingRules},
     model::{ClaimPatterns, Int, MaskingEntry, PortValue, RuleEntry, TargetEntry},
     postgres::{self, Place, PostgresRule, PostgresTarget, RuleScope},
 };
-
-/// The kernel keeps at most this many bytes of a process name (`comm`,
-/// TASK_COMM_LEN 16 with its NUL).
-const COMM_MAX: usize = 15;
 
 /// Targets, rules and masking, ready for evaluation, in load order.
 #[derive(Debug)]
@@ -936,13 +932,18 @@ fn process_pattern(text: &str) -> Result<Pattern, String> {
         return Ok(pattern);
     }
     if Pattern::escape(text) == text {
-        let mut cut = COMM_MAX;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let truncated = &text[..cut];
+        // What the gateway sees for a process of that name, as `policy
+        // explain` shows it. Found in review: cutting at a character
+        // boundary suggested a name the kernel does not keep when the
+        // 15th byte falls inside a character.
+        let kept = as_kernel_keeps(text).unwrap_or_else(|| text.to_owned());
+        let half = if kept.ends_with('\u{FFFD}') {
+            " (\u{FFFD}, U+FFFD, stands for the character the kernel cut in half)"
+        } else {
+            ""
+        };
         Err(format!(
-            "process {text:?} can never match: the kernel truncates process names to {COMM_MAX} bytes; write {truncated:?}"
+            "process {text:?} can never match: the kernel truncates process names to {COMM_MAX} bytes; write {kept:?}{half}"
         ))
     } else {
         Err(format!(
@@ -971,6 +972,9 @@ fn shortest_match(pattern: &str) -> usize {
                 }
                 bytes += 1;
             }
+            // The gateway reads a character the kernel cut in half as one
+            // U+FFFD: at least one byte of the name, not three.
+            '\u{FFFD}' => bytes += 1,
             c => bytes += c.len_utf8(),
         }
     }

@@ -14,6 +14,19 @@ use super::compile::{Compiled, Rule, Target, TargetRef};
 /// The name a decision shows when no rule matched.
 pub const DEFAULT_DENY: &str = "default-deny";
 
+/// Bytes of a process name the kernel keeps (`comm`, TASK_COMM_LEN 16
+/// with its NUL).
+pub const COMM_MAX: usize = 15;
+
+/// `comm` as the gateway sees it for a process of that name, when that
+/// differs: the kernel cuts the name at [`COMM_MAX`] bytes, not characters,
+/// and the daemon reads those bytes lossily, so a character cut in half
+/// ends in U+FFFD there as it does here. A rule is matched against that.
+pub fn as_kernel_keeps(comm: &str) -> Option<String> {
+    let bytes = comm.as_bytes();
+    (bytes.len() > COMM_MAX).then(|| String::from_utf8_lossy(&bytes[..COMM_MAX]).into_owned())
+}
+
 /// What the policy knows about a connection when it decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowFacts<'a> {

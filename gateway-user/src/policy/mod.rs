@@ -113,7 +113,10 @@ pub use approval::{
     duration as parse_duration,
 };
 pub use error::{Diagnostic, PolicyErrors};
-pub use eval::{Claims, DEFAULT_DENY, Decision, FlowFacts, NameDecision, Protocol, Verdict};
+pub use eval::{
+    COMM_MAX, Claims, DEFAULT_DENY, Decision, FlowFacts, NameDecision, Protocol, Verdict,
+    as_kernel_keeps,
+};
 pub use explain::{Explanation, RuleOutcome, RuleTrace};
 pub use postgres::{Credential, DEFAULT_MAX_MESSAGE_BYTES, PostgresTarget, UpstreamTls};
 pub use reach::ReachEntry;

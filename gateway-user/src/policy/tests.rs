@@ -762,6 +762,33 @@ fn a_fifteen_byte_process_name_is_fine() {
     );
 }
 
+/// Found in review: the hint cut a long multibyte name at a character
+/// boundary ("ééééééé", 14 bytes), but the kernel keeps 15 bytes, half a
+/// character included, which the gateway reads as U+FFFD.
+#[test]
+fn a_long_multibyte_process_name_is_hinted_as_the_kernel_keeps_it() {
+    let files = Files::new();
+    let rule = |process: &str| {
+        format!(
+            "[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"*\"]\nprocesses = [\"{process}\"]\n"
+        )
+    };
+    let all = errors(load_one(&files, &rule("ééééééééé")));
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(
+        all[0].message.contains("write \"ééééééé\u{FFFD}\""),
+        "{}",
+        all[0].message
+    );
+    // The suggestion loads and matches what the gateway sees.
+    let policy = load_one(&files, &rule("ééééééé\u{FFFD}")).expect("the hinted name loads");
+    let seen = crate::policy::as_kernel_keeps("ééééééééé").unwrap();
+    assert_eq!(
+        policy.evaluate(&flow("10.0.0.1:1", 5, &seen)).verdict,
+        Verdict::Allow
+    );
+}
+
 #[test]
 fn duplicate_names_point_at_the_second_and_name_the_first() {
     let files = Files::new();
