@@ -117,6 +117,13 @@ pub fn vote(
             request.approvers.join(", ")
         ));
     }
+    // An empty prefix starts every digest: it would check nothing while
+    // the approver believes it checked the statement.
+    if digest.is_some_and(|d| d.trim().is_empty()) {
+        return Err(format!(
+            "the digest to check for request {id} is empty: give the one `chokepoint approvals show` printed, or none"
+        ));
+    }
     if let Some(digest) = digest
         && !request.digest.starts_with(&digest.to_ascii_lowercase())
     {
@@ -568,6 +575,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("expired"), "{e}");
+        let e = vote(&caller(1, "alice", &[]), &mut r, &APPROVE, Some(""), now).unwrap_err();
+        assert!(e.contains("is empty"), "{e}");
         let own = r.digest[..12].to_owned();
         vote(&caller(1, "alice", &[]), &mut r, &APPROVE, Some(&own), now).unwrap();
     }

@@ -104,6 +104,18 @@ async fn run(args: &ApprovalsArgs, command: &ApprovalsCommand) -> Result<String,
             "--reason is empty: say why, the job's log shows it".to_owned(),
         ));
     }
+    if let ApprovalsCommand::Approve {
+        digest: Some(digest),
+        ..
+    } = command
+        && digest.trim().is_empty()
+    {
+        // An empty prefix is a prefix of every digest: it would bind the
+        // decision to nothing. Found in review.
+        return Err(Failure::Usage(
+            "--digest is empty: give the digest `chokepoint approvals show` printed (or its first characters), or leave --digest out".to_owned(),
+        ));
+    }
     let requests = match &args.store {
         Some(conninfo) => {
             // Syntax first: a malformed argument is a usage error (2), not
@@ -399,5 +411,26 @@ mod tests {
             Ok(out) => panic!("a malformed --store was used: {out}"),
         }
         assert_eq!(approvals(&args, &list), ExitCode::from(2));
+    }
+
+    #[test]
+    fn an_empty_digest_is_a_usage_error() {
+        let args = ApprovalsArgs {
+            socket: Some("/nonexistent/admin.sock".into()),
+            config: None,
+            store: None,
+            json: false,
+        };
+        let approve = |digest: &str| ApprovalsCommand::Approve {
+            id: "apr-7f3k2m".into(),
+            comment: None,
+            grant: None,
+            cgroup_wide: false,
+            digest: Some(digest.into()),
+        };
+        // Not a usage error: it gets as far as the (absent) gateway.
+        assert_eq!(approvals(&args, &approve("3fa9c2")), ExitCode::FAILURE);
+        assert_eq!(approvals(&args, &approve("")), ExitCode::from(2));
+        assert_eq!(approvals(&args, &approve(" ")), ExitCode::from(2));
     }
 }
