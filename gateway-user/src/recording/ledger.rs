@@ -1,6 +1,7 @@
 //! The host's ledger of sessions: `<dir>/ledger.jsonl`, one signed,
 //! hash-chained line each time a recording is opened, sealed, sealed
-//! after a crash (recovered) or removed by retention.
+//! after a crash (recovered), given up on by the writer (failed) or
+//! removed by retention.
 //!
 //! A recording's own seal proves what it holds, but not that it was ever
 //! sealed: cut the file short and drop the seal, and it reads like a
@@ -63,6 +64,11 @@ pub enum Outcome {
     Recovered,
     /// Removed by retention.
     Removed,
+    /// The gateway could not write it any more (a full disk, a failed
+    /// fsync) and stopped, its session refused: `events` and `final_hash`
+    /// are where it stood when last on disk. The next start seals it only
+    /// if it still runs through that event.
+    Failed,
     /// Not a recording's: the first line of a compacted ledger, which
     /// continues the chain of the lines it replaced (its `prev_hash` is
     /// the last of them) and is followed by one line per recording they
@@ -77,6 +83,7 @@ impl Outcome {
             Outcome::Sealed => "sealed",
             Outcome::Recovered => "recovered",
             Outcome::Removed => "removed",
+            Outcome::Failed => "failed",
             Outcome::Compacted => "compacted",
         }
     }
@@ -99,11 +106,25 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// A seal's final hash is printed and compared as a chain hash; an
-    /// opening or removal has none.
+    /// Where a recording the gateway gave up on (failed) had to run
+    /// through, when the line says.
+    pub fn anchor(&self) -> Option<Anchor> {
+        match self.outcome {
+            Outcome::Failed if self.events > 0 => Some(Anchor {
+                events: self.events,
+                hash: self.final_hash.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// A seal's final hash (and a failure's last fsynced one) is printed
+    /// and compared as a chain hash; an opening or removal has none.
     fn check_final_hash(&self) -> Result<(), String> {
         let ok = match self.outcome {
-            Outcome::Sealed | Outcome::Recovered => chain::is_hash(&self.final_hash),
+            Outcome::Sealed | Outcome::Recovered | Outcome::Failed => {
+                chain::is_hash(&self.final_hash)
+            }
             Outcome::Opened | Outcome::Removed | Outcome::Compacted => self.final_hash.is_empty(),
         };
         if ok {
@@ -114,7 +135,9 @@ impl Entry {
                 self.final_hash,
                 self.outcome.as_str(),
                 match self.outcome {
-                    Outcome::Sealed | Outcome::Recovered => "64 lowercase hex digits",
+                    Outcome::Sealed | Outcome::Recovered | Outcome::Failed => {
+                        "64 lowercase hex digits"
+                    }
                     Outcome::Opened | Outcome::Removed | Outcome::Compacted => "empty",
                 }
             ))
@@ -353,13 +376,23 @@ impl LedgerWriter {
                 head_path.display()
             ));
         }
+        let mut anchors = head.as_ref().map(|h| h.open.clone()).unwrap_or_default();
+        // A failed recording's anchor is in its ledger line too: a full
+        // disk may have kept the head from taking it.
+        for (session, e) in &checked.entries {
+            if e.outcome == Outcome::Failed
+                && let Some(anchor) = e.anchor()
+            {
+                anchors.entry(session.clone()).or_insert(anchor);
+            }
+        }
         let known = Known {
             sessions: checked
                 .entries
                 .iter()
                 .map(|(session, e)| (session.clone(), e.outcome))
                 .collect(),
-            anchors: head.as_ref().map(|h| h.open.clone()).unwrap_or_default(),
+            anchors,
             fresh: checked.lines == 0,
         };
         let carried = known.anchors.clone();
@@ -593,6 +626,17 @@ impl LedgerWriter {
     /// no longer needed.
     pub fn settled(&mut self, session: &str) {
         if self.carried.remove(session).is_some() {
+            self.anchors_changed = true;
+        }
+    }
+
+    /// A recording the writer gave up on (it could not be written): its
+    /// last fsynced position stays in every head until a start settles
+    /// it, so the next start seals it only if it still runs through it,
+    /// and `verify` holds it to it meanwhile.
+    pub fn keep_anchor(&mut self, session: &str, anchor: Anchor) {
+        if self.carried.get(session) != Some(&anchor) {
+            self.carried.insert(session.to_owned(), anchor);
             self.anchors_changed = true;
         }
     }

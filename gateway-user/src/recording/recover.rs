@@ -79,7 +79,9 @@ pub fn recover(
                 done.left += 1;
                 continue;
             }
-            Some(Outcome::Opened) => true,
+            // Failed: the writer gave up on it mid-session; sealed like
+            // one a crash left, held to the same anchor.
+            Some(Outcome::Opened | Outcome::Failed) => true,
             // Before the ledger existed, sealed recordings are listed;
             // after, a recording it never saw opened did not come from
             // this gateway. (A compaction's own line names no session.)

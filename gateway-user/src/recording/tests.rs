@@ -573,3 +573,154 @@ async fn retention_keeps_the_ledger_from_growing_without_end() {
     assert_eq!(read.first_seq, 3 * sessions as u64);
     assert_eq!(read.entries.len(), 1);
 }
+
+/// Sessions whose writes fail as on a full disk: set by a test, read by
+/// the writer (a process-wide RLIMIT_FSIZE would fail other tests' files).
+static DISK_FULL: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+pub(crate) fn disk_full_for(session: &str) -> bool {
+    DISK_FULL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|s| s == session)
+}
+
+fn set_disk_full(session: &str, full: bool) {
+    let mut sessions = DISK_FULL.lock().unwrap_or_else(|p| p.into_inner());
+    sessions.retain(|s| s != session);
+    if full {
+        sessions.push(session.to_owned());
+    }
+}
+
+/// Starts the recorder again once the last one's writer thread has let
+/// go of the ledger (`shutdown` does not wait for it to end).
+pub(crate) fn restart(settings: &RecordingSettings) -> Arc<Recorder> {
+    for _ in 0..250 {
+        match Recorder::start(settings) {
+            Ok(r) => return r,
+            Err(e) if e.contains("is locked") => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("restart: {e}"),
+        }
+    }
+    panic!("the old writer kept the ledger locked");
+}
+
+/// A recording of `id` as a forger writes it: a chain anyone can compute,
+/// of another identity and a harmless statement.
+fn forged(id: &str) -> Vec<u8> {
+    let mut fake_start = start();
+    if let Body::SessionStart { identity, .. } = &mut fake_start {
+        identity.uid = 4242;
+        identity.comm = "innocent".into();
+    }
+    let mut out = Vec::new();
+    let mut prev = chain::GENESIS.to_owned();
+    for (seq, body) in [fake_start, statement("SELECT 1")].into_iter().enumerate() {
+        let e = Event {
+            seq: seq as u64,
+            session: id.to_owned(),
+            wall: "2026-01-01T00:00:00.000000Z".into(),
+            mono_us: 0,
+            body,
+        };
+        prev = chain::append_line(&mut out, &prev, &serde_json::to_vec(&e).unwrap());
+    }
+    out
+}
+
+/// Found in review: a write failure (full disk) dropped the session from
+/// the writer and its anchor from the head, so a recording rewritten
+/// meanwhile was sealed with the host key at the next start. Now the
+/// anchor stays (head and a `failed` ledger line): the intact recording
+/// is sealed as recovered, the rewritten one is left as it is.
+#[tokio::test]
+async fn a_recording_the_writer_gave_up_on_is_held_to_its_last_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let recorder = Recorder::start(&s).unwrap();
+    let (kept, rewritten) = (recorder.open(start()).await, recorder.open(start()).await);
+    for session in [&kept, &rewritten] {
+        session.record(statement("DELETE FROM orders"));
+    }
+    recorder.flush().await;
+    let ids = [kept.id().to_owned(), rewritten.id().to_owned()];
+    let head_path = ledger::head_path(&s.keys_dir, &s.dir);
+    let key = keys::HostKey::load_or_create(&s.keys_dir).unwrap();
+    let public = key.public_hex();
+    for id in &ids {
+        set_disk_full(id, true);
+    }
+    for session in [&kept, &rewritten] {
+        session.record(statement(&"x".repeat(20_000)));
+    }
+    recorder.flush().await;
+    for id in &ids {
+        set_disk_full(id, false);
+    }
+    assert!(kept.healthy().is_err() && rewritten.healthy().is_err());
+    // A few syncs later the head still holds both where they were fsynced.
+    for _ in 0..3 {
+        recorder.flush().await;
+    }
+    let head = ledger::read_head(&head_path).unwrap().unwrap();
+    let read_ledger = || {
+        let head = ledger::read_head(&head_path).unwrap();
+        ledger::Ledger::read(&s.dir, std::slice::from_ref(&public), head.as_ref())
+            .unwrap()
+            .unwrap()
+    };
+    let listed = read_ledger();
+    assert_eq!(listed.problem, None);
+    for id in &ids {
+        let data = std::fs::read(files::find(&s.dir, id).unwrap()).unwrap();
+        let second = chain::split(lines(&data)[1].strip_suffix(b"\n").unwrap())
+            .unwrap()
+            .0
+            .to_owned();
+        let anchor = ledger::Anchor {
+            events: 2,
+            hash: second,
+        };
+        assert_eq!(head.open.get(id), Some(&anchor), "{:?}", head.open);
+        let entry = &listed.entries[id];
+        assert_eq!(entry.outcome, ledger::Outcome::Failed);
+        assert_eq!(entry.anchor(), Some(anchor));
+    }
+    drop((kept, rewritten));
+    recorder.shutdown().await;
+    drop(recorder);
+
+    // Rewritten from scratch, chain recomputed: no key needed.
+    let rewritten_path = files::find(&s.dir, &ids[1]).unwrap();
+    let forgery = forged(&ids[1]);
+    std::fs::write(&rewritten_path, &forgery).unwrap();
+    let check = |id: &str, listed: &ledger::Ledger| {
+        let data = std::fs::read(files::find(&s.dir, id).unwrap()).unwrap();
+        let (verdict, events) = verify::verify(&data, std::slice::from_ref(&public));
+        verify::against_ledger(verdict, &events, listed.entries.get(id))
+    };
+
+    let again = restart(&s);
+    again.shutdown().await;
+    assert_eq!(
+        std::fs::read(&rewritten_path).unwrap(),
+        forgery,
+        "the forgery was sealed"
+    );
+    let listed = read_ledger();
+    assert_eq!(listed.problem, None);
+    assert_eq!(listed.entries[&ids[0]].outcome, ledger::Outcome::Recovered);
+    assert_eq!(check(&ids[0], &listed), Verdict::Recovered { events: 3 });
+    // Left as it is, still held to its anchor at every later start.
+    let head = ledger::read_head(&head_path).unwrap().unwrap();
+    assert!(!head.open.contains_key(&ids[0]), "{:?}", head.open);
+    assert_eq!(head.open[&ids[1]].events, 2, "{:?}", head.open);
+    drop(again);
+    let again = restart(&s);
+    again.shutdown().await;
+    assert_eq!(std::fs::read(&rewritten_path).unwrap(), forgery);
+}

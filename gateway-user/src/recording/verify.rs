@@ -209,8 +209,9 @@ pub fn against_ledger(
         return verdict;
     };
     match entry.outcome {
-        // Running, or the gateway stopped and has not started since.
-        ledger::Outcome::Opened => return verdict,
+        // Running, or the gateway stopped (or gave up on it) and has not
+        // started since.
+        ledger::Outcome::Opened | ledger::Outcome::Failed => return verdict,
         // Names no recording; never listed under one.
         ledger::Outcome::Compacted => return verdict,
         ledger::Outcome::Removed => {

@@ -144,6 +144,10 @@ struct Open {
     /// Set at close until the seal is written: `(events, final hash)`
     /// for the ledger.
     sealed: Option<(u64, String)>,
+    /// The event count and last hash of what was written (`len`).
+    written: Anchor,
+    /// The same at the last fsync: what the head holds the recording to.
+    synced: Option<Anchor>,
     health: Arc<Health>,
 }
 
@@ -348,6 +352,11 @@ impl Writer {
                     dirty: false,
                     closed: false,
                     sealed: None,
+                    written: Anchor {
+                        events: 0,
+                        hash: chain::GENESIS.to_owned(),
+                    },
+                    synced: None,
                     health: health.clone(),
                 });
                 match result {
@@ -436,19 +445,44 @@ impl Writer {
     }
 
     fn write_pending(&mut self) {
-        let mut done = Vec::new();
-        self.files.retain(|_, open| match open.flush() {
-            Ok(()) => true,
-            Err(e) => {
-                open.health
-                    .fail(format!("cannot write {}: {e}", open.path.display()));
-                done.push(open.path.clone());
-                false
+        let mut failed = Vec::new();
+        for (handle, open) in &mut self.files {
+            if let Err(e) = open.flush() {
+                failed.push((
+                    *handle,
+                    format!("cannot write {}: {e}", open.path.display()),
+                ));
             }
-        });
-        for path in done {
-            self.set_active(&path, false);
         }
+        for (handle, why) in failed {
+            if let Some(open) = self.files.remove(&handle) {
+                self.give_up(open, why, true);
+            }
+        }
+    }
+
+    /// A recording that cannot be written any more: its session is
+    /// refused from now on, and where the recording stood when last on
+    /// disk stays in the head and goes into the ledger (`failed`). Found
+    /// in review: dropped with its session, that anchor left the head, and
+    /// the next start sealed whatever chain the file then held, so a
+    /// recording rewritten while the disk was full came out signed.
+    ///
+    /// `fsync` says whether to try an fsync first: after one failed, a
+    /// second may succeed without the data being on disk.
+    fn give_up(&mut self, mut open: Open, why: String, fsync: bool) {
+        open.health.fail(why);
+        // What was written is whole lines (a failed write is cut back):
+        // once on disk, that is where the recording ends.
+        if fsync && open.file.sync_data().is_ok() {
+            open.synced = Some(open.written.clone());
+        }
+        // Nothing fsynced at all: what was written is still what the
+        // gateway vouches for, not whatever the file holds later.
+        let anchor = open.synced.take().unwrap_or(open.written);
+        self.ledger.keep_anchor(&open.session, anchor.clone());
+        let _ = self.list(Outcome::Failed, &open.session, anchor.events, &anchor.hash);
+        self.set_active(&open.path, false);
     }
 
     /// Fsyncs what was written, then lists the recordings sealed since
@@ -465,18 +499,28 @@ impl Writer {
         if let Err(e) = self.ledger.sync() {
             error!(error = %e, "cannot fsync the ledger");
         }
-        let mut done = Vec::new();
-        let mut ended = Vec::new();
-        self.files.retain(|_, open| {
+        let mut failed = Vec::new();
+        for (handle, open) in &mut self.files {
             if open.dirty {
                 if let Err(e) = open.file.sync_data() {
-                    open.health
-                        .fail(format!("cannot fsync {}: {e}", open.path.display()));
-                    done.push(open.path.clone());
-                    return false;
+                    failed.push((
+                        *handle,
+                        format!("cannot fsync {}: {e}", open.path.display()),
+                    ));
+                    continue;
                 }
                 open.dirty = false;
             }
+            open.synced = Some(open.written.clone());
+        }
+        for (handle, why) in failed {
+            if let Some(open) = self.files.remove(&handle) {
+                self.give_up(open, why, false);
+            }
+        }
+        let mut done = Vec::new();
+        let mut ended = Vec::new();
+        self.files.retain(|_, open| {
             if open.closed {
                 done.push(open.path.clone());
                 if let Some((events, final_hash)) = open.sealed.take() {
@@ -497,14 +541,8 @@ impl Writer {
         let anchors = self
             .files
             .values()
-            .filter(|open| !open.closed && open.pending.is_empty())
-            .map(|open| {
-                let anchor = Anchor {
-                    events: open.seq,
-                    hash: open.prev.clone(),
-                };
-                (open.session.clone(), anchor)
-            })
+            .filter(|open| !open.closed)
+            .filter_map(|open| Some((open.session.clone(), open.synced.clone()?)))
             .collect();
         self.ledger.set_anchors(anchors);
         if let Err(e) = self.ledger.sync() {
@@ -563,7 +601,15 @@ impl Open {
         if self.pending.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.file.write_all(&self.pending) {
+        #[cfg(test)]
+        let written = if super::tests::disk_full_for(&self.session) {
+            Err(std::io::ErrorKind::StorageFull.into())
+        } else {
+            self.file.write_all(&self.pending)
+        };
+        #[cfg(not(test))]
+        let written = self.file.write_all(&self.pending);
+        if let Err(e) = written {
             // A full disk mid-write: cut back to the last whole line, so
             // the recording reads as the unsealed chain it is.
             let _ = self.file.set_len(self.len);
@@ -572,6 +618,10 @@ impl Open {
         self.len += self.pending.len() as u64;
         self.pending.clear();
         self.dirty = true;
+        self.written = Anchor {
+            events: self.seq,
+            hash: self.prev.clone(),
+        };
         Ok(())
     }
 }
