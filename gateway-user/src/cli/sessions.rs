@@ -1,5 +1,6 @@
 //! `chokepoint sessions`: list, show, replay, verify and export recordings.
 use std::{
+    collections::BTreeMap,
     io::Write,
     path::PathBuf,
     process::ExitCode,
@@ -12,7 +13,7 @@ use crate::{
     policy::{Policy, RecordingSettings},
     recording::{
         Body, Event, files, keys,
-        ledger::{self, Ledger, Outcome},
+        ledger::{self, Anchor, Ledger, Outcome},
         verify::{self, Verdict},
     },
 };
@@ -189,6 +190,9 @@ struct Source {
     /// The host's ledger beside local recordings (`None`: there is none,
     /// or recordings come from the fleet store).
     ledger: Option<Ledger>,
+    /// Where the head says each recording the gateway has not sealed
+    /// stood at its last fsync.
+    anchors: BTreeMap<String, Anchor>,
 }
 
 enum Store {
@@ -284,7 +288,6 @@ impl Source {
             let session = &events.first()?.session;
             l.entries.get(session)
         });
-        let verdict = verify::against_ledger(verdict, &events, listed);
         // A file named on the command line is expected to hold the
         // session its name says.
         let expected = match id.strip_suffix(".jsonl") {
@@ -294,6 +297,18 @@ impl Source {
                 .unwrap_or(path),
             None => id,
         };
+        // Whatever the ledger says, a recording runs through where the
+        // gateway last fsynced it (a prefix of anything it wrote later).
+        let anchor = self
+            .anchors
+            .get(expected)
+            .cloned()
+            .or_else(|| listed.and_then(ledger::Entry::anchor));
+        let verdict = match &anchor {
+            Some(a) => verify::against_anchor(verdict, &data, a),
+            None => verdict,
+        };
+        let verdict = verify::against_ledger(verdict, &events, listed);
         if let Some(first) = events.first()
             && first.session != expected
         {
@@ -325,6 +340,7 @@ impl StoreArgs {
                 .collect::<Result<_, _>>()?
         };
         let mut ledger = None;
+        let mut anchors = BTreeMap::new();
         let store = match &self.store {
             None => {
                 // The head is in the keys directory; reading recordings
@@ -335,6 +351,7 @@ impl StoreArgs {
                         None
                     });
                 ledger = Ledger::read(&settings.dir, &trusted, head.as_ref())?;
+                anchors = head.map(|h| h.open).unwrap_or_default();
                 Store::Files(settings.dir.clone())
             }
             Some(conninfo) => {
@@ -356,6 +373,7 @@ impl StoreArgs {
             store,
             trusted,
             ledger,
+            anchors,
         })
     }
 

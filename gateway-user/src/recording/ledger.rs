@@ -1,7 +1,8 @@
 //! The host's ledger of sessions: `<dir>/ledger.jsonl`, one signed,
 //! hash-chained line each time a recording is opened, sealed, sealed
-//! after a crash (recovered), given up on by the writer (failed) or
-//! removed by retention.
+//! after a crash (recovered), given up on by the writer (failed), found
+//! at start no longer holding what was fsynced (damaged) or removed by
+//! retention.
 //!
 //! A recording's own seal proves what it holds, but not that it was ever
 //! sealed: cut the file short and drop the seal, and it reads like a
@@ -69,6 +70,13 @@ pub enum Outcome {
     /// are where it stood when last on disk. The next start seals it only
     /// if it still runs through that event.
     Failed,
+    /// At the gateway's start the recording no longer held what the
+    /// gateway had fsynced of it (cut, rewritten, another session's
+    /// lines), so it was left unsealed: `events` and `final_hash` are
+    /// what it should have held (0 and empty when nothing was kept). A
+    /// line of its own, so the verdict outlives the head's anchor and a
+    /// compaction.
+    Damaged,
     /// Not a recording's: the first line of a compacted ledger, which
     /// continues the chain of the lines it replaced (its `prev_hash` is
     /// the last of them) and is followed by one line per recording they
@@ -84,6 +92,7 @@ impl Outcome {
             Outcome::Recovered => "recovered",
             Outcome::Removed => "removed",
             Outcome::Failed => "failed",
+            Outcome::Damaged => "damaged",
             Outcome::Compacted => "compacted",
         }
     }
@@ -106,11 +115,11 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Where a recording the gateway gave up on (failed) had to run
-    /// through, when the line says.
+    /// Where a recording the gateway gave up on (failed) or found
+    /// damaged had to run through, when the line says.
     pub fn anchor(&self) -> Option<Anchor> {
         match self.outcome {
-            Outcome::Failed if self.events > 0 => Some(Anchor {
+            Outcome::Failed | Outcome::Damaged if self.events > 0 => Some(Anchor {
                 events: self.events,
                 hash: self.final_hash.clone(),
             }),
@@ -125,6 +134,9 @@ impl Entry {
             Outcome::Sealed | Outcome::Recovered | Outcome::Failed => {
                 chain::is_hash(&self.final_hash)
             }
+            // With no anchor kept, there is nothing it should have held.
+            Outcome::Damaged if self.events == 0 => self.final_hash.is_empty(),
+            Outcome::Damaged => chain::is_hash(&self.final_hash),
             Outcome::Opened | Outcome::Removed | Outcome::Compacted => self.final_hash.is_empty(),
         };
         if ok {
@@ -138,7 +150,10 @@ impl Entry {
                     Outcome::Sealed | Outcome::Recovered | Outcome::Failed => {
                         "64 lowercase hex digits"
                     }
-                    Outcome::Opened | Outcome::Removed | Outcome::Compacted => "empty",
+                    Outcome::Damaged if self.events > 0 => "64 lowercase hex digits",
+                    Outcome::Opened | Outcome::Removed | Outcome::Compacted | Outcome::Damaged => {
+                        "empty"
+                    }
                 }
             ))
         }

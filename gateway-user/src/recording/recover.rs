@@ -5,7 +5,9 @@
 //!
 //! Afterwards a recording reads "unsealed" only while its session runs,
 //! or until the gateway starts again after stopping mid-session; from
-//! then on, cutting it short shows against its seal and the ledger.
+//! then on, cutting it short shows against its seal and the ledger. One
+//! the ledger saw opened that cannot be sealed (cut below what was
+//! fsynced, rewritten) is listed `damaged`, so that shows for good too.
 use std::{fs, io::Write, path::Path, time::SystemTime};
 
 use tracing::{info, warn};
@@ -36,6 +38,10 @@ pub struct Recovery {
     /// ledger never saw them opened (a file that merely appeared), or
     /// retention removed them and a file is back under the name.
     pub left: usize,
+    /// Of those, recordings the ledger saw opened that no longer hold
+    /// what the gateway fsynced, or do not verify: the ledger now has
+    /// them `damaged`, which `verify` reports as tampered for good.
+    pub damaged: usize,
 }
 
 /// One pass over `dir`; `known` is what the ledger held at start.
@@ -52,7 +58,7 @@ pub fn recover(
     for id in known.anchors.keys() {
         if matches!(
             known.sessions.get(id),
-            Some(Outcome::Sealed | Outcome::Recovered | Outcome::Removed)
+            Some(Outcome::Sealed | Outcome::Recovered | Outcome::Removed | Outcome::Damaged)
         ) {
             ledger.settled(id);
         }
@@ -73,7 +79,8 @@ pub fn recover(
             continue;
         }
         let opened = match known.sessions.get(id) {
-            Some(Outcome::Sealed | Outcome::Recovered) => continue,
+            // Damaged was said at an earlier start, and stays said.
+            Some(Outcome::Sealed | Outcome::Recovered | Outcome::Damaged) => continue,
             Some(Outcome::Removed) => {
                 warn!(recording = %path.display(), "retention removed this recording, and a file is back under its name: left as it is (verify reports it)");
                 done.left += 1;
@@ -131,10 +138,11 @@ pub fn recover(
         // what came after that is sealed as found, and the seal says so.
         let anchor = known.anchors.get(id);
         if let Some(a) = anchor
-            && !runs_through(&data, a)
+            && !verify::runs_through(&data, a)
         {
             warn!(recording = %path.display(), fsynced_events = a.events, "a recording no longer holds the events the gateway last fsynced: left as it is, not sealed");
             done.left += 1;
+            damaged(ledger, key, id, anchor, &mut done);
             continue;
         }
         let (verdict, events) = verify::verify(&data, &trusted);
@@ -142,6 +150,9 @@ pub fn recover(
         if events.first().is_some_and(|e| e.session != id) {
             warn!(recording = %path.display(), "a recording holds another session than its name says: left as it is");
             done.left += 1;
+            if opened {
+                damaged(ledger, key, id, anchor, &mut done);
+            }
             continue;
         }
         let last_seal = || match events.last().map(|e| &e.body) {
@@ -188,6 +199,9 @@ pub fn recover(
             Verdict::Tampered { line, reason, .. } => {
                 warn!(recording = %path.display(), line, reason, "a recording does not verify: left as it is, not sealed");
                 done.left += 1;
+                if opened {
+                    damaged(ledger, key, id, anchor, &mut done);
+                }
                 continue;
             }
         };
@@ -207,21 +221,35 @@ pub fn recover(
             sealed = done.sealed,
             listed = done.listed,
             left = done.left,
+            damaged = done.damaged,
             "recovered the recordings of the previous run"
         );
     }
     Ok(done)
 }
 
-/// Whether `data` holds the anchor's event: line `events - 1` has its hash.
-fn runs_through(data: &[u8], anchor: &Anchor) -> bool {
-    let Some(at) = anchor.events.checked_sub(1) else {
-        return true;
-    };
-    data.split(|&b| b == b'\n')
-        .nth(at as usize)
-        .and_then(|line| chain::split(line).ok())
-        .is_some_and(|(hash, _, _)| hash == anchor.hash)
+/// Lists an opened recording that is left unsealed because it no longer
+/// holds what the gateway wrote as `damaged`, with what it should have
+/// held. Found in review: left with its `opened` line alone, a recording
+/// cut below its anchor read "unsealed" for ever, and the anchor that
+/// told otherwise was gone from the head at the next sync or compaction.
+/// The anchor is settled only once the line is written: until then the
+/// head keeps it, and the next start tries again.
+fn damaged(
+    ledger: &mut LedgerWriter,
+    key: &HostKey,
+    id: &str,
+    anchor: Option<&Anchor>,
+    done: &mut Recovery,
+) {
+    let (events, hash) = anchor.map_or((0, ""), |a| (a.events, a.hash.as_str()));
+    match ledger.append(key, Outcome::Damaged, id, events, hash) {
+        Ok(()) => {
+            done.damaged += 1;
+            ledger.settled(id);
+        }
+        Err(e) => warn!(error = %e, session = id, "cannot list a damaged recording in the ledger"),
+    }
 }
 
 /// The recovered seal's reason: [`REASON`], and what of the recording

@@ -377,7 +377,8 @@ async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
         recover::Recovery {
             sealed: 1,
             listed: 0,
-            left: 4
+            left: 4,
+            damaged: 1,
         }
     );
     assert_eq!(
@@ -636,7 +637,7 @@ fn forged(id: &str) -> Vec<u8> {
 /// the writer and its anchor from the head, so a recording rewritten
 /// meanwhile was sealed with the host key at the next start. Now the
 /// anchor stays (head and a `failed` ledger line): the intact recording
-/// is sealed as recovered, the rewritten one is left as it is.
+/// is sealed as recovered, the rewritten one is left and listed damaged.
 #[tokio::test]
 async fn a_recording_the_writer_gave_up_on_is_held_to_its_last_fsync() {
     let dir = tempfile::tempdir().unwrap();
@@ -698,11 +699,28 @@ async fn a_recording_the_writer_gave_up_on_is_held_to_its_last_fsync() {
     let rewritten_path = files::find(&s.dir, &ids[1]).unwrap();
     let forgery = forged(&ids[1]);
     std::fs::write(&rewritten_path, &forgery).unwrap();
+    // Meanwhile `verify` holds it to the head's anchor.
     let check = |id: &str, listed: &ledger::Ledger| {
         let data = std::fs::read(files::find(&s.dir, id).unwrap()).unwrap();
         let (verdict, events) = verify::verify(&data, std::slice::from_ref(&public));
-        verify::against_ledger(verdict, &events, listed.entries.get(id))
+        let head = ledger::read_head(&head_path).unwrap().unwrap();
+        let entry = listed.entries.get(id);
+        let anchor = head
+            .open
+            .get(id)
+            .cloned()
+            .or_else(|| entry.and_then(ledger::Entry::anchor));
+        let verdict = match &anchor {
+            Some(a) => verify::against_anchor(verdict, &data, a),
+            None => verdict,
+        };
+        verify::against_ledger(verdict, &events, entry)
     };
+    assert!(
+        matches!(check(&ids[1], &listed), Verdict::Tampered { line: 2, ref reason, .. } if reason.contains("rewritten")),
+        "{:?}",
+        check(&ids[1], &listed)
+    );
 
     let again = restart(&s);
     again.shutdown().await;
@@ -714,11 +732,14 @@ async fn a_recording_the_writer_gave_up_on_is_held_to_its_last_fsync() {
     let listed = read_ledger();
     assert_eq!(listed.problem, None);
     assert_eq!(listed.entries[&ids[0]].outcome, ledger::Outcome::Recovered);
+    assert_eq!(listed.entries[&ids[1]].outcome, ledger::Outcome::Damaged);
     assert_eq!(check(&ids[0], &listed), Verdict::Recovered { events: 3 });
-    // Left as it is, still held to its anchor at every later start.
+    let verdict = check(&ids[1], &listed);
+    assert!(matches!(verdict, Verdict::Tampered { .. }), "{verdict:?}");
+    // Settled: the ledger says it now, the head need not.
     let head = ledger::read_head(&head_path).unwrap().unwrap();
-    assert!(!head.open.contains_key(&ids[0]), "{:?}", head.open);
-    assert_eq!(head.open[&ids[1]].events, 2, "{:?}", head.open);
+    assert!(head.open.is_empty(), "{:?}", head.open);
+    // Nor at any later start: the ledger has it damaged.
     drop(again);
     let again = restart(&s);
     again.shutdown().await;

@@ -210,8 +210,32 @@ pub fn against_ledger(
     };
     match entry.outcome {
         // Running, or the gateway stopped (or gave up on it) and has not
-        // started since.
+        // started since: held to its anchor by `against_anchor`.
         ledger::Outcome::Opened | ledger::Outcome::Failed => return verdict,
+        // Its own first bad line, if it has one, says more.
+        ledger::Outcome::Damaged if matches!(verdict, Verdict::Tampered { .. }) => {
+            return verdict;
+        }
+        ledger::Outcome::Damaged => {
+            let held = if entry.events > 0 {
+                let short = entry.final_hash.get(..16).unwrap_or(&entry.final_hash);
+                format!(
+                    "the {} events the gateway had fsynced (hash {short}…)",
+                    entry.events
+                )
+            } else {
+                "what the gateway had written".to_owned()
+            };
+            let n = events.len();
+            return tampered(
+                n + 1,
+                Some(n as u64),
+                format!(
+                    "the host's ledger has this recording damaged (ledger seq {}): when the gateway started again it no longer held {held}, so it was not sealed",
+                    entry.seq
+                ),
+            );
+        }
         // Names no recording; never listed under one.
         ledger::Outcome::Compacted => return verdict,
         ledger::Outcome::Removed => {
@@ -259,4 +283,46 @@ pub fn against_ledger(
         }
         other => other,
     }
+}
+
+/// Whether `data` holds the anchor's event: line `events - 1` has its hash.
+pub fn runs_through(data: &[u8], anchor: &ledger::Anchor) -> bool {
+    let Some(at) = anchor.events.checked_sub(1) else {
+        return true;
+    };
+    data.split(|&b| b == b'\n')
+        .nth(at as usize)
+        .and_then(|line| chain::split(line).ok())
+        .is_some_and(|(hash, _, _)| hash == anchor.hash)
+}
+
+/// Holds a recording the gateway has not sealed in the ledger (opened,
+/// or failed) to its anchor: where it stood when the gateway last
+/// fsynced it (from the head, or the `failed` line). Found in review: a
+/// recording cut below that read as merely unsealed. A verdict that is
+/// already tampered stays as it is.
+pub fn against_anchor(verdict: Verdict, data: &[u8], anchor: &ledger::Anchor) -> Verdict {
+    if matches!(verdict, Verdict::Tampered { .. }) || runs_through(data, anchor) {
+        return verdict;
+    }
+    let short = anchor.hash.get(..16).unwrap_or(&anchor.hash);
+    let lines = data.split(|&b| b == b'\n').count().saturating_sub(1) as u64;
+    if lines < anchor.events {
+        return tampered(
+            lines as usize + 1,
+            Some(lines),
+            format!(
+                "the recording ends after {lines} events, cut below the {} events the gateway fsynced (last hash {short}…)",
+                anchor.events
+            ),
+        );
+    }
+    tampered(
+        anchor.events as usize,
+        Some(anchor.events - 1),
+        format!(
+            "this is not the line the gateway fsynced as event {} (hash {short}…): the recording was rewritten",
+            anchor.events
+        ),
+    )
 }

@@ -18,7 +18,8 @@ fn settings(dir: &Path) -> RecordingSettings {
 
 /// Records one sealed session under `dir`, as the daemon does; its id.
 async fn recorded(dir: &Path) -> String {
-    let recorder = Recorder::start(&settings(dir)).expect("recorder");
+    // Once the last recorder here let go of the ledger.
+    let recorder = tests::restart(&settings(dir));
     let session = recorder.open(tests::start()).await;
     session.record(tests::statement("SELECT 1"));
     let id = session.id().to_owned();
@@ -173,4 +174,99 @@ async fn jsonl_export_is_the_recording_as_stored() {
     );
     assert_eq!(lines, cut);
     assert_eq!(sessions(&args, &export), ExitCode::from(1));
+}
+
+/// The first `n` lines of `data`.
+fn first_lines(data: &[u8], n: usize) -> Vec<u8> {
+    data.split_inclusive(|&b| b == b'\n')
+        .take(n)
+        .flatten()
+        .copied()
+        .collect()
+}
+
+/// Found in review: the gateway stops mid-session after fsyncing 6
+/// events (the head keeps that anchor), and the file is cut to 2 lines
+/// before it starts again. Recovery rightly refused to seal it, but
+/// `verify` said "unsealed" (exit 3) for ever. Now it is TAMPERED before
+/// the restart (the head's anchor), and after it, and after the ledger
+/// is compacted (the ledger's `damaged` line).
+#[tokio::test]
+async fn a_recording_cut_below_its_anchor_is_tampered_for_good() {
+    use crate::recording::ledger;
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let recorder = Recorder::start(&s).expect("recorder");
+    let session = recorder.open(tests::start()).await;
+    for i in 0..5 {
+        session.record(tests::statement(&format!("SELECT {i}")));
+    }
+    let id = session.id().to_owned();
+    recorder.flush().await;
+    // The gateway stops (crash, restart): the session is never closed.
+    drop(session);
+    recorder.shutdown().await;
+    drop(recorder);
+    let head_path = ledger::head_path(&s.keys_dir, &s.dir);
+    let head = ledger::read_head(&head_path).unwrap().unwrap();
+    assert_eq!(head.open[&id].events, 6, "anchor at 6 fsynced events");
+    let args = store(dir.path());
+    let all = SessionsCommand::Verify {
+        id: None,
+        all: true,
+    };
+    // Intact, it is unsealed until the gateway starts again.
+    assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(3));
+    let path = files::find(&s.dir, &id).unwrap();
+    let two = first_lines(&std::fs::read(&path).unwrap(), 2);
+    std::fs::write(&path, &two).unwrap();
+    let verdict = || {
+        let source = args.source(&args.settings().unwrap()).unwrap();
+        super::stored_lines(&source, &id).unwrap().0
+    };
+    match verdict() {
+        super::Verdict::Tampered {
+            line: 3, reason, ..
+        } => assert!(
+            reason.contains("cut below the 6 events the gateway fsynced"),
+            "{reason}"
+        ),
+        other => panic!("not caught before the restart: {other:?}"),
+    }
+    assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(1));
+    assert_eq!(sessions(&args, &all), ExitCode::from(1));
+
+    // The gateway starts again: it leaves the recording as it is and
+    // lists it damaged, which the next head no longer needs to carry.
+    let again = tests::restart(&s);
+    again.shutdown().await;
+    drop(again);
+    assert_eq!(std::fs::read(&path).unwrap(), two, "recovery left it alone");
+    let head = ledger::read_head(&head_path).unwrap().unwrap();
+    assert!(!head.open.contains_key(&id), "{:?}", head.open);
+    assert!(matches!(verdict(), super::Verdict::Tampered { .. }));
+    assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(1));
+    assert_eq!(sessions(&args, &all), ExitCode::from(1));
+    let list = SessionsCommand::List {
+        since: None,
+        identity: None,
+        target: None,
+    };
+    assert_eq!(sessions(&args, &list), ExitCode::from(1));
+
+    // A compaction restates each recording's newest line: the damaged one.
+    let key = crate::recording::keys::HostKey::load_or_create(&s.keys_dir).unwrap();
+    let mut writer = None;
+    for _ in 0..250 {
+        match ledger::LedgerWriter::open(&s.dir, &head_path, &key) {
+            Ok((w, _)) => {
+                writer = Some(w);
+                break;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    writer.expect("the ledger").compact(&key).unwrap();
+    assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(1));
+    assert_eq!(sessions(&args, &all), ExitCode::from(1));
 }
