@@ -13,7 +13,7 @@ use crate::{
     policy::{Policy, RecordingSettings},
     recording::{
         Body, Event, files, keys,
-        ledger::{self, Anchor, Ledger, Outcome},
+        ledger::{self, Anchor, Ledger, Outcome, Problem},
         verify::{self, Verdict},
     },
 };
@@ -73,7 +73,7 @@ pub enum SessionsCommand {
         speed: f64,
     },
     /// Check hash chains and seals. Exit 0: all sealed and intact; 1: some
-    /// recording was altered; 2: nothing could be checked (bad arguments,
+    /// recording (or the host's ledger) was altered; 2: nothing could be checked (bad arguments,
     /// unreadable files); 3: intact but unsealed (gateway stopped before
     /// the session ended).
     Verify {
@@ -149,8 +149,14 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
                 identity.as_deref(),
                 target.as_deref(),
             ) {
-                Ok(0) => ExitCode::SUCCESS,
-                Ok(_) => ExitCode::from(TAMPERED),
+                Ok(tampered) => {
+                    let ledger = ledger_tampered(&source);
+                    if ledger || tampered > 0 {
+                        ExitCode::from(TAMPERED)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
                 Err(e) => trouble(e),
             };
         }
@@ -169,8 +175,15 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
     match result {
         // Everything was printed, the verdict with it; the code is for
         // scripts, which must not take an altered recording as evidence.
-        Ok(Some(Verdict::Tampered { .. })) => ExitCode::from(TAMPERED),
-        Ok(_) => ExitCode::SUCCESS,
+        // Nor one whose host's ledger was altered (said either way).
+        Ok(verdict) => {
+            let ledger = ledger_tampered(&source);
+            if ledger || matches!(verdict, Some(Verdict::Tampered { .. })) {
+                ExitCode::from(TAMPERED)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         // A recording the host's ledger vouches for that cannot be read
         // is what `verify` calls it: tampered, not a bad argument.
         Err(e) => match id.and_then(|id| vouched(&source, id, &e)) {
@@ -183,6 +196,23 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
     }
 }
 
+/// Prints the ledger's problem on stderr when a head says there must be
+/// a sound ledger; whether it did (the command then exits 1).
+fn ledger_tampered(source: &Source) -> bool {
+    let Some(p) = source.ledger_problem() else {
+        return false;
+    };
+    eprintln!("{}", describe_ledger(p));
+    true
+}
+
+fn describe_ledger(p: &Problem) -> String {
+    format!(
+        "ledger: TAMPERED at line {} (seq {}): {}; entries after it are not trusted",
+        p.line, p.seq, p.reason
+    )
+}
+
 /// Where recordings are read from, and which seals are trusted.
 struct Source {
     store: Store,
@@ -190,6 +220,9 @@ struct Source {
     /// The host's ledger beside local recordings (`None`: there is none,
     /// or recordings come from the fleet store).
     ledger: Option<Ledger>,
+    /// Whether the keys directory holds the ledger's head: then a sound
+    /// ledger is expected, and one that is not is evidence of tampering.
+    headed: bool,
     /// Where the head says each recording the gateway has not sealed
     /// stood at its last fsync.
     anchors: BTreeMap<String, Anchor>,
@@ -213,6 +246,17 @@ struct Listed {
 }
 
 impl Source {
+    /// The ledger's first bad line (or that it is gone), when a head says
+    /// there must be a sound ledger. Found in review: per-id commands and
+    /// `list` only warned, so a recording cut short read "unsealed" once
+    /// the ledger that caught the cut was deleted.
+    fn ledger_problem(&self) -> Option<&Problem> {
+        self.ledger
+            .as_ref()
+            .and_then(|l| l.problem.as_ref())
+            .filter(|_| self.headed)
+    }
+
     /// Every recording, oldest first. Files are kept as found, so one
     /// misnamed or misplaced file is reported on its own row instead of
     /// being looked up again by a name that leads nowhere.
@@ -309,6 +353,22 @@ impl Source {
             None => verdict,
         };
         let verdict = verify::against_ledger(verdict, &events, listed);
+        // Without a sound ledger, a seal missing tells nothing: the
+        // recording may have been cut short.
+        let verdict = match (verdict, self.ledger_problem()) {
+            (Verdict::Unsealed { events: n }, Some(p)) => Verdict::Tampered {
+                line: n as usize + 1,
+                seq: Some(n),
+                reason: format!(
+                    "the chain is intact through seq {} but has no seal, and the host's ledger, which tells a cut from a crash, is TAMPERED at line {} (seq {}): {}",
+                    n.saturating_sub(1),
+                    p.line,
+                    p.seq,
+                    p.reason
+                ),
+            },
+            (verdict, _) => verdict,
+        };
         if let Some(first) = events.first()
             && first.session != expected
         {
@@ -340,6 +400,7 @@ impl StoreArgs {
                 .collect::<Result<_, _>>()?
         };
         let mut ledger = None;
+        let mut headed = false;
         let mut anchors = BTreeMap::new();
         let store = match &self.store {
             None => {
@@ -350,8 +411,24 @@ impl StoreArgs {
                         eprintln!("warning: {e}: the ledger cannot be checked for being cut short or deleted");
                         None
                     });
-                ledger = Ledger::read(&settings.dir, &trusted, head.as_ref())?;
-                anchors = head.map(|h| h.open).unwrap_or_default();
+                ledger = match Ledger::read(&settings.dir, &trusted, head.as_ref()) {
+                    Ok(ledger) => ledger,
+                    // A head vouches that a ledger is there to be read: one
+                    // made unreadable (a directory, a FIFO) is a damaged one.
+                    Err(e) if head.is_some() => Some(Ledger {
+                        problem: Some(Problem {
+                            line: 1,
+                            seq: 0,
+                            reason: e,
+                        }),
+                        ..Ledger::default()
+                    }),
+                    Err(e) => return Err(e),
+                };
+                if let Some(head) = head {
+                    headed = true;
+                    anchors = head.open;
+                }
                 Store::Files(settings.dir.clone())
             }
             Some(conninfo) => {
@@ -373,6 +450,7 @@ impl StoreArgs {
             store,
             trusted,
             ledger,
+            headed,
             anchors,
         })
     }
@@ -872,10 +950,7 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
     if all && let Some(ledger) = &source.ledger {
         if let Some(p) = &ledger.problem {
             tampered += 1;
-            println!(
-                "ledger: TAMPERED at line {} (seq {}): {}; entries after it are not trusted",
-                p.line, p.seq, p.reason
-            );
+            println!("{}", describe_ledger(p));
         }
         // What the ledger has sealed must still be there, unless
         // retention removed it (the ledger says so too).
@@ -898,9 +973,14 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
             );
         }
     }
-    if !all && let Some(p) = source.ledger.as_ref().and_then(|l| l.problem.as_ref()) {
+    if !all && let Some(p) = source.ledger_problem() {
+        tampered += 1;
+        println!("{}", describe_ledger(p));
+    } else if !all && let Some(p) = source.ledger.as_ref().and_then(|l| l.problem.as_ref()) {
+        // No head vouches for it (a copy on another machine): nothing
+        // says this ledger is the host's.
         eprintln!(
-            "warning: the host's ledger is TAMPERED at line {} (seq {}): {}; run `chokepoint sessions verify --all`",
+            "warning: the ledger is TAMPERED at line {} (seq {}): {}; run `chokepoint sessions verify --all`",
             p.line, p.seq, p.reason
         );
     }
@@ -945,6 +1025,19 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
 /// when the host's ledger has it (opened or sealed, not removed by
 /// retention): it was deleted or made unreadable, so it is tampered.
 fn vouched(source: &Source, id: &str, error: &str) -> Option<String> {
+    // A ledger that is not sound cannot say the recording never existed.
+    if let Some(p) = source.ledger_problem()
+        && files::is_id(id)
+        && source
+            .ledger
+            .as_ref()
+            .is_none_or(|l| !l.entries.contains_key(id))
+    {
+        return Some(format!(
+            "{id}: TAMPERED: {error}; the host's ledger, which would say whether the gateway recorded it, is TAMPERED at line {} (seq {})",
+            p.line, p.seq
+        ));
+    }
     let known = source.ledger.as_ref()?.entries.get(id)?;
     if known.outcome == Outcome::Removed {
         return None;

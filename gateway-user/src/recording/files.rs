@@ -73,7 +73,7 @@ pub fn find(dir: &Path, id: &str) -> Result<PathBuf, String> {
 
 /// Ids are made of the start time and hex; anything else (a slash, a dot)
 /// could only point outside the directory.
-fn is_id(id: &str) -> bool {
+pub fn is_id(id: &str) -> bool {
     !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 

@@ -270,3 +270,86 @@ async fn a_recording_cut_below_its_anchor_is_tampered_for_good() {
     assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(1));
     assert_eq!(sessions(&args, &all), ExitCode::from(1));
 }
+
+/// Found in review: with the ledger removed (or a line of it damaged), a
+/// sealed recording cut short read "unsealed" to `verify <id>` (exit 3,
+/// a warning on stderr), and `list`, `show`, `replay` and `export` exited
+/// 0. With the head in the keys directory vouching that a ledger exists,
+/// each of them now says TAMPERED and exits 1.
+#[tokio::test]
+async fn a_deleted_or_damaged_ledger_makes_every_command_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = recorded(dir.path()).await;
+    let intact = recorded(dir.path()).await;
+    let args = store(dir.path());
+    let sessions_dir = dir.path().join("sessions");
+    let path = files::find(&sessions_dir, &id).unwrap();
+    let data = std::fs::read(&path).unwrap();
+    std::fs::write(&path, first_lines(&data, 2)).unwrap();
+    assert_eq!(
+        sessions(&args, &verify(&id)),
+        ExitCode::from(1),
+        "caught by the ledger"
+    );
+    let ledger_path = sessions_dir.join("ledger.jsonl");
+    let good_ledger = std::fs::read(&ledger_path).unwrap();
+    let commands = |id: &str| {
+        vec![
+            verify(id),
+            SessionsCommand::Show { id: id.to_owned() },
+            SessionsCommand::Replay {
+                id: id.to_owned(),
+                speed: 0.0,
+            },
+            SessionsCommand::Export {
+                id: id.to_owned(),
+                format: super::ExportFormat::Json,
+            },
+            SessionsCommand::List {
+                since: None,
+                identity: None,
+                target: None,
+            },
+            SessionsCommand::Verify {
+                id: None,
+                all: true,
+            },
+        ]
+    };
+    // A line of it changed: its signature no longer holds.
+    let text = String::from_utf8(good_ledger.clone()).unwrap();
+    let damaged = text.replacen("\"events\":0", "\"events\":1", 1);
+    assert_ne!(damaged, text);
+    for ledger in [None, Some(damaged.as_bytes())] {
+        match ledger {
+            None => std::fs::remove_file(&ledger_path).unwrap(),
+            Some(bytes) => std::fs::write(&ledger_path, bytes).unwrap(),
+        }
+        // The cut recording and the intact one alike: the ledger that
+        // would tell a cut from a crash, or a deletion, is not sound.
+        for command in commands(&id).iter().chain(&commands(&intact)) {
+            assert_eq!(sessions(&args, command), ExitCode::from(1), "{command:?}");
+        }
+        let source = args.source(&args.settings().unwrap()).unwrap();
+        match super::stored_lines(&source, &id).unwrap().0 {
+            super::Verdict::Tampered { reason, .. } => {
+                assert!(reason.contains("host's ledger"), "{reason}")
+            }
+            other => panic!("a cut recording passed: {other:?}"),
+        }
+        // A recording deleted with the ledger cannot be told from an
+        // unknown id; a malformed id is still a bad argument.
+        std::fs::rename(&path, dir.path().join("aside")).unwrap();
+        assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(1));
+        assert_eq!(sessions(&args, &verify("../../etc")), ExitCode::from(2));
+        std::fs::rename(dir.path().join("aside"), &path).unwrap();
+    }
+    // Made unreadable (a directory in its place) is as good as damaged.
+    std::fs::remove_file(&ledger_path).unwrap();
+    std::fs::create_dir(&ledger_path).unwrap();
+    assert_eq!(sessions(&args, &verify(&intact)), ExitCode::from(1));
+    std::fs::remove_dir(&ledger_path).unwrap();
+    std::fs::write(&ledger_path, &good_ledger).unwrap();
+    assert_eq!(sessions(&args, &verify(&intact)), ExitCode::SUCCESS);
+    assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(1));
+}
