@@ -43,26 +43,28 @@ pub fn check(file: &File) -> io::Result<()> {
     ))
 }
 
-/// The bytes of the regular file `path`, however many (a ledger or a
-/// recording grows with its sessions).
-pub fn read(path: &Path) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    open(path)?.read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
 /// The bytes of the regular file `path`; more than `max` bytes is an error
-/// of kind `FileTooLarge`.
+/// of kind `FileTooLarge`. There is no unbounded read: files anyone may
+/// write (recordings, the ledger) can be made sparse and huge, and must
+/// not make a reader allocate without end. Found in review.
 pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    open(path)?
-        .take(max.saturating_add(1))
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(io::Error::new(
+    let too_large = || {
+        io::Error::new(
             io::ErrorKind::FileTooLarge,
-            format!("it is larger than {max} bytes"),
-        ));
+            format!("it is larger than {max} bytes, more than this reader takes"),
+        )
+    };
+    let file = open(path)?;
+    // Refused before reading anything: a sparse file costs no disk, and
+    // reading up to the bound would still cost that much memory.
+    if file.metadata()?.len() > max {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    // It may have grown since.
+    if bytes.len() as u64 > max {
+        return Err(too_large());
     }
     Ok(bytes)
 }
@@ -85,10 +87,10 @@ mod tests {
         let zero = dir.path().join("zero");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
         assert_eq!(
-            read(&zero).unwrap_err().to_string(),
+            read_bounded(&zero, 1024).unwrap_err().to_string(),
             "it is a device, not a regular file"
         );
-        assert!(read(dir.path()).is_err());
+        assert!(read_bounded(dir.path(), 1024).is_err());
     }
 
     #[test]
@@ -101,5 +103,14 @@ mod tests {
             read_bounded(&path, 4).unwrap_err().kind(),
             io::ErrorKind::FileTooLarge
         );
+        // Sparse: refused at once, nothing read.
+        let sparse = dir.path().join("sparse");
+        std::fs::File::create(&sparse)
+            .unwrap()
+            .set_len(200 << 30)
+            .unwrap();
+        let e = read_bounded(&sparse, 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
+        assert!(e.to_string().contains("larger than 1048576 bytes"), "{e}");
     }
 }

@@ -483,7 +483,7 @@ impl StoreArgs {
 }
 
 fn read_recording(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    crate::regular_file::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    files::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 fn public_key(settings: &RecordingSettings) -> Result<String, String> {

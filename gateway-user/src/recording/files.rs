@@ -6,6 +6,17 @@ use std::{
     time::SystemTime,
 };
 
+/// The largest recording read (to verify, list or recover it): a
+/// recording is read whole, and one made sparse and huge in the
+/// directory must not take the reader's memory. A session that really
+/// recorded more cannot be verified here (it reads as unreadable).
+pub const MAX_RECORDING_BYTES: u64 = 1 << 30;
+
+/// Reads the recording at `path`, up to [`MAX_RECORDING_BYTES`].
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    crate::regular_file::read_bounded(path, MAX_RECORDING_BYTES)
+}
+
 /// A fresh session id and its file path.
 pub fn new_session(dir: &Path) -> (String, PathBuf) {
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();

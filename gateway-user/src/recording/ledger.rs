@@ -48,6 +48,14 @@ pub const FILE: &str = "ledger.jsonl";
 /// place; one found at start is a compaction cut short, and is removed.
 const COMPACTING: &str = "ledger.jsonl.compacting";
 
+/// The largest ledger read: well over a million recordings' lines (one
+/// each once compacted), and a bound on what a sparse, huge file put in
+/// its place makes the daemon or `verify` allocate.
+pub const MAX_BYTES: u64 = 1 << 30;
+
+/// The largest head read: it holds an anchor per open recording.
+const MAX_HEAD_BYTES: u64 = 64 << 20;
+
 /// Lines below which a ledger is never compacted: a few megabytes, read
 /// in well under a second at start.
 pub const COMPACT_MIN_LINES: u64 = 20_000;
@@ -230,7 +238,7 @@ pub fn head_path(keys_dir: &Path, dir: &Path) -> PathBuf {
 
 /// Reads a head file; `None` when there is none yet.
 pub fn read_head(path: &Path) -> Result<Option<Head>, String> {
-    match crate::regular_file::read(path) {
+    match crate::regular_file::read_bounded(path, MAX_HEAD_BYTES) {
         Ok(data) => serde_json::from_slice(&data)
             .map(Some)
             .map_err(|e| format!("{} is not a ledger head: {e}", path.display())),
@@ -332,9 +340,20 @@ impl LedgerWriter {
                 dir.display()
             )
         })?;
+        let size = file
+            .metadata()
+            .map_err(|e| format!("cannot read the ledger {}: {e}", path.display()))?
+            .len();
+        if size > MAX_BYTES {
+            return Err(format!(
+                "the ledger {} is {size} bytes, larger than the {MAX_BYTES} a ledger may be (was it made sparse?); check it with `chokepoint sessions verify --all`, then move it aside (and remove {}) to start a new one",
+                path.display(),
+                head_path.display()
+            ));
+        }
         let mut data = Vec::new();
         file.seek(SeekFrom::Start(0))
-            .and_then(|_| file.read_to_end(&mut data))
+            .and_then(|_| (&mut *file).take(MAX_BYTES + 1).read_to_end(&mut data))
             .map_err(|e| format!("cannot read the ledger {}: {e}", path.display()))?;
         // A crash (power loss) can leave the last line half written: it
         // was never fsynced, so the head does not name it, and whatever it
@@ -733,7 +752,7 @@ impl Ledger {
         head: Option<&Head>,
     ) -> Result<Option<Ledger>, String> {
         let path = dir.join(FILE);
-        match crate::regular_file::read(&path) {
+        match crate::regular_file::read_bounded(&path, MAX_BYTES) {
             Ok(data) => Ok(Some(Ledger::check(&data, trusted, head, 0))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(head.map(|h| Ledger {
                 problem: Some(Problem {

@@ -99,7 +99,7 @@ pub fn recover(
             done.left += 1;
             continue;
         }
-        let mut data = match crate::regular_file::read(&path) {
+        let mut data = match files::read(&path) {
             Ok(d) => d,
             Err(e) => {
                 warn!(recording = %path.display(), error = %e, "cannot read a recording to recover it");

@@ -353,3 +353,75 @@ async fn a_deleted_or_damaged_ledger_makes_every_command_exit_1() {
     assert_eq!(sessions(&args, &verify(&intact)), ExitCode::SUCCESS);
     assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(1));
 }
+
+/// Found in review: recordings and the ledger were read whole with no
+/// bound, so one made sparse and huge (no disk needed) made `list`,
+/// `verify` and the daemon's start allocate without end. Now each is
+/// refused by its size, before anything is read, naming the file.
+#[tokio::test]
+async fn a_sparse_huge_recording_or_ledger_is_refused_not_read() {
+    use crate::recording::{files::MAX_RECORDING_BYTES, ledger};
+    let dir = tempfile::tempdir().unwrap();
+    let id = recorded(dir.path()).await;
+    let args = store(dir.path());
+    let sessions_dir = dir.path().join("sessions");
+    let path = files::find(&sessions_dir, &id).unwrap();
+    let grow = |path: &Path, len: u64| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+    };
+    grow(&path, 200 << 30);
+    let source = args.source(&args.settings().unwrap()).unwrap();
+    let e = super::stored_lines(&source, &id).unwrap_err();
+    assert!(
+        e.contains(&path.display().to_string()) && e.contains("larger than"),
+        "{e}"
+    );
+    // The ledger has it sealed: unreadable is tampered.
+    assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(1));
+    let list = SessionsCommand::List {
+        since: None,
+        identity: None,
+        target: None,
+    };
+    assert_eq!(sessions(&args, &list), ExitCode::from(1));
+    grow(&path, MAX_RECORDING_BYTES + 1);
+    assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(1));
+
+    // The ledger: the daemon refuses to start, naming it; verify says
+    // TAMPERED.
+    let ledger_path = sessions_dir.join(ledger::FILE);
+    grow(&ledger_path, ledger::MAX_BYTES + 1);
+    let mut started = Recorder::start(&settings(dir.path()));
+    // Once the last recorder here let go of the ledger.
+    for _ in 0..250 {
+        match &started {
+            Err(e) if e.contains("is locked") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                started = Recorder::start(&settings(dir.path()));
+            }
+            _ => break,
+        }
+    }
+    let Err(e) = started else {
+        panic!("the daemon started on a huge ledger");
+    };
+    assert!(
+        e.contains(&ledger_path.display().to_string()) && e.contains("larger than"),
+        "{e}"
+    );
+    assert_eq!(
+        sessions(
+            &args,
+            &SessionsCommand::Verify {
+                id: None,
+                all: true
+            }
+        ),
+        ExitCode::from(1)
+    );
+}
