@@ -1917,6 +1917,44 @@ fn names_resolve_by_target_hosts_and_connections_match_by_them() {
 }
 
 #[test]
+fn an_address_with_names_not_kept_matches_no_hosts_target() {
+    use crate::protocols::dns::{NameTable, UNKEPT};
+    let files = Files::new();
+    let policy = load_one(&files, HOST_RULES).expect("loads");
+    // The name table's stand-in for names it did not keep can be in no
+    // host pattern, wildcard or exact.
+    let connect = |names: &[&str], port: u16| {
+        let names: Vec<Arc<str>> = names.iter().map(|n| Arc::from(*n)).collect();
+        let dst = format!("127.0.0.9:{port}");
+        let mut f = flow(&dst, 1000, "curl");
+        f.names = &names;
+        policy.evaluate(&f).rule_name().to_owned()
+    };
+    assert_eq!(connect(&["git.corp.example"], 443), "jobs");
+    assert_eq!(connect(&["git.corp.example", UNKEPT], 443), DEFAULT_DENY);
+    assert_eq!(connect(&[UNKEPT], 443), DEFAULT_DENY);
+    assert_eq!(connect(&["db.internal", UNKEPT], 5432), DEFAULT_DENY);
+
+    // End to end with the table: a job resolving random names below a
+    // wildcard zone onto one address loses that address's match.
+    let table = NameTable::default();
+    let now = std::time::Instant::now();
+    let ip: std::net::IpAddr = "127.0.0.9".parse().unwrap();
+    let decide = |table: &NameTable| {
+        let names = table.names(1, ip, now);
+        let mut f = flow("127.0.0.9:443", 1000, "curl");
+        f.names = &names;
+        policy.evaluate(&f).rule_name().to_owned()
+    };
+    for i in 0..crate::protocols::dns::MAX_NAMES_PER_ADDRESS {
+        table.learn(1, ip, &format!("r{i}.corp.example"), 60, now);
+    }
+    assert_eq!(decide(&table), "jobs");
+    table.learn(1, ip, "one-more.corp.example", 60, now);
+    assert_eq!(decide(&table), DEFAULT_DENY);
+}
+
+#[test]
 fn target_hosts_and_dns_settings_are_checked() {
     let files = Files::new();
     let text = r#"

@@ -15,7 +15,7 @@ mod upstream;
 
 use std::sync::Arc;
 
-pub use names::NameTable;
+pub use names::{MAX_NAMES_PER_ADDRESS, NameTable, UNKEPT};
 
 use crate::policy::{DnsSettings, Policy};
 
