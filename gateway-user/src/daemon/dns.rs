@@ -18,6 +18,7 @@ use crate::{
     protocols::{
         dns::{
             DnsContext,
+            in_flight::{Full, InFlight},
             message::{for_udp, refusal},
             session::{self, DnsSummary},
         },
@@ -26,10 +27,19 @@ use crate::{
     recording::SessionRecording,
 };
 
+/// How often the count of queries over the in-flight bounds is logged
+/// while they keep coming.
+const SHED_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// The DNS listener (one UDP socket): each datagram is answered in its own
-/// task, as its sender (from the kernel's record) may be answered.
+/// task, as its sender (from the kernel's record) may be answered. Each
+/// such task holds a recording and an upstream connection, so only so
+/// many run at once, per job and in all ([`InFlight`]); a query over the
+/// bound is answered SERVFAIL at once, unrecorded.
 pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 4096];
+    let in_flight = InFlight::default();
+    let mut shed = Shed::default();
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -46,8 +56,24 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
             warn!(%peer, "DNS datagram with no kernel record; dropped");
             continue;
         };
+        let slot = match in_flight.try_take(rec.cgroup_id) {
+            Ok(slot) => slot,
+            Err(full) => {
+                shed.count(full, rec.cgroup_id, Instant::now());
+                // Best effort and never waiting: the client learns at once
+                // that this resolver is busy, and a full send buffer only
+                // drops the answer.
+                if let Ok(parsed) = hickory_proto::op::Message::from_vec(&query) {
+                    let busy = refusal(&parsed, hickory_proto::op::ResponseCode::ServFail);
+                    let _ = socket.try_send_to(&busy, peer);
+                }
+                continue;
+            }
+        };
         let (shared, socket) = (shared.clone(), socket.clone());
         tokio::spawn(async move {
+            // Held until the query is answered and recorded.
+            let _slot = slot;
             let started = Instant::now();
             let flow = Flow::from_datagram(peer, &rec);
             let job = shared.jobs.job_of(flow.cgroup_id);
@@ -92,6 +118,38 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
                 started,
             );
         });
+    }
+}
+
+/// Queries turned away by the in-flight bounds: counted, and logged at
+/// most every [`SHED_LOG_EVERY`], so a flood cannot flood the log too.
+#[derive(Debug, Default)]
+struct Shed {
+    /// Since the last log line.
+    count: u64,
+    logged: Option<Instant>,
+}
+
+impl Shed {
+    /// Counts one; `true` when it was logged.
+    fn count(&mut self, full: Full, cgroup_id: u64, now: Instant) -> bool {
+        crate::admin::metrics::dns_query("shed", full.as_str());
+        self.count += 1;
+        if self
+            .logged
+            .is_some_and(|at| now.duration_since(at) < SHED_LOG_EVERY)
+        {
+            return false;
+        }
+        warn!(
+            shed = self.count,
+            bound = full.as_str(),
+            latest_cgroup_id = cgroup_id,
+            "DNS queries over the in-flight bound answered SERVFAIL, unrecorded"
+        );
+        self.count = 0;
+        self.logged = Some(now);
+        true
     }
 }
 
@@ -161,4 +219,22 @@ fn close(
         },
         recording,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_over_the_bound_are_logged_once_per_interval() {
+        let mut shed = Shed::default();
+        let now = Instant::now();
+        assert!(shed.count(Full::Job, 7, now), "the first is logged");
+        for i in 1..1000 {
+            assert!(!shed.count(Full::Job, 7, now + Duration::from_millis(i)));
+        }
+        assert_eq!(shed.count, 999);
+        assert!(shed.count(Full::Listener, 8, now + SHED_LOG_EVERY));
+        assert_eq!(shed.count, 0, "counted afresh after each line");
+    }
 }

@@ -8,6 +8,7 @@
 //! Today queries arrive over TCP (any address, port 53, redirected like
 //! every TCP connection): resolvers configured with `options use-vc`, and
 //! every large answer. UDP stays denied in the kernel.
+pub mod in_flight;
 pub mod message;
 mod names;
 pub mod session;
