@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use chokepoint_tests::{
-    DnsServer, Gateway, GatewayConfig, ProbeArgs, Server, TestCgroup, UdpSink, run_with_timeout,
-    wait_for,
+    DnsServer, Gateway, GatewayConfig, Mode, ProbeArgs, Server, TestCgroup, UdpSink,
+    run_with_timeout, wait_for,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_cp-probe");
@@ -70,6 +70,11 @@ struct Setup {
 impl Setup {
     /// `upstream`: the last byte of the test server's 127.0.0.x, one per test.
     fn start(hint: &str, upstream: u8) -> Result<Self> {
+        Self::start_with(hint, upstream, Mode::Enforce)
+    }
+
+    /// Like [`start`](Self::start), in `mode`.
+    fn start_with(hint: &str, upstream: u8, mode: Mode) -> Result<Self> {
         let upstream_ip = v4(upstream);
         let upstream = DnsServer::start(
             upstream_ip,
@@ -84,7 +89,9 @@ impl Setup {
         let guarded = TestCgroup::new(hint)?;
         let job_a = guarded.child("job-a")?;
         let job_b = guarded.child("job-b")?;
-        let mut config = GatewayConfig::new(hint, &guarded)?.raw_toml(&rules(upstream_ip));
+        let mut config = GatewayConfig::new(hint, &guarded)?
+            .mode(mode)
+            .raw_toml(&rules(upstream_ip));
         config.daemon.push("udp_idle_timeout = \"1s\"".into());
         let gw = Gateway::start(&config).with_context(|| config.to_toml())?;
         let resolv = tempfile::tempdir()?;
@@ -316,5 +323,29 @@ fn udp_to_a_named_server_passes_only_after_the_job_resolved_it() -> Result<()> {
         .run(s.job_b.command(PROBE))?;
     assert!(r.replies.is_empty(), "{r:?}");
     assert_eq!(time.received().len(), 1, "{:?}", time.received());
+    Ok(())
+}
+
+#[test]
+fn audit_mode_answers_denied_names_and_records_the_would_be_denial() -> Result<()> {
+    let s = Setup::start_with("dns-audit", 86, Mode::Audit)?;
+    // denied.test is allowed by no rule: in audit mode it is still asked
+    // upstream and answered, over TCP and UDP.
+    let out = s.getent(&s.job_a, "denied.test")?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("127.0.0.96"), "{}", text(&out));
+    let out = s.getent_udp(&s.job_b, "denied.test")?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(s.upstream.asked().contains(&"denied.test".to_owned()));
+    let events = wait_for("recorded dns events", TIMEOUT, || {
+        let e = s.gw.recorded("dns");
+        (e.len() >= 2).then_some(e)
+    })?;
+    for e in events.iter().filter(|e| e["name"] == "denied.test") {
+        assert_eq!(e["decision"], "deny", "{e}");
+        assert_eq!(e["rule"], "default-deny", "{e}");
+        assert_eq!(e["answer"], "No Error", "{e}");
+        assert_eq!(e["addresses"][0], "127.0.0.96 ttl 300", "{e}");
+    }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::{
     process::ExitCode,
 };
 
-use crate::policy::{COMM_MAX, FlowFacts, Policy, as_kernel_keeps};
+use crate::policy::{COMM_MAX, FlowFacts, Mode, NameDecision, Policy, as_kernel_keeps};
 
 pub(super) fn check(files: &[PathBuf]) -> ExitCode {
     match Policy::load_files(files) {
@@ -87,14 +87,7 @@ pub(super) fn explain(config: &Path, asked: &Asked<'_>) -> ExitCode {
         .collect();
     for name in &names {
         let d = policy.resolve(&facts, name);
-        println!(
-            "dns {name}: {} by rule {}{}",
-            if d.allowed { "answered" } else { "denied" },
-            d.rule,
-            d.target
-                .map(|t| format!(" (target {t})"))
-                .unwrap_or_default()
-        );
+        println!("{}", name_line(name, &d, policy.daemon().mode));
     }
     let facts = FlowFacts {
         names: &names,
@@ -102,6 +95,24 @@ pub(super) fn explain(config: &Path, asked: &Asked<'_>) -> ExitCode {
     };
     print!("{}", policy.explain(&facts));
     ExitCode::SUCCESS
+}
+
+/// What the forwarder does with a question for `name`, as explain says it.
+fn name_line(name: &str, d: &NameDecision, mode: Mode) -> String {
+    format!(
+        "dns {name}: {} by rule {}{}{}",
+        if d.allowed { "answered" } else { "denied" },
+        d.rule,
+        d.target
+            .as_ref()
+            .map(|t| format!(" (target {t})"))
+            .unwrap_or_default(),
+        if !d.allowed && mode == Mode::Audit {
+            "; mode audit: logged, then answered"
+        } else {
+            ""
+        }
+    )
 }
 
 /// `repository=acme/app,ref=refs/heads/main` → claims.
@@ -128,7 +139,34 @@ fn parse_claims(text: &str) -> Result<crate::policy::Claims, String> {
 mod tests {
     use std::process::ExitCode;
 
-    use super::{Asked, as_kernel_keeps, explain};
+    use std::sync::Arc;
+
+    use super::{Asked, Mode, NameDecision, as_kernel_keeps, explain, name_line};
+
+    #[test]
+    fn a_denied_name_says_audit_mode_answers_it() {
+        let denied = NameDecision {
+            allowed: false,
+            rule: Arc::from("no-web"),
+            target: Some(Arc::from("web")),
+        };
+        assert_eq!(
+            name_line("web.corp", &denied, Mode::Enforce),
+            "dns web.corp: denied by rule no-web (target web)"
+        );
+        assert_eq!(
+            name_line("web.corp", &denied, Mode::Audit),
+            "dns web.corp: denied by rule no-web (target web); mode audit: logged, then answered"
+        );
+        let allowed = NameDecision {
+            allowed: true,
+            ..denied
+        };
+        assert_eq!(
+            name_line("web.corp", &allowed, Mode::Audit),
+            "dns web.corp: answered by rule no-web (target web)"
+        );
+    }
 
     #[test]
     fn who_connects_must_be_said_and_exist() {

@@ -92,9 +92,11 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
                 policy: policy.clone(),
                 names: shared.names.clone(),
                 mark: shared.daemon.exempt_mark,
+                mode: policy.daemon().mode,
                 job: job.clone(),
             };
-            let (decision, recording) = open(&shared, &flow, job.as_deref(), "dns-udp").await;
+            let mode = ctx.mode;
+            let (decision, recording) = open(&shared, &flow, job.as_deref(), mode, "dns-udp").await;
             let mut summary = DnsSummary {
                 bytes_up: n as u64,
                 ..DnsSummary::default()
@@ -112,7 +114,7 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
             close(
                 &flow,
                 job.as_deref(),
-                &decision,
+                (&decision, mode),
                 summary,
                 recording,
                 started,
@@ -163,7 +165,8 @@ pub(super) async fn serve_tcp(
     job: Option<&JobIdentity>,
     started: Instant,
 ) {
-    let (decision, recording) = open(shared, flow, job, "dns").await;
+    let mode = ctx.mode;
+    let (decision, recording) = open(shared, flow, job, mode, "dns").await;
     let summary = if let Err(why) = recording.healthy() {
         tcp::refuse(client).await;
         DnsSummary {
@@ -173,15 +176,17 @@ pub(super) async fn serve_tcp(
     } else {
         session::serve_tcp(ctx, flow, client, &recording).await
     };
-    close(flow, job, &decision, summary, recording, started);
+    close(flow, job, (&decision, mode), summary, recording, started);
 }
 
 /// DNS is always the forwarder's to answer: the decision the flow event
-/// and recording show, and the recording opened with it.
+/// and recording show, and the recording opened with it. The mode says
+/// whether the questions' denials were enforced or only audited.
 async fn open(
     shared: &Shared,
     flow: &Flow,
     job: Option<&JobIdentity>,
+    mode: Mode,
     protocol: &str,
 ) -> (Decision, SessionRecording) {
     let decision = Decision {
@@ -190,7 +195,7 @@ async fn open(
         target: None,
         protocol: Protocol::Tcp,
     };
-    let start = start_event(flow, job, &decision, Mode::Enforce, protocol);
+    let start = start_event(flow, job, &decision, mode, protocol);
     let recording = shared.recorder.open(start).await;
     (decision, recording)
 }
@@ -198,7 +203,7 @@ async fn open(
 fn close(
     flow: &Flow,
     job: Option<&JobIdentity>,
-    decision: &Decision,
+    (decision, mode): (&Decision, Mode),
     summary: DnsSummary,
     recording: SessionRecording,
     started: Instant,
@@ -206,7 +211,7 @@ fn close(
     end_flow(
         flow,
         &identity_of(job),
-        (decision, Mode::Enforce),
+        (decision, mode),
         Ended {
             moved: Transferred {
                 up: summary.bytes_up,

@@ -177,6 +177,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
                 policy: policy.clone(),
                 names: shared.names.clone(),
                 mark: shared.daemon.exempt_mark,
+                mode: policy.daemon().mode,
                 job: job.clone(),
             });
             return super::dns::serve_tcp(&shared, ctx, client, &flow, job.as_deref(), started)

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 pub use names::{MAX_NAMES_PER_ADDRESS, NameTable, UNKEPT};
 
-use crate::policy::{DnsSettings, Policy};
+use crate::policy::{DnsSettings, Mode, Policy};
 
 /// What one DNS connection needs from the daemon.
 pub struct DnsContext {
@@ -27,5 +27,8 @@ pub struct DnsContext {
     pub names: Arc<NameTable>,
     /// `SO_MARK` of the gateway's upstream sockets.
     pub mark: u32,
+    /// In audit mode a name policy denies is still answered (and the
+    /// would-be denial logged and recorded).
+    pub mode: Mode,
     pub job: Option<Arc<crate::identity::JobIdentity>>,
 }

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     flow::Flow,
-    policy::{DeniedAnswer, FlowFacts},
+    policy::{DeniedAnswer, FlowFacts, Mode},
     recording::{Body, SessionRecording},
 };
 
@@ -81,6 +81,19 @@ pub(crate) async fn answer(
     recording: &SessionRecording,
     summary: &mut DnsSummary,
 ) -> Option<Vec<u8>> {
+    let ask = async |query: &[u8]| upstream::ask(&ctx.settings.upstream, ctx.mark, query).await;
+    answer_with(ctx, flow, query, recording, summary, ask).await
+}
+
+/// [`answer`], asking the upstream through `ask`.
+async fn answer_with(
+    ctx: &DnsContext,
+    flow: &Flow,
+    query: &[u8],
+    recording: &SessionRecording,
+    summary: &mut DnsSummary,
+    ask: impl AsyncFnOnce(&[u8]) -> Result<Vec<u8>, String>,
+) -> Option<Vec<u8>> {
     summary.queries += 1;
     let (parsed, question) = match message::parse_query(query) {
         Ok(q) => q,
@@ -108,25 +121,31 @@ pub(crate) async fn answer(
         udp: false,
     };
     let decision = ctx.policy.resolve(&facts, &question.name);
-    if !decision.allowed {
+    // Logged, counted and recorded as policy decided; audit mode only
+    // changes what happens next, as for connections and statements.
+    let verdict = if decision.allowed { "allow" } else { "deny" };
+    crate::admin::metrics::dns_query(verdict, &decision.rule);
+    if !decision.allowed && ctx.mode != Mode::Audit {
         summary.denied += 1;
         let code = match ctx.settings.denied_answer {
             DeniedAnswer::NxDomain => ResponseCode::NXDomain,
             DeniedAnswer::Refused => ResponseCode::Refused,
         };
-        info!(flow_id = flow.id, name = %question.name, qtype = %question.qtype, decision = "deny", rule = %decision.rule, "dns query");
-        crate::admin::metrics::dns_query("deny", &decision.rule);
+        info!(flow_id = flow.id, name = %question.name, qtype = %question.qtype, decision = verdict, rule = %decision.rule, mode = %ctx.mode, answer = %code, "dns query");
         recording.record(Body::Dns {
             name: question.name,
             qtype: question.qtype,
-            decision: "deny".into(),
+            decision: verdict.into(),
             rule: decision.rule.to_string(),
             answer: code.to_string(),
             addresses: Vec::new(),
         });
         return Some(message::refusal(&parsed, code));
     }
-    let result = match upstream::ask(&ctx.settings.upstream, ctx.mark, query).await {
+    // Allowed, or denied in audit mode: asked upstream and learnt, so the
+    // job's connections to the answer are decided (and audited) by name
+    // as they would be once the policy allows it.
+    let result = match ask(query).await {
         Ok(bytes) => message::parse_answer(&parsed, bytes).map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
@@ -153,15 +172,17 @@ pub(crate) async fn answer(
             )
         }
     };
-    info!(flow_id = flow.id, name = %question.name, qtype = %question.qtype, decision = "allow", rule = %decision.rule, answer = %code, "dns query");
-    crate::admin::metrics::dns_query("allow", &decision.rule);
+    info!(flow_id = flow.id, name = %question.name, qtype = %question.qtype, decision = verdict, rule = %decision.rule, mode = %ctx.mode, answer = %code, "dns query");
     recording.record(Body::Dns {
         name: question.name,
         qtype: question.qtype,
-        decision: "allow".into(),
+        decision: verdict.into(),
         rule: decision.rule.to_string(),
         answer: code,
         addresses,
     });
     Some(bytes)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,197 @@
+//! Unit tests: one query through the forwarder with a stand-in upstream: its answer, the names learnt and the `dns` event recorded, in enforce and audit mode.
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+    str::FromStr,
+    sync::Arc,
+    time::Instant,
+};
+
+use hickory_proto::{
+    op::{Message, MessageType, Query, ResponseCode},
+    rr::{Name, RData, Record, RecordType, rdata::A},
+};
+
+use super::*;
+use crate::{
+    policy::{Policy, RecordingSettings},
+    protocols::dns::NameTable,
+    recording::{Recorder, files, retention},
+};
+
+const WEB: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 80);
+
+fn policy(dir: &Path, mode: &str) -> Policy {
+    let path = dir.join("policy.toml");
+    let text = format!(
+        r#"
+[daemon]
+mode = "{mode}"
+
+[dns]
+upstream = ["10.0.0.2"]
+
+[[target]]
+name = "web"
+hosts = ["web.corp"]
+ports = [443]
+
+[[rule]]
+name = "no-web"
+action = "deny"
+targets = ["web"]
+"#
+    );
+    std::fs::write(&path, text).unwrap();
+    Policy::load(&path).unwrap()
+}
+
+fn flow() -> Flow {
+    Flow {
+        id: 1,
+        peer: SocketAddr::from(([127, 0, 0, 1], 40_000)),
+        dst: SocketAddr::from(([127, 0, 0, 53], 53)),
+        pid: 42,
+        uid: 1000,
+        gid: 1000,
+        comm: "curl".into(),
+        cgroup_id: 7,
+        netns_cookie: 1,
+    }
+}
+
+fn query(name: &str) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(99)
+        .set_message_type(MessageType::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
+    m.to_vec().unwrap()
+}
+
+/// What a resolver answers: `WEB` for whatever was asked.
+fn upstream_answer(query: &[u8]) -> Vec<u8> {
+    let q = Message::from_vec(query).unwrap();
+    let mut m = Message::new();
+    m.set_id(q.id())
+        .set_message_type(MessageType::Response)
+        .set_response_code(ResponseCode::NoError);
+    for question in q.queries() {
+        m.add_query(question.clone());
+        m.add_answer(Record::from_rdata(
+            question.name().clone(),
+            300,
+            RData::A(A(WEB)),
+        ));
+    }
+    m.to_vec().unwrap()
+}
+
+/// What one query of `name` under `mode` does: the answer's code, whether
+/// the upstream was asked, the names learnt for WEB, the summary, and the
+/// recorded `dns` event's decision, rule and answer.
+struct Outcome {
+    code: ResponseCode,
+    asked: bool,
+    learnt: Vec<String>,
+    denied: u64,
+    recorded: (String, String, String),
+}
+
+async fn one_query(mode: &str, name: &str) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Arc::new(policy(dir.path(), mode));
+    let ctx = DnsContext {
+        settings: policy.dns().unwrap().clone(),
+        policy: policy.clone(),
+        names: Arc::new(NameTable::default()),
+        mark: 0,
+        mode: policy.daemon().mode,
+        job: None,
+    };
+    let settings = RecordingSettings {
+        enabled: true,
+        dir: dir.path().join("sessions"),
+        keys_dir: dir.path().join("keys"),
+        result_rows: 10,
+        retention: retention::Limits::default(),
+        sink: None,
+    };
+    let recorder = Recorder::start(&settings).unwrap();
+    let recording = recorder.open(crate::recording::tests::start()).await;
+    let id = recording.id().to_owned();
+    let mut summary = DnsSummary::default();
+    let mut asked = false;
+    let ask = async |q: &[u8]| {
+        asked = true;
+        Ok(upstream_answer(q))
+    };
+    let bytes = answer_with(&ctx, &flow(), &query(name), &recording, &mut summary, ask)
+        .await
+        .expect("an answer");
+    recording.close(crate::recording::tests::end());
+    recorder.shutdown().await;
+
+    let text = std::fs::read_to_string(files::find(&settings.dir, &id).unwrap()).unwrap();
+    let dns: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].take())
+        .filter(|e| e["type"] == "dns")
+        .collect();
+    assert_eq!(dns.len(), 1, "one dns event: {text}");
+    let field = |k: &str| dns[0][k].as_str().unwrap_or_default().to_owned();
+    Outcome {
+        code: Message::from_vec(&bytes).unwrap().response_code(),
+        asked,
+        learnt: ctx
+            .names
+            .names(7, IpAddr::V4(WEB), Instant::now())
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
+        denied: summary.denied,
+        recorded: (field("decision"), field("rule"), field("answer")),
+    }
+}
+
+#[tokio::test]
+async fn a_denied_name_is_refused_unasked_in_enforce_mode() {
+    let o = one_query("enforce", "web.corp.").await;
+    assert_eq!(o.code, ResponseCode::NXDomain);
+    assert!(!o.asked, "a denied name never goes upstream");
+    assert!(o.learnt.is_empty());
+    assert_eq!(o.denied, 1);
+    assert_eq!(
+        o.recorded,
+        ("deny".into(), "no-web".into(), "Non-Existent Domain".into())
+    );
+}
+
+#[tokio::test]
+async fn a_denied_name_is_answered_and_recorded_as_a_would_be_denial_in_audit_mode() {
+    // The policy's verdict is the same in both modes: audit is applied
+    // where the answer is made, as for connections and statements.
+    let dir = tempfile::tempdir().unwrap();
+    let audit = policy(dir.path(), "audit");
+    let facts = FlowFacts {
+        dst: flow().dst,
+        pid: 42,
+        uid: 1000,
+        gid: 1000,
+        comm: "curl",
+        claims: None,
+        names: &[],
+        udp: false,
+    };
+    assert!(!audit.resolve(&facts, "web.corp").allowed);
+
+    let o = one_query("audit", "web.corp.").await;
+    assert_eq!(o.code, ResponseCode::NoError);
+    assert!(o.asked, "forwarded upstream");
+    assert_eq!(o.learnt, ["web.corp"], "and learnt, for the connection");
+    assert_eq!(o.denied, 0, "nothing was refused");
+    assert_eq!(
+        o.recorded,
+        ("deny".into(), "no-web".into(), "No Error".into())
+    );
+}
