@@ -5,9 +5,10 @@
 //! resolved to which addresses ([`NameTable`]) so that targets can be
 //! matched by host name.
 //!
-//! Today queries arrive over TCP (any address, port 53, redirected like
-//! every TCP connection): resolvers configured with `options use-vc`, and
-//! every large answer. UDP stays denied in the kernel.
+//! Queries arrive over UDP (port 53 datagrams, which the kernel sends to
+//! the gateway's DNS listener; see `daemon/dns.rs`, bounded per job by
+//! [`in_flight`]) and over TCP (any address, port 53, redirected like
+//! every TCP connection: resolvers with `options use-vc`, large answers).
 pub mod in_flight;
 pub mod message;
 mod names;
