@@ -5,7 +5,7 @@
 //! * [`event`]: what a line holds (start, login, statement, result, end, seal);
 //! * [`chain`]: the line format and its SHA-256 chain;
 //! * [`keys`]: the host's sealing key;
-//! * [`writer`]: the thread that writes, batches and fsyncs;
+//! * `writer`: the thread that writes, batches and fsyncs;
 //! * [`verify`]: checking a recording, naming the first bad line;
 //! * [`ledger`]: the host's signed list of ended recordings, which tells
 //!   a recording cut short from one whose gateway stopped;
