@@ -22,10 +22,11 @@ use core::ptr::read_volatile;
 use gateway_common::{AF_INET, ClientKey, mapped_v4, v6_bytes};
 
 use crate::{
-    common::TCP_SYN_SENT,
-    maps::{FLOWS, PENDING},
+    common::{ETH_P_IP_BE, ETH_P_IPV6_BE, TCP_SYN_SENT},
+    maps::{FLOWS, PENDING, count},
     udp,
 };
+use gateway_common::Counter;
 
 #[cgroup_skb(egress)]
 pub fn cp_egress(ctx: SkBuffContext) -> i32 {
@@ -35,6 +36,12 @@ pub fn cp_egress(ctx: SkBuffContext) -> i32 {
     if sk.is_null() {
         return 1;
     }
+    // The gateway's own (exempt) sockets never set a source route either,
+    // so no socket here needs one.
+    if routes_elsewhere(&ctx) {
+        count(Counter::Denied);
+        return 0;
+    }
     // Only TCP has this state (UDP sockets are ESTABLISHED or CLOSE).
     if unsafe { read_volatile(&(*sk).state) } == TCP_SYN_SENT {
         rekey(&ctx, sk);
@@ -42,6 +49,31 @@ pub fn cp_egress(ctx: SkBuffContext) -> i32 {
         udp::name_sender(&ctx, sk);
     }
     1
+}
+
+/// A packet whose route another address decides than its destination:
+/// IPv4 with options (IP_OPTIONS with a loose or strict source route needs
+/// no privilege, and the kernel routes to the route's first hop, not to
+/// the gateway address connect4/sendmsg4 wrote), or IPv6 with an extension
+/// header before its payload (IPV6_RTHDR needs none either). Guarded
+/// sockets never need either; dropping them makes the send fail (EPERM)
+/// instead of leaving the host towards the hop.
+#[inline(always)]
+fn routes_elsewhere(ctx: &SkBuffContext) -> bool {
+    // SAFETY: the context's skb is valid for the program's run.
+    let protocol = unsafe { read_volatile(&(*ctx.skb.skb).protocol) };
+    if protocol == ETH_P_IP_BE {
+        // Version and header length (in words): 0x45 without options.
+        return ctx.load::<u8>(0).map_or(true, |b| b & 0x0f != 5);
+    }
+    if protocol == ETH_P_IPV6_BE {
+        // Next header: TCP, UDP, a fragment (no routing header can follow
+        // one) or ICMPv6.
+        return ctx
+            .load::<u8>(6)
+            .map_or(true, |next| !matches!(next, 6 | 17 | 44 | 58));
+    }
+    false
 }
 
 #[inline(always)]

@@ -217,7 +217,8 @@ pub fn name_sender(ctx: &SkBuffContext, sk: *mut bpf_sock) {
 }
 
 /// The destination port of a UDP packet (IPv4, or IPv6 without extension
-/// headers, which a socket of the guarded cgroup cannot add here).
+/// headers: the egress program drops a guarded socket's packets that carry
+/// any before this runs).
 #[inline(always)]
 fn udp_dst_port(ctx: &SkBuffContext) -> Option<u16> {
     let proto = unsafe { (*ctx.skb.skb).protocol };

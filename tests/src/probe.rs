@@ -215,6 +215,23 @@ impl ProbeArgs {
         Self::new(&["dns", "--to", &to.to_string(), "--name", name])
     }
 
+    /// TCP: bind the client end to `from` before connecting.
+    pub fn from(self, from: SocketAddr) -> Self {
+        self.with(&["--from", &from.to_string()])
+    }
+
+    /// UDP: the datagrams carry a loose source route through `hop`
+    /// (`IP_OPTIONS`).
+    pub fn lsrr(self, hop: std::net::Ipv4Addr) -> Self {
+        self.with(&["--lsrr", &hop.to_string()])
+    }
+
+    /// UDP: the datagrams carry a routing header through `hop`
+    /// (`IPV6_RTHDR`).
+    pub fn rthdr(self, hop: std::net::Ipv6Addr) -> Self {
+        self.with(&["--rthdr", &hop.to_string()])
+    }
+
     /// UDP: wait for one reply per destination and report them.
     pub fn expect_reply(self) -> Self {
         self.with(&["--expect-reply"])

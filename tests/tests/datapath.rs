@@ -856,6 +856,41 @@ fn connections_that_skip_the_redirect_are_refused_by_the_gateway() -> Result<()>
     Ok(())
 }
 
+/// Source routes need no privilege (IP_OPTIONS with LSRR, IPV6_RTHDR) and
+/// make the kernel route a packet to the route's first hop instead of the
+/// gateway address the hooks wrote: the egress program drops them, so the
+/// send fails instead of leaving the host.
+#[test]
+fn source_routed_datagrams_are_refused() -> Result<()> {
+    let cg = TestCgroup::new("source-route")?;
+    let sink = UdpSink::echo(v4(42))?;
+    let sink6 = UdpSink::echo(v6_loopback())?;
+    let cfg = GatewayConfig::new("source-route", &cg)?
+        .target(Target::udp(
+            "time",
+            &["127.0.0.42", "::1"],
+            &[sink.addr().port(), sink6.addr().port()],
+        ))
+        .rule(Rule::allow("time", &["time"]));
+    let _gw = Gateway::start(&cfg)?;
+    for (dst, routed) in [
+        (
+            sink.addr(),
+            ProbeArgs::udp(sink.addr()).lsrr(std::net::Ipv4Addr::new(127, 0, 0, 44)),
+        ),
+        (
+            sink6.addr(),
+            ProbeArgs::udp(sink6.addr()).rthdr(Ipv6Addr::LOCALHOST),
+        ),
+    ] {
+        let plain = ProbeArgs::udp(dst).expect_reply().run(cg.command(PROBE))?;
+        assert!(plain.ok && plain.replies.len() == 1, "{dst}: {plain:?}");
+        let r = routed.run(cg.command(PROBE))?;
+        assert_eq!(r.errno("sendto"), Some(libc::EPERM), "{dst}: {r:?}");
+    }
+    Ok(())
+}
+
 #[test]
 fn process_outside_the_cgroup_goes_direct_without_flow_event() -> Result<()> {
     let cg = TestCgroup::new("outside")?;

@@ -18,13 +18,13 @@ const IO_TIMEOUT: Duration = Duration::from_secs(120);
 const CHUNK: usize = 64 * 1024;
 
 const USAGE: &str = "usage: cp-probe <command>
-  tcp --to ADDR [--send N] [--half-close] [--expect-echo]
+  tcp --to ADDR [--from ADDR] [--send N] [--half-close] [--expect-echo]
   mark --mark M --to ADDR [--send N] [--half-close] [--expect-echo]
   tfo --to ADDR [--send N] [--expect-echo]
   raw
   socket --family 4|6|unix|netlink|packet|alg|vsock|xdp --type stream|dgram|raw|seqpacket --proto N
   ping-socket [--own-netns]
-  udp --to ADDR [--and ADDR] [--connect] [--expect-reply]
+  udp --to ADDR [--and ADDR] [--connect] [--expect-reply] [--lsrr HOP4 | --rthdr HOP6]
   dns --to ADDR [--and ADDR] --name NAME   (A query, unconnected sendto)
   bind --addr ADDR
   loop --to ADDR --count N
@@ -99,6 +99,11 @@ fn run(args: &[String]) -> Result<ProbeReport, String> {
                 send: o.parse_or("--send", 0)?,
                 half_close: o.has("--half-close"),
                 expect_echo: o.has("--expect-echo"),
+                from: if o.has("--from") {
+                    Some(o.parse("--from")?)
+                } else {
+                    None
+                },
             };
             tcp(&mut report, to, mark, &exchange);
         }
@@ -107,6 +112,7 @@ fn run(args: &[String]) -> Result<ProbeReport, String> {
                 send: o.parse_or("--send", 0)?,
                 half_close: false,
                 expect_echo: o.has("--expect-echo"),
+                from: None,
             };
             tfo(&mut report, o.parse("--to")?, &exchange);
         }
@@ -156,11 +162,19 @@ fn run(args: &[String]) -> Result<ProbeReport, String> {
             if o.has("--and") {
                 to.push(o.parse("--and")?);
             }
+            let route = if o.has("--lsrr") {
+                Some(SourceRoute::V4(o.parse("--lsrr")?))
+            } else if o.has("--rthdr") {
+                Some(SourceRoute::V6(o.parse("--rthdr")?))
+            } else {
+                None
+            };
             udp(
                 &mut report,
                 &to,
                 o.has("--connect"),
                 o.has("--expect-reply"),
+                route,
             );
         }
         "dns" => {
@@ -194,6 +208,62 @@ struct Exchange {
     send: u64,
     half_close: bool,
     expect_echo: bool,
+    /// Bind the client end here first (`--from`).
+    from: Option<SocketAddr>,
+}
+
+/// A source route the datagrams carry (unprivileged socket options).
+enum SourceRoute {
+    /// `IP_OPTIONS` with a loose source route through this hop.
+    V4(std::net::Ipv4Addr),
+    /// `IPV6_RTHDR`: a segment routing header through this hop.
+    V6(std::net::Ipv6Addr),
+}
+
+impl SourceRoute {
+    fn apply(&self, fd: i32) -> Result<(), Failure> {
+        let (level, name, bytes, what) = match self {
+            SourceRoute::V4(hop) => {
+                // LSRR (type 131), length 7, pointer 4, the hop; then EOL.
+                let mut o = vec![0x83, 7, 4];
+                o.extend_from_slice(&hop.octets());
+                o.push(0);
+                (
+                    libc::IPPROTO_IP,
+                    libc::IP_OPTIONS,
+                    o,
+                    "setsockopt(IP_OPTIONS)",
+                )
+            }
+            SourceRoute::V6(hop) => {
+                // Segment routing header (type 4) with one segment: next
+                // header (set by the kernel), length in 8-byte units past
+                // the first 8, type, segments left, last entry, flags, tag.
+                let mut h = vec![0, 2, 4, 0, 0, 0, 0, 0];
+                h.extend_from_slice(&hop.octets());
+                (
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_RTHDR,
+                    h,
+                    "setsockopt(IPV6_RTHDR)",
+                )
+            }
+        };
+        // SAFETY: a valid fd and a buffer of the given length.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                bytes.as_ptr().cast(),
+                bytes.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(Failure::from_io(what, &io::Error::last_os_error()));
+        }
+        Ok(())
+    }
 }
 
 /// Connect, send the pattern while reading concurrently (a 100 MB echo
@@ -209,6 +279,12 @@ fn tcp(report: &mut ProbeReport, to: SocketAddr, mark: Option<u32>, x: &Exchange
         return report
             .errors
             .push(Failure::from_io("setsockopt(SO_MARK)", &e));
+    }
+    if let Some(from) = x.from {
+        let _ = socket.set_reuse_address(true);
+        if let Err(e) = socket.bind(&from.into()) {
+            return report.errors.push(Failure::from_io("bind", &e));
+        }
     }
     if let Err(e) = socket.connect_timeout(&to.into(), CONNECT_TIMEOUT) {
         return report.errors.push(Failure::from_io("connect", &e));
@@ -384,11 +460,22 @@ fn udp_socket_for(to: SocketAddr) -> Result<UdpSocket, Failure> {
     UdpSocket::bind(any).map_err(|e| Failure::from_io("bind", &e))
 }
 
-fn udp(report: &mut ProbeReport, to: &[SocketAddr], connect: bool, expect_reply: bool) {
+fn udp(
+    report: &mut ProbeReport,
+    to: &[SocketAddr],
+    connect: bool,
+    expect_reply: bool,
+    route: Option<SourceRoute>,
+) {
     let socket = match udp_socket_for(to[0]) {
         Ok(s) => s,
         Err(f) => return report.errors.push(f),
     };
+    if let Some(route) = route
+        && let Err(f) = route.apply(std::os::fd::AsRawFd::as_raw_fd(&socket))
+    {
+        return report.errors.push(f);
+    }
     let payload = b"cp-probe udp";
     for &dst in to {
         let result = if connect {
