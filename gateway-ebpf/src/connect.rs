@@ -50,9 +50,7 @@ pub fn cp_connect4(ctx: SockAddrContext) -> i32 {
         return DENY;
     }
     if dst_ip == LOOPBACK_V4 && dst_port == cfg.listen_port {
-        // Already the gateway: no loop, and no record (the gateway refuses
-        // connections it has no record for).
-        return ALLOW;
+        return to_gateway(&ctx);
     }
     let dst = mapped_v4(dst_ip);
     if !reach::reachable(&REACH, dst, dst_port) {
@@ -106,7 +104,7 @@ pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
         LOOPBACK_V6
     };
     if dst_port == cfg.listen_port && dst_ip == gateway {
-        return ALLOW;
+        return to_gateway(&ctx);
     }
     let dst = v6_bytes(dst_ip);
     if !reach::reachable(&REACH, dst, dst_port) {
@@ -122,6 +120,24 @@ pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
     }
     count(Counter::Redirected);
     ALLOW
+}
+
+/// A connect to the gateway's own listener passes only when it was
+/// redirected there already (a second generation of these programs during
+/// an upgrade sees the first one's rewrite; the socket has its record). A
+/// job connecting there straight would get no record of its own, and the
+/// gateway would take whatever stale record sits under its client port
+/// (one a connect left while the gateway was down): someone else's
+/// identity and destination.
+#[inline(always)]
+fn to_gateway(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: helper called with the program's own context pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut core::ffi::c_void) };
+    if unsafe { PENDING.get(&cookie) }.is_some() {
+        return ALLOW;
+    }
+    count(Counter::Denied);
+    DENY
 }
 
 /// Stores who is connecting where in `map`, keyed by socket cookie.

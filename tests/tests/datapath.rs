@@ -856,6 +856,58 @@ fn connections_that_skip_the_redirect_are_refused_by_the_gateway() -> Result<()>
     Ok(())
 }
 
+/// A connect made while the gateway is down leaves its record under the
+/// client's port (its SYN left before the refusal). Another job must not
+/// collect it by binding that port and connecting to the gateway's
+/// listener straight: that would hand it the first caller's identity and
+/// destination. The kernel refuses straight connects from the cgroup, and
+/// a restarted gateway forgets records older than its listeners (which is
+/// what stops a process outside the cgroup, whom no hook sees).
+#[test]
+fn a_stale_flow_record_cannot_be_collected_by_another_connection() -> Result<()> {
+    let cg = TestCgroup::new("stale-record")?;
+    let echo = Server::echo(v4(43))?;
+    let cfg = GatewayConfig::new("stale-record", &cg)?
+        .target(target_for("echo", &[&echo]))
+        .rule(Rule::allow("root-only", &["echo"]).uids(&[0]));
+    let mut gw = Gateway::start(&cfg)?;
+    let listener = SocketAddr::new(v4(1), gw.listen_port());
+    gw.kill9()?;
+    // Root's connect fails, leaving its record under its port.
+    let from = {
+        let probe = TcpListener::bind((v4(1), 0))?;
+        probe.local_addr()?
+    };
+    let r = tcp_echo(echo.addr(), 10)
+        .from(from)
+        .run(cg.command(PROBE))?;
+    assert_eq!(r.errno("connect"), Some(libc::ECONNREFUSED), "{r:?}");
+    gw.restart()?;
+
+    let nobody = cg.command_as(PROBE, 65534, 65534);
+    let straight = ProbeArgs::tcp(listener)
+        .send(10)
+        .expect_echo()
+        .from(from)
+        .run(nobody)?;
+    assert_eq!(straight.errno("connect"), Some(libc::EPERM), "{straight:?}");
+    let outside = ProbeArgs::tcp(listener)
+        .send(10)
+        .expect_echo()
+        .from(from)
+        .run(Command::new(PROBE))?;
+    assert_refused(&outside);
+    assert_eq!(echo.accepted(), 0, "the stale record was collected");
+    // The port still works for its own next connection.
+    assert_passed(
+        &tcp_echo(echo.addr(), 10)
+            .from(from)
+            .run(cg.command(PROBE))?,
+        10,
+    );
+    Ok(())
+}
+
 /// Source routes need no privilege (IP_OPTIONS with LSRR, IPV6_RTHDR) and
 /// make the kernel route a packet to the route's first hop instead of the
 /// gateway address the hooks wrote: the egress program drops them, so the

@@ -101,6 +101,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         ebpf::cgroup2_mount().ok(),
     ));
     // Listeners first: a busy port must fail before anything is attached.
+    let bound_at = ebpf::monotonic_ns();
     let Listeners { v4, v6 } = flow::bind_listeners(daemon.listen_port, daemon.exempt_mark)?;
     let metrics = match daemon.metrics_listen {
         Some(addr) => Some(
@@ -133,6 +134,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         },
         &cgroup,
     )?;
+    let stale = attached.flows.forget_created_before(bound_at);
+    if stale > 0 {
+        info!(
+            stale,
+            "forgot flow records of connects made while no gateway listened"
+        );
+    }
     info!(
         instance = %daemon.instance,
         cgroup = %attached.cgroup.display(),

@@ -30,8 +30,15 @@ impl FlowTable {
     /// closed before `accept()`, or a previous gateway died with them in its
     /// backlog. Returns how many were removed.
     pub fn sweep(&self, max_age: std::time::Duration) -> usize {
-        let now = monotonic_ns();
         let limit = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
+        self.forget_created_before(monotonic_ns().saturating_sub(limit))
+    }
+
+    /// Removes records created before `ns` (`CLOCK_MONOTONIC`); at start,
+    /// the moment the listeners were bound: a connect before then found
+    /// no gateway, and its record is only bait for a connection that
+    /// reaches the listener from the same client port without one.
+    pub fn forget_created_before(&self, ns: u64) -> usize {
         let mut map = self
             .map
             .lock()
@@ -39,7 +46,7 @@ impl FlowTable {
         let stale: Vec<ClientKey> = map
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, rec)| now.saturating_sub(rec.created_ns) > limit)
+            .filter(|(_, rec)| rec.created_ns < ns)
             .map(|(key, _)| key)
             .collect();
         stale.iter().filter(|key| map.remove(key).is_ok()).count()
@@ -61,7 +68,7 @@ impl FlowTable {
 }
 
 /// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)

@@ -29,7 +29,7 @@ mod status;
 pub use attach::{Attached, LoadOptions, attach};
 pub use cgroup::{GuardedCgroup, cgroup2_mount, resolve_cgroup};
 pub use error::EbpfError;
-pub use flows::{DnsPeers, FlowTable, UdpPeers};
+pub use flows::{DnsPeers, FlowTable, UdpPeers, monotonic_ns};
 pub use pins::{INSTANCE_NAME_RULE, PinDir, detach, is_instance_name};
 pub use preflight::{bpf_lsm, ensure_bpffs, preflight};
 pub use reach::{ReachTable, RefusedFlows};
