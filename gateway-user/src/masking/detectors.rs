@@ -477,14 +477,21 @@ fn stripe_key(text: &[u8], at: usize) -> Option<Range<usize>> {
 /// `xox[baprs]-` + at least 10 `[A-Za-z0-9-]`, whose dash is at `at`.
 fn slack_token(text: &[u8], at: usize) -> Option<Range<usize>> {
     let start = at.checked_sub(4)?;
-    if &text[start..start + 3] != b"xox" || !b"baprs".contains(&text[start + 3]) {
+    if &text[start..start + 3] != b"xox"
+        || !b"baprs".contains(&text[start + 3])
+        || !starts_word(text, start)
+    {
         return None;
     }
+    // The run may hold more `-` candidates; only a word start gets this
+    // far, and a match moves the scan past the run, so each byte is read
+    // a bounded number of times (`axoxb-` repeated would be quadratic if
+    // the run came before the word check).
     let mut end = run(text, at + 1, |b| b.is_ascii_alphanumeric() || b == b'-');
     while text[end - 1] == b'-' {
         end -= 1;
     }
-    (starts_word(text, start) && end - at > 10).then_some(start..end)
+    (end - at > 10).then_some(start..end)
 }
 
 /// A PEM private key from its BEGIN line (starting at `at`) through its END
@@ -509,14 +516,25 @@ fn private_key(text: &[u8], at: usize) -> Option<Range<usize>> {
         return None;
     }
     let body = label_end + DASHES.len();
-    let limit = memchr(b'"', &text[body..]).map_or(text.len(), |q| body + q);
-    let region = &text[body..limit];
-    let end = memmem::find(region, b"-----END ")
-        .and_then(|e| {
+    let rest = &text[body..];
+    // Every search stops at this key's own END line: searching the rest of
+    // the value for a `"` at each BEGIN would make a value of many short
+    // keys quadratic. A match always moves the scan past its end.
+    let end_line = memmem::find(rest, b"-----END ");
+    let quote = memchr(b'"', &rest[..end_line.unwrap_or(rest.len())]);
+    let closed = match (end_line, quote) {
+        (Some(e), None) => {
             let after = e + b"-----END ".len();
-            memmem::find(&region[after..], DASHES).map(|d| body + after + d + DASHES.len())
-        })
-        .unwrap_or_else(|| body + region.trim_ascii_end().len());
+            // The END label is as short as the BEGIN one.
+            let window = &rest[after..rest.len().min(after + 64 + DASHES.len())];
+            memmem::find(window, DASHES).map(|d| body + after + d + DASHES.len())
+        }
+        _ => None,
+    };
+    let end = closed.unwrap_or_else(|| {
+        let limit = quote.unwrap_or(rest.len());
+        body + rest[..limit].trim_ascii_end().len()
+    });
     Some(at..end)
 }
 

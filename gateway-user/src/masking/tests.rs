@@ -547,6 +547,23 @@ fn scan_targets_depend_on_type_and_format() {
     assert_eq!(actions, [Keep, Scan, Keep, Scan, Scan, Scan, Scan, Scan]);
 }
 
+/// Hostile values built from a detector's own prefix stay linear: each
+/// byte is read a bounded number of times (both of these were quadratic,
+/// and a value of a few MB held a runtime worker for hours).
+#[test]
+fn detectors_stay_linear_on_values_made_of_their_prefixes() {
+    let slack = "axoxb-".repeat(200_000);
+    assert!(found(find_api_tokens, &slack).is_empty());
+    let pem = "-----BEGIN RSA PRIVATE KEY-----x-----END -----\n".repeat(25_000);
+    let keys = found(find_api_tokens, &pem);
+    assert_eq!(keys.len(), 25_000);
+    assert!(
+        keys.iter().all(|k| k.ends_with("-----END -----")),
+        "{:?}",
+        &keys[..2]
+    );
+}
+
 #[test]
 fn text_bytea_is_read_as_the_bytes_it_spells() {
     let mut p = policy();
