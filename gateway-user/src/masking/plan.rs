@@ -279,6 +279,11 @@ enum Repr {
     /// detectors can read in place. Where a scan is due the value becomes
     /// NULL: fail closed rather than pass unread text.
     Unreadable,
+    /// Binary of any other built-in type: several send text or digits as
+    /// they are (`xml`, `refcursor`, `int8[]`, `numeric[]`, `tsvector`),
+    /// so a computed one is not read as safe: NULL where a scan is due.
+    /// A table column of one is treated like its text form (not scanned).
+    UnreadableBuiltin,
 }
 
 impl Repr {
@@ -311,7 +316,15 @@ impl Repr {
             (1, oid) if oid >= FIRST_USER_OID => Repr::Unreadable,
             (1, INT8) => Repr::BinaryNumber { numeric: false },
             (1, NUMERIC) => Repr::BinaryNumber { numeric: true },
-            // Binary of any other type, and unknown format codes.
+            // Fixed-size values with no room for a match (float8 as in its
+            // text form, whose exponent notation no detector reads).
+            (
+                1,
+                BOOL | INT2 | INT4 | OID | FLOAT4 | FLOAT8 | DATE | TIME | TIMETZ | TIMESTAMP
+                | TIMESTAMPTZ | INTERVAL | UUID,
+            ) => Repr::Opaque,
+            (1, _) => Repr::UnreadableBuiltin,
+            // Unknown format codes (the server refuses them).
             _ => Repr::Opaque,
         }
     }
@@ -338,7 +351,7 @@ impl Repr {
                     || matches!(type_oid, oid::JSON_ARRAY | oid::JSONB_ARRAY)
             }
             // Like their text form (OtherText of a built-in type).
-            Repr::BinaryNumber { .. } | Repr::Opaque => false,
+            Repr::BinaryNumber { .. } | Repr::Opaque | Repr::UnreadableBuiltin => false,
         }
     }
 }
@@ -518,7 +531,8 @@ impl ResultPlan {
             | Repr::TextBytea
             | Repr::BinaryNumber { .. }
             | Repr::Opaque
-            | Repr::Unreadable => return Edit::Null,
+            | Repr::Unreadable
+            | Repr::UnreadableBuiltin => return Edit::Null,
         }
         Edit::Value(start..row.arena.len())
     }
@@ -526,7 +540,7 @@ impl ResultPlan {
     fn scan(&self, repr: Repr, value: &[u8], row: &mut MaskedRow) -> Edit {
         let prefix = match repr {
             Repr::Opaque => return Edit::Keep,
-            Repr::Unreadable => return Edit::Null,
+            Repr::Unreadable | Repr::UnreadableBuiltin => return Edit::Null,
             Repr::TextBytea => {
                 let Scratch { found, bytea, .. } = &mut row.scratch;
                 bytea_text_bytes(value, bytea);

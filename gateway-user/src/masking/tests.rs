@@ -547,6 +547,64 @@ fn scan_targets_depend_on_type_and_format() {
     assert_eq!(actions, [Keep, Scan, Keep, Scan, Scan, Scan, Scan, Scan]);
 }
 
+/// Binary forms of built-in types that carry text or digits as they are
+/// (`refcursor`, `xml`, `int8[]`) are not read as safe: a computed one is
+/// withheld where a scan is due, as its text form would be scanned. Fixed
+/// numbers and times still pass, and table columns of them are treated
+/// like their text form.
+#[test]
+fn binary_builtins_that_can_carry_text_are_withheld_not_passed() {
+    let mut p = policy();
+    p.detectors = all_detectors(Strategy::Redact);
+    let computed = |type_oid, format| ColumnInfo {
+        source: None,
+        ancestors: &[],
+        output_name: "c",
+        type_oid,
+        format,
+    };
+    const REFCURSOR: u32 = 1790;
+    const XML: u32 = 142;
+    const INT8_ARRAY: u32 = 1016;
+    for ty in [REFCURSOR, XML] {
+        // Text: scanned, and the value does not come back as it was.
+        let text = apply(&p.plan(&[computed(ty, 0)]), &[Some("alice@example.com")]);
+        assert!(
+            matches!(&text, Some(row) if row[0].as_deref() != Some("alice@example.com")),
+            "{ty} text: {text:?}"
+        );
+        let binary = apply(&p.plan(&[computed(ty, 1)]), &[Some("alice@example.com")]);
+        assert_eq!(binary, Some(vec![None]), "{ty} binary");
+    }
+    // ARRAY[4111111111111111::bigint], binary: header, then one element.
+    let mut array = Vec::new();
+    for word in [1i32, 0, 20, 1, 1, 8] {
+        array.extend_from_slice(&word.to_be_bytes());
+    }
+    array.extend_from_slice(&4_111_111_111_111_111i64.to_be_bytes());
+    let out = p
+        .plan(&[computed(INT8_ARRAY, 1)])
+        .apply(&[Some(&array[..])]);
+    assert_eq!(out.map(|row| row[0].is_none()), Some(true));
+    // Still passed: fixed-size values, and a table column of such a type.
+    for ty in [oid::INT4, oid::FLOAT8, oid::UUID, oid::TIMESTAMPTZ] {
+        let plan = p.plan(&[computed(ty, 1)]);
+        assert_eq!(
+            plan.actions().cloned().collect::<Vec<_>>(),
+            [ColumnAction::Keep],
+            "{ty}"
+        );
+    }
+    let table = ColumnInfo {
+        source: Some(("public", "t", "ids")),
+        ..computed(INT8_ARRAY, 1)
+    };
+    assert_eq!(
+        p.plan(&[table]).actions().cloned().collect::<Vec<_>>(),
+        [ColumnAction::Keep]
+    );
+}
+
 /// Hostile values built from a detector's own prefix stay linear: each
 /// byte is read a bounded number of times (both of these were quadratic,
 /// and a value of a few MB held a runtime worker for hours).
