@@ -13,13 +13,14 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use chokepoint_tests::{
-    Gateway, GatewayConfig, PgServer, TestCgroup, job_command, job_psql, message,
+    Gateway, GatewayConfig, PgServer, ProbeArgs, TestCgroup, job_command, job_psql, message,
     postgres::{CUSTOMERS, ITEMS, TLS_SERVER_NAME, clean_pg_env, cstrings, frame},
     run_with_timeout, wait_for,
 };
 use serde_json::{Value, json};
 
 const PGCLIENT: &str = env!("CARGO_BIN_EXE_cp-pgclient");
+const PROBE: &str = env!("CARGO_BIN_EXE_cp-probe");
 
 /// Hang guards only; nothing asserts on how long anything took.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -987,6 +988,22 @@ fn settings_that_change_how_sql_is_read_are_refused_however_they_arrive() -> Res
             .contains("sets standard_conforming_strings = \"off\" for this login"),
         "{out:?}"
     );
+    Ok(())
+}
+
+/// A client that never finishes its startup message is closed after the
+/// startup deadline (30 s) instead of holding the gateway's task forever.
+#[test]
+fn a_half_sent_startup_is_closed_at_the_deadline() -> Result<()> {
+    let s = Setup::start("pg-slow-startup", 87, Policy::Guarded)?;
+    let to: std::net::SocketAddr = format!("{}:5432", s.address).parse()?;
+    // Three bytes of a length prefix, then nothing: the probe waits for a
+    // reply (up to its 120 s guard) and sees the gateway close.
+    let r = ProbeArgs::tcp(to)
+        .send(3)
+        .expect_echo()
+        .run(s.cg.command(PROBE))?;
+    assert!(r.connected && r.eof && r.received == 0, "{r:?}");
     Ok(())
 }
 

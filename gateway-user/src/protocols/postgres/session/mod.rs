@@ -90,6 +90,11 @@ pub struct SessionSummary {
     pub error: Option<String>,
 }
 
+/// A client must finish its startup (TLS handshake included) within this:
+/// half-sent startup packets must not hold the gateway's tasks and buffers
+/// for as long as the job cares to keep them open.
+const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves one client connection that policy routed to a PostgreSQL target.
 pub async fn serve(
     ctx: Arc<PostgresContext>,
@@ -102,8 +107,18 @@ pub async fn serve(
     let mut decoder = FrameDecoder::new(max);
     let mut cbuf = BytesMut::with_capacity(16 * 1024);
 
-    let (mut client, startup) = match startup_with_tls(&ctx, client, &mut cbuf, &mut decoder).await
-    {
+    let started = tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        startup_with_tls(&ctx, client, &mut cbuf, &mut decoder),
+    )
+    .await;
+    let Ok(started) = started else {
+        let why = format!("no complete startup message within {STARTUP_TIMEOUT:?}");
+        warn!(flow_id = flow.id, "{why}; closing the connection");
+        summary.error = Some(why);
+        return summary;
+    };
+    let (mut client, startup) = match started {
         (Some(client), Ok(Some(startup))) => (client, startup),
         (client, Err(e)) => {
             summary.error = Some(e.clone());
