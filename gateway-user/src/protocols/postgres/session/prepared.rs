@@ -51,13 +51,20 @@ impl Session<'_> {
     /// with its CommandComplete; what a statement that fails took comes
     /// back with its error ([`Session::names_not_changed`]).
     pub(super) fn names_in_flight(&mut self, running: &mut Running) {
-        let Some(classification) = running.classification.clone() else {
+        // Split borrows: the statements are read while `names_taken` grows,
+        // with no Arc clone per statement sent.
+        let Running {
+            classification: Some(classification),
+            names_taken,
+            ..
+        } = running
+        else {
             return;
         };
         for (i, statement) in classification.statements.iter().enumerate() {
             match &statement.prepared {
                 Some(Prepared::Define(name) | Prepared::Deallocate(Some(name))) => {
-                    running.names_taken.push((i, self.close_statement(name)));
+                    names_taken.push((i, self.close_statement(name)));
                     self.uncertain_names.insert(name.clone());
                 }
                 _ if forgets_all(statement) => {
@@ -69,7 +76,7 @@ impl Session<'_> {
                         .cloned()
                         .collect();
                     for name in named {
-                        running.names_taken.push((i, self.close_statement(&name)));
+                        names_taken.push((i, self.close_statement(&name)));
                     }
                     self.all_names_uncertain = true;
                 }
