@@ -510,8 +510,12 @@ impl Writer {
                     continue;
                 }
                 open.dirty = false;
+                open.synced = Some(open.written.clone());
+            } else if open.synced.is_none() {
+                // Nothing written since it opened (or since the last
+                // sync, which set it already).
+                open.synced = Some(open.written.clone());
             }
-            open.synced = Some(open.written.clone());
         }
         for (handle, why) in failed {
             if let Some(open) = self.files.remove(&handle) {
