@@ -271,6 +271,18 @@ impl ProbeArgs {
         ])
     }
 
+    /// `count` connections, each echoed once, all kept open until the last
+    /// was tried.
+    pub fn hold(to: SocketAddr, count: u64) -> Self {
+        Self::new(&[
+            "hold",
+            "--to",
+            &to.to_string(),
+            "--count",
+            &count.to_string(),
+        ])
+    }
+
     /// Runs `cmd` (a command for the cp-probe binary) with these arguments.
     pub fn run(self, mut cmd: Command) -> Result<ProbeReport> {
         cmd.args(&self.0).stdin(Stdio::null());

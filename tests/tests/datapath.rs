@@ -1056,6 +1056,116 @@ fn fire_and_forget_clients_are_delivered_and_logged() -> Result<()> {
     Ok(())
 }
 
+/// A `cp-probe hold` that keeps its connections open until dropped (its
+/// stdin closed) and is killed if the test fails first.
+struct Holder(Option<std::process::Child>);
+
+impl Holder {
+    fn start(cg: &TestCgroup, to: SocketAddr, count: u64) -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = cg
+            .command(PROBE)
+            .args([
+                "hold",
+                "--to",
+                &to.to_string(),
+                "--count",
+                &count.to_string(),
+            ])
+            .arg("--until-stdin-closes")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        let stdout = child.stdout.as_mut().context("probe stdout")?;
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let holder = Holder(Some(child));
+        ensure!(line.trim() == "held", "cp-probe hold printed {line:?}");
+        Ok(holder)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    /// Closes its connections and returns its report.
+    fn finish(mut self) -> Result<ProbeReport> {
+        let mut child = self.0.take().context("finished twice")?;
+        drop(child.stdin.take());
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(line).with_context(|| format!("cp-probe hold printed {stdout:?}"))
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_job_past_its_connection_limit_is_refused_and_other_jobs_are_not() -> Result<()> {
+    let guarded = TestCgroup::new("conn-limit")?;
+    let (job_a, job_b) = (guarded.child("job-a")?, guarded.child("job-b")?);
+    let echo = Server::echo(v4(20))?;
+    let cfg = GatewayConfig::new("conn-limit", &guarded)?
+        .daemon_setting("max_connections_per_job = 3")
+        .target(target_for("echo", &[&echo]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let gw = Gateway::start(&cfg)?;
+
+    // Job A opens five and keeps them: the fourth and fifth are cut
+    // before the gateway opens anything for them.
+    let a = Holder::start(&job_a, echo.addr(), 5)?;
+    let shed = wait_for("job A's two refusals", FLOWS_TIMEOUT, || {
+        let shed: Vec<Value> = gw
+            .events()
+            .into_iter()
+            .filter(|e| e["fields"]["decision"] == "shed" && e["fields"]["pid"] == a.pid())
+            .map(|e| e["fields"].clone())
+            .collect();
+        (shed.len() >= 2).then_some(shed)
+    })?;
+    let a_id = job_a.id()?;
+    for ev in &shed {
+        assert_eq!(
+            (&ev["limit"], &ev["open"], &ev["cgroup_id"]),
+            (&Value::from(3), &Value::from(3), &Value::from(a_id)),
+            "{ev}"
+        );
+        let message = ev["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("max_connections_per_job"),
+            "the refusal names the setting: {message}"
+        );
+    }
+    // Job B is not held to job A's count while A is at its limit.
+    let b = ProbeArgs::hold(echo.addr(), 3).run(job_b.command(PROBE))?;
+    assert_eq!((b.successes, b.failures), (3, 0), "{b:?}");
+
+    let a_report = a.finish()?;
+    assert_eq!(
+        (a_report.successes, a_report.failures),
+        (3, 2),
+        "{a_report:?}"
+    );
+    assert_eq!(
+        echo.accepted(),
+        6,
+        "the refused connections never reached the destination"
+    );
+    // A's connections ended with it: its places are free again.
+    wait_flows_of(&gw, a_report.pid, 3)?;
+    let again = ProbeArgs::hold(echo.addr(), 3).run(job_a.command(PROBE))?;
+    assert_eq!((again.successes, again.failures), (3, 0), "{again:?}");
+    Ok(())
+}
+
 #[test]
 fn ten_thousand_connections_leave_the_maps_empty() -> Result<()> {
     const N: u64 = 10_000;

@@ -2,6 +2,7 @@
 //! programs, then serve until SIGTERM. Each step fails with one clear line
 //! and leaves nothing attached that was not attached before.
 mod dns;
+mod job_connections;
 mod logging;
 mod refused;
 mod reload;
@@ -69,6 +70,8 @@ pub(crate) struct Shared {
     pub jobs: Arc<crate::identity::Jobs>,
     /// Names each job resolved through the gateway, by address.
     pub names: Arc<crate::protocols::dns::NameTable>,
+    /// Connections open per job, held to `max_connections_per_job`.
+    pub connections: job_connections::JobConnections,
 }
 
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
@@ -169,6 +172,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         approvals: approvals.clone(),
         jobs: jobs.clone(),
         names: Arc::default(),
+        connections: job_connections::JobConnections::default(),
     });
 
     // Handlers go in before READY: until they exist, SIGHUP or SIGTERM

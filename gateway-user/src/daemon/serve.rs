@@ -169,6 +169,31 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         // generation to the session, which then takes it.
         let generation = shared.postgres.generation();
         let policy = shared.policy.load_full();
+        // Before anything is opened for it (upstream, recording file): a
+        // refused connection costs only its accept.
+        let limit = policy.daemon().max_connections_per_job;
+        let slot = match shared.connections.take(flow.cgroup_id, limit) {
+            Ok(slot) => slot,
+            Err(at) => {
+                warn!(
+                    flow_id = flow.id,
+                    pid = flow.pid,
+                    uid = flow.uid,
+                    comm = %flow.comm,
+                    cgroup_id = flow.cgroup_id,
+                    identity = %identity,
+                    dst = %flow.dst,
+                    open = at.open,
+                    limit,
+                    decision = "shed",
+                    "connection refused: the job already has {} connections open, its limit ([daemon] max_connections_per_job)",
+                    at.open
+                );
+                crate::admin::metrics::connection("tcp", "shed", "max_connections_per_job", "gateway", 0, 0);
+                tcp::refuse(client).await;
+                return;
+            }
+        };
         if flow.dst.port() == 53
             && let Some(dns) = policy.dns()
         {
@@ -247,6 +272,9 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             tcp::refuse(client).await;
             (Transferred::default(), None)
         };
+        // Free before the flow's event: whoever reads that event as "the
+        // connection is over" may open the next one at once.
+        drop(slot);
         end_flow(
             &flow,
             &identity,

@@ -30,6 +30,10 @@ pub struct DaemonSettings {
     /// A relayed UDP flow (one sender socket and destination) ends after
     /// this long without a datagram either way.
     pub udp_idle_timeout: std::time::Duration,
+    /// Connections one job (one cgroup) may have open through the
+    /// gateway at once; beyond, new ones are refused, so one job cannot
+    /// take the gateway's file descriptors and memory from the others.
+    pub max_connections_per_job: u32,
     pub mode: Mode,
     /// `SO_MARK` of the gateway's own upstream sockets, which the kernel
     /// programs let through; never 0, since 0 is every unmarked socket.
@@ -59,6 +63,7 @@ impl Default for DaemonSettings {
             dns_port: 15053,
             udp_port: 15054,
             udp_idle_timeout: std::time::Duration::from_secs(30),
+            max_connections_per_job: DEFAULT_CONNECTIONS_PER_JOB,
             mode: Mode::Enforce,
             exempt_mark: 0x4350_0001,
             masking_key_file: None,
@@ -133,6 +138,12 @@ const MAX_RESULT_ROWS: i64 = 100_000;
 const MAX_AGE_DAYS: u64 = 36_500;
 /// Largest size limit: a pebibyte, so the size in bytes cannot overflow.
 const MAX_TOTAL_MB: u64 = 1 << 30;
+/// Enough for a test suite's connection pools; each connection costs the
+/// gateway up to six descriptors, so the default leaves room for many jobs
+/// under the unit's `LimitNOFILE`.
+const DEFAULT_CONNECTIONS_PER_JOB: u32 = 1024;
+/// Largest `max_connections_per_job`: past this, the limit protects nothing.
+const MAX_CONNECTIONS_PER_JOB: i64 = 1_000_000;
 /// Longest `udp_idle_timeout`: each idle flow holds a socket until then.
 const MAX_UDP_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
@@ -394,6 +405,17 @@ pub(super) fn daemon(
                 ),
             ),
             Err(e) => report.error(At::of(file, idle), format!("udp_idle_timeout: {e}")),
+        }
+    }
+    if let Some(max) = &section.max_connections_per_job {
+        match max.get_ref().0 {
+            n @ 1..=MAX_CONNECTIONS_PER_JOB => {
+                settings.max_connections_per_job = u32::try_from(n).unwrap_or(u32::MAX);
+            }
+            n => report.error(
+                At::of(file, max),
+                format!("max_connections_per_job must be 1..={MAX_CONNECTIONS_PER_JOB}, not {n}"),
+            ),
         }
     }
     if let Some(mode) = &section.mode {

@@ -127,6 +127,7 @@ fn the_example_loads_with_its_settings() {
             dns_port: 15053,
             udp_port: 15054,
             udp_idle_timeout: std::time::Duration::from_secs(30),
+            max_connections_per_job: 1024,
             mode: Mode::Audit,
             exempt_mark: 0x4350_0002,
             masking_key_file: None,
@@ -593,6 +594,27 @@ fn udp_relay_settings_are_checked() {
         (ok.daemon().udp_port, ok.daemon().udp_idle_timeout),
         (15200, std::time::Duration::from_secs(120))
     );
+}
+
+#[test]
+fn the_per_job_connection_limit_is_checked_and_defaulted() {
+    let files = Files::new();
+    let ok = load_one(&files, "[daemon]\n").expect("valid");
+    assert_eq!(ok.daemon().max_connections_per_job, 1024);
+    let ok = load_one(&files, "[daemon]\nmax_connections_per_job = 3\n").expect("valid");
+    assert_eq!(ok.daemon().max_connections_per_job, 3);
+    for bad in ["0", "-1", "1000001", "99999999999"] {
+        let all = errors(load_one(
+            &files,
+            &format!("[daemon]\nmax_connections_per_job = {bad}\n"),
+        ));
+        assert_eq!(
+            all[0].message,
+            format!("max_connections_per_job must be 1..=1000000, not {bad}"),
+            "{all:#?}"
+        );
+        assert_eq!((all[0].line, all[0].col), (2, 27), "{all:#?}");
+    }
 }
 
 #[test]

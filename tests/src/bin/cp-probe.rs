@@ -28,6 +28,7 @@ const USAGE: &str = "usage: cp-probe <command>
   dns --to ADDR [--and ADDR] --name NAME   (A query, unconnected sendto)
   bind --addr ADDR
   loop --to ADDR --count N
+  hold --to ADDR --count N [--until-stdin-closes]   (N connections, each echoed once, all kept open until the end)
   send-close --to ADDR --send N --count K";
 
 fn main() -> ExitCode {
@@ -199,6 +200,16 @@ fn run(args: &[String]) -> Result<ProbeReport, String> {
             o.parse("--count")?,
         ),
         "loop" => repeat(&mut report, o.parse("--to")?, o.parse("--count")?),
+        "hold" => {
+            let open = hold(&mut report, o.parse("--to")?, o.parse("--count")?);
+            if o.has("--until-stdin-closes") {
+                // Tells the test all were tried; it closes stdin when done.
+                println!("held");
+                let _ = std::io::stdout().flush();
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            }
+            drop(open);
+        }
         other => return Err(format!("unknown command {other}")),
     }
     Ok(report)
@@ -612,7 +623,35 @@ fn repeat(report: &mut ProbeReport, to: SocketAddr, count: u64) {
     report.ok = report.failures == 0;
 }
 
+/// `count` connections opened one after another, each echoed once and
+/// kept open until all were tried: how many a job may have open at once.
+fn hold(report: &mut ProbeReport, to: SocketAddr, count: u64) -> Vec<TcpStream> {
+    let mut out = [0u8; 16];
+    fill_pattern(0, &mut out);
+    let mut open = Vec::new();
+    for _ in 0..count {
+        match open_exchange(to, &out) {
+            Ok(s) => {
+                report.successes += 1;
+                open.push(s);
+            }
+            Err(f) => {
+                report.failures += 1;
+                if report.errors.len() < 5 {
+                    report.errors.push(f);
+                }
+            }
+        }
+    }
+    report.ok = report.failures == 0;
+    open
+}
+
 fn one_exchange(to: SocketAddr, out: &[u8; 16]) -> Result<(), Failure> {
+    open_exchange(to, out).map(drop)
+}
+
+fn open_exchange(to: SocketAddr, out: &[u8; 16]) -> Result<TcpStream, Failure> {
     let mut s = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)
         .map_err(|e| Failure::from_io("connect", &e))?;
     let _ = s.set_read_timeout(Some(IO_TIMEOUT));
@@ -624,5 +663,5 @@ fn one_exchange(to: SocketAddr, out: &[u8; 16]) -> Result<(), Failure> {
     if &back != out {
         return Err(Failure::other("read", "echo differs"));
     }
-    Ok(())
+    Ok(s)
 }
