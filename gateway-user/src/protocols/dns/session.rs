@@ -19,6 +19,12 @@ use crate::{
     recording::{Body, SessionRecording},
 };
 
+/// How long a DNS-over-TCP connection may sit without a complete query
+/// before the gateway closes it (RFC 7766 §6.2.3 lets a server close idle
+/// connections; resolvers reconnect). Each open connection counts against
+/// its job's connection limit, so an idle one should not keep its place.
+pub(crate) const TCP_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What a DNS connection did, for the flow's event.
 #[derive(Debug, Default)]
 pub struct DnsSummary {
@@ -33,24 +39,38 @@ pub struct DnsSummary {
 pub async fn serve_tcp(
     ctx: Arc<DnsContext>,
     flow: &Flow,
+    client: TcpStream,
+    recording: &SessionRecording,
+) -> DnsSummary {
+    serve_tcp_idle(ctx, flow, client, recording, TCP_IDLE).await
+}
+
+/// [`serve_tcp`], closing after `idle` without a complete query.
+pub(crate) async fn serve_tcp_idle(
+    ctx: Arc<DnsContext>,
+    flow: &Flow,
     mut client: TcpStream,
     recording: &SessionRecording,
+    idle: std::time::Duration,
 ) -> DnsSummary {
     let mut summary = DnsSummary::default();
     loop {
-        let len = match client.read_u16().await {
-            Ok(n) => usize::from(n),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => {
+        let query = match tokio::time::timeout(idle, read_query(&mut client)).await {
+            Ok(Ok(Some(query))) => query,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
                 summary.error = Some(format!("client read: {e}"));
                 break;
             }
+            Err(_) => {
+                info!(
+                    flow_id = flow.id,
+                    "DNS connection idle for {idle:?}; closing it"
+                );
+                break;
+            }
         };
-        let mut query = vec![0; len];
-        if let Err(e) = client.read_exact(&mut query).await {
-            summary.error = Some(format!("client read (truncated message): {e}"));
-            break;
-        }
+        let len = query.len();
         summary.bytes_up += 2 + len as u64;
         let answer = match answer(&ctx, flow, &query, recording, &mut summary).await {
             Some(a) => a,
@@ -70,6 +90,22 @@ pub async fn serve_tcp(
     }
     let _ = client.shutdown().await;
     summary
+}
+
+/// The next length-prefixed message; `None` at a clean end between
+/// messages.
+async fn read_query(client: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let len = match client.read_u16().await {
+        Ok(n) => usize::from(n),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut query = vec![0; len];
+    client
+        .read_exact(&mut query)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("truncated message: {e}")))?;
+    Ok(Some(query))
 }
 
 /// The answer to one query; `None` ends the connection (a message that is

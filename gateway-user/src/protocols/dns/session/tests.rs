@@ -195,3 +195,70 @@ async fn a_denied_name_is_answered_and_recorded_as_a_would_be_denial_in_audit_mo
         ("deny".into(), "no-web".into(), "No Error".into())
     );
 }
+
+#[tokio::test]
+async fn an_idle_or_stalled_tcp_connection_is_closed_after_the_idle_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Arc::new(policy(dir.path(), "enforce"));
+    let ctx = Arc::new(DnsContext {
+        settings: policy.dns().unwrap().clone(),
+        policy: policy.clone(),
+        names: Arc::new(NameTable::default()),
+        mark: 0,
+        mode: policy.daemon().mode,
+        job: None,
+    });
+    let settings = RecordingSettings {
+        enabled: true,
+        dir: dir.path().join("sessions"),
+        keys_dir: dir.path().join("keys"),
+        result_rows: 10,
+        retention: retention::Limits::default(),
+        sink: None,
+    };
+    let recorder = Recorder::start(&settings).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let idle = std::time::Duration::from_millis(200);
+
+    // A query answered (a denied name: no upstream needed), then the start
+    // of another that never completes: the wait restarts after each
+    // answer and ends the connection, not the gateway's patience.
+    let mut job = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (served, _) = listener.accept().await.unwrap();
+    let recording = recorder.open(crate::recording::tests::start()).await;
+    let serve = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            let summary = serve_tcp_idle(ctx, &flow(), served, &recording, idle).await;
+            recording.close(crate::recording::tests::end());
+            summary
+        }
+    });
+    let q = query("web.corp.");
+    let mut framed = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    job.write_all(&framed).await.unwrap();
+    let mut len = [0u8; 2];
+    job.read_exact(&mut len).await.unwrap();
+    let mut answer = vec![0; usize::from(u16::from_be_bytes(len))];
+    job.read_exact(&mut answer).await.unwrap();
+    assert_eq!(
+        Message::from_vec(&answer).unwrap().response_code(),
+        ResponseCode::NXDomain
+    );
+    job.write_all(&[0, 40, 1, 2, 3]).await.unwrap();
+    let summary = tokio::time::timeout(std::time::Duration::from_secs(10), serve)
+        .await
+        .expect("closed after the idle time")
+        .unwrap();
+    assert_eq!((summary.queries, summary.denied), (1, 1));
+    let mut rest = Vec::new();
+    job.read_to_end(&mut rest).await.unwrap();
+    assert!(
+        rest.is_empty(),
+        "nothing after the answer, then EOF: {rest:?}"
+    );
+    recorder.shutdown().await;
+}
