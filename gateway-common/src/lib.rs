@@ -52,6 +52,10 @@ pub mod maps {
     /// [`UDP_REFUSED`]: a socket that keeps sending to a refused
     /// destination (a metrics client) is logged once, not per datagram.
     pub const UDP_REPORTED: &str = "CP_UDP_REPORTED";
+    /// LRU: cgroup id → records (`u64`) it holds in [`PENDING`],
+    /// [`DNS_PENDING`] and [`UDP_PENDING`], held to
+    /// [`RECORDS_PER_JOB`](super::RECORDS_PER_JOB).
+    pub const JOB_RECORDS: &str = "CP_JOB_RECORDS";
 }
 
 /// Prefixes [`maps::REACH`] holds at most.
@@ -108,6 +112,16 @@ pub const CONFIG_GLOBAL: &str = "CP_CONFIG";
 /// gateway's `accept()` (or the socket's close), so this bounds concurrent
 /// connection attempts, not total connections.
 pub const FLOW_MAP_CAPACITY: u32 = 65_536;
+
+/// Records one job (cgroup) may hold at once in the socket-keyed maps
+/// (connects whose SYN has not left, UDP sockets that sent): a job's own
+/// connects and sends fail past it, so one job cannot fill maps every job
+/// shares. A connect's record normally lives microseconds; what lasts is a
+/// deferred connect or an open UDP socket.
+pub const RECORDS_PER_JOB: u32 = 4096;
+
+/// Jobs whose record counts are kept at once (LRU: the oldest count goes).
+pub const JOB_RECORDS_CAPACITY: u32 = 16_384;
 
 /// `comm` length in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
@@ -226,10 +240,13 @@ pub enum Counter {
     RefusedUnlogged = 6,
     /// UDP datagrams (outside DNS) sent to the gateway's relay.
     UdpRelayed = 7,
+    /// Connects or sends refused because their job holds
+    /// [`RECORDS_PER_JOB`] records already.
+    JobQuota = 8,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 8;
+pub const COUNTER_SLOTS: u32 = 9;
 
 /// Address family constants, as the kernel reports them in socket contexts.
 pub const AF_INET: u16 = 2;

@@ -20,7 +20,7 @@ use crate::{
         MAPPED_PREFIX, SOCK_DGRAM, SOCK_STREAM, config, is_exempt,
     },
     maps::{PENDING, REACH, count},
-    reach, udp,
+    quota, reach, udp,
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -140,10 +140,10 @@ fn to_gateway(ctx: &SockAddrContext) -> i32 {
     DENY
 }
 
-/// Stores who is connecting where in `map`, keyed by socket cookie.
-/// Returns false when the record cannot be stored: the caller refuses the
-/// connect rather than let through a connection the gateway could not
-/// attribute.
+/// Stores who is connecting where in `map`, keyed by socket cookie, and
+/// charges it to the job's [`quota`]. Returns false when the record cannot
+/// be stored or the job holds its share: the caller refuses the connect
+/// rather than let through a connection the gateway could not attribute.
 #[inline(always)]
 pub fn record(
     ctx: &SockAddrContext,
@@ -153,11 +153,41 @@ pub fn record(
     map: &HashMap<u64, FlowRecord>,
 ) -> bool {
     let rec = flow_record(ctx, dst_addr, dst_port, family);
+    // A socket with a record already (a UDP socket's next datagram, a
+    // connect tried again) replaces it under the charge it has; a process
+    // of another job using the socket moves the charge to its job.
+    // SAFETY: the cgroup id is copied out at once.
+    let held = unsafe { map.get(&rec.cookie) }.map(|old| old.cgroup_id);
+    let charge = held != Some(rec.cgroup_id);
+    if charge && !quota::take(rec.cgroup_id) {
+        count(Counter::JobQuota);
+        return false;
+    }
     if map.insert(&rec.cookie, &rec, 0).is_err() {
+        if charge {
+            quota::give_back(rec.cgroup_id);
+        }
         count(Counter::RecordFailed);
         return false;
     }
+    if charge && let Some(old) = held {
+        quota::give_back(old);
+    }
     true
+}
+
+/// Removes the record of `cookie` from `map` and gives its charge back.
+#[inline(always)]
+pub fn forget(map: &HashMap<u64, FlowRecord>, cookie: u64) {
+    // SAFETY: the cgroup id is copied out before the remove.
+    let Some(cgroup_id) = (unsafe { map.get(&cookie) }).map(|r| r.cgroup_id) else {
+        return;
+    };
+    // Only the remove that took the record gives its charge back: the
+    // egress program and this socket's release may race for it.
+    if map.remove(&cookie).is_ok() {
+        quota::give_back(cgroup_id);
+    }
 }
 
 /// Who is connecting where.

@@ -88,7 +88,11 @@ fn rekey(ctx: &SkBuffContext, sk: *mut bpf_sock) {
     // If the insert fails the gateway finds no record and refuses the
     // connection: fail closed.
     let _ = FLOWS.insert(&key, &rec, 0);
-    let _ = PENDING.remove(&cookie);
+    // FLOWS is drained by the gateway's accepts, not held by the job: only
+    // the socket-keyed record counts against its share.
+    if PENDING.remove(&cookie).is_ok() {
+        crate::quota::give_back(rec.cgroup_id);
+    }
 }
 
 /// The gateway's key for this socket's client end: its local address

@@ -14,17 +14,22 @@
 //! * [`sock_create`]: only TCP stream and UDP datagram inet sockets may exist.
 //! * [`socket_family`]: no sockets of other families but local ones (an
 //!   LSM hook: the cgroup socket hooks see inet sockets only).
-//! * [`sock_release`]: records die with their socket, so maps never fill.
+//! * [`sock_release`]: records die with their socket, so maps never fill;
+//!   [`quota`] keeps one job from filling them while its sockets live.
 //!
 //! Every program lets the gateway's own sockets through when they carry the
 //! configured `SO_MARK` (setting it needs `CAP_NET_ADMIN`).
 #![no_std]
 #![no_main]
+// `atomic_xadd`: see `quota::add`.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod common;
 mod connect;
 mod egress;
 mod maps;
+mod quota;
 mod reach;
 mod sock_create;
 mod sock_release;

@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use gateway_common::{
-    COUNTER_SLOTS, ClientKey, Counter, FLOW_MAP_CAPACITY, FlowRecord, REACH_CAPACITY,
-    REFUSED_RING_BYTES, ReachPorts, UDP_REFUSED_RING_BYTES, UDP_REPORTED_CAPACITY, UdpPeerKey,
+    COUNTER_SLOTS, ClientKey, Counter, FLOW_MAP_CAPACITY, FlowRecord, JOB_RECORDS_CAPACITY,
+    REACH_CAPACITY, REFUSED_RING_BYTES, ReachPorts, UDP_REFUSED_RING_BYTES, UDP_REPORTED_CAPACITY,
+    UdpPeerKey,
 };
 
 #[map(name = "CP_PENDING")]
@@ -45,6 +46,10 @@ pub static UDP_REFUSED: RingBuf = RingBuf::pinned(UDP_REFUSED_RING_BYTES, 0);
 
 #[map(name = "CP_UDP_REPORTED")]
 pub static UDP_REPORTED: LruHashMap<u32, u8> = LruHashMap::pinned(UDP_REPORTED_CAPACITY, 0);
+
+/// Records each job holds in the socket-keyed maps: see [`crate::quota`].
+#[map(name = "CP_JOB_RECORDS")]
+pub static JOB_RECORDS: LruHashMap<u64, u64> = LruHashMap::pinned(JOB_RECORDS_CAPACITY, 0);
 
 #[map(name = "CP_REFUSED")]
 pub static REFUSED: RingBuf = RingBuf::pinned(REFUSED_RING_BYTES, 0);

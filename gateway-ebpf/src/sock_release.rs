@@ -19,29 +19,30 @@ use aya_ebpf::{
 
 use crate::{
     common::{ALLOW, SOCK_STREAM, TCP_CLOSE, TCP_SYN_SENT},
+    connect::forget,
     maps::{DNS_PENDING, PENDING, UDP_PENDING},
 };
 
 #[cgroup_sock(sock_release)]
 pub fn cp_sock_release(ctx: SockContext) -> i32 {
     let cookie = || unsafe { bpf_get_socket_cookie(ctx.sock as *mut core::ffi::c_void) };
-    // Only the maps a socket of this type can have a record in: a delete
-    // of a missing key still hashes and locks a bucket, and this runs for
-    // every guarded socket.
+    // Only the maps a socket of this type can have a record in: a lookup
+    // of a missing key still hashes and walks a bucket, and this runs for
+    // every guarded socket. A record found gives its job's share back.
     let (ty, state) = unsafe { ((*ctx.sock).type_, (*ctx.sock).state) };
     if ty == SOCK_STREAM {
         // SYN_SENT too: a SYN whose first transmission failed before the
         // egress hook is retransmitted later, and the socket may close first.
         if state == TCP_CLOSE || state == TCP_SYN_SENT {
-            let _ = PENDING.remove(&cookie());
+            forget(&PENDING, cookie());
         }
     } else {
         // The port-keyed DNS and relay entries stay (this hook cannot read
         // the port): the next socket to send from the port overwrites them
         // before its first datagram leaves.
         let cookie = cookie();
-        let _ = DNS_PENDING.remove(&cookie);
-        let _ = UDP_PENDING.remove(&cookie);
+        forget(&DNS_PENDING, cookie);
+        forget(&UDP_PENDING, cookie);
     }
     ALLOW
 }

@@ -1061,12 +1061,13 @@ fn fire_and_forget_clients_are_delivered_and_logged() -> Result<()> {
 struct Holder(Option<std::process::Child>);
 
 impl Holder {
-    fn start(cg: &TestCgroup, to: SocketAddr, count: u64) -> Result<Self> {
+    /// `command` is `hold` or `stall`.
+    fn start(cg: &TestCgroup, command: &str, to: SocketAddr, count: u64) -> Result<Self> {
         use std::io::BufRead;
         let mut child = cg
             .command(PROBE)
             .args([
-                "hold",
+                command,
                 "--to",
                 &to.to_string(),
                 "--count",
@@ -1121,7 +1122,7 @@ fn a_job_past_its_connection_limit_is_refused_and_other_jobs_are_not() -> Result
 
     // Job A opens five and keeps them: the fourth and fifth are cut
     // before the gateway opens anything for them.
-    let a = Holder::start(&job_a, echo.addr(), 5)?;
+    let a = Holder::start(&job_a, "hold", echo.addr(), 5)?;
     let shed = wait_for("job A's two refusals", FLOWS_TIMEOUT, || {
         let shed: Vec<Value> = gw
             .events()
@@ -1163,6 +1164,59 @@ fn a_job_past_its_connection_limit_is_refused_and_other_jobs_are_not() -> Result
     wait_flows_of(&gw, a_report.pid, 3)?;
     let again = ProbeArgs::hold(echo.addr(), 3).run(job_a.command(PROBE))?;
     assert_eq!((again.successes, again.failures), (3, 0), "{again:?}");
+    Ok(())
+}
+
+#[test]
+fn a_job_cannot_hold_more_than_its_share_of_the_kernel_records() -> Result<()> {
+    // A connect whose SYN never leaves (here: dropped for its source
+    // route) keeps its kernel record for as long as the socket is open;
+    // enough of them would fill the map every job shares. A job gets RECORDS_PER_JOB (4096); past it, its own connects
+    // fail, and a sibling job's do not.
+    const SHARE: u64 = 4096;
+    const OVER: u64 = 50;
+    let guarded = TestCgroup::new("job-share")?;
+    let (job_a, job_b) = (guarded.child("job-a")?, guarded.child("job-b")?);
+    let echo = Server::echo(v4(21))?;
+    let cfg = GatewayConfig::new("job-share", &guarded)?
+        .target(target_for("echo", &[&echo]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let gw = Gateway::start(&cfg)?;
+
+    let a = Holder::start(&job_a, "stall", echo.addr(), SHARE + OVER)?;
+    let status = gw.status()?;
+    assert_eq!(
+        status["maps"]["pending"].as_u64(),
+        Some(SHARE),
+        "the job holds exactly its share: {status}"
+    );
+    assert_eq!(
+        status["counters"]["job_quota"].as_u64(),
+        Some(OVER),
+        "{status}"
+    );
+    let b = ProbeArgs::tcp(echo.addr())
+        .send(1000)
+        .expect_echo()
+        .run(job_b.command(PROBE))?;
+    assert_passed(&b, 1000);
+    // Job A itself gets nothing more while it holds its share.
+    let more = ProbeArgs::tcp(echo.addr()).run(job_a.command(PROBE))?;
+    assert_eq!(more.errno("connect"), Some(libc::EPERM), "{more:?}");
+
+    let a = a.finish()?;
+    assert_eq!((a.successes, a.failures), (SHARE, OVER), "{a:?}");
+    assert_eq!(a.errno("connect"), Some(libc::EPERM), "{a:?}");
+    // Closed sockets give their records back: the share is whole again.
+    wait_for("job A's records to be released", MAPS_TIMEOUT, || {
+        let s = gw.status().ok()?;
+        (s["maps"]["pending"].as_u64() == Some(0)).then_some(())
+    })?;
+    let again = ProbeArgs::tcp(echo.addr())
+        .send(1000)
+        .expect_echo()
+        .run(job_a.command(PROBE))?;
+    assert_passed(&again, 1000);
     Ok(())
 }
 

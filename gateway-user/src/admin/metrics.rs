@@ -333,7 +333,7 @@ impl Collector for Kernel {
         let c = &status.counters;
         let mut events = encoder.encode_descriptor(
             "chokepoint_kernel_events",
-            "Events the kernel programs counted since they were attached: TCP connects redirected to the gateway; connects or sends refused (denied: UDP, full maps; unreachable: no rule could allow the destination; refused_unlogged: of those, the ones the gateway was not told about); sockets refused at creation; the gateway's own (exempt) sockets; records that could not be stored; datagrams sent to the UDP relay",
+            "Events the kernel programs counted since they were attached: TCP connects redirected to the gateway; connects or sends refused (denied: UDP, full maps; unreachable: no rule could allow the destination; refused_unlogged: of those, the ones the gateway was not told about); sockets refused at creation; the gateway's own (exempt) sockets; records that could not be stored; datagrams sent to the UDP relay; connects and sends refused because their job held its share of the kernel's records (job_quota)",
             None,
             ConstCounter::new(0u64).metric_type(),
         )?;
@@ -346,6 +346,7 @@ impl Collector for Kernel {
             ("record_failed", c.record_failed),
             ("refused_unlogged", c.refused_unlogged),
             ("udp_relayed", c.udp_relayed),
+            ("job_quota", c.job_quota),
         ] {
             ConstCounter::new(value).encode(events.encode_family(&EventLabels { event })?)?;
         }

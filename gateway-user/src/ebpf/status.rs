@@ -34,6 +34,9 @@ pub struct Counters {
     pub refused_unlogged: u64,
     /// Datagrams (outside DNS) sent to the gateway's UDP relay.
     pub udp_relayed: u64,
+    /// Connects and sends refused because their job held its share of the
+    /// kernel's socket records.
+    pub job_quota: u64,
 }
 
 pub fn status(instance: &str) -> Result<Status, EbpfError> {
@@ -88,6 +91,7 @@ pub fn status(instance: &str) -> Result<Status, EbpfError> {
         unreachable: sum(Counter::Unreachable),
         refused_unlogged: sum(Counter::RefusedUnlogged),
         udp_relayed: sum(Counter::UdpRelayed),
+        job_quota: sum(Counter::JobQuota),
     };
     Ok(status)
 }

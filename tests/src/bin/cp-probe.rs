@@ -29,6 +29,7 @@ const USAGE: &str = "usage: cp-probe <command>
   bind --addr ADDR
   loop --to ADDR --count N
   hold --to ADDR --count N [--until-stdin-closes]   (N connections, each echoed once, all kept open until the end)
+  stall --to ADDR4 --count N [--until-stdin-closes]  (N connects whose SYN is dropped: each keeps its kernel record)
   send-close --to ADDR --send N --count K";
 
 fn main() -> ExitCode {
@@ -200,8 +201,16 @@ fn run(args: &[String]) -> Result<ProbeReport, String> {
             o.parse("--count")?,
         ),
         "loop" => repeat(&mut report, o.parse("--to")?, o.parse("--count")?),
-        "hold" => {
-            let open = hold(&mut report, o.parse("--to")?, o.parse("--count")?);
+        "hold" | "stall" => {
+            let (to, count) = (o.parse("--to")?, o.parse("--count")?);
+            let open: Vec<Socket> = if command == "hold" {
+                hold(&mut report, to, count)
+                    .into_iter()
+                    .map(Socket::from)
+                    .collect()
+            } else {
+                stall(&mut report, to, count)
+            };
             if o.has("--until-stdin-closes") {
                 // Tells the test all were tried; it closes stdin when done.
                 println!("held");
@@ -645,6 +654,63 @@ fn hold(report: &mut ProbeReport, to: SocketAddr, count: u64) -> Vec<TcpStream> 
     }
     report.ok = report.failures == 0;
     open
+}
+
+/// `count` IPv4 connects whose SYN never leaves: each socket carries a
+/// source route, which the egress program drops, so the connect stays in
+/// `SYN_SENT` (then closed, still open) and keeps the record it made for
+/// as long as the socket is open. Kept open until all were tried.
+fn stall(report: &mut ProbeReport, to: SocketAddr, count: u64) -> Vec<Socket> {
+    raise_fd_limit(count + 64);
+    let SocketAddr::V4(to4) = to else {
+        report
+            .errors
+            .push(Failure::other("stall", "IPv4 destinations only"));
+        return Vec::new();
+    };
+    let mut open = Vec::new();
+    for _ in 0..count {
+        let attempt = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| Failure::from_io("socket", &e))
+            .and_then(|s| {
+                SourceRoute::V4(*to4.ip()).apply(std::os::fd::AsRawFd::as_raw_fd(&s))?;
+                s.set_nonblocking(true)
+                    .map_err(|e| Failure::from_io("set_nonblocking", &e))?;
+                match s.connect(&to.into()) {
+                    Ok(()) => Ok(s),
+                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
+                    Err(e) => Err(Failure::from_io("connect", &e)),
+                }
+            });
+        match attempt {
+            Ok(s) => {
+                report.successes += 1;
+                open.push(s);
+            }
+            Err(f) => {
+                report.failures += 1;
+                if report.errors.len() < 5 {
+                    report.errors.push(f);
+                }
+            }
+        }
+    }
+    report.ok = report.failures == 0;
+    open
+}
+
+/// Lets this process hold `n` descriptors (as far as the hard limit goes).
+fn raise_fd_limit(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit buffer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && lim.rlim_cur < n {
+        lim.rlim_cur = n.min(lim.rlim_max);
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
 }
 
 fn one_exchange(to: SocketAddr, out: &[u8; 16]) -> Result<(), Failure> {
