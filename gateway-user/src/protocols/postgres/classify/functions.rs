@@ -97,6 +97,37 @@ pub fn is_dangerous_function(name: &str) -> bool {
         .any(|f| f.eq_ignore_ascii_case(name))
 }
 
+/// Built-in functions that change data, so a statement calling them is a
+/// write even when it is a SELECT (`SELECT lo_unlink(oid) FROM
+/// pg_largeobject_metadata`). Matched like [`DANGEROUS_FUNCTIONS`]: own
+/// name, ASCII case ignored, any schema.
+///
+/// * large objects: any role may create them, and their owner may write or
+///   delete them, whatever its table privileges (`lo_import` is in
+///   [`DANGEROUS_FUNCTIONS`] already: it reads a server file);
+/// * `setval`: moves a sequence, so later inserts reuse or skip keys
+///   (`nextval` only takes the next value, as every INSERT does);
+/// * `pg_notify`: the function form of NOTIFY, which is a write.
+pub(crate) const WRITING_FUNCTIONS: &[&str] = &[
+    "lo_create",
+    "lo_creat",
+    "lo_from_bytea",
+    "lo_put",
+    "lowrite",
+    "lo_truncate",
+    "lo_truncate64",
+    "lo_unlink",
+    "setval",
+    "pg_notify",
+];
+
+/// Whether `name` (a function's own name, without schema) is in [`WRITING_FUNCTIONS`].
+pub(crate) fn is_writing_function(name: &str) -> bool {
+    WRITING_FUNCTIONS
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(name))
+}
+
 /// The function whose first argument names a setting to change.
 pub(crate) const SET_CONFIG: &str = "set_config";
 
@@ -112,9 +143,12 @@ pub(crate) fn is_identity_setting(name: &str) -> bool {
 }
 
 /// Whether the summary fast path must hand a statement calling `name` to the
-/// full parse: dangerous functions, and `set_config`, whose arguments matter.
+/// full parse: dangerous and writing functions, and `set_config`, whose
+/// arguments matter.
 pub(crate) fn needs_inspection(name: &str) -> bool {
-    is_dangerous_function(name) || name.eq_ignore_ascii_case(SET_CONFIG)
+    is_dangerous_function(name)
+        || is_writing_function(name)
+        || name.eq_ignore_ascii_case(SET_CONFIG)
 }
 
 /// Why setting `name` to `value` must be refused, if it must.

@@ -31,7 +31,8 @@ pub(crate) fn classify_statement(node: &NodeEnum) -> Result<Statement, ClassifyE
     let mut flags = outline.flags;
     flags.union(facts.flags);
     // A read that contains a data change (`WITH d AS (DELETE …) SELECT`,
-    // `COPY (DELETE … RETURNING *) TO STDOUT`, SELECT INTO) is a write.
+    // `COPY (DELETE … RETURNING *) TO STDOUT`, SELECT INTO, `SELECT
+    // lo_unlink(…)`) is a write.
     let class = if facts.modifies && outline.class == StatementClass::Read {
         StatementClass::Write
     } else {

@@ -265,6 +265,38 @@ fn data_modifying_ctes() {
 }
 
 #[test]
+fn functions_that_change_data_make_a_write() {
+    // Large objects need no table privilege to create, and their owner may
+    // write or delete them: a "read" must not do that.
+    for sql in [
+        "SELECT lo_from_bytea(0, 'data')",
+        "SELECT pg_catalog.lo_create(0)",
+        "SELECT lo_creat(-1)",
+        "SELECT lo_put(16393, 0, 'x')",
+        "SELECT lowrite(0, 'x')",
+        "SELECT lo_truncate(0, 0)",
+        "SELECT LO_TRUNCATE64(0, 0)",
+        "SELECT lo_unlink(oid) FROM pg_largeobject_metadata",
+        "SELECT setval('billing.invoices_id_seq', 1)",
+        "SELECT pg_notify('ch', 'payload')",
+        "SELECT * FROM t WHERE (SELECT lo_unlink(1)) = 1",
+        "DECLARE c CURSOR FOR SELECT lo_unlink(1)",
+        "COPY (SELECT lo_unlink(1)) TO STDOUT",
+    ] {
+        assert_eq!(one(sql).class, Write, "{sql:?}");
+    }
+    // EXPLAIN without ANALYZE runs nothing.
+    check("EXPLAIN SELECT lo_unlink(1)", Read, &[]);
+    check(
+        "EXPLAIN ANALYZE SELECT lo_unlink(1)",
+        Write,
+        &[ExplainAnalyzeWrite],
+    );
+    // Reading large objects, and taking the next value of a sequence, stay reads.
+    check("SELECT lo_get(1), nextval('s'), currval('s')", Read, &[]);
+}
+
+#[test]
 fn explain_runs_its_statement_only_with_analyze() {
     let s = check(
         "EXPLAIN ANALYZE DELETE FROM t",

@@ -8,7 +8,8 @@
 
 use super::class::{Access, Flag, FlagSet, TableRef};
 use super::functions::{
-    SET_CONFIG, is_dangerous_function, is_identity_setting, lexer_setting_refusal,
+    SET_CONFIG, is_dangerous_function, is_identity_setting, is_writing_function,
+    lexer_setting_refusal,
 };
 use super::tree::Value;
 use pg_query::protobuf::VariableSetKind;
@@ -18,7 +19,8 @@ use pg_query::protobuf::VariableSetKind;
 pub(crate) struct Facts {
     pub(crate) tables: Vec<TableRef>,
     pub(crate) flags: FlagSet,
-    /// An INSERT, UPDATE, DELETE or MERGE, or a SELECT INTO, appears somewhere.
+    /// An INSERT, UPDATE, DELETE or MERGE, a SELECT INTO, or a call of a
+    /// function that changes data (`functions::WRITING_FUNCTIONS`) appears somewhere.
     pub(crate) modifies: bool,
     /// The prepared statement an `EXECUTE` inside runs.
     pub(crate) executes: Option<String>,
@@ -215,6 +217,9 @@ impl<'t> Walker<'t> {
         let Some(name) = call.get("funcname").items().last().and_then(Value::as_str) else {
             return;
         };
+        if is_writing_function(name) {
+            self.facts.modifies = true;
+        }
         if is_dangerous_function(name) {
             self.facts.flags.insert(Flag::DangerousFunction);
         } else if name.eq_ignore_ascii_case(SET_CONFIG) {
