@@ -133,6 +133,7 @@ fn statement(class: StatementClass, flags: Vec<Flag>, tables: Vec<TableRef>) -> 
         tables,
         command: "TEST",
         prepared: None,
+        sets_search_path: false,
     }
 }
 

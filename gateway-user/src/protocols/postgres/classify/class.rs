@@ -291,6 +291,13 @@ pub struct Statement {
     pub command: &'static str,
     /// Set for PREPARE, EXECUTE and DEALLOCATE; see [`Prepared`].
     pub prepared: Option<Prepared>,
+    /// Whether the statement may change `search_path`, by which unqualified
+    /// table names resolve: SET/RESET of it in any spelling (`SET SCHEMA
+    /// 'x'`, `SET U&"search\005fpath"`), `set_config` of it (the literal as
+    /// PostgreSQL reads it, escapes and all), a SET clause of ALTER
+    /// ROLE/DATABASE/FUNCTION/SYSTEM or CREATE FUNCTION, and any UPDATE of
+    /// `pg_settings` (whose rule calls `set_config` for the rows it matches).
+    pub sets_search_path: bool,
 }
 
 impl Statement {

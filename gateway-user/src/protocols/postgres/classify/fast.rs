@@ -16,7 +16,7 @@ use pg_query::SummaryResult;
 use pg_query::protobuf::summary_result::Context;
 
 use super::class::{Access, Flag, Statement, StatementClass, TableRef};
-use super::functions::needs_inspection;
+use super::functions::{is_settings_view, needs_inspection};
 use super::lex::{
     is_ident_cont, is_ident_start, skip_between_tokens, skip_dollar, skip_quoted, skip_string,
 };
@@ -80,6 +80,8 @@ pub(crate) fn plain_statement(sql: &str, summary: &SummaryResult) -> Option<Stat
     for t in &summary.tables {
         let access = match t.context {
             Context::Select => Access::Read,
+            // UPDATE pg_settings runs set_config (the walk notes it).
+            Context::Dml if is_settings_view(schema_of(t), &t.table_name) => return None,
             // Only the change's own target is in DML context.
             Context::Dml if change.is_some() => {
                 written = true;
@@ -115,7 +117,12 @@ pub(crate) fn plain_statement(sql: &str, summary: &SummaryResult) -> Option<Stat
         tables: normalize_tables(tables),
         command,
         prepared: None,
+        sets_search_path: false,
     })
+}
+
+fn schema_of(t: &pg_query::Table) -> Option<&str> {
+    (!t.schema_name.is_empty()).then_some(t.schema_name.as_str())
 }
 
 /// `[flag]` when the statement has no WHERE clause, nothing when it has one,

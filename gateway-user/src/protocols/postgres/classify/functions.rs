@@ -128,6 +128,21 @@ pub(crate) fn is_writing_function(name: &str) -> bool {
         .any(|f| f.eq_ignore_ascii_case(name))
 }
 
+/// The setting by which unqualified table names resolve.
+const SEARCH_PATH: &str = "search_path";
+
+/// Whether setting `name` is `search_path` (PostgreSQL ignores case).
+pub(crate) fn is_search_path(name: &str) -> bool {
+    name.eq_ignore_ascii_case(SEARCH_PATH)
+}
+
+/// Whether a relation named `schema.name` (as written) is the `pg_settings`
+/// view, whose UPDATE rule calls `set_config` for every row it matches.
+/// Unqualified, it is: `pg_catalog` comes first in every search path.
+pub(crate) fn is_settings_view(schema: Option<&str>, name: &str) -> bool {
+    name == "pg_settings" && schema.is_none_or(|s| s == "pg_catalog")
+}
+
 /// The function whose first argument names a setting to change.
 pub(crate) const SET_CONFIG: &str = "set_config";
 

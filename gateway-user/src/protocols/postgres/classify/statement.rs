@@ -46,6 +46,7 @@ pub(crate) fn classify_statement(node: &NodeEnum) -> Result<Statement, ClassifyE
         tables: normalize_tables(tables),
         command: outline.command,
         prepared: outline.prepared.or(facts.executes.map(Prepared::Execute)),
+        sets_search_path: facts.search_path,
     })
 }
 
@@ -473,6 +474,8 @@ fn classify_explain(explain: &ExplainStmt) -> Result<Statement, ClassifyError> {
             tables: normalize_tables(tables),
             command: "EXPLAIN",
             prepared: None,
+            // Kept like the function flags: a plan may still evaluate calls.
+            sets_search_path: inner.sets_search_path,
         });
     }
     let mut flags = FlagSet::default();
@@ -490,6 +493,7 @@ fn classify_explain(explain: &ExplainStmt) -> Result<Statement, ClassifyError> {
         tables: inner.tables,
         command: "EXPLAIN ANALYZE",
         prepared: inner.prepared,
+        sets_search_path: inner.sets_search_path,
     })
 }
 

@@ -510,6 +510,36 @@ fn role_changes() {
 }
 
 #[test]
+fn search_path_changes_are_marked() {
+    for sql in [
+        "SET search_path = billing",
+        "SET SCHEMA 'billing'",
+        "RESET search_path",
+        "SET U&\"search\\005fpath\" = billing",
+        "SELECT set_config(E'search\\137path', 'billing', false)",
+        "ALTER ROLE ci SET search_path = billing",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = billing AS 'select 1'",
+        "UPDATE pg_settings SET setting = 'billing' WHERE name = 'x'",
+        "UPDATE pg_catalog.pg_settings SET setting = 'billing'",
+        "EXPLAIN ANALYZE UPDATE pg_settings SET setting = 'billing' WHERE name = 'x'",
+        "PREPARE p AS SELECT set_config('search_path', 'billing', false)",
+    ] {
+        assert!(one(sql).sets_search_path, "{sql:?}");
+    }
+    for sql in [
+        "SET work_mem = '1MB'",
+        "SHOW search_path",
+        "SELECT current_setting('search_path')",
+        "SELECT set_config('app.x', 'search_path', false)",
+        "SELECT * FROM pg_settings WHERE name = 'search_path'",
+        "UPDATE public.pg_settings SET setting = 'x' WHERE name = 'y'",
+        "UPDATE t SET a = 1 WHERE b = 2",
+    ] {
+        assert!(!one(sql).sets_search_path, "{sql:?}");
+    }
+}
+
+#[test]
 fn procedural_code() {
     check(
         "DO $$ BEGIN DELETE FROM t; END $$",

@@ -8,8 +8,8 @@
 
 use super::class::{Access, Flag, FlagSet, TableRef};
 use super::functions::{
-    SET_CONFIG, is_dangerous_function, is_identity_setting, is_writing_function,
-    lexer_setting_refusal,
+    SET_CONFIG, is_dangerous_function, is_identity_setting, is_search_path, is_settings_view,
+    is_writing_function, lexer_setting_refusal,
 };
 use super::tree::Value;
 use pg_query::protobuf::VariableSetKind;
@@ -24,6 +24,8 @@ pub(crate) struct Facts {
     pub(crate) modifies: bool,
     /// The prepared statement an `EXECUTE` inside runs.
     pub(crate) executes: Option<String>,
+    /// `search_path` may change (see `Statement::sets_search_path`).
+    pub(crate) search_path: bool,
     /// Why the statement must be refused outright (see `functions::lexer_setting_refusal`).
     pub(crate) refused: Option<&'static str>,
 }
@@ -90,6 +92,10 @@ impl<'t> Walker<'t> {
                 if let Some(name) = v.get("name").as_str() {
                     if is_identity_setting(name) {
                         self.facts.flags.insert(Flag::SetRole);
+                    }
+                    // `SET SCHEMA 'x'` is parsed as this name too.
+                    if is_search_path(name) {
+                        self.facts.search_path = true;
                     }
                     let value = set_value(v);
                     self.refuse(lexer_setting_refusal(
@@ -163,7 +169,14 @@ impl<'t> Walker<'t> {
                     self.facts.flags.insert(Flag::DataModifyingCte);
                 }
                 // The target of a data change is always a table, even if a CTE has its name.
-                self.table(v.get("relation"), Access::Write);
+                let target = v.get("relation");
+                self.table(target, Access::Write);
+                if kind == "UpdateStmt"
+                    && let Some(name) = target.get("relname").as_str()
+                    && is_settings_view(target.get("schemaname").as_str(), name)
+                {
+                    self.facts.search_path = true;
+                }
                 skip.push("relation");
                 // `WHERE CURRENT OF cursor` is a WHERE clause too (one row).
                 let no_where = v.get("where_clause").is_null();
@@ -243,6 +256,9 @@ impl<'t> Walker<'t> {
         if is_identity_setting(setting) {
             self.facts.flags.insert(Flag::DangerousFunction);
             self.facts.flags.insert(Flag::SetRole);
+        }
+        if is_search_path(setting) {
+            self.facts.search_path = true;
         }
         let value = function_arg(call, 1, "new_value").and_then(string_constant);
         self.refuse(lexer_setting_refusal(setting, Some(value)));

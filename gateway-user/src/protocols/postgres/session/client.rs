@@ -465,14 +465,17 @@ pub(super) fn shown(sql: &Arc<str>, classification: &Classification) -> Shown {
 
 /// Whether a statement changes `search_path`. Table rules match unqualified
 /// names as schema public, so a changed search path would let
-/// `DELETE FROM invoices` reach `billing.invoices` unseen.
+/// `DELETE FROM invoices` reach `billing.invoices` unseen. The parse sees
+/// every spelling PostgreSQL accepts (`SET SCHEMA`, escaped literals); the
+/// text check also catches what the parse cannot see into, such as a DO body.
 pub(super) fn changes_search_path(sql: &str, classification: &Classification) -> bool {
-    contains_ignore_case(sql, b"search_path")
-        && (contains_ignore_case(sql, b"set_config")
-            || classification
-                .statements
-                .iter()
-                .any(|s| s.class != super::super::classify::StatementClass::Read))
+    classification.statements.iter().any(|s| s.sets_search_path)
+        || contains_ignore_case(sql, b"search_path")
+            && (contains_ignore_case(sql, b"set_config")
+                || classification
+                    .statements
+                    .iter()
+                    .any(|s| s.class != super::super::classify::StatementClass::Read))
 }
 
 /// The planner's statistics: they hold sampled values of every column the
@@ -552,6 +555,30 @@ mod tests {
         ));
         assert!(changes("SELECT SET_CONFIG('Search_Path', 'billing', true)"));
         assert!(changes("ALTER ROLE ci SET search_path = billing"));
+    }
+
+    #[test]
+    fn search_path_changes_are_seen_however_they_are_spelled() {
+        // PostgreSQL's own spellings that never write "search_path".
+        assert!(changes("SET SCHEMA 'billing'"));
+        assert!(changes("SET LOCAL SCHEMA 'billing'"));
+        assert!(changes("SET U&\"search\\005fpath\" = billing"));
+        assert!(changes(
+            "SELECT set_config(U&'search\\005fpath', 'billing', false)"
+        ));
+        assert!(changes(
+            "SELECT set_config(E'search\\137path', 'billing', false)"
+        ));
+        assert!(changes(
+            "SELECT set_config('search_'\n'path', 'billing', false)"
+        ));
+        // pg_settings' update rule calls set_config with the row's name.
+        assert!(changes(
+            "UPDATE pg_settings SET setting = 'billing' WHERE name = E'search\\137path'"
+        ));
+        assert!(changes(
+            "update PG_CATALOG.PG_SETTINGS set setting = 'billing' where name = 'x'"
+        ));
     }
 
     #[test]
