@@ -7,7 +7,10 @@
 //!
 //! 1. the first [`ColumnRule`] whose `schema.table.column` globs match the
 //!    column's source masks it (aliases do not escape: the source is resolved
-//!    from the table OID and attribute number);
+//!    from the table OID and attribute number); a whole-row reference
+//!    (`SELECT c FROM customers c`, attribute 0) is masked, as NULL, by the
+//!    first rule covering any of its table's columns (the session finds it
+//!    with [`MaskingPolicy::column_rule`] and applies [`ResultPlan::mask_column`]);
 //! 2. else the first [`NameRule`] matching its output name (case-insensitive)
 //!    masks it;
 //! 3. else, if the policy has detectors, the column is scanned when it is

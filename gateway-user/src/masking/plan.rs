@@ -195,17 +195,24 @@ impl MaskingPolicy {
         }
     }
 
+    /// The first column rule covering table column `schema.table.column`,
+    /// or the same-named column of one of the table's `ancestors`.
+    pub fn column_rule(
+        &self,
+        (schema, table, column): (&str, &str, &str),
+        ancestors: &[(String, String)],
+    ) -> Option<&ColumnRule> {
+        self.columns.iter().find(|r| {
+            r.matches(schema, table, column)
+                || ancestors
+                    .iter()
+                    .any(|(schema, table)| r.matches(schema, table, column))
+        })
+    }
+
     fn action(&self, info: &ColumnInfo<'_>, repr: Repr) -> ColumnAction {
-        let by_source = info.source.and_then(|(schema, table, column)| {
-            self.columns
-                .iter()
-                .find(|r| {
-                    r.matches(schema, table, column)
-                        || info
-                            .ancestors
-                            .iter()
-                            .any(|(schema, table)| r.matches(schema, table, column))
-                })
+        let by_source = info.source.and_then(|source| {
+            self.column_rule(source, info.ancestors)
                 .map(|r| (r.strategy, &r.name))
         });
         let by_name = || {
@@ -397,6 +404,22 @@ impl ResultPlan {
                 column.action = ColumnAction::Withhold;
                 self.noop = false;
             }
+        }
+    }
+
+    /// Masks column `index` whole under `rule`, as if the rule matched it:
+    /// for a whole-row reference (`SELECT c FROM customers c`), a record
+    /// holding a column `rule` masks. Its values become NULL whatever the
+    /// type: the rule's strategy applied to the whole text would keep the
+    /// other fields, and could keep part of the masked one.
+    pub fn mask_column(&mut self, index: usize, rule: &ColumnRule) {
+        if let Some(column) = self.columns.get_mut(index) {
+            column.action = ColumnAction::Mask {
+                strategy: rule.strategy,
+                rule: rule.name.clone(),
+            };
+            column.repr = Repr::Unreadable;
+            self.noop = false;
         }
     }
 

@@ -1139,3 +1139,69 @@ fn binary_numbers_are_scanned_as_their_decimal_text() {
     card[4] = 0x40;
     assert_eq!(numeric.apply(&[Some(&card[..])]).expect("masked"), [None]);
 }
+
+#[test]
+fn a_whole_row_holding_a_masked_column_is_masked_as_null() {
+    // `SELECT c FROM customers c`: RowDescription names the table with
+    // attribute 0 and a composite type; the record carries every column.
+    let policy = MaskingPolicy {
+        columns: vec![
+            ColumnRule::parse(
+                "customers.salary",
+                Strategy::Partial { keep_last: 4 },
+                "pay",
+            )
+            .unwrap(),
+        ],
+        ..policy()
+    };
+    let columns = [
+        ("public", "customers", "id"),
+        ("public", "customers", "salary"),
+    ];
+    let rule = columns
+        .iter()
+        .find_map(|c| policy.column_rule(*c, &[]))
+        .expect("salary is masked");
+    assert_eq!(&*rule.name, "pay");
+    // Through a parent, as for a single column.
+    let parent = [("public".to_owned(), "customers".to_owned())];
+    assert!(
+        policy
+            .column_rule(("public", "customers_2026", "salary"), &parent)
+            .is_some()
+    );
+    assert!(
+        policy
+            .column_rule(("public", "orders", "salary"), &[])
+            .is_none()
+    );
+
+    for format in [0, 1] {
+        let record = ColumnInfo {
+            source: None,
+            ancestors: &[],
+            output_name: "c",
+            type_oid: 16396,
+            format,
+        };
+        let mut plan = policy.plan(&[record, text_col(None, "note")]);
+        // Without detectors a computed column is kept: the leak being closed.
+        assert!(plan.is_noop());
+        plan.mask_column(0, rule);
+        assert_eq!(
+            plan.masked_columns().collect::<Vec<_>>(),
+            [(0, "pay")],
+            "format {format}"
+        );
+        assert_eq!(
+            apply(&plan, &[Some("(1,100000)"), Some("n")]),
+            Some(vec![None, Some("n".to_owned())]),
+            "format {format}"
+        );
+    }
+    // Even a text column masked this way loses its whole value.
+    let mut plan = policy.plan(&[text_col(None, "t")]);
+    plan.mask_column(0, rule);
+    assert_eq!(apply(&plan, &[Some("(1,100000)")]), Some(vec![None]));
+}

@@ -85,6 +85,15 @@ impl Cache {
         Some(table.columns.get(&attnum).cloned())
     }
 
+    /// Every column of table `oid` if it was read within [`MAX_AGE`].
+    fn fresh_table(&self, oid: u32, now: Instant) -> Option<Vec<ColumnSource>> {
+        let table = self.tables.get(&oid)?;
+        if now.saturating_duration_since(table.loaded) >= MAX_AGE {
+            return None;
+        }
+        Some(table.columns.values().cloned().collect())
+    }
+
     /// Replaces what is known of table `oid` with `sources` (by attnum), so
     /// a column dropped since the last read does not keep its name.
     fn store(&mut self, oid: u32, sources: Vec<(i16, ColumnSource)>, now: Instant) {
@@ -150,6 +159,28 @@ impl Catalog {
             return Err(e);
         }
         Ok(self.cached(table_oid, attnum).flatten())
+    }
+
+    /// Every column of table `table_oid` (none when it is not a table), for
+    /// a whole-row reference (`SELECT c FROM customers c`: attribute 0),
+    /// whose value carries them all.
+    pub async fn table_columns(
+        &self,
+        table_oid: u32,
+        login: &CatalogLogin<'_>,
+    ) -> Result<Vec<ColumnSource>, String> {
+        let cached = |catalog: &Self| {
+            catalog
+                .cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .fresh_table(table_oid, Instant::now())
+        };
+        if let Some(columns) = cached(self) {
+            return Ok(columns);
+        }
+        self.load_table(table_oid, login).await?;
+        cached(self).ok_or_else(|| "the table's columns could not be read".to_owned())
     }
 
     /// The result columns `sql` would have, from a Parse/Describe on the
@@ -295,6 +326,30 @@ mod tests {
 
     fn column(hit: Option<Option<ColumnSource>>) -> Option<String> {
         hit.flatten().map(|s| s.column.clone())
+    }
+
+    #[test]
+    fn a_whole_table_is_served_while_fresh() {
+        let mut cache = Cache::default();
+        let t0 = Instant::now();
+        cache.store(
+            7,
+            vec![
+                (1, source("customers", "id", &[])),
+                (3, source("customers", "salary", &[])),
+            ],
+            t0,
+        );
+        let mut names: Vec<String> = cache
+            .fresh_table(7, t0)
+            .expect("fresh")
+            .iter()
+            .map(|c| c.column.clone())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["id", "salary"]);
+        assert!(cache.fresh_table(8, t0).is_none());
+        assert!(cache.fresh_table(7, t0 + MAX_AGE).is_none());
     }
 
     #[test]

@@ -66,7 +66,7 @@ use super::{
 use crate::{
     approvals::{Ask, GrantQuery, Held, HeldEvent, Requester, State as ApprovalState},
     flow::Flow,
-    masking::{ColumnInfo, MaskedRow, MaskingPolicy, ResultPlan},
+    masking::{ColumnInfo, ColumnRule, MaskedRow, MaskingPolicy, ResultPlan},
     policy::{
         ApprovalRule, CopyOutMasked, Mode, SessionRules, StatementDecision, StatementVerdict,
     },

@@ -248,6 +248,22 @@ impl Session<'_> {
             .collect();
         let mut plan = self.masking.plan(&columns);
         if self.masking.has_column_rules() {
+            // A whole-row reference (`SELECT c FROM customers c`) names its
+            // table with attribute 0: its record holds every column, so a
+            // rule on any of them masks it.
+            for (i, &(_, table_oid, attr, _, _)) in fields.iter().enumerate() {
+                if table_oid == 0 || attr != 0 {
+                    continue;
+                }
+                match catalog.table_columns(table_oid, &login).await {
+                    Ok(table) => {
+                        if let Some(rule) = whole_row_rule(&self.masking, &table) {
+                            plan.mask_column(i, rule);
+                        }
+                    }
+                    Err(_) => unresolved.push(i),
+                }
+            }
             // A job could make the lookup fail (by using up the role's
             // connections, say) to get a column rule skipped.
             plan.withhold(unresolved.iter().copied());
@@ -319,6 +335,20 @@ impl Session<'_> {
     }
 }
 
+/// The column rule covering some column of a table whose whole row is a
+/// result column, if any.
+fn whole_row_rule<'p>(
+    masking: &'p MaskingPolicy,
+    table: &[crate::protocols::postgres::catalog::ColumnSource],
+) -> Option<&'p ColumnRule> {
+    table.iter().find_map(|c| {
+        masking.column_rule(
+            (c.schema.as_str(), c.table.as_str(), c.column.as_str()),
+            &c.ancestors,
+        )
+    })
+}
+
 /// What a withheld error detail reads.
 const WITHHELD_DETAIL: &str = "chokepoint: detail withheld (it may quote masked values)";
 
@@ -345,6 +375,43 @@ fn redact_quoted(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::redact_quoted;
+
+    #[test]
+    fn a_whole_row_takes_the_rule_of_any_of_its_columns() {
+        use crate::masking::{ColumnRule, MaskingPolicy, Strategy};
+        use crate::protocols::postgres::catalog::SourceColumn;
+        use std::sync::Arc;
+
+        let column = |table: &str, column: &str, parent: Option<&str>| {
+            Arc::new(SourceColumn {
+                schema: "public".into(),
+                table: table.into(),
+                column: column.into(),
+                ancestors: parent
+                    .map(|p| vec![("public".to_owned(), p.to_owned())])
+                    .unwrap_or_default()
+                    .into(),
+            })
+        };
+        let masking = MaskingPolicy {
+            columns: vec![ColumnRule::parse("customers.salary", Strategy::Redact, "pay").unwrap()],
+            ..MaskingPolicy::default()
+        };
+        let customers = [
+            column("customers", "id", None),
+            column("customers", "salary", None),
+        ];
+        let rule = super::whole_row_rule(&masking, &customers).expect("salary");
+        assert_eq!(&*rule.name, "pay");
+        let partition = [column("customers_2026", "salary", Some("customers"))];
+        assert!(super::whole_row_rule(&masking, &partition).is_some());
+        let orders = [
+            column("orders", "id", None),
+            column("orders", "total", None),
+        ];
+        assert!(super::whole_row_rule(&masking, &orders).is_none());
+        assert!(super::whole_row_rule(&masking, &[]).is_none());
+    }
 
     #[test]
     fn quoted_parts_are_redacted() {
