@@ -1316,6 +1316,33 @@ fn a_table_rule_denies_writes_to_billing_but_not_reads() {
 }
 
 #[test]
+fn an_unqualified_system_name_is_in_pg_catalog_too() {
+    // PostgreSQL searches pg_catalog before the search path, and every
+    // relation there is named pg_*: `SELECT * FROM pg_stat_activity` reads
+    // pg_catalog.pg_stat_activity.
+    let files = Files::new();
+    let policy = self::policy(
+        &files,
+        "[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"orders-db\"]\n[rule.postgres]\n[[rule.postgres.tables]]\ntables = [\"pg_catalog.pg_stat_activity\", \"public.pg_own\"]\ndeny = [\"read\"]\n",
+    );
+    let session = orders_session(&policy, 1000);
+    for (schema, name, verdict) in [
+        (None, "pg_stat_activity", StatementVerdict::Deny),
+        (
+            Some("pg_catalog"),
+            "pg_stat_activity",
+            StatementVerdict::Deny,
+        ),
+        (Some("public"), "pg_stat_activity", StatementVerdict::Allow),
+        (None, "pg_own", StatementVerdict::Deny),
+        (None, "stat_activity", StatementVerdict::Allow),
+    ] {
+        let d = session.decide(&select(vec![table(schema, name, Access::Read)]));
+        assert_eq!(d.verdict, verdict, "{schema:?}.{name}: {}", d.reason);
+    }
+}
+
+#[test]
 fn approval_is_asked_when_nothing_denies() {
     let files = Files::new();
     let policy = policy(

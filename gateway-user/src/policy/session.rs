@@ -422,12 +422,22 @@ impl PostgresRule {
 impl TablePattern {
     /// An unqualified name is taken to be in `public`, the default
     /// `search_path`: the classifier cannot know a session's search_path.
+    /// A `pg_*` name may also be in `pg_catalog`, which PostgreSQL searches
+    /// before the search path and where every relation is named `pg_*`.
     /// Case-insensitive, as masking globs are: a quoted mixed-case twin of a
     /// denied table is denied too, the safe direction.
     pub(super) fn matches(&self, table: &TableRef) -> bool {
-        let schema = table.schema.as_deref().unwrap_or("public");
-        self.schema.matches_with(schema, TABLE_MATCH)
-            && self.table.matches_with(&table.name, TABLE_MATCH)
+        if !self.table.matches_with(&table.name, TABLE_MATCH) {
+            return false;
+        }
+        match table.schema.as_deref() {
+            Some(schema) => self.schema.matches_with(schema, TABLE_MATCH),
+            None => {
+                self.schema.matches_with("public", TABLE_MATCH)
+                    || (table.name.starts_with("pg_")
+                        && self.schema.matches_with("pg_catalog", TABLE_MATCH))
+            }
+        }
     }
 }
 
