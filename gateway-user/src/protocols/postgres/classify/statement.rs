@@ -184,7 +184,12 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
         NodeEnum::AlterOwnerStmt(a) => o(Dcl, alter_command(a.object_type)),
         NodeEnum::ReassignOwnedStmt(_) => o(Dcl, "REASSIGN OWNED"),
         NodeEnum::DropOwnedStmt(_) => o(Dcl, "DROP OWNED").flag(Flag::Drop),
-        NodeEnum::SecLabelStmt(_) => o(Dcl, "SECURITY LABEL"),
+        NodeEnum::SecLabelStmt(s) => Outline {
+            tables: s.object.as_deref().map_or_else(Vec::new, |obj| {
+                named_relations(s.objtype, std::slice::from_ref(obj))
+            }),
+            ..o(Dcl, "SECURITY LABEL")
+        },
         NodeEnum::CreateUserMappingStmt(_) => o(Dcl, "CREATE USER MAPPING"),
         NodeEnum::AlterUserMappingStmt(_) => o(Dcl, "ALTER USER MAPPING"),
         NodeEnum::DropUserMappingStmt(_) => o(Dcl, "DROP USER MAPPING").flag(Flag::Drop),
@@ -536,7 +541,7 @@ fn inner_statement(query: Option<&Node>) -> Result<Statement, ClassifyError> {
     }
 }
 
-/// Relations named by DROP/COMMENT as plain name lists (`[schema,] name`):
+/// Relations named by DROP/COMMENT/SECURITY LABEL as plain name lists (`[schema,] name`):
 /// table-like objects themselves, and the table of a column, trigger, rule
 /// or policy (`[schema,] table, name`).
 fn named_relations(object_type: i32, objects: &[Node]) -> Vec<TableRef> {

@@ -697,6 +697,18 @@ fn table_references() {
         s.tables,
         [table(Some("billing"), "invoices", Access::Write)]
     );
+    // A security label decides who may read the table (sepgsql), like GRANT.
+    for sql in [
+        "SECURITY LABEL ON TABLE billing.invoices IS 'system_u:object_r:sepgsql_table_t:s0'",
+        "SECURITY LABEL FOR selinux ON COLUMN billing.invoices.total IS 'x'",
+    ] {
+        let s = check(sql, Dcl, &[]);
+        assert_eq!(
+            s.tables,
+            [table(Some("billing"), "invoices", Access::Write)],
+            "{sql:?}"
+        );
+    }
     // Renaming or moving into a protected place writes there.
     let s = one("ALTER TABLE public.t SET SCHEMA billing");
     assert!(
