@@ -1676,6 +1676,34 @@ fn a_failed_catalog_lookup_withholds_table_columns() -> Result<()> {
     Ok(())
 }
 
+/// A whole-row reference (`SELECT c FROM customers c`) carries every
+/// column of its table as one record; with a column rule on any of them
+/// it comes back NULL, in query results and in COPY. Only a card detector
+/// is configured, so the email inside the record would pass otherwise.
+#[test]
+fn a_whole_row_of_a_table_with_a_masked_column_is_withheld() -> Result<()> {
+    let s = Setup::start("pg-mask-row", 71, Policy::Guarded)?;
+    let out = s.psql(
+        "app_rw",
+        &[
+            "SELECT c FROM customers c ORDER BY id",
+            "COPY (SELECT c FROM customers c ORDER BY id) TO STDOUT",
+            "SELECT i FROM items i ORDER BY id LIMIT 1",
+        ],
+    )?;
+    assert!(out.ok && out.errors().is_empty(), "{out:?}");
+    assert_no_secrets(&out.stdout);
+    let lines = out.lines();
+    assert_eq!(lines.len(), 7, "{out:?}");
+    assert_eq!(lines[..3], ["", "", ""], "NULL records: {out:?}");
+    assert_eq!(lines[3..6], ["\\N", "\\N", "\\N"], "NULL in COPY: {out:?}");
+    assert!(
+        lines[6].starts_with("(1,"),
+        "a table without masked columns keeps its records: {out:?}"
+    );
+    Ok(())
+}
+
 /// Values leave through messages too: an error that quotes its bad input,
 /// a constraint violation's detail showing the failing row, a NOTIFY
 /// payload, a reported setting. Detectors scan all of them; errors of
