@@ -129,7 +129,9 @@ pub fn vote(
     {
         return Err(format!(
             "request {id} holds a different statement (digest {}, not {digest}): show it again before deciding",
-            &request.digest[..12]
+            // From the store, which every approver host can write: a digest
+            // edited short (or not hex) is shown whole, not sliced.
+            request.digest.get(..12).unwrap_or(&request.digest)
         ));
     }
     // By name: one person deciding from two hosts (two uids) is one vote.
@@ -579,6 +581,18 @@ mod tests {
         assert!(e.contains("is empty"), "{e}");
         let own = r.digest[..12].to_owned();
         vote(&caller(1, "alice", &[]), &mut r, &APPROVE, Some(&own), now).unwrap();
+    }
+
+    #[test]
+    fn a_stored_digest_too_short_to_shorten_is_refused_not_a_panic() {
+        let now = SystemTime::now();
+        for stored in ["ab", "01234567890é", ""] {
+            let mut r = request();
+            r.digest = stored.to_owned();
+            let e = vote(&caller(1, "alice", &[]), &mut r, &APPROVE, Some("ff"), now).unwrap_err();
+            assert!(e.contains("different statement"), "{e}");
+            assert_eq!(r.state, State::Pending);
+        }
     }
 
     #[test]
