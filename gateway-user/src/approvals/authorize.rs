@@ -584,6 +584,25 @@ mod tests {
     }
 
     #[test]
+    fn a_grant_past_the_year_9999_ends_now_instead_of_panicking() {
+        // A store row edited to allow any grant, and an admin-socket
+        // request asking for 12,000 years.
+        let now = SystemTime::now();
+        let mut r = request();
+        r.who.scope = "job github:repo:acme/shop".into();
+        r.max_grant_secs = Some(u64::MAX);
+        let long = Verdict::Approve {
+            comment: None,
+            grant: Some(Duration::from_secs(400_000_000_000)),
+            cgroup_wide: false,
+        };
+        vote(&caller(1, "alice", &[]), &mut r, &long, None, now).unwrap();
+        assert_eq!(r.state, State::Approved);
+        assert_eq!(r.grant_until, Some(request::format_time(now)));
+        assert!(!r.grant_is_live(now + Duration::from_secs(1)));
+    }
+
+    #[test]
     fn a_stored_digest_too_short_to_shorten_is_refused_not_a_panic() {
         let now = SystemTime::now();
         for stored in ["ab", "01234567890é", ""] {

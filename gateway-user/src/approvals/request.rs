@@ -239,11 +239,20 @@ pub fn parse_time(text: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339(text).ok()
 }
 
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z): humantime
+/// fails to format anything later, and `to_string` turns that into a panic.
+const LAST_WRITABLE: Duration = Duration::from_secs(253_402_300_799);
+
 /// `now + d`, formatted. The policy caps every duration far below overflow,
-/// but a stored request's `max_grant_secs` is only as sane as its file: an
-/// overflowing grant ends now rather than panicking.
+/// but a stored request's `max_grant_secs` is only as sane as its file (and
+/// an admin-socket `grant_secs` is any u64): a grant that overflows, or ends
+/// past what RFC 3339 can write, ends now rather than panicking.
 pub fn after(now: SystemTime, d: Duration) -> String {
-    format_time(now.checked_add(d).unwrap_or(now))
+    let end = now.checked_add(d).filter(|t| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .is_ok_and(|since| since <= LAST_WRITABLE)
+    });
+    format_time(end.unwrap_or(now))
 }
 
 #[cfg(test)]
@@ -254,6 +263,13 @@ mod tests {
     fn an_overflowing_grant_ends_now_instead_of_panicking() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         assert_eq!(after(now, Duration::MAX), format_time(now));
+        // Within SystemTime's range, but past the year 9999.
+        let far = Duration::from_secs(400_000_000_000);
+        assert!(now.checked_add(far).is_some());
+        assert_eq!(after(now, far), format_time(now));
+        // The last writable second is still written.
+        let last = LAST_WRITABLE - Duration::from_secs(1_800_000_000);
+        assert_eq!(after(now, last), "9999-12-31T23:59:59.000Z");
     }
 
     #[test]
