@@ -235,6 +235,43 @@ fn every_bad_token_is_refused_with_a_precise_error() {
     ));
 }
 
+/// Time claims are the issuer's to write, and any JSON number fits there:
+/// none of them may overflow the checks or the error's date.
+#[test]
+fn extreme_time_claims_are_checked_without_overflow() {
+    let key = ed25519("d1");
+    let issuers = [issuer(&[&key])];
+    let with = |pairs: &[(&str, Value)]| {
+        let mut c = claims();
+        for (k, v) in pairs {
+            c[*k] = v.clone();
+        }
+        sign(&key, &c)
+    };
+    // Far in the future, as an integer and as a float: valid.
+    for exp in [json!(i64::MAX), json!(1e300)] {
+        let job = check(&issuers, &with(&[("exp", exp.clone())]))
+            .unwrap_or_else(|e| panic!("exp {exp}: {e}"));
+        assert!(job.expires > SystemTime::now());
+    }
+    // Far in the past: valid for nbf and iat, expired for exp.
+    check(
+        &issuers,
+        &with(&[("nbf", json!(i64::MIN)), ("iat", json!(i64::MIN))]),
+    )
+    .unwrap();
+    let e = check(&issuers, &with(&[("exp", json!(i64::MIN))])).unwrap_err();
+    assert_eq!(e.to_string(), "the token expired at 1970-01-01T00:00:00Z");
+    // Not yet valid past the year 9999: named as a number.
+    let e = check(&issuers, &with(&[("nbf", json!(1e15))])).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the token is not valid before 1000000000000000 (seconds since 1970, past the year 9999)"
+    );
+    let e = check(&issuers, &with(&[("iat", json!(i64::MAX))])).unwrap_err();
+    assert!(matches!(e, TokenError::IssuedInFuture(_)), "{e}");
+}
+
 /// A token still validates for the issuer's leeway past `exp`, so its
 /// replay record must last as long, however `exp` is written.
 #[test]

@@ -80,8 +80,18 @@ fn b64(part: &str) -> Result<Value, TokenError> {
     serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed(format!("bad JSON: {e}")))
 }
 
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z): humantime
+/// fails to format anything later, and `to_string` turns that into a panic.
+const LAST_WRITABLE: i64 = 253_402_300_799;
+
+/// A claim's time for an error message. Claims are the issuer's, but any
+/// i64 (or f64, saturated) can be written there: one past the year 9999 is
+/// shown as the number it is.
 fn time(secs: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    if secs > LAST_WRITABLE {
+        return format!("{secs} (seconds since 1970, past the year 9999)");
+    }
+    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0).unsigned_abs());
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -202,18 +212,20 @@ pub fn validate(
 fn check_claims(issuer: &Issuer, payload: &Value, now: SystemTime) -> Result<i64, TokenError> {
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
     let leeway = issuer.leeway.as_secs() as i64;
+    // Saturating: a claim of i64::MIN or i64::MAX (or a huge float) must
+    // not overflow, which panics in debug builds and wraps in release.
     let exp = seconds(payload, "exp")?;
-    if exp + leeway <= now {
+    if exp.saturating_add(leeway) <= now {
         return Err(TokenError::Expired(time(exp)));
     }
     if payload.get("nbf").is_some() {
         let nbf = seconds(payload, "nbf")?;
-        if nbf - leeway > now {
+        if nbf.saturating_sub(leeway) > now {
             return Err(TokenError::NotYetValid(time(nbf)));
         }
     }
     let iat = seconds(payload, "iat")?;
-    if iat - leeway > now {
+    if iat.saturating_sub(leeway) > now {
         return Err(TokenError::IssuedInFuture(time(iat)));
     }
     let audiences: Vec<&str> = match &payload["aud"] {
