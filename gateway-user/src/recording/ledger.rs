@@ -369,7 +369,7 @@ impl LedgerWriter {
         // Lines up to the head are covered by its hash through the chain;
         // only the ones after it (written, not yet named by a head) need
         // their signatures checked.
-        let signed_from = head.as_ref().map_or(0, |h| h.seq + 1);
+        let signed_from = head.as_ref().map_or(0, |h| h.seq.saturating_add(1));
         let mut checked = Ledger::check(&data, &trusted, head.as_ref(), signed_from);
         // Lines past the head were never confirmed by an fsync: a power
         // loss may have torn them, and anything appended there is not the
@@ -761,7 +761,7 @@ impl Ledger {
                     reason: format!(
                         "the ledger {} is gone, but its head says it had {} lines",
                         path.display(),
-                        h.seq + 1
+                        h.seq.saturating_add(1)
                     ),
                 }),
                 last_hash: chain::GENESIS.to_owned(),
@@ -835,6 +835,16 @@ impl Ledger {
                 }
             };
             if i == 0 && restated.is_some() {
+                // Unsigned until its compaction line: every later seq is
+                // this one plus a line index (fewer than the bytes), so a
+                // forged seq that could overflow is refused here.
+                if entry.seq.checked_add(data.len() as u64).is_none() {
+                    ledger.problem = Some(fail(format!(
+                        "the ledger starts at seq {}, too large to continue from",
+                        entry.seq
+                    )));
+                    break;
+                }
                 ledger.first_seq = entry.seq;
                 ledger.lines = entry.seq;
                 if let Some(h) = head
@@ -955,7 +965,7 @@ impl Ledger {
                 reason: format!(
                     "the ledger ends after {} lines, but its head says it had {}: it was cut short",
                     ledger.lines,
-                    h.seq + 1
+                    h.seq.saturating_add(1)
                 ),
             });
         }
@@ -1460,5 +1470,46 @@ mod tests {
             .problem
             .unwrap();
         assert!(replaced.reason.contains("it was replaced"), "{replaced:?}");
+    }
+
+    /// A line of an edited ledger (or head) with a seq near u64::MAX: every
+    /// seq after it would overflow. Refused as a problem, not a panic (debug)
+    /// or a wrapped seq (release).
+    #[test]
+    fn a_seq_too_large_to_continue_from_is_a_problem_not_an_overflow() {
+        let restated = |seq: u64, session: &str| Entry {
+            seq,
+            wall: "2026-11-27T00:00:00Z".into(),
+            outcome: Outcome::Opened,
+            session: session.into(),
+            events: 0,
+            final_hash: String::new(),
+            public_key: String::new(),
+            signature: String::new(),
+        };
+        for seq in [u64::MAX, u64::MAX - 1] {
+            // Restated lines (unsigned) continue a chain: any prev_hash.
+            let mut data = Vec::new();
+            let mut prev = "1".repeat(64);
+            for (i, session) in ["s1", "s2"].iter().enumerate() {
+                let entry = restated(seq.wrapping_add(i as u64), session);
+                let event = serde_json::to_vec(&entry).unwrap();
+                prev = chain::append_line(&mut data, &prev, &event);
+            }
+            let first_line = data.iter().position(|&b| b == b'\n').unwrap() + 1;
+            for data in [&data[..first_line], &data[..]] {
+                let problem = Ledger::check(data, &[], None, 0).problem.unwrap();
+                assert_eq!(problem.line, 1, "{problem:?}");
+                assert!(problem.reason.contains("too large"), "{problem:?}");
+            }
+        }
+        // A head naming the last possible seq: the ledger falls short of it.
+        let head = Head {
+            seq: u64::MAX,
+            hash: "2".repeat(64),
+            open: BTreeMap::new(),
+        };
+        let problem = Ledger::check(b"", &[], Some(&head), 0).problem.unwrap();
+        assert!(problem.reason.contains("cut short"), "{problem:?}");
     }
 }
