@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use rustls::{ClientConfig, pki_types::ServerName};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::either::Either;
 
 use super::{
@@ -18,6 +18,11 @@ use super::{
 use crate::protocols::tcp::connect_upstream;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound on the ParameterStatus messages kept during login (they are
+/// replayed to the client). A server sends a dozen or two, well under a
+/// KiB; one that keeps sending them must not grow the gateway's memory.
+const MAX_PARAMETER_BYTES: usize = 64 * 1024;
 
 /// A logged-in upstream session, ready for queries.
 pub struct Upstream {
@@ -112,9 +117,55 @@ pub async fn login(
     params: &[(String, String)],
     max_message: usize,
 ) -> Result<Upstream, UpstreamError> {
-    let addr = route.addr;
-    let unreachable = |source| UpstreamError::Unreachable { addr, source };
     let mut stream = route.connect().await?;
+    let login = log_in(
+        &mut stream,
+        route.addr,
+        role,
+        database,
+        password,
+        params,
+        max_message,
+    )
+    .await?;
+    let LoggedIn {
+        parameters,
+        backend_pid,
+        backend_secret,
+        status,
+        leftover,
+    } = login;
+    Ok(Upstream {
+        stream,
+        addr: route.addr,
+        parameters,
+        backend_pid,
+        backend_secret,
+        status,
+        leftover,
+    })
+}
+
+/// What [`login`] learns on the connection, before it is put in [`Upstream`].
+struct LoggedIn {
+    parameters: Vec<bytes::Bytes>,
+    backend_pid: i32,
+    backend_secret: i32,
+    status: u8,
+    leftover: BytesMut,
+}
+
+/// The startup message and authentication exchange on a connected stream.
+async fn log_in<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    addr: SocketAddr,
+    role: &str,
+    database: &str,
+    password: &str,
+    params: &[(String, String)],
+    max_message: usize,
+) -> Result<LoggedIn, UpstreamError> {
+    let unreachable = |source| UpstreamError::Unreachable { addr, source };
     let protocol = |what: String| UpstreamError::Protocol { addr, what };
 
     let mut out = BytesMut::new();
@@ -128,9 +179,10 @@ pub async fn login(
     let mut buf = BytesMut::with_capacity(8192);
     let mut scram: Option<ScramSha256> = None;
     let mut parameters = Vec::new();
+    let mut parameter_bytes = 0;
     let mut key = (0, 0);
     loop {
-        let frame = read_frame(&mut stream, &mut buf, &mut decoder)
+        let frame = read_frame(stream, &mut buf, &mut decoder)
             .await
             .map_err(|e| protocol(e.to_string()))?
             .ok_or_else(|| protocol("connection closed during login".into()))?;
@@ -235,6 +287,12 @@ pub async fn login(
                         why,
                     });
                 }
+                parameter_bytes += frame.raw().len();
+                if parameter_bytes > MAX_PARAMETER_BYTES {
+                    return Err(protocol(format!(
+                        "more than {MAX_PARAMETER_BYTES} bytes of ParameterStatus messages"
+                    )));
+                }
                 parameters.push(frame.into_raw());
             }
             b'K' => {
@@ -251,9 +309,7 @@ pub async fn login(
             b'Z' => {
                 let status =
                     ReadyForQuery::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
-                return Ok(Upstream {
-                    stream,
-                    addr,
+                return Ok(LoggedIn {
                     parameters,
                     backend_pid: key.0,
                     backend_secret: key.1,
@@ -264,5 +320,51 @@ pub async fn login(
             // NoticeResponse and NegotiateProtocolVersion need no answer.
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// A server that answers the startup with trust, then sends
+    /// ParameterStatus messages without end.
+    #[tokio::test]
+    async fn a_server_sending_parameters_without_end_is_refused() {
+        let (mut gateway, mut server) = tokio::io::duplex(64 * 1024);
+        let endless = tokio::spawn(async move {
+            let mut startup = [0; 4];
+            server.read_exact(&mut startup).await.unwrap();
+            let len = u32::from_be_bytes(startup) as usize;
+            server.read_exact(&mut vec![0; len - 4]).await.unwrap();
+            server.write_all(b"R\0\0\0\x08\0\0\0\0").await.unwrap();
+            let mut sent = 0usize;
+            // Stops when the gateway hangs up, or far past any bound.
+            while sent < 64 << 20 {
+                let name = format!("custom.setting_{sent}");
+                let body = format!("{name}\0on\0");
+                let mut m = vec![b'S'];
+                m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+                m.extend_from_slice(body.as_bytes());
+                if server.write_all(&m).await.is_err() {
+                    break;
+                }
+                sent += m.len();
+            }
+            sent
+        });
+        let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        let result = log_in(&mut gateway, addr, "app", "shop", "", &[], 1 << 20).await;
+        let what = match result {
+            Err(UpstreamError::Protocol { what, .. }) => what,
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(l) => panic!("logged in with {} parameters", l.parameters.len()),
+        };
+        assert!(what.contains("ParameterStatus"), "{what}");
+        drop(gateway);
+        let sent = endless.await.unwrap();
+        assert!(sent < 2 * MAX_PARAMETER_BYTES, "read {sent} bytes");
     }
 }
