@@ -43,6 +43,23 @@ fn decode(body: &str) -> Result<Request, StoreError> {
         .map_err(|e| StoreError::Io(format!("stored request is malformed: {e}")))
 }
 
+/// The request in a row's first column (`body`). The table is shared by
+/// every gateway and approver host, and `CREATE TABLE IF NOT EXISTS` keeps
+/// whatever shape it already has: `Row::get` panics on a NULL or a column
+/// that is not text, so both are read with `try_get` and refused.
+fn row_body(row: &tokio_postgres::Row) -> Result<Request, StoreError> {
+    let body = row
+        .try_get::<_, Option<&str>>(0)
+        .map_err(|e| StoreError::Io(format!("stored request is malformed: {e}")))?;
+    decode_nullable(body)
+}
+
+fn decode_nullable(body: Option<&str>) -> Result<Request, StoreError> {
+    decode(body.ok_or_else(|| {
+        StoreError::Io("stored request is malformed: its body is NULL".to_owned())
+    })?)
+}
+
 impl PostgresStore {
     /// Connects, creates the table if needed and starts listening.
     pub async fn connect(settings: &SinkSettings) -> Result<PostgresStore, StoreError> {
@@ -164,7 +181,7 @@ impl ApprovalStore for PostgresStore {
                 )
                 .await
                 .map_err(db)?;
-            row.map(|r| decode(r.get(0))).transpose()
+            row.as_ref().map(row_body).transpose()
         })
         .await
     }
@@ -182,7 +199,7 @@ impl ApprovalStore for PostgresStore {
                 .await
             }
             .map_err(db)?;
-            rows.iter().map(|r| decode(r.get(0))).collect()
+            rows.iter().map(row_body).collect()
         })
         .await
     }
@@ -198,7 +215,7 @@ impl ApprovalStore for PostgresStore {
                 .await
                 .map_err(db)?
                 .ok_or_else(|| StoreError::Unknown(id.to_owned()))?;
-            let mut request = decode(row.get(0))?;
+            let mut request = row_body(&row)?;
             change(&mut request).map_err(StoreError::Refused)?;
             let body =
                 serde_json::to_string(&request).map_err(|e| StoreError::Io(e.to_string()))?;
@@ -229,7 +246,7 @@ impl ApprovalStore for PostgresStore {
                 .map_err(db)?;
             let mut out = Vec::new();
             for row in &rows {
-                let r = decode(row.get(0))?;
+                let r = row_body(row)?;
                 if r.target == target && r.grant_is_live(now) {
                     out.push(r);
                 }
@@ -241,5 +258,18 @@ impl ApprovalStore for PostgresStore {
 
     fn changes(&self) -> Option<mpsc::UnboundedReceiver<String>> {
         self.changes.lock().ok()?.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_null_or_malformed_body_is_an_error_not_a_panic() {
+        let e = decode_nullable(None).unwrap_err();
+        assert!(e.to_string().contains("its body is NULL"), "{e}");
+        let e = decode_nullable(Some("{")).unwrap_err();
+        assert!(e.to_string().contains("malformed"), "{e}");
     }
 }
