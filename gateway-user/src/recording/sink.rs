@@ -202,7 +202,18 @@ pub async fn sessions(client: &Client) -> Result<Vec<String>, String> {
         )
         .await
         .map_err(|e| e.to_string())?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    rows.iter().map(|r| text(r, 0, "session")).collect()
+}
+
+/// Column `i` of a row as text. The table is only as sound as whoever can
+/// write it, and `CREATE TABLE IF NOT EXISTS` keeps an altered one: a NULL
+/// or a non-text column, on which `Row::get` panics, is an error naming it.
+fn text(row: &tokio_postgres::Row, i: usize, column: &str) -> Result<String, String> {
+    match row.try_get::<_, Option<String>>(i) {
+        Ok(Some(value)) => Ok(value),
+        Ok(None) => Err(format!("the recording database has a NULL {column}")),
+        Err(e) => Err(format!("the recording database's {column} column: {e}")),
+    }
 }
 
 /// A session's lines rebuilt exactly as in its file, for [`super::verify`].
@@ -219,7 +230,11 @@ pub async fn recording(client: &Client, session: &str) -> Result<Vec<u8>, String
     }
     let mut out = Vec::new();
     for row in rows {
-        let (hash, prev, raw): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        let (hash, prev, raw) = (
+            text(&row, 0, "hash")?,
+            text(&row, 1, "prev_hash")?,
+            text(&row, 2, "raw")?,
+        );
         // The stored hash, not a recomputed one: verify must see what is there.
         out.extend_from_slice(&super::chain::assemble(&hash, &prev, raw.as_bytes()));
     }
