@@ -19,6 +19,12 @@ use crate::protocols::tcp::connect_upstream;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the upstream has to finish a login once connected: a server
+/// that stalls (an overloaded authentication hook, a proxy that never
+/// answers) must not hold the job's session, and its place under the job's
+/// connection limit, for ever.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Bound on the ParameterStatus messages kept during login (they are
 /// replayed to the client). A server sends a dozen or two, well under a
 /// KiB; one that keeps sending them must not grow the gateway's memory.
@@ -63,6 +69,8 @@ pub enum UpstreamError {
     },
     #[error("{addr} sent an invalid message during login: {what}")]
     Protocol { addr: SocketAddr, what: String },
+    #[error("{addr} did not finish the login within {after:?}")]
+    LoginTimeout { addr: SocketAddr, after: Duration },
     #[error(
         "{addr} sets {name} = {value:?} for this login (ALTER ROLE or ALTER DATABASE … SET?): {why}, so chokepoint refuses the session"
     )]
@@ -118,14 +126,18 @@ pub async fn login(
     max_message: usize,
 ) -> Result<Upstream, UpstreamError> {
     let mut stream = route.connect().await?;
-    let login = log_in(
-        &mut stream,
+    let login = within(
+        LOGIN_TIMEOUT,
         route.addr,
-        role,
-        database,
-        password,
-        params,
-        max_message,
+        log_in(
+            &mut stream,
+            route.addr,
+            role,
+            database,
+            password,
+            params,
+            max_message,
+        ),
     )
     .await?;
     let LoggedIn {
@@ -144,6 +156,17 @@ pub async fn login(
         status,
         leftover,
     })
+}
+
+/// `login` unless it takes longer than `after`.
+async fn within<T>(
+    after: Duration,
+    addr: SocketAddr,
+    login: impl Future<Output = Result<T, UpstreamError>>,
+) -> Result<T, UpstreamError> {
+    tokio::time::timeout(after, login)
+        .await
+        .unwrap_or(Err(UpstreamError::LoginTimeout { addr, after }))
 }
 
 /// What [`login`] learns on the connection, before it is put in [`Upstream`].
@@ -328,6 +351,24 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+
+    /// A server that takes the startup message and never answers.
+    #[tokio::test]
+    async fn a_server_that_never_answers_the_login_is_given_up_on() {
+        let (mut gateway, mut server) = tokio::io::duplex(64 * 1024);
+        let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        let login = log_in(&mut gateway, addr, "app", "shop", "", &[], 1 << 20);
+        let soon = Duration::from_millis(50);
+        let result = within(soon, addr, login).await;
+        assert!(
+            matches!(result, Err(UpstreamError::LoginTimeout { after, .. }) if after == soon),
+            "{:?}",
+            result.map(|l| l.backend_pid)
+        );
+        let mut startup = [0; 4];
+        server.read_exact(&mut startup).await.unwrap();
+        assert!(u32::from_be_bytes(startup) > 8, "the startup was sent");
+    }
 
     /// A server that answers the startup with trust, then sends
     /// ParameterStatus messages without end.

@@ -277,7 +277,7 @@ pub(super) async fn connect(
     .await
     .map_err(|e| {
         let code = match e {
-            UpstreamError::Unreachable { .. } => "08006",
+            UpstreamError::Unreachable { .. } | UpstreamError::LoginTimeout { .. } => "08006",
             UpstreamError::Rejected { .. } => "28P01",
             UpstreamError::Tls { .. } => "08001",
             _ => "08P01",
