@@ -77,6 +77,11 @@ use crate::{
 const HIGH_WATER: usize = 1 << 20;
 /// Bound on statements answered but not yet acknowledged (pipelining).
 const MAX_PENDING: usize = 100_000;
+/// Most bytes taken from the client per read. The checks above stop
+/// reading, but every message already read is handled: after one large
+/// message the buffer has megabytes of room, and a read filling it with
+/// 5-byte Syncs would queue a million statements past `MAX_PENDING`.
+const CLIENT_READ: usize = 64 * 1024;
 
 /// What a session did, for the connection's flow event.
 #[derive(Debug, Default)]
@@ -361,7 +366,7 @@ impl Session<'_> {
                 r = cw.write_buf(&mut self.to_client), if !self.to_client.is_empty() => {
                     if let Err(e) = r { self.summary.error = Some(format!("client write: {e}")); break; }
                 }
-                r = cr.read_buf(&mut cbuf), if read_client => match r {
+                r = async { (&mut cr).take(CLIENT_READ as u64).read_buf(&mut cbuf).await }, if read_client => match r {
                     Ok(0) => break,
                     Ok(n) => {
                         self.summary.bytes_up += n as u64;
