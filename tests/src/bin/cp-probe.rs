@@ -637,12 +637,21 @@ fn repeat(report: &mut ProbeReport, to: SocketAddr, count: u64) {
 fn hold(report: &mut ProbeReport, to: SocketAddr, count: u64) -> Vec<TcpStream> {
     let mut out = [0u8; 16];
     fill_pattern(0, &mut out);
-    let mut open = Vec::new();
+    keep_open(report, count, || open_exchange(to, &out))
+}
+
+/// `count` tries of `open`, counted in `report`; what opened is returned.
+fn keep_open<T>(
+    report: &mut ProbeReport,
+    count: u64,
+    mut open: impl FnMut() -> Result<T, Failure>,
+) -> Vec<T> {
+    let mut kept = Vec::new();
     for _ in 0..count {
-        match open_exchange(to, &out) {
+        match open() {
             Ok(s) => {
                 report.successes += 1;
-                open.push(s);
+                kept.push(s);
             }
             Err(f) => {
                 report.failures += 1;
@@ -653,7 +662,7 @@ fn hold(report: &mut ProbeReport, to: SocketAddr, count: u64) -> Vec<TcpStream> 
         }
     }
     report.ok = report.failures == 0;
-    open
+    kept
 }
 
 /// `count` IPv4 connects whose SYN never leaves: each socket carries a
@@ -668,35 +677,18 @@ fn stall(report: &mut ProbeReport, to: SocketAddr, count: u64) -> Vec<Socket> {
             .push(Failure::other("stall", "IPv4 destinations only"));
         return Vec::new();
     };
-    let mut open = Vec::new();
-    for _ in 0..count {
-        let attempt = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
-            .map_err(|e| Failure::from_io("socket", &e))
-            .and_then(|s| {
-                SourceRoute::V4(*to4.ip()).apply(std::os::fd::AsRawFd::as_raw_fd(&s))?;
-                s.set_nonblocking(true)
-                    .map_err(|e| Failure::from_io("set_nonblocking", &e))?;
-                match s.connect(&to.into()) {
-                    Ok(()) => Ok(s),
-                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
-                    Err(e) => Err(Failure::from_io("connect", &e)),
-                }
-            });
-        match attempt {
-            Ok(s) => {
-                report.successes += 1;
-                open.push(s);
-            }
-            Err(f) => {
-                report.failures += 1;
-                if report.errors.len() < 5 {
-                    report.errors.push(f);
-                }
-            }
+    keep_open(report, count, || {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| Failure::from_io("socket", &e))?;
+        SourceRoute::V4(*to4.ip()).apply(std::os::fd::AsRawFd::as_raw_fd(&s))?;
+        s.set_nonblocking(true)
+            .map_err(|e| Failure::from_io("set_nonblocking", &e))?;
+        match s.connect(&to.into()) {
+            Ok(()) => Ok(s),
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
+            Err(e) => Err(Failure::from_io("connect", &e)),
         }
-    }
-    report.ok = report.failures == 0;
-    open
+    })
 }
 
 /// Lets this process hold `n` descriptors (as far as the hard limit goes).

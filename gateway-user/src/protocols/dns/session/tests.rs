@@ -98,25 +98,33 @@ struct Outcome {
     recorded: (String, String, String),
 }
 
-async fn one_query(mode: &str, name: &str) -> Outcome {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = Arc::new(policy(dir.path(), mode));
-    let ctx = DnsContext {
+fn context(policy: &Arc<Policy>) -> DnsContext {
+    DnsContext {
         settings: policy.dns().unwrap().clone(),
         policy: policy.clone(),
         names: Arc::new(NameTable::default()),
         mark: 0,
         mode: policy.daemon().mode,
         job: None,
-    };
-    let settings = RecordingSettings {
+    }
+}
+
+fn recording_settings(dir: &Path) -> RecordingSettings {
+    RecordingSettings {
         enabled: true,
-        dir: dir.path().join("sessions"),
-        keys_dir: dir.path().join("keys"),
+        dir: dir.join("sessions"),
+        keys_dir: dir.join("keys"),
         result_rows: 10,
         retention: retention::Limits::default(),
         sink: None,
-    };
+    }
+}
+
+async fn one_query(mode: &str, name: &str) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Arc::new(policy(dir.path(), mode));
+    let ctx = context(&policy);
+    let settings = recording_settings(dir.path());
     let recorder = Recorder::start(&settings).unwrap();
     let recording = recorder.open(crate::recording::tests::start()).await;
     let id = recording.id().to_owned();
@@ -201,22 +209,8 @@ async fn an_idle_or_stalled_tcp_connection_is_closed_after_the_idle_time() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let policy = Arc::new(policy(dir.path(), "enforce"));
-    let ctx = Arc::new(DnsContext {
-        settings: policy.dns().unwrap().clone(),
-        policy: policy.clone(),
-        names: Arc::new(NameTable::default()),
-        mark: 0,
-        mode: policy.daemon().mode,
-        job: None,
-    });
-    let settings = RecordingSettings {
-        enabled: true,
-        dir: dir.path().join("sessions"),
-        keys_dir: dir.path().join("keys"),
-        result_rows: 10,
-        retention: retention::Limits::default(),
-        sink: None,
-    };
+    let ctx = Arc::new(context(&policy));
+    let settings = recording_settings(dir.path());
     let recorder = Recorder::start(&settings).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
