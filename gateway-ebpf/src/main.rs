@@ -21,9 +21,8 @@
 //! configured `SO_MARK` (setting it needs `CAP_NET_ADMIN`).
 #![no_std]
 #![no_main]
-// `atomic_xadd`: see `quota::add`.
-#![allow(internal_features)]
-#![feature(core_intrinsics)]
+// `asm!` for BPF: see `quota::add`.
+#![feature(asm_experimental_arch)]
 
 mod common;
 mod connect;

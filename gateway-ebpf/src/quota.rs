@@ -22,8 +22,6 @@
 //! [`DNS_PENDING`]: crate::maps::DNS_PENDING
 //! [`UDP_PENDING`]: crate::maps::UDP_PENDING
 //! [`FLOW_MAP_CAPACITY`]: gateway_common::FLOW_MAP_CAPACITY
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::bindings::BPF_NOEXIST;
 use gateway_common::RECORDS_PER_JOB;
 
@@ -58,12 +56,19 @@ pub fn give_back(cgroup_id: u64) {
 
 /// An atomic add whose result is unused: the one atomic every BPF CPU
 /// version has (`lock xadd`). `AtomicU64::fetch_add` is not offered for
-/// this target (no compare-and-swap), so the intrinsic it uses is called.
+/// this target (no compare-and-swap), and the compiler intrinsic behind it
+/// changes its signature between nightlies; the instruction does not.
 #[inline(always)]
 fn add(n: *mut u64, by: u64) {
-    // SAFETY: `n` is a map value, 8-byte aligned, live for the program run.
+    // SAFETY: `n` is a map value, 8-byte aligned, live for the program run;
+    // the instruction touches those 8 bytes only.
     unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, by);
+        core::arch::asm!(
+            "lock *(u64 *)({0} + 0) += {1}",
+            in(reg) n,
+            in(reg) by,
+            options(nostack),
+        );
     }
 }
 
