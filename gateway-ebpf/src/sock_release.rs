@@ -1,11 +1,7 @@
-//! Removes a socket's connect record when it is closed before it sent its
-//! SYN (refused or failed connects), so the map never fills.
-//!
-//! The hook runs before the protocol's close, so a TCP socket still has the
-//! state it had in use. Only a socket that never got past `SYN_SENT` can
-//! still hold a record in [`PENDING`]: any later state means its SYN left,
-//! and the egress program moved the record then. Skipping the delete for
-//! those saves a bucket lookup and lock on every connection that worked.
+//! Removes a socket's connect record when it is closed before its SYN
+//! moved it (refused or failed connects, and connects that never send one:
+//! `TCP_REPAIR` sockets go ESTABLISHED without a SYN), so the map never
+//! fills and the job's [`quota`](crate::quota) share comes back.
 //!
 //! The re-keyed record is left alone: a client may write and close before
 //! the gateway has accepted its connection, and the gateway still needs
@@ -18,7 +14,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    common::{ALLOW, SOCK_STREAM, TCP_CLOSE, TCP_SYN_SENT},
+    common::{ALLOW, SOCK_STREAM},
     connect::forget,
     maps::{DNS_PENDING, PENDING, UDP_PENDING},
 };
@@ -29,13 +25,12 @@ pub fn cp_sock_release(ctx: SockContext) -> i32 {
     // Only the maps a socket of this type can have a record in: a lookup
     // of a missing key still hashes and walks a bucket, and this runs for
     // every guarded socket. A record found gives its job's share back.
-    let (ty, state) = unsafe { ((*ctx.sock).type_, (*ctx.sock).state) };
+    let ty = unsafe { (*ctx.sock).type_ };
     if ty == SOCK_STREAM {
-        // SYN_SENT too: a SYN whose first transmission failed before the
-        // egress hook is retransmitted later, and the socket may close first.
-        if state == TCP_CLOSE || state == TCP_SYN_SENT {
-            forget(&PENDING, cookie());
-        }
+        // Whatever the state: a socket in TCP_REPAIR mode connects
+        // (ESTABLISHED) without sending a SYN, so the egress program never
+        // moves its record. The lookup costs no lock when it finds nothing.
+        forget(&PENDING, cookie());
     } else {
         // The port-keyed DNS and relay entries stay (this hook cannot read
         // the port): the next socket to send from the port overwrites them
