@@ -144,6 +144,12 @@ pub struct GatewayConfig {
     /// refused.
     pub udp_port: u16,
     pub _pad: [u8; 6],
+    /// Cookie of the network namespace the gateway listens in. A guarded
+    /// socket in any other namespace is refused at connect and send: its
+    /// redirect could never reach the gateway, and the records it left
+    /// (keyed by a loopback port that namespace may reuse) could be taken
+    /// for another job's connection. 0: not known, no check.
+    pub netns_cookie: u64,
 }
 
 /// A datagram the gateway's UDP relay receives, as the relay sees it: the

@@ -10,6 +10,7 @@ static CP_CONFIG: GatewayConfig = GatewayConfig {
     exempt_mark: 0,
     udp_port: 0,
     _pad: [0; 6],
+    netns_cookie: 0,
 };
 
 #[inline(always)]
@@ -30,8 +31,6 @@ pub const IPPROTO_UDP: u32 = 17;
 
 /// `TCP_SYN_SENT` of the kernel's socket states.
 pub const TCP_SYN_SENT: u32 = 2;
-/// `TCP_CLOSE`: never connected, or the connect failed.
-pub const TCP_CLOSE: u32 = 7;
 
 /// The DNS port every resolver listens on.
 pub const DNS_PORT: u16 = 53;
@@ -39,6 +38,19 @@ pub const DNS_PORT: u16 = 53;
 /// `ETH_P_IP` / `ETH_P_IPV6` as `__sk_buff.protocol` holds them (network order).
 pub const ETH_P_IP_BE: u32 = (0x0800u16).to_be() as u32;
 pub const ETH_P_IPV6_BE: u32 = (0x86DDu16).to_be() as u32;
+
+/// Whether the socket of a `sock_addr` program lives in another network
+/// namespace than the gateway (see [`GatewayConfig::netns_cookie`]).
+#[inline(always)]
+pub fn foreign_netns(ctx: &aya_ebpf::programs::SockAddrContext, cfg: &GatewayConfig) -> bool {
+    // SAFETY: helper called with the program's own context pointer.
+    cfg.netns_cookie != 0
+        && unsafe {
+            aya_ebpf::helpers::generated::bpf_get_netns_cookie(
+                ctx.sock_addr as *mut core::ffi::c_void,
+            )
+        } != cfg.netns_cookie
+}
 
 /// Whether a socket carries the gateway's exemption mark.
 #[inline(always)]

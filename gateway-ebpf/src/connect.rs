@@ -17,7 +17,7 @@ use gateway_common::{AF_INET, AF_INET6, COMM_LEN, Counter, FlowRecord, mapped_v4
 use crate::{
     common::{
         ALLOW, DENY, IPPROTO_TCP, IPPROTO_UDP, LOOPBACK_V4, LOOPBACK_V4_MAPPED, LOOPBACK_V6,
-        MAPPED_PREFIX, SOCK_DGRAM, SOCK_STREAM, config, is_exempt,
+        MAPPED_PREFIX, SOCK_DGRAM, SOCK_STREAM, config, foreign_netns, is_exempt,
     },
     maps::{PENDING, REACH, count},
     quota, reach, udp,
@@ -41,6 +41,10 @@ pub fn cp_connect4(ctx: SockAddrContext) -> i32 {
     if is_exempt(mark, &cfg) {
         count(Counter::Exempt);
         return ALLOW;
+    }
+    if foreign_netns(&ctx, &cfg) {
+        count(Counter::Denied);
+        return DENY;
     }
     if ty == SOCK_DGRAM && (proto == IPPROTO_UDP || proto == 0) {
         return udp::redirect_udp4(&ctx);
@@ -84,6 +88,10 @@ pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
     if is_exempt(mark, &cfg) {
         count(Counter::Exempt);
         return ALLOW;
+    }
+    if foreign_netns(&ctx, &cfg) {
+        count(Counter::Denied);
+        return DENY;
     }
     if ty == SOCK_DGRAM && (proto == IPPROTO_UDP || proto == 0) {
         return udp::redirect_udp6(&ctx);

@@ -161,11 +161,19 @@ unsafe fn set_ip6(sa: *mut aya_ebpf::bindings::bpf_sock_addr, ip: [u32; 4]) {
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn cp_sendmsg4(ctx: SockAddrContext) -> i32 {
+    if crate::common::foreign_netns(&ctx, &config()) {
+        count(Counter::Denied);
+        return DENY;
+    }
     redirect_udp4(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn cp_sendmsg6(ctx: SockAddrContext) -> i32 {
+    if crate::common::foreign_netns(&ctx, &config()) {
+        count(Counter::Denied);
+        return DENY;
+    }
     redirect_udp6(&ctx)
 }
 

@@ -215,6 +215,12 @@ impl ProbeArgs {
         Self::new(&["dns", "--to", &to.to_string(), "--name", name])
     }
 
+    /// TCP and UDP: from a network namespace of the probe's own (loopback
+    /// up), as a job gets with `unshare -rn`.
+    pub fn own_netns(self) -> Self {
+        self.with(&["--own-netns"])
+    }
+
     /// TCP: bind the client end to `from` before connecting.
     pub fn from(self, from: SocketAddr) -> Self {
         self.with(&["--from", &from.to_string()])

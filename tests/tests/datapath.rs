@@ -944,6 +944,53 @@ fn source_routed_datagrams_are_refused() -> Result<()> {
 }
 
 #[test]
+fn sockets_in_another_network_namespace_are_refused_and_leave_no_record() -> Result<()> {
+    // A job can make a network namespace of its own (`unshare -rn`). Its
+    // redirect could never reach the gateway from there, and a record its
+    // connect left, keyed by a loopback port that namespace reuses freely,
+    // could be taken for another job's connection in the gateway's.
+    let cg = TestCgroup::new("own-netns")?;
+    let echo = Server::echo(v4(22))?;
+    let sink = UdpSink::echo(v4(22))?;
+    let cfg = GatewayConfig::new("own-netns", &cg)?
+        .target(target_for("echo", &[&echo]))
+        .target(Target::udp("time", &["127.0.0.22"], &[sink.addr().port()]))
+        .rule(Rule::allow("allow-both", &["echo", "time"]));
+    let gw = Gateway::start(&cfg)?;
+
+    let tcp = ProbeArgs::tcp(echo.addr())
+        .send(10)
+        .own_netns()
+        .run(cg.command(PROBE))?;
+    assert_eq!(tcp.errno("connect"), Some(libc::EPERM), "{tcp:?}");
+    let udp = ProbeArgs::udp(sink.addr())
+        .own_netns()
+        .run(cg.command(PROBE))?;
+    assert_eq!(udp.errno("sendto"), Some(libc::EPERM), "{udp:?}");
+    let status = gw.status()?;
+    assert_eq!(
+        (
+            status["maps"]["pending"].as_u64(),
+            status["maps"]["flows"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "no record left behind: {status}"
+    );
+    // The same cgroup from the gateway's namespace is served.
+    let ok = ProbeArgs::tcp(echo.addr())
+        .send(1000)
+        .expect_echo()
+        .run(cg.command(PROBE))?;
+    assert_passed(&ok, 1000);
+    assert_eq!(
+        echo.accepted(),
+        1,
+        "only the connection from the host's namespace"
+    );
+    Ok(())
+}
+
+#[test]
 fn process_outside_the_cgroup_goes_direct_without_flow_event() -> Result<()> {
     let cg = TestCgroup::new("outside")?;
     let echo = Server::echo(v4(8))?;

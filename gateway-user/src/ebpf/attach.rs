@@ -110,6 +110,7 @@ fn load_and_attach(
         exempt_mark: opts.exempt_mark,
         udp_port: opts.udp_port,
         _pad: [0; 6],
+        netns_cookie: own_netns_cookie(),
     };
     let mut ebpf = EbpfLoader::new()
         .override_global(CONFIG_GLOBAL, &config, true)
@@ -279,4 +280,33 @@ where
     FdLink: TryFrom<L, Error = LinkError>,
 {
     FdLink::try_from(link).map_err(|source| EbpfError::ProgramLink { name, source })
+}
+
+/// The cookie of this process's network namespace (where the gateway's
+/// listeners are), or 0 where the kernel cannot tell (before Linux 5.14):
+/// the programs then skip the namespace check.
+fn own_netns_cookie() -> u64 {
+    let Ok(socket) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        return 0;
+    };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket and an 8-byte buffer with its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot read this network namespace's cookie; guarded sockets in other namespaces are not refused at connect"
+        );
+        return 0;
+    }
+    cookie
 }

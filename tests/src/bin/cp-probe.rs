@@ -18,13 +18,13 @@ const IO_TIMEOUT: Duration = Duration::from_secs(120);
 const CHUNK: usize = 64 * 1024;
 
 const USAGE: &str = "usage: cp-probe <command>
-  tcp --to ADDR [--from ADDR] [--send N] [--half-close] [--expect-echo]
+  tcp --to ADDR [--from ADDR] [--send N] [--half-close] [--expect-echo] [--own-netns]
   mark --mark M --to ADDR [--send N] [--half-close] [--expect-echo]
   tfo --to ADDR [--send N] [--expect-echo]
   raw
   socket --family 4|6|unix|netlink|packet|alg|vsock|xdp --type stream|dgram|raw|seqpacket --proto N
   ping-socket [--own-netns]
-  udp --to ADDR [--and ADDR] [--connect] [--expect-reply] [--lsrr HOP4 | --rthdr HOP6]
+  udp --to ADDR [--and ADDR] [--connect] [--expect-reply] [--lsrr HOP4 | --rthdr HOP6] [--own-netns]
   dns --to ADDR [--and ADDR] --name NAME   (A query, unconnected sendto)
   bind --addr ADDR
   loop --to ADDR --count N
@@ -89,6 +89,15 @@ fn run(args: &[String]) -> Result<ProbeReport, String> {
         uid: unsafe { libc::getuid() },
         ..Default::default()
     };
+    // A namespace of the probe's own, loopback up: what a job gets from
+    // `unshare -rn`.
+    if o.has("--own-netns")
+        && command != "ping-socket"
+        && let Err(e) = own_netns_with_loopback()
+    {
+        report.errors.push(e);
+        return Ok(report);
+    }
     match command.as_str() {
         "tcp" | "mark" => {
             let to: SocketAddr = o.parse("--to")?;
@@ -470,6 +479,26 @@ fn own_netns_with_ping() -> Result<(), Failure> {
     }
     std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
         .map_err(|e| Failure::from_io("write ping_group_range", &e))
+}
+
+/// Moves the probe into a network namespace of its own with its loopback
+/// up, so a connect there could reach a listener in that namespace.
+fn own_netns_with_loopback() -> Result<(), Failure> {
+    // SAFETY: unshare of the calling (single-threaded) process.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(Failure::from_io(
+            "unshare(CLONE_NEWNET)",
+            &io::Error::last_os_error(),
+        ));
+    }
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .map_err(|e| Failure::from_io("ip link set lo up", &e))?;
+    if !up.success() {
+        return Err(Failure::other("ip link set lo up", format!("{up}")));
+    }
+    Ok(())
 }
 
 /// An unconnected UDP socket of `to`'s family, on an ephemeral port.
