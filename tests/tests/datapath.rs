@@ -944,6 +944,44 @@ fn source_routed_datagrams_are_refused() -> Result<()> {
 }
 
 #[test]
+fn udp_flows_count_against_the_jobs_connection_limit() -> Result<()> {
+    let cg = TestCgroup::new("udp-limit")?;
+    let sink = UdpSink::echo(v4(23))?;
+    let cfg = GatewayConfig::new("udp-limit", &cg)?
+        .daemon_setting("max_connections_per_job = 2")
+        .target(Target::udp("time", &["127.0.0.23"], &[sink.addr().port()]))
+        .rule(Rule::allow("time", &["time"]));
+    let gw = Gateway::start(&cfg)?;
+    // Each probe sends from a socket of its own: a flow each, open until
+    // udp_idle_timeout (30 s), longer than this test.
+    for _ in 0..2 {
+        let r = ProbeArgs::udp(sink.addr())
+            .expect_reply()
+            .run(cg.command(PROBE))?;
+        assert!(r.ok && r.replies.len() == 1, "{r:?}");
+    }
+    let third = ProbeArgs::udp(sink.addr())
+        .expect_reply()
+        .run(cg.command(PROBE))?;
+    assert!(
+        third.replies.is_empty(),
+        "a third flow is over the limit: {third:?}"
+    );
+    let shed = wait_for("the dropped flow's warning", FLOWS_TIMEOUT, || {
+        gw.events()
+            .into_iter()
+            .find(|e| e["fields"]["decision"] == "shed")
+    })?;
+    assert_eq!(shed["fields"]["limit"], 2, "{shed}");
+    assert_eq!(
+        sink.received().len(),
+        2,
+        "the dropped flow's datagram never left"
+    );
+    Ok(())
+}
+
+#[test]
 fn sockets_in_another_network_namespace_are_refused_and_leave_no_record() -> Result<()> {
     // A job can make a network namespace of its own (`unshare -rn`). Its
     // redirect could never reach the gateway from there, and a record its

@@ -36,6 +36,8 @@ const MAX_DATAGRAM: usize = 65_535;
 /// task until it is idle; a job sending from thousands of ports must not
 /// exhaust the gateway's descriptors for everyone else.
 const MAX_FLOWS: usize = 8192;
+/// How often a job's dropped flows are logged at most.
+const SHED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Open flows by the sender's address and the packet mark (which names
 /// the destination): the way to each flow's task.
@@ -47,6 +49,9 @@ pub(crate) async fn serve_relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     // Said once per episode of running full, not once per datagram.
     let mut full = false;
+    // A job over its limit is told about at most this often: each of its
+    // new flows would otherwise log a line.
+    let mut shed_said: Option<Instant> = None;
     loop {
         let (n, peer, tag) = match udp::recv_marked(&socket, &mut buf).await {
             Ok(r) => r,
@@ -81,6 +86,35 @@ pub(crate) async fn serve_relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
             warn!(%peer, "UDP datagram with no kernel record; dropped");
             continue;
         };
+        // A flow holds a socket and a task until idle, like a connection:
+        // it counts against the job's connection limit.
+        let limit = shared.policy.load().daemon().max_connections_per_job;
+        let slot = match shared.connections.take(rec.cgroup_id, limit) {
+            Ok(slot) => slot,
+            Err(at) => {
+                crate::admin::metrics::connection(
+                    "udp",
+                    "shed",
+                    "max_connections_per_job",
+                    "gateway",
+                    0,
+                    0,
+                );
+                if shed_said.is_none_or(|t| t.elapsed() >= SHED_LOG_EVERY) {
+                    shed_said = Some(Instant::now());
+                    warn!(
+                        pid = rec.pid,
+                        cgroup_id = rec.cgroup_id,
+                        open = at.open,
+                        limit,
+                        decision = "shed",
+                        "UDP flow dropped: the job already has {} connections and flows open, its limit ([daemon] max_connections_per_job)",
+                        at.open
+                    );
+                }
+                continue;
+            }
+        };
         let (tx, rx) = mpsc::channel(QUEUE);
         let _ = tx.try_send(datagram);
         {
@@ -105,7 +139,7 @@ pub(crate) async fn serve_relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
             socket.clone(),
             flows.clone(),
             key,
-            flow,
+            (flow, slot),
             rx,
         ));
     }
@@ -122,7 +156,7 @@ async fn relay_flow(
     relay: Arc<UdpSocket>,
     flows: Flows,
     key: (SocketAddr, u32),
-    flow: Flow,
+    (flow, _slot): (Flow, super::job_connections::Slot),
     mut rx: mpsc::Receiver<Bytes>,
 ) {
     let started = Instant::now();
