@@ -52,7 +52,7 @@ pub mod maps {
     /// [`UDP_REFUSED`]: a socket that keeps sending to a refused
     /// destination (a metrics client) is logged once, not per datagram.
     pub const UDP_REPORTED: &str = "CP_UDP_REPORTED";
-    /// LRU: cgroup id → records (`u64`) it holds in [`PENDING`],
+    /// cgroup id → records (`u64`) it holds in [`PENDING`],
     /// [`DNS_PENDING`] and [`UDP_PENDING`], held to
     /// [`RECORDS_PER_JOB`](super::RECORDS_PER_JOB).
     pub const JOB_RECORDS: &str = "CP_JOB_RECORDS";
@@ -120,7 +120,9 @@ pub const FLOW_MAP_CAPACITY: u32 = 65_536;
 /// deferred connect or an open UDP socket.
 pub const RECORDS_PER_JOB: u32 = 4096;
 
-/// Jobs whose record counts are kept at once (LRU: the oldest count goes).
+/// Jobs whose record counts are kept at once. Counts back at zero are
+/// deleted by the gateway; a job that finds the map full is not counted
+/// (and not refused).
 pub const JOB_RECORDS_CAPACITY: u32 = 16_384;
 
 /// `comm` length in the kernel (`TASK_COMM_LEN`).

@@ -1,6 +1,7 @@
 //! Maps shared by the programs. Pinned by name so that a restarted gateway
 //! adopts the same maps the still-attached programs use.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -48,8 +49,12 @@ pub static UDP_REFUSED: RingBuf = RingBuf::pinned(UDP_REFUSED_RING_BYTES, 0);
 pub static UDP_REPORTED: LruHashMap<u32, u8> = LruHashMap::pinned(UDP_REPORTED_CAPACITY, 0);
 
 /// Records each job holds in the socket-keyed maps: see [`crate::quota`].
+/// Not preallocated: an entry the gateway's sweep deletes (count 0) is
+/// freed after every program that may hold it has finished, never handed
+/// to another cgroup under a running program's feet.
 #[map(name = "CP_JOB_RECORDS")]
-pub static JOB_RECORDS: LruHashMap<u64, u64> = LruHashMap::pinned(JOB_RECORDS_CAPACITY, 0);
+pub static JOB_RECORDS: HashMap<u64, u64> =
+    HashMap::pinned(JOB_RECORDS_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map(name = "CP_REFUSED")]
 pub static REFUSED: RingBuf = RingBuf::pinned(REFUSED_RING_BYTES, 0);

@@ -12,11 +12,13 @@
 //! `EPERM`, counted as `job_quota`.
 //!
 //! Counts are charged to the record's cgroup and given back when the record
-//! leaves its map (moved at the SYN, or the socket released). They are
-//! approximate under races (two CPUs may both pass the check at the limit),
-//! and a count that went below zero (an LRU eviction of a busy job's entry)
-//! only gives that job more room: the share bounds a flood, it does not
-//! decide anyone's access.
+//! leaves its map (moved at the SYN, or the socket released). The gateway
+//! deletes counts that came back to zero (`JobRecords::sweep`), so the map
+//! holds the jobs with records now, not every cgroup that ever connected.
+//! Counts are approximate under races (two CPUs may both pass the check at
+//! the limit; an add that lands on an entry the sweep just deleted is
+//! lost), and a count below zero only gives that job more room: the share
+//! bounds a flood, it does not decide anyone's access.
 //!
 //! [`PENDING`]: crate::maps::PENDING
 //! [`DNS_PENDING`]: crate::maps::DNS_PENDING

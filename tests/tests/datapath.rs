@@ -1292,11 +1292,17 @@ fn a_job_cannot_hold_more_than_its_share_of_the_kernel_records() -> Result<()> {
     let a = a.finish()?;
     assert_eq!((a.successes, a.failures), (SHARE, OVER), "{a:?}");
     assert_eq!(a.errno("connect"), Some(libc::EPERM), "{a:?}");
-    // Closed sockets give their records back: the share is whole again.
-    wait_for("job A's records to be released", MAPS_TIMEOUT, || {
-        let s = gw.status().ok()?;
-        (s["maps"]["pending"].as_u64() == Some(0)).then_some(())
-    })?;
+    // Closed sockets give their records back: the share is whole again,
+    // and the gateway's next sweep (every 15 s) forgets the empty count.
+    wait_for(
+        "job A's records to be released and its count swept",
+        MAPS_TIMEOUT,
+        || {
+            let s = gw.status().ok()?;
+            (s["maps"]["pending"].as_u64() == Some(0) && s["maps"]["jobs"].as_u64() == Some(0))
+                .then_some(())
+        },
+    )?;
     let again = ProbeArgs::tcp(echo.addr())
         .send(1000)
         .expect_echo()

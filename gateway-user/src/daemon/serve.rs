@@ -116,6 +116,8 @@ pub(crate) async fn serve(
                 if removed > 0 {
                     info!(removed, "swept flow records whose connections were never accepted");
                 }
+                let idle = shared.attached.job_records.sweep();
+                debug!(idle, "forgot the kernel record counts of jobs holding none");
                 // Names past their TTL, and the cgroups of jobs that ended
                 // or stopped resolving, otherwise stay until the next learn.
                 shared.names.sweep(Instant::now());

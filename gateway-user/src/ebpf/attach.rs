@@ -12,8 +12,8 @@ use aya::{
 use gateway_common::{CONFIG_GLOBAL, GatewayConfig, maps};
 
 use super::{
-    DnsPeers, EbpfError, FlowTable, GuardedCgroup, OBJECT, PROGRAMS, PinDir, ProgramKind,
-    ReachTable, RefusedFlows, UdpPeers, pins::remove_tree,
+    DnsPeers, EbpfError, FlowTable, GuardedCgroup, JobRecords, OBJECT, PROGRAMS, PinDir,
+    ProgramKind, ReachTable, RefusedFlows, UdpPeers, pins::remove_tree,
 };
 
 /// Suffix of a link pinned beside the one it replaces (bpffs refuses
@@ -52,6 +52,8 @@ pub struct Attached {
     /// not refused in the guarded cgroup (the kernel cannot run the hook).
     pub family_guard: Result<(), String>,
     pub flows: FlowTable,
+    /// Each job's count of socket-keyed records; swept of zeros.
+    pub job_records: JobRecords,
     pub dns_peers: DnsPeers,
     pub udp_peers: UdpPeers,
     /// Rewritten on every policy reload.
@@ -232,6 +234,7 @@ fn load_and_attach(
     remove_retired_links(pins);
 
     let flows = FlowTable::new(&mut ebpf)?;
+    let job_records = JobRecords::new(&mut ebpf)?;
     let dns_peers = DnsPeers::new(&mut ebpf)?;
     let udp_peers = UdpPeers::new(&mut ebpf)?;
     Ok(Attached {
@@ -240,6 +243,7 @@ fn load_and_attach(
         adopted,
         family_guard,
         flows,
+        job_records,
         dns_peers,
         udp_peers,
         reach: std::sync::Mutex::new(reach),

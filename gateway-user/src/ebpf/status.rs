@@ -19,6 +19,9 @@ pub struct Status {
 pub struct MapFill {
     pub pending: usize,
     pub flows: usize,
+    /// Jobs (cgroups) holding kernel records, as the record share counts
+    /// them (counts back at zero are swept every 15 s).
+    pub jobs: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -61,9 +64,14 @@ pub fn status(instance: &str) -> Result<Status, EbpfError> {
     }
     let pending: HashMap<MapData, u64, FlowRecord> = open(&pins, maps::PENDING, "CP_PENDING")?;
     let flows: HashMap<MapData, ClientKey, FlowRecord> = open(&pins, maps::FLOWS, "CP_FLOWS")?;
+    // Absent in pins of a gateway from before the share: none counted.
+    let jobs = open::<u64, u64>(&pins, maps::JOB_RECORDS, "CP_JOB_RECORDS")
+        .map(|m| m.keys().count())
+        .unwrap_or(0);
     status.maps = MapFill {
         pending: pending.keys().count(),
         flows: flows.keys().count(),
+        jobs,
     };
 
     let path = pins.map(maps::COUNTERS);
