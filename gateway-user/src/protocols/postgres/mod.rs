@@ -10,6 +10,7 @@
 //! * [`upstream`]: login to the real server (SCRAM-SHA-256, md5, password);
 //! * [`cancel`]: gateway-issued cancel keys mapped to backend keys;
 //! * [`catalog`]: table OID → `schema.table.column` for masking;
+//! * [`search_path`]: the schemas an unqualified table name may be in;
 //! * [`copy_out`]: masking the rows of `COPY … TO STDOUT`;
 //! * [`tls`]: TLS towards the job (generated certificate) and the database.
 pub mod cancel;
@@ -17,6 +18,7 @@ pub mod catalog;
 pub mod classify;
 pub mod codec;
 pub mod copy_out;
+pub mod search_path;
 pub mod session;
 pub mod tls;
 pub mod tracker;

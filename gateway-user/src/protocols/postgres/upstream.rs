@@ -10,9 +10,10 @@ use tokio_util::either::Either;
 
 use super::{
     codec::{
-        Authentication, BackendKeyData, ErrorResponse, FrameDecoder, ParameterStatus,
-        ReadyForQuery, read_frame,
+        Authentication, BackendKeyData, DataRow, ErrorResponse, Frame, FrameDecoder,
+        ParameterStatus, ReadyForQuery, read_frame,
     },
+    search_path::{self, SearchPath},
     tls::{self, UpstreamStream, UpstreamTlsError},
 };
 use crate::protocols::tcp::connect_upstream;
@@ -38,10 +39,13 @@ pub struct Upstream {
     pub parameters: Vec<bytes::Bytes>,
     pub backend_pid: i32,
     pub backend_secret: i32,
-    /// Transaction status byte of the first ReadyForQuery.
+    /// Transaction status byte of the last ReadyForQuery.
     pub status: u8,
     /// Bytes read past the login (normally none).
     pub leftover: BytesMut,
+    /// The session's search path as the server holds it after the login,
+    /// or why it could not be read.
+    pub search_path: Result<SearchPath, String>,
 }
 
 /// Why the login failed, phrased for the job's error message.
@@ -113,10 +117,10 @@ impl Route {
     }
 }
 
-/// Connects (with the exemption mark, over TLS if the target asks) and
-/// logs in as `role` to `database`. `params` are the client's other startup
-/// parameters (application_name, client_encoding, DateStyle…), passed on
-/// unchanged.
+/// Connects (with the exemption mark, over TLS if the target asks), logs
+/// in as `role` to `database` and reads the session's search path.
+/// `params` are the client's other startup parameters (application_name,
+/// client_encoding, DateStyle…), passed on unchanged.
 pub async fn login(
     route: &Route,
     role: &str,
@@ -126,10 +130,8 @@ pub async fn login(
     max_message: usize,
 ) -> Result<Upstream, UpstreamError> {
     let mut stream = route.connect().await?;
-    let login = within(
-        LOGIN_TIMEOUT,
-        route.addr,
-        log_in(
+    let (login, search_path) = within(LOGIN_TIMEOUT, route.addr, async {
+        let mut login = log_in(
             &mut stream,
             route.addr,
             role,
@@ -137,8 +139,12 @@ pub async fn login(
             password,
             params,
             max_message,
-        ),
-    )
+        )
+        .await?;
+        let search_path =
+            read_search_path(&mut stream, route.addr, role, &mut login, max_message).await?;
+        Ok((login, search_path))
+    })
     .await?;
     let LoggedIn {
         parameters,
@@ -146,6 +152,7 @@ pub async fn login(
         backend_secret,
         status,
         leftover,
+        ..
     } = login;
     Ok(Upstream {
         stream,
@@ -155,6 +162,7 @@ pub async fn login(
         backend_secret,
         status,
         leftover,
+        search_path,
     })
 }
 
@@ -172,6 +180,8 @@ async fn within<T>(
 /// What [`login`] learns on the connection, before it is put in [`Upstream`].
 struct LoggedIn {
     parameters: Vec<bytes::Bytes>,
+    /// Bytes of `parameters`, for [`MAX_PARAMETER_BYTES`].
+    parameter_bytes: usize,
     backend_pid: i32,
     backend_secret: i32,
     status: u8,
@@ -294,30 +304,7 @@ async fn log_in<S: AsyncRead + AsyncWrite + Unpin>(
                     message: error.message().unwrap_or("login failed").to_owned(),
                 });
             }
-            b'S' => {
-                let p =
-                    ParameterStatus::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
-                // A role's or database's own setting applies at login, past
-                // every check of the client's startup message.
-                if let Some(why) = super::classify::lexer_setting_refusal(
-                    &p.name.to_ascii_lowercase(),
-                    Some(Some(p.value)),
-                ) {
-                    return Err(UpstreamError::UnsafeSetting {
-                        addr,
-                        name: p.name.to_owned(),
-                        value: p.value.to_owned(),
-                        why,
-                    });
-                }
-                parameter_bytes += frame.raw().len();
-                if parameter_bytes > MAX_PARAMETER_BYTES {
-                    return Err(protocol(format!(
-                        "more than {MAX_PARAMETER_BYTES} bytes of ParameterStatus messages"
-                    )));
-                }
-                parameters.push(frame.into_raw());
-            }
+            b'S' => keep_parameter(addr, frame, &mut parameters, &mut parameter_bytes)?,
             b'K' => {
                 let k = BackendKeyData::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
                 // Protocol 3.0 keys are 4 bytes; longer 3.2 keys cannot be
@@ -334,6 +321,7 @@ async fn log_in<S: AsyncRead + AsyncWrite + Unpin>(
                     ReadyForQuery::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
                 return Ok(LoggedIn {
                     parameters,
+                    parameter_bytes,
                     backend_pid: key.0,
                     backend_secret: key.1,
                     status: status.status.as_byte(),
@@ -346,11 +334,193 @@ async fn log_in<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// A ParameterStatus, checked and kept to be replayed to the client.
+fn keep_parameter(
+    addr: SocketAddr,
+    frame: Frame,
+    parameters: &mut Vec<bytes::Bytes>,
+    parameter_bytes: &mut usize,
+) -> Result<(), UpstreamError> {
+    let protocol = |what: String| UpstreamError::Protocol { addr, what };
+    let p = ParameterStatus::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
+    // A role's or database's own setting applies at login, past every
+    // check of the client's startup message.
+    if let Some(why) =
+        super::classify::lexer_setting_refusal(&p.name.to_ascii_lowercase(), Some(Some(p.value)))
+    {
+        return Err(UpstreamError::UnsafeSetting {
+            addr,
+            name: p.name.to_owned(),
+            value: p.value.to_owned(),
+            why,
+        });
+    }
+    *parameter_bytes += frame.raw().len();
+    if *parameter_bytes > MAX_PARAMETER_BYTES {
+        return Err(protocol(format!(
+            "more than {MAX_PARAMETER_BYTES} bytes of ParameterStatus messages"
+        )));
+    }
+    parameters.push(frame.into_raw());
+    Ok(())
+}
+
+/// Asks the logged-in server for its search_path, before the job sends
+/// anything: a role's or database's default (`ALTER ROLE … SET
+/// search_path`) decides where an unqualified name resolves, and the job's
+/// statements never show it. Its answer stays here; only a ParameterStatus
+/// is kept for the client, which would otherwise miss it. The inner `Err`
+/// is a query the server refused or a value that could not be read; the
+/// outer one a connection that cannot go on.
+async fn read_search_path<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    addr: SocketAddr,
+    role: &str,
+    login: &mut LoggedIn,
+    max_message: usize,
+) -> Result<Result<SearchPath, String>, UpstreamError> {
+    let unreachable = |source| UpstreamError::Unreachable { addr, source };
+    let protocol = |what: String| UpstreamError::Protocol { addr, what };
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::query(search_path::QUERY, &mut out)
+        .map_err(|e| protocol(e.to_string()))?;
+    stream.write_all(&out).await.map_err(unreachable)?;
+
+    let mut decoder = FrameDecoder::new(max_message);
+    let mut value: Option<Result<String, String>> = None;
+    loop {
+        let frame = read_frame(stream, &mut login.leftover, &mut decoder)
+            .await
+            .map_err(|e| protocol(e.to_string()))?
+            .ok_or_else(|| protocol("connection closed while reading search_path".into()))?;
+        match frame.tag() {
+            b'D' => {
+                let row = DataRow::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
+                let text = match row.column(0) {
+                    Some(Some(bytes)) => std::str::from_utf8(bytes)
+                        .map(str::to_owned)
+                        .map_err(|_| "search_path is not UTF-8".to_owned()),
+                    _ => Err("search_path came back empty".to_owned()),
+                };
+                value.get_or_insert(text);
+            }
+            b'E' => {
+                let error =
+                    ErrorResponse::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
+                value = Some(Err(format!(
+                    "the server refused {:?}: {}",
+                    search_path::QUERY,
+                    error.message().unwrap_or("no message")
+                )));
+            }
+            b'S' => keep_parameter(
+                addr,
+                frame,
+                &mut login.parameters,
+                &mut login.parameter_bytes,
+            )?,
+            b'Z' => {
+                let status =
+                    ReadyForQuery::parse(frame.body()).map_err(|e| protocol(e.to_string()))?;
+                login.status = status.status.as_byte();
+                let setting = value.unwrap_or_else(|| Err("no row came back".to_owned()));
+                return Ok(setting.and_then(|s| SearchPath::parse(&s, role)));
+            }
+            // RowDescription, CommandComplete, notices.
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn logged_in() -> LoggedIn {
+        LoggedIn {
+            parameters: Vec::new(),
+            parameter_bytes: 0,
+            backend_pid: 1,
+            backend_secret: 2,
+            status: b'I',
+            leftover: BytesMut::new(),
+        }
+    }
+
+    /// Reads the query the gateway sent, then answers with `answer`.
+    async fn answer_query(server: &mut tokio::io::DuplexStream, answer: Vec<u8>) -> String {
+        let mut head = [0; 5];
+        server.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], b'Q');
+        let len = u32::from_be_bytes(head[1..].try_into().unwrap()) as usize;
+        let mut sql = vec![0; len - 4];
+        server.read_exact(&mut sql).await.unwrap();
+        server.write_all(&answer).await.unwrap();
+        String::from_utf8(sql).unwrap()
+    }
+
+    /// The answer is the gateway's: nothing of it is left for the client
+    /// but a ParameterStatus, which the client would otherwise never see.
+    #[tokio::test]
+    async fn the_search_path_is_read_after_the_login() {
+        let (mut gateway, mut server) = tokio::io::duplex(64 * 1024);
+        let mut answer = message(
+            b'T',
+            b"\0\x01current_setting\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0",
+        );
+        let value = b"\"$user\", Billing";
+        let mut row = 1i16.to_be_bytes().to_vec();
+        row.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        row.extend_from_slice(value);
+        answer.extend(message(b'D', &row));
+        answer.extend(message(b'C', b"SELECT 1\0"));
+        answer.extend(message(b'S', b"application_name\0ci\0"));
+        answer.extend(message(b'Z', b"I"));
+        let server = tokio::spawn(async move { answer_query(&mut server, answer).await });
+        let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        let mut login = logged_in();
+        let path = read_search_path(&mut gateway, addr, "app_rw", &mut login, 1 << 20)
+            .await
+            .expect("the connection goes on")
+            .expect("the path is read");
+        assert_eq!(
+            path.schemas(),
+            Some(&["pg_temp", "app_rw", "billing"].map(String::from)[..])
+        );
+        assert_eq!(server.await.unwrap(), format!("{}\0", search_path::QUERY));
+        assert!(login.leftover.is_empty());
+        assert_eq!(login.parameters.len(), 1);
+        assert_eq!(login.status, b'I');
+    }
+
+    /// A server that refuses the query leaves the path unknown (the session
+    /// then takes unqualified names to be in any schema), not the login.
+    #[tokio::test]
+    async fn a_refused_search_path_query_leaves_the_path_unknown() {
+        let (mut gateway, mut server) = tokio::io::duplex(64 * 1024);
+        let mut answer = message(b'E', b"SERROR\0C42883\0Mno such function\0\0");
+        answer.extend(message(b'Z', b"I"));
+        let server = tokio::spawn(async move { answer_query(&mut server, answer).await });
+        let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        let mut login = logged_in();
+        let why = read_search_path(&mut gateway, addr, "app_rw", &mut login, 1 << 20)
+            .await
+            .expect("the connection goes on")
+            .expect_err("no path");
+        assert!(why.contains("no such function"), "{why}");
+        server.await.unwrap();
+        assert!(login.leftover.is_empty());
+        assert!(login.parameters.is_empty());
+    }
 
     /// A server that takes the startup message and never answers.
     #[tokio::test]
