@@ -7,10 +7,16 @@ use super::{
 };
 use crate::{
     masking::Strategy,
-    protocols::postgres::classify::{
-        Access, Classification, Flag, Statement, StatementClass, TableRef,
+    protocols::postgres::{
+        classify::{Access, Classification, Flag, Statement, StatementClass, TableRef},
+        search_path::SearchPath,
     },
 };
+
+/// The server's default search_path for a session of role `app_rw`.
+fn default_path() -> SearchPath {
+    SearchPath::parse(r#""$user", public"#, "app_rw").expect("the default path parses")
+}
 
 /// 1-based line and column of the first `needle` in `text`, where an error
 /// about it must point.
@@ -1195,8 +1201,14 @@ uids = [1001]
     // Narrowed to its role, a session cannot borrow another role's rule.
     let as_ro = migrate.for_role("app_ro").expect("app_ro is allowed");
     let insert = statement(StatementClass::Write, Vec::new(), Vec::new());
-    assert_eq!(migrate.decide(&insert).verdict, StatementVerdict::Allow);
-    assert_eq!(as_ro.decide(&insert).verdict, StatementVerdict::Deny);
+    assert_eq!(
+        migrate.decide(&insert, &default_path()).verdict,
+        StatementVerdict::Allow
+    );
+    assert_eq!(
+        as_ro.decide(&insert, &default_path()).verdict,
+        StatementVerdict::Deny
+    );
     assert!(psql.for_role("app_rw").is_err());
 }
 
@@ -1207,7 +1219,10 @@ fn a_statement_is_allowed_by_its_class() {
     let files = Files::new();
     let policy = policy(&files, SPEC_RULE);
     let session = orders_session(&policy, 1000);
-    let d = session.decide(&select(vec![table(None, "orders", Access::Read)]));
+    let d = session.decide(
+        &select(vec![table(None, "orders", Access::Read)]),
+        &default_path(),
+    );
     assert_eq!(
         verdict_rule_reason(&d),
         (
@@ -1221,7 +1236,10 @@ fn a_statement_is_allowed_by_its_class() {
         d.to_string(),
         "allow by rule ci-reads-orders: statement class read is allowed"
     );
-    let d = session.decide(&statement(StatementClass::Dcl, Vec::new(), Vec::new()));
+    let d = session.decide(
+        &statement(StatementClass::Dcl, Vec::new(), Vec::new()),
+        &default_path(),
+    );
     assert_eq!(
         verdict_rule_reason(&d),
         (
@@ -1243,7 +1261,7 @@ fn a_denied_flag_overrides_an_allowed_class() {
         vec![table(None, "orders", Access::Write)],
     );
     assert_eq!(
-        verdict_rule_reason(&session.decide(&delete_all)),
+        verdict_rule_reason(&session.decide(&delete_all, &default_path())),
         (
             StatementVerdict::Deny,
             "ci-reads-orders",
@@ -1252,7 +1270,7 @@ fn a_denied_flag_overrides_an_allowed_class() {
     );
     let drop = statement(StatementClass::Ddl, vec![Flag::Drop], Vec::new());
     assert_eq!(
-        session.decide(&drop).reason,
+        session.decide(&drop, &default_path()).reason,
         "statement class ddl is denied",
         "the class is named first"
     );
@@ -1262,7 +1280,10 @@ fn a_denied_flag_overrides_an_allowed_class() {
         vec![Flag::DataModifyingCte],
         Vec::new(),
     );
-    assert_eq!(session.decide(&cte).verdict, StatementVerdict::Allow);
+    assert_eq!(
+        session.decide(&cte, &default_path()).verdict,
+        StatementVerdict::Allow
+    );
 }
 
 #[test]
@@ -1271,7 +1292,10 @@ fn a_table_rule_denies_writes_to_billing_but_not_reads() {
     let policy = policy(&files, SPEC_RULE);
     let session = orders_session(&policy, 1000);
     let read = select(vec![table(Some("billing"), "invoices", Access::Read)]);
-    assert_eq!(session.decide(&read).verdict, StatementVerdict::Allow);
+    assert_eq!(
+        session.decide(&read, &default_path()).verdict,
+        StatementVerdict::Allow
+    );
     let write = statement(
         StatementClass::Write,
         Vec::new(),
@@ -1281,20 +1305,23 @@ fn a_table_rule_denies_writes_to_billing_but_not_reads() {
         ],
     );
     assert_eq!(
-        verdict_rule_reason(&session.decide(&write)),
+        verdict_rule_reason(&session.decide(&write, &default_path())),
         (
             StatementVerdict::Deny,
             "ci-reads-orders",
             "write access to billing.invoices is denied (tables \"billing.*\")"
         )
     );
-    // An unqualified name is in schema public.
+    // An unqualified name is in the schemas of the default path only.
     let public = statement(
         StatementClass::Write,
         Vec::new(),
         vec![table(None, "invoices", Access::Write)],
     );
-    assert_eq!(session.decide(&public).verdict, StatementVerdict::Allow);
+    assert_eq!(
+        session.decide(&public, &default_path()).verdict,
+        StatementVerdict::Allow
+    );
     let bare = Files::new();
     let policy = self::policy(
         &bare,
@@ -1310,9 +1337,135 @@ fn a_table_rule_denies_writes_to_billing_but_not_reads() {
         (Some("audit_2024"), "log", StatementVerdict::Allow),
         (Some("PUBLIC"), "Secrets", StatementVerdict::Deny),
     ] {
-        let d = session.decide(&select(vec![table(schema, name, Access::Read)]));
+        let d = session.decide(
+            &select(vec![table(schema, name, Access::Read)]),
+            &default_path(),
+        );
         assert_eq!(d.verdict, verdict, "{schema:?}.{name}: {}", d.reason);
     }
+}
+
+/// `ALTER ROLE app_rw SET search_path = billing, public`: the server finds
+/// `invoices` in billing, and so must the table rule.
+#[test]
+fn an_unqualified_name_is_in_every_schema_of_the_search_path() {
+    let files = Files::new();
+    let policy = policy(&files, SPEC_RULE);
+    let session = orders_session(&policy, 1000);
+    let billing = SearchPath::parse("billing, public", "app_rw").unwrap();
+    let delete = |schema| {
+        statement(
+            StatementClass::Write,
+            Vec::new(),
+            vec![table(schema, "invoices", Access::Write)],
+        )
+    };
+    assert_eq!(
+        verdict_rule_reason(&session.decide(&delete(None), &billing)),
+        (
+            StatementVerdict::Deny,
+            "ci-reads-orders",
+            "write access to invoices (billing.invoices on the search_path) is denied (tables \"billing.*\")"
+        )
+    );
+    // Reads stay allowed, and a qualified name is matched as written.
+    let read = select(vec![table(None, "invoices", Access::Read)]);
+    assert_eq!(
+        session.decide(&read, &billing).verdict,
+        StatementVerdict::Allow
+    );
+    assert_eq!(
+        session.decide(&delete(Some("public")), &billing).verdict,
+        StatementVerdict::Allow
+    );
+    // Later in the path counts as much as first: the name may only exist there.
+    let last = SearchPath::parse(r#"public, "Billing""#, "app_rw").unwrap();
+    assert_eq!(
+        session.decide(&delete(None), &last).verdict,
+        StatementVerdict::Deny
+    );
+    assert_eq!(
+        session.decide(&delete(None), &default_path()).verdict,
+        StatementVerdict::Allow
+    );
+}
+
+/// `"$user"` names the role's schema even before `CREATE SCHEMA app_rw`,
+/// and the temporary schema is searched whether the path names it or not.
+#[test]
+fn the_roles_schema_and_pg_temp_are_on_the_path() {
+    let files = Files::new();
+    let policy = self::policy(
+        &files,
+        "[[rule]]\nname = \"r\"\naction = \"allow\"\ntargets = [\"orders-db\"]\n[rule.postgres]\n[[rule.postgres.tables]]\ntables = [\"app_rw.*\", \"pg_temp.scratch\"]\ndeny = [\"write\"]\n",
+    );
+    let session = orders_session(&policy, 1000);
+    let write = |name| {
+        statement(
+            StatementClass::Write,
+            Vec::new(),
+            vec![table(None, name, Access::Write)],
+        )
+    };
+    let d = session.decide(&write("orders"), &default_path());
+    assert_eq!(
+        d.reason,
+        "write access to orders (app_rw.orders on the search_path) is denied (tables \"app_rw.*\")"
+    );
+    let fixed = SearchPath::parse("billing, public", "app_rw").unwrap();
+    assert_eq!(
+        session.decide(&write("orders"), &fixed).verdict,
+        StatementVerdict::Allow,
+        "no \"$user\" on the path"
+    );
+    for path in [default_path(), fixed] {
+        assert_eq!(
+            session.decide(&write("scratch"), &path).verdict,
+            StatementVerdict::Deny,
+            "{path}"
+        );
+    }
+    // After SET ROLE, "$user" may be any role's schema.
+    let mut changed = default_path();
+    changed.role_changed();
+    assert_eq!(
+        session.decide(&write("anything"), &changed).verdict,
+        StatementVerdict::Deny
+    );
+}
+
+/// A session whose search_path could not be read: an unqualified name may
+/// be in any schema, so every table rule covers it.
+#[test]
+fn an_unknown_search_path_matches_every_schema() {
+    let files = Files::new();
+    let policy = policy(&files, SPEC_RULE);
+    let session = orders_session(&policy, 1000);
+    let unknown = SearchPath::unknown();
+    let write = |schema| {
+        statement(
+            StatementClass::Write,
+            Vec::new(),
+            vec![table(schema, "orders", Access::Write)],
+        )
+    };
+    assert_eq!(
+        verdict_rule_reason(&session.decide(&write(None), &unknown)),
+        (
+            StatementVerdict::Deny,
+            "ci-reads-orders",
+            "write access to orders (any schema: the session's search_path is unknown) is denied (tables \"billing.*\")"
+        )
+    );
+    assert_eq!(
+        session.decide(&write(Some("public")), &unknown).verdict,
+        StatementVerdict::Allow
+    );
+    let read = select(vec![table(None, "orders", Access::Read)]);
+    assert_eq!(
+        session.decide(&read, &unknown).verdict,
+        StatementVerdict::Allow
+    );
 }
 
 #[test]
@@ -1337,7 +1490,10 @@ fn an_unqualified_system_name_is_in_pg_catalog_too() {
         (None, "pg_own", StatementVerdict::Deny),
         (None, "stat_activity", StatementVerdict::Allow),
     ] {
-        let d = session.decide(&select(vec![table(schema, name, Access::Read)]));
+        let d = session.decide(
+            &select(vec![table(schema, name, Access::Read)]),
+            &default_path(),
+        );
         assert_eq!(d.verdict, verdict, "{schema:?}.{name}: {}", d.reason);
     }
 }
@@ -1354,7 +1510,7 @@ fn approval_is_asked_when_nothing_denies() {
     let session = orders_session(&policy, 1000);
     let truncate = statement(StatementClass::Write, vec![Flag::Truncate], Vec::new());
     assert_eq!(
-        verdict_rule_reason(&session.decide(&truncate)),
+        verdict_rule_reason(&session.decide(&truncate, &default_path())),
         (
             StatementVerdict::Approve,
             "ci-reads-orders",
@@ -1363,8 +1519,8 @@ fn approval_is_asked_when_nothing_denies() {
     );
     let customers = select(vec![table(None, "customers", Access::Read)]);
     assert_eq!(
-        session.decide(&customers).reason,
-        "read access to customers needs approval (tables \"public.customers\")"
+        session.decide(&customers, &default_path()).reason,
+        "read access to customers (public.customers on the search_path) needs approval (tables \"public.customers\")"
     );
     // Deny wins over approval.
     let both = statement(
@@ -1373,7 +1529,7 @@ fn approval_is_asked_when_nothing_denies() {
         Vec::new(),
     );
     assert_eq!(
-        verdict_rule_reason(&session.decide(&both)),
+        verdict_rule_reason(&session.decide(&both, &default_path())),
         (
             StatementVerdict::Deny,
             "ci-reads-orders",
@@ -1416,7 +1572,7 @@ allow = ["read"]
         Vec::new(),
     );
     assert_eq!(
-        verdict_rule_reason(&session.decide(&call)),
+        verdict_rule_reason(&session.decide(&call, &default_path())),
         (
             StatementVerdict::Deny,
             "careful",
@@ -1425,7 +1581,7 @@ allow = ["read"]
     );
     let ddl = statement(StatementClass::Ddl, Vec::new(), Vec::new());
     assert_eq!(
-        verdict_rule_reason(&session.decide(&ddl)),
+        verdict_rule_reason(&session.decide(&ddl, &default_path())),
         (
             StatementVerdict::Approve,
             "careful",
@@ -1435,7 +1591,7 @@ allow = ["read"]
     // "broad" has no [rule.postgres]: everything it allows, others may still deny.
     let write = statement(StatementClass::Write, Vec::new(), Vec::new());
     assert_eq!(
-        verdict_rule_reason(&session.decide(&write)),
+        verdict_rule_reason(&session.decide(&write, &default_path())),
         (
             StatementVerdict::Allow,
             "broad",
@@ -1444,15 +1600,21 @@ allow = ["read"]
     );
     // For another user, "careful" does not apply.
     let other = orders_session(&policy, 1001);
-    assert_eq!(other.decide(&call).verdict, StatementVerdict::Allow);
-    assert_eq!(other.decide(&ddl).verdict, StatementVerdict::Allow);
+    assert_eq!(
+        other.decide(&call, &default_path()).verdict,
+        StatementVerdict::Allow
+    );
+    assert_eq!(
+        other.decide(&ddl, &default_path()).verdict,
+        StatementVerdict::Allow
+    );
 
     let only_reads = Files::new();
     let policy = self::policy(
         &only_reads,
         "[[rule]]\nname = \"a\"\naction = \"allow\"\ntargets = [\"orders-db\"]\n[rule.postgres]\nallow = [\"read\"]\n\n[[rule]]\nname = \"b\"\naction = \"allow\"\ntargets = [\"orders-db\"]\n[rule.postgres]\nallow = []\n",
     );
-    let d = orders_session(&policy, 1000).decide(&ddl);
+    let d = orders_session(&policy, 1000).decide(&ddl, &default_path());
     assert_eq!(
         verdict_rule_reason(&d),
         (
@@ -1469,7 +1631,7 @@ fn without_session_rules_every_statement_is_denied() {
     let policy = policy(&files, "");
     let session = orders_session(&policy, 1000);
     assert!(session.is_empty());
-    let d = session.decide(&select(Vec::new()));
+    let d = session.decide(&select(Vec::new()), &default_path());
     assert_eq!(
         verdict_rule_reason(&d),
         (
@@ -1478,9 +1640,12 @@ fn without_session_rules_every_statement_is_denied() {
             "no rule lets this job use target orders-db"
         )
     );
-    let d = session.decide_all(&Classification {
-        statements: Vec::new(),
-    });
+    let d = session.decide_all(
+        &Classification {
+            statements: Vec::new(),
+        },
+        &default_path(),
+    );
     assert_eq!(d.verdict, StatementVerdict::Deny);
 }
 
@@ -1492,7 +1657,9 @@ fn decide_all_reports_the_first_statement_that_is_not_allowed() {
     let read = || select(vec![table(None, "orders", Access::Read)]);
     let truncate = || statement(StatementClass::Write, vec![Flag::Truncate], Vec::new());
     let ddl = || statement(StatementClass::Ddl, Vec::new(), Vec::new());
-    let all = |statements: Vec<Statement>| session.decide_all(&Classification { statements });
+    let all = |statements: Vec<Statement>| {
+        session.decide_all(&Classification { statements }, &default_path())
+    };
 
     let d = all(vec![read(), read()]);
     assert_eq!((d.verdict, d.statement_index), (StatementVerdict::Allow, 0));

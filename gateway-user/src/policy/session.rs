@@ -3,7 +3,10 @@ use std::{fmt, sync::Arc};
 
 use glob::MatchOptions;
 
-use crate::protocols::postgres::classify::{Classification, Statement, TableRef};
+use crate::protocols::postgres::{
+    classify::{Classification, Statement, TableRef},
+    search_path::SearchPath,
+};
 
 use super::{
     approval::ApprovalRule,
@@ -209,19 +212,25 @@ impl SessionRules {
     /// denies it (its class or a flag in `deny`, or a table rule denying the
     /// access); else Approve if any rule needs approval for it; else Allow
     /// if a rule's `allow` has its class; else Deny by `default-deny`.
-    pub fn decide(&self, statement: &Statement) -> StatementDecision {
-        self.outcome(statement).decision(self, 0)
+    /// Table rules take an unqualified name to be in each schema of
+    /// `search_path` (the session's, as the server resolves it).
+    pub fn decide(&self, statement: &Statement, search_path: &SearchPath) -> StatementDecision {
+        self.outcome(statement, search_path).decision(self, 0)
     }
 
     /// A whole query string: a denied statement denies it (the first one is
     /// named), else the first statement that needs approval holds it, else
     /// it is allowed. Denial wins over an earlier approval because an
     /// approved string is sent whole.
-    pub fn decide_all(&self, classification: &Classification) -> StatementDecision {
+    pub fn decide_all(
+        &self,
+        classification: &Classification,
+        search_path: &SearchPath,
+    ) -> StatementDecision {
         let mut first_approve = None;
         let mut first_allow = None;
         for (index, statement) in classification.statements.iter().enumerate() {
-            let outcome = self.outcome(statement);
+            let outcome = self.outcome(statement, search_path);
             match outcome.verdict() {
                 StatementVerdict::Deny => return outcome.decision(self, index),
                 StatementVerdict::Approve if first_approve.is_none() => {
@@ -249,29 +258,32 @@ impl SessionRules {
     }
 
     /// How many statements of a query string need approval.
-    pub fn holds(&self, classification: &Classification) -> usize {
+    pub fn holds(&self, classification: &Classification, search_path: &SearchPath) -> usize {
         classification
             .statements
             .iter()
-            .filter(|s| self.outcome(s).verdict() == StatementVerdict::Approve)
+            .filter(|s| self.outcome(s, search_path).verdict() == StatementVerdict::Approve)
             .count()
     }
 
     /// The verdict without its text: nothing is allocated until the
     /// deciding outcome is known.
-    fn outcome<'s>(&'s self, statement: &'s Statement) -> Outcome<'s> {
+    fn outcome<'s>(&'s self, statement: &'s Statement, path: &'s SearchPath) -> Outcome<'s> {
         let rules = &self.inner.rules;
         if rules.is_empty() {
             return Outcome::NoRules;
         }
         let class = class_bit(&statement.class);
         for rule in rules {
-            if let Some(hit) = rule.statements().hit(statement, class, Check::Deny) {
+            if let Some(hit) = rule.statements().hit(statement, path, class, Check::Deny) {
                 return Outcome::Denied(rule, hit);
             }
         }
         for rule in rules {
-            if let Some(hit) = rule.statements().hit(statement, class, Check::Approve) {
+            if let Some(hit) = rule
+                .statements()
+                .hit(statement, path, class, Check::Approve)
+            {
                 return Outcome::Held(rule, hit);
             }
         }
@@ -296,7 +308,20 @@ enum Hit<'s> {
         access: usize,
         table: &'s TableRef,
         pattern: &'s TablePattern,
+        found: Found<'s>,
     },
+}
+
+/// Where a table pattern found a table.
+#[derive(Clone, Copy)]
+enum Found<'s> {
+    /// In the schema the statement names.
+    AsWritten,
+    /// An unqualified name, in this schema of the search path (or
+    /// `pg_catalog`).
+    InSchema(&'s str),
+    /// An unqualified name while the search path is unknown.
+    AnySchema,
 }
 
 enum Outcome<'s> {
@@ -362,10 +387,18 @@ impl Hit<'_> {
                 access,
                 table,
                 pattern,
+                found,
             } => {
-                let name = match &table.schema {
-                    Some(schema) => format!("{schema}.{}", table.name),
-                    None => table.name.clone(),
+                let name = match (found, &table.schema) {
+                    (Found::AsWritten, Some(schema)) => format!("{schema}.{}", table.name),
+                    (Found::AsWritten, None) => table.name.clone(),
+                    (Found::InSchema(schema), _) => {
+                        format!("{0} ({schema}.{0} on the search_path)", table.name)
+                    }
+                    (Found::AnySchema, _) => format!(
+                        "{} (any schema: the session's search_path is unknown)",
+                        table.name
+                    ),
                 };
                 format!(
                     "{} access to {name} {what} (tables {:?})",
@@ -379,7 +412,13 @@ impl Hit<'_> {
 impl PostgresRule {
     /// The first reason, if any, this rule denies (or holds) `statement`:
     /// its class, then its flags, then its tables, in that order.
-    fn hit<'s>(&'s self, statement: &'s Statement, class: usize, check: Check) -> Option<Hit<'s>> {
+    fn hit<'s>(
+        &'s self,
+        statement: &'s Statement,
+        path: &'s SearchPath,
+        class: usize,
+        check: Check,
+    ) -> Option<Hit<'s>> {
         let kinds = match check {
             Check::Deny => self.deny,
             Check::Approve => self.approve,
@@ -406,11 +445,16 @@ impl PostgresRule {
                 if !accesses.contains(access) {
                     continue;
                 }
-                if let Some(pattern) = rule.patterns.iter().find(|p| p.matches(table)) {
+                if let Some((pattern, found)) = rule
+                    .patterns
+                    .iter()
+                    .find_map(|p| p.find(table, path).map(|found| (p, found)))
+                {
                     return Some(Hit::Table {
                         access,
                         table,
                         pattern,
+                        found,
                     });
                 }
             }
@@ -420,24 +464,34 @@ impl PostgresRule {
 }
 
 impl TablePattern {
-    /// An unqualified name is taken to be in `public`, the default
-    /// `search_path`: the classifier cannot know a session's search_path.
-    /// A `pg_*` name may also be in `pg_catalog`, which PostgreSQL searches
-    /// before the search path and where every relation is named `pg_*`.
+    /// Whether the pattern covers `table`, and where it found it. An
+    /// unqualified name may be in any schema of the session's search path
+    /// (whichever holds it, now or after a CREATE), so matching one of them
+    /// is enough; any schema at all when the path is unknown. A `pg_*`
+    /// name may also be in `pg_catalog`, which PostgreSQL searches before
+    /// the path and where every relation is named `pg_*`.
     /// Case-insensitive, as masking globs are: a quoted mixed-case twin of a
     /// denied table is denied too, the safe direction.
-    pub(super) fn matches(&self, table: &TableRef) -> bool {
+    fn find<'s>(&self, table: &TableRef, path: &'s SearchPath) -> Option<Found<'s>> {
         if !self.table.matches_with(&table.name, TABLE_MATCH) {
-            return false;
+            return None;
         }
-        match table.schema.as_deref() {
-            Some(schema) => self.schema.matches_with(schema, TABLE_MATCH),
-            None => {
-                self.schema.matches_with("public", TABLE_MATCH)
-                    || (table.name.starts_with("pg_")
-                        && self.schema.matches_with("pg_catalog", TABLE_MATCH))
-            }
+        if let Some(schema) = table.schema.as_deref() {
+            return self
+                .schema
+                .matches_with(schema, TABLE_MATCH)
+                .then_some(Found::AsWritten);
         }
+        let Some(schemas) = path.schemas() else {
+            return Some(Found::AnySchema);
+        };
+        if table.name.starts_with("pg_") && self.schema.matches_with("pg_catalog", TABLE_MATCH) {
+            return Some(Found::InSchema("pg_catalog"));
+        }
+        schemas
+            .iter()
+            .find(|s| self.schema.matches_with(s, TABLE_MATCH))
+            .map(|s| Found::InSchema(s))
     }
 }
 

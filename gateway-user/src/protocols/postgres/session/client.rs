@@ -212,7 +212,7 @@ impl Session<'_> {
         sql: &str,
         classification: &Classification,
     ) -> StatementDecision {
-        let mut decision = self.rules.decide_all(classification);
+        let mut decision = self.rules.decide_all(classification, &self.search_path);
         // With copy_out_masked = "deny", COPY … TO STDOUT never runs on a
         // target with masking rules; with "mask" its rows are masked as
         // they stream (see `copy_out_rows`).
@@ -305,7 +305,20 @@ impl Session<'_> {
         match resolved {
             Ok(classification) => {
                 let shown = shown(sql, &classification);
-                self.decide_classified(sql, &classification, shown)
+                if !changes_role(&classification) {
+                    return self.decide_classified(sql, &classification, shown);
+                }
+                // A `"$user"` entry of the search path names whatever role
+                // the session becomes: from this string on, unqualified
+                // names are decided as if in any schema, unless the role
+                // change is refused and never reaches the server.
+                let before = self.search_path.clone();
+                self.search_path.role_changed();
+                let decided = self.decide_classified(sql, &classification, shown);
+                if matches!(decided, Decided::Refuse(_)) {
+                    self.search_path = before;
+                }
+                decided
             }
             Err((rule, why)) => {
                 let redacted = super::super::classify::redact_passwords(sql);
@@ -464,8 +477,8 @@ pub(super) fn shown(sql: &Arc<str>, classification: &Classification) -> Shown {
 }
 
 /// Whether a statement changes `search_path`. Table rules match unqualified
-/// names as schema public, so a changed search path would let
-/// `DELETE FROM invoices` reach `billing.invoices` unseen. The parse sees
+/// names in the schemas of the path read at login, so a changed path would
+/// let `DELETE FROM invoices` reach `billing.invoices` unseen. The parse sees
 /// every spelling PostgreSQL accepts (`SET SCHEMA`, escaped literals); the
 /// text check also catches what the parse cannot see into, such as a DO body.
 pub(super) fn changes_search_path(sql: &str, classification: &Classification) -> bool {
@@ -476,6 +489,15 @@ pub(super) fn changes_search_path(sql: &str, classification: &Classification) ->
                     .statements
                     .iter()
                     .any(|s| s.class != super::super::classify::StatementClass::Read))
+}
+
+/// Whether a statement may change the session's role (SET ROLE, SET
+/// SESSION AUTHORIZATION, their RESETs, DISCARD ALL, `set_config('role')`).
+fn changes_role(classification: &Classification) -> bool {
+    classification
+        .statements
+        .iter()
+        .any(|s| s.flags.contains(&super::super::classify::Flag::SetRole))
 }
 
 /// The planner's statistics: they hold sampled values of every column the

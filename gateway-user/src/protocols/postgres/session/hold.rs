@@ -109,7 +109,7 @@ impl Session<'_> {
             .running
             .classification
             .as_ref()
-            .is_some_and(|c| self.rules.holds(c) == 1);
+            .is_some_and(|c| self.rules.holds(c, &self.search_path) == 1);
         let query = GrantQuery {
             scope: &scope,
             identity: &identity,

@@ -56,6 +56,7 @@ use super::{
         RowDescription, StartupMessage, StartupPacket, read_startup_frame,
     },
     copy_out::{self, CopyRows},
+    search_path::SearchPath,
     tls::{self, ClientStream},
     tracker::{
         Denial, Layout, LayoutCache, Pending, Portal, PreparedStatement, Running, Shown,
@@ -155,6 +156,16 @@ pub async fn serve(
             return summary;
         }
     };
+    let search_path = match &upstream.search_path {
+        Ok(path) => path.clone(),
+        Err(why) => {
+            warn!(
+                flow_id = flow.id,
+                "the session's search_path could not be read ({why}): table rules take an unqualified name to be in any schema"
+            );
+            SearchPath::unknown()
+        }
+    };
     info!(
         flow_id = flow.id,
         target = %ctx.target.name,
@@ -162,6 +173,7 @@ pub async fn serve(
         %database,
         upstream = %upstream.addr,
         session = recording.id(),
+        %search_path,
         "postgres session start"
     );
     recording.record(Body::Login {
@@ -201,6 +213,7 @@ pub async fn serve(
     let mut session = Session {
         ctx: ctx.clone(),
         rules,
+        search_path,
         mode: ctx.mode,
         copy_out_masked: ctx.copy_out_masked,
         masking: Arc::clone(&ctx.masking),
@@ -242,6 +255,8 @@ struct Session<'a> {
     ctx: Arc<PostgresContext>,
     /// The flow's rules narrowed to the session's role.
     rules: SessionRules,
+    /// Where an unqualified table name may resolve, for the table rules.
+    search_path: SearchPath,
     /// The statement policy's mode and COPY setting; with `rules`, taken
     /// again after a policy reload (see `refresh_policy`).
     mode: Mode,

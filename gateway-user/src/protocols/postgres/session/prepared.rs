@@ -214,7 +214,7 @@ impl Session<'_> {
             // Approved when prepared, and nothing but that rule's hold
             // stands in its way now.
             if let Some(rule) = approved {
-                let now = self.rules.decide_all(&stored);
+                let now = self.rules.decide_all(&stored, &self.search_path);
                 if now.verdict == StatementVerdict::Allow
                     || (now.verdict == StatementVerdict::Approve && *now.rule == *rule)
                 {
