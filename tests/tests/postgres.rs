@@ -1097,6 +1097,60 @@ fn statement_events_name_the_rule() -> Result<()> {
     Ok(())
 }
 
+/// A role's default search_path is applied by the server at login, where
+/// the job's statements never show it: an unqualified `invoices` is
+/// `billing.invoices`, and the `billing.*` table rule must see it so.
+#[test]
+fn table_rules_follow_the_roles_search_path() -> Result<()> {
+    let s = Setup::start("pg-search-path", 88, Policy::Guarded)?;
+    s.pg.admin_psql(
+        "postgres",
+        "orders",
+        &["ALTER ROLE app_rw SET search_path = billing, public"],
+    )?;
+    let r = s.pgclient(
+        "app_rw",
+        &[
+            simple("SHOW search_path"),
+            simple("SELECT count(*) FROM invoices"),
+            simple("DELETE FROM invoices WHERE id = 1"),
+            query("DELETE FROM invoices WHERE id = 2"),
+            simple("SELECT count(*) FROM invoices"),
+            // Any schema of the path may hold an unqualified name (or come
+            // to hold it): only a qualified name is outside billing for sure.
+            simple("DELETE FROM items WHERE id = 1"),
+            simple("DELETE FROM public.items WHERE id = 1"),
+        ],
+    )?;
+    // The gateway's own look at the path left nothing for the client.
+    assert_rows(&r[0], &[&["billing, public"]], "the role's search_path");
+    assert_rows(&r[1], &[&["2"]], "an unqualified read of billing");
+    assert_denied(&r[2], "ci-orders", "an unqualified DELETE from billing");
+    assert!(
+        r[2]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("billing.invoices on the search_path")),
+        "{}",
+        r[2]
+    );
+    assert_denied(&r[3], "ci-orders", "the same in the extended protocol");
+    assert_rows(&r[4], &[&["2"]], "billing after the denials");
+    assert_denied(&r[5], "ci-orders", "an unqualified DELETE of items");
+    assert_eq!(r[6]["counts"], json!([1]), "{}", r[6]);
+
+    // The server agrees: nothing denied reached it.
+    let direct = s.pg.admin_psql(
+        "app_rw",
+        "orders",
+        &[
+            "SELECT count(*) FROM billing.invoices",
+            "SELECT count(*) FROM public.items",
+        ],
+    )?;
+    assert_eq!(direct.lines().collect::<Vec<_>>(), ["2", "99"]);
+    Ok(())
+}
+
 /// `target_toml` with extra `[target.postgres]` settings.
 fn tls_target(pg: &PgServer, name: &str, address: &str, settings: &str) -> String {
     pg.target_toml(name, address).replace(

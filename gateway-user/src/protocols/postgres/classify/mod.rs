@@ -78,7 +78,9 @@
 //!   and refused beyond a bound ([`ClassifyError::TooDeep`]): libpg_query
 //!   recurses without a depth check (see `depth.rs`).
 //! * Table names are as written: `schema` is `None` for unqualified names
-//!   (resolved by the session's `search_path`), and a CTE name is not a table.
+//!   (resolved by the session's `search_path`, which the classifier cannot
+//!   know: the PostgreSQL session reads it from the server at login, see
+//!   `search_path.rs`), and a CTE name is not a table.
 //!   In DDL, DCL and admin statements every relation named outside a query
 //!   counts as written, including a foreign key's referenced table or a
 //!   `LIKE` source: the statement changes or depends on them.

@@ -191,7 +191,7 @@ pub(super) fn unsafe_startup_setting(startup: &StartupMessage) -> Option<String>
         }
         let lower = name.to_ascii_lowercase();
         if lower == "search_path" {
-            return Some("the startup parameter search_path is not allowed through chokepoint: table rules match by schema; use SET search_path after connecting".into());
+            return Some("the startup parameter search_path is not allowed through chokepoint: table rules follow the search_path the role and database set, and a job may not change it; qualify table names instead".into());
         }
         if !STARTUP_SETTINGS.contains(&lower.as_str()) {
             return Some(format!(
