@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use super::{verify::Verdict, *};
 
-fn settings(dir: &Path) -> RecordingSettings {
+/// Recording under `dir` (also used by the DNS session's tests).
+pub(crate) fn settings(dir: &Path) -> RecordingSettings {
     RecordingSettings {
         enabled: true,
         dir: dir.join("sessions"),

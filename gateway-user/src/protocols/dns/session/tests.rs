@@ -14,9 +14,9 @@ use hickory_proto::{
 
 use super::*;
 use crate::{
-    policy::{Policy, RecordingSettings},
+    policy::Policy,
     protocols::dns::NameTable,
-    recording::{Recorder, files, retention},
+    recording::{Recorder, files},
 };
 
 const WEB: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 80);
@@ -109,22 +109,11 @@ fn context(policy: &Arc<Policy>) -> DnsContext {
     }
 }
 
-fn recording_settings(dir: &Path) -> RecordingSettings {
-    RecordingSettings {
-        enabled: true,
-        dir: dir.join("sessions"),
-        keys_dir: dir.join("keys"),
-        result_rows: 10,
-        retention: retention::Limits::default(),
-        sink: None,
-    }
-}
-
 async fn one_query(mode: &str, name: &str) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let policy = Arc::new(policy(dir.path(), mode));
     let ctx = context(&policy);
-    let settings = recording_settings(dir.path());
+    let settings = crate::recording::tests::settings(dir.path());
     let recorder = Recorder::start(&settings).unwrap();
     let recording = recorder.open(crate::recording::tests::start()).await;
     let id = recording.id().to_owned();
@@ -210,7 +199,7 @@ async fn an_idle_or_stalled_tcp_connection_is_closed_after_the_idle_time() {
     let dir = tempfile::tempdir().unwrap();
     let policy = Arc::new(policy(dir.path(), "enforce"));
     let ctx = Arc::new(context(&policy));
-    let settings = recording_settings(dir.path());
+    let settings = crate::recording::tests::settings(dir.path());
     let recorder = Recorder::start(&settings).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
