@@ -1298,6 +1298,41 @@ fn jobs_that_require_tls_get_it_where_the_target_offers_it() -> Result<()> {
     Ok(())
 }
 
+/// A job at its connection limit is told why in libpq's own error output,
+/// not with a bare reset.
+#[test]
+fn a_job_at_its_connection_limit_gets_a_postgres_error() -> Result<()> {
+    let pg = PgServer::start()?;
+    let cg = TestCgroup::new("pg-conn-limit")?;
+    let config = GatewayConfig::new("pg-conn-limit", &cg)?
+        .daemon_setting("max_connections_per_job = 1")
+        .raw_toml(&pg.target_toml("orders-db", "127.0.0.89"))
+        .raw_toml(STATEMENT_RULES);
+    let gw = Gateway::start(&config).with_context(|| format!("config:\n{}", config.to_toml()))?;
+    let conninfo = "host=127.0.0.89 port=5432 dbname=orders user=app_rw";
+    // One session holds the job's only place (the cgroup's cleanup ends
+    // it if the test fails first).
+    let mut first = job_psql(&cg, conninfo, &["SELECT pg_sleep(20)"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    wait_for("the first session", LOG_TIMEOUT, || {
+        gw.events()
+            .into_iter()
+            .find(|e| chokepoint_tests::message(e) == Some("postgres session start"))
+    })?;
+    let out = job_psql_at(&cg, conninfo, &["SELECT 1"])?;
+    assert!(!out.ok, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("chokepoint: this job already has 1 connections open, its limit ([daemon] max_connections_per_job)"),
+        "{out:?}"
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+    Ok(())
+}
+
 #[test]
 fn copy_out_masked_deny_refuses_before_the_statement_runs() -> Result<()> {
     let pg = PgServer::start()?;

@@ -192,7 +192,19 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
                     at.open
                 );
                 crate::admin::metrics::connection("tcp", "shed", "max_connections_per_job", "gateway", 0, 0);
-                tcp::refuse(client).await;
+                // A PostgreSQL client is told why; anything else is reset,
+                // as a denied connection is.
+                let names = destination_names(&shared, &flow);
+                let facts = flow_facts(&flow, job.as_deref(), &names);
+                if matches!(policy.evaluate(&facts).protocol, Protocol::Postgres) {
+                    let message = format!(
+                        "chokepoint: this job already has {} connections open, its limit ([daemon] max_connections_per_job)",
+                        at.open
+                    );
+                    postgres::refuse_unstarted(client, "53300", &message).await;
+                } else {
+                    tcp::refuse(client).await;
+                }
                 return;
             }
         };

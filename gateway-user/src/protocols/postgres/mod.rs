@@ -35,7 +35,7 @@ use std::{
 use rustls::ClientConfig;
 use tokio_rustls::TlsAcceptor;
 
-pub use session::{SessionSummary, serve};
+pub use session::{SessionSummary, refuse_unstarted, serve};
 
 use crate::{
     masking::MaskingPolicy,

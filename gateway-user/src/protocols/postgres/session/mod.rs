@@ -101,6 +101,47 @@ pub struct SessionSummary {
 /// for as long as the job cares to keep them open.
 const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long a refused client may take to send its startup message.
+const REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Refusals that wait for a startup message at once, host-wide; past
+/// this, clients are reset without a word, so a flood holds nothing.
+static REFUSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
+
+/// Refuses a client before its session starts, with an error it can show,
+/// or resets it when too many refusals are under way already. libpq 15 and
+/// later show no error sent in answer to an SSLRequest or GSSENCRequest,
+/// so those are declined and the error answers the startup message.
+pub async fn refuse_unstarted(mut client: TcpStream, code: &str, message: &str) {
+    let Ok(_turn) = REFUSING.try_acquire() else {
+        crate::protocols::tcp::refuse(client).await;
+        return;
+    };
+    let polite = async {
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut decoder = FrameDecoder::default();
+        // At most an SSLRequest, a GSSENCRequest, then the startup.
+        for _ in 0..3 {
+            let Ok(Some(frame)) =
+                codec::read_startup_frame(&mut client, &mut buf, &mut decoder).await
+            else {
+                return Ok(());
+            };
+            match frame.code() {
+                codec::SSL_REQUEST_CODE | codec::GSSENC_REQUEST_CODE => {
+                    client.write_all(b"N").await?;
+                }
+                codec::CANCEL_REQUEST_CODE => return Ok(()),
+                _ => {
+                    client.write_all(&fatal(code, message)).await?;
+                    return client.shutdown().await;
+                }
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_WAIT, polite).await;
+}
+
 /// Serves one client connection that policy routed to a PostgreSQL target.
 pub async fn serve(
     ctx: Arc<PostgresContext>,
