@@ -794,7 +794,13 @@ const DENIED: &[(&str, &str)] = &[
         "ci-orders",
     ),
     ("DELETE FROM items", "ci-orders"),
+    ("DELETE FROM items WHERE 1 = 1", "ci-orders"),
+    ("DELETE FROM items WHERE id = 1 OR true", "ci-orders"),
     ("UPDATE items SET qty = 0", "ci-orders"),
+    (
+        "MERGE INTO items USING (SELECT 1) s ON true WHEN MATCHED THEN DELETE",
+        "ci-orders",
+    ),
     ("TRUNCATE items", "ci-orders"),
     ("DO $$ BEGIN DELETE FROM items; END $$", "ci-orders"),
     (

@@ -184,7 +184,7 @@ fn top_level_where(sql: &str) -> Option<bool> {
                     skip_string(b, j, c.eq_ignore_ascii_case(&b'e'))
                 } else {
                     if depth == 0 && word.eq_ignore_ascii_case(b"where") {
-                        return (!after_dot).then_some(true);
+                        return (!after_dot && plainly_filters(b, j)).then_some(true);
                     }
                     if depth == 0 && word.eq_ignore_ascii_case(b"returning") {
                         return (!after_dot).then_some(false);
@@ -199,6 +199,112 @@ fn top_level_where(sql: &str) -> Option<bool> {
     Some(false)
 }
 
+/// Words that may start a WHERE clause without being a column: constants,
+/// SQL value functions, NOT, CURRENT OF, and type names of typed literals
+/// (`timestamp with time zone '…'`). Listing too many only sends a
+/// statement to the full parse.
+const NOT_A_COLUMN: &[&[u8]] = &[
+    b"array",
+    b"bit",
+    b"case",
+    b"cast",
+    b"char",
+    b"character",
+    b"current",
+    b"current_catalog",
+    b"current_date",
+    b"current_role",
+    b"current_schema",
+    b"current_time",
+    b"current_timestamp",
+    b"current_user",
+    b"double",
+    b"false",
+    b"interval",
+    b"localtime",
+    b"localtimestamp",
+    b"national",
+    b"nchar",
+    b"not",
+    b"null",
+    b"row",
+    b"session_user",
+    b"system_user",
+    b"time",
+    b"timestamp",
+    b"true",
+    b"user",
+    b"varchar",
+];
+
+/// Whether the WHERE clause starting at `start` certainly filters by a
+/// column, in the sense of `walk::filters_rows`: it starts with a column
+/// name (not a keyword, a function call or a typed literal), so the first
+/// conjunct names a column, and it has no OR anywhere, so no arm of it can
+/// take every row. Anything else (`WHERE true`, `WHERE 1 = 1`, `WHERE $1`,
+/// `WHERE id = 1 OR true`, `WHERE CURRENT OF c`) goes to the full parse,
+/// which decides exactly.
+fn plainly_filters(b: &[u8], start: usize) -> bool {
+    let next_token = |mut i: usize| {
+        while i < b.len() {
+            match skip_between_tokens(b, i) {
+                Some(end) => i = end,
+                None => break,
+            }
+        }
+        i
+    };
+    let first = next_token(start);
+    let after = match b.get(first) {
+        Some(b'"') => skip_quoted(b, first + 1, b'"'),
+        Some(&c) if is_ident_start(c) => {
+            let mut j = first;
+            while j < b.len() && is_ident_cont(b[j]) {
+                j += 1;
+            }
+            let word = &b[first..j];
+            if NOT_A_COLUMN.iter().any(|k| word.eq_ignore_ascii_case(k)) {
+                return false;
+            }
+            j
+        }
+        _ => return false,
+    };
+    // A name before `(` calls a function; before a string it types a literal.
+    if matches!(b.get(next_token(after)), Some(b'(' | b'\'')) {
+        return false;
+    }
+    let mut i = after;
+    while i < b.len() {
+        if let Some(end) = skip_between_tokens(b, i) {
+            i = end;
+            continue;
+        }
+        i = match b[i] {
+            b'\'' => skip_string(b, i, false),
+            b'"' => skip_quoted(b, i + 1, b'"'),
+            b'$' => skip_dollar(b, i).max(i + 1),
+            c if is_ident_start(c) => {
+                let mut j = i;
+                while j < b.len() && is_ident_cont(b[j]) {
+                    j += 1;
+                }
+                let prefix =
+                    j == i + 1 && matches!(c.to_ascii_lowercase(), b'b' | b'e' | b'n' | b'x');
+                if prefix && b.get(j) == Some(&b'\'') {
+                    skip_string(b, j, c.eq_ignore_ascii_case(&b'e'))
+                } else if b[i..j].eq_ignore_ascii_case(b"or") {
+                    return false;
+                } else {
+                    j
+                }
+            }
+            _ => i + 1,
+        };
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::top_level_where;
@@ -207,7 +313,30 @@ mod tests {
     fn top_level_where_reads_only_the_statements_own_clause() {
         for (sql, expected) in [
             ("UPDATE t SET a = 1 WHERE id = 2", Some(true)),
-            ("delete from t where current of c", Some(true)),
+            ("delete from t where current of c", None),
+            // A WHERE that may take every row is for the full parse to judge.
+            ("DELETE FROM t WHERE true", None),
+            ("DELETE FROM t WHERE 1 = 1", None),
+            ("DELETE FROM t WHERE $1", None),
+            ("DELETE FROM t WHERE id = 1 OR true", None),
+            ("DELETE FROM t WHERE id = 1 AND (a = 2 oR b = 3)", None),
+            ("DELETE FROM t WHERE current_user = 'ci'", None),
+            ("DELETE FROM t WHERE lower('A') = 'a'", None),
+            ("DELETE FROM t WHERE \"lower\"('A') = 'a'", None),
+            ("DELETE FROM t WHERE int4 '1' = 1", None),
+            (
+                "DELETE FROM t WHERE timestamp with time zone 'now' < now()",
+                None,
+            ),
+            ("DELETE FROM t WHERE NOT false", None),
+            ("DELETE FROM t WHERE id = 'a\\' OR true", None),
+            ("DELETE FROM t WHERE id = E'\\' or '", Some(true)),
+            (
+                "DELETE FROM t WHERE id = 'or' AND \"or\" = 1 -- or",
+                Some(true),
+            ),
+            ("DELETE FROM t WHERE \"id\" = $1", Some(true)),
+            ("DELETE FROM t WHERE t.id IN (1, 2)", Some(true)),
             ("UPDATE t SET a = 1", Some(false)),
             ("DELETE FROM t", Some(false)),
             (
@@ -236,7 +365,8 @@ mod tests {
             ("UPDATE t SET a = somewhere", Some(false)),
             ("DELETE FROM t USING u WHERE t.id = u.id", Some(true)),
             ("UPDATE t SET a = count(*) FILTER (WHERE true)", Some(false)),
-            ("UPDATE t SET a = 1 WHERE'x' = b", Some(true)),
+            ("UPDATE t SET a = 1 WHERE'x' = b", None),
+            ("UPDATE t SET a = 1 WHERE/**/b", Some(true)),
             ("UPDATE t SET a = e'\\'' WHERE b", Some(true)),
         ] {
             assert_eq!(top_level_where(sql), expected, "{sql:?}");

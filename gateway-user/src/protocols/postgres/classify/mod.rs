@@ -50,7 +50,7 @@
 //!
 //! | Flag | Set by |
 //! |---|---|
-//! | `delete_without_where` / `update_without_where` | a DELETE / UPDATE without WHERE anywhere: top level, CTE, PREPARE, EXPLAIN ANALYZE, COPY query, rule action, `BEGIN ATOMIC` body (`WHERE CURRENT OF` counts as a WHERE) |
+//! | `delete_without_where` / `update_without_where` | a DELETE / UPDATE without WHERE anywhere: top level, CTE, PREPARE, EXPLAIN ANALYZE, COPY query, rule action, `BEGIN ATOMIC` body (`WHERE CURRENT OF` counts as a WHERE; one that names no column, or an OR with such an arm, does not); a MERGE UPDATE / DELETE under an `ON` that names no column, or `WHEN NOT MATCHED BY SOURCE` without a condition |
 //! | `drop` | every DROP statement, DROP OWNED, ALTER TABLE … DROP COLUMN (not DROP CONSTRAINT/DEFAULT) |
 //! | `truncate` | TRUNCATE |
 //! | `data_modifying_cte` | INSERT/UPDATE/DELETE/MERGE inside a WITH |
@@ -84,6 +84,10 @@
 //!   In DDL, DCL and admin statements every relation named outside a query
 //!   counts as written, including a foreign key's referenced table or a
 //!   `LIKE` source: the statement changes or depends on them.
+//! * "Without WHERE" means "may take every row" only as far as the text
+//!   shows it: a condition naming no column counts, a tautology over a
+//!   column (`WHERE id = id`, `WHERE id IS NOT NULL`) and a subquery that
+//!   ignores the row (`WHERE EXISTS (SELECT 1 FROM u WHERE u.a = 1)`) do not.
 
 mod cache;
 mod class;

@@ -608,8 +608,40 @@ fn prepared_statements() {
 #[test]
 fn where_clauses() {
     check("DELETE FROM t WHERE id = 1", Write, &[]);
-    check("DELETE FROM t WHERE true", Write, &[]);
     check("DELETE FROM t WHERE CURRENT OF c", Write, &[]);
+    check("DELETE FROM t WHERE id = $1 AND $2", Write, &[]);
+    check(
+        "DELETE FROM t WHERE id IS NOT NULL OR id IS NULL",
+        Write,
+        &[],
+    );
+    // A condition that names no column is the same for every row: it takes
+    // all of them (or none), like no WHERE at all, and so does an OR with such an arm.
+    for sql in [
+        "DELETE FROM t WHERE true",
+        "delete from t where 1 = 1",
+        "DELETE FROM t WHERE 'a' = 'a'",
+        "DELETE FROM t WHERE $1",
+        "DELETE FROM t WHERE NOT false",
+        "DELETE FROM t WHERE current_user = 'ci'",
+        "DELETE FROM t WHERE id = 5 OR 1 = 1",
+        "DELETE FROM t WHERE (id = 5 OR true) AND 2 > 1",
+        "DELETE FROM t WHERE id = 'a\\' OR true",
+        "DELETE FROM t WHERE timestamp with time zone 'now' < now()",
+        "DELETE FROM t WHERE EXISTS (SELECT 1)",
+    ] {
+        check(sql, Write, &[DeleteWithoutWhere]);
+    }
+    check(
+        "UPDATE t SET a = 1 WHERE a = 1 OR true",
+        Write,
+        &[UpdateWithoutWhere],
+    );
+    check(
+        "WITH d AS (DELETE FROM t WHERE 1 = 1 RETURNING *) SELECT * FROM d",
+        Write,
+        &[DeleteWithoutWhere, DataModifyingCte],
+    );
     check("DELETE FROM t USING u WHERE t.id = u.id", Write, &[]);
     check("DELETE FROM t USING u", Write, &[DeleteWithoutWhere]);
     check("UPDATE t SET a = 1", Write, &[UpdateWithoutWhere]);
@@ -641,6 +673,37 @@ fn where_clauses() {
         Ddl,
         &[DeleteWithoutWhere],
     );
+}
+
+#[test]
+fn merge_actions_that_reach_every_row() {
+    // An ON that names no column matches every target row to every source row.
+    check(
+        "MERGE INTO t USING (SELECT 1) s ON true WHEN MATCHED THEN DELETE",
+        Write,
+        &[DeleteWithoutWhere],
+    );
+    check(
+        "MERGE INTO t USING u ON 1 = 1 WHEN MATCHED THEN UPDATE SET a = 1",
+        Write,
+        &[UpdateWithoutWhere],
+    );
+    // NOT MATCHED BY SOURCE takes every target row the job's source leaves out.
+    check(
+        "MERGE INTO t USING u ON t.id = u.id WHEN NOT MATCHED BY SOURCE THEN DELETE",
+        Write,
+        &[DeleteWithoutWhere],
+    );
+    // Filtered by the ON or by the action's own condition: no flag.
+    for sql in [
+        "MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN DELETE",
+        "MERGE INTO t USING u ON true WHEN MATCHED AND t.a > 1 THEN UPDATE SET a = 0",
+        "MERGE INTO t USING u ON t.id = u.id WHEN NOT MATCHED BY SOURCE AND t.a = 1 THEN DELETE",
+        "MERGE INTO t USING u ON true WHEN NOT MATCHED THEN INSERT VALUES (1)",
+        "MERGE INTO t USING u ON true WHEN MATCHED THEN DO NOTHING",
+    ] {
+        check(sql, Write, &[]);
+    }
 }
 
 #[test]
@@ -901,7 +964,6 @@ fn fast_path_agrees_with_full_parse() {
         "DELETE FROM billing.invoices",
         "DELETE FROM t WHERE id = $1",
         "DELETE FROM ONLY t AS x USING u, s.v WHERE x.id = u.id RETURNING x.*",
-        "DELETE FROM t WHERE CURRENT OF c",
         "UPDATE t SET a = (SELECT max(a) FROM t) WHERE b IN (SELECT b FROM s.u)",
         "UPDATE t SET a = (SELECT b FROM u WHERE u.id = t.id)",
         "UPDATE t x SET (a, b) = (1, 2) FROM u JOIN v ON u.id = v.id WHERE x.id = u.id RETURNING a AS where",
@@ -942,6 +1004,9 @@ fn fast_path_agrees_with_full_parse() {
         "UPDATE t SET a = u.where FROM u",
         "UPDATE t SET a = u.\x0bwhere FROM u",
         "MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN DELETE",
+        "DELETE FROM t WHERE CURRENT OF c",
+        "DELETE FROM t WHERE true",
+        "UPDATE t SET a = 1 WHERE a = 1 OR 1 = 1",
         "COPY t FROM STDIN",
         "PREPARE p AS DELETE FROM t",
         "CREATE TABLE t AS SELECT 1",

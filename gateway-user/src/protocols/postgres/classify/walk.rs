@@ -12,7 +12,7 @@ use super::functions::{
     is_writing_function, lexer_setting_refusal,
 };
 use super::tree::Value;
-use pg_query::protobuf::VariableSetKind;
+use pg_query::protobuf::{BoolExprType, CmdType, MergeMatchKind, VariableSetKind};
 
 /// What the walk found in one statement.
 #[derive(Debug, Default)]
@@ -178,11 +178,12 @@ impl<'t> Walker<'t> {
                     self.facts.search_path = true;
                 }
                 skip.push("relation");
-                // `WHERE CURRENT OF cursor` is a WHERE clause too (one row).
-                let no_where = v.get("where_clause").is_null();
+                // `WHERE true` or `WHERE 1 = 1` takes every row, as no WHERE does.
+                let no_where = !filters_rows(v.get("where_clause"));
                 match kind {
                     "DeleteStmt" if no_where => self.facts.flags.insert(Flag::DeleteWithoutWhere),
                     "UpdateStmt" if no_where => self.facts.flags.insert(Flag::UpdateWithoutWhere),
+                    "MergeStmt" => self.merge_actions(v),
                     _ => {}
                 }
             }
@@ -191,6 +192,32 @@ impl<'t> Walker<'t> {
 
         self.ctes.truncate(saved_ctes);
         self.access = saved_access;
+    }
+
+    /// MERGE's UPDATE and DELETE actions that reach every row of the target:
+    /// `WHEN MATCHED` under an `ON` that does not filter (`ON true`), and
+    /// `WHEN NOT MATCHED BY SOURCE`, which takes every target row the
+    /// job's own source leaves out (all of them, for an empty source);
+    /// either without an `AND` condition of its own that filters.
+    fn merge_actions(&mut self, merge: &Value) {
+        let on_filters = filters_rows(merge.get("join_condition"));
+        for clause in merge.get("merge_when_clauses").items() {
+            let kind = clause.get("match_kind").as_int().unwrap_or_default();
+            let every_row = match kind {
+                k if k == MergeMatchKind::MergeWhenMatched as i64 => !on_filters,
+                k if k == MergeMatchKind::MergeWhenNotMatchedBySource as i64 => true,
+                _ => false,
+            };
+            if !every_row || filters_rows(clause.get("condition")) {
+                continue;
+            }
+            let command = clause.get("command_type").as_int().unwrap_or_default();
+            if command == CmdType::CmdDelete as i64 {
+                self.facts.flags.insert(Flag::DeleteWithoutWhere);
+            } else if command == CmdType::CmdUpdate as i64 {
+                self.facts.flags.insert(Flag::UpdateWithoutWhere);
+            }
+        }
     }
 
     /// A relation in a position where it may name a CTE (when read).
@@ -263,6 +290,36 @@ impl<'t> Walker<'t> {
         let value = function_arg(call, 1, "new_value").and_then(string_constant);
         self.refuse(lexer_setting_refusal(setting, Some(value)));
     }
+}
+
+/// Whether a WHERE (or MERGE `ON`) condition can leave rows out. A
+/// condition that names no column (`true`, `1 = 1`, `$1`, `NOT false`,
+/// `current_user = 'ci'`) is the same for every row, so it takes all of
+/// them or none, and an `OR` with such an arm takes all rows whenever that
+/// arm is true: both count as no WHERE. `WHERE CURRENT OF` takes one row.
+/// Deliberately simple: any column anywhere (even in a subquery, even
+/// `id = id`) counts as a filter; this catches the usual ways of writing
+/// "every row" past a no-WHERE check, not every tautology.
+fn filters_rows(condition: &Value) -> bool {
+    match condition.kind() {
+        Some("CurrentOfExpr") => true,
+        Some("BoolExpr") => {
+            let args = condition.get("args").items();
+            let op = condition.get("boolop").as_int().unwrap_or_default();
+            if op == BoolExprType::OrExpr as i64 {
+                !args.is_empty() && args.iter().all(filters_rows)
+            } else if op == BoolExprType::AndExpr as i64 {
+                args.iter().any(filters_rows)
+            } else {
+                names_column(condition)
+            }
+        }
+        _ => names_column(condition),
+    }
+}
+
+fn names_column(v: &Value) -> bool {
+    v.kind() == Some("ColumnRef") || v.fields().any(|(_, child)| names_column(child))
 }
 
 /// Argument `position` of a call, or the one passed as `name => …`.
