@@ -143,6 +143,9 @@ pub(crate) fn is_settings_view(schema: Option<&str>, name: &str) -> bool {
     name == "pg_settings" && schema.is_none_or(|s| s == "pg_catalog")
 }
 
+/// The function whose first argument names a sequence it sets.
+pub(crate) const SETVAL: &str = "setval";
+
 /// The function whose first argument names a setting to change.
 pub(crate) const SET_CONFIG: &str = "set_config";
 

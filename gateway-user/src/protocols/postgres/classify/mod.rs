@@ -84,6 +84,8 @@
 //!   In DDL, DCL and admin statements every relation named outside a query
 //!   counts as written, including a foreign key's referenced table or a
 //!   `LIKE` source: the statement changes or depends on them.
+//!   `setval('s', …)` writes sequence `s`; with a name that is not a
+//!   constant (`setval($1, …)`) it is still a write, but names no table.
 //! * "Without WHERE" means "may take every row" only as far as the text
 //!   shows it: a condition naming no column counts, a tautology over a
 //!   column (`WHERE id = id`, `WHERE id IS NOT NULL`) and a subquery that

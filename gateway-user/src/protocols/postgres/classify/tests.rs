@@ -297,6 +297,46 @@ fn functions_that_change_data_make_a_write() {
 }
 
 #[test]
+fn setval_writes_the_sequence_it_names() {
+    for (sql, schema, name) in [
+        (
+            "SELECT setval('billing.invoices_id_seq', 1)",
+            Some("billing"),
+            "invoices_id_seq",
+        ),
+        ("SELECT setval('Seq', 1)", None, "seq"),
+        (
+            "SELECT pg_catalog.setval(' \"Bill\"\"s\" . \"A.b\" ', 1, false)",
+            Some("Bill\"s"),
+            "A.b",
+        ),
+        (
+            "SELECT setval('db.billing.s'::regclass, 1)",
+            Some("billing"),
+            "s",
+        ),
+    ] {
+        assert_eq!(
+            one(sql).tables,
+            [table(schema, name, Access::Write)],
+            "{sql:?}"
+        );
+    }
+    // Not a name PostgreSQL would accept, or not a constant: no table, still a write.
+    for sql in [
+        "SELECT setval('a..b', 1)",
+        "SELECT setval('\"open', 1)",
+        "SELECT setval('a.b.c.d', 1)",
+        "SELECT setval('', 1)",
+        "SELECT setval($1, 1)",
+    ] {
+        let s = one(sql);
+        assert_eq!(s.tables, [], "{sql:?}");
+        assert_eq!(s.class, Write, "{sql:?}");
+    }
+}
+
+#[test]
 fn explain_runs_its_statement_only_with_analyze() {
     let s = check(
         "EXPLAIN ANALYZE DELETE FROM t",

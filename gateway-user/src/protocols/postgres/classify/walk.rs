@@ -8,8 +8,8 @@
 
 use super::class::{Access, Flag, FlagSet, TableRef};
 use super::functions::{
-    SET_CONFIG, is_dangerous_function, is_identity_setting, is_search_path, is_settings_view,
-    is_writing_function, lexer_setting_refusal,
+    SET_CONFIG, SETVAL, is_dangerous_function, is_identity_setting, is_search_path,
+    is_settings_view, is_writing_function, lexer_setting_refusal,
 };
 use super::tree::Value;
 use pg_query::protobuf::{BoolExprType, CmdType, MergeMatchKind, VariableSetKind};
@@ -260,6 +260,20 @@ impl<'t> Walker<'t> {
         if is_writing_function(name) {
             self.facts.modifies = true;
         }
+        if name.eq_ignore_ascii_case(SETVAL) {
+            // `setval('billing.invoice_seq', 1)` writes that sequence, which
+            // a table rule may cover. A name that is not a constant cannot be matched.
+            if let Some((schema, name)) = function_arg(call, 0, "")
+                .and_then(string_constant)
+                .and_then(relation_name)
+            {
+                self.facts.tables.push(TableRef {
+                    schema,
+                    name,
+                    access: Access::Write,
+                });
+            }
+        }
         if is_dangerous_function(name) {
             self.facts.flags.insert(Flag::DangerousFunction);
         } else if name.eq_ignore_ascii_case(SET_CONFIG) {
@@ -320,6 +334,57 @@ fn filters_rows(condition: &Value) -> bool {
 
 fn names_column(v: &Value) -> bool {
     v.kind() == Some("ColumnRef") || v.fields().any(|(_, child)| names_column(child))
+}
+
+/// `schema.name` from a `regclass` literal, as PostgreSQL reads one
+/// (`stringToQualifiedNameList`): dot-separated, `"…"` quoted with `""`
+/// for a quote, unquoted parts folded to lower case (ASCII only, as in a
+/// UTF-8 database); a catalog qualifier is dropped, like a `RangeVar`'s.
+/// `None` when the text is no valid name.
+fn relation_name(text: &str) -> Option<(Option<String>, String)> {
+    let mut parts = Vec::new();
+    let mut chars = text.trim_matches(is_space_char).chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+            while chars.next_if(|&c| is_space_char(c)).is_some() {}
+        } else {
+            while let Some(c) = chars.next_if(|&c| c != '.' && !is_space_char(c)) {
+                part.push(c.to_ascii_lowercase());
+            }
+            while chars.next_if(|&c| is_space_char(c)).is_some() {}
+        }
+        if part.is_empty() {
+            return None;
+        }
+        parts.push(part);
+        match chars.next() {
+            None => break,
+            Some('.') => while chars.next_if(|&c| is_space_char(c)).is_some() {},
+            Some(_) => return None,
+        }
+    }
+    let name = parts.pop()?;
+    match parts.len() {
+        0 => Some((None, name)),
+        1 | 2 => Some((parts.pop(), name)),
+        _ => None,
+    }
+}
+
+fn is_space_char(c: char) -> bool {
+    u8::try_from(c).is_ok_and(super::lex::is_space)
 }
 
 /// Argument `position` of a call, or the one passed as `name => …`.
