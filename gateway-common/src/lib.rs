@@ -190,6 +190,17 @@ pub fn udp_tag(cookie: u64, dst_addr: &[u8; 16], dst_port: u16) -> u32 {
     if h == 0 { 1 } else { h }
 }
 
+/// The packet mark of a datagram to the DNS listener: a hash of the
+/// sending socket alone, never 0. The listener's record for a sender is
+/// keyed by local port, which two sockets on different local addresses can
+/// share; the mark tells whose datagram it is, so one socket's record is
+/// never taken for another's. (The destination stays out: a musl-style
+/// socket asks several servers at once and may be answered for any.)
+#[inline(always)]
+pub fn dns_tag(cookie: u64) -> u32 {
+    udp_tag(cookie, &[0; 16], 0)
+}
+
 /// A socket's client-side address as seen by the gateway's `accept()`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

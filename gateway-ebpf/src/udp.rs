@@ -20,7 +20,8 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext},
 };
 use gateway_common::{
-    AF_INET, AF_INET6, Counter, FlowRecord, GatewayConfig, UdpPeerKey, mapped_v4, udp_tag, v6_bytes,
+    AF_INET, AF_INET6, Counter, FlowRecord, GatewayConfig, UdpPeerKey, dns_tag, mapped_v4, udp_tag,
+    v6_bytes,
 };
 
 use crate::{
@@ -202,6 +203,9 @@ pub fn name_sender(ctx: &SkBuffContext, sk: *mut bpf_sock) {
     let cookie = unsafe { bpf_get_socket_cookie(skb as *mut core::ffi::c_void) };
     if dst_port == cfg.dns_port {
         if let Some(rec) = unsafe { DNS_PENDING.get(&cookie) } {
+            // The mark names the socket, so a datagram from another socket
+            // on the same port (another local address) cannot pass for this one.
+            unsafe { (*skb).mark = dns_tag(rec.cookie) };
             // A full map leaves the datagram without a sender the gateway
             // can name; the gateway then drops it (fail closed).
             let _ = DNS_PEERS.insert(&src_port, rec, 0);

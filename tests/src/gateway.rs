@@ -567,6 +567,14 @@ impl Gateway {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// SIGSTOP until the guard drops (SIGCONT, also when the test fails):
+    /// what the kernel queues for the gateway meanwhile waits, in order.
+    pub fn pause(&self) -> Result<Paused> {
+        let pid = Pid::from_raw(self.pid().context("gateway is not running")? as i32);
+        kill(pid, Signal::SIGSTOP)?;
+        Ok(Paused(pid))
+    }
+
     /// SIGKILL: the crash case. The pins stay, so the host stays closed.
     pub fn kill9(&mut self) -> Result<()> {
         let mut child = self.child.take().context("gateway is not running")?;
@@ -817,5 +825,15 @@ impl Drop for Gateway {
                 tail(&self.logs(), 200)
             );
         }
+    }
+}
+
+/// A stopped gateway (see [`Gateway::pause`]); dropping it resumes it.
+#[must_use = "the gateway resumes when this drops"]
+pub struct Paused(Pid);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
     }
 }

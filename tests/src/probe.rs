@@ -221,7 +221,7 @@ impl ProbeArgs {
         self.with(&["--own-netns"])
     }
 
-    /// TCP: bind the client end to `from` before connecting.
+    /// TCP: bind the client end to `from` before connecting; DNS: send from `from`.
     pub fn from(self, from: SocketAddr) -> Self {
         self.with(&["--from", &from.to_string()])
     }

@@ -277,6 +277,62 @@ fn unconnected_queries_like_musl_are_answered_from_a_server_asked() -> Result<()
 }
 
 #[test]
+fn a_query_is_never_taken_for_another_sockets_on_the_same_port() -> Result<()> {
+    let s = Setup::start("dns-same-port", 83)?;
+    // Two jobs send from one port number on two local addresses, which the
+    // kernel allows. The gateway keeps each sender's record by port, so
+    // the later sender's replaces the earlier's before the gateway (paused
+    // here) reads the earlier datagram.
+    let port = std::net::UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 84), 0))?
+        .local_addr()?
+        .port();
+    let from_b = SocketAddr::new(v4(85), port);
+    let from_a = SocketAddr::new(v4(84), port);
+    let resolver = SocketAddr::new(v4(93), 53);
+    let paused = s.gw.pause()?;
+    let (b_cmd, a_cmd) = (s.job_b.command(PROBE), s.job_a.command(PROBE));
+    let b = std::thread::spawn(move || ProbeArgs::dns(resolver, "db.test").from(from_b).run(b_cmd));
+    std::thread::sleep(Duration::from_millis(500));
+    let a = std::thread::spawn(move || {
+        ProbeArgs::dns(resolver, "other.test")
+            .from(from_a)
+            .run(a_cmd)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    drop(paused);
+    let a = a.join().expect("probe thread")?;
+    let b = b.join().expect("probe thread")?;
+    assert_eq!(
+        a.replies.first().map(|r| r.1.as_str()),
+        Some("No Error 127.0.0.95"),
+        "{a:?}"
+    );
+    // Job b's query would have been answered as job a's (and opened db.test's
+    // target to job a): it is dropped instead, and b asks again.
+    assert!(
+        b.replies.is_empty(),
+        "answered under another socket's record: {b:?}"
+    );
+    let events = wait_for("job a's query recorded", TIMEOUT, || {
+        let e = s.gw.recorded("dns");
+        (!e.is_empty()).then_some(e)
+    })?;
+    assert!(
+        events.iter().all(|e| e["name"] != "db.test"),
+        "job b's query was recorded: {events:?}"
+    );
+    let b = ProbeArgs::dns(resolver, "db.test")
+        .from(from_b)
+        .run(s.job_b.command(PROBE))?;
+    assert_eq!(
+        b.replies.first().map(|r| r.1.as_str()),
+        Some("No Error 127.0.0.94"),
+        "{b:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn udp_to_a_named_server_passes_only_after_the_job_resolved_it() -> Result<()> {
     let s = Setup::start("dns-ntp", 91)?;
     let time = UdpSink::echo_on(SocketAddr::new(v4(92), 1123))?;

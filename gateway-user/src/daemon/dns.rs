@@ -4,8 +4,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use gateway_common::dns_tag;
 use tokio::net::{TcpStream, UdpSocket};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{
     Shared,
@@ -23,6 +24,7 @@ use crate::{
             session::{self, DnsSummary},
         },
         tcp::{self, Transferred},
+        udp,
     },
     recording::SessionRecording,
 };
@@ -41,8 +43,13 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
     let in_flight = InFlight::default();
     let mut shed = Shed::default();
     loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
+        let (n, peer, mark) = match udp::recv_marked(&socket, &mut buf).await {
             Ok(r) => r,
+            // Larger than any query the listener takes: dropped whole, not cut.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                debug!(error = %e, "DNS datagram dropped");
+                continue;
+            }
             Err(e) => {
                 warn!(error = %e, "DNS listener receive failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -56,6 +63,13 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
             warn!(%peer, "DNS datagram with no kernel record; dropped");
             continue;
         };
+        if mark != dns_tag(rec.cookie) {
+            // The record is another socket's: one on another local address
+            // sent from the same port since (or the datagram is not from a
+            // redirected socket at all). Its sender will ask again.
+            warn!(%peer, "DNS datagram whose sender's record another socket on the same port replaced; dropped");
+            continue;
+        }
         let slot = match in_flight.try_take(rec.cgroup_id) {
             Ok(slot) => slot,
             Err(full) => {

@@ -116,11 +116,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
     let (dns4, dns6) = flow::bind_udp(daemon.dns_port, daemon.exempt_mark)?;
     let (relay4, relay6) = flow::bind_udp(daemon.udp_port, daemon.exempt_mark)?;
-    for socket in [&relay4, &relay6] {
+    for socket in [&dns4, &dns6, &relay4, &relay6] {
         crate::protocols::udp::enable_marks(socket).map_err(|source| flow::BindError {
             addr: socket
                 .local_addr()
-                .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], daemon.udp_port))),
+                .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             source,
         })?;
     }

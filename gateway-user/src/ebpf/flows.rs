@@ -89,7 +89,9 @@ pub fn client_key(peer: SocketAddr) -> ClientKey {
 
 /// Who sends the datagrams the gateway's DNS listener receives, keyed by
 /// the sender's local port (the kernel re-keys each redirected socket's
-/// record when its first datagram leaves).
+/// record when each datagram leaves, and marks the datagram with
+/// [`gateway_common::dns_tag`] of the socket, for the listener to check
+/// that the record under the port is still this sender's).
 pub struct DnsPeers {
     map: HashMap<MapData, u32, FlowRecord>,
 }

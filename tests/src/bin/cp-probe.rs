@@ -25,7 +25,7 @@ const USAGE: &str = "usage: cp-probe <command>
   socket --family 4|6|unix|netlink|packet|alg|vsock|xdp --type stream|dgram|raw|seqpacket --proto N
   ping-socket [--own-netns]
   udp --to ADDR [--and ADDR] [--connect] [--expect-reply] [--lsrr HOP4 | --rthdr HOP6] [--own-netns]
-  dns --to ADDR [--and ADDR] --name NAME   (A query, unconnected sendto)
+  dns --to ADDR [--and ADDR] [--from ADDR] --name NAME   (A query, unconnected sendto)
   bind --addr ADDR
   loop --to ADDR --count N
   hold --to ADDR --count N [--until-stdin-closes]   (N connections, each echoed once, all kept open until the end)
@@ -194,7 +194,12 @@ fn run(args: &[String]) -> Result<ProbeReport, String> {
                 to.push(o.parse("--and")?);
             }
             let name = o.value("--name").ok_or("dns needs --name")?;
-            dns_query(&mut report, &to, name);
+            let from = if o.has("--from") {
+                Some(o.parse("--from")?)
+            } else {
+                None
+            };
+            dns_query(&mut report, &to, from, name);
         }
         "bind" => {
             let addr: SocketAddr = o.parse("--addr")?;
@@ -567,7 +572,7 @@ fn udp(
 /// Asks every server in `to` for `name`'s A records from one unconnected
 /// socket, the way musl's resolver does, and reports the first answer as
 /// `(source, "<rcode> <address>...")`.
-fn dns_query(report: &mut ProbeReport, to: &[SocketAddr], name: &str) {
+fn dns_query(report: &mut ProbeReport, to: &[SocketAddr], from: Option<SocketAddr>, name: &str) {
     use hickory_proto::{
         op::{Message, MessageType, Query},
         rr::{Name, RData, RecordType},
@@ -584,7 +589,10 @@ fn dns_query(report: &mut ProbeReport, to: &[SocketAddr], name: &str) {
         .set_recursion_desired(true)
         .add_query(Query::query(qname, RecordType::A));
     let bytes = query.to_vec().expect("a query serialises");
-    let socket = match udp_socket_for(to[0]) {
+    let socket = match from.map_or_else(
+        || udp_socket_for(to[0]),
+        |from| UdpSocket::bind(from).map_err(|e| Failure::from_io("bind", &e)),
+    ) {
         Ok(s) => s,
         Err(f) => return report.errors.push(f),
     };

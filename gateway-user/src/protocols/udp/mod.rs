@@ -89,7 +89,7 @@ fn recv_once(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAdd
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "datagram of {} bytes from {peer} is larger than the relay's buffer",
+                "datagram of {} bytes from {peer} is larger than the receive buffer",
                 msg.bytes
             ),
         ));
