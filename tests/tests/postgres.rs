@@ -1340,6 +1340,51 @@ fn a_job_at_its_connection_limit_gets_a_postgres_error() -> Result<()> {
 }
 
 #[test]
+fn a_connection_policy_denies_gets_a_postgres_error() -> Result<()> {
+    let pg = PgServer::start()?;
+    let cg = TestCgroup::new("pg-conn-deny")?;
+    let config = GatewayConfig::new("pg-conn-deny", &cg)?
+        .raw_toml(&pg.target_toml("orders-db", "127.0.0.82"))
+        .raw_toml(STATEMENT_RULES)
+        .raw_toml(
+            r#"
+[[rule]]
+name = "no-psql"
+action = "deny"
+targets = ["orders-db"]
+processes = ["psql"]
+"#,
+        );
+    let gw = Gateway::start(&config).with_context(|| {
+        format!(
+            "config:
+{}",
+            config.to_toml()
+        )
+    })?;
+    let out = job_psql_at(
+        &cg,
+        "host=127.0.0.82 port=5432 dbname=orders user=app_rw",
+        &["SELECT 1"],
+    )?;
+    assert!(!out.ok, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("chokepoint: connection to target orders-db denied by rule no-psql"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.to_lowercase().contains("password"), "{out:?}");
+    let flow = wait_for("the denied flow", LOG_TIMEOUT, || {
+        gw.events()
+            .into_iter()
+            .find(|e| chokepoint_tests::message(e) == Some("flow"))
+    })?;
+    assert_eq!(flow["fields"]["decision"], "deny", "{flow}");
+    assert_eq!(flow["fields"]["rule"], "no-psql", "{flow}");
+    Ok(())
+}
+
+#[test]
 fn copy_out_masked_deny_refuses_before_the_statement_runs() -> Result<()> {
     let pg = PgServer::start()?;
     let cg = TestCgroup::new("pg-copy-deny")?;

@@ -282,6 +282,17 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             )
         } else if forward {
             forward_to(&shared, client, &flow).await
+        } else if let (Protocol::Postgres, Some(target)) =
+            (&decision.protocol, decision.target.as_deref())
+        {
+            // A PostgreSQL client shows why instead of "server closed the
+            // connection unexpectedly".
+            let message = format!(
+                "chokepoint: connection to target {target} denied by rule {}",
+                decision.rule_name()
+            );
+            postgres::refuse_unstarted(client, "42501", &message).await;
+            (Transferred::default(), None)
         } else {
             tcp::refuse(client).await;
             (Transferred::default(), None)
