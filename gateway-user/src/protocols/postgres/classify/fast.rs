@@ -168,21 +168,8 @@ fn top_level_where(sql: &str) -> Option<bool> {
                 depth = depth.saturating_sub(1);
                 i + 1
             }
-            b'\'' => skip_string(b, i, false),
-            b'"' => skip_quoted(b, i + 1, b'"'),
-            b'$' => skip_dollar(b, i).max(i + 1),
-            c if is_ident_start(c) => {
-                let mut j = i;
-                while j < b.len() && is_ident_cont(b[j]) {
-                    j += 1;
-                }
-                let word = &b[i..j];
-                let prefix =
-                    j == i + 1 && matches!(c.to_ascii_lowercase(), b'b' | b'e' | b'n' | b'x');
-                if prefix && b.get(j) == Some(&b'\'') {
-                    // A prefixed literal: E'…' (backslash escapes), B'…', X'…', N'…'.
-                    skip_string(b, j, c.eq_ignore_ascii_case(&b'e'))
-                } else {
+            _ => match token(b, i) {
+                (Some(word), j) => {
                     if depth == 0 && word.eq_ignore_ascii_case(b"where") {
                         return (!after_dot && plainly_filters(b, j)).then_some(true);
                     }
@@ -191,12 +178,38 @@ fn top_level_where(sql: &str) -> Option<bool> {
                     }
                     j
                 }
-            }
-            _ => i + 1,
+                (None, j) => j,
+            },
         };
         after_dot = dot;
     }
     Some(false)
+}
+
+/// The token at `i` (not whitespace or a comment): its text if it is an
+/// unquoted word, and where it ends. Literals (`'…'`, `E'…'` with
+/// backslash escapes, `B'…'`, `X'…'`, `N'…'`, `$tag$…$tag$`) and quoted
+/// names are skipped whole; any other byte is a token of its own.
+fn token(b: &[u8], i: usize) -> (Option<&[u8]>, usize) {
+    let end = match b[i] {
+        b'\'' => skip_string(b, i, false),
+        b'"' => skip_quoted(b, i + 1, b'"'),
+        b'$' => skip_dollar(b, i).max(i + 1),
+        c if is_ident_start(c) => {
+            let mut j = i;
+            while j < b.len() && is_ident_cont(b[j]) {
+                j += 1;
+            }
+            let prefix = j == i + 1 && matches!(c.to_ascii_lowercase(), b'b' | b'e' | b'n' | b'x');
+            if prefix && b.get(j) == Some(&b'\'') {
+                skip_string(b, j, c.eq_ignore_ascii_case(&b'e'))
+            } else {
+                return (Some(&b[i..j]), j);
+            }
+        }
+        _ => i + 1,
+    };
+    (None, end)
 }
 
 /// Words that may start a WHERE clause without being a column: constants,
@@ -255,19 +268,12 @@ fn plainly_filters(b: &[u8], start: usize) -> bool {
         i
     };
     let first = next_token(start);
-    let after = match b.get(first) {
-        Some(b'"') => skip_quoted(b, first + 1, b'"'),
-        Some(&c) if is_ident_start(c) => {
-            let mut j = first;
-            while j < b.len() && is_ident_cont(b[j]) {
-                j += 1;
-            }
-            let word = &b[first..j];
-            if NOT_A_COLUMN.iter().any(|k| word.eq_ignore_ascii_case(k)) {
-                return false;
-            }
-            j
-        }
+    if first >= b.len() {
+        return false;
+    }
+    let after = match token(b, first) {
+        (None, end) if b[first] == b'"' => end,
+        (Some(word), end) if !NOT_A_COLUMN.iter().any(|k| word.eq_ignore_ascii_case(k)) => end,
         _ => return false,
     };
     // A name before `(` calls a function; before a string it types a literal.
@@ -280,26 +286,9 @@ fn plainly_filters(b: &[u8], start: usize) -> bool {
             i = end;
             continue;
         }
-        i = match b[i] {
-            b'\'' => skip_string(b, i, false),
-            b'"' => skip_quoted(b, i + 1, b'"'),
-            b'$' => skip_dollar(b, i).max(i + 1),
-            c if is_ident_start(c) => {
-                let mut j = i;
-                while j < b.len() && is_ident_cont(b[j]) {
-                    j += 1;
-                }
-                let prefix =
-                    j == i + 1 && matches!(c.to_ascii_lowercase(), b'b' | b'e' | b'n' | b'x');
-                if prefix && b.get(j) == Some(&b'\'') {
-                    skip_string(b, j, c.eq_ignore_ascii_case(&b'e'))
-                } else if b[i..j].eq_ignore_ascii_case(b"or") {
-                    return false;
-                } else {
-                    j
-                }
-            }
-            _ => i + 1,
+        i = match token(b, i) {
+            (Some(word), _) if word.eq_ignore_ascii_case(b"or") => return false,
+            (_, j) => j,
         };
     }
     true
