@@ -1688,6 +1688,66 @@ fn decide_all_reports_the_first_statement_that_is_not_allowed() {
 }
 
 #[test]
+fn what_two_rules_hold_no_single_approval_releases() {
+    let files = Files::new();
+    let policy = policy(
+        &files,
+        &format!(
+            "{SPEC_RULE}\n[[rule]]\nname = \"billing-dba\"\naction = \"allow\"\ntargets = [\"orders-db\"]\n[rule.postgres]\nallow = [\"read\", \"write\"]\n[[rule.postgres.tables]]\ntables = [\"public.invoices\"]\napprove = [\"write\"]\n"
+        ),
+    );
+    let session = orders_session(&policy, 1000);
+    let truncate = || statement(StatementClass::Write, vec![Flag::Truncate], Vec::new());
+    let invoices = || {
+        statement(
+            StatementClass::Write,
+            Vec::new(),
+            vec![table(Some("public"), "invoices", Access::Write)],
+        )
+    };
+    let read = || select(vec![table(None, "orders", Access::Read)]);
+    let all = |statements: Vec<Statement>| {
+        session.decide_all(&Classification { statements }, &default_path())
+    };
+    // Each alone is held by its own rule.
+    assert_eq!(
+        verdict_rule_reason(&all(vec![truncate()])),
+        (
+            StatementVerdict::Approve,
+            "ci-reads-orders",
+            "flag truncate needs approval"
+        )
+    );
+    assert_eq!(all(vec![read(), invoices()]).rule.as_ref(), "billing-dba");
+    // Together in one string (sent whole once approved), or in one
+    // statement: refused, naming both rules.
+    let d = all(vec![truncate(), read(), invoices()]);
+    assert_eq!((d.verdict, d.statement_index), (StatementVerdict::Deny, 2));
+    assert!(
+        d.reason.contains("rules ci-reads-orders and billing-dba"),
+        "{}",
+        d.reason
+    );
+    let both = statement(
+        StatementClass::Write,
+        vec![Flag::Truncate],
+        vec![table(Some("public"), "invoices", Access::Write)],
+    );
+    let d = session.decide(&both, &default_path());
+    assert_eq!(d.verdict, StatementVerdict::Deny, "{}", d.reason);
+    assert!(
+        d.reason.contains("one approval cannot answer for both"),
+        "{}",
+        d.reason
+    );
+    // Two statements one rule holds still make one request.
+    assert_eq!(
+        all(vec![truncate(), truncate()]).verdict,
+        StatementVerdict::Approve
+    );
+}
+
+#[test]
 fn policy_names_match_the_classifier() {
     let classes = [
         StatementClass::Read,

@@ -227,15 +227,24 @@ impl SessionRules {
         classification: &Classification,
         search_path: &SearchPath,
     ) -> StatementDecision {
-        let mut first_approve = None;
+        let mut first_approve: Option<(usize, Outcome)> = None;
         let mut first_allow = None;
         for (index, statement) in classification.statements.iter().enumerate() {
             let outcome = self.outcome(statement, search_path);
             match outcome.verdict() {
                 StatementVerdict::Deny => return outcome.decision(self, index),
-                StatementVerdict::Approve if first_approve.is_none() => {
-                    first_approve = Some((index, outcome));
-                }
+                StatementVerdict::Approve => match &first_approve {
+                    None => first_approve = Some((index, outcome)),
+                    // An approved string is sent whole: one rule's
+                    // approvers must not release another rule's statement.
+                    Some((_, Outcome::Held(first, _)))
+                        if let Outcome::Held(other, _) = &outcome
+                            && other.name != first.name =>
+                    {
+                        return Outcome::HeldTwice(first, other).decision(self, index);
+                    }
+                    Some(_) => {}
+                },
                 StatementVerdict::Allow if first_allow.is_none() => {
                     first_allow = Some((index, outcome));
                 }
@@ -279,13 +288,17 @@ impl SessionRules {
                 return Outcome::Denied(rule, hit);
             }
         }
-        for rule in rules {
-            if let Some(hit) = rule
-                .statements()
+        let mut holding = rules.iter().filter_map(|rule| {
+            rule.statements()
                 .hit(statement, path, class, Check::Approve)
-            {
-                return Outcome::Held(rule, hit);
-            }
+                .map(|hit| (rule, hit))
+        });
+        if let Some((rule, hit)) = holding.next() {
+            // Each rule's approvers answer for that rule alone.
+            return match holding.find(|(other, _)| other.name != rule.name) {
+                Some((other, _)) => Outcome::HeldTwice(rule, other),
+                None => Outcome::Held(rule, hit),
+            };
         }
         match rules.iter().find(|r| r.statements().allow.contains(class)) {
             Some(rule) => Outcome::Allowed(rule, class),
@@ -328,6 +341,9 @@ enum Outcome<'s> {
     NoRules,
     Denied(&'s SessionRule, Hit<'s>),
     Held(&'s SessionRule, Hit<'s>),
+    /// Held by two rules (the first two in policy order): refused, since
+    /// neither rule's approvers may release what the other holds.
+    HeldTwice(&'s SessionRule, &'s SessionRule),
     Allowed(&'s SessionRule, usize),
     NotAllowed(usize),
 }
@@ -337,9 +353,10 @@ impl Outcome<'_> {
         match self {
             Outcome::Allowed(..) => StatementVerdict::Allow,
             Outcome::Held(..) => StatementVerdict::Approve,
-            Outcome::NoRules | Outcome::Denied(..) | Outcome::NotAllowed(_) => {
-                StatementVerdict::Deny
-            }
+            Outcome::NoRules
+            | Outcome::Denied(..)
+            | Outcome::HeldTwice(..)
+            | Outcome::NotAllowed(_) => StatementVerdict::Deny,
         }
     }
 
@@ -352,6 +369,13 @@ impl Outcome<'_> {
             ),
             Outcome::Denied(rule, hit) => (rule.name.clone(), hit.describe("is denied")),
             Outcome::Held(rule, hit) => (rule.name.clone(), hit.describe("needs approval")),
+            Outcome::HeldTwice(first, second) => (
+                first.name.clone(),
+                format!(
+                    "needs approval under rules {} and {}, and one approval cannot answer for both; send held statements one at a time, or ask the policy owners to hold them under one rule",
+                    first.name, second.name
+                ),
+            ),
             Outcome::Allowed(rule, class) => (
                 rule.name.clone(),
                 format!("statement class {} is allowed", CLASS_NAMES[class]),
