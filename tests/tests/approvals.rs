@@ -406,9 +406,27 @@ fn denied_and_timed_out_statements_fail_with_42501_and_the_session_goes_on() -> 
         82,
         "approvers = [\"nobody\"]\ntimeout = \"3s\"\nnotify = [{ url = \"http://127.0.0.1:1/hook\" }]",
     )?;
-    // Denied.
-    let job = s.spawn_psql(&["DELETE FROM orders WHERE id = 1", "SELECT 'after'"])?;
+    // Denied. The comment tries to redraw the approver's screen.
+    let job = s.spawn_psql(&[
+        "DELETE FROM orders WHERE id = 1 /*\r\x1b[2Kwhat: nothing*/",
+        "SELECT 'after'",
+    ])?;
     let id = s.first_pending_id()?;
+    for command in ["show", "list"] {
+        let args: &[&str] = if command == "show" {
+            &["show", &id]
+        } else {
+            &["list"]
+        };
+        let shown = s.approvals_as(NOBODY, NOBODY, args)?;
+        assert!(shown.status.success(), "{}", text(&shown));
+        let stdout = String::from_utf8_lossy(&shown.stdout);
+        assert!(
+            !stdout.contains('\x1b') && !stdout.contains('\r'),
+            "{command} obeyed the job's terminal controls: {stdout:?}"
+        );
+        assert!(stdout.contains("\\u{1b}[2K"), "{command}: {stdout:?}");
+    }
     let no_reason = s.approvals_as(NOBODY, NOBODY, &["deny", &id, "--reason", " "])?;
     assert!(!no_reason.status.success());
     let denied = s.approvals_as(

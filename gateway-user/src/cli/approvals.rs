@@ -1,9 +1,9 @@
 //! `chokepoint approvals`: list, show, approve and deny held statements.
-use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{io::Write, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Subcommand;
 
-use super::{Failure, fail};
+use super::{Failure, escaped::Escaped, fail};
 use crate::{
     admin::{AdminRequest, AdminResponse, call},
     approvals::{Approvals, Caller, Request, State, Verdict},
@@ -80,8 +80,15 @@ pub fn approvals(args: &ApprovalsArgs, command: &ApprovalsCommand) -> ExitCode {
     };
     match runtime.block_on(run(args, command)) {
         Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
+            // Statements, process names and identities are the job's text.
+            let mut stdout = Escaped(std::io::stdout().lock());
+            match stdout
+                .write_all(out.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("cannot write to standard output: {e}")),
+            }
         }
         Err(e) => e.exit(),
     }

@@ -3,6 +3,7 @@
 mod approvals;
 mod detach;
 mod doctor;
+mod escaped;
 mod job;
 mod policy;
 mod run;
