@@ -688,6 +688,58 @@ fn a_prepared_approval_does_not_carry_over_to_another_rule_after_a_reload() -> R
     Ok(())
 }
 
+/// An approval given with `--for` releases what it prepared only while
+/// the grant lasts: a Bind after it ends is refused, not run on the old yes.
+#[test]
+fn a_statement_prepared_under_a_grant_stops_running_when_the_grant_ends() -> Result<()> {
+    let s = Setup::start(
+        "apr-grant-end",
+        88,
+        "approvers = [\"nobody\"]\ntimeout = \"10m\"\nmax_grant = \"1h\"",
+    )?;
+    let marks = tempfile::tempdir()?;
+    let ended = marks.path().join("ended");
+    let steps = json!([
+        { "prepare": "DELETE FROM orders WHERE id = $1" },
+        { "execute": { "statement": 0, "params": [21] } },
+        { "wait_file": ended.to_str().context("path")? },
+        { "execute": { "statement": 0, "params": [22] } },
+    ]);
+    let job = s.spawn_pgclient(&steps)?;
+    let approve = (|| -> Result<()> {
+        let id = s.first_pending_id()?;
+        let out = s.approvals_as(
+            NOBODY,
+            NOBODY,
+            &["approve", &id, "--for", "3s", "--cgroup-wide"],
+        )?;
+        ensure!(out.status.success(), "{}", text(&out));
+        Ok(())
+    })();
+    if let Err(e) = approve {
+        job.kill()?;
+        return Err(e);
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    std::fs::write(&ended, b"")?;
+    let out = job.finish()?;
+    let r: Vec<Value> = text(&out)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| text(&out))?;
+    ensure!(r.len() == 4, "{}", text(&out));
+    assert_eq!(r[1]["ok"], true, "a Bind within the grant: {}", r[1]);
+    assert_eq!(r[3]["error"]["code"], "42501", "{}", r[3]);
+    let refusal = r[3]["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        refusal.contains("the approval grant it was prepared under has ended"),
+        "{refusal}"
+    );
+    assert_eq!(s.orders()?, "39");
+    Ok(())
+}
+
 #[test]
 fn twenty_held_statements_are_decided_in_any_order() -> Result<()> {
     let s = Setup::start(

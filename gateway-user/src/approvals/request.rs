@@ -141,6 +141,27 @@ impl Request {
         parse_time(&self.expires).is_none_or(|t| t <= now)
     }
 
+    /// When the grant this request carries stops covering statements: its
+    /// `grant_until`, or `max_grant` after its last approval when that
+    /// comes first; `None` without a grant. A time that does not read
+    /// ends it at once.
+    pub fn grant_end(&self, max_grant: Option<Duration>) -> Option<SystemTime> {
+        let until = parse_time(self.grant_until.as_deref()?).unwrap_or(SystemTime::UNIX_EPOCH);
+        let Some(max_grant) = max_grant else {
+            return Some(until);
+        };
+        let decided = self
+            .votes
+            .iter()
+            .filter(|v| v.approve)
+            .filter_map(|v| parse_time(&v.at))
+            .max();
+        let cap = decided
+            .and_then(|at| at.checked_add(max_grant))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        Some(until.min(cap))
+    }
+
     /// True while this request is approved with a grant that has not run out.
     pub fn grant_is_live(&self, now: SystemTime) -> bool {
         self.state == State::Approved

@@ -99,7 +99,7 @@ pub struct Running {
     pub sample: crate::recording::sample::Sample,
     /// The rule whose approvers approved it before it ran: a statement it
     /// PREPAREs runs later without asking that rule again.
-    pub approved: Option<Arc<str>>,
+    pub approved: Option<Approved>,
     /// How many of its statements' `PREPARE` / `DEALLOCATE` completions
     /// were seen: the next one's CommandComplete belongs to the statement
     /// after them.
@@ -154,6 +154,31 @@ impl Pending {
     }
 }
 
+/// Who released a held statement: the rule whose approvers approved it
+/// and, when an approval grant did (`approve --for`), when that grant
+/// ends. A prepared statement runs again without asking only under the
+/// same rule and, for a grant, only until then.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Approved {
+    pub rule: Arc<str>,
+    pub until: Option<std::time::SystemTime>,
+}
+
+impl Approved {
+    /// Approved by `rule`'s approvers, for good.
+    pub fn by(rule: &str) -> Self {
+        Approved {
+            rule: Arc::from(rule),
+            until: None,
+        }
+    }
+
+    /// Whether it still releases what `rule` holds at `now`.
+    pub fn covers(&self, rule: &str, now: std::time::SystemTime) -> bool {
+        *self.rule == *rule && self.until.is_none_or(|until| now < until)
+    }
+}
+
 /// A prepared statement as the gateway knows it.
 #[derive(Debug, Default)]
 pub struct PreparedStatement {
@@ -162,7 +187,7 @@ pub struct PreparedStatement {
     pub shown: Shown,
     /// Held at Parse and approved (by this rule's approvers): its Binds
     /// run without asking that rule again.
-    pub approved: Option<Arc<str>>,
+    pub approved: Option<Approved>,
 }
 
 /// A statement prepared with SQL `PREPARE`, known once its CommandComplete
@@ -176,7 +201,7 @@ pub struct SqlPrepared {
     /// The whole text that prepared it.
     pub sql: Arc<str>,
     pub shown: Shown,
-    pub approved: Option<Arc<str>>,
+    pub approved: Option<Approved>,
 }
 
 /// What a statement name meant before a Parse or Close changed it, put
@@ -204,7 +229,7 @@ pub type NamedStatement = (
     Arc<str>,
     Arc<crate::protocols::postgres::classify::Classification>,
     Shown,
-    Option<Arc<str>>,
+    Option<Approved>,
 );
 
 /// A denial waiting for the upstream error that carries its nonce.

@@ -65,7 +65,18 @@ impl Session<'_> {
                         // of the rule that holds it now: that approval was
                         // for exactly this text. Held by another rule (a
                         // reload), its approvers have not decided.
-                        Decided::Hold(ask) if approved.as_deref() == Some(ask.rule.as_str()) => None,
+                        Decided::Hold(ask)
+                            if approved
+                                .as_ref()
+                                .is_some_and(|a| a.covers(&ask.rule, SystemTime::now())) =>
+                        {
+                            None
+                        }
+                        Decided::Hold(ask) if approved.as_ref().is_some_and(|a| *a.rule == *ask.rule) => Some(deny_error(
+                            &ask.rule,
+                            &format!("statement needs approval by rule {} ({}), and the approval grant it was prepared under has ended: prepare it again to ask for approval", ask.rule, ask.reason),
+                            &ask.shown,
+                        )),
                         Decided::Hold(ask) => Some(deny_error(
                             &ask.rule,
                             &format!("statement needs approval by rule {} ({}), which it did not need when it was prepared: prepare it again to ask for approval", ask.rule, ask.reason),

@@ -11,7 +11,7 @@ impl Session<'_> {
         frame: &Frame,
         kind: HeldKind,
         mut running: Running,
-        approved: Option<Arc<str>>,
+        approved: Option<Approved>,
     ) {
         running.approved = approved;
         self.names_in_flight(&mut running);
@@ -141,8 +141,12 @@ impl Session<'_> {
                 ),
             });
             info!(flow_id = self.flow.id, id = %grant.id, "statement runs under an approval grant");
-            let rule = Arc::from(ask.rule.as_str());
-            self.release(&frame, kind, ask.running, Some(rule));
+            // What it prepares runs again only while the grant lasts.
+            let approved = Approved {
+                rule: Arc::from(ask.rule.as_str()),
+                until: grant.grant_end(ask.approval.max_grant),
+            };
+            self.release(&frame, kind, ask.running, Some(approved));
             return;
         }
         let request = Ask {
@@ -323,8 +327,13 @@ impl Session<'_> {
             let error = deny_error("policy-reload", &message, &shown);
             self.refuse(kind, error);
         } else if approved {
-            let rule = Arc::from(rule.as_str());
-            self.release(&frame, kind, running, Some(rule));
+            // Approved with `--for`: what it prepares runs again only
+            // while that grant lasts.
+            let approved = Approved {
+                rule: Arc::from(rule.as_str()),
+                until: request.grant_end(None),
+            };
+            self.release(&frame, kind, running, Some(approved));
         } else {
             let message = format!(
                 "statement not approved ({id}, rule {rule}): {}",

@@ -27,7 +27,12 @@ mod result_masking;
 mod results;
 mod startup;
 
-use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
@@ -59,7 +64,7 @@ use super::{
     search_path::SearchPath,
     tls::{self, ClientStream},
     tracker::{
-        Denial, Layout, LayoutCache, Pending, Portal, PreparedStatement, Running, Shown,
+        Approved, Denial, Layout, LayoutCache, Pending, Portal, PreparedStatement, Running, Shown,
         SqlPrepared, Tracker,
     },
     upstream::{self, Route, Upstream, UpstreamError},

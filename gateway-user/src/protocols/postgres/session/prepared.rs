@@ -213,10 +213,11 @@ impl Session<'_> {
             };
             // Approved when prepared, and nothing but that rule's hold
             // stands in its way now.
-            if let Some(rule) = approved {
+            if let Some(approved) = approved {
                 let now = self.rules.decide_all(&stored, &self.search_path);
                 if now.verdict == StatementVerdict::Allow
-                    || (now.verdict == StatementVerdict::Approve && *now.rule == *rule)
+                    || (now.verdict == StatementVerdict::Approve
+                        && approved.covers(&now.rule, SystemTime::now()))
                 {
                     continue;
                 }
