@@ -48,6 +48,30 @@ use crate::{
 /// (a lost NOTIFY must not leave it waiting until the timeout).
 const POLL: Duration = Duration::from_secs(2);
 
+/// The longest statement that may wait for approval. Approvers read it
+/// whole, and every copy of it (request file, webhook body, the session's
+/// frame) lives until the decision: a job must not park megabytes per
+/// connection for hours.
+pub const MAX_HELD_BYTES: usize = 64 * 1024;
+
+/// Requests one job (cgroup) may have waiting at once, on this gateway.
+pub const MAX_PENDING_PER_JOB: usize = 16;
+
+/// Why a statement could not be held.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error("the request could not be stored: {0}")]
+    Store(#[from] StoreError),
+    #[error(
+        "it is {bytes} bytes long, more than the {MAX_HELD_BYTES} bytes a statement may have to wait for approval"
+    )]
+    TooLong { bytes: usize },
+    #[error(
+        "this job already has {MAX_PENDING_PER_JOB} statements waiting for approval; wait for those to be decided"
+    )]
+    TooMany,
+}
+
 /// What the session knows about the statement it holds.
 #[derive(Debug, Clone)]
 pub struct Ask {
@@ -69,6 +93,8 @@ pub struct Ask {
 pub struct Approvals {
     store: Arc<dyn ApprovalStore>,
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Requests waiting, by the cgroup of the job that sent them.
+    pending: Arc<Mutex<HashMap<u64, usize>>>,
     http: reqwest::Client,
     /// `<hostname>/<instance>`: whose held statements a request belongs to.
     gateway: String,
@@ -96,6 +122,7 @@ impl Approvals {
         let me = Arc::new(Approvals {
             store,
             wakers: Mutex::new(HashMap::new()),
+            pending: Arc::default(),
             http: webhook::client(),
             gateway,
         });
@@ -148,7 +175,13 @@ impl Approvals {
 
     /// Stores a request for `ask`, notifies its webhooks and returns the
     /// handle the session waits on.
-    pub async fn hold(self: &Arc<Self>, ask: Ask) -> Result<Held, StoreError> {
+    pub async fn hold(self: &Arc<Self>, ask: Ask) -> Result<Held, HoldError> {
+        if ask.sql.len() > MAX_HELD_BYTES {
+            return Err(HoldError::TooLong {
+                bytes: ask.sql.len(),
+            });
+        }
+        let slot = PendingSlot::take(&self.pending, ask.who.cgroup_id).ok_or(HoldError::TooMany)?;
         let now = SystemTime::now();
         let rule = &ask.approval;
         let request = Request {
@@ -210,6 +243,7 @@ impl Approvals {
             service: self.clone(),
             ended: false,
             _waiting: crate::admin::metrics::approval_waiting(),
+            _slot: slot,
         })
     }
 
@@ -282,6 +316,40 @@ pub struct Held {
     service: Arc<Approvals>,
     ended: bool,
     _waiting: crate::admin::metrics::Waiting,
+    _slot: PendingSlot,
+}
+
+/// One of a job's [`MAX_PENDING_PER_JOB`] places, given back on drop.
+struct PendingSlot {
+    counts: Arc<Mutex<HashMap<u64, usize>>>,
+    cgroup: u64,
+}
+
+impl PendingSlot {
+    fn take(counts: &Arc<Mutex<HashMap<u64, usize>>>, cgroup: u64) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(cgroup).or_default();
+        if *n >= MAX_PENDING_PER_JOB {
+            return None;
+        }
+        *n += 1;
+        Some(PendingSlot {
+            counts: counts.clone(),
+            cgroup,
+        })
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.cgroup) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.cgroup);
+            }
+        }
+    }
 }
 
 impl Held {

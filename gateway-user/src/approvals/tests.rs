@@ -151,6 +151,55 @@ async fn no_decision_expires_and_a_dropped_handle_cancels() {
 }
 
 #[tokio::test]
+async fn one_job_holds_a_bounded_number_of_bounded_statements() {
+    let dir = tempfile::tempdir().unwrap();
+    let approvals = service(&dir);
+    let long = Ask {
+        sql: "x".repeat(MAX_HELD_BYTES + 1),
+        ..ask(Duration::from_secs(60), vec![])
+    };
+    let e = approvals.hold(long).await.err().expect("too long");
+    assert!(
+        matches!(e, HoldError::TooLong { bytes } if bytes == MAX_HELD_BYTES + 1),
+        "{e}"
+    );
+
+    let mut held = Vec::new();
+    for _ in 0..MAX_PENDING_PER_JOB {
+        held.push(
+            approvals
+                .hold(ask(Duration::from_secs(60), vec![]))
+                .await
+                .unwrap(),
+        );
+    }
+    let e = approvals
+        .hold(ask(Duration::from_secs(60), vec![]))
+        .await
+        .err()
+        .expect("one too many");
+    assert!(matches!(e, HoldError::TooMany), "{e}");
+    assert!(
+        e.to_string().contains("already has 16 statements waiting"),
+        "{e}"
+    );
+    // Another job is not held back by this one.
+    let mut other = ask(Duration::from_secs(60), vec![]);
+    other.who.cgroup_id = 2;
+    let other = approvals.hold(other).await.unwrap();
+    // A request that ends gives its place back.
+    drop(held.pop());
+    held.push(
+        approvals
+            .hold(ask(Duration::from_secs(60), vec![]))
+            .await
+            .unwrap(),
+    );
+    drop((held, other));
+    assert!(approvals.pending.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn an_unreachable_webhook_is_reported_and_the_request_still_stands() {
     let dir = tempfile::tempdir().unwrap();
     let approvals = service(&dir);

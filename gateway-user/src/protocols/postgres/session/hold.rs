@@ -180,7 +180,7 @@ impl Session<'_> {
                     detail: e.to_string(),
                 });
                 let message = format!(
-                    "statement needs approval by rule {} ({}), but the request could not be stored: {e}",
+                    "statement needs approval by rule {} ({}), but {e}",
                     ask.rule, ask.reason
                 );
                 self.refuse(kind, deny_error(&ask.rule, &message, &ask.shown));
