@@ -48,6 +48,10 @@ use crate::{
 /// (a lost NOTIFY must not leave it waiting until the timeout).
 const POLL: Duration = Duration::from_secs(2);
 
+/// How long a held statement that timed out waits for the store to mark
+/// it expired before it ends anyway (refused either way).
+const STORE_WAIT: Duration = Duration::from_secs(5);
+
 /// The longest statement that may wait for approval. Approvers read it
 /// whole, and every copy of it (request file, webhook body, the session's
 /// frame) lives until the decision: a job must not park megabytes per
@@ -416,13 +420,19 @@ async fn watch(
             _ = tokio::time::sleep(POLL) => {}
             _ = tokio::time::sleep_until(deadline) => {
                 let note = format!("no decision within {}", humantime::format_duration(timeout));
-                let expired = service.store.update(&id, &|r| {
+                let mark_expired = |r: &mut Request| {
                     if r.state == State::Pending {
                         r.state = State::Expired;
                         r.note = Some(note.clone());
                     }
                     Ok(())
-                }).await;
+                };
+                let expire = service.store.update(&id, &mark_expired);
+                // A store that hangs must not keep the client waiting past its timeout.
+                let expired = match tokio::time::timeout(STORE_WAIT, expire).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {}", humantime::format_duration(STORE_WAIT))),
+                };
                 let ended = expired.unwrap_or_else(|e| {
                     // The store is unreachable: the statement still must
                     // not run, so it ends as expired here.
@@ -434,7 +444,11 @@ async fn watch(
                 return;
             }
         }
-        match service.store.get(&id).await {
+        // Bounded by the deadline: past it, the loop expires the request.
+        let Ok(read) = tokio::time::timeout_at(deadline, service.store.get(&id)).await else {
+            continue;
+        };
+        match read {
             Ok(Some(r)) if r.state != State::Pending => {
                 let _ = tx.send(HeldEvent::Ended(Box::new(r)));
                 return;
