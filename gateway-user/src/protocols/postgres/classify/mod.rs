@@ -111,6 +111,7 @@ pub use cache::{ClassifierCache, MAX_CACHED_LEN};
 pub use class::{
     Access, Classification, Flag, Prepared, Statement, StatementClass, TableRef, UnknownName,
 };
+pub(crate) use depth::guarded;
 pub use error::ClassifyError;
 pub(crate) use functions::lexer_setting_refusal;
 pub use functions::{DANGEROUS_FUNCTIONS, is_dangerous_function};

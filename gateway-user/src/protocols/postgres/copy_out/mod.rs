@@ -49,8 +49,16 @@ impl CopyFormat {
 }
 
 /// The `COPY … TO STDOUT` statements of `sql`, in order. Errors only when
-/// the text does not parse (it was classified already, so it does).
+/// the text does not parse (it was classified already, so it does) or is
+/// nested too deeply to parse at all.
 pub fn copy_outs(sql: &str) -> Result<Vec<CopyOut>, String> {
+    // Parsing and deparsing recurse as deep as the text nests: off the
+    // worker's stack when that is deep, as for classification.
+    crate::protocols::postgres::classify::guarded(sql, || Ok(parse_copy_outs(sql)))
+        .map_err(|e| e.to_string())?
+}
+
+fn parse_copy_outs(sql: &str) -> Result<Vec<CopyOut>, String> {
     let parsed = pg_query::parse(sql).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for raw in &parsed.protobuf.stmts {

@@ -192,3 +192,24 @@ fn a_row_with_the_wrong_width_is_nulled() {
     let out = rows(text_default(), &["id", "secret"], &["1\ta\tb\n"]);
     assert_eq!(out, ["\\N\t\\N\t\\N\n"]);
 }
+
+#[test]
+fn a_deeply_nested_copy_is_read_off_the_workers_stack() {
+    // Deep enough to abort a tokio worker's 2 MiB stack if parsed on it.
+    let sql = format!(
+        "COPY (SELECT {}1{}) TO STDOUT",
+        "(SELECT ".repeat(1000),
+        ")".repeat(1000)
+    );
+    let outcome = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || copy_outs(&sql).map(|all| all.len()))
+        .unwrap()
+        .join()
+        .expect("no panic");
+    // Found, or refused as too deep to decode: either way no crash.
+    match outcome {
+        Ok(n) => assert_eq!(n, 1),
+        Err(e) => assert!(e.contains("too deeply") || e.contains("deep"), "{e}"),
+    }
+}
