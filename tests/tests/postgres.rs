@@ -138,7 +138,15 @@ impl Setup {
     fn pgclient(&self, user: &str, steps: &[Value]) -> Result<Vec<Value>> {
         let script = serde_json::to_string(steps)?;
         let mut cmd = job_command(&self.cg, PGCLIENT);
-        cmd.arg(self.conninfo(user)).arg(&script);
+        cmd.arg(self.conninfo(user));
+        // Past the kernel's limit on one argument, the script goes in a file.
+        let file = tempfile::NamedTempFile::new()?;
+        if script.len() > 64 << 10 {
+            std::fs::write(file.path(), &script)?;
+            cmd.arg(format!("@{}", file.path().display()));
+        } else {
+            cmd.arg(&script);
+        }
         let out = run_with_timeout(&mut cmd, CLIENT_TIMEOUT)?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1649,6 +1657,48 @@ fn raw_session(s: &Setup, frames: &[String], ready: usize) -> Result<(String, Ve
         .filter_map(|m| m["values"][0].as_str().map(str::to_owned))
         .collect();
     Ok((tags, values))
+}
+
+/// A session keeps at most 10,000 prepared statements: the next Parse of a
+/// new name is refused (54000) instead of growing the gateway's memory
+/// with every statement a job prepares and never closes; the session goes on.
+#[test]
+fn a_session_keeps_a_bounded_number_of_prepared_statements() -> Result<()> {
+    let s = Setup::start("pg-names", 72, Policy::Open)?;
+    let mut script: Vec<String> = (0..10_001)
+        .map(|i| frame(b'P', &cstrings(&[&format!("s{i}"), "SELECT 1"], &[0, 0])))
+        .collect();
+    script.push(frame(b'S', &[]));
+    // Reusing a name the session has already adds nothing: replaced or refused by the server.
+    script.push(frame(b'Q', &cstrings(&["DEALLOCATE s0"], &[])));
+    script.push(frame(b'P', &cstrings(&["again", "SELECT 2"], &[0, 0])));
+    script.push(frame(b'S', &[]));
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "raw_until_ready": { "hex": script.concat(), "ready": 3 } })],
+    )?;
+    let messages = r[0]["messages"].as_array().context("messages")?;
+    let tags: String = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
+    let parsed = tags.matches('1').count();
+    assert_eq!(parsed, 10_001, "{}", &tags[tags.len().saturating_sub(40)..]);
+    assert!(
+        tags.ends_with("1EZCZ1Z"),
+        "{}",
+        &tags[tags.len().saturating_sub(40)..]
+    );
+    let error = messages
+        .iter()
+        .find(|m| m["tag"] == "E")
+        .context("an error")?;
+    assert_eq!(error["code"], "54000", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already has 10000 prepared statements"),
+        "{error}"
+    );
+    Ok(())
 }
 
 /// After an extended-protocol error, with no Sync sent yet, the server

@@ -1,7 +1,7 @@
 //! cp-pgclient: a tokio-postgres client the tests run inside a guarded cgroup; runs a JSON script of steps on one session and prints one JSON result line per step.
 //!
-//! Usage: `cp-pgclient <connection string> <script>`, where the script is a
-//! JSON array of steps:
+//! Usage: `cp-pgclient <connection string> <script | @file>`, where the
+//! script is a JSON array of steps:
 //!
 //! | step | what it does |
 //! |---|---|
@@ -95,7 +95,18 @@ fn main() -> ExitCode {
         eprintln!("usage: cp-pgclient <connection string> <JSON array of steps>");
         return ExitCode::from(2);
     };
-    let steps: Vec<Step> = match serde_json::from_str(script) {
+    // `@FILE`: a script too long for the command line.
+    let script = match script.strip_prefix('@') {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("cp-pgclient: cannot read the script {path}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => script.clone(),
+    };
+    let steps: Vec<Step> = match serde_json::from_str(&script) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cp-pgclient: bad script: {e}");

@@ -1,6 +1,7 @@
 //! The client's side of the loop: each frontend message is parsed,
 //! decided by the statement policy, then forwarded, denied or held.
 use super::*;
+use crate::protocols::postgres::classify::Prepared;
 
 impl Session<'_> {
     /// One client message: decide, then forward it or its denial.
@@ -22,6 +23,9 @@ impl Session<'_> {
             FrontendMessage::Query(q) => {
                 let sql: Arc<str> = Arc::from(q.sql);
                 match self.decide_sql(&sql) {
+                    Decided::Run(running) if let Some(why) = self.prepares_too_much(&running) => {
+                        self.refuse(HeldKind::Query, limit_error(&why))
+                    }
                     Decided::Run(running) => self.release(&frame, HeldKind::Query, running, None),
                     Decided::Refuse(error) => self.refuse(HeldKind::Query, error),
                     Decided::Hold(ask) => self.hold(frame, HeldKind::Query, *ask).await,
@@ -32,10 +36,14 @@ impl Session<'_> {
                 let kind = HeldKind::Parse {
                     name: p.name.to_owned(),
                 };
-                match self.decide_sql(&sql) {
-                    Decided::Run(running) => self.release(&frame, kind, running, None),
-                    Decided::Refuse(error) => self.refuse(kind, error),
-                    Decided::Hold(ask) => self.hold(frame, kind, *ask).await,
+                if let Some(why) = self.prepared_limit(&[(p.name, sql.len())]) {
+                    self.refuse(kind, limit_error(&why));
+                } else {
+                    match self.decide_sql(&sql) {
+                        Decided::Run(running) => self.release(&frame, kind, running, None),
+                        Decided::Refuse(error) => self.refuse(kind, error),
+                        Decided::Hold(ask) => self.hold(frame, kind, *ask).await,
+                    }
                 }
             }
             FrontendMessage::Bind(b) => {
@@ -84,6 +92,14 @@ impl Session<'_> {
                         )),
                     }
                 }));
+                let refused = refused.or_else(|| {
+                    let new = !b.portal.is_empty() && !self.portals.contains_key(b.portal);
+                    (new && self.portals.len() >= MAX_PORTALS).then(|| {
+                        limit_error(&format!(
+                            "this session already has {MAX_PORTALS} open portals, the most chokepoint keeps for one session: close some, or end the transaction"
+                        ))
+                    })
+                });
                 let mut undo = None;
                 if let Some(error) = refused {
                     let nonce = self.deny(error);
@@ -454,6 +470,67 @@ impl Session<'_> {
             decision.rule, decision.reason
         );
         Decided::Refuse(deny_error(&decision.rule, &message, &running.shown.text))
+    }
+}
+
+/// Prepared statements (protocol and SQL) one session may keep, and their
+/// text in all: each is kept whole, with its classification, until it is
+/// closed or the session ends.
+const MAX_PREPARED: usize = 10_000;
+const MAX_PREPARED_BYTES: usize = 64 << 20;
+/// Named portals one session may keep open (within a transaction).
+const MAX_PORTALS: usize = 10_000;
+
+impl Session<'_> {
+    /// Why the statements `new` (name, text length) may not be prepared:
+    /// the session would keep more than [`MAX_PREPARED`] statements or
+    /// [`MAX_PREPARED_BYTES`] of text. The unnamed statement and a name
+    /// already in use (which replaces or fails) add nothing.
+    fn prepared_limit(&self, new: &[(&str, usize)]) -> Option<String> {
+        let new: Vec<&(&str, usize)> = new
+            .iter()
+            .filter(|(name, _)| {
+                !name.is_empty()
+                    && !self.statements.contains_key(*name)
+                    && !self.sql_prepared.contains_key(*name)
+            })
+            .collect();
+        if new.is_empty() {
+            return None;
+        }
+        let count = self.statements.len() + self.sql_prepared.len();
+        if count + new.len() > MAX_PREPARED {
+            return Some(format!(
+                "this session already has {count} prepared statements, the most chokepoint keeps for one session is {MAX_PREPARED}: close some first (Close, DEALLOCATE)"
+            ));
+        }
+        let held: usize = self.statements.values().map(|s| s.sql.len()).sum::<usize>()
+            + self
+                .sql_prepared
+                .values()
+                .map(|s| s.sql.len())
+                .sum::<usize>();
+        let adding: usize = new.iter().map(|(_, len)| len).sum();
+        (held + adding > MAX_PREPARED_BYTES).then(|| {
+            format!(
+                "this session's prepared statements already hold {held} bytes of text, and chokepoint keeps at most {MAX_PREPARED_BYTES} for one session: close some first (Close, DEALLOCATE)"
+            )
+        })
+    }
+
+    /// [`prepared_limit`](Self::prepared_limit) for the SQL `PREPARE`s of a query string.
+    fn prepares_too_much(&self, running: &Running) -> Option<String> {
+        let defines: Vec<(&str, usize)> = running
+            .classification
+            .as_ref()?
+            .statements
+            .iter()
+            .filter_map(|s| match &s.prepared {
+                Some(Prepared::Define(name)) => Some((name.as_str(), running.sql.len())),
+                _ => None,
+            })
+            .collect();
+        self.prepared_limit(&defines)
     }
 }
 

@@ -36,6 +36,21 @@ pub(super) fn deny_error(rule: &str, message: &str, statement: &str) -> Bytes {
     fields.to_bytes().unwrap_or_default()
 }
 
+/// ErrorResponse for a message past one of the session's limits
+/// (SQLSTATE 54000, program_limit_exceeded); the session goes on.
+pub(super) fn limit_error(message: &str) -> Bytes {
+    let message = format!("chokepoint: {message}");
+    let fields = ErrorFields {
+        severity: codec::Severity::Error,
+        code: "54000",
+        message: &message,
+        detail: None,
+        hint: None,
+    };
+    // Fails only on a malformed SQLSTATE, and this one is a constant.
+    fields.to_bytes().unwrap_or_default()
+}
+
 /// A FATAL ErrorResponse that ends the session.
 pub(super) fn fatal(code: &str, message: &str) -> Bytes {
     ErrorFields {

@@ -8,6 +8,8 @@
 //! from its CommandComplete, a Parse or Close the server rejects or skips
 //! is undone ([`Undo`]), and `DEALLOCATE` / `DISCARD ALL` forget names
 //! once they completed.
+use std::collections::HashSet;
+
 use super::*;
 use crate::protocols::postgres::{
     classify::{Flag, Prepared, StatementClass},
@@ -171,27 +173,35 @@ impl Session<'_> {
         &self,
         classification: &Arc<Classification>,
     ) -> Result<Arc<Classification>, String> {
-        let executes = || {
-            classification
-                .statements
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| match &s.prepared {
-                    Some(Prepared::Execute(name)) => Some((i, s, name)),
-                    _ => None,
-                })
-        };
-        if executes().next().is_none() {
+        let executes = classification
+            .statements
+            .iter()
+            .any(|s| matches!(s.prepared, Some(Prepared::Execute(_))));
+        if !executes {
             return Ok(Arc::clone(classification));
         }
         let mut resolved = classification.statements.clone();
-        for (i, outer, name) in executes() {
-            // `PREPARE x AS …; EXECUTE x` in one string: the PREPARE before
-            // it in the same string, which runs first.
-            let earlier = classification.statements[..i]
-                .iter()
-                .rev()
-                .find(|s| matches!(&s.prepared, Some(Prepared::Define(n)) if n == name));
+        // `PREPARE x AS …; EXECUTE x` in one string: the PREPARE before it
+        // in the same string, which runs first.
+        let mut defined_at: HashMap<&str, usize> = HashMap::new();
+        // Each name is resolved once per string (per PREPARE of it, and
+        // per EXPLAIN ANALYZE or not): `EXECUTE x` repeated 100,000 times
+        // adds what x runs once, not 100,000 copies of it.
+        let mut seen: HashSet<(&str, Option<usize>, bool)> = HashSet::new();
+        for (i, outer) in classification.statements.iter().enumerate() {
+            let name = match &outer.prepared {
+                Some(Prepared::Define(name)) => {
+                    defined_at.insert(name, i);
+                    continue;
+                }
+                Some(Prepared::Execute(name)) => name.as_str(),
+                _ => continue,
+            };
+            let earlier_at = defined_at.get(name).copied();
+            if !seen.insert((name, earlier_at, outer.command == "EXPLAIN ANALYZE")) {
+                continue;
+            }
+            let earlier = earlier_at.map(|at| &classification.statements[at]);
             let (stored, approved) = match (earlier, self.named_statement(name)) {
                 (Some(define), _) => {
                     // What it defines, not the definition itself.
