@@ -281,6 +281,11 @@ impl Tracker {
         self.pending.push_back(pending);
     }
 
+    /// Whether the server is discarding what the client sends (until its Sync).
+    pub fn is_discarding(&self) -> bool {
+        self.discarding
+    }
+
     /// Entries the server discarded unseen, oldest first.
     pub fn take_discarded(&mut self) -> Vec<Pending> {
         std::mem::take(&mut self.discarded)
