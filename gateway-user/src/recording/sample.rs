@@ -36,19 +36,39 @@ use serde::{
 pub struct Sample {
     rows: usize,
     wire: BytesMut,
+    /// A row did not fit [`Sample::MAX_BYTES`]: no later row is kept either.
+    full: bool,
 }
 
 impl Sample {
-    /// Appends one row. A row of more than 65,535 values or a value over
-    /// 2 GiB (neither fits a DataRow) is kept truncated rather than refused.
+    /// What one sample keeps at most, values and their lengths: rows are
+    /// kept whole or not at all, in order, so a result of huge values
+    /// (`SELECT repeat('x', 1e8) FROM …`) does not sit in memory and the
+    /// recording once per statement.
+    pub const MAX_BYTES: usize = 1 << 20;
+
+    /// Appends one row, unless it would take the sample past
+    /// [`MAX_BYTES`](Self::MAX_BYTES) (then neither it nor any later row is
+    /// kept). A row of more than 65,535 values or a value over 2 GiB
+    /// (neither fits a DataRow) is kept truncated rather than refused.
     pub fn push_row<'v>(&mut self, values: impl ExactSizeIterator<Item = Option<&'v [u8]>>) {
+        if self.full {
+            return;
+        }
+        let start = self.wire.len();
         let count = u16::try_from(values.len()).unwrap_or(u16::MAX);
         self.wire.put_u16(count);
         for value in values.take(usize::from(count)) {
-            match value {
+            let v = value.map(|v| &v[..v.len().min(i32::MAX as usize)]);
+            if self.wire.len() + 4 + v.map_or(0, <[u8]>::len) > Self::MAX_BYTES {
+                // Whole rows or nothing, and nothing after a row left out.
+                self.wire.truncate(start);
+                self.full = true;
+                return;
+            }
+            match v {
                 None => self.wire.put_i32(-1),
                 Some(v) => {
-                    let v = &v[..v.len().min(i32::MAX as usize)];
                     self.wire.put_i32(v.len() as i32);
                     self.wire.put_slice(v);
                 }
@@ -71,6 +91,7 @@ impl Sample {
     pub fn clear(&mut self) {
         self.rows = 0;
         self.wire.clear();
+        self.full = false;
     }
 
     /// The rows as text, as the recording shows them.
@@ -268,6 +289,28 @@ mod tests {
         );
         assert_eq!(back.len(), 3);
         assert_eq!(format!("{back:?}"), format!("{:?}", back.rows()));
+    }
+
+    #[test]
+    fn rows_past_the_byte_budget_are_left_out_whole_and_in_order() {
+        let big = vec![b'x'; Sample::MAX_BYTES / 3];
+        let mut sample = Sample::default();
+        sample.push_row([Some(&big[..])].into_iter());
+        sample.push_row([Some(&b"small"[..]), Some(&big[..])].into_iter());
+        // Would take it past the budget: left out, and so is every later row.
+        sample.push_row([Some(&b"a"[..]), Some(&big[..]), Some(&big[..])].into_iter());
+        sample.push_row([Some(&b"tiny"[..])].into_iter());
+        assert_eq!(sample.len(), 2);
+        let rows = sample.rows();
+        assert_eq!(rows[1][0].as_deref(), Some("small"));
+        assert!(serde_json::to_string(&sample).unwrap().len() < Sample::MAX_BYTES);
+        // One value larger than the budget: no row at all.
+        let mut huge = Sample::default();
+        huge.push_row([Some(&vec![b'y'; Sample::MAX_BYTES + 1][..])].into_iter());
+        assert!(huge.is_empty());
+        huge.clear();
+        huge.push_row([Some(&b"after clear"[..])].into_iter());
+        assert_eq!(huge.len(), 1);
     }
 
     #[test]
