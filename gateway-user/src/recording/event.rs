@@ -120,6 +120,32 @@ pub enum Body {
 }
 
 impl Body {
+    /// About how many bytes the event holds: its texts and sample, which a
+    /// job chooses; a fixed allowance for the rest.
+    pub(crate) fn weight(&self) -> usize {
+        const FIXED: usize = 256;
+        FIXED
+            + match self {
+                Body::Statement { text, reason, .. } => text.len() + reason.len(),
+                Body::Result {
+                    text,
+                    error,
+                    columns,
+                    sample,
+                    ..
+                } => {
+                    text.as_ref().map_or(0, String::len)
+                        + error.as_ref().map_or(0, String::len)
+                        + columns.iter().map(String::len).sum::<usize>()
+                        + sample.byte_len()
+                }
+                Body::Approval { detail, .. } => detail.len(),
+                _ => 0,
+            }
+    }
+}
+
+impl Body {
     /// The `type` name, for tables and errors.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -65,6 +65,60 @@ use crate::policy::RecordingSettings;
 /// session rather than grow memory without bound.
 const MAX_INFLIGHT: usize = 1 << 16;
 
+/// Bytes of events (statement texts, result samples) waiting for the
+/// writer, over all sessions and per session. Counting events alone let
+/// one session queue a 16 MiB text per Bind of a prepared statement; past
+/// its own budget a session fails before it can fail everyone's.
+const MAX_INFLIGHT_BYTES: usize = 256 << 20;
+const MAX_SESSION_INFLIGHT_BYTES: usize = 64 << 20;
+
+/// What one event holds while it waits for the writer, counted against
+/// its session and all sessions, and given back when the event is dropped
+/// (written, or never sent).
+pub(crate) struct Charge {
+    bytes: usize,
+    session: Arc<AtomicUsize>,
+    all: Arc<AtomicUsize>,
+}
+
+impl Charge {
+    /// Takes `bytes` from both budgets, or says which one is spent.
+    fn take(
+        bytes: usize,
+        session: &Arc<AtomicUsize>,
+        all: &Arc<AtomicUsize>,
+    ) -> Result<Self, String> {
+        let charge = Charge {
+            bytes,
+            session: session.clone(),
+            all: all.clone(),
+        };
+        // Counted before the check, so two events racing cannot both slip under it.
+        let mine = session.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let everyone = all.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if mine > MAX_SESSION_INFLIGHT_BYTES {
+            return Err(format!(
+                "this session has more than {} MiB of events waiting for the disk: recording cannot keep up",
+                MAX_SESSION_INFLIGHT_BYTES >> 20
+            ));
+        }
+        if everyone > MAX_INFLIGHT_BYTES {
+            return Err(format!(
+                "more than {} MiB of events wait for the disk: recording cannot keep up",
+                MAX_INFLIGHT_BYTES >> 20
+            ));
+        }
+        Ok(charge)
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.session.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.all.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// The daemon's recorder: one writer thread, shared by every session.
 pub struct Recorder {
     /// `None` when `[recording] enabled = false`.
@@ -73,6 +127,7 @@ pub struct Recorder {
     result_rows: usize,
     next: AtomicU64,
     inflight: Arc<AtomicUsize>,
+    inflight_bytes: Arc<AtomicUsize>,
     active: writer::Active,
     limits: retention::Limits,
     /// Sessions the ledger has (see `retention::enforce`).
@@ -91,6 +146,7 @@ impl Recorder {
                 result_rows: 0,
                 next: AtomicU64::new(1),
                 inflight: Arc::default(),
+                inflight_bytes: Arc::default(),
                 active: writer::Active::default(),
                 limits: retention::Limits::default(),
                 listed: Arc::default(),
@@ -116,6 +172,7 @@ impl Recorder {
             result_rows: settings.result_rows,
             next: AtomicU64::new(1),
             inflight,
+            inflight_bytes: Arc::default(),
             active,
             limits: settings.retention,
             listed,
@@ -175,6 +232,8 @@ impl Recorder {
             started: Instant::now(),
             queue: self.queue.clone(),
             inflight: self.inflight.clone(),
+            inflight_bytes: self.inflight_bytes.clone(),
+            pending_bytes: Arc::default(),
             health: health.clone(),
             result_rows: self.result_rows,
         };
@@ -240,6 +299,10 @@ pub struct SessionRecording {
     /// `None`: recording is off, events go nowhere.
     queue: Option<writer::Queue>,
     inflight: Arc<AtomicUsize>,
+    /// Bytes of all sessions' events waiting for the writer.
+    inflight_bytes: Arc<AtomicUsize>,
+    /// Bytes of this session's events waiting for the writer.
+    pending_bytes: Arc<AtomicUsize>,
     health: Arc<Health>,
     result_rows: usize,
 }
@@ -281,27 +344,35 @@ impl SessionRecording {
         if let Body::Approval { event, .. } = &body {
             crate::admin::metrics::approval(event);
         }
-        self.send(|handle, wall, mono_us| writer::Msg::Event {
+        let bytes = body.weight();
+        self.send(bytes, |handle, wall, mono_us, _charge| writer::Msg::Event {
             handle,
             wall,
             mono_us,
             body,
+            _charge,
         });
     }
 
     /// Records the session end and seals the recording.
     pub fn close(self, end: Body) {
-        self.send(|handle, wall, mono_us| writer::Msg::Close {
+        let bytes = end.weight();
+        self.send(bytes, |handle, wall, mono_us, _charge| writer::Msg::Close {
             handle,
             wall,
             mono_us,
             end,
+            _charge,
         });
     }
 
-    fn send(&self, msg: impl FnOnce(u64, SystemTime, u64) -> writer::Msg) {
+    fn send(&self, bytes: usize, msg: impl FnOnce(u64, SystemTime, u64, Charge) -> writer::Msg) {
         let Some(queue) = &self.queue else {
             return;
+        };
+        let charge = match Charge::take(bytes, &self.pending_bytes, &self.inflight_bytes) {
+            Ok(charge) => charge,
+            Err(why) => return self.health.fail(why),
         };
         if self.inflight.fetch_add(1, Ordering::Relaxed) >= MAX_INFLIGHT {
             self.inflight.fetch_sub(1, Ordering::Relaxed);
@@ -312,7 +383,7 @@ impl SessionRecording {
         }
         let mono_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         if queue
-            .send_later(msg(self.handle, SystemTime::now(), mono_us))
+            .send_later(msg(self.handle, SystemTime::now(), mono_us, charge))
             .is_err()
         {
             self.inflight.fetch_sub(1, Ordering::Relaxed);

@@ -77,6 +77,11 @@ impl Sample {
         self.rows += 1;
     }
 
+    /// Bytes the kept rows take.
+    pub fn byte_len(&self) -> usize {
+        self.wire.len()
+    }
+
     /// Number of rows kept.
     pub fn len(&self) -> usize {
         self.rows

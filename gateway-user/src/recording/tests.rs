@@ -746,3 +746,43 @@ async fn a_recording_the_writer_gave_up_on_is_held_to_its_last_fsync() {
     again.shutdown().await;
     assert_eq!(std::fs::read(&rewritten_path).unwrap(), forgery);
 }
+
+#[test]
+fn events_waiting_for_the_disk_are_bounded_in_bytes_per_session_and_in_all() {
+    use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
+
+    use super::{Charge, MAX_INFLIGHT_BYTES, MAX_SESSION_INFLIGHT_BYTES};
+    let all = Arc::new(AtomicUsize::new(0));
+    let (one, two) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let big = MAX_SESSION_INFLIGHT_BYTES / 2;
+    let held = [
+        Charge::take(big, &one, &all).unwrap(),
+        Charge::take(big, &one, &all).unwrap(),
+    ];
+    // The session's own budget is spent; another session's is not.
+    let e = Charge::take(1, &one, &all).err().unwrap();
+    assert!(e.contains("this session has more than 64 MiB"), "{e}");
+    let other = Charge::take(big, &two, &all).unwrap();
+    // Everyone's budget: sessions together cannot pass it either.
+    let mut many = Vec::new();
+    let mut refused = None;
+    for _ in 0..(MAX_INFLIGHT_BYTES / big + 1) {
+        let session = Arc::new(AtomicUsize::new(0));
+        match Charge::take(big, &session, &all) {
+            Ok(c) => many.push(c),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(
+        refused
+            .unwrap()
+            .contains("more than 256 MiB of events wait")
+    );
+    // Written (dropped), each gives its bytes back; refused ones took none.
+    drop((held, other, many));
+    assert_eq!(all.load(Ordering::Relaxed), 0);
+    assert_eq!(one.load(Ordering::Relaxed), 0);
+}

@@ -113,12 +113,15 @@ pub(super) enum Msg {
         wall: SystemTime,
         mono_us: u64,
         body: Body,
+        /// Given back when the writer is done with the event.
+        _charge: super::Charge,
     },
     Close {
         handle: u64,
         wall: SystemTime,
         mono_us: u64,
         end: Body,
+        _charge: super::Charge,
     },
     /// Retention removed these recordings: the ledger says so.
     Removed(Vec<String>),
@@ -405,6 +408,7 @@ impl Writer {
                 wall,
                 mono_us,
                 body,
+                ..
             } => {
                 let rows = self.sink.is_some().then_some(&mut self.rows);
                 if let Some(open) = self.files.get_mut(&handle) {
@@ -416,6 +420,7 @@ impl Writer {
                 wall,
                 mono_us,
                 end,
+                ..
             } => {
                 let mut rows = self.sink.is_some().then_some(&mut self.rows);
                 if let Some(open) = self.files.get_mut(&handle) {
