@@ -2,6 +2,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::request::{self, Request, State, Vote};
+use crate::policy::ApprovalRule;
 
 /// The process on the other end of the admin socket, from `SO_PEERCRED`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,41 +224,64 @@ fn is_requester(name: &str, request: &Request) -> bool {
 /// statement. Votes through a group approver are taken as the deciding
 /// host checked them: group membership elsewhere is not visible here.
 pub fn check_approved(asked: &Request, decided: &Request) -> Result<(), String> {
-    if decided.state != State::Approved {
-        return Err(format!("it is {}", decided.state));
-    }
     if decided.digest != asked.digest {
         return Err("it approves a different statement".to_owned());
+    }
+    check_votes(
+        &asked.approvers,
+        asked.min_approvals,
+        &asked.who.user,
+        decided,
+    )
+}
+
+/// Checks an approved `--for` grant from the store against the rule that
+/// holds the statement now (`approvers`, `min_approvals`) and the job
+/// asking now (`requester`, its user name): the same checks as
+/// [`check_approved`], since a grant row releases statements just as an
+/// approved request does, and the store is as writable.
+pub fn check_grant(rule: &ApprovalRule, requester: &str, grant: &Request) -> Result<(), String> {
+    let approvers: Vec<String> = rule.approvers.iter().map(ToString::to_string).collect();
+    check_votes(&approvers, rule.min_approvals, requester, grant)
+}
+
+fn check_votes(
+    approvers: &[String],
+    min_approvals: usize,
+    requester: &str,
+    decided: &Request,
+) -> Result<(), String> {
+    if decided.state != State::Approved {
+        return Err(format!("it is {}", decided.state));
     }
     if let Some(deny) = decided.votes.iter().find(|v| !v.approve) {
         return Err(format!("it also holds a denial by {}", deny.by));
     }
-    let groups = asked.approvers.iter().any(|a| a.starts_with("group:"));
+    let groups = approvers.iter().any(|a| a.starts_with("group:"));
     let mut names: Vec<&str> = Vec::new();
     for vote in &decided.votes {
-        if is_requester(&vote.by, asked) {
+        if !requester.is_empty() && vote.by == requester {
             return Err(format!("{} approved their own statement", vote.by));
         }
-        let named = asked
-            .approvers
+        let named = approvers
             .iter()
             .any(|a| a.strip_prefix("user:").unwrap_or(a) == vote.by);
         if !named && !groups {
             return Err(format!(
                 "{} is not an approver (the rule names: {})",
                 vote.by,
-                asked.approvers.join(", ")
+                approvers.join(", ")
             ));
         }
         if !names.contains(&vote.by.as_str()) {
             names.push(&vote.by);
         }
     }
-    if names.len() < asked.min_approvals.max(1) {
+    if names.len() < min_approvals.max(1) {
         return Err(format!(
             "it carries {} distinct approval(s) where {} are needed",
             names.len(),
-            asked.min_approvals.max(1)
+            min_approvals.max(1)
         ));
     }
     Ok(())

@@ -59,7 +59,7 @@ const STORE_WAIT: Duration = Duration::from_secs(5);
 pub const MAX_HELD_BYTES: usize = 64 * 1024;
 
 /// Requests one job (cgroup) may have waiting at once, on this gateway.
-pub const MAX_PENDING_PER_JOB: usize = 16;
+pub const MAX_PENDING_PER_JOB: usize = 64;
 
 /// Why a statement could not be held.
 #[derive(Debug, thiserror::Error)]
@@ -165,11 +165,26 @@ impl Approvals {
         &self.gateway
     }
 
-    /// An approved `--for` grant that covers this statement, if any.
-    pub async fn grant(&self, query: &GrantQuery<'_>) -> Option<Request> {
+    /// An approved `--for` grant that covers this statement, if any: one
+    /// whose votes hold up against `rule` (the rule holding it now) and
+    /// `requester` (the asking job's user name) as an approval would.
+    pub async fn grant(
+        &self,
+        query: &GrantQuery<'_>,
+        rule: &ApprovalRule,
+        requester: &str,
+    ) -> Option<Request> {
         let now = SystemTime::now();
         match self.store.grants(query.target).await {
-            Ok(grants) => grants.into_iter().find(|r| r.grant_covers(query, now)),
+            Ok(grants) => grants.into_iter().filter(|r| r.grant_covers(query, now)).find(|r| {
+                match authorize::check_grant(rule, requester, r) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        warn!(id = %r.id, "the store holds a grant for this statement, but {why}: not used");
+                        false
+                    }
+                }
+            }),
             Err(e) => {
                 warn!(error = %e, "cannot look up approval grants; asking instead");
                 None

@@ -97,17 +97,45 @@ async fn an_approval_wakes_the_held_statement_and_grants_the_class() {
         reason: "class delete needs approval",
         max_grant: Duration::from_secs(600),
     };
-    assert!(approvals.grant(&query).await.is_some());
+    let rule = ask(Duration::from_secs(60), vec![]).approval;
+    assert!(approvals.grant(&query, &rule, "ci-user").await.is_some());
     let ddl = GrantQuery {
         class: "ddl",
         ..query
     };
-    assert!(approvals.grant(&ddl).await.is_none());
+    assert!(approvals.grant(&ddl, &rule, "ci-user").await.is_none());
     let other_job = GrantQuery {
         scope: "job run-2",
         ..query
     };
-    assert!(approvals.grant(&other_job).await.is_none());
+    assert!(
+        approvals
+            .grant(&other_job, &rule, "ci-user")
+            .await
+            .is_none()
+    );
+    // The grant's votes must hold up against the rule as it is now (a
+    // store row can say anything): not after alice stopped being an
+    // approver, not with two approvals needed, not for alice's own job.
+    let bob_only = Arc::new(ApprovalRule {
+        approvers: vec![Approver::User {
+            name: "bob".into(),
+            uid: 2,
+        }],
+        ..(*rule).clone()
+    });
+    assert!(
+        approvals
+            .grant(&query, &bob_only, "ci-user")
+            .await
+            .is_none()
+    );
+    let two = Arc::new(ApprovalRule {
+        min_approvals: 2,
+        ..(*rule).clone()
+    });
+    assert!(approvals.grant(&query, &two, "ci-user").await.is_none());
+    assert!(approvals.grant(&query, &rule, "alice").await.is_none());
     // Decided: a second decision is refused, naming the state.
     let e = approvals
         .decide(&alice(), &id, &verdict, None)
@@ -180,7 +208,9 @@ async fn one_job_holds_a_bounded_number_of_bounded_statements() {
         .expect("one too many");
     assert!(matches!(e, HoldError::TooMany), "{e}");
     assert!(
-        e.to_string().contains("already has 16 statements waiting"),
+        e.to_string().contains(&format!(
+            "already has {MAX_PENDING_PER_JOB} statements waiting"
+        )),
         "{e}"
     );
     // Another job is not held back by this one.

@@ -124,7 +124,8 @@ impl Session<'_> {
         // The rule as it is now must still allow grants: one reloaded
         // without max_grant takes them back.
         let grant = if one_hold && ask.approval.max_grant.is_some() {
-            approvals.grant(&query).await
+            let requester = self.user_name().unwrap_or_default();
+            approvals.grant(&query, &ask.approval, &requester).await
         } else {
             None
         };
