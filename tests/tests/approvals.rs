@@ -475,6 +475,18 @@ fn denied_and_timed_out_statements_fail_with_42501_and_the_session_goes_on() -> 
         .trim(),
         "0"
     );
+    // What approvers would see redacted is never held: denied at once.
+    let job = s.spawn_psql(&[
+        "DELETE FROM orders WHERE id = 2 OR 'password=' = 'password='",
+        "SELECT 'after'",
+    ])?;
+    let out = job.finish()?;
+    let all = text(&out);
+    assert!(all.contains("ERROR:  42501"), "{all}");
+    assert!(all.contains("it holds a password literal"), "{all}");
+    assert!(all.contains("after"), "{all}");
+    assert_eq!(s.orders()?, "40");
+
     let listed = s.gw.approvals(&["list", "--all", "--json"])?;
     let all: Vec<Value> = serde_json::from_slice(&listed.stdout)?;
     let mut states: Vec<&str> = all.iter().filter_map(|r| r["state"].as_str()).collect();

@@ -97,6 +97,16 @@ impl Session<'_> {
             );
             return self.refuse(kind, deny_error(&ask.rule, &message, &ask.shown));
         };
+        if *ask.shown != *ask.running.sql {
+            // Approvers see the text with password literals redacted, and
+            // what they cannot read they cannot approve: a job could hide
+            // `OR 'password=' = 'password='` behind the redaction.
+            let message = format!(
+                "statement needs approval by rule {} ({}), but it holds a password literal, which approvers cannot be shown: send the password another way (a parameter) or ask the policy owners",
+                ask.rule, ask.reason
+            );
+            return self.refuse(kind, deny_error(&ask.rule, &message, &ask.shown));
+        }
         let identity = self.identity();
         let target = self.rules.target().to_owned();
         let scope = match &self.ctx.job {
