@@ -618,7 +618,17 @@ fn a_statement_approved_at_parse_runs_at_every_bind() -> Result<()> {
     ];
     let steps = json!([{ "raw_until_ready": { "hex": script.concat(), "ready": 3 } }]);
     let job = s.spawn_pgclient(&steps)?;
-    let id = s.first_pending_id()?;
+    let pending = s.wait_pending(1)?;
+    let id = pending[0]["id"].as_str().context("id")?.to_owned();
+    // The approver is told what a yes to a Parse means.
+    assert!(
+        pending[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("it runs at each Bind in this session, with any parameter values"),
+        "{}",
+        pending[0]
+    );
     let out = s.approvals_as(NOBODY, NOBODY, &["approve", &id])?;
     assert!(out.status.success(), "{}", text(&out));
     let out = job.finish()?;

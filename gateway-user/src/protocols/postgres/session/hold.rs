@@ -89,7 +89,13 @@ impl Session<'_> {
 
     /// A statement a rule holds: runs at once under a grant, else waits
     /// for a decision while the session keeps serving the upstream.
-    pub(super) async fn hold(&mut self, frame: Frame, kind: HeldKind, ask: HoldAsk) {
+    pub(super) async fn hold(&mut self, frame: Frame, kind: HeldKind, mut ask: HoldAsk) {
+        if matches!(kind, HeldKind::Parse { .. }) {
+            // Approvers must know what they are saying yes to.
+            ask.reason.push_str(
+                "; a prepared statement (Parse): approved, it runs at each Bind in this session, with any parameter values",
+            );
+        }
         let Some(approvals) = self.ctx.approvals.clone() else {
             let message = format!(
                 "statement needs approval by rule {}: {} (this gateway runs no approval service, so it is denied)",
