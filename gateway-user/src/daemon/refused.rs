@@ -3,10 +3,14 @@
 //! like the ones the gateway refuses, so a denial shows up the same
 //! wherever it happened. The kernel reports a refused datagram once per
 //! socket and destination.
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use gateway_common::FlowRecord;
-use tracing::{Instrument, error};
+use tracing::{Instrument, error, warn};
 
 use super::{
     Shared,
@@ -34,11 +38,16 @@ pub(super) async fn log_refused(shared: Arc<Shared>, refused: RefusedFlows, udp:
             return;
         }
     };
+    let mut throttle = Throttle::default();
     loop {
         match refused.next_batch().await {
             Ok(batch) => {
                 for rec in batch {
-                    one(&shared, &rec, udp).await;
+                    if throttle.admit(rec.cgroup_id, Instant::now()) {
+                        one(&shared, &rec, udp).await;
+                    } else {
+                        counted_only(&shared, &rec, udp);
+                    }
                 }
             }
             Err(e) => {
@@ -50,26 +59,117 @@ pub(super) async fn log_refused(shared: Arc<Shared>, refused: RefusedFlows, udp:
     }
 }
 
+/// Refusals each job gets logged and recorded one by one per
+/// [`WINDOW`]; past that, a job looping on a forbidden connect would
+/// open a recording file and write a log line per attempt (disk and
+/// inodes every job's recordings need), so the rest of the window's are
+/// counted in the metrics and summed up in one warning when it ends.
+/// The kernel refuses every one of them either way.
+const PER_WINDOW: u32 = 50;
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// Refusals per job in the current window.
+#[derive(Default)]
+struct Throttle {
+    jobs: HashMap<u64, Window>,
+}
+
+struct Window {
+    started: Instant,
+    admitted: u32,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// Whether this refusal from `cgroup` is logged and recorded.
+    fn admit(&mut self, cgroup: u64, now: Instant) -> bool {
+        let window = self.jobs.entry(cgroup).or_insert(Window {
+            started: now,
+            admitted: 0,
+            suppressed: 0,
+        });
+        if now.duration_since(window.started) >= WINDOW {
+            if window.suppressed > 0 {
+                warn!(
+                    cgroup_id = cgroup,
+                    refused = window.suppressed,
+                    "the kernel refused {} more connects or datagrams of this job in {} s than are logged and recorded one by one ({PER_WINDOW}); counted in chokepoint_connections_total",
+                    window.suppressed,
+                    WINDOW.as_secs()
+                );
+            }
+            *window = Window {
+                started: now,
+                admitted: 0,
+                suppressed: 0,
+            };
+        }
+        // Jobs come and go: forget those quiet for a window.
+        if self.jobs.len() > 4096 {
+            self.jobs
+                .retain(|_, w| now.duration_since(w.started) < WINDOW);
+        }
+        let Some(window) = self.jobs.get_mut(&cgroup) else {
+            return true;
+        };
+        if window.admitted < PER_WINDOW {
+            window.admitted += 1;
+            true
+        } else {
+            window.suppressed += 1;
+            false
+        }
+    }
+}
+
+/// A refusal past the job's [`PER_WINDOW`]: only counted.
+fn counted_only(shared: &Shared, rec: &FlowRecord, udp: bool) {
+    let flow = Flow::refused_in_kernel(rec);
+    let job = shared.jobs.job_of(flow.cgroup_id);
+    let decision = decide(shared, &flow, job.as_deref(), udp);
+    crate::admin::metrics::connection(
+        decision.protocol,
+        decision.verdict,
+        decision.rule_name(),
+        "kernel",
+        0,
+        0,
+    );
+}
+
+/// The policy's verdict on a refused flow: its deny rule, or
+/// [`KERNEL_RULE`] when the current policy would allow it.
+fn decide(
+    shared: &Shared,
+    flow: &Flow,
+    job: Option<&crate::identity::JobIdentity>,
+    udp: bool,
+) -> Decision {
+    let policy = shared.policy.load_full();
+    let names = shared
+        .names
+        .names(flow.cgroup_id, flow.dst.ip(), Instant::now());
+    let mut facts = flow_facts(flow, job, &names);
+    facts.udp = udp;
+    let decision = policy.evaluate(&facts);
+    if decision.verdict == Verdict::Deny {
+        return decision;
+    }
+    Decision {
+        verdict: Verdict::Deny,
+        rule: Some(Arc::from(KERNEL_RULE)),
+        target: None,
+        protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
+    }
+}
+
 async fn one(shared: &Shared, rec: &FlowRecord, udp: bool) {
     let started = Instant::now();
     let flow = Flow::refused_in_kernel(rec);
     let job = shared.jobs.job_of(flow.cgroup_id);
     let identity = identity_of(job.as_deref());
+    let decision = decide(shared, &flow, job.as_deref(), udp);
     let policy = shared.policy.load_full();
-    let names = shared
-        .names
-        .names(flow.cgroup_id, flow.dst.ip(), Instant::now());
-    let mut facts = flow_facts(&flow, job.as_deref(), &names);
-    facts.udp = udp;
-    let mut decision = policy.evaluate(&facts);
-    if decision.verdict != Verdict::Deny {
-        decision = Decision {
-            verdict: Verdict::Deny,
-            rule: Some(Arc::from(KERNEL_RULE)),
-            target: None,
-            protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
-        };
-    }
     let mode = policy.daemon().mode;
     let span = flow_span(&flow, &identity);
     async {
@@ -101,4 +201,25 @@ async fn one(shared: &Shared, rec: &FlowRecord, udp: bool) {
     }
     .instrument(span)
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_job_gets_its_own_refusals_recorded_up_to_the_window_budget() {
+        let mut throttle = Throttle::default();
+        let t0 = Instant::now();
+        let admitted = (0..PER_WINDOW + 30)
+            .filter(|_| throttle.admit(7, t0))
+            .count();
+        assert_eq!(admitted, PER_WINDOW as usize);
+        // A job looping on refusals does not use up another job's budget.
+        assert!(throttle.admit(8, t0));
+        // The next window starts afresh.
+        assert!(throttle.admit(7, t0 + WINDOW));
+        assert_eq!(throttle.jobs[&7].suppressed, 0);
+        assert!(throttle.admit(7, t0 + WINDOW + Duration::from_secs(1)));
+    }
 }
