@@ -1208,14 +1208,16 @@ fn a_job_past_its_connection_limit_is_refused_and_other_jobs_are_not() -> Result
     // Job A opens five and keeps them: the fourth and fifth are cut
     // before the gateway opens anything for them.
     let a = Holder::start(&job_a, "hold", echo.addr(), 5)?;
-    let shed = wait_for("job A's two refusals", FLOWS_TIMEOUT, || {
+    // One warning for the two refusals: a job hammering its limit is
+    // logged once every 10 s (the probe counts both below).
+    let shed = wait_for("job A's refusals logged", FLOWS_TIMEOUT, || {
         let shed: Vec<Value> = gw
             .events()
             .into_iter()
             .filter(|e| e["fields"]["decision"] == "shed" && e["fields"]["pid"] == a.pid())
             .map(|e| e["fields"].clone())
             .collect();
-        (shed.len() >= 2).then_some(shed)
+        (!shed.is_empty()).then_some(shed)
     })?;
     let a_id = job_a.id()?;
     for ev in &shed {

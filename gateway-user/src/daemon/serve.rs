@@ -1,5 +1,6 @@
 //! Accepting guarded connections and handling each one in its own task.
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     path::Path,
     sync::Arc,
@@ -145,6 +146,37 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// How often one job's shed connections are logged at most: a job
+/// hammering its limit would otherwise write a line per attempt.
+const SHED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether a shed connection of `cgroup` is logged now; with how many were
+/// shed unlogged since its last line.
+fn shed_log_due(cgroup: u64, now: Instant) -> Option<u64> {
+    static LAST: std::sync::Mutex<Option<HashMap<u64, (Instant, u64)>>> =
+        std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let jobs = last.get_or_insert_with(HashMap::new);
+    if jobs.len() > 4096 {
+        jobs.retain(|_, (at, _)| now.duration_since(*at) < SHED_LOG_EVERY);
+    }
+    match jobs.get_mut(&cgroup) {
+        Some((at, unlogged)) if now.duration_since(*at) < SHED_LOG_EVERY => {
+            *unlogged += 1;
+            None
+        }
+        Some((at, unlogged)) => {
+            let more = std::mem::take(unlogged);
+            *at = now;
+            Some(more)
+        }
+        None => {
+            jobs.insert(cgroup, (now, 0));
+            Some(0)
+        }
+    }
+}
+
 async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     // Reset while it waited in the accept queue: it carries nothing, and
@@ -177,20 +209,23 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         let slot = match shared.connections.take(flow.cgroup_id, limit) {
             Ok(slot) => slot,
             Err(at) => {
-                warn!(
-                    flow_id = flow.id,
-                    pid = flow.pid,
-                    uid = flow.uid,
-                    comm = %flow.comm,
-                    cgroup_id = flow.cgroup_id,
-                    identity = %identity,
-                    dst = %flow.dst,
-                    open = at.open,
-                    limit,
-                    decision = "shed",
-                    "connection refused: the job already has {} connections open, its limit ([daemon] max_connections_per_job)",
-                    at.open
-                );
+                if let Some(more) = shed_log_due(flow.cgroup_id, Instant::now()) {
+                    warn!(
+                        flow_id = flow.id,
+                        pid = flow.pid,
+                        uid = flow.uid,
+                        comm = %flow.comm,
+                        cgroup_id = flow.cgroup_id,
+                        identity = %identity,
+                        dst = %flow.dst,
+                        open = at.open,
+                        limit,
+                        decision = "shed",
+                        shed_since_last = more,
+                        "connection refused: the job already has {} connections open, its limit ([daemon] max_connections_per_job)",
+                        at.open
+                    );
+                }
                 crate::admin::metrics::connection("tcp", "shed", "max_connections_per_job", "gateway", 0, 0);
                 // A PostgreSQL client is told why; anything else is reset,
                 // as a denied connection is.
