@@ -23,6 +23,19 @@ use super::shape::shape;
 /// also bounds memory: bulk INSERTs are long and rarely repeat.
 pub const MAX_CACHED_LEN: usize = 16 * 1024;
 
+/// Table references and statements a cached classification may hold. A
+/// 16 KiB `SELECT 1 FROM a, b, c, …` classifies into thousands of table
+/// references, each larger than its name in the text: cached 10,000 times
+/// over, such texts would hold gigabytes the cache shares with every job.
+/// Past these they are classified each time, like longer texts.
+const MAX_CACHED_TABLES: usize = 256;
+const MAX_CACHED_STATEMENTS: usize = 64;
+
+fn is_light(c: &Classification) -> bool {
+    c.statements.len() <= MAX_CACHED_STATEMENTS
+        && c.statements.iter().map(|s| s.tables.len()).sum::<usize>() <= MAX_CACHED_TABLES
+}
+
 /// At most this many shards, and at least this many entries per shard (a
 /// tiny shard would evict hot entries by hash collision alone).
 const MAX_SHARDS: usize = 16;
@@ -96,7 +109,8 @@ impl ClassifierCache {
         // sessions racing on the same new text just compute it twice.
         let entry = classify(sql).map(Arc::new);
         // An error message quotes its own text: only successes are shared.
-        if shape.is_none() || entry.is_ok() {
+        let shareable = shape.is_none() || entry.is_ok();
+        if shareable && entry.as_ref().map_or(true, |c| is_light(c)) {
             lock(shard).insert(key, entry.clone());
         }
         entry

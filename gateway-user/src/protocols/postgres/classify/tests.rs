@@ -1151,6 +1151,16 @@ fn cache_shares_results_and_stays_bounded() {
     let a = cache.classify("SELECT * FROM t").expect("parses");
     let b = cache.classify("SELECT * FROM t").expect("parses");
     assert!(Arc::ptr_eq(&a, &b));
+    // Short text, many tables: classified each time, never cached.
+    let heavy: Vec<String> = (0..300).map(|i| format!("t{i}")).collect();
+    let heavy = format!("SELECT 1 FROM {}", heavy.join(", "));
+    assert!(heavy.len() < MAX_CACHED_LEN);
+    let before = cache.len();
+    let h1 = cache.classify(&heavy).expect("parses");
+    let h2 = cache.classify(&heavy).expect("parses");
+    assert!(!Arc::ptr_eq(&h1, &h2));
+    assert_eq!(h1.statements[0].tables.len(), 300);
+    assert_eq!(cache.len(), before);
     assert_eq!(a.statements[0].class, Read);
     // Errors are cached too, and stay errors.
     assert!(cache.classify("DELET FROM t").is_err());
