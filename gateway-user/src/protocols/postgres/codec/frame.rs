@@ -100,6 +100,10 @@ pub struct FrameDecoder {
     pub max_startup_size: usize,
 }
 
+/// How much room [`FrameDecoder::decode`] makes ahead of the bytes that
+/// have arrived.
+const RESERVE_AHEAD: usize = 64 * 1024;
+
 impl Default for FrameDecoder {
     fn default() -> Self {
         Self::new(DEFAULT_MAX_MESSAGE_SIZE)
@@ -127,7 +131,11 @@ impl FrameDecoder {
         // The tag is outside the length.
         let total = len + 1;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            // Room for what comes next, not for all the header promises: a
+            // job declaring 16 MiB messages on a thousand connections and
+            // sending nothing more must not make the gateway hold 16 GiB.
+            // The buffer grows (doubling) as the bytes actually arrive.
+            buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         let raw = buf.split_to(total).freeze();
@@ -274,6 +282,21 @@ mod tests {
                 "{len}"
             );
         }
+    }
+
+    #[test]
+    fn a_header_alone_reserves_room_for_what_comes_next_not_all_it_announces() {
+        let mut d = FrameDecoder::new(16 << 20);
+        let mut b = buf(b"Q\x00\xff\xff\xff");
+        assert!(d.decode(&mut b).unwrap().is_none());
+        assert!(b.capacity() <= RESERVE_AHEAD + 5, "{}", b.capacity());
+        // As the bytes come, the message still arrives whole.
+        let body = vec![b'x'; 0x00ff_ffff - 4];
+        for chunk in body.chunks(RESERVE_AHEAD) {
+            assert!(d.decode(&mut b).unwrap().is_none());
+            b.extend_from_slice(chunk);
+        }
+        assert_eq!(d.decode(&mut b).unwrap().unwrap().body().len(), body.len());
     }
 
     #[test]
