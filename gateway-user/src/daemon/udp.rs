@@ -6,7 +6,10 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -41,7 +44,62 @@ const SHED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Open flows by the sender's address and the packet mark (which names
 /// the destination): the way to each flow's task.
-type Flows = Arc<Mutex<HashMap<(SocketAddr, u32), mpsc::Sender<Bytes>>>>;
+type Flows = Arc<Mutex<HashMap<(SocketAddr, u32), FlowQueue>>>;
+
+/// Bytes of datagrams one flow may have waiting for its task: [`QUEUE`]
+/// datagrams of up to 64 KiB would be 16 MiB per flow, and a job may have
+/// as many flows as connections.
+const QUEUE_BYTES: usize = 1 << 20;
+
+/// The way into a flow's task, bounded in datagrams and in bytes.
+#[derive(Clone)]
+struct FlowQueue {
+    tx: mpsc::Sender<Bytes>,
+    bytes: Arc<AtomicUsize>,
+}
+
+/// What a flow's task reads: gives each datagram's bytes back.
+struct FlowInbox {
+    rx: mpsc::Receiver<Bytes>,
+    bytes: Arc<AtomicUsize>,
+}
+
+fn flow_queue() -> (FlowQueue, FlowInbox) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let bytes = Arc::new(AtomicUsize::new(0));
+    (
+        FlowQueue {
+            tx,
+            bytes: bytes.clone(),
+        },
+        FlowInbox { rx, bytes },
+    )
+}
+
+impl FlowQueue {
+    /// Queues `datagram`, or drops it when the flow is full or closing (as
+    /// a full socket buffer would).
+    fn offer(&self, datagram: Bytes) -> bool {
+        let len = datagram.len();
+        if self.bytes.fetch_add(len, Ordering::Relaxed) + len > QUEUE_BYTES {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        if self.tx.try_send(datagram).is_err() {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+impl FlowInbox {
+    async fn recv(&mut self) -> Option<Bytes> {
+        let datagram = self.rx.recv().await?;
+        self.bytes.fetch_sub(datagram.len(), Ordering::Relaxed);
+        Some(datagram)
+    }
+}
 
 /// Serves one relay socket (IPv4 or IPv6 loopback).
 pub(crate) async fn serve_relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
@@ -68,8 +126,8 @@ pub(crate) async fn serve_relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
         let datagram = Bytes::copy_from_slice(&buf[..n]);
         let key = (peer, tag);
         let open = lock(&flows).get(&key).cloned();
-        if let Some(tx) = open {
-            if tx.try_send(datagram).is_err() {
+        if let Some(queue) = open {
+            if !queue.offer(datagram) {
                 debug!(%peer, "UDP flow queue full or closing; datagram dropped");
             }
             continue;
@@ -115,8 +173,8 @@ pub(crate) async fn serve_relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
                 continue;
             }
         };
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let _ = tx.try_send(datagram);
+        let (tx, rx) = flow_queue();
+        let _ = tx.offer(datagram);
         {
             let mut open = lock(&flows);
             if open.len() >= MAX_FLOWS {
@@ -157,7 +215,7 @@ async fn relay_flow(
     flows: Flows,
     key: (SocketAddr, u32),
     (flow, _slot): (Flow, super::job_connections::Slot),
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: FlowInbox,
 ) {
     let started = Instant::now();
     let job = shared.jobs.job_of(flow.cgroup_id);
@@ -253,7 +311,7 @@ fn idle_deadline(idle: Duration) -> tokio::time::Instant {
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
-async fn drain_until_idle(rx: &mut mpsc::Receiver<Bytes>, idle: Duration) {
+async fn drain_until_idle(rx: &mut FlowInbox, idle: Duration) {
     while let Ok(Some(_)) = tokio::time::timeout(idle, rx.recv()).await {}
 }
 
@@ -285,4 +343,30 @@ fn finish(
         },
         recording,
     );
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_flow_queues_at_most_a_mebibyte() {
+        let (queue, mut inbox) = flow_queue();
+        let datagram = Bytes::from(vec![0u8; 60_000]);
+        let taken = (0..QUEUE).filter(|_| queue.offer(datagram.clone())).count();
+        assert_eq!(taken, QUEUE_BYTES / 60_000);
+        // Reading gives the bytes back.
+        assert_eq!(inbox.recv().await.map(|d| d.len()), Some(60_000));
+        assert!(queue.offer(datagram.clone()));
+        assert!(!queue.offer(datagram));
+        // Small datagrams are still bounded by count.
+        let (queue, _inbox) = flow_queue();
+        let small = Bytes::from_static(b"x");
+        assert_eq!(
+            (0..QUEUE + 10)
+                .filter(|_| queue.offer(small.clone()))
+                .count(),
+            QUEUE
+        );
+    }
 }
