@@ -276,9 +276,34 @@ fn plainly_filters(b: &[u8], start: usize) -> bool {
         (Some(word), end) if !NOT_A_COLUMN.iter().any(|k| word.eq_ignore_ascii_case(k)) => end,
         _ => return false,
     };
-    // A name before `(` calls a function; before a string it types a literal.
-    if matches!(b.get(next_token(after)), Some(b'(' | b'\'')) {
-        return false;
+    // A name before `(` calls a function; before a string of any
+    // spelling ('…', $$…$$, E'…', B'…', X'…', N'…', U&'…') it types a
+    // literal (`set $q$x$q$` is a constant of type `set`).
+    // A qualified name (`t.id`, `s."T".c`, and a qualified type name).
+    let mut after = after;
+    let mut next = next_token(after);
+    while b.get(next) == Some(&b'.') {
+        let part = next_token(next + 1);
+        if part >= b.len() {
+            return false;
+        }
+        after = match token(b, part) {
+            (None, end) if b[part] == b'"' => end,
+            (Some(_), end) => end,
+            _ => return false,
+        };
+        next = next_token(after);
+    }
+    match b.get(next) {
+        Some(b'(' | b'\'' | b'$') => return false,
+        Some(&c) if is_ident_start(c) => match token(b, next) {
+            (None, _) => return false,
+            (Some(word), end) if word.eq_ignore_ascii_case(b"u") && b.get(end) == Some(&b'&') => {
+                return false;
+            }
+            _ => {}
+        },
+        _ => {}
     }
     let mut i = after;
     while i < b.len() {
@@ -313,6 +338,14 @@ mod tests {
             ("DELETE FROM t WHERE lower('A') = 'a'", None),
             ("DELETE FROM t WHERE \"lower\"('A') = 'a'", None),
             ("DELETE FROM t WHERE int4 '1' = 1", None),
+            // Found by the fuzzer: a type name before a dollar-quoted string.
+            ("DELETE FROM t WHERE SET  $q$ WHE'E $q$", None),
+            ("DELETE FROM t WHERE INSERTS.ET  $q$ WHE'E $q$", None),
+            ("DELETE FROM t WHERE s . \"T\" . c = 1", Some(true)),
+            ("DELETE FROM t WHERE int4 E'1' = 1", None),
+            ("DELETE FROM t WHERE text U&'x' = 'x'", None),
+            ("DELETE FROM t WHERE \"varchar\" 'x' = 'x'", None),
+            ("DELETE FROM t WHERE a IS NULL", Some(true)),
             (
                 "DELETE FROM t WHERE timestamp with time zone 'now' < now()",
                 None,

@@ -1047,6 +1047,7 @@ fn fast_path_agrees_with_full_parse() {
         "DELETE FROM t WHERE CURRENT OF c",
         "DELETE FROM t WHERE true",
         "UPDATE t SET a = 1 WHERE a = 1 OR 1 = 1",
+        "DELETE FROM t WHERE SET  $q$ WHE'E $q$",
         "COPY t FROM STDIN",
         "PREPARE p AS DELETE FROM t",
         "CREATE TABLE t AS SELECT 1",

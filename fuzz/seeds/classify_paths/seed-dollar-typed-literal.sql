@@ -1,0 +1,1 @@
+DELETE FROM t WHERE SET  $q$ WHE'E $q$
