@@ -374,6 +374,21 @@ impl Session<'_> {
         }
     }
 
+    /// The refusal of a statement once the session's recording has failed.
+    pub(super) fn unrecordable(&self) -> Option<Decided> {
+        let why = self.recording.healthy().err()?;
+        warn!(
+            flow_id = self.flow.id,
+            "statement refused: recording failed: {why}"
+        );
+        crate::admin::metrics::statement("deny", "recording");
+        Some(Decided::Refuse(deny_error(
+            "recording",
+            &format!("statement refused: the session recording cannot be written ({why})"),
+            "",
+        )))
+    }
+
     pub(super) fn decide_classified(
         &self,
         sql: &Arc<str>,
@@ -381,17 +396,8 @@ impl Session<'_> {
         shown: Shown,
     ) -> Decided {
         // Fail closed: nothing is forwarded that the recording cannot hold.
-        if let Err(why) = self.recording.healthy() {
-            warn!(
-                flow_id = self.flow.id,
-                "statement refused: recording failed: {why}"
-            );
-            crate::admin::metrics::statement("deny", "recording");
-            return Decided::Refuse(deny_error(
-                "recording",
-                &format!("statement refused: the session recording cannot be written ({why})"),
-                "",
-            ));
+        if let Some(refused) = self.unrecordable() {
+            return refused;
         }
         if let Some(why) = &self.revoked {
             let reason = format!("statement refused: {why}");
@@ -442,6 +448,11 @@ impl Session<'_> {
                 rule: decision.rule.to_string(),
                 reason: decision.reason.clone(),
             });
+            // Its own event may be the one that did not fit (the session's
+            // or everyone's bytes waiting for the disk): not forwarded then.
+            if let Some(refused) = self.unrecordable() {
+                return refused;
+            }
         }
         let running = Running {
             sql: sql.clone(),

@@ -13,6 +13,11 @@ impl Session<'_> {
         mut running: Running,
         approved: Option<Approved>,
     ) {
+        // A hold can last minutes, and the disk may have filled meanwhile
+        // (the approval's own event included): nothing unrecorded runs.
+        if let Some(Decided::Refuse(error)) = self.unrecordable() {
+            return self.refuse(kind, error);
+        }
         running.approved = approved;
         self.names_in_flight(&mut running);
         match kind {
