@@ -52,6 +52,15 @@ impl Sample {
     /// kept). A row of more than 65,535 values or a value over 2 GiB
     /// (neither fits a DataRow) is kept truncated rather than refused.
     pub fn push_row<'v>(&mut self, values: impl ExactSizeIterator<Item = Option<&'v [u8]>>) {
+        self.push_row_within(values, Self::MAX_BYTES);
+    }
+
+    /// [`push_row`](Self::push_row) up to `limit` bytes.
+    fn push_row_within<'v>(
+        &mut self,
+        values: impl ExactSizeIterator<Item = Option<&'v [u8]>>,
+        limit: usize,
+    ) {
         if self.full {
             return;
         }
@@ -60,7 +69,7 @@ impl Sample {
         self.wire.put_u16(count);
         for value in values.take(usize::from(count)) {
             let v = value.map(|v| &v[..v.len().min(i32::MAX as usize)]);
-            if self.wire.len() + 4 + v.map_or(0, <[u8]>::len) > Self::MAX_BYTES {
+            if self.wire.len() + 4 + v.map_or(0, <[u8]>::len) > limit {
                 // Whole rows or nothing, and nothing after a row left out.
                 self.wire.truncate(start);
                 self.full = true;
@@ -250,7 +259,12 @@ impl From<Vec<Vec<Option<String>>>> for Sample {
     fn from(rows: Vec<Vec<Option<String>>>) -> Self {
         let mut sample = Sample::default();
         for row in &rows {
-            sample.push_row(row.iter().map(|v| v.as_deref().map(str::as_bytes)));
+            // Read back whole: the budget bounded what was captured, and
+            // its text (binary values as `\x` hex) can be larger than that.
+            sample.push_row_within(
+                row.iter().map(|v| v.as_deref().map(str::as_bytes)),
+                usize::MAX,
+            );
         }
         sample
     }
@@ -316,6 +330,11 @@ mod tests {
         huge.clear();
         huge.push_row([Some(&b"after clear"[..])].into_iter());
         assert_eq!(huge.len(), 1);
+        // Read back from a recording, a sample is kept whole: binary values
+        // as `\x` hex take twice their captured size.
+        let hex = format!("\\x{}", "ab".repeat(Sample::MAX_BYTES / 3));
+        let rows = vec![vec![Some(hex.clone())], vec![Some(hex)]];
+        assert_eq!(Sample::from(rows).len(), 2);
     }
 
     #[test]
