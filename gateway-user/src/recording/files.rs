@@ -50,10 +50,14 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Result<()>
         Err(e) => return Err(e),
     };
     for entry in entries {
-        let path = entry?.path();
-        if depth < 3 && path.is_dir() {
+        let entry = entry?;
+        // Not followed: a symlinked folder or file would let retention
+        // delete (and verify vouch for) files outside the sessions folder.
+        let kind = entry.file_type()?;
+        let path = entry.path();
+        if depth < 3 && kind.is_dir() {
             walk(&path, depth + 1, out)?;
-        } else if depth == 3 && path.extension().is_some_and(|e| e == "jsonl") {
+        } else if depth == 3 && kind.is_file() && path.extension().is_some_and(|e| e == "jsonl") {
             out.push(path);
         }
     }
@@ -117,5 +121,32 @@ pub fn misplaced(dir: &Path, path: &Path) -> Option<String> {
         None => Some(format!(
             "{shown}: {id:?} is not a session id (it starts with its date, like 20261127T015012Z-1a2b3c4d5e6f)"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_in_the_sessions_folder_are_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let day = root.path().join("2026/11/28");
+        fs::create_dir_all(&day).unwrap();
+        fs::write(day.join("20261128T000000Z-000000000001.jsonl"), "").unwrap();
+        // A folder and a file elsewhere, linked in where recordings live.
+        let foreign = outside.path().join("2026/11/29");
+        fs::create_dir_all(&foreign).unwrap();
+        fs::write(foreign.join("victim.jsonl"), "").unwrap();
+        fs::write(outside.path().join("other.jsonl"), "").unwrap();
+        std::os::unix::fs::symlink(&foreign, root.path().join("2026/11/29")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("other.jsonl"),
+            day.join("20261128T000001Z-000000000002.jsonl"),
+        )
+        .unwrap();
+        let found = all(root.path()).unwrap();
+        assert_eq!(found, [day.join("20261128T000000Z-000000000001.jsonl")]);
     }
 }
