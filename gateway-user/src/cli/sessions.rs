@@ -937,6 +937,9 @@ fn print_result(
 }
 
 fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
+    // Session ids, file names and reasons come from files anyone with
+    // write access to the folder could have forged.
+    let mut out = Escaped(std::io::stdout().lock());
     let listed = if all {
         match source.all() {
             Ok(listed) => listed,
@@ -952,7 +955,7 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
     if all && let Some(ledger) = &source.ledger {
         if let Some(p) = &ledger.problem {
             tampered += 1;
-            println!("{}", describe_ledger(p));
+            let _ = writeln!(out, "{}", describe_ledger(p));
         }
         // What the ledger has sealed must still be there, unless
         // retention removed it (the ledger says so too).
@@ -966,7 +969,8 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
         missing.sort_by(|a, b| a.session.cmp(&b.session));
         for e in missing {
             tampered += 1;
-            println!(
+            let _ = writeln!(
+                out,
                 "{}: TAMPERED: the host's ledger has it {} with {} events (ledger seq {}), but the recording is gone",
                 e.session,
                 e.outcome.as_str(),
@@ -977,7 +981,7 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
     }
     if !all && let Some(p) = source.ledger_problem() {
         tampered += 1;
-        println!("{}", describe_ledger(p));
+        let _ = writeln!(out, "{}", describe_ledger(p));
     } else if !all && let Some(p) = source.ledger.as_ref().and_then(|l| l.problem.as_ref()) {
         // No head vouches for it (a copy on another machine): nothing
         // says this ledger is the host's.
@@ -995,20 +999,20 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
                     Verdict::Unsealed { .. } => unsealed += 1,
                     Verdict::Tampered { .. } => tampered += 1,
                 }
-                println!("{id}: {}", describe(&verdict));
+                let _ = writeln!(out, "{id}: {}", describe(&verdict));
             }
             // One unreadable or misplaced file must not hide the verdicts
             // of the rest; it counts as tampered.
             Err(e) if all => {
                 tampered += 1;
-                println!("{id}: TAMPERED: cannot be verified: {e}");
+                let _ = writeln!(out, "{id}: TAMPERED: cannot be verified: {e}");
             }
             // Not found is a bad argument, unless the ledger vouches that
             // the recording existed.
             Err(e) => match vouched(source, id, &e) {
                 Some(line) => {
                     tampered += 1;
-                    println!("{line}");
+                    let _ = writeln!(out, "{line}");
                 }
                 None => return trouble(e),
             },
