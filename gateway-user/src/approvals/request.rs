@@ -150,16 +150,20 @@ impl Request {
         let Some(max_grant) = max_grant else {
             return Some(until);
         };
-        let decided = self
-            .votes
-            .iter()
-            .filter(|v| v.approve)
-            .filter_map(|v| parse_time(&v.at))
-            .max();
+        let decided = self.last_approval();
         let cap = decided
             .and_then(|at| at.checked_add(max_grant))
             .unwrap_or(SystemTime::UNIX_EPOCH);
         Some(until.min(cap))
+    }
+
+    /// When the last approval was given.
+    fn last_approval(&self) -> Option<SystemTime> {
+        self.votes
+            .iter()
+            .filter(|v| v.approve)
+            .filter_map(|v| parse_time(&v.at))
+            .max()
     }
 
     /// True while this request is approved with a grant that has not run out.
@@ -175,12 +179,7 @@ impl Request {
     /// True while an approved grant covers the statement `query` describes
     /// and is no older than the query's `max_grant`.
     pub fn grant_covers(&self, query: &GrantQuery<'_>, now: SystemTime) -> bool {
-        let decided = self
-            .votes
-            .iter()
-            .filter(|v| v.approve)
-            .filter_map(|v| parse_time(&v.at))
-            .max();
+        let decided = self.last_approval();
         self.grant_is_live(now)
             && decided
                 .is_some_and(|at| at.checked_add(query.max_grant).is_some_and(|end| end > now))
