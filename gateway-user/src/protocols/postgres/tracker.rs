@@ -165,14 +165,6 @@ pub struct Approved {
 }
 
 impl Approved {
-    /// Approved by `rule`'s approvers, for good.
-    pub fn by(rule: &str) -> Self {
-        Approved {
-            rule: Arc::from(rule),
-            until: None,
-        }
-    }
-
     /// Whether it still releases what `rule` holds at `now`.
     pub fn covers(&self, rule: &str, now: std::time::SystemTime) -> bool {
         *self.rule == *rule && self.until.is_none_or(|until| now < until)

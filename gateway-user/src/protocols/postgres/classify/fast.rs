@@ -271,16 +271,12 @@ fn plainly_filters(b: &[u8], start: usize) -> bool {
     if first >= b.len() {
         return false;
     }
-    let after = match token(b, first) {
+    let mut after = match token(b, first) {
         (None, end) if b[first] == b'"' => end,
         (Some(word), end) if !NOT_A_COLUMN.iter().any(|k| word.eq_ignore_ascii_case(k)) => end,
         _ => return false,
     };
-    // A name before `(` calls a function; before a string of any
-    // spelling ('…', $$…$$, E'…', B'…', X'…', N'…', U&'…') it types a
-    // literal (`set $q$x$q$` is a constant of type `set`).
     // A qualified name (`t.id`, `s."T".c`, and a qualified type name).
-    let mut after = after;
     let mut next = next_token(after);
     while b.get(next) == Some(&b'.') {
         let part = next_token(next + 1);
@@ -294,6 +290,9 @@ fn plainly_filters(b: &[u8], start: usize) -> bool {
         };
         next = next_token(after);
     }
+    // A name before `(` calls a function; before a string of any
+    // spelling ('…', $$…$$, E'…', B'…', X'…', N'…', U&'…') it types a
+    // literal (`set $q$x$q$` is a constant of type `set`).
     match b.get(next) {
         Some(b'(' | b'\'' | b'$') => return false,
         Some(&c) if is_ident_start(c) => match token(b, next) {

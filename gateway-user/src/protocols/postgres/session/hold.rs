@@ -13,11 +13,6 @@ impl Session<'_> {
         mut running: Running,
         approved: Option<Approved>,
     ) {
-        // A hold can last minutes, and the disk may have filled meanwhile
-        // (the approval's own event included): nothing unrecorded runs.
-        if let Some(Decided::Refuse(error)) = self.unrecordable() {
-            return self.refuse(kind, error);
-        }
         running.approved = approved;
         self.names_in_flight(&mut running);
         match kind {
@@ -46,6 +41,16 @@ impl Session<'_> {
                 self.tracker
                     .push(Pending::Parse(parse_undo(name, previous)));
             }
+        }
+    }
+
+    /// Releases a held statement its approvers (or a grant) let run. A
+    /// hold can last minutes, and the disk may have filled meanwhile (the
+    /// approval's own event included): nothing unrecorded runs.
+    fn release_held(&mut self, frame: &Frame, kind: HeldKind, running: Running, by: Approved) {
+        match self.unrecordable() {
+            Some(Decided::Refuse(error)) => self.refuse(kind, error),
+            _ => self.release(frame, kind, running, Some(by)),
         }
     }
 
@@ -168,7 +173,7 @@ impl Session<'_> {
                 rule: Arc::from(ask.rule.as_str()),
                 until: grant.grant_end(ask.approval.max_grant),
             };
-            self.release(&frame, kind, ask.running, Some(approved));
+            self.release_held(&frame, kind, ask.running, approved);
             return;
         }
         let request = Ask {
@@ -355,7 +360,7 @@ impl Session<'_> {
                 rule: Arc::from(rule.as_str()),
                 until: request.grant_end(None),
             };
-            self.release(&frame, kind, running, Some(approved));
+            self.release_held(&frame, kind, running, approved);
         } else {
             let message = format!(
                 "statement not approved ({id}, rule {rule}): {}",
