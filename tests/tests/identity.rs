@@ -115,6 +115,7 @@ impl Setup {
             r#"
 [identity]
 leeway = "5s"
+state_file = "jobs.json"
 
 [[identity.issuer]]
 name = "ci"
@@ -307,6 +308,38 @@ fn bound_jobs_reach_what_their_repository_may_and_keep_apart() -> Result<()> {
         jobs.iter().any(|j| j.is_null()),
         "unidentified sessions carry no job"
     );
+    Ok(())
+}
+
+/// A crash and restart neither unbinds a running job nor makes its spent
+/// token new: the bindings outlive the process, in `[identity] state_file`.
+#[test]
+fn a_restart_keeps_jobs_bound_and_tokens_spent() -> Result<()> {
+    let mut s = Setup::start("id-restart")?;
+    let token = s.provider.token("acme/app", "job-r-1");
+    let bound = s.begin_a("a.jwt", &token)?;
+    assert!(bound.status.success(), "{}", text(&bound));
+
+    s.gw.kill9()?;
+    s.gw.restart()?;
+    let out = s.psql(&s.job_a)?;
+    assert!(reached(&out), "the crash unbound the job: {}", text(&out));
+    let listed = text(&s.job(&["list"])?);
+    assert!(listed.contains("ci:repo:acme/app"), "{listed}");
+    let replayed = s.begin(&s.job_b, "again.jwt", &token)?;
+    assert!(
+        !replayed.status.success() && text(&replayed).contains("this token was already bound"),
+        "{}",
+        text(&replayed)
+    );
+
+    // Ended, then restarted: it stays ended.
+    let cgroup = s.job_a.path().display().to_string();
+    let ended = s.job(&["end", "--cgroup", &cgroup])?;
+    assert!(ended.status.success(), "{}", text(&ended));
+    s.gw.restart()?;
+    let out = s.psql(&s.job_a)?;
+    assert!(!reached(&out), "{}", text(&out));
     Ok(())
 }
 

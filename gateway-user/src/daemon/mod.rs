@@ -50,6 +50,30 @@ pub enum RunError {
     Metrics(String),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Jobs(#[from] crate::identity::StateError),
+}
+
+/// The job bindings the last run saved, minus those whose cgroup is gone
+/// or changed (each logged).
+fn restore_jobs(
+    state: &std::path::Path,
+    cgroup_root: Option<&std::path::Path>,
+) -> Result<crate::identity::Bindings, RunError> {
+    let state = crate::identity::StateFile::new(state.to_path_buf())?;
+    let path = state.path().display().to_string();
+    let (bindings, dropped) =
+        crate::identity::Bindings::open(state, std::time::SystemTime::now(), |cgroup, id| {
+            cgroup_root.is_some_and(|root| crate::identity::cgroup_has_id(root, cgroup, id))
+        })?;
+    for job in dropped {
+        info!(state = %path, "job binding not restored: {job}");
+    }
+    let restored = bindings.list().len();
+    if restored > 0 {
+        info!(state = %path, jobs = restored, "job bindings restored");
+    }
+    Ok(bindings)
 }
 
 /// State shared by every connection task.
@@ -97,11 +121,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     .map_err(RunError::Admin)?;
     ebpf::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
     let cgroup = ebpf::resolve_cgroup(&guard.cgroup, guard.create)?;
+    let cgroup_root = ebpf::cgroup2_mount().ok();
+    let bindings = restore_jobs(policy.identity_state(), cgroup_root.as_deref())?;
     let jobs = Arc::new(crate::identity::Jobs::new(
         policy.issuers().to_vec(),
         policy.runner_uids().to_vec(),
         policy.max_job(),
-        ebpf::cgroup2_mount().ok(),
+        cgroup_root,
+        bindings,
     ));
     // Listeners first: a busy port must fail before anything is attached.
     let bound_at = ebpf::monotonic_ns();
@@ -163,6 +190,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             guard,
             recording: policy.recording().clone(),
             approvals: policy.approvals().clone(),
+            identity_state: policy.identity_state().to_path_buf(),
         },
         policy: ArcSwap::from_pointee(policy),
         daemon,

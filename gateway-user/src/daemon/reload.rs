@@ -15,6 +15,8 @@ pub(crate) struct Started {
     pub guard: GuardSettings,
     pub recording: RecordingSettings,
     pub approvals: ApprovalStoreSettings,
+    /// `[identity] state_file`: the bindings were read from there.
+    pub identity_state: std::path::PathBuf,
 }
 
 /// Reloads from `config`. An invalid file keeps the running policy and says
@@ -149,6 +151,11 @@ fn needs_restart(daemon: &DaemonSettings, started: &Started, new: &Policy) -> Ve
         mb(nrec.retention.max_total_bytes),
     );
 
+    out.compare(
+        "[identity] state_file",
+        started.identity_state.display(),
+        new.identity_state().display(),
+    );
     let (app, napp) = (&started.approvals, new.approvals());
     out.compare("[approvals] dir", app.dir.display(), napp.dir.display());
     // Named, never shown: a connection string may hold a password.
@@ -192,6 +199,7 @@ mod tests {
             guard: policy.guard().cloned().unwrap(),
             recording: policy.recording().clone(),
             approvals: policy.approvals().clone(),
+            identity_state: policy.identity_state().to_path_buf(),
         }
     }
 
@@ -213,6 +221,7 @@ mod tests {
             "[daemon]\nadmin_socket = \"/run/other/admin.sock\"\nadmin_group = \"root\"\n\
              [guard]\ncgroup = \"other\"\nrequire_family_guard = true\n\
              [recording]\ndir = \"/var/lib/other/sessions\"\nmax_total_mb = 10\n\
+             [identity]\nstate_file = \"/var/lib/other/jobs.json\"\n\
              [approvals]\ndir = \"/var/lib/other/approvals\"\n\
              postgres = \"host=db.internal user=chokepoint password=hunter2 dbname=cp\"\n",
         )
@@ -228,13 +237,14 @@ mod tests {
             "[recording] max_total_mb",
             "[approvals] dir",
             "[approvals] postgres",
+            "[identity] state_file",
         ] {
             assert!(
                 lines.iter().any(|l| l.starts_with(name)),
                 "{name} not reported: {lines:#?}"
             );
         }
-        assert_eq!(lines.len(), 8, "{lines:#?}");
+        assert_eq!(lines.len(), 9, "{lines:#?}");
         assert!(
             lines
                 .iter()

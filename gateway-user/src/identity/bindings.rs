@@ -5,7 +5,10 @@ use std::{
     time::SystemTime,
 };
 
-use super::JobIdentity;
+use super::{
+    JobIdentity,
+    state::{SavedJob, Spent, StateError, StateFile},
+};
 
 /// One bound job.
 #[derive(Debug, Clone)]
@@ -19,7 +22,7 @@ pub struct Binding {
     pub until: SystemTime,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum BindError {
     #[error("this token was already bound ({0}): a token binds once")]
     Replayed(String),
@@ -27,23 +30,66 @@ pub enum BindError {
     Busy { cgroup: String, job: String },
     #[error("no job is bound to cgroup {0}")]
     NotBound(String),
+    /// Nothing changed: a binding the next start would forget (or a spent
+    /// token it would take again) is not made.
+    #[error("{0}; nothing changed")]
+    State(#[from] StateError),
 }
 
 /// The bindings of one gateway; reads (one per connection) take a read lock.
 #[derive(Debug, Default)]
 pub struct Bindings {
     inner: RwLock<Inner>,
+    /// `None`: in memory only (tests, `policy explain`).
+    state: Option<StateFile>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Inner {
     by_cgroup: HashMap<u64, Binding>,
-    /// Replay keys of every token bound since start, until it expires:
-    /// where it was bound, for the error.
+    /// Replay keys of every token bound, until it expires: where it was
+    /// bound, for the error.
     used: HashMap<String, (String, SystemTime)>,
 }
 
 impl Bindings {
+    /// The bindings `state` kept from the last run, saved there from now
+    /// on. `same_cgroup(path, id)` says whether a cgroup still has the id
+    /// it was bound under. Returns what was dropped, and why, for the log.
+    pub fn open(
+        state: StateFile,
+        now: SystemTime,
+        same_cgroup: impl Fn(&str, u64) -> bool,
+    ) -> Result<(Bindings, Vec<String>), StateError> {
+        let restored = state.restore(now, same_cgroup)?;
+        let mut inner = Inner::default();
+        for s in restored.spent {
+            inner.used.insert(s.key, (s.bound, s.expires));
+        }
+        for saved in restored.jobs {
+            let job = saved.job();
+            inner
+                .used
+                .entry(job.replay_key.clone())
+                .or_insert_with(|| (format!("to cgroup {}", saved.cgroup), job.expires));
+            inner.by_cgroup.insert(
+                saved.cgroup_id,
+                Binding {
+                    cgroup_id: saved.cgroup_id,
+                    cgroup: saved.cgroup,
+                    job: Arc::new(job),
+                    bound_at: saved.bound_at,
+                    until: saved.until,
+                },
+            );
+        }
+        let bindings = Bindings {
+            inner: RwLock::new(inner),
+            state: Some(state),
+        };
+        Ok((bindings, restored.dropped))
+    }
+
     /// Binds `job` to a cgroup; refused for a token seen before or a
     /// cgroup that runs another live job.
     pub fn bind(
@@ -55,20 +101,20 @@ impl Bindings {
         until: SystemTime,
     ) -> Result<Binding, BindError> {
         let mut inner = self.inner.write().expect("bindings lock");
-        inner.used.retain(|_, (_, exp)| *exp > now);
-        if let Some((where_, _)) = inner.used.get(&job.replay_key) {
+        let mut next = inner.clone();
+        next.used.retain(|_, (_, exp)| *exp > now);
+        next.by_cgroup.retain(|_, b| b.until > now);
+        if let Some((where_, _)) = next.used.get(&job.replay_key) {
             return Err(BindError::Replayed(where_.clone()));
         }
-        if let Some(b) = inner.by_cgroup.get(&cgroup_id)
-            && b.until > now
-        {
+        if let Some(b) = next.by_cgroup.get(&cgroup_id) {
             return Err(BindError::Busy {
                 cgroup: cgroup.to_owned(),
                 job: b.job.describe(),
             });
         }
         let at = humantime::format_rfc3339_seconds(now);
-        inner.used.insert(
+        next.used.insert(
             job.replay_key.clone(),
             (format!("to cgroup {cgroup} at {at}"), job.expires),
         );
@@ -79,18 +125,55 @@ impl Bindings {
             bound_at: now,
             until,
         };
-        inner.by_cgroup.insert(cgroup_id, binding.clone());
+        next.by_cgroup.insert(cgroup_id, binding.clone());
+        self.save(&next)?;
+        *inner = next;
         Ok(binding)
     }
 
     /// Ends the job of a cgroup: its new connections are unidentified.
     pub fn end(&self, cgroup_id: u64, cgroup: &str) -> Result<Binding, BindError> {
-        self.inner
-            .write()
-            .expect("bindings lock")
+        let mut inner = self.inner.write().expect("bindings lock");
+        let mut next = inner.clone();
+        let ended = next
             .by_cgroup
             .remove(&cgroup_id)
-            .ok_or_else(|| BindError::NotBound(cgroup.to_owned()))
+            .ok_or_else(|| BindError::NotBound(cgroup.to_owned()))?;
+        self.save(&next)?;
+        *inner = next;
+        Ok(ended)
+    }
+
+    /// Writes `inner` to the state file, if there is one.
+    fn save(&self, inner: &Inner) -> Result<(), StateError> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        let jobs = inner
+            .by_cgroup
+            .values()
+            .map(|b| SavedJob {
+                cgroup_id: b.cgroup_id,
+                cgroup: b.cgroup.clone(),
+                issuer: b.job.issuer.clone(),
+                subject: b.job.subject.clone(),
+                claims: b.job.claims.clone(),
+                expires: b.job.expires,
+                replay_key: b.job.replay_key.clone(),
+                bound_at: b.bound_at,
+                until: b.until,
+            })
+            .collect();
+        let spent = inner
+            .used
+            .iter()
+            .map(|(key, (bound, expires))| Spent {
+                key: key.clone(),
+                bound: bound.clone(),
+                expires: *expires,
+            })
+            .collect();
+        state.save(jobs, spent)
     }
 
     /// The live job of a cgroup; `None` when unbound or past `until`.

@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 mod bindings;
+mod state;
 pub mod token;
 
 use std::{
@@ -28,6 +29,7 @@ use std::{
 use arc_swap::ArcSwap;
 pub use bindings::{BindError, Binding, Bindings};
 use serde::{Deserialize, Serialize};
+pub use state::{StateError, StateFile};
 pub use token::{Issuer, TokenError};
 
 /// What a validated token says about the job.
@@ -79,12 +81,13 @@ impl Jobs {
         runners: Vec<u32>,
         max_job: Duration,
         cgroup_root: Option<PathBuf>,
+        bindings: Bindings,
     ) -> Jobs {
         Jobs {
             issuers: ArcSwap::from_pointee(issuers),
             runners: ArcSwap::from_pointee(runners),
             max_job: ArcSwap::from_pointee(max_job),
-            bindings: Bindings::default(),
+            bindings,
             cgroup_root,
         }
     }
@@ -190,6 +193,13 @@ impl Jobs {
         }
         Ok((std::os::unix::fs::MetadataExt::ino(&meta), relative))
     }
+}
+
+/// Whether the cgroup at `path` (under the cgroup2 mount `root`) still
+/// has the id it was bound under: not removed, nor removed and made again.
+pub fn cgroup_has_id(root: &Path, path: &str, id: u64) -> bool {
+    std::fs::metadata(root.join(path.trim_start_matches('/')))
+        .is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::ino(&m) == id)
 }
 
 /// A runner user (root aside) binds and ends jobs only in its own cgroup

@@ -389,6 +389,7 @@ fn the_root_cgroup_is_refused_however_it_is_spelled() {
         vec![],
         Duration::from_secs(3600),
         Some(root.path().to_path_buf()),
+        Bindings::default(),
     );
     for spelling in ["/", "/.", "//", "/./.", "."] {
         let r = jobs.resolve(Some(spelling), None);
@@ -403,4 +404,150 @@ fn the_root_cgroup_is_refused_however_it_is_spelled() {
     }
     let up = jobs.resolve(Some("/ci/../ci/job-1"), None);
     assert!(up.is_err(), "{up:?}");
+}
+
+/// Bindings and spent tokens read back by the next start, on this boot.
+fn reopen(state: &StateFile, live: &[u64]) -> (Bindings, Vec<String>) {
+    Bindings::open(state.clone(), SystemTime::now(), |_, id| live.contains(&id)).unwrap()
+}
+
+#[test]
+fn a_restart_keeps_bound_jobs_and_spent_tokens() {
+    let key = ed25519("d1");
+    let issuers = [issuer(&[&key])];
+    let job = check(&issuers, &sign(&key, &claims())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("identity/jobs.json");
+    let state = StateFile::with_boot(path.clone(), "boot-1");
+    let (bindings, dropped) = reopen(&state, &[7]);
+    assert!(bindings.list().is_empty() && dropped.is_empty());
+    let now = SystemTime::now();
+    let until = now + Duration::from_secs(3600);
+    bindings
+        .bind(7, "/ci/job-a", job.clone(), now, until)
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the state names jobs' claims");
+
+    // A restart: the job is still bound and its token still spent.
+    let (after, dropped) = reopen(&state, &[7]);
+    assert!(dropped.is_empty(), "{dropped:?}");
+    let restored = after.job(7, SystemTime::now()).expect("restored");
+    assert_eq!(*restored, job);
+    let again = after.bind(8, "/ci/job-b", job.clone(), now, until);
+    assert!(
+        matches!(again, Err(BindError::Replayed(_))),
+        "a restart made a spent token new: {again:?}"
+    );
+
+    // Ended, then restarted: unbound, and the token stays spent.
+    after.end(7, "/ci/job-a").unwrap();
+    let (ended, _) = reopen(&state, &[7]);
+    assert!(ended.job(7, SystemTime::now()).is_none());
+    assert!(ended.bind(9, "/ci/job-c", job.clone(), now, until).is_err());
+
+    // Another boot hands cgroup ids out again: the binding is dropped,
+    // the token is not forgotten.
+    let (bindings, _) = reopen(&state, &[7]);
+    let mut second = claims();
+    second["jti"] = json!("second");
+    let second = check(&issuers, &sign(&key, &second)).unwrap();
+    bindings.bind(7, "/ci/job-a", second, now, until).unwrap();
+    let rebooted = StateFile::with_boot(path.clone(), "boot-2");
+    let (after, dropped) = reopen(&rebooted, &[7]);
+    assert!(after.job(7, SystemTime::now()).is_none());
+    assert_eq!(
+        dropped,
+        ["ci:repo:acme/app:ref:refs/heads/main in /ci/job-a: the host rebooted since it was bound"]
+    );
+    assert!(after.bind(10, "/ci/job-d", job, now, until).is_err());
+
+    // The same boot, but the cgroup was removed (and maybe made again).
+    let (gone, dropped) = reopen(&state, &[]);
+    assert!(gone.job(7, SystemTime::now()).is_none());
+    assert!(
+        dropped[0].ends_with("in /ci/job-a: its cgroup is gone"),
+        "{dropped:?}"
+    );
+}
+
+#[test]
+fn a_binding_that_cannot_be_saved_is_not_made() {
+    let key = ed25519("d1");
+    let issuers = [issuer(&[&key])];
+    let job = check(&issuers, &sign(&key, &claims())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("identity");
+    let state = StateFile::with_boot(blocker.join("jobs.json"), "boot-1");
+    let (bindings, _) = reopen(&state, &[7]);
+    // Its directory is a file now: every save fails.
+    std::fs::write(&blocker, "").unwrap();
+    let now = SystemTime::now();
+    let until = now + Duration::from_secs(3600);
+    let e = bindings
+        .bind(7, "/ci/job-a", job.clone(), now, until)
+        .unwrap_err();
+    assert!(
+        e.to_string().starts_with(&format!(
+            "job state {} could not be saved: ",
+            blocker.join("jobs.json").display()
+        )) && e.to_string().ends_with("; nothing changed"),
+        "{e}"
+    );
+    assert!(bindings.job(7, now).is_none(), "bound though unsaved");
+    // Saving works again: the token was not spent by the failed attempt.
+    std::fs::remove_file(&blocker).unwrap();
+    bindings.bind(7, "/ci/job-a", job, now, until).unwrap();
+}
+
+#[test]
+fn unreadable_job_state_stops_the_start_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.json");
+    let state = StateFile::with_boot(path.clone(), "boot-1");
+    for (text, why) in [
+        ("{\"version\": 1, \"boot_id\"", "not job state: "),
+        (
+            "{\"version\": 9, \"boot_id\": \"b\", \"jobs\": [], \"spent\": []}",
+            "format version 9",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let e = Bindings::open(state.clone(), SystemTime::now(), |_, _| true).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.starts_with(&format!("job state {}: {why}", path.display()))
+                && e.contains("move the file aside"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn spent_tokens_are_forgotten_once_they_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.json");
+    let state = StateFile::with_boot(path, "boot-1");
+    let now = SystemTime::now();
+    state
+        .save(
+            Vec::new(),
+            vec![
+                state::Spent {
+                    key: "jti:old".into(),
+                    bound: "to cgroup /ci/a".into(),
+                    expires: now - Duration::from_secs(1),
+                },
+                state::Spent {
+                    key: "jti:live".into(),
+                    bound: "to cgroup /ci/b".into(),
+                    expires: now + Duration::from_secs(60),
+                },
+            ],
+        )
+        .unwrap();
+    let restored = state.restore(now, |_, _| true).unwrap();
+    let keys: Vec<&str> = restored.spent.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys, ["jti:live"]);
 }

@@ -1,5 +1,5 @@
 //! `[identity]`: the OIDC issuers whose tokens bind jobs (each with its JWKS file, read at every load and reload), and the runner users who may bind.
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use jsonwebtoken::jwk::JwkSet;
 use toml::Spanned;
@@ -21,12 +21,15 @@ const MAX_LEEWAY: Duration = Duration::from_secs(600);
 pub const DEFAULT_MAX_JOB: Duration = Duration::from_secs(6 * 3600);
 const MIN_MAX_JOB: Duration = Duration::from_secs(60);
 const MAX_MAX_JOB: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Where bindings and spent tokens outlive a restart.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/chokepoint/identity/jobs.json";
 
 /// What `[identity]` configures.
 pub(super) struct IdentitySettings {
     pub issuers: Vec<Issuer>,
     pub runner_uids: Vec<u32>,
     pub max_job: Duration,
+    pub state_file: PathBuf,
 }
 
 /// The issuers, runner uids and binding lifetime; problems reported at
@@ -42,6 +45,7 @@ pub(super) fn identity(
             issuers: Vec::new(),
             runner_uids: Vec::new(),
             max_job: DEFAULT_MAX_JOB,
+            state_file: PathBuf::from(DEFAULT_STATE_FILE),
         };
     };
     let file = at.file;
@@ -89,6 +93,17 @@ pub(super) fn identity(
             Err(message) => report.error(At::of(file, text), format!("max_job: {message}")),
         }
     }
+    let mut state_file = PathBuf::from(DEFAULT_STATE_FILE);
+    if let Some(path) = &section.state_file {
+        if path.get_ref().trim().is_empty() {
+            report.error(
+                At::of(file, path),
+                "state_file is empty: name the file that keeps job bindings across restarts",
+            );
+        } else {
+            state_file = secret_file::resolve(sources, file, path.get_ref());
+        }
+    }
     let mut issuers: Vec<Issuer> = Vec::new();
     for entry in section.issuer.iter().flatten() {
         if let Some(issuer) = issuer(entry, file, sources, leeway, report) {
@@ -112,6 +127,7 @@ pub(super) fn identity(
         issuers,
         runner_uids: runners,
         max_job,
+        state_file,
     }
 }
 

@@ -140,6 +140,7 @@ pub struct Policy {
     issuers: Vec<crate::identity::Issuer>,
     runner_uids: Vec<u32>,
     max_job: std::time::Duration,
+    identity_state: PathBuf,
     dns: Option<DnsSettings>,
     sources: Vec<PathBuf>,
     include_dirs: Vec<PathBuf>,
@@ -178,6 +179,7 @@ impl Policy {
             issuers,
             runner_uids,
             max_job,
+            state_file: identity_state,
         } = identity_config::identity(loaded.identity.as_ref(), &sources, users, &mut report);
         let entries = Entries {
             targets: loaded.targets,
@@ -203,6 +205,7 @@ impl Policy {
             issuers,
             runner_uids,
             max_job,
+            identity_state,
             dns,
             sources: sources.into_iter().map(|s| s.path).collect(),
             include_dirs,
@@ -221,6 +224,12 @@ impl Policy {
     /// How long a job binding lasts without `chokepoint job end`.
     pub fn max_job(&self) -> std::time::Duration {
         self.max_job
+    }
+
+    /// `[identity] state_file`: where job bindings and spent tokens
+    /// outlive a restart.
+    pub fn identity_state(&self) -> &Path {
+        &self.identity_state
     }
 
     /// The OIDC issuers whose tokens bind jobs, with their keys as read

@@ -175,6 +175,7 @@ pub(super) struct IdentitySection {
     pub runner_users: Option<Spanned<Vec<Spanned<String>>>>,
     pub leeway: Option<Spanned<String>>,
     pub max_job: Option<Spanned<String>>,
+    pub state_file: Option<Spanned<String>>,
     pub issuer: Option<Vec<Spanned<IssuerEntry>>>,
 }
 
