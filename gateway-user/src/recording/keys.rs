@@ -14,13 +14,15 @@ const PUBLIC: &str = "host.ed25519.pub";
 
 /// What a seal signs: the format, the session and its final hash, so a
 /// seal cannot be moved to another session; and whether the gateway put
-/// it on after a crash, so such a seal cannot pass for a session's end.
-fn message(session: &str, final_hash: &str, recovered: bool) -> Vec<u8> {
-    let mut m = format!("chokepoint-seal-v1\n{session}\n{final_hash}");
-    if recovered {
-        m.push_str("\nrecovered");
+/// it on after a crash, with the reason it gave, so such a seal cannot
+/// pass for a session's end and its reason (a torn line cut off, say)
+/// cannot be reworded. The reason comes last: it may hold any text.
+fn message(session: &str, final_hash: &str, recovered: Option<&str>) -> Vec<u8> {
+    match recovered {
+        None => format!("chokepoint-seal-v1\n{session}\n{final_hash}"),
+        Some(reason) => format!("chokepoint-seal-v2\n{session}\n{final_hash}\nrecovered\n{reason}"),
     }
-    m.into_bytes()
+    .into_bytes()
 }
 
 pub struct HostKey {
@@ -104,12 +106,12 @@ impl HostKey {
 
     /// The seal of a session that ended.
     pub fn sign(&self, session: &str, final_hash: &str) -> String {
-        self.sign_bytes(&message(session, final_hash, false))
+        self.sign_bytes(&message(session, final_hash, None))
     }
 
-    /// The seal of a session the gateway stopped in the middle of.
-    pub fn sign_recovered(&self, session: &str, final_hash: &str) -> String {
-        self.sign_bytes(&message(session, final_hash, true))
+    /// The seal of a session the gateway stopped in the middle of, and why.
+    pub fn sign_recovered(&self, session: &str, final_hash: &str, reason: &str) -> String {
+        self.sign_bytes(&message(session, final_hash, Some(reason)))
     }
 
     pub(super) fn sign_bytes(&self, message: &[u8]) -> String {
@@ -156,12 +158,13 @@ pub fn parse_public(text: &str) -> Option<String> {
 }
 
 /// Whether `signature` (hex) seals `final_hash` of `session` under
-/// `public` (hex), as a session's end or, with `recovered`, after a crash.
+/// `public` (hex), as a session's end or, with `recovered` (its reason),
+/// after a crash.
 pub fn verify(
     public: &str,
     session: &str,
     final_hash: &str,
-    recovered: bool,
+    recovered: Option<&str>,
     signature: &str,
 ) -> bool {
     verify_bytes(public, &message(session, final_hash, recovered), signature)

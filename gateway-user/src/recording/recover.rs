@@ -300,7 +300,7 @@ fn seal_after_crash(
         body: Body::Seal {
             final_hash: final_hash.to_owned(),
             public_key: key.public_hex(),
-            signature: key.sign_recovered(&last_event.session, final_hash),
+            signature: key.sign_recovered(&last_event.session, final_hash, reason),
             recovered: Some(reason.to_owned()),
         },
     };

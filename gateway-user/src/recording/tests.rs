@@ -183,14 +183,14 @@ fn the_key_is_made_once_and_kept() {
         &b.public_hex(),
         "s1",
         chain::GENESIS,
-        false,
+        None,
         &signature
     ));
     assert!(!keys::verify(
         &b.public_hex(),
         "s2",
         chain::GENESIS,
-        false,
+        None,
         &signature
     ));
     // A session's seal cannot pass for a recovered one, nor the reverse.
@@ -198,17 +198,27 @@ fn the_key_is_made_once_and_kept() {
         &b.public_hex(),
         "s1",
         chain::GENESIS,
-        true,
+        Some("gateway stopped"),
         &signature
     ));
-    let recovered = a.sign_recovered("s1", chain::GENESIS);
+    let recovered = a.sign_recovered("s1", chain::GENESIS, "gateway stopped");
     assert!(keys::verify(
         &b.public_hex(),
         "s1",
         chain::GENESIS,
-        true,
+        Some("gateway stopped"),
         &recovered
     ));
+    // Nor can a recovered seal's reason be reworded, nor dropped.
+    for reason in [Some("gateway stopped; a torn line was cut off"), None] {
+        assert!(!keys::verify(
+            &b.public_hex(),
+            "s1",
+            chain::GENESIS,
+            reason,
+            &recovered
+        ));
+    }
     // A public key file lost to a power loss is written again.
     std::fs::write(dir.path().join("host.ed25519.pub"), "").unwrap();
     let c = keys::HostKey::load_or_create(dir.path()).unwrap();
@@ -400,6 +410,20 @@ async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
             if r.starts_with(recover::REASON) && r.contains("half-written last line (20 bytes)")
                 && !r.contains("after the gateway's last fsync")
     ));
+    // The reason is signed: rewording it (and re-hashing its line, which
+    // takes no key) is tampering.
+    let seal_lines = lines(&data);
+    let (_, prev, event) = chain::split(seal_lines[3].trim_ascii_end()).unwrap();
+    let event = String::from_utf8(event.to_vec()).unwrap();
+    let reworded = event.replace("; a half-written last line (20 bytes) was cut off", "");
+    assert_ne!(reworded, event);
+    let mut forged = seal_lines[..3].concat();
+    chain::append_line(&mut forged, prev, reworded.as_bytes());
+    let (verdict, _) = verify::verify(&forged, std::slice::from_ref(&public));
+    assert!(
+        matches!(&verdict, Verdict::Tampered { line: 4, reason, .. } if reason.contains("signature does not verify")),
+        "{verdict:?}"
+    );
     assert_eq!(
         std::fs::read(&damaged_path).unwrap(),
         damaged,

@@ -164,7 +164,7 @@ pub fn verify(data: &[u8], trusted: &[String]) -> (Verdict, Vec<Event>) {
                 sealer,
                 &parsed.session,
                 final_hash,
-                recovered.is_some(),
+                recovered.as_deref(),
                 signature,
             ) {
                 return (
