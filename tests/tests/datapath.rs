@@ -853,6 +853,46 @@ fn connections_that_skip_the_redirect_are_refused_by_the_gateway() -> Result<()>
             );
         }
     }
+    // Any local process can do this as often as it likes, to every
+    // listener: each refusal is logged only up to a budget.
+    let said = |text: &str| {
+        gw.events()
+            .iter()
+            .filter(|e| chokepoint_tests::message(e).is_some_and(|m| m.contains(text)))
+            .count()
+    };
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect((v4(1), gw.listen_port())) {
+            // Read until the gateway resets it: it has been handled.
+            let _ = std::io::Read::read(&mut s, &mut [0u8; 1]);
+        }
+    }
+    let sender = UdpSocket::bind((v4(1), 0))?;
+    for port in [gw.config().dns_port, gw.config().udp_port] {
+        for _ in 0..100 {
+            sender.send_to(b"\0\x01 not through the kernel", (v4(1), port))?;
+        }
+    }
+    for text in [
+        "DNS datagram with no kernel record",
+        "UDP datagram with no kernel record",
+    ] {
+        wait_for(text, Duration::from_secs(10), || {
+            (said(text) > 0).then_some(())
+        })?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let tcp = said("no flow record for client");
+    assert!(
+        (4..=20).contains(&tcp),
+        "{tcp} lines for 104 direct connections"
+    );
+    for text in [
+        "DNS datagram with no kernel record",
+        "UDP datagram with no kernel record",
+    ] {
+        assert_eq!(said(text), 1, "{text}: logged once per window");
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use tracing::{debug, warn};
 
 use super::{
     Shared,
+    log_window::{Admit, LogWindow},
     serve::{Ended, end_flow, identity_of, start_event},
 };
 use crate::{
@@ -19,7 +20,7 @@ use crate::{
     protocols::{
         dns::{
             DnsContext,
-            in_flight::{Full, InFlight},
+            in_flight::InFlight,
             message::{for_udp, refusal},
             session::{self, DnsSummary},
         },
@@ -29,9 +30,19 @@ use crate::{
     recording::SessionRecording,
 };
 
-/// How often the count of queries over the in-flight bounds is logged
-/// while they keep coming.
-const SHED_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often each kind of dropped datagram is logged while they keep
+/// coming: a job floods the listener at will, and any local process can
+/// send to it with no kernel record at all.
+const SAY_EVERY: Duration = Duration::from_secs(10);
+
+/// What the listener drops or turns away, each logged on its own window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Dropped {
+    NoRecord,
+    OtherSocket,
+    Shed,
+    Malformed,
+}
 
 /// The DNS listener (one UDP socket): each datagram is answered in its own
 /// task, as its sender (from the kernel's record) may be answered. Each
@@ -41,7 +52,7 @@ const SHED_LOG_EVERY: Duration = Duration::from_secs(10);
 pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
     let mut buf = vec![0u8; 4096];
     let in_flight = InFlight::default();
-    let mut shed = Shed::default();
+    let said = Arc::new(LogWindow::new(1, SAY_EVERY));
     loop {
         let (n, peer, mark) = match udp::recv_marked(&socket, &mut buf).await {
             Ok(r) => r,
@@ -60,20 +71,32 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
         let Some(rec) = shared.attached.dns_peers.get(peer.port()) else {
             // Not from a redirected socket of a guarded process: no one to
             // attribute it to, so no answer (fail closed).
-            warn!(%peer, "DNS datagram with no kernel record; dropped");
+            if let Admit::Log { unlogged } = said.admit(Dropped::NoRecord, Instant::now()) {
+                warn!(%peer, unlogged, "DNS datagram with no kernel record; dropped");
+            }
             continue;
         };
         if mark != dns_tag(rec.cookie) {
             // The record is another socket's: one on another local address
             // sent from the same port since (or the datagram is not from a
             // redirected socket at all). Its sender will ask again.
-            warn!(%peer, "DNS datagram whose sender's record another socket on the same port replaced; dropped");
+            if let Admit::Log { unlogged } = said.admit(Dropped::OtherSocket, Instant::now()) {
+                warn!(%peer, unlogged, "DNS datagram whose sender's record another socket on the same port replaced; dropped");
+            }
             continue;
         }
         let slot = match in_flight.try_take(rec.cgroup_id) {
             Ok(slot) => slot,
             Err(full) => {
-                shed.count(full, rec.cgroup_id, Instant::now());
+                crate::admin::metrics::dns_query("shed", full.as_str());
+                if let Admit::Log { unlogged } = said.admit(Dropped::Shed, Instant::now()) {
+                    warn!(
+                        unlogged,
+                        bound = full.as_str(),
+                        cgroup_id = rec.cgroup_id,
+                        "DNS query over the in-flight bound answered SERVFAIL, unrecorded"
+                    );
+                }
                 // Best effort and never waiting: the client learns at once
                 // that this resolver is busy, and a full send buffer only
                 // drops the answer.
@@ -84,7 +107,7 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
                 continue;
             }
         };
-        let (shared, socket) = (shared.clone(), socket.clone());
+        let (shared, socket, said) = (shared.clone(), socket.clone(), said.clone());
         tokio::spawn(async move {
             // Held until the query is answered and recorded.
             let _slot = slot;
@@ -93,7 +116,9 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
             let job = shared.jobs.job_of(flow.cgroup_id);
             let policy = shared.policy.load_full();
             let Ok(parsed) = hickory_proto::op::Message::from_vec(&query) else {
-                warn!(%peer, "malformed DNS datagram dropped");
+                if let Admit::Log { unlogged } = said.admit(Dropped::Malformed, Instant::now()) {
+                    warn!(%peer, unlogged, "malformed DNS datagram dropped");
+                }
                 return;
             };
             let Some(dns) = policy.dns() else {
@@ -134,38 +159,6 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
                 started,
             );
         });
-    }
-}
-
-/// Queries turned away by the in-flight bounds: counted, and logged at
-/// most every [`SHED_LOG_EVERY`], so a flood cannot flood the log too.
-#[derive(Debug, Default)]
-struct Shed {
-    /// Since the last log line.
-    count: u64,
-    logged: Option<Instant>,
-}
-
-impl Shed {
-    /// Counts one; `true` when it was logged.
-    fn count(&mut self, full: Full, cgroup_id: u64, now: Instant) -> bool {
-        crate::admin::metrics::dns_query("shed", full.as_str());
-        self.count += 1;
-        if self
-            .logged
-            .is_some_and(|at| now.duration_since(at) < SHED_LOG_EVERY)
-        {
-            return false;
-        }
-        warn!(
-            shed = self.count,
-            bound = full.as_str(),
-            latest_cgroup_id = cgroup_id,
-            "DNS queries over the in-flight bound answered SERVFAIL, unrecorded"
-        );
-        self.count = 0;
-        self.logged = Some(now);
-        true
     }
 }
 
@@ -238,22 +231,4 @@ fn close(
         },
         recording,
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queries_over_the_bound_are_logged_once_per_interval() {
-        let mut shed = Shed::default();
-        let now = Instant::now();
-        assert!(shed.count(Full::Job, 7, now), "the first is logged");
-        for i in 1..1000 {
-            assert!(!shed.count(Full::Job, 7, now + Duration::from_millis(i)));
-        }
-        assert_eq!(shed.count, 999);
-        assert!(shed.count(Full::Listener, 8, now + SHED_LOG_EVERY));
-        assert_eq!(shed.count, 0, "counted afresh after each line");
-    }
 }

@@ -3,6 +3,7 @@
 //! and leaves nothing attached that was not attached before.
 mod dns;
 mod job_connections;
+mod log_window;
 mod logging;
 mod refused;
 mod reload;

@@ -4,7 +4,6 @@
 //! wherever it happened. The kernel reports a refused datagram once per
 //! socket and destination.
 use std::{
-    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -14,6 +13,7 @@ use tracing::{Instrument, error, warn};
 
 use super::{
     Shared,
+    log_window::{Admit, LogWindow},
     serve::{Outcome, flow_facts, flow_span, identity_of, log_flow, start_event},
 };
 use crate::{
@@ -38,15 +38,24 @@ pub(super) async fn log_refused(shared: Arc<Shared>, refused: RefusedFlows, udp:
             return;
         }
     };
-    let mut throttle = Throttle::default();
+    let throttle = LogWindow::new(PER_WINDOW, WINDOW);
     loop {
         match refused.next_batch().await {
             Ok(batch) => {
                 for rec in batch {
-                    if throttle.admit(rec.cgroup_id, Instant::now()) {
-                        one(&shared, &rec, udp).await;
-                    } else {
-                        counted_only(&shared, &rec, udp);
+                    match throttle.admit(rec.cgroup_id, Instant::now()) {
+                        Admit::Log { unlogged } => {
+                            if unlogged > 0 {
+                                warn!(
+                                    cgroup_id = rec.cgroup_id,
+                                    refused = unlogged,
+                                    "the kernel refused {unlogged} more connects or datagrams of this job than are logged and recorded one by one ({PER_WINDOW} per {} s); counted in chokepoint_connections_total",
+                                    WINDOW.as_secs()
+                                );
+                            }
+                            one(&shared, &rec, udp).await;
+                        }
+                        Admit::Count => counted_only(&shared, &rec, udp),
                     }
                 }
             }
@@ -63,64 +72,11 @@ pub(super) async fn log_refused(shared: Arc<Shared>, refused: RefusedFlows, udp:
 /// [`WINDOW`]; past that, a job looping on a forbidden connect would
 /// open a recording file and write a log line per attempt (disk and
 /// inodes every job's recordings need), so the rest of the window's are
-/// counted in the metrics and summed up in one warning when it ends.
+/// counted in the metrics and summed up in one warning at the job's next
+/// logged refusal.
 /// The kernel refuses every one of them either way.
 const PER_WINDOW: u32 = 50;
 const WINDOW: Duration = Duration::from_secs(10);
-
-/// Refusals per job in the current window.
-#[derive(Default)]
-struct Throttle {
-    jobs: HashMap<u64, Window>,
-}
-
-struct Window {
-    started: Instant,
-    admitted: u32,
-    suppressed: u64,
-}
-
-impl Throttle {
-    /// Whether this refusal from `cgroup` is logged and recorded.
-    fn admit(&mut self, cgroup: u64, now: Instant) -> bool {
-        let window = self.jobs.entry(cgroup).or_insert(Window {
-            started: now,
-            admitted: 0,
-            suppressed: 0,
-        });
-        if now.duration_since(window.started) >= WINDOW {
-            if window.suppressed > 0 {
-                warn!(
-                    cgroup_id = cgroup,
-                    refused = window.suppressed,
-                    "the kernel refused {} more connects or datagrams of this job in {} s than are logged and recorded one by one ({PER_WINDOW}); counted in chokepoint_connections_total",
-                    window.suppressed,
-                    WINDOW.as_secs()
-                );
-            }
-            *window = Window {
-                started: now,
-                admitted: 0,
-                suppressed: 0,
-            };
-        }
-        // Jobs come and go: forget those quiet for a window.
-        if self.jobs.len() > 4096 {
-            self.jobs
-                .retain(|_, w| now.duration_since(w.started) < WINDOW);
-        }
-        let Some(window) = self.jobs.get_mut(&cgroup) else {
-            return true;
-        };
-        if window.admitted < PER_WINDOW {
-            window.admitted += 1;
-            true
-        } else {
-            window.suppressed += 1;
-            false
-        }
-    }
-}
 
 /// A refusal past the job's [`PER_WINDOW`]: only counted.
 fn counted_only(shared: &Shared, rec: &FlowRecord, udp: bool) {
@@ -201,25 +157,4 @@ async fn one(shared: &Shared, rec: &FlowRecord, udp: bool) {
     }
     .instrument(span)
     .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_job_gets_its_own_refusals_recorded_up_to_the_window_budget() {
-        let mut throttle = Throttle::default();
-        let t0 = Instant::now();
-        let admitted = (0..PER_WINDOW + 30)
-            .filter(|_| throttle.admit(7, t0))
-            .count();
-        assert_eq!(admitted, PER_WINDOW as usize);
-        // A job looping on refusals does not use up another job's budget.
-        assert!(throttle.admit(8, t0));
-        // The next window starts afresh.
-        assert!(throttle.admit(7, t0 + WINDOW));
-        assert_eq!(throttle.jobs[&7].suppressed, 0);
-        assert!(throttle.admit(7, t0 + WINDOW + Duration::from_secs(1)));
-    }
 }

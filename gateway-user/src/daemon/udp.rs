@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use super::{
     Shared,
+    log_window::{Admit, LogWindow},
     serve::{Ended, end_flow, flow_facts, identity_of, start_event},
 };
 use crate::{
@@ -39,8 +40,16 @@ const MAX_DATAGRAM: usize = 65_535;
 /// task until it is idle; a job sending from thousands of ports must not
 /// exhaust the gateway's descriptors for everyone else.
 const MAX_FLOWS: usize = 8192;
-/// How often a job's dropped flows are logged at most.
+/// How often each kind of drop is logged at most.
 const SHED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What the relay drops, each logged on its own window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Dropped {
+    Oversized,
+    NoRecord,
+    Shed,
+}
 
 /// Open flows by the sender's address and the packet mark (which names
 /// the destination): the way to each flow's task.
@@ -107,14 +116,17 @@ pub(crate) async fn serve_relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     // Said once per episode of running full, not once per datagram.
     let mut full = false;
-    // A job over its limit is told about at most this often: each of its
-    // new flows would otherwise log a line.
-    let mut shed_said: Option<Instant> = None;
+    // Each kind of drop is logged at most once per SHED_LOG_EVERY: a job
+    // over its limit would otherwise log a line per new flow, and any
+    // local process can send to the relay with no kernel record.
+    let said = LogWindow::new(1, SHED_LOG_EVERY);
     loop {
         let (n, peer, tag) = match udp::recv_marked(&socket, &mut buf).await {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                warn!(error = %e, "UDP datagram dropped");
+                if let Admit::Log { unlogged } = said.admit(Dropped::Oversized, Instant::now()) {
+                    warn!(error = %e, unlogged, "UDP datagram dropped");
+                }
                 continue;
             }
             Err(e) => {
@@ -141,7 +153,9 @@ pub(crate) async fn serve_relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
             .get(peer.port(), tag)
             .filter(|r| udp_tag(r.cookie, &r.dst_addr, r.dst_port) == tag);
         let Some(rec) = rec else {
-            warn!(%peer, "UDP datagram with no kernel record; dropped");
+            if let Admit::Log { unlogged } = said.admit(Dropped::NoRecord, Instant::now()) {
+                warn!(%peer, unlogged, "UDP datagram with no kernel record; dropped");
+            }
             continue;
         };
         // A flow holds a socket and a task until idle, like a connection:
@@ -158,9 +172,9 @@ pub(crate) async fn serve_relay(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
                     0,
                     0,
                 );
-                if shed_said.is_none_or(|t| t.elapsed() >= SHED_LOG_EVERY) {
-                    shed_said = Some(Instant::now());
+                if let Admit::Log { unlogged } = said.admit(Dropped::Shed, Instant::now()) {
                     warn!(
+                        unlogged,
                         pid = rec.pid,
                         cgroup_id = rec.cgroup_id,
                         open = at.open,
