@@ -933,6 +933,35 @@ fn a_fleet_store_lets_an_approver_decide_on_another_gateway() -> Result<()> {
         "{all}"
     );
     assert_eq!(s.orders()?, "38");
+
+    // Settled long ago: removed when a gateway prunes (at start, then
+    // hourly); a pending request stays however old.
+    for (id, state) in [("apr-old1", "denied"), ("apr-old2", "pending")] {
+        s.pg.admin_psql(
+            "app_rw",
+            "orders",
+            &[&format!(
+                "INSERT INTO chokepoint_approvals (id, state, created, target, body) \
+                 SELECT '{id}', '{state}', created, target, (body::jsonb - 'grant_until' || \
+                 '{{\"id\": \"{id}\", \"state\": \"{state}\", \"expires\": \"2020-01-01T00:00:00Z\", \
+                 \"votes\": [], \"gateway\": \"elsewhere/x\"}}'::jsonb)::text \
+                 FROM chokepoint_approvals LIMIT 1"
+            )],
+        )?;
+    }
+    let mut b = b;
+    b.restart()?;
+    let left = || {
+        s.pg.admin_psql(
+            "app_rw",
+            "orders",
+            &["SELECT string_agg(id, ',' ORDER BY id) FROM chokepoint_approvals WHERE id LIKE 'apr-old%'"],
+        )
+    };
+    wait_for("the settled request pruned", WAIT, || {
+        left().ok().filter(|l| l.trim() == "apr-old2")
+    })
+    .with_context(|| format!("left: {:?}\n{}", left(), b.logs().join("\n")))?;
     drop(b);
     Ok(())
 }

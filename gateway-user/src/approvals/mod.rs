@@ -165,6 +165,17 @@ impl Approvals {
         &self.gateway
     }
 
+    /// Removes requests settled longer than `keep` ago (`[approvals]
+    /// keep`): every held statement reads the store's grants, so a store
+    /// that only grows would slow every one of them; the decisions stay
+    /// in the session recordings.
+    pub async fn prune(&self, keep: std::time::Duration) -> Result<usize, StoreError> {
+        let before = SystemTime::now()
+            .checked_sub(keep)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.store.prune(before).await
+    }
+
     /// An approved `--for` grant that covers this statement, if any: one
     /// whose votes hold up against `rule` (the rule holding it now) and
     /// `requester` (the asking job's user name) as an approval would.

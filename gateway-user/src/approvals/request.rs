@@ -194,6 +194,21 @@ impl Request {
             && self.reason == query.reason
     }
 
+    /// When the request stopped mattering: for a decided one, the latest
+    /// of its expiry, its grant's end and its last vote; `None` while it
+    /// is pending, or when none of those times reads (kept, not guessed).
+    pub fn settled_at(&self) -> Option<SystemTime> {
+        if self.state == State::Pending {
+            return None;
+        }
+        [Some(self.expires.as_str()), self.grant_until.as_deref()]
+            .into_iter()
+            .flatten()
+            .chain(self.votes.iter().map(|v| v.at.as_str()))
+            .filter_map(parse_time)
+            .max()
+    }
+
     /// The approvals so far.
     pub fn approvals(&self) -> usize {
         self.votes.iter().filter(|v| v.approve).count()

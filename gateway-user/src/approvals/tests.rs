@@ -256,3 +256,60 @@ async fn an_unreachable_webhook_is_reported_and_the_request_still_stands() {
     let r = approvals.show(&alice(), held.id()).await.unwrap();
     assert_eq!(r.state, State::Pending);
 }
+
+#[tokio::test]
+async fn settled_requests_leave_the_store_after_keep_and_live_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FileStore::open(dir.path()).unwrap());
+    let approvals = Approvals::with_store(store.clone(), "test/default".into());
+    let timeout = Duration::from_secs(60);
+    let pending = approvals.hold(ask(timeout, vec![])).await.unwrap();
+    let mut denied = approvals.hold(ask(timeout, vec![])).await.unwrap();
+    let mut granted = approvals.hold(ask(timeout, vec![])).await.unwrap();
+    let deny = Verdict::Deny {
+        reason: "no".into(),
+    };
+    let (denied_id, granted_id) = (denied.id().to_owned(), granted.id().to_owned());
+    approvals
+        .decide(&alice(), &denied_id, &deny, None)
+        .await
+        .unwrap();
+    let grant = Verdict::Approve {
+        comment: None,
+        grant: Some(Duration::from_secs(300)),
+        cgroup_wide: false,
+    };
+    approvals
+        .decide(&alice(), &granted_id, &grant, None)
+        .await
+        .unwrap();
+    ended(&mut denied).await;
+    ended(&mut granted).await;
+    let ids = || async {
+        let mut ids: Vec<String> = store
+            .list(true)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let now = std::time::SystemTime::now();
+    // Nothing has settled long enough yet.
+    assert_eq!(approvals.prune(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(ids().await.len(), 3);
+    // Past the denied request's expiry, before the grant's end: the
+    // denial goes, the grant (it still lets statements run) and the
+    // pending request stay.
+    let removed = store.prune(now + timeout + Duration::from_secs(5)).await;
+    assert_eq!(removed.unwrap(), 1);
+    let mut left = vec![pending.id().to_owned(), granted_id.clone()];
+    left.sort();
+    assert_eq!(ids().await, left);
+    // Past the grant's end too; a pending request is never removed.
+    let removed = store.prune(now + Duration::from_secs(7200)).await;
+    assert_eq!(removed.unwrap(), 1);
+    assert_eq!(ids().await, [pending.id().to_owned()]);
+}

@@ -38,6 +38,9 @@ const RECORD_MAX_AGE: Duration = Duration::from_secs(60);
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// Retention passes (the first right at start).
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// Approval store pruning (the first right at start): each pass reads
+/// every settled request, and a request settles in minutes or hours.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The signals the daemon handles, installed before it reports ready.
 pub(crate) struct Signals {
@@ -73,6 +76,7 @@ pub(crate) async fn serve(
     let tasks = TaskTracker::new();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut retention = tokio::time::interval(RETENTION_EVERY);
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
     let mut look = tokio::time::interval(watch::EVERY);
     loop {
         let accepted = tokio::select! {
@@ -112,6 +116,18 @@ pub(crate) async fn serve(
                         Ok(Ok(r)) if r.files > 0 => info!(files = r.files, bytes = r.bytes, "removed recordings past their retention"),
                         Ok(Err(e)) => warn!(error = %e, "recording retention pass failed"),
                         _ => {}
+                    }
+                });
+                continue;
+            }
+            _ = prune.tick() => {
+                let approvals = shared.approvals.clone();
+                let keep = shared.policy.load().approvals().keep;
+                tasks.spawn(async move {
+                    match approvals.prune(keep).await {
+                        Ok(0) => {}
+                        Ok(removed) => info!(removed, keep = %humantime::format_duration(keep), "removed approval requests settled longer than [approvals] keep ago"),
+                        Err(e) => warn!(error = %e, "approval store pruning failed"),
                     }
                 });
                 continue;

@@ -275,13 +275,23 @@ pub struct ApprovalStoreSettings {
     pub dir: PathBuf,
     /// `postgres = "..."`: the fleet store, shared by every gateway using it.
     pub postgres: Option<crate::recording::sink::SinkSettings>,
+    /// How long a request stays in the store once it is settled (decided
+    /// or expired, and its grant over).
+    pub keep: Duration,
 }
+
+/// `[approvals] keep` unless set: a month of decisions to look back on
+/// with `chokepoint approvals list --all`.
+pub const DEFAULT_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(super) const MIN_KEEP: Duration = Duration::from_secs(3600);
+pub(super) const MAX_KEEP: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
 impl Default for ApprovalStoreSettings {
     fn default() -> Self {
         ApprovalStoreSettings {
             dir: PathBuf::from("/var/lib/chokepoint/approvals"),
             postgres: None,
+            keep: DEFAULT_KEEP,
         }
     }
 }

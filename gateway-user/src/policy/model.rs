@@ -42,6 +42,7 @@ pub(super) struct ApprovalsSection {
     pub max_grant: Option<Spanned<String>>,
     pub notify: Option<Spanned<Vec<Spanned<WebhookEntry>>>>,
     pub dir: Option<Spanned<String>>,
+    pub keep: Option<Spanned<String>>,
     pub postgres: Option<Spanned<String>>,
     pub postgres_password_file: Option<Spanned<String>>,
 }

@@ -1909,6 +1909,34 @@ fn recording_settings_default_and_resolve_next_to_their_file() {
             "result_rows must be 0 to 100000, not -1"
         ]
     );
+    // [approvals] keep, and [identity] state_file beside it.
+    let policy = load_one(&files, "").expect("empty policy");
+    assert_eq!(policy.approvals().keep, super::approval::DEFAULT_KEEP);
+    let text = "[approvals]\nkeep = \"90d\"\n[identity]\nstate_file = \"jobs.json\"\n";
+    let policy = load_one(&files, text).expect("valid keep and state_file");
+    assert_eq!(
+        policy.approvals().keep,
+        std::time::Duration::from_secs(90 * 86_400)
+    );
+    assert!(
+        policy.identity_state().is_absolute() && policy.identity_state().ends_with("jobs.json")
+    );
+    for (keep, why) in [
+        ("\"5m\"", "keep must be between 1h and 10y"),
+        ("\"soon\"", "keep: \"soon\" is not a duration"),
+    ] {
+        let text = format!("[approvals]\nkeep = {keep}\n");
+        let e = only_error(load_one(&files, &text));
+        assert_eq!(position(&e), at(&text, keep));
+        assert!(e.message.starts_with(why), "{}", e.message);
+    }
+    let text = "[identity]\nstate_file = \" \"\n";
+    let e = only_error(load_one(&files, text));
+    assert!(
+        e.message.starts_with("state_file is empty"),
+        "{}",
+        e.message
+    );
     let text = "[recording]\npostgres = \"host=db port=notaport\"\n";
     let e = only_error(load_one(&files, text));
     assert_eq!(position(&e), at(text, "\"host=db"));

@@ -301,6 +301,16 @@ pub(super) fn approvals(
             store.dir = secret_file::resolve(sources, file, dir.get_ref());
         }
     }
+    if let Some(text) = &section.keep {
+        match approval::duration(text.get_ref()) {
+            Ok(d) if (approval::MIN_KEEP..=approval::MAX_KEEP).contains(&d) => store.keep = d,
+            Ok(_) => report.error(
+                At::of(file, text),
+                "keep must be between 1h and 10y: how long a settled approval request stays in the store",
+            ),
+            Err(message) => report.error(At::of(file, text), format!("keep: {message}")),
+        }
+    }
     store.postgres = fleet_postgres(
         section.postgres.as_ref(),
         section.postgres_password_file.as_ref(),

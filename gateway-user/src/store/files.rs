@@ -45,13 +45,19 @@ impl FileStore {
     }
 
     fn read(&self, path: &Path) -> Result<Option<Request>, StoreError> {
-        match fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Io(format!("{} is not a request: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("cannot read", path, e)),
-        }
+        read(path)
+    }
+
+    /// Runs `f` on the directory on a blocking thread: a listing reads
+    /// every request file, which must not stall the sessions' runtime.
+    async fn in_dir<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Path) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || f(&dir))
+            .await
+            .map_err(|e| StoreError::Io(format!("listing {}: {e}", self.dir.display())))?
     }
 
     /// Whole file, fsynced, then renamed: a crash leaves the old or the new one.
@@ -99,23 +105,32 @@ impl ApprovalStore for FileStore {
     }
 
     async fn list(&self, all: bool) -> Result<Vec<Request>, StoreError> {
-        let entries = fs::read_dir(&self.dir).map_err(|e| io("cannot list", &self.dir, e))?;
-        let mut out = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(|e| io("cannot list", &self.dir, e))?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
+        self.in_dir(move |dir| {
+            let mut out: Vec<Request> = list(dir)?
+                .into_iter()
+                .map(|(_, r)| r)
+                .filter(|r| all || r.state == crate::approvals::State::Pending)
+                .collect();
+            out.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn prune(&self, before: std::time::SystemTime) -> Result<usize, StoreError> {
+        // No update may rewrite a request between its reading and removal.
+        let _guard = self.lock.lock().await;
+        self.in_dir(move |dir| {
+            let mut removed = 0;
+            for (path, r) in list(dir)? {
+                if r.settled_at().is_some_and(|at| at < before) {
+                    fs::remove_file(&path).map_err(|e| io("cannot remove", &path, e))?;
+                    removed += 1;
+                }
             }
-            // A file removed or half-written by hand is skipped, not fatal
-            // to the whole listing.
-            if let Ok(Some(r)) = self.read(&path)
-                && (all || r.state == crate::approvals::State::Pending)
-            {
-                out.push(r);
-            }
-        }
-        out.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
-        Ok(out)
+            Ok(removed)
+        })
+        .await
     }
 
     async fn update(&self, id: &str, change: Change<'_>) -> Result<Request, StoreError> {
@@ -128,4 +143,31 @@ impl ApprovalStore for FileStore {
         self.write(&path, &request, false)?;
         Ok(request)
     }
+}
+
+fn read(path: &Path) -> Result<Option<Request>, StoreError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Io(format!("{} is not a request: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("cannot read", path, e)),
+    }
+}
+
+/// Every request file in `dir` that reads, with its path. A file removed
+/// or half-written by hand is skipped, not fatal to the whole listing.
+fn list(dir: &Path) -> Result<Vec<(PathBuf, Request)>, StoreError> {
+    let entries = fs::read_dir(dir).map_err(|e| io("cannot list", dir, e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| io("cannot list", dir, e))?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        if let Ok(Some(r)) = read(&path) {
+            out.push((path, r));
+        }
+    }
+    Ok(out)
 }

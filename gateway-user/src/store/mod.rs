@@ -50,6 +50,9 @@ pub trait ApprovalStore: Send + Sync {
             .filter(|r| r.target == target && r.grant_is_live(now))
             .collect())
     }
+    /// Removes the requests that settled (see [`Request::settled_at`])
+    /// before `before`; how many.
+    async fn prune(&self, before: std::time::SystemTime) -> Result<usize, StoreError>;
     /// Ids changed by other processes, when the store can tell (LISTEN);
     /// `None` when every change comes through this process.
     fn changes(&self) -> Option<mpsc::UnboundedReceiver<String>> {

@@ -256,6 +256,40 @@ impl ApprovalStore for PostgresStore {
         .await
     }
 
+    async fn prune(&self, before: std::time::SystemTime) -> Result<usize, StoreError> {
+        self.with_client(async |c: &mut Client| {
+            let rows = c
+                .query(
+                    "SELECT body FROM chokepoint_approvals WHERE state <> 'pending'",
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            let mut settled = Vec::new();
+            for row in &rows {
+                // A row another version wrote and this one cannot read is
+                // left for whoever can.
+                if let Ok(r) = row_body(row)
+                    && r.settled_at().is_some_and(|at| at < before)
+                {
+                    settled.push(r.id);
+                }
+            }
+            // `state <> 'pending'` again: never a request that was just
+            // reopened (there is no such change today, but a row lock is
+            // not held between the two statements).
+            let removed = c
+                .execute(
+                    "DELETE FROM chokepoint_approvals WHERE id = ANY($1) AND state <> 'pending'",
+                    &[&settled],
+                )
+                .await
+                .map_err(db)?;
+            Ok(removed as usize)
+        })
+        .await
+    }
+
     fn changes(&self) -> Option<mpsc::UnboundedReceiver<String>> {
         self.changes.lock().ok()?.take()
     }
