@@ -149,7 +149,13 @@ async fn answer(services: &AdminHandles, caller: &Caller, request: AdminRequest)
             };
         }
         AdminRequest::JobEnd { cgroup } => {
-            return match services.jobs.end(caller.uid, caller.pid, cgroup.as_deref()) {
+            // The state file is written and synced before the answer.
+            let jobs = services.jobs.clone();
+            let (uid, pid) = (caller.uid, caller.pid);
+            let ended = tokio::task::spawn_blocking(move || jobs.end(uid, pid, cgroup.as_deref()))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            return match ended {
                 Ok(b) => {
                     info!(cgroup = %b.cgroup, identity = %b.job.describe(), by = %caller.name, "job ended");
                     AdminResponse {

@@ -1,7 +1,7 @@
 //! Which cgroup runs which job: token claims bound to a cgroup id until `job end` or `[identity] max_job` after binding.
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::SystemTime,
 };
 
@@ -40,6 +40,10 @@ pub enum BindError {
 #[derive(Debug, Default)]
 pub struct Bindings {
     inner: RwLock<Inner>,
+    /// Held by `bind` and `end` from reading the bindings to replacing
+    /// them, across the state file's fsync; the read lock connections take
+    /// is held only for the swap, so they never wait on the disk.
+    changing: Mutex<()>,
     /// `None`: in memory only (tests, `policy explain`).
     state: Option<StateFile>,
 }
@@ -85,6 +89,7 @@ impl Bindings {
         }
         let bindings = Bindings {
             inner: RwLock::new(inner),
+            changing: Mutex::new(()),
             state: Some(state),
         };
         Ok((bindings, restored.dropped))
@@ -100,8 +105,8 @@ impl Bindings {
         now: SystemTime,
         until: SystemTime,
     ) -> Result<Binding, BindError> {
-        let mut inner = self.inner.write().expect("bindings lock");
-        let mut next = inner.clone();
+        let _changing = self.changing.lock().expect("bindings change lock");
+        let mut next = self.inner.read().expect("bindings lock").clone();
         next.used.retain(|_, (_, exp)| *exp > now);
         next.by_cgroup.retain(|_, b| b.until > now);
         if let Some((where_, _)) = next.used.get(&job.replay_key) {
@@ -127,20 +132,20 @@ impl Bindings {
         };
         next.by_cgroup.insert(cgroup_id, binding.clone());
         self.save(&next)?;
-        *inner = next;
+        *self.inner.write().expect("bindings lock") = next;
         Ok(binding)
     }
 
     /// Ends the job of a cgroup: its new connections are unidentified.
     pub fn end(&self, cgroup_id: u64, cgroup: &str) -> Result<Binding, BindError> {
-        let mut inner = self.inner.write().expect("bindings lock");
-        let mut next = inner.clone();
+        let _changing = self.changing.lock().expect("bindings change lock");
+        let mut next = self.inner.read().expect("bindings lock").clone();
         let ended = next
             .by_cgroup
             .remove(&cgroup_id)
             .ok_or_else(|| BindError::NotBound(cgroup.to_owned()))?;
         self.save(&next)?;
-        *inner = next;
+        *self.inner.write().expect("bindings lock") = next;
         Ok(ended)
     }
 
