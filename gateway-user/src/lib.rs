@@ -8,6 +8,8 @@
 //!   it and where it was going, as the kernel recorded it;
 //! * [`identity`] validates the CI provider's OIDC tokens and binds their
 //!   claims to the job's cgroup;
+//! * [`job_budget`] bounds the bytes one job's connections make the
+//!   gateway hold in partly received messages;
 //! * [`policy`] is the TOML model, its loading with precise errors, and the
 //!   pure evaluation of a flow against it;
 //! * [`protocols`] holds one folder per protocol the gateway speaks (plain
@@ -28,6 +30,7 @@ pub mod daemon;
 pub mod ebpf;
 pub mod flow;
 pub mod identity;
+pub mod job_budget;
 pub mod masking;
 pub mod policy;
 pub mod protocols;

@@ -94,6 +94,16 @@ impl Setup {
     /// A server, a cgroup, and a gateway guarding it whose target
     /// `orders-db` is `127.0.0.<last>:5432` with `policy`.
     fn start(hint: &str, last: u8, policy: Policy) -> Result<Self> {
+        Self::start_configured(hint, last, policy, |c| c)
+    }
+
+    /// The same, with `configure` adding to the gateway's configuration.
+    fn start_configured(
+        hint: &str,
+        last: u8,
+        policy: Policy,
+        configure: impl FnOnce(GatewayConfig) -> GatewayConfig,
+    ) -> Result<Self> {
         let pg = PgServer::start()?;
         let cg = TestCgroup::new(hint)?;
         let address = format!("127.0.0.{last}");
@@ -102,7 +112,7 @@ impl Setup {
             Policy::Unmasked => STATEMENT_RULES.to_owned(),
             Policy::Open => OPEN_RULES.to_owned(),
         };
-        let config = GatewayConfig::new(hint, &cg)?
+        let config = configure(GatewayConfig::new(hint, &cg)?)
             .raw_toml(&pg.target_toml("orders-db", &address))
             .raw_toml(&rules);
         let gw =
@@ -1657,6 +1667,90 @@ fn raw_session(s: &Setup, frames: &[String], ready: usize) -> Result<(String, Ve
         .filter_map(|m| m["values"][0].as_str().map(str::to_owned))
         .collect();
     Ok((tags, values))
+}
+
+/// One job's connections share a budget for the messages they have only
+/// partly sent (`[daemon] max_buffered_mb_per_job`): the gateway must hold
+/// a whole message before it decides on it, so a job opening many
+/// connections and sending most of a 16 MiB message on each would
+/// otherwise make it hold gigabytes. A message that does not fit ends its
+/// session (53200); the budget comes back when the holder goes.
+#[test]
+fn a_jobs_partly_sent_messages_share_one_memory_budget() -> Result<()> {
+    let s = Setup::start_configured("pg-budget", 89, Policy::Open, |c| {
+        c.daemon_setting("max_buffered_mb_per_job = 4")
+    })?;
+    let query = frame(
+        b'Q',
+        &cstrings(&[&format!("SELECT length('{}')", "x".repeat(3 << 20))], &[]),
+    );
+    // The holder: its header and 100 KiB, then it waits (up to 30 s).
+    let partial = &query[..2 * (5 + (100 << 10))];
+    let script = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        script.path(),
+        serde_json::to_string(&[json!({ "raw": partial })])?,
+    )?;
+    let holder = job_command(&s.cg, PGCLIENT)
+        .arg(s.conninfo("app_rw"))
+        .arg(format!("@{}", script.path().display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let holder = KillOnDrop(holder);
+    wait_for("the holder's message held", CLIENT_TIMEOUT, || {
+        s.gw.events()
+            .iter()
+            .any(|e| message(e).is_some_and(|m| m.starts_with("a large message is arriving")))
+            .then_some(())
+    })?;
+    let whole = json!({ "raw_until_ready": { "hex": query, "ready": 1 } });
+    let r = s.pgclient("app_rw", std::slice::from_ref(&whole))?;
+    let messages = r[0]["messages"].as_array().context("messages")?;
+    let error = messages
+        .iter()
+        .find(|m| m["tag"] == "E")
+        .with_context(|| format!("no error: {}", r[0]))?;
+    assert_eq!(error["code"], "53200", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_buffered_mb_per_job = 4")),
+        "{error}"
+    );
+    // The holder leaves: its share comes back, and the same message runs.
+    let pid = holder.0.id();
+    drop(holder);
+    s.gw.wait_for_flow(pid)?;
+    let r = s.pgclient("app_rw", &[whole])?;
+    let (tags, values): (String, Vec<&str>) = {
+        let messages = r[0]["messages"].as_array().context("messages")?;
+        (
+            messages.iter().filter_map(|m| m["tag"].as_str()).collect(),
+            messages
+                .iter()
+                .filter(|m| m["tag"] == "D")
+                .filter_map(|m| m["values"][0].as_str())
+                .collect(),
+        )
+    };
+    assert_eq!(
+        (tags.as_str(), values),
+        ("TDCZ", vec!["3145728"]),
+        "{}",
+        r[0]
+    );
+    Ok(())
+}
+
+/// Kills (by its own pid) and reaps a child when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A session keeps at most 10,000 prepared statements: the next Parse of a

@@ -7,21 +7,33 @@
 //! cgroup tree, which the threat model denies jobs).
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicUsize},
 };
 
-/// Open connections per cgroup id; a cgroup with none has no entry, so the
-/// table is as large as the number of jobs with connections right now.
+use crate::job_budget::JobBudget;
+
+/// Open connections per cgroup id, and the bytes of partly received
+/// messages they hold ([`JobBudget`]); a cgroup with none has no entry, so
+/// the table is as large as the number of jobs with connections right now.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct JobConnections {
-    open: Arc<Mutex<HashMap<u64, u32>>>,
+    open: Arc<Mutex<HashMap<u64, Job>>>,
 }
+
+#[derive(Debug)]
+struct Job {
+    connections: u32,
+    buffered: Arc<AtomicUsize>,
+}
+
+type Table = Mutex<HashMap<u64, Job>>;
 
 /// One open connection of a job; dropping it frees the place.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    open: Arc<Mutex<HashMap<u64, u32>>>,
+    open: Arc<Table>,
     cgroup_id: u64,
+    buffered: Arc<AtomicUsize>,
 }
 
 /// A job already at its limit.
@@ -35,21 +47,33 @@ impl JobConnections {
     /// `limit` open already.
     pub(crate) fn take(&self, cgroup_id: u64, limit: u32) -> Result<Slot, AtLimit> {
         let mut open = lock(&self.open);
-        let n = open.get(&cgroup_id).copied().unwrap_or(0);
+        let job = open.entry(cgroup_id).or_insert_with(|| Job {
+            connections: 0,
+            buffered: Arc::default(),
+        });
+        let n = job.connections;
         if n >= limit {
+            // A limit of 0 must not leave the entry it just made.
+            if n == 0 {
+                open.remove(&cgroup_id);
+            }
             return Err(AtLimit { open: n });
         }
-        open.insert(cgroup_id, n + 1);
+        job.connections += 1;
+        let buffered = job.buffered.clone();
         Ok(Slot {
             open: self.open.clone(),
             cgroup_id,
+            buffered,
         })
     }
 
     /// Connections `cgroup_id` has open now.
     #[cfg(test)]
     pub(crate) fn open(&self, cgroup_id: u64) -> u32 {
-        lock(&self.open).get(&cgroup_id).copied().unwrap_or(0)
+        lock(&self.open)
+            .get(&cgroup_id)
+            .map_or(0, |j| j.connections)
     }
 
     /// Jobs with at least one connection open.
@@ -59,12 +83,20 @@ impl JobConnections {
     }
 }
 
+impl Slot {
+    /// The job's budget for partly received messages, `limit` bytes
+    /// across all its connections.
+    pub(crate) fn budget(&self, limit: usize) -> JobBudget {
+        JobBudget::new(self.buffered.clone(), limit)
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = lock(&self.open);
-        if let Some(n) = open.get_mut(&self.cgroup_id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(job) = open.get_mut(&self.cgroup_id) {
+            job.connections = job.connections.saturating_sub(1);
+            if job.connections == 0 {
                 open.remove(&self.cgroup_id);
             }
         }
@@ -73,7 +105,7 @@ impl Drop for Slot {
 
 /// The counts stay right even if a holder panicked: each update is one
 /// step, never left half done.
-fn lock(open: &Mutex<HashMap<u64, u32>>) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
+fn lock(open: &Table) -> std::sync::MutexGuard<'_, HashMap<u64, Job>> {
     open.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -282,6 +282,7 @@ async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
                     job: job.clone(),
                     refresh: Some(refresh(&shared, &flow, target)),
                     generation,
+                    budget: slot.budget(policy.daemon().max_buffered_per_job),
                 })
             }),
             _ => None,

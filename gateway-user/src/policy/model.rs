@@ -21,6 +21,7 @@ pub(super) struct DaemonSection {
     pub udp_port: Option<Spanned<Int>>,
     pub udp_idle_timeout: Option<Spanned<String>>,
     pub max_connections_per_job: Option<Spanned<Int>>,
+    pub max_buffered_mb_per_job: Option<Spanned<Int>>,
     pub mode: Option<Spanned<String>>,
     pub exempt_mark: Option<Spanned<Int>>,
     pub include: Option<Vec<Spanned<String>>>,

@@ -34,6 +34,9 @@ pub struct DaemonSettings {
     /// gateway at once; beyond, new ones are refused, so one job cannot
     /// take the gateway's file descriptors and memory from the others.
     pub max_connections_per_job: u32,
+    /// Bytes of partly received messages one job's connections may make
+    /// the gateway hold at once (`max_buffered_mb_per_job`).
+    pub max_buffered_per_job: usize,
     pub mode: Mode,
     /// `SO_MARK` of the gateway's own upstream sockets, which the kernel
     /// programs let through; never 0, since 0 is every unmarked socket.
@@ -64,6 +67,7 @@ impl Default for DaemonSettings {
             udp_port: 15054,
             udp_idle_timeout: std::time::Duration::from_secs(30),
             max_connections_per_job: DEFAULT_CONNECTIONS_PER_JOB,
+            max_buffered_per_job: DEFAULT_BUFFERED_MB_PER_JOB << 20,
             mode: Mode::Enforce,
             exempt_mark: 0x4350_0001,
             masking_key_file: None,
@@ -142,6 +146,10 @@ const MAX_TOTAL_MB: u64 = 1 << 30;
 /// gateway up to six descriptors, so the default leaves room for many jobs
 /// under the unit's `LimitNOFILE`.
 const DEFAULT_CONNECTIONS_PER_JOB: u32 = 1024;
+/// Sixteen of the largest messages a target allows by default, held at once.
+const DEFAULT_BUFFERED_MB_PER_JOB: usize = 256;
+/// Largest `max_buffered_mb_per_job`: 64 GiB, past any runner's memory.
+const MAX_BUFFERED_MB_PER_JOB: i64 = 64 << 10;
 /// Largest `max_connections_per_job`: past this, the limit protects nothing.
 const MAX_CONNECTIONS_PER_JOB: i64 = 1_000_000;
 /// Longest `udp_idle_timeout`: each idle flow holds a socket until then.
@@ -425,6 +433,19 @@ pub(super) fn daemon(
             n => report.error(
                 At::of(file, max),
                 format!("max_connections_per_job must be 1..={MAX_CONNECTIONS_PER_JOB}, not {n}"),
+            ),
+        }
+    }
+    if let Some(max) = &section.max_buffered_mb_per_job {
+        match max.get_ref().0 {
+            n @ 1..=MAX_BUFFERED_MB_PER_JOB => {
+                settings.max_buffered_per_job = usize::try_from(n).unwrap_or(usize::MAX) << 20;
+            }
+            n => report.error(
+                At::of(file, max),
+                format!(
+                    "max_buffered_mb_per_job must be 1..={MAX_BUFFERED_MB_PER_JOB} (MiB), not {n}"
+                ),
             ),
         }
     }

@@ -128,6 +128,7 @@ fn the_example_loads_with_its_settings() {
             udp_port: 15054,
             udp_idle_timeout: std::time::Duration::from_secs(30),
             max_connections_per_job: 1024,
+            max_buffered_per_job: 256 << 20,
             mode: Mode::Audit,
             exempt_mark: 0x4350_0002,
             masking_key_file: None,
@@ -614,6 +615,19 @@ fn the_per_job_connection_limit_is_checked_and_defaulted() {
             "{all:#?}"
         );
         assert_eq!((all[0].line, all[0].col), (2, 27), "{all:#?}");
+    }
+    let ok = load_one(&files, "[daemon]\nmax_buffered_mb_per_job = 64\n").expect("valid");
+    assert_eq!(ok.daemon().max_buffered_per_job, 64 << 20);
+    for bad in ["0", "65537"] {
+        let all = errors(load_one(
+            &files,
+            &format!("[daemon]\nmax_buffered_mb_per_job = {bad}\n"),
+        ));
+        assert_eq!(
+            all[0].message,
+            format!("max_buffered_mb_per_job must be 1..=65536 (MiB), not {bad}"),
+            "{all:#?}"
+        );
     }
 }
 

@@ -181,6 +181,8 @@ pub struct PostgresContext {
     /// [`PostgresShared::generation`] read before the policy this context
     /// was made from.
     pub generation: u64,
+    /// What the job's connections may hold in partly received messages.
+    pub budget: crate::job_budget::JobBudget,
 }
 
 #[cfg(test)]

@@ -90,6 +90,16 @@ impl StartupFrame {
     }
 }
 
+/// The whole length of the tagged message `buf` starts with, when its
+/// header has arrived and the rest has not: what the buffer will have to
+/// hold before the message can be decoded.
+pub fn pending_len(buf: &[u8]) -> Option<usize> {
+    let header = buf.get(..5)?;
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let total = len.checked_add(1)?;
+    (total > buf.len()).then_some(total)
+}
+
 /// Splits a buffer into frames, refusing lengths over the configured bounds
 /// before buffering anything for them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -282,6 +292,21 @@ mod tests {
                 "{len}"
             );
         }
+    }
+
+    #[test]
+    fn the_pending_length_is_known_from_the_header_until_the_message_is_whole() {
+        assert_eq!(pending_len(b"Q\x00\x00"), None, "no header yet");
+        assert_eq!(pending_len(b"Q\x00\x10\x00\x00xyz"), Some(0x10_0001));
+        let mut whole = b"Q\x00\x00\x00\x05x".to_vec();
+        assert_eq!(pending_len(&whole), None, "whole");
+        whole.extend_from_slice(b"Q\x00");
+        assert_eq!(
+            pending_len(&whole),
+            None,
+            "decoded first, then the next header"
+        );
+        assert_eq!(pending_len(b"Q\xff\xff\xff\xff"), Some(1 << 32));
     }
 
     #[test]

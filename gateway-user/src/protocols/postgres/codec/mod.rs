@@ -88,7 +88,7 @@ pub use error_response::{
 pub use extended::{Bind, Close, Describe, Execute, Flush, ObjectKind, Parse, Sync};
 pub use frame::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_STARTUP_SIZE, Frame, FrameDecoder, StartupFrame,
-    read_frame, read_startup_frame,
+    pending_len, read_frame, read_startup_frame,
 };
 pub use frontend::FrontendMessage;
 pub use function_call::{FunctionCall, FunctionCallResponse};

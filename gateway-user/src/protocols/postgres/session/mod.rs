@@ -88,6 +88,17 @@ const MAX_PENDING: usize = 100_000;
 /// message the buffer has megabytes of room, and a read filling it with
 /// 5-byte Syncs would queue a million statements past `MAX_PENDING`.
 const CLIENT_READ: usize = 64 * 1024;
+/// A message partly received is counted against the job's budget
+/// ([`crate::job_budget`]) once it is this large; smaller ones never make
+/// a buffer grow past what reading needs anyway.
+const LARGE_MESSAGE: usize = 64 * 1024;
+
+/// Which side a partly received message comes from.
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Upstream,
+}
 
 /// What a session did, for the connection's flow event.
 #[derive(Debug, Default)]
@@ -407,6 +418,8 @@ impl Session<'_> {
         let (mut ur, mut uw) = tls::split(upstream.stream);
         let mut ubuf = upstream.leftover;
         let mut udecoder = FrameDecoder::new(self.ctx.target.max_message_bytes);
+        // The budget held for the large message each buffer is receiving.
+        let (mut cheld, mut uheld) = (None, None);
         // Frames already buffered (pipelined right after startup) first.
         if let Step::End = self.drain_client(&mut cbuf, &mut decoder).await {
             self.flush_all(&mut cw, &mut uw).await;
@@ -432,6 +445,7 @@ impl Session<'_> {
                     Ok(n) => {
                         self.summary.bytes_up += n as u64;
                         if let Step::End = self.drain_client(&mut cbuf, &mut decoder).await { break; }
+                        if let Step::End = self.hold_partial(&mut cbuf, &mut cheld, Side::Client) { break; }
                     }
                     Err(e) => { self.summary.error = Some(format!("client read: {e}")); break; }
                 },
@@ -444,6 +458,7 @@ impl Session<'_> {
                     }
                     Ok(_) => {
                         if let Step::End = self.drain_upstream(&mut ubuf, &mut udecoder).await { break; }
+                        if let Step::End = self.hold_partial(&mut ubuf, &mut uheld, Side::Upstream) { break; }
                     }
                     Err(e) => { self.summary.error = Some(format!("upstream read: {e}")); break; }
                 },
@@ -468,6 +483,57 @@ impl Session<'_> {
             drop(held);
         }
         self.flush_all(&mut cw, &mut uw).await;
+    }
+
+    /// Holds the job's budget for the large message `buf` is receiving
+    /// (only what has arrived is in memory, but all of it will be), and
+    /// gives it back once the message is whole. A message the job's
+    /// budget cannot take ends the session.
+    fn hold_partial(
+        &mut self,
+        buf: &mut BytesMut,
+        held: &mut Option<crate::job_budget::Held>,
+        side: Side,
+    ) -> Step {
+        let Some(total) = codec::pending_len(buf).filter(|&n| n > LARGE_MESSAGE) else {
+            if held.take().is_some() {
+                // The large message is decoded, but the buffer still
+                // points into its allocation and would reuse all of it:
+                // an idle connection must not keep megabytes.
+                *buf = BytesMut::from(&buf[..]);
+            }
+            return Step::Continue;
+        };
+        if held.as_ref().is_some_and(|h| h.bytes() == total) {
+            return Step::Continue;
+        }
+        *held = None;
+        match self.ctx.budget.take(total) {
+            Ok(h) => {
+                debug!(
+                    flow_id = self.flow.id,
+                    bytes = total,
+                    "a large message is arriving: held against the job's max_buffered_mb_per_job"
+                );
+                *held = Some(h);
+                Step::Continue
+            }
+            Err(spent) => {
+                let whose = match side {
+                    Side::Client => "a message of",
+                    Side::Upstream => "the server's reply of",
+                };
+                let message = format!(
+                    "chokepoint: {whose} {total} bytes does not fit in what this job's connections may hold at once ({} MiB held of [daemon] max_buffered_mb_per_job = {})",
+                    spent.used >> 20,
+                    spent.limit >> 20
+                );
+                warn!(flow_id = self.flow.id, "{message}");
+                self.summary.error = Some(message.clone());
+                self.to_client.extend_from_slice(&fatal("53200", &message));
+                Step::End
+            }
+        }
     }
 
     async fn flush_all(
