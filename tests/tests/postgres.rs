@@ -1740,6 +1740,41 @@ fn a_jobs_partly_sent_messages_share_one_memory_budget() -> Result<()> {
         "{}",
         r[0]
     );
+
+    // Prepared statements' text counts too: four of 300 KiB do not fit
+    // in 1 MiB (with each Parse counted while it arrives); the Parse that
+    // does not fit is refused and the session goes on.
+    let s = Setup::start_configured("pg-budget-prep", 90, Policy::Open, |c| {
+        c.daemon_setting("max_buffered_mb_per_job = 1")
+    })?;
+    let mut script: Vec<String> = (0..4)
+        .map(|i| {
+            let sql = format!("SELECT '{}'", "x".repeat(300 << 10));
+            frame(b'P', &cstrings(&[&format!("s{i}"), &sql], &[0, 0]))
+        })
+        .collect();
+    script.push(frame(b'S', &[]));
+    script.push(frame(b'Q', &cstrings(&["SELECT 'still here'"], &[])));
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "raw_until_ready": { "hex": script.concat(), "ready": 2 } })],
+    )?;
+    let messages = r[0]["messages"].as_array().context("messages")?;
+    let tags: String = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
+    let error = messages
+        .iter()
+        .find(|m| m["tag"] == "E")
+        .with_context(|| format!("no error: {tags}"))?;
+    assert_eq!(error["code"], "54000", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_buffered_mb_per_job = 1")),
+        "{error}"
+    );
+    let parsed = tags.matches('1').count();
+    assert!((1..4).contains(&parsed), "{tags}");
+    assert!(tags.ends_with("ZTDCZ"), "the session goes on: {tags}");
     Ok(())
 }
 

@@ -529,11 +529,34 @@ impl Session<'_> {
                 .map(|s| s.sql.len())
                 .sum::<usize>();
         let adding: usize = new.iter().map(|(_, len)| len).sum();
-        (held + adding > MAX_PREPARED_BYTES).then(|| {
-            format!(
+        if held + adding > MAX_PREPARED_BYTES {
+            return Some(format!(
                 "this session's prepared statements already hold {held} bytes of text, and chokepoint keeps at most {MAX_PREPARED_BYTES} for one session: close some first (Close, DEALLOCATE)"
-            )
-        })
+            ));
+        }
+        self.hold_prepared(held + adding)
+    }
+
+    /// Counts `want` bytes of prepared text against the job's budget once
+    /// they are more than a small message: a job's thousand connections
+    /// keeping 64 MiB each would otherwise hold 64 GiB of the gateway.
+    fn hold_prepared(&self, want: usize) -> Option<String> {
+        let mut held = self.prepared_held.lock().unwrap_or_else(|p| p.into_inner());
+        if want > super::LARGE_MESSAGE && held.as_ref().is_none_or(|h| h.bytes() < want) {
+            // Given back first: the session's own share must not count twice.
+            drop(held.take());
+            match self.ctx.budget.take(want) {
+                Ok(h) => *held = Some(h),
+                Err(spent) => {
+                    return Some(format!(
+                        "this job's connections already hold {} MiB of messages and prepared statements, and [daemon] max_buffered_mb_per_job = {} for all of them: close some prepared statements first (Close, DEALLOCATE)",
+                        spent.used >> 20,
+                        spent.limit >> 20
+                    ));
+                }
+            }
+        }
+        None
     }
 
     /// [`prepared_limit`](Self::prepared_limit) for the SQL `PREPARE`s of a query string.

@@ -91,7 +91,7 @@ const CLIENT_READ: usize = 64 * 1024;
 /// A message partly received is counted against the job's budget
 /// ([`crate::job_budget`]) once it is this large; smaller ones never make
 /// a buffer grow past what reading needs anyway.
-const LARGE_MESSAGE: usize = 64 * 1024;
+pub(super) const LARGE_MESSAGE: usize = 64 * 1024;
 
 /// Which side a partly received message comes from.
 #[derive(Clone, Copy)]
@@ -282,6 +282,7 @@ pub async fn serve(
         tracker: Tracker::default(),
         statements: HashMap::new(),
         sql_prepared: HashMap::new(),
+        prepared_held: std::sync::Mutex::new(None),
         uncertain_names: Default::default(),
         all_names_uncertain: false,
         portals: HashMap::new(),
@@ -334,6 +335,10 @@ struct Session<'a> {
     statements: HashMap<String, PreparedStatement>,
     /// Statements prepared by SQL `PREPARE`, by name (see `prepared`).
     sql_prepared: HashMap<String, SqlPrepared>,
+    /// The job's budget held for the prepared statements' text, at the
+    /// most it has been (behind a lock: checked from a match guard, which
+    /// has only `&self`; never contended).
+    prepared_held: std::sync::Mutex<Option<crate::job_budget::Held>>,
     /// Names a `PREPARE`, `DEALLOCATE` or `DISCARD ALL` on its way may
     /// have changed on the server (`all_names_uncertain`: every name):
     /// until its answer a Parse of them is not taken to define them.
