@@ -356,7 +356,7 @@ impl Session<'_> {
             }
             Err((rule, why)) => {
                 let redacted = super::super::classify::redact_passwords(sql);
-                info!(flow_id = self.flow.id, statement = %redacted, decision = "deny", rule, reason = %why, "statement");
+                info!(flow_id = self.flow.id, statement = %super::logged(&redacted), decision = "deny", rule, reason = %why, "statement");
                 crate::admin::metrics::statement("deny", rule);
                 self.recording.record(Body::Statement {
                     text: redacted.to_string(),
@@ -401,7 +401,7 @@ impl Session<'_> {
         }
         if let Some(why) = &self.revoked {
             let reason = format!("statement refused: {why}");
-            warn!(flow_id = self.flow.id, statement = %shown.text, "{reason}");
+            warn!(flow_id = self.flow.id, statement = %super::logged(&shown.text), "{reason}");
             crate::admin::metrics::statement("deny", "policy-reload");
             self.recording.record(Body::Statement {
                 text: shown.text.to_string(),
@@ -424,7 +424,7 @@ impl Session<'_> {
                 tracing::event!(
                     $level,
                     flow_id = self.flow.id,
-                    statement = %redacted,
+                    statement = %super::logged(&redacted),
                     class = %class,
                     decision = %decision.verdict,
                     rule = %decision.rule,

@@ -93,6 +93,23 @@ const CLIENT_READ: usize = 64 * 1024;
 /// a buffer grow past what reading needs anyway.
 pub(super) const LARGE_MESSAGE: usize = 64 * 1024;
 
+/// Most bytes of a statement a log line carries: statements may be
+/// megabytes, and the recording keeps each whole.
+const LOGGED_TEXT: usize = 1024;
+
+/// `text` for a log line: whole up to [`LOGGED_TEXT`], else its start and
+/// how long it was.
+pub(super) fn logged(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= LOGGED_TEXT {
+        return text.into();
+    }
+    let mut cut = LOGGED_TEXT;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..cut], text.len()).into()
+}
+
 /// Which side a partly received message comes from.
 #[derive(Clone, Copy)]
 enum Side {
@@ -608,4 +625,22 @@ enum CopyState {
     /// Refused with an error already sent: drop CopyData, CopyDone and the
     /// CommandComplete that ends the COPY.
     Refused,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_statements_are_cut_for_the_log_on_a_character_boundary() {
+        assert_eq!(logged("SELECT 1"), "SELECT 1");
+        let long = format!("SELECT '{}'", "é".repeat(1000));
+        let line = logged(&long);
+        assert!(line.len() < LOGGED_TEXT + 40, "{}", line.len());
+        assert!(
+            line.ends_with(&format!("… ({} bytes in all)", long.len())),
+            "{line}"
+        );
+        assert!(long.starts_with(line.split('…').next().unwrap()));
+    }
 }

@@ -252,7 +252,7 @@ impl Session<'_> {
         let duration_us = u64::try_from(running.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         debug!(
             flow_id = self.flow.id,
-            statement = %running.shown.text,
+            statement = %super::logged(&running.shown.text),
             class = %running.shown.class,
             rows = running.rows,
             masked = running.masked,
