@@ -61,7 +61,7 @@ fn restore_jobs(
     state: &std::path::Path,
     cgroup_root: Option<&std::path::Path>,
 ) -> Result<crate::identity::Bindings, RunError> {
-    let state = crate::identity::StateFile::new(state.to_path_buf())?;
+    let state = crate::identity::StateFile::open(state.to_path_buf())?;
     let path = state.path().display().to_string();
     let (bindings, dropped) =
         crate::identity::Bindings::open(state, std::time::SystemTime::now(), |cgroup, id| {
@@ -123,7 +123,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     ebpf::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
     let cgroup = ebpf::resolve_cgroup(&guard.cgroup, guard.create)?;
     let cgroup_root = ebpf::cgroup2_mount().ok();
-    let bindings = restore_jobs(policy.identity_state(), cgroup_root.as_deref())?;
+    let bindings = if policy.issuers().is_empty() && !policy.identity_state().exists() {
+        // No token can bind, and nothing to restore: the file is left alone.
+        crate::identity::Bindings::unopened(policy.identity_state())
+    } else {
+        restore_jobs(policy.identity_state(), cgroup_root.as_deref())?
+    };
     let jobs = Arc::new(crate::identity::Jobs::new(
         policy.issuers().to_vec(),
         policy.runner_uids().to_vec(),

@@ -34,18 +34,33 @@ pub enum BindError {
     /// token it would take again) is not made.
     #[error("{0}; nothing changed")]
     State(#[from] StateError),
+    #[error(
+        "the gateway started with no [[identity.issuer]], so it keeps no job state: restart it so bindings are kept in {0}"
+    )]
+    NoState(String),
 }
 
 /// The bindings of one gateway; reads (one per connection) take a read lock.
 #[derive(Debug, Default)]
 pub struct Bindings {
     inner: RwLock<Inner>,
-    /// Held by `bind` and `end` from reading the bindings to replacing
-    /// them, across the state file's fsync; the read lock connections take
-    /// is held only for the swap, so they never wait on the disk.
-    changing: Mutex<()>,
-    /// `None`: in memory only (tests, `policy explain`).
-    state: Option<StateFile>,
+    /// Where changes are saved. Held by `bind` and `end` from reading the
+    /// bindings to replacing them, across the state file's fsync; the
+    /// read lock connections take is held only for the swap, so they
+    /// never wait on the disk.
+    changing: Mutex<Store>,
+}
+
+#[derive(Debug, Default)]
+enum Store {
+    /// Tests.
+    #[default]
+    Memory,
+    /// A gateway that started with no issuer (so no token could bind)
+    /// leaves the file alone; a reload that adds one cannot bind before a
+    /// restart opens it.
+    Unopened(String),
+    File(StateFile),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -89,10 +104,18 @@ impl Bindings {
         }
         let bindings = Bindings {
             inner: RwLock::new(inner),
-            changing: Mutex::new(()),
-            state: Some(state),
+            changing: Mutex::new(Store::File(state)),
         };
         Ok((bindings, restored.dropped))
+    }
+
+    /// No bindings, and no state file opened: every bind is refused,
+    /// naming `path` (where a restart would keep them).
+    pub fn unopened(path: &std::path::Path) -> Bindings {
+        Bindings {
+            inner: RwLock::default(),
+            changing: Mutex::new(Store::Unopened(path.display().to_string())),
+        }
     }
 
     /// Binds `job` to a cgroup; refused for a token seen before or a
@@ -105,7 +128,10 @@ impl Bindings {
         now: SystemTime,
         until: SystemTime,
     ) -> Result<Binding, BindError> {
-        let _changing = self.changing.lock().expect("bindings change lock");
+        let store = self.changing.lock().expect("bindings change lock");
+        if let Store::Unopened(path) = &*store {
+            return Err(BindError::NoState(path.clone()));
+        }
         let mut next = self.inner.read().expect("bindings lock").clone();
         next.used.retain(|_, (_, exp)| *exp > now);
         next.by_cgroup.retain(|_, b| b.until > now);
@@ -131,54 +157,22 @@ impl Bindings {
             until,
         };
         next.by_cgroup.insert(cgroup_id, binding.clone());
-        self.save(&next)?;
+        save(&store, &next)?;
         *self.inner.write().expect("bindings lock") = next;
         Ok(binding)
     }
 
     /// Ends the job of a cgroup: its new connections are unidentified.
     pub fn end(&self, cgroup_id: u64, cgroup: &str) -> Result<Binding, BindError> {
-        let _changing = self.changing.lock().expect("bindings change lock");
+        let store = self.changing.lock().expect("bindings change lock");
         let mut next = self.inner.read().expect("bindings lock").clone();
         let ended = next
             .by_cgroup
             .remove(&cgroup_id)
             .ok_or_else(|| BindError::NotBound(cgroup.to_owned()))?;
-        self.save(&next)?;
+        save(&store, &next)?;
         *self.inner.write().expect("bindings lock") = next;
         Ok(ended)
-    }
-
-    /// Writes `inner` to the state file, if there is one.
-    fn save(&self, inner: &Inner) -> Result<(), StateError> {
-        let Some(state) = &self.state else {
-            return Ok(());
-        };
-        let jobs = inner
-            .by_cgroup
-            .values()
-            .map(|b| SavedJob {
-                cgroup_id: b.cgroup_id,
-                cgroup: b.cgroup.clone(),
-                issuer: b.job.issuer.clone(),
-                subject: b.job.subject.clone(),
-                claims: b.job.claims.clone(),
-                expires: b.job.expires,
-                replay_key: b.job.replay_key.clone(),
-                bound_at: b.bound_at,
-                until: b.until,
-            })
-            .collect();
-        let spent = inner
-            .used
-            .iter()
-            .map(|(key, (bound, expires))| Spent {
-                key: key.clone(),
-                bound: bound.clone(),
-                expires: *expires,
-            })
-            .collect();
-        state.save(jobs, spent)
     }
 
     /// The live job of a cgroup; `None` when unbound or past `until`.
@@ -200,4 +194,36 @@ impl Bindings {
         all.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
         all
     }
+}
+
+/// Writes `inner` to the state file, if there is one.
+fn save(store: &Store, inner: &Inner) -> Result<(), StateError> {
+    let Store::File(state) = store else {
+        return Ok(());
+    };
+    let jobs = inner
+        .by_cgroup
+        .values()
+        .map(|b| SavedJob {
+            cgroup_id: b.cgroup_id,
+            cgroup: b.cgroup.clone(),
+            issuer: b.job.issuer.clone(),
+            subject: b.job.subject.clone(),
+            claims: b.job.claims.clone(),
+            expires: b.job.expires,
+            replay_key: b.job.replay_key.clone(),
+            bound_at: b.bound_at,
+            until: b.until,
+        })
+        .collect();
+    let spent = inner
+        .used
+        .iter()
+        .map(|(key, (bound, expires))| Spent {
+            key: key.clone(),
+            bound: bound.clone(),
+            expires: *expires,
+        })
+        .collect();
+    state.save(jobs, spent)
 }

@@ -14,9 +14,11 @@ use std::{
     io::Write,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
+    sync::Arc,
     time::SystemTime,
 };
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::JobIdentity;
@@ -27,11 +29,14 @@ const VERSION: u32 = 1;
 /// one this gateway wrote.
 const MAX_BYTES: u64 = 64 << 20;
 
-/// Where the state lives, and the boot it is read on.
+/// Where the state lives, and the boot it is read on. Held locked
+/// (`<file>.lock`) while the daemon runs: two daemons writing one file
+/// whole would each drop the other's bindings and spent tokens.
 #[derive(Debug, Clone)]
 pub struct StateFile {
     path: PathBuf,
     boot_id: String,
+    _lock: Option<Arc<Flock<fs::File>>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -86,6 +91,10 @@ pub enum StateError {
         "job state {path}: {reason}: move the file aside to start with no bound jobs (running jobs become unidentified and their tokens could bind again)"
     )]
     Unreadable { path: String, reason: String },
+    #[error(
+        "job state {path} is locked ({reason}): another chokepoint daemon keeps its jobs there; give each instance its own [identity] state_file"
+    )]
+    Locked { path: String, reason: String },
     #[error("job state {path} could not be saved: {source}")]
     Write {
         path: String,
@@ -102,22 +111,55 @@ pub(super) struct Restored {
 }
 
 impl StateFile {
-    /// The state at `path`, on this boot.
-    pub fn new(path: PathBuf) -> Result<StateFile, StateError> {
+    /// The state at `path`, on this boot, locked for this process (its
+    /// directory is made, 0700, if missing).
+    pub fn open(path: PathBuf) -> Result<StateFile, StateError> {
         let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|s| s.trim().to_owned())
             .map_err(|e| StateError::Unreadable {
                 path: "/proc/sys/kernel/random/boot_id".into(),
                 reason: e.to_string(),
             })?;
-        Ok(StateFile { path, boot_id })
+        let shown = path.display().to_string();
+        let unreadable = |e: std::io::Error| StateError::Unreadable {
+            path: shown.clone(),
+            reason: e.to_string(),
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(unreadable)?;
+        let mut lock = path.clone().into_os_string();
+        lock.push(".lock");
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(PathBuf::from(lock))
+            .map_err(unreadable)?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            StateError::Locked {
+                path: shown.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(StateFile {
+            path,
+            boot_id,
+            _lock: Some(Arc::new(lock)),
+        })
     }
 
+    /// Unlocked, on a made-up boot: for tests that restart in-process.
     #[cfg(test)]
     pub(super) fn with_boot(path: PathBuf, boot_id: &str) -> StateFile {
         StateFile {
             path,
             boot_id: boot_id.to_owned(),
+            _lock: None,
         }
     }
 

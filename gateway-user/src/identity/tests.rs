@@ -551,3 +551,40 @@ fn spent_tokens_are_forgotten_once_they_expire() {
     let keys: Vec<&str> = restored.spent.iter().map(|s| s.key.as_str()).collect();
     assert_eq!(keys, ["jti:live"]);
 }
+
+#[test]
+fn one_daemon_at_a_time_keeps_a_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("identity/jobs.json");
+    let first = StateFile::open(path.clone()).unwrap();
+    let e = StateFile::open(path.clone()).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("job state {} is locked", path.display()))
+            && e.ends_with("give each instance its own [identity] state_file"),
+        "{e}"
+    );
+    drop(first);
+    assert!(
+        StateFile::open(path).is_ok(),
+        "the lock goes with its daemon"
+    );
+}
+
+#[test]
+fn a_gateway_started_without_issuers_binds_nothing_until_it_restarts() {
+    let key = ed25519("d1");
+    let issuers = [issuer(&[&key])];
+    let job = check(&issuers, &sign(&key, &claims())).unwrap();
+    let bindings = Bindings::unopened(std::path::Path::new(
+        "/var/lib/chokepoint/identity/jobs.json",
+    ));
+    let now = SystemTime::now();
+    let e = bindings
+        .bind(7, "/ci/job-a", job, now, now + Duration::from_secs(60))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the gateway started with no [[identity.issuer]], so it keeps no job state: restart it so bindings are kept in /var/lib/chokepoint/identity/jobs.json"
+    );
+    assert!(bindings.job(7, now).is_none());
+}
