@@ -8,8 +8,9 @@ use std::{
 
 /// The largest recording read (to verify, list or recover it): a
 /// recording is read whole, and one made sparse and huge in the
-/// directory must not take the reader's memory. A session that really
-/// recorded more cannot be verified here (it reads as unreadable).
+/// directory must not take the reader's memory. The writer fails a
+/// session whose recording reaches half of this, so none it wrote is
+/// larger.
 pub const MAX_RECORDING_BYTES: u64 = 1 << 30;
 
 /// Reads the recording at `path`, up to [`MAX_RECORDING_BYTES`].

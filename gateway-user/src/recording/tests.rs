@@ -612,6 +612,19 @@ pub(crate) fn disk_full_for(session: &str) -> bool {
         .any(|s| s == session)
 }
 
+/// Sessions whose recordings are capped lower than in production: set by
+/// a test, read by the writer.
+static RECORDING_CAP: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
+
+pub(crate) fn recording_cap_for(session: &str) -> Option<u64> {
+    RECORDING_CAP
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(s, _)| s == session)
+        .map(|(_, cap)| *cap)
+}
+
 fn set_disk_full(session: &str, full: bool) {
     let mut sessions = DISK_FULL.lock().unwrap_or_else(|p| p.into_inner());
     sessions.retain(|s| s != session);
@@ -809,4 +822,41 @@ fn events_waiting_for_the_disk_are_bounded_in_bytes_per_session_and_in_all() {
     drop((held, other, many));
     assert_eq!(all.load(Ordering::Relaxed), 0);
     assert_eq!(one.load(Ordering::Relaxed), 0);
+}
+
+/// A recording is verified whole, up to files::MAX_RECORDING_BYTES: the
+/// writer fails a session whose recording reaches the cap (its later
+/// statements are refused), and the recording still ends, sealed, below
+/// what verify reads.
+#[tokio::test]
+async fn a_session_whose_recording_reaches_the_cap_is_failed_and_still_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let recorder = Recorder::start(&s).unwrap();
+    let session = recorder.open(start()).await;
+    let id = session.id().to_owned();
+    RECORDING_CAP.lock().unwrap().push((id.clone(), 16 << 10));
+    for _ in 0..3 {
+        session.record(statement(&"x".repeat(4 << 10)));
+    }
+    recorder.flush().await;
+    session.healthy().expect("under the cap");
+    for _ in 0..2 {
+        session.record(statement(&"x".repeat(4 << 10)));
+    }
+    recorder.flush().await;
+    let why = session.healthy().unwrap_err();
+    assert!(
+        why.starts_with("the recording reached 0 MiB, the most chokepoint keeps for one session"),
+        "{why}"
+    );
+    // What was in flight, the end and the seal are still written.
+    session.record(statement("SELECT 'in flight'"));
+    session.close(end());
+    recorder.shutdown().await;
+    RECORDING_CAP.lock().unwrap().retain(|(s, _)| *s != id);
+    let data = std::fs::read(files::find(&s.dir, &id).unwrap()).unwrap();
+    let public = keys::read_public(&keys::public_key_path(&s.keys_dir)).unwrap();
+    let (verdict, events) = verify::verify(&data, &[public]);
+    assert_eq!(verdict, Verdict::Sealed { events: 9 }, "{events:?}");
 }

@@ -142,6 +142,8 @@ struct Open {
     scratch: Vec<u8>,
     /// Bytes written so far, all whole lines.
     len: u64,
+    /// Past [`MAX_SESSION_RECORDING`]: the session was failed.
+    full: bool,
     dirty: bool,
     closed: bool,
     /// Set at close until the seal is written: `(events, final hash)`
@@ -352,6 +354,7 @@ impl Writer {
                     pending: Vec::new(),
                     scratch: Vec::new(),
                     len: 0,
+                    full: false,
                     dirty: false,
                     closed: false,
                     sealed: None,
@@ -627,12 +630,39 @@ impl Open {
         self.len += self.pending.len() as u64;
         self.pending.clear();
         self.dirty = true;
+        if self.len >= max_recording(&self.session) && !self.full {
+            // Its later statements are refused and not recorded; what is in
+            // flight (at most the session's 64 MiB of events, however JSON
+            // writes them) and its end and seal still fit under the
+            // size `sessions verify` reads whole.
+            self.full = true;
+            self.health.fail(format!(
+                "the recording reached {} MiB, the most chokepoint keeps for one session (a recording is verified whole, up to {} MiB): open a new connection",
+                max_recording(&self.session) >> 20,
+                super::files::MAX_RECORDING_BYTES >> 20
+            ));
+        }
         self.written = Anchor {
             events: self.seq,
             hash: self.prev.clone(),
         };
         Ok(())
     }
+}
+
+/// The most one session's recording grows before its session is failed
+/// (statements refused): a recording is verified whole, up to
+/// [`super::files::MAX_RECORDING_BYTES`], and this leaves room for the
+/// events still in flight when it is reached.
+const MAX_SESSION_RECORDING: u64 = 512 << 20;
+
+fn max_recording(session: &str) -> u64 {
+    #[cfg(test)]
+    if let Some(cap) = super::tests::recording_cap_for(session) {
+        return cap;
+    }
+    let _ = session;
+    MAX_SESSION_RECORDING
 }
 
 /// Makes this thread yield to the sessions: `SCHED_BATCH` (its wake-ups
