@@ -377,10 +377,16 @@ impl Session<'_> {
     /// The refusal of a statement once the session's recording has failed.
     pub(super) fn unrecordable(&self) -> Option<Decided> {
         let why = self.recording.healthy().err()?;
-        warn!(
-            flow_id = self.flow.id,
-            "statement refused: recording failed: {why}"
-        );
+        // Once per session: a job looping on it would write a line each.
+        if !self
+            .unrecordable_said
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            warn!(
+                flow_id = self.flow.id,
+                "statements refused from now on: recording failed: {why}"
+            );
+        }
         crate::admin::metrics::statement("deny", "recording");
         Some(Decided::Refuse(deny_error(
             "recording",

@@ -300,6 +300,7 @@ pub async fn serve(
         statements: HashMap::new(),
         sql_prepared: HashMap::new(),
         prepared_held: std::sync::Mutex::new(None),
+        unrecordable_said: Default::default(),
         uncertain_names: Default::default(),
         all_names_uncertain: false,
         portals: HashMap::new(),
@@ -356,6 +357,9 @@ struct Session<'a> {
     /// most it has been (behind a lock: checked from a match guard, which
     /// has only `&self`; never contended).
     prepared_held: std::sync::Mutex<Option<crate::job_budget::Held>>,
+    /// Whether the first statement refused for a failed recording was
+    /// logged (the rest are counted in the metrics).
+    unrecordable_said: std::sync::atomic::AtomicBool,
     /// Names a `PREPARE`, `DEALLOCATE` or `DISCARD ALL` on its way may
     /// have changed on the server (`all_names_uncertain`: every name):
     /// until its answer a Parse of them is not taken to define them.
