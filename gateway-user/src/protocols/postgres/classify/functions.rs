@@ -12,10 +12,17 @@
 /// * other sessions: ending or cancelling backends;
 /// * the server's files and processes: reading, listing or writing files, large-object import/export;
 /// * server state: configuration reload, log rotation, WAL switch, promotion, backups, replication slots;
+/// * other sessions' data: reading a logical replication slot hands out decoded WAL, every
+///   column of every changed row, past masking rules;
 /// * other servers: dblink opens connections and runs SQL there;
 /// * SQL hidden in a string: `query_to_xml`, `table_to_xml`, `ts_stat`, `crosstab`… run a query
 ///   (or read a table) given as text, which the classifier cannot see, so its tables and
-///   function calls would escape every other rule.
+///   function calls would escape every other rule. Extensions that ship such evaluators are
+///   covered by name too: contrib `xml2` (`xpath_table`), pg_cron (`cron.schedule`, a deferred
+///   statement that runs later as the job's role), pg_background.
+///
+/// A list by name is a denylist: an extension it does not know can hide SQL in a string the
+/// same way. The README says so, and to deny `procedural_code` where that matters.
 ///
 /// `set_config` is handled apart: only a call that sets `role` or
 /// `session_authorization` (or whose setting name is not a constant) is flagged.
@@ -61,6 +68,12 @@ pub const DANGEROUS_FUNCTIONS: &[&str] = &[
     "pg_drop_replication_slot",
     "pg_copy_physical_replication_slot",
     "pg_copy_logical_replication_slot",
+    "pg_replication_slot_advance",
+    // Other sessions' data, past masking: decoded WAL.
+    "pg_logical_slot_get_changes",
+    "pg_logical_slot_peek_changes",
+    "pg_logical_slot_get_binary_changes",
+    "pg_logical_slot_peek_binary_changes",
     // Other servers.
     "dblink",
     "dblink_exec",
@@ -88,6 +101,13 @@ pub const DANGEROUS_FUNCTIONS: &[&str] = &[
     "crosstab3",
     "crosstab4",
     "connectby",
+    // Extensions that run SQL given as text (schema ignored, so a user's
+    // own `schedule()` is flagged too).
+    "xpath_table",
+    "schedule",
+    "schedule_in_database",
+    "alter_job",
+    "pg_background_launch",
 ];
 
 /// Whether `name` (a function's own name, without schema) is in [`DANGEROUS_FUNCTIONS`].
@@ -107,7 +127,9 @@ pub fn is_dangerous_function(name: &str) -> bool {
 ///   [`DANGEROUS_FUNCTIONS`] already: it reads a server file);
 /// * `setval`: moves a sequence, so later inserts reuse or skip keys
 ///   (`nextval` only takes the next value, as every INSERT does);
-/// * `pg_notify`: the function form of NOTIFY, which is a write.
+/// * `pg_notify`: the function form of NOTIFY, which is a write;
+/// * `pg_logical_emit_message`: writes a message into the WAL, which every
+///   logical decoding consumer then receives.
 pub(crate) const WRITING_FUNCTIONS: &[&str] = &[
     "lo_create",
     "lo_creat",
@@ -119,6 +141,7 @@ pub(crate) const WRITING_FUNCTIONS: &[&str] = &[
     "lo_unlink",
     "setval",
     "pg_notify",
+    "pg_logical_emit_message",
 ];
 
 /// Whether `name` (a function's own name, without schema) is in [`WRITING_FUNCTIONS`].

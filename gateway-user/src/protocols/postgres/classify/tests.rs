@@ -279,6 +279,7 @@ fn functions_that_change_data_make_a_write() {
         "SELECT lo_unlink(oid) FROM pg_largeobject_metadata",
         "SELECT setval('billing.invoices_id_seq', 1)",
         "SELECT pg_notify('ch', 'payload')",
+        "SELECT pg_logical_emit_message(true, 'p', 'x')",
         "SELECT * FROM t WHERE (SELECT lo_unlink(1)) = 1",
         "DECLARE c CURSOR FOR SELECT lo_unlink(1)",
         "COPY (SELECT lo_unlink(1)) TO STDOUT",
@@ -489,6 +490,24 @@ fn dangerous_functions_anywhere() {
     );
     check(
         "SELECT table_to_xml('billing.cards', true, true, '')",
+        Read,
+        &[DangerousFunction],
+    );
+    // Found in review: contrib xml2 runs its relation and criteria as SQL
+    // (several statements, too), and reading a logical slot returns every
+    // column of the rows that changed.
+    check(
+        "SELECT * FROM xpath_table('1', '''<a/>''', 'public.orders; DELETE FROM public.orders; SELECT 1, ''<a/>''', '/a', 'true') AS t(k int, v text)",
+        Read,
+        &[DangerousFunction],
+    );
+    check(
+        "SELECT data FROM pg_logical_slot_peek_changes('s', NULL, NULL)",
+        Read,
+        &[DangerousFunction],
+    );
+    check(
+        "SELECT cron.schedule('0 * * * *', 'DELETE FROM orders')",
         Read,
         &[DangerousFunction],
     );
