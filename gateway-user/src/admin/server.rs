@@ -1,7 +1,7 @@
 //! The gateway's side of the admin socket: bind it safely, identify each
 //! caller by its peer credentials, answer one request.
 use std::{
-    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -36,6 +36,9 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct AdminSocket {
     listener: UnixListener,
     path: PathBuf,
+    /// Device and inode of the socket we bound: on drop the path may name
+    /// something else by then (another gateway's socket, a file put there).
+    bound: (u64, u64),
 }
 
 impl AdminSocket {
@@ -50,16 +53,32 @@ impl AdminSocket {
                 .create(dir)
                 .map_err(|e| format!("admin socket directory {}: {e}", dir.display()))?;
         }
-        if path.exists() {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        // symlink_metadata: a symlink is not ours to follow or remove, and
+        // only a socket may be replaced; a config file named here by mistake
+        // must survive.
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.file_type().is_socket() => {
                 return Err(format!(
-                    "admin socket {shown} is in use by another gateway: stop it, or set a different admin_socket"
+                    "admin socket {shown} exists and is not a socket: remove it or set a different admin_socket"
                 ));
             }
-            std::fs::remove_file(path).map_err(|e| format!("stale admin socket {shown}: {e}"))?;
+            Ok(_) => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(format!(
+                        "admin socket {shown} is in use by another gateway: stop it, or set a different admin_socket"
+                    ));
+                }
+                std::fs::remove_file(path)
+                    .map_err(|e| format!("stale admin socket {shown}: {e}"))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("admin socket {shown}: {e}")),
         }
         let listener =
             UnixListener::bind(path).map_err(|e| format!("admin socket {shown}: {e}"))?;
+        let bound = std::fs::symlink_metadata(path)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| format!("admin socket {shown}: {e}"))?;
         let mode = if group.is_some() { 0o660 } else { 0o600 };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| format!("admin socket {shown}: chmod: {e}"))?;
@@ -70,6 +89,7 @@ impl AdminSocket {
         Ok(AdminSocket {
             listener,
             path: path.to_path_buf(),
+            bound,
         })
     }
 
@@ -84,7 +104,13 @@ impl AdminSocket {
 
 impl Drop for AdminSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Only the socket we bound: whatever replaced it is someone else's.
+        if let Ok(m) = std::fs::symlink_metadata(&self.path)
+            && m.file_type().is_socket()
+            && (m.dev(), m.ino()) == self.bound
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -210,5 +236,38 @@ async fn answer(services: &AdminHandles, caller: &Caller, request: AdminRequest)
     match result {
         Ok(requests) => AdminResponse::requests(requests),
         Err(e) => AdminResponse::error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_in_the_sockets_place_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chokepoint.toml");
+        std::fs::write(&path, "not a socket").unwrap();
+        let e = AdminSocket::bind(&path, None).err().unwrap();
+        assert!(e.contains("exists and is not a socket"), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_drop_removes_only_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let socket = AdminSocket::bind(&path, None).unwrap();
+        // Someone replaced it while we ran: drop must leave theirs alone.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "theirs").unwrap();
+        drop(socket);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "theirs");
+
+        std::fs::remove_file(&path).unwrap();
+        drop(AdminSocket::bind(&path, None).unwrap());
+        assert!(std::fs::symlink_metadata(&path).is_err());
     }
 }
