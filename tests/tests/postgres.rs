@@ -71,6 +71,18 @@ targets = ["orders-db"]
 roles = ["app_rw"]
 "#;
 
+/// Everything allowed but calls of the functions an operator listed.
+const FUNCTION_RULES: &str = r#"
+[[rule]]
+name = "ci-functions"
+action = "allow"
+targets = ["orders-db"]
+
+[rule.postgres]
+roles = ["app_rw"]
+deny_functions = ["ops.purge", "run_sql"]
+"#;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Policy {
     /// Statement rules and masking.
@@ -79,6 +91,8 @@ enum Policy {
     Unmasked,
     /// Every statement allowed, no masking.
     Open,
+    /// Every statement allowed but those calling `ops.purge`.
+    Functions,
 }
 
 /// One test's world. Fields drop in order: the gateway (stopped and
@@ -111,6 +125,7 @@ impl Setup {
             Policy::Guarded => format!("{STATEMENT_RULES}\n{MASKING_RULES}"),
             Policy::Unmasked => STATEMENT_RULES.to_owned(),
             Policy::Open => OPEN_RULES.to_owned(),
+            Policy::Functions => FUNCTION_RULES.to_owned(),
         };
         let config = configure(GatewayConfig::new(hint, &cg)?)
             .raw_toml(&pg.target_toml("orders-db", &address))
@@ -1172,6 +1187,52 @@ fn table_rules_follow_the_roles_search_path() -> Result<()> {
         ],
     )?;
     assert_eq!(direct.lines().collect::<Vec<_>>(), ["2", "99"]);
+    Ok(())
+}
+
+/// A function that runs a statement the classifier never sees (as
+/// extensions' SQL-from-text evaluators do) is stopped by naming it.
+#[test]
+fn listed_functions_are_denied_however_they_are_called() -> Result<()> {
+    let s = Setup::start("pg-functions", 84, Policy::Functions)?;
+    s.pg.admin_psql(
+        "postgres",
+        "orders",
+        &[
+            "CREATE SCHEMA ops",
+            "CREATE FUNCTION ops.purge() RETURNS bigint LANGUAGE sql AS $$ WITH d AS (DELETE FROM public.items RETURNING 1) SELECT count(*) FROM d $$",
+            "GRANT USAGE ON SCHEMA ops TO app_rw",
+            "ALTER ROLE app_rw SET search_path = public, ops",
+        ],
+    )?;
+    let r = s.pgclient(
+        "app_rw",
+        &[
+            simple("SELECT ops.purge()"),
+            simple("SELECT purge()"),
+            query("SELECT 1 WHERE (SELECT OPS.PURGE()) > 0"),
+            simple("SELECT count(*), lower('A') FROM items"),
+        ],
+    )?;
+    assert_denied(&r[0], "ci-functions", "SELECT ops.purge()");
+    assert_denied(
+        &r[1],
+        "ci-functions",
+        "an unqualified call through the path",
+    );
+    assert!(
+        r[1]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ops.purge on the search_path")),
+        "{}",
+        r[1]
+    );
+    assert_denied(&r[2], "ci-functions", "a nested call, extended protocol");
+    assert_rows(&r[3], &[&["100", "a"]], "other functions are allowed");
+    // The server agrees: the function never ran.
+    let direct =
+        s.pg.admin_psql("app_rw", "orders", &["SELECT count(*) FROM public.items"])?;
+    assert_eq!(direct.trim(), "100");
     Ok(())
 }
 

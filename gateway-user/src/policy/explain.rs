@@ -130,6 +130,15 @@ fn summary(rule: &Rule, target: &PostgresTarget) -> String {
             what.join(", ")
         ));
     }
+    for (verb, list) in [
+        ("deny", &statements.deny_functions),
+        ("approve", &statements.approve_functions),
+    ] {
+        if !list.is_empty() {
+            let patterns: Vec<&str> = list.iter().map(|p| p.text.as_str()).collect();
+            parts.push(format!("{verb} calls of {}", patterns.join(", ")));
+        }
+    }
     if let Some(approval) = &rule.approval {
         let approvers: Vec<String> = approval.approvers.iter().map(ToString::to_string).collect();
         let grants = approval.max_grant.map_or_else(

@@ -201,6 +201,8 @@ pub(super) struct PostgresRuleSection {
     pub deny: Option<Spanned<Vec<Spanned<String>>>>,
     pub approve: Option<Spanned<Vec<Spanned<String>>>>,
     pub tables: Option<Vec<Spanned<TableRuleEntry>>>,
+    pub deny_functions: Option<Spanned<Vec<Spanned<String>>>>,
+    pub approve_functions: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[[rule.postgres.tables]]`: accesses to some tables that are denied or held.

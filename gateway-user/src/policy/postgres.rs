@@ -86,12 +86,19 @@ pub(super) struct PostgresRule {
     pub deny: Kinds,
     pub approve: Kinds,
     pub tables: Vec<TableRule>,
+    /// Functions whose call is denied, or held, whatever the statement's
+    /// class: those an extension ships that run SQL given as text, or do
+    /// what policy should decide (`cron.*`).
+    pub deny_functions: Vec<FunctionPattern>,
+    pub approve_functions: Vec<FunctionPattern>,
 }
 
 impl PostgresRule {
     /// True when some statement could be held for approval under this rule.
     pub fn holds_anything(&self) -> bool {
-        !self.approve.is_empty() || self.tables.iter().any(|t| !t.approve.is_empty())
+        !self.approve.is_empty()
+            || self.tables.iter().any(|t| !t.approve.is_empty())
+            || !self.approve_functions.is_empty()
     }
 
     pub const UNRESTRICTED: PostgresRule = PostgresRule {
@@ -106,6 +113,8 @@ impl PostgresRule {
             flags: Set::EMPTY,
         },
         tables: Vec::new(),
+        deny_functions: Vec::new(),
+        approve_functions: Vec::new(),
     };
 }
 
@@ -116,6 +125,14 @@ pub(super) struct TableRule {
     /// Sets of [`ACCESS_NAMES`] bits.
     pub deny: Set,
     pub approve: Set,
+}
+
+/// `"schema.function"` or `"function"` (any schema) as two globs.
+#[derive(Debug)]
+pub(super) struct FunctionPattern {
+    pub text: String,
+    pub schema: Pattern,
+    pub function: Pattern,
 }
 
 /// `"schema.table"` as two globs, so matching needs no formatting.
@@ -437,7 +454,11 @@ pub(super) fn rule(
             None => ok = false,
         }
     }
-    let (Ok(roles), Some(deny), Some(approve)) = (roles, deny, approve) else {
+    let deny_functions = function_patterns(section.deny_functions.as_ref(), file, report);
+    let approve_functions = function_patterns(section.approve_functions.as_ref(), file, report);
+    let (Ok(roles), Some(deny), Some(approve), Some(deny_functions), Some(approve_functions)) =
+        (roles, deny, approve, deny_functions, approve_functions)
+    else {
         return None;
     };
     ok.then_some(PostgresRule {
@@ -446,6 +467,8 @@ pub(super) fn rule(
         deny,
         approve,
         tables,
+        deny_functions,
+        approve_functions,
     })
 }
 
@@ -605,6 +628,73 @@ fn accesses(
         }
     }
     ok.then_some(set)
+}
+
+/// `deny_functions` or `approve_functions`: `None` when a pattern is bad.
+fn function_patterns(
+    list: Option<&Spanned<Vec<Spanned<String>>>>,
+    file: usize,
+    report: &mut Report,
+) -> Option<Vec<FunctionPattern>> {
+    let Some(list) = list else {
+        return Some(Vec::new());
+    };
+    // An empty list is harmless, but it says the author meant to list
+    // something and did not.
+    if list.get_ref().is_empty() {
+        report.error(
+            At::of(file, list),
+            "the function list is empty: list \"schema.function\" or \"function\" globs such as \"cron.*\", or remove it",
+        );
+        return None;
+    }
+    let mut patterns = Vec::new();
+    let mut ok = true;
+    for text in list.get_ref() {
+        match function_pattern(text.get_ref()) {
+            Ok(pattern) => patterns.push(pattern),
+            Err(message) => {
+                report.error(At::of(file, text), message);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(patterns)
+}
+
+/// `"schema.function"` globs; a name without a dot is in any schema, since
+/// a function's schema is where its extension was installed.
+pub(super) fn function_pattern(text: &str) -> Result<FunctionPattern, String> {
+    let (schema, function) = text.split_once('.').unwrap_or(("*", text));
+    if function.contains('.') {
+        return Err(format!(
+            "function pattern {text:?} has more than one dot: write \"schema.function\", such as \"cron.*\", or \"function\" for any schema"
+        ));
+    }
+    if schema.is_empty() || function.is_empty() {
+        return Err(format!(
+            "function pattern {text:?} has an empty part: write \"schema.function\", such as \"cron.*\", or \"function\" for any schema"
+        ));
+    }
+    if function.contains('(') {
+        return Err(format!(
+            "function pattern {text:?} has an argument list: give the name only; every overload is matched"
+        ));
+    }
+    let glob = |part: &str| {
+        Pattern::new(part).map_err(|e| {
+            format!(
+                "function pattern {text:?} is not a valid glob: {} (at character {} of {part:?})",
+                e.msg,
+                e.pos + 1
+            )
+        })
+    };
+    Ok(FunctionPattern {
+        text: text.to_owned(),
+        schema: glob(schema)?,
+        function: glob(function)?,
+    })
 }
 
 /// `"schema.table"` globs; a name without a dot is in schema `public`.

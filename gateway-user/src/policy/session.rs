@@ -4,14 +4,14 @@ use std::{fmt, sync::Arc};
 use glob::MatchOptions;
 
 use crate::protocols::postgres::{
-    classify::{Classification, Statement, TableRef},
+    classify::{Classification, FunctionRef, Statement, TableRef},
     search_path::SearchPath,
 };
 
 use super::{
     approval::ApprovalRule,
     eval::DEFAULT_DENY,
-    postgres::{PostgresRule, PostgresTarget, TablePattern},
+    postgres::{FunctionPattern, PostgresRule, PostgresTarget, TablePattern},
     statement_kinds::{
         ACCESS_NAMES, CLASS_NAMES, FLAG_NAMES, Set, access_bit, class_bit, flag_bit,
     },
@@ -323,6 +323,11 @@ enum Hit<'s> {
         pattern: &'s TablePattern,
         found: Found<'s>,
     },
+    Function {
+        function: &'s FunctionRef,
+        pattern: &'s FunctionPattern,
+        found: Found<'s>,
+    },
 }
 
 /// Where a table pattern found a table.
@@ -429,6 +434,26 @@ impl Hit<'_> {
                     ACCESS_NAMES[*access], pattern.text
                 )
             }
+            Hit::Function {
+                function,
+                pattern,
+                found,
+            } => {
+                let name = match found {
+                    Found::AsWritten => function.to_string(),
+                    Found::InSchema(schema) => {
+                        format!("{0} ({schema}.{0} on the search_path)", function.name)
+                    }
+                    Found::AnySchema => format!(
+                        "{} (any schema: the session's search_path is unknown)",
+                        function.name
+                    ),
+                };
+                format!(
+                    "calling function {name} {what} (functions {:?})",
+                    pattern.text
+                )
+            }
         }
     }
 }
@@ -483,7 +508,55 @@ impl PostgresRule {
                 }
             }
         }
-        None
+        let functions = match check {
+            Check::Deny => &self.deny_functions,
+            Check::Approve => &self.approve_functions,
+        };
+        if functions.is_empty() {
+            return None;
+        }
+        statement.functions.iter().find_map(|function| {
+            functions.iter().find_map(|pattern| {
+                pattern.find(function, path).map(|found| Hit::Function {
+                    function,
+                    pattern,
+                    found,
+                })
+            })
+        })
+    }
+}
+
+impl FunctionPattern {
+    /// Whether the pattern covers `function`, and where. An unqualified
+    /// call resolves through `pg_catalog` first, then the search path
+    /// (whichever schema holds the name now or after a CREATE), so a
+    /// pattern matching any of those covers it; any schema when the path
+    /// is unknown. Case-insensitive, as table patterns are.
+    fn find<'s>(&self, function: &FunctionRef, path: &'s SearchPath) -> Option<Found<'s>> {
+        if !self.function.matches_with(&function.name, TABLE_MATCH) {
+            return None;
+        }
+        if let Some(schema) = function.schema.as_deref() {
+            return self
+                .schema
+                .matches_with(schema, TABLE_MATCH)
+                .then_some(Found::AsWritten);
+        }
+        // A bare pattern names the function in any schema.
+        if self.schema.as_str() == "*" {
+            return Some(Found::AsWritten);
+        }
+        let Some(schemas) = path.schemas() else {
+            return Some(Found::AnySchema);
+        };
+        if self.schema.matches_with("pg_catalog", TABLE_MATCH) {
+            return Some(Found::InSchema("pg_catalog"));
+        }
+        schemas
+            .iter()
+            .find(|s| self.schema.matches_with(s, TABLE_MATCH))
+            .map(|s| Found::InSchema(s))
     }
 }
 

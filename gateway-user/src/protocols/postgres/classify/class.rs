@@ -263,6 +263,24 @@ impl fmt::Display for TableRef {
     }
 }
 
+/// A function a statement calls by name, as the statement writes it
+/// (folded like [`TableRef`]); `schema` is `None` for an unqualified call,
+/// which the session's `search_path` resolves (after `pg_catalog`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FunctionRef {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for FunctionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
 /// A statement's relation to SQL-level prepared statements, which the session
 /// resolves itself: it remembers what `PREPARE` defined and applies that
 /// classification when `EXECUTE` runs it.
@@ -287,6 +305,10 @@ pub struct Statement {
     /// Tables the statement names, sorted and without duplicates (a table both
     /// read and written appears once per access).
     pub tables: Vec<TableRef>,
+    /// Functions the statement calls by name (select list, FROM, WHERE,
+    /// CALL, defaults…), sorted and without duplicates. Not those a call
+    /// runs in turn, nor operators, casts or triggers.
+    pub functions: Vec<FunctionRef>,
     /// A short, constant name for logs: `"SELECT"`, `"DELETE"`, `"DROP TABLE"`, `"EXPLAIN ANALYZE"`…
     pub command: &'static str,
     /// Set for PREPARE, EXECUTE and DEALLOCATE; see [`Prepared`].

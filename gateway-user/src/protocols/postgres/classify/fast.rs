@@ -15,12 +15,12 @@
 use pg_query::SummaryResult;
 use pg_query::protobuf::summary_result::Context;
 
-use super::class::{Access, Flag, Statement, StatementClass, TableRef};
+use super::class::{Access, Flag, FunctionRef, Statement, StatementClass, TableRef};
 use super::functions::{is_settings_view, needs_inspection};
 use super::lex::{
     is_ident_cont, is_ident_start, skip_between_tokens, skip_dollar, skip_quoted, skip_string,
 };
-use super::statement::normalize_tables;
+use super::statement::{normalize_functions, normalize_tables};
 
 /// The data change a plain statement makes, if any.
 #[derive(Clone, Copy, PartialEq)]
@@ -115,6 +115,16 @@ pub(crate) fn plain_statement(sql: &str, summary: &SummaryResult) -> Option<Stat
         class,
         flags,
         tables: normalize_tables(tables),
+        functions: normalize_functions(
+            summary
+                .functions
+                .iter()
+                .map(|f| FunctionRef {
+                    schema: f.schema_name.clone().filter(|s| !s.is_empty()),
+                    name: f.function_name.clone(),
+                })
+                .collect(),
+        ),
         command,
         prepared: None,
         sets_search_path: false,

@@ -109,7 +109,8 @@ mod tests;
 
 pub use cache::{ClassifierCache, MAX_CACHED_LEN};
 pub use class::{
-    Access, Classification, Flag, Prepared, Statement, StatementClass, TableRef, UnknownName,
+    Access, Classification, Flag, FunctionRef, Prepared, Statement, StatementClass, TableRef,
+    UnknownName,
 };
 pub(crate) use depth::guarded;
 pub use error::ClassifyError;

@@ -8,7 +8,9 @@ use pg_query::protobuf::{
 };
 use pg_query::{Node, NodeEnum};
 
-use super::class::{Access, Flag, FlagSet, Prepared, Statement, StatementClass, TableRef};
+use super::class::{
+    Access, Flag, FlagSet, FunctionRef, Prepared, Statement, StatementClass, TableRef,
+};
 use super::error::ClassifyError;
 use super::functions::is_identity_setting;
 use super::tree;
@@ -44,10 +46,18 @@ pub(crate) fn classify_statement(node: &NodeEnum) -> Result<Statement, ClassifyE
         class,
         flags: flags.to_vec(),
         tables: normalize_tables(tables),
+        functions: normalize_functions(facts.functions),
         command: outline.command,
         prepared: outline.prepared.or(facts.executes.map(Prepared::Execute)),
         sets_search_path: facts.search_path,
     })
+}
+
+/// Sorted and de-duplicated, as [`Statement::functions`] promises.
+pub(crate) fn normalize_functions(mut functions: Vec<FunctionRef>) -> Vec<FunctionRef> {
+    functions.sort();
+    functions.dedup();
+    functions
 }
 
 /// Sorted and de-duplicated, as [`Statement::tables`] promises.
@@ -477,6 +487,8 @@ fn classify_explain(explain: &ExplainStmt) -> Result<Statement, ClassifyError> {
             class: StatementClass::Read,
             flags: flags.to_vec(),
             tables: normalize_tables(tables),
+            // A plan may still evaluate calls (constant folding).
+            functions: inner.functions,
             command: "EXPLAIN",
             prepared: None,
             // Kept like the function flags: a plan may still evaluate calls.
@@ -496,6 +508,7 @@ fn classify_explain(explain: &ExplainStmt) -> Result<Statement, ClassifyError> {
         class: inner.class,
         flags: flags.to_vec(),
         tables: inner.tables,
+        functions: inner.functions,
         command: "EXPLAIN ANALYZE",
         prepared: inner.prepared,
         sets_search_path: inner.sets_search_path,

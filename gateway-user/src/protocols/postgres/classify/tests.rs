@@ -1035,6 +1035,10 @@ fn fast_path_agrees_with_full_parse() {
         "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING RETURNING *",
         "INSERT INTO t DEFAULT VALUES",
         "INSERT INTO t VALUES ((SELECT max(x) FROM u), lower('A'))",
+        // Function calls as both paths name them (policy matches them).
+        "SELECT substring(a FROM 2), extract(year FROM now()), trim(b), pg_catalog.lower(c), s.f(1), \"S\".\"F\"() FROM t",
+        "SELECT * FROM db.s.f(1), unnest(ARRAY[1]) WITH ORDINALITY",
+        "SELECT count(DISTINCT a) OVER (), coalesce(a, b), greatest(a, 1), a::text, CAST(b AS int) FROM t",
     ];
     for sql in selects {
         let summary = pg_query::summary(sql, -1).expect("parses");

@@ -6,7 +6,7 @@
 //! Statement-level meaning (class, command, COPY/EXPLAIN options) is
 //! decided in `statement.rs`.
 
-use super::class::{Access, Flag, FlagSet, TableRef};
+use super::class::{Access, Flag, FlagSet, FunctionRef, TableRef};
 use super::functions::{
     SET_CONFIG, SETVAL, is_dangerous_function, is_identity_setting, is_search_path,
     is_settings_view, is_writing_function, lexer_setting_refusal,
@@ -18,6 +18,7 @@ use pg_query::protobuf::{BoolExprType, CmdType, MergeMatchKind, VariableSetKind}
 #[derive(Debug, Default)]
 pub(crate) struct Facts {
     pub(crate) tables: Vec<TableRef>,
+    pub(crate) functions: Vec<FunctionRef>,
     pub(crate) flags: FlagSet,
     /// An INSERT, UPDATE, DELETE or MERGE, a SELECT INTO, or a call of a
     /// function that changes data (`functions::WRITING_FUNCTIONS`) appears somewhere.
@@ -254,9 +255,17 @@ impl<'t> Walker<'t> {
     }
 
     fn function(&mut self, call: &Value) {
-        let Some(name) = call.get("funcname").items().last().and_then(Value::as_str) else {
+        let Some((name, qualifiers)) = call.get("funcname").items().split_last() else {
             return;
         };
+        let Some(name) = name.as_str() else {
+            return;
+        };
+        // `db.schema.f` names the current database; the schema is what counts.
+        self.facts.functions.push(FunctionRef {
+            schema: qualifiers.last().and_then(Value::as_str).map(str::to_owned),
+            name: name.to_owned(),
+        });
         if is_writing_function(name) {
             self.facts.modifies = true;
         }
