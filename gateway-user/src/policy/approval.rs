@@ -60,6 +60,27 @@ pub struct ApprovalRule {
     pub notify: Vec<Webhook>,
 }
 
+impl ApprovalRule {
+    /// Whether `min_approvals` distinct approvers can exist: a group may
+    /// hold any number of users; listed users are each one. Found in
+    /// review: `approvers = ["alice"]` with `min_approvals = 2` loaded, and
+    /// every held statement waited out its timeout.
+    pub fn can_be_met(&self) -> bool {
+        let mut users: Vec<&str> = Vec::new();
+        for approver in &self.approvers {
+            match approver {
+                Approver::Group { .. } => return true,
+                Approver::User { name, .. } => {
+                    if !users.contains(&name.as_str()) {
+                        users.push(name);
+                    }
+                }
+            }
+        }
+        users.len() >= self.min_approvals
+    }
+}
+
 /// `[approvals]` or `[rule.approval]` as written, validated; unset keys
 /// fall back to `[approvals]`, then to the defaults.
 #[derive(Debug, Clone, Default)]

@@ -827,6 +827,25 @@ fn approval_of(
             Err(())
         }
         (true, keys) => match keys.unwrap_or_default().over(context.approval_defaults) {
+            Some(rule) if !rule.can_be_met() => {
+                let mut names: Vec<String> = Vec::new();
+                for name in rule.approvers.iter().map(ToString::to_string) {
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                report.error(
+                    at,
+                    format!(
+                        "{label} needs {} approvals but names {} distinct approver{} ({}): no statement it holds could ever be released; add approvers (or a group) or lower min_approvals",
+                        rule.min_approvals,
+                        names.len(),
+                        if names.len() == 1 { "" } else { "s" },
+                        names.join(", ")
+                    ),
+                );
+                Err(())
+            }
             Some(rule) => Ok(Some(Arc::new(rule))),
             None => {
                 report.error(

@@ -2081,6 +2081,35 @@ approvers = ["root", "group:root"]
     assert!(session.approval("nope").is_none());
 }
 
+/// Found in review: more approvals than listed users could ever give
+/// loaded, and every held statement waited out its timeout.
+#[test]
+fn min_approvals_above_the_listed_users_is_an_error() {
+    let files = Files::new();
+    let rules = r#"
+[approvals]
+approvers = ["root", "root"]
+min_approvals = 2
+
+[[rule]]
+name = "careful"
+action = "allow"
+targets = ["orders-db"]
+[rule.postgres]
+approve = ["truncate"]
+"#;
+    let text = format!("{}\n{rules}", targets(&files));
+    let error = only_error(load_one(&files, &text));
+    assert_eq!(
+        error.message,
+        "rule \"careful\" needs 2 approvals but names 1 distinct approver (root): no statement it holds could ever be released; add approvers (or a group) or lower min_approvals"
+    );
+    assert_eq!(position(&error), at(&text, "[[rule]]"));
+    // A group may hold any number of approvers.
+    let grouped = text.replace(r#"["root", "root"]"#, r#"["root", "group:root"]"#);
+    load_one(&files, &grouped).expect("a group may meet min_approvals");
+}
+
 const FUNCTION_RULE: &str = r#"[[rule]]
 name = "ci-functions"
 action = "allow"
