@@ -22,12 +22,24 @@ fn detach_as(which: &InstanceArg, root: bool) -> ExitCode {
         Ok(i) => i,
         Err(e) => return super::usage(e),
     };
+    // One instance that fails must not leave the others attached (found
+    // in review: `--all` stopped at the first failure).
+    let mut failed = 0;
     for instance in instances {
         match crate::ebpf::detach(&instance) {
             Ok(0) => println!("{instance}: nothing attached"),
             Ok(n) => println!("{instance}: detached {n} programs and removed its pins"),
-            Err(e) => return super::fail(format_args!("{instance}: {}", super::chain(&e))),
+            Err(e) => {
+                eprintln!("error: {instance}: {}", super::chain(&e));
+                failed += 1;
+            }
         }
+    }
+    if failed > 0 {
+        return super::fail(format_args!(
+            "{failed} instance{} could not be detached (above)",
+            if failed == 1 { "" } else { "s" }
+        ));
     }
     ExitCode::SUCCESS
 }

@@ -60,24 +60,39 @@ pub fn job(args: &SocketArgs, command: &JobCommand) -> ExitCode {
 }
 
 fn read_token(file: Option<&PathBuf>, env: Option<&str>) -> Result<String, String> {
+    // Read as bytes, one past the limit: a token cut at the limit (perhaps
+    // inside a character) would be refused for the wrong reason.
+    let limited = |mut reader: Box<dyn Read>, what: &str| -> Result<String, String> {
+        let mut bytes = Vec::new();
+        reader
+            .by_ref()
+            .take(MAX_TOKEN_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("{what}: {e}"))?;
+        if bytes.len() > MAX_TOKEN_BYTES {
+            return Err(format!(
+                "{what}: the token is longer than {MAX_TOKEN_BYTES} bytes: is this the job's OIDC token?"
+            ));
+        }
+        String::from_utf8(bytes).map_err(|_| format!("{what}: the token is not UTF-8"))
+    };
     let token = match (file, env) {
         (Some(f), _) if f.as_os_str() == "-" => {
-            let mut s = String::new();
-            std::io::stdin()
-                .take(MAX_TOKEN_BYTES as u64 + 1)
-                .read_to_string(&mut s)
-                .map_err(|e| format!("reading the token from stdin: {e}"))?;
-            s
+            limited(Box::new(std::io::stdin()), "reading the token from stdin")?
         }
         (Some(f), _) => {
-            let mut s = String::new();
-            std::fs::File::open(f)
-                .and_then(|file| file.take(MAX_TOKEN_BYTES as u64 + 1).read_to_string(&mut s))
-                .map_err(|e| format!("token file {}: {e}", f.display()))?;
-            s
+            let what = format!("token file {}", f.display());
+            let file = std::fs::File::open(f).map_err(|e| format!("{what}: {e}"))?;
+            limited(Box::new(file), &what)?
         }
-        (None, Some(var)) => std::env::var(var)
-            .map_err(|_| format!("environment variable {var} is not set (or not UTF-8)"))?,
+        (None, Some(var)) => {
+            let value = std::env::var(var)
+                .map_err(|_| format!("environment variable {var} is not set (or not UTF-8)"))?;
+            limited(
+                Box::new(std::io::Cursor::new(value.into_bytes())),
+                &format!("environment variable {var}"),
+            )?
+        }
         (None, None) => return Err("give the token: --token-file F or --token-env VAR".to_owned()),
     };
     let token = token.trim().to_owned();
@@ -140,7 +155,26 @@ fn run(args: &SocketArgs, command: &JobCommand) -> Result<String, Failure> {
 mod tests {
     use std::{path::PathBuf, process::ExitCode};
 
-    use super::{JobCommand, SocketArgs, job};
+    use super::{JobCommand, SocketArgs, job, read_token};
+    use crate::identity::token::MAX_TOKEN_BYTES;
+
+    /// Found in review: a token file over the limit was cut silently, and
+    /// a cut inside a character read as "not UTF-8".
+    #[test]
+    fn a_token_over_the_limit_is_named_as_too_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jwt");
+        let mut long = "a".repeat(MAX_TOKEN_BYTES - 1);
+        long.push('é');
+        std::fs::write(&path, &long).unwrap();
+        let error = read_token(Some(&path), None).unwrap_err();
+        assert!(error.contains("longer than"), "{error}");
+        std::fs::write(&path, b"\xff\xfe").unwrap();
+        let error = read_token(Some(&path), None).unwrap_err();
+        assert!(error.ends_with("the token is not UTF-8"), "{error}");
+        std::fs::write(&path, "  eyJ.x.y\n").unwrap();
+        assert_eq!(read_token(Some(&path), None).unwrap(), "eyJ.x.y");
+    }
 
     #[test]
     fn a_bad_token_source_or_config_is_a_usage_error() {

@@ -114,6 +114,25 @@ const TROUBLE: u8 = 2;
 /// Exit code of a recording intact but unsealed (`verify`).
 const UNSEALED: u8 = 3;
 
+/// Arguments that do not apply to `command`. Found in review: they were
+/// accepted and ignored, so the command answered about something other
+/// than what was asked.
+fn conflict(store: &StoreArgs, command: &SessionsCommand) -> Option<&'static str> {
+    if store.store.is_some() && store.dir.is_some() {
+        return Some(
+            "--dir names local recordings, and --store reads them from PostgreSQL: give one of them",
+        );
+    }
+    if matches!(command, SessionsCommand::Pubkey)
+        && (store.store.is_some() || !store.public_keys.is_empty())
+    {
+        return Some(
+            "pubkey prints this host's key (from --keys-dir or the configuration): --store and --public-key do not apply",
+        );
+    }
+    None
+}
+
 /// Prints `chokepoint: <message>` and returns [`TROUBLE`].
 fn trouble(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("chokepoint: {message}");
@@ -121,6 +140,9 @@ fn trouble(message: impl std::fmt::Display) -> ExitCode {
 }
 
 pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode {
+    if let Some(why) = conflict(store, command) {
+        return trouble(why);
+    }
     let settings = match store.settings() {
         Ok(s) => s,
         Err(e) => return trouble(e),

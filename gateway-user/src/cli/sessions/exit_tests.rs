@@ -46,6 +46,33 @@ fn verify(id: &str) -> SessionsCommand {
     }
 }
 
+/// Found in review: arguments that do not apply were ignored.
+#[tokio::test]
+async fn arguments_that_do_not_apply_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    recorded(dir.path()).await;
+    // The key is there: alone, pubkey prints it.
+    assert_eq!(
+        sessions(&store(dir.path()), &SessionsCommand::Pubkey),
+        ExitCode::SUCCESS
+    );
+    let with_key = StoreArgs {
+        public_keys: vec!["00".repeat(32)],
+        ..store(dir.path())
+    };
+    assert_eq!(
+        sessions(&with_key, &SessionsCommand::Pubkey),
+        ExitCode::from(2)
+    );
+    let with_store = StoreArgs {
+        store: Some("host=127.0.0.1 dbname=none".into()),
+        ..store(dir.path())
+    };
+    let why = super::conflict(&with_store, &verify("x")).unwrap_or_default();
+    assert!(why.starts_with("--dir names local recordings"), "{why:?}");
+    assert!(super::conflict(&store(dir.path()), &verify("x")).is_none());
+}
+
 #[tokio::test]
 async fn what_cannot_be_checked_exits_2_and_only_tampering_exits_1() {
     let dir = tempfile::tempdir().unwrap();
