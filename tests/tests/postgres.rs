@@ -1463,6 +1463,49 @@ processes = ["psql"]
     Ok(())
 }
 
+/// Found in review: an Execute of a COPY sent ahead of a simple Query
+/// (no Sync between them) moved a session-wide COPY count on, so the
+/// Query's `COPY customers` was masked by the layout of the COPY after it
+/// (five computed integer columns: nothing to mask) and went out whole.
+#[test]
+fn a_copy_behind_an_execute_is_still_masked() -> Result<()> {
+    let s = Setup::start("pg-copy-order", 85, Policy::Guarded)?;
+    let script = [
+        frame(b'P', &cstrings(&["", "COPY (SELECT 1) TO STDOUT"], &[0, 0])),
+        frame(b'B', &cstrings(&["", ""], &[0, 0, 0, 0, 0, 0])),
+        frame(b'E', &cstrings(&[""], &[0, 0, 0, 0])),
+        frame(
+            b'Q',
+            &cstrings(
+                &["COPY customers TO STDOUT; COPY (SELECT 1, 2, 3, 4, 5) TO STDOUT"],
+                &[],
+            ),
+        ),
+    ];
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "raw_until_ready": { "hex": script.concat(), "ready": 1 } })],
+    )?;
+    let messages = r[0]["messages"].as_array().context("messages")?;
+    let copied: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["tag"] == "d")
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_no_secrets(&r[0].to_string());
+    // Both COPYs ran and sent their rows: the customers masked.
+    assert_eq!(copied.len(), 1 + CUSTOMERS.len() + 1, "{}", r[0]);
+    for c in CUSTOMERS {
+        let email = partial(c.email, 4);
+        assert!(
+            copied.iter().any(|row| row.contains(&email)),
+            "no masked row for {}: {copied:?}",
+            c.name
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn copy_out_masked_deny_refuses_before_the_statement_runs() -> Result<()> {
     let pg = PgServer::start()?;

@@ -109,6 +109,12 @@ pub struct Running {
     /// sent: put back if that statement never ran (an error), since the
     /// server then still has what it had.
     pub names_taken: Vec<(usize, Undo)>,
+    /// How many of its `COPY … TO STDOUT` statements have started: the
+    /// next CopyOutResponse belongs to the one after them. Kept per
+    /// statement: found in review, a session-wide count that an Execute
+    /// ahead of a Query moved on matched a Query's COPY to the layout of
+    /// the COPY after it, so its rows went unmasked.
+    pub copies_started: u32,
 }
 
 #[derive(Debug)]
@@ -133,10 +139,6 @@ pub enum Pending {
         portal: String,
         running: Option<Running>,
         plan: Option<Arc<ResultPlan>>,
-        /// Whether the gateway asked for its layout (masking was on when
-        /// it was sent). Its rows must then have a plan; without, they
-        /// pass as they are, even if a reload has added masking since.
-        described: bool,
     },
     /// `Some` for a statement's Close (a portal's changes nothing here).
     Close(Option<Undo>),
@@ -409,7 +411,6 @@ mod tests {
             portal: String::new(),
             running: None,
             plan: None,
-            described: false,
         });
         t.push(Pending::Sync);
         t.pending.pop_front(); // ParseComplete
@@ -424,7 +425,6 @@ mod tests {
             portal: String::new(),
             running: None,
             plan: None,
-            described: false,
         }
     }
 

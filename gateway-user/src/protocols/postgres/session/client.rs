@@ -131,8 +131,7 @@ impl Session<'_> {
                 // Masking needs this Execute's row layout. Asking right
                 // before it is the only answer that cannot belong to an
                 // earlier or later Bind of the same portal name.
-                let described = !self.masking.is_empty();
-                if described {
+                if !self.masking.is_empty() {
                     push_describe_portal(&mut self.to_upstream, &portal);
                     self.tracker.push(Pending::Describe {
                         portal: Some(portal.clone()),
@@ -155,6 +154,7 @@ impl Session<'_> {
                         approved,
                         prepared_done: 0,
                         names_taken: Vec::new(),
+                        copies_started: 0,
                     },
                 );
                 self.forward(&frame);
@@ -162,7 +162,6 @@ impl Session<'_> {
                     portal,
                     running,
                     plan: None,
-                    described,
                 });
             }
             FrontendMessage::Close(c) => {
@@ -474,6 +473,7 @@ impl Session<'_> {
             approved: None,
             prepared_done: 0,
             names_taken: Vec::new(),
+            copies_started: 0,
         };
         if decision.verdict == StatementVerdict::Allow || audit {
             return Decided::Run(running);

@@ -309,7 +309,6 @@ pub async fn serve(
         masked_row: MaskedRow::default(),
         upstream_broken: false,
         copy: CopyState::Idle,
-        copies_seen: 0,
         to_client: BytesMut::new(),
         to_upstream: BytesMut::new(),
         summary,
@@ -375,8 +374,6 @@ struct Session<'a> {
     /// The upstream sent something the session cannot pass on safely; it ends.
     upstream_broken: bool,
     copy: CopyState,
-    /// COPY TO STDOUT responses seen in the current query string.
-    copies_seen: usize,
     to_client: BytesMut,
     to_upstream: BytesMut,
     summary: SessionSummary,

@@ -289,21 +289,28 @@ impl Session<'_> {
         }
     }
 
-    /// A CopyOutResponse arrived: how its rows are masked. `Ok(None)`:
-    /// nothing to mask. `Err`: the rows cannot be masked and must not
-    /// reach the client.
-    pub(super) async fn copy_out_rows(&mut self) -> Result<Option<CopyRows>, String> {
+    /// A CopyOutResponse (`response`, its body) arrived: how its rows are
+    /// masked. `Ok(None)`: nothing to mask. `Err`: the rows cannot be
+    /// masked and must not reach the client.
+    pub(super) async fn copy_out_rows(
+        &mut self,
+        response: &[u8],
+    ) -> Result<Option<CopyRows>, String> {
         if self.masking.is_empty() {
             return Ok(None);
         }
-        let (sql, index) = match self.tracker.pending.front() {
-            Some(Pending::Query(Some(r))) => (r.sql.clone(), self.copies_seen),
+        let (sql, index) = match self.tracker.pending.front_mut() {
+            Some(Pending::Query(Some(r))) => {
+                let index = r.copies_started as usize;
+                // A string of 4 billion COPYs is over the message size limit.
+                r.copies_started = r.copies_started.saturating_add(1);
+                (r.sql.clone(), index)
+            }
             Some(Pending::Execute {
                 running: Some(r), ..
             }) => (r.sql.clone(), 0),
             _ => return Err("the COPY cannot be matched to its statement".into()),
         };
-        self.copies_seen += 1;
         let copy = copy_out::copy_outs(&sql)?
             .into_iter()
             .nth(index)
@@ -314,6 +321,16 @@ impl Session<'_> {
             .describe(&copy.layout_sql, &self.catalog_login())
             .await
             .map_err(|e| format!("its columns cannot be described ({e})"))?;
+        // The server says how many columns it sends; a layout of another
+        // width is another statement's, whatever matched it.
+        let sent = response.get(1..3).map(|n| i16::from_be_bytes([n[0], n[1]]));
+        if sent != i16::try_from(described.len()).ok() {
+            return Err(format!(
+                "the COPY sends {} columns where its statement has {}: it cannot be matched to its statement",
+                sent.map_or_else(|| "an unknown number of".to_owned(), |n| n.to_string()),
+                described.len()
+            ));
+        }
         let fields: Vec<_> = described
             .iter()
             .map(|c| (c.name.as_str(), c.table_oid, c.column_attr, c.type_oid, 0))

@@ -18,9 +18,8 @@ impl Session<'_> {
                     self.portals.clear();
                 }
                 self.query_plan = None;
-                self.copies_seen = 0;
             }
-            b'H' => match self.copy_out_rows().await {
+            b'H' => match self.copy_out_rows(frame.body()).await {
                 Ok(Some(rows)) => self.copy = CopyState::Masking(rows),
                 Ok(None) => self.copy = CopyState::Idle,
                 Err(why) => return self.refuse_copy_out(&why),
@@ -129,17 +128,18 @@ impl Session<'_> {
                 }
             }
             b'D' => {
-                let (plan, planned) = match self.tracker.pending.front() {
-                    Some(Pending::Execute {
-                        plan, described, ..
-                    }) => (plan.clone(), *described),
-                    Some(Pending::Query(_)) => (self.query_plan.clone(), true),
+                let plan = match self.tracker.pending.front() {
+                    Some(Pending::Execute { plan, .. }) => plan.clone(),
+                    Some(Pending::Query(_)) => self.query_plan.clone(),
                     _ => return self.out_of_step("a DataRow"),
                 };
-                if plan.is_none() && planned && !self.masking.is_empty() {
+                if plan.is_none() && !self.masking.is_empty() {
                     // Every result is planned when masking is on (its
                     // RowDescription, or the Describe sent before its
-                    // Execute): rows without one were never described.
+                    // Execute): rows without one were never described,
+                    // or were described before a reload turned masking
+                    // on (found in review: an Execute sent just before
+                    // such a reload had its rows forwarded unmasked).
                     return self.out_of_step("a DataRow no RowDescription announced");
                 }
                 self.count_row(plan.as_deref().is_some_and(|p| !p.is_noop()));
