@@ -1946,6 +1946,15 @@ fn recording_settings_default_and_resolve_next_to_their_file() {
         "{}",
         e.message
     );
+    let text =
+        "[approvals]\ndir = \"/var/lib/x\"\npostgres = \"host=db.internal user=approvals\"\n";
+    let e = only_error(load_one(&files, text));
+    assert_eq!(position(&e), at(text, "\"/var/lib/x\""));
+    assert!(
+        e.message.starts_with("dir is not used with postgres"),
+        "{}",
+        e.message
+    );
     let text = "[recording]\npostgres_password_file = \"pw\"\n";
     let e = only_error(load_one(&files, text));
     assert!(

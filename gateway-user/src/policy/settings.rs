@@ -319,6 +319,14 @@ pub(super) fn approvals(
             Err(message) => report.error(At::of(file, text), format!("keep: {message}")),
         }
     }
+    // Found in review: dir was ignored when postgres was set, so an
+    // operator could believe requests were kept where they were not.
+    if let (Some(dir), Some(_)) = (&section.dir, &section.postgres) {
+        report.error(
+            At::of(file, dir),
+            "dir is not used with postgres = \"...\": requests are kept in the fleet store; remove one of them",
+        );
+    }
     store.postgres = fleet_postgres(
         section.postgres.as_ref(),
         section.postgres_password_file.as_ref(),
