@@ -69,6 +69,34 @@ pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// A secret file holds one password or token; anything bigger is a
+/// mistake (a certificate, a dump). The same bound as the policy's
+/// `password_file`.
+pub const SECRET_MAX_BYTES: u64 = 64 * 1024;
+
+/// The secret in the regular file `path`, as the policy reads a target's
+/// `password_file`: at most [`SECRET_MAX_BYTES`], UTF-8, one final `\n`
+/// or `\r\n` dropped (editors and `echo` add it; it is not part of the
+/// secret), and not empty. For secrets re-read while running (webhook
+/// bearer, store and recording passwords), so that a rotated file is
+/// picked up. Found in review.
+pub fn read_secret(path: &Path) -> io::Result<String> {
+    let bytes = read_bounded(path, SECRET_MAX_BYTES)?;
+    let line = match bytes.strip_suffix(b"\n") {
+        Some(line) => line.strip_suffix(b"\r").unwrap_or(line),
+        None => &bytes,
+    };
+    let text = std::str::from_utf8(line)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "it is not UTF-8"))?;
+    if text.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "it is empty: write the secret into it (one line)",
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +140,37 @@ mod tests {
         let e = read_bounded(&sparse, 1 << 20).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
         assert!(e.to_string().contains("larger than 1048576 bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_loses_one_line_end_and_must_be_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        for (written, read) in [
+            (&b"s3cret\r\n"[..], "s3cret"),
+            (b"s3cret\n", "s3cret"),
+            (b"s3cret", "s3cret"),
+            (b"s3cret\n\n", "s3cret\n"),
+        ] {
+            std::fs::write(&path, written).unwrap();
+            assert_eq!(read_secret(&path).unwrap(), read, "{written:?}");
+        }
+        for (written, error) in [
+            (&b"\n"[..], "it is empty"),
+            (b"", "it is empty"),
+            (b"\xff\n", "not UTF-8"),
+        ] {
+            std::fs::write(&path, written).unwrap();
+            let e = read_secret(&path).unwrap_err().to_string();
+            assert!(e.contains(error), "{written:?}: {e}");
+        }
+        std::fs::write(&path, vec![b'x'; SECRET_MAX_BYTES as usize + 1]).unwrap();
+        assert_eq!(
+            read_secret(&path).unwrap_err().kind(),
+            io::ErrorKind::FileTooLarge
+        );
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRUSR).unwrap();
+        assert!(read_secret(&fifo).is_err());
     }
 }

@@ -27,9 +27,9 @@ pub async fn notify(
 ) -> Result<(), String> {
     let mut post = client.post(&hook.url).json(request);
     if let Some(file) = &hook.bearer_file {
-        let secret = std::fs::read_to_string(file)
+        let secret = crate::regular_file::read_secret(file)
             .map_err(|e| format!("bearer_file {}: {e}", file.display()))?;
-        post = post.bearer_auth(secret.trim_end_matches('\n'));
+        post = post.bearer_auth(secret);
     }
     let response = post.send().await.map_err(|e| {
         // reqwest's Display hides the cause ("error sending request").

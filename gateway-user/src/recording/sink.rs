@@ -59,9 +59,9 @@ pub async fn connect(settings: &SinkSettings) -> Result<Client, String> {
     let mut config = Config::from_str(&settings.conninfo)
         .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
     if let Some(file) = &settings.password_file {
-        let password = std::fs::read_to_string(file)
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        config.password(password.trim_end_matches('\n'));
+        let password = crate::regular_file::read_secret(file)
+            .map_err(|e| format!("password_file {}: {e}", file.display()))?;
+        config.password(password);
     }
     config
         .application_name("chokepoint-recorder")

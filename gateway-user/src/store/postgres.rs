@@ -121,9 +121,9 @@ async fn listen_once(
         .parse()
         .map_err(|e: tokio_postgres::Error| e.to_string())?;
     if let Some(file) = &settings.password_file {
-        let password =
-            std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        config.password(password.trim_end_matches('\n'));
+        let password = crate::regular_file::read_secret(file)
+            .map_err(|e| format!("password_file {}: {e}", file.display()))?;
+        config.password(password);
     }
     config.connect_timeout(std::time::Duration::from_secs(5));
     let (client, mut connection) = config
