@@ -60,20 +60,11 @@ pub struct Credential {
 
 impl Credential {
     /// The password, without one trailing newline. Errors when the file is
-    /// unreadable, larger than 64 KiB, not UTF-8 or empty.
+    /// not a regular file, larger than 64 KiB, not UTF-8 or empty: read as
+    /// every other secret the daemon re-reads while running.
     pub fn read_password(&self) -> io::Result<String> {
-        let bytes = secret_file::read_bounded(&self.password_file)?;
-        let password = std::str::from_utf8(secret_file::without_newline(&bytes))
-            .map_err(|_| invalid("the password file is not UTF-8"))?;
-        if password.is_empty() {
-            return Err(invalid("the password file is empty"));
-        }
-        Ok(password.to_owned())
+        crate::regular_file::read_secret(&self.password_file)
     }
-}
-
-fn invalid(message: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
 /// A `[rule.postgres]`, compiled; a rule without one gets

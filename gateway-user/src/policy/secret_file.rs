@@ -10,7 +10,7 @@ use super::load::Source;
 
 /// A secret file holds one password or key; anything bigger is a mistake
 /// (a certificate, a dump), and reading it whole would be unbounded.
-pub(super) const SECRET_MAX_BYTES: u64 = 64 * 1024;
+pub(super) const SECRET_MAX_BYTES: u64 = crate::regular_file::SECRET_MAX_BYTES;
 
 /// A path as written, relative to the directory of the file that names it
 /// (as `include` is), so that loading does not depend on the working
