@@ -138,14 +138,18 @@ pub struct GatewayConfig {
     /// Gateway UDP DNS listener port, host byte order; 0: UDP DNS is
     /// refused like all UDP.
     pub dns_port: u16,
-    /// `SO_MARK` value carried by the gateway's own sockets. Setting a mark
-    /// needs `CAP_NET_ADMIN`, so a job cannot forge it. Zero disables the
-    /// exemption (never matches: the kernel's default mark is 0).
-    pub exempt_mark: u32,
     /// Gateway UDP relay port, host byte order; 0: UDP outside DNS is
     /// refused.
     pub udp_port: u16,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Cgroup id of the gateway process: a socket operation by a task of
+    /// this cgroup is the gateway's own and passes untouched. Only matters
+    /// when the gateway runs inside the cgroup tree it guards (otherwise
+    /// the programs never see its sockets). A job cannot forge it: joining
+    /// a cgroup takes write access to its `cgroup.procs`, where a socket
+    /// mark (the exemption before) needs only `CAP_NET_RAW` since Linux
+    /// 5.17. 0: nothing is exempt.
+    pub exempt_cgroup: u64,
     /// Cookie of the network namespace the gateway listens in. A guarded
     /// socket in any other namespace is refused at connect and send: its
     /// redirect could never reach the gateway, and the records it left
@@ -249,7 +253,7 @@ pub enum Counter {
     /// Sockets refused at creation (raw, ICMP, SCTP, ..., and families
     /// other than local and inet ones: vsock, packet, ...).
     SocketDenied = 2,
-    /// Exempt (marked) sockets let through untouched.
+    /// Socket operations of the gateway itself let through untouched.
     Exempt = 3,
     /// Records that could not be stored: the connect was refused instead.
     RecordFailed = 4,

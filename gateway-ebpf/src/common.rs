@@ -7,9 +7,9 @@ use gateway_common::GatewayConfig;
 static CP_CONFIG: GatewayConfig = GatewayConfig {
     listen_port: 0,
     dns_port: 0,
-    exempt_mark: 0,
     udp_port: 0,
-    _pad: [0; 6],
+    _pad: [0; 2],
+    exempt_cgroup: 0,
     netns_cookie: 0,
 };
 
@@ -52,10 +52,14 @@ pub fn foreign_netns(ctx: &aya_ebpf::programs::SockAddrContext, cfg: &GatewayCon
         } != cfg.netns_cookie
 }
 
-/// Whether a socket carries the gateway's exemption mark.
+/// Whether the task doing this socket operation is the gateway itself
+/// (see [`GatewayConfig::exempt_cgroup`]). Only for hooks that run in the
+/// calling task (`sock_addr`), never in softirq context.
 #[inline(always)]
-pub fn is_exempt(mark: u32, cfg: &GatewayConfig) -> bool {
-    cfg.exempt_mark != 0 && mark == cfg.exempt_mark
+pub fn is_exempt(cfg: &GatewayConfig) -> bool {
+    // SAFETY: a helper without arguments.
+    cfg.exempt_cgroup != 0
+        && unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() } == cfg.exempt_cgroup
 }
 
 /// `127.0.0.1` as the kernel's network-order `u32`.

@@ -27,24 +27,23 @@ use crate::{
 pub fn cp_connect4(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     let cfg = config();
-    // SAFETY: the kernel hands us a valid bpf_sock_addr; sk is always set for
-    // sock_addr programs.
-    let (ty, proto, dst_ip, dst_port, mark) = unsafe {
+    // SAFETY: the kernel hands us a valid bpf_sock_addr.
+    let (ty, proto, dst_ip, dst_port) = unsafe {
         (
             (*sa).type_,
             (*sa).protocol,
             (*sa).user_ip4,
             u16::from_be((*sa).user_port as u16),
-            (*(*sa).__bindgen_anon_1.sk).mark,
         )
     };
-    if is_exempt(mark, &cfg) {
-        count(Counter::Exempt);
-        return ALLOW;
-    }
+    // The namespace first: nothing in another namespace is the gateway's.
     if foreign_netns(&ctx, &cfg) {
         count(Counter::Denied);
         return DENY;
+    }
+    if is_exempt(&cfg) {
+        count(Counter::Exempt);
+        return ALLOW;
     }
     if ty == SOCK_DGRAM && (proto == IPPROTO_UDP || proto == 0) {
         return udp::redirect_udp4(&ctx);
@@ -76,22 +75,21 @@ pub fn cp_connect4(ctx: SockAddrContext) -> i32 {
 pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     let cfg = config();
-    let (ty, proto, dst_ip, dst_port, mark) = unsafe {
+    let (ty, proto, dst_ip, dst_port) = unsafe {
         (
             (*sa).type_,
             (*sa).protocol,
             (*sa).user_ip6,
             u16::from_be((*sa).user_port as u16),
-            (*(*sa).__bindgen_anon_1.sk).mark,
         )
     };
-    if is_exempt(mark, &cfg) {
-        count(Counter::Exempt);
-        return ALLOW;
-    }
     if foreign_netns(&ctx, &cfg) {
         count(Counter::Denied);
         return DENY;
+    }
+    if is_exempt(&cfg) {
+        count(Counter::Exempt);
+        return ALLOW;
     }
     if ty == SOCK_DGRAM && (proto == IPPROTO_UDP || proto == 0) {
         return udp::redirect_udp6(&ctx);
@@ -234,7 +232,7 @@ pub fn flow_record(
 }
 
 /// While the gateway is down its ports are free; a job that bound one
-/// would receive every redirected connection or query. Only marked sockets
+/// would receive every redirected connection or query. Only the gateway
 /// may bind them.
 #[cgroup_sock_addr(bind4)]
 pub fn cp_bind4(ctx: SockAddrContext) -> i32 {
@@ -249,16 +247,11 @@ pub fn cp_bind6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn guard_gateway_port(sa: *mut bpf_sock_addr) -> i32 {
     let cfg = config();
-    let (port, mark) = unsafe {
-        (
-            u16::from_be((*sa).user_port as u16),
-            (*(*sa).__bindgen_anon_1.sk).mark,
-        )
-    };
+    let port = unsafe { u16::from_be((*sa).user_port as u16) };
     let ours = port == cfg.listen_port
         || (cfg.dns_port != 0 && port == cfg.dns_port)
         || (cfg.udp_port != 0 && port == cfg.udp_port);
-    if !ours || is_exempt(mark, &cfg) {
+    if !ours || is_exempt(&cfg) {
         return ALLOW;
     }
     count(Counter::Denied);

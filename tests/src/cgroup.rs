@@ -194,6 +194,16 @@ impl Drop for TestCgroup {
     }
 }
 
+/// Makes `cmd`'s process join the cgroup of `procs` (its `cgroup.procs`)
+/// before it executes.
+pub(crate) fn enter_before_exec(cmd: &mut Command, procs: CString) {
+    // SAFETY: as in `TestCgroup::command`: only open, write and close on
+    // memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || join_cgroup(&procs));
+    }
+}
+
 /// Writes "0" (meaning "the writing process") to `cgroup.procs`.
 fn join_cgroup(procs: &CString) -> io::Result<()> {
     // SAFETY: open/write/close with a valid NUL-terminated path and a static buffer.

@@ -377,11 +377,24 @@ pub struct Gateway {
     child: Option<Child>,
     lines: Arc<Mutex<Vec<String>>>,
     readers: Vec<JoinHandle<()>>,
+    /// `cgroup.procs` of the cgroup the daemon runs in, when not the test's.
+    home: Option<PathBuf>,
 }
 
 impl Gateway {
     /// Writes the config, starts the daemon and waits for `READY=1`.
     pub fn start(config: &GatewayConfig) -> Result<Self> {
+        Self::start_with_home(config, None)
+    }
+
+    /// Like [`start`](Self::start), with the daemon (and its restarts) in
+    /// `home` instead of the test's own cgroup. Drop the gateway before
+    /// `home`: the cgroup's drop kills what is left in it.
+    pub fn start_in(config: &GatewayConfig, home: &TestCgroup) -> Result<Self> {
+        Self::start_with_home(config, Some(home.path().join("cgroup.procs")))
+    }
+
+    fn start_with_home(config: &GatewayConfig, home: Option<PathBuf>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("cp-gateway-").tempdir()?;
         // Traversable (not listable) so an approver who is not root can
         // reach the admin socket inside; every secret in it is 0600.
@@ -398,6 +411,7 @@ impl Gateway {
             child: None,
             lines: Arc::default(),
             readers: Vec::new(),
+            home,
         };
         gw.spawn()?;
         Ok(gw)
@@ -410,7 +424,13 @@ impl Gateway {
         let notify = UnixDatagram::bind(&notify_path).context("binding the NOTIFY_SOCKET")?;
         // Short so the loop below notices an early exit; not a test timing.
         notify.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let mut child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        if let Some(procs) = &self.home {
+            let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes())
+                .context("cgroup path contains a NUL byte")?;
+            crate::cgroup::enter_before_exec(&mut command, procs);
+        }
+        let mut child = command
             .args(["run", "--config"])
             .arg(&self.config_path)
             .args(["--log-format", "json"])

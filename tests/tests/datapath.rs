@@ -1391,55 +1391,84 @@ fn ten_thousand_connections_leave_the_maps_empty() -> Result<()> {
     Ok(())
 }
 
+/// Exempt before: a socket carrying the gateway's `SO_MARK`, which a job
+/// with `CAP_NET_RAW` (container root, by default) can set.
 #[test]
-fn exempt_mark_goes_direct_for_root_and_cannot_be_set_by_nobody() -> Result<()> {
+fn a_job_that_sets_the_gateways_socket_mark_is_still_redirected() -> Result<()> {
     let cg = TestCgroup::new("mark")?;
     let echo = Server::echo(v4(11))?;
     let cfg = GatewayConfig::new("mark", &cg)?
         .target(target_for("echo", &[&echo]))
         .rule(Rule::allow("allow-echo", &["echo"]));
     let gw = Gateway::start(&cfg)?;
-    let exempt_before = gw.status()?["counters"]["exempt"]
-        .as_u64()
-        .context("counters.exempt")?;
+    let exempt = |gw: &Gateway| -> Result<u64> {
+        gw.status()?["counters"]["exempt"]
+            .as_u64()
+            .context("counters.exempt")
+    };
+    let exempt_before = exempt(&gw)?;
 
+    // The probe runs as root, so setting the mark succeeds.
     let marked = ProbeArgs::mark(EXEMPT_MARK, echo.addr())
         .send(100)
         .expect_echo()
         .run(cg.command(PROBE))?;
     assert_passed(&marked, 100);
+    gw.wait_for_flow(marked.pid)?;
     assert!(
-        is_local_addr_of(&marked, echo.peers()[0]),
-        "marked socket was not let through directly"
+        !is_local_addr_of(&marked, echo.peers()[0]),
+        "the marked socket reached the server directly: {marked:?}"
     );
-    let exempt_after = gw.status()?["counters"]["exempt"]
-        .as_u64()
-        .context("counters.exempt")?;
-    assert!(
-        exempt_after > exempt_before,
-        "exempt counter {exempt_before} -> {exempt_after}"
-    );
+    assert_eq!(exempt(&gw)?, exempt_before, "a job's socket was exempt");
+    Ok(())
+}
 
-    let mut cmd = cg.command_as(PROBE, 65534, 65534);
-    cmd.current_dir("/");
-    let nobody = ProbeArgs::mark(EXEMPT_MARK, echo.addr())
+/// The systemd service guards the cgroup2 root and lives below it: the
+/// gateway's own upstream sockets pass the programs by its cgroup, while a
+/// job beside it is redirected, mark or not.
+#[test]
+fn the_gateway_inside_the_guarded_tree_is_exempt_by_its_cgroup() -> Result<()> {
+    let tree = TestCgroup::new("tree")?;
+    let home = tree.child("gateway")?;
+    let job = tree.child("job")?;
+    let echo = Server::echo(v4(12))?;
+    let cfg = GatewayConfig::new("tree", &tree)?
+        .target(target_for("echo", &[&echo]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let gw = Gateway::start_in(&cfg, &home)?;
+
+    let plain = tcp_echo(echo.addr(), 1000).run(job.command(PROBE))?;
+    assert_passed(&plain, 1000);
+    gw.wait_for_flow(plain.pid)?;
+    let marked = ProbeArgs::mark(EXEMPT_MARK, echo.addr())
         .send(100)
         .expect_echo()
-        .run(cmd)?;
-    assert_eq!(
-        nobody.errno("setsockopt(SO_MARK)"),
-        Some(libc::EPERM),
-        "{nobody:?}"
+        .run(job.command(PROBE))?;
+    assert_passed(&marked, 100);
+    gw.wait_for_flow(marked.pid)?;
+    for r in [&plain, &marked] {
+        assert!(
+            echo.peers().iter().all(|p| !is_local_addr_of(r, *p)),
+            "a job's socket reached the server directly: {r:?}"
+        );
+    }
+    let st = gw.status()?;
+    assert!(
+        st["counters"]["exempt"].as_u64() >= Some(2),
+        "the gateway's upstream connects were not exempt: {st}"
     );
-    assert!(!nobody.connected);
+    drop(gw);
+    Ok(())
+}
 
-    let guarded = tcp_echo(echo.addr(), 100).run(cg.command(PROBE))?;
-    assert_passed(&guarded, 100);
-    gw.wait_for_flow(guarded.pid)?;
-    assert_eq!(
-        gw.flows_of(marked.pid),
-        Vec::<Value>::new(),
-        "the marked connection went through the gateway"
+#[test]
+fn the_gateway_refuses_to_guard_the_cgroup_it_runs_in() -> Result<()> {
+    let cg = TestCgroup::new("self")?;
+    let cfg = GatewayConfig::new("self", &cg)?;
+    let err = Gateway::start_in(&cfg, &cg).expect_err("the gateway guarded its own cgroup");
+    assert!(
+        format!("{err:#}").contains("the gateway runs in the cgroup it guards"),
+        "{err:#}"
     );
     Ok(())
 }

@@ -163,7 +163,6 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             listen_port: daemon.listen_port,
             dns_port: daemon.dns_port,
             udp_port: daemon.udp_port,
-            exempt_mark: daemon.exempt_mark,
             reach: policy.reach(),
             udp_reach: policy.udp_reach(),
             require_family_guard: guard.require_family_guard,

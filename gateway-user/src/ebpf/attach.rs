@@ -1,6 +1,6 @@
 //! Loading the object, attaching every program to the guarded cgroup and
 //! pinning the links, replacing (never interrupting) a previous instance.
-use std::path::PathBuf;
+use std::{os::unix::fs::MetadataExt, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -29,7 +29,6 @@ pub struct LoadOptions {
     pub dns_port: u16,
     /// The gateway's UDP relay; 0 refuses UDP outside DNS.
     pub udp_port: u16,
-    pub exempt_mark: u32,
     /// What the connect hooks may let through to the gateway; written
     /// before any program is attached.
     pub reach: Vec<crate::policy::ReachEntry>,
@@ -109,9 +108,9 @@ fn load_and_attach(
     let config = GatewayConfig {
         listen_port: opts.listen_port,
         dns_port: opts.dns_port,
-        exempt_mark: opts.exempt_mark,
         udp_port: opts.udp_port,
-        _pad: [0; 6],
+        _pad: [0; 2],
+        exempt_cgroup: exempt_cgroup(cgroup)?,
         netns_cookie: own_netns_cookie(),
     };
     let mut ebpf = EbpfLoader::new()
@@ -284,6 +283,25 @@ where
     FdLink: TryFrom<L, Error = LinkError>,
 {
     FdLink::try_from(link).map_err(|source| EbpfError::ProgramLink { name, source })
+}
+
+/// The gateway's own cgroup, whose socket operations the programs let
+/// through. The guarded cgroup itself is refused: whatever else runs there
+/// (the jobs) would pass too. Below it is fine, as with the systemd
+/// service's own cgroup when the guard is the cgroup2 root: a job cannot
+/// join it without write access to its `cgroup.procs`.
+fn exempt_cgroup(guarded: &GuardedCgroup) -> Result<u64, EbpfError> {
+    let (own, id) = super::cgroup::own_cgroup()?;
+    let guarded_id = guarded
+        .file
+        .metadata()
+        .map_err(EbpfError::io(&guarded.path))?
+        .ino();
+    if id == guarded_id {
+        return Err(EbpfError::GatewayInGuardedCgroup { path: own });
+    }
+    tracing::debug!(cgroup = %own.display(), id, "the gateway's own cgroup is exempt");
+    Ok(id)
 }
 
 /// The cookie of this process's network namespace (where the gateway's

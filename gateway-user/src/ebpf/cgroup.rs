@@ -1,6 +1,7 @@
 //! Finding the cgroup2 hierarchy and the cgroup the programs guard.
 use std::{
     fs::File,
+    os::unix::fs::MetadataExt,
     path::{Component, Path, PathBuf},
 };
 
@@ -80,9 +81,53 @@ pub fn resolve_cgroup(configured: &Path, create: bool) -> Result<GuardedCgroup, 
     Ok(GuardedCgroup { path, file })
 }
 
+/// The cgroup this process runs in, as a directory under the cgroup2
+/// mount, and its id (what `bpf_get_current_cgroup_id` returns: the
+/// directory's inode number).
+///
+/// The path is checked by finding this process in its `cgroup.procs`: a
+/// cgroup namespace or a mount of another namespace's hierarchy would
+/// otherwise name a different cgroup, and exempting that one could exempt
+/// a job.
+pub fn own_cgroup() -> Result<(PathBuf, u64), EbpfError> {
+    let mount = cgroup2_mount()?;
+    let text = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| EbpfError::OwnCgroup(format!("reading /proc/self/cgroup: {e}")))?;
+    let relative = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| EbpfError::OwnCgroup("/proc/self/cgroup names no cgroup2 cgroup".into()))?;
+    let path = mount.join(relative.trim_start_matches('/'));
+    let procs = path.join("cgroup.procs");
+    let listed = std::fs::read_to_string(&procs)
+        .map_err(|e| EbpfError::OwnCgroup(format!("reading {}: {e}", procs.display())))?;
+    let pid = std::process::id().to_string();
+    if !listed.lines().any(|l| l == pid) {
+        return Err(EbpfError::OwnCgroup(format!(
+            "this process (pid {pid}) is not listed in {}: is the cgroup2 mount at {} from another cgroup namespace?",
+            procs.display(),
+            mount.display()
+        )));
+    }
+    let id = std::fs::metadata(&path)
+        .map_err(|e| EbpfError::OwnCgroup(format!("{}: {e}", path.display())))?
+        .ino();
+    Ok((path, id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_cgroup_is_where_this_process_is() {
+        let Ok(mount) = cgroup2_mount() else {
+            return; // no cgroup2 here: nothing to find
+        };
+        let (path, id) = own_cgroup().expect("own cgroup");
+        assert!(path.starts_with(&mount), "{}", path.display());
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), id);
+    }
 
     #[test]
     fn finds_cgroup2_among_v1_mounts() {

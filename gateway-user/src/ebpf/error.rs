@@ -66,6 +66,14 @@ pub enum EbpfError {
         "[guard] require_family_guard is set, but the socket-family guard cannot run here: {0}; nothing was attached. Set RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK on the runner's service and remove require_family_guard"
     )]
     FamilyGuardMissing(String),
+    #[error(
+        "the gateway runs in the cgroup it guards ({path}): every process there would share the gateway's exemption. Run it from another cgroup (the systemd service has its own) or guard a cgroup below this one", path = path.display()
+    )]
+    GatewayInGuardedCgroup { path: PathBuf },
+    #[error(
+        "cannot find the gateway's own cgroup: {0}; the kernel programs exempt the gateway by it"
+    )]
+    OwnCgroup(String),
 }
 
 impl EbpfError {

@@ -38,8 +38,11 @@ pub struct DaemonSettings {
     /// the gateway hold at once (`max_buffered_mb_per_job`).
     pub max_buffered_per_job: usize,
     pub mode: Mode,
-    /// `SO_MARK` of the gateway's own upstream sockets, which the kernel
-    /// programs let through; never 0, since 0 is every unmarked socket.
+    /// `SO_MARK` of the gateway's own sockets, for host firewall rules (and
+    /// for kernel programs of releases before the exemption by cgroup,
+    /// still attached during an upgrade). Never 0, since 0 is every
+    /// unmarked socket. The kernel programs no longer exempt by it: a job
+    /// with `CAP_NET_RAW` can set a mark.
     pub exempt_mark: u32,
     /// The key of `strategy = "hash"` masking (mode 0600); the key itself
     /// is in each target's masking policy, never here.
