@@ -14,15 +14,23 @@
 //! leaves its record in [`FLOWS`] until the gateway's age sweep, where the
 //! `sock_ops` program never moved it. A later connection from the same
 //! client port overwrites it.
+//!
+//! It is also the one hook that sees sockets no connect or send hook
+//! does: connections a job accepted. Every packet a job's socket sends
+//! goes to a loopback address (the gateway, or a local peer), so a packet
+//! for anywhere else is dropped: a job cannot listen on a routable
+//! address and hand data to whoever connects from outside.
 use aya_ebpf::{
-    bindings::bpf_sock, helpers::generated::bpf_get_socket_cookie, macros::cgroup_skb,
+    bindings::bpf_sock,
+    helpers::generated::{bpf_get_socket_cookie, bpf_skb_cgroup_id},
+    macros::cgroup_skb,
     programs::SkBuffContext,
 };
 use core::ptr::read_volatile;
 use gateway_common::{AF_INET, ClientKey, mapped_v4, v6_bytes};
 
 use crate::{
-    common::{ETH_P_IP_BE, ETH_P_IPV6_BE, TCP_SYN_SENT},
+    common::{ETH_P_IP_BE, ETH_P_IPV6_BE, TCP_SYN_SENT, config},
     maps::{FLOWS, PENDING, count},
     udp,
 };
@@ -39,6 +47,10 @@ pub fn cp_egress(ctx: SkBuffContext) -> i32 {
     // The gateway's own (exempt) sockets never set a source route either,
     // so no socket here needs one.
     if routes_elsewhere(&ctx) {
+        count(Counter::Denied);
+        return 0;
+    }
+    if leaves_loopback(&ctx) && !gateway_socket(&ctx) {
         count(Counter::Denied);
         return 0;
     }
@@ -74,6 +86,37 @@ fn routes_elsewhere(ctx: &SkBuffContext) -> bool {
             .map_or(true, |next| !matches!(next, 6 | 17 | 44 | 58));
     }
     false
+}
+
+/// A packet for an address other than loopback (127.0.0.0/8, ::1).
+/// IPv4-mapped destinations of a dual-stack socket leave as IPv4 packets,
+/// so IPv6 needs no mapped form here.
+#[inline(always)]
+fn leaves_loopback(ctx: &SkBuffContext) -> bool {
+    // SAFETY: the context's skb is valid for the program's run.
+    let protocol = unsafe { read_volatile(&(*ctx.skb.skb).protocol) };
+    if protocol == ETH_P_IP_BE {
+        return ctx.load::<u8>(16).map_or(true, |first| first != 127);
+    }
+    if protocol == ETH_P_IPV6_BE {
+        return ctx
+            .load::<[u8; 16]>(24)
+            .map_or(true, |dst| dst != LOOPBACK_V6_BYTES);
+    }
+    false
+}
+
+const LOOPBACK_V6_BYTES: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// Whether the packet's socket was made by the gateway itself, when it
+/// runs inside the tree it guards: its upstream connections leave for
+/// real destinations. By the socket's cgroup, not the current task's:
+/// this hook may run in softirq context.
+#[inline(always)]
+fn gateway_socket(ctx: &SkBuffContext) -> bool {
+    let cfg = config();
+    // SAFETY: helper called with the program's own context pointer.
+    cfg.exempt_cgroup != 0 && unsafe { bpf_skb_cgroup_id(ctx.skb.skb) } == cfg.exempt_cgroup
 }
 
 #[inline(always)]

@@ -8,6 +8,7 @@ pub mod dns;
 pub mod gateway;
 pub mod interrupt;
 pub mod metrics;
+pub mod netns;
 pub mod ports;
 pub mod postgres;
 pub mod probe;
@@ -27,6 +28,7 @@ pub use gateway::{
     EXEMPT_MARK, Gateway, GatewayConfig, Mode, Rule, Target, chokepoint_bin,
     chokepoint_bin_for_anyone, cli, message, pin_dir,
 };
+pub use netns::{TEST_NET_ADDR, TestNetns};
 pub use ports::{gateway_port, instance_name};
 pub use postgres::{PgServer, job_command, job_psql};
 pub use probe::{Failure, ProbeArgs, ProbeReport};

@@ -248,6 +248,25 @@ impl ProbeArgs {
         self.with(&["--and", &to.to_string()])
     }
 
+    /// Listen on `bind`, accept one connection within `wait`, write `bytes`
+    /// and close.
+    pub fn serve(bind: SocketAddr, wait: std::time::Duration, bytes: u64) -> Self {
+        Self::new(&[
+            "serve",
+            "--bind",
+            &bind.to_string(),
+            "--wait",
+            &wait.as_millis().to_string(),
+            "--send",
+            &bytes.to_string(),
+        ])
+    }
+
+    /// Give up a TCP connect after `timeout` (the default is a hang guard).
+    pub fn connect_timeout(self, timeout: std::time::Duration) -> Self {
+        self.with(&["--connect-timeout", &timeout.as_millis().to_string()])
+    }
+
     /// Bind a TCP listener on `addr`.
     pub fn bind(addr: SocketAddr) -> Self {
         Self::new(&["bind", "--addr", &addr.to_string()])

@@ -14,8 +14,8 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use chokepoint_tests::{
-    EXEMPT_MARK, Gateway, GatewayConfig, Mode, ProbeArgs, ProbeReport, Rule, Server, Target,
-    TestCgroup, UdpSink, cgroup2_mount, cli,
+    EXEMPT_MARK, Gateway, GatewayConfig, Mode, ProbeArgs, ProbeReport, Rule, Server, TEST_NET_ADDR,
+    Target, TestCgroup, TestNetns, UdpSink, cgroup2_mount, cli,
     gateway::status_detached,
     metrics::{http_get, sample},
     pin_dir, run_with_timeout, wait_for,
@@ -1470,6 +1470,54 @@ fn the_gateway_refuses_to_guard_the_cgroup_it_runs_in() -> Result<()> {
         format!("{err:#}").contains("the gateway runs in the cgroup it guards"),
         "{err:#}"
     );
+    Ok(())
+}
+
+/// Accepted connections pass no connect or send hook: only the egress
+/// program stands between a job's listener and a client beyond loopback.
+/// The namespace is the test's own (the host's network is never touched);
+/// its clients run outside the guarded cgroup.
+#[test]
+fn a_job_serves_loopback_clients_but_nobody_beyond_loopback() -> Result<()> {
+    let cg = TestCgroup::new("inbound")?;
+    let cfg = GatewayConfig::new("inbound", &cg)?;
+    let _gw = Gateway::start(&cfg)?;
+    let ns = TestNetns::new("inbound")?;
+    for (i, (ip, served)) in [(Ipv4Addr::LOCALHOST, true), (TEST_NET_ADDR, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let port = 4100 + i as u16;
+        let server = {
+            let cmd = ns.command_in(&cg, PROBE);
+            let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+            std::thread::spawn(move || ProbeArgs::serve(bind, Duration::from_secs(5), 100).run(cmd))
+        };
+        // Refused until the server listens; a dropped SYN-ACK times out.
+        let to = SocketAddr::from((ip, port));
+        let client = wait_for(
+            "the job's server to listen",
+            Duration::from_secs(10),
+            || {
+                let r = ProbeArgs::tcp(to)
+                    .half_close()
+                    .connect_timeout(Duration::from_secs(2))
+                    .run(ns.command(PROBE))
+                    .ok()?;
+                (r.errno("connect") != Some(libc::ECONNREFUSED)).then_some(r)
+            },
+        )?;
+        let server = server.join().expect("server thread")?;
+        if served {
+            assert!(server.ok && client.connected, "{server:?} {client:?}");
+            assert_eq!(client.received, 100, "{client:?}");
+        } else {
+            assert!(
+                !client.connected && !server.connected,
+                "a client beyond loopback reached the job: {server:?} {client:?}"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -18,7 +18,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(120);
 const CHUNK: usize = 64 * 1024;
 
 const USAGE: &str = "usage: cp-probe <command>
-  tcp --to ADDR [--from ADDR] [--send N] [--half-close] [--expect-echo] [--own-netns]
+  tcp --to ADDR [--from ADDR] [--send N] [--half-close] [--expect-echo] [--own-netns] [--connect-timeout MS]
+  serve --bind ADDR --wait MS [--send N]   (accept one connection within MS, write N bytes, close)
   mark --mark M --to ADDR [--send N] [--half-close] [--expect-echo]
   tfo --to ADDR [--send N] [--expect-echo]
   raw
@@ -115,6 +116,9 @@ fn run(args: &[String]) -> Result<ProbeReport, String> {
                 } else {
                     None
                 },
+                connect_timeout: Duration::from_millis(
+                    o.parse_or("--connect-timeout", CONNECT_TIMEOUT.as_millis() as u64)?,
+                ),
             };
             tcp(&mut report, to, mark, &exchange);
         }
@@ -124,6 +128,7 @@ fn run(args: &[String]) -> Result<ProbeReport, String> {
                 half_close: false,
                 expect_echo: o.has("--expect-echo"),
                 from: None,
+                connect_timeout: CONNECT_TIMEOUT,
             };
             tfo(&mut report, o.parse("--to")?, &exchange);
         }
@@ -201,6 +206,12 @@ fn run(args: &[String]) -> Result<ProbeReport, String> {
             };
             dns_query(&mut report, &to, from, name);
         }
+        "serve" => serve(
+            &mut report,
+            o.parse("--bind")?,
+            Duration::from_millis(o.parse("--wait")?),
+            o.parse_or("--send", 0)?,
+        ),
         "bind" => {
             let addr: SocketAddr = o.parse("--addr")?;
             match TcpListener::bind(addr) {
@@ -244,6 +255,7 @@ struct Exchange {
     expect_echo: bool,
     /// Bind the client end here first (`--from`).
     from: Option<SocketAddr>,
+    connect_timeout: Duration,
 }
 
 /// A source route the datagrams carry (unprivileged socket options).
@@ -320,7 +332,7 @@ fn tcp(report: &mut ProbeReport, to: SocketAddr, mark: Option<u32>, x: &Exchange
             return report.errors.push(Failure::from_io("bind", &e));
         }
     }
-    if let Err(e) = socket.connect_timeout(&to.into(), CONNECT_TIMEOUT) {
+    if let Err(e) = socket.connect_timeout(&to.into(), x.connect_timeout) {
         return report.errors.push(Failure::from_io("connect", &e));
     }
     report.connected = true;
@@ -404,6 +416,46 @@ fn tcp(report: &mut ProbeReport, to: SocketAddr, mark: Option<u32>, x: &Exchange
         report.echo_ok = Some(echo_intact && complete);
     }
     report.ok = report.errors.is_empty() && report.echo_ok != Some(false);
+}
+
+/// A server in a job: listens on `bind`, accepts one connection within
+/// `wait`, writes `send` bytes of the pattern and closes. A job's accepted
+/// connections pass no connect or send hook, only the egress program.
+fn serve(report: &mut ProbeReport, bind: SocketAddr, wait: Duration, send: u64) {
+    let listener = match TcpListener::bind(bind) {
+        Ok(l) => l,
+        Err(e) => return report.errors.push(Failure::from_io("bind", &e)),
+    };
+    if let Err(e) = listener.set_nonblocking(true) {
+        return report.errors.push(Failure::from_io("fcntl", &e));
+    }
+    let deadline = std::time::Instant::now() + wait;
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if std::time::Instant::now() > deadline {
+                    return report
+                        .errors
+                        .push(Failure::other("accept", "no connection in time"));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return report.errors.push(Failure::from_io("accept", &e)),
+        }
+    };
+    report.connected = true;
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let mut buf = vec![0u8; send as usize];
+    fill_pattern(0, &mut buf);
+    match stream.write_all(&buf) {
+        Ok(()) => {
+            report.sent = send;
+            report.ok = true;
+        }
+        Err(e) => report.errors.push(Failure::from_io("write", &e)),
+    }
 }
 
 /// TCP Fast Open: the connect happens inside `sendto(MSG_FASTOPEN)`, not
