@@ -1521,6 +1521,35 @@ fn a_job_serves_loopback_clients_but_nobody_beyond_loopback() -> Result<()> {
     Ok(())
 }
 
+/// A port the kernel may pick for a job's `bind(0)` could be the job's
+/// while the gateway is down: the daemon refuses to use one.
+#[test]
+fn a_gateway_port_in_the_automatic_port_range_is_refused() -> Result<()> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")?;
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .context("ip_local_port_range")?
+        .parse()?;
+    let reserved = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports")?;
+    ensure!(
+        reserved.trim().is_empty(),
+        "this host reserves ports ({reserved}); the test needs an unreserved one"
+    );
+    let cg = TestCgroup::new("automatic")?;
+    let mut cfg = GatewayConfig::new("automatic", &cg)?;
+    cfg.udp_port = low + 7;
+    let err = Gateway::start(&cfg).expect_err("a port in the automatic range was accepted");
+    assert!(
+        format!("{err:#}").contains(&format!(
+            "udp_port {} in the kernel's automatic port range",
+            low + 7
+        )),
+        "{err:#}"
+    );
+    Ok(())
+}
+
 #[test]
 fn binding_the_gateway_port_from_the_cgroup_is_refused() -> Result<()> {
     let cg = TestCgroup::new("bind")?;

@@ -42,6 +42,19 @@ pub(super) fn doctor(config: Option<&Path>) -> ExitCode {
         match crate::policy::Policy::load(config) {
             Ok(p) => {
                 report(true, "config", p.summary());
+                let d = p.daemon();
+                match crate::flow::automatic_ports::check(&[
+                    ("listen_port", d.listen_port),
+                    ("dns_port", d.dns_port),
+                    ("udp_port", d.udp_port),
+                ]) {
+                    Ok(()) => report(
+                        true,
+                        "ports",
+                        "no gateway port can be handed to a job as an automatic port".into(),
+                    ),
+                    Err(e) => report(false, "ports", e),
+                }
                 let instance = &p.daemon().instance;
                 let attached = ebpf::PinDir::new(instance).has_links();
                 report(

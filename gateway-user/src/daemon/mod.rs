@@ -49,6 +49,8 @@ pub enum RunError {
     Admin(String),
     #[error("{0}: pick a free port for [daemon] metrics_listen")]
     Metrics(String),
+    #[error("[daemon] ports: {0}")]
+    AutomaticPorts(String),
     #[error("signal handling: {0}")]
     Signal(std::io::Error),
     #[error(transparent)]
@@ -137,6 +139,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         bindings,
     ));
     // Listeners first: a busy port must fail before anything is attached.
+    flow::automatic_ports::check(&[
+        ("listen_port", daemon.listen_port),
+        ("dns_port", daemon.dns_port),
+        ("udp_port", daemon.udp_port),
+    ])
+    .map_err(RunError::AutomaticPorts)?;
     let bound_at = ebpf::monotonic_ns();
     let Listeners { v4, v6 } = flow::bind_listeners(daemon.listen_port, daemon.exempt_mark)?;
     let metrics = match daemon.metrics_listen {
