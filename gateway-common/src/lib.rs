@@ -56,6 +56,9 @@ pub mod maps {
     /// [`DNS_PENDING`] and [`UDP_PENDING`], held to
     /// [`RECORDS_PER_JOB`](super::RECORDS_PER_JOB).
     pub const JOB_RECORDS: &str = "CP_JOB_RECORDS";
+    /// Socket cookie → [`Handshake`](super::Handshake) of a TCP socket
+    /// whose SYN moved its record to [`FLOWS`], until it is released.
+    pub const HANDSHAKES: &str = "CP_HANDSHAKES";
 }
 
 /// Prefixes [`maps::REACH`] holds at most.
@@ -116,8 +119,8 @@ pub const FLOW_MAP_CAPACITY: u32 = 65_536;
 /// Records one job (cgroup) may hold at once in the socket-keyed maps
 /// (connects whose SYN has not left, UDP sockets that sent): a job's own
 /// connects and sends fail past it, so one job cannot fill maps every job
-/// shares. A connect's record normally lives microseconds; what lasts is a
-/// deferred connect or an open UDP socket.
+/// shares. A TCP socket is charged until it is released (its record may
+/// wait in [`maps::FLOWS`] for the gateway), a UDP socket once it sent.
 pub const RECORDS_PER_JOB: u32 = 4096;
 
 /// Jobs whose record counts are kept at once. Counts back at zero are
@@ -216,6 +219,15 @@ pub struct ClientKey {
     pub _pad: [u8; 6],
 }
 
+/// Where a TCP socket's record went at its SYN, and whose share it is
+/// charged to, so that its release can find both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handshake {
+    pub client: ClientKey,
+    pub cgroup_id: u64,
+}
+
 /// Who opened a guarded socket and where it was going.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,6 +320,7 @@ mod pod {
     // explicit padding fields, so every bit pattern is valid.
     unsafe impl aya::Pod for super::GatewayConfig {}
     unsafe impl aya::Pod for super::ClientKey {}
+    unsafe impl aya::Pod for super::Handshake {}
     unsafe impl aya::Pod for super::FlowRecord {}
     unsafe impl aya::Pod for super::ReachPorts {}
     unsafe impl aya::Pod for super::UdpPeerKey {}

@@ -10,10 +10,18 @@
 //! This replaces a `sock_ops` program that did the move at
 //! ACTIVE_ESTABLISHED: the kernel calls a `sock_ops` program about six
 //! times per connection whatever it does, which cost more than the move.
-//! The price: a connect that is refused after its SYN (the gateway down)
-//! leaves its record in [`FLOWS`] until the gateway's age sweep, where the
-//! `sock_ops` program never moved it. A later connection from the same
-//! client port overwrites it.
+//!
+//! The record in [`FLOWS`] stays charged to its job's
+//! [`quota`](crate::quota) until the socket is released, and
+//! [`HANDSHAKES`] remembers where it went: a socket released before its
+//! handshake completed (its SYN dropped, by a `TCP_MD5SIG` option the
+//! listener refuses, or the socket closed at once) takes its record out of
+//! [`FLOWS`] with it, since the gateway will never accept that
+//! connection. Before, such records stayed for the gateway's age sweep
+//! outside any share, and one job could fill the map every job needs. A
+//! connect refused after its SYN (the gateway down) still leaves its
+//! record until the sweep: the socket is no longer in SYN_SENT when it is
+//! released, and the gateway forgets those at start.
 //!
 //! It is also the one hook that sees sockets no connect or send hook
 //! does: connections a job accepted. Every packet a job's socket sends
@@ -27,11 +35,11 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use core::ptr::read_volatile;
-use gateway_common::{AF_INET, ClientKey, mapped_v4, v6_bytes};
+use gateway_common::{AF_INET, ClientKey, Handshake, mapped_v4, v6_bytes};
 
 use crate::{
     common::{ETH_P_IP_BE, ETH_P_IPV6_BE, TCP_SYN_SENT, config},
-    maps::{FLOWS, PENDING, count},
+    maps::{FLOWS, HANDSHAKES, PENDING, count},
     udp,
 };
 use gateway_common::Counter;
@@ -131,10 +139,27 @@ fn rekey(ctx: &SkBuffContext, sk: *mut bpf_sock) {
     // If the insert fails the gateway finds no record and refuses the
     // connection: fail closed.
     let _ = FLOWS.insert(&key, &rec, 0);
-    // FLOWS is drained by the gateway's accepts, not held by the job: only
-    // the socket-keyed record counts against its share.
-    if PENDING.remove(&cookie).is_ok() {
+    // Only the remove that took the record moves its charge: the socket's
+    // release may race for it.
+    if PENDING.remove(&cookie).is_err() {
+        return;
+    }
+    let handshake = Handshake {
+        client: key,
+        cgroup_id: rec.cgroup_id,
+    };
+    // A socket connecting again (after a refused connect) holds one
+    // charge already: keep one.
+    // SAFETY: the cgroup id is copied out at once.
+    let earlier = unsafe { HANDSHAKES.get(&cookie) }.map(|h| h.cgroup_id);
+    if HANDSHAKES.insert(&cookie, &handshake, 0).is_err() {
+        // No room to find the record at release: it waits for the sweep,
+        // as every record did before the charge was kept.
         crate::quota::give_back(rec.cgroup_id);
+        return;
+    }
+    if let Some(earlier) = earlier {
+        crate::quota::give_back(earlier);
     }
 }
 

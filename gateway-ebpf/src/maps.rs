@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use gateway_common::{
-    COUNTER_SLOTS, ClientKey, Counter, FLOW_MAP_CAPACITY, FlowRecord, JOB_RECORDS_CAPACITY,
-    REACH_CAPACITY, REFUSED_RING_BYTES, ReachPorts, UDP_REFUSED_RING_BYTES, UDP_REPORTED_CAPACITY,
-    UdpPeerKey,
+    COUNTER_SLOTS, ClientKey, Counter, FLOW_MAP_CAPACITY, FlowRecord, Handshake,
+    JOB_RECORDS_CAPACITY, REACH_CAPACITY, REFUSED_RING_BYTES, ReachPorts, UDP_REFUSED_RING_BYTES,
+    UDP_REPORTED_CAPACITY, UdpPeerKey,
 };
 
 #[map(name = "CP_PENDING")]
@@ -16,6 +16,11 @@ pub static PENDING: HashMap<u64, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY
 
 #[map(name = "CP_FLOWS")]
 pub static FLOWS: HashMap<ClientKey, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);
+
+/// Where each open TCP socket's record went at its SYN: see
+/// [`crate::egress`].
+#[map(name = "CP_HANDSHAKES")]
+pub static HANDSHAKES: HashMap<u64, Handshake> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);
 
 #[map(name = "CP_DNS_PENDING")]
 pub static DNS_PENDING: HashMap<u64, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);

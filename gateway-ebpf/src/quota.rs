@@ -9,10 +9,14 @@
 //! else's, and every other job's connects and lookups would be refused.
 //! A job (the cgroup the kernel names in the record) may hold
 //! [`RECORDS_PER_JOB`]; past that its own connects and sends fail with
-//! `EPERM`, counted as `job_quota`.
+//! `EPERM`, counted as `job_quota`. A TCP socket is charged from its
+//! connect until it is released, so the share also bounds the job's open
+//! TCP connections (far above `max_connections_per_job`'s default).
 //!
-//! Counts are charged to the record's cgroup and given back when the record
-//! leaves its map (moved at the SYN, or the socket released). The gateway
+//! Counts are charged to the record's cgroup and given back when the
+//! socket is released (a TCP socket's charge moves with its record to
+//! [`FLOWS`] at the SYN and stays until then: see [`crate::egress`]). The
+//! gateway
 //! deletes counts that came back to zero (`JobRecords::sweep`), so the map
 //! holds the jobs with records now, not every cgroup that ever connected.
 //! Counts are approximate under races (two CPUs may both pass the check at
@@ -23,6 +27,7 @@
 //! [`PENDING`]: crate::maps::PENDING
 //! [`DNS_PENDING`]: crate::maps::DNS_PENDING
 //! [`UDP_PENDING`]: crate::maps::UDP_PENDING
+//! [`FLOWS`]: crate::maps::FLOWS
 //! [`FLOW_MAP_CAPACITY`]: gateway_common::FLOW_MAP_CAPACITY
 use aya_ebpf::bindings::BPF_NOEXIST;
 use gateway_common::RECORDS_PER_JOB;

@@ -3,20 +3,22 @@
 //! `TCP_REPAIR` sockets go ESTABLISHED without a SYN), so the map never
 //! fills and the job's [`quota`](crate::quota) share comes back.
 //!
-//! The re-keyed record is left alone: a client may write and close before
-//! the gateway has accepted its connection, and the gateway still needs
-//! the record to forward those bytes. (This hook could not find it anyway:
-//! it may not read the socket's local address.) The gateway removes it
-//! when it takes it, and sweeps records nobody took by age: those of
-//! connects refused while the gateway was down, or abandoned mid-handshake.
+//! A re-keyed record ([`HANDSHAKES`] says where it went) is removed only if
+//! the socket is still in SYN_SENT: the gateway will never accept that
+//! connection. Once the handshake completed it is left alone: a client may
+//! write and close before the gateway has accepted its connection, and the
+//! gateway still needs the record to forward those bytes. The gateway
+//! removes it when it takes it, and sweeps records nobody took by age
+//! (those of connects refused while the gateway was down). Either way the
+//! socket's charge comes back here.
 use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock, programs::SockContext,
 };
 
 use crate::{
-    common::{ALLOW, SOCK_STREAM},
+    common::{ALLOW, SOCK_STREAM, TCP_SYN_SENT},
     connect::forget,
-    maps::{DNS_PENDING, PENDING, UDP_PENDING},
+    maps::{DNS_PENDING, FLOWS, HANDSHAKES, PENDING, UDP_PENDING},
 };
 
 #[cgroup_sock(sock_release)]
@@ -30,7 +32,22 @@ pub fn cp_sock_release(ctx: SockContext) -> i32 {
         // Whatever the state: a socket in TCP_REPAIR mode connects
         // (ESTABLISHED) without sending a SYN, so the egress program never
         // moves its record. The lookup costs no lock when it finds nothing.
-        forget(&PENDING, cookie());
+        let cookie = cookie();
+        forget(&PENDING, cookie);
+        // SAFETY: copied out before the entry is removed.
+        if let Some(h) = unsafe { HANDSHAKES.get(&cookie) }.copied()
+            && HANDSHAKES.remove(&cookie).is_ok()
+        {
+            let state = unsafe { core::ptr::read_volatile(&(*ctx.sock).state) };
+            // Only this socket's record: a later connection from the same
+            // client port may have replaced it.
+            if state == TCP_SYN_SENT
+                && unsafe { FLOWS.get(&h.client) }.is_some_and(|r| r.cookie == cookie)
+            {
+                let _ = FLOWS.remove(&h.client);
+            }
+            crate::quota::give_back(h.cgroup_id);
+        }
     } else {
         // The port-keyed DNS and relay entries stay (this hook cannot read
         // the port): the next socket to send from the port overwrites them

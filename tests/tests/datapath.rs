@@ -1188,16 +1188,16 @@ struct Holder(Option<std::process::Child>);
 impl Holder {
     /// `command` is `hold` or `stall`.
     fn start(cg: &TestCgroup, command: &str, to: SocketAddr, count: u64) -> Result<Self> {
+        Self::start_with(cg, &[command], to, count)
+    }
+
+    /// `args`: the command and its options before `--to`.
+    fn start_with(cg: &TestCgroup, args: &[&str], to: SocketAddr, count: u64) -> Result<Self> {
         use std::io::BufRead;
         let mut child = cg
             .command(PROBE)
-            .args([
-                command,
-                "--to",
-                &to.to_string(),
-                "--count",
-                &count.to_string(),
-            ])
+            .args(args)
+            .args(["--to", &to.to_string(), "--count", &count.to_string()])
             .arg("--until-stdin-closes")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -1353,6 +1353,60 @@ fn a_job_cannot_hold_more_than_its_share_of_the_kernel_records() -> Result<()> {
     Ok(())
 }
 
+/// A SYN the gateway's listener drops (it carries a `TCP_MD5SIG` option;
+/// no privilege needed) has already moved its record to the flow map,
+/// where the gateway never takes it. Such records stay charged to the job
+/// and leave with their sockets; before, they sat outside any share for
+/// the gateway's 60-s sweep, and one job could fill the map every job
+/// needs.
+#[test]
+fn records_of_handshakes_the_gateway_never_sees_stay_in_the_jobs_share() -> Result<()> {
+    const SHARE: u64 = 4096;
+    const OVER: u64 = 50;
+    let guarded = TestCgroup::new("md5-share")?;
+    let (job_a, job_b) = (guarded.child("job-a")?, guarded.child("job-b")?);
+    let echo = Server::echo(v4(22))?;
+    let cfg = GatewayConfig::new("md5-share", &guarded)?
+        .target(target_for("echo", &[&echo]))
+        .rule(Rule::allow("allow-echo", &["echo"]));
+    let gw = Gateway::start(&cfg)?;
+
+    let a = Holder::start_with(&job_a, &["stall", "--md5"], echo.addr(), SHARE + OVER)?;
+    let status = gw.status()?;
+    let maps = &status["maps"];
+    assert_eq!(
+        (maps["flows"].as_u64(), maps["handshakes"].as_u64()),
+        (Some(SHARE), Some(SHARE)),
+        "the job's dropped handshakes hold exactly its share: {status}"
+    );
+    assert_eq!(
+        status["counters"]["job_quota"].as_u64(),
+        Some(OVER),
+        "{status}"
+    );
+    let b = ProbeArgs::tcp(echo.addr())
+        .send(1000)
+        .expect_echo()
+        .run(job_b.command(PROBE))?;
+    assert_passed(&b, 1000);
+
+    let a = a.finish()?;
+    assert_eq!((a.successes, a.failures), (SHARE, OVER), "{a:?}");
+    assert_eq!(echo.accepted(), 1, "only job B's connection got through");
+    // Within MAPS_TIMEOUT (30 s), well before the sweep's 60 s age.
+    wait_for(
+        "job A's records to leave with its sockets",
+        MAPS_TIMEOUT,
+        || {
+            let s = gw.status().ok()?;
+            let m = &s["maps"];
+            (m["flows"] == 0 && m["handshakes"] == 0 && m["jobs"] == 0).then_some(())
+        },
+    )
+    .with_context(|| format!("last status: {:?}", gw.status()))?;
+    Ok(())
+}
+
 #[test]
 fn ten_thousand_connections_leave_the_maps_empty() -> Result<()> {
     const N: u64 = 10_000;
@@ -1383,7 +1437,7 @@ fn ten_thousand_connections_leave_the_maps_empty() -> Result<()> {
     let st = wait_for("flow maps to drain", MAPS_TIMEOUT, || {
         let st = gw.status().ok()?;
         let m = &st["maps"];
-        (m["pending"] == 0 && m["flows"] == 0).then_some(st)
+        (m["pending"] == 0 && m["flows"] == 0 && m["handshakes"] == 0).then_some(st)
     })
     .with_context(|| format!("last status: {:?}", gw.status()))?;
     assert!(st["counters"]["redirected"].as_u64() >= Some(N), "{st}");

@@ -352,13 +352,14 @@ impl Collector for Kernel {
         }
         let mut fill = encoder.encode_descriptor(
             "chokepoint_kernel_flow_records",
-            "Flow records in the kernel maps now: pending (connect seen, not yet keyed by the client's address) and flows (waiting for the gateway's accept); jobs: cgroups whose records the kernel's per-job share counts",
+            "Flow records in the kernel maps now: pending (connect seen, not yet keyed by the client's address) and flows (waiting for the gateway's accept); handshakes: open TCP sockets whose record went to flows, each charged to its job until closed; jobs: cgroups whose records the kernel's per-job share counts",
             None,
             ConstGauge::new(0i64).metric_type(),
         )?;
         for (map, value) in [
             ("pending", status.maps.pending),
             ("flows", status.maps.flows),
+            ("handshakes", status.maps.handshakes),
             ("jobs", status.maps.jobs),
         ] {
             let value = i64::try_from(value).unwrap_or(i64::MAX);

@@ -1,7 +1,7 @@
 //! What an instance has in the kernel right now: attachment, map fill and
 //! counters. Read from the pins, so it works while the daemon is down.
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use gateway_common::{ClientKey, Counter, FlowRecord, maps};
+use gateway_common::{ClientKey, Counter, FlowRecord, Handshake, maps};
 use serde::Serialize;
 
 use super::{EbpfError, PinDir};
@@ -19,6 +19,9 @@ pub struct Status {
 pub struct MapFill {
     pub pending: usize,
     pub flows: usize,
+    /// Open TCP sockets whose record went to `flows` at their SYN; each
+    /// holds its job's charge until it is released.
+    pub handshakes: usize,
     /// Jobs (cgroups) holding kernel records, as the record share counts
     /// them (counts back at zero are swept every 15 s).
     pub jobs: usize,
@@ -68,9 +71,14 @@ pub fn status(instance: &str) -> Result<Status, EbpfError> {
     let jobs = open::<u64, u64>(&pins, maps::JOB_RECORDS, "CP_JOB_RECORDS")
         .map(|m| m.keys().count())
         .unwrap_or(0);
+    // Absent in pins of a gateway from before the release clean-up.
+    let handshakes = open::<u64, Handshake>(&pins, maps::HANDSHAKES, "CP_HANDSHAKES")
+        .map(|m| m.keys().count())
+        .unwrap_or(0);
     status.maps = MapFill {
         pending: pending.keys().count(),
         flows: flows.keys().count(),
+        handshakes,
         jobs,
     };
 

@@ -30,7 +30,8 @@ const USAGE: &str = "usage: cp-probe <command>
   bind --addr ADDR
   loop --to ADDR --count N
   hold --to ADDR --count N [--until-stdin-closes]   (N connections, each echoed once, all kept open until the end)
-  stall --to ADDR4 --count N [--until-stdin-closes]  (N connects whose SYN is dropped: each keeps its kernel record)
+  stall --to ADDR4 --count N [--md5] [--until-stdin-closes]  (N connects whose SYN is dropped: each keeps its kernel record;
+        by the egress program for a source route, or with --md5 by the gateway's listener for a TCP_MD5SIG option)
   send-close --to ADDR --send N --count K";
 
 fn main() -> ExitCode {
@@ -234,7 +235,7 @@ fn run(args: &[String]) -> Result<ProbeReport, String> {
                     .map(Socket::from)
                     .collect()
             } else {
-                stall(&mut report, to, count)
+                stall(&mut report, to, count, o.has("--md5"))
             };
             if o.has("--until-stdin-closes") {
                 // Tells the test all were tried; it closes stdin when done.
@@ -758,7 +759,7 @@ fn keep_open<T>(
 /// source route, which the egress program drops, so the connect stays in
 /// `SYN_SENT` (then closed, still open) and keeps the record it made for
 /// as long as the socket is open. Kept open until all were tried.
-fn stall(report: &mut ProbeReport, to: SocketAddr, count: u64) -> Vec<Socket> {
+fn stall(report: &mut ProbeReport, to: SocketAddr, count: u64, md5: bool) -> Vec<Socket> {
     raise_fd_limit(count + 64);
     let SocketAddr::V4(to4) = to else {
         report
@@ -769,7 +770,12 @@ fn stall(report: &mut ProbeReport, to: SocketAddr, count: u64) -> Vec<Socket> {
     keep_open(report, count, || {
         let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
             .map_err(|e| Failure::from_io("socket", &e))?;
-        SourceRoute::V4(*to4.ip()).apply(std::os::fd::AsRawFd::as_raw_fd(&s))?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+        if md5 {
+            md5_key_for_loopback(fd)?;
+        } else {
+            SourceRoute::V4(*to4.ip()).apply(fd)?;
+        }
         s.set_nonblocking(true)
             .map_err(|e| Failure::from_io("set_nonblocking", &e))?;
         match s.connect(&to.into()) {
@@ -778,6 +784,38 @@ fn stall(report: &mut ProbeReport, to: SocketAddr, count: u64) -> Vec<Socket> {
             Err(e) => Err(Failure::from_io("connect", &e)),
         }
     })
+}
+
+/// A `TCP_MD5SIG` key for 127.0.0.1, where the kernel redirects the
+/// connect: the SYN carries an MD5 option, which a listener without keys
+/// (the gateway's) drops without an answer. Needs no privilege.
+fn md5_key_for_loopback(fd: i32) -> Result<(), Failure> {
+    // struct tcp_md5sig (linux/tcp.h; libc has no binding): a 128-byte
+    // sockaddr_storage, flags, prefix length, key length (u16), ifindex
+    // (i32), then an 80-byte key.
+    let mut sig = [0u8; 216];
+    sig[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    sig[4..8].copy_from_slice(&[127, 0, 0, 1]);
+    let key = b"chokepoint-test";
+    sig[130..132].copy_from_slice(&(key.len() as u16).to_ne_bytes());
+    sig[136..136 + key.len()].copy_from_slice(key);
+    // SAFETY: a valid fd and the buffer with its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_MD5SIG,
+            sig.as_ptr().cast(),
+            sig.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(Failure::from_io(
+            "setsockopt(TCP_MD5SIG)",
+            &io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// Lets this process hold `n` descriptors (as far as the hard limit goes).
