@@ -1294,29 +1294,53 @@ fn a_job_past_its_connection_limit_is_refused_and_other_jobs_are_not() -> Result
     Ok(())
 }
 
+/// A connect whose SYN never leaves (dropped for its source route) keeps
+/// its kernel record for as long as the socket is open; enough of them
+/// would fill the map every job shares. A job gets RECORDS_PER_JOB (4096);
+/// past it, its own connects fail, and a sibling job's do not.
 #[test]
 fn a_job_cannot_hold_more_than_its_share_of_the_kernel_records() -> Result<()> {
-    // A connect whose SYN never leaves (here: dropped for its source
-    // route) keeps its kernel record for as long as the socket is open;
-    // enough of them would fill the map every job shares. A job gets RECORDS_PER_JOB (4096); past it, its own connects
-    // fail, and a sibling job's do not.
+    a_job_holds_its_share_and_no_more("job-share", &["stall"], &["pending"])
+}
+
+/// A SYN the gateway's listener drops (it carries a `TCP_MD5SIG` option;
+/// no privilege needed) has already moved its record to the flow map,
+/// where the gateway never takes it. Such records stay charged to the job
+/// and leave with their sockets; before, they sat outside any share for
+/// the gateway's 60-s sweep, and one job could fill the map every job
+/// needs.
+#[test]
+fn records_of_handshakes_the_gateway_never_sees_stay_in_the_jobs_share() -> Result<()> {
+    a_job_holds_its_share_and_no_more("md5-share", &["stall", "--md5"], &["flows", "handshakes"])
+}
+
+/// Job A stalls more connects (`stall_args`) than its share, which the
+/// status maps `held_in` then hold exactly; job B is not held back; A's
+/// records leave with its sockets, well before the gateway's sweep.
+fn a_job_holds_its_share_and_no_more(
+    hint: &str,
+    stall_args: &[&str],
+    held_in: &[&str],
+) -> Result<()> {
     const SHARE: u64 = 4096;
     const OVER: u64 = 50;
-    let guarded = TestCgroup::new("job-share")?;
+    let guarded = TestCgroup::new(hint)?;
     let (job_a, job_b) = (guarded.child("job-a")?, guarded.child("job-b")?);
     let echo = Server::echo(v4(21))?;
-    let cfg = GatewayConfig::new("job-share", &guarded)?
+    let cfg = GatewayConfig::new(hint, &guarded)?
         .target(target_for("echo", &[&echo]))
         .rule(Rule::allow("allow-echo", &["echo"]));
     let gw = Gateway::start(&cfg)?;
 
-    let a = Holder::start(&job_a, "stall", echo.addr(), SHARE + OVER)?;
+    let a = Holder::start_with(&job_a, stall_args, echo.addr(), SHARE + OVER)?;
     let status = gw.status()?;
-    assert_eq!(
-        status["maps"]["pending"].as_u64(),
-        Some(SHARE),
-        "the job holds exactly its share: {status}"
-    );
+    for map in held_in {
+        assert_eq!(
+            status["maps"][map].as_u64(),
+            Some(SHARE),
+            "the job holds exactly its share in {map}: {status}"
+        );
+    }
     assert_eq!(
         status["counters"]["job_quota"].as_u64(),
         Some(OVER),
@@ -1334,76 +1358,28 @@ fn a_job_cannot_hold_more_than_its_share_of_the_kernel_records() -> Result<()> {
     let a = a.finish()?;
     assert_eq!((a.successes, a.failures), (SHARE, OVER), "{a:?}");
     assert_eq!(a.errno("connect"), Some(libc::EPERM), "{a:?}");
-    // Closed sockets give their records back: the share is whole again,
-    // and the gateway's next sweep (every 15 s) forgets the empty count.
+    assert_eq!(echo.accepted(), 1, "only job B's connection got through");
+    // Closed sockets take their records and charges with them, within
+    // MAPS_TIMEOUT (30 s), before the sweep's 60-s age; the gateway's
+    // next count sweep (every 15 s) forgets the empty count.
     wait_for(
         "job A's records to be released and its count swept",
         MAPS_TIMEOUT,
         || {
             let s = gw.status().ok()?;
-            (s["maps"]["pending"].as_u64() == Some(0) && s["maps"]["jobs"].as_u64() == Some(0))
+            let m = &s["maps"];
+            ["pending", "flows", "handshakes", "jobs"]
+                .iter()
+                .all(|map| m[map] == 0)
                 .then_some(())
         },
-    )?;
+    )
+    .with_context(|| format!("last status: {:?}", gw.status()))?;
     let again = ProbeArgs::tcp(echo.addr())
         .send(1000)
         .expect_echo()
         .run(job_a.command(PROBE))?;
     assert_passed(&again, 1000);
-    Ok(())
-}
-
-/// A SYN the gateway's listener drops (it carries a `TCP_MD5SIG` option;
-/// no privilege needed) has already moved its record to the flow map,
-/// where the gateway never takes it. Such records stay charged to the job
-/// and leave with their sockets; before, they sat outside any share for
-/// the gateway's 60-s sweep, and one job could fill the map every job
-/// needs.
-#[test]
-fn records_of_handshakes_the_gateway_never_sees_stay_in_the_jobs_share() -> Result<()> {
-    const SHARE: u64 = 4096;
-    const OVER: u64 = 50;
-    let guarded = TestCgroup::new("md5-share")?;
-    let (job_a, job_b) = (guarded.child("job-a")?, guarded.child("job-b")?);
-    let echo = Server::echo(v4(22))?;
-    let cfg = GatewayConfig::new("md5-share", &guarded)?
-        .target(target_for("echo", &[&echo]))
-        .rule(Rule::allow("allow-echo", &["echo"]));
-    let gw = Gateway::start(&cfg)?;
-
-    let a = Holder::start_with(&job_a, &["stall", "--md5"], echo.addr(), SHARE + OVER)?;
-    let status = gw.status()?;
-    let maps = &status["maps"];
-    assert_eq!(
-        (maps["flows"].as_u64(), maps["handshakes"].as_u64()),
-        (Some(SHARE), Some(SHARE)),
-        "the job's dropped handshakes hold exactly its share: {status}"
-    );
-    assert_eq!(
-        status["counters"]["job_quota"].as_u64(),
-        Some(OVER),
-        "{status}"
-    );
-    let b = ProbeArgs::tcp(echo.addr())
-        .send(1000)
-        .expect_echo()
-        .run(job_b.command(PROBE))?;
-    assert_passed(&b, 1000);
-
-    let a = a.finish()?;
-    assert_eq!((a.successes, a.failures), (SHARE, OVER), "{a:?}");
-    assert_eq!(echo.accepted(), 1, "only job B's connection got through");
-    // Within MAPS_TIMEOUT (30 s), well before the sweep's 60 s age.
-    wait_for(
-        "job A's records to leave with its sockets",
-        MAPS_TIMEOUT,
-        || {
-            let s = gw.status().ok()?;
-            let m = &s["maps"];
-            (m["flows"] == 0 && m["handshakes"] == 0 && m["jobs"] == 0).then_some(())
-        },
-    )
-    .with_context(|| format!("last status: {:?}", gw.status()))?;
     Ok(())
 }
 
@@ -1519,12 +1495,19 @@ fn the_gateway_inside_the_guarded_tree_is_exempt_by_its_cgroup() -> Result<()> {
 fn the_gateway_refuses_to_guard_the_cgroup_it_runs_in() -> Result<()> {
     let cg = TestCgroup::new("self")?;
     let cfg = GatewayConfig::new("self", &cg)?;
-    let err = Gateway::start_in(&cfg, &cg).expect_err("the gateway guarded its own cgroup");
-    assert!(
-        format!("{err:#}").contains("the gateway runs in the cgroup it guards"),
-        "{err:#}"
+    assert_refused_start(
+        Gateway::start_in(&cfg, &cg),
+        "the gateway runs in the cgroup it guards",
     );
     Ok(())
+}
+
+/// The daemon exited before it was ready, saying `why`.
+fn assert_refused_start(started: Result<Gateway>, why: &str) {
+    match started {
+        Ok(_) => panic!("the gateway started; expected it to refuse: {why}"),
+        Err(e) => assert!(format!("{e:#}").contains(why), "{e:#}"),
+    }
 }
 
 /// Accepted connections pass no connect or send hook: only the egress
@@ -1593,13 +1576,9 @@ fn a_gateway_port_in_the_automatic_port_range_is_refused() -> Result<()> {
     let cg = TestCgroup::new("automatic")?;
     let mut cfg = GatewayConfig::new("automatic", &cg)?;
     cfg.udp_port = low + 7;
-    let err = Gateway::start(&cfg).expect_err("a port in the automatic range was accepted");
-    assert!(
-        format!("{err:#}").contains(&format!(
-            "udp_port {} in the kernel's automatic port range",
-            low + 7
-        )),
-        "{err:#}"
+    assert_refused_start(
+        Gateway::start(&cfg),
+        &format!("udp_port {} in the kernel's automatic port range", low + 7),
     );
     Ok(())
 }
