@@ -1563,22 +1563,33 @@ fn a_job_serves_loopback_clients_but_nobody_beyond_loopback() -> Result<()> {
 #[test]
 fn a_gateway_port_in_the_automatic_port_range_is_refused() -> Result<()> {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")?;
-    let low: u16 = range
-        .split_whitespace()
-        .next()
-        .context("ip_local_port_range")?
-        .parse()?;
+    let mut bounds = range.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(low)), Some(Ok(high))) = (bounds.next(), bounds.next()) else {
+        anyhow::bail!("ip_local_port_range holds {range:?}");
+    };
+    // A port of the range this host does not reserve ("8080,9000-9100").
     let reserved = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports")?;
-    ensure!(
-        reserved.trim().is_empty(),
-        "this host reserves ports ({reserved}); the test needs an unreserved one"
-    );
+    let is_reserved = |port: u16| {
+        reserved
+            .trim()
+            .split(',')
+            .any(|item| match item.split_once('-') {
+                Some((a, b)) => {
+                    a.parse().is_ok_and(|a: u16| a <= port)
+                        && b.parse().is_ok_and(|b: u16| port <= b)
+                }
+                None => item.parse() == Ok(port),
+            })
+    };
+    let port = (low..=high)
+        .find(|p| !is_reserved(*p))
+        .context("this host reserves its whole automatic port range")?;
     let cg = TestCgroup::new("automatic")?;
     let mut cfg = GatewayConfig::new("automatic", &cg)?;
-    cfg.udp_port = low + 7;
+    cfg.udp_port = port;
     assert_refused_start(
         Gateway::start(&cfg),
-        &format!("udp_port {} in the kernel's automatic port range", low + 7),
+        &format!("udp_port {port} in the kernel's automatic port range"),
     );
     Ok(())
 }
