@@ -29,9 +29,11 @@ fn hint(e: &io::Error) -> &'static str {
     }
 }
 
-/// Binds both listeners. They carry the exemption mark because, when the
-/// host itself is guarded, the kernel refuses binds of the gateway port to
-/// anything unmarked (so a job cannot squat it while the gateway is down).
+/// Binds both listeners. When the host itself is guarded, the kernel
+/// refuses binds of the gateway port to everyone but the gateway's own
+/// cgroup (so a job cannot squat it while the gateway is down). They are
+/// marked too: programs of a release that exempted by mark, still attached
+/// while this one starts during an upgrade, let only marked sockets bind.
 pub fn bind_listeners(port: u16, mark: u32) -> Result<Listeners, BindError> {
     let v4 = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), mark)?;
     let v6 = bind(SocketAddr::from((Ipv6Addr::LOCALHOST, port)), mark)?;
