@@ -19,6 +19,13 @@ pub struct FileStore {
     lock: Mutex<()>,
 }
 
+/// The largest request file read or written. A request holds one held
+/// statement (at most `approvals::MAX_HELD_BYTES`, 64 KiB, which JSON
+/// escaping can make at most six times longer) and a few short fields
+/// and votes, so 1 MiB leaves room; anything bigger was not written by
+/// this store, and must not make the daemon allocate without end.
+const MAX_REQUEST_BYTES: u64 = 1 << 20;
+
 fn io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Io(format!("{what} {}: {e}", path.display()))
 }
@@ -63,6 +70,16 @@ impl FileStore {
     /// Whole file, fsynced, then renamed: a crash leaves the old or the new one.
     fn write(&self, path: &Path, request: &Request, new: bool) -> Result<(), StoreError> {
         let json = serde_json::to_vec_pretty(request).map_err(|e| StoreError::Io(e.to_string()))?;
+        // Refused here rather than written: a file over the bound would
+        // make every later read of it, and so every listing, fail.
+        if json.len() as u64 > MAX_REQUEST_BYTES {
+            return Err(StoreError::Io(format!(
+                "{}: request {} is {} bytes as JSON, more than the {MAX_REQUEST_BYTES} a request file may hold",
+                path.display(),
+                request.id,
+                json.len()
+            )));
+        }
         if new {
             let mut f = fs::OpenOptions::new()
                 .write(true)
@@ -145,8 +162,11 @@ impl ApprovalStore for FileStore {
     }
 }
 
+/// The request in `path`; `None` when there is no such file. Anything but
+/// a regular file is refused (opening a FIFO put there would wait for a
+/// writer forever), and so is a file over [`MAX_REQUEST_BYTES`].
 fn read(path: &Path) -> Result<Option<Request>, StoreError> {
-    match fs::read(path) {
+    match crate::regular_file::read_bounded(path, MAX_REQUEST_BYTES) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| StoreError::Io(format!("{} is not a request: {e}", path.display()))),
@@ -155,8 +175,12 @@ fn read(path: &Path) -> Result<Option<Request>, StoreError> {
     }
 }
 
-/// Every request file in `dir` that reads, with its path. A file removed
-/// or half-written by hand is skipped, not fatal to the whole listing.
+/// Every request file in `dir`, with its path. A file that does not read
+/// as a request fails the listing, naming it: skipping it would hide a
+/// pending request from its approvers with nobody told, and requests are
+/// only ever written whole, so such a file is damage or a hand edit that
+/// someone must look at. A file removed meanwhile (pruned) is no loss
+/// and is skipped.
 fn list(dir: &Path) -> Result<Vec<(PathBuf, Request)>, StoreError> {
     let entries = fs::read_dir(dir).map_err(|e| io("cannot list", dir, e))?;
     let mut out = Vec::new();
@@ -165,9 +189,139 @@ fn list(dir: &Path) -> Result<Vec<(PathBuf, Request)>, StoreError> {
         if path.extension().is_none_or(|e| e != "json") {
             continue;
         }
-        if let Ok(Some(r)) = read(&path) {
+        if let Some(r) = read(&path)? {
             out.push((path, r));
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::approvals::State;
+
+    fn request(id: &str) -> Request {
+        serde_json::from_value(serde_json::json!({
+            "id": id,
+            "state": "pending",
+            "who": {
+                "identity": "ci:job",
+                "uid": 1000,
+                "pid": 1,
+                "comm": "psql",
+                "cgroup_id": 1,
+                "session": "s"
+            },
+            "target": "db",
+            "role": "app",
+            "database": "app",
+            "statement": "DELETE FROM t",
+            "digest": "00",
+            "class": "delete",
+            "rule": "r",
+            "reason": "why",
+            "approvers": ["alice"],
+            "min_approvals": 1,
+            "created": "2026-11-28T00:00:00Z",
+            "expires": "2026-11-28T01:00:00Z",
+            "gateway": "test/default"
+        }))
+        .unwrap()
+    }
+
+    /// `f` on the store, failing the test instead of hanging it when the
+    /// store blocks (as opening a FIFO does).
+    fn within_5s<T: Send + 'static>(
+        store: &std::sync::Arc<FileStore>,
+        f: impl AsyncFnOnce(&FileStore) -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = tx.send(rt.block_on(f(&store)));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the store answers within 5 s")
+    }
+
+    #[test]
+    fn a_fifo_huge_or_broken_request_file_is_named_not_hung_on_or_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(FileStore::open(dir.path()).unwrap());
+        within_5s(&store, async |s| s.create(&request("apr-good1")).await).unwrap();
+        assert_eq!(
+            within_5s(&store, async |s| s.list(false).await)
+                .unwrap()
+                .len(),
+            1
+        );
+
+        // A FIFO where a request belongs: refused at once, by name.
+        let fifo = dir.path().join("apr-fifo1.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRUSR).unwrap();
+        let e = within_5s(&store, async |s| s.get("apr-fifo1").await)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&fifo.display().to_string()) && e.contains("FIFO"),
+            "{e}"
+        );
+        let e = within_5s(&store, async |s| s.list(false).await)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&fifo.display().to_string()) && e.contains("FIFO"),
+            "{e}"
+        );
+        fs::remove_file(&fifo).unwrap();
+
+        // A sparse, huge file: refused without reading it.
+        let huge = dir.path().join("apr-huge1.json");
+        fs::File::create(&huge).unwrap().set_len(100 << 30).unwrap();
+        let e = within_5s(&store, async |s| s.get("apr-huge1").await)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&huge.display().to_string()) && e.contains("larger than 1048576"),
+            "{e}"
+        );
+        fs::remove_file(&huge).unwrap();
+
+        // A damaged request: the listing fails naming it instead of
+        // leaving it out, so an approver learns a request may be missing.
+        let broken = dir.path().join("apr-bad1.json");
+        fs::write(&broken, b"{\"id\": \"apr-bad1\", \"state\": \"pend").unwrap();
+        let e = within_5s(&store, async |s| s.list(false).await)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&broken.display().to_string()) && e.contains("is not a request"),
+            "{e}"
+        );
+        assert!(within_5s(&store, async |s| s.list(true).await).is_err());
+        fs::remove_file(&broken).unwrap();
+        let listed = within_5s(&store, async |s| s.list(false).await).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state, State::Pending);
+    }
+
+    #[tokio::test]
+    async fn a_request_too_large_to_read_back_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let mut big = request("apr-big1");
+        big.statement = "\u{1}".repeat(MAX_REQUEST_BYTES as usize / 4);
+        let e = store.create(&big).await.unwrap_err().to_string();
+        assert!(
+            e.contains("apr-big1") && e.contains("more than the 1048576"),
+            "{e}"
+        );
+        assert_eq!(store.get("apr-big1").await.unwrap(), None);
+        assert!(store.list(true).await.unwrap().is_empty());
+    }
 }
