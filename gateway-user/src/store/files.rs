@@ -1,4 +1,4 @@
-//! The single-host store: `<dir>/<id>.json`, written whole and renamed into place.
+//! The single-host store: `<dir>/<id>.json`, written whole and then put in place.
 use std::{
     fs,
     io::Write,
@@ -67,7 +67,12 @@ impl FileStore {
             .map_err(|e| StoreError::Io(format!("listing {}: {e}", self.dir.display())))?
     }
 
-    /// Whole file, fsynced, then renamed: a crash leaves the old or the new one.
+    /// Whole file, fsynced, then put in place and the directory fsynced:
+    /// a reader (`get` and `list` take no lock) or a crash sees the old
+    /// request or the new one, never part of one, and a request `create`
+    /// reported stored survives a power loss. A new request is linked
+    /// into place rather than renamed, as a link never replaces an
+    /// existing request of the same id.
     fn write(&self, path: &Path, request: &Request, new: bool) -> Result<(), StoreError> {
         let json = serde_json::to_vec_pretty(request).map_err(|e| StoreError::Io(e.to_string()))?;
         // Refused here rather than written: a file over the bound would
@@ -80,17 +85,8 @@ impl FileStore {
                 json.len()
             )));
         }
-        if new {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| io("cannot create", path, e))?;
-            f.write_all(&json)
-                .map_err(|e| io("cannot write", path, e))?;
-            return f.sync_all().map_err(|e| io("cannot sync", path, e));
-        }
+        // Not `.json`: `list` skips it. Writes hold the lock, so one name
+        // per request is enough, and one left by a crash is overwritten.
         let tmp = path.with_extension("json.tmp");
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -102,7 +98,19 @@ impl FileStore {
         f.write_all(&json)
             .map_err(|e| io("cannot write", &tmp, e))?;
         f.sync_all().map_err(|e| io("cannot sync", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| io("cannot replace", path, e))
+        drop(f);
+        if new {
+            let linked = fs::hard_link(&tmp, path).map_err(|e| io("cannot create", path, e));
+            // The request is in place (or refused) either way; a leftover
+            // temporary file is skipped by `list` and reused by the next write.
+            let _ = fs::remove_file(&tmp);
+            linked?;
+        } else {
+            fs::rename(&tmp, path).map_err(|e| io("cannot replace", path, e))?;
+        }
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("cannot sync", &self.dir, e))
     }
 }
 
@@ -308,6 +316,47 @@ mod tests {
         let listed = within_5s(&store, async |s| s.list(false).await).unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].state, State::Pending);
+    }
+
+    #[test]
+    fn a_request_being_created_is_never_seen_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(FileStore::open(dir.path()).unwrap());
+        for i in 0..50 {
+            let id = format!("apr-race{i}");
+            let path = dir.path().join(format!("{id}.json"));
+            let mut r = request(&id);
+            // Large enough that writing it takes several system calls.
+            r.statement = "x".repeat(60 * 1024);
+            // `get` and `list` take no lock: a reader may look at any time.
+            let reader = std::thread::spawn(move || {
+                loop {
+                    match read(&path) {
+                        Ok(Some(r)) => return Ok(r.id),
+                        Ok(None) => std::hint::spin_loop(),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            });
+            within_5s(&store, async move |s| s.create(&r).await).unwrap();
+            assert_eq!(reader.join().unwrap(), Ok(id));
+        }
+        // A second create of an id leaves the first request as it was.
+        let first = fs::read(dir.path().join("apr-race0.json")).unwrap();
+        let mut again = request("apr-race0");
+        again.statement = "SELECT 1".into();
+        let e = within_5s(&store, async move |s| s.create(&again).await)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("apr-race0.json") && e.contains("exists"), "{e}");
+        assert_eq!(fs::read(dir.path().join("apr-race0.json")).unwrap(), first);
+        // Nothing but the requests is left behind.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.ends_with(".json"))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
     }
 
     #[tokio::test]
