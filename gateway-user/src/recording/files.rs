@@ -48,14 +48,14 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Result<()>
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && depth > 0 => return Ok(()),
-        Err(e) => return Err(e),
+        Err(e) => return Err(at(dir, e)),
     };
     for entry in entries {
-        let entry = entry?;
+        let entry = entry.map_err(|e| at(dir, e))?;
+        let path = entry.path();
         // Not followed: a symlinked folder or file would let retention
         // delete (and verify vouch for) files outside the sessions folder.
-        let kind = entry.file_type()?;
-        let path = entry.path();
+        let kind = entry.file_type().map_err(|e| at(&path, e))?;
         if depth < 3 && kind.is_dir() {
             walk(&path, depth + 1, out)?;
         } else if depth == 3 && kind.is_file() && path.extension().is_some_and(|e| e == "jsonl") {
@@ -63,6 +63,12 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Result<()>
         }
     }
     Ok(())
+}
+
+/// `e` naming the file or folder it came from: a walk fails deep under
+/// the directory its caller names.
+fn at(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// The recording of session `id` (or a path to one).
@@ -149,5 +155,27 @@ mod tests {
         .unwrap();
         let found = all(root.path()).unwrap();
         assert_eq!(found, [day.join("20261128T000000Z-000000000001.jsonl")]);
+    }
+
+    #[test]
+    fn a_walk_that_fails_names_where() {
+        let root = tempfile::tempdir().unwrap();
+        let missing = root.path().join("sessions");
+        let e = all(&missing).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{}: ", missing.display())),
+            "{e}"
+        );
+        // A file where a year folder goes: not a folder, so not walked.
+        fs::write(root.path().join("2026"), "").unwrap();
+        assert!(all(root.path()).unwrap().is_empty());
+        let file = root.path().join("2026");
+        let e = all(&file).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!("{}: ", file.display())),
+            "{e}"
+        );
     }
 }

@@ -70,13 +70,21 @@ fn started(id: &str) -> Option<SystemTime> {
 
 /// One pass over `dir`. Files that vanish meanwhile are skipped.
 ///
-/// A recording the ledger has (`listed`), at the path its id names, is
-/// aged by the start time in its id, which nobody can change without
-/// renaming it (and a renamed recording is one the ledger misses), not by
-/// its modification time, which anyone who can write the directory can
-/// set. Other files (never opened by this gateway, or a copy elsewhere)
-/// go first when the total is too large, so planted files cannot push
-/// real recordings out. `is_active` is asked right before each removal.
+/// Only recordings are removed: files [`files::all`] finds that are where
+/// their session id puts them ([`files::misplaced`], the test `sessions
+/// list`, `verify` and `find` go by). Anything else under `dir` (a copy
+/// in another folder, `notes.jsonl`) is no session of this gateway's: it
+/// is left alone, not counted towards `max_total_bytes` (so it cannot
+/// push recordings out either), and named in a warning for someone to
+/// move away.
+///
+/// A recording the ledger has (`listed`) is aged by the start time in
+/// its id, which nobody can change without renaming it (and a renamed
+/// recording is no longer where its id puts it), not by its modification
+/// time, which anyone who can write the directory can set. Recordings
+/// the ledger misses (never opened by this gateway) go first when the
+/// total is too large, so planted files cannot push real recordings out.
+/// `is_active` is asked right before each removal.
 pub fn enforce(
     dir: &Path,
     limits: Limits,
@@ -90,19 +98,29 @@ pub fn enforce(
         return Ok(removed);
     }
     let mut kept: Vec<Candidate> = Vec::new();
-    let mut seen = HashSet::new();
     for path in files::all(dir)? {
-        let Ok(meta) = fs::metadata(&path) else {
+        if let Some(why) = files::misplaced(dir, &path) {
+            tracing::warn!(file = %path.display(), "not a recording, so retention leaves it and does not count it: {why}");
             continue;
+        }
+        // Not followed: the walk saw a file, and what is there now must
+        // still be one for its size to count.
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => meta,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "retention cannot look at this recording: kept");
+                continue;
+            }
         };
+        // Not misplaced, so its name is a session id.
         let id = path
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_owned();
-        let is_listed = listed.contains(&id)
-            && files::find(dir, &id).ok().as_deref() == Some(path.as_path())
-            && seen.insert(id.clone());
+        let is_listed = listed.contains(&id);
         let since = if is_listed {
             started(&id).or_else(|| meta.modified().ok())
         } else {
@@ -120,7 +138,7 @@ pub fn enforce(
         };
         let expired = limits.max_age.is_some_and(|max| file.age > max);
         if expired && !is_active(&file.path) {
-            if fs::remove_file(&file.path).is_ok() {
+            if remove(&file.path) {
                 removed.add(&file);
             }
             continue;
@@ -140,7 +158,7 @@ pub fn enforce(
             if is_active(&file.path) || (!file.listed && is_listed_now(&file.id)) {
                 continue;
             }
-            if fs::remove_file(&file.path).is_ok() {
+            if remove(&file.path) {
                 total -= file.len;
                 removed.add(file);
             }
@@ -150,21 +168,42 @@ pub fn enforce(
     Ok(removed)
 }
 
-/// Day, month and year folders left empty (never `dir` itself).
+/// Removes one recording; whether it did. One that cannot be removed is
+/// named and kept, and the pass goes on with the others.
+fn remove(path: &Path) -> bool {
+    match fs::remove_file(path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot remove a recording past its retention");
+            false
+        }
+    }
+}
+
+/// Day, month and year folders left empty (never `dir` itself). Symlinks
+/// are not followed: emptied folders elsewhere are not ours to remove.
 fn remove_empty_dirs(dir: &Path) {
-    let Ok(years) = fs::read_dir(dir) else { return };
-    for year in years.flatten() {
-        let year = year.path();
-        for month in fs::read_dir(&year).into_iter().flatten().flatten() {
-            let month = month.path();
-            for day in fs::read_dir(&month).into_iter().flatten().flatten() {
+    for year in sub_dirs(dir) {
+        for month in sub_dirs(&year) {
+            for day in sub_dirs(&month) {
                 // Fails (as wanted) while the folder holds anything.
-                let _ = fs::remove_dir(day.path());
+                let _ = fs::remove_dir(day);
             }
             let _ = fs::remove_dir(&month);
         }
         let _ = fs::remove_dir(&year);
     }
+}
+
+/// The folders in `dir`, not counting symlinks to folders.
+fn sub_dirs(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
 }
 
 #[cfg(test)]
@@ -269,8 +308,92 @@ mod tests {
             real.exists() && older.exists(),
             "a real recording was pushed out"
         );
-        assert!(!planted.exists() && !copy.exists());
-        assert_eq!((removed.files, removed.sessions.len()), (2, 0));
+        // The copy is no recording: kept, and not counted either.
+        assert!(!planted.exists() && copy.exists());
+        assert_eq!((removed.files, removed.sessions.len()), (1, 0));
+    }
+
+    #[test]
+    fn only_files_where_their_session_id_puts_them_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = dir.path().join("2026/10/01");
+        let old = recording(dir.path(), "20261001T000000Z-old", 10, 60 * DAY);
+        // Files that are no recording, old and large: not removed.
+        let notes = day.join("notes.jsonl");
+        let moved = day.join("20261002T000000Z-moved.jsonl");
+        for path in [&notes, &moved] {
+            fs::write(path, vec![b'x'; 1000]).unwrap();
+            let file = fs::File::options().write(true).open(path).unwrap();
+            file.set_modified(now() - 90 * DAY).unwrap();
+        }
+        let new = recording(dir.path(), "20261127T000000Z-new", 10, DAY);
+        let limits = Limits {
+            max_age: Some(30 * DAY),
+            max_total_bytes: Some(100),
+        };
+        let removed = enforce(
+            dir.path(),
+            limits,
+            |_| false,
+            &HashSet::new(),
+            |_| false,
+            now(),
+        )
+        .unwrap();
+        assert!(!old.exists(), "an old recording stayed");
+        assert!(
+            notes.exists() && moved.exists(),
+            "a file that is no recording was removed"
+        );
+        // 2000 bytes of them, over the 100 allowed: yet the recording stays.
+        assert!(new.exists(), "files that are no recording pushed one out");
+        assert_eq!((removed.files, removed.bytes), (1, 10));
+    }
+
+    #[test]
+    fn emptied_folders_elsewhere_are_not_removed_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let deep = outside.path().join("11").join("28");
+        fs::create_dir_all(&deep).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("2026")).unwrap();
+        let limits = Limits {
+            max_age: Some(DAY),
+            max_total_bytes: None,
+        };
+        enforce(
+            dir.path(),
+            limits,
+            |_| false,
+            &HashSet::new(),
+            |_| false,
+            now(),
+        )
+        .unwrap();
+        assert!(deep.exists(), "an empty folder outside was removed");
+    }
+
+    #[test]
+    fn a_pass_that_cannot_walk_names_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("sessions");
+        let limits = Limits {
+            max_age: Some(DAY),
+            max_total_bytes: None,
+        };
+        let e = enforce(
+            &missing,
+            limits,
+            |_| false,
+            &HashSet::new(),
+            |_| false,
+            now(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains(&missing.display().to_string()),
+            "{e}"
+        );
     }
 
     #[test]
