@@ -3,7 +3,7 @@
 use std::{
     fs,
     io::Write,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -11,6 +11,10 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
 const SECRET: &str = "host.ed25519";
 const PUBLIC: &str = "host.ed25519.pub";
+
+/// The secret key file holds one line of hex (64 digits); anything bigger
+/// is not one, and must not be read whole.
+const SECRET_MAX_BYTES: u64 = 4096;
 
 /// What a seal signs: the format, the session and its final hash, so a
 /// seal cannot be moved to another session; and whether the gateway put
@@ -33,10 +37,13 @@ impl HostKey {
     /// Loads the key in `dir`, or makes one (and the directory, 0700).
     pub fn load_or_create(dir: &Path) -> Result<HostKey, String> {
         let secret = dir.join(SECRET);
-        match fs::read_to_string(&secret) {
-            Ok(text) => {
-                let seed: [u8; 32] = hex::decode(text.trim())
+        // A regular file only, and bounded: a FIFO put there must not
+        // hang the daemon's start, nor a sparse huge file take its memory.
+        match crate::regular_file::read_bounded(&secret, SECRET_MAX_BYTES) {
+            Ok(bytes) => {
+                let seed: [u8; 32] = std::str::from_utf8(&bytes)
                     .ok()
+                    .and_then(|text| hex::decode(text.trim()).ok())
                     .and_then(|b| b.try_into().ok())
                     .ok_or_else(|| {
                         format!(
@@ -56,9 +63,7 @@ impl HostKey {
     }
 
     fn create(dir: &Path) -> Result<HostKey, String> {
-        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))?;
+        make_private_dir(dir)?;
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| format!("no randomness for a key: {e}"))?;
         let key = SigningKey::from_bytes(&seed);
@@ -87,11 +92,22 @@ impl HostKey {
     fn restore_public(&self, dir: &Path) -> Result<(), String> {
         let public = dir.join(PUBLIC);
         let expected = format!("{}\n", self.public_hex());
-        if fs::read_to_string(&public).is_ok_and(|t| t == expected) {
+        // Bounded, regular files only: a FIFO there must not hang the
+        // start; it is then replaced like any file that does not match.
+        if crate::regular_file::read_bounded(&public, PUBLIC_MAX_BYTES)
+            .is_ok_and(|t| t == expected.as_bytes())
+        {
             return Ok(());
         }
         let tmp = dir.join(format!("{PUBLIC}.new"));
-        fs::File::create(&tmp)
+        // Whatever a crash (or anyone) left there goes first: opening a
+        // FIFO to write would wait for a reader forever.
+        let _ = fs::remove_file(&tmp);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
             .and_then(|mut f| {
                 f.write_all(expected.as_bytes())?;
                 f.sync_all()
@@ -117,6 +133,50 @@ impl HostKey {
     pub(super) fn sign_bytes(&self, message: &[u8]) -> String {
         hex::encode(self.key.sign(message).to_bytes())
     }
+}
+
+/// Makes `dir` (its parents as usual) with mode 0700 for a new key; a
+/// directory that already exists must be owned by this process's user and
+/// closed to everyone else, or the key is not made there. It is refused
+/// rather than chmodded: whoever else can write the directory can swap
+/// the key for one they know and forge seals, and a key made there would
+/// seem safe while it is not; quietly tightening a directory someone
+/// chose (which may be shared, or owned by someone else) would hide that,
+/// and could break whatever else uses it.
+fn make_private_dir(dir: &Path) -> Result<(), String> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        // The umask can only take bits away from 0700.
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
+    let meta = fs::metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!(
+            "{} is not a directory: keys_dir must name one for the host signing key",
+            dir.display()
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!(
+            "{} is owned by uid {}, not by the gateway's user (uid {me}): its owner could replace the host signing key; chown it, or point keys_dir at a new directory",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is open to other users (mode {mode:04o}): the host signing key must be kept where only the gateway's user can read or replace it; chmod 700 it, or point keys_dir at a new directory",
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// The public key file in `dir`, as hex.

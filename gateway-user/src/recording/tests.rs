@@ -172,9 +172,17 @@ async fn an_unwritable_directory_fails_the_session_at_open() {
     assert!(error.starts_with("cannot create "), "{error}");
 }
 
+/// A fresh directory closed to others, as a keys directory must be.
+fn key_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
 #[test]
 fn the_key_is_made_once_and_kept() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = key_dir();
     let a = keys::HostKey::load_or_create(dir.path()).unwrap();
     let b = keys::HostKey::load_or_create(dir.path()).unwrap();
     assert_eq!(a.public_hex(), b.public_hex());
@@ -227,6 +235,84 @@ fn the_key_is_made_once_and_kept() {
     std::fs::write(dir.path().join("host.ed25519"), "garbage").unwrap();
     let e = keys::HostKey::load_or_create(dir.path()).err().unwrap();
     assert!(e.contains("not a 64-hex-digit ed25519 seed"), "{e}");
+}
+
+/// `HostKey::load_or_create(dir)`, failing the test instead of hanging it.
+fn load_key_within_5s(dir: &Path) -> Result<keys::HostKey, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(keys::HostKey::load_or_create(&dir));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the key loads (or fails) within 5 s")
+}
+
+#[test]
+fn a_key_file_that_is_a_fifo_or_huge_is_refused_by_name() {
+    use nix::sys::stat::Mode;
+    let dir = key_dir();
+    let secret = dir.path().join("host.ed25519");
+    nix::unistd::mkfifo(&secret, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+    let e = load_key_within_5s(dir.path()).err().unwrap();
+    assert!(
+        e.contains(&secret.display().to_string()) && e.contains("FIFO"),
+        "{e}"
+    );
+    std::fs::remove_file(&secret).unwrap();
+    std::fs::File::create(&secret)
+        .unwrap()
+        .set_len(100 << 30)
+        .unwrap();
+    let e = load_key_within_5s(dir.path()).err().unwrap();
+    assert!(
+        e.contains(&secret.display().to_string()) && e.contains("larger than"),
+        "{e}"
+    );
+    std::fs::remove_file(&secret).unwrap();
+    // A FIFO for the public key is replaced from the secret, not read.
+    let key = load_key_within_5s(dir.path()).unwrap();
+    let public = keys::public_key_path(dir.path());
+    std::fs::remove_file(&public).unwrap();
+    nix::unistd::mkfifo(&public, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+    // And one left where the public key is written before its rename.
+    let tmp = dir.path().join("host.ed25519.pub.new");
+    nix::unistd::mkfifo(&tmp, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+    let again = load_key_within_5s(dir.path()).unwrap();
+    assert_eq!(again.public_hex(), key.public_hex());
+    assert_eq!(keys::read_public(&public).unwrap(), key.public_hex());
+}
+
+#[test]
+fn a_key_is_made_only_in_a_directory_closed_to_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // Made here: 0700.
+    let made = root.path().join("var/keys");
+    keys::HostKey::load_or_create(&made).unwrap();
+    assert_eq!(mode(&made), 0o700);
+    // Chosen by someone, open to others: refused, left as it was.
+    let open = root.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = keys::HostKey::load_or_create(&open).err().unwrap();
+    assert!(
+        e.starts_with(&format!(
+            "{} is open to other users (mode 0755)",
+            open.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(mode(&open), 0o755);
+    assert!(!open.join("host.ed25519").exists());
+    // Closed to others: used as it is.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o700)).unwrap();
+    keys::HostKey::load_or_create(&open).unwrap();
+    // Not a directory at all.
+    let file = root.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    assert!(keys::HostKey::load_or_create(&file).is_err());
 }
 
 #[test]
@@ -496,7 +582,7 @@ fn a_ledger_entry_with_an_odd_final_hash_is_described_not_panicked_on() {
 
 #[test]
 fn public_keys_are_checked_and_lowercased() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = key_dir();
     let key = keys::HostKey::load_or_create(dir.path()).unwrap();
     let public = key.public_hex();
     assert_eq!(
