@@ -133,13 +133,21 @@ impl StateFile {
             .map_err(unreadable)?;
         let mut lock = path.clone().into_os_string();
         lock.push(".lock");
+        // Read and write, non-blocking: a FIFO put there then opens at
+        // once (instead of waiting for a reader) and is refused by name.
         let file = fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(PathBuf::from(lock))
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(PathBuf::from(&lock))
             .map_err(unreadable)?;
+        crate::regular_file::check(&file).map_err(|e| StateError::Unreadable {
+            path: PathBuf::from(&lock).display().to_string(),
+            reason: e.to_string(),
+        })?;
         let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
             StateError::Locked {
                 path: shown.clone(),
@@ -178,17 +186,17 @@ impl StateFile {
             path: self.path.display().to_string(),
             reason,
         };
-        let file = match fs::File::open(&self.path) {
-            Ok(f) => f,
+        // A regular file only: opening a FIFO put there would wait for a
+        // writer and hang the daemon's start. Bounded, and a sparse huge
+        // file refused before anything is read.
+        let text = match crate::regular_file::read_bounded(&self.path, MAX_BYTES) {
+            Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Restored::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+                return Err(unreadable(format!("larger than {} MiB", MAX_BYTES >> 20)));
+            }
             Err(e) => return Err(unreadable(e.to_string())),
         };
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_BYTES + 1), &mut text)
-            .map_err(|e| unreadable(e.to_string()))?;
-        if text.len() as u64 > MAX_BYTES {
-            return Err(unreadable(format!("larger than {} MiB", MAX_BYTES >> 20)));
-        }
         let saved: Saved =
             serde_json::from_slice(&text).map_err(|e| unreadable(format!("not job state: {e}")))?;
         if saved.version != VERSION {
@@ -250,10 +258,15 @@ impl StateFile {
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(".new");
         let tmp = PathBuf::from(tmp);
+        // Whatever a crash (or anyone) left there goes first: opening a
+        // FIFO to write would wait for a reader forever.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut file = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
         file.write_all(bytes)?;

@@ -524,6 +524,74 @@ fn unreadable_job_state_stops_the_start_and_says_what_to_do() {
     }
 }
 
+/// `f`, failing the test instead of hanging it.
+fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("an answer within 5 s")
+}
+
+#[test]
+fn a_fifo_or_huge_file_for_job_state_is_refused_not_waited_on() {
+    use nix::sys::stat::Mode;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.json");
+    let state = StateFile::with_boot(path.clone(), "boot-1");
+    nix::unistd::mkfifo(&path, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+    let opened = state.clone();
+    let e = within_5s(move || {
+        Bindings::open(opened, SystemTime::now(), |_, _| true)
+            .err()
+            .unwrap()
+            .to_string()
+    });
+    assert!(
+        e.starts_with(&format!(
+            "job state {}: it is a FIFO, not a regular file",
+            path.display()
+        )),
+        "{e}"
+    );
+    std::fs::remove_file(&path).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(100 << 30)
+        .unwrap();
+    let e = Bindings::open(state.clone(), SystemTime::now(), |_, _| true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.starts_with(&format!("job state {}: larger than 64 MiB", path.display())),
+        "{e}"
+    );
+    std::fs::remove_file(&path).unwrap();
+    // One where the new state is written before its rename: replaced.
+    nix::unistd::mkfifo(
+        &dir.path().join("jobs.json.new"),
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )
+    .unwrap();
+    let saving = state.clone();
+    within_5s(move || saving.save(Vec::new(), Vec::new())).unwrap();
+    assert!(Bindings::open(state, SystemTime::now(), |_, _| true).is_ok());
+    // And one for the lock: refused by name.
+    let other = dir.path().join("other.json");
+    let lock = dir.path().join("other.json.lock");
+    nix::unistd::mkfifo(&lock, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+    let e = within_5s(move || StateFile::open(other).err().unwrap().to_string());
+    assert!(
+        e.starts_with(&format!(
+            "job state {}: it is a FIFO, not a regular file",
+            lock.display()
+        )),
+        "{e}"
+    );
+}
+
 #[test]
 fn spent_tokens_are_forgotten_once_they_expire() {
     let dir = tempfile::tempdir().unwrap();
