@@ -144,7 +144,10 @@ pub struct GatewayConfig {
     /// Gateway UDP relay port, host byte order; 0: UDP outside DNS is
     /// refused.
     pub udp_port: u16,
-    pub _pad: [u8; 2],
+    /// 1: a TCP socket's packets for anywhere but loopback are dropped
+    /// (`[guard] loopback_clients_only`), the gateway's own excepted.
+    pub loopback_clients_only: u8,
+    pub _pad: u8,
     /// Cgroup id of the gateway process: a socket operation by a task of
     /// this cgroup is the gateway's own and passes untouched. Only matters
     /// when the gateway runs inside the cgroup tree it guards (otherwise

@@ -8,7 +8,8 @@ static CP_CONFIG: GatewayConfig = GatewayConfig {
     listen_port: 0,
     dns_port: 0,
     udp_port: 0,
-    _pad: [0; 2],
+    loopback_clients_only: 0,
+    _pad: 0,
     exempt_cgroup: 0,
     netns_cookie: 0,
 };

@@ -24,13 +24,17 @@
 //! released, and the gateway forgets those at start.
 //!
 //! It is also the one hook that sees sockets no connect or send hook
-//! does: connections a job accepted. Every packet a job's socket sends
-//! goes to a loopback address (the gateway, or a local peer), so a packet
-//! for anywhere else is dropped: a job cannot listen on a routable
-//! address and hand data to whoever connects from outside.
+//! does: connections a job accepted. With `[guard] loopback_clients_only`
+//! a TCP socket's packets for anywhere but loopback are dropped (every
+//! connection a job opens goes to the gateway on loopback), so a job
+//! cannot listen on a routable address and hand data to whoever connects
+//! from outside. Only TCP stream sockets: the kernel's own control
+//! sockets (RSTs, ICMP, IPv6 neighbour discovery) must keep working, and
+//! datagrams pass the send hooks already. Off by default, because with
+//! the cgroup2 root guarded it would cut off the host's own servers.
 use aya_ebpf::{
     bindings::bpf_sock,
-    helpers::generated::{bpf_get_socket_cookie, bpf_skb_cgroup_id},
+    helpers::generated::{bpf_get_socket_cookie, bpf_sk_fullsock, bpf_skb_cgroup_id},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -38,7 +42,7 @@ use core::ptr::read_volatile;
 use gateway_common::{AF_INET, ClientKey, Handshake, mapped_v4, v6_bytes};
 
 use crate::{
-    common::{ETH_P_IP_BE, ETH_P_IPV6_BE, TCP_SYN_SENT, config},
+    common::{ETH_P_IP_BE, ETH_P_IPV6_BE, IPPROTO_TCP, SOCK_STREAM, TCP_SYN_SENT, config},
     maps::{FLOWS, HANDSHAKES, PENDING, count},
     udp,
 };
@@ -58,7 +62,11 @@ pub fn cp_egress(ctx: SkBuffContext) -> i32 {
         count(Counter::Denied);
         return 0;
     }
-    if leaves_loopback(&ctx) && !gateway_socket(&ctx) {
+    if config().loopback_clients_only != 0
+        && tcp_stream(sk)
+        && leaves_loopback(&ctx)
+        && !gateway_socket(&ctx)
+    {
         count(Counter::Denied);
         return 0;
     }
@@ -94,6 +102,25 @@ fn routes_elsewhere(ctx: &SkBuffContext) -> bool {
             .map_or(true, |next| !matches!(next, 6 | 17 | 44 | 58));
     }
     false
+}
+
+/// A TCP stream socket (not a kernel control socket, which is raw).
+#[inline(always)]
+fn tcp_stream(sk: *mut bpf_sock) -> bool {
+    // The verifier knows the packet's socket as the common part only;
+    // type and protocol need the full socket.
+    // SAFETY: `sk` is the packet's socket, checked non-null by the caller.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return false;
+    }
+    let (ty, protocol) = unsafe {
+        (
+            read_volatile(&(*full).type_),
+            read_volatile(&(*full).protocol),
+        )
+    };
+    ty == SOCK_STREAM && protocol == IPPROTO_TCP
 }
 
 /// A packet for an address other than loopback (127.0.0.0/8, ::1).

@@ -1511,48 +1511,57 @@ fn assert_refused_start(started: Result<Gateway>, why: &str) {
 }
 
 /// Accepted connections pass no connect or send hook: only the egress
-/// program stands between a job's listener and a client beyond loopback.
-/// The namespace is the test's own (the host's network is never touched);
-/// its clients run outside the guarded cgroup.
+/// program stands between a job's listener and a client beyond loopback,
+/// with `[guard] loopback_clients_only`; without it (the default, so that
+/// guarding the cgroup2 root leaves the host's own servers reachable) the
+/// outside client is served. The namespace is the test's own (the host's
+/// network is never touched); its clients run outside the guarded cgroup.
 #[test]
-fn a_job_serves_loopback_clients_but_nobody_beyond_loopback() -> Result<()> {
-    let cg = TestCgroup::new("inbound")?;
-    let cfg = GatewayConfig::new("inbound", &cg)?;
-    let _gw = Gateway::start(&cfg)?;
+fn loopback_clients_only_keeps_clients_beyond_loopback_from_a_jobs_server() -> Result<()> {
     let ns = TestNetns::new("inbound")?;
-    for (i, (ip, served)) in [(Ipv4Addr::LOCALHOST, true), (TEST_NET_ADDR, false)]
-        .into_iter()
-        .enumerate()
-    {
-        let port = 4100 + i as u16;
-        let server = {
-            let cmd = ns.command_in(&cg, PROBE);
-            let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-            std::thread::spawn(move || ProbeArgs::serve(bind, Duration::from_secs(5), 100).run(cmd))
-        };
-        // Refused until the server listens; a dropped SYN-ACK times out.
-        let to = SocketAddr::from((ip, port));
-        let client = wait_for(
-            "the job's server to listen",
-            Duration::from_secs(10),
-            || {
-                let r = ProbeArgs::tcp(to)
-                    .half_close()
-                    .connect_timeout(Duration::from_secs(2))
-                    .run(ns.command(PROBE))
-                    .ok()?;
-                (r.errno("connect") != Some(libc::ECONNREFUSED)).then_some(r)
-            },
-        )?;
-        let server = server.join().expect("server thread")?;
-        if served {
-            assert!(server.ok && client.connected, "{server:?} {client:?}");
-            assert_eq!(client.received, 100, "{client:?}");
-        } else {
-            assert!(
-                !client.connected && !server.connected,
-                "a client beyond loopback reached the job: {server:?} {client:?}"
-            );
+    for (n, only_loopback) in [true, false].into_iter().enumerate() {
+        let cg = TestCgroup::new("inbound")?;
+        let mut cfg = GatewayConfig::new("inbound", &cg)?;
+        if only_loopback {
+            cfg = cfg.guard_setting("loopback_clients_only = true");
+        }
+        let _gw = Gateway::start(&cfg)?;
+        for (i, (ip, served)) in [(Ipv4Addr::LOCALHOST, true), (TEST_NET_ADDR, !only_loopback)]
+            .into_iter()
+            .enumerate()
+        {
+            let port = 4100 + (2 * n + i) as u16;
+            let server = {
+                let cmd = ns.command_in(&cg, PROBE);
+                let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+                std::thread::spawn(move || {
+                    ProbeArgs::serve(bind, Duration::from_secs(5), 100).run(cmd)
+                })
+            };
+            // Refused until the server listens; a dropped SYN-ACK times out.
+            let to = SocketAddr::from((ip, port));
+            let client = wait_for(
+                "the job's server to listen",
+                Duration::from_secs(10),
+                || {
+                    let r = ProbeArgs::tcp(to)
+                        .half_close()
+                        .connect_timeout(Duration::from_secs(2))
+                        .run(ns.command(PROBE))
+                        .ok()?;
+                    (r.errno("connect") != Some(libc::ECONNREFUSED)).then_some(r)
+                },
+            )?;
+            let server = server.join().expect("server thread")?;
+            if served {
+                assert!(server.ok && client.connected, "{to}: {server:?} {client:?}");
+                assert_eq!(client.received, 100, "{to}: {client:?}");
+            } else {
+                assert!(
+                    !client.connected && !server.connected,
+                    "a client beyond loopback reached the job: {server:?} {client:?}"
+                );
+            }
         }
     }
     Ok(())

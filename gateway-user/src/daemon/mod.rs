@@ -174,6 +174,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             reach: policy.reach(),
             udp_reach: policy.udp_reach(),
             require_family_guard: guard.require_family_guard,
+            loopback_clients_only: guard.loopback_clients_only,
         },
         &cgroup,
     )?;

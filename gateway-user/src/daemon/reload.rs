@@ -112,6 +112,11 @@ fn needs_restart(daemon: &DaemonSettings, started: &Started, new: &Policy) -> Ve
                 guard.require_family_guard,
                 ng.require_family_guard,
             );
+            out.compare(
+                "[guard] loopback_clients_only",
+                guard.loopback_clients_only,
+                ng.loopback_clients_only,
+            );
         }
         None => out.0.push(format!(
             "[guard] is gone: the gateway keeps guarding {} until it restarts, and will not start again without it",

@@ -37,6 +37,8 @@ pub struct LoadOptions {
     /// Fail instead of attaching the rest when the socket-family guard
     /// cannot run (`[guard] require_family_guard`).
     pub require_family_guard: bool,
+    /// `[guard] loopback_clients_only`.
+    pub loopback_clients_only: bool,
 }
 
 /// Programs attached and pinned for one instance; holds the map handles
@@ -109,7 +111,8 @@ fn load_and_attach(
         listen_port: opts.listen_port,
         dns_port: opts.dns_port,
         udp_port: opts.udp_port,
-        _pad: [0; 2],
+        loopback_clients_only: u8::from(opts.loopback_clients_only),
+        _pad: 0,
         exempt_cgroup: exempt_cgroup(cgroup)?,
         netns_cookie: own_netns_cookie(),
     };

@@ -101,6 +101,7 @@ pub(super) struct GuardSection {
     pub cgroup: Option<Spanned<String>>,
     pub create: Option<bool>,
     pub require_family_guard: Option<bool>,
+    pub loopback_clients_only: Option<bool>,
 }
 
 /// One `[[target]]`: a named set of destinations.

@@ -352,6 +352,12 @@ pub struct GuardSettings {
     /// instead of warning: for hosts where nothing else (systemd's
     /// `RestrictAddressFamilies`) keeps vsock and packet sockets from jobs.
     pub require_family_guard: bool,
+    /// TCP servers in the guarded cgroup answer loopback clients only:
+    /// every other packet of a (non-gateway) TCP socket there is dropped,
+    /// so a job cannot listen on a routable address and hand data to
+    /// whoever connects. Off by default: with the cgroup2 root guarded it
+    /// would also cut the host's own servers (sshd) off.
+    pub loopback_clients_only: bool,
 }
 
 /// The daemon's settings, and the masking key when `masking_key_file`
@@ -568,6 +574,7 @@ pub(super) fn guard(
     let Located { at, value: section } = section?;
     let create = section.create.unwrap_or(false);
     let require_family_guard = section.require_family_guard.unwrap_or(false);
+    let loopback_clients_only = section.loopback_clients_only.unwrap_or(false);
     match section.cgroup {
         None => {
             report.error(
@@ -587,6 +594,7 @@ pub(super) fn guard(
             cgroup: PathBuf::from(cgroup.into_inner()),
             create,
             require_family_guard,
+            loopback_clients_only,
         }),
     }
 }

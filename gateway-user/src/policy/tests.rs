@@ -144,6 +144,7 @@ fn the_example_loads_with_its_settings() {
             cgroup: PathBuf::from("chokepoint-demo"),
             create: true,
             require_family_guard: false,
+            loopback_clients_only: false,
         })
     );
     assert_eq!(policy.sources(), &[path]);
@@ -409,6 +410,23 @@ fn the_family_guard_is_required_only_when_asked() {
     ));
     assert_eq!(e.line, 3, "{}", e.message);
     assert!(e.message.contains("boolean"), "{}", e.message);
+}
+
+#[test]
+fn loopback_clients_only_is_off_unless_asked() {
+    let files = Files::new();
+    let only =
+        |text: &str| load_one(&files, text).map(|p| p.guard().map(|g| g.loopback_clients_only));
+    assert_eq!(only("[guard]\ncgroup = \"ci\"\n").ok(), Some(Some(false)));
+    assert_eq!(
+        only("[guard]\ncgroup = \"ci\"\nloopback_clients_only = true\n").ok(),
+        Some(Some(true))
+    );
+    let e = only_error(load_one(
+        &files,
+        "[guard]\ncgroup = \"ci\"\nloopback_clients_only = 1\n",
+    ));
+    assert_eq!(e.line, 3, "{}", e.message);
 }
 
 #[test]
