@@ -56,6 +56,17 @@ pub mod maps {
     /// [`DNS_PENDING`] and [`UDP_PENDING`], held to
     /// [`RECORDS_PER_JOB`](super::RECORDS_PER_JOB).
     pub const JOB_RECORDS: &str = "CP_JOB_RECORDS";
+    /// One `u64`: the cgroup id of the gateway process. A socket operation
+    /// by a task of this cgroup (a packet of a socket made there) is the
+    /// gateway's own and passes untouched. Only matters when the gateway
+    /// runs inside the cgroup tree it guards (otherwise the programs never
+    /// see its sockets). A job cannot forge it: joining a cgroup takes
+    /// write access to its `cgroup.procs`, where a socket mark (the
+    /// exemption before) needs only `CAP_NET_RAW` since Linux 5.17. A map,
+    /// not a load-time constant: a restarted gateway may run in a new
+    /// cgroup and must name it before it binds its ports. 0: nothing is
+    /// exempt.
+    pub const EXEMPT: &str = "CP_EXEMPT";
     /// Socket cookie → [`Handshake`](super::Handshake) of a TCP socket
     /// whose SYN moved its record to [`FLOWS`], until it is released.
     pub const HANDSHAKES: &str = "CP_HANDSHAKES";
@@ -147,15 +158,7 @@ pub struct GatewayConfig {
     /// 1: a TCP socket's packets for anywhere but loopback are dropped
     /// (`[guard] loopback_clients_only`), the gateway's own excepted.
     pub loopback_clients_only: u8,
-    pub _pad: u8,
-    /// Cgroup id of the gateway process: a socket operation by a task of
-    /// this cgroup is the gateway's own and passes untouched. Only matters
-    /// when the gateway runs inside the cgroup tree it guards (otherwise
-    /// the programs never see its sockets). A job cannot forge it: joining
-    /// a cgroup takes write access to its `cgroup.procs`, where a socket
-    /// mark (the exemption before) needs only `CAP_NET_RAW` since Linux
-    /// 5.17. 0: nothing is exempt.
-    pub exempt_cgroup: u64,
+    pub _pad: [u8; 9],
     /// Cookie of the network namespace the gateway listens in. A guarded
     /// socket in any other namespace is refused at connect and send: its
     /// redirect could never reach the gateway, and the records it left

@@ -9,8 +9,7 @@ static CP_CONFIG: GatewayConfig = GatewayConfig {
     dns_port: 0,
     udp_port: 0,
     loopback_clients_only: 0,
-    _pad: 0,
-    exempt_cgroup: 0,
+    _pad: [0; 9],
     netns_cookie: 0,
 };
 
@@ -32,6 +31,9 @@ pub const IPPROTO_UDP: u32 = 17;
 
 /// `TCP_SYN_SENT` of the kernel's socket states.
 pub const TCP_SYN_SENT: u32 = 2;
+/// `TCP_CLOSE`: never connected, or disconnected (`shutdown` or
+/// `connect(AF_UNSPEC)` of a connecting socket, a connect that timed out).
+pub const TCP_CLOSE: u32 = 7;
 
 /// The DNS port every resolver listens on.
 pub const DNS_PORT: u16 = 53;
@@ -54,13 +56,20 @@ pub fn foreign_netns(ctx: &aya_ebpf::programs::SockAddrContext, cfg: &GatewayCon
 }
 
 /// Whether the task doing this socket operation is the gateway itself
-/// (see [`GatewayConfig::exempt_cgroup`]). Only for hooks that run in the
-/// calling task (`sock_addr`), never in softirq context.
+/// (see [`crate::maps::EXEMPT`]). Only for hooks that run in the calling
+/// task (`sock_addr`), never in softirq context.
 #[inline(always)]
-pub fn is_exempt(cfg: &GatewayConfig) -> bool {
+pub fn is_exempt() -> bool {
     // SAFETY: a helper without arguments.
-    cfg.exempt_cgroup != 0
-        && unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() } == cfg.exempt_cgroup
+    is_exempt_id(unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() })
+}
+
+/// Whether `cgroup_id` is the gateway's own cgroup.
+#[inline(always)]
+pub fn is_exempt_id(cgroup_id: u64) -> bool {
+    crate::maps::EXEMPT
+        .get(0)
+        .is_some_and(|&id| id != 0 && id == cgroup_id)
 }
 
 /// `127.0.0.1` as the kernel's network-order `u32`.

@@ -41,7 +41,7 @@ pub fn cp_connect4(ctx: SockAddrContext) -> i32 {
         count(Counter::Denied);
         return DENY;
     }
-    if is_exempt(&cfg) {
+    if is_exempt() {
         count(Counter::Exempt);
         return ALLOW;
     }
@@ -87,7 +87,7 @@ pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
         count(Counter::Denied);
         return DENY;
     }
-    if is_exempt(&cfg) {
+    if is_exempt() {
         count(Counter::Exempt);
         return ALLOW;
     }
@@ -251,7 +251,7 @@ fn guard_gateway_port(sa: *mut bpf_sock_addr) -> i32 {
     let ours = port == cfg.listen_port
         || (cfg.dns_port != 0 && port == cfg.dns_port)
         || (cfg.udp_port != 0 && port == cfg.udp_port);
-    if !ours || is_exempt(&cfg) {
+    if !ours || is_exempt() {
         return ALLOW;
     }
     count(Counter::Denied);

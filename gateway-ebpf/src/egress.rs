@@ -149,9 +149,8 @@ const LOOPBACK_V6_BYTES: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
 /// this hook may run in softirq context.
 #[inline(always)]
 fn gateway_socket(ctx: &SkBuffContext) -> bool {
-    let cfg = config();
     // SAFETY: helper called with the program's own context pointer.
-    cfg.exempt_cgroup != 0 && unsafe { bpf_skb_cgroup_id(ctx.skb.skb) } == cfg.exempt_cgroup
+    crate::common::is_exempt_id(unsafe { bpf_skb_cgroup_id(ctx.skb.skb) })
 }
 
 #[inline(always)]
@@ -175,10 +174,11 @@ fn rekey(ctx: &SkBuffContext, sk: *mut bpf_sock) {
         client: key,
         cgroup_id: rec.cgroup_id,
     };
-    // A socket connecting again (after a refused connect) holds one
-    // charge already: keep one.
-    // SAFETY: the cgroup id is copied out at once.
-    let earlier = unsafe { HANDSHAKES.get(&cookie) }.map(|h| h.cgroup_id);
+    // A socket connecting again (after a refused or abandoned connect)
+    // holds one charge already, and may have left a record under another
+    // client key: keep one charge, and no record the gateway will not take.
+    // SAFETY: copied out at once.
+    let earlier = unsafe { HANDSHAKES.get(&cookie) }.copied();
     if HANDSHAKES.insert(&cookie, &handshake, 0).is_err() {
         // No room to find the record at release: it waits for the sweep,
         // as every record did before the charge was kept.
@@ -186,7 +186,20 @@ fn rekey(ctx: &SkBuffContext, sk: *mut bpf_sock) {
         return;
     }
     if let Some(earlier) = earlier {
-        crate::quota::give_back(earlier);
+        if earlier.client != key {
+            forget_flow(&earlier.client, cookie);
+        }
+        crate::quota::give_back(earlier.cgroup_id);
+    }
+}
+
+/// Removes the record under `client` if it is socket `cookie`'s: a later
+/// connection from the same client port may have replaced it.
+#[inline(always)]
+pub fn forget_flow(client: &ClientKey, cookie: u64) {
+    // SAFETY: the cookie is compared before the entry is removed.
+    if unsafe { FLOWS.get(client) }.is_some_and(|r| r.cookie == cookie) {
+        let _ = FLOWS.remove(client);
     }
 }
 

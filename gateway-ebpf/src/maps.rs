@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use gateway_common::{
     COUNTER_SLOTS, ClientKey, Counter, FLOW_MAP_CAPACITY, FlowRecord, Handshake,
@@ -16,6 +16,10 @@ pub static PENDING: HashMap<u64, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY
 
 #[map(name = "CP_FLOWS")]
 pub static FLOWS: HashMap<ClientKey, FlowRecord> = HashMap::pinned(FLOW_MAP_CAPACITY, 0);
+
+/// The gateway's own cgroup id: see `gateway_common::maps::EXEMPT`.
+#[map(name = "CP_EXEMPT")]
+pub static EXEMPT: Array<u64> = Array::pinned(1, 0);
 
 /// Where each open TCP socket's record went at its SYN: see
 /// [`crate::egress`].

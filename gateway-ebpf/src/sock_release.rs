@@ -16,9 +16,10 @@ use aya_ebpf::{
 };
 
 use crate::{
-    common::{ALLOW, SOCK_STREAM, TCP_SYN_SENT},
+    common::{ALLOW, SOCK_STREAM, TCP_CLOSE, TCP_SYN_SENT},
     connect::forget,
-    maps::{DNS_PENDING, FLOWS, HANDSHAKES, PENDING, UDP_PENDING},
+    egress::forget_flow,
+    maps::{DNS_PENDING, HANDSHAKES, PENDING, UDP_PENDING},
 };
 
 #[cgroup_sock(sock_release)]
@@ -38,13 +39,14 @@ pub fn cp_sock_release(ctx: SockContext) -> i32 {
         if let Some(h) = unsafe { HANDSHAKES.get(&cookie) }.copied()
             && HANDSHAKES.remove(&cookie).is_ok()
         {
+            // Still connecting, or disconnected while connecting (found in
+            // review: `shutdown` of a socket in SYN_SENT leaves it CLOSE):
+            // the gateway will never accept it. A connection reset after
+            // it was established is CLOSE too; the gateway took its record
+            // at accept, or has a dead connection to refuse.
             let state = unsafe { core::ptr::read_volatile(&(*ctx.sock).state) };
-            // Only this socket's record: a later connection from the same
-            // client port may have replaced it.
-            if state == TCP_SYN_SENT
-                && unsafe { FLOWS.get(&h.client) }.is_some_and(|r| r.cookie == cookie)
-            {
-                let _ = FLOWS.remove(&h.client);
+            if state == TCP_SYN_SENT || state == TCP_CLOSE {
+                forget_flow(&h.client, cookie);
             }
             crate::quota::give_back(h.cgroup_id);
         }

@@ -65,7 +65,7 @@ pub fn redirect_udp4(ctx: &SockAddrContext) -> i32 {
     let cfg = config();
     // SAFETY: the kernel hands us a valid bpf_sock_addr with its socket.
     let (dst_ip, dst_port) = unsafe { ((*sa).user_ip4, u16::from_be((*sa).user_port as u16)) };
-    if is_exempt(&cfg) {
+    if is_exempt() {
         count(Counter::Exempt);
         return ALLOW;
     }
@@ -86,7 +86,7 @@ pub fn redirect_udp6(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     let cfg = config();
     let (dst_ip, dst_port) = unsafe { ((*sa).user_ip6, u16::from_be((*sa).user_port as u16)) };
-    if is_exempt(&cfg) {
+    if is_exempt() {
         count(Counter::Exempt);
         return ALLOW;
     }

@@ -611,6 +611,14 @@ impl Gateway {
         self.spawn()
     }
 
+    /// Like [`restart`](Self::restart), with the new daemon in `home`, as
+    /// systemd restarts a service in a new cgroup.
+    pub fn restart_in(&mut self, home: &TestCgroup) -> Result<()> {
+        self.terminate()?;
+        self.home = Some(home.path().join("cgroup.procs"));
+        self.spawn()
+    }
+
     /// SIGTERM and wait for exit; SIGKILL after [`STOP_TIMEOUT`].
     pub fn terminate(&mut self) -> Result<Option<std::process::ExitStatus>> {
         let Some(mut child) = self.child.take() else {

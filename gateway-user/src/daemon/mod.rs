@@ -145,6 +145,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         ("udp_port", daemon.udp_port),
     ])
     .map_err(RunError::AutomaticPorts)?;
+    // Programs a previous run left attached must know this process's
+    // cgroup before it binds the ports they guard (a restarted service
+    // may have a new cgroup).
+    let exempt_cgroup = ebpf::own_exempt_id(&cgroup)?;
+    ebpf::claim_pinned(&ebpf::PinDir::new(&daemon.instance), exempt_cgroup)?;
     let bound_at = ebpf::monotonic_ns();
     let Listeners { v4, v6 } = flow::bind_listeners(daemon.listen_port, daemon.exempt_mark)?;
     let metrics = match daemon.metrics_listen {
@@ -175,6 +180,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             udp_reach: policy.udp_reach(),
             require_family_guard: guard.require_family_guard,
             loopback_clients_only: guard.loopback_clients_only,
+            exempt_cgroup,
         },
         &cgroup,
     )?;

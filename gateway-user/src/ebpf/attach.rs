@@ -1,6 +1,6 @@
 //! Loading the object, attaching every program to the guarded cgroup and
 //! pinning the links, replacing (never interrupting) a previous instance.
-use std::{os::unix::fs::MetadataExt, path::PathBuf};
+use std::path::PathBuf;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -39,6 +39,8 @@ pub struct LoadOptions {
     pub require_family_guard: bool,
     /// `[guard] loopback_clients_only`.
     pub loopback_clients_only: bool,
+    /// The gateway's own cgroup id ([`super::own_exempt_id`]).
+    pub exempt_cgroup: u64,
 }
 
 /// Programs attached and pinned for one instance; holds the map handles
@@ -112,14 +114,17 @@ fn load_and_attach(
         dns_port: opts.dns_port,
         udp_port: opts.udp_port,
         loopback_clients_only: u8::from(opts.loopback_clients_only),
-        _pad: 0,
-        exempt_cgroup: exempt_cgroup(cgroup)?,
+        _pad: [0; 9],
         netns_cookie: own_netns_cookie(),
     };
     let mut ebpf = EbpfLoader::new()
         .override_global(CONFIG_GLOBAL, &config, true)
         .default_map_pin_directory(&maps_dir)
         .load(OBJECT)?;
+    // Before the new programs can run: with no id every gateway socket in
+    // the guarded tree would be a job's.
+    let mut exempt = super::typed_map(&mut ebpf, maps::EXEMPT)?;
+    super::exemption::write(&mut exempt, opts.exempt_cgroup)?;
     // Before the new programs can run: an empty trie refuses every connect.
     let mut reach = ReachTable::new(&mut ebpf, maps::REACH)?;
     let mut udp_reach = ReachTable::new(&mut ebpf, maps::UDP_REACH)?;
@@ -286,25 +291,6 @@ where
     FdLink: TryFrom<L, Error = LinkError>,
 {
     FdLink::try_from(link).map_err(|source| EbpfError::ProgramLink { name, source })
-}
-
-/// The gateway's own cgroup, whose socket operations the programs let
-/// through. The guarded cgroup itself is refused: whatever else runs there
-/// (the jobs) would pass too. Below it is fine, as with the systemd
-/// service's own cgroup when the guard is the cgroup2 root: a job cannot
-/// join it without write access to its `cgroup.procs`.
-fn exempt_cgroup(guarded: &GuardedCgroup) -> Result<u64, EbpfError> {
-    let (own, id) = super::cgroup::own_cgroup()?;
-    let guarded_id = guarded
-        .file
-        .metadata()
-        .map_err(EbpfError::io(&guarded.path))?
-        .ino();
-    if id == guarded_id {
-        return Err(EbpfError::GatewayInGuardedCgroup { path: own });
-    }
-    tracing::debug!(cgroup = %own.display(), id, "the gateway's own cgroup is exempt");
-    Ok(id)
 }
 
 /// The cookie of this process's network namespace (where the gateway's

@@ -20,6 +20,7 @@
 mod attach;
 mod cgroup;
 mod error;
+mod exemption;
 mod flows;
 mod job_records;
 mod pins;
@@ -30,6 +31,7 @@ mod status;
 pub use attach::{Attached, LoadOptions, attach};
 pub use cgroup::{GuardedCgroup, cgroup2_mount, resolve_cgroup};
 pub use error::EbpfError;
+pub use exemption::{claim_pinned, own_exempt_id};
 pub use flows::{DnsPeers, FlowTable, UdpPeers, monotonic_ns};
 pub use job_records::JobRecords;
 pub use pins::{INSTANCE_NAME_RULE, PinDir, detach, is_instance_name};

@@ -30,8 +30,9 @@ const USAGE: &str = "usage: cp-probe <command>
   bind --addr ADDR
   loop --to ADDR --count N
   hold --to ADDR --count N [--until-stdin-closes]   (N connections, each echoed once, all kept open until the end)
-  stall --to ADDR4 --count N [--md5] [--until-stdin-closes]  (N connects whose SYN is dropped: each keeps its kernel record;
-        by the egress program for a source route, or with --md5 by the gateway's listener for a TCP_MD5SIG option)
+  stall --to ADDR4 --count N [--md5 [--shutdown]] [--until-stdin-closes]  (N connects whose SYN is dropped: each keeps its kernel record;
+        by the egress program for a source route, or with --md5 by the gateway's listener for a TCP_MD5SIG option;
+        --shutdown: then shutdown(SHUT_RDWR), which leaves a connecting socket disconnected)
   send-close --to ADDR --send N --count K";
 
 fn main() -> ExitCode {
@@ -235,7 +236,7 @@ fn run(args: &[String]) -> Result<ProbeReport, String> {
                     .map(Socket::from)
                     .collect()
             } else {
-                stall(&mut report, to, count, o.has("--md5"))
+                stall(&mut report, to, count, o.has("--md5"), o.has("--shutdown"))
             };
             if o.has("--until-stdin-closes") {
                 // Tells the test all were tried; it closes stdin when done.
@@ -759,7 +760,13 @@ fn keep_open<T>(
 /// source route, which the egress program drops, so the connect stays in
 /// `SYN_SENT` (then closed, still open) and keeps the record it made for
 /// as long as the socket is open. Kept open until all were tried.
-fn stall(report: &mut ProbeReport, to: SocketAddr, count: u64, md5: bool) -> Vec<Socket> {
+fn stall(
+    report: &mut ProbeReport,
+    to: SocketAddr,
+    count: u64,
+    md5: bool,
+    shutdown: bool,
+) -> Vec<Socket> {
     raise_fd_limit(count + 64);
     let SocketAddr::V4(to4) = to else {
         report
@@ -779,10 +786,15 @@ fn stall(report: &mut ProbeReport, to: SocketAddr, count: u64, md5: bool) -> Vec
         s.set_nonblocking(true)
             .map_err(|e| Failure::from_io("set_nonblocking", &e))?;
         match s.connect(&to.into()) {
-            Ok(()) => Ok(s),
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
-            Err(e) => Err(Failure::from_io("connect", &e)),
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(Failure::from_io("connect", &e)),
         }
+        if shutdown {
+            s.shutdown(Shutdown::Both)
+                .map_err(|e| Failure::from_io("shutdown", &e))?;
+        }
+        Ok(s)
     })
 }
 
