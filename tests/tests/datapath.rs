@@ -1533,6 +1533,24 @@ fn a_gateway_restarted_in_a_new_cgroup_takes_over() -> Result<()> {
     Ok(())
 }
 
+/// Below the guarded cgroup, the gateway's cgroup must be its own: every
+/// process there passes the guard as the gateway does.
+#[test]
+fn the_gateway_refuses_a_cgroup_it_would_share_inside_the_guarded_tree() -> Result<()> {
+    let tree = TestCgroup::new("shared")?;
+    let home = tree.child("gateway")?;
+    let mut neighbour = home.command("sleep").arg("60").spawn()?;
+    let cfg = GatewayConfig::new("shared", &tree)?;
+    let started = Gateway::start_in(&cfg, &home);
+    let _ = neighbour.kill();
+    let _ = neighbour.wait();
+    assert_refused_start(
+        started,
+        &format!("also holds other processes ({})", neighbour.id()),
+    );
+    Ok(())
+}
+
 #[test]
 fn the_gateway_refuses_to_guard_the_cgroup_it_runs_in() -> Result<()> {
     let cg = TestCgroup::new("self")?;

@@ -71,6 +71,10 @@ pub enum EbpfError {
     )]
     GatewayInGuardedCgroup { path: PathBuf },
     #[error(
+        "the gateway's cgroup {path} inside the guarded tree also holds other processes ({others}): they would pass the guard as the gateway does. Run the gateway in a cgroup of its own (the systemd service has one)", path = path.display()
+    )]
+    GatewayCgroupShared { path: PathBuf, others: String },
+    #[error(
         "cannot find the gateway's own cgroup: {0}; the kernel programs exempt the gateway by it"
     )]
     OwnCgroup(String),

@@ -13,9 +13,13 @@ use super::{EbpfError, GuardedCgroup, PinDir, cgroup::own_cgroup};
 
 /// This process's cgroup id, to be exempt. The guarded cgroup itself is
 /// refused: whatever else runs there (the jobs) would pass too. Below it
-/// is fine, as with the systemd service's own cgroup when the guard is
-/// the cgroup2 root: a job cannot join it without write access to its
-/// `cgroup.procs`.
+/// is fine when the gateway has its cgroup to itself, as the systemd
+/// service does when the guard is the cgroup2 root: a job cannot join it
+/// without write access to its `cgroup.procs`. A cgroup below it that
+/// holds other processes too (an admin's session scope, where a
+/// `chokepoint run` started by hand lives with whatever else that session
+/// starts) is refused, found in review. A process joining later is not
+/// seen.
 pub fn own_exempt_id(guarded: &GuardedCgroup) -> Result<u64, EbpfError> {
     let (own, id) = own_cgroup()?;
     let guarded_id = guarded
@@ -25,6 +29,18 @@ pub fn own_exempt_id(guarded: &GuardedCgroup) -> Result<u64, EbpfError> {
         .ino();
     if id == guarded_id {
         return Err(EbpfError::GatewayInGuardedCgroup { path: own });
+    }
+    if own.starts_with(&guarded.path) {
+        let procs = own.join("cgroup.procs");
+        let listed = std::fs::read_to_string(&procs).map_err(EbpfError::io(&procs))?;
+        let me = std::process::id().to_string();
+        let others: Vec<&str> = listed.lines().filter(|pid| *pid != me).collect();
+        if !others.is_empty() {
+            return Err(EbpfError::GatewayCgroupShared {
+                path: own,
+                others: others.join(", "),
+            });
+        }
     }
     tracing::debug!(cgroup = %own.display(), id, "the gateway's own cgroup is exempt");
     Ok(id)
