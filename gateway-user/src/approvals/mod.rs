@@ -143,8 +143,16 @@ impl Approvals {
     }
 
     async fn cancel_orphans(&self) {
-        let Ok(pending) = self.store.list(false).await else {
-            return;
+        let pending = match self.store.list(false).await {
+            Ok(pending) => pending,
+            Err(e) => {
+                // Those requests stay pending; an approver who grants one
+                // grants nothing (its statement is gone with the old run).
+                tracing::warn!(
+                    "requests held by this gateway before it restarted were not cancelled: {e}"
+                );
+                return;
+            }
         };
         for r in pending.into_iter().filter(|r| r.gateway == self.gateway) {
             let _ = self

@@ -286,8 +286,9 @@ impl Source {
     /// being looked up again by a name that leads nowhere.
     fn all(&self) -> Result<Vec<Listed>, String> {
         match &self.store {
+            // The error names the path it failed at.
             Store::Files(dir) => Ok(files::all(dir)
-                .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+                .map_err(|e| format!("cannot list the recordings: {e}"))?
                 .into_iter()
                 .map(|path| Listed {
                     id: path

@@ -63,7 +63,8 @@ pub fn recover(
             ledger.settled(id);
         }
     }
-    let paths = files::all(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    // The error names the path it failed at.
+    let paths = files::all(dir).map_err(|e| format!("cannot list the recordings: {e}"))?;
     let mut seen = std::collections::HashSet::new();
     for path in paths {
         let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
