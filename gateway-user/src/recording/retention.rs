@@ -227,6 +227,21 @@ mod tests {
         path
     }
 
+    /// A retention pass by age alone, nothing active or listed.
+    fn enforce_by_age(dir: &Path, max_age: Duration) -> std::io::Result<Removed> {
+        enforce(
+            dir,
+            Limits {
+                max_age: Some(max_age),
+                max_total_bytes: None,
+            },
+            |_| false,
+            &HashSet::new(),
+            |_| false,
+            now(),
+        )
+    }
+
     #[test]
     fn old_then_oldest_go_but_never_an_active_session() {
         let dir = tempfile::tempdir().unwrap();
@@ -357,19 +372,7 @@ mod tests {
         let deep = outside.path().join("11").join("28");
         fs::create_dir_all(&deep).unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("2026")).unwrap();
-        let limits = Limits {
-            max_age: Some(DAY),
-            max_total_bytes: None,
-        };
-        enforce(
-            dir.path(),
-            limits,
-            |_| false,
-            &HashSet::new(),
-            |_| false,
-            now(),
-        )
-        .unwrap();
+        enforce_by_age(dir.path(), DAY).unwrap();
         assert!(deep.exists(), "an empty folder outside was removed");
     }
 
@@ -377,19 +380,7 @@ mod tests {
     fn a_pass_that_cannot_walk_names_where() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("sessions");
-        let limits = Limits {
-            max_age: Some(DAY),
-            max_total_bytes: None,
-        };
-        let e = enforce(
-            &missing,
-            limits,
-            |_| false,
-            &HashSet::new(),
-            |_| false,
-            now(),
-        )
-        .unwrap_err();
+        let e = enforce_by_age(&missing, DAY).unwrap_err();
         assert!(
             e.to_string().contains(&missing.display().to_string()),
             "{e}"
@@ -405,19 +396,7 @@ mod tests {
             10,
             Duration::from_secs(10),
         );
-        let limits = Limits {
-            max_age: Some(Duration::from_secs(1)),
-            max_total_bytes: None,
-        };
-        enforce(
-            dir.path(),
-            limits,
-            |_| false,
-            &HashSet::new(),
-            |_| false,
-            now(),
-        )
-        .unwrap();
+        enforce_by_age(dir.path(), Duration::from_secs(1)).unwrap();
         assert!(!dir.path().join("2026").exists());
         assert!(dir.path().exists());
     }
