@@ -379,22 +379,38 @@ pub struct Gateway {
     readers: Vec<JoinHandle<()>>,
     /// `cgroup.procs` of the cgroup the daemon runs in, when not the test's.
     home: Option<PathBuf>,
+    /// A command the daemon runs under (`nsenter --net=...`), if any.
+    prefix: Vec<String>,
 }
 
 impl Gateway {
     /// Writes the config, starts the daemon and waits for `READY=1`.
     pub fn start(config: &GatewayConfig) -> Result<Self> {
-        Self::start_with_home(config, None)
+        Self::start_with_home(config, None, Vec::new())
     }
 
     /// Like [`start`](Self::start), with the daemon (and its restarts) in
     /// `home` instead of the test's own cgroup. Drop the gateway before
     /// `home`: the cgroup's drop kills what is left in it.
     pub fn start_in(config: &GatewayConfig, home: &TestCgroup) -> Result<Self> {
-        Self::start_with_home(config, Some(home.path().join("cgroup.procs")))
+        Self::start_with_home(config, Some(home.path().join("cgroup.procs")), Vec::new())
     }
 
-    fn start_with_home(config: &GatewayConfig, home: Option<PathBuf>) -> Result<Self> {
+    /// Like [`start_in`](Self::start_in), with the daemon run under
+    /// `prefix` (such as [`TestNetns::nsenter`](crate::TestNetns::nsenter)).
+    pub fn start_under(
+        config: &GatewayConfig,
+        home: &TestCgroup,
+        prefix: Vec<String>,
+    ) -> Result<Self> {
+        Self::start_with_home(config, Some(home.path().join("cgroup.procs")), prefix)
+    }
+
+    fn start_with_home(
+        config: &GatewayConfig,
+        home: Option<PathBuf>,
+        prefix: Vec<String>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("cp-gateway-").tempdir()?;
         // Traversable (not listable) so an approver who is not root can
         // reach the admin socket inside; every secret in it is 0600.
@@ -412,6 +428,7 @@ impl Gateway {
             lines: Arc::default(),
             readers: Vec::new(),
             home,
+            prefix,
         };
         gw.spawn()?;
         Ok(gw)
@@ -424,7 +441,14 @@ impl Gateway {
         let notify = UnixDatagram::bind(&notify_path).context("binding the NOTIFY_SOCKET")?;
         // Short so the loop below notices an early exit; not a test timing.
         notify.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let mut command = Command::new(&bin);
+        let mut command = match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         if let Some(procs) = &self.home {
             let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes())
                 .context("cgroup path contains a NUL byte")?;

@@ -35,6 +35,16 @@ impl TestNetns {
         cmd
     }
 
+    /// A command prefix that runs a program in this namespace and changes
+    /// nothing else (`ip netns exec` also remounts /sys, which hides bpffs
+    /// and the cgroup2 mount from a gateway).
+    pub fn nsenter(&self) -> Vec<String> {
+        vec![
+            "nsenter".to_owned(),
+            format!("--net=/run/netns/{}", self.name),
+        ]
+    }
+
     /// `program` run inside the namespace and inside `cgroup`.
     pub fn command_in(&self, cgroup: &TestCgroup, program: impl AsRef<Path>) -> Command {
         let mut cmd = cgroup.command("ip");

@@ -1627,6 +1627,49 @@ fn loopback_clients_only_keeps_clients_beyond_loopback_from_a_jobs_server() -> R
     Ok(())
 }
 
+/// With `loopback_clients_only`, a gateway running inside the tree it
+/// guards must still reach upstreams beyond loopback: its sockets are
+/// told apart by their cgroup. The whole test lives in a network namespace
+/// of its own, where the upstream is 192.0.2.1; the gateway enters it
+/// with `nsenter` (which leaves bpffs and the cgroup2 mount in view).
+#[test]
+fn a_gateway_inside_the_tree_reaches_upstreams_beyond_loopback() -> Result<()> {
+    let ns = TestNetns::new("upstream")?;
+    let tree = TestCgroup::new("upstream")?;
+    let (home, job) = (tree.child("gateway")?, tree.child("job")?);
+    let port = 4200;
+    let upstream = SocketAddr::from((TEST_NET_ADDR, port));
+    let cfg = GatewayConfig::new("upstream", &tree)?
+        .guard_setting("loopback_clients_only = true")
+        .target(Target::new("far", &["192.0.2.1"], &[port]))
+        .rule(Rule::allow("allow-far", &["far"]));
+    let gw = Gateway::start_under(&cfg, &home, ns.nsenter())?;
+
+    let server = {
+        let cmd = ns.command(PROBE);
+        std::thread::spawn(move || {
+            ProbeArgs::serve(upstream, Duration::from_secs(10), 100).run(cmd)
+        })
+    };
+    // Until the server listens the gateway's upstream connect is refused
+    // and the job gets an empty stream.
+    let client = wait_for("the upstream to answer", Duration::from_secs(10), || {
+        let r = ProbeArgs::tcp(upstream)
+            .half_close()
+            .connect_timeout(Duration::from_secs(5))
+            .run(ns.command_in(&job, PROBE))
+            .ok()?;
+        (r.received > 0).then_some(r)
+    })?;
+    let server = server.join().expect("server thread")?;
+    assert!(server.ok, "{server:?}");
+    assert_eq!(client.received, 100, "{client:?}");
+    let flow = gw.wait_for_flow(client.pid)?;
+    assert_eq!(flow["decision"], "allow", "{flow}");
+    drop(gw);
+    Ok(())
+}
+
 /// A port the kernel may pick for a job's `bind(0)` could be the job's
 /// while the gateway is down: the daemon refuses to use one.
 #[test]
