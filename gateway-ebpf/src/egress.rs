@@ -16,8 +16,8 @@
 //! [`HANDSHAKES`] remembers where it went: a socket released before its
 //! handshake completed (its SYN dropped, by a `TCP_MD5SIG` option the
 //! listener refuses, or the socket closed at once) takes its record out of
-//! [`FLOWS`] with it, since the gateway will never accept that
-//! connection. Before, such records stayed for the gateway's age sweep
+//! [`FLOWS`] with it (see [`crate::sock_release`]), since the gateway will
+//! never accept that connection. Before, such records stayed for the gateway's age sweep
 //! outside any share, and one job could fill the map every job needs. A
 //! connect refused after its SYN (the gateway down) still leaves its
 //! record until the sweep: the socket is no longer in SYN_SENT when it is

@@ -4,8 +4,9 @@
 //! fills and the job's [`quota`](crate::quota) share comes back.
 //!
 //! A re-keyed record ([`HANDSHAKES`] says where it went) is removed only if
-//! the socket is still in SYN_SENT: the gateway will never accept that
-//! connection. Once the handshake completed it is left alone: a client may
+//! the socket is still in SYN_SENT, or CLOSE (disconnected while
+//! connecting): the gateway will never accept that connection. Once the
+//! handshake completed it is left alone: a client may
 //! write and close before the gateway has accepted its connection, and the
 //! gateway still needs the record to forward those bytes. The gateway
 //! removes it when it takes it, and sweeps records nobody took by age
