@@ -81,15 +81,25 @@ pub fn resolve_cgroup(configured: &Path, create: bool) -> Result<GuardedCgroup, 
     Ok(GuardedCgroup { path, file })
 }
 
-/// The cgroup this process runs in, as a directory under the cgroup2
-/// mount, and its id (what `bpf_get_current_cgroup_id` returns: the
-/// directory's inode number).
+/// The cgroup this process runs in.
+#[derive(Debug)]
+pub struct OwnCgroup {
+    /// Its directory under the cgroup2 mount.
+    pub path: PathBuf,
+    /// What `bpf_get_current_cgroup_id` returns: the directory's inode
+    /// number.
+    pub id: u64,
+    /// The other processes in it, as `cgroup.procs` lists them.
+    pub others: Vec<String>,
+}
+
+/// The cgroup this process runs in, with its id and neighbours.
 ///
 /// The path is checked by finding this process in its `cgroup.procs`: a
 /// cgroup namespace or a mount of another namespace's hierarchy would
 /// otherwise name a different cgroup, and exempting that one could exempt
 /// a job.
-pub fn own_cgroup() -> Result<(PathBuf, u64), EbpfError> {
+pub fn own_cgroup() -> Result<OwnCgroup, EbpfError> {
     let mount = cgroup2_mount()?;
     let text = std::fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| EbpfError::OwnCgroup(format!("reading /proc/self/cgroup: {e}")))?;
@@ -102,7 +112,8 @@ pub fn own_cgroup() -> Result<(PathBuf, u64), EbpfError> {
     let listed = std::fs::read_to_string(&procs)
         .map_err(|e| EbpfError::OwnCgroup(format!("reading {}: {e}", procs.display())))?;
     let pid = std::process::id().to_string();
-    if !listed.lines().any(|l| l == pid) {
+    let (me, others): (Vec<&str>, Vec<&str>) = listed.lines().partition(|l| *l == pid);
+    if me.is_empty() {
         return Err(EbpfError::OwnCgroup(format!(
             "this process (pid {pid}) is not listed in {}: is the cgroup2 mount at {} from another cgroup namespace?",
             procs.display(),
@@ -112,7 +123,11 @@ pub fn own_cgroup() -> Result<(PathBuf, u64), EbpfError> {
     let id = std::fs::metadata(&path)
         .map_err(|e| EbpfError::OwnCgroup(format!("{}: {e}", path.display())))?
         .ino();
-    Ok((path, id))
+    Ok(OwnCgroup {
+        path,
+        id,
+        others: others.into_iter().map(str::to_owned).collect(),
+    })
 }
 
 #[cfg(test)]
@@ -124,9 +139,11 @@ mod tests {
         let Ok(mount) = cgroup2_mount() else {
             return; // no cgroup2 here: nothing to find
         };
-        let (path, id) = own_cgroup().expect("own cgroup");
-        assert!(path.starts_with(&mount), "{}", path.display());
-        assert_eq!(std::fs::metadata(&path).unwrap().ino(), id);
+        let own = own_cgroup().expect("own cgroup");
+        assert!(own.path.starts_with(&mount), "{}", own.path.display());
+        assert_eq!(std::fs::metadata(&own.path).unwrap().ino(), own.id);
+        let me = std::process::id().to_string();
+        assert!(!own.others.contains(&me), "{:?}", own.others);
     }
 
     #[test]

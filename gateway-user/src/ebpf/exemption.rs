@@ -21,29 +21,23 @@ use super::{EbpfError, GuardedCgroup, PinDir, cgroup::own_cgroup};
 /// starts) is refused, found in review. A process joining later is not
 /// seen.
 pub fn own_exempt_id(guarded: &GuardedCgroup) -> Result<u64, EbpfError> {
-    let (own, id) = own_cgroup()?;
+    let own = own_cgroup()?;
     let guarded_id = guarded
         .file
         .metadata()
         .map_err(EbpfError::io(&guarded.path))?
         .ino();
-    if id == guarded_id {
-        return Err(EbpfError::GatewayInGuardedCgroup { path: own });
+    if own.id == guarded_id {
+        return Err(EbpfError::GatewayInGuardedCgroup { path: own.path });
     }
-    if own.starts_with(&guarded.path) {
-        let procs = own.join("cgroup.procs");
-        let listed = std::fs::read_to_string(&procs).map_err(EbpfError::io(&procs))?;
-        let me = std::process::id().to_string();
-        let others: Vec<&str> = listed.lines().filter(|pid| *pid != me).collect();
-        if !others.is_empty() {
-            return Err(EbpfError::GatewayCgroupShared {
-                path: own,
-                others: others.join(", "),
-            });
-        }
+    if own.path.starts_with(&guarded.path) && !own.others.is_empty() {
+        return Err(EbpfError::GatewayCgroupShared {
+            others: own.others.join(", "),
+            path: own.path,
+        });
     }
-    tracing::debug!(cgroup = %own.display(), id, "the gateway's own cgroup is exempt");
-    Ok(id)
+    tracing::debug!(cgroup = %own.path.display(), id = own.id, "the gateway's own cgroup is exempt");
+    Ok(own.id)
 }
 
 /// Names `id` as the gateway's cgroup in the pinned map of an instance
