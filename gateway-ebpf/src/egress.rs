@@ -17,11 +17,11 @@
 //! handshake completed (its SYN dropped, by a `TCP_MD5SIG` option the
 //! listener refuses, or the socket closed at once) takes its record out of
 //! [`FLOWS`] with it (see [`crate::sock_release`]), since the gateway will
-//! never accept that connection. Before, such records stayed for the gateway's age sweep
-//! outside any share, and one job could fill the map every job needs. A
-//! connect refused after its SYN (the gateway down) still leaves its
-//! record until the sweep: the socket is no longer in SYN_SENT when it is
-//! released, and the gateway forgets those at start.
+//! never accept that connection. Before, such records stayed for the
+//! gateway's age sweep outside any share, and one job could fill the map
+//! every job needs. What is left to the sweep: a record whose client saw
+//! the handshake complete but the gateway never accepted (its accept queue
+//! overflowed).
 //!
 //! It is also the one hook that sees sockets no connect or send hook
 //! does: connections a job accepted. With `[guard] loopback_clients_only`
