@@ -257,6 +257,15 @@ mod tests {
             .expect("the store answers within 5 s")
     }
 
+    /// `result` is an error naming `path` and saying `why`.
+    fn assert_refused<T: std::fmt::Debug>(result: Result<T, StoreError>, path: &Path, why: &str) {
+        let e = result.unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains(why),
+            "{e}"
+        );
+    }
+
     #[test]
     fn a_fifo_huge_or_broken_request_file_is_named_not_hung_on_or_skipped() {
         let dir = tempfile::tempdir().unwrap();
@@ -272,31 +281,25 @@ mod tests {
         // A FIFO where a request belongs: refused at once, by name.
         let fifo = dir.path().join("apr-fifo1.json");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRUSR).unwrap();
-        let e = within_5s(&store, async |s| s.get("apr-fifo1").await)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(&fifo.display().to_string()) && e.contains("FIFO"),
-            "{e}"
+        assert_refused(
+            within_5s(&store, async |s| s.get("apr-fifo1").await),
+            &fifo,
+            "FIFO",
         );
-        let e = within_5s(&store, async |s| s.list(false).await)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(&fifo.display().to_string()) && e.contains("FIFO"),
-            "{e}"
+        assert_refused(
+            within_5s(&store, async |s| s.list(false).await),
+            &fifo,
+            "FIFO",
         );
         fs::remove_file(&fifo).unwrap();
 
         // A sparse, huge file: refused without reading it.
         let huge = dir.path().join("apr-huge1.json");
         fs::File::create(&huge).unwrap().set_len(100 << 30).unwrap();
-        let e = within_5s(&store, async |s| s.get("apr-huge1").await)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(&huge.display().to_string()) && e.contains("larger than 1048576"),
-            "{e}"
+        assert_refused(
+            within_5s(&store, async |s| s.get("apr-huge1").await),
+            &huge,
+            "larger than 1048576",
         );
         fs::remove_file(&huge).unwrap();
 
@@ -304,12 +307,10 @@ mod tests {
         // leaving it out, so an approver learns a request may be missing.
         let broken = dir.path().join("apr-bad1.json");
         fs::write(&broken, b"{\"id\": \"apr-bad1\", \"state\": \"pend").unwrap();
-        let e = within_5s(&store, async |s| s.list(false).await)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(&broken.display().to_string()) && e.contains("is not a request"),
-            "{e}"
+        assert_refused(
+            within_5s(&store, async |s| s.list(false).await),
+            &broken,
+            "is not a request",
         );
         assert!(within_5s(&store, async |s| s.list(true).await).is_err());
         fs::remove_file(&broken).unwrap();
