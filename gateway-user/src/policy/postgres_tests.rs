@@ -2269,3 +2269,77 @@ approve_functions = []
         all[4].message
     );
 }
+
+/// Found in review: renaming, dropping or granting a whole schema, and a
+/// `CASCADE`, reach tables a rule covers without naming them. A rule that
+/// allows DDL, DCL, DROP and TRUNCATE but protects `billing.*` now denies
+/// exactly those that may reach billing.
+#[test]
+fn a_table_rule_covers_statements_on_its_whole_schema() {
+    let files = Files::new();
+    let policy = policy(
+        &files,
+        r#"[[rule]]
+name = "migrations"
+action = "allow"
+targets = ["orders-db"]
+users = ["runner"]
+[rule.postgres]
+allow = ["read", "write", "ddl", "dcl", "transaction", "other"]
+[[rule.postgres.tables]]
+tables = ["billing.*"]
+deny = ["write"]
+"#,
+    );
+    let session = orders_session(&policy, 1000);
+    let decide = |sql: &str| {
+        let classification = crate::protocols::postgres::classify::classify(sql)
+            .unwrap_or_else(|e| panic!("{sql:?} does not classify: {e}"));
+        session.decide_all(&classification, &default_path())
+    };
+    for (sql, verdict, reason) in [
+        (
+            "ALTER SCHEMA billing RENAME TO b2",
+            StatementVerdict::Deny,
+            "write access to every table of schema billing is denied (tables \"billing.*\")",
+        ),
+        (
+            "ALTER SCHEMA b2 RENAME TO billing",
+            StatementVerdict::Deny,
+            "write access to every table of schema billing is denied (tables \"billing.*\")",
+        ),
+        (
+            "DROP SCHEMA billing",
+            StatementVerdict::Deny,
+            "write access to every table of schema billing is denied (tables \"billing.*\")",
+        ),
+        (
+            "GRANT ALL ON ALL TABLES IN SCHEMA billing TO ci",
+            StatementVerdict::Deny,
+            "write access to every table of schema billing is denied (tables \"billing.*\")",
+        ),
+        (
+            "TRUNCATE public.customers CASCADE",
+            StatementVerdict::Deny,
+            "write access to every table (the statement reaches tables it does not name: CASCADE, or what a role owns) is denied (tables \"billing.*\")",
+        ),
+        (
+            "ALTER SCHEMA scratch RENAME TO scratch2",
+            StatementVerdict::Allow,
+            "statement class ddl is allowed",
+        ),
+        (
+            "GRANT ALL ON ALL TABLES IN SCHEMA public TO ci",
+            StatementVerdict::Allow,
+            "statement class dcl is allowed",
+        ),
+        (
+            "TRUNCATE public.customers",
+            StatementVerdict::Allow,
+            "statement class write is allowed",
+        ),
+    ] {
+        let d = decide(sql);
+        assert_eq!((d.verdict, d.reason.as_str()), (verdict, reason), "{sql:?}");
+    }
+}

@@ -419,6 +419,13 @@ impl Hit<'_> {
                 found,
             } => {
                 let name = match (found, &table.schema) {
+                    (_, Some(schema)) if table.is_every_relation() => {
+                        if schema == TableRef::EVERY {
+                            "every table (the statement reaches tables it does not name: CASCADE, or what a role owns)".to_owned()
+                        } else {
+                            format!("every table of schema {schema}")
+                        }
+                    }
                     (Found::AsWritten, Some(schema)) => format!("{schema}.{}", table.name),
                     (Found::AsWritten, None) => table.name.clone(),
                     (Found::InSchema(schema), _) => {
@@ -569,14 +576,16 @@ impl TablePattern {
     /// the path and where every relation is named `pg_*`.
     /// Case-insensitive, as masking globs are: a quoted mixed-case twin of a
     /// denied table is denied too, the safe direction.
+    ///
+    /// A reference to every relation ([`TableRef::EVERY`]: a schema
+    /// renamed, dropped or granted, a `CASCADE`) matches every pattern of
+    /// its schema, and every pattern at all when its schema is `EVERY` too.
     fn find<'s>(&self, table: &TableRef, path: &'s SearchPath) -> Option<Found<'s>> {
-        if !self.table.matches_with(&table.name, TABLE_MATCH) {
+        if !table.is_every_relation() && !self.table.matches_with(&table.name, TABLE_MATCH) {
             return None;
         }
         if let Some(schema) = table.schema.as_deref() {
-            return self
-                .schema
-                .matches_with(schema, TABLE_MATCH)
+            return (schema == TableRef::EVERY || self.schema.matches_with(schema, TABLE_MATCH))
                 .then_some(Found::AsWritten);
         }
         let Some(schemas) = path.schemas() else {

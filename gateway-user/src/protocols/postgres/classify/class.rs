@@ -244,6 +244,12 @@ impl fmt::Display for Access {
 /// `search_path`; a policy on `billing.*` must decide what an unqualified
 /// name means. A catalog (database) qualifier, which PostgreSQL requires to
 /// be the current database, is dropped.
+///
+/// A statement that reaches relations it does not name says so with
+/// [`TableRef::EVERY`]: as `name`, every relation of the schema (`ALTER
+/// SCHEMA billing RENAME`, `DROP SCHEMA billing`, `GRANT … ON ALL TABLES IN
+/// SCHEMA billing`); as schema and name, every relation anywhere (a
+/// `CASCADE` that follows dependencies, `DROP OWNED`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableRef {
     /// The schema the statement names, if any.
@@ -252,6 +258,32 @@ pub struct TableRef {
     pub name: String,
     /// Whether the statement reads it or changes it.
     pub access: Access,
+}
+
+impl TableRef {
+    /// The name that stands for every relation (or every schema). A
+    /// relation really named `"*"` is taken for all of them: the safe
+    /// direction.
+    pub const EVERY: &'static str = "*";
+
+    /// Every relation of `schema`, written.
+    pub fn every_in(schema: &str) -> TableRef {
+        TableRef {
+            schema: Some(schema.to_owned()),
+            name: TableRef::EVERY.to_owned(),
+            access: Access::Write,
+        }
+    }
+
+    /// Every relation of every schema, written.
+    pub fn everywhere() -> TableRef {
+        TableRef::every_in(TableRef::EVERY)
+    }
+
+    /// Whether this stands for every relation of its schema.
+    pub fn is_every_relation(&self) -> bool {
+        self.name == TableRef::EVERY
+    }
 }
 
 impl fmt::Display for TableRef {

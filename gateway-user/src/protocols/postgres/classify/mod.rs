@@ -57,7 +57,7 @@
 //! | `procedural_code` | DO, CALL, CREATE FUNCTION/PROCEDURE |
 //! | `explain_analyze_write` | EXPLAIN ANALYZE of anything but a read (or of EXECUTE, left to the session) |
 //! | `copy_program` / `copy_file` | COPY … PROGRAM / COPY … 'server file' |
-//! | `dangerous_function` | a call to a [`DANGEROUS_FUNCTIONS`] entry anywhere, or `set_config` of `role`/`session_authorization` or of a non-constant setting |
+//! | `dangerous_function` | a call to a [`DANGEROUS_FUNCTIONS`] entry anywhere, or `set_config` of `role`/`session_authorization` or of a non-constant setting; such an entry or a built-in that writes bound for later calls (CREATE OPERATOR/AGGREGATE/TYPE/CAST/TRIGGER/CONVERSION/TRANSFORM, operator class support functions, FDW handlers) |
 //! | `set_role` | SET/RESET ROLE, SET/RESET SESSION AUTHORIZATION, DISCARD ALL, `set_config('role', …)`, and `SET role` clauses inside ALTER ROLE/DATABASE/FUNCTION |
 //!
 //! # Limits, by design
@@ -86,6 +86,14 @@
 //!   `LIKE` source: the statement changes or depends on them.
 //!   `setval('s', …)` writes sequence `s`; with a name that is not a
 //!   constant (`setval($1, …)`) it is still a write, but names no table.
+//!   A statement that reaches tables it does not name writes
+//!   [`TableRef::EVERY`] of the schema (a schema renamed, dropped, granted
+//!   or given away) or of every schema (any `CASCADE`, `DROP OWNED`,
+//!   `REASSIGN OWNED`).
+//! * Refused outright too: binding `set_config` to an operator, aggregate or
+//!   type, and a DDL or DCL statement naming `pg_settings` (an updatable
+//!   view or a rule over it changes settings from later statements that do
+//!   not name it).
 //! * "Without WHERE" means "may take every row" only as far as the text
 //!   shows it: a condition naming no column counts, a tautology over a
 //!   column (`WHERE id = id`, `WHERE id IS NOT NULL`) and a subquery that

@@ -3,8 +3,8 @@
 //! This is the code behind the table in the module documentation; keep the two in step.
 
 use pg_query::protobuf::{
-    AlterTableType, CopyStmt, DiscardMode, ExplainStmt, ObjectType, PrepareStmt, RoleStmtType,
-    TransactionStmtKind, VariableSetKind, VariableSetStmt,
+    AlterTableType, CopyStmt, DiscardMode, DropBehavior, ExplainStmt, GrantTargetType, ObjectType,
+    PrepareStmt, RoleStmtType, TransactionStmtKind, VariableSetKind, VariableSetStmt,
 };
 use pg_query::{Node, NodeEnum};
 
@@ -25,7 +25,10 @@ pub(crate) fn classify_statement(node: &NodeEnum) -> Result<Statement, ClassifyE
     }
     let outline = outline(node)?;
     let tree = tree::to_value(node).map_err(|e| ClassifyError::internal(e.to_string()))?;
-    let facts = walk::inspect(&tree, outline.access);
+    // What DDL and DCL leave behind (a view, a rule, a default, a policy)
+    // runs again in later statements that do not show it.
+    let defines = matches!(outline.class, StatementClass::Ddl | StatementClass::Dcl);
+    let facts = walk::inspect(&tree, outline.access, defines);
     if let Some(reason) = facts.refused {
         return Err(ClassifyError::Refused { reason });
     }
@@ -129,9 +132,14 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
         NodeEnum::DeleteStmt(_) => o(Write, "DELETE"),
         NodeEnum::MergeStmt(_) => o(Write, "MERGE"),
         NodeEnum::CopyStmt(copy) => copy_outline(copy),
-        NodeEnum::TruncateStmt(_) => o(Write, "TRUNCATE")
-            .flag(Flag::Truncate)
-            .access(Access::Write),
+        NodeEnum::TruncateStmt(t) => Outline {
+            // CASCADE empties every table with a foreign key to these,
+            // in whatever schema.
+            tables: everywhere_if(t.behavior),
+            ..o(Write, "TRUNCATE")
+                .flag(Flag::Truncate)
+                .access(Access::Write)
+        },
         NodeEnum::RefreshMatViewStmt(_) => {
             o(Write, "REFRESH MATERIALIZED VIEW").access(Access::Write)
         }
@@ -176,9 +184,36 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
         NodeEnum::ConstraintsSetStmt(_) => o(Transaction, "SET CONSTRAINTS"),
 
         // Privileges and roles.
-        NodeEnum::GrantStmt(g) => o(Dcl, if g.is_grant { "GRANT" } else { "REVOKE" }),
+        NodeEnum::GrantStmt(g) => Outline {
+            // `ON ALL TABLES IN SCHEMA billing`, `ON SCHEMA billing`: every
+            // relation there changes hands (named tables are RangeVars,
+            // which the walk finds).
+            tables: if g.targtype == GrantTargetType::AclTargetAllInSchema as i32
+                || g.objtype == ObjectType::ObjectSchema as i32
+            {
+                every_in_schemas(&g.objects)
+            } else {
+                Vec::new()
+            },
+            ..o(Dcl, if g.is_grant { "GRANT" } else { "REVOKE" })
+        },
         NodeEnum::GrantRoleStmt(g) => o(Dcl, if g.is_grant { "GRANT" } else { "REVOKE" }),
-        NodeEnum::AlterDefaultPrivilegesStmt(_) => o(Dcl, "ALTER DEFAULT PRIVILEGES"),
+        NodeEnum::AlterDefaultPrivilegesStmt(a) => Outline {
+            // `IN SCHEMA billing`: the privileges of every table made there.
+            tables: a
+                .options
+                .iter()
+                .filter_map(|option| match &option.node {
+                    Some(NodeEnum::DefElem(d)) if d.defname == "schemas" => d.arg.as_deref(),
+                    _ => None,
+                })
+                .flat_map(|arg| match &arg.node {
+                    Some(NodeEnum::List(list)) => every_in_schemas(&list.items),
+                    _ => Vec::new(),
+                })
+                .collect(),
+            ..o(Dcl, "ALTER DEFAULT PRIVILEGES")
+        },
         NodeEnum::CreateRoleStmt(r) => o(
             Dcl,
             match RoleStmtType::try_from(r.stmt_type) {
@@ -191,9 +226,24 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
         NodeEnum::DropRoleStmt(_) => o(Dcl, "DROP ROLE").flag(Flag::Drop),
         NodeEnum::CreatePolicyStmt(_) => o(Dcl, "CREATE POLICY"),
         NodeEnum::AlterPolicyStmt(_) => o(Dcl, "ALTER POLICY"),
-        NodeEnum::AlterOwnerStmt(a) => o(Dcl, alter_command(a.object_type)),
-        NodeEnum::ReassignOwnedStmt(_) => o(Dcl, "REASSIGN OWNED"),
-        NodeEnum::DropOwnedStmt(_) => o(Dcl, "DROP OWNED").flag(Flag::Drop),
+        NodeEnum::AlterOwnerStmt(a) => Outline {
+            // The owner of a schema may drop or rename anything in it.
+            tables: if a.object_type == ObjectType::ObjectSchema as i32 {
+                every_in_schemas(a.object.as_deref().map(std::slice::from_ref).unwrap_or(&[]))
+            } else {
+                Vec::new()
+            },
+            ..o(Dcl, alter_command(a.object_type))
+        },
+        // Both reach whatever the role owns, in any schema.
+        NodeEnum::ReassignOwnedStmt(_) => Outline {
+            tables: vec![TableRef::everywhere()],
+            ..o(Dcl, "REASSIGN OWNED")
+        },
+        NodeEnum::DropOwnedStmt(_) => Outline {
+            tables: vec![TableRef::everywhere()],
+            ..o(Dcl, "DROP OWNED").flag(Flag::Drop)
+        },
         NodeEnum::SecLabelStmt(s) => Outline {
             tables: s.object.as_deref().map_or_else(Vec::new, |obj| {
                 named_relations(s.objtype, std::slice::from_ref(obj))
@@ -226,8 +276,16 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
             } else {
                 Ddl
             };
+            let mut tables = if d.remove_type == ObjectType::ObjectSchema as i32 {
+                every_in_schemas(&d.objects)
+            } else {
+                named_relations(d.remove_type, &d.objects)
+            };
+            // CASCADE drops what depends on the objects: views, and the
+            // columns of any table typed with a dropped type or domain.
+            tables.extend(everywhere_if(d.behavior));
             Outline {
-                tables: named_relations(d.remove_type, &d.objects),
+                tables,
                 ..o(class, drop_command(d.remove_type)).flag(Flag::Drop)
             }
         }
@@ -245,6 +303,17 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
                 Ddl
             };
             let mut outline = o(class, alter_command(object));
+            if r.rename_type == ObjectType::ObjectSchema as i32 {
+                // Renamed away from a table rule's schema, its tables would
+                // be written under a name the rule does not cover; renamed
+                // into it, another schema's tables would be.
+                outline.tables.extend(
+                    [&r.subname, &r.newname]
+                        .into_iter()
+                        .filter(|s| !s.is_empty())
+                        .map(|s| TableRef::every_in(s)),
+                );
+            }
             if let Some(rel) = r
                 .relation
                 .as_ref()
@@ -442,10 +511,42 @@ fn alter_table_outline(alter: &pg_query::protobuf::AlterTableStmt) -> Outline {
     } else {
         StatementClass::Ddl
     };
-    Outline::new(class, alter_command(alter.objtype)).flag_if(
-        subtypes().any(|t| t == AlterTableType::AtDropColumn),
-        Flag::Drop,
-    )
+    // `DROP COLUMN … CASCADE` drops the views (in any schema) built on it.
+    let cascades = alter.cmds.iter().any(|c| match &c.node {
+        Some(NodeEnum::AlterTableCmd(cmd)) => cmd.behavior == DropBehavior::DropCascade as i32,
+        _ => false,
+    });
+    Outline {
+        tables: if cascades {
+            vec![TableRef::everywhere()]
+        } else {
+            Vec::new()
+        },
+        ..Outline::new(class, alter_command(alter.objtype)).flag_if(
+            subtypes().any(|t| t == AlterTableType::AtDropColumn),
+            Flag::Drop,
+        )
+    }
+}
+
+/// Every relation anywhere, for a `CASCADE`.
+fn everywhere_if(behavior: i32) -> Vec<TableRef> {
+    if behavior == DropBehavior::DropCascade as i32 {
+        vec![TableRef::everywhere()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Every relation of each schema named (as `String` nodes).
+fn every_in_schemas(schemas: &[Node]) -> Vec<TableRef> {
+    schemas
+        .iter()
+        .filter_map(|n| match &n.node {
+            Some(NodeEnum::String(s)) if !s.sval.is_empty() => Some(TableRef::every_in(&s.sval)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn transaction_command(kind: i32) -> &'static str {

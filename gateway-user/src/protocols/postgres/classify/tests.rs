@@ -1292,3 +1292,148 @@ fn passwords_are_redacted() {
     let plain = "SELECT abalance FROM pgbench_accounts WHERE aid = 42";
     assert!(matches!(redact_passwords(plain), std::borrow::Cow::Borrowed(p) if p == plain));
 }
+
+/// Found in review: an operator, aggregate, cast or type bound to a
+/// function calls it later from statements that never name it (`SELECT ##
+/// '/etc/passwd'` after `CREATE OPERATOR ## (…, FUNCTION = pg_read_file)`),
+/// so the binding is checked as the call would be, and a function that
+/// writes is flagged there: its later calls will not show it.
+#[test]
+fn functions_bound_for_later_calls_are_checked_where_they_are_bound() {
+    for sql in [
+        "CREATE OPERATOR public.## (RIGHTARG = text, FUNCTION = pg_read_file)",
+        "CREATE OPERATOR ## (RIGHTARG = text, PROCEDURE = pg_catalog.PG_READ_FILE)",
+        "CREATE AGGREGATE rd(text) (SFUNC = textcat, STYPE = text, FINALFUNC = 'pg_read_file')",
+        "CREATE AGGREGATE rd(text) (SFUNC = textcat, STYPE = text, MFINALFUNC = pg_read_file)",
+        "CREATE OPERATOR !!! (FUNCTION = pg_terminate_backend, RIGHTARG = int4)",
+        "CREATE OPERATOR ~~~ (LEFTARG = oid, FUNCTION = lo_unlink)",
+        "ALTER OPERATOR ## (NONE, text) SET (RESTRICT = pg_read_file)",
+        "CREATE TYPE r AS RANGE (SUBTYPE = int4, SUBTYPE_DIFF = lo_unlink)",
+        "CREATE CAST (text AS int) WITH FUNCTION pg_read_file(text)",
+        "CREATE OPERATOR CLASS c FOR TYPE int USING btree AS OPERATOR 1 <, FUNCTION 1 lo_unlink(int)",
+        "CREATE EVENT TRIGGER e ON ddl_command_end EXECUTE FUNCTION dblink_exec()",
+    ] {
+        let s = one(sql);
+        assert_eq!(s.class, Ddl, "{sql:?}: {s:?}");
+        assert!(s.flags.contains(&DangerousFunction), "{sql:?}: {s:?}");
+    }
+    // Found by name for `deny_functions`, schema as written; options that
+    // name types are not functions.
+    let s = check(
+        "CREATE AGGREGATE billing.total(numeric) (SFUNC = billing.add, STYPE = numeric)",
+        Ddl,
+        &[],
+    );
+    assert_eq!(
+        s.functions,
+        [FunctionRef {
+            schema: Some("billing".into()),
+            name: "add".into()
+        }]
+    );
+    let s = check(
+        "CREATE TRIGGER t AFTER INSERT ON x FOR EACH ROW EXECUTE FUNCTION purge()",
+        Ddl,
+        &[],
+    );
+    assert_eq!(s.functions.len(), 1, "{s:?}");
+    assert_eq!(s.functions[0].name, "purge");
+    // A bound set_config would set whatever its later caller passes.
+    assert!(refused(
+        "CREATE AGGREGATE setter(text, bool) (SFUNC = set_config, STYPE = text, INITCOND = 'role')"
+    ));
+    assert!(refused(
+        "CREATE OPERATOR @@ (LEFTARG = text, RIGHTARG = text, FUNCTION = pg_catalog.set_config)"
+    ));
+}
+
+/// Found in review: `pg_settings`' UPDATE rule calls set_config, so an
+/// updatable view over it lets `UPDATE v SET setting = 'billing' WHERE
+/// name = 'search_' || 'path'` move the search path unseen. A schema
+/// object over pg_settings is refused; reading it is not.
+#[test]
+fn schema_objects_over_pg_settings_are_refused() {
+    for sql in [
+        "CREATE VIEW public.v AS SELECT * FROM pg_settings",
+        "CREATE OR REPLACE VIEW v AS SELECT name, setting FROM pg_catalog.pg_settings",
+        "CREATE RULE r AS ON INSERT TO t DO ALSO UPDATE pg_settings SET setting = NEW.x WHERE name = NEW.y",
+        "CREATE TABLE t AS SELECT * FROM pg_settings",
+    ] {
+        assert!(refused(sql), "{sql:?}: {:?}", classify(sql));
+    }
+    check("SELECT name, setting FROM pg_settings", Read, &[]);
+    check("CREATE VIEW v AS SELECT * FROM app.settings", Ddl, &[]);
+}
+
+/// Found in review: `ALTER SCHEMA billing RENAME TO b2`, then `DELETE FROM
+/// b2.invoices`, got past a rule on `billing.*`. Statements that reach a
+/// schema's tables without naming them name every table there; a
+/// `CASCADE` (or what a role owns) may reach tables anywhere.
+#[test]
+fn statements_on_whole_schemas_name_every_table_there() {
+    let every = |schema: &str| table(Some(schema), TableRef::EVERY, Access::Write);
+    let anywhere = every(TableRef::EVERY);
+    for (sql, class, tables) in [
+        (
+            "ALTER SCHEMA billing RENAME TO b2",
+            Ddl,
+            vec![every("b2"), every("billing")],
+        ),
+        ("DROP SCHEMA billing", Ddl, vec![every("billing")]),
+        (
+            "DROP SCHEMA IF EXISTS scratch, billing CASCADE",
+            Ddl,
+            vec![anywhere.clone(), every("billing"), every("scratch")],
+        ),
+        (
+            "GRANT ALL ON ALL TABLES IN SCHEMA billing TO ci",
+            Dcl,
+            vec![every("billing")],
+        ),
+        (
+            "REVOKE USAGE ON SCHEMA billing FROM app",
+            Dcl,
+            vec![every("billing")],
+        ),
+        (
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA billing GRANT SELECT ON TABLES TO ci",
+            Dcl,
+            vec![every("billing")],
+        ),
+        (
+            "ALTER SCHEMA billing OWNER TO ci",
+            Dcl,
+            vec![every("billing")],
+        ),
+        (
+            "TRUNCATE public.customers CASCADE",
+            Write,
+            vec![
+                anywhere.clone(),
+                table(Some("public"), "customers", Access::Write),
+            ],
+        ),
+        ("DROP TYPE mood CASCADE", Ddl, vec![anywhere.clone()]),
+        (
+            "ALTER TABLE t DROP COLUMN c CASCADE",
+            Ddl,
+            vec![table(None, "t", Access::Write), anywhere.clone()],
+        ),
+        ("DROP OWNED BY ci", Dcl, vec![anywhere.clone()]),
+        ("REASSIGN OWNED BY ci TO app", Dcl, vec![anywhere.clone()]),
+    ] {
+        let s = one(sql);
+        assert_eq!((s.class, &s.tables), (class, &tables), "{sql:?}: {s:?}");
+    }
+    // Without CASCADE only what is named.
+    let s = one("TRUNCATE public.customers");
+    assert_eq!(
+        s.tables,
+        [table(Some("public"), "customers", Access::Write)]
+    );
+    let s = one("GRANT SELECT ON billing.invoices TO ci");
+    assert_eq!(
+        s.tables,
+        [table(Some("billing"), "invoices", Access::Write)]
+    );
+}

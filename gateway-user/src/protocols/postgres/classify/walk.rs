@@ -33,13 +33,15 @@ pub(crate) struct Facts {
 
 /// Walks `stmt`. `access` is what a relation named outside any query means:
 /// `Write` for the target of DDL/DCL/admin statements and TRUNCATE, `Read`
-/// otherwise (queries decide for their own relations).
-pub(crate) fn inspect(stmt: &Value, access: Access) -> Facts {
+/// otherwise (queries decide for their own relations). `defines`: the
+/// statement leaves behind something later statements run (DDL, DCL).
+pub(crate) fn inspect(stmt: &Value, access: Access, defines: bool) -> Facts {
     let mut walker = Walker {
         facts: Facts::default(),
         ctes: Vec::new(),
         access,
         in_cte: 0,
+        defines,
     };
     walker.visit(stmt);
     walker.facts
@@ -53,6 +55,8 @@ struct Walker<'t> {
     access: Access,
     /// How many CTE bodies enclose the current node.
     in_cte: usize,
+    /// See [`inspect`].
+    defines: bool,
 }
 
 impl<'t> Walker<'t> {
@@ -87,6 +91,30 @@ impl<'t> Walker<'t> {
                 self.function(v);
                 self.children(v, &[]);
             }
+            // Statements that bind a function to something later statements
+            // call without naming it: an operator, an aggregate, a type's
+            // I/O, a cast, a trigger (found in review: `CREATE OPERATOR ##
+            // (RIGHTARG = text, FUNCTION = pg_read_file)`, then `SELECT ##
+            // '/etc/passwd'`).
+            Some("DefineStmt") => self.bound_by_options(v, "definition"),
+            Some("AlterOperatorStmt" | "AlterTypeStmt") => self.bound_by_options(v, "options"),
+            Some("CreateRangeStmt") => self.bound_by_options(v, "params"),
+            Some("CreateFdwStmt" | "AlterFdwStmt") => self.bound_by_options(v, "func_options"),
+            Some("CreateCastStmt") => self.bound_by_fields(v, &["func"]),
+            Some("CreateTransformStmt") => self.bound_by_fields(v, &["fromsql", "tosql"]),
+            Some("CreateOpClassItem")
+                if v.get("itemtype").as_int() == Some(OPCLASS_ITEM_FUNCTION) =>
+            {
+                self.bound_by_fields(v, &["name"])
+            }
+            Some("CreateConversionStmt") => self.bound_by_fields(v, &["func_name"]),
+            Some("CreateTrigStmt" | "CreateEventTrigStmt") => {
+                self.bound_by_fields(v, &["funcname"])
+            }
+            Some("CreatePLangStmt") => {
+                self.bound_by_fields(v, &["plhandler", "plinline", "plvalidator"])
+            }
+            Some("CreateAmStmt") => self.bound_by_fields(v, &["handler_name"]),
             Some("VariableSetStmt") => {
                 // SET ROLE at the top, but also `ALTER ROLE|DATABASE … SET role`
                 // and `CREATE FUNCTION … SET role = …`, which switch later sessions or calls.
@@ -240,11 +268,91 @@ impl<'t> Walker<'t> {
             return;
         }
         if let Some(name) = v.get("relname").as_str() {
+            // A view, rule or default over pg_settings lets a later UPDATE
+            // that never names it call set_config (found in review: an
+            // updatable view, then `UPDATE v SET setting = 'billing' WHERE
+            // name = 'search_' || 'path'`).
+            if self.defines && is_settings_view(v.get("schemaname").as_str(), name) {
+                self.refuse(Some(
+                    "a schema object over pg_settings would let later statements change settings (search_path, role) unseen",
+                ));
+            }
             self.facts.tables.push(TableRef {
                 schema: v.get("schemaname").as_str().map(str::to_owned),
                 name: name.to_owned(),
                 access,
             });
+        }
+    }
+
+    /// Functions named by the `DefElem`s of list field `field` whose names
+    /// say they take one (`FUNCTION =`, `SFUNC =`, `INPUT =`, `HANDLER`…).
+    fn bound_by_options(&mut self, v: &'t Value, field: &str) {
+        for option in v.get(field).items() {
+            let takes_function = option.get("defname").as_str().is_some_and(|name| {
+                FUNCTION_OPTIONS
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(name))
+            });
+            if takes_function {
+                self.bound(option.get("arg"));
+            }
+        }
+        self.children(v, &[]);
+    }
+
+    /// Functions named by fields `fields` (an `ObjectWithArgs` or a name list).
+    fn bound_by_fields(&mut self, v: &'t Value, fields: &[&str]) {
+        for field in fields {
+            self.bound(v.get(field));
+        }
+        self.children(v, &[]);
+    }
+
+    /// A function bound for later calls, named as PostgreSQL's
+    /// `defGetQualifiedName` takes it: a type name, a name list, an
+    /// `ObjectWithArgs`, or one string. Checked as a call would be; a
+    /// function that writes or sets settings is worse here, since its
+    /// later calls will not show it.
+    fn bound(&mut self, arg: &Value) {
+        let names: Vec<&str> = match arg.kind() {
+            Some("TypeName") => arg
+                .get("names")
+                .items()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect(),
+            Some("ObjectWithArgs") => arg
+                .get("objname")
+                .items()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect(),
+            Some("List") => arg
+                .get("items")
+                .items()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect(),
+            Some("String") => arg.as_str().into_iter().collect(),
+            _ => arg.items().iter().filter_map(Value::as_str).collect(),
+        };
+        let Some((name, qualifiers)) = names.split_last() else {
+            return;
+        };
+        self.facts.functions.push(FunctionRef {
+            schema: qualifiers.last().map(|s| (*s).to_owned()),
+            name: (*name).to_owned(),
+        });
+        if is_dangerous_function(name) || is_writing_function(name) {
+            self.facts.flags.insert(Flag::DangerousFunction);
+        }
+        if name.eq_ignore_ascii_case(SET_CONFIG) {
+            self.facts.flags.insert(Flag::DangerousFunction);
+            self.facts.flags.insert(Flag::SetRole);
+            self.refuse(Some(
+                "set_config bound to an operator, aggregate, type or trigger would change settings (role, search_path) unseen",
+            ));
         }
     }
 
@@ -314,6 +422,51 @@ impl<'t> Walker<'t> {
         self.refuse(lexer_setting_refusal(setting, Some(value)));
     }
 }
+
+/// `CreateOpClassItem.itemtype` of a support function (`OPCLASS_ITEM_FUNCTION`).
+const OPCLASS_ITEM_FUNCTION: i64 = 2;
+
+/// Options of CREATE OPERATOR / AGGREGATE / TYPE / TEXT SEARCH … and
+/// FOREIGN DATA WRAPPER whose value is a function PostgreSQL calls later.
+const FUNCTION_OPTIONS: &[&str] = &[
+    // Operators.
+    "function",
+    "procedure",
+    "restrict",
+    "join",
+    // Aggregates (old and new syntax, moving-aggregate variants).
+    "sfunc",
+    "sfunc1",
+    "finalfunc",
+    "combinefunc",
+    "serialfunc",
+    "deserialfunc",
+    "msfunc",
+    "minvfunc",
+    "mfinalfunc",
+    // Base and range types.
+    "input",
+    "output",
+    "receive",
+    "send",
+    "typmod_in",
+    "typmod_out",
+    "analyze",
+    "subscript",
+    "subtype_diff",
+    "canonical",
+    // Text search parsers and templates.
+    "start",
+    "gettoken",
+    "end",
+    "headline",
+    "lextypes",
+    "init",
+    "lexize",
+    // Foreign data wrappers.
+    "handler",
+    "validator",
+];
 
 /// Whether a WHERE (or MERGE `ON`) condition can leave rows out. A
 /// condition that names no column (`true`, `1 = 1`, `$1`, `NOT false`,
