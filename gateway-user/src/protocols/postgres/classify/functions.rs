@@ -9,7 +9,7 @@
 /// user's own function that happens to share a name.
 ///
 /// Why each family is here:
-/// * other sessions: ending or cancelling backends;
+/// * other sessions: ending or cancelling backends; resetting the statistics monitoring reads;
 /// * the server's files and processes: reading, listing or writing files, large-object import/export;
 /// * server state: configuration reload, log rotation, WAL switch, promotion, backups, replication slots;
 /// * other sessions' data: reading a logical replication slot hands out decoded WAL, every
@@ -30,6 +30,15 @@ pub const DANGEROUS_FUNCTIONS: &[&str] = &[
     // Other sessions.
     "pg_terminate_backend",
     "pg_cancel_backend",
+    // Statistics other sessions and monitoring rely on.
+    "pg_stat_reset",
+    "pg_stat_reset_shared",
+    "pg_stat_reset_single_table_counters",
+    "pg_stat_reset_single_function_counters",
+    "pg_stat_reset_slru",
+    "pg_stat_reset_replication_slot",
+    "pg_stat_reset_subscription_stats",
+    "pg_stat_statements_reset",
     // Server files and processes.
     "pg_read_file",
     "pg_read_binary_file",

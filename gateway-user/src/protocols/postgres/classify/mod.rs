@@ -57,7 +57,7 @@
 //! | `procedural_code` | DO, CALL, CREATE FUNCTION/PROCEDURE |
 //! | `explain_analyze_write` | EXPLAIN ANALYZE of anything but a read (or of EXECUTE, left to the session) |
 //! | `copy_program` / `copy_file` | COPY … PROGRAM / COPY … 'server file' |
-//! | `dangerous_function` | a call to a [`DANGEROUS_FUNCTIONS`] entry anywhere, or `set_config` of `role`/`session_authorization` or of a non-constant setting; such an entry or a built-in that writes bound for later calls (CREATE OPERATOR/AGGREGATE/TYPE/CAST/TRIGGER/CONVERSION/TRANSFORM, operator class support functions, FDW handlers) |
+//! | `dangerous_function` | a call to a [`DANGEROUS_FUNCTIONS`] entry anywhere, or `set_config` of `role`/`session_authorization` or of a non-constant setting; such an entry or a built-in that writes bound for later calls (CREATE OPERATOR/AGGREGATE/TYPE/CAST/TRIGGER/CONVERSION/TRANSFORM, operator class support functions, FDW handlers); CREATE/ALTER SERVER (a connection out, like dblink) |
 //! | `set_role` | SET/RESET ROLE, SET/RESET SESSION AUTHORIZATION, DISCARD ALL, `set_config('role', …)`, and `SET role` clauses inside ALTER ROLE/DATABASE/FUNCTION |
 //!
 //! # Limits, by design

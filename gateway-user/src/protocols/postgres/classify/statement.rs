@@ -393,9 +393,23 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
         }
         NodeEnum::CreateFdwStmt(_) => o(Ddl, "CREATE FOREIGN DATA WRAPPER"),
         NodeEnum::AlterFdwStmt(_) => o(Ddl, "ALTER FOREIGN DATA WRAPPER"),
-        NodeEnum::CreateForeignServerStmt(_) => o(Ddl, "CREATE SERVER"),
-        NodeEnum::AlterForeignServerStmt(_) => o(Ddl, "ALTER SERVER"),
-        NodeEnum::ImportForeignSchemaStmt(_) => o(Ddl, "IMPORT FOREIGN SCHEMA"),
+        // A server is a connection out, as dblink's are (found in review:
+        // postgres_fdw pointed back at this database reaches billing's
+        // tables under names of the job's choosing).
+        NodeEnum::CreateForeignServerStmt(_) => {
+            o(Ddl, "CREATE SERVER").flag(Flag::DangerousFunction)
+        }
+        NodeEnum::AlterForeignServerStmt(_) => o(Ddl, "ALTER SERVER").flag(Flag::DangerousFunction),
+        NodeEnum::ImportForeignSchemaStmt(i) => Outline {
+            // Foreign tables for every table of the remote schema, which may
+            // be this database's own.
+            tables: [&i.remote_schema, &i.local_schema]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| TableRef::every_in(s))
+                .collect(),
+            ..o(Ddl, "IMPORT FOREIGN SCHEMA")
+        },
         NodeEnum::CreateAmStmt(_) => o(Ddl, "CREATE ACCESS METHOD"),
         NodeEnum::CreatePlangStmt(_) => o(Ddl, "CREATE LANGUAGE"),
         NodeEnum::DefineStmt(d) => o(Ddl, create_command(d.kind)),

@@ -1436,4 +1436,18 @@ fn statements_on_whole_schemas_name_every_table_there() {
         s.tables,
         [table(Some("billing"), "invoices", Access::Write)]
     );
+    // A foreign server may be this very database: importing its billing
+    // schema makes billing's tables reachable under public names.
+    let s = one("IMPORT FOREIGN SCHEMA billing FROM SERVER loop INTO public");
+    assert_eq!(s.tables, [every("billing"), every("public")]);
+    check(
+        "CREATE SERVER loop FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', dbname 'orders')",
+        Ddl,
+        &[DangerousFunction],
+    );
+    check(
+        "SELECT pg_stat_statements_reset()",
+        Read,
+        &[DangerousFunction],
+    );
 }
