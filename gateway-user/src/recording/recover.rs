@@ -117,10 +117,26 @@ pub fn recover(
             torn = data.len() - whole;
             data.truncate(whole);
         }
+        // It must still run through the last event the gateway fsynced.
+        // Checked before anything else: found in review, a recording cut
+        // to nothing was removed below (and listed `removed`, as
+        // retention does) before its anchor was looked at, so emptying
+        // one left no trace.
+        let anchor = known.anchors.get(id);
+        if let Some(a) = anchor
+            && !verify::runs_through(&data, a)
+        {
+            warn!(recording = %path.display(), fsynced_events = a.events, "a recording no longer holds the events the gateway last fsynced: left as it is, not sealed");
+            done.left += 1;
+            damaged(ledger, key, id, anchor, &mut done);
+            continue;
+        }
+        let fsynced = anchor.map_or(0, |a| a.events);
         // Opened, then the power went before anything of it reached the
         // disk: nothing was lost, and an empty file would read as
-        // tampered for ever.
-        if opened && data.is_empty() {
+        // tampered for ever. Only with nothing fsynced (checked above),
+        // so `removed` never stands for a recording that held events.
+        if opened && data.is_empty() && fsynced == 0 {
             match fs::remove_file(&path) {
                 Ok(()) => {
                     warn!(recording = %path.display(), "a recording the gateway opened holds no whole line (power loss right after it opened): removed");
@@ -133,17 +149,6 @@ pub fn recover(
                     done.left += 1;
                 }
             }
-            continue;
-        }
-        // It must still run through the last event the gateway fsynced:
-        // what came after that is sealed as found, and the seal says so.
-        let anchor = known.anchors.get(id);
-        if let Some(a) = anchor
-            && !verify::runs_through(&data, a)
-        {
-            warn!(recording = %path.display(), fsynced_events = a.events, "a recording no longer holds the events the gateway last fsynced: left as it is, not sealed");
-            done.left += 1;
-            damaged(ledger, key, id, anchor, &mut done);
             continue;
         }
         let (verdict, events) = verify::verify(&data, &trusted);

@@ -946,3 +946,86 @@ async fn a_session_whose_recording_reaches_the_cap_is_failed_and_still_sealed() 
     let (verdict, events) = verify::verify(&data, &[public]);
     assert_eq!(verdict, Verdict::Sealed { events: 9 }, "{events:?}");
 }
+
+/// Records a session whose start and one statement reach the disk, then
+/// stops the gateway with it unsealed: the writer gave up on it (a full
+/// disk: `failed`) or, if not `failed`, as a crash leaves it (opened).
+/// Either way the gateway holds it to 2 fsynced events. Its id and file.
+async fn left_unsealed(s: &RecordingSettings, failed: bool) -> (String, PathBuf) {
+    let recorder = restart(s);
+    let session = recorder.open(start()).await;
+    session.record(statement("DROP TABLE customers"));
+    recorder.flush().await;
+    let id = session.id().to_owned();
+    if failed {
+        set_disk_full(&id, true);
+        session.record(statement(&"x".repeat(20_000)));
+        recorder.flush().await;
+        set_disk_full(&id, false);
+        assert!(session.healthy().is_err());
+    }
+    for _ in 0..3 {
+        recorder.flush().await;
+    }
+    let head = ledger::read_head(&ledger::head_path(&s.keys_dir, &s.dir)).unwrap();
+    assert_eq!(head.unwrap().open.get(&id).map(|a| a.events), Some(2));
+    drop(session);
+    recorder.shutdown().await;
+    let path = files::find(&s.dir, &id).unwrap();
+    (id, path)
+}
+
+/// The ledger of `s`'s recordings, as `verify` reads it.
+fn ledger_of(s: &RecordingSettings) -> ledger::Ledger {
+    let public = keys::read_public(&keys::public_key_path(&s.keys_dir)).unwrap();
+    let head = ledger::read_head(&ledger::head_path(&s.keys_dir, &s.dir)).unwrap();
+    let listed = ledger::Ledger::read(&s.dir, &[public], head.as_ref())
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed.problem, None);
+    listed
+}
+
+/// `verify`'s verdict on recording `id` once the gateway has started
+/// again (its anchor settled in the ledger).
+fn verdict_of(s: &RecordingSettings, id: &str) -> (Verdict, Vec<Event>) {
+    let public = keys::read_public(&keys::public_key_path(&s.keys_dir)).unwrap();
+    let data = std::fs::read(files::find(&s.dir, id).unwrap()).unwrap();
+    let (verdict, events) = verify::verify(&data, &[public]);
+    let verdict = verify::against_ledger(verdict, &events, ledger_of(s).entries.get(id));
+    (verdict, events)
+}
+
+/// Found in review: a recording left unsealed (failed, or by a crash)
+/// that was emptied, or cut into its first line, before the next start
+/// was deleted by recovery and listed `removed`, as retention does: gone
+/// without a trace. It held fsynced events, so it is now left as it is
+/// and listed `damaged`, which `verify` reports as tampered.
+#[tokio::test]
+async fn an_emptied_unsealed_recording_is_listed_damaged_not_removed() {
+    for (failed, left) in [
+        (true, &b""[..]),
+        (true, &b"{\"hash\":\"01"[..]),
+        (false, &b""[..]),
+        (false, &b"{\"hash\":\"01"[..]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        let (id, path) = left_unsealed(&s, failed).await;
+        std::fs::write(&path, left).unwrap();
+        restart(&s).shutdown().await;
+        let case = format!(
+            "failed: {failed}, left: {:?}",
+            String::from_utf8_lossy(left)
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), left, "{case}");
+        let entry = &ledger_of(&s).entries[&id];
+        assert_eq!(entry.outcome, ledger::Outcome::Damaged, "{case}");
+        assert_eq!(entry.anchor().map(|a| a.events), Some(2), "{case}");
+        let (verdict, _) = verdict_of(&s, &id);
+        assert!(
+            matches!(verdict, Verdict::Tampered { .. }),
+            "{case}: {verdict:?}"
+        );
+    }
+}
