@@ -412,12 +412,16 @@ impl LedgerWriter {
         }
         let mut anchors = head.as_ref().map(|h| h.open.clone()).unwrap_or_default();
         // A failed recording's anchor is in its ledger line too: a full
-        // disk may have kept the head from taking it.
+        // disk may have kept the head from taking it. The line wins over
+        // a head from before the failure: the writer never wrote the
+        // recording after it, and recovery holds the recording to end
+        // exactly there, so an older anchor would call what it fsynced
+        // last a forgery.
         for (session, e) in &checked.entries {
             if e.outcome == Outcome::Failed
                 && let Some(anchor) = e.anchor()
             {
-                anchors.entry(session.clone()).or_insert(anchor);
+                anchors.insert(session.clone(), anchor);
             }
         }
         let known = Known {

@@ -7,7 +7,8 @@
 //! or until the gateway starts again after stopping mid-session; from
 //! then on, cutting it short shows against its seal and the ledger. One
 //! the ledger saw opened that cannot be sealed (cut below what was
-//! fsynced, rewritten) is listed `damaged`, so that shows for good too.
+//! fsynced, rewritten, or failed and written after) is listed `damaged`,
+//! so that shows for good too.
 use std::{fs, io::Write, path::Path, time::SystemTime};
 
 use tracing::{info, warn};
@@ -24,6 +25,10 @@ use super::{
 /// Why a recovered seal was put on.
 pub const REASON: &str =
     "the gateway stopped before the session ended; sealed when it started again";
+
+/// Ends a recovered seal's reason when events after the gateway's last
+/// fsync of the recording are under the seal: `verify` shows that reason.
+pub const AS_FOUND: &str = "sealed as found";
 
 /// What a recovery pass did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -87,8 +92,8 @@ pub fn recover(
                 done.left += 1;
                 continue;
             }
-            // Failed: the writer gave up on it mid-session; sealed like
-            // one a crash left, held to the same anchor.
+            // Failed: the writer gave up on it mid-session; held to its
+            // anchor like one a crash left, and to end there (below).
             Some(Outcome::Opened | Outcome::Failed) => true,
             // Before the ledger existed, sealed recordings are listed;
             // after, a recording it never saw opened did not come from
@@ -131,7 +136,19 @@ pub fn recover(
             damaged(ledger, key, id, anchor, &mut done);
             continue;
         }
+        // The writer gave up on a failed recording and never wrote it
+        // again, so it ends at its anchor: whole lines after it are not
+        // the gateway's, and a seal would sign them. (After a crash they
+        // may be: written, just not fsynced yet; those are sealed as
+        // found, below.) Found in review.
         let fsynced = anchor.map_or(0, |a| a.events);
+        let whole_lines = data.iter().filter(|&&b| b == b'\n').count() as u64;
+        if known.sessions.get(id) == Some(&Outcome::Failed) && whole_lines > fsynced {
+            warn!(recording = %path.display(), fsynced_events = fsynced, events = whole_lines, "a recording the gateway gave up on holds events written after that: left as it is, not sealed");
+            done.left += 1;
+            damaged(ledger, key, id, anchor, &mut done);
+            continue;
+        }
         // Opened, then the power went before anything of it reached the
         // disk: nothing was lost, and an empty file would read as
         // tampered for ever. Only with nothing fsynced (checked above),
@@ -264,13 +281,13 @@ fn reason(events: u64, anchor: Option<&Anchor>, torn: usize) -> String {
     let mut reason = REASON.to_owned();
     match anchor {
         Some(a) if events > a.events => reason.push_str(&format!(
-            "; events from seq {} on were written after the gateway's last fsync and are sealed as found",
+            "; events from seq {} on were written after the gateway's last fsync and are {AS_FOUND}",
             a.events
         )),
         Some(_) => {}
-        None => reason.push_str(
-            "; no fsynced position of it was kept, so all its events are sealed as found",
-        ),
+        None => reason.push_str(&format!(
+            "; no fsynced position of it was kept, so all its events are {AS_FOUND}"
+        )),
     }
     if torn > 0 {
         reason.push_str(&format!(

