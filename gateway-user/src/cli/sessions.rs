@@ -16,6 +16,7 @@ use crate::{
     recording::{
         Body, Event, files, keys,
         ledger::{self, Anchor, Ledger, Outcome, Problem},
+        recover,
         verify::{self, Verdict},
     },
 };
@@ -223,10 +224,16 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
 /// Prints the ledger's problem on stderr when a head says there must be
 /// a sound ledger; whether it did (the command then exits 1).
 fn ledger_tampered(source: &Source) -> bool {
+    ledger_tampered_to(source, std::io::stderr().lock())
+}
+
+/// [`ledger_tampered`], onto `err`. Escaped: found in review, the
+/// problem's reason can quote the ledger file.
+fn ledger_tampered_to(source: &Source, err: impl Write) -> bool {
     let Some(p) = source.ledger_problem() else {
         return false;
     };
-    eprintln!("{}", describe_ledger(p));
+    let _ = writeln!(Escaped(err), "{}", describe_ledger(p));
     true
 }
 
@@ -640,7 +647,7 @@ fn show(source: &Source, id: &str) -> Result<Verdict, String> {
             details(&e.body)
         );
     }
-    let _ = writeln!(out, "-- {}", describe(&verdict));
+    let _ = writeln!(out, "-- {}", describe(&verdict, &events));
     Ok(verdict)
 }
 
@@ -754,11 +761,15 @@ fn details(body: &Body) -> String {
     }
 }
 
-fn describe(verdict: &Verdict) -> String {
+/// The verdict in words; `events` are what it was reached on.
+fn describe(verdict: &Verdict, events: &[Event]) -> String {
     match verdict {
         Verdict::Sealed { events } => format!("verified: {events} events, sealed"),
-        Verdict::Recovered { events } => format!(
-            "verified: {events} events, sealed when the gateway started again (it stopped before the session ended)"
+        Verdict::Recovered { events: n } => format!(
+            "verified: {n} events, sealed when the gateway started again (it stopped before the session ended){}",
+            as_found(events)
+                .map(|why| format!("; {why}"))
+                .unwrap_or_default()
         ),
         Verdict::Unsealed { events } => format!(
             "unsealed: the chain is intact through seq {}, but the gateway stopped before the session ended",
@@ -769,6 +780,24 @@ fn describe(verdict: &Verdict) -> String {
             seq.map(|s| format!(" (seq {s})")).unwrap_or_default()
         ),
     }
+}
+
+/// What a recovered seal says of events it signed that the gateway had
+/// not fsynced (so nothing but the seal vouches that the gateway wrote
+/// them), when it says so: the part of its reason after [`recover::REASON`].
+fn as_found(events: &[Event]) -> Option<&str> {
+    let Some(Body::Seal {
+        recovered: Some(why),
+        ..
+    }) = events.last().map(|e| &e.body)
+    else {
+        return None;
+    };
+    if !why.contains(recover::AS_FOUND) {
+        return None;
+    }
+    let rest = why.strip_prefix(recover::REASON).unwrap_or(why);
+    Some(rest.trim_start_matches("; "))
 }
 
 /// Slowest and fastest replay: slower would wait for ages on every pause
@@ -899,7 +928,7 @@ fn replay(source: &Source, id: &str, speed: f64) -> Result<Verdict, String> {
             Body::Seal { .. } => Ok(()),
         };
     }
-    let _ = writeln!(out, "-- {}", describe(&verdict));
+    let _ = writeln!(out, "-- {}", describe(&verdict, &events));
     Ok(verdict)
 }
 
@@ -1008,21 +1037,24 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
     } else if !all && let Some(p) = source.ledger.as_ref().and_then(|l| l.problem.as_ref()) {
         // No head vouches for it (a copy on another machine): nothing
         // says this ledger is the host's.
-        eprintln!(
+        let _ = writeln!(
+            Escaped(std::io::stderr().lock()),
             "warning: the ledger is TAMPERED at line {} (seq {}): {}; run `chokepoint sessions verify --all`",
-            p.line, p.seq, p.reason
+            p.line,
+            p.seq,
+            p.reason
         );
     }
     for entry in &listed {
         let id = &entry.id;
         match source.load_listed(entry) {
-            Ok((verdict, _)) => {
+            Ok((verdict, events)) => {
                 match verdict {
                     Verdict::Sealed { .. } | Verdict::Recovered { .. } => {}
                     Verdict::Unsealed { .. } => unsealed += 1,
                     Verdict::Tampered { .. } => tampered += 1,
                 }
-                let _ = writeln!(out, "{id}: {}", describe(&verdict));
+                let _ = writeln!(out, "{id}: {}", describe(&verdict, &events));
             }
             // One unreadable or misplaced file must not hide the verdicts
             // of the rest; it counts as tampered.
@@ -1099,7 +1131,7 @@ fn export_document(source: &Source, id: &str) -> Result<Verdict, String> {
     let (verdict, events) = source.load(id)?;
     let doc = serde_json::json!({
         "session": events.first().map(|e| e.session.clone()),
-        "verdict": describe(&verdict),
+        "verdict": describe(&verdict, &events),
         "events": events,
     });
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
@@ -1112,30 +1144,50 @@ fn export_document(source: &Source, id: &str) -> Result<Verdict, String> {
 /// `prev_hash`, a newline and the event's bytes), and fields a newer
 /// gateway wrote survive an older reader.
 fn export_lines(source: &Source, id: &str) -> Result<Verdict, String> {
-    let (verdict, lines) = stored_lines(source, id)?;
-    let mut out = std::io::stdout().lock();
+    export_lines_to(
+        source,
+        id,
+        std::io::stdout().lock(),
+        std::io::stderr().lock(),
+    )
+}
+
+/// [`export_lines`], onto `out` and `err`. The verdict goes through
+/// [`Escaped`] (the lines do not: they are the evidence, byte for byte):
+/// found in review, a tampered verdict's reason can quote the file.
+fn export_lines_to(
+    source: &Source,
+    id: &str,
+    mut out: impl Write,
+    err: impl Write,
+) -> Result<Verdict, String> {
+    let (verdict, events, lines) = stored_lines(source, id)?;
     out.write_all(&lines)
         .and_then(|()| out.flush())
         .map_err(|e| format!("writing the export: {e}"))?;
-    eprintln!("-- {}", describe(&verdict));
+    let _ = writeln!(Escaped(err), "-- {}", describe(&verdict, &events));
     Ok(verdict)
 }
 
-/// What `export --format jsonl` prints, and the verdict on it.
-fn stored_lines(source: &Source, id: &str) -> Result<(Verdict, Vec<u8>), String> {
+/// What `export --format jsonl` prints, the verdict on it and the events
+/// it was reached on.
+fn stored_lines(source: &Source, id: &str) -> Result<(Verdict, Vec<Event>, Vec<u8>), String> {
     let mut data = source.read(id)?;
-    let (verdict, _) = source.judge(id, data.clone())?;
+    let (verdict, events) = source.judge(id, data.clone())?;
     // A running session's last line may be half-written: left out, as
     // verify leaves it out. A cut line of any other is the evidence of
     // tampering and goes out with the rest.
     if !matches!(verdict, Verdict::Tampered { .. }) {
         data.truncate(data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1));
     }
-    Ok((verdict, data))
+    Ok((verdict, events, data))
 }
 
 #[cfg(test)]
 mod exit_tests;
+
+#[cfg(test)]
+mod output_tests;
 
 #[cfg(test)]
 mod replay_tests {

@@ -177,7 +177,7 @@ async fn jsonl_export_is_the_recording_as_stored() {
     let source = args.source(&args.settings().unwrap()).unwrap();
     let path = files::find(&dir.path().join("sessions"), &id).unwrap();
     let stored = std::fs::read(&path).unwrap();
-    let (verdict, lines) = super::stored_lines(&source, &id).unwrap();
+    let (verdict, _, lines) = super::stored_lines(&source, &id).unwrap();
     assert!(
         matches!(verdict, super::Verdict::Sealed { .. }),
         "{verdict:?}"
@@ -194,7 +194,7 @@ async fn jsonl_export_is_the_recording_as_stored() {
     let mut cut = stored.clone();
     cut.extend_from_slice(b"{\"hash\":\"00");
     std::fs::write(&path, &cut).unwrap();
-    let (verdict, lines) = super::stored_lines(&source, &id).unwrap();
+    let (verdict, _, lines) = super::stored_lines(&source, &id).unwrap();
     assert!(
         matches!(verdict, super::Verdict::Tampered { .. }),
         "{verdict:?}"
