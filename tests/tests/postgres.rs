@@ -2344,3 +2344,61 @@ fn a_rejected_parse_leaves_the_statement_it_would_replace() -> Result<()> {
     assert_eq!(executed[0]["text"], "SELECT 41 + 1 AS n", "{results:?}");
     Ok(())
 }
+
+/// Found in review: a simple-query COPY FROM STDIN that fails on its data
+/// leaves copy-in mode at once, and the server then answers each Sync the
+/// client had sent into the COPY after all. The gateway had dropped those
+/// Syncs (the server ignores them while a COPY runs), so the extra
+/// ReadyForQuery messages put it ahead of the server, and the masked
+/// `SELECT email` rows went out under the plan of `SELECT 1`. Which of
+/// those Syncs came after the failure cannot be known, so the session
+/// ends instead, before any row.
+#[test]
+fn a_copy_failing_after_syncs_were_sent_into_it_ends_the_session() -> Result<()> {
+    let s = Setup::start("pg-copy-mixed", 91, Policy::Guarded)?;
+    let parse = |name, sql| frame(b'P', &cstrings(&[name, sql], &[0, 0]));
+    let bind = |portal, statement| frame(b'B', &cstrings(&[portal, statement], &[0; 6]));
+    let query = |sql| frame(b'Q', &cstrings(&[sql], &[]));
+    let sync = frame(b'S', &[]);
+    let first = [
+        parse("s1", "SELECT 1 AS n"),
+        parse("s2", "SELECT email FROM customers ORDER BY id"),
+        sync.clone(),
+        query("COPY items FROM STDIN"),
+    ]
+    .concat();
+    let rest = [
+        frame(b'd', b"not a number\n"),
+        sync.clone(),
+        bind("p1", "s1"),
+        frame(b'D', &cstrings(&["Pp1"], &[])),
+        bind("p2", "s2"),
+        frame(b'E', &cstrings(&["p2"], &[0; 4])),
+        sync,
+        query("SELECT 1"),
+        query("SELECT 1"),
+        query("SELECT 1"),
+        frame(b'D', &cstrings(&["Ss1"], &[])),
+        query("SELECT 1"),
+    ]
+    .concat();
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "raw_until_ready": { "first": first, "until": "G", "hex": rest, "ready": 8 } })],
+    )?;
+    let all = r[0].to_string();
+    assert_no_secrets(&all);
+    let messages = r[0]["messages"].as_array().context("messages")?;
+    assert!(
+        messages.iter().all(|m| m["tag"] != "D"),
+        "no row may come back: {all}"
+    );
+    let last = messages.last().context("no messages")?;
+    assert_eq!(
+        (&last["tag"], &last["code"]),
+        (&json!("E"), &json!("08P01")),
+        "{all}"
+    );
+    assert_eq!(r[0]["closed"], true, "{all}");
+    Ok(())
+}

@@ -235,6 +235,11 @@ pub struct Denial {
     pub sync_point: u64,
 }
 
+/// The server answered something the gateway cannot match to a request:
+/// the session must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfStep;
+
 #[derive(Debug, Default)]
 pub struct Tracker {
     pub pending: VecDeque<Pending>,
@@ -246,6 +251,21 @@ pub struct Tracker {
     /// The server is taking COPY data and ignores Sync (and Flush) until
     /// the client's CopyDone or CopyFail.
     copy_in: bool,
+    /// The client sent COPY data not yet known to belong to a running COPY
+    /// (pipelined ahead of the server's CopyInResponse), or during this
+    /// COPY ([`Tracker::copy_data`]).
+    copy_data_sent: bool,
+    /// A COPY FROM STDIN started and its CommandComplete or ErrorResponse
+    /// has not come yet.
+    copy_outcome_pending: bool,
+    /// During that COPY the client sent, after COPY data, a Sync (which the
+    /// server ignores only while the COPY runs) or any message but COPY
+    /// data (which fails it). Should any of that data fail the COPY, the
+    /// server answers each later Sync after all, and which of them came
+    /// after the failure the gateway cannot know (found in review: extra
+    /// ReadyForQuery messages put the tracker ahead of the server, and a
+    /// masked row went out under another result's plan).
+    copy_in_mixed: bool,
     /// An extended-protocol message failed with no Sync pending: the
     /// server discards whatever the client sends until its next Sync.
     discarding: bool,
@@ -257,9 +277,13 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn push(&mut self, pending: Pending) {
-        if matches!(pending, Pending::Sync) && self.copy_in {
-            // Never answered: the server ignores it in copy-in mode.
-            return;
+        if self.copy_in {
+            if matches!(pending, Pending::Sync) {
+                // Never answered while the COPY runs: the server ignores it.
+                self.copy_in_mixed |= self.copy_data_sent;
+                return;
+            }
+            self.copy_in_mixed = true;
         }
         if self.discarding {
             if !matches!(pending, Pending::Sync) {
@@ -285,6 +309,28 @@ impl Tracker {
         std::mem::take(&mut self.discarded)
     }
 
+    /// The client sent CopyData.
+    pub fn copy_data(&mut self) {
+        self.copy_data_sent = true;
+    }
+
+    /// The server's CommandComplete or ErrorResponse (`failed`). `Err` when
+    /// it is the one ending a COPY FROM STDIN that failed while the client
+    /// had sent messages whose answers now cannot be told apart
+    /// (`copy_in_mixed`): the session must end.
+    pub fn copy_outcome(&mut self, failed: bool) -> Result<(), OutOfStep> {
+        if !std::mem::take(&mut self.copy_outcome_pending) {
+            return Ok(());
+        }
+        let mixed = std::mem::take(&mut self.copy_in_mixed);
+        self.copy_data_sent = false;
+        if failed && mixed {
+            Err(OutOfStep)
+        } else {
+            Ok(())
+        }
+    }
+
     /// The client sent CopyDone or CopyFail.
     pub fn copy_end(&mut self) {
         if self.discarding {
@@ -308,6 +354,11 @@ impl Tracker {
     /// CopyFail, so those are dropped here (and, if the client has not
     /// ended the COPY yet, the ones still to come).
     pub fn copy_in_started(&mut self) {
+        self.copy_outcome_pending = true;
+        // Data sent before this answer was sent for this COPY (or is a
+        // stray the server will refuse, failing it).
+        let data_ahead = self.copy_data_sent;
+        self.copy_in_mixed = false;
         let mut i = 1;
         let mut sync_points = 0;
         while i < self.pending.len() {
@@ -317,6 +368,9 @@ impl Tracker {
                     return;
                 }
                 Pending::Sync => {
+                    // Before any data (tokio-postgres: Bind, Execute, Sync,
+                    // then the data) the server surely ignores it.
+                    self.copy_in_mixed |= data_ahead;
                     // The (syncs_done + ordinal)-th sync point never comes.
                     let never = self.syncs_done + sync_points + 1;
                     self.pending.remove(i);
@@ -328,6 +382,8 @@ impl Tracker {
                     }
                 }
                 ref p => {
+                    // Anything but COPY data fails the COPY.
+                    self.copy_in_mixed = true;
                     sync_points += u64::from(p.is_sync_point());
                     i += 1;
                 }
@@ -373,19 +429,19 @@ impl Tracker {
 
     /// ReadyForQuery: the front sync point is done; denials of that batch
     /// that never met their error (e.g. the transaction was already
-    /// aborted) are forgotten.
-    pub fn ready(&mut self) -> Option<Pending> {
+    /// aborted) are forgotten. `Err` when the front entry is not a sync
+    /// point: every message before one is answered (or skipped after an
+    /// error) before its ReadyForQuery, so the server and the gateway no
+    /// longer agree on what is answered, and the session must end.
+    pub fn ready(&mut self) -> Result<Option<Pending>, OutOfStep> {
         self.discarding = false;
         self.syncs_done += 1;
         let done = self.syncs_done;
         self.denials.retain(|d| d.sync_point > done);
-        // Anything before the sync point was answered already or skipped.
-        while let Some(front) = self.pending.pop_front() {
-            if front.is_sync_point() {
-                return Some(front);
-            }
+        match self.pending.front() {
+            Some(front) if !front.is_sync_point() => Err(OutOfStep),
+            _ => Ok(self.pending.pop_front()),
         }
-        None
     }
 
     /// The error for a denial whose nonce appears in `message`, if any.
@@ -416,7 +472,7 @@ mod tests {
         t.pending.pop_front(); // ParseComplete
         let skipped = t.skip_to_sync();
         assert_eq!(skipped.len(), 2);
-        assert!(matches!(t.ready(), Some(Pending::Sync)));
+        assert!(matches!(t.ready(), Ok(Some(Pending::Sync))));
         assert!(t.pending.is_empty());
     }
 
@@ -455,7 +511,7 @@ mod tests {
         assert_eq!(skipped.len(), 2);
         assert_eq!(tags(&t), "SQ");
         // The discarded Query counts as done: the next ReadyForQuery is the Sync's.
-        assert!(matches!(t.ready(), Some(Pending::Sync)));
+        assert!(matches!(t.ready(), Ok(Some(Pending::Sync))));
         assert_eq!(t.syncs_done + 1, t.syncs_sent);
     }
 
@@ -477,7 +533,7 @@ mod tests {
         t.push(Pending::Sync);
         assert_eq!(tags(&t), "S");
         assert_eq!(t.syncs_sent, t.syncs_done + 1, "only the Sync is answered");
-        assert!(matches!(t.ready(), Some(Pending::Sync)));
+        assert!(matches!(t.ready(), Ok(Some(Pending::Sync))));
         // After the Sync the server reads messages again.
         t.push(Pending::Query(None));
         assert_eq!(tags(&t), "Q");
@@ -563,6 +619,60 @@ mod tests {
         assert_eq!(tags(&t), "S");
     }
 
+    /// Found in review: a COPY that fails on its data leaves copy-in mode
+    /// at once, and the server answers the Syncs sent after that data
+    /// after all. Only a failure with such messages sent ends the session.
+    #[test]
+    fn a_copy_failing_after_syncs_sent_into_it_cannot_be_followed() {
+        // psql-like: the data, then a Sync and more, into the COPY.
+        let mut t = Tracker::default();
+        t.push(Pending::Query(None));
+        t.copy_in_started();
+        t.copy_data();
+        t.push(Pending::Sync);
+        t.push(Pending::Bind(None));
+        assert_eq!(t.copy_outcome(true), Err(OutOfStep));
+        // The same, pipelined ahead of the CopyInResponse.
+        let mut t = Tracker::default();
+        t.push(Pending::Query(None));
+        t.copy_data();
+        t.push(Pending::Sync);
+        t.copy_in_started();
+        assert_eq!(tags(&t), "Q");
+        assert_eq!(t.copy_outcome(true), Err(OutOfStep));
+        // Had the COPY succeeded, the server ignored them as expected.
+        let mut t = Tracker::default();
+        t.push(Pending::Query(None));
+        t.copy_in_started();
+        t.copy_data();
+        t.push(Pending::Sync);
+        assert_eq!(t.copy_outcome(false), Ok(()));
+        // tokio-postgres: its Sync comes before any data, and the server
+        // surely ignored it; a failure is followed as before.
+        let mut t = Tracker::default();
+        t.push(execute());
+        t.push(Pending::Sync);
+        t.copy_in_started();
+        t.copy_data();
+        t.copy_end();
+        t.push(Pending::Sync);
+        assert_eq!(t.copy_outcome(true), Ok(()));
+        assert_eq!(tags(&t), "ES");
+        // Only the COPY's own outcome counts.
+        assert_eq!(t.copy_outcome(true), Ok(()));
+    }
+
+    #[test]
+    fn a_ready_for_query_before_its_sync_point_is_out_of_step() {
+        let mut t = Tracker::default();
+        t.push(Pending::Parse(None));
+        t.push(Pending::Sync);
+        assert_eq!(t.ready().map(|p| p.is_some()), Err(OutOfStep));
+        t.pending.pop_front(); // ParseComplete
+        assert!(matches!(t.ready(), Ok(Some(Pending::Sync))));
+        assert!(matches!(t.ready(), Ok(None)));
+    }
+
     #[test]
     fn denials_after_an_ignored_sync_keep_their_batch() {
         let mut t = Tracker::default();
@@ -637,7 +747,7 @@ mod tests {
             sync_point: 1,
         });
         assert!(t.take_denial("column \"n2\" does not exist").is_none());
-        t.ready();
+        assert!(matches!(t.ready(), Ok(Some(Pending::Query(None)))));
         assert!(t.denials.is_empty());
         t.denials.push_back(Denial {
             nonce: "n3".into(),

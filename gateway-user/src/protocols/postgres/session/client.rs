@@ -179,10 +179,12 @@ impl Session<'_> {
                 self.forward(&frame);
                 self.tracker.push(Pending::Sync);
             }
-            FrontendMessage::Flush | FrontendMessage::CopyData(_) => {
+            FrontendMessage::Flush => self.forward(&frame),
+            FrontendMessage::CopyData(_) => {
                 // COPY data belongs to a COPY statement already decided; the
                 // server rejects copy messages outside copy-in mode.
                 self.forward(&frame);
+                self.tracker.copy_data();
             }
             FrontendMessage::CopyDone | FrontendMessage::CopyFail(_) => {
                 self.forward(&frame);

@@ -9,8 +9,10 @@ impl Session<'_> {
         self.tracker.drop_stray_copy_ends();
         match frame.tag() {
             b'Z' => {
-                if let Some(Pending::Query(Some(running))) = self.tracker.ready() {
-                    self.complete(running, "");
+                match self.tracker.ready() {
+                    Ok(Some(Pending::Query(Some(running)))) => self.complete(running, ""),
+                    Ok(_) => {}
+                    Err(_) => return self.out_of_step("a ReadyForQuery"),
                 }
                 // Idle with nothing in flight: the transaction that held
                 // the portals is over, and so are they.
@@ -47,6 +49,11 @@ impl Session<'_> {
                 self.copy = CopyState::Idle;
             }
             b'E' => {
+                if self.tracker.copy_outcome(true).is_err() {
+                    return self.out_of_step(
+                        "an error ending a COPY the client had sent Sync or other messages into",
+                    );
+                }
                 self.copy = CopyState::Idle;
                 let message_of = |body: &Bytes| {
                     ErrorResponse::parse(body)
@@ -82,6 +89,22 @@ impl Session<'_> {
                 return;
             }
             b'1' | b'2' | b'3' => {
+                // Each answers its own kind of request only: popping
+                // whatever is in front would hide that the server and the
+                // gateway disagree on what is answered.
+                let answers = matches!(
+                    (frame.tag(), self.tracker.pending.front()),
+                    (b'1', Some(Pending::Parse(_)))
+                        | (b'2', Some(Pending::Bind(_)))
+                        | (b'3', Some(Pending::Close(_)))
+                );
+                if !answers {
+                    return self.out_of_step(match frame.tag() {
+                        b'1' => "a ParseComplete",
+                        b'2' => "a BindComplete",
+                        _ => "a CloseComplete",
+                    });
+                }
                 // A statement's Close: the server holds no such name now,
                 // whatever a failed PREPARE left uncertain.
                 if let Some(Pending::Close(Some(undo))) = self.tracker.pending.pop_front() {
@@ -92,6 +115,9 @@ impl Session<'_> {
                 Some(Pending::Describe { swallow, .. }) => {
                     let swallow = *swallow;
                     self.tracker.pending.pop_front();
+                    // No simple Query's rows come before the next one's
+                    // own RowDescription.
+                    self.query_plan = None;
                     if swallow {
                         // Ours: the layout of the Execute that follows.
                         let Some(layout) = self.layout(frame.body()).await else {
@@ -156,6 +182,9 @@ impl Session<'_> {
             }
             b'C' | b'I' | b's' => {
                 if frame.tag() == b'C' {
+                    // Success: whatever was sent into the COPY, the server
+                    // ignored or refused it as the tracker expects.
+                    let _ = self.tracker.copy_outcome(false);
                     self.prepared_completed(frame.body());
                 }
                 // The end of a refused COPY was already answered with an error.
