@@ -44,23 +44,29 @@ impl CancelRegistry {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Issues a fresh random key for `backend`.
-    pub fn register(self: &Arc<Self>, backend: BackendKey) -> ((i32, i32), CancelGuard) {
+    /// Issues a fresh random key for `backend`. `None` without an entropy
+    /// source: a fixed key would let any job cancel another's queries, and
+    /// (found in review) the search for an unused one would never end,
+    /// holding the lock every new session needs.
+    pub fn register(self: &Arc<Self>, backend: BackendKey) -> Option<((i32, i32), CancelGuard)> {
         let mut keys = self.lock();
-        let key = loop {
-            let key = (random_i32() & i32::MAX, random_i32());
-            if !keys.contains_key(&key) {
-                break key;
-            }
-        };
+        // 63 random bits: a collision with a live key is all but impossible,
+        // so a few draws are plenty.
+        let key = (0..8).find_map(|_| {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).ok()?;
+            let pid = i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) & i32::MAX;
+            let key = (pid, i32::from_ne_bytes([b[4], b[5], b[6], b[7]]));
+            (!keys.contains_key(&key)).then_some(key)
+        })?;
         keys.insert(key, backend);
-        (
+        Some((
             key,
             CancelGuard {
                 registry: self.clone(),
                 key,
             },
-        )
+        ))
     }
 
     /// Forwards a client's CancelRequest to the real backend. Unknown keys
@@ -109,8 +115,8 @@ mod tests {
             pid: 7,
             secret: 9,
         };
-        let (a, guard_a) = registry.register(backend);
-        let (b, _guard_b) = registry.register(backend);
+        let (a, guard_a) = registry.register(backend).unwrap();
+        let (b, _guard_b) = registry.register(backend).unwrap();
         assert_ne!(a, b);
         assert!(a.0 >= 0);
         drop(guard_a);

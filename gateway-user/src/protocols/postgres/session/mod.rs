@@ -40,7 +40,7 @@ use tokio::{
     net::TcpStream,
 };
 use tokio_util::either::Either;
-use tracing::{Level, debug, info, warn};
+use tracing::{Level, debug, error, info, warn};
 
 use self::{
     messages::{
@@ -260,7 +260,13 @@ pub async fn serve(
         pid: upstream.backend_pid,
         secret: upstream.backend_secret,
     };
-    let ((pid, secret), _cancel_guard) = ctx.shared.cancel.register(backend);
+    let Some(((pid, secret), _cancel_guard)) = ctx.shared.cancel.register(backend) else {
+        let message = "chokepoint: no entropy source for this session's cancel key";
+        error!(flow_id = flow.id, "{message}");
+        let _ = client.write_all(&fatal("58000", message)).await;
+        summary.error = Some(message.to_owned());
+        return summary;
+    };
 
     // The login the client sees: trust, the server's parameters, the
     // gateway's own cancel key, ready.
