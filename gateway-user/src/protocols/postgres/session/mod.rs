@@ -81,8 +81,13 @@ use crate::{
 
 /// Stop reading a side while this much is queued for the other one.
 const HIGH_WATER: usize = 1 << 20;
-/// Bound on statements answered but not yet acknowledged (pipelining).
-const MAX_PENDING: usize = 100_000;
+/// Bound on requests sent but not yet answered (pipelining). Each holds a
+/// few hundred bytes of its own besides its text, and a busy server can
+/// leave this many unanswered on every connection of a job: found in
+/// review, 100,000 let one job's connections pin gigabytes in tiny
+/// queries. Deep pipelines (pgbench's pipeline mode, drivers) stay far
+/// below it.
+const MAX_PENDING: usize = 8192;
 /// Most bytes taken from the client per read. The checks above stop
 /// reading, but every message already read is handled: after one large
 /// message the buffer has megabytes of room, and a read filling it with
