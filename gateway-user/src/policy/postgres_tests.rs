@@ -2343,3 +2343,41 @@ deny = ["write"]
         assert_eq!((d.verdict, d.reason.as_str()), (verdict, reason), "{sql:?}");
     }
 }
+
+/// Found in review: `SELECT j.run_sql FROM jobs j` calls `run_sql(j)`
+/// (attribute notation) past `deny_functions = ["run_sql"]`. A name after
+/// a dot counts as a call only for a pattern that names the function
+/// exactly: globs would take every qualified column for one.
+#[test]
+fn calls_in_attribute_notation_meet_exact_function_patterns() {
+    let files = Files::new();
+    let policy = policy(&files, FUNCTION_RULE);
+    let session = orders_session(&policy, 1000);
+    let cron = SearchPath::parse("public, cron", "app_rw").unwrap();
+    let decide = |sql: &str| {
+        let classification = crate::protocols::postgres::classify::classify(sql)
+            .unwrap_or_else(|e| panic!("{sql:?} does not classify: {e}"));
+        let d = session.decide_all(&classification, &cron);
+        (d.verdict, d.reason)
+    };
+    for sql in [
+        "SELECT j.run_sql FROM jobs j",
+        "SELECT (j).run_sql FROM jobs j WHERE j.id = 1",
+    ] {
+        assert_eq!(
+            decide(sql),
+            (
+                StatementVerdict::Deny,
+                "calling function run_sql is denied (functions \"run_sql\")".to_owned()
+            ),
+            "{sql:?}"
+        );
+    }
+    // `cron.*` and `pgr_*` are globs: qualified columns are not calls to them.
+    for sql in [
+        "SELECT j.id, j.schedule FROM jobs j",
+        "SELECT t.pgr_x FROM t",
+    ] {
+        assert_eq!(decide(sql).0, StatementVerdict::Allow, "{sql:?}");
+    }
+}

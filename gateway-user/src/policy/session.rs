@@ -540,7 +540,15 @@ impl FunctionPattern {
     /// (whichever schema holds the name now or after a CREATE), so a
     /// pattern matching any of those covers it; any schema when the path
     /// is unknown. Case-insensitive, as table patterns are.
+    ///
+    /// A name in attribute notation (`i.purge`) is most often a column:
+    /// only a pattern naming the function exactly (no glob in its name
+    /// part) takes it for a call, so `"ops.*"` does not deny every
+    /// qualified column.
     fn find<'s>(&self, function: &FunctionRef, path: &'s SearchPath) -> Option<Found<'s>> {
+        if function.attribute && self.function.as_str().contains(['*', '?', '[']) {
+            return None;
+        }
         if !self.function.matches_with(&function.name, TABLE_MATCH) {
             return None;
         }

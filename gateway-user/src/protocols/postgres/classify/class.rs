@@ -298,10 +298,15 @@ impl fmt::Display for TableRef {
 /// A function a statement calls by name, as the statement writes it
 /// (folded like [`TableRef`]); `schema` is `None` for an unqualified call,
 /// which the session's `search_path` resolves (after `pg_catalog`).
+///
+/// `attribute`: written as `x.name` or `(x).name`, which is a column of
+/// `x`, or a call of `name(x)` when `x` is a row with no such column
+/// (attribute notation); the parser cannot tell which, so both count.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FunctionRef {
     pub schema: Option<String>,
     pub name: String,
+    pub attribute: bool,
 }
 
 impl fmt::Display for FunctionRef {

@@ -1004,43 +1004,68 @@ fn fast_path_agrees_with_full_parse() {
     let selects = [
         "SELECT 1",
         "select * from t",
-        "SELECT a, b FROM s.t WHERE a = $1 AND b IN (SELECT b FROM u WHERE u.c > 3) ORDER BY a LIMIT 10",
-        "SELECT * FROM a JOIN b ON a.id = b.id LEFT JOIN c.d USING (id)",
         "SELECT count(*), max(x) FROM t GROUP BY y HAVING count(*) > 1",
         "SELECT * FROM t FOR UPDATE SKIP LOCKED",
         "SELECT * FROM t1 UNION SELECT * FROM t2 EXCEPT SELECT * FROM s.t3",
         "VALUES (1, 'a'), (2, 'b')",
         "TABLE t",
-        "SELECT * FROM \"Mixed\".\"Case\";",
-        "SELECT (SELECT max(id) FROM u) AS m, EXISTS (SELECT 1 FROM v WHERE v.id = t.id) FROM t",
         "SELECT * FROM t TABLESAMPLE SYSTEM (10)",
         "SELECT * FROM billing.invoices i FOR UPDATE OF i NOWAIT",
-        "SELECT * FROM generate_series(1, 10) g, LATERAL (SELECT * FROM t WHERE t.id = g) x",
         // pgbench's own.
         "UPDATE pgbench_accounts SET abalance = abalance + -2310 WHERE aid = 84237",
         "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 3, -4, CURRENT_TIMESTAMP)",
         "update t set a = 1",
         "DELETE FROM billing.invoices",
         "DELETE FROM t WHERE id = $1",
-        "DELETE FROM ONLY t AS x USING u, s.v WHERE x.id = u.id RETURNING x.*",
         "UPDATE t SET a = (SELECT max(a) FROM t) WHERE b IN (SELECT b FROM s.u)",
-        "UPDATE t SET a = (SELECT b FROM u WHERE u.id = t.id)",
-        "UPDATE t x SET (a, b) = (1, 2) FROM u JOIN v ON u.id = v.id WHERE x.id = u.id RETURNING a AS where",
         "UPDATE t SET a = 1 RETURNING a AS where",
         "UPDATE t SET a = count(*) FILTER (WHERE true) -- WHERE",
         "UPDATE t SET a = 'WHERE' /* WHERE */",
         "UPDATE t SET a = 1\x0bWHERE\x0bb",
         "INSERT INTO t SELECT * FROM t",
-        "INSERT INTO s.t (a) SELECT b FROM u WHERE c > 1 ON CONFLICT (a) DO UPDATE SET a = excluded.a WHERE t.a < 3",
         "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING RETURNING *",
         "INSERT INTO t DEFAULT VALUES",
         "INSERT INTO t VALUES ((SELECT max(x) FROM u), lower('A'))",
         // Function calls as both paths name them (policy matches them).
-        "SELECT substring(a FROM 2), extract(year FROM now()), trim(b), pg_catalog.lower(c), s.f(1), \"S\".\"F\"() FROM t",
-        "SELECT * FROM db.s.f(1), unnest(ARRAY[1]) WITH ORDINALITY",
         "SELECT count(DISTINCT a) OVER (), coalesce(a, b), greatest(a, 1), a::text, CAST(b AS int) FROM t",
     ];
     for sql in selects {
+        let summary = pg_query::summary(sql, -1).expect("parses");
+        let fast = fast::plain_statement(sql, &summary)
+            .unwrap_or_else(|| panic!("{sql:?} should take the fast path"));
+        let full = classify_parsed(sql).expect("parses");
+        assert_eq!(full.statements, [fast], "{sql:?}");
+    }
+    // A dot that qualifies neither a listed table nor a listed function
+    // may be a call in attribute notation (`u.c` is `c(u)` when `u` has
+    // no column `c`), which only the walk sees.
+    for sql in [
+        "SELECT a, b FROM s.t WHERE a = $1 AND b IN (SELECT b FROM u WHERE u.c > 3) ORDER BY a LIMIT 10",
+        "SELECT * FROM a JOIN b ON a.id = b.id LEFT JOIN c.d USING (id)",
+        "SELECT * FROM \"Mixed\".\"Case\";",
+        "SELECT (SELECT max(id) FROM u) AS m, EXISTS (SELECT 1 FROM v WHERE v.id = t.id) FROM t",
+        "SELECT * FROM generate_series(1, 10) g, LATERAL (SELECT * FROM t WHERE t.id = g) x",
+        "DELETE FROM ONLY t AS x USING u, s.v WHERE x.id = u.id RETURNING x.*",
+        "UPDATE t SET a = (SELECT b FROM u WHERE u.id = t.id)",
+        "UPDATE t x SET (a, b) = (1, 2) FROM u JOIN v ON u.id = v.id WHERE x.id = u.id RETURNING a AS where",
+        "INSERT INTO s.t (a) SELECT b FROM u WHERE c > 1 ON CONFLICT (a) DO UPDATE SET a = excluded.a WHERE t.a < 3",
+        "SELECT substring(a FROM 2), extract(year FROM now()), trim(b), pg_catalog.lower(c), s.f(1), \"S\".\"F\"() FROM t",
+        "SELECT * FROM db.s.f(1), unnest(ARRAY[1]) WITH ORDINALITY",
+        "SELECT * FROM t WHERE t.id = 1.5 AND x = .5",
+        "SELECT $1.purge",
+        "SELECT (t).purge FROM t",
+    ] {
+        let summary = pg_query::summary(sql, -1).expect("parses");
+        assert!(
+            fast::plain_statement(sql, &summary).is_none(),
+            "{sql:?} needs the full parse"
+        );
+    }
+    // Qualified tables and functions, and numbers, keep the fast path.
+    for sql in [
+        "SELECT lower(c), pg_catalog.upper(d), 1.5, .5 FROM billing.invoices",
+        "DELETE FROM billing . invoices WHERE id = 1",
+    ] {
         let summary = pg_query::summary(sql, -1).expect("parses");
         let fast = fast::plain_statement(sql, &summary)
             .unwrap_or_else(|| panic!("{sql:?} should take the fast path"));
@@ -1328,7 +1353,8 @@ fn functions_bound_for_later_calls_are_checked_where_they_are_bound() {
         s.functions,
         [FunctionRef {
             schema: Some("billing".into()),
-            name: "add".into()
+            name: "add".into(),
+            attribute: false,
         }]
     );
     let s = check(
@@ -1450,4 +1476,23 @@ fn statements_on_whole_schemas_name_every_table_there() {
         Read,
         &[DangerousFunction],
     );
+}
+
+/// Found in review: `SELECT i.purge FROM billing.invoices i` calls
+/// `purge(i)` (attribute notation), past a `deny_functions` rule on
+/// `purge`. Every name after a dot in an expression is reported as a
+/// possible call; policy takes it for one only under a pattern that names
+/// the function exactly.
+#[test]
+fn names_in_attribute_notation_may_be_calls() {
+    let s = one("SELECT i.purge, (i).refund, x.y.z FROM billing.invoices i");
+    let attributes: Vec<&str> = s
+        .functions
+        .iter()
+        .filter(|f| f.attribute && f.schema.is_none())
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(attributes, ["purge", "refund", "z"], "{s:?}");
+    let s = one("SELECT purge(i) FROM billing.invoices i");
+    assert!(s.functions.iter().all(|f| !f.attribute), "{s:?}");
 }

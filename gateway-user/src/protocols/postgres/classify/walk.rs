@@ -91,6 +91,28 @@ impl<'t> Walker<'t> {
                 self.function(v);
                 self.children(v, &[]);
             }
+            // `i.purge` and `(i).purge` call `purge(i)` when `i` is a row
+            // without such a column (found in review: a deny_functions
+            // rule on `purge` never saw it).
+            Some("ColumnRef") => {
+                if let [_, .., last] = v.get("fields").items()
+                    && let Some(name) = last.as_str()
+                {
+                    self.attribute(name);
+                }
+                self.children(v, &[]);
+            }
+            Some("A_Indirection" | "AIndirection") => {
+                for name in v
+                    .get("indirection")
+                    .items()
+                    .iter()
+                    .filter_map(Value::as_str)
+                {
+                    self.attribute(name);
+                }
+                self.children(v, &[]);
+            }
             // Statements that bind a function to something later statements
             // call without naming it: an operator, an aggregate, a type's
             // I/O, a cast, a trigger (found in review: `CREATE OPERATOR ##
@@ -343,6 +365,7 @@ impl<'t> Walker<'t> {
         self.facts.functions.push(FunctionRef {
             schema: qualifiers.last().map(|s| (*s).to_owned()),
             name: (*name).to_owned(),
+            attribute: false,
         });
         if is_dangerous_function(name) || is_writing_function(name) {
             self.facts.flags.insert(Flag::DangerousFunction);
@@ -354,6 +377,16 @@ impl<'t> Walker<'t> {
                 "set_config bound to an operator, aggregate, type or trigger would change settings (role, search_path) unseen",
             ));
         }
+    }
+
+    /// A name after a dot in an expression: a column, or a call in
+    /// attribute notation.
+    fn attribute(&mut self, name: &str) {
+        self.facts.functions.push(FunctionRef {
+            schema: None,
+            name: name.to_owned(),
+            attribute: true,
+        });
     }
 
     fn refuse(&mut self, reason: Option<&'static str>) {
@@ -373,6 +406,7 @@ impl<'t> Walker<'t> {
         self.facts.functions.push(FunctionRef {
             schema: qualifiers.last().and_then(Value::as_str).map(str::to_owned),
             name: name.to_owned(),
+            attribute: false,
         });
         if is_writing_function(name) {
             self.facts.modifies = true;
