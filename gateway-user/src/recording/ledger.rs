@@ -358,13 +358,11 @@ impl LedgerWriter {
         // A crash (power loss) can leave the last line half written: it
         // was never fsynced, so the head does not name it, and whatever it
         // listed the recovery pass at start lists again.
+        // Cut only once the rest checks out: found in review, a torn tail
+        // cut off first could take the head's own line with it.
         let whole = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        if whole < data.len() {
-            tracing::warn!(ledger = %path.display(), bytes = data.len() - whole, "the ledger ends in a half-written line (a crash while writing it): cutting it off");
-            file.set_len(whole as u64)
-                .map_err(|e| format!("cannot repair the ledger {}: {e}", path.display()))?;
-            data.truncate(whole);
-        }
+        let torn = data.len() - whole;
+        data.truncate(whole);
         let trusted = [key.public_hex()];
         // Lines up to the head are covered by its hash through the chain;
         // only the ones after it (written, not yet named by a head) need
@@ -374,15 +372,34 @@ impl LedgerWriter {
         // Lines past the head were never confirmed by an fsync: a power
         // loss may have torn them, and anything appended there is not the
         // daemon's. Cut back to the last good one rather than stop.
+        // Never below the end of the head's line, though: found in review,
+        // a ledger replaced by one unsigned line that claimed to continue
+        // from the head read as a compaction cut short, and was cut to
+        // nothing with a warning.
         if let Some(p) = &checked.problem
             && head.is_some()
             && p.seq >= signed_from
             && checked.lines >= signed_from
         {
+            if checked.head_end.is_none() {
+                return Err(format!(
+                    "the ledger {} does not hold the line its head {} names (seq {}) before its first bad line {} (seq {}): {}; it was replaced. Check it with `chokepoint sessions verify --all`, then move it aside (and remove the head) to start a new one",
+                    path.display(),
+                    head_path.display(),
+                    signed_from - 1,
+                    p.line,
+                    p.seq,
+                    p.reason
+                ));
+            }
             tracing::warn!(ledger = %path.display(), line = p.line, reason = %p.reason, "the ledger's lines past its head (never confirmed by an fsync) do not check out: cutting them off");
             file.set_len(checked.valid_len as u64)
                 .map_err(|e| format!("cannot repair the ledger {}: {e}", path.display()))?;
             checked.problem = None;
+        } else if torn > 0 && checked.problem.is_none() {
+            tracing::warn!(ledger = %path.display(), bytes = torn, "the ledger ends in a half-written line (a crash while writing it): cutting it off");
+            file.set_len(checked.valid_len as u64)
+                .map_err(|e| format!("cannot repair the ledger {}: {e}", path.display()))?;
         }
         // No head, so nothing it said is vouched for (a new keys_dir, a
         // new key): keep it aside for whoever wants to look, and start a
@@ -734,6 +751,10 @@ pub struct Ledger {
     pub first_seq: u64,
     /// Bytes of those lines.
     pub valid_len: usize,
+    /// Where the first trusted stretch that covers the head's line ends
+    /// (`None`: none does, or there is no head): a repair never cuts
+    /// below it.
+    pub head_end: Option<usize>,
     /// The hash of the last trusted line (the genesis hash for none).
     pub last_hash: String,
 }
@@ -943,6 +964,9 @@ impl Ledger {
             }
             ledger.lines = seq + 1;
             ledger.valid_len += line.len() + 1;
+            if reached_head && head.is_some() && ledger.head_end.is_none() {
+                ledger.head_end = Some(ledger.valid_len);
+            }
             if !compaction {
                 ledger.entries.insert(entry.session.clone(), entry);
             }
@@ -1222,6 +1246,51 @@ mod tests {
             panic!("opened a ledger with a changed line");
         };
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn a_ledger_replaced_by_a_line_that_claims_to_follow_the_head_stops_the_daemon() {
+        let host = Host::new();
+        host.three_lines();
+        let head = read_head(&host.head()).unwrap().unwrap();
+        // Unsigned, continuing from the head: it reads as the first
+        // restated line of a compaction cut short.
+        let entry = Entry {
+            seq: head.seq + 1,
+            wall: "2026-11-27T00:00:00Z".into(),
+            outcome: Outcome::Opened,
+            session: "s9".into(),
+            events: 0,
+            final_hash: String::new(),
+            public_key: String::new(),
+            signature: String::new(),
+        };
+        let mut forged = Vec::new();
+        chain::append_line(
+            &mut forged,
+            &head.hash,
+            &serde_json::to_vec(&entry).unwrap(),
+        );
+        let path = host.sessions().join(FILE);
+        std::fs::write(&path, &forged).unwrap();
+        let Err(e) = host.open() else {
+            panic!("the daemon took a replaced ledger");
+        };
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("replaced"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            forged,
+            "the evidence was cut"
+        );
+        // The same with a torn tail: nothing is cut either.
+        let mut torn = forged.clone();
+        torn.extend_from_slice(b"{\"hash\":\"01");
+        std::fs::write(&path, &torn).unwrap();
+        assert!(host.open().is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), torn);
     }
 
     #[test]
