@@ -257,6 +257,11 @@ struct Source {
     /// Where the head says each recording the gateway has not sealed
     /// stood at its last fsync.
     anchors: BTreeMap<String, Anchor>,
+    /// The recordings directory and the head's path, to read the ledger
+    /// again ([`Source::newer_entry`]).
+    ledger_at: Option<(PathBuf, PathBuf)>,
+    /// The ledger as read again, once, after the recordings were.
+    reread: std::cell::OnceCell<Option<Ledger>>,
 }
 
 enum Store {
@@ -286,6 +291,31 @@ impl Source {
             .as_ref()
             .and_then(|l| l.problem.as_ref())
             .filter(|_| self.headed)
+    }
+
+    /// Whether the ledger was read and checked against its head: then
+    /// it has every recording of this gateway's.
+    fn ledger_sound(&self) -> bool {
+        self.headed && self.ledger.as_ref().is_some_and(|l| l.problem.is_none())
+    }
+
+    /// `session`'s entry in the ledger as it is now. The ledger was read
+    /// before the recordings: a session opened since has a file this
+    /// command found and an entry only a second read sees (the writer
+    /// lists it before creating the file). Read once, after the files
+    /// that need it, so it covers all of them.
+    fn newer_entry(&self, session: &str) -> Option<&ledger::Entry> {
+        self.reread
+            .get_or_init(|| {
+                let (dir, head) = self.ledger_at.as_ref()?;
+                let head = ledger::read_head(head).ok()??;
+                Ledger::read(dir, &self.trusted, Some(&head))
+                    .ok()?
+                    .filter(|l| l.problem.is_none())
+            })
+            .as_ref()?
+            .entries
+            .get(session)
     }
 
     /// Every recording, oldest first. Files are kept as found, so one
@@ -360,9 +390,13 @@ impl Source {
             data.truncate(whole);
         }
         let (verdict, events) = verify::verify(&data, &self.trusted);
-        let listed = self.ledger.as_ref().and_then(|l| {
-            let session = &events.first()?.session;
-            l.entries.get(session)
+        let sound = self.ledger_sound();
+        let listed = events.first().and_then(|first| {
+            let session = &first.session;
+            self.ledger
+                .as_ref()
+                .and_then(|l| l.entries.get(session))
+                .or_else(|| sound.then(|| self.newer_entry(session)).flatten())
         });
         // A file named on the command line is expected to hold the
         // session its name says.
@@ -384,7 +418,7 @@ impl Source {
             Some(a) => verify::against_anchor(verdict, &data, a),
             None => verdict,
         };
-        let verdict = verify::against_ledger(verdict, &events, listed);
+        let verdict = verify::against_ledger(verdict, &events, listed, sound);
         // Without a sound ledger, a seal missing tells nothing: the
         // recording may have been cut short.
         let verdict = match (verdict, self.ledger_problem()) {
@@ -434,6 +468,7 @@ impl StoreArgs {
         let mut ledger = None;
         let mut headed = false;
         let mut anchors = BTreeMap::new();
+        let mut ledger_at = None;
         let store = match &self.store {
             None => {
                 // The head is in the keys directory; reading recordings
@@ -460,6 +495,10 @@ impl StoreArgs {
                 if let Some(head) = head {
                     headed = true;
                     anchors = head.open;
+                    ledger_at = Some((
+                        settings.dir.clone(),
+                        ledger::head_path(&settings.keys_dir, &settings.dir),
+                    ));
                 }
                 Store::Files(settings.dir.clone())
             }
@@ -484,6 +523,8 @@ impl StoreArgs {
             ledger,
             headed,
             anchors,
+            ledger_at,
+            reread: std::cell::OnceCell::new(),
         })
     }
 

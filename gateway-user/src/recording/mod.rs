@@ -204,20 +204,27 @@ impl Recorder {
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(id)
         };
-        let removed = retention::enforce(
+        // Blocks this (blocking) thread until the writer has the lines
+        // fsynced: only then may the files go.
+        let list_removed = |sessions: &[String]| {
+            let Some(queue) = &self.queue else {
+                return false;
+            };
+            let (ack, done) = oneshot::channel();
+            queue
+                .send_now(writer::Msg::Removed(sessions.to_vec(), ack))
+                .is_ok()
+                && done.blocking_recv().unwrap_or(false)
+        };
+        retention::enforce(
             &self.dir,
             self.limits,
             is_active,
             &listed,
             is_listed_now,
+            list_removed,
             SystemTime::now(),
-        )?;
-        if !removed.sessions.is_empty()
-            && let Some(queue) = &self.queue
-        {
-            let _ = queue.send_now(writer::Msg::Removed(removed.sessions.clone()));
-        }
-        Ok(removed)
+        )
     }
 
     /// Starts a session's recording with its first event. Never fails:

@@ -40,9 +40,12 @@ pub struct Recovery {
     /// before the ledger).
     pub listed: usize,
     /// Recordings left exactly as they are: they do not verify, or the
-    /// ledger never saw them opened (a file that merely appeared), or
-    /// retention removed them and a file is back under the name.
+    /// ledger never saw them opened (a file that merely appeared).
     pub left: usize,
+    /// Removals finished: files the ledger has as removed by retention
+    /// (cut short between its line and the unlink), deleted now, and
+    /// openings whose file was never made, now listed as removed.
+    pub removed: usize,
     /// Of those, recordings the ledger saw opened that no longer hold
     /// what the gateway fsynced, or do not verify: the ledger now has
     /// them `damaged`, which `verify` reports as tampered for good.
@@ -87,9 +90,21 @@ pub fn recover(
         let opened = match known.sessions.get(id) {
             // Damaged was said at an earlier start, and stays said.
             Some(Outcome::Sealed | Outcome::Recovered | Outcome::Damaged) => continue,
+            // Retention lists a removal before it unlinks the file: a
+            // crash in between leaves it here. Retention decided, so it
+            // goes now; whatever else is under the name is no recording
+            // the gateway keeps either.
             Some(Outcome::Removed) => {
-                warn!(recording = %path.display(), "retention removed this recording, and a file is back under its name: left as it is (verify reports it)");
-                done.left += 1;
+                match fs::remove_file(&path) {
+                    Ok(()) => {
+                        warn!(recording = %path.display(), "a recording retention had listed as removed was still here (a removal cut short): removed");
+                        done.removed += 1;
+                    }
+                    Err(e) => {
+                        warn!(recording = %path.display(), error = %e, "cannot remove a recording retention had listed as removed");
+                        done.left += 1;
+                    }
+                }
                 continue;
             }
             // Failed: the writer gave up on it mid-session; held to its
@@ -236,6 +251,29 @@ pub fn recover(
         }
         ledger.settled(id);
     }
+    // The writer lists a recording before creating its file: a crash in
+    // between leaves an opening with no file. With nothing of it ever
+    // fsynced (no anchor), nothing was lost, as with an empty file above;
+    // left as it is, `verify --all` would call it deleted.
+    let mut unmade: Vec<&String> = known
+        .sessions
+        .iter()
+        .filter(|(id, outcome)| {
+            **outcome == Outcome::Opened
+                && !seen.contains(*id)
+                && known.anchors.get(*id).is_none_or(|a| a.events == 0)
+                && files::find(dir, id).is_err()
+        })
+        .map(|(id, _)| id)
+        .collect();
+    unmade.sort();
+    for id in unmade {
+        warn!(session = %id, "a recording the gateway listed as opened has no file and nothing fsynced (a crash right after it opened): listed as removed");
+        if ledger.append(key, Outcome::Removed, id, 0, "").is_ok() {
+            ledger.settled(id);
+            done.removed += 1;
+        }
+    }
     if let Err(e) = ledger.sync() {
         warn!(error = %e, "cannot fsync the ledger after recovery");
     }
@@ -244,6 +282,7 @@ pub fn recover(
             sealed = done.sealed,
             listed = done.listed,
             left = done.left,
+            removed = done.removed,
             damaged = done.damaged,
             "recovered the recordings of the previous run"
         );

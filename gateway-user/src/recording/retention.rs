@@ -29,8 +29,8 @@ impl Limits {
 pub struct Removed {
     pub files: usize,
     pub bytes: u64,
-    /// The session ids of the recordings the ledger has, for its
-    /// `removed` lines (files it never saw opened are not listed).
+    /// The session ids of the recordings the ledger has (now as
+    /// `removed`) that went; files it never saw opened are not here.
     pub sessions: Vec<String>,
 }
 
@@ -84,19 +84,29 @@ fn started(id: &str) -> Option<SystemTime> {
 /// time, which anyone who can write the directory can set. Recordings
 /// the ledger misses (never opened by this gateway) go first when the
 /// total is too large, so planted files cannot push real recordings out.
-/// `is_active` is asked right before each removal.
+/// `is_active` is asked right before each decision to remove.
+///
+/// The ledger learns of a removal before the file goes: `list_removed`
+/// gets the listed sessions chosen and answers once their `removed`
+/// lines are fsynced; a listed recording is unlinked only then. Found in
+/// review: unlinked first, a crash before the ledger line left a sealed
+/// recording missing for good (TAMPERED), and `verify --all` meanwhile
+/// saw the same. The other way round, a crash leaves a file the ledger
+/// has removed, which the next start deletes ([`super::recover`]).
 pub fn enforce(
     dir: &Path,
     limits: Limits,
     is_active: impl Fn(&Path) -> bool,
     listed: &HashSet<String>,
     is_listed_now: impl Fn(&str) -> bool,
+    list_removed: impl FnOnce(&[String]) -> bool,
     now: SystemTime,
 ) -> std::io::Result<Removed> {
     let mut removed = Removed::default();
     if limits.is_unlimited() {
         return Ok(removed);
     }
+    let mut doomed: Vec<Candidate> = Vec::new();
     let mut kept: Vec<Candidate> = Vec::new();
     for path in files::all(dir)? {
         if let Some(why) = files::misplaced(dir, &path) {
@@ -138,9 +148,7 @@ pub fn enforce(
         };
         let expired = limits.max_age.is_some_and(|max| file.age > max);
         if expired && !is_active(&file.path) {
-            if remove(&file.path) {
-                removed.add(&file);
-            }
+            doomed.push(file);
             continue;
         }
         kept.push(file);
@@ -149,7 +157,7 @@ pub fn enforce(
         let mut total: u64 = kept.iter().map(|f| f.len).sum();
         // Unknown files first, then the oldest.
         kept.sort_by(|a, b| a.listed.cmp(&b.listed).then(b.age.cmp(&a.age)));
-        for file in &kept {
+        for file in kept {
             if total <= max {
                 break;
             }
@@ -158,10 +166,25 @@ pub fn enforce(
             if is_active(&file.path) || (!file.listed && is_listed_now(&file.id)) {
                 continue;
             }
-            if remove(&file.path) {
-                total -= file.len;
-                removed.add(file);
-            }
+            total -= file.len;
+            doomed.push(file);
+        }
+    }
+    let sessions: Vec<String> = doomed
+        .iter()
+        .filter(|f| f.listed)
+        .map(|f| f.id.clone())
+        .collect();
+    let in_ledger = sessions.is_empty() || list_removed(&sessions);
+    if !in_ledger {
+        tracing::warn!(
+            recordings = sessions.len(),
+            "the ledger could not list recordings past their retention as removed: they are kept until a later pass"
+        );
+    }
+    for file in doomed {
+        if (in_ledger || !file.listed) && remove(&file.path) {
+            removed.add(&file);
         }
     }
     remove_empty_dirs(dir);
@@ -238,6 +261,7 @@ mod tests {
             |_| false,
             &HashSet::new(),
             |_| false,
+            |_| true,
             now(),
         )
     }
@@ -266,6 +290,7 @@ mod tests {
             |p| active.contains(p),
             &ended,
             |_| false,
+            |_| true,
             now(),
         )
         .unwrap();
@@ -290,6 +315,7 @@ mod tests {
             |p| active.contains(p),
             &ended,
             |_| false,
+            |_| true,
             now(),
         )
         .unwrap();
@@ -318,7 +344,16 @@ mod tests {
             max_age: Some(30 * DAY),
             max_total_bytes: Some(500),
         };
-        let removed = enforce(dir.path(), limits, |_| false, &ended, |_| false, now()).unwrap();
+        let removed = enforce(
+            dir.path(),
+            limits,
+            |_| false,
+            &ended,
+            |_| false,
+            |_| true,
+            now(),
+        )
+        .unwrap();
         assert!(
             real.exists() && older.exists(),
             "a real recording was pushed out"
@@ -352,6 +387,7 @@ mod tests {
             |_| false,
             &HashSet::new(),
             |_| false,
+            |_| true,
             now(),
         )
         .unwrap();
@@ -363,6 +399,42 @@ mod tests {
         // 2000 bytes of them, over the 100 allowed: yet the recording stays.
         assert!(new.exists(), "files that are no recording pushed one out");
         assert_eq!((removed.files, removed.bytes), (1, 10));
+    }
+
+    #[test]
+    fn the_ledger_lists_a_removal_before_the_file_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealed = recording(dir.path(), "20261001T000000Z-sealed", 10, 60 * DAY);
+        let stray = recording(dir.path(), "20261002T000000Z-stray", 10, 60 * DAY);
+        let listed: HashSet<String> = ["20261001T000000Z-sealed".to_owned()].into();
+        let limits = Limits {
+            max_age: Some(30 * DAY),
+            max_total_bytes: None,
+        };
+        let pass = |answer: bool| {
+            enforce(
+                dir.path(),
+                limits,
+                |_| false,
+                &listed,
+                |_| false,
+                |sessions: &[String]| {
+                    assert_eq!(sessions, ["20261001T000000Z-sealed"]);
+                    assert!(sealed.exists(), "unlinked before the ledger said so");
+                    answer
+                },
+                now(),
+            )
+            .unwrap()
+        };
+        // The ledger could not take the line: the listed recording stays,
+        // a file it never had goes all the same.
+        let removed = pass(false);
+        assert!(sealed.exists() && !stray.exists());
+        assert!(removed.sessions.is_empty());
+        let removed = pass(true);
+        assert!(!sealed.exists());
+        assert_eq!(removed.sessions, ["20261001T000000Z-sealed"]);
     }
 
     #[test]

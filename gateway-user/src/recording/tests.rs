@@ -386,6 +386,84 @@ fn session_id(path: &Path) -> String {
     path.file_stem().unwrap().to_str().unwrap().to_owned()
 }
 
+/// Retention lists a removal, then the gateway dies before the unlink:
+/// the next start finishes it, so no verdict ever sees the file.
+#[tokio::test]
+async fn a_restart_finishes_a_removal_cut_short() {
+    let a = tempfile::tempdir().unwrap();
+    let (sealed, _) = recorded(a.path()).await;
+    let host = tempfile::tempdir().unwrap();
+    let dir = host.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys_dir = settings(a.path()).keys_dir;
+    let key = keys::HostKey::load_or_create(&keys_dir).unwrap();
+    let head = ledger::head_path(&keys_dir, &dir);
+    let id = session_id(&sealed);
+    let path = place(&dir, &id, &std::fs::read(&sealed).unwrap());
+    let (mut ledger, known) = ledger::LedgerWriter::open(&dir, &head, &key).unwrap();
+    recover::recover(&dir, &key, &mut ledger, &known).unwrap();
+    ledger
+        .append(&key, ledger::Outcome::Removed, &id, 0, "")
+        .unwrap();
+    // Listed as opened, then the gateway died before making its file.
+    let unmade = "20261127T000000Z-0000000000aa";
+    ledger
+        .append(&key, ledger::Outcome::Opened, unmade, 0, "")
+        .unwrap();
+    ledger.sync().unwrap();
+    drop(ledger);
+
+    let (mut ledger, known) = ledger::LedgerWriter::open(&dir, &head, &key).unwrap();
+    let done = recover::recover(&dir, &key, &mut ledger, &known).unwrap();
+    drop(ledger);
+    assert_eq!((done.removed, done.left), (2, 0));
+    assert!(!path.exists(), "a removal cut short was left half done");
+    let head = ledger::read_head(&head).unwrap();
+    let read = ledger::Ledger::read(&dir, &[key.public_hex()], head.as_ref())
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.entries[unmade].outcome, ledger::Outcome::Removed);
+}
+
+/// Against a sound ledger, a recording it never listed is planted; a
+/// sealed one retention has listed as removed is caught mid-removal.
+#[test]
+fn a_sound_ledger_that_never_listed_a_recording_calls_it_planted() {
+    let unsealed = || Verdict::Unsealed { events: 3 };
+    match verify::against_ledger(unsealed(), &[], None, true) {
+        Verdict::Tampered {
+            line: 1, reason, ..
+        } => {
+            assert!(reason.contains("never listed"), "{reason}")
+        }
+        other => panic!("a planted recording passed: {other:?}"),
+    }
+    // No ledger to say so (a copy, recordings from before it).
+    assert_eq!(
+        verify::against_ledger(unsealed(), &[], None, false),
+        unsealed()
+    );
+    let removed = ledger::Entry {
+        seq: 4,
+        wall: String::new(),
+        outcome: ledger::Outcome::Removed,
+        session: "s".into(),
+        events: 0,
+        final_hash: String::new(),
+        public_key: String::new(),
+        signature: String::new(),
+    };
+    let sealed = Verdict::Sealed { events: 5 };
+    assert_eq!(
+        verify::against_ledger(sealed.clone(), &[], Some(&removed), true),
+        sealed
+    );
+    assert!(matches!(
+        verify::against_ledger(unsealed(), &[], Some(&removed), true),
+        Verdict::Tampered { .. }
+    ));
+}
+
 #[tokio::test]
 async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
     // Two finished recordings from other runs: one is put back whole,
@@ -475,6 +553,7 @@ async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
             sealed: 1,
             listed: 0,
             left: 4,
+            removed: 0,
             damaged: 1,
         }
     );
@@ -534,7 +613,7 @@ async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
     assert_eq!(listed.problem, None);
     let check = |data: &[u8], id: &str| {
         let (verdict, events) = verify::verify(data, std::slice::from_ref(&public));
-        verify::against_ledger(verdict, &events, listed.entries.get(id))
+        verify::against_ledger(verdict, &events, listed.entries.get(id), true)
     };
     assert_eq!(check(&data, &cut_id), Verdict::Recovered { events: 4 });
     // Cut short again, seal dropped: no longer a crash, but tampering.
@@ -573,7 +652,7 @@ fn a_ledger_entry_with_an_odd_final_hash_is_described_not_panicked_on() {
         public_key: String::new(),
         signature: String::new(),
     };
-    let verdict = verify::against_ledger(Verdict::Unsealed { events: 2 }, &[], Some(&entry));
+    let verdict = verify::against_ledger(Verdict::Unsealed { events: 2 }, &[], Some(&entry), true);
     assert!(
         matches!(&verdict, Verdict::Tampered { reason, .. } if reason.contains("cut short")),
         "{verdict:?}"
@@ -659,7 +738,11 @@ async fn retention_keeps_the_ledger_from_growing_without_end() {
     }
     recorder.flush().await;
     assert_eq!(ledger_lines(dir.path()), 2 * sessions);
-    let removed = recorder.enforce_retention().unwrap();
+    let pass = recorder.clone();
+    let removed = tokio::task::spawn_blocking(move || pass.enforce_retention())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(removed.sessions.len(), sessions);
     // The removals, then a sync that finds the ledger due.
     recorder.flush().await;
@@ -838,7 +921,7 @@ async fn a_recording_the_writer_gave_up_on_is_held_to_its_last_fsync() {
             Some(a) => verify::against_anchor(verdict, &data, a),
             None => verdict,
         };
-        verify::against_ledger(verdict, &events, entry)
+        verify::against_ledger(verdict, &events, entry, true)
     };
     assert!(
         matches!(check(&ids[1], &listed), Verdict::Tampered { line: 2, ref reason, .. } if reason.contains("rewritten")),
@@ -992,7 +1075,7 @@ fn verdict_of(s: &RecordingSettings, id: &str) -> (Verdict, Vec<Event>) {
     let public = keys::read_public(&keys::public_key_path(&s.keys_dir)).unwrap();
     let data = std::fs::read(files::find(&s.dir, id).unwrap()).unwrap();
     let (verdict, events) = verify::verify(&data, &[public]);
-    let verdict = verify::against_ledger(verdict, &events, ledger_of(s).entries.get(id));
+    let verdict = verify::against_ledger(verdict, &events, ledger_of(s).entries.get(id), true);
     (verdict, events)
 }
 
@@ -1148,4 +1231,38 @@ async fn a_failed_line_s_anchor_wins_over_an_older_head() {
         &events[3].body,
         Body::Seal { recovered: Some(r), .. } if r == recover::REASON
     ));
+}
+
+/// The writer lists a recording before it creates the file, so a file
+/// is never seen that the ledger does not have yet; one it then cannot
+/// create is listed as removed, not left "opened" with no file.
+#[tokio::test]
+async fn a_recording_is_listed_before_its_file_and_unlisted_if_never_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let recorder = Recorder::start(&s).unwrap();
+    // This year's folder is a file: no recording can be created.
+    let (_, path) = files::new_session(&s.dir);
+    let year = path.ancestors().nth(3).unwrap().to_path_buf();
+    std::fs::write(&year, b"").unwrap();
+    let session = recorder.open(start()).await;
+    assert!(session.healthy().is_err());
+    recorder.flush().await;
+    recorder.shutdown().await;
+    drop(recorder);
+    std::fs::remove_file(&year).unwrap();
+    let data = std::fs::read(s.dir.join(ledger::FILE)).unwrap();
+    let outcomes: Vec<ledger::Outcome> = data
+        .split_inclusive(|&b| b == b'\n')
+        .map(|line| {
+            let (_, _, event) = chain::split(line.strip_suffix(b"\n").unwrap()).unwrap();
+            serde_json::from_slice::<ledger::Entry>(event).unwrap()
+        })
+        .filter(|e| e.session == session.id())
+        .map(|e| e.outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        [ledger::Outcome::Opened, ledger::Outcome::Removed]
+    );
 }

@@ -200,13 +200,29 @@ fn tampered(line: usize, seq: Option<u64>, reason: String) -> Verdict {
 /// Holds a recording's verdict against the host's ledger entry for it
 /// (`None`: not listed). A recording the ledger has sealed must still end
 /// in that seal; an unsealed one was cut short, not left by a crash.
+///
+/// `sound`: the ledger was read and checked against its head. Then one
+/// it never listed did not come from this gateway, which lists every
+/// recording before creating its file and keeps every entry but
+/// removals through a compaction. Found in review: a planted recording
+/// read as merely unsealed. Without a sound ledger (none, or a copy with
+/// no head) nothing can say so, and the verdict stands.
 pub fn against_ledger(
     verdict: Verdict,
     events: &[Event],
     listed: Option<&ledger::Entry>,
+    sound: bool,
 ) -> Verdict {
     let Some(entry) = listed else {
-        return verdict;
+        return match verdict {
+            Verdict::Tampered { .. } => verdict,
+            _ if sound => tampered(
+                1,
+                Some(0),
+                "not recorded by this gateway: the host's ledger never listed it".into(),
+            ),
+            _ => verdict,
+        };
     };
     match entry.outcome {
         // Running, or the gateway stopped (or gave up on it) and has not
@@ -238,6 +254,14 @@ pub fn against_ledger(
         }
         // Names no recording; never listed under one.
         ledger::Outcome::Compacted => return verdict,
+        // Retention lists a removal before the unlink: a sealed
+        // recording caught in between (or left by a crash there, until the
+        // next start deletes it) is still what its seal says.
+        ledger::Outcome::Removed
+            if matches!(verdict, Verdict::Sealed { .. } | Verdict::Recovered { .. }) =>
+        {
+            return verdict;
+        }
         ledger::Outcome::Removed => {
             return tampered(
                 1,

@@ -123,8 +123,9 @@ pub(super) enum Msg {
         end: Body,
         _charge: super::Charge,
     },
-    /// Retention removed these recordings: the ledger says so.
-    Removed(Vec<String>),
+    /// Retention is about to remove these recordings: the ledger says
+    /// so, fsynced, and answers whether it did.
+    Removed(Vec<String>, oneshot::Sender<bool>),
     /// Write and fsync everything, then answer.
     Flush(oneshot::Sender<()>),
     /// Events wait in the bulk channel.
@@ -236,6 +237,13 @@ impl Writer {
     /// over and its recording complete, so a failure here is logged, not
     /// held against it; `verify` then finds the recording sealed but not
     /// listed.
+    /// A session listed as opened whose file could not be made: nothing
+    /// of it exists, which a `removed` line says (an `opened` one alone
+    /// would have `verify --all` call the missing file deleted).
+    fn unlist(&mut self, session: &str) {
+        let _ = self.list(Outcome::Removed, session, 0, "");
+    }
+
     fn list(
         &mut self,
         outcome: Outcome,
@@ -345,10 +353,21 @@ impl Writer {
                 // Active before it exists: retention walking the folder
                 // meanwhile must not take it for a stray file.
                 self.set_active(&path, true);
+                // Listed before the file exists, so whoever sees the file
+                // finds it in the ledger (`verify` holds a recording a
+                // sound ledger never listed to be planted). Only what the
+                // ledger saw opened is sealed by the next start if this
+                // run dies: a session it cannot list is refused.
+                if let Err(e) = self.list(Outcome::Opened, &session, 0, "") {
+                    self.set_active(&path, false);
+                    health.fail(e);
+                    let _ = ack.send(());
+                    return;
+                }
                 let result = create(&path).map(|file| Open {
                     file,
                     path: path.clone(),
-                    session,
+                    session: session.clone(),
                     seq: 0,
                     prev: chain::GENESIS.to_owned(),
                     pending: Vec::new(),
@@ -375,31 +394,19 @@ impl Writer {
                             // Nothing of it is recorded: an empty or torn
                             // file would only read as tampered later.
                             let _ = fs::remove_file(&path);
+                            self.unlist(&open.session);
                             self.set_active(&path, false);
                             health.fail(format!("cannot write {}: {e}", path.display()));
                         } else {
-                            // Only what the ledger saw opened is sealed
-                            // by the next start if this run dies: a
-                            // session it cannot list is refused.
-                            let session = open.session.clone();
-                            match self.list(Outcome::Opened, &session, 0, "") {
-                                Ok(()) => {
-                                    // Day, month, year and the root: any
-                                    // of them may have been made just now.
-                                    self.new_dirs.extend(
-                                        path.ancestors().skip(1).take(4).map(PathBuf::from),
-                                    );
-                                    self.files.insert(handle, open);
-                                }
-                                Err(e) => {
-                                    let _ = fs::remove_file(&path);
-                                    self.set_active(&path, false);
-                                    health.fail(e);
-                                }
-                            }
+                            // Day, month, year and the root: any of them
+                            // may have been made just now.
+                            self.new_dirs
+                                .extend(path.ancestors().skip(1).take(4).map(PathBuf::from));
+                            self.files.insert(handle, open);
                         }
                     }
                     Err(e) => {
+                        self.unlist(&session);
                         self.set_active(&path, false);
                         health.fail(format!("cannot create {}: {e}", path.display()));
                     }
@@ -440,10 +447,19 @@ impl Writer {
                     open.sealed = Some((open.seq, final_hash));
                 }
             }
-            Msg::Removed(sessions) => {
+            Msg::Removed(sessions, ack) => {
+                let mut listed = true;
                 for session in sessions {
-                    let _ = self.list(Outcome::Removed, &session, 0, "");
+                    listed &= self.list(Outcome::Removed, &session, 0, "").is_ok();
                 }
+                let synced = match self.ledger.sync() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        error!(error = %e, "cannot fsync the ledger");
+                        false
+                    }
+                };
+                let _ = ack.send(listed && synced);
             }
             Msg::Flush(ack) => {
                 let _ = ack.send(());

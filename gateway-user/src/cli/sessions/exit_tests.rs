@@ -452,3 +452,48 @@ async fn a_sparse_huge_recording_or_ledger_is_refused_not_read() {
         ExitCode::from(1)
     );
 }
+
+/// Found in review: a recording planted beside the gateway's, intact but
+/// unsealed, read "unsealed" (exit 3) though the host's sound ledger
+/// never listed it. A session that opened after the command read the
+/// ledger is not planted: its entry is read again.
+#[tokio::test]
+async fn a_recording_the_ledger_never_listed_is_tampered_but_a_new_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let genuine = recorded(dir.path()).await;
+    let args = store(dir.path());
+    // Intact and unsealed, made by another gateway's recorder.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = tests::restart(&settings(elsewhere.path()));
+    let session = other.open(tests::start()).await;
+    session.record(tests::statement("DROP TABLE customers"));
+    other.flush().await;
+    let planted = session.id().to_owned();
+    let from = files::find(&elsewhere.path().join("sessions"), &planted).unwrap();
+    let to = dir.path().join("sessions").join(
+        from.strip_prefix(elsewhere.path().join("sessions"))
+            .unwrap(),
+    );
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(&from, &to).unwrap();
+    assert_eq!(sessions(&args, &verify(&planted)), ExitCode::from(1));
+    let all = SessionsCommand::Verify {
+        id: None,
+        all: true,
+    };
+    assert_eq!(sessions(&args, &all), ExitCode::from(1));
+    std::fs::remove_file(&to).unwrap();
+    assert_eq!(sessions(&args, &verify(&genuine)), ExitCode::SUCCESS);
+
+    // The ledger is read, then a session opens on this host.
+    let source = args.source(&args.settings().unwrap()).unwrap();
+    let recorder = tests::restart(&settings(dir.path()));
+    let running = recorder.open(tests::start()).await;
+    recorder.flush().await;
+    match super::stored_lines(&source, running.id()).unwrap().0 {
+        super::Verdict::Unsealed { .. } => {}
+        other => panic!("a session opened since the ledger was read: {other:?}"),
+    }
+    drop(running);
+    recorder.shutdown().await;
+}
