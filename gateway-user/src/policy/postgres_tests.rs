@@ -2338,6 +2338,17 @@ deny = ["write"]
             StatementVerdict::Allow,
             "statement class write is allowed",
         ),
+        // Reviewed: what ORMs send while migrating drops dependents, not rows.
+        (
+            "DROP TABLE IF EXISTS \"users\" CASCADE",
+            StatementVerdict::Allow,
+            "statement class ddl is allowed",
+        ),
+        (
+            "DROP SCHEMA public CASCADE",
+            StatementVerdict::Allow,
+            "statement class ddl is allowed",
+        ),
     ] {
         let d = decide(sql);
         assert_eq!((d.verdict, d.reason.as_str()), (verdict, reason), "{sql:?}");

@@ -75,7 +75,7 @@ pub(crate) fn plain_statement(sql: &str, summary: &SummaryResult) -> Option<Stat
     {
         return None;
     }
-    if !dots_name_tables(sql, summary) {
+    if !has_no_qualifying_dot(sql) {
         return None;
     }
     let mut tables = Vec::with_capacity(summary.tables.len());
@@ -139,69 +139,26 @@ fn schema_of(t: &pg_query::Table) -> Option<&str> {
     (!t.schema_name.is_empty()).then_some(t.schema_name.as_str())
 }
 
-/// Whether every dot in the text outside literals and comments is a
-/// number's or qualifies a table or function the summary lists
-/// (`billing.invoices`, `pg_catalog.lower`).
-/// Any other (`i.purge`, `(i).purge`, `$1.purge`, a quoted or three-part
-/// name) may be a call in attribute notation, which the summary does not
-/// report as a function and only the walk sees: the full parse takes it.
-fn dots_name_tables(sql: &str, summary: &SummaryResult) -> bool {
+/// Whether the text, outside literals, quoted names and comments, has no
+/// dot but a number's (`1.5`, `.5`). A dot elsewhere qualifies a table, a
+/// function or a column, or calls a function in attribute notation
+/// (`i.purge`, `(i).purge`, `$1.purge` call `purge(i)`), which the summary
+/// does not report and only the walk sees. Which one it is the text alone
+/// cannot tell (found in review: matching `x.purge` against the summary's
+/// tables let `SELECT x.purge FROM billing.invoices x, x.purge` through),
+/// so every such statement takes the full parse.
+fn has_no_qualifying_dot(sql: &str) -> bool {
     let b = sql.as_bytes();
-    // The last two tokens: `Some(word)` for an unquoted word, `None` for
-    // anything else; and whether the one before them was a dot.
-    let mut before: Option<Option<&[u8]>> = None;
-    let mut last: Option<Option<&[u8]>> = None;
     let mut i = 0;
     while i < b.len() {
         if let Some(end) = skip_between_tokens(b, i) {
             i = end;
             continue;
         }
-        if b[i] == b'.' {
-            if b.get(i + 1).is_some_and(u8::is_ascii_digit) {
-                // A number's fraction: `1.5`, `.5`.
-                before = last;
-                last = Some(None);
-                i += 1;
-                continue;
-            }
-            let Some(Some(schema)) = last else {
-                return false;
-            };
-            if before == Some(Some(b".")) {
-                return false;
-            }
-            let mut j = i + 1;
-            while let Some(end) = b.get(j).and_then(|_| skip_between_tokens(b, j)) {
-                j = end;
-            }
-            let next = if j < b.len() { token(b, j) } else { (None, j) };
-            let (Some(table), end) = next else {
-                return false;
-            };
-            let listed = summary.tables.iter().any(|t| {
-                t.schema_name.as_bytes().eq_ignore_ascii_case(schema)
-                    && t.table_name.as_bytes().eq_ignore_ascii_case(table)
-            }) || summary.functions.iter().any(|f| {
-                f.schema_name
-                    .as_deref()
-                    .is_some_and(|s| s.as_bytes().eq_ignore_ascii_case(schema))
-                    && f.function_name.as_bytes().eq_ignore_ascii_case(table)
-            });
-            if !listed {
-                return false;
-            }
-            // A third part (`db.schema.table`, `schema.table.column`) is
-            // checked at its own dot: the one before it is not a word.
-            before = Some(Some(b"."));
-            last = Some(None);
-            i = end;
-            continue;
+        if b[i] == b'.' && !b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+            return false;
         }
-        let (word, end) = token(b, i);
-        before = last;
-        last = Some(word);
-        i = end;
+        i = token(b, i).1;
     }
     true
 }

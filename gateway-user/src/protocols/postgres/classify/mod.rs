@@ -88,7 +88,8 @@
 //!   constant (`setval($1, …)`) it is still a write, but names no table.
 //!   A statement that reaches tables it does not name writes
 //!   [`TableRef::EVERY`] of the schema (a schema renamed, dropped, granted
-//!   or given away) or of every schema (any `CASCADE`, `DROP OWNED`,
+//!   or given away) or of every schema (`TRUNCATE … CASCADE`, a `CASCADE`
+//!   from a type, domain, function or other non-relation, `DROP OWNED`,
 //!   `REASSIGN OWNED`).
 //! * Refused outright too: binding `set_config` to an operator, aggregate or
 //!   type, and a DDL or DCL statement naming `pg_settings` (an updatable

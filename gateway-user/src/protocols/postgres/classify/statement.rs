@@ -276,14 +276,21 @@ fn outline(node: &NodeEnum) -> Result<Outline, ClassifyError> {
             } else {
                 Ddl
             };
-            let mut tables = if d.remove_type == ObjectType::ObjectSchema as i32 {
+            let schema = d.remove_type == ObjectType::ObjectSchema as i32;
+            let mut tables = if schema {
                 every_in_schemas(&d.objects)
             } else {
                 named_relations(d.remove_type, &d.objects)
             };
-            // CASCADE drops what depends on the objects: views, and the
-            // columns of any table typed with a dropped type or domain.
-            tables.extend(everywhere_if(d.behavior));
+            // CASCADE from a type, domain, function, collation, extension…
+            // drops the columns (and their data) of any table built on it.
+            // From relations and schemas it drops views, indexes and
+            // constraints elsewhere, no table's rows: reviewed, Rails'
+            // `DROP TABLE IF EXISTS "users" CASCADE` and Prisma's `DROP
+            // SCHEMA public CASCADE` must not count as writing billing.
+            if !schema && !is_relation_type(d.remove_type) {
+                tables.extend(everywhere_if(d.behavior));
+            }
             Outline {
                 tables,
                 ..o(class, drop_command(d.remove_type)).flag(Flag::Drop)
@@ -525,22 +532,12 @@ fn alter_table_outline(alter: &pg_query::protobuf::AlterTableStmt) -> Outline {
     } else {
         StatementClass::Ddl
     };
-    // `DROP COLUMN … CASCADE` drops the views (in any schema) built on it.
-    let cascades = alter.cmds.iter().any(|c| match &c.node {
-        Some(NodeEnum::AlterTableCmd(cmd)) => cmd.behavior == DropBehavior::DropCascade as i32,
-        _ => false,
-    });
-    Outline {
-        tables: if cascades {
-            vec![TableRef::everywhere()]
-        } else {
-            Vec::new()
-        },
-        ..Outline::new(class, alter_command(alter.objtype)).flag_if(
-            subtypes().any(|t| t == AlterTableType::AtDropColumn),
-            Flag::Drop,
-        )
-    }
+    // `DROP COLUMN … CASCADE` drops views, indexes and constraints built on
+    // the column, no other table's rows: the table itself is named.
+    Outline::new(class, alter_command(alter.objtype)).flag_if(
+        subtypes().any(|t| t == AlterTableType::AtDropColumn),
+        Flag::Drop,
+    )
 }
 
 /// Every relation anywhere, for a `CASCADE`.
