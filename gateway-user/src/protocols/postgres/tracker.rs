@@ -147,6 +147,9 @@ pub enum Pending {
     /// answers: it tells which Syncs the server ignored while it was
     /// taking COPY data ([`Tracker::copy_in_started`]).
     CopyEnd,
+    /// The client sent COPY data (one marker for a run of it) before the
+    /// server said a COPY takes it: tells which Syncs came after data.
+    CopyData,
 }
 
 impl Pending {
@@ -251,9 +254,9 @@ pub struct Tracker {
     /// The server is taking COPY data and ignores Sync (and Flush) until
     /// the client's CopyDone or CopyFail.
     copy_in: bool,
-    /// The client sent COPY data not yet known to belong to a running COPY
-    /// (pipelined ahead of the server's CopyInResponse), or during this
-    /// COPY ([`Tracker::copy_data`]).
+    /// The client sent COPY data during the running COPY
+    /// ([`Tracker::copy_data`]); data sent before the server's
+    /// CopyInResponse is marked in `pending` ([`Pending::CopyData`]).
     copy_data_sent: bool,
     /// A COPY FROM STDIN started and its CommandComplete or ErrorResponse
     /// has not come yet.
@@ -309,9 +312,17 @@ impl Tracker {
         std::mem::take(&mut self.discarded)
     }
 
-    /// The client sent CopyData.
+    /// The client sent CopyData. Where no COPY could take it (nothing
+    /// pending, or the server discarding up to a Sync) it is ignored by the
+    /// server, and here (found in review: a flag left set by data sent after
+    /// a failed COPY made the next COPY's first Sync count as after data).
     pub fn copy_data(&mut self) {
-        self.copy_data_sent = true;
+        if self.copy_in {
+            self.copy_data_sent = true;
+        } else if !self.discarding && !matches!(self.pending.back(), None | Some(Pending::CopyData))
+        {
+            self.pending.push_back(Pending::CopyData);
+        }
     }
 
     /// The server's CommandComplete or ErrorResponse (`failed`). `Err` when
@@ -355,10 +366,8 @@ impl Tracker {
     /// ended the COPY yet, the ones still to come).
     pub fn copy_in_started(&mut self) {
         self.copy_outcome_pending = true;
-        // Data sent before this answer was sent for this COPY (or is a
-        // stray the server will refuse, failing it).
-        let data_ahead = self.copy_data_sent;
         self.copy_in_mixed = false;
+        self.copy_data_sent = false;
         let mut i = 1;
         let mut sync_points = 0;
         while i < self.pending.len() {
@@ -367,10 +376,16 @@ impl Tracker {
                     self.pending.remove(i);
                     return;
                 }
+                Pending::CopyData => {
+                    self.pending.remove(i);
+                    self.copy_data_sent = true;
+                }
                 Pending::Sync => {
                     // Before any data (tokio-postgres: Bind, Execute, Sync,
-                    // then the data) the server surely ignores it.
-                    self.copy_in_mixed |= data_ahead;
+                    // then the data) the server ignores it unless the COPY
+                    // fails before reading input at all (a trigger, a
+                    // timeout): a case left to the strict answer checks.
+                    self.copy_in_mixed |= self.copy_data_sent;
                     // The (syncs_done + ordinal)-th sync point never comes.
                     let never = self.syncs_done + sync_points + 1;
                     self.pending.remove(i);
@@ -419,10 +434,13 @@ impl Tracker {
         skipped
     }
 
-    /// Leading [`Pending::CopyEnd`] entries: no COPY claimed them, and no
-    /// response answers them.
+    /// Leading [`Pending::CopyEnd`] and [`Pending::CopyData`] entries: no
+    /// COPY claimed them, and no response answers them.
     pub fn drop_stray_copy_ends(&mut self) {
-        while matches!(self.pending.front(), Some(Pending::CopyEnd)) {
+        while matches!(
+            self.pending.front(),
+            Some(Pending::CopyEnd | Pending::CopyData)
+        ) {
             self.pending.pop_front();
         }
     }
@@ -430,17 +448,18 @@ impl Tracker {
     /// ReadyForQuery: the front sync point is done; denials of that batch
     /// that never met their error (e.g. the transaction was already
     /// aborted) are forgotten. `Err` when the front entry is not a sync
-    /// point: every message before one is answered (or skipped after an
-    /// error) before its ReadyForQuery, so the server and the gateway no
-    /// longer agree on what is answered, and the session must end.
-    pub fn ready(&mut self) -> Result<Option<Pending>, OutOfStep> {
+    /// point, or nothing is pending: every message before one is answered
+    /// (or skipped after an error) before its ReadyForQuery, so the server
+    /// and the gateway no longer agree on what is answered, and the
+    /// session must end.
+    pub fn ready(&mut self) -> Result<Pending, OutOfStep> {
         self.discarding = false;
         self.syncs_done += 1;
         let done = self.syncs_done;
         self.denials.retain(|d| d.sync_point > done);
         match self.pending.front() {
-            Some(front) if !front.is_sync_point() => Err(OutOfStep),
-            _ => Ok(self.pending.pop_front()),
+            Some(front) if front.is_sync_point() => self.pending.pop_front().ok_or(OutOfStep),
+            _ => Err(OutOfStep),
         }
     }
 
@@ -472,7 +491,7 @@ mod tests {
         t.pending.pop_front(); // ParseComplete
         let skipped = t.skip_to_sync();
         assert_eq!(skipped.len(), 2);
-        assert!(matches!(t.ready(), Ok(Some(Pending::Sync))));
+        assert!(matches!(t.ready(), Ok(Pending::Sync)));
         assert!(t.pending.is_empty());
     }
 
@@ -496,6 +515,7 @@ mod tests {
                 Pending::Close(_) => 'C',
                 Pending::Sync => 'S',
                 Pending::CopyEnd => 'c',
+                Pending::CopyData => 'd',
             })
             .collect()
     }
@@ -511,7 +531,7 @@ mod tests {
         assert_eq!(skipped.len(), 2);
         assert_eq!(tags(&t), "SQ");
         // The discarded Query counts as done: the next ReadyForQuery is the Sync's.
-        assert!(matches!(t.ready(), Ok(Some(Pending::Sync))));
+        assert!(matches!(t.ready(), Ok(Pending::Sync)));
         assert_eq!(t.syncs_done + 1, t.syncs_sent);
     }
 
@@ -533,7 +553,7 @@ mod tests {
         t.push(Pending::Sync);
         assert_eq!(tags(&t), "S");
         assert_eq!(t.syncs_sent, t.syncs_done + 1, "only the Sync is answered");
-        assert!(matches!(t.ready(), Ok(Some(Pending::Sync))));
+        assert!(matches!(t.ready(), Ok(Pending::Sync)));
         // After the Sync the server reads messages again.
         t.push(Pending::Query(None));
         assert_eq!(tags(&t), "Q");
@@ -662,15 +682,58 @@ mod tests {
         assert_eq!(t.copy_outcome(true), Ok(()));
     }
 
+    /// Found in review: COPY data the client kept sending after the server
+    /// failed the COPY left a flag set, and the next COPY's first Sync
+    /// (sent before its data) then counted as sent after data; and a
+    /// pipelined Sync before the data counted as after it.
+    #[test]
+    fn only_syncs_after_data_make_a_failed_copy_unfollowable() {
+        let mut t = Tracker::default();
+        t.push(Pending::Bind(None));
+        t.push(execute());
+        t.push(Pending::Sync);
+        t.pending.pop_front(); // BindComplete
+        t.copy_in_started();
+        t.copy_data();
+        assert_eq!(t.copy_outcome(true), Ok(()));
+        t.skip_to_sync();
+        t.copy_data(); // still streaming: the server discards it
+        t.copy_end();
+        t.push(Pending::Sync);
+        assert!(matches!(t.ready(), Ok(Pending::Sync)));
+        // The next COPY, the same way.
+        t.push(Pending::Bind(None));
+        t.push(execute());
+        t.push(Pending::Sync);
+        t.pending.pop_front();
+        t.copy_in_started();
+        t.copy_data();
+        assert_eq!(t.copy_outcome(true), Ok(()));
+
+        // All pipelined ahead of the CopyInResponse: Sync, data, CopyDone, Sync.
+        let mut t = Tracker::default();
+        t.push(execute());
+        t.push(Pending::Sync);
+        t.copy_data();
+        t.copy_data();
+        t.copy_end();
+        t.push(Pending::Sync);
+        assert_eq!(tags(&t), "ESdcS");
+        t.copy_in_started();
+        assert_eq!(tags(&t), "ES");
+        assert_eq!(t.copy_outcome(true), Ok(()));
+    }
+
     #[test]
     fn a_ready_for_query_before_its_sync_point_is_out_of_step() {
         let mut t = Tracker::default();
         t.push(Pending::Parse(None));
         t.push(Pending::Sync);
-        assert_eq!(t.ready().map(|p| p.is_some()), Err(OutOfStep));
+        assert!(matches!(t.ready(), Err(OutOfStep)));
         t.pending.pop_front(); // ParseComplete
-        assert!(matches!(t.ready(), Ok(Some(Pending::Sync))));
-        assert!(matches!(t.ready(), Ok(None)));
+        assert!(matches!(t.ready(), Ok(Pending::Sync)));
+        // A ReadyForQuery nothing asked for.
+        assert!(matches!(t.ready(), Err(OutOfStep)));
     }
 
     #[test]
@@ -747,7 +810,7 @@ mod tests {
             sync_point: 1,
         });
         assert!(t.take_denial("column \"n2\" does not exist").is_none());
-        assert!(matches!(t.ready(), Ok(Some(Pending::Query(None)))));
+        assert!(matches!(t.ready(), Ok(Pending::Query(None))));
         assert!(t.denials.is_empty());
         t.denials.push_back(Denial {
             nonce: "n3".into(),

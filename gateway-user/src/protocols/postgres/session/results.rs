@@ -10,7 +10,7 @@ impl Session<'_> {
         match frame.tag() {
             b'Z' => {
                 match self.tracker.ready() {
-                    Ok(Some(Pending::Query(Some(running)))) => self.complete(running, ""),
+                    Ok(Pending::Query(Some(running))) => self.complete(running, ""),
                     Ok(_) => {}
                     Err(_) => return self.out_of_step("a ReadyForQuery"),
                 }
