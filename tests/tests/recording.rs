@@ -570,6 +570,20 @@ fn the_postgres_sink_holds_the_same_chain() -> Result<()> {
     let out = fleet(&["verify", &ids[0]])?;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("TAMPERED at line"), "{}", text(&out));
+
+    // A session whose start row is deleted is still listed, and tampered.
+    pg.admin_psql(
+        "app_rw",
+        "orders",
+        &["DELETE FROM chokepoint_events WHERE seq = 0"],
+    )?;
+    let out = fleet(&["verify", "--all"])?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&ids[0]) && text(&out).contains("TAMPERED"),
+        "{}",
+        text(&out)
+    );
     Ok(())
 }
 

@@ -193,11 +193,14 @@ impl Sink {
     }
 }
 
-/// Session ids in the table, oldest first.
+/// Session ids in the table, oldest first. Every session with any row, not
+/// only those with a session start (found in review: deleting a session's
+/// `seq = 0` row hid the rest of it from `verify --all`; listed, it reads
+/// as tampered).
 pub async fn sessions(client: &Client) -> Result<Vec<String>, String> {
     let rows = client
         .query(
-            "SELECT session FROM chokepoint_events WHERE seq = 0 ORDER BY wall, session",
+            "SELECT session FROM chokepoint_events GROUP BY session ORDER BY min(wall), session",
             &[],
         )
         .await
