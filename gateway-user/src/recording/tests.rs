@@ -370,6 +370,19 @@ fn chain_hashes_are_lowercase_hex_sha256() {
     );
 }
 
+/// A host with an empty recordings folder that seals with the key
+/// `recorded(from)` made: its temporary directory (kept while in use),
+/// the folder, the key and the ledger head's path.
+fn new_host(from: &Path) -> (tempfile::TempDir, PathBuf, keys::HostKey, PathBuf) {
+    let host = tempfile::tempdir().unwrap();
+    let dir = host.path().join("sessions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys_dir = settings(from).keys_dir;
+    let key = keys::HostKey::load_or_create(&keys_dir).unwrap();
+    let head = ledger::head_path(&keys_dir, &dir);
+    (host, dir, key, head)
+}
+
 /// Puts `data` where the recording `id` belongs under `dir`.
 fn place(dir: &Path, id: &str, data: &[u8]) -> PathBuf {
     let path = dir
@@ -392,12 +405,7 @@ fn session_id(path: &Path) -> String {
 async fn a_restart_finishes_a_removal_cut_short() {
     let a = tempfile::tempdir().unwrap();
     let (sealed, _) = recorded(a.path()).await;
-    let host = tempfile::tempdir().unwrap();
-    let dir = host.path().join("sessions");
-    std::fs::create_dir_all(&dir).unwrap();
-    let keys_dir = settings(a.path()).keys_dir;
-    let key = keys::HostKey::load_or_create(&keys_dir).unwrap();
-    let head = ledger::head_path(&keys_dir, &dir);
+    let (_host, dir, key, head) = new_host(a.path());
     let id = session_id(&sealed);
     let path = place(&dir, &id, &std::fs::read(&sealed).unwrap());
     let (mut ledger, known) = ledger::LedgerWriter::open(&dir, &head, &key).unwrap();
@@ -472,12 +480,7 @@ async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
     let (a, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (whole, public) = recorded(a.path()).await;
     let (cut, _) = recorded(c.path()).await;
-    let host = tempfile::tempdir().unwrap();
-    let dir = host.path().join("sessions");
-    std::fs::create_dir_all(&dir).unwrap();
-    let keys_dir = settings(a.path()).keys_dir;
-    let key = keys::HostKey::load_or_create(&keys_dir).unwrap();
-    let head = ledger::head_path(&keys_dir, &dir);
+    let (_host, dir, key, head) = new_host(a.path());
     let open = || ledger::LedgerWriter::open(&dir, &head, &key).unwrap();
 
     // A new ledger lists the sealed recordings already there.
@@ -1192,12 +1195,7 @@ async fn a_failed_line_s_anchor_wins_over_an_older_head() {
             .0
             .to_owned(),
     };
-    let host = tempfile::tempdir().unwrap();
-    let dir = host.path().join("sessions");
-    std::fs::create_dir_all(&dir).unwrap();
-    let keys_dir = settings(a.path()).keys_dir;
-    let key = keys::HostKey::load_or_create(&keys_dir).unwrap();
-    let head = ledger::head_path(&keys_dir, &dir);
+    let (_host, dir, key, head) = new_host(a.path());
     let open = || ledger::LedgerWriter::open(&dir, &head, &key).unwrap();
     let (mut ledger, _) = open();
     ledger

@@ -29,7 +29,7 @@ async fn recorded(dir: &Path) -> String {
 }
 
 /// `sessions --dir <dir>/sessions --keys-dir <dir>/keys`: no configuration read.
-fn store(dir: &Path) -> StoreArgs {
+pub(super) fn store(dir: &Path) -> StoreArgs {
     StoreArgs {
         config: dir.join("no-such-config.toml"),
         dir: Some(dir.join("sessions")),

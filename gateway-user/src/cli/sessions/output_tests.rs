@@ -2,7 +2,7 @@
 //! words, and text from a file shown, never obeyed, on stderr too.
 use std::path::Path;
 
-use super::{StoreArgs, Verdict, describe, export_lines_to, ledger_tampered_to};
+use super::{Verdict, describe, exit_tests::store, export_lines_to, ledger_tampered_to};
 use crate::{
     policy::RecordingSettings,
     recording::{Body, Event, chain, files, ledger::Problem, recover, tests},
@@ -13,17 +13,6 @@ fn settings(dir: &Path) -> RecordingSettings {
         dir: dir.join("sessions"),
         keys_dir: dir.join("keys"),
         ..RecordingSettings::default()
-    }
-}
-
-/// `sessions --dir <dir>/sessions --keys-dir <dir>/keys`.
-fn store(dir: &Path) -> StoreArgs {
-    StoreArgs {
-        config: dir.join("no-such-config.toml"),
-        dir: Some(dir.join("sessions")),
-        keys_dir: Some(dir.join("keys")),
-        store: None,
-        public_keys: Vec::new(),
     }
 }
 

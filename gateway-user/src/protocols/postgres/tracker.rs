@@ -689,11 +689,7 @@ mod tests {
     #[test]
     fn only_syncs_after_data_make_a_failed_copy_unfollowable() {
         let mut t = Tracker::default();
-        t.push(Pending::Bind(None));
-        t.push(execute());
-        t.push(Pending::Sync);
-        t.pending.pop_front(); // BindComplete
-        t.copy_in_started();
+        driver_copy_started(&mut t);
         t.copy_data();
         assert_eq!(t.copy_outcome(true), Ok(()));
         t.skip_to_sync();
@@ -702,11 +698,7 @@ mod tests {
         t.push(Pending::Sync);
         assert!(matches!(t.ready(), Ok(Pending::Sync)));
         // The next COPY, the same way.
-        t.push(Pending::Bind(None));
-        t.push(execute());
-        t.push(Pending::Sync);
-        t.pending.pop_front();
-        t.copy_in_started();
+        driver_copy_started(&mut t);
         t.copy_data();
         assert_eq!(t.copy_outcome(true), Ok(()));
 
@@ -722,6 +714,15 @@ mod tests {
         t.copy_in_started();
         assert_eq!(tags(&t), "ES");
         assert_eq!(t.copy_outcome(true), Ok(()));
+    }
+
+    /// tokio-postgres: Bind, Execute, Sync; BindComplete; CopyInResponse.
+    fn driver_copy_started(t: &mut Tracker) {
+        t.push(Pending::Bind(None));
+        t.push(execute());
+        t.push(Pending::Sync);
+        t.pending.pop_front();
+        t.copy_in_started();
     }
 
     #[test]
