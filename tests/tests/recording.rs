@@ -490,11 +490,10 @@ fn retention_removes_expired_recordings_but_keeps_new_ones() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn the_postgres_sink_holds_the_same_chain() -> Result<()> {
-    let (pg, cg, config) = postgres_gateway("rec-sink", "127.0.0.77")?;
+/// `config` also writing its recordings to `pg`'s database.
+fn with_sink(config: GatewayConfig, pg: &PgServer) -> GatewayConfig {
     let password_file = pg.password_file("app_rw");
-    let config = config
+    config
         .recording_setting(&format!(
             "postgres = \"host=127.0.0.1 port={} user=app_rw dbname=orders\"",
             pg.port()
@@ -502,8 +501,28 @@ fn the_postgres_sink_holds_the_same_chain() -> Result<()> {
         .recording_setting(&format!(
             "postgres_password_file = {:?}",
             password_file.display().to_string()
-        ));
-    let gw = Gateway::start(&config)?;
+        ))
+}
+
+/// `chokepoint sessions --store <pg> --public-key <gw's key> args…`.
+fn fleet(gw: &Gateway, pg: &PgServer, args: &[&str]) -> Result<Output> {
+    let public = String::from_utf8(gw.sessions(&["pubkey"])?.stdout)?
+        .trim()
+        .to_owned();
+    let store = format!(
+        "host=127.0.0.1 port={} user=app_rw dbname=orders password={}",
+        pg.port(),
+        pg.password("app_rw")?
+    );
+    let mut all = vec!["sessions", "--store", &store, "--public-key", &public];
+    all.extend_from_slice(args);
+    chokepoint_tests::cli(&all)
+}
+
+#[test]
+fn the_postgres_sink_holds_the_same_chain() -> Result<()> {
+    let (pg, cg, config) = postgres_gateway("rec-sink", "127.0.0.77")?;
+    let gw = Gateway::start(&with_sink(config, &pg))?;
     let out = run_with_timeout(
         &mut job_psql(
             &cg,
@@ -514,19 +533,7 @@ fn the_postgres_sink_holds_the_same_chain() -> Result<()> {
     )?;
     ensure!(out.status.success(), "{}", text(&out));
     let ids = wait_sealed(&gw, 1)?;
-    let public = String::from_utf8(gw.sessions(&["pubkey"])?.stdout)?
-        .trim()
-        .to_owned();
-    let store = format!(
-        "host=127.0.0.1 port={} user=app_rw dbname=orders password={}",
-        pg.port(),
-        pg.password("app_rw")?
-    );
-    let fleet = |args: &[&str]| -> Result<Output> {
-        let mut all = vec!["sessions", "--store", &store, "--public-key", &public];
-        all.extend_from_slice(args);
-        chokepoint_tests::cli(&all)
-    };
+    let fleet = |args: &[&str]| fleet(&gw, &pg, args);
     // The writer sends each batch right after writing it; wait for the seal.
     let verified = wait_for("the sealed session in the database", SEAL_TIMEOUT, || {
         let out = fleet(&["verify", "--all"]).ok()?;
@@ -645,5 +652,48 @@ fn a_recording_put_in_place_of_another_is_tampered() -> Result<()> {
     );
     let all = gw.sessions(&["verify", "--all"])?;
     assert_eq!(all.status.code(), Some(1), "{}", text(&all));
+    Ok(())
+}
+
+/// Found in review: the seal a restart writes for a session the gateway
+/// was killed in went to the file only, so the fleet database read the
+/// session as unsealed for ever (and a cut there could pass for the
+/// crash). The restart now sends the whole recording, seal included.
+#[test]
+fn a_session_sealed_at_restart_is_sealed_in_the_fleet_database_too() -> Result<()> {
+    let (pg, cg, config) = postgres_gateway("rec-sink-kill", "127.0.0.79")?;
+    let mut gw = Gateway::start(&with_sink(config, &pg))?;
+    let mut child = job_psql(
+        &cg,
+        "host=127.0.0.79 port=5432 dbname=orders user=app_rw",
+        &["SELECT 1", "SELECT pg_sleep(120)"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()?;
+    let in_database = wait_for(
+        "the pg_sleep statement in the database",
+        SEAL_TIMEOUT,
+        || {
+            let out = fleet(&gw, &pg, &["verify", "--all"]).ok()?;
+            (out.status.code() == Some(3)).then_some(out)
+        },
+    );
+    gw.kill9()?;
+    let _ = child.kill();
+    let _ = child.wait();
+    let unsealed = in_database?;
+    assert!(text(&unsealed).contains("unsealed"), "{}", text(&unsealed));
+
+    gw.restart()?;
+    let sealed = wait_for("the recovered seal in the database", SEAL_TIMEOUT, || {
+        let out = fleet(&gw, &pg, &["verify", "--all"]).ok()?;
+        out.status.success().then_some(out)
+    })?;
+    assert!(
+        text(&sealed).contains("sealed when the gateway started again"),
+        "{}",
+        text(&sealed)
+    );
     Ok(())
 }

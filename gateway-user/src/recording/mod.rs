@@ -159,13 +159,36 @@ impl Recorder {
         let head = ledger::head_path(&settings.keys_dir, &settings.dir);
         let (mut ledger, known) = ledger::LedgerWriter::open(&settings.dir, &head, &key)?;
         recover::recover(&settings.dir, &key, &mut ledger, &known)?;
+        // What the previous run left open, as recovery left it (sealed
+        // now, or not), goes to the fleet database whole.
+        let resend: Vec<sink::Row> = match &settings.sink {
+            Some(_) => known
+                .sessions
+                .iter()
+                .filter(|(_, outcome)| {
+                    matches!(outcome, ledger::Outcome::Opened | ledger::Outcome::Failed)
+                })
+                .filter_map(|(id, _)| files::find(&settings.dir, id).ok())
+                .filter_map(|path| files::read(&path).ok())
+                .flat_map(|data| sink::rows_of(&data))
+                .collect(),
+            None => Vec::new(),
+        };
         let listed = ledger.listed();
         let (queue, inbox) = writer::queue();
         let inflight = Arc::new(AtomicUsize::new(0));
         let active = writer::Active::default();
         let sink = settings.sink.clone().map(sink::Sink::new);
-        let thread = writer::spawn(inbox, key, inflight.clone(), active.clone(), sink, ledger)
-            .map_err(|e| format!("cannot start the recording writer: {e}"))?;
+        let thread = writer::spawn(
+            inbox,
+            key,
+            inflight.clone(),
+            active.clone(),
+            sink,
+            resend,
+            ledger,
+        )
+        .map_err(|e| format!("cannot start the recording writer: {e}"))?;
         Ok(Arc::new(Recorder {
             queue: Some(queue),
             dir: settings.dir.clone(),

@@ -1264,3 +1264,25 @@ async fn a_recording_is_listed_before_its_file_and_unlisted_if_never_made() {
         [ledger::Outcome::Opened, ledger::Outcome::Removed]
     );
 }
+
+/// A recording sealed at start goes to the fleet database whole: its rows
+/// rebuild the file's lines exactly, seal included, and lines that are no
+/// recording line are left out.
+#[tokio::test]
+async fn a_recordings_rows_rebuild_its_lines() {
+    let a = tempfile::tempdir().unwrap();
+    let (path, _) = recorded(a.path()).await;
+    let data = std::fs::read(&path).unwrap();
+    let rows = sink::rows_of(&data);
+    assert_eq!(rows.len(), lines(&data).len());
+    assert!(rows.iter().enumerate().all(|(i, r)| r.seq == i as i64));
+    assert_eq!(rows.last().map(|r| r.kind), Some("seal"));
+    let rebuilt: Vec<u8> = rows
+        .iter()
+        .flat_map(|r| chain::assemble(&r.hash, &r.prev_hash, r.raw.as_bytes()))
+        .collect();
+    assert_eq!(rebuilt, data);
+    let mut damaged = data.clone();
+    damaged.extend_from_slice(b"not a recording line\n");
+    assert_eq!(sink::rows_of(&damaged).len(), rows.len());
+}

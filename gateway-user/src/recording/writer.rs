@@ -166,6 +166,7 @@ pub(super) fn spawn(
     inflight: Arc<AtomicUsize>,
     active: Active,
     sink: Option<Sink>,
+    resend: Vec<Row>,
     ledger: LedgerWriter,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -186,6 +187,9 @@ pub(super) fn spawn(
             runtime.block_on(async move {
                 let sink = sink.map(|sink| {
                     let (tx, rx) = mpsc::unbounded_channel();
+                    if !resend.is_empty() {
+                        let _ = tx.send(resend);
+                    }
                     (tx, tokio::spawn(sink.run(rx)))
                 });
                 let (tx, task) = sink.unzip();
