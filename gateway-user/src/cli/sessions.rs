@@ -802,15 +802,26 @@ fn details(body: &Body) -> String {
     }
 }
 
-/// The verdict in words; `events` are what it was reached on.
+/// The verdict in words; `events` are what it was reached on. A seal
+/// names the key that made it: with a fleet's keys trusted, any of them
+/// verifies, and which host sealed a session is for the reader to hold
+/// against the host it claims (found in review).
 fn describe(verdict: &Verdict, events: &[Event]) -> String {
+    let by = sealer(events)
+        .map(|key| format!(" by key {}…", key.get(..16).unwrap_or(key)))
+        .unwrap_or_default();
     match verdict {
-        Verdict::Sealed { events } => format!("verified: {events} events, sealed"),
+        Verdict::Sealed { events: n } => format!("verified: {n} events, sealed{by}"),
         Verdict::Recovered { events: n } => format!(
-            "verified: {n} events, sealed when the gateway started again (it stopped before the session ended){}",
+            "verified: {n} events, sealed when the gateway started again (it stopped before the session ended){}{}",
             as_found(events)
                 .map(|why| format!("; {why}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if by.is_empty() {
+                String::new()
+            } else {
+                format!(";{by}")
+            }
         ),
         Verdict::Unsealed { events } => format!(
             "unsealed: the chain is intact through seq {}, but the gateway stopped before the session ended",
@@ -820,6 +831,14 @@ fn describe(verdict: &Verdict, events: &[Event]) -> String {
             "TAMPERED at line {line}{}: {reason}",
             seq.map(|s| format!(" (seq {s})")).unwrap_or_default()
         ),
+    }
+}
+
+/// The public key (hex) of the seal that ends `events`, if one does.
+fn sealer(events: &[Event]) -> Option<&str> {
+    match events.last().map(|e| &e.body) {
+        Some(Body::Seal { public_key, .. }) => Some(public_key),
+        _ => None,
     }
 }
 

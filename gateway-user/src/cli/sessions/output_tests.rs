@@ -49,6 +49,7 @@ fn recovered(why: &str) -> Vec<Event> {
 fn a_recovered_verdict_says_which_events_no_fsync_covered() {
     let verdict = Verdict::Recovered { events: 4 };
     let plain = "verified: 4 events, sealed when the gateway started again (it stopped before the session ended)";
+    let key = "; by key 1111111111111111…";
     let past = format!(
         "{}; events from seq 2 on were written after the gateway's last fsync and are {}",
         recover::REASON,
@@ -57,7 +58,7 @@ fn a_recovered_verdict_says_which_events_no_fsync_covered() {
     assert_eq!(
         describe(&verdict, &recovered(&past)),
         format!(
-            "{plain}; events from seq 2 on were written after the gateway's last fsync and are sealed as found"
+            "{plain}; events from seq 2 on were written after the gateway's last fsync and are sealed as found{key}"
         )
     );
     // Sealed where it was last fsynced (a half line cut off says nothing
@@ -66,8 +67,18 @@ fn a_recovered_verdict_says_which_events_no_fsync_covered() {
         "{}; a half-written last line (20 bytes) was cut off",
         recover::REASON
     );
-    assert_eq!(describe(&verdict, &recovered(&at_anchor)), plain);
-    assert_eq!(describe(&verdict, &recovered(recover::REASON)), plain);
+    assert_eq!(
+        describe(&verdict, &recovered(&at_anchor)),
+        format!("{plain}{key}")
+    );
+    assert_eq!(
+        describe(&verdict, &recovered(recover::REASON)),
+        format!("{plain}{key}")
+    );
+    assert_eq!(
+        describe(&Verdict::Sealed { events: 4 }, &recovered("")),
+        "verified: 4 events, sealed by key 1111111111111111…"
+    );
 }
 
 /// What a terminal would obey in `text`.
