@@ -697,3 +697,88 @@ fn a_session_sealed_at_restart_is_sealed_in_the_fleet_database_too() -> Result<(
     );
     Ok(())
 }
+
+/// A fleet database that fails inserts while sessions run: the rows that
+/// outgrow the backlog (`postgres_backlog = 5` here) are sent again from
+/// the files once it answers, so no session reads tampered there.
+#[test]
+fn sessions_recorded_while_the_fleet_database_failed_arrive_whole() -> Result<()> {
+    let (pg, cg, config) = postgres_gateway("rec-sink-outage", "127.0.0.80")?;
+    let gw = Gateway::start(&with_sink(config, &pg).recording_setting("postgres_backlog = 5"))?;
+    let psql = |commands: &[&str]| -> Result<()> {
+        let out = run_with_timeout(
+            &mut job_psql(
+                &cg,
+                "host=127.0.0.80 port=5432 dbname=orders user=app_rw",
+                commands,
+            ),
+            CLIENT_TIMEOUT,
+        )?;
+        ensure!(out.status.success(), "{}", text(&out));
+        Ok(())
+    };
+    // The first session makes the table.
+    psql(&["SELECT 'before'"])?;
+    wait_for("the first session in the database", SEAL_TIMEOUT, || {
+        let out = fleet(&gw, &pg, &["verify", "--all"]).ok()?;
+        out.status.success().then_some(())
+    })?;
+
+    pg.admin_psql(
+        "postgres",
+        "orders",
+        &[
+            "CREATE FUNCTION public.cp_outage() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'outage'; END $$",
+            "CREATE TRIGGER cp_outage BEFORE INSERT ON chokepoint_events FOR EACH STATEMENT EXECUTE FUNCTION public.cp_outage()",
+        ],
+    )?;
+    let statements: Vec<String> = (0..20).map(|i| format!("SELECT {i} AS n")).collect();
+    let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
+    psql(&statements)?;
+    let ids = wait_sealed(&gw, 2)?;
+    let rows_in_database = |id: &str| -> Result<usize> {
+        Ok(pg
+            .admin_psql(
+                "postgres",
+                "orders",
+                &[&format!(
+                    "SELECT count(*) FROM chokepoint_events WHERE session = '{id}'"
+                )],
+            )?
+            .trim()
+            .parse()?)
+    };
+    let second = ids
+        .iter()
+        .find(|id| rows_in_database(id).is_ok_and(|n| n == 0))
+        .context("a session the failing database holds nothing of")?
+        .clone();
+    // More events than the backlog keeps: some left memory.
+    let file = recordings(&gw.recording_dir())
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(&second))
+        .context("the second recording")?;
+    let lines = fs::read_to_string(&file)?.lines().count();
+    ensure!(lines > 20, "{lines} events");
+    ensure!(
+        gw.logs().iter().any(|l| l.contains("they leave memory")),
+        "no backlog overflow logged"
+    );
+
+    pg.admin_psql(
+        "postgres",
+        "orders",
+        &["DROP TRIGGER cp_outage ON chokepoint_events"],
+    )?;
+    let verified = wait_for("both sessions whole in the database", SEAL_TIMEOUT, || {
+        let out = fleet(&gw, &pg, &["verify", "--all"]).ok()?;
+        (out.status.success() && text(&out).lines().count() == 2).then_some(out)
+    })?;
+    assert!(
+        text(&verified).contains(&format!("{second}: verified: {lines} events")),
+        "{}",
+        text(&verified)
+    );
+    assert_eq!(rows_in_database(&second)?, lines);
+    Ok(())
+}

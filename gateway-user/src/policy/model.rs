@@ -92,6 +92,7 @@ pub(super) struct RecordingSection {
     pub max_total_mb: Option<Spanned<Int>>,
     pub postgres: Option<Spanned<String>>,
     pub postgres_password_file: Option<Spanned<String>>,
+    pub postgres_backlog: Option<Spanned<Int>>,
 }
 
 /// `[guard]`: which cgroup the kernel programs guard.

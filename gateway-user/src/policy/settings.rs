@@ -137,10 +137,17 @@ pub struct RecordingSettings {
     pub retention: crate::recording::retention::Limits,
     /// `postgres` (+ `postgres_password_file`): the fleet copy.
     pub sink: Option<crate::recording::sink::SinkSettings>,
+    /// `postgres_backlog`: rows kept in memory while the fleet database
+    /// does not answer; past it, the sessions they belong to are sent
+    /// again from their files once it does.
+    pub sink_backlog: usize,
 }
 
 /// Most rows a recording keeps per statement; beyond, only the count.
 const MAX_RESULT_ROWS: i64 = 100_000;
+/// Most rows `postgres_backlog` may keep in memory (each holds its
+/// event's bytes: at ~1 KiB, about 10 GiB).
+const MAX_SINK_BACKLOG: i64 = 10_000_000;
 /// Longest retention: a century, so the age in seconds cannot overflow.
 const MAX_AGE_DAYS: u64 = 36_500;
 /// Largest size limit: a pebibyte, so the size in bytes cannot overflow.
@@ -167,6 +174,7 @@ impl Default for RecordingSettings {
             result_rows: 100,
             retention: crate::recording::retention::Limits::default(),
             sink: None,
+            sink_backlog: crate::recording::sink::DEFAULT_BACKLOG,
         }
     }
 }
@@ -227,6 +235,22 @@ pub(super) fn recording(
         sources,
         report,
     );
+    if let Some(rows) = &section.postgres_backlog {
+        let Int(n) = *rows.get_ref();
+        match usize::try_from(n) {
+            Ok(r) if r >= 1 && n <= MAX_SINK_BACKLOG => settings.sink_backlog = r,
+            _ => report.error(
+                At::of(file, rows),
+                format!("postgres_backlog must be 1 to {MAX_SINK_BACKLOG} rows, not {n}"),
+            ),
+        }
+        if section.postgres.is_none() {
+            report.error(
+                At::of(file, rows),
+                "postgres_backlog is only used with postgres = \"...\": add the connection string, or remove it",
+            );
+        }
+    }
     if let Some(mb) = &section.max_total_mb {
         let Int(n) = *mb.get_ref();
         match u64::try_from(n) {

@@ -178,7 +178,10 @@ impl Recorder {
         let (queue, inbox) = writer::queue();
         let inflight = Arc::new(AtomicUsize::new(0));
         let active = writer::Active::default();
-        let sink = settings.sink.clone().map(sink::Sink::new);
+        let sink = settings
+            .sink
+            .clone()
+            .map(|s| sink::Sink::new(s, &settings.dir, settings.sink_backlog));
         let thread = writer::spawn(
             inbox,
             key,

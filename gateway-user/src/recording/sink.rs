@@ -3,8 +3,14 @@
 //! searched in one place and verified from there (`chokepoint sessions
 //! --store`). Local files stay the record of truth: when the database is
 //! unreachable the writer keeps the rows (bounded) and retries, and the
-//! sessions go on.
-use std::{path::PathBuf, str::FromStr, time::Duration};
+//! sessions go on; rows that outgrow the backlog are sent again from the
+//! files once the database answers.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Config, NoTls};
@@ -18,9 +24,17 @@ pub struct SinkSettings {
     pub password_file: Option<PathBuf>,
 }
 
-/// Rows kept for a database that does not answer; past this the oldest
-/// are dropped (and said so), the local files still hold them.
-const MAX_BACKLOG: usize = 100_000;
+/// Rows kept in memory for a database that does not answer, unless
+/// `[recording] postgres_backlog` says otherwise.
+pub const DEFAULT_BACKLOG: usize = 100_000;
+
+/// Longest one send may take: a server that accepts the connection but
+/// never answers must count as down, or rows pile up in the channel
+/// behind it with no bound.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Rows per INSERT when a session is sent again from its file.
+const RESEND_BATCH: usize = 10_000;
 
 /// The table, created on start if missing. `raw` is the event exactly as
 /// hashed (jsonb would reorder it); `event` is the same, searchable.
@@ -79,11 +93,20 @@ pub struct Sink {
     host: String,
     client: Option<Client>,
     backlog: Vec<Row>,
+    max_backlog: usize,
+    /// Sessions whose rows left a full backlog unsent: each is sent again
+    /// whole from its file once the database answers. Found in review:
+    /// the rows were simply dropped, so a long database outage made those
+    /// sessions read TAMPERED there for ever. Ids only, so memory stays
+    /// bounded however long the outage lasts.
+    owed: BTreeSet<String>,
+    /// The recordings directory, where the owed sessions' files are.
+    dir: PathBuf,
     failing: bool,
 }
 
 impl Sink {
-    pub fn new(settings: SinkSettings) -> Self {
+    pub fn new(settings: SinkSettings, dir: &Path, max_backlog: usize) -> Self {
         let host = nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
@@ -93,6 +116,9 @@ impl Sink {
             host,
             client: None,
             backlog: Vec::new(),
+            max_backlog: max_backlog.max(1),
+            owed: BTreeSet::new(),
+            dir: dir.to_path_buf(),
             failing: false,
         }
     }
@@ -112,47 +138,101 @@ impl Sink {
                     }
                     self.flush().await;
                 }
-                _ = retry.tick(), if !self.backlog.is_empty() => self.flush().await,
+                _ = retry.tick(), if self.behind() => self.flush().await,
             }
         }
         self.flush().await;
     }
 
+    /// Whether anything waits for the database.
+    fn behind(&self) -> bool {
+        !self.backlog.is_empty() || !self.owed.is_empty()
+    }
+
     fn push(&mut self, row: Row) {
-        if self.backlog.len() >= MAX_BACKLOG {
+        if self.backlog.len() >= self.max_backlog {
+            let dropped = self.backlog.len();
+            self.owed
+                .extend(self.backlog.drain(..).map(|row| row.session));
             warn!(
-                dropped = self.backlog.len(),
-                "the recording database has not answered for {MAX_BACKLOG} events; dropping its backlog (local recordings keep them)"
+                dropped,
+                sessions = self.owed.len(),
+                "the recording database has not answered for {dropped} events; they leave memory, and their sessions go again from the local recordings when it answers"
             );
-            self.backlog.clear();
         }
         self.backlog.push(row);
     }
 
-    /// Sends the backlog in one statement; keeps it on failure.
+    /// Sends the backlog in one statement (kept on failure), then the
+    /// sessions owed from their files.
     async fn flush(&mut self) {
-        if self.backlog.is_empty() {
+        if !self.behind() {
             return;
         }
-        match self.send().await {
-            Ok(()) => {
-                if self.failing {
-                    info!("the recording database answers again");
+        let rows = std::mem::take(&mut self.backlog);
+        if let Err(e) = self.send(&rows).await {
+            self.backlog = rows;
+            self.failed(&e);
+            return;
+        }
+        if self.failing {
+            info!("the recording database answers again");
+        }
+        self.failing = false;
+        self.resend_owed().await;
+    }
+
+    fn failed(&mut self, error: &str) {
+        if !self.failing {
+            warn!(
+                error,
+                "cannot write to the recording database; retrying, local recordings continue"
+            );
+        }
+        self.failing = true;
+        self.client = None;
+    }
+
+    /// Sends each owed session again, every line of its file; the table
+    /// keeps the rows it has already. A session stays owed until all of it
+    /// went, so a failure part-way retries it whole.
+    async fn resend_owed(&mut self) {
+        while let Some(session) = self.owed.first().cloned() {
+            let data = match super::files::find(&self.dir, &session)
+                .and_then(|path| super::files::read(&path).map_err(|e| e.to_string()))
+            {
+                Ok(data) => data,
+                Err(e) => {
+                    // Retention may have taken it meanwhile; nothing
+                    // else holds its rows.
+                    warn!(session, error = %e, "cannot read a recording to send it to the recording database again; the database keeps it incomplete");
+                    self.owed.remove(&session);
+                    continue;
                 }
-                self.failing = false;
-                self.backlog.clear();
-            }
-            Err(e) => {
-                if !self.failing {
-                    warn!(error = %e, "cannot write to the recording database; retrying, local recordings continue");
+            };
+            for rows in rows_of(&data).chunks(RESEND_BATCH) {
+                if let Err(e) = self.send(rows).await {
+                    self.failed(&e);
+                    return;
                 }
-                self.failing = true;
-                self.client = None;
             }
+            info!(
+                session,
+                "sent a session to the recording database again from its recording"
+            );
+            self.owed.remove(&session);
         }
     }
 
-    async fn send(&mut self) -> Result<(), String> {
+    /// Sends `rows` in one statement (connecting first if needed), within
+    /// [`SEND_TIMEOUT`].
+    async fn send(&mut self, rows: &[Row]) -> Result<(), String> {
+        tokio::time::timeout(SEND_TIMEOUT, self.send_now(rows))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} s", SEND_TIMEOUT.as_secs())))
+    }
+
+    async fn send_now(&mut self, rows: &[Row]) -> Result<(), String> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             let client = connect(&self.settings).await?;
             client
@@ -164,8 +244,11 @@ impl Sink {
         let Some(client) = &self.client else {
             return Ok(());
         };
-        let column = |f: fn(&Row) -> String| self.backlog.iter().map(f).collect::<Vec<_>>();
-        let seqs: Vec<i64> = self.backlog.iter().map(|r| r.seq).collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let column = |f: fn(&Row) -> String| rows.iter().map(f).collect::<Vec<_>>();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
         client
             .execute(
                 "INSERT INTO chokepoint_events (session, seq, host, wall, type, prev_hash, hash, raw, event) \

@@ -13,6 +13,7 @@ pub(crate) fn settings(dir: &Path) -> RecordingSettings {
         result_rows: 10,
         retention: retention::Limits::default(),
         sink: None,
+        sink_backlog: sink::DEFAULT_BACKLOG,
     }
 }
 
