@@ -1,4 +1,5 @@
 //! `chokepoint detach`.
+use super::output::{say, tell};
 use std::process::ExitCode;
 
 use super::InstanceArg;
@@ -27,10 +28,10 @@ fn detach_as(which: &InstanceArg, root: bool) -> ExitCode {
     let mut failed = 0;
     for instance in instances {
         match crate::ebpf::detach(&instance) {
-            Ok(0) => println!("{instance}: nothing attached"),
-            Ok(n) => println!("{instance}: detached {n} programs and removed its pins"),
+            Ok(0) => say!("{instance}: nothing attached"),
+            Ok(n) => say!("{instance}: detached {n} programs and removed its pins"),
             Err(e) => {
-                eprintln!("error: {instance}: {}", super::chain(&e));
+                tell!("error: {instance}: {}", super::chain(&e));
                 failed += 1;
             }
         }

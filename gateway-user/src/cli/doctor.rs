@@ -1,4 +1,5 @@
 //! `chokepoint doctor`: what this host needs, and who could undo the guard.
+use super::output::say;
 use std::{path::Path, process::ExitCode};
 
 use crate::ebpf;
@@ -10,7 +11,7 @@ const NO_FAMILY_GUARD: &str = "not guarded: a job can open vsock, packet and oth
 pub(super) fn doctor(config: Option<&Path>) -> ExitCode {
     let mut problems = 0;
     let mut report = |ok: bool, what: &str, detail: String| {
-        println!("[{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
+        say!("[{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
         if !ok {
             problems += 1;
         }

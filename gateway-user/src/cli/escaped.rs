@@ -5,11 +5,23 @@ use std::io::Write;
 /// process names, values): terminal controls in it (escape sequences, a
 /// carriage return that overwrites the line, bidi overrides that reorder
 /// it) are shown as `\u{…}` instead of acting on the reader's terminal.
-/// Newlines and tabs stay: statements span lines.
+/// Newlines and tabs stay: statements span lines. A write that fails is
+/// kept for the exit code ([`super::output`]), since callers print with
+/// `let _ = writeln!(…)`.
 pub(super) struct Escaped<W: Write>(pub(super) W);
 
 impl<W: Write> Write for Escaped<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.escape(buf).inspect_err(super::output::record)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().inspect_err(super::output::record)
+    }
+}
+
+impl<W: Write> Escaped<W> {
+    fn escape(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
         if !text.chars().any(needs_escape) {
             self.0.write_all(buf)?;
@@ -25,10 +37,6 @@ impl<W: Write> Write for Escaped<W> {
         }
         self.0.write_all(out.as_bytes())?;
         Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
     }
 }
 

@@ -1,4 +1,5 @@
 //! `chokepoint job begin|end|list`: what a CI runner's job-started and job-completed hooks call.
+use super::output::say_raw;
 use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use clap::Subcommand;
@@ -52,7 +53,7 @@ pub enum JobCommand {
 pub fn job(args: &SocketArgs, command: &JobCommand) -> ExitCode {
     match run(args, command) {
         Ok(out) => {
-            print!("{out}");
+            say_raw!("{out}");
             ExitCode::SUCCESS
         }
         Err(e) => e.exit(),

@@ -5,12 +5,15 @@ mod detach;
 mod doctor;
 mod escaped;
 mod job;
+mod output;
 mod policy;
 mod run;
 mod sessions;
 mod status;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Write, path::PathBuf, process::ExitCode};
+
+use output::tell;
 
 use clap::{Parser, Subcommand};
 
@@ -136,7 +139,25 @@ pub enum PolicyCommand {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let code = command(cli.command);
+    match output::failure() {
+        None => code,
+        Some((kind, why)) => {
+            // The reader that went away needs no message; anyone else,
+            // one on stderr (itself unchecked: nothing is left to tell).
+            if kind != std::io::ErrorKind::BrokenPipe {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "chokepoint: cannot write the output: {why}"
+                );
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn command(command: Command) -> ExitCode {
+    match command {
         Command::Run { config, log_format } => run::run(config, log_format),
         Command::Detach { which } => detach::detach(&which),
         Command::Status { which } => status::status(&which),
@@ -171,7 +192,7 @@ pub fn main() -> ExitCode {
 
 /// Prints `chokepoint: <message>` and returns exit code 1.
 pub(crate) fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("chokepoint: {message}");
+    tell!("chokepoint: {message}");
     ExitCode::FAILURE
 }
 
@@ -179,7 +200,7 @@ pub(crate) fn fail(message: impl std::fmt::Display) -> ExitCode {
 /// check`'s, so that 1 keeps the meaning each command gives it (nothing
 /// attached, a denial, a tampered recording).
 pub(crate) fn usage(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("chokepoint: {message}");
+    tell!("chokepoint: {message}");
     ExitCode::from(2)
 }
 

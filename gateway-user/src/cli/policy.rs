@@ -1,4 +1,5 @@
 //! `chokepoint policy check|explain`.
+use super::output::{say, say_raw, tell};
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -10,11 +11,11 @@ use crate::policy::{COMM_MAX, FlowFacts, Mode, NameDecision, Policy, as_kernel_k
 pub(super) fn check(files: &[PathBuf]) -> ExitCode {
     match Policy::load_files(files) {
         Ok(policy) => {
-            println!("ok: {}", policy.summary());
+            say!("ok: {}", policy.summary());
             ExitCode::SUCCESS
         }
         Err(errors) => {
-            eprintln!("{errors}");
+            tell!("{errors}");
             ExitCode::from(2)
         }
     }
@@ -44,7 +45,7 @@ pub(super) fn explain(config: &Path, asked: &Asked<'_>) -> ExitCode {
     let policy = match Policy::load(config) {
         Ok(p) => p,
         Err(errors) => {
-            eprintln!("{errors}");
+            tell!("{errors}");
             return ExitCode::from(2);
         }
     };
@@ -66,7 +67,7 @@ pub(super) fn explain(config: &Path, asked: &Asked<'_>) -> ExitCode {
     };
     let kept = as_kernel_keeps(comm);
     if let Some(kept) = &kept {
-        eprintln!(
+        tell!(
             "note: --comm {comm:?} is {} bytes; the kernel keeps the first {COMM_MAX} bytes of a process name, so the gateway sees {kept:?}",
             comm.len()
         );
@@ -87,13 +88,13 @@ pub(super) fn explain(config: &Path, asked: &Asked<'_>) -> ExitCode {
         .collect();
     for name in &names {
         let d = policy.resolve(&facts, name);
-        println!("{}", name_line(name, &d, policy.daemon().mode));
+        say!("{}", name_line(name, &d, policy.daemon().mode));
     }
     let facts = FlowFacts {
         names: &names,
         ..facts
     };
-    print!("{}", policy.explain(&facts));
+    say_raw!("{}", policy.explain(&facts));
     ExitCode::SUCCESS
 }
 

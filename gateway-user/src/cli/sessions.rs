@@ -1,4 +1,5 @@
 //! `chokepoint sessions`: list, show, replay, verify and export recordings.
+use super::output::{say, tell};
 use std::{
     collections::BTreeMap,
     io::Write,
@@ -136,7 +137,7 @@ fn conflict(store: &StoreArgs, command: &SessionsCommand) -> Option<&'static str
 
 /// Prints `chokepoint: <message>` and returns [`TROUBLE`].
 fn trouble(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("chokepoint: {message}");
+    tell!("chokepoint: {message}");
     ExitCode::from(TROUBLE)
 }
 
@@ -151,7 +152,7 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
     if let SessionsCommand::Pubkey = command {
         return match public_key(&settings) {
             Ok(k) => {
-                println!("{k}");
+                say!("{k}");
                 ExitCode::SUCCESS
             }
             Err(e) => trouble(e),
@@ -213,7 +214,7 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
         // is what `verify` calls it: tampered, not a bad argument.
         Err(e) => match id.and_then(|id| vouched(&source, id, &e)) {
             Some(line) => {
-                println!("{line}");
+                say!("{line}");
                 ExitCode::from(TAMPERED)
             }
             None => trouble(e),
@@ -475,7 +476,7 @@ impl StoreArgs {
                 // copied to another machine, there is none.
                 let head = ledger::read_head(&ledger::head_path(&settings.keys_dir, &settings.dir))
                     .unwrap_or_else(|e| {
-                        eprintln!("warning: {e}: the ledger cannot be checked for being cut short or deleted");
+                        tell!("warning: {e}: the ledger cannot be checked for being cut short or deleted");
                         None
                     });
                 ledger = match Ledger::read(&settings.dir, &trusted, head.as_ref()) {
@@ -654,7 +655,7 @@ fn list(
         tampered += usize::from(is_tampered);
     }
     if unreadable > 0 {
-        eprintln!(
+        tell!(
             "warning: {unreadable} recording(s) could not be listed; `chokepoint sessions verify --all` reports them too"
         );
     }
@@ -1195,7 +1196,7 @@ fn export_document(source: &Source, id: &str) -> Result<Verdict, String> {
         "events": events,
     });
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
-    println!("{text}");
+    say!("{text}");
     Ok(verdict)
 }
 

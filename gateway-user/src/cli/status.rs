@@ -1,4 +1,5 @@
 //! `chokepoint status`.
+use super::output::say;
 use std::process::ExitCode;
 
 use super::InstanceArg;
@@ -15,7 +16,7 @@ pub(super) fn status(which: &InstanceArg) -> ExitCode {
         match crate::ebpf::status(instance) {
             Ok(s) => {
                 match serde_json::to_string(&s) {
-                    Ok(line) => println!("{line}"),
+                    Ok(line) => say!("{line}"),
                     Err(e) => return super::fail(e),
                 }
                 attached.push((s.instance, s.attached));
