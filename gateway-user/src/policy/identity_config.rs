@@ -15,6 +15,8 @@ use crate::identity::Issuer;
 /// Clock skew tolerated on exp, nbf and iat unless `leeway` says otherwise.
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 const MAX_LEEWAY: Duration = Duration::from_secs(600);
+/// An issuer's JWKS is a few keys: a few KiB. Anything near this is not one.
+const JWKS_MAX_BYTES: u64 = 1 << 20;
 /// How long a binding lasts without `job end` unless `max_job` says: a
 /// job, not its token (GitHub's expire after minutes). GitHub Actions
 /// stops a job after 6 hours by default.
@@ -179,12 +181,9 @@ fn issuer(
         return None;
     };
     let path = secret_file::resolve(sources, file, jwks.get_ref());
-    let keys = match secret_file::read_bounded(&path) {
+    let keys = match crate::regular_file::read_bounded(&path, JWKS_MAX_BYTES) {
         Err(err) => {
-            report.error(
-                At::of(file, jwks),
-                format!("jwks_file {}: {err}", path.display()),
-            );
+            report.error(At::of(file, jwks), jwks_unreadable(&path, &err));
             return None;
         }
         Ok(bytes) => match serde_json::from_slice::<JwkSet>(&bytes) {
@@ -243,6 +242,24 @@ fn required_claims(e: &IssuerEntry, file: usize, report: &mut Report) -> Option<
 
 /// A token is taken when one of its `aud` values is listed here: an
 /// empty list takes none, and an empty value only a token made for no one.
+/// Why `jwks_file` could not be read, and what to do about it.
+fn jwks_unreadable(path: &std::path::Path, err: &std::io::Error) -> String {
+    let shown = path.display();
+    match err.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "jwks_file {shown} does not exist: save the issuer's JWKS (its /.well-known/jwks document) there"
+        ),
+        std::io::ErrorKind::FileTooLarge => format!(
+            "jwks_file {shown} is larger than {} KiB: it should hold only the issuer's JWKS document",
+            JWKS_MAX_BYTES >> 10
+        ),
+        std::io::ErrorKind::InvalidInput => {
+            format!("jwks_file {shown}: {err}: name the JWKS file itself")
+        }
+        _ => format!("jwks_file {shown} cannot be read: {err}"),
+    }
+}
+
 fn check_audience(list: &Spanned<Vec<Spanned<String>>>, file: usize, report: &mut Report) -> bool {
     if list.get_ref().is_empty() {
         report.error(

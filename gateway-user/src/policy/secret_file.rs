@@ -1,7 +1,7 @@
 //! Files a policy names (passwords, the masking key, CA bundles): where they are and the checks made at load.
 use std::{
     fs::{self, File},
-    io::{self, Read},
+    io,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
 };
@@ -94,19 +94,10 @@ fn read_error(key: &str, path: &Path, e: &io::Error) -> String {
     }
 }
 
-/// The file's bytes, refusing more than [`SECRET_MAX_BYTES`].
-pub(super) fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    File::open(path)?
-        .take(SECRET_MAX_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > SECRET_MAX_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::FileTooLarge,
-            format!("larger than {SECRET_MAX_BYTES} bytes"),
-        ));
-    }
-    Ok(bytes)
+/// The file's bytes, refusing more than [`SECRET_MAX_BYTES`] and anything
+/// but a regular file (a FIFO would block the read for ever).
+fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    crate::regular_file::read_bounded(path, SECRET_MAX_BYTES)
 }
 
 /// Editors and `echo` end a file with a newline that is not part of the

@@ -1613,6 +1613,9 @@ fn identity_settings_and_claim_rules_are_checked_where_written() {
     let files = Files::new();
     files.write("jwks/bad.json", "{\"not\": \"a jwks\"}");
     files.write("jwks/empty.json", "{\"keys\": []}");
+    // A FIFO would block the read for ever (found in review).
+    nix::unistd::mkfifo(&files.path("jwks/fifo.json"), nix::sys::stat::Mode::S_IRWXU)
+        .expect("mkfifo");
     let text = r#"
 [identity]
 runner_users = ["runner", "ghost"]
@@ -1633,6 +1636,18 @@ name = "other"
 issuer = "https://other.example"
 audience = ["chokepoint"]
 jwks_file = "jwks/empty.json"
+
+[[identity.issuer]]
+name = "fifo"
+issuer = "https://fifo.example"
+audience = ["chokepoint"]
+jwks_file = "jwks/fifo.json"
+
+[[identity.issuer]]
+name = "missing"
+issuer = "https://missing.example"
+audience = ["chokepoint"]
+jwks_file = "jwks/missing.json"
 
 [[rule]]
 name = "r"
@@ -1659,6 +1674,14 @@ ref = "[unclosed"
             ),
             ("\"jwks/bad.json\"", "is not a JWKS"),
             ("\"jwks/empty.json\"", "holds no keys"),
+            (
+                "\"jwks/fifo.json\"",
+                "it is a FIFO, not a regular file: name the JWKS file itself",
+            ),
+            (
+                "\"jwks/missing.json\"",
+                "does not exist: save the issuer's JWKS",
+            ),
             ("[]\nref", "claim \"repository\" lists no pattern"),
             ("\"[unclosed\"", "claim pattern \"[unclosed\""),
         ],
