@@ -1946,7 +1946,7 @@ fn run_with_missing_cgroup_names_the_path() -> Result<()> {
     let cg = TestCgroup::new("no-cgroup")?;
     let mut cfg = GatewayConfig::new("no-cgroup", &cg)?;
     cfg.cgroup = cgroup2_mount()?.join(format!("cp-test-absent-{}", std::process::id()));
-    let (out, _dir) = run_expecting_failure(&cfg.to_toml(), &cfg.instance)?;
+    let (out, dir) = run_expecting_failure(&cfg.to_toml(), &cfg.instance)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&*cfg.cgroup.to_string_lossy()),
@@ -1955,6 +1955,13 @@ fn run_with_missing_cgroup_names_the_path() -> Result<()> {
     assert!(
         !cfg.cgroup.exists(),
         "chokepoint created the missing cgroup without `create = true`"
+    );
+    // The file is what needs fixing, and nothing was made before the
+    // refusal: no host key, no ledger.
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        !dir.path().join("keys").exists(),
+        "a refused start made the recorder's keys"
     );
     Ok(())
 }

@@ -27,6 +27,14 @@ fn exit(result: Result<(), RunError>) -> ExitCode {
         // Found in review: a missing [guard] exited 1, as if the host had
         // failed, when the file is what needs fixing.
         Err(e @ RunError::NoGuard(_)) => super::usage(e),
+        // So is a [guard] cgroup that is missing (with `create = false`)
+        // or no cgroup: the file names it.
+        Err(
+            e @ RunError::Ebpf(
+                crate::ebpf::EbpfError::CgroupMissing { .. }
+                | crate::ebpf::EbpfError::NotACgroup { .. },
+            ),
+        ) => super::usage(e),
         Err(e) => super::fail(super::chain(&e)),
     }
 }

@@ -112,6 +112,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let daemon = policy.daemon().clone();
 
     ebpf::preflight()?;
+    // Before the recorder makes keys and a ledger: a cgroup that is wrong
+    // in the file must not leave state behind (found in review).
+    ebpf::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
+    let cgroup = ebpf::resolve_cgroup(&guard.cgroup, guard.create)?;
     // Before anything is attached: no guarded session may go unrecorded.
     let recorder = Recorder::start(policy.recording()).map_err(RunError::Recording)?;
     let approvals = crate::approvals::Approvals::start(policy.approvals(), &daemon.instance)
@@ -122,8 +126,6 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         daemon.admin_group.as_ref().map(|(_, gid)| *gid),
     )
     .map_err(RunError::Admin)?;
-    ebpf::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
-    let cgroup = ebpf::resolve_cgroup(&guard.cgroup, guard.create)?;
     let cgroup_root = ebpf::cgroup2_mount().ok();
     let bindings = if policy.issuers().is_empty() && !policy.identity_state().exists() {
         // No token can bind, and nothing to restore: the file is left alone.

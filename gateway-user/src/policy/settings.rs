@@ -614,6 +614,18 @@ pub(super) fn guard(
             );
             None
         }
+        // Found in review: `policy check` passed it, and only `run` refused.
+        Some(cgroup)
+            if std::path::Path::new(cgroup.get_ref())
+                .components()
+                .any(|c| c == std::path::Component::ParentDir) =>
+        {
+            report.error(
+                At::of(at.file, &cgroup),
+                "cgroup contains `..`, which could name a cgroup outside the guarded tree: write the path without it",
+            );
+            None
+        }
         Some(cgroup) => Some(GuardSettings {
             cgroup: PathBuf::from(cgroup.into_inner()),
             create,

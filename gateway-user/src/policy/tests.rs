@@ -340,6 +340,9 @@ fn guard_needs_a_cgroup_when_present() {
     assert!(e.message.contains("add cgroup = "), "{}", e.message);
     let e = only_error(load_one(&files, "[guard]\ncgroup = \"\"\n"));
     assert_eq!((e.line, e.col), (2, 10));
+    let e = only_error(load_one(&files, "[guard]\ncgroup = \"ci/../../etc\"\n"));
+    assert_eq!((e.line, e.col), (2, 10));
+    assert!(e.message.starts_with("cgroup contains `..`"), "{}", e.message);
     let absolute =
         load_one(&files, "[guard]\ncgroup = \"/sys/fs/cgroup/ci\"\n").expect("absolute cgroup");
     assert_eq!(
