@@ -228,6 +228,8 @@ fn targets(
     report: &mut Report,
 ) -> Option<Vec<TargetRef>> {
     let file = at.file;
+    // Found in review: with its only postgres target invalid, a file was
+    // told "no postgres targets are defined" next to that target's error.
     let postgres_names = || {
         let names: Vec<&str> = context
             .targets
@@ -235,11 +237,25 @@ fn targets(
             .filter(|t| t.postgres.is_some())
             .map(|t| &*t.name)
             .collect();
-        if names.is_empty() {
-            "no postgres targets are defined".to_owned()
+        let mut invalid: Vec<&str> = context
+            .by_name
+            .iter()
+            .filter(|(_, (_, index))| index.is_none())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        invalid.sort_unstable();
+        let mut text = if names.is_empty() {
+            "no valid postgres target is defined".to_owned()
         } else {
-            format!("postgres targets: {}", names.join(", "))
+            format!("postgres targets: {}", some_of(&names))
+        };
+        if !invalid.is_empty() {
+            text.push_str(&format!(
+                " (targets with errors reported above are not counted: {})",
+                some_of(&invalid)
+            ));
         }
+        text
     };
     let list = match &entry.targets {
         None => {
@@ -289,6 +305,17 @@ fn targets(
         }
     }
     ok.then_some(refs)
+}
+
+/// Up to 20 names, then how many more: a file with thousands of targets
+/// must not echo them all in every message.
+fn some_of(names: &[&str]) -> String {
+    const SHOWN: usize = 20;
+    let mut text = names[..names.len().min(SHOWN)].join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
 }
 
 fn strategy(

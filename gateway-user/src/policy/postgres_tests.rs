@@ -2418,3 +2418,47 @@ fn calls_in_attribute_notation_meet_exact_function_patterns() {
         assert_eq!(decide(sql).0, StatementVerdict::Allow, "{sql:?}");
     }
 }
+
+/// A masking entry naming a target whose own configuration failed is not
+/// told that no postgres targets exist: the message says which targets
+/// were left out for their errors (found in review).
+#[test]
+fn masking_beside_an_invalid_postgres_target_names_it() {
+    let files = Files::new();
+    let pw = secret(&files, "pw", "secret", 0o600);
+    let text = format!(
+        r#"[[target]]
+name = "db"
+addresses = ["127.0.0.3"]
+ports = [5432]
+protocol = "postgres"
+[target.postgres]
+tls = "require"
+server_name = "db.internal"
+[target.postgres.credentials.app_rw]
+password_file = "{}"
+
+[[target]]
+name = "web"
+addresses = ["127.0.0.4"]
+ports = [80]
+
+[[masking]]
+name = "m"
+targets = ["db", "web"]
+columns = ["a.b.email"]
+"#,
+        pw.display()
+    );
+    let all = errors(load_one(&files, &text));
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(
+        all[0].message.starts_with("server_name is only used with"),
+        "{}",
+        all[0].message
+    );
+    assert_eq!(
+        all[1].message,
+        "target \"web\" is not a postgres target, and masking applies to postgres results only; no valid postgres target is defined (targets with errors reported above are not counted: db)"
+    );
+}
