@@ -566,7 +566,12 @@ fn table<T: DeserializeOwned>(
         );
         return None;
     }
-    deserialize(file, value, report)
+    // The keys serde accepted are still checked (ports, modes): found in
+    // review, one unknown key hid every other problem of the section.
+    match attempt(file, value, report) {
+        Attempt::Clean(section) => Some(section),
+        Attempt::Stripped(rest) => rest,
+    }
 }
 
 /// The entries of a `[[name]]` array of tables.
@@ -623,15 +628,72 @@ fn deserialize<T: DeserializeOwned>(
     value: Spanned<DeValue<'_>>,
     report: &mut Report,
 ) -> Option<Located<T>> {
-    let at = At::of(file, &value);
-    match T::deserialize(ValueDeserializer::from(value)) {
-        Ok(value) => Some(Located { at, value }),
-        Err(e) => {
-            let at = e.span().map_or(at, |span| At::new(file, span));
-            report.error(at, toml_words(e.message()));
-            None
-        }
+    match attempt(file, value, report) {
+        Attempt::Clean(value) => Some(value),
+        Attempt::Stripped(_) => None,
     }
+}
+
+/// How a table deserialized.
+enum Attempt<T> {
+    Clean(Located<T>),
+    /// Some keys were refused (each reported); the table without them,
+    /// if that deserializes.
+    Stripped(Option<Located<T>>),
+}
+
+/// Most refused keys reported per table: each costs another attempt.
+const MAX_KEY_ERRORS: usize = 32;
+
+/// Deserializes a table, reporting every key serde refuses rather than
+/// only the first: each refused key is taken out and the rest tried again
+/// (found in review: an unknown key hid a bad port and a bad mode beside
+/// it). A key taken out that then goes missing is not reported again.
+fn attempt<T: DeserializeOwned>(
+    file: usize,
+    mut value: Spanned<DeValue<'_>>,
+    report: &mut Report,
+) -> Attempt<T> {
+    let at = At::of(file, &value);
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..MAX_KEY_ERRORS {
+        let e = match T::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(parsed) => {
+                let parsed = Located { at, value: parsed };
+                return if removed.is_empty() {
+                    Attempt::Clean(parsed)
+                } else {
+                    Attempt::Stripped(Some(parsed))
+                };
+            }
+            Err(e) => e,
+        };
+        if removed
+            .iter()
+            .any(|key| e.message().contains(&format!("missing field `{key}`")))
+        {
+            return Attempt::Stripped(None);
+        }
+        report.error(
+            e.span().map_or(at, |span| At::new(file, span)),
+            toml_words(e.message()),
+        );
+        let (Some(span), DeValue::Table(table)) = (e.span(), value.get_mut()) else {
+            return Attempt::Stripped(None);
+        };
+        let within =
+            |outer: std::ops::Range<usize>| outer.start <= span.start && span.end <= outer.end;
+        let Some(key) = table
+            .iter()
+            .find(|(key, item)| within(key.span()) || within(item.span()))
+            .map(|(key, _)| key.clone())
+        else {
+            return Attempt::Stripped(None);
+        };
+        removed.push(key.get_ref().to_string());
+        table.remove(&key);
+    }
+    Attempt::Stripped(None)
 }
 
 fn syntax_message(text: &str, error: &toml::de::Error) -> String {

@@ -1892,12 +1892,18 @@ fn recording_settings_default_and_resolve_next_to_their_file() {
     assert!(recording.enabled);
     let policy = load_one(&files, "[recording]\nenabled = false\n").expect("recording off");
     assert!(!policy.recording().enabled);
+    // An unknown key does not hide the problems of the keys beside it.
     let text = "[recording]\ndir = \"\"\nresult_rows = -1\nretention = 3\n";
     let all = errors(load_one(&files, text));
     let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
-    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    assert!(messages[0].starts_with("dir is empty"), "{messages:?}");
     assert!(
-        messages[0].contains("unknown field `retention`"),
+        messages[1].starts_with("result_rows must be"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[2].contains("unknown field `retention`"),
         "{messages:?}"
     );
     let text = "[recording]\ndir = \" \"\nresult_rows = -1\n";

@@ -342,7 +342,11 @@ fn guard_needs_a_cgroup_when_present() {
     assert_eq!((e.line, e.col), (2, 10));
     let e = only_error(load_one(&files, "[guard]\ncgroup = \"ci/../../etc\"\n"));
     assert_eq!((e.line, e.col), (2, 10));
-    assert!(e.message.starts_with("cgroup contains `..`"), "{}", e.message);
+    assert!(
+        e.message.starts_with("cgroup contains `..`"),
+        "{}",
+        e.message
+    );
     let absolute =
         load_one(&files, "[guard]\ncgroup = \"/sys/fs/cgroup/ci\"\n").expect("absolute cgroup");
     assert_eq!(
@@ -2141,9 +2145,10 @@ ref = "refs/pull/*"
 
 #[test]
 fn claims_are_not_blamed_on_an_identity_section_with_its_own_error() {
-    // The issuers of an [identity] that does not deserialize are unknown,
-    // not absent: its own error is the one to fix.
+    // An [identity] with an unknown key is checked without it: its issuers
+    // are known, and the claims that use them are not blamed.
     let files = Files::new();
+    files.write("jwks.json", JWKS);
     let text = r#"
 [identity]
 runner_user = ["runner"]
@@ -2231,4 +2236,34 @@ upstream = ["[::ffff:127.0.0.1]:16053", "127.0.0.1:16001", "[::1]:16054", "::fff
         8,
         "the default dns_port is no one's: {messages:#?}"
     );
+}
+
+/// One refused key (unknown, or of the wrong type) does not hide the
+/// problems of the keys beside it (found in review: only the unknown key
+/// was reported here).
+#[test]
+fn every_problem_of_a_section_is_reported_not_only_the_first() {
+    let files = Files::new();
+    let text = "[daemon]\nlisten_port = 70000\nmode = \"bogus\"\nbogus_key = 1\ndns_port = \"a\"\nudp_port = \"b\"\n";
+    let all = errors(load_one(&files, text));
+    let messages: Vec<&str> = all.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(messages.len(), 5, "{messages:?}");
+    assert!(
+        messages[0].starts_with("listen_port must be"),
+        "{messages:?}"
+    );
+    assert!(messages[1].starts_with("mode must be"), "{messages:?}");
+    assert!(
+        messages[2].starts_with("unknown field `bogus_key`"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[3].starts_with("invalid type: string \"a\""),
+        "{messages:?}"
+    );
+    assert!(
+        messages[4].starts_with("invalid type: string \"b\""),
+        "{messages:?}"
+    );
+    assert_eq!((all[3].line, all[3].col), (5, 12));
 }
