@@ -424,3 +424,6 @@ impl SessionRecording {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+#[cfg(test)]
+mod verify_tests;

@@ -497,3 +497,53 @@ async fn a_recording_the_ledger_never_listed_is_tampered_but_a_new_one_is_not() 
     drop(running);
     recorder.shutdown().await;
 }
+
+/// A running session's last line may be caught half-written: left out
+/// while the ledger has the session open (read a line at a time, as
+/// `verify` reads), and a cut once it is not.
+#[tokio::test]
+async fn a_running_sessions_half_written_last_line_is_left_out() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let genuine = recorded(dir.path()).await;
+    let s = settings(dir.path());
+    let recorder = tests::restart(&s);
+    let running = recorder.open(tests::start()).await;
+    running.record(tests::statement("SELECT 1"));
+    recorder.flush().await;
+    let id = running.id().to_owned();
+    let half = |id: &str| {
+        let path = files::find(&s.dir, id).unwrap();
+        let line = std::fs::read(&path).unwrap()[..40].to_vec();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&line)
+            .unwrap();
+    };
+    half(&id);
+    let args = store(dir.path());
+    let source = args.source(&args.settings().unwrap()).unwrap();
+    assert_eq!(
+        super::stored_lines(&source, &id).unwrap().0,
+        super::Verdict::Unsealed { events: 2 }
+    );
+    let all = SessionsCommand::Verify {
+        id: None,
+        all: true,
+    };
+    assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(3));
+    assert_eq!(sessions(&args, &all), ExitCode::from(3));
+    // A session that ended: the same half line is a cut.
+    half(&genuine);
+    match super::stored_lines(&source, &genuine).unwrap().0 {
+        super::Verdict::Tampered {
+            line: 5, reason, ..
+        } => assert!(reason.contains("truncated"), "{reason}"),
+        other => panic!("a cut recording passed: {other:?}"),
+    }
+    assert_eq!(sessions(&args, &verify(&genuine)), ExitCode::from(1));
+    drop(running);
+    recorder.shutdown().await;
+}
