@@ -114,6 +114,10 @@ const TAMPERED: u8 = 1;
 const TROUBLE: u8 = 2;
 /// Exit code of a recording intact but unsealed (`verify`).
 const UNSEALED: u8 = 3;
+/// How long `verify --all` gives a session the ledger has opened to have
+/// its file made, before calling it gone: the writer makes it right after
+/// listing it, so this is ample, and it is waited only when one is missing.
+const OPENING: Duration = Duration::from_millis(200);
 
 /// Arguments that do not apply to `command`. Found in review: they were
 /// accepted and ignored, so the command answered about something other
@@ -316,6 +320,27 @@ impl Source {
             .as_ref()?
             .entries
             .get(session)
+    }
+
+    /// The ledger as it is now, read again (`None`: none, unreadable, or
+    /// recordings come from the fleet store).
+    fn ledger_now(&self) -> Option<Ledger> {
+        let Store::Files(dir) = &self.store else {
+            return None;
+        };
+        let head = match &self.ledger_at {
+            Some((_, head)) => ledger::read_head(head).ok()?,
+            None => None,
+        };
+        Ledger::read(dir, &self.trusted, head.as_ref()).ok()?
+    }
+
+    /// The file of recording `session`, if there is one now.
+    fn file_of(&self, session: &str) -> Option<PathBuf> {
+        match &self.store {
+            Store::Files(dir) => files::find(dir, session).ok(),
+            Store::Database(_) => None,
+        }
     }
 
     /// Every recording, oldest first. Files are kept as found, so one
@@ -1083,7 +1108,7 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
     // Session ids, file names and reasons come from files anyone with
     // write access to the folder could have forged.
     let mut out = Escaped(std::io::stdout().lock());
-    let listed = if all {
+    let mut listed = if all {
         match source.all() {
             Ok(listed) => listed,
             Err(e) => return trouble(e),
@@ -1110,6 +1135,28 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
             .filter(|e| e.outcome != Outcome::Removed && !present.contains(e.session.as_str()))
             .collect();
         missing.sort_by(|a, b| a.session.cmp(&b.session));
+        // The writer lists a recording before it creates the file: a
+        // session opening meanwhile has none yet. Looked for once more.
+        if missing.iter().any(|e| e.outcome == Outcome::Opened) {
+            wait_for_openings();
+            let now = source.ledger_now();
+            missing.retain(|e| {
+                if e.outcome != Outcome::Opened {
+                    return true;
+                }
+                if let Some(path) = source.file_of(&e.session) {
+                    listed.push(Listed {
+                        id: e.session.clone(),
+                        path: Some(path),
+                    });
+                    return false;
+                }
+                // Its file could not be made: the writer listed it removed.
+                now.as_ref()
+                    .and_then(|l| l.entries.get(&e.session))
+                    .is_none_or(|e| e.outcome != Outcome::Removed)
+            });
+        }
         for e in missing {
             tampered += 1;
             let _ = writeln!(
@@ -1171,6 +1218,17 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Gives sessions just listed [`OPENING`] to have their files made; a
+/// test makes one meanwhile instead, so it need not race the wait.
+fn wait_for_openings() {
+    #[cfg(test)]
+    if let Some(make) = exit_tests::WHILE_WAITING.take() {
+        make();
+        return;
+    }
+    std::thread::sleep(OPENING);
 }
 
 /// The verdict on recording `id`, which could not be loaded (`error`),

@@ -547,3 +547,39 @@ async fn a_running_sessions_half_written_last_line_is_left_out() {
     drop(running);
     recorder.shutdown().await;
 }
+
+thread_local! {
+    /// Run by `verify --all` instead of waiting for files of sessions
+    /// just opened.
+    pub(super) static WHILE_WAITING: std::cell::Cell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The writer lists a session as opened before it makes the file:
+/// `verify --all` in between found the entry and no file, and called the
+/// recording gone. It looks once more before it says so.
+#[tokio::test]
+async fn a_recording_made_just_after_its_opening_is_not_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let recorder = tests::restart(&s);
+    let running = recorder.open(tests::start()).await;
+    recorder.flush().await;
+    let path = files::find(&s.dir, running.id()).unwrap();
+    let away = dir.path().join("away.jsonl");
+    std::fs::rename(&path, &away).unwrap();
+    let args = store(dir.path());
+    let all = SessionsCommand::Verify {
+        id: None,
+        all: true,
+    };
+    // Still not there after the wait: gone.
+    assert_eq!(sessions(&args, &all), ExitCode::from(1));
+    // Made meanwhile: checked, unsealed as a running session is.
+    let (from, to) = (away.clone(), path.clone());
+    WHILE_WAITING.set(Some(Box::new(move || std::fs::rename(from, to).unwrap())));
+    assert_eq!(sessions(&args, &all), ExitCode::from(3));
+    assert!(WHILE_WAITING.take().is_none(), "verify --all did not wait");
+    drop(running);
+    recorder.shutdown().await;
+}
