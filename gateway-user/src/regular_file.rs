@@ -48,12 +48,7 @@ pub fn check(file: &File) -> io::Result<()> {
 /// write (recordings, the ledger) can be made sparse and huge, and must
 /// not make a reader allocate without end. Found in review.
 pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    let too_large = || {
-        io::Error::new(
-            io::ErrorKind::FileTooLarge,
-            format!("it is larger than {max} bytes, more than this reader takes"),
-        )
-    };
+    let too_large = || too_large(max);
     let file = open(path)?;
     // Refused before reading anything: a sparse file costs no disk, and
     // reading up to the bound would still cost that much memory.
@@ -67,6 +62,43 @@ pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
         return Err(too_large());
     }
     Ok(bytes)
+}
+
+fn too_large(max: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::FileTooLarge,
+        format!("it is larger than {max} bytes, more than this reader takes"),
+    )
+}
+
+/// [`read_bounded`] as a reader, for a file read a piece at a time: the
+/// same refusal by size before anything is read, and the same error once
+/// more than `max` bytes came (it grew meanwhile).
+pub fn open_bounded(path: &Path, max: u64) -> io::Result<Bounded> {
+    let file = open(path)?;
+    if file.metadata()?.len() > max {
+        return Err(too_large(max));
+    }
+    Ok(Bounded {
+        file: file.take(max.saturating_add(1)),
+        max,
+    })
+}
+
+/// A regular file that errs instead of yielding more than its bound.
+pub struct Bounded {
+    file: io::Take<File>,
+    max: u64,
+}
+
+impl Read for Bounded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        if self.file.limit() == 0 {
+            return Err(too_large(self.max));
+        }
+        Ok(n)
+    }
 }
 
 /// A secret file holds one password or token; anything bigger is a

@@ -2,7 +2,7 @@
 use super::output::{say, tell};
 use std::{
     collections::BTreeMap,
-    io::Write,
+    io::{BufRead, Write},
     path::PathBuf,
     process::ExitCode,
     time::{Duration, SystemTime},
@@ -18,7 +18,7 @@ use crate::{
         Body, Event, files, keys,
         ledger::{self, Anchor, Ledger, Outcome, Problem},
         recover,
-        verify::{self, Verdict},
+        verify::{self, Summary, Verdict},
     },
 };
 
@@ -115,6 +115,10 @@ const TAMPERED: u8 = 1;
 const TROUBLE: u8 = 2;
 /// Exit code of a recording intact but unsealed (`verify`).
 const UNSEALED: u8 = 3;
+/// How long `verify --all` gives a session the ledger has opened to have
+/// its file made, before calling it gone: the writer makes it right after
+/// listing it, so this is ample, and it is waited only when one is missing.
+const OPENING: Duration = Duration::from_millis(200);
 
 /// Arguments that do not apply to `command`. Found in review: they were
 /// accepted and ignored, so the command answered about something other
@@ -319,6 +323,27 @@ impl Source {
             .get(session)
     }
 
+    /// The ledger as it is now, read again (`None`: none, unreadable, or
+    /// recordings come from the fleet store).
+    fn ledger_now(&self) -> Option<Ledger> {
+        let Store::Files(dir) = &self.store else {
+            return None;
+        };
+        let head = match &self.ledger_at {
+            Some((_, head)) => ledger::read_head(head).ok()?,
+            None => None,
+        };
+        Ledger::read(dir, &self.trusted, head.as_ref()).ok()?
+    }
+
+    /// The file of recording `session`, if there is one now.
+    fn file_of(&self, session: &str) -> Option<PathBuf> {
+        match &self.store {
+            Store::Files(dir) => files::find(dir, session).ok(),
+            Store::Database(_) => None,
+        }
+    }
+
     /// Every recording, oldest first. Files are kept as found, so one
     /// misnamed or misplaced file is reported on its own row instead of
     /// being looked up again by a name that leads nowhere.
@@ -344,21 +369,40 @@ impl Source {
         }
     }
 
-    /// A listed recording's events and verdict; an error for a file that
-    /// is not where its name says, or cannot be read.
-    fn load_listed(&self, listed: &Listed) -> Result<(Verdict, Vec<Event>), String> {
+    /// A listed recording's verdict (and events, when `collect`); an
+    /// error for a file that is not where its name says, or cannot be
+    /// read.
+    fn load_listed(&self, listed: &Listed, collect: bool) -> Result<Judged, String> {
         let (Store::Files(dir), Some(path)) = (&self.store, &listed.path) else {
-            return self.load(&listed.id);
+            return self.load(&listed.id, collect);
         };
         if let Some(why) = files::misplaced(dir, path) {
             return Err(why);
         }
-        self.judge(&listed.id, read_recording(path)?)
+        self.judge_file(&listed.id, path, collect)
     }
 
-    /// A recording's events and verdict.
-    fn load(&self, id: &str) -> Result<(Verdict, Vec<Event>), String> {
-        self.judge(id, self.read(id)?)
+    /// A recording's verdict (and events, when `collect`).
+    fn load(&self, id: &str, collect: bool) -> Result<Judged, String> {
+        match &self.store {
+            Store::Files(dir) => self.judge_file(id, &files::find(dir, id)?, collect),
+            Store::Database(_) => self
+                .judge(id, &self.read(id)?[..], collect)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Reads the file a line at a time: `verify --all` over big
+    /// recordings must not hold any of them whole.
+    fn judge_file(
+        &self,
+        id: &str,
+        path: &std::path::Path,
+        collect: bool,
+    ) -> Result<Judged, String> {
+        let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+        let file = files::open(path).map_err(cannot)?;
+        self.judge(id, file, collect).map_err(cannot)
     }
 
     /// A recording's bytes as stored.
@@ -371,10 +415,10 @@ impl Source {
         }
     }
 
-    /// Verifies the bytes of recording `id`. A recording of another
-    /// session under this id (a file copied over another) is tampered,
-    /// whatever its own chain says.
-    fn judge(&self, id: &str, mut data: Vec<u8>) -> Result<(Verdict, Vec<Event>), String> {
+    /// Verifies recording `id`, read from `reader`. A recording of
+    /// another session under this id (a file copied over another) is
+    /// tampered, whatever its own chain says.
+    fn judge(&self, id: &str, reader: impl BufRead, collect: bool) -> std::io::Result<Judged> {
         // A session still running may be caught mid-write: its last line
         // is not a cut while the ledger has it open.
         let open = self.ledger.as_ref().is_some_and(|l| {
@@ -386,19 +430,6 @@ impl Source {
                 .get(name)
                 .is_some_and(|e| e.outcome == Outcome::Opened)
         });
-        if open && !data.ends_with(b"\n") {
-            let whole = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            data.truncate(whole);
-        }
-        let (verdict, events) = verify::verify(&data, &self.trusted);
-        let sound = self.ledger_sound();
-        let listed = events.first().and_then(|first| {
-            let session = &first.session;
-            self.ledger
-                .as_ref()
-                .and_then(|l| l.entries.get(session))
-                .or_else(|| sound.then(|| self.newer_entry(session)).flatten())
-        });
         // A file named on the command line is expected to hold the
         // session its name says.
         let expected = match id.strip_suffix(".jsonl") {
@@ -408,18 +439,35 @@ impl Source {
                 .unwrap_or(path),
             None => id,
         };
+        let sound = self.ledger_sound();
+        let listed_as = |session: &str| {
+            self.ledger
+                .as_ref()
+                .and_then(|l| l.entries.get(session))
+                .or_else(|| sound.then(|| self.newer_entry(session)).flatten())
+        };
         // Whatever the ledger says, a recording runs through where the
         // gateway last fsynced it (a prefix of anything it wrote later).
+        // Known before reading, so the checker keeps that one line's
+        // hash: by the expected session's entry, as one of any other
+        // session is tampered below, whatever its anchor.
         let anchor = self
             .anchors
             .get(expected)
             .cloned()
-            .or_else(|| listed.and_then(ledger::Entry::anchor));
+            .or_else(|| listed_as(expected).and_then(ledger::Entry::anchor));
+        let mut checker = verify::Checker::new(&self.trusted).watching(anchor.as_ref());
+        if collect {
+            checker = checker.collecting();
+        }
+        let torn = verify::feed(reader, &mut checker)?;
+        let checked = checker.finish(if open { 0 } else { torn });
+        let listed = checked.summary.session().and_then(listed_as);
         let verdict = match &anchor {
-            Some(a) => verify::against_anchor(verdict, &data, a),
-            None => verdict,
+            Some(a) => checked.against_anchor(checked.verdict.clone(), a),
+            None => checked.verdict.clone(),
         };
-        let verdict = verify::against_ledger(verdict, &events, listed, sound);
+        let verdict = verify::against_ledger(verdict, &checked.summary, listed, sound);
         // Without a sound ledger, a seal missing tells nothing: the
         // recording may have been cut short.
         let verdict = match (verdict, self.ledger_problem()) {
@@ -436,24 +484,36 @@ impl Source {
             },
             (verdict, _) => verdict,
         };
-        if let Some(first) = events.first()
-            && first.session != expected
+        if let Some(session) = checked.summary.session()
+            && session != expected
         {
             let reason = format!(
-                "the recording is of session {}, not {expected}: it was put in place of the original",
-                first.session
+                "the recording is of session {session}, not {expected}: it was put in place of the original"
             );
-            return Ok((
-                Verdict::Tampered {
+            return Ok(Judged {
+                verdict: Verdict::Tampered {
                     line: 1,
                     seq: Some(0),
                     reason,
                 },
-                Vec::new(),
-            ));
+                found: Summary::default(),
+                events: Vec::new(),
+            });
         }
-        Ok((verdict, events))
+        Ok(Judged {
+            verdict,
+            found: checked.summary,
+            events: checked.events,
+        })
     }
+}
+
+/// A recording's verdict, what of its events tells it, and its events
+/// when they were collected to print.
+struct Judged {
+    verdict: Verdict,
+    found: Summary,
+    events: Vec<Event>,
 }
 
 impl StoreArgs {
@@ -601,7 +661,7 @@ fn list(
     for entry in &listed {
         let id = &entry.id;
         // One stray file must not hide the rest: its row says what is wrong.
-        let (verdict, events) = match source.load_listed(entry) {
+        let Judged { verdict, found, .. } = match source.load_listed(entry, false) {
             Ok(loaded) => loaded,
             Err(e) => {
                 unreadable += 1;
@@ -610,7 +670,7 @@ fn list(
             }
         };
         let is_tampered = matches!(verdict, Verdict::Tampered { .. });
-        let Some(first) = events.first() else {
+        let Some(first) = &found.first else {
             tampered += usize::from(is_tampered);
             let _ = writeln!(out, "{id:<31} {:<27} {}", "?", state(&verdict));
             continue;
@@ -637,10 +697,7 @@ fn list(
         if target.is_some_and(|t| t != session_target) {
             continue;
         }
-        let statements = events
-            .iter()
-            .filter(|e| matches!(e.body, Body::Statement { .. }))
-            .count();
+        let statements = found.statements;
         let _ = writeln!(
             out,
             "{:<31} {:<27} {:<28} {:<14} {:<22} {:>5} {}",
@@ -676,7 +733,11 @@ fn parse_since(text: &str) -> Result<SystemTime, String> {
 }
 
 fn show(source: &Source, id: &str) -> Result<Verdict, String> {
-    let (verdict, events) = source.load(id)?;
+    let Judged {
+        verdict,
+        found,
+        events,
+    } = source.load(id, true)?;
     let mut out = Escaped(std::io::stdout().lock());
     let _ = writeln!(out, "{:>4} {:>12} {:<14} DETAILS", "SEQ", "+MS", "TYPE");
     for e in &events {
@@ -689,7 +750,7 @@ fn show(source: &Source, id: &str) -> Result<Verdict, String> {
             details(&e.body)
         );
     }
-    let _ = writeln!(out, "-- {}", describe(&verdict, &events));
+    let _ = writeln!(out, "-- {}", describe(&verdict, &found));
     Ok(verdict)
 }
 
@@ -803,19 +864,19 @@ fn details(body: &Body) -> String {
     }
 }
 
-/// The verdict in words; `events` are what it was reached on. A seal
+/// The verdict in words; `found`, what it was reached on. A seal
 /// names the key that made it: with a fleet's keys trusted, any of them
 /// verifies, and which host sealed a session is for the reader to hold
 /// against the host it claims (found in review).
-fn describe(verdict: &Verdict, events: &[Event]) -> String {
-    let by = sealer(events)
+fn describe(verdict: &Verdict, found: &Summary) -> String {
+    let by = sealer(found)
         .map(|key| format!(" by key {}…", key.get(..16).unwrap_or(key)))
         .unwrap_or_default();
     match verdict {
         Verdict::Sealed { events: n } => format!("verified: {n} events, sealed{by}"),
         Verdict::Recovered { events: n } => format!(
             "verified: {n} events, sealed when the gateway started again (it stopped before the session ended){}{}",
-            as_found(events)
+            as_found(found)
                 .map(|why| format!("; {why}"))
                 .unwrap_or_default(),
             if by.is_empty() {
@@ -835,25 +896,16 @@ fn describe(verdict: &Verdict, events: &[Event]) -> String {
     }
 }
 
-/// The public key (hex) of the seal that ends `events`, if one does.
-fn sealer(events: &[Event]) -> Option<&str> {
-    match events.last().map(|e| &e.body) {
-        Some(Body::Seal { public_key, .. }) => Some(public_key),
-        _ => None,
-    }
+/// The public key (hex) of the seal that ends the events found, if one does.
+fn sealer(found: &Summary) -> Option<&str> {
+    found.seal.as_ref().map(|s| s.public_key.as_str())
 }
 
 /// What a recovered seal says of events it signed that the gateway had
 /// not fsynced (so nothing but the seal vouches that the gateway wrote
 /// them), when it says so: the part of its reason after [`recover::REASON`].
-fn as_found(events: &[Event]) -> Option<&str> {
-    let Some(Body::Seal {
-        recovered: Some(why),
-        ..
-    }) = events.last().map(|e| &e.body)
-    else {
-        return None;
-    };
+fn as_found(found: &Summary) -> Option<&str> {
+    let why = found.seal.as_ref()?.recovered.as_deref()?;
     if !why.contains(recover::AS_FOUND) {
         return None;
     }
@@ -895,7 +947,11 @@ fn pause(gap_us: u64, speed: f64) -> (Duration, bool) {
 }
 
 fn replay(source: &Source, id: &str, speed: f64) -> Result<Verdict, String> {
-    let (verdict, events) = source.load(id)?;
+    let Judged {
+        verdict,
+        found,
+        events,
+    } = source.load(id, true)?;
     let mut out = Escaped(std::io::stdout().lock());
     let mut last_us = 0;
     let mut prompt = "=>".to_owned();
@@ -989,7 +1045,7 @@ fn replay(source: &Source, id: &str, speed: f64) -> Result<Verdict, String> {
             Body::Seal { .. } => Ok(()),
         };
     }
-    let _ = writeln!(out, "-- {}", describe(&verdict, &events));
+    let _ = writeln!(out, "-- {}", describe(&verdict, &found));
     Ok(verdict)
 }
 
@@ -1053,7 +1109,7 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
     // Session ids, file names and reasons come from files anyone with
     // write access to the folder could have forged.
     let mut out = Escaped(std::io::stdout().lock());
-    let listed = if all {
+    let mut listed = if all {
         match source.all() {
             Ok(listed) => listed,
             Err(e) => return trouble(e),
@@ -1080,6 +1136,28 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
             .filter(|e| e.outcome != Outcome::Removed && !present.contains(e.session.as_str()))
             .collect();
         missing.sort_by(|a, b| a.session.cmp(&b.session));
+        // The writer lists a recording before it creates the file: a
+        // session opening meanwhile has none yet. Looked for once more.
+        if missing.iter().any(|e| e.outcome == Outcome::Opened) {
+            wait_for_openings();
+            let now = source.ledger_now();
+            missing.retain(|e| {
+                if e.outcome != Outcome::Opened {
+                    return true;
+                }
+                if let Some(path) = source.file_of(&e.session) {
+                    listed.push(Listed {
+                        id: e.session.clone(),
+                        path: Some(path),
+                    });
+                    return false;
+                }
+                // Its file could not be made: the writer listed it removed.
+                now.as_ref()
+                    .and_then(|l| l.entries.get(&e.session))
+                    .is_none_or(|e| e.outcome != Outcome::Removed)
+            });
+        }
         for e in missing {
             tampered += 1;
             let _ = writeln!(
@@ -1108,14 +1186,14 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
     }
     for entry in &listed {
         let id = &entry.id;
-        match source.load_listed(entry) {
-            Ok((verdict, events)) => {
+        match source.load_listed(entry, false) {
+            Ok(Judged { verdict, found, .. }) => {
                 match verdict {
                     Verdict::Sealed { .. } | Verdict::Recovered { .. } => {}
                     Verdict::Unsealed { .. } => unsealed += 1,
                     Verdict::Tampered { .. } => tampered += 1,
                 }
-                let _ = writeln!(out, "{id}: {}", describe(&verdict, &events));
+                let _ = writeln!(out, "{id}: {}", describe(&verdict, &found));
             }
             // One unreadable or misplaced file must not hide the verdicts
             // of the rest; it counts as tampered.
@@ -1141,6 +1219,17 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Gives sessions just listed [`OPENING`] to have their files made; a
+/// test makes one meanwhile instead, so it need not race the wait.
+fn wait_for_openings() {
+    #[cfg(test)]
+    if let Some(make) = exit_tests::WHILE_WAITING.take() {
+        make();
+        return;
+    }
+    std::thread::sleep(OPENING);
 }
 
 /// The verdict on recording `id`, which could not be loaded (`error`),
@@ -1189,10 +1278,14 @@ fn export(source: &Source, id: &str, format: ExportFormat) -> Result<Verdict, St
 }
 
 fn export_document(source: &Source, id: &str) -> Result<Verdict, String> {
-    let (verdict, events) = source.load(id)?;
+    let Judged {
+        verdict,
+        found,
+        events,
+    } = source.load(id, true)?;
     let doc = serde_json::json!({
         "session": events.first().map(|e| e.session.clone()),
-        "verdict": describe(&verdict, &events),
+        "verdict": describe(&verdict, &found),
         "events": events,
     });
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
@@ -1222,26 +1315,28 @@ fn export_lines_to(
     mut out: impl Write,
     err: impl Write,
 ) -> Result<Verdict, String> {
-    let (verdict, events, lines) = stored_lines(source, id)?;
+    let (verdict, found, lines) = stored_lines(source, id)?;
     out.write_all(&lines)
         .and_then(|()| out.flush())
         .map_err(|e| format!("writing the export: {e}"))?;
-    let _ = writeln!(Escaped(err), "-- {}", describe(&verdict, &events));
+    let _ = writeln!(Escaped(err), "-- {}", describe(&verdict, &found));
     Ok(verdict)
 }
 
-/// What `export --format jsonl` prints, the verdict on it and the events
-/// it was reached on.
-fn stored_lines(source: &Source, id: &str) -> Result<(Verdict, Vec<Event>, Vec<u8>), String> {
+/// What `export --format jsonl` prints, the verdict on it and what it
+/// was reached on.
+fn stored_lines(source: &Source, id: &str) -> Result<(Verdict, Summary, Vec<u8>), String> {
     let mut data = source.read(id)?;
-    let (verdict, events) = source.judge(id, data.clone())?;
+    let Judged { verdict, found, .. } = source
+        .judge(id, &data[..], false)
+        .map_err(|e| e.to_string())?;
     // A running session's last line may be half-written: left out, as
     // verify leaves it out. A cut line of any other is the evidence of
     // tampering and goes out with the rest.
     if !matches!(verdict, Verdict::Tampered { .. }) {
         data.truncate(data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1));
     }
-    Ok((verdict, events, data))
+    Ok((verdict, found, data))
 }
 
 #[cfg(test)]

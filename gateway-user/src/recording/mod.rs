@@ -427,3 +427,6 @@ impl SessionRecording {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+#[cfg(test)]
+mod verify_tests;

@@ -19,7 +19,7 @@ use super::{
     files,
     keys::HostKey,
     ledger::{Anchor, Known, LedgerWriter, Outcome},
-    verify::{self, Verdict},
+    verify::{self, Summary, Verdict},
 };
 
 /// Why a recovered seal was put on.
@@ -120,8 +120,12 @@ pub fn recover(
             done.left += 1;
             continue;
         }
-        let mut data = match files::read(&path) {
-            Ok(d) => d,
+        let anchor = known.anchors.get(id);
+        // Read a line at a time: a crashed session's recording may be
+        // too big to hold whole at start.
+        let mut checker = verify::Checker::new(&trusted).watching(anchor);
+        let torn = match files::open(&path).and_then(|file| verify::feed(file, &mut checker)) {
+            Ok(torn) => torn,
             Err(e) => {
                 warn!(recording = %path.display(), error = %e, "cannot read a recording to recover it");
                 done.left += 1;
@@ -131,20 +135,14 @@ pub fn recover(
         // The gateway died mid-write (power loss): the torn line was
         // never fsynced. It is left out of the checks below, and cut off
         // the file only if the recording is then sealed.
-        let mut torn = 0;
-        if opened && !data.ends_with(b"\n") {
-            let whole = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            torn = data.len() - whole;
-            data.truncate(whole);
-        }
+        let checked = checker.finish(if opened { 0 } else { torn });
         // It must still run through the last event the gateway fsynced.
         // Checked before anything else: found in review, a recording cut
         // to nothing was removed below (and listed `removed`, as
         // retention does) before its anchor was looked at, so emptying
         // one left no trace.
-        let anchor = known.anchors.get(id);
         if let Some(a) = anchor
-            && !verify::runs_through(&data, a)
+            && !checked.runs_through(a)
         {
             warn!(recording = %path.display(), fsynced_events = a.events, "a recording no longer holds the events the gateway last fsynced: left as it is, not sealed");
             done.left += 1;
@@ -157,7 +155,7 @@ pub fn recover(
         // may be: written, just not fsynced yet; those are sealed as
         // found, below.) Found in review.
         let fsynced = anchor.map_or(0, |a| a.events);
-        let whole_lines = data.iter().filter(|&&b| b == b'\n').count() as u64;
+        let whole_lines = checked.lines;
         if known.sessions.get(id) == Some(&Outcome::Failed) && whole_lines > fsynced {
             warn!(recording = %path.display(), fsynced_events = fsynced, events = whole_lines, "a recording the gateway gave up on holds events written after that: left as it is, not sealed");
             done.left += 1;
@@ -168,7 +166,7 @@ pub fn recover(
         // disk: nothing was lost, and an empty file would read as
         // tampered for ever. Only with nothing fsynced (checked above),
         // so `removed` never stands for a recording that held events.
-        if opened && data.is_empty() && fsynced == 0 {
+        if opened && checked.bytes == 0 && fsynced == 0 {
             match fs::remove_file(&path) {
                 Ok(()) => {
                     warn!(recording = %path.display(), "a recording the gateway opened holds no whole line (power loss right after it opened): removed");
@@ -183,9 +181,9 @@ pub fn recover(
             }
             continue;
         }
-        let (verdict, events) = verify::verify(&data, &trusted);
+        let found = &checked.summary;
         // Another session's lines under this name are not this session's.
-        if events.first().is_some_and(|e| e.session != id) {
+        if found.session().is_some_and(|s| s != id) {
             warn!(recording = %path.display(), "a recording holds another session than its name says: left as it is");
             done.left += 1;
             if opened {
@@ -193,11 +191,13 @@ pub fn recover(
             }
             continue;
         }
-        let last_seal = || match events.last().map(|e| &e.body) {
-            Some(Body::Seal { final_hash, .. }) => final_hash.clone(),
-            _ => String::new(),
+        let last_seal = || {
+            found
+                .seal
+                .as_ref()
+                .map_or_else(String::new, |s| s.final_hash.clone())
         };
-        let (outcome, count, final_hash) = match verdict {
+        let (outcome, count, final_hash) = match checked.verdict {
             Verdict::Sealed { events: n } => {
                 done.listed += 1;
                 (Outcome::Sealed, n, last_seal())
@@ -216,13 +216,13 @@ pub fn recover(
                     && let Err(e) = fs::OpenOptions::new()
                         .write(true)
                         .open(&path)
-                        .and_then(|f| f.set_len(data.len() as u64))
+                        .and_then(|f| f.set_len(checked.bytes))
                 {
                     warn!(recording = %path.display(), error = %e, "cannot cut a half-written line off a recording");
                     done.left += 1;
                     continue;
                 }
-                match seal_after_crash(&path, &data, &events, key, &reason(n, anchor, torn)) {
+                match seal_after_crash(&path, found, key, &reason(n, anchor, torn)) {
                     Ok(final_hash) => {
                         done.sealed += 1;
                         (Outcome::Recovered, n + 1, final_hash)
@@ -316,7 +316,7 @@ fn damaged(
 
 /// The recovered seal's reason: [`REASON`], and what of the recording
 /// the gateway had not fsynced when it stopped.
-fn reason(events: u64, anchor: Option<&Anchor>, torn: usize) -> String {
+fn reason(events: u64, anchor: Option<&Anchor>, torn: u64) -> String {
     let mut reason = REASON.to_owned();
     match anchor {
         Some(a) if events > a.events => reason.push_str(&format!(
@@ -336,33 +336,32 @@ fn reason(events: u64, anchor: Option<&Anchor>, torn: usize) -> String {
     reason
 }
 
-/// Appends a recovered seal to an intact, unsealed recording; returns the
-/// hash it seals.
+/// Appends a recovered seal to an intact, unsealed recording, `found`
+/// on it; returns the hash it seals.
 fn seal_after_crash(
     path: &Path,
-    data: &[u8],
-    events: &[Event],
+    found: &Summary,
     key: &HostKey,
     reason: &str,
 ) -> Result<String, String> {
-    let last = data
-        .strip_suffix(b"\n")
-        .and_then(|body| body.split(|&b| b == b'\n').next_back())
-        .and_then(|line| chain::split(line).ok());
-    let (Some((final_hash, _, _)), Some(last_event)) = (last, events.last()) else {
+    let (Some(final_hash), Some(session), Some(seq)) = (
+        found.last_hash.as_deref(),
+        found.session(),
+        found.events.checked_sub(1),
+    ) else {
         return Err(format!("{}: no last line to seal", path.display()));
     };
     let seal = Event {
-        seq: last_event.seq + 1,
-        session: last_event.session.clone(),
+        seq: seq + 1,
+        session: session.to_owned(),
         wall: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
         // The session's clock stopped with the gateway: no later instant
         // on it is known.
-        mono_us: last_event.mono_us,
+        mono_us: found.last_mono_us,
         body: Body::Seal {
             final_hash: final_hash.to_owned(),
             public_key: key.public_hex(),
-            signature: key.sign_recovered(&last_event.session, final_hash, reason),
+            signature: key.sign_recovered(session, final_hash, reason),
             recovered: Some(reason.to_owned()),
         },
     };

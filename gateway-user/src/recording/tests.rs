@@ -439,7 +439,7 @@ async fn a_restart_finishes_a_removal_cut_short() {
 #[test]
 fn a_sound_ledger_that_never_listed_a_recording_calls_it_planted() {
     let unsealed = || Verdict::Unsealed { events: 3 };
-    match verify::against_ledger(unsealed(), &[], None, true) {
+    match verify::against_ledger(unsealed(), &Default::default(), None, true) {
         Verdict::Tampered {
             line: 1, reason, ..
         } => {
@@ -449,7 +449,7 @@ fn a_sound_ledger_that_never_listed_a_recording_calls_it_planted() {
     }
     // No ledger to say so (a copy, recordings from before it).
     assert_eq!(
-        verify::against_ledger(unsealed(), &[], None, false),
+        verify::against_ledger(unsealed(), &Default::default(), None, false),
         unsealed()
     );
     let removed = ledger::Entry {
@@ -464,11 +464,11 @@ fn a_sound_ledger_that_never_listed_a_recording_calls_it_planted() {
     };
     let sealed = Verdict::Sealed { events: 5 };
     assert_eq!(
-        verify::against_ledger(sealed.clone(), &[], Some(&removed), true),
+        verify::against_ledger(sealed.clone(), &Default::default(), Some(&removed), true),
         sealed
     );
     assert!(matches!(
-        verify::against_ledger(unsealed(), &[], Some(&removed), true),
+        verify::against_ledger(unsealed(), &Default::default(), Some(&removed), true),
         Verdict::Tampered { .. }
     ));
 }
@@ -617,7 +617,12 @@ async fn a_restart_seals_what_a_crash_left_and_the_ledger_catches_a_cut() {
     assert_eq!(listed.problem, None);
     let check = |data: &[u8], id: &str| {
         let (verdict, events) = verify::verify(data, std::slice::from_ref(&public));
-        verify::against_ledger(verdict, &events, listed.entries.get(id), true)
+        verify::against_ledger(
+            verdict,
+            &verify::Summary::of(&events),
+            listed.entries.get(id),
+            true,
+        )
     };
     assert_eq!(check(&data, &cut_id), Verdict::Recovered { events: 4 });
     // Cut short again, seal dropped: no longer a crash, but tampering.
@@ -656,7 +661,12 @@ fn a_ledger_entry_with_an_odd_final_hash_is_described_not_panicked_on() {
         public_key: String::new(),
         signature: String::new(),
     };
-    let verdict = verify::against_ledger(Verdict::Unsealed { events: 2 }, &[], Some(&entry), true);
+    let verdict = verify::against_ledger(
+        Verdict::Unsealed { events: 2 },
+        &Default::default(),
+        Some(&entry),
+        true,
+    );
     assert!(
         matches!(&verdict, Verdict::Tampered { reason, .. } if reason.contains("cut short")),
         "{verdict:?}"
@@ -925,7 +935,7 @@ async fn a_recording_the_writer_gave_up_on_is_held_to_its_last_fsync() {
             Some(a) => verify::against_anchor(verdict, &data, a),
             None => verdict,
         };
-        verify::against_ledger(verdict, &events, entry, true)
+        verify::against_ledger(verdict, &verify::Summary::of(&events), entry, true)
     };
     assert!(
         matches!(check(&ids[1], &listed), Verdict::Tampered { line: 2, ref reason, .. } if reason.contains("rewritten")),
@@ -1079,7 +1089,12 @@ fn verdict_of(s: &RecordingSettings, id: &str) -> (Verdict, Vec<Event>) {
     let public = keys::read_public(&keys::public_key_path(&s.keys_dir)).unwrap();
     let data = std::fs::read(files::find(&s.dir, id).unwrap()).unwrap();
     let (verdict, events) = verify::verify(&data, &[public]);
-    let verdict = verify::against_ledger(verdict, &events, ledger_of(s).entries.get(id), true);
+    let verdict = verify::against_ledger(
+        verdict,
+        &verify::Summary::of(&events),
+        ledger_of(s).entries.get(id),
+        true,
+    );
     (verdict, events)
 }
 

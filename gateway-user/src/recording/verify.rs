@@ -2,6 +2,10 @@
 //! sequence numbers and the seal. The first problem is reported with its
 //! line and `seq`, and a chain that is intact but has no seal (the gateway
 //! stopped before the session ended) is told apart from a tampered one.
+//! A recording is read a line at a time ([`Checker`]): it may be far
+//! larger than the memory of the host checking it.
+use std::io::{self, BufRead};
+
 use super::{
     chain,
     event::{Body, Event},
@@ -31,104 +35,219 @@ pub enum Verdict {
 /// (public keys, hex). Returns the verdict and the events read up to the
 /// first problem.
 pub fn verify(data: &[u8], trusted: &[String]) -> (Verdict, Vec<Event>) {
-    let mut events: Vec<Event> = Vec::new();
-    let mut prev = chain::GENESIS.to_owned();
-    let mut sealed = false;
-    let mut recovered_seal = false;
-    let body = match data.strip_suffix(b"\n") {
-        Some(body) => body,
-        None if data.is_empty() => {
-            return (tampered(1, None, "the recording is empty".into()), events);
-        }
-        None => {
-            let line = data.split(|&b| b == b'\n').count();
-            return (
-                tampered(
-                    line,
-                    None,
-                    format!("the file ends inside line {line}: it was truncated"),
-                ),
-                events,
-            );
-        }
-    };
-    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
-        let n = i + 1;
-        let expected_seq = i as u64;
-        if sealed {
-            return (
-                tampered(n, Some(expected_seq), "a line follows the seal".into()),
-                events,
-            );
-        }
-        let (hash, prev_hash, event) = match chain::split(line) {
-            Ok(parts) => parts,
-            Err(why) => return (tampered(n, Some(expected_seq), why.into()), events),
+    let mut checker = Checker::new(trusted).collecting();
+    // A slice cannot fail to read.
+    let torn = feed(data, &mut checker).unwrap_or_default();
+    let checked = checker.finish(torn);
+    (checked.verdict, checked.events)
+}
+
+/// What the rest of a verdict's handling needs of the events it was
+/// reached on, instead of the events: a recording may be far larger than
+/// the memory of the host checking it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Events read up to the first problem.
+    pub events: u64,
+    /// The first of them, the session start.
+    pub first: Option<Event>,
+    /// How many of them are statements (`list`).
+    pub statements: u64,
+    /// The last one's `mono_us` (a recovered seal repeats it).
+    pub last_mono_us: u64,
+    /// The last one's chain hash, when they are intact (the checker's:
+    /// events alone do not carry it).
+    pub last_hash: Option<String>,
+    /// The seal that ends them, when one does.
+    pub seal: Option<Seal>,
+}
+
+/// A seal's fields, as far as a verdict is told by them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seal {
+    pub final_hash: String,
+    pub public_key: String,
+    pub recovered: Option<String>,
+}
+
+impl Summary {
+    /// The summary of events already read.
+    pub fn of(events: &[Event]) -> Self {
+        let seal = match events.last().map(|e| &e.body) {
+            Some(Body::Seal {
+                final_hash,
+                public_key,
+                recovered,
+                ..
+            }) => Some(Seal {
+                final_hash: final_hash.clone(),
+                public_key: public_key.clone(),
+                recovered: recovered.clone(),
+            }),
+            _ => None,
         };
-        if prev_hash != prev {
-            return (
-                tampered(
-                    n,
-                    Some(expected_seq),
-                    "prev_hash does not match the line before: a line was removed, inserted or moved".into(),
-                ),
-                events,
-            );
+        Self {
+            events: events.len() as u64,
+            first: events.first().cloned(),
+            statements: events
+                .iter()
+                .filter(|e| matches!(e.body, Body::Statement { .. }))
+                .count() as u64,
+            last_mono_us: events.last().map_or(0, |e| e.mono_us),
+            last_hash: None,
+            seal,
         }
-        if chain::hash(&prev, event) != hash {
-            return (
-                tampered(
-                    n,
-                    Some(expected_seq),
-                    "the hash does not match the event: the line was changed".into(),
-                ),
-                events,
-            );
+    }
+
+    /// The session of the first event.
+    pub fn session(&self) -> Option<&str> {
+        self.first.as_ref().map(|e| e.session.as_str())
+    }
+}
+
+/// Checks a recording one line at a time. What it keeps does not grow
+/// with the recording, unless it collects the events for a command that
+/// prints them ([`Checker::collecting`]): `verify --all` and the daemon's
+/// start check recordings of any size in the memory of their longest line.
+pub struct Checker<'a> {
+    trusted: &'a [String],
+    prev: String,
+    /// Whole lines pushed, problem or not.
+    lines: u64,
+    /// Their bytes, newlines included.
+    bytes: u64,
+    summary: Summary,
+    problem: Option<Verdict>,
+    /// Index of the line whose hash [`Checked::runs_through`] holds
+    /// against an anchor, and that hash once read.
+    watch: Option<u64>,
+    watched: Option<String>,
+    events: Option<Vec<Event>>,
+}
+
+/// A checked recording.
+#[derive(Debug)]
+pub struct Checked {
+    pub verdict: Verdict,
+    pub summary: Summary,
+    /// Every event read up to the first problem, when collected.
+    pub events: Vec<Event>,
+    /// Whole lines read.
+    pub lines: u64,
+    /// Their bytes, newlines included: where a torn last line begins.
+    pub bytes: u64,
+    watch: Option<u64>,
+    watched: Option<String>,
+}
+
+impl<'a> Checker<'a> {
+    /// Seals must be by one of `trusted` (public keys, hex).
+    pub fn new(trusted: &'a [String]) -> Self {
+        Self {
+            trusted,
+            prev: chain::GENESIS.to_owned(),
+            lines: 0,
+            bytes: 0,
+            summary: Summary::default(),
+            problem: None,
+            watch: None,
+            watched: None,
+            events: None,
         }
-        let parsed: Event = match serde_json::from_slice(event) {
-            Ok(e) => e,
-            Err(e) => {
-                return (
-                    tampered(
-                        n,
-                        Some(expected_seq),
-                        format!("the event is not valid: {e}"),
-                    ),
-                    events,
-                );
-            }
-        };
-        if parsed.seq != expected_seq {
-            return (
-                tampered(
-                    n,
-                    Some(expected_seq),
-                    format!("seq is {} where {expected_seq} belongs", parsed.seq),
-                ),
-                events,
-            );
+    }
+
+    /// Keeps every event read too, for commands that print them.
+    pub fn collecting(mut self) -> Self {
+        self.events = Some(Vec::new());
+        self
+    }
+
+    /// Keeps the hash of the line an anchor must be found at (its
+    /// `events - 1`), for [`Checked::runs_through`].
+    pub fn watching(mut self, anchor: Option<&ledger::Anchor>) -> Self {
+        self.watch = anchor.and_then(|a| a.events.checked_sub(1));
+        self
+    }
+
+    /// Whether the rest of the recording can only be counted: a problem
+    /// was found and the anchor's line is behind.
+    fn settled(&self) -> bool {
+        self.problem.is_some() && self.watch.is_none_or(|at| at < self.lines)
+    }
+
+    /// The next whole line, without its newline.
+    pub fn push(&mut self, line: &[u8]) {
+        let i = self.lines;
+        self.lines += 1;
+        self.bytes += line.len() as u64 + 1;
+        if self.watch == Some(i) {
+            self.watched = chain::split(line).ok().map(|(hash, _, _)| hash.to_owned());
         }
-        if let Some(first) = events.first()
-            && first.session != parsed.session
+        if self.problem.is_none()
+            && let Err(verdict) = self.check(i, line)
         {
-            return (
-                tampered(
-                    n,
-                    Some(expected_seq),
-                    format!("the event belongs to session {}", parsed.session),
-                ),
-                events,
-            );
+            self.problem = Some(verdict);
+        }
+    }
+
+    fn check(&mut self, i: u64, line: &[u8]) -> Result<(), Verdict> {
+        let n = i as usize + 1;
+        let expected_seq = i;
+        if self.summary.seal.is_some() {
+            return Err(tampered(
+                n,
+                Some(expected_seq),
+                "a line follows the seal".into(),
+            ));
+        }
+        let (hash, prev_hash, event) =
+            chain::split(line).map_err(|why| tampered(n, Some(expected_seq), why.into()))?;
+        if prev_hash != self.prev {
+            return Err(tampered(
+                n,
+                Some(expected_seq),
+                "prev_hash does not match the line before: a line was removed, inserted or moved"
+                    .into(),
+            ));
+        }
+        if chain::hash(&self.prev, event) != hash {
+            return Err(tampered(
+                n,
+                Some(expected_seq),
+                "the hash does not match the event: the line was changed".into(),
+            ));
+        }
+        // Parsed whole, so an event this version does not read is caught
+        // as before, and dropped at the end of the line unless collected.
+        let parsed: Event = serde_json::from_slice(event).map_err(|e| {
+            tampered(
+                n,
+                Some(expected_seq),
+                format!("the event is not valid: {e}"),
+            )
+        })?;
+        if parsed.seq != expected_seq {
+            return Err(tampered(
+                n,
+                Some(expected_seq),
+                format!("seq is {} where {expected_seq} belongs", parsed.seq),
+            ));
+        }
+        if let Some(first) = self.summary.session()
+            && first != parsed.session
+        {
+            return Err(tampered(
+                n,
+                Some(expected_seq),
+                format!("the event belongs to session {}", parsed.session),
+            ));
         }
         if i == 0 && !matches!(parsed.body, Body::SessionStart { .. }) {
-            return (
-                tampered(
-                    n,
-                    Some(0),
-                    "the first event is not the session start".into(),
-                ),
-                events,
-            );
+            return Err(tampered(
+                n,
+                Some(0),
+                "the first event is not the session start".into(),
+            ));
         }
         if let Body::Seal {
             final_hash,
@@ -137,28 +256,22 @@ pub fn verify(data: &[u8], trusted: &[String]) -> (Verdict, Vec<Event>) {
             recovered,
         } = &parsed.body
         {
-            if *final_hash != prev {
-                return (
-                    tampered(
-                        n,
-                        Some(expected_seq),
-                        "the seal does not name the hash of the event before it".into(),
-                    ),
-                    events,
-                );
+            if *final_hash != self.prev {
+                return Err(tampered(
+                    n,
+                    Some(expected_seq),
+                    "the seal does not name the hash of the event before it".into(),
+                ));
             }
-            if !trusted.contains(sealer) {
-                return (
-                    tampered(
-                        n,
-                        Some(expected_seq),
-                        format!(
-                            "the seal names key {sealer}, which is not trusted here (trusted: {})",
-                            trusted.join(", ")
-                        ),
+            if !self.trusted.contains(sealer) {
+                return Err(tampered(
+                    n,
+                    Some(expected_seq),
+                    format!(
+                        "the seal names key {sealer}, which is not trusted here (trusted: {})",
+                        self.trusted.join(", ")
                     ),
-                    events,
-                );
+                ));
             }
             if !keys::verify(
                 sealer,
@@ -167,30 +280,140 @@ pub fn verify(data: &[u8], trusted: &[String]) -> (Verdict, Vec<Event>) {
                 recovered.as_deref(),
                 signature,
             ) {
-                return (
-                    tampered(
-                        n,
-                        Some(expected_seq),
-                        "the seal's signature does not verify".into(),
-                    ),
-                    events,
-                );
+                return Err(tampered(
+                    n,
+                    Some(expected_seq),
+                    "the seal's signature does not verify".into(),
+                ));
             }
-            sealed = true;
-            recovered_seal = recovered.is_some();
+            self.summary.seal = Some(Seal {
+                final_hash: final_hash.clone(),
+                public_key: sealer.clone(),
+                recovered: recovered.clone(),
+            });
         }
-        prev = hash.to_owned();
-        events.push(parsed);
+        hash.clone_into(&mut self.prev);
+        let summary = &mut self.summary;
+        summary.events += 1;
+        summary.last_mono_us = parsed.mono_us;
+        summary.statements += u64::from(matches!(parsed.body, Body::Statement { .. }));
+        if let Some(events) = &mut self.events {
+            if i == 0 {
+                summary.first = Some(parsed.clone());
+            }
+            events.push(parsed);
+        } else if i == 0 {
+            summary.first = Some(parsed);
+        }
+        Ok(())
     }
-    let count = events.len() as u64;
-    let verdict = if recovered_seal {
-        Verdict::Recovered { events: count }
-    } else if sealed {
-        Verdict::Sealed { events: count }
-    } else {
-        Verdict::Unsealed { events: count }
-    };
-    (verdict, events)
+
+    /// The verdict, once every whole line was pushed; `torn`: how many
+    /// bytes follow the last newline (a line cut short).
+    pub fn finish(self, torn: u64) -> Checked {
+        let mut summary = self.summary;
+        let mut events = self.events.unwrap_or_default();
+        let verdict = if torn > 0 {
+            // Said before anything else: a cut file is the first thing
+            // wrong with it, wherever its lines go wrong.
+            summary = Summary::default();
+            events = Vec::new();
+            let line = self.lines as usize + 1;
+            tampered(
+                line,
+                None,
+                format!("the file ends inside line {line}: it was truncated"),
+            )
+        } else if self.lines == 0 {
+            tampered(1, None, "the recording is empty".into())
+        } else if let Some(problem) = self.problem {
+            problem
+        } else if summary.seal.as_ref().is_some_and(|s| s.recovered.is_some()) {
+            Verdict::Recovered {
+                events: summary.events,
+            }
+        } else if summary.seal.is_some() {
+            Verdict::Sealed {
+                events: summary.events,
+            }
+        } else {
+            Verdict::Unsealed {
+                events: summary.events,
+            }
+        };
+        if !matches!(verdict, Verdict::Tampered { .. }) {
+            summary.last_hash = Some(self.prev);
+        }
+        Checked {
+            verdict,
+            summary,
+            events,
+            lines: self.lines,
+            bytes: self.bytes,
+            watch: self.watch,
+            watched: self.watched,
+        }
+    }
+}
+
+impl Checked {
+    /// Whether the recording holds the anchor's event: line `events - 1`
+    /// has its hash. The anchor must be the one the checker watched.
+    pub fn runs_through(&self, anchor: &ledger::Anchor) -> bool {
+        let Some(at) = anchor.events.checked_sub(1) else {
+            return true;
+        };
+        debug_assert_eq!(self.watch, Some(at), "not the anchor watched");
+        self.watch == Some(at) && self.watched.as_deref() == Some(anchor.hash.as_str())
+    }
+
+    /// [`against_anchor`], on what was read.
+    pub fn against_anchor(&self, verdict: Verdict, anchor: &ledger::Anchor) -> Verdict {
+        held_to_anchor(verdict, self.lines, self.runs_through(anchor), anchor)
+    }
+}
+
+/// Feeds `checker` every whole line of `reader`, one at a time through
+/// one buffer, so memory follows the longest line, not the recording.
+/// Returns how many bytes follow the last newline: a torn last line,
+/// for [`Checker::finish`] or for a caller that may leave it out.
+pub fn feed(mut reader: impl BufRead, checker: &mut Checker) -> io::Result<u64> {
+    let mut line = Vec::new();
+    loop {
+        if checker.settled() {
+            return count_rest(reader, checker);
+        }
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(0);
+        }
+        match line.strip_suffix(b"\n") {
+            Some(whole) => checker.push(whole),
+            None => return Ok(line.len() as u64),
+        }
+    }
+}
+
+/// After a problem only the line count and a torn end still tell
+/// (`finish`): counted without holding a line, however long.
+fn count_rest(mut reader: impl BufRead, checker: &mut Checker) -> io::Result<u64> {
+    let mut torn = 0u64;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(torn);
+        }
+        let len = buf.len();
+        for piece in buf.split_inclusive(|&b| b == b'\n') {
+            torn += piece.len() as u64;
+            if piece.ends_with(b"\n") {
+                checker.lines += 1;
+                checker.bytes += torn;
+                torn = 0;
+            }
+        }
+        reader.consume(len);
+    }
 }
 
 fn tampered(line: usize, seq: Option<u64>, reason: String) -> Verdict {
@@ -209,7 +432,7 @@ fn tampered(line: usize, seq: Option<u64>, reason: String) -> Verdict {
 /// no head) nothing can say so, and the verdict stands.
 pub fn against_ledger(
     verdict: Verdict,
-    events: &[Event],
+    found: &Summary,
     listed: Option<&ledger::Entry>,
     sound: bool,
 ) -> Verdict {
@@ -242,10 +465,10 @@ pub fn against_ledger(
             } else {
                 "what the gateway had written".to_owned()
             };
-            let n = events.len();
+            let n = found.events;
             return tampered(
-                n + 1,
-                Some(n as u64),
+                n as usize + 1,
+                Some(n),
                 format!(
                     "the host's ledger has this recording damaged (ledger seq {}): when the gateway started again it no longer held {held}, so it was not sealed",
                     entry.seq
@@ -277,10 +500,7 @@ pub fn against_ledger(
     // Checked as hex when the ledger was read; `get` keeps odd bytes from
     // panicking all the same.
     let short = entry.final_hash.get(..16).unwrap_or(&entry.final_hash);
-    let sealed_hash = || match events.last().map(|e| &e.body) {
-        Some(Body::Seal { final_hash, .. }) => Some(final_hash.as_str()),
-        _ => None,
-    };
+    let sealed_hash = || found.seal.as_ref().map(|s| s.final_hash.as_str());
     match verdict {
         Verdict::Unsealed { events: n } => tampered(
             n as usize + 1,
@@ -326,11 +546,22 @@ pub fn runs_through(data: &[u8], anchor: &ledger::Anchor) -> bool {
 /// recording cut below that read as merely unsealed. A verdict that is
 /// already tampered stays as it is.
 pub fn against_anchor(verdict: Verdict, data: &[u8], anchor: &ledger::Anchor) -> Verdict {
-    if matches!(verdict, Verdict::Tampered { .. }) || runs_through(data, anchor) {
+    let lines = data.split(|&b| b == b'\n').count().saturating_sub(1) as u64;
+    held_to_anchor(verdict, lines, runs_through(data, anchor), anchor)
+}
+
+/// [`against_anchor`] on a recording of `lines` whole lines, which does
+/// or does not run through the anchor.
+fn held_to_anchor(
+    verdict: Verdict,
+    lines: u64,
+    runs_through: bool,
+    anchor: &ledger::Anchor,
+) -> Verdict {
+    if matches!(verdict, Verdict::Tampered { .. }) || runs_through {
         return verdict;
     }
     let short = anchor.hash.get(..16).unwrap_or(&anchor.hash);
-    let lines = data.split(|&b| b == b'\n').count().saturating_sub(1) as u64;
     if lines < anchor.events {
         return tampered(
             lines as usize + 1,

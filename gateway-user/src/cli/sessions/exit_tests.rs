@@ -497,3 +497,89 @@ async fn a_recording_the_ledger_never_listed_is_tampered_but_a_new_one_is_not() 
     drop(running);
     recorder.shutdown().await;
 }
+
+/// A running session's last line may be caught half-written: left out
+/// while the ledger has the session open (read a line at a time, as
+/// `verify` reads), and a cut once it is not.
+#[tokio::test]
+async fn a_running_sessions_half_written_last_line_is_left_out() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let genuine = recorded(dir.path()).await;
+    let s = settings(dir.path());
+    let recorder = tests::restart(&s);
+    let running = recorder.open(tests::start()).await;
+    running.record(tests::statement("SELECT 1"));
+    recorder.flush().await;
+    let id = running.id().to_owned();
+    let half = |id: &str| {
+        let path = files::find(&s.dir, id).unwrap();
+        let line = std::fs::read(&path).unwrap()[..40].to_vec();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&line)
+            .unwrap();
+    };
+    half(&id);
+    let args = store(dir.path());
+    let source = args.source(&args.settings().unwrap()).unwrap();
+    assert_eq!(
+        super::stored_lines(&source, &id).unwrap().0,
+        super::Verdict::Unsealed { events: 2 }
+    );
+    let all = SessionsCommand::Verify {
+        id: None,
+        all: true,
+    };
+    assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(3));
+    assert_eq!(sessions(&args, &all), ExitCode::from(3));
+    // A session that ended: the same half line is a cut.
+    half(&genuine);
+    match super::stored_lines(&source, &genuine).unwrap().0 {
+        super::Verdict::Tampered {
+            line: 5, reason, ..
+        } => assert!(reason.contains("truncated"), "{reason}"),
+        other => panic!("a cut recording passed: {other:?}"),
+    }
+    assert_eq!(sessions(&args, &verify(&genuine)), ExitCode::from(1));
+    drop(running);
+    recorder.shutdown().await;
+}
+
+thread_local! {
+    /// Run by `verify --all` instead of waiting for files of sessions
+    /// just opened.
+    pub(super) static WHILE_WAITING: std::cell::Cell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The writer lists a session as opened before it makes the file:
+/// `verify --all` in between found the entry and no file, and called the
+/// recording gone. It looks once more before it says so.
+#[tokio::test]
+async fn a_recording_made_just_after_its_opening_is_not_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let recorder = tests::restart(&s);
+    let running = recorder.open(tests::start()).await;
+    recorder.flush().await;
+    let path = files::find(&s.dir, running.id()).unwrap();
+    let away = dir.path().join("away.jsonl");
+    std::fs::rename(&path, &away).unwrap();
+    let args = store(dir.path());
+    let all = SessionsCommand::Verify {
+        id: None,
+        all: true,
+    };
+    // Still not there after the wait: gone.
+    assert_eq!(sessions(&args, &all), ExitCode::from(1));
+    // Made meanwhile: checked, unsealed as a running session is.
+    let (from, to) = (away.clone(), path.clone());
+    WHILE_WAITING.set(Some(Box::new(move || std::fs::rename(from, to).unwrap())));
+    assert_eq!(sessions(&args, &all), ExitCode::from(3));
+    assert!(WHILE_WAITING.take().is_none(), "verify --all did not wait");
+    drop(running);
+    recorder.shutdown().await;
+}

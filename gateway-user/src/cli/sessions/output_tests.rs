@@ -2,7 +2,7 @@
 //! words, and text from a file shown, never obeyed, on stderr too.
 use std::path::Path;
 
-use super::{Verdict, describe, exit_tests::store, export_lines_to, ledger_tampered_to};
+use super::{Summary, Verdict, describe, exit_tests::store, export_lines_to, ledger_tampered_to};
 use crate::{
     policy::RecordingSettings,
     recording::{Body, Event, chain, files, ledger::Problem, recover, tests},
@@ -56,7 +56,7 @@ fn a_recovered_verdict_says_which_events_no_fsync_covered() {
         recover::AS_FOUND
     );
     assert_eq!(
-        describe(&verdict, &recovered(&past)),
+        describe(&verdict, &Summary::of(&recovered(&past))),
         format!(
             "{plain}; events from seq 2 on were written after the gateway's last fsync and are sealed as found{key}"
         )
@@ -68,15 +68,15 @@ fn a_recovered_verdict_says_which_events_no_fsync_covered() {
         recover::REASON
     );
     assert_eq!(
-        describe(&verdict, &recovered(&at_anchor)),
+        describe(&verdict, &Summary::of(&recovered(&at_anchor))),
         format!("{plain}{key}")
     );
     assert_eq!(
-        describe(&verdict, &recovered(recover::REASON)),
+        describe(&verdict, &Summary::of(&recovered(recover::REASON))),
         format!("{plain}{key}")
     );
     assert_eq!(
-        describe(&Verdict::Sealed { events: 4 }, &recovered("")),
+        describe(&Verdict::Sealed { events: 4 }, &Summary::of(&recovered(""))),
         "verified: 4 events, sealed by key 1111111111111111…"
     );
 }
