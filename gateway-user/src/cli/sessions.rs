@@ -534,16 +534,33 @@ impl StoreArgs {
             None => {
                 // The head is in the keys directory; reading recordings
                 // copied to another machine, there is none.
-                let head = ledger::read_head(&ledger::head_path(&settings.keys_dir, &settings.dir))
-                    .unwrap_or_else(|e| {
-                        tell!("warning: {e}: the ledger cannot be checked for being cut short or deleted");
-                        None
-                    });
+                let head_path = ledger::head_path(&settings.keys_dir, &settings.dir);
+                // Files this user may not read say nothing of tampering
+                // (found in review: they read as TAMPERED, exit 1).
+                for path in [head_path.clone(), settings.dir.join(ledger::FILE)] {
+                    if let Err(e) = std::fs::File::open(&path)
+                        && e.kind() == std::io::ErrorKind::PermissionDenied
+                    {
+                        return Err(format!(
+                            "cannot read {}: {e}: run as root, or as the gateway's user",
+                            path.display()
+                        ));
+                    }
+                }
+                // The gateway writes its head whole (written, fsynced,
+                // renamed): one that does not parse was altered, and
+                // nothing then vouches for the ledger. Found in review: a
+                // garbled head beside a deleted ledger passed with a
+                // warning, exit 0.
+                let (head, head_problem) = match ledger::read_head(&head_path) {
+                    Ok(head) => (head, None),
+                    Err(e) => (None, Some(e)),
+                };
                 ledger = match Ledger::read(&settings.dir, &trusted, head.as_ref()) {
                     Ok(ledger) => ledger,
                     // A head vouches that a ledger is there to be read: one
                     // made unreadable (a directory, a FIFO) is a damaged one.
-                    Err(e) if head.is_some() => Some(Ledger {
+                    Err(e) if head.is_some() || head_problem.is_some() => Some(Ledger {
                         problem: Some(Problem {
                             line: 1,
                             seq: 0,
@@ -553,6 +570,18 @@ impl StoreArgs {
                     }),
                     Err(e) => return Err(e),
                 };
+                if let Some(why) = head_problem {
+                    headed = true;
+                    let mut damaged = ledger.take().unwrap_or_default();
+                    damaged.problem = Some(Problem {
+                        line: 1,
+                        seq: 0,
+                        reason: format!(
+                            "{why}: the ledger cannot be checked for being cut short or deleted"
+                        ),
+                    });
+                    ledger = Some(damaged);
+                }
                 if let Some(head) = head {
                     headed = true;
                     anchors = head.open;
@@ -1120,7 +1149,21 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
             path: None,
         }]
     };
-    let (mut tampered, mut unsealed) = (0, 0);
+    // Neither a recording nor the ledger every gateway makes at its first
+    // start: not a recordings directory (a mistyped --dir passed as
+    // "all intact", found in review).
+    if all
+        && listed.is_empty()
+        && source.ledger.is_none()
+        && !source.headed
+        && let Store::Files(dir) = &source.store
+    {
+        return trouble(format!(
+            "{} holds no recordings and no ledger: name the recordings directory with --dir, or [recording] dir",
+            dir.display()
+        ));
+    }
+    let (mut tampered, mut unsealed, mut unreadable) = (0, 0, 0);
     if all && let Some(ledger) = &source.ledger {
         if let Some(p) = &ledger.problem {
             tampered += 1;
@@ -1195,6 +1238,21 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
                 }
                 let _ = writeln!(out, "{id}: {}", describe(&verdict, &found));
             }
+            // A file this user may not read: no verdict, and no evidence
+            // either (exit 2, unless another recording is tampered).
+            Err(e)
+                if all
+                    && entry.path.as_ref().is_some_and(|path| {
+                        std::fs::File::open(path)
+                            .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+                    }) =>
+            {
+                unreadable += 1;
+                let _ = writeln!(
+                    out,
+                    "{id}: not verified: {e}: run as root, or as the gateway's user"
+                );
+            }
             // One unreadable or misplaced file must not hide the verdicts
             // of the rest; it counts as tampered.
             Err(e) if all => {
@@ -1214,6 +1272,8 @@ fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCode {
     }
     if tampered > 0 {
         ExitCode::from(TAMPERED)
+    } else if unreadable > 0 {
+        ExitCode::from(TROUBLE)
     } else if unsealed > 0 {
         ExitCode::from(UNSEALED)
     } else {

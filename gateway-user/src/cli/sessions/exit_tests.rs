@@ -583,3 +583,47 @@ async fn a_recording_made_just_after_its_opening_is_not_gone() {
     drop(running);
     recorder.shutdown().await;
 }
+
+/// Found in review: `verify --all` on a directory that is no recordings
+/// directory (a mistyped --dir) passed as "all intact", exit 0.
+#[test]
+fn verify_all_of_a_directory_without_recordings_or_ledger_is_trouble() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("sessions")).unwrap();
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    let args = StoreArgs {
+        public_keys: vec!["00".repeat(32)],
+        ..store(dir.path())
+    };
+    let all = SessionsCommand::Verify {
+        id: None,
+        all: true,
+    };
+    assert_eq!(sessions(&args, &all), ExitCode::from(2));
+}
+
+/// Found in review: a garbled ledger head beside a deleted ledger gave a
+/// warning and exit 0. The gateway writes its head whole, so one that does
+/// not parse was altered, and nothing vouches for the ledger any more.
+#[tokio::test]
+async fn a_garbled_head_beside_a_deleted_ledger_is_tampered() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = recorded(dir.path()).await;
+    let s = settings(dir.path());
+    let all = SessionsCommand::Verify {
+        id: None,
+        all: true,
+    };
+    assert_eq!(sessions(&store(dir.path()), &all), ExitCode::SUCCESS);
+    std::fs::write(
+        crate::recording::ledger::head_path(&s.keys_dir, &s.dir),
+        "garbage",
+    )
+    .unwrap();
+    std::fs::remove_file(s.dir.join(crate::recording::ledger::FILE)).unwrap();
+    assert_eq!(sessions(&store(dir.path()), &all), ExitCode::from(1));
+    assert_eq!(
+        sessions(&store(dir.path()), &verify(&id)),
+        ExitCode::from(1)
+    );
+}
