@@ -84,8 +84,16 @@ fn at(path: &Path, e: std::io::Error) -> std::io::Error {
 /// The recording of session `id` (or a path to one).
 pub fn find(dir: &Path, id: &str) -> Result<PathBuf, String> {
     let direct = Path::new(id);
-    if id.ends_with(".jsonl") && direct.is_file() {
-        return Ok(direct.to_path_buf());
+    if id.ends_with(".jsonl") {
+        // Said as it is (found in review: every case read "not a session
+        // id or a .jsonl file").
+        return match std::fs::metadata(direct) {
+            Ok(m) if m.is_file() => Ok(direct.to_path_buf()),
+            Ok(_) => Err(format!(
+                "{id:?} is not a regular file: name the recording itself"
+            )),
+            Err(e) => Err(format!("cannot open {id:?}: {e}")),
+        };
     }
     if !is_id(id) {
         return Err(format!(

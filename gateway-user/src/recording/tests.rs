@@ -1302,3 +1302,23 @@ async fn a_recordings_rows_rebuild_its_lines() {
     damaged.extend_from_slice(b"not a recording line\n");
     assert_eq!(sink::rows_of(&damaged).len(), rows.len());
 }
+
+/// A `.jsonl` path given on the command line gets an error that says what
+/// is wrong with it (found in review: all read "not a session id").
+#[test]
+fn a_recording_path_that_is_no_file_is_told_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("gone.jsonl");
+    let e = files::find(dir.path(), missing.to_str().unwrap()).unwrap_err();
+    assert!(
+        e.starts_with("cannot open") && e.contains("No such file"),
+        "{e}"
+    );
+    let folder = dir.path().join("folder.jsonl");
+    std::fs::create_dir(&folder).unwrap();
+    let e = files::find(dir.path(), folder.to_str().unwrap()).unwrap_err();
+    assert!(
+        e.ends_with("is not a regular file: name the recording itself"),
+        "{e}"
+    );
+}
