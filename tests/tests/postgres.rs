@@ -2210,9 +2210,15 @@ fn sql_prepared_statements_are_decided_again_at_execute() -> Result<()> {
         simple("PREPARE look AS SELECT count(*) FROM items"),
         simple("EXECUTE nothere"),
         simple("PREPARE again AS SELECT 2; EXECUTE again"),
+        // 4..: a protocol statement that EXECUTEs a name prepared anew
+        // after its Parse, while writes were still allowed.
+        simple("PREPARE swap AS SELECT 1"),
+        json!({ "prepare": "EXECUTE swap" }),
+        simple("DEALLOCATE swap"),
+        simple("PREPARE swap AS DELETE FROM items WHERE id = 7"),
         json!({ "touch": prepared.to_str().context("path")? }),
         json!({ "wait_file": reloaded.to_str().context("path")? }),
-        // 6..: writes are denied now.
+        // 10..: writes are denied now.
         simple("EXECUTE del(1)"),
         simple("EXPLAIN ANALYZE EXECUTE del(2)"),
         query("EXECUTE del(3)"),
@@ -2220,8 +2226,10 @@ fn sql_prepared_statements_are_decided_again_at_execute() -> Result<()> {
         simple("DEALLOCATE look"),
         simple("EXECUTE look"),
         simple("SELECT count(*) FROM items"),
-        // 13: the open session follows the reload for new statements too.
+        // 17: the open session follows the reload for new statements too.
         simple("DELETE FROM items WHERE id = 5"),
+        // 18: the Parse'd EXECUTE runs what swap holds now, a DELETE.
+        json!({ "execute": { "statement": 0 } }),
     ];
     let script = serde_json::to_string(&steps)?;
     let mut cmd = job_command(&s.cg, PGCLIENT);
@@ -2271,34 +2279,42 @@ fn sql_prepared_statements_are_decided_again_at_execute() -> Result<()> {
         "EXECUTE of a name never prepared",
     );
     assert_rows(&r[3], &[&["2"]], "PREPARE and EXECUTE in one string");
+    for (i, step) in r.iter().enumerate().take(8).skip(4) {
+        assert_eq!(step["ok"], true, "step {i}: {step}");
+    }
     assert_eq!(
-        r[5]["ok"], true,
+        r[9]["ok"], true,
         "the client waited for the reload: {}",
-        r[5]
+        r[9]
     );
     assert_denied(
-        &r[6],
+        &r[10],
         "default-deny",
         "EXECUTE of a DELETE after writes were revoked",
     );
     assert_denied(
-        &r[7],
+        &r[11],
         "ci-orders",
         "EXPLAIN ANALYZE EXECUTE of that DELETE (its own flag)",
     );
     assert_denied(
-        &r[8],
+        &r[12],
         "default-deny",
         "the same EXECUTE over the extended protocol",
     );
-    assert_rows(&r[9], &[&["100"]], "EXECUTE of a read");
-    assert_eq!(r[10]["ok"], true, "{}", r[10]);
-    assert_denied(&r[11], "unknown-prepared", "EXECUTE after DEALLOCATE");
-    assert_rows(&r[12], &[&["100"]], "nothing was deleted");
+    assert_rows(&r[13], &[&["100"]], "EXECUTE of a read");
+    assert_eq!(r[14]["ok"], true, "{}", r[14]);
+    assert_denied(&r[15], "unknown-prepared", "EXECUTE after DEALLOCATE");
+    assert_rows(&r[16], &[&["100"]], "nothing was deleted");
     assert_denied(
-        &r[13],
+        &r[17],
         "default-deny",
         "a write in the open session after the reload",
+    );
+    assert_denied(
+        &r[18],
+        "default-deny",
+        "a Parse'd EXECUTE of a name prepared anew as a DELETE",
     );
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The client's side of the loop: each frontend message is parsed,
 //! decided by the statement policy, then forwarded, denied or held.
 use super::*;
-use crate::protocols::postgres::classify::Prepared;
+use crate::protocols::postgres::{classify::Prepared, tracker::NamedStatement};
 
 impl Session<'_> {
     /// One client message: decide, then forward it or its denial.
@@ -50,18 +50,27 @@ impl Session<'_> {
                 // Decided again under the session's current rules: a
                 // reload may have revoked what it was prepared under. The
                 // name may hold a SQL PREPARE's statement (one namespace).
-                let verdict = self.named_statement(b.statement);
+                let (verdict, gone) = match self.named_statement(b.statement) {
+                    Some(named) => match self.with_current_executes(named) {
+                        Ok(named) => (Some(named), None),
+                        Err(why) => (None, Some(why)),
+                    },
+                    None => (None, None),
+                };
                 let bound = verdict.clone();
                 // A name the gateway does not know holds nothing it
                 // decided (or a PREPARE still running): refused, as the
                 // server would refuse a name it does not have.
                 let unknown = verdict.is_none().then(|| {
+                    let why = gone.unwrap_or_else(|| {
+                        format!(
+                            "Bind of {:?}: no statement of that name was prepared in this session",
+                            b.statement
+                        )
+                    });
                     deny_error(
                         "unknown-prepared",
-                        &format!(
-                            "statement denied by rule unknown-prepared: Bind of {:?}: no statement of that name was prepared in this session",
-                            b.statement
-                        ),
+                        &format!("statement denied by rule unknown-prepared: {why}"),
                         "",
                     )
                 });
@@ -326,6 +335,32 @@ impl Session<'_> {
                 self.revoked = Some(why);
             }
         }
+    }
+
+    /// A named statement as it runs now. An `EXECUTE name` in its text runs
+    /// what `name` holds at this Bind, which a `DEALLOCATE` and `PREPARE`
+    /// since the Parse may have changed (found in review: the Parse's
+    /// resolution stood, so after a policy reload or an approval grant's
+    /// end a re-prepared name ran as what it had held). `Err`: a name no
+    /// longer prepared.
+    fn with_current_executes(&self, named: NamedStatement) -> Result<NamedStatement, String> {
+        let (sql, classification, shown, approved) = named;
+        let executes = classification
+            .statements
+            .iter()
+            .any(|s| matches!(s.prepared, Some(Prepared::Execute(_))));
+        if !executes {
+            return Ok((sql, classification, shown, approved));
+        }
+        // The cache has the text from its Parse: no parse here.
+        let raw = self
+            .ctx
+            .shared
+            .classifier
+            .classify(&sql)
+            .map_err(|e| e.to_string())?;
+        let current = self.resolve_executes(&raw)?;
+        Ok((sql, current, shown, approved))
     }
 
     /// Classifies and decides SQL text.
