@@ -700,11 +700,12 @@ fn a_session_sealed_at_restart_is_sealed_in_the_fleet_database_too() -> Result<(
 
 /// A fleet database that fails inserts while sessions run: the rows that
 /// outgrow the backlog (`postgres_backlog = 5` here) are sent again from
-/// the files once it answers, so no session reads tampered there.
+/// the files once it answers, so no session reads tampered there, even
+/// when the gateway was killed during the outage.
 #[test]
 fn sessions_recorded_while_the_fleet_database_failed_arrive_whole() -> Result<()> {
     let (pg, cg, config) = postgres_gateway("rec-sink-outage", "127.0.0.80")?;
-    let gw = Gateway::start(&with_sink(config, &pg).recording_setting("postgres_backlog = 5"))?;
+    let mut gw = Gateway::start(&with_sink(config, &pg).recording_setting("postgres_backlog = 5"))?;
     let psql = |commands: &[&str]| -> Result<()> {
         let out = run_with_timeout(
             &mut job_psql(
@@ -761,15 +762,27 @@ fn sessions_recorded_while_the_fleet_database_failed_arrive_whole() -> Result<()
     let lines = fs::read_to_string(&file)?.lines().count();
     ensure!(lines > 20, "{lines} events");
     ensure!(
-        gw.logs().iter().any(|l| l.contains("they leave memory")),
+        gw.logs()
+            .iter()
+            .any(|l| l.contains("go again from the local recordings")),
         "no backlog overflow logged"
     );
+    // Killed before the database answers again: what it owes was saved.
+    let owed = gw.recording_dir().join("fleet-owed");
+    wait_for("the owed session saved", SEAL_TIMEOUT, || {
+        fs::read_to_string(&owed)
+            .ok()
+            .filter(|text| text.contains(&second))
+            .map(drop)
+    })?;
+    gw.kill9()?;
 
     pg.admin_psql(
         "postgres",
         "orders",
         &["DROP TRIGGER cp_outage ON chokepoint_events"],
     )?;
+    gw.restart()?;
     let verified = wait_for("both sessions whole in the database", SEAL_TIMEOUT, || {
         let out = fleet(&gw, &pg, &["verify", "--all"]).ok()?;
         (out.status.success() && text(&out).lines().count() == 2).then_some(out)

@@ -1985,13 +1985,13 @@ fn recording_settings_default_and_resolve_next_to_their_file() {
     let text = "[recording]\npostgres = \"host=db\"\npostgres_backlog = 5000\n";
     let policy = load_one(&files, text).expect("valid backlog");
     assert_eq!(policy.recording().sink_backlog, 5000);
-    for bad in ["0", "-1", "10000001"] {
+    for bad in ["0", "-1", "1000001"] {
         let text = format!("[recording]\npostgres = \"host=db\"\npostgres_backlog = {bad}\n");
         let e = only_error(load_one(&files, &text));
         assert_eq!(position(&e), at(&text, bad));
         assert!(
             e.message
-                .starts_with("postgres_backlog must be 1 to 10000000 rows"),
+                .starts_with("postgres_backlog must be 1 to 1000000 rows"),
             "{}",
             e.message
         );

@@ -146,8 +146,9 @@ pub struct RecordingSettings {
 /// Most rows a recording keeps per statement; beyond, only the count.
 const MAX_RESULT_ROWS: i64 = 100_000;
 /// Most rows `postgres_backlog` may keep in memory (each holds its
-/// event's bytes: at ~1 KiB, about 10 GiB).
-const MAX_SINK_BACKLOG: i64 = 10_000_000;
+/// event's bytes: at ~1 KiB, about 1 GiB); past it, sessions are sent
+/// again from their files anyway.
+const MAX_SINK_BACKLOG: i64 = 1_000_000;
 /// Longest retention: a century, so the age in seconds cannot overflow.
 const MAX_AGE_DAYS: u64 = 36_500;
 /// Largest size limit: a pebibyte, so the size in bytes cannot overflow.

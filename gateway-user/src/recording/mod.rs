@@ -161,19 +161,15 @@ impl Recorder {
         recover::recover(&settings.dir, &key, &mut ledger, &known)?;
         // What the previous run left open, as recovery left it (sealed
         // now, or not), goes to the fleet database whole.
-        let resend: Vec<sink::Row> = match &settings.sink {
-            Some(_) => known
-                .sessions
-                .iter()
-                .filter(|(_, outcome)| {
-                    matches!(outcome, ledger::Outcome::Opened | ledger::Outcome::Failed)
-                })
-                .filter_map(|(id, _)| files::find(&settings.dir, id).ok())
-                .filter_map(|path| files::read(&path).ok())
-                .flat_map(|data| sink::rows_of(&data))
-                .collect(),
-            None => Vec::new(),
-        };
+        // Sent again from their files, a batch at a time.
+        let resend: Vec<String> = known
+            .sessions
+            .iter()
+            .filter(|(_, outcome)| {
+                matches!(outcome, ledger::Outcome::Opened | ledger::Outcome::Failed)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
         let listed = ledger.listed();
         let (queue, inbox) = writer::queue();
         let inflight = Arc::new(AtomicUsize::new(0));
@@ -181,17 +177,9 @@ impl Recorder {
         let sink = settings
             .sink
             .clone()
-            .map(|s| sink::Sink::new(s, &settings.dir, settings.sink_backlog));
-        let thread = writer::spawn(
-            inbox,
-            key,
-            inflight.clone(),
-            active.clone(),
-            sink,
-            resend,
-            ledger,
-        )
-        .map_err(|e| format!("cannot start the recording writer: {e}"))?;
+            .map(|s| sink::Sink::new(s, &settings.dir, settings.sink_backlog, resend));
+        let thread = writer::spawn(inbox, key, inflight.clone(), active.clone(), sink, ledger)
+            .map_err(|e| format!("cannot start the recording writer: {e}"))?;
         Ok(Arc::new(Recorder {
             queue: Some(queue),
             dir: settings.dir.clone(),

@@ -6,15 +6,20 @@
 //! sessions go on; rows that outgrow the backlog are sent again from the
 //! files once the database answers.
 use std::{
-    collections::BTreeSet,
+    collections::{HashMap, HashSet, VecDeque},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     str::FromStr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Config, NoTls};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// `[recording] postgres` and its password file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,16 +30,27 @@ pub struct SinkSettings {
 }
 
 /// Rows kept in memory for a database that does not answer, unless
-/// `[recording] postgres_backlog` says otherwise.
+/// `[recording] postgres_backlog` says otherwise: those waiting to be sent
+/// and those the writer has handed over, together.
 pub const DEFAULT_BACKLOG: usize = 100_000;
 
-/// Longest one send may take: a server that accepts the connection but
-/// never answers must count as down, or rows pile up in the channel
-/// behind it with no bound.
+/// Longest one statement may take, on both sides (`statement_timeout` on
+/// the server): a server that accepts the connection but never answers
+/// must count as down.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Rows per INSERT when a session is sent again from its file.
-const RESEND_BATCH: usize = 10_000;
+/// One INSERT holds at most this many rows, and about this many bytes of
+/// them: a large backlog sent whole would outgrow both the timeout and
+/// PostgreSQL's 1 GB message (found in review).
+const BATCH_ROWS: usize = 5_000;
+const BATCH_BYTES: usize = 8 << 20;
+
+/// Retries start a second apart and back off to this.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// The sessions owed to the database, kept beside the recordings so that
+/// a restart during an outage still sends them.
+const OWED_FILE: &str = "fleet-owed";
 
 /// The table, created on start if missing. `raw` is the event exactly as
 /// hashed (jsonb would reorder it); `event` is the same, searchable.
@@ -87,91 +103,228 @@ pub async fn connect(settings: &SinkSettings) -> Result<Client, String> {
     Ok(client)
 }
 
-/// The writer's side: a connection made on demand and a backlog.
+/// The writer's end: rows go to the sink task unless that would take
+/// what it holds past the backlog; then their sessions are owed instead.
+pub struct SinkQueue {
+    tx: mpsc::UnboundedSender<Vec<Row>>,
+    shared: Arc<Shared>,
+}
+
+impl SinkQueue {
+    /// Hands `rows` (already on disk) to the sink. Found in review: a
+    /// database that hangs held the sink in one send while the writer's
+    /// batches piled up in the channel with no bound; the bound is now
+    /// kept here, where rows come in.
+    pub fn send(&self, rows: Vec<Row>) {
+        if rows.is_empty() {
+            return;
+        }
+        let queued = self.shared.queued.load(Ordering::Relaxed);
+        if queued + rows.len() > self.shared.max {
+            let mut owed = self.shared.owed();
+            let before = owed.queue.len();
+            for row in rows {
+                owed.add(row.session);
+            }
+            if owed.queue.len() > before {
+                warn!(
+                    queued,
+                    sessions = owed.queue.len(),
+                    "the recording database is behind by {queued} events; sessions past that go again from the local recordings when it catches up"
+                );
+            }
+            return;
+        }
+        self.shared.queued.fetch_add(rows.len(), Ordering::Relaxed);
+        let _ = self.tx.send(rows);
+    }
+}
+
+/// What the writer and the sink task share.
+struct Shared {
+    /// Rows handed to the sink and not yet in the database: in the channel
+    /// and in its backlog.
+    queued: AtomicUsize,
+    max: usize,
+    owed: Mutex<Owed>,
+}
+
+impl Shared {
+    fn owed(&self) -> std::sync::MutexGuard<'_, Owed> {
+        self.owed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Sessions whose rows the database lacks, sent again from their files:
+/// ids only, so memory stays bounded however long an outage lasts.
+#[derive(Default)]
+struct Owed {
+    /// In the order they are tried; a session that fails goes to the back,
+    /// so one slow session cannot hold up the rest (found in review).
+    queue: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl Owed {
+    fn add(&mut self, session: String) {
+        if self.set.insert(session.clone()) {
+            self.queue.push_back(session);
+        }
+    }
+
+    fn take(&mut self) -> Option<String> {
+        let session = self.queue.pop_front()?;
+        self.set.remove(&session);
+        Some(session)
+    }
+}
+
+/// Where a session's re-send stands in its file: the next line's offset,
+/// the hash it must chain onto and its seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub offset: u64,
+    pub prev: String,
+    pub seq: u64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            offset: 0,
+            prev: super::chain::GENESIS.to_owned(),
+            seq: 0,
+        }
+    }
+}
+
+/// Why reading a recording's rows stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// A batch is full: more to read.
+    Full,
+    /// The end of the file (or of its last whole line).
+    End,
+    /// A line that is not the next line of this session's chain: nothing
+    /// from it on is sent.
+    Broken(String),
+}
+
+/// The sink task: a connection made on demand, a backlog, and the
+/// sessions owed.
 pub struct Sink {
     settings: SinkSettings,
     host: String,
     client: Option<Client>,
     backlog: Vec<Row>,
-    max_backlog: usize,
-    /// Sessions whose rows left a full backlog unsent: each is sent again
-    /// whole from its file once the database answers. Found in review:
-    /// the rows were simply dropped, so a long database outage made those
-    /// sessions read TAMPERED there for ever. Ids only, so memory stays
-    /// bounded however long the outage lasts.
-    owed: BTreeSet<String>,
+    shared: Arc<Shared>,
+    /// How far each owed session's file has been sent.
+    progress: HashMap<String, Progress>,
     /// The recordings directory, where the owed sessions' files are.
     dir: PathBuf,
     failing: bool,
+    retry: Duration,
+    next_try: tokio::time::Instant,
+    /// What [`OWED_FILE`] holds, as last written.
+    saved: String,
 }
 
 impl Sink {
-    pub fn new(settings: SinkSettings, dir: &Path, max_backlog: usize) -> Self {
+    /// A sink for `settings` keeping at most `max_backlog` rows in memory.
+    /// `owed`: sessions to send again from their files (those the last run
+    /// left open), with those the last run still owed.
+    pub fn new(settings: SinkSettings, dir: &Path, max_backlog: usize, owed: Vec<String>) -> Self {
         let host = nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "unknown".into());
+        let mut first = Owed::default();
+        for session in owed.into_iter().chain(load_owed(dir)) {
+            first.add(session);
+        }
         Self {
             settings,
             host,
             client: None,
             backlog: Vec::new(),
-            max_backlog: max_backlog.max(1),
-            owed: BTreeSet::new(),
+            shared: Arc::new(Shared {
+                queued: AtomicUsize::new(0),
+                max: max_backlog.max(1),
+                owed: Mutex::new(first),
+            }),
+            progress: HashMap::new(),
             dir: dir.to_path_buf(),
             failing: false,
+            retry: Duration::from_secs(1),
+            next_try: tokio::time::Instant::now(),
+            // Unknown until written: the first save writes.
+            saved: "?".into(),
+        }
+    }
+
+    /// The writer's end of this sink.
+    pub fn queue(&self, tx: mpsc::UnboundedSender<Vec<Row>>) -> SinkQueue {
+        SinkQueue {
+            tx,
+            shared: Arc::clone(&self.shared),
         }
     }
 
     /// Runs on the writer's runtime as its own task, so a slow or absent
     /// database never holds up the local files: batches come in over
-    /// `rx`, a failed send is retried every second, and what is left is
-    /// tried once more when `rx` closes.
+    /// `rx`; after a failure, nothing is sent until the next retry, a
+    /// second later at first and backing off to [`MAX_RETRY`]; what is left
+    /// is tried once more when `rx` closes.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Vec<Row>>) {
-        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 batch = rx.recv() => {
                     let Some(rows) = batch else { break };
-                    for row in rows {
-                        self.push(row);
+                    self.backlog.extend(rows);
+                    while let Ok(rows) = rx.try_recv() {
+                        self.backlog.extend(rows);
                     }
-                    self.flush().await;
+                    if !self.failing {
+                        self.flush().await;
+                    }
                 }
-                _ = retry.tick(), if self.behind() => self.flush().await,
+                _ = tick.tick() => {
+                    if self.behind() && tokio::time::Instant::now() >= self.next_try {
+                        self.flush().await;
+                    }
+                    self.save_owed();
+                }
             }
         }
         self.flush().await;
+        self.save_owed();
     }
 
     /// Whether anything waits for the database.
     fn behind(&self) -> bool {
-        !self.backlog.is_empty() || !self.owed.is_empty()
+        !self.backlog.is_empty() || !self.shared.owed().queue.is_empty()
     }
 
-    fn push(&mut self, row: Row) {
-        if self.backlog.len() >= self.max_backlog {
-            let dropped = self.backlog.len();
-            self.owed
-                .extend(self.backlog.drain(..).map(|row| row.session));
-            warn!(
-                dropped,
-                sessions = self.owed.len(),
-                "the recording database has not answered for {dropped} events; they leave memory, and their sessions go again from the local recordings when it answers"
-            );
-        }
-        self.backlog.push(row);
-    }
-
-    /// Sends the backlog in one statement (kept on failure), then the
+    /// Sends the backlog in batches (each dropped once in), then the
     /// sessions owed from their files.
     async fn flush(&mut self) {
-        if !self.behind() {
-            return;
+        let mut backlog = std::mem::take(&mut self.backlog);
+        let mut sent = 0;
+        while sent < backlog.len() {
+            let n = batch_len(&backlog[sent..]);
+            if let Err(e) = self.send(&backlog[sent..sent + n]).await {
+                // Nothing joined the backlog meanwhile: only this task fills it.
+                backlog.drain(..sent);
+                self.shared.queued.fetch_sub(sent, Ordering::Relaxed);
+                self.backlog = backlog;
+                self.failed(&e);
+                return;
+            }
+            sent += n;
         }
-        let rows = std::mem::take(&mut self.backlog);
-        if let Err(e) = self.send(&rows).await {
-            self.backlog = rows;
+        self.shared.queued.fetch_sub(sent, Ordering::Relaxed);
+        if let Err(e) = self.resend_owed().await {
             self.failed(&e);
             return;
         }
@@ -179,7 +332,7 @@ impl Sink {
             info!("the recording database answers again");
         }
         self.failing = false;
-        self.resend_owed().await;
+        self.retry = Duration::from_secs(1);
     }
 
     fn failed(&mut self, error: &str) {
@@ -191,43 +344,71 @@ impl Sink {
         }
         self.failing = true;
         self.client = None;
+        self.next_try = tokio::time::Instant::now() + self.retry;
+        self.retry = (self.retry * 2).min(MAX_RETRY);
     }
 
-    /// Sends each owed session again, every line of its file; the table
-    /// keeps the rows it has already. A session stays owed until all of it
-    /// went, so a failure part-way retries it whole.
-    async fn resend_owed(&mut self) {
-        while let Some(session) = self.owed.first().cloned() {
-            let data = match super::files::find(&self.dir, &session)
-                .and_then(|path| super::files::read(&path).map_err(|e| e.to_string()))
-            {
-                Ok(data) => data,
-                Err(e) => {
-                    // Retention may have taken it meanwhile; nothing
-                    // else holds its rows.
-                    warn!(session, error = %e, "cannot read a recording to send it to the recording database again; the database keeps it incomplete");
-                    self.owed.remove(&session);
-                    continue;
-                }
+    /// Sends each owed session again from where its re-send stands. A
+    /// session whose send fails goes to the back of the queue; `Err` then.
+    async fn resend_owed(&mut self) -> Result<(), String> {
+        loop {
+            // Taken before its file is read: rows of it the writer cannot
+            // hand over meanwhile owe it again, and are sent next time.
+            let Some(session) = self.shared.owed().take() else {
+                return Ok(());
             };
-            for rows in rows_of(&data).chunks(RESEND_BATCH) {
-                if let Err(e) = self.send(rows).await {
-                    self.failed(&e);
-                    return;
+            let mut at = self.progress.remove(&session).unwrap_or_default();
+            let result = self.resend(&session, &mut at).await;
+            match result {
+                Ok(None) => {
+                    info!(
+                        session,
+                        "sent a session to the recording database again from its recording"
+                    );
+                    // Resumed from here should it be owed again.
+                    self.progress.insert(session, at);
+                }
+                Ok(Some(why)) => {
+                    error!(session, reason = %why, "a recording no longer chains where the recording database needs it: the rest is not sent, and the database keeps the session incomplete; run `chokepoint sessions verify` on it");
+                }
+                Err(Resend::File(why)) => {
+                    // Retention may have taken it meanwhile.
+                    warn!(session, error = %why, "cannot read a recording to send it to the recording database again; the database keeps it incomplete");
+                }
+                Err(Resend::Database(e)) => {
+                    self.progress.insert(session.clone(), at);
+                    self.shared.owed().add(session);
+                    return Err(e);
                 }
             }
-            info!(
-                session,
-                "sent a session to the recording database again from its recording"
-            );
-            self.owed.remove(&session);
+        }
+    }
+
+    /// Sends the lines of `session`'s recording from `at` on, a batch at
+    /// a time, each checked to chain onto the last: the file is the record
+    /// of truth, but one altered since it was written must not become the
+    /// fleet copy (found in review). `Ok(Some(why))`: a line that does not
+    /// chain, where sending stopped.
+    async fn resend(&mut self, session: &str, at: &mut Progress) -> Result<Option<String>, Resend> {
+        let path = super::files::find(&self.dir, session).map_err(Resend::File)?;
+        loop {
+            let mut next = at.clone();
+            let (rows, stop) = read_rows(&path, session, &mut next, BATCH_ROWS, BATCH_BYTES)
+                .map_err(|e| Resend::File(format!("{}: {e}", path.display())))?;
+            self.send(&rows).await.map_err(Resend::Database)?;
+            *at = next;
+            match stop {
+                Stop::Full => {}
+                Stop::End => return Ok(None),
+                Stop::Broken(why) => return Ok(Some(why)),
+            }
         }
     }
 
     /// Sends `rows` in one statement (connecting first if needed), within
     /// [`SEND_TIMEOUT`].
     async fn send(&mut self, rows: &[Row]) -> Result<(), String> {
-        tokio::time::timeout(SEND_TIMEOUT, self.send_now(rows))
+        tokio::time::timeout(SEND_TIMEOUT + Duration::from_secs(1), self.send_now(rows))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {} s", SEND_TIMEOUT.as_secs())))
     }
@@ -235,8 +416,13 @@ impl Sink {
     async fn send_now(&mut self, rows: &[Row]) -> Result<(), String> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             let client = connect(&self.settings).await?;
+            // Ended by the server too: a timed-out INSERT left running
+            // would commit later and pile up behind the retries.
             client
-                .batch_execute(SCHEMA)
+                .batch_execute(&format!(
+                    "SET statement_timeout = {}; {SCHEMA}",
+                    SEND_TIMEOUT.as_millis()
+                ))
                 .await
                 .map_err(|e| format!("creating the table: {e}"))?;
             self.client = Some(client);
@@ -274,31 +460,150 @@ impl Sink {
             })?;
         Ok(())
     }
+
+    /// Writes the sessions the database still lacks rows of beside the
+    /// recordings, when that changed: owed ones, and those of the rows in
+    /// the backlog (the daemon does not wait for this task when it
+    /// stops). A gateway stopped during an outage sends them at its next
+    /// start.
+    fn save_owed(&mut self) {
+        let mut sessions: std::collections::BTreeSet<&str> = self
+            .backlog
+            .iter()
+            .map(|row| row.session.as_str())
+            .collect();
+        let owed = self.shared.owed();
+        sessions.extend(owed.queue.iter().map(String::as_str));
+        let text: String = sessions.iter().map(|s| format!("{s}\n")).collect();
+        drop(owed);
+        if text == self.saved {
+            return;
+        }
+        let path = self.dir.join(OWED_FILE);
+        let tmp = self.dir.join(format!("{OWED_FILE}.new"));
+        match std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &path)) {
+            Ok(()) => self.saved = text,
+            Err(e) => {
+                warn!(error = %e, path = %path.display(), "cannot save the sessions owed to the recording database")
+            }
+        }
+    }
 }
 
-/// The rows of a recording's lines as they are on disk, for a recording
-/// the gateway sealed at start (found in review: the seal recovery writes
-/// went to the file only, so the database read every crashed session as
-/// unsealed for ever, and rows the writer had not sent yet were missing).
-/// The table keeps the first row of each `(session, seq)`, so sending
-/// rows it has already is harmless. Lines that are no recording line (a
-/// damaged file) are left out: the database then reads tampered too.
-pub fn rows_of(data: &[u8]) -> Vec<Row> {
-    data.split(|&b| b == b'\n')
-        .filter_map(|line| {
-            let (hash, prev, raw) = super::chain::split(line).ok()?;
-            let event: super::event::Event = serde_json::from_slice(raw).ok()?;
-            Some(Row {
-                session: event.session,
-                seq: i64::try_from(event.seq).ok()?,
-                wall: event.wall,
-                kind: event.body.kind(),
-                prev_hash: prev.to_owned(),
-                hash: hash.to_owned(),
-                raw: std::str::from_utf8(raw).ok()?.to_owned(),
-            })
-        })
-        .collect()
+/// Why a re-send stopped.
+enum Resend {
+    /// The recording could not be found or read.
+    File(String),
+    Database(String),
+}
+
+/// Rows of a batch: at most [`BATCH_ROWS`] and about [`BATCH_BYTES`].
+fn batch_len(rows: &[Row]) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for row in rows.iter().take(BATCH_ROWS) {
+        bytes += row.raw.len() + 200;
+        n += 1;
+        if bytes >= BATCH_BYTES {
+            break;
+        }
+    }
+    n
+}
+
+/// The sessions the last run still owed, from [`OWED_FILE`].
+fn load_owed(dir: &Path) -> Vec<String> {
+    match crate::regular_file::read_bounded(&dir.join(OWED_FILE), 64 << 20) {
+        Ok(data) => String::from_utf8_lossy(&data)
+            .lines()
+            .filter(|id| super::files::is_id(id))
+            .map(str::to_owned)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Reads the lines of `session`'s recording at `path` from `at` on, up to
+/// `max_rows` rows and about `max_bytes`, each checked to be the next line
+/// of that session's chain; `at` moves past what was read. A last line
+/// without its newline (being written) ends the read, for next time.
+pub fn read_rows(
+    path: &Path,
+    session: &str,
+    at: &mut Progress,
+    max_rows: usize,
+    max_bytes: usize,
+) -> std::io::Result<(Vec<Row>, Stop)> {
+    use std::io::{BufRead, Read, Seek};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        // Not followed: the recording itself, nothing it points to.
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    crate::regular_file::check(&file)?;
+    file.seek(std::io::SeekFrom::Start(at.offset))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut rows = Vec::new();
+    let mut bytes = 0;
+    let mut line = Vec::new();
+    loop {
+        if rows.len() >= max_rows || bytes >= max_bytes {
+            return Ok((rows, Stop::Full));
+        }
+        line.clear();
+        let n = reader
+            .by_ref()
+            .take(super::files::MAX_RECORDING_BYTES)
+            .read_until(b'\n', &mut line)?;
+        let Some(whole) = line.strip_suffix(b"\n") else {
+            return Ok((rows, Stop::End));
+        };
+        match row_of(whole, session, at) {
+            Ok(row) => {
+                bytes += n;
+                at.offset += n as u64;
+                at.prev.clone_from(&row.hash);
+                at.seq += 1;
+                rows.push(row);
+            }
+            Err(why) => {
+                return Ok((
+                    rows,
+                    Stop::Broken(format!("line {} (seq {}): {why}", at.seq + 1, at.seq)),
+                ));
+            }
+        }
+    }
+}
+
+/// `line` as a row, if it is the next line of `session`'s chain after `at`.
+fn row_of(line: &[u8], session: &str, at: &Progress) -> Result<Row, String> {
+    let (hash, prev, raw) = super::chain::split(line).map_err(str::to_owned)?;
+    if prev != at.prev {
+        return Err("prev_hash does not match the line before".into());
+    }
+    if super::chain::hash(prev, raw) != hash {
+        return Err("the hash does not match the event".into());
+    }
+    let event: super::event::Event =
+        serde_json::from_slice(raw).map_err(|e| format!("the event is not valid: {e}"))?;
+    if event.session != session {
+        return Err(format!("the event belongs to session {}", event.session));
+    }
+    if event.seq != at.seq {
+        return Err(format!("seq is {} where {} belongs", event.seq, at.seq));
+    }
+    Ok(Row {
+        session: event.session,
+        seq: i64::try_from(event.seq).map_err(|e| e.to_string())?,
+        wall: event.wall,
+        kind: event.body.kind(),
+        prev_hash: prev.to_owned(),
+        hash: hash.to_owned(),
+        raw: std::str::from_utf8(raw)
+            .map_err(|e| e.to_string())?
+            .to_owned(),
+    })
 }
 
 /// Session ids in the table, oldest first. Every session with any row, not
@@ -350,4 +655,49 @@ pub async fn recording(client: &Client, session: &str) -> Result<Vec<u8>, String
         out.extend_from_slice(&super::chain::assemble(&hash, &prev, raw.as_bytes()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(session: &str, seq: i64) -> Row {
+        Row {
+            session: session.to_owned(),
+            seq,
+            wall: String::new(),
+            kind: "statement",
+            prev_hash: String::new(),
+            hash: String::new(),
+            raw: "{}".into(),
+        }
+    }
+
+    /// Found in review: with the sink stuck in a send to a database that
+    /// never answers, the writer's rows piled up in the channel without
+    /// bound. Past the backlog the writer hands over session ids instead.
+    #[test]
+    fn a_stuck_sink_holds_no_more_rows_than_its_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SinkSettings {
+            conninfo: "host=127.0.0.1 port=1".into(),
+            password_file: None,
+        };
+        let sink = Sink::new(settings, dir.path(), 10, vec!["a-before".into()]);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let queue = sink.queue(tx);
+        for batch in 0..1_000 {
+            let session = format!("s{}", batch % 3);
+            queue.send((0..4).map(|i| row(&session, batch * 4 + i)).collect());
+        }
+        let mut held = 0;
+        while let Ok(rows) = rx.try_recv() {
+            held += rows.len();
+        }
+        assert_eq!(held, 8, "two batches of four fit in ten");
+        let owed = sink.shared.owed();
+        let owed: Vec<&str> = owed.queue.iter().map(String::as_str).collect();
+        // Each owed once, whatever the number of rows left out.
+        assert_eq!(owed, ["a-before", "s2", "s0", "s1"]);
+    }
 }

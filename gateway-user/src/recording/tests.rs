@@ -1281,26 +1281,68 @@ async fn a_recording_is_listed_before_its_file_and_unlisted_if_never_made() {
     );
 }
 
-/// A recording sealed at start goes to the fleet database whole: its rows
-/// rebuild the file's lines exactly, seal included, and lines that are no
-/// recording line are left out.
+/// A recording sent again to the fleet database: its rows rebuild the
+/// file's lines exactly, seal included, in batches that resume where the
+/// last stopped; a line that does not chain stops the sending there, and
+/// a last line still being written waits for next time.
 #[tokio::test]
 async fn a_recordings_rows_rebuild_its_lines() {
     let a = tempfile::tempdir().unwrap();
     let (path, _) = recorded(a.path()).await;
+    let id = path.file_stem().unwrap().to_str().unwrap().to_owned();
     let data = std::fs::read(&path).unwrap();
-    let rows = sink::rows_of(&data);
+    let mut at = sink::Progress::default();
+    let mut rows = Vec::new();
+    loop {
+        let (batch, stop) = sink::read_rows(&path, &id, &mut at, 2, 1 << 20).unwrap();
+        rows.extend(batch);
+        match stop {
+            sink::Stop::Full => {}
+            sink::Stop::End => break,
+            sink::Stop::Broken(why) => panic!("{why}"),
+        }
+    }
     assert_eq!(rows.len(), lines(&data).len());
     assert!(rows.iter().enumerate().all(|(i, r)| r.seq == i as i64));
     assert_eq!(rows.last().map(|r| r.kind), Some("seal"));
+    assert_eq!(at.offset, data.len() as u64);
     let rebuilt: Vec<u8> = rows
         .iter()
         .flat_map(|r| chain::assemble(&r.hash, &r.prev_hash, r.raw.as_bytes()))
         .collect();
     assert_eq!(rebuilt, data);
-    let mut damaged = data.clone();
-    damaged.extend_from_slice(b"not a recording line\n");
-    assert_eq!(sink::rows_of(&damaged).len(), rows.len());
+
+    // Torn: the half line is left for next time.
+    let mut torn = data.clone();
+    torn.extend_from_slice(b"{\"hash\":\"ab");
+    std::fs::write(&path, &torn).unwrap();
+    let mut again = at.clone();
+    let (more, stop) = sink::read_rows(&path, &id, &mut again, 100, 1 << 20).unwrap();
+    assert!(more.is_empty() && stop == sink::Stop::End && again == at);
+
+    // Altered: nothing from the changed line on.
+    let altered = String::from_utf8(data.clone())
+        .unwrap()
+        .replacen("SELECT", "DELETE", 1);
+    std::fs::write(&path, altered).unwrap();
+    let mut from_start = sink::Progress::default();
+    let (kept, stop) = sink::read_rows(&path, &id, &mut from_start, 100, 1 << 20).unwrap();
+    assert!(kept.len() < rows.len());
+    assert!(matches!(stop, sink::Stop::Broken(why) if why.contains("the hash does not match")));
+
+    // Another session's id: not its chain.
+    let mut other = sink::Progress::default();
+    std::fs::write(&path, &data).unwrap();
+    let (none, stop) = sink::read_rows(
+        &path,
+        "20260101T000000Z-000000000000",
+        &mut other,
+        100,
+        1 << 20,
+    )
+    .unwrap();
+    assert!(none.is_empty());
+    assert!(matches!(stop, sink::Stop::Broken(why) if why.contains("belongs to session")));
 }
 
 /// A `.jsonl` path given on the command line gets an error that says what

@@ -31,7 +31,7 @@ use super::{
     event::{Body, Event},
     keys::HostKey,
     ledger::{Anchor, LedgerWriter, Outcome},
-    sink::{Row, Sink},
+    sink::{Row, Sink, SinkQueue},
 };
 
 const SYNC_EVERY: Duration = Duration::from_millis(100);
@@ -166,7 +166,6 @@ pub(super) fn spawn(
     inflight: Arc<AtomicUsize>,
     active: Active,
     sink: Option<Sink>,
-    resend: Vec<Row>,
     ledger: LedgerWriter,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -187,10 +186,7 @@ pub(super) fn spawn(
             runtime.block_on(async move {
                 let sink = sink.map(|sink| {
                     let (tx, rx) = mpsc::unbounded_channel();
-                    if !resend.is_empty() {
-                        let _ = tx.send(resend);
-                    }
-                    (tx, tokio::spawn(sink.run(rx)))
+                    (sink.queue(tx), tokio::spawn(sink.run(rx)))
                 });
                 let (tx, task) = sink.unzip();
                 Writer::new(key, inflight, active, tx, ledger).run(inbox).await;
@@ -208,7 +204,7 @@ struct Writer {
     active: Active,
     files: HashMap<u64, Open>,
     /// Rows for the fleet sink, sent after each batch is on disk.
-    sink: Option<mpsc::UnboundedSender<Vec<Row>>>,
+    sink: Option<SinkQueue>,
     rows: Vec<Row>,
     ledger: LedgerWriter,
     /// Folders that got a new recording since the last sync: fsynced
@@ -222,7 +218,7 @@ impl Writer {
         key: HostKey,
         inflight: Arc<AtomicUsize>,
         active: Active,
-        sink: Option<mpsc::UnboundedSender<Vec<Row>>>,
+        sink: Option<SinkQueue>,
         ledger: LedgerWriter,
     ) -> Self {
         Self {
@@ -265,10 +261,8 @@ impl Writer {
     }
 
     fn send_rows(&mut self) {
-        if let Some(tx) = &self.sink
-            && !self.rows.is_empty()
-        {
-            let _ = tx.send(std::mem::take(&mut self.rows));
+        if let Some(queue) = &self.sink {
+            queue.send(std::mem::take(&mut self.rows));
         }
     }
 
