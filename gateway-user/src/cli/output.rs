@@ -24,35 +24,43 @@ pub(crate) fn failure() -> Option<(io::ErrorKind, String)> {
     FAILED.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-/// Writes `args` (and a newline when `newline`) to `w`, keeping a failure.
-pub(crate) fn write(mut w: impl Write, args: fmt::Arguments<'_>, newline: bool) {
+/// Writes `args` (and a newline when `newline`) to `w`, keeping a failure;
+/// whether it was written.
+pub(crate) fn write(mut w: impl Write, args: fmt::Arguments<'_>, newline: bool) -> bool {
     let written = w
         .write_fmt(args)
         .and_then(|()| if newline { w.write_all(b"\n") } else { Ok(()) })
         .and_then(|()| w.flush());
-    if let Err(e) = written {
-        record(&e);
+    if let Err(e) = &written {
+        record(e);
     }
+    written.is_ok()
 }
 
 /// `println!` that never panics: a failure is kept for the exit code.
 macro_rules! say {
     ($($arg:tt)*) => {
-        $crate::cli::output::write(std::io::stdout().lock(), format_args!($($arg)*), true)
+        {
+            let _ = $crate::cli::output::write(std::io::stdout().lock(), format_args!($($arg)*), true);
+        }
     };
 }
 
 /// `print!` that never panics.
 macro_rules! say_raw {
     ($($arg:tt)*) => {
-        $crate::cli::output::write(std::io::stdout().lock(), format_args!($($arg)*), false)
+        {
+            let _ = $crate::cli::output::write(std::io::stdout().lock(), format_args!($($arg)*), false);
+        }
     };
 }
 
 /// `eprintln!` that never panics.
 macro_rules! tell {
     ($($arg:tt)*) => {
-        $crate::cli::output::write(std::io::stderr().lock(), format_args!($($arg)*), true)
+        {
+            let _ = $crate::cli::output::write(std::io::stderr().lock(), format_args!($($arg)*), true);
+        }
     };
 }
 
@@ -74,13 +82,14 @@ mod tests {
         }
     }
 
+    /// Only that some failure is kept is asserted: which one came first
+    /// depends on the other tests in this binary, which print to the real
+    /// stdout (closed under `cargo test | head`).
     #[test]
     fn a_failed_write_is_kept_not_panicked_on() {
-        write(Vec::new(), format_args!("fine"), true);
-        write(Full, format_args!("lost {}", 1), true);
-        write(Full, format_args!("lost too"), false);
-        let (kind, message) = failure().expect("kept");
-        assert_eq!(kind, io::ErrorKind::StorageFull);
-        assert!(message.contains("No space left on device"), "{message}");
+        assert!(write(Vec::new(), format_args!("fine"), true));
+        assert!(!write(Full, format_args!("lost {}", 1), true));
+        assert!(!write(Full, format_args!("lost too"), false));
+        assert!(failure().is_some());
     }
 }

@@ -1376,9 +1376,11 @@ fn export_lines_to(
     err: impl Write,
 ) -> Result<Verdict, String> {
     let (verdict, found, lines) = stored_lines(source, id)?;
-    out.write_all(&lines)
-        .and_then(|()| out.flush())
-        .map_err(|e| format!("writing the export: {e}"))?;
+    // Kept for the exit code, as every other output (quiet on a closed
+    // pipe); the verdict still goes to stderr.
+    if let Err(e) = out.write_all(&lines).and_then(|()| out.flush()) {
+        super::output::record(&e);
+    }
     let _ = writeln!(Escaped(err), "-- {}", describe(&verdict, &found));
     Ok(verdict)
 }
