@@ -281,8 +281,13 @@ impl InstanceArg {
             .config
             .as_ref()
             .ok_or("name an instance: --instance, --config or --all")?;
-        let policy = crate::policy::Policy::load(config)
-            .map_err(|e| format!("invalid configuration:\n{e}"))?;
+        // A broken file must not stand between an admin and `detach`:
+        // the message says how to go around it (found in review).
+        let policy = crate::policy::Policy::load(config).map_err(|e| {
+            format!(
+                "invalid configuration:\n{e}\n(to go ahead without it, name the instance: --instance NAME; `chokepoint status --all` lists them)"
+            )
+        })?;
         Ok(vec![policy.daemon().instance.clone()])
     }
 }
