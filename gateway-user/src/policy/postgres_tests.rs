@@ -1961,13 +1961,14 @@ fn recording_settings_default_and_resolve_next_to_their_file() {
         "{}",
         e.message
     );
-    let text = "[recording]\npostgres_password_file = \"pw\"\n";
-    let e = only_error(load_one(&files, text));
-    assert!(
-        e.message
-            .starts_with("postgres_password_file is only used with postgres"),
-        "{}",
-        e.message
+    let refused = |text: &str, start: &str| {
+        let e = only_error(load_one(&files, text));
+        assert!(e.message.starts_with(start), "{}", e.message);
+        e
+    };
+    refused(
+        "[recording]\npostgres_password_file = \"pw\"\n",
+        "postgres_password_file is only used with postgres",
     );
     let pw = secret(&files, "recorder-pw", "secret", 0o600);
     let text = format!(
@@ -1987,22 +1988,12 @@ fn recording_settings_default_and_resolve_next_to_their_file() {
     assert_eq!(policy.recording().sink_backlog, 5000);
     for bad in ["0", "-1", "1000001"] {
         let text = format!("[recording]\npostgres = \"host=db\"\npostgres_backlog = {bad}\n");
-        let e = only_error(load_one(&files, &text));
+        let e = refused(&text, "postgres_backlog must be 1 to 1000000 rows");
         assert_eq!(position(&e), at(&text, bad));
-        assert!(
-            e.message
-                .starts_with("postgres_backlog must be 1 to 1000000 rows"),
-            "{}",
-            e.message
-        );
     }
-    let text = "[recording]\npostgres_backlog = 10\n";
-    let e = only_error(load_one(&files, text));
-    assert!(
-        e.message
-            .starts_with("postgres_backlog is only used with postgres"),
-        "{}",
-        e.message
+    refused(
+        "[recording]\npostgres_backlog = 10\n",
+        "postgres_backlog is only used with postgres",
     );
 }
 
