@@ -2418,3 +2418,41 @@ fn a_copy_failing_after_syncs_were_sent_into_it_ends_the_session() -> Result<()>
     assert_eq!(r[0]["closed"], true, "{all}");
     Ok(())
 }
+
+/// The server looks up the name an `EXECUTE` runs when its portal runs,
+/// not at the Bind: the gateway decides the portal again at its Execute.
+/// Here the name is gone by then (DEALLOCATE between Bind and Execute), so
+/// the gateway refuses it itself, as it would a name re-prepared as
+/// something policy now denies (found in review).
+#[test]
+fn a_portal_of_an_execute_is_decided_again_when_it_runs() -> Result<()> {
+    let s = Setup::start("pg-portal-exec", 54, Policy::Guarded)?;
+    let query = |sql: &str| frame(b'Q', &cstrings(&[sql], &[]));
+    // The Parse only after the PREPARE is done: a name still being
+    // prepared is refused.
+    let first = query("PREPARE z AS SELECT 1");
+    let script = [
+        query("BEGIN"),
+        frame(b'P', &cstrings(&["s1", "EXECUTE z"], &[0, 0])),
+        frame(b'B', &cstrings(&["p", "s1"], &[0, 0, 0, 0, 0, 0])),
+        frame(b'S', &[]),
+        query("DEALLOCATE z"),
+        frame(b'E', &cstrings(&["p"], &[0, 0, 0, 0])),
+        frame(b'S', &[]),
+        query("ROLLBACK"),
+    ]
+    .concat();
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "raw_until_ready": { "first": first, "until": "Z", "hex": script, "ready": 6 } })],
+    )?;
+    let all = r[0].to_string();
+    let messages = r[0]["messages"].as_array().context("messages")?;
+    let tags: String = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
+    assert_eq!(tags, "CZCZ12ZCZEZCZ", "{all}");
+    assert!(
+        all.contains("unknown-prepared") && all.contains("EXECUTE z: no statement of that name"),
+        "the Execute was not decided again: {all}"
+    );
+    Ok(())
+}

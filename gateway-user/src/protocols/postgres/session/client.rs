@@ -74,33 +74,7 @@ impl Session<'_> {
                         "",
                     )
                 });
-                let refused = unknown.or_else(|| verdict.and_then(|(sql, classification, shown, approved)| {
-                    match self.decide_classified(&sql, &classification, shown) {
-                        Decided::Run(_) => None,
-                        Decided::Refuse(error) => Some(error),
-                        // Approved when it was prepared, by the approvers
-                        // of the rule that holds it now: that approval was
-                        // for exactly this text. Held by another rule (a
-                        // reload), its approvers have not decided.
-                        Decided::Hold(ask)
-                            if approved
-                                .as_ref()
-                                .is_some_and(|a| a.covers(&ask.rule, SystemTime::now())) =>
-                        {
-                            None
-                        }
-                        Decided::Hold(ask) if approved.as_ref().is_some_and(|a| *a.rule == *ask.rule) => Some(deny_error(
-                            &ask.rule,
-                            &format!("statement needs approval by rule {} ({}), and the approval grant it was prepared under has ended: prepare it again to ask for approval", ask.rule, ask.reason),
-                            &ask.shown,
-                        )),
-                        Decided::Hold(ask) => Some(deny_error(
-                            &ask.rule,
-                            &format!("statement needs approval by rule {} ({}), which it did not need when it was prepared: prepare it again to ask for approval", ask.rule, ask.reason),
-                            &ask.shown,
-                        )),
-                    }
-                }));
+                let refused = unknown.or_else(|| verdict.and_then(|named| self.refusal(named)));
                 let refused = refused.or_else(|| {
                     let new = !b.portal.is_empty() && !self.portals.contains_key(b.portal);
                     (new && self.portals.len() >= MAX_PORTALS).then(|| {
@@ -137,6 +111,36 @@ impl Session<'_> {
             }
             FrontendMessage::Execute(e) => {
                 let portal = e.portal.to_owned();
+                // The server looks an EXECUTE's name up when the portal
+                // runs, not at its Bind: decided again here (found in
+                // review: re-prepared between the two, it ran unchecked).
+                let again = self
+                    .portals
+                    .get(&portal)
+                    .map(|p| p.bound.clone())
+                    .filter(|bound| executes(&bound.1));
+                if let Some(bound) = again {
+                    let refused = match self.with_current_executes(bound) {
+                        Ok(current) => self.refusal(current),
+                        Err(why) => Some(deny_error(
+                            "unknown-prepared",
+                            &format!("statement denied by rule unknown-prepared: {why}"),
+                            "",
+                        )),
+                    };
+                    if let Some(error) = refused {
+                        let nonce = self.deny(error);
+                        // A portal of that name does not exist: the
+                        // server's error carries the nonce.
+                        push_execute(&mut self.to_upstream, &nonce);
+                        self.tracker.push(Pending::Execute {
+                            portal: nonce,
+                            running: None,
+                            plan: None,
+                        });
+                        return Step::Continue;
+                    }
+                }
                 // Masking needs this Execute's row layout. Asking right
                 // before it is the only answer that cannot belong to an
                 // earlier or later Bind of the same portal name.
@@ -337,6 +341,45 @@ impl Session<'_> {
         }
     }
 
+    /// Why a prepared statement (or a portal bound to one) may not run
+    /// now, under the session's current rules: `None` when it may.
+    fn refusal(&mut self, named: NamedStatement) -> Option<Bytes> {
+        let (sql, classification, shown, approved) = named;
+        match self.decide_classified(&sql, &classification, shown) {
+            Decided::Run(_) => None,
+            Decided::Refuse(error) => Some(error),
+            // Approved when it was prepared, by the approvers
+            // of the rule that holds it now: that approval was
+            // for exactly this text. Held by another rule (a
+            // reload), its approvers have not decided.
+            Decided::Hold(ask)
+                if approved
+                    .as_ref()
+                    .is_some_and(|a| a.covers(&ask.rule, SystemTime::now())) =>
+            {
+                None
+            }
+            Decided::Hold(ask) if approved.as_ref().is_some_and(|a| *a.rule == *ask.rule) => {
+                Some(deny_error(
+                    &ask.rule,
+                    &format!(
+                        "statement needs approval by rule {} ({}), and the approval grant it was prepared under has ended: prepare it again to ask for approval",
+                        ask.rule, ask.reason
+                    ),
+                    &ask.shown,
+                ))
+            }
+            Decided::Hold(ask) => Some(deny_error(
+                &ask.rule,
+                &format!(
+                    "statement needs approval by rule {} ({}), which it did not need when it was prepared: prepare it again to ask for approval",
+                    ask.rule, ask.reason
+                ),
+                &ask.shown,
+            )),
+        }
+    }
+
     /// A named statement as it runs now. An `EXECUTE name` in its text runs
     /// what `name` holds at this Bind, which a `DEALLOCATE` and `PREPARE`
     /// since the Parse may have changed (found in review: the Parse's
@@ -345,11 +388,7 @@ impl Session<'_> {
     /// longer prepared.
     fn with_current_executes(&self, named: NamedStatement) -> Result<NamedStatement, String> {
         let (sql, classification, shown, approved) = named;
-        let executes = classification
-            .statements
-            .iter()
-            .any(|s| matches!(s.prepared, Some(Prepared::Execute(_))));
-        if !executes {
+        if !executes(&classification) {
             return Ok((sql, classification, shown, approved));
         }
         // The cache has the text from its Parse: no parse here.
@@ -532,6 +571,14 @@ impl Session<'_> {
         );
         Decided::Refuse(deny_error(&decision.rule, &message, &running.shown.text))
     }
+}
+
+/// Whether `classification` runs a prepared statement by name (`EXECUTE`).
+fn executes(classification: &crate::protocols::postgres::classify::Classification) -> bool {
+    classification
+        .statements
+        .iter()
+        .any(|s| matches!(s.prepared, Some(Prepared::Execute(_))))
 }
 
 /// Prepared statements (protocol and SQL) one session may keep, and their

@@ -89,6 +89,11 @@ pub(super) fn push_bind(out: &mut BytesMut, portal: &str, missing_statement: &st
     );
 }
 
+/// An Execute of `portal` (all rows).
+pub(super) fn push_execute(out: &mut BytesMut, portal: &str) {
+    let _ = postgres_protocol::message::frontend::execute(portal, 0, out);
+}
+
 pub(super) fn push_describe_portal(out: &mut BytesMut, portal: &str) {
     let _ = postgres_protocol::message::frontend::describe(b'P', portal, out);
 }

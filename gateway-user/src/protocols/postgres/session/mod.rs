@@ -44,8 +44,8 @@ use tracing::{Level, debug, error, info, warn};
 
 use self::{
     messages::{
-        class_names, deny_error, fatal, limit_error, push_bind, push_describe_portal, push_parse,
-        push_query, put_message,
+        class_names, deny_error, fatal, limit_error, push_bind, push_describe_portal, push_execute,
+        push_parse, push_query, put_message,
     },
     prepared::parse_undo,
     startup::{connect, startup_with_tls},

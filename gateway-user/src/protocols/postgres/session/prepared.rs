@@ -221,6 +221,19 @@ impl Session<'_> {
                     ));
                 }
             };
+            // The session follows names from its own PREPARE and
+            // DEALLOCATE statements; one run through EXECUTE (of a
+            // Parse'd utility statement) would change names unseen, and
+            // an EXECUTE inside runs its name as it is now, not as this
+            // stored resolution says. Checked before an approval's
+            // shortcut (found in review: approved, a nested EXECUTE ran
+            // a name re-prepared since).
+            if let Some(inner) = stored.statements.iter().find(|s| s.prepared.is_some()) {
+                return Err(format!(
+                    "EXECUTE {name} runs a {}, which chokepoint does not follow through EXECUTE: send it directly",
+                    inner.command
+                ));
+            }
             // Approved when prepared, and nothing but that rule's hold
             // stands in its way now.
             if let Some(approved) = approved {
@@ -233,15 +246,6 @@ impl Session<'_> {
                 }
             }
             for inner in &stored.statements {
-                // The session follows names from its own PREPARE and
-                // DEALLOCATE statements; one run through EXECUTE (of a
-                // Parse'd utility statement) would change names unseen.
-                if inner.prepared.is_some() {
-                    return Err(format!(
-                        "EXECUTE {name} runs a {}, which chokepoint does not follow through EXECUTE: send it directly",
-                        inner.command
-                    ));
-                }
                 let mut inner = inner.clone();
                 inner.prepared = None;
                 if outer.command == "EXPLAIN ANALYZE"
