@@ -179,6 +179,12 @@ fn make_private_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The host's private key file in `dir`: where it is, the ledger's head is
+/// too (the gateway writes both at its first start).
+pub fn private_key_path(dir: &Path) -> PathBuf {
+    dir.join(SECRET)
+}
+
 /// The public key file in `dir`, as hex.
 pub fn public_key_path(dir: &Path) -> PathBuf {
     dir.join(PUBLIC)

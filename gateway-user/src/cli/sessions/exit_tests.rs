@@ -627,3 +627,26 @@ async fn a_garbled_head_beside_a_deleted_ledger_is_tampered() {
         ExitCode::from(1)
     );
 }
+
+/// Found in review: deleting a recording, the ledger and the head passed
+/// `verify --all` as all intact; and a FIFO put in the ledger's place hung
+/// the permission check. On the host (its key beside the head), both are
+/// tampering.
+#[tokio::test]
+async fn an_erased_ledger_and_head_or_a_fifo_ledger_are_tampered() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = recorded(dir.path()).await;
+    let s = settings(dir.path());
+    let all = SessionsCommand::Verify {
+        id: None,
+        all: true,
+    };
+    let ledger_file = s.dir.join(crate::recording::ledger::FILE);
+    std::fs::remove_file(&ledger_file).unwrap();
+    nix::unistd::mkfifo(&ledger_file, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    assert_eq!(sessions(&store(dir.path()), &all), ExitCode::from(1));
+    std::fs::remove_file(&ledger_file).unwrap();
+    std::fs::remove_file(crate::recording::ledger::head_path(&s.keys_dir, &s.dir)).unwrap();
+    std::fs::remove_file(files::find(&s.dir, &id).unwrap()).unwrap();
+    assert_eq!(sessions(&store(dir.path()), &all), ExitCode::from(1));
+}
