@@ -554,17 +554,20 @@ impl StoreArgs {
                 let (head, head_problem) = match ledger::read_head(&head_path) {
                     // Found in review: deleting a recording, the ledger
                     // and the head passed `verify --all` as all intact. On
-                    // the host (its private key here), a head is written
-                    // at the first start: one missing was removed.
+                    // the host (its private key here) the gateway makes
+                    // its ledger at every start, so with the head gone
+                    // too it was removed. (A head alone may be missing: it
+                    // is first written at the ledger's first fsync.)
                     Ok(None)
                         if crate::recording::keys::private_key_path(&settings.keys_dir)
-                            .exists() =>
+                            .exists()
+                            && !settings.dir.join(ledger::FILE).exists() =>
                     {
                         (
                             None,
                             Some(format!(
-                                "the ledger head {} is gone, but this host's key is beside it",
-                                head_path.display()
+                                "the ledger {} and its head are gone, but this host's key is here",
+                                settings.dir.join(ledger::FILE).display()
                             )),
                         )
                     }
