@@ -133,6 +133,8 @@ pub struct Recorder {
     /// Sessions the ledger has (see `retention::enforce`).
     listed: Arc<Mutex<HashSet<String>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The fleet sink's progress, for a shutdown to wait on.
+    sink: Option<sink::SinkWatch>,
 }
 
 impl Recorder {
@@ -151,6 +153,7 @@ impl Recorder {
                 limits: retention::Limits::default(),
                 listed: Arc::default(),
                 thread: Mutex::new(None),
+                sink: None,
             }));
         }
         let key = keys::HostKey::load_or_create(&settings.keys_dir)?;
@@ -178,6 +181,7 @@ impl Recorder {
             .sink
             .clone()
             .map(|s| sink::Sink::new(s, &settings.dir, settings.sink_backlog, resend));
+        let sink_watch = sink.as_ref().map(sink::Sink::watch);
         let thread = writer::spawn(inbox, key, inflight.clone(), active.clone(), sink, ledger)
             .map_err(|e| format!("cannot start the recording writer: {e}"))?;
         Ok(Arc::new(Recorder {
@@ -191,6 +195,7 @@ impl Recorder {
             limits: settings.retention,
             listed,
             thread: Mutex::new(Some(thread)),
+            sink: sink_watch,
         }))
     }
 
@@ -290,6 +295,12 @@ impl Recorder {
     /// Flushes, then lets the writer thread go (daemon shutdown).
     pub async fn shutdown(&self) {
         self.flush().await;
+        // The writer's thread is not joined: the last rows handed to the
+        // fleet sink (the seals of the sessions just closed) would go with
+        // the process (found in review). Waited for, within bounds.
+        if let Some(watch) = &self.sink {
+            watch.settle().await;
+        }
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(thread);
     }

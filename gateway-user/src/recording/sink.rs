@@ -45,6 +45,12 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const BATCH_ROWS: usize = 5_000;
 const BATCH_BYTES: usize = 8 << 20;
 
+/// Most bytes of rows handed to the sink and not yet in the database.
+const MAX_QUEUED_BYTES: usize = 256 << 20;
+
+/// What `saved` holds after a failed save: no list is this.
+const SAVE_FAILED: &str = "?failed";
+
 /// Retries start a second apart and back off to this.
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
@@ -80,6 +86,13 @@ pub struct Row {
     pub prev_hash: String,
     pub hash: String,
     pub raw: String,
+}
+
+impl Row {
+    /// About the memory it holds.
+    fn weight(&self) -> usize {
+        self.raw.len() + self.session.len() + self.wall.len() + 2 * 64 + 64
+    }
 }
 
 /// Opens a connection with the settings' password (if any).
@@ -120,7 +133,12 @@ impl SinkQueue {
             return;
         }
         let queued = self.shared.queued.load(Ordering::Relaxed);
-        if queued + rows.len() > self.shared.max {
+        let bytes: usize = rows.iter().map(Row::weight).sum();
+        // Rows can be a MiB each (a result's sample): bytes are bounded
+        // too (found in review).
+        if queued + rows.len() > self.shared.max
+            || self.shared.queued_bytes.load(Ordering::Relaxed) + bytes > MAX_QUEUED_BYTES
+        {
             let mut owed = self.shared.owed();
             let before = owed.queue.len();
             for row in rows {
@@ -136,15 +154,36 @@ impl SinkQueue {
             return;
         }
         self.shared.queued.fetch_add(rows.len(), Ordering::Relaxed);
+        self.shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         let _ = self.tx.send(rows);
     }
 }
+
+/// Lets a shutdown wait for the sink.
+pub struct SinkWatch(Arc<Shared>);
+
+impl SinkWatch {
+    /// Returns once every row handed to the sink is in the database, or
+    /// after long enough for the sink to have saved the sessions of those
+    /// that are not (it saves twice a second) when the database is down.
+    pub async fn settle(&self) {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while self.0.queued.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Longest a shutdown waits for the sink.
+const SETTLE: Duration = Duration::from_millis(1500);
 
 /// What the writer and the sink task share.
 struct Shared {
     /// Rows handed to the sink and not yet in the database: in the channel
     /// and in its backlog.
     queued: AtomicUsize,
+    /// Their bytes, about.
+    queued_bytes: AtomicUsize,
     max: usize,
     owed: Mutex<Owed>,
 }
@@ -249,6 +288,7 @@ impl Sink {
             backlog: Vec::new(),
             shared: Arc::new(Shared {
                 queued: AtomicUsize::new(0),
+                queued_bytes: AtomicUsize::new(0),
                 max: max_backlog.max(1),
                 owed: Mutex::new(first),
             }),
@@ -260,6 +300,11 @@ impl Sink {
             // Unknown until written: the first save writes.
             saved: "?".into(),
         }
+    }
+
+    /// A handle to wait on this sink at shutdown.
+    pub fn watch(&self) -> SinkWatch {
+        SinkWatch(Arc::clone(&self.shared))
     }
 
     /// The writer's end of this sink.
@@ -276,6 +321,8 @@ impl Sink {
     /// second later at first and backing off to [`MAX_RETRY`]; what is left
     /// is tried once more when `rx` closes.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Vec<Row>>) {
+        // What the last run left owed is on disk before any send.
+        self.save_owed();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
@@ -315,15 +362,14 @@ impl Sink {
             let n = batch_len(&backlog[sent..]);
             if let Err(e) = self.send(&backlog[sent..sent + n]).await {
                 // Nothing joined the backlog meanwhile: only this task fills it.
-                backlog.drain(..sent);
-                self.shared.queued.fetch_sub(sent, Ordering::Relaxed);
+                self.release(backlog.drain(..sent));
                 self.backlog = backlog;
                 self.failed(&e);
                 return;
             }
             sent += n;
         }
-        self.shared.queued.fetch_sub(sent, Ordering::Relaxed);
+        self.release(backlog.drain(..));
         if let Err(e) = self.resend_owed().await {
             self.failed(&e);
             return;
@@ -333,6 +379,17 @@ impl Sink {
         }
         self.failing = false;
         self.retry = Duration::from_secs(1);
+    }
+
+    /// Rows that left memory: the writer may hand over as many again.
+    fn release(&self, rows: impl Iterator<Item = Row>) {
+        let (mut n, mut bytes) = (0, 0);
+        for row in rows {
+            n += 1;
+            bytes += row.weight();
+        }
+        self.shared.queued.fetch_sub(n, Ordering::Relaxed);
+        self.shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     fn failed(&mut self, error: &str) {
@@ -351,7 +408,11 @@ impl Sink {
     /// Sends each owed session again from where its re-send stands. A
     /// session whose send fails goes to the back of the queue; `Err` then.
     async fn resend_owed(&mut self) -> Result<(), String> {
-        loop {
+        // Those owed now, once each: under load the writer owes sessions
+        // again as fast as they go, and this task must get back to its
+        // channel and its saving (found in review).
+        let due = self.shared.owed().queue.len();
+        for _ in 0..due {
             // Taken before its file is read: rows of it the writer cannot
             // hand over meanwhile owe it again, and are sent next time.
             let Some(session) = self.shared.owed().take() else {
@@ -382,6 +443,7 @@ impl Sink {
                 }
             }
         }
+        Ok(())
     }
 
     /// Sends the lines of `session`'s recording from `at` on, a batch at
@@ -481,11 +543,24 @@ impl Sink {
         }
         let path = self.dir.join(OWED_FILE);
         let tmp = self.dir.join(format!("{OWED_FILE}.new"));
-        match std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &path)) {
+        // Private, and never through a link put in its place.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        match written {
             Ok(()) => self.saved = text,
-            Err(e) => {
-                warn!(error = %e, path = %path.display(), "cannot save the sessions owed to the recording database")
+            // Once, not every half second.
+            Err(e) if self.saved != SAVE_FAILED => {
+                warn!(error = %e, path = %path.display(), "cannot save the sessions owed to the recording database");
+                self.saved = SAVE_FAILED.into();
             }
+            Err(_) => {}
         }
     }
 }
@@ -502,7 +577,7 @@ fn batch_len(rows: &[Row]) -> usize {
     let mut bytes = 0;
     let mut n = 0;
     for row in rows.iter().take(BATCH_ROWS) {
-        bytes += row.raw.len() + 200;
+        bytes += row.weight();
         n += 1;
         if bytes >= BATCH_BYTES {
             break;
@@ -699,5 +774,33 @@ mod tests {
         let owed: Vec<&str> = owed.queue.iter().map(String::as_str).collect();
         // Each owed once, whatever the number of rows left out.
         assert_eq!(owed, ["a-before", "s2", "s0", "s1"]);
+    }
+
+    /// Rows of a MiB each (a result's sample) are bounded by their bytes,
+    /// whatever the row count allows (found in review).
+    #[test]
+    fn the_bound_counts_bytes_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SinkSettings {
+            conninfo: "host=127.0.0.1 port=1".into(),
+            password_file: None,
+        };
+        let sink = Sink::new(settings, dir.path(), 1_000_000, Vec::new());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let queue = sink.queue(tx);
+        for i in 0..300 {
+            let mut big = row("s", i);
+            big.raw = "x".repeat(1 << 20);
+            queue.send(vec![big]);
+        }
+        let mut bytes = 0;
+        while let Ok(rows) = rx.try_recv() {
+            bytes += rows.iter().map(Row::weight).sum::<usize>();
+        }
+        assert!(
+            bytes <= MAX_QUEUED_BYTES && bytes > MAX_QUEUED_BYTES - (2 << 20),
+            "{bytes}"
+        );
+        assert_eq!(sink.shared.owed().queue.len(), 1);
     }
 }
