@@ -39,6 +39,14 @@ pub(super) fn store(dir: &Path) -> StoreArgs {
     }
 }
 
+/// `verify --all`.
+fn verify_all() -> SessionsCommand {
+    SessionsCommand::Verify {
+        id: None,
+        all: true,
+    }
+}
+
 fn verify(id: &str) -> SessionsCommand {
     SessionsCommand::Verify {
         id: Some(id.to_owned()),
@@ -122,10 +130,7 @@ async fn what_cannot_be_checked_exits_2_and_only_tampering_exits_1() {
     ] {
         assert_eq!(sessions(&args, &command), ExitCode::from(1), "{command:?}");
     }
-    let all = SessionsCommand::Verify {
-        id: None,
-        all: true,
-    };
+    let all = verify_all();
     assert_eq!(sessions(&args, &all), ExitCode::from(1));
 }
 
@@ -238,10 +243,7 @@ async fn a_recording_cut_below_its_anchor_is_tampered_for_good() {
     let head = ledger::read_head(&head_path).unwrap().unwrap();
     assert_eq!(head.open[&id].events, 6, "anchor at 6 fsynced events");
     let args = store(dir.path());
-    let all = SessionsCommand::Verify {
-        id: None,
-        all: true,
-    };
+    let all = verify_all();
     // Intact, it is unsealed until the gateway starts again.
     assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(3));
     let path = files::find(&s.dir, &id).unwrap();
@@ -477,10 +479,7 @@ async fn a_recording_the_ledger_never_listed_is_tampered_but_a_new_one_is_not() 
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     std::fs::copy(&from, &to).unwrap();
     assert_eq!(sessions(&args, &verify(&planted)), ExitCode::from(1));
-    let all = SessionsCommand::Verify {
-        id: None,
-        all: true,
-    };
+    let all = verify_all();
     assert_eq!(sessions(&args, &all), ExitCode::from(1));
     std::fs::remove_file(&to).unwrap();
     assert_eq!(sessions(&args, &verify(&genuine)), ExitCode::SUCCESS);
@@ -529,10 +528,7 @@ async fn a_running_sessions_half_written_last_line_is_left_out() {
         super::stored_lines(&source, &id).unwrap().0,
         super::Verdict::Unsealed { events: 2 }
     );
-    let all = SessionsCommand::Verify {
-        id: None,
-        all: true,
-    };
+    let all = verify_all();
     assert_eq!(sessions(&args, &verify(&id)), ExitCode::from(3));
     assert_eq!(sessions(&args, &all), ExitCode::from(3));
     // A session that ended: the same half line is a cut.
@@ -569,10 +565,7 @@ async fn a_recording_made_just_after_its_opening_is_not_gone() {
     let away = dir.path().join("away.jsonl");
     std::fs::rename(&path, &away).unwrap();
     let args = store(dir.path());
-    let all = SessionsCommand::Verify {
-        id: None,
-        all: true,
-    };
+    let all = verify_all();
     // Still not there after the wait: gone.
     assert_eq!(sessions(&args, &all), ExitCode::from(1));
     // Made meanwhile: checked, unsealed as a running session is.
@@ -595,10 +588,7 @@ fn verify_all_of_a_directory_without_recordings_or_ledger_is_trouble() {
         public_keys: vec!["00".repeat(32)],
         ..store(dir.path())
     };
-    let all = SessionsCommand::Verify {
-        id: None,
-        all: true,
-    };
+    let all = verify_all();
     assert_eq!(sessions(&args, &all), ExitCode::from(2));
 }
 
@@ -610,10 +600,7 @@ async fn a_garbled_head_beside_a_deleted_ledger_is_tampered() {
     let dir = tempfile::tempdir().unwrap();
     let id = recorded(dir.path()).await;
     let s = settings(dir.path());
-    let all = SessionsCommand::Verify {
-        id: None,
-        all: true,
-    };
+    let all = verify_all();
     assert_eq!(sessions(&store(dir.path()), &all), ExitCode::SUCCESS);
     std::fs::write(
         crate::recording::ledger::head_path(&s.keys_dir, &s.dir),
@@ -637,10 +624,7 @@ async fn an_erased_ledger_and_head_or_a_fifo_ledger_are_tampered() {
     let dir = tempfile::tempdir().unwrap();
     let id = recorded(dir.path()).await;
     let s = settings(dir.path());
-    let all = SessionsCommand::Verify {
-        id: None,
-        all: true,
-    };
+    let all = verify_all();
     let ledger_file = s.dir.join(crate::recording::ledger::FILE);
     std::fs::remove_file(&ledger_file).unwrap();
     nix::unistd::mkfifo(&ledger_file, nix::sys::stat::Mode::S_IRWXU).unwrap();
