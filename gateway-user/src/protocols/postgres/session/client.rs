@@ -1,5 +1,6 @@
 //! The client's side of the loop: each frontend message is parsed,
 //! decided by the statement policy, then forwarded, denied or held.
+use super::prepared::executes;
 use super::*;
 use crate::protocols::postgres::{classify::Prepared, tracker::NamedStatement};
 
@@ -53,7 +54,7 @@ impl Session<'_> {
                 let (verdict, gone) = match self.named_statement(b.statement) {
                     Some(named) => match self.with_current_executes(named) {
                         Ok(named) => (Some(named), None),
-                        Err(why) => (None, Some(why)),
+                        Err(why) => (None, Some(unknown_prepared(&why))),
                     },
                     None => (None, None),
                 };
@@ -62,17 +63,12 @@ impl Session<'_> {
                 // decided (or a PREPARE still running): refused, as the
                 // server would refuse a name it does not have.
                 let unknown = verdict.is_none().then(|| {
-                    let why = gone.unwrap_or_else(|| {
-                        format!(
+                    gone.unwrap_or_else(|| {
+                        unknown_prepared(&format!(
                             "Bind of {:?}: no statement of that name was prepared in this session",
                             b.statement
-                        )
-                    });
-                    deny_error(
-                        "unknown-prepared",
-                        &format!("statement denied by rule unknown-prepared: {why}"),
-                        "",
-                    )
+                        ))
+                    })
                 });
                 let refused = unknown.or_else(|| verdict.and_then(|named| self.refusal(named)));
                 let refused = refused.or_else(|| {
@@ -121,12 +117,15 @@ impl Session<'_> {
                     .filter(|bound| executes(&bound.1));
                 if let Some(bound) = again {
                     let refused = match self.with_current_executes(bound) {
-                        Ok(current) => self.refusal(current),
-                        Err(why) => Some(deny_error(
-                            "unknown-prepared",
-                            &format!("statement denied by rule unknown-prepared: {why}"),
-                            "",
-                        )),
+                        Ok(current) => {
+                            let refused = self.refusal(current.clone());
+                            // Recorded as what runs now.
+                            if let Some(p) = self.portals.get_mut(&portal) {
+                                p.bound = current;
+                            }
+                            refused
+                        }
+                        Err(why) => Some(unknown_prepared(&why)),
                     };
                     if let Some(error) = refused {
                         let nonce = self.deny(error);
@@ -573,12 +572,13 @@ impl Session<'_> {
     }
 }
 
-/// Whether `classification` runs a prepared statement by name (`EXECUTE`).
-fn executes(classification: &crate::protocols::postgres::classify::Classification) -> bool {
-    classification
-        .statements
-        .iter()
-        .any(|s| matches!(s.prepared, Some(Prepared::Execute(_))))
+/// The denial of a name the session does not hold (any more).
+fn unknown_prepared(why: &str) -> Bytes {
+    deny_error(
+        "unknown-prepared",
+        &format!("statement denied by rule unknown-prepared: {why}"),
+        "",
+    )
 }
 
 /// Prepared statements (protocol and SQL) one session may keep, and their

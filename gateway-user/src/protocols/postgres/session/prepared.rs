@@ -173,11 +173,7 @@ impl Session<'_> {
         &self,
         classification: &Arc<Classification>,
     ) -> Result<Arc<Classification>, String> {
-        let executes = classification
-            .statements
-            .iter()
-            .any(|s| matches!(s.prepared, Some(Prepared::Execute(_))));
-        if !executes {
+        if !executes(classification) {
             return Ok(Arc::clone(classification));
         }
         let mut resolved = classification.statements.clone();
@@ -348,6 +344,14 @@ impl Session<'_> {
             _ => {}
         }
     }
+}
+
+/// Whether `classification` runs a prepared statement by name (`EXECUTE`).
+pub(super) fn executes(classification: &Classification) -> bool {
+    classification
+        .statements
+        .iter()
+        .any(|s| matches!(s.prepared, Some(Prepared::Execute(_))))
 }
 
 /// `DEALLOCATE ALL`, or `DISCARD ALL` (which also drops every name).
