@@ -48,9 +48,6 @@ const BATCH_BYTES: usize = 8 << 20;
 /// Most bytes of rows handed to the sink and not yet in the database.
 const MAX_QUEUED_BYTES: usize = 256 << 20;
 
-/// What `saved` holds after a failed save: no list is this.
-const SAVE_FAILED: &str = "?failed";
-
 /// Retries start a second apart and back off to this.
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
@@ -264,8 +261,11 @@ pub struct Sink {
     failing: bool,
     retry: Duration,
     next_try: tokio::time::Instant,
-    /// What [`OWED_FILE`] holds, as last written.
-    saved: String,
+    /// What [`OWED_FILE`] holds, as last written (`None`: not known, so
+    /// the next save writes).
+    saved: Option<String>,
+    /// The last save failed (logged once, not twice a second).
+    save_failed: bool,
 }
 
 impl Sink {
@@ -297,8 +297,8 @@ impl Sink {
             failing: false,
             retry: Duration::from_secs(1),
             next_try: tokio::time::Instant::now(),
-            // Unknown until written: the first save writes.
-            saved: "?".into(),
+            saved: None,
+            save_failed: false,
         }
     }
 
@@ -538,7 +538,7 @@ impl Sink {
         sessions.extend(owed.queue.iter().map(String::as_str));
         let text: String = sessions.iter().map(|s| format!("{s}\n")).collect();
         drop(owed);
-        if text == self.saved {
+        if self.saved.as_ref() == Some(&text) {
             return;
         }
         let path = self.dir.join(OWED_FILE);
@@ -554,13 +554,16 @@ impl Sink {
             .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
             .and_then(|()| std::fs::rename(&tmp, &path));
         match written {
-            Ok(()) => self.saved = text,
-            // Once, not every half second.
-            Err(e) if self.saved != SAVE_FAILED => {
-                warn!(error = %e, path = %path.display(), "cannot save the sessions owed to the recording database");
-                self.saved = SAVE_FAILED.into();
+            Ok(()) => {
+                self.saved = Some(text);
+                self.save_failed = false;
             }
-            Err(_) => {}
+            Err(e) => {
+                if !std::mem::replace(&mut self.save_failed, true) {
+                    warn!(error = %e, path = %path.display(), "cannot save the sessions owed to the recording database");
+                }
+                self.saved = None;
+            }
         }
     }
 }
