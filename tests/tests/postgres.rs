@@ -2430,11 +2430,25 @@ fn a_portal_of_an_execute_is_decided_again_when_it_runs() -> Result<()> {
     let query = |sql: &str| frame(b'Q', &cstrings(&[sql], &[]));
     // The Parse only after the PREPARE is done: a name still being
     // prepared is refused.
-    let first = query("PREPARE z AS SELECT 1");
+    let first = query("PREPARE z AS SELECT 1; PREPARE y AS SELECT generate_series(1, 2)");
     let script = [
         query("BEGIN"),
         frame(b'P', &cstrings(&["s1", "EXECUTE z"], &[0, 0])),
         frame(b'B', &cstrings(&["p", "s1"], &[0, 0, 0, 0, 0, 0])),
+        frame(b'S', &[]),
+        // A portal of it that runs while the name holds what it did.
+        frame(b'B', &cstrings(&["q", "s1"], &[0, 0, 0, 0, 0, 0])),
+        frame(b'E', &cstrings(&["q"], &[0, 0, 0, 0])),
+        frame(b'S', &[]),
+        // A portal that ran holds the rows of that run: fetching the rest
+        // after its name is prepared anew is no new run (the server
+        // answers from the first run's rows), so it is not decided again.
+        frame(b'P', &cstrings(&["s2", "EXECUTE y"], &[0, 0])),
+        frame(b'B', &cstrings(&["r", "s2"], &[0, 0, 0, 0, 0, 0])),
+        frame(b'E', &cstrings(&["r"], &[0, 0, 0, 1])),
+        frame(b'S', &[]),
+        query("DEALLOCATE y; PREPARE y AS SELECT 'other'"),
+        frame(b'E', &cstrings(&["r"], &[0, 0, 0, 0])),
         frame(b'S', &[]),
         query("DEALLOCATE z"),
         frame(b'E', &cstrings(&["p"], &[0, 0, 0, 0])),
@@ -2444,15 +2458,32 @@ fn a_portal_of_an_execute_is_decided_again_when_it_runs() -> Result<()> {
     .concat();
     let r = s.pgclient(
         "app_rw",
-        &[json!({ "raw_until_ready": { "first": first, "until": "Z", "hex": script, "ready": 6 } })],
+        &[json!({ "raw_until_ready": { "first": first, "until": "Z", "hex": script, "ready": 10 } })],
     )?;
     let all = r[0].to_string();
     let messages = r[0]["messages"].as_array().context("messages")?;
     let tags: String = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
-    assert_eq!(tags, "CZCZ12ZCZEZCZ", "{all}");
+    assert_eq!(tags, "CCZCZ12Z2DCZ12DsZCCZDCZCZEZCZ", "{all}");
+    let values: Vec<&Value> = messages.iter().filter_map(|m| m["values"].get(0)).collect();
+    assert_eq!(values, [&json!("1"), &json!("1"), &json!("2")], "{all}");
     assert!(
         all.contains("unknown-prepared") && all.contains("EXECUTE z: no statement of that name"),
         "the Execute was not decided again: {all}"
     );
+    // Recorded once per run, not also at each Bind: the Parse, the run
+    // of q, the refused run of p.
+    let decisions = wait_for("the refused Execute's event", LOG_TIMEOUT, || {
+        let decisions: Vec<String> =
+            s.gw.recorded("statement")
+                .iter()
+                .filter(|e| e["text"] == "EXECUTE z")
+                .map(|e| e["decision"].as_str().unwrap_or("?").to_owned())
+                .collect();
+        decisions.iter().any(|d| d == "deny").then_some(decisions)
+    })?;
+    assert_eq!(decisions, ["allow", "allow", "deny"], "{all}");
+    let y = s.gw.recorded("statement");
+    let y: Vec<&Value> = y.iter().filter(|e| e["text"] == "EXECUTE y").collect();
+    assert_eq!(y.len(), 2, "its Parse and its one run: {y:?}");
     Ok(())
 }

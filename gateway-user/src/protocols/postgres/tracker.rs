@@ -217,6 +217,10 @@ pub struct Portal {
     /// What its statement's name held at the Bind: what runs at its
     /// Execute, whatever the name is given to later.
     pub bound: NamedStatement,
+    /// An Execute of it has gone to the server, which looked up the names
+    /// its `EXECUTE` runs then: a later Execute only fetches more rows of
+    /// that run, so it is not decided again.
+    pub ran: bool,
 }
 
 /// A prepared statement as a Bind or Execute uses it: its text, how it

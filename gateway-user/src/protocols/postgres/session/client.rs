@@ -52,10 +52,13 @@ impl Session<'_> {
                 // reload may have revoked what it was prepared under. The
                 // name may hold a SQL PREPARE's statement (one namespace).
                 let (verdict, gone) = match self.named_statement(b.statement) {
-                    Some(named) => match self.with_current_executes(named) {
-                        Ok(named) => (Some(named), None),
-                        Err(why) => (None, Some(unknown_prepared(&why))),
-                    },
+                    Some(named) => {
+                        let text = named.2.text.clone();
+                        match self.with_current_executes(named) {
+                            Ok(named) => (Some(named), None),
+                            Err(why) => (None, Some(self.refused_unweighed(&text, UNKNOWN, &why))),
+                        }
+                    }
                     None => (None, None),
                 };
                 let bound = verdict.clone();
@@ -64,13 +67,26 @@ impl Session<'_> {
                 // server would refuse a name it does not have.
                 let unknown = verdict.is_none().then(|| {
                     gone.unwrap_or_else(|| {
-                        unknown_prepared(&format!(
+                        let why = format!(
                             "Bind of {:?}: no statement of that name was prepared in this session",
                             b.statement
-                        ))
+                        );
+                        self.refused_unweighed("", UNKNOWN, &why)
                     })
                 });
-                let refused = unknown.or_else(|| verdict.and_then(|named| self.refusal(named)));
+                // A statement that EXECUTEs a name is decided when its
+                // portal runs (the Execute below), where the server looks
+                // the name up: deciding it here as well would record it
+                // twice.
+                let refused = unknown.or_else(|| {
+                    verdict.and_then(|named| {
+                        if executes(&named.1) {
+                            None
+                        } else {
+                            self.refusal(named)
+                        }
+                    })
+                });
                 let refused = refused.or_else(|| {
                     let new = !b.portal.is_empty() && !self.portals.contains_key(b.portal);
                     (new && self.portals.len() >= MAX_PORTALS).then(|| {
@@ -87,7 +103,9 @@ impl Session<'_> {
                     // If the server rejects it (a named portal still
                     // open), the undo puts back what the name held.
                     let name = b.portal.to_owned();
-                    let previous = self.portals.insert(name.clone(), Portal { bound });
+                    let previous = self
+                        .portals
+                        .insert(name.clone(), Portal { bound, ran: false });
                     undo = Some((name, previous));
                     self.forward(&frame);
                 }
@@ -113,9 +131,11 @@ impl Session<'_> {
                 let again = self
                     .portals
                     .get(&portal)
+                    .filter(|p| !p.ran)
                     .map(|p| p.bound.clone())
                     .filter(|bound| executes(&bound.1));
                 if let Some(bound) = again {
+                    let text = bound.2.text.clone();
                     let refused = match self.with_current_executes(bound) {
                         Ok(current) => {
                             let refused = self.refusal(current.clone());
@@ -125,7 +145,7 @@ impl Session<'_> {
                             }
                             refused
                         }
-                        Err(why) => Some(unknown_prepared(&why)),
+                        Err(why) => Some(self.refused_unweighed(&text, UNKNOWN, &why)),
                     };
                     if let Some(error) = refused {
                         let nonce = self.deny(error);
@@ -169,6 +189,9 @@ impl Session<'_> {
                         copies_started: 0,
                     },
                 );
+                if let Some(p) = self.portals.get_mut(&portal) {
+                    p.ran = true;
+                }
                 self.forward(&frame);
                 self.tracker.push(Pending::Execute {
                     portal,
@@ -407,7 +430,7 @@ impl Session<'_> {
         let resolved = match self.ctx.shared.classifier.classify(sql) {
             Ok(classification) => self
                 .resolve_executes(&classification)
-                .map_err(|why| ("unknown-prepared", why)),
+                .map_err(|why| (UNKNOWN, why)),
             Err(e) => Err(("unparsable", e.to_string())),
         };
         match resolved {
@@ -430,22 +453,30 @@ impl Session<'_> {
             }
             Err((rule, why)) => {
                 let redacted = super::super::classify::redact_passwords(sql);
-                info!(flow_id = self.flow.id, statement = %super::logged(&redacted), decision = "deny", rule, reason = %why, "statement");
-                crate::admin::metrics::statement("deny", rule);
-                self.recording.record(Body::Statement {
-                    text: redacted.to_string(),
-                    class: String::new(),
-                    decision: "deny".into(),
-                    rule: rule.into(),
-                    reason: why.clone(),
-                });
-                let message = match rule {
-                    "unparsable" => format!("statement denied: {why}"),
-                    _ => format!("statement denied by rule {rule}: {why}"),
-                };
-                Decided::Refuse(deny_error(rule, &message, &redacted))
+                Decided::Refuse(self.refused_unweighed(&redacted, rule, &why))
             }
         }
+    }
+
+    /// A statement refused before policy could weigh it (it does not
+    /// parse, or it names a prepared statement the session does not have):
+    /// logged, counted and recorded like any denial, since the job asked
+    /// for it. `text` is already redacted.
+    fn refused_unweighed(&self, text: &str, rule: &'static str, why: &str) -> Bytes {
+        info!(flow_id = self.flow.id, statement = %super::logged(text), decision = "deny", rule, reason = %why, "statement");
+        crate::admin::metrics::statement("deny", rule);
+        self.recording.record(Body::Statement {
+            text: text.to_owned(),
+            class: String::new(),
+            decision: "deny".into(),
+            rule: rule.into(),
+            reason: why.to_owned(),
+        });
+        let message = match rule {
+            "unparsable" => format!("statement denied: {why}"),
+            _ => format!("statement denied by rule {rule}: {why}"),
+        };
+        deny_error(rule, &message, text)
     }
 
     /// The refusal of a statement once the session's recording has failed.
@@ -573,13 +604,9 @@ impl Session<'_> {
 }
 
 /// The denial of a name the session does not hold (any more).
-fn unknown_prepared(why: &str) -> Bytes {
-    deny_error(
-        "unknown-prepared",
-        &format!("statement denied by rule unknown-prepared: {why}"),
-        "",
-    )
-}
+/// The rule a refusal of a prepared statement the session does not have
+/// names.
+const UNKNOWN: &str = "unknown-prepared";
 
 /// Prepared statements (protocol and SQL) one session may keep, and their
 /// text in all: each is kept whole, with its classification, until it is
