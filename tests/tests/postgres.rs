@@ -2361,6 +2361,70 @@ fn a_rejected_parse_leaves_the_statement_it_would_replace() -> Result<()> {
     Ok(())
 }
 
+/// Found in review: each of these took rows of a table its rule protects.
+/// A WHERE read as filtering by a keyword taken for a column (`COLLATION
+/// FOR`), a WHERE or MERGE ON over another relation's columns only, and
+/// writes through a view the job made over a table it may only read.
+#[test]
+fn conditions_and_views_that_reach_every_row_are_denied() -> Result<()> {
+    let s = Setup::start("pg-every-row", 73, Policy::Guarded)?;
+    let denied = [
+        (
+            "DELETE FROM items WHERE collation for ('x'::text) IS NOT NULL",
+            "ci-orders",
+        ),
+        (
+            "UPDATE items SET qty = 0 WHERE collation for ('x'::text) IS NOT NULL",
+            "ci-orders",
+        ),
+        (
+            "DELETE FROM items USING (VALUES (1)) AS v(k) WHERE v.k = 1",
+            "ci-orders",
+        ),
+        (
+            "UPDATE items SET qty = -1 FROM (VALUES (1)) AS v(k) WHERE v.k = 1",
+            "ci-orders",
+        ),
+        (
+            "MERGE INTO items t USING (SELECT 1 AS k) s ON s.k = 1 WHEN MATCHED THEN DELETE",
+            "ci-orders",
+        ),
+        (
+            "CREATE TEMP VIEW inv AS SELECT * FROM billing.invoices",
+            "ci-orders",
+        ),
+        (
+            "CREATE VIEW public.inv2 AS SELECT id, amount FROM billing.invoices",
+            "ci-orders",
+        ),
+    ];
+    let mut steps: Vec<Value> = denied.iter().map(|(sql, _)| simple(sql)).collect();
+    // Still allowed: the target's own column, qualified, and a view over
+    // a table the rule lets it write.
+    steps.push(simple(
+        "UPDATE items i SET qty = qty FROM (VALUES (1)) AS v(k) WHERE i.id = v.k",
+    ));
+    steps.push(simple("CREATE TEMP VIEW its AS SELECT * FROM items"));
+    steps.push(simple("DELETE FROM inv WHERE id = 1"));
+    let r = s.pgclient("app_rw", &steps)?;
+    ensure!(r.len() == steps.len(), "{r:?}");
+    for (i, (sql, rule)) in denied.iter().enumerate() {
+        assert_denied(&r[i], rule, sql);
+    }
+    let n = denied.len();
+    assert_eq!(r[n]["ok"], true, "{}", r[n]);
+    assert_eq!(r[n + 1]["ok"], true, "{}", r[n + 1]);
+    // The view was never made, so the server says so.
+    assert_eq!(r[n + 2]["error"]["code"], "42P01", "{}", r[n + 2]);
+    let counts = s.pg.admin_psql(
+        "postgres",
+        "orders",
+        &["SELECT (SELECT count(*) FROM items WHERE qty >= 0) || '/' || (SELECT count(*) FROM billing.invoices)"],
+    )?;
+    assert_eq!(counts.trim(), "100/2", "rows were taken");
+    Ok(())
+}
+
 /// Found in review: a simple-query COPY FROM STDIN that fails on its data
 /// leaves copy-in mode at once, and the server then answers each Sync the
 /// client had sent into the COPY after all. The gateway had dropped those

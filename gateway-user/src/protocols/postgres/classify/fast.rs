@@ -184,11 +184,19 @@ fn without_where(sql: &str, flag: Flag) -> Option<Vec<Flag>> {
 /// comes after the WHERE clause; the scan gives up on the first and stops
 /// at RETURNING. Comments, literals and quoted names are skipped with
 /// PostgreSQL's own lexing rules (`lex.rs`).
+///
+/// A statement that joins other relations (`DELETE … USING`, `UPDATE …
+/// FROM`, seen as a USING or a FROM past a DELETE's own outside
+/// parentheses) goes to the full parse: its WHERE may name only their
+/// columns, and only the tree tells whose a column is.
 fn top_level_where(sql: &str) -> Option<bool> {
     let b = sql.as_bytes();
     let mut depth = 0usize;
     let mut after_dot = false;
     let mut i = 0;
+    let mut first = true;
+    // A DELETE's own FROM is the one FROM it may have.
+    let mut froms_left = 0usize;
     while i < b.len() {
         // Whitespace and comments leave `after_dot` as it is: `u. /**/ where`.
         if let Some(end) = skip_between_tokens(b, i) {
@@ -208,6 +216,15 @@ fn top_level_where(sql: &str) -> Option<bool> {
             }
             _ => match token(b, i) {
                 (Some(word), j) => {
+                    if std::mem::take(&mut first) && word.eq_ignore_ascii_case(b"delete") {
+                        froms_left = 1;
+                    }
+                    if depth == 0 && word.eq_ignore_ascii_case(b"using") {
+                        return None;
+                    }
+                    if depth == 0 && word.eq_ignore_ascii_case(b"from") {
+                        froms_left = froms_left.checked_sub(1)?;
+                    }
                     if depth == 0 && word.eq_ignore_ascii_case(b"where") {
                         return (!after_dot && plainly_filters(b, j)).then_some(true);
                     }
@@ -261,6 +278,10 @@ const NOT_A_COLUMN: &[&[u8]] = &[
     b"cast",
     b"char",
     b"character",
+    // `COLLATION FOR (…)`: a keyword followed by a word, not by `(` (found
+    // in review: taken for a column, `WHERE collation for ('x') IS NOT
+    // NULL` passed as filtering).
+    b"collation",
     b"current",
     b"current_catalog",
     b"current_date",
@@ -286,6 +307,26 @@ const NOT_A_COLUMN: &[&[u8]] = &[
     b"true",
     b"user",
     b"varchar",
+];
+
+/// Words that may follow a column at the start of a WHERE clause
+/// (`a IS NULL`, `a NOT IN (…)`, `a COLLATE "C" = …`, `a AT TIME ZONE …`).
+const AFTER_A_COLUMN: &[&[u8]] = &[
+    b"and",
+    b"at",
+    b"between",
+    b"collate",
+    b"ilike",
+    b"in",
+    b"is",
+    b"isnull",
+    b"like",
+    b"not",
+    b"notnull",
+    b"operator",
+    b"or",
+    b"returning",
+    b"similar",
 ];
 
 /// Whether the WHERE clause starting at `start` certainly filters by a
@@ -336,6 +377,12 @@ fn plainly_filters(b: &[u8], start: usize) -> bool {
         Some(&c) if is_ident_start(c) => match token(b, next) {
             (None, _) => return false,
             (Some(word), end) if word.eq_ignore_ascii_case(b"u") && b.get(end) == Some(&b'&') => {
+                return false;
+            }
+            // A column is followed by an operator or one of these words;
+            // any other word means the first one was a keyword after all
+            // (as `collation` in `COLLATION FOR`), for the full parse.
+            (Some(word), _) if !AFTER_A_COLUMN.iter().any(|k| word.eq_ignore_ascii_case(k)) => {
                 return false;
             }
             _ => {}
@@ -422,7 +469,21 @@ mod tests {
             ("UPDATE t SET a = u.\x0bwhere FROM u", None),
             ("UPDATE t SET a = 1\x0bWHERE\x0cb", Some(true)),
             ("UPDATE t SET a = somewhere", Some(false)),
-            ("DELETE FROM t USING u WHERE t.id = u.id", Some(true)),
+            // Joined relations: whose column the WHERE names is for the
+            // full parse.
+            ("DELETE FROM t USING u WHERE t.id = u.id", None),
+            ("UPDATE t SET a = 1 FROM u WHERE t.id = u.id", None),
+            ("UPDATE t SET a = b IS DISTINCT FROM c WHERE id = 1", None),
+            ("DELETE FROM t WHERE id IN (SELECT id FROM u)", Some(true)),
+            (
+                "UPDATE t SET a = (SELECT b FROM u) WHERE id = 1",
+                Some(true),
+            ),
+            // Found in review: a keyword followed by a word.
+            ("DELETE FROM t WHERE collation for ('x') IS NOT NULL", None),
+            ("DELETE FROM t WHERE a b", None),
+            ("DELETE FROM t WHERE a NOT IN (1)", Some(true)),
+            ("DELETE FROM t WHERE a COLLATE \"C\" = 'x'", Some(true)),
             ("UPDATE t SET a = count(*) FILTER (WHERE true)", Some(false)),
             ("UPDATE t SET a = 1 WHERE'x' = b", None),
             ("UPDATE t SET a = 1 WHERE/**/b", Some(true)),

@@ -703,6 +703,57 @@ fn where_clauses() {
     );
     check("DELETE FROM t USING u WHERE t.id = u.id", Write, &[]);
     check("DELETE FROM t USING u", Write, &[DeleteWithoutWhere]);
+    // Found in review: a condition on other relations' columns only takes
+    // every row of the target, and so may an unqualified one when others
+    // are joined; a keyword read as a column let one pass the fast path.
+    for (sql, flag) in [
+        (
+            "DELETE FROM customers USING (VALUES (1)) AS v(k) WHERE v.k = 1",
+            DeleteWithoutWhere,
+        ),
+        ("DELETE FROM t USING u WHERE u.a = 1", DeleteWithoutWhere),
+        ("DELETE FROM t USING u WHERE a = 1", DeleteWithoutWhere),
+        (
+            "DELETE FROM t x USING u WHERE t.id = u.id",
+            DeleteWithoutWhere,
+        ),
+        (
+            "UPDATE items SET qty = -1 FROM (VALUES (1)) AS v(k) WHERE v.k = 1",
+            UpdateWithoutWhere,
+        ),
+        (
+            "DELETE FROM items WHERE collation for ('x'::text) IS NOT NULL",
+            DeleteWithoutWhere,
+        ),
+        (
+            "UPDATE items SET qty = 0 WHERE collation for ('x'::text) IS NOT NULL",
+            UpdateWithoutWhere,
+        ),
+        (
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE a = 1)",
+            DeleteWithoutWhere,
+        ),
+        (
+            "MERGE INTO items t USING (SELECT 1 AS k) s ON s.k = 1 WHEN MATCHED THEN DELETE",
+            DeleteWithoutWhere,
+        ),
+        (
+            "MERGE INTO items t USING src s ON id = s.id WHEN MATCHED THEN DELETE",
+            DeleteWithoutWhere,
+        ),
+    ] {
+        check(sql, Write, &[flag]);
+    }
+    for sql in [
+        "DELETE FROM t x USING u WHERE x.id = u.id",
+        "DELETE FROM s.t USING u WHERE s.t.id = u.id",
+        "UPDATE t SET a = 1 FROM u WHERE t.id = u.id AND u.b",
+        "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.tid = t.id)",
+        "DELETE FROM t WHERE id IN (SELECT tid FROM u)",
+        "MERGE INTO items t USING src s ON t.id = s.id WHEN MATCHED THEN DELETE",
+    ] {
+        check(sql, Write, &[]);
+    }
     check("UPDATE t SET a = 1", Write, &[UpdateWithoutWhere]);
     check("UPDATE t SET a = 1 FROM u", Write, &[UpdateWithoutWhere]);
     check(
@@ -792,14 +843,56 @@ fn table_references() {
     // Quoted identifiers keep their case; a catalog qualifier is dropped.
     let s = one("SELECT * FROM mydb.\"Billing\".\"Invoices\"");
     assert_eq!(s.tables, [table(Some("Billing"), "Invoices", Access::Read)]);
-    // DDL targets are written, queries inside them read.
-    let s = one("CREATE VIEW billing.v AS SELECT * FROM public.t");
+    // DDL targets are written, queries inside them read…
+    let s = one("CREATE TABLE billing.v AS SELECT * FROM public.t");
     assert_eq!(
         s.tables,
         [
             table(Some("billing"), "v", Access::Write),
             table(Some("public"), "t", Access::Read)
         ]
+    );
+    // …but a view's query is written too: a simple view is updatable, and
+    // writes through it reach its table under the view's name (found in
+    // review), as do a `_RETURN` rule's, which makes a table a view.
+    for (sql, view) in [
+        (
+            "CREATE VIEW billing.v AS SELECT * FROM public.t",
+            Some("billing"),
+        ),
+        (
+            "CREATE OR REPLACE TEMP VIEW v AS SELECT * FROM public.t",
+            None,
+        ),
+        (
+            "CREATE RULE \"_RETURN\" AS ON SELECT TO v DO INSTEAD SELECT * FROM public.t",
+            None,
+        ),
+    ] {
+        let s = one(sql);
+        assert_eq!(
+            s.tables,
+            [
+                table(view, "v", Access::Write),
+                table(Some("public"), "t", Access::Write)
+            ],
+            "{sql:?}"
+        );
+    }
+    // A CTE in it is no table.
+    let s = one("CREATE VIEW v AS WITH x AS (SELECT * FROM t) SELECT * FROM x");
+    assert_eq!(
+        s.tables,
+        [
+            table(None, "t", Access::Write),
+            table(None, "v", Access::Write)
+        ]
+    );
+    // A rule on another event reads its condition's tables as before.
+    let s = one("CREATE RULE r AS ON INSERT TO v DO INSTEAD SELECT * FROM public.t");
+    assert!(
+        s.tables.contains(&table(Some("public"), "t", Access::Read)),
+        "{s:?}"
     );
     let s = one("DROP TABLE a, billing.b");
     assert_eq!(
