@@ -18,7 +18,7 @@ use std::{
 };
 
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, error::SqlState};
 use tracing::{error, info, warn};
 
 /// `[recording] postgres` and its password file.
@@ -90,6 +90,42 @@ impl Row {
     fn weight(&self) -> usize {
         self.raw.len() + self.session.len() + self.wall.len() + 2 * 64 + 64
     }
+}
+
+/// Why a statement did not put its rows in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// The database is down, slow, busy or refusing for a reason of its
+    /// own: everything is tried again later.
+    Transient(String),
+    /// The server refused what the rows hold (see [`rejects_rows`]): the
+    /// same rows would be refused again, however long the sink waited.
+    Rejected(String),
+}
+
+/// Whether a server error is about the rows sent, so that sending them
+/// again can only fail again: a data exception (class 22: a value the
+/// column's type refuses, like a NUL escape in jsonb), an integrity
+/// violation (23: a constraint someone added to the table; a row already
+/// there is no error, ON CONFLICT skips it) or a program limit (54: a
+/// value too large). Anything else may pass once the server or its
+/// operator is done, and is retried: connection loss and timeouts (no
+/// code, 57014), a shutdown (57P01), resources (53), serialization or
+/// deadlock (40001, 40P01), a read-only server (25006), privileges or an
+/// altered table (42), a trigger's own exception (P0001).
+fn rejects_rows(code: &SqlState) -> bool {
+    matches!(code.code().get(..2), Some("22" | "23" | "54"))
+}
+
+/// What [`Sink::send_each`] did with a batch.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Sent {
+    /// Rows the server refused, by index in the batch, with its message:
+    /// left out.
+    rejected: Vec<(usize, String)>,
+    /// A transient failure, and how many rows before it were sent or left
+    /// out: those after are to be sent again.
+    failed: Option<(usize, String)>,
 }
 
 /// Opens a connection with the settings' password (if any).
@@ -183,6 +219,8 @@ struct Shared {
     queued_bytes: AtomicUsize,
     max: usize,
     owed: Mutex<Owed>,
+    /// Rows the database refused for what they hold, left out.
+    rejected: AtomicUsize,
 }
 
 impl Shared {
@@ -266,7 +304,14 @@ pub struct Sink {
     saved: Option<String>,
     /// The last save failed (logged once, not twice a second).
     save_failed: bool,
+    /// Stands in for the database in unit tests.
+    #[cfg(test)]
+    fake: Option<FakeDatabase>,
 }
+
+/// A statement's outcome, decided by a unit test.
+#[cfg(test)]
+type FakeDatabase = Box<dyn FnMut(&[Row]) -> Result<(), Failure> + Send>;
 
 impl Sink {
     /// A sink for `settings` keeping at most `max_backlog` rows in memory.
@@ -291,6 +336,7 @@ impl Sink {
                 queued_bytes: AtomicUsize::new(0),
                 max: max_backlog.max(1),
                 owed: Mutex::new(first),
+                rejected: AtomicUsize::new(0),
             }),
             progress: HashMap::new(),
             dir: dir.to_path_buf(),
@@ -299,6 +345,8 @@ impl Sink {
             next_try: tokio::time::Instant::now(),
             saved: None,
             save_failed: false,
+            #[cfg(test)]
+            fake: None,
         }
     }
 
@@ -360,7 +408,8 @@ impl Sink {
         let mut sent = 0;
         while sent < backlog.len() {
             let n = batch_len(&backlog[sent..]);
-            if let Err(e) = self.send(&backlog[sent..sent + n]).await {
+            if let Err((done, e)) = self.send_or_skip(&backlog[sent..sent + n]).await {
+                sent += done;
                 // Nothing joined the backlog meanwhile: only this task fills it.
                 self.release(backlog.drain(..sent));
                 self.backlog = backlog;
@@ -457,7 +506,11 @@ impl Sink {
             let mut next = at.clone();
             let (rows, stop) = read_rows(&path, session, &mut next, BATCH_ROWS, BATCH_BYTES)
                 .map_err(|e| Resend::File(format!("{}: {e}", path.display())))?;
-            self.send(&rows).await.map_err(Resend::Database)?;
+            // Rows sent before a failure are sent again next time: the
+            // database skips those it has.
+            self.send_or_skip(&rows)
+                .await
+                .map_err(|(_, e)| Resend::Database(e))?;
             *at = next;
             match stop {
                 Stop::Full => {}
@@ -467,17 +520,84 @@ impl Sink {
         }
     }
 
-    /// Sends `rows` in one statement (connecting first if needed), within
-    /// [`SEND_TIMEOUT`].
-    async fn send(&mut self, rows: &[Row]) -> Result<(), String> {
-        tokio::time::timeout(SEND_TIMEOUT + Duration::from_secs(1), self.send_now(rows))
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {} s", SEND_TIMEOUT.as_secs())))
+    /// Sends `rows`, halving a batch the server refuses until the rows it
+    /// refuses are alone: those are left out, the others sent. One bad row
+    /// in a batch of 5,000 costs about 26 statements, and no longer holds
+    /// up every row and session behind it for ever.
+    async fn send_each(&mut self, rows: &[Row]) -> Sent {
+        let mut sent = Sent::default();
+        // The next range on top, so ranges go in order and what was done
+        // before a transient failure is a prefix of `rows`.
+        let mut todo = Vec::new();
+        todo.push(0..rows.len());
+        while let Some(range) = todo.pop() {
+            match self.send(&rows[range.clone()]).await {
+                Ok(()) => {}
+                Err(Failure::Transient(why)) => {
+                    sent.failed = Some((range.start, why));
+                    break;
+                }
+                Err(Failure::Rejected(why)) if range.len() <= 1 => {
+                    // An empty range is only sent to connect, and nothing is
+                    // left out of it.
+                    if !range.is_empty() {
+                        sent.rejected.push((range.start, why));
+                    }
+                }
+                Err(Failure::Rejected(_)) => {
+                    let middle = range.start + range.len() / 2;
+                    todo.push(middle..range.end);
+                    todo.push(range.start..middle);
+                }
+            }
+        }
+        sent
     }
 
-    async fn send_now(&mut self, rows: &[Row]) -> Result<(), String> {
+    /// Sends `rows`, leaving out those the server refuses for what they
+    /// hold (logged and counted). `Err`: a transient failure, after how
+    /// many rows.
+    async fn send_or_skip(&mut self, rows: &[Row]) -> Result<(), (usize, String)> {
+        let sent = self.send_each(rows).await;
+        for (i, why) in &sent.rejected {
+            let row = &rows[*i];
+            self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            crate::admin::metrics::fleet_row_rejected();
+            error!(
+                session = row.session,
+                seq = row.seq,
+                error = %why,
+                "the recording database refuses an event of a session: left out, so its copy there is incomplete (`sessions verify` there reads it as tampered); the local recording has it"
+            );
+        }
+        match sent.failed {
+            Some(failed) => Err(failed),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends `rows` in one statement (connecting first if needed), within
+    /// [`SEND_TIMEOUT`].
+    async fn send(&mut self, rows: &[Row]) -> Result<(), Failure> {
+        #[cfg(test)]
+        if let Some(fake) = &mut self.fake {
+            return fake(rows);
+        }
+        tokio::time::timeout(SEND_TIMEOUT + Duration::from_secs(1), self.send_now(rows))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure::Transient(format!(
+                    "no answer within {} s",
+                    SEND_TIMEOUT.as_secs()
+                )))
+            })
+    }
+
+    async fn send_now(&mut self, rows: &[Row]) -> Result<(), Failure> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let client = connect(&self.settings).await?;
+            // Whatever stops the connection or the table, it is not the
+            // rows: transient.
+            let client = connect(&self.settings).await.map_err(Failure::Transient)?;
             // Ended by the server too: a timed-out INSERT left running
             // would commit later and pile up behind the retries.
             client
@@ -486,7 +606,7 @@ impl Sink {
                     SEND_TIMEOUT.as_millis()
                 ))
                 .await
-                .map_err(|e| format!("creating the table: {e}"))?;
+                .map_err(|e| Failure::Transient(format!("creating the table: {e}")))?;
             self.client = Some(client);
         }
         let Some(client) = &self.client else {
@@ -517,8 +637,11 @@ impl Sink {
             )
             .await
             .map_err(|e| match e.as_db_error() {
-                Some(db) => db.message().to_owned(),
-                None => e.to_string(),
+                Some(db) if rejects_rows(db.code()) => {
+                    Failure::Rejected(format!("{} (SQLSTATE {})", db.message(), db.code().code()))
+                }
+                Some(db) => Failure::Transient(db.message().to_owned()),
+                None => Failure::Transient(e.to_string()),
             })?;
         Ok(())
     }
@@ -749,6 +872,150 @@ mod tests {
             hash: String::new(),
             raw: "{}".into(),
         }
+    }
+
+    fn settings() -> SinkSettings {
+        SinkSettings {
+            conninfo: "host=127.0.0.1 port=1".into(),
+            password_file: None,
+        }
+    }
+
+    /// What a fake database received: every statement's rows, in order.
+    type Received = Arc<Mutex<Vec<Vec<(String, i64)>>>>;
+
+    /// A database that refuses any statement holding a row whose event
+    /// says "poison", as a CHECK constraint would, and takes the rest.
+    fn poisoned(sink: &mut Sink) -> Received {
+        let received = Received::default();
+        let log = Arc::clone(&received);
+        sink.fake = Some(Box::new(move |rows: &[Row]| {
+            if rows.iter().any(|r| r.raw.contains("poison")) {
+                return Err(Failure::Rejected("violates check constraint".into()));
+            }
+            let mut log = log.lock().unwrap();
+            log.push(rows.iter().map(|r| (r.session.clone(), r.seq)).collect());
+            Ok(())
+        }));
+        received
+    }
+
+    fn handed_over(sink: &mut Sink, rows: Vec<Row>) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        sink.queue(tx).send(rows);
+        while let Ok(rows) = rx.try_recv() {
+            sink.backlog.extend(rows);
+        }
+    }
+
+    /// Data exceptions, integrity violations and program limits are the
+    /// rows' fault; the rest passes with time or an operator.
+    #[test]
+    fn only_what_the_rows_hold_is_a_permanent_refusal() {
+        for code in [
+            SqlState::INVALID_DATETIME_FORMAT,
+            SqlState::UNTRANSLATABLE_CHARACTER,
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            SqlState::CHECK_VIOLATION,
+            SqlState::NOT_NULL_VIOLATION,
+            SqlState::PROGRAM_LIMIT_EXCEEDED,
+        ] {
+            assert!(rejects_rows(&code), "{code:?}");
+        }
+        for code in [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::DISK_FULL,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            SqlState::QUERY_CANCELED,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::RAISE_EXCEPTION,
+            SqlState::from_code("XX000"),
+        ] {
+            assert!(!rejects_rows(&code), "{code:?}");
+        }
+    }
+
+    /// A row the database always refuses no longer holds up the sink for
+    /// ever: it alone is left out (and counted), every other row of its
+    /// session and of the sessions after it arrives, in about log2 of the
+    /// batch's statements each.
+    #[tokio::test]
+    async fn a_row_the_database_refuses_is_left_out_and_the_rest_arrive() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = Sink::new(settings(), dir.path(), 100_000, Vec::new());
+        let received = poisoned(&mut sink);
+        let mut rows: Vec<Row> = (0..12_000)
+            .map(|i| row(&format!("s{}", i / 3000), i % 3000))
+            .collect();
+        rows[4_321].raw = "{\"poison\":1}".into();
+        rows[9_000].raw = "{\"poison\":2}".into();
+        handed_over(&mut sink, rows);
+        sink.flush().await;
+
+        assert!(!sink.failing && sink.backlog.is_empty());
+        assert_eq!(sink.shared.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(sink.shared.rejected.load(Ordering::Relaxed), 2);
+        let statements = received.lock().unwrap();
+        let arrived: Vec<(String, i64)> = statements.iter().flatten().cloned().collect();
+        let expected: Vec<(String, i64)> = (0..12_000)
+            .filter(|i| *i != 4_321 && *i != 9_000)
+            .map(|i| (format!("s{}", i / 3000), i % 3000))
+            .collect();
+        assert_eq!(arrived, expected);
+        // 3 batches of 5,000 rows (the last 2,000), two of them halved
+        // down to one row: far from a statement per row.
+        assert!(statements.len() < 60, "{} statements", statements.len());
+    }
+
+    /// A transient failure while a refused row is being looked for keeps
+    /// what is left for the next try, and what was done is not done
+    /// again: the refused row is counted once.
+    #[tokio::test]
+    async fn a_transient_failure_while_halving_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = Sink::new(settings(), dir.path(), 100_000, Vec::new());
+        let received = Received::default();
+        let log = Arc::clone(&received);
+        let mut calls = 0;
+        sink.fake = Some(Box::new(move |rows: &[Row]| {
+            calls += 1;
+            // The connection drops at the fifth statement.
+            if calls == 5 {
+                return Err(Failure::Transient("connection closed".into()));
+            }
+            if rows.iter().any(|r| r.raw.contains("poison")) {
+                return Err(Failure::Rejected("violates check constraint".into()));
+            }
+            log.lock()
+                .unwrap()
+                .push(rows.iter().map(|r| (r.session.clone(), r.seq)).collect());
+            Ok(())
+        }));
+        let mut rows: Vec<Row> = (0..8).map(|i| row("s", i)).collect();
+        rows[0].raw = "{\"poison\":1}".into();
+        handed_over(&mut sink, rows);
+        // 0..8, 0..4, 0..2 refused, 0..1 refused: left out; 1..2: the drop.
+        sink.flush().await;
+        assert!(sink.failing);
+        assert_eq!(sink.backlog.len(), 7);
+        assert_eq!(sink.shared.queued.load(Ordering::Relaxed), 7);
+        sink.flush().await;
+        // 1..8 in one statement.
+        assert!(!sink.failing && sink.backlog.is_empty());
+        assert_eq!(sink.shared.rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(sink.shared.queued.load(Ordering::Relaxed), 0);
+        let arrived: Vec<i64> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .map(|r| r.1)
+            .collect();
+        assert_eq!(arrived, [1, 2, 3, 4, 5, 6, 7]);
     }
 
     /// Found in review: with the sink stuck in a send to a database that
