@@ -51,6 +51,13 @@ const MAX_QUEUED_BYTES: usize = 256 << 20;
 /// Retries start a second apart and back off to this.
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
+/// Most sessions whose re-send progress is kept (see
+/// [`Sink::keep_progress`]): a few bytes each.
+const MAX_PROGRESS: usize = if cfg!(test) { 64 } else { 10_000 };
+
+/// The kind of a recording's last line.
+const SEAL: &str = "seal";
+
 /// The sessions owed to the database, kept beside the recordings so that
 /// a restart during an outage still sends them.
 const OWED_FILE: &str = "fleet-owed";
@@ -410,6 +417,7 @@ impl Sink {
             let n = batch_len(&backlog[sent..]);
             if let Err((done, e)) = self.send_or_skip(&backlog[sent..sent + n]).await {
                 sent += done;
+                self.forget_sealed(&backlog[..sent]);
                 // Nothing joined the backlog meanwhile: only this task fills it.
                 self.release(backlog.drain(..sent));
                 self.backlog = backlog;
@@ -418,6 +426,7 @@ impl Sink {
             }
             sent += n;
         }
+        self.forget_sealed(&backlog);
         self.release(backlog.drain(..));
         if let Err(e) = self.resend_owed().await {
             self.failed(&e);
@@ -428,6 +437,37 @@ impl Sink {
         }
         self.failing = false;
         self.retry = Duration::from_secs(1);
+    }
+
+    /// Keeps where the re-send of an unsealed `session` stands. The map
+    /// only grows with sessions still being recorded (their seals prune
+    /// them, see [`Sink::forget_sealed`]), but a recording that failed
+    /// never gets its seal in this run: past [`MAX_PROGRESS`] the entries
+    /// of sessions not owed now go. Losing one costs only a re-send from
+    /// the start, which the database takes as it takes any (rows it has
+    /// are skipped).
+    fn keep_progress(&mut self, session: String, at: Progress) {
+        self.progress.insert(session, at);
+        if self.progress.len() > MAX_PROGRESS {
+            let owed = self.shared.owed();
+            self.progress
+                .retain(|session, _| owed.set.contains(session));
+        }
+    }
+
+    /// Forgets the re-send progress of the sessions whose seal is among
+    /// `rows` (sent, or refused: either way the session is over), unless
+    /// owed again: that re-send reads on to the seal and forgets it then.
+    fn forget_sealed(&mut self, rows: &[Row]) {
+        if self.progress.is_empty() {
+            return;
+        }
+        let owed = self.shared.owed();
+        for row in rows.iter().filter(|row| row.kind == SEAL) {
+            if !owed.set.contains(&row.session) {
+                self.progress.remove(&row.session);
+            }
+        }
     }
 
     /// Rows that left memory: the writer may hand over as many again.
@@ -470,15 +510,18 @@ impl Sink {
             let mut at = self.progress.remove(&session).unwrap_or_default();
             let result = self.resend(&session, &mut at).await;
             match result {
-                Ok(None) => {
+                Ok(Resent::End { sealed }) => {
                     info!(
                         session,
                         "sent a session to the recording database again from its recording"
                     );
-                    // Resumed from here should it be owed again.
-                    self.progress.insert(session, at);
+                    // Resumed from here should it be owed again; a sealed
+                    // one has nothing more to send.
+                    if !sealed {
+                        self.keep_progress(session, at);
+                    }
                 }
-                Ok(Some(why)) => {
+                Ok(Resent::Broken(why)) => {
                     error!(session, reason = %why, "a recording no longer chains where the recording database needs it: the rest is not sent, and the database keeps the session incomplete; run `chokepoint sessions verify` on it");
                 }
                 Err(Resend::File(why)) => {
@@ -486,8 +529,8 @@ impl Sink {
                     warn!(session, error = %why, "cannot read a recording to send it to the recording database again; the database keeps it incomplete");
                 }
                 Err(Resend::Database(e)) => {
-                    self.progress.insert(session.clone(), at);
-                    self.shared.owed().add(session);
+                    self.shared.owed().add(session.clone());
+                    self.keep_progress(session, at);
                     return Err(e);
                 }
             }
@@ -498,10 +541,10 @@ impl Sink {
     /// Sends the lines of `session`'s recording from `at` on, a batch at
     /// a time, each checked to chain onto the last: the file is the record
     /// of truth, but one altered since it was written must not become the
-    /// fleet copy (found in review). `Ok(Some(why))`: a line that does not
-    /// chain, where sending stopped.
-    async fn resend(&mut self, session: &str, at: &mut Progress) -> Result<Option<String>, Resend> {
+    /// fleet copy (found in review).
+    async fn resend(&mut self, session: &str, at: &mut Progress) -> Result<Resent, Resend> {
         let path = super::files::find(&self.dir, session).map_err(Resend::File)?;
+        let mut sealed = false;
         loop {
             let mut next = at.clone();
             let (rows, stop) = read_rows(&path, session, &mut next, BATCH_ROWS, BATCH_BYTES)
@@ -512,10 +555,11 @@ impl Sink {
                 .await
                 .map_err(|(_, e)| Resend::Database(e))?;
             *at = next;
+            sealed |= rows.iter().any(|row| row.kind == SEAL);
             match stop {
                 Stop::Full => {}
-                Stop::End => return Ok(None),
-                Stop::Broken(why) => return Ok(Some(why)),
+                Stop::End => return Ok(Resent::End { sealed }),
+                Stop::Broken(why) => return Ok(Resent::Broken(why)),
             }
         }
     }
@@ -689,6 +733,16 @@ impl Sink {
             }
         }
     }
+}
+
+/// How a re-send ended.
+enum Resent {
+    /// At the end of the file; `sealed`: the seal was among its lines, so
+    /// the recording is complete and nothing of it can be owed again but
+    /// what was just sent.
+    End { sealed: bool },
+    /// At a line that does not chain, where sending stopped.
+    Broken(String),
 }
 
 /// Why a re-send stopped.
@@ -1016,6 +1070,112 @@ mod tests {
             .map(|r| r.1)
             .collect();
         assert_eq!(arrived, [1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    /// Lines `from..to` of `session`'s chain after `prev` (the last a seal
+    /// when `sealed`), and the last one's hash.
+    fn chained(session: &str, from: u64, to: u64, prev: &str, sealed: bool) -> (Vec<u8>, String) {
+        use super::super::event::{Body, Event};
+        let mut out = Vec::new();
+        let mut prev = prev.to_owned();
+        for seq in from..to {
+            let body = if sealed && seq + 1 == to {
+                Body::Seal {
+                    final_hash: prev.clone(),
+                    public_key: String::new(),
+                    signature: String::new(),
+                    recovered: None,
+                }
+            } else {
+                Body::SessionEnd {
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    statements: 0,
+                    denied: 0,
+                    error: None,
+                }
+            };
+            let event = Event {
+                seq,
+                session: session.to_owned(),
+                wall: "2026-11-29T00:00:00.000000Z".into(),
+                mono_us: 0,
+                body,
+            };
+            prev = super::super::chain::append_line(
+                &mut out,
+                &prev,
+                &serde_json::to_vec(&event).unwrap(),
+            );
+        }
+        (out, prev)
+    }
+
+    /// Writes the recording of session number `n` with `events` lines;
+    /// its id and last hash.
+    fn recorded(dir: &Path, n: usize, events: u64, sealed: bool) -> (String, String) {
+        let id = format!("20261129T000000Z-{n:012x}");
+        let folder = dir.join("2026/11/29");
+        std::fs::create_dir_all(&folder).unwrap();
+        let (data, last) = chained(&id, 0, events, super::super::chain::GENESIS, sealed);
+        std::fs::write(folder.join(format!("{id}.jsonl")), data).unwrap();
+        (id, last)
+    }
+
+    /// Found in review: the re-send progress of every session ever owed
+    /// stayed in memory for the life of the daemon. A session whose seal
+    /// has gone (re-sent, or in the backlog) is forgotten; only those
+    /// still being recorded are kept, and never more than a bound.
+    #[tokio::test]
+    async fn the_resend_progress_stays_bounded_over_many_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = Sink::new(settings(), dir.path(), 100_000, Vec::new());
+        let received = poisoned(&mut sink);
+        // Many sessions owed, each re-sent whole, seal included.
+        for n in 0..500 {
+            let (id, _) = recorded(dir.path(), n, 5, true);
+            sink.shared.owed().add(id);
+        }
+        sink.flush().await;
+        assert!(!sink.failing && sink.shared.owed().queue.is_empty());
+        assert_eq!(received.lock().unwrap().iter().flatten().count(), 500 * 5);
+        assert!(sink.progress.is_empty(), "{} kept", sink.progress.len());
+
+        // Sessions still open are kept, to resume where they stood...
+        let open: Vec<(String, String)> = (1_000..1_003)
+            .map(|n| recorded(dir.path(), n, 4, false))
+            .collect();
+        for (id, _) in &open {
+            sink.shared.owed().add(id.clone());
+        }
+        sink.flush().await;
+        assert_eq!(sink.progress.len(), 3);
+        assert!(sink.progress.values().all(|at| at.seq == 4));
+        // ...until their seals go by in the backlog.
+        for (id, last) in &open {
+            let (seal, _) = chained(id, 4, 5, last, true);
+            let path = dir.path().join(format!("2026/11/29/{id}.jsonl"));
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            std::io::Write::write_all(&mut file, &seal).unwrap();
+            let mut at = sink.progress[id].clone();
+            let (rows, stop) = read_rows(&path, id, &mut at, 10, 1 << 20).unwrap();
+            assert_eq!((rows.len(), stop), (1, Stop::End));
+            handed_over(&mut sink, rows);
+        }
+        sink.flush().await;
+        assert!(sink.progress.is_empty(), "{} kept", sink.progress.len());
+
+        // Recordings that never get a seal in this run (they failed): the
+        // map stops at its bound.
+        for n in 2_000..2_000 + 3 * MAX_PROGRESS {
+            let (id, _) = recorded(dir.path(), n, 2, false);
+            sink.shared.owed().add(id);
+            sink.flush().await;
+            assert!(sink.progress.len() <= MAX_PROGRESS);
+        }
     }
 
     /// Found in review: with the sink stuck in a send to a database that
