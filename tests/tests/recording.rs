@@ -913,3 +913,70 @@ fn an_event_the_fleet_database_refuses_is_left_out_and_the_rest_arrive() -> Resu
     );
     Ok(())
 }
+
+/// Found in review: a `fleet-owed` the gateway could not read whole was
+/// taken as empty and written over at the next save, so the sessions it
+/// listed were never sent again and no one knew. Now it is logged and
+/// kept aside, and the ids that could be read of it are still sent.
+#[test]
+fn a_garbled_owed_list_is_logged_and_kept_aside() -> Result<()> {
+    let (pg, cg, config) = postgres_gateway("rec-sink-owed", "127.0.0.82")?;
+    let mut gw = Gateway::start(&with_sink(config, &pg))?;
+    let out = run_with_timeout(
+        &mut job_psql(
+            &cg,
+            "host=127.0.0.82 port=5432 dbname=orders user=app_rw",
+            &["SELECT 'owed' AS o"],
+        ),
+        CLIENT_TIMEOUT,
+    )?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let ids = wait_sealed(&gw, 1)?;
+    wait_for("the session in the database", SEAL_TIMEOUT, || {
+        let out = fleet(&gw, &pg, &["verify", "--all"]).ok()?;
+        out.status.success().then_some(())
+    })?;
+    gw.kill9()?;
+    // As if the database had missed it: owed, in a list half garbled.
+    pg.admin_psql(
+        "postgres",
+        "orders",
+        &[&format!(
+            "DELETE FROM chokepoint_events WHERE session = '{}'",
+            ids[0]
+        )],
+    )?;
+    let dir = gw.recording_dir();
+    let garbled = format!("{}\n\u{1}not a session id\n", ids[0]);
+    fs::write(dir.join("fleet-owed"), &garbled)?;
+
+    gw.restart()?;
+    let verified = wait_for("the owed session sent again", SEAL_TIMEOUT, || {
+        let out = fleet(&gw, &pg, &["verify", "--all"]).ok()?;
+        (out.status.success() && text(&out).contains(&ids[0])).then_some(out)
+    })?;
+    assert!(
+        text(&verified).contains("verified: "),
+        "{}",
+        text(&verified)
+    );
+    let kept: Vec<PathBuf> = fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("fleet-owed.unreadable-"))
+        })
+        .collect();
+    ensure!(kept.len() == 1, "{kept:?}");
+    assert_eq!(fs::read_to_string(&kept[0])?, garbled);
+    let logs = gw.logs();
+    ensure!(
+        logs.iter()
+            .any(|l| l.contains("cannot read the sessions the last run owed")
+                && l.contains("1 of its lines are not session ids")
+                && l.contains(&kept[0].display().to_string())),
+        "{logs:#?}"
+    );
+    Ok(())
+}

@@ -311,6 +311,8 @@ pub struct Sink {
     saved: Option<String>,
     /// The last save failed (logged once, not twice a second).
     save_failed: bool,
+    /// Whether [`OWED_FILE`] may be written (see [`OwedFile`]).
+    owed_file: OwedFile,
     /// Stands in for the database in unit tests.
     #[cfg(test)]
     fake: Option<FakeDatabase>,
@@ -329,8 +331,9 @@ impl Sink {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "unknown".into());
+        let (saved_owed, owed_file) = load_owed(dir, std::time::SystemTime::now());
         let mut first = Owed::default();
-        for session in owed.into_iter().chain(load_owed(dir)) {
+        for session in owed.into_iter().chain(saved_owed) {
             first.add(session);
         }
         Self {
@@ -352,6 +355,7 @@ impl Sink {
             next_try: tokio::time::Instant::now(),
             saved: None,
             save_failed: false,
+            owed_file,
             #[cfg(test)]
             fake: None,
         }
@@ -690,12 +694,40 @@ impl Sink {
         Ok(())
     }
 
+    /// Tries again to read, or else move aside, an [`OWED_FILE`] left in
+    /// place at start: an operator may have fixed it meanwhile. Whether it
+    /// may now be written.
+    fn retry_owed_file(&mut self) -> bool {
+        let sessions = match read_owed(&self.dir.join(OWED_FILE)) {
+            Ok(sessions) => {
+                info!(path = %self.dir.join(OWED_FILE).display(), "the list of sessions owed to the recording database that could not be read at start is readable (or gone) now: its sessions are owed and it is saved again");
+                sessions
+            }
+            Err((_, sessions)) => match set_aside(&self.dir, std::time::SystemTime::now()) {
+                Ok(aside) => {
+                    warn!(kept = %aside.display(), "moved aside the list of sessions owed to the recording database that could not be read at start");
+                    sessions
+                }
+                Err(_) => return false,
+            },
+        };
+        let mut owed = self.shared.owed();
+        for session in sessions {
+            owed.add(session);
+        }
+        self.owed_file = OwedFile::Writable;
+        true
+    }
+
     /// Writes the sessions the database still lacks rows of beside the
     /// recordings, when that changed: owed ones, and those of the rows in
     /// the backlog (the daemon does not wait for this task when it
     /// stops). A gateway stopped during an outage sends them at its next
     /// start.
     fn save_owed(&mut self) {
+        if self.owed_file == OwedFile::Unreadable && !self.retry_owed_file() {
+            return;
+        }
         let mut sessions: std::collections::BTreeSet<&str> = self
             .backlog
             .iter()
@@ -766,16 +798,141 @@ fn batch_len(rows: &[Row]) -> usize {
     n
 }
 
-/// The sessions the last run still owed, from [`OWED_FILE`].
-fn load_owed(dir: &Path) -> Vec<String> {
-    match crate::regular_file::read_bounded(&dir.join(OWED_FILE), 64 << 20) {
-        Ok(data) => String::from_utf8_lossy(&data)
-            .lines()
-            .filter(|id| super::files::is_id(id))
-            .map(str::to_owned)
-            .collect(),
-        Err(_) => Vec::new(),
+/// Whether the sink may write [`OWED_FILE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwedFile {
+    Writable,
+    /// It could not be read at start, nor moved aside: writing over it
+    /// would lose the sessions it lists before anyone saw it, so nothing
+    /// is saved until it can be read or moved (tried at each save).
+    Unreadable,
+}
+
+/// Largest [`OWED_FILE`] read: a million ids and more.
+const MAX_OWED_FILE: u64 = 64 << 20;
+
+/// The sessions the last run still owed, from [`OWED_FILE`]. Found in
+/// review: a file that could not be read (unreadable, a directory, a
+/// link, garbled) was taken as empty, and the next save wrote over it, so
+/// the sessions it listed were never sent again and no one knew. Such a
+/// file is now logged and moved aside to `fleet-owed.unreadable-<time>`
+/// for an operator (see the README's fleet store), and what could be read
+/// of it is owed; moving it aside rather than refusing to save keeps this
+/// run's owed sessions saved too. When it cannot even be moved, it is
+/// left alone and nothing is saved over it ([`OwedFile::Unreadable`]).
+fn load_owed(dir: &Path, now: std::time::SystemTime) -> (Vec<String>, OwedFile) {
+    let path = dir.join(OWED_FILE);
+    let (why, sessions) = match read_owed(&path) {
+        Ok(sessions) => return (sessions, OwedFile::Writable),
+        Err(unreadable) => unreadable,
+    };
+    match set_aside(dir, now) {
+        Ok(aside) => {
+            error!(
+                path = %path.display(),
+                reason = %why,
+                kept = %aside.display(),
+                owed = sessions.len(),
+                "cannot read the sessions the last run owed to the recording database: the file is kept aside and a new one started; sessions it listed that could not be read are not sent again unless an operator owes them again (see the README's fleet store)"
+            );
+            (sessions, OwedFile::Writable)
+        }
+        Err(e) => {
+            error!(
+                path = %path.display(),
+                reason = %why,
+                error = %e,
+                "cannot read the sessions the last run owed to the recording database, nor move the file aside: it is left as it is, and the sessions owed are not saved until it is fixed or moved"
+            );
+            (sessions, OwedFile::Unreadable)
+        }
     }
+}
+
+/// The sessions listed in the [`OWED_FILE`] at `path`; none when there is
+/// none. `Err`: why it cannot be read whole, and the ids that could be
+/// read of it.
+fn read_owed(path: &Path) -> Result<Vec<String>, (String, Vec<String>)> {
+    let data = match read_no_link(path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err((
+                "it is a symbolic link, which is not followed".into(),
+                Vec::new(),
+            ));
+        }
+        Err(e) => return Err((e.to_string(), Vec::new())),
+    };
+    let text = String::from_utf8_lossy(&data);
+    let mut sessions = Vec::new();
+    let mut garbled = Vec::new();
+    for line in text.lines().filter(|line| !line.is_empty()) {
+        if super::files::is_id(line) {
+            sessions.push(line.to_owned());
+        } else {
+            garbled.push(line);
+        }
+    }
+    match garbled.first() {
+        None => Ok(sessions),
+        Some(first) => {
+            let first: String = first.chars().take(80).collect();
+            Err((
+                format!(
+                    "{} of its lines are not session ids (the first: {first:?})",
+                    garbled.len()
+                ),
+                sessions,
+            ))
+        }
+    }
+}
+
+/// A regular file's bytes, never through a symbolic link, bounded.
+fn read_no_link(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    crate::regular_file::check(&file)?;
+    let mut data = Vec::new();
+    file.take(MAX_OWED_FILE + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > MAX_OWED_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("it is larger than {MAX_OWED_FILE} bytes"),
+        ));
+    }
+    Ok(data)
+}
+
+/// Moves `dir`'s [`OWED_FILE`] (whatever it is: a link is moved, not
+/// followed) to a name of its own beside it, never over an earlier one.
+fn set_aside(dir: &Path, now: std::time::SystemTime) -> std::io::Result<PathBuf> {
+    // "2026-11-29T09:51:11Z" → "20261129T095111Z", like session ids.
+    let stamp: String = humantime::format_rfc3339_seconds(now)
+        .to_string()
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    for n in 0..100 {
+        let name = match n {
+            0 => format!("{OWED_FILE}.unreadable-{stamp}"),
+            n => format!("{OWED_FILE}.unreadable-{stamp}-{n}"),
+        };
+        let aside = dir.join(name);
+        // Only this process writes here; an earlier one is kept.
+        if aside.symlink_metadata().is_err() {
+            std::fs::rename(dir.join(OWED_FILE), &aside)?;
+            return Ok(aside);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "a hundred files kept aside in the same second",
+    ))
 }
 
 /// Reads the lines of `session`'s recording at `path` from `at` on, up to
@@ -1176,6 +1333,126 @@ mod tests {
             sink.flush().await;
             assert!(sink.progress.len() <= MAX_PROGRESS);
         }
+    }
+
+    /// The files in `dir` named like `prefix`, with their bytes (a link's
+    /// target name, a directory's entries as "dir").
+    fn kept_aside(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut found: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("fleet-owed.unreadable-")
+            })
+            .map(|e| {
+                let path = e.path();
+                let meta = path.symlink_metadata().unwrap();
+                let data = if meta.file_type().is_symlink() {
+                    std::fs::read_link(&path)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes()
+                } else if meta.is_dir() {
+                    b"dir".to_vec()
+                } else {
+                    std::fs::read(&path).unwrap()
+                };
+                (e.file_name().to_string_lossy().into_owned(), data)
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn owed_now(sink: &Sink) -> Vec<String> {
+        sink.shared.owed().queue.iter().cloned().collect()
+    }
+
+    /// Found in review: a `fleet-owed` the gateway could not read was
+    /// taken as empty and written over at the next save. Garbled, a
+    /// directory or a link, it is now kept aside for an operator (what
+    /// could be read of it still owed), and a new one is started.
+    #[test]
+    fn an_unreadable_owed_list_is_kept_aside_not_overwritten() {
+        let good = "20261129T000000Z-0000000000aa";
+        let path = |dir: &tempfile::TempDir| dir.path().join(OWED_FILE);
+
+        // Garbled: the ids in it are still owed.
+        let dir = tempfile::tempdir().unwrap();
+        let mut garbled = format!("{good}\n").into_bytes();
+        garbled.extend_from_slice(b"\x00\x01garbage\xff\n");
+        std::fs::write(path(&dir), &garbled).unwrap();
+        let why = read_owed(&path(&dir)).unwrap_err();
+        assert!(
+            why.0.contains("1 of its lines are not session ids"),
+            "{why:?}"
+        );
+        let mut sink = Sink::new(settings(), dir.path(), 10, Vec::new());
+        assert_eq!(owed_now(&sink), [good]);
+        let kept = kept_aside(dir.path());
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].0.starts_with("fleet-owed.unreadable-2"), "{kept:?}");
+        assert_eq!(kept[0].1, garbled);
+        sink.save_owed();
+        assert_eq!(
+            std::fs::read_to_string(path(&dir)).unwrap(),
+            format!("{good}\n")
+        );
+        assert_eq!(kept_aside(dir.path()), kept);
+
+        // A directory, and a link (not followed: moved as it is).
+        for make in ["dir", "link"] {
+            let dir = tempfile::tempdir().unwrap();
+            let target = dir.path().join("elsewhere");
+            std::fs::write(&target, format!("{good}\n")).unwrap();
+            if make == "dir" {
+                std::fs::create_dir(path(&dir)).unwrap();
+                std::fs::write(path(&dir).join("x"), b"").unwrap();
+            } else {
+                std::os::unix::fs::symlink(&target, path(&dir)).unwrap();
+            }
+            let why = read_owed(&path(&dir)).unwrap_err().0;
+            let expected = if make == "dir" {
+                "a directory"
+            } else {
+                "a symbolic link"
+            };
+            assert!(why.contains(expected), "{why}");
+            let mut sink = Sink::new(settings(), dir.path(), 10, Vec::new());
+            assert!(owed_now(&sink).is_empty());
+            sink.shared
+                .owed()
+                .add("20261129T000000Z-0000000000bb".into());
+            sink.save_owed();
+            assert!(path(&dir).symlink_metadata().unwrap().is_file());
+            let kept = kept_aside(dir.path());
+            assert_eq!(kept.len(), 1, "{kept:?}");
+            if make == "link" {
+                assert_eq!(kept[0].1, target.as_os_str().as_encoded_bytes());
+            }
+            assert_eq!(
+                std::fs::read_to_string(&target).unwrap(),
+                format!("{good}\n")
+            );
+        }
+
+        // Two starts in the same second keep both.
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now();
+        for garbage in ["one?", "two?"] {
+            std::fs::write(path(&dir), garbage).unwrap();
+            let (sessions, file) = load_owed(dir.path(), now);
+            assert!(sessions.is_empty() && file == OwedFile::Writable);
+        }
+        let kept: Vec<Vec<u8>> = kept_aside(dir.path()).into_iter().map(|k| k.1).collect();
+        assert_eq!(kept, [b"one?".to_vec(), b"two?".to_vec()]);
+
+        // None at all: nothing to say.
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_owed(&path(&dir)), Ok(Vec::new()));
+        assert_eq!(load_owed(dir.path(), now), (Vec::new(), OwedFile::Writable));
     }
 
     /// Found in review: with the sink stuck in a send to a database that
