@@ -90,6 +90,7 @@ struct Metrics {
     approvals: Family<EventLabels, Counter>,
     approvals_waiting: Gauge,
     recording_failures: Counter,
+    fleet_rows_rejected: Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -142,6 +143,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Sessions whose recording failed (disk full, permissions): each is refused from then on",
         recording_failures.clone(),
     );
+    let fleet_rows_rejected = Counter::default();
+    registry.register(
+        "chokepoint_recording_fleet_rows_rejected",
+        "Recorded events the fleet database refused for what they hold (SQLSTATE class 22, 23 or 54), left out of it: each leaves that session incomplete there (the local recording has it; the log names session and seq)",
+        fleet_rows_rejected.clone(),
+    );
     Metrics {
         registry,
         connections,
@@ -152,6 +159,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         approvals,
         approvals_waiting,
         recording_failures,
+        fleet_rows_rejected,
     }
 });
 
@@ -282,6 +290,13 @@ impl Drop for Waiting {
 pub fn recording_failure() {
     if enabled() {
         METRICS.recording_failures.inc();
+    }
+}
+
+/// The fleet database refused a recorded event, which the sink left out.
+pub fn fleet_row_rejected() {
+    if enabled() {
+        METRICS.fleet_rows_rejected.inc();
     }
 }
 
@@ -484,15 +499,23 @@ mod tests {
         let requested = r#"chokepoint_approvals_total{event="requested"}"#;
         let other = r#"chokepoint_approvals_total{event="other"}"#;
         let failures = "chokepoint_recording_failures_total";
-        let (r0, o0, f0) = (before(requested), before(other), before(failures));
+        let rejected = "chokepoint_recording_fleet_rows_rejected_total";
+        let (r0, o0, f0, x0) = (
+            before(requested),
+            before(other),
+            before(failures),
+            before(rejected),
+        );
         approval("requested");
         approval("a step added later");
         recording_failure();
+        fleet_row_rejected();
         // Other tests in this process may count too: at least ours.
         let text = render("no-such-instance");
         assert!(sample(&text, requested) > Some(r0), "{text}");
         assert!(sample(&text, other) > Some(o0), "{text}");
         assert!(sample(&text, failures) > Some(f0), "{text}");
+        assert!(sample(&text, rejected) > Some(x0), "{text}");
     }
 
     #[test]

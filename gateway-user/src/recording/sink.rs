@@ -18,7 +18,7 @@ use std::{
 };
 
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, error::SqlState};
 use tracing::{error, info, warn};
 
 /// `[recording] postgres` and its password file.
@@ -50,6 +50,13 @@ const MAX_QUEUED_BYTES: usize = 256 << 20;
 
 /// Retries start a second apart and back off to this.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// Most sessions whose re-send progress is kept (see
+/// [`Sink::keep_progress`]): a few bytes each.
+const MAX_PROGRESS: usize = if cfg!(test) { 64 } else { 10_000 };
+
+/// The kind of a recording's last line.
+const SEAL: &str = "seal";
 
 /// The sessions owed to the database, kept beside the recordings so that
 /// a restart during an outage still sends them.
@@ -90,6 +97,42 @@ impl Row {
     fn weight(&self) -> usize {
         self.raw.len() + self.session.len() + self.wall.len() + 2 * 64 + 64
     }
+}
+
+/// Why a statement did not put its rows in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// The database is down, slow, busy or refusing for a reason of its
+    /// own: everything is tried again later.
+    Transient(String),
+    /// The server refused what the rows hold (see [`rejects_rows`]): the
+    /// same rows would be refused again, however long the sink waited.
+    Rejected(String),
+}
+
+/// Whether a server error is about the rows sent, so that sending them
+/// again can only fail again: a data exception (class 22: a value the
+/// column's type refuses, like a NUL escape in jsonb), an integrity
+/// violation (23: a constraint someone added to the table; a row already
+/// there is no error, ON CONFLICT skips it) or a program limit (54: a
+/// value too large). Anything else may pass once the server or its
+/// operator is done, and is retried: connection loss and timeouts (no
+/// code, 57014), a shutdown (57P01), resources (53), serialization or
+/// deadlock (40001, 40P01), a read-only server (25006), privileges or an
+/// altered table (42), a trigger's own exception (P0001).
+fn rejects_rows(code: &SqlState) -> bool {
+    matches!(code.code().get(..2), Some("22" | "23" | "54"))
+}
+
+/// What [`Sink::send_each`] did with a batch.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Sent {
+    /// Rows the server refused, by index in the batch, with its message:
+    /// left out.
+    rejected: Vec<(usize, String)>,
+    /// A transient failure, and how many rows before it were sent or left
+    /// out: those after are to be sent again.
+    failed: Option<(usize, String)>,
 }
 
 /// Opens a connection with the settings' password (if any).
@@ -183,6 +226,8 @@ struct Shared {
     queued_bytes: AtomicUsize,
     max: usize,
     owed: Mutex<Owed>,
+    /// Rows the database refused for what they hold, left out.
+    rejected: AtomicUsize,
 }
 
 impl Shared {
@@ -266,7 +311,16 @@ pub struct Sink {
     saved: Option<String>,
     /// The last save failed (logged once, not twice a second).
     save_failed: bool,
+    /// Whether [`OWED_FILE`] may be written (see [`OwedFile`]).
+    owed_file: OwedFile,
+    /// Stands in for the database in unit tests.
+    #[cfg(test)]
+    fake: Option<FakeDatabase>,
 }
+
+/// A statement's outcome, decided by a unit test.
+#[cfg(test)]
+type FakeDatabase = Box<dyn FnMut(&[Row]) -> Result<(), Failure> + Send>;
 
 impl Sink {
     /// A sink for `settings` keeping at most `max_backlog` rows in memory.
@@ -277,8 +331,9 @@ impl Sink {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "unknown".into());
+        let (saved_owed, owed_file) = load_owed(dir, std::time::SystemTime::now());
         let mut first = Owed::default();
-        for session in owed.into_iter().chain(load_owed(dir)) {
+        for session in owed.into_iter().chain(saved_owed) {
             first.add(session);
         }
         Self {
@@ -291,6 +346,7 @@ impl Sink {
                 queued_bytes: AtomicUsize::new(0),
                 max: max_backlog.max(1),
                 owed: Mutex::new(first),
+                rejected: AtomicUsize::new(0),
             }),
             progress: HashMap::new(),
             dir: dir.to_path_buf(),
@@ -299,6 +355,9 @@ impl Sink {
             next_try: tokio::time::Instant::now(),
             saved: None,
             save_failed: false,
+            owed_file,
+            #[cfg(test)]
+            fake: None,
         }
     }
 
@@ -360,7 +419,9 @@ impl Sink {
         let mut sent = 0;
         while sent < backlog.len() {
             let n = batch_len(&backlog[sent..]);
-            if let Err(e) = self.send(&backlog[sent..sent + n]).await {
+            if let Err((done, e)) = self.send_or_skip(&backlog[sent..sent + n]).await {
+                sent += done;
+                self.forget_sealed(&backlog[..sent]);
                 // Nothing joined the backlog meanwhile: only this task fills it.
                 self.release(backlog.drain(..sent));
                 self.backlog = backlog;
@@ -369,6 +430,7 @@ impl Sink {
             }
             sent += n;
         }
+        self.forget_sealed(&backlog);
         self.release(backlog.drain(..));
         if let Err(e) = self.resend_owed().await {
             self.failed(&e);
@@ -379,6 +441,37 @@ impl Sink {
         }
         self.failing = false;
         self.retry = Duration::from_secs(1);
+    }
+
+    /// Keeps where the re-send of an unsealed `session` stands. The map
+    /// only grows with sessions still being recorded (their seals prune
+    /// them, see [`Sink::forget_sealed`]), but a recording that failed
+    /// never gets its seal in this run: past [`MAX_PROGRESS`] the entries
+    /// of sessions not owed now go. Losing one costs only a re-send from
+    /// the start, which the database takes as it takes any (rows it has
+    /// are skipped).
+    fn keep_progress(&mut self, session: String, at: Progress) {
+        self.progress.insert(session, at);
+        if self.progress.len() > MAX_PROGRESS {
+            let owed = self.shared.owed();
+            self.progress
+                .retain(|session, _| owed.set.contains(session));
+        }
+    }
+
+    /// Forgets the re-send progress of the sessions whose seal is among
+    /// `rows` (sent, or refused: either way the session is over), unless
+    /// owed again: that re-send reads on to the seal and forgets it then.
+    fn forget_sealed(&mut self, rows: &[Row]) {
+        if self.progress.is_empty() {
+            return;
+        }
+        let owed = self.shared.owed();
+        for row in rows.iter().filter(|row| row.kind == SEAL) {
+            if !owed.set.contains(&row.session) {
+                self.progress.remove(&row.session);
+            }
+        }
     }
 
     /// Rows that left memory: the writer may hand over as many again.
@@ -421,15 +514,18 @@ impl Sink {
             let mut at = self.progress.remove(&session).unwrap_or_default();
             let result = self.resend(&session, &mut at).await;
             match result {
-                Ok(None) => {
+                Ok(Resent::End { sealed }) => {
                     info!(
                         session,
                         "sent a session to the recording database again from its recording"
                     );
-                    // Resumed from here should it be owed again.
-                    self.progress.insert(session, at);
+                    // Resumed from here should it be owed again; a sealed
+                    // one has nothing more to send.
+                    if !sealed {
+                        self.keep_progress(session, at);
+                    }
                 }
-                Ok(Some(why)) => {
+                Ok(Resent::Broken(why)) => {
                     error!(session, reason = %why, "a recording no longer chains where the recording database needs it: the rest is not sent, and the database keeps the session incomplete; run `chokepoint sessions verify` on it");
                 }
                 Err(Resend::File(why)) => {
@@ -437,8 +533,8 @@ impl Sink {
                     warn!(session, error = %why, "cannot read a recording to send it to the recording database again; the database keeps it incomplete");
                 }
                 Err(Resend::Database(e)) => {
-                    self.progress.insert(session.clone(), at);
-                    self.shared.owed().add(session);
+                    self.shared.owed().add(session.clone());
+                    self.keep_progress(session, at);
                     return Err(e);
                 }
             }
@@ -449,35 +545,107 @@ impl Sink {
     /// Sends the lines of `session`'s recording from `at` on, a batch at
     /// a time, each checked to chain onto the last: the file is the record
     /// of truth, but one altered since it was written must not become the
-    /// fleet copy (found in review). `Ok(Some(why))`: a line that does not
-    /// chain, where sending stopped.
-    async fn resend(&mut self, session: &str, at: &mut Progress) -> Result<Option<String>, Resend> {
+    /// fleet copy (found in review).
+    async fn resend(&mut self, session: &str, at: &mut Progress) -> Result<Resent, Resend> {
         let path = super::files::find(&self.dir, session).map_err(Resend::File)?;
+        let mut sealed = false;
         loop {
             let mut next = at.clone();
             let (rows, stop) = read_rows(&path, session, &mut next, BATCH_ROWS, BATCH_BYTES)
                 .map_err(|e| Resend::File(format!("{}: {e}", path.display())))?;
-            self.send(&rows).await.map_err(Resend::Database)?;
+            // Rows sent before a failure are sent again next time: the
+            // database skips those it has.
+            self.send_or_skip(&rows)
+                .await
+                .map_err(|(_, e)| Resend::Database(e))?;
             *at = next;
+            sealed |= rows.iter().any(|row| row.kind == SEAL);
             match stop {
                 Stop::Full => {}
-                Stop::End => return Ok(None),
-                Stop::Broken(why) => return Ok(Some(why)),
+                Stop::End => return Ok(Resent::End { sealed }),
+                Stop::Broken(why) => return Ok(Resent::Broken(why)),
             }
+        }
+    }
+
+    /// Sends `rows`, halving a batch the server refuses until the rows it
+    /// refuses are alone: those are left out, the others sent. One bad row
+    /// in a batch of 5,000 costs about 26 statements, and no longer holds
+    /// up every row and session behind it for ever.
+    async fn send_each(&mut self, rows: &[Row]) -> Sent {
+        let mut sent = Sent::default();
+        // The next range on top, so ranges go in order and what was done
+        // before a transient failure is a prefix of `rows`.
+        let mut todo = Vec::new();
+        todo.push(0..rows.len());
+        while let Some(range) = todo.pop() {
+            match self.send(&rows[range.clone()]).await {
+                Ok(()) => {}
+                Err(Failure::Transient(why)) => {
+                    sent.failed = Some((range.start, why));
+                    break;
+                }
+                Err(Failure::Rejected(why)) if range.len() <= 1 => {
+                    // An empty range is only sent to connect, and nothing is
+                    // left out of it.
+                    if !range.is_empty() {
+                        sent.rejected.push((range.start, why));
+                    }
+                }
+                Err(Failure::Rejected(_)) => {
+                    let middle = range.start + range.len() / 2;
+                    todo.push(middle..range.end);
+                    todo.push(range.start..middle);
+                }
+            }
+        }
+        sent
+    }
+
+    /// Sends `rows`, leaving out those the server refuses for what they
+    /// hold (logged and counted). `Err`: a transient failure, after how
+    /// many rows.
+    async fn send_or_skip(&mut self, rows: &[Row]) -> Result<(), (usize, String)> {
+        let sent = self.send_each(rows).await;
+        for (i, why) in &sent.rejected {
+            let row = &rows[*i];
+            self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            crate::admin::metrics::fleet_row_rejected();
+            error!(
+                session = row.session,
+                seq = row.seq,
+                error = %why,
+                "the recording database refuses an event of a session: left out, so its copy there is incomplete (`sessions verify` there reads it as tampered); the local recording has it"
+            );
+        }
+        match sent.failed {
+            Some(failed) => Err(failed),
+            None => Ok(()),
         }
     }
 
     /// Sends `rows` in one statement (connecting first if needed), within
     /// [`SEND_TIMEOUT`].
-    async fn send(&mut self, rows: &[Row]) -> Result<(), String> {
+    async fn send(&mut self, rows: &[Row]) -> Result<(), Failure> {
+        #[cfg(test)]
+        if let Some(fake) = &mut self.fake {
+            return fake(rows);
+        }
         tokio::time::timeout(SEND_TIMEOUT + Duration::from_secs(1), self.send_now(rows))
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {} s", SEND_TIMEOUT.as_secs())))
+            .unwrap_or_else(|_| {
+                Err(Failure::Transient(format!(
+                    "no answer within {} s",
+                    SEND_TIMEOUT.as_secs()
+                )))
+            })
     }
 
-    async fn send_now(&mut self, rows: &[Row]) -> Result<(), String> {
+    async fn send_now(&mut self, rows: &[Row]) -> Result<(), Failure> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let client = connect(&self.settings).await?;
+            // Whatever stops the connection or the table, it is not the
+            // rows: transient.
+            let client = connect(&self.settings).await.map_err(Failure::Transient)?;
             // Ended by the server too: a timed-out INSERT left running
             // would commit later and pile up behind the retries.
             client
@@ -486,7 +654,7 @@ impl Sink {
                     SEND_TIMEOUT.as_millis()
                 ))
                 .await
-                .map_err(|e| format!("creating the table: {e}"))?;
+                .map_err(|e| Failure::Transient(format!("creating the table: {e}")))?;
             self.client = Some(client);
         }
         let Some(client) = &self.client else {
@@ -517,10 +685,38 @@ impl Sink {
             )
             .await
             .map_err(|e| match e.as_db_error() {
-                Some(db) => db.message().to_owned(),
-                None => e.to_string(),
+                Some(db) if rejects_rows(db.code()) => {
+                    Failure::Rejected(format!("{} (SQLSTATE {})", db.message(), db.code().code()))
+                }
+                Some(db) => Failure::Transient(db.message().to_owned()),
+                None => Failure::Transient(e.to_string()),
             })?;
         Ok(())
+    }
+
+    /// Tries again to read, or else move aside, an [`OWED_FILE`] left in
+    /// place at start: an operator may have fixed it meanwhile. Whether it
+    /// may now be written.
+    fn retry_owed_file(&mut self) -> bool {
+        let sessions = match read_owed(&self.dir.join(OWED_FILE)) {
+            Ok(sessions) => {
+                info!(path = %self.dir.join(OWED_FILE).display(), "the list of sessions owed to the recording database that could not be read at start is readable (or gone) now: its sessions are owed and it is saved again");
+                sessions
+            }
+            Err((_, sessions)) => match set_aside(&self.dir, std::time::SystemTime::now()) {
+                Ok(aside) => {
+                    warn!(kept = %aside.display(), "moved aside the list of sessions owed to the recording database that could not be read at start");
+                    sessions
+                }
+                Err(_) => return false,
+            },
+        };
+        let mut owed = self.shared.owed();
+        for session in sessions {
+            owed.add(session);
+        }
+        self.owed_file = OwedFile::Writable;
+        true
     }
 
     /// Writes the sessions the database still lacks rows of beside the
@@ -529,6 +725,9 @@ impl Sink {
     /// stops). A gateway stopped during an outage sends them at its next
     /// start.
     fn save_owed(&mut self) {
+        if self.owed_file == OwedFile::Unreadable && !self.retry_owed_file() {
+            return;
+        }
         let mut sessions: std::collections::BTreeSet<&str> = self
             .backlog
             .iter()
@@ -568,6 +767,16 @@ impl Sink {
     }
 }
 
+/// How a re-send ended.
+enum Resent {
+    /// At the end of the file; `sealed`: the seal was among its lines, so
+    /// the recording is complete and nothing of it can be owed again but
+    /// what was just sent.
+    End { sealed: bool },
+    /// At a line that does not chain, where sending stopped.
+    Broken(String),
+}
+
 /// Why a re-send stopped.
 enum Resend {
     /// The recording could not be found or read.
@@ -589,16 +798,141 @@ fn batch_len(rows: &[Row]) -> usize {
     n
 }
 
-/// The sessions the last run still owed, from [`OWED_FILE`].
-fn load_owed(dir: &Path) -> Vec<String> {
-    match crate::regular_file::read_bounded(&dir.join(OWED_FILE), 64 << 20) {
-        Ok(data) => String::from_utf8_lossy(&data)
-            .lines()
-            .filter(|id| super::files::is_id(id))
-            .map(str::to_owned)
-            .collect(),
-        Err(_) => Vec::new(),
+/// Whether the sink may write [`OWED_FILE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwedFile {
+    Writable,
+    /// It could not be read at start, nor moved aside: writing over it
+    /// would lose the sessions it lists before anyone saw it, so nothing
+    /// is saved until it can be read or moved (tried at each save).
+    Unreadable,
+}
+
+/// Largest [`OWED_FILE`] read: a million ids and more.
+const MAX_OWED_FILE: u64 = 64 << 20;
+
+/// The sessions the last run still owed, from [`OWED_FILE`]. Found in
+/// review: a file that could not be read (unreadable, a directory, a
+/// link, garbled) was taken as empty, and the next save wrote over it, so
+/// the sessions it listed were never sent again and no one knew. Such a
+/// file is now logged and moved aside to `fleet-owed.unreadable-<time>`
+/// for an operator (see the README's fleet store), and what could be read
+/// of it is owed; moving it aside rather than refusing to save keeps this
+/// run's owed sessions saved too. When it cannot even be moved, it is
+/// left alone and nothing is saved over it ([`OwedFile::Unreadable`]).
+fn load_owed(dir: &Path, now: std::time::SystemTime) -> (Vec<String>, OwedFile) {
+    let path = dir.join(OWED_FILE);
+    let (why, sessions) = match read_owed(&path) {
+        Ok(sessions) => return (sessions, OwedFile::Writable),
+        Err(unreadable) => unreadable,
+    };
+    match set_aside(dir, now) {
+        Ok(aside) => {
+            error!(
+                path = %path.display(),
+                reason = %why,
+                kept = %aside.display(),
+                owed = sessions.len(),
+                "cannot read the sessions the last run owed to the recording database: the file is kept aside and a new one started; sessions it listed that could not be read are not sent again unless an operator owes them again (see the README's fleet store)"
+            );
+            (sessions, OwedFile::Writable)
+        }
+        Err(e) => {
+            error!(
+                path = %path.display(),
+                reason = %why,
+                error = %e,
+                "cannot read the sessions the last run owed to the recording database, nor move the file aside: it is left as it is, and the sessions owed are not saved until it is fixed or moved"
+            );
+            (sessions, OwedFile::Unreadable)
+        }
     }
+}
+
+/// The sessions listed in the [`OWED_FILE`] at `path`; none when there is
+/// none. `Err`: why it cannot be read whole, and the ids that could be
+/// read of it.
+fn read_owed(path: &Path) -> Result<Vec<String>, (String, Vec<String>)> {
+    let data = match read_no_link(path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err((
+                "it is a symbolic link, which is not followed".into(),
+                Vec::new(),
+            ));
+        }
+        Err(e) => return Err((e.to_string(), Vec::new())),
+    };
+    let text = String::from_utf8_lossy(&data);
+    let mut sessions = Vec::new();
+    let mut garbled = Vec::new();
+    for line in text.lines().filter(|line| !line.is_empty()) {
+        if super::files::is_id(line) {
+            sessions.push(line.to_owned());
+        } else {
+            garbled.push(line);
+        }
+    }
+    match garbled.first() {
+        None => Ok(sessions),
+        Some(first) => {
+            let first: String = first.chars().take(80).collect();
+            Err((
+                format!(
+                    "{} of its lines are not session ids (the first: {first:?})",
+                    garbled.len()
+                ),
+                sessions,
+            ))
+        }
+    }
+}
+
+/// A regular file's bytes, never through a symbolic link, bounded.
+fn read_no_link(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    crate::regular_file::check(&file)?;
+    let mut data = Vec::new();
+    file.take(MAX_OWED_FILE + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > MAX_OWED_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("it is larger than {MAX_OWED_FILE} bytes"),
+        ));
+    }
+    Ok(data)
+}
+
+/// Moves `dir`'s [`OWED_FILE`] (whatever it is: a link is moved, not
+/// followed) to a name of its own beside it, never over an earlier one.
+fn set_aside(dir: &Path, now: std::time::SystemTime) -> std::io::Result<PathBuf> {
+    // "2026-11-29T09:51:11Z" → "20261129T095111Z", like session ids.
+    let stamp: String = humantime::format_rfc3339_seconds(now)
+        .to_string()
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    for n in 0..100 {
+        let name = match n {
+            0 => format!("{OWED_FILE}.unreadable-{stamp}"),
+            n => format!("{OWED_FILE}.unreadable-{stamp}-{n}"),
+        };
+        let aside = dir.join(name);
+        // Only this process writes here; an earlier one is kept.
+        if aside.symlink_metadata().is_err() {
+            std::fs::rename(dir.join(OWED_FILE), &aside)?;
+            return Ok(aside);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "a hundred files kept aside in the same second",
+    ))
 }
 
 /// Reads the lines of `session`'s recording at `path` from `at` on, up to
@@ -749,6 +1083,376 @@ mod tests {
             hash: String::new(),
             raw: "{}".into(),
         }
+    }
+
+    fn settings() -> SinkSettings {
+        SinkSettings {
+            conninfo: "host=127.0.0.1 port=1".into(),
+            password_file: None,
+        }
+    }
+
+    /// What a fake database received: every statement's rows, in order.
+    type Received = Arc<Mutex<Vec<Vec<(String, i64)>>>>;
+
+    /// A database that refuses any statement holding a row whose event
+    /// says "poison", as a CHECK constraint would, and takes the rest.
+    fn poisoned(sink: &mut Sink) -> Received {
+        let received = Received::default();
+        let log = Arc::clone(&received);
+        sink.fake = Some(Box::new(move |rows: &[Row]| {
+            if rows.iter().any(|r| r.raw.contains("poison")) {
+                return Err(Failure::Rejected("violates check constraint".into()));
+            }
+            let mut log = log.lock().unwrap();
+            log.push(rows.iter().map(|r| (r.session.clone(), r.seq)).collect());
+            Ok(())
+        }));
+        received
+    }
+
+    fn handed_over(sink: &mut Sink, rows: Vec<Row>) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        sink.queue(tx).send(rows);
+        while let Ok(rows) = rx.try_recv() {
+            sink.backlog.extend(rows);
+        }
+    }
+
+    /// Data exceptions, integrity violations and program limits are the
+    /// rows' fault; the rest passes with time or an operator.
+    #[test]
+    fn only_what_the_rows_hold_is_a_permanent_refusal() {
+        for code in [
+            SqlState::INVALID_DATETIME_FORMAT,
+            SqlState::UNTRANSLATABLE_CHARACTER,
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            SqlState::CHECK_VIOLATION,
+            SqlState::NOT_NULL_VIOLATION,
+            SqlState::PROGRAM_LIMIT_EXCEEDED,
+        ] {
+            assert!(rejects_rows(&code), "{code:?}");
+        }
+        for code in [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::DISK_FULL,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            SqlState::QUERY_CANCELED,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::RAISE_EXCEPTION,
+            SqlState::from_code("XX000"),
+        ] {
+            assert!(!rejects_rows(&code), "{code:?}");
+        }
+    }
+
+    /// A row the database always refuses no longer holds up the sink for
+    /// ever: it alone is left out (and counted), every other row of its
+    /// session and of the sessions after it arrives, in about log2 of the
+    /// batch's statements each.
+    #[tokio::test]
+    async fn a_row_the_database_refuses_is_left_out_and_the_rest_arrive() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = Sink::new(settings(), dir.path(), 100_000, Vec::new());
+        let received = poisoned(&mut sink);
+        let mut rows: Vec<Row> = (0..12_000)
+            .map(|i| row(&format!("s{}", i / 3000), i % 3000))
+            .collect();
+        rows[4_321].raw = "{\"poison\":1}".into();
+        rows[9_000].raw = "{\"poison\":2}".into();
+        handed_over(&mut sink, rows);
+        sink.flush().await;
+
+        assert!(!sink.failing && sink.backlog.is_empty());
+        assert_eq!(sink.shared.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(sink.shared.rejected.load(Ordering::Relaxed), 2);
+        let statements = received.lock().unwrap();
+        let arrived: Vec<(String, i64)> = statements.iter().flatten().cloned().collect();
+        let expected: Vec<(String, i64)> = (0..12_000)
+            .filter(|i| *i != 4_321 && *i != 9_000)
+            .map(|i| (format!("s{}", i / 3000), i % 3000))
+            .collect();
+        assert_eq!(arrived, expected);
+        // 3 batches of 5,000 rows (the last 2,000), two of them halved
+        // down to one row: far from a statement per row.
+        assert!(statements.len() < 60, "{} statements", statements.len());
+    }
+
+    /// A transient failure while a refused row is being looked for keeps
+    /// what is left for the next try, and what was done is not done
+    /// again: the refused row is counted once.
+    #[tokio::test]
+    async fn a_transient_failure_while_halving_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = Sink::new(settings(), dir.path(), 100_000, Vec::new());
+        let received = Received::default();
+        let log = Arc::clone(&received);
+        let mut calls = 0;
+        sink.fake = Some(Box::new(move |rows: &[Row]| {
+            calls += 1;
+            // The connection drops at the fifth statement.
+            if calls == 5 {
+                return Err(Failure::Transient("connection closed".into()));
+            }
+            if rows.iter().any(|r| r.raw.contains("poison")) {
+                return Err(Failure::Rejected("violates check constraint".into()));
+            }
+            log.lock()
+                .unwrap()
+                .push(rows.iter().map(|r| (r.session.clone(), r.seq)).collect());
+            Ok(())
+        }));
+        let mut rows: Vec<Row> = (0..8).map(|i| row("s", i)).collect();
+        rows[0].raw = "{\"poison\":1}".into();
+        handed_over(&mut sink, rows);
+        // 0..8, 0..4, 0..2 refused, 0..1 refused: left out; 1..2: the drop.
+        sink.flush().await;
+        assert!(sink.failing);
+        assert_eq!(sink.backlog.len(), 7);
+        assert_eq!(sink.shared.queued.load(Ordering::Relaxed), 7);
+        sink.flush().await;
+        // 1..8 in one statement.
+        assert!(!sink.failing && sink.backlog.is_empty());
+        assert_eq!(sink.shared.rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(sink.shared.queued.load(Ordering::Relaxed), 0);
+        let arrived: Vec<i64> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .map(|r| r.1)
+            .collect();
+        assert_eq!(arrived, [1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    /// Lines `from..to` of `session`'s chain after `prev` (the last a seal
+    /// when `sealed`), and the last one's hash.
+    fn chained(session: &str, from: u64, to: u64, prev: &str, sealed: bool) -> (Vec<u8>, String) {
+        use super::super::event::{Body, Event};
+        let mut out = Vec::new();
+        let mut prev = prev.to_owned();
+        for seq in from..to {
+            let body = if sealed && seq + 1 == to {
+                Body::Seal {
+                    final_hash: prev.clone(),
+                    public_key: String::new(),
+                    signature: String::new(),
+                    recovered: None,
+                }
+            } else {
+                Body::SessionEnd {
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    statements: 0,
+                    denied: 0,
+                    error: None,
+                }
+            };
+            let event = Event {
+                seq,
+                session: session.to_owned(),
+                wall: "2026-11-29T00:00:00.000000Z".into(),
+                mono_us: 0,
+                body,
+            };
+            prev = super::super::chain::append_line(
+                &mut out,
+                &prev,
+                &serde_json::to_vec(&event).unwrap(),
+            );
+        }
+        (out, prev)
+    }
+
+    /// Writes the recording of session number `n` with `events` lines;
+    /// its id and last hash.
+    fn recorded(dir: &Path, n: usize, events: u64, sealed: bool) -> (String, String) {
+        let id = format!("20261129T000000Z-{n:012x}");
+        let folder = dir.join("2026/11/29");
+        std::fs::create_dir_all(&folder).unwrap();
+        let (data, last) = chained(&id, 0, events, super::super::chain::GENESIS, sealed);
+        std::fs::write(folder.join(format!("{id}.jsonl")), data).unwrap();
+        (id, last)
+    }
+
+    /// Found in review: the re-send progress of every session ever owed
+    /// stayed in memory for the life of the daemon. A session whose seal
+    /// has gone (re-sent, or in the backlog) is forgotten; only those
+    /// still being recorded are kept, and never more than a bound.
+    #[tokio::test]
+    async fn the_resend_progress_stays_bounded_over_many_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = Sink::new(settings(), dir.path(), 100_000, Vec::new());
+        let received = poisoned(&mut sink);
+        // Many sessions owed, each re-sent whole, seal included.
+        for n in 0..500 {
+            let (id, _) = recorded(dir.path(), n, 5, true);
+            sink.shared.owed().add(id);
+        }
+        sink.flush().await;
+        assert!(!sink.failing && sink.shared.owed().queue.is_empty());
+        assert_eq!(received.lock().unwrap().iter().flatten().count(), 500 * 5);
+        assert!(sink.progress.is_empty(), "{} kept", sink.progress.len());
+
+        // Sessions still open are kept, to resume where they stood...
+        let open: Vec<(String, String)> = (1_000..1_003)
+            .map(|n| recorded(dir.path(), n, 4, false))
+            .collect();
+        for (id, _) in &open {
+            sink.shared.owed().add(id.clone());
+        }
+        sink.flush().await;
+        assert_eq!(sink.progress.len(), 3);
+        assert!(sink.progress.values().all(|at| at.seq == 4));
+        // ...until their seals go by in the backlog.
+        for (id, last) in &open {
+            let (seal, _) = chained(id, 4, 5, last, true);
+            let path = dir.path().join(format!("2026/11/29/{id}.jsonl"));
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            std::io::Write::write_all(&mut file, &seal).unwrap();
+            let mut at = sink.progress[id].clone();
+            let (rows, stop) = read_rows(&path, id, &mut at, 10, 1 << 20).unwrap();
+            assert_eq!((rows.len(), stop), (1, Stop::End));
+            handed_over(&mut sink, rows);
+        }
+        sink.flush().await;
+        assert!(sink.progress.is_empty(), "{} kept", sink.progress.len());
+
+        // Recordings that never get a seal in this run (they failed): the
+        // map stops at its bound.
+        for n in 2_000..2_000 + 3 * MAX_PROGRESS {
+            let (id, _) = recorded(dir.path(), n, 2, false);
+            sink.shared.owed().add(id);
+            sink.flush().await;
+            assert!(sink.progress.len() <= MAX_PROGRESS);
+        }
+    }
+
+    /// The files in `dir` named like `prefix`, with their bytes (a link's
+    /// target name, a directory's entries as "dir").
+    fn kept_aside(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut found: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("fleet-owed.unreadable-")
+            })
+            .map(|e| {
+                let path = e.path();
+                let meta = path.symlink_metadata().unwrap();
+                let data = if meta.file_type().is_symlink() {
+                    std::fs::read_link(&path)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes()
+                } else if meta.is_dir() {
+                    b"dir".to_vec()
+                } else {
+                    std::fs::read(&path).unwrap()
+                };
+                (e.file_name().to_string_lossy().into_owned(), data)
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn owed_now(sink: &Sink) -> Vec<String> {
+        sink.shared.owed().queue.iter().cloned().collect()
+    }
+
+    /// Found in review: a `fleet-owed` the gateway could not read was
+    /// taken as empty and written over at the next save. Garbled, a
+    /// directory or a link, it is now kept aside for an operator (what
+    /// could be read of it still owed), and a new one is started.
+    #[test]
+    fn an_unreadable_owed_list_is_kept_aside_not_overwritten() {
+        let good = "20261129T000000Z-0000000000aa";
+        let path = |dir: &tempfile::TempDir| dir.path().join(OWED_FILE);
+
+        // Garbled: the ids in it are still owed.
+        let dir = tempfile::tempdir().unwrap();
+        let mut garbled = format!("{good}\n").into_bytes();
+        garbled.extend_from_slice(b"\x00\x01garbage\xff\n");
+        std::fs::write(path(&dir), &garbled).unwrap();
+        let why = read_owed(&path(&dir)).unwrap_err();
+        assert!(
+            why.0.contains("1 of its lines are not session ids"),
+            "{why:?}"
+        );
+        let mut sink = Sink::new(settings(), dir.path(), 10, Vec::new());
+        assert_eq!(owed_now(&sink), [good]);
+        let kept = kept_aside(dir.path());
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].0.starts_with("fleet-owed.unreadable-2"), "{kept:?}");
+        assert_eq!(kept[0].1, garbled);
+        sink.save_owed();
+        assert_eq!(
+            std::fs::read_to_string(path(&dir)).unwrap(),
+            format!("{good}\n")
+        );
+        assert_eq!(kept_aside(dir.path()), kept);
+
+        // A directory, and a link (not followed: moved as it is).
+        for make in ["dir", "link"] {
+            let dir = tempfile::tempdir().unwrap();
+            let target = dir.path().join("elsewhere");
+            std::fs::write(&target, format!("{good}\n")).unwrap();
+            if make == "dir" {
+                std::fs::create_dir(path(&dir)).unwrap();
+                std::fs::write(path(&dir).join("x"), b"").unwrap();
+            } else {
+                std::os::unix::fs::symlink(&target, path(&dir)).unwrap();
+            }
+            let why = read_owed(&path(&dir)).unwrap_err().0;
+            let expected = if make == "dir" {
+                "a directory"
+            } else {
+                "a symbolic link"
+            };
+            assert!(why.contains(expected), "{why}");
+            let mut sink = Sink::new(settings(), dir.path(), 10, Vec::new());
+            assert!(owed_now(&sink).is_empty());
+            sink.shared
+                .owed()
+                .add("20261129T000000Z-0000000000bb".into());
+            sink.save_owed();
+            assert!(path(&dir).symlink_metadata().unwrap().is_file());
+            let kept = kept_aside(dir.path());
+            assert_eq!(kept.len(), 1, "{kept:?}");
+            if make == "link" {
+                assert_eq!(kept[0].1, target.as_os_str().as_encoded_bytes());
+            }
+            assert_eq!(
+                std::fs::read_to_string(&target).unwrap(),
+                format!("{good}\n")
+            );
+        }
+
+        // Two starts in the same second keep both.
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now();
+        for garbage in ["one?", "two?"] {
+            std::fs::write(path(&dir), garbage).unwrap();
+            let (sessions, file) = load_owed(dir.path(), now);
+            assert!(sessions.is_empty() && file == OwedFile::Writable);
+        }
+        let kept: Vec<Vec<u8>> = kept_aside(dir.path()).into_iter().map(|k| k.1).collect();
+        assert_eq!(kept, [b"one?".to_vec(), b"two?".to_vec()]);
+
+        // None at all: nothing to say.
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_owed(&path(&dir)), Ok(Vec::new()));
+        assert_eq!(load_owed(dir.path(), now), (Vec::new(), OwedFile::Writable));
     }
 
     /// Found in review: with the sink stuck in a send to a database that
