@@ -14,6 +14,7 @@ mod export;
 mod judge;
 mod list;
 mod replay;
+mod rows;
 mod settings;
 mod show;
 mod source;

@@ -7,44 +7,45 @@ use super::source::{Listed, Source, Store};
 use crate::recording::{
     Event, files,
     ledger::{self, Outcome},
-    verify::{self, Summary, Verdict},
+    verify::{self, Summary, Verdict, Visit},
 };
 
 impl Source {
-    /// A listed recording's verdict (and events, when `collect`); an
-    /// error for a file that is not where its name says, or cannot be
-    /// read.
-    pub(super) fn load_listed(&self, listed: &Listed, collect: bool) -> Result<Judged, String> {
+    /// A listed recording's verdict; an error for a file that is not
+    /// where its name says, or cannot be read.
+    pub(super) fn load_listed(&self, listed: &Listed) -> Result<Judged, String> {
         let (Store::Files(dir), Some(path)) = (&self.store, &listed.path) else {
-            return self.load(&listed.id, collect);
+            return self.load(&listed.id, &mut ());
         };
         if let Some(why) = files::misplaced(dir, path) {
             return Err(why);
         }
-        self.judge_file(&listed.id, path, collect)
+        self.judge_file(&listed.id, path, &mut ())
     }
 
-    /// A recording's verdict (and events, when `collect`).
-    pub(super) fn load(&self, id: &str, collect: bool) -> Result<Judged, String> {
+    /// A recording's verdict, showing `visit` its lines and events as
+    /// they are checked (a command prints them as it goes).
+    pub(super) fn load(&self, id: &str, visit: &mut impl Visit) -> Result<Judged, String> {
         match &self.store {
-            Store::Files(dir) => self.judge_file(id, &files::find(dir, id)?, collect),
-            Store::Database(_) => self
-                .judge(id, &self.read(id)?[..], collect)
-                .map_err(|e| e.to_string()),
+            Store::Files(dir) => self.judge_file(id, &files::find(dir, id)?, visit),
+            Store::Database(db) => {
+                let rows = db.rows(id)?;
+                self.judge(id, rows, visit).map_err(|e| e.to_string())
+            }
         }
     }
 
-    /// Reads the file a line at a time: `verify --all` over big
-    /// recordings must not hold any of them whole.
+    /// Reads the file a line at a time: no command holds a recording
+    /// whole, however big.
     pub(super) fn judge_file(
         &self,
         id: &str,
         path: &std::path::Path,
-        collect: bool,
+        visit: &mut impl Visit,
     ) -> Result<Judged, String> {
         let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
         let file = files::open(path).map_err(cannot)?;
-        self.judge(id, file, collect).map_err(cannot)
+        self.judge(id, file, visit).map_err(cannot)
     }
 
     /// Verifies recording `id`, read from `reader`. A recording of
@@ -54,7 +55,7 @@ impl Source {
         &self,
         id: &str,
         reader: impl BufRead,
-        collect: bool,
+        visit: &mut impl Visit,
     ) -> std::io::Result<Judged> {
         // A session still running may be caught mid-write: its last line
         // is not a cut while the ledger has it open.
@@ -94,10 +95,7 @@ impl Source {
             .cloned()
             .or_else(|| listed_as(expected).and_then(ledger::Entry::anchor));
         let mut checker = verify::Checker::new(&self.trusted).watching(anchor.as_ref());
-        if collect {
-            checker = checker.collecting();
-        }
-        let torn = verify::feed(reader, &mut checker)?;
+        let torn = verify::feed_to(reader, &mut checker, &mut Expecting { expected, visit })?;
         let checked = checker.finish(if open { 0 } else { torn });
         let listed = checked.summary.session().and_then(listed_as);
         let verdict = match &anchor {
@@ -134,21 +132,46 @@ impl Source {
                     reason,
                 },
                 found: Summary::default(),
-                events: Vec::new(),
             });
         }
         Ok(Judged {
             verdict,
             found: checked.summary,
-            events: checked.events,
         })
     }
 }
 
-/// A recording's verdict, what of its events tells it, and its events
-/// when they were collected to print.
+/// A recording's verdict, and what of its events tells it.
 pub(super) struct Judged {
     pub(super) verdict: Verdict,
     pub(super) found: Summary,
-    pub(super) events: Vec<Event>,
+}
+
+/// Shows a command only the events of the session it asked for: a
+/// recording of another session put in its place is tampered from its
+/// first line, and nothing of it is shown as this one's. Its bytes as
+/// stored still are (`export --format jsonl`: the evidence).
+struct Expecting<'a, V> {
+    expected: &'a str,
+    visit: &'a mut V,
+}
+
+impl<V: Visit> Visit for Expecting<'_, V> {
+    fn copies(&self) -> bool {
+        self.visit.copies()
+    }
+
+    fn stored(&mut self, bytes: &[u8]) {
+        self.visit.stored(bytes);
+    }
+
+    fn event(&mut self, event: Event) {
+        if event.session == self.expected {
+            self.visit.event(event);
+        }
+    }
+
+    fn torn(&mut self, tail: &[u8]) {
+        self.visit.torn(tail);
+    }
 }

@@ -31,7 +31,7 @@ pub(super) fn list(
     for entry in &listed {
         let id = &entry.id;
         // One stray file must not hide the rest: its row says what is wrong.
-        let Judged { verdict, found, .. } = match source.load_listed(entry, false) {
+        let Judged { verdict, found, .. } = match source.load_listed(entry) {
             Ok(loaded) => loaded,
             Err(e) => {
                 unreadable += 1;

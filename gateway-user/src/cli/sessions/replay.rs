@@ -3,7 +3,10 @@
 use std::{io::Write, time::Duration};
 
 use super::{super::escaped::Escaped, judge::Judged, source::Source, verdict::describe};
-use crate::recording::{Body, verify::Verdict};
+use crate::recording::{
+    Body, Event,
+    verify::{Verdict, Visit},
+};
 
 /// Slowest and fastest replay: slower would wait for ages on every pause
 /// (and tiny speeds overflow a Duration), faster is the same as 0.
@@ -38,26 +41,41 @@ pub(super) fn pause(gap_us: u64, speed: f64) -> (Duration, bool) {
     }
 }
 
+/// Plays the events back as they are checked, then says the verdict on
+/// the whole: a recording may be far larger than memory.
 pub(super) fn replay(source: &Source, id: &str, speed: f64) -> Result<Verdict, String> {
-    let Judged {
-        verdict,
-        found,
-        events,
-    } = source.load(id, true)?;
-    let mut out = Escaped(std::io::stdout().lock());
-    let mut last_us = 0;
-    let mut prompt = "=>".to_owned();
-    for e in &events {
-        let gap_us = e.mono_us.saturating_sub(last_us);
-        let (wait, cut) = pause(gap_us, speed);
+    let mut player = Player {
+        out: Escaped(std::io::stdout().lock()),
+        speed,
+        last_us: 0,
+        prompt: "=>".to_owned(),
+    };
+    let Judged { verdict, found } = source.load(id, &mut player)?;
+    let _ = writeln!(player.out, "-- {}", describe(&verdict, &found));
+    Ok(verdict)
+}
+
+/// Where a replay is: the last event's time, and the prompt psql would
+/// show (the database logged in to).
+struct Player<W: Write> {
+    out: Escaped<W>,
+    speed: f64,
+    last_us: u64,
+    prompt: String,
+}
+
+impl<W: Write> Visit for Player<W> {
+    fn event(&mut self, e: Event) {
+        let gap_us = e.mono_us.saturating_sub(self.last_us);
+        let (wait, cut) = pause(gap_us, self.speed);
         if !wait.is_zero() {
-            let _ = out.flush();
+            let _ = self.out.flush();
             std::thread::sleep(wait);
         }
         if cut {
-            let _ = writeln!(out, "-- … ({} s later)", gap_us / 1_000_000);
+            let _ = writeln!(self.out, "-- … ({} s later)", gap_us / 1_000_000);
         }
-        last_us = e.mono_us;
+        self.last_us = e.mono_us;
         let _ = match &e.body {
             Body::SessionStart {
                 identity,
@@ -66,7 +84,7 @@ pub(super) fn replay(source: &Source, id: &str, speed: f64) -> Result<Verdict, S
                 decision,
                 ..
             } => writeln!(
-                out,
+                self.out,
                 "-- {} {}[{}] uid={} → {dst} ({}) {decision}",
                 e.wall,
                 identity.comm,
@@ -75,8 +93,8 @@ pub(super) fn replay(source: &Source, id: &str, speed: f64) -> Result<Verdict, S
                 target.as_deref().unwrap_or("no target")
             ),
             Body::Login { role, database, .. } => {
-                prompt = format!("{database}=>");
-                writeln!(out, "-- logged in as {role} to {database}")
+                self.prompt = format!("{database}=>");
+                writeln!(self.out, "-- logged in as {role} to {database}")
             }
             Body::Statement {
                 text,
@@ -85,14 +103,14 @@ pub(super) fn replay(source: &Source, id: &str, speed: f64) -> Result<Verdict, S
                 reason,
                 ..
             } => {
-                let _ = writeln!(out, "{prompt} {text}");
+                let _ = writeln!(self.out, "{} {text}", self.prompt);
                 if decision == "allow" {
                     Ok(())
                 } else if decision == "approve" {
-                    writeln!(out, "-- held for approval by rule {rule}: {reason}")
+                    writeln!(self.out, "-- held for approval by rule {rule}: {reason}")
                 } else {
                     writeln!(
-                        out,
+                        self.out,
                         "ERROR:  chokepoint: {decision} by rule {rule}: {reason}"
                     )
                 }
@@ -106,9 +124,15 @@ pub(super) fn replay(source: &Source, id: &str, speed: f64) -> Result<Verdict, S
                 ..
             } => {
                 if let Some(t) = text {
-                    let _ = writeln!(out, "=> (execute) {t}");
+                    let _ = writeln!(self.out, "=> (execute) {t}");
                 }
-                print_result(&mut out, columns, &sample.rows(), *rows, error.as_deref())
+                print_result(
+                    &mut self.out,
+                    columns,
+                    &sample.rows(),
+                    *rows,
+                    error.as_deref(),
+                )
             }
             Body::Approval {
                 id,
@@ -116,7 +140,7 @@ pub(super) fn replay(source: &Source, id: &str, speed: f64) -> Result<Verdict, S
                 by,
                 detail,
             } => writeln!(
-                out,
+                self.out,
                 "-- approval {id} {event}{}: {detail}",
                 by.as_deref()
                     .map(|b| format!(" by {b}"))
@@ -129,16 +153,14 @@ pub(super) fn replay(source: &Source, id: &str, speed: f64) -> Result<Verdict, S
                 addresses,
                 ..
             } => writeln!(
-                out,
+                self.out,
                 "-- dns {name} {qtype} → {answer} {}",
                 addresses.join(", ")
             ),
-            Body::SessionEnd { .. } => writeln!(out, "-- session ended"),
+            Body::SessionEnd { .. } => writeln!(self.out, "-- session ended"),
             Body::Seal { .. } => Ok(()),
         };
     }
-    let _ = writeln!(out, "-- {}", describe(&verdict, &found));
-    Ok(verdict)
 }
 
 pub(super) fn print_result(

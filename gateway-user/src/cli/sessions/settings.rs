@@ -10,7 +10,7 @@ use super::{
 use crate::{
     policy::{Policy, RecordingSettings},
     recording::{
-        files, keys,
+        keys,
         ledger::{self, Ledger, Problem},
     },
 };
@@ -160,10 +160,6 @@ impl StoreArgs {
         }
         Ok(settings)
     }
-}
-
-pub(super) fn read_recording(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    files::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 pub(super) fn public_key(settings: &RecordingSettings) -> Result<String, String> {

@@ -3,19 +3,49 @@
 use std::io::Write;
 
 use super::{super::escaped::Escaped, judge::Judged, source::Source, verdict::describe};
-use crate::recording::{Body, verify::Verdict};
+use crate::recording::{
+    Body, Event,
+    verify::{Verdict, Visit},
+};
 
+/// Prints each event as it is checked, then the verdict on the whole:
+/// a recording may be far larger than memory. Events after a problem are
+/// not shown; those before one are, then the verdict that says TAMPERED.
 pub(super) fn show(source: &Source, id: &str) -> Result<Verdict, String> {
-    let Judged {
-        verdict,
-        found,
-        events,
-    } = source.load(id, true)?;
-    let mut out = Escaped(std::io::stdout().lock());
-    let _ = writeln!(out, "{:>4} {:>12} {:<14} DETAILS", "SEQ", "+MS", "TYPE");
-    for e in &events {
+    let mut table = Table {
+        out: Escaped(std::io::stdout().lock()),
+        headed: false,
+    };
+    let Judged { verdict, found } = source.load(id, &mut table)?;
+    table.head();
+    let _ = writeln!(table.out, "-- {}", describe(&verdict, &found));
+    Ok(verdict)
+}
+
+/// The events as rows, under a header printed with the first (nothing is
+/// printed for a recording that cannot be read at all).
+struct Table<W: Write> {
+    out: Escaped<W>,
+    headed: bool,
+}
+
+impl<W: Write> Table<W> {
+    fn head(&mut self) {
+        if !std::mem::replace(&mut self.headed, true) {
+            let _ = writeln!(
+                self.out,
+                "{:>4} {:>12} {:<14} DETAILS",
+                "SEQ", "+MS", "TYPE"
+            );
+        }
+    }
+}
+
+impl<W: Write> Visit for Table<W> {
+    fn event(&mut self, e: Event) {
+        self.head();
         let _ = writeln!(
-            out,
+            self.out,
             "{:>4} {:>12.3} {:<14} {}",
             e.seq,
             e.mono_us as f64 / 1000.0,
@@ -23,8 +53,6 @@ pub(super) fn show(source: &Source, id: &str) -> Result<Verdict, String> {
             details(&e.body)
         );
     }
-    let _ = writeln!(out, "-- {}", describe(&verdict, &found));
-    Ok(verdict)
 }
 
 pub(super) fn details(body: &Body) -> String {

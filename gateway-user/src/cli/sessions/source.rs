@@ -3,7 +3,6 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use super::settings::read_recording;
 use crate::recording::{
     files,
     ledger::{self, Anchor, Ledger, Problem},
@@ -126,16 +125,6 @@ impl Source {
                 .into_iter()
                 .map(|id| Listed { id, path: None })
                 .collect()),
-        }
-    }
-
-    /// A recording's bytes as stored.
-    pub(super) fn read(&self, id: &str) -> Result<Vec<u8>, String> {
-        match &self.store {
-            Store::Files(dir) => read_recording(&files::find(dir, id)?),
-            Store::Database(db) => db
-                .runtime
-                .block_on(crate::recording::sink::recording(&db.client, id)),
         }
     }
 }

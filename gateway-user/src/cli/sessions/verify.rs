@@ -114,7 +114,7 @@ pub(super) fn verify_cmd(source: &Source, id: Option<&str>, all: bool) -> ExitCo
     }
     for entry in &listed {
         let id = &entry.id;
-        match source.load_listed(entry, false) {
+        match source.load_listed(entry) {
             Ok(Judged { verdict, found, .. }) => {
                 match verdict {
                     Verdict::Sealed { .. } | Verdict::Recovered { .. } => {}
