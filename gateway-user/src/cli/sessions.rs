@@ -76,12 +76,13 @@ pub enum SessionsCommand {
         target: Option<String>,
     },
     /// Every event of a session as a table, then its verdict; exit 1 when
-    /// the recording was altered.
+    /// the recording was altered. Printed as read, so events before a
+    /// problem found at the end are shown before the verdict that says it.
     Show { id: String },
     /// The session as the job saw it: statements, results and errors, with
     /// the original timing divided by --speed (0.01 to 1000, or 0: no
     /// waiting); a pause over 10 s is cut short and noted. Exit 1 when the
-    /// recording was altered.
+    /// recording was altered (said after the events read before it).
     Replay {
         id: String,
         #[arg(long, default_value_t = 1.0, value_parser = parse_speed)]
@@ -100,7 +101,8 @@ pub enum SessionsCommand {
     /// A session's events and verdict: `json`, one document of the events
     /// as this version reads them; `jsonl`, the recording's lines exactly
     /// as stored (hashes included, nothing this version does not know
-    /// dropped), verdict on stderr. Exit 1 when the recording was altered.
+    /// dropped), verdict on stderr. Written as read, the verdict last;
+    /// exit 1 when the recording was altered.
     Export {
         id: String,
         #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
@@ -238,3 +240,6 @@ mod exit_tests;
 
 #[cfg(test)]
 mod output_tests;
+
+#[cfg(test)]
+mod stream_tests;

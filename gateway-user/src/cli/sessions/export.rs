@@ -25,8 +25,21 @@ pub(super) fn export(source: &Source, id: &str, format: ExportFormat) -> Result<
 /// document `{"events": [...], "session": ..., "verdict": ...}` (keys in
 /// its order), the verdict last as it is known last.
 pub(super) fn export_document(source: &Source, id: &str) -> Result<Verdict, String> {
+    export_document_to(
+        source,
+        id,
+        std::io::BufWriter::new(std::io::stdout().lock()),
+    )
+}
+
+/// [`export_document`], onto `out`.
+pub(super) fn export_document_to(
+    source: &Source,
+    id: &str,
+    out: impl Write,
+) -> Result<Verdict, String> {
     let mut doc = Document {
-        out: Out::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        out: Out::new(out),
         session: None,
         events: 0,
         error: None,
