@@ -795,3 +795,148 @@ fn sessions_recorded_while_the_fleet_database_failed_arrive_whole() -> Result<()
     assert_eq!(rows_in_database(&second)?, lines);
     Ok(())
 }
+
+/// A hash-chained, unsealed recording of `pairs` statements and their
+/// results (about 1.4 KB a pair), written as the gateway writes one.
+fn big_recording(path: &Path, session: &str, pairs: u64) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    fs::create_dir_all(path.parent().context("a folder")?)?;
+    let mut out = std::io::BufWriter::new(fs::File::create(path)?);
+    let mut prev = "0".repeat(64);
+    let mut emit = |seq: u64, body: Value| -> Result<()> {
+        let mut event = serde_json::json!({
+            "seq": seq,
+            "session": session,
+            "wall": "2026-11-29T07:00:00.000000Z",
+            "mono_us": seq * 10,
+        });
+        if let (Value::Object(e), Value::Object(b)) = (&mut event, body) {
+            e.extend(b);
+        }
+        let bytes = serde_json::to_vec(&event)?;
+        let mut h = Sha256::new();
+        h.update(prev.as_bytes());
+        h.update(b"\n");
+        h.update(&bytes);
+        let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        write!(
+            out,
+            "{{\"hash\":\"{hash}\",\"prev_hash\":\"{prev}\",\"event\":"
+        )?;
+        out.write_all(&bytes)?;
+        out.write_all(b"}\n")?;
+        prev = hash;
+        Ok(())
+    };
+    emit(
+        0,
+        serde_json::json!({"type": "session_start",
+            "identity": {"pid": 1, "uid": 1000, "gid": 1000, "comm": "psql", "cgroup_id": 5},
+            "dst": "127.0.0.9:5432", "protocol": "postgres", "target": "orders",
+            "decision": "allow", "rule": "r", "mode": "enforce"}),
+    )?;
+    let sample: Vec<Value> = (0..20)
+        .map(|j| serde_json::json!([j.to_string(), "***@example.com", format!("name {j}")]))
+        .collect();
+    for i in 0..pairs {
+        emit(
+            2 * i + 1,
+            serde_json::json!({"type": "statement",
+                "text": format!("SELECT id, email, name FROM customers WHERE id > {i}"),
+                "class": "read", "decision": "allow", "rule": "r", "reason": ""}),
+        )?;
+        emit(
+            2 * i + 2,
+            serde_json::json!({"type": "result", "rows": 20, "duration_us": 100,
+                "error": null, "masked": true, "columns": ["id", "email", "name"],
+                "sample": sample}),
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `show`, `replay` and both `export` formats read a recording a line at
+/// a time: each runs with less memory (RLIMIT_DATA: heap and private
+/// mappings) than the recording's size, which reading it whole (as they
+/// once did, at 1x to 8x its size) cannot. No gateway and no network: the
+/// recording is written here, unsealed, and read with --dir.
+#[test]
+fn show_replay_and_export_read_a_recording_larger_than_their_memory() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    const LIMIT: u64 = 64 << 20;
+    const PAIRS: u64 = 100_000;
+    let dir = tempfile::tempdir()?;
+    let (sessions, keys) = (dir.path().join("sessions"), dir.path().join("keys"));
+    fs::create_dir_all(&keys)?;
+    let id = "20261129T070000Z-bbbbbbbbbbbb";
+    let path = sessions.join(format!("2026/11/29/{id}.jsonl"));
+    big_recording(&path, id, PAIRS)?;
+    let size = fs::metadata(&path)?.len();
+    ensure!(size > 2 * LIMIT, "the recording is only {size} bytes");
+    let last = format!("unsealed: the chain is intact through seq {}", 2 * PAIRS);
+    for args in [
+        &["show", id][..],
+        &["replay", id, "--speed", "0"],
+        &["export", id, "--format", "jsonl"],
+        &["export", id, "--format", "json"],
+    ] {
+        let (printed, errors) = (dir.path().join("printed"), dir.path().join("errors"));
+        let mut cmd = Command::new(chokepoint_tests::gateway::chokepoint_bin()?);
+        cmd.arg("sessions")
+            .arg("--dir")
+            .arg(&sessions)
+            .arg("--keys-dir")
+            .arg(&keys)
+            .args(["--public-key", &"0".repeat(64)])
+            .args(args)
+            .stdout(fs::File::create(&printed)?)
+            .stderr(fs::File::create(&errors)?);
+        // SAFETY: setrlimit is async-signal-safe, and nothing else runs
+        // between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: LIMIT,
+                    rlim_max: LIMIT,
+                };
+                if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let status = wait_for("the command to end", Duration::from_secs(300), || {
+            child.try_wait().ok().flatten()
+        });
+        let status = match status {
+            Ok(status) => status,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+        let printed = fs::read(&printed)?;
+        let told = format!(
+            "{}{}",
+            String::from_utf8_lossy(&printed[printed.len().saturating_sub(300)..]),
+            fs::read_to_string(&errors)?
+        );
+        ensure!(
+            status.success(),
+            "{args:?} under {LIMIT} bytes: {status:?}: {told}"
+        );
+        ensure!(told.contains(&last), "{args:?}: {told}");
+        if args[2..] == ["--format", "jsonl"] {
+            ensure!(
+                printed.len() as u64 == size,
+                "{args:?}: {} of {size} bytes",
+                printed.len()
+            );
+        }
+    }
+    Ok(())
+}
