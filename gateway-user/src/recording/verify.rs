@@ -106,9 +106,11 @@ impl Summary {
 }
 
 /// Checks a recording one line at a time. What it keeps does not grow
-/// with the recording, unless it collects the events for a command that
-/// prints them ([`Checker::collecting`]): `verify --all` and the daemon's
-/// start check recordings of any size in the memory of their longest line.
+/// with the recording, unless it collects the events
+/// ([`Checker::collecting`], for [`verify`] over bytes): every command and
+/// the daemon's start check recordings of any size in the memory of their
+/// longest line, and those that print events take each as it is checked
+/// ([`Checker::push_event`], [`feed_to`]).
 pub struct Checker<'a> {
     trusted: &'a [String],
     prev: String,
@@ -156,7 +158,8 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// Keeps every event read too, for commands that print them.
+    /// Keeps every event read too ([`verify`] over bytes, which are in
+    /// memory already).
     pub fn collecting(mut self) -> Self {
         self.events = Some(Vec::new());
         self
