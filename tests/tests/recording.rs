@@ -864,7 +864,6 @@ fn big_recording(path: &Path, session: &str, pairs: u64) -> Result<()> {
 /// recording is written here, unsealed, and read with --dir.
 #[test]
 fn show_replay_and_export_read_a_recording_larger_than_their_memory() -> Result<()> {
-    use std::os::unix::process::CommandExt;
     const LIMIT: u64 = 64 << 20;
     const PAIRS: u64 = 100_000;
     let dir = tempfile::tempdir()?;
@@ -893,32 +892,8 @@ fn show_replay_and_export_read_a_recording_larger_than_their_memory() -> Result<
             .args(args)
             .stdout(fs::File::create(&printed)?)
             .stderr(fs::File::create(&errors)?);
-        // SAFETY: setrlimit is async-signal-safe, and nothing else runs
-        // between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: LIMIT,
-                    rlim_max: LIMIT,
-                };
-                if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn()?;
-        let status = wait_for("the command to end", Duration::from_secs(300), || {
-            child.try_wait().ok().flatten()
-        });
-        let status = match status {
-            Ok(status) => status,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e);
-            }
-        };
+        let (status, rss) = run_limited(&mut cmd, LIMIT)?;
+        eprintln!("{args:?}: max RSS {rss} KB");
         let printed = fs::read(&printed)?;
         let told = format!(
             "{}{}",
@@ -1006,4 +981,154 @@ fn file_line(data: &[u8], n: usize) -> &[u8] {
     data.split_inclusive(|&b| b == b'\n')
         .nth(n)
         .unwrap_or_default()
+}
+
+/// The rows the fleet sink would have stored for the recording at `path`,
+/// as CSV for `\copy chokepoint_events FROM … CSV`. `event` (jsonb, for
+/// searches; nothing reads it to verify) is left empty.
+fn rows_csv(path: &Path, csv: &Path) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let quoted = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut out = std::io::BufWriter::new(fs::File::create(csv)?);
+    for line in std::io::BufReader::new(fs::File::open(path)?).lines() {
+        let line = line?;
+        let v: Value = serde_json::from_str(&line)?;
+        // The event exactly as hashed: what follows `"event":`, less the
+        // line's closing brace.
+        let at = line.find("\"event\":").context("an event")? + "\"event\":".len();
+        let raw = &line[at..line.len() - 1];
+        let text = |key: &str| v[key].as_str().unwrap_or_default().to_owned();
+        writeln!(
+            out,
+            "{},{},host,{},{},{},{},{},{{}}",
+            quoted(v["event"]["session"].as_str().unwrap_or_default()),
+            v["event"]["seq"],
+            quoted(v["event"]["wall"].as_str().unwrap_or_default()),
+            quoted(v["event"]["type"].as_str().unwrap_or_default()),
+            text("prev_hash"),
+            text("hash"),
+            quoted(raw),
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `--store` reads a session a page of rows at a time: `show` and `export`
+/// of a session larger than the memory they are given (RLIMIT_DATA)
+/// still end with its verdict. The rows are loaded straight into a test
+/// PostgreSQL on 127.0.0.1; no gateway.
+#[test]
+fn fleet_show_and_export_read_a_session_larger_than_their_memory() -> Result<()> {
+    const LIMIT: u64 = 64 << 20;
+    const PAIRS: u64 = 100_000;
+    let pg = PgServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let id = "20261129T070000Z-cccccccccccc";
+    let path = dir.path().join(format!("{id}.jsonl"));
+    big_recording(&path, id, PAIRS)?;
+    let size = fs::metadata(&path)?.len();
+    ensure!(size > 2 * LIMIT, "the recording is only {size} bytes");
+    let csv = dir.path().join("rows.csv");
+    rows_csv(&path, &csv)?;
+    pg.admin_psql(
+        "app_rw",
+        "orders",
+        &[
+            gateway_sink_schema(),
+            &format!("\\copy chokepoint_events FROM '{}' CSV", csv.display()),
+        ],
+    )?;
+    fs::remove_file(&csv)?;
+    let store = format!(
+        "host=127.0.0.1 port={} user=app_rw dbname=orders password={}",
+        pg.port(),
+        pg.password("app_rw")?
+    );
+    let last = format!("unsealed: the chain is intact through seq {}", 2 * PAIRS);
+    for args in [
+        &["show", id][..],
+        &["export", id, "--format", "jsonl"],
+        &["export", id, "--format", "json"],
+    ] {
+        let (printed, errors) = (dir.path().join("printed"), dir.path().join("errors"));
+        let mut cmd = Command::new(chokepoint_tests::gateway::chokepoint_bin()?);
+        cmd.args(["sessions", "--store", &store])
+            .args(["--public-key", &"0".repeat(64)])
+            .args(args)
+            .stdout(fs::File::create(&printed)?)
+            .stderr(fs::File::create(&errors)?);
+        let (status, rss) = run_limited(&mut cmd, LIMIT)?;
+        eprintln!("{args:?}: max RSS {rss} KB");
+        let printed = fs::read(&printed)?;
+        let told = format!(
+            "{}{}",
+            String::from_utf8_lossy(&printed[printed.len().saturating_sub(300)..]),
+            fs::read_to_string(&errors)?
+        );
+        ensure!(
+            status.success(),
+            "{args:?} under {LIMIT} bytes: {status:?}: {told}"
+        );
+        ensure!(told.contains(&last), "{args:?}: {told}");
+        if args[2..] == ["--format", "jsonl"] {
+            ensure!(
+                printed == fs::read(&path)?,
+                "{args:?}: {} of {size} bytes, or not the file's",
+                printed.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The fleet sink's table, as the gateway creates it.
+fn gateway_sink_schema() -> &'static str {
+    "CREATE TABLE IF NOT EXISTS chokepoint_events (
+        session text NOT NULL, seq bigint NOT NULL, host text NOT NULL,
+        wall timestamptz NOT NULL, type text NOT NULL, prev_hash text NOT NULL,
+        hash text NOT NULL, raw text NOT NULL, event jsonb NOT NULL,
+        PRIMARY KEY (session, seq))"
+}
+
+/// Runs `cmd` with at most `limit` bytes of data (RLIMIT_DATA: the heap
+/// and private mappings, where a recording read whole would go), for up
+/// to 5 minutes; how it ended and its max RSS in KB.
+fn run_limited(cmd: &mut Command, limit: u64) -> Result<(std::process::ExitStatus, i64)> {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    // SAFETY: setrlimit is async-signal-safe, and nothing else runs
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    let pid = child.id() as libc::pid_t;
+    // wait4, not Child::wait: it gives the child's own resource usage.
+    let ended = wait_for("the command to end", Duration::from_secs(300), || {
+        let mut status = 0;
+        // SAFETY: plain out-parameters, for a child of this process.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let got = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        (got == pid).then_some((status, usage.ru_maxrss))
+    });
+    match ended {
+        Ok((status, rss)) => Ok((std::process::ExitStatus::from_raw(status), rss)),
+        Err(e) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            Err(e)
+        }
+    }
 }
