@@ -980,3 +980,340 @@ fn a_garbled_owed_list_is_logged_and_kept_aside() -> Result<()> {
     );
     Ok(())
 }
+
+/// A hash-chained, unsealed recording of `pairs` statements and their
+/// results (about 1.4 KB a pair), written as the gateway writes one.
+fn big_recording(path: &Path, session: &str, pairs: u64) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    fs::create_dir_all(path.parent().context("a folder")?)?;
+    let mut out = std::io::BufWriter::new(fs::File::create(path)?);
+    let mut prev = "0".repeat(64);
+    let mut emit = |seq: u64, body: Value| -> Result<()> {
+        let mut event = serde_json::json!({
+            "seq": seq,
+            "session": session,
+            "wall": "2026-11-29T07:00:00.000000Z",
+            "mono_us": seq * 10,
+        });
+        if let (Value::Object(e), Value::Object(b)) = (&mut event, body) {
+            e.extend(b);
+        }
+        let bytes = serde_json::to_vec(&event)?;
+        let mut h = Sha256::new();
+        h.update(prev.as_bytes());
+        h.update(b"\n");
+        h.update(&bytes);
+        let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        write!(
+            out,
+            "{{\"hash\":\"{hash}\",\"prev_hash\":\"{prev}\",\"event\":"
+        )?;
+        out.write_all(&bytes)?;
+        out.write_all(b"}\n")?;
+        prev = hash;
+        Ok(())
+    };
+    emit(
+        0,
+        serde_json::json!({"type": "session_start",
+            "identity": {"pid": 1, "uid": 1000, "gid": 1000, "comm": "psql", "cgroup_id": 5},
+            "dst": "127.0.0.9:5432", "protocol": "postgres", "target": "orders",
+            "decision": "allow", "rule": "r", "mode": "enforce"}),
+    )?;
+    let sample: Vec<Value> = (0..20)
+        .map(|j| serde_json::json!([j.to_string(), "***@example.com", format!("name {j}")]))
+        .collect();
+    for i in 0..pairs {
+        emit(
+            2 * i + 1,
+            serde_json::json!({"type": "statement",
+                "text": format!("SELECT id, email, name FROM customers WHERE id > {i}"),
+                "class": "read", "decision": "allow", "rule": "r", "reason": ""}),
+        )?;
+        emit(
+            2 * i + 2,
+            serde_json::json!({"type": "result", "rows": 20, "duration_us": 100,
+                "error": null, "masked": true, "columns": ["id", "email", "name"],
+                "sample": sample}),
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `show`, `replay` and both `export` formats read a recording a line at
+/// a time: each runs with less memory (RLIMIT_DATA: heap and private
+/// mappings) than the recording's size, which reading it whole (as they
+/// once did, at 1x to 8x its size) cannot. No gateway and no network: the
+/// recording is written here, unsealed, and read with --dir.
+#[test]
+fn show_replay_and_export_read_a_recording_larger_than_their_memory() -> Result<()> {
+    const LIMIT: u64 = 64 << 20;
+    const PAIRS: u64 = 100_000;
+    let dir = tempfile::tempdir()?;
+    let (sessions, keys) = (dir.path().join("sessions"), dir.path().join("keys"));
+    fs::create_dir_all(&keys)?;
+    let id = "20261129T070000Z-bbbbbbbbbbbb";
+    let path = sessions.join(format!("2026/11/29/{id}.jsonl"));
+    big_recording(&path, id, PAIRS)?;
+    let size = fs::metadata(&path)?.len();
+    ensure!(size > 2 * LIMIT, "the recording is only {size} bytes");
+    let last = format!("unsealed: the chain is intact through seq {}", 2 * PAIRS);
+    for args in [
+        &["show", id][..],
+        &["replay", id, "--speed", "0"],
+        &["export", id, "--format", "jsonl"],
+        &["export", id, "--format", "json"],
+    ] {
+        let (printed, errors) = (dir.path().join("printed"), dir.path().join("errors"));
+        let mut cmd = Command::new(chokepoint_tests::gateway::chokepoint_bin()?);
+        cmd.arg("sessions")
+            .arg("--dir")
+            .arg(&sessions)
+            .arg("--keys-dir")
+            .arg(&keys)
+            .args(["--public-key", &"0".repeat(64)])
+            .args(args)
+            .stdout(fs::File::create(&printed)?)
+            .stderr(fs::File::create(&errors)?);
+        let (status, rss) = run_limited(&mut cmd, LIMIT)?;
+        eprintln!("{args:?}: max RSS {rss} KB");
+        let printed = fs::read(&printed)?;
+        let told = format!(
+            "{}{}",
+            String::from_utf8_lossy(&printed[printed.len().saturating_sub(300)..]),
+            fs::read_to_string(&errors)?
+        );
+        ensure!(
+            status.success(),
+            "{args:?} under {LIMIT} bytes: {status:?}: {told}"
+        );
+        ensure!(told.contains(&last), "{args:?}: {told}");
+        if args[2..] == ["--format", "jsonl"] {
+            ensure!(
+                printed.len() as u64 == size,
+                "{args:?}: {} of {size} bytes",
+                printed.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--store` reads a session's rows a page at a time (64 rows, then
+/// more): a session of over 300 rows is read across pages into the same
+/// bytes as its file, and a row missing in the middle of a page is found
+/// at its line.
+#[test]
+fn the_fleet_store_is_read_in_pages_into_the_files_bytes() -> Result<()> {
+    let (pg, cg, config) = postgres_gateway("rec-sink-pages", "127.0.0.86")?;
+    let gw = Gateway::start(&with_sink(config, &pg))?;
+    let statements: Vec<String> = (0..150).map(|i| format!("SELECT {i} AS n")).collect();
+    let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
+    let out = run_with_timeout(
+        &mut job_psql(
+            &cg,
+            "host=127.0.0.86 port=5432 dbname=orders user=app_rw",
+            &statements,
+        ),
+        CLIENT_TIMEOUT,
+    )?;
+    ensure!(out.status.success(), "{}", text(&out));
+    let ids = wait_sealed(&gw, 1)?;
+    let id = ids[0].as_str();
+    let fleet = |args: &[&str]| fleet(&gw, &pg, args);
+    wait_for("the sealed session in the database", SEAL_TIMEOUT, || {
+        let out = fleet(&["verify", id]).ok()?;
+        out.status.success().then_some(())
+    })?;
+    let file = fs::read(recordings(&gw.recording_dir()).pop().context("the file")?)?;
+    let lines = file.iter().filter(|&&b| b == b'\n').count();
+    ensure!(lines > 300, "only {lines} lines");
+
+    let export = fleet(&["export", id, "--format", "jsonl"])?;
+    ensure!(export.status.success(), "{}", text(&export));
+    ensure!(
+        export.stdout == file,
+        "the store's rows differ from the file"
+    );
+    let shown = fleet(&["show", id])?;
+    ensure!(shown.status.success(), "{}", text(&shown));
+    let shown = text(&shown);
+    ensure!(
+        shown.contains("SELECT 149 AS n") && shown.contains("-- verified: "),
+        "{shown}"
+    );
+
+    // Row 200 gone: the page that held it reads on, and the gap is found.
+    pg.admin_psql(
+        "app_rw",
+        "orders",
+        &[&format!(
+            "DELETE FROM chokepoint_events WHERE session = '{id}' AND seq = 200"
+        )],
+    )?;
+    let out = fleet(&["export", id, "--format", "jsonl"])?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("TAMPERED at line 201 (seq 200)"), "{said}");
+    assert_eq!(out.stdout.len(), file.len() - file_line(&file, 200).len());
+    Ok(())
+}
+
+/// Line `n` (from 0) of `data`, with its newline.
+fn file_line(data: &[u8], n: usize) -> &[u8] {
+    data.split_inclusive(|&b| b == b'\n')
+        .nth(n)
+        .unwrap_or_default()
+}
+
+/// The rows the fleet sink would have stored for the recording at `path`,
+/// as CSV for `\copy chokepoint_events FROM … CSV`. `event` (jsonb, for
+/// searches; nothing reads it to verify) is left empty.
+fn rows_csv(path: &Path, csv: &Path) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let quoted = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut out = std::io::BufWriter::new(fs::File::create(csv)?);
+    for line in std::io::BufReader::new(fs::File::open(path)?).lines() {
+        let line = line?;
+        let v: Value = serde_json::from_str(&line)?;
+        // The event exactly as hashed: what follows `"event":`, less the
+        // line's closing brace.
+        let at = line.find("\"event\":").context("an event")? + "\"event\":".len();
+        let raw = &line[at..line.len() - 1];
+        let text = |key: &str| v[key].as_str().unwrap_or_default().to_owned();
+        writeln!(
+            out,
+            "{},{},host,{},{},{},{},{},{{}}",
+            quoted(v["event"]["session"].as_str().unwrap_or_default()),
+            v["event"]["seq"],
+            quoted(v["event"]["wall"].as_str().unwrap_or_default()),
+            quoted(v["event"]["type"].as_str().unwrap_or_default()),
+            text("prev_hash"),
+            text("hash"),
+            quoted(raw),
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `--store` reads a session a page of rows at a time: `show` and `export`
+/// of a session larger than the memory they are given (RLIMIT_DATA)
+/// still end with its verdict. The rows are loaded straight into a test
+/// PostgreSQL on 127.0.0.1; no gateway.
+#[test]
+fn fleet_show_and_export_read_a_session_larger_than_their_memory() -> Result<()> {
+    const LIMIT: u64 = 64 << 20;
+    const PAIRS: u64 = 100_000;
+    let pg = PgServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let id = "20261129T070000Z-cccccccccccc";
+    let path = dir.path().join(format!("{id}.jsonl"));
+    big_recording(&path, id, PAIRS)?;
+    let size = fs::metadata(&path)?.len();
+    ensure!(size > 2 * LIMIT, "the recording is only {size} bytes");
+    let csv = dir.path().join("rows.csv");
+    rows_csv(&path, &csv)?;
+    pg.admin_psql(
+        "app_rw",
+        "orders",
+        &[
+            gateway_sink_schema(),
+            &format!("\\copy chokepoint_events FROM '{}' CSV", csv.display()),
+        ],
+    )?;
+    fs::remove_file(&csv)?;
+    let store = format!(
+        "host=127.0.0.1 port={} user=app_rw dbname=orders password={}",
+        pg.port(),
+        pg.password("app_rw")?
+    );
+    let last = format!("unsealed: the chain is intact through seq {}", 2 * PAIRS);
+    for args in [
+        &["show", id][..],
+        &["export", id, "--format", "jsonl"],
+        &["export", id, "--format", "json"],
+    ] {
+        let (printed, errors) = (dir.path().join("printed"), dir.path().join("errors"));
+        let mut cmd = Command::new(chokepoint_tests::gateway::chokepoint_bin()?);
+        cmd.args(["sessions", "--store", &store])
+            .args(["--public-key", &"0".repeat(64)])
+            .args(args)
+            .stdout(fs::File::create(&printed)?)
+            .stderr(fs::File::create(&errors)?);
+        let (status, rss) = run_limited(&mut cmd, LIMIT)?;
+        eprintln!("{args:?}: max RSS {rss} KB");
+        let printed = fs::read(&printed)?;
+        let told = format!(
+            "{}{}",
+            String::from_utf8_lossy(&printed[printed.len().saturating_sub(300)..]),
+            fs::read_to_string(&errors)?
+        );
+        ensure!(
+            status.success(),
+            "{args:?} under {LIMIT} bytes: {status:?}: {told}"
+        );
+        ensure!(told.contains(&last), "{args:?}: {told}");
+        if args[2..] == ["--format", "jsonl"] {
+            ensure!(
+                printed == fs::read(&path)?,
+                "{args:?}: {} of {size} bytes, or not the file's",
+                printed.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The fleet sink's table, as the gateway creates it.
+fn gateway_sink_schema() -> &'static str {
+    "CREATE TABLE IF NOT EXISTS chokepoint_events (
+        session text NOT NULL, seq bigint NOT NULL, host text NOT NULL,
+        wall timestamptz NOT NULL, type text NOT NULL, prev_hash text NOT NULL,
+        hash text NOT NULL, raw text NOT NULL, event jsonb NOT NULL,
+        PRIMARY KEY (session, seq))"
+}
+
+/// Runs `cmd` with at most `limit` bytes of data (RLIMIT_DATA: the heap
+/// and private mappings, where a recording read whole would go), for up
+/// to 5 minutes; how it ended and its max RSS in KB.
+fn run_limited(cmd: &mut Command, limit: u64) -> Result<(std::process::ExitStatus, i64)> {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    // SAFETY: setrlimit is async-signal-safe, and nothing else runs
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    let pid = child.id() as libc::pid_t;
+    // wait4, not Child::wait: it gives the child's own resource usage.
+    let ended = wait_for("the command to end", Duration::from_secs(300), || {
+        let mut status = 0;
+        // SAFETY: plain out-parameters, for a child of this process.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let got = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        (got == pid).then_some((status, usage.ru_maxrss))
+    });
+    match ended {
+        Ok((status, rss)) => Ok((std::process::ExitStatus::from_raw(status), rss)),
+        Err(e) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            Err(e)
+        }
+    }
+}

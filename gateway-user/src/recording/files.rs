@@ -6,20 +6,14 @@ use std::{
     time::SystemTime,
 };
 
-/// The largest recording read (to verify, list or recover it): `show`,
-/// `replay` and `export` hold one whole, and one made sparse and huge in
-/// the directory must not take the reader's memory (nor `verify` its
-/// time). The writer fails a
-/// session whose recording reaches half of this, so none it wrote is
-/// larger.
+/// The largest recording read (to verify, list, show, export or recover
+/// it): each is read a line at a time, but one made sparse and huge in the
+/// directory must not take a reader's time. The writer fails a session
+/// whose recording reaches half of this, so none it wrote is larger.
 pub const MAX_RECORDING_BYTES: u64 = 1 << 30;
 
-/// Reads the recording at `path`, up to [`MAX_RECORDING_BYTES`].
-pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
-    crate::regular_file::read_bounded(path, MAX_RECORDING_BYTES)
-}
-
-/// The recording at `path` to read a line at a time, bounded as [`read`].
+/// The recording at `path` to read a line at a time: refused by its size
+/// before anything is read, and an error if it grows past the bound.
 pub fn open(path: &Path) -> std::io::Result<std::io::BufReader<crate::regular_file::Bounded>> {
     // Lines of statements and results are mostly well under this.
     Ok(std::io::BufReader::with_capacity(

@@ -1044,29 +1044,54 @@ fn text(row: &tokio_postgres::Row, i: usize, column: &str) -> Result<String, Str
     }
 }
 
-/// A session's lines rebuilt exactly as in its file, for [`super::verify`].
-pub async fn recording(client: &Client, session: &str) -> Result<Vec<u8>, String> {
-    let rows = client
-        .query(
-            "SELECT hash, prev_hash, raw FROM chokepoint_events WHERE session = $1 ORDER BY seq",
-            &[&session],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if rows.is_empty() {
-        return Err(format!("no session {session:?} in the recording database"));
+/// Up to `limit` lines of `session` after seq `after` (`None`: from
+/// its first row, whatever its seq), rebuilt exactly as in its file, with
+/// their seqs: a recording is read a page at a time, as its file is read
+/// a line at a time.
+pub async fn page(
+    client: &Client,
+    session: &str,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, String> {
+    // Two statements, not one with `$2 IS NULL OR`: each page must start
+    // in the primary key's index where the last one ended, not scan the
+    // session from its start.
+    let rows = match after {
+        None => {
+            client
+                .query(
+                    "SELECT seq, hash, prev_hash, raw FROM chokepoint_events \
+                     WHERE session = $1 ORDER BY seq LIMIT $2",
+                    &[&session, &limit],
+                )
+                .await
+        }
+        Some(after) => {
+            client
+                .query(
+                    "SELECT seq, hash, prev_hash, raw FROM chokepoint_events \
+                     WHERE session = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    &[&session, &after, &limit],
+                )
+                .await
+        }
     }
-    let mut out = Vec::new();
-    for row in rows {
-        let (hash, prev, raw) = (
-            text(&row, 0, "hash")?,
-            text(&row, 1, "prev_hash")?,
-            text(&row, 2, "raw")?,
-        );
-        // The stored hash, not a recomputed one: verify must see what is there.
-        out.extend_from_slice(&super::chain::assemble(&hash, &prev, raw.as_bytes()));
-    }
-    Ok(out)
+    .map_err(|e| e.to_string())?;
+    rows.iter()
+        .map(|row| {
+            let seq = row
+                .try_get::<_, i64>(0)
+                .map_err(|e| format!("the recording database's seq column: {e}"))?;
+            let (hash, prev, raw) = (
+                text(row, 1, "hash")?,
+                text(row, 2, "prev_hash")?,
+                text(row, 3, "raw")?,
+            );
+            // The stored hash, not a recomputed one: verify must see what is there.
+            Ok((seq, super::chain::assemble(&hash, &prev, raw.as_bytes())))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -106,9 +106,11 @@ impl Summary {
 }
 
 /// Checks a recording one line at a time. What it keeps does not grow
-/// with the recording, unless it collects the events for a command that
-/// prints them ([`Checker::collecting`]): `verify --all` and the daemon's
-/// start check recordings of any size in the memory of their longest line.
+/// with the recording, unless it collects the events
+/// ([`Checker::collecting`], for [`verify`] over bytes): every command and
+/// the daemon's start check recordings of any size in the memory of their
+/// longest line, and those that print events take each as it is checked
+/// ([`Checker::push_event`], [`feed_to`]).
 pub struct Checker<'a> {
     trusted: &'a [String],
     prev: String,
@@ -156,7 +158,8 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// Keeps every event read too, for commands that print them.
+    /// Keeps every event read too ([`verify`] over bytes, which are in
+    /// memory already).
     pub fn collecting(mut self) -> Self {
         self.events = Some(Vec::new());
         self
@@ -177,20 +180,32 @@ impl<'a> Checker<'a> {
 
     /// The next whole line, without its newline.
     pub fn push(&mut self, line: &[u8]) {
+        let _ = self.push_event(line);
+    }
+
+    /// [`Checker::push`], handing back the line's event when it is
+    /// intact and chained to every line before it: what a command may
+    /// print as it reads, before the verdict on the whole is known.
+    pub fn push_event(&mut self, line: &[u8]) -> Option<Event> {
         let i = self.lines;
         self.lines += 1;
         self.bytes += line.len() as u64 + 1;
         if self.watch == Some(i) {
             self.watched = chain::split(line).ok().map(|(hash, _, _)| hash.to_owned());
         }
-        if self.problem.is_none()
-            && let Err(verdict) = self.check(i, line)
-        {
-            self.problem = Some(verdict);
+        if self.problem.is_some() {
+            return None;
+        }
+        match self.check(i, line) {
+            Ok(event) => Some(event),
+            Err(verdict) => {
+                self.problem = Some(verdict);
+                None
+            }
         }
     }
 
-    fn check(&mut self, i: u64, line: &[u8]) -> Result<(), Verdict> {
+    fn check(&mut self, i: u64, line: &[u8]) -> Result<Event, Verdict> {
         let n = i as usize + 1;
         let expected_seq = i;
         if self.summary.seal.is_some() {
@@ -297,15 +312,13 @@ impl<'a> Checker<'a> {
         summary.events += 1;
         summary.last_mono_us = parsed.mono_us;
         summary.statements += u64::from(matches!(parsed.body, Body::Statement { .. }));
-        if let Some(events) = &mut self.events {
-            if i == 0 {
-                summary.first = Some(parsed.clone());
-            }
-            events.push(parsed);
-        } else if i == 0 {
-            summary.first = Some(parsed);
+        if i == 0 {
+            summary.first = Some(parsed.clone());
         }
-        Ok(())
+        if let Some(events) = &mut self.events {
+            events.push(parsed.clone());
+        }
+        Ok(parsed)
     }
 
     /// The verdict, once every whole line was pushed; `torn`: how many
@@ -377,26 +390,67 @@ impl Checked {
 /// one buffer, so memory follows the longest line, not the recording.
 /// Returns how many bytes follow the last newline: a torn last line,
 /// for [`Checker::finish`] or for a caller that may leave it out.
-pub fn feed(mut reader: impl BufRead, checker: &mut Checker) -> io::Result<u64> {
+pub fn feed(reader: impl BufRead, checker: &mut Checker) -> io::Result<u64> {
+    feed_to(reader, checker, &mut ())
+}
+
+/// What a command does with a recording while [`feed_to`] checks it: it
+/// prints as it goes, in the memory of one line, and says the verdict
+/// once the whole was read.
+pub trait Visit {
+    /// Whether [`Visit::stored`] wants every byte, even past a problem
+    /// (a copy as stored); otherwise the rest is only counted.
+    fn copies(&self) -> bool {
+        false
+    }
+    /// The recording's bytes as stored, in order: each whole line with
+    /// its newline, whatever is wrong with it, and past a problem pieces
+    /// of lines as they were read (so a huge one is never held whole).
+    fn stored(&mut self, _bytes: &[u8]) {}
+    /// The event of a line that is intact and chained to all before it.
+    fn event(&mut self, _event: Event) {}
+    /// The bytes after the last newline, a line cut short, before a
+    /// problem was found (after one they went to [`Visit::stored`]).
+    fn torn(&mut self, _tail: &[u8]) {}
+}
+
+/// Visits nothing: `verify` and `list` only want the verdict.
+impl Visit for () {}
+
+/// [`feed`], showing `visit` each line and event as it is checked.
+pub fn feed_to(
+    mut reader: impl BufRead,
+    checker: &mut Checker,
+    visit: &mut impl Visit,
+) -> io::Result<u64> {
     let mut line = Vec::new();
     loop {
         if checker.settled() {
-            return count_rest(reader, checker);
+            return count_rest(reader, checker, visit);
         }
         line.clear();
         if reader.read_until(b'\n', &mut line)? == 0 {
             return Ok(0);
         }
-        match line.strip_suffix(b"\n") {
-            Some(whole) => checker.push(whole),
-            None => return Ok(line.len() as u64),
+        let Some(whole) = line.strip_suffix(b"\n") else {
+            visit.torn(&line);
+            return Ok(line.len() as u64);
+        };
+        let event = checker.push_event(whole);
+        visit.stored(&line);
+        if let Some(event) = event {
+            visit.event(event);
         }
     }
 }
 
 /// After a problem only the line count and a torn end still tell
 /// (`finish`): counted without holding a line, however long.
-fn count_rest(mut reader: impl BufRead, checker: &mut Checker) -> io::Result<u64> {
+fn count_rest(
+    mut reader: impl BufRead,
+    checker: &mut Checker,
+    visit: &mut impl Visit,
+) -> io::Result<u64> {
     let mut torn = 0u64;
     loop {
         let buf = reader.fill_buf()?;
@@ -404,6 +458,9 @@ fn count_rest(mut reader: impl BufRead, checker: &mut Checker) -> io::Result<u64
             return Ok(torn);
         }
         let len = buf.len();
+        if visit.copies() {
+            visit.stored(buf);
+        }
         for piece in buf.split_inclusive(|&b| b == b'\n') {
             torn += piece.len() as u64;
             if piece.ends_with(b"\n") {
