@@ -2397,6 +2397,8 @@ fn conditions_and_views_that_reach_every_row_are_denied() -> Result<()> {
             "CREATE VIEW public.inv2 AS SELECT id, amount FROM billing.invoices",
             "ci-orders",
         ),
+        // A sequence named by an expression may be billing's.
+        ("SELECT setval('billing' || '.inv_seq', 21)", "ci-orders"),
     ];
     let mut steps: Vec<Value> = denied.iter().map(|(sql, _)| simple(sql)).collect();
     // Still allowed: the target's own column, qualified, and a view over

@@ -85,7 +85,8 @@
 //!   counts as written, including a foreign key's referenced table or a
 //!   `LIKE` source: the statement changes or depends on them.
 //!   `setval('s', …)` writes sequence `s`; with a name that is not a
-//!   constant (`setval($1, …)`) it is still a write, but names no table.
+//!   constant (`setval($1, …)`) it may be any sequence, and writes
+//!   [`TableRef::EVERY`] of every schema.
 //!   A statement that reaches tables it does not name writes
 //!   [`TableRef::EVERY`] of the schema (a schema renamed, dropped, granted
 //!   or given away) or of every schema (`TRUNCATE … CASCADE`, a `CASCADE`

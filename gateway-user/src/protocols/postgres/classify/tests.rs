@@ -323,16 +323,19 @@ fn setval_writes_the_sequence_it_names() {
             "{sql:?}"
         );
     }
-    // Not a name PostgreSQL would accept, or not a constant: no table, still a write.
+    // Not a name PostgreSQL would accept, or not a constant: any sequence
+    // (found in review: `'billing' || '.inv_seq'` named none).
     for sql in [
         "SELECT setval('a..b', 1)",
         "SELECT setval('\"open', 1)",
         "SELECT setval('a.b.c.d', 1)",
         "SELECT setval('', 1)",
         "SELECT setval($1, 1)",
+        "SELECT setval('billing' || '.inv_seq', 21)",
+        "SELECT setval('billing.inv_seq' COLLATE \"C\", 20)",
     ] {
         let s = one(sql);
-        assert_eq!(s.tables, [], "{sql:?}");
+        assert_eq!(s.tables, [TableRef::everywhere()], "{sql:?}");
         assert_eq!(s.class, Write, "{sql:?}");
     }
 }

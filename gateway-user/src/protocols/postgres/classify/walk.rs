@@ -441,17 +441,22 @@ impl<'t> Walker<'t> {
         }
         if name.eq_ignore_ascii_case(SETVAL) {
             // `setval('billing.invoice_seq', 1)` writes that sequence, which
-            // a table rule may cover. A name that is not a constant cannot be matched.
-            if let Some((schema, name)) = function_arg(call, 0, "")
+            // a table rule may cover. A name that is not a constant
+            // (`'billing' || '.inv_seq'`, `$1`) may be any sequence, so it
+            // writes every table (found in review: it named none, and
+            // passed a `billing.*` rule).
+            let table = match function_arg(call, 0, "")
                 .and_then(string_constant)
                 .and_then(relation_name)
             {
-                self.facts.tables.push(TableRef {
+                Some((schema, name)) => TableRef {
                     schema,
                     name,
                     access: Access::Write,
-                });
-            }
+                },
+                None => TableRef::everywhere(),
+            };
+            self.facts.tables.push(table);
         }
         if is_dangerous_function(name) {
             self.facts.flags.insert(Flag::DangerousFunction);
