@@ -2607,3 +2607,64 @@ fn a_copy_of_a_table_its_own_transaction_locked_cannot_hang_the_gateway() -> Res
     assert!(read.contains("\"ok\":true"), "{read}");
     Ok(())
 }
+
+/// Where column rules exist, errors of every class lose the values they
+/// quote, not only classes 22 and 23: `current_setting(email)` (42704),
+/// `email::regclass` (3F000, 42P01), `nextval(email)`, `::regproc`
+/// (42883) and `has_table_privilege(email, …)` named the email in full
+/// (found in review). A free-text setting set from a row is not reported
+/// back either.
+#[test]
+fn errors_of_any_class_do_not_quote_masked_values() -> Result<()> {
+    let s = Setup::start("pg-mask-errclass", 56, Policy::Guarded)?;
+    let statements = [
+        "SELECT current_setting(email) FROM customers WHERE id = 1",
+        "SELECT format('%I', email)::regclass FROM customers WHERE id = 2",
+        "SELECT email::regclass FROM customers WHERE id = 1",
+        "SELECT email::regproc FROM customers WHERE id = 1",
+        "SELECT nextval(email) FROM customers WHERE id = 1",
+        "SELECT has_table_privilege(email, 'select') FROM customers WHERE id = 1",
+        "SELECT email::int FROM customers WHERE id = 1",
+    ];
+    let mut steps: Vec<Value> = statements.iter().map(|s| simple(s)).collect();
+    steps.push(json!({ "raw_until_ready": { "hex": q(
+        // The function's result is a computed value: only the report is checked.
+        "SELECT set_config('application_name', email, false) IS NULL FROM customers WHERE id = 1"
+    ), "ready": 1 } }));
+    steps.push(simple("SELECT 'still here'"));
+    let r = s.pgclient("app_rw", &steps)?;
+    let all = serde_json::to_string(&r)?;
+    assert_no_secrets(&all);
+    // The local parts too: a cast to regclass reads "alice@example" as a
+    // schema name.
+    for c in CUSTOMERS {
+        let local = c.email.split('@').next().unwrap_or_default();
+        assert!(!all.contains(&format!("\"{local}")), "{local} in {all}");
+    }
+    for (sql, result) in statements.iter().zip(&r) {
+        assert_eq!(result["ok"], false, "{sql}: {result}");
+        let code = result["error"]["code"].as_str().unwrap_or_default();
+        assert!(
+            !code.is_empty() && !code.starts_with("08"),
+            "{sql}: the server's SQLSTATE, got {result}"
+        );
+        let message = result["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("\"***\""), "{sql}: {result}");
+    }
+    let settings = r[statements.len()]["messages"]
+        .as_array()
+        .context("messages")?;
+    assert!(
+        settings.iter().any(|m| m["tag"] == "S"
+            && m["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("application_name ***"))),
+        "{all}"
+    );
+    assert_rows(
+        &r[statements.len() + 1],
+        &[&["still here"]],
+        "after the errors",
+    );
+    Ok(())
+}
