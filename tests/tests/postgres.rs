@@ -2553,3 +2553,184 @@ fn a_portal_of_an_execute_is_decided_again_when_it_runs() -> Result<()> {
     assert_eq!(y.len(), 2, "its Parse and its one run: {y:?}");
     Ok(())
 }
+
+/// A simple Query frame, hex-encoded for cp-pgclient's raw steps.
+fn q(sql: &str) -> String {
+    frame(b'Q', &cstrings(&[sql], &[]))
+}
+
+/// Whether anything holds a lock on `items` now, as the server sees it.
+fn items_locked(s: &Setup) -> Result<bool> {
+    let out = s.pg.admin_psql(
+        "postgres",
+        "orders",
+        &[
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+           WHERE c.relname = 'items' AND l.mode = 'AccessExclusiveLock'",
+        ],
+    )?;
+    Ok(out.trim() != "0")
+}
+
+/// cp-pgclient inside the cgroup, killed if it outlives `limit`.
+fn pgclient_within(s: &Setup, steps: &[Value], limit: Duration) -> Result<String> {
+    let mut cmd = job_command(&s.cg, PGCLIENT);
+    cmd.arg(s.conninfo("app_rw"))
+        .arg(serde_json::to_string(steps)?);
+    let out = run_with_timeout(&mut cmd, limit)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "cp-pgclient failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+/// A COPY … TO STDOUT on a masked target is described on the catalog
+/// connection, another backend: when the session's own transaction holds
+/// an ACCESS EXCLUSIVE lock on the table, that description waited for it
+/// for ever, stalling every session sharing the catalog connection and
+/// leaving the job's backend idle in transaction with the lock after the
+/// job was gone (found in review). The lookup now times out, the COPY is
+/// refused, and once the client goes its session ends and the server
+/// rolls the transaction back.
+#[test]
+fn a_copy_of_a_table_its_own_transaction_locked_cannot_hang_the_gateway() -> Result<()> {
+    let s = Setup::start("pg-copy-locked", 55, Policy::Guarded)?;
+    let script = [
+        q("BEGIN"),
+        q("LOCK TABLE items IN ACCESS EXCLUSIVE MODE"),
+        q("COPY (SELECT id FROM items) TO STDOUT"),
+    ]
+    .concat();
+    let step = json!({ "raw_until_ready": { "hex": script, "ready": 3 } });
+
+    // A job that leaves while its COPY waits on the catalog.
+    let mut gone = job_command(&s.cg, PGCLIENT)
+        .arg(s.conninfo("app_rw"))
+        .arg(serde_json::to_string(&[&step])?)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_for("the job's lock on items", Duration::from_secs(20), || {
+        items_locked(&s).ok().filter(|&l| l)
+    })?;
+    // Gone while the COPY's lookup waits on the catalog connection...
+    gone.kill()?;
+    gone.wait()?;
+    // ...which another session's masked read shares.
+    let other = pgclient_within(
+        &s,
+        &[simple("SELECT email FROM customers ORDER BY id")],
+        Duration::from_secs(30),
+    )
+    .context("a masked read while the COPY's lookup waits")?;
+    assert!(other.contains("\"ok\":true"), "{other}");
+    let activity = || {
+        s.pg.admin_psql(
+            "postgres",
+            "orders",
+            &[
+                "SELECT application_name, state, wait_event_type, left(query, 60) \
+               FROM pg_stat_activity WHERE datname = 'orders'",
+            ],
+        )
+        .unwrap_or_default()
+    };
+    wait_for(
+        "the lock released after the job left",
+        Duration::from_secs(30),
+        || (!items_locked(&s).ok()?).then_some(()),
+    )
+    .with_context(|| format!("pg_stat_activity:\n{}", activity()))?;
+    let read = pgclient_within(
+        &s,
+        &[simple("SELECT id FROM items WHERE id = 2")],
+        Duration::from_secs(20),
+    )?;
+    assert!(read.contains("\"ok\":true"), "{read}");
+
+    // A job that stays: its COPY is refused, saying why, and the session
+    // goes on (still in its transaction, which it can end).
+    let stays = pgclient_within(&s, &[step], Duration::from_secs(60))?;
+    assert!(
+        stays.contains("catalog lookup timed out") && stays.contains("lock on the table"),
+        "{stays}"
+    );
+    wait_for(
+        "the lock released after the second job",
+        Duration::from_secs(30),
+        || (!items_locked(&s).ok()?).then_some(()),
+    )
+    .with_context(|| format!("pg_stat_activity:\n{}", activity()))?;
+    let read = pgclient_within(
+        &s,
+        &[simple("SELECT count(*) FROM items")],
+        Duration::from_secs(20),
+    )?;
+    assert!(read.contains("\"ok\":true"), "{read}");
+    Ok(())
+}
+
+/// Where column rules exist, errors of every class lose the values they
+/// quote, not only classes 22 and 23: `current_setting(email)` (42704),
+/// `email::regclass` (3F000, 42P01), `nextval(email)`, `::regproc`
+/// (42883) and `has_table_privilege(email, …)` named the email in full
+/// (found in review). A free-text setting set from a row is not reported
+/// back either.
+#[test]
+fn errors_of_any_class_do_not_quote_masked_values() -> Result<()> {
+    let s = Setup::start("pg-mask-errclass", 56, Policy::Guarded)?;
+    let statements = [
+        "SELECT current_setting(email) FROM customers WHERE id = 1",
+        "SELECT format('%I', email)::regclass FROM customers WHERE id = 2",
+        "SELECT email::regclass FROM customers WHERE id = 1",
+        "SELECT email::regproc FROM customers WHERE id = 1",
+        "SELECT nextval(email) FROM customers WHERE id = 1",
+        "SELECT has_table_privilege(email, 'select') FROM customers WHERE id = 1",
+        "SELECT email::int FROM customers WHERE id = 1",
+    ];
+    let mut steps: Vec<Value> = statements.iter().map(|s| simple(s)).collect();
+    steps.push(json!({ "raw_until_ready": { "hex": q(
+        // The function's result is a computed value: only the report is checked.
+        "SELECT set_config('application_name', email, false) IS NULL FROM customers WHERE id = 1"
+    ), "ready": 1 } }));
+    steps.push(simple("SELECT 'still here'"));
+    let r = s.pgclient("app_rw", &steps)?;
+    let all = serde_json::to_string(&r)?;
+    assert_no_secrets(&all);
+    // The local parts too: a cast to regclass reads "alice@example" as a
+    // schema name.
+    for c in CUSTOMERS {
+        let local = c.email.split('@').next().unwrap_or_default();
+        assert!(!all.contains(&format!("\"{local}")), "{local} in {all}");
+    }
+    for (sql, result) in statements.iter().zip(&r) {
+        assert_eq!(result["ok"], false, "{sql}: {result}");
+        let code = result["error"]["code"].as_str().unwrap_or_default();
+        assert!(
+            !code.is_empty() && !code.starts_with("08"),
+            "{sql}: the server's SQLSTATE, got {result}"
+        );
+        let message = result["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("\"***\""), "{sql}: {result}");
+    }
+    let settings = r[statements.len()]["messages"]
+        .as_array()
+        .context("messages")?;
+    assert!(
+        settings.iter().any(|m| m["tag"] == "S"
+            && m["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("application_name ***"))),
+        "{all}"
+    );
+    assert_rows(
+        &r[statements.len() + 1],
+        &[&["still here"]],
+        "after the errors",
+    );
+    Ok(())
+}

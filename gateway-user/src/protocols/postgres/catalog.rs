@@ -50,6 +50,24 @@ const MAX_COLUMNS: usize = 100_000;
 /// nothing next to the statements that make it.
 pub const MAX_AGE: Duration = Duration::from_secs(60);
 
+/// How long the catalog connection's server waits for a lock, and runs a
+/// statement, before giving up. Describing a COPY's query takes the
+/// tables' locks on another backend: when the session's own transaction
+/// holds a conflicting one (`LOCK TABLE`, uncommitted DDL), waiting
+/// cannot end, since the session waits for the description.
+const LOCK_TIMEOUT_MS: u32 = 2_000;
+const STATEMENT_TIMEOUT_MS: u32 = 5_000;
+
+/// The backstop for one lookup, from queueing on the connection to its
+/// answer (connecting included): a server that ignores the timeouts
+/// above, or a lookup queued behind a stuck one, fails rather than stall
+/// its session.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a lookup that ran out of time reports.
+const TIMED_OUT: &str = "the catalog lookup timed out, likely because this session's own \
+     transaction holds a lock on the table (LOCK TABLE or uncommitted DDL)";
+
 /// Cache of one database's table OIDs to column names, shared by the
 /// sessions that log in to it as the same role.
 #[derive(Default)]
@@ -190,17 +208,18 @@ impl Catalog {
         sql: &str,
         login: &CatalogLogin<'_>,
     ) -> Result<Vec<DescribedColumn>, String> {
-        let mut client = self.client.lock().await;
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            *client = Some(connect(login).await?);
-        }
-        let Some(c) = client.as_ref() else {
-            return Err("no catalog connection".into());
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+        let mut client = within(deadline, self.client.lock()).await?;
+        let c = usable(&mut client, login, deadline).await?;
+        let statement = match within(deadline, c.prepare(sql)).await {
+            Ok(prepared) => prepared.map_err(|e| lookup_error(&e))?,
+            Err(e) => {
+                // The server may still be running it: the next lookup
+                // starts on a fresh connection.
+                *client = None;
+                return Err(e);
+            }
         };
-        let statement = c.prepare(sql).await.map_err(|e| match e.as_db_error() {
-            Some(db) => db.message().to_owned(),
-            None => e.to_string(),
-        })?;
         Ok(statement
             .columns()
             .iter()
@@ -221,18 +240,14 @@ impl Catalog {
     }
 
     async fn load_table(&self, oid: u32, login: &CatalogLogin<'_>) -> Result<(), String> {
-        let mut client = self.client.lock().await;
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+        let mut client = within(deadline, self.client.lock()).await?;
         // Sessions that missed together queue on the connection: only the
         // first asks, the rest find its answer.
         if self.cached(oid, 0).is_some() {
             return Ok(());
         }
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            *client = Some(connect(login).await?);
-        }
-        let Some(c) = client.as_ref() else {
-            return Ok(());
-        };
+        let c = usable(&mut client, login, deadline).await?;
         // Both queries go out together, unprepared (tokio-postgres
         // pipelines what is polled at once): one round trip per unseen
         // table instead of four.
@@ -263,7 +278,14 @@ impl Catalog {
                  ORDER BY up.depth, c.oid",
             &depth,
         );
-        let (rows, ancestry) = tokio::try_join!(columns, ancestry).map_err(|e| e.to_string())?;
+        let (rows, ancestry) =
+            match within(deadline, async { tokio::try_join!(columns, ancestry) }).await {
+                Ok(answer) => answer.map_err(|e| lookup_error(&e))?,
+                Err(e) => {
+                    *client = None;
+                    return Err(e);
+                }
+            };
         let ancestors: Arc<[(String, String)]> = ancestry
             .iter()
             .map(|row| (row.get(0), row.get(1)))
@@ -288,6 +310,48 @@ impl Catalog {
     }
 }
 
+/// `work`, or the timed-out error once `deadline` passes.
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, String> {
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .map_err(|_| TIMED_OUT.to_owned())
+}
+
+/// The open catalog connection in `slot`, connecting first if there is
+/// none (or it closed).
+async fn usable<'c>(
+    slot: &'c mut Option<Client>,
+    login: &CatalogLogin<'_>,
+    deadline: tokio::time::Instant,
+) -> Result<&'c Client, String> {
+    if slot.as_ref().is_none_or(|c| c.is_closed()) {
+        *slot = None;
+        *slot = Some(within(deadline, connect(login)).await??);
+    }
+    slot.as_ref()
+        .ok_or_else(|| "no catalog connection".to_owned())
+}
+
+/// A failed lookup's reason: the server's message, or [`TIMED_OUT`] when
+/// the server gave up waiting for a lock or on the statement.
+fn lookup_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) if timed_out(db.code().code()) => TIMED_OUT.to_owned(),
+        Some(db) => db.message().to_owned(),
+        None => e.to_string(),
+    }
+}
+
+/// Whether `sqlstate` is the server cancelling a statement for one of the
+/// catalog connection's timeouts: 55P03 (lock_not_available, from
+/// lock_timeout) or 57014 (query_canceled, from statement_timeout).
+fn timed_out(sqlstate: &str) -> bool {
+    matches!(sqlstate, "55P03" | "57014")
+}
+
 async fn connect(login: &CatalogLogin<'_>) -> Result<Client, String> {
     // Already over TLS when the target asks for it, so tokio-postgres
     // itself negotiates nothing.
@@ -305,6 +369,14 @@ async fn connect(login: &CatalogLogin<'_>) -> Result<Client, String> {
     tokio::spawn(async move {
         let _ = connection.await;
     });
+    // Set by statement, not as startup options, which a pooler in front
+    // of the server may refuse.
+    client
+        .batch_execute(&format!(
+            "SET lock_timeout = {LOCK_TIMEOUT_MS}; SET statement_timeout = {STATEMENT_TIMEOUT_MS}"
+        ))
+        .await
+        .map_err(|e| format!("the catalog connection's timeouts cannot be set: {e}"))?;
     Ok(client)
 }
 
@@ -326,6 +398,22 @@ mod tests {
 
     fn column(hit: Option<Option<ColumnSource>>) -> Option<String> {
         hit.flatten().map(|s| s.column.clone())
+    }
+
+    #[tokio::test]
+    async fn a_lookup_that_outlives_its_deadline_fails_as_timed_out() {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
+        let stuck = within(deadline, std::future::pending::<()>()).await;
+        assert_eq!(stuck.unwrap_err(), TIMED_OUT);
+        let quick = within(deadline, async { 7 }).await;
+        assert_eq!(quick, Ok(7));
+    }
+
+    #[test]
+    fn the_servers_timeouts_read_as_timed_out() {
+        assert!(timed_out("55P03"), "lock_timeout");
+        assert!(timed_out("57014"), "statement_timeout");
+        assert!(!timed_out("42P01"));
     }
 
     #[test]

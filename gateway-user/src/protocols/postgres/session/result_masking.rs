@@ -33,13 +33,13 @@ impl Session<'_> {
 
     /// Error and notice fields, notification payloads and parameter values
     /// carry data too: `SELECT email::int` echoes the email in its error,
-    /// a unique violation names the duplicate in its detail, `pg_notify`
-    /// and `set_config('application_name', …)` send any value back. With
+    /// `current_setting(email)` or `email::regclass` name it as the setting
+    /// or relation that does not exist, a unique violation names the
+    /// duplicate in its detail, `pg_notify` and
+    /// `set_config('application_name', …)` send any value back. With
     /// masking on, the detectors scan them; and where column rules mask
-    /// data, errors of class 22 (data exception) and 23 (integrity
-    /// violation) lose their detail and the quoted parts of their message
-    /// and context, which quote values of any column. The message to send
-    /// instead of `frame`, if any of it changed.
+    /// data, see [`scrub_error_fields`] and [`scrub_setting`]. The message
+    /// to send instead of `frame`, if any of it changed.
     pub(super) fn scrub_message(&self, frame: &Frame) -> Option<BytesMut> {
         let masking = &self.masking;
         if masking.is_empty() {
@@ -49,41 +49,7 @@ impl Session<'_> {
         match frame.tag() {
             tag @ (b'E' | b'N') => {
                 let fields = ErrorResponse::parse(frame.body()).ok()?.fields;
-                let class = fields
-                    .iter()
-                    .find(|(c, _)| *c == b'C')
-                    .and_then(|(_, v)| v.get(..2));
-                let values_quoted = masking.masks_columns() && matches!(class, Some("22" | "23"));
-                let mut changed = false;
-                let mut scrubbed: Vec<(u8, Cow<'_, str>)> = Vec::with_capacity(fields.len());
-                for &(code, value) in &fields {
-                    // Severity, code, position and source location: the server's own.
-                    if matches!(code, b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R') {
-                        scrubbed.push((code, Cow::Borrowed(value)));
-                        continue;
-                    }
-                    if values_quoted && code == b'D' {
-                        changed = true;
-                        scrubbed.push((code, Cow::Borrowed(WITHHELD_DETAIL)));
-                        continue;
-                    }
-                    let mut value = Cow::Borrowed(value);
-                    if values_quoted
-                        && matches!(code, b'M' | b'W')
-                        && let Some(redacted) = redact_quoted(&value)
-                    {
-                        value = Cow::Owned(redacted);
-                        changed = true;
-                    }
-                    if let Some(clean) = masking.scrub_text(&value) {
-                        value = Cow::Owned(clean);
-                        changed = true;
-                    }
-                    scrubbed.push((code, value));
-                }
-                if !changed {
-                    return None;
-                }
+                let scrubbed = scrub_error_fields(masking, &fields)?;
                 let fields = scrubbed.iter().map(|(c, v)| (*c, v.as_ref())).collect();
                 let encoded = if tag == b'E' {
                     ErrorResponse { fields }.encode_into(&mut out)
@@ -109,7 +75,7 @@ impl Session<'_> {
             }
             b'S' => {
                 let p = ParameterStatus::parse(frame.body()).ok()?;
-                let value = masking.scrub_text(p.value)?;
+                let value = scrub_setting(masking, p.name, p.value)?;
                 ParameterStatus {
                     name: p.name,
                     value: &value,
@@ -366,6 +332,74 @@ fn whole_row_rule<'p>(
     })
 }
 
+/// An error's or notice's fields as the client may see them, `None` when
+/// nothing changed. The detectors scan every text field. Where column (or
+/// name) rules exist, the detail is withheld and the quoted parts of the
+/// message and context become `***`, whatever the SQLSTATE: nearly any
+/// runtime error can quote a value computed from a row (a class 22 bad
+/// input, a class 23 duplicate key, a 42704 unrecognized setting or 42P01
+/// unknown relation from `current_setting(email)` or `email::regclass`, a
+/// 3F000 unknown schema, a RAISE with any code), and only the column rules
+/// know which values are sensitive. Severity, code, position and source
+/// location are the server's own and stay, so the error keeps its shape.
+/// The gateway's own errors never come through here.
+fn scrub_error_fields<'a>(
+    masking: &MaskingPolicy,
+    fields: &[(u8, &'a str)],
+) -> Option<Vec<(u8, Cow<'a, str>)>> {
+    let values_quoted = masking.masks_columns();
+    let mut changed = false;
+    let mut scrubbed: Vec<(u8, Cow<'a, str>)> = Vec::with_capacity(fields.len());
+    for &(code, value) in fields {
+        if matches!(code, b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R') {
+            scrubbed.push((code, Cow::Borrowed(value)));
+            continue;
+        }
+        if values_quoted && code == b'D' {
+            changed = true;
+            scrubbed.push((code, Cow::Borrowed(WITHHELD_DETAIL)));
+            continue;
+        }
+        let mut value = Cow::Borrowed(value);
+        if values_quoted
+            && matches!(code, b'M' | b'W')
+            && let Some(redacted) = redact_quoted(&value)
+        {
+            value = Cow::Owned(redacted);
+            changed = true;
+        }
+        if let Some(clean) = masking.scrub_text(&value) {
+            value = Cow::Owned(clean);
+            changed = true;
+        }
+        scrubbed.push((code, value));
+    }
+    changed.then_some(scrubbed)
+}
+
+/// Reported settings a statement can set to any text: `set_config(
+/// 'application_name', email, false)` would send the email back in a
+/// ParameterStatus. (search_path is reported from PostgreSQL 18 on.)
+const FREE_TEXT_SETTINGS: [&str; 2] = ["application_name", "search_path"];
+
+/// The value a ParameterStatus reported after startup may carry, `None`
+/// when it goes as it is. Where column (or name) rules exist, a free-text
+/// setting's value is withheld as `***`: it may have been set from a row,
+/// and no client needs it back (those a driver reads, such as
+/// client_encoding or DateStyle, take only values the server knows).
+/// Otherwise the detectors scan it.
+fn scrub_setting<'a>(masking: &MaskingPolicy, name: &str, value: &'a str) -> Option<Cow<'a, str>> {
+    if masking.masks_columns()
+        && !value.is_empty()
+        && FREE_TEXT_SETTINGS
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(name))
+    {
+        return Some(Cow::Borrowed("***"));
+    }
+    masking.scrub_text(value).map(Cow::Owned)
+}
+
 /// What a withheld error detail reads.
 const WITHHELD_DETAIL: &str = "chokepoint: detail withheld (it may quote masked values)";
 
@@ -391,11 +425,126 @@ fn redact_quoted(text: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_quoted;
+    use std::borrow::Cow;
+
+    use super::{WITHHELD_DETAIL, redact_quoted, scrub_error_fields, scrub_setting};
+    use crate::masking::{ColumnRule, MaskingPolicy, Strategy};
+
+    fn emails_masked() -> MaskingPolicy {
+        MaskingPolicy {
+            columns: vec![
+                ColumnRule::parse("customers.email", Strategy::Redact, "emails").unwrap(),
+            ],
+            ..MaskingPolicy::default()
+        }
+    }
+
+    fn field<'a>(fields: &'a [(u8, Cow<'_, str>)], code: u8) -> Option<&'a str> {
+        fields
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    #[test]
+    fn errors_of_every_class_lose_quoted_values_where_column_rules_exist() {
+        let masking = emails_masked();
+        for (code, message, expected) in [
+            (
+                "42704",
+                r#"unrecognized configuration parameter "alice@example.com""#,
+                r#"unrecognized configuration parameter "***""#,
+            ),
+            (
+                "42P01",
+                r#"relation "bob@example.org" does not exist"#,
+                r#"relation "***" does not exist"#,
+            ),
+            (
+                "3F000",
+                r#"schema "alice@example" does not exist"#,
+                r#"schema "***" does not exist"#,
+            ),
+            (
+                "42883",
+                r#"function "alice@example.com" does not exist"#,
+                r#"function "***" does not exist"#,
+            ),
+            (
+                "22P02",
+                r#"invalid input syntax for type integer: "alice@example.com""#,
+                r#"invalid input syntax for type integer: "***""#,
+            ),
+        ] {
+            let fields = [
+                (b'S', "ERROR"),
+                (b'V', "ERROR"),
+                (b'C', code),
+                (b'M', message),
+                (b'D', "Key (email)=(alice@example.com) already exists."),
+                (
+                    b'W',
+                    r#"SQL function "f" statement 1, value "alice@example.com""#,
+                ),
+                (b'F', "namespace.c"),
+            ];
+            let scrubbed = scrub_error_fields(&masking, &fields).expect("scrubbed");
+            assert_eq!(field(&scrubbed, b'M'), Some(expected), "{code}");
+            assert_eq!(field(&scrubbed, b'D'), Some(WITHHELD_DETAIL), "{code}");
+            assert_eq!(
+                field(&scrubbed, b'W'),
+                Some(r#"SQL function "***" statement 1, value "***""#)
+            );
+            // The error keeps its shape: severity, code and source stay.
+            assert_eq!(field(&scrubbed, b'C'), Some(code));
+            assert_eq!(field(&scrubbed, b'S'), Some("ERROR"));
+            assert_eq!(field(&scrubbed, b'F'), Some("namespace.c"));
+            assert_eq!(scrubbed.len(), fields.len());
+        }
+    }
+
+    #[test]
+    fn errors_go_untouched_without_column_rules_or_quotes() {
+        let fields = [
+            (b'S', "ERROR"),
+            (b'C', "42P01"),
+            (b'M', r#"relation "bob@example.org" does not exist"#),
+        ];
+        assert!(scrub_error_fields(&MaskingPolicy::default(), &fields).is_none());
+        let plain = [
+            (b'S', "ERROR"),
+            (b'C', "57014"),
+            (b'M', "canceling statement due to user request"),
+        ];
+        assert!(scrub_error_fields(&emails_masked(), &plain).is_none());
+    }
+
+    #[test]
+    fn free_text_settings_are_withheld_where_column_rules_exist() {
+        let masking = emails_masked();
+        assert_eq!(
+            scrub_setting(&masking, "application_name", "alice@example.com").as_deref(),
+            Some("***")
+        );
+        assert_eq!(
+            scrub_setting(&masking, "search_path", "\"alice@example.com\"").as_deref(),
+            Some("***")
+        );
+        // Settings drivers read keep their value.
+        assert_eq!(scrub_setting(&masking, "DateStyle", "ISO, MDY"), None);
+        assert_eq!(scrub_setting(&masking, "client_encoding", "UTF8"), None);
+        assert_eq!(
+            scrub_setting(
+                &MaskingPolicy::default(),
+                "application_name",
+                "alice@example.com"
+            ),
+            None
+        );
+    }
 
     #[test]
     fn a_whole_row_takes_the_rule_of_any_of_its_columns() {
-        use crate::masking::{ColumnRule, MaskingPolicy, Strategy};
         use crate::protocols::postgres::catalog::SourceColumn;
         use std::sync::Arc;
 
