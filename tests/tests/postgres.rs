@@ -2598,7 +2598,7 @@ fn pgclient_within(s: &Setup, steps: &[Value], limit: Duration) -> Result<String
 /// rolls the transaction back.
 #[test]
 fn a_copy_of_a_table_its_own_transaction_locked_cannot_hang_the_gateway() -> Result<()> {
-    let s = Setup::start("pg-copy-locked", 55, Policy::Guarded)?;
+    let s = Setup::start("pg-copy-locked", 75, Policy::Guarded)?;
     let script = [
         q("BEGIN"),
         q("LOCK TABLE items IN ACCESS EXCLUSIVE MODE"),
@@ -2682,7 +2682,7 @@ fn a_copy_of_a_table_its_own_transaction_locked_cannot_hang_the_gateway() -> Res
 /// back either.
 #[test]
 fn errors_of_any_class_do_not_quote_masked_values() -> Result<()> {
-    let s = Setup::start("pg-mask-errclass", 56, Policy::Guarded)?;
+    let s = Setup::start("pg-mask-errclass", 76, Policy::Guarded)?;
     let statements = [
         "SELECT current_setting(email) FROM customers WHERE id = 1",
         "SELECT format('%I', email)::regclass FROM customers WHERE id = 2",
