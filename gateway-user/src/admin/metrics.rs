@@ -146,7 +146,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let fleet_rows_rejected = Counter::default();
     registry.register(
         "chokepoint_recording_fleet_rows_rejected",
-        "Recorded events the fleet database refused for what they hold (SQLSTATE class 22, 23 or 54), left out of it: each leaves that session incomplete there (the local recording has it; the log names session and seq)",
+        "Refusals of a recorded event by the fleet database for what it holds (SQLSTATE class 22, 23 or 54): its session is incomplete there until a later re-send from its file is taken (the local recording has it; the log names session and seq)",
         fleet_rows_rejected.clone(),
     );
     Metrics {
@@ -293,7 +293,7 @@ pub fn recording_failure() {
     }
 }
 
-/// The fleet database refused a recorded event, which the sink left out.
+/// The fleet database refused a recorded event, whose session the sink owes.
 pub fn fleet_row_rejected() {
     if enabled() {
         METRICS.fleet_rows_rejected.inc();

@@ -51,6 +51,17 @@ const MAX_QUEUED_BYTES: usize = 256 << 20;
 /// Retries start a second apart and back off to this.
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
+/// The longest wait before a session the database refused an event of is
+/// sent again: a refusal that lasts (a constraint, a migration) costs one
+/// re-send a session every five minutes.
+const MAX_REFUSED_RETRY: Duration = Duration::from_secs(300);
+
+/// Statements one batch may cost while the refused rows are sought. A
+/// refusal of most of the batch (a change to the table) would otherwise
+/// cost two statements a row; past this, the rest counts as refused, which
+/// loses nothing: refused rows are sent again from their files.
+const MAX_SPLIT_STATEMENTS: usize = 64;
+
 /// Most sessions whose re-send progress is kept (see
 /// [`Sink::keep_progress`]): a few bytes each.
 const MAX_PROGRESS: usize = if cfg!(test) { 64 } else { 10_000 };
@@ -106,12 +117,13 @@ enum Failure {
     /// own: everything is tried again later.
     Transient(String),
     /// The server refused what the rows hold (see [`rejects_rows`]): the
-    /// same rows would be refused again, however long the sink waited.
+    /// same rows are refused again until the table or the server's rules
+    /// change, so other rows and sessions must not wait for them.
     Rejected(String),
 }
 
 /// Whether a server error is about the rows sent, so that sending them
-/// again can only fail again: a data exception (class 22: a value the
+/// again soon can only fail again: a data exception (class 22: a value the
 /// column's type refuses, like a NUL escape in jsonb), an integrity
 /// violation (23: a constraint someone added to the table; a row already
 /// there is no error, ON CONFLICT skips it) or a program limit (54: a
@@ -128,10 +140,10 @@ fn rejects_rows(code: &SqlState) -> bool {
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Sent {
     /// Rows the server refused, by index in the batch, with its message:
-    /// left out.
+    /// their sessions are owed.
     rejected: Vec<(usize, String)>,
-    /// A transient failure, and how many rows before it were sent or left
-    /// out: those after are to be sent again.
+    /// A transient failure, and how many rows before it were sent or
+    /// refused: those after are to be sent again.
     failed: Option<(usize, String)>,
 }
 
@@ -226,7 +238,7 @@ struct Shared {
     queued_bytes: AtomicUsize,
     max: usize,
     owed: Mutex<Owed>,
-    /// Rows the database refused for what they hold, left out.
+    /// Refusals of rows by the database for what they hold.
     rejected: AtomicUsize,
 }
 
@@ -313,6 +325,10 @@ pub struct Sink {
     save_failed: bool,
     /// Whether [`OWED_FILE`] may be written (see [`OwedFile`]).
     owed_file: OwedFile,
+    /// Sessions the database refused an event of, owed: sent again from
+    /// their files no sooner than the instant, the delay backing off to
+    /// [`MAX_REFUSED_RETRY`]. Bounded by the owed list.
+    refused: HashMap<String, (tokio::time::Instant, Duration)>,
     /// Stands in for the database in unit tests.
     #[cfg(test)]
     fake: Option<FakeDatabase>,
@@ -356,6 +372,7 @@ impl Sink {
             saved: None,
             save_failed: false,
             owed_file,
+            refused: HashMap::new(),
             #[cfg(test)]
             fake: None,
         }
@@ -419,7 +436,7 @@ impl Sink {
         let mut sent = 0;
         while sent < backlog.len() {
             let n = batch_len(&backlog[sent..]);
-            if let Err((done, e)) = self.send_or_skip(&backlog[sent..sent + n]).await {
+            if let Err((done, e)) = self.send_or_owe(&backlog[sent..sent + n]).await {
                 sent += done;
                 self.forget_sealed(&backlog[..sent]);
                 // Nothing joined the backlog meanwhile: only this task fills it.
@@ -511,9 +528,24 @@ impl Sink {
             let Some(session) = self.shared.owed().take() else {
                 return Ok(());
             };
+            if let Some((when, _)) = self.refused.get(&session)
+                && *when > tokio::time::Instant::now()
+            {
+                // Refused lately: its turn comes after its back-off.
+                self.shared.owed().add(session);
+                continue;
+            }
             let mut at = self.progress.remove(&session).unwrap_or_default();
             let result = self.resend(&session, &mut at).await;
+            // Sent through, or no longer sendable: its back-off is over.
+            if matches!(
+                result,
+                Ok(Resent::End { .. } | Resent::Broken(_)) | Err(Resend::File(_))
+            ) {
+                self.refused.remove(&session);
+            }
             match result {
+                Ok(Resent::Refused) => {}
                 Ok(Resent::End { sealed }) => {
                     info!(
                         session,
@@ -555,9 +587,14 @@ impl Sink {
                 .map_err(|e| Resend::File(format!("{}: {e}", path.display())))?;
             // Rows sent before a failure are sent again next time: the
             // database skips those it has.
-            self.send_or_skip(&rows)
+            let refused = self
+                .send_or_owe(&rows)
                 .await
                 .map_err(|(_, e)| Resend::Database(e))?;
+            if refused {
+                // Owed again, from its first line, after its back-off.
+                return Ok(Resent::Refused);
+            }
             *at = next;
             sealed |= rows.iter().any(|row| row.kind == SEAL);
             match stop {
@@ -569,7 +606,7 @@ impl Sink {
     }
 
     /// Sends `rows`, halving a batch the server refuses until the rows it
-    /// refuses are alone: those are left out, the others sent. One bad row
+    /// refuses are alone: those are reported, the others sent. One bad row
     /// in a batch of 5,000 costs about 26 statements, and no longer holds
     /// up every row and session behind it for ever.
     async fn send_each(&mut self, rows: &[Row]) -> Sent {
@@ -578,21 +615,45 @@ impl Sink {
         // before a transient failure is a prefix of `rows`.
         let mut todo = Vec::new();
         todo.push(0..rows.len());
+        let mut statements = 0;
+        // Ranges are only pushed after a refusal: past the budget they
+        // count as refused with its reason, unsent.
+        let mut refusal = String::new();
         while let Some(range) = todo.pop() {
-            match self.send(&rows[range.clone()]).await {
+            if statements >= MAX_SPLIT_STATEMENTS {
+                sent.rejected.extend(range.map(|i| (i, refusal.clone())));
+                continue;
+            }
+            statements += 1;
+            match self.send(&rows[range.clone()], EventColumn::Parsed).await {
                 Ok(()) => {}
                 Err(Failure::Transient(why)) => {
                     sent.failed = Some((range.start, why));
                     break;
                 }
-                Err(Failure::Rejected(why)) if range.len() <= 1 => {
-                    // An empty range is only sent to connect, and nothing is
-                    // left out of it.
-                    if !range.is_empty() {
-                        sent.rejected.push((range.start, why));
+                // An empty range is only sent to connect, and nothing is
+                // refused of it.
+                Err(Failure::Rejected(_)) if range.is_empty() => {}
+                Err(Failure::Rejected(why)) if statements >= MAX_SPLIT_STATEMENTS => {
+                    sent.rejected.extend(range.map(|i| (i, why.clone())));
+                    refusal = why;
+                }
+                Err(Failure::Rejected(why)) if range.len() == 1 => {
+                    // The line itself may be what `jsonb` refuses (a
+                    // `\u0000` escape, 22P05) while `text` takes it: the
+                    // evidence goes whole, its `event` as a JSON string.
+                    statements += 1;
+                    match self.send(&rows[range.clone()], EventColumn::Raw).await {
+                        Ok(()) => {}
+                        Err(Failure::Transient(why)) => {
+                            sent.failed = Some((range.start, why));
+                            break;
+                        }
+                        Err(Failure::Rejected(_)) => sent.rejected.push((range.start, why)),
                     }
                 }
-                Err(Failure::Rejected(_)) => {
+                Err(Failure::Rejected(why)) => {
+                    refusal = why;
                     let middle = range.start + range.len() / 2;
                     todo.push(middle..range.end);
                     todo.push(range.start..middle);
@@ -602,46 +663,76 @@ impl Sink {
         sent
     }
 
-    /// Sends `rows`, leaving out those the server refuses for what they
-    /// hold (logged and counted). `Err`: a transient failure, after how
-    /// many rows.
-    async fn send_or_skip(&mut self, rows: &[Row]) -> Result<(), (usize, String)> {
+    /// Sends `rows`; the sessions of those the server refuses for what
+    /// they hold are owed (logged and counted), to be sent again from
+    /// their files, backing off: nothing is left out for good, since a
+    /// refusal of every row looks the same as one of a bad row (a
+    /// constraint or column added to the table; found in review), and the
+    /// rest of the batch and other sessions go on. `Ok(true)`: some were
+    /// refused. `Err`: a transient failure, after how many rows.
+    async fn send_or_owe(&mut self, rows: &[Row]) -> Result<bool, (usize, String)> {
         let sent = self.send_each(rows).await;
+        let mut owed: Vec<&str> = Vec::new();
         for (i, why) in &sent.rejected {
             let row = &rows[*i];
             self.shared.rejected.fetch_add(1, Ordering::Relaxed);
             crate::admin::metrics::fleet_row_rejected();
-            error!(
-                session = row.session,
-                seq = row.seq,
-                error = %why,
-                "the recording database refuses an event of a session: left out, so its copy there is incomplete (`sessions verify` there reads it as tampered); the local recording has it"
-            );
+            if !owed.contains(&row.session.as_str()) {
+                owed.push(&row.session);
+                let wait = self.owe_refused(&row.session);
+                error!(
+                    session = row.session,
+                    seq = row.seq,
+                    error = %why,
+                    retry_in_s = wait.as_secs(),
+                    "the recording database refuses an event of a session: the session is sent again from its recording later, and its copy there is incomplete until then; the local recording has it"
+                );
+            }
         }
         match sent.failed {
             Some(failed) => Err(failed),
-            None => Ok(()),
+            None => Ok(!sent.rejected.is_empty()),
         }
+    }
+
+    /// Owes `session` after a refusal: its re-send starts from the first
+    /// line (rows the database has are skipped), no sooner than its
+    /// back-off allows. The wait before it.
+    fn owe_refused(&mut self, session: &str) -> Duration {
+        let wait = match self.refused.get(session) {
+            Some((_, last)) => (*last * 2).min(MAX_REFUSED_RETRY),
+            None => Duration::from_secs(5),
+        };
+        self.refused.insert(
+            session.to_owned(),
+            (tokio::time::Instant::now() + wait, wait),
+        );
+        self.progress.remove(session);
+        self.shared.owed().add(session.to_owned());
+        wait
     }
 
     /// Sends `rows` in one statement (connecting first if needed), within
     /// [`SEND_TIMEOUT`].
-    async fn send(&mut self, rows: &[Row]) -> Result<(), Failure> {
+    async fn send(&mut self, rows: &[Row], event: EventColumn) -> Result<(), Failure> {
         #[cfg(test)]
         if let Some(fake) = &mut self.fake {
             return fake(rows);
         }
-        tokio::time::timeout(SEND_TIMEOUT + Duration::from_secs(1), self.send_now(rows))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Failure::Transient(format!(
-                    "no answer within {} s",
-                    SEND_TIMEOUT.as_secs()
-                )))
-            })
+        tokio::time::timeout(
+            SEND_TIMEOUT + Duration::from_secs(1),
+            self.send_now(rows, event),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::Transient(format!(
+                "no answer within {} s",
+                SEND_TIMEOUT.as_secs()
+            )))
+        })
     }
 
-    async fn send_now(&mut self, rows: &[Row]) -> Result<(), Failure> {
+    async fn send_now(&mut self, rows: &[Row], event: EventColumn) -> Result<(), Failure> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             // Whatever stops the connection or the table, it is not the
             // rows: transient.
@@ -665,13 +756,13 @@ impl Sink {
         }
         let column = |f: fn(&Row) -> String| rows.iter().map(f).collect::<Vec<_>>();
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let statement = match event {
+            EventColumn::Parsed => INSERT_PARSED,
+            EventColumn::Raw => INSERT_RAW,
+        };
         client
             .execute(
-                "INSERT INTO chokepoint_events (session, seq, host, wall, type, prev_hash, hash, raw, event) \
-                 SELECT s, q, $3, w::timestamptz, t, p, h, r, r::jsonb \
-                 FROM unnest($1::text[], $2::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
-                   AS u(s, q, w, t, p, h, r) \
-                 ON CONFLICT (session, seq) DO NOTHING",
+                statement,
                 &[
                     &column(|r| r.session.clone()),
                     &seqs,
@@ -775,6 +866,8 @@ enum Resent {
     End { sealed: bool },
     /// At a line that does not chain, where sending stopped.
     Broken(String),
+    /// The database refused one of its events: owed again, backing off.
+    Refused,
 }
 
 /// Why a re-send stopped.
@@ -783,6 +876,28 @@ enum Resend {
     File(String),
     Database(String),
 }
+
+/// What the `event` column of a row holds.
+#[derive(Clone, Copy)]
+enum EventColumn {
+    /// The line parsed as `jsonb`, for queries.
+    Parsed,
+    /// The line as a JSON string: for a line `jsonb` refuses (a `\u0000`
+    /// escape, which `text` takes), so the evidence in `raw` still goes.
+    Raw,
+}
+
+const INSERT_PARSED: &str = "INSERT INTO chokepoint_events (session, seq, host, wall, type, prev_hash, hash, raw, event) \
+     SELECT s, q, $3, w::timestamptz, t, p, h, r, r::jsonb \
+     FROM unnest($1::text[], $2::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+       AS u(s, q, w, t, p, h, r) \
+     ON CONFLICT (session, seq) DO NOTHING";
+
+const INSERT_RAW: &str = "INSERT INTO chokepoint_events (session, seq, host, wall, type, prev_hash, hash, raw, event) \
+     SELECT s, q, $3, w::timestamptz, t, p, h, r, to_jsonb(r) \
+     FROM unnest($1::text[], $2::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+       AS u(s, q, w, t, p, h, r) \
+     ON CONFLICT (session, seq) DO NOTHING";
 
 /// Rows of a batch: at most [`BATCH_ROWS`] and about [`BATCH_BYTES`].
 fn batch_len(rows: &[Row]) -> usize {
@@ -1176,11 +1291,11 @@ mod tests {
     }
 
     /// A row the database always refuses no longer holds up the sink for
-    /// ever: it alone is left out (and counted), every other row of its
-    /// session and of the sessions after it arrives, in about log2 of the
-    /// batch's statements each.
+    /// ever: its session is owed (and the refusal counted), every other
+    /// row of it and of the sessions after it arrives, in about log2 of
+    /// the batch's statements each.
     #[tokio::test]
-    async fn a_row_the_database_refuses_is_left_out_and_the_rest_arrive() {
+    async fn a_row_the_database_refuses_owes_its_session_and_the_rest_arrive() {
         let dir = tempfile::tempdir().unwrap();
         let mut sink = Sink::new(settings(), dir.path(), 100_000, Vec::new());
         let received = poisoned(&mut sink);
@@ -1205,6 +1320,46 @@ mod tests {
         // 3 batches of 5,000 rows (the last 2,000), two of them halved
         // down to one row: far from a statement per row.
         assert!(statements.len() < 60, "{} statements", statements.len());
+        // Nothing is left out for good: their sessions are owed, to be
+        // sent again from their files after a back-off.
+        let owed: Vec<String> = sink.shared.owed().queue.iter().cloned().collect();
+        assert_eq!(owed, ["s1", "s3"]);
+        assert!(sink.refused.contains_key("s1") && sink.refused.contains_key("s3"));
+    }
+
+    /// Found in review: a change to the table (a NOT NULL column, a
+    /// foreign key) refuses every row, and must neither cost two
+    /// statements a row nor lose them: the search stops early, and every
+    /// session is owed.
+    #[tokio::test]
+    async fn a_table_refusing_every_row_loses_none_and_costs_few_statements() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = Sink::new(settings(), dir.path(), 100_000, Vec::new());
+        let received = poisoned(&mut sink);
+        let rows: Vec<Row> = (0..5_000)
+            .map(|i| {
+                let mut r = row(&format!("s{}", i / 500), i % 500);
+                r.raw = "{\"poison\":1}".into();
+                r
+            })
+            .collect();
+        handed_over(&mut sink, rows);
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let mut inner = sink.fake.take().unwrap();
+        sink.fake = Some(Box::new(move |rows: &[Row]| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            inner(rows)
+        }));
+        sink.flush().await;
+        assert!(received.lock().unwrap().is_empty());
+        let calls = calls.load(Ordering::Relaxed);
+        assert!(calls <= MAX_SPLIT_STATEMENTS + 2, "{calls} statements");
+        let mut owed: Vec<String> = sink.shared.owed().queue.iter().cloned().collect();
+        owed.sort();
+        let all: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+        assert_eq!(owed, all);
+        assert!(!sink.failing && sink.backlog.is_empty());
     }
 
     /// A transient failure while a refused row is being looked for keeps
@@ -1219,8 +1374,8 @@ mod tests {
         let mut calls = 0;
         sink.fake = Some(Box::new(move |rows: &[Row]| {
             calls += 1;
-            // The connection drops at the fifth statement.
-            if calls == 5 {
+            // The connection drops at the sixth statement.
+            if calls == 6 {
                 return Err(Failure::Transient("connection closed".into()));
             }
             if rows.iter().any(|r| r.raw.contains("poison")) {
@@ -1234,7 +1389,8 @@ mod tests {
         let mut rows: Vec<Row> = (0..8).map(|i| row("s", i)).collect();
         rows[0].raw = "{\"poison\":1}".into();
         handed_over(&mut sink, rows);
-        // 0..8, 0..4, 0..2 refused, 0..1 refused: left out; 1..2: the drop.
+        // 0..8, 0..4, 0..2 refused, 0..1 refused twice (the second time
+        // with its line as a JSON string): owed; 1..2: the drop.
         sink.flush().await;
         assert!(sink.failing);
         assert_eq!(sink.backlog.len(), 7);
