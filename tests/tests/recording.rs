@@ -1164,6 +1164,24 @@ fn the_fleet_store_is_read_in_pages_into_the_files_bytes() -> Result<()> {
         "{shown}"
     );
 
+    // Found in review: with the key dropped, a second row of the seq that
+    // ends the first page went unseen, and the session read intact.
+    let forged = |sql: &str| pg.admin_psql("postgres", "orders", &[sql]);
+    forged("ALTER TABLE chokepoint_events DROP CONSTRAINT chokepoint_events_pkey")?;
+    forged(&format!(
+        "INSERT INTO chokepoint_events SELECT session, seq, host, wall, type, prev_hash, 'forged-' || hash, raw, event \
+         FROM chokepoint_events WHERE session = '{id}' ORDER BY seq OFFSET 63 LIMIT 1"
+    ))?;
+    let out = fleet(&["verify", id])?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("TAMPERED"), "{}", text(&out));
+    forged(&format!(
+        "DELETE FROM chokepoint_events WHERE session = '{id}' AND hash LIKE 'forged-%'"
+    ))?;
+    forged("ALTER TABLE chokepoint_events ADD PRIMARY KEY (session, seq)")?;
+    let out = fleet(&["verify", id])?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
     // Row 200 gone: the page that held it reads on, and the gap is found.
     pg.admin_psql(
         "app_rw",

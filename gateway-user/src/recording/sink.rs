@@ -1159,20 +1159,23 @@ fn text(row: &tokio_postgres::Row, i: usize, column: &str) -> Result<String, Str
     }
 }
 
-/// Up to `limit` lines of `session` after seq `after` (`None`: from
-/// its first row, whatever its seq), rebuilt exactly as in its file, with
+/// Up to `limit` lines of `session` from seq `from` on (`None`: from its
+/// first row, whatever its seq), rebuilt exactly as in its file, with
 /// their seqs: a recording is read a page at a time, as its file is read
-/// a line at a time.
+/// a line at a time. The page starts at the last page's last seq, not
+/// after it, so a second row of that seq (a table whose key was dropped)
+/// is read too, and breaks the chain (found in review: at a page's end it
+/// went unseen).
 pub async fn page(
     client: &Client,
     session: &str,
-    after: Option<i64>,
+    from: Option<i64>,
     limit: i64,
 ) -> Result<Vec<(i64, Vec<u8>)>, String> {
     // Two statements, not one with `$2 IS NULL OR`: each page must start
     // in the primary key's index where the last one ended, not scan the
     // session from its start.
-    let rows = match after {
+    let rows = match from {
         None => {
             client
                 .query(
@@ -1182,12 +1185,12 @@ pub async fn page(
                 )
                 .await
         }
-        Some(after) => {
+        Some(from) => {
             client
                 .query(
                     "SELECT seq, hash, prev_hash, raw FROM chokepoint_events \
-                     WHERE session = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                    &[&session, &after, &limit],
+                     WHERE session = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                    &[&session, &from, &limit],
                 )
                 .await
         }
