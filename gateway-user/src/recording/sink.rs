@@ -841,8 +841,15 @@ impl Sink {
             .mode(0o600)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&tmp)
-            .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, text.as_bytes())?;
+                // On disk before it replaces the last list: after a power
+                // loss an empty file would read as owing nothing (found in
+                // review).
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all());
         match written {
             Ok(()) => {
                 self.saved = Some(text);
