@@ -1195,6 +1195,24 @@ fn the_fleet_store_is_read_in_pages_into_the_files_bytes() -> Result<()> {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("TAMPERED at line 201 (seq 200)"), "{said}");
     assert_eq!(out.stdout.len(), file.len() - file_line(&file, 200).len());
+
+    // A row that cannot be read (found in review: the JSON document was
+    // left cut off, and a line after it): the document is closed, saying
+    // why it ends, and stdout is still one JSON document.
+    forged("ALTER TABLE chokepoint_events ALTER raw DROP NOT NULL")?;
+    forged(&format!(
+        "UPDATE chokepoint_events SET raw = NULL WHERE session = '{id}' AND seq = 100"
+    ))?;
+    let out = fleet(&["export", id, "--format", "json"])?;
+    ensure!(!out.status.success(), "{}", text(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("not one JSON document: {}", text(&out)))?;
+    let verdict = doc["verdict"].as_str().unwrap_or_default();
+    ensure!(verdict.starts_with("not read to the end: "), "{doc}");
+    ensure!(
+        doc["events"].as_array().is_some_and(|e| !e.is_empty()),
+        "{doc}"
+    );
     Ok(())
 }
 

@@ -226,6 +226,19 @@ pub(super) fn sessions(store: &StoreArgs, command: &SessionsCommand) -> ExitCode
         // A recording the host's ledger vouches for that cannot be read
         // is what `verify` calls it: tampered, not a bad argument.
         Err(e) => match id.and_then(|id| vouched(&source, id, &e)) {
+            // Not after a JSON document: its stdout stays one document.
+            Some(line)
+                if matches!(
+                    command,
+                    SessionsCommand::Export {
+                        format: ExportFormat::Json,
+                        ..
+                    }
+                ) =>
+            {
+                tell!("{line}");
+                ExitCode::from(TAMPERED)
+            }
             Some(line) => {
                 say!("{line}");
                 ExitCode::from(TAMPERED)

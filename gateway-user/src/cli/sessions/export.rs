@@ -44,7 +44,18 @@ pub(super) fn export_document_to(
         events: 0,
         error: None,
     };
-    let Judged { verdict, found } = source.load(id, &mut doc)?;
+    let Judged { verdict, found } = match source.load(id, &mut doc) {
+        Ok(judged) => judged,
+        Err(e) => {
+            // Events are out already (found in review: the document was
+            // left cut off): closed, with why it ends there as its
+            // verdict, stdout is still one JSON document.
+            if doc.events > 0 {
+                doc.finish(&format!("not read to the end: {e}"))?;
+            }
+            return Err(e);
+        }
+    };
     doc.finish(&describe(&verdict, &found))?;
     Ok(verdict)
 }
