@@ -736,6 +736,23 @@ fn where_clauses() {
             "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE a = 1)",
             DeleteWithoutWhere,
         ),
+        // Found in review: a subquery's own relation named like the target.
+        (
+            "DELETE FROM rv WHERE EXISTS (SELECT 1 FROM customers rv WHERE rv.id = 1)",
+            DeleteWithoutWhere,
+        ),
+        (
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM t WHERE t.id = 1)",
+            DeleteWithoutWhere,
+        ),
+        (
+            "UPDATE t SET a = 1 WHERE 1 IN (SELECT 1 FROM (SELECT 1) t WHERE t.x = 1)",
+            UpdateWithoutWhere,
+        ),
+        (
+            "DELETE FROM t WHERE EXISTS (WITH t AS (SELECT 1 AS id) SELECT 1 FROM t WHERE t.id = 1)",
+            DeleteWithoutWhere,
+        ),
         (
             "MERGE INTO items t USING (SELECT 1 AS k) s ON s.k = 1 WHEN MATCHED THEN DELETE",
             DeleteWithoutWhere,

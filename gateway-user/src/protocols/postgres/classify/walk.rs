@@ -561,6 +561,18 @@ fn filters_rows(condition: &Value, changed: &Changed<'_>) -> bool {
     }
 }
 
+/// Whether `v` (a subquery) has a relation or alias called `name`
+/// anywhere in it: to be safe, deeper ones count too.
+fn binds(v: &Value, name: &str) -> bool {
+    let named = match v.kind() {
+        Some("RangeVar") => v.get("relname").as_str() == Some(name),
+        Some("Alias") => v.get("aliasname").as_str() == Some(name),
+        Some("CommonTableExpr") => v.get("ctename").as_str() == Some(name),
+        _ => false,
+    };
+    named || v.fields().any(|(_, child)| binds(child, name))
+}
+
 /// The table a DELETE, UPDATE or MERGE changes, as its WHERE (or ON) can
 /// name its columns. A condition over other relations' columns only
 /// (`DELETE FROM t USING (VALUES (1)) v(k) WHERE v.k = 1`) takes every row
@@ -604,8 +616,15 @@ impl<'t> Changed<'t> {
                     [] => false,
                 }
             }
+            // A subquery that has a relation of the same name (or alias)
+            // names its own rows by it: `WHERE EXISTS (SELECT 1 FROM
+            // customers t WHERE t.id = 1)` filters nothing of `t` (found
+            // in review).
             Some("SubLink") => {
-                self.named_in(v.get("testexpr"), nested) || self.named_in(v.get("subselect"), true)
+                let subquery = v.get("subselect");
+                self.named_in(v.get("testexpr"), nested)
+                    || (!self.name.is_some_and(|name| binds(subquery, name))
+                        && self.named_in(subquery, true))
             }
             _ => v.fields().any(|(_, child)| self.named_in(child, nested)),
         }
