@@ -64,6 +64,12 @@ impl Rows<'_> {
             && let Some(i) = rows.iter().position(|(seq, _)| *seq == after)
         {
             rows.remove(i);
+            // A full page of that one seq would be asked for again and
+            // again (found in review): the chain is broken by what it
+            // holds already, so reading stops here.
+            if rows.iter().all(|(seq, _)| *seq == after) {
+                self.done = true;
+            }
         }
         self.page.clear();
         self.at = 0;
