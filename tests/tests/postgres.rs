@@ -2165,7 +2165,10 @@ fn errors_notices_and_notifications_are_masked_too() -> Result<()> {
         "{out:?}"
     );
     assert!(errors.iter().any(|e| e.starts_with("23502")), "{out:?}");
-    assert!(out.stderr.contains("detail withheld"), "{out:?}");
+    assert!(
+        out.stderr.contains("DETAIL:  chokepoint: withheld"),
+        "{out:?}"
+    );
     assert!(out.stdout.contains("still here"), "{out:?}");
     assert!(
         out.stderr.contains("NOTICE:") && out.stderr.contains("card ***"),
@@ -2732,5 +2735,40 @@ fn errors_of_any_class_do_not_quote_masked_values() -> Result<()> {
         &[&["still here"]],
         "after the errors",
     );
+
+    // Found in review: a context quotes unquoted (`JSON data, line 1:
+    // alice…`), a value starting with a quote fell outside the pairs, and
+    // a POSIX zone spec carries any letters back in a ParameterStatus.
+    let out = s.psql(
+        "app_rw",
+        &[
+            "SELECT email::json FROM customers WHERE id = 1",
+            "SELECT ('\"' || email)::int FROM customers WHERE id = 1",
+            "SELECT 'still here'",
+        ],
+    )?;
+    let said = format!("{}{}", out.stdout, out.stderr).to_lowercase();
+    assert_no_secrets(&said);
+    for c in CUSTOMERS {
+        let local = c.email.split('@').next().unwrap_or_default();
+        assert!(!said.contains(&local.to_lowercase()), "{local} in {said}");
+    }
+    assert!(said.contains("still here"), "{said}");
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "raw_until_ready": { "hex": q(
+            "SELECT set_config('TimeZone', '<' || translate(email, '@.', 'AB') || '>+0', false) IS NULL FROM customers WHERE id = 1"
+        ), "ready": 1 } })],
+    )?;
+    let all = r[0].to_string();
+    let messages = r[0]["messages"].as_array().context("messages")?;
+    assert!(
+        messages.iter().any(|m| m["tag"] == "S"
+            && m["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("TimeZone ***"))),
+        "{all}"
+    );
+    assert!(!all.to_lowercase().contains("alicea"), "{all}");
     Ok(())
 }

@@ -355,14 +355,17 @@ fn scrub_error_fields<'a>(
             scrubbed.push((code, Cow::Borrowed(value)));
             continue;
         }
-        if values_quoted && code == b'D' {
+        // The detail, the context and an internal query can hold a value
+        // unquoted (found in review: `email::json` fails with the context
+        // `JSON data, line 1: alice…`).
+        if values_quoted && matches!(code, b'D' | b'W' | b'q') {
             changed = true;
-            scrubbed.push((code, Cow::Borrowed(WITHHELD_DETAIL)));
+            scrubbed.push((code, Cow::Borrowed(WITHHELD)));
             continue;
         }
         let mut value = Cow::Borrowed(value);
         if values_quoted
-            && matches!(code, b'M' | b'W')
+            && matches!(code, b'M' | b'H')
             && let Some(redacted) = redact_quoted(&value)
         {
             value = Cow::Owned(redacted);
@@ -389,45 +392,54 @@ const FREE_TEXT_SETTINGS: [&str; 2] = ["application_name", "search_path"];
 /// client_encoding or DateStyle, take only values the server knows).
 /// Otherwise the detectors scan it.
 fn scrub_setting<'a>(masking: &MaskingPolicy, name: &str, value: &'a str) -> Option<Cow<'a, str>> {
-    if masking.masks_columns()
-        && !value.is_empty()
-        && FREE_TEXT_SETTINGS
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(name))
-    {
+    let free_text = FREE_TEXT_SETTINGS
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(name))
+        // A POSIX zone spec (`<ALICE>+0`) carries any letters (found in
+        // review); drivers read the zone, so a zone name the host's
+        // tzdata knows goes as it is.
+        || (name.eq_ignore_ascii_case("TimeZone") && !is_zone_name(value));
+    if masking.masks_columns() && !value.is_empty() && free_text {
         return Some(Cow::Borrowed("***"));
     }
     masking.scrub_text(value).map(Cow::Owned)
 }
 
-/// What a withheld error detail reads.
-const WITHHELD_DETAIL: &str = "chokepoint: detail withheld (it may quote masked values)";
+/// Whether `value` names a zone of the host's tzdata (`UTC`,
+/// `Europe/Paris`, `Etc/GMT+3`): no spec a job could spell a value in.
+fn is_zone_name(value: &str) -> bool {
+    value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
+        && !value.starts_with('/')
+        && !value.contains("..")
+        && std::path::Path::new("/usr/share/zoneinfo")
+            .join(value)
+            .is_file()
+}
 
-/// `text` with the inside of every double-quoted part replaced by `***`;
-/// `None` when it has none.
+/// What a withheld error detail, context or internal query reads.
+const WITHHELD: &str = "chokepoint: withheld (it may quote masked values)";
+
+/// `text` with everything from its first double quote to its last
+/// replaced by `"***"`; `None` when it has none. Quotes are not paired: a
+/// value may hold quotes itself (found in review: `('"' || email)::int`
+/// put the email outside the pairs).
 fn redact_quoted(text: &str) -> Option<String> {
-    let mut parts = text.split('"');
-    let mut out = String::with_capacity(text.len());
-    out.push_str(parts.next()?);
-    let mut quoted = false;
-    for (i, part) in parts.enumerate() {
-        out.push('"');
-        // Odd pieces are inside quotes; an unclosed last quote still counts.
-        if i % 2 == 0 {
-            out.push_str("***");
-            quoted = true;
-        } else {
-            out.push_str(part);
-        }
-    }
-    quoted.then_some(out)
+    let first = text.find('"')?;
+    // An odd count: the last quote opens a part that runs to the end.
+    let closed = text.matches('"').count().is_multiple_of(2);
+    let last = text.rfind('"').filter(|&last| closed && last > first);
+    let rest = last.map_or("", |last| &text[last + 1..]);
+    Some(format!("{}\"***\"{rest}", &text[..first]))
 }
 
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
 
-    use super::{WITHHELD_DETAIL, redact_quoted, scrub_error_fields, scrub_setting};
+    use super::{WITHHELD, redact_quoted, scrub_error_fields, scrub_setting};
     use crate::masking::{ColumnRule, MaskingPolicy, Strategy};
 
     fn emails_masked() -> MaskingPolicy {
@@ -490,11 +502,8 @@ mod tests {
             ];
             let scrubbed = scrub_error_fields(&masking, &fields).expect("scrubbed");
             assert_eq!(field(&scrubbed, b'M'), Some(expected), "{code}");
-            assert_eq!(field(&scrubbed, b'D'), Some(WITHHELD_DETAIL), "{code}");
-            assert_eq!(
-                field(&scrubbed, b'W'),
-                Some(r#"SQL function "***" statement 1, value "***""#)
-            );
+            assert_eq!(field(&scrubbed, b'D'), Some(WITHHELD), "{code}");
+            assert_eq!(field(&scrubbed, b'W'), Some(WITHHELD), "{code}");
             // The error keeps its shape: severity, code and source stay.
             assert_eq!(field(&scrubbed, b'C'), Some(code));
             assert_eq!(field(&scrubbed, b'S'), Some("ERROR"));
@@ -533,6 +542,23 @@ mod tests {
         // Settings drivers read keep their value.
         assert_eq!(scrub_setting(&masking, "DateStyle", "ISO, MDY"), None);
         assert_eq!(scrub_setting(&masking, "client_encoding", "UTF8"), None);
+        // A zone tzdata names goes; a POSIX spec, which can spell anything,
+        // does not (found in review).
+        if std::path::Path::new("/usr/share/zoneinfo/UTC").is_file() {
+            assert_eq!(scrub_setting(&masking, "TimeZone", "UTC"), None);
+        }
+        for spec in [
+            "<ALICEAEXAMPLEBCOM>+0",
+            "ALICE+0",
+            "../../etc/passwd",
+            "/etc/passwd",
+        ] {
+            assert_eq!(
+                scrub_setting(&masking, "TimeZone", spec).as_deref(),
+                Some("***"),
+                "{spec}"
+            );
+        }
         assert_eq!(
             scrub_setting(
                 &MaskingPolicy::default(),
@@ -587,7 +613,16 @@ mod tests {
         );
         assert_eq!(
             redact_quoted(r#"a "b" c "d"#).as_deref(),
-            Some(r#"a "***" c "***"#)
+            Some(r#"a "***""#)
+        );
+        // Found in review: a value that starts with a quote.
+        assert_eq!(
+            redact_quoted(r#"invalid input syntax for type integer: ""alice@x.io""#).as_deref(),
+            Some(r#"invalid input syntax for type integer: "***""#)
+        );
+        assert_eq!(
+            redact_quoted(r#"column "a" of relation "t" does not exist"#).as_deref(),
+            Some(r#"column "***" does not exist"#)
         );
         assert_eq!(redact_quoted("no quotes"), None);
     }
