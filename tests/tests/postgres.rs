@@ -2364,6 +2364,74 @@ fn a_rejected_parse_leaves_the_statement_it_would_replace() -> Result<()> {
     Ok(())
 }
 
+/// Found in review: a portal whose statement EXECUTEs a name is decided
+/// when it runs, so the gateway must know every portal the server has and
+/// whether it ran. A portal Close the server skipped (after an error) was
+/// forgotten all the same, and an Execute it skipped counted as run; after
+/// `ROLLBACK TO SAVEPOINT` the portal's real run went undecided and
+/// unrecorded.
+#[test]
+fn a_portal_the_server_kept_is_decided_when_it_runs() -> Result<()> {
+    let s = Setup::start("pg-portal-kept", 77, Policy::Guarded)?;
+    let q = |sql: &str| frame(b'Q', &cstrings(&[sql], &[]));
+    let parse = |name: &str, sql: &str| frame(b'P', &cstrings(&[name, sql], &[0, 0]));
+    let bind =
+        |portal: &str, statement: &str| frame(b'B', &cstrings(&[portal, statement], &[0; 6]));
+    let execute = |portal: &str| frame(b'E', &cstrings(&[portal], &[0; 4]));
+    let close_portal = |portal: &str| frame(b'C', &cstrings(&[&format!("P{portal}")], &[]));
+    let sync = || frame(b'S', &[]);
+    let script = |name: &str, skipped: String| {
+        [
+            q("BEGIN"),
+            parse("s1", &format!("EXECUTE {name}")),
+            bind("p", "s1"),
+            sync(),
+            q("SAVEPOINT a"),
+            parse("", "SELECT 1/0"),
+            bind("", ""),
+            execute(""),
+            skipped,
+            sync(),
+            q("ROLLBACK TO SAVEPOINT a"),
+            execute("p"),
+            sync(),
+            q("ROLLBACK"),
+        ]
+        .concat()
+    };
+    let r = s.pgclient(
+        "app_rw",
+        &[
+            json!({ "raw_until_ready": {
+                "first": q("PREPARE z AS SELECT 1"), "until": "Z",
+                "hex": script("z", close_portal("p")), "ready": 8 } }),
+            json!({ "raw_until_ready": {
+                "first": q("PREPARE y AS SELECT 2"), "until": "Z",
+                "hex": script("y", execute("p")), "ready": 8 } }),
+        ],
+    )?;
+    for (i, values) in [(0, "1"), (1, "2")] {
+        let all = r[i].to_string();
+        let messages = r[i]["messages"].as_array().context("messages")?;
+        let tags: String = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
+        // `1/0` fails at the Bind (constants are folded when it is
+        // planned), so the server skips the rest up to the Sync.
+        assert_eq!(tags, "CZCZ12ZCZ1EZCZDCZCZ", "{all}");
+        assert!(all.contains(&format!("\"values\":[\"{values}\"]")), "{all}");
+    }
+    // Each run is decided and recorded: the Parse, then the run after the
+    // rollback (and for y, the Execute the server skipped, decided when
+    // it was sent).
+    let runs = wait_for("the runs' events", LOG_TIMEOUT, || {
+        let events = s.gw.recorded("statement");
+        let count = |text: &str| events.iter().filter(|e| e["text"] == text).count();
+        let runs = (count("EXECUTE z"), count("EXECUTE y"));
+        (runs == (2, 3)).then_some(runs)
+    });
+    ensure!(runs.is_ok(), "{:?}", s.gw.recorded("statement"));
+    Ok(())
+}
+
 /// Found in review: each of these took rows of a table its rule protects.
 /// A WHERE read as filtering by a keyword taken for a column (`COLLATION
 /// FOR`), a WHERE or MERGE ON over another relation's columns only, and
@@ -2509,9 +2577,10 @@ fn a_portal_of_an_execute_is_decided_again_when_it_runs() -> Result<()> {
         frame(b'B', &cstrings(&["q", "s1"], &[0, 0, 0, 0, 0, 0])),
         frame(b'E', &cstrings(&["q"], &[0, 0, 0, 0])),
         frame(b'S', &[]),
-        // A portal that ran holds the rows of that run: fetching the rest
-        // after its name is prepared anew is no new run (the server
-        // answers from the first run's rows), so it is not decided again.
+        // A portal that ran holds the rows of that run, so fetching the
+        // rest is no new run; but sent before the first run's answer
+        // came, the gateway cannot know it ran, and decides it again:
+        // here refused, as y is being prepared anew in the same write.
         frame(b'P', &cstrings(&["s2", "EXECUTE y"], &[0, 0])),
         frame(b'B', &cstrings(&["r", "s2"], &[0, 0, 0, 0, 0, 0])),
         frame(b'E', &cstrings(&["r"], &[0, 0, 0, 1])),
@@ -2532,9 +2601,9 @@ fn a_portal_of_an_execute_is_decided_again_when_it_runs() -> Result<()> {
     let all = r[0].to_string();
     let messages = r[0]["messages"].as_array().context("messages")?;
     let tags: String = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
-    assert_eq!(tags, "CCZCZ12Z2DCZ12DsZCCZDCZCZEZCZ", "{all}");
+    assert_eq!(tags, "CCZCZ12Z2DCZ12DsZCCZEZEZEZCZ", "{all}");
     let values: Vec<&Value> = messages.iter().filter_map(|m| m["values"].get(0)).collect();
-    assert_eq!(values, [&json!("1"), &json!("1"), &json!("2")], "{all}");
+    assert_eq!(values, [&json!("1"), &json!("1")], "{all}");
     assert!(
         all.contains("unknown-prepared") && all.contains("EXECUTE z: no statement of that name"),
         "the Execute was not decided again: {all}"
@@ -2553,7 +2622,7 @@ fn a_portal_of_an_execute_is_decided_again_when_it_runs() -> Result<()> {
     assert_eq!(decisions, ["allow", "allow", "deny"], "{all}");
     let y = s.gw.recorded("statement");
     let y: Vec<&Value> = y.iter().filter(|e| e["text"] == "EXECUTE y").collect();
-    assert_eq!(y.len(), 2, "its Parse and its one run: {y:?}");
+    assert_eq!(y.len(), 3, "its Parse, its run, the refused fetch: {y:?}");
     Ok(())
 }
 

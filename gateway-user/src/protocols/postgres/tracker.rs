@@ -139,9 +139,17 @@ pub enum Pending {
         portal: String,
         running: Option<Running>,
         plan: Option<Arc<ResultPlan>>,
+        /// The portal's [`Portal::ran`], if the gateway bound it.
+        ran: Option<Arc<std::sync::atomic::AtomicBool>>,
     },
-    /// `Some` for a statement's Close (a portal's changes nothing here).
+    /// `Some` for a statement's Close.
     Close(Option<Undo>),
+    /// A portal's Close: the portal goes once the server has closed it
+    /// (found in review: forgotten when the Close was sent, an Execute
+    /// pipelined after it, or after a skipped Close and a `ROLLBACK TO
+    /// SAVEPOINT`, ran undecided). Which portal: its [`Portal::ran`], so a
+    /// Bind of the name sent after the Close keeps its own.
+    ClosePortal(Option<(String, Arc<std::sync::atomic::AtomicBool>)>),
     Sync,
     /// The client ended a COPY (CopyDone or CopyFail), which nothing
     /// answers: it tells which Syncs the server ignored while it was
@@ -217,10 +225,14 @@ pub struct Portal {
     /// What its statement's name held at the Bind: what runs at its
     /// Execute, whatever the name is given to later.
     pub bound: NamedStatement,
-    /// An Execute of it has gone to the server, which looked up the names
-    /// its `EXECUTE` runs then: a later Execute only fetches more rows of
-    /// that run, so it is not decided again.
-    pub ran: bool,
+    /// The server answered an Execute of it (rows done or suspended),
+    /// having looked up the names its `EXECUTE` runs then: a later Execute
+    /// only fetches more rows of that run, so it is not decided again.
+    /// Set from the answer, not when the Execute is sent (found in review:
+    /// an Execute the server skipped left it set, and the portal's real
+    /// run went undecided). Shared with the Execute's [`Pending`] entry,
+    /// so only this portal is marked, whatever holds its name by then.
+    pub ran: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A prepared statement as a Bind or Execute uses it: its text, how it
@@ -490,6 +502,7 @@ mod tests {
             portal: String::new(),
             running: None,
             plan: None,
+            ran: None,
         });
         t.push(Pending::Sync);
         t.pending.pop_front(); // ParseComplete
@@ -504,6 +517,7 @@ mod tests {
             portal: String::new(),
             running: None,
             plan: None,
+            ran: None,
         }
     }
 
@@ -516,7 +530,7 @@ mod tests {
                 Pending::Bind(_) => 'B',
                 Pending::Describe { .. } => 'D',
                 Pending::Execute { .. } => 'E',
-                Pending::Close(_) => 'C',
+                Pending::Close(_) | Pending::ClosePortal(_) => 'C',
                 Pending::Sync => 'S',
                 Pending::CopyEnd => 'c',
                 Pending::CopyData => 'd',

@@ -103,9 +103,13 @@ impl Session<'_> {
                     // If the server rejects it (a named portal still
                     // open), the undo puts back what the name held.
                     let name = b.portal.to_owned();
-                    let previous = self
-                        .portals
-                        .insert(name.clone(), Portal { bound, ran: false });
+                    let previous = self.portals.insert(
+                        name.clone(),
+                        Portal {
+                            bound,
+                            ran: Arc::default(),
+                        },
+                    );
                     undo = Some((name, previous));
                     self.forward(&frame);
                 }
@@ -131,7 +135,7 @@ impl Session<'_> {
                 let again = self
                     .portals
                     .get(&portal)
-                    .filter(|p| !p.ran)
+                    .filter(|p| !p.ran.load(std::sync::atomic::Ordering::Relaxed))
                     .map(|p| p.bound.clone())
                     .filter(|bound| executes(&bound.1));
                 if let Some(bound) = again {
@@ -156,6 +160,7 @@ impl Session<'_> {
                             portal: nonce,
                             running: None,
                             plan: None,
+                            ran: None,
                         });
                         return Step::Continue;
                     }
@@ -189,26 +194,26 @@ impl Session<'_> {
                         copies_started: 0,
                     },
                 );
-                if let Some(p) = self.portals.get_mut(&portal) {
-                    p.ran = true;
-                }
+                let ran = self.portals.get(&portal).map(|p| Arc::clone(&p.ran));
                 self.forward(&frame);
                 self.tracker.push(Pending::Execute {
                     portal,
                     running,
                     plan: None,
+                    ran,
                 });
             }
             FrontendMessage::Close(c) => {
-                let undo = match c.kind {
-                    ObjectKind::Portal => {
-                        self.portals.remove(c.name);
-                        None
-                    }
-                    ObjectKind::Statement => Some(self.close_statement(c.name)),
+                let pending = match c.kind {
+                    ObjectKind::Portal => Pending::ClosePortal(
+                        self.portals
+                            .get(c.name)
+                            .map(|portal| (c.name.to_owned(), Arc::clone(&portal.ran))),
+                    ),
+                    ObjectKind::Statement => Pending::Close(Some(self.close_statement(c.name))),
                 };
                 self.forward(&frame);
-                self.tracker.push(Pending::Close(undo));
+                self.tracker.push(pending);
             }
             FrontendMessage::Sync => {
                 self.forward(&frame);

@@ -96,7 +96,7 @@ impl Session<'_> {
                     (frame.tag(), self.tracker.pending.front()),
                     (b'1', Some(Pending::Parse(_)))
                         | (b'2', Some(Pending::Bind(_)))
-                        | (b'3', Some(Pending::Close(_)))
+                        | (b'3', Some(Pending::Close(_) | Pending::ClosePortal(_)))
                 );
                 if !answers {
                     return self.out_of_step(match frame.tag() {
@@ -105,10 +105,21 @@ impl Session<'_> {
                         _ => "a CloseComplete",
                     });
                 }
-                // A statement's Close: the server holds no such name now,
-                // whatever a failed PREPARE left uncertain.
-                if let Some(Pending::Close(Some(undo))) = self.tracker.pending.pop_front() {
-                    self.uncertain_names.remove(&undo.name);
+                match self.tracker.pending.pop_front() {
+                    // A statement's Close: the server holds no such name
+                    // now, whatever a failed PREPARE left uncertain.
+                    Some(Pending::Close(Some(undo))) => {
+                        self.uncertain_names.remove(&undo.name);
+                    }
+                    Some(Pending::ClosePortal(Some((name, closed))))
+                        if self
+                            .portals
+                            .get(&name)
+                            .is_some_and(|p| Arc::ptr_eq(&p.ran, &closed)) =>
+                    {
+                        self.portals.remove(&name);
+                    }
+                    _ => {}
                 }
             }
             b'T' => match self.tracker.pending.front() {
@@ -192,6 +203,12 @@ impl Session<'_> {
                     std::mem::replace(&mut self.copy, CopyState::Idle),
                     CopyState::Refused
                 );
+                if frame.tag() != b'I'
+                    && let Some(Pending::Execute { ran: Some(ran), .. }) =
+                        self.tracker.pending.front()
+                {
+                    ran.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 if let Some(Pending::Execute { .. }) = self.tracker.pending.front()
                     && let Some(Pending::Execute {
                         running: Some(running),
