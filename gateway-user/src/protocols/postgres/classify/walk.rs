@@ -445,9 +445,14 @@ impl<'t> Walker<'t> {
             // (`'billing' || '.inv_seq'`, `$1`) may be any sequence, so it
             // writes every table (found in review: it named none, and
             // passed a `billing.*` rule).
-            let table = match function_arg(call, 0, "")
+            let sequence = function_arg(call, 0, "");
+            let table = match sequence
                 .and_then(string_constant)
                 .and_then(relation_name)
+                // `setval(pg_get_serial_sequence('items', 'id'), 1)`, a
+                // common fixture reset: the sequence of that table's
+                // column, which counts as writing the table.
+                .or_else(|| sequence.and_then(serial_sequence_table))
             {
                 Some((schema, name)) => TableRef {
                     schema,
@@ -740,6 +745,24 @@ fn constant_text(v: &Value) -> Option<String> {
 }
 
 /// The text of a string literal (`'role'`, also `'role'::text`), if that is what `v` is.
+/// The table of `pg_get_serial_sequence('table', 'column')` with a
+/// constant table name, as `relation_name` reads it.
+fn serial_sequence_table(v: &Value) -> Option<(Option<String>, String)> {
+    if v.kind() != Some("FuncCall") {
+        return None;
+    }
+    let (name, qualifiers) = v.get("funcname").items().split_last()?;
+    let catalog = qualifiers
+        .last()
+        .is_none_or(|q| q.as_str() == Some("pg_catalog"));
+    if !catalog || name.as_str() != Some("pg_get_serial_sequence") {
+        return None;
+    }
+    function_arg(v, 0, "")
+        .and_then(string_constant)
+        .and_then(relation_name)
+}
+
 fn string_constant(v: &Value) -> Option<&str> {
     match v.kind() {
         Some("A_Const" | "AConst") => v.get("sval").as_str().or_else(|| v.get("val").as_str()),
