@@ -545,7 +545,10 @@ impl Sink {
                 self.refused.remove(&session);
             }
             match result {
-                Ok(Resent::Refused) => {}
+                // Resumed at the batch that held the refused rows (found
+                // in review: from the first line, a large recording was
+                // read and sent whole at every retry).
+                Ok(Resent::Refused) => self.keep_progress(session, at),
                 Ok(Resent::End { sealed }) => {
                     info!(
                         session,
@@ -592,7 +595,7 @@ impl Sink {
                 .await
                 .map_err(|(_, e)| Resend::Database(e))?;
             if refused {
-                // Owed again, from its first line, after its back-off.
+                // Owed again, from this batch, after its back-off.
                 return Ok(Resent::Refused);
             }
             *at = next;
@@ -695,9 +698,9 @@ impl Sink {
         }
     }
 
-    /// Owes `session` after a refusal: its re-send starts from the first
-    /// line (rows the database has are skipped), no sooner than its
-    /// back-off allows. The wait before it.
+    /// Owes `session` after a refusal: its re-send starts where the last
+    /// one stood before the refused rows (rows the database has are
+    /// skipped), no sooner than its back-off allows. The wait before it.
     fn owe_refused(&mut self, session: &str) -> Duration {
         let wait = match self.refused.get(session) {
             Some((_, last)) => (*last * 2).min(MAX_REFUSED_RETRY),
@@ -707,7 +710,6 @@ impl Sink {
             session.to_owned(),
             (tokio::time::Instant::now() + wait, wait),
         );
-        self.progress.remove(session);
         self.shared.owed().add(session.to_owned());
         wait
     }
