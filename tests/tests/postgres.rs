@@ -2468,6 +2468,11 @@ fn conditions_and_views_that_reach_every_row_are_denied() -> Result<()> {
             "CREATE VIEW public.inv2 AS SELECT id, amount FROM billing.invoices",
             "ci-orders",
         ),
+        // Another schema's table of the same name (found in review).
+        (
+            "DELETE FROM public.items USING pg_temp.items WHERE pg_temp.items.id = 1",
+            "ci-orders",
+        ),
         // A sequence named by an expression may be billing's.
         ("SELECT setval('billing' || '.inv_seq', 21)", "ci-orders"),
     ];

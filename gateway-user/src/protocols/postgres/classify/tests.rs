@@ -764,6 +764,23 @@ fn where_clauses() {
             "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE a = 1)",
             DeleteWithoutWhere,
         ),
+        // Found in review: another schema's table of the same name.
+        (
+            "DELETE FROM public.t USING other.t WHERE other.t.id = 1",
+            DeleteWithoutWhere,
+        ),
+        (
+            "UPDATE public.t SET a = 1 FROM other.t WHERE other.t.id = 1",
+            UpdateWithoutWhere,
+        ),
+        (
+            "DELETE FROM t USING other.t WHERE other.t.id = 1",
+            DeleteWithoutWhere,
+        ),
+        (
+            "DELETE FROM public.t x USING u WHERE public.t.id = u.id",
+            DeleteWithoutWhere,
+        ),
         // Found in review: a subquery's own relation named like the target.
         (
             "DELETE FROM rv WHERE EXISTS (SELECT 1 FROM customers rv WHERE rv.id = 1)",
@@ -795,6 +812,7 @@ fn where_clauses() {
     for sql in [
         "DELETE FROM t x USING u WHERE x.id = u.id",
         "DELETE FROM s.t USING u WHERE s.t.id = u.id",
+        "DELETE FROM public.t USING other.t WHERE public.t.id = other.t.id",
         "UPDATE t SET a = 1 FROM u WHERE t.id = u.id AND u.b",
         "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.tid = t.id)",
         "DELETE FROM t WHERE id IN (SELECT tid FROM u)",

@@ -586,6 +586,12 @@ struct Changed<'t> {
     /// The name its columns are qualified with: its alias, or its own
     /// name when it has none (an alias hides the name).
     name: Option<&'t str>,
+    /// The schema it was named with, when it has no alias: a column
+    /// qualified by schema and table (`other.t.id`) is its own only with
+    /// that schema, since PostgreSQL lets `public.t` and `other.t` sit
+    /// side by side (found in review: `DELETE FROM public.t USING other.t
+    /// WHERE other.t.id = 1` took every row unflagged).
+    schema: Option<&'t str>,
     /// Other relations are in scope (USING, FROM, MERGE's source), so an
     /// unqualified column may be one of theirs: without the catalog the
     /// gateway cannot tell, and counts only qualified ones.
@@ -600,10 +606,16 @@ impl<'t> Changed<'t> {
             .get("aliasname")
             .as_str()
             .or_else(|| relation.get("relname").as_str());
+        let aliased = relation.get("alias").get("aliasname").as_str().is_some();
+        let schema = relation.get("schemaname").as_str().filter(|_| !aliased);
         let joined = !statement.get("using_clause").items().is_empty()
             || !statement.get("from_clause").items().is_empty()
             || !statement.get("source_relation").is_null();
-        Changed { name, joined }
+        Changed {
+            name,
+            schema,
+            joined,
+        }
     }
 
     /// Whether `v` names a column of this table. In a subquery an
@@ -615,8 +627,13 @@ impl<'t> Changed<'t> {
                 let parts = v.get("fields").items();
                 match parts {
                     [_] => !self.joined && !nested,
-                    [.., qualifier, _] => {
+                    [qualifier, _] => {
                         qualifier.as_str().is_some() && qualifier.as_str() == self.name
+                    }
+                    [.., schema, qualifier, _] => {
+                        self.schema.is_some()
+                            && schema.as_str() == self.schema
+                            && qualifier.as_str() == self.name
                     }
                     [] => false,
                 }
