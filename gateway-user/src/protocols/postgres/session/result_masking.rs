@@ -427,13 +427,21 @@ const WITHHELD: &str = "chokepoint: withheld (it may quote masked values)";
 /// value may hold quotes itself (found in review: `('"' || email)::int`
 /// put the email outside the pairs).
 fn redact_quoted(text: &str) -> Option<String> {
-    let first = text.find('"')?;
+    let first = text.find(QUOTES)?;
     // An odd count: the last quote opens a part that runs to the end.
-    let closed = text.matches('"').count().is_multiple_of(2);
-    let last = text.rfind('"').filter(|&last| closed && last > first);
-    let rest = last.map_or("", |last| &text[last + 1..]);
+    let closed = text.matches(QUOTES).count().is_multiple_of(2);
+    let last = text.rfind(QUOTES).filter(|&last| closed && last > first);
+    let rest = last.map_or("", |last| {
+        let width = text[last..].chars().next().map_or(1, char::len_utf8);
+        &text[last + width..]
+    });
     Some(format!("{}\"***\"{rest}", &text[..first]))
 }
+
+/// What the server's messages quote with: `"` in English, and in its
+/// translations (`lc_messages`) « », » «, „ “, “ ”, 「 」, 『 』 (found in
+/// review: a server speaking French quoted values in « »).
+const QUOTES: &[char] = &['"', '«', '»', '„', '“', '”', '「', '」', '『', '』'];
 
 #[cfg(test)]
 mod tests {
@@ -614,6 +622,16 @@ mod tests {
         assert_eq!(
             redact_quoted(r#"a "b" c "d"#).as_deref(),
             Some(r#"a "***""#)
+        );
+        // Translated messages quote otherwise.
+        assert_eq!(
+            redact_quoted("syntaxe en entrée invalide pour le type integer : « alice@x.io »")
+                .as_deref(),
+            Some(r#"syntaxe en entrée invalide pour le type integer : "***""#)
+        );
+        assert_eq!(
+            redact_quoted("型integerに対する無効な入力構文: 「alice@x.io」").as_deref(),
+            Some(r#"型integerに対する無効な入力構文: "***""#)
         );
         // Found in review: a value that starts with a quote.
         assert_eq!(
