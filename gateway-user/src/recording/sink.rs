@@ -584,27 +584,43 @@ impl Sink {
     async fn resend(&mut self, session: &str, at: &mut Progress) -> Result<Resent, Resend> {
         let path = super::files::find(&self.dir, session).map_err(Resend::File)?;
         let mut sealed = false;
+        // Where the first batch with refused rows began: the batches after
+        // it still go (found in review: the rest of a long session stayed
+        // out of the database behind one refused row), and the next
+        // re-send, after the back-off, resumes there.
+        let mut refused_at: Option<Progress> = None;
         loop {
             let mut next = at.clone();
             let (rows, stop) = read_rows(&path, session, &mut next, BATCH_ROWS, BATCH_BYTES)
                 .map_err(|e| Resend::File(format!("{}: {e}", path.display())))?;
             // Rows sent before a failure are sent again next time: the
             // database skips those it has.
-            let refused = self
-                .send_or_owe(&rows)
-                .await
-                .map_err(|(_, e)| Resend::Database(e))?;
-            if refused {
-                // Owed again, from this batch, after its back-off.
-                return Ok(Resent::Refused);
+            let refused = match self.send_or_owe(&rows).await {
+                Ok(refused) => refused,
+                Err((_, e)) => {
+                    if let Some(first) = refused_at {
+                        *at = first;
+                    }
+                    return Err(Resend::Database(e));
+                }
+            };
+            if refused && refused_at.is_none() {
+                refused_at = Some(at.clone());
             }
             *at = next;
             sealed |= rows.iter().any(|row| row.kind == SEAL);
-            match stop {
-                Stop::Full => {}
-                Stop::End => return Ok(Resent::End { sealed }),
-                Stop::Broken(why) => return Ok(Resent::Broken(why)),
-            }
+            let ended = match stop {
+                Stop::Full => continue,
+                Stop::End => Resent::End { sealed },
+                Stop::Broken(why) => Resent::Broken(why),
+            };
+            return Ok(match refused_at {
+                Some(first) => {
+                    *at = first;
+                    Resent::Refused
+                }
+                None => ended,
+            });
         }
     }
 
