@@ -519,6 +519,23 @@ fn fleet(gw: &Gateway, pg: &PgServer, args: &[&str]) -> Result<Output> {
     chokepoint_tests::cli(&all)
 }
 
+/// psql in the job's cgroup, as `app_rw` to the target at `address`: an
+/// error if psql fails.
+fn job_sql(cg: &TestCgroup, address: &str, commands: &[&str]) -> Result<()> {
+    let conninfo = format!("host={address} port=5432 dbname=orders user=app_rw");
+    let out = run_with_timeout(&mut job_psql(cg, &conninfo, commands), CLIENT_TIMEOUT)?;
+    ensure!(out.status.success(), "{}", text(&out));
+    Ok(())
+}
+
+/// Waits until every session in the fleet database verifies whole.
+fn fleet_whole(gw: &Gateway, pg: &PgServer, what: &str) -> Result<()> {
+    wait_for(what, SEAL_TIMEOUT, || {
+        let out = fleet(gw, pg, &["verify", "--all"]).ok()?;
+        out.status.success().then_some(())
+    })
+}
+
 #[test]
 fn the_postgres_sink_holds_the_same_chain() -> Result<()> {
     let (pg, cg, config) = postgres_gateway("rec-sink", "127.0.0.77")?;
@@ -706,24 +723,10 @@ fn a_session_sealed_at_restart_is_sealed_in_the_fleet_database_too() -> Result<(
 fn sessions_recorded_while_the_fleet_database_failed_arrive_whole() -> Result<()> {
     let (pg, cg, config) = postgres_gateway("rec-sink-outage", "127.0.0.80")?;
     let mut gw = Gateway::start(&with_sink(config, &pg).recording_setting("postgres_backlog = 5"))?;
-    let psql = |commands: &[&str]| -> Result<()> {
-        let out = run_with_timeout(
-            &mut job_psql(
-                &cg,
-                "host=127.0.0.80 port=5432 dbname=orders user=app_rw",
-                commands,
-            ),
-            CLIENT_TIMEOUT,
-        )?;
-        ensure!(out.status.success(), "{}", text(&out));
-        Ok(())
-    };
+    let psql = |commands: &[&str]| job_sql(&cg, "127.0.0.80", commands);
     // The first session makes the table.
     psql(&["SELECT 'before'"])?;
-    wait_for("the first session in the database", SEAL_TIMEOUT, || {
-        let out = fleet(&gw, &pg, &["verify", "--all"]).ok()?;
-        out.status.success().then_some(())
-    })?;
+    fleet_whole(&gw, &pg, "the first session in the database")?;
 
     pg.admin_psql(
         "postgres",
@@ -810,24 +813,10 @@ fn an_event_the_fleet_database_refuses_is_owed_and_the_rest_arrive() -> Result<(
     let config = with_sink(config, &pg)
         .daemon_setting(&format!("metrics_listen = \"127.0.0.1:{metrics_port}\""));
     let gw = Gateway::start(&config)?;
-    let psql = |commands: &[&str]| -> Result<()> {
-        let out = run_with_timeout(
-            &mut job_psql(
-                &cg,
-                "host=127.0.0.81 port=5432 dbname=orders user=app_rw",
-                commands,
-            ),
-            CLIENT_TIMEOUT,
-        )?;
-        ensure!(out.status.success(), "{}", text(&out));
-        Ok(())
-    };
+    let psql = |commands: &[&str]| job_sql(&cg, "127.0.0.81", commands);
     // The first session makes the table.
     psql(&["SELECT 'before'"])?;
-    wait_for("the first session in the database", SEAL_TIMEOUT, || {
-        let out = fleet(&gw, &pg, &["verify", "--all"]).ok()?;
-        out.status.success().then_some(())
-    })?;
+    fleet_whole(&gw, &pg, "the first session in the database")?;
     pg.admin_psql(
         "postgres",
         "orders",
@@ -941,20 +930,9 @@ fn an_event_the_fleet_database_refuses_is_owed_and_the_rest_arrive() -> Result<(
 fn a_garbled_owed_list_is_logged_and_kept_aside() -> Result<()> {
     let (pg, cg, config) = postgres_gateway("rec-sink-owed", "127.0.0.82")?;
     let mut gw = Gateway::start(&with_sink(config, &pg))?;
-    let out = run_with_timeout(
-        &mut job_psql(
-            &cg,
-            "host=127.0.0.82 port=5432 dbname=orders user=app_rw",
-            &["SELECT 'owed' AS o"],
-        ),
-        CLIENT_TIMEOUT,
-    )?;
-    ensure!(out.status.success(), "{}", text(&out));
+    job_sql(&cg, "127.0.0.82", &["SELECT 'owed' AS o"])?;
     let ids = wait_sealed(&gw, 1)?;
-    wait_for("the session in the database", SEAL_TIMEOUT, || {
-        let out = fleet(&gw, &pg, &["verify", "--all"]).ok()?;
-        out.status.success().then_some(())
-    })?;
+    fleet_whole(&gw, &pg, "the session in the database")?;
     gw.kill9()?;
     // As if the database had missed it: owed, in a list half garbled.
     pg.admin_psql(
