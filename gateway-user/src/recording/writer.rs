@@ -39,9 +39,14 @@ const BATCH: usize = 512;
 /// A session's encoding buffer is kept up to this size; one huge event
 /// (a long statement, a wide sample) does not pin its memory.
 const SCRATCH_KEEP: usize = 64 * 1024;
-/// How long the writer lets events gather after a nudge. Small next to
-/// the fsync interval, so it adds nothing to what a crash can lose.
-const GATHER: Duration = Duration::from_millis(5);
+/// How long the writer lets events gather after a nudge. Each wake-up of
+/// the writer costs a context switch, and on a small VM waking an idle
+/// vCPU costs more than the batch it writes: at 5 ms, recording took a
+/// fifth of the gateway's throughput at 8 pgbench clients, at 25 ms about
+/// a tenth (BENCHMARKS.md). The price: a process crash loses up to this
+/// much of the newest events (a power loss, this plus [`SYNC_EVERY`]), and
+/// a write failure is noticed this much later.
+const GATHER: Duration = Duration::from_millis(25);
 
 /// The sessions' side of the writer's inbox.
 #[derive(Clone)]
