@@ -110,7 +110,7 @@ pub enum PolicyCommand {
         #[arg(long, short, default_value = "/etc/chokepoint/chokepoint.toml")]
         config: PathBuf,
         /// Destination, e.g. 127.0.0.2:5432 or [::1]:443.
-        #[arg(long)]
+        #[arg(long, value_parser = destination)]
         dest: std::net::SocketAddr,
         /// Uid of the connecting process.
         #[arg(long, conflicts_with = "user")]
@@ -198,6 +198,19 @@ fn command(command: Command) -> ExitCode {
 }
 
 /// Prints `chokepoint: <message>` and returns exit code 1.
+/// `--dest`: an address a connection can go to. Port 0 is no port a
+/// connect reaches, and no target's range holds it, so an explanation of
+/// it would only mislead.
+fn destination(text: &str) -> Result<std::net::SocketAddr, String> {
+    let dest: std::net::SocketAddr = text
+        .parse()
+        .map_err(|e| format!("{e} (expected address:port, e.g. 127.0.0.2:5432 or [::1]:443)"))?;
+    if dest.port() == 0 {
+        return Err("port 0 is not a destination a connection can have".into());
+    }
+    Ok(dest)
+}
+
 pub(crate) fn fail(message: impl std::fmt::Display) -> ExitCode {
     tell!("chokepoint: {message}");
     ExitCode::FAILURE
@@ -289,5 +302,23 @@ impl InstanceArg {
             )
         })?;
         Ok(vec![policy.daemon().instance.clone()])
+    }
+}
+
+#[cfg(test)]
+mod destination_tests {
+    use super::destination;
+
+    #[test]
+    fn a_destination_needs_a_port_a_connection_can_have() {
+        assert_eq!(
+            destination("127.0.0.2:5432").unwrap(),
+            "127.0.0.2:5432".parse().unwrap()
+        );
+        assert_eq!(destination("[::1]:443").unwrap().port(), 443);
+        let zero = destination("127.0.0.2:0").unwrap_err();
+        assert!(zero.contains("port 0"), "{zero}");
+        let bare = destination("127.0.0.2").unwrap_err();
+        assert!(bare.contains("expected address:port"), "{bare}");
     }
 }
