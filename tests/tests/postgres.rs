@@ -2151,6 +2151,9 @@ fn errors_notices_and_notifications_are_masked_too() -> Result<()> {
              SELECT NULL, name, email, card, ssn FROM customers WHERE id = 1",
             "LISTEN cards",
             "SELECT pg_notify('cards', card) FROM customers WHERE id = 1",
+            // No detector knows this spelling of an address.
+            "LISTEN mail",
+            "SELECT pg_notify('mail', translate(email, '@', ' ')) FROM customers WHERE id = 1",
             "SELECT noisy()",
             "SELECT 'still here'",
         ],
@@ -2175,6 +2178,11 @@ fn errors_notices_and_notifications_are_masked_too() -> Result<()> {
         "{out:?}"
     );
     assert!(out.stdout.contains("with payload \"***\""), "{out:?}");
+    assert!(
+        out.stdout.contains("\"mail\" with payload \"***\"")
+            && !out.stdout.contains("alice example.com"),
+        "{out:?}"
+    );
 
     // A reported setting (application_name is sent back to the client).
     let r = s.pgclient(

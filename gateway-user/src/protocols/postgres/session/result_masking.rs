@@ -61,7 +61,16 @@ impl Session<'_> {
             b'A' => {
                 let n = NotificationResponse::parse(frame.body()).ok()?;
                 let channel = masking.scrub_text(n.channel);
-                let payload = masking.scrub_text(n.payload);
+                // A payload is any text a statement computed, from a row
+                // as easily as a setting is (`pg_notify('c', salary::text)`),
+                // and no detector knows a salary: withheld as those are. The
+                // channel stays, so the client can still tell its
+                // notifications apart.
+                let payload = if masking.masks_columns() && !n.payload.is_empty() {
+                    Some("***".to_owned())
+                } else {
+                    masking.scrub_text(n.payload)
+                };
                 if channel.is_none() && payload.is_none() {
                     return None;
                 }
