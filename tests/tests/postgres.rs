@@ -1695,6 +1695,90 @@ fn a_reloaded_masking_rule_reaches_open_sessions() -> Result<()> {
     Ok(())
 }
 
+/// A result already streaming when a reload first turns masking on ends
+/// the session: its rows were planned under no masking. The job picks the
+/// moment the reload reaches its session (any message it sends), so a
+/// Flush mid-stream must not let the rest through (found in review: a
+/// simple query's rows and a COPY's were forwarded unmasked). Rows of
+/// 9 kB, one every 2 s: the server flushes each when the next one is made.
+#[test]
+fn a_result_streaming_through_a_reload_that_adds_masking_ends_the_session() -> Result<()> {
+    let mut s = Setup::start("pg-mask-mid", 74, Policy::Unmasked)?;
+    let plain = std::fs::read_to_string(s.gw.config_path())?;
+    let marks = tempfile::tempdir()?;
+    let mark = |name: &str| marks.path().join(name).to_string_lossy().into_owned();
+    let slow = "SELECT email, repeat('x', 9000), pg_sleep(2) FROM customers ORDER BY id";
+    let mid_stream = |first: String, until: &str, n: u8| {
+        json!({ "raw_until_ready": {
+            "first": first, "until": until,
+            "touch": mark(&format!("streaming{n}")), "wait_file": mark(&format!("masked{n}")),
+            "hex": frame(b'H', &[]), "ready": 1,
+        } })
+    };
+    let steps = json!([
+        mid_stream(frame(b'Q', &cstrings(&[slow], &[])), "D", 1),
+        { "touch": mark("between") },
+        { "wait_file": mark("unmasked") },
+        mid_stream(
+            frame(b'Q', &cstrings(&[&format!("COPY ({slow}) TO STDOUT")], &[])),
+            "d",
+            2,
+        ),
+    ]);
+    let mut client = job_command(&s.cg, PGCLIENT)
+        .arg(s.conninfo("app_rw"))
+        .arg(steps.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning cp-pgclient")?;
+    let mut reload_to = |config: String, after: &str, then: &str| -> Result<()> {
+        let waited = wait_for(after, CLIENT_TIMEOUT, || {
+            std::path::Path::new(&mark(after)).exists().then_some(())
+        });
+        let reloaded = waited.and_then(|()| {
+            s.gw.write_config(&config)?;
+            let outcome = s.gw.reload()?;
+            ensure!(message(&outcome) == Some("policy reloaded"), "{outcome}");
+            Ok(())
+        });
+        // Let the client go on (or fail its wait) whatever happened.
+        std::fs::write(mark(then), b"")?;
+        reloaded
+    };
+    let masked = format!("{plain}\n{MASKING_RULES}");
+    let reloads = reload_to(masked.clone(), "streaming1", "masked1")
+        .and_then(|()| reload_to(plain.clone(), "between", "unmasked"))
+        .and_then(|()| reload_to(masked, "streaming2", "masked2"));
+    if reloads.is_err() {
+        let _ = client.kill();
+    }
+    let out = client.wait_with_output()?;
+    reloads?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The first row went out before the reload, under no masking.
+    for later in &CUSTOMERS[1..] {
+        assert!(!stdout.contains(later.email), "{stdout}");
+    }
+    let r: Vec<Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))?;
+    ensure!(r.len() == 4, "{stdout}");
+    for step in [&r[0], &r[3]] {
+        let messages = step["messages"].as_array().context("messages")?;
+        assert!(
+            messages
+                .iter()
+                .any(|m| m["tag"] == "E" && m.to_string().contains("the gateway cannot mask")),
+            "{step}"
+        );
+        assert!(!messages.iter().any(|m| m["tag"] == "Z"), "{step}");
+    }
+    Ok(())
+}
+
 /// The gateway pairs each response with its request by counting. Two
 /// places where the server answers less than was sent: after an error in
 /// an extended-protocol batch it discards a simple Query sent before the

@@ -380,13 +380,6 @@ pub struct ResultPlan {
 }
 
 impl ResultPlan {
-    /// A plan that keeps every column of any result, shared.
-    pub fn keep_all() -> Arc<ResultPlan> {
-        static KEEP_ALL: std::sync::LazyLock<Arc<ResultPlan>> =
-            std::sync::LazyLock::new(|| Arc::new(MaskingPolicy::default().plan(&[])));
-        Arc::clone(&KEEP_ALL)
-    }
-
     /// Whether every column is kept: the session forwards DataRows untouched
     /// without looking at them.
     pub fn is_noop(&self) -> bool {

@@ -18,6 +18,7 @@
 //! | `{"raw": "hex"}` | a new raw connection: startup as the same user, then these bytes; `"messages"` lists each response's tag (and an error's fields, a DataRow's values) until EOF |
 //! | `{"raw_until_ready": {"hex": "…", "ready": N}}` | the same, reading until the N-th ReadyForQuery |
 //! | `{"raw_until_ready": {"first": "hex", "until": "E", "hex": "…", "ready": N}}` | sends `first` and waits for a message tagged `until` before sending `hex` |
+//! | `{"raw_until_ready": {…, "touch": "path", "wait_file": "path"}}` | also, once `until` came, creates `touch` and waits (up to a minute) for `wait_file` before sending `hex`: the test changes something in between (a policy reload) |
 //! | `{"login": [["name", "value"], …]}` | a new raw connection whose startup message also carries these parameters; `"ok"` says whether it reached ReadyForQuery, `"login"` lists what came back |
 //!
 //! A result line is `{"step": i, "ok": true, "rows": [[…]]}` or
@@ -78,6 +79,10 @@ enum Step {
         first: Option<String>,
         #[serde(default)]
         until: Option<String>,
+        #[serde(default)]
+        touch: Option<String>,
+        #[serde(default)]
+        wait_file: Option<String>,
     },
     Login(Vec<(String, String)>),
     /// Creates this file: tells the test the steps before it are done.
@@ -178,8 +183,15 @@ async fn run(config: Config, steps: Vec<Step>) -> ExitCode {
                 ready,
                 first,
                 until,
+                touch,
+                wait_file,
             } => {
-                let first = first.map(|f| (f, until.unwrap_or_else(|| "Z".to_owned())));
+                let first = first.map(|bytes| First {
+                    bytes,
+                    until: until.unwrap_or_else(|| "Z".to_owned()),
+                    touch,
+                    wait_file,
+                });
                 raw(&config, first, &hex, Some(ready), &[]).await
             }
             Step::Login(params) => raw(&config, None, "", Some(0), &params).await,
@@ -187,15 +199,7 @@ async fn run(config: Config, steps: Vec<Step>) -> ExitCode {
                 Ok(()) => json!({"ok": true}),
                 Err(e) => json!({"ok": false, "error": {"code": null, "message": e.to_string()}}),
             },
-            Step::WaitFile(path) => {
-                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-                while !std::path::Path::new(&path).exists()
-                    && tokio::time::Instant::now() < deadline
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                json!({"ok": std::path::Path::new(&path).exists()})
-            }
+            Step::WaitFile(path) => json!({"ok": wait_file(&path).await}),
         };
         out["step"] = json!(i);
         println!("{out}");
@@ -318,13 +322,32 @@ async fn cancel(client: &Client, sql: &str) -> Value {
     out
 }
 
+/// Waits up to a minute for `path` to exist; whether it does.
+async fn wait_file(path: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::path::Path::new(path).exists() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    std::path::Path::new(path).exists()
+}
+
+/// What a raw session sends before its main bytes, and what it waits for.
+struct First {
+    bytes: String,
+    /// The tag of the message to wait for.
+    until: String,
+    /// Created once it came; then `wait_file` is waited for.
+    touch: Option<String>,
+    wait_file: Option<String>,
+}
+
 /// A fresh TCP connection to the same host and port: a protocol 3.0
 /// startup as the same user and database (no password: the gateway
 /// trusts the job), then `hex` decoded and sent as is. Reports every
 /// message received after it and whether the server closed the connection.
 async fn raw(
     config: &Config,
-    first: Option<(String, String)>,
+    first: Option<First>,
     hex: &str,
     ready: Option<usize>,
     params: &[(String, String)],
@@ -342,7 +365,7 @@ async fn raw(
 /// message to wait for before sending `hex`.
 async fn raw_inner(
     config: &Config,
-    first: Option<(String, String)>,
+    first: Option<First>,
     hex: &str,
     ready: Option<usize>,
     params: &[(String, String)],
@@ -397,7 +420,13 @@ async fn raw_inner(
         return Ok(json!({"ok": true, "login": login}));
     }
     let mut messages = Vec::new();
-    if let Some((first, until)) = first {
+    if let Some(First {
+        bytes: first,
+        until,
+        touch,
+        wait_file: wait,
+    }) = first
+    {
         stream.write_all(&decode_hex(&first)?).await?;
         while !messages.iter().any(|m: &Value| m["tag"] == until.as_str()) {
             let n =
@@ -408,6 +437,14 @@ async fn raw_inner(
             while let Some(message) = take_message(&mut buf) {
                 messages.push(message);
             }
+        }
+        if let Some(touch) = touch {
+            std::fs::write(&touch, b"")?;
+        }
+        if let Some(wait) = wait
+            && !wait_file(&wait).await
+        {
+            return Err(format!("{wait} did not appear within a minute").into());
         }
     }
     let write_error = stream.write_all(&bytes).await.err().map(|e| e.to_string());

@@ -633,6 +633,9 @@ impl Session<'_> {
 /// Where the session is in a COPY TO STDOUT.
 enum CopyState {
     Idle,
+    /// Begun while the target had no masking at all: nothing was planned,
+    /// so once a reload turns masking on, its rows cannot go out.
+    Unplanned,
     Masking(CopyRows),
     /// Refused with an error already sent: drop CopyData, CopyDone and the
     /// CommandComplete that ends the COPY.

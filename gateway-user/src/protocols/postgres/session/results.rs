@@ -23,11 +23,16 @@ impl Session<'_> {
             }
             b'H' => match self.copy_out_rows(frame.body()).await {
                 Ok(Some(rows)) => self.copy = CopyState::Masking(rows),
+                Ok(None) if self.masking.is_empty() => self.copy = CopyState::Unplanned,
                 Ok(None) => self.copy = CopyState::Idle,
                 Err(why) => return self.refuse_copy_out(&why),
             },
             b'd' => match &mut self.copy {
                 CopyState::Idle => self.count_row(false),
+                CopyState::Unplanned if self.masking.is_empty() => self.count_row(false),
+                CopyState::Unplanned => {
+                    return self.out_of_step("COPY data begun before a reload turned masking on");
+                }
                 CopyState::Refused => return,
                 CopyState::Masking(rows) => match rows.mask(frame.body()) {
                     Ok(masked) => {
@@ -148,10 +153,12 @@ impl Session<'_> {
                         return;
                     };
                     self.note_columns(&layout);
-                    // Some even without masking: the rows were described,
-                    // whatever a reload before they come turns masking into.
-                    self.query_plan =
-                        Some(layout.plan.clone().unwrap_or_else(ResultPlan::keep_all));
+                    // None without masking, like an Execute's: if a reload
+                    // turns masking on before the rows are through, the
+                    // rest of them ends the session instead of going out
+                    // unmasked (found in review: the job picks the moment,
+                    // since any message it sends takes the reload).
+                    self.query_plan.clone_from(&layout.plan);
                 }
                 _ => return self.out_of_step("a RowDescription"),
             },
