@@ -798,6 +798,60 @@ fn where_clauses() {
             "DELETE FROM t WHERE EXISTS (WITH t AS (SELECT 1 AS id) SELECT 1 FROM t WHERE t.id = 1)",
             DeleteWithoutWhere,
         ),
+        // Found in review: a FROM item without an alias that PostgreSQL
+        // still names, after its function (or `xmltable`, `json_table`).
+        (
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM t() WHERE t.id = 1)",
+            DeleteWithoutWhere,
+        ),
+        (
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM other.t(1) WITH ORDINALITY WHERE t.id = 1)",
+            DeleteWithoutWhere,
+        ),
+        (
+            "UPDATE t SET a = 1 WHERE EXISTS (SELECT 1 FROM ROWS FROM (t(), u()) WHERE t.id = 1)",
+            UpdateWithoutWhere,
+        ),
+        (
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM t() AS (id int) WHERE t.id = 1)",
+            DeleteWithoutWhere,
+        ),
+        (
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM CAST(NULL AS t) WHERE t.id = 1)",
+            DeleteWithoutWhere,
+        ),
+        (
+            "DELETE FROM xmltable WHERE EXISTS (SELECT 1 FROM XMLTABLE('/r' PASSING '<r/>' COLUMNS id int) WHERE xmltable.id = 1)",
+            DeleteWithoutWhere,
+        ),
+        (
+            "DELETE FROM json_table WHERE EXISTS (SELECT 1 FROM JSON_TABLE('[1]', '$[*]' COLUMNS (id int PATH '$')) WHERE json_table.id = 1)",
+            DeleteWithoutWhere,
+        ),
+        (
+            "DELETE FROM unnamed_subquery WHERE EXISTS (SELECT 1 FROM (SELECT 1 AS id) WHERE unnamed_subquery.id = 1)",
+            DeleteWithoutWhere,
+        ),
+        (
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u, LATERAL CAST(u.t AS pair) WHERE t.id = 1)",
+            DeleteWithoutWhere,
+        ),
+        (
+            "DELETE FROM t WHERE EXISTS (SELECT 1 FROM current_date WHERE t.id = 1)",
+            DeleteWithoutWhere,
+        ),
+        (
+            "DELETE FROM public.t USING other.t() WHERE t.id = 1",
+            DeleteWithoutWhere,
+        ),
+        (
+            "UPDATE t SET a = 1 FROM u JOIN t() ON true WHERE t.id = 1",
+            UpdateWithoutWhere,
+        ),
+        (
+            "MERGE INTO t USING t() ON t.id = 1 WHEN MATCHED THEN DELETE",
+            DeleteWithoutWhere,
+        ),
         (
             "MERGE INTO items t USING (SELECT 1 AS k) s ON s.k = 1 WHEN MATCHED THEN DELETE",
             DeleteWithoutWhere,
@@ -817,6 +871,15 @@ fn where_clauses() {
         "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.tid = t.id)",
         "DELETE FROM t WHERE id IN (SELECT tid FROM u)",
         "MERGE INTO items t USING src s ON t.id = s.id WHEN MATCHED THEN DELETE",
+        "DELETE FROM t WHERE t.id = 1",
+        "DELETE FROM t WHERE id IN (SELECT f.id FROM f() AS f)",
+        "DELETE FROM t WHERE id IN (SELECT id FROM generate_series(1, 3) id)",
+        "DELETE FROM t WHERE EXISTS (SELECT 1 FROM f() WHERE f.id = t.id)",
+        "DELETE FROM t WHERE EXISTS (SELECT 1 FROM t() AS f WHERE f.id = t.id)",
+        "DELETE FROM t WHERE EXISTS (SELECT 1 FROM CAST(NULL AS u) WHERE u.id = t.id)",
+        "DELETE FROM t USING f() WHERE t.id = f.id",
+        "DELETE FROM t x USING t() WHERE x.id = t.id",
+        "MERGE INTO t USING f() s ON t.id = s.id WHEN MATCHED THEN DELETE",
     ] {
         check(sql, Write, &[]);
     }
