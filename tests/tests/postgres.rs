@@ -1636,6 +1636,28 @@ fn a_parents_column_rule_covers_partitions_and_children() -> Result<()> {
     Ok(())
 }
 
+/// Starts cp-pgclient on `steps` as `app_rw`, for a test that changes
+/// something while it runs (its `touch` and `wait_file` steps).
+fn spawn_pgclient(s: &Setup, steps: &Value) -> Result<std::process::Child> {
+    job_command(&s.cg, PGCLIENT)
+        .arg(s.conninfo("app_rw"))
+        .arg(steps.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning cp-pgclient")
+}
+
+/// The result lines of a cp-pgclient run.
+fn results_of(out: &std::process::Output) -> Result<Vec<Value>> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
 /// A masking rule added by a reload covers sessions already open, for
 /// simple queries and for a statement prepared before the reload.
 #[test]
@@ -1654,13 +1676,7 @@ fn a_reloaded_masking_rule_reaches_open_sessions() -> Result<()> {
         { "execute": { "statement": 0, "params": [1] } },
         query_with(by_id, json!([1])),
     ]);
-    let mut client = job_command(&s.cg, PGCLIENT)
-        .arg(s.conninfo("app_rw"))
-        .arg(steps.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning cp-pgclient")?;
+    let mut client = spawn_pgclient(&s, &steps)?;
     let reload = (|| -> Result<()> {
         wait_for("the steps before the reload", CLIENT_TIMEOUT, || {
             before.exists().then_some(())
@@ -1678,13 +1694,8 @@ fn a_reloaded_masking_rule_reaches_open_sessions() -> Result<()> {
     }
     let out = client.wait_with_output()?;
     reload?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let r: Vec<Value> = stdout
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))?;
-    ensure!(r.len() == 8, "{stdout}");
+    let r = results_of(&out)?;
+    ensure!(r.len() == 8, "{r:?}");
     let email = CUSTOMERS[0].email;
     assert_rows(&r[0], &[&[email]], "before the reload, simple");
     assert_rows(&r[2], &[&[email]], "before the reload, prepared");
@@ -1725,13 +1736,7 @@ fn a_result_streaming_through_a_reload_that_adds_masking_ends_the_session() -> R
             2,
         ),
     ]);
-    let mut client = job_command(&s.cg, PGCLIENT)
-        .arg(s.conninfo("app_rw"))
-        .arg(steps.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning cp-pgclient")?;
+    let mut client = spawn_pgclient(&s, &steps)?;
     let mut reload_to = |config: String, after: &str, then: &str| -> Result<()> {
         let waited = wait_for(after, CLIENT_TIMEOUT, || {
             std::path::Path::new(&mark(after)).exists().then_some(())
@@ -1760,11 +1765,7 @@ fn a_result_streaming_through_a_reload_that_adds_masking_ends_the_session() -> R
     for later in &CUSTOMERS[1..] {
         assert!(!stdout.contains(later.email), "{stdout}");
     }
-    let r: Vec<Value> = stdout
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))?;
+    let r = results_of(&out)?;
     ensure!(r.len() == 4, "{stdout}");
     for step in [&r[0], &r[3]] {
         let messages = step["messages"].as_array().context("messages")?;
