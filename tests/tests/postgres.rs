@@ -2457,6 +2457,44 @@ fn a_rejected_parse_leaves_the_statement_it_would_replace() -> Result<()> {
     Ok(())
 }
 
+/// `DECLARE` names a portal the extended protocol can run: an Execute of
+/// it was forwarded (its query was decided at DECLARE) but its run, rows
+/// and all, was not recorded (found in review).
+#[test]
+fn an_execute_of_a_sql_cursor_is_recorded() -> Result<()> {
+    let s = Setup::start("pg-cursor-exec", 93, Policy::Guarded)?;
+    let q = |sql: &str| frame(b'Q', &cstrings(&[sql], &[]));
+    let script = [
+        q("BEGIN"),
+        q("DECLARE cur CURSOR FOR SELECT id FROM items WHERE id <= 3 ORDER BY id"),
+        frame(b'E', &cstrings(&["cur"], &[0; 4])),
+        frame(b'S', &[]),
+        q("COMMIT"),
+    ];
+    let (tags, values) = raw_session(&s, &script, 4)?;
+    assert_eq!(
+        (tags.as_str(), values.as_slice()),
+        (
+            "CZCZDDDCZCZ",
+            &["1".to_owned(), "2".to_owned(), "3".to_owned()][..]
+        )
+    );
+    let executed = wait_for("the cursor's result event", LOG_TIMEOUT, || {
+        s.gw.recorded("result").into_iter().find(|r| {
+            r["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("Execute of portal \"cur\""))
+        })
+    })?;
+    assert_eq!(executed["rows"], 3, "{executed}");
+    assert_eq!(
+        executed["sample"],
+        json!([["1"], ["2"], ["3"]]),
+        "{executed}"
+    );
+    Ok(())
+}
+
 /// Found in review: a portal whose statement EXECUTEs a name is decided
 /// when it runs, so the gateway must know every portal the server has and
 /// whether it ran. A portal Close the server skipped (after an error) was

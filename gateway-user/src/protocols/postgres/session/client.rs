@@ -176,24 +176,39 @@ impl Session<'_> {
                         swallow: true,
                     });
                 }
-                let running = self.portals.get(&portal).map(|p| p.bound.clone()).map(
-                    |(sql, classification, shown, approved)| Running {
-                        sql,
-                        classification: Some(classification),
-                        shown,
-                        rule: Arc::from(""),
-                        started: Instant::now(),
-                        rows: 0,
-                        masked: false,
-                        execute: true,
-                        columns: Arc::default(),
-                        sample: Default::default(),
-                        approved,
-                        prepared_done: 0,
-                        names_taken: Vec::new(),
-                        copies_started: 0,
+                // A portal no Bind of this session made is a SQL cursor's
+                // (`DECLARE c CURSOR FOR …` names a portal the protocol can
+                // run), or none at all (a refused Bind's): a cursor's query
+                // was decided when it was declared, and this run of it is
+                // recorded too, rows and all.
+                let (sql, classification, shown, approved) = self.portals.get(&portal).map_or_else(
+                    || {
+                        let text: Arc<str> = Arc::from(format!(
+                            "-- Execute of portal {portal:?}, which no Bind of this session made: a SQL cursor's, or none"
+                        ));
+                        (Arc::clone(&text), None, Shown { text, class: Arc::from("") }, None)
+                    },
+                    |p| {
+                        let (sql, classification, shown, approved) = p.bound.clone();
+                        (sql, Some(classification), shown, approved)
                     },
                 );
+                let running = Some(Running {
+                    sql,
+                    classification,
+                    shown,
+                    rule: Arc::from(""),
+                    started: Instant::now(),
+                    rows: 0,
+                    masked: false,
+                    execute: true,
+                    columns: Arc::default(),
+                    sample: Default::default(),
+                    approved,
+                    prepared_done: 0,
+                    names_taken: Vec::new(),
+                    copies_started: 0,
+                });
                 let ran = self.portals.get(&portal).map(|p| Arc::clone(&p.ran));
                 self.forward(&frame);
                 self.tracker.push(Pending::Execute {
