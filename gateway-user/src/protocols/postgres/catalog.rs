@@ -51,10 +51,9 @@ const MAX_COLUMNS: usize = 100_000;
 pub const MAX_AGE: Duration = Duration::from_secs(60);
 
 /// How long the catalog connection's server waits for a lock, and runs a
-/// statement, before giving up. Describing a COPY's query takes the
-/// tables' locks on another backend: when the session's own transaction
-/// holds a conflicting one (`LOCK TABLE`, uncommitted DDL), waiting
-/// cannot end, since the session waits for the description.
+/// statement, before giving up: the session waits for the lookup, and
+/// the lookup must not wait on something the session's own transaction
+/// holds (found in review, when COPY layouts were described there).
 const LOCK_TIMEOUT_MS: u32 = 2_000;
 const STATEMENT_TIMEOUT_MS: u32 = 5_000;
 
@@ -136,16 +135,6 @@ impl Cache {
     }
 }
 
-/// One result column of a described query.
-#[derive(Debug, Clone)]
-pub struct DescribedColumn {
-    pub name: String,
-    pub type_oid: u32,
-    /// 0 when the column is computed.
-    pub table_oid: u32,
-    pub column_attr: i16,
-}
-
 /// How to open the catalog connection (same role and database as the session).
 pub struct CatalogLogin<'a> {
     pub route: &'a Route,
@@ -199,37 +188,6 @@ impl Catalog {
         }
         self.load_table(table_oid, login).await?;
         cached(self).ok_or_else(|| "the table's columns could not be read".to_owned())
-    }
-
-    /// The result columns `sql` would have, from a Parse/Describe on the
-    /// catalog connection (nothing is executed).
-    pub async fn describe(
-        &self,
-        sql: &str,
-        login: &CatalogLogin<'_>,
-    ) -> Result<Vec<DescribedColumn>, String> {
-        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
-        let mut client = within(deadline, self.client.lock()).await?;
-        let c = usable(&mut client, login, deadline).await?;
-        let statement = match within(deadline, c.prepare(sql)).await {
-            Ok(prepared) => prepared.map_err(|e| lookup_error(&e))?,
-            Err(e) => {
-                // The server may still be running it: the next lookup
-                // starts on a fresh connection.
-                *client = None;
-                return Err(e);
-            }
-        };
-        Ok(statement
-            .columns()
-            .iter()
-            .map(|c| DescribedColumn {
-                name: c.name().to_owned(),
-                type_oid: c.type_().oid(),
-                table_oid: c.table_oid().unwrap_or(0),
-                column_attr: c.column_id().unwrap_or(0),
-            })
-            .collect())
     }
 
     fn cached(&self, oid: u32, attnum: i16) -> Option<Option<ColumnSource>> {

@@ -115,6 +115,12 @@ pub struct Running {
     /// ahead of a Query moved on matched a Query's COPY to the layout of
     /// the COPY after it, so its rows went unmasked.
     pub copies_started: u32,
+    /// For a statement that starts with a `COPY … TO STDOUT` while masking
+    /// is on: the RowDescription of its query as the job's own session
+    /// described it just before ([`Pending::CopyLayout`]), or why there is
+    /// none (its rows are then refused). Boxed: most statements have none,
+    /// and every one carries the field.
+    pub copy_layout: Option<Box<Result<Bytes, String>>>,
 }
 
 #[derive(Debug)]
@@ -151,6 +157,16 @@ pub enum Pending {
     /// Bind of the name sent after the Close keeps its own.
     ClosePortal(Option<(String, Arc<std::sync::atomic::AtomicBool>)>),
     Sync,
+    /// A Parse, Describe and Close of a COPY's query that the gateway sent
+    /// on the job's own session just before the statement running the
+    /// COPY: all their answers are the gateway's. `sync`: a Sync of the
+    /// gateway's follows them (before a simple Query); without one (before
+    /// an Execute) the CloseComplete ends the entry. `layout`: the
+    /// RowDescription, once it came.
+    CopyLayout {
+        sync: bool,
+        layout: Option<Bytes>,
+    },
     /// The client ended a COPY (CopyDone or CopyFail), which nothing
     /// answers: it tells which Syncs the server ignored while it was
     /// taking COPY data ([`Tracker::copy_in_started`]).
@@ -163,7 +179,15 @@ pub enum Pending {
 impl Pending {
     /// Whether this entry ends with ReadyForQuery.
     pub fn is_sync_point(&self) -> bool {
-        matches!(self, Pending::Query(_) | Pending::Sync)
+        matches!(
+            self,
+            Pending::Query(_) | Pending::Sync | Pending::CopyLayout { sync: true, .. }
+        )
+    }
+
+    /// Whether this entry is a Sync: what the server stops discarding at.
+    fn is_sync(&self) -> bool {
+        matches!(self, Pending::Sync | Pending::CopyLayout { sync: true, .. })
     }
 }
 
@@ -323,6 +347,14 @@ impl Tracker {
         self.discarding
     }
 
+    /// Whether everything sent so far ends in a sync point and the server
+    /// is neither taking COPY data nor discarding: a Sync the gateway adds
+    /// now ends no batch of the client's (no implicit transaction commits
+    /// early, no unnamed portal goes, no discarding stops short).
+    pub fn between_batches(&self) -> bool {
+        !self.copy_in && !self.discarding && self.pending.back().is_none_or(Pending::is_sync_point)
+    }
+
     /// Entries the server discarded unseen, oldest first.
     pub fn take_discarded(&mut self) -> Vec<Pending> {
         std::mem::take(&mut self.discarded)
@@ -435,7 +467,7 @@ impl Tracker {
             return skipped;
         }
         while let Some(front) = self.pending.front() {
-            if matches!(front, Pending::Sync) {
+            if front.is_sync() {
                 break;
             }
             if front.is_sync_point() {
@@ -532,6 +564,7 @@ mod tests {
                 Pending::Execute { .. } => 'E',
                 Pending::Close(_) | Pending::ClosePortal(_) => 'C',
                 Pending::Sync => 'S',
+                Pending::CopyLayout { .. } => 'L',
                 Pending::CopyEnd => 'c',
                 Pending::CopyData => 'd',
             })
@@ -840,5 +873,36 @@ mod tests {
             t.take_denial("column \"n3\" does not exist").as_deref(),
             Some(&b"y"[..])
         );
+    }
+
+    /// The gateway adds a Sync for a COPY's description only between the
+    /// client's batches; an error before it skips no further than it, and
+    /// its ReadyForQuery is its own.
+    #[test]
+    fn a_copy_layout_with_its_own_sync_is_a_sync_point() {
+        let mut t = Tracker::default();
+        assert!(t.between_batches());
+        t.push(Pending::Parse(None));
+        assert!(!t.between_batches(), "a Parse not synced yet");
+        t.push(Pending::CopyLayout {
+            sync: true,
+            layout: None,
+        });
+        t.push(Pending::Query(None));
+        assert!(t.between_batches());
+        assert_eq!(t.skip_to_sync().len(), 1, "only the failed Parse");
+        assert_eq!(tags(&t), "LQ");
+        assert!(matches!(t.ready(), Ok(Pending::CopyLayout { .. })));
+        assert!(matches!(t.ready(), Ok(Pending::Query(None))));
+        assert_eq!(t.syncs_sent, t.syncs_done);
+        // Without its own Sync (before an Execute) an error skips past it.
+        t.push(Pending::CopyLayout {
+            sync: false,
+            layout: None,
+        });
+        t.push(execute());
+        t.push(Pending::Sync);
+        assert_eq!(t.skip_to_sync().len(), 2);
+        assert_eq!(tags(&t), "S");
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! COPY rows carry no RowDescription, so the session learns their layout
 //! by describing the equivalent query (`SELECT cols FROM table`, or the
-//! COPY's own query) on the catalog connection, plans masking as for a
-//! query result, and rewrites each CopyData row (the server sends exactly
-//! one row per CopyData). Rows are decoded in the COPY's own format:
+//! COPY's own query) on the job's own session just before the COPY runs,
+//! plans masking as for a query result, and rewrites each CopyData row
+//! (the server sends exactly one row per CopyData). Rows are decoded in
+//! the COPY's own format:
 //!
 //! * [`text`]: tab-separated with backslash escapes (the default);
 //! * [`csv`]: quoted fields, any delimiter, quote and escape.
@@ -25,8 +26,11 @@ use crate::masking::ResultPlan;
 /// One `COPY … TO STDOUT` of a query string, in statement order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyOut {
-    /// A query with the COPY's columns, to describe on the catalog connection.
+    /// A query with the COPY's columns, to describe on the job's session.
     pub layout_sql: String,
+    /// It is the first statement of its text: nothing the text ran before
+    /// it can have changed what its names resolve to.
+    pub first: bool,
     pub format: Result<CopyFormat, String>,
 }
 
@@ -61,7 +65,7 @@ pub fn copy_outs(sql: &str) -> Result<Vec<CopyOut>, String> {
 fn parse_copy_outs(sql: &str) -> Result<Vec<CopyOut>, String> {
     let parsed = pg_query::parse(sql).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    for raw in &parsed.protobuf.stmts {
+    for (i, raw) in parsed.protobuf.stmts.iter().enumerate() {
         let Some(NodeEnum::CopyStmt(copy)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
             continue;
         };
@@ -70,6 +74,7 @@ fn parse_copy_outs(sql: &str) -> Result<Vec<CopyOut>, String> {
         }
         out.push(CopyOut {
             layout_sql: layout_sql(copy)?,
+            first: i == 0,
             format: format(copy),
         });
     }

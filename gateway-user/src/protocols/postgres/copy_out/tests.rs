@@ -68,6 +68,9 @@ fn finds_each_copy_to_stdout_in_order() {
         ]
     );
     assert_eq!(all[0].format, Ok(text_default()));
+    // Only a COPY nothing in its text runs before can be described ahead.
+    assert!(all.iter().all(|c| !c.first));
+    assert!(only("COPY t TO STDOUT; SELECT 1").first);
     let CopyFormat::Csv(csv) = all[1].format.clone().unwrap() else {
         panic!("{:?}", all[1].format)
     };

@@ -193,7 +193,7 @@ impl Session<'_> {
                         (sql, Some(classification), shown, approved)
                     },
                 );
-                let running = Some(Running {
+                let mut running = Running {
                     sql,
                     classification,
                     shown,
@@ -208,7 +208,12 @@ impl Session<'_> {
                     prepared_done: 0,
                     names_taken: Vec::new(),
                     copies_started: 0,
-                });
+                    copy_layout: None,
+                };
+                // No Sync of the gateway's here: it would end the client's
+                // implicit transaction, and its portal with it.
+                self.describe_copy_ahead(&mut running, false);
+                let running = Some(running);
                 let ran = self.portals.get(&portal).map(|p| Arc::clone(&p.ran));
                 self.forward(&frame);
                 self.tracker.push(Pending::Execute {
@@ -600,6 +605,7 @@ impl Session<'_> {
             prepared_done: 0,
             names_taken: Vec::new(),
             copies_started: 0,
+            copy_layout: None,
         };
         if decision.verdict == StatementVerdict::Allow || audit {
             return Decided::Run(running);

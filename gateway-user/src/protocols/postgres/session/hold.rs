@@ -17,6 +17,7 @@ impl Session<'_> {
         self.names_in_flight(&mut running);
         match kind {
             HeldKind::Query => {
+                self.describe_copy_ahead(&mut running, true);
                 self.forward(frame);
                 self.tracker.push(Pending::Query(Some(running)));
             }

@@ -97,3 +97,15 @@ pub(super) fn push_execute(out: &mut BytesMut, portal: &str) {
 pub(super) fn push_describe_portal(out: &mut BytesMut, portal: &str) {
     let _ = postgres_protocol::message::frontend::describe(b'P', portal, out);
 }
+
+pub(super) fn push_describe_statement(out: &mut BytesMut, statement: &str) {
+    let _ = postgres_protocol::message::frontend::describe(b'S', statement, out);
+}
+
+pub(super) fn push_close_statement(out: &mut BytesMut, statement: &str) {
+    let _ = postgres_protocol::message::frontend::close(b'S', statement, out);
+}
+
+pub(super) fn push_sync(out: &mut BytesMut) {
+    postgres_protocol::message::frontend::sync(out);
+}

@@ -44,8 +44,9 @@ use tracing::{Level, debug, error, info, warn};
 
 use self::{
     messages::{
-        class_names, deny_error, fatal, limit_error, push_bind, push_describe_portal, push_execute,
-        push_parse, push_query, put_message,
+        class_names, deny_error, fatal, limit_error, push_bind, push_close_statement,
+        push_describe_portal, push_describe_statement, push_execute, push_parse, push_query,
+        push_sync, put_message,
     },
     prepared::parse_undo,
     startup::{connect, startup_with_tls},
@@ -400,6 +401,9 @@ enum Step {
 }
 
 /// What policy made of a statement.
+// Returned and matched at once, never kept: boxing the Running would cost
+// an allocation per statement for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Decided {
     Run(Running),
     /// The ErrorResponse to answer with.

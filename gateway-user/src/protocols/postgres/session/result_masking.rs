@@ -264,6 +264,118 @@ impl Session<'_> {
         }
     }
 
+    /// Sends, ahead of the statement `running` (a simple Query when
+    /// `sync`, else an Execute), a Parse, Describe and Close of the query
+    /// its leading `COPY … TO STDOUT` reads, under a name of the gateway's,
+    /// when masking is on. The COPY's rows carry no RowDescription, and
+    /// only the job's own session resolves the COPY's names as the COPY
+    /// will: found in review, a description by name on the catalog
+    /// connection (another backend, transaction, search_path and role) could
+    /// be made to describe a harmless table of the same name, and the real
+    /// one's rows went out unmasked. The answers are kept from the client
+    /// ([`Self::copy_layout_answer`]); the RowDescription, with table OIDs
+    /// and column numbers the catalog resolves safely, becomes the COPY's
+    /// layout in [`Self::copy_out_rows`]. Where that cannot be done right,
+    /// `running` gets the reason and its COPY's rows are refused.
+    pub(super) fn describe_copy_ahead(&mut self, running: &mut Running, sync: bool) {
+        let no_copy = running
+            .classification
+            .as_ref()
+            .is_some_and(|c| !c.statements.iter().any(|s| s.command == "COPY"));
+        if self.masking.is_empty() || no_copy {
+            return;
+        }
+        let first = match copy_out::copy_outs(&running.sql) {
+            Ok(copies) => match copies.into_iter().next() {
+                Some(first) => first,
+                None => return,
+            },
+            Err(why) => {
+                running.copy_layout = Some(Box::new(Err(why)));
+                return;
+            }
+        };
+        // A statement before it in the same text runs after any
+        // description sent ahead of the text, and may change what the
+        // COPY's names resolve to (rename a schema, SET ROLE).
+        if !first.first {
+            running.copy_layout = Some(Box::new(Err(
+                "it is not the first statement of its query string".into(),
+            )));
+            return;
+        }
+        // The gateway's Sync would commit the client's unfinished implicit
+        // transaction (or end the server's discarding) early.
+        if sync && !self.tracker.between_batches() {
+            running.copy_layout = Some(Box::new(Err(
+                "it was sent inside an unfinished extended-protocol batch (no Sync before it)"
+                    .into(),
+            )));
+            return;
+        }
+        let name = format!(
+            "chokepoint_copy_{:08x}{:08x}",
+            super::super::cancel::random_i32(),
+            super::super::cancel::random_i32()
+        );
+        push_parse(&mut self.to_upstream, &name, &first.layout_sql);
+        push_describe_statement(&mut self.to_upstream, &name);
+        push_close_statement(&mut self.to_upstream, &name);
+        if sync {
+            push_sync(&mut self.to_upstream);
+        }
+        self.tracker
+            .push(Pending::CopyLayout { sync, layout: None });
+        // Replaced when the description comes; stays if it fails.
+        running.copy_layout = Some(Box::new(Err(
+            "its columns cannot be described on the session".into(),
+        )));
+    }
+
+    /// An answer to the gateway's own [`Pending::CopyLayout`] at the front:
+    /// none of it reaches the client.
+    pub(super) fn copy_layout_answer(&mut self, frame: &Frame) {
+        let Some(Pending::CopyLayout { sync, layout }) = self.tracker.pending.front_mut() else {
+            return;
+        };
+        let sync = *sync;
+        match frame.tag() {
+            b'T' => *layout = Some(frame.body().clone()),
+            b'3' if !sync => {
+                if let Some(Pending::CopyLayout { layout, .. }) = self.tracker.pending.pop_front() {
+                    self.set_copy_layout(layout);
+                }
+            }
+            b'Z' => match self.tracker.ready() {
+                Ok(Pending::CopyLayout { layout, .. }) => self.set_copy_layout(layout),
+                _ => self.out_of_step("a ReadyForQuery"),
+            },
+            // With its own Sync, the ReadyForQuery follows and the
+            // statement runs with its COPY refused.
+            b'E' if sync => {}
+            b'E' => {
+                // The server now skips the client's Execute too, up to the
+                // client's Sync: the client gets the refusal in its place.
+                let skipped = self.tracker.skip_to_sync();
+                let why = "its columns cannot be described on the session";
+                self.not_run(skipped, &format!("COPY refused: {why}"));
+                warn!(flow_id = self.flow.id, "COPY TO STDOUT refused: {why}");
+                self.to_client.extend_from_slice(&copy_refusal(why));
+            }
+            // ParseComplete, ParameterDescription, NoData (no layout: the
+            // COPY is refused), a CloseComplete before the gateway's Sync.
+            _ => {}
+        }
+    }
+
+    /// Gives the statement the gateway described ahead (now at the front)
+    /// its COPY's RowDescription.
+    fn set_copy_layout(&mut self, layout: Option<Bytes>) {
+        if let (Some(running), Some(layout)) = (self.front_running(), layout) {
+            running.copy_layout = Some(Box::new(Ok(layout)));
+        }
+    }
+
     /// A CopyOutResponse (`response`, its body) arrived: how its rows are
     /// masked. `Ok(None)`: nothing to mask. `Err`: the rows cannot be
     /// masked and must not reach the client.
@@ -274,41 +386,51 @@ impl Session<'_> {
         if self.masking.is_empty() {
             return Ok(None);
         }
-        let (sql, index) = match self.tracker.pending.front_mut() {
+        let unmatched = || "the COPY cannot be matched to its statement".to_owned();
+        let (sql, index, described) = match self.tracker.pending.front_mut() {
             Some(Pending::Query(Some(r))) => {
                 let index = r.copies_started as usize;
                 // A string of 4 billion COPYs is over the message size limit.
                 r.copies_started = r.copies_started.saturating_add(1);
-                (r.sql.clone(), index)
+                let described = if index == 0 {
+                    r.copy_layout.take().map(|d| *d)
+                } else {
+                    Some(Err(
+                        "it is not the first statement of its query string".into()
+                    ))
+                };
+                (r.sql.clone(), index, described)
             }
             Some(Pending::Execute {
                 running: Some(r), ..
-            }) => (r.sql.clone(), 0),
-            _ => return Err("the COPY cannot be matched to its statement".into()),
+            }) => (r.sql.clone(), 0, r.copy_layout.take().map(|d| *d)),
+            _ => return Err(unmatched()),
         };
         let copy = copy_out::copy_outs(&sql)?
             .into_iter()
             .nth(index)
-            .ok_or("the COPY cannot be matched to its statement")?;
+            .ok_or_else(unmatched)?;
         let format = copy.format?;
-        let described = self
-            .catalog()
-            .describe(&copy.layout_sql, &self.catalog_login())
-            .await
-            .map_err(|e| format!("its columns cannot be described ({e})"))?;
+        // None: masking came on (a reload) after the statement was sent.
+        let described = described.ok_or_else(unmatched)??;
+        let Ok(described) = RowDescription::parse(&described) else {
+            return Err("its description cannot be read".into());
+        };
         // The server says how many columns it sends; a layout of another
         // width is another statement's, whatever matched it.
         let sent = response.get(1..3).map(|n| i16::from_be_bytes([n[0], n[1]]));
-        if sent != i16::try_from(described.len()).ok() {
+        if sent != i16::try_from(described.fields.len()).ok() {
             return Err(format!(
                 "the COPY sends {} columns where its statement has {}: it cannot be matched to its statement",
                 sent.map_or_else(|| "an unknown number of".to_owned(), |n| n.to_string()),
-                described.len()
+                described.fields.len()
             ));
         }
+        // The COPY's own format, not the description's (text).
         let fields: Vec<_> = described
+            .fields
             .iter()
-            .map(|c| (c.name.as_str(), c.table_oid, c.column_attr, c.type_oid, 0))
+            .map(|f| (f.name, f.table_oid, f.column_attr, f.type_oid, 0))
             .collect();
         let (plan, _) = self.plan_columns(&fields).await;
         CopyRows::new(plan, format).map(Some)
@@ -318,13 +440,20 @@ impl Session<'_> {
     /// its place and the rest of the copy stream is dropped.
     pub(super) fn refuse_copy_out(&mut self, why: &str) {
         warn!(flow_id = self.flow.id, "COPY TO STDOUT refused: {why}");
-        self.to_client.extend_from_slice(&deny_error(
-            "copy-out-masked",
-            &format!("COPY … TO STDOUT of masked data cannot be masked here: {why}; select the rows instead"),
-            "",
-        ));
+        self.to_client.extend_from_slice(&copy_refusal(why));
         self.copy = CopyState::Refused;
     }
+}
+
+/// The error a client gets for a COPY TO STDOUT whose rows cannot be masked.
+fn copy_refusal(why: &str) -> Bytes {
+    deny_error(
+        "copy-out-masked",
+        &format!(
+            "COPY … TO STDOUT of masked data cannot be masked here: {why}; select the rows instead"
+        ),
+        "",
+    )
 }
 
 /// The column rule covering some column of a table whose whole row is a

@@ -7,6 +7,11 @@ impl Session<'_> {
     /// One upstream message: track, mask, forward.
     pub(super) async fn on_upstream(&mut self, frame: Frame) {
         self.tracker.drop_stray_copy_ends();
+        if let Some(Pending::CopyLayout { .. }) = self.tracker.pending.front()
+            && matches!(frame.tag(), b'1' | b't' | b'T' | b'n' | b'3' | b'E' | b'Z')
+        {
+            return self.copy_layout_answer(&frame);
+        }
         match frame.tag() {
             b'Z' => {
                 match self.tracker.ready() {
