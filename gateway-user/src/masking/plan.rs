@@ -3,7 +3,7 @@ use std::{borrow::Cow, fmt, fmt::Write as _, ops::Range, sync::Arc};
 
 use super::{
     error::MaskingError,
-    rules::{ColumnRule, DetectorRule, NameRule},
+    rules::{ColumnRule, DetectorRule, MATCH, NameRule},
     strategy::{Hasher, MIN_HASH_KEY_LEN, Strategy, json_string_into, mask_into},
 };
 
@@ -117,6 +117,7 @@ impl MaskingPolicy {
             columns: vec![PlannedColumn {
                 action: ColumnAction::Scan,
                 repr,
+                unsourced: false,
             }],
             detectors: Arc::from(self.detectors.as_slice()),
             hasher: Hasher::new(&self.hash_key),
@@ -171,14 +172,43 @@ impl MaskingPolicy {
     /// 3. else, if there are detectors, `Scan` when the column is computed
     ///    (and its values are scannable) or its type is text-like;
     /// 4. else `Keep`.
+    ///
+    /// For a statement that reads a table with column rules, see
+    /// [`MaskingPolicy::plan_reading`].
     pub fn plan(&self, columns: &[ColumnInfo<'_>]) -> ResultPlan {
+        self.plan_reading(columns, None)
+    }
+
+    /// [`MaskingPolicy::plan`] for a result of a statement that reads a
+    /// table with column rules: `reading` is the index (in `columns` of
+    /// the policy) of one of them, from [`MaskingPolicy::reading_rule`].
+    /// A column with no source is then redacted under that rule's name,
+    /// before any name rule and instead of a scan: a UNION arm, a scalar
+    /// subquery or a recursive CTE hands a ruled column through with no
+    /// source, and which arm a value came from cannot be known.
+    ///
+    /// Redacted whatever the rule's strategy: over values the job computes,
+    /// `partial` shows any characters it moves to the end (`'....' ||
+    /// substr(email, 1, 4)`), and `hash` hashes a literal of the same
+    /// result with the same key, a dictionary for every guess.
+    pub fn plan_reading(&self, columns: &[ColumnInfo<'_>], reading: Option<usize>) -> ResultPlan {
+        let reading = reading.and_then(|i| self.columns.get(i));
         let planned: Vec<PlannedColumn> = columns
             .iter()
             .map(|info| {
                 let repr = Repr::of(info.type_oid, info.format);
+                let unsourced = reading.is_some() && info.source.is_none();
+                let action = match reading {
+                    Some(rule) if unsourced => ColumnAction::Mask {
+                        strategy: Strategy::Redact,
+                        rule: rule.name.clone(),
+                    },
+                    _ => self.action(info, repr),
+                };
                 PlannedColumn {
-                    action: self.action(info, repr),
+                    action,
                     repr,
+                    unsourced,
                 }
             })
             .collect();
@@ -207,6 +237,24 @@ impl MaskingPolicy {
                 || ancestors
                     .iter()
                     .any(|(schema, table)| r.matches(schema, table, column))
+        })
+    }
+
+    /// The first column rule covering some table of `tables`, by its index
+    /// in `columns`; `None` when no rule covers any of them. Each table is
+    /// `(schema, name)`, `None` standing for any: a name the statement does
+    /// not qualify may resolve to any schema on the search path, and
+    /// matching every schema masks more, never less.
+    pub fn reading_rule<'t>(
+        &self,
+        tables: impl IntoIterator<Item = (Option<&'t str>, Option<&'t str>)>,
+    ) -> Option<usize> {
+        let tables: Vec<_> = tables.into_iter().collect();
+        self.columns.iter().position(|rule| {
+            tables.iter().any(|(schema, table)| {
+                schema.is_none_or(|s| rule.schema.matches_with(s, MATCH))
+                    && table.is_none_or(|t| rule.table.matches_with(t, MATCH))
+            })
         })
     }
 
@@ -367,6 +415,10 @@ impl Repr {
 struct PlannedColumn {
     action: ColumnAction,
     repr: Repr,
+    /// Masked for having no source in a read of a ruled table
+    /// ([`MaskingPolicy::plan_reading`]): a column whose source could not
+    /// be looked up looks the same, and is withheld all the same.
+    unsourced: bool,
 }
 
 /// The masking decided for one result set; made by [`MaskingPolicy::plan`]
@@ -392,7 +444,7 @@ impl ResultPlan {
     pub fn withhold(&mut self, indices: impl IntoIterator<Item = usize>) {
         for i in indices {
             if let Some(column) = self.columns.get_mut(i)
-                && !matches!(column.action, ColumnAction::Mask { .. })
+                && (column.unsourced || !matches!(column.action, ColumnAction::Mask { .. }))
             {
                 column.action = ColumnAction::Withhold;
                 self.noop = false;

@@ -498,6 +498,122 @@ fn a_parents_column_rule_covers_its_partitions() {
     assert_eq!(plan.masked_columns().collect::<Vec<_>>(), [(0, "pii")]);
 }
 
+/// A UNION arm, a scalar subquery or a recursive CTE hands a ruled column
+/// through with no source (found in review: `SELECT email FROM customers
+/// UNION ALL SELECT NULL` came back raw); in a statement reading a ruled
+/// table such a column is redacted, whatever that table's rules do.
+#[test]
+fn unsourced_columns_of_a_ruled_read_are_redacted() {
+    let mut p = policy();
+    p.detectors = all_detectors(Strategy::Redact);
+    p.columns.push(
+        ColumnRule::parse(
+            "customers.email",
+            Strategy::Partial { keep_last: 4 },
+            "mail",
+        )
+        .unwrap(),
+    );
+    p.columns
+        .push(ColumnRule::parse("hr.employees.salary", Strategy::Hash, "pay").unwrap());
+    p.columns
+        .push(ColumnRule::parse("*.people.ssn", Strategy::Redact, "ssn").unwrap());
+    p.names
+        .push(NameRule::parse("note", Strategy::Partial { keep_last: 9 }, "n").unwrap());
+
+    let read = |tables: &[(Option<&str>, Option<&str>)]| p.reading_rule(tables.iter().copied());
+    let name = |i: Option<usize>| i.map(|i| &*p.columns[i].name);
+    // Unqualified: any schema.
+    assert_eq!(name(read(&[(None, Some("customers"))])), Some("mail"));
+    assert_eq!(
+        name(read(&[(Some("public"), Some("Customers"))])),
+        Some("mail")
+    );
+    assert_eq!(name(read(&[(Some("billing"), Some("customers"))])), None);
+    assert_eq!(name(read(&[(None, Some("employees"))])), Some("pay"));
+    assert_eq!(
+        name(read(&[(None, Some("orders")), (Some("x"), Some("people"))])),
+        Some("ssn")
+    );
+    assert_eq!(name(read(&[(None, Some("orders"))])), None);
+    assert_eq!(name(read(&[])), None);
+    // A table the statement reaches without naming it: any table.
+    assert_eq!(name(read(&[(Some("hr"), None)])), Some("pay"));
+    assert_eq!(name(read(&[(None, None)])), Some("mail"));
+
+    let int4 = ColumnInfo {
+        type_oid: oid::INT4,
+        ..text_col(None, "n")
+    };
+    let columns = [
+        text_col(None, "email"),
+        text_col(None, "note"),
+        int4,
+        text_col(Some(("public", "customers", "name")), "name"),
+        text_col(Some(("public", "customers", "email")), "email"),
+    ];
+    let reading = read(&[(None, Some("employees"))]);
+    let actions: Vec<_> = p
+        .plan_reading(&columns, reading)
+        .actions()
+        .cloned()
+        .collect();
+    let redacted = ColumnAction::Mask {
+        strategy: Strategy::Redact,
+        rule: "pay".into(),
+    };
+    assert_eq!(
+        actions,
+        [
+            redacted.clone(),
+            // Before the name rule, whose partial would show a computed tail.
+            redacted.clone(),
+            redacted,
+            // A sourced column keeps its own planning.
+            ColumnAction::Scan,
+            ColumnAction::Mask {
+                strategy: Strategy::Partial { keep_last: 4 },
+                rule: "mail".into(),
+            },
+        ]
+    );
+    let plan = p.plan_reading(&columns, reading);
+    assert_eq!(
+        apply(
+            &plan,
+            &[Some("alice@example.com"), Some("x"), Some("7"), None, None]
+        ),
+        Some(vec![
+            Some("***".into()),
+            Some("***".into()),
+            None,
+            None,
+            None
+        ])
+    );
+
+    // A column whose source could not be looked up has none either: it is
+    // withheld, as in any other statement.
+    let mut plan = p.plan_reading(&columns, reading);
+    plan.withhold([0, 4]);
+    let actions: Vec<_> = plan.actions().cloned().collect();
+    assert_eq!(actions[0], ColumnAction::Withhold);
+    assert!(matches!(&actions[4], ColumnAction::Mask { rule, .. } if &**rule == "mail"));
+
+    // Reading no ruled table: planned exactly as before.
+    let unruled = read(&[(None, Some("orders"))]);
+    let before: Vec<_> = p.plan(&columns).actions().cloned().collect();
+    let after: Vec<_> = p
+        .plan_reading(&columns, unruled)
+        .actions()
+        .cloned()
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(before[0], ColumnAction::Scan);
+    assert!(matches!(&before[1], ColumnAction::Mask { rule, .. } if &**rule == "n"));
+    assert_eq!(before[2], ColumnAction::Keep);
+}
+
 #[test]
 fn first_matching_rule_wins() {
     let mut p = policy();

@@ -34,13 +34,16 @@ pub struct Layout {
 }
 
 /// The layouts a session has planned, by their RowDescription's exact
-/// bytes. Bounded by count and by the memory they hold (a RowDescription
+/// bytes and the column rule its statement's unsourced columns take
+/// ([`crate::masking::MaskingPolicy::reading_rule`]): the same columns
+/// from `SELECT ''` and from a UNION over a ruled table are planned
+/// apart. Bounded by count and by the memory they hold (a RowDescription
 /// of a wide table is tens of KiB): past either it starts over rather than
 /// track which are still in use, and a layout too large for the budget is
 /// not kept at all.
 #[derive(Debug, Default)]
 pub struct LayoutCache {
-    layouts: HashMap<Bytes, Arc<Layout>>,
+    layouts: HashMap<(Option<usize>, Bytes), Arc<Layout>>,
     bytes: usize,
 }
 
@@ -48,11 +51,12 @@ impl LayoutCache {
     pub const MAX_LAYOUTS: usize = 256;
     pub const MAX_BYTES: usize = 256 * 1024;
 
-    pub fn get(&self, description: &[u8]) -> Option<Arc<Layout>> {
-        self.layouts.get(description).cloned()
+    pub fn get(&self, reading: Option<usize>, description: &Bytes) -> Option<Arc<Layout>> {
+        // A shared handle, not a copy: the key is only compared.
+        self.layouts.get(&(reading, description.clone())).cloned()
     }
 
-    pub fn insert(&mut self, description: &[u8], layout: Arc<Layout>) {
+    pub fn insert(&mut self, reading: Option<usize>, description: &[u8], layout: Arc<Layout>) {
         // The key, the column names and a plan entry per column.
         let bytes = 2 * description.len() + 64 * layout.columns.len();
         if bytes > Self::MAX_BYTES {
@@ -64,7 +68,7 @@ impl LayoutCache {
         }
         if self
             .layouts
-            .insert(Bytes::copy_from_slice(description), layout)
+            .insert((reading, Bytes::copy_from_slice(description)), layout)
             .is_none()
         {
             self.bytes += bytes;
@@ -818,22 +822,43 @@ mod tests {
     fn layout_cache_finds_exact_bytes_only() {
         let mut cache = LayoutCache::default();
         let first = layout(1);
-        cache.insert(b"T-one", Arc::clone(&first));
-        assert!(Arc::ptr_eq(&cache.get(b"T-one").unwrap(), &first));
-        assert!(cache.get(b"T-on").is_none());
-        assert!(cache.get(b"T-one!").is_none());
+        cache.insert(None, b"T-one", Arc::clone(&first));
+        let key = |k: &'static [u8]| Bytes::from_static(k);
+        assert!(Arc::ptr_eq(
+            &cache.get(None, &key(b"T-one")).unwrap(),
+            &first
+        ));
+        assert!(cache.get(None, &key(b"T-on")).is_none());
+        assert!(cache.get(None, &key(b"T-one!")).is_none());
+        // Planned for a statement reading no ruled table: not the plan of
+        // one that does, nor of one whose unsourced columns take another rule.
+        assert!(cache.get(Some(0), &key(b"T-one")).is_none());
+        let ruled = layout(1);
+        cache.insert(Some(0), b"T-one", Arc::clone(&ruled));
+        assert!(Arc::ptr_eq(
+            &cache.get(Some(0), &key(b"T-one")).unwrap(),
+            &ruled
+        ));
+        assert!(cache.get(Some(1), &key(b"T-one")).is_none());
+        assert!(Arc::ptr_eq(
+            &cache.get(None, &key(b"T-one")).unwrap(),
+            &first
+        ));
     }
 
     #[test]
     fn layout_cache_is_bounded_by_count_and_bytes() {
         let mut cache = LayoutCache::default();
         for i in 0..LayoutCache::MAX_LAYOUTS + 10 {
-            cache.insert(format!("T{i}").as_bytes(), layout(1));
+            cache.insert(None, format!("T{i}").as_bytes(), layout(1));
             assert!(cache.len() <= LayoutCache::MAX_LAYOUTS);
         }
         assert!(
             cache
-                .get(format!("T{}", LayoutCache::MAX_LAYOUTS + 9).as_bytes())
+                .get(
+                    None,
+                    &Bytes::from(format!("T{}", LayoutCache::MAX_LAYOUTS + 9))
+                )
                 .is_some()
         );
 
@@ -842,13 +867,13 @@ mod tests {
         for i in 0..10u8 {
             let mut key = wide.clone();
             key[0] = i;
-            cache.insert(&key, layout(1));
+            cache.insert(None, &key, layout(1));
             assert!(cache.bytes <= LayoutCache::MAX_BYTES, "{}", cache.bytes);
         }
         assert!(cache.len() < 10);
         // Too large for the budget on its own: used, never kept.
         let mut cache = LayoutCache::default();
-        cache.insert(&vec![b'y'; LayoutCache::MAX_BYTES], layout(1));
+        cache.insert(None, &vec![b'y'; LayoutCache::MAX_BYTES], layout(1));
         assert!(cache.is_empty());
     }
 

@@ -2,6 +2,7 @@
 //! catalog and the masking policy), masked DataRows, and COPY TO STDOUT
 //! rows masked or refused.
 use super::*;
+use crate::protocols::postgres::classify::TableRef;
 
 impl Session<'_> {
     /// Forwards a DataRow through its masking plan, writing a masked row
@@ -158,8 +159,15 @@ impl Session<'_> {
     /// statement's result layout cannot change under it (PostgreSQL fails
     /// the execution instead). `None`: the description cannot be read
     /// while masking is on, and the session is ending.
-    pub(super) async fn layout(&mut self, description: &Bytes) -> Option<Arc<Layout>> {
-        if let Some(known) = self.layouts.get(description) {
+    ///
+    /// `reading`: the column rule its statement's unsourced columns take
+    /// ([`Session::reading_rule`]).
+    pub(super) async fn layout(
+        &mut self,
+        description: &Bytes,
+        reading: Option<usize>,
+    ) -> Option<Arc<Layout>> {
+        if let Some(known) = self.layouts.get(reading, description) {
             return Some(known);
         }
         let Ok(parsed) = RowDescription::parse(description) else {
@@ -178,24 +186,50 @@ impl Session<'_> {
                 .iter()
                 .map(|f| (f.name, f.table_oid, f.column_attr, f.type_oid, f.format))
                 .collect();
-            let (plan, complete) = self.plan_columns(&fields).await;
+            let (plan, complete) = self.plan_columns(&fields, reading).await;
             (Some(plan), complete)
         };
         let layout = Arc::new(Layout { columns, plan });
         // A plan made while the catalog could not be read falls back to
         // name rules; it is used once, not kept.
         if complete {
-            self.layouts.insert(description, Arc::clone(&layout));
+            self.layouts
+                .insert(reading, description, Arc::clone(&layout));
         }
         Some(layout)
     }
 
+    /// The column rule under which the unsourced columns of a result of
+    /// `running` are redacted: one covering a table its statements name,
+    /// read or written (`INSERT … SELECT … RETURNING` hands a written table's
+    /// values back too). Every statement of a query string counts for
+    /// each of its results: which statement a RowDescription belongs to is
+    /// not tracked, and masking more is the safe direction. A statement
+    /// the gateway did not classify counts as naming every table.
+    pub(super) fn reading_rule(&self, running: Option<&Running>) -> Option<usize> {
+        if !self.masking.has_column_rules() {
+            return None;
+        }
+        let Some(classification) = running.and_then(|r| r.classification.as_deref()) else {
+            return self.masking.reading_rule([(None, None)]);
+        };
+        let every = |name: &str| name == TableRef::EVERY;
+        self.masking.reading_rule(classification.tables().map(|t| {
+            (
+                t.schema.as_deref().filter(|s| !every(s)),
+                Some(t.name.as_str()).filter(|n| !every(n)),
+            )
+        }))
+    }
+
     /// `(name, table OID, attribute number, type OID, format)` per column.
     /// Also whether every column's source could be looked up; when one
-    /// could not and column rules exist, it is withheld (NULL).
+    /// could not and column rules exist, it is withheld (NULL). `reading`:
+    /// see [`MaskingPolicy::plan_reading`].
     pub(super) async fn plan_columns(
         &self,
         fields: &[(&str, u32, i16, u32, i16)],
+        reading: Option<usize>,
     ) -> (Arc<ResultPlan>, bool) {
         let login = self.catalog_login();
         let catalog = self.catalog();
@@ -221,7 +255,7 @@ impl Session<'_> {
                 format,
             })
             .collect();
-        let mut plan = self.masking.plan(&columns);
+        let mut plan = self.masking.plan_reading(&columns, reading);
         if self.masking.has_column_rules() {
             // A whole-row reference (`SELECT c FROM customers c`) names its
             // table with attribute 0: its record holds every column, so a
@@ -406,6 +440,12 @@ impl Session<'_> {
             }) => (r.sql.clone(), 0, r.copy_layout.take().map(|d| *d)),
             _ => return Err(unmatched()),
         };
+        let reading = match self.tracker.pending.front() {
+            Some(Pending::Query(r) | Pending::Execute { running: r, .. }) => {
+                self.reading_rule(r.as_ref())
+            }
+            _ => None,
+        };
         let copy = copy_out::copy_outs(&sql)?
             .into_iter()
             .nth(index)
@@ -432,7 +472,7 @@ impl Session<'_> {
             .iter()
             .map(|f| (f.name, f.table_oid, f.column_attr, f.type_oid, 0))
             .collect();
-        let (plan, _) = self.plan_columns(&fields).await;
+        let (plan, _) = self.plan_columns(&fields, reading).await;
         CopyRows::new(plan, format).map(Some)
     }
 

@@ -141,7 +141,13 @@ impl Session<'_> {
                     self.query_plan = None;
                     if swallow {
                         // Ours: the layout of the Execute that follows.
-                        let Some(layout) = self.layout(frame.body()).await else {
+                        let reading = match self.tracker.pending.front() {
+                            Some(Pending::Execute { running, .. }) => {
+                                self.reading_rule(running.as_ref())
+                            }
+                            _ => None,
+                        };
+                        let Some(layout) = self.layout(frame.body(), reading).await else {
                             return;
                         };
                         self.note_columns(&layout);
@@ -153,8 +159,9 @@ impl Session<'_> {
                         return;
                     }
                 }
-                Some(Pending::Query(_)) => {
-                    let Some(layout) = self.layout(frame.body()).await else {
+                Some(Pending::Query(running)) => {
+                    let reading = self.reading_rule(running.as_ref());
+                    let Some(layout) = self.layout(frame.body(), reading).await else {
                         return;
                     };
                     self.note_columns(&layout);
