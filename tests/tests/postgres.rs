@@ -744,7 +744,7 @@ fn masking_hides_emails_and_cards() -> Result<()> {
 fn set_operations_and_subqueries_over_ruled_tables_are_masked() -> Result<()> {
     let s = Setup::start_configured("pg-unionmask", 92, Policy::Guarded, |c| {
         c.raw_toml(
-            "\n[[masking]]\nname = \"ids\"\ntargets = [\"orders-db\"]\ncolumns = [\"public.customers.ssn\", \"public.items.qty\"]\nstrategy = \"redact\"\n",
+            "\n[[masking]]\nname = \"ids\"\ntargets = [\"orders-db\"]\ncolumns = [\"public.customers.ssn\", \"public.items.qty\"]\nstrategy = \"redact\"\n\n[[masking]]\nname = \"names\"\ntargets = [\"orders-db\"]\nnames = [\"name\"]\nstrategy = \"redact\"\n",
         )
     })?;
     let out = s.psql(
@@ -815,6 +815,22 @@ fn set_operations_and_subqueries_over_ruled_tables_are_masked() -> Result<()> {
     assert_rows(&r[3], &[&["***"], &["***"], &["***"]], "UNION, simple");
     assert_rows(&r[4], &[&["1"], &["2"]], "no table");
     assert_rows(&r[5], &[&["1"], &["2"], &["3"]], "unruled UNION, extended");
+
+    // Found in review: a name rule saw the output name only, so an alias
+    // got around it. It sees the source column's name too.
+    let out = s.psql(
+        "app_rw",
+        &[
+            "SELECT name AS who FROM customers ORDER BY id",
+            "SELECT id AS name_id FROM customers WHERE id = 1",
+        ],
+    )?;
+    assert!(out.ok && out.errors().is_empty(), "{out:?}");
+    assert_eq!(
+        out.lines(),
+        ["***", "***", "***", "1"],
+        "aliased name: {out:?}"
+    );
     Ok(())
 }
 

@@ -59,7 +59,8 @@ pub mod oid {
 pub struct MaskingPolicy {
     /// Tried first, in order, against the column's source table column.
     pub columns: Vec<ColumnRule>,
-    /// Tried next, in order, against the column's output name.
+    /// Tried next, in order, against the column's output name and its
+    /// source column's name.
     pub names: Vec<NameRule>,
     /// Run over the values of every scanned column.
     pub detectors: Vec<DetectorRule>,
@@ -168,7 +169,8 @@ impl MaskingPolicy {
     ///
     /// 1. the first column rule matching the column's source, or the
     ///    same-named column of one of its table's ancestors → `Mask`;
-    /// 2. else the first name rule matching its output name → `Mask`;
+    /// 2. else the first name rule matching its output name or its source
+    ///    column's name → `Mask`;
     /// 3. else, if there are detectors, `Scan` when the column is computed
     ///    (and its values are scannable) or its type is text-like;
     /// 4. else `Keep`.
@@ -263,10 +265,13 @@ impl MaskingPolicy {
             self.column_rule(source, info.ancestors)
                 .map(|r| (r.strategy, &r.name))
         });
+        // The source column's name too: an alias (`SELECT ssn AS x`) must
+        // not get around a name rule.
+        let source_name = info.source.map(|(_, _, column)| column);
         let by_name = || {
             self.names
                 .iter()
-                .find(|r| r.matches(info.output_name))
+                .find(|r| r.matches(info.output_name) || source_name.is_some_and(|c| r.matches(c)))
                 .map(|r| (r.strategy, &r.name))
         };
         if let Some((strategy, rule)) = by_source.or_else(by_name) {

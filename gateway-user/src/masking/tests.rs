@@ -614,6 +614,25 @@ fn unsourced_columns_of_a_ruled_read_are_redacted() {
     assert_eq!(before[2], ColumnAction::Keep);
 }
 
+/// Found in review: name rules saw the output name only, so `SELECT ssn
+/// AS x FROM people` escaped `names = ["*ssn*"]`.
+#[test]
+fn name_rules_match_the_source_column_too() {
+    let mut p = policy();
+    p.names
+        .push(NameRule::parse("*ssn*", Strategy::Redact, "ssn").unwrap());
+    let plan = p.plan(&[
+        text_col(Some(("hr", "people", "ssn")), "x"),
+        text_col(Some(("hr", "people", "name")), "ssn_hint"),
+        text_col(Some(("hr", "people", "name")), "name"),
+        text_col(None, "x"),
+    ]);
+    assert_eq!(
+        plan.masked_columns().collect::<Vec<_>>(),
+        [(0, "ssn"), (1, "ssn")]
+    );
+}
+
 #[test]
 fn first_matching_rule_wins() {
     let mut p = policy();
