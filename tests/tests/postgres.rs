@@ -3092,7 +3092,9 @@ fn a_copy_is_described_on_the_jobs_own_session() -> Result<()> {
             .map(|(c, m)| format!("{}\t{m}", c.id)),
     );
     expected.extend(["1", "2", "3"].map(String::from));
-    expected.push("first".into());
+    // Its query string names a ruled table, so the literal before the
+    // COPY counts as unsourced in a read of it (0fbfb1c): redacted.
+    expected.push("***".into());
     expected.push("alive".into());
     assert_eq!(out.lines(), expected, "{out:?}");
 
