@@ -213,6 +213,17 @@ impl Session<'_> {
         let Some(classification) = running.and_then(|r| r.classification.as_deref()) else {
             return self.masking.reading_rule([(None, None)]);
         };
+        // A FETCH or MOVE reads what its cursor was declared over, which
+        // its own text does not name (found in review: `DECLARE c CURSOR
+        // FOR SELECT email FROM customers UNION ALL SELECT NULL`, then
+        // `FETCH ALL FROM c`, returned the addresses raw).
+        if classification
+            .statements
+            .iter()
+            .any(|s| matches!(s.command, "FETCH" | "MOVE"))
+        {
+            return self.masking.reading_rule([(None, None)]);
+        }
         let every = |name: &str| name == TableRef::EVERY;
         self.masking.reading_rule(classification.tables().map(|t| {
             (
@@ -344,6 +355,22 @@ impl Session<'_> {
             running.copy_layout = Some(Box::new(Err(
                 "it was sent inside an unfinished extended-protocol batch (no Sync before it)"
                     .into(),
+            )));
+            return;
+        }
+        // The server parses the whole text before the COPY looks its
+        // names up, and a long text stretches that moment: another
+        // connection renaming a schema meanwhile would make the COPY read
+        // another table than the one described (found in review). Alone,
+        // the COPY follows its description within microseconds; that
+        // window is still open (see README).
+        if running
+            .classification
+            .as_ref()
+            .is_some_and(|c| c.statements.len() > 1)
+        {
+            running.copy_layout = Some(Box::new(Err(
+                "it is not the only statement of its query string".into(),
             )));
             return;
         }
