@@ -41,9 +41,18 @@ pub struct Layout {
 /// of a wide table is tens of KiB): past either it starts over rather than
 /// track which are still in use, and a layout too large for the budget is
 /// not kept at all.
+///
+/// A layout is used for at most the catalog's [`MAX_AGE`] after it was
+/// planned, as the catalog's own entries are: the same RowDescription
+/// bytes can mean other masks later (a table attached as a partition of a
+/// ruled one, a renamed column), and a long session must pick that up
+/// within a minute as a new one does (found in review: it kept its first
+/// plan for good).
+///
+/// [`MAX_AGE`]: crate::protocols::postgres::catalog::MAX_AGE
 #[derive(Debug, Default)]
 pub struct LayoutCache {
-    layouts: HashMap<(Option<usize>, Bytes), Arc<Layout>>,
+    layouts: HashMap<(Option<usize>, Bytes), (Arc<Layout>, Instant)>,
     bytes: usize,
 }
 
@@ -52,8 +61,19 @@ impl LayoutCache {
     pub const MAX_BYTES: usize = 256 * 1024;
 
     pub fn get(&self, reading: Option<usize>, description: &Bytes) -> Option<Arc<Layout>> {
+        self.get_at(reading, description, Instant::now())
+    }
+
+    fn get_at(
+        &self,
+        reading: Option<usize>,
+        description: &Bytes,
+        now: Instant,
+    ) -> Option<Arc<Layout>> {
         // A shared handle, not a copy: the key is only compared.
-        self.layouts.get(&(reading, description.clone())).cloned()
+        let (layout, planned) = self.layouts.get(&(reading, description.clone()))?;
+        let age = now.saturating_duration_since(*planned);
+        (age < crate::protocols::postgres::catalog::MAX_AGE).then(|| Arc::clone(layout))
     }
 
     pub fn insert(&mut self, reading: Option<usize>, description: &[u8], layout: Arc<Layout>) {
@@ -68,7 +88,10 @@ impl LayoutCache {
         }
         if self
             .layouts
-            .insert((reading, Bytes::copy_from_slice(description)), layout)
+            .insert(
+                (reading, Bytes::copy_from_slice(description)),
+                (layout, Instant::now()),
+            )
             .is_none()
         {
             self.bytes += bytes;
@@ -844,6 +867,25 @@ mod tests {
             &cache.get(None, &key(b"T-one")).unwrap(),
             &first
         ));
+    }
+
+    #[test]
+    fn a_cached_layout_is_planned_again_after_the_catalogs_max_age() {
+        let mut cache = LayoutCache::default();
+        let first = layout(1);
+        cache.insert(None, b"T-one", Arc::clone(&first));
+        let key = Bytes::from_static(b"T-one");
+        let max_age = crate::protocols::postgres::catalog::MAX_AGE;
+        let soon = Instant::now() + max_age / 2;
+        assert!(Arc::ptr_eq(
+            &cache.get_at(None, &key, soon).unwrap(),
+            &first
+        ));
+        assert!(cache.get_at(None, &key, soon + max_age).is_none());
+        // Planned again, it is used again.
+        let again = layout(1);
+        cache.insert(None, b"T-one", Arc::clone(&again));
+        assert!(Arc::ptr_eq(&cache.get(None, &key).unwrap(), &again));
     }
 
     #[test]
