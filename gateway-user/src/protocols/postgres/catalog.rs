@@ -32,6 +32,11 @@ pub struct SourceColumn {
     pub column: String,
     /// `(schema, table)` of every ancestor of the table, nearest first.
     pub ancestors: Arc<[(String, String)]>,
+    /// A generated column (`GENERATED ALWAYS AS …`): `COPY t` leaves it out.
+    pub generated: bool,
+    /// Its table is a plain one (a partition included), the only kind
+    /// `COPY t TO` copies by name.
+    pub plain_table: bool,
 }
 
 pub type ColumnSource = Arc<SourceColumn>;
@@ -215,7 +220,8 @@ impl Catalog {
             (&MAX_ANCESTRY as &(dyn ToSql + Sync), Type::INT4),
         ];
         let columns = c.query_typed(
-            "SELECT n.nspname::text, c.relname::text, a.attname::text, a.attnum \
+            "SELECT n.nspname::text, c.relname::text, a.attname::text, a.attnum, \
+                    a.attgenerated <> '', c.relkind = 'r' \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -256,6 +262,8 @@ impl Catalog {
                     table: row.get(1),
                     column: row.get(2),
                     ancestors: Arc::clone(&ancestors),
+                    generated: row.get(4),
+                    plain_table: row.get(5),
                 };
                 (row.get(3), Arc::new(source))
             })
@@ -351,6 +359,8 @@ mod tests {
                 .iter()
                 .map(|(s, t)| ((*s).to_owned(), (*t).to_owned()))
                 .collect(),
+            generated: false,
+            plain_table: true,
         })
     }
 

@@ -136,18 +136,23 @@ pub struct Running {
     /// sent: put back if that statement never ran (an error), since the
     /// server then still has what it had.
     pub names_taken: Vec<(usize, Undo)>,
-    /// How many of its `COPY … TO STDOUT` statements have started: the
-    /// next CopyOutResponse belongs to the one after them. Kept per
-    /// statement: found in review, a session-wide count that an Execute
-    /// ahead of a Query moved on matched a Query's COPY to the layout of
-    /// the COPY after it, so its rows went unmasked.
-    pub copies_started: u32,
-    /// For a statement that starts with a `COPY … TO STDOUT` while masking
-    /// is on: the RowDescription of its query as the job's own session
-    /// described it just before ([`Pending::CopyLayout`]), or why there is
-    /// none (its rows are then refused). Boxed: most statements have none,
-    /// and every one carries the field.
-    pub copy_layout: Option<Box<Result<Bytes, String>>>,
+    /// A `COPY … TO STDOUT` the gateway runs as a query, masking on
+    /// (see [`crate::protocols::postgres::copy_out`]). Boxed: most
+    /// statements have none, and every one carries the field.
+    pub copy: Option<Box<CopyRun>>,
+}
+
+/// A `COPY … TO STDOUT` running as its query: the portal's rows become the
+/// COPY's once its Describe said what they are.
+#[derive(Debug)]
+pub struct CopyRun {
+    pub copy: crate::protocols::postgres::copy_out::CopyOut,
+    /// Made from the portal's RowDescription, when the CopyOutResponse
+    /// went to the client.
+    pub encoder: Option<crate::protocols::postgres::copy_out::encode::Encoder>,
+    /// Refused once its columns were known, the client answered already:
+    /// its rows and completion are dropped.
+    pub refused: bool,
 }
 
 #[derive(Debug)]
@@ -184,16 +189,10 @@ pub enum Pending {
     /// Bind of the name sent after the Close keeps its own.
     ClosePortal(Option<(String, Arc<std::sync::atomic::AtomicBool>)>),
     Sync,
-    /// A Parse, Describe and Close of a COPY's query that the gateway sent
-    /// on the job's own session just before the statement running the
-    /// COPY: all their answers are the gateway's. `sync`: a Sync of the
-    /// gateway's follows them (before a simple Query); without one (before
-    /// an Execute) the CloseComplete ends the entry. `layout`: the
-    /// RowDescription, once it came.
-    CopyLayout {
-        sync: bool,
-        layout: Option<Bytes>,
-    },
+    /// Answers (ParseComplete, BindComplete, CloseComplete) to messages
+    /// the gateway sent to run a COPY as its query: this many still to
+    /// come, none for the client.
+    Own(u8),
     /// The client ended a COPY (CopyDone or CopyFail), which nothing
     /// answers: it tells which Syncs the server ignored while it was
     /// taking COPY data ([`Tracker::copy_in_started`]).
@@ -206,15 +205,12 @@ pub enum Pending {
 impl Pending {
     /// Whether this entry ends with ReadyForQuery.
     pub fn is_sync_point(&self) -> bool {
-        matches!(
-            self,
-            Pending::Query(_) | Pending::Sync | Pending::CopyLayout { sync: true, .. }
-        )
+        matches!(self, Pending::Query(_) | Pending::Sync)
     }
 
     /// Whether this entry is a Sync: what the server stops discarding at.
     fn is_sync(&self) -> bool {
-        matches!(self, Pending::Sync | Pending::CopyLayout { sync: true, .. })
+        matches!(self, Pending::Sync)
     }
 }
 
@@ -591,7 +587,7 @@ mod tests {
                 Pending::Execute { .. } => 'E',
                 Pending::Close(_) | Pending::ClosePortal(_) => 'C',
                 Pending::Sync => 'S',
-                Pending::CopyLayout { .. } => 'L',
+                Pending::Own(_) => 'o',
                 Pending::CopyEnd => 'c',
                 Pending::CopyData => 'd',
             })
@@ -942,34 +938,20 @@ mod tests {
         );
     }
 
-    /// The gateway adds a Sync for a COPY's description only between the
-    /// client's batches; an error before it skips no further than it, and
-    /// its ReadyForQuery is its own.
+    /// A COPY run as its query: the gateway's own answers are skipped with
+    /// the rest after an error, up to the Sync (the gateway's, before a
+    /// simple Query, is a sync point like the Query it stands for).
     #[test]
-    fn a_copy_layout_with_its_own_sync_is_a_sync_point() {
+    fn a_copy_run_as_a_query_skips_to_its_sync() {
         let mut t = Tracker::default();
-        assert!(t.between_batches());
-        t.push(Pending::Parse(None));
-        assert!(!t.between_batches(), "a Parse not synced yet");
-        t.push(Pending::CopyLayout {
-            sync: true,
-            layout: None,
-        });
-        t.push(Pending::Query(None));
-        assert!(t.between_batches());
-        assert_eq!(t.skip_to_sync().len(), 1, "only the failed Parse");
-        assert_eq!(tags(&t), "LQ");
-        assert!(matches!(t.ready(), Ok(Pending::CopyLayout { .. })));
-        assert!(matches!(t.ready(), Ok(Pending::Query(None))));
-        assert_eq!(t.syncs_sent, t.syncs_done);
-        // Without its own Sync (before an Execute) an error skips past it.
-        t.push(Pending::CopyLayout {
-            sync: false,
-            layout: None,
-        });
+        t.push(Pending::Own(3));
         t.push(execute());
+        t.push(Pending::Own(2));
         t.push(Pending::Sync);
-        assert_eq!(t.skip_to_sync().len(), 2);
+        assert!(t.between_batches());
+        assert_eq!(t.skip_to_sync().len(), 3);
         assert_eq!(tags(&t), "S");
+        assert!(matches!(t.ready(), Ok(Pending::Sync)));
+        assert_eq!(t.syncs_sent, t.syncs_done);
     }
 }

@@ -1,94 +1,177 @@
 //! `COPY … TO STDOUT` on a target with masking rules.
 //!
-//! COPY rows carry no RowDescription, so the session learns their layout
-//! by describing the equivalent query (`SELECT cols FROM table`, or the
-//! COPY's own query) on the job's own session just before the COPY runs,
-//! plans masking as for a query result, and rewrites each CopyData row
-//! (the server sends exactly one row per CopyData). Rows are decoded in
-//! the COPY's own format:
+//! A COPY's rows carry no RowDescription, and describing its query ahead
+//! of it, on any connection, leaves a moment in which its names can be
+//! made to mean another table (found in review: a schema renamed by
+//! another session takes no lock the COPY waits for, so the COPY read a
+//! table the description never saw, and its rows went out unmasked). So
+//! such a COPY is never sent. The gateway runs the COPY's query itself on
+//! the job's session, as a portal whose Describe reports exactly the
+//! columns that portal returns, masks its rows as any query's, and spells
+//! them as the COPY would have ([`encode`]): the client sees a COPY.
 //!
-//! * [`text`]: tab-separated with backslash escapes (the default);
-//! * [`csv`]: quoted fields, any delimiter, quote and escape.
-//!
-//! Binary COPY and options that change how values are spelled beyond those
-//! (`ENCODING`) cannot be masked; the session refuses such a COPY with an
-//! error instead of sending its rows unmasked.
+//! * [`masked_copy`] finds such a COPY and the query that runs in its place;
+//! * [`options`] reads and checks its options, as the server would have;
+//! * [`encode`], [`text`] and [`csv`] spell the rows.
 pub mod csv;
+pub mod encode;
+pub mod options;
 pub mod text;
 
-use std::borrow::Cow;
+use pg_query::{
+    NodeEnum,
+    protobuf::{CopyStmt, Token},
+};
 
-use bytes::Bytes;
-use pg_query::{NodeEnum, protobuf::CopyStmt};
+pub use self::options::CopyFormat;
 
-use crate::masking::ResultPlan;
-
-/// One `COPY … TO STDOUT` of a query string, in statement order.
+/// A `COPY … TO STDOUT` and what runs in its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyOut {
-    /// A query with the COPY's columns, to describe on the job's session.
-    pub layout_sql: String,
-    /// It is the first statement of its text: nothing the text ran before
-    /// it can have changed what its names resolve to.
-    pub first: bool,
-    pub format: Result<CopyFormat, String>,
+    /// The COPY's own query, as the job wrote it; for `COPY t (a, b)`,
+    /// `SELECT "a", "b" FROM ONLY t` (COPY reads no child tables).
+    pub query: String,
+    /// `Some` when the COPY names a table: what it may copy is checked
+    /// once the query's columns are known ([`TableCopy`]).
+    pub table: Option<TableCopy>,
+    pub format: CopyFormat,
 }
 
-/// How the rows of a COPY are spelled.
+/// A COPY of a table by name. PostgreSQL copies only a plain table that
+/// way, and leaves out its generated columns unless they are listed
+/// (then it refuses them).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CopyFormat {
-    Text(text::TextOptions),
-    Csv(csv::CsvOptions),
-    Binary,
+pub struct TableCopy {
+    /// As written, for errors.
+    pub name: String,
+    pub columns_listed: bool,
 }
 
-impl CopyFormat {
-    fn header(&self) -> bool {
-        match self {
-            Self::Text(o) => o.header,
-            Self::Csv(o) => o.header,
-            Self::Binary => false,
-        }
-    }
-}
-
-/// The `COPY … TO STDOUT` statements of `sql`, in order. Errors only when
-/// the text does not parse (it was classified already, so it does) or is
-/// nested too deeply to parse at all.
-pub fn copy_outs(sql: &str) -> Result<Vec<CopyOut>, String> {
+/// The text's `COPY … TO STDOUT`, if it has one. `Err` when it has one
+/// that the gateway cannot run in its place: not the only statement of
+/// its text, options the server would refuse, or a query that is not one
+/// a COPY runs.
+pub fn masked_copy(sql: &str) -> Result<Option<CopyOut>, String> {
     // Parsing and deparsing recurse as deep as the text nests: off the
     // worker's stack when that is deep, as for classification.
-    crate::protocols::postgres::classify::guarded(sql, || Ok(parse_copy_outs(sql)))
+    crate::protocols::postgres::classify::guarded(sql, || Ok(find(sql)))
         .map_err(|e| e.to_string())?
 }
 
-fn parse_copy_outs(sql: &str) -> Result<Vec<CopyOut>, String> {
+fn find(sql: &str) -> Result<Option<CopyOut>, String> {
     let parsed = pg_query::parse(sql).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for (i, raw) in parsed.protobuf.stmts.iter().enumerate() {
-        let Some(NodeEnum::CopyStmt(copy)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
-            continue;
-        };
-        if copy.is_from || copy.is_program || !copy.filename.is_empty() {
-            continue;
-        }
-        out.push(CopyOut {
-            layout_sql: layout_sql(copy)?,
-            first: i == 0,
-            format: format(copy),
-        });
+    let statements = &parsed.protobuf.stmts;
+    let copy =
+        statements.iter().find_map(
+            |raw| match raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+                Some(NodeEnum::CopyStmt(copy))
+                    if !copy.is_from && !copy.is_program && copy.filename.is_empty() =>
+                {
+                    Some(copy)
+                }
+                _ => None,
+            },
+        );
+    let Some(copy) = copy else {
+        return Ok(None);
+    };
+    // What runs in its place is sent alone: another statement of the
+    // text would run apart from it, outside its implicit transaction.
+    if statements.len() > 1 {
+        return Err("it is not the only statement of its query string".into());
     }
-    Ok(out)
+    let format = options::format(copy)?;
+    let (query, table) = match copy.query.as_ref().and_then(|q| q.node.as_ref()) {
+        Some(query) => (restated_query(sql, query)?, None),
+        None => table_query(copy)?,
+    };
+    Ok(Some(CopyOut {
+        query,
+        table,
+        format,
+    }))
 }
 
-/// `COPY t (a, b)` → `SELECT "a", "b" FROM ONLY "s"."t"` (COPY reads no
-/// child tables); `COPY (query)` → the query.
-fn layout_sql(copy: &CopyStmt) -> Result<String, String> {
-    if let Some(query) = copy.query.as_ref().and_then(|q| q.node.as_ref()) {
-        return query
-            .deparse()
-            .map_err(|e| format!("cannot restate the COPY query: {e}"));
+/// The COPY's query, as the job wrote it between the COPY's parentheses
+/// (not deparsed: what runs is the job's own text). Checked to parse to
+/// the same tree, and to be what COPY runs: a SELECT without INTO, or
+/// data-modifying with RETURNING (run alone, anything else would do what
+/// the COPY refuses).
+fn restated_query(sql: &str, query: &NodeEnum) -> Result<String, String> {
+    let text = parenthesized(sql)?;
+    let parsed = pg_query::parse(text).map_err(|e| e.to_string())?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return Err("its query cannot be restated alone".into());
+    };
+    let Some(alone) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
+        return Err("its query cannot be restated alone".into());
+    };
+    let same = match (alone.deparse(), query.deparse()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !same {
+        return Err("its query cannot be restated alone".into());
     }
+    match alone {
+        NodeEnum::SelectStmt(select) if has_into(select) => {
+            Err("COPY (SELECT INTO) is not supported".into())
+        }
+        NodeEnum::SelectStmt(_) => Ok(text.to_owned()),
+        NodeEnum::InsertStmt(s) if !s.returning_list.is_empty() => Ok(text.to_owned()),
+        NodeEnum::UpdateStmt(s) if !s.returning_list.is_empty() => Ok(text.to_owned()),
+        NodeEnum::DeleteStmt(s) if !s.returning_list.is_empty() => Ok(text.to_owned()),
+        NodeEnum::MergeStmt(s) if !s.returning_list.is_empty() => Ok(text.to_owned()),
+        _ => Err("COPY query must have a RETURNING clause".into()),
+    }
+}
+
+/// The text between `COPY (` and its matching `)`, by the server's own
+/// lexer (a parenthesis in a string or comment is not one).
+fn parenthesized(sql: &str) -> Result<&str, String> {
+    let scanned = pg_query::scan(sql).map_err(|e| e.to_string())?;
+    let comment = [Token::SqlComment as i32, Token::CComment as i32];
+    let mut tokens = scanned
+        .tokens
+        .iter()
+        .filter(|t| !comment.contains(&t.token));
+    let unreadable = || "its query cannot be restated alone".to_owned();
+    if tokens.next().map(|t| t.token) != Some(Token::Copy as i32) {
+        return Err(unreadable());
+    }
+    let open = tokens
+        .next()
+        .filter(|t| t.token == Token::Ascii40 as i32)
+        .ok_or_else(unreadable)?;
+    let mut depth = 1u32;
+    for t in tokens {
+        if t.token == Token::Ascii40 as i32 {
+            depth += 1;
+        } else if t.token == Token::Ascii41 as i32 {
+            depth -= 1;
+            if depth == 0 {
+                let (start, end) = (usize::try_from(open.end), usize::try_from(t.start));
+                return match (start, end) {
+                    (Ok(start), Ok(end)) => sql.get(start..end).ok_or_else(unreadable),
+                    _ => Err(unreadable()),
+                };
+            }
+        }
+    }
+    Err(unreadable())
+}
+
+/// Whether a SELECT (or an arm of its set operation) writes INTO a table.
+fn has_into(select: &pg_query::protobuf::SelectStmt) -> bool {
+    select.into_clause.is_some()
+        || [&select.larg, &select.rarg]
+            .into_iter()
+            .flatten()
+            .any(|arm| has_into(arm))
+}
+
+/// `COPY t (a, b)` → `SELECT "a", "b" FROM ONLY "s"."t"`.
+fn table_query(copy: &CopyStmt) -> Result<(String, Option<TableCopy>), String> {
     let relation = copy
         .relation
         .as_ref()
@@ -101,10 +184,11 @@ fn layout_sql(copy: &CopyStmt) -> Result<String, String> {
             _ => None,
         })
         .collect();
-    let columns = if columns.is_empty() {
-        "*".to_owned()
-    } else {
+    let columns_listed = !columns.is_empty();
+    let columns = if columns_listed {
         columns.join(", ")
+    } else {
+        "*".to_owned()
     };
     let mut name = String::new();
     for part in [&relation.catalogname, &relation.schemaname] {
@@ -114,172 +198,18 @@ fn layout_sql(copy: &CopyStmt) -> Result<String, String> {
         }
     }
     name.push_str(&quote_ident(&relation.relname));
-    Ok(format!("SELECT {columns} FROM ONLY {name}"))
+    let query = format!("SELECT {columns} FROM ONLY {name}");
+    Ok((
+        query,
+        Some(TableCopy {
+            name: relation.relname.clone(),
+            columns_listed,
+        }),
+    ))
 }
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// The COPY's format from its options; an error names an option the
-/// masking codec cannot honour.
-fn format(copy: &CopyStmt) -> Result<CopyFormat, String> {
-    let mut kind = "text".to_owned();
-    let mut delimiter = None;
-    let mut null = None;
-    let mut header = false;
-    let mut quote = None;
-    let mut escape = None;
-    for option in &copy.options {
-        let Some(NodeEnum::DefElem(def)) = option.node.as_ref() else {
-            continue;
-        };
-        let arg = def.arg.as_ref().and_then(|a| a.node.as_ref());
-        let text = match arg {
-            Some(NodeEnum::String(s)) => Some(s.sval.clone()),
-            Some(NodeEnum::Integer(i)) => Some(i.ival.to_string()),
-            Some(NodeEnum::Boolean(b)) => Some(b.boolval.to_string()),
-            _ => None,
-        };
-        let name = def.defname.to_ascii_lowercase();
-        match name.as_str() {
-            "format" => kind = text.unwrap_or_default().to_ascii_lowercase(),
-            "delimiter" => delimiter = Some(one_byte("DELIMITER", text)?),
-            "quote" => quote = Some(one_byte("QUOTE", text)?),
-            "escape" => escape = Some(one_byte("ESCAPE", text)?),
-            "null" => null = Some(text.unwrap_or_default().into_bytes()),
-            "header" => header = text.is_none_or(|t| is_true(&t)),
-            // Only which unchanged fields get quotes: those are forwarded as
-            // the server spelled them; masked ones are always quoted.
-            "force_quote" => {}
-            "encoding" if text.as_deref().is_some_and(is_utf8) => {}
-            other => {
-                return Err(format!(
-                    "COPY option {} is not supported with masking",
-                    other.to_ascii_uppercase()
-                ));
-            }
-        }
-    }
-    match kind.as_str() {
-        "text" => Ok(CopyFormat::Text(text::TextOptions {
-            delimiter: delimiter.unwrap_or(b'\t'),
-            null: null.unwrap_or_else(|| b"\\N".to_vec()),
-            header,
-        })),
-        "csv" => {
-            let quote = quote.unwrap_or(b'"');
-            Ok(CopyFormat::Csv(csv::CsvOptions {
-                delimiter: delimiter.unwrap_or(b','),
-                null: null.unwrap_or_default(),
-                header,
-                quote,
-                escape: escape.unwrap_or(quote),
-            }))
-        }
-        "binary" => Ok(CopyFormat::Binary),
-        other => Err(format!("unknown COPY format {other:?}")),
-    }
-}
-
-fn one_byte(option: &str, text: Option<String>) -> Result<u8, String> {
-    match text.as_deref().map(str::as_bytes) {
-        Some([b]) if b.is_ascii() => Ok(*b),
-        _ => Err(format!("COPY {option} must be a single ASCII character")),
-    }
-}
-
-fn is_true(text: &str) -> bool {
-    matches!(
-        text.to_ascii_lowercase().as_str(),
-        "true" | "on" | "1" | "yes"
-    )
-}
-
-fn is_utf8(text: &str) -> bool {
-    matches!(
-        text.to_ascii_lowercase().replace(['-', '_'], "").as_str(),
-        "utf8" | "unicode"
-    )
-}
-
-/// One field of a row: how the server spelled it, and its value (`None` is
-/// SQL NULL).
-pub struct Field<'a> {
-    pub raw: &'a [u8],
-    pub value: Option<Cow<'a, [u8]>>,
-}
-
-/// Masks the rows of one COPY.
-pub struct CopyRows {
-    plan: std::sync::Arc<ResultPlan>,
-    format: CopyFormat,
-    /// The header line comes first and holds column names, not values.
-    header_pending: bool,
-}
-
-impl CopyRows {
-    /// Errors when rows of this format cannot be masked under `plan`.
-    pub fn new(plan: std::sync::Arc<ResultPlan>, format: CopyFormat) -> Result<Self, String> {
-        if matches!(format, CopyFormat::Binary) && !plan.is_noop() {
-            return Err("binary COPY cannot be masked: use FORMAT text or csv".into());
-        }
-        Ok(Self {
-            header_pending: format.header(),
-            plan,
-            format,
-        })
-    }
-
-    /// The masked CopyData payload, or `None` to forward `row` as it is.
-    /// An error means the row could not be read: the session must not
-    /// forward it.
-    pub fn mask(&mut self, row: &Bytes) -> Result<Option<Bytes>, String> {
-        if std::mem::take(&mut self.header_pending) || self.plan.is_noop() {
-            return Ok(None);
-        }
-        let (body, newline) = match row.strip_suffix(b"\n") {
-            Some(body) => (body, true),
-            None => (&row[..], false),
-        };
-        let fields = match &self.format {
-            CopyFormat::Text(o) => text::split(body, o),
-            CopyFormat::Csv(o) => csv::split(body, o)?,
-            CopyFormat::Binary => return Ok(None),
-        };
-        let values: Vec<Option<&[u8]>> = fields.iter().map(|f| f.value.as_deref()).collect();
-        let Some(masked) = self.plan.apply(&values) else {
-            return Ok(None);
-        };
-        let mut out = Vec::with_capacity(row.len() + 16);
-        for (i, (field, new)) in fields.iter().zip(&masked).enumerate() {
-            if i > 0 {
-                out.push(self.delimiter());
-            }
-            match new {
-                // Unchanged: exactly as the server wrote it.
-                Some(Cow::Borrowed(_)) => out.extend_from_slice(field.raw),
-                None if field.value.is_none() => out.extend_from_slice(field.raw),
-                value => match &self.format {
-                    CopyFormat::Text(o) => text::encode(value.as_deref(), o, &mut out),
-                    CopyFormat::Csv(o) => csv::encode(value.as_deref(), o, &mut out),
-                    CopyFormat::Binary => {}
-                },
-            }
-        }
-        if newline {
-            out.push(b'\n');
-        }
-        Ok(Some(Bytes::from(out)))
-    }
-
-    fn delimiter(&self) -> u8 {
-        match &self.format {
-            CopyFormat::Text(o) => o.delimiter,
-            CopyFormat::Csv(o) => o.delimiter,
-            CopyFormat::Binary => 0,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,199 +1,328 @@
-//! Unit tests: COPY statements found and described, text and CSV rows split, masked and re-spelled.
-use std::sync::Arc;
+//! Unit tests: the COPY found and restated, its options checked as the
+//! server checks them, and rows spelled as the server spells them.
+use super::{
+    encode::Encoder,
+    options::{CopyFormat, CsvOptions, ForceQuote, TextOptions},
+    *,
+};
 
-use bytes::Bytes;
+fn copy(sql: &str) -> CopyOut {
+    masked_copy(sql).unwrap().expect("a COPY TO STDOUT")
+}
 
-use super::*;
-use crate::masking::{ColumnInfo, MaskingPolicy, NameRule, Strategy, oid};
+fn refused(sql: &str) -> String {
+    masked_copy(sql).expect_err(sql)
+}
 
-/// A plan masking columns named `secret*` with `redact`, over `names`.
-fn plan(names: &[&'static str]) -> Arc<ResultPlan> {
-    let policy = MaskingPolicy {
-        names: vec![NameRule::parse("secret*", Strategy::Redact, "secrets").unwrap()],
-        hash_key: Arc::from(&b"0123456789abcdef0123456789abcdef"[..]),
-        ..MaskingPolicy::default()
-    };
-    let columns: Vec<ColumnInfo<'_>> = names
-        .iter()
-        .map(|name| ColumnInfo {
-            source: None,
-            ancestors: &[],
-            output_name: name,
-            type_oid: oid::TEXT,
-            format: 0,
+#[test]
+fn a_copys_query_runs_as_the_job_wrote_it() {
+    let c = copy(
+        "/* (note */ COPY -- )\n ( SELECT ')', \"a)\" FROM t /* ) */ WHERE (x) = 1 ) TO STDOUT (FORMAT csv, HEADER)",
+    );
+    assert_eq!(c.query, " SELECT ')', \"a)\" FROM t /* ) */ WHERE (x) = 1 ");
+    assert_eq!(c.table, None);
+    assert_eq!(copy("COPY ((SELECT 1)) TO STDOUT").query, "(SELECT 1)");
+    assert_eq!(
+        copy("copy (delete from t where id = 1 returning *) to stdout").query,
+        "delete from t where id = 1 returning *"
+    );
+    assert_eq!(
+        copy("COPY (VALUES (1), (2)) TO STDOUT;").query,
+        "VALUES (1), (2)"
+    );
+}
+
+#[test]
+fn a_table_is_read_by_a_select_of_only_that_table() {
+    let c = copy("COPY public.t (a, \"B\") TO STDOUT");
+    assert_eq!(c.query, "SELECT \"a\", \"B\" FROM ONLY \"public\".\"t\"");
+    assert_eq!(
+        c.table,
+        Some(TableCopy {
+            name: "t".into(),
+            columns_listed: true
         })
-        .collect();
-    Arc::new(policy.plan(&columns))
+    );
+    let c = copy("COPY \"we\"\"ird\" TO STDOUT WITH CSV DELIMITER ';'");
+    assert_eq!(c.query, "SELECT * FROM ONLY \"we\"\"ird\"");
+    assert!(!c.table.unwrap().columns_listed);
+    assert_eq!(
+        c.format,
+        CopyFormat::Csv(CsvOptions {
+            delimiter: b';',
+            null: Vec::new(),
+            header: false,
+            quote: b'"',
+            escape: b'"',
+            force_quote: ForceQuote::None,
+        })
+    );
 }
 
-fn only(sql: &str) -> CopyOut {
-    let mut all = copy_outs(sql).unwrap();
-    assert_eq!(all.len(), 1, "{all:?}");
-    all.remove(0)
+#[test]
+fn other_copies_are_not_this_ones() {
+    for sql in [
+        "COPY t FROM STDIN",
+        "COPY t TO '/tmp/x'",
+        "COPY t TO PROGRAM 'cat'",
+        "SELECT 1",
+    ] {
+        assert_eq!(masked_copy(sql), Ok(None), "{sql}");
+    }
 }
 
-fn rows(format: CopyFormat, names: &[&'static str], input: &[&str]) -> Vec<String> {
-    let mut rows = CopyRows::new(plan(names), format).unwrap();
-    input
-        .iter()
+#[test]
+fn what_cannot_run_in_its_place_is_refused_with_the_reason() {
+    assert_eq!(
+        refused("SELECT 1; COPY t TO STDOUT"),
+        "it is not the only statement of its query string"
+    );
+    assert_eq!(
+        refused("COPY t TO STDOUT; SELECT 1"),
+        "it is not the only statement of its query string"
+    );
+    assert_eq!(
+        refused("COPY (INSERT INTO t VALUES (1)) TO STDOUT"),
+        "COPY query must have a RETURNING clause"
+    );
+    assert_eq!(
+        refused("COPY (SELECT 1 INTO x) TO STDOUT"),
+        "COPY (SELECT INTO) is not supported"
+    );
+}
+
+#[test]
+fn options_are_checked_as_the_server_checks_them() {
+    for (sql, why) in [
+        (
+            "COPY t TO STDOUT (FORMAT binary, HEADER)",
+            "cannot specify HEADER in BINARY mode",
+        ),
+        (
+            "COPY t TO STDOUT (FORMAT binary, NULL 'x')",
+            "cannot specify NULL in BINARY mode",
+        ),
+        (
+            "COPY t TO STDOUT (DELIMITER '||')",
+            "COPY delimiter must be a single one-byte character",
+        ),
+        (
+            "COPY t TO STDOUT (DELIMITER 'a')",
+            "COPY delimiter cannot be \"a\"",
+        ),
+        (
+            "COPY t TO STDOUT (DELIMITER E'\\n')",
+            "COPY delimiter cannot be newline or carriage return",
+        ),
+        (
+            "COPY t TO STDOUT (QUOTE '''')",
+            "COPY quote available only in CSV mode",
+        ),
+        (
+            "COPY t TO STDOUT (FORMAT csv, DELIMITER '\"')",
+            "COPY delimiter and quote must be different",
+        ),
+        (
+            "COPY t TO STDOUT (NULL 'a,b', FORMAT csv)",
+            "COPY delimiter must not appear in the NULL specification",
+        ),
+        (
+            "COPY t TO STDOUT (FORMAT csv, NULL '\"')",
+            "CSV quote character must not appear in the NULL specification",
+        ),
+        (
+            "COPY t TO STDOUT (FORMAT csv, FORCE_NOT_NULL (a))",
+            "COPY FORCE_NOT_NULL cannot be used with COPY TO",
+        ),
+        (
+            "COPY t TO STDOUT (FORCE_QUOTE *)",
+            "COPY force quote available only in CSV mode",
+        ),
+        (
+            "COPY t TO STDOUT (FORMAT xml)",
+            "COPY format \"xml\" not recognized",
+        ),
+        (
+            "COPY t TO STDOUT (FORMAT csv, FORMAT text)",
+            "conflicting or redundant options",
+        ),
+        (
+            "COPY t TO STDOUT (ENCODING 'LATIN1')",
+            "COPY option ENCODING other than the session's UTF8 is not supported with masking",
+        ),
+        ("COPY t TO STDOUT (OIDS)", "option \"oids\" not recognized"),
+        (
+            "COPY t TO STDOUT (FORMAT csv, HEADER match)",
+            "cannot use \"match\" with HEADER in COPY TO",
+        ),
+    ] {
+        assert_eq!(refused(sql), why, "{sql}");
+    }
+    assert_eq!(
+        copy("COPY t TO STDOUT (FORMAT binary)").format,
+        CopyFormat::Binary
+    );
+    assert!(masked_copy("COPY t TO STDOUT (ENCODING 'utf-8')").is_ok());
+    let CopyFormat::Csv(o) =
+        copy("COPY t TO STDOUT (FORMAT csv, FORCE_QUOTE (a, \"B\"), HEADER false)").format
+    else {
+        panic!()
+    };
+    assert_eq!(
+        o.force_quote,
+        ForceQuote::Columns(vec!["a".into(), "B".into()])
+    );
+    assert!(!o.header);
+    let CopyFormat::Csv(o) = copy("COPY t TO STDOUT WITH CSV FORCE QUOTE *").format else {
+        panic!()
+    };
+    assert_eq!(o.force_quote, ForceQuote::All);
+}
+
+fn text(header: bool) -> CopyFormat {
+    CopyFormat::Text(TextOptions {
+        delimiter: b'\t',
+        null: b"\\N".to_vec(),
+        header,
+    })
+}
+
+fn csv(force_quote: ForceQuote) -> CopyFormat {
+    CopyFormat::Csv(CsvOptions {
+        delimiter: b',',
+        null: Vec::new(),
+        header: true,
+        quote: b'"',
+        escape: b'"',
+        force_quote,
+    })
+}
+
+fn spelled(encoder: &mut Encoder, rows: &[&[Option<&str>]]) -> Vec<String> {
+    rows.iter()
         .map(|row| {
-            let bytes = Bytes::copy_from_slice(row.as_bytes());
-            match rows.mask(&bytes).unwrap() {
-                Some(masked) => String::from_utf8(masked.to_vec()).unwrap(),
-                None => (*row).to_owned(),
-            }
+            let values: Vec<Option<&[u8]>> = row.iter().map(|v| v.map(str::as_bytes)).collect();
+            String::from_utf8(encoder.row(&values)).unwrap()
         })
         .collect()
 }
 
-fn text_default() -> CopyFormat {
-    only("COPY t TO STDOUT").format.unwrap()
+#[test]
+fn text_rows_are_escaped_as_the_server_escapes_them() {
+    let mut e = Encoder::new(text(true), &["id", "a\tb", "gen"], vec![0, 1]).unwrap();
+    assert_eq!(e.response(), [0, 0, 2, 0, 0, 0, 0]);
+    assert_eq!(e.header(&["id", "a\tb", "gen"]).unwrap(), b"id\ta\\tb\n");
+    let rows = spelled(
+        &mut e,
+        &[
+            &[
+                Some("1"),
+                Some("tab\there\\ back\nnew\r\u{8}\u{c}\u{b}\u{1}"),
+                Some("x"),
+            ],
+            &[Some(""), None, None],
+        ],
+    );
+    assert_eq!(
+        rows,
+        ["1\ttab\\there\\\\ back\\nnew\\r\\b\\f\\v\u{1}\n", "\t\\N\n"]
+    );
+    assert_eq!(e.finish(), None);
+    let e = Encoder::new(text(false), &["id"], vec![0]).unwrap();
+    assert_eq!(e.header(&["id"]), None);
 }
 
 #[test]
-fn finds_each_copy_to_stdout_in_order() {
-    let all = copy_outs(
-        "SELECT 1; COPY public.t (a, \"B\") TO STDOUT; COPY t FROM STDIN; \
-         COPY (SELECT email FROM c WHERE id = 1) TO STDOUT (FORMAT csv, HEADER); \
-         COPY t TO '/tmp/x'; COPY \"we\"\"ird\" TO STDOUT WITH CSV DELIMITER ';'",
+fn csv_fields_are_quoted_only_where_the_server_quotes_them() {
+    let names = ["id", "note"];
+    let mut e = Encoder::new(csv(ForceQuote::None), &names, vec![0, 1]).unwrap();
+    assert_eq!(e.header(&names).unwrap(), b"id,note\n");
+    let rows = spelled(
+        &mut e,
+        &[
+            &[Some("1"), Some("plain")],
+            &[Some("2"), Some("a,b \"q\"")],
+            &[Some("3"), Some("")],
+            &[Some("4"), None],
+            &[Some("5"), Some("multi\nline")],
+            &[Some("6"), Some("\\.")],
+        ],
+    );
+    assert_eq!(
+        rows,
+        [
+            "1,plain\n",
+            "2,\"a,b \"\"q\"\"\"\n",
+            // An empty string is spelled apart from NULL (empty by default).
+            "3,\"\"\n",
+            "4,\n",
+            "5,\"multi\nline\"\n",
+            // Not alone on its line: no end-of-data marker to avoid.
+            "6,\\.\n",
+        ]
+    );
+    let mut single = Encoder::new(csv(ForceQuote::None), &["v"], vec![0]).unwrap();
+    assert_eq!(spelled(&mut single, &[&[Some("\\.")]]), ["\"\\.\"\n"]);
+    let mut forced = Encoder::new(
+        csv(ForceQuote::Columns(vec!["note".into()])),
+        &names,
+        vec![0, 1],
     )
     .unwrap();
-    let layouts: Vec<&str> = all.iter().map(|c| c.layout_sql.as_str()).collect();
     assert_eq!(
-        layouts,
-        [
-            "SELECT \"a\", \"B\" FROM ONLY \"public\".\"t\"",
-            "SELECT email FROM c WHERE id = 1",
-            "SELECT * FROM ONLY \"we\"\"ird\"",
-        ]
+        spelled(&mut forced, &[&[Some("1"), Some("x")], &[Some("2"), None]]),
+        ["1,\"x\"\n", "2,\n"]
     );
-    assert_eq!(all[0].format, Ok(text_default()));
-    // Only a COPY nothing in its text runs before can be described ahead.
-    assert!(all.iter().all(|c| !c.first));
-    assert!(only("COPY t TO STDOUT; SELECT 1").first);
-    let CopyFormat::Csv(csv) = all[1].format.clone().unwrap() else {
-        panic!("{:?}", all[1].format)
-    };
-    assert!(csv.header && csv.delimiter == b',' && csv.quote == b'"' && csv.escape == b'"');
-    let CopyFormat::Csv(csv) = all[2].format.clone().unwrap() else {
-        panic!("{:?}", all[2].format)
-    };
-    assert!(!csv.header && csv.delimiter == b';');
-}
-
-#[test]
-fn options_that_cannot_be_masked_are_named() {
+    let mut all = Encoder::new(csv(ForceQuote::All), &names, vec![0, 1]).unwrap();
     assert_eq!(
-        only("COPY t TO STDOUT (FORMAT binary)").format,
-        Ok(CopyFormat::Binary)
+        spelled(&mut all, &[&[Some("1"), Some("x")]]),
+        ["\"1\",\"x\"\n"]
     );
     assert_eq!(
-        only("COPY t TO STDOUT (ENCODING 'LATIN1')").format,
-        Err("COPY option ENCODING is not supported with masking".into())
+        Encoder::new(
+            csv(ForceQuote::Columns(vec!["nope".into()])),
+            &names,
+            vec![0, 1]
+        )
+        .unwrap_err(),
+        "FORCE_QUOTE column \"nope\" not referenced by COPY"
     );
-    assert!(only("COPY t TO STDOUT (ENCODING 'UTF8')").format.is_ok());
-    assert_eq!(
-        only("COPY t TO STDOUT (DELIMITER '||')").format,
-        Err("COPY DELIMITER must be a single ASCII character".into())
-    );
-    let binary = CopyRows::new(plan(&["secret"]), CopyFormat::Binary);
-    assert!(binary.is_err());
-    // Nothing to mask: binary rows pass.
-    assert!(CopyRows::new(plan(&["id"]), CopyFormat::Binary).is_ok());
-}
-
-#[test]
-fn text_rows_are_masked_and_escaped() {
-    let out = rows(
-        text_default(),
-        &["id", "secret", "note"],
-        &[
-            "1\thunter2\tplain\n",
-            "2\t\\N\ttab\\there\n",
-            "3\tback\\\\slash\\ttab\tx\n",
-        ],
-    );
-    assert_eq!(
-        out,
-        [
-            "1\t***\tplain\n",
-            // NULL stays NULL; an untouched field keeps the server's escapes.
-            "2\t\\N\ttab\\there\n",
-            "3\t***\tx\n",
-        ]
-    );
-}
-
-#[test]
-fn text_escapes_round_trip() {
-    let options = text::TextOptions {
-        delimiter: b'|',
-        null: b"NULL".to_vec(),
-        header: false,
-    };
-    let raw = b"a\\|b\\\\c\\nd\\101\\x41\\q";
-    let fields = text::split(raw, &options);
-    assert_eq!(fields.len(), 1);
-    assert_eq!(fields[0].value.as_deref(), Some(&b"a|b\\c\ndAAq"[..]));
-    let mut out = Vec::new();
-    text::encode(fields[0].value.as_deref(), &options, &mut out);
-    assert_eq!(out, b"a\\|b\\\\c\\ndAAq");
-    let fields = text::split(b"NULL|x|", &options);
-    assert_eq!(fields.len(), 3);
-    assert!(fields[0].value.is_none());
-    assert_eq!(fields[2].value.as_deref(), Some(&b""[..]));
-}
-
-#[test]
-fn csv_rows_are_masked_and_quoted() {
-    let format = only("COPY t TO STDOUT (FORMAT csv, HEADER)")
-        .format
-        .unwrap();
-    let out = rows(
-        format,
-        &["id", "secret", "note"],
-        &[
-            "id,secret,note\n",
-            "1,\"with,comma \"\"quoted\"\"\",plain\n",
-            "2,,\"\"\n",
-            "3,\"multi\nline\",x\n",
-        ],
-    );
-    assert_eq!(
-        out,
-        [
-            // The header is column names: forwarded as is.
-            "id,secret,note\n",
-            "1,\"***\",plain\n",
-            // Unquoted empty is NULL and stays NULL; a quoted empty string is kept.
-            "2,,\"\"\n",
-            "3,\"***\",x\n",
-        ]
-    );
-}
-
-#[test]
-fn csv_custom_quote_and_escape() {
-    let options = csv::CsvOptions {
+    let custom = CopyFormat::Csv(CsvOptions {
         delimiter: b';',
         null: b"\\N".to_vec(),
         header: false,
         quote: b'\'',
         escape: b'\\',
-    };
-    let fields = csv::split(b"'it\\'s';\\N;'a\\\\b'", &options).unwrap();
-    let values: Vec<Option<&[u8]>> = fields.iter().map(|f| f.value.as_deref()).collect();
-    assert_eq!(values, [Some(&b"it's"[..]), None, Some(&b"a\\b"[..])]);
-    let mut out = Vec::new();
-    csv::encode(Some(b"o'k\\"), &options, &mut out);
-    assert_eq!(out, b"'o\\'k\\\\'");
-    assert!(csv::split(b"'open", &options).is_err());
+        force_quote: ForceQuote::None,
+    });
+    let mut e = Encoder::new(custom, &names, vec![0, 1]).unwrap();
+    // A value spelled like the NULL string is quoted so it reads back as
+    // text; inside quotes the escape character escapes itself too.
+    assert_eq!(
+        spelled(
+            &mut e,
+            &[&[Some("it's"), Some("\\N")], &[None, Some("a\\b")]]
+        ),
+        ["'it\\'s';'\\\\N'\n", "\\N;a\\b\n"]
+    );
 }
 
 #[test]
-fn a_row_with_the_wrong_width_is_nulled() {
-    let out = rows(text_default(), &["id", "secret"], &["1\ta\tb\n"]);
-    assert_eq!(out, ["\\N\t\\N\t\\N\n"]);
+fn binary_copy_has_its_file_header_trailer_and_lengths() {
+    let mut e = Encoder::new(CopyFormat::Binary, &["a", "b"], vec![0, 1]).unwrap();
+    assert_eq!(e.response(), [1, 0, 2, 0, 1, 0, 1]);
+    assert_eq!(e.header(&["a", "b"]), None);
+    let values: [Option<&[u8]>; 2] = [Some(&[0, 0, 0, 7]), None];
+    let first = e.row(&values);
+    let mut expected = b"PGCOPY\n\xff\r\n\0".to_vec();
+    expected.extend_from_slice(&[0; 8]);
+    expected.extend_from_slice(&[0, 2, 0, 0, 0, 4, 0, 0, 0, 7, 0xff, 0xff, 0xff, 0xff]);
+    assert_eq!(first, expected);
+    assert_eq!(e.row(&values), expected[19..]);
+    assert_eq!(e.finish().unwrap(), [0xff, 0xff]);
+    // No rows: the header goes with the trailer.
+    let mut empty = Encoder::new(CopyFormat::Binary, &["a"], vec![0]).unwrap();
+    assert_eq!(empty.finish().unwrap().len(), 19 + 2);
 }
 
 #[test]
@@ -206,13 +335,13 @@ fn a_deeply_nested_copy_is_read_off_the_workers_stack() {
     );
     let outcome = std::thread::Builder::new()
         .stack_size(2 << 20)
-        .spawn(move || copy_outs(&sql).map(|all| all.len()))
+        .spawn(move || masked_copy(&sql).map(|c| c.is_some()))
         .unwrap()
         .join()
         .expect("no panic");
     // Found, or refused as too deep to decode: either way no crash.
     match outcome {
-        Ok(n) => assert_eq!(n, 1),
+        Ok(found) => assert!(found),
         Err(e) => assert!(e.contains("too deeply") || e.contains("deep"), "{e}"),
     }
 }

@@ -98,7 +98,7 @@ impl Session<'_> {
                 let mut undo = None;
                 if let Some(error) = refused {
                     let nonce = self.deny(error);
-                    push_bind(&mut self.to_upstream, b.portal, &nonce);
+                    push_bind(&mut self.to_upstream, b.portal, &nonce, &[]);
                 } else if let Some(bound) = bound {
                     // If the server rejects it (a named portal still
                     // open), the undo puts back what the name held.
@@ -152,29 +152,9 @@ impl Session<'_> {
                         Err(why) => Some(self.refused_unweighed(&text, UNKNOWN, &why)),
                     };
                     if let Some(error) = refused {
-                        let nonce = self.deny(error);
-                        // A portal of that name does not exist: the
-                        // server's error carries the nonce.
-                        push_execute(&mut self.to_upstream, &nonce);
-                        self.tracker.push(Pending::Execute {
-                            portal: nonce,
-                            running: None,
-                            plan: None,
-                            ran: None,
-                        });
+                        self.refuse_execute(error);
                         return Step::Continue;
                     }
-                }
-                // Masking needs this Execute's row layout. Asking right
-                // before it is the only answer that cannot belong to an
-                // earlier or later Bind of the same portal name.
-                if !self.masking.is_empty() {
-                    push_describe_portal(&mut self.to_upstream, &portal);
-                    self.tracker.push(Pending::Describe {
-                        portal: Some(portal.clone()),
-                        statement: None,
-                        swallow: true,
-                    });
                 }
                 // A portal no Bind of this session made is a SQL cursor's
                 // (`DECLARE c CURSOR FOR …` names a portal the protocol can
@@ -193,7 +173,7 @@ impl Session<'_> {
                         (sql, Some(classification), shown, approved)
                     },
                 );
-                let mut running = Running {
+                let running = Running {
                     sql,
                     classification,
                     shown,
@@ -207,21 +187,35 @@ impl Session<'_> {
                     approved,
                     prepared_done: 0,
                     names_taken: Vec::new(),
-                    copies_started: 0,
-                    copy_layout: None,
+                    copy: None,
                 };
-                // No Sync of the gateway's here: it would end the client's
-                // implicit transaction, and its portal with it.
-                self.describe_copy_ahead(&mut running, false);
-                let running = Some(running);
-                let ran = self.portals.get(&portal).map(|p| Arc::clone(&p.ran));
-                self.forward(&frame);
-                self.tracker.push(Pending::Execute {
-                    portal,
-                    running,
-                    plan: None,
-                    ran,
-                });
+                // No Sync of the gateway's for a COPY here: it would end
+                // the client's implicit transaction, and its portal with it.
+                match self.copy_to_run(&running) {
+                    Ok(Some(copy)) => self.run_copy_as_query(running, copy, false),
+                    Err(why) => self.refuse_copy(running, &why, false),
+                    Ok(None) => {
+                        // Masking needs this Execute's row layout. Asking right
+                        // before it is the only answer that cannot belong to an
+                        // earlier or later Bind of the same portal name.
+                        if !self.masking.is_empty() {
+                            push_describe_portal(&mut self.to_upstream, &portal);
+                            self.tracker.push(Pending::Describe {
+                                portal: Some(portal.clone()),
+                                statement: None,
+                                swallow: true,
+                            });
+                        }
+                        let ran = self.portals.get(&portal).map(|p| Arc::clone(&p.ran));
+                        self.forward(&frame);
+                        self.tracker.push(Pending::Execute {
+                            portal,
+                            running: Some(running),
+                            plan: None,
+                            ran,
+                        });
+                    }
+                }
             }
             FrontendMessage::Close(c) => {
                 let pending = match c.kind {
@@ -270,6 +264,20 @@ impl Session<'_> {
         Step::Continue
     }
 
+    /// Answers an Execute with `error` in its place in the stream.
+    pub(super) fn refuse_execute(&mut self, error: Bytes) {
+        let nonce = self.deny(error);
+        // A portal of that name does not exist: the server's error
+        // carries the nonce, and the server skips to the client's Sync.
+        push_execute(&mut self.to_upstream, &nonce);
+        self.tracker.push(Pending::Execute {
+            portal: nonce,
+            running: None,
+            plan: None,
+            ran: None,
+        });
+    }
+
     pub(super) fn forward(&mut self, frame: &Frame) {
         frame.encode_into(&mut self.to_upstream);
     }
@@ -309,23 +317,36 @@ impl Session<'_> {
     ) -> StatementDecision {
         let mut decision = self.rules.decide_all(classification, &self.search_path);
         // With copy_out_masked = "deny", COPY … TO STDOUT never runs on a
-        // target with masking rules; with "mask" its rows are masked as
-        // they stream (see `copy_out_rows`).
-        if decision.verdict == StatementVerdict::Allow
-            && self.copy_out_masked == CopyOutMasked::Deny
+        // target with masking rules; with "mask" it runs as its query, its
+        // rows masked (see `copy_out`), or not at all when it cannot.
+        let copy = (decision.verdict == StatementVerdict::Allow
             && !self.masking.is_empty()
             && classification
                 .statements
                 .iter()
-                .any(|s| s.command == "COPY")
-            && copy_out::copy_outs(sql).map_or(true, |c| !c.is_empty())
-        {
-            decision = StatementDecision {
-                verdict: StatementVerdict::Deny,
-                rule: Arc::from("copy-out-masked"),
-                reason: "COPY … TO STDOUT of a target with masking rules is denied (copy_out_masked = \"deny\"): select the rows instead so they can be masked".into(),
-                statement_index: 0,
-            };
+                .any(|s| s.command == "COPY"))
+        .then(|| copy_out::masked_copy(sql))
+        .filter(|copy| !matches!(copy, Ok(None)));
+        match copy {
+            Some(_) if self.copy_out_masked == CopyOutMasked::Deny => {
+                decision = StatementDecision {
+                    verdict: StatementVerdict::Deny,
+                    rule: Arc::from("copy-out-masked"),
+                    reason: "COPY … TO STDOUT of a target with masking rules is denied (copy_out_masked = \"deny\"): select the rows instead so they can be masked".into(),
+                    statement_index: 0,
+                };
+            }
+            Some(Err(why)) => {
+                decision = StatementDecision {
+                    verdict: StatementVerdict::Deny,
+                    rule: Arc::from("copy-out-masked"),
+                    reason: format!(
+                        "COPY … TO STDOUT of masked data cannot be masked here: {why}; select the rows instead"
+                    ),
+                    statement_index: 0,
+                };
+            }
+            _ => {}
         }
         if decision.verdict == StatementVerdict::Allow
             && !self.masking.is_empty()
@@ -604,8 +625,7 @@ impl Session<'_> {
             approved: None,
             prepared_done: 0,
             names_taken: Vec::new(),
-            copies_started: 0,
-            copy_layout: None,
+            copy: None,
         };
         if decision.verdict == StatementVerdict::Allow || audit {
             return Decided::Run(running);

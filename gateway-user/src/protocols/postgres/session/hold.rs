@@ -16,11 +16,22 @@ impl Session<'_> {
         running.approved = approved;
         self.names_in_flight(&mut running);
         match kind {
-            HeldKind::Query => {
-                self.describe_copy_ahead(&mut running, true);
-                self.forward(frame);
-                self.tracker.push(Pending::Query(Some(running)));
-            }
+            HeldKind::Query => match self.copy_to_run(&running) {
+                Ok(None) => {
+                    self.forward(frame);
+                    self.tracker.push(Pending::Query(Some(running)));
+                }
+                // The gateway's Sync would end the client's unfinished
+                // batch early (commit its implicit transaction, or stop
+                // the server's discarding short).
+                Ok(Some(_)) if !self.tracker.between_batches() => self.refuse_copy(
+                    running,
+                    "it was sent inside an unfinished extended-protocol batch (no Sync before it)",
+                    true,
+                ),
+                Ok(Some(copy)) => self.run_copy_as_query(running, copy, true),
+                Err(why) => self.refuse_copy(running, &why, true),
+            },
             HeldKind::Parse { name } if self.parse_would_clash(&name) => {
                 self.forward(frame);
                 self.tracker.push(Pending::Parse(None));

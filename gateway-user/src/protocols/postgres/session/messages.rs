@@ -73,10 +73,12 @@ pub(super) fn push_parse(out: &mut BytesMut, name: &str, sql: &str) {
     let _ = postgres_protocol::message::frontend::parse(name, sql, std::iter::empty(), out);
 }
 
-pub(super) fn push_bind(out: &mut BytesMut, portal: &str, missing_statement: &str) {
+/// A Bind of `portal` to `statement` with no parameters; `results`: the
+/// result format codes (none: all text; one: for every column).
+pub(super) fn push_bind(out: &mut BytesMut, portal: &str, statement: &str, results: &[i16]) {
     let _ = postgres_protocol::message::frontend::bind(
         portal,
-        missing_statement,
+        statement,
         std::iter::empty::<i16>(),
         std::iter::empty::<Option<&[u8]>>(),
         |_: Option<&[u8]>,
@@ -84,7 +86,7 @@ pub(super) fn push_bind(out: &mut BytesMut, portal: &str, missing_statement: &st
          -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
             Ok(postgres_protocol::IsNull::Yes)
         },
-        std::iter::empty::<i16>(),
+        results.iter().copied(),
         out,
     );
 }
@@ -98,12 +100,12 @@ pub(super) fn push_describe_portal(out: &mut BytesMut, portal: &str) {
     let _ = postgres_protocol::message::frontend::describe(b'P', portal, out);
 }
 
-pub(super) fn push_describe_statement(out: &mut BytesMut, statement: &str) {
-    let _ = postgres_protocol::message::frontend::describe(b'S', statement, out);
-}
-
 pub(super) fn push_close_statement(out: &mut BytesMut, statement: &str) {
     let _ = postgres_protocol::message::frontend::close(b'S', statement, out);
+}
+
+pub(super) fn push_close_portal(out: &mut BytesMut, portal: &str) {
+    let _ = postgres_protocol::message::frontend::close(b'P', portal, out);
 }
 
 pub(super) fn push_sync(out: &mut BytesMut) {

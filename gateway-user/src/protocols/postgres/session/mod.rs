@@ -20,6 +20,7 @@
 //! `prepared` (what each prepared statement name holds) and `messages`
 //! (what the gateway writes itself).
 mod client;
+mod copy_as_query;
 mod hold;
 mod messages;
 mod prepared;
@@ -44,8 +45,8 @@ use tracing::{Level, debug, error, info, warn};
 
 use self::{
     messages::{
-        class_names, deny_error, fatal, limit_error, push_bind, push_close_statement,
-        push_describe_portal, push_describe_statement, push_execute, push_parse, push_query,
+        class_names, deny_error, fatal, limit_error, push_bind, push_close_portal,
+        push_close_statement, push_describe_portal, push_execute, push_parse, push_query,
         push_sync, put_message,
     },
     prepared::parse_undo,
@@ -61,7 +62,7 @@ use super::{
         FrontendMessage, NoticeResponse, NotificationResponse, ObjectKind, ParameterStatus,
         RowDescription, StartupMessage, StartupPacket, read_startup_frame,
     },
-    copy_out::{self, CopyRows},
+    copy_out::{self, CopyFormat, CopyOut, TableCopy},
     search_path::SearchPath,
     tls::{self, ClientStream},
     tracker::{
@@ -321,6 +322,11 @@ pub async fn serve(
         masked_row: MaskedRow::default(),
         upstream_broken: false,
         copy: CopyState::Idle,
+        copy_name: format!(
+            "chokepoint_copy_{:08x}{:08x}",
+            super::cancel::random_i32(),
+            super::cancel::random_i32()
+        ),
         to_client: BytesMut::new(),
         to_upstream: BytesMut::new(),
         summary,
@@ -386,6 +392,9 @@ struct Session<'a> {
     /// The upstream sent something the session cannot pass on safely; it ends.
     upstream_broken: bool,
     copy: CopyState,
+    /// The statement and portal name under which a COPY runs as its
+    /// query ([`copy_out`]): the session's own, which no job can guess.
+    copy_name: String,
     to_client: BytesMut,
     to_upstream: BytesMut,
     summary: SessionSummary,
@@ -634,13 +643,13 @@ impl Session<'_> {
     }
 }
 
-/// Where the session is in a COPY TO STDOUT.
+/// Where the session is in a COPY TO STDOUT the server runs (one the
+/// gateway runs as its query is tracked by its [`Running`]).
 enum CopyState {
     Idle,
     /// Begun while the target had no masking at all: nothing was planned,
     /// so once a reload turns masking on, its rows cannot go out.
     Unplanned,
-    Masking(CopyRows),
     /// Refused with an error already sent: drop CopyData, CopyDone and the
     /// CommandComplete that ends the COPY.
     Refused,

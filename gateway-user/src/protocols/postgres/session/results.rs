@@ -7,10 +7,30 @@ impl Session<'_> {
     /// One upstream message: track, mask, forward.
     pub(super) async fn on_upstream(&mut self, frame: Frame) {
         self.tracker.drop_stray_copy_ends();
-        if let Some(Pending::CopyLayout { .. }) = self.tracker.pending.front()
-            && matches!(frame.tag(), b'1' | b't' | b'T' | b'n' | b'3' | b'E' | b'Z')
+        if let Some(Pending::Own(left)) = self.tracker.pending.front_mut()
+            && matches!(frame.tag(), b'1' | b'2' | b'3')
         {
-            return self.copy_layout_answer(&frame);
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                self.tracker.pending.pop_front();
+            }
+            return;
+        }
+        if self.front_copy().is_some() && matches!(frame.tag(), b'D' | b'C') {
+            let refused = self.front_copy().is_some_and(|run| run.refused);
+            return match (frame.tag(), refused) {
+                (b'C', _) => self.copy_done(),
+                (_, true) => {}
+                _ => match self.tracker.pending.front() {
+                    Some(Pending::Execute {
+                        plan: Some(plan), ..
+                    }) => {
+                        let plan = Arc::clone(plan);
+                        self.copy_row(&plan, &frame)
+                    }
+                    _ => self.out_of_step("a DataRow no RowDescription announced"),
+                },
+            };
         }
         match frame.tag() {
             b'Z' => {
@@ -26,12 +46,13 @@ impl Session<'_> {
                 }
                 self.query_plan = None;
             }
-            b'H' => match self.copy_out_rows(frame.body()).await {
-                Ok(Some(rows)) => self.copy = CopyState::Masking(rows),
-                Ok(None) if self.masking.is_empty() => self.copy = CopyState::Unplanned,
-                Ok(None) => self.copy = CopyState::Idle,
-                Err(why) => return self.refuse_copy_out(&why),
-            },
+            // With masking on, every COPY TO STDOUT runs as its query or
+            // is refused before it is sent: one the server runs itself
+            // began before a reload turned masking on.
+            b'H' if self.masking.is_empty() => self.copy = CopyState::Unplanned,
+            b'H' => {
+                return self.refuse_copy_out("it began before masking rules were loaded");
+            }
             b'd' => match &mut self.copy {
                 CopyState::Idle => self.count_row(false),
                 CopyState::Unplanned if self.masking.is_empty() => self.count_row(false),
@@ -39,17 +60,6 @@ impl Session<'_> {
                     return self.out_of_step("COPY data begun before a reload turned masking on");
                 }
                 CopyState::Refused => return,
-                CopyState::Masking(rows) => match rows.mask(frame.body()) {
-                    Ok(masked) => {
-                        self.count_row(masked.is_some());
-                        if let Some(masked) = masked {
-                            put_message(&mut self.to_client, b'd', &masked);
-                            self.summary.bytes_down += masked.len() as u64 + 5;
-                            return;
-                        }
-                    }
-                    Err(why) => return self.refuse_copy_out(&why),
-                },
             },
             b'G' => self.tracker.copy_in_started(),
             b'c' => {
@@ -155,6 +165,9 @@ impl Session<'_> {
                             self.tracker.pending.front_mut()
                         {
                             plan.clone_from(&layout.plan);
+                        }
+                        if self.front_copy().is_some() {
+                            self.start_copy(frame.body(), &layout).await;
                         }
                         return;
                     }
