@@ -2572,19 +2572,44 @@ fn a_rejected_parse_leaves_the_statement_it_would_replace() -> Result<()> {
 
 /// `DECLARE` names a portal the extended protocol can run: an Execute of
 /// it was forwarded (its query was decided at DECLARE) but its run, rows
-/// and all, was not recorded (found in review).
+/// and all, was not recorded (found in review). It is recorded under the
+/// DECLARE, also where `CLOSE` took the name from a protocol portal first
+/// (found in review: recorded with that Bind's statement).
 #[test]
 fn an_execute_of_a_sql_cursor_is_recorded() -> Result<()> {
     let s = Setup::start("pg-cursor-exec", 93, Policy::Guarded)?;
     let q = |sql: &str| frame(b'Q', &cstrings(&[sql], &[]));
-    let script = [
-        q("BEGIN"),
-        q("DECLARE cur CURSOR FOR SELECT id FROM items WHERE id <= 3 ORDER BY id"),
-        frame(b'E', &cstrings(&["cur"], &[0; 4])),
-        frame(b'S', &[]),
-        q("COMMIT"),
-    ];
-    let (tags, values) = raw_session(&s, &script, 4)?;
+    // `first`, then, once its `ready`-th ReadyForQuery came (a DECLARE
+    // or CLOSE counts once it completed), `then`: tags and first values.
+    let run = |first: &[String], ready: usize, then: &[String], all: usize| {
+        let r = s.pgclient(
+            "app_rw",
+            &[json!({ "raw_until_ready": {
+                "first": first.concat(), "until": "Z", "until_count": ready,
+                "hex": then.concat(), "ready": all,
+            } })],
+        )?;
+        let text = r[0].to_string();
+        assert_no_secrets(&text);
+        let messages = r[0]["messages"].as_array().context("messages")?;
+        let tags: String = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
+        let values: Vec<String> = messages
+            .iter()
+            .filter(|m| m["tag"] == "D")
+            .filter_map(|m| m["values"][0].as_str().map(str::to_owned))
+            .collect();
+        anyhow::Ok((tags, values))
+    };
+    let execute = |portal: &str| frame(b'E', &cstrings(&[portal], &[0; 4]));
+    let (tags, values) = run(
+        &[
+            q("BEGIN"),
+            q("DECLARE cur CURSOR FOR SELECT id FROM items WHERE id <= 3 ORDER BY id"),
+        ],
+        2,
+        &[execute("cur"), frame(b'S', &[]), q("COMMIT")],
+        4,
+    )?;
     assert_eq!(
         (tags.as_str(), values.as_slice()),
         (
@@ -2594,9 +2619,9 @@ fn an_execute_of_a_sql_cursor_is_recorded() -> Result<()> {
     );
     let executed = wait_for("the cursor's result event", LOG_TIMEOUT, || {
         s.gw.recorded("result").into_iter().find(|r| {
-            r["text"]
-                .as_str()
-                .is_some_and(|t| t.contains("Execute of portal \"cur\""))
+            r["text"].as_str().is_some_and(|t| {
+                t.starts_with("-- Execute of SQL cursor \"cur\", declared by: DECLARE cur CURSOR")
+            })
         })
     })?;
     assert_eq!(executed["rows"], 3, "{executed}");
@@ -2604,6 +2629,40 @@ fn an_execute_of_a_sql_cursor_is_recorded() -> Result<()> {
         executed["sample"],
         json!([["1"], ["2"], ["3"]]),
         "{executed}"
+    );
+
+    // A protocol portal's name, closed by SQL and declared again.
+    let (tags, values) = run(
+        &[
+            q("BEGIN"),
+            frame(b'P', &cstrings(&["", "SELECT 'old' AS o"], &[0, 0])),
+            frame(b'B', &cstrings(&["c2", ""], &[0; 6])),
+            frame(b'S', &[]),
+            q("CLOSE c2"),
+            q("DECLARE c2 CURSOR FOR SELECT id FROM items WHERE id = 2"),
+        ],
+        4,
+        &[execute("c2"), frame(b'S', &[]), q("COMMIT")],
+        6,
+    )?;
+    assert_eq!(
+        (tags.as_str(), values.as_slice()),
+        ("CZ12ZCZCZDCZCZ", &["2".to_owned()][..])
+    );
+    let executed = wait_for("the second cursor's result event", LOG_TIMEOUT, || {
+        s.gw.recorded("result").into_iter().find(|r| {
+            r["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("cursor \"c2\", declared by: DECLARE c2"))
+        })
+    })?;
+    assert_eq!(executed["sample"], json!([["2"]]), "{executed}");
+    assert!(
+        !s.gw
+            .recorded("result")
+            .iter()
+            .any(|r| r["text"].as_str().is_some_and(|t| t.contains("'old'"))),
+        "no result is recorded under the closed portal's statement"
     );
     Ok(())
 }

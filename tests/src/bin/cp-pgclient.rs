@@ -17,7 +17,7 @@
 //! | `{"cancel": "SQL"}` | runs SQL and sends a CancelRequest every 500 ms until it ends |
 //! | `{"raw": "hex"}` | a new raw connection: startup as the same user, then these bytes; `"messages"` lists each response's tag (and an error's fields, a DataRow's values) until EOF |
 //! | `{"raw_until_ready": {"hex": "…", "ready": N}}` | the same, reading until the N-th ReadyForQuery |
-//! | `{"raw_until_ready": {"first": "hex", "until": "E", "hex": "…", "ready": N}}` | sends `first` and waits for a message tagged `until` before sending `hex` |
+//! | `{"raw_until_ready": {"first": "hex", "until": "E", "hex": "…", "ready": N}}` | sends `first` and waits for a message tagged `until` (`"until_count": K`: the K-th of them) before sending `hex` |
 //! | `{"raw_until_ready": {…, "touch": "path", "wait_file": "path"}}` | also, once `until` came, creates `touch` and waits (up to a minute) for `wait_file` before sending `hex`: the test changes something in between (a policy reload) |
 //! | `{"login": [["name", "value"], …]}` | a new raw connection whose startup message also carries these parameters; `"ok"` says whether it reached ReadyForQuery, `"login"` lists what came back |
 //!
@@ -79,6 +79,8 @@ enum Step {
         first: Option<String>,
         #[serde(default)]
         until: Option<String>,
+        #[serde(default)]
+        until_count: Option<usize>,
         #[serde(default)]
         touch: Option<String>,
         #[serde(default)]
@@ -183,12 +185,14 @@ async fn run(config: Config, steps: Vec<Step>) -> ExitCode {
                 ready,
                 first,
                 until,
+                until_count,
                 touch,
                 wait_file,
             } => {
                 let first = first.map(|bytes| First {
                     bytes,
                     until: until.unwrap_or_else(|| "Z".to_owned()),
+                    until_count: until_count.unwrap_or(1),
                     touch,
                     wait_file,
                 });
@@ -334,8 +338,9 @@ async fn wait_file(path: &str) -> bool {
 /// What a raw session sends before its main bytes, and what it waits for.
 struct First {
     bytes: String,
-    /// The tag of the message to wait for.
+    /// The tag of the message to wait for, and how many of them.
     until: String,
+    until_count: usize,
     /// Created once it came; then `wait_file` is waited for.
     touch: Option<String>,
     wait_file: Option<String>,
@@ -423,12 +428,18 @@ async fn raw_inner(
     if let Some(First {
         bytes: first,
         until,
+        until_count,
         touch,
         wait_file: wait,
     }) = first
     {
         stream.write_all(&decode_hex(&first)?).await?;
-        while !messages.iter().any(|m: &Value| m["tag"] == until.as_str()) {
+        while messages
+            .iter()
+            .filter(|m: &&Value| m["tag"] == until.as_str())
+            .count()
+            < until_count
+        {
             let n =
                 tokio::time::timeout(RAW_READ_TIMEOUT, read_more(&mut stream, &mut buf)).await??;
             if n == 0 {

@@ -131,6 +131,9 @@ pub struct Running {
     /// were seen: the next one's CommandComplete belongs to the statement
     /// after them.
     pub prepared_done: usize,
+    /// How many of its `DECLARE` / `CLOSE` completions were seen: the
+    /// next one's CommandComplete belongs to the cursor statement after them.
+    pub cursors_done: usize,
     /// What each of its `PREPARE` / `DEALLOCATE` / `DISCARD ALL`
     /// statements (by index) took from the session's names when it was
     /// sent: put back if that statement never ran (an error), since the

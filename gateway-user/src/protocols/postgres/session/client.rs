@@ -186,6 +186,7 @@ impl Session<'_> {
                     sample: Default::default(),
                     approved,
                     prepared_done: 0,
+                    cursors_done: 0,
                     names_taken: Vec::new(),
                     copy: None,
                 };
@@ -624,6 +625,7 @@ impl Session<'_> {
             sample: Default::default(),
             approved: None,
             prepared_done: 0,
+            cursors_done: 0,
             names_taken: Vec::new(),
             copy: None,
         };

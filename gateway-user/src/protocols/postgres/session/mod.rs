@@ -21,6 +21,7 @@
 //! (what the gateway writes itself).
 mod client;
 mod copy_as_query;
+mod cursors;
 mod hold;
 mod messages;
 mod prepared;

@@ -216,11 +216,14 @@ impl Session<'_> {
         // A FETCH or MOVE reads what its cursor was declared over, which
         // its own text does not name (found in review: `DECLARE c CURSOR
         // FOR SELECT email FROM customers UNION ALL SELECT NULL`, then
-        // `FETCH ALL FROM c`, returned the addresses raw).
+        // `FETCH ALL FROM c`, returned the addresses raw). So does an
+        // Execute of a cursor's portal, recorded under its DECLARE: a
+        // function may have closed that portal and opened another of the
+        // name over any query since.
         if classification
             .statements
             .iter()
-            .any(|s| matches!(s.command, "FETCH" | "MOVE"))
+            .any(|s| matches!(s.command, "FETCH" | "MOVE" | "DECLARE CURSOR"))
         {
             return self.masking.reading_rule([(None, None)]);
         }

@@ -229,6 +229,7 @@ impl Session<'_> {
                     // ignored or refused it as the tracker expects.
                     let _ = self.tracker.copy_outcome(false);
                     self.prepared_completed(frame.body());
+                    self.cursor_completed(frame.body());
                 }
                 // The end of a refused COPY was already answered with an error.
                 let refused = matches!(
