@@ -3252,3 +3252,45 @@ fn a_copy_run_as_its_query_is_spelled_as_the_server_spells_it() -> Result<()> {
     assert_eq!(out.lines(), ["alive"], "{out:?}");
     Ok(())
 }
+
+/// A child table's rows are its parent's for masking: a column sourced
+/// from it took the parent's rule already (from its OID's ancestry), but a
+/// value computed from it, in a statement naming the child and not the
+/// parent, went out raw (found in review: `SELECT email || '' FROM
+/// customers_2026`). The names a statement reads now count with their
+/// ancestors.
+#[test]
+fn values_computed_from_a_child_of_a_ruled_table_are_masked() -> Result<()> {
+    let s = Setup::start("pg-childmask", 95, Policy::Guarded)?;
+    s.pg.admin_psql(
+        "postgres",
+        "orders",
+        &[
+            "CREATE TABLE customers_archive () INHERITS (customers)",
+            "INSERT INTO customers_archive (id, name, email) VALUES (9, 'Zed', 'zed@archive.example')",
+            "GRANT SELECT ON customers_archive TO app_rw",
+        ],
+    )?;
+    let out = s.psql(
+        "app_rw",
+        &[
+            "SELECT email FROM customers_archive",
+            "SELECT email || '' FROM customers_archive",
+            "SELECT upper(email) FROM public.customers_archive",
+            "SELECT email FROM customers_archive UNION ALL SELECT NULL",
+            "SELECT upper(name) FROM items, (SELECT 'x' AS name) n LIMIT 1",
+        ],
+    )?;
+    assert!(out.ok && out.errors().is_empty(), "{out:?}");
+    assert!(!out.stdout.to_lowercase().contains("zed@"), "{out:?}");
+    let lines = out.lines();
+    assert_eq!(lines.len(), 1 + 1 + 1 + 2 + 1, "{out:?}");
+    // Sourced: the parent's partial rule, by the column's own OID.
+    assert_eq!(lines[0], partial("zed@archive.example", 4), "{out:?}");
+    assert_eq!(lines[1..3], ["***", "***"], "computed: {out:?}");
+    let mut union = lines[3..5].to_vec();
+    union.sort_unstable();
+    assert_eq!(union, ["", "***"], "UNION: {out:?}");
+    assert_eq!(lines[5], "X", "a table no rule covers: {out:?}");
+    Ok(())
+}

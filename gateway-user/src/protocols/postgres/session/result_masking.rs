@@ -205,13 +205,20 @@ impl Session<'_> {
     /// values back too). Every statement of a query string counts for
     /// each of its results: which statement a RowDescription belongs to is
     /// not tracked, and masking more is the safe direction. A statement
-    /// the gateway did not classify counts as naming every table.
-    pub(super) fn reading_rule(&self, running: Option<&Running>) -> Option<usize> {
+    /// the gateway did not classify counts as naming every table. A table
+    /// named counts with its ancestors (a partition reads its parent's
+    /// rows), from the catalog; if they cannot be looked up, as naming
+    /// every table.
+    pub(super) async fn reading_rule(
+        &self,
+        classification: Option<Arc<Classification>>,
+    ) -> Option<usize> {
         if !self.masking.has_column_rules() {
             return None;
         }
-        let Some(classification) = running.and_then(|r| r.classification.as_deref()) else {
-            return self.masking.reading_rule([(None, None)]);
+        let every_table = self.masking.reading_rule([(None, None)]);
+        let Some(classification) = classification else {
+            return every_table;
         };
         // A FETCH or MOVE reads what its cursor was declared over, which
         // its own text does not name (found in review: `DECLARE c CURSOR
@@ -225,15 +232,37 @@ impl Session<'_> {
             .iter()
             .any(|s| matches!(s.command, "FETCH" | "MOVE" | "DECLARE CURSOR"))
         {
-            return self.masking.reading_rule([(None, None)]);
+            return every_table;
         }
         let every = |name: &str| name == TableRef::EVERY;
-        self.masking.reading_rule(classification.tables().map(|t| {
-            (
-                t.schema.as_deref().filter(|s| !every(s)),
-                Some(t.name.as_str()).filter(|n| !every(n)),
-            )
-        }))
+        let named: Vec<(Option<&str>, Option<&str>)> = classification
+            .tables()
+            .map(|t| {
+                (
+                    t.schema.as_deref().filter(|s| !every(s)),
+                    Some(t.name.as_str()).filter(|n| !every(n)),
+                )
+            })
+            .collect();
+        if let Some(rule) = self.masking.reading_rule(named.iter().copied()) {
+            return Some(rule);
+        }
+        let login = self.catalog_login();
+        let catalog = self.catalog();
+        let mut ancestors = Vec::new();
+        for (schema, name) in &named {
+            let Some(name) = name else { continue };
+            match catalog.ancestors_of_name(*schema, name, &login).await {
+                Ok(found) => ancestors.push(found),
+                // A job could make the lookup fail to get a rule skipped.
+                Err(_) => return every_table,
+            }
+        }
+        self.masking.reading_rule(
+            ancestors
+                .iter()
+                .flat_map(|a| a.iter().map(|(s, t)| (Some(s.as_str()), Some(t.as_str())))),
+        )
     }
 
     /// `(name, table OID, attribute number, type OID, format)` per column.

@@ -153,7 +153,9 @@ impl Session<'_> {
                         // Ours: the layout of the Execute that follows.
                         let reading = match self.tracker.pending.front() {
                             Some(Pending::Execute { running, .. }) => {
-                                self.reading_rule(running.as_ref())
+                                let classification =
+                                    running.as_ref().and_then(|r| r.classification.clone());
+                                self.reading_rule(classification).await
                             }
                             _ => None,
                         };
@@ -173,7 +175,8 @@ impl Session<'_> {
                     }
                 }
                 Some(Pending::Query(running)) => {
-                    let reading = self.reading_rule(running.as_ref());
+                    let classification = running.as_ref().and_then(|r| r.classification.clone());
+                    let reading = self.reading_rule(classification).await;
                     let Some(layout) = self.layout(frame.body(), reading).await else {
                         return;
                     };
