@@ -3294,3 +3294,147 @@ fn values_computed_from_a_child_of_a_ruled_table_are_masked() -> Result<()> {
     assert_eq!(lines[5], "X", "a table no rule covers: {out:?}");
     Ok(())
 }
+
+/// Found in review: the gateway's own statement (a COPY run as its
+/// query) showed its name in `pg_prepared_statements`; a job that
+/// PREPAREd that name first had it replaced by the COPY's query, which a
+/// failing run left behind, and then EXECUTEd that query under the
+/// decision of its own `SELECT 1`. Names starting with `chokepoint_` are
+/// the gateway's: refused in the protocol and in SQL.
+#[test]
+fn the_gateways_own_names_are_reserved() -> Result<()> {
+    let s = Setup::start("pg-reserved", 96, Policy::Guarded)?;
+    let out = s.psql(
+        "app_rw",
+        &[
+            "COPY (SELECT name FROM pg_prepared_statements) TO STDOUT",
+            "PREPARE chokepoint_copy_0 AS SELECT 1",
+            "EXECUTE \"chokepoint_copy_0\"",
+            "DEALLOCATE CHOKEPOINT_copy_0",
+            "BEGIN",
+            "DECLARE chokepoint_c CURSOR FOR SELECT 1",
+            "ROLLBACK",
+            "SELECT 'alive'",
+        ],
+    )?;
+    let lines = out.lines();
+    assert!(lines[0].starts_with("chokepoint_copy_"), "{out:?}");
+    assert_eq!(lines[1..], ["BEGIN", "ROLLBACK", "alive"], "{out:?}");
+    let errors = out.errors();
+    assert_eq!(errors.len(), 4, "{out:?}");
+    for (i, error) in errors.iter().enumerate() {
+        // An EXECUTE of a name the session never prepared is refused
+        // before its name is looked at.
+        let rule = if i == 1 {
+            "unknown-prepared"
+        } else {
+            "reserved-name"
+        };
+        assert!(
+            error.starts_with(&format!(
+                "42501: chokepoint: statement denied by rule {rule}"
+            )),
+            "{out:?}"
+        );
+    }
+    // The protocol: a Parse, and a Bind of the gateway's statement name.
+    let name = lines[0];
+    let script = [
+        frame(b'P', &cstrings(&["chokepoint_x", "SELECT 1"], &[0, 0])),
+        frame(b'S', &[]),
+        frame(b'B', &cstrings(&["", name], &[0; 6])),
+        frame(b'E', &cstrings(&[""], &[0; 4])),
+        frame(b'S', &[]),
+        frame(b'Q', &cstrings(&["SELECT 'after'"], &[])),
+    ];
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "raw_until_ready": { "hex": script.concat(), "ready": 3 } })],
+    )?;
+    let all = r[0].to_string();
+    let messages = r[0]["messages"].as_array().context("messages")?;
+    let tags: String = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
+    assert_eq!(tags, "EZEZTDCZ", "{all}");
+    assert_eq!(all.matches("is reserved").count(), 2, "{all}");
+    Ok(())
+}
+
+/// Found in review: a COPY refused on its portal's description (here an
+/// unknown FORCE_QUOTE column, which the server would refuse too) had its
+/// Execute sent already, so its query had run, and its transaction went
+/// on as if nothing failed. The Execute now waits for the description:
+/// the query never runs, the server fails the COPY itself (the
+/// transaction is aborted, a pipeline skips to its Sync), and the client
+/// gets the gateway's error.
+#[test]
+fn a_copy_refused_on_its_description_never_runs() -> Result<()> {
+    let s = Setup::start("pg-copy-refused", 97, Policy::Guarded)?;
+    s.pg.admin_psql(
+        "postgres",
+        "orders",
+        &[
+            "CREATE SEQUENCE ticks",
+            "GRANT USAGE, SELECT ON SEQUENCE ticks TO app_rw",
+        ],
+    )?;
+    let refused =
+        "COPY (SELECT nextval('ticks') AS t) TO STDOUT (FORMAT csv, FORCE_QUOTE (nosuch))";
+    let out = s.psql(
+        "app_rw",
+        &[
+            refused,
+            "BEGIN",
+            "INSERT INTO items VALUES (1000, 1)",
+            refused,
+            "COMMIT",
+            "SELECT count(*) FROM items WHERE id = 1000",
+            "SELECT nextval('ticks')",
+        ],
+    )?;
+    let errors = out.errors();
+    assert_eq!(errors.len(), 2, "{out:?}");
+    for error in &errors {
+        assert!(
+            error.contains("FORCE_QUOTE column \"nosuch\" not referenced by COPY"),
+            "{out:?}"
+        );
+    }
+    // COMMIT of the failed transaction rolls back; the query never ran.
+    assert_eq!(
+        out.lines(),
+        ["BEGIN", "INSERT 0 1", "ROLLBACK", "0", "1"],
+        "{out:?}"
+    );
+    // The extended protocol: what the client pipelined after it is
+    // skipped to its Sync, as after any error.
+    let script = [
+        frame(b'P', &cstrings(&["", refused], &[0, 0])),
+        frame(b'B', &cstrings(&["", ""], &[0; 6])),
+        frame(b'E', &cstrings(&[""], &[0; 4])),
+        frame(b'P', &cstrings(&["", "SELECT 2"], &[0, 0])),
+        frame(b'B', &cstrings(&["", ""], &[0; 6])),
+        frame(b'E', &cstrings(&[""], &[0; 4])),
+        frame(b'S', &[]),
+        frame(b'Q', &cstrings(&["SELECT nextval('ticks')"], &[])),
+    ];
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "raw_until_ready": { "hex": script.concat(), "ready": 2 } })],
+    )?;
+    let all = r[0].to_string();
+    let messages = r[0]["messages"].as_array().context("messages")?;
+    let tags: String = messages.iter().filter_map(|m| m["tag"].as_str()).collect();
+    assert_eq!(tags, "12EZTDCZ", "{all}");
+    assert!(all.contains("not referenced by COPY"), "{all}");
+    let values: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["tag"] == "D")
+        .filter_map(|m| m["values"][0].as_str())
+        .collect();
+    assert_eq!(
+        values,
+        ["2"],
+        "the sequence moved only for the SELECT: {all}"
+    );
+    Ok(())
+}

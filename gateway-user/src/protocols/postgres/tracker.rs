@@ -151,11 +151,8 @@ pub struct Running {
 pub struct CopyRun {
     pub copy: crate::protocols::postgres::copy_out::CopyOut,
     /// Made from the portal's RowDescription, when the CopyOutResponse
-    /// went to the client.
+    /// went to the client (and the Execute to the server).
     pub encoder: Option<crate::protocols::postgres::copy_out::encode::Encoder>,
-    /// Refused once its columns were known, the client answered already:
-    /// its rows and completion are dropped.
-    pub refused: bool,
 }
 
 #[derive(Debug)]

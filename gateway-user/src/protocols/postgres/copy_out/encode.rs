@@ -40,9 +40,18 @@ impl Encoder {
                             ));
                         }
                     }
-                    keep.iter()
-                        .map(|&i| columns.iter().any(|c| names.get(i) == Some(&c.as_str())))
-                        .collect()
+                    // Each name quotes the first column of that name, as
+                    // the server maps it.
+                    let mut forced = vec![false; keep.len()];
+                    for column in columns {
+                        if let Some(n) = keep
+                            .iter()
+                            .position(|&i| names.get(i) == Some(&column.as_str()))
+                        {
+                            forced[n] = true;
+                        }
+                    }
+                    forced
                 }
             },
             _ => vec![false; keep.len()],

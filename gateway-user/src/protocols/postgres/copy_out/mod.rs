@@ -94,9 +94,12 @@ fn find(sql: &str) -> Result<Option<CopyOut>, String> {
 
 /// The COPY's query, as the job wrote it between the COPY's parentheses
 /// (not deparsed: what runs is the job's own text). Checked to parse to
-/// the same tree, and to be what COPY runs: a SELECT without INTO, or
-/// data-modifying with RETURNING (run alone, anything else would do what
-/// the COPY refuses).
+/// the same tree, and to be what COPY runs: a SELECT without INTO (run
+/// alone, INTO would do what the COPY refuses). A data-modifying query
+/// (`COPY (DELETE … RETURNING *)`) is refused: PostgreSQL treats its
+/// table's rules and triggers under COPY in ways a plain statement does
+/// not (it refuses DO ALSO rules, found in review), and the statement
+/// itself, with RETURNING, returns the same rows masked.
 fn restated_query(sql: &str, query: &NodeEnum) -> Result<String, String> {
     let text = parenthesized(sql)?;
     let parsed = pg_query::parse(text).map_err(|e| e.to_string())?;
@@ -118,11 +121,14 @@ fn restated_query(sql: &str, query: &NodeEnum) -> Result<String, String> {
             Err("COPY (SELECT INTO) is not supported".into())
         }
         NodeEnum::SelectStmt(_) => Ok(text.to_owned()),
-        NodeEnum::InsertStmt(s) if !s.returning_list.is_empty() => Ok(text.to_owned()),
-        NodeEnum::UpdateStmt(s) if !s.returning_list.is_empty() => Ok(text.to_owned()),
-        NodeEnum::DeleteStmt(s) if !s.returning_list.is_empty() => Ok(text.to_owned()),
-        NodeEnum::MergeStmt(s) if !s.returning_list.is_empty() => Ok(text.to_owned()),
-        _ => Err("COPY query must have a RETURNING clause".into()),
+        NodeEnum::InsertStmt(_)
+        | NodeEnum::UpdateStmt(_)
+        | NodeEnum::DeleteStmt(_)
+        | NodeEnum::MergeStmt(_) => Err(
+            "a data-modifying COPY query is not run under masking: run the statement with RETURNING instead"
+                .into(),
+        ),
+        _ => Err("its query is not one COPY runs".into()),
     }
 }
 
@@ -176,14 +182,16 @@ fn table_query(copy: &CopyStmt) -> Result<(String, Option<TableCopy>), String> {
         .relation
         .as_ref()
         .ok_or("COPY names neither a table nor a query")?;
-    let columns: Vec<String> = copy
-        .attlist
-        .iter()
-        .filter_map(|n| match n.node.as_ref() {
-            Some(NodeEnum::String(s)) => Some(quote_ident(&s.sval)),
-            _ => None,
-        })
-        .collect();
+    let mut listed: Vec<&str> = Vec::new();
+    for n in &copy.attlist {
+        if let Some(NodeEnum::String(s)) = n.node.as_ref() {
+            if listed.contains(&s.sval.as_str()) {
+                return Err(format!("column \"{}\" specified more than once", s.sval));
+            }
+            listed.push(&s.sval);
+        }
+    }
+    let columns: Vec<String> = listed.iter().map(|c| quote_ident(c)).collect();
     let columns_listed = !columns.is_empty();
     let columns = if columns_listed {
         columns.join(", ")

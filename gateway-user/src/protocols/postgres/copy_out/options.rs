@@ -48,6 +48,7 @@ pub enum ForceQuote {
 enum Arg {
     None,
     Text(String),
+    Int(i32),
     Star,
     Names(Vec<String>),
 }
@@ -67,14 +68,16 @@ pub fn format(copy: &CopyStmt) -> Result<CopyFormat, String> {
         let Some(NodeEnum::DefElem(def)) = option.node.as_ref() else {
             continue;
         };
-        let name = def.defname.to_ascii_lowercase();
+        // Compared as written, as the server does: the parser already
+        // folded an unquoted name to lower case.
+        let name = def.defname.clone();
         if !seen.insert(name.clone()) {
             return Err("conflicting or redundant options".into());
         }
         let arg = match def.arg.as_ref().and_then(|a| a.node.as_ref()) {
             None => Arg::None,
             Some(NodeEnum::String(s)) => Arg::Text(s.sval.clone()),
-            Some(NodeEnum::Integer(i)) => Arg::Text(i.ival.to_string()),
+            Some(NodeEnum::Integer(i)) => Arg::Int(i.ival),
             Some(NodeEnum::Boolean(b)) => Arg::Text(b.boolval.to_string()),
             Some(NodeEnum::AStar(_)) => Arg::Star,
             Some(NodeEnum::List(list)) => Arg::Names(
@@ -90,10 +93,11 @@ pub fn format(copy: &CopyStmt) -> Result<CopyFormat, String> {
         };
         let text = |arg: Arg| match arg {
             Arg::Text(t) => Ok(t),
+            Arg::Int(i) => Ok(i.to_string()),
             _ => Err(format!("{name} requires a string value")),
         };
         match name.as_str() {
-            "format" => kind = Some(text(arg)?.to_ascii_lowercase()),
+            "format" => kind = Some(text(arg)?),
             "delimiter" => delimiter = Some(one_byte("delimiter", &text(arg)?)?),
             "null" => null = Some(text(arg)?.into_bytes()),
             "header" => header = Some(boolean(&name, arg)?),
@@ -113,14 +117,21 @@ pub fn format(copy: &CopyStmt) -> Result<CopyFormat, String> {
             }
             // The session's encoding is UTF8 (the gateway refuses others),
             // so only that changes nothing.
-            "encoding" if is_utf8(&text(arg)?) => {}
             "encoding" => {
-                return Err(
-                    "COPY option ENCODING other than the session's UTF8 is not supported with masking"
-                        .into(),
-                );
+                if !is_utf8(&text(arg)?) {
+                    return Err(
+                        "COPY option ENCODING other than the session's UTF8 is not supported with masking"
+                            .into(),
+                    );
+                }
             }
-            "force_not_null" | "force_null" | "freeze" | "default" | "on_error" => {
+            // FREEZE false changes nothing; true is for COPY FROM.
+            "freeze" => {
+                if boolean(&name, arg)? {
+                    return Err("COPY FREEZE cannot be used with COPY TO".into());
+                }
+            }
+            "force_not_null" | "force_null" | "default" | "on_error" => {
                 return Err(format!(
                     "COPY {} cannot be used with COPY TO",
                     name.to_ascii_uppercase()
@@ -206,19 +217,18 @@ fn one_byte(option: &str, text: &str) -> Result<u8, String> {
     }
 }
 
-/// As PostgreSQL's `defGetBoolean` reads one (`HEADER MATCH` is COPY
-/// FROM's only).
+/// As PostgreSQL's `defGetBoolean` reads one: no argument, 0 or 1, or
+/// true/false/on/off in any case (`HEADER MATCH` is COPY FROM's only).
 fn boolean(name: &str, arg: Arg) -> Result<bool, String> {
-    let Arg::Text(text) = arg else {
-        return match arg {
-            Arg::None => Ok(true),
+    match arg {
+        Arg::None | Arg::Int(1) => Ok(true),
+        Arg::Int(0) => Ok(false),
+        Arg::Text(text) => match text.to_ascii_lowercase().as_str() {
+            "true" | "on" => Ok(true),
+            "false" | "off" => Ok(false),
+            "match" => Err("cannot use \"match\" with HEADER in COPY TO".into()),
             _ => Err(format!("{name} requires a Boolean value")),
-        };
-    };
-    match text.to_ascii_lowercase().as_str() {
-        "true" | "on" | "1" | "yes" => Ok(true),
-        "false" | "off" | "0" | "no" => Ok(false),
-        "match" => Err("cannot use \"match\" with HEADER in COPY TO".into()),
+        },
         _ => Err(format!("{name} requires a Boolean value")),
     }
 }

@@ -23,10 +23,6 @@ fn a_copys_query_runs_as_the_job_wrote_it() {
     assert_eq!(c.table, None);
     assert_eq!(copy("COPY ((SELECT 1)) TO STDOUT").query, "(SELECT 1)");
     assert_eq!(
-        copy("copy (delete from t where id = 1 returning *) to stdout").query,
-        "delete from t where id = 1 returning *"
-    );
-    assert_eq!(
         copy("COPY (VALUES (1), (2)) TO STDOUT;").query,
         "VALUES (1), (2)"
     );
@@ -81,9 +77,20 @@ fn what_cannot_run_in_its_place_is_refused_with_the_reason() {
         refused("COPY t TO STDOUT; SELECT 1"),
         "it is not the only statement of its query string"
     );
+    for dml in [
+        "COPY (INSERT INTO t VALUES (1)) TO STDOUT",
+        "copy (delete from t where id = 1 returning *) to stdout",
+        "COPY (UPDATE t SET a = 1 RETURNING a) TO STDOUT",
+    ] {
+        assert_eq!(
+            refused(dml),
+            "a data-modifying COPY query is not run under masking: run the statement with RETURNING instead",
+            "{dml}"
+        );
+    }
     assert_eq!(
-        refused("COPY (INSERT INTO t VALUES (1)) TO STDOUT"),
-        "COPY query must have a RETURNING clause"
+        refused("COPY t (a, b, a) TO STDOUT"),
+        "column \"a\" specified more than once"
     );
     assert_eq!(
         refused("COPY (SELECT 1 INTO x) TO STDOUT"),
@@ -163,6 +170,8 @@ fn options_are_checked_as_the_server_checks_them() {
         CopyFormat::Binary
     );
     assert!(masked_copy("COPY t TO STDOUT (ENCODING 'utf-8')").is_ok());
+    assert!(masked_copy("COPY t TO STDOUT (FREEZE false, HEADER 1, FORMAT csv)").is_ok());
+    assert!(masked_copy("COPY t TO STDOUT (HEADER 'ON')").is_ok());
     let CopyFormat::Csv(o) =
         copy("COPY t TO STDOUT (FORMAT csv, FORCE_QUOTE (a, \"B\"), HEADER false)").format
     else {
@@ -272,6 +281,18 @@ fn csv_fields_are_quoted_only_where_the_server_quotes_them() {
     assert_eq!(
         spelled(&mut forced, &[&[Some("1"), Some("x")], &[Some("2"), None]]),
         ["1,\"x\"\n", "2,\n"]
+    );
+    // A repeated name: the first column of it, as the server maps names.
+    let twice = ["x", "x"];
+    let mut first = Encoder::new(
+        csv(ForceQuote::Columns(vec!["x".into()])),
+        &twice,
+        vec![0, 1],
+    )
+    .unwrap();
+    assert_eq!(
+        spelled(&mut first, &[&[Some("1"), Some("2")]]),
+        ["\"1\",2\n"]
     );
     let mut all = Encoder::new(csv(ForceQuote::All), &names, vec![0, 1]).unwrap();
     assert_eq!(

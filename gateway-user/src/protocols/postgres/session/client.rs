@@ -12,6 +12,18 @@ impl Session<'_> {
             Ok(m) => m,
             Err(e) => return self.protocol_violation(&e),
         };
+        if let Some(name) = names(&message).into_iter().find(|n| is_reserved(n)) {
+            let error = deny_error(
+                "reserved-name",
+                &format!(
+                    "the name {name:?} is reserved: names starting with {RESERVED_PREFIX} belong to the gateway"
+                ),
+                "",
+            );
+            self.refuse_execute(error);
+            self.settle_discarded();
+            return Step::Continue;
+        }
         if overlong_name(&message).is_some() {
             // The server compares only the first MAX_NAME bytes, so a
             // longer name could reach another statement than the one
@@ -317,6 +329,16 @@ impl Session<'_> {
         classification: &Classification,
     ) -> StatementDecision {
         let mut decision = self.rules.decide_all(classification, &self.search_path);
+        if let Some(why) = names_reserved(sql, classification) {
+            return StatementDecision {
+                verdict: StatementVerdict::Deny,
+                rule: Arc::from("reserved-name"),
+                reason: format!(
+                    "{why}: names starting with {RESERVED_PREFIX} belong to the gateway"
+                ),
+                statement_index: 0,
+            };
+        }
         // With copy_out_masked = "deny", COPY … TO STDOUT never runs on a
         // target with masking rules; with "mask" it runs as its query, its
         // rows masked (see `copy_out`), or not at all when it cannot.
@@ -573,7 +595,9 @@ impl Session<'_> {
         let decision = self.statement_decision(sql, classification);
         let redacted = &shown.text;
         let class = &shown.class;
-        let audit = self.mode == Mode::Audit;
+        // Audit mode forwards what policy would stop, but not a use of the
+        // gateway's own names: that is no policy's to waive.
+        let audit = self.mode == Mode::Audit && &*decision.rule != "reserved-name";
         // The recording holds every statement; the daemon log only needs
         // the ones policy stopped (or would have, in audit mode), and a log
         // line per allowed statement costs more than the rest of its path.
@@ -744,17 +768,54 @@ impl Session<'_> {
 /// (`NAMEDATALEN - 1`): its tables compare only this many bytes.
 const MAX_NAME: usize = 63;
 
-/// A statement or portal name in `message` longer than [`MAX_NAME`].
-fn overlong_name<'m>(message: &FrontendMessage<'m>) -> Option<&'m str> {
-    let names: [&'m str; 2] = match message {
+/// The statement and portal names `message` uses.
+fn names<'m>(message: &FrontendMessage<'m>) -> [&'m str; 2] {
+    match message {
         FrontendMessage::Parse(p) => [p.name, ""],
         FrontendMessage::Bind(b) => [b.portal, b.statement],
         FrontendMessage::Describe(d) => [d.name, ""],
         FrontendMessage::Execute(e) => [e.portal, ""],
         FrontendMessage::Close(c) => [c.name, ""],
-        _ => return None,
-    };
-    names.into_iter().find(|n| n.len() > MAX_NAME)
+        _ => ["", ""],
+    }
+}
+
+/// A statement or portal name in `message` longer than [`MAX_NAME`].
+fn overlong_name<'m>(message: &FrontendMessage<'m>) -> Option<&'m str> {
+    names(message).into_iter().find(|n| n.len() > MAX_NAME)
+}
+
+/// How the gateway's own statement and portal names start (a COPY run as
+/// its query): no job may use such a name, in the protocol or in SQL.
+/// Found in review: the COPY's query showed its statement's name in
+/// `pg_prepared_statements`; a job that PREPAREd that name first had the
+/// gateway's query replace its statement, then EXECUTEd the COPY's query
+/// under the decision and reading rule of its own `SELECT 1`.
+pub(super) const RESERVED_PREFIX: &str = "chokepoint_";
+
+pub(super) fn is_reserved(name: &str) -> bool {
+    name.get(..RESERVED_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX))
+}
+
+/// Why `sql` may not run because it names a statement or cursor of the
+/// gateway's, if it does.
+fn names_reserved(sql: &str, classification: &Classification) -> Option<String> {
+    for statement in &classification.statements {
+        if let Some(name) = statement.prepared_name().filter(|n| is_reserved(n)) {
+            return Some(format!("it names the prepared statement {name:?}"));
+        }
+        // Cursor statements name portals; their names are not classified,
+        // so any mention of the prefix counts.
+        if matches!(
+            statement.command,
+            "DECLARE CURSOR" | "FETCH" | "MOVE" | "CLOSE"
+        ) && sql.to_ascii_lowercase().contains(RESERVED_PREFIX)
+        {
+            return Some("it names a cursor whose name starts with chokepoint_".into());
+        }
+    }
+    None
 }
 
 /// What logs and recordings show of `sql`. Text without a password literal

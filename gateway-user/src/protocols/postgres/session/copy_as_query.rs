@@ -28,10 +28,14 @@ impl Session<'_> {
 
     /// Sends, in place of `running`'s COPY, its query as a portal of the
     /// gateway's: Close of any leftover of the name (a run an error cut
-    /// short), Parse, Bind (binary results for a binary COPY), Describe,
-    /// Execute, then Close of both. `sync`: the COPY came as a simple
+    /// short), Parse, Bind (binary results for a binary COPY) and
+    /// Describe, then a Flush; the client's messages wait meanwhile. Only
+    /// once the portal's description came and passed the checks that need
+    /// it ([`Self::copy_described`]) does its Execute go: found in review,
+    /// a COPY refused on its description after its Execute was sent had
+    /// already run (a DELETE's rows were gone, and its transaction went
+    /// on as if nothing had failed). `sync`: the COPY came as a simple
     /// Query, which a Sync of the gateway's ends as the Query would have.
-    /// The name is the session's own, which no job can guess.
     pub(super) fn run_copy_as_query(&mut self, mut running: Running, copy: CopyOut, sync: bool) {
         let name = &self.copy_name;
         let binary = matches!(copy.format, CopyFormat::Binary);
@@ -41,16 +45,10 @@ impl Session<'_> {
         // One format code for every column.
         push_bind(out, name, name, &[i16::from(binary)]);
         push_describe_portal(out, name);
-        push_execute(out, name);
-        push_close_portal(out, name);
-        push_close_statement(out, name);
-        if sync {
-            push_sync(out);
-        }
+        push_flush(out);
         running.copy = Some(Box::new(CopyRun {
             copy,
             encoder: None,
-            refused: false,
         }));
         self.tracker.push(Pending::Own(3));
         self.tracker.push(Pending::Describe {
@@ -64,8 +62,68 @@ impl Session<'_> {
             plan: None,
             ran: None,
         });
-        self.tracker.push(Pending::Own(2));
+        self.copy_waiting = Some(sync);
+    }
+
+    /// The portal's description came (`None`: NoData): its Execute goes,
+    /// and the client gets the CopyOutResponse (and header); or, when the
+    /// COPY cannot be sent as asked, an Execute of a portal that does not
+    /// exist goes instead, so the server fails (and skips to the Sync, or
+    /// aborts the transaction) exactly as it would have for the COPY, and
+    /// the client gets the gateway's error in its place.
+    pub(super) async fn copy_described(&mut self, described: Option<(&Bytes, &Layout)>) {
+        let Some(sync) = self.copy_waiting.take() else {
+            return;
+        };
+        let encoder = match described {
+            Some((description, layout)) => self.copy_encoder(description, layout).await,
+            None => Err("its query returns no rows".to_owned()),
+        };
+        match encoder {
+            Ok((encoder, header)) => {
+                put_message(&mut self.to_client, b'H', &encoder.response());
+                if let Some(header) = header {
+                    put_message(&mut self.to_client, b'd', &header);
+                }
+                if let Some(run) = self.front_copy() {
+                    run.encoder = Some(encoder);
+                }
+                let (name, out) = (&self.copy_name, &mut self.to_upstream);
+                push_execute(out, name);
+                push_close_portal(out, name);
+                push_close_statement(out, name);
+                self.tracker.push(Pending::Own(2));
+            }
+            Err(why) => {
+                warn!(flow_id = self.flow.id, "COPY TO STDOUT refused: {why}");
+                let nonce = self.deny(copy_refusal(&why));
+                push_execute(&mut self.to_upstream, &nonce);
+            }
+        }
         if sync {
+            push_sync(&mut self.to_upstream);
+            self.tracker.push(Pending::Sync);
+        }
+    }
+
+    /// After an error: if it made the server skip the gateway's COPY
+    /// batch (its own, or an earlier message of the client's), the wait
+    /// for its description is over, and a simple Query's Sync goes now
+    /// (the server discards until one).
+    pub(super) fn copy_skipped(&mut self) {
+        let Some(sync) = self.copy_waiting else {
+            return;
+        };
+        let ours_pending =
+            self.tracker.pending.iter().any(
+                |p| matches!(p, Pending::Execute { running: Some(r), .. } if r.copy.is_some()),
+            );
+        if ours_pending {
+            return;
+        }
+        self.copy_waiting = None;
+        if sync {
+            push_sync(&mut self.to_upstream);
             self.tracker.push(Pending::Sync);
         }
     }
@@ -93,32 +151,31 @@ impl Session<'_> {
         }
     }
 
-    /// The portal's RowDescription (`layout`, `description`) came: what
-    /// the COPY sends is known, and the client gets its CopyOutResponse
-    /// (and header), or an error in its place.
-    pub(super) async fn start_copy(&mut self, description: &Bytes, layout: &Layout) {
+    /// How the COPY at the front is spelled, from its portal's
+    /// description, and its header line; `Err`: why it cannot be sent.
+    async fn copy_encoder(
+        &mut self,
+        description: &Bytes,
+        layout: &Layout,
+    ) -> Result<(Encoder, Option<Vec<u8>>), String> {
+        // A reload emptied the masking rules since the COPY was sent: its
+        // rows were planned under none.
+        if layout.plan.is_none() {
+            return Err("the masking rules changed as it started; run it again".into());
+        }
         let Some(run) = self.front_copy() else {
-            return;
+            return Err("it cannot be matched to its statement".into());
         };
         let table = run.copy.table.clone();
         let format = run.copy.format.clone();
         let names: Vec<&str> = layout.columns.iter().map(String::as_str).collect();
         let keep = match table {
-            Some(table) => self.table_columns(description, &table).await,
-            None => Ok((0..names.len()).collect()),
+            Some(table) => self.table_columns(description, &table).await?,
+            None => (0..names.len()).collect(),
         };
-        let encoder = keep.and_then(|keep| Encoder::new(format, &names, keep));
-        let encoder = match encoder {
-            Ok(encoder) => encoder,
-            Err(why) => return self.refuse_started_copy(&why),
-        };
-        put_message(&mut self.to_client, b'H', &encoder.response());
-        if let Some(header) = encoder.header(&names) {
-            put_message(&mut self.to_client, b'd', &header);
-        }
-        if let Some(run) = self.front_copy() {
-            run.encoder = Some(encoder);
-        }
+        let encoder = Encoder::new(format, &names, keep)?;
+        let header = encoder.header(&names);
+        Ok((encoder, header))
     }
 
     /// Which of a `COPY t`'s columns it sends, from their sources: the
@@ -140,7 +197,12 @@ impl Session<'_> {
                 .source(field.table_oid, field.column_attr, &login)
                 .await
                 .map_err(|e| format!("its columns cannot be looked up: {e}"))?
-                .ok_or_else(|| format!("cannot copy from \"{}\"", table.name))?;
+                .ok_or_else(|| {
+                    format!(
+                        "cannot copy from \"{}\": the gateway cannot see it in the catalog (created in this transaction?)",
+                        table.name
+                    )
+                })?;
             if !source.plain_table {
                 return Err(format!(
                     "cannot copy from \"{}\": it is not a plain table; try the COPY (SELECT ...) TO variant",
@@ -202,15 +264,9 @@ impl Session<'_> {
         let Some(mut run) = running.copy.take() else {
             return;
         };
-        if run.refused {
-            return self.complete(running, "COPY refused");
-        }
+        // Its Execute went only with an encoder.
         let Some(encoder) = run.encoder.as_mut() else {
-            // No RowDescription: the query returns no rows (a COPY's
-            // always does), and no CopyOutResponse went out.
-            let why = "its query returns no rows";
-            self.to_client.extend_from_slice(&copy_refusal(why));
-            return self.complete(running, &format!("COPY refused: {why}"));
+            return self.out_of_step("a CommandComplete for a COPY never begun");
         };
         if let Some(trailer) = encoder.finish() {
             put_message(&mut self.to_client, b'd', &trailer);
@@ -219,18 +275,6 @@ impl Session<'_> {
         let tag = format!("COPY {}\0", running.rows);
         put_message(&mut self.to_client, b'C', tag.as_bytes());
         self.complete(running, "");
-    }
-
-    /// Refuses the COPY at the front once its columns are known: the
-    /// client gets an error in its place, and the portal's rows and
-    /// completion are dropped. (Behind an Execute, what the client
-    /// pipelined after it still runs: the server saw no error.)
-    fn refuse_started_copy(&mut self, why: &str) {
-        warn!(flow_id = self.flow.id, "COPY TO STDOUT refused: {why}");
-        self.to_client.extend_from_slice(&copy_refusal(why));
-        if let Some(run) = self.front_copy() {
-            run.refused = true;
-        }
     }
 
     /// Ends a COPY the server began on its own (one the gateway did not

@@ -108,6 +108,10 @@ pub(super) fn push_close_portal(out: &mut BytesMut, portal: &str) {
     let _ = postgres_protocol::message::frontend::close(b'P', portal, out);
 }
 
+pub(super) fn push_flush(out: &mut BytesMut) {
+    postgres_protocol::message::frontend::flush(out);
+}
+
 pub(super) fn push_sync(out: &mut BytesMut) {
     postgres_protocol::message::frontend::sync(out);
 }

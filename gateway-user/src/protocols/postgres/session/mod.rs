@@ -47,8 +47,8 @@ use tracing::{Level, debug, error, info, warn};
 use self::{
     messages::{
         class_names, deny_error, fatal, limit_error, push_bind, push_close_portal,
-        push_close_statement, push_describe_portal, push_execute, push_parse, push_query,
-        push_sync, put_message,
+        push_close_statement, push_describe_portal, push_execute, push_flush, push_parse,
+        push_query, push_sync, put_message,
     },
     prepared::parse_undo,
     startup::{connect, startup_with_tls},
@@ -328,6 +328,7 @@ pub async fn serve(
             super::cancel::random_i32(),
             super::cancel::random_i32()
         ),
+        copy_waiting: None,
         to_client: BytesMut::new(),
         to_upstream: BytesMut::new(),
         summary,
@@ -396,6 +397,10 @@ struct Session<'a> {
     /// The statement and portal name under which a COPY runs as its
     /// query ([`copy_out`]): the session's own, which no job can guess.
     copy_name: String,
+    /// A COPY's query was sent up to its Describe: the client's messages
+    /// wait until its description came (`Some(true)`: it came as a simple
+    /// Query, whose Sync the gateway sends).
+    copy_waiting: Option<bool>,
     to_client: BytesMut,
     to_upstream: BytesMut,
     summary: SessionSummary,
@@ -479,7 +484,8 @@ impl Session<'_> {
             let read_client = self.to_upstream.len() < HIGH_WATER
                 && self.tracker.pending.len() < MAX_PENDING
                 && !self.terminated
-                && (self.held.is_none() || cbuf.len() < HIGH_WATER);
+                && ((self.held.is_none() && self.copy_waiting.is_none())
+                    || cbuf.len() < HIGH_WATER);
             let read_upstream = self.to_client.len() < HIGH_WATER;
             tokio::select! {
                 r = uw.write_buf(&mut self.to_upstream), if !self.to_upstream.is_empty() => {
@@ -505,7 +511,14 @@ impl Session<'_> {
                         break;
                     }
                     Ok(_) => {
+                        let waiting = self.copy_waiting.is_some();
                         if let Step::End = self.drain_upstream(&mut ubuf, &mut udecoder).await { break; }
+                        // The client's messages waited for a COPY's description.
+                        if waiting && self.copy_waiting.is_none()
+                            && let Step::End = self.drain_client(&mut cbuf, &mut decoder).await
+                        {
+                            break;
+                        }
                         if let Step::End = self.hold_partial(&mut ubuf, &mut uheld, Side::Upstream) { break; }
                     }
                     Err(e) => { self.summary.error = Some(format!("upstream read: {e}")); break; }
@@ -598,7 +611,7 @@ impl Session<'_> {
 
     async fn drain_client(&mut self, buf: &mut BytesMut, decoder: &mut FrameDecoder) -> Step {
         loop {
-            if self.held.is_some() {
+            if self.held.is_some() || self.copy_waiting.is_some() {
                 return Step::Continue;
             }
             match decoder.decode(buf) {

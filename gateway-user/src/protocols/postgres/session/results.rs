@@ -17,10 +17,8 @@ impl Session<'_> {
             return;
         }
         if self.front_copy().is_some() && matches!(frame.tag(), b'D' | b'C') {
-            let refused = self.front_copy().is_some_and(|run| run.refused);
-            return match (frame.tag(), refused) {
-                (b'C', _) => self.copy_done(),
-                (_, true) => {}
+            return match frame.tag() {
+                b'C' => self.copy_done(),
                 _ => match self.tracker.pending.front() {
                     Some(Pending::Execute {
                         plan: Some(plan), ..
@@ -106,6 +104,7 @@ impl Session<'_> {
                     (None, Some(scrubbed)) => self.to_client.extend_from_slice(&scrubbed),
                     (None, None) => frame.encode_into(&mut self.to_client),
                 }
+                self.copy_skipped();
                 return;
             }
             b'1' | b'2' | b'3' => {
@@ -169,7 +168,7 @@ impl Session<'_> {
                             plan.clone_from(&layout.plan);
                         }
                         if self.front_copy().is_some() {
-                            self.start_copy(frame.body(), &layout).await;
+                            self.copy_described(Some((frame.body(), &layout))).await;
                         }
                         return;
                     }
@@ -195,6 +194,9 @@ impl Session<'_> {
                     let swallow = *swallow;
                     self.tracker.pending.pop_front();
                     if swallow {
+                        if self.front_copy().is_some() {
+                            self.copy_described(None).await;
+                        }
                         return;
                     }
                 }
