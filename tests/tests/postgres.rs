@@ -3436,5 +3436,48 @@ fn a_copy_refused_on_its_description_never_runs() -> Result<()> {
         ["2"],
         "the sequence moved only for the SELECT: {all}"
     );
+
+    // After an earlier message of the batch failed, a COPY's Execute is
+    // discarded by the server with the rest up to the Sync: nothing waits
+    // for its description, whether the error came before (`first`) or
+    // after the gateway read it.
+    let failing = [
+        frame(b'Q', &cstrings(&["BEGIN"], &[])),
+        frame(
+            b'P',
+            &cstrings(&["s", "COPY (SELECT 1) TO STDOUT"], &[0, 0]),
+        ),
+        frame(b'B', &cstrings(&["p", "s"], &[0; 6])),
+        frame(b'P', &cstrings(&["", "SELECT 1/0"], &[0, 0])),
+        frame(b'B', &cstrings(&["", ""], &[0; 6])),
+        frame(b'H', &[]),
+    ];
+    let copy = [
+        frame(b'E', &cstrings(&["p"], &[0; 4])),
+        frame(b'S', &[]),
+        frame(b'Q', &cstrings(&["ROLLBACK"], &[])),
+        frame(b'Q', &cstrings(&["SELECT 'after'"], &[])),
+    ];
+    let r = s.pgclient(
+        "app_rw",
+        &[
+            json!({ "raw_until_ready": {
+                "first": failing.concat(), "until": "E", "hex": copy.concat(), "ready": 4,
+            } }),
+            json!({ "raw_until_ready": {
+                "hex": format!("{}{}", failing.concat(), copy.concat()), "ready": 4,
+            } }),
+        ],
+    )?;
+    for result in &r {
+        let tags: String = result["messages"]
+            .as_array()
+            .context("messages")?
+            .iter()
+            .filter_map(|m| m["tag"].as_str())
+            .collect();
+        // 1/0 fails when planned, at its Bind.
+        assert_eq!(tags, "CZ121EZCZTDCZ", "{result}");
+    }
     Ok(())
 }

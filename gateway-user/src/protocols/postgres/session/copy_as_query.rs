@@ -37,6 +37,18 @@ impl Session<'_> {
     /// on as if nothing had failed). `sync`: the COPY came as a simple
     /// Query, which a Sync of the gateway's ends as the Query would have.
     pub(super) fn run_copy_as_query(&mut self, mut running: Running, copy: CopyOut, sync: bool) {
+        // An earlier message of the client's batch failed: the server
+        // discards everything up to the client's Sync, which must not wait
+        // behind a description that will never come.
+        if self.tracker.is_discarding() {
+            self.tracker.push(Pending::Execute {
+                portal: String::new(),
+                running: Some(running),
+                plan: None,
+                ran: None,
+            });
+            return;
+        }
         let name = &self.copy_name;
         let binary = matches!(copy.format, CopyFormat::Binary);
         let out = &mut self.to_upstream;
