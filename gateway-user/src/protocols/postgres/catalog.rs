@@ -85,9 +85,12 @@ struct Cache {
     tables: HashMap<u32, Table>,
     /// Columns held in `tables`, for [`MAX_COLUMNS`].
     columns: usize,
-    /// Ancestors of the tables of a name (schema, if qualified), and when
-    /// they were read.
-    named: HashMap<(Option<String>, String), (Ancestors, Instant)>,
+    /// Ancestors of the tables of a name, per schema (`None`: not
+    /// qualified), and when they were read. By name first, so a lookup
+    /// on every statement allocates nothing.
+    named: HashMap<String, Vec<(Option<String>, Ancestors, Instant)>>,
+    /// Entries in `named`, for [`MAX_NAMES`].
+    names: usize,
 }
 
 /// `(schema, table)` pairs.
@@ -217,14 +220,14 @@ impl Catalog {
         name: &str,
         login: &CatalogLogin<'_>,
     ) -> Result<Ancestors, String> {
-        let key = (schema.map(str::to_owned), name.to_owned());
         let cached = |catalog: &Self| {
             let cache = catalog.cache.lock().unwrap_or_else(|p| p.into_inner());
             cache
                 .named
-                .get(&key)
-                .filter(|(_, read)| read.elapsed() < MAX_AGE)
-                .map(|(ancestors, _)| Arc::clone(ancestors))
+                .get(name)?
+                .iter()
+                .find(|(s, _, read)| s.as_deref() == schema && read.elapsed() < MAX_AGE)
+                .map(|(_, ancestors, _)| Arc::clone(ancestors))
         };
         if let Some(hit) = cached(self) {
             return Ok(hit);
@@ -267,12 +270,20 @@ impl Catalog {
         };
         let ancestors: Ancestors = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.named.len() >= MAX_NAMES {
+        if cache.names >= MAX_NAMES {
             cache.named.clear();
+            cache.names = 0;
         }
-        cache
-            .named
-            .insert(key, (Arc::clone(&ancestors), Instant::now()));
+        let entries = cache.named.entry(name.to_owned()).or_default();
+        let before = entries.len();
+        entries.retain(|(s, _, _)| s.as_deref() != schema);
+        entries.push((
+            schema.map(str::to_owned),
+            Arc::clone(&ancestors),
+            Instant::now(),
+        ));
+        let added = entries.len() as isize - before as isize;
+        cache.names = cache.names.saturating_add_signed(added);
         Ok(ancestors)
     }
 
