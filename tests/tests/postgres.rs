@@ -3216,7 +3216,8 @@ fn a_copy_run_as_its_query_is_spelled_as_the_server_spells_it() -> Result<()> {
             "CREATE TABLE parted (id int) PARTITION BY RANGE (id)",
             "CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (100)",
             "INSERT INTO parted VALUES (1)",
-            "GRANT SELECT ON spelling, parted, parted_1 TO app_rw",
+            "CREATE VIEW spelled AS SELECT id, t FROM spelling",
+            "GRANT SELECT ON spelling, parted, parted_1, spelled TO app_rw",
         ],
     )?;
     let copies = [
@@ -3242,13 +3243,16 @@ fn a_copy_run_as_its_query_is_spelled_as_the_server_spells_it() -> Result<()> {
         &[
             "COPY parted TO STDOUT",
             "COPY spelling (id, g) TO STDOUT",
+            "COPY spelled TO STDOUT",
             "SELECT 'alive'",
         ],
     )?;
     let errors = out.errors();
-    assert_eq!(errors.len(), 2, "{out:?}");
+    assert_eq!(errors.len(), 3, "{out:?}");
     assert!(errors[0].contains("is not a plain table"), "{out:?}");
     assert!(errors[1].contains("is a generated column"), "{out:?}");
+    // PostgreSQL copies no view by name either.
+    assert!(errors[2].contains("is not a plain table"), "{out:?}");
     assert_eq!(out.lines(), ["alive"], "{out:?}");
     Ok(())
 }
@@ -3479,5 +3483,27 @@ fn a_copy_refused_on_its_description_never_runs() -> Result<()> {
         // 1/0 fails when planned, at its Bind.
         assert_eq!(tags, "CZ121EZCZTDCZ", "{result}");
     }
+
+    // A portal's COPY runs once, as in PostgreSQL: a second Execute fails.
+    let script = [
+        frame(b'P', &cstrings(&["", "COPY (SELECT 1) TO STDOUT"], &[0, 0])),
+        frame(b'B', &cstrings(&["", ""], &[0; 6])),
+        frame(b'E', &cstrings(&[""], &[0; 4])),
+        frame(b'E', &cstrings(&[""], &[0; 4])),
+        frame(b'S', &[]),
+    ];
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "raw_until_ready": { "hex": script.concat(), "ready": 1 } })],
+    )?;
+    let all = r[0].to_string();
+    let tags: String = r[0]["messages"]
+        .as_array()
+        .context("messages")?
+        .iter()
+        .filter_map(|m| m["tag"].as_str())
+        .collect();
+    assert_eq!(tags, "12HdcCEZ", "{all}");
+    assert!(all.contains("cannot be run again"), "{all}");
     Ok(())
 }

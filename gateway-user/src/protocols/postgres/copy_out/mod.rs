@@ -42,8 +42,10 @@ pub struct CopyOut {
 /// (then it refuses them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableCopy {
-    /// As written, for errors.
+    /// Its name and schema (if qualified), as the parser read them: a
+    /// column from another table is a view's.
     pub name: String,
+    pub schema: Option<String>,
     pub columns_listed: bool,
 }
 
@@ -211,6 +213,7 @@ fn table_query(copy: &CopyStmt) -> Result<(String, Option<TableCopy>), String> {
         query,
         Some(TableCopy {
             name: relation.relname.clone(),
+            schema: (!relation.schemaname.is_empty()).then(|| relation.schemaname.clone()),
             columns_listed,
         }),
     ))

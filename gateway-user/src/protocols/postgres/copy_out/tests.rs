@@ -36,6 +36,7 @@ fn a_table_is_read_by_a_select_of_only_that_table() {
         c.table,
         Some(TableCopy {
             name: "t".into(),
+            schema: Some("public".into()),
             columns_listed: true
         })
     );

@@ -205,7 +205,28 @@ impl Session<'_> {
                 // No Sync of the gateway's for a COPY here: it would end
                 // the client's implicit transaction, and its portal with it.
                 match self.copy_to_run(&running) {
-                    Ok(Some(copy)) => self.run_copy_as_query(running, copy, false),
+                    // PostgreSQL runs a portal's COPY once; another Execute
+                    // of it fails. Marked when sent, not answered: one
+                    // pipelined behind it must fail too, and if the first
+                    // never runs (an error), neither does its portal.
+                    Ok(Some(_))
+                        if self
+                            .portals
+                            .get(&portal)
+                            .is_some_and(|p| p.ran.load(std::sync::atomic::Ordering::Relaxed)) =>
+                    {
+                        self.refuse_copy(
+                            running,
+                            &format!("portal {portal:?} cannot be run again"),
+                            false,
+                        );
+                    }
+                    Ok(Some(copy)) => {
+                        if let Some(p) = self.portals.get(&portal) {
+                            p.ran.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        self.run_copy_as_query(running, copy, false);
+                    }
                     Err(why) => self.refuse_copy(running, &why, false),
                     Ok(None) => {
                         // Masking needs this Execute's row layout. Asking right

@@ -203,8 +203,18 @@ impl Session<'_> {
             .map_err(|_| "its description cannot be read".to_owned())?;
         let login = self.catalog_login();
         let catalog = self.catalog();
+        let not_plain = || {
+            format!(
+                "cannot copy from \"{}\": it is not a plain table; try the COPY (SELECT ...) TO variant",
+                table.name
+            )
+        };
         let mut keep = Vec::with_capacity(described.fields.len());
         for (i, field) in described.fields.iter().enumerate() {
+            // A view's column comes from its base table, or from none.
+            if field.table_oid == 0 {
+                return Err(not_plain());
+            }
             let source = catalog
                 .source(field.table_oid, field.column_attr, &login)
                 .await
@@ -215,11 +225,10 @@ impl Session<'_> {
                         table.name
                     )
                 })?;
-            if !source.plain_table {
-                return Err(format!(
-                    "cannot copy from \"{}\": it is not a plain table; try the COPY (SELECT ...) TO variant",
-                    table.name
-                ));
+            let named = source.table == table.name
+                && table.schema.as_ref().is_none_or(|s| *s == source.schema);
+            if !source.plain_table || !named {
+                return Err(not_plain());
             }
             match (source.generated, table.columns_listed) {
                 (false, _) => keep.push(i),
