@@ -271,8 +271,18 @@ impl Catalog {
         let ancestors: Ancestors = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.names >= MAX_NAMES {
-            cache.named.clear();
-            cache.names = 0;
+            // Expired entries first; only a cache full of fresh ones starts
+            // over (found in review: clearing it whole let a statement of
+            // more names than it holds miss every time).
+            cache.named.retain(|_, entries| {
+                entries.retain(|(_, _, read)| read.elapsed() < MAX_AGE);
+                !entries.is_empty()
+            });
+            cache.names = cache.named.values().map(Vec::len).sum();
+            if cache.names >= MAX_NAMES {
+                cache.named.clear();
+                cache.names = 0;
+            }
         }
         let entries = cache.named.entry(name.to_owned()).or_default();
         let before = entries.len();

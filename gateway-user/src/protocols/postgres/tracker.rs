@@ -134,6 +134,10 @@ pub struct Running {
     /// How many of its `DECLARE` / `CLOSE` completions were seen: the
     /// next one's CommandComplete belongs to the cursor statement after them.
     pub cursors_done: usize,
+    /// Its `DECLARE` / `CLOSE` statements, read from its text at the first
+    /// such completion and kept for the rest (found in review: read again
+    /// at each, a string of thousands of DECLAREs cost quadratic time).
+    pub cursor_changes: Option<Arc<[CursorChange]>>,
     /// What each of its `PREPARE` / `DEALLOCATE` / `DISCARD ALL`
     /// statements (by index) took from the session's names when it was
     /// sent: put back if that statement never ran (an error), since the
@@ -143,6 +147,15 @@ pub struct Running {
     /// (see [`crate::protocols::postgres::copy_out`]). Boxed: most
     /// statements have none, and every one carries the field.
     pub copy: Option<Box<CopyRun>>,
+}
+
+/// What a cursor statement does to the portal names, and its index among
+/// its text's statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorChange {
+    Declare(usize, String),
+    /// `CLOSE name`, or `CLOSE ALL` (`None`).
+    Close(usize, Option<String>),
 }
 
 /// A `COPY … TO STDOUT` running as its query: the portal's rows become the

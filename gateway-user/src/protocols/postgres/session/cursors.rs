@@ -7,19 +7,41 @@
 //! that name).
 use pg_query::NodeEnum;
 
-use super::*;
+use super::{client::MAX_PORTALS, *};
+use crate::protocols::postgres::tracker::CursorChange;
 
-/// What a cursor statement does to the portal names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum CursorChange {
-    Declare(String),
-    /// `CLOSE name`, or `CLOSE ALL` (`None`).
-    Close(Option<String>),
-}
+/// Statement text longer than this is recorded for a cursor's Execute as
+/// it is, shared, without the line naming the cursor: one copy per
+/// cursor of a long text of many DECLAREs would cost memory quadratic in
+/// its length (found in review).
+const NAMED_TEXT: usize = 1024;
 
 /// The `DECLARE` and `CLOSE` statements of `sql`, in order (others are
 /// left out). Empty when it does not parse, which a text that ran does.
 pub(super) fn cursor_changes(sql: &str) -> Vec<CursorChange> {
+    parsed(sql, |i, node| match node {
+        NodeEnum::DeclareCursorStmt(d) => Some(CursorChange::Declare(i, d.portalname.clone())),
+        NodeEnum::ClosePortalStmt(c) => Some(CursorChange::Close(
+            i,
+            (!c.portalname.is_empty()).then(|| c.portalname.clone()),
+        )),
+        _ => None,
+    })
+}
+
+/// Every portal name `sql`'s cursor statements use (DECLARE, FETCH, MOVE,
+/// CLOSE), as the server reads them (quoted, `U&"…"` escapes and all).
+pub(super) fn cursor_names(sql: &str) -> Vec<String> {
+    parsed(sql, |_, node| match node {
+        NodeEnum::DeclareCursorStmt(d) => Some(d.portalname.clone()),
+        NodeEnum::ClosePortalStmt(c) => Some(c.portalname.clone()),
+        NodeEnum::FetchStmt(f) => Some(f.portalname.clone()),
+        _ => None,
+    })
+}
+
+/// What `pick` makes of each top-level statement of `sql` (with its index).
+fn parsed<T>(sql: &str, pick: impl Fn(usize, &NodeEnum) -> Option<T>) -> Vec<T> {
     let parse = || Ok(pg_query::parse(sql).ok());
     let Ok(Some(parsed)) = crate::protocols::postgres::classify::guarded(sql, parse) else {
         return Vec::new();
@@ -28,13 +50,8 @@ pub(super) fn cursor_changes(sql: &str) -> Vec<CursorChange> {
         .protobuf
         .stmts
         .iter()
-        .filter_map(|raw| match raw.stmt.as_ref()?.node.as_ref()? {
-            NodeEnum::DeclareCursorStmt(d) => Some(CursorChange::Declare(d.portalname.clone())),
-            NodeEnum::ClosePortalStmt(c) => Some(CursorChange::Close(
-                (!c.portalname.is_empty()).then(|| c.portalname.clone()),
-            )),
-            _ => None,
-        })
+        .enumerate()
+        .filter_map(|(i, raw)| pick(i, raw.stmt.as_ref()?.node.as_ref()?))
         .collect()
 }
 
@@ -56,27 +73,31 @@ impl Session<'_> {
         // statement not answered yet.
         let index = running.cursors_done;
         running.cursors_done += 1;
-        let (sql, shown, approved) = (
-            Arc::clone(&running.sql),
-            running.shown.clone(),
-            running.approved.clone(),
-        );
-        let classification = running.classification.clone();
-        let Some(change) = cursor_changes(&sql).into_iter().nth(index) else {
+        let changes = match &running.cursor_changes {
+            Some(changes) => Arc::clone(changes),
+            None => {
+                let changes: Arc<[CursorChange]> = cursor_changes(&running.sql).into();
+                running.cursor_changes = Some(Arc::clone(&changes));
+                changes
+            }
+        };
+        let Some(change) = changes.get(index) else {
             return;
         };
         match change {
-            CursorChange::Declare(name) => {
+            CursorChange::Declare(statement, name) => {
+                let full = self.portals.len() >= MAX_PORTALS && !self.portals.contains_key(name);
+                let Some(running) = self.front_running().filter(|_| !full) else {
+                    // Past the bound its Execute is recorded with the
+                    // placeholder (and masked as reading every table).
+                    return;
+                };
                 // What its rows are: the DECLARE's query, decided when it
                 // ran; an Execute of it only fetches them.
-                let declared = classification
+                let declared = running
+                    .classification
                     .as_deref()
-                    .and_then(|c| {
-                        c.statements
-                            .iter()
-                            .filter(|s| matches!(s.command, "DECLARE CURSOR" | "CLOSE"))
-                            .nth(index)
-                    })
+                    .and_then(|c| c.statements.get(*statement))
                     .filter(|s| s.command == "DECLARE CURSOR")
                     .cloned()
                     .map(|s| {
@@ -85,33 +106,43 @@ impl Session<'_> {
                         })
                     })
                     .unwrap_or_default();
-                let text: Arc<str> = Arc::from(format!(
-                    "-- Execute of SQL cursor {name:?}, declared by: {}",
-                    shown.text
-                ));
+                let text = if running.shown.text.len() <= NAMED_TEXT {
+                    Arc::from(format!(
+                        "-- Execute of SQL cursor {name:?}, declared by: {}",
+                        running.shown.text
+                    ))
+                } else {
+                    Arc::clone(&running.shown.text)
+                };
                 let shown = Shown {
                     text,
-                    class: shown.class,
+                    class: running.shown.class.clone(),
                 };
+                let bound = (
+                    Arc::clone(&running.sql),
+                    declared,
+                    shown,
+                    running.approved.clone(),
+                );
                 self.portals.insert(
-                    name,
+                    name.clone(),
                     Portal {
-                        bound: (sql, declared, shown, approved),
+                        bound,
                         ran: Arc::new(std::sync::atomic::AtomicBool::new(true)),
                     },
                 );
             }
-            CursorChange::Close(Some(name)) => {
-                self.portals.remove(&name);
+            CursorChange::Close(_, Some(name)) => {
+                self.portals.remove(name);
             }
-            CursorChange::Close(None) => self.portals.clear(),
+            CursorChange::Close(_, None) => self.portals.clear(),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{CursorChange, cursor_changes};
+    use super::{CursorChange, cursor_changes, cursor_names};
 
     #[test]
     fn declares_and_closes_are_found_in_order() {
@@ -121,13 +152,24 @@ mod tests {
                  close all; declare c2 scroll cursor for values (1)"
             ),
             [
-                CursorChange::Declare("Cur".into()),
-                CursorChange::Close(Some("Cur".into())),
-                CursorChange::Close(None),
-                CursorChange::Declare("c2".into()),
+                CursorChange::Declare(1, "Cur".into()),
+                CursorChange::Close(2, Some("Cur".into())),
+                CursorChange::Close(3, None),
+                CursorChange::Declare(4, "c2".into()),
             ]
         );
         assert!(cursor_changes("SELECT 1").is_empty());
         assert!(cursor_changes("DECLARE (").is_empty());
+    }
+
+    #[test]
+    fn cursor_names_are_read_as_the_server_reads_them() {
+        assert_eq!(
+            cursor_names(
+                "DECLARE U&\"\\0063hokepoint_x\" CURSOR FOR SELECT 1; FETCH 2 FROM \"A\"; \
+                 MOVE NEXT IN b; CLOSE ALL"
+            ),
+            ["chokepoint_x", "A", "b", ""]
+        );
     }
 }

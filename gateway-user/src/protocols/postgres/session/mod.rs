@@ -329,6 +329,7 @@ pub async fn serve(
             super::cancel::random_i32()
         ),
         copy_waiting: None,
+        reading_memo: None,
         to_client: BytesMut::new(),
         to_upstream: BytesMut::new(),
         summary,
@@ -401,6 +402,9 @@ struct Session<'a> {
     /// wait until its description came (`Some(true)`: it came as a simple
     /// Query, whose Sync the gateway sends).
     copy_waiting: Option<bool>,
+    /// The last statement's reading rule ([`Session::reading_rule`]), when
+    /// it was worked out; forgotten when the masking rules change.
+    reading_memo: Option<(Arc<Classification>, Option<usize>, Instant)>,
     to_client: BytesMut,
     to_upstream: BytesMut,
     summary: SessionSummary,

@@ -210,7 +210,7 @@ impl Session<'_> {
     /// rows), from the catalog; if they cannot be looked up, as naming
     /// every table.
     pub(super) async fn reading_rule(
-        &self,
+        &mut self,
         classification: Option<Arc<Classification>>,
     ) -> Option<usize> {
         if !self.masking.has_column_rules() {
@@ -220,6 +220,31 @@ impl Session<'_> {
         let Some(classification) = classification else {
             return every_table;
         };
+        // Worked out once per statement and minute: a text of many
+        // results, or a prepared statement run again and again, would
+        // otherwise look its names up at every RowDescription (found in
+        // review: quadratic work, and a catalog round trip per name each
+        // time the name cache overflowed).
+        if let Some((known, rule, at)) = &self.reading_memo
+            && Arc::ptr_eq(known, &classification)
+            && at.elapsed() < crate::protocols::postgres::catalog::MAX_AGE
+        {
+            return *rule;
+        }
+        let (rule, complete) = self.reading_rule_of(&classification, every_table).await;
+        if complete {
+            self.reading_memo = Some((classification, rule, Instant::now()));
+        }
+        rule
+    }
+
+    /// [`Self::reading_rule`] worked out; `false` when a lookup failed
+    /// (the answer is then every table's, and not kept).
+    async fn reading_rule_of(
+        &self,
+        classification: &Classification,
+        every_table: Option<usize>,
+    ) -> (Option<usize>, bool) {
         // A FETCH or MOVE reads what its cursor was declared over, which
         // its own text does not name (found in review: `DECLARE c CURSOR
         // FOR SELECT email FROM customers UNION ALL SELECT NULL`, then
@@ -232,10 +257,10 @@ impl Session<'_> {
             .iter()
             .any(|s| matches!(s.command, "FETCH" | "MOVE" | "DECLARE CURSOR"))
         {
-            return every_table;
+            return (every_table, true);
         }
         let every = |name: &str| name == TableRef::EVERY;
-        let named: Vec<(Option<&str>, Option<&str>)> = classification
+        let mut named: Vec<(Option<&str>, Option<&str>)> = classification
             .tables()
             .map(|t| {
                 (
@@ -245,7 +270,14 @@ impl Session<'_> {
             })
             .collect();
         if let Some(rule) = self.masking.reading_rule(named.iter().copied()) {
-            return Some(rule);
+            return (Some(rule), true);
+        }
+        named.sort_unstable();
+        named.dedup();
+        // Past this many names, the statement counts as naming every
+        // table rather than cost a catalog query for each.
+        if named.len() > MAX_NAMES_LOOKED_UP {
+            return (every_table, true);
         }
         let login = self.catalog_login();
         let catalog = self.catalog();
@@ -255,14 +287,15 @@ impl Session<'_> {
             match catalog.ancestors_of_name(*schema, name, &login).await {
                 Ok(found) => ancestors.push(found),
                 // A job could make the lookup fail to get a rule skipped.
-                Err(_) => return every_table,
+                Err(_) => return (every_table, false),
             }
         }
-        self.masking.reading_rule(
+        let rule = self.masking.reading_rule(
             ancestors
                 .iter()
                 .flat_map(|a| a.iter().map(|(s, t)| (Some(s.as_str()), Some(t.as_str())))),
-        )
+        );
+        (rule, true)
     }
 
     /// `(name, table OID, attribute number, type OID, format)` per column.
@@ -341,6 +374,9 @@ impl Session<'_> {
         }
     }
 }
+
+/// Most distinct table names whose ancestors one statement looks up.
+const MAX_NAMES_LOOKED_UP: usize = 32;
 
 /// The column rule covering some column of a table whose whole row is a
 /// result column, if any.
