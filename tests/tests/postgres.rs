@@ -3513,5 +3513,37 @@ fn a_copy_refused_on_its_description_never_runs() -> Result<()> {
         .collect();
     assert_eq!(tags, "12HdcCEZ", "{all}");
     assert!(all.contains("cannot be run again"), "{all}");
+
+    // An Execute the server skipped did not run the portal: after
+    // `ROLLBACK TO SAVEPOINT` (which keeps a portal made before it) it
+    // runs (found in review: refused as run already).
+    let q = |sql: &str| frame(b'Q', &cstrings(&[sql], &[]));
+    let script = [
+        q("BEGIN"),
+        frame(b'P', &cstrings(&["s", "COPY (SELECT 1) TO STDOUT"], &[0, 0])),
+        frame(b'B', &cstrings(&["p", "s"], &[0; 6])),
+        frame(b'S', &[]),
+        q("SAVEPOINT sp"),
+        frame(b'P', &cstrings(&["", "SELECT 1/0"], &[0, 0])),
+        frame(b'B', &cstrings(&["", ""], &[0; 6])),
+        frame(b'E', &cstrings(&["p"], &[0; 4])),
+        frame(b'S', &[]),
+        q("ROLLBACK TO SAVEPOINT sp"),
+        frame(b'E', &cstrings(&["p"], &[0; 4])),
+        frame(b'S', &[]),
+        q("ROLLBACK"),
+    ];
+    let r = s.pgclient(
+        "app_rw",
+        &[json!({ "raw_until_ready": { "hex": script.concat(), "ready": 7 } })],
+    )?;
+    let all = r[0].to_string();
+    let tags: String = r[0]["messages"]
+        .as_array()
+        .context("messages")?
+        .iter()
+        .filter_map(|m| m["tag"].as_str())
+        .collect();
+    assert_eq!(tags, "CZ12ZCZ1EZCZHdcCZCZ", "{all}");
     Ok(())
 }

@@ -166,6 +166,12 @@ pub struct CopyRun {
     /// Made from the portal's RowDescription, when the CopyOutResponse
     /// went to the client (and the Execute to the server).
     pub encoder: Option<crate::protocols::postgres::copy_out::encode::Encoder>,
+    /// The client's portal's [`Portal::ran`] (an Execute's COPY): set when
+    /// the COPY is sent, so a second Execute of the portal, even pipelined,
+    /// fails as in PostgreSQL; cleared again if the server skips it (found
+    /// in review: after `ROLLBACK TO SAVEPOINT` the portal is still there
+    /// and may run).
+    pub portal_ran: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 #[derive(Debug)]

@@ -207,9 +207,7 @@ impl Session<'_> {
                 // the client's implicit transaction, and its portal with it.
                 match self.copy_to_run(&running) {
                     // PostgreSQL runs a portal's COPY once; another Execute
-                    // of it fails. Marked when sent, not answered: one
-                    // pipelined behind it must fail too, and if the first
-                    // never runs (an error), neither does its portal.
+                    // of it fails (see `CopyRun::portal_ran`).
                     Ok(Some(_))
                         if self
                             .portals
@@ -223,10 +221,8 @@ impl Session<'_> {
                         );
                     }
                     Ok(Some(copy)) => {
-                        if let Some(p) = self.portals.get(&portal) {
-                            p.ran.store(true, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        self.run_copy_as_query(running, copy, false);
+                        let ran = self.portals.get(&portal).map(|p| Arc::clone(&p.ran));
+                        self.run_copy_as_query(running, copy, false, ran);
                     }
                     Err(why) => self.refuse_copy(running, &why, false),
                     Ok(None) => {

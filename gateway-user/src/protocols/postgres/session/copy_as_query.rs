@@ -36,7 +36,14 @@ impl Session<'_> {
     /// already run (a DELETE's rows were gone, and its transaction went
     /// on as if nothing had failed). `sync`: the COPY came as a simple
     /// Query, which a Sync of the gateway's ends as the Query would have.
-    pub(super) fn run_copy_as_query(&mut self, mut running: Running, copy: CopyOut, sync: bool) {
+    /// `portal_ran`: see [`CopyRun::portal_ran`].
+    pub(super) fn run_copy_as_query(
+        &mut self,
+        mut running: Running,
+        copy: CopyOut,
+        sync: bool,
+        portal_ran: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) {
         // An earlier message of the client's batch failed: the server
         // discards everything up to the client's Sync, which must not wait
         // behind a description that will never come.
@@ -58,9 +65,13 @@ impl Session<'_> {
         push_bind(out, name, name, &[i16::from(binary)]);
         push_describe_portal(out, name);
         push_flush(out);
+        if let Some(ran) = &portal_ran {
+            ran.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         running.copy = Some(Box::new(CopyRun {
             copy,
             encoder: None,
+            portal_ran,
         }));
         self.tracker.push(Pending::Own(3));
         self.tracker.push(Pending::Describe {

@@ -10,10 +10,11 @@ use pg_query::NodeEnum;
 use super::{client::MAX_PORTALS, *};
 use crate::protocols::postgres::tracker::CursorChange;
 
-/// Statement text longer than this is recorded for a cursor's Execute as
-/// it is, shared, without the line naming the cursor: one copy per
-/// cursor of a long text of many DECLAREs would cost memory quadratic in
-/// its length (found in review).
+/// Statement text longer than this is not repeated in a cursor's
+/// Execute's record, which points at it instead: one copy per cursor of a
+/// long text of many DECLAREs would cost memory quadratic in its length,
+/// and the text alone would read as if all of it ran again (found in
+/// review).
 const NAMED_TEXT: usize = 1024;
 
 /// The `DECLARE` and `CLOSE` statements of `sql`, in order (others are
@@ -112,7 +113,10 @@ impl Session<'_> {
                         running.shown.text
                     ))
                 } else {
-                    Arc::clone(&running.shown.text)
+                    Arc::from(format!(
+                        "-- Execute of SQL cursor {name:?}, declared by a statement of {} bytes recorded before it",
+                        running.shown.text.len()
+                    ))
                 };
                 let shown = Shown {
                     text,

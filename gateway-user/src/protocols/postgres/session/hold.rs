@@ -29,7 +29,7 @@ impl Session<'_> {
                     "it was sent inside an unfinished extended-protocol batch (no Sync before it)",
                     true,
                 ),
-                Ok(Some(copy)) => self.run_copy_as_query(running, copy, true),
+                Ok(Some(copy)) => self.run_copy_as_query(running, copy, true, None),
                 Err(why) => self.refuse_copy(running, &why, true),
             },
             HeldKind::Parse { name } if self.parse_would_clash(&name) => {

@@ -300,7 +300,13 @@ impl Session<'_> {
                 Pending::Bind(Some(undo)) => portal_undos.push(undo),
                 Pending::Execute {
                     running: Some(r), ..
-                } => self.complete(r, error),
+                } => {
+                    // A COPY the server skipped did not run its portal.
+                    if let Some(ran) = r.copy.as_ref().and_then(|c| c.portal_ran.as_ref()) {
+                        ran.store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    self.complete(r, error)
+                }
                 Pending::Query(Some(mut r)) => {
                     self.names_not_changed(&mut r);
                     self.complete(r, "not run: an earlier message of the pipeline failed");
