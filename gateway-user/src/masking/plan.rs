@@ -473,6 +473,19 @@ impl ResultPlan {
         }
     }
 
+    /// Masks column `index` with `strategy` under `rule`, as a column rule
+    /// matching its source would (its type and format decide how): for a
+    /// view's column, which PostgreSQL reports as the view's.
+    pub fn mask_column_with(&mut self, index: usize, strategy: Strategy, rule: &ColumnRule) {
+        if let Some(column) = self.columns.get_mut(index) {
+            column.action = ColumnAction::Mask {
+                strategy,
+                rule: rule.name.clone(),
+            };
+            self.noop = false;
+        }
+    }
+
     /// Number of columns planned.
     pub fn len(&self) -> usize {
         self.columns.len()

@@ -37,6 +37,11 @@ pub struct SourceColumn {
     /// Its table is a plain one (a partition included), the only kind
     /// `COPY t TO` copies by name.
     pub plain_table: bool,
+    /// For a view's column: `(schema, table, column)` of every table
+    /// column the view reads, through views it reads in turn. PostgreSQL
+    /// names the view, not its base table, as a view column's source, and
+    /// the catalog does not record which base column a view column is.
+    pub view_bases: Arc<[(String, String, String)]>,
 }
 
 pub type ColumnSource = Arc<SourceColumn>;
@@ -344,17 +349,43 @@ impl Catalog {
                  ORDER BY up.depth, c.oid",
             &depth,
         );
-        let (rows, ancestry) =
-            match within(deadline, async { tokio::try_join!(columns, ancestry) }).await {
-                Ok(answer) => answer.map_err(|e| lookup_error(&e))?,
-                Err(e) => {
-                    *client = None;
-                    return Err(e);
-                }
-            };
+        let bases = c.query_typed(
+            "WITH RECURSIVE reads(relid, depth) AS ( \
+                   SELECT d.refobjid, 1 FROM pg_catalog.pg_rewrite r \
+                   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                        AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                   WHERE r.ev_class = $1 AND r.ev_type = '1' AND d.refobjid <> $1 \
+                   UNION \
+                   SELECT d.refobjid, reads.depth + 1 FROM reads \
+                   JOIN pg_catalog.pg_rewrite r ON r.ev_class = reads.relid \
+                   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                        AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                   WHERE r.ev_type = '1' AND d.refobjid <> reads.relid AND reads.depth < $2) \
+             SELECT DISTINCT n.nspname::text, c.relname::text, a.attname::text \
+             FROM reads \
+             JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind NOT IN ('v', 'm') \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped",
+            &depth,
+        );
+        let (rows, ancestry, bases) = match within(deadline, async {
+            tokio::try_join!(columns, ancestry, bases)
+        })
+        .await
+        {
+            Ok(answer) => answer.map_err(|e| lookup_error(&e))?,
+            Err(e) => {
+                *client = None;
+                return Err(e);
+            }
+        };
         let ancestors: Arc<[(String, String)]> = ancestry
             .iter()
             .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let view_bases: Arc<[(String, String, String)]> = bases
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
             .collect();
         let sources = rows
             .iter()
@@ -366,6 +397,7 @@ impl Catalog {
                     ancestors: Arc::clone(&ancestors),
                     generated: row.get(4),
                     plain_table: row.get(5),
+                    view_bases: Arc::clone(&view_bases),
                 };
                 (row.get(3), Arc::new(source))
             })
@@ -463,6 +495,7 @@ mod tests {
                 .collect(),
             generated: false,
             plain_table: true,
+            view_bases: Arc::default(),
         })
     }
 

@@ -333,6 +333,21 @@ impl Session<'_> {
             .collect();
         let mut plan = self.masking.plan_reading(&columns, reading);
         if self.masking.has_column_rules() {
+            for (i, source) in sources.iter().enumerate() {
+                if let Some((rule, same_name)) =
+                    source.as_deref().and_then(|s| view_rule(&self.masking, s))
+                {
+                    // A renamed or computed value is redacted, as a value
+                    // computed over a ruled table is: a partial or hash of
+                    // it shows what the view chose.
+                    let strategy = if same_name {
+                        rule.strategy
+                    } else {
+                        crate::masking::Strategy::Redact
+                    };
+                    plan.mask_column_with(i, strategy, rule);
+                }
+            }
             // A whole-row reference (`SELECT c FROM customers c`) names its
             // table with attribute 0: its record holds every column, so a
             // rule on any of them masks it.
@@ -385,11 +400,41 @@ fn whole_row_rule<'p>(
     table: &[crate::protocols::postgres::catalog::ColumnSource],
 ) -> Option<&'p ColumnRule> {
     table.iter().find_map(|c| {
-        masking.column_rule(
-            (c.schema.as_str(), c.table.as_str(), c.column.as_str()),
-            &c.ancestors,
-        )
+        masking
+            .column_rule(
+                (c.schema.as_str(), c.table.as_str(), c.column.as_str()),
+                &c.ancestors,
+            )
+            .or_else(|| view_rule(masking, c).map(|(rule, _)| rule))
     })
+}
+
+/// The column rule a view's column takes from the table columns the view
+/// reads (found in review: PostgreSQL names the view as a view column's
+/// source, so a rule on `customers.email` missed `SELECT email FROM
+/// customer_view`). Which base column a view column is, the catalog does
+/// not record: a column named like a ruled base column takes its rule,
+/// and one named like none of them (`email AS contact`, `upper(email)`)
+/// takes the first rule any of them has. One named like an unruled base
+/// column (`id`) is kept as it is: a view built to hide a ruled value
+/// under such a name needs CREATE, which copies a column out anyway (see
+/// README). Also whether the rule is a same-named column's.
+fn view_rule<'p>(
+    masking: &'p MaskingPolicy,
+    column: &crate::protocols::postgres::catalog::SourceColumn,
+) -> Option<(&'p ColumnRule, bool)> {
+    let bases = &column.view_bases;
+    let rule_of = |(schema, table, name): &(String, String, String)| {
+        masking.column_rule((schema.as_str(), table.as_str(), name.as_str()), &[])
+    };
+    let same_name = || bases.iter().filter(|b| b.2 == column.column);
+    if let Some(rule) = same_name().find_map(rule_of) {
+        return Some((rule, true));
+    }
+    if same_name().next().is_some() {
+        return None;
+    }
+    bases.iter().find_map(rule_of).map(|rule| (rule, false))
 }
 
 /// An error's or notice's fields as the client may see them, `None` when
@@ -653,6 +698,7 @@ mod tests {
                     .into(),
                 generated: false,
                 plain_table: true,
+                view_bases: std::sync::Arc::default(),
             })
         };
         let masking = MaskingPolicy {
