@@ -3238,6 +3238,18 @@ fn a_copy_run_as_its_query_is_spelled_as_the_server_spells_it() -> Result<()> {
         assert!(through.errors().is_empty(), "{copy}: {through:?}");
         assert_eq!(through.stdout, direct, "{copy}");
     }
+    // The recording keeps what the client got: not the generated column
+    // `COPY spelling` leaves out.
+    let recorded = wait_for("the table COPY's result event", LOG_TIMEOUT, || {
+        s.gw.recorded("result")
+            .into_iter()
+            .find(|r| r["columns"] == json!(["id", "t", "n", "b", "a", "j"]))
+    })?;
+    let sample = recorded["sample"].as_array().context("sample")?;
+    assert!(
+        sample.iter().all(|row| row.as_array().is_some_and(|r| r.len() == 6)),
+        "{recorded}"
+    );
     let out = s.psql(
         "app_rw",
         &[

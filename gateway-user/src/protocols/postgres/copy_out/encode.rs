@@ -65,6 +65,11 @@ impl Encoder {
         })
     }
 
+    /// The query's columns the COPY sends, by index.
+    pub fn kept(&self) -> &[usize] {
+        &self.keep
+    }
+
     /// The CopyOutResponse's body: the overall format and each column's.
     pub fn response(&self) -> Vec<u8> {
         let binary = u8::from(matches!(self.format, CopyFormat::Binary));

@@ -108,6 +108,17 @@ impl Session<'_> {
                 if let Some(header) = header {
                     put_message(&mut self.to_client, b'd', &header);
                 }
+                let columns: Arc<[String]> = match &described {
+                    Some((_, layout)) => encoder
+                        .kept()
+                        .iter()
+                        .filter_map(|&i| layout.columns.get(i).cloned())
+                        .collect(),
+                    None => Arc::default(),
+                };
+                if let Some(running) = self.front_running() {
+                    running.columns = columns;
+                }
                 if let Some(run) = self.front_copy() {
                     run.encoder = Some(encoder);
                 }
@@ -268,18 +279,28 @@ impl Session<'_> {
         } else {
             row.columns().collect()
         };
-        let line = self
+        let encoded = self
             .front_copy()
             .and_then(|run| run.encoder.as_mut())
-            .map(|encoder| encoder.row(&values));
-        let Some(line) = line else {
+            .map(|encoder| {
+                let line = encoder.row(&values);
+                // What the client gets is what the recording keeps: not a
+                // generated column the COPY leaves out.
+                let sent: Vec<Option<&[u8]>> = encoder
+                    .kept()
+                    .iter()
+                    .map(|&i| values.get(i).copied().flatten())
+                    .collect();
+                (line, sent)
+            });
+        let Some((line, sent)) = encoded else {
             self.masked_row = masked;
             return self.out_of_step("a DataRow before its COPY began");
         };
         put_message(&mut self.to_client, b'd', &line);
         self.summary.bytes_down += line.len() as u64 + 5;
         self.count_row(changed);
-        self.sample_values(values.into_iter());
+        self.sample_values(sent.into_iter());
         self.masked_row = masked;
     }
 

@@ -16,7 +16,8 @@ impl Session<'_> {
             }
             return;
         }
-        if self.front_copy().is_some() && matches!(frame.tag(), b'D' | b'C') {
+        // The tag first: this runs for every row of every result.
+        if matches!(frame.tag(), b'D' | b'C') && self.front_copy().is_some() {
             return match frame.tag() {
                 b'C' => self.copy_done(),
                 _ => match self.tracker.pending.front() {
