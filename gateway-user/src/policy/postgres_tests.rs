@@ -141,6 +141,7 @@ fn statement(class: StatementClass, flags: Vec<Flag>, tables: Vec<TableRef>) -> 
         command: "TEST",
         prepared: None,
         sets_search_path: false,
+        current_of: Vec::new(),
     }
 }
 

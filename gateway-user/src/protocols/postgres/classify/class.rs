@@ -357,6 +357,10 @@ pub struct Statement {
     /// ROLE/DATABASE/FUNCTION/SYSTEM or CREATE FUNCTION, and any UPDATE of
     /// `pg_settings` (whose rule calls `set_config` for the rows it matches).
     pub sets_search_path: bool,
+    /// The cursors whose current row a `WHERE CURRENT OF` changes, in
+    /// order. Cursors share the portal namespace, so this names portals
+    /// too (the session keeps its own out of a job's reach).
+    pub current_of: Vec<String>,
 }
 
 impl Statement {

@@ -62,6 +62,16 @@ pub(crate) fn plain_statement(sql: &str, summary: &SummaryResult) -> Option<Stat
     if summary.statement_types.is_empty() {
         return None;
     }
+    // `WHERE CURRENT OF c` names a cursor (a portal), which only the walk
+    // reports; the keyword cannot be spelled with escapes.
+    if matches!(change, Some(Change::Update | Change::Delete))
+        && sql
+            .as_bytes()
+            .windows(b"current".len())
+            .any(|w| w.eq_ignore_ascii_case(b"current"))
+    {
+        return None;
+    }
     // The summary drops every table whose bare name equals some CTE's name,
     // even schema-qualified or out of the CTE's scope; the walk scopes CTEs
     // properly (and flags data-modifying ones).
@@ -132,6 +142,7 @@ pub(crate) fn plain_statement(sql: &str, summary: &SummaryResult) -> Option<Stat
         command,
         prepared: None,
         sets_search_path: false,
+        current_of: Vec::new(),
     })
 }
 

@@ -53,6 +53,7 @@ pub(crate) fn classify_statement(node: &NodeEnum) -> Result<Statement, ClassifyE
         command: outline.command,
         prepared: outline.prepared.or(facts.executes.map(Prepared::Execute)),
         sets_search_path: facts.search_path,
+        current_of: facts.current_of,
     })
 }
 
@@ -605,6 +606,7 @@ fn classify_explain(explain: &ExplainStmt) -> Result<Statement, ClassifyError> {
             prepared: None,
             // Kept like the function flags: a plan may still evaluate calls.
             sets_search_path: inner.sets_search_path,
+            current_of: inner.current_of,
         });
     }
     let mut flags = FlagSet::default();
@@ -624,6 +626,7 @@ fn classify_explain(explain: &ExplainStmt) -> Result<Statement, ClassifyError> {
         command: "EXPLAIN ANALYZE",
         prepared: inner.prepared,
         sets_search_path: inner.sets_search_path,
+        current_of: inner.current_of,
     })
 }
 

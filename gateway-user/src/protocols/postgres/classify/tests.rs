@@ -1750,3 +1750,32 @@ fn names_in_attribute_notation_may_be_calls() {
     let s = one("SELECT purge(i) FROM billing.invoices i");
     assert!(s.functions.iter().all(|f| !f.attribute), "{s:?}");
 }
+
+/// `WHERE CURRENT OF` names a portal, wherever the change sits, and the
+/// fast path leaves such a statement to the walk that reports it.
+#[test]
+fn where_current_of_names_its_cursor() {
+    for (sql, name) in [
+        ("UPDATE items SET qty = 1 WHERE CURRENT OF c1", "c1"),
+        (
+            "delete from items where current of \"Odd Name\"",
+            "Odd Name",
+        ),
+        (
+            r#"WITH d AS (DELETE FROM items WHERE CURRENT OF U&"\0063x" RETURNING 1) SELECT * FROM d"#,
+            "cx",
+        ),
+        ("PREPARE p AS DELETE FROM items WHERE CURRENT OF c2", "c2"),
+        (
+            "EXPLAIN ANALYZE UPDATE items SET qty = 1 WHERE CURRENT OF c3",
+            "c3",
+        ),
+    ] {
+        assert_eq!(one(sql).current_of, [name], "{sql:?}");
+    }
+    assert!(
+        one("UPDATE items SET qty = 1 WHERE id = 1")
+            .current_of
+            .is_empty()
+    );
+}

@@ -27,6 +27,8 @@ pub(crate) struct Facts {
     pub(crate) executes: Option<String>,
     /// `search_path` may change (see `Statement::sets_search_path`).
     pub(crate) search_path: bool,
+    /// The cursors `WHERE CURRENT OF` names, in order.
+    pub(crate) current_of: Vec<String>,
     /// Why the statement must be refused outright (see `functions::lexer_setting_refusal`).
     pub(crate) refused: Option<&'static str>,
 }
@@ -156,6 +158,12 @@ impl<'t> Walker<'t> {
                         name,
                         value.as_ref().map(|s| s.as_deref()),
                     ));
+                }
+                self.children(v, &[]);
+            }
+            Some("CurrentOfExpr") => {
+                if let Some(name) = v.get("cursor_name").as_str() {
+                    self.facts.current_of.push(name.to_owned());
                 }
                 self.children(v, &[]);
             }

@@ -829,6 +829,14 @@ fn names_reserved(sql: &str, classification: &Classification) -> Option<String> 
     {
         return Some(format!("it names the prepared statement {name:?}"));
     }
+    if let Some(name) = classification
+        .statements
+        .iter()
+        .flat_map(|s| &s.current_of)
+        .find(|n| is_reserved(n))
+    {
+        return Some(format!("its WHERE CURRENT OF names the cursor {name:?}"));
+    }
     // Cursor statements name portals, which the classifier does not
     // report: read once from the text, as the server reads them (found in
     // review: `U&"\0063hokepoint_x"` got past a search of the raw text).
