@@ -97,6 +97,9 @@ pub const DANGEROUS_FUNCTIONS: &[&str] = &[
     "table_to_xml",
     "table_to_xmlschema",
     "table_to_xml_and_xmlschema",
+    // What a cursor, declared over any query, returns.
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
     "schema_to_xml",
     "schema_to_xmlschema",
     "schema_to_xml_and_xmlschema",

@@ -283,6 +283,9 @@ fn functions_that_change_data_make_a_write() {
         "SELECT * FROM t WHERE (SELECT lo_unlink(1)) = 1",
         "DECLARE c CURSOR FOR SELECT lo_unlink(1)",
         "COPY (SELECT lo_unlink(1)) TO STDOUT",
+        // Attribute notation calls the function too (found in review).
+        "SELECT (424242::oid).lo_unlink",
+        "SELECT x.lo_unlink FROM (SELECT 1::oid) AS x(lo)",
     ] {
         assert_eq!(one(sql).class, Write, "{sql:?}");
     }
@@ -1778,4 +1781,20 @@ fn where_current_of_names_its_cursor() {
             .current_of
             .is_empty()
     );
+}
+
+/// A function written in attribute notation is called like any other
+/// (found in review: `(text).ts_stat` ran the query in its text), and a
+/// cursor read as XML returns what any query does.
+#[test]
+fn dangerous_functions_are_flagged_in_attribute_notation_and_over_cursors() {
+    for sql in [
+        "SELECT ('SELECT to_tsvector(email) FROM customers'::text).ts_stat",
+        "SELECT (q).ts_stat FROM (SELECT 'SELECT 1'::text AS q) s",
+        "SELECT s.query_to_xml FROM (SELECT 1) s",
+        "SELECT cursor_to_xml('c', 10, false, false, '')",
+        "SELECT pg_catalog.cursor_to_xmlschema('c', false, false, '')",
+    ] {
+        assert!(one(sql).has_flag(Flag::DangerousFunction), "{sql:?}");
+    }
 }

@@ -417,12 +417,23 @@ impl<'t> Walker<'t> {
 
     /// A name after a dot in an expression: a column, or a call in
     /// attribute notation.
+    /// `x.name`: a column, or a call of `name(x)` (found in review: `('…'
+    /// ::text).ts_stat` ran a query and `(424242::oid).lo_unlink` a write
+    /// that the same calls by name were refused). A column named like a
+    /// dangerous or writing function counts as the call: the statement's
+    /// text cannot tell them apart.
     fn attribute(&mut self, name: &str) {
         self.facts.functions.push(FunctionRef {
             schema: None,
             name: name.to_owned(),
             attribute: true,
         });
+        if is_writing_function(name) {
+            self.facts.modifies = true;
+        }
+        if is_dangerous_function(name) {
+            self.facts.flags.insert(Flag::DangerousFunction);
+        }
     }
 
     fn refuse(&mut self, reason: Option<&'static str>) {
