@@ -3271,6 +3271,69 @@ fn a_copy_run_as_its_query_is_spelled_as_the_server_spells_it() -> Result<()> {
     Ok(())
 }
 
+/// A function of the database's own may read a ruled table, and the
+/// server reports what it returns as computed, naming no table: its
+/// values went out raw (`SELECT * FROM customer_emails()`). A statement
+/// calling a function PostgreSQL does not ship now takes the reading rule
+/// of every table; one that calls only the server's own is left alone. A
+/// name the server ships counts as the database's once the database
+/// defines one too (an overload); after DDL of its own, which the catalog
+/// connection cannot see before it commits, every call of the session
+/// does.
+#[test]
+fn values_returned_by_the_databases_own_functions_are_masked() -> Result<()> {
+    // Every statement allowed (CREATE FUNCTION is procedural code), and
+    // the usual masking rules.
+    let s = Setup::start_configured("pg-funcmask", 99, Policy::Open, |c| {
+        c.raw_toml(MASKING_RULES)
+    })?;
+    s.pg.admin_psql(
+        "postgres",
+        "orders",
+        &[
+            "CREATE FUNCTION public.customer_emails() RETURNS SETOF text LANGUAGE sql \
+             AS 'SELECT email FROM public.customers ORDER BY id'",
+            "CREATE FUNCTION public.lower(int) RETURNS text LANGUAGE sql \
+             AS 'SELECT email FROM public.customers ORDER BY id LIMIT 1'",
+        ],
+    )?;
+    let out = s.psql(
+        "app_rw",
+        &[
+            "SELECT * FROM customer_emails() LIMIT 1",
+            "SELECT customer_emails() LIMIT 1",
+            "SELECT lower(1)",
+            "SELECT upper('server')",
+            // A column, not a call: no database function of that name.
+            "SELECT i.qty * 2 FROM items i ORDER BY i.id LIMIT 1",
+            "BEGIN",
+            // An overload of a name the server ships, which the catalog
+            // connection cannot see yet.
+            "CREATE FUNCTION upper(int) RETURNS text LANGUAGE sql \
+             AS $$SELECT email FROM public.customers ORDER BY id LIMIT 1$$",
+            "SELECT upper(1)",
+            "ROLLBACK",
+        ],
+    )?;
+    assert!(out.errors().is_empty(), "{out:?}");
+    assert_eq!(
+        out.lines(),
+        [
+            "***",
+            "***",
+            "***",
+            "SERVER",
+            "20",
+            "BEGIN",
+            "CREATE FUNCTION",
+            "***",
+            "ROLLBACK"
+        ],
+        "{out:?}"
+    );
+    Ok(())
+}
+
 /// A child table's rows are its parent's for masking: a column sourced
 /// from it took the parent's rule already (from its OID's ancestry), but a
 /// value computed from it, in a statement naming the child and not the

@@ -96,6 +96,10 @@ struct Cache {
     named: HashMap<String, Vec<(Option<String>, Ancestors, Instant)>>,
     /// Entries in `named`, for [`MAX_NAMES`].
     names: usize,
+    /// Per function name: whether the database has any function of that
+    /// name, and any of its own (not shipped with PostgreSQL), and when
+    /// that was read.
+    functions: HashMap<String, ((bool, bool), Instant)>,
 }
 
 /// `(schema, table)` pairs.
@@ -300,6 +304,104 @@ impl Catalog {
         let added = entries.len() as isize - before as isize;
         cache.names = cache.names.saturating_add_signed(added);
         Ok(ancestors)
+    }
+
+    /// Whether one of `calls` may run a function of the database's own
+    /// rather than one PostgreSQL ships (OID below `FirstNormalObjectId`).
+    /// Each call is `(name, attribute)`: a call by name runs the
+    /// database's own unless every function of that name is the server's
+    /// (a name with no function the catalog connection can see, such as
+    /// one created in a job's open transaction, is not); `x.name` calls a
+    /// function only when `x` has no column of that name, so it counts
+    /// only when the database has a function of that name. What the server
+    /// ships runs no query the statement's text does not show (those that
+    /// do, `query_to_xml` and the like, are refused as dangerous); a
+    /// database's own function may read any table.
+    pub async fn calls_database_function(
+        &self,
+        calls: &[(&str, bool)],
+        login: &CatalogLogin<'_>,
+    ) -> Result<bool, String> {
+        let own = |(any, user): (bool, bool), attribute: bool| user || (!attribute && !any);
+        // `Err(())`: a fresh entry already answers yes.
+        let misses = |catalog: &Self| -> Result<Vec<String>, ()> {
+            let cache = catalog.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let mut misses = Vec::new();
+            for &(name, attribute) in calls {
+                match cache.functions.get(name) {
+                    Some(&(kind, read)) if read.elapsed() < MAX_AGE => {
+                        if own(kind, attribute) {
+                            return Err(());
+                        }
+                    }
+                    _ => misses.push(name.to_owned()),
+                }
+            }
+            misses.sort_unstable();
+            misses.dedup();
+            Ok(misses)
+        };
+        match misses(self) {
+            Err(()) => return Ok(true),
+            Ok(m) if m.is_empty() => return Ok(false),
+            Ok(_) => {}
+        }
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+        let mut client = within(deadline, self.client.lock()).await?;
+        let missing = match misses(self) {
+            Err(()) => return Ok(true),
+            Ok(m) if m.is_empty() => return Ok(false),
+            Ok(m) => m,
+        };
+        let c = usable(&mut client, login, deadline).await?;
+        let params = [(&missing as &(dyn ToSql + Sync), Type::TEXT_ARRAY)];
+        let query = c.query_typed(
+            "SELECT n, count(p.oid) > 0, COALESCE(bool_or(p.oid >= 16384::oid), false) \
+             FROM unnest($1::text[]) AS n \
+             LEFT JOIN pg_catalog.pg_proc p ON p.proname = n \
+             GROUP BY n",
+            &params,
+        );
+        let rows = match within(deadline, query).await {
+            Ok(answer) => answer.map_err(|e| lookup_error(&e))?,
+            Err(e) => {
+                *client = None;
+                return Err(e);
+            }
+        };
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.functions.len() + rows.len() > MAX_NAMES {
+            cache
+                .functions
+                .retain(|_, (_, read)| read.elapsed() < MAX_AGE);
+            if cache.functions.len() + rows.len() > MAX_NAMES {
+                cache.functions.clear();
+            }
+        }
+        for row in &rows {
+            let name: String = row.get(0);
+            cache
+                .functions
+                .insert(name, ((row.get(1), row.get(2)), now));
+        }
+        // A name the answer left out cannot be vouched for.
+        Ok(calls.iter().any(|&(name, attribute)| {
+            cache
+                .functions
+                .get(name)
+                .is_none_or(|&(kind, _)| own(kind, attribute))
+        }))
+    }
+
+    /// Forgets what [`Self::calls_database_function`] read: a job's DDL may
+    /// have added a function of a name the server ships.
+    pub fn forget_functions(&self) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .functions
+            .clear();
     }
 
     fn cached(&self, oid: u32, attnum: i16) -> Option<Option<ColumnSource>> {

@@ -2,7 +2,10 @@
 //! decided by the statement policy, then forwarded, denied or held.
 use super::prepared::executes;
 use super::*;
-use crate::protocols::postgres::{classify::Prepared, tracker::NamedStatement};
+use crate::protocols::postgres::{
+    classify::{Flag, Prepared, StatementClass},
+    tracker::NamedStatement,
+};
 
 impl Session<'_> {
     /// One client message: decide, then forward it or its denial.
@@ -413,6 +416,31 @@ impl Session<'_> {
         decision
     }
 
+    /// A statement that may define or move functions, allowed or held
+    /// (see `Session::defined_code`).
+    fn note_defined_code(&mut self, classification: &Classification) {
+        const DEFINING: [&str; 6] = [
+            "FUNCTION",
+            "PROCEDURE",
+            "ROUTINE",
+            "AGGREGATE",
+            "EXTENSION",
+            "SCHEMA",
+        ];
+        if classification.statements.iter().any(|s| {
+            s.has_flag(Flag::ProceduralCode)
+                || matches!(s.command, "DO" | "CALL")
+                || (s.class == StatementClass::Ddl
+                    && DEFINING.iter().any(|w| s.command.ends_with(w)))
+        }) {
+            self.defined_code = true;
+            self.reading_memo = None;
+            if self.masking.has_column_rules() {
+                self.catalog().forget_functions();
+            }
+        }
+    }
+
     /// Takes the reloaded statement policy if there was a reload since
     /// the session's rules were made.
     pub(super) fn refresh_policy(&mut self) {
@@ -525,7 +553,11 @@ impl Session<'_> {
             Ok(classification) => {
                 let shown = shown(sql, &classification);
                 if !changes_role(&classification) {
-                    return self.decide_classified(sql, &classification, shown);
+                    let decided = self.decide_classified(sql, &classification, shown);
+                    if !matches!(decided, Decided::Refuse(_)) {
+                        self.note_defined_code(&classification);
+                    }
+                    return decided;
                 }
                 // A `"$user"` entry of the search path names whatever role
                 // the session becomes: from this string on, unqualified
@@ -536,6 +568,8 @@ impl Session<'_> {
                 let decided = self.decide_classified(sql, &classification, shown);
                 if matches!(decided, Decided::Refuse(_)) {
                     self.search_path = before;
+                } else {
+                    self.note_defined_code(&classification);
                 }
                 decided
             }

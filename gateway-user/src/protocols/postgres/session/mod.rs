@@ -330,6 +330,7 @@ pub async fn serve(
         ),
         copy_waiting: None,
         reading_memo: None,
+        defined_code: false,
         to_client: BytesMut::new(),
         to_upstream: BytesMut::new(),
         summary,
@@ -405,6 +406,11 @@ struct Session<'a> {
     /// The last statement's reading rule ([`Session::reading_rule`]), when
     /// it was worked out; forgotten when the masking rules change.
     reading_memo: Option<(Arc<Classification>, Option<usize>, Instant)>,
+    /// The job sent DDL or procedural code: a function it defined in an
+    /// open transaction, or one overloading a name the server ships, is
+    /// out of the catalog connection's sight, so from now on every
+    /// function call counts as the database's own.
+    defined_code: bool,
     to_client: BytesMut,
     to_upstream: BytesMut,
     summary: SessionSummary,
