@@ -252,6 +252,39 @@ fn explicit_deny_rule_overrides_allow() -> Result<()> {
     Ok(())
 }
 
+/// Found in review: a connect to `0.0.0.0` or `::` reaches loopback (the
+/// kernel routes the unspecified address to the host itself), but rules
+/// matched it as written, so a deny on the loopback service did not apply
+/// and the gateway connected to `0.0.0.0`, which reached it.
+#[test]
+fn unspecified_destinations_are_the_loopback_they_reach() -> Result<()> {
+    let cg = TestCgroup::new("unspecified")?;
+    let echo4 = Server::echo(v4(1))?;
+    let echo6 = Server::echo(v6_loopback())?;
+    let cfg = GatewayConfig::new("unspecified", &cg)?
+        .target(target_for("echo", &[&echo4, &echo6]))
+        .rule(Rule::allow("allow-everything", &["*"]))
+        .rule(Rule::deny("no-echo", &["echo"]));
+    let gw = Gateway::start(&cfg)?;
+    for (echo, unspecified) in [
+        (&echo4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        (&echo6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        (&echo4, IpAddr::V6(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped())),
+    ] {
+        let to = SocketAddr::new(unspecified, echo.port());
+        let r = tcp_echo(to, 100).run(cg.command(PROBE))?;
+        assert_refused(&r);
+        let ev = gw.wait_for_flow(r.pid)?;
+        assert_flow(&ev, echo.addr(), "deny", "no-echo", "enforce");
+    }
+    assert_eq!(
+        echo4.accepted() + echo6.accepted(),
+        0,
+        "a denied service was reached"
+    );
+    Ok(())
+}
+
 #[test]
 fn ipv6_and_ipv4_mapped_destinations_are_mediated() -> Result<()> {
     let cg = TestCgroup::new("ipv6")?;

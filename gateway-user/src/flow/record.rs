@@ -1,6 +1,6 @@
 //! The flow record, recovered from the kernel by the client's address.
 use std::{
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
@@ -17,7 +17,12 @@ pub struct Flow {
     /// The client's address as the gateway's listener saw it.
     pub peer: SocketAddr,
     /// Where the client wanted to go. IPv4-mapped destinations are reported
-    /// as IPv4: that is the connection the client actually made.
+    /// as IPv4: that is the connection the client actually made. The
+    /// unspecified address (`0.0.0.0`, `::`) is reported as the loopback
+    /// address of its family, which is where the kernel routes it (found
+    /// in review: rules matched it as written, so a deny on a loopback
+    /// service did not apply, and the gateway's own connect to `0.0.0.0`
+    /// reached that service).
     pub dst: SocketAddr,
     pub pid: u32,
     pub uid: u32,
@@ -43,7 +48,9 @@ impl Flow {
     fn from_record(id: u64, peer: SocketAddr, rec: &FlowRecord) -> Self {
         let v6 = Ipv6Addr::from(rec.dst_addr);
         let ip = match v6.to_ipv4_mapped() {
+            Some(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             Some(v4) => IpAddr::V4(v4),
+            None if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             None => IpAddr::V6(v6),
         };
         let comm_len = rec
@@ -109,6 +116,15 @@ mod tests {
             uid: 5,
             gid: 6,
             comm: c,
+        }
+    }
+
+    #[test]
+    fn unspecified_destinations_are_reported_as_loopback() {
+        let peer = "127.0.0.1:1".parse().unwrap();
+        for (dst, seen) in [("::ffff:0.0.0.0", "127.0.0.1:5432"), ("::", "[::1]:5432")] {
+            let flow = Flow::from_record(1, peer, &record(dst.parse().unwrap(), b"nc"));
+            assert_eq!(flow.dst, seen.parse().unwrap(), "{dst}");
         }
     }
 
