@@ -222,7 +222,10 @@ impl Catalog {
     /// masks more, never less). A partition or child table named directly
     /// reads its parent's rows, and its parent's column rules cover a
     /// value computed from them (found in review: `SELECT email || ''
-    /// FROM customers_2026` went out raw).
+    /// FROM customers_2026` went out raw). So does a view or materialized
+    /// view of the tables its query reads (the relations its `_RETURN`
+    /// rule depends on), through views of views (found in review:
+    /// `SELECT upper(email) FROM customer_view` went out raw).
     pub async fn ancestors_of_name(
         &self,
         schema: Option<&str>,
@@ -258,16 +261,25 @@ impl Catalog {
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                    WHERE c.relname = $1 AND ($2::text IS NULL OR n.nspname = $2)), \
                up(relid, depth) AS ( \
-                   SELECT i.inhparent, 1 FROM pg_catalog.pg_inherits i \
-                   JOIN named ON i.inhrelid = named.oid \
+                   SELECT named.oid, 0 FROM named \
                    UNION \
-                   SELECT i.inhparent, up.depth + 1 \
-                   FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid = up.relid \
+                   SELECT read.relid, up.depth + 1 FROM up, LATERAL ( \
+                       SELECT i.inhparent AS relid FROM pg_catalog.pg_inherits i \
+                       WHERE i.inhrelid = up.relid \
+                       UNION ALL \
+                       SELECT d.refobjid FROM pg_catalog.pg_rewrite r \
+                       JOIN pg_catalog.pg_depend d \
+                         ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                        AND d.objid = r.oid \
+                        AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                       WHERE r.ev_class = up.relid AND r.ev_type = '1' \
+                         AND d.refobjid <> up.relid) AS read \
                    WHERE up.depth < $3) \
              SELECT DISTINCT n.nspname::text, c.relname::text \
              FROM up \
              JOIN pg_catalog.pg_class c ON c.oid = up.relid \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace",
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE up.depth > 0",
             &params,
         );
         let rows = match within(deadline, query).await {
