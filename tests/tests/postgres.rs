@@ -2382,7 +2382,8 @@ fn errors_notices_and_notifications_are_masked_too() -> Result<()> {
         "{out:?}"
     );
 
-    // A reported setting (application_name is sent back to the client).
+    // A reported setting (application_name is sent back to the client)
+    // given a column's value: refused before it runs (rule masked-setting).
     let r = s.pgclient(
         "app_rw",
         &[json!({ "raw_until_ready": { "hex": frame(b'Q', &cstrings(
@@ -2394,10 +2395,10 @@ fn errors_notices_and_notifications_are_masked_too() -> Result<()> {
     assert_no_secrets(&all);
     let messages = r[0]["messages"].as_array().context("messages")?;
     assert!(
-        messages.iter().any(|m| m["tag"] == "S"
-            && m["text"]
+        messages.iter().any(|m| m["tag"] == "E"
+            && m["message"]
                 .as_str()
-                .is_some_and(|t| t.contains("application_name ***"))),
+                .is_some_and(|t| t.contains("denied by rule masked-setting"))),
         "{all}"
     );
     Ok(())
@@ -3031,7 +3032,7 @@ fn errors_of_any_class_do_not_quote_masked_values() -> Result<()> {
     ];
     let mut steps: Vec<Value> = statements.iter().map(|s| simple(s)).collect();
     steps.push(json!({ "raw_until_ready": { "hex": q(
-        // The function's result is a computed value: only the report is checked.
+        // A setting given a column's value: refused before it runs.
         "SELECT set_config('application_name', email, false) IS NULL FROM customers WHERE id = 1"
     ), "ready": 1 } }));
     steps.push(simple("SELECT 'still here'"));
@@ -3058,10 +3059,10 @@ fn errors_of_any_class_do_not_quote_masked_values() -> Result<()> {
         .as_array()
         .context("messages")?;
     assert!(
-        settings.iter().any(|m| m["tag"] == "S"
-            && m["text"]
+        settings.iter().any(|m| m["tag"] == "E"
+            && m["message"]
                 .as_str()
-                .is_some_and(|t| t.contains("application_name ***"))),
+                .is_some_and(|t| t.contains("denied by rule masked-setting"))),
         "{all}"
     );
     assert_rows(
@@ -3091,7 +3092,9 @@ fn errors_of_any_class_do_not_quote_masked_values() -> Result<()> {
     let r = s.pgclient(
         "app_rw",
         &[json!({ "raw_until_ready": { "hex": q(
-            "SELECT set_config('TimeZone', '<' || translate(email, '@.', 'AB') || '>+0', false) IS NULL FROM customers WHERE id = 1"
+            // A computed value is refused now (rule masked-setting); one
+            // the job spells itself is still reported back as `***`.
+            "SET TimeZone = '<ALICEAEXAMPLEBCOM>+0'"
         ), "ready": 1 } })],
     )?;
     let all = r[0].to_string();
@@ -3268,6 +3271,77 @@ fn a_copy_run_as_its_query_is_spelled_as_the_server_spells_it() -> Result<()> {
     // PostgreSQL copies no view by name either.
     assert!(errors[2].contains("is not a plain table"), "{out:?}");
     assert_eq!(out.lines(), ["alive"], "{out:?}");
+    Ok(())
+}
+
+/// Found in review: a RETURNING column straight from its table was kept,
+/// but the same statement may just have copied a ruled value there
+/// (`UPDATE customers SET name = email … RETURNING name`, rolled back
+/// after). In a statement that changes data and reads a ruled table,
+/// every column no rule of its own masks is redacted.
+#[test]
+fn returning_columns_of_a_statement_reading_a_ruled_table_are_masked() -> Result<()> {
+    let s = Setup::start("pg-returning", 100, Policy::Guarded)?;
+    let out = s.psql(
+        "app_rw",
+        &[
+            "BEGIN",
+            "UPDATE customers SET name = email WHERE id = 1 RETURNING name",
+            "UPDATE customers SET name = 'x' WHERE id = 2 RETURNING id, email",
+            "UPDATE items SET qty = qty + 1 WHERE id = 1 RETURNING qty",
+            "INSERT INTO items (id, qty) SELECT 1000 + id, length(email) FROM customers \
+             WHERE id = 3 RETURNING qty",
+            "ROLLBACK",
+        ],
+    )?;
+    assert!(out.errors().is_empty(), "{out:?}");
+    assert_eq!(
+        out.lines(),
+        [
+            "BEGIN".to_owned(),
+            "***".to_owned(),
+            "UPDATE 1".to_owned(),
+            // The id, an int4 no rule covers, is NULL; the address keeps
+            // its own rule.
+            format!("|{}", partial(CUSTOMERS[1].email, 4)),
+            "UPDATE 1".to_owned(),
+            // Reading no ruled table: as before.
+            "11".to_owned(),
+            "UPDATE 1".to_owned(),
+            String::new(),
+            "INSERT 0 1".to_owned(),
+            "ROLLBACK".to_owned(),
+        ],
+        "{out:?}"
+    );
+    Ok(())
+}
+
+/// Found in review: `set_config('my.x', email, false)`, then `SHOW my.x`,
+/// read a ruled value back past masking (as would `current_setting` or
+/// `pg_stat_activity.application_name`). On a target with masking rules
+/// a setting takes a constant or a parameter only.
+#[test]
+fn computed_values_cannot_be_carried_into_settings() -> Result<()> {
+    let s = Setup::start("pg-setting", 101, Policy::Guarded)?;
+    let out = s.psql(
+        "app_rw",
+        &[
+            "SELECT set_config('my.x', email, false) IS NULL FROM customers WHERE id = 1",
+            "SELECT set_config('application_name', (SELECT email FROM customers LIMIT 1), false)",
+            "SELECT set_config('my.y', 'plain', false)",
+            "SHOW my.y",
+        ],
+    )?;
+    assert_eq!(out.lines(), ["plain", "plain"], "{out:?}");
+    let errors = out.errors();
+    assert_eq!(errors.len(), 2, "{out:?}");
+    for error in errors {
+        assert!(
+            error.starts_with("42501: chokepoint: statement denied by rule masked-setting"),
+            "{out:?}"
+        );
+    }
     Ok(())
 }
 

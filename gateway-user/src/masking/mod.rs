@@ -101,7 +101,7 @@ pub use detectors::{
 };
 pub use error::MaskingError;
 pub use plan::{
-    ColumnAction, ColumnInfo, MaskedRow, MaskingPolicy, ResultPlan, WITHHELD_RULE, oid,
+    ColumnAction, ColumnInfo, MaskedRow, MaskingPolicy, Reading, ResultPlan, WITHHELD_RULE, oid,
 };
 pub use rules::{ColumnRule, DetectorRule, NameRule};
 pub use strategy::{

@@ -102,6 +102,21 @@ pub enum ColumnAction {
     Withhold,
 }
 
+/// What a statement that reads a table with column rules means for its
+/// result ([`MaskingPolicy::plan_reading`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Reading {
+    /// The column rule (its index in the policy's `columns`, from
+    /// [`MaskingPolicy::reading_rule`]) under which columns are redacted.
+    pub rule: usize,
+    /// The statement also changes data. A RETURNING column that comes
+    /// straight from its table may then hold what the same statement just
+    /// copied there from a ruled column (found in review: `UPDATE
+    /// customers SET name = email … RETURNING name`, rolled back after), so
+    /// every column no rule of its own masks is redacted too.
+    pub changes_data: bool,
+}
+
 /// The rule [`ResultPlan::masked_columns`] names for a withheld column.
 pub const WITHHELD_RULE: &str = "unresolved-column";
 
@@ -193,17 +208,23 @@ impl MaskingPolicy {
     /// `partial` shows any characters it moves to the end (`'....' ||
     /// substr(email, 1, 4)`), and `hash` hashes a literal of the same
     /// result with the same key, a dictionary for every guess.
-    pub fn plan_reading(&self, columns: &[ColumnInfo<'_>], reading: Option<usize>) -> ResultPlan {
-        let reading = reading.and_then(|i| self.columns.get(i));
+    pub fn plan_reading(&self, columns: &[ColumnInfo<'_>], reading: Option<Reading>) -> ResultPlan {
+        let changes_data = reading.is_some_and(|r| r.changes_data);
+        let reading = reading.and_then(|r| self.columns.get(r.rule));
         let planned: Vec<PlannedColumn> = columns
             .iter()
             .map(|info| {
                 let repr = Repr::of(info.type_oid, info.format);
                 let unsourced = reading.is_some() && info.source.is_none();
+                let redact = |rule: &ColumnRule| ColumnAction::Mask {
+                    strategy: Strategy::Redact,
+                    rule: rule.name.clone(),
+                };
                 let action = match reading {
-                    Some(rule) if unsourced => ColumnAction::Mask {
-                        strategy: Strategy::Redact,
-                        rule: rule.name.clone(),
+                    Some(rule) if unsourced => redact(rule),
+                    Some(rule) if changes_data => match self.action(info, repr) {
+                        masked @ ColumnAction::Mask { .. } => masked,
+                        _ => redact(rule),
                     },
                     _ => self.action(info, repr),
                 };

@@ -552,7 +552,10 @@ fn unsourced_columns_of_a_ruled_read_are_redacted() {
         text_col(Some(("public", "customers", "name")), "name"),
         text_col(Some(("public", "customers", "email")), "email"),
     ];
-    let reading = read(&[(None, Some("employees"))]);
+    let reading = read(&[(None, Some("employees"))]).map(|rule| Reading {
+        rule,
+        changes_data: false,
+    });
     let actions: Vec<_> = p
         .plan_reading(&columns, reading)
         .actions()
@@ -601,7 +604,10 @@ fn unsourced_columns_of_a_ruled_read_are_redacted() {
     assert!(matches!(&actions[4], ColumnAction::Mask { rule, .. } if &**rule == "mail"));
 
     // Reading no ruled table: planned exactly as before.
-    let unruled = read(&[(None, Some("orders"))]);
+    let unruled = read(&[(None, Some("orders"))]).map(|rule| Reading {
+        rule,
+        changes_data: false,
+    });
     let before: Vec<_> = p.plan(&columns).actions().cloned().collect();
     let after: Vec<_> = p
         .plan_reading(&columns, unruled)
@@ -612,6 +618,26 @@ fn unsourced_columns_of_a_ruled_read_are_redacted() {
     assert_eq!(before[0], ColumnAction::Scan);
     assert!(matches!(&before[1], ColumnAction::Mask { rule, .. } if &**rule == "n"));
     assert_eq!(before[2], ColumnAction::Keep);
+
+    // A statement that also changes data: a column straight from a table
+    // may hold what it just copied there, so only a rule of its own
+    // spares it redaction (found in review: `UPDATE customers SET name =
+    // email … RETURNING name`).
+    let changing = reading.map(|r| Reading {
+        changes_data: true,
+        ..r
+    });
+    let actions: Vec<_> = p
+        .plan_reading(&columns, changing)
+        .actions()
+        .cloned()
+        .collect();
+    let redacted = ColumnAction::Mask {
+        strategy: Strategy::Redact,
+        rule: "pay".into(),
+    };
+    assert_eq!(actions[3], redacted, "sourced, no rule of its own");
+    assert!(matches!(&actions[4], ColumnAction::Mask { rule, .. } if &**rule == "mail"));
 }
 
 /// Found in review: name rules saw the output name only, so `SELECT ssn

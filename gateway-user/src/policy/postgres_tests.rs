@@ -142,6 +142,7 @@ fn statement(class: StatementClass, flags: Vec<Flag>, tables: Vec<TableRef>) -> 
         prepared: None,
         sets_search_path: false,
         current_of: Vec::new(),
+        computed_setting: false,
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::masking::ResultPlan;
+use crate::masking::{Reading, ResultPlan};
 
 /// What logs and recordings show of a statement, worked out once per text:
 /// a prepared statement's Binds and Executes reuse it instead of redacting
@@ -52,7 +52,7 @@ pub struct Layout {
 /// [`MAX_AGE`]: crate::protocols::postgres::catalog::MAX_AGE
 #[derive(Debug, Default)]
 pub struct LayoutCache {
-    layouts: HashMap<(Option<usize>, Bytes), (Arc<Layout>, Instant)>,
+    layouts: HashMap<(Option<Reading>, Bytes), (Arc<Layout>, Instant)>,
     bytes: usize,
 }
 
@@ -60,13 +60,13 @@ impl LayoutCache {
     pub const MAX_LAYOUTS: usize = 256;
     pub const MAX_BYTES: usize = 256 * 1024;
 
-    pub fn get(&self, reading: Option<usize>, description: &Bytes) -> Option<Arc<Layout>> {
+    pub fn get(&self, reading: Option<Reading>, description: &Bytes) -> Option<Arc<Layout>> {
         self.get_at(reading, description, Instant::now())
     }
 
     fn get_at(
         &self,
-        reading: Option<usize>,
+        reading: Option<Reading>,
         description: &Bytes,
         now: Instant,
     ) -> Option<Arc<Layout>> {
@@ -76,7 +76,7 @@ impl LayoutCache {
         (age < crate::protocols::postgres::catalog::MAX_AGE).then(|| Arc::clone(layout))
     }
 
-    pub fn insert(&mut self, reading: Option<usize>, description: &[u8], layout: Arc<Layout>) {
+    pub fn insert(&mut self, reading: Option<Reading>, description: &[u8], layout: Arc<Layout>) {
         // The key, the column names and a plan entry per column.
         let bytes = 2 * description.len() + 64 * layout.columns.len();
         if bytes > Self::MAX_BYTES {
@@ -856,6 +856,13 @@ mod tests {
         })
     }
 
+    fn reading(rule: usize) -> Reading {
+        Reading {
+            rule,
+            changes_data: false,
+        }
+    }
+
     #[test]
     fn layout_cache_finds_exact_bytes_only() {
         let mut cache = LayoutCache::default();
@@ -870,14 +877,14 @@ mod tests {
         assert!(cache.get(None, &key(b"T-one!")).is_none());
         // Planned for a statement reading no ruled table: not the plan of
         // one that does, nor of one whose unsourced columns take another rule.
-        assert!(cache.get(Some(0), &key(b"T-one")).is_none());
+        assert!(cache.get(Some(reading(0)), &key(b"T-one")).is_none());
         let ruled = layout(1);
-        cache.insert(Some(0), b"T-one", Arc::clone(&ruled));
+        cache.insert(Some(reading(0)), b"T-one", Arc::clone(&ruled));
         assert!(Arc::ptr_eq(
-            &cache.get(Some(0), &key(b"T-one")).unwrap(),
+            &cache.get(Some(reading(0)), &key(b"T-one")).unwrap(),
             &ruled
         ));
-        assert!(cache.get(Some(1), &key(b"T-one")).is_none());
+        assert!(cache.get(Some(reading(1)), &key(b"T-one")).is_none());
         assert!(Arc::ptr_eq(
             &cache.get(None, &key(b"T-one")).unwrap(),
             &first

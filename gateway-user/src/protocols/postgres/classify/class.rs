@@ -361,6 +361,11 @@ pub struct Statement {
     /// order. Cursors share the portal namespace, so this names portals
     /// too (the session keeps its own out of a job's reach).
     pub current_of: Vec<String>,
+    /// A setting takes a value the statement computes: `set_config` of
+    /// anything but a constant or a parameter, or an UPDATE of
+    /// `pg_settings`. `SHOW`, `current_setting` and `pg_stat_activity`
+    /// read it back later, past any result masking.
+    pub computed_setting: bool,
 }
 
 impl Statement {

@@ -143,6 +143,7 @@ pub(crate) fn plain_statement(sql: &str, summary: &SummaryResult) -> Option<Stat
         prepared: None,
         sets_search_path: false,
         current_of: Vec::new(),
+        computed_setting: false,
     })
 }
 

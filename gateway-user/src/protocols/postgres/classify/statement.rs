@@ -54,6 +54,7 @@ pub(crate) fn classify_statement(node: &NodeEnum) -> Result<Statement, ClassifyE
         prepared: outline.prepared.or(facts.executes.map(Prepared::Execute)),
         sets_search_path: facts.search_path,
         current_of: facts.current_of,
+        computed_setting: facts.computed_setting,
     })
 }
 
@@ -607,6 +608,7 @@ fn classify_explain(explain: &ExplainStmt) -> Result<Statement, ClassifyError> {
             // Kept like the function flags: a plan may still evaluate calls.
             sets_search_path: inner.sets_search_path,
             current_of: inner.current_of,
+            computed_setting: inner.computed_setting,
         });
     }
     let mut flags = FlagSet::default();
@@ -627,6 +629,7 @@ fn classify_explain(explain: &ExplainStmt) -> Result<Statement, ClassifyError> {
         prepared: inner.prepared,
         sets_search_path: inner.sets_search_path,
         current_of: inner.current_of,
+        computed_setting: inner.computed_setting,
     })
 }
 

@@ -1798,3 +1798,26 @@ fn dangerous_functions_are_flagged_in_attribute_notation_and_over_cursors() {
         assert!(one(sql).has_flag(Flag::DangerousFunction), "{sql:?}");
     }
 }
+
+/// A setting given a value the statement computes can carry a column's
+/// value past masking (`SHOW`, `current_setting`, `pg_stat_activity`);
+/// a constant or a parameter cannot.
+#[test]
+fn computed_setting_values_are_reported() {
+    for sql in [
+        "SELECT set_config('my.x', email, false) FROM customers",
+        "SELECT set_config('application_name', (SELECT email FROM customers LIMIT 1), false)",
+        "SELECT set_config('my.x', $1 || email, false) FROM customers",
+        "UPDATE pg_settings SET setting = 'x' WHERE name = 'my.x'",
+    ] {
+        assert!(one(sql).computed_setting, "{sql:?}");
+    }
+    for sql in [
+        "SELECT set_config('my.x', 'constant', false)",
+        "SELECT set_config('app.user', $1, false)",
+        "SELECT set_config('app.user', $1::text, true)",
+        "SELECT email FROM customers",
+    ] {
+        assert!(!one(sql).computed_setting, "{sql:?}");
+    }
+}

@@ -29,6 +29,8 @@ pub(crate) struct Facts {
     pub(crate) search_path: bool,
     /// The cursors `WHERE CURRENT OF` names, in order.
     pub(crate) current_of: Vec<String>,
+    /// See `Statement::computed_setting`.
+    pub(crate) computed_setting: bool,
     /// Why the statement must be refused outright (see `functions::lexer_setting_refusal`).
     pub(crate) refused: Option<&'static str>,
 }
@@ -257,6 +259,7 @@ impl<'t> Walker<'t> {
                     && is_settings_view(target.get("schemaname").as_str(), name)
                 {
                     self.facts.search_path = true;
+                    self.facts.computed_setting = true;
                 }
                 skip.push("relation");
                 // `WHERE true` or `WHERE 1 = 1` takes every row, as no WHERE does.
@@ -509,7 +512,11 @@ impl<'t> Walker<'t> {
         if is_search_path(setting) {
             self.facts.search_path = true;
         }
-        let value = function_arg(call, 1, "new_value").and_then(string_constant);
+        let value = function_arg(call, 1, "new_value");
+        if !value.is_some_and(constant_or_parameter) {
+            self.facts.computed_setting = true;
+        }
+        let value = value.and_then(string_constant);
         self.refuse(lexer_setting_refusal(setting, Some(value)));
     }
 }
@@ -874,6 +881,16 @@ fn serial_sequence_table(v: &Value) -> Option<(Option<String>, String)> {
     function_arg(v, 0, "")
         .and_then(string_constant)
         .and_then(relation_name)
+}
+
+/// A constant or a bind parameter (`$1`), cast or not: a value the job
+/// wrote, not one the statement computes.
+fn constant_or_parameter(v: &Value) -> bool {
+    match v.kind() {
+        Some("A_Const" | "AConst" | "ParamRef") => true,
+        Some("TypeCast") => constant_or_parameter(v.get("arg")),
+        _ => false,
+    }
 }
 
 fn string_constant(v: &Value) -> Option<&str> {

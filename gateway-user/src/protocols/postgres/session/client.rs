@@ -405,6 +405,19 @@ impl Session<'_> {
                 statement_index: 0,
             };
         }
+        if decision.verdict == StatementVerdict::Allow
+            && !self.masking.is_empty()
+            && classification.statements.iter().any(|s| s.computed_setting)
+        {
+            // Found in review: `SELECT set_config('my.x', email, false)
+            // FROM customers`, then `SHOW my.x`, read the address back.
+            decision = StatementDecision {
+                verdict: StatementVerdict::Deny,
+                rule: Arc::from("masked-setting"),
+                reason: "on a target with masking rules, set_config takes a constant or a parameter only: a computed value would carry column values into a setting that SHOW, current_setting and pg_stat_activity read back unmasked".into(),
+                statement_index: 0,
+            };
+        }
         if decision.verdict == StatementVerdict::Allow && changes_search_path(sql, classification) {
             decision = StatementDecision {
                 verdict: StatementVerdict::Deny,

@@ -75,7 +75,7 @@ use super::{
 use crate::{
     approvals::{Ask, GrantQuery, Held, HeldEvent, Requester, State as ApprovalState},
     flow::Flow,
-    masking::{ColumnInfo, ColumnRule, MaskedRow, MaskingPolicy, ResultPlan},
+    masking::{ColumnInfo, ColumnRule, MaskedRow, MaskingPolicy, Reading, ResultPlan},
     policy::{
         ApprovalRule, CopyOutMasked, Mode, SessionRules, StatementDecision, StatementVerdict,
     },
@@ -405,7 +405,7 @@ struct Session<'a> {
     copy_waiting: Option<bool>,
     /// The last statement's reading rule ([`Session::reading_rule`]), when
     /// it was worked out; forgotten when the masking rules change.
-    reading_memo: Option<(Arc<Classification>, Option<usize>, Instant)>,
+    reading_memo: Option<(Arc<Classification>, Option<Reading>, Instant)>,
     /// The job sent DDL or procedural code: a function it defined in an
     /// open transaction, or one overloading a name the server ships, is
     /// out of the catalog connection's sight, so from now on every

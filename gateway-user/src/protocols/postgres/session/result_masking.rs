@@ -2,7 +2,7 @@
 //! catalog and the masking policy), masked DataRows, and what errors,
 //! notices, notifications and reported settings may show.
 use super::*;
-use crate::protocols::postgres::classify::TableRef;
+use crate::protocols::postgres::classify::{StatementClass, TableRef};
 
 impl Session<'_> {
     /// Forwards a DataRow through its masking plan, writing a masked row
@@ -165,7 +165,7 @@ impl Session<'_> {
     pub(super) async fn layout(
         &mut self,
         description: &Bytes,
-        reading: Option<usize>,
+        reading: Option<Reading>,
     ) -> Option<Arc<Layout>> {
         if let Some(known) = self.layouts.get(reading, description) {
             return Some(known);
@@ -212,13 +212,17 @@ impl Session<'_> {
     pub(super) async fn reading_rule(
         &mut self,
         classification: Option<Arc<Classification>>,
-    ) -> Option<usize> {
+    ) -> Option<Reading> {
         if !self.masking.has_column_rules() {
             return None;
         }
         let every_table = self.masking.reading_rule([(None, None)]);
         let Some(classification) = classification else {
-            return every_table;
+            // It may change data as well as read anything.
+            return every_table.map(|rule| Reading {
+                rule,
+                changes_data: true,
+            });
         };
         // Worked out once per statement and minute: a text of many
         // results, or a prepared statement run again and again, would
@@ -232,10 +236,14 @@ impl Session<'_> {
             return *rule;
         }
         let (rule, complete) = self.reading_rule_of(&classification, every_table).await;
+        let changes_data = classification
+            .classes()
+            .any(|class| class == StatementClass::Write);
+        let reading = rule.map(|rule| Reading { rule, changes_data });
         if complete {
-            self.reading_memo = Some((classification, rule, Instant::now()));
+            self.reading_memo = Some((classification, reading, Instant::now()));
         }
-        rule
+        reading
     }
 
     /// [`Self::reading_rule`] worked out; `false` when a lookup failed
@@ -326,7 +334,7 @@ impl Session<'_> {
     pub(super) async fn plan_columns(
         &self,
         fields: &[(&str, u32, i16, u32, i16)],
-        reading: Option<usize>,
+        reading: Option<Reading>,
     ) -> (Arc<ResultPlan>, bool) {
         let login = self.catalog_login();
         let catalog = self.catalog();
