@@ -12,7 +12,10 @@
 //! waiting for a reload.
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -22,7 +25,7 @@ use tokio_postgres::{
 };
 use tracing::warn;
 
-use super::upstream::Route;
+use super::{classify::DANGEROUS_FUNCTIONS, upstream::Route};
 
 /// Where a result column comes from.
 #[derive(Debug)]
@@ -46,9 +49,51 @@ pub struct SourceColumn {
 
 pub type ColumnSource = Arc<SourceColumn>;
 
-/// Levels of `pg_inherits` followed: PostgreSQL sets no limit, and a
-/// deeper hierarchy than this is no partitioning scheme anyone runs.
+/// Levels of `pg_inherits` and of views over views followed: PostgreSQL
+/// sets no limit, and a deeper hierarchy than this is no partitioning
+/// scheme anyone runs. Past it a relation counts as reading every table
+/// (found in review: a job's chain of 66 views read a ruled column raw).
 const MAX_ANCESTRY: i32 = 64;
+
+/// What the lookups below answer, in place of a relation, for one that
+/// may read any table: a chain deeper than [`MAX_ANCESTRY`], or a view or
+/// rule that calls a function of the database's own (or a dangerous one,
+/// which runs query text).
+pub const READS_ANYTHING: &str = "*";
+
+/// SQL: whether `pg_proc` row `p` is a function of the database's own,
+/// which may read any table: not one PostgreSQL ships (OID below
+/// `FirstNormalObjectId`), nor a member of an extension a superuser owns
+/// (contrib and the like, installed by an administrator; a job that
+/// creates a trusted extension owns it, and could add its own functions).
+macro_rules! own_function {
+    () => {
+        "(p.oid >= 16384::oid AND NOT EXISTS ( \
+            SELECT 1 FROM pg_catalog.pg_depend x \
+            JOIN pg_catalog.pg_extension e ON e.oid = x.refobjid \
+            JOIN pg_catalog.pg_roles o ON o.oid = e.extowner \
+            WHERE x.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND x.objid = p.oid \
+              AND x.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
+              AND x.deptype = 'e' AND o.rolsuper))"
+    };
+}
+
+/// SQL: whether the rules of relation `$rel` (those `$events` selects)
+/// call a function that may read any table (see [`own_function!`];
+/// `$dangerous` is a `text[]` of names).
+macro_rules! rules_call_anything {
+    ($rel:literal, $dangerous:literal, $events:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r \
+               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+               JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+               WHERE r.ev_class = ", $rel, $events, " AND (p.proname = ANY(", $dangerous, ") OR ",
+            own_function!(),
+            "))"
+        )
+    };
+}
 
 /// Entries kept before the cache starts over: a job allowed DDL could
 /// otherwise grow it without end by creating tables, each seen once.
@@ -83,6 +128,10 @@ const TIMED_OUT: &str = "the catalog lookup timed out, likely because this sessi
 pub struct Catalog {
     cache: Mutex<Cache>,
     client: tokio::sync::Mutex<Option<Client>>,
+    /// Bumped by [`Catalog::forget_functions`]: a function lookup that was
+    /// in flight across it may have read the catalog before a function
+    /// was committed, and its answer is not kept.
+    functions_forgotten: AtomicU64,
 }
 
 #[derive(Default)]
@@ -254,13 +303,21 @@ impl Catalog {
             (&name as &(dyn ToSql + Sync), Type::TEXT),
             (&schema as &(dyn ToSql + Sync), Type::TEXT),
             (&MAX_ANCESTRY as &(dyn ToSql + Sync), Type::INT4),
+            (
+                &DANGEROUS_FUNCTIONS as &(dyn ToSql + Sync),
+                Type::TEXT_ARRAY,
+            ),
         ];
+        // Rules of every event count: an INSTEAD rule on a table hands
+        // back what its actions read (found in review: `INSERT INTO inbox`
+        // returned `SELECT email || '' FROM customers` raw).
         let query = c.query_typed(
-            "WITH RECURSIVE named AS ( \
+            concat!(
+                "WITH RECURSIVE named AS ( \
                    SELECT c.oid FROM pg_catalog.pg_class c \
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                    WHERE c.relname = $1 AND ($2::text IS NULL OR n.nspname = $2)), \
-               up(relid, depth) AS ( \
+                 up(relid, depth) AS ( \
                    SELECT named.oid, 0 FROM named \
                    UNION \
                    SELECT read.relid, up.depth + 1 FROM up, LATERAL ( \
@@ -272,14 +329,20 @@ impl Catalog {
                          ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
                         AND d.objid = r.oid \
                         AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                       WHERE r.ev_class = up.relid AND r.ev_type = '1' \
-                         AND d.refobjid <> up.relid) AS read \
+                       WHERE r.ev_class = up.relid AND d.refobjid <> up.relid) AS read \
                    WHERE up.depth < $3) \
-             SELECT DISTINCT n.nspname::text, c.relname::text \
-             FROM up \
-             JOIN pg_catalog.pg_class c ON c.oid = up.relid \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE up.depth > 0",
+                 SELECT DISTINCT n.nspname::text, c.relname::text \
+                 FROM up \
+                 JOIN pg_catalog.pg_class c ON c.oid = up.relid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE up.depth > 0 \
+                 UNION ALL \
+                 SELECT '*', '*' \
+                 WHERE EXISTS (SELECT 1 FROM up WHERE up.depth >= $3) \
+                    OR EXISTS (SELECT 1 FROM up WHERE ",
+                rules_call_anything!("up.relid", "$4", ""),
+                ")"
+            ),
             &params,
         );
         let rows = match within(deadline, query).await {
@@ -319,7 +382,8 @@ impl Catalog {
     }
 
     /// Whether one of `calls` may run a function of the database's own
-    /// rather than one PostgreSQL ships (OID below `FirstNormalObjectId`).
+    /// (see [`own_function!`]) rather than one PostgreSQL or an
+    /// administrator's extension ships.
     /// Each call is `(name, attribute)`: a call by name runs the
     /// database's own unless every function of that name is the server's
     /// (a name with no function the catalog connection can see, such as
@@ -366,12 +430,17 @@ impl Catalog {
             Ok(m) => m,
         };
         let c = usable(&mut client, login, deadline).await?;
+        let generation = self.functions_forgotten.load(Ordering::Acquire);
         let params = [(&missing as &(dyn ToSql + Sync), Type::TEXT_ARRAY)];
         let query = c.query_typed(
-            "SELECT n, count(p.oid) > 0, COALESCE(bool_or(p.oid >= 16384::oid), false) \
-             FROM unnest($1::text[]) AS n \
-             LEFT JOIN pg_catalog.pg_proc p ON p.proname = n \
-             GROUP BY n",
+            concat!(
+                "SELECT n, count(p.oid) > 0, COALESCE(bool_or(",
+                own_function!(),
+                "), false) \
+                 FROM unnest($1::text[]) AS n \
+                 LEFT JOIN pg_catalog.pg_proc p ON p.proname = n \
+                 GROUP BY n"
+            ),
             &params,
         );
         let rows = match within(deadline, query).await {
@@ -383,6 +452,10 @@ impl Catalog {
         };
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if self.functions_forgotten.load(Ordering::Acquire) != generation {
+            // Read before a job's function was committed, maybe.
+            return Ok(true);
+        }
         if cache.functions.len() + rows.len() > MAX_NAMES {
             cache
                 .functions
@@ -409,11 +482,9 @@ impl Catalog {
     /// Forgets what [`Self::calls_database_function`] read: a job's DDL may
     /// have added a function of a name the server ships.
     pub fn forget_functions(&self) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .functions
-            .clear();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        self.functions_forgotten.fetch_add(1, Ordering::AcqRel);
+        cache.functions.clear();
     }
 
     fn cached(&self, oid: u32, attnum: i16) -> Option<Option<ColumnSource>> {
@@ -440,6 +511,14 @@ impl Catalog {
             (&oid as &(dyn ToSql + Sync), Type::OID),
             (&MAX_ANCESTRY as &(dyn ToSql + Sync), Type::INT4),
         ];
+        let bases_params = [
+            (&oid as &(dyn ToSql + Sync), Type::OID),
+            (&MAX_ANCESTRY as &(dyn ToSql + Sync), Type::INT4),
+            (
+                &DANGEROUS_FUNCTIONS as &(dyn ToSql + Sync),
+                Type::TEXT_ARRAY,
+            ),
+        ];
         let columns = c.query_typed(
             "SELECT n.nspname::text, c.relname::text, a.attname::text, a.attnum, \
                     a.attgenerated <> '', c.relkind = 'r' \
@@ -463,24 +542,41 @@ impl Catalog {
                  ORDER BY up.depth, c.oid",
             &depth,
         );
+        // A base that is an inheritance child counts with its ancestors
+        // (found in review: a view over `customers_archive`, a child of
+        // `customers`, read `email` raw).
         let bases = c.query_typed(
-            "WITH RECURSIVE reads(relid, depth) AS ( \
-                   SELECT d.refobjid, 1 FROM pg_catalog.pg_rewrite r \
-                   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-                        AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                   WHERE r.ev_class = $1 AND r.ev_type = '1' AND d.refobjid <> $1 \
+            concat!(
+                "WITH RECURSIVE reads(relid, depth) AS ( \
+                   SELECT $1::oid, 0 \
                    UNION \
-                   SELECT d.refobjid, reads.depth + 1 FROM reads \
-                   JOIN pg_catalog.pg_rewrite r ON r.ev_class = reads.relid \
-                   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-                        AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                   WHERE r.ev_type = '1' AND d.refobjid <> reads.relid AND reads.depth < $2) \
-             SELECT DISTINCT n.nspname::text, c.relname::text, a.attname::text \
-             FROM reads \
-             JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind NOT IN ('v', 'm') \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped",
-            &depth,
+                   SELECT next.relid, reads.depth + 1 FROM reads, LATERAL ( \
+                       SELECT d.refobjid AS relid FROM pg_catalog.pg_rewrite r \
+                       JOIN pg_catalog.pg_depend d \
+                         ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                        AND d.objid = r.oid \
+                        AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                       WHERE r.ev_class = reads.relid AND r.ev_type = '1' \
+                         AND d.refobjid <> reads.relid \
+                       UNION ALL \
+                       SELECT i.inhparent FROM pg_catalog.pg_inherits i \
+                       WHERE i.inhrelid = reads.relid AND reads.depth > 0) AS next \
+                   WHERE reads.depth < $2) \
+                 SELECT DISTINCT n.nspname::text, c.relname::text, a.attname::text \
+                 FROM reads \
+                 JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind NOT IN ('v', 'm') \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 \
+                      AND NOT a.attisdropped \
+                 WHERE reads.depth > 0 \
+                 UNION ALL \
+                 SELECT '*', '*', '*' \
+                 WHERE EXISTS (SELECT 1 FROM reads WHERE reads.depth >= $2) \
+                    OR EXISTS (SELECT 1 FROM reads WHERE ",
+                rules_call_anything!("reads.relid", "$3", " AND r.ev_type = '1'"),
+                ")"
+            ),
+            &bases_params,
         );
         let (rows, ancestry, bases) = match within(deadline, async {
             tokio::try_join!(columns, ancestry, bases)

@@ -98,6 +98,21 @@ impl PostgresShared {
         catalogs.entry(key).or_default().clone()
     }
 
+    /// A job's DDL may have defined or committed a function: every
+    /// catalog forgets what it knew of function names (see
+    /// [`catalog::Catalog::calls_database_function`]), whichever role or
+    /// database it serves.
+    pub fn functions_changed(&self) {
+        for catalog in self
+            .catalogs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            catalog.forget_functions();
+        }
+    }
+
     /// Forgets every catalog after a policy reload: the reload may point a
     /// target at another server, and an administrator who renamed a table
     /// and its masking rule together expects the new name to count from

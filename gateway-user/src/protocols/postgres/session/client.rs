@@ -448,9 +448,7 @@ impl Session<'_> {
         }) {
             self.defined_code = true;
             self.reading_memo = None;
-            if self.masking.has_column_rules() {
-                self.catalog().forget_functions();
-            }
+            self.ctx.shared.functions_changed();
         }
     }
 

@@ -406,10 +406,11 @@ struct Session<'a> {
     /// The last statement's reading rule ([`Session::reading_rule`]), when
     /// it was worked out; forgotten when the masking rules change.
     reading_memo: Option<(Arc<Classification>, Option<Reading>, Instant)>,
-    /// The job sent DDL or procedural code: a function it defined in an
-    /// open transaction, or one overloading a name the server ships, is
-    /// out of the catalog connection's sight, so from now on every
-    /// function call counts as the database's own.
+    /// The job sent DDL that may define functions, a DO block or a CALL,
+    /// and has not been idle outside a transaction since: a function it
+    /// defined in its open transaction (an overload of a name the server
+    /// ships) is out of the catalog connection's sight, so until then
+    /// every function call counts as the database's own.
     defined_code: bool,
     to_client: BytesMut,
     to_upstream: BytesMut,

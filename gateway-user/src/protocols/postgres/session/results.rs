@@ -42,6 +42,16 @@ impl Session<'_> {
                 // the portals is over, and so are they.
                 if frame.body().first() == Some(&b'I') && self.tracker.pending.is_empty() {
                     self.portals.clear();
+                    if self.defined_code {
+                        // Committed or rolled back: the catalog connection
+                        // now sees what the job's DDL left, once every
+                        // catalog forgets what it read before (found in
+                        // review: another session read the names while
+                        // the transaction was open, and kept that answer).
+                        self.defined_code = false;
+                        self.reading_memo = None;
+                        self.ctx.shared.functions_changed();
+                    }
                 }
                 self.query_plan = None;
             }
