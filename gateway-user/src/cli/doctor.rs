@@ -98,6 +98,23 @@ pub(super) fn doctor(config: Option<&Path>) -> ExitCode {
         "unprivileged BPF",
         format!("kernel.unprivileged_bpf_disabled = {unpriv_bpf:?} (want 1 or 2)"),
     );
+    // Found in review: a job may take a socket from a process it may trace
+    // (`pidfd_getfd`, ptrace: same uid), and one made outside the guarded
+    // cgroup was never redirected. Yama's scope 1 allows tracing
+    // descendants only.
+    let ptrace = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .map(|s| s.trim().to_owned())
+        .ok();
+    report(
+        ptrace.as_deref().is_some_and(|s| s != "0"),
+        "ptrace",
+        match ptrace {
+            Some(scope) => format!(
+                "kernel.yama.ptrace_scope = {scope:?} (want 1 or more, or no process outside the guard under a job's uid: a job could take its sockets)"
+            ),
+            None => "Yama is not in this kernel: run no process outside the guard under a job's uid, or a job could take its sockets (pidfd_getfd, ptrace)".into(),
+        },
+    );
     // Through NSS, so groups from sssd or LDAP count; found in review:
     // reading /etc/group alone skipped them, and an unreadable file
     // skipped the check without a word.
