@@ -119,6 +119,10 @@ const STATEMENT_TIMEOUT_MS: u32 = 5_000;
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a lookup that ran out of time reports.
+/// A lookup that read the catalog across a job's DDL (see
+/// [`Catalog::forget_all`]).
+const CHANGED: &str = "the catalog changed while it was read";
+
 const TIMED_OUT: &str = "the catalog lookup timed out, likely because this session's own \
      transaction holds a lock on the table (LOCK TABLE or uncommitted DDL)";
 
@@ -128,10 +132,10 @@ const TIMED_OUT: &str = "the catalog lookup timed out, likely because this sessi
 pub struct Catalog {
     cache: Mutex<Cache>,
     client: tokio::sync::Mutex<Option<Client>>,
-    /// Bumped by [`Catalog::forget_functions`]: a function lookup that was
-    /// in flight across it may have read the catalog before a function
-    /// was committed, and its answer is not kept.
-    functions_forgotten: AtomicU64,
+    /// Bumped by [`Catalog::forget_all`]: a lookup that was in flight
+    /// across it may have read the catalog before a job's DDL was
+    /// committed, and its answer is neither kept nor trusted.
+    forgotten: AtomicU64,
 }
 
 #[derive(Default)]
@@ -299,6 +303,7 @@ impl Catalog {
             return Ok(hit);
         }
         let c = usable(&mut client, login, deadline).await?;
+        let generation = self.generation();
         let params = [
             (&name as &(dyn ToSql + Sync), Type::TEXT),
             (&schema as &(dyn ToSql + Sync), Type::TEXT),
@@ -354,6 +359,9 @@ impl Catalog {
         };
         let ancestors: Ancestors = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if self.generation() != generation {
+            return Err(CHANGED.to_owned());
+        }
         if cache.names >= MAX_NAMES {
             // Expired entries first; only a cache full of fresh ones starts
             // over (found in review: clearing it whole let a statement of
@@ -430,7 +438,7 @@ impl Catalog {
             Ok(m) => m,
         };
         let c = usable(&mut client, login, deadline).await?;
-        let generation = self.functions_forgotten.load(Ordering::Acquire);
+        let generation = self.forgotten.load(Ordering::Acquire);
         let params = [(&missing as &(dyn ToSql + Sync), Type::TEXT_ARRAY)];
         let query = c.query_typed(
             concat!(
@@ -452,7 +460,7 @@ impl Catalog {
         };
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if self.functions_forgotten.load(Ordering::Acquire) != generation {
+        if self.forgotten.load(Ordering::Acquire) != generation {
             // Read before a job's function was committed, maybe.
             return Ok(true);
         }
@@ -479,12 +487,18 @@ impl Catalog {
         }))
     }
 
-    /// Forgets what [`Self::calls_database_function`] read: a job's DDL may
-    /// have added a function of a name the server ships.
-    pub fn forget_functions(&self) {
+    /// Forgets everything read: a job's DDL may have added a function of a
+    /// name the server ships, replaced a view (same OID) or changed a
+    /// table's inheritance.
+    pub fn forget_all(&self) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        self.functions_forgotten.fetch_add(1, Ordering::AcqRel);
-        cache.functions.clear();
+        self.forgotten.fetch_add(1, Ordering::AcqRel);
+        *cache = Cache::default();
+    }
+
+    /// The generation [`Self::forget_all`] bumps, read before a lookup.
+    fn generation(&self) -> u64 {
+        self.forgotten.load(Ordering::Acquire)
     }
 
     fn cached(&self, oid: u32, attnum: i16) -> Option<Option<ColumnSource>> {
@@ -503,6 +517,7 @@ impl Catalog {
             return Ok(());
         }
         let c = usable(&mut client, login, deadline).await?;
+        let generation = self.generation();
         // Both queries go out together, unprepared (tokio-postgres
         // pipelines what is polled at once): one round trip per unseen
         // table instead of four.
@@ -612,10 +627,11 @@ impl Catalog {
                 (row.get(3), Arc::new(source))
             })
             .collect();
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .store(oid, sources, Instant::now());
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if self.generation() != generation {
+            return Err(CHANGED.to_owned());
+        }
+        cache.store(oid, sources, Instant::now());
         Ok(())
     }
 }

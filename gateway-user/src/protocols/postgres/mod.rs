@@ -98,18 +98,18 @@ impl PostgresShared {
         catalogs.entry(key).or_default().clone()
     }
 
-    /// A job's DDL may have defined or committed a function: every
-    /// catalog forgets what it knew of function names (see
-    /// [`catalog::Catalog::calls_database_function`]), whichever role or
-    /// database it serves.
-    pub fn functions_changed(&self) {
+    /// A job's DDL (or code of the database's own) may have defined a
+    /// function or replaced a view: every catalog forgets what it read
+    /// (see [`catalog::Catalog::forget_all`]), whichever role or database
+    /// it serves.
+    pub fn schema_changed(&self) {
         for catalog in self
             .catalogs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
         {
-            catalog.forget_functions();
+            catalog.forget_all();
         }
     }
 

@@ -62,13 +62,16 @@ pub(crate) fn plain_statement(sql: &str, summary: &SummaryResult) -> Option<Stat
     if summary.statement_types.is_empty() {
         return None;
     }
-    // `WHERE CURRENT OF c` names a cursor (a portal), which only the walk
-    // reports; the keyword cannot be spelled with escapes.
-    if matches!(change, Some(Change::Update | Change::Delete))
-        && sql
-            .as_bytes()
-            .windows(b"current".len())
-            .any(|w| w.eq_ignore_ascii_case(b"current"))
+    // `WHERE CURRENT OF c` names a cursor (a portal), and `ON CONFLICT …
+    // DO UPDATE` reads its target, which only the walk reports; keywords
+    // cannot be spelled with escapes.
+    let says = |word: &[u8]| {
+        sql.as_bytes()
+            .windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    };
+    if matches!(change, Some(Change::Update | Change::Delete)) && says(b"current")
+        || change == Some(Change::Insert) && says(b"conflict") && says(b"update")
     {
         return None;
     }

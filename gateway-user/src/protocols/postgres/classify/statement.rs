@@ -656,9 +656,18 @@ fn explain_analyze(options: &[Node]) -> bool {
 /// PREPARE defines a statement for later: classify what it will run.
 fn classify_prepare(prepare: &PrepareStmt) -> Result<Statement, ClassifyError> {
     let inner = inner_statement(prepare.query.as_deref())?;
+    // An EXECUTE binds the parameters to values the server computes
+    // (found in review: `EXECUTE p(<a column's value>)` of `PREPARE p AS
+    // SELECT set_config('my.p', $1, false)`), unlike a client's Bind.
+    let computed_setting = inner.computed_setting
+        || inner
+            .functions
+            .iter()
+            .any(|f| f.name.eq_ignore_ascii_case(super::functions::SET_CONFIG));
     Ok(Statement {
         command: "PREPARE",
         prepared: Some(Prepared::Define(prepare.name.clone())),
+        computed_setting,
         ..inner
     })
 }

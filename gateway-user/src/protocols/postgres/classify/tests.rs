@@ -1809,6 +1809,8 @@ fn computed_setting_values_are_reported() {
         "SELECT set_config('application_name', (SELECT email FROM customers LIMIT 1), false)",
         "SELECT set_config('my.x', $1 || email, false) FROM customers",
         "UPDATE pg_settings SET setting = 'x' WHERE name = 'my.x'",
+        // EXECUTE binds `$1` to what the server computes.
+        "PREPARE p(text) AS SELECT set_config('my.p', $1, false)",
     ] {
         assert!(one(sql).computed_setting, "{sql:?}");
     }
@@ -1820,4 +1822,31 @@ fn computed_setting_values_are_reported() {
     ] {
         assert!(!one(sql).computed_setting, "{sql:?}");
     }
+}
+
+/// `ON CONFLICT … DO UPDATE` reads the row it conflicts with, so its
+/// target counts as read as well as written; `DO NOTHING` reads nothing.
+#[test]
+fn an_upsert_reads_its_target() {
+    let read_and_written = |sql: &str| {
+        let s = one(sql);
+        let accesses: Vec<Access> = s
+            .tables
+            .iter()
+            .filter(|t| t.name == "customers")
+            .map(|t| t.access)
+            .collect();
+        accesses
+    };
+    assert_eq!(
+        read_and_written(
+            "INSERT INTO customers (id, name) VALUES (1, 'x') \
+             ON CONFLICT (id) DO UPDATE SET name = customers.email"
+        ),
+        [Access::Read, Access::Write]
+    );
+    assert_eq!(
+        read_and_written("INSERT INTO customers (id) VALUES (1) ON CONFLICT DO NOTHING"),
+        [Access::Write]
+    );
 }

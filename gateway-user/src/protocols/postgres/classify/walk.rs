@@ -12,7 +12,9 @@ use super::functions::{
     is_settings_view, is_writing_function, lexer_setting_refusal,
 };
 use super::tree::Value;
-use pg_query::protobuf::{BoolExprType, CmdType, MergeMatchKind, VariableSetKind};
+use pg_query::protobuf::{
+    BoolExprType, CmdType, MergeMatchKind, OnConflictAction, VariableSetKind,
+};
 
 /// What the walk found in one statement.
 #[derive(Debug, Default)]
@@ -254,6 +256,14 @@ impl<'t> Walker<'t> {
                 // The target of a data change is always a table, even if a CTE has its name.
                 let target = v.get("relation");
                 self.table(target, Access::Write);
+                // `ON CONFLICT … DO UPDATE` reads the row it conflicts with
+                // (`SET name = customers.email`): the target is read too.
+                if kind == "InsertStmt"
+                    && v.get("on_conflict_clause").get("action").as_int()
+                        == Some(OnConflictAction::OnconflictUpdate as i64)
+                {
+                    self.table(target, Access::Read);
+                }
                 if kind == "UpdateStmt"
                     && let Some(name) = target.get("relname").as_str()
                     && is_settings_view(target.get("schemaname").as_str(), name)

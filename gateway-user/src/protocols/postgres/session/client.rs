@@ -429,27 +429,31 @@ impl Session<'_> {
         decision
     }
 
-    /// A statement that may define or move functions, allowed or held
-    /// (see `Session::defined_code`).
+    /// A statement that may change the schema, allowed or held: DDL
+    /// (functions, views, rules, inheritance), a DO block, a CALL (see
+    /// `Session::defined_code`).
     fn note_defined_code(&mut self, classification: &Classification) {
-        const DEFINING: [&str; 6] = [
-            "FUNCTION",
-            "PROCEDURE",
-            "ROUTINE",
-            "AGGREGATE",
-            "EXTENSION",
-            "SCHEMA",
-        ];
         if classification.statements.iter().any(|s| {
-            s.has_flag(Flag::ProceduralCode)
+            s.class == StatementClass::Ddl
+                || s.has_flag(Flag::ProceduralCode)
                 || matches!(s.command, "DO" | "CALL")
-                || (s.class == StatementClass::Ddl
-                    && DEFINING.iter().any(|w| s.command.ends_with(w)))
         }) {
-            self.defined_code = true;
-            self.reading_memo = None;
-            self.ctx.shared.functions_changed();
+            self.schema_may_change();
         }
+    }
+
+    /// From now until the session is next idle outside a transaction,
+    /// what the catalog connection reads may be stale or miss the job's
+    /// uncommitted DDL: function calls count as the database's own, view
+    /// columns as reading anything, nothing planned is kept, and every
+    /// catalog forgets what it read (again at each completion).
+    pub(super) fn schema_may_change(&mut self) {
+        if !self.defined_code {
+            self.layouts = LayoutCache::default();
+        }
+        self.defined_code = true;
+        self.reading_memo = None;
+        self.ctx.shared.schema_changed();
     }
 
     /// Takes the reloaded statement policy if there was a reload since

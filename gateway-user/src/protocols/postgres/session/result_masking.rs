@@ -4,7 +4,7 @@
 use super::*;
 use crate::protocols::postgres::{
     catalog::READS_ANYTHING,
-    classify::{StatementClass, TableRef, is_dangerous_function},
+    classify::{Access, Flag, StatementClass, TableRef, is_dangerous_function},
 };
 
 impl Session<'_> {
@@ -194,8 +194,9 @@ impl Session<'_> {
         };
         let layout = Arc::new(Layout { columns, plan });
         // A plan made while the catalog could not be read falls back to
-        // name rules; it is used once, not kept.
-        if complete {
+        // name rules; it is used once, not kept; nor one made while the
+        // job's DDL may not be visible yet.
+        if complete && !self.defined_code {
             self.layouts
                 .insert(reading, description, Arc::clone(&layout));
         }
@@ -238,24 +239,39 @@ impl Session<'_> {
         {
             return *rule;
         }
-        let (rule, complete) = self.reading_rule_of(&classification, every_table).await;
-        let changes_data = classification
-            .classes()
-            .any(|class| class == StatementClass::Write);
+        let (rule, complete, own_code) = self.reading_rule_of(&classification, every_table).await;
+        if own_code {
+            // Code of the database's own may run DDL itself (found in
+            // review: a function that creates an overload of `lower`).
+            self.schema_may_change();
+        }
+        // A change that can copy a stored value into a column it returns:
+        // an UPDATE or MERGE (its SET reads the row), an upsert's DO
+        // UPDATE, one that reads a table, a data-modifying CTE. An INSERT
+        // of values (an ORM's `… RETURNING id`) copies nothing stored.
+        let changes_data = classification.statements.iter().any(|s| {
+            s.class == StatementClass::Write
+                && (matches!(s.command, "UPDATE" | "MERGE")
+                    || s.has_flag(Flag::DataModifyingCte)
+                    || s.tables.iter().any(|t| t.access == Access::Read))
+        });
         let reading = rule.map(|rule| Reading { rule, changes_data });
-        if complete {
+        // Not kept while the schema may change, nor for code of the
+        // database's own, which must be noticed each time it runs.
+        if complete && !own_code && !self.defined_code {
             self.reading_memo = Some((classification, reading, Instant::now()));
         }
         reading
     }
 
     /// [`Self::reading_rule`] worked out; `false` when a lookup failed
-    /// (the answer is then every table's, and not kept).
+    /// (the answer is then every table's, and not kept); then whether the
+    /// statement calls a function of the database's own.
     async fn reading_rule_of(
         &self,
         classification: &Classification,
         every_table: Option<usize>,
-    ) -> (Option<usize>, bool) {
+    ) -> (Option<usize>, bool, bool) {
         // A FETCH or MOVE reads what its cursor was declared over, which
         // its own text does not name (found in review: `DECLARE c CURSOR
         // FOR SELECT email FROM customers UNION ALL SELECT NULL`, then
@@ -268,7 +284,7 @@ impl Session<'_> {
             .iter()
             .any(|s| matches!(s.command, "FETCH" | "MOVE" | "DECLARE CURSOR"))
         {
-            return (every_table, true);
+            return (every_table, true, false);
         }
         let every = |name: &str| name == TableRef::EVERY;
         let mut named: Vec<(Option<&str>, Option<&str>)> = classification
@@ -280,9 +296,6 @@ impl Session<'_> {
                 )
             })
             .collect();
-        if let Some(rule) = self.masking.reading_rule(named.iter().copied()) {
-            return (Some(rule), true);
-        }
         let login = self.catalog_login();
         let catalog = self.catalog();
         // A function of the database's own may read any table, and the
@@ -300,24 +313,27 @@ impl Session<'_> {
             // What runs query text from a string may read anything (found
             // in review: `query_to_xml('select email …')` where a policy
             // allows dangerous functions).
-            if self.defined_code
-                || calls.len() > MAX_NAMES_LOOKED_UP
-                || calls.iter().any(|(name, _)| is_dangerous_function(name))
-            {
-                return (every_table, true);
+            if self.defined_code || calls.iter().any(|(name, _)| is_dangerous_function(name)) {
+                return (every_table, true, false);
+            }
+            if calls.len() > MAX_NAMES_LOOKED_UP {
+                return (every_table, true, true);
             }
             match catalog.calls_database_function(&calls, &login).await {
                 Ok(false) => {}
-                Ok(true) => return (every_table, true),
-                Err(_) => return (every_table, false),
+                Ok(true) => return (every_table, true, true),
+                Err(_) => return (every_table, false, false),
             }
+        }
+        if let Some(rule) = self.masking.reading_rule(named.iter().copied()) {
+            return (Some(rule), true, false);
         }
         named.sort_unstable();
         named.dedup();
         // Past this many names, the statement counts as naming every
         // table rather than cost a catalog query for each.
         if named.len() > MAX_NAMES_LOOKED_UP {
-            return (every_table, true);
+            return (every_table, true, false);
         }
         let mut ancestors = Vec::new();
         for (schema, name) in &named {
@@ -325,7 +341,7 @@ impl Session<'_> {
             match catalog.ancestors_of_name(*schema, name, &login).await {
                 Ok(found) => ancestors.push(found),
                 // A job could make the lookup fail to get a rule skipped.
-                Err(_) => return (every_table, false),
+                Err(_) => return (every_table, false, false),
             }
         }
         // A relation that may read anything stands as every table.
@@ -338,7 +354,7 @@ impl Session<'_> {
                 )
             })
         }));
-        (rule, true)
+        (rule, true, false)
     }
 
     /// `(name, table OID, attribute number, type OID, format)` per column.
@@ -377,9 +393,21 @@ impl Session<'_> {
         let mut plan = self.masking.plan_reading(&columns, reading);
         if self.masking.has_column_rules() {
             for (i, source) in sources.iter().enumerate() {
-                if let Some((rule, same_name)) =
-                    source.as_deref().and_then(|s| view_rule(&self.masking, s))
-                {
+                let rule = source.as_deref().and_then(|s| {
+                    if self.defined_code && !s.plain_table {
+                        // A view the job may have replaced in its open
+                        // transaction (same OID, bases read before): only
+                        // a ruled base column of its name is trusted
+                        // (found in review: `CREATE OR REPLACE VIEW` over
+                        // a ruled column, read in the same transaction).
+                        view_rule(&self.masking, s)
+                            .filter(|(_, same_name)| *same_name)
+                            .or_else(|| self.masking.columns.first().map(|r| (r, false)))
+                    } else {
+                        view_rule(&self.masking, s)
+                    }
+                });
+                if let Some((rule, same_name)) = rule {
                     // A renamed or computed value is redacted, as a value
                     // computed over a ruled table is: a partial or hash of
                     // it shows what the view chose.

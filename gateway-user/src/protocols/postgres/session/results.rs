@@ -16,6 +16,13 @@ impl Session<'_> {
             }
             return;
         }
+        // A COMMIT (or the DDL itself, outside a transaction) has just
+        // run: a lookup made since the job's DDL was sent may hold what
+        // was there before it (found in review: `COMMIT; SELECT
+        // pg_sleep(25)` kept the session from going idle).
+        if frame.tag() == b'C' && self.defined_code {
+            self.ctx.shared.schema_changed();
+        }
         // The tag first: this runs for every row of every result.
         if matches!(frame.tag(), b'D' | b'C') && self.front_copy().is_some() {
             return match frame.tag() {
@@ -50,7 +57,8 @@ impl Session<'_> {
                         // the transaction was open, and kept that answer).
                         self.defined_code = false;
                         self.reading_memo = None;
-                        self.ctx.shared.functions_changed();
+                        self.layouts = LayoutCache::default();
+                        self.ctx.shared.schema_changed();
                     }
                 }
                 self.query_plan = None;
