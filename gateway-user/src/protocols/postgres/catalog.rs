@@ -285,6 +285,15 @@ impl Catalog {
         name: &str,
         login: &CatalogLogin<'_>,
     ) -> Result<Ancestors, String> {
+        retried(|| self.ancestors_of_name_once(schema, name, login)).await
+    }
+
+    async fn ancestors_of_name_once(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+        login: &CatalogLogin<'_>,
+    ) -> Result<Ancestors, String> {
         let cached = |catalog: &Self| {
             let cache = catalog.cache.lock().unwrap_or_else(|p| p.into_inner());
             cache
@@ -406,6 +415,14 @@ impl Catalog {
         calls: &[(&str, bool)],
         login: &CatalogLogin<'_>,
     ) -> Result<bool, String> {
+        retried(|| self.calls_database_function_once(calls, login)).await
+    }
+
+    async fn calls_database_function_once(
+        &self,
+        calls: &[(&str, bool)],
+        login: &CatalogLogin<'_>,
+    ) -> Result<bool, String> {
         let own = |(any, user): (bool, bool), attribute: bool| user || (!attribute && !any);
         // `Err(())`: a fresh entry already answers yes.
         let misses = |catalog: &Self| -> Result<Vec<String>, ()> {
@@ -462,7 +479,7 @@ impl Catalog {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if self.forgotten.load(Ordering::Acquire) != generation {
             // Read before a job's function was committed, maybe.
-            return Ok(true);
+            return Err(CHANGED.to_owned());
         }
         if cache.functions.len() + rows.len() > MAX_NAMES {
             cache
@@ -509,6 +526,10 @@ impl Catalog {
     }
 
     async fn load_table(&self, oid: u32, login: &CatalogLogin<'_>) -> Result<(), String> {
+        retried(|| self.load_table_once(oid, login)).await
+    }
+
+    async fn load_table_once(&self, oid: u32, login: &CatalogLogin<'_>) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
         let mut client = within(deadline, self.client.lock()).await?;
         // Sessions that missed together queue on the connection: only the
@@ -636,6 +657,22 @@ impl Catalog {
     }
 }
 
+/// `lookup`, again while it read the catalog across a forget (another
+/// session's DDL completing), a few times: under a job's busy migration
+/// every lookup of every session would otherwise fail (and mask all).
+async fn retried<T, F>(lookup: impl Fn() -> F) -> Result<T, String>
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    for _ in 0..4 {
+        match lookup().await {
+            Err(e) if e == CHANGED => continue,
+            done => return done,
+        }
+    }
+    Err(CHANGED.to_owned())
+}
+
 /// `work`, or the timed-out error once `deadline` passes.
 async fn within<T>(
     deadline: tokio::time::Instant,
@@ -727,6 +764,22 @@ mod tests {
 
     fn column(hit: Option<Option<ColumnSource>>) -> Option<String> {
         hit.flatten().map(|s| s.column.clone())
+    }
+
+    #[tokio::test]
+    async fn a_lookup_across_a_forget_is_tried_again_a_few_times() {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let flaky = || async {
+            match tries.fetch_add(1, Ordering::Relaxed) {
+                0 | 1 => Err(CHANGED.to_owned()),
+                n => Ok(n),
+            }
+        };
+        assert_eq!(retried(flaky).await, Ok(2));
+        let always = || async { Err::<(), _>(CHANGED.to_owned()) };
+        assert_eq!(retried(always).await, Err(CHANGED.to_owned()));
+        let other = || async { Err::<(), _>("no".to_owned()) };
+        assert_eq!(retried(other).await, Err("no".to_owned()));
     }
 
     #[tokio::test]
