@@ -3353,6 +3353,89 @@ fn computed_values_cannot_be_carried_into_settings() -> Result<()> {
     Ok(())
 }
 
+/// Found in the session's last review, each a way the masks read a plan
+/// made before the job's DDL: a Parse'd `CREATE OR REPLACE VIEW` run in a
+/// later transaction; another session's cached layout of a view replaced
+/// in place (same OID, same RowDescription bytes); an INSERT of values
+/// that copies a function's answer into a column it returns; a Parse'd
+/// `set_config(…, $1, …)` run by a SQL EXECUTE with a computed argument.
+#[test]
+fn plans_do_not_outlive_the_jobs_ddl() -> Result<()> {
+    let s = Setup::start("pg-ddlplans", 102, Policy::Guarded)?;
+    s.pg.admin_psql(
+        "postgres",
+        "orders",
+        &[
+            "CREATE TABLE t2 (id int, note text)",
+            "GRANT INSERT, SELECT ON t2 TO app_rw",
+            "CREATE FUNCTION public.first_email() RETURNS text LANGUAGE sql \
+             AS 'SELECT email FROM public.customers ORDER BY id LIMIT 1'",
+        ],
+    )?;
+    let create = |view: &str| {
+        format!(
+            "CREATE VIEW {view} AS SELECT i.id, n.name AS contact FROM items i, \
+             (SELECT 'n'::text AS name) n"
+        )
+    };
+    let replace = |view: &str| {
+        format!(
+            "CREATE OR REPLACE VIEW {view} AS SELECT i.id, c.email AS contact \
+             FROM items i JOIN customers c ON c.id = i.id"
+        )
+    };
+    let out = s.psql("app_rw", &[&create("vw3"), &create("vw4")])?;
+    assert!(out.errors().is_empty(), "{out:?}");
+
+    let steps = [
+        json!({ "prepare": replace("vw4") }),
+        simple("BEGIN"),
+        json!({ "execute": { "statement": 0, "params": [] } }),
+        simple("SELECT contact FROM vw4 WHERE id = 1"),
+        simple("ROLLBACK"),
+        simple("INSERT INTO t2 VALUES (1, first_email()) RETURNING note"),
+        json!({ "prepare": "SELECT set_config('my.p', $1, false)" }),
+        simple("EXECUTE s1(upper('computed'))"),
+    ];
+    let r = s.pgclient("app_rw", &steps)?;
+    let all = serde_json::to_string(&r)?;
+    assert_no_secrets(&all);
+    assert_rows(&r[3], &[&["***"]], "a view replaced by a Parse'd statement");
+    assert_rows(
+        &r[5],
+        &[&["***"]],
+        "a function's answer inserted and returned",
+    );
+    assert_denied(&r[7], "masked-setting", "EXECUTE of a Parse'd set_config");
+
+    // Another session planned the view's rows before it was replaced.
+    let marks = tempfile::tempdir()?;
+    let (before, after) = (marks.path().join("before"), marks.path().join("after"));
+    let sql = "SELECT contact FROM vw3 WHERE id = 1";
+    let steps = json!([
+        simple(sql),
+        { "prepare": sql },
+        { "execute": { "statement": 0, "params": [] } },
+        { "touch": before.to_str().context("path")? },
+        { "wait_file": after.to_str().context("path")? },
+        simple(sql),
+        { "execute": { "statement": 0, "params": [] } },
+    ]);
+    let client = spawn_pgclient(&s, &steps)?;
+    chokepoint_tests::wait_for("the first plans", CLIENT_TIMEOUT, || {
+        before.exists().then_some(())
+    })?;
+    let out = s.psql("app_rw", &[&replace("vw3")])?;
+    assert!(out.errors().is_empty(), "{out:?}");
+    std::fs::write(&after, "")?;
+    let out = client.wait_with_output()?;
+    let r = results_of(&out)?;
+    assert_rows(&r[0], &[&["n"]], "before");
+    assert_rows(&r[5], &[&["***"]], "a simple query after the replace");
+    assert_rows(&r[6], &[&["***"]], "a prepared statement after the replace");
+    Ok(())
+}
+
 /// A function of the database's own may read a ruled table, and the
 /// server reports what it returns as computed, naming no table: its
 /// values went out raw (`SELECT * FROM customer_emails()`). A statement

@@ -40,6 +40,9 @@ pub struct SourceColumn {
     /// Its table is a plain one (a partition included), the only kind
     /// `COPY t TO` copies by name.
     pub plain_table: bool,
+    /// A view or materialized view: its columns come from the relations
+    /// its query reads (`view_bases`).
+    pub view: bool,
     /// For a view's column: `(schema, table, column)` of every table
     /// column the view reads, through views it reads in turn. PostgreSQL
     /// names the view, not its base table, as a view column's source, and
@@ -557,7 +560,7 @@ impl Catalog {
         ];
         let columns = c.query_typed(
             "SELECT n.nspname::text, c.relname::text, a.attname::text, a.attnum, \
-                    a.attgenerated <> '', c.relkind = 'r' \
+                    a.attgenerated <> '', c.relkind = 'r', c.relkind IN ('v', 'm') \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -643,6 +646,7 @@ impl Catalog {
                     ancestors: Arc::clone(&ancestors),
                     generated: row.get(4),
                     plain_table: row.get(5),
+                    view: row.get(6),
                     view_bases: Arc::clone(&view_bases),
                 };
                 (row.get(3), Arc::new(source))
@@ -758,6 +762,7 @@ mod tests {
                 .collect(),
             generated: false,
             plain_table: true,
+            view: false,
             view_bases: Arc::default(),
         })
     }

@@ -57,6 +57,8 @@ pub struct PostgresShared {
     /// Policy reloads so far: a running session that sees it change takes
     /// the new statement policy before its next statement.
     generation: AtomicU64,
+    /// See [`Self::schema_generation`].
+    schema_generation: AtomicU64,
 }
 
 /// Whose catalog: table OIDs mean something only inside one database, and
@@ -81,6 +83,7 @@ impl Default for PostgresShared {
             client_tls: OnceLock::new(),
             upstream_tls: Mutex::default(),
             generation: AtomicU64::new(0),
+            schema_generation: AtomicU64::new(0),
         }
     }
 }
@@ -102,15 +105,26 @@ impl PostgresShared {
     /// function or replaced a view: every catalog forgets what it read
     /// (see [`catalog::Catalog::forget_all`]), whichever role or database
     /// it serves.
-    pub fn schema_changed(&self) {
-        for catalog in self
+    pub fn schema_changed(&self, target: &str, database: &str) {
+        self.schema_generation.fetch_add(1, Ordering::AcqRel);
+        for (key, catalog) in self
             .catalogs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
+            .iter()
         {
-            catalog.forget_all();
+            if &*key.target == target && key.database == database {
+                catalog.forget_all();
+            }
         }
+    }
+
+    /// Bumped by [`Self::schema_changed`]: a session drops the layouts and
+    /// reading rules it planned under an older value (found in review: a
+    /// view replaced in place keeps its OID, so another session's cached
+    /// layout for the same RowDescription bytes stood).
+    pub fn schema_generation(&self) -> u64 {
+        self.schema_generation.load(Ordering::Acquire)
     }
 
     /// Forgets every catalog after a policy reload: the reload may point a

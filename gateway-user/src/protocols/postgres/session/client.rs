@@ -453,7 +453,16 @@ impl Session<'_> {
         }
         self.defined_code = true;
         self.reading_memo = None;
-        self.ctx.shared.schema_changed();
+        self.forget_schema();
+    }
+
+    /// Every catalog of this session's target and database forgets what
+    /// it read, and every session drops what it planned from it.
+    pub(super) fn forget_schema(&self) {
+        let (_, _, database, _) = &self.login;
+        self.ctx
+            .shared
+            .schema_changed(&self.ctx.target.name, database);
     }
 
     /// Takes the reloaded statement policy if there was a reload since
@@ -498,6 +507,9 @@ impl Session<'_> {
     /// now, under the session's current rules: `None` when it may.
     fn refusal(&mut self, named: NamedStatement) -> Option<Bytes> {
         let (sql, classification, shown, approved) = named;
+        // Run again later, after the session went idle (found in review:
+        // a Parse'd CREATE OR REPLACE VIEW executed in a new transaction).
+        self.note_defined_code(&classification);
         match self.decide_classified(&sql, &classification, shown) {
             Decided::Run(_) => None,
             Decided::Refuse(error) => Some(error),

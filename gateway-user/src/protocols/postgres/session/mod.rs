@@ -331,6 +331,7 @@ pub async fn serve(
         copy_waiting: None,
         reading_memo: None,
         defined_code: false,
+        schema_seen: ctx.shared.schema_generation(),
         to_client: BytesMut::new(),
         to_upstream: BytesMut::new(),
         summary,
@@ -412,6 +413,9 @@ struct Session<'a> {
     /// ships) is out of the catalog connection's sight, so until then
     /// every function call counts as the database's own.
     defined_code: bool,
+    /// `PostgresShared::schema_generation` when `layouts` and
+    /// `reading_memo` were last known good.
+    schema_seen: u64,
     to_client: BytesMut,
     to_upstream: BytesMut,
     summary: SessionSummary,

@@ -244,6 +244,16 @@ impl Session<'_> {
             for inner in &stored.statements {
                 let mut inner = inner.clone();
                 inner.prepared = None;
+                // EXECUTE binds the parameters to values the server
+                // computes (found in review: a Parse'd `SELECT
+                // set_config('my.p', $1, false)` run by `EXECUTE s0(…)`).
+                if inner
+                    .functions
+                    .iter()
+                    .any(|f| f.name.eq_ignore_ascii_case("set_config"))
+                {
+                    inner.computed_setting = true;
+                }
                 if outer.command == "EXPLAIN ANALYZE"
                     && inner.class != StatementClass::Read
                     && !inner.flags.contains(&Flag::ExplainAnalyzeWrite)

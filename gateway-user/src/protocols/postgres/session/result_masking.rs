@@ -170,6 +170,7 @@ impl Session<'_> {
         description: &Bytes,
         reading: Option<Reading>,
     ) -> Option<Arc<Layout>> {
+        self.drop_stale_plans();
         if let Some(known) = self.layouts.get(reading, description) {
             return Some(known);
         }
@@ -220,6 +221,7 @@ impl Session<'_> {
         if !self.masking.has_column_rules() {
             return None;
         }
+        self.drop_stale_plans();
         let every_table = self.masking.reading_rule([(None, None)]);
         let Some(classification) = classification else {
             // It may change data as well as read anything.
@@ -239,7 +241,8 @@ impl Session<'_> {
         {
             return *rule;
         }
-        let (rule, complete, own_code) = self.reading_rule_of(&classification, every_table).await;
+        let (rule, complete, own_code, direct) =
+            self.reading_rule_of(&classification, every_table).await;
         if own_code {
             // Code of the database's own may run DDL itself (found in
             // review: a function that creates an overload of `lower`).
@@ -249,9 +252,13 @@ impl Session<'_> {
         // an UPDATE or MERGE (its SET reads the row), an upsert's DO
         // UPDATE, one that reads a table, a data-modifying CTE. An INSERT
         // of values (an ORM's `… RETURNING id`) copies nothing stored.
+        // Reached any other way (a function, a view's or rule's reads), any
+        // change may copy (found in review: `INSERT … VALUES (1,
+        // first_email()) RETURNING note`).
         let changes_data = classification.statements.iter().any(|s| {
             s.class == StatementClass::Write
-                && (matches!(s.command, "UPDATE" | "MERGE")
+                && (!direct
+                    || matches!(s.command, "UPDATE" | "MERGE")
                     || s.has_flag(Flag::DataModifyingCte)
                     || s.tables.iter().any(|t| t.access == Access::Read))
         });
@@ -266,12 +273,14 @@ impl Session<'_> {
 
     /// [`Self::reading_rule`] worked out; `false` when a lookup failed
     /// (the answer is then every table's, and not kept); then whether the
-    /// statement calls a function of the database's own.
+    /// statement calls a function of the database's own; then whether the
+    /// rule is that of a table the statement names itself (not one reached
+    /// through a function, a view, a rule or a parent).
     async fn reading_rule_of(
         &self,
         classification: &Classification,
         every_table: Option<usize>,
-    ) -> (Option<usize>, bool, bool) {
+    ) -> (Option<usize>, bool, bool, bool) {
         // A FETCH or MOVE reads what its cursor was declared over, which
         // its own text does not name (found in review: `DECLARE c CURSOR
         // FOR SELECT email FROM customers UNION ALL SELECT NULL`, then
@@ -284,7 +293,7 @@ impl Session<'_> {
             .iter()
             .any(|s| matches!(s.command, "FETCH" | "MOVE" | "DECLARE CURSOR"))
         {
-            return (every_table, true, false);
+            return (every_table, true, false, false);
         }
         let every = |name: &str| name == TableRef::EVERY;
         let mut named: Vec<(Option<&str>, Option<&str>)> = classification
@@ -314,26 +323,26 @@ impl Session<'_> {
             // in review: `query_to_xml('select email …')` where a policy
             // allows dangerous functions).
             if self.defined_code || calls.iter().any(|(name, _)| is_dangerous_function(name)) {
-                return (every_table, true, false);
+                return (every_table, true, false, false);
             }
             if calls.len() > MAX_NAMES_LOOKED_UP {
-                return (every_table, true, true);
+                return (every_table, true, true, false);
             }
             match catalog.calls_database_function(&calls, &login).await {
                 Ok(false) => {}
-                Ok(true) => return (every_table, true, true),
-                Err(_) => return (every_table, false, false),
+                Ok(true) => return (every_table, true, true, false),
+                Err(_) => return (every_table, false, false, false),
             }
         }
         if let Some(rule) = self.masking.reading_rule(named.iter().copied()) {
-            return (Some(rule), true, false);
+            return (Some(rule), true, false, true);
         }
         named.sort_unstable();
         named.dedup();
         // Past this many names, the statement counts as naming every
         // table rather than cost a catalog query for each.
         if named.len() > MAX_NAMES_LOOKED_UP {
-            return (every_table, true, false);
+            return (every_table, true, false, false);
         }
         let mut ancestors = Vec::new();
         for (schema, name) in &named {
@@ -341,7 +350,7 @@ impl Session<'_> {
             match catalog.ancestors_of_name(*schema, name, &login).await {
                 Ok(found) => ancestors.push(found),
                 // A job could make the lookup fail to get a rule skipped.
-                Err(_) => return (every_table, false, false),
+                Err(_) => return (every_table, false, false, false),
             }
         }
         // A relation that may read anything stands as every table.
@@ -354,7 +363,7 @@ impl Session<'_> {
                 )
             })
         }));
-        (rule, true, false)
+        (rule, true, false, false)
     }
 
     /// `(name, table OID, attribute number, type OID, format)` per column.
@@ -394,7 +403,7 @@ impl Session<'_> {
         if self.masking.has_column_rules() {
             for (i, source) in sources.iter().enumerate() {
                 let rule = source.as_deref().and_then(|s| {
-                    if self.defined_code && !s.plain_table {
+                    if self.defined_code && s.view {
                         // A view the job may have replaced in its open
                         // transaction (same OID, bases read before): only
                         // a ruled base column of its name is trusted
@@ -448,6 +457,17 @@ impl Session<'_> {
         self.ctx
             .shared
             .catalog(&self.ctx.target.name, database, role)
+    }
+
+    /// Drops the layouts and reading rule planned before another session's
+    /// DDL made the catalogs forget.
+    fn drop_stale_plans(&mut self) {
+        let now = self.ctx.shared.schema_generation();
+        if now != self.schema_seen {
+            self.schema_seen = now;
+            self.layouts = LayoutCache::default();
+            self.reading_memo = None;
+        }
     }
 
     pub(super) fn catalog_login(&self) -> CatalogLogin<'_> {
@@ -776,6 +796,7 @@ mod tests {
                     .into(),
                 generated: false,
                 plain_table: true,
+                view: false,
                 view_bases: std::sync::Arc::default(),
             })
         };

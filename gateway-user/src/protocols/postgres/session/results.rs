@@ -20,8 +20,15 @@ impl Session<'_> {
         // run: a lookup made since the job's DDL was sent may hold what
         // was there before it (found in review: `COMMIT; SELECT
         // pg_sleep(25)` kept the session from going idle).
-        if frame.tag() == b'C' && self.defined_code {
-            self.ctx.shared.schema_changed();
+        // Not after a row change's completion (an INSERT … VALUES burst in
+        // a migration would clear every catalog at each row: found in
+        // review), but after anything else, and at every ReadyForQuery
+        // (a Sync commits an implicit transaction; found in review: a
+        // Flush'd DDL, then Sync pipelined with more).
+        if self.defined_code
+            && (frame.tag() == b'Z' || frame.tag() == b'C' && !row_change(frame.body()))
+        {
+            self.forget_schema();
         }
         // The tag first: this runs for every row of every result.
         if matches!(frame.tag(), b'D' | b'C') && self.front_copy().is_some() {
@@ -58,7 +65,7 @@ impl Session<'_> {
                         self.defined_code = false;
                         self.reading_memo = None;
                         self.layouts = LayoutCache::default();
-                        self.ctx.shared.schema_changed();
+                        self.forget_schema();
                     }
                 }
                 self.query_plan = None;
@@ -420,4 +427,13 @@ impl Session<'_> {
             running.sample.push_row(values);
         }
     }
+}
+
+/// Whether a CommandComplete tag is a row change's (`INSERT 0 1`,
+/// `UPDATE 3`, `DELETE 0`, `MERGE 2`, `COPY 5`): its statement defined no
+/// schema object.
+fn row_change(tag: &[u8]) -> bool {
+    [&b"INSERT "[..], b"UPDATE ", b"DELETE ", b"MERGE ", b"COPY "]
+        .iter()
+        .any(|p| tag.starts_with(p))
 }
