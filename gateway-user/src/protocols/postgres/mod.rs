@@ -102,9 +102,11 @@ impl PostgresShared {
     }
 
     /// A job's DDL (or code of the database's own) may have defined a
-    /// function or replaced a view: every catalog forgets what it read
-    /// (see [`catalog::Catalog::forget_all`]), whichever role or database
-    /// it serves.
+    /// function or replaced a view: every catalog of `target` and
+    /// `database` forgets what it read (see
+    /// [`catalog::Catalog::forget_all`]), whichever role it serves, and
+    /// every session drops its plans (the generation is one for all:
+    /// dropping more only costs lookups).
     pub fn schema_changed(&self, target: &str, database: &str) {
         self.schema_generation.fetch_add(1, Ordering::AcqRel);
         for (key, catalog) in self

@@ -429,9 +429,10 @@ impl Session<'_> {
         decision
     }
 
-    /// A statement that may change the schema, allowed or held: DDL
-    /// (functions, views, rules, inheritance), a DO block, a CALL (see
-    /// `Session::defined_code`).
+    /// A statement that may change the schema: DDL (functions, views,
+    /// rules, inheritance), a DO block, a CALL (see
+    /// `Session::defined_code`). Noting one that is then refused only
+    /// masks more until the session is idle.
     fn note_defined_code(&mut self, classification: &Classification) {
         if classification.statements.iter().any(|s| {
             s.class == StatementClass::Ddl
@@ -445,8 +446,9 @@ impl Session<'_> {
     /// From now until the session is next idle outside a transaction,
     /// what the catalog connection reads may be stale or miss the job's
     /// uncommitted DDL: function calls count as the database's own, view
-    /// columns as reading anything, nothing planned is kept, and every
-    /// catalog forgets what it read (again at each completion).
+    /// columns as reading anything, nothing planned is kept, and the
+    /// catalogs forget what they read (again after each completion that
+    /// is not a row change, and at each ReadyForQuery).
     pub(super) fn schema_may_change(&mut self) {
         if !self.defined_code {
             self.layouts = LayoutCache::default();

@@ -407,11 +407,10 @@ struct Session<'a> {
     /// The last statement's reading rule ([`Session::reading_rule`]), when
     /// it was worked out; forgotten when the masking rules change.
     reading_memo: Option<(Arc<Classification>, Option<Reading>, Instant)>,
-    /// The job sent DDL that may define functions, a DO block or a CALL,
-    /// and has not been idle outside a transaction since: a function it
-    /// defined in its open transaction (an overload of a name the server
-    /// ships) is out of the catalog connection's sight, so until then
-    /// every function call counts as the database's own.
+    /// The job sent DDL, a DO block or a CALL, or called a function of the
+    /// database's own, and has not been idle outside a transaction since:
+    /// what it changed may be uncommitted, out of the catalog
+    /// connection's sight (see `Session::schema_may_change`).
     defined_code: bool,
     /// `PostgresShared::schema_generation` when `layouts` and
     /// `reading_memo` were last known good.

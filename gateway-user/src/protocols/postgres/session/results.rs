@@ -16,15 +16,14 @@ impl Session<'_> {
             }
             return;
         }
-        // A COMMIT (or the DDL itself, outside a transaction) has just
-        // run: a lookup made since the job's DDL was sent may hold what
-        // was there before it (found in review: `COMMIT; SELECT
-        // pg_sleep(25)` kept the session from going idle).
-        // Not after a row change's completion (an INSERT … VALUES burst in
-        // a migration would clear every catalog at each row: found in
-        // review), but after anything else, and at every ReadyForQuery
-        // (a Sync commits an implicit transaction; found in review: a
-        // Flush'd DDL, then Sync pipelined with more).
+        // A COMMIT (or the DDL itself, outside a transaction) may just
+        // have run, and a lookup made since the job's DDL was sent may
+        // hold what was there before it (found in review: `COMMIT; SELECT
+        // pg_sleep(25)` kept the session from going idle; a Flush'd DDL
+        // whose Sync came pipelined with more). So after every completion
+        // but a row change's (an INSERT … VALUES burst in a migration
+        // would clear the catalogs at each row) and at every
+        // ReadyForQuery (a Sync commits an implicit transaction).
         if self.defined_code
             && (frame.tag() == b'Z' || frame.tag() == b'C' && !row_change(frame.body()))
         {
