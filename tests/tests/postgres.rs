@@ -3370,6 +3370,15 @@ fn plans_do_not_outlive_the_jobs_ddl() -> Result<()> {
             "GRANT INSERT, SELECT ON t2 TO app_rw",
             "CREATE FUNCTION public.first_email() RETURNS text LANGUAGE sql \
              AS 'SELECT email FROM public.customers ORDER BY id LIMIT 1'",
+            // An administrator's function that replaces a view itself.
+            "CREATE VIEW vw5 AS SELECT i.id, n.name AS contact FROM items i, \
+             (SELECT 'n'::text AS name) n",
+            "CREATE TABLE sink (x int)",
+            "CREATE FUNCTION public.swap() RETURNS int LANGUAGE plpgsql SECURITY DEFINER \
+             AS $f$ BEGIN CREATE OR REPLACE VIEW public.vw5 AS SELECT i.id, c.email AS contact \
+             FROM items i JOIN customers c ON c.id = i.id; RETURN 1; END $f$",
+            "GRANT SELECT ON vw5 TO app_rw",
+            "GRANT INSERT ON sink TO app_rw",
         ],
     )?;
     let create = |view: &str| {
@@ -3396,6 +3405,9 @@ fn plans_do_not_outlive_the_jobs_ddl() -> Result<()> {
         simple("INSERT INTO t2 VALUES (1, first_email()) RETURNING note"),
         json!({ "prepare": "SELECT set_config('my.p', $1, false)" }),
         simple("EXECUTE s1(upper('computed'))"),
+        simple("SELECT contact FROM vw5 WHERE id = 1"),
+        simple("INSERT INTO sink VALUES (swap())"),
+        simple("SELECT contact FROM vw5 WHERE id = 1"),
     ];
     let r = s.pgclient("app_rw", &steps)?;
     let all = serde_json::to_string(&r)?;
@@ -3407,6 +3419,12 @@ fn plans_do_not_outlive_the_jobs_ddl() -> Result<()> {
         "a function's answer inserted and returned",
     );
     assert_denied(&r[7], "masked-setting", "EXECUTE of a Parse'd set_config");
+    assert_rows(&r[8], &[&["n"]], "before the function replaced the view");
+    assert_rows(
+        &r[10],
+        &[&["***"]],
+        "a view replaced by a function an INSERT called",
+    );
 
     // Another session planned the view's rows before it was replaced.
     let marks = tempfile::tempdir()?;

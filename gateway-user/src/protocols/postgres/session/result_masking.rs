@@ -459,6 +459,45 @@ impl Session<'_> {
             .catalog(&self.ctx.target.name, database, role)
     }
 
+    /// At a CommandComplete: a data change, or a cursor's DECLARE (its
+    /// FETCHes run the query), that called a function of the database's
+    /// own may have run DDL the reading rule never saw, there being no
+    /// RowDescription (found in review: `INSERT INTO sink VALUES
+    /// (swap())`, a function replacing a view). Marks the session as
+    /// [`Self::schema_may_change`] does.
+    pub(super) async fn note_own_code_completed(&mut self) {
+        if self.defined_code || !self.masking.has_column_rules() {
+            return;
+        }
+        let Some(classification) = self.front_running().and_then(|r| r.classification.clone())
+        else {
+            return;
+        };
+        let mut calls: Vec<(&str, bool)> = classification
+            .statements
+            .iter()
+            .filter(|s| s.class == StatementClass::Write || s.command == "DECLARE CURSOR")
+            .flat_map(|s| &s.functions)
+            .map(|f| (f.name.as_str(), f.attribute))
+            .collect();
+        if calls.is_empty() {
+            return;
+        }
+        calls.sort_unstable();
+        calls.dedup();
+        let own = calls.len() > MAX_NAMES_LOOKED_UP || {
+            let catalog = self.catalog();
+            let login = self.catalog_login();
+            catalog
+                .calls_database_function(&calls, &login)
+                .await
+                .unwrap_or(true)
+        };
+        if own {
+            self.schema_may_change();
+        }
+    }
+
     /// Drops the layouts and reading rule planned before another session's
     /// DDL made the catalogs forget.
     fn drop_stale_plans(&mut self) {

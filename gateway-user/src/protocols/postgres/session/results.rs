@@ -24,6 +24,9 @@ impl Session<'_> {
         // but a row change's (an INSERT … VALUES burst in a migration
         // would clear the catalogs at each row) and at every
         // ReadyForQuery (a Sync commits an implicit transaction).
+        if frame.tag() == b'C' {
+            self.note_own_code_completed().await;
+        }
         if self.defined_code
             && (frame.tag() == b'Z' || frame.tag() == b'C' && !row_change(frame.body()))
         {
